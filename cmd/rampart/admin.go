@@ -1,0 +1,96 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/rampartsec/rampart/internal/api"
+)
+
+type adminFlags struct {
+	server, token, tokenFile, bundle string
+}
+
+func addAdminFlags(fs *flag.FlagSet) *adminFlags {
+	a := &adminFlags{}
+	fs.StringVar(&a.server, "server", "127.0.0.1:8443", "server API address")
+	fs.StringVar(&a.token, "admin-token", "", "admin token (prefer RAMPART_ADMIN_TOKEN or --admin-token-file)")
+	fs.StringVar(&a.tokenFile, "admin-token-file", "", "file holding the admin token (the server's DATA/admin.token)")
+	fs.StringVar(&a.bundle, "ca-bundle", "", "the server's bundle.pem, to verify the server")
+	return a
+}
+
+func (a *adminFlags) client(env *cliEnv) (*api.Client, error) {
+	tok := a.token
+	if tok == "" && a.tokenFile != "" {
+		b, err := os.ReadFile(a.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin token: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	if tok == "" {
+		return nil, usagef("no admin token: set RAMPART_ADMIN_TOKEN or --admin-token-file (the server wrote it to DATA/admin.token)")
+	}
+	if a.bundle == "" {
+		return nil, usagef("no CA bundle to verify the server: set RAMPART_CA_BUNDLE or --ca-bundle (the server wrote DATA/bundle.pem)")
+	}
+	pem, err := os.ReadFile(a.bundle)
+	if err != nil {
+		return nil, fmt.Errorf("ca bundle: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("ca bundle %s: no certificates", a.bundle)
+	}
+	return &api.Client{
+		BaseURL:    "https://" + trimScheme(a.server),
+		AdminToken: tok,
+		HTTP: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13},
+		}},
+	}, nil
+}
+
+func printJSON(env *cliEnv, v any) error {
+	enc := json.NewEncoder(env.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func printFields(env *cliEnv, kv ...string) error {
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	for i := 0; i+1 < len(kv); i += 2 {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[i], kv[i+1])
+	}
+	return tw.Flush()
+}
+
+type tableWriter struct{ tw *tabwriter.Writer }
+
+func table(env *cliEnv, headers ...string) *tableWriter {
+	t := &tableWriter{tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)}
+	t.row(headers...)
+	return t
+}
+
+func (t *tableWriter) row(cells ...string) { fmt.Fprintln(t.tw, strings.Join(cells, "\t")) }
+func (t *tableWriter) flush() error        { return t.tw.Flush() }
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func pathEscape(s string) string { return url.PathEscape(s) }

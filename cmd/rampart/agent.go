@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/agent"
+	"github.com/rampartsec/rampart/internal/api"
+)
+
+func runAgent(ctx context.Context, env *cliEnv, args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "list", "show", "evict":
+			return runAgentAdmin(ctx, env, args)
+		}
+	}
+	fs := newFlags(env, "agent", "rampart agent --server ADDR --ca-bundle FILE --join-token T --socket PATH --data DIR\n       rampart agent list|show NAME|evict NAME [--json]")
+	var cfg agent.Config
+	var td, logLevel, logFormat, metricsAddr string
+	fs.StringVar(&cfg.ServerAddr, "server", "127.0.0.1:8443", "server API address (host:port)")
+	fs.StringVar(&cfg.JoinToken, "join-token", "", "one-time join token (only for the first start)")
+	fs.StringVar(&cfg.BundleFile, "ca-bundle", "", "the server's bundle.pem (only for the first start)")
+	fs.StringVar(&cfg.SocketPath, "socket", "/tmp/rampart-agent/workload.sock", "Workload API unix socket")
+	fs.StringVar(&cfg.DataDir, "data", "rampart-agent-data", "agent data directory (cache of SVIDs and bundle)")
+	fs.StringVar(&td, "trust-domain", "", "trust domain (default: read from the bundle)")
+	fs.StringVar(&metricsAddr, "metrics-listen", "", "address for Prometheus /metrics over plain HTTP, e.g. 127.0.0.1:9090 (default off)")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "text", "text or json")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	cfg.ServerAddr = trimScheme(cfg.ServerAddr)
+	var err error
+	if td != "" {
+		if cfg.TrustDomain, err = spiffeid.TrustDomainFromString(td); err != nil {
+			return usagef("--trust-domain %q: %v", td, err)
+		}
+	}
+	if cfg.Log, err = newLogger(env, logLevel, logFormat); err != nil {
+		return err
+	}
+	cfg.Registry = prometheus.NewRegistry()
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	if metricsAddr != "" {
+		ln, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		cfg.Log.Info("metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+	}
+	return a.Run(ctx)
+}
+
+func runAgentAdmin(ctx context.Context, env *cliEnv, args []string) error {
+	verb := args[0]
+	fs := newFlags(env, "agent "+verb, "rampart agent "+verb+" [NAME] [--json]")
+	ac := addAdminFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parse(env, fs, args[1:]); err != nil {
+		return err
+	}
+	c, err := ac.client(env)
+	if err != nil {
+		return err
+	}
+	if verb == "list" {
+		var agents []api.Agent
+		if err := c.Do(ctx, http.MethodGet, "/v1/agents", nil, &agents); err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(env, agents)
+		}
+		tw := table(env, "SPIFFE ID", "SERIAL", "SVID EXPIRES", "LAST SEEN", "EVICTED")
+		for _, a := range agents {
+			tw.row(a.SpiffeID, a.Serial, fmtTime(a.SVIDNotAfter), fmtTime(a.LastSeen), fmt.Sprint(a.Evicted))
+		}
+		return tw.flush()
+	}
+	if fs.NArg() != 1 {
+		return usagef("agent %s takes one agent NAME (the last segment of spiffe://TD/rampart/agent/NAME)", verb)
+	}
+	name := fs.Arg(0)
+	if verb == "show" {
+		var a api.Agent
+		if err := c.Do(ctx, http.MethodGet, "/v1/agents/"+pathEscape(name), nil, &a); err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(env, a)
+		}
+		return printFields(env, "SPIFFE ID", a.SpiffeID, "Serial", a.Serial, "SVID expires", fmtTime(a.SVIDNotAfter),
+			"Attested", fmtTime(a.AttestedAt), "Last seen", fmtTime(a.LastSeen), "Evicted", fmt.Sprint(a.Evicted))
+	}
+	var resp api.EvictResponse
+	if err := c.Do(ctx, http.MethodPost, "/v1/agents/"+pathEscape(name)+"/evict", nil, &resp); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(env, resp)
+	}
+	fmt.Fprintf(env.stdout, "evicted %s; revoked %d SVIDs\n", resp.Agent.SpiffeID, len(resp.Revoked))
+	return nil
+}

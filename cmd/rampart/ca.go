@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/svid"
+)
+
+const caUsage = `rampart ca status [--json]
+       rampart ca rotate (--intermediate | --root-prepare | --root-activate) [--json]
+       rampart ca init-root --trust-domain TD --out DIR [--ttl 87600h]`
+
+func runCA(ctx context.Context, env *cliEnv, args []string) error {
+	if len(args) == 0 {
+		return usagef("usage: %s", caUsage)
+	}
+	switch args[0] {
+	case "status", "rotate":
+	case "init-root":
+		return runCAInitRoot(env, args[1:])
+	case "-h", "--help":
+		fmt.Fprintln(env.stdout, "Usage: "+caUsage)
+		return nil
+	default:
+		return usagef("unknown verb %q; usage: %s", args[0], caUsage)
+	}
+	verb := args[0]
+	fs := newFlags(env, "ca "+verb, caUsage)
+	ac := addAdminFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	inter := fs.Bool("intermediate", false, "replace the intermediate CA now")
+	prep := fs.Bool("root-prepare", false, "create the next root and publish it in the bundle")
+	act := fs.Bool("root-activate", false, "sign with the prepared root from now on (the old one stays in the bundle until it expires)")
+	if err := parse(env, fs, args[1:]); err != nil {
+		return err
+	}
+	c, err := ac.client(env)
+	if err != nil {
+		return err
+	}
+	var st api.CAStatus
+	if verb == "status" {
+		err = c.Do(ctx, http.MethodGet, "/v1/ca", nil, &st)
+	} else {
+		var target string
+		n := 0
+		for t, on := range map[string]bool{api.RotateIntermediate: *inter, api.RotateRootPrepare: *prep, api.RotateRootActivate: *act} {
+			if on {
+				target, n = t, n+1
+			}
+		}
+		if n != 1 {
+			return usagef("ca rotate needs exactly one of --intermediate, --root-prepare, --root-activate")
+		}
+		err = c.Do(ctx, http.MethodPost, "/v1/ca/rotate", api.RotateRequest{Target: target}, &st)
+	}
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(env, st)
+	}
+	fmt.Fprintf(env.stdout, "trust domain %s\n", st.TrustDomain)
+	tw := table(env, "KIND", "STATE", "ID", "NOT AFTER", "LEFT")
+	for _, k := range st.Keys {
+		tw.row(k.Kind, k.State, k.ID, fmtTime(k.NotAfter), time.Until(k.NotAfter).Round(time.Minute).String())
+	}
+	return tw.flush()
+}
+
+// runCAInitRoot creates a root to keep outside the server: the server is
+// then started with --upstream-ca-cert/--upstream-ca-key and never stores it.
+func runCAInitRoot(env *cliEnv, args []string) error {
+	fs := newFlags(env, "ca init-root", "rampart ca init-root --trust-domain TD --out DIR [--ttl 87600h]")
+	tdName := fs.String("trust-domain", "", "trust domain (required)")
+	out := fs.String("out", "", "directory for root.pem and root.key (0600) (required)")
+	ttl := fs.Duration("ttl", 10*365*24*time.Hour, "root lifetime")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	if *tdName == "" || *out == "" {
+		return usagef("--trust-domain and --out are required")
+	}
+	td, err := spiffeid.TrustDomainFromString(*tdName)
+	if err != nil {
+		return usagef("--trust-domain: %v", err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	tmpl, err := svid.CATemplate(td, "Rampart offline root "+td.Name(), now, now.Add(*ttl), -1)
+	if err != nil {
+		return err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return err
+	}
+	cert, _ := x509.ParseCertificate(der)
+	if err := os.MkdirAll(*out, 0o700); err != nil {
+		return err
+	}
+	keyPath := filepath.Join(*out, "root.key")
+	if _, err := os.Stat(keyPath); err == nil {
+		return fmt.Errorf("%s exists; refusing to overwrite a root key", keyPath)
+	}
+	if err := identity.WriteKeyFile(keyPath, key); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(*out, "root.pem"), identity.EncodePEM([]*x509.Certificate{cert}), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "wrote %s and %s\nstart the server with --upstream-ca-cert %s --upstream-ca-key %s, and keep root.key offline between intermediate rotations\n",
+		filepath.Join(*out, "root.pem"), keyPath, filepath.Join(*out, "root.pem"), keyPath)
+	return nil
+}

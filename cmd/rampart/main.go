@@ -1,0 +1,109 @@
+// Command rampart is Rampart's single binary: the control-plane server, the
+// node agent, the admin CLI and the demo. It parses flags and calls the
+// packages under internal/; it holds no domain logic.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+type command struct {
+	name  string
+	short string
+	run   func(ctx context.Context, env *cliEnv, args []string) error
+}
+
+// cliEnv is what a command may touch: its streams and environment, so tests
+// can run commands in-process.
+type cliEnv struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+func commands() []command {
+	return []command{
+		{"server", "run the control plane (CA, registration, API)", runServer},
+		{"agent", "run the node agent, or manage agents (list, show, evict)", runAgent},
+		{"token", "create one-time join tokens for agents", runToken},
+		{"entry", "manage registration entries (create, list, show, delete)", runEntry},
+		{"svid", "revoke SVIDs, or fetch one from the Workload API", runSVID},
+		{"ca", "show and rotate the CA, or create an offline root", runCA},
+		{"demo", "start a secured sample system on loopback", runDemo},
+		{"version", "print the version", func(_ context.Context, e *cliEnv, _ []string) error {
+			fmt.Fprintln(e.stdout, "rampart", version)
+			return nil
+		}},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `rampart: zero-trust security for microservices.
+
+Usage: rampart COMMAND [flags]
+
+Commands:
+`)
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.short)
+	}
+	fmt.Fprint(w, `
+Every flag has an environment equivalent: --trust-domain is RAMPART_TRUST_DOMAIN.
+Admin commands read RAMPART_SERVER, RAMPART_ADMIN_TOKEN and RAMPART_CA_BUNDLE.
+Run "rampart COMMAND --help" for a command's flags.
+`)
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env := &cliEnv{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	os.Exit(run(ctx, env, os.Args[1:]))
+}
+
+func run(ctx context.Context, env *cliEnv, args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(env.stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			err := c.run(ctx, env, args[1:])
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			var ue usageError
+			if errors.As(err, &ue) {
+				fmt.Fprintln(env.stderr, "rampart "+c.name+":", err)
+				return 2
+			}
+			if err != nil {
+				fmt.Fprintln(env.stderr, "rampart "+c.name+":", err)
+				return 1
+			}
+			return 0
+		}
+	}
+	fmt.Fprintf(env.stderr, "rampart: unknown command %q\n\n", args[0])
+	usage(env.stderr)
+	return 2
+}
+
+// usageError is a mistake in the command line (exit status 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }

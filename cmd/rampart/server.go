@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/server"
+)
+
+func newLogger(env *cliEnv, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(env.stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(env.stderr, opts)), nil
+	}
+	return nil, usagef("--log-format %q: want text or json", format)
+}
+
+func runServer(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "server", "rampart server --data DIR --trust-domain TD [--listen ADDR] [flags]")
+	var cfg server.Config
+	var td, logLevel, logFormat string
+	var dns listFlag
+	fs.StringVar(&cfg.DataDir, "data", "rampart-data", "data directory (created on first start)")
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "address of the HTTPS API")
+	fs.StringVar(&td, "trust-domain", "", "SPIFFE trust domain, e.g. example.org (required)")
+	fs.Var(&dns, "dns", "extra DNS name for the server certificate (repeatable)")
+	fs.StringVar(&cfg.PostgresDSN, "postgres", "", "PostgreSQL URL for the store (default: SQLite in the data dir)")
+	fs.StringVar(&cfg.KEKFile, "kek-file", "", "file holding the key that encrypts CA keys at rest (default DATA/keys/kek)")
+	fs.StringVar(&cfg.UpstreamCertFile, "upstream-ca-cert", "", "PEM root certificate(s) kept outside the server (see: rampart ca init-root)")
+	fs.StringVar(&cfg.UpstreamKeyFile, "upstream-ca-key", "", "PEM key of the upstream root; may be absent while the root is offline")
+	fs.DurationVar(&cfg.DefaultX509TTL, "default-svid-ttl", server.DefaultX509TTL, "X.509-SVID lifetime for entries without --ttl")
+	fs.DurationVar(&cfg.DefaultJWTTTL, "default-jwt-ttl", server.DefaultJWTTTL, "JWT-SVID lifetime for entries without --jwt-ttl")
+	fs.DurationVar(&cfg.AgentTTL, "agent-svid-ttl", server.DefaultAgentTTL, "agent SVID lifetime")
+	fs.DurationVar(&cfg.JoinTokenTTL, "join-token-ttl", server.DefaultJoinTokenTTL, "default join token lifetime")
+	fs.DurationVar(&cfg.RootTTL, "root-ttl", 0, "root CA lifetime (default 8760h)")
+	fs.DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 0, "intermediate CA lifetime (default 72h)")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "text", "text or json")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	if td == "" {
+		return usagef("--trust-domain is required (for example --trust-domain example.org)")
+	}
+	var err error
+	if cfg.TrustDomain, err = spiffeid.TrustDomainFromString(td); err != nil {
+		return usagef("--trust-domain %q: %v", td, err)
+	}
+	cfg.DNSNames = dns
+	if cfg.Log, err = newLogger(env, logLevel, logFormat); err != nil {
+		return err
+	}
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	abs, _ := filepath.Abs(cfg.DataDir)
+	cfg.Log.Info("ready", "api", "https://"+ln.Addr().String(), "admin_token_file", filepath.Join(abs, "admin.token"), "bundle", filepath.Join(abs, "bundle.pem"))
+	if p := env.getenv("RAMPART_READY_FILE"); p != "" {
+		// Lets scripts and tests wait for readiness and learn the port.
+		os.WriteFile(p, []byte(ln.Addr().String()+"\n"), 0o600)
+	}
+	return srv.Serve(ctx, ln)
+}
+
+// trimScheme accepts both host:port and https://host:port.
+func trimScheme(s string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(s, "https://"), "/")
+}

@@ -1,0 +1,607 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/selector"
+	"github.com/rampartsec/rampart/internal/workload"
+)
+
+// Backoff bounds for calls to the server.
+const (
+	minBackoff = time.Second
+	maxBackoff = 30 * time.Second
+	syncWait   = 25 * time.Second
+)
+
+// Config configures an agent.
+type Config struct {
+	ServerAddr  string // host:port of the server's API
+	JoinToken   string // needed only when there is no valid cached agent SVID
+	BundleFile  string // initial trust bundle (the server's bundle.pem)
+	TrustDomain spiffeid.TrustDomain
+	SocketPath  string // Workload API socket
+	DataDir     string
+	Now         func() time.Time
+	Log         *slog.Logger
+	Registry    *prometheus.Registry // metrics; nil: not exported
+}
+
+// Agent is a running node agent. It implements workload.Source.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *metrics
+
+	client       *api.Client // mTLS with the agent SVID
+	attestClient *api.Client // server-authenticated TLS only
+
+	mu        sync.Mutex
+	td        spiffeid.TrustDomain
+	svid      *held
+	bundle    []*x509.Certificate
+	jwtBundle []byte
+	revision  int64
+	entries   []api.Entry
+	revoked   map[string]struct{}
+	workloads map[string]*held // by entry ID
+	snap      *workload.Snapshot
+	changed   chan struct{}
+	jwtCache  map[string]jwtCached
+
+	wake chan struct{} // reschedules the rotation loop
+}
+
+type jwtCached struct {
+	token   string
+	renewAt time.Time
+}
+
+// New prepares an agent: it loads the cache and the bootstrap bundle. Run
+// attests (if needed) and serves.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DataDir == "" || cfg.SocketPath == "" || cfg.ServerAddr == "" {
+		return nil, errors.New("agent: --server, --socket and --data are required")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a := &Agent{
+		cfg: cfg, log: cfg.Log, now: cfg.Now, td: cfg.TrustDomain,
+		revoked: map[string]struct{}{}, workloads: map[string]*held{}, changed: make(chan struct{}),
+		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1),
+	}
+	a.metrics = newMetrics(cfg.Registry, a)
+	if err := a.loadCache(); err != nil {
+		return nil, err
+	}
+	if len(a.bundle) == 0 {
+		if cfg.BundleFile == "" {
+			return nil, errors.New("agent: no cached state; --ca-bundle (the server's bundle.pem) is needed for the first start")
+		}
+		b, err := os.ReadFile(cfg.BundleFile)
+		if err != nil {
+			return nil, fmt.Errorf("agent: ca bundle: %w", err)
+		}
+		if a.bundle, err = identity.ParsePEM(b); err != nil {
+			return nil, fmt.Errorf("agent: ca bundle %s: %w", cfg.BundleFile, err)
+		}
+	}
+	if a.td.IsZero() {
+		td, err := trustDomainOf(a.bundle)
+		if err != nil {
+			return nil, err
+		}
+		a.td = td
+	}
+	serverID := identity.ServerID(a.td)
+	base := "https://" + cfg.ServerAddr
+	mtls := tlsconfig.MTLSClientConfig(a, a, tlsconfig.AuthorizeID(serverID))
+	mtls.MinVersion = tls.VersionTLS13
+	a.client = &api.Client{BaseURL: base, HTTP: &http.Client{Transport: &http.Transport{
+		TLSClientConfig: mtls, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute,
+		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext, TLSHandshakeTimeout: 5 * time.Second,
+	}}}
+	plain := tlsconfig.TLSClientConfig(a, tlsconfig.AuthorizeID(serverID))
+	plain.MinVersion = tls.VersionTLS13
+	a.attestClient = &api.Client{BaseURL: base, HTTP: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: plain}}}
+	a.publishLocked()
+	return a, nil
+}
+
+// trustDomainOf reads the trust domain from the SPIFFE ID of a bundle root.
+func trustDomainOf(roots []*x509.Certificate) (spiffeid.TrustDomain, error) {
+	for _, r := range roots {
+		for _, u := range r.URIs {
+			if id, err := spiffeid.FromURI(u); err == nil {
+				return id.TrustDomain(), nil
+			}
+		}
+	}
+	return spiffeid.TrustDomain{}, errors.New("agent: the bundle names no trust domain; pass --trust-domain")
+}
+
+// GetX509SVID returns the agent's own SVID (x509svid.Source, for mTLS to the server).
+func (a *Agent) GetX509SVID() (*x509svid.SVID, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.svid == nil {
+		return nil, errors.New("agent: not attested")
+	}
+	return &x509svid.SVID{ID: a.svid.ID, Certificates: a.svid.Chain, PrivateKey: a.svid.Key}, nil
+}
+
+// GetX509BundleForTrustDomain returns the current bundle (x509bundle.Source).
+func (a *Agent) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if td != a.td {
+		return nil, fmt.Errorf("agent: no bundle for trust domain %q", td.Name())
+	}
+	return x509bundle.FromX509Authorities(a.td, a.bundle), nil
+}
+
+// Snapshot implements workload.Source.
+func (a *Agent) Snapshot() (*workload.Snapshot, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.snap, a.changed
+}
+
+// ID returns the agent's SPIFFE ID (zero before attestation).
+func (a *Agent) ID() spiffeid.ID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.svid == nil {
+		return spiffeid.ID{}
+	}
+	return a.svid.ID
+}
+
+// publishLocked builds a new snapshot and wakes every Workload API stream.
+func (a *Agent) publishLocked() {
+	snap := &workload.Snapshot{TrustDomain: a.td, Bundle: a.bundle, JWTBundle: a.jwtBundle}
+	ids := make([]string, 0, len(a.workloads))
+	for id := range a.workloads {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	now := a.now()
+	for _, id := range ids {
+		h := a.workloads[id]
+		if !now.Before(h.Chain[0].NotAfter) {
+			continue // expired: better nothing than a certificate peers refuse
+		}
+		sels, err := selector.ParseAll(h.Entry.Selectors)
+		if err != nil {
+			continue
+		}
+		snap.Identities = append(snap.Identities, workload.Identity{EntryID: id, SpiffeID: h.ID, Selectors: sels, Chain: h.Chain, Key: h.Key})
+	}
+	a.snap = snap
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+// Run attests if needed, then serves the Workload API and keeps everything
+// current until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.ensureAttested(ctx); err != nil {
+		return err
+	}
+	ln, err := workload.Listen(a.cfg.SocketPath)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	wl := workload.NewServer(a, workload.Attestor{}, a.log, a.metrics)
+	errc := make(chan error, 3)
+	go func() { errc <- wl.Serve(ctx, ln) }()
+	go func() { a.syncLoop(ctx); errc <- nil }()
+	go func() { a.rotateLoop(ctx); errc <- nil }()
+	a.log.Info("agent running", "spiffe_id", a.ID().String(), "socket", a.cfg.SocketPath, "server", a.cfg.ServerAddr)
+	<-ctx.Done()
+	os.Remove(a.cfg.SocketPath)
+	return nil
+}
+
+func (a *Agent) ensureAttested(ctx context.Context) error {
+	a.mu.Lock()
+	valid := a.svid != nil && a.now().Before(a.svid.Chain[0].NotAfter)
+	var expired time.Time
+	if a.svid != nil {
+		expired = a.svid.Chain[0].NotAfter
+	}
+	a.mu.Unlock()
+	if valid {
+		if a.cfg.JoinToken != "" {
+			a.log.Info("ignoring --join-token: the cached agent SVID is still valid")
+		}
+		return nil
+	}
+	if a.cfg.JoinToken == "" {
+		if !expired.IsZero() {
+			return fmt.Errorf("agent: the cached agent SVID expired at %s; attest again with a new --join-token", expired.Format(time.RFC3339))
+		}
+		return errors.New("agent: not attested yet; --join-token is needed (rampart token create)")
+	}
+	key, csr, err := newKeyAndCSR(spiffeid.ID{})
+	if err != nil {
+		return err
+	}
+	var resp api.AttestResponse
+	if err := a.attestClient.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: a.cfg.JoinToken, CSR: csr}, &resp); err != nil {
+		return fmt.Errorf("agent: attestation failed: %w", err)
+	}
+	h, err := a.heldFrom(resp.SVID, key, api.Entry{})
+	if err != nil {
+		return err
+	}
+	bundle, err := parseChain(resp.Bundle)
+	if err != nil {
+		return fmt.Errorf("agent: bundle from server: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.svid, a.bundle = h, bundle
+	a.publishLocked()
+	a.log.Info("attested", "spiffe_id", h.ID.String(), "not_after", h.Chain[0].NotAfter)
+	return a.saveCache()
+}
+
+// heldFrom checks an SVID the server returned against the key we generated
+// and the bundle, and wraps it.
+func (a *Agent) heldFrom(sv api.X509SVID, key crypto.Signer, e api.Entry) (*held, error) {
+	chain, err := parseChain(sv.Chain)
+	if err != nil {
+		return nil, fmt.Errorf("agent: svid from server: %w", err)
+	}
+	id, err := spiffeid.FromString(sv.SpiffeID)
+	if err != nil {
+		return nil, fmt.Errorf("agent: svid from server: %w", err)
+	}
+	if got, err := x509svid.IDFromCert(chain[0]); err != nil || got != id {
+		return nil, fmt.Errorf("agent: svid from server names %v, expected %s", got, id)
+	}
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	if pub, ok := chain[0].PublicKey.(equaler); !ok || !pub.Equal(key.Public()) {
+		return nil, errors.New("agent: svid from server does not certify our key")
+	}
+	now := a.now()
+	return &held{ID: id, Chain: chain, Key: key, Entry: e, Received: now, RenewAt: renewTime(now, chain[0].NotAfter)}, nil
+}
+
+func newKeyAndCSR(id spiffeid.ID) (crypto.Signer, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: %w", err)
+	}
+	tmpl := &x509.CertificateRequest{}
+	if !id.IsZero() {
+		tmpl.URIs = []*url.URL{id.URL()}
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: csr: %w", err)
+	}
+	return key, csr, nil
+}
+
+// syncLoop long-polls the server for changes.
+func (a *Agent) syncLoop(ctx context.Context) {
+	backoff := minBackoff
+	first := true
+	for ctx.Err() == nil {
+		path := "/v1/agent/sync"
+		if !first {
+			a.mu.Lock()
+			path += "?revision=" + strconv.FormatInt(a.revision, 10) + "&wait=" + strconv.Itoa(int(syncWait/time.Second))
+			a.mu.Unlock()
+		}
+		var resp api.SyncResponse
+		err := a.client.Do(ctx, http.MethodGet, path, nil, &resp)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.metrics.syncErrors.Inc()
+			a.metrics.serverUp.Set(0)
+			var p *api.Problem
+			if errors.As(err, &p) && p.Status == http.StatusForbidden {
+				a.log.Error("the server refuses this agent (evicted or revoked); workloads keep their SVIDs until expiry; re-attest with a new join token", "err", err)
+			} else {
+				a.log.Warn("sync with the server failed; retrying", "err", err, "in", backoff.String())
+			}
+			sleep(ctx, jitter(backoff))
+			backoff = min(backoff*2, maxBackoff)
+			continue
+		}
+		first = false
+		backoff = minBackoff
+		a.metrics.serverUp.Set(1)
+		if err := a.applySync(resp); err != nil {
+			a.log.Error("applying sync failed", "err", err)
+		}
+	}
+}
+
+func (a *Agent) applySync(resp api.SyncResponse) error {
+	bundle, err := parseChain(resp.Bundle)
+	if err != nil {
+		return fmt.Errorf("agent: bundle: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, resp.Entries
+	a.revoked = make(map[string]struct{}, len(resp.Revoked))
+	for _, s := range resp.Revoked {
+		a.revoked[s] = struct{}{}
+	}
+	// Drop SVIDs whose entry is gone: the workload must lose the identity.
+	live := map[string]bool{}
+	for _, e := range resp.Entries {
+		live[e.ID] = true
+	}
+	for id := range a.workloads {
+		if !live[id] {
+			delete(a.workloads, id)
+		}
+	}
+	a.publishLocked()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+	return a.saveCache()
+}
+
+// rotateLoop renews the agent SVID and keeps one fresh SVID per entry.
+func (a *Agent) rotateLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		next := a.reconcile(ctx)
+		d := max(next.Sub(a.now()), 10*time.Millisecond)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-a.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// reconcile does what is due and returns when to look again.
+func (a *Agent) reconcile(ctx context.Context) time.Time {
+	now := a.now()
+	retry := now.Add(jitter(5 * time.Second))
+	next := now.Add(time.Hour)
+
+	a.mu.Lock()
+	agentDue := a.svid != nil && !now.Before(a.svid.RenewAt)
+	a.mu.Unlock()
+	if agentDue {
+		if err := a.renewAgent(ctx); err != nil {
+			a.log.Warn("renewing the agent SVID failed; retrying", "err", err)
+			next = retry
+		}
+	}
+
+	a.mu.Lock()
+	var due []api.Entry
+	for _, e := range a.entries {
+		h := a.workloads[e.ID]
+		switch {
+		case h == nil, !now.Before(h.RenewAt), !sameEntry(h.Entry, e):
+			due = append(due, e)
+		default:
+			if _, revoked := a.revoked[h.serial()]; revoked {
+				due = append(due, e)
+			}
+		}
+	}
+	a.mu.Unlock()
+	if len(due) > 0 {
+		if err := a.mint(ctx, due); err != nil {
+			a.log.Warn("minting workload SVIDs failed; retrying", "err", err)
+			next = retry
+		}
+	}
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.svid != nil && a.svid.RenewAt.Before(next) {
+		next = a.svid.RenewAt
+	}
+	for _, h := range a.workloads {
+		if h.RenewAt.Before(next) {
+			next = h.RenewAt
+		}
+	}
+	return next
+}
+
+func sameEntry(a, b api.Entry) bool {
+	return a.SpiffeID == b.SpiffeID && a.X509TTLSeconds == b.X509TTLSeconds &&
+		slices.Equal(a.Selectors, b.Selectors) && slices.Equal(a.DNSNames, b.DNSNames)
+}
+
+func (a *Agent) renewAgent(ctx context.Context) error {
+	id := a.ID()
+	key, csr, err := newKeyAndCSR(id)
+	if err != nil {
+		return err
+	}
+	var resp api.AttestResponse
+	if err := a.client.Do(ctx, http.MethodPost, "/v1/agent/renew", api.RenewRequest{CSR: csr}, &resp); err != nil {
+		return err
+	}
+	h, err := a.heldFrom(resp.SVID, key, api.Entry{})
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.svid = h
+	err = a.saveCache()
+	a.mu.Unlock()
+	a.metrics.rotations.WithLabelValues("agent").Inc()
+	// New connections present the new certificate.
+	a.client.HTTP.Transport.(*http.Transport).CloseIdleConnections()
+	a.log.Info("renewed the agent SVID", "not_after", h.Chain[0].NotAfter)
+	return err
+}
+
+// mint requests new SVIDs for the given entries, in batches.
+func (a *Agent) mint(ctx context.Context, entries []api.Entry) error {
+	const batch = 500
+	var firstErr error
+	for len(entries) > 0 {
+		n := min(batch, len(entries))
+		if err := a.mintBatch(ctx, entries[:n]); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		entries = entries[n:]
+	}
+	return firstErr
+}
+
+func (a *Agent) mintBatch(ctx context.Context, entries []api.Entry) error {
+	keys := make([]crypto.Signer, len(entries))
+	req := api.SignRequest{Requests: make([]api.SignItem, len(entries))}
+	for i, e := range entries {
+		id, err := spiffeid.FromString(e.SpiffeID)
+		if err != nil {
+			return fmt.Errorf("agent: entry %s: %w", e.ID, err)
+		}
+		key, csr, err := newKeyAndCSR(id)
+		if err != nil {
+			return err
+		}
+		keys[i] = key
+		req.Requests[i] = api.SignItem{EntryID: e.ID, CSR: csr}
+	}
+	var resp api.SignResponse
+	if err := a.client.Do(ctx, http.MethodPost, "/v1/agent/svids", req, &resp); err != nil {
+		return err
+	}
+	if len(resp.Results) != len(entries) {
+		return fmt.Errorf("agent: server answered %d results for %d requests", len(resp.Results), len(entries))
+	}
+	var firstErr error
+	minted := map[string]*held{}
+	for i, res := range resp.Results {
+		if res.Error != "" || res.SVID == nil {
+			a.log.Warn("server refused an SVID", "entry_id", entries[i].ID, "err", res.Error)
+			if firstErr == nil {
+				firstErr = fmt.Errorf("agent: entry %s: %s", entries[i].ID, res.Error)
+			}
+			continue
+		}
+		h, err := a.heldFrom(*res.SVID, keys[i], entries[i])
+		if err != nil {
+			return err
+		}
+		minted[entries[i].ID] = h
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	live := map[string]bool{}
+	for _, e := range a.entries {
+		live[e.ID] = true
+	}
+	for id, h := range minted {
+		if live[id] { // the entry may have been deleted while we asked
+			a.workloads[id] = h
+			a.metrics.rotations.WithLabelValues("workload").Inc()
+		}
+	}
+	a.publishLocked()
+	if err := a.saveCache(); err != nil {
+		return err
+	}
+	return firstErr
+}
+
+// FetchJWTSVID implements workload.Source: JWT-SVIDs are fetched from the
+// server and cached until half their life.
+func (a *Agent) FetchJWTSVID(ctx context.Context, entryID string, audience []string) (string, error) {
+	aud := slices.Clone(audience)
+	slices.Sort(aud)
+	b, _ := json.Marshal(aud)
+	key := entryID + "\x00" + string(b)
+	now := a.now()
+	a.mu.Lock()
+	c, ok := a.jwtCache[key]
+	a.mu.Unlock()
+	if ok && now.Before(c.renewAt) {
+		return c.token, nil
+	}
+	var resp api.JWTSVIDResponse
+	if err := a.client.Do(ctx, http.MethodPost, "/v1/agent/jwt-svids", api.JWTSVIDRequest{EntryID: entryID, Audience: audience}, &resp); err != nil {
+		return "", err
+	}
+	a.mu.Lock()
+	for k, v := range a.jwtCache {
+		if !now.Before(v.renewAt) {
+			delete(a.jwtCache, k)
+		}
+	}
+	a.jwtCache[key] = jwtCached{token: resp.Token, renewAt: now.Add(resp.ExpiresAt.Sub(now) / 2)}
+	a.mu.Unlock()
+	return resp.Token, nil
+}
+
+func jitter(d time.Duration) time.Duration {
+	var b [2]byte
+	rand.Read(b[:])
+	f := 0.8 + 0.4*float64(uint16(b[0])<<8|uint16(b[1]))/65536
+	return time.Duration(float64(d) * f)
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+var _ workload.Source = (*Agent)(nil)
+
+// CachePath is where the agent keeps its state.
+func (a *Agent) cachePath() string { return filepath.Join(a.cfg.DataDir, "cache.json") }

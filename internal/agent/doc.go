@@ -1,0 +1,26 @@
+// Package agent is the node agent: one per host, it proves itself to the
+// server once with a join token, then holds an agent SVID that it renews over
+// mTLS, and serves the SPIFFE Workload API to the workloads on its host.
+//
+// # What it keeps
+//
+// The agent's SVID and key, the trust bundle, the JWT bundle, its
+// registration entries, the revocation list, and one X.509-SVID per entry.
+// All of it is cached in DATA/cache.json (0600, written atomically), so after
+// a restart, or while the server is unreachable, workloads keep getting their
+// SVIDs until those expire.
+//
+// # How it stays current
+//
+//   - Sync: a long poll (GET /v1/agent/sync?revision=N) returns as soon as
+//     anything the agent must know changes: entries, bundle, revocations. A
+//     failed poll is retried with exponential backoff and jitter (1 s to 30 s).
+//   - Rotation: every SVID is renewed between 40% and 50% of its life, the
+//     point drawn at random for each SVID, so a fleet of agents started
+//     together does not stampede the server. A revoked or re-configured SVID is
+//     replaced at once. New workload SVIDs are pushed to open Workload API
+//     streams without any restart of the workload.
+//
+// Private keys for workload SVIDs are generated on the agent and never leave
+// the host; the server sees only CSRs.
+package agent

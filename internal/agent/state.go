@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/atomicfile"
+)
+
+// held is an SVID the agent holds, with its key and when to renew it.
+type held struct {
+	ID       spiffeid.ID
+	Chain    []*x509.Certificate
+	Key      crypto.Signer
+	RenewAt  time.Time
+	Entry    api.Entry // the entry as it was when this SVID was minted
+	Received time.Time
+}
+
+func (h *held) serial() string { return h.Chain[0].SerialNumber.Text(16) }
+
+// renewTime picks when to renew an SVID received at received: between 40%
+// and 50% of its remaining life, at a random point, so renewals spread out.
+func renewTime(received, notAfter time.Time) time.Time {
+	life := notAfter.Sub(received)
+	var b [8]byte
+	rand.Read(b[:])
+	u := float64(binary.BigEndian.Uint64(b[:])>>11) / (1 << 53) // [0,1)
+	return received.Add(time.Duration(float64(life) * (0.5 - 0.1*u)))
+}
+
+// cacheFile is the on-disk form of the agent's state.
+type cacheFile struct {
+	Version     int                    `json:"version"`
+	TrustDomain string                 `json:"trust_domain"`
+	Agent       *cachedSVID            `json:"agent,omitempty"`
+	Bundle      [][]byte               `json:"bundle"`
+	JWTBundle   json.RawMessage        `json:"jwt_bundle,omitempty"`
+	Revision    int64                  `json:"revision"`
+	Entries     []api.Entry            `json:"entries"`
+	Revoked     []string               `json:"revoked"`
+	Workloads   map[string]*cachedSVID `json:"workloads"`
+}
+
+type cachedSVID struct {
+	SpiffeID string    `json:"spiffe_id"`
+	Chain    [][]byte  `json:"chain"`
+	Key      []byte    `json:"key"` // PKCS#8 DER
+	RenewAt  time.Time `json:"renew_at"`
+	Received time.Time `json:"received"`
+	Entry    api.Entry `json:"entry"`
+}
+
+const cacheVersion = 1
+
+func toCached(h *held) (*cachedSVID, error) {
+	if h == nil {
+		return nil, nil
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(h.Key)
+	if err != nil {
+		return nil, err
+	}
+	c := &cachedSVID{SpiffeID: h.ID.String(), Key: key, RenewAt: h.RenewAt, Received: h.Received, Entry: h.Entry}
+	for _, cert := range h.Chain {
+		c.Chain = append(c.Chain, cert.Raw)
+	}
+	return c, nil
+}
+
+func fromCached(c *cachedSVID) (*held, error) {
+	if c == nil {
+		return nil, nil
+	}
+	id, err := spiffeid.FromString(c.SpiffeID)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := parseChain(c.Chain)
+	if err != nil {
+		return nil, err
+	}
+	k, err := x509.ParsePKCS8PrivateKey(c.Key)
+	if err != nil {
+		return nil, err
+	}
+	key, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("key type %T", k)
+	}
+	return &held{ID: id, Chain: chain, Key: key, RenewAt: c.RenewAt, Received: c.Received, Entry: c.Entry}, nil
+}
+
+func parseChain(ders [][]byte) ([]*x509.Certificate, error) {
+	if len(ders) == 0 {
+		return nil, errors.New("empty certificate chain")
+	}
+	out := make([]*x509.Certificate, 0, len(ders))
+	for _, d := range ders {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// saveCache writes the state; the caller holds a.mu.
+func (a *Agent) saveCache() error {
+	cf := cacheFile{Version: cacheVersion, TrustDomain: a.td.Name(), JWTBundle: a.jwtBundle, Revision: a.revision,
+		Entries: a.entries, Workloads: map[string]*cachedSVID{}}
+	var err error
+	if cf.Agent, err = toCached(a.svid); err != nil {
+		return fmt.Errorf("agent: cache: %w", err)
+	}
+	for _, c := range a.bundle {
+		cf.Bundle = append(cf.Bundle, c.Raw)
+	}
+	for s := range a.revoked {
+		cf.Revoked = append(cf.Revoked, s)
+	}
+	slices.Sort(cf.Revoked)
+	for id, h := range a.workloads {
+		if cf.Workloads[id], err = toCached(h); err != nil {
+			return fmt.Errorf("agent: cache: %w", err)
+		}
+	}
+	b, err := json.Marshal(cf)
+	if err != nil {
+		return fmt.Errorf("agent: cache: %w", err)
+	}
+	return atomicfile.Write(a.cachePath(), b, 0o600)
+}
+
+// loadCache restores the state from disk; a missing cache is not an error.
+func (a *Agent) loadCache() error {
+	b, err := os.ReadFile(a.cachePath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("agent: cache: %w", err)
+	}
+	var cf cacheFile
+	if err := json.Unmarshal(b, &cf); err != nil {
+		return fmt.Errorf("agent: cache %s is damaged (%v); delete it and re-attest", a.cachePath(), err)
+	}
+	if cf.Version != cacheVersion {
+		return fmt.Errorf("agent: cache %s has version %d, want %d", a.cachePath(), cf.Version, cacheVersion)
+	}
+	td, err := spiffeid.TrustDomainFromString(cf.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("agent: cache: %w", err)
+	}
+	if !a.td.IsZero() && td != a.td {
+		return fmt.Errorf("agent: cache is for trust domain %q, not %q", td.Name(), a.td.Name())
+	}
+	a.td = td
+	if a.svid, err = fromCached(cf.Agent); err != nil {
+		return fmt.Errorf("agent: cache: agent svid: %w", err)
+	}
+	if a.bundle, err = parseChain(cf.Bundle); err != nil {
+		return fmt.Errorf("agent: cache: bundle: %w", err)
+	}
+	a.jwtBundle, a.revision, a.entries = cf.JWTBundle, cf.Revision, cf.Entries
+	a.revoked = map[string]struct{}{}
+	for _, s := range cf.Revoked {
+		a.revoked[s] = struct{}{}
+	}
+	a.workloads = map[string]*held{}
+	for id, c := range cf.Workloads {
+		h, err := fromCached(c)
+		if err != nil {
+			return fmt.Errorf("agent: cache: workload %s: %w", id, err)
+		}
+		a.workloads[id] = h
+	}
+	return nil
+}

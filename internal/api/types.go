@@ -1,0 +1,175 @@
+package api
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Problem is an RFC 9457 problem details object.
+type Problem struct {
+	Type   string `json:"type,omitempty"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+func (p *Problem) Error() string {
+	if p.Detail != "" {
+		return p.Detail
+	}
+	return p.Title
+}
+
+// CreateJoinTokenRequest asks for a one-time join token.
+type CreateJoinTokenRequest struct {
+	AgentName  string `json:"agent_name,omitempty"` // default: random
+	TTLSeconds int64  `json:"ttl_seconds,omitempty"`
+}
+
+// CreateJoinTokenResponse carries the token; it is shown only this once.
+type CreateJoinTokenResponse struct {
+	Token     string    `json:"token"`
+	AgentID   string    `json:"agent_id"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Entry is a registration entry.
+type Entry struct {
+	ID             string    `json:"id,omitempty"`
+	SpiffeID       string    `json:"spiffe_id"`
+	ParentID       string    `json:"parent_id"`
+	Selectors      []string  `json:"selectors"`
+	X509TTLSeconds int64     `json:"x509_ttl_seconds,omitempty"`
+	JWTTTLSeconds  int64     `json:"jwt_ttl_seconds,omitempty"`
+	DNSNames       []string  `json:"dns_names,omitempty"`
+	CreatedAt      time.Time `json:"created_at,omitzero"`
+}
+
+// Agent describes an attested agent.
+type Agent struct {
+	SpiffeID     string    `json:"spiffe_id"`
+	Serial       string    `json:"serial"`
+	SVIDNotAfter time.Time `json:"svid_not_after"`
+	AttestedAt   time.Time `json:"attested_at"`
+	LastSeen     time.Time `json:"last_seen"`
+	Evicted      bool      `json:"evicted"`
+	EvictedAt    time.Time `json:"evicted_at,omitzero"`
+}
+
+// RevokeRequest revokes one SVID by serial, or every unexpired SVID issued
+// for a SPIFFE ID.
+type RevokeRequest struct {
+	Serial   string `json:"serial,omitempty"`
+	SpiffeID string `json:"spiffe_id,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// RevokeResponse lists the serials revoked.
+type RevokeResponse struct {
+	Revoked []string `json:"revoked"`
+}
+
+// EvictResponse tells what an eviction revoked.
+type EvictResponse struct {
+	Agent   Agent    `json:"agent"`
+	Revoked []string `json:"revoked"`
+}
+
+// AttestRequest is an agent's first call: a join token and a CSR for its SVID.
+type AttestRequest struct {
+	JoinToken string `json:"join_token"`
+	CSR       []byte `json:"csr"`
+}
+
+// X509SVID is a signed certificate chain, leaf first, without the root.
+type X509SVID struct {
+	SpiffeID string   `json:"spiffe_id"`
+	Chain    [][]byte `json:"chain"`
+}
+
+// AttestResponse returns the agent's SVID and the trust bundle.
+type AttestResponse struct {
+	SVID   X509SVID `json:"svid"`
+	Bundle [][]byte `json:"bundle"`
+}
+
+// RenewRequest asks for a new agent SVID; the call is authenticated by the
+// current one (mTLS).
+type RenewRequest struct {
+	CSR []byte `json:"csr"`
+}
+
+// SyncResponse is everything an agent needs at one revision.
+type SyncResponse struct {
+	Revision  int64           `json:"revision"`
+	Bundle    [][]byte        `json:"bundle"`
+	JWTBundle json.RawMessage `json:"jwt_bundle"`
+	Entries   []Entry         `json:"entries"`
+	Revoked   []string        `json:"revoked"`
+}
+
+// SignRequest asks for workload SVIDs, one per entry.
+type SignRequest struct {
+	Requests []SignItem `json:"requests"`
+}
+
+// SignItem is one CSR for one entry.
+type SignItem struct {
+	EntryID string `json:"entry_id"`
+	CSR     []byte `json:"csr"`
+}
+
+// SignResponse answers a SignRequest item by item, in order. An item that
+// failed has Error set and no SVID; the others are unaffected.
+type SignResponse struct {
+	Results []SignResult `json:"results"`
+}
+
+// SignResult is the answer for one SignItem.
+type SignResult struct {
+	EntryID string    `json:"entry_id"`
+	SVID    *X509SVID `json:"svid,omitempty"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// JWTSVIDRequest asks for a JWT-SVID for one entry.
+type JWTSVIDRequest struct {
+	EntryID  string   `json:"entry_id"`
+	Audience []string `json:"audience"`
+}
+
+// JWTSVIDResponse carries a signed JWT-SVID.
+type JWTSVIDResponse struct {
+	SpiffeID  string    `json:"spiffe_id"`
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// CAKey describes one CA key.
+type CAKey struct {
+	Kind      string    `json:"kind"`
+	ID        string    `json:"id"`
+	State     string    `json:"state"`
+	Subject   string    `json:"subject,omitempty"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	Upstream  bool      `json:"upstream,omitempty"`
+}
+
+// CAStatus lists the CA's keys.
+type CAStatus struct {
+	TrustDomain string  `json:"trust_domain"`
+	Keys        []CAKey `json:"keys"`
+}
+
+// Rotation targets for RotateRequest.
+const (
+	RotateIntermediate = "intermediate"
+	RotateRootPrepare  = "root-prepare"
+	RotateRootActivate = "root-activate"
+)
+
+// RotateRequest rotates one part of the CA now.
+type RotateRequest struct {
+	Target string `json:"target"`
+}

@@ -1,0 +1,237 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/identity"
+)
+
+// Outcome is what happened to one attack.
+type Outcome struct {
+	Stopped bool
+	Prevent string // what stopped it
+	Detect  string // which alert fired ("" until detection lands)
+	Respond string // what the playbook did ("" until respond lands)
+}
+
+// Attack is one scripted attack against the live demo system.
+type Attack struct {
+	Name  string
+	Tried string
+	Run   func(ctx context.Context, sys *System) (Outcome, error)
+}
+
+// Attacks lists every scenario, in the order they are run.
+func Attacks() []Attack {
+	return []Attack{
+		{"admin-without-token", "call the admin API with no token, then with a guessed one, to register an identity for ourselves", attackAdminToken},
+		{"join-token-replay", "replay the join token the demo agent already spent, to enrol a rogue agent", attackJoinTokenReplay},
+		{"foreign-ca-agent", "connect to the server as the demo agent with a certificate from our own CA", attackForeignCA},
+		{"csr-for-another-id", "as the agent, ask for an SVID naming another service, then for a CA certificate", attackCSR},
+		{"unregistered-workload", "run an unregistered binary that asks the agent's Workload API for an identity", attackUnregisteredWorkload},
+		{"revoked-agent", "keep using an agent certificate after it was revoked", attackRevokedAgent},
+	}
+}
+
+func attackNames() []string {
+	var out []string
+	for _, a := range Attacks() {
+		out = append(out, a.Name)
+	}
+	return out
+}
+
+func findAttack(name string) (Attack, bool) {
+	for _, a := range Attacks() {
+		if a.Name == name {
+			return a, true
+		}
+	}
+	return Attack{}, false
+}
+
+// runAttacks runs the attacks and prints each outcome; it fails if any
+// attack was not stopped.
+func runAttacks(ctx context.Context, w io.Writer, sys *System, attacks []Attack) error {
+	failed := 0
+	for _, a := range attacks {
+		fmt.Fprintf(w, "attack %s\n  tried:   %s\n", a.Name, a.Tried)
+		out, err := a.Run(ctx, sys)
+		if err != nil {
+			failed++
+			fmt.Fprintf(w, "  ERROR:   %v\n\n", err)
+			continue
+		}
+		if !out.Stopped {
+			failed++
+			fmt.Fprintf(w, "  NOT STOPPED\n\n")
+			continue
+		}
+		fmt.Fprintf(w, "  prevent: %s\n", out.Prevent)
+		fmt.Fprintf(w, "  detect:  %s\n", orPending(out.Detect, "(audit log and detection rules: not yet built)"))
+		fmt.Fprintf(w, "  respond: %s\n", orPending(out.Respond, "(playbooks: not yet built)"))
+		fmt.Fprintf(w, "  result:  STOPPED\n\n")
+	}
+	fmt.Fprintf(w, "%d attacks, %d stopped, %d not stopped\n", len(attacks), len(attacks)-failed, failed)
+	if failed > 0 {
+		return fmt.Errorf("demo: %d attack(s) were not stopped", failed)
+	}
+	return nil
+}
+
+func orPending(s, pending string) string {
+	if s == "" {
+		return pending
+	}
+	return s
+}
+
+func attackAdminToken(ctx context.Context, sys *System) (Outcome, error) {
+	e := api.Entry{SpiffeID: spiffeid.RequireFromPath(TrustDomain, "/attacker").String(),
+		ParentID: "spiffe://" + TrustDomain.Name() + "/rampart/agent/" + sys.AgentName, Selectors: []string{"unix:uid:0"}}
+	var statuses []string
+	for _, tok := range []string{"", "rpa_guessed-token-000000000000000000000000000"} {
+		c := *sys.Admin
+		c.AdminToken = tok
+		err := c.Do(ctx, http.MethodPost, "/v1/entries", e, nil)
+		var p *api.Problem
+		if !errors.As(err, &p) || p.Status != http.StatusUnauthorized {
+			return Outcome{}, fmt.Errorf("admin call with token %q was not refused with 401: %v", tok, err)
+		}
+		statuses = append(statuses, fmt.Sprint(p.Status))
+	}
+	return Outcome{Stopped: true, Prevent: "the server answered " + strings.Join(statuses, " and ") + " Unauthorized: admin calls need the 256-bit admin token, compared in constant time"}, nil
+}
+
+func attackJoinTokenReplay(ctx context.Context, sys *System) (Outcome, error) {
+	if sys.JoinToken == "" {
+		return Outcome{}, errors.New("the demo's spent join token is unknown (data dir from an older run)")
+	}
+	_, csr := newCSR(spiffeid.ID{})
+	c := &api.Client{BaseURL: sys.Admin.BaseURL, HTTP: sys.Admin.HTTP}
+	err := c.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: sys.JoinToken, CSR: csr}, nil)
+	var p *api.Problem
+	if !errors.As(err, &p) || p.Status != http.StatusUnauthorized {
+		return Outcome{}, fmt.Errorf("replayed join token was not refused: %v", err)
+	}
+	return Outcome{Stopped: true, Prevent: "the server refused it (401 " + p.Detail + "): a join token is spent atomically on first use"}, nil
+}
+
+func attackForeignCA(ctx context.Context, sys *System) (Outcome, error) {
+	agentID, _ := identity.AgentID(TrustDomain, sys.AgentName)
+	cert, err := selfSignedSVID(agentID)
+	if err != nil {
+		return Outcome{}, err
+	}
+	pool := x509.NewCertPool()
+	pem, _ := os.ReadFile(sys.BundleFile)
+	pool.AppendCertsFromPEM(pem)
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}}}
+	resp, err := hc.Get(sys.Admin.BaseURL + "/v1/agent/sync")
+	if err == nil {
+		resp.Body.Close()
+		return Outcome{}, fmt.Errorf("server accepted a foreign certificate (status %d)", resp.StatusCode)
+	}
+	return Outcome{Stopped: true, Prevent: "TLS handshake refused (" + lastLine(err.Error()) + "): the certificate does not chain to the trust bundle"}, nil
+}
+
+func attackCSR(ctx context.Context, sys *System) (Outcome, error) {
+	var entries []api.Entry
+	if err := sys.Admin.Do(ctx, http.MethodGet, "/v1/entries", nil, &entries); err != nil {
+		return Outcome{}, err
+	}
+	var entryID string
+	for _, e := range entries {
+		if e.SpiffeID == sys.Workload.String() {
+			entryID = e.ID
+		}
+	}
+	sv, err := sys.Agent.GetX509SVID()
+	if err != nil {
+		return Outcome{}, err
+	}
+	c := mtlsClient(sys, sv.Certificates, sv.PrivateKey)
+	_, otherCSR := newCSR(spiffeid.RequireFromPath(TrustDomain, "/payments"))
+	_, caCSR := newCSRWith(sys.Workload, true)
+	var resp api.SignResponse
+	req := api.SignRequest{Requests: []api.SignItem{{EntryID: entryID, CSR: otherCSR}, {EntryID: entryID, CSR: caCSR}}}
+	if err := c.Do(ctx, http.MethodPost, "/v1/agent/svids", req, &resp); err != nil {
+		return Outcome{}, err
+	}
+	var reasons []string
+	for _, r := range resp.Results {
+		if r.SVID != nil || r.Error == "" {
+			return Outcome{}, errors.New("the CA signed a CSR it should have refused")
+		}
+		reasons = append(reasons, r.Error)
+	}
+	return Outcome{Stopped: true, Prevent: "the CA refused both CSRs: " + strings.Join(reasons, "; ")}, nil
+}
+
+func attackUnregisteredWorkload(ctx context.Context, sys *System) (Outcome, error) {
+	// A copy of this binary at another path: same uid, but the entry also
+	// requires unix:path of the real binary, so the copy matches nothing.
+	dir := filepath.Join(sys.Dir, "impostor")
+	os.MkdirAll(dir, 0o700)
+	imp := filepath.Join(dir, "rampart")
+	if err := copyFile(sys.Exe, imp); err != nil {
+		return Outcome{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, imp, "svid", "fetch", "--socket", sys.Socket, "--timeout", "3s").CombinedOutput()
+	if err == nil {
+		return Outcome{}, fmt.Errorf("the unregistered binary got an identity: %s", out)
+	}
+	if !bytes.Contains(out, []byte("PermissionDenied")) && !bytes.Contains(out, []byte("no identity issued")) {
+		return Outcome{}, fmt.Errorf("the unregistered binary failed for another reason: %s", out)
+	}
+	return Outcome{Stopped: true, Prevent: "the agent attested the caller from the kernel (uid " + fmt.Sprint(os.Getuid()) + ", path " + imp + ") and answered PermissionDenied: no entry matches"}, nil
+}
+
+func attackRevokedAgent(ctx context.Context, sys *System) (Outcome, error) {
+	name := fmt.Sprintf("rogue-%d", time.Now().UnixNano())
+	var jt api.CreateJoinTokenResponse
+	if err := sys.Admin.Do(ctx, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: name}, &jt); err != nil {
+		return Outcome{}, err
+	}
+	key, csr := newCSR(spiffeid.ID{})
+	var att api.AttestResponse
+	plain := &api.Client{BaseURL: sys.Admin.BaseURL, HTTP: sys.Admin.HTTP}
+	if err := plain.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: jt.Token, CSR: csr}, &att); err != nil {
+		return Outcome{}, err
+	}
+	chain, err := parseDER(att.SVID.Chain)
+	if err != nil {
+		return Outcome{}, err
+	}
+	serial := chain[0].SerialNumber.Text(16)
+	if err := sys.Admin.Do(ctx, http.MethodPost, "/v1/svids/revoke", api.RevokeRequest{Serial: serial, Reason: "demo: key stolen"}, nil); err != nil {
+		return Outcome{}, err
+	}
+	defer sys.Admin.Do(ctx, http.MethodPost, "/v1/agents/"+name+"/evict", nil, nil)
+	c := mtlsClient(sys, chain, key)
+	rogueID, _ := spiffeid.FromURI(chain[0].URIs[0])
+	_, csr2 := newCSR(rogueID)
+	err = c.Do(ctx, http.MethodPost, "/v1/agent/renew", api.RenewRequest{CSR: csr2}, nil)
+	if err == nil {
+		return Outcome{}, errors.New("the revoked agent certificate renewed")
+	}
+	return Outcome{Stopped: true, Prevent: "the server refused the revoked certificate (serial " + serial + ") at the TLS handshake: " + lastLine(err.Error())}, nil
+}

@@ -1,0 +1,236 @@
+package demo
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/rampartsec/rampart/internal/agent"
+	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/server"
+)
+
+// TrustDomain is the demo's trust domain.
+var TrustDomain = spiffeid.RequireTrustDomainFromString("demo.rampart.local")
+
+// Config configures a demo run.
+type Config struct {
+	DataDir string
+	Attacks bool   // run every attack, print outcomes, exit
+	Attack  string // run one attack by name, exit
+	Stdout  io.Writer
+	Stderr  io.Writer
+}
+
+// System is the running demo: what attacks need to reach.
+type System struct {
+	Dir        string
+	ServerAddr string
+	Admin      *api.Client
+	BundleFile string
+	Socket     string
+	Agent      *agent.Agent
+	AgentName  string
+	Workload   spiffeid.ID
+	JoinToken  string // the token the agent spent (replayed by an attack)
+	Exe        string // this binary
+}
+
+// Run starts the demo system and blocks until ctx is done, or runs the
+// attacks and returns.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Stdout == nil {
+		cfg.Stdout = os.Stdout
+	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = os.Stderr
+	}
+	var selected []Attack
+	switch {
+	case cfg.Attack != "":
+		a, ok := findAttack(cfg.Attack)
+		if !ok {
+			return fmt.Errorf("demo: no attack %q; known: %s", cfg.Attack, strings.Join(attackNames(), ", "))
+		}
+		selected = []Attack{a}
+	case cfg.Attacks:
+		selected = Attacks()
+	}
+	dir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	logFile, err := os.OpenFile(filepath.Join(dir, "demo.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	defer logFile.Close()
+	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sys, wait, err := start(ctx, dir, log)
+	if err != nil {
+		return err
+	}
+	defer func() { cancel(); wait() }()
+
+	w := cfg.Stdout
+	fmt.Fprintf(w, "Rampart demo (data in %s, logs in %s)\n\n", dir, filepath.Join(dir, "demo.log"))
+	fmt.Fprintf(w, "  server    https://%s   trust domain %s\n", sys.ServerAddr, TrustDomain.Name())
+	fmt.Fprintf(w, "  agent     %s   Workload API unix://%s\n", sys.Agent.ID(), sys.Socket)
+	svid, err := fetchOwnSVID(ctx, sys)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "  workload  %s   X.509-SVID serial %s, expires %s, chain verified against the bundle\n\n",
+		svid.ID, svid.Certificates[0].SerialNumber.Text(16), svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
+
+	if len(selected) > 0 {
+		return runAttacks(ctx, w, sys, selected)
+	}
+	fmt.Fprintf(w, "Try it from another shell:\n")
+	fmt.Fprintf(w, "  export RAMPART_SERVER=%s RAMPART_CA_BUNDLE=%s RAMPART_ADMIN_TOKEN_FILE=%s\n", sys.ServerAddr, sys.BundleFile, filepath.Join(dir, "server", "admin.token"))
+	fmt.Fprintf(w, "  rampart entry list\n  rampart agent list\n  rampart ca status\n")
+	fmt.Fprintf(w, "  rampart svid fetch --socket %s\n", sys.Socket)
+	fmt.Fprintf(w, "  rampart demo --data %s --attacks    # the attacks it stops\n\n", cfg.DataDir)
+	fmt.Fprintln(w, "ready; press Ctrl-C to stop")
+	<-ctx.Done()
+	fmt.Fprintln(w, "stopping")
+	return nil
+}
+
+// start brings up the server and the agent in this process, and registers
+// the demo workload. It is idempotent over a reused data directory.
+func start(ctx context.Context, dir string, log *slog.Logger) (*System, func(), error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, fmt.Errorf("demo: %w", err)
+	}
+	exe, _ = filepath.EvalSymlinks(exe)
+	srvDir := filepath.Join(dir, "server")
+	srv, err := server.New(ctx, server.Config{DataDir: srvDir, Listen: "127.0.0.1:0", TrustDomain: TrustDomain, Log: log.With("part", "server")})
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		srv.Close()
+		return nil, nil, fmt.Errorf("demo: %w", err)
+	}
+	done := make(chan struct{}, 2)
+	go func() { srv.Serve(ctx, ln); srv.Close(); done <- struct{}{} }()
+	sys := &System{Dir: dir, ServerAddr: ln.Addr().String(), BundleFile: filepath.Join(srvDir, "bundle.pem"),
+		Socket: filepath.Join(dir, "agent", "workload.sock"), AgentName: "demo-node", Exe: exe}
+	tok, _ := os.ReadFile(filepath.Join(srvDir, "admin.token"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(identity.EncodePEM(srv.CA().X509Bundle()))
+	sys.Admin = &api.Client{BaseURL: "https://" + sys.ServerAddr, AdminToken: strings.TrimSpace(string(tok)),
+		HTTP: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}}
+
+	agentDir := filepath.Join(dir, "agent")
+	agentID, _ := identity.AgentID(TrustDomain, sys.AgentName)
+	acfg := agent.Config{ServerAddr: sys.ServerAddr, BundleFile: sys.BundleFile, SocketPath: sys.Socket, DataDir: agentDir,
+		TrustDomain: TrustDomain, Log: log.With("part", "agent")}
+	if _, err := os.Stat(filepath.Join(agentDir, "cache.json")); err != nil {
+		var jt api.CreateJoinTokenResponse
+		if err := sys.Admin.Do(ctx, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: sys.AgentName}, &jt); err != nil {
+			return nil, nil, fmt.Errorf("demo: join token: %w", err)
+		}
+		acfg.JoinToken, sys.JoinToken = jt.Token, jt.Token
+		os.WriteFile(filepath.Join(dir, "spent-join-token"), []byte(jt.Token), 0o600)
+	} else {
+		b, _ := os.ReadFile(filepath.Join(dir, "spent-join-token"))
+		sys.JoinToken = strings.TrimSpace(string(b))
+	}
+	sys.Workload = spiffeid.RequireFromPath(TrustDomain, "/demo/client")
+	if err := ensureEntry(ctx, sys.Admin, api.Entry{SpiffeID: sys.Workload.String(), ParentID: agentID.String(),
+		Selectors: []string{"unix:uid:" + strconv.Itoa(os.Getuid()), "unix:path:" + exe}}); err != nil {
+		return nil, nil, err
+	}
+	a, err := agent.New(acfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	sys.Agent = a
+	agentErr := make(chan error, 1)
+	go func() { agentErr <- a.Run(ctx); done <- struct{}{} }()
+	wait := func() { <-done; <-done }
+	// The socket appears once the agent has attested and serves.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(sys.Socket); err == nil && !a.ID().IsZero() {
+			break
+		}
+		select {
+		case err := <-agentErr:
+			return nil, nil, fmt.Errorf("demo: agent: %w", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, nil, errors.New("demo: the agent did not start within 30s (see demo.log)")
+		}
+	}
+	return sys, wait, nil
+}
+
+func ensureEntry(ctx context.Context, admin *api.Client, e api.Entry) error {
+	var entries []api.Entry
+	if err := admin.Do(ctx, http.MethodGet, "/v1/entries", nil, &entries); err != nil {
+		return fmt.Errorf("demo: list entries: %w", err)
+	}
+	for _, o := range entries {
+		if o.SpiffeID == e.SpiffeID && o.ParentID == e.ParentID && strings.Join(o.Selectors, ",") == strings.Join(e.Selectors, ",") {
+			return nil
+		}
+	}
+	if err := admin.Do(ctx, http.MethodPost, "/v1/entries", e, nil); err != nil {
+		return fmt.Errorf("demo: create entry %s: %w", e.SpiffeID, err)
+	}
+	return nil
+}
+
+// fetchOwnSVID fetches this process's SVID through the Workload API with
+// go-spiffe's client, as any workload would.
+func fetchOwnSVID(ctx context.Context, sys *System) (*x509svid.SVID, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for {
+		resp, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+sys.Socket))
+		if err == nil && len(resp.SVIDs) > 0 {
+			s := resp.DefaultSVID()
+			b, err := resp.Bundles.GetX509BundleForTrustDomain(TrustDomain)
+			if err != nil {
+				return nil, err
+			}
+			if _, _, err := x509svid.Verify(s.Certificates, b); err != nil {
+				return nil, fmt.Errorf("demo: the SVID does not verify against the bundle: %w", err)
+			}
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("demo: no SVID from the agent: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

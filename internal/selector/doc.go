@@ -1,0 +1,12 @@
+// Package selector describes workloads by the properties an agent can attest.
+//
+// A selector is a type and a value, written "type:value", for example
+// "unix:uid:1000" or "unix:path:/usr/bin/orders". Registration entries carry a
+// set of selectors; a workload is entitled to an entry's SPIFFE ID when the
+// workload's attested selectors include every selector of the entry (SPIRE's
+// model: an entry's selectors are ANDed).
+//
+// Only the selector types this package knows are accepted; anything else is an
+// error naming the selector, so a typo never creates an entry that silently
+// matches nothing.
+package selector

@@ -1,0 +1,138 @@
+package selector
+
+import (
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Selector is one attested property of a workload, such as "unix:uid:1000".
+// Type is the attestor and kind ("unix:uid"); Value is the property's value.
+type Selector struct {
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+// Known selector types.
+const (
+	UnixUID    = "unix:uid"
+	UnixGID    = "unix:gid"
+	UnixPath   = "unix:path"
+	UnixSHA256 = "unix:sha256"
+)
+
+// String returns the selector in its "type:value" form.
+func (s Selector) String() string { return s.Type + ":" + s.Value }
+
+// Parse parses a selector in "type:value" form, for example "unix:uid:1000",
+// and checks that its value is well formed for its type.
+func Parse(s string) (Selector, error) {
+	for _, t := range []string{UnixUID, UnixGID, UnixPath, UnixSHA256} {
+		if v, ok := strings.CutPrefix(s, t+":"); ok {
+			sel := Selector{Type: t, Value: v}
+			if err := sel.Validate(); err != nil {
+				return Selector{}, err
+			}
+			return sel, nil
+		}
+	}
+	return Selector{}, fmt.Errorf("selector: %q: unknown type (want unix:uid:N, unix:gid:N, unix:path:/abs/path or unix:sha256:HEX)", s)
+}
+
+// Validate checks that the selector's value is well formed for its type.
+func (s Selector) Validate() error {
+	switch s.Type {
+	case UnixUID, UnixGID:
+		n, err := strconv.ParseUint(s.Value, 10, 32)
+		if err != nil || strconv.FormatUint(n, 10) != s.Value {
+			return fmt.Errorf("selector: %q: value must be a decimal id without sign or leading zeros", s.String())
+		}
+	case UnixPath:
+		if !filepath.IsAbs(s.Value) || filepath.Clean(s.Value) != s.Value {
+			return fmt.Errorf("selector: %q: value must be an absolute, clean path", s.String())
+		}
+	case UnixSHA256:
+		b, err := hex.DecodeString(s.Value)
+		if err != nil || len(b) != 32 || strings.ToLower(s.Value) != s.Value {
+			return fmt.Errorf("selector: %q: value must be 64 lower-case hex digits", s.String())
+		}
+	default:
+		return fmt.Errorf("selector: %q: unknown type %q", s.String(), s.Type)
+	}
+	return nil
+}
+
+// ParseAll parses a list of selectors, failing on the first bad one. The result
+// is sorted and has no duplicates.
+func ParseAll(ss []string) ([]Selector, error) {
+	out := make([]Selector, 0, len(ss))
+	for _, s := range ss {
+		sel, err := Parse(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sel)
+	}
+	return Normalize(out), nil
+}
+
+// Normalize sorts selectors and removes duplicates, so equal sets compare equal.
+func Normalize(ss []Selector) []Selector {
+	out := slices.Clone(ss)
+	slices.SortFunc(out, func(a, b Selector) int {
+		if c := strings.Compare(a.Type, b.Type); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Value, b.Value)
+	})
+	return slices.Compact(out)
+}
+
+// Set is the set of selectors attested for one workload.
+type Set map[Selector]struct{}
+
+// NewSet returns a set holding ss.
+func NewSet(ss ...Selector) Set {
+	set := make(Set, len(ss))
+	for _, s := range ss {
+		set[s] = struct{}{}
+	}
+	return set
+}
+
+// Has reports whether the set holds s.
+func (set Set) Has(s Selector) bool {
+	_, ok := set[s]
+	return ok
+}
+
+// Matches reports whether the set satisfies an entry's selectors: every one
+// of them must be present. An entry with no selectors matches nothing, so an
+// empty entry can never hand out an identity to every caller.
+func (set Set) Matches(entry []Selector) bool {
+	if len(entry) == 0 {
+		return false
+	}
+	for _, s := range entry {
+		if !set.Has(s) {
+			return false
+		}
+	}
+	return true
+}
+
+// Needs reports whether any of the selectors has type t; attestors use it to
+// skip costly work (hashing a binary) nobody asked for.
+func Needs(entries [][]Selector, t string) bool {
+	for _, e := range entries {
+		for _, s := range e {
+			if s.Type == t {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,26 @@
+// Package server wires the control plane together: it opens the store, loads
+// the CA, and serves the versioned JSON API over HTTPS (TLS 1.3 only).
+//
+// It owns no domain logic of its own. Identity rules live in identity and
+// svid, selectors in selector, persistence in store; this package checks who
+// is calling and translates between HTTP and those packages.
+//
+// # Who may call what
+//
+//   - Admin calls (/v1/entries, /v1/join-tokens, /v1/agents, /v1/svids, /v1/ca)
+//     need the bearer token written to DATA/admin.token (0600) on first start,
+//     compared in constant time.
+//   - Agent calls (/v1/agent/...) need the agent's own X.509-SVID as a TLS
+//     client certificate, verified against the current bundle at the
+//     handshake; an evicted agent or a revoked certificate is refused.
+//   - /v1/agent/attest is the one agent call without a certificate: it spends a
+//     join token.
+//   - /v1/bundle, /v1/jwt-bundle, /healthz and /metrics are public.
+//
+// # Data directory
+//
+// First start creates DATA (0700) with the SQLite store (unless PostgreSQL is
+// configured), keys/kek (the key-encryption key that wraps CA keys, 0600),
+// admin.token (0600), trust_domain, and bundle.pem, which is rewritten
+// whenever the bundle changes. A restart reuses all of it.
+package server

@@ -1,0 +1,118 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Handler returns the API's HTTP handler.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern string, h http.HandlerFunc) {
+		mux.Handle(pattern, s.instrument(pattern, h))
+	}
+	// Public.
+	route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
+	route("GET /v1/bundle", s.handleBundle)
+	route("GET /v1/jwt-bundle", s.handleJWTBundle)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+
+	// Admin.
+	route("POST /v1/join-tokens", s.admin(s.handleCreateJoinToken))
+	route("POST /v1/entries", s.admin(s.handleCreateEntry))
+	route("GET /v1/entries", s.admin(s.handleListEntries))
+	route("GET /v1/entries/{id}", s.admin(s.handleGetEntry))
+	route("DELETE /v1/entries/{id}", s.admin(s.handleDeleteEntry))
+	route("GET /v1/agents", s.admin(s.handleListAgents))
+	route("GET /v1/agents/{name}", s.admin(s.handleGetAgent))
+	route("POST /v1/agents/{name}/evict", s.admin(s.handleEvictAgent))
+	route("POST /v1/svids/revoke", s.admin(s.handleRevoke))
+	route("GET /v1/ca", s.admin(s.handleCAStatus))
+	route("POST /v1/ca/rotate", s.admin(s.handleCARotate))
+
+	// Agents.
+	route("POST /v1/agent/attest", s.handleAttest)
+	route("POST /v1/agent/renew", s.agent(s.handleRenew))
+	route("GET /v1/agent/sync", s.agent(s.handleSync))
+	route("POST /v1/agent/svids", s.agent(s.handleSign))
+	route("POST /v1/agent/jwt-svids", s.agent(s.handleJWTSVID))
+
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, http.StatusNotFound, "no such API endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) instrument(route string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, code: 200}
+		h.ServeHTTP(sw, r)
+		s.metrics.requests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
+		s.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+// admin requires the admin bearer token, compared in constant time.
+func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || subtle.ConstantTimeCompare(sum[:], s.adminTokenHash[:]) != 1 {
+			s.metrics.adminAuthFailures.Inc()
+			s.log.Warn("refused an admin call", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "token_present", ok)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart-admin"`)
+			writeProblem(w, http.StatusUnauthorized, "admin calls need the admin token (RAMPART_ADMIN_TOKEN, from DATA/admin.token) as a bearer token")
+			return
+		}
+		h(w, r)
+	}
+}
+
+type agentKey struct{}
+
+// agent requires an agent SVID as the TLS client certificate. The handshake
+// already verified the chain; the checks are repeated here because a
+// revocation or eviction may have happened since the connection was opened.
+func (s *Server) agent(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			writeProblem(w, http.StatusUnauthorized, "agent calls need the agent's SVID as a TLS client certificate")
+			return
+		}
+		raw := make([][]byte, len(r.TLS.PeerCertificates))
+		for i, c := range r.TLS.PeerCertificates {
+			raw[i] = c.Raw
+		}
+		id, err := s.verifyAgentChain(raw)
+		if err != nil {
+			s.log.Warn("refused an agent call", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
+			writeProblem(w, http.StatusForbidden, err.Error())
+			return
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), agentKey{}, id)))
+	}
+}
+
+func agentFrom(r *http.Request) spiffeid.ID {
+	id, _ := r.Context().Value(agentKey{}).(spiffeid.ID)
+	return id
+}

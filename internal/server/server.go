@@ -1,0 +1,438 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/atomicfile"
+	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/keywrap"
+	"github.com/rampartsec/rampart/internal/store"
+)
+
+// Defaults.
+const (
+	DefaultX509TTL      = time.Hour
+	DefaultJWTTTL       = 5 * time.Minute
+	DefaultAgentTTL     = time.Hour
+	DefaultJoinTokenTTL = 10 * time.Minute
+	// syncPoll is how often the server checks the store for changes made by
+	// other replicas; changes made by this replica wake agents at once.
+	syncPoll = time.Second
+	// maxSyncWait bounds an agent's long poll.
+	maxSyncWait = 30 * time.Second
+)
+
+// Config configures a server. Zero values take the defaults.
+type Config struct {
+	DataDir     string
+	Listen      string // host:port of the HTTPS API
+	TrustDomain spiffeid.TrustDomain
+	DNSNames    []string // extra names for the server certificate
+	PostgresDSN string   // empty: SQLite in DataDir
+	KEKFile     string   // default DataDir/keys/kek
+
+	UpstreamCertFile string // root(s) supplied from outside
+	UpstreamKeyFile  string // its key; may be absent (kept offline)
+
+	RootTTL         time.Duration
+	IntermediateTTL time.Duration
+	JWTKeyTTL       time.Duration
+	DefaultX509TTL  time.Duration
+	DefaultJWTTTL   time.Duration
+	AgentTTL        time.Duration
+	JoinTokenTTL    time.Duration
+
+	Now func() time.Time
+	Log *slog.Logger
+}
+
+// Server is a running control plane.
+type Server struct {
+	cfg     Config
+	store   store.Store
+	ca      *identity.CA
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *metrics
+	reg     *prometheus.Registry
+
+	adminTokenHash [32]byte
+
+	tls *tlsState
+
+	mu       sync.RWMutex
+	revision int64
+	revoked  map[string]struct{} // serials
+	evicted  map[string]struct{} // agent SPIFFE IDs
+	changed  chan struct{}       // closed and replaced at each revision change
+	bundle   []byte              // last bundle.pem written
+}
+
+// New initialises (first start) or opens (restart) the data directory, the
+// store and the CA.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("server: a data directory is required")
+	}
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("server: a trust domain is required")
+	}
+	cfg = withDefaults(cfg)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: data dir: %w", err)
+	}
+	if err := checkTrustDomain(cfg.DataDir, cfg.TrustDomain); err != nil {
+		return nil, err
+	}
+	wrapper, err := keywrap.LoadOrCreateFile(cfg.KEKFile)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	var st store.Store
+	if cfg.PostgresDSN != "" {
+		st, err = store.OpenPostgres(ctx, cfg.PostgresDSN)
+	} else {
+		st, err = store.OpenSQLite(filepath.Join(cfg.DataDir, "rampart.db"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s, err := newWithStore(ctx, cfg, st, wrapper)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func withDefaults(cfg Config) Config {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.KEKFile == "" {
+		cfg.KEKFile = filepath.Join(cfg.DataDir, "keys", "kek")
+	}
+	if cfg.DefaultX509TTL == 0 {
+		cfg.DefaultX509TTL = DefaultX509TTL
+	}
+	if cfg.DefaultJWTTTL == 0 {
+		cfg.DefaultJWTTTL = DefaultJWTTTL
+	}
+	if cfg.AgentTTL == 0 {
+		cfg.AgentTTL = DefaultAgentTTL
+	}
+	if cfg.JoinTokenTTL == 0 {
+		cfg.JoinTokenTTL = DefaultJoinTokenTTL
+	}
+	return cfg
+}
+
+func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keywrap.Wrapper) (*Server, error) {
+	up, err := loadUpstream(cfg.UpstreamCertFile, cfg.UpstreamKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := identity.New(ctx, identity.Config{
+		TrustDomain: cfg.TrustDomain, Store: st, Wrapper: wrapper, Now: cfg.Now, Log: cfg.Log,
+		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, JWTKeyTTL: cfg.JWTKeyTTL, Upstream: up,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s := &Server{
+		cfg: cfg, store: st, ca: ca, log: cfg.Log, now: cfg.Now,
+		changed: make(chan struct{}), reg: prometheus.NewRegistry(),
+	}
+	s.metrics = newMetrics(s.reg, ca)
+	token, err := loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "admin.token"))
+	if err != nil {
+		return nil, err
+	}
+	s.adminTokenHash = sha256.Sum256([]byte(token))
+	if err := s.refresh(ctx); err != nil {
+		return nil, err
+	}
+	s.tls = newTLSState(s)
+	return s, nil
+}
+
+// Store returns the server's store (for tests and benchmarks).
+func (s *Server) Store() store.Store { return s.store }
+
+// CA returns the server's CA.
+func (s *Server) CA() *identity.CA { return s.ca }
+
+// Registry returns the server's Prometheus registry.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Close releases the store.
+func (s *Server) Close() error { return s.store.Close() }
+
+// Serve serves the API on ln until ctx is done, then shuts down gracefully.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		TLSConfig:         s.tls.config(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	bg, stop := context.WithCancel(ctx)
+	defer stop()
+	go s.maintain(bg)
+	go s.pollRevision(bg)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	s.log.Info("server listening", "addr", ln.Addr().String(), "trust_domain", s.cfg.TrustDomain.Name())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("server: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Long polls end when ctx is done (BaseContext), so shutdown does not
+	// wait for them.
+	return srv.Shutdown(shutdownCtx)
+}
+
+// maintain applies the CA rotation schedule and prunes expired records.
+func (s *Server) maintain(ctx context.Context) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.maintainOnce(ctx)
+	}
+}
+
+func (s *Server) maintainOnce(ctx context.Context) {
+	before := string(identity.EncodePEM(s.ca.X509Bundle()))
+	if err := s.ca.Maintain(ctx); err != nil {
+		s.log.Error("CA maintenance failed", "err", err)
+		s.metrics.caMaintenanceFailures.Inc()
+	}
+	s.warnExpiry()
+	if err := s.store.PruneExpired(ctx, s.now()); err != nil {
+		s.log.Warn("pruning expired records failed", "err", err)
+	}
+	if string(identity.EncodePEM(s.ca.X509Bundle())) != before {
+		s.notify(ctx)
+	}
+}
+
+// warnExpiry logs a warning for any root or intermediate close to expiry:
+// expired trust anchors are the most common mesh outage, so they are shouted
+// about long before.
+func (s *Server) warnExpiry() {
+	now := s.now()
+	for _, k := range s.ca.Status() {
+		left := k.NotAfter.Sub(now)
+		life := k.NotAfter.Sub(k.NotBefore)
+		if k.State == store.StateRetired || k.Kind == store.KindJWT {
+			continue
+		}
+		if left < life/4 || (k.Kind == store.KindRoot && left < 30*24*time.Hour) {
+			s.log.Warn("CA certificate expires soon", "kind", k.Kind, "id", k.ID, "not_after", k.NotAfter, "left", left.Round(time.Minute).String())
+		}
+	}
+}
+
+func (s *Server) pollRevision(ctx context.Context) {
+	t := time.NewTicker(syncPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rev, err := s.store.Revision(ctx)
+		if err != nil {
+			continue
+		}
+		s.mu.RLock()
+		same := rev == s.revision
+		s.mu.RUnlock()
+		if !same {
+			// Another replica changed something: its CA keys may have rotated.
+			if err := s.ca.Reload(ctx); err != nil {
+				s.log.Error("reloading CA failed", "err", err)
+			}
+			s.notify(ctx)
+		}
+	}
+}
+
+// notify refreshes cached state from the store and wakes long polls.
+func (s *Server) notify(ctx context.Context) {
+	if err := s.refresh(ctx); err != nil {
+		s.log.Error("refreshing state failed", "err", err)
+	}
+}
+
+// refresh reloads revocations and evictions and, if the revision moved,
+// wakes every agent waiting in a long poll.
+func (s *Server) refresh(ctx context.Context) error {
+	rev, err := s.store.Revision(ctx)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	revs, err := s.store.ListRevocations(ctx, s.now())
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	agents, err := s.store.ListAgents(ctx)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	revoked := make(map[string]struct{}, len(revs))
+	for _, r := range revs {
+		revoked[r.Serial] = struct{}{}
+	}
+	evicted := map[string]struct{}{}
+	for _, a := range agents {
+		if a.Evicted {
+			evicted[a.SpiffeID] = struct{}{}
+		}
+	}
+	bundle := identity.EncodePEM(s.ca.X509Bundle())
+	s.mu.Lock()
+	moved := rev != s.revision
+	s.revision, s.revoked, s.evicted = rev, revoked, evicted
+	if moved {
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
+	writeBundle := string(bundle) != string(s.bundle)
+	s.bundle = bundle
+	s.mu.Unlock()
+	s.metrics.revocations.Set(float64(len(revoked)))
+	if writeBundle {
+		if err := atomicfile.Write(filepath.Join(s.cfg.DataDir, "bundle.pem"), bundle, 0o644); err != nil {
+			return fmt.Errorf("server: write bundle.pem: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) isRevoked(serial string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.revoked[serial]
+	return ok
+}
+
+func (s *Server) isEvicted(agentID string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.evicted[agentID]
+	return ok
+}
+
+// waitChange returns the current revision and a channel closed at the next.
+func (s *Server) waitChange() (int64, <-chan struct{}) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.revision, s.changed
+}
+
+func checkTrustDomain(dir string, td spiffeid.TrustDomain) error {
+	path := filepath.Join(dir, "trust_domain")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return atomicfile.Write(path, []byte(td.Name()+"\n"), 0o600)
+	}
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	if got := strings.TrimSpace(string(b)); got != td.Name() {
+		return fmt.Errorf("server: data dir %s belongs to trust domain %q, not %q; use another --data or the same --trust-domain", dir, got, td.Name())
+	}
+	return nil
+}
+
+// loadOrCreateAdminToken returns the admin token from path, creating a random
+// 256-bit one (0600) on first start.
+func loadOrCreateAdminToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		tok := strings.TrimSpace(string(b))
+		if len(tok) < 32 {
+			return "", fmt.Errorf("server: %s holds a token shorter than 32 characters; delete it to have a new one generated", path)
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("server: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("server: %w", err)
+	}
+	tok := "rpa_" + base64.RawURLEncoding.EncodeToString(raw)
+	if err := atomicfile.Write(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("server: write admin token: %w", err)
+	}
+	return tok, nil
+}
+
+func loadUpstream(certFile, keyFile string) (*identity.Upstream, error) {
+	if certFile == "" {
+		if keyFile != "" {
+			return nil, errors.New("server: --upstream-ca-key needs --upstream-ca-cert")
+		}
+		return nil, nil
+	}
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("server: upstream CA: %w", err)
+	}
+	roots, err := identity.ParsePEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("server: upstream CA %s: %w", certFile, err)
+	}
+	for _, r := range roots {
+		if !r.IsCA {
+			return nil, fmt.Errorf("server: upstream CA %s: certificate %q is not a CA", certFile, r.Subject)
+		}
+	}
+	up := &identity.Upstream{Roots: roots}
+	if keyFile != "" {
+		k, err := identity.LoadKeyFile(keyFile)
+		if errors.Is(err, fs.ErrNotExist) {
+			// Kept offline: the current intermediate keeps signing.
+			return up, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("server: upstream CA key: %w", err)
+		}
+		up.Key = k
+	}
+	return up, nil
+}

@@ -1,0 +1,155 @@
+package server
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/rampartsec/rampart/internal/identity"
+)
+
+// serverCertTTL is the life of the server's own TLS certificate; it is
+// replaced at half life.
+const serverCertTTL = 24 * time.Hour
+
+// tlsState holds the server's rotating certificate.
+type tlsState struct {
+	s    *Server
+	mu   sync.Mutex
+	cert *tls.Certificate
+}
+
+func newTLSState(s *Server) *tlsState { return &tlsState{s: s} }
+
+// config returns the HTTPS configuration: TLS 1.3 only; a client certificate
+// is optional (admin calls use a bearer token) but, when one is sent, it must
+// be an agent SVID that chains to the current bundle, or the handshake fails.
+func (t *tlsState) config() *tls.Config {
+	return &tls.Config{
+		MinVersion:            tls.VersionTLS13,
+		GetCertificate:        t.getCertificate,
+		ClientAuth:            tls.RequestClientCert,
+		VerifyPeerCertificate: t.verifyClient,
+		NextProtos:            []string{"h2", "http/1.1"},
+	}
+}
+
+func (t *tlsState) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.s.now()
+	if t.cert != nil {
+		leaf := t.cert.Leaf
+		if now.Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)) {
+			return t.cert, nil
+		}
+	}
+	c, err := t.issue()
+	if err != nil {
+		if t.cert != nil && now.Before(t.cert.Leaf.NotAfter) {
+			t.s.log.Error("renewing the server certificate failed; serving the current one", "err", err)
+			return t.cert, nil
+		}
+		return nil, err
+	}
+	t.cert = c
+	return c, nil
+}
+
+func (t *tlsState) issue() (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	dns := append([]string{"localhost"}, t.s.cfg.DNSNames...)
+	if h, err := os.Hostname(); err == nil && h != "" && h != "localhost" {
+		dns = append(dns, h)
+	}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	if host, _, err := net.SplitHostPort(t.s.cfg.Listen); err == nil {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() && !ip.IsLoopback() {
+			ips = append(ips, ip)
+		}
+	}
+	chain, err := t.s.ca.SignX509SVID(identity.ServerID(t.s.cfg.TrustDomain), key.Public(), serverCertTTL, dns, ips)
+	if err != nil {
+		return nil, fmt.Errorf("server: issue TLS certificate: %w", err)
+	}
+	c := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, cert := range chain {
+		c.Certificate = append(c.Certificate, cert.Raw)
+	}
+	t.s.metrics.svidsIssued.WithLabelValues("server").Inc()
+	return c, nil
+}
+
+// verifyClient checks a client certificate, when one is sent, against the
+// current bundle and requires it to be an agent SVID of this trust domain.
+func (t *tlsState) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	id, err := t.s.verifyAgentChain(raw)
+	if err != nil {
+		t.s.metrics.handshakeFailures.WithLabelValues(reasonOf(err)).Inc()
+		t.s.log.Warn("refused a client certificate", "err", err)
+		return err
+	}
+	_ = id
+	return nil
+}
+
+var (
+	errUntrusted = errors.New("client certificate does not chain to this trust domain's bundle")
+	errNotAgent  = errors.New("client certificate is not an agent SVID")
+	errRevoked   = errors.New("client certificate is revoked")
+	errEvicted   = errors.New("agent is evicted")
+)
+
+func reasonOf(err error) string {
+	switch {
+	case errors.Is(err, errUntrusted):
+		return "untrusted"
+	case errors.Is(err, errNotAgent):
+		return "not_agent"
+	case errors.Is(err, errRevoked):
+		return "revoked"
+	case errors.Is(err, errEvicted):
+		return "evicted"
+	}
+	return "other"
+}
+
+// verifyAgentChain verifies a raw client chain as an agent SVID: it chains
+// to the bundle, names an agent of this trust domain, is not revoked, and its
+// agent is not evicted.
+func (s *Server) verifyAgentChain(raw [][]byte) (spiffeid.ID, error) {
+	td := s.cfg.TrustDomain
+	bundle := x509bundle.FromX509Authorities(td, s.ca.X509Bundle())
+	id, chains, err := x509svid.ParseAndVerify(raw, bundle, x509svid.WithTime(s.now()))
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%w: %v", errUntrusted, err)
+	}
+	if !identity.IsAgentID(td, id) {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s", errNotAgent, id)
+	}
+	if s.isRevoked(chains[0][0].SerialNumber.Text(16)) {
+		return spiffeid.ID{}, fmt.Errorf("%w: serial %s", errRevoked, chains[0][0].SerialNumber.Text(16))
+	}
+	if s.isEvicted(id.String()) {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s", errEvicted, id)
+	}
+	return id, nil
+}

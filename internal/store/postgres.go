@@ -1,0 +1,39 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// OpenPostgres connects to the PostgreSQL database named by dsn (a URL or
+// key=value string, as libpq accepts) and brings its schema up to date.
+// Several servers may share the database; they migrate it one at a time.
+func OpenPostgres(ctx context.Context, dsn string) (Store, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		// pgx redacts the password from the DSN it quotes.
+		return nil, fmt.Errorf("store: postgres: %w", err)
+	}
+	// Named by its parts, never by the DSN, which may hold the password.
+	where := fmt.Sprintf("host=%s port=%d user=%s database=%s", cfg.Host, cfg.Port, cfg.User, cfg.Database)
+	db := stdlib.OpenDB(*cfg)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: postgres: connect to %s: %w", where, err)
+	}
+	s, err := newSQLStore(ctx, db, dialect{
+		name:     "postgres",
+		blob:     "BYTEA",
+		numbered: true,
+		// Transaction-scoped, so it is released on commit or rollback. The
+		// key is arbitrary but fixed: "rampart" in ASCII, as an integer.
+		lockMigrations: "SELECT pg_advisory_xact_lock(32195270009778804)",
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}

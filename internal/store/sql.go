@@ -1,0 +1,721 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// dialect is everything that differs between the SQL backends. The statements
+// themselves are shared, so SQLite and PostgreSQL behave identically and one
+// test suite covers both.
+type dialect struct {
+	name string
+	// blob is the column type for byte strings.
+	blob string
+	// numbered placeholders ($1, $2, ...) replace the ? the statements are
+	// written with.
+	numbered bool
+	// lockMigrations, when set, runs first in the migration transaction so
+	// that replicas starting together do not migrate the same database twice.
+	lockMigrations string
+}
+
+// sqlStore implements Store over database/sql.
+//
+// Times are stored as int64 Unix nanoseconds in UTC, 0 for the zero time: both
+// backends compare integers natively and identically, and no driver time
+// conversion or time zone is involved.
+type sqlStore struct {
+	db *sql.DB
+	d  dialect
+}
+
+var _ Store = (*sqlStore)(nil)
+
+// newSQLStore migrates db to the current schema and returns the store over
+// it. It closes db if it fails.
+func newSQLStore(ctx context.Context, db *sql.DB, d dialect) (*sqlStore, error) {
+	s := &sqlStore{db: db, d: d}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// migrations[i] takes the schema from version i to i+1. Append only: a
+// released migration is never edited, because databases have already run it.
+func (d dialect) migrations() [][]string {
+	return [][]string{{
+		`CREATE TABLE ca_keys (
+			id          TEXT PRIMARY KEY,
+			kind        TEXT NOT NULL,
+			state       TEXT NOT NULL,
+			cert_der    ` + d.blob + ` NOT NULL,
+			wrapped_key ` + d.blob + `,
+			not_before  BIGINT NOT NULL,
+			not_after   BIGINT NOT NULL,
+			created_at  BIGINT NOT NULL
+		)`,
+		`CREATE TABLE join_tokens (
+			hash       ` + d.blob + ` PRIMARY KEY,
+			agent_id   TEXT NOT NULL,
+			expires_at BIGINT NOT NULL,
+			created_at BIGINT NOT NULL,
+			used_at    BIGINT NOT NULL
+		)`,
+		`CREATE TABLE agents (
+			spiffe_id      TEXT PRIMARY KEY,
+			serial         TEXT NOT NULL,
+			svid_not_after BIGINT NOT NULL,
+			attested_at    BIGINT NOT NULL,
+			last_seen      BIGINT NOT NULL,
+			evicted        BOOLEAN NOT NULL,
+			evicted_at     BIGINT NOT NULL
+		)`,
+		`CREATE TABLE entries (
+			id         TEXT PRIMARY KEY,
+			spiffe_id  TEXT NOT NULL,
+			parent_id  TEXT NOT NULL,
+			selectors  TEXT NOT NULL,
+			x509_ttl   BIGINT NOT NULL,
+			jwt_ttl    BIGINT NOT NULL,
+			dns_names  TEXT NOT NULL,
+			created_at BIGINT NOT NULL
+		)`,
+		`CREATE INDEX entries_parent_id ON entries (parent_id)`,
+		`CREATE TABLE svids (
+			serial    TEXT PRIMARY KEY,
+			spiffe_id TEXT NOT NULL,
+			agent_id  TEXT NOT NULL,
+			entry_id  TEXT NOT NULL,
+			not_after BIGINT NOT NULL,
+			issued_at BIGINT NOT NULL
+		)`,
+		`CREATE INDEX svids_spiffe_id ON svids (spiffe_id)`,
+		`CREATE INDEX svids_agent_id ON svids (agent_id)`,
+		`CREATE TABLE revocations (
+			serial     TEXT PRIMARY KEY,
+			spiffe_id  TEXT NOT NULL,
+			reason     TEXT NOT NULL,
+			revoked_at BIGINT NOT NULL,
+			not_after  BIGINT NOT NULL
+		)`,
+		// One row, so bumping it serialises concurrent changes and a reader
+		// sees the revision and the change it counts together.
+		`CREATE TABLE revision (
+			id    INTEGER PRIMARY KEY CHECK (id = 1),
+			value BIGINT NOT NULL
+		)`,
+		`INSERT INTO revision (id, value) VALUES (1, 0)`,
+	}}
+}
+
+// migrate brings the schema up to date in one transaction, so a failed
+// migration leaves the database as it was.
+func (s *sqlStore) migrate(ctx context.Context) error {
+	migrations := s.d.migrations()
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if s.d.lockMigrations != "" {
+			if _, err := tx.ExecContext(ctx, s.d.lockMigrations); err != nil {
+				return fmt.Errorf("lock: %w", err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)`); err != nil {
+			return fmt.Errorf("create schema_version: %w", err)
+		}
+		var version int
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_version`).Scan(&version); err != nil {
+			return fmt.Errorf("read schema version: %w", err)
+		}
+		if version > len(migrations) {
+			return fmt.Errorf("database schema version %d is newer than this program's %d; upgrade the program", version, len(migrations))
+		}
+		for v := version; v < len(migrations); v++ {
+			for _, stmt := range migrations[v] {
+				if _, err := tx.ExecContext(ctx, stmt); err != nil {
+					return fmt.Errorf("migration %d: %w", v+1, err)
+				}
+			}
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_version (version) VALUES (?)`), v+1); err != nil {
+				return fmt.Errorf("migration %d: %w", v+1, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: %s: migrate: %w", s.d.name, err)
+	}
+	return nil
+}
+
+// q rewrites the ? placeholders of query for the dialect. The statements
+// contain no ? other than placeholders.
+func (s *sqlStore) q(query string) string {
+	if !s.d.numbered {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for i := 0; i < len(query); i++ {
+		if query[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(query[i])
+	}
+	return b.String()
+}
+
+// inTx runs fn in a transaction, committing if it returns nil.
+func (s *sqlStore) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// bump increases the revision inside tx, the transaction of the change it
+// counts.
+func (s *sqlStore) bump(ctx context.Context, tx *sql.Tx) error {
+	_, err := tx.ExecContext(ctx, `UPDATE revision SET value = value + 1 WHERE id = 1`)
+	return err
+}
+
+// execOne runs a statement that must change exactly one row; none is
+// ErrNotFound.
+func (s *sqlStore) execOne(ctx context.Context, tx *sql.Tx, query string, args ...any) error {
+	res, err := tx.ExecContext(ctx, s.q(query), args...)
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// insertNew runs an INSERT ... ON CONFLICT DO NOTHING; no row inserted is
+// ErrConflict. Letting the database decide is race-free in both backends,
+// unlike looking first, and needs no driver-specific error codes.
+func (s *sqlStore) insertNew(ctx context.Context, tx *sql.Tx, query string, args ...any) error {
+	res, err := tx.ExecContext(ctx, s.q(query), args...)
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrConflict
+	}
+	return nil
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+// queryAll runs a query and scans every row with scan.
+func queryAll[T any](ctx context.Context, s *sqlStore, scan func(scanner) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(query), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// checkTimes rejects times that Unix nanoseconds cannot hold, which would
+// otherwise be stored as garbage.
+func checkTimes(ts ...time.Time) error {
+	lo, hi := time.Unix(0, math.MinInt64), time.Unix(0, math.MaxInt64)
+	for _, t := range ts {
+		if !t.IsZero() && (t.Before(lo) || t.After(hi)) {
+			return fmt.Errorf("store: time %s out of range (years 1678 to 2262)", t.UTC())
+		}
+	}
+	return nil
+}
+
+func ns(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNS(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// CA keys.
+
+const caKeyColumns = `id, kind, state, cert_der, wrapped_key, not_before, not_after, created_at`
+
+// PutCAKey adds a new key and bumps the revision, since the bundle agents
+// fetch changes. A key with the same ID is ErrConflict: a wrapped private key
+// is never silently replaced.
+func (s *sqlStore) PutCAKey(ctx context.Context, k CAKey) error {
+	if err := checkTimes(k.NotBefore, k.NotAfter, k.CreatedAt); err != nil {
+		return err
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		err := s.insertNew(ctx, tx, `INSERT INTO ca_keys (`+caKeyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+			k.ID, string(k.Kind), string(k.State), k.CertDER, k.WrappedKey, ns(k.NotBefore), ns(k.NotAfter), ns(k.CreatedAt))
+		if err != nil {
+			return err
+		}
+		return s.bump(ctx, tx)
+	})
+	if errors.Is(err, ErrConflict) {
+		return fmt.Errorf("%w: CA key %s", ErrConflict, k.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("store: put CA key %s: %w", k.ID, err)
+	}
+	return nil
+}
+
+// ListCAKeys lists every CA key, oldest first.
+func (s *sqlStore) ListCAKeys(ctx context.Context) ([]CAKey, error) {
+	keys, err := queryAll(ctx, s, scanCAKey, `SELECT `+caKeyColumns+` FROM ca_keys ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list CA keys: %w", err)
+	}
+	return keys, nil
+}
+
+func scanCAKey(r scanner) (CAKey, error) {
+	var k CAKey
+	var kind, state string
+	var notBefore, notAfter, created int64
+	if err := r.Scan(&k.ID, &kind, &state, &k.CertDER, &k.WrappedKey, &notBefore, &notAfter, &created); err != nil {
+		return CAKey{}, err
+	}
+	k.Kind, k.State = CAKeyKind(kind), CAKeyState(state)
+	k.NotBefore, k.NotAfter, k.CreatedAt = fromNS(notBefore), fromNS(notAfter), fromNS(created)
+	return k, nil
+}
+
+func (s *sqlStore) SetCAKeyState(ctx context.Context, id string, state CAKeyState) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.execOne(ctx, tx, `UPDATE ca_keys SET state = ? WHERE id = ?`, string(state), id); err != nil {
+			return err
+		}
+		return s.bump(ctx, tx)
+	})
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: CA key %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return fmt.Errorf("store: set CA key %s state: %w", id, err)
+	}
+	return nil
+}
+
+// Join tokens.
+
+func (s *sqlStore) CreateJoinToken(ctx context.Context, t JoinToken) error {
+	if err := checkTimes(t.ExpiresAt, t.CreatedAt, t.UsedAt); err != nil {
+		return err
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		return s.insertNew(ctx, tx, `INSERT INTO join_tokens (hash, agent_id, expires_at, created_at, used_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING`,
+			t.Hash, t.AgentID, ns(t.ExpiresAt), ns(t.CreatedAt), ns(t.UsedAt))
+	})
+	if errors.Is(err, ErrConflict) {
+		return fmt.Errorf("%w: join token", ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("store: create join token: %w", err)
+	}
+	return nil
+}
+
+// ConsumeJoinToken is one conditional UPDATE: the database lets exactly one of
+// two concurrent calls see the token unused. Unknown, used and expired tokens
+// all return ErrTokenInvalid itself.
+func (s *sqlStore) ConsumeJoinToken(ctx context.Context, hash []byte, now time.Time) (JoinToken, error) {
+	if now.IsZero() {
+		// used_at 0 means unused: consuming at the zero time would not stick.
+		return JoinToken{}, errors.New("store: consume join token: zero time")
+	}
+	if err := checkTimes(now); err != nil {
+		return JoinToken{}, err
+	}
+	t := JoinToken{Hash: hash}
+	var expires, created, used int64
+	err := s.db.QueryRowContext(ctx, s.q(`UPDATE join_tokens SET used_at = ?
+		WHERE hash = ? AND used_at = 0 AND expires_at > ?
+		RETURNING agent_id, expires_at, created_at, used_at`),
+		ns(now), hash, ns(now)).Scan(&t.AgentID, &expires, &created, &used)
+	if errors.Is(err, sql.ErrNoRows) {
+		return JoinToken{}, ErrTokenInvalid
+	}
+	if err != nil {
+		return JoinToken{}, fmt.Errorf("store: consume join token: %w", err)
+	}
+	t.ExpiresAt, t.CreatedAt, t.UsedAt = fromNS(expires), fromNS(created), fromNS(used)
+	return t, nil
+}
+
+// Agents.
+
+const agentColumns = `spiffe_id, serial, svid_not_after, attested_at, last_seen, evicted, evicted_at`
+
+// UpsertAgent stores a, replacing every field of an existing agent with the
+// same SPIFFE ID. It does not bump the revision: agents learn of evictions,
+// not of attestations.
+func (s *sqlStore) UpsertAgent(ctx context.Context, a Agent) error {
+	if err := checkTimes(a.SVIDNotAfter, a.AttestedAt, a.LastSeen, a.EvictedAt); err != nil {
+		return err
+	}
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO agents (`+agentColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (spiffe_id) DO UPDATE SET
+			serial = excluded.serial,
+			svid_not_after = excluded.svid_not_after,
+			attested_at = excluded.attested_at,
+			last_seen = excluded.last_seen,
+			evicted = excluded.evicted,
+			evicted_at = excluded.evicted_at`),
+		a.SpiffeID, a.Serial, ns(a.SVIDNotAfter), ns(a.AttestedAt), ns(a.LastSeen), a.Evicted, ns(a.EvictedAt))
+	if err != nil {
+		return fmt.Errorf("store: upsert agent %s: %w", a.SpiffeID, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) GetAgent(ctx context.Context, spiffeID string) (Agent, error) {
+	a, err := scanAgent(s.db.QueryRowContext(ctx, s.q(`SELECT `+agentColumns+` FROM agents WHERE spiffe_id = ?`), spiffeID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Agent{}, fmt.Errorf("%w: agent %s", ErrNotFound, spiffeID)
+	}
+	if err != nil {
+		return Agent{}, fmt.Errorf("store: get agent %s: %w", spiffeID, err)
+	}
+	return a, nil
+}
+
+// ListAgents lists every agent, evicted ones included, ordered by SPIFFE ID.
+func (s *sqlStore) ListAgents(ctx context.Context) ([]Agent, error) {
+	agents, err := queryAll(ctx, s, scanAgent, `SELECT `+agentColumns+` FROM agents ORDER BY spiffe_id`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list agents: %w", err)
+	}
+	return agents, nil
+}
+
+func scanAgent(r scanner) (Agent, error) {
+	var a Agent
+	var svidNotAfter, attested, lastSeen, evictedAt int64
+	if err := r.Scan(&a.SpiffeID, &a.Serial, &svidNotAfter, &attested, &lastSeen, &a.Evicted, &evictedAt); err != nil {
+		return Agent{}, err
+	}
+	a.SVIDNotAfter, a.AttestedAt, a.LastSeen, a.EvictedAt = fromNS(svidNotAfter), fromNS(attested), fromNS(lastSeen), fromNS(evictedAt)
+	return a, nil
+}
+
+func (s *sqlStore) EvictAgent(ctx context.Context, spiffeID string, at time.Time) error {
+	if err := checkTimes(at); err != nil {
+		return err
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.execOne(ctx, tx, `UPDATE agents SET evicted = ?, evicted_at = ? WHERE spiffe_id = ?`, true, ns(at), spiffeID); err != nil {
+			return err
+		}
+		return s.bump(ctx, tx)
+	})
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: agent %s", ErrNotFound, spiffeID)
+	}
+	if err != nil {
+		return fmt.Errorf("store: evict agent %s: %w", spiffeID, err)
+	}
+	return nil
+}
+
+// Registration entries.
+
+const entryColumns = `id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, created_at`
+
+func (s *sqlStore) CreateEntry(ctx context.Context, e Entry) error {
+	if err := checkTimes(e.CreatedAt); err != nil {
+		return err
+	}
+	selectors, err := json.Marshal(e.Selectors)
+	if err != nil {
+		return fmt.Errorf("store: create entry %s: %w", e.ID, err)
+	}
+	dnsNames, err := json.Marshal(e.DNSNames)
+	if err != nil {
+		return fmt.Errorf("store: create entry %s: %w", e.ID, err)
+	}
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		err := s.insertNew(ctx, tx, `INSERT INTO entries (`+entryColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+			e.ID, e.SpiffeID, e.ParentID, string(selectors), int64(e.X509TTL), int64(e.JWTTTL), string(dnsNames), ns(e.CreatedAt))
+		if err != nil {
+			return err
+		}
+		return s.bump(ctx, tx)
+	})
+	if errors.Is(err, ErrConflict) {
+		return fmt.Errorf("%w: entry %s", ErrConflict, e.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("store: create entry %s: %w", e.ID, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) GetEntry(ctx context.Context, id string) (Entry, error) {
+	e, err := scanEntry(s.db.QueryRowContext(ctx, s.q(`SELECT `+entryColumns+` FROM entries WHERE id = ?`), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Entry{}, fmt.Errorf("%w: entry %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return Entry{}, fmt.Errorf("store: get entry %s: %w", id, err)
+	}
+	return e, nil
+}
+
+func (s *sqlStore) ListEntries(ctx context.Context, parentID string) ([]Entry, error) {
+	query, args := `SELECT `+entryColumns+` FROM entries ORDER BY id`, []any(nil)
+	if parentID != "" {
+		query, args = `SELECT `+entryColumns+` FROM entries WHERE parent_id = ? ORDER BY id`, []any{parentID}
+	}
+	entries, err := queryAll(ctx, s, scanEntry, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: list entries: %w", err)
+	}
+	return entries, nil
+}
+
+func scanEntry(r scanner) (Entry, error) {
+	var e Entry
+	var selectors, dnsNames string
+	var x509TTL, jwtTTL, created int64
+	if err := r.Scan(&e.ID, &e.SpiffeID, &e.ParentID, &selectors, &x509TTL, &jwtTTL, &dnsNames, &created); err != nil {
+		return Entry{}, err
+	}
+	if err := json.Unmarshal([]byte(selectors), &e.Selectors); err != nil {
+		return Entry{}, fmt.Errorf("entry %s: selectors: %w", e.ID, err)
+	}
+	if err := json.Unmarshal([]byte(dnsNames), &e.DNSNames); err != nil {
+		return Entry{}, fmt.Errorf("entry %s: DNS names: %w", e.ID, err)
+	}
+	e.X509TTL, e.JWTTTL, e.CreatedAt = time.Duration(x509TTL), time.Duration(jwtTTL), fromNS(created)
+	return e, nil
+}
+
+func (s *sqlStore) DeleteEntry(ctx context.Context, id string) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.execOne(ctx, tx, `DELETE FROM entries WHERE id = ?`, id); err != nil {
+			return err
+		}
+		return s.bump(ctx, tx)
+	})
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: entry %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return fmt.Errorf("store: delete entry %s: %w", id, err)
+	}
+	return nil
+}
+
+// Issued SVIDs.
+
+const svidColumns = `serial, spiffe_id, agent_id, entry_id, not_after, issued_at`
+
+// RecordSVIDs records all of svids or none; a serial already recorded is
+// ErrConflict, since a CA never reuses one.
+func (s *sqlStore) RecordSVIDs(ctx context.Context, svids []IssuedSVID) error {
+	if len(svids) == 0 {
+		return nil
+	}
+	for _, v := range svids {
+		if err := checkTimes(v.NotAfter, v.IssuedAt); err != nil {
+			return err
+		}
+	}
+	var dup string
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		for _, v := range svids {
+			err := s.insertNew(ctx, tx, `INSERT INTO svids (`+svidColumns+`) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING`,
+				v.Serial, v.SpiffeID, v.AgentID, v.EntryID, ns(v.NotAfter), ns(v.IssuedAt))
+			if err != nil {
+				dup = v.Serial
+				return err
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, ErrConflict) {
+		return fmt.Errorf("%w: SVID serial %s", ErrConflict, dup)
+	}
+	if err != nil {
+		return fmt.Errorf("store: record SVIDs: %w", err)
+	}
+	return nil
+}
+
+// ListSVIDs lists matching unexpired SVIDs ordered by serial.
+func (s *sqlStore) ListSVIDs(ctx context.Context, f SVIDFilter, now time.Time) ([]IssuedSVID, error) {
+	if err := checkTimes(now); err != nil {
+		return nil, err
+	}
+	query, args := `SELECT `+svidColumns+` FROM svids WHERE not_after > ?`, []any{ns(now)}
+	if f.SpiffeID != "" {
+		query, args = query+` AND spiffe_id = ?`, append(args, f.SpiffeID)
+	}
+	if f.AgentID != "" {
+		query, args = query+` AND agent_id = ?`, append(args, f.AgentID)
+	}
+	svids, err := queryAll(ctx, s, scanSVID, query+` ORDER BY serial`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: list SVIDs: %w", err)
+	}
+	return svids, nil
+}
+
+func scanSVID(r scanner) (IssuedSVID, error) {
+	var v IssuedSVID
+	var notAfter, issued int64
+	if err := r.Scan(&v.Serial, &v.SpiffeID, &v.AgentID, &v.EntryID, &notAfter, &issued); err != nil {
+		return IssuedSVID{}, err
+	}
+	v.NotAfter, v.IssuedAt = fromNS(notAfter), fromNS(issued)
+	return v, nil
+}
+
+// Revocations.
+
+const revocationColumns = `serial, spiffe_id, reason, revoked_at, not_after`
+
+// AddRevocations bumps the revision once if at least one serial was new;
+// revoking only serials already revoked changes nothing agents must learn.
+func (s *sqlStore) AddRevocations(ctx context.Context, rs []Revocation) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	for _, r := range rs {
+		if err := checkTimes(r.RevokedAt, r.NotAfter); err != nil {
+			return err
+		}
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		added := false
+		for _, r := range rs {
+			err := s.insertNew(ctx, tx, `INSERT INTO revocations (`+revocationColumns+`) VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING`,
+				r.Serial, r.SpiffeID, r.Reason, ns(r.RevokedAt), ns(r.NotAfter))
+			switch {
+			case err == nil:
+				added = true
+			case !errors.Is(err, ErrConflict):
+				return err
+			}
+		}
+		if !added {
+			return nil
+		}
+		return s.bump(ctx, tx)
+	})
+	if err != nil {
+		return fmt.Errorf("store: add revocations: %w", err)
+	}
+	return nil
+}
+
+// ListRevocations lists revocations of unexpired certificates ordered by
+// serial.
+func (s *sqlStore) ListRevocations(ctx context.Context, now time.Time) ([]Revocation, error) {
+	if err := checkTimes(now); err != nil {
+		return nil, err
+	}
+	revs, err := queryAll(ctx, s, scanRevocation, `SELECT `+revocationColumns+` FROM revocations WHERE not_after > ? ORDER BY serial`, ns(now))
+	if err != nil {
+		return nil, fmt.Errorf("store: list revocations: %w", err)
+	}
+	return revs, nil
+}
+
+func scanRevocation(r scanner) (Revocation, error) {
+	var v Revocation
+	var revoked, notAfter int64
+	if err := r.Scan(&v.Serial, &v.SpiffeID, &v.Reason, &revoked, &notAfter); err != nil {
+		return Revocation{}, err
+	}
+	v.RevokedAt, v.NotAfter = fromNS(revoked), fromNS(notAfter)
+	return v, nil
+}
+
+// PruneExpired does not bump the revision: a revocation is only dropped once
+// its certificate has expired and is refused anyway.
+func (s *sqlStore) PruneExpired(ctx context.Context, now time.Time) error {
+	if err := checkTimes(now); err != nil {
+		return err
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		for _, stmt := range []string{
+			`DELETE FROM svids WHERE not_after < ?`,
+			`DELETE FROM revocations WHERE not_after < ?`,
+			`DELETE FROM join_tokens WHERE expires_at < ?`,
+		} {
+			if _, err := tx.ExecContext(ctx, s.q(stmt), ns(now)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: prune expired: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlStore) Revision(ctx context.Context) (int64, error) {
+	var rev int64
+	if err := s.db.QueryRowContext(ctx, `SELECT value FROM revision WHERE id = 1`).Scan(&rev); err != nil {
+		return 0, fmt.Errorf("store: revision: %w", err)
+	}
+	return rev, nil
+}
+
+func (s *sqlStore) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("store: %s: close: %w", s.d.name, err)
+	}
+	return nil
+}

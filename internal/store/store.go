@@ -1,0 +1,165 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rampartsec/rampart/internal/selector"
+)
+
+// Sentinel errors. Implementations wrap them; callers test with errors.Is.
+var (
+	// ErrNotFound: the named object does not exist.
+	ErrNotFound = errors.New("store: not found")
+	// ErrConflict: an object with the same unique key already exists.
+	ErrConflict = errors.New("store: already exists")
+	// ErrTokenInvalid: a join token is unknown, already used, or expired. The
+	// three are deliberately one error so a caller cannot probe which.
+	ErrTokenInvalid = errors.New("store: join token unknown, used or expired")
+)
+
+// Store is the control plane's persistent state. All methods are safe for
+// concurrent use. Times are stored with second precision or better, in UTC.
+type Store interface {
+	// CA keys.
+	PutCAKey(ctx context.Context, k CAKey) error
+	ListCAKeys(ctx context.Context) ([]CAKey, error)
+	// SetCAKeyState changes the state of one key and bumps the revision.
+	SetCAKeyState(ctx context.Context, id string, state CAKeyState) error
+
+	// Join tokens.
+	CreateJoinToken(ctx context.Context, t JoinToken) error
+	// ConsumeJoinToken marks the token with this hash used, atomically, if it
+	// exists, is unused and has not expired at now. Two concurrent calls with
+	// the same hash: exactly one succeeds.
+	ConsumeJoinToken(ctx context.Context, hash []byte, now time.Time) (JoinToken, error)
+
+	// Agents.
+	UpsertAgent(ctx context.Context, a Agent) error
+	GetAgent(ctx context.Context, spiffeID string) (Agent, error)
+	ListAgents(ctx context.Context) ([]Agent, error)
+	// EvictAgent marks the agent evicted and bumps the revision. Revoking its
+	// SVIDs is the caller's job (it knows the reason and time).
+	EvictAgent(ctx context.Context, spiffeID string, at time.Time) error
+
+	// Registration entries.
+	CreateEntry(ctx context.Context, e Entry) error
+	GetEntry(ctx context.Context, id string) (Entry, error)
+	// ListEntries lists all entries, or those whose parent is parentID when it
+	// is not empty, ordered by ID.
+	ListEntries(ctx context.Context, parentID string) ([]Entry, error)
+	DeleteEntry(ctx context.Context, id string) error
+
+	// Issued SVIDs, recorded so they can be revoked by SPIFFE ID or agent.
+	RecordSVIDs(ctx context.Context, svids []IssuedSVID) error
+	// ListSVIDs lists unexpired SVIDs (NotAfter after now) matching the filter.
+	ListSVIDs(ctx context.Context, f SVIDFilter, now time.Time) ([]IssuedSVID, error)
+
+	// Revocations. AddRevocations ignores serials already revoked and bumps
+	// the revision once.
+	AddRevocations(ctx context.Context, rs []Revocation) error
+	// ListRevocations lists revocations whose certificate has not yet expired.
+	ListRevocations(ctx context.Context, now time.Time) ([]Revocation, error)
+	// PruneExpired deletes SVID records and revocations whose certificates
+	// expired before now, and tokens that expired before now.
+	PruneExpired(ctx context.Context, now time.Time) error
+
+	// Revision returns the current revision: it increases with every change
+	// an agent must learn about.
+	Revision(ctx context.Context) (int64, error)
+
+	Close() error
+}
+
+// CAKeyKind says what a CA key is used for.
+type CAKeyKind string
+
+const (
+	KindRoot         CAKeyKind = "root"
+	KindIntermediate CAKeyKind = "intermediate"
+	KindJWT          CAKeyKind = "jwt"
+)
+
+// CAKeyState is where a key is in its life.
+type CAKeyState string
+
+const (
+	// StatePrepared: published (in the bundle) but not yet signing.
+	StatePrepared CAKeyState = "prepared"
+	// StateActive: signing.
+	StateActive CAKeyState = "active"
+	// StateRetired: no longer signing; still published until NotAfter so
+	// what it signed stays verifiable.
+	StateRetired CAKeyState = "retired"
+)
+
+// CAKey is a CA certificate (or JWT signing key) with its wrapped private key.
+type CAKey struct {
+	ID         string     // unique, e.g. hex of the subject key ID
+	Kind       CAKeyKind  //
+	State      CAKeyState //
+	CertDER    []byte     // certificate; for KindJWT the public key (PKIX DER)
+	WrappedKey []byte     // private key sealed by keywrap; nil when kept offline
+	NotBefore  time.Time
+	NotAfter   time.Time
+	CreatedAt  time.Time
+}
+
+// JoinToken is a one-time credential that attests one agent.
+type JoinToken struct {
+	Hash      []byte    // SHA-256 of the token; the token itself is never stored
+	AgentID   string    // SPIFFE ID the agent will receive
+	ExpiresAt time.Time //
+	CreatedAt time.Time //
+	UsedAt    time.Time // zero until consumed
+}
+
+// Agent is a node agent that attested with a join token.
+type Agent struct {
+	SpiffeID     string
+	Serial       string    // serial of its current SVID (hex)
+	SVIDNotAfter time.Time //
+	AttestedAt   time.Time //
+	LastSeen     time.Time //
+	Evicted      bool      //
+	EvictedAt    time.Time // zero unless evicted
+}
+
+// Entry is a registration entry: workloads under ParentID whose attested
+// selectors include all of Selectors are issued SpiffeID.
+type Entry struct {
+	ID        string
+	SpiffeID  string
+	ParentID  string
+	Selectors []selector.Selector
+	X509TTL   time.Duration // 0: server default
+	JWTTTL    time.Duration // 0: server default
+	DNSNames  []string
+	CreatedAt time.Time
+}
+
+// IssuedSVID records one X.509-SVID the CA signed.
+type IssuedSVID struct {
+	Serial   string // hex
+	SpiffeID string
+	AgentID  string // agent that requested it; for an agent SVID, itself
+	EntryID  string // empty for agent SVIDs
+	NotAfter time.Time
+	IssuedAt time.Time
+}
+
+// SVIDFilter selects issued SVIDs; empty fields match anything.
+type SVIDFilter struct {
+	SpiffeID string
+	AgentID  string
+}
+
+// Revocation marks one certificate serial revoked.
+type Revocation struct {
+	Serial    string // hex
+	SpiffeID  string
+	Reason    string
+	RevokedAt time.Time
+	NotAfter  time.Time // the certificate's; the revocation is kept until then
+}

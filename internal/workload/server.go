@@ -1,0 +1,335 @@
+package workload
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/rampartsec/rampart/internal/selector"
+)
+
+// Identity is one X.509-SVID the agent holds, with the entry that grants it.
+type Identity struct {
+	EntryID   string
+	SpiffeID  spiffeid.ID
+	Selectors []selector.Selector
+	Chain     []*x509.Certificate // leaf first
+	Key       crypto.Signer
+}
+
+// Snapshot is what the agent holds at one moment. It is never modified once
+// published; a change publishes a new one.
+type Snapshot struct {
+	TrustDomain spiffeid.TrustDomain
+	Bundle      []*x509.Certificate // roots of TrustDomain
+	JWTBundle   []byte              // JWKS of TrustDomain
+	Identities  []Identity
+}
+
+// Source is what the Workload API serves from; the agent implements it.
+type Source interface {
+	// Snapshot returns the current snapshot and a channel closed when a
+	// newer one is published.
+	Snapshot() (*Snapshot, <-chan struct{})
+	// FetchJWTSVID returns a JWT-SVID for the entry and audience.
+	FetchJWTSVID(ctx context.Context, entryID string, audience []string) (string, error)
+}
+
+// Metrics counts Workload API calls; nil fields are not counted.
+type Metrics interface {
+	Call(method string, code codes.Code)
+}
+
+// Server is the Workload API.
+type Server struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+	src      Source
+	attestor Attestor
+	log      *slog.Logger
+	metrics  Metrics
+}
+
+// NewServer returns a Workload API server over src.
+func NewServer(src Source, attestor Attestor, log *slog.Logger, m Metrics) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{src: src, attestor: attestor, log: log, metrics: m}
+}
+
+// Listen creates the unix socket at path (replacing a stale one) with mode
+// 0777: any local process may ask, and attestation decides what it gets.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("workload: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("workload: %s exists and is not a socket; refusing to replace it", path)
+		}
+		os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("workload: listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o777); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("workload: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve serves the Workload API on ln until ctx is done.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	gs := grpc.NewServer(grpc.Creds(peerCreds{}),
+		grpc.ChainUnaryInterceptor(s.unaryGuard), grpc.ChainStreamInterceptor(s.streamGuard))
+	workload.RegisterSpiffeWorkloadAPIServer(gs, s)
+	go func() {
+		<-ctx.Done()
+		gs.Stop()
+	}()
+	if err := gs.Serve(ln); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("workload: %w", err)
+	}
+	return nil
+}
+
+// The spec: "All Workload API requests MUST include the metadata key
+// workload.spiffe.io with a value of true"; others are refused with
+// InvalidArgument.
+func checkHeader(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("workload.spiffe.io"); len(v) != 1 || v[0] != "true" {
+		return status.Error(codes.InvalidArgument, "security header missing from request")
+	}
+	return nil
+}
+
+func (s *Server) unaryGuard(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	err := checkHeader(ctx)
+	var resp any
+	if err == nil {
+		resp, err = h(ctx, req)
+	}
+	s.count(info.FullMethod, err)
+	return resp, err
+}
+
+func (s *Server) streamGuard(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	err := checkHeader(ss.Context())
+	if err == nil {
+		err = h(srv, ss)
+	}
+	s.count(info.FullMethod, err)
+	return err
+}
+
+func (s *Server) count(method string, err error) {
+	if s.metrics != nil {
+		s.metrics.Call(filepath.Base(method), status.Code(err))
+	}
+}
+
+// entitled attests the caller and returns the identities it may have.
+func (s *Server) entitled(ctx context.Context, snap *Snapshot) ([]Identity, Caller, error) {
+	c, ok := callerFrom(ctx)
+	if !ok {
+		return nil, c, status.Error(codes.Internal, "caller credentials unavailable")
+	}
+	sels := make([][]selector.Selector, len(snap.Identities))
+	for i, id := range snap.Identities {
+		sels[i] = id.Selectors
+	}
+	set := s.attestor.Attest(c, selector.Needs(sels, selector.UnixSHA256))
+	var out []Identity
+	for _, id := range snap.Identities {
+		if set.Matches(id.Selectors) {
+			out = append(out, id)
+		}
+	}
+	return out, c, nil
+}
+
+var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
+
+func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+	ctx := stream.Context()
+	var last []byte
+	for {
+		snap, changed := s.src.Snapshot()
+		ids, caller, err := s.entitled(ctx, snap)
+		if err != nil {
+			return err
+		}
+		if len(ids) == 0 {
+			s.log.Info("workload refused: no entry matches", "pid", caller.PID, "uid", caller.UID, "gid", caller.GID)
+			return errNoIdentity
+		}
+		resp, err := x509Response(snap, ids)
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		if fp := fingerprint(resp); !bytes.Equal(fp, last) {
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			last = fp
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func x509Response(snap *Snapshot, ids []Identity) (*workload.X509SVIDResponse, error) {
+	bundle := concatDER(snap.Bundle)
+	resp := &workload.X509SVIDResponse{}
+	for _, id := range ids {
+		key, err := x509.MarshalPKCS8PrivateKey(id.Key)
+		if err != nil {
+			return nil, fmt.Errorf("workload: %w", err)
+		}
+		resp.Svids = append(resp.Svids, &workload.X509SVID{
+			SpiffeId: id.SpiffeID.String(), X509Svid: concatDER(id.Chain), X509SvidKey: key, Bundle: bundle,
+		})
+	}
+	return resp, nil
+}
+
+// fingerprint identifies what a response says, so an unchanged one is not
+// resent when an unrelated identity rotated.
+func fingerprint(resp *workload.X509SVIDResponse) []byte {
+	var b bytes.Buffer
+	for _, s := range resp.Svids {
+		b.WriteString(s.SpiffeId)
+		b.Write(s.X509Svid)
+		b.Write(s.Bundle)
+	}
+	return b.Bytes()
+}
+
+func concatDER(certs []*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, c.Raw...)
+	}
+	return out
+}
+
+func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
+	ctx := stream.Context()
+	var last []byte
+	for {
+		snap, changed := s.src.Snapshot()
+		b := concatDER(snap.Bundle)
+		if !bytes.Equal(b, last) {
+			if err := stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{snap.TrustDomain.IDString(): b}}); err != nil {
+				return err
+			}
+			last = b
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+	if len(req.Audience) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	snap, _ := s.src.Snapshot()
+	ids, _, err := s.entitled(ctx, snap)
+	if err != nil {
+		return nil, err
+	}
+	if req.SpiffeId != "" {
+		want, err := spiffeid.FromString(req.SpiffeId)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "invalid requested SPIFFE ID: %v", err)
+		}
+		ids = slices.DeleteFunc(ids, func(id Identity) bool { return id.SpiffeID != want })
+	}
+	if len(ids) == 0 {
+		return nil, errNoIdentity
+	}
+	resp := &workload.JWTSVIDResponse{}
+	seen := map[spiffeid.ID]bool{}
+	for _, id := range ids {
+		if seen[id.SpiffeID] {
+			continue
+		}
+		seen[id.SpiffeID] = true
+		tok, err := s.src.FetchJWTSVID(ctx, id.EntryID, req.Audience)
+		if err != nil {
+			s.log.Warn("fetching a JWT-SVID failed", "spiffe_id", id.SpiffeID.String(), "err", err)
+			return nil, status.Error(codes.Unavailable, "could not fetch JWT-SVID")
+		}
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.SpiffeID.String(), Svid: tok})
+	}
+	return resp, nil
+}
+
+func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
+	ctx := stream.Context()
+	var last []byte
+	for {
+		snap, changed := s.src.Snapshot()
+		if !bytes.Equal(snap.JWTBundle, last) {
+			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{snap.TrustDomain.IDString(): snap.JWTBundle}}); err != nil {
+				return err
+			}
+			last = snap.JWTBundle
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+	if req.Audience == "" {
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	if req.Svid == "" {
+		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
+	}
+	snap, _ := s.src.Snapshot()
+	bundle, err := jwtbundle.Parse(snap.TrustDomain, snap.JWTBundle)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, "JWT bundle unavailable")
+	}
+	sv, err := jwtsvid.ParseAndValidate(req.Svid, bundle, []string{req.Audience})
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	claims, err := structpb.NewStruct(sv.Claims)
+	if err != nil {
+		return nil, status.Error(codes.Internal, "cannot encode claims")
+	}
+	return &workload.ValidateJWTSVIDResponse{SpiffeId: sv.ID.String(), Claims: claims}, nil
+}
