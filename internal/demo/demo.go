@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -193,20 +194,41 @@ func start(ctx context.Context, dir string, log *slog.Logger) (*System, func(), 
 	return sys, wait, nil
 }
 
+// ensureEntry registers e unless an identical entry exists. Entries for the
+// same SPIFFE ID and parent with other selectors are removed: "go run" builds
+// the binary at a new path each time, and a stale path must not linger.
 func ensureEntry(ctx context.Context, admin *api.Client, e api.Entry) error {
 	var entries []api.Entry
 	if err := admin.Do(ctx, http.MethodGet, "/v1/entries", nil, &entries); err != nil {
 		return fmt.Errorf("demo: list entries: %w", err)
 	}
+	found := false
 	for _, o := range entries {
-		if o.SpiffeID == e.SpiffeID && o.ParentID == e.ParentID && strings.Join(o.Selectors, ",") == strings.Join(e.Selectors, ",") {
-			return nil
+		if o.SpiffeID != e.SpiffeID || o.ParentID != e.ParentID {
+			continue
 		}
+		if sameSet(o.Selectors, e.Selectors) {
+			found = true
+			continue
+		}
+		if err := admin.Do(ctx, http.MethodDelete, "/v1/entries/"+o.ID, nil, nil); err != nil {
+			return fmt.Errorf("demo: delete stale entry %s: %w", o.ID, err)
+		}
+	}
+	if found {
+		return nil
 	}
 	if err := admin.Do(ctx, http.MethodPost, "/v1/entries", e, nil); err != nil {
 		return fmt.Errorf("demo: create entry %s: %w", e.SpiffeID, err)
 	}
 	return nil
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }
 
 // fetchOwnSVID fetches this process's SVID through the Workload API with
