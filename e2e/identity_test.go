@@ -342,3 +342,59 @@ func TestCLIHelpAndErrors(t *testing.T) {
 		t.Fatalf("server without trust domain: %v %q", err, out)
 	}
 }
+
+// Root rotation without downtime: the prepared root reaches workloads in
+// the bundle before it signs; after activation new SVIDs chain to it and the
+// old ones still verify.
+func TestRootRotationReachesWorkloads(t *testing.T) {
+	s, a := setup(t)
+	mustCLI(t, s.adminEnv(), "entry", "create", "--spiffe-id", "spiffe://example.org/orders", "--parent", agentID, "--selector", myUID())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var src *workloadapi.X509Source
+	eventually(t, 20*time.Second, "X509Source", func() error {
+		c, cc := context.WithTimeout(ctx, 3*time.Second)
+		defer cc()
+		var err error
+		src, err = workloadapi.NewX509Source(c, workloadapi.WithClientOptions(addr(a)))
+		return err
+	})
+	defer src.Close()
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	roots := func() int {
+		b, _ := src.GetX509BundleForTrustDomain(td)
+		return len(b.X509Authorities())
+	}
+	old, _ := src.GetX509SVID()
+	mustCLI(t, s.adminEnv(), "ca", "rotate", "--root-prepare")
+	eventually(t, 10*time.Second, "prepared root in the workload's bundle", func() error {
+		if roots() != 2 {
+			return errors.New("bundle still has one root")
+		}
+		return nil
+	})
+	mustCLI(t, s.adminEnv(), "ca", "rotate", "--root-activate")
+	mustCLI(t, s.adminEnv(), "svid", "revoke", "--spiffe-id", "spiffe://example.org/orders", "--reason", "force reissue under the new root")
+	eventually(t, 10*time.Second, "SVID under the new root", func() error {
+		cur, _ := src.GetX509SVID()
+		if cur.Certificates[0].Equal(old.Certificates[0]) {
+			return errors.New("old SVID still served")
+		}
+		_, chains, err := x509svid.Verify(cur.Certificates, src)
+		if err != nil {
+			return err
+		}
+		_, oldChains, err := x509svid.Verify(old.Certificates, src)
+		if err != nil {
+			t.Fatalf("the old SVID stopped verifying after rotation: %v", err)
+		}
+		if chains[0][len(chains[0])-1].Equal(oldChains[0][len(oldChains[0])-1]) {
+			return errors.New("new SVID still chains to the old root")
+		}
+		return nil
+	})
+	status := mustCLI(t, s.adminEnv(), "ca", "status", "--json")
+	if !strings.Contains(status, `"state": "retired"`) {
+		t.Fatalf("old root not reported retired: %s", status)
+	}
+}
