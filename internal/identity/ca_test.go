@@ -297,7 +297,7 @@ func TestJWTKeyRotation(t *testing.T) {
 	ctx := context.Background()
 	id := spiffeid.RequireFromString("spiffe://example.org/a")
 	kidOf := func(tok string) string {
-		jws, err := jose.ParseSigned(tok, []jose.SignatureAlgorithm{jose.ES256})
+		jws, err := jose.ParseSignedCompact(tok, []jose.SignatureAlgorithm{jose.ES256})
 		if err != nil {
 			t.Fatal(err)
 		}

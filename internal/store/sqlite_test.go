@@ -1,8 +1,10 @@
 package store_test
 
 import (
+	"database/sql"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -63,6 +65,32 @@ func TestSQLiteFileMode(t *testing.T) {
 		if !seen[name] {
 			t.Errorf("%s was not created (have %v)", name, seen)
 		}
+	}
+}
+
+// TestSQLiteNewerSchema checks that a program refuses a database migrated by
+// a newer version of itself rather than running on a schema it does not know.
+func TestSQLiteNewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rampart.db")
+	if err := openSQLite(t, path).Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = db.Exec(`INSERT INTO schema_version (version) VALUES (99)`)
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.OpenSQLite(path)
+	if err == nil {
+		s.Close()
+		t.Fatal("OpenSQLite of a database at schema version 99 succeeded")
+	}
+	if !strings.Contains(err.Error(), "schema version 99 is newer") {
+		t.Fatalf("error %q does not name the newer schema version", err)
 	}
 }
 

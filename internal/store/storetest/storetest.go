@@ -3,7 +3,6 @@
 package storetest
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"reflect"
@@ -18,8 +17,9 @@ import (
 // Run runs the suite. open must return a new, empty store for each t it has
 // not seen; called again with the same t after that store was closed, it must
 // return a store over the same data, which is how the suite checks that data
-// survives a restart. Run closes the stores open returns; open registers any
-// other cleanup (temporary files, schemas) with t.
+// survives a restart. Subtests run in parallel, so open must be safe to call
+// concurrently. Run closes the stores open returns; open registers any other
+// cleanup (temporary files, schemas) with t.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	h := harness{rawOpen: open}
 	tests := []struct {
@@ -68,8 +68,6 @@ var t0 = time.Date(2030, 6, 15, 12, 30, 45, 123456789, time.UTC)
 
 func at(d time.Duration) time.Time { return t0.Add(d) }
 
-func ctxFor(t *testing.T) context.Context { return t.Context() }
-
 func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
@@ -93,13 +91,13 @@ func wantEqual[T any](t *testing.T, what string, got, want T) {
 
 func revision(t *testing.T, s store.Store) int64 {
 	t.Helper()
-	rev, err := s.Revision(ctxFor(t))
+	rev, err := s.Revision(t.Context())
 	must(t, err)
 	return rev
 }
 
 func testCAKeys(t *testing.T, h harness) {
-	s, ctx := h.open(t), ctxFor(t)
+	s, ctx := h.open(t), t.Context()
 	keys, err := s.ListCAKeys(ctx)
 	must(t, err)
 	wantEqual(t, "ListCAKeys on an empty store", len(keys), 0)
@@ -143,7 +141,7 @@ func testCAKeys(t *testing.T, h harness) {
 }
 
 func testJoinTokens(t *testing.T, h harness) {
-	s, ctx := h.open(t), ctxFor(t)
+	s, ctx := h.open(t), t.Context()
 	valid := store.JoinToken{Hash: []byte("hash-valid-0123456789abcdef01234"), AgentID: "spiffe://example.org/agent/a",
 		ExpiresAt: at(time.Hour), CreatedAt: at(-time.Minute)}
 	expired := store.JoinToken{Hash: []byte("hash-expired"), AgentID: "spiffe://example.org/agent/b",
@@ -186,7 +184,7 @@ func testJoinTokens(t *testing.T, h harness) {
 }
 
 func testJoinTokenRace(t *testing.T, h harness) {
-	s, ctx := h.open(t), ctxFor(t)
+	s, ctx := h.open(t), t.Context()
 	tok := store.JoinToken{Hash: []byte("race"), AgentID: "spiffe://example.org/agent/race",
 		ExpiresAt: at(time.Hour), CreatedAt: at(0)}
 	must(t, s.CreateJoinToken(ctx, tok))
@@ -218,7 +216,7 @@ func testJoinTokenRace(t *testing.T, h harness) {
 }
 
 func testAgents(t *testing.T, h harness) {
-	s, ctx := h.open(t), ctxFor(t)
+	s, ctx := h.open(t), t.Context()
 	b := store.Agent{SpiffeID: "spiffe://example.org/agent/b", Serial: "0b", SVIDNotAfter: at(time.Hour),
 		AttestedAt: at(0), LastSeen: at(0)}
 	a := store.Agent{SpiffeID: "spiffe://example.org/agent/a", Serial: "0a", SVIDNotAfter: at(2 * time.Hour),
@@ -255,7 +253,7 @@ func testAgents(t *testing.T, h harness) {
 }
 
 func testEntries(t *testing.T, h harness) {
-	s, ctx := h.open(t), ctxFor(t)
+	s, ctx := h.open(t), t.Context()
 	const agentA, agentB = "spiffe://example.org/agent/a", "spiffe://example.org/agent/b"
 	entries := []store.Entry{
 		{ID: "e3", SpiffeID: "spiffe://example.org/db", ParentID: agentB,
@@ -313,7 +311,7 @@ func testEntries(t *testing.T, h harness) {
 }
 
 func testSVIDs(t *testing.T, h harness) {
-	s, ctx := h.open(t), ctxFor(t)
+	s, ctx := h.open(t), t.Context()
 	const agentA, agentB = "spiffe://example.org/agent/a", "spiffe://example.org/agent/b"
 	const orders, web = "spiffe://example.org/orders", "spiffe://example.org/web"
 	agentSVID := store.IssuedSVID{Serial: "01", SpiffeID: agentA, AgentID: agentA, NotAfter: at(time.Hour), IssuedAt: at(-time.Hour)}
@@ -351,7 +349,7 @@ func testSVIDs(t *testing.T, h harness) {
 }
 
 func testRevocations(t *testing.T, h harness) {
-	s, ctx := h.open(t), ctxFor(t)
+	s, ctx := h.open(t), t.Context()
 	r1 := store.Revocation{Serial: "0a", SpiffeID: "spiffe://example.org/orders", Reason: "agent evicted", RevokedAt: at(0), NotAfter: at(time.Hour)}
 	r2 := store.Revocation{Serial: "0b", SpiffeID: "spiffe://example.org/web", Reason: "key compromise", RevokedAt: at(0), NotAfter: at(time.Minute)}
 	must(t, s.AddRevocations(ctx, []store.Revocation{r2, r1}))
@@ -379,7 +377,7 @@ func testRevocations(t *testing.T, h harness) {
 }
 
 func testPruneExpired(t *testing.T, h harness) {
-	s, ctx := h.open(t), ctxFor(t)
+	s, ctx := h.open(t), t.Context()
 	// Expiring before now: pruned. At or after now: kept.
 	svids := []store.IssuedSVID{
 		{Serial: "01", SpiffeID: "spiffe://example.org/a", AgentID: "spiffe://example.org/agent", NotAfter: at(-time.Nanosecond), IssuedAt: at(-time.Hour)},
@@ -423,7 +421,7 @@ func testPruneExpired(t *testing.T, h harness) {
 }
 
 func testRevision(t *testing.T, h harness) {
-	s, ctx := h.open(t), ctxFor(t)
+	s, ctx := h.open(t), t.Context()
 	const agent = "spiffe://example.org/agent/a"
 	must(t, s.UpsertAgent(ctx, store.Agent{SpiffeID: agent, Serial: "01", SVIDNotAfter: at(time.Hour), AttestedAt: at(0), LastSeen: at(0)}))
 	entry := store.Entry{ID: "e1", SpiffeID: "spiffe://example.org/w", ParentID: agent,
@@ -495,7 +493,7 @@ func testRevision(t *testing.T, h harness) {
 }
 
 func testReopen(t *testing.T, h harness) {
-	ctx := ctxFor(t)
+	ctx := t.Context()
 	s := h.rawOpen(t)
 	key := store.CAKey{ID: "k", Kind: store.KindRoot, State: store.StateActive, CertDER: []byte{1, 2, 3}, WrappedKey: []byte("w"),
 		NotBefore: at(0), NotAfter: at(time.Hour), CreatedAt: at(0)}
@@ -539,7 +537,7 @@ func testReopen(t *testing.T, h harness) {
 // testConcurrentWrites checks that the store is safe for concurrent use and
 // that concurrent changes each bump the revision exactly once.
 func testConcurrentWrites(t *testing.T, h harness) {
-	s, ctx := h.open(t), ctxFor(t)
+	s, ctx := h.open(t), t.Context()
 	start := revision(t, s)
 	const workers, each = 8, 10
 	var wg sync.WaitGroup
