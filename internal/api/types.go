@@ -173,3 +173,24 @@ const (
 type RotateRequest struct {
 	Target string `json:"target"`
 }
+
+// Policy is one version of a service's authorisation policy.
+type Policy struct {
+	Service   string    `json:"service"`
+	Seq       int64     `json:"seq"`
+	Version   string    `json:"version"`
+	Source    string    `json:"source,omitempty"` // the YAML document
+	Deleted   bool      `json:"deleted,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// WorkloadSyncResponse is what a proxy or SDK needs to authorise calls to
+// its service: the policy protecting it (nil: none, default deny), the
+// revoked serials, and the bundle.
+type WorkloadSyncResponse struct {
+	Revision int64    `json:"revision"`
+	Service  string   `json:"service"`
+	Policy   *Policy  `json:"policy"`
+	Revoked  []string `json:"revoked"`
+	Bundle   [][]byte `json:"bundle"`
+}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -115,34 +114,8 @@ func (s *Server) signAgent(w http.ResponseWriter, r *http.Request, agentID spiff
 // within a moment of being made.
 func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 	agentID := agentFrom(r)
-	q := r.URL.Query()
-	if v := q.Get("revision"); v != "" {
-		known, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			writeProblem(w, http.StatusBadRequest, "revision: want an integer")
-			return
-		}
-		wait := maxSyncWait
-		if v := q.Get("wait"); v != "" {
-			secs, err := strconv.Atoi(v)
-			if err != nil || secs < 0 {
-				writeProblem(w, http.StatusBadRequest, "wait: want a non-negative number of seconds")
-				return
-			}
-			wait = min(time.Duration(secs)*time.Second, maxSyncWait)
-		}
-		rev, ch := s.waitChange()
-		if rev == known {
-			t := time.NewTimer(wait)
-			select {
-			case <-ch:
-			case <-t.C:
-			case <-r.Context().Done():
-				t.Stop()
-				return
-			}
-			t.Stop()
-		}
+	if ok := s.longPoll(w, r); !ok {
+		return
 	}
 	if a, err := s.store.GetAgent(r.Context(), agentID.String()); err == nil {
 		a.LastSeen = s.now()

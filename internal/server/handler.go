@@ -45,6 +45,15 @@ func (s *Server) Handler() http.Handler {
 	route("POST /v1/agent/svids", s.agent(s.handleSign))
 	route("POST /v1/agent/jwt-svids", s.agent(s.handleJWTSVID))
 
+	// Policies: admins manage them; each workload (proxy or SDK) fetches the
+	// one that protects it, with the revocation list.
+	route("PUT /v1/policies", s.admin(s.handlePutPolicy))
+	route("GET /v1/policies", s.admin(s.handleListPolicies))
+	route("GET /v1/policy", s.admin(s.handleGetPolicy))
+	route("GET /v1/policy/history", s.admin(s.handlePolicyHistory))
+	route("DELETE /v1/policy", s.admin(s.handleDeletePolicy))
+	route("GET /v1/workload/sync", s.workload(s.handleWorkloadSync))
+
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no such API endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -87,24 +96,35 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// agentKey carries the verified caller's SPIFFE ID (agent or workload).
 type agentKey struct{}
 
-// agent requires an agent SVID as the TLS client certificate. The handshake
+// agent requires an agent SVID as the TLS client certificate.
+func (s *Server) agent(h http.HandlerFunc) http.HandlerFunc {
+	return s.svidAuth("agent calls need the agent's SVID", s.verifyAgentChain, h)
+}
+
+// workload requires any SVID of this trust domain (proxies, SDK users).
+func (s *Server) workload(h http.HandlerFunc) http.HandlerFunc {
+	return s.svidAuth("workload calls need an SVID", s.verifyPeer, h)
+}
+
+// svidAuth checks the TLS client certificate with verify. The handshake
 // already verified the chain; the checks are repeated here because a
 // revocation or eviction may have happened since the connection was opened.
-func (s *Server) agent(h http.HandlerFunc) http.HandlerFunc {
+func (s *Server) svidAuth(need string, verify func([][]byte) (spiffeid.ID, error), h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-			writeProblem(w, http.StatusUnauthorized, "agent calls need the agent's SVID as a TLS client certificate")
+			writeProblem(w, http.StatusUnauthorized, need+" as a TLS client certificate")
 			return
 		}
 		raw := make([][]byte, len(r.TLS.PeerCertificates))
 		for i, c := range r.TLS.PeerCertificates {
 			raw[i] = c.Raw
 		}
-		id, err := s.verifyAgentChain(raw)
+		id, err := verify(raw)
 		if err != nil {
-			s.log.Warn("refused an agent call", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
+			s.log.Warn("refused an SVID-authenticated call", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
 			writeProblem(w, http.StatusForbidden, err.Error())
 			return
 		}

@@ -96,18 +96,17 @@ func (t *tlsState) issue() (*tls.Certificate, error) {
 }
 
 // verifyClient checks a client certificate, when one is sent, against the
-// current bundle and requires it to be an agent SVID of this trust domain.
+// current bundle: it must be an SVID of this trust domain, not revoked, and
+// not an evicted agent's. Which SVIDs may call what is decided per route.
 func (t *tlsState) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
 	if len(raw) == 0 {
 		return nil
 	}
-	id, err := t.s.verifyAgentChain(raw)
-	if err != nil {
+	if _, err := t.s.verifyPeer(raw); err != nil {
 		t.s.metrics.handshakeFailures.WithLabelValues(reasonOf(err)).Inc()
 		t.s.log.Warn("refused a client certificate", "err", err)
 		return err
 	}
-	_ = id
 	return nil
 }
 
@@ -132,24 +131,33 @@ func reasonOf(err error) string {
 	return "other"
 }
 
-// verifyAgentChain verifies a raw client chain as an agent SVID: it chains
-// to the bundle, names an agent of this trust domain, is not revoked, and its
-// agent is not evicted.
-func (s *Server) verifyAgentChain(raw [][]byte) (spiffeid.ID, error) {
+// verifyPeer verifies a raw client chain as an SVID of this trust domain:
+// it chains to the bundle, is not revoked, and if it is an agent's, the agent
+// is not evicted.
+func (s *Server) verifyPeer(raw [][]byte) (spiffeid.ID, error) {
 	td := s.cfg.TrustDomain
 	bundle := x509bundle.FromX509Authorities(td, s.ca.X509Bundle())
 	id, chains, err := x509svid.ParseAndVerify(raw, bundle, x509svid.WithTime(s.now()))
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("%w: %v", errUntrusted, err)
 	}
-	if !identity.IsAgentID(td, id) {
-		return spiffeid.ID{}, fmt.Errorf("%w: %s", errNotAgent, id)
+	if serial := chains[0][0].SerialNumber.Text(16); s.isRevoked(serial) {
+		return spiffeid.ID{}, fmt.Errorf("%w: serial %s", errRevoked, serial)
 	}
-	if s.isRevoked(chains[0][0].SerialNumber.Text(16)) {
-		return spiffeid.ID{}, fmt.Errorf("%w: serial %s", errRevoked, chains[0][0].SerialNumber.Text(16))
-	}
-	if s.isEvicted(id.String()) {
+	if identity.IsAgentID(td, id) && s.isEvicted(id.String()) {
 		return spiffeid.ID{}, fmt.Errorf("%w: %s", errEvicted, id)
+	}
+	return id, nil
+}
+
+// verifyAgentChain is verifyPeer plus: the SVID must be an agent's.
+func (s *Server) verifyAgentChain(raw [][]byte) (spiffeid.ID, error) {
+	id, err := s.verifyPeer(raw)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	if !identity.IsAgentID(s.cfg.TrustDomain, id) {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s", errNotAgent, id)
 	}
 	return id, nil
 }

@@ -115,6 +115,18 @@ func (d dialect) migrations() [][]string {
 			value BIGINT NOT NULL
 		)`,
 		`INSERT INTO revision (id, value) VALUES (1, 0)`,
+	}, {
+		// Every upload is kept: seq numbers the versions of one service's
+		// policy; a deletion is a tombstone row, so history survives it.
+		`CREATE TABLE policies (
+			service    TEXT NOT NULL,
+			seq        BIGINT NOT NULL,
+			version    TEXT NOT NULL,
+			source     ` + d.blob + ` NOT NULL,
+			deleted    INTEGER NOT NULL,
+			created_at BIGINT NOT NULL,
+			PRIMARY KEY (service, seq)
+		)`,
 	}}
 }
 
@@ -711,6 +723,108 @@ func (s *sqlStore) Revision(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("store: revision: %w", err)
 	}
 	return rev, nil
+}
+
+// Policies.
+
+const policyColumns = `service, seq, version, source, deleted, created_at`
+
+func (s *sqlStore) PutPolicy(ctx context.Context, p Policy) (Policy, error) {
+	if err := checkTimes(p.CreatedAt); err != nil {
+		return Policy{}, err
+	}
+	p.Deleted = false
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if p.Seq, err = s.nextPolicySeq(ctx, tx, p.Service); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO policies (`+policyColumns+`) VALUES (?, ?, ?, ?, 0, ?)`),
+			p.Service, p.Seq, p.Version, p.Source, ns(p.CreatedAt)); err != nil {
+			return err
+		}
+		return s.bump(ctx, tx)
+	})
+	if err != nil {
+		return Policy{}, fmt.Errorf("store: put policy %s: %w", p.Service, err)
+	}
+	return p, nil
+}
+
+func (s *sqlStore) nextPolicySeq(ctx context.Context, tx *sql.Tx, service string) (int64, error) {
+	var seq int64
+	err := tx.QueryRowContext(ctx, s.q(`SELECT COALESCE(MAX(seq), 0) FROM policies WHERE service = ?`), service).Scan(&seq)
+	return seq + 1, err
+}
+
+func (s *sqlStore) GetPolicy(ctx context.Context, service string) (Policy, error) {
+	p, err := scanPolicy(s.db.QueryRowContext(ctx, s.q(`SELECT `+policyColumns+` FROM policies WHERE service = ? ORDER BY seq DESC LIMIT 1`), service))
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && p.Deleted) {
+		return Policy{}, fmt.Errorf("%w: policy for %s", ErrNotFound, service)
+	}
+	if err != nil {
+		return Policy{}, fmt.Errorf("store: get policy %s: %w", service, err)
+	}
+	return p, nil
+}
+
+func (s *sqlStore) ListPolicies(ctx context.Context) ([]Policy, error) {
+	all, err := queryAll(ctx, s, scanPolicy, `SELECT `+policyColumns+` FROM policies p WHERE seq = (SELECT MAX(seq) FROM policies q WHERE q.service = p.service) AND deleted = 0 ORDER BY service`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list policies: %w", err)
+	}
+	return all, nil
+}
+
+func (s *sqlStore) PolicyHistory(ctx context.Context, service string) ([]Policy, error) {
+	all, err := queryAll(ctx, s, scanPolicy, `SELECT `+policyColumns+` FROM policies WHERE service = ? ORDER BY seq`, service)
+	if err != nil {
+		return nil, fmt.Errorf("store: policy history %s: %w", service, err)
+	}
+	return all, nil
+}
+
+func (s *sqlStore) DeletePolicy(ctx context.Context, service string, at time.Time) error {
+	if err := checkTimes(at); err != nil {
+		return err
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var deleted int
+		err := tx.QueryRowContext(ctx, s.q(`SELECT deleted FROM policies WHERE service = ? ORDER BY seq DESC LIMIT 1`), service).Scan(&deleted)
+		if errors.Is(err, sql.ErrNoRows) || (err == nil && deleted == 1) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		seq, err := s.nextPolicySeq(ctx, tx, service)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO policies (`+policyColumns+`) VALUES (?, ?, '', ?, 1, ?)`),
+			service, seq, []byte{}, ns(at)); err != nil {
+			return err
+		}
+		return s.bump(ctx, tx)
+	})
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: policy for %s", ErrNotFound, service)
+	}
+	if err != nil {
+		return fmt.Errorf("store: delete policy %s: %w", service, err)
+	}
+	return nil
+}
+
+func scanPolicy(r scanner) (Policy, error) {
+	var p Policy
+	var deleted int
+	var created int64
+	if err := r.Scan(&p.Service, &p.Seq, &p.Version, &p.Source, &deleted, &created); err != nil {
+		return Policy{}, err
+	}
+	p.Deleted, p.CreatedAt = deleted == 1, fromNS(created)
+	return p, nil
 }
 
 func (s *sqlStore) Close() error {

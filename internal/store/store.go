@@ -65,6 +65,20 @@ type Store interface {
 	// expired before now, and tokens that expired before now.
 	PruneExpired(ctx context.Context, now time.Time) error
 
+	// Policies: every upload is a new version (Seq increasing per service);
+	// the latest is in force. PutPolicy assigns Seq and bumps the revision.
+	PutPolicy(ctx context.Context, p Policy) (Policy, error)
+	// GetPolicy returns the policy in force for service, ErrNotFound if none.
+	GetPolicy(ctx context.Context, service string) (Policy, error)
+	// ListPolicies returns the policy in force for every service that has one.
+	ListPolicies(ctx context.Context) ([]Policy, error)
+	// PolicyHistory returns every version of service's policy, oldest first,
+	// deletions included.
+	PolicyHistory(ctx context.Context, service string) ([]Policy, error)
+	// DeletePolicy records a deletion (the service falls back to default
+	// deny) and bumps the revision; ErrNotFound if no policy is in force.
+	DeletePolicy(ctx context.Context, service string, at time.Time) error
+
 	// Revision returns the current revision: it increases with every change
 	// an agent must learn about.
 	Revision(ctx context.Context) (int64, error)
@@ -162,4 +176,14 @@ type Revocation struct {
 	Reason    string
 	RevokedAt time.Time
 	NotAfter  time.Time // the certificate's; the revocation is kept until then
+}
+
+// Policy is one version of the authorisation policy protecting a service.
+type Policy struct {
+	Service   string // SPIFFE ID of the protected service
+	Seq       int64  // 1, 2, ... per service
+	Version   string // content hash of Source, shown in decisions
+	Source    []byte // the policy document as uploaded (YAML)
+	Deleted   bool   // a tombstone: no policy from here on
+	CreatedAt time.Time
 }

@@ -37,6 +37,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Revision", testRevision},
 		{"Reopen", testReopen},
 		{"ConcurrentWrites", testConcurrentWrites},
+		{"Policies", testPolicies},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -572,4 +573,58 @@ func testConcurrentWrites(t *testing.T, h harness) {
 	wantEqual(t, "agents, entries, revocations stored", []int{len(agents), len(entries), len(revs)}, []int{workers * each, workers * each, workers * each})
 	// Two bumps per iteration: the entry and the revocation.
 	wantEqual(t, "revision after concurrent changes", revision(t, s)-start, int64(2*workers*each))
+}
+
+func testPolicies(t *testing.T, h harness) {
+	ctx := t.Context()
+	s := h.open(t)
+	const svc = "spiffe://example.org/payments"
+	_, err := s.GetPolicy(ctx, svc)
+	wantErrIs(t, "get before put", err, store.ErrNotFound)
+	wantErrIs(t, "delete before put", s.DeletePolicy(ctx, svc, at(0)), store.ErrNotFound)
+
+	r0 := revision(t, s)
+	p1, err := s.PutPolicy(ctx, store.Policy{Service: svc, Version: "v1hash", Source: []byte("rules: [1]"), CreatedAt: at(time.Second)})
+	must(t, err)
+	wantEqual(t, "first seq", p1.Seq, int64(1))
+	if revision(t, s) <= r0 {
+		t.Fatal("PutPolicy did not bump the revision")
+	}
+	p2, err := s.PutPolicy(ctx, store.Policy{Service: svc, Version: "v2hash", Source: []byte("rules: [2]"), CreatedAt: at(2 * time.Second)})
+	must(t, err)
+	wantEqual(t, "second seq", p2.Seq, int64(2))
+	_, err = s.PutPolicy(ctx, store.Policy{Service: "spiffe://example.org/orders", Version: "o1", Source: []byte("o"), CreatedAt: at(3 * time.Second)})
+	must(t, err)
+
+	got, err := s.GetPolicy(ctx, svc)
+	must(t, err)
+	wantEqual(t, "policy in force", got, p2)
+	list, err := s.ListPolicies(ctx)
+	must(t, err)
+	if len(list) != 2 || list[0].Service != "spiffe://example.org/orders" || list[1].Version != "v2hash" {
+		t.Fatalf("ListPolicies = %+v", list)
+	}
+
+	r1 := revision(t, s)
+	must(t, s.DeletePolicy(ctx, svc, at(4*time.Second)))
+	if revision(t, s) <= r1 {
+		t.Fatal("DeletePolicy did not bump the revision")
+	}
+	_, err = s.GetPolicy(ctx, svc)
+	wantErrIs(t, "get after delete", err, store.ErrNotFound)
+	wantErrIs(t, "delete twice", s.DeletePolicy(ctx, svc, at(5*time.Second)), store.ErrNotFound)
+	list, _ = s.ListPolicies(ctx)
+	wantEqual(t, "policies after delete", len(list), 1)
+	hist, err := s.PolicyHistory(ctx, svc)
+	must(t, err)
+	if len(hist) != 3 || !hist[2].Deleted || hist[0].Version != "v1hash" || string(hist[1].Source) != "rules: [2]" {
+		t.Fatalf("history = %+v", hist)
+	}
+	// A new upload after deletion is in force again, numbered after the tombstone.
+	p4, err := s.PutPolicy(ctx, store.Policy{Service: svc, Version: "v4", Source: []byte("x"), CreatedAt: at(6 * time.Second)})
+	must(t, err)
+	wantEqual(t, "seq after tombstone", p4.Seq, int64(4))
+	got, err = s.GetPolicy(ctx, svc)
+	must(t, err)
+	wantEqual(t, "re-uploaded policy", got.Version, "v4")
 }

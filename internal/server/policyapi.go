@@ -1,0 +1,194 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/store"
+)
+
+func policyToAPI(p store.Policy, withSource bool) api.Policy {
+	out := api.Policy{Service: p.Service, Seq: p.Seq, Version: p.Version, Deleted: p.Deleted, CreatedAt: p.CreatedAt}
+	if withSource {
+		out.Source = string(p.Source)
+	}
+	return out
+}
+
+// handlePutPolicy stores a new version of a policy. The body is the YAML
+// document; it is parsed and compiled first, so nothing invalid is stored
+// and the error names the line and field.
+func (s *Server) handlePutPolicy(w http.ResponseWriter, r *http.Request) {
+	src, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, "policy body larger than 1 MiB or unreadable")
+		return
+	}
+	service, version, err := checkPolicy(src)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if cur, err := s.store.GetPolicy(r.Context(), service); err == nil && cur.Version == version {
+		writeJSON(w, http.StatusOK, policyToAPI(cur, false)) // unchanged: no new version
+		return
+	}
+	p, err := s.store.PutPolicy(r.Context(), store.Policy{Service: service, Version: version, Source: src, CreatedAt: s.now()})
+	if err != nil {
+		s.log.Error("put policy", "err", err)
+		writeProblem(w, http.StatusInternalServerError, "cannot store the policy")
+		return
+	}
+	s.notify(r.Context())
+	s.event(r, "policy.put", "service", service, "seq", p.Seq, "version", version)
+	writeJSON(w, http.StatusCreated, policyToAPI(p, false))
+}
+
+func serviceParam(w http.ResponseWriter, r *http.Request) (string, bool) {
+	v := r.URL.Query().Get("service")
+	id, err := spiffeid.FromString(v)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, "service: want the SPIFFE ID of the protected service: "+err.Error())
+		return "", false
+	}
+	return id.String(), true
+}
+
+func (s *Server) handleGetPolicy(w http.ResponseWriter, r *http.Request) {
+	svc, ok := serviceParam(w, r)
+	if !ok {
+		return
+	}
+	p, err := s.store.GetPolicy(r.Context(), svc)
+	if errors.Is(err, store.ErrNotFound) {
+		writeProblem(w, http.StatusNotFound, "no policy for "+svc+" (calls to it are denied by default)")
+		return
+	}
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "cannot read the policy")
+		return
+	}
+	writeJSON(w, http.StatusOK, policyToAPI(p, true))
+}
+
+func (s *Server) handleListPolicies(w http.ResponseWriter, r *http.Request) {
+	ps, err := s.store.ListPolicies(r.Context())
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "cannot read policies")
+		return
+	}
+	out := make([]api.Policy, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, policyToAPI(p, false))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handlePolicyHistory(w http.ResponseWriter, r *http.Request) {
+	svc, ok := serviceParam(w, r)
+	if !ok {
+		return
+	}
+	ps, err := s.store.PolicyHistory(r.Context(), svc)
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "cannot read the policy history")
+		return
+	}
+	out := make([]api.Policy, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, policyToAPI(p, true))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleDeletePolicy(w http.ResponseWriter, r *http.Request) {
+	svc, ok := serviceParam(w, r)
+	if !ok {
+		return
+	}
+	err := s.store.DeletePolicy(r.Context(), svc, s.now())
+	if errors.Is(err, store.ErrNotFound) {
+		writeProblem(w, http.StatusNotFound, "no policy for "+svc)
+		return
+	}
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "cannot delete the policy")
+		return
+	}
+	s.notify(r.Context())
+	s.event(r, "policy.delete", "service", svc)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleWorkloadSync returns the policy protecting the calling workload and
+// the revocation list, long-polling like the agent sync.
+func (s *Server) handleWorkloadSync(w http.ResponseWriter, r *http.Request) {
+	caller := agentFrom(r)
+	if ok := s.longPoll(w, r); !ok {
+		return
+	}
+	rev, _ := s.waitChange()
+	out := api.WorkloadSyncResponse{Revision: rev, Service: caller.String(), Revoked: []string{}, Bundle: s.bundleDER()}
+	p, err := s.store.GetPolicy(r.Context(), caller.String())
+	switch {
+	case err == nil:
+		ap := policyToAPI(p, true)
+		out.Policy = &ap
+	case !errors.Is(err, store.ErrNotFound):
+		writeProblem(w, http.StatusInternalServerError, "cannot read the policy")
+		return
+	}
+	revs, err := s.store.ListRevocations(r.Context(), s.now())
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "cannot read revocations")
+		return
+	}
+	for _, rv := range revs {
+		out.Revoked = append(out.Revoked, rv.Serial)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// longPoll implements ?revision=N&wait=S: it returns once the revision
+// differs from N, after S seconds (at most 30), or false if the client left
+// or the parameters are bad (the answer is then written).
+func (s *Server) longPoll(w http.ResponseWriter, r *http.Request) bool {
+	q := r.URL.Query()
+	v := q.Get("revision")
+	if v == "" {
+		return true
+	}
+	known, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, "revision: want an integer")
+		return false
+	}
+	wait := maxSyncWait
+	if v := q.Get("wait"); v != "" {
+		secs, err := strconv.Atoi(v)
+		if err != nil || secs < 0 {
+			writeProblem(w, http.StatusBadRequest, "wait: want a non-negative number of seconds")
+			return false
+		}
+		wait = min(time.Duration(secs)*time.Second, maxSyncWait)
+	}
+	rev, ch := s.waitChange()
+	if rev != known {
+		return true
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	case <-r.Context().Done():
+		return false
+	}
+	return true
+}
