@@ -24,20 +24,29 @@ type Client struct {
 // Do sends in (if not nil) as JSON and decodes the answer into out (if not
 // nil). Error answers become *Problem.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("api: %w", err)
-		}
-		body = bytes.NewReader(b)
+	if in == nil {
+		return c.DoRaw(ctx, method, path, "", nil, out)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.BaseURL, "/")+path, body)
+	b, err := json.Marshal(in)
 	if err != nil {
 		return fmt.Errorf("api: %w", err)
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+	return c.DoRaw(ctx, method, path, "application/json", b, out)
+}
+
+// DoRaw sends body as is, with contentType (for documents such as YAML
+// policies), and decodes a JSON answer into out (if not nil).
+func (c *Client) DoRaw(ctx context.Context, method, path, contentType string, body []byte, out any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.BaseURL, "/")+path, rd)
+	if err != nil {
+		return fmt.Errorf("api: %w", err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")
 	if c.AdminToken != "" {
