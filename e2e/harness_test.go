@@ -59,7 +59,13 @@ func (s *syncBuffer) String() string {
 
 func start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(rampartBin, args...)
+	return startBin(t, rampartBin, env, args...)
+}
+
+// startBin starts bin (a copy of rampart at another path, for example).
+func startBin(t *testing.T, bin string, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	p := &proc{cmd: cmd, out: newSyncBuffer(), done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out

@@ -81,3 +81,13 @@ func (l *listFlag) Set(v string) error {
 }
 
 func seconds(d time.Duration) int64 { return int64(d / time.Second) }
+
+// repeatFlag is a repeatable flag whose values may contain commas; from the
+// environment, several values are separated by spaces.
+type repeatFlag []string
+
+func (r *repeatFlag) String() string { return strings.Join(*r, " ") }
+func (r *repeatFlag) Set(v string) error {
+	*r = append(*r, strings.Fields(v)...)
+	return nil
+}

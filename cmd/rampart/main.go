@@ -38,6 +38,8 @@ func commands() []command {
 		{"entry", "manage registration entries (create, list, show, delete)", runEntry},
 		{"svid", "revoke SVIDs, or fetch one from the Workload API", runSVID},
 		{"ca", "show and rotate the CA, or create an offline root", runCA},
+		{"proxy", "run the mTLS sidecar: inbound authorisation, outbound identity checks", runProxy},
+		{"policy", "manage authorisation policies; test and explain them", runPolicy},
 		{"demo", "start a secured sample system on loopback", runDemo},
 		{"version", "print the version", func(_ context.Context, e *cliEnv, _ []string) error {
 			fmt.Fprintln(e.stdout, "rampart", version)

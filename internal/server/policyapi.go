@@ -35,6 +35,10 @@ func (s *Server) handlePutPolicy(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	if id, _ := spiffeid.FromString(service); id.TrustDomain() != s.cfg.TrustDomain {
+		writeProblem(w, http.StatusBadRequest, "service: "+service+" is not in this server's trust domain "+s.cfg.TrustDomain.Name())
+		return
+	}
 	if cur, err := s.store.GetPolicy(r.Context(), service); err == nil && cur.Version == version {
 		writeJSON(w, http.StatusOK, policyToAPI(cur, false)) // unchanged: no new version
 		return

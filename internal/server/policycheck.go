@@ -1,11 +1,16 @@
 package server
 
-import (
-	"errors"
-)
+import "github.com/rampartsec/rampart/internal/policy"
 
 // checkPolicy parses and compiles a policy document and returns the service
-// it protects and its version.
+// it protects and its version. Nothing that fails here is stored.
 func checkPolicy(src []byte) (service, version string, err error) {
-	return "", "", errors.New("policy: not wired yet")
+	p, err := policy.Parse(src)
+	if err != nil {
+		return "", "", err
+	}
+	if _, err := policy.Compile(p); err != nil {
+		return "", "", err
+	}
+	return p.Service.String(), p.Version, nil
 }

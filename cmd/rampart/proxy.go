@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rampartsec/rampart/internal/proxy"
+)
+
+func runProxy(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "proxy", `rampart proxy --socket PATH --server ADDR [--inbound ADDR --app ADDR] [--outbound LISTEN=UPSTREAM,SPIFFE-ID ...]
+
+Examples:
+  # protect an app on 127.0.0.1:8080; peers call :9443 with mTLS
+  rampart proxy --inbound 0.0.0.0:9443 --app 127.0.0.1:8080
+  # let the app call payments through http://127.0.0.1:7001
+  rampart proxy --outbound 127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments`)
+	var cfg proxy.Config
+	var inbound, app, appProto, logLevel, logFormat, metricsAddr string
+	var tcp bool
+	var outs repeatFlag
+	fs.StringVar(&cfg.WorkloadSocket, "socket", "/tmp/rampart-agent/workload.sock", "the agent's Workload API socket")
+	fs.StringVar(&cfg.ServerAddr, "server", "127.0.0.1:8443", "server for policies and revocations (empty: none, deny all inbound)")
+	fs.StringVar(&cfg.DataDir, "data", "", "directory caching the last policy (default: no cache)")
+	fs.StringVar(&inbound, "inbound", "", "address peers connect to with mTLS, e.g. 0.0.0.0:9443")
+	fs.StringVar(&app, "app", "", "the local app behind the inbound listener, e.g. 127.0.0.1:8080")
+	fs.StringVar(&appProto, "app-protocol", "http1", "how to talk to the app: http1, or h2c for gRPC")
+	fs.BoolVar(&tcp, "tcp", false, "raw TCP mode for every listener (identity-only policy)")
+	fs.Var(&outs, "outbound", "LISTEN=UPSTREAM,SPIFFE-ID: a loopback listener forwarding to an upstream that must present SPIFFE-ID (repeatable)")
+	fs.StringVar(&metricsAddr, "metrics-listen", "", "address for Prometheus /metrics over plain HTTP (default off)")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "text", "text or json")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	var err error
+	if cfg.Log, err = newLogger(env, logLevel, logFormat); err != nil {
+		return err
+	}
+	if inbound != "" {
+		if app == "" {
+			return usagef("--inbound needs --app (where the service listens)")
+		}
+		cfg.Inbound = &proxy.Inbound{Listen: inbound, App: app, AppProtocol: appProto, TCP: tcp}
+	}
+	for _, o := range outs {
+		ob, err := proxy.ParseOutbound(o)
+		if err != nil {
+			return usagef("%v", err)
+		}
+		ob.TCP = tcp
+		cfg.Outbounds = append(cfg.Outbounds, ob)
+	}
+	cfg.ServerAddr = trimScheme(cfg.ServerAddr)
+	cfg.Registry = prometheus.NewRegistry()
+	cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if metricsAddr != "" {
+		ln, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+	}
+	if p := env.getenv("RAMPART_READY_FILE"); p != "" {
+		cfg.Ready = func(in string, outs []string) {
+			os.WriteFile(p, []byte(strings.Join(append([]string{in}, outs...), "\n")+"\n"), 0o600)
+		}
+	}
+	return proxy.Run(ctx, cfg)
+}

@@ -1,0 +1,27 @@
+// Package authz is the inbound guard shared by rampart proxy and the Go SDK:
+// one implementation, so a sidecar and an in-process service decide alike.
+//
+// For every request it:
+//
+//  1. takes the caller's SPIFFE ID from the verified TLS peer certificate,
+//     never from a header;
+//  2. strips identity headers the caller may have forged
+//     (X-Forwarded-Client-Cert, X-Rampart-*);
+//  3. normalises the path (policy.NormalizePath) and refuses ambiguous ones
+//     (encoded slashes, ".." above the root) with 400, then forwards the
+//     normalised path, so the app serves exactly what the policy judged;
+//  4. asks the policy engine; without a policy every call is denied;
+//  5. answers a denial with 403 and a problem+json body naming only the
+//     policy version, never its rules; the operator's log and the decision
+//     event say which rule and why;
+//  6. hands the verified identity to the app: X-Rampart-Caller and
+//     X-Forwarded-Client-Cert headers (proxy), and the request context
+//     (SDK: CallerID);
+//  7. records a decision Event (caller, target, method, path, rule, outcome,
+//     dry-run, latency) to a Sink. Until the audit log lands, LogSink writes a
+//     structured log line.
+//
+// Syncer keeps the guard's policy and the revocation list current by long
+// polling the server with the workload's own SVID, and caches the last answer
+// on disk so a restart works while the server is down.
+package authz

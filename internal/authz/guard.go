@@ -1,0 +1,227 @@
+package authz
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/mtls"
+	"github.com/rampartsec/rampart/internal/policy"
+)
+
+// Header names the guard sets for the app (and strips from callers).
+const (
+	HeaderCaller = "X-Rampart-Caller"
+	HeaderXFCC   = "X-Forwarded-Client-Cert"
+)
+
+// Event is one authorisation decision.
+type Event struct {
+	Time    time.Time
+	Caller  string // verified SPIFFE ID
+	Target  string // the protected service's SPIFFE ID
+	Method  string // "" for TCP connections
+	Path    string // normalised; "" for TCP
+	Rule    string // the deciding rule; "" for default deny
+	Version string // policy version; "" when there is no policy
+	Allowed bool   // effective outcome
+	DryRun  bool   // a dry-run policy would have denied
+	Reason  string // why, when refused before the policy (bad path)
+	Remote  string
+	Latency time.Duration // time spent deciding
+}
+
+// Sink receives decision events. The audit log will implement it.
+type Sink interface {
+	Decision(ctx context.Context, e Event)
+}
+
+// LogSink writes decisions as structured log lines.
+type LogSink struct{ Log *slog.Logger }
+
+// Decision implements Sink.
+func (s LogSink) Decision(ctx context.Context, e Event) {
+	lvl := slog.LevelInfo
+	if !e.Allowed || e.DryRun {
+		lvl = slog.LevelWarn
+	}
+	s.Log.LogAttrs(ctx, lvl, "decision", slog.String("event", "authz.decision"), slog.String("caller", e.Caller),
+		slog.String("target", e.Target), slog.String("method", e.Method), slog.String("path", e.Path),
+		slog.String("rule", e.Rule), slog.String("policy_version", e.Version), slog.Bool("allowed", e.Allowed),
+		slog.Bool("dry_run_denied", e.DryRun), slog.String("reason", e.Reason), slog.String("remote", e.Remote),
+		slog.Duration("latency", e.Latency))
+}
+
+// GuardConfig configures a Guard.
+type GuardConfig struct {
+	Service  spiffeid.ID // the protected service (our own SPIFFE ID)
+	Log      *slog.Logger
+	Sink     Sink
+	Registry *prometheus.Registry // nil: no metrics
+}
+
+// Guard authorises inbound calls with the current policy.
+type Guard struct {
+	cfg       GuardConfig
+	engine    atomic.Pointer[policy.Engine]
+	decisions *prometheus.CounterVec
+	latency   prometheus.Histogram
+}
+
+// NewGuard returns a guard with no policy: everything is denied until
+// SetPolicy installs one.
+func NewGuard(cfg GuardConfig) *Guard {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Sink == nil {
+		cfg.Sink = LogSink{Log: cfg.Log}
+	}
+	g := &Guard{cfg: cfg,
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_authz_decisions_total", Help: "Authorisation decisions, by outcome (allow, deny, dry_run_deny, bad_request).",
+		}, []string{"outcome"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "rampart_authz_decision_duration_seconds", Help: "Time to decide one request.",
+			Buckets: []float64{1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3},
+		}),
+	}
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(g.decisions, g.latency)
+	}
+	return g
+}
+
+// SetPolicy installs a compiled policy; nil removes it (default deny).
+func (g *Guard) SetPolicy(e *policy.Engine) { g.engine.Store(e) }
+
+// Policy returns the installed policy, or nil.
+func (g *Guard) Policy() *policy.Engine { return g.engine.Load() }
+
+type callerKey struct{}
+
+// CallerID returns the verified caller identity the guard put in ctx.
+func CallerID(ctx context.Context) (spiffeid.ID, bool) {
+	id, ok := ctx.Value(callerKey{}).(spiffeid.ID)
+	return id, ok
+}
+
+// Middleware authorises each request before next sees it.
+func (g *Guard) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ev := Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr}
+		peer, err := mtls.PeerID(r.TLS)
+		if err != nil {
+			ev.Reason = "no verified client certificate"
+			g.finish(r.Context(), &ev, start, "bad_request")
+			WriteProblem(w, http.StatusUnauthorized, "a client SVID is required")
+			return
+		}
+		ev.Caller = peer.String()
+		stripIdentityHeaders(r.Header)
+		path, err := policy.NormalizePath(r.URL.EscapedPath())
+		if err != nil {
+			ev.Path, ev.Reason = r.URL.EscapedPath(), err.Error()
+			g.finish(r.Context(), &ev, start, "bad_request")
+			WriteProblem(w, http.StatusBadRequest, "ambiguous request path refused: "+err.Error())
+			return
+		}
+		ev.Path = path
+		eng := g.engine.Load()
+		if eng == nil {
+			ev.Reason = "no policy for this service"
+			g.finish(r.Context(), &ev, start, "deny")
+			WriteProblem(w, http.StatusForbidden, "denied: no policy allows calls to "+g.cfg.Service.String())
+			return
+		}
+		d := eng.Decide(&policy.Request{Caller: peer, Method: r.Method, Path: path, Headers: r.Header})
+		ev.Rule, ev.Version, ev.Allowed, ev.DryRun = d.Rule, d.Version, d.Allowed, d.DryRunDenied
+		outcome := "allow"
+		switch {
+		case !d.Allowed:
+			outcome = "deny"
+		case d.DryRunDenied:
+			outcome = "dry_run_deny"
+		}
+		g.finish(r.Context(), &ev, start, outcome)
+		if !d.Allowed {
+			WriteProblem(w, http.StatusForbidden, "denied by policy version "+d.Version)
+			return
+		}
+		// Forward exactly what was judged.
+		r.URL.RawPath = path
+		r.URL.Path = decodedPath(path)
+		r.Header.Set(HeaderCaller, peer.String())
+		r.Header.Set(HeaderXFCC, "By="+g.cfg.Service.String()+";URI="+peer.String())
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, peer)))
+	})
+}
+
+// AllowConn authorises a raw TCP connection by identity only.
+func (g *Guard) AllowConn(ctx context.Context, peer spiffeid.ID, remote string) bool {
+	start := time.Now()
+	ev := Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote}
+	eng := g.engine.Load()
+	if eng == nil {
+		ev.Reason = "no policy for this service"
+		g.finish(ctx, &ev, start, "deny")
+		return false
+	}
+	d := eng.Decide(&policy.Request{Caller: peer})
+	ev.Rule, ev.Version, ev.Allowed, ev.DryRun = d.Rule, d.Version, d.Allowed, d.DryRunDenied
+	outcome := "allow"
+	if !d.Allowed {
+		outcome = "deny"
+	}
+	g.finish(ctx, &ev, start, outcome)
+	return d.Allowed
+}
+
+func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome string) {
+	ev.Latency = time.Since(start)
+	g.decisions.WithLabelValues(outcome).Inc()
+	g.latency.Observe(ev.Latency.Seconds())
+	g.cfg.Sink.Decision(ctx, *ev)
+}
+
+// stripIdentityHeaders removes every header a caller could use to claim an
+// identity: only the guard sets them, after verification.
+func stripIdentityHeaders(h http.Header) {
+	for name := range h {
+		if strings.HasPrefix(name, "X-Rampart-") || name == HeaderXFCC {
+			delete(h, name)
+		}
+	}
+}
+
+// decodedPath turns a normalised escaped path into url.URL.Path form. The
+// normaliser leaves only valid escapes of reserved characters, none of them "/".
+func decodedPath(escaped string) string {
+	p, err := url.PathUnescape(escaped)
+	if err != nil {
+		return escaped
+	}
+	return p
+}
+
+// WriteProblem answers with an RFC 9457 problem details body.
+func WriteProblem(w http.ResponseWriter, status int, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(struct {
+		Type   string `json:"type"`
+		Title  string `json:"title"`
+		Status int    `json:"status"`
+		Detail string `json:"detail,omitempty"`
+	}{"about:blank", http.StatusText(status), status, detail})
+}

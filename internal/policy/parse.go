@@ -1,0 +1,297 @@
+package policy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"gopkg.in/yaml.v3"
+)
+
+// Mode says whether a policy is enforced.
+type Mode string
+
+const (
+	ModeEnforce Mode = "enforce"
+	ModeDryRun  Mode = "dry-run"
+)
+
+// Action is what a matching rule does.
+type Action string
+
+const (
+	ActionAllow Action = "allow"
+	ActionDeny  Action = "deny"
+)
+
+// Policy is a parsed, validated policy.
+type Policy struct {
+	Service spiffeid.ID
+	Mode    Mode
+	Rules   []Rule
+	Version string // first 12 hex digits of SHA-256 of the source
+	Source  []byte
+}
+
+// Rule is one rule of a policy.
+type Rule struct {
+	Name    string
+	Action  Action
+	Callers []string
+	Methods []string
+	Paths   []string
+	When    string
+	Line    int // where the rule starts in the source
+}
+
+var (
+	nameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	paramRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	methods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+
+// Parse parses and validates one policy document.
+func Parse(src []byte) (*Policy, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(src, &doc); err != nil {
+		return nil, fmt.Errorf("policy: %v", cleanYAMLError(err))
+	}
+	if len(doc.Content) == 0 {
+		return nil, errors.New("policy: empty document")
+	}
+	p, err := fromNode(doc.Content[0])
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(src)
+	p.Version, p.Source = hex.EncodeToString(sum[:])[:12], bytes.Clone(src)
+	return p, nil
+}
+
+// ParseAll parses a stream of policy documents separated by "---".
+func ParseAll(src []byte) ([]*Policy, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(src))
+	var out []*Policy
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("policy: document %d: %v", len(out)+1, cleanYAMLError(err))
+		}
+		one, err := yaml.Marshal(&doc)
+		if err != nil {
+			return nil, fmt.Errorf("policy: document %d: %w", len(out)+1, err)
+		}
+		p, err := fromNode(doc.Content[0])
+		if err != nil {
+			return nil, fmt.Errorf("document %d: %w", len(out)+1, err)
+		}
+		sum := sha256.Sum256(one)
+		p.Version, p.Source = hex.EncodeToString(sum[:])[:12], one
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("policy: no documents")
+	}
+	return out, nil
+}
+
+func cleanYAMLError(err error) string { return strings.TrimPrefix(err.Error(), "yaml: ") }
+
+func errAt(n *yaml.Node, field, format string, a ...any) error {
+	return fmt.Errorf("policy: line %d: %s: %s", n.Line, field, fmt.Sprintf(format, a...))
+}
+
+// fields checks that n is a mapping with only the allowed keys and returns
+// key -> value nodes.
+func fields(n *yaml.Node, where string, allowed ...string) (map[string]*yaml.Node, error) {
+	if n.Kind != yaml.MappingNode {
+		return nil, errAt(n, where, "want a mapping")
+	}
+	out := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if !slices.Contains(allowed, k.Value) {
+			return nil, errAt(k, where, "unknown field %q (want one of %s)", k.Value, strings.Join(allowed, ", "))
+		}
+		if _, dup := out[k.Value]; dup {
+			return nil, errAt(k, where, "field %q given twice", k.Value)
+		}
+		out[k.Value] = v
+	}
+	return out, nil
+}
+
+func scalar(n *yaml.Node, field string) (string, error) {
+	if n.Kind != yaml.ScalarNode {
+		return "", errAt(n, field, "want a string")
+	}
+	return n.Value, nil
+}
+
+func list(n *yaml.Node, field string) ([]string, []*yaml.Node, error) {
+	if n.Kind != yaml.SequenceNode {
+		return nil, nil, errAt(n, field, "want a list")
+	}
+	var out []string
+	for i, c := range n.Content {
+		s, err := scalar(c, fmt.Sprintf("%s[%d]", field, i))
+		if err != nil {
+			return nil, nil, err
+		}
+		out = append(out, s)
+	}
+	return out, n.Content, nil
+}
+
+func fromNode(n *yaml.Node) (*Policy, error) {
+	f, err := fields(n, "policy", "service", "mode", "rules")
+	if err != nil {
+		return nil, err
+	}
+	p := &Policy{Mode: ModeEnforce}
+	sn, ok := f["service"]
+	if !ok {
+		return nil, errAt(n, "service", "required (the SPIFFE ID of the protected service)")
+	}
+	s, err := scalar(sn, "service")
+	if err != nil {
+		return nil, err
+	}
+	if p.Service, err = spiffeid.FromString(s); err != nil {
+		return nil, errAt(sn, "service", "%q: %v", s, err)
+	}
+	if mn, ok := f["mode"]; ok {
+		m, err := scalar(mn, "mode")
+		if err != nil {
+			return nil, err
+		}
+		if m != string(ModeEnforce) && m != string(ModeDryRun) {
+			return nil, errAt(mn, "mode", "%q: want enforce or dry-run", m)
+		}
+		p.Mode = Mode(m)
+	}
+	rn, ok := f["rules"]
+	if !ok || rn.Kind != yaml.SequenceNode || len(rn.Content) == 0 {
+		at := n
+		if ok {
+			at = rn
+		}
+		return nil, errAt(at, "rules", "at least one rule is required")
+	}
+	names := map[string]bool{}
+	for i, r := range rn.Content {
+		rule, err := ruleFromNode(r, fmt.Sprintf("rules[%d]", i), p.Service.TrustDomain())
+		if err != nil {
+			return nil, err
+		}
+		if names[rule.Name] {
+			return nil, errAt(r, fmt.Sprintf("rules[%d].name", i), "%q used twice", rule.Name)
+		}
+		names[rule.Name] = true
+		p.Rules = append(p.Rules, rule)
+	}
+	return p, nil
+}
+
+func ruleFromNode(n *yaml.Node, where string, td spiffeid.TrustDomain) (Rule, error) {
+	f, err := fields(n, where, "name", "action", "callers", "methods", "paths", "when")
+	if err != nil {
+		return Rule{}, err
+	}
+	r := Rule{Action: ActionAllow, Line: n.Line}
+	nn, ok := f["name"]
+	if !ok {
+		return Rule{}, errAt(n, where+".name", "required")
+	}
+	if r.Name, err = scalar(nn, where+".name"); err != nil {
+		return Rule{}, err
+	}
+	if !nameRE.MatchString(r.Name) {
+		return Rule{}, errAt(nn, where+".name", "%q: want letters, digits, '.', '_' or '-'", r.Name)
+	}
+	if an, ok := f["action"]; ok {
+		a, err := scalar(an, where+".action")
+		if err != nil {
+			return Rule{}, err
+		}
+		if a != string(ActionAllow) && a != string(ActionDeny) {
+			return Rule{}, errAt(an, where+".action", "%q: want allow or deny", a)
+		}
+		r.Action = Action(a)
+	}
+	cn, ok := f["callers"]
+	if !ok {
+		return Rule{}, errAt(n, where+".callers", "required (SPIFFE IDs, \"spiffe://TD/path/*\" patterns, or \"*\")")
+	}
+	var nodes []*yaml.Node
+	if r.Callers, nodes, err = list(cn, where+".callers"); err != nil {
+		return Rule{}, err
+	}
+	if len(r.Callers) == 0 {
+		return Rule{}, errAt(cn, where+".callers", "at least one caller is required")
+	}
+	for i, c := range r.Callers {
+		if err := checkCaller(c); err != nil {
+			return Rule{}, errAt(nodes[i], fmt.Sprintf("%s.callers[%d]", where, i), "%v", err)
+		}
+	}
+	if mn, ok := f["methods"]; ok {
+		if r.Methods, nodes, err = list(mn, where+".methods"); err != nil {
+			return Rule{}, err
+		}
+		for i, m := range r.Methods {
+			if !slices.Contains(methods, m) {
+				return Rule{}, errAt(nodes[i], fmt.Sprintf("%s.methods[%d]", where, i), "%q is not an HTTP method (want upper case, e.g. GET)", m)
+			}
+		}
+	}
+	if pn, ok := f["paths"]; ok {
+		if r.Paths, nodes, err = list(pn, where+".paths"); err != nil {
+			return Rule{}, err
+		}
+		for i, p := range r.Paths {
+			if _, err := compilePath(p); err != nil {
+				return Rule{}, errAt(nodes[i], fmt.Sprintf("%s.paths[%d]", where, i), "%v", err)
+			}
+		}
+	}
+	if wn, ok := f["when"]; ok {
+		if r.When, err = scalar(wn, where+".when"); err != nil {
+			return Rule{}, err
+		}
+		if _, err := compileCEL(r.When); err != nil {
+			return Rule{}, errAt(wn, where+".when", "%v", err)
+		}
+	}
+	return r, nil
+}
+
+func checkCaller(c string) error {
+	if c == "*" {
+		return nil
+	}
+	if prefix, ok := strings.CutSuffix(c, "/*"); ok {
+		if _, err := spiffeid.FromString(prefix); err != nil {
+			return fmt.Errorf("%q: pattern prefix is not a SPIFFE ID: %v", c, err)
+		}
+		return nil
+	}
+	if strings.Contains(c, "*") {
+		return fmt.Errorf("%q: \"*\" is only allowed alone or as a final \"/*\"", c)
+	}
+	if _, err := spiffeid.FromString(c); err != nil {
+		return fmt.Errorf("%q: %v", c, err)
+	}
+	return nil
+}

@@ -1,0 +1,96 @@
+package proxy
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+type metrics struct {
+	requests          *prometheus.CounterVec
+	latency           *prometheus.HistogramVec
+	handshakeFailures *prometheus.CounterVec
+	upstreamErrors    *prometheus.CounterVec
+	tcpConns          *prometheus.CounterVec
+	reg               *prometheus.Registry
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_proxy_requests_total", Help: "HTTP requests, by direction and status code.",
+		}, []string{"direction", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "rampart_proxy_request_duration_seconds", Help: "Time from request to response headers, by direction.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
+		}, []string{"direction"}),
+		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_proxy_handshake_failures_total", Help: "mTLS handshakes refused, by reason.",
+		}, []string{"reason"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_proxy_upstream_errors_total", Help: "Requests that could not be forwarded, by direction.",
+		}, []string{"direction"}),
+		tcpConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_proxy_tcp_connections_total", Help: "Raw TCP connections, by direction and outcome.",
+		}, []string{"direction", "outcome"}),
+		reg: reg,
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.latency, m.handshakeFailures, m.upstreamErrors, m.tcpConns)
+	}
+	return m
+}
+
+// watchSVID exports the expiry of the current SVID, read at scrape time so
+// it follows rotations.
+func (m *metrics) watchSVID(src *workloadapi.X509Source) {
+	if m.reg == nil {
+		return
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "rampart_proxy_svid_not_after_timestamp_seconds", Help: "Expiry (Unix time) of the proxy's current SVID.",
+	}, func() float64 {
+		sv, err := src.GetX509SVID()
+		if err != nil {
+			return 0
+		}
+		return float64(sv.Certificates[0].NotAfter.Unix())
+	}))
+}
+
+type codeWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *codeWriter) WriteHeader(c int) {
+	if w.code == 0 {
+		w.code = c
+	}
+	w.ResponseWriter.WriteHeader(c)
+}
+
+func (w *codeWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the real writer (trailers, deadlines).
+func (w *codeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (m *metrics) instrument(direction string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		cw := &codeWriter{ResponseWriter: w}
+		h.ServeHTTP(cw, r)
+		if cw.code == 0 {
+			cw.code = http.StatusOK
+		}
+		m.requests.WithLabelValues(direction, strconv.Itoa(cw.code)).Inc()
+		m.latency.WithLabelValues(direction).Observe(time.Since(start).Seconds())
+	})
+}

@@ -1,0 +1,303 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/rampartsec/rampart/internal/authz"
+	"github.com/rampartsec/rampart/internal/mtls"
+)
+
+// Timeouts on every stage.
+const (
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+	dialTimeout       = 5 * time.Second
+	handshakeTimeout  = 10 * time.Second
+	drainTimeout      = 20 * time.Second
+)
+
+// Inbound is the listener peers call.
+type Inbound struct {
+	Listen      string // e.g. 0.0.0.0:9443
+	App         string // local app address, e.g. 127.0.0.1:8080
+	AppProtocol string // "http1" (default) or "h2c" (gRPC)
+	TCP         bool   // raw TCP: identity-only policy per connection
+}
+
+// Outbound is a loopback listener for calls to one upstream.
+type Outbound struct {
+	Listen   string      // e.g. 127.0.0.1:7001
+	Upstream string      // the upstream's inbound proxy, host:port
+	ID       spiffeid.ID // the SPIFFE ID the upstream must present
+	TCP      bool
+}
+
+// ParseOutbound parses "LISTEN=UPSTREAM,SPIFFE-ID", e.g.
+// "127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments".
+func ParseOutbound(s string) (Outbound, error) {
+	listen, rest, ok := strings.Cut(s, "=")
+	up, id, ok2 := strings.Cut(rest, ",")
+	if !ok || !ok2 || listen == "" || up == "" {
+		return Outbound{}, fmt.Errorf("proxy: outbound %q: want LISTEN=UPSTREAM,SPIFFE-ID", s)
+	}
+	sid, err := spiffeid.FromString(id)
+	if err != nil {
+		return Outbound{}, fmt.Errorf("proxy: outbound %q: %w", s, err)
+	}
+	if _, _, err := net.SplitHostPort(up); err != nil {
+		return Outbound{}, fmt.Errorf("proxy: outbound %q: upstream: %w", s, err)
+	}
+	return Outbound{Listen: listen, Upstream: up, ID: sid}, nil
+}
+
+// Config configures a proxy.
+type Config struct {
+	WorkloadSocket string // the agent's Workload API socket
+	ServerAddr     string // control plane, for policies and revocations
+	DataDir        string // caches the last policy so a restart works while the server is down
+	Inbound        *Inbound
+	Outbounds      []Outbound
+	Log            *slog.Logger
+	Registry       *prometheus.Registry
+	// Ready, if set, is called once every listener is up, with their addresses.
+	Ready func(inbound string, outbounds []string)
+}
+
+// Run runs the proxy until ctx is done, then drains.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Inbound == nil && len(cfg.Outbounds) == 0 {
+		return errors.New("proxy: nothing to do: give --inbound and/or --outbound")
+	}
+	m := newMetrics(cfg.Registry)
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+cfg.WorkloadSocket)))
+	if err != nil {
+		return fmt.Errorf("proxy: Workload API at %s: %w", cfg.WorkloadSocket, err)
+	}
+	defer src.Close()
+	self, err := src.GetX509SVID()
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	m.watchSVID(src)
+	td := self.ID.TrustDomain()
+	revs := &mtls.Revocations{}
+	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: authz.LogSink{Log: cfg.Log}, Registry: cfg.Registry})
+	if cfg.ServerAddr != "" {
+		syncer := &authz.Syncer{ServerAddr: cfg.ServerAddr, SVID: src, Bundles: src, Guard: guard, Revocations: revs, CacheDir: cfg.DataDir, Log: cfg.Log}
+		if err := syncer.Start(ctx); err != nil {
+			return err
+		}
+	}
+	onFail := func(reason string) { m.handshakeFailures.WithLabelValues(reason).Inc() }
+	errLog := log.New(handshakeLogWriter{m: m, log: cfg.Log}, "", 0)
+
+	var servers []*http.Server
+	var tcpLns []net.Listener
+	var wg sync.WaitGroup
+	errc := make(chan error, 1+len(cfg.Outbounds))
+	var inboundAddr string
+	if in := cfg.Inbound; in != nil {
+		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeMemberOf(td), Revocations: revs, OnFail: onFail})
+		ln, err := net.Listen("tcp", in.Listen)
+		if err != nil {
+			return fmt.Errorf("proxy: inbound listen: %w", err)
+		}
+		inboundAddr = ln.Addr().String()
+		if in.TCP {
+			tl := tls.NewListener(ln, tlsCfg)
+			tcpLns = append(tcpLns, tl)
+			wg.Go(func() { serveTCPInbound(ctx, tl, in.App, guard, m, cfg.Log) })
+		} else {
+			srv, err := newInboundServer(in, guard, m, errLog)
+			if err != nil {
+				ln.Close()
+				return err
+			}
+			srv.TLSConfig = tlsCfg
+			servers = append(servers, srv)
+			wg.Go(func() {
+				if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					errc <- fmt.Errorf("proxy: inbound: %w", err)
+				}
+			})
+		}
+	}
+	var outAddrs []string
+	for _, out := range cfg.Outbounds {
+		clientCfg := mtls.ClientConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeID(out.ID), Revocations: revs, OnFail: onFail})
+		ln, err := net.Listen("tcp", out.Listen)
+		if err != nil {
+			return fmt.Errorf("proxy: outbound listen %s: %w", out.Listen, err)
+		}
+		outAddrs = append(outAddrs, ln.Addr().String())
+		if out.TCP {
+			tcpLns = append(tcpLns, ln)
+			wg.Go(func() { serveTCPOutbound(ctx, ln, out, clientCfg, m, cfg.Log) })
+			continue
+		}
+		srv := newOutboundServer(out, clientCfg, m, errLog)
+		servers = append(servers, srv)
+		wg.Go(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("proxy: outbound %s: %w", out.Listen, err)
+			}
+		})
+	}
+	cfg.Log.Info("proxy running", "spiffe_id", self.ID.String(), "inbound", inboundAddr, "outbounds", outAddrs)
+	if cfg.Ready != nil {
+		cfg.Ready(inboundAddr, outAddrs)
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return err
+	}
+	// Drain: stop accepting, let open requests finish.
+	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	for _, s := range servers {
+		s.Shutdown(dctx)
+	}
+	for _, l := range tcpLns {
+		l.Close()
+	}
+	wg.Wait()
+	cfg.Log.Info("proxy drained")
+	return nil
+}
+
+func appTransport(protocol string) (*http.Transport, string, error) {
+	t := &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+	}
+	switch protocol {
+	case "", "http1":
+	case "h2c":
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		t.Protocols = &p
+	default:
+		return nil, "", fmt.Errorf("proxy: app protocol %q: want http1 or h2c", protocol)
+	}
+	return t, "http", nil
+}
+
+func newInboundServer(in *Inbound, guard *authz.Guard, m *metrics, errLog *log.Logger) (*http.Server, error) {
+	t, scheme, err := appTransport(in.AppProtocol)
+	if err != nil {
+		return nil, err
+	}
+	target := &url.URL{Scheme: scheme, Host: in.App}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+		},
+		Transport:     t,
+		FlushInterval: -1, // stream: gRPC and server-sent events must not be buffered
+		ErrorLog:      errLog,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			m.upstreamErrors.WithLabelValues("inbound").Inc()
+			authz.WriteProblem(w, http.StatusBadGateway, "the service behind this proxy did not answer")
+		},
+	}
+	return &http.Server{
+		Handler:           m.instrument("inbound", guard.Middleware(rp)),
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		ErrorLog:          errLog,
+	}, nil
+}
+
+func newOutboundServer(out Outbound, clientCfg *tls.Config, m *metrics, errLog *log.Logger) *http.Server {
+	t := &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       clientCfg,
+		TLSHandshakeTimeout:   handshakeTimeout,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+	}
+	target := &url.URL{Scheme: "https", Host: out.Upstream}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+		},
+		Transport:     t,
+		FlushInterval: -1,
+		ErrorLog:      errLog,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			m.upstreamErrors.WithLabelValues("outbound").Inc()
+			authz.WriteProblem(w, http.StatusBadGateway, "upstream "+out.ID.String()+" unreachable or not who it should be: "+err.Error())
+		},
+	}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true) // the app may speak h2c (gRPC)
+	return &http.Server{
+		Handler:           m.instrument("outbound", rp),
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		ErrorLog:          errLog,
+		Protocols:         &p,
+	}
+}
+
+// handshakeLogWriter turns net/http's "TLS handshake error" log lines into
+// metrics (plain HTTP to the TLS port, no client certificate...) and debug logs.
+type handshakeLogWriter struct {
+	m   *metrics
+	log *slog.Logger
+}
+
+func (w handshakeLogWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	if strings.Contains(line, "TLS handshake error") {
+		reason := "other"
+		switch {
+		case strings.Contains(line, "client sent an HTTP request to an HTTPS server"), strings.Contains(line, "first record does not look like a TLS handshake"):
+			reason = "plain_http"
+		case strings.Contains(line, "didn't provide a certificate"):
+			reason = "no_client_cert"
+		case strings.Contains(line, "bad certificate"), strings.Contains(line, "certificate"):
+			reason = "bad_certificate"
+		case strings.Contains(line, "EOF"):
+			reason = "eof"
+		}
+		if reason != "other" && reason != "bad_certificate" {
+			w.m.handshakeFailures.WithLabelValues(reason).Inc()
+		}
+	}
+	w.log.Debug("http", "msg", line)
+	return len(p), nil
+}
+
+var _ io.Writer = handshakeLogWriter{}

@@ -1,0 +1,104 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/rampartsec/rampart/internal/authz"
+	"github.com/rampartsec/rampart/internal/mtls"
+)
+
+// serveTCPInbound terminates mTLS and copies bytes to the app. The policy is
+// applied to the connection's identity only (no method or path exists).
+func serveTCPInbound(ctx context.Context, ln net.Listener, app string, guard *authz.Guard, m *metrics, log *slog.Logger) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		wg.Go(func() {
+			defer c.Close()
+			tc := c.(*tls.Conn)
+			hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+			err := tc.HandshakeContext(hctx)
+			cancel()
+			if err != nil {
+				log.Debug("tcp inbound handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+				return
+			}
+			cs := tc.ConnectionState()
+			peer, err := mtls.PeerID(&cs)
+			if err != nil || !guard.AllowConn(ctx, peer, c.RemoteAddr().String()) {
+				m.tcpConns.WithLabelValues("inbound", "denied").Inc()
+				return
+			}
+			m.tcpConns.WithLabelValues("inbound", "allowed").Inc()
+			up, err := (&net.Dialer{Timeout: dialTimeout}).DialContext(ctx, "tcp", app)
+			if err != nil {
+				log.Warn("tcp inbound: app unreachable", "app", app, "err", err)
+				return
+			}
+			defer up.Close()
+			splice(ctx, c, up)
+		})
+	}
+}
+
+// serveTCPOutbound accepts plain TCP from the app and opens mTLS to the
+// upstream, which must present the expected SPIFFE ID.
+func serveTCPOutbound(ctx context.Context, ln net.Listener, out Outbound, clientCfg *tls.Config, m *metrics, log *slog.Logger) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		wg.Go(func() {
+			defer c.Close()
+			d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: dialTimeout}, Config: clientCfg}
+			up, err := d.DialContext(ctx, "tcp", out.Upstream)
+			if err != nil {
+				m.tcpConns.WithLabelValues("outbound", "failed").Inc()
+				log.Warn("tcp outbound: upstream refused or not who it should be", "upstream", out.Upstream, "want", out.ID.String(), "err", err)
+				return
+			}
+			defer up.Close()
+			m.tcpConns.WithLabelValues("outbound", "allowed").Inc()
+			splice(ctx, c, up)
+		})
+	}
+}
+
+// splice copies both ways until either side closes or ctx ends.
+func splice(ctx context.Context, a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	select {
+	case <-done:
+		// Give the other direction a moment to flush its half-close.
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+		case <-ctx.Done():
+		}
+	case <-ctx.Done():
+	}
+	a.Close()
+	b.Close()
+}

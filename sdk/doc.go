@@ -1,0 +1,26 @@
+// Package sdk secures a Go service in-process, without a sidecar: the same
+// mTLS and the same authorisation as rampart proxy, from the same code.
+//
+//	src, err := sdk.New(ctx)                        // SVID from the local agent
+//	defer src.Close()
+//	srv := &http.Server{
+//		Handler:   src.Middleware(mux),              // policy, header hygiene, decisions
+//		TLSConfig: src.ServerTLSConfig(),            // TLS 1.3, client SVID required
+//	}
+//	srv.ListenAndServeTLS("", "")
+//
+//	// calling another service, which must prove it is payments:
+//	c := src.HTTPClient(spiffeid.RequireFromString("spiffe://example.org/payments"))
+//
+//	// in a handler:
+//	caller, _ := sdk.CallerID(r.Context())
+//
+// The SVID and bundle come from the agent's SPIFFE Workload API and follow
+// rotations without restarting anything. With a server configured
+// (WithServer or RAMPART_SERVER), the policy protecting this service and the
+// revocation list are kept current by a long poll authenticated with the
+// service's own SVID; without one, SetPolicy installs a policy from YAML.
+// No policy means every call is denied.
+//
+// This package is the only API Rampart promises to keep stable.
+package sdk

@@ -1,0 +1,155 @@
+package sdk
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/rampartsec/rampart/internal/authz"
+	"github.com/rampartsec/rampart/internal/mtls"
+	"github.com/rampartsec/rampart/internal/policy"
+)
+
+// DefaultSocket is the agent's Workload API socket when neither WithSocket
+// nor SPIFFE_ENDPOINT_SOCKET says otherwise.
+const DefaultSocket = "/tmp/rampart-agent/workload.sock"
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	socket   string
+	server   string
+	cacheDir string
+	log      *slog.Logger
+	sink     authz.Sink
+}
+
+// WithSocket sets the agent's Workload API socket path.
+func WithSocket(path string) Option { return func(o *options) { o.socket = path } }
+
+// WithServer sets the Rampart server (host:port) to fetch the policy and
+// revocations from.
+func WithServer(addr string) Option { return func(o *options) { o.server = addr } }
+
+// WithPolicyCache keeps the last policy in dir, so a restart while the
+// server is down still enforces it.
+func WithPolicyCache(dir string) Option { return func(o *options) { o.cacheDir = dir } }
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// DecisionEvent is one authorisation decision.
+type DecisionEvent = authz.Event
+
+// DecisionSink receives every authorisation decision.
+type DecisionSink interface {
+	Decision(ctx context.Context, e DecisionEvent)
+}
+
+// WithDecisionSink sends decisions to s instead of the logger.
+func WithDecisionSink(s DecisionSink) Option { return func(o *options) { o.sink = s } }
+
+// Source is a service's identity and authorisation.
+type Source struct {
+	x509  *workloadapi.X509Source
+	id    spiffeid.ID
+	guard *authz.Guard
+	revs  *mtls.Revocations
+}
+
+// New connects to the agent and waits for the first SVID.
+func New(ctx context.Context, opts ...Option) (*Source, error) {
+	o := options{socket: DefaultSocket, server: os.Getenv("RAMPART_SERVER")}
+	if env := os.Getenv("SPIFFE_ENDPOINT_SOCKET"); env != "" {
+		o.socket = env
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
+	addr := o.socket
+	if len(addr) > 0 && addr[0] == '/' {
+		addr = "unix://" + addr
+	}
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(addr)))
+	if err != nil {
+		return nil, fmt.Errorf("sdk: Workload API at %s: %w", o.socket, err)
+	}
+	sv, err := src.GetX509SVID()
+	if err != nil {
+		src.Close()
+		return nil, fmt.Errorf("sdk: %w", err)
+	}
+	s := &Source{x509: src, id: sv.ID, revs: &mtls.Revocations{}}
+	var sink authz.Sink = authz.LogSink{Log: o.log}
+	if o.sink != nil {
+		sink = o.sink
+	}
+	s.guard = authz.NewGuard(authz.GuardConfig{Service: sv.ID, Log: o.log, Sink: sink})
+	if o.server != "" {
+		sy := &authz.Syncer{ServerAddr: o.server, SVID: src, Bundles: src, Guard: s.guard, Revocations: s.revs, CacheDir: o.cacheDir, Log: o.log}
+		if err := sy.Start(ctx); err != nil {
+			src.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// ID is this service's SPIFFE ID.
+func (s *Source) ID() spiffeid.ID { return s.id }
+
+// Close stops following the Workload API.
+func (s *Source) Close() error { return s.x509.Close() }
+
+// SetPolicy installs a policy from its YAML source, replacing any other
+// (use it when no server distributes policies).
+func (s *Source) SetPolicy(yaml []byte) error {
+	p, err := policy.Parse(yaml)
+	if err != nil {
+		return fmt.Errorf("sdk: %w", err)
+	}
+	if p.Service != s.id {
+		return fmt.Errorf("sdk: the policy protects %s, but this service is %s", p.Service, s.id)
+	}
+	eng, err := policy.Compile(p)
+	if err != nil {
+		return fmt.Errorf("sdk: %w", err)
+	}
+	s.guard.SetPolicy(eng)
+	return nil
+}
+
+// ServerTLSConfig requires a client SVID from this trust domain, not revoked.
+func (s *Source) ServerTLSConfig() *tls.Config {
+	return mtls.ServerConfig(mtls.Options{SVID: s.x509, Bundles: s.x509, Authorize: tlsconfig.AuthorizeMemberOf(s.id.TrustDomain()), Revocations: s.revs})
+}
+
+// ClientTLSConfig refuses any server but the one presenting server's SVID.
+func (s *Source) ClientTLSConfig(server spiffeid.ID) *tls.Config {
+	return mtls.ClientConfig(mtls.Options{SVID: s.x509, Bundles: s.x509, Authorize: tlsconfig.AuthorizeID(server), Revocations: s.revs})
+}
+
+// HTTPClient calls the service whose SPIFFE ID is server over mTLS.
+func (s *Source) HTTPClient(server spiffeid.ID) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: s.ClientTLSConfig(server), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+	}}
+}
+
+// Middleware authorises each request with the policy before next sees it.
+func (s *Source) Middleware(next http.Handler) http.Handler { return s.guard.Middleware(next) }
+
+// CallerID returns the verified caller of a request that passed Middleware.
+func CallerID(ctx context.Context) (spiffeid.ID, bool) { return authz.CallerID(ctx) }
