@@ -52,7 +52,9 @@ func (ca *testCA) svid(t *testing.T, path string, notAfter time.Time) *x509svid.
 	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
 }
 
-func (ca *testCA) bundle() *x509bundle.Bundle { return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert}) }
+func (ca *testCA) bundle() *x509bundle.Bundle {
+	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
+}
 
 type reasons struct {
 	mu  sync.Mutex

@@ -98,4 +98,3 @@ func unhex(a, b byte) (byte, bool) {
 	y, ok2 := h(b)
 	return x<<4 | y, ok1 && ok2
 }
-
