@@ -164,13 +164,23 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 	}
 	agentID := agentFrom(r)
 	now := s.now()
+	// One read of the agent's entries per batch, not one per item.
+	mine, err := s.store.ListEntries(r.Context(), agentID.String())
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "cannot read entries")
+		return
+	}
+	byID := make(map[string]store.Entry, len(mine))
+	for _, e := range mine {
+		byID[e.ID] = e
+	}
 	out := api.SignResponse{Results: make([]api.SignResult, len(req.Requests))}
 	var records []store.IssuedSVID
 	for i, item := range req.Requests {
 		res := &out.Results[i]
 		res.EntryID = item.EntryID
-		e, err := s.store.GetEntry(r.Context(), item.EntryID)
-		if err != nil || e.ParentID != agentID.String() {
+		e, ok := byID[item.EntryID]
+		if !ok || e.ParentID != agentID.String() {
 			// The same answer for "no such entry" and "not yours", so an
 			// agent cannot probe other agents' entries.
 			s.metrics.issueFailures.WithLabelValues("not_entitled").Inc()

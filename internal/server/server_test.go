@@ -45,7 +45,7 @@ func (c *clock) Add(d time.Duration) {
 }
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *Server
 	clk    *clock
 	addr   string
@@ -55,7 +55,7 @@ type harness struct {
 	cancel context.CancelFunc
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	h := &harness{t: t, clk: &clock{t: time.Now()}, dir: t.TempDir()}
 	srv, err := New(context.Background(), Config{DataDir: h.dir, TrustDomain: td, Now: h.clk.Now, Listen: "127.0.0.1:0"})
@@ -104,7 +104,7 @@ func (h *harness) joinToken(name string) string {
 	return resp.Token
 }
 
-func newCSR(t *testing.T, id spiffeid.ID, mod func(*x509.CertificateRequest)) (crypto.Signer, []byte) {
+func newCSR(t testing.TB, id spiffeid.ID, mod func(*x509.CertificateRequest)) (crypto.Signer, []byte) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.CertificateRequest{}

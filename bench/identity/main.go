@@ -1,0 +1,224 @@
+// Command identity measures, against real rampart processes on loopback:
+// SVID issuance through the server API (SQLite or PostgreSQL) and Workload
+// API fetch latency, each next to the ceiling, raw ECDSA P-256 signing.
+// Run it through bench/identity.sh.
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"database/sql"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/rampartsec/rampart/internal/api"
+)
+
+func main() {
+	bin := flag.String("rampart", "bench/out/rampart", "rampart binary")
+	pg := flag.String("postgres", "", "PostgreSQL URL (default: SQLite)")
+	dur := flag.Duration("duration", 10*time.Second, "issuance load duration (bounded)")
+	conc := flag.Int("concurrency", 4, "concurrent API clients")
+	batch := flag.Int("batch", 100, "CSRs per request")
+	fetches := flag.Int("fetches", 5000, "Workload API fetches")
+	flag.Parse()
+	if *dur > time.Minute {
+		*dur = time.Minute
+	}
+	if err := run(*bin, *pg, *dur, *conc, *batch, *fetches); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(bin, pg string, dur time.Duration, conc, batch, fetches int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "rampart-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	backend := "sqlite"
+	args := []string{"server", "--data", filepath.Join(dir, "server"), "--listen", "127.0.0.1:0", "--trust-domain", "example.org", "--log-level", "warn"}
+	if pg != "" {
+		backend = "postgresql"
+		db, err := sql.Open("pgx", pg)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		b := make([]byte, 6)
+		rand.Read(b)
+		schema := "rampart_bench_" + hex.EncodeToString(b)
+		if _, err := db.Exec("CREATE SCHEMA " + schema); err != nil {
+			return err
+		}
+		defer db.Exec("DROP SCHEMA " + schema + " CASCADE")
+		u, _ := url.Parse(pg)
+		q := u.Query()
+		q.Set("search_path", schema)
+		u.RawQuery = q.Encode()
+		args = append(args, "--postgres", u.String())
+	}
+	ready := filepath.Join(dir, "ready")
+	srv := exec.CommandContext(ctx, bin, args...)
+	srv.Env = append(os.Environ(), "RAMPART_READY_FILE="+ready)
+	srv.Stderr = os.Stderr
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
+	addr, err := waitFile(ready)
+	if err != nil {
+		return err
+	}
+	tok, _ := os.ReadFile(filepath.Join(dir, "server", "admin.token"))
+	pem, _ := os.ReadFile(filepath.Join(dir, "server", "bundle.pem"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	tlsCfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}
+	admin := &api.Client{BaseURL: "https://" + addr, AdminToken: strings.TrimSpace(string(tok)), HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}}
+
+	// Attest as an agent ourselves.
+	var jt api.CreateJoinTokenResponse
+	if err := admin.Do(ctx, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: "bench"}, &jt); err != nil {
+		return err
+	}
+	key, csr := newCSR("")
+	var att api.AttestResponse
+	anon := &api.Client{BaseURL: admin.BaseURL, HTTP: admin.HTTP}
+	if err := anon.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: jt.Token, CSR: csr}, &att); err != nil {
+		return err
+	}
+	mtlsCfg := tlsCfg.Clone()
+	mtlsCfg.Certificates = []tls.Certificate{{Certificate: att.SVID.Chain, PrivateKey: key}}
+	agentClient := &api.Client{BaseURL: admin.BaseURL, HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: mtlsCfg, MaxIdleConnsPerHost: conc, ForceAttemptHTTP2: true}}}
+	items := make([]api.SignItem, batch)
+	for i := range batch {
+		id := "spiffe://example.org/svc" + strconv.Itoa(i)
+		var e api.Entry
+		if err := admin.Do(ctx, http.MethodPost, "/v1/entries", api.Entry{SpiffeID: id, ParentID: jt.AgentID, Selectors: []string{"unix:uid:" + strconv.Itoa(10000+i)}}, &e); err != nil {
+			return err
+		}
+		_, c := newCSR(id)
+		items[i] = api.SignItem{EntryID: e.ID, CSR: c}
+	}
+
+	// Issuance under load.
+	var issued, failed atomic.Int64
+	deadline := time.Now().Add(dur)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range conc {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				var resp api.SignResponse
+				if err := agentClient.Do(ctx, http.MethodPost, "/v1/agent/svids", api.SignRequest{Requests: items}, &resp); err != nil {
+					failed.Add(1)
+					continue
+				}
+				issued.Add(int64(len(resp.Results)))
+			}
+		})
+	}
+	wg.Wait()
+	rate := float64(issued.Load()) / time.Since(start).Seconds()
+	ceiling := ecdsaRate(2 * time.Second)
+	fmt.Printf("issuance  backend=%s concurrency=%d batch=%d: %.0f SVIDs/s (%d failed requests); raw ECDSA P-256 sign ceiling %.0f/s on one core, %.0f/s on %d cores; ratio %.2f of the 2-core ceiling\n",
+		backend, conc, batch, rate, failed.Load(), ceiling, 2*ceiling, 2, rate/(2*ceiling))
+
+	// Workload API latency, with a real agent.
+	if err := admin.Do(ctx, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: "node"}, &jt); err != nil {
+		return err
+	}
+	sock := filepath.Join(dir, "agent.sock")
+	agent := exec.CommandContext(ctx, bin, "agent", "--server", addr, "--ca-bundle", filepath.Join(dir, "server", "bundle.pem"),
+		"--join-token", jt.Token, "--socket", sock, "--data", filepath.Join(dir, "agent"), "--log-level", "warn")
+	agent.Stderr = os.Stderr
+	if err := agent.Start(); err != nil {
+		return err
+	}
+	defer func() { agent.Process.Signal(os.Interrupt); agent.Wait() }()
+	if err := admin.Do(ctx, http.MethodPost, "/v1/entries", api.Entry{SpiffeID: "spiffe://example.org/bench", ParentID: jt.AgentID, Selectors: []string{"unix:uid:" + strconv.Itoa(os.Getuid())}}, nil); err != nil {
+		return err
+	}
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+sock))
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	for end := time.Now().Add(30 * time.Second); ; {
+		if _, err := client.FetchX509SVID(ctx); err == nil {
+			break
+		} else if time.Now().After(end) {
+			return fmt.Errorf("no SVID from the agent: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	lat := make([]time.Duration, 0, fetches)
+	for range fetches {
+		t0 := time.Now()
+		if _, err := client.FetchX509SVID(ctx); err != nil {
+			return err
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	slices.Sort(lat)
+	q := func(p float64) time.Duration { return lat[int(p*float64(len(lat)-1))] }
+	fmt.Printf("workload API FetchX509SVID (%d sequential, one go-spiffe client): p50 %v p90 %v p99 %v max %v\n",
+		fetches, q(.5).Round(time.Microsecond), q(.9).Round(time.Microsecond), q(.99).Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond))
+	return nil
+}
+
+func newCSR(id string) (*ecdsa.PrivateKey, []byte) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.CertificateRequest{}
+	if id != "" {
+		u, _ := url.Parse(id)
+		tmpl.URIs = []*url.URL{u}
+	}
+	der, _ := x509.CreateCertificateRequest(rand.Reader, tmpl, k)
+	return k, der
+}
+
+func ecdsaRate(d time.Duration) float64 {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	digest := sha256.Sum256([]byte("x"))
+	n := 0
+	start := time.Now()
+	for time.Since(start) < d {
+		ecdsa.SignASN1(rand.Reader, k, digest[:])
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+func waitFile(path string) (string, error) {
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
+			return strings.TrimSpace(string(b)), nil
+		}
+	}
+	return "", fmt.Errorf("%s did not appear", path)
+}
