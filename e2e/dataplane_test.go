@@ -464,3 +464,55 @@ func TestRequestSmugglingRefused(t *testing.T) {
 		t.Fatalf("conflicting Content-Length: got %d, want 400", code)
 	}
 }
+
+// rampart policy test and explain, as a user's CI would run them.
+func TestPolicyCLI(t *testing.T) {
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "payments.yaml")
+	os.WriteFile(pol, []byte(paymentsPolicy), 0o600)
+	tests := filepath.Join(dir, "tests.yaml")
+	os.WriteFile(tests, []byte(`tests:
+  - name: orders reads a payment
+    request: {caller: spiffe://example.org/orders, method: GET, path: /payments/1}
+    expect: allow
+    rule: orders-reads-payments
+  - name: rogue is refused
+    request: {caller: spiffe://example.org/rogue, method: GET, path: /payments/1}
+    expect: deny
+`), 0o600)
+	out, err := cli(t, nil, "policy", "test", pol, tests)
+	if err != nil || !strings.Contains(out, "2 passed, 0 failed") {
+		t.Fatalf("policy test: %v\n%s", err, out)
+	}
+	os.WriteFile(tests, []byte(`tests:
+  - name: wrong expectation
+    request: {caller: spiffe://example.org/rogue, path: /payments/1}
+    expect: allow
+`), 0o600)
+	out, err = cli(t, nil, "policy", "test", pol, tests)
+	if err == nil || !strings.Contains(out, "FAIL  wrong expectation") {
+		t.Fatalf("a failing policy test passed: %v\n%s", err, out)
+	}
+	out, err = cli(t, nil, "policy", "explain", "--file", pol, "--caller", "spiffe://example.org/orders", "--method", "DELETE", "--path", "/payments/1")
+	if err != nil || !strings.Contains(out, "method DELETE is not allowed") || !strings.Contains(out, "DENY") {
+		t.Fatalf("explain: %v\n%s", err, out)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("service: spiffe://example.org/p\nrules:\n  - name: a\n    callers: ['*']\n    methods: [GTE]\n"), 0o600)
+	if out, err := cli(t, nil, "policy", "test", bad, tests); err == nil || !strings.Contains(out, `line 5: rules[0].methods[0]: "GTE" is not an HTTP method`) {
+		t.Fatalf("bad policy: %v\n%s", err, out)
+	}
+	// The server refuses the same bad policy, naming line and field, and stores nothing.
+	s, _ := setup(t)
+	out, err = cli(t, s.adminEnv(), "policy", "put", bad)
+	if err == nil || !strings.Contains(out, "line 5") {
+		t.Fatalf("server accepted a bad policy: %v\n%s", err, out)
+	}
+	if list := mustCLI(t, s.adminEnv(), "policy", "list", "--json"); strings.TrimSpace(list) != "[]" {
+		t.Fatalf("something was stored: %s", list)
+	}
+	mustCLI(t, s.adminEnv(), "policy", "put", pol)
+	if hist := mustCLI(t, s.adminEnv(), "policy", "history", "--service", "spiffe://example.org/payments", "--json"); !strings.Contains(hist, `"seq": 1`) {
+		t.Fatalf("history: %s", hist)
+	}
+}

@@ -439,3 +439,25 @@ func TestMetricsExposeCAExpiry(t *testing.T) {
 		}
 	}
 }
+
+// Since any SVID of the domain may open a connection (workloads sync their
+// policy), agent endpoints must still refuse a workload SVID.
+func TestWorkloadSVIDCannotActAsAgent(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	agentCert, _ := h.attest("node-1")
+	entry := h.createEntry("spiffe://example.org/orders", "spiffe://example.org/rampart/agent/node-1")
+	key, csr := newCSR(t, spiffeid.RequireFromString("spiffe://example.org/orders"), nil)
+	var resp api.SignResponse
+	if err := h.client("", agentCert).Do(ctx, http.MethodPost, "/v1/agent/svids", api.SignRequest{Requests: []api.SignItem{{EntryID: entry, CSR: csr}}}, &resp); err != nil || resp.Results[0].SVID == nil {
+		t.Fatalf("sign: %v %+v", err, resp)
+	}
+	wl := &tls.Certificate{Certificate: resp.Results[0].SVID.Chain, PrivateKey: key}
+	err := h.client("", wl).Do(ctx, http.MethodGet, "/v1/agent/sync", nil, nil)
+	wantStatus(t, err, http.StatusForbidden, "not an agent SVID")
+	// It may fetch its own (absent) policy.
+	var ws api.WorkloadSyncResponse
+	if err := h.client("", wl).Do(ctx, http.MethodGet, "/v1/workload/sync", nil, &ws); err != nil || ws.Service != "spiffe://example.org/orders" || ws.Policy != nil {
+		t.Fatalf("workload sync: %v %+v", err, ws)
+	}
+}
