@@ -34,7 +34,20 @@ func TestDemo(t *testing.T) {
 	if _, err := os.Stat(socket); err != nil {
 		t.Fatalf("no Workload API socket while running: %v", err)
 	}
+	// The legitimate path: gateway -> orders -> payments, each hop mTLS.
+	i := strings.Index(out, "curl http://")
+	gw := strings.TrimSuffix(strings.Fields(out[i+len("curl "):])[0], "/orders/42")
+	code, body := get(t, gw+"/orders/42", nil)
+	if code != 200 || !strings.Contains(body, `"verified_caller":"spiffe://demo.rampart.local/orders"`) || !strings.Contains(body, `"status":"settled"`) {
+		t.Fatalf("call through the demo system: %d %s", code, body)
+	}
+	if n := countProcs(filepath.Join(dir, "bin")); n != 3 {
+		t.Fatalf("%d proxy processes running, want 3", n)
+	}
 	p.stop()
+	if n := countProcs(filepath.Join(dir, "bin")); n != 0 {
+		t.Fatalf("%d proxy processes left after stop", n)
+	}
 	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("demo exited with %d after SIGTERM:\n%s", code, p.out.String())
 	}
@@ -47,7 +60,8 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo --attacks: %v\n%s", err, out)
 	}
-	for _, name := range []string{"admin-without-token", "join-token-replay", "foreign-ca-agent", "csr-for-another-id", "unregistered-workload", "revoked-agent"} {
+	for _, name := range []string{"admin-without-token", "join-token-replay", "foreign-ca-agent", "csr-for-another-id", "unregistered-workload", "revoked-agent",
+		"eavesdrop-plaintext", "no-client-certificate", "forged-identity-header", "forbidden-call", "path-tricks"} {
 		block := out[strings.Index(out, "attack "+name):]
 		if i := strings.Index(block[1:], "\nattack "); i > 0 {
 			block = block[:i]
@@ -56,10 +70,26 @@ func TestDemo(t *testing.T) {
 			t.Errorf("attack %s not reported stopped:\n%s", name, block)
 		}
 	}
-	if !strings.Contains(out, "6 attacks, 6 stopped, 0 not stopped") {
+	if !strings.Contains(out, "11 attacks, 11 stopped, 0 not stopped") {
 		t.Fatalf("summary missing:\n%s", out)
 	}
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {
 		t.Fatal("socket left behind after --attacks")
 	}
+	if n := countProcs(filepath.Join(dir, "bin")); n != 0 {
+		t.Fatalf("%d proxy processes left after --attacks", n)
+	}
+}
+
+// countProcs counts running processes whose executable is under dir.
+func countProcs(dir string) int {
+	n := 0
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		if err == nil && strings.HasPrefix(exe, dir+"/") {
+			n++
+		}
+	}
+	return n
 }

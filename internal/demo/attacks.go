@@ -45,6 +45,11 @@ func Attacks() []Attack {
 		{"csr-for-another-id", "as the agent, ask for an SVID naming another service, then for a CA certificate", attackCSR},
 		{"unregistered-workload", "run an unregistered binary that asks the agent's Workload API for an identity", attackUnregisteredWorkload},
 		{"revoked-agent", "keep using an agent certificate after it was revoked", attackRevokedAgent},
+		{"eavesdrop-plaintext", "talk to the payments port in plain HTTP, then with TLS 1.2, hoping for traffic to read or downgrade", attackPlaintext},
+		{"no-client-certificate", "call payments over TLS without a client certificate", attackNoClientCert},
+		{"forged-identity-header", "call orders through the gateway with X-Rampart-Caller and X-Forwarded-Client-Cert claiming to be payments-admin", attackForgedHeader},
+		{"forbidden-call", "as orders, DELETE a payment (orders may only read them)", attackForbiddenCall},
+		{"path-tricks", "reach /admin through the gateway with .., %2e%2e, %2F and // in the path", attackPathTricks},
 	}
 }
 

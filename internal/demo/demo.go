@@ -51,6 +51,7 @@ type System struct {
 	Workload   spiffeid.ID
 	JoinToken  string // the token the agent spent (replayed by an attack)
 	Exe        string // this binary
+	Services   *services
 }
 
 // Run starts the demo system and blocks until ctx is done, or runs the
@@ -90,10 +91,12 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sys, wait, err := start(ctx, dir, log)
+	if wait != nil {
+		defer func() { cancel(); wait() }()
+	}
 	if err != nil {
 		return err
 	}
-	defer func() { cancel(); wait() }()
 
 	w := cfg.Stdout
 	fmt.Fprintf(w, "Rampart demo (data in %s, logs in %s)\n\n", dir, filepath.Join(dir, "demo.log"))
@@ -103,15 +106,22 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "  workload  %s   X.509-SVID serial %s, expires %s, chain verified against the bundle\n\n",
+	fmt.Fprintf(w, "  workload  %s   X.509-SVID serial %s, expires %s, chain verified against the bundle\n",
 		svid.ID, svid.Certificates[0].SerialNumber.Text(16), svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
+	s := sys.Services
+	fmt.Fprintf(w, "  payments  mTLS on %s (rampart proxy, spiffe://%s/payments); policy: only orders may GET /payments/{id}\n", s.PaymentsInbound, TrustDomain.Name())
+	fmt.Fprintf(w, "  orders    mTLS on %s (rampart proxy, spiffe://%s/orders); policy: only gateway may GET /orders/{id}\n", s.OrdersInbound, TrustDomain.Name())
+	fmt.Fprintf(w, "  gateway   %s (rampart proxy, spiffe://%s/gateway): plain HTTP in on loopback, mTLS out to orders\n\n", s.GatewayURL, TrustDomain.Name())
 
 	if len(selected) > 0 {
 		return runAttacks(ctx, w, sys, selected)
 	}
 	fmt.Fprintf(w, "Try it from another shell:\n")
+	fmt.Fprintf(w, "  curl %s/orders/42              # gateway -> orders -> payments, each hop mTLS and authorised\n", s.GatewayURL)
+	fmt.Fprintf(w, "  curl -i %s/orders/42/../../admin  # refused: path tricks are normalised before the policy\n", s.GatewayURL)
 	fmt.Fprintf(w, "  export RAMPART_SERVER=%s RAMPART_CA_BUNDLE=%s RAMPART_ADMIN_TOKEN_FILE=%s\n", sys.ServerAddr, sys.BundleFile, filepath.Join(dir, "server", "admin.token"))
-	fmt.Fprintf(w, "  rampart entry list\n  rampart agent list\n  rampart ca status\n")
+	fmt.Fprintf(w, "  rampart entry list\n  rampart agent list\n  rampart ca status\n  rampart policy list\n")
+	fmt.Fprintf(w, "  rampart policy explain --service spiffe://%s/payments --caller spiffe://%s/gateway --path /payments/1\n", TrustDomain.Name(), TrustDomain.Name())
 	fmt.Fprintf(w, "  rampart svid fetch --socket %s\n", sys.Socket)
 	fmt.Fprintf(w, "  rampart demo --data %s --attacks    # the attacks it stops\n\n", cfg.DataDir)
 	fmt.Fprintln(w, "ready; press Ctrl-C to stop")
@@ -138,7 +148,7 @@ func start(ctx context.Context, dir string, log *slog.Logger) (*System, func(), 
 		srv.Close()
 		return nil, nil, fmt.Errorf("demo: %w", err)
 	}
-	done := make(chan struct{}, 2)
+	done := make(chan struct{}, 8)
 	go func() { srv.Serve(ctx, ln); srv.Close(); done <- struct{}{} }()
 	sys := &System{Dir: dir, ServerAddr: ln.Addr().String(), BundleFile: filepath.Join(srvDir, "bundle.pem"),
 		Socket: filepath.Join(dir, "agent", "workload.sock"), AgentName: "demo-node", Exe: exe}
@@ -175,7 +185,12 @@ func start(ctx context.Context, dir string, log *slog.Logger) (*System, func(), 
 	sys.Agent = a
 	agentErr := make(chan error, 1)
 	go func() { agentErr <- a.Run(ctx); done <- struct{}{} }()
-	wait := func() { <-done; <-done }
+	running := 2 // server and agent; proxies add theirs
+	wait := func() {
+		for range running {
+			<-done
+		}
+	}
 	// The socket appears once the agent has attested and serves.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -191,6 +206,12 @@ func start(ctx context.Context, dir string, log *slog.Logger) (*System, func(), 
 			return nil, nil, errors.New("demo: the agent did not start within 30s (see demo.log)")
 		}
 	}
+	svc, procs, err := startServices(ctx, sys, agentID.String(), done)
+	running += procs
+	if err != nil {
+		return nil, wait, err
+	}
+	sys.Services = svc
 	return sys, wait, nil
 }
 

@@ -6,9 +6,12 @@
 // reused after: the server's state (CA, store, admin token, bundle), the
 // agent's cache, and the Workload API socket.
 //
-// Today it shows workload identity: a server, an agent attested with a
-// one-time join token, registration entries, and a workload receiving its
-// X.509-SVID through the SPIFFE Workload API. Each attack scenario reports
+// Today it shows workload identity and the data plane: a server, an agent
+// attested with a one-time join token, and a sample system of three services
+// (gateway -> orders -> payments), each behind a rampart proxy process run
+// from its own copy of the binary so the agent attests each, from the
+// kernel, as a distinct SPIFFE ID; default-deny policies allow exactly the
+// calls the system makes. Each attack scenario reports
 // what was tried, what stopped it (prevent), and, once those capabilities
 // land, which alert fired (detect) and what the playbook did (respond).
 package demo

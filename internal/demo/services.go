@@ -1,0 +1,167 @@
+package demo
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rampartsec/rampart/internal/api"
+)
+
+// Policies of the sample system: default deny, and exactly the calls it makes.
+const (
+	paymentsPolicy = `service: spiffe://demo.rampart.local/payments
+rules:
+  - name: orders-reads-payments
+    callers: [spiffe://demo.rampart.local/orders]
+    methods: [GET]
+    paths: ["/payments/{id}"]
+`
+	ordersPolicy = `service: spiffe://demo.rampart.local/orders
+rules:
+  - name: gateway-reads-orders
+    callers: [spiffe://demo.rampart.local/gateway]
+    methods: [GET]
+    paths: ["/orders/{id}"]
+`
+)
+
+// services are the sample system's parts, each behind its own proxy.
+type services struct {
+	PaymentsInbound string // payments' mTLS port
+	OrdersInbound   string
+	GatewayURL      string // plain HTTP on loopback: how a user calls in
+	OrdersToPay     string // orders' outbound listener for payments
+}
+
+// startServices starts the payments and orders apps (in this process) and
+// a rampart proxy process for payments, orders and gateway. Each proxy runs
+// from its own copy of this binary, so the agent attests each, from the
+// kernel, as a distinct service.
+func startServices(ctx context.Context, sys *System, agentID string, done chan<- struct{}) (*services, int, error) {
+	binDir := filepath.Join(sys.Dir, "bin")
+	if err := os.MkdirAll(binDir, 0o700); err != nil {
+		return nil, 0, err
+	}
+	for _, name := range []string{"payments", "orders", "gateway"} {
+		bin := filepath.Join(binDir, name+"-proxy")
+		if err := copyFile(sys.Exe, bin); err != nil {
+			return nil, 0, fmt.Errorf("demo: %w", err)
+		}
+		if err := ensureEntry(ctx, sys.Admin, api.Entry{SpiffeID: "spiffe://" + TrustDomain.Name() + "/" + name, ParentID: agentID,
+			Selectors: []string{"unix:uid:" + strconv.Itoa(os.Getuid()), "unix:path:" + bin}}); err != nil {
+			return nil, 0, err
+		}
+	}
+	for _, p := range []string{paymentsPolicy, ordersPolicy} {
+		if err := sys.Admin.DoRaw(ctx, http.MethodPut, "/v1/policies", "application/yaml", []byte(p), nil); err != nil {
+			return nil, 0, fmt.Errorf("demo: policy: %w", err)
+		}
+	}
+	svc := &services{}
+	payApp, err := serveApp(ctx, func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(map[string]string{"payment": strings.TrimPrefix(r.URL.Path, "/payments/"), "status": "settled",
+			"verified_caller": r.Header.Get("X-Rampart-Caller")})
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	ordersApp, err := serveApp(ctx, func(w http.ResponseWriter, r *http.Request) {
+		id := strings.TrimPrefix(r.URL.Path, "/orders/")
+		resp, err := http.Get("http://" + svc.OrdersToPay + "/payments/" + id)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		var payment any
+		json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&payment)
+		json.NewEncoder(w).Encode(map[string]any{"order": id, "verified_caller": r.Header.Get("X-Rampart-Caller"), "payment": payment})
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	procs := 0
+	proxy := func(name string, args ...string) ([]string, error) {
+		ready := filepath.Join(sys.Dir, name+"-proxy.ready")
+		os.Remove(ready)
+		logf, _ := os.OpenFile(filepath.Join(sys.Dir, name+"-proxy.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		cmd := exec.Command(filepath.Join(binDir, name+"-proxy"), append([]string{"proxy", "--socket", sys.Socket, "--server", sys.ServerAddr,
+			"--data", filepath.Join(sys.Dir, name+"-proxy-data")}, args...)...)
+		cmd.Env = append(os.Environ(), "RAMPART_READY_FILE="+ready)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		procs++
+		exited := make(chan struct{})
+		go func() {
+			cmd.Wait()
+			logf.Close()
+			close(exited)
+		}()
+		go func() {
+			select {
+			case <-ctx.Done():
+				cmd.Process.Signal(syscall.SIGTERM)
+				select {
+				case <-exited:
+				case <-time.After(10 * time.Second):
+					cmd.Process.Kill()
+					<-exited
+				}
+			case <-exited:
+			}
+			done <- struct{}{}
+		}()
+		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); {
+			if b, err := os.ReadFile(ready); err == nil && len(b) > 0 {
+				return strings.Split(strings.TrimRight(string(b), "\n"), "\n"), nil
+			}
+			select {
+			case <-exited:
+				return nil, fmt.Errorf("demo: %s proxy exited (see %s-proxy.log)", name, filepath.Join(sys.Dir, name))
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		return nil, fmt.Errorf("demo: %s proxy not ready within 30s", name)
+	}
+	addrs, err := proxy("payments", "--inbound", "127.0.0.1:0", "--app", payApp)
+	if err != nil {
+		return nil, procs, err
+	}
+	svc.PaymentsInbound = addrs[0]
+	addrs, err = proxy("orders", "--inbound", "127.0.0.1:0", "--app", ordersApp,
+		"--outbound", "127.0.0.1:0="+svc.PaymentsInbound+",spiffe://"+TrustDomain.Name()+"/payments")
+	if err != nil {
+		return nil, procs, err
+	}
+	svc.OrdersInbound, svc.OrdersToPay = addrs[0], addrs[1]
+	addrs, err = proxy("gateway", "--outbound", "127.0.0.1:0="+svc.OrdersInbound+",spiffe://"+TrustDomain.Name()+"/orders")
+	if err != nil {
+		return nil, procs, err
+	}
+	svc.GatewayURL = "http://" + addrs[1]
+	return svc, procs, nil
+}
+
+func serveApp(ctx context.Context, h http.HandlerFunc) (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	go func() { <-ctx.Done(); srv.Close() }()
+	return ln.Addr().String(), nil
+}
