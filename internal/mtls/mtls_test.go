@@ -65,10 +65,10 @@ func (r *reasons) add(s string) { r.mu.Lock(); r.got = append(r.got, s); r.mu.Un
 
 // handshake runs one TLS 1.3 handshake over loopback TCP and returns both
 // errors and the peer the server verified.
-func handshake(serverCfg, clientCfg *tls.Config) (serverErr, clientErr error, peer spiffeid.ID) {
+func handshake(serverCfg, clientCfg *tls.Config) (peer spiffeid.ID, serverErr, clientErr error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err, err, peer
+		return peer, err, err
 	}
 	defer ln.Close()
 	var wg sync.WaitGroup
@@ -91,7 +91,7 @@ func handshake(serverCfg, clientCfg *tls.Config) (serverErr, clientErr error, pe
 	})
 	raw, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
-		return err, err, peer
+		return peer, err, err
 	}
 	raw.SetDeadline(time.Now().Add(5 * time.Second))
 	c := tls.Client(raw, clientCfg)
@@ -101,7 +101,7 @@ func handshake(serverCfg, clientCfg *tls.Config) (serverErr, clientErr error, pe
 	}
 	c.Close()
 	wg.Wait()
-	return serverErr, clientErr, peer
+	return peer, serverErr, clientErr
 }
 
 func TestMutualTLS(t *testing.T) {
@@ -133,7 +133,7 @@ func TestMutualTLS(t *testing.T) {
 			srvCfg := ServerConfig(Options{SVID: server, Bundles: ca.bundle(), Authorize: tlsconfig.AuthorizeMemberOf(ca.td), Revocations: revs, OnFail: r.add})
 			// The client trusts both CAs of its own, so refusals come from the server.
 			cliCfg := ClientConfig(Options{SVID: tt.client, Bundles: x509bundle.NewSet(ca.bundle(), other.bundle()), Authorize: tlsconfig.AuthorizeID(tt.expect), OnFail: r.add})
-			serr, cerr, peer := handshake(srvCfg, cliCfg)
+			peer, serr, cerr := handshake(srvCfg, cliCfg)
 			if tt.wantOK {
 				if serr != nil || cerr != nil || peer != tt.client.ID {
 					t.Fatalf("handshake failed: server %v, client %v, peer %v", serr, cerr, peer)
