@@ -172,11 +172,10 @@ func TestOtherUIDIsAttestedByKernel(t *testing.T) {
 		t.Skip("needs root to run a child under another uid; TestUnmatchedWorkloadRefused covers the refusal as non-root")
 	}
 	s, a := setup(t)
-	for d := a.dir; d != "/" && d != "."; d = filepath.Dir(d) {
-		os.Chmod(d, 0o755) // let uid 65534 reach the socket; attestation, not file modes, must decide
-		if d == os.TempDir() {
-			break
-		}
+	// Let uid 65534 reach the socket (attestation, not file modes, must
+	// decide): open up the test's own directories, never the system's.
+	for d := a.dir; strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
 	}
 	binDir := filepath.Dir(rampartBin)
 	os.Chmod(binDir, 0o755)
