@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -26,7 +27,7 @@ Examples:
   rampart proxy --outbound 127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments`)
 	var cfg proxy.Config
 	var inbound, app, appProto, logLevel, logFormat, metricsAddr string
-	var tcp bool
+	var tcp, pprofOn bool
 	var outs repeatFlag
 	fs.StringVar(&cfg.WorkloadSocket, "socket", "/tmp/rampart-agent/workload.sock", "the agent's Workload API socket")
 	fs.StringVar(&cfg.ServerAddr, "server", "127.0.0.1:8443", "server for policies and revocations (empty: none, deny all inbound)")
@@ -37,6 +38,7 @@ Examples:
 	fs.BoolVar(&tcp, "tcp", false, "raw TCP mode for every listener (identity-only policy)")
 	fs.Var(&outs, "outbound", "LISTEN=UPSTREAM,SPIFFE-ID: a loopback listener forwarding to an upstream that must present SPIFFE-ID (repeatable)")
 	fs.StringVar(&metricsAddr, "metrics-listen", "", "address for Prometheus /metrics over plain HTTP (default off)")
+	fs.BoolVar(&pprofOn, "pprof", false, "also serve Go's /debug/pprof/ on --metrics-listen (profiling; keep that address on loopback)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	if err := parse(env, fs, args); err != nil {
@@ -70,6 +72,10 @@ Examples:
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+		if pprofOn {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		}
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()

@@ -53,6 +53,9 @@ func (s LogSink) Decision(ctx context.Context, e Event) {
 	if !e.Allowed || e.DryRun {
 		lvl = slog.LevelWarn
 	}
+	if !s.Log.Enabled(ctx, lvl) {
+		return
+	}
 	s.Log.LogAttrs(ctx, lvl, "decision", slog.String("event", "authz.decision"), slog.String("caller", e.Caller),
 		slog.String("target", e.Target), slog.String("method", e.Method), slog.String("path", e.Path),
 		slog.String("rule", e.Rule), slog.String("policy_version", e.Version), slog.Bool("allowed", e.Allowed),

@@ -219,7 +219,9 @@ func newInboundServer(in *Inbound, guard *authz.Guard, m *metrics, errLog *log.L
 			pr.Out.Host = pr.In.Host
 		},
 		Transport:     t,
-		FlushInterval: -1, // stream: gRPC and server-sent events must not be buffered
+		// 0: ReverseProxy flushes at once for responses of unknown length
+		// (gRPC, server-sent events) and buffers the rest.
+		FlushInterval: 0,
 		ErrorLog:      errLog,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			m.upstreamErrors.WithLabelValues("inbound").Inc()
@@ -252,7 +254,7 @@ func newOutboundServer(out Outbound, clientCfg *tls.Config, m *metrics, errLog *
 			pr.Out.Host = pr.In.Host
 		},
 		Transport:     t,
-		FlushInterval: -1,
+		FlushInterval: 0,
 		ErrorLog:      errLog,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			m.upstreamErrors.WithLabelValues("outbound").Inc()

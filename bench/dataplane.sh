@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# End-to-end data-plane benchmark: direct HTTP vs a rampart proxy pair vs an
+# nginx (Debian) mTLS pair, same app, same keep-alive, on loopback.
+# Needs: wrk and nginx-light from Debian (apt-get install wrk nginx-light).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "install wrk and nginx-light first" >&2; exit 1; }
+mkdir -p bench/out
+go build -o bench/out/rampart ./cmd/rampart
+go run ./bench/dataplane --rampart "$PWD/bench/out/rampart" "$@"
