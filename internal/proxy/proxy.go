@@ -218,7 +218,7 @@ func newInboundServer(in *Inbound, guard *authz.Guard, m *metrics, errLog *log.L
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     t,
+		Transport: t,
 		// 0: ReverseProxy flushes at once for responses of unknown length
 		// (gRPC, server-sent events) and buffers the rest.
 		FlushInterval: 0,
