@@ -516,3 +516,56 @@ func TestPolicyCLI(t *testing.T) {
 		t.Fatalf("history: %s", hist)
 	}
 }
+
+// Raw TCP mode: bytes pass through mTLS; the policy decides per connection
+// on identity alone (rules naming methods or paths cannot match a TCP
+// connection).
+func TestTCPMode(t *testing.T) {
+	m := newMesh(t)
+	m.identity("orders", "")
+	m.identity("payments", "")
+	m.identity("rogue", "")
+	m.putPolicy(`service: spiffe://example.org/payments
+rules:
+  - name: orders-connects
+    callers: [spiffe://example.org/orders]
+  - name: rogue-http-only
+    callers: [spiffe://example.org/rogue]
+    methods: [GET]
+`)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }() // echo
+		}
+	}()
+	inB := m.proxy("payments", "--tcp", "--inbound", "127.0.0.1:0", "--app", ln.Addr().String())[0]
+	outA := m.proxy("orders", "--tcp", "--outbound", "127.0.0.1:0="+inB+",spiffe://example.org/payments")[1]
+	outR := m.proxy("rogue", "--tcp", "--outbound", "127.0.0.1:0="+inB+",spiffe://example.org/payments")[1]
+	echo := func(addr string) (string, error) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprint(c, "ping over tcp")
+		c.(*net.TCPConn).CloseWrite()
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	if got, err := echo(outA); got != "ping over tcp" {
+		t.Fatalf("allowed TCP caller: %q %v", got, err)
+	}
+	if got, _ := echo(outR); got != "" {
+		t.Fatalf("TCP caller with HTTP-only rules got through: %q", got)
+	}
+}
