@@ -47,15 +47,7 @@ func TestWorkloadAPIWithGoSPIFFE(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
-	var src *workloadapi.X509Source
-	eventually(t, 20*time.Second, "X509Source", func() error {
-		c, cc := context.WithTimeout(ctx, 3*time.Second)
-		defer cc()
-		var err error
-		src, err = workloadapi.NewX509Source(c, workloadapi.WithClientOptions(addr(a)))
-		return err
-	})
-	defer src.Close()
+	src := x509Source(t, ctx, a)
 	sv, err := src.GetX509SVID()
 	if err != nil {
 		t.Fatal(err)
@@ -133,6 +125,22 @@ func TestWorkloadAPIWithGoSPIFFE(t *testing.T) {
 		}
 		return errors.New("still served: " + errString(err))
 	})
+}
+
+// x509Source opens a go-spiffe X509Source on the agent, waiting for the
+// first SVID; it is closed when t ends.
+func x509Source(t *testing.T, ctx context.Context, a *agent) *workloadapi.X509Source {
+	t.Helper()
+	var src *workloadapi.X509Source
+	eventually(t, 20*time.Second, "X509Source", func() error {
+		c, cc := context.WithTimeout(ctx, 3*time.Second)
+		defer cc()
+		var err error
+		src, err = workloadapi.NewX509Source(c, workloadapi.WithClientOptions(addr(a)))
+		return err
+	})
+	t.Cleanup(func() { src.Close() })
+	return src
 }
 
 func errString(err error) string {
@@ -214,15 +222,7 @@ func TestRevocationReachesAgent(t *testing.T) {
 	mustCLI(t, s.adminEnv(), "entry", "create", "--spiffe-id", "spiffe://example.org/orders", "--parent", agentID, "--selector", myUID())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var src *workloadapi.X509Source
-	eventually(t, 20*time.Second, "X509Source", func() error {
-		c, cc := context.WithTimeout(ctx, 3*time.Second)
-		defer cc()
-		var err error
-		src, err = workloadapi.NewX509Source(c, workloadapi.WithClientOptions(addr(a)))
-		return err
-	})
-	defer src.Close()
+	src := x509Source(t, ctx, a)
 	sv, _ := src.GetX509SVID()
 	serial := sv.Certificates[0].SerialNumber.Text(16)
 	start := time.Now()
@@ -350,15 +350,7 @@ func TestRootRotationReachesWorkloads(t *testing.T) {
 	mustCLI(t, s.adminEnv(), "entry", "create", "--spiffe-id", "spiffe://example.org/orders", "--parent", agentID, "--selector", myUID())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var src *workloadapi.X509Source
-	eventually(t, 20*time.Second, "X509Source", func() error {
-		c, cc := context.WithTimeout(ctx, 3*time.Second)
-		defer cc()
-		var err error
-		src, err = workloadapi.NewX509Source(c, workloadapi.WithClientOptions(addr(a)))
-		return err
-	})
-	defer src.Close()
+	src := x509Source(t, ctx, a)
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	roots := func() int {
 		b, _ := src.GetX509BundleForTrustDomain(td)

@@ -2,17 +2,11 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rampartsec/rampart/internal/proxy"
 )
@@ -65,21 +59,11 @@ Examples:
 	cfg.ServerAddr = trimScheme(cfg.ServerAddr)
 	cfg.Registry = prometheus.NewRegistry()
 	cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if metricsAddr != "" {
-		ln, err := net.Listen("tcp", metricsAddr)
-		if err != nil {
-			return fmt.Errorf("metrics listen: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
-		if pprofOn {
-			mux.HandleFunc("/debug/pprof/", pprof.Index)
-			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		}
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		defer srv.Close()
+	stop, err := serveMetrics(metricsAddr, cfg.Registry, pprofOn, cfg.Log)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	if p := env.getenv("RAMPART_READY_FILE"); p != "" {
 		cfg.Ready = func(in string, outs []string) {
 			os.WriteFile(p, []byte(strings.Join(append([]string{in}, outs...), "\n")+"\n"), 0o600)

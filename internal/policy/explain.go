@@ -68,17 +68,9 @@ func (e *Engine) why(i int, r *Request) (bool, string) {
 	if cr.methods != 0 && cr.methods&methodBit(r.Method) == 0 {
 		return false, "method " + r.Method + " is not allowed"
 	}
-	var pp *pathPattern
-	if len(cr.paths) > 0 {
-		for k := range cr.paths {
-			if cr.paths[k].match(r.Path, nil) {
-				pp = &cr.paths[k]
-				break
-			}
-		}
-		if pp == nil {
-			return false, "path " + r.Path + " does not match"
-		}
+	pp, ok := e.matchPath(i, r.Path)
+	if !ok {
+		return false, "path " + r.Path + " does not match"
 	}
 	if cr.prog != nil {
 		ok, err := evalCEL(cr.prog, r, bindParams(pp, r.Path))

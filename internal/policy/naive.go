@@ -39,26 +39,3 @@ func Naive(p *Policy) func(*Request) Decision {
 		return d
 	}
 }
-
-// pathAndCondition checks rule i's paths and condition the plain way.
-func (e *Engine) pathAndCondition(i int, r *Request) bool {
-	cr := &e.rules[i]
-	var matched *pathPattern
-	for k := range cr.paths {
-		if cr.paths[k].match(r.Path, nil) {
-			matched = &cr.paths[k]
-			break
-		}
-	}
-	if len(cr.paths) > 0 && matched == nil {
-		return false
-	}
-	if cr.prog == nil {
-		return true
-	}
-	ok, err := evalCEL(cr.prog, r, bindParams(matched, r.Path))
-	if err != nil {
-		return cr.deny
-	}
-	return ok
-}
