@@ -1,0 +1,32 @@
+// Package audit is Rampart's tamper-evident audit log: an append-only
+// Merkle tree log in the style of RFC 6962 and the C2SP transparency-log
+// specifications, so that an edited, deleted, inserted or reordered entry is
+// detected, and a rewrite of the whole log shows against checkpoints kept
+// elsewhere.
+//
+// # Layout (one directory)
+//
+//	entries.log      entries, each a uvarint length and the canonical JSON
+//	offsets.bin      8-byte big-endian offset of every entry in entries.log
+//	hashes.bin       the tree's stored hashes (golang.org/x/mod/sumdb/tlog
+//	                 layout: 32 bytes each, in storage-index order)
+//	checkpoint       the latest signed checkpoint (C2SP signed note)
+//	checkpoints/N    every checkpoint published, by tree size
+//	tile/L/N[.p/W]   C2SP tlog-tiles hash tiles (height 8), and
+//	tile/entries/N   entry bundles, so tlog tools can read and verify the log
+//
+// # Guarantees
+//
+// Append returns only after the entries and their hashes are on disk
+// (fsync): concurrent callers are batched into one write and one fsync
+// (group commit), so durability costs one fsync per batch, not per entry.
+// A crash can leave at most a torn, never-acknowledged record at the end,
+// which Open cuts off, and hashes missing for written entries, which Open
+// recomputes. Hashing follows RFC 6962: leaf = SHA-256(0x00 || entry),
+// node = SHA-256(0x01 || left || right).
+//
+// Checkpoints are signed notes ("origin\nsize\nroot\n" + Ed25519 signature)
+// as defined by C2SP signed-note and tlog-checkpoint. Verify re-derives the
+// tree from entries.log and reports every index whose entry no longer hashes
+// to the stored leaf, and every checkpoint the entries no longer produce.
+package audit

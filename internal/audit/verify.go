@@ -1,0 +1,163 @@
+package audit
+
+import (
+	"bufio"
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// Problem is one inconsistency Verify found.
+type Problem struct {
+	Index  int64  // the entry index, or the checkpoint's tree size
+	Kind   string // "edited", "missing", "extra", "checkpoint", "unreadable"
+	Detail string
+}
+
+func (p Problem) String() string { return fmt.Sprintf("%s at %d: %s", p.Kind, p.Index, p.Detail) }
+
+// Report is the result of Verify.
+type Report struct {
+	Entries     int64 // entries read from entries.log
+	Leaves      int64 // leaves recorded in hashes.bin
+	Checkpoints int   // checkpoints checked
+	Problems    []Problem
+}
+
+// OK reports whether nothing was found.
+func (r *Report) OK() bool { return len(r.Problems) == 0 }
+
+// maxReported bounds how many per-entry problems are listed; a deletion
+// near the start shifts every later entry.
+const maxReported = 100
+
+// Verify re-derives the Merkle tree from the entries in dir and checks it
+// against the stored leaf hashes and against every checkpoint: those
+// published in dir and any given by the caller (a witness's copies, which an
+// administrator rewriting the whole log could not alter). An edited entry is
+// reported at its index; a deletion, insertion or reordering at the first
+// index it shifts or swaps; a checkpoint that the entries no longer produce
+// at its tree size.
+func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, error) {
+	rep := &Report{}
+	f, err := os.Open(filepath.Join(dir, "entries.log"))
+	if err != nil {
+		return nil, fmt.Errorf("audit: verify: %w", err)
+	}
+	defer f.Close()
+	hf, err := os.Open(filepath.Join(dir, "hashes.bin"))
+	if err != nil {
+		return nil, fmt.Errorf("audit: verify: %w", err)
+	}
+	defer hf.Close()
+	stored := func(i int64) (tlog.Hash, bool) {
+		var h tlog.Hash
+		_, err := hf.ReadAt(h[:], tlog.StoredHashIndex(0, i)*tlog.HashSize)
+		return h, err == nil
+	}
+	fi, _ := hf.Stat()
+	for tlog.StoredHashCount(rep.Leaves+1)*tlog.HashSize <= fi.Size() {
+		rep.Leaves++
+	}
+
+	// Re-derive every stored hash from the entries alone.
+	var tree memHashes
+	r := bufio.NewReaderSize(f, 1<<20)
+	var buf []byte
+	reported := 0
+	add := func(p Problem) {
+		if reported < maxReported {
+			rep.Problems = append(rep.Problems, p)
+		}
+		reported++
+	}
+	for {
+		n, err := binary.ReadUvarint(r)
+		if err == io.EOF {
+			break
+		}
+		if err != nil || n == 0 || n > MaxEntrySize {
+			add(Problem{Index: rep.Entries, Kind: "unreadable", Detail: "entries.log is damaged here; nothing after it can be read"})
+			break
+		}
+		if cap(buf) < int(n) {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if _, err := io.ReadFull(r, buf); err != nil {
+			add(Problem{Index: rep.Entries, Kind: "unreadable", Detail: "entries.log ends inside this entry"})
+			break
+		}
+		i := rep.Entries
+		leaf := tlog.RecordHash(buf)
+		if i < rep.Leaves {
+			if h, ok := stored(i); ok && h != leaf {
+				add(Problem{Index: i, Kind: "edited", Detail: "the entry no longer hashes to the leaf recorded when it was appended (edited, or another entry deleted, inserted or moved here)"})
+			}
+		} else {
+			add(Problem{Index: i, Kind: "extra", Detail: "entry not recorded in the tree (inserted after the fact?)"})
+		}
+		hs, err := tlog.StoredHashesForRecordHash(i, leaf, &tree)
+		if err != nil {
+			return nil, fmt.Errorf("audit: verify: %w", err)
+		}
+		tree = append(tree, hs...)
+		rep.Entries++
+	}
+	if rep.Entries < rep.Leaves {
+		add(Problem{Index: rep.Entries, Kind: "missing", Detail: fmt.Sprintf("the tree recorded %d entries; only %d remain (deleted or truncated)", rep.Leaves, rep.Entries)})
+	}
+
+	// Checkpoints: published ones and witnessed ones.
+	var raws [][]byte
+	ents, _ := os.ReadDir(filepath.Join(dir, "checkpoints"))
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, "checkpoints", e.Name()))
+		if err == nil {
+			raws = append(raws, b)
+		}
+	}
+	raws = append(raws, witnessed...)
+	for _, raw := range raws {
+		c, err := ParseCheckpoint(raw, verifier)
+		if err != nil {
+			rep.Problems = append(rep.Problems, Problem{Index: -1, Kind: "checkpoint", Detail: err.Error()})
+			continue
+		}
+		rep.Checkpoints++
+		if c.Size > rep.Entries {
+			rep.Problems = append(rep.Problems, Problem{Index: c.Size, Kind: "checkpoint", Detail: fmt.Sprintf("signed for %d entries; the log has %d", c.Size, rep.Entries)})
+			continue
+		}
+		h, err := tlog.TreeHash(c.Size, &tree)
+		if err != nil {
+			return nil, fmt.Errorf("audit: verify: %w", err)
+		}
+		if h != c.Hash {
+			rep.Problems = append(rep.Problems, Problem{Index: c.Size, Kind: "checkpoint", Detail: "the entries no longer produce the root this checkpoint signed"})
+		}
+	}
+	slices.SortFunc(rep.Problems, func(a, b Problem) int { return cmp.Compare(a.Index, b.Index) })
+	return rep, nil
+}
+
+// memHashes is an in-memory stored-hash array.
+type memHashes []tlog.Hash
+
+func (m *memHashes) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(indexes))
+	for i, idx := range indexes {
+		if idx < 0 || idx >= int64(len(*m)) {
+			return nil, fmt.Errorf("audit: hash %d not computed", idx)
+		}
+		out[i] = (*m)[idx]
+	}
+	return out, nil
+}
