@@ -96,15 +96,15 @@ func TestEntryEncoding(t *testing.T) {
 		t.Fatal("round trip is not byte-identical")
 	}
 	for name, bad := range map[string]string{
-		"unknown field":    strings.Replace(want, `"v":1`, `"v":1,"x":2`, 1),
-		"not canonical":    strings.Replace(want, `{"v":1,`, `{ "v":1,`, 1),
-		"bad action":       strings.Replace(want, "authz.decision", "AUTHZ", 1),
-		"bad outcome":      strings.Replace(want, `"success"`, `"ok"`, 1),
-		"wrong version":    strings.Replace(want, `"v":1`, `"v":2`, 1),
-		"trailing data":    want + "{}",
-		"no actor":         strings.Replace(want, `{"spiffe_id":"spiffe://example.org/orders"}`, `{}`, 1),
-		"time not in UTC":  strings.Replace(want, "00:00:00.000000007Z", "01:00:00.000000007+01:00", 1),
-		"not json":         "garbage",
+		"unknown field":   strings.Replace(want, `"v":1`, `"v":1,"x":2`, 1),
+		"not canonical":   strings.Replace(want, `{"v":1,`, `{ "v":1,`, 1),
+		"bad action":      strings.Replace(want, "authz.decision", "AUTHZ", 1),
+		"bad outcome":     strings.Replace(want, `"success"`, `"ok"`, 1),
+		"wrong version":   strings.Replace(want, `"v":1`, `"v":2`, 1),
+		"trailing data":   want + "{}",
+		"no actor":        strings.Replace(want, `{"spiffe_id":"spiffe://example.org/orders"}`, `{}`, 1),
+		"time not in UTC": strings.Replace(want, "00:00:00.000000007Z", "01:00:00.000000007+01:00", 1),
+		"not json":        "garbage",
 	} {
 		if _, err := ParseEntry([]byte(bad)); err == nil {
 			t.Errorf("%s: accepted %s", name, bad)
