@@ -197,13 +197,36 @@ func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome 
 }
 
 // stripIdentityHeaders removes every header a caller could use to claim an
-// identity: only the guard sets them, after verification.
+// identity: only the guard sets them, after verification. It also removes
+// identity headers from the Connection header's list: a proxy drops the
+// headers listed there as hop-by-hop, so "Connection: X-Rampart-Caller" would
+// otherwise make the verified identity vanish on the way to the app.
 func stripIdentityHeaders(h http.Header) {
 	for name := range h {
-		if strings.HasPrefix(name, "X-Rampart-") || name == HeaderXFCC {
+		if isIdentityHeader(name) {
 			delete(h, name)
 		}
 	}
+	conn := h.Values("Connection")
+	if len(conn) == 0 {
+		return
+	}
+	var keep []string
+	for _, v := range conn {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" && !isIdentityHeader(http.CanonicalHeaderKey(tok)) {
+				keep = append(keep, tok)
+			}
+		}
+	}
+	h.Del("Connection")
+	if len(keep) > 0 {
+		h.Set("Connection", strings.Join(keep, ", "))
+	}
+}
+
+func isIdentityHeader(canonical string) bool {
+	return strings.HasPrefix(canonical, "X-Rampart-") || canonical == HeaderXFCC
 }
 
 // decodedPath turns a normalised escaped path into url.URL.Path form. The

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
@@ -93,5 +94,29 @@ func TestGuard(t *testing.T) {
 	defer sink.mu.Unlock()
 	if len(sink.events) != 5 || !sink.events[1].Allowed || sink.events[4].Allowed || sink.events[4].Caller != "spiffe://example.org/rogue" {
 		t.Fatalf("decision events %+v", sink.events)
+	}
+}
+
+// Attack: "Connection: X-Rampart-Caller" asks the reverse proxy behind the
+// guard to drop the verified identity as a hop-by-hop header.
+func TestConnectionHeaderCannotDropIdentity(t *testing.T) {
+	var got http.Header
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got = r.Header.Clone() }))
+	defer app.Close()
+	target, _ := url.Parse(app.URL)
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) }}
+	g := NewGuard(GuardConfig{Service: spiffeid.RequireFromString("spiffe://example.org/payments")})
+	p, _ := policy.Parse([]byte("service: spiffe://example.org/payments\nrules:\n  - name: r\n    callers: ['*']\n"))
+	eng, _ := policy.Compile(p)
+	g.SetPolicy(eng)
+	r := request(t, "spiffe://example.org/orders", "/x")
+	r.Header.Set("Connection", "X-Rampart-Caller, x-forwarded-client-cert, Keep-Alive")
+	w := httptest.NewRecorder()
+	g.Middleware(rp).ServeHTTP(w, r)
+	if w.Code != 200 {
+		t.Fatalf("status %d", w.Code)
+	}
+	if got.Get("X-Rampart-Caller") != "spiffe://example.org/orders" || got.Get("X-Forwarded-Client-Cert") == "" {
+		t.Fatalf("the verified identity did not reach the app: %v", got)
 	}
 }
