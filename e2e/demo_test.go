@@ -61,7 +61,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo --attacks: %v\n%s", err, out)
 	}
 	for _, name := range []string{"admin-without-token", "join-token-replay", "foreign-ca-agent", "csr-for-another-id", "unregistered-workload", "revoked-agent",
-		"eavesdrop-plaintext", "no-client-certificate", "forged-identity-header", "forbidden-call", "path-tricks"} {
+		"eavesdrop-plaintext", "no-client-certificate", "forged-identity-header", "forbidden-call", "path-tricks", "tampered-audit-entry"} {
 		block := out[strings.Index(out, "attack "+name):]
 		if i := strings.Index(block[1:], "\nattack "); i > 0 {
 			block = block[:i]
@@ -70,7 +70,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("attack %s not reported stopped:\n%s", name, block)
 		}
 	}
-	if !strings.Contains(out, "11 attacks, 11 stopped, 0 not stopped") {
+	if !strings.Contains(out, "12 attacks, 12 stopped, 0 not stopped") {
 		t.Fatalf("summary missing:\n%s", out)
 	}
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {

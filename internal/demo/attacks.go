@@ -50,6 +50,7 @@ func Attacks() []Attack {
 		{"forged-identity-header", "call orders through the gateway with X-Rampart-Caller and X-Forwarded-Client-Cert claiming to be payments-admin", attackForgedHeader},
 		{"forbidden-call", "as orders, DELETE a payment (orders may only read them)", attackForbiddenCall},
 		{"path-tricks", "reach /admin through the gateway with .., %2e%2e, %2F and // in the path", attackPathTricks},
+		{"tampered-audit-entry", "flip one byte of the newest audit entry on disk to cover tracks", attackTamperAudit},
 	}
 }
 

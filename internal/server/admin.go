@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"regexp"
 	"time"
@@ -21,20 +20,6 @@ import (
 // maxJoinTokenTTL bounds how long a join token may live: it is a bearer
 // secret, so it should be spent soon after it is made.
 const maxJoinTokenTTL = 7 * 24 * time.Hour
-
-// event records a security-relevant action. Until the audit log lands it is a
-// structured log line with event=<action>.
-func (s *Server) event(r *http.Request, action string, attrs ...any) {
-	s.log.LogAttrs(r.Context(), slog.LevelInfo, "event", append([]slog.Attr{slog.String("event", action), slog.String("remote", r.RemoteAddr)}, attrsOf(attrs)...)...)
-}
-
-func attrsOf(kv []any) []slog.Attr {
-	var out []slog.Attr
-	for i := 0; i+1 < len(kv); i += 2 {
-		out = append(out, slog.Any(fmt.Sprint(kv[i]), kv[i+1]))
-	}
-	return out
-}
 
 func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-pem-file")

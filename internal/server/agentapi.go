@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/store"
 	"github.com/rampartsec/rampart/internal/svid"
 )
@@ -33,7 +34,7 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 			s.log.Error("consume join token", "err", err)
 		}
 		s.metrics.attestations.WithLabelValues(outcome).Inc()
-		s.log.Warn("refused an agent attestation", "remote", r.RemoteAddr, "reason", "join token unknown, used or expired")
+		s.refused(r, "agent.attest", "join token unknown, used or expired")
 		writeProblem(w, http.StatusUnauthorized, "join token unknown, already used, or expired")
 		return
 	}
@@ -73,7 +74,7 @@ func (s *Server) signAgent(w http.ResponseWriter, r *http.Request, agentID spiff
 	pub, err := svid.CheckCSR(csr, agentID)
 	if err != nil {
 		s.metrics.issueFailures.WithLabelValues("bad_csr").Inc()
-		s.log.Warn("refused an agent CSR", "agent_id", agentID.String(), "err", err)
+		s.refused(r, "svid.issue", err.Error(), "agent_id", agentID.String())
 		writeProblem(w, http.StatusBadRequest, err.Error())
 		return nil, false
 	}
@@ -176,6 +177,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 	}
 	out := api.SignResponse{Results: make([]api.SignResult, len(req.Requests))}
 	var records []store.IssuedSVID
+	var events []*audit.Entry
 	for i, item := range req.Requests {
 		res := &out.Results[i]
 		res.EntryID = item.EntryID
@@ -185,7 +187,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 			// agent cannot probe other agents' entries.
 			s.metrics.issueFailures.WithLabelValues("not_entitled").Inc()
 			res.Error = "entry " + item.EntryID + " does not exist or is not parented by " + agentID.String()
-			s.log.Warn("refused an SVID request", "agent_id", agentID.String(), "entry_id", item.EntryID, "reason", "not entitled")
+			events = append(events, s.entry(r, "svid.issue", audit.OutcomeDenied, "not entitled", "entry_id", item.EntryID))
 			continue
 		}
 		id, err := spiffeid.FromString(e.SpiffeID)
@@ -196,7 +198,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 		pub, err := svid.CheckCSR(item.CSR, id)
 		if err != nil {
 			s.metrics.issueFailures.WithLabelValues("bad_csr").Inc()
-			s.log.Warn("refused a workload CSR", "agent_id", agentID.String(), "entry_id", e.ID, "err", err)
+			events = append(events, s.entry(r, "svid.issue", audit.OutcomeDenied, err.Error(), "entry_id", e.ID, "spiffe_id", e.SpiffeID))
 			res.Error = err.Error()
 			continue
 		}
@@ -214,6 +216,8 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 		res.SVID = &sv
 		records = append(records, store.IssuedSVID{Serial: svid.SerialString(chain[0].SerialNumber), SpiffeID: e.SpiffeID,
 			AgentID: agentID.String(), EntryID: e.ID, NotAfter: chain[0].NotAfter, IssuedAt: now})
+		events = append(events, s.entry(r, "svid.issue", audit.OutcomeSuccess, "", "spiffe_id", e.SpiffeID, "serial",
+			svid.SerialString(chain[0].SerialNumber), "entry_id", e.ID, "not_after", chain[0].NotAfter))
 	}
 	if len(records) > 0 {
 		// Record before answering: an SVID the store does not know could
@@ -224,6 +228,9 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.metrics.svidsIssued.WithLabelValues("workload").Add(float64(len(records)))
+	}
+	if len(events) > 0 {
+		s.record(r.Context(), events...)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -87,7 +87,7 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 		sum := sha256.Sum256([]byte(tok))
 		if !ok || subtle.ConstantTimeCompare(sum[:], s.adminTokenHash[:]) != 1 {
 			s.metrics.adminAuthFailures.Inc()
-			s.log.Warn("refused an admin call", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "token_present", ok)
+			s.refused(r, "admin.auth", "missing or wrong admin token", "method", r.Method, "path", r.URL.Path, "token_present", ok)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart-admin"`)
 			writeProblem(w, http.StatusUnauthorized, "admin calls need the admin token (RAMPART_ADMIN_TOKEN, from DATA/admin.token) as a bearer token")
 			return
@@ -124,7 +124,7 @@ func (s *Server) svidAuth(need string, verify func([][]byte) (spiffeid.ID, error
 		}
 		id, err := verify(raw)
 		if err != nil {
-			s.log.Warn("refused an SVID-authenticated call", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
+			s.refused(r, "svid.auth", err.Error(), "path", r.URL.Path)
 			writeProblem(w, http.StatusForbidden, err.Error())
 			return
 		}

@@ -16,6 +16,7 @@ type metrics struct {
 	adminAuthFailures     prometheus.Counter
 	revocations           prometheus.Gauge
 	caMaintenanceFailures prometheus.Counter
+	auditFailures         prometheus.Counter
 	requests              *prometheus.CounterVec
 	latency               *prometheus.HistogramVec
 }
@@ -46,6 +47,9 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		caMaintenanceFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_server_ca_maintenance_failures_total", Help: "Failed runs of the CA rotation schedule.",
 		}),
+		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_server_audit_write_failures_total", Help: "Audit entries that could not be written (alert on any).",
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_server_http_requests_total", Help: "API requests, by route and status code.",
 		}, []string{"route", "code"}),
@@ -55,7 +59,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		}, []string{"route"}),
 	}
 	reg.MustRegister(m.svidsIssued, m.issueFailures, m.attestations, m.renewals, m.handshakeFailures,
-		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.requests, m.latency,
+		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.requests, m.latency,
 		caExpiryCollector{ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

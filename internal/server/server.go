@@ -19,8 +19,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/store"
@@ -65,13 +67,16 @@ type Config struct {
 
 // Server is a running control plane.
 type Server struct {
-	cfg     Config
-	store   store.Store
-	ca      *identity.CA
-	log     *slog.Logger
-	now     func() time.Time
-	metrics *metrics
-	reg     *prometheus.Registry
+	cfg   Config
+	store store.Store
+	ca    *identity.CA
+	audit *audit.Log
+	// auditSigner signs the audit log's checkpoints.
+	auditSigner note.Signer
+	log         *slog.Logger
+	now         func() time.Time
+	metrics     *metrics
+	reg         *prometheus.Registry
 
 	adminTokenHash [32]byte
 
@@ -164,6 +169,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		changed: make(chan struct{}), reg: prometheus.NewRegistry(),
 	}
 	s.metrics = newMetrics(s.reg, ca)
+	if s.audit, s.auditSigner, err = openAudit(cfg); err != nil {
+		return nil, err
+	}
 	token, err := loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "admin.token"))
 	if err != nil {
 		return nil, err
@@ -185,8 +193,16 @@ func (s *Server) CA() *identity.CA { return s.ca }
 // Registry returns the server's Prometheus registry.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
-// Close releases the store.
-func (s *Server) Close() error { return s.store.Close() }
+// Close publishes a final audit checkpoint and releases the audit log and
+// the store.
+func (s *Server) Close() error {
+	last := int64(-1)
+	s.checkpoint(&last)
+	return errors.Join(s.audit.Close(), s.store.Close())
+}
+
+// Audit returns the server's audit log.
+func (s *Server) Audit() *audit.Log { return s.audit }
 
 // Serve serves the API on ln until ctx is done, then shuts down gracefully.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
@@ -202,6 +218,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	go s.maintain(bg)
 	go s.pollRevision(bg)
+	go s.checkpointLoop(bg)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	s.log.Info("server listening", "addr", ln.Addr().String(), "trust_domain", s.cfg.TrustDomain.Name())

@@ -1,0 +1,146 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/rampartsec/rampart/internal/atomicfile"
+	"github.com/rampartsec/rampart/internal/audit"
+)
+
+// checkpointInterval is how often a new signed checkpoint is published
+// when the log has grown.
+const checkpointInterval = 10 * time.Second
+
+// openAudit opens DATA/audit and loads (or creates, 0600) the checkpoint
+// signing key; the verifier key is written to DATA/audit.pub for
+// "rampart audit verify" and for witnesses.
+func openAudit(cfg Config) (*audit.Log, note.Signer, error) {
+	name := cfg.TrustDomain.Name() + "/audit"
+	keyPath := filepath.Join(cfg.DataDir, "keys", "audit.key")
+	skey, err := os.ReadFile(keyPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		s, v, err := note.GenerateKey(rand.Reader, name)
+		if err != nil {
+			return nil, nil, fmt.Errorf("server: audit key: %w", err)
+		}
+		if err := os.MkdirAll(filepath.Dir(keyPath), 0o700); err != nil {
+			return nil, nil, err
+		}
+		if err := atomicfile.Write(keyPath, []byte(s+"\n"), 0o600); err != nil {
+			return nil, nil, err
+		}
+		if err := atomicfile.Write(filepath.Join(cfg.DataDir, "audit.pub"), []byte(v+"\n"), 0o644); err != nil {
+			return nil, nil, err
+		}
+		skey = []byte(s)
+	} else if err != nil {
+		return nil, nil, fmt.Errorf("server: audit key: %w", err)
+	}
+	signer, err := note.NewSigner(strings.TrimSpace(string(skey)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("server: audit key %s: %w", keyPath, err)
+	}
+	l, err := audit.Open(filepath.Join(cfg.DataDir, "audit"), name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("server: %w", err)
+	}
+	return l, signer, nil
+}
+
+// event records a successful security-relevant action in the audit log
+// (and as a log line).
+func (s *Server) event(r *http.Request, action string, kv ...any) {
+	s.record(r.Context(), s.entry(r, action, audit.OutcomeSuccess, "", kv...))
+}
+
+// refused records a refused action.
+func (s *Server) refused(r *http.Request, action, reason string, kv ...any) {
+	s.record(r.Context(), s.entry(r, action, audit.OutcomeDenied, reason, kv...))
+}
+
+func (s *Server) entry(r *http.Request, action, outcome, reason string, kv ...any) *audit.Entry {
+	e := &audit.Entry{V: audit.SchemaVersion, Time: s.now(), Action: action, Outcome: outcome, Reason: reason,
+		Source: "server", Details: map[string]string{"remote": r.RemoteAddr}}
+	for i := 0; i+1 < len(kv); i += 2 {
+		k, v := fmt.Sprint(kv[i]), fmt.Sprint(kv[i+1])
+		if t, ok := kv[i+1].(time.Time); ok {
+			v = t.UTC().Format(time.RFC3339Nano)
+		}
+		e.Details[k] = v
+		if e.Target == "" && (k == "spiffe_id" || k == "agent_id" || k == "service" || k == "target") {
+			e.Target = v
+		}
+	}
+	switch caller := agentFrom(r); {
+	case !caller.IsZero():
+		e.Actor.SpiffeID = caller.String()
+	case action == "agent.attest" && outcome == audit.OutcomeSuccess:
+		e.Actor.SpiffeID = e.Target // the agent, proven by its join token
+	case strings.HasPrefix(r.URL.Path, "/v1/agent/"):
+		e.Actor.User = "anonymous"
+	default:
+		e.Actor.User = "admin"
+	}
+	return e
+}
+
+// record appends entries durably. A failure to audit is logged loudly and
+// counted; the action it describes has already happened.
+func (s *Server) record(ctx context.Context, es ...*audit.Entry) {
+	for _, e := range es {
+		attrs := []slog.Attr{slog.String("event", e.Action), slog.String("outcome", e.Outcome), slog.String("target", e.Target)}
+		for k, v := range e.Details {
+			attrs = append(attrs, slog.String(k, v))
+		}
+		lvl := slog.LevelInfo
+		switch {
+		case e.Outcome != audit.OutcomeSuccess:
+			lvl = slog.LevelWarn
+		case e.Action == "svid.issue":
+			lvl = slog.LevelDebug // thousands a second; the audit log has them
+		}
+		s.log.LogAttrs(ctx, lvl, "audit", attrs...)
+	}
+	if _, err := s.audit.AppendEntries(context.WithoutCancel(ctx), es...); err != nil {
+		s.metrics.auditFailures.Inc()
+		s.log.Error("AUDIT LOG WRITE FAILED", "err", err, "entries", len(es))
+	}
+}
+
+// checkpointLoop publishes a signed checkpoint whenever the log grew.
+func (s *Server) checkpointLoop(ctx context.Context) {
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	var last int64 = -1
+	for {
+		select {
+		case <-ctx.Done():
+			s.checkpoint(&last)
+			return
+		case <-t.C:
+			s.checkpoint(&last)
+		}
+	}
+}
+
+func (s *Server) checkpoint(last *int64) {
+	if n := s.audit.Size(); n != *last {
+		if _, err := s.audit.Checkpoint(s.auditSigner); err != nil {
+			s.log.Error("audit checkpoint failed", "err", err)
+			return
+		}
+		*last = n
+	}
+}
