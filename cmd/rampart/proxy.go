@@ -25,7 +25,8 @@ Examples:
 	var outs repeatFlag
 	fs.StringVar(&cfg.WorkloadSocket, "socket", "/tmp/rampart-agent/workload.sock", "the agent's Workload API socket")
 	fs.StringVar(&cfg.ServerAddr, "server", "127.0.0.1:8443", "server for policies and revocations (empty: none, deny all inbound)")
-	fs.StringVar(&cfg.DataDir, "data", "", "directory caching the last policy (default: no cache)")
+	fs.StringVar(&cfg.DataDir, "data", "", "directory caching the last policy and spooling audit entries (default: neither)")
+	fs.StringVar(&cfg.AuditSpool, "audit-spool", "", "directory where decisions wait for the server's audit log (default DATA/audit-spool)")
 	fs.StringVar(&inbound, "inbound", "", "address peers connect to with mTLS, e.g. 0.0.0.0:9443")
 	fs.StringVar(&app, "app", "", "the local app behind the inbound listener, e.g. 127.0.0.1:8080")
 	fs.StringVar(&appProto, "app-protocol", "http1", "how to talk to the app: http1, or h2c for gRPC")

@@ -194,3 +194,17 @@ type WorkloadSyncResponse struct {
 	Revoked  []string `json:"revoked"`
 	Bundle   [][]byte `json:"bundle"`
 }
+
+// AuditIngestRequest is a batch of audit entries from an agent's or a
+// proxy's spool: consecutive sequence numbers of one stream, each entry in
+// the audit package's canonical JSON.
+type AuditIngestRequest struct {
+	Entries []json.RawMessage `json:"entries"`
+}
+
+// AuditIngestResponse acknowledges a batch: the server holds every entry of
+// the stream through AckedThrough durably.
+type AuditIngestResponse struct {
+	Stream       string `json:"stream"`
+	AckedThrough uint64 `json:"acked_through"`
+}

@@ -31,16 +31,21 @@ type Actor struct {
 
 // Entry is one audit record. Field order is the canonical encoding order.
 type Entry struct {
-	V         int               `json:"v"`
-	Time      time.Time         `json:"time"`
-	Actor     Actor             `json:"actor"`
-	Action    string            `json:"action"` // e.g. "svid.issue", "authz.decision"
-	Target    string            `json:"target,omitempty"`
-	Outcome   string            `json:"outcome"`
-	Reason    string            `json:"reason,omitempty"`
-	RequestID string            `json:"request_id,omitempty"`
-	Source    string            `json:"source,omitempty"` // the component that recorded it
-	Details   map[string]string `json:"details,omitempty"`
+	V         int       `json:"v"`
+	Time      time.Time `json:"time"`
+	Actor     Actor     `json:"actor"`
+	Action    string    `json:"action"` // e.g. "svid.issue", "authz.decision"
+	Target    string    `json:"target,omitempty"`
+	Outcome   string    `json:"outcome"`
+	Reason    string    `json:"reason,omitempty"`
+	RequestID string    `json:"request_id,omitempty"`
+	Source    string    `json:"source,omitempty"` // the component that recorded it
+	// Stream and Seq identify an entry shipped by an agent or proxy: its
+	// spool's random stream ID and the entry's position in it. The server
+	// uses them to drop retried duplicates and to notice lost entries.
+	Stream  string            `json:"stream,omitempty"`
+	Seq     uint64            `json:"seq,omitempty"`
+	Details map[string]string `json:"details,omitempty"`
 }
 
 var actionRE = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$`)

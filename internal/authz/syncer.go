@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -54,9 +55,7 @@ func (s *Syncer) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("authz: %w", err)
 	}
-	cfg := tlsconfig.MTLSClientConfig(s.SVID, s.Bundles, tlsconfig.AuthorizeID(identity.ServerID(sv.ID.TrustDomain())))
-	cfg.MinVersion = tls.VersionTLS13
-	s.client = &api.Client{BaseURL: "https://" + s.ServerAddr, HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}}
+	s.client = ServerClient(s.ServerAddr, sv.ID.TrustDomain(), s.SVID, s.Bundles)
 	if s.CacheDir != "" {
 		if b, err := os.ReadFile(filepath.Join(s.CacheDir, cacheFile)); err == nil {
 			var resp api.WorkloadSyncResponse
@@ -74,6 +73,14 @@ func (s *Syncer) Start(ctx context.Context) error {
 	}
 	go s.loop(ctx)
 	return nil
+}
+
+// ServerClient returns an API client for the server at addr that presents
+// the workload's SVID and accepts only the server's own identity.
+func ServerClient(addr string, td spiffeid.TrustDomain, svid x509svid.Source, bundles x509bundle.Source) *api.Client {
+	cfg := tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(identity.ServerID(td)))
+	cfg.MinVersion = tls.VersionTLS13
+	return &api.Client{BaseURL: "https://" + addr, HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}}
 }
 
 func (s *Syncer) loop(ctx context.Context) {

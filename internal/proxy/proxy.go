@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
 )
@@ -73,10 +75,14 @@ type Config struct {
 	WorkloadSocket string // the agent's Workload API socket
 	ServerAddr     string // control plane, for policies and revocations
 	DataDir        string // caches the last policy so a restart works while the server is down
-	Inbound        *Inbound
-	Outbounds      []Outbound
-	Log            *slog.Logger
-	Registry       *prometheus.Registry
+	// AuditSpool is the directory where decisions wait on disk for the
+	// server's audit log ("" with a server: DataDir/audit-spool; no
+	// DataDir: decisions are only logged).
+	AuditSpool string
+	Inbound    *Inbound
+	Outbounds  []Outbound
+	Log        *slog.Logger
+	Registry   *prometheus.Registry
 	// Ready, if set, is called once every listener is up, with their addresses.
 	Ready func(inbound string, outbounds []string)
 }
@@ -102,7 +108,22 @@ func Run(ctx context.Context, cfg Config) error {
 	m.watchSVID(src)
 	td := self.ID.TrustDomain()
 	revs := &mtls.Revocations{}
-	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: authz.LogSink{Log: cfg.Log}, Registry: cfg.Registry})
+	var sink authz.Sink = authz.LogSink{Log: cfg.Log}
+	if cfg.AuditSpool == "" && cfg.DataDir != "" {
+		cfg.AuditSpool = filepath.Join(cfg.DataDir, "audit-spool")
+	}
+	if cfg.ServerAddr != "" && cfg.AuditSpool != "" && cfg.Inbound != nil {
+		sp, err := spool.Open(spool.Config{Dir: cfg.AuditSpool, Log: cfg.Log, Registry: cfg.Registry,
+			Sender: spool.APISender{Client: authz.ServerClient(cfg.ServerAddr, td, src, src)}})
+		if err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
+		defer sp.Close()
+		sink = authz.Sinks{sink, authz.AuditSink{Recorder: sp, Log: cfg.Log}}
+	} else if cfg.Inbound != nil {
+		cfg.Log.Warn("decisions go to the log only, not to the audit log: give --server and --data (or --audit-spool)")
+	}
+	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: sink, Registry: cfg.Registry})
 	if cfg.ServerAddr != "" {
 		syncer := &authz.Syncer{ServerAddr: cfg.ServerAddr, SVID: src, Bundles: src, Guard: guard, Revocations: revs, CacheDir: cfg.DataDir, Log: cfg.Log}
 		if err := syncer.Start(ctx); err != nil {

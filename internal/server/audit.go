@@ -141,6 +141,9 @@ func (s *Server) checkpoint(last *int64) {
 			s.log.Error("audit checkpoint failed", "err", err)
 			return
 		}
+		if err := s.ingest.snapshot(s.cfg.DataDir, n); err != nil {
+			s.log.Error("audit stream table snapshot failed", "err", err)
+		}
 		*last = n
 	}
 }

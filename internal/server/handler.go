@@ -54,6 +54,9 @@ func (s *Server) Handler() http.Handler {
 	route("DELETE /v1/policy", s.admin(s.handleDeletePolicy))
 	route("GET /v1/workload/sync", s.workload(s.handleWorkloadSync))
 
+	// Audit entries from agents' and proxies' spools.
+	route("POST /v1/audit/ingest", s.workload(s.handleIngest))
+
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no such API endpoint: "+r.Method+" "+r.URL.Path)
 	})

@@ -17,6 +17,9 @@ type metrics struct {
 	revocations           prometheus.Gauge
 	caMaintenanceFailures prometheus.Counter
 	auditFailures         prometheus.Counter
+	ingested              prometheus.Counter
+	ingestDuplicates      prometheus.Counter
+	ingestRefused         prometheus.Counter
 	requests              *prometheus.CounterVec
 	latency               *prometheus.HistogramVec
 }
@@ -50,6 +53,15 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_server_audit_write_failures_total", Help: "Audit entries that could not be written (alert on any).",
 		}),
+		ingested: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_server_audit_ingested_total", Help: "Audit entries received from agents and proxies and stored.",
+		}),
+		ingestDuplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_server_audit_ingest_duplicates_total", Help: "Audit entries received again (retried batches) and dropped.",
+		}),
+		ingestRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_server_audit_ingest_refused_total", Help: "Audit batches refused (malformed, or a stream of another identity).",
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_server_http_requests_total", Help: "API requests, by route and status code.",
 		}, []string{"route", "code"}),
@@ -59,7 +71,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		}, []string{"route"}),
 	}
 	reg.MustRegister(m.svidsIssued, m.issueFailures, m.attestations, m.renewals, m.handshakeFailures,
-		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.requests, m.latency,
+		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.ingested, m.ingestDuplicates, m.ingestRefused, m.requests, m.latency,
 		caExpiryCollector{ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -73,6 +73,7 @@ type Server struct {
 	audit *audit.Log
 	// auditSigner signs the audit log's checkpoints.
 	auditSigner note.Signer
+	ingest      *ingest
 	log         *slog.Logger
 	now         func() time.Time
 	metrics     *metrics
@@ -170,6 +171,10 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s.metrics = newMetrics(s.reg, ca)
 	if s.audit, s.auditSigner, err = openAudit(cfg); err != nil {
+		return nil, err
+	}
+	if s.ingest, err = loadIngest(cfg.DataDir, s.audit); err != nil {
+		s.audit.Close()
 		return nil, err
 	}
 	token, err := loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "admin.token"))

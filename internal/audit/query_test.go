@@ -1,0 +1,158 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestScanReadsFromAnIndex(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, dir)
+	fill(t, l, 0, 50)
+	for _, from := range []int64{0, 1, 37, 49, 50, 99} {
+		var got []int64
+		err := Scan(dir, from, func(i int64, raw []byte) error {
+			e, err := ParseEntry(raw)
+			if err != nil {
+				return err
+			}
+			if e.Details["n"] != itoa(i) {
+				t.Fatalf("index %d holds entry n=%s", i, e.Details["n"])
+			}
+			got = append(got, i)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := max(0, 50-from)
+		if int64(len(got)) != want || (want > 0 && got[0] != from) {
+			t.Fatalf("from %d: read %d entries starting %v, want %d", from, len(got), got[:min(1, len(got))], want)
+		}
+	}
+	// ErrStop ends early without an error.
+	n := 0
+	if err := Scan(dir, 0, func(int64, []byte) error { n++; return ErrStop }); err != nil || n != 1 {
+		t.Fatalf("stop: %v after %d", err, n)
+	}
+	if c, err := Count(dir); err != nil || c != 50 {
+		t.Fatalf("count %d %v", c, err)
+	}
+}
+
+func itoa(i int64) string { return jsonNum(i) }
+
+func jsonNum(i int64) string { b, _ := json.Marshal(i); return string(b) }
+
+func TestFilter(t *testing.T) {
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	e := &Entry{V: 1, Time: base, Actor: Actor{SpiffeID: "spiffe://example.org/orders", User: "alice"}, Action: "authz.decision",
+		Target: "spiffe://example.org/payments", Outcome: OutcomeDenied}
+	for _, tc := range []struct {
+		name string
+		f    Filter
+		want bool
+	}{
+		{"empty matches", Filter{}, true},
+		{"since inclusive", Filter{Since: base}, true},
+		{"since after", Filter{Since: base.Add(time.Nanosecond)}, false},
+		{"until exclusive", Filter{Until: base}, false},
+		{"until after", Filter{Until: base.Add(time.Second)}, true},
+		{"actor spiffe", Filter{Actor: "spiffe://example.org/orders"}, true},
+		{"actor user", Filter{Actor: "alice"}, true},
+		{"actor pattern", Filter{Actor: "spiffe://example.org/*"}, true},
+		{"actor other", Filter{Actor: "bob"}, false},
+		{"action pattern", Filter{Action: "authz.*"}, true},
+		{"action other", Filter{Action: "svid.*"}, false},
+		{"target", Filter{Target: "spiffe://example.org/payments"}, true},
+		{"target other", Filter{Target: "spiffe://example.org/orders"}, false},
+		{"outcome", Filter{Outcome: OutcomeDenied}, true},
+		{"outcome other", Filter{Outcome: OutcomeSuccess}, false},
+	} {
+		if err := tc.f.Validate(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := tc.f.Match(e); got != tc.want {
+			t.Errorf("%s: match = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	for _, bad := range []Filter{{Action: "[a-"}, {Outcome: "maybe"}, {Since: base, Until: base}} {
+		if err := bad.Validate(); err == nil {
+			t.Errorf("filter %+v accepted", bad)
+		}
+	}
+}
+
+// syslogLine is RFC 5424's SYSLOG-MSG with structured data, as a pattern.
+var syslogLine = regexp.MustCompile(`^<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (\S{1,255}) rampart - (\S{1,32}) \[audit@32473 index="(\d+)"((?: [a-z]+="(?:[^"\\\]]|\\["\\\]])*")*)\] \x{FEFF}(\{.*\})$`)
+
+func TestExportFormats(t *testing.T) {
+	e := entry(7)
+	e.Outcome, e.Reason = OutcomeDenied, "no rule"
+	e.Target = `spiffe://example.org/pay"ments]` // hostile characters must be escaped
+	e.Actor.User = "bob"
+
+	var b bytes.Buffer
+	x := &Exporter{W: &b, Format: FormatSyslog, Hostname: "host 1"}
+	if err := x.Write(42, e); err != nil {
+		t.Fatal(err)
+	}
+	line := strings.TrimSuffix(b.String(), "\n")
+	m := syslogLine.FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("not an RFC 5424 line: %q", line)
+	}
+	if m[1] != "108" || m[3] != "host1" || m[4] != "authz.decision" || m[5] != "42" {
+		t.Fatalf("PRI %s host %s msgid %s index %s", m[1], m[3], m[4], m[5])
+	}
+	if !strings.Contains(m[6], `target="spiffe://example.org/pay\"ments\]"`) {
+		t.Fatalf("structured data not escaped: %s", m[6])
+	}
+	var back Entry
+	if err := json.Unmarshal([]byte(m[7]), &back); err != nil || back.Target != e.Target {
+		t.Fatalf("MSG is not the entry: %v", err)
+	}
+
+	b.Reset()
+	x = &Exporter{W: &b, Format: FormatESBulk, Origin: "example.org/audit"}
+	x.Write(0, e)
+	x.Write(1, entry(8))
+	sc := bufio.NewScanner(&b)
+	var lines []map[string]any
+	for sc.Scan() {
+		var v map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			t.Fatalf("bulk line %q: %v", sc.Text(), err)
+		}
+		lines = append(lines, v)
+	}
+	if len(lines) != 4 {
+		t.Fatalf("%d bulk lines, want action+document twice", len(lines))
+	}
+	meta := lines[2]["index"].(map[string]any)
+	if meta["_index"] != "rampart-audit" || meta["_id"] != "example.org/audit/1" {
+		t.Fatalf("bulk action %v", meta)
+	}
+	if lines[1]["@timestamp"] == nil || lines[1]["action"] != "authz.decision" || lines[1]["log_index"] != float64(0) {
+		t.Fatalf("bulk document %v", lines[1])
+	}
+
+	b.Reset()
+	x = &Exporter{W: &b, Format: FormatJSONLines}
+	x.Write(5, e)
+	var jl struct {
+		Index int64 `json:"index"`
+		Entry
+	}
+	if err := json.Unmarshal(b.Bytes(), &jl); err != nil || jl.Index != 5 || jl.Action != e.Action {
+		t.Fatalf("jsonl %q: %v", b.String(), err)
+	}
+	if err := (&Exporter{W: &b, Format: "csv"}).Write(0, e); err == nil {
+		t.Fatal("unknown format accepted")
+	}
+}

@@ -1,0 +1,29 @@
+// Package spool ships audit entries from agents and proxies to the server so
+// that none is lost while the server is away and none is stored twice.
+//
+// Record hands an entry to the spool and returns at once (the data plane does
+// not wait for the audit log). A writer goroutine gives each entry its place
+// in the spool's stream (a random stream ID kept in the spool directory and a
+// sequence number) and appends it to a segment file on disk, with one fsync
+// per batch. A sender goroutine reads the segments in order and delivers them
+// to the server in batches; the server answers with the highest sequence
+// number it holds durably for the stream, which the spool records in its
+// cursor file before deleting the segments that are fully acknowledged.
+//
+// A retried batch is harmless: the server drops entries of a stream whose
+// sequence number it already holds. A gap (entries deleted from the spool by
+// hand) shows in the server's log as an audit.ingest.gap entry.
+//
+// Memory is bounded: Record blocks (back-pressure) when the in-memory queue
+// is full, which happens when the spool directory holds MaxBytes of
+// unacknowledged entries. Entries still in the queue, not yet on disk, are
+// lost if the process itself crashes; everything on disk survives restarts.
+//
+// # Layout (one directory)
+//
+//	stream        the stream ID (random, 128 bits, hex)
+//	acked         the highest acknowledged sequence number (decimal)
+//	SEQ.seg       segments, named by their first sequence number; records
+//	              are a 4-byte length, a 4-byte CRC-32C and the canonical
+//	              JSON of the entry (which carries its stream and sequence)
+package spool

@@ -1,0 +1,676 @@
+package spool
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"log/slog"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rampartsec/rampart/internal/atomicfile"
+	"github.com/rampartsec/rampart/internal/audit"
+)
+
+// ErrClosed is returned by Record after Close.
+var ErrClosed = errors.New("spool: closed")
+
+// Sender delivers a batch of entries (consecutive sequence numbers of one
+// stream) and returns the highest sequence number of the stream that the
+// receiver holds durably.
+type Sender interface {
+	Send(ctx context.Context, batch []*audit.Entry) (ackedThrough uint64, err error)
+}
+
+// Config configures a Spool.
+type Config struct {
+	Dir    string // required; created 0700
+	Sender Sender // required
+	Log    *slog.Logger
+	// MaxBytes bounds the unacknowledged entries kept on disk (default
+	// 1 GiB); beyond it Record blocks.
+	MaxBytes int64
+	// SegmentBytes is the size at which a new segment starts (default 8 MiB).
+	SegmentBytes int64
+	// BatchSize is the most entries sent in one request (default 500).
+	BatchSize int
+	// Backoff returns the wait before retry n (from 1) after a failed send
+	// (default: 0.5 s doubling to 30 s, with jitter).
+	Backoff func(n int) time.Duration
+	// Registry receives the spool's metrics when set.
+	Registry *prometheus.Registry
+}
+
+// Spool is a durable queue of audit entries on their way to the server.
+type Spool struct {
+	cfg    Config
+	stream string
+
+	in      chan *audit.Entry
+	closing chan struct{}
+	done    chan struct{} // writer and sender have stopped
+	cancel  context.CancelFunc
+
+	recorded atomic.Uint64 // entries accepted by Record since Open
+	base     uint64        // the last sequence number on disk at Open
+
+	mu       sync.Mutex
+	cond     *sync.Cond    // signalled when acked or written moves, or on close
+	written  uint64        // highest sequence number durably in a segment
+	acked    uint64        // highest sequence number the server holds
+	segments []segment     // in order; the last is being appended to
+	bytes    int64         // total size of the segments
+	wake     chan struct{} // tells the sender there is more to send
+	closed   bool
+
+	sent, failures prometheus.Counter
+}
+
+type segment struct {
+	first uint64 // sequence number of the first record
+	size  int64
+}
+
+func (sg segment) name() string { return fmt.Sprintf("%020d.seg", sg.first) }
+
+// Memory bounds: entries waiting for the writer, and entries it writes at once.
+const (
+	queueLen   = 1024
+	writeBatch = 256
+)
+
+const recordHeader = 8 // length and CRC-32C, both big-endian uint32
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Open opens (creating if needed) the spool in cfg.Dir and starts shipping
+// what it holds.
+func Open(cfg Config) (*Spool, error) {
+	if cfg.Dir == "" || cfg.Sender == nil {
+		return nil, errors.New("spool: a directory and a sender are required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = 1 << 30
+	}
+	if cfg.SegmentBytes <= 0 {
+		cfg.SegmentBytes = 8 << 20
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 500
+	}
+	if cfg.Backoff == nil {
+		cfg.Backoff = defaultBackoff
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	s := &Spool{cfg: cfg, in: make(chan *audit.Entry, queueLen), closing: make(chan struct{}), done: make(chan struct{}),
+		wake: make(chan struct{}, 1),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_audit_spool_sent_total", Help: "Audit entries the server acknowledged.",
+		}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_audit_spool_send_failures_total", Help: "Failed deliveries of a batch to the server (retried).",
+		}),
+	}
+	s.cond = sync.NewCond(&s.mu)
+	if err := s.load(); err != nil {
+		return nil, fmt.Errorf("spool: open %s: %w", cfg.Dir, err)
+	}
+	s.base = s.written
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(s.sent, s.failures,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "rampart_audit_spool_pending_entries", Help: "Audit entries on disk not yet acknowledged by the server.",
+			}, func() float64 { w, a := s.Progress(); return float64(w - a) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "rampart_audit_spool_bytes", Help: "Size of the spool's segments on disk.",
+			}, func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(s.bytes) }))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.writer() }()
+	go func() { defer wg.Done(); s.sender(ctx) }()
+	go func() { wg.Wait(); close(s.done) }()
+	return s, nil
+}
+
+func defaultBackoff(n int) time.Duration {
+	d := 500 * time.Millisecond << min(n-1, 6)
+	d = min(d, 30*time.Second)
+	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+}
+
+// load reads the stream ID, the cursor and the segments, cutting off a
+// torn record at the end of the last segment.
+func (s *Spool) load() error {
+	idPath := filepath.Join(s.cfg.Dir, "stream")
+	id, err := os.ReadFile(idPath)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		b := make([]byte, 16)
+		rand.Read(b)
+		id = []byte(hex.EncodeToString(b))
+		if err := atomicfile.Write(idPath, id, 0o600); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	}
+	s.stream = strings.TrimSpace(string(id))
+	if len(s.stream) != 32 {
+		return fmt.Errorf("%s: not a stream ID", idPath)
+	}
+	if b, err := os.ReadFile(filepath.Join(s.cfg.Dir, "acked")); err == nil {
+		if s.acked, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err != nil {
+			return fmt.Errorf("acked: %w", err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	names, err := filepath.Glob(filepath.Join(s.cfg.Dir, "*.seg"))
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		first, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(n), ".seg"), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%s: not a segment name", n)
+		}
+		fi, err := os.Stat(n)
+		if err != nil {
+			return err
+		}
+		s.segments = append(s.segments, segment{first: first, size: fi.Size()})
+	}
+	slices.SortFunc(s.segments, func(a, b segment) int { return compare(a.first, b.first) })
+	s.written = s.acked
+	if len(s.segments) == 0 {
+		return nil
+	}
+	// The last segment decides where the stream stands: scan it, keep the
+	// valid prefix.
+	last := &s.segments[len(s.segments)-1]
+	f, err := os.OpenFile(filepath.Join(s.cfg.Dir, last.name()), os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := &reader{br: bufio.NewReader(f)}
+	n := uint64(0)
+	for {
+		if _, err := r.next(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				s.cfg.Log.Warn("audit spool: cutting off a damaged record at the end", "segment", last.name(), "offset", r.off, "err", err)
+			}
+			break
+		}
+		n++
+	}
+	if r.off != last.size {
+		if err := f.Truncate(r.off); err != nil {
+			return err
+		}
+		last.size = r.off
+	}
+	if n > 0 {
+		s.written = max(s.written, last.first+n-1)
+	} else if last.first > 0 {
+		s.written = max(s.written, last.first-1)
+	}
+	for _, sg := range s.segments {
+		s.bytes += sg.size
+	}
+	return nil
+}
+
+func compare(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Stream returns the spool's stream ID.
+func (s *Spool) Stream() string { return s.stream }
+
+// Record queues e for the server. It sets e's Stream and Seq, so e must not
+// be reused. It blocks while the queue is full (back-pressure) until ctx is
+// done.
+func (s *Spool) Record(ctx context.Context, e *audit.Entry) error {
+	if err := e.Validate(); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	select {
+	case <-s.closing:
+		return ErrClosed
+	default:
+	}
+	select {
+	case s.in <- e:
+		s.recorded.Add(1)
+		return nil
+	case <-s.closing:
+		return ErrClosed
+	case <-ctx.Done():
+		return fmt.Errorf("spool: queue full: %w", ctx.Err())
+	}
+}
+
+// Progress returns the highest sequence number on disk and the highest the
+// server acknowledged.
+func (s *Spool) Progress() (written, acked uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.written, s.acked
+}
+
+// Flush waits until every entry recorded before the call is acknowledged by
+// the server.
+func (s *Spool) Flush(ctx context.Context) error {
+	target := s.base + s.recorded.Load()
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.acked < target {
+		if s.closed {
+			return ErrClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("spool: flush: %d of %d entries acknowledged: %w", s.acked-s.base, target-s.base, err)
+		}
+		s.cond.Wait()
+	}
+	return nil
+}
+
+// Close writes the queued entries to disk and stops shipping; what the
+// server has not acknowledged is sent after the next Open.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	close(s.closing)
+	s.cancel()
+	<-s.done
+	return nil
+}
+
+// writer appends queued entries to the current segment, one fsync per batch.
+func (s *Spool) writer() {
+	var f *os.File
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
+	var buf []byte
+	batch := make([]*audit.Entry, 0, writeBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case e := <-s.in:
+			batch = append(batch, e)
+		case <-s.closing:
+			// Drain what Record accepted before Close.
+			for {
+				select {
+				case e := <-s.in:
+					batch = append(batch, e)
+					continue
+				default:
+				}
+				break
+			}
+			if len(batch) > 0 {
+				s.write(&f, &buf, batch)
+			}
+			return
+		}
+	drain:
+		for len(batch) < cap(batch) {
+			select {
+			case e := <-s.in:
+				batch = append(batch, e)
+			default:
+				break drain
+			}
+		}
+		s.write(&f, &buf, batch)
+	}
+}
+
+// write stores one batch. Errors are retried: an entry accepted by Record is
+// not given up on while the process lives.
+func (s *Spool) write(f **os.File, buf *[]byte, batch []*audit.Entry) {
+	s.mu.Lock()
+	// Back-pressure: with MaxBytes on disk, wait until the server holds
+	// everything written (then a new segment starts and the old ones go).
+	for s.bytes >= s.cfg.MaxBytes && s.acked < s.written && !s.closed {
+		s.cond.Wait()
+	}
+	seq := s.written
+	s.mu.Unlock()
+	b := (*buf)[:0]
+	for _, e := range batch {
+		seq++
+		e.Stream, e.Seq = s.stream, seq
+		data, err := e.Marshal()
+		if err != nil { // Record validated it; only an oversized entry gets here
+			s.cfg.Log.Error("audit spool: entry cannot be encoded; recording its loss instead", "action", e.Action, "err", err)
+			lost := &audit.Entry{V: audit.SchemaVersion, Time: e.Time, Actor: e.Actor, Action: "audit.entry_lost",
+				Outcome: audit.OutcomeFailure, Reason: err.Error(), Stream: s.stream, Seq: seq}
+			if data, err = lost.Marshal(); err != nil {
+				panic(err) // a fixed, small entry always encodes
+			}
+		}
+		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+		b = binary.BigEndian.AppendUint32(b, crc32.Checksum(data, castagnoli))
+		b = append(b, data...)
+	}
+	*buf = b
+	for attempt := 1; ; attempt++ {
+		err := s.appendSegment(f, b, seq-uint64(len(batch))+1)
+		if err == nil {
+			break
+		}
+		s.cfg.Log.Error("audit spool: write failed; retrying", "dir", s.cfg.Dir, "err", err)
+		if *f != nil {
+			(*f).Close()
+			*f = nil
+		}
+		select {
+		case <-time.After(s.cfg.Backoff(attempt)):
+		case <-s.closing:
+			if attempt > 3 {
+				s.cfg.Log.Error("audit spool: giving up on entries at close", "entries", len(batch))
+				return
+			}
+		}
+	}
+	s.mu.Lock()
+	s.written = seq
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// appendSegment writes b (records from sequence number first on) to the
+// last segment, starting a new one when it is full, and fsyncs.
+func (s *Spool) appendSegment(f **os.File, b []byte, first uint64) error {
+	s.mu.Lock()
+	// A new segment starts when the last is full, or when the server holds
+	// all of it, so that it can be deleted at the next acknowledgement.
+	newSeg := len(s.segments) == 0 || s.segments[len(s.segments)-1].size >= s.cfg.SegmentBytes ||
+		(s.acked >= s.written && s.segments[len(s.segments)-1].size > 0)
+	if newSeg {
+		s.segments = append(s.segments, segment{first: first})
+		if *f != nil {
+			(*f).Close()
+			*f = nil
+		}
+	}
+	last := s.segments[len(s.segments)-1]
+	s.mu.Unlock()
+	if *f == nil {
+		nf, err := os.OpenFile(filepath.Join(s.cfg.Dir, last.name()), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return err
+		}
+		*f = nf
+	}
+	// Write at the recorded size: a failed earlier attempt may have left a
+	// partial write behind it.
+	if _, err := (*f).WriteAt(b, last.size); err != nil {
+		return err
+	}
+	if err := (*f).Sync(); err != nil {
+		return err
+	}
+	if newSeg {
+		if d, err := os.Open(s.cfg.Dir); err == nil {
+			d.Sync()
+			d.Close()
+		}
+	}
+	s.mu.Lock()
+	s.segments[len(s.segments)-1].size += int64(len(b))
+	s.bytes += int64(len(b))
+	s.mu.Unlock()
+	return nil
+}
+
+// sender delivers what is on disk, in order, until ctx is done.
+func (s *Spool) sender(ctx context.Context) {
+	var rd *segReader
+	defer func() { rd.close() }()
+	failures := 0
+	for {
+		s.mu.Lock()
+		written, acked := s.written, s.acked
+		s.mu.Unlock()
+		if acked >= written {
+			select {
+			case <-s.wake:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		batch, err := s.read(&rd, acked+1, min(written-acked, uint64(s.cfg.BatchSize)))
+		if err == nil {
+			var upTo uint64
+			if upTo, err = s.cfg.Sender.Send(ctx, batch); err == nil {
+				err = s.ack(min(upTo, written), batch)
+			}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			s.failures.Inc()
+			d := s.cfg.Backoff(failures)
+			s.cfg.Log.Warn("audit spool: delivery failed; will retry", "err", err, "pending", written-acked, "retry_in", d)
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		failures = 0
+	}
+}
+
+// ack records that the server holds everything through upTo and deletes
+// the segments that are wholly acknowledged.
+func (s *Spool) ack(upTo uint64, batch []*audit.Entry) error {
+	s.mu.Lock()
+	old := s.acked
+	s.mu.Unlock()
+	if upTo <= old {
+		return fmt.Errorf("server acknowledged through %d, no progress past %d", upTo, old)
+	}
+	if err := atomicfile.Write(filepath.Join(s.cfg.Dir, "acked"), []byte(strconv.FormatUint(upTo, 10)+"\n"), 0o600); err != nil {
+		return err
+	}
+	var sent float64
+	for _, e := range batch {
+		if e.Seq <= upTo {
+			sent++
+		}
+	}
+	s.sent.Add(sent)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.acked = upTo
+	// A segment is done when the next one starts at or below upTo+1. The
+	// last segment is kept: the writer appends to it.
+	for len(s.segments) > 1 && s.segments[1].first <= upTo+1 {
+		if err := os.Remove(filepath.Join(s.cfg.Dir, s.segments[0].name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		s.bytes -= s.segments[0].size
+		s.segments = s.segments[1:]
+	}
+	s.cond.Broadcast()
+	return nil
+}
+
+// segReader reads records sequentially from one segment.
+type segReader struct {
+	seg  segment
+	f    *os.File
+	r    *reader
+	next uint64 // sequence number of the next record
+}
+
+func (rd *segReader) close() {
+	if rd != nil && rd.f != nil {
+		rd.f.Close()
+	}
+}
+
+// read returns up to n entries from sequence number from on.
+func (s *Spool) read(rdp **segReader, from, n uint64) ([]*audit.Entry, error) {
+	rd := *rdp
+	if rd == nil || rd.next != from {
+		rd.close()
+		s.mu.Lock()
+		i := len(s.segments) - 1
+		for i > 0 && s.segments[i].first > from {
+			i--
+		}
+		if i < 0 {
+			s.mu.Unlock()
+			return nil, errors.New("no segment on disk")
+		}
+		seg := s.segments[i]
+		s.mu.Unlock()
+		f, err := os.Open(filepath.Join(s.cfg.Dir, seg.name()))
+		if err != nil {
+			return nil, err
+		}
+		rd = &segReader{seg: seg, f: f, r: &reader{br: bufio.NewReaderSize(f, 64<<10)}, next: seg.first}
+		*rdp = rd
+	}
+	var out []*audit.Entry
+	for uint64(len(out)) < n {
+		data, err := rd.r.next()
+		if errors.Is(err, io.EOF) {
+			// The writer moved on to the next segment.
+			s.mu.Lock()
+			var nextSeg *segment
+			for i := range s.segments {
+				if s.segments[i].first > rd.seg.first {
+					nextSeg = &s.segments[i]
+					break
+				}
+			}
+			var seg segment
+			if nextSeg != nil {
+				seg = *nextSeg
+			}
+			s.mu.Unlock()
+			if nextSeg == nil {
+				break
+			}
+			rd.f.Close()
+			f, err := os.Open(filepath.Join(s.cfg.Dir, seg.name()))
+			if err != nil {
+				return nil, err
+			}
+			rd.seg, rd.f, rd.r, rd.next = seg, f, &reader{br: bufio.NewReaderSize(f, 64<<10)}, seg.first
+			continue
+		}
+		if err != nil {
+			*rdp = nil
+			rd.close()
+			return nil, fmt.Errorf("segment %s: %w", rd.seg.name(), err)
+		}
+		e, err := audit.ParseEntry(data)
+		if err != nil {
+			*rdp = nil
+			rd.close()
+			return nil, fmt.Errorf("segment %s: %w", rd.seg.name(), err)
+		}
+		rd.next = e.Seq + 1
+		if e.Seq < from {
+			continue
+		}
+		out = append(out, e)
+	}
+	if len(out) == 0 {
+		*rdp = nil
+		rd.close()
+		return nil, fmt.Errorf("no entry from %d on disk", from)
+	}
+	return out, nil
+}
+
+// reader decodes records.
+type reader struct {
+	br  *bufio.Reader
+	off int64 // offset after the last good record
+	hdr [recordHeader]byte
+}
+
+func (r *reader) next() ([]byte, error) {
+	if _, err := io.ReadFull(r.br, r.hdr[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, errors.New("torn record header")
+		}
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(r.hdr[:4])
+	if n > audit.MaxEntrySize {
+		return nil, fmt.Errorf("record of %d bytes, at most %d", n, audit.MaxEntrySize)
+	}
+	data := make([]byte, n)
+	if _, err := io.ReadFull(r.br, data); err != nil {
+		return nil, errors.New("torn record")
+	}
+	if crc32.Checksum(data, castagnoli) != binary.BigEndian.Uint32(r.hdr[4:]) {
+		return nil, errors.New("record checksum mismatch")
+	}
+	r.off += recordHeader + int64(n)
+	return data, nil
+}

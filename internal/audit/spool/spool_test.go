@@ -1,0 +1,261 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rampartsec/rampart/internal/audit"
+)
+
+// receiver stands in for the server's ingestion: it keeps what it gets,
+// drops what it already holds (by sequence number), and can be made to fail
+// or to lose its answer.
+type receiver struct {
+	mu       sync.Mutex
+	last     uint64
+	got      []*audit.Entry
+	calls    int
+	down     bool // refuse every batch
+	loseNext int  // store the next n batches but report a failure
+}
+
+func (r *receiver) Send(ctx context.Context, batch []*audit.Entry) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	if r.down {
+		return 0, errors.New("server down")
+	}
+	for _, e := range batch {
+		if e.Seq > r.last {
+			if e.Seq != r.last+1 {
+				return 0, errors.New("gap at " + strconv.FormatUint(r.last+1, 10))
+			}
+			r.got = append(r.got, e)
+			r.last = e.Seq
+		}
+	}
+	if r.loseNext > 0 {
+		r.loseNext--
+		return 0, errors.New("answer lost")
+	}
+	return r.last, nil
+}
+
+func (r *receiver) setDown(d bool) { r.mu.Lock(); r.down = d; r.mu.Unlock() }
+
+func entry(i int) *audit.Entry {
+	return &audit.Entry{V: audit.SchemaVersion, Time: time.Unix(1700000000, 0).Add(time.Duration(i)), Action: "authz.decision",
+		Actor: audit.Actor{SpiffeID: "spiffe://example.org/a"}, Outcome: audit.OutcomeSuccess,
+		Details: map[string]string{"i": strconv.Itoa(i)}}
+}
+
+func open(t *testing.T, dir string, r Sender, mod func(*Config)) *Spool {
+	t.Helper()
+	cfg := Config{Dir: dir, Sender: r, SegmentBytes: 4096, BatchSize: 50, Backoff: func(int) time.Duration { return time.Millisecond }}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func flush(t *testing.T, s *Spool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// check asserts the receiver holds entries 0..n-1 of the test, in order, once.
+func (r *receiver) check(t *testing.T, n int) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.got) != n {
+		t.Fatalf("receiver holds %d entries, want %d", len(r.got), n)
+	}
+	for i, e := range r.got {
+		if e.Seq != uint64(i+1) || e.Details["i"] != strconv.Itoa(i) {
+			t.Fatalf("entry %d: seq %d i=%s", i, e.Seq, e.Details["i"])
+		}
+	}
+}
+
+func waitWritten(t *testing.T, s *Spool, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if w, _ := s.Progress(); w >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("entry %d never reached the disk", n)
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+func segments(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "*.seg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestDeliversEverythingOnceDespiteFailures(t *testing.T) {
+	r := &receiver{loseNext: 3}
+	dir := t.TempDir()
+	s := open(t, dir, r, nil)
+	defer s.Close()
+	for i := range 2000 {
+		if err := s.Record(context.Background(), entry(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i == 500 {
+			r.setDown(true)
+		}
+		if i == 900 {
+			r.setDown(false)
+		}
+	}
+	flush(t, s)
+	r.check(t, 2000)
+	// Acknowledged segments are deleted; the one being written stays.
+	if n := len(segments(t, dir)); n != 1 {
+		t.Fatalf("%d segments left after everything was acknowledged, want 1", n)
+	}
+	if w, a := s.Progress(); w != 2000 || a != 2000 {
+		t.Fatalf("progress %d/%d", w, a)
+	}
+}
+
+func TestServerAwayAcrossRestart(t *testing.T) {
+	r := &receiver{down: true}
+	dir := t.TempDir()
+	s := open(t, dir, r, nil)
+	for i := range 300 {
+		if err := s.Record(context.Background(), entry(i)); err != nil {
+			t.Fatal(err)
+		}
+		waitWritten(t, s, uint64(i+1)) // one write per entry: many segments
+	}
+	s.Close() // the proxy restarts while the server is still away
+	if len(segments(t, dir)) < 2 {
+		t.Fatalf("want the entries on disk in several segments, got %v", segments(t, dir))
+	}
+	r.setDown(false)
+	s = open(t, dir, r, nil)
+	defer s.Close()
+	for i := 300; i < 400; i++ {
+		if err := s.Record(context.Background(), entry(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flush(t, s)
+	r.check(t, 400)
+	if s.Stream() != r.got[0].Stream || r.got[399].Stream != s.Stream() {
+		t.Fatal("the stream ID changed across the restart")
+	}
+}
+
+func TestTornTailIsCutOff(t *testing.T) {
+	r := &receiver{down: true}
+	dir := t.TempDir()
+	s := open(t, dir, r, nil)
+	for i := range 10 {
+		s.Record(context.Background(), entry(i))
+	}
+	s.Close()
+	segs := segments(t, dir)
+	last := segs[len(segs)-1]
+	f, err := os.OpenFile(last, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte{0, 0, 1, 0, 0xde, 0xad}) // a record header cut short by a crash
+	f.Close()
+	r.setDown(false)
+	s = open(t, dir, r, nil)
+	defer s.Close()
+	s.Record(context.Background(), entry(10))
+	flush(t, s)
+	r.check(t, 11)
+}
+
+func TestCorruptRecordIsNotSent(t *testing.T) {
+	r := &receiver{down: true}
+	dir := t.TempDir()
+	s := open(t, dir, r, func(c *Config) { c.SegmentBytes = 1 << 20 })
+	for i := range 5 {
+		s.Record(context.Background(), entry(i))
+	}
+	s.Close()
+	seg := segments(t, dir)[0]
+	b, _ := os.ReadFile(seg)
+	b[len(b)-3] ^= 0x20 // flip a bit in the last record's JSON
+	os.WriteFile(seg, b, 0o600)
+	r.setDown(false)
+	s = open(t, dir, r, nil)
+	defer s.Close()
+	flush(t, s) // nothing recorded since Open; the 4 good ones get sent
+	r.check(t, 4)
+	// The damaged record was cut off; the next entry takes its place.
+	s.Record(context.Background(), entry(4))
+	flush(t, s)
+	r.check(t, 5)
+}
+
+func TestBackPressure(t *testing.T) {
+	r := &receiver{down: true}
+	s := open(t, t.TempDir(), r, func(c *Config) { c.MaxBytes = 2048 })
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var n int
+	var err error
+	for n = 0; n < 100000; n++ {
+		if err = s.Record(ctx, entry(n)); err != nil {
+			break
+		}
+	}
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("recorded %d entries with the server away and 2 KiB of spool; want back-pressure, got %v", n, err)
+	}
+	// Bounded: the queue, one batch in the writer's hands, and what was
+	// written before the spool reached 2 KiB (at most one more batch).
+	// 2 KiB holds about a dozen of these entries.
+	if n > queueLen+2*writeBatch+16 {
+		t.Fatalf("accepted %d entries before pushing back; memory is not bounded", n)
+	}
+	r.setDown(false)
+	flush(t, s)
+	r.check(t, n)
+}
+
+func TestRecordRefusesInvalidEntries(t *testing.T) {
+	s := open(t, t.TempDir(), &receiver{}, nil)
+	defer s.Close()
+	e := entry(0)
+	e.Action = "Bad Action"
+	if err := s.Record(context.Background(), e); err == nil {
+		t.Fatal("an invalid entry was accepted")
+	}
+	s.Close()
+	if err := s.Record(context.Background(), entry(1)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Record after Close: %v", err)
+	}
+}

@@ -1,0 +1,67 @@
+package authz
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+
+	"github.com/rampartsec/rampart/internal/audit"
+)
+
+// Recorder takes audit entries; *spool.Spool implements it.
+type Recorder interface {
+	Record(ctx context.Context, e *audit.Entry) error
+}
+
+// AuditSink records every decision as an authz.decision audit entry.
+type AuditSink struct {
+	Recorder Recorder
+	Log      *slog.Logger
+}
+
+// Decision implements Sink. It blocks only while the spool's queue is full
+// (back-pressure), until the request's context ends.
+func (s AuditSink) Decision(ctx context.Context, ev Event) {
+	if err := s.Recorder.Record(ctx, DecisionEntry(ev)); err != nil && s.Log != nil {
+		s.Log.Error("decision not audited", "caller", ev.Caller, "path", ev.Path, "err", err)
+	}
+}
+
+// DecisionEntry is the audit entry for a decision: the caller is the actor,
+// the protected service the target.
+func DecisionEntry(ev Event) *audit.Entry {
+	e := &audit.Entry{V: audit.SchemaVersion, Time: ev.Time, Action: "authz.decision", Target: ev.Target,
+		Outcome: audit.OutcomeSuccess, Reason: ev.Reason, Details: map[string]string{"latency_ns": strconv.FormatInt(int64(ev.Latency), 10)}}
+	e.Actor.SpiffeID = ev.Caller
+	if ev.Caller == "" {
+		e.Actor.User = "unauthenticated"
+	}
+	if !ev.Allowed {
+		e.Outcome = audit.OutcomeDenied
+	}
+	for k, v := range map[string]string{"method": ev.Method, "path": ev.Path, "rule": ev.Rule, "policy_version": ev.Version, "remote": ev.Remote} {
+		if v != "" {
+			e.Details[k] = v
+		}
+	}
+	if ev.DryRun {
+		e.Details["dry_run_denied"] = "true"
+	}
+	if e.Outcome == audit.OutcomeDenied && e.Reason == "" {
+		e.Reason = "no rule allows it"
+		if ev.Version == "" {
+			e.Reason = "no policy for this service"
+		}
+	}
+	return e
+}
+
+// Sinks hands each decision to every sink in turn.
+type Sinks []Sink
+
+// Decision implements Sink.
+func (ss Sinks) Decision(ctx context.Context, ev Event) {
+	for _, s := range ss {
+		s.Decision(ctx, ev)
+	}
+}
