@@ -27,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/identity"
 )
 
@@ -324,6 +325,18 @@ func TestRevokedAndEvictedAgentsCannotRenew(t *testing.T) {
 	}
 	if err := renew(cert1); err == nil {
 		t.Fatal("renewed with a revoked certificate")
+	}
+	// The attempt is in the audit log, under the identity it claimed.
+	found := false
+	for i := int64(0); i < h.srv.audit.Size(); i++ {
+		b, _ := h.srv.audit.Entry(i)
+		e, err := audit.ParseEntry(b)
+		if err == nil && e.Outcome == audit.OutcomeDenied && e.Actor.SpiffeID == id1.String() && strings.Contains(e.Reason, "revoked") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("no audit entry for the use of a revoked certificate")
 	}
 
 	id2, _ := identity.AgentID(td, "node-2")

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -17,7 +18,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/svid"
 )
 
 // serverCertTTL is the life of the server's own TLS certificate; it is
@@ -104,7 +107,17 @@ func (t *tlsState) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
 	}
 	if _, err := t.s.verifyPeer(raw); err != nil {
 		t.s.metrics.handshakeFailures.WithLabelValues(reasonOf(err)).Inc()
-		t.s.log.Warn("refused a client certificate", "err", err)
+		// The certificate's claimed identity is the actor: unverified, but
+		// it is what detection needs to see (a revoked SVID still in use).
+		e := &audit.Entry{V: audit.SchemaVersion, Time: t.s.now(), Action: "tls.client_auth", Outcome: audit.OutcomeDenied,
+			Reason: err.Error(), Source: "server", Details: map[string]string{"reason": reasonOf(err), "identity": "claimed, not verified"}}
+		if c, perr := x509.ParseCertificate(raw[0]); perr == nil && len(c.URIs) == 1 {
+			e.Actor.SpiffeID = c.URIs[0].String()
+			e.Details["serial"] = svid.SerialString(c.SerialNumber)
+		} else {
+			e.Actor.User = "unknown"
+		}
+		t.s.record(context.Background(), e)
 		return err
 	}
 	return nil
