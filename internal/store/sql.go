@@ -127,6 +127,26 @@ func (d dialect) migrations() [][]string {
 			created_at BIGINT NOT NULL,
 			PRIMARY KEY (service, seq)
 		)`,
+	}, {
+		// Alerts raised by detection rules; the ID is derived from the
+		// rule, the group and the entry that first fired it, so replaying
+		// the audit log does not raise an alert twice.
+		`CREATE TABLE alerts (
+			id          TEXT PRIMARY KEY,
+			rule        TEXT NOT NULL,
+			severity    TEXT NOT NULL,
+			group_key   TEXT NOT NULL,
+			summary     TEXT NOT NULL,
+			first_seen  BIGINT NOT NULL,
+			last_seen   BIGINT NOT NULL,
+			count       BIGINT NOT NULL,
+			first_index BIGINT NOT NULL,
+			last_index  BIGINT NOT NULL,
+			status      TEXT NOT NULL,
+			created_at  BIGINT NOT NULL,
+			updated_at  BIGINT NOT NULL
+		)`,
+		`CREATE INDEX alerts_first_seen ON alerts (first_seen)`,
 	}}
 }
 
@@ -814,6 +834,97 @@ func (s *sqlStore) DeletePolicy(ctx context.Context, service string, at time.Tim
 		return fmt.Errorf("store: delete policy %s: %w", service, err)
 	}
 	return nil
+}
+
+const alertColumns = `id, rule, severity, group_key, summary, first_seen, last_seen, count, first_index, last_index, status, created_at, updated_at`
+
+func (s *sqlStore) UpsertAlert(ctx context.Context, a Alert) (bool, error) {
+	if err := checkTimes(a.FirstSeen, a.LastSeen, a.CreatedAt); err != nil {
+		return false, err
+	}
+	if a.Status == "" {
+		a.Status = AlertOpen
+	}
+	created := false
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO alerts (`+alertColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`),
+			a.ID, a.Rule, a.Severity, a.Group, a.Summary, ns(a.FirstSeen), ns(a.LastSeen), a.Count, a.FirstIndex, a.LastIndex, a.Status, ns(a.CreatedAt), ns(a.CreatedAt))
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 1 {
+			created = true
+			return nil
+		}
+		// Known: only the counters move forward (a replay brings the same
+		// or older values; the status an operator set is kept).
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE alerts SET last_seen = ?, count = ?, last_index = ?, updated_at = ? WHERE id = ? AND last_index < ?`),
+			ns(a.LastSeen), a.Count, a.LastIndex, ns(a.CreatedAt), a.ID, a.LastIndex)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: upsert alert %s: %w", a.ID, err)
+	}
+	return created, nil
+}
+
+func (s *sqlStore) GetAlert(ctx context.Context, id string) (Alert, error) {
+	a, err := scanAlert(s.db.QueryRowContext(ctx, s.q(`SELECT `+alertColumns+` FROM alerts WHERE id = ?`), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Alert{}, fmt.Errorf("%w: alert %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return Alert{}, fmt.Errorf("store: get alert %s: %w", id, err)
+	}
+	return a, nil
+}
+
+func (s *sqlStore) ListAlerts(ctx context.Context, f AlertFilter) ([]Alert, error) {
+	q := `SELECT ` + alertColumns + ` FROM alerts WHERE first_seen >= ?`
+	args := []any{ns(f.Since)}
+	if f.Rule != "" {
+		q += ` AND rule = ?`
+		args = append(args, f.Rule)
+	}
+	if f.Status != "" {
+		q += ` AND status = ?`
+		args = append(args, f.Status)
+	}
+	q += ` ORDER BY first_seen, id`
+	if f.Limit > 0 {
+		q += ` LIMIT ` + strconv.Itoa(f.Limit)
+	}
+	all, err := queryAll(ctx, s, scanAlert, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: list alerts: %w", err)
+	}
+	return all, nil
+}
+
+func (s *sqlStore) SetAlertStatus(ctx context.Context, id, status string, at time.Time) error {
+	switch status {
+	case AlertOpen, AlertAcknowledged, AlertResolved:
+	default:
+		return fmt.Errorf("store: alert status %q: want open, acknowledged or resolved", status)
+	}
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE alerts SET status = ?, updated_at = ? WHERE id = ?`), status, ns(at), id)
+	if err != nil {
+		return fmt.Errorf("store: set alert %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: alert %s", ErrNotFound, id)
+	}
+	return nil
+}
+
+func scanAlert(r scanner) (Alert, error) {
+	var a Alert
+	var first, last, created, updated int64
+	if err := r.Scan(&a.ID, &a.Rule, &a.Severity, &a.Group, &a.Summary, &first, &last, &a.Count, &a.FirstIndex, &a.LastIndex, &a.Status, &created, &updated); err != nil {
+		return Alert{}, err
+	}
+	a.FirstSeen, a.LastSeen, a.CreatedAt, a.UpdatedAt = fromNS(first), fromNS(last), fromNS(created), fromNS(updated)
+	return a, nil
 }
 
 func scanPolicy(r scanner) (Policy, error) {

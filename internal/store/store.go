@@ -79,6 +79,15 @@ type Store interface {
 	// deny) and bumps the revision; ErrNotFound if no policy is in force.
 	DeletePolicy(ctx context.Context, service string, at time.Time) error
 
+	// Alerts. UpsertAlert inserts a new alert (true) or, for a known ID,
+	// moves its LastSeen, Count and LastIndex forward (false); the status
+	// an operator set is kept.
+	UpsertAlert(ctx context.Context, a Alert) (created bool, err error)
+	GetAlert(ctx context.Context, id string) (Alert, error)
+	// ListAlerts lists alerts first seen at or after f.Since, oldest first.
+	ListAlerts(ctx context.Context, f AlertFilter) ([]Alert, error)
+	SetAlertStatus(ctx context.Context, id, status string, at time.Time) error
+
 	// Revision returns the current revision: it increases with every change
 	// an agent must learn about.
 	Revision(ctx context.Context) (int64, error)
@@ -186,4 +195,36 @@ type Policy struct {
 	Source    []byte // the policy document as uploaded (YAML)
 	Deleted   bool   // a tombstone: no policy from here on
 	CreatedAt time.Time
+}
+
+// Alert statuses.
+const (
+	AlertOpen         = "open"
+	AlertAcknowledged = "acknowledged"
+	AlertResolved     = "resolved"
+)
+
+// Alert is what a detection rule raised, deduplicated per rule and group.
+type Alert struct {
+	ID         string
+	Rule       string
+	Severity   string
+	Group      string // "field=value ..." of the rule's group_by, or the new term
+	Summary    string
+	FirstSeen  time.Time // time of the entry that raised it
+	LastSeen   time.Time // time of the latest entry that fired it again
+	Count      int64     // firings merged into it
+	FirstIndex int64     // audit log index of the entry that raised it
+	LastIndex  int64
+	Status     string
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+}
+
+// AlertFilter selects alerts.
+type AlertFilter struct {
+	Since  time.Time
+	Rule   string
+	Status string
+	Limit  int
 }

@@ -3,6 +3,7 @@
 package storetest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"reflect"
@@ -38,6 +39,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Reopen", testReopen},
 		{"ConcurrentWrites", testConcurrentWrites},
 		{"Policies", testPolicies},
+		{"Alerts", testAlerts},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -627,4 +629,53 @@ func testPolicies(t *testing.T, h harness) {
 	got, err = s.GetPolicy(ctx, svc)
 	must(t, err)
 	wantEqual(t, "re-uploaded policy", got.Version, "v4")
+}
+
+func testAlerts(t *testing.T, h harness) {
+	s := h.open(t)
+	ctx := context.Background()
+	a := store.Alert{ID: "a1", Rule: "denied-burst", Severity: "high", Group: "actor.spiffe_id=spiffe://example.org/rogue",
+		Summary: "20 denied", FirstSeen: at(0), LastSeen: at(0), Count: 1, FirstIndex: 10, LastIndex: 10, CreatedAt: at(time.Second)}
+	created, err := s.UpsertAlert(ctx, a)
+	must(t, err)
+	wantEqual(t, "created", created, true)
+	// Fired again: the counters move, it is not a new alert.
+	b := a
+	b.LastSeen, b.Count, b.LastIndex = at(time.Minute), 2, 30
+	created, err = s.UpsertAlert(ctx, b)
+	must(t, err)
+	wantEqual(t, "created again", created, false)
+	must(t, s.SetAlertStatus(ctx, "a1", store.AlertAcknowledged, at(2*time.Minute)))
+	// A replay of the first firing moves nothing back and keeps the status.
+	created, err = s.UpsertAlert(ctx, a)
+	must(t, err)
+	wantEqual(t, "created on replay", created, false)
+	got, err := s.GetAlert(ctx, "a1")
+	must(t, err)
+	wantEqual(t, "count", got.Count, int64(2))
+	wantEqual(t, "last index", got.LastIndex, int64(30))
+	wantEqual(t, "status", got.Status, store.AlertAcknowledged)
+	wantEqual(t, "last seen", got.LastSeen.Equal(at(time.Minute)), true)
+
+	_, err = s.UpsertAlert(ctx, store.Alert{ID: "a2", Rule: "new-edge", Severity: "medium", Group: "x", FirstSeen: at(time.Hour), LastSeen: at(time.Hour), Count: 1, CreatedAt: at(time.Hour)})
+	must(t, err)
+	all, err := s.ListAlerts(ctx, store.AlertFilter{})
+	must(t, err)
+	wantEqual(t, "alerts", len(all), 2)
+	wantEqual(t, "oldest first", all[0].ID, "a1")
+	some, err := s.ListAlerts(ctx, store.AlertFilter{Since: at(time.Minute)})
+	must(t, err)
+	wantEqual(t, "since", len(some), 1)
+	some, err = s.ListAlerts(ctx, store.AlertFilter{Status: store.AlertOpen})
+	must(t, err)
+	wantEqual(t, "open", len(some), 1)
+	some, err = s.ListAlerts(ctx, store.AlertFilter{Rule: "denied-burst", Limit: 1})
+	must(t, err)
+	wantEqual(t, "by rule", len(some), 1)
+	wantErrIs(t, "unknown alert", s.SetAlertStatus(ctx, "nope", store.AlertResolved, at(0)), store.ErrNotFound)
+	if err := s.SetAlertStatus(ctx, "a1", "closed", at(0)); err == nil {
+		t.Fatal("an unknown status was accepted")
+	}
+	_, err = s.GetAlert(ctx, "nope")
+	wantErrIs(t, "get unknown", err, store.ErrNotFound)
 }
