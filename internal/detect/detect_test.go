@@ -1,0 +1,215 @@
+package detect
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rampartsec/rampart/internal/audit"
+)
+
+// Monday 2026-11-23 10:00 UTC: working hours.
+var t0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+
+const (
+	orders   = "spiffe://example.org/orders"
+	payments = "spiffe://example.org/payments"
+	rogue    = "spiffe://example.org/rogue"
+)
+
+func decision(at time.Duration, caller, target, method, outcome string) *audit.Entry {
+	return &audit.Entry{V: 1, Time: t0.Add(at), Actor: audit.Actor{SpiffeID: caller}, Action: "authz.decision", Target: target,
+		Outcome: outcome, Source: target, Details: map[string]string{"method": method, "path": "/x"}}
+}
+
+func ev(at time.Duration, action, outcome, reason string, actor audit.Actor, details map[string]string) *audit.Entry {
+	return &audit.Entry{V: 1, Time: t0.Add(at), Actor: actor, Action: action, Outcome: outcome, Reason: reason, Details: details}
+}
+
+func repeat(n int, step time.Duration, f func(at time.Duration) *audit.Entry) []*audit.Entry {
+	var out []*audit.Entry
+	for i := range n {
+		out = append(out, f(time.Duration(i)*step))
+	}
+	return out
+}
+
+func concat(parts ...[]*audit.Entry) []*audit.Entry {
+	var out []*audit.Entry
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// fired runs entries through the default rules and counts alerts by rule
+// (new alerts, not merged firings).
+func fired(t *testing.T, entries []*audit.Entry) map[string]int {
+	t.Helper()
+	e := NewEngine(Default())
+	seen := map[string]bool{}
+	out := map[string]int{}
+	for i, en := range entries {
+		if err := en.Validate(); err != nil {
+			t.Fatalf("test entry %d: %v", i, err)
+		}
+		for _, a := range e.Process(int64(i), en) {
+			if !seen[a.ID] {
+				seen[a.ID] = true
+				out[a.Rule]++
+			}
+		}
+	}
+	if e.Errors != 0 {
+		t.Fatalf("%d condition evaluation errors", e.Errors)
+	}
+	return out
+}
+
+func TestDefaultRules(t *testing.T) {
+	admin := audit.Actor{User: "admin"}
+	login := func(user, outcome string) func(time.Duration) *audit.Entry {
+		return func(at time.Duration) *audit.Entry {
+			return ev(at, "oauth.login", outcome, "", audit.Actor{User: user}, map[string]string{"username": user})
+		}
+	}
+	for _, tc := range []struct {
+		rule  string
+		fires []*audit.Entry
+		quiet []*audit.Entry
+	}{
+		{"denied-burst",
+			repeat(20, time.Second, func(at time.Duration) *audit.Entry { return decision(at, rogue, payments, "GET", "denied") }),
+			concat(
+				// 19 in a minute, or 20 spread over more than a minute, or 20 from different callers.
+				repeat(19, time.Second, func(at time.Duration) *audit.Entry { return decision(at, rogue, payments, "GET", "denied") }),
+				repeat(20, 5*time.Second, func(at time.Duration) *audit.Entry { return decision(time.Hour+at, rogue, payments, "GET", "denied") }),
+				repeat(20, time.Second, func(at time.Duration) *audit.Entry {
+					return decision(2*time.Hour+at, "spiffe://example.org/c"+at.String(), payments, "GET", "denied")
+				}),
+			)},
+		{"login-failures",
+			repeat(5, 10*time.Second, login("alice", "failure")),
+			concat(repeat(4, 10*time.Second, login("alice", "failure")), repeat(4, 10*time.Second, login("bob", "failure")),
+				repeat(10, time.Second, login("carol", "success")))},
+		{"revoked-credential-use",
+			[]*audit.Entry{ev(0, "tls.client_auth", "denied", "client certificate is revoked", audit.Actor{SpiffeID: "spiffe://example.org/rampart/agent/node-1"}, nil)},
+			[]*audit.Entry{ev(0, "tls.client_auth", "denied", "client certificate does not chain to this trust domain's bundle", audit.Actor{SpiffeID: "spiffe://evil.org/x"}, nil),
+				ev(time.Second, "svid.revoke", "success", "revoked by admin", admin, nil)}},
+		{"refresh-token-reuse",
+			[]*audit.Entry{ev(0, "oauth.refresh_reuse", "denied", "refresh token reused; family revoked", audit.Actor{User: "alice"}, nil)},
+			[]*audit.Entry{ev(0, "oauth.refresh", "success", "", audit.Actor{User: "alice"}, nil)}},
+		{"new-service-edge",
+			[]*audit.Entry{decision(0, orders, payments, "GET", "success"), decision(25*time.Hour, "spiffe://example.org/gateway", payments, "GET", "success")},
+			[]*audit.Entry{decision(0, orders, payments, "GET", "success"), decision(time.Hour, "spiffe://example.org/gateway", payments, "GET", "success"),
+				decision(25*time.Hour, orders, payments, "POST", "success"), decision(26*time.Hour, rogue, payments, "GET", "denied")}},
+		{"admin-after-hours",
+			[]*audit.Entry{ev(12*time.Hour, "entry.create", "success", "", admin, nil)}, // 22:00
+			[]*audit.Entry{ev(0, "entry.create", "success", "", admin, nil), ev(12*time.Hour, "entry.create", "success", "", audit.Actor{SpiffeID: orders}, nil),
+				ev(12*time.Hour, "admin.auth", "denied", "missing or wrong admin token", admin, nil)}},
+		{"read-volume",
+			repeat(3000, 10*time.Millisecond, func(at time.Duration) *audit.Entry { return decision(at, orders, payments, "GET", "success") }),
+			concat(repeat(2999, 10*time.Millisecond, func(at time.Duration) *audit.Entry { return decision(at, orders, payments, "GET", "success") }),
+				repeat(3000, 10*time.Millisecond, func(at time.Duration) *audit.Entry {
+					return decision(time.Hour+at, orders, payments, "POST", "success")
+				}))},
+		{"audit-ingestion-gap",
+			[]*audit.Entry{ev(0, "audit.ingest.gap", "failure", "entries 4 to 5 of the stream never arrived", audit.Actor{SpiffeID: orders}, nil)},
+			[]*audit.Entry{ev(0, "audit.ingest", "denied", "stream belongs to another", audit.Actor{SpiffeID: orders}, nil)}},
+	} {
+		t.Run(tc.rule, func(t *testing.T) {
+			if n := fired(t, tc.fires)[tc.rule]; n != 1 {
+				t.Errorf("fired %d alerts, want 1", n)
+			}
+			if n := fired(t, tc.quiet)[tc.rule]; n != 0 {
+				t.Errorf("fired %d alerts on entries that must not fire it", n)
+			}
+		})
+	}
+	// Every default rule has a case above.
+	for _, r := range Default().Rules {
+		found := false
+		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap"} {
+			found = found || name == r.Name
+		}
+		if !found {
+			t.Errorf("default rule %s has no test", r.Name)
+		}
+	}
+}
+
+func TestDedupAndReplay(t *testing.T) {
+	entries := repeat(100, time.Second, func(at time.Duration) *audit.Entry { return decision(at, rogue, payments, "GET", "denied") })
+	run := func() []string {
+		e := NewEngine(Default())
+		var ids []string
+		var last int64
+		for i, en := range entries {
+			for _, a := range e.Process(int64(i), en) {
+				ids = append(ids, a.ID)
+				last = a.Count
+			}
+		}
+		if last != 5 {
+			t.Fatalf("100 denials: the burst alert merged %d firings, want 5", last)
+		}
+		return ids
+	}
+	a, b := run(), run()
+	if len(a) != 5 || strings.Join(a, ",") != strings.Join(b, ",") {
+		t.Fatalf("alert IDs differ between runs or were not merged: %v / %v", a, b)
+	}
+	for _, id := range a[1:] {
+		if id != a[0] {
+			t.Fatalf("firings within the dedup span made new alerts: %v", a)
+		}
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct{ src, want string }{
+		{"", "empty"},
+		{"rules: []", "non-empty list"},
+		{"rules:\n  - name: x\n    colour: red\n", `line 3: rules[0]: unknown field "colour"`},
+		{"rules:\n  - name: Bad_Name\n", "lower-case words"},
+		{"rules:\n  - name: a\n    severity: urgent\n", `"urgent": want one of`},
+		{"rules:\n  - name: a\n    condition: entry.outcome ==\n", "line 3: rules[0] (a).condition"},
+		{"rules:\n  - name: a\n    condition: entry.action\n", ""}, // dyn: allowed, evaluates to no match if not bool
+		{"rules:\n  - name: a\n    condition: '1 + 1'\n", "must be true or false"},
+		{"rules:\n  - name: a\n    threshold: 5\n", "needs a window"},
+		{"rules:\n  - name: a\n    window: 1m\n", "needs a threshold"},
+		{"rules:\n  - name: a\n    window: soon\n    threshold: 2\n", "positive duration"},
+		{"rules:\n  - name: a\n    threshold: -1\n    window: 1m\n", "whole number"},
+		{"rules:\n  - name: a\n    group_by: [password]\n", "not an entry field"},
+		{"rules:\n  - name: a\n    new_terms: {fields: [target]}\n", "baseline"},
+		{"rules:\n  - name: a\n    new_terms: {fields: [target], baseline: 1h}\n    threshold: 2\n    window: 1m\n", "cannot be combined"},
+		{"rules:\n  - name: a\n  - name: a\n", "defined twice"},
+		{"rules:\n  - name: a\nsinks:\n  - type: pager\n", `"pager": want webhook`},
+		{"rules:\n  - name: a\nsinks:\n  - type: webhook\n    url: ftp://x\n", "http(s) URL"},
+		{"rules:\n  - name: a\nsinks:\n  - type: smtp\n    addr: localhost:25\n", "needs addr"},
+	} {
+		_, err := Parse([]byte(tc.src))
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%q: %v", tc.src, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%q: error %v, want it to contain %q", tc.src, err, tc.want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(DefaultRules())
+	f.Add([]byte("rules:\n  - name: a\n    condition: entry.outcome == \"denied\"\n    window: 1m\n    threshold: 3\n"))
+	f.Add([]byte("rules:\n  - name: a\n    new_terms: {fields: [target], baseline: 1h}\nsinks:\n  - type: slack\n    url: https://hooks.example/x\n"))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		rs, err := Parse(src)
+		if err != nil {
+			return
+		}
+		// Whatever parses must run without panicking.
+		e := NewEngine(rs)
+		e.Process(0, decision(0, orders, payments, "GET", "denied"))
+		e.Process(1, decision(time.Hour, orders, payments, "GET", "success"))
+	})
+}

@@ -1,0 +1,297 @@
+package detect
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/cel-go/cel"
+
+	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/store"
+)
+
+func celEnv() (*cel.Env, error) {
+	return cel.NewEnv(cel.Variable("entry", cel.MapType(cel.StringType, cel.DynType)))
+}
+
+func compile(env *cel.Env, expr string) (cel.Program, error) {
+	ast, iss := env.Compile(expr)
+	if iss != nil && iss.Err() != nil {
+		return nil, fmt.Errorf("%s", strings.ReplaceAll(iss.Err().Error(), "\n", " "))
+	}
+	if ast.OutputType() != cel.BoolType && ast.OutputType() != cel.DynType {
+		return nil, fmt.Errorf("must be true or false, not %s", ast.OutputType())
+	}
+	return env.Program(ast, cel.EvalOptions(cel.OptOptimize))
+}
+
+// Engine runs rules over entries in log order. It is not safe for
+// concurrent use; one goroutine feeds it.
+type Engine struct {
+	rules     []*ruleState
+	byAction  map[string][]*ruleState
+	anyAction []*ruleState
+	start     time.Time // time of the first entry seen: baselines start here
+	seen      int64
+	// Errors counts condition evaluation errors (treated as no match).
+	Errors int64
+}
+
+type ruleState struct {
+	*Rule
+	rings map[string]*ring        // threshold: recent match times per group
+	terms map[string]struct{}     // new_terms: combinations seen
+	open  map[string]*store.Alert // latest alert per group, for dedup
+}
+
+// maxTerms bounds a new_terms rule's memory; beyond it new combinations are
+// still alerted on but no longer remembered.
+const maxTerms = 1 << 20
+
+// NewEngine returns an engine for rs.
+func NewEngine(rs *RuleSet) *Engine {
+	e := &Engine{byAction: map[string][]*ruleState{}}
+	for _, r := range rs.Rules {
+		st := &ruleState{Rule: r, rings: map[string]*ring{}, terms: map[string]struct{}{}, open: map[string]*store.Alert{}}
+		e.rules = append(e.rules, st)
+		if len(r.Actions) == 0 {
+			e.anyAction = append(e.anyAction, st)
+		}
+		for _, a := range r.Actions {
+			e.byAction[a] = append(e.byAction[a], st)
+		}
+	}
+	return e
+}
+
+// Rules returns the engine's rules.
+func (e *Engine) Rules() []*Rule {
+	out := make([]*Rule, len(e.rules))
+	for i, r := range e.rules {
+		out[i] = r.Rule
+	}
+	return out
+}
+
+// Process looks at entry en at log index i and returns the alerts it raised
+// or updated (an update has the ID of an alert returned before, with Count,
+// LastSeen and LastIndex moved).
+func (e *Engine) Process(i int64, en *audit.Entry) []store.Alert {
+	if e.start.IsZero() {
+		e.start = en.Time
+	}
+	e.seen++
+	if e.seen%8192 == 0 {
+		e.sweep(en.Time)
+	}
+	var out []store.Alert
+	var act map[string]any
+	for _, list := range [2][]*ruleState{e.byAction[en.Action], e.anyAction} {
+		for _, r := range list {
+			if r.prg != nil {
+				if act == nil {
+					act = activation(en)
+				}
+				v, _, err := r.prg.Eval(act)
+				if err != nil {
+					e.Errors++
+					continue
+				}
+				if b, ok := v.Value().(bool); !ok || !b {
+					continue
+				}
+			}
+			if a, ok := r.match(e, i, en); ok {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+// match applies the rule's counting to a matching entry.
+func (r *ruleState) match(e *Engine, i int64, en *audit.Entry) (store.Alert, bool) {
+	switch {
+	case r.Threshold > 0:
+		group := groupKey(r.GroupBy, en)
+		rg := r.rings[group]
+		if rg == nil {
+			rg = &ring{t: make([]time.Time, r.Threshold)}
+			r.rings[group] = rg
+		}
+		if !rg.add(en.Time, r.Window) {
+			return store.Alert{}, false
+		}
+		return r.fire(i, en, group, fmt.Sprintf("%d matching entries within %s%s", r.Threshold, r.Window, forGroup(group))), true
+	case r.NewTerms != nil:
+		term := groupKey(r.NewTerms, en)
+		if _, ok := r.terms[term]; ok {
+			return store.Alert{}, false
+		}
+		if len(r.terms) < maxTerms {
+			r.terms[term] = struct{}{}
+		}
+		if en.Time.Sub(e.start) < r.Baseline {
+			return store.Alert{}, false // still learning
+		}
+		return r.fire(i, en, term, "first seen after the baseline: "+term), true
+	default:
+		group := groupKey(r.GroupBy, en)
+		what := en.Action + " " + en.Outcome + " by " + actorOf(en)
+		if en.Target != "" {
+			what += " on " + en.Target
+		}
+		if en.Reason != "" {
+			what += ": " + en.Reason
+		}
+		return r.fire(i, en, group, what), true
+	}
+}
+
+// fire raises an alert for group, or merges into the group's open alert.
+func (r *ruleState) fire(i int64, en *audit.Entry, group, summary string) store.Alert {
+	if a := r.open[group]; a != nil && en.Time.Sub(a.LastSeen) <= r.Dedup {
+		a.LastSeen, a.LastIndex = en.Time, i
+		a.Count++
+		return *a
+	}
+	h := sha256.Sum256([]byte(r.Name + "\x00" + group + "\x00" + strconv.FormatInt(i, 10)))
+	a := &store.Alert{ID: "alr_" + hex.EncodeToString(h[:10]), Rule: r.Name, Severity: r.Severity, Group: group,
+		Summary: r.Name + ": " + summary, FirstSeen: en.Time, LastSeen: en.Time, Count: 1, FirstIndex: i, LastIndex: i,
+		Status: store.AlertOpen, CreatedAt: en.Time}
+	r.open[group] = a
+	return *a
+}
+
+// sweep drops state that can no longer matter at time now.
+func (e *Engine) sweep(now time.Time) {
+	for _, r := range e.rules {
+		for g, rg := range r.rings {
+			if now.Sub(rg.last()) > r.Window {
+				delete(r.rings, g)
+			}
+		}
+		for g, a := range r.open {
+			if now.Sub(a.LastSeen) > r.Dedup {
+				delete(r.open, g)
+			}
+		}
+	}
+}
+
+// ring holds the times of the last len(t) matches of a group.
+type ring struct {
+	t    []time.Time
+	head int // next slot
+	n    int
+}
+
+// add records a match at t and reports whether the ring is full and spans
+// at most window; then it empties, so the next firing needs as many again.
+func (rg *ring) add(t time.Time, window time.Duration) bool {
+	rg.t[rg.head] = t
+	rg.head = (rg.head + 1) % len(rg.t)
+	rg.n = min(rg.n+1, len(rg.t))
+	if rg.n < len(rg.t) {
+		return false
+	}
+	oldest, newest := rg.t[rg.head], rg.t[rg.head]
+	for _, x := range rg.t {
+		if x.Before(oldest) {
+			oldest = x
+		}
+		if x.After(newest) {
+			newest = x
+		}
+	}
+	if newest.Sub(oldest) > window {
+		return false
+	}
+	rg.n = 0
+	return true
+}
+
+func (rg *ring) last() time.Time {
+	if rg.n == 0 {
+		return time.Time{}
+	}
+	return rg.t[(rg.head-1+len(rg.t))%len(rg.t)]
+}
+
+// activation is what a condition sees as `entry`.
+func activation(en *audit.Entry) map[string]any {
+	details := en.Details
+	if details == nil {
+		details = map[string]string{}
+	}
+	return map[string]any{"entry": map[string]any{
+		"time": en.Time, "action": en.Action, "target": en.Target, "outcome": en.Outcome, "reason": en.Reason,
+		"request_id": en.RequestID, "source": en.Source, "stream": en.Stream, "details": details,
+		"actor": map[string]string{"spiffe_id": en.Actor.SpiffeID, "user": en.Actor.User},
+	}}
+}
+
+// Field returns the value of an entry field path (see the package doc).
+func Field(en *audit.Entry, path string) string {
+	switch path {
+	case "action":
+		return en.Action
+	case "target":
+		return en.Target
+	case "outcome":
+		return en.Outcome
+	case "reason":
+		return en.Reason
+	case "request_id":
+		return en.RequestID
+	case "source":
+		return en.Source
+	case "stream":
+		return en.Stream
+	case "actor.spiffe_id":
+		return en.Actor.SpiffeID
+	case "actor.user":
+		return en.Actor.User
+	}
+	if k, ok := strings.CutPrefix(path, "details."); ok {
+		return en.Details[k]
+	}
+	return ""
+}
+
+func groupKey(fields []string, en *audit.Entry) string {
+	if len(fields) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	for i, f := range fields {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(f)
+		b.WriteByte('=')
+		b.WriteString(Field(en, f))
+	}
+	return b.String()
+}
+
+func forGroup(g string) string {
+	if g == "" {
+		return ""
+	}
+	return " for " + g
+}
+
+func actorOf(en *audit.Entry) string {
+	switch {
+	case en.Actor.SpiffeID != "" && en.Actor.User != "":
+		return en.Actor.User + " via " + en.Actor.SpiffeID
+	case en.Actor.SpiffeID != "":
+		return en.Actor.SpiffeID
+	}
+	return en.Actor.User
+}
