@@ -40,7 +40,9 @@ func commands() []command {
 		{"ca", "show and rotate the CA, or create an offline root", runCA},
 		{"proxy", "run the mTLS sidecar: inbound authorisation, outbound identity checks", runProxy},
 		{"policy", "manage authorisation policies; test and explain them", runPolicy},
-		{"audit", "verify the tamper-evident audit log", runAudit},
+		{"audit", "verify, query and export the tamper-evident audit log", runAudit},
+		{"detect", "test detection rules against a log; print the built-in rules", runDetect},
+		{"alert", "list, acknowledge and resolve detection alerts", runAlert},
 		{"demo", "start a secured sample system on loopback", runDemo},
 		{"version", "print the version", func(_ context.Context, e *cliEnv, _ []string) error {
 			fmt.Fprintln(e.stdout, "rampart", version)

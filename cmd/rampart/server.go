@@ -48,6 +48,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.DurationVar(&cfg.JoinTokenTTL, "join-token-ttl", server.DefaultJoinTokenTTL, "default join token lifetime")
 	fs.DurationVar(&cfg.RootTTL, "root-ttl", 0, "root CA lifetime (default 8760h)")
 	fs.DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 0, "intermediate CA lifetime (default 72h)")
+	detectRules := fs.String("detect-rules", "", "detection rules and alert sinks (YAML; default: the built-in rules, see rampart detect rules)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	if err := parse(env, fs, args); err != nil {
@@ -61,6 +62,11 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 		return usagef("--trust-domain %q: %v", td, err)
 	}
 	cfg.DNSNames = dns
+	if *detectRules != "" {
+		if cfg.DetectRules, err = os.ReadFile(*detectRules); err != nil {
+			return fmt.Errorf("--detect-rules: %w", err)
+		}
+	}
 	if cfg.Log, err = newLogger(env, logLevel, logFormat); err != nil {
 		return err
 	}

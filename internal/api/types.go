@@ -208,3 +208,25 @@ type AuditIngestResponse struct {
 	Stream       string `json:"stream"`
 	AckedThrough uint64 `json:"acked_through"`
 }
+
+// Alert is a detection alert.
+type Alert struct {
+	ID         string    `json:"id"`
+	Rule       string    `json:"rule"`
+	Severity   string    `json:"severity"`
+	Group      string    `json:"group,omitempty"`
+	Summary    string    `json:"summary"`
+	FirstSeen  time.Time `json:"first_seen"`
+	LastSeen   time.Time `json:"last_seen"`
+	Count      int64     `json:"count"`
+	FirstIndex int64     `json:"first_index"` // audit log index of the entry that raised it
+	LastIndex  int64     `json:"last_index"`
+	Status     string    `json:"status"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// SetAlertStatusRequest changes an alert's status (open, acknowledged, resolved).
+type SetAlertStatusRequest struct {
+	Status string `json:"status"`
+	Note   string `json:"note,omitempty"`
+}

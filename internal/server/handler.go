@@ -54,6 +54,11 @@ func (s *Server) Handler() http.Handler {
 	route("DELETE /v1/policy", s.admin(s.handleDeletePolicy))
 	route("GET /v1/workload/sync", s.workload(s.handleWorkloadSync))
 
+	// Detection alerts.
+	route("GET /v1/alerts", s.admin(s.handleListAlerts))
+	route("GET /v1/alerts/{id}", s.admin(s.handleGetAlert))
+	route("POST /v1/alerts/{id}/status", s.admin(s.handleSetAlertStatus))
+
 	// Audit entries from agents' and proxies' spools.
 	route("POST /v1/audit/ingest", s.workload(s.handleIngest))
 

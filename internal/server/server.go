@@ -23,6 +23,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/store"
@@ -61,6 +62,9 @@ type Config struct {
 	AgentTTL        time.Duration
 	JoinTokenTTL    time.Duration
 
+	// DetectRules is a detection rules file (nil: the default rules).
+	DetectRules []byte
+
 	Now func() time.Time
 	Log *slog.Logger
 }
@@ -74,6 +78,8 @@ type Server struct {
 	// auditSigner signs the audit log's checkpoints.
 	auditSigner note.Signer
 	ingest      *ingest
+	detector    *detect.Tailer
+	notifier    *detect.Notifier
 	log         *slog.Logger
 	now         func() time.Time
 	metrics     *metrics
@@ -177,6 +183,10 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		s.audit.Close()
 		return nil, err
 	}
+	if err := s.startDetect(); err != nil {
+		s.audit.Close()
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	token, err := loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "admin.token"))
 	if err != nil {
 		return nil, err
@@ -203,6 +213,7 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 func (s *Server) Close() error {
 	last := int64(-1)
 	s.checkpoint(&last)
+	s.notifier.Close()
 	return errors.Join(s.audit.Close(), s.store.Close())
 }
 
@@ -224,6 +235,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go s.maintain(bg)
 	go s.pollRevision(bg)
 	go s.checkpointLoop(bg)
+	go s.detector.Run(bg)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	s.log.Info("server listening", "addr", ln.Addr().String(), "trust_domain", s.cfg.TrustDomain.Name())

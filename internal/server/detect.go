@@ -1,0 +1,122 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/detect"
+	"github.com/rampartsec/rampart/internal/store"
+)
+
+// startDetect parses the rules (the embedded defaults when none are given)
+// and prepares the tailer and the notifier; Serve runs the tailer.
+func (s *Server) startDetect() error {
+	src := s.cfg.DetectRules
+	if src == nil {
+		src = detect.DefaultRules()
+	}
+	rs, err := detect.Parse(src)
+	if err != nil {
+		return err
+	}
+	s.notifier = detect.NewNotifier(rs.Sinks, nil, s.log, s.reg)
+	s.detector = &detect.Tailer{Dir: filepath.Join(s.cfg.DataDir, "audit"), Engine: detect.NewEngine(rs), Store: s.store,
+		Log: s.log, Now: s.now, Registry: s.reg, OnAlert: s.onAlert}
+	s.log.Info("detection rules loaded", "rules", len(rs.Rules), "sinks", len(rs.Sinks))
+	return nil
+}
+
+// onAlert notifies the sinks and records the alert in the audit log.
+func (s *Server) onAlert(ctx context.Context, a store.Alert) {
+	s.notifier.Notify(ctx, a)
+	e := &audit.Entry{V: audit.SchemaVersion, Time: s.now(), Actor: audit.Actor{User: "rampart-detect"}, Action: "detect.alert",
+		Target: a.Group, Outcome: audit.OutcomeSuccess, Reason: a.Summary, Source: "server",
+		Details: map[string]string{"alert_id": a.ID, "rule": a.Rule, "severity": a.Severity, "first_index": strconv.FormatInt(a.FirstIndex, 10)}}
+	if _, err := s.audit.AppendEntries(context.WithoutCancel(ctx), e); err != nil {
+		s.metrics.auditFailures.Inc()
+		s.log.Error("AUDIT LOG WRITE FAILED", "err", err)
+	}
+}
+
+func alertOut(a store.Alert) api.Alert {
+	return api.Alert{ID: a.ID, Rule: a.Rule, Severity: a.Severity, Group: a.Group, Summary: a.Summary, FirstSeen: a.FirstSeen,
+		LastSeen: a.LastSeen, Count: a.Count, FirstIndex: a.FirstIndex, LastIndex: a.LastIndex, Status: a.Status, UpdatedAt: a.UpdatedAt}
+}
+
+func (s *Server) handleListAlerts(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := store.AlertFilter{Rule: q.Get("rule"), Status: q.Get("status")}
+	if v := q.Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			writeProblem(w, http.StatusBadRequest, "since: want an RFC 3339 time")
+			return
+		}
+		f.Since = t
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeProblem(w, http.StatusBadRequest, "limit: want a positive number")
+			return
+		}
+		f.Limit = n
+	}
+	as, err := s.store.ListAlerts(r.Context(), f)
+	if err != nil {
+		s.internalError(w, err)
+		return
+	}
+	out := make([]api.Alert, len(as))
+	for i, a := range as {
+		out[i] = alertOut(a)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleGetAlert(w http.ResponseWriter, r *http.Request) {
+	a, err := s.store.GetAlert(r.Context(), r.PathValue("id"))
+	if errors.Is(err, store.ErrNotFound) {
+		writeProblem(w, http.StatusNotFound, "no alert "+r.PathValue("id"))
+		return
+	}
+	if err != nil {
+		s.internalError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, alertOut(a))
+}
+
+func (s *Server) handleSetAlertStatus(w http.ResponseWriter, r *http.Request) {
+	var req api.SetAlertStatusRequest
+	if err := decode(r, &req); err != nil {
+		writeProblem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	id := r.PathValue("id")
+	err := s.store.SetAlertStatus(r.Context(), id, req.Status, s.now())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeProblem(w, http.StatusNotFound, "no alert "+id)
+		return
+	case err != nil && req.Status != store.AlertOpen && req.Status != store.AlertAcknowledged && req.Status != store.AlertResolved:
+		writeProblem(w, http.StatusBadRequest, "status: want open, acknowledged or resolved")
+		return
+	case err != nil:
+		s.internalError(w, err)
+		return
+	}
+	s.event(r, "alert.status", "alert_id", id, "status", req.Status, "note", req.Note)
+	s.handleGetAlert(w, r)
+}
+
+func (s *Server) internalError(w http.ResponseWriter, err error) {
+	s.log.Error("store error", "err", err)
+	writeProblem(w, http.StatusInternalServerError, "the store failed; see the server log")
+}
