@@ -70,6 +70,16 @@ func TestDemo(t *testing.T) {
 			t.Errorf("attack %s not reported stopped:\n%s", name, block)
 		}
 	}
+	// Detect: the attacks that leave a pattern raise the matching alert.
+	for name, rule := range map[string]string{"forbidden-call": "alert denied-burst", "revoked-agent": "alert revoked-credential-use", "tampered-audit-entry": "no longer hashes"} {
+		block := out[strings.Index(out, "attack "+name):]
+		if i := strings.Index(block[1:], "\nattack "); i > 0 {
+			block = block[:i]
+		}
+		if !strings.Contains(block, "detect:  ") || !strings.Contains(block, rule) {
+			t.Errorf("attack %s: detection not reported (want %q):\n%s", name, rule, block)
+		}
+	}
 	if !strings.Contains(out, "12 attacks, 12 stopped, 0 not stopped") {
 		t.Fatalf("summary missing:\n%s", out)
 	}

@@ -48,7 +48,7 @@ func Attacks() []Attack {
 		{"eavesdrop-plaintext", "talk to the payments port in plain HTTP, then with TLS 1.2, hoping for traffic to read or downgrade", attackPlaintext},
 		{"no-client-certificate", "call payments over TLS without a client certificate", attackNoClientCert},
 		{"forged-identity-header", "call orders through the gateway with X-Rampart-Caller and X-Forwarded-Client-Cert claiming to be payments-admin", attackForgedHeader},
-		{"forbidden-call", "as orders, DELETE a payment (orders may only read them)", attackForbiddenCall},
+		{"forbidden-call", "as orders, DELETE payments 1 to 25 (orders may only read them)", attackForbiddenCall},
 		{"path-tricks", "reach /admin through the gateway with .., %2e%2e, %2F and // in the path", attackPathTricks},
 		{"tampered-audit-entry", "flip one byte of the newest audit entry on disk to cover tracks", attackTamperAudit},
 	}
@@ -89,7 +89,7 @@ func runAttacks(ctx context.Context, w io.Writer, sys *System, attacks []Attack)
 			continue
 		}
 		fmt.Fprintf(w, "  prevent: %s\n", out.Prevent)
-		fmt.Fprintf(w, "  detect:  %s\n", orPending(out.Detect, "(audit log and detection rules: not yet built)"))
+		fmt.Fprintf(w, "  detect:  %s\n", orPending(out.Detect, "recorded in the audit log (rampart audit query); no rule alerts on a single refusal"))
 		fmt.Fprintf(w, "  respond: %s\n", orPending(out.Respond, "(playbooks: not yet built)"))
 		fmt.Fprintf(w, "  result:  STOPPED\n\n")
 	}
@@ -212,6 +212,7 @@ func attackUnregisteredWorkload(ctx context.Context, sys *System) (Outcome, erro
 }
 
 func attackRevokedAgent(ctx context.Context, sys *System) (Outcome, error) {
+	start := time.Now()
 	name := fmt.Sprintf("rogue-%d", time.Now().UnixNano())
 	var jt api.CreateJoinTokenResponse
 	if err := sys.Admin.Do(ctx, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: name}, &jt); err != nil {
@@ -239,5 +240,40 @@ func attackRevokedAgent(ctx context.Context, sys *System) (Outcome, error) {
 	if err == nil {
 		return Outcome{}, errors.New("the revoked agent certificate renewed")
 	}
-	return Outcome{Stopped: true, Prevent: "the server refused the revoked certificate (serial " + serial + ") at the TLS handshake: " + lastLine(err.Error())}, nil
+	out := Outcome{Stopped: true, Prevent: "the server refused the revoked certificate (serial " + serial + ") at the TLS handshake: " + lastLine(err.Error())}
+	a, err := waitAlert(ctx, sys, "revoked-credential-use", start)
+	if err != nil {
+		return Outcome{}, err
+	}
+	out.Detect = alertLine(a)
+	return out, nil
+}
+
+// waitAlert waits for an alert of rule that fired at or after since (a new
+// one, or one of an earlier run that fired again).
+func waitAlert(ctx context.Context, sys *System, rule string, since time.Time) (api.Alert, error) {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var as []api.Alert
+		if err := sys.Admin.Do(ctx, http.MethodGet, "/v1/alerts?rule="+rule, nil, &as); err != nil {
+			return api.Alert{}, err
+		}
+		for _, a := range as {
+			if !a.LastSeen.Before(since.Add(-time.Second)) {
+				return a, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return api.Alert{}, fmt.Errorf("no %s alert within 20s", rule)
+		}
+		select {
+		case <-ctx.Done():
+			return api.Alert{}, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func alertLine(a api.Alert) string {
+	return fmt.Sprintf("alert %s [%s] %s (rampart alert show %s)", a.Rule, a.Severity, a.Summary, a.ID)
 }

@@ -69,21 +69,34 @@ func attackForgedHeader(ctx context.Context, sys *System) (Outcome, error) {
 }
 
 func attackForbiddenCall(ctx context.Context, sys *System) (Outcome, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodDelete, "http://"+sys.Services.OrdersToPay+"/payments/1", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return Outcome{}, err
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		return Outcome{}, fmt.Errorf("orders deleted a payment: %d %s", resp.StatusCode, b)
+	start := time.Now()
+	var last []byte
+	// 25 tries, as an intruder holding orders' identity would probe: a
+	// burst the denied-burst rule is there to notice.
+	for i := range 25 {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodDelete, fmt.Sprintf("http://%s/payments/%d", sys.Services.OrdersToPay, i+1), nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return Outcome{}, err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			return Outcome{}, fmt.Errorf("orders deleted a payment: %d %s", resp.StatusCode, b)
+		}
+		last = b
 	}
 	var p struct {
 		Detail string `json:"detail"`
 	}
-	json.Unmarshal(b, &p)
-	return Outcome{Stopped: true, Prevent: "payments' policy allows orders only GET /payments/{id}: 403 \"" + p.Detail + "\" (the caller learns the policy version, not its rules)"}, nil
+	json.Unmarshal(last, &p)
+	out := Outcome{Stopped: true, Prevent: "payments' policy allows orders only GET /payments/{id}: 25 × 403 \"" + p.Detail + "\" (the caller learns the policy version, not its rules)"}
+	a, err := waitAlert(ctx, sys, "denied-burst", start)
+	if err != nil {
+		return Outcome{}, err
+	}
+	out.Detect = alertLine(a)
+	return out, nil
 }
 
 func attackPathTricks(ctx context.Context, sys *System) (Outcome, error) {
