@@ -31,6 +31,7 @@ func TestAuditSurvivesKill9DuringIngestion(t *testing.T) {
 	streams := make([]string, senders)
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
+	began := time.Now()
 	for w := range senders {
 		streams[w] = fmt.Sprintf("%032x", w+1)
 		wg.Go(func() {
@@ -63,6 +64,7 @@ func TestAuditSurvivesKill9DuringIngestion(t *testing.T) {
 		return nil
 	})
 	s.kill()
+	elapsed := time.Since(began)
 	close(stop)
 	wg.Wait()
 
@@ -100,5 +102,5 @@ func TestAuditSurvivesKill9DuringIngestion(t *testing.T) {
 	if out, err := cli(t, nil, "audit", "verify", "--data", s.dir); err != nil {
 		t.Fatalf("audit verify after kill -9: %v\n%s", err, out)
 	}
-	t.Logf("%d acknowledged entries all present after kill -9", total)
+	t.Logf("%d acknowledged entries all present after kill -9 (%.0f entries/s acknowledged over mTLS before the kill)", total, float64(total)/elapsed.Seconds())
 }
