@@ -49,7 +49,7 @@ rules:
 		c, cc := context.WithTimeout(ctx, 3*time.Second)
 		defer cc()
 		var err error
-		src, err = sdk.New(c, sdk.WithSocket(m.a.socket), sdk.WithServer(m.s.addr), sdk.WithPolicyCache(t.TempDir()))
+		src, err = sdk.New(c, sdk.WithSocket(m.a.socket), sdk.WithServer(m.s.addr), sdk.WithPolicyCache(t.TempDir()), sdk.WithAuditSpool(filepath.Join(m.binDir, "ledger-spool")))
 		return err
 	})
 	defer src.Close()
@@ -85,6 +85,14 @@ rules:
 	if code, body := get(t, "http://"+outA+"/admin", nil); code != 403 || !strings.Contains(body, "policy version") {
 		t.Fatalf("SDK did not deny: %d %s", code, body)
 	}
+	// The SDK's decisions reach the audit log like the proxy's.
+	eventually(t, 20*time.Second, "SDK decisions in the audit log", func() error {
+		out := mustCLI(t, nil, "audit", "query", "--data", m.s.dir, "--action", "authz.decision", "--target", "spiffe://example.org/ledger", "--outcome", "denied", "--json")
+		if !strings.Contains(out, `"path":"/admin"`) || !strings.Contains(out, `"source":"spiffe://example.org/ledger"`) {
+			return fmt.Errorf("no denied /admin decision from the SDK yet: %s", out)
+		}
+		return nil
+	})
 
 	// Call payments' proxy with the SDK client.
 	inB := m.proxy("payments", "--inbound", "127.0.0.1:0", "--app", app(t))[0]

@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
@@ -31,6 +33,7 @@ type options struct {
 	cacheDir string
 	log      *slog.Logger
 	sink     authz.Sink
+	spoolDir string
 }
 
 // WithSocket sets the agent's Workload API socket path.
@@ -43,6 +46,11 @@ func WithServer(addr string) Option { return func(o *options) { o.server = addr 
 // WithPolicyCache keeps the last policy in dir, so a restart while the
 // server is down still enforces it.
 func WithPolicyCache(dir string) Option { return func(o *options) { o.cacheDir = dir } }
+
+// WithAuditSpool records every decision in the server's audit log, as the
+// proxy does: entries wait in dir (created 0700) while the server is away
+// and are delivered once. Needs WithServer (or RAMPART_SERVER).
+func WithAuditSpool(dir string) Option { return func(o *options) { o.spoolDir = dir } }
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
@@ -64,6 +72,7 @@ type Source struct {
 	id    spiffeid.ID
 	guard *authz.Guard
 	revs  *mtls.Revocations
+	spool *spool.Spool // nil unless WithAuditSpool
 }
 
 // New connects to the agent and waits for the first SVID.
@@ -96,11 +105,23 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 	if o.sink != nil {
 		sink = o.sink
 	}
+	if o.spoolDir != "" {
+		if o.server == "" {
+			src.Close()
+			return nil, errors.New("sdk: WithAuditSpool needs WithServer: the spool delivers to the server")
+		}
+		sp, shipping, err := authz.ShipDecisions(o.spoolDir, o.server, sv.ID.TrustDomain(), src, src, sink, o.log, nil)
+		if err != nil {
+			src.Close()
+			return nil, fmt.Errorf("sdk: %w", err)
+		}
+		s.spool, sink = sp, shipping
+	}
 	s.guard = authz.NewGuard(authz.GuardConfig{Service: sv.ID, Log: o.log, Sink: sink})
 	if o.server != "" {
 		sy := &authz.Syncer{ServerAddr: o.server, SVID: src, Bundles: src, Guard: s.guard, Revocations: s.revs, CacheDir: o.cacheDir, Log: o.log}
 		if err := sy.Start(ctx); err != nil {
-			src.Close()
+			s.Close()
 			return nil, err
 		}
 	}
@@ -110,8 +131,14 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 // ID is this service's SPIFFE ID.
 func (s *Source) ID() spiffeid.ID { return s.id }
 
-// Close stops following the Workload API.
-func (s *Source) Close() error { return s.x509.Close() }
+// Close stops following the Workload API and the audit spool (what it holds
+// is delivered after the next start).
+func (s *Source) Close() error {
+	if s.spool != nil {
+		s.spool.Close()
+	}
+	return s.x509.Close()
+}
 
 // SetPolicy installs a policy from its YAML source, replacing any other
 // (use it when no server distributes policies).

@@ -5,7 +5,13 @@ import (
 	"log/slog"
 	"strconv"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/spool"
 )
 
 // Recorder takes audit entries; *spool.Spool implements it.
@@ -64,4 +70,17 @@ func (ss Sinks) Decision(ctx context.Context, ev Event) {
 	for _, s := range ss {
 		s.Decision(ctx, ev)
 	}
+}
+
+// ShipDecisions opens a spool in dir that delivers decisions to the server's
+// audit log over mTLS, and returns a sink that records into it alongside
+// next (the log sink, usually). Close the spool when done.
+func ShipDecisions(dir, serverAddr string, td spiffeid.TrustDomain, svid x509svid.Source, bundles x509bundle.Source,
+	next Sink, log *slog.Logger, reg *prometheus.Registry) (*spool.Spool, Sink, error) {
+	sp, err := spool.Open(spool.Config{Dir: dir, Log: log, Registry: reg,
+		Sender: spool.APISender{Client: ServerClient(serverAddr, td, svid, bundles)}})
+	if err != nil {
+		return nil, nil, err
+	}
+	return sp, Sinks{next, AuditSink{Recorder: sp, Log: log}}, nil
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
 )
@@ -113,13 +112,12 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.AuditSpool = filepath.Join(cfg.DataDir, "audit-spool")
 	}
 	if cfg.ServerAddr != "" && cfg.AuditSpool != "" && cfg.Inbound != nil {
-		sp, err := spool.Open(spool.Config{Dir: cfg.AuditSpool, Log: cfg.Log, Registry: cfg.Registry,
-			Sender: spool.APISender{Client: authz.ServerClient(cfg.ServerAddr, td, src, src)}})
+		sp, s, err := authz.ShipDecisions(cfg.AuditSpool, cfg.ServerAddr, td, src, src, sink, cfg.Log, cfg.Registry)
 		if err != nil {
 			return fmt.Errorf("proxy: %w", err)
 		}
 		defer sp.Close()
-		sink = authz.Sinks{sink, authz.AuditSink{Recorder: sp, Log: cfg.Log}}
+		sink = s
 	} else if cfg.Inbound != nil {
 		cfg.Log.Warn("decisions go to the log only, not to the audit log: give --server and --data (or --audit-spool)")
 	}
