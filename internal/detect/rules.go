@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/cel-go/cel"
 	"gopkg.in/yaml.v3"
+
+	"github.com/rampartsec/rampart/internal/yamlfields"
 )
 
 // Severities, lowest first.
@@ -263,21 +265,11 @@ func parseSink(n *yaml.Node, where string) (Sink, error) {
 }
 
 func fields(n *yaml.Node, where string, allowed ...string) (map[string]*yaml.Node, error) {
-	if n.Kind != yaml.MappingNode {
-		return nil, errAt(n, where, "want a mapping")
+	m, err := yamlfields.Map(n, where, allowed...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", "detect", err)
 	}
-	out := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if !slices.Contains(allowed, k.Value) {
-			return nil, errAt(k, where, "unknown field %q (want one of %s)", k.Value, strings.Join(allowed, ", "))
-		}
-		if _, dup := out[k.Value]; dup {
-			return nil, errAt(k, where, "field %q given twice", k.Value)
-		}
-		out[k.Value] = v
-	}
-	return out, nil
+	return m, nil
 }
 
 func strList(f map[string]*yaml.Node, key, where string) ([]string, error) {

@@ -13,6 +13,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
+
+	"github.com/rampartsec/rampart/internal/yamlfields"
 )
 
 // Mode says whether a policy is enforced.
@@ -115,21 +117,11 @@ func errAt(n *yaml.Node, field, format string, a ...any) error {
 // fields checks that n is a mapping with only the allowed keys and returns
 // key -> value nodes.
 func fields(n *yaml.Node, where string, allowed ...string) (map[string]*yaml.Node, error) {
-	if n.Kind != yaml.MappingNode {
-		return nil, errAt(n, where, "want a mapping")
+	m, err := yamlfields.Map(n, where, allowed...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", "policy", err)
 	}
-	out := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if !slices.Contains(allowed, k.Value) {
-			return nil, errAt(k, where, "unknown field %q (want one of %s)", k.Value, strings.Join(allowed, ", "))
-		}
-		if _, dup := out[k.Value]; dup {
-			return nil, errAt(k, where, "field %q given twice", k.Value)
-		}
-		out[k.Value] = v
-	}
-	return out, nil
+	return m, nil
 }
 
 func scalar(n *yaml.Node, field string) (string, error) {
