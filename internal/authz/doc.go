@@ -18,8 +18,9 @@
 //     X-Forwarded-Client-Cert headers (proxy), and the request context
 //     (SDK: CallerID);
 //  7. records a decision Event (caller, target, method, path, rule, outcome,
-//     dry-run, latency) to a Sink. Until the audit log lands, LogSink writes a
-//     structured log line.
+//     dry-run, latency) to a Sink: LogSink writes a structured log line,
+//     AuditSink an authz.decision entry into a spool that ships it to the
+//     server's audit log (ShipDecisions sets both up).
 //
 // Syncer keeps the guard's policy and the revocation list current by long
 // polling the server with the workload's own SVID, and caches the last answer

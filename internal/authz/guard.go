@@ -39,7 +39,7 @@ type Event struct {
 	Latency time.Duration // time spent deciding
 }
 
-// Sink receives decision events. The audit log will implement it.
+// Sink receives decision events (LogSink, AuditSink, Sinks).
 type Sink interface {
 	Decision(ctx context.Context, e Event)
 }
