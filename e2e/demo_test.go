@@ -71,7 +71,8 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	// Detect: the attacks that leave a pattern raise the matching alert.
-	for name, rule := range map[string]string{"forbidden-call": "alert denied-burst", "revoked-agent": "alert revoked-credential-use", "tampered-audit-entry": "no longer hashes"} {
+	for name, rule := range map[string]string{"admin-without-token": "denied admin.auth entry in the audit log", "foreign-ca-agent": "denied tls.client_auth entry",
+		"csr-for-another-id": "denied svid.issue entry", "path-tricks": "denied authz.decision entry", "forbidden-call": "alert denied-burst", "revoked-agent": "alert revoked-credential-use", "tampered-audit-entry": "no longer hashes"} {
 		block := out[strings.Index(out, "attack "+name):]
 		if i := strings.Index(block[1:], "\nattack "); i > 0 {
 			block = block[:i]

@@ -87,6 +87,9 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
+	if o.spoolDir != "" && o.server == "" {
+		return nil, errors.New("sdk: WithAuditSpool needs WithServer (or RAMPART_SERVER): the spool delivers to the server")
+	}
 	addr := o.socket
 	if len(addr) > 0 && addr[0] == '/' {
 		addr = "unix://" + addr
@@ -106,10 +109,6 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		sink = o.sink
 	}
 	if o.spoolDir != "" {
-		if o.server == "" {
-			src.Close()
-			return nil, errors.New("sdk: WithAuditSpool needs WithServer: the spool delivers to the server")
-		}
 		sp, shipping, err := authz.ShipDecisions(o.spoolDir, o.server, sv.ID.TrustDomain(), src, src, sink, o.log, nil)
 		if err != nil {
 			src.Close()

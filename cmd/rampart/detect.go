@@ -18,6 +18,7 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/detect"
+	"github.com/rampartsec/rampart/internal/server"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -143,8 +144,7 @@ func runDetect(_ context.Context, env *cliEnv, args []string) error {
 		a := alerts[id]
 		fired[a.Rule]++
 		if *asJSON {
-			b, _ := json.Marshal(api.Alert{ID: a.ID, Rule: a.Rule, Severity: a.Severity, Group: a.Group, Summary: a.Summary,
-				FirstSeen: a.FirstSeen, LastSeen: a.LastSeen, Count: a.Count, FirstIndex: a.FirstIndex, LastIndex: a.LastIndex, Status: a.Status})
+			b, _ := json.Marshal(server.AlertToAPI(*a))
 			fmt.Fprintln(env.stdout, string(b))
 			continue
 		}

@@ -45,9 +45,9 @@ func DecisionEntry(ev Event) *audit.Entry {
 	if !ev.Allowed {
 		e.Outcome = audit.OutcomeDenied
 	}
-	for k, v := range map[string]string{"method": ev.Method, "path": ev.Path, "rule": ev.Rule, "policy_version": ev.Version, "remote": ev.Remote} {
-		if v != "" {
-			e.Details[k] = v
+	for _, kv := range [...][2]string{{"method", ev.Method}, {"path", ev.Path}, {"rule", ev.Rule}, {"policy_version", ev.Version}, {"remote", ev.Remote}} {
+		if kv[1] != "" {
+			e.Details[kv[0]] = kv[1]
 		}
 	}
 	if ev.DryRun {

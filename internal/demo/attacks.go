@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/identity"
 )
 
@@ -25,7 +27,10 @@ import (
 type Outcome struct {
 	Stopped bool
 	Prevent string // what stopped it
-	Detect  string // which alert fired ("" until detection lands)
+	Detect  string // which alert fired; "" if none
+	// Audited is the action of the denied audit entry the attempt must
+	// leave; runAttacks checks that it is in the log.
+	Audited string
 	Respond string // what the playbook did ("" until respond lands)
 }
 
@@ -77,7 +82,13 @@ func runAttacks(ctx context.Context, w io.Writer, sys *System, attacks []Attack)
 	failed := 0
 	for _, a := range attacks {
 		fmt.Fprintf(w, "attack %s\n  tried:   %s\n", a.Name, a.Tried)
+		start := time.Now()
 		out, err := a.Run(ctx, sys)
+		if err == nil && out.Audited != "" && out.Detect == "" {
+			if err = waitAudited(ctx, sys, out.Audited, start); err == nil {
+				out.Detect = "denied " + out.Audited + " entry in the audit log (rampart audit query --action " + out.Audited + "); no rule alerts on a single refusal"
+			}
+		}
 		if err != nil {
 			failed++
 			fmt.Fprintf(w, "  ERROR:   %v\n\n", err)
@@ -89,7 +100,7 @@ func runAttacks(ctx context.Context, w io.Writer, sys *System, attacks []Attack)
 			continue
 		}
 		fmt.Fprintf(w, "  prevent: %s\n", out.Prevent)
-		fmt.Fprintf(w, "  detect:  %s\n", orPending(out.Detect, "recorded in the audit log (rampart audit query); no rule alerts on a single refusal"))
+		fmt.Fprintf(w, "  detect:  %s\n", orPending(out.Detect, "no audit entry for this attempt yet: agents and proxies audit policy decisions, not refused handshakes or stripped headers"))
 		fmt.Fprintf(w, "  respond: %s\n", orPending(out.Respond, "(playbooks: not yet built)"))
 		fmt.Fprintf(w, "  result:  STOPPED\n\n")
 	}
@@ -121,7 +132,7 @@ func attackAdminToken(ctx context.Context, sys *System) (Outcome, error) {
 		}
 		statuses = append(statuses, fmt.Sprint(p.Status))
 	}
-	return Outcome{Stopped: true, Prevent: "the server answered " + strings.Join(statuses, " and ") + " Unauthorized: admin calls need the 256-bit admin token, compared in constant time"}, nil
+	return Outcome{Stopped: true, Prevent: "the server answered " + strings.Join(statuses, " and ") + " Unauthorized: admin calls need the 256-bit admin token, compared in constant time", Audited: "admin.auth"}, nil
 }
 
 func attackJoinTokenReplay(ctx context.Context, sys *System) (Outcome, error) {
@@ -135,7 +146,7 @@ func attackJoinTokenReplay(ctx context.Context, sys *System) (Outcome, error) {
 	if !errors.As(err, &p) || p.Status != http.StatusUnauthorized {
 		return Outcome{}, fmt.Errorf("replayed join token was not refused: %v", err)
 	}
-	return Outcome{Stopped: true, Prevent: "the server refused it (401 " + p.Detail + "): a join token is spent atomically on first use"}, nil
+	return Outcome{Stopped: true, Prevent: "the server refused it (401 " + p.Detail + "): a join token is spent atomically on first use", Audited: "agent.attest"}, nil
 }
 
 func attackForeignCA(ctx context.Context, sys *System) (Outcome, error) {
@@ -154,7 +165,7 @@ func attackForeignCA(ctx context.Context, sys *System) (Outcome, error) {
 		resp.Body.Close()
 		return Outcome{}, fmt.Errorf("server accepted a foreign certificate (status %d)", resp.StatusCode)
 	}
-	return Outcome{Stopped: true, Prevent: "TLS handshake refused (" + lastLine(err.Error()) + "): the certificate does not chain to the trust bundle"}, nil
+	return Outcome{Stopped: true, Prevent: "TLS handshake refused (" + lastLine(err.Error()) + "): the certificate does not chain to the trust bundle", Audited: "tls.client_auth"}, nil
 }
 
 func attackCSR(ctx context.Context, sys *System) (Outcome, error) {
@@ -187,7 +198,7 @@ func attackCSR(ctx context.Context, sys *System) (Outcome, error) {
 		}
 		reasons = append(reasons, r.Error)
 	}
-	return Outcome{Stopped: true, Prevent: "the CA refused both CSRs: " + strings.Join(reasons, "; ")}, nil
+	return Outcome{Stopped: true, Prevent: "the CA refused both CSRs: " + strings.Join(reasons, "; "), Audited: "svid.issue"}, nil
 }
 
 func attackUnregisteredWorkload(ctx context.Context, sys *System) (Outcome, error) {
@@ -247,6 +258,37 @@ func attackRevokedAgent(ctx context.Context, sys *System) (Outcome, error) {
 	}
 	out.Detect = alertLine(a)
 	return out, nil
+}
+
+// waitAudited waits for a denied entry of action at or after since (entries
+// from proxies arrive through their spools, so not at once).
+func waitAudited(ctx context.Context, sys *System, action string, since time.Time) error {
+	dir := filepath.Join(sys.Dir, "server", "audit")
+	deadline := time.Now().Add(20 * time.Second)
+	from := int64(0)
+	for {
+		found := false
+		err := audit.Scan(dir, from, func(i int64, raw []byte) error {
+			from = i + 1
+			var e audit.Entry
+			if json.Unmarshal(raw, &e) == nil && e.Action == action && e.Outcome == audit.OutcomeDenied && !e.Time.Before(since) {
+				found = true
+				return audit.ErrStop
+			}
+			return nil
+		})
+		if err != nil || found {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no denied %s entry in the audit log within 20s", action)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // waitAlert waits for an alert of rule that fired at or after since (a new

@@ -120,5 +120,5 @@ func attackPathTricks(ctx context.Context, sys *System) (Outcome, error) {
 		}
 		got = append(got, fmt.Sprintf("%s -> %d", target, resp.StatusCode))
 	}
-	return Outcome{Stopped: true, Prevent: "paths are normalised before the policy and ambiguous ones refused: " + strings.Join(got, ", ")}, nil
+	return Outcome{Stopped: true, Prevent: "paths are normalised before the policy and ambiguous ones refused: " + strings.Join(got, ", "), Audited: "authz.decision"}, nil
 }

@@ -231,22 +231,10 @@ func newInboundServer(in *Inbound, guard *authz.Guard, m *metrics, errLog *log.L
 	if err != nil {
 		return nil, err
 	}
-	target := &url.URL{Scheme: scheme, Host: in.App}
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			pr.Out.Host = pr.In.Host
-		},
-		Transport: t,
-		// 0: ReverseProxy flushes at once for responses of unknown length
-		// (gRPC, server-sent events) and buffers the rest.
-		FlushInterval: 0,
-		ErrorLog:      errLog,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			m.upstreamErrors.WithLabelValues("inbound").Inc()
-			authz.WriteProblem(w, http.StatusBadGateway, "the service behind this proxy did not answer")
-		},
-	}
+	rp := reverseProxy(&url.URL{Scheme: scheme, Host: in.App}, t, errLog, func(w http.ResponseWriter, err error) {
+		m.upstreamErrors.WithLabelValues("inbound").Inc()
+		authz.WriteProblem(w, http.StatusBadGateway, "the service behind this proxy did not answer")
+	})
 	return &http.Server{
 		Handler:           m.instrument("inbound", guard.Middleware(rp)),
 		ReadHeaderTimeout: readHeaderTimeout,
@@ -266,20 +254,10 @@ func newOutboundServer(out Outbound, clientCfg *tls.Config, m *metrics, errLog *
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: 60 * time.Second,
 	}
-	target := &url.URL{Scheme: "https", Host: out.Upstream}
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			pr.Out.Host = pr.In.Host
-		},
-		Transport:     t,
-		FlushInterval: 0,
-		ErrorLog:      errLog,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			m.upstreamErrors.WithLabelValues("outbound").Inc()
-			authz.WriteProblem(w, http.StatusBadGateway, "upstream "+out.ID.String()+" unreachable or not who it should be: "+err.Error())
-		},
-	}
+	rp := reverseProxy(&url.URL{Scheme: "https", Host: out.Upstream}, t, errLog, func(w http.ResponseWriter, err error) {
+		m.upstreamErrors.WithLabelValues("outbound").Inc()
+		authz.WriteProblem(w, http.StatusBadGateway, "upstream "+out.ID.String()+" unreachable or not who it should be: "+err.Error())
+	})
 	var p http.Protocols
 	p.SetHTTP1(true)
 	p.SetUnencryptedHTTP2(true) // the app may speak h2c (gRPC)
@@ -289,6 +267,22 @@ func newOutboundServer(out Outbound, clientCfg *tls.Config, m *metrics, errLog *
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          errLog,
 		Protocols:         &p,
+	}
+}
+
+// reverseProxy forwards to target, keeping the caller's Host header.
+func reverseProxy(target *url.URL, t http.RoundTripper, errLog *log.Logger, onErr func(http.ResponseWriter, error)) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+		},
+		Transport: t,
+		// 0: ReverseProxy flushes at once for responses of unknown length
+		// (gRPC, server-sent events) and buffers the rest.
+		FlushInterval: 0,
+		ErrorLog:      errLog,
+		ErrorHandler:  func(w http.ResponseWriter, _ *http.Request, err error) { onErr(w, err) },
 	}
 }
 

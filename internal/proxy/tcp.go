@@ -16,44 +16,52 @@ import (
 // serveTCPInbound terminates mTLS and copies bytes to the app. The policy is
 // applied to the connection's identity only (no method or path exists).
 func serveTCPInbound(ctx context.Context, ln net.Listener, app string, guard *authz.Guard, m *metrics, log *slog.Logger) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := ln.Accept()
+	serveConns(ln, func(c net.Conn) {
+		tc := c.(*tls.Conn)
+		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
 		if err != nil {
+			log.Debug("tcp inbound handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 			return
 		}
-		wg.Go(func() {
-			defer c.Close()
-			tc := c.(*tls.Conn)
-			hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-			err := tc.HandshakeContext(hctx)
-			cancel()
-			if err != nil {
-				log.Debug("tcp inbound handshake failed", "remote", c.RemoteAddr().String(), "err", err)
-				return
-			}
-			cs := tc.ConnectionState()
-			peer, err := mtls.PeerID(&cs)
-			if err != nil || !guard.AllowConn(ctx, peer, c.RemoteAddr().String()) {
-				m.tcpConns.WithLabelValues("inbound", "denied").Inc()
-				return
-			}
-			m.tcpConns.WithLabelValues("inbound", "allowed").Inc()
-			up, err := (&net.Dialer{Timeout: dialTimeout}).DialContext(ctx, "tcp", app)
-			if err != nil {
-				log.Warn("tcp inbound: app unreachable", "app", app, "err", err)
-				return
-			}
-			defer up.Close()
-			splice(ctx, c, up)
-		})
-	}
+		cs := tc.ConnectionState()
+		peer, err := mtls.PeerID(&cs)
+		if err != nil || !guard.AllowConn(ctx, peer, c.RemoteAddr().String()) {
+			m.tcpConns.WithLabelValues("inbound", "denied").Inc()
+			return
+		}
+		m.tcpConns.WithLabelValues("inbound", "allowed").Inc()
+		up, err := (&net.Dialer{Timeout: dialTimeout}).DialContext(ctx, "tcp", app)
+		if err != nil {
+			log.Warn("tcp inbound: app unreachable", "app", app, "err", err)
+			return
+		}
+		defer up.Close()
+		splice(ctx, c, up)
+	})
 }
 
 // serveTCPOutbound accepts plain TCP from the app and opens mTLS to the
 // upstream, which must present the expected SPIFFE ID.
 func serveTCPOutbound(ctx context.Context, ln net.Listener, out Outbound, clientCfg *tls.Config, m *metrics, log *slog.Logger) {
+	serveConns(ln, func(c net.Conn) {
+		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: dialTimeout}, Config: clientCfg}
+		up, err := d.DialContext(ctx, "tcp", out.Upstream)
+		if err != nil {
+			m.tcpConns.WithLabelValues("outbound", "failed").Inc()
+			log.Warn("tcp outbound: upstream refused or not who it should be", "upstream", out.Upstream, "want", out.ID.String(), "err", err)
+			return
+		}
+		defer up.Close()
+		m.tcpConns.WithLabelValues("outbound", "allowed").Inc()
+		splice(ctx, c, up)
+	})
+}
+
+// serveConns runs handle for every accepted connection (closing it after)
+// until the listener is closed, then waits for the handlers to finish.
+func serveConns(ln net.Listener, handle func(net.Conn)) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -63,16 +71,7 @@ func serveTCPOutbound(ctx context.Context, ln net.Listener, out Outbound, client
 		}
 		wg.Go(func() {
 			defer c.Close()
-			d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: dialTimeout}, Config: clientCfg}
-			up, err := d.DialContext(ctx, "tcp", out.Upstream)
-			if err != nil {
-				m.tcpConns.WithLabelValues("outbound", "failed").Inc()
-				log.Warn("tcp outbound: upstream refused or not who it should be", "upstream", out.Upstream, "want", out.ID.String(), "err", err)
-				return
-			}
-			defer up.Close()
-			m.tcpConns.WithLabelValues("outbound", "allowed").Inc()
-			splice(ctx, c, up)
+			handle(c)
 		})
 	}
 }

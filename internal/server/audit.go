@@ -113,10 +113,18 @@ func (s *Server) record(ctx context.Context, es ...*audit.Entry) {
 		}
 		s.log.LogAttrs(ctx, lvl, "audit", attrs...)
 	}
+	s.appendAudit(ctx, es...)
+}
+
+// appendAudit appends entries durably (even if ctx ends: the action they
+// describe has happened). A failure is logged loudly and counted.
+func (s *Server) appendAudit(ctx context.Context, es ...*audit.Entry) error {
 	if _, err := s.audit.AppendEntries(context.WithoutCancel(ctx), es...); err != nil {
 		s.metrics.auditFailures.Inc()
 		s.log.Error("AUDIT LOG WRITE FAILED", "err", err, "entries", len(es))
+		return err
 	}
+	return nil
 }
 
 // checkpointLoop publishes a signed checkpoint whenever the log grew.

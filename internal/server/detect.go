@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -38,13 +39,11 @@ func (s *Server) onAlert(ctx context.Context, a store.Alert) {
 	e := &audit.Entry{V: audit.SchemaVersion, Time: s.now(), Actor: audit.Actor{User: "rampart-detect"}, Action: "detect.alert",
 		Target: a.Group, Outcome: audit.OutcomeSuccess, Reason: a.Summary, Source: "server",
 		Details: map[string]string{"alert_id": a.ID, "rule": a.Rule, "severity": a.Severity, "first_index": strconv.FormatInt(a.FirstIndex, 10)}}
-	if _, err := s.audit.AppendEntries(context.WithoutCancel(ctx), e); err != nil {
-		s.metrics.auditFailures.Inc()
-		s.log.Error("AUDIT LOG WRITE FAILED", "err", err)
-	}
+	s.appendAudit(ctx, e) // not record: the tailer has already logged the alert
 }
 
-func alertOut(a store.Alert) api.Alert {
+// AlertToAPI is an alert as the API and the CLI show it.
+func AlertToAPI(a store.Alert) api.Alert {
 	return api.Alert{ID: a.ID, Rule: a.Rule, Severity: a.Severity, Group: a.Group, Summary: a.Summary, FirstSeen: a.FirstSeen,
 		LastSeen: a.LastSeen, Count: a.Count, FirstIndex: a.FirstIndex, LastIndex: a.LastIndex, Status: a.Status, UpdatedAt: a.UpdatedAt}
 }
@@ -75,7 +74,7 @@ func (s *Server) handleListAlerts(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]api.Alert, len(as))
 	for i, a := range as {
-		out[i] = alertOut(a)
+		out[i] = AlertToAPI(a)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -90,7 +89,7 @@ func (s *Server) handleGetAlert(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, alertOut(a))
+	writeJSON(w, http.StatusOK, AlertToAPI(a))
 }
 
 func (s *Server) handleSetAlertStatus(w http.ResponseWriter, r *http.Request) {
@@ -99,14 +98,17 @@ func (s *Server) handleSetAlertStatus(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	switch req.Status {
+	case store.AlertOpen, store.AlertAcknowledged, store.AlertResolved:
+	default:
+		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("status %q: want open, acknowledged or resolved", req.Status))
+		return
+	}
 	id := r.PathValue("id")
 	err := s.store.SetAlertStatus(r.Context(), id, req.Status, s.now())
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		writeProblem(w, http.StatusNotFound, "no alert "+id)
-		return
-	case err != nil && req.Status != store.AlertOpen && req.Status != store.AlertAcknowledged && req.Status != store.AlertResolved:
-		writeProblem(w, http.StatusBadRequest, "status: want open, acknowledged or resolved")
 		return
 	case err != nil:
 		s.internalError(w, err)

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -179,9 +178,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("audit stream gap", "stream", stream, "source", caller, "from", st.Last+1, "to", first-1)
 			fresh = append([]*audit.Entry{gap}, fresh...)
 		}
-		if _, err := s.audit.AppendEntries(context.WithoutCancel(r.Context()), fresh...); err != nil {
-			s.metrics.auditFailures.Inc()
-			s.log.Error("AUDIT LOG WRITE FAILED", "err", err, "entries", len(fresh), "source", caller)
+		if err := s.appendAudit(r.Context(), fresh...); err != nil {
 			writeProblem(w, http.StatusServiceUnavailable, "the audit log cannot be written; retry later")
 			return
 		}

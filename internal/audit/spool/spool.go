@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -204,7 +205,7 @@ func (s *Spool) load() error {
 		}
 		s.segments = append(s.segments, segment{first: first, size: fi.Size()})
 	}
-	slices.SortFunc(s.segments, func(a, b segment) int { return compare(a.first, b.first) })
+	slices.SortFunc(s.segments, func(a, b segment) int { return cmp.Compare(a.first, b.first) })
 	s.written = s.acked
 	if len(s.segments) == 0 {
 		return nil
@@ -243,16 +244,6 @@ func (s *Spool) load() error {
 		s.bytes += sg.size
 	}
 	return nil
-}
-
-func compare(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Stream returns the spool's stream ID.
