@@ -147,6 +147,44 @@ func (d dialect) migrations() [][]string {
 			updated_at  BIGINT NOT NULL
 		)`,
 		`CREATE INDEX alerts_first_seen ON alerts (first_seen)`,
+	}, {
+		// OAuth 2.0 / OIDC. Client and user attributes that no query
+		// selects on are one JSON document (data), so adding one needs no
+		// migration. Codes and refresh tokens are grants, stored by the
+		// SHA-256 of their value; family ties every token descended from
+		// one authorisation, so reuse can revoke them all.
+		`CREATE TABLE oauth_clients (
+			id          TEXT PRIMARY KEY,
+			secret_hash ` + d.blob + `,
+			data        TEXT NOT NULL,
+			created_at  BIGINT NOT NULL
+		)`,
+		`CREATE TABLE oauth_users (
+			username      TEXT PRIMARY KEY,
+			data          TEXT NOT NULL,
+			failed_logins INTEGER NOT NULL,
+			locked_until  BIGINT NOT NULL,
+			created_at    BIGINT NOT NULL
+		)`,
+		`CREATE TABLE oauth_grants (
+			hash       ` + d.blob + ` PRIMARY KEY,
+			kind       TEXT NOT NULL,
+			family     TEXT NOT NULL,
+			client_id  TEXT NOT NULL,
+			subject    TEXT NOT NULL,
+			data       ` + d.blob + ` NOT NULL,
+			expires_at BIGINT NOT NULL,
+			created_at BIGINT NOT NULL,
+			used_at    BIGINT NOT NULL,
+			revoked    INTEGER NOT NULL
+		)`,
+		`CREATE INDEX oauth_grants_family ON oauth_grants (family)`,
+		`CREATE TABLE oauth_revocations (
+			id         TEXT PRIMARY KEY,
+			reason     TEXT NOT NULL,
+			revoked_at BIGINT NOT NULL,
+			expires_at BIGINT NOT NULL
+		)`,
 	}}
 }
 
@@ -724,6 +762,8 @@ func (s *sqlStore) PruneExpired(ctx context.Context, now time.Time) error {
 			`DELETE FROM svids WHERE not_after < ?`,
 			`DELETE FROM revocations WHERE not_after < ?`,
 			`DELETE FROM join_tokens WHERE expires_at < ?`,
+			`DELETE FROM oauth_grants WHERE expires_at < ?`,
+			`DELETE FROM oauth_revocations WHERE expires_at < ?`,
 		} {
 			if _, err := tx.ExecContext(ctx, s.q(stmt), ns(now)); err != nil {
 				return err

@@ -17,6 +17,9 @@ var (
 	// ErrTokenInvalid: a join token is unknown, already used, or expired. The
 	// three are deliberately one error so a caller cannot probe which.
 	ErrTokenInvalid = errors.New("store: join token unknown, used or expired")
+	// ErrGrantReused: an authorisation code or refresh token was presented
+	// a second time (or after its family was revoked).
+	ErrGrantReused = errors.New("store: grant already used")
 )
 
 // Store is the control plane's persistent state. All methods are safe for
@@ -87,6 +90,44 @@ type Store interface {
 	// ListAlerts lists alerts first seen at or after f.Since, oldest first.
 	ListAlerts(ctx context.Context, f AlertFilter) ([]Alert, error)
 	SetAlertStatus(ctx context.Context, id, status string, at time.Time) error
+
+	// OAuth clients. The secret is never stored, only its SHA-256.
+	CreateOAuthClient(ctx context.Context, c OAuthClient) error
+	GetOAuthClient(ctx context.Context, id string) (OAuthClient, error)
+	ListOAuthClients(ctx context.Context) ([]OAuthClient, error)
+	DeleteOAuthClient(ctx context.Context, id string) error
+
+	// OAuth users of the built-in user store.
+	CreateOAuthUser(ctx context.Context, u OAuthUser) error
+	GetOAuthUser(ctx context.Context, username string) (OAuthUser, error)
+	ListOAuthUsers(ctx context.Context) ([]OAuthUser, error)
+	// UpdateOAuthUser replaces the user's attributes (not the failure
+	// counter or lock, which only the two calls below move).
+	UpdateOAuthUser(ctx context.Context, u OAuthUser) error
+	DeleteOAuthUser(ctx context.Context, username string) error
+	// LoginFailed counts one failed login, atomically; at the max-th
+	// consecutive failure the account locks until now+lockFor and the
+	// counter restarts. It returns the user as updated.
+	LoginFailed(ctx context.Context, username string, now time.Time, max int, lockFor time.Duration) (OAuthUser, error)
+	// LoginSucceeded resets the failure counter and the lock.
+	LoginSucceeded(ctx context.Context, username string) error
+
+	// OAuth grants: authorisation codes and refresh tokens.
+	PutOAuthGrant(ctx context.Context, g OAuthGrant) error
+	// UseOAuthGrant marks the grant with this hash used, atomically, if it
+	// is unused, not revoked and unexpired at now, and returns it. If it
+	// was already used or revoked it returns the grant and ErrGrantReused:
+	// the caller revokes the family. Unknown or expired: ErrNotFound.
+	UseOAuthGrant(ctx context.Context, hash []byte, now time.Time) (OAuthGrant, error)
+	// RevokeOAuthFamily marks every grant of the family revoked and
+	// records r (whose ID names the family) in the token revocation list,
+	// in one transaction; it bumps the revision.
+	RevokeOAuthFamily(ctx context.Context, family string, r TokenRevocation) error
+	// RevokeOAuthToken records r (an access token's jti) and bumps the
+	// revision; revoking twice is not an error.
+	RevokeOAuthToken(ctx context.Context, r TokenRevocation) error
+	// ListOAuthRevocations lists revocations whose tokens have not expired.
+	ListOAuthRevocations(ctx context.Context, now time.Time) ([]TokenRevocation, error)
 
 	// Revision returns the current revision: it increases with every change
 	// an agent must learn about.

@@ -40,6 +40,10 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentWrites", testConcurrentWrites},
 		{"Policies", testPolicies},
 		{"Alerts", testAlerts},
+		{"OAuthClients", testOAuthClients},
+		{"OAuthUsers", testOAuthUsers},
+		{"OAuthGrants", testOAuthGrants},
+		{"OAuthGrantRace", testOAuthGrantRace},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
