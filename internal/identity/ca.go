@@ -23,6 +23,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/rampartsec/rampart/internal/keysched"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/store"
 	"github.com/rampartsec/rampart/internal/svid"
@@ -300,20 +301,23 @@ func (ca *CA) maintainJWT(ctx context.Context, now time.Time, changed *bool) err
 			prepared = &ca.jwt[i]
 		}
 	}
-	frac := func(k *jwtKey) float64 {
-		return float64(now.Sub(k.notBefore)) / float64(k.notAfter.Sub(k.notBefore))
+	window := func(k *jwtKey) *keysched.Key {
+		if k == nil {
+			return nil
+		}
+		return &keysched.Key{NotBefore: k.notBefore, NotAfter: k.notAfter}
 	}
-	switch {
-	case active == nil && prepared == nil:
+	switch keysched.Next(now, window(active), window(prepared)) {
+	case keysched.CreateActive:
 		*changed = true
 		return ca.newJWTKey(ctx, now, store.StateActive)
-	case active == nil:
+	case keysched.PromotePrepared:
 		*changed = true
 		return ca.cfg.Store.SetCAKeyState(ctx, prepared.kid, store.StateActive)
-	case prepared == nil && frac(active) >= 0.5:
+	case keysched.CreatePrepared:
 		*changed = true
 		return ca.newJWTKey(ctx, now, store.StatePrepared)
-	case prepared != nil && frac(active) >= 2.0/3:
+	case keysched.Switch:
 		*changed = true
 		if err := ca.cfg.Store.SetCAKeyState(ctx, prepared.kid, store.StateActive); err != nil {
 			return err

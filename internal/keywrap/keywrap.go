@@ -93,24 +93,14 @@ func (w *Wrapper) Wrap(id string, key crypto.Signer) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keywrap: marshal %s: %w", id, err)
 	}
-	nonce := make([]byte, w.aead.NonceSize())
-	if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
-		return nil, fmt.Errorf("keywrap: %w", err)
-	}
-	out := append(bytes.Clone(magic), nonce...)
-	return w.aead.Seal(out, nonce, der, []byte(id)), nil
+	return w.Seal(id, der)
 }
 
 // Unwrap opens a key sealed by Wrap with the same id.
 func (w *Wrapper) Unwrap(id string, wrapped []byte) (crypto.Signer, error) {
-	ns := w.aead.NonceSize()
-	if len(wrapped) < len(magic)+ns+w.aead.Overhead() || !bytes.Equal(wrapped[:len(magic)], magic) {
-		return nil, ErrUnwrap
-	}
-	nonce := wrapped[len(magic) : len(magic)+ns]
-	der, err := w.aead.Open(nil, nonce, wrapped[len(magic)+ns:], []byte(id))
+	der, err := w.Open(id, wrapped)
 	if err != nil {
-		return nil, ErrUnwrap
+		return nil, err
 	}
 	k, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
@@ -121,4 +111,29 @@ func (w *Wrapper) Unwrap(id string, wrapped []byte) (crypto.Signer, error) {
 		return nil, ErrUnwrap
 	}
 	return s, nil
+}
+
+// Seal encrypts a secret (a TOTP seed, say) under the KEK, bound to id: a
+// sealed value moved to another id does not open.
+func (w *Wrapper) Seal(id string, secret []byte) ([]byte, error) {
+	nonce := make([]byte, w.aead.NonceSize())
+	if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
+		return nil, fmt.Errorf("keywrap: %w", err)
+	}
+	out := append(bytes.Clone(magic), nonce...)
+	return w.aead.Seal(out, nonce, secret, []byte(id)), nil
+}
+
+// Open decrypts a value sealed by Seal with the same id.
+func (w *Wrapper) Open(id string, sealed []byte) ([]byte, error) {
+	ns := w.aead.NonceSize()
+	if len(sealed) < len(magic)+ns+w.aead.Overhead() || !bytes.Equal(sealed[:len(magic)], magic) {
+		return nil, ErrUnwrap
+	}
+	nonce := sealed[len(magic) : len(magic)+ns]
+	out, err := w.aead.Open(nil, nonce, sealed[len(magic)+ns:], []byte(id))
+	if err != nil {
+		return nil, ErrUnwrap
+	}
+	return out, nil
 }

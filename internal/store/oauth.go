@@ -32,9 +32,12 @@ type OAuthClient struct {
 
 // OAuthUser is a user of the built-in user store.
 type OAuthUser struct {
-	Username     string   `json:"-"`
-	PasswordHash string   `json:"password_hash"`         // argon2id, PHC string format
-	TOTPSecret   []byte   `json:"totp_secret,omitempty"` // sealed by keywrap; nil: no second factor
+	Username     string `json:"-"`
+	PasswordHash string `json:"password_hash"`         // argon2id, PHC string format
+	TOTPSecret   []byte `json:"totp_secret,omitempty"` // sealed by keywrap; nil: no second factor
+	// TOTPLastStep is the time step of the last code accepted; a code is
+	// never accepted twice.
+	TOTPLastStep int64    `json:"totp_last_step,omitempty"`
 	Name         string   `json:"name,omitempty"`
 	Email        string   `json:"email,omitempty"`
 	Groups       []string `json:"groups,omitempty"`

@@ -143,6 +143,12 @@ const (
 	KindRoot         CAKeyKind = "root"
 	KindIntermediate CAKeyKind = "intermediate"
 	KindJWT          CAKeyKind = "jwt"
+	// KindOAuth signs OAuth access and ID tokens; CertDER is the public
+	// key (PKIX DER).
+	KindOAuth CAKeyKind = "oauth"
+	// KindOAuthSession is the MAC key of the login session cookie;
+	// WrappedKey holds it sealed, CertDER is empty.
+	KindOAuthSession CAKeyKind = "oauth-session"
 )
 
 // CAKeyState is where a key is in its life.

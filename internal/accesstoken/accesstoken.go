@@ -1,0 +1,164 @@
+package accesstoken
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// Type is the JOSE typ of an access token (RFC 9068).
+const Type = "at+jwt"
+
+// Claims are an access token's claims.
+type Claims struct {
+	Issuer    string           `json:"iss"`
+	Subject   string           `json:"sub"`
+	Audience  jwt.Audience     `json:"aud"`
+	Expiry    *jwt.NumericDate `json:"exp"`
+	NotBefore *jwt.NumericDate `json:"nbf,omitempty"`
+	IssuedAt  *jwt.NumericDate `json:"iat"`
+	ID        string           `json:"jti"`
+	ClientID  string           `json:"client_id"`
+	Scope     string           `json:"scope,omitempty"`
+	// SessionID names the grant family the token descends from; revoking
+	// the family revokes the token.
+	SessionID string   `json:"sid,omitempty"`
+	AuthTime  int64    `json:"auth_time,omitempty"`
+	Groups    []string `json:"groups,omitempty"`
+	// Act names the service acting for the subject after a token exchange
+	// (RFC 8693 §4.1); nested for each further hop.
+	Act *Actor `json:"act,omitempty"`
+	// Cnf binds the token to a key (RFC 8705 x5t#S256, RFC 9449 jkt).
+	Cnf *Confirmation `json:"cnf,omitempty"`
+}
+
+// Actor is an RFC 8693 act claim.
+type Actor struct {
+	Subject string `json:"sub"`
+	Act     *Actor `json:"act,omitempty"`
+}
+
+// Confirmation is a cnf claim.
+type Confirmation struct {
+	X5tS256 string `json:"x5t#S256,omitempty"`
+	JKT     string `json:"jkt,omitempty"`
+}
+
+// Scopes returns the scope claim split on spaces.
+func (c *Claims) Scopes() []string { return strings.Fields(c.Scope) }
+
+// HasScope reports whether the token carries scope s.
+func (c *Claims) HasScope(s string) bool { return slices.Contains(c.Scopes(), s) }
+
+// Thumbprint returns the RFC 8705 certificate thumbprint of cert.
+func Thumbprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// KeySet finds the issuer's published verification keys.
+type KeySet interface {
+	// Key returns the published key with this ID and its algorithm.
+	Key(kid string) (key any, alg jose.SignatureAlgorithm, ok bool)
+	// Algorithms lists the algorithms of the published keys.
+	Algorithms() []jose.SignatureAlgorithm
+}
+
+// Options say what a valid token looks like.
+type Options struct {
+	Issuer   string
+	Audience string // required in aud; empty: any audience (the issuer itself)
+	Now      time.Time
+	Leeway   time.Duration // clock skew allowed on exp and nbf; default 30 s
+	// Revoked reports whether a jti or sid is on the revocation list.
+	Revoked func(id string) bool
+}
+
+// Sentinel errors, wrapped with detail.
+var (
+	ErrMalformed = errors.New("access token malformed")
+	ErrSignature = errors.New("access token signature invalid")
+	ErrClaims    = errors.New("access token claims invalid")
+	ErrRevoked   = errors.New("access token revoked")
+)
+
+// Verify parses and checks raw; the error says what was wrong.
+func Verify(raw string, keys KeySet, o Options) (*Claims, error) {
+	algs := keys.Algorithms()
+	if len(algs) == 0 {
+		return nil, fmt.Errorf("%w: no verification keys", ErrSignature)
+	}
+	tok, err := jwt.ParseSigned(raw, algs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if len(tok.Headers) != 1 {
+		return nil, fmt.Errorf("%w: want exactly one signature", ErrMalformed)
+	}
+	h := tok.Headers[0]
+	if typ, _ := h.ExtraHeaders[jose.HeaderType].(string); !strings.EqualFold(typ, Type) && !strings.EqualFold(typ, "application/"+Type) {
+		return nil, fmt.Errorf("%w: typ %q, want %q", ErrMalformed, typ, Type)
+	}
+	for _, name := range []jose.HeaderKey{"jku", "x5u", "x5c"} {
+		if _, ok := h.ExtraHeaders[name]; ok {
+			return nil, fmt.Errorf("%w: header %s is not accepted: keys come from the issuer's JWKS only", ErrSignature, name)
+		}
+	}
+	if h.JSONWebKey != nil {
+		return nil, fmt.Errorf("%w: embedded jwk header is not accepted: keys come from the issuer's JWKS only", ErrSignature)
+	}
+	key, alg, ok := keys.Key(h.KeyID)
+	if !ok {
+		return nil, fmt.Errorf("%w: unknown key ID %q", ErrSignature, h.KeyID)
+	}
+	if jose.SignatureAlgorithm(h.Algorithm) != alg {
+		return nil, fmt.Errorf("%w: alg %s does not match key %s (%s)", ErrSignature, h.Algorithm, h.KeyID, alg)
+	}
+	var c Claims
+	if err := tok.Claims(key, &c); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+	}
+	if err := check(&c, o); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func check(c *Claims, o Options) error {
+	leeway := o.Leeway
+	if leeway == 0 {
+		leeway = 30 * time.Second
+	}
+	now := o.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	switch {
+	case c.Issuer != o.Issuer:
+		return fmt.Errorf("%w: iss %q, want %q", ErrClaims, c.Issuer, o.Issuer)
+	case o.Audience != "" && !c.Audience.Contains(o.Audience):
+		return fmt.Errorf("%w: aud %v does not contain %q", ErrClaims, []string(c.Audience), o.Audience)
+	case c.Expiry == nil:
+		return fmt.Errorf("%w: exp missing", ErrClaims)
+	case !now.Before(c.Expiry.Time().Add(leeway)):
+		return fmt.Errorf("%w: expired at %s", ErrClaims, c.Expiry.Time().UTC().Format(time.RFC3339))
+	case c.NotBefore != nil && now.Add(leeway).Before(c.NotBefore.Time()):
+		return fmt.Errorf("%w: not valid before %s", ErrClaims, c.NotBefore.Time().UTC().Format(time.RFC3339))
+	case c.ID == "":
+		return fmt.Errorf("%w: jti missing", ErrClaims)
+	case c.Subject == "":
+		return fmt.Errorf("%w: sub missing", ErrClaims)
+	}
+	if o.Revoked != nil && (o.Revoked(c.ID) || (c.SessionID != "" && o.Revoked(c.SessionID))) {
+		return ErrRevoked
+	}
+	return nil
+}

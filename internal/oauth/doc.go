@@ -1,0 +1,28 @@
+// Package oauth is the system's OAuth 2.0 authorization server and OpenID
+// Connect provider, served by "rampart server".
+//
+// Grants: authorization code with PKCE (S256 only; required for public
+// clients), client credentials, refresh tokens with rotation and reuse
+// detection (a reused refresh token or code revokes every token of its
+// family), and token exchange (RFC 8693) so a service can trade a user's
+// token for one addressed to the next service, with an act claim naming
+// itself. Clients authenticate with a secret (basic or post), a signed
+// assertion (private_key_jwt, RFC 7523) or their SVID (tls_client_auth, RFC
+// 8705); tokens issued to an SVID-authenticated client are bound to that
+// certificate (cnf.x5t#S256).
+//
+// Access tokens are JWTs (RFC 9068, typ at+jwt) signed ES256 (EdDSA
+// optional) with a key from a keyring that publishes each successor in the
+// JWKS long before it signs (package keysched). Revocation (RFC 7009) puts a
+// token's jti, or a whole grant family (the sid claim), on a list that the
+// server hands to proxies. Introspection (RFC 7662), discovery (RFC 8414 and
+// OIDC Discovery), ID tokens and userinfo complete the set.
+//
+// Users live in the built-in store: argon2id password hashes, lockout after
+// repeated failures, optional TOTP (RFC 6238). The login page is plain HTML
+// with labels, no script.
+//
+// Everything a security engineer would want to see later is an audit entry:
+// logins and their failures, every token issued, refreshed, exchanged or
+// revoked, and every reuse detected.
+package oauth

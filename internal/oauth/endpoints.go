@@ -1,0 +1,180 @@
+package oauth
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rampartsec/rampart/internal/accesstoken"
+	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/store"
+)
+
+// revokeFamily revokes every grant of a family and every access token
+// carrying its sid.
+func (p *Provider) revokeFamily(r *http.Request, family, reason string) error {
+	now := p.cfg.Now()
+	// Access tokens of the family live at most AccessTokenTTL; refresh
+	// tokens are revoked in the store itself.
+	err := p.cfg.Store.RevokeOAuthFamily(r.Context(), family, store.TokenRevocation{
+		ID: family, Reason: reason, RevokedAt: now, ExpiresAt: now.Add(p.cfg.AccessTokenTTL + time.Minute)})
+	if err != nil {
+		return err
+	}
+	p.revokedNow(r.Context(), family)
+	return nil
+}
+
+// revokedNow adds id to this replica's list at once and tells the server.
+func (p *Provider) revokedNow(ctx context.Context, id string) {
+	p.mu.Lock()
+	p.revoked[id] = struct{}{}
+	p.mu.Unlock()
+	p.cfg.Changed(ctx)
+}
+
+// handleRevoke is RFC 7009. A token that is unknown, invalid or belongs to
+// another client gets the same 200 as a revoked one (§2.2), so the
+// endpoint tells nothing about tokens.
+func (p *Provider) handleRevoke(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "malformed form body"))
+		return
+	}
+	c, err := p.authenticateClient(r)
+	if err != nil {
+		writeOAuthError(w, err)
+		return
+	}
+	tok := r.PostForm.Get("token")
+	if tok == "" {
+		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "token is required"))
+		return
+	}
+	hint := r.PostForm.Get("token_type_hint")
+	if hint != "refresh_token" && strings.Count(tok, ".") == 2 {
+		if claims, err := p.VerifyAccessToken(tok, ""); err == nil && claims.ClientID == c.ID {
+			err := p.cfg.Store.RevokeOAuthToken(r.Context(), store.TokenRevocation{ID: claims.ID, Reason: "revoked by client",
+				RevokedAt: p.cfg.Now(), ExpiresAt: claims.Expiry.Time().Add(time.Minute)})
+			if err != nil {
+				writeOAuthError(w, err)
+				return
+			}
+			p.revokedNow(r.Context(), claims.ID)
+			p.record(r, "oauth.token_revoke", audit.OutcomeSuccess, "", "client_id", c.ID, "jti", claims.ID, "user", userOf(claims))
+		}
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	// A refresh token: using it marks it used; revoking its family
+	// revokes it, its successors and the access tokens they issued.
+	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), hashToken(tok), p.cfg.Now())
+	if (err == nil || errors.Is(err, store.ErrGrantReused)) && g.Kind == store.GrantRefresh && g.ClientID == c.ID {
+		if err := p.revokeFamily(r, g.Family, "refresh token revoked by client"); err != nil {
+			writeOAuthError(w, err)
+			return
+		}
+		p.record(r, "oauth.token_revoke", audit.OutcomeSuccess, "", "client_id", c.ID, "sid", g.Family, "user", g.Subject)
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// userOf returns the user a token speaks for, "" for a client's own token.
+func userOf(c *accesstoken.Claims) string {
+	if c.Subject == c.ClientID || strings.HasPrefix(c.Subject, "spiffe://") {
+		return ""
+	}
+	return c.Subject
+}
+
+// handleIntrospect is RFC 7662. Callers authenticate as clients; a token
+// is only described to the client it was issued to or a service in its
+// audience, so introspection is no oracle for other clients' tokens.
+func (p *Provider) handleIntrospect(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "malformed form body"))
+		return
+	}
+	c, err := p.authenticateClient(r)
+	if err != nil {
+		writeOAuthError(w, err)
+		return
+	}
+	if c.AuthMethod == "none" {
+		writeOAuthError(w, errf(http.StatusUnauthorized, "invalid_client", "public clients may not introspect"))
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	claims, err := p.VerifyAccessToken(r.PostForm.Get("token"), "")
+	if err != nil || !(claims.ClientID == c.ID || claims.Audience.Contains(c.ID) || (c.SPIFFEID != "" && claims.Audience.Contains(c.SPIFFEID))) {
+		writeJSON(w, http.StatusOK, map[string]bool{"active": false})
+		return
+	}
+	resp := map[string]any{
+		"active": true, "token_type": "Bearer", "iss": claims.Issuer, "sub": claims.Subject, "aud": []string(claims.Audience),
+		"client_id": claims.ClientID, "scope": claims.Scope, "jti": claims.ID,
+		"exp": claims.Expiry.Time().Unix(), "iat": claims.IssuedAt.Time().Unix(),
+	}
+	if claims.NotBefore != nil {
+		resp["nbf"] = claims.NotBefore.Time().Unix()
+	}
+	if u := userOf(claims); u != "" {
+		resp["username"] = u
+	}
+	if claims.Act != nil {
+		resp["act"] = claims.Act
+	}
+	if claims.Cnf != nil {
+		resp["cnf"] = claims.Cnf
+	}
+	if claims.SessionID != "" {
+		resp["sid"] = claims.SessionID
+	}
+	if len(claims.Groups) > 0 {
+		resp["groups"] = claims.Groups
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// handleUserinfo is OIDC Core §5.3: the user's claims for an access token
+// carrying the openid scope.
+func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
+	auth := r.Header.Get("Authorization")
+	scheme, raw, _ := strings.Cut(auth, " ")
+	if !strings.EqualFold(scheme, "Bearer") || raw == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="rampart"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": "a Bearer access token is required"})
+		return
+	}
+	claims, err := p.VerifyAccessToken(strings.TrimSpace(raw), "")
+	if err == nil && !claims.HasScope("openid") {
+		err = errors.New("token lacks the openid scope")
+	}
+	var u store.OAuthUser
+	if err == nil {
+		u, err = p.cfg.Store.GetOAuthUser(r.Context(), claims.Subject)
+	}
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="rampart", error="invalid_token"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": err.Error()})
+		return
+	}
+	out := map[string]any{"sub": u.Username}
+	if claims.HasScope("profile") {
+		out["name"] = u.Name
+		out["preferred_username"] = u.Username
+	}
+	if claims.HasScope("email") && u.Email != "" {
+		out["email"] = u.Email
+	}
+	if claims.HasScope("groups") && len(u.Groups) > 0 {
+		out["groups"] = slices.Clone(u.Groups)
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,422 @@
+package oauth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/rampartsec/rampart/internal/accesstoken"
+	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/keywrap"
+	"github.com/rampartsec/rampart/internal/store"
+)
+
+// Store is what the provider needs from the store.
+type Store interface {
+	keyStore
+	GetOAuthClient(ctx context.Context, id string) (store.OAuthClient, error)
+	GetOAuthUser(ctx context.Context, username string) (store.OAuthUser, error)
+	UpdateOAuthUser(ctx context.Context, u store.OAuthUser) error
+	LoginFailed(ctx context.Context, username string, now time.Time, max int, lockFor time.Duration) (store.OAuthUser, error)
+	LoginSucceeded(ctx context.Context, username string) error
+	PutOAuthGrant(ctx context.Context, g store.OAuthGrant) error
+	UseOAuthGrant(ctx context.Context, hash []byte, now time.Time) (store.OAuthGrant, error)
+	RevokeOAuthFamily(ctx context.Context, family string, r store.TokenRevocation) error
+	RevokeOAuthToken(ctx context.Context, r store.TokenRevocation) error
+	ListOAuthRevocations(ctx context.Context, now time.Time) ([]store.TokenRevocation, error)
+}
+
+// Defaults.
+const (
+	DefaultAccessTokenTTL  = 10 * time.Minute
+	DefaultIDTokenTTL      = 10 * time.Minute
+	DefaultRefreshTokenTTL = 24 * time.Hour
+	DefaultCodeTTL         = time.Minute
+	DefaultKeyTTL          = 30 * 24 * time.Hour
+	DefaultMaxFailures     = 5
+	DefaultLockout         = 15 * time.Minute
+	DefaultSessionTTL      = 8 * time.Hour
+)
+
+// Config configures a Provider.
+type Config struct {
+	// Issuer is the issuer identifier, an https URL with no query or
+	// fragment; the endpoints live under it.
+	Issuer  string
+	Store   Store
+	Wrapper *keywrap.Wrapper // seals signing keys and TOTP secrets
+	// Algorithm of new signing keys: ES256 (default) or EdDSA.
+	Algorithm jose.SignatureAlgorithm
+
+	AccessTokenTTL  time.Duration
+	IDTokenTTL      time.Duration
+	RefreshTokenTTL time.Duration // absolute lifetime of a refresh token family
+	CodeTTL         time.Duration
+	KeyTTL          time.Duration // lifetime of a signing key
+	SessionTTL      time.Duration // login session (single sign-on) lifetime
+	MaxFailures     int           // consecutive failed logins that lock an account
+	Lockout         time.Duration // how long
+
+	// PeerCertificate returns the client's certificate if it sent one and
+	// the TLS layer verified it (an SVID of the trust domain, not
+	// revoked); nil otherwise. Default: the first verified chain's leaf.
+	PeerCertificate func(r *http.Request) *x509.Certificate
+
+	// Record appends audit entries durably.
+	Record func(ctx context.Context, es ...*audit.Entry)
+	// Changed is called after a revocation so that waiting proxies learn
+	// of it at once.
+	Changed func(ctx context.Context)
+	Now     func() time.Time
+	Log     *slog.Logger
+}
+
+// Provider is the authorization server.
+type Provider struct {
+	cfg  Config
+	keys *keyring
+	// sessionKey MACs login session cookies and CSRF tokens.
+	sessionKey []byte
+
+	mu      sync.RWMutex
+	revoked map[string]struct{} // jti and sid values
+}
+
+// New loads (or, on first start, creates) the signing keys.
+func New(ctx context.Context, cfg Config) (*Provider, error) {
+	if !strings.HasPrefix(cfg.Issuer, "https://") || strings.ContainsAny(cfg.Issuer, "?#") {
+		return nil, fmt.Errorf("oauth: issuer %q must be an https URL without query or fragment", cfg.Issuer)
+	}
+	cfg.Issuer = strings.TrimSuffix(cfg.Issuer, "/")
+	if cfg.Store == nil || cfg.Wrapper == nil {
+		return nil, errors.New("oauth: a store and a key wrapper are required")
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&cfg.AccessTokenTTL, DefaultAccessTokenTTL)
+	def(&cfg.IDTokenTTL, DefaultIDTokenTTL)
+	def(&cfg.RefreshTokenTTL, DefaultRefreshTokenTTL)
+	def(&cfg.CodeTTL, DefaultCodeTTL)
+	def(&cfg.KeyTTL, DefaultKeyTTL)
+	def(&cfg.SessionTTL, DefaultSessionTTL)
+	def(&cfg.Lockout, DefaultLockout)
+	if cfg.MaxFailures == 0 {
+		cfg.MaxFailures = DefaultMaxFailures
+	}
+	switch cfg.Algorithm {
+	case "":
+		cfg.Algorithm = jose.ES256
+	case jose.ES256, jose.EdDSA:
+	default:
+		return nil, fmt.Errorf("oauth: signing algorithm %q: want ES256 or EdDSA", cfg.Algorithm)
+	}
+	if cfg.KeyTTL < 12*cfg.AccessTokenTTL {
+		return nil, fmt.Errorf("oauth: signing key TTL %v is too short for access tokens of %v", cfg.KeyTTL, cfg.AccessTokenTTL)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Record == nil {
+		cfg.Record = func(context.Context, ...*audit.Entry) {}
+	}
+	if cfg.PeerCertificate == nil {
+		cfg.PeerCertificate = func(r *http.Request) *x509.Certificate {
+			if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+				return nil
+			}
+			return r.TLS.VerifiedChains[0][0]
+		}
+	}
+	if cfg.Changed == nil {
+		cfg.Changed = func(context.Context) {}
+	}
+	p := &Provider{cfg: cfg, keys: &keyring{store: cfg.Store, wrap: cfg.Wrapper, alg: cfg.Algorithm, ttl: cfg.KeyTTL}}
+	if err := p.keys.maintain(ctx, cfg.Now()); err != nil {
+		return nil, err
+	}
+	var err error
+	if p.sessionKey, err = loadSessionKey(ctx, cfg.Store, cfg.Wrapper, cfg.Now()); err != nil {
+		return nil, err
+	}
+	if err := p.Reload(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// loadSessionKey reads the session MAC key, creating it on first start.
+// Replicas sharing a database share it.
+func loadSessionKey(ctx context.Context, s keyStore, w *keywrap.Wrapper, now time.Time) ([]byte, error) {
+	const id = "oauth-session"
+	for attempt := 0; attempt < 2; attempt++ {
+		keys, err := s.ListCAKeys(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("oauth: %w", err)
+		}
+		for _, k := range keys {
+			if k.Kind == store.KindOAuthSession {
+				key, err := w.Open(id, k.WrappedKey)
+				if err != nil {
+					return nil, fmt.Errorf("oauth: session key: %w", err)
+				}
+				return key, nil
+			}
+		}
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		sealed, err := w.Seal(id, key)
+		if err != nil {
+			return nil, err
+		}
+		err = s.PutCAKey(ctx, store.CAKey{ID: id, Kind: store.KindOAuthSession, State: store.StateActive, CertDER: []byte{},
+			WrappedKey: sealed, NotBefore: now, NotAfter: now.AddDate(100, 0, 0), CreatedAt: now})
+		if err == nil {
+			return key, nil
+		}
+		if !errors.Is(err, store.ErrConflict) {
+			return nil, fmt.Errorf("oauth: session key: %w", err)
+		}
+		// Another replica created it first: read theirs.
+	}
+	return nil, errors.New("oauth: session key: could not create or read")
+}
+
+// Maintain applies the signing key rotation schedule; call it periodically
+// (hourly is plenty).
+func (p *Provider) Maintain(ctx context.Context) error {
+	return p.keys.maintain(ctx, p.cfg.Now())
+}
+
+// Reload re-reads the signing keys and the revocation list from the store;
+// replicas call it when the store's revision moves.
+func (p *Provider) Reload(ctx context.Context) error {
+	now := p.cfg.Now()
+	if err := p.keys.reload(ctx, now); err != nil {
+		return err
+	}
+	revs, err := p.cfg.Store.ListOAuthRevocations(ctx, now)
+	if err != nil {
+		return fmt.Errorf("oauth: %w", err)
+	}
+	m := make(map[string]struct{}, len(revs))
+	for _, r := range revs {
+		m[r.ID] = struct{}{}
+	}
+	p.mu.Lock()
+	p.revoked = m
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *Provider) isRevoked(id string) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	_, ok := p.revoked[id]
+	return ok
+}
+
+// Issuer returns the issuer identifier.
+func (p *Provider) Issuer() string { return p.cfg.Issuer }
+
+// JWKS returns the published signing keys.
+func (p *Provider) JWKS() jose.JSONWebKeySet { return p.keys.jwks() }
+
+// Endpoint paths, under the issuer.
+const (
+	PathAuthorize  = "/oauth2/authorize"
+	PathToken      = "/oauth2/token"
+	PathJWKS       = "/oauth2/jwks"
+	PathUserinfo   = "/oauth2/userinfo"
+	PathIntrospect = "/oauth2/introspect"
+	PathRevoke     = "/oauth2/revoke"
+)
+
+// Register adds the provider's endpoints to mux.
+func (p *Provider) Register(mux *http.ServeMux, wrap func(pattern string, h http.HandlerFunc) http.Handler) {
+	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, wrap(pattern, h)) }
+	route("GET /.well-known/openid-configuration", p.handleDiscovery)
+	route("GET /.well-known/oauth-authorization-server", p.handleDiscovery)
+	route("GET "+PathJWKS, p.handleJWKS)
+	route("GET "+PathAuthorize, p.handleAuthorize)
+	route("POST "+PathAuthorize, p.handleAuthorize)
+	route("POST "+PathToken, p.handleToken)
+	route("GET "+PathUserinfo, p.handleUserinfo)
+	route("POST "+PathUserinfo, p.handleUserinfo)
+	route("POST "+PathIntrospect, p.handleIntrospect)
+	route("POST "+PathRevoke, p.handleRevoke)
+}
+
+// Supported values, published in discovery and enforced.
+var (
+	grantTypes  = []string{"authorization_code", "client_credentials", "refresh_token", grantTokenExchange}
+	authMethods = []string{"none", "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"}
+)
+
+const grantTokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange"
+
+func (p *Provider) handleDiscovery(w http.ResponseWriter, r *http.Request) {
+	iss := p.cfg.Issuer
+	algs := []string{string(jose.ES256), string(jose.EdDSA)}
+	doc := map[string]any{
+		"issuer":                                iss,
+		"authorization_endpoint":                iss + PathAuthorize,
+		"token_endpoint":                        iss + PathToken,
+		"jwks_uri":                              iss + PathJWKS,
+		"userinfo_endpoint":                     iss + PathUserinfo,
+		"introspection_endpoint":                iss + PathIntrospect,
+		"revocation_endpoint":                   iss + PathRevoke,
+		"response_types_supported":              []string{"code"},
+		"response_modes_supported":              []string{"query"},
+		"grant_types_supported":                 grantTypes,
+		"subject_types_supported":               []string{"public"},
+		"id_token_signing_alg_values_supported": algs,
+		"token_endpoint_auth_methods_supported": authMethods,
+		"token_endpoint_auth_signing_alg_values_supported": []string{"ES256", "ES384", "EdDSA", "RS256", "PS256"},
+		"introspection_endpoint_auth_methods_supported":    authMethods[1:],
+		"revocation_endpoint_auth_methods_supported":       authMethods,
+		"code_challenge_methods_supported":                 []string{"S256"},
+		"scopes_supported":                                 []string{"openid", "profile", "email", "groups", "offline_access"},
+		"claims_supported":                                 []string{"sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "name", "email", "groups", "sid"},
+		"prompt_values_supported":                          []string{"none", "login", "consent"},
+		"tls_client_certificate_bound_access_tokens":       true,
+		"authorization_response_iss_parameter_supported":   true,
+		"claims_parameter_supported":                       false,
+		"request_parameter_supported":                      false,
+		"request_uri_parameter_supported":                  false,
+	}
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	writeJSON(w, http.StatusOK, doc)
+}
+
+func (p *Provider) handleJWKS(w http.ResponseWriter, r *http.Request) {
+	// Successors are published a sixth of a key's life before they sign;
+	// five minutes of caching is far inside that.
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	writeJSON(w, http.StatusOK, p.keys.jwks())
+}
+
+// Key implements accesstoken.KeySet over the provider's own keys.
+func (k *keyring) Key(kid string) (any, jose.SignatureAlgorithm, bool) {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	for _, p := range k.keys {
+		if p.kid == kid {
+			return p.pub, p.alg, true
+		}
+	}
+	return nil, "", false
+}
+
+// Algorithms implements accesstoken.KeySet.
+func (k *keyring) Algorithms() []jose.SignatureAlgorithm { return k.algs() }
+
+// VerifyAccessToken checks a token this provider issued; audience may be
+// empty to accept any.
+func (p *Provider) VerifyAccessToken(raw, audience string) (*accesstoken.Claims, error) {
+	return accesstoken.Verify(raw, p.keys, accesstoken.Options{
+		Issuer: p.cfg.Issuer, Audience: audience, Now: p.cfg.Now(), Revoked: p.isRevoked,
+	})
+}
+
+// oauthError is an RFC 6749 §5.2 error response.
+type oauthError struct {
+	Status      int    `json:"-"`
+	Code        string `json:"error"`
+	Description string `json:"error_description,omitempty"`
+}
+
+func (e *oauthError) Error() string { return e.Code + ": " + e.Description }
+
+func errf(status int, code, format string, args ...any) *oauthError {
+	return &oauthError{Status: status, Code: code, Description: fmt.Sprintf(format, args...)}
+}
+
+func writeOAuthError(w http.ResponseWriter, err error) {
+	var oe *oauthError
+	if !errors.As(err, &oe) {
+		oe = errf(http.StatusInternalServerError, "server_error", "internal error")
+	}
+	if oe.Code == "invalid_client" {
+		w.Header().Set("WWW-Authenticate", `Basic realm="rampart", error="invalid_client"`)
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, oe.Status, oe)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// randomToken returns a 256-bit random value, base64url.
+func randomToken() string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic("oauth: crypto/rand failed: " + err.Error())
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// hashToken is how codes, refresh tokens and client secrets are stored.
+func hashToken(v string) []byte {
+	h := sha256.Sum256([]byte(v))
+	return h[:]
+}
+
+// HashSecret returns the stored form of a client secret.
+func HashSecret(secret string) []byte { return hashToken(secret) }
+
+// NewSecret returns a new client secret: 256 random bits.
+func NewSecret() string { return randomToken() }
+
+// entry builds an audit entry for an OAuth event.
+func (p *Provider) entry(r *http.Request, action, outcome, reason string, kv ...string) *audit.Entry {
+	e := &audit.Entry{V: audit.SchemaVersion, Time: p.cfg.Now(), Action: action, Outcome: outcome, Reason: reason,
+		Source: "oauth", Details: map[string]string{"remote": r.RemoteAddr}}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] == "" {
+			continue
+		}
+		switch kv[i] {
+		case "user":
+			e.Actor.User = kv[i+1]
+		case "spiffe_id":
+			e.Actor.SpiffeID = kv[i+1]
+		case "target":
+			e.Target = kv[i+1]
+		}
+		e.Details[kv[i]] = kv[i+1]
+	}
+	return e
+}
+
+func (p *Provider) record(r *http.Request, action, outcome, reason string, kv ...string) {
+	e := p.entry(r, action, outcome, reason, kv...)
+	lvl := slog.LevelDebug
+	if outcome != audit.OutcomeSuccess {
+		lvl = slog.LevelWarn
+	}
+	p.cfg.Log.Log(r.Context(), lvl, "oauth", "event", action, "outcome", outcome, "reason", reason)
+	p.cfg.Record(r.Context(), e)
+}

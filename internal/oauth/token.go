@@ -1,0 +1,481 @@
+package oauth
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/rampartsec/rampart/internal/accesstoken"
+	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/store"
+)
+
+// Token type identifiers (RFC 8693 §3).
+const (
+	tokenTypeAccess  = "urn:ietf:params:oauth:token-type:access_token"
+	tokenTypeJWT     = "urn:ietf:params:oauth:token-type:jwt"
+	tokenTypeRefresh = "urn:ietf:params:oauth:token-type:refresh_token"
+)
+
+// tokenResponse is RFC 6749 §5.1 (plus RFC 8693's issued_token_type).
+type tokenResponse struct {
+	AccessToken     string `json:"access_token"`
+	TokenType       string `json:"token_type"`
+	ExpiresIn       int64  `json:"expires_in"`
+	RefreshToken    string `json:"refresh_token,omitempty"`
+	IDToken         string `json:"id_token,omitempty"`
+	Scope           string `json:"scope,omitempty"`
+	IssuedTokenType string `json:"issued_token_type,omitempty"`
+}
+
+// refreshData is what a refresh token grants, stored with it.
+type refreshData struct {
+	Scope    []string `json:"scope"`
+	AuthTime int64    `json:"auth_time"`
+	Audience []string `json:"audience,omitempty"`
+	// FamilyExpires is when the family ends: rotation does not extend it.
+	FamilyExpires int64  `json:"family_expires"`
+	X5t           string `json:"x5t,omitempty"` // certificate the family is bound to
+}
+
+func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "malformed form body"))
+		return
+	}
+	if r.URL.RawQuery != "" {
+		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "parameters go in the body, not the URL"))
+		return
+	}
+	for k, vs := range r.PostForm {
+		if len(vs) > 1 && k != "resource" && k != "audience" {
+			writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "parameter %s given more than once", k))
+			return
+		}
+	}
+	grant := r.PostForm.Get("grant_type")
+	c, err := p.authenticateClient(r)
+	if err != nil {
+		var oe *oauthError
+		if errors.As(err, &oe) {
+			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.Description, "client_id", r.PostForm.Get("client_id"), "grant_type", grant)
+		}
+		writeOAuthError(w, err)
+		return
+	}
+	if !slices.Contains(c.GrantTypes, grant) {
+		if !slices.Contains(grantTypes, grant) {
+			writeOAuthError(w, errf(http.StatusBadRequest, "unsupported_grant_type", "grant_type %q is not supported", grant))
+			return
+		}
+		writeOAuthError(w, errf(http.StatusBadRequest, "unauthorized_client", "client %s may not use grant %s", c.ID, grant))
+		return
+	}
+	var resp *tokenResponse
+	switch grant {
+	case "authorization_code":
+		resp, err = p.codeGrant(r, c)
+	case "client_credentials":
+		resp, err = p.clientCredentials(r, c)
+	case "refresh_token":
+		resp, err = p.refreshGrant(r, c)
+	case grantTokenExchange:
+		resp, err = p.tokenExchange(r, c)
+	}
+	if err != nil {
+		var oe *oauthError
+		if errors.As(err, &oe) {
+			p.record(r, "oauth.token", audit.OutcomeDenied, oe.Description, "client_id", c.ID, "grant_type", grant)
+		} else {
+			p.cfg.Log.Error("token endpoint failed", "grant_type", grant, "err", err)
+		}
+		writeOAuthError(w, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// pkceOK checks an RFC 7636 S256 code verifier against its challenge.
+func pkceOK(verifier, challenge string) bool {
+	if len(verifier) < 43 || len(verifier) > 128 {
+		return false
+	}
+	for _, c := range verifier {
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.ContainsRune("-._~", c)) {
+			return false
+		}
+	}
+	sum := sha256.Sum256([]byte(verifier))
+	got := base64.RawURLEncoding.EncodeToString(sum[:])
+	return subtle.ConstantTimeCompare([]byte(got), []byte(challenge)) == 1
+}
+
+func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, error) {
+	code := r.PostForm.Get("code")
+	if code == "" {
+		return nil, errf(http.StatusBadRequest, "invalid_request", "code is required")
+	}
+	now := p.cfg.Now()
+	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), hashToken(code), now)
+	switch {
+	case errors.Is(err, store.ErrGrantReused) && g.Kind == store.GrantCode:
+		// RFC 6749 §4.1.2: a code used twice was intercepted; revoke what
+		// the first use issued.
+		if err := p.revokeFamily(r, g.Family, "authorization code reused"); err != nil {
+			return nil, err
+		}
+		p.record(r, "oauth.code_reuse", audit.OutcomeDenied, "authorization code reused; its tokens are revoked",
+			"client_id", c.ID, "user", g.Subject, "sid", g.Family)
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "authorization code already used; the tokens it issued are revoked")
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrGrantReused):
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "authorization code unknown or expired")
+	case err != nil:
+		return nil, err
+	}
+	if g.Kind != store.GrantCode {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "authorization code unknown or expired")
+	}
+	if g.ClientID != c.ID {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "authorization code was issued to another client")
+	}
+	var d codeData
+	if err := json.Unmarshal(g.Data, &d); err != nil {
+		return nil, fmt.Errorf("oauth: code data: %w", err)
+	}
+	if r.PostForm.Get("redirect_uri") != d.RedirectURI {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "redirect_uri differs from the authorization request's")
+	}
+	switch v := r.PostForm.Get("code_verifier"); {
+	case d.Challenge == "" && v != "":
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "code_verifier sent but the authorization request had no code_challenge")
+	case d.Challenge != "" && !pkceOK(v, d.Challenge):
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "PKCE code_verifier does not match the code_challenge")
+	}
+	u, err := p.cfg.Store.GetOAuthUser(r.Context(), g.Subject)
+	if err != nil || u.Disabled {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "the user is no longer active")
+	}
+	aud := d.Audience
+	if len(aud) == 0 {
+		aud = defaultAudience(c)
+	}
+	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: d.Scope, audience: aud,
+		sid: g.Family, authTime: d.AuthTime, grant: "authorization_code"})
+	if err != nil {
+		return nil, err
+	}
+	if slices.Contains(d.Scope, "openid") {
+		if resp.IDToken, err = p.idToken(c, u, d.Scope, d.Nonce, d.AuthTime, g.Family, resp.AccessToken); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(c.GrantTypes, "refresh_token") {
+		fam := refreshData{Scope: d.Scope, AuthTime: d.AuthTime, Audience: d.Audience, FamilyExpires: now.Add(p.cfg.RefreshTokenTTL).Unix()}
+		if c.cert != nil {
+			fam.X5t = accesstoken.Thumbprint(c.cert)
+		}
+		if resp.RefreshToken, err = p.newRefresh(r, c.ID, u.Username, g.Family, fam); err != nil {
+			return nil, err
+		}
+	}
+	return resp, nil
+}
+
+// defaultAudience is the audience of tokens a client did not ask a resource
+// for: the services it was registered for, or itself.
+func defaultAudience(c *authedClient) []string {
+	if len(c.Audience) > 0 {
+		return c.Audience
+	}
+	return []string{c.ID}
+}
+
+func (p *Provider) newRefresh(r *http.Request, clientID, subject, family string, d refreshData) (string, error) {
+	tok := randomToken()
+	data, _ := json.Marshal(d)
+	err := p.cfg.Store.PutOAuthGrant(r.Context(), store.OAuthGrant{Hash: hashToken(tok), Kind: store.GrantRefresh, Family: family,
+		ClientID: clientID, Subject: subject, Data: data, ExpiresAt: time.Unix(d.FamilyExpires, 0), CreatedAt: p.cfg.Now()})
+	if err != nil {
+		return "", err
+	}
+	return tok, nil
+}
+
+// requestedScope parses the scope parameter, allowing only what allowed
+// holds; empty means all of allowed.
+func requestedScope(r *http.Request, allowed []string) ([]string, error) {
+	req := strings.Fields(r.PostForm.Get("scope"))
+	if len(req) == 0 {
+		return allowed, nil
+	}
+	for _, s := range req {
+		if !slices.Contains(allowed, s) {
+			return nil, errf(http.StatusBadRequest, "invalid_scope", "scope %q is not allowed here", s)
+		}
+	}
+	return req, nil
+}
+
+// requestedAudience reads RFC 8707 resource and RFC 8693 audience
+// parameters.
+func requestedAudience(r *http.Request) []string {
+	var out []string
+	for _, k := range []string{"resource", "audience"} {
+		for _, v := range r.PostForm[k] {
+			if v != "" && !slices.Contains(out, v) {
+				out = append(out, v)
+			}
+		}
+	}
+	return out
+}
+
+func (p *Provider) clientCredentials(r *http.Request, c *authedClient) (*tokenResponse, error) {
+	if c.AuthMethod == "none" {
+		return nil, errf(http.StatusBadRequest, "unauthorized_client", "a public client cannot use client credentials")
+	}
+	scope, err := requestedScope(r, c.Scopes)
+	if err != nil {
+		return nil, err
+	}
+	aud := requestedAudience(r)
+	if err := checkAudience(c.OAuthClient, aud); err != nil {
+		return nil, err
+	}
+	if len(aud) == 0 {
+		aud = defaultAudience(c)
+	}
+	return p.issue(r, c, issueParams{subject: c.actor(), scope: scope, audience: aud, grant: "client_credentials"})
+}
+
+func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenResponse, error) {
+	rt := r.PostForm.Get("refresh_token")
+	if rt == "" {
+		return nil, errf(http.StatusBadRequest, "invalid_request", "refresh_token is required")
+	}
+	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), hashToken(rt), p.cfg.Now())
+	switch {
+	case errors.Is(err, store.ErrGrantReused) && g.Kind == store.GrantRefresh:
+		// RFC 9700 §4.14.2: a rotated refresh token came back, so it was
+		// stolen; nobody can tell the thief from the client, so the whole
+		// family goes.
+		if err := p.revokeFamily(r, g.Family, "refresh token reused"); err != nil {
+			return nil, err
+		}
+		p.record(r, "oauth.refresh_reuse", audit.OutcomeDenied, "refresh token reused; its family is revoked",
+			"client_id", c.ID, "user", g.Subject, "sid", g.Family)
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token already used; every token of this grant is revoked")
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrGrantReused):
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token unknown, expired or revoked")
+	case err != nil:
+		return nil, err
+	}
+	if g.Kind != store.GrantRefresh {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token unknown, expired or revoked")
+	}
+	if g.ClientID != c.ID {
+		// Stolen and presented by another client: burn the family too.
+		if err := p.revokeFamily(r, g.Family, "refresh token presented by another client"); err != nil {
+			return nil, err
+		}
+		p.record(r, "oauth.refresh_reuse", audit.OutcomeDenied, "refresh token of client "+g.ClientID+" presented by "+c.ID,
+			"client_id", c.ID, "user", g.Subject, "sid", g.Family)
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token was issued to another client")
+	}
+	var d refreshData
+	if err := json.Unmarshal(g.Data, &d); err != nil {
+		return nil, fmt.Errorf("oauth: refresh data: %w", err)
+	}
+	if d.X5t != "" && (c.cert == nil || accesstoken.Thumbprint(c.cert) != d.X5t) {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token is bound to another certificate")
+	}
+	scope, err := requestedScope(r, d.Scope)
+	if err != nil {
+		return nil, err
+	}
+	u, err := p.cfg.Store.GetOAuthUser(r.Context(), g.Subject)
+	if err != nil || u.Disabled {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "the user is no longer active")
+	}
+	aud := d.Audience
+	if len(aud) == 0 {
+		aud = defaultAudience(c)
+	}
+	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: scope, audience: aud,
+		sid: g.Family, authTime: d.AuthTime, grant: "refresh_token"})
+	if err != nil {
+		return nil, err
+	}
+	if slices.Contains(scope, "openid") {
+		if resp.IDToken, err = p.idToken(c, u, scope, "", d.AuthTime, g.Family, resp.AccessToken); err != nil {
+			return nil, err
+		}
+	}
+	if resp.RefreshToken, err = p.newRefresh(r, c.ID, u.Username, g.Family, d); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenResponse, error) {
+	f := r.PostForm
+	if t := f.Get("subject_token_type"); t != tokenTypeAccess && t != tokenTypeJWT {
+		return nil, errf(http.StatusBadRequest, "invalid_request", "subject_token_type must be %s", tokenTypeAccess)
+	}
+	if t := f.Get("requested_token_type"); t != "" && t != tokenTypeAccess && t != tokenTypeJWT {
+		return nil, errf(http.StatusBadRequest, "invalid_request", "requested_token_type %q is not supported (access tokens only)", t)
+	}
+	if f.Has("actor_token") {
+		return nil, errf(http.StatusBadRequest, "invalid_request", "actor_token is not supported: the authenticated client is the actor")
+	}
+	// The subject token must be addressed to the client exchanging it: a
+	// service can only pass on the rights of users who called it.
+	sub, err := p.VerifyAccessToken(f.Get("subject_token"), "")
+	if err != nil {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", err)
+	}
+	if !sub.Audience.Contains(c.ID) && (c.SPIFFEID == "" || !sub.Audience.Contains(c.SPIFFEID)) {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token is addressed to %v, not to the client %s exchanging it", []string(sub.Audience), c.actor())
+	}
+	aud := requestedAudience(r)
+	if len(aud) == 0 {
+		return nil, errf(http.StatusBadRequest, "invalid_target", "audience (or resource) naming the next service is required")
+	}
+	if err := checkAudience(c.OAuthClient, aud); err != nil {
+		return nil, err
+	}
+	scope, err := requestedScope(r, sub.Scopes())
+	if err != nil {
+		return nil, err
+	}
+	// The new token never outlives the one it was exchanged for.
+	left := sub.Expiry.Time().Sub(p.cfg.Now())
+	resp, err := p.issue(r, c, issueParams{subject: sub.Subject, groups: sub.Groups, scope: scope, audience: aud,
+		sid: sub.SessionID, authTime: sub.AuthTime, act: &accesstoken.Actor{Subject: c.actor(), Act: sub.Act},
+		ttl: min(left, p.cfg.AccessTokenTTL), grant: grantTokenExchange, from: sub.ID})
+	if err != nil {
+		return nil, err
+	}
+	resp.IssuedTokenType = tokenTypeAccess
+	return resp, nil
+}
+
+type issueParams struct {
+	subject  string
+	groups   []string
+	scope    []string
+	audience []string
+	sid      string
+	authTime int64
+	act      *accesstoken.Actor
+	ttl      time.Duration
+	grant    string
+	from     string // jti of the token exchanged
+}
+
+// issue signs an access token and records it.
+func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tokenResponse, error) {
+	signer, _, err := p.keys.current()
+	if err != nil {
+		return nil, err
+	}
+	now := p.cfg.Now()
+	ttl := ip.ttl
+	if ttl <= 0 {
+		ttl = p.cfg.AccessTokenTTL
+	}
+	claims := accesstoken.Claims{
+		Issuer: p.cfg.Issuer, Subject: ip.subject, Audience: jwt.Audience(ip.audience),
+		Expiry: jwt.NewNumericDate(now.Add(ttl)), NotBefore: jwt.NewNumericDate(now), IssuedAt: jwt.NewNumericDate(now),
+		ID: randomToken()[:22], ClientID: c.ID, Scope: strings.Join(ip.scope, " "), SessionID: ip.sid,
+		AuthTime: ip.authTime, Groups: ip.groups, Act: ip.act,
+	}
+	if c.cert != nil {
+		claims.Cnf = &accesstoken.Confirmation{X5tS256: accesstoken.Thumbprint(c.cert)}
+	}
+	raw, err := jwt.Signed(signer).Claims(claims).Serialize()
+	if err != nil {
+		return nil, fmt.Errorf("oauth: sign access token: %w", err)
+	}
+	kv := []string{"client_id", c.ID, "grant_type", ip.grant, "jti", claims.ID, "sid", ip.sid,
+		"aud", strings.Join(ip.audience, " "), "scope", claims.Scope, "target", strings.Join(ip.audience, " "),
+		"exchanged_jti", ip.from}
+	if ip.subject != c.actor() {
+		kv = append(kv, "user", ip.subject)
+	}
+	if c.SPIFFEID != "" {
+		kv = append(kv, "spiffe_id", c.SPIFFEID)
+	}
+	if ip.act != nil {
+		kv = append(kv, "act", ip.act.Subject)
+	}
+	if claims.Cnf != nil {
+		kv = append(kv, "cnf", "x5t#S256")
+	}
+	action := "oauth.token_issue"
+	switch ip.grant {
+	case "refresh_token":
+		action = "oauth.token_refresh"
+	case grantTokenExchange:
+		action = "oauth.token_exchange"
+	}
+	p.record(r, action, audit.OutcomeSuccess, "", kv...)
+	return &tokenResponse{AccessToken: raw, TokenType: "Bearer", ExpiresIn: int64(ttl / time.Second), Scope: claims.Scope}, nil
+}
+
+// idClaims are an OIDC ID token's claims.
+type idClaims struct {
+	jwt.Claims
+	AuthTime int64    `json:"auth_time,omitempty"`
+	Nonce    string   `json:"nonce,omitempty"`
+	AZP      string   `json:"azp,omitempty"`
+	AtHash   string   `json:"at_hash,omitempty"`
+	SID      string   `json:"sid,omitempty"`
+	Name     string   `json:"name,omitempty"`
+	Email    string   `json:"email,omitempty"`
+	Groups   []string `json:"groups,omitempty"`
+}
+
+func (p *Provider) idToken(c *authedClient, u store.OAuthUser, scope []string, nonce string, authTime int64, sid, accessToken string) (string, error) {
+	signer, alg, err := p.keys.idSigner()
+	if err != nil {
+		return "", err
+	}
+	now := p.cfg.Now()
+	claims := idClaims{
+		Claims: jwt.Claims{Issuer: p.cfg.Issuer, Subject: u.Username, Audience: jwt.Audience{c.ID},
+			Expiry: jwt.NewNumericDate(now.Add(p.cfg.IDTokenTTL)), IssuedAt: jwt.NewNumericDate(now)},
+		AuthTime: authTime, Nonce: nonce, AZP: c.ID, SID: sid,
+	}
+	if alg == jose.ES256 { // at_hash: left half of the hash the alg uses
+		sum := sha256.Sum256([]byte(accessToken))
+		claims.AtHash = base64.RawURLEncoding.EncodeToString(sum[:16])
+	}
+	if slices.Contains(scope, "profile") {
+		claims.Name = u.Name
+	}
+	if slices.Contains(scope, "email") {
+		claims.Email = u.Email
+	}
+	if slices.Contains(scope, "groups") {
+		claims.Groups = u.Groups
+	}
+	raw, err := jwt.Signed(signer).Claims(claims).Serialize()
+	if err != nil {
+		return "", fmt.Errorf("oauth: sign ID token: %w", err)
+	}
+	return raw, nil
+}
