@@ -77,6 +77,11 @@ func newHarness(t *testing.T, mutate ...func(*oauth.Config)) *harness {
 	cfg := oauth.Config{
 		Issuer: h.srv.URL, Store: st, Wrapper: wrap, Now: h.clock.Now,
 		Record: func(_ context.Context, es ...*audit.Entry) {
+			for _, e := range es {
+				if err := e.Validate(); err != nil {
+					t.Errorf("audit entry %s invalid: %v", e.Action, err)
+				}
+			}
 			h.mu.Lock()
 			h.entries = append(h.entries, es...)
 			h.mu.Unlock()

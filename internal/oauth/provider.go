@@ -268,29 +268,30 @@ func (p *Provider) Register(mux *http.ServeMux, wrap func(pattern string, h http
 
 // Supported values, published in discovery and enforced.
 var (
-	grantTypes  = []string{"authorization_code", "client_credentials", "refresh_token", grantTokenExchange}
+	grantTypes  = []string{"authorization_code", "client_credentials", "refresh_token", GrantTokenExchange}
 	authMethods = []string{"none", "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"}
 )
 
-const grantTokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange"
+// GrantTokenExchange is the RFC 8693 grant type.
+const GrantTokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange"
 
 func (p *Provider) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 	iss := p.cfg.Issuer
 	algs := []string{string(jose.ES256), string(jose.EdDSA)}
 	doc := map[string]any{
-		"issuer":                                iss,
-		"authorization_endpoint":                iss + PathAuthorize,
-		"token_endpoint":                        iss + PathToken,
-		"jwks_uri":                              iss + PathJWKS,
-		"userinfo_endpoint":                     iss + PathUserinfo,
-		"introspection_endpoint":                iss + PathIntrospect,
-		"revocation_endpoint":                   iss + PathRevoke,
-		"response_types_supported":              []string{"code"},
-		"response_modes_supported":              []string{"query"},
-		"grant_types_supported":                 grantTypes,
-		"subject_types_supported":               []string{"public"},
-		"id_token_signing_alg_values_supported": algs,
-		"token_endpoint_auth_methods_supported": authMethods,
+		"issuer":                                           iss,
+		"authorization_endpoint":                           iss + PathAuthorize,
+		"token_endpoint":                                   iss + PathToken,
+		"jwks_uri":                                         iss + PathJWKS,
+		"userinfo_endpoint":                                iss + PathUserinfo,
+		"introspection_endpoint":                           iss + PathIntrospect,
+		"revocation_endpoint":                              iss + PathRevoke,
+		"response_types_supported":                         []string{"code"},
+		"response_modes_supported":                         []string{"query"},
+		"grant_types_supported":                            grantTypes,
+		"subject_types_supported":                          []string{"public"},
+		"id_token_signing_alg_values_supported":            algs,
+		"token_endpoint_auth_methods_supported":            authMethods,
 		"token_endpoint_auth_signing_alg_values_supported": []string{"ES256", "ES384", "EdDSA", "RS256", "PS256"},
 		"introspection_endpoint_auth_methods_supported":    authMethods[1:],
 		"revocation_endpoint_auth_methods_supported":       authMethods,
@@ -407,6 +408,14 @@ func (p *Provider) entry(r *http.Request, action, outcome, reason string, kv ...
 			e.Target = kv[i+1]
 		}
 		e.Details[kv[i]] = kv[i+1]
+	}
+	if e.Actor.User == "" && e.Actor.SpiffeID == "" {
+		// An OAuth client acting for itself, or nobody known yet.
+		if id := e.Details["client_id"]; id != "" {
+			e.Actor.User = "client:" + id
+		} else {
+			e.Actor.User = "anonymous"
+		}
 	}
 	return e
 }

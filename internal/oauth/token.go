@@ -90,7 +90,7 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 		resp, err = p.clientCredentials(r, c)
 	case "refresh_token":
 		resp, err = p.refreshGrant(r, c)
-	case grantTokenExchange:
+	case GrantTokenExchange:
 		resp, err = p.tokenExchange(r, c)
 	}
 	if err != nil {
@@ -268,6 +268,10 @@ func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenRespons
 	}
 	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), hashToken(rt), p.cfg.Now())
 	switch {
+	case errors.Is(err, store.ErrGrantReused) && g.Kind == store.GrantRefresh && g.Revoked:
+		// handleToken audits the refusal; "revoked" in its reason is what
+		// the revoked-credential-use detection rule looks for.
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token revoked")
 	case errors.Is(err, store.ErrGrantReused) && g.Kind == store.GrantRefresh:
 		// RFC 9700 §4.14.2: a rotated refresh token came back, so it was
 		// stolen; nobody can tell the thief from the client, so the whole
@@ -365,7 +369,7 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	left := sub.Expiry.Time().Sub(p.cfg.Now())
 	resp, err := p.issue(r, c, issueParams{subject: sub.Subject, groups: sub.Groups, scope: scope, audience: aud,
 		sid: sub.SessionID, authTime: sub.AuthTime, act: &accesstoken.Actor{Subject: c.actor(), Act: sub.Act},
-		ttl: min(left, p.cfg.AccessTokenTTL), grant: grantTokenExchange, from: sub.ID})
+		ttl: min(left, p.cfg.AccessTokenTTL), grant: GrantTokenExchange, from: sub.ID})
 	if err != nil {
 		return nil, err
 	}
@@ -429,7 +433,7 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 	switch ip.grant {
 	case "refresh_token":
 		action = "oauth.token_refresh"
-	case grantTokenExchange:
+	case GrantTokenExchange:
 		action = "oauth.token_exchange"
 	}
 	p.record(r, action, audit.OutcomeSuccess, "", kv...)

@@ -1,0 +1,123 @@
+package accesstoken
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+type keys struct {
+	kid string
+	pub any
+}
+
+func (k keys) Key(kid string) (any, jose.SignatureAlgorithm, bool) {
+	if kid != k.kid {
+		return nil, "", false
+	}
+	return k.pub, jose.ES256, true
+}
+func (k keys) Algorithms() []jose.SignatureAlgorithm { return []jose.SignatureAlgorithm{jose.ES256} }
+
+var t0 = time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+
+func sign(t testing.TB, key *ecdsa.PrivateKey, typ string, c Claims) string {
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k"}}, (&jose.SignerOptions{}).WithType(jose.ContentType(typ)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := jwt.Signed(s).Claims(c).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+func valid() Claims {
+	return Claims{Issuer: "https://rampart.example", Subject: "alice", Audience: jwt.Audience{"spiffe://ex.org/orders"},
+		Expiry: jwt.NewNumericDate(t0.Add(10 * time.Minute)), NotBefore: jwt.NewNumericDate(t0), IssuedAt: jwt.NewNumericDate(t0),
+		ID: "jti-1", ClientID: "gw", SessionID: "sid-1"}
+}
+
+// TestVerifyClaims is the table of claim checks.
+func TestVerifyClaims(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ks := keys{kid: "k", pub: key.Public()}
+	opts := Options{Issuer: "https://rampart.example", Audience: "spiffe://ex.org/orders", Now: t0.Add(time.Minute),
+		Revoked: func(id string) bool { return id == "revoked-jti" || id == "revoked-sid" }}
+	for _, tt := range []struct {
+		name string
+		mod  func(*Claims)
+		typ  string
+		now  time.Time
+		want error
+		msg  string
+	}{
+		{name: "valid"},
+		{name: "wrong issuer", mod: func(c *Claims) { c.Issuer = "https://evil.example" }, want: ErrClaims, msg: "iss"},
+		{name: "wrong audience", mod: func(c *Claims) { c.Audience = jwt.Audience{"spiffe://ex.org/payments"} }, want: ErrClaims, msg: "aud"},
+		{name: "expired", now: t0.Add(11 * time.Minute), want: ErrClaims, msg: "expired"},
+		{name: "inside leeway", now: t0.Add(10*time.Minute + 10*time.Second)},
+		{name: "not yet valid", now: t0.Add(-time.Minute), want: ErrClaims, msg: "not valid before"},
+		{name: "no exp", mod: func(c *Claims) { c.Expiry = nil }, want: ErrClaims, msg: "exp missing"},
+		{name: "no jti", mod: func(c *Claims) { c.ID = "" }, want: ErrClaims, msg: "jti"},
+		{name: "revoked jti", mod: func(c *Claims) { c.ID = "revoked-jti" }, want: ErrRevoked},
+		{name: "revoked family", mod: func(c *Claims) { c.SessionID = "revoked-sid" }, want: ErrRevoked},
+		{name: "ID token typ", typ: "JWT", want: ErrMalformed, msg: "typ"},
+		{name: "media type typ", typ: "application/at+jwt"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := valid()
+			if tt.mod != nil {
+				tt.mod(&c)
+			}
+			typ := tt.typ
+			if typ == "" {
+				typ = Type
+			}
+			o := opts
+			if !tt.now.IsZero() {
+				o.Now = tt.now
+			}
+			got, err := Verify(sign(t, key, typ, c), ks, o)
+			if tt.want == nil {
+				if err != nil || got.Subject != "alice" {
+					t.Fatalf("Verify = %v, %v", got, err)
+				}
+				return
+			}
+			if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.msg) {
+				t.Fatalf("error %v, want %v mentioning %q", err, tt.want, tt.msg)
+			}
+		})
+	}
+}
+
+// FuzzVerify: arbitrary input never panics and never verifies without the
+// key's signature.
+func FuzzVerify(f *testing.F) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ks := keys{kid: "k", pub: key.Public()}
+	good := sign(f, key, Type, valid())
+	f.Add(good)
+	f.Add("eyJhbGciOiJub25lIn0.e30.")
+	f.Add("a.b.c")
+	f.Add(good[:len(good)-3])
+	f.Add(strings.Replace(good, ".", "..", 1))
+	opts := Options{Issuer: "https://rampart.example", Now: t0.Add(time.Minute)}
+	f.Fuzz(func(t *testing.T, raw string) {
+		c, err := Verify(raw, ks, opts)
+		// Only a signature by the key verifies, and the key signed exactly
+		// one set of claims: whatever verifies must carry those.
+		if err == nil && (c.ID != "jti-1" || c.Subject != "alice" || c.ClientID != "gw" || c.SessionID != "sid-1") {
+			t.Fatalf("input with other claims verified: %q -> %+v", raw, c)
+		}
+	})
+}
