@@ -43,6 +43,7 @@ func commands() []command {
 		{"audit", "verify, query and export the tamper-evident audit log", runAudit},
 		{"detect", "test detection rules against a log; print the built-in rules", runDetect},
 		{"alert", "list, acknowledge and resolve detection alerts", runAlert},
+		{"oauth", "manage OAuth/OIDC clients and users (client ..., user ...)", runOAuth},
 		{"demo", "start a secured sample system on loopback", runDemo},
 		{"version", "print the version", func(_ context.Context, e *cliEnv, _ []string) error {
 			fmt.Fprintln(e.stdout, "rampart", version)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/server"
@@ -48,6 +49,10 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.DurationVar(&cfg.JoinTokenTTL, "join-token-ttl", server.DefaultJoinTokenTTL, "default join token lifetime")
 	fs.DurationVar(&cfg.RootTTL, "root-ttl", 0, "root CA lifetime (default 8760h)")
 	fs.DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 0, "intermediate CA lifetime (default 72h)")
+	fs.StringVar(&cfg.Issuer, "issuer", "", "OAuth/OIDC issuer URL clients and services see (default https://LISTEN)")
+	oauthAlg := fs.String("oauth-alg", "ES256", "signing algorithm of new OAuth token keys: ES256 or EdDSA")
+	fs.DurationVar(&cfg.OAuth.AccessTokenTTL, "access-token-ttl", 0, "OAuth access token lifetime (default 10m)")
+	fs.DurationVar(&cfg.OAuth.RefreshTokenTTL, "refresh-token-ttl", 0, "lifetime of a refresh token family; rotation does not extend it (default 24h)")
 	detectRules := fs.String("detect-rules", "", "detection rules and alert sinks (YAML; default: the built-in rules, see rampart detect rules)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -62,6 +67,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 		return usagef("--trust-domain %q: %v", td, err)
 	}
 	cfg.DNSNames = dns
+	cfg.OAuth.Algorithm = jose.SignatureAlgorithm(*oauthAlg)
 	if *detectRules != "" {
 		if cfg.DetectRules, err = os.ReadFile(*detectRules); err != nil {
 			return fmt.Errorf("--detect-rules: %w", err)

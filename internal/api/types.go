@@ -230,3 +230,55 @@ type SetAlertStatusRequest struct {
 	Status string `json:"status"`
 	Note   string `json:"note,omitempty"`
 }
+
+// OAuthClient is an OAuth client registration. Secret is only ever set in
+// the response that creates the client.
+type OAuthClient struct {
+	ID           string          `json:"id"`
+	Name         string          `json:"name,omitempty"`
+	AuthMethod   string          `json:"auth_method"`
+	RedirectURIs []string        `json:"redirect_uris,omitempty"`
+	GrantTypes   []string        `json:"grant_types"`
+	Scopes       []string        `json:"scopes,omitempty"`
+	Audience     []string        `json:"audience,omitempty"`
+	JWKS         json.RawMessage `json:"jwks,omitempty"`
+	SPIFFEID     string          `json:"spiffe_id,omitempty"`
+	CreatedAt    time.Time       `json:"created_at,omitzero"`
+	Secret       string          `json:"secret,omitempty"`
+}
+
+// OAuthUser is a user of the built-in user store. Password is only ever
+// sent, never returned.
+type OAuthUser struct {
+	Username     string    `json:"username"`
+	Name         string    `json:"name,omitempty"`
+	Email        string    `json:"email,omitempty"`
+	Groups       []string  `json:"groups,omitempty"`
+	Disabled     bool      `json:"disabled,omitempty"`
+	TOTP         bool      `json:"totp"`
+	FailedLogins int       `json:"failed_logins,omitempty"`
+	LockedUntil  time.Time `json:"locked_until,omitzero"`
+	CreatedAt    time.Time `json:"created_at,omitzero"`
+	Password     string    `json:"password,omitempty"`
+}
+
+// OAuthUserUpdate changes a user; absent fields stay as they are.
+type OAuthUserUpdate struct {
+	Password *string   `json:"password,omitempty"`
+	Name     *string   `json:"name,omitempty"`
+	Email    *string   `json:"email,omitempty"`
+	Groups   *[]string `json:"groups,omitempty"`
+	Disabled *bool     `json:"disabled,omitempty"`
+	// Unlock clears a lockout after failed logins.
+	Unlock bool `json:"unlock,omitempty"`
+	// TOTP is "enable" (a new secret; the response carries it once) or
+	// "disable".
+	TOTP string `json:"totp,omitempty"`
+}
+
+// OAuthUserUpdateResponse is the user after an update and, when TOTP was
+// enabled, the otpauth:// URI for the user's authenticator app.
+type OAuthUserUpdateResponse struct {
+	User    OAuthUser `json:"user"`
+	TOTPURI string    `json:"totp_uri,omitempty"`
+}

@@ -59,6 +59,22 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/alerts/{id}", s.admin(s.handleGetAlert))
 	route("POST /v1/alerts/{id}/status", s.admin(s.handleSetAlertStatus))
 
+	// OAuth clients and users.
+	route("POST /v1/oauth/clients", s.admin(s.handleCreateOAuthClient))
+	route("GET /v1/oauth/clients", s.admin(s.handleListOAuthClients))
+	route("GET /v1/oauth/clients/{id}", s.admin(s.handleGetOAuthClient))
+	route("DELETE /v1/oauth/clients/{id}", s.admin(s.handleDeleteOAuthClient))
+	route("POST /v1/oauth/users", s.admin(s.handleCreateOAuthUser))
+	route("GET /v1/oauth/users", s.admin(s.handleListOAuthUsers))
+	route("GET /v1/oauth/users/{name}", s.admin(s.handleGetOAuthUser))
+	route("PATCH /v1/oauth/users/{name}", s.admin(s.handleUpdateOAuthUser))
+	route("DELETE /v1/oauth/users/{name}", s.admin(s.handleDeleteOAuthUser))
+	// The authorization server itself (public endpoints; clients
+	// authenticate per request).
+	if s.oauth != nil {
+		s.oauth.Register(mux, func(pattern string, h http.HandlerFunc) http.Handler { return s.instrument(pattern, h) })
+	}
+
 	// Audit entries from agents' and proxies' spools.
 	route("POST /v1/audit/ingest", s.workload(s.handleIngest))
 

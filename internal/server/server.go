@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/mod/sumdb/note"
@@ -26,6 +27,7 @@ import (
 	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/keywrap"
+	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -65,8 +67,21 @@ type Config struct {
 	// DetectRules is a detection rules file (nil: the default rules).
 	DetectRules []byte
 
+	// Issuer is the OAuth/OIDC issuer URL; empty: https://LISTEN (an
+	// unspecified host becomes localhost).
+	Issuer string
+	OAuth  OAuthConfig
+
 	Now func() time.Time
 	Log *slog.Logger
+}
+
+// OAuthConfig tunes the authorization server; zero values take the
+// oauth package's defaults.
+type OAuthConfig struct {
+	Algorithm       jose.SignatureAlgorithm
+	AccessTokenTTL  time.Duration
+	RefreshTokenTTL time.Duration
 }
 
 // Server is a running control plane.
@@ -80,6 +95,8 @@ type Server struct {
 	ingest      *ingest
 	detector    *detect.Tailer
 	notifier    *detect.Notifier
+	oauth       *oauth.Provider // nil until the issuer address is known
+	wrapper     *keywrap.Wrapper
 	log         *slog.Logger
 	now         func() time.Time
 	metrics     *metrics
@@ -172,7 +189,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s := &Server{
-		cfg: cfg, store: st, ca: ca, log: cfg.Log, now: cfg.Now,
+		cfg: cfg, store: st, ca: ca, log: cfg.Log, now: cfg.Now, wrapper: wrapper,
 		changed: make(chan struct{}), reg: prometheus.NewRegistry(),
 	}
 	s.metrics = newMetrics(s.reg, ca)
@@ -196,8 +213,18 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		return nil, err
 	}
 	s.tls = newTLSState(s)
+	if iss := issuerFor(cfg, cfg.Listen); iss != "" && !strings.HasSuffix(iss, ":0") {
+		if err := s.startOAuth(ctx, iss, wrapper); err != nil {
+			s.audit.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
+
+// OAuth returns the authorization server (nil before Serve when the
+// listen port was 0).
+func (s *Server) OAuth() *oauth.Provider { return s.oauth }
 
 // Store returns the server's store (for tests and benchmarks).
 func (s *Server) Store() store.Store { return s.store }
@@ -222,6 +249,11 @@ func (s *Server) Audit() *audit.Log { return s.audit }
 
 // Serve serves the API on ln until ctx is done, then shuts down gracefully.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.oauth == nil {
+		if err := s.startOAuth(ctx, issuerFor(s.cfg, ln.Addr().String()), s.wrapper); err != nil {
+			return err
+		}
+	}
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         s.tls.config(),
@@ -272,6 +304,11 @@ func (s *Server) maintainOnce(ctx context.Context) {
 		s.metrics.caMaintenanceFailures.Inc()
 	}
 	s.warnExpiry()
+	if s.oauth != nil {
+		if err := s.oauth.Maintain(ctx); err != nil {
+			s.log.Error("OAuth signing key maintenance failed", "err", err)
+		}
+	}
 	if err := s.store.PruneExpired(ctx, s.now()); err != nil {
 		s.log.Warn("pruning expired records failed", "err", err)
 	}
@@ -317,6 +354,11 @@ func (s *Server) pollRevision(ctx context.Context) {
 			// Another replica changed something: its CA keys may have rotated.
 			if err := s.ca.Reload(ctx); err != nil {
 				s.log.Error("reloading CA failed", "err", err)
+			}
+			if s.oauth != nil {
+				if err := s.oauth.Reload(ctx); err != nil {
+					s.log.Error("reloading OAuth keys and revocations failed", "err", err)
+				}
 			}
 			s.notify(ctx)
 		}
