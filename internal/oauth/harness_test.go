@@ -43,7 +43,7 @@ func (c *clock) Advance(d time.Duration) {
 
 // harness is a provider on a real TLS listener with a SQLite store.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	p     *oauth.Provider
 	srv   *httptest.Server
 	store store.Store
@@ -56,6 +56,12 @@ type harness struct {
 }
 
 func newHarness(t *testing.T, mutate ...func(*oauth.Config)) *harness {
+	return newHarnessTB(t, mutate...)
+}
+
+func newBenchHarness(b *testing.B) *harness { return newHarnessTB(b) }
+
+func newHarnessTB(t testing.TB, mutate ...func(*oauth.Config)) *harness {
 	t.Helper()
 	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "rampart.db"))
 	if err != nil {
@@ -187,7 +193,7 @@ func htmlUnescape(s string) string {
 }
 
 // codeFrom reads the code from a redirect, failing the test otherwise.
-func codeFrom(t *testing.T, resp *http.Response, wantState string) string {
+func codeFrom(t testing.TB, resp *http.Response, wantState string) string {
 	t.Helper()
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -242,7 +248,7 @@ type testCA struct {
 	pool *x509.CertPool
 }
 
-func newTestCA(t *testing.T) *testCA {
+func newTestCA(t testing.TB) *testCA {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
 		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
@@ -257,7 +263,7 @@ func newTestCA(t *testing.T) *testCA {
 }
 
 // svid returns a TLS client certificate for a SPIFFE ID.
-func (ca *testCA) svid(t *testing.T, id string) tls.Certificate {
+func (ca *testCA) svid(t testing.TB, id string) tls.Certificate {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse(id)
 	n, _ := rand.Int(rand.Reader, big.NewInt(1<<62))

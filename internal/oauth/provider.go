@@ -90,6 +90,8 @@ type Provider struct {
 	// sessionKey MACs login session cookies and CSRF tokens.
 	sessionKey []byte
 
+	verifier *accesstoken.Verifier // any audience; caches verified tokens
+
 	mu      sync.RWMutex
 	revoked map[string]struct{} // jti and sid values
 }
@@ -149,6 +151,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 		cfg.Changed = func(context.Context) {}
 	}
 	p := &Provider{cfg: cfg, keys: &keyring{store: cfg.Store, wrap: cfg.Wrapper, alg: cfg.Algorithm, ttl: cfg.KeyTTL}}
+	p.verifier = &accesstoken.Verifier{Keys: p.keys, Issuer: cfg.Issuer, Revoked: p.isRevoked, Now: cfg.Now}
 	if err := p.keys.maintain(ctx, cfg.Now()); err != nil {
 		return nil, err
 	}
@@ -334,9 +337,14 @@ func (k *keyring) Algorithms() []jose.SignatureAlgorithm { return k.algs() }
 // VerifyAccessToken checks a token this provider issued; audience may be
 // empty to accept any.
 func (p *Provider) VerifyAccessToken(raw, audience string) (*accesstoken.Claims, error) {
-	return accesstoken.Verify(raw, p.keys, accesstoken.Options{
-		Issuer: p.cfg.Issuer, Audience: audience, Now: p.cfg.Now(), Revoked: p.isRevoked,
-	})
+	c, err := p.verifier.Verify(raw)
+	if err != nil {
+		return nil, err
+	}
+	if audience != "" && !c.Audience.Contains(audience) {
+		return nil, fmt.Errorf("%w: aud %v does not contain %q", accesstoken.ErrClaims, []string(c.Audience), audience)
+	}
+	return c, nil
 }
 
 // oauthError is an RFC 6749 §5.2 error response.
