@@ -47,12 +47,7 @@ func TestOAuthServer(t *testing.T) {
 		t.Fatalf("client without redirect URI: %v", err)
 	}
 
-	// A browser and an OAuth client that trust the server's bundle.
-	pool := x509.NewCertPool()
-	bundle, _ := os.ReadFile(filepath.Join(dir, "bundle.pem"))
-	pool.AppendCertsFromPEM(bundle)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
-	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	tr, hc := trustServer(dir)
 	issuer := "https://" + s.addr
 	ctx := oidc.ClientContext(context.Background(), hc)
 	prov, err := oidc.NewProvider(ctx, issuer)
@@ -61,35 +56,7 @@ func TestOAuthServer(t *testing.T) {
 	}
 	conf := oauth2.Config{ClientID: "gateway", ClientSecret: secret[1], Endpoint: prov.Endpoint(), RedirectURL: cb,
 		Scopes: []string{oidc.ScopeOpenID, "email", "groups"}}
-	verifier := oauth2.GenerateVerifier()
-	jar, _ := cookiejar.New(nil)
-	browser := &http.Client{Transport: tr, Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := browser.Get(conf.AuthCodeURL("xyz", oauth2.S256ChallengeOption(verifier), oidc.Nonce("n1")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(page), `<label for="password">Password</label>`) || !strings.Contains(string(page), "Shop") {
-		t.Fatalf("login page: %d\n%s", resp.StatusCode, page)
-	}
-	form := url.Values{"username": {"alice"}, "password": {"alice-long-password"}, "action": {"allow"}}
-	for _, m := range regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`).FindAllStringSubmatch(string(page), -1) {
-		form.Set(m[1], strings.ReplaceAll(m[2], "&#43;", "+"))
-	}
-	resp, err = browser.PostForm(issuer+"/oauth2/authorize", form)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	loc, _ := url.Parse(resp.Header.Get("Location"))
-	if resp.StatusCode != http.StatusSeeOther || loc.Query().Get("code") == "" || loc.Query().Get("iss") != issuer {
-		t.Fatalf("login: %d Location %q", resp.StatusCode, resp.Header.Get("Location"))
-	}
-	tok, err := conf.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier))
-	if err != nil {
-		t.Fatalf("exchange: %v", err)
-	}
+	tok := browserLogin(t, tr, issuer, conf, "alice", "alice-long-password", "n1")
 	idt, err := prov.Verifier(&oidc.Config{ClientID: "gateway"}).Verify(ctx, tok.Extra("id_token").(string))
 	if err != nil || idt.Subject != "alice" || idt.Nonce != "n1" {
 		t.Fatalf("ID token: %v %+v", err, idt)
@@ -133,4 +100,52 @@ func TestOAuthServer(t *testing.T) {
 	if strings.Contains(log, "alice-long-password") || strings.Contains(log, secret[1]) {
 		t.Error("a password or client secret reached the audit log")
 	}
+}
+
+// trustServer returns a transport and client that trust the server's
+// bundle (in its data dir).
+func trustServer(dir string) (*http.Transport, *http.Client) {
+	pool := x509.NewCertPool()
+	bundle, _ := os.ReadFile(filepath.Join(dir, "bundle.pem"))
+	pool.AppendCertsFromPEM(bundle)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	return tr, &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// browserLogin runs the authorization code flow with PKCE the way a user
+// does: open the login page, fill in the form, follow the redirect; then
+// the client (x/oauth2) exchanges the code.
+func browserLogin(t *testing.T, tr *http.Transport, issuer string, conf oauth2.Config, user, password, nonce string) *oauth2.Token {
+	t.Helper()
+	verifier := oauth2.GenerateVerifier()
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Transport: tr, Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := browser.Get(conf.AuthCodeURL("xyz", oauth2.S256ChallengeOption(verifier), oidc.Nonce(nonce)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(page), `<label for="password">Password</label>`) {
+		t.Fatalf("login page: %d\n%s", resp.StatusCode, page)
+	}
+	form := url.Values{"username": {user}, "password": {password}, "action": {"allow"}}
+	for _, m := range regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`).FindAllStringSubmatch(string(page), -1) {
+		form.Set(m[1], strings.ReplaceAll(m[2], "&#43;", "+"))
+	}
+	resp, err = browser.PostForm(issuer+"/oauth2/authorize", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusSeeOther || loc.Query().Get("code") == "" || loc.Query().Get("iss") != issuer {
+		t.Fatalf("login: %d Location %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, &http.Client{Transport: tr})
+	tok, err := conf.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier))
+	if err != nil {
+		t.Fatalf("exchange: %v", err)
+	}
+	return tok
 }

@@ -193,6 +193,11 @@ type WorkloadSyncResponse struct {
 	Policy   *Policy  `json:"policy"`
 	Revoked  []string `json:"revoked"`
 	Bundle   [][]byte `json:"bundle"`
+	// User access tokens: who issues them, the issuer's JWKS, and the
+	// revoked token and grant IDs (jti, sid).
+	TokenIssuer   string          `json:"token_issuer,omitempty"`
+	TokenKeys     json.RawMessage `json:"token_keys,omitempty"`
+	RevokedTokens []string        `json:"revoked_tokens,omitempty"`
 }
 
 // AuditIngestRequest is a batch of audit entries from an agent's or a

@@ -39,13 +39,14 @@ func DecisionEntry(ev Event) *audit.Entry {
 	e := &audit.Entry{V: audit.SchemaVersion, Time: ev.Time, Action: "authz.decision", Target: ev.Target,
 		Outcome: audit.OutcomeSuccess, Reason: ev.Reason, Details: map[string]string{"latency_ns": strconv.FormatInt(int64(ev.Latency), 10)}}
 	e.Actor.SpiffeID = ev.Caller
-	if ev.Caller == "" {
+	e.Actor.User = ev.User // the end user the caller acts for, if any
+	if ev.Caller == "" && ev.User == "" {
 		e.Actor.User = "unauthenticated"
 	}
 	if !ev.Allowed {
 		e.Outcome = audit.OutcomeDenied
 	}
-	for _, kv := range [...][2]string{{"method", ev.Method}, {"path", ev.Path}, {"rule", ev.Rule}, {"policy_version", ev.Version}, {"remote", ev.Remote}} {
+	for _, kv := range [...][2]string{{"method", ev.Method}, {"path", ev.Path}, {"rule", ev.Rule}, {"policy_version", ev.Version}, {"remote", ev.Remote}, {"act", ev.Act}} {
 		if kv[1] != "" {
 			e.Details[kv[0]] = kv[1]
 		}

@@ -21,7 +21,17 @@ import (
 const (
 	HeaderCaller = "X-Rampart-Caller"
 	HeaderXFCC   = "X-Forwarded-Client-Cert"
+	HeaderUser   = "X-Rampart-User"
 )
+
+// bearer returns the token of an Authorization: Bearer header.
+func bearer(h http.Header) (string, bool) {
+	scheme, tok, ok := strings.Cut(h.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
+}
 
 // Event is one authorisation decision.
 type Event struct {
@@ -35,6 +45,8 @@ type Event struct {
 	Allowed bool   // effective outcome
 	DryRun  bool   // a dry-run policy would have denied
 	Reason  string // why, when refused before the policy (bad path)
+	User    string // end user of a verified access token, "" without one
+	Act     string // service that exchanged the user's token, if any
 	Remote  string
 	Latency time.Duration // time spent deciding
 }
@@ -60,7 +72,7 @@ func (s LogSink) Decision(ctx context.Context, e Event) {
 		slog.String("target", e.Target), slog.String("method", e.Method), slog.String("path", e.Path),
 		slog.String("rule", e.Rule), slog.String("policy_version", e.Version), slog.Bool("allowed", e.Allowed),
 		slog.Bool("dry_run_denied", e.DryRun), slog.String("reason", e.Reason), slog.String("remote", e.Remote),
-		slog.Duration("latency", e.Latency))
+		slog.String("user", e.User), slog.String("act", e.Act), slog.Duration("latency", e.Latency))
 }
 
 // GuardConfig configures a Guard.
@@ -74,6 +86,7 @@ type GuardConfig struct {
 // Guard authorises inbound calls with the current policy.
 type Guard struct {
 	cfg       GuardConfig
+	tokens    *Tokens
 	engine    atomic.Pointer[policy.Engine]
 	decisions *prometheus.CounterVec
 	latency   prometheus.Histogram
@@ -88,7 +101,7 @@ func NewGuard(cfg GuardConfig) *Guard {
 	if cfg.Sink == nil {
 		cfg.Sink = LogSink{Log: cfg.Log}
 	}
-	g := &Guard{cfg: cfg,
+	g := &Guard{cfg: cfg, tokens: newTokens(cfg.Service.String()),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_authz_decisions_total", Help: "Authorisation decisions, by outcome (allow, deny, dry_run_deny, bad_request).",
 		}, []string{"outcome"}),
@@ -102,6 +115,10 @@ func NewGuard(cfg GuardConfig) *Guard {
 	}
 	return g
 }
+
+// Tokens returns the guard's user token verifier (kept current by the
+// Syncer).
+func (g *Guard) Tokens() *Tokens { return g.tokens }
 
 // SetPolicy installs a compiled policy; nil removes it (default deny).
 func (g *Guard) SetPolicy(e *policy.Engine) { g.engine.Store(e) }
@@ -139,6 +156,27 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 			return
 		}
 		ev.Path = path
+		var user map[string]any
+		if raw, ok := bearer(r.Header); ok {
+			claims, err := g.tokens.Verify(raw, r.TLS.PeerCertificates[0])
+			if err != nil {
+				ev.Reason = "access token refused: " + err.Error()
+				g.finish(r.Context(), &ev, start, "bad_request")
+				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+				WriteProblem(w, http.StatusUnauthorized, "access token refused: "+err.Error())
+				return
+			}
+			user = userClaims(claims)
+			if claims.Act != nil {
+				ev.Act = claims.Act.Subject
+			}
+			if isUserToken(claims) {
+				ev.User = claims.Subject
+				// The app reads the verified user from here, never from
+				// the caller's own headers (stripped above).
+				r.Header.Set(HeaderUser, claims.Subject)
+			}
+		}
 		eng := g.engine.Load()
 		if eng == nil {
 			ev.Reason = "no policy for this service"
@@ -146,7 +184,7 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 			WriteProblem(w, http.StatusForbidden, "denied: no policy allows calls to "+g.cfg.Service.String())
 			return
 		}
-		d := eng.Decide(&policy.Request{Caller: peer, Method: r.Method, Path: path, Headers: r.Header})
+		d := eng.Decide(&policy.Request{Caller: peer, Method: r.Method, Path: path, Headers: r.Header, User: user})
 		ev.Rule, ev.Version, ev.Allowed, ev.DryRun = d.Rule, d.Version, d.Allowed, d.DryRunDenied
 		outcome := "allow"
 		switch {

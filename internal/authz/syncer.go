@@ -119,6 +119,9 @@ func (s *Syncer) apply(resp api.WorkloadSyncResponse, save bool) {
 	if s.Revocations != nil {
 		s.Revocations.Set(resp.Revoked)
 	}
+	if err := s.Guard.Tokens().Update(resp.TokenIssuer, resp.TokenKeys, resp.RevokedTokens); err != nil {
+		s.Log.Error("token keys from the server are malformed; user tokens will be refused", "err", err)
+	}
 	switch {
 	case resp.Policy == nil:
 		if s.version != "" {

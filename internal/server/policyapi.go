@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -155,6 +156,21 @@ func (s *Server) handleWorkloadSync(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, rv := range revs {
 		out.Revoked = append(out.Revoked, rv.Serial)
+	}
+	if s.oauth != nil {
+		out.TokenIssuer = s.oauth.Issuer()
+		if out.TokenKeys, err = json.Marshal(s.oauth.JWKS()); err != nil {
+			s.internalError(w, err)
+			return
+		}
+		trs, err := s.store.ListOAuthRevocations(r.Context(), s.now())
+		if err != nil {
+			s.internalError(w, err)
+			return
+		}
+		for _, tr := range trs {
+			out.RevokedTokens = append(out.RevokedTokens, tr.ID)
+		}
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+)
+
+// payments only serves a user's own payments, and only when orders calls
+// on that user's behalf (its token exchanged, act = orders).
+const deputyPolicy = `service: spiffe://example.org/payments
+rules:
+  - name: own-payments-via-orders
+    callers: [spiffe://example.org/orders]
+    methods: [GET]
+    paths: ["/payments/{user}"]
+    when: 'has(user.sub) && user.sub == request.params.user && user.act == "spiffe://example.org/orders"'
+`
+
+// TestConfusedDeputy: Alice logs in at the gateway and calls orders;
+// orders exchanges her token for one addressed to payments (act = orders).
+// With it, orders reads Alice's payments but not Bob's; with its own
+// client-credentials token it reads nothing (the policy requires a user);
+// Alice's original token, addressed to orders, is refused by payments; the
+// audit log shows who acted for whom.
+func TestConfusedDeputy(t *testing.T) {
+	m := newMesh(t)
+	m.identity("orders", "")
+	m.identity("payments", "")
+	m.putPolicy(deputyPolicy)
+	env := m.s.adminEnv()
+	secretRE := regexp.MustCompile(`client_secret: (\S+)`)
+	gw := secretRE.FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "gateway", "--grant", "authorization_code",
+		"--redirect-uri", "http://127.0.0.1:9/cb", "--audience", "spiffe://example.org/orders", "--scope", "payments:read"))
+	orders := secretRE.FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "orders", "--spiffe-id", "spiffe://example.org/orders",
+		"--grant", "token-exchange", "--grant", "client_credentials", "--audience", "spiffe://example.org/payments"))
+	pw := filepath.Join(m.binDir, "pw")
+	os.WriteFile(pw, []byte("a-long-password"), 0o600)
+	mustCLI(t, env, "oauth", "user", "create", "--username", "alice", "--password-file", pw)
+	mustCLI(t, env, "oauth", "user", "create", "--username", "bob", "--password-file", pw)
+
+	inPay := m.proxy("payments", "--inbound", "127.0.0.1:0", "--app", app(t), "--data", filepath.Join(m.binDir, "payments-data"))[0]
+	outOrders := m.proxy("orders", "--outbound", "127.0.0.1:0="+inPay+",spiffe://example.org/payments")[1]
+
+	issuer := "https://" + m.s.addr
+	tr, hc := trustServer(m.s.dir)
+	_ = tr
+	conf := oauth2.Config{ClientID: "gateway", ClientSecret: gw[1], RedirectURL: "http://127.0.0.1:9/cb", Scopes: []string{"openid", "payments:read"},
+		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/oauth2/authorize", TokenURL: issuer + "/oauth2/token", AuthStyle: oauth2.AuthStyleInHeader}}
+	alice := browserLogin(t, tr, issuer, conf, "alice", "a-long-password", "n").AccessToken
+
+	// orders exchanges Alice's token (RFC 8693) for one addressed to payments.
+	form := url.Values{"grant_type": {"urn:ietf:params:oauth:grant-type:token-exchange"}, "subject_token": {alice},
+		"subject_token_type": {"urn:ietf:params:oauth:token-type:access_token"}, "audience": {"spiffe://example.org/payments"}}
+	req, _ := http.NewRequest(http.MethodPost, issuer+"/oauth2/token", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("orders", orders[1])
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ex struct {
+		AccessToken string `json:"access_token"`
+	}
+	json.NewDecoder(resp.Body).Decode(&ex)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || ex.AccessToken == "" {
+		t.Fatalf("token exchange: %d", resp.StatusCode)
+	}
+	cc := clientcredentials.Config{ClientID: "orders", ClientSecret: orders[1], TokenURL: issuer + "/oauth2/token",
+		EndpointParams: url.Values{"audience": {"spiffe://example.org/payments"}}}
+	own, err := cc.Token(context.WithValue(context.Background(), oauth2.HTTPClient, hc))
+	if err != nil {
+		t.Fatalf("orders' own token: %v", err)
+	}
+
+	call := func(path, token string) int {
+		h := map[string]string{}
+		if token != "" {
+			h["Authorization"] = "Bearer " + token
+		}
+		code, _ := get(t, "http://"+outOrders+path, h)
+		return code
+	}
+	// The proxies learn the issuer's keys with the policy, by long poll.
+	eventually(t, 10*time.Second, "exchanged token accepted", func() error {
+		if c := call("/payments/alice", ex.AccessToken); c != 200 {
+			return errorf("alice's own payments with the exchanged token: %d", c)
+		}
+		return nil
+	})
+	for _, tt := range []struct {
+		what, path, token string
+		want              int
+	}{
+		{"Bob's payments with Alice's token (confused deputy)", "/payments/bob", ex.AccessToken, 403},
+		{"orders' own credentials, no user", "/payments/alice", own.AccessToken, 403},
+		{"no token at all", "/payments/alice", "", 403},
+		{"Alice's token addressed to orders, not payments", "/payments/alice", alice, 401},
+		{"a tampered token", "/payments/alice", ex.AccessToken[:len(ex.AccessToken)-4] + "AAAA", 401},
+	} {
+		if got := call(tt.path, tt.token); got != tt.want {
+			t.Errorf("%s: %d, want %d", tt.what, got, tt.want)
+		}
+	}
+	// orders revokes the exchanged token (RFC 7009); payments' proxy learns
+	// of it by long poll and refuses it from then on.
+	rv, _ := http.NewRequest(http.MethodPost, issuer+"/oauth2/revoke", strings.NewReader(url.Values{"token": {ex.AccessToken}}.Encode()))
+	rv.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	rv.SetBasicAuth("orders", orders[1])
+	if resp, err := hc.Do(rv); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("revoke: %v", err)
+	}
+	eventually(t, 10*time.Second, "revoked token refused by payments", func() error {
+		if c := call("/payments/alice", ex.AccessToken); c != 401 {
+			return errorf("revoked token: %d", c)
+		}
+		return nil
+	})
+
+	eventually(t, 15*time.Second, "decisions with act in the audit log", func() error {
+		for _, e := range auditDecisions(t, m.s.dir) {
+			actor, _ := e["actor"].(map[string]any)
+			details, _ := e["details"].(map[string]any)
+			if actor["user"] == "alice" && details["act"] == "spiffe://example.org/orders" && e["outcome"] == "success" {
+				return nil
+			}
+		}
+		return errorf("no allowed decision for alice with act=orders yet")
+	})
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

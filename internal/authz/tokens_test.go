@@ -1,0 +1,79 @@
+package authz
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/rampartsec/rampart/internal/accesstoken"
+)
+
+func selfSigned(t *testing.T) *x509.Certificate {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return c
+}
+
+// TestTokensBoundAndRevoked: a certificate-bound token is refused over
+// another client's connection; a revoked grant family is refused; a
+// client's own token exposes no user.
+func TestTokensBoundAndRevoked(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	tk := newTokens("spiffe://ex.org/payments")
+	if _, err := tk.Verify("x.y.z", nil); err == nil {
+		t.Fatal("verified before knowing the issuer")
+	}
+	if err := tk.Update("https://issuer", jwks, nil); err != nil {
+		t.Fatal(err)
+	}
+	owner, thief := selfSigned(t), selfSigned(t)
+	signer, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("at+jwt"))
+	now := time.Now()
+	mk := func(sub, client, sid string, cnf *accesstoken.Confirmation) string {
+		raw, _ := jwt.Signed(signer).Claims(accesstoken.Claims{Issuer: "https://issuer", Subject: sub, Audience: jwt.Audience{"spiffe://ex.org/payments"},
+			Expiry: jwt.NewNumericDate(now.Add(time.Minute)), IssuedAt: jwt.NewNumericDate(now), ID: "j-" + sub + sid, ClientID: client, SessionID: sid, Cnf: cnf}).Serialize()
+		return raw
+	}
+	bound := mk("alice", "orders", "s1", &accesstoken.Confirmation{X5tS256: accesstoken.Thumbprint(owner)})
+	if _, err := tk.Verify(bound, owner); err != nil {
+		t.Fatalf("bound token from its owner: %v", err)
+	}
+	if _, err := tk.Verify(bound, thief); err == nil || !strings.Contains(err.Error(), "bound to another") {
+		t.Fatalf("bound token from a thief: %v", err)
+	}
+	if err := tk.Update("https://issuer", jwks, []string{"s1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tk.Verify(bound, owner); err == nil {
+		t.Fatal("token of a revoked family verified")
+	}
+	c, err := tk.Verify(mk("spiffe://ex.org/orders", "orders", "", nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := userClaims(c)["sub"]; ok {
+		t.Fatal("a client's own token exposed a user")
+	}
+	// Another issuer's keys are not accepted when the issuer changes.
+	if err := tk.Update("https://other", jwks, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tk.Verify(mk("bob", "orders", "s2", nil), nil); err == nil || !strings.Contains(err.Error(), "iss") {
+		t.Fatalf("token of the old issuer after the issuer changed: %v", err)
+	}
+}
