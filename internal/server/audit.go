@@ -108,7 +108,7 @@ func (s *Server) record(ctx context.Context, es ...*audit.Entry) {
 		switch {
 		case e.Outcome != audit.OutcomeSuccess:
 			lvl = slog.LevelWarn
-		case e.Action == "svid.issue":
+		case e.Action == "svid.issue" || strings.HasPrefix(e.Action, "oauth.token_"):
 			lvl = slog.LevelDebug // thousands a second; the audit log has them
 		}
 		s.log.LogAttrs(ctx, lvl, "audit", attrs...)
