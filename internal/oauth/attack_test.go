@@ -104,18 +104,15 @@ func TestPKCEGuards(t *testing.T) {
 		t.Errorf("PKCE plain: %q", got)
 	}
 	// A stolen code without the verifier, or with a wrong one, is useless.
-	v, ch := pkce()
-	b := h.browser()
-	code := codeFrom(t, h.login(b, authURL(h, codeQuery("spa", ch)), "alice", "alice-password", ""), "s")
 	for _, verifier := range []string{"", "wrong-verifier-wrong-verifier-wrong-verifier-x"} {
+		_, ch := pkce()
+		code := codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("spa", ch)), "alice", "alice-password", ""), "s")
 		st, out := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code},
 			"redirect_uri": {redirect}, "client_id": {"spa"}, "code_verifier": {verifier}}, "", "")
-		if st != http.StatusBadRequest || out["error"] != "invalid_grant" {
+		if st != http.StatusBadRequest || out["error"] != "invalid_grant" || !strings.Contains(out["error_description"].(string), "PKCE") {
 			t.Fatalf("verifier %q: %d %v", verifier, st, out)
 		}
-		break // the code is spent by the first attempt
 	}
-	_ = v
 }
 
 // TestCodeReuseRevokesTokens: the second use of a code fails and revokes
