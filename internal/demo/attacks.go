@@ -55,6 +55,8 @@ func Attacks() []Attack {
 		{"forged-identity-header", "call orders through the gateway with X-Rampart-Caller and X-Forwarded-Client-Cert claiming to be payments-admin", attackForgedHeader},
 		{"forbidden-call", "as orders, DELETE payments 1 to 25 (orders may only read them)", attackForbiddenCall},
 		{"path-tricks", "reach /admin through the gateway with .., %2e%2e, %2F and // in the path", attackPathTricks},
+		{"refresh-token-replay", "replay alice's stolen refresh token after the shop has already used it", attackRefreshReplay},
+		{"login-brute-force", "guess bob's password on the login page, six times, then try the right one", attackLoginBruteForce},
 		{"tampered-audit-entry", "flip one byte of the newest audit entry on disk to cover tracks", attackTamperAudit},
 	}
 }

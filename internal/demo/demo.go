@@ -111,7 +111,9 @@ func Run(ctx context.Context, cfg Config) error {
 	s := sys.Services
 	fmt.Fprintf(w, "  payments  mTLS on %s (rampart proxy, spiffe://%s/payments); policy: only orders may GET /payments/{id}\n", s.PaymentsInbound, TrustDomain.Name())
 	fmt.Fprintf(w, "  orders    mTLS on %s (rampart proxy, spiffe://%s/orders); policy: only gateway may GET /orders/{id}\n", s.OrdersInbound, TrustDomain.Name())
-	fmt.Fprintf(w, "  gateway   %s (rampart proxy, spiffe://%s/gateway): plain HTTP in on loopback, mTLS out to orders\n\n", s.GatewayURL, TrustDomain.Name())
+	fmt.Fprintf(w, "  gateway   %s (rampart proxy, spiffe://%s/gateway): plain HTTP in on loopback, mTLS out to orders\n", s.GatewayURL, TrustDomain.Name())
+	fmt.Fprintf(w, "  login     https://%s/.well-known/openid-configuration (OAuth 2.0 / OIDC); users alice and bob, password %s; public client %q\n\n",
+		sys.ServerAddr, demoPassword, shopClient)
 
 	if len(selected) > 0 {
 		return runAttacks(ctx, w, sys, selected)
@@ -123,6 +125,7 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintf(w, "  rampart entry list\n  rampart agent list\n  rampart ca status\n  rampart policy list\n")
 	fmt.Fprintf(w, "  rampart policy explain --service spiffe://%s/payments --caller spiffe://%s/gateway --path /payments/1\n", TrustDomain.Name(), TrustDomain.Name())
 	fmt.Fprintf(w, "  rampart svid fetch --socket %s\n", sys.Socket)
+	fmt.Fprintf(w, "  rampart oauth user list\n  rampart oauth client show %s\n", shopClient)
 	fmt.Fprintf(w, "  rampart demo --data %s --attacks    # the attacks it stops\n\n", cfg.DataDir)
 	fmt.Fprintln(w, "ready; press Ctrl-C to stop")
 	<-ctx.Done()
@@ -172,6 +175,9 @@ func start(ctx context.Context, dir string, log *slog.Logger) (*System, func(), 
 	} else {
 		b, _ := os.ReadFile(filepath.Join(dir, "spent-join-token"))
 		sys.JoinToken = strings.TrimSpace(string(b))
+	}
+	if err := ensureOAuth(ctx, sys.Admin); err != nil {
+		return nil, nil, err
 	}
 	sys.Workload = spiffeid.RequireFromPath(TrustDomain, "/demo/client")
 	if err := ensureEntry(ctx, sys.Admin, api.Entry{SpiffeID: sys.Workload.String(), ParentID: agentID.String(),

@@ -1,0 +1,170 @@
+package demo
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/rampartsec/rampart/internal/api"
+)
+
+// The demo's OAuth client and users. The passwords are printed at start:
+// this is a demo on loopback, not a deployment.
+const (
+	shopClient   = "shop"
+	shopCallback = "http://127.0.0.1:9/callback"
+	demoPassword = "rampart-demo-password"
+)
+
+// ensureOAuth registers the shop (a public client: PKCE, no secret to keep
+// across restarts) and the users alice and bob, unless they exist.
+func ensureOAuth(ctx context.Context, admin *api.Client) error {
+	var p *api.Problem
+	err := admin.Do(ctx, http.MethodPost, "/v1/oauth/clients", api.OAuthClient{ID: shopClient, Name: "Demo shop", AuthMethod: "none",
+		GrantTypes: []string{"authorization_code", "refresh_token"}, RedirectURIs: []string{shopCallback},
+		Audience: []string{"spiffe://" + TrustDomain.Name() + "/gateway"}}, nil)
+	if err != nil && !(errors.As(err, &p) && p.Status == http.StatusConflict) {
+		return fmt.Errorf("demo: oauth client: %w", err)
+	}
+	for _, u := range []string{"alice", "bob"} {
+		err := admin.Do(ctx, http.MethodPost, "/v1/oauth/users", api.OAuthUser{Username: u, Password: demoPassword, Email: u + "@demo.example"}, nil)
+		if err != nil && !(errors.As(err, &p) && p.Status == http.StatusConflict) {
+			return fmt.Errorf("demo: oauth user %s: %w", u, err)
+		}
+	}
+	return nil
+}
+
+var hiddenRE = regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`)
+
+// login signs user in at the shop the way a browser does and returns the
+// token response, or the HTTP status of the refused login.
+func login(ctx context.Context, sys *System, user, password string) (map[string]any, int, error) {
+	jar, _ := cookiejar.New(nil)
+	tr := sys.Admin.HTTP.Transport
+	browser := &http.Client{Transport: tr, Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	verifier := randomVerifier()
+	sum := sha256.Sum256([]byte(verifier))
+	q := url.Values{"response_type": {"code"}, "client_id": {shopClient}, "redirect_uri": {shopCallback}, "scope": {"openid"},
+		"state": {"demo"}, "code_challenge": {base64.RawURLEncoding.EncodeToString(sum[:])}, "code_challenge_method": {"S256"}}
+	issuer := sys.Admin.BaseURL
+	resp, err := browser.Get(issuer + "/oauth2/authorize?" + q.Encode())
+	if err != nil {
+		return nil, 0, err
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	form := url.Values{"username": {user}, "password": {password}, "action": {"allow"}}
+	for _, m := range hiddenRE.FindAllStringSubmatch(string(page), -1) {
+		form.Set(m[1], strings.ReplaceAll(m[2], "&#43;", "+"))
+	}
+	resp, err = browser.PostForm(issuer+"/oauth2/authorize", form)
+	if err != nil {
+		return nil, 0, err
+	}
+	resp.Body.Close()
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusSeeOther || loc.Query().Get("code") == "" {
+		return nil, resp.StatusCode, nil
+	}
+	out, status, err := tokenCall(ctx, sys, url.Values{"grant_type": {"authorization_code"}, "code": {loc.Query().Get("code")},
+		"redirect_uri": {shopCallback}, "client_id": {shopClient}, "code_verifier": {verifier}})
+	if err == nil && status != http.StatusOK {
+		err = fmt.Errorf("code exchange: %d %v", status, out)
+	}
+	return out, status, err
+}
+
+func tokenCall(ctx context.Context, sys *System, form url.Values) (map[string]any, int, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, sys.Admin.BaseURL+"/oauth2/token", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := sys.Admin.HTTP.Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	json.NewDecoder(resp.Body).Decode(&out)
+	return out, resp.StatusCode, nil
+}
+
+// randomVerifier is a PKCE code verifier: 64 random bytes, base64url.
+func randomVerifier() string {
+	b := make([]byte, 64)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// attackRefreshReplay: an attacker who stole alice's refresh token uses it
+// after the shop already did.
+func attackRefreshReplay(ctx context.Context, sys *System) (Outcome, error) {
+	start := time.Now()
+	tok, _, err := login(ctx, sys, "alice", demoPassword)
+	if err != nil {
+		return Outcome{}, err
+	}
+	stolen, _ := tok["refresh_token"].(string)
+	refresh := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {stolen}, "client_id": {shopClient}}
+	fresh, status, err := tokenCall(ctx, sys, refresh) // the shop's own, legitimate refresh
+	if err != nil || status != http.StatusOK {
+		return Outcome{}, fmt.Errorf("legitimate refresh: %d %v %v", status, fresh, err)
+	}
+	out, status, err := tokenCall(ctx, sys, refresh) // the thief replays the stolen one
+	if err != nil {
+		return Outcome{}, err
+	}
+	if status == http.StatusOK {
+		return Outcome{}, errors.New("a replayed refresh token was accepted")
+	}
+	newer, _ := fresh["refresh_token"].(string)
+	_, st2, err := tokenCall(ctx, sys, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {newer}, "client_id": {shopClient}})
+	if err != nil || st2 == http.StatusOK {
+		return Outcome{}, fmt.Errorf("the family survived the replay: %d %v", st2, err)
+	}
+	o := Outcome{Stopped: true, Prevent: fmt.Sprintf("refresh tokens rotate on every use; the replay got %d %s (%v), and every token of alice's login, the shop's newer ones included, is revoked", status, out["error"], out["error_description"])}
+	a, err := waitAlert(ctx, sys, "refresh-token-reuse", start)
+	if err != nil {
+		return Outcome{}, err
+	}
+	o.Detect = alertLine(a)
+	return o, nil
+}
+
+// attackLoginBruteForce: guess bob's password on the login page.
+func attackLoginBruteForce(ctx context.Context, sys *System) (Outcome, error) {
+	start := time.Now()
+	for i := range 6 {
+		_, status, err := login(ctx, sys, "bob", fmt.Sprintf("guess-%d", i))
+		if err != nil {
+			return Outcome{}, err
+		}
+		if status != http.StatusUnauthorized {
+			return Outcome{}, fmt.Errorf("guess %d: status %d", i, status)
+		}
+	}
+	_, status, err := login(ctx, sys, "bob", demoPassword)
+	if err != nil {
+		return Outcome{}, err
+	}
+	if status != http.StatusUnauthorized {
+		return Outcome{}, errors.New("the right password worked right after a burst of wrong ones: no lockout")
+	}
+	o := Outcome{Stopped: true, Prevent: "after 5 consecutive failures bob's account locks for 15 minutes; even the right password is refused meanwhile (argon2id hashes, ~100 ms a guess)"}
+	a, err := waitAlert(ctx, sys, "login-failures", start)
+	if err != nil {
+		return Outcome{}, err
+	}
+	o.Detect = alertLine(a)
+	return o, nil
+}
