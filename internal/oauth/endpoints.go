@@ -72,8 +72,8 @@ func (p *Provider) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	}
 	// A refresh token: using it marks it used; revoking its family
 	// revokes it, its successors and the access tokens they issued.
-	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), hashToken(tok), p.cfg.Now())
-	if (err == nil || errors.Is(err, store.ErrGrantReused)) && g.Kind == store.GrantRefresh && g.ClientID == c.ID {
+	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), store.GrantRefresh, hashToken(tok), p.cfg.Now())
+	if (err == nil || errors.Is(err, store.ErrGrantReused)) && g.ClientID == c.ID {
 		if err := p.revokeFamily(r, g.Family, "refresh token revoked by client"); err != nil {
 			writeOAuthError(w, err)
 			return

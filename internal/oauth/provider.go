@@ -32,7 +32,7 @@ type Store interface {
 	LoginFailed(ctx context.Context, username string, now time.Time, max int, lockFor time.Duration) (store.OAuthUser, error)
 	LoginSucceeded(ctx context.Context, username string) error
 	PutOAuthGrant(ctx context.Context, g store.OAuthGrant) error
-	UseOAuthGrant(ctx context.Context, hash []byte, now time.Time) (store.OAuthGrant, error)
+	UseOAuthGrant(ctx context.Context, kind string, hash []byte, now time.Time) (store.OAuthGrant, error)
 	RevokeOAuthFamily(ctx context.Context, family string, r store.TokenRevocation) error
 	RevokeOAuthToken(ctx context.Context, r store.TokenRevocation) error
 	ListOAuthRevocations(ctx context.Context, now time.Time) ([]store.TokenRevocation, error)

@@ -38,6 +38,56 @@ type tokenResponse struct {
 	IssuedTokenType string `json:"issued_token_type,omitempty"`
 }
 
+// grantKind describes codes and refresh tokens for useGrant.
+type grantKind struct {
+	kind        string // store.GrantCode or store.GrantRefresh
+	name        string
+	reuseAction string // audit action of a reuse
+	reuseReason string // and its reason
+}
+
+var (
+	// RFC 6749 §4.1.2: a code used twice was intercepted; what the first
+	// use issued is revoked.
+	codeKind = grantKind{store.GrantCode, "authorization code", "oauth.code_reuse", "authorization code reused; its tokens are revoked"}
+	// RFC 9700 §4.14.2: a rotated refresh token that comes back was
+	// stolen; nobody can tell the thief from the client, so the whole
+	// family goes.
+	refreshKind = grantKind{store.GrantRefresh, "refresh token", "oauth.refresh_reuse", "refresh token reused; its family is revoked"}
+)
+
+// useGrant consumes a code or refresh token presented by c. A second use,
+// or a use by a client other than the one it was issued to, revokes every
+// token of its family and is audited; a token already revoked is refused
+// with "revoked" in the reason (what the revoked-credential-use rule
+// looks for; handleToken audits the refusal).
+func (p *Provider) useGrant(r *http.Request, c *authedClient, k grantKind, value string) (store.OAuthGrant, error) {
+	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), k.kind, hashToken(value), p.cfg.Now())
+	reason := ""
+	switch {
+	case errors.Is(err, store.ErrGrantReused) && g.Revoked:
+		return g, errf(http.StatusBadRequest, "invalid_grant", "%s revoked", k.name)
+	case errors.Is(err, store.ErrGrantReused):
+		reason = k.reuseReason
+	case errors.Is(err, store.ErrNotFound):
+		return g, errf(http.StatusBadRequest, "invalid_grant", "%s unknown or expired", k.name)
+	case err != nil:
+		return g, err
+	case g.ClientID != c.ID:
+		reason = k.name + " of client " + g.ClientID + " presented by " + c.ID + "; its family is revoked"
+	default:
+		return g, nil
+	}
+	if err := p.revokeFamily(r, g.Family, reason); err != nil {
+		return g, err
+	}
+	p.record(r, k.reuseAction, audit.OutcomeDenied, reason, "client_id", c.ID, "user", g.Subject, "sid", g.Family)
+	if g.ClientID != c.ID {
+		return g, errf(http.StatusBadRequest, "invalid_grant", "%s was issued to another client", k.name)
+	}
+	return g, errf(http.StatusBadRequest, "invalid_grant", "%s already used; every token of this grant is revoked", k.name)
+}
+
 // refreshData is what a refresh token grants, stored with it.
 type refreshData struct {
 	Scope    []string `json:"scope"`
@@ -129,27 +179,9 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 		return nil, errf(http.StatusBadRequest, "invalid_request", "code is required")
 	}
 	now := p.cfg.Now()
-	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), hashToken(code), now)
-	switch {
-	case errors.Is(err, store.ErrGrantReused) && g.Kind == store.GrantCode:
-		// RFC 6749 §4.1.2: a code used twice was intercepted; revoke what
-		// the first use issued.
-		if err := p.revokeFamily(r, g.Family, "authorization code reused"); err != nil {
-			return nil, err
-		}
-		p.record(r, "oauth.code_reuse", audit.OutcomeDenied, "authorization code reused; its tokens are revoked",
-			"client_id", c.ID, "user", g.Subject, "sid", g.Family)
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "authorization code already used; the tokens it issued are revoked")
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrGrantReused):
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "authorization code unknown or expired")
-	case err != nil:
+	g, err := p.useGrant(r, c, codeKind, code)
+	if err != nil {
 		return nil, err
-	}
-	if g.Kind != store.GrantCode {
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "authorization code unknown or expired")
-	}
-	if g.ClientID != c.ID {
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "authorization code was issued to another client")
 	}
 	var d codeData
 	if err := json.Unmarshal(g.Data, &d); err != nil {
@@ -266,38 +298,9 @@ func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenRespons
 	if rt == "" {
 		return nil, errf(http.StatusBadRequest, "invalid_request", "refresh_token is required")
 	}
-	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), hashToken(rt), p.cfg.Now())
-	switch {
-	case errors.Is(err, store.ErrGrantReused) && g.Kind == store.GrantRefresh && g.Revoked:
-		// handleToken audits the refusal; "revoked" in its reason is what
-		// the revoked-credential-use detection rule looks for.
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token revoked")
-	case errors.Is(err, store.ErrGrantReused) && g.Kind == store.GrantRefresh:
-		// RFC 9700 §4.14.2: a rotated refresh token came back, so it was
-		// stolen; nobody can tell the thief from the client, so the whole
-		// family goes.
-		if err := p.revokeFamily(r, g.Family, "refresh token reused"); err != nil {
-			return nil, err
-		}
-		p.record(r, "oauth.refresh_reuse", audit.OutcomeDenied, "refresh token reused; its family is revoked",
-			"client_id", c.ID, "user", g.Subject, "sid", g.Family)
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token already used; every token of this grant is revoked")
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrGrantReused):
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token unknown, expired or revoked")
-	case err != nil:
+	g, err := p.useGrant(r, c, refreshKind, rt)
+	if err != nil {
 		return nil, err
-	}
-	if g.Kind != store.GrantRefresh {
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token unknown, expired or revoked")
-	}
-	if g.ClientID != c.ID {
-		// Stolen and presented by another client: burn the family too.
-		if err := p.revokeFamily(r, g.Family, "refresh token presented by another client"); err != nil {
-			return nil, err
-		}
-		p.record(r, "oauth.refresh_reuse", audit.OutcomeDenied, "refresh token of client "+g.ClientID+" presented by "+c.ID,
-			"client_id", c.ID, "user", g.Subject, "sid", g.Family)
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token was issued to another client")
 	}
 	var d refreshData
 	if err := json.Unmarshal(g.Data, &d); err != nil {

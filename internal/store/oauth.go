@@ -275,7 +275,7 @@ func (s *sqlStore) PutOAuthGrant(ctx context.Context, g OAuthGrant) error {
 	return nil
 }
 
-func (s *sqlStore) UseOAuthGrant(ctx context.Context, hash []byte, now time.Time) (OAuthGrant, error) {
+func (s *sqlStore) UseOAuthGrant(ctx context.Context, kind string, hash []byte, now time.Time) (OAuthGrant, error) {
 	if now.IsZero() {
 		return OAuthGrant{}, errors.New("store: use oauth grant: zero time")
 	}
@@ -283,8 +283,8 @@ func (s *sqlStore) UseOAuthGrant(ctx context.Context, hash []byte, now time.Time
 		return OAuthGrant{}, err
 	}
 	g, err := scanGrant(s.db.QueryRowContext(ctx, s.q(`UPDATE oauth_grants SET used_at = ?
-		WHERE hash = ? AND used_at = 0 AND revoked = 0 AND expires_at > ?
-		RETURNING `+grantColumns), ns(now), hash, ns(now)))
+		WHERE hash = ? AND kind = ? AND used_at = 0 AND revoked = 0 AND expires_at > ?
+		RETURNING `+grantColumns), ns(now), hash, kind, ns(now)))
 	if err == nil {
 		return g, nil
 	}
@@ -292,7 +292,7 @@ func (s *sqlStore) UseOAuthGrant(ctx context.Context, hash []byte, now time.Time
 		return OAuthGrant{}, fmt.Errorf("store: use oauth grant: %w", err)
 	}
 	// Not usable: tell reuse (which must revoke the family) from unknown.
-	g, err = scanGrant(s.db.QueryRowContext(ctx, s.q(`SELECT `+grantColumns+` FROM oauth_grants WHERE hash = ?`), hash))
+	g, err = scanGrant(s.db.QueryRowContext(ctx, s.q(`SELECT `+grantColumns+` FROM oauth_grants WHERE hash = ? AND kind = ?`), hash, kind))
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return OAuthGrant{}, ErrNotFound

@@ -114,11 +114,12 @@ type Store interface {
 
 	// OAuth grants: authorisation codes and refresh tokens.
 	PutOAuthGrant(ctx context.Context, g OAuthGrant) error
-	// UseOAuthGrant marks the grant with this hash used, atomically, if it
-	// is unused, not revoked and unexpired at now, and returns it. If it
-	// was already used or revoked it returns the grant and ErrGrantReused:
-	// the caller revokes the family. Unknown or expired: ErrNotFound.
-	UseOAuthGrant(ctx context.Context, hash []byte, now time.Time) (OAuthGrant, error)
+	// UseOAuthGrant marks the grant of this kind and hash used,
+	// atomically, if it is unused, not revoked and unexpired at now, and
+	// returns it. If it was already used or revoked it returns the grant
+	// and ErrGrantReused: the caller revokes the family. Unknown (or of
+	// another kind) or expired: ErrNotFound, and nothing changes.
+	UseOAuthGrant(ctx context.Context, kind string, hash []byte, now time.Time) (OAuthGrant, error)
 	// RevokeOAuthFamily marks every grant of the family revoked and
 	// records r (whose ID names the family) in the token revocation list,
 	// in one transaction; it bumps the revision.

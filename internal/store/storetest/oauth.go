@@ -103,18 +103,26 @@ func testOAuthGrants(t *testing.T, h harness) {
 	g2.Hash = []byte("hash-2")
 	must(t, s.PutOAuthGrant(ctx, g2))
 
-	got, err := s.UseOAuthGrant(ctx, g.Hash, at(time.Minute))
+	got, err := s.UseOAuthGrant(ctx, store.GrantRefresh, g.Hash, at(time.Minute))
 	must(t, err)
 	g.UsedAt = at(time.Minute)
 	wantEqual(t, "used grant", got, g)
-	got, err = s.UseOAuthGrant(ctx, g.Hash, at(2*time.Minute))
+	got, err = s.UseOAuthGrant(ctx, store.GrantRefresh, g.Hash, at(2*time.Minute))
 	wantErrIs(t, "second use", err, store.ErrGrantReused)
 	if got.Family != "fam-1" {
 		t.Fatalf("reuse returned family %q", got.Family)
 	}
-	_, err = s.UseOAuthGrant(ctx, []byte("unknown"), at(time.Minute))
+	_, err = s.UseOAuthGrant(ctx, store.GrantRefresh, []byte("unknown"), at(time.Minute))
 	wantErrIs(t, "unknown", err, store.ErrNotFound)
-	_, err = s.UseOAuthGrant(ctx, g2.Hash, at(2*time.Hour))
+	// A refresh token presented as a code is unknown, and left usable.
+	g3 := g
+	g3.Hash, g3.Family = []byte("hash-3"), "fam-3"
+	must(t, s.PutOAuthGrant(ctx, g3))
+	_, err = s.UseOAuthGrant(ctx, store.GrantCode, g3.Hash, at(time.Minute))
+	wantErrIs(t, "a refresh token presented as a code", err, store.ErrNotFound)
+	_, err = s.UseOAuthGrant(ctx, store.GrantRefresh, g3.Hash, at(time.Minute))
+	must(t, err)
+	_, err = s.UseOAuthGrant(ctx, store.GrantRefresh, g2.Hash, at(2*time.Hour))
 	wantErrIs(t, "expired", err, store.ErrNotFound)
 
 	// Revoking the family makes the unused sibling unusable and lists the
@@ -125,7 +133,7 @@ func testOAuthGrants(t *testing.T, h harness) {
 	if revision(t, s) <= rev {
 		t.Fatal("revoking a family did not bump the revision")
 	}
-	_, err = s.UseOAuthGrant(ctx, g2.Hash, at(4*time.Minute))
+	_, err = s.UseOAuthGrant(ctx, store.GrantRefresh, g2.Hash, at(4*time.Minute))
 	wantErrIs(t, "use after family revoked", err, store.ErrGrantReused)
 	must(t, s.RevokeOAuthToken(ctx, store.TokenRevocation{ID: "jti-1", Reason: "revoked", RevokedAt: at(0), ExpiresAt: at(5 * time.Minute)}))
 	rev = revision(t, s)
@@ -144,7 +152,7 @@ func testOAuthGrants(t *testing.T, h harness) {
 		t.Fatalf("revocations after jti-1 expired = %+v", list)
 	}
 	must(t, s.PruneExpired(ctx, at(2*time.Hour)))
-	_, err = s.UseOAuthGrant(ctx, g.Hash, at(2*time.Hour))
+	_, err = s.UseOAuthGrant(ctx, store.GrantRefresh, g.Hash, at(2*time.Hour))
 	wantErrIs(t, "pruned", err, store.ErrNotFound)
 }
 
@@ -162,7 +170,7 @@ func testOAuthGrantRace(t *testing.T, h harness) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := s.UseOAuthGrant(ctx, g.Hash, at(time.Second))
+			_, err := s.UseOAuthGrant(ctx, store.GrantCode, g.Hash, at(time.Second))
 			switch {
 			case err == nil:
 				ok.Add(1)
