@@ -36,18 +36,44 @@ func (p *Provider) revokedNow(ctx context.Context, id string) {
 	p.cfg.Changed(ctx)
 }
 
+// clientRequest reads the form of a token, introspection or revocation
+// request and authenticates the client; on failure it has answered (and
+// audited a refused authentication).
+func (p *Provider) clientRequest(w http.ResponseWriter, r *http.Request) (*authedClient, bool) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "malformed form body"))
+		return nil, false
+	}
+	if r.URL.RawQuery != "" {
+		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "parameters go in the body, not the URL"))
+		return nil, false
+	}
+	for k, vs := range r.PostForm {
+		if len(vs) > 1 && k != "resource" && k != "audience" {
+			writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "parameter %s given more than once", k))
+			return nil, false
+		}
+	}
+	c, err := p.authenticateClient(r)
+	if err != nil {
+		var oe *oauthError
+		if errors.As(err, &oe) {
+			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.Description, "client_id", r.PostForm.Get("client_id"),
+				"endpoint", r.URL.Path, "grant_type", r.PostForm.Get("grant_type"))
+		}
+		writeOAuthError(w, err)
+		return nil, false
+	}
+	return c, true
+}
+
 // handleRevoke is RFC 7009. A token that is unknown, invalid or belongs to
 // another client gets the same 200 as a revoked one (§2.2), so the
 // endpoint tells nothing about tokens.
 func (p *Provider) handleRevoke(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
-	if err := r.ParseForm(); err != nil {
-		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "malformed form body"))
-		return
-	}
-	c, err := p.authenticateClient(r)
-	if err != nil {
-		writeOAuthError(w, err)
+	c, ok := p.clientRequest(w, r)
+	if !ok {
 		return
 	}
 	tok := r.PostForm.Get("token")
@@ -95,14 +121,8 @@ func userOf(c *accesstoken.Claims) string {
 // is only described to the client it was issued to or a service in its
 // audience, so introspection is no oracle for other clients' tokens.
 func (p *Provider) handleIntrospect(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
-	if err := r.ParseForm(); err != nil {
-		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "malformed form body"))
-		return
-	}
-	c, err := p.authenticateClient(r)
-	if err != nil {
-		writeOAuthError(w, err)
+	c, ok := p.clientRequest(w, r)
+	if !ok {
 		return
 	}
 	if c.AuthMethod == "none" {

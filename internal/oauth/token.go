@@ -99,31 +99,11 @@ type refreshData struct {
 }
 
 func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
-	if err := r.ParseForm(); err != nil {
-		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "malformed form body"))
+	c, ok := p.clientRequest(w, r)
+	if !ok {
 		return
-	}
-	if r.URL.RawQuery != "" {
-		writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "parameters go in the body, not the URL"))
-		return
-	}
-	for k, vs := range r.PostForm {
-		if len(vs) > 1 && k != "resource" && k != "audience" {
-			writeOAuthError(w, errf(http.StatusBadRequest, "invalid_request", "parameter %s given more than once", k))
-			return
-		}
 	}
 	grant := r.PostForm.Get("grant_type")
-	c, err := p.authenticateClient(r)
-	if err != nil {
-		var oe *oauthError
-		if errors.As(err, &oe) {
-			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.Description, "client_id", r.PostForm.Get("client_id"), "grant_type", grant)
-		}
-		writeOAuthError(w, err)
-		return
-	}
 	if !slices.Contains(c.GrantTypes, grant) {
 		if !slices.Contains(grantTypes, grant) {
 			writeOAuthError(w, errf(http.StatusBadRequest, "unsupported_grant_type", "grant_type %q is not supported", grant))
@@ -133,6 +113,7 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var resp *tokenResponse
+	var err error
 	switch grant {
 	case "authorization_code":
 		resp, err = p.codeGrant(r, c)
