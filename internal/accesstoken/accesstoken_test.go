@@ -2,6 +2,7 @@ package accesstoken
 
 import (
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
@@ -184,6 +185,27 @@ func BenchmarkVerifyCached(b *testing.B) {
 		Now: func() time.Time { return t0.Add(time.Minute) }, Revoked: func(string) bool { return false }}
 	for b.Loop() {
 		if _, err := v.Verify(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+type edKeys struct{ pub ed25519.PublicKey }
+
+func (k edKeys) Key(kid string) (any, jose.SignatureAlgorithm, bool) {
+	return k.pub, jose.EdDSA, kid == "k"
+}
+func (edKeys) Algorithms() []jose.SignatureAlgorithm { return []jose.SignatureAlgorithm{jose.EdDSA} }
+
+// BenchmarkVerifyColdEdDSA: as BenchmarkVerifyCold with an Ed25519 key
+// (rampart server --oauth-alg EdDSA).
+func BenchmarkVerifyColdEdDSA(b *testing.B) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: jose.JSONWebKey{Key: priv, KeyID: "k"}}, (&jose.SignerOptions{}).WithType(Type))
+	raw, _ := jwt.Signed(s).Claims(valid()).Serialize()
+	o := Options{Issuer: "https://rampart.example", Audience: "spiffe://ex.org/orders", Now: t0.Add(time.Minute)}
+	for b.Loop() {
+		if _, err := Verify(raw, edKeys{pub}, o); err != nil {
 			b.Fatal(err)
 		}
 	}
