@@ -96,6 +96,7 @@ func app(t *testing.T) string {
 		json.NewEncoder(w).Encode(map[string]any{
 			"path": r.URL.Path, "raw_path": r.URL.RawPath, "caller": r.Header.Values("X-Rampart-Caller"),
 			"xfcc": r.Header.Values("X-Forwarded-Client-Cert"), "other": r.Header.Get("X-Rampart-Admin"), "body": string(body),
+			"user": r.Header.Values("X-Rampart-User"),
 		})
 	})}
 	go srv.Serve(ln)
@@ -121,6 +122,7 @@ type appSaw struct {
 	Caller  []string `json:"caller"`
 	XFCC    []string `json:"xfcc"`
 	Other   string   `json:"other"`
+	User    []string `json:"user"`
 	Body    string   `json:"body"`
 }
 

@@ -55,7 +55,6 @@ func TestConfusedDeputy(t *testing.T) {
 
 	issuer := "https://" + m.s.addr
 	tr, hc := trustServer(m.s.dir)
-	_ = tr
 	conf := oauth2.Config{ClientID: "gateway", ClientSecret: gw[1], RedirectURL: "http://127.0.0.1:9/cb", Scopes: []string{"openid", "payments:read"},
 		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/oauth2/authorize", TokenURL: issuer + "/oauth2/token", AuthStyle: oauth2.AuthStyleInHeader}}
 	alice := browserLogin(t, tr, issuer, conf, "alice", "a-long-password", "n").AccessToken
@@ -100,6 +99,14 @@ func TestConfusedDeputy(t *testing.T) {
 		}
 		return nil
 	})
+	// A forged X-Rampart-User from the caller is replaced by the verified
+	// user; without a user token the app sees none.
+	code, body := get(t, "http://"+outOrders+"/payments/alice", map[string]string{"Authorization": "Bearer " + ex.AccessToken, "X-Rampart-User": "bob"})
+	var saw appSaw
+	json.Unmarshal([]byte(body), &saw)
+	if code != 200 || len(saw.User) != 1 || saw.User[0] != "alice" {
+		t.Fatalf("app saw user %v (status %d), want only the verified alice", saw.User, code)
+	}
 	for _, tt := range []struct {
 		what, path, token string
 		want              int

@@ -23,7 +23,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +30,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/rampartsec/rampart/bench/internal/benchserver"
 	"github.com/rampartsec/rampart/internal/api"
 )
 
@@ -60,7 +60,7 @@ func run(bin, pg string, dur time.Duration, conc, batch, fetches int) error {
 	}
 	defer os.RemoveAll(dir)
 	backend := "sqlite"
-	args := []string{"server", "--data", filepath.Join(dir, "server"), "--listen", "127.0.0.1:0", "--trust-domain", "example.org", "--log-level", "warn"}
+	var args []string
 	if pg != "" {
 		backend = "postgresql"
 		db, err := sql.Open("pgx", pg)
@@ -79,26 +79,14 @@ func run(bin, pg string, dur time.Duration, conc, batch, fetches int) error {
 		q := u.Query()
 		q.Set("search_path", schema)
 		u.RawQuery = q.Encode()
-		args = append(args, "--postgres", u.String())
+		args = []string{"--postgres", u.String()}
 	}
-	ready := filepath.Join(dir, "ready")
-	srv := exec.CommandContext(ctx, bin, args...)
-	srv.Env = append(os.Environ(), "RAMPART_READY_FILE="+ready)
-	srv.Stderr = os.Stderr
-	if err := srv.Start(); err != nil {
-		return err
-	}
-	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
-	addr, err := waitFile(ready)
+	srv, err := benchserver.Start(ctx, bin, dir, args...)
 	if err != nil {
 		return err
 	}
-	tok, _ := os.ReadFile(filepath.Join(dir, "server", "admin.token"))
-	pem, _ := os.ReadFile(filepath.Join(dir, "server", "bundle.pem"))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	tlsCfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}
-	admin := &api.Client{BaseURL: "https://" + addr, AdminToken: strings.TrimSpace(string(tok)), HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}}
+	defer srv.Stop()
+	addr, tlsCfg, admin := srv.Addr, srv.TLS, srv.Admin
 
 	// Attest as an agent ourselves.
 	var jt api.CreateJoinTokenResponse
@@ -212,13 +200,4 @@ func ecdsaRate(d time.Duration) float64 {
 		n++
 	}
 	return float64(n) / time.Since(start).Seconds()
-}
-
-func waitFile(path string) (string, error) {
-	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
-			return strings.TrimSpace(string(b)), nil
-		}
-	}
-	return "", fmt.Errorf("%s did not appear", path)
 }

@@ -6,8 +6,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -16,13 +14,12 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/rampartsec/rampart/bench/internal/benchserver"
 	"github.com/rampartsec/rampart/internal/api"
 )
 
@@ -46,26 +43,14 @@ func run(bin string, dur time.Duration, conc int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	ready := filepath.Join(dir, "ready")
-	srv := exec.CommandContext(ctx, bin, "server", "--data", filepath.Join(dir, "server"), "--listen", "127.0.0.1:0",
-		"--trust-domain", "example.org", "--log-level", "warn")
-	srv.Env = append(os.Environ(), "RAMPART_READY_FILE="+ready)
-	srv.Stderr = os.Stderr
-	if err := srv.Start(); err != nil {
-		return err
-	}
-	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
-	addr, err := waitFile(ready)
+	srv, err := benchserver.Start(ctx, bin, dir)
 	if err != nil {
 		return err
 	}
-	tok, _ := os.ReadFile(filepath.Join(dir, "server", "admin.token"))
-	pem, _ := os.ReadFile(filepath.Join(dir, "server", "bundle.pem"))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}, MaxIdleConnsPerHost: conc}
+	defer srv.Stop()
+	tr := &http.Transport{TLSClientConfig: srv.TLS, MaxIdleConnsPerHost: conc}
 	hc := &http.Client{Transport: tr}
-	admin := &api.Client{BaseURL: "https://" + addr, AdminToken: strings.TrimSpace(string(tok)), HTTP: hc}
+	admin := srv.Admin
 	var c api.OAuthClient
 	if err := admin.Do(ctx, http.MethodPost, "/v1/oauth/clients", api.OAuthClient{ID: "bench", AuthMethod: "client_secret_basic",
 		GrantTypes: []string{"client_credentials"}, Audience: []string{"spiffe://example.org/orders"}}, &c); err != nil {
@@ -133,15 +118,4 @@ func run(bin string, dur time.Duration, conc int) error {
 func cpus() int {
 	b, _ := os.ReadFile("/proc/cpuinfo")
 	return strings.Count(string(b), "processor\t:")
-}
-
-func waitFile(path string) (string, error) {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
-			return strings.TrimSpace(string(b)), nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return "", errors.New("server not ready within 30s")
 }

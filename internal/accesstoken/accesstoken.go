@@ -107,10 +107,15 @@ func Verify(raw string, keys KeySet, o Options) (*Claims, error) {
 	if typ, _ := h.ExtraHeaders[jose.HeaderType].(string); !strings.EqualFold(typ, Type) && !strings.EqualFold(typ, "application/"+Type) {
 		return nil, fmt.Errorf("%w: typ %q, want %q", ErrMalformed, typ, Type)
 	}
-	for _, name := range []jose.HeaderKey{"jku", "x5u", "x5c"} {
+	for _, name := range []jose.HeaderKey{"jku", "x5u"} {
 		if _, ok := h.ExtraHeaders[name]; ok {
 			return nil, fmt.Errorf("%w: header %s is not accepted: keys come from the issuer's JWKS only", ErrSignature, name)
 		}
+	}
+	// go-jose parses x5c out of the extra headers; Certificates tells
+	// whether one was sent.
+	if _, err := h.Certificates(x509.VerifyOptions{}); !errors.Is(err, jose.ErrMissingX5cHeader) {
+		return nil, fmt.Errorf("%w: header x5c is not accepted: keys come from the issuer's JWKS only", ErrSignature)
 	}
 	if h.JSONWebKey != nil {
 		return nil, fmt.Errorf("%w: embedded jwk header is not accepted: keys come from the issuer's JWKS only", ErrSignature)

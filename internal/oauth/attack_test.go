@@ -324,6 +324,19 @@ func forge(t *testing.T, alg jose.SignatureAlgorithm, key any, kid string, extra
 	return raw
 }
 
+// forgeEmbedded signs with key and carries its public half in a jwk header.
+func forgeEmbedded(t *testing.T, key *ecdsa.PrivateKey, claims any) string {
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{EmbedJWK: true}).WithType("at+jwt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := jwt.Signed(s).Claims(claims).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
 // TestForgedAccessTokens: every classic JWT attack is refused with an
 // error naming what was wrong.
 func TestForgedAccessTokens(t *testing.T) {
@@ -361,6 +374,8 @@ func TestForgedAccessTokens(t *testing.T) {
 		{"unknown kid", forge(t, jose.ES256, attacker, "attacker-kid", nil, claims(nil)), "unknown key ID"},
 		{"jku pointing elsewhere", forge(t, jose.ES256, attacker, pub.KeyID, map[jose.HeaderKey]any{"jku": "https://evil.example/jwks"}, claims(nil)), "jku"},
 		{"x5u pointing elsewhere", forge(t, jose.ES256, attacker, pub.KeyID, map[jose.HeaderKey]any{"x5u": "https://evil.example/cert"}, claims(nil)), "x5u"},
+		{"x5c carrying the attacker's certificate", forge(t, jose.ES256, attacker, pub.KeyID, map[jose.HeaderKey]any{"x5c": []string{base64.StdEncoding.EncodeToString(h.ca.cert.Raw)}}, claims(nil)), "x5c"},
+		{"embedded jwk of the attacker", forgeEmbedded(t, attacker, claims(nil)), "embedded jwk"},
 		{"truncated signature", good[:len(good)-10], "signature"},
 		{"payload swapped", strings.Split(good, ".")[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"iss":"x"}`)) + "." + strings.Split(good, ".")[2], "signature"},
 	} {

@@ -195,3 +195,38 @@ func TestSigningKeyRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRefreshAcrossSVIDRotation: a tls_client_auth client whose SVID
+// rotated (same SPIFFE ID, new key) keeps refreshing; each access token is
+// bound to the certificate of the call that obtained it.
+func TestRefreshAcrossSVIDRotation(t *testing.T) {
+	h := newHarness(t)
+	h.client(store.OAuthClient{ID: "web", AuthMethod: "tls_client_auth", SPIFFEID: "spiffe://example.org/web", RedirectURIs: []string{redirect},
+		GrantTypes: []string{"authorization_code", "refresh_token"}})
+	h.user("alice", "alice-password")
+	code := codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", "")), "alice", "alice-password", ""), "s")
+	old, rotated := h.ca.svid(t, "spiffe://example.org/web"), h.ca.svid(t, "spiffe://example.org/web")
+	st, tok := h.post(h.mtlsClient(old), oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code},
+		"redirect_uri": {redirect}, "client_id": {"web"}}, "", "")
+	if st != http.StatusOK {
+		t.Fatalf("code exchange: %d %v", st, tok)
+	}
+	st, out := h.post(h.mtlsClient(rotated), oauth.PathToken, url.Values{"grant_type": {"refresh_token"},
+		"refresh_token": {tok["refresh_token"].(string)}, "client_id": {"web"}}, "", "")
+	if st != http.StatusOK {
+		t.Fatalf("refresh after rotation: %d %v", st, out)
+	}
+	c, err := h.p.VerifyAccessToken(out["access_token"].(string), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Cnf == nil || c.Cnf.X5tS256 != accesstoken.Thumbprint(rotated.Leaf) {
+		t.Fatal("refreshed access token not bound to the certificate that refreshed it")
+	}
+	// Another service's SVID cannot refresh web's tokens.
+	st, out = h.post(h.mtlsClient(h.ca.svid(t, "spiffe://example.org/reports")), oauth.PathToken, url.Values{"grant_type": {"refresh_token"},
+		"refresh_token": {out["refresh_token"].(string)}, "client_id": {"web"}}, "", "")
+	if st != http.StatusUnauthorized {
+		t.Fatalf("refresh with a foreign SVID: %d %v", st, out)
+	}
+}

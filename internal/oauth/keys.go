@@ -35,6 +35,7 @@ type pubKey struct {
 	pub       crypto.PublicKey
 	notBefore time.Time
 	notAfter  time.Time
+	wrapped   []byte // the sealed private key
 }
 
 // keyring holds the token signing keys: the active one signs; prepared and
@@ -79,7 +80,7 @@ func (k *keyring) maintain(ctx context.Context, now time.Time) error {
 	}
 	switch keysched.Next(now, window(active), window(prepared)) {
 	case keysched.None:
-		return k.reload(ctx, now)
+		return k.install(keys)
 	case keysched.CreateActive:
 		err = k.create(ctx, now, store.StateActive)
 	case keysched.CreatePrepared:
@@ -116,7 +117,7 @@ func (k *keyring) load(ctx context.Context, now time.Time) ([]pubKey, error) {
 		if _, ok := pub.(ed25519.PublicKey); ok {
 			alg = jose.EdDSA
 		}
-		out = append(out, pubKey{kid: ck.ID, state: ck.State, alg: alg, pub: pub, notBefore: ck.NotBefore, notAfter: ck.NotAfter})
+		out = append(out, pubKey{kid: ck.ID, state: ck.State, alg: alg, pub: pub, notBefore: ck.NotBefore, notAfter: ck.NotAfter, wrapped: ck.WrappedKey})
 	}
 	return out, nil
 }
@@ -127,10 +128,11 @@ func (k *keyring) reload(ctx context.Context, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	all, err := k.store.ListCAKeys(ctx)
-	if err != nil {
-		return fmt.Errorf("oauth: %w", err)
-	}
+	return k.install(keys)
+}
+
+// install publishes keys and makes the active one sign.
+func (k *keyring) install(keys []pubKey) error {
 	var signer, idSig jose.Signer
 	var kid string
 	var kidAlg jose.SignatureAlgorithm
@@ -138,26 +140,18 @@ func (k *keyring) reload(ctx context.Context, now time.Time) error {
 		if p.state != store.StateActive {
 			continue
 		}
-		for _, ck := range all {
-			if ck.ID != p.kid {
-				continue
-			}
-			priv, err := k.wrap.Unwrap(ck.ID, ck.WrappedKey)
-			if err != nil {
-				return fmt.Errorf("oauth: signing key %s: %w", ck.ID, err)
-			}
-			signer, err = jose.NewSigner(jose.SigningKey{Algorithm: p.alg, Key: jose.JSONWebKey{Key: priv, KeyID: p.kid}},
-				(&jose.SignerOptions{}).WithType("at+jwt"))
-			if err != nil {
-				return fmt.Errorf("oauth: signing key %s: %w", ck.ID, err)
-			}
-			idSig, err = jose.NewSigner(jose.SigningKey{Algorithm: p.alg, Key: jose.JSONWebKey{Key: priv, KeyID: p.kid}},
-				(&jose.SignerOptions{}).WithType("JWT"))
-			if err != nil {
-				return fmt.Errorf("oauth: signing key %s: %w", ck.ID, err)
-			}
-			kid, kidAlg = p.kid, p.alg
+		priv, err := k.wrap.Unwrap(p.kid, p.wrapped)
+		if err != nil {
+			return fmt.Errorf("oauth: signing key %s: %w", p.kid, err)
 		}
+		key := jose.SigningKey{Algorithm: p.alg, Key: jose.JSONWebKey{Key: priv, KeyID: p.kid}}
+		if signer, err = jose.NewSigner(key, (&jose.SignerOptions{}).WithType("at+jwt")); err != nil {
+			return fmt.Errorf("oauth: signing key %s: %w", p.kid, err)
+		}
+		if idSig, err = jose.NewSigner(key, (&jose.SignerOptions{}).WithType("JWT")); err != nil {
+			return fmt.Errorf("oauth: signing key %s: %w", p.kid, err)
+		}
+		kid, kidAlg = p.kid, p.alg
 	}
 	k.mu.Lock()
 	k.keys, k.signer, k.idSig, k.kid, k.kidAlg = keys, signer, idSig, kid, kidAlg

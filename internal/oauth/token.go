@@ -94,8 +94,11 @@ type refreshData struct {
 	AuthTime int64    `json:"auth_time"`
 	Audience []string `json:"audience,omitempty"`
 	// FamilyExpires is when the family ends: rotation does not extend it.
-	FamilyExpires int64  `json:"family_expires"`
-	X5t           string `json:"x5t,omitempty"` // certificate the family is bound to
+	FamilyExpires int64 `json:"family_expires"`
+	// No certificate binding here: a refresh token is already bound to its
+	// client by client authentication (RFC 8705 §4), and an SVID rotates
+	// hourly while the family lives a day. Each access token is bound to
+	// the certificate of the call that obtained it.
 }
 
 func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
@@ -197,9 +200,6 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 	}
 	if slices.Contains(c.GrantTypes, "refresh_token") {
 		fam := refreshData{Scope: d.Scope, AuthTime: d.AuthTime, Audience: d.Audience, FamilyExpires: now.Add(p.cfg.RefreshTokenTTL).Unix()}
-		if c.cert != nil {
-			fam.X5t = accesstoken.Thumbprint(c.cert)
-		}
 		if resp.RefreshToken, err = p.newRefresh(r, c.ID, u.Username, g.Family, fam); err != nil {
 			return nil, err
 		}
@@ -286,9 +286,6 @@ func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenRespons
 	var d refreshData
 	if err := json.Unmarshal(g.Data, &d); err != nil {
 		return nil, fmt.Errorf("oauth: refresh data: %w", err)
-	}
-	if d.X5t != "" && (c.cert == nil || accesstoken.Thumbprint(c.cert) != d.X5t) {
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "refresh token is bound to another certificate")
 	}
 	scope, err := requestedScope(r, d.Scope)
 	if err != nil {
