@@ -9,6 +9,13 @@
 //
 //	"rwk1" | nonce (12 bytes) | AES-256-GCM(KEK, nonce, PKCS#8 DER, aad = id)
 //
-// The key store issue (kms) will add passphrase and PKCS#11 sources for the
-// KEK; the wrapped format stays the same.
+// # Where the KEK comes from
+//
+// Load takes the KEK from one of three sources (rampart server
+// --master-key): a file holding it (the default); a passphrase, from which
+// argon2id derives the key that seals a random KEK (the passphrase is asked
+// at every start, the unseal step, and never stored); or a PKCS#11 token
+// whose non-extractable AES key seals the KEK with AES-GCM inside the token.
+// Sealed KEKs live in DATA/keys/kek.sealed (JSON, 0600). A data dir set up
+// with one source refuses to start with another and names the one it needs.
 package keywrap
