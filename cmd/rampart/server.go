@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,9 +12,31 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/term"
 
+	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/server"
 )
+
+// secretReader returns a function that reads a secret from path (- is
+// standard input) or, without a path, asks for it on the terminal without
+// echo. Secrets never come from flags: flags show in ps.
+func secretReader(env *cliEnv, path, prompt string) func() ([]byte, error) {
+	return func() ([]byte, error) {
+		if path != "" {
+			s, err := readPassword(path)
+			return []byte(s), err
+		}
+		fd := int(os.Stdin.Fd())
+		if !term.IsTerminal(fd) {
+			return nil, errors.New("no terminal to ask on; give a file (or - for standard input)")
+		}
+		fmt.Fprint(env.stderr, prompt)
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(env.stderr)
+		return b, err
+	}
+}
 
 func newLogger(env *cliEnv, level, format string) (*slog.Logger, error) {
 	var lv slog.Level
@@ -40,7 +63,13 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&td, "trust-domain", "", "SPIFFE trust domain, e.g. example.org (required)")
 	fs.Var(&dns, "dns", "extra DNS name for the server certificate (repeatable)")
 	fs.StringVar(&cfg.PostgresDSN, "postgres", "", "PostgreSQL URL for the store (default: SQLite in the data dir)")
-	fs.StringVar(&cfg.KEKFile, "kek-file", "", "file holding the key that encrypts CA keys at rest (default DATA/keys/kek)")
+	fs.StringVar(&cfg.KEKFile, "kek-file", "", "with --master-key file: the file holding the key that encrypts every key at rest (default DATA/keys/kek)")
+	masterKey := fs.String("master-key", "file", "where the key-encryption key comes from: file, passphrase (asked at start) or pkcs11 (an HSM)")
+	passFile := fs.String("master-passphrase-file", "", "with --master-key passphrase: file holding the passphrase, or - for standard input (default: ask on the terminal)")
+	fs.StringVar(&cfg.Master.PKCS11.Module, "pkcs11-module", "", "with --master-key pkcs11: the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
+	fs.StringVar(&cfg.Master.PKCS11.TokenLabel, "pkcs11-token", "", "with --master-key pkcs11: label of the token")
+	fs.StringVar(&cfg.Master.PKCS11.KeyLabel, "pkcs11-key", "rampart-kek", "with --master-key pkcs11: label of the AES key that seals the key-encryption key (generated if absent)")
+	pinFile := fs.String("pkcs11-pin-file", "", "with --master-key pkcs11: file holding the user PIN, or - for standard input (default: ask on the terminal)")
 	fs.StringVar(&cfg.UpstreamCertFile, "upstream-ca-cert", "", "PEM root certificate(s) kept outside the server (see: rampart ca init-root)")
 	fs.StringVar(&cfg.UpstreamKeyFile, "upstream-ca-key", "", "PEM key of the upstream root; may be absent while the root is offline")
 	fs.DurationVar(&cfg.DefaultX509TTL, "default-svid-ttl", server.DefaultX509TTL, "X.509-SVID lifetime for entries without --ttl")
@@ -67,6 +96,11 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 		return usagef("--trust-domain %q: %v", td, err)
 	}
 	cfg.DNSNames = dns
+	if cfg.Master.Source, err = keywrap.ParseSource(*masterKey); err != nil {
+		return usagef("--master-key: %v", err)
+	}
+	cfg.Master.Passphrase = secretReader(env, *passFile, "Passphrase of the key-encryption key: ")
+	cfg.Master.PKCS11.PIN = secretReader(env, *pinFile, "PKCS#11 user PIN: ")
 	cfg.OAuth.Algorithm = jose.SignatureAlgorithm(*oauthAlg)
 	if *detectRules != "" {
 		if cfg.DetectRules, err = os.ReadFile(*detectRules); err != nil {

@@ -52,6 +52,10 @@ type Config struct {
 	DNSNames    []string // extra names for the server certificate
 	PostgresDSN string   // empty: SQLite in DataDir
 	KEKFile     string   // default DataDir/keys/kek
+	// Master says where the key-encryption key comes from (file,
+	// passphrase or PKCS#11); its File defaults to KEKFile, its
+	// SealedFile to DataDir/keys/kek.sealed.
+	Master keywrap.MasterConfig
 
 	UpstreamCertFile string // root(s) supplied from outside
 	UpstreamKeyFile  string // its key; may be absent (kept offline)
@@ -130,7 +134,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := checkTrustDomain(cfg.DataDir, cfg.TrustDomain); err != nil {
 		return nil, err
 	}
-	wrapper, err := keywrap.LoadOrCreateFile(cfg.KEKFile)
+	wrapper, err := keywrap.Load(cfg.Master)
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -160,6 +164,12 @@ func withDefaults(cfg Config) Config {
 	}
 	if cfg.KEKFile == "" {
 		cfg.KEKFile = filepath.Join(cfg.DataDir, "keys", "kek")
+	}
+	if cfg.Master.File == "" {
+		cfg.Master.File = cfg.KEKFile
+	}
+	if cfg.Master.SealedFile == "" {
+		cfg.Master.SealedFile = filepath.Join(cfg.DataDir, "keys", "kek.sealed")
 	}
 	if cfg.DefaultX509TTL == 0 {
 		cfg.DefaultX509TTL = DefaultX509TTL

@@ -185,6 +185,28 @@ func (d dialect) migrations() [][]string {
 			revoked_at BIGINT NOT NULL,
 			expires_at BIGINT NOT NULL
 		)`,
+	}, {
+		// Key store: named keys and their versions. material is sealed
+		// by keywrap and set to NULL when a version is destroyed.
+		`CREATE TABLE kms_keys (
+			name         TEXT PRIMARY KEY,
+			type         TEXT NOT NULL,
+			rotate_every BIGINT NOT NULL,
+			latest       INTEGER NOT NULL,
+			generation   BIGINT NOT NULL,
+			created_at   BIGINT NOT NULL,
+			rotated_at   BIGINT NOT NULL
+		)`,
+		`CREATE TABLE kms_key_versions (
+			name       TEXT NOT NULL,
+			version    INTEGER NOT NULL,
+			state      TEXT NOT NULL,
+			material   ` + d.blob + `,
+			public     ` + d.blob + `,
+			created_at BIGINT NOT NULL,
+			destroy_at BIGINT NOT NULL,
+			PRIMARY KEY (name, version)
+		)`,
 	}}
 }
 

@@ -20,6 +20,9 @@ var (
 	// ErrGrantReused: an authorisation code or refresh token was presented
 	// a second time (or after its family was revoked).
 	ErrGrantReused = errors.New("store: grant already used")
+	// ErrStateConflict: the object is not in a state the change applies to
+	// (destroying a key version that is already destroyed, say).
+	ErrStateConflict = errors.New("store: not in a state that allows this")
 )
 
 // Store is the control plane's persistent state. All methods are safe for
@@ -90,6 +93,23 @@ type Store interface {
 	// ListAlerts lists alerts first seen at or after f.Since, oldest first.
 	ListAlerts(ctx context.Context, f AlertFilter) ([]Alert, error)
 	SetAlertStatus(ctx context.Context, id, status string, at time.Time) error
+
+	// Key store. Every change bumps the key's generation and the revision.
+	// CreateKMSKey stores a key with its first version (ErrConflict if the
+	// name is taken).
+	CreateKMSKey(ctx context.Context, k KMSKey, v KMSKeyVersion) error
+	GetKMSKey(ctx context.Context, name string) (KMSKey, []KMSKeyVersion, error)
+	ListKMSKeys(ctx context.Context) ([]KMSKey, error)
+	// RotateKMSKey adds v, which must be the version after the key's
+	// latest (ErrConflict otherwise: someone else rotated first), and makes
+	// it the latest.
+	RotateKMSKey(ctx context.Context, v KMSKeyVersion) error
+	// SetKMSVersionState moves a version to state if it is in one of from
+	// (ErrStateConflict otherwise).
+	SetKMSVersionState(ctx context.Context, name string, version int, from []string, state string, destroyAt time.Time) error
+	// DestroyDueKMSVersions erases the material of every version whose
+	// scheduled destruction is due and returns them.
+	DestroyDueKMSVersions(ctx context.Context, now time.Time) ([]KMSKeyVersion, error)
 
 	// OAuth clients. The secret is never stored, only its SHA-256.
 	CreateOAuthClient(ctx context.Context, c OAuthClient) error

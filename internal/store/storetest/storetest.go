@@ -44,6 +44,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"OAuthUsers", testOAuthUsers},
 		{"OAuthGrants", testOAuthGrants},
 		{"OAuthGrantRace", testOAuthGrantRace},
+		{"KMSKeys", testKMSKeys},
+		{"KMSRotateRace", testKMSRotateRace},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
