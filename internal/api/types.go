@@ -287,3 +287,62 @@ type OAuthUserUpdateResponse struct {
 	User    OAuthUser `json:"user"`
 	TOTPURI string    `json:"totp_uri,omitempty"`
 }
+
+// KMSCreateKeyRequest creates a key in the key store.
+type KMSCreateKeyRequest struct {
+	Name string `json:"name"`
+	// Type: aes256-gcm (default), ecdsa-p256, ed25519 or hmac-sha256.
+	Type string `json:"type,omitempty"`
+	// RotateEverySeconds schedules rotation; 0: manual only.
+	RotateEverySeconds int64 `json:"rotate_every_seconds,omitempty"`
+}
+
+// KMSKey describes a key (never its material).
+type KMSKey struct {
+	Name               string          `json:"name"`
+	Type               string          `json:"type"`
+	Latest             int             `json:"latest"`
+	RotateEverySeconds int64           `json:"rotate_every_seconds,omitempty"`
+	CreatedAt          time.Time       `json:"created_at"`
+	RotatedAt          time.Time       `json:"rotated_at"`
+	Versions           []KMSKeyVersion `json:"versions"`
+}
+
+// KMSKeyVersion describes one version of a key.
+type KMSKeyVersion struct {
+	Version   int        `json:"version"`
+	State     string     `json:"state"` // enabled, disabled, destroy-scheduled, destroyed
+	CreatedAt time.Time  `json:"created_at"`
+	DestroyAt *time.Time `json:"destroy_at,omitempty"`
+	PublicKey []byte     `json:"public_key,omitempty"` // PKIX DER of a signing key
+}
+
+// KMSVersionRequest changes a version's state (POST
+// /v1/kms/keys/NAME/versions/N/ACTION, ACTION one of disable, enable,
+// destroy, restore).
+type KMSVersionRequest struct {
+	// GraceSeconds delays a destruction (default 7 days, at least 1 hour).
+	GraceSeconds int64 `json:"grace_seconds,omitempty"`
+}
+
+// KMSRequest is the body of a key operation (POST /v1/kms/keys/NAME/OP,
+// OP one of encrypt, decrypt, datakey, rewrap, sign, verify, hmac,
+// verify-hmac). Byte fields are base64.
+type KMSRequest struct {
+	Plaintext  []byte `json:"plaintext,omitempty"`  // encrypt
+	Ciphertext []byte `json:"ciphertext,omitempty"` // decrypt, rewrap
+	AAD        []byte `json:"aad,omitempty"`        // encrypt, decrypt, datakey, rewrap
+	Message    []byte `json:"message,omitempty"`    // sign, verify, hmac, verify-hmac
+	Signature  []byte `json:"signature,omitempty"`  // verify
+	MAC        []byte `json:"mac,omitempty"`        // verify-hmac
+}
+
+// KMSResponse is the answer to a key operation.
+type KMSResponse struct {
+	Version    int    `json:"version"` // the key version used
+	Plaintext  []byte `json:"plaintext,omitempty"`
+	Ciphertext []byte `json:"ciphertext,omitempty"` // encrypt, rewrap; the wrapped key of datakey
+	Signature  []byte `json:"signature,omitempty"`
+	MAC        []byte `json:"mac,omitempty"`
+	Valid      *bool  `json:"valid,omitempty"` // verify, verify-hmac
+}

@@ -380,22 +380,22 @@ func (s *Service) Maintain(ctx context.Context) ([]Event, error) {
 
 // Info describes a key (never its material).
 type Info struct {
-	Name        string        `json:"name"`
-	Type        string        `json:"type"`
-	Latest      int           `json:"latest"`
-	RotateEvery time.Duration `json:"rotate_every,omitempty"`
-	CreatedAt   time.Time     `json:"created_at"`
-	RotatedAt   time.Time     `json:"rotated_at"`
-	Versions    []VersionInfo `json:"versions"`
+	Name        string
+	Type        string
+	Latest      int
+	RotateEvery time.Duration
+	CreatedAt   time.Time
+	RotatedAt   time.Time
+	Versions    []VersionInfo
 }
 
 // VersionInfo describes a version.
 type VersionInfo struct {
-	Version   int       `json:"version"`
-	State     string    `json:"state"`
-	CreatedAt time.Time `json:"created_at"`
-	DestroyAt time.Time `json:"destroy_at,omitzero"`
-	PublicKey []byte    `json:"public_key,omitempty"` // PKIX DER, signing keys
+	Version   int
+	State     string
+	CreatedAt time.Time
+	DestroyAt time.Time
+	PublicKey []byte // PKIX DER, signing keys
 }
 
 // Get describes a key as stored now.

@@ -75,6 +75,17 @@ func (s *Server) Handler() http.Handler {
 		s.oauth.Register(mux, func(pattern string, h http.HandlerFunc) http.Handler { return s.instrument(pattern, h) })
 	}
 
+	// Key store: admins manage keys; workloads use them, as the key-use
+	// policy allows.
+	route("POST /v1/kms/keys", s.admin(s.handleCreateKMSKey))
+	route("GET /v1/kms/keys", s.admin(s.handleListKMSKeys))
+	route("GET /v1/kms/keys/{name}", s.admin(s.handleGetKMSKey))
+	route("POST /v1/kms/keys/{name}/rotate", s.admin(s.handleRotateKMSKey))
+	route("POST /v1/kms/keys/{name}/versions/{version}/{action}", s.admin(s.handleKMSVersion))
+	for op, h := range s.kmsHandlers() {
+		route("POST /v1/kms/keys/{name}/"+op, h)
+	}
+
 	// Audit entries from agents' and proxies' spools.
 	route("POST /v1/audit/ingest", s.workload(s.handleIngest))
 

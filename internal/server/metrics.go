@@ -20,6 +20,7 @@ type metrics struct {
 	ingested              prometheus.Counter
 	ingestDuplicates      prometheus.Counter
 	ingestRefused         prometheus.Counter
+	kmsOps                *prometheus.CounterVec
 	requests              *prometheus.CounterVec
 	latency               *prometheus.HistogramVec
 }
@@ -62,6 +63,9 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		ingestRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_server_audit_ingest_refused_total", Help: "Audit batches refused (malformed, or a stream of another identity).",
 		}),
+		kmsOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_server_kms_operations_total", Help: "Key store operations, by operation and result (ok, denied, error).",
+		}, []string{"operation", "result"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_server_http_requests_total", Help: "API requests, by route and status code.",
 		}, []string{"route", "code"}),
@@ -71,7 +75,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		}, []string{"route"}),
 	}
 	reg.MustRegister(m.svidsIssued, m.issueFailures, m.attestations, m.renewals, m.handshakeFailures,
-		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.ingested, m.ingestDuplicates, m.ingestRefused, m.requests, m.latency,
+		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.ingested, m.ingestDuplicates, m.ingestRefused, m.kmsOps, m.requests, m.latency,
 		caExpiryCollector{ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -27,6 +28,7 @@ import (
 	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/keywrap"
+	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/store"
 )
@@ -100,6 +102,8 @@ type Server struct {
 	detector    *detect.Tailer
 	notifier    *detect.Notifier
 	oauth       *oauth.Provider // nil until the issuer address is known
+	kms         *kms.Service
+	kmsPolicy   atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
 	wrapper     *keywrap.Wrapper
 	log         *slog.Logger
 	now         func() time.Time
@@ -108,7 +112,8 @@ type Server struct {
 
 	adminTokenHash [32]byte
 
-	tls *tlsState
+	tls   *tlsState
+	peers peerCache // client chains whose signatures verified
 
 	mu       sync.RWMutex
 	revision int64
@@ -203,6 +208,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		changed: make(chan struct{}), reg: prometheus.NewRegistry(),
 	}
 	s.metrics = newMetrics(s.reg, ca)
+	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	if s.audit, s.auditSigner, err = openAudit(cfg); err != nil {
 		return nil, err
 	}
@@ -319,6 +327,7 @@ func (s *Server) maintainOnce(ctx context.Context) {
 			s.log.Error("OAuth signing key maintenance failed", "err", err)
 		}
 	}
+	s.maintainKMS(ctx)
 	if err := s.store.PruneExpired(ctx, s.now()); err != nil {
 		s.log.Warn("pruning expired records failed", "err", err)
 	}
@@ -370,6 +379,9 @@ func (s *Server) pollRevision(ctx context.Context) {
 					s.log.Error("reloading OAuth keys and revocations failed", "err", err)
 				}
 			}
+			if err := s.kms.Reload(ctx); err != nil {
+				s.log.Error("reloading key store keys failed", "err", err)
+			}
 			s.notify(ctx)
 		}
 	}
@@ -407,17 +419,24 @@ func (s *Server) refresh(ctx context.Context) error {
 			evicted[a.SpiffeID] = struct{}{}
 		}
 	}
+	if err := s.loadKMSPolicy(ctx); err != nil {
+		return err
+	}
 	bundle := identity.EncodePEM(s.ca.X509Bundle())
 	s.mu.Lock()
 	moved := rev != s.revision
 	s.revision, s.revoked, s.evicted = rev, revoked, evicted
 	if moved {
+		s.peers.reset() // the bundle may have changed with the revision
 		close(s.changed)
 		s.changed = make(chan struct{})
 	}
 	writeBundle := string(bundle) != string(s.bundle)
 	s.bundle = bundle
 	s.mu.Unlock()
+	if writeBundle {
+		s.peers.reset()
+	}
 	s.metrics.revocations.Set(float64(len(revoked)))
 	if writeBundle {
 		if err := atomicfile.Write(filepath.Join(s.cfg.DataDir, "bundle.pem"), bundle, 0o644); err != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -147,20 +148,80 @@ func reasonOf(err error) string {
 // verifyPeer verifies a raw client chain as an SVID of this trust domain:
 // it chains to the bundle, is not revoked, and if it is an agent's, the agent
 // is not evicted.
+//
+// Services call the API many times over one connection, and each request
+// is checked again (a revocation may have happened since the handshake), so
+// the signature checks are cached per leaf certificate until the chain's
+// earliest expiry; refresh drops the cache whenever the revision (and so
+// possibly the bundle) changes. Revocation and eviction are looked up on
+// every call.
 func (s *Server) verifyPeer(raw [][]byte) (spiffeid.ID, error) {
 	td := s.cfg.TrustDomain
-	bundle := x509bundle.FromX509Authorities(td, s.ca.X509Bundle())
-	id, chains, err := x509svid.ParseAndVerify(raw, bundle, x509svid.WithTime(s.now()))
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: %v", errUntrusted, err)
+	now := s.now()
+	sum := sha256.Sum256(raw[0])
+	p, ok := s.peers.get(sum, now)
+	if !ok {
+		bundle := x509bundle.FromX509Authorities(td, s.ca.X509Bundle())
+		id, chains, err := x509svid.ParseAndVerify(raw, bundle, x509svid.WithTime(now))
+		if err != nil {
+			return spiffeid.ID{}, fmt.Errorf("%w: %v", errUntrusted, err)
+		}
+		p = verifiedPeer{id: id, serial: chains[0][0].SerialNumber.Text(16), notAfter: chains[0][0].NotAfter}
+		for _, c := range chains[0][1:] {
+			if c.NotAfter.Before(p.notAfter) {
+				p.notAfter = c.NotAfter
+			}
+		}
+		s.peers.put(sum, p)
 	}
-	if serial := chains[0][0].SerialNumber.Text(16); s.isRevoked(serial) {
-		return spiffeid.ID{}, fmt.Errorf("%w: serial %s", errRevoked, serial)
+	if s.isRevoked(p.serial) {
+		return spiffeid.ID{}, fmt.Errorf("%w: serial %s", errRevoked, p.serial)
 	}
-	if identity.IsAgentID(td, id) && s.isEvicted(id.String()) {
-		return spiffeid.ID{}, fmt.Errorf("%w: %s", errEvicted, id)
+	if identity.IsAgentID(td, p.id) && s.isEvicted(p.id.String()) {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s", errEvicted, p.id)
 	}
-	return id, nil
+	return p.id, nil
+}
+
+type verifiedPeer struct {
+	id       spiffeid.ID
+	serial   string
+	notAfter time.Time
+}
+
+// maxPeerCache bounds the verified-chain cache; when full it starts over.
+const maxPeerCache = 16384
+
+// peerCache remembers chains whose signatures verified.
+type peerCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]verifiedPeer
+}
+
+func (c *peerCache) get(sum [32]byte, now time.Time) (verifiedPeer, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.m[sum]
+	if ok && !now.Before(p.notAfter) {
+		delete(c.m, sum)
+		return verifiedPeer{}, false
+	}
+	return p, ok
+}
+
+func (c *peerCache) put(sum [32]byte, p verifiedPeer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxPeerCache {
+		c.m = make(map[[32]byte]verifiedPeer)
+	}
+	c.m[sum] = p
+}
+
+func (c *peerCache) reset() {
+	c.mu.Lock()
+	c.m = nil
+	c.mu.Unlock()
 }
 
 // verifyAgentChain is verifyPeer plus: the SVID must be an agent's.
