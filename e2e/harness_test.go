@@ -120,11 +120,11 @@ func startServer(t *testing.T, dir string, extra ...string) *server {
 	return &server{proc: p, dir: dir, addr: strings.TrimSpace(addr)}
 }
 
-func startServerAt(t *testing.T, dir, addr string) *server {
+func startServerAt(t *testing.T, dir, addr string, extra ...string) *server {
 	t.Helper()
 	ready := filepath.Join(dir, "ready")
 	os.Remove(ready)
-	p := start(t, []string{"RAMPART_READY_FILE=" + ready}, "server", "--data", dir, "--listen", addr, "--trust-domain", "example.org")
+	p := start(t, []string{"RAMPART_READY_FILE=" + ready}, append([]string{"server", "--data", dir, "--listen", addr, "--trust-domain", "example.org"}, extra...)...)
 	waitFile(t, p, ready)
 	return &server{proc: p, dir: dir, addr: addr}
 }

@@ -44,6 +44,7 @@ func commands() []command {
 		{"detect", "test detection rules against a log; print the built-in rules", runDetect},
 		{"alert", "list, acknowledge and resolve detection alerts", runAlert},
 		{"oauth", "manage OAuth/OIDC clients and users (client ..., user ...)", runOAuth},
+		{"kms", "manage key store keys (create, rotate, disable, destroy)", runKMS},
 		{"demo", "start a secured sample system on loopback", runDemo},
 		{"version", "print the version", func(_ context.Context, e *cliEnv, _ []string) error {
 			fmt.Fprintln(e.stdout, "rampart", version)
