@@ -21,10 +21,10 @@
 //
 //	"rke\x01" | len(wrapped) (uint16, big endian) | wrapped data key | nonce (12) | AES-256-GCM ciphertext and tag
 //
-// sealed with everything before the nonce, followed by the caller's
-// associated data, as GCM's associated data: a ciphertext moved to another
-// record (other associated data), given another wrapped key, truncated or
-// edited, does not decrypt.
+// sealed with the caller's associated data under a key derived (HKDF-SHA256)
+// from the data key and everything before the nonce: a ciphertext moved to
+// another record (other associated data), given another wrapped key,
+// truncated or edited, does not decrypt.
 //
 // The other operations (Sign, Verify, MAC, VerifyMAC, and the server-side
 // Encrypt and Decrypt of small values) call the server each time.
@@ -35,6 +35,7 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -109,10 +110,11 @@ type Client struct {
 	maxUses int64
 	now     func() time.Time
 
-	mu    sync.Mutex
-	enc   map[string]*dataKey // key name -> current data key
-	fetch map[string]*sync.Mutex
-	dec   map[[32]byte]*dataKey // SHA-256 of a wrapped key -> its data key
+	mu    sync.Mutex                          // guards fetch and replacing enc
+	enc   atomic.Pointer[map[string]*dataKey] // key name -> current data key; immutable maps
+	fetch map[string]*sync.Mutex              // one fetch at a time per key
+	decMu sync.RWMutex
+	dec   map[string]*dataKey // wrapped key -> its data key
 	calls atomic.Int64
 }
 
@@ -131,7 +133,8 @@ func trimScheme(s string) string {
 // and accepts only the server's SVID (spiffe://TD/rampart/server).
 func New(src *sdk.Source, opts ...Option) (*Client, error) {
 	c := &Client{ttl: DefaultDataKeyTTL, maxUses: DefaultDataKeyUses, now: time.Now,
-		enc: map[string]*dataKey{}, fetch: map[string]*sync.Mutex{}, dec: map[[32]byte]*dataKey{}}
+		fetch: map[string]*sync.Mutex{}, dec: map[string]*dataKey{}}
+	c.enc.Store(&map[string]*dataKey{})
 	if s := os.Getenv("RAMPART_SERVER"); s != "" {
 		c.base = "https://" + trimScheme(s)
 	}
@@ -213,11 +216,28 @@ type response struct {
 	Valid      *bool  `json:"valid"`
 }
 
+// envelopeInfo labels the derivation of the sealing key: the data key and
+// the header bytes before the body.
+const envelopeInfo = "rampart sdk/kms envelope v1"
+
+// newDataKey prepares a data key for sealing. The AES key is derived with
+// HKDF-SHA256 from the data key and the header (magic, length, wrapped
+// key), so a body under another header does not open; deriving once per
+// data key keeps the header out of every message's associated data.
 func newDataKey(plaintext, wrapped []byte, expires time.Time) (*dataKey, error) {
 	if len(plaintext) != 32 || len(wrapped) == 0 || len(wrapped) > 0xffff {
 		return nil, errors.New("kms: the server sent a malformed data key")
 	}
-	block, err := aes.NewCipher(plaintext)
+	prefix := make([]byte, 0, len(magic)+2+len(wrapped))
+	prefix = append(prefix, magic...)
+	prefix = binary.BigEndian.AppendUint16(prefix, uint16(len(wrapped)))
+	prefix = append(prefix, wrapped...)
+	k, err := hkdf.Key(sha256.New, plaintext, nil, envelopeInfo+string(prefix), 32)
+	if err != nil {
+		return nil, err
+	}
+	block, err := aes.NewCipher(k)
+	clear(k)
 	if err != nil {
 		return nil, err
 	}
@@ -225,23 +245,23 @@ func newDataKey(plaintext, wrapped []byte, expires time.Time) (*dataKey, error) 
 	if err != nil {
 		return nil, err
 	}
-	prefix := make([]byte, 0, len(magic)+2+len(wrapped))
-	prefix = append(prefix, magic...)
-	prefix = binary.BigEndian.AppendUint16(prefix, uint16(len(wrapped)))
-	prefix = append(prefix, wrapped...)
 	return &dataKey{aead: aead, prefix: prefix, expires: expires}, nil
 }
 
+// usable takes one use of dk if it has not expired or run out.
+func (c *Client) usable(dk *dataKey, now time.Time) bool {
+	return dk != nil && now.Before(dk.expires) && dk.uses.Add(1) <= c.maxUses
+}
+
 // current returns a data key for key that may do one more encryption,
-// fetching a new one (one call, others waiting) when needed.
+// fetching a new one (one call, others waiting) when needed. The common
+// case reads an immutable map without locking.
 func (c *Client) current(ctx context.Context, key string) (*dataKey, error) {
 	now := c.now()
-	c.mu.Lock()
-	dk := c.enc[key]
-	if dk != nil && now.Before(dk.expires) && dk.uses.Add(1) <= c.maxUses {
-		c.mu.Unlock()
+	if dk := (*c.enc.Load())[key]; c.usable(dk, now) {
 		return dk, nil
 	}
+	c.mu.Lock()
 	f := c.fetch[key]
 	if f == nil {
 		f = &sync.Mutex{}
@@ -250,12 +270,9 @@ func (c *Client) current(ctx context.Context, key string) (*dataKey, error) {
 	c.mu.Unlock()
 	f.Lock()
 	defer f.Unlock()
-	c.mu.Lock()
-	if dk := c.enc[key]; dk != nil && now.Before(dk.expires) && dk.uses.Add(1) <= c.maxUses {
-		c.mu.Unlock()
+	if dk := (*c.enc.Load())[key]; c.usable(dk, now) {
 		return dk, nil // fetched while we waited
 	}
-	c.mu.Unlock()
 	var resp response
 	if err := c.call(ctx, key, "datakey", request{}, &resp); err != nil {
 		return nil, err
@@ -267,14 +284,22 @@ func (c *Client) current(ctx context.Context, key string) (*dataKey, error) {
 	}
 	dk.uses.Store(1)
 	c.mu.Lock()
-	c.enc[key] = dk
-	c.remember(sha256.Sum256(resp.Ciphertext), dk)
+	old := *c.enc.Load()
+	next := make(map[string]*dataKey, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[key] = dk
+	c.enc.Store(&next)
 	c.mu.Unlock()
+	c.remember(string(resp.Ciphertext), dk)
 	return dk, nil
 }
 
-// remember caches a data key for decryption; c.mu is held.
-func (c *Client) remember(sum [32]byte, dk *dataKey) {
+// remember caches a data key for decryption.
+func (c *Client) remember(wrapped string, dk *dataKey) {
+	c.decMu.Lock()
+	defer c.decMu.Unlock()
 	if len(c.dec) >= maxDecryptCache {
 		now := c.now()
 		for k, v := range c.dec {
@@ -286,26 +311,27 @@ func (c *Client) remember(sum [32]byte, dk *dataKey) {
 			clear(c.dec)
 		}
 	}
-	c.dec[sum] = dk
+	c.dec[wrapped] = dk
 }
 
 // Encrypt seals plaintext under a data key of key, bound to aad (a record
 // ID, say: the ciphertext then opens only with the same aad).
 func (c *Client) Encrypt(ctx context.Context, key string, plaintext, aad []byte) ([]byte, error) {
+	return c.AppendEncrypt(ctx, nil, key, plaintext, aad)
+}
+
+// AppendEncrypt is Encrypt appending to dst (reuse a buffer to encrypt
+// without allocating).
+func (c *Client) AppendEncrypt(ctx context.Context, dst []byte, key string, plaintext, aad []byte) ([]byte, error) {
 	dk, err := c.current(ctx, key)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, len(dk.prefix), len(dk.prefix)+len(plaintext)+dk.aead.Overhead())
-	copy(out, dk.prefix)
-	return dk.aead.Seal(out, nil, plaintext, gcmAAD(dk.prefix, aad)), nil
-}
-
-func gcmAAD(prefix, aad []byte) []byte {
-	if len(aad) == 0 {
-		return prefix
+	need := len(dk.prefix) + len(plaintext) + dk.aead.Overhead()
+	if cap(dst)-len(dst) < need {
+		dst = append(make([]byte, 0, len(dst)+need), dst...)
 	}
-	return append(prefix[:len(prefix):len(prefix)], aad...)
+	return dk.aead.Seal(append(dst, dk.prefix...), nil, plaintext, aad), nil
 }
 
 // Split parses an envelope ciphertext into its wrapped data key and body.
@@ -341,6 +367,11 @@ func KeyOf(ciphertext []byte) (name string, version int, err error) {
 // Decrypt opens a ciphertext made by Encrypt with the same key and aad.
 // The data key is unwrapped by the server once and then cached.
 func (c *Client) Decrypt(ctx context.Context, key string, ciphertext, aad []byte) ([]byte, error) {
+	return c.AppendDecrypt(ctx, nil, key, ciphertext, aad)
+}
+
+// AppendDecrypt is Decrypt appending the plaintext to dst.
+func (c *Client) AppendDecrypt(ctx context.Context, dst []byte, key string, ciphertext, aad []byte) ([]byte, error) {
 	wrapped, body, err := Split(ciphertext)
 	if err != nil {
 		return nil, err
@@ -352,11 +383,10 @@ func (c *Client) Decrypt(ctx context.Context, key string, ciphertext, aad []byte
 	if name != key {
 		return nil, fmt.Errorf("kms: the ciphertext is for key %q, not %q", name, key)
 	}
-	sum := sha256.Sum256(wrapped)
 	now := c.now()
-	c.mu.Lock()
-	dk := c.dec[sum]
-	c.mu.Unlock()
+	c.decMu.RLock()
+	dk := c.dec[string(wrapped)] // no allocation: the compiler looks up without copying
+	c.decMu.RUnlock()
 	if dk == nil || !now.Before(dk.expires) {
 		var resp response
 		if err := c.call(ctx, key, "decrypt", request{Ciphertext: wrapped}, &resp); err != nil {
@@ -367,12 +397,9 @@ func (c *Client) Decrypt(ctx context.Context, key string, ciphertext, aad []byte
 		if err != nil {
 			return nil, err
 		}
-		c.mu.Lock()
-		c.remember(sum, dk)
-		c.mu.Unlock()
+		c.remember(string(wrapped), dk)
 	}
-	prefix := ciphertext[:len(ciphertext)-len(body)]
-	pt, err := dk.aead.Open(nil, nil, body, gcmAAD(prefix, aad))
+	pt, err := dk.aead.Open(dst, nil, body, aad)
 	if err != nil {
 		return nil, ErrDecrypt
 	}
@@ -394,9 +421,11 @@ func (c *Client) Reencrypt(ctx context.Context, key string, ciphertext, aad []by
 // version at once).
 func (c *Client) Flush() {
 	c.mu.Lock()
-	clear(c.enc)
-	clear(c.dec)
+	c.enc.Store(&map[string]*dataKey{})
 	c.mu.Unlock()
+	c.decMu.Lock()
+	clear(c.dec)
+	c.decMu.Unlock()
 }
 
 // ServerEncrypt encrypts a small value on the server (no data key).
