@@ -4,10 +4,14 @@ package benchserver
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,4 +73,47 @@ func WaitFile(path string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s did not appear within 30s", path)
+}
+
+// WorkloadCert enrols an agent named agent and returns a TLS certificate
+// holding an SVID for id issued through it, as a real workload would get
+// one from its agent.
+func (s *Server) WorkloadCert(ctx context.Context, agent, id string) (*tls.Certificate, error) {
+	var jt api.CreateJoinTokenResponse
+	if err := s.Admin.Do(ctx, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: agent}, &jt); err != nil {
+		return nil, err
+	}
+	akey, acsr := csr("")
+	var att api.AttestResponse
+	anon := &api.Client{BaseURL: s.Admin.BaseURL, HTTP: s.Admin.HTTP}
+	if err := anon.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: jt.Token, CSR: acsr}, &att); err != nil {
+		return nil, err
+	}
+	cfg := s.TLS.Clone()
+	cfg.Certificates = []tls.Certificate{{Certificate: att.SVID.Chain, PrivateKey: akey}}
+	agentClient := &api.Client{BaseURL: s.Admin.BaseURL, HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}}
+	var e api.Entry
+	if err := s.Admin.Do(ctx, http.MethodPost, "/v1/entries", api.Entry{SpiffeID: id, ParentID: jt.AgentID, Selectors: []string{"unix:uid:4242"}}, &e); err != nil {
+		return nil, err
+	}
+	wkey, wcsr := csr(id)
+	var sr api.SignResponse
+	if err := agentClient.Do(ctx, http.MethodPost, "/v1/agent/svids", api.SignRequest{Requests: []api.SignItem{{EntryID: e.ID, CSR: wcsr}}}, &sr); err != nil {
+		return nil, err
+	}
+	if len(sr.Results) != 1 || sr.Results[0].SVID == nil {
+		return nil, fmt.Errorf("no SVID issued for %s: %+v", id, sr.Results)
+	}
+	return &tls.Certificate{Certificate: sr.Results[0].SVID.Chain, PrivateKey: wkey}, nil
+}
+
+func csr(id string) (*ecdsa.PrivateKey, []byte) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.CertificateRequest{}
+	if id != "" {
+		u, _ := url.Parse(id)
+		tmpl.URIs = []*url.URL{u}
+	}
+	der, _ := x509.CreateCertificateRequest(rand.Reader, tmpl, k)
+	return k, der
 }
