@@ -41,8 +41,12 @@ func TestDemo(t *testing.T) {
 	if code != 200 || !strings.Contains(body, `"verified_caller":"spiffe://demo.rampart.local/orders"`) || !strings.Contains(body, `"status":"settled"`) {
 		t.Fatalf("call through the demo system: %d %s", code, body)
 	}
-	if n := countProcs(filepath.Join(dir, "bin")); n != 3 {
-		t.Fatalf("%d proxy processes running, want 3", n)
+	// The customers service (SDK, encrypted fields) serves its record.
+	if !strings.Contains(out, "customers mTLS on 127.0.0.1:") || !strings.Contains(out, "encrypted per field with key customers-pii") {
+		t.Fatalf("demo output lacks the customers service:\n%s", out)
+	}
+	if n := countProcs(filepath.Join(dir, "bin")); n != 4 {
+		t.Fatalf("%d service processes running, want 4 (three proxies and customers)", n)
 	}
 	p.stop()
 	if n := countProcs(filepath.Join(dir, "bin")); n != 0 {
@@ -61,7 +65,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo --attacks: %v\n%s", err, out)
 	}
 	for _, name := range []string{"admin-without-token", "join-token-replay", "foreign-ca-agent", "csr-for-another-id", "unregistered-workload", "revoked-agent",
-		"eavesdrop-plaintext", "no-client-certificate", "forged-identity-header", "forbidden-call", "path-tricks", "refresh-token-replay", "login-brute-force", "tampered-audit-entry"} {
+		"eavesdrop-plaintext", "no-client-certificate", "forged-identity-header", "forbidden-call", "path-tricks", "refresh-token-replay", "login-brute-force", "stolen-database", "tampered-audit-entry"} {
 		block := out[strings.Index(out, "attack "+name):]
 		if i := strings.Index(block[1:], "\nattack "); i > 0 {
 			block = block[:i]
@@ -73,7 +77,8 @@ func TestDemo(t *testing.T) {
 	// Detect: the attacks that leave a pattern raise the matching alert.
 	for name, rule := range map[string]string{"admin-without-token": "denied admin.auth entry in the audit log", "foreign-ca-agent": "denied tls.client_auth entry",
 		"csr-for-another-id": "denied svid.issue entry", "path-tricks": "denied authz.decision entry", "forbidden-call": "alert denied-burst", "revoked-agent": "alert revoked-credential-use", "tampered-audit-entry": "no longer hashes",
-		"refresh-token-replay": "alert refresh-token-reuse", "login-brute-force": "alert login-failures"} {
+		"refresh-token-replay": "alert refresh-token-reuse", "login-brute-force": "alert login-failures",
+		"stolen-database": "alert key-use-denied"} {
 		block := out[strings.Index(out, "attack "+name):]
 		if i := strings.Index(block[1:], "\nattack "); i > 0 {
 			block = block[:i]
@@ -82,7 +87,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("attack %s: detection not reported (want %q):\n%s", name, rule, block)
 		}
 	}
-	if !strings.Contains(out, "14 attacks, 14 stopped, 0 not stopped") {
+	if !strings.Contains(out, "15 attacks, 15 stopped, 0 not stopped") {
 		t.Fatalf("summary missing:\n%s", out)
 	}
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {

@@ -112,6 +112,8 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintf(w, "  payments  mTLS on %s (rampart proxy, spiffe://%s/payments); policy: only orders may GET /payments/{id}\n", s.PaymentsInbound, TrustDomain.Name())
 	fmt.Fprintf(w, "  orders    mTLS on %s (rampart proxy, spiffe://%s/orders); policy: only gateway may GET /orders/{id}\n", s.OrdersInbound, TrustDomain.Name())
 	fmt.Fprintf(w, "  gateway   %s (rampart proxy, spiffe://%s/gateway): plain HTTP in on loopback, mTLS out to orders\n", s.GatewayURL, TrustDomain.Name())
+	fmt.Fprintf(w, "  customers mTLS on %s (Go SDK, no sidecar, spiffe://%s/customers); email and card encrypted per field with key %s (sdk/kms), in %s\n",
+		s.Customers, TrustDomain.Name(), customersKey, s.CustomersDB)
 	fmt.Fprintf(w, "  login     https://%s/.well-known/openid-configuration (OAuth 2.0 / OIDC); users alice and bob, password %s; public client %q\n\n",
 		sys.ServerAddr, demoPassword, shopClient)
 
@@ -126,6 +128,7 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintf(w, "  rampart policy explain --service spiffe://%s/payments --caller spiffe://%s/gateway --path /payments/1\n", TrustDomain.Name(), TrustDomain.Name())
 	fmt.Fprintf(w, "  rampart svid fetch --socket %s\n", sys.Socket)
 	fmt.Fprintf(w, "  rampart oauth user list\n  rampart oauth client show %s\n", shopClient)
+	fmt.Fprintf(w, "  rampart kms key show %s\n  rampart kms key rotate %s\n", customersKey, customersKey)
 	fmt.Fprintf(w, "  rampart demo --data %s --attacks    # the attacks it stops\n\n", cfg.DataDir)
 	fmt.Fprintln(w, "ready; press Ctrl-C to stop")
 	<-ctx.Done()

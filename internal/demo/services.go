@@ -42,6 +42,8 @@ type services struct {
 	OrdersInbound   string
 	GatewayURL      string // plain HTTP on loopback: how a user calls in
 	OrdersToPay     string // orders' outbound listener for payments
+	Customers       string // customers' mTLS port (SDK, no proxy)
+	CustomersDB     string // its SQLite file
 }
 
 // startServices starts the payments and orders apps (in this process) and
@@ -53,19 +55,26 @@ func startServices(ctx context.Context, sys *System, agentID string, done chan<-
 	if err := os.MkdirAll(binDir, 0o700); err != nil {
 		return nil, 0, err
 	}
-	for _, name := range []string{"payments", "orders", "gateway"} {
-		bin := filepath.Join(binDir, name+"-proxy")
+	for _, name := range []string{"payments-proxy", "orders-proxy", "gateway-proxy", "customers-app"} {
+		bin := filepath.Join(binDir, name)
 		if err := copyFile(sys.Exe, bin); err != nil {
 			return nil, 0, fmt.Errorf("demo: %w", err)
 		}
-		if err := ensureEntry(ctx, sys.Admin, api.Entry{SpiffeID: "spiffe://" + TrustDomain.Name() + "/" + name, ParentID: agentID,
+		svcName, _, _ := strings.Cut(name, "-")
+		if err := ensureEntry(ctx, sys.Admin, api.Entry{SpiffeID: "spiffe://" + TrustDomain.Name() + "/" + svcName, ParentID: agentID,
 			Selectors: []string{"unix:uid:" + strconv.Itoa(os.Getuid()), "unix:path:" + bin}}); err != nil {
 			return nil, 0, err
 		}
 	}
-	for _, p := range []string{paymentsPolicy, ordersPolicy} {
+	for _, p := range []string{paymentsPolicy, ordersPolicy, customersPolicy, kmsPolicy} {
 		if err := sys.Admin.DoRaw(ctx, http.MethodPut, "/v1/policies", "application/yaml", []byte(p), nil); err != nil {
 			return nil, 0, fmt.Errorf("demo: policy: %w", err)
+		}
+	}
+	var key api.KMSKey
+	if err := sys.Admin.Do(ctx, http.MethodGet, "/v1/kms/keys/"+customersKey, nil, &key); err != nil {
+		if err := sys.Admin.Do(ctx, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: customersKey}, nil); err != nil {
+			return nil, 0, fmt.Errorf("demo: key store: %w", err)
 		}
 	}
 	svc := &services{}
@@ -92,12 +101,11 @@ func startServices(ctx context.Context, sys *System, agentID string, done chan<-
 		return nil, 0, err
 	}
 	procs := 0
-	proxy := func(name string, args ...string) ([]string, error) {
-		ready := filepath.Join(sys.Dir, name+"-proxy.ready")
+	launch := func(name string, args ...string) ([]string, error) {
+		ready := filepath.Join(sys.Dir, name+".ready")
 		os.Remove(ready)
-		logf, _ := os.OpenFile(filepath.Join(sys.Dir, name+"-proxy.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		cmd := exec.Command(filepath.Join(binDir, name+"-proxy"), append([]string{"proxy", "--socket", sys.Socket, "--server", sys.ServerAddr,
-			"--data", filepath.Join(sys.Dir, name+"-proxy-data")}, args...)...)
+		logf, _ := os.OpenFile(filepath.Join(sys.Dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		cmd := exec.Command(filepath.Join(binDir, name), args...)
 		cmd.Env = append(os.Environ(), "RAMPART_READY_FILE="+ready)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
@@ -130,11 +138,15 @@ func startServices(ctx context.Context, sys *System, agentID string, done chan<-
 			}
 			select {
 			case <-exited:
-				return nil, fmt.Errorf("demo: %s proxy exited (see %s-proxy.log)", name, filepath.Join(sys.Dir, name))
+				return nil, fmt.Errorf("demo: %s exited (see %s.log)", name, filepath.Join(sys.Dir, name))
 			case <-time.After(20 * time.Millisecond):
 			}
 		}
-		return nil, fmt.Errorf("demo: %s proxy not ready within 30s", name)
+		return nil, fmt.Errorf("demo: %s not ready within 30s", name)
+	}
+	proxy := func(name string, args ...string) ([]string, error) {
+		return launch(name+"-proxy", append([]string{"proxy", "--socket", sys.Socket, "--server", sys.ServerAddr,
+			"--data", filepath.Join(sys.Dir, name+"-proxy-data")}, args...)...)
 	}
 	addrs, err := proxy("payments", "--inbound", "127.0.0.1:0", "--app", payApp)
 	if err != nil {
@@ -152,6 +164,12 @@ func startServices(ctx context.Context, sys *System, agentID string, done chan<-
 		return nil, procs, err
 	}
 	svc.GatewayURL = "http://" + addrs[1]
+	svc.CustomersDB = filepath.Join(sys.Dir, "customers.db")
+	addrs, err = launch("customers-app", "demo", "customers-service", "--socket", sys.Socket, "--server", sys.ServerAddr, "--db", svc.CustomersDB)
+	if err != nil {
+		return nil, procs, err
+	}
+	svc.Customers = addrs[0]
 	return svc, procs, nil
 }
 

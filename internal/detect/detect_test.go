@@ -99,6 +99,12 @@ func TestDefaultRules(t *testing.T) {
 		{"refresh-token-reuse",
 			[]*audit.Entry{ev(0, "oauth.refresh_reuse", "denied", "refresh token reused; family revoked", audit.Actor{User: "alice"}, nil)},
 			[]*audit.Entry{ev(0, "oauth.refresh", "success", "", audit.Actor{User: "alice"}, nil)}},
+		{"key-use-denied",
+			[]*audit.Entry{ev(0, "kms.decrypt", "denied", "no rule of the key-use policy allows decrypt on this key", audit.Actor{SpiffeID: rogue}, map[string]string{"key": "orders-pii"}),
+				ev(time.Minute, "kms.decrypt", "denied", "no rule of the key-use policy allows decrypt on this key", audit.Actor{SpiffeID: rogue}, map[string]string{"key": "orders-pii"})},
+			[]*audit.Entry{ev(0, "kms.decrypt", "success", "", audit.Actor{SpiffeID: orders}, map[string]string{"key": "orders-pii"}),
+				ev(0, "kms.decrypt", "failure", "ciphertext does not decrypt", audit.Actor{SpiffeID: orders}, map[string]string{"key": "orders-pii"}),
+				ev(0, "kms.key_create", "denied", "exists", admin, nil)}},
 		{"new-service-edge",
 			[]*audit.Entry{decision(0, orders, payments, "GET", "success"), decision(25*time.Hour, "spiffe://example.org/gateway", payments, "GET", "success")},
 			[]*audit.Entry{decision(0, orders, payments, "GET", "success"), decision(time.Hour, "spiffe://example.org/gateway", payments, "GET", "success"),
@@ -129,7 +135,7 @@ func TestDefaultRules(t *testing.T) {
 	// Every default rule has a case above.
 	for _, r := range Default().Rules {
 		found := false
-		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap"} {
+		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap"} {
 			found = found || name == r.Name
 		}
 		if !found {
