@@ -3,13 +3,21 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/keywrap"
 )
 
 const kmsPolicyYAML = `service: spiffe://example.org/rampart/kms
@@ -203,5 +211,84 @@ func TestKMSScheduledRotationAudited(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("the scheduled rotation is not in the audit log")
+	}
+}
+
+// syncBuf collects log output from the server's goroutines.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func forms(secret []byte) []string {
+	return []string{string(secret), base64.StdEncoding.EncodeToString(secret), base64.RawURLEncoding.EncodeToString(secret), hex.EncodeToString(secret)}
+}
+
+// The master key, the data keys handed out and the data never appear in
+// the server's logs (at debug level) or its database; nor does the
+// passphrase that seals a master key.
+func TestKMSSecretsNeverLogged(t *testing.T) {
+	dir := t.TempDir()
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	os.MkdirAll(filepath.Join(dir, "keys"), 0o700)
+	if err := os.WriteFile(filepath.Join(dir, "keys", "kek"), kek, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuf
+	h := newHarnessWith(t, Config{DataDir: dir, TrustDomain: td, Listen: "127.0.0.1:0",
+		Log: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	ctx := context.Background()
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "orders-pii"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.admin.DoRaw(ctx, http.MethodPut, "/v1/policies", "application/yaml", []byte(kmsPolicyYAML), nil); err != nil {
+		t.Fatal(err)
+	}
+	orders := h.client("", h.workloadCert("node-1", "spiffe://example.org/orders"))
+	dk, err := h.kmsCall(orders, "orders-pii", "datakey", api.KMSRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := h.kmsCall(orders, "orders-pii", "encrypt", api.KMSRequest{Plaintext: []byte("4111 1111 1111 1111")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.kmsCall(orders, "orders-pii", "decrypt", api.KMSRequest{Ciphertext: enc.Ciphertext})
+	h.kmsCall(h.client("", h.workloadCert("node-2", "spiffe://example.org/reports")), "orders-pii", "decrypt", api.KMSRequest{Ciphertext: enc.Ciphertext})
+	h.srv.maintainOnce(ctx)
+	out := logs.String()
+	if !strings.Contains(out, "kms.key_create") {
+		t.Fatalf("the test captured no server logs: %q", out)
+	}
+	db, _ := os.ReadFile(filepath.Join(dir, "rampart.db"))
+	wal, _ := os.ReadFile(filepath.Join(dir, "rampart.db-wal"))
+	audit, _ := os.ReadFile(filepath.Join(dir, "audit", "entries.log"))
+	for name, secret := range map[string][]byte{"KEK": kek, "data key": dk.Plaintext, "plaintext": []byte("4111 1111 1111 1111")} {
+		for _, form := range forms(secret) {
+			if strings.Contains(out, form) {
+				t.Fatalf("the %s appears in the logs", name)
+			}
+			for where, b := range map[string][]byte{"database": db, "database WAL": wal, "audit log": audit} {
+				if bytes.Contains(b, []byte(form)) {
+					t.Fatalf("the %s appears in the %s", name, where)
+				}
+			}
+		}
+	}
+
+	// A passphrase-sealed master key: the passphrase is not logged either.
+	pass := "correct horse battery staple"
+	var plogs syncBuf
+	newHarnessWith(t, Config{DataDir: t.TempDir(), TrustDomain: td, Listen: "127.0.0.1:0",
+		Log:    slog.New(slog.NewJSONHandler(&plogs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Master: keywrap.MasterConfig{Source: keywrap.SourcePassphrase, Passphrase: func() ([]byte, error) { return []byte(pass), nil }}})
+	for _, form := range forms([]byte(pass)) {
+		if strings.Contains(plogs.String(), form) {
+			t.Fatal("the passphrase appears in the logs")
+		}
 	}
 }

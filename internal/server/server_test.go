@@ -58,8 +58,16 @@ type harness struct {
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
-	h := &harness{t: t, clk: &clock{t: time.Now()}, dir: t.TempDir()}
-	srv, err := New(context.Background(), Config{DataDir: h.dir, TrustDomain: td, Now: h.clk.Now, Listen: "127.0.0.1:0"})
+	return newHarnessWith(t, Config{DataDir: t.TempDir(), TrustDomain: td, Listen: "127.0.0.1:0"})
+}
+
+// newHarnessWith serves a server made from cfg (its clock replaced by the
+// harness's).
+func newHarnessWith(t testing.TB, cfg Config) *harness {
+	t.Helper()
+	h := &harness{t: t, clk: &clock{t: time.Now()}, dir: cfg.DataDir}
+	cfg.Now = h.clk.Now
+	srv, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
