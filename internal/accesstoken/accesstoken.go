@@ -64,6 +64,32 @@ func Thumbprint(cert *x509.Certificate) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
+// CheckBinding enforces a sender-constrained token's binding: a token bound
+// to a certificate (cnf.x5t#S256, RFC 8705) must come over a connection
+// authenticated with it (peer); a token bound to a key (cnf.jkt, RFC 9449)
+// must come with the DPoP scheme and a proof made with that key (dpopJKT,
+// "" when the Bearer scheme was used). A token that is not DPoP-bound sent
+// with the DPoP scheme is refused too: the scheme claims a binding the
+// token does not have.
+func (c *Claims) CheckBinding(peer *x509.Certificate, dpopJKT string) error {
+	var x5t, jkt string
+	if c.Cnf != nil {
+		x5t, jkt = c.Cnf.X5tS256, c.Cnf.JKT
+	}
+	if x5t != "" && (peer == nil || Thumbprint(peer) != x5t) {
+		return errors.New("access token is bound to another client certificate (cnf.x5t#S256)")
+	}
+	switch {
+	case jkt != "" && dpopJKT == "":
+		return errors.New("access token is bound to a DPoP key: send it with the DPoP scheme and a proof")
+	case jkt != "" && dpopJKT != jkt:
+		return errors.New("the DPoP proof is made with another key than the token is bound to (cnf.jkt)")
+	case jkt == "" && dpopJKT != "":
+		return errors.New("access token is not bound to a DPoP key but was sent with the DPoP scheme")
+	}
+	return nil
+}
+
 // KeySet finds the issuer's published verification keys.
 type KeySet interface {
 	// Key returns the published key with this ID and its algorithm.

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
 )
@@ -23,15 +25,6 @@ const (
 	HeaderXFCC   = "X-Forwarded-Client-Cert"
 	HeaderUser   = "X-Rampart-User"
 )
-
-// bearer returns the token of an Authorization: Bearer header.
-func bearer(h http.Header) (string, bool) {
-	scheme, tok, ok := strings.Cut(h.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
-		return "", false
-	}
-	return strings.TrimSpace(tok), true
-}
 
 // Event is one authorisation decision.
 type Event struct {
@@ -157,15 +150,19 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 		}
 		ev.Path = path
 		var user map[string]any
-		if raw, ok := bearer(r.Header); ok {
-			claims, err := g.tokens.Verify(raw, r.TLS.PeerCertificates[0])
-			if err != nil {
-				ev.Reason = "access token refused: " + err.Error()
-				g.finish(r.Context(), &ev, start, "bad_request")
-				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
-				WriteProblem(w, http.StatusUnauthorized, "access token refused: "+err.Error())
-				return
+		claims, scheme, err := g.tokens.FromRequest(r, r.TLS.PeerCertificates[0])
+		if err != nil {
+			ev.Reason = "access token refused: " + err.Error()
+			g.finish(r.Context(), &ev, start, "bad_request")
+			code := "invalid_token"
+			if errors.Is(err, dpop.ErrInvalid) {
+				code = "invalid_dpop_proof"
 			}
+			w.Header().Set("WWW-Authenticate", scheme+` error="`+code+`", algs="ES256 ES384 EdDSA RS256 PS256"`)
+			WriteProblem(w, http.StatusUnauthorized, "access token refused: "+err.Error())
+			return
+		}
+		if claims != nil {
 			user = userClaims(claims)
 			if claims.Act != nil {
 				ev.Act = claims.Act.Subject

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/rampartsec/rampart/internal/accesstoken"
+	"github.com/rampartsec/rampart/internal/dpop"
 )
 
 // Tokens verifies end-user access tokens on inbound calls. The issuer, its
@@ -26,6 +28,7 @@ type Tokens struct {
 	algs     []jose.SignatureAlgorithm
 	revoked  map[string]struct{}
 	verifier *accesstoken.Verifier
+	proofs   dpop.Checker // DPoP proofs seen, against replay
 }
 
 func newTokens(service string) *Tokens {
@@ -99,10 +102,12 @@ func (t *Tokens) isRevoked(id string) bool {
 // errNoIssuer: tokens arrived before the server said who issues them.
 var errNoIssuer = errors.New("no token issuer known yet (not synced with the server)")
 
-// Verify checks a bearer token addressed to this service. A token bound to
-// a certificate (cnf.x5t#S256) must come over a connection authenticated
-// with that certificate: a stolen bound token is useless.
-func (t *Tokens) Verify(raw string, peer *x509.Certificate) (*accesstoken.Claims, error) {
+// Verify checks an access token addressed to this service and its
+// binding: a token bound to a certificate (cnf.x5t#S256) must come over a
+// connection authenticated with it, a token bound to a key (cnf.jkt) with
+// a DPoP proof made with that key (dpopJKT). A stolen bound token is
+// useless.
+func (t *Tokens) Verify(raw string, peer *x509.Certificate, dpopJKT string) (*accesstoken.Claims, error) {
 	t.mu.RLock()
 	v := t.verifier
 	t.mu.RUnlock()
@@ -113,10 +118,29 @@ func (t *Tokens) Verify(raw string, peer *x509.Certificate) (*accesstoken.Claims
 	if err != nil {
 		return nil, err
 	}
-	if c.Cnf != nil && c.Cnf.X5tS256 != "" && (peer == nil || accesstoken.Thumbprint(peer) != c.Cnf.X5tS256) {
-		return nil, errors.New("access token is bound to another client certificate (cnf.x5t#S256)")
+	if err := c.CheckBinding(peer, dpopJKT); err != nil {
+		return nil, err
 	}
 	return c, nil
+}
+
+// FromRequest verifies the access token of r, if it carries one
+// (Authorization: Bearer or DPoP, with its proof).
+func (t *Tokens) FromRequest(r *http.Request, peer *x509.Certificate) (c *accesstoken.Claims, scheme string, err error) {
+	scheme, raw, ok := dpop.Authorization(r.Header)
+	if !ok {
+		return nil, "", nil
+	}
+	jkt := ""
+	if scheme == dpop.SchemeDPoP {
+		proof, err := t.proofs.CheckRequest(r, raw)
+		if err != nil {
+			return nil, scheme, err
+		}
+		jkt = proof.JKT
+	}
+	c, err = t.Verify(raw, peer, jkt)
+	return c, scheme, err
 }
 
 // isUserToken tells a token that speaks for an end user from a client's

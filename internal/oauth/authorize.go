@@ -40,6 +40,7 @@ type authzRequest struct {
 	prompt      []string
 	maxAge      int // -1: none
 	resource    []string
+	dpopJKT     string // RFC 9449 §10: the code may only be redeemed with a proof by this key
 }
 
 // codeData is what an authorisation code grants, stored with it.
@@ -50,6 +51,7 @@ type codeData struct {
 	Challenge   string   `json:"challenge,omitempty"`
 	AuthTime    int64    `json:"auth_time"`
 	Audience    []string `json:"audience,omitempty"`
+	DPoPJKT     string   `json:"dpop_jkt,omitempty"`
 }
 
 var challengeRE = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
@@ -128,6 +130,12 @@ func (p *Provider) parseAuthz(r *http.Request, q url.Values) (req *authzRequest,
 	}
 	if res := q.Get("resource"); res != "" {
 		req.resource = []string{res}
+	}
+	if jkt := q.Get("dpop_jkt"); jkt != "" {
+		if !challengeRE.MatchString(jkt) {
+			return req, true, errf(http.StatusBadRequest, "invalid_request", "dpop_jkt must be a base64url SHA-256 JWK thumbprint")
+		}
+		req.dpopJKT = jkt
 	}
 	if err := checkAudience(c, req.resource); err != nil {
 		return req, true, err
@@ -232,13 +240,13 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 
 // authzParams are the request parameters carried through the login form.
 var authzParams = []string{"response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
-	"code_challenge", "code_challenge_method", "prompt", "max_age", "resource", "response_mode"}
+	"code_challenge", "code_challenge_method", "prompt", "max_age", "resource", "response_mode", "dpop_jkt"}
 
 func (p *Provider) issueCode(w http.ResponseWriter, r *http.Request, req *authzRequest, user string, authTime int64) {
 	now := p.cfg.Now()
 	code := randomToken()
 	data, _ := json.Marshal(codeData{RedirectURI: req.redirectURI, Scope: req.scope, Nonce: req.nonce,
-		Challenge: req.challenge, AuthTime: authTime, Audience: req.resource})
+		Challenge: req.challenge, AuthTime: authTime, Audience: req.resource, DPoPJKT: req.dpopJKT})
 	err := p.cfg.Store.PutOAuthGrant(r.Context(), store.OAuthGrant{Hash: hashToken(code), Kind: store.GrantCode,
 		Family: randomToken()[:22], ClientID: req.client.ID, Subject: user, Data: data,
 		ExpiresAt: now.Add(p.cfg.CodeTTL), CreatedAt: now})

@@ -25,6 +25,9 @@ type authedClient struct {
 	// cert is the SVID it authenticated with (tls_client_auth); tokens
 	// issued to it are bound to this certificate.
 	cert *x509.Certificate
+	// dpopJKT is the thumbprint of the key of the request's DPoP proof;
+	// tokens issued then are bound to that key (cnf.jkt).
+	dpopJKT string
 }
 
 // actor is how the client is named in act claims: its SPIFFE ID when it

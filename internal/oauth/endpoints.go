@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/accesstoken"
+	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/store"
 )
@@ -164,14 +165,28 @@ func (p *Provider) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 // handleUserinfo is OIDC Core §5.3: the user's claims for an access token
 // carrying the openid scope.
 func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
-	auth := r.Header.Get("Authorization")
-	scheme, raw, _ := strings.Cut(auth, " ")
-	if !strings.EqualFold(scheme, "Bearer") || raw == "" {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="rampart"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": "a Bearer access token is required"})
+	scheme, raw, ok := dpop.Authorization(r.Header)
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="rampart", DPoP realm="rampart"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": "an access token is required (Bearer or DPoP)"})
 		return
 	}
-	claims, err := p.VerifyAccessToken(strings.TrimSpace(raw), "")
+	jkt := ""
+	var err error
+	if scheme == dpop.SchemeDPoP {
+		var proof *dpop.Proof
+		if proof, err = p.dpop.CheckRequest(r, raw); err == nil {
+			jkt = proof.JKT
+		}
+	}
+	var claims *accesstoken.Claims
+	if err == nil {
+		claims, err = p.VerifyAccessToken(raw, "")
+	}
+	if err == nil {
+		// Sender-constrained tokens stay useless to a thief here too.
+		err = claims.CheckBinding(p.cfg.PeerCertificate(r), jkt)
+	}
 	if err == nil && !claims.HasScope("openid") {
 		err = errors.New("token lacks the openid scope")
 	}
@@ -180,7 +195,11 @@ func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 		u, err = p.cfg.Store.GetOAuthUser(r.Context(), claims.Subject)
 	}
 	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="rampart", error="invalid_token"`)
+		code := "invalid_token"
+		if errors.Is(err, dpop.ErrInvalid) {
+			code = "invalid_dpop_proof"
+		}
+		w.Header().Set("WWW-Authenticate", scheme+` realm="rampart", error="`+code+`"`)
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": err.Error()})
 		return
 	}

@@ -104,6 +104,17 @@ func newHarnessTB(t testing.TB, mutate ...func(*oauth.Config)) *harness {
 	return h
 }
 
+// auditedOutcome returns the entries recorded with this action and outcome.
+func (h *harness) auditedOutcome(action, outcome string) []*audit.Entry {
+	var out []*audit.Entry
+	for _, e := range h.audited(action) {
+		if e.Outcome == outcome {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // audited returns the entries recorded with this action.
 func (h *harness) audited(action string) []*audit.Entry {
 	h.mu.Lock()
@@ -214,8 +225,8 @@ func codeFrom(t testing.TB, resp *http.Response, wantState string) string {
 	return q.Get("code")
 }
 
-// postToken calls the token endpoint with a form and returns the status
-// and decoded JSON.
+// post calls an endpoint with a form and returns the status and decoded
+// JSON.
 func (h *harness) post(c *http.Client, path string, form url.Values, basicID, basicSecret string) (int, map[string]any) {
 	h.t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, h.srv.URL+path, strings.NewReader(form.Encode()))
@@ -223,6 +234,14 @@ func (h *harness) post(c *http.Client, path string, form url.Values, basicID, ba
 	if basicID != "" {
 		req.SetBasicAuth(url.QueryEscape(basicID), url.QueryEscape(basicSecret))
 	}
+	return h.doWith(c, req)
+}
+
+func (h *harness) do(req *http.Request) (int, map[string]any) { return h.doWith(nil, req) }
+
+func (h *harness) doWith(c *http.Client, req *http.Request) (int, map[string]any) {
+	h.t.Helper()
+	path := req.URL.Path
 	if c == nil {
 		c = h.srv.Client()
 	}

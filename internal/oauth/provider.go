@@ -18,6 +18,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/rampartsec/rampart/internal/accesstoken"
+	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/store"
@@ -91,6 +92,7 @@ type Provider struct {
 	sessionKey []byte
 
 	verifier *accesstoken.Verifier // any audience; caches verified tokens
+	dpop     *dpop.Checker         // DPoP proofs at the token and userinfo endpoints
 
 	mu      sync.RWMutex
 	revoked map[string]struct{} // jti and sid values
@@ -152,6 +154,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	}
 	p := &Provider{cfg: cfg, keys: &keyring{store: cfg.Store, wrap: cfg.Wrapper, alg: cfg.Algorithm, ttl: cfg.KeyTTL}}
 	p.verifier = &accesstoken.Verifier{Keys: p.keys, Issuer: cfg.Issuer, Revoked: p.isRevoked, Now: cfg.Now}
+	p.dpop = &dpop.Checker{Now: cfg.Now}
 	if err := p.keys.maintain(ctx, cfg.Now()); err != nil {
 		return nil, err
 	}
@@ -303,6 +306,7 @@ func (p *Provider) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		"claims_supported":                                 []string{"sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "name", "email", "groups", "sid"},
 		"prompt_values_supported":                          []string{"none", "login", "consent"},
 		"tls_client_certificate_bound_access_tokens":       true,
+		"dpop_signing_alg_values_supported":                dpop.Algorithms,
 		"authorization_response_iss_parameter_supported":   true,
 		"claims_parameter_supported":                       false,
 		"request_parameter_supported":                      false,

@@ -16,6 +16,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/rampartsec/rampart/internal/accesstoken"
+	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/store"
 )
@@ -95,6 +96,8 @@ type refreshData struct {
 	Audience []string `json:"audience,omitempty"`
 	// FamilyExpires is when the family ends: rotation does not extend it.
 	FamilyExpires int64 `json:"family_expires"`
+	// JKT binds a public client's refresh tokens to its DPoP key.
+	JKT string `json:"jkt,omitempty"`
 	// No certificate binding here: a refresh token is already bound to its
 	// client by client authentication (RFC 8705 §4), and an SVID rotates
 	// hourly while the family lives a day. Each access token is bound to
@@ -107,6 +110,21 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	grant := r.PostForm.Get("grant_type")
+	if vals := r.Header.Values("DPoP"); len(vals) > 0 {
+		// RFC 9449 §5: the proof names this endpoint; tokens issued are
+		// bound to its key.
+		var proof *dpop.Proof
+		err := errors.New("more than one DPoP header")
+		if len(vals) == 1 {
+			proof, err = p.dpop.Check(vals[0], http.MethodPost, p.cfg.Issuer+PathToken, "")
+		}
+		if err != nil {
+			p.record(r, "oauth.token", audit.OutcomeDenied, err.Error(), "client_id", c.ID, "grant_type", grant)
+			writeOAuthError(w, errf(http.StatusBadRequest, "invalid_dpop_proof", "%v", err))
+			return
+		}
+		c.dpopJKT = proof.JKT
+	}
 	if !slices.Contains(c.GrantTypes, grant) {
 		if !slices.Contains(grantTypes, grant) {
 			writeOAuthError(w, errf(http.StatusBadRequest, "unsupported_grant_type", "grant_type %q is not supported", grant))
@@ -174,6 +192,9 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 	if r.PostForm.Get("redirect_uri") != d.RedirectURI {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "redirect_uri differs from the authorization request's")
 	}
+	if d.DPoPJKT != "" && c.dpopJKT != d.DPoPJKT {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "the code is bound to a DPoP key (dpop_jkt); redeem it with a proof made with that key")
+	}
 	switch v := r.PostForm.Get("code_verifier"); {
 	case d.Challenge == "" && v != "":
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "code_verifier sent but the authorization request had no code_challenge")
@@ -200,6 +221,11 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 	}
 	if slices.Contains(c.GrantTypes, "refresh_token") {
 		fam := refreshData{Scope: d.Scope, AuthTime: d.AuthTime, Audience: d.Audience, FamilyExpires: now.Add(p.cfg.RefreshTokenTTL).Unix()}
+		if c.AuthMethod == "none" {
+			// RFC 9449 §5: a public client's refresh token is bound to
+			// its DPoP key, having no other credential.
+			fam.JKT = c.dpopJKT
+		}
 		if resp.RefreshToken, err = p.newRefresh(r, c.ID, u.Username, g.Family, fam); err != nil {
 			return nil, err
 		}
@@ -286,6 +312,11 @@ func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenRespons
 	var d refreshData
 	if err := json.Unmarshal(g.Data, &d); err != nil {
 		return nil, fmt.Errorf("oauth: refresh data: %w", err)
+	}
+	if d.JKT != "" && c.dpopJKT != d.JKT {
+		// The token is spent: whoever holds the key and comes next is
+		// treated as a reuse and the family revoked.
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "the refresh token is bound to a DPoP key; present a proof made with that key")
 	}
 	scope, err := requestedScope(r, d.Scope)
 	if err != nil {
@@ -388,8 +419,11 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 		ID: randomToken()[:22], ClientID: c.ID, Scope: strings.Join(ip.scope, " "), SessionID: ip.sid,
 		AuthTime: ip.authTime, Groups: ip.groups, Act: ip.act,
 	}
-	if c.cert != nil {
-		claims.Cnf = &accesstoken.Confirmation{X5tS256: accesstoken.Thumbprint(c.cert)}
+	if c.cert != nil || c.dpopJKT != "" {
+		claims.Cnf = &accesstoken.Confirmation{JKT: c.dpopJKT}
+		if c.cert != nil {
+			claims.Cnf.X5tS256 = accesstoken.Thumbprint(c.cert)
+		}
 	}
 	raw, err := jwt.Signed(signer).Claims(claims).Serialize()
 	if err != nil {
@@ -407,8 +441,13 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 	if ip.act != nil {
 		kv = append(kv, "act", ip.act.Subject)
 	}
-	if claims.Cnf != nil {
+	tokenType := "Bearer"
+	if claims.Cnf != nil && claims.Cnf.X5tS256 != "" {
 		kv = append(kv, "cnf", "x5t#S256")
+	}
+	if c.dpopJKT != "" {
+		kv = append(kv, "cnf_jkt", c.dpopJKT)
+		tokenType = "DPoP"
 	}
 	action := "oauth.token_issue"
 	switch ip.grant {
@@ -418,7 +457,7 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 		action = "oauth.token_exchange"
 	}
 	p.record(r, action, audit.OutcomeSuccess, "", kv...)
-	return &tokenResponse{AccessToken: raw, TokenType: "Bearer", ExpiresIn: int64(ttl / time.Second), Scope: claims.Scope}, nil
+	return &tokenResponse{AccessToken: raw, TokenType: tokenType, ExpiresIn: int64(ttl / time.Second), Scope: claims.Scope}, nil
 }
 
 // idClaims are an OIDC ID token's claims.
