@@ -2,10 +2,12 @@ package dpop
 
 import (
 	"crypto"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -18,7 +20,85 @@ import (
 )
 
 // Algorithms are the proof signature algorithms accepted: asymmetric only.
-var Algorithms = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.EdDSA, jose.RS256, jose.PS256}
+// AlgEd25519 is RFC 9864's fully specified name for EdDSA over Ed25519,
+// which clients such as openid-client send; go-jose knows only "EdDSA", so
+// those proofs are verified here.
+var Algorithms = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.EdDSA, AlgEd25519, jose.RS256, jose.PS256}
+
+// AlgEd25519 is the RFC 9864 algorithm name for Ed25519 signatures.
+const AlgEd25519 = jose.SignatureAlgorithm("Ed25519")
+
+// verifyJWS checks a compact JWS signed by the public key in its own jwk
+// header and returns that key, the typ header and the payload.
+func verifyJWS(raw string) (*jose.JSONWebKey, string, []byte, error) {
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return nil, "", nil, invalid("not a compact JWS")
+	}
+	hb, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil {
+		return nil, "", nil, invalid("header: %v", err)
+	}
+	var hdr struct {
+		Alg string          `json:"alg"`
+		Typ string          `json:"typ"`
+		JWK json.RawMessage `json:"jwk"`
+	}
+	if err := json.Unmarshal(hb, &hdr); err != nil {
+		return nil, "", nil, invalid("header: %v", err)
+	}
+	if hdr.Alg != string(AlgEd25519) {
+		jws, err := jose.ParseSigned(raw, Algorithms[:len(Algorithms):len(Algorithms)])
+		if err != nil {
+			return nil, "", nil, invalid("not a JWS with an accepted algorithm (%v): %v", Algorithms, err)
+		}
+		if len(jws.Signatures) != 1 {
+			return nil, "", nil, invalid("want exactly one signature")
+		}
+		jwk := jws.Signatures[0].Header.JSONWebKey
+		if err := checkJWK(jwk); err != nil {
+			return nil, "", nil, err
+		}
+		payload, err := jws.Verify(jwk)
+		if err != nil {
+			return nil, "", nil, invalid("signature does not verify with the jwk header: %v", err)
+		}
+		return jwk, hdr.Typ, payload, nil
+	}
+	var jwk jose.JSONWebKey
+	if len(hdr.JWK) == 0 {
+		return nil, "", nil, invalid("no valid public key in the jwk header")
+	}
+	if err := jwk.UnmarshalJSON(hdr.JWK); err != nil {
+		return nil, "", nil, invalid("jwk header: %v", err)
+	}
+	if err := checkJWK(&jwk); err != nil {
+		return nil, "", nil, err
+	}
+	pub, ok := jwk.Key.(ed25519.PublicKey)
+	if !ok {
+		return nil, "", nil, invalid("alg Ed25519 with a %T key", jwk.Key)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil || !ed25519.Verify(pub, []byte(parts[0]+"."+parts[1]), sig) {
+		return nil, "", nil, invalid("signature does not verify with the jwk header")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, "", nil, invalid("payload: %v", err)
+	}
+	return &jwk, hdr.Typ, payload, nil
+}
+
+func checkJWK(jwk *jose.JSONWebKey) error {
+	if jwk == nil || !jwk.Valid() {
+		return invalid("no valid public key in the jwk header")
+	}
+	if !jwk.IsPublic() {
+		return invalid("the jwk header holds a private key")
+	}
+	return nil
+}
 
 // Defaults.
 const (
@@ -71,27 +151,12 @@ func (c *Checker) Check(raw, method, rawURL, accessToken string) (*Proof, error)
 	if len(raw) > maxProofSize {
 		return nil, invalid("proof larger than %d bytes", maxProofSize)
 	}
-	jws, err := jose.ParseSigned(raw, Algorithms)
+	jwk, typ, payload, err := verifyJWS(raw)
 	if err != nil {
-		return nil, invalid("not a JWS with an accepted algorithm (%v): %v", Algorithms, err)
+		return nil, err
 	}
-	if len(jws.Signatures) != 1 {
-		return nil, invalid("want exactly one signature")
-	}
-	h := jws.Signatures[0].Header
-	if typ, _ := h.ExtraHeaders[jose.HeaderType].(string); typ != "dpop+jwt" {
+	if typ != "dpop+jwt" {
 		return nil, invalid("typ is %q, want dpop+jwt", typ)
-	}
-	jwk := h.JSONWebKey
-	if jwk == nil || !jwk.Valid() {
-		return nil, invalid("no valid public key in the jwk header")
-	}
-	if !jwk.IsPublic() {
-		return nil, invalid("the jwk header holds a private key")
-	}
-	payload, err := jws.Verify(jwk)
-	if err != nil {
-		return nil, invalid("signature does not verify with the jwk header: %v", err)
 	}
 	var cl claims
 	if err := jsonStrict(payload, &cl); err != nil {

@@ -119,7 +119,7 @@ func TestAttacks(t *testing.T) {
 		{"no jti", good(map[string]any{"jti": nil}), "POST", tokenURL, "", "jti"},
 		{"ath missing with a token", good(nil), "POST", tokenURL, "tok", "ath"},
 		{"ath of another token", good(map[string]any{"ath": "AAAA"}), "POST", tokenURL, "tok", "ath"},
-		{"not a JWT", "hello", "POST", tokenURL, "", "not a JWS"},
+		{"not a JWT", "hello", "POST", tokenURL, "", "not a compact JWS"},
 		{"empty", "", "POST", tokenURL, "", "no DPoP header"},
 	}
 	for _, tt := range tests {
@@ -168,4 +168,36 @@ func FuzzCheck(f *testing.F) {
 			t.Fatalf("accepted %q proven by another key %s", raw, p.JKT)
 		}
 	})
+}
+
+// RFC 9864's "Ed25519" algorithm name (what openid-client sends for
+// Ed25519 keys) is accepted, and its signature really checked.
+func TestEd25519AlgorithmName(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	pub := key.Public().(ed25519.PublicKey)
+	jwk, _ := json.Marshal(jose.JSONWebKey{Key: pub})
+	hdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"Ed25519","typ":"dpop+jwt","jwk":` + string(jwk) + `}`))
+	body, _ := json.Marshal(claimsAt(t0, nil))
+	pl := base64.RawURLEncoding.EncodeToString(body)
+	sig := ed25519.Sign(key, []byte(hdr+"."+pl))
+	raw := hdr + "." + pl + "." + base64.RawURLEncoding.EncodeToString(sig)
+	p, err := checker().Check(raw, "POST", tokenURL, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := Thumbprint(pub); p.JKT != want {
+		t.Fatalf("jkt %s, want %s", p.JKT, want)
+	}
+	sig[10] ^= 1
+	bad := hdr + "." + pl + "." + base64.RawURLEncoding.EncodeToString(sig)
+	if _, err := checker().Check(bad, "POST", tokenURL, ""); err == nil || !strings.Contains(err.Error(), "does not verify") {
+		t.Fatalf("edited Ed25519 signature: %v", err)
+	}
+	// An Ed25519 alg with an EC key is refused.
+	ec := ecKey(t)
+	ejwk, _ := json.Marshal(jose.JSONWebKey{Key: ec.Public()})
+	ehdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"Ed25519","typ":"dpop+jwt","jwk":` + string(ejwk) + `}`))
+	if _, err := checker().Check(ehdr+"."+pl+"."+base64.RawURLEncoding.EncodeToString(sig), "POST", tokenURL, ""); err == nil {
+		t.Fatal("alg Ed25519 with an EC key accepted")
+	}
 }
