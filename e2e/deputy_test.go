@@ -13,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/rampartsec/rampart/sdk"
 )
 
 // payments only serves a user's own payments, and only when orders calls
@@ -159,4 +162,153 @@ func tamper(tok string) string {
 		c = 'B'
 	}
 	return tok[:i] + string(c) + tok[i+1:]
+}
+
+// TestProxyExchangesUserToken: the app behind orders' proxy just forwards
+// the user's token; the proxy exchanges it (RFC 8693, authenticating with
+// its SVID) for one addressed to payments, with act = orders and bound to
+// its certificate. payments' policy then decides on the user's rights.
+func TestProxyExchangesUserToken(t *testing.T) {
+	m := newMesh(t)
+	m.identity("orders", "")
+	m.identity("payments", "")
+	m.putPolicy(deputyPolicy)
+	env := m.s.adminEnv()
+	secretRE := regexp.MustCompile(`client_secret: (\S+)`)
+	gw := secretRE.FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "gateway", "--grant", "authorization_code",
+		"--redirect-uri", "http://127.0.0.1:9/cb", "--audience", "spiffe://example.org/orders", "--scope", "payments:read"))
+	mustCLI(t, env, "oauth", "client", "create", "--id", "orders", "--auth-method", "tls_client_auth", "--spiffe-id", "spiffe://example.org/orders",
+		"--grant", "token-exchange", "--audience", "spiffe://example.org/payments")
+	other := secretRE.FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "batch", "--grant", "client_credentials"))
+	pw := filepath.Join(m.binDir, "pw")
+	os.WriteFile(pw, []byte("a-long-password"), 0o600)
+	mustCLI(t, env, "oauth", "user", "create", "--username", "alice", "--password-file", pw)
+
+	inPay := m.proxy("payments", "--inbound", "127.0.0.1:0", "--app", app(t), "--data", filepath.Join(m.binDir, "payments-data"))[0]
+	outOrders := m.proxy("orders", "--exchange-client-id", "orders",
+		"--outbound", "127.0.0.1:0="+inPay+",spiffe://example.org/payments,exchange")[1]
+
+	issuer := "https://" + m.s.addr
+	tr, hc := trustServer(m.s.dir)
+	conf := oauth2.Config{ClientID: "gateway", ClientSecret: gw[1], RedirectURL: "http://127.0.0.1:9/cb", Scopes: []string{"openid", "payments:read"},
+		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/oauth2/authorize", TokenURL: issuer + "/oauth2/token", AuthStyle: oauth2.AuthStyleInHeader}}
+	alice := browserLogin(t, tr, issuer, conf, "alice", "a-long-password", "n").AccessToken
+	cc := clientcredentials.Config{ClientID: "batch", ClientSecret: other[1], TokenURL: issuer + "/oauth2/token"}
+	batch, err := cc.Token(context.WithValue(context.Background(), oauth2.HTTPClient, hc))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	call := func(path, token string) (int, string) {
+		h := map[string]string{}
+		if token != "" {
+			h["Authorization"] = "Bearer " + token
+		}
+		return get(t, "http://"+outOrders+path, h)
+	}
+	eventually(t, 10*time.Second, "alice's payments through the exchanging proxy", func() error {
+		if c, body := call("/payments/alice", alice); c != 200 {
+			return errorf("%d %s", c, body)
+		}
+		return nil
+	})
+	code, body := call("/payments/alice", alice) // served from the exchange cache
+	var saw appSaw
+	json.Unmarshal([]byte(body), &saw)
+	if code != 200 || len(saw.User) != 1 || saw.User[0] != "alice" {
+		t.Fatalf("payments' app saw user %v (status %d), want alice", saw.User, code)
+	}
+	for _, tt := range []struct {
+		what, path, token string
+		want              int
+		body              string
+	}{
+		{"Bob's payments with Alice's token", "/payments/bob", alice, 403, "denied"},
+		{"a token not addressed to orders", "/payments/alice", batch.AccessToken, 401, "token exchange for spiffe://example.org/payments refused"},
+		{"a tampered token", "/payments/alice", tamper(alice), 401, "refused"},
+		{"no token: passed on, and payments requires a user", "/payments/alice", "", 403, "denied"},
+	} {
+		if got, b := call(tt.path, tt.token); got != tt.want || !strings.Contains(b, tt.body) {
+			t.Errorf("%s: %d %s, want %d containing %q", tt.what, got, b, tt.want, tt.body)
+		}
+	}
+	eventually(t, 15*time.Second, "exchange and decision with act in the audit log", func() error {
+		exchanged := false
+		log, _ := os.ReadFile(filepath.Join(m.s.dir, "audit", "entries.log"))
+		exchanged = strings.Contains(string(log), `"action":"oauth.token_exchange"`) && strings.Contains(string(log), `"cnf":"x5t#S256"`)
+		for _, e := range auditDecisions(t, m.s.dir) {
+			actor, _ := e["actor"].(map[string]any)
+			details, _ := e["details"].(map[string]any)
+			if exchanged && actor["user"] == "alice" && details["act"] == "spiffe://example.org/orders" && e["outcome"] == "success" {
+				return nil
+			}
+		}
+		return errorf("no token exchange bound to orders' certificate and allowed decision for alice with act=orders yet")
+	})
+}
+
+// TestSDKExchangesUserToken: a Go service on the SDK (this test process,
+// attested as orders) calls payments with sdk.WithTokenExchange; the SDK
+// swaps the user's token for one addressed to payments.
+func TestSDKExchangesUserToken(t *testing.T) {
+	m := newMesh(t)
+	m.identity("payments", "")
+	m.putPolicy(deputyPolicy)
+	exe, _ := os.Executable()
+	mustCLI(t, m.s.adminEnv(), "entry", "create", "--spiffe-id", "spiffe://example.org/orders", "--parent", agentID,
+		"--selector", myUID(), "--selector", "unix:path:"+exe)
+	env := m.s.adminEnv()
+	gw := regexp.MustCompile(`client_secret: (\S+)`).FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "gateway",
+		"--grant", "authorization_code", "--redirect-uri", "http://127.0.0.1:9/cb", "--audience", "spiffe://example.org/orders"))
+	mustCLI(t, env, "oauth", "client", "create", "--id", "orders", "--auth-method", "tls_client_auth", "--spiffe-id", "spiffe://example.org/orders",
+		"--grant", "token-exchange", "--audience", "spiffe://example.org/payments")
+	pw := filepath.Join(m.binDir, "pw")
+	os.WriteFile(pw, []byte("a-long-password"), 0o600)
+	mustCLI(t, env, "oauth", "user", "create", "--username", "alice", "--password-file", pw)
+	inPay := m.proxy("payments", "--inbound", "127.0.0.1:0", "--app", app(t), "--data", filepath.Join(m.binDir, "payments-data"))[0]
+
+	issuer := "https://" + m.s.addr
+	tr, _ := trustServer(m.s.dir)
+	conf := oauth2.Config{ClientID: "gateway", ClientSecret: gw[1], RedirectURL: "http://127.0.0.1:9/cb", Scopes: []string{"openid"},
+		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/oauth2/authorize", TokenURL: issuer + "/oauth2/token", AuthStyle: oauth2.AuthStyleInHeader}}
+	alice := browserLogin(t, tr, issuer, conf, "alice", "a-long-password", "n").AccessToken
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var src *sdk.Source
+	eventually(t, 20*time.Second, "SDK source as orders", func() error {
+		var err error
+		src, err = sdk.New(ctx, sdk.WithSocket(m.a.socket), sdk.WithServer(m.s.addr))
+		if err == nil && src.ID().String() != "spiffe://example.org/orders" {
+			src.Close()
+			return errorf("attested as %s", src.ID())
+		}
+		return err
+	})
+	defer src.Close()
+	payments := spiffeid.RequireFromString("spiffe://example.org/payments")
+	hc := src.HTTPClient(payments, sdk.WithTokenExchange("orders"))
+	call := func(c *http.Client, path, token string) int {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+inPay+path, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := c.Do(req)
+		if err != nil {
+			return -1
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	eventually(t, 10*time.Second, "alice's payments through the SDK's exchange", func() error {
+		if c := call(hc, "/payments/alice", alice); c != 200 {
+			return errorf("status %d", c)
+		}
+		return nil
+	})
+	if c := call(hc, "/payments/bob", alice); c != 403 {
+		t.Errorf("Bob's payments with Alice's token: %d, want 403", c)
+	}
+	// Without the exchange, Alice's token (addressed to orders) is refused.
+	if c := call(src.HTTPClient(payments), "/payments/alice", alice); c != 401 {
+		t.Errorf("Alice's token passed on unexchanged: %d, want 401", c)
+	}
 }

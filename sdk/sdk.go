@@ -68,6 +68,7 @@ func WithDecisionSink(s DecisionSink) Option { return func(o *options) { o.sink 
 
 // Source is a service's identity and authorisation.
 type Source struct {
+	server string // control plane address ("" without one)
 	x509  *workloadapi.X509Source
 	id    spiffeid.ID
 	guard *authz.Guard
@@ -103,7 +104,7 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		src.Close()
 		return nil, fmt.Errorf("sdk: %w", err)
 	}
-	s := &Source{x509: src, id: sv.ID, revs: &mtls.Revocations{}}
+	s := &Source{server: o.server, x509: src, id: sv.ID, revs: &mtls.Revocations{}}
 	var sink authz.Sink = authz.LogSink{Log: o.log}
 	if o.sink != nil {
 		sink = o.sink
@@ -167,12 +168,46 @@ func (s *Source) ClientTLSConfig(server spiffeid.ID) *tls.Config {
 	return mtls.ClientConfig(mtls.Options{SVID: s.x509, Bundles: s.x509, Authorize: tlsconfig.AuthorizeID(server), Revocations: s.revs})
 }
 
-// HTTPClient calls the service whose SPIFFE ID is server over mTLS.
-func (s *Source) HTTPClient(server spiffeid.ID) *http.Client {
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: s.ClientTLSConfig(server), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
-	}}
+// ClientOption configures HTTPClient.
+type ClientOption func(*clientOptions)
+
+type clientOptions struct {
+	exchangeClientID string
 }
+
+// WithTokenExchange makes the client exchange the user token on each
+// request (Authorization: Bearer or DPoP, as received from the caller) for
+// one addressed to the server it calls (RFC 8693), with act naming this
+// service: the callee then decides on the user's rights, and sees who acts
+// for them. clientID is this service's OAuth client (registered with
+// tls_client_auth and its SPIFFE ID, --audience the callee). Needs a
+// server (WithServer or RAMPART_SERVER).
+func WithTokenExchange(clientID string) ClientOption {
+	return func(o *clientOptions) { o.exchangeClientID = clientID }
+}
+
+// HTTPClient calls the service whose SPIFFE ID is server over mTLS.
+func (s *Source) HTTPClient(server spiffeid.ID, opts ...ClientOption) *http.Client {
+	var o clientOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var rt http.RoundTripper = &http.Transport{
+		TLSClientConfig: s.ClientTLSConfig(server), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+	}
+	if o.exchangeClientID != "" {
+		if s.server == "" {
+			rt = roundTripErr{errors.New("sdk: WithTokenExchange needs a server (WithServer or RAMPART_SERVER)")}
+		} else {
+			rt = authz.NewExchanger(s.server, o.exchangeClientID, s.id.TrustDomain(), s.x509, s.x509).RoundTripper(server.String(), rt)
+		}
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: rt}
+}
+
+type roundTripErr struct{ err error }
+
+func (e roundTripErr) RoundTrip(*http.Request) (*http.Response, error) { return nil, e.err }
 
 // Middleware authorises each request with the policy before next sees it.
 func (s *Source) Middleware(next http.Handler) http.Handler { return s.guard.Middleware(next) }

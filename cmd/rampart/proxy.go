@@ -12,13 +12,16 @@ import (
 )
 
 func runProxy(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlags(env, "proxy", `rampart proxy --socket PATH --server ADDR [--inbound ADDR --app ADDR] [--outbound LISTEN=UPSTREAM,SPIFFE-ID ...]
+	fs := newFlags(env, "proxy", `rampart proxy --socket PATH --server ADDR [--inbound ADDR --app ADDR] [--outbound LISTEN=UPSTREAM,SPIFFE-ID[,exchange] ...]
 
 Examples:
   # protect an app on 127.0.0.1:8080; peers call :9443 with mTLS
   rampart proxy --inbound 0.0.0.0:9443 --app 127.0.0.1:8080
   # let the app call payments through http://127.0.0.1:7001
-  rampart proxy --outbound 127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments`)
+  rampart proxy --outbound 127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments
+  # same, and swap the user token the app forwards for one addressed to payments
+  # (RFC 8693; orders is an OAuth client with tls_client_auth and --audience payments)
+  rampart proxy --exchange-client-id orders --outbound 127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments,exchange`)
 	var cfg proxy.Config
 	var inbound, app, appProto, logLevel, logFormat, metricsAddr string
 	var tcp, pprofOn bool
@@ -31,7 +34,8 @@ Examples:
 	fs.StringVar(&app, "app", "", "the local app behind the inbound listener, e.g. 127.0.0.1:8080")
 	fs.StringVar(&appProto, "app-protocol", "http1", "how to talk to the app: http1, or h2c for gRPC")
 	fs.BoolVar(&tcp, "tcp", false, "raw TCP mode for every listener (identity-only policy)")
-	fs.Var(&outs, "outbound", "LISTEN=UPSTREAM,SPIFFE-ID: a loopback listener forwarding to an upstream that must present SPIFFE-ID (repeatable)")
+	fs.Var(&outs, "outbound", "LISTEN=UPSTREAM,SPIFFE-ID[,exchange]: a loopback listener forwarding to an upstream that must present SPIFFE-ID; with exchange, user tokens are exchanged for the upstream (repeatable)")
+	fs.StringVar(&cfg.ExchangeClientID, "exchange-client-id", "", "this service's OAuth client ID (tls_client_auth with its SVID), for outbounds with exchange")
 	fs.StringVar(&metricsAddr, "metrics-listen", "", "address for Prometheus /metrics over plain HTTP (default off)")
 	fs.BoolVar(&pprofOn, "pprof", false, "also serve Go's /debug/pprof/ on --metrics-listen (profiling; keep that address on loopback)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

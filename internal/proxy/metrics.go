@@ -15,6 +15,7 @@ type metrics struct {
 	handshakeFailures *prometheus.CounterVec
 	upstreamErrors    *prometheus.CounterVec
 	tcpConns          *prometheus.CounterVec
+	exchanges         *prometheus.CounterVec
 	reg               *prometheus.Registry
 }
 
@@ -36,10 +37,13 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		tcpConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_proxy_tcp_connections_total", Help: "Raw TCP connections, by direction and outcome.",
 		}, []string{"direction", "outcome"}),
+		exchanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_proxy_token_exchanges_total", Help: "Outbound user tokens exchanged for the upstream (RFC 8693), by result: exchanged, cached, refused, error.",
+		}, []string{"result"}),
 		reg: reg,
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.handshakeFailures, m.upstreamErrors, m.tcpConns)
+		reg.MustRegister(m.requests, m.latency, m.handshakeFailures, m.upstreamErrors, m.tcpConns, m.exchanges)
 	}
 	return m
 }

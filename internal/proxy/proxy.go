@@ -49,15 +49,25 @@ type Outbound struct {
 	Upstream string      // the upstream's inbound proxy, host:port
 	ID       spiffeid.ID // the SPIFFE ID the upstream must present
 	TCP      bool
+	// Exchange swaps the user token the app sends for one addressed to
+	// the upstream (RFC 8693), with act naming this service.
+	Exchange bool
 }
 
-// ParseOutbound parses "LISTEN=UPSTREAM,SPIFFE-ID", e.g.
+// ParseOutbound parses "LISTEN=UPSTREAM,SPIFFE-ID[,exchange]", e.g.
 // "127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments".
 func ParseOutbound(s string) (Outbound, error) {
 	listen, rest, ok := strings.Cut(s, "=")
 	up, id, ok2 := strings.Cut(rest, ",")
 	if !ok || !ok2 || listen == "" || up == "" {
-		return Outbound{}, fmt.Errorf("proxy: outbound %q: want LISTEN=UPSTREAM,SPIFFE-ID", s)
+		return Outbound{}, fmt.Errorf("proxy: outbound %q: want LISTEN=UPSTREAM,SPIFFE-ID[,exchange]", s)
+	}
+	exchange := false
+	if i, opt, found := strings.Cut(id, ","); found {
+		if opt != "exchange" {
+			return Outbound{}, fmt.Errorf("proxy: outbound %q: unknown option %q (want exchange)", s, opt)
+		}
+		id, exchange = i, true
 	}
 	sid, err := spiffeid.FromString(id)
 	if err != nil {
@@ -66,7 +76,7 @@ func ParseOutbound(s string) (Outbound, error) {
 	if _, _, err := net.SplitHostPort(up); err != nil {
 		return Outbound{}, fmt.Errorf("proxy: outbound %q: upstream: %w", s, err)
 	}
-	return Outbound{Listen: listen, Upstream: up, ID: sid}, nil
+	return Outbound{Listen: listen, Upstream: up, ID: sid, Exchange: exchange}, nil
 }
 
 // Config configures a proxy.
@@ -80,6 +90,9 @@ type Config struct {
 	AuditSpool string
 	Inbound    *Inbound
 	Outbounds  []Outbound
+	// ExchangeClientID is this service's OAuth client ID (registered with
+	// tls_client_auth and its SPIFFE ID), for outbounds with Exchange.
+	ExchangeClientID string
 	Log        *slog.Logger
 	Registry   *prometheus.Registry
 	// Ready, if set, is called once every listener is up, with their addresses.
@@ -162,6 +175,19 @@ func Run(ctx context.Context, cfg Config) error {
 			})
 		}
 	}
+	var xchg *authz.Exchanger
+	for _, out := range cfg.Outbounds {
+		if !out.Exchange || xchg != nil {
+			continue
+		}
+		if out.TCP {
+			return fmt.Errorf("proxy: outbound %s: exchange applies to HTTP, not raw TCP", out.Listen)
+		}
+		if cfg.ServerAddr == "" || cfg.ExchangeClientID == "" {
+			return errors.New("proxy: an outbound with exchange needs --server and --exchange-client-id (this service's OAuth client, registered with tls_client_auth)")
+		}
+		xchg = authz.NewExchanger(cfg.ServerAddr, cfg.ExchangeClientID, td, src, src)
+	}
 	var outAddrs []string
 	for _, out := range cfg.Outbounds {
 		clientCfg := mtls.ClientConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeID(out.ID), Revocations: revs, OnFail: onFail})
@@ -176,6 +202,9 @@ func Run(ctx context.Context, cfg Config) error {
 			continue
 		}
 		srv := newOutboundServer(out, clientCfg, m, errLog)
+		if out.Exchange {
+			srv.Handler = xchg.Handler(out.ID.String(), func(r authz.ExchangeResult) { m.exchanges.WithLabelValues(string(r)).Inc() }, srv.Handler)
+		}
 		servers = append(servers, srv)
 		wg.Go(func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
