@@ -69,11 +69,11 @@ func WithDecisionSink(s DecisionSink) Option { return func(o *options) { o.sink 
 // Source is a service's identity and authorisation.
 type Source struct {
 	server string // control plane address ("" without one)
-	x509  *workloadapi.X509Source
-	id    spiffeid.ID
-	guard *authz.Guard
-	revs  *mtls.Revocations
-	spool *spool.Spool // nil unless WithAuditSpool
+	x509   *workloadapi.X509Source
+	id     spiffeid.ID
+	guard  *authz.Guard
+	revs   *mtls.Revocations
+	spool  *spool.Spool // nil unless WithAuditSpool
 }
 
 // New connects to the agent and waits for the first SVID.

@@ -56,6 +56,7 @@ func Attacks() []Attack {
 		{"forbidden-call", "as orders, DELETE payments 1 to 25 (orders may only read them)", attackForbiddenCall},
 		{"path-tricks", "reach /admin through the gateway with .., %2e%2e, %2F and // in the path", attackPathTricks},
 		{"refresh-token-replay", "replay alice's stolen refresh token after the shop has already used it", attackRefreshReplay},
+		{"stolen-access-token", "present alice's access token, leaked from the shop, as a bearer token and then with our own DPoP key", attackStolenAccessToken},
 		{"login-brute-force", "guess bob's password on the login page, six times, then try the right one", attackLoginBruteForce},
 		{"stolen-database", "copy the customers database off the disk, look for card numbers, and ask the key store to unwrap its data key", attackStolenDatabase},
 		{"tampered-audit-entry", "flip one byte of the newest audit entry on disk to cover tracks", attackTamperAudit},

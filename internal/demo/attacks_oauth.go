@@ -2,6 +2,9 @@ package demo
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -16,7 +19,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/dpop"
 )
 
 // The demo's OAuth client and users. The passwords are printed at start:
@@ -51,6 +57,12 @@ var hiddenRE = regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([
 // login signs user in at the shop the way a browser does and returns the
 // token response, or the HTTP status of the refused login.
 func login(ctx context.Context, sys *System, user, password string) (map[string]any, int, error) {
+	return loginDPoP(ctx, sys, user, password, nil)
+}
+
+// loginDPoP is login with the shop holding a DPoP key: the tokens are
+// bound to it.
+func loginDPoP(ctx context.Context, sys *System, user, password string, key crypto.Signer) (map[string]any, int, error) {
 	jar, _ := cookiejar.New(nil)
 	tr := sys.Admin.HTTP.Transport
 	browser := &http.Client{Transport: tr, Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
@@ -78,8 +90,16 @@ func login(ctx context.Context, sys *System, user, password string) (map[string]
 	if resp.StatusCode != http.StatusSeeOther || loc.Query().Get("code") == "" {
 		return nil, resp.StatusCode, nil
 	}
-	out, status, err := tokenCall(ctx, sys, url.Values{"grant_type": {"authorization_code"}, "code": {loc.Query().Get("code")},
-		"redirect_uri": {shopCallback}, "client_id": {shopClient}, "code_verifier": {verifier}})
+	hdr := http.Header{}
+	if key != nil {
+		proof, err := dpop.NewProof(key, jose.ES256, http.MethodPost, issuer+"/oauth2/token", "", time.Now())
+		if err != nil {
+			return nil, 0, err
+		}
+		hdr.Set("DPoP", proof)
+	}
+	out, status, err := tokenCallWith(ctx, sys, url.Values{"grant_type": {"authorization_code"}, "code": {loc.Query().Get("code")},
+		"redirect_uri": {shopCallback}, "client_id": {shopClient}, "code_verifier": {verifier}}, hdr)
 	if err == nil && status != http.StatusOK {
 		err = fmt.Errorf("code exchange: %d %v", status, out)
 	}
@@ -87,7 +107,14 @@ func login(ctx context.Context, sys *System, user, password string) (map[string]
 }
 
 func tokenCall(ctx context.Context, sys *System, form url.Values) (map[string]any, int, error) {
+	return tokenCallWith(ctx, sys, form, nil)
+}
+
+func tokenCallWith(ctx context.Context, sys *System, form url.Values, hdr http.Header) (map[string]any, int, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, sys.Admin.BaseURL+"/oauth2/token", strings.NewReader(form.Encode()))
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := sys.Admin.HTTP.Do(req)
 	if err != nil {
@@ -167,4 +194,64 @@ func attackLoginBruteForce(ctx context.Context, sys *System) (Outcome, error) {
 	}
 	o.Detect = alertLine(a)
 	return o, nil
+}
+
+// userinfo calls the userinfo endpoint with a token (and a DPoP proof if
+// proof is not "").
+func userinfo(ctx context.Context, sys *System, scheme, token, proof string) (int, string, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, sys.Admin.BaseURL+"/oauth2/userinfo", nil)
+	req.Header.Set("Authorization", scheme+" "+token)
+	if proof != "" {
+		req.Header.Set("DPoP", proof)
+	}
+	resp, err := sys.Admin.HTTP.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	return resp.StatusCode, string(b), nil
+}
+
+// attackStolenAccessToken: alice's access token leaks from the shop (a log
+// line, a compromised proxy); the thief presents it.
+func attackStolenAccessToken(ctx context.Context, sys *System) (Outcome, error) {
+	shopKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	thiefKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tok, status, err := loginDPoP(ctx, sys, "alice", demoPassword, shopKey)
+	if err != nil || status != http.StatusOK {
+		return Outcome{}, fmt.Errorf("login: %d %v", status, err)
+	}
+	stolen, _ := tok["access_token"].(string)
+	if tok["token_type"] != "DPoP" {
+		return Outcome{}, fmt.Errorf("the shop got a %v token, want DPoP", tok["token_type"])
+	}
+	uiURL := sys.Admin.BaseURL + "/oauth2/userinfo"
+	proof := func(k crypto.Signer) string {
+		p, _ := dpop.NewProof(k, jose.ES256, http.MethodGet, uiURL, stolen, time.Now())
+		return p
+	}
+	// The shop, holding the key, can use it.
+	if st, body, err := userinfo(ctx, sys, "DPoP", stolen, proof(shopKey)); err != nil || st != http.StatusOK {
+		return Outcome{}, fmt.Errorf("the shop's own call: %d %s %v", st, body, err)
+	}
+	st1, body1, err := userinfo(ctx, sys, "Bearer", stolen, "")
+	if err != nil {
+		return Outcome{}, err
+	}
+	st2, body2, err := userinfo(ctx, sys, "DPoP", stolen, proof(thiefKey))
+	if err != nil {
+		return Outcome{}, err
+	}
+	if st1 != http.StatusUnauthorized || st2 != http.StatusUnauthorized {
+		return Outcome{}, fmt.Errorf("the stolen token worked: as bearer %d %s; with the thief's proof %d %s", st1, body1, st2, body2)
+	}
+	var e1, e2 struct {
+		Description string `json:"error_description"`
+	}
+	json.Unmarshal([]byte(body1), &e1)
+	json.Unmarshal([]byte(body2), &e2)
+	return Outcome{Stopped: true, Audited: "oauth.userinfo",
+		Prevent: fmt.Sprintf("the shop's tokens are bound to its DPoP key (RFC 9449, cnf.jkt): replayed as a bearer token -> 401 %q; with a proof by the thief's own key -> 401 %q",
+			e1.Description, e2.Description)}, nil
 }

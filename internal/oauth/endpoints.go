@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/accesstoken"
-	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -199,6 +199,11 @@ func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, dpop.ErrInvalid) {
 			code = "invalid_dpop_proof"
 		}
+		kv := []string{"scheme", scheme}
+		if claims != nil {
+			kv = append(kv, "client_id", claims.ClientID, "user", claims.Subject, "jti", claims.ID)
+		}
+		p.record(r, "oauth.userinfo", audit.OutcomeDenied, err.Error(), kv...)
 		w.Header().Set("WWW-Authenticate", scheme+` realm="rampart", error="`+code+`"`)
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": err.Error()})
 		return

@@ -93,8 +93,8 @@ type Config struct {
 	// ExchangeClientID is this service's OAuth client ID (registered with
 	// tls_client_auth and its SPIFFE ID), for outbounds with Exchange.
 	ExchangeClientID string
-	Log        *slog.Logger
-	Registry   *prometheus.Registry
+	Log              *slog.Logger
+	Registry         *prometheus.Registry
 	// Ready, if set, is called once every listener is up, with their addresses.
 	Ready func(inbound string, outbounds []string)
 }
