@@ -48,7 +48,7 @@ func verifyJWS(raw string) (*jose.JSONWebKey, string, []byte, error) {
 		return nil, "", nil, invalid("header: %v", err)
 	}
 	if hdr.Alg != string(AlgEd25519) {
-		jws, err := jose.ParseSigned(raw, Algorithms[:len(Algorithms):len(Algorithms)])
+		jws, err := jose.ParseSignedCompact(raw, Algorithms)
 		if err != nil {
 			return nil, "", nil, invalid("not a JWS with an accepted algorithm (%v): %v", Algorithms, err)
 		}
