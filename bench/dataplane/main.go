@@ -34,6 +34,7 @@ var (
 	conns   = flag.Int("connections", 64, "wrk connections")
 	rate    = flag.Int("rate", 1000, "requests/s for the latency run")
 	latDur  = flag.Duration("latency-duration", 10*time.Second, "latency run length (bounded to 60s)")
+	profile = flag.Bool("profile", false, "take CPU profiles of both proxies during the rampart pair's wrk run (bench/out/proxy-{app,client}.pprof)")
 	workDir string
 )
 
@@ -162,9 +163,16 @@ func run() error {
 		return err
 	}
 	// rampart pair.
+	pprofAddr := map[string]string{"app": freePort(), "client": freePort()}
+	pprofArgs := func(name string) []string {
+		if !*profile {
+			return nil
+		}
+		return []string{"--metrics-listen", pprofAddr[name], "--pprof"}
+	}
 	ready := filepath.Join(workDir, "app.ready")
-	if _, err := start(exe["app"], []string{"RAMPART_READY_FILE=" + ready}, "proxy", "--socket", sock, "--server", addr,
-		"--inbound", "127.0.0.1:0", "--app", appAddr, "--log-level", "warn"); err != nil {
+	if _, err := start(exe["app"], []string{"RAMPART_READY_FILE=" + ready}, append([]string{"proxy", "--socket", sock, "--server", addr,
+		"--inbound", "127.0.0.1:0", "--app", appAddr, "--log-level", "warn"}, pprofArgs("app")...)...); err != nil {
 		return err
 	}
 	s, err := waitFile(ready)
@@ -173,8 +181,8 @@ func run() error {
 	}
 	rIn := strings.Split(s, "\n")[0]
 	ready = filepath.Join(workDir, "client.ready")
-	if _, err := start(exe["client"], []string{"RAMPART_READY_FILE=" + ready}, "proxy", "--socket", sock, "--server", addr,
-		"--outbound", "127.0.0.1:0="+rIn+",spiffe://example.org/app", "--log-level", "warn"); err != nil {
+	if _, err := start(exe["client"], []string{"RAMPART_READY_FILE=" + ready}, append([]string{"proxy", "--socket", sock, "--server", addr,
+		"--outbound", "127.0.0.1:0=" + rIn + ",spiffe://example.org/app", "--log-level", "warn"}, pprofArgs("client")...)...); err != nil {
 		return err
 	}
 	if s, err = waitFile(ready); err != nil {
@@ -190,7 +198,14 @@ func run() error {
 	fmt.Printf("machine: %d cores; wrk -t2 -c%d -d%s, 1 KiB responses, keep-alive\n", numCPU(), *conns, *dur)
 	results := map[string]wrkResult{}
 	for _, c := range []struct{ name, url string }{{"direct", "http://" + appAddr + "/"}, {"rampart pair", "http://" + rOut + "/"}, {"nginx pair", "http://" + ngOut + "/"}} {
+		var profiles sync.WaitGroup
+		if *profile && c.name == "rampart pair" {
+			for name, a := range pprofAddr {
+				profiles.Go(func() { saveProfile(a, filepath.Join("bench", "out", "proxy-"+name+".pprof"), *dur-time.Second) })
+			}
+		}
 		r, err := wrk(c.url)
+		profiles.Wait()
 		if err != nil {
 			return err
 		}
@@ -462,4 +477,16 @@ func rawTLSServer(pool *x509.CertPool) (string, func(), error) {
 		}
 	}()
 	return ln.Addr().String(), func() { ln.Close() }, nil
+}
+
+// saveProfile fetches a CPU profile of d from a proxy's pprof endpoint.
+func saveProfile(addr, path string, d time.Duration) {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	os.WriteFile(path, b, 0o644)
 }
