@@ -57,9 +57,19 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		return nil, fmt.Errorf("audit: verify: %w", err)
 	}
 	defer hf.Close()
+	// Leaf hashes are read in one sequential pass: leaf i's stored index
+	// grows with i, so the reader only ever skips forward (one read per
+	// megabyte, not one per entry).
+	hr := bufio.NewReaderSize(hf, 1<<20)
+	var hpos int64 // stored-hash index the reader is at
 	stored := func(i int64) (tlog.Hash, bool) {
 		var h tlog.Hash
-		_, err := hf.ReadAt(h[:], tlog.StoredHashIndex(0, i)*tlog.HashSize)
+		idx := tlog.StoredHashIndex(0, i)
+		if _, err := hr.Discard(int((idx - hpos) * tlog.HashSize)); err != nil {
+			return h, false
+		}
+		_, err := io.ReadFull(hr, h[:])
+		hpos = idx + 1
 		return h, err == nil
 	}
 	fi, _ := hf.Stat()
