@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,9 +17,11 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/witness"
 )
 
 const auditUsage = `rampart audit verify|query|export --data SERVER-DATA-DIR ...
+       rampart audit witness --server ADDR --ca-bundle FILE --key AUDIT.PUB --dir DIR [--interval 30s] [--once]
 
   verify [--witness CHECKPOINT ...] [--json]
       Re-derives the audit log's Merkle tree from its entries and checks every
@@ -34,9 +39,18 @@ FILTERS: --since/--until (RFC 3339 time, or a duration ago such as 24h),
 --actor, --target, --action (exact, or a pattern such as 'svid.*'),
 --outcome success|failure|denied.
 
-They read DATA/audit directly and are safe while the server runs.`
+They read DATA/audit directly and are safe while the server runs.
 
-func runAudit(_ context.Context, env *cliEnv, args []string) error {
+  witness
+      Run on another machine: fetches the server's signed checkpoint every
+      --interval, checks its signature and a consistency proof that it
+      extends the last one kept, and keeps it in DIR/checkpoints. A log
+      rewritten by anyone holding the server's disks and keys no longer
+      extends what the witness saw: it says so (exit status 1 with --once;
+      an error line each round otherwise) and keeps the evidence in
+      DIR/evidence. Give DIR/checkpoints/* to "verify --witness" later.`
+
+func runAudit(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprintln(env.stdout, "Usage: "+auditUsage)
 		if len(args) == 0 {
@@ -48,6 +62,8 @@ func runAudit(_ context.Context, env *cliEnv, args []string) error {
 	case "verify":
 	case "query", "export":
 		return runAuditRead(env, args[0], args[1:])
+	case "witness":
+		return runAuditWitness(ctx, env, args[1:])
 	default:
 		return usagef("unknown verb %q; usage: %s", args[0], auditUsage)
 	}
@@ -210,4 +226,65 @@ func parseWhen(s string, now time.Time) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("%q: want an RFC 3339 time (2026-01-02T15:04:05Z) or a duration ago (24h)", s)
 	}
 	return t, nil
+}
+
+func runAuditWitness(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "audit witness", auditUsage)
+	server := fs.String("server", "127.0.0.1:8443", "the rampart server")
+	bundle := fs.String("ca-bundle", "", "the server's bundle.pem, to verify its TLS certificate")
+	pub := fs.String("key", "", "the log's checkpoint verifier key (the server's DATA/audit.pub)")
+	dir := fs.String("dir", "rampart-witness", "where the witnessed checkpoints are kept")
+	interval := fs.Duration("interval", 30*time.Second, "how often to check")
+	once := fs.Bool("once", false, "check once and exit (status 1 if the log is inconsistent)")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	if *pub == "" || *bundle == "" {
+		return usagef("audit witness needs --key (the server's audit.pub) and --ca-bundle")
+	}
+	vkey, err := os.ReadFile(*pub)
+	if err != nil {
+		return err
+	}
+	verifier, err := note.NewVerifier(strings.TrimSpace(string(vkey)))
+	if err != nil {
+		return fmt.Errorf("--key %s: %w", *pub, err)
+	}
+	pem, err := os.ReadFile(*bundle)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("--ca-bundle %s: no certificates", *bundle)
+	}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
+	w := &witness.Witness{Dir: *dir, Verifier: verifier, Source: &witness.HTTPSource{BaseURL: "https://" + trimScheme(*server), Client: hc}}
+	for {
+		out, err := w.Observe(ctx)
+		switch {
+		case errors.Is(err, witness.ErrInconsistent):
+			fmt.Fprintf(env.stderr, "ALERT: %v (evidence in %s)\n", err, filepath.Join(*dir, "evidence"))
+			if *once {
+				return err
+			}
+		case err != nil:
+			fmt.Fprintf(env.stderr, "witness: %v\n", err)
+			if *once {
+				return err
+			}
+		case out.Grew:
+			fmt.Fprintf(env.stdout, "%s consistent: %d -> %d entries\n", time.Now().UTC().Format(time.RFC3339), out.Old, out.New)
+		case *once:
+			fmt.Fprintf(env.stdout, "%s unchanged: %d entries\n", time.Now().UTC().Format(time.RFC3339), out.New)
+		}
+		if *once {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(*interval):
+		}
+	}
 }

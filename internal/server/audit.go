@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/witness"
 )
 
 // checkpointInterval is how often a new signed checkpoint is published
@@ -154,4 +156,40 @@ func (s *Server) checkpoint(last *int64) {
 		}
 		*last = n
 	}
+}
+
+// handleCheckpoint serves the latest signed checkpoint (C2SP
+// tlog-checkpoint). Public: it carries the log's size and root hash only,
+// and witnesses on other machines keep copies of it.
+func (s *Server) handleCheckpoint(w http.ResponseWriter, r *http.Request) {
+	b, err := os.ReadFile(filepath.Join(s.cfg.DataDir, "audit", "checkpoint"))
+	if err != nil {
+		writeProblem(w, http.StatusServiceUnavailable, "no checkpoint published yet")
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(b)
+}
+
+// handleConsistency proves that the log of size old is a prefix of the log
+// of size new (RFC 6962 consistency proof). Public: hashes only.
+func (s *Server) handleConsistency(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	older, err1 := strconv.ParseInt(q.Get("old"), 10, 64)
+	newer, err2 := strconv.ParseInt(q.Get("new"), 10, 64)
+	if err1 != nil || err2 != nil {
+		writeProblem(w, http.StatusBadRequest, "old and new: want two tree sizes, old <= new")
+		return
+	}
+	proof, err := s.audit.ProveConsistency(older, newer)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	out := witness.ConsistencyResponse{Old: older, New: newer, Proof: make([][]byte, len(proof))}
+	for i, h := range proof {
+		out.Proof[i] = h[:]
+	}
+	writeJSON(w, http.StatusOK, out)
 }

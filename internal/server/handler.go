@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/audit/witness"
 )
 
 // Handler returns the API's HTTP handler.
@@ -23,6 +25,8 @@ func (s *Server) Handler() http.Handler {
 	route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	route("GET /v1/bundle", s.handleBundle)
 	route("GET /v1/jwt-bundle", s.handleJWTBundle)
+	route("GET "+witness.PathCheckpoint, s.handleCheckpoint)
+	route("GET "+witness.PathConsistency, s.handleConsistency)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 
 	// Admin.

@@ -1,0 +1,132 @@
+package witness
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/rampartsec/rampart/internal/audit"
+)
+
+// logSource serves a real audit log's checkpoint and proofs, as the
+// server does.
+type logSource struct {
+	l      *audit.Log
+	dir    string
+	signer note.Signer
+}
+
+func (s *logSource) Checkpoint(context.Context) ([]byte, error) { return s.l.Checkpoint(s.signer) }
+func (s *logSource) Consistency(_ context.Context, older, newer int64) (tlog.TreeProof, error) {
+	return s.l.ProveConsistency(older, newer)
+}
+
+func newLog(t *testing.T, signer note.Signer, prefix string, n int) *logSource {
+	t.Helper()
+	dir := t.TempDir()
+	l, err := audit.Open(dir, "example.org/audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	s := &logSource{l: l, dir: dir, signer: signer}
+	s.add(t, prefix, n)
+	return s
+}
+
+func (s *logSource) add(t *testing.T, prefix string, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := s.l.Append(context.Background(), fmt.Appendf(nil, `{"entry":"%s-%d"}`, prefix, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func keys(t *testing.T) (note.Signer, note.Verifier) {
+	sk, vk, err := note.GenerateKey(rand.Reader, "example.org/audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := note.NewSigner(sk)
+	v, _ := note.NewVerifier(vk)
+	return s, v
+}
+
+func TestWitness(t *testing.T) {
+	signer, verifier := keys(t)
+	src := newLog(t, signer, "real", 10)
+	w := &Witness{Dir: t.TempDir(), Verifier: verifier, Source: src}
+	ctx := context.Background()
+	if out, err := w.Observe(ctx); err != nil || out.New != 10 {
+		t.Fatalf("first observation: %+v %v", out, err)
+	}
+	if out, err := w.Observe(ctx); err != nil || out.Grew {
+		t.Fatalf("unchanged log: %+v %v", out, err)
+	}
+	src.add(t, "real-more", 7)
+	if out, err := w.Observe(ctx); err != nil || !out.Grew || out.Old != 10 || out.New != 17 {
+		t.Fatalf("grown log: %+v %v", out, err)
+	}
+	if _, err := os.Stat(filepath.Join(w.Dir, "checkpoints", "17")); err != nil {
+		t.Fatalf("checkpoint 17 not kept: %v", err)
+	}
+
+	// The administrator rewrites the whole log with the server's own key:
+	// same origin, valid signatures, more entries than before.
+	for _, tc := range []struct {
+		name string
+		src  *logSource
+		want string
+	}{
+		{"rewritten and grown", newLog(t, signer, "forged", 25), "does not extend"},
+		{"rewritten, same size", newLog(t, signer, "forged", 17), "same size"},
+		{"rolled back", newLog(t, signer, "real", 12), "shrank"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w.Source = tc.src
+			_, err := w.Observe(ctx)
+			if !errors.Is(err, ErrInconsistent) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want ErrInconsistent naming %q", err, tc.want)
+			}
+		})
+	}
+	// The reference stays the last good checkpoint, and the forgeries are
+	// kept as evidence.
+	raw, _ := os.ReadFile(filepath.Join(w.Dir, "checkpoint"))
+	if c, err := audit.ParseCheckpoint(raw, verifier); err != nil || c.Size != 17 {
+		t.Fatalf("reference checkpoint after the attacks: %+v %v", c, err)
+	}
+	ev, _ := os.ReadDir(filepath.Join(w.Dir, "evidence"))
+	if len(ev) != 3 {
+		t.Fatalf("%d evidence files, want 3", len(ev))
+	}
+	// Later, verify of the forged log with the witness's checkpoint finds
+	// it, though every checkpoint the forger published verifies.
+	forged := newLog(t, signer, "forged", 25)
+	if _, err := forged.l.Checkpoint(signer); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := audit.Verify(forged.dir, verifier); err != nil || !rep.OK() {
+		t.Fatalf("the forged log on its own: %+v %v", rep, err)
+	}
+	rep, err := audit.Verify(forged.dir, verifier, raw)
+	if err != nil || rep.OK() || rep.Problems[0].Kind != "checkpoint" || rep.Problems[0].Index != 17 {
+		t.Fatalf("verify with the witnessed checkpoint: %+v %v", rep, err)
+	}
+
+	// A checkpoint signed by another key is refused outright.
+	other, _ := keys(t)
+	w.Source = newLog(t, other, "real", 20)
+	if _, err := w.Observe(ctx); err == nil || errors.Is(err, ErrInconsistent) || !strings.Contains(err.Error(), "signature") {
+		t.Fatalf("checkpoint by another key: %v", err)
+	}
+}
