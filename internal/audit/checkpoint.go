@@ -36,6 +36,11 @@ func (l *Log) Checkpoint(signer note.Signer) ([]byte, error) {
 	l.mu.RLock()
 	size := l.size
 	h, err := tlog.TreeHash(size, l.hashReader())
+	if err == nil {
+		// The checkpoint vouches for the stored hashes up to size: they
+		// must be on disk first (Open trusts them up to here).
+		err = l.syncDerived()
+	}
 	l.mu.RUnlock()
 	if err != nil {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)

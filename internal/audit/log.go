@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -100,6 +102,10 @@ func (l *Log) recover() error {
 	for tlog.StoredHashCount(covered+1) <= have {
 		covered++
 	}
+	// Hashes past the last checkpoint may not have reached the disk
+	// before a crash (they are synced before each checkpoint): trust only
+	// those a checkpoint covered, recompute the rest.
+	covered = min(covered, l.checkpointedSize())
 	var offs []int64
 	r := bufio.NewReaderSize(io.NewSectionReader(l.entries, 0, 1<<62), 1<<20)
 	var pos int64
@@ -160,6 +166,24 @@ func (l *Log) recover() error {
 		}
 	}
 	return nil
+}
+
+// checkpointedSize is the tree size of the last published checkpoint in
+// the log's directory (0 without one).
+func (l *Log) checkpointedSize() int64 {
+	raw, err := os.ReadFile(filepath.Join(l.dir, "checkpoint"))
+	if err != nil {
+		return 0
+	}
+	lines := strings.SplitN(string(raw), "\n", 3)
+	if len(lines) < 3 {
+		return 0
+	}
+	n, err := strconv.ParseInt(lines[1], 10, 64)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
 }
 
 func uvarintLen(n uint64) int {
@@ -332,13 +356,23 @@ func (l *Log) writeBatch(batch []*appendReq) error {
 	if err := l.writeHashes(pending); err != nil {
 		return fmt.Errorf("audit: write hashes: %w", err)
 	}
+	// offsets.bin and hashes.bin are derived from entries.log: they are
+	// synced before each checkpoint and at Close, not here. After a crash,
+	// Open trusts stored hashes only up to the last checkpoint and
+	// recomputes the rest from the entries, which are durable.
+	l.end, l.size = pos, n
+	return nil
+}
+
+// syncDerived makes offsets.bin and hashes.bin durable (before a
+// checkpoint vouches for the hashes, and at Close).
+func (l *Log) syncDerived() error {
 	if err := l.offsets.Sync(); err != nil {
-		return err
+		return fmt.Errorf("audit: sync offsets: %w", err)
 	}
 	if err := l.hashes.Sync(); err != nil {
-		return err
+		return fmt.Errorf("audit: sync hashes: %w", err)
 	}
-	l.end, l.size = pos, n
 	return nil
 }
 
@@ -420,6 +454,7 @@ func (l *Log) Close() error {
 	<-l.stopped
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	err := l.syncDerived()
 	l.closeFiles()
-	return nil
+	return err
 }
