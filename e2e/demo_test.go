@@ -78,7 +78,8 @@ func TestDemo(t *testing.T) {
 	for name, rule := range map[string]string{"admin-without-token": "denied admin.auth entry in the audit log", "foreign-ca-agent": "denied tls.client_auth entry",
 		"csr-for-another-id": "denied svid.issue entry", "path-tricks": "denied authz.decision entry", "forbidden-call": "alert denied-burst", "revoked-agent": "alert revoked-credential-use", "tampered-audit-entry": "no longer hashes",
 		"refresh-token-replay": "alert refresh-token-reuse", "login-brute-force": "alert login-failures",
-		"stolen-database": "alert key-use-denied", "stolen-access-token": "denied oauth.userinfo entry"} {
+		"stolen-database": "alert key-use-denied", "stolen-access-token": "denied oauth.userinfo entry",
+		"unregistered-workload": "denied workload.attest entry"} {
 		block := out[strings.Index(out, "attack "+name):]
 		if i := strings.Index(block[1:], "\nattack "); i > 0 {
 			block = block[:i]

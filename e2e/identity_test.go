@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -388,4 +389,37 @@ func TestRootRotationReachesWorkloads(t *testing.T) {
 	if !strings.Contains(status, `"state": "retired"`) {
 		t.Fatalf("old root not reported retired: %s", status)
 	}
+}
+
+// TestAgentAuditsRefusals: a process with no registration entry asks the
+// agent for an identity; the refusal reaches the server's audit log
+// through the agent's spool, naming the process.
+func TestAgentAuditsRefusals(t *testing.T) {
+	s, a := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for range 3 { // three tries: one entry (a burst is one finding)
+		c, cc := context.WithTimeout(ctx, 3*time.Second)
+		_, err := workloadapi.FetchX509SVID(c, addr(a))
+		cc()
+		if err == nil {
+			t.Fatal("an unregistered process got an SVID")
+		}
+	}
+	exe, _ := os.Executable()
+	eventually(t, 20*time.Second, "workload.attest refusal in the audit log", func() error {
+		out, err := cli(t, nil, "audit", "query", "--data", s.dir, "--action", "workload.attest", "--json")
+		if err != nil {
+			return err
+		}
+		if n := strings.Count(out, `"action":"workload.attest"`); n != 1 {
+			return fmt.Errorf("%d refusal entries, want 1: %s", n, out)
+		}
+		for _, want := range []string{`"outcome":"denied"`, `"user":"unix:uid:` + strconv.Itoa(os.Getuid()) + `"`, exe, agentID} {
+			if !strings.Contains(out, want) {
+				return fmt.Errorf("entry lacks %s: %s", want, out)
+			}
+		}
+		return nil
+	})
 }

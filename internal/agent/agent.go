@@ -29,6 +29,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/selector"
 	"github.com/rampartsec/rampart/internal/workload"
@@ -228,6 +229,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	wl := workload.NewServer(a, workload.Attestor{}, a.log, a.metrics)
+	// Refused callers are audit entries, spooled on disk and shipped to
+	// the server's log with the agent's SVID (nothing lost while it is away).
+	sp, err := spool.Open(spool.Config{Dir: filepath.Join(a.cfg.DataDir, "audit-spool"), Log: a.log, Registry: a.cfg.Registry,
+		Sender: spool.APISender{Client: a.client}})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("agent: audit spool: %w", err)
+	}
+	defer sp.Close()
+	wl.SetRecorder(sp, a.ID())
 	errc := make(chan error, 3)
 	go func() { errc <- wl.Serve(ctx, ln) }()
 	go func() { a.syncLoop(ctx); errc <- nil }()

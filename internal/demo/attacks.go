@@ -223,7 +223,8 @@ func attackUnregisteredWorkload(ctx context.Context, sys *System) (Outcome, erro
 	if !bytes.Contains(out, []byte("PermissionDenied")) && !bytes.Contains(out, []byte("no identity issued")) {
 		return Outcome{}, fmt.Errorf("the unregistered binary failed for another reason: %s", out)
 	}
-	return Outcome{Stopped: true, Prevent: "the agent attested the caller from the kernel (uid " + fmt.Sprint(os.Getuid()) + ", path " + imp + ") and answered PermissionDenied: no entry matches"}, nil
+	return Outcome{Stopped: true, Audited: "workload.attest",
+		Prevent: "the agent attested the caller from the kernel (uid " + fmt.Sprint(os.Getuid()) + ", path " + imp + ") and answered PermissionDenied: no entry matches"}, nil
 }
 
 func attackRevokedAgent(ctx context.Context, sys *System) (Outcome, error) {

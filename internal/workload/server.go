@@ -64,6 +64,7 @@ type Server struct {
 	attestor Attestor
 	log      *slog.Logger
 	metrics  Metrics
+	audit    *auditor // nil: refusals are only logged
 }
 
 // NewServer returns a Workload API server over src.
@@ -181,6 +182,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 		}
 		if len(ids) == 0 {
 			s.log.Info("workload refused: no entry matches", "pid", caller.PID, "uid", caller.UID, "gid", caller.GID)
+			s.audit.refused(ctx, caller, "FetchX509SVID")
 			return errNoIdentity
 		}
 		resp, err := x509Response(snap, ids)
@@ -261,9 +263,12 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
 	}
 	snap, _ := s.src.Snapshot()
-	ids, _, err := s.entitled(ctx, snap)
+	ids, caller, err := s.entitled(ctx, snap)
 	if err != nil {
 		return nil, err
+	}
+	if len(ids) == 0 {
+		s.audit.refused(ctx, caller, "FetchJWTSVID")
 	}
 	if req.SpiffeId != "" {
 		want, err := spiffeid.FromString(req.SpiffeId)

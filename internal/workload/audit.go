@@ -1,0 +1,72 @@
+package workload
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/audit"
+)
+
+// Recorder takes audit entries; the agent's spool implements it, and
+// delivers them to the server's log.
+type Recorder interface {
+	Record(ctx context.Context, e *audit.Entry) error
+}
+
+// refusalInterval bounds how often one process (uid and executable) is
+// audited as refused: a loop asking again and again is one finding, not a
+// flood that fills the spool.
+const refusalInterval = 10 * time.Second
+
+// auditor records refused Workload API callers.
+type auditor struct {
+	rec  Recorder
+	self spiffeid.ID // the agent, target of the entries
+	now  func() time.Time
+
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+// SetRecorder makes the server audit every caller it refuses (no
+// registration entry matches), naming the agent self as the target.
+func (s *Server) SetRecorder(r Recorder, self spiffeid.ID) {
+	s.audit = &auditor{rec: r, self: self, now: time.Now, last: map[string]time.Time{}}
+}
+
+// refused audits a caller that got no identity from method.
+func (a *auditor) refused(ctx context.Context, c Caller, method string) {
+	if a == nil {
+		return
+	}
+	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c.PID))
+	key := strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe
+	now := a.now()
+	a.mu.Lock()
+	if t, ok := a.last[key]; ok && now.Sub(t) < refusalInterval {
+		a.mu.Unlock()
+		return
+	}
+	if len(a.last) > 10000 {
+		clear(a.last)
+	}
+	a.last[key] = now
+	a.mu.Unlock()
+	e := &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "workload.attest", Outcome: audit.OutcomeDenied,
+		Reason: "no registration entry matches the calling process", Target: a.self.String(), Source: a.self.String(),
+		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
+			"gid": strconv.FormatUint(uint64(c.GID), 10)}}
+	e.Actor.User = "unix:uid:" + strconv.FormatUint(uint64(c.UID), 10)
+	if exe != "" {
+		e.Details["exe"] = exe
+	}
+	// The caller's context may end right away (it was refused); the entry
+	// must still be spooled.
+	a.rec.Record(context.WithoutCancel(ctx), e)
+}
