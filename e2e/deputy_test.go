@@ -43,24 +43,15 @@ func TestConfusedDeputy(t *testing.T) {
 	m.identity("payments", "")
 	m.putPolicy(deputyPolicy)
 	env := m.s.adminEnv()
-	secretRE := regexp.MustCompile(`client_secret: (\S+)`)
-	gw := secretRE.FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "gateway", "--grant", "authorization_code",
-		"--redirect-uri", "http://127.0.0.1:9/cb", "--audience", "spiffe://example.org/orders", "--scope", "payments:read"))
-	orders := secretRE.FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "orders", "--spiffe-id", "spiffe://example.org/orders",
+	orders := regexp.MustCompile(`client_secret: (\S+)`).FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "orders", "--spiffe-id", "spiffe://example.org/orders",
 		"--grant", "token-exchange", "--grant", "client_credentials", "--audience", "spiffe://example.org/payments"))
-	pw := filepath.Join(m.binDir, "pw")
-	os.WriteFile(pw, []byte("a-long-password"), 0o600)
-	mustCLI(t, env, "oauth", "user", "create", "--username", "alice", "--password-file", pw)
-	mustCLI(t, env, "oauth", "user", "create", "--username", "bob", "--password-file", pw)
+	alice := aliceAtGateway(t, m)
 
 	inPay := m.proxy("payments", "--inbound", "127.0.0.1:0", "--app", app(t), "--data", filepath.Join(m.binDir, "payments-data"))[0]
 	outOrders := m.proxy("orders", "--outbound", "127.0.0.1:0="+inPay+",spiffe://example.org/payments")[1]
 
 	issuer := "https://" + m.s.addr
-	tr, hc := trustServer(m.s.dir)
-	conf := oauth2.Config{ClientID: "gateway", ClientSecret: gw[1], RedirectURL: "http://127.0.0.1:9/cb", Scopes: []string{"openid", "payments:read"},
-		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/oauth2/authorize", TokenURL: issuer + "/oauth2/token", AuthStyle: oauth2.AuthStyleInHeader}}
-	alice := browserLogin(t, tr, issuer, conf, "alice", "a-long-password", "n").AccessToken
+	_, hc := trustServer(m.s.dir)
 
 	// orders exchanges Alice's token (RFC 8693) for one addressed to payments.
 	form := url.Values{"grant_type": {"urn:ietf:params:oauth:grant-type:token-exchange"}, "subject_token": {alice},
@@ -151,6 +142,24 @@ func TestConfusedDeputy(t *testing.T) {
 	})
 }
 
+// aliceAtGateway registers the gateway (a code-flow client whose tokens
+// are addressed to orders) and alice, logs her in through the real login
+// page and returns her access token.
+func aliceAtGateway(t *testing.T, m *mesh) string {
+	t.Helper()
+	env := m.s.adminEnv()
+	gw := regexp.MustCompile(`client_secret: (\S+)`).FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "gateway",
+		"--grant", "authorization_code", "--redirect-uri", "http://127.0.0.1:9/cb", "--audience", "spiffe://example.org/orders", "--scope", "payments:read"))
+	pw := filepath.Join(m.binDir, "pw")
+	os.WriteFile(pw, []byte("a-long-password"), 0o600)
+	mustCLI(t, env, "oauth", "user", "create", "--username", "alice", "--password-file", pw)
+	issuer := "https://" + m.s.addr
+	tr, _ := trustServer(m.s.dir)
+	conf := oauth2.Config{ClientID: "gateway", ClientSecret: gw[1], RedirectURL: "http://127.0.0.1:9/cb", Scopes: []string{"openid", "payments:read"},
+		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/oauth2/authorize", TokenURL: issuer + "/oauth2/token", AuthStyle: oauth2.AuthStyleInHeader}}
+	return browserLogin(t, tr, issuer, conf, "alice", "a-long-password", "n").AccessToken
+}
+
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
 // tamper changes one character inside a token's signature (not the last
@@ -174,25 +183,17 @@ func TestProxyExchangesUserToken(t *testing.T) {
 	m.identity("payments", "")
 	m.putPolicy(deputyPolicy)
 	env := m.s.adminEnv()
-	secretRE := regexp.MustCompile(`client_secret: (\S+)`)
-	gw := secretRE.FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "gateway", "--grant", "authorization_code",
-		"--redirect-uri", "http://127.0.0.1:9/cb", "--audience", "spiffe://example.org/orders", "--scope", "payments:read"))
 	mustCLI(t, env, "oauth", "client", "create", "--id", "orders", "--auth-method", "tls_client_auth", "--spiffe-id", "spiffe://example.org/orders",
 		"--grant", "token-exchange", "--audience", "spiffe://example.org/payments")
-	other := secretRE.FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "batch", "--grant", "client_credentials"))
-	pw := filepath.Join(m.binDir, "pw")
-	os.WriteFile(pw, []byte("a-long-password"), 0o600)
-	mustCLI(t, env, "oauth", "user", "create", "--username", "alice", "--password-file", pw)
+	other := regexp.MustCompile(`client_secret: (\S+)`).FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "batch", "--grant", "client_credentials"))
+	alice := aliceAtGateway(t, m)
 
 	inPay := m.proxy("payments", "--inbound", "127.0.0.1:0", "--app", app(t), "--data", filepath.Join(m.binDir, "payments-data"))[0]
 	outOrders := m.proxy("orders", "--exchange-client-id", "orders",
 		"--outbound", "127.0.0.1:0="+inPay+",spiffe://example.org/payments,exchange")[1]
 
 	issuer := "https://" + m.s.addr
-	tr, hc := trustServer(m.s.dir)
-	conf := oauth2.Config{ClientID: "gateway", ClientSecret: gw[1], RedirectURL: "http://127.0.0.1:9/cb", Scopes: []string{"openid", "payments:read"},
-		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/oauth2/authorize", TokenURL: issuer + "/oauth2/token", AuthStyle: oauth2.AuthStyleInHeader}}
-	alice := browserLogin(t, tr, issuer, conf, "alice", "a-long-password", "n").AccessToken
+	_, hc := trustServer(m.s.dir)
 	cc := clientcredentials.Config{ClientID: "batch", ClientSecret: other[1], TokenURL: issuer + "/oauth2/token"}
 	batch, err := cc.Token(context.WithValue(context.Background(), oauth2.HTTPClient, hc))
 	if err != nil {
@@ -257,21 +258,10 @@ func TestSDKExchangesUserToken(t *testing.T) {
 	exe, _ := os.Executable()
 	mustCLI(t, m.s.adminEnv(), "entry", "create", "--spiffe-id", "spiffe://example.org/orders", "--parent", agentID,
 		"--selector", myUID(), "--selector", "unix:path:"+exe)
-	env := m.s.adminEnv()
-	gw := regexp.MustCompile(`client_secret: (\S+)`).FindStringSubmatch(mustCLI(t, env, "oauth", "client", "create", "--id", "gateway",
-		"--grant", "authorization_code", "--redirect-uri", "http://127.0.0.1:9/cb", "--audience", "spiffe://example.org/orders"))
-	mustCLI(t, env, "oauth", "client", "create", "--id", "orders", "--auth-method", "tls_client_auth", "--spiffe-id", "spiffe://example.org/orders",
+	mustCLI(t, m.s.adminEnv(), "oauth", "client", "create", "--id", "orders", "--auth-method", "tls_client_auth", "--spiffe-id", "spiffe://example.org/orders",
 		"--grant", "token-exchange", "--audience", "spiffe://example.org/payments")
-	pw := filepath.Join(m.binDir, "pw")
-	os.WriteFile(pw, []byte("a-long-password"), 0o600)
-	mustCLI(t, env, "oauth", "user", "create", "--username", "alice", "--password-file", pw)
+	alice := aliceAtGateway(t, m)
 	inPay := m.proxy("payments", "--inbound", "127.0.0.1:0", "--app", app(t), "--data", filepath.Join(m.binDir, "payments-data"))[0]
-
-	issuer := "https://" + m.s.addr
-	tr, _ := trustServer(m.s.dir)
-	conf := oauth2.Config{ClientID: "gateway", ClientSecret: gw[1], RedirectURL: "http://127.0.0.1:9/cb", Scopes: []string{"openid"},
-		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/oauth2/authorize", TokenURL: issuer + "/oauth2/token", AuthStyle: oauth2.AuthStyleInHeader}}
-	alice := browserLogin(t, tr, issuer, conf, "alice", "a-long-password", "n").AccessToken
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -283,7 +283,7 @@ func NewProof(key crypto.Signer, alg jose.SignatureAlgorithm, method, rawURL, ac
 		sum := sha256.Sum256([]byte(accessToken))
 		cl.ATH = base64.RawURLEncoding.EncodeToString(sum[:])
 	}
-	payload, err := jsonMarshal(cl)
+	payload, err := json.Marshal(cl)
 	if err != nil {
 		return "", err
 	}

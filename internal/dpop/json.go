@@ -6,8 +6,6 @@ import (
 	"errors"
 )
 
-func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
-
 // jsonStrict decodes one JSON object; duplicate or unknown members are
 // tolerated as RFC 7519 allows, trailing data is not.
 func jsonStrict(b []byte, v any) error {
