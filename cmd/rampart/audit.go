@@ -170,7 +170,14 @@ func runAuditRead(env *cliEnv, verb string, args []string) error {
 	}
 	tw := table(env, "INDEX", "TIME", "ACTION", "OUTCOME", "ACTOR", "TARGET", "REASON")
 	n := 0
-	err = audit.Scan(filepath.Join(*data, "audit"), *from, func(i int64, raw []byte) error {
+	scan := func(fn func(int64, []byte) error) error { return audit.Scan(filepath.Join(*data, "audit"), *from, fn) }
+	if *from == 0 && (!f.Since.IsZero() || !f.Until.IsZero()) {
+		// A time range reads only the blocks of entries that can be in it.
+		scan = func(fn func(int64, []byte) error) error {
+			return audit.ScanTime(filepath.Join(*data, "audit"), f.Since, f.Until, fn)
+		}
+	}
+	err = scan(func(i int64, raw []byte) error {
 		e, err := audit.ParseEntry(raw)
 		if err != nil {
 			return fmt.Errorf("entry %d: %w (run rampart audit verify)", i, err)
