@@ -83,31 +83,36 @@ func (o Options) fail(reason string) {
 	}
 }
 
-// verify wraps go-spiffe's verification so that an untrusted chain is
-// counted too.
-func (o Options) verify() func([][]byte, [][]*x509.Certificate) error {
-	inner := tlsconfig.VerifyPeerCertificate(o.Bundles, o.authorizer())
-	return func(raw [][]byte, chains [][]*x509.Certificate) error {
-		err := inner(raw, chains)
-		if err != nil && !errors.Is(err, ErrRevoked) {
-			// Authorisation failures were counted by the authorizer; count
-			// a chain that does not verify at all here.
-			if _, _, verr := x509svid.ParseAndVerify(raw, o.Bundles); verr != nil {
-				o.fail(ReasonUntrusted)
-			}
+// verify checks the peer's chain as an SVID of a trusted domain, then
+// revocation and authorisation. It runs as VerifyConnection, on the
+// certificates crypto/tls has already parsed (go-spiffe's
+// VerifyPeerCertificate would parse the raw chain a second time in every
+// handshake); an untrusted chain is counted here, the rest by the
+// authorizer.
+func (o Options) verify() func(tls.ConnectionState) error {
+	authorize := o.authorizer()
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			o.fail(ReasonUntrusted)
+			return errors.New("mtls: the peer sent no certificate")
 		}
-		return err
+		id, chains, err := x509svid.Verify(cs.PeerCertificates, o.Bundles)
+		if err != nil {
+			o.fail(ReasonUntrusted)
+			return fmt.Errorf("mtls: could not verify the peer's SVID: %w", err)
+		}
+		return authorize(id, chains)
 	}
 }
 
 // ServerConfig is an mTLS server configuration: a client SVID is required.
 func ServerConfig(o Options) *tls.Config {
 	return &tls.Config{
-		MinVersion:            tls.VersionTLS13,
-		ClientAuth:            tls.RequireAnyClientCert,
-		GetCertificate:        tlsconfig.GetCertificate(o.SVID),
-		VerifyPeerCertificate: o.verify(),
-		NextProtos:            []string{"h2", "http/1.1"},
+		MinVersion:       tls.VersionTLS13,
+		ClientAuth:       tls.RequireAnyClientCert,
+		GetCertificate:   tlsconfig.GetCertificate(o.SVID),
+		VerifyConnection: o.verify(),
+		NextProtos:       []string{"h2", "http/1.1"},
 	}
 }
 
@@ -115,11 +120,11 @@ func ServerConfig(o Options) *tls.Config {
 // the server is authenticated by its SPIFFE ID (o.Authorize).
 func ClientConfig(o Options) *tls.Config {
 	return &tls.Config{
-		MinVersion:            tls.VersionTLS13,
-		GetClientCertificate:  tlsconfig.GetClientCertificate(o.SVID),
-		InsecureSkipVerify:    true, // replaced by VerifyPeerCertificate: SPIFFE authentication
-		VerifyPeerCertificate: o.verify(),
-		NextProtos:            []string{"h2", "http/1.1"},
+		MinVersion:           tls.VersionTLS13,
+		GetClientCertificate: tlsconfig.GetClientCertificate(o.SVID),
+		InsecureSkipVerify:   true, // replaced by VerifyConnection: SPIFFE authentication
+		VerifyConnection:     o.verify(),
+		NextProtos:           []string{"h2", "http/1.1"},
 	}
 }
 
