@@ -233,6 +233,13 @@ func TestProxyExchangesUserToken(t *testing.T) {
 			t.Errorf("%s: %d %s, want %d containing %q", tt.what, got, b, tt.want, tt.body)
 		}
 	}
+	// A proxy whose own registration is wrong (no such OAuth client) says
+	// so with 502, not as a problem with the user's token.
+	misconfigured := m.proxy("orders", "--exchange-client-id", "nobody",
+		"--outbound", "127.0.0.1:0="+inPay+",spiffe://example.org/payments,exchange")[1]
+	if code, b := get(t, "http://"+misconfigured+"/payments/alice", map[string]string{"Authorization": "Bearer " + alice}); code != 502 || !strings.Contains(b, "invalid_client") {
+		t.Errorf("exchange by an unregistered client: %d %s, want 502 naming invalid_client", code, b)
+	}
 	eventually(t, 15*time.Second, "exchange and decision with act in the audit log", func() error {
 		exchanged := false
 		log, _ := os.ReadFile(filepath.Join(m.s.dir, "audit", "entries.log"))

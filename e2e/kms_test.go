@@ -6,40 +6,24 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/softhsmtest"
 	"github.com/rampartsec/rampart/sdk"
 	"github.com/rampartsec/rampart/sdk/kms"
 )
 
-const softHSMModule = "/usr/lib/softhsm/libsofthsm2.so"
-
-// softHSM makes a fresh SoftHSM token (from Debian's softhsm2, which
-// .ci/run installs) and returns the server flags that seal the KEK with it.
+// softHSM makes a fresh SoftHSM token and returns the server flags that
+// seal the KEK with it.
 func softHSM(t *testing.T) []string {
 	t.Helper()
-	util, err := exec.LookPath("softhsm2-util")
-	if _, serr := os.Stat(softHSMModule); err != nil || serr != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("softhsm2 is not installed (.ci/run must install it): %v %v", err, serr)
-		}
-		t.Skip("softhsm2 is not installed; apt-get install softhsm2")
-	}
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "softhsm2.conf")
-	os.Mkdir(filepath.Join(dir, "tokens"), 0o700)
-	os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(dir, "tokens")+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600)
-	t.Setenv("SOFTHSM2_CONF", conf) // inherited by the server process
-	if out, err := exec.Command(util, "--init-token", "--free", "--label", "rampart", "--pin", "4321", "--so-pin", "8765").CombinedOutput(); err != nil {
-		t.Fatalf("softhsm2-util: %v\n%s", err, out)
-	}
-	pin := filepath.Join(dir, "pin")
+	softhsmtest.Token(t, "rampart", "4321")
+	pin := filepath.Join(t.TempDir(), "pin")
 	os.WriteFile(pin, []byte("4321\n"), 0o600)
-	return []string{"--master-key", "pkcs11", "--pkcs11-module", softHSMModule, "--pkcs11-token", "rampart", "--pkcs11-pin-file", pin}
+	return []string{"--master-key", "pkcs11", "--pkcs11-module", softhsmtest.Module, "--pkcs11-token", "rampart", "--pkcs11-pin-file", pin}
 }
 
 const kmsPolicy = `service: spiffe://example.org/rampart/kms

@@ -11,7 +11,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"database/sql"
 	"encoding/hex"
 	"flag"
@@ -32,6 +31,7 @@ import (
 
 	"github.com/rampartsec/rampart/bench/internal/benchserver"
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/enroltest"
 )
 
 func main() {
@@ -93,7 +93,10 @@ func run(bin, pg string, dur time.Duration, conc, batch, fetches int) error {
 	if err := admin.Do(ctx, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: "bench"}, &jt); err != nil {
 		return err
 	}
-	key, csr := newCSR("")
+	key, csr, err := enroltest.CSR("")
+	if err != nil {
+		return err
+	}
 	var att api.AttestResponse
 	anon := &api.Client{BaseURL: admin.BaseURL, HTTP: admin.HTTP}
 	if err := anon.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: jt.Token, CSR: csr}, &att); err != nil {
@@ -109,7 +112,10 @@ func run(bin, pg string, dur time.Duration, conc, batch, fetches int) error {
 		if err := admin.Do(ctx, http.MethodPost, "/v1/entries", api.Entry{SpiffeID: id, ParentID: jt.AgentID, Selectors: []string{"unix:uid:" + strconv.Itoa(10000+i)}}, &e); err != nil {
 			return err
 		}
-		_, c := newCSR(id)
+		_, c, err := enroltest.CSR(id)
+		if err != nil {
+			return err
+		}
 		items[i] = api.SignItem{EntryID: e.ID, CSR: c}
 	}
 
@@ -177,17 +183,6 @@ func run(bin, pg string, dur time.Duration, conc, batch, fetches int) error {
 	fmt.Printf("workload API FetchX509SVID (%d sequential, one go-spiffe client): p50 %v p90 %v p99 %v max %v\n",
 		fetches, q(.5).Round(time.Microsecond), q(.9).Round(time.Microsecond), q(.99).Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond))
 	return nil
-}
-
-func newCSR(id string) (*ecdsa.PrivateKey, []byte) {
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.CertificateRequest{}
-	if id != "" {
-		u, _ := url.Parse(id)
-		tmpl.URIs = []*url.URL{u}
-	}
-	der, _ := x509.CreateCertificateRequest(rand.Reader, tmpl, k)
-	return k, der
 }
 
 func ecdsaRate(d time.Duration) float64 {

@@ -58,12 +58,7 @@ rules:
 func run(bin string, dur time.Duration, concs string, size int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	dir, err := os.MkdirTemp("", "rampart-bench-kms")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	srv, err := benchserver.Start(ctx, bin, dir)
+	srv, err := benchserver.StartTemp(ctx, bin)
 	if err != nil {
 		return err
 	}

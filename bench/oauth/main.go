@@ -38,12 +38,7 @@ func main() {
 func run(bin string, dur time.Duration, conc int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	dir, err := os.MkdirTemp("", "rampart-bench-oauth")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	srv, err := benchserver.Start(ctx, bin, dir)
+	srv, err := benchserver.StartTemp(ctx, bin)
 	if err != nil {
 		return err
 	}

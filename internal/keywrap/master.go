@@ -1,13 +1,10 @@
 package keywrap
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -93,7 +90,9 @@ type sealedKEK struct {
 	// PKCS#11: which key on which token.
 	TokenLabel string `json:"token_label,omitempty"`
 	KeyLabel   string `json:"key_label,omitempty"`
-	// Sealed is nonce | AES-256-GCM(KEK), aad = kekAAD.
+	// Sealed is the KEK sealed with kekAAD as its ID: by a Wrapper over the
+	// passphrase-derived key, or by AES-GCM inside the token (nonce |
+	// ciphertext and tag).
 	Sealed []byte `json:"sealed"`
 }
 
@@ -234,8 +233,11 @@ func sealPassphrase(cfg MasterConfig, doc *sealedKEK, kek []byte) error {
 		return fmt.Errorf("keywrap: %w", err)
 	}
 	doc.Time, doc.Memory, doc.Threads = argonTime, argonMemory, argonThreads
-	key := argon2.IDKey(p, doc.Salt, doc.Time, doc.Memory, doc.Threads, KeySize)
-	doc.Sealed, err = sealWith(key, kek)
+	w, err := New(argon2.IDKey(p, doc.Salt, doc.Time, doc.Memory, doc.Threads, KeySize))
+	if err != nil {
+		return err
+	}
+	doc.Sealed, err = w.Seal(string(kekAAD), kek)
 	return err
 }
 
@@ -247,46 +249,13 @@ func openPassphrase(cfg MasterConfig, doc *sealedKEK) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := argon2.IDKey(p, doc.Salt, doc.Time, doc.Memory, doc.Threads, KeySize)
-	kek, err := openWith(key, doc.Sealed)
-	if err != nil {
-		return nil, ErrWrongPassphrase
-	}
-	return kek, nil
-}
-
-// sealWith seals the KEK under a 32-byte key held in memory.
-func sealWith(key, kek []byte) ([]byte, error) {
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, fmt.Errorf("keywrap: %w", err)
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("keywrap: %w", err)
-	}
-	nonce := make([]byte, aead.NonceSize())
-	if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
-		return nil, fmt.Errorf("keywrap: %w", err)
-	}
-	return aead.Seal(nonce, nonce, kek, kekAAD), nil
-}
-
-func openWith(key, sealed []byte) ([]byte, error) {
-	block, err := aes.NewCipher(key)
+	w, err := New(argon2.IDKey(p, doc.Salt, doc.Time, doc.Memory, doc.Threads, KeySize))
 	if err != nil {
 		return nil, err
 	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	if len(sealed) < aead.NonceSize()+aead.Overhead() {
-		return nil, ErrUnwrap
-	}
-	kek, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], kekAAD)
+	kek, err := w.Open(string(kekAAD), doc.Sealed)
 	if err != nil || len(kek) != KeySize {
-		return nil, ErrUnwrap
+		return nil, ErrWrongPassphrase
 	}
 	return kek, nil
 }

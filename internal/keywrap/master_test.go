@@ -6,10 +6,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rampartsec/rampart/internal/softhsmtest"
 )
 
 func fixed(s string) func() ([]byte, error) { return func() ([]byte, error) { return []byte(s), nil } }
@@ -123,27 +124,10 @@ func TestSealedFileTampering(t *testing.T) {
 	}
 }
 
-// SoftHSM, from Debian's softhsm2 package (.ci/run installs it).
 func softHSM(t *testing.T) PKCS11Config {
 	t.Helper()
-	module := "/usr/lib/softhsm/libsofthsm2.so"
-	util, err := exec.LookPath("softhsm2-util")
-	if _, serr := os.Stat(module); err != nil || serr != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("softhsm2 is not installed (CI must install it): %v %v", err, serr)
-		}
-		t.Skip("softhsm2 is not installed; apt-get install softhsm2")
-	}
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "softhsm2.conf")
-	os.Mkdir(filepath.Join(dir, "tokens"), 0o700)
-	os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(dir, "tokens")+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600)
-	t.Setenv("SOFTHSM2_CONF", conf)
-	out, err := exec.Command(util, "--init-token", "--free", "--label", "rampart-test", "--pin", "1234", "--so-pin", "5678").CombinedOutput()
-	if err != nil {
-		t.Fatalf("softhsm2-util: %v\n%s", err, out)
-	}
-	return PKCS11Config{Module: module, TokenLabel: "rampart-test", KeyLabel: "rampart-kek", PIN: fixed("1234")}
+	softhsmtest.Token(t, "rampart-test", "1234")
+	return PKCS11Config{Module: softhsmtest.Module, TokenLabel: "rampart-test", KeyLabel: "rampart-kek", PIN: fixed("1234")}
 }
 
 func TestPKCS11Source(t *testing.T) {

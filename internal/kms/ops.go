@@ -106,24 +106,41 @@ func (s *Service) Encrypt(ctx context.Context, name string, plaintext, aad []byt
 	return ct, h.Version, err
 }
 
-// Decrypt opens a ciphertext (or a wrapped data key) made with key name.
-// It returns the version that sealed it.
-func (s *Service) Decrypt(ctx context.Context, name string, ciphertext, aad []byte) ([]byte, int, error) {
-	h, raw, body, err := ParseHeader(ciphertext)
+// input parses an output of this package presented to key name for an
+// operation that takes kinds, and returns the enabled version that made
+// it, which must be of type typ ("": any).
+func (s *Service) input(ctx context.Context, name string, b []byte, typ, what string, kinds ...byte) (*version, Header, []byte, []byte, error) {
+	h, raw, body, err := ParseHeader(b)
 	if err != nil {
-		return nil, 0, err
+		return nil, Header{}, nil, nil, err
 	}
-	if h.Kind != KindCiphertext && h.Kind != KindDataKey {
-		return nil, 0, fmt.Errorf("%w: this is a signature or MAC, not a ciphertext", ErrMalformed)
+	ok := false
+	for _, k := range kinds {
+		ok = ok || h.Kind == k
+	}
+	if !ok {
+		return nil, Header{}, nil, nil, fmt.Errorf("%w: not a %s", ErrMalformed, what)
 	}
 	if h.Name != name {
-		return nil, 0, fmt.Errorf("%w: the ciphertext is for key %q, not %q", ErrOtherKey, h.Name, name)
+		return nil, Header{}, nil, nil, fmt.Errorf("%w: the %s is for key %q, not %q", ErrOtherKey, what, h.Name, name)
 	}
 	k, v, err := s.versionOf(ctx, name, h.Version)
 	if err != nil {
-		return nil, 0, err
+		return nil, Header{}, nil, nil, err
 	}
-	if err := wantType(k, TypeAES); err != nil {
+	if typ != "" {
+		if err := wantType(k, typ); err != nil {
+			return nil, Header{}, nil, nil, err
+		}
+	}
+	return v, h, raw, body, nil
+}
+
+// Decrypt opens a ciphertext (or a wrapped data key) made with key name.
+// It returns the version that sealed it.
+func (s *Service) Decrypt(ctx context.Context, name string, ciphertext, aad []byte) ([]byte, int, error) {
+	v, h, raw, body, err := s.input(ctx, name, ciphertext, TypeAES, "ciphertext", KindCiphertext, KindDataKey)
+	if err != nil {
 		return nil, 0, err
 	}
 	if len(body) < nonceSize+v.aead.Overhead() {
@@ -213,17 +230,7 @@ func (s *Service) Sign(ctx context.Context, name string, message []byte) ([]byte
 
 // Verify checks a signature made by Sign with key name.
 func (s *Service) Verify(ctx context.Context, name string, message, signature []byte) (bool, int, error) {
-	h, raw, body, err := ParseHeader(signature)
-	if err != nil {
-		return false, 0, err
-	}
-	if h.Kind != KindSignature {
-		return false, 0, fmt.Errorf("%w: not a signature", ErrMalformed)
-	}
-	if h.Name != name {
-		return false, 0, fmt.Errorf("%w: the signature is by key %q, not %q", ErrOtherKey, h.Name, name)
-	}
-	_, v, err := s.versionOf(ctx, name, h.Version)
+	v, h, raw, body, err := s.input(ctx, name, signature, "", "signature", KindSignature)
 	if err != nil {
 		return false, 0, err
 	}
@@ -257,21 +264,8 @@ func (s *Service) MAC(ctx context.Context, name string, message []byte) ([]byte,
 
 // VerifyMAC checks a MAC made by MAC, in constant time.
 func (s *Service) VerifyMAC(ctx context.Context, name string, message, tag []byte) (bool, int, error) {
-	h, raw, body, err := ParseHeader(tag)
+	v, h, raw, body, err := s.input(ctx, name, tag, TypeHMAC, "MAC", KindMAC)
 	if err != nil {
-		return false, 0, err
-	}
-	if h.Kind != KindMAC {
-		return false, 0, fmt.Errorf("%w: not a MAC", ErrMalformed)
-	}
-	if h.Name != name {
-		return false, 0, fmt.Errorf("%w: the MAC is by key %q, not %q", ErrOtherKey, h.Name, name)
-	}
-	k, v, err := s.versionOf(ctx, name, h.Version)
-	if err != nil {
-		return false, 0, err
-	}
-	if err := wantType(k, TypeHMAC); err != nil {
 		return false, 0, err
 	}
 	return hmac.Equal(mac(v, raw, message), body), h.Version, nil

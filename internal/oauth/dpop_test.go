@@ -73,6 +73,17 @@ func TestDPoPPublicClient(t *testing.T) {
 	jkt, _ := dpop.Thumbprint(key.Public())
 	v, ch := pkce()
 	q := codeQuery("spa", ch)
+	// A dpop_jkt that is not a thumbprint is refused at the authorization
+	// endpoint, before anyone logs in.
+	q.Set("dpop_jkt", "not-a-thumbprint")
+	resp, err := h.browser().Get(authURL(h, q))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if loc, _ := url.Parse(resp.Header.Get("Location")); loc == nil || loc.Query().Get("error") != "invalid_request" || !strings.Contains(loc.Query().Get("error_description"), "dpop_jkt") {
+		t.Fatalf("malformed dpop_jkt: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
 	q.Set("dpop_jkt", jkt)
 	code := codeFrom(t, h.login(h.browser(), authURL(h, q), "alice", "alice-password", ""), "s")
 	form := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}, "code_verifier": {v}, "client_id": {"spa"}}

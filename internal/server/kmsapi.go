@@ -86,13 +86,19 @@ func kmsStatus(err error) int {
 	return http.StatusInternalServerError
 }
 
-func (s *Server) kmsError(w http.ResponseWriter, r *http.Request, action string, err error, kv ...any) {
+// kmsProblem is the status and the detail shown for a key store error;
+// internal errors are logged and not shown.
+func (s *Server) kmsProblem(action string, err error) (int, string) {
 	status := kmsStatus(err)
-	detail := err.Error()
 	if status == http.StatusInternalServerError {
 		s.log.Error(action, "err", err)
-		detail = "key store error"
+		return status, "key store error"
 	}
+	return status, err.Error()
+}
+
+func (s *Server) kmsError(w http.ResponseWriter, r *http.Request, action string, err error, kv ...any) {
+	status, detail := s.kmsProblem(action, err)
 	s.refused(r, action, detail, kv...)
 	writeProblem(w, status, detail)
 }
@@ -132,7 +138,8 @@ func (s *Server) handleListKMSKeys(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleGetKMSKey(w http.ResponseWriter, r *http.Request) {
 	info, err := s.kms.Get(r.Context(), r.PathValue("name"))
 	if err != nil {
-		writeProblem(w, kmsStatus(err), err.Error())
+		status, detail := s.kmsProblem("kms.key_get", err)
+		writeProblem(w, status, detail)
 		return
 	}
 	writeJSON(w, http.StatusOK, kmsKeyToAPI(info))
@@ -218,12 +225,7 @@ func (s *Server) kmsOp(op string, do func(r *http.Request, name string, req *api
 		}
 		resp, err := do(r, name, &req)
 		if err != nil {
-			status := kmsStatus(err)
-			detail := err.Error()
-			if status == http.StatusInternalServerError {
-				s.log.Error(action, "err", err)
-				detail = "key store error"
-			}
+			status, detail := s.kmsProblem(action, err)
 			e.Outcome, e.Reason = audit.OutcomeFailure, detail
 			s.metrics.kmsOps.WithLabelValues(op, "error").Inc()
 			s.appendAudit(r.Context(), e)

@@ -292,3 +292,23 @@ func TestKMSSecretsNeverLogged(t *testing.T) {
 		}
 	}
 }
+
+// The verified-chain cache does not outlive the certificate: an SVID that
+// expired since the connection was opened is refused on that connection.
+func TestVerifiedChainCacheHonoursExpiry(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "orders-pii"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.admin.DoRaw(ctx, http.MethodPut, "/v1/policies", "application/yaml", []byte(kmsPolicyYAML), nil); err != nil {
+		t.Fatal(err)
+	}
+	orders := h.client("", h.workloadCert("node-1", "spiffe://example.org/orders"))
+	if _, err := h.kmsCall(orders, "orders-pii", "encrypt", api.KMSRequest{Plaintext: []byte("x")}); err != nil {
+		t.Fatal(err) // verified and cached
+	}
+	h.clk.Add(DefaultX509TTL + time.Minute)
+	_, err := h.kmsCall(orders, "orders-pii", "encrypt", api.KMSRequest{Plaintext: []byte("x")})
+	wantStatus(t, err, 403, "expired")
+}

@@ -52,6 +52,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	keys "github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/sdk"
 )
 
@@ -353,15 +354,11 @@ func KeyOf(ciphertext []byte) (name string, version int, err error) {
 	if err != nil {
 		return "", 0, err
 	}
-	// Server header: "rk" | kind | 0x01 | len(name) | name | version (uint32).
-	if len(wrapped) < 5 || wrapped[0] != 'r' || wrapped[1] != 'k' || wrapped[2] != 'd' || wrapped[3] != 1 {
+	h, _, _, err := keys.ParseHeader(wrapped)
+	if err != nil || h.Kind != keys.KindDataKey {
 		return "", 0, ErrMalformed
 	}
-	n := int(wrapped[4])
-	if n == 0 || len(wrapped) < 5+n+4 {
-		return "", 0, ErrMalformed
-	}
-	return string(wrapped[5 : 5+n]), int(binary.BigEndian.Uint32(wrapped[5+n:])), nil
+	return h.Name, h.Version, nil
 }
 
 // Decrypt opens a ciphertext made by Encrypt with the same key and aad.

@@ -3,15 +3,11 @@ package kms
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/enroltest"
 	"github.com/rampartsec/rampart/internal/server"
 )
 
@@ -63,27 +60,10 @@ func testServer(t *testing.T) (addr string, hc *http.Client) {
 			t.Fatalf("%s %s: %v", method, path, err)
 		}
 	}
-	csr := func(id string) (*ecdsa.PrivateKey, []byte) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.CertificateRequest{}
-		if id != "" {
-			u, _ := url.Parse(id)
-			tmpl.URIs = []*url.URL{u}
-		}
-		der, _ := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-		return key, der
+	cert, err := enroltest.Workload(ctx, admin, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}, "node-1", "spiffe://example.org/orders")
+	if err != nil {
+		t.Fatal(err)
 	}
-	var jt api.CreateJoinTokenResponse
-	do(admin, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: "node-1"}, &jt)
-	akey, acsr := csr("")
-	var att api.AttestResponse
-	do(&api.Client{BaseURL: admin.BaseURL, HTTP: admin.HTTP}, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: jt.Token, CSR: acsr}, &att)
-	agent := &api.Client{BaseURL: admin.BaseURL, HTTP: client(&tls.Certificate{Certificate: att.SVID.Chain, PrivateKey: akey})}
-	var e api.Entry
-	do(admin, http.MethodPost, "/v1/entries", api.Entry{SpiffeID: "spiffe://example.org/orders", ParentID: jt.AgentID, Selectors: []string{"unix:uid:1000"}}, &e)
-	wkey, wcsr := csr("spiffe://example.org/orders")
-	var sr api.SignResponse
-	do(agent, http.MethodPost, "/v1/agent/svids", api.SignRequest{Requests: []api.SignItem{{EntryID: e.ID, CSR: wcsr}}}, &sr)
 	do(admin, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "orders-pii"}, nil)
 	do(admin, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "other"}, nil)
 	if err := admin.DoRaw(ctx, http.MethodPut, "/v1/policies", "application/yaml", []byte(`service: spiffe://example.org/rampart/kms
@@ -94,7 +74,7 @@ rules:
 `), nil); err != nil {
 		t.Fatal(err)
 	}
-	return addr, client(&tls.Certificate{Certificate: sr.Results[0].SVID.Chain, PrivateKey: wkey})
+	return addr, client(cert)
 }
 
 type clock struct {

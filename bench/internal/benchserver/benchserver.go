@@ -4,14 +4,10 @@ package benchserver
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +15,7 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/enroltest"
 )
 
 // Server is a running server process.
@@ -28,6 +25,7 @@ type Server struct {
 	TLS     *tls.Config // trusts its bundle; TLS 1.3
 	Admin   *api.Client // authenticated with its admin token
 	cmd     *exec.Cmd
+	tmp     string // removed by Stop (StartTemp)
 }
 
 // Start runs bin as a server with its data in dir/server on a free
@@ -59,10 +57,28 @@ func Start(ctx context.Context, bin, dir string, extra ...string) (*Server, erro
 	return s, nil
 }
 
+// StartTemp is Start in a new temporary directory, which Stop removes.
+func StartTemp(ctx context.Context, bin string, extra ...string) (*Server, error) {
+	dir, err := os.MkdirTemp("", "rampart-bench")
+	if err != nil {
+		return nil, err
+	}
+	s, err := Start(ctx, bin, dir, extra...)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s.tmp = dir
+	return s, nil
+}
+
 // Stop interrupts the server and waits for it to exit.
 func (s *Server) Stop() {
 	s.cmd.Process.Signal(os.Interrupt)
 	s.cmd.Wait()
+	if s.tmp != "" {
+		os.RemoveAll(s.tmp)
+	}
 }
 
 // WaitFile waits up to 30 s for a non-empty file and returns its content.
@@ -75,45 +91,8 @@ func WaitFile(path string) (string, error) {
 	return "", fmt.Errorf("%s did not appear within 30s", path)
 }
 
-// WorkloadCert enrols an agent named agent and returns a TLS certificate
-// holding an SVID for id issued through it, as a real workload would get
-// one from its agent.
+// WorkloadCert returns a TLS certificate holding an SVID for id, issued
+// through an agent named agent (see enroltest.Workload).
 func (s *Server) WorkloadCert(ctx context.Context, agent, id string) (*tls.Certificate, error) {
-	var jt api.CreateJoinTokenResponse
-	if err := s.Admin.Do(ctx, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: agent}, &jt); err != nil {
-		return nil, err
-	}
-	akey, acsr := csr("")
-	var att api.AttestResponse
-	anon := &api.Client{BaseURL: s.Admin.BaseURL, HTTP: s.Admin.HTTP}
-	if err := anon.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: jt.Token, CSR: acsr}, &att); err != nil {
-		return nil, err
-	}
-	cfg := s.TLS.Clone()
-	cfg.Certificates = []tls.Certificate{{Certificate: att.SVID.Chain, PrivateKey: akey}}
-	agentClient := &api.Client{BaseURL: s.Admin.BaseURL, HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}}
-	var e api.Entry
-	if err := s.Admin.Do(ctx, http.MethodPost, "/v1/entries", api.Entry{SpiffeID: id, ParentID: jt.AgentID, Selectors: []string{"unix:uid:4242"}}, &e); err != nil {
-		return nil, err
-	}
-	wkey, wcsr := csr(id)
-	var sr api.SignResponse
-	if err := agentClient.Do(ctx, http.MethodPost, "/v1/agent/svids", api.SignRequest{Requests: []api.SignItem{{EntryID: e.ID, CSR: wcsr}}}, &sr); err != nil {
-		return nil, err
-	}
-	if len(sr.Results) != 1 || sr.Results[0].SVID == nil {
-		return nil, fmt.Errorf("no SVID issued for %s: %+v", id, sr.Results)
-	}
-	return &tls.Certificate{Certificate: sr.Results[0].SVID.Chain, PrivateKey: wkey}, nil
-}
-
-func csr(id string) (*ecdsa.PrivateKey, []byte) {
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.CertificateRequest{}
-	if id != "" {
-		u, _ := url.Parse(id)
-		tmpl.URIs = []*url.URL{u}
-	}
-	der, _ := x509.CreateCertificateRequest(rand.Reader, tmpl, k)
-	return k, der
+	return enroltest.Workload(ctx, s.Admin, s.TLS, agent, id)
 }
