@@ -3,7 +3,10 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -150,6 +153,22 @@ func waitFile(t *testing.T, p *proc, path string) string {
 func (s *server) adminEnv() []string {
 	return []string{"RAMPART_SERVER=" + s.addr, "RAMPART_ADMIN_TOKEN_FILE=" + filepath.Join(s.dir, "admin.token"),
 		"RAMPART_CA_BUNDLE=" + filepath.Join(s.dir, "bundle.pem")}
+}
+
+// adminHTTP is an HTTPS client that trusts s and s's admin token.
+func adminHTTP(t *testing.T, s *server) (*http.Client, string) {
+	t.Helper()
+	pemb, err := os.ReadFile(filepath.Join(s.dir, "bundle.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pemb)
+	tok, err := os.ReadFile(filepath.Join(s.dir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}, strings.TrimSpace(string(tok))
 }
 
 // cli runs a rampart command to completion.

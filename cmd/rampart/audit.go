@@ -18,10 +18,12 @@ import (
 
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/witness"
+	"github.com/rampartsec/rampart/internal/objstore"
 )
 
 const auditUsage = `rampart audit verify|query|export --data SERVER-DATA-DIR ...
        rampart audit witness --server ADDR --ca-bundle FILE --key AUDIT.PUB --dir DIR [--interval 30s] [--once]
+       rampart audit fetch --archive s3://BUCKET/PREFIX?endpoint=URL --data DIR
 
   verify [--witness CHECKPOINT ...] [--json]
       Re-derives the audit log's Merkle tree from its entries and checks every
@@ -40,6 +42,13 @@ FILTERS: --since/--until (RFC 3339 time, or a duration ago such as 24h),
 --outcome success|failure|denied.
 
 They read DATA/audit directly and are safe while the server runs.
+
+  fetch
+      Copies an audit archive (the sealed segments and checkpoints a server
+      started with --audit-archive keeps in S3-compatible storage) into
+      DATA/audit, where verify (give --key: the archive does not vouch for
+      its own key), query and export read it like a live log. Credentials
+      come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 
   witness
       Run on another machine: fetches the server's signed checkpoint every
@@ -64,6 +73,8 @@ func runAudit(ctx context.Context, env *cliEnv, args []string) error {
 		return runAuditRead(env, args[0], args[1:])
 	case "witness":
 		return runAuditWitness(ctx, env, args[1:])
+	case "fetch":
+		return runAuditFetch(ctx, env, args[1:])
 	default:
 		return usagef("unknown verb %q; usage: %s", args[0], auditUsage)
 	}
@@ -104,7 +115,11 @@ func runAudit(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 	} else {
-		fmt.Fprintf(env.stdout, "%d entries, %d leaves recorded, %d checkpoints checked\n", rep.Entries, rep.Leaves, rep.Checkpoints)
+		if rep.Archive {
+			fmt.Fprintf(env.stdout, "archive: %d entries in sealed segments, %d checkpoints checked, %d of larger trees not checked (entries not sealed when copied)\n", rep.Entries, rep.Checkpoints, rep.Beyond)
+		} else {
+			fmt.Fprintf(env.stdout, "%d entries, %d leaves recorded, %d checkpoints checked\n", rep.Entries, rep.Leaves, rep.Checkpoints)
+		}
 		for _, p := range rep.Problems {
 			fmt.Fprintln(env.stdout, "PROBLEM", p)
 		}
@@ -115,6 +130,36 @@ func runAudit(ctx context.Context, env *cliEnv, args []string) error {
 	if !rep.OK() {
 		return errors.New("the audit log does not verify")
 	}
+	return nil
+}
+
+func runAuditFetch(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "audit fetch", auditUsage)
+	archive := fs.String("archive", "", "the archive: s3://BUCKET[/PREFIX][?endpoint=URL&region=R] (required)")
+	data := fs.String("data", "rampart-archive", "directory to copy it into (as DATA/audit)")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	if *archive == "" {
+		return usagef("--archive is required")
+	}
+	oc, err := objstore.ParseURL(*archive)
+	if err != nil {
+		return usagef("--archive: %v", err)
+	}
+	b, err := objstore.New(oc)
+	if err != nil {
+		return usagef("--archive: %v", err)
+	}
+	dir := filepath.Join(*data, "audit")
+	if _, err := os.Stat(filepath.Join(dir, "entries.log")); err == nil {
+		return fmt.Errorf("%s holds a live log; fetch into another directory", dir)
+	}
+	n, err := audit.Fetch(ctx, b, dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "fetched %d entries from %s into %s\nverify: rampart audit verify --data %s --key AUDIT.PUB\n", n, b, dir, *data)
 	return nil
 }
 

@@ -14,7 +14,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/term"
 
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/keywrap"
+	"github.com/rampartsec/rampart/internal/objstore"
 	"github.com/rampartsec/rampart/internal/server"
 )
 
@@ -82,6 +84,8 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	oauthAlg := fs.String("oauth-alg", "ES256", "signing algorithm of new OAuth token keys: ES256 or EdDSA")
 	fs.DurationVar(&cfg.OAuth.AccessTokenTTL, "access-token-ttl", 0, "OAuth access token lifetime (default 10m)")
 	fs.DurationVar(&cfg.OAuth.RefreshTokenTTL, "refresh-token-ttl", 0, "lifetime of a refresh token family; rotation does not extend it (default 24h)")
+	archive := fs.String("audit-archive", "", "copy sealed audit segments and checkpoints to S3-compatible storage: s3://BUCKET[/PREFIX][?endpoint=URL&region=R] (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+	fs.Int64Var(&cfg.AuditSegmentEntries, "audit-segment-entries", audit.DefaultSegmentEntries, "audit entries per sealed, compressed segment (a multiple of 256)")
 	detectRules := fs.String("detect-rules", "", "detection rules and alert sinks (YAML; default: the built-in rules, see rampart detect rules)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -102,6 +106,17 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	cfg.Master.Passphrase = secretReader(env, *passFile, "Passphrase of the key-encryption key: ")
 	cfg.Master.PKCS11.PIN = secretReader(env, *pinFile, "PKCS#11 user PIN: ")
 	cfg.OAuth.Algorithm = jose.SignatureAlgorithm(*oauthAlg)
+	if *archive != "" {
+		oc, err := objstore.ParseURL(*archive)
+		if err != nil {
+			return usagef("--audit-archive: %v", err)
+		}
+		b, err := objstore.New(oc)
+		if err != nil {
+			return usagef("--audit-archive: %v", err)
+		}
+		cfg.AuditArchive = b
+	}
 	if *detectRules != "" {
 		if cfg.DetectRules, err = os.ReadFile(*detectRules); err != nil {
 			return fmt.Errorf("--detect-rules: %w", err)

@@ -121,6 +121,9 @@ func (l *Log) writeTiles(old, size int64) error {
 		if err := l.writePublic(tilePath(strconv.Itoa(t.L), t.N, t.W), data); err != nil {
 			return err
 		}
+		if t.W == 256 {
+			l.removePartials(tilePath(strconv.Itoa(t.L), t.N, t.W))
+		}
 	}
 	for b := old / 256; b*256 < size; b++ {
 		end := min(size, b*256+256)
@@ -136,8 +139,18 @@ func (l *Log) writeTiles(old, size int64) error {
 		if err := l.writePublic(tilePath("entries", b, int(end-b*256)), buf); err != nil {
 			return err
 		}
+		if end-b*256 == 256 {
+			l.removePartials(tilePath("entries", b, 256))
+		}
 	}
 	return nil
+}
+
+// removePartials deletes the partial tiles a full tile supersedes (C2SP
+// tlog-tiles lets logs delete them), so checkpoints every few seconds do
+// not leave a partial tile each behind for years.
+func (l *Log) removePartials(full string) {
+	os.RemoveAll(filepath.Join(l.dir, filepath.FromSlash(full)+".p"))
 }
 
 func (l *Log) writePublic(rel string, data []byte) error {

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -34,6 +35,12 @@ type Log struct {
 	end     int64 // size of entries.log
 	size    int64 // number of entries
 	nhashes int64 // number of stored hashes
+	segs    []*segment
+
+	segEntries int64
+	sealMu     sync.Mutex // one Seal at a time
+	smu        sync.Mutex // guards sread
+	sread      *segmentReader
 
 	reqs    chan *appendReq
 	stop    chan struct{}
@@ -47,19 +54,45 @@ type appendReq struct {
 	done  chan struct{}
 }
 
+// Options tune a Log.
+type Options struct {
+	// SegmentEntries is how many entries a sealed segment holds: a
+	// positive multiple of 256 (DefaultSegmentEntries when zero). Each
+	// segment records its own size, so a change applies to new segments.
+	SegmentEntries int64
+}
+
 // Open opens (creating if needed) the log in dir. origin names the log in
 // its checkpoints (C2SP: a schema-less URL such as "rampart.example.org/audit").
 // Open repairs what a crash can leave: a torn final record (never
 // acknowledged) is cut off, missing offsets and hashes are recomputed.
-func Open(dir, origin string) (*Log, error) {
+func Open(dir, origin string) (*Log, error) { return OpenWith(dir, origin, Options{}) }
+
+// OpenWith is Open with options.
+func OpenWith(dir, origin string, opts Options) (*Log, error) {
 	if origin == "" {
 		return nil, errors.New("audit: an origin is required")
+	}
+	if opts.SegmentEntries == 0 {
+		opts.SegmentEntries = DefaultSegmentEntries
+	}
+	if opts.SegmentEntries < 0 || opts.SegmentEntries%bundleEntries != 0 {
+		return nil, fmt.Errorf("audit: segment size %d is not a positive multiple of %d", opts.SegmentEntries, bundleEntries)
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "checkpoints"), 0o700); err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	l := &Log{dir: dir, origin: origin, reqs: make(chan *appendReq, 1024), stop: make(chan struct{}), stopped: make(chan struct{})}
-	var err error
+	sread, err := newSegmentReader()
+	if err != nil {
+		return nil, err
+	}
+	l := &Log{dir: dir, origin: origin, segEntries: opts.SegmentEntries, sread: sread,
+		reqs: make(chan *appendReq, 1024), stop: make(chan struct{}), stopped: make(chan struct{})}
+	l.segs, err = listSegments(dir)
+	if err != nil {
+		sread.Close()
+		return nil, err
+	}
 	open := func(name string) *os.File {
 		if err != nil {
 			return nil
@@ -86,6 +119,9 @@ func (l *Log) closeFiles() {
 			f.Close()
 		}
 	}
+	l.smu.Lock()
+	l.sread.Close()
+	l.smu.Unlock()
 }
 
 // recover scans entries.log, cuts a torn tail, and rebuilds offsets and
@@ -106,10 +142,33 @@ func (l *Log) recover() error {
 	// before a crash (they are synced before each checkpoint): trust only
 	// those a checkpoint covered, recompute the rest.
 	covered = min(covered, l.checkpointedSize())
-	var offs []int64
-	r := bufio.NewReaderSize(io.NewSectionReader(l.entries, 0, 1<<62), 1<<20)
+	// Sealed entries live in their segments; entries.log is read from
+	// where the last segment ends. Their offsets were synced before the
+	// checkpoint that let them be sealed.
+	sealed := sealedCount(l.segs)
 	var pos int64
+	if sealed > 0 {
+		pos = l.segs[len(l.segs)-1].end
+	}
+	offs := make([]int64, sealed)
+	if sealed > 0 {
+		ob := make([]byte, 8*sealed)
+		if _, err := l.offsets.ReadAt(ob, 0); err != nil {
+			return fmt.Errorf("offsets.bin is shorter than the sealed segments: %w", err)
+		}
+		for i := range offs {
+			offs[i] = int64(binary.BigEndian.Uint64(ob[8*i:]))
+		}
+	}
 	var datas [][]byte
+	for i := covered; i < sealed; i++ {
+		e, err := l.sealedEntry(i)
+		if err != nil {
+			return err
+		}
+		datas = append(datas, e)
+	}
+	r := bufio.NewReaderSize(io.NewSectionReader(l.entries, pos, 1<<62), 1<<20)
 	for {
 		n, err := binary.ReadUvarint(r)
 		if err != nil {
@@ -133,14 +192,14 @@ func (l *Log) recover() error {
 		return err
 	}
 	l.end, l.size = pos, int64(len(offs))
-	ob := make([]byte, 8*len(offs))
-	for i, o := range offs {
+	ob := make([]byte, 8*(len(offs)-int(sealed)))
+	for i, o := range offs[sealed:] {
 		binary.BigEndian.PutUint64(ob[8*i:], uint64(o))
 	}
-	if err := l.offsets.Truncate(0); err != nil {
+	if err := l.offsets.Truncate(8 * sealed); err != nil {
 		return err
 	}
-	if _, err := l.offsets.WriteAt(ob, 0); err != nil {
+	if _, err := l.offsets.WriteAt(ob, 8*sealed); err != nil {
 		return err
 	}
 	// Keep the hashes of the prefix they cover; recompute the rest.
@@ -383,6 +442,13 @@ func (l *Log) Size() int64 {
 	return l.size
 }
 
+// Sealed is how many entries are in sealed segments.
+func (l *Log) Sealed() int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return sealedCount(l.segs)
+}
+
 // Entry returns entry i's canonical bytes.
 func (l *Log) Entry(i int64) ([]byte, error) {
 	l.mu.RLock()
@@ -394,11 +460,13 @@ func (l *Log) entryLocked(i int64) ([]byte, error) {
 	if i < 0 || i >= l.size {
 		return nil, fmt.Errorf("audit: entry %d: log has %d entries", i, l.size)
 	}
-	var ob [8]byte
-	if _, err := l.offsets.ReadAt(ob[:], 8*i); err != nil {
+	if i < sealedCount(l.segs) {
+		return l.sealedEntry(i)
+	}
+	off, err := l.offsetLocked(i)
+	if err != nil {
 		return nil, err
 	}
-	off := int64(binary.BigEndian.Uint64(ob[:]))
 	r := bufio.NewReader(io.NewSectionReader(l.entries, off, l.end-off))
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
@@ -407,6 +475,31 @@ func (l *Log) entryLocked(i int64) ([]byte, error) {
 	b := make([]byte, n)
 	_, err = io.ReadFull(r, b)
 	return b, err
+}
+
+// sealedEntry reads entry i from the sealed segments.
+func (l *Log) sealedEntry(i int64) ([]byte, error) {
+	l.smu.Lock()
+	defer l.smu.Unlock()
+	e, err := l.sread.entry(l.segs, i)
+	return bytes.Clone(e), err
+}
+
+// offsetLocked is entry i's offset in entries.log.
+func (l *Log) offsetLocked(i int64) (int64, error) {
+	var ob [8]byte
+	if _, err := l.offsets.ReadAt(ob[:], 8*i); err != nil {
+		return 0, fmt.Errorf("audit: offset of entry %d: %w", i, err)
+	}
+	return int64(binary.BigEndian.Uint64(ob[:])), nil
+}
+
+// endOffsetLocked is where the entries before index n end in entries.log.
+func (l *Log) endOffsetLocked(n int64) (int64, error) {
+	if n >= l.size {
+		return l.end, nil
+	}
+	return l.offsetLocked(n)
 }
 
 // hashReader reads committed stored hashes.

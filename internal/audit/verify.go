@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,10 +26,16 @@ func (p Problem) String() string { return fmt.Sprintf("%s at %d: %s", p.Kind, p.
 
 // Report is the result of Verify.
 type Report struct {
-	Entries     int64 // entries read from entries.log
+	Entries     int64 // entries read (sealed segments and entries.log)
 	Leaves      int64 // leaves recorded in hashes.bin
 	Checkpoints int   // checkpoints checked
-	Problems    []Problem
+	// Archive is set for a directory fetched from an archive (segments,
+	// no stored hashes); Beyond counts its checkpoints of trees larger
+	// than the segments hold (entries not sealed yet when it was copied),
+	// which cannot be checked.
+	Archive  bool
+	Beyond   int
+	Problems []Problem
 }
 
 // OK reports whether nothing was found.
@@ -47,20 +54,34 @@ const maxReported = 100
 // at its tree size.
 func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, error) {
 	rep := &Report{}
-	f, err := os.Open(filepath.Join(dir, "entries.log"))
-	if err != nil {
-		return nil, fmt.Errorf("audit: verify: %w", err)
-	}
-	defer f.Close()
-	hf, err := os.Open(filepath.Join(dir, "hashes.bin"))
-	if err != nil {
-		return nil, fmt.Errorf("audit: verify: %w", err)
-	}
-	defer hf.Close()
 	// Leaf hashes are read in one sequential pass: leaf i's stored index
 	// grows with i, so the reader only ever skips forward (one read per
-	// megabyte, not one per entry).
-	hr := bufio.NewReaderSize(hf, 1<<20)
+	// megabyte, not one per entry). A directory without hashes.bin (an
+	// archive copied back from object storage) is checked against its
+	// checkpoints alone.
+	hasLeaves := true
+	var hr *bufio.Reader
+	hf, err := os.Open(filepath.Join(dir, "hashes.bin"))
+	switch {
+	case err == nil:
+		defer hf.Close()
+		hr = bufio.NewReaderSize(hf, 1<<20)
+		fi, _ := hf.Stat()
+		for tlog.StoredHashCount(rep.Leaves+1)*tlog.HashSize <= fi.Size() {
+			rep.Leaves++
+		}
+	case errors.Is(err, os.ErrNotExist):
+		hasLeaves = false
+		// Only a directory with no entries.log either is an archive;
+		// a log directory whose hashes.bin is gone is damaged.
+		if _, err := os.Stat(filepath.Join(dir, "entries.log")); err == nil {
+			rep.Problems = append(rep.Problems, Problem{Index: 0, Kind: "missing", Detail: "hashes.bin is gone: entries cannot be compared with the leaves recorded when they were appended"})
+		} else {
+			rep.Archive = true
+		}
+	default:
+		return nil, fmt.Errorf("audit: verify: %w", err)
+	}
 	var hpos int64 // stored-hash index the reader is at
 	stored := func(i int64) (tlog.Hash, bool) {
 		var h tlog.Hash
@@ -72,15 +93,14 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		hpos = idx + 1
 		return h, err == nil
 	}
-	fi, _ := hf.Stat()
-	for tlog.StoredHashCount(rep.Leaves+1)*tlog.HashSize <= fi.Size() {
-		rep.Leaves++
-	}
 
-	// Re-derive every stored hash from the entries alone.
+	// Re-derive every stored hash from the entries alone (room for them
+	// all up front: growing 64 bytes an entry by doubling was a fifth of
+	// the time).
 	var tree memHashes
-	r := bufio.NewReaderSize(f, 1<<20)
-	var buf []byte
+	if n, err := Count(dir); err == nil && n > 0 {
+		tree = make(memHashes, 0, tlog.StoredHashCount(n)+64)
+	}
 	reported := 0
 	add := func(p Problem) {
 		if reported < maxReported {
@@ -88,40 +108,29 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		}
 		reported++
 	}
-	for {
-		n, err := binary.ReadUvarint(r)
-		if err == io.EOF {
-			break
-		}
-		if err != nil || n == 0 || n > MaxEntrySize {
-			add(Problem{Index: rep.Entries, Kind: "unreadable", Detail: "entries.log is damaged here; nothing after it can be read"})
-			break
-		}
-		if cap(buf) < int(n) {
-			buf = make([]byte, n)
-		}
-		buf = buf[:n]
-		if _, err := io.ReadFull(r, buf); err != nil {
-			add(Problem{Index: rep.Entries, Kind: "unreadable", Detail: "entries.log ends inside this entry"})
-			break
-		}
-		i := rep.Entries
-		leaf := tlog.RecordHash(buf)
-		if i < rep.Leaves {
+	check := func(i int64, e []byte) error {
+		leaf := tlog.RecordHash(e)
+		switch {
+		case !hasLeaves:
+		case i < rep.Leaves:
 			if h, ok := stored(i); ok && h != leaf {
 				add(Problem{Index: i, Kind: "edited", Detail: "the entry no longer hashes to the leaf recorded when it was appended (edited, or another entry deleted, inserted or moved here)"})
 			}
-		} else {
+		default:
 			add(Problem{Index: i, Kind: "extra", Detail: "entry not recorded in the tree (inserted after the fact?)"})
 		}
 		hs, err := tlog.StoredHashesForRecordHash(i, leaf, &tree)
 		if err != nil {
-			return nil, fmt.Errorf("audit: verify: %w", err)
+			return err
 		}
 		tree = append(tree, hs...)
 		rep.Entries++
+		return nil
 	}
-	if rep.Entries < rep.Leaves {
+	if err := verifyEntries(dir, rep, add, check); err != nil {
+		return nil, fmt.Errorf("audit: verify: %w", err)
+	}
+	if hasLeaves && rep.Entries < rep.Leaves {
 		add(Problem{Index: rep.Entries, Kind: "missing", Detail: fmt.Sprintf("the tree recorded %d entries; only %d remain (deleted or truncated)", rep.Leaves, rep.Entries)})
 	}
 
@@ -139,6 +148,10 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		c, err := ParseCheckpoint(raw, verifier)
 		if err != nil {
 			rep.Problems = append(rep.Problems, Problem{Index: -1, Kind: "checkpoint", Detail: err.Error()})
+			continue
+		}
+		if c.Size > rep.Entries && rep.Archive {
+			rep.Beyond++
 			continue
 		}
 		rep.Checkpoints++
@@ -170,4 +183,62 @@ func (m *memHashes) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 		out[i] = (*m)[idx]
 	}
 	return out, nil
+}
+
+// verifyEntries passes every entry of dir to check in order: the sealed
+// segments', then entries.log's from where the segments end. What cannot be
+// read is reported once, and ends the pass.
+func verifyEntries(dir string, rep *Report, add func(Problem), check func(int64, []byte) error) error {
+	segs, err := listSegments(dir)
+	if err != nil {
+		add(Problem{Index: 0, Kind: "missing", Detail: err.Error()})
+		return nil
+	}
+	var checkErr error
+	next, err := eachSealed(segs, 0, sealedCount(segs), func(i int64, e []byte) error {
+		checkErr = check(i, e)
+		return checkErr
+	})
+	if checkErr != nil {
+		return checkErr
+	}
+	if err != nil {
+		add(Problem{Index: next, Kind: "unreadable", Detail: err.Error()})
+		return nil
+	}
+	var pos int64
+	if len(segs) > 0 {
+		pos = segs[len(segs)-1].end
+	}
+	f, err := os.Open(filepath.Join(dir, "entries.log"))
+	if errors.Is(err, os.ErrNotExist) && len(segs) > 0 {
+		return nil // an archive: segments only
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(io.NewSectionReader(f, pos, 1<<62), 1<<20)
+	var buf []byte
+	for {
+		n, err := binary.ReadUvarint(r)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil || n == 0 || n > MaxEntrySize {
+			add(Problem{Index: rep.Entries, Kind: "unreadable", Detail: "entries.log is damaged here; nothing after it can be read"})
+			return nil
+		}
+		if cap(buf) < int(n) {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if _, err := io.ReadFull(r, buf); err != nil {
+			add(Problem{Index: rep.Entries, Kind: "unreadable", Detail: "entries.log ends inside this entry"})
+			return nil
+		}
+		if err := check(rep.Entries, buf); err != nil {
+			return err
+		}
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/witness"
+	"github.com/rampartsec/rampart/internal/identity"
 )
 
 // checkpointInterval is how often a new signed checkpoint is published
@@ -54,7 +55,7 @@ func openAudit(cfg Config) (*audit.Log, note.Signer, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("server: audit key %s: %w", keyPath, err)
 	}
-	l, err := audit.Open(filepath.Join(cfg.DataDir, "audit"), name)
+	l, err := audit.OpenWith(filepath.Join(cfg.DataDir, "audit"), name, audit.Options{SegmentEntries: cfg.AuditSegmentEntries})
 	if err != nil {
 		return nil, nil, fmt.Errorf("server: %w", err)
 	}
@@ -137,15 +138,17 @@ func (s *Server) checkpointLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			s.checkpoint(&last)
+			// A last checkpoint, seal and archive copy on the way out,
+			// bounded so an unreachable archive does not hold up a stop.
+			s.checkpoint(&last, 15*time.Second)
 			return
 		case <-t.C:
-			s.checkpoint(&last)
+			s.checkpoint(&last, 5*time.Minute)
 		}
 	}
 }
 
-func (s *Server) checkpoint(last *int64) {
+func (s *Server) checkpoint(last *int64, archiveTimeout time.Duration) {
 	if n := s.audit.Size(); n != *last {
 		if _, err := s.audit.Checkpoint(s.auditSigner); err != nil {
 			s.log.Error("audit checkpoint failed", "err", err)
@@ -156,6 +159,57 @@ func (s *Server) checkpoint(last *int64) {
 		}
 		*last = n
 	}
+	s.retain(archiveTimeout)
+}
+
+// retain seals the segments the last checkpoint completed and copies them
+// to the archive, recording both in the log itself.
+func (s *Server) retain(archiveTimeout time.Duration) {
+	ctx := context.Background()
+	n, err := s.audit.Seal()
+	if n > 0 {
+		s.metrics.auditSealed.Add(float64(n))
+		s.record(ctx, s.systemEntry("audit.seal", audit.OutcomeSuccess, "", "segments", strconv.Itoa(n), "entries_sealed", strconv.FormatInt(s.audit.Sealed(), 10)))
+	}
+	if err != nil {
+		s.log.Error("AUDIT SEAL FAILED (run rampart audit verify)", "err", err)
+		if !s.sealFailing {
+			s.record(ctx, s.systemEntry("audit.seal", audit.OutcomeFailure, err.Error()))
+		}
+		s.sealFailing = true
+		return
+	}
+	s.sealFailing = false
+	if s.archiver == nil {
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, archiveTimeout)
+	defer cancel()
+	res, err := s.archiver.Sync(actx)
+	for _, k := range res.Segments {
+		s.metrics.auditArchived.Inc()
+		s.record(ctx, s.systemEntry("audit.archive", audit.OutcomeSuccess, "", "object", k, "archive", fmt.Sprint(s.cfg.AuditArchive)))
+	}
+	if err != nil {
+		s.metrics.auditArchiveFailures.Inc()
+		s.log.Error("audit archive copy failed; retrying at the next checkpoint", "err", err)
+		if !s.archiveFailing {
+			s.record(ctx, s.systemEntry("audit.archive", audit.OutcomeFailure, err.Error(), "archive", fmt.Sprint(s.cfg.AuditArchive)))
+		}
+		s.archiveFailing = true
+		return
+	}
+	s.archiveFailing = false
+}
+
+// systemEntry is an entry for an action the server took by itself.
+func (s *Server) systemEntry(action, outcome, reason string, kv ...string) *audit.Entry {
+	e := &audit.Entry{V: audit.SchemaVersion, Time: s.now(), Action: action, Outcome: outcome, Reason: reason,
+		Source: "server", Actor: audit.Actor{SpiffeID: identity.ServerID(s.cfg.TrustDomain).String()}, Target: "audit", Details: map[string]string{}}
+	for i := 0; i+1 < len(kv); i += 2 {
+		e.Details[kv[i]] = kv[i+1]
+	}
+	return e
 }
 
 // handleCheckpoint serves the latest signed checkpoint (C2SP

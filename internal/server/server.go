@@ -73,6 +73,13 @@ type Config struct {
 	// DetectRules is a detection rules file (nil: the default rules).
 	DetectRules []byte
 
+	// AuditSegmentEntries is how many audit entries a sealed, compressed
+	// segment holds (0: audit.DefaultSegmentEntries).
+	AuditSegmentEntries int64
+	// AuditArchive, if set, receives a copy of every sealed segment and
+	// checkpoint (an S3 bucket; see package objstore).
+	AuditArchive audit.ObjectStore
+
 	// Issuer is the OAuth/OIDC issuer URL; empty: https://LISTEN (an
 	// unspecified host becomes localhost).
 	Issuer string
@@ -98,17 +105,22 @@ type Server struct {
 	audit *audit.Log
 	// auditSigner signs the audit log's checkpoints.
 	auditSigner note.Signer
-	ingest      *ingest
-	detector    *detect.Tailer
-	notifier    *detect.Notifier
-	oauth       *oauth.Provider // nil until the issuer address is known
-	kms         *kms.Service
-	kmsPolicy   atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
-	wrapper     *keywrap.Wrapper
-	log         *slog.Logger
-	now         func() time.Time
-	metrics     *metrics
-	reg         *prometheus.Registry
+	// archiver copies sealed segments to cfg.AuditArchive (nil: none);
+	// it and the failure flags belong to the checkpoint loop.
+	archiver       *audit.Archiver
+	sealFailing    bool
+	archiveFailing bool
+	ingest         *ingest
+	detector       *detect.Tailer
+	notifier       *detect.Notifier
+	oauth          *oauth.Provider // nil until the issuer address is known
+	kms            *kms.Service
+	kmsPolicy      atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
+	wrapper        *keywrap.Wrapper
+	log            *slog.Logger
+	now            func() time.Time
+	metrics        *metrics
+	reg            *prometheus.Registry
 
 	adminTokenHash [32]byte
 
@@ -214,6 +226,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if s.audit, s.auditSigner, err = openAudit(cfg); err != nil {
 		return nil, err
 	}
+	if cfg.AuditArchive != nil {
+		s.archiver = audit.NewArchiver(filepath.Join(cfg.DataDir, "audit"), cfg.AuditArchive)
+	}
 	if s.ingest, err = loadIngest(cfg.DataDir, s.audit); err != nil {
 		s.audit.Close()
 		return nil, err
@@ -257,7 +272,7 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 // the store.
 func (s *Server) Close() error {
 	last := int64(-1)
-	s.checkpoint(&last)
+	s.checkpoint(&last, 15*time.Second)
 	s.notifier.Close()
 	return errors.Join(s.audit.Close(), s.store.Close())
 }

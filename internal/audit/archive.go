@@ -1,0 +1,213 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/rampartsec/rampart/internal/atomicfile"
+	"github.com/rampartsec/rampart/internal/objstore"
+)
+
+// ObjectStore is where an archive copy of the log is kept (an S3 bucket,
+// see package objstore). Put with ifAbsent must fail with an error
+// wrapping objstore.ErrExists when the key is taken.
+type ObjectStore interface {
+	Put(ctx context.Context, key string, data []byte, ifAbsent bool) error
+	Get(ctx context.Context, key string) ([]byte, error)
+	List(ctx context.Context, prefix string) ([]objstore.Object, error)
+}
+
+// Archive layout in the object store (under its prefix):
+//
+//	segments/FIRST.zst   sealed segments, byte for byte as on disk
+//	checkpoints/SIZE     every signed checkpoint
+//	checkpoint           the latest
+//
+// Objects are written once (conditional writes): an archive that already
+// holds a different object under a key is reported, never overwritten.
+
+// Archiver copies sealed segments and checkpoints of the log in dir to an
+// object store. It is not safe for concurrent use.
+type Archiver struct {
+	dir    string
+	store  ObjectStore
+	have   map[string]int64 // keys known to be in the store, and their sizes
+	latest []byte           // last "checkpoint" written
+}
+
+// NewArchiver returns an Archiver for the log in dir.
+func NewArchiver(dir string, store ObjectStore) *Archiver {
+	return &Archiver{dir: dir, store: store}
+}
+
+// ArchiveResult says what one Sync copied.
+type ArchiveResult struct {
+	Segments    []string // keys of the segments copied
+	Checkpoints int
+}
+
+// Sync copies what the store does not hold yet.
+func (a *Archiver) Sync(ctx context.Context) (ArchiveResult, error) {
+	var res ArchiveResult
+	segs, err := listSegments(a.dir)
+	if err != nil {
+		return res, err
+	}
+	if a.have == nil {
+		have := map[string]int64{}
+		for _, p := range []string{"segments/", "checkpoints/"} {
+			objs, err := a.store.List(ctx, p)
+			if err != nil {
+				return res, fmt.Errorf("audit: archive: %w", err)
+			}
+			for _, o := range objs {
+				have[o.Key] = o.Size
+			}
+		}
+		// What the store holds must be this log's: sizes must match, and
+		// the first segment byte for byte (another log sharing the
+		// prefix differs from its first entry on).
+		for i, sg := range segs {
+			key := "segments/" + filepath.Base(sg.path)
+			size, ok := have[key]
+			if !ok {
+				continue
+			}
+			fi, err := os.Stat(sg.path)
+			if err != nil {
+				return res, fmt.Errorf("audit: archive: %w", err)
+			}
+			if fi.Size() != size {
+				return res, a.conflict(key)
+			}
+			if i == 0 {
+				if err := a.same(ctx, key, sg.path); err != nil {
+					return res, err
+				}
+			}
+		}
+		a.have = have
+	}
+	for _, sg := range segs {
+		key := "segments/" + filepath.Base(sg.path)
+		copied, err := a.copyOnce(ctx, key, sg.path)
+		if err != nil {
+			return res, err
+		}
+		if copied {
+			res.Segments = append(res.Segments, key)
+		}
+	}
+	ents, err := os.ReadDir(filepath.Join(a.dir, "checkpoints"))
+	if err != nil {
+		return res, fmt.Errorf("audit: archive: %w", err)
+	}
+	for _, e := range ents {
+		if _, err := strconv.ParseInt(e.Name(), 10, 64); err != nil {
+			continue
+		}
+		copied, err := a.copyOnce(ctx, "checkpoints/"+e.Name(), filepath.Join(a.dir, "checkpoints", e.Name()))
+		if err != nil {
+			return res, err
+		}
+		if copied {
+			res.Checkpoints++
+		}
+	}
+	if latest, err := os.ReadFile(filepath.Join(a.dir, "checkpoint")); err == nil && !bytes.Equal(latest, a.latest) {
+		if err := a.store.Put(ctx, "checkpoint", latest, false); err != nil {
+			return res, fmt.Errorf("audit: archive: %w", err)
+		}
+		a.latest = latest
+	}
+	return res, nil
+}
+
+// copyOnce writes the file at path under key unless the store has it; a
+// different object already there is an error.
+func (a *Archiver) copyOnce(ctx context.Context, key, path string) (bool, error) {
+	if _, ok := a.have[key]; ok {
+		return false, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false, fmt.Errorf("audit: archive: %w", err)
+	}
+	err = a.store.Put(ctx, key, data, true)
+	if errors.Is(err, objstore.ErrExists) {
+		err = a.same(ctx, key, path)
+	}
+	if err != nil {
+		return false, fmt.Errorf("audit: archive: %w", err)
+	}
+	a.have[key] = int64(len(data))
+	return true, nil
+}
+
+// same checks that the store's object under key is the file at path.
+func (a *Archiver) same(ctx context.Context, key, path string) error {
+	old, err := a.store.Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("audit: archive: %w", err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("audit: archive: %w", err)
+	}
+	if !bytes.Equal(old, data) {
+		return a.conflict(key)
+	}
+	return nil
+}
+
+func (a *Archiver) conflict(key string) error {
+	return fmt.Errorf("audit: archive: the store already holds a different %s; not overwritten (was the log rewritten, or does another log share this prefix?)", key)
+}
+
+// Fetch copies an archive from the store into dir, which then holds the
+// sealed segments and checkpoints, and which Verify, Scan and the query
+// and export commands read like a log directory. It returns how many
+// entries the segments hold.
+func Fetch(ctx context.Context, store ObjectStore, dir string) (int64, error) {
+	for _, sub := range []string{segDir, "checkpoints"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return 0, fmt.Errorf("audit: fetch: %w", err)
+		}
+		objs, err := store.List(ctx, sub+"/")
+		if err != nil {
+			return 0, fmt.Errorf("audit: fetch: %w", err)
+		}
+		for _, o := range objs {
+			k := o.Key
+			name := strings.TrimPrefix(k, sub+"/")
+			if name == "" || strings.ContainsAny(name, `/\`) || name == "." || name == ".." {
+				return 0, fmt.Errorf("audit: fetch: unexpected key %q in the archive", k)
+			}
+			data, err := store.Get(ctx, k)
+			if err != nil {
+				return 0, fmt.Errorf("audit: fetch: %w", err)
+			}
+			if err := atomicfile.Write(filepath.Join(dir, sub, name), data, 0o600); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if data, err := store.Get(ctx, "checkpoint"); err == nil {
+		if err := atomicfile.Write(filepath.Join(dir, "checkpoint"), data, 0o600); err != nil {
+			return 0, err
+		}
+	} else if !errors.Is(err, objstore.ErrNotFound) {
+		return 0, fmt.Errorf("audit: fetch: %w", err)
+	}
+	segs, err := listSegments(dir)
+	if err != nil {
+		return 0, err
+	}
+	return sealedCount(segs), nil
+}
