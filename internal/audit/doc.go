@@ -14,6 +14,13 @@
 //	checkpoints/N    every checkpoint published, by tree size
 //	tile/L/N[.p/W]   C2SP tlog-tiles hash tiles (height 8), and
 //	tile/entries/N   entry bundles, so tlog tools can read and verify the log
+//	segments/F.zst   sealed segments: entries from F on, zstd-compressed, one
+//	                 frame per entry bundle (see Seal); their range of
+//	                 entries.log is freed and their bundles leave tile/entries
+//	index/time.bin   derived: time range of each block of 4,096 entries
+//
+// An archive copy (Archiver, Fetch) in S3-compatible storage holds the
+// segments and checkpoints; Verify and Scan read a fetched copy like a log.
 //
 // # Guarantees
 //
