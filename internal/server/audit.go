@@ -122,7 +122,13 @@ func (s *Server) record(ctx context.Context, es ...*audit.Entry) {
 // appendAudit appends entries durably (even if ctx ends: the action they
 // describe has happened). A failure is logged loudly and counted.
 func (s *Server) appendAudit(ctx context.Context, es ...*audit.Entry) error {
-	if _, err := s.audit.AppendEntries(context.WithoutCancel(ctx), es...); err != nil {
+	var err error
+	if s.forward != nil {
+		err = s.appendForwarded(context.WithoutCancel(ctx), es...)
+	} else {
+		_, err = s.audit.AppendEntries(context.WithoutCancel(ctx), es...)
+	}
+	if err != nil {
 		s.metrics.auditFailures.Inc()
 		s.log.Error("AUDIT LOG WRITE FAILED", "err", err, "entries", len(es))
 		return err

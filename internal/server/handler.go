@@ -25,8 +25,8 @@ func (s *Server) Handler() http.Handler {
 	route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	route("GET /v1/bundle", s.handleBundle)
 	route("GET /v1/jwt-bundle", s.handleJWTBundle)
-	route("GET "+witness.PathCheckpoint, s.handleCheckpoint)
-	route("GET "+witness.PathConsistency, s.handleConsistency)
+	route("GET "+witness.PathCheckpoint, s.atHolder(s.handleCheckpoint))
+	route("GET "+witness.PathConsistency, s.atHolder(s.handleConsistency))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 
 	// Admin.
@@ -91,7 +91,7 @@ func (s *Server) Handler() http.Handler {
 	}
 
 	// Audit entries from agents' and proxies' spools.
-	route("POST /v1/audit/ingest", s.workload(s.handleIngest))
+	route("POST /v1/audit/ingest", s.atHolder(s.workload(s.handleIngest)))
 
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no such API endpoint: "+r.Method+" "+r.URL.Path)

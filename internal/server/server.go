@@ -25,6 +25,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/keywrap"
@@ -79,6 +80,10 @@ type Config struct {
 	// AuditArchive, if set, receives a copy of every sealed segment and
 	// checkpoint (an S3 bucket; see package objstore).
 	AuditArchive audit.ObjectStore
+	// AuditForwardTo, on a replica that does not keep the deployment's
+	// audit log, is the API address (host:port) of the one that does:
+	// entries are spooled and shipped there (see forward.go).
+	AuditForwardTo string
 
 	// Issuer is the OAuth/OIDC issuer URL; empty: https://LISTEN (an
 	// unspecified host becomes localhost).
@@ -110,17 +115,21 @@ type Server struct {
 	archiver       *audit.Archiver
 	sealFailing    bool
 	archiveFailing bool
-	ingest         *ingest
-	detector       *detect.Tailer
-	notifier       *detect.Notifier
-	oauth          *oauth.Provider // nil until the issuer address is known
-	kms            *kms.Service
-	kmsPolicy      atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
-	wrapper        *keywrap.Wrapper
-	log            *slog.Logger
-	now            func() time.Time
-	metrics        *metrics
-	reg            *prometheus.Registry
+	// On the replica that keeps the log, releaseAuditLog gives the store's
+	// claim back; on the others, forward ships entries to it.
+	releaseAuditLog func()
+	forward         *spool.Spool
+	ingest          *ingest
+	detector        *detect.Tailer
+	notifier        *detect.Notifier
+	oauth           *oauth.Provider // nil until the issuer address is known
+	kms             *kms.Service
+	kmsPolicy       atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
+	wrapper         *keywrap.Wrapper
+	log             *slog.Logger
+	now             func() time.Time
+	metrics         *metrics
+	reg             *prometheus.Registry
 
 	adminTokenHash [32]byte
 
@@ -223,19 +232,14 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if s.audit, s.auditSigner, err = openAudit(cfg); err != nil {
+	s.tls = newTLSState(s)
+	if cfg.AuditForwardTo == "" {
+		err = s.openAuditLog(ctx)
+	} else {
+		err = s.openForwarder(cfg.AuditForwardTo)
+	}
+	if err != nil {
 		return nil, err
-	}
-	if cfg.AuditArchive != nil {
-		s.archiver = audit.NewArchiver(filepath.Join(cfg.DataDir, "audit"), cfg.AuditArchive)
-	}
-	if s.ingest, err = loadIngest(cfg.DataDir, s.audit); err != nil {
-		s.audit.Close()
-		return nil, err
-	}
-	if err := s.startDetect(); err != nil {
-		s.audit.Close()
-		return nil, fmt.Errorf("server: %w", err)
 	}
 	token, err := loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "admin.token"))
 	if err != nil {
@@ -245,14 +249,70 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if err := s.refresh(ctx); err != nil {
 		return nil, err
 	}
-	s.tls = newTLSState(s)
 	if iss := issuerFor(cfg, cfg.Listen); iss != "" && !strings.HasSuffix(iss, ":0") {
 		if err := s.startOAuth(ctx, iss, wrapper); err != nil {
-			s.audit.Close()
+			s.closeAudit()
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// openAuditLog claims the deployment's audit log in the store and opens
+// it, with its ingestion state, archive and detection.
+func (s *Server) openAuditLog(ctx context.Context) error {
+	release, err := s.store.HoldAuditLog(ctx)
+	// A holder that was just killed frees the claim when PostgreSQL sees
+	// its session end: give a restart a few seconds for that.
+	for tries := 0; errors.Is(err, store.ErrAuditLogHeld) && tries < 20; tries++ {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		release, err = s.store.HoldAuditLog(ctx)
+	}
+	if errors.Is(err, store.ErrAuditLogHeld) {
+		return fmt.Errorf("server: %w: a deployment keeps one audit log; start this replica with --audit-forward-to HOLDER-ADDRESS (the API address of the replica that keeps it)", err)
+	}
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.releaseAuditLog = release
+	if s.audit, s.auditSigner, err = openAudit(s.cfg); err != nil {
+		release()
+		return err
+	}
+	if s.cfg.AuditArchive != nil {
+		s.archiver = audit.NewArchiver(filepath.Join(s.cfg.DataDir, "audit"), s.cfg.AuditArchive)
+	}
+	if s.ingest, err = loadIngest(s.cfg.DataDir, s.audit); err != nil {
+		s.closeAudit()
+		return err
+	}
+	if err := s.startDetect(); err != nil {
+		s.closeAudit()
+		return fmt.Errorf("server: %w", err)
+	}
+	return nil
+}
+
+// closeAudit publishes a last checkpoint and closes the log (or the
+// forwarding spool) and gives the claim back.
+func (s *Server) closeAudit() error {
+	var err error
+	if s.audit != nil {
+		last := int64(-1)
+		s.checkpoint(&last, 15*time.Second)
+		err = s.audit.Close()
+	}
+	if s.forward != nil {
+		err = errors.Join(err, s.forward.Close())
+	}
+	if s.releaseAuditLog != nil {
+		s.releaseAuditLog()
+	}
+	return err
 }
 
 // OAuth returns the authorization server (nil before Serve when the
@@ -268,13 +328,14 @@ func (s *Server) CA() *identity.CA { return s.ca }
 // Registry returns the server's Prometheus registry.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
-// Close publishes a final audit checkpoint and releases the audit log and
-// the store.
+// Close publishes a final audit checkpoint and releases the audit log (or
+// stops forwarding) and the store.
 func (s *Server) Close() error {
-	last := int64(-1)
-	s.checkpoint(&last, 15*time.Second)
-	s.notifier.Close()
-	return errors.Join(s.audit.Close(), s.store.Close())
+	err := s.closeAudit()
+	if s.notifier != nil {
+		s.notifier.Close()
+	}
+	return errors.Join(err, s.store.Close())
 }
 
 // Audit returns the server's audit log.
@@ -299,8 +360,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	go s.maintain(bg)
 	go s.pollRevision(bg)
-	go s.checkpointLoop(bg)
-	go s.detector.Run(bg)
+	if s.audit != nil { // the replica that keeps the log
+		go s.checkpointLoop(bg)
+		go s.detector.Run(bg)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	s.log.Info("server listening", "addr", ln.Addr().String(), "trust_domain", s.cfg.TrustDomain.Name())

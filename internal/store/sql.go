@@ -9,6 +9,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -25,6 +26,9 @@ type dialect struct {
 	// lockMigrations, when set, runs first in the migration transaction so
 	// that replicas starting together do not migrate the same database twice.
 	lockMigrations string
+	// holdAuditLog and releaseAuditLog, when set, take and give back a
+	// session lock (see HoldAuditLog); the first answers one boolean.
+	holdAuditLog, releaseAuditLog string
 }
 
 // sqlStore implements Store over database/sql.
@@ -35,6 +39,9 @@ type dialect struct {
 type sqlStore struct {
 	db *sql.DB
 	d  dialect
+
+	mu   sync.Mutex
+	held *sql.Conn // the audit log lock's connection, if held
 }
 
 var _ Store = (*sqlStore)(nil)
@@ -1001,8 +1008,49 @@ func scanPolicy(r scanner) (Policy, error) {
 }
 
 func (s *sqlStore) Close() error {
+	s.mu.Lock()
+	if s.held != nil {
+		s.held.ExecContext(context.Background(), s.d.releaseAuditLog)
+		s.held.Close()
+		s.held = nil
+	}
+	s.mu.Unlock()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: %s: close: %w", s.d.name, err)
 	}
 	return nil
+}
+
+// HoldAuditLog implements Store: a session-level lock on a connection kept
+// out of the pool until release, so a replica that dies releases it with
+// its connection.
+func (s *sqlStore) HoldAuditLog(ctx context.Context) (func(), error) {
+	if s.d.holdAuditLog == "" {
+		return func() {}, nil
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: audit log lock: %w", err)
+	}
+	var ok bool
+	if err := conn.QueryRowContext(ctx, s.d.holdAuditLog).Scan(&ok); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("store: audit log lock: %w", err)
+	}
+	if !ok {
+		conn.Close()
+		return nil, ErrAuditLogHeld
+	}
+	s.mu.Lock()
+	s.held = conn
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.held == conn {
+			conn.ExecContext(context.Background(), s.d.releaseAuditLog)
+			conn.Close()
+			s.held = nil
+		}
+	}, nil
 }

@@ -154,8 +154,19 @@ type Store interface {
 	// an agent must learn about.
 	Revision(ctx context.Context) (int64, error)
 
+	// HoldAuditLog claims, for as long as release is not called and the
+	// process lives, the right to keep this deployment's audit log: one
+	// log per deployment, however many replicas share the store. A second
+	// claim gets ErrAuditLogHeld. (SQLite serves one server: always
+	// granted.)
+	HoldAuditLog(ctx context.Context) (release func(), err error)
+
 	Close() error
 }
+
+// ErrAuditLogHeld is returned by HoldAuditLog while another replica holds
+// the deployment's audit log.
+var ErrAuditLogHeld = errors.New("store: another replica holds this deployment's audit log")
 
 // CAKeyKind says what a CA key is used for.
 type CAKeyKind string

@@ -304,6 +304,30 @@ func (s *Spool) Flush(ctx context.Context) error {
 	return nil
 }
 
+// WaitWritten waits until every entry recorded before the call is on disk
+// (fsync'd), where it survives a crash and is shipped after the next Open.
+func (s *Spool) WaitWritten(ctx context.Context) error {
+	target := s.base + s.recorded.Load()
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.written < target {
+		if s.closed {
+			return ErrClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("spool: %d of %d entries on disk: %w", s.written-s.base, target-s.base, err)
+		}
+		s.cond.Wait()
+	}
+	return nil
+}
+
 // Close writes the queued entries to disk and stops shipping; what the
 // server has not acknowledged is sent after the next Open.
 func (s *Spool) Close() error {

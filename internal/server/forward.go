@@ -1,0 +1,101 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/spool"
+	"github.com/rampartsec/rampart/internal/identity"
+)
+
+// One audit log per deployment. Replicas sharing a PostgreSQL store elect
+// nothing: the operator names the replica that keeps the log, and the
+// store's lock (Store.HoldAuditLog) refuses a second one. The others are
+// started with --audit-forward-to HOLDER: their own entries go to a
+// durable spool (DATA/audit-spool, the agents' spool) and are shipped to
+// the holder's ingestion API with this replica's server SVID; agents and
+// witnesses that reach them are redirected to the holder. While the
+// holder is away nothing is lost: the spool keeps the entries until it
+// acknowledges them.
+
+// openForwarder starts the spool that ships this replica's entries to the
+// holder at addr.
+func (s *Server) openForwarder(addr string) error {
+	client := &api.Client{BaseURL: "https://" + addr, HTTP: &http.Client{Transport: &http.Transport{
+		TLSClientConfig: s.replicaClientTLS(), ForceAttemptHTTP2: true}}}
+	sp, err := spool.Open(spool.Config{Dir: filepath.Join(s.cfg.DataDir, "audit-spool"), Log: s.log, Registry: s.reg,
+		Sender: spool.APISender{Client: client}})
+	if err != nil {
+		return fmt.Errorf("server: audit forwarding: %w", err)
+	}
+	s.forward = sp
+	return nil
+}
+
+// replicaClientTLS authenticates this replica to another with its server
+// SVID and accepts only a server SVID of the trust domain, checked against
+// the current bundle.
+func (s *Server) replicaClientTLS() *tls.Config {
+	td := s.cfg.TrustDomain
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return s.tls.getCertificate(nil)
+		},
+		// The chain and the SPIFFE ID are checked in VerifyConnection,
+		// against the live bundle rather than a pool fixed at start.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("the other replica sent no certificate")
+			}
+			raw := make([][]byte, len(cs.PeerCertificates))
+			for i, c := range cs.PeerCertificates {
+				raw[i] = c.Raw
+			}
+			id, _, err := x509svid.ParseAndVerify(raw, x509bundle.FromX509Authorities(td, s.ca.X509Bundle()), x509svid.WithTime(s.now()))
+			if err != nil {
+				return fmt.Errorf("the other replica's certificate: %w", err)
+			}
+			if id != identity.ServerID(td) {
+				return fmt.Errorf("the other replica presented %s, not %s", id, identity.ServerID(td))
+			}
+			return nil
+		},
+	}
+}
+
+// appendForwarded writes es to the spool and returns once they are on disk
+// (they reach the holder's log later, in order, exactly once).
+func (s *Server) appendForwarded(ctx context.Context, es ...*audit.Entry) error {
+	for _, e := range es {
+		if err := s.forward.Record(ctx, e); err != nil {
+			return err
+		}
+	}
+	return s.forward.WaitWritten(ctx)
+}
+
+// atHolder serves h on the replica that holds the audit log; a forwarding
+// replica redirects the request to the holder (307 keeps the method and
+// body; agents' spools and witnesses follow it).
+func (s *Server) atHolder(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.forward == nil {
+			h(w, r)
+			return
+		}
+		u := *r.URL
+		u.Scheme, u.Host = "https", s.cfg.AuditForwardTo
+		http.Redirect(w, r, u.String(), http.StatusTemporaryRedirect)
+	}
+}
