@@ -433,4 +433,3 @@ func BenchmarkVerifySealed(b *testing.B) {
 	}
 	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "entries/s")
 }
-
