@@ -171,6 +171,8 @@ func (s *Server) checkpoint(last *int64, archiveTimeout time.Duration) {
 // retain seals the segments the last checkpoint completed and copies them
 // to the archive, recording both in the log itself.
 func (s *Server) retain(archiveTimeout time.Duration) {
+	s.retainMu.Lock()
+	defer s.retainMu.Unlock()
 	ctx := context.Background()
 	n, err := s.audit.Seal()
 	if n > 0 {

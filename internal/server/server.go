@@ -110,8 +110,10 @@ type Server struct {
 	audit *audit.Log
 	// auditSigner signs the audit log's checkpoints.
 	auditSigner note.Signer
-	// archiver copies sealed segments to cfg.AuditArchive (nil: none);
-	// it and the failure flags belong to the checkpoint loop.
+	// archiver copies sealed segments to cfg.AuditArchive (nil: none).
+	// retainMu guards it and the failure flags: the checkpoint loop and
+	// Close both run retain.
+	retainMu       sync.Mutex
 	archiver       *audit.Archiver
 	sealFailing    bool
 	archiveFailing bool
