@@ -143,13 +143,9 @@ func runAuditFetch(ctx context.Context, env *cliEnv, args []string) error {
 	if *archive == "" {
 		return usagef("--archive is required")
 	}
-	oc, err := objstore.ParseURL(*archive)
+	b, err := openBucket("--archive", *archive)
 	if err != nil {
-		return usagef("--archive: %v", err)
-	}
-	b, err := objstore.New(oc)
-	if err != nil {
-		return usagef("--archive: %v", err)
+		return err
 	}
 	dir := filepath.Join(*data, "audit")
 	if _, err := os.Stat(filepath.Join(dir, "entries.log")); err == nil {
@@ -339,4 +335,17 @@ func runAuditWitness(ctx context.Context, env *cliEnv, args []string) error {
 		case <-time.After(*interval):
 		}
 	}
+}
+
+// openBucket opens the S3 bucket named by an s3:// URL given to flag.
+func openBucket(flag, raw string) (*objstore.Bucket, error) {
+	oc, err := objstore.ParseURL(raw)
+	if err != nil {
+		return nil, usagef("%s: %v", flag, err)
+	}
+	b, err := objstore.New(oc)
+	if err != nil {
+		return nil, usagef("%s: %v", flag, err)
+	}
+	return b, nil
 }

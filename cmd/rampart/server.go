@@ -16,7 +16,6 @@ import (
 
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/keywrap"
-	"github.com/rampartsec/rampart/internal/objstore"
 	"github.com/rampartsec/rampart/internal/server"
 )
 
@@ -108,13 +107,9 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	cfg.Master.PKCS11.PIN = secretReader(env, *pinFile, "PKCS#11 user PIN: ")
 	cfg.OAuth.Algorithm = jose.SignatureAlgorithm(*oauthAlg)
 	if *archive != "" {
-		oc, err := objstore.ParseURL(*archive)
+		b, err := openBucket("--audit-archive", *archive)
 		if err != nil {
-			return usagef("--audit-archive: %v", err)
-		}
-		b, err := objstore.New(oc)
-		if err != nil {
-			return usagef("--audit-archive: %v", err)
+			return err
 		}
 		cfg.AuditArchive = b
 	}

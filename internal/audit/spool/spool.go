@@ -283,30 +283,18 @@ func (s *Spool) Progress() (written, acked uint64) {
 // Flush waits until every entry recorded before the call is acknowledged by
 // the server.
 func (s *Spool) Flush(ctx context.Context) error {
-	target := s.base + s.recorded.Load()
-	stop := context.AfterFunc(ctx, func() {
-		s.mu.Lock()
-		s.cond.Broadcast()
-		s.mu.Unlock()
-	})
-	defer stop()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for s.acked < target {
-		if s.closed {
-			return ErrClosed
-		}
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("spool: flush: %d of %d entries acknowledged: %w", s.acked-s.base, target-s.base, err)
-		}
-		s.cond.Wait()
-	}
-	return nil
+	return s.waitFor(ctx, func() uint64 { return s.acked }, "flush: %d of %d entries acknowledged")
 }
 
 // WaitWritten waits until every entry recorded before the call is on disk
 // (fsync'd), where it survives a crash and is shipped after the next Open.
 func (s *Spool) WaitWritten(ctx context.Context) error {
+	return s.waitFor(ctx, func() uint64 { return s.written }, "%d of %d entries on disk")
+}
+
+// waitFor waits until progress (read under s.mu) reaches every entry
+// recorded before the call.
+func (s *Spool) waitFor(ctx context.Context, progress func() uint64, msg string) error {
 	target := s.base + s.recorded.Load()
 	stop := context.AfterFunc(ctx, func() {
 		s.mu.Lock()
@@ -316,12 +304,12 @@ func (s *Spool) WaitWritten(ctx context.Context) error {
 	defer stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.written < target {
+	for progress() < target {
 		if s.closed {
 			return ErrClosed
 		}
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("spool: %d of %d entries on disk: %w", s.written-s.base, target-s.base, err)
+			return fmt.Errorf("spool: "+msg+": %w", progress()-s.base, target-s.base, err)
 		}
 		s.cond.Wait()
 	}
