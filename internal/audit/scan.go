@@ -44,7 +44,7 @@ func scan(dir string, from int64, fn func(i int64, entry []byte) error) error {
 			}
 			continue
 		}
-		next, err := scanLog(dir, i, n, fn)
+		next, err := scanLog(dir, i, n, sealedCount(segs), fn)
 		if !errors.Is(err, errUnreadable) {
 			return err
 		}
@@ -122,9 +122,34 @@ func eachSealed(segs []*segment, from, n int64, fn func(i int64, entry []byte) e
 	return i, nil
 }
 
-// scanLog reads entries [from, n) from entries.log; on failure it returns
-// the index it could not read.
-func scanLog(dir string, from, n int64, fn func(i int64, entry []byte) error) (int64, error) {
+// sealWatch reads entries.log and notices segments sealed meanwhile: after
+// every read it looks for the segment that would follow the last one it
+// knows. Sealing creates a segment before it punches its range out of
+// entries.log, so bytes read while that segment did not exist yet are
+// intact; entries below sealed must be taken from the segments instead.
+type sealWatch struct {
+	r      io.Reader
+	dir    string
+	sealed int64 // entries in segments, as last seen
+}
+
+func (w *sealWatch) Read(p []byte) (int, error) {
+	n, err := w.r.Read(p)
+	for {
+		sg, serr := readSegment(filepath.Join(w.dir, segDir, segmentName(w.sealed)))
+		if serr != nil || sg.first != w.sealed {
+			break
+		}
+		w.sealed = sg.last()
+	}
+	return n, err
+}
+
+// scanLog reads entries [from, n) from entries.log (sealed: how many
+// entries the segments held when the scan began); on failure, or when
+// entry i was sealed while it was being read, it returns i and
+// errUnreadable.
+func scanLog(dir string, from, n, sealed int64, fn func(i int64, entry []byte) error) (int64, error) {
 	of, err := os.Open(filepath.Join(dir, "offsets.bin"))
 	if err != nil {
 		return from, fmt.Errorf("audit: scan: %w", err)
@@ -139,7 +164,8 @@ func scanLog(dir string, from, n int64, fn func(i int64, entry []byte) error) (i
 		return from, fmt.Errorf("audit: scan: %w", err)
 	}
 	defer ef.Close()
-	r := bufio.NewReaderSize(io.NewSectionReader(ef, int64(binary.BigEndian.Uint64(ob[:])), 1<<62), 1<<20)
+	w := &sealWatch{r: io.NewSectionReader(ef, int64(binary.BigEndian.Uint64(ob[:])), 1<<62), dir: dir, sealed: sealed}
+	r := bufio.NewReaderSize(w, 1<<20)
 	var buf []byte
 	for i := from; i < n; i++ {
 		size, err := binary.ReadUvarint(r)
@@ -152,6 +178,9 @@ func scanLog(dir string, from, n int64, fn func(i int64, entry []byte) error) (i
 		buf = buf[:size]
 		if _, err := io.ReadFull(r, buf); err != nil {
 			return i, fmt.Errorf("audit: scan: entry %d cut short: %w", i, errUnreadable)
+		}
+		if i < w.sealed {
+			return i, fmt.Errorf("audit: scan: entry %d sealed while read: %w", i, errUnreadable)
 		}
 		if err := fn(i, buf); err != nil {
 			return i, err

@@ -187,58 +187,83 @@ func (m *memHashes) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 
 // verifyEntries passes every entry of dir to check in order: the sealed
 // segments', then entries.log's from where the segments end. What cannot be
-// read is reported once, and ends the pass.
+// read is reported once, and ends the pass. A segment sealed while the pass
+// reads entries.log (the server runs on) is read from the segment.
 func verifyEntries(dir string, rep *Report, add func(Problem), check func(int64, []byte) error) error {
 	segs, err := listSegments(dir)
 	if err != nil {
 		add(Problem{Index: 0, Kind: "missing", Detail: err.Error()})
 		return nil
 	}
-	var checkErr error
-	next, err := eachSealed(segs, 0, sealedCount(segs), func(i int64, e []byte) error {
-		checkErr = check(i, e)
-		return checkErr
-	})
-	if checkErr != nil {
-		return checkErr
+	for {
+		var checkErr error
+		next, err := eachSealed(segs, rep.Entries, sealedCount(segs), func(i int64, e []byte) error {
+			checkErr = check(i, e)
+			return checkErr
+		})
+		if checkErr != nil {
+			return checkErr
+		}
+		if err != nil {
+			add(Problem{Index: next, Kind: "unreadable", Detail: err.Error()})
+			return nil
+		}
+		resealed, err := verifyLog(dir, segs, rep, add, check)
+		if err != nil || !resealed {
+			return err
+		}
+		if segs, err = listSegments(dir); err != nil {
+			add(Problem{Index: rep.Entries, Kind: "missing", Detail: err.Error()})
+			return nil
+		}
 	}
-	if err != nil {
-		add(Problem{Index: next, Kind: "unreadable", Detail: err.Error()})
-		return nil
-	}
+}
+
+// verifyLog passes the entries of entries.log after the segments segs to
+// check; resealed says it stopped because the next entry was sealed
+// meanwhile.
+func verifyLog(dir string, segs []*segment, rep *Report, add func(Problem), check func(int64, []byte) error) (resealed bool, err error) {
 	var pos int64
 	if len(segs) > 0 {
 		pos = segs[len(segs)-1].end
 	}
 	f, err := os.Open(filepath.Join(dir, "entries.log"))
 	if errors.Is(err, os.ErrNotExist) && len(segs) > 0 {
-		return nil // an archive: segments only
+		return false, nil // an archive: segments only
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer f.Close()
-	r := bufio.NewReaderSize(io.NewSectionReader(f, pos, 1<<62), 1<<20)
+	w := &sealWatch{r: io.NewSectionReader(f, pos, 1<<62), dir: dir, sealed: sealedCount(segs)}
+	r := bufio.NewReaderSize(w, 1<<20)
 	var buf []byte
 	for {
 		n, err := binary.ReadUvarint(r)
 		if err == io.EOF {
-			return nil
+			return false, nil
+		}
+		if rep.Entries < w.sealed {
+			return true, nil
 		}
 		if err != nil || n == 0 || n > MaxEntrySize {
 			add(Problem{Index: rep.Entries, Kind: "unreadable", Detail: "entries.log is damaged here; nothing after it can be read"})
-			return nil
+			return false, nil
 		}
 		if cap(buf) < int(n) {
 			buf = make([]byte, n)
 		}
 		buf = buf[:n]
-		if _, err := io.ReadFull(r, buf); err != nil {
+		_, err = io.ReadFull(r, buf)
+		if rep.Entries < w.sealed {
+			return true, nil
+		}
+		if err != nil {
 			add(Problem{Index: rep.Entries, Kind: "unreadable", Detail: "entries.log ends inside this entry"})
-			return nil
+			return false, nil
 		}
 		if err := check(rep.Entries, buf); err != nil {
-			return err
+			return false, err
 		}
 	}
 }
