@@ -39,6 +39,12 @@ type Archiver struct {
 	store  ObjectStore
 	have   map[string]int64 // keys known to be in the store, and their sizes
 	latest []byte           // last "checkpoint" written
+	// After a full pass that succeeded, a Sync looks only for what
+	// follows: the segment after segEnd and the latest checkpoint (one is
+	// written per checkpoint interval, and Sync runs after each). Years
+	// of segments and checkpoints are not listed every 10 s.
+	synced bool
+	segEnd int64
 }
 
 // NewArchiver returns an Archiver for the log in dir.
@@ -52,19 +58,58 @@ type ArchiveResult struct {
 	Checkpoints int
 }
 
-// Sync copies what the store does not hold yet.
+// Sync copies what the store does not hold yet: everything the first time
+// and after a failure, what is new since the last Sync otherwise.
 func (a *Archiver) Sync(ctx context.Context) (ArchiveResult, error) {
 	var res ArchiveResult
+	var err error
+	if a.synced {
+		err = a.syncNew(ctx, &res)
+	} else {
+		err = a.syncAll(ctx, &res)
+	}
+	a.synced = err == nil
+	return res, err
+}
+
+// syncNew copies the segments sealed and the checkpoint published since
+// the last Sync.
+func (a *Archiver) syncNew(ctx context.Context, res *ArchiveResult) error {
+	for {
+		path := filepath.Join(a.dir, segDir, segmentName(a.segEnd))
+		sg, err := readSegment(path)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if err := a.copySegment(ctx, res, path); err != nil {
+			return err
+		}
+		a.segEnd = sg.last()
+	}
+	if n := checkpointSize(a.dir); n > 0 {
+		if err := a.copyCheckpoint(ctx, res, strconv.FormatInt(n, 10)); err != nil {
+			return err
+		}
+	}
+	return a.putLatest(ctx)
+}
+
+// syncAll lists what the store holds, checks it is this log's, and copies
+// every segment and checkpoint it lacks.
+func (a *Archiver) syncAll(ctx context.Context, res *ArchiveResult) error {
 	segs, err := listSegments(a.dir)
 	if err != nil {
-		return res, err
+		return err
 	}
 	if a.have == nil {
 		have := map[string]int64{}
 		for _, p := range []string{"segments/", "checkpoints/"} {
 			objs, err := a.store.List(ctx, p)
 			if err != nil {
-				return res, fmt.Errorf("audit: archive: %w", err)
+				return fmt.Errorf("audit: archive: %w", err)
 			}
 			for _, o := range objs {
 				have[o.Key] = o.Size
@@ -81,52 +126,69 @@ func (a *Archiver) Sync(ctx context.Context) (ArchiveResult, error) {
 			}
 			fi, err := os.Stat(sg.path)
 			if err != nil {
-				return res, fmt.Errorf("audit: archive: %w", err)
+				return fmt.Errorf("audit: archive: %w", err)
 			}
 			if fi.Size() != size {
-				return res, a.conflict(key)
+				return a.conflict(key)
 			}
 			if i == 0 {
 				if err := a.same(ctx, key, sg.path); err != nil {
-					return res, err
+					return err
 				}
 			}
 		}
 		a.have = have
 	}
 	for _, sg := range segs {
-		key := "segments/" + filepath.Base(sg.path)
-		copied, err := a.copyOnce(ctx, key, sg.path)
-		if err != nil {
-			return res, err
-		}
-		if copied {
-			res.Segments = append(res.Segments, key)
+		if err := a.copySegment(ctx, res, sg.path); err != nil {
+			return err
 		}
 	}
+	a.segEnd = sealedCount(segs)
 	ents, err := os.ReadDir(filepath.Join(a.dir, "checkpoints"))
 	if err != nil {
-		return res, fmt.Errorf("audit: archive: %w", err)
+		return fmt.Errorf("audit: archive: %w", err)
 	}
 	for _, e := range ents {
 		if _, err := strconv.ParseInt(e.Name(), 10, 64); err != nil {
 			continue
 		}
-		copied, err := a.copyOnce(ctx, "checkpoints/"+e.Name(), filepath.Join(a.dir, "checkpoints", e.Name()))
-		if err != nil {
-			return res, err
-		}
-		if copied {
-			res.Checkpoints++
+		if err := a.copyCheckpoint(ctx, res, e.Name()); err != nil {
+			return err
 		}
 	}
-	if latest, err := os.ReadFile(filepath.Join(a.dir, "checkpoint")); err == nil && !bytes.Equal(latest, a.latest) {
-		if err := a.store.Put(ctx, "checkpoint", latest, false); err != nil {
-			return res, fmt.Errorf("audit: archive: %w", err)
-		}
-		a.latest = latest
+	return a.putLatest(ctx)
+}
+
+func (a *Archiver) copySegment(ctx context.Context, res *ArchiveResult, path string) error {
+	key := "segments/" + filepath.Base(path)
+	copied, err := a.copyOnce(ctx, key, path)
+	if copied {
+		res.Segments = append(res.Segments, key)
 	}
-	return res, nil
+	return err
+}
+
+func (a *Archiver) copyCheckpoint(ctx context.Context, res *ArchiveResult, name string) error {
+	copied, err := a.copyOnce(ctx, "checkpoints/"+name, filepath.Join(a.dir, "checkpoints", name))
+	if copied {
+		res.Checkpoints++
+	}
+	return err
+}
+
+// putLatest writes "checkpoint" when it changed (the one key that is
+// replaced: it names the newest tree, every tree is under checkpoints/).
+func (a *Archiver) putLatest(ctx context.Context) error {
+	latest, err := os.ReadFile(filepath.Join(a.dir, "checkpoint"))
+	if err != nil || bytes.Equal(latest, a.latest) {
+		return nil
+	}
+	if err := a.store.Put(ctx, "checkpoint", latest, false); err != nil {
+		return fmt.Errorf("audit: archive: %w", err)
+	}
+	a.latest = latest
+	return nil
 }
 
 // copyOnce writes the file at path under key unless the store has it; a

@@ -55,14 +55,24 @@ func TestArchiveToS3(t *testing.T) {
 		t.Fatalf("Sync after restart copied again: %+v %v", res, err)
 	}
 
+	// Later Syncs copy what is new: the next segment and checkpoint.
+	fill(t, l, 1100, 500)
+	l.Checkpoint(signer)
+	if n, err := l.Seal(); err != nil || n != 1 {
+		t.Fatalf("Seal: %d %v", n, err)
+	}
+	if res, err := a.Sync(ctx); err != nil || len(res.Segments) != 1 || res.Segments[0] != "segments/"+segmentName(1024) || res.Checkpoints != 1 {
+		t.Fatalf("Sync after a new segment: %+v %v", res, err)
+	}
+
 	// Elsewhere: fetch and verify.
 	got := t.TempDir()
 	n, err := Fetch(ctx, b, got)
-	if err != nil || n != 1024 {
+	if err != nil || n != 1536 {
 		t.Fatalf("Fetch: %d %v", n, err)
 	}
 	rep, err := Verify(got, verifier)
-	if err != nil || !rep.OK() || !rep.Archive || rep.Entries != 1024 || rep.Checkpoints != 1 || rep.Beyond != 1 {
+	if err != nil || !rep.OK() || !rep.Archive || rep.Entries != 1536 || rep.Checkpoints != 2 || rep.Beyond != 1 {
 		t.Fatalf("Verify of the fetched archive: %v %+v", err, rep)
 	}
 	var seen int64
@@ -72,7 +82,7 @@ func TestArchiveToS3(t *testing.T) {
 		}
 		seen++
 		return nil
-	}); err != nil || seen != 1024 {
+	}); err != nil || seen != 1536 {
 		t.Fatalf("Scan of the archive: %d %v", seen, err)
 	}
 

@@ -45,13 +45,7 @@ func (l *Log) Checkpoint(signer note.Signer) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)
 	}
-	prev := int64(0)
-	if raw, err := os.ReadFile(filepath.Join(l.dir, "checkpoint")); err == nil {
-		if lines := strings.SplitN(string(raw), "\n", 3); len(lines) == 3 {
-			prev, _ = strconv.ParseInt(lines[1], 10, 64)
-		}
-	}
-	if err := l.writeTiles(min(prev, size), size); err != nil {
+	if err := l.writeTiles(min(l.checkpointedSize(), size), size); err != nil {
 		return nil, err
 	}
 	signed, err := note.Sign(&note.Note{Text: checkpointText(l.origin, size, h)}, signer)

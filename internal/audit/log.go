@@ -229,8 +229,12 @@ func (l *Log) recover() error {
 
 // checkpointedSize is the tree size of the last published checkpoint in
 // the log's directory (0 without one).
-func (l *Log) checkpointedSize() int64 {
-	raw, err := os.ReadFile(filepath.Join(l.dir, "checkpoint"))
+func (l *Log) checkpointedSize() int64 { return checkpointSize(l.dir) }
+
+// checkpointSize is the tree size of dir's latest checkpoint (0 without
+// one). It is read unverified: the log's own file, written by this code.
+func checkpointSize(dir string) int64 {
+	raw, err := os.ReadFile(filepath.Join(dir, "checkpoint"))
 	if err != nil {
 		return 0
 	}

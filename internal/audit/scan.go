@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // ErrStop, returned by a Scan callback, ends the scan without an error.
@@ -32,31 +33,67 @@ func scan(dir string, from int64, fn func(i int64, entry []byte) error) error {
 	if err != nil {
 		return fmt.Errorf("audit: scan: %w", err)
 	}
-	segs, err := listSegments(dir)
+	// Every segment's index is read only when the scan starts among
+	// them: the detection tailer, which reads the newest entries every
+	// poll, looks at the last segment alone.
+	sealed, err := sealedEnd(dir)
 	if err != nil {
 		return fmt.Errorf("audit: scan: %w", err)
 	}
+	var segs []*segment
 	i := max(from, 0)
 	for i < n {
-		if i < sealedCount(segs) {
+		if i < sealed {
+			if sealedCount(segs) < sealed {
+				if segs, err = listSegments(dir); err != nil {
+					return fmt.Errorf("audit: scan: %w", err)
+				}
+				sealed = sealedCount(segs)
+			}
 			if i, err = eachSealed(segs, i, n, fn); err != nil {
 				return err
 			}
 			continue
 		}
-		next, err := scanLog(dir, i, n, sealedCount(segs), fn)
+		next, err := scanLog(dir, i, n, sealed, fn)
 		if !errors.Is(err, errUnreadable) {
 			return err
 		}
 		// A segment sealed since the scan began takes its entries out of
 		// entries.log: read them from there.
-		if now, lerr := listSegments(dir); lerr == nil && sealedCount(now) > next {
-			segs, i = now, next
+		if now, lerr := sealedEnd(dir); lerr == nil && now > next {
+			sealed, i = now, next
 			continue
 		}
 		return err
 	}
 	return nil
+}
+
+// sealedEnd is how many entries dir's segments hold, from the last
+// segment's index alone (listSegments reads and checks every one).
+func sealedEnd(dir string) (int64, error) {
+	ents, err := os.ReadDir(filepath.Join(dir, segDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	last := ""
+	for _, e := range ents { // sorted by name, which is log order
+		if strings.HasSuffix(e.Name(), segSuffix) {
+			last = e.Name()
+		}
+	}
+	if last == "" {
+		return 0, nil
+	}
+	sg, err := readSegment(filepath.Join(dir, segDir, last))
+	if err != nil {
+		return 0, err
+	}
+	return sg.last(), nil
 }
 
 // errUnreadable is an entry that entries.log does not hold (damaged, or

@@ -304,7 +304,7 @@ func (l *Log) sealOne(first int64) error {
 	if err == nil {
 		end, err = l.endOffsetLocked(last)
 	}
-	leaves := make([]tlog.Hash, 0, l.segEntries)
+	var leaves []tlog.Hash
 	if err == nil {
 		var idx []int64
 		for i := first; i < last; i++ {

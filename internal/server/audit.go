@@ -184,10 +184,10 @@ func (s *Server) retain(archiveTimeout time.Duration) {
 		if !s.sealFailing {
 			s.record(ctx, s.systemEntry("audit.seal", audit.OutcomeFailure, err.Error()))
 		}
-		s.sealFailing = true
-		return
 	}
-	s.sealFailing = false
+	s.sealFailing = err != nil
+	// What is sealed is archived even when the next seal fails: the
+	// archiver copies each checkpoint as it comes, and none may be skipped.
 	if s.archiver == nil {
 		return
 	}
@@ -200,7 +200,7 @@ func (s *Server) retain(archiveTimeout time.Duration) {
 	}
 	if err != nil {
 		s.metrics.auditArchiveFailures.Inc()
-		s.log.Error("audit archive copy failed; retrying at the next checkpoint", "err", err)
+		s.log.Error("audit archive copy failed; retrying in 10 s", "err", err)
 		if !s.archiveFailing {
 			s.record(ctx, s.systemEntry("audit.archive", audit.OutcomeFailure, err.Error(), "archive", fmt.Sprint(s.cfg.AuditArchive)))
 		}

@@ -8,9 +8,6 @@ import (
 	"net/http"
 	"path/filepath"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/spool"
@@ -42,8 +39,8 @@ func (s *Server) openForwarder(addr string) error {
 }
 
 // replicaClientTLS authenticates this replica to another with its server
-// SVID and accepts only a server SVID of the trust domain, checked against
-// the current bundle.
+// SVID and accepts only a server SVID of the trust domain, verified as
+// callers are (verifyPeer: current bundle, expiry, revocation).
 func (s *Server) replicaClientTLS() *tls.Config {
 	td := s.cfg.TrustDomain
 	return &tls.Config{
@@ -62,7 +59,8 @@ func (s *Server) replicaClientTLS() *tls.Config {
 			for i, c := range cs.PeerCertificates {
 				raw[i] = c.Raw
 			}
-			id, _, err := x509svid.ParseAndVerify(raw, x509bundle.FromX509Authorities(td, s.ca.X509Bundle()), x509svid.WithTime(s.now()))
+			// The same check as for callers: chain, expiry, revocation.
+			id, err := s.verifyPeer(raw)
 			if err != nil {
 				return fmt.Errorf("the other replica's certificate: %w", err)
 			}

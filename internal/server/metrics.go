@@ -64,7 +64,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 			Name: "rampart_server_audit_segments_archived_total", Help: "Sealed audit segments copied to the archive (S3).",
 		}),
 		auditArchiveFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_archive_failures_total", Help: "Failed copies to the audit archive (retried at the next checkpoint).",
+			Name: "rampart_server_audit_archive_failures_total", Help: "Failed copies to the audit archive (retried every 10 s).",
 		}),
 		ingested: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_server_audit_ingested_total", Help: "Audit entries received from agents and proxies and stored.",
