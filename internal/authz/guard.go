@@ -127,81 +127,107 @@ func CallerID(ctx context.Context) (spiffeid.ID, bool) {
 	return id, ok
 }
 
+// Refusal is a request the guard refused: the answer to send instead of
+// forwarding it.
+type Refusal struct {
+	Status          int
+	Detail          string
+	WWWAuthenticate string // "" unless a token was refused
+}
+
+// Write answers with the refusal as an RFC 9457 problem.
+func (rf *Refusal) Write(w http.ResponseWriter) {
+	if rf.WWWAuthenticate != "" {
+		w.Header().Set("WWW-Authenticate", rf.WWWAuthenticate)
+	}
+	WriteProblem(w, rf.Status, rf.Detail)
+}
+
 // Middleware authorises each request before next sees it.
 func (g *Guard) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		ev := Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr}
-		peer, err := mtls.PeerID(r.TLS)
-		if err != nil {
-			ev.Reason = "no verified client certificate"
-			g.finish(r.Context(), &ev, start, "bad_request")
-			WriteProblem(w, http.StatusUnauthorized, "a client SVID is required")
+		peer, rf := g.Check(r)
+		if rf != nil {
+			rf.Write(w)
 			return
 		}
-		ev.Caller = peer.String()
-		stripIdentityHeaders(r.Header)
-		path, err := policy.NormalizePath(r.URL.EscapedPath())
-		if err != nil {
-			ev.Path, ev.Reason = r.URL.EscapedPath(), err.Error()
-			g.finish(r.Context(), &ev, start, "bad_request")
-			WriteProblem(w, http.StatusBadRequest, "ambiguous request path refused: "+err.Error())
-			return
-		}
-		ev.Path = path
-		var user map[string]any
-		claims, scheme, err := g.tokens.FromRequest(r, r.TLS.PeerCertificates[0])
-		if err != nil {
-			ev.Reason = "access token refused: " + err.Error()
-			g.finish(r.Context(), &ev, start, "bad_request")
-			code := "invalid_token"
-			if errors.Is(err, dpop.ErrInvalid) {
-				code = "invalid_dpop_proof"
-			}
-			w.Header().Set("WWW-Authenticate", scheme+` error="`+code+`", algs="ES256 ES384 EdDSA RS256 PS256"`)
-			WriteProblem(w, http.StatusUnauthorized, "access token refused: "+err.Error())
-			return
-		}
-		if claims != nil {
-			user = userClaims(claims)
-			if claims.Act != nil {
-				ev.Act = claims.Act.Subject
-			}
-			if isUserToken(claims) {
-				ev.User = claims.Subject
-				// The app reads the verified user from here, never from
-				// the caller's own headers (stripped above).
-				r.Header.Set(HeaderUser, claims.Subject)
-			}
-		}
-		eng := g.engine.Load()
-		if eng == nil {
-			ev.Reason = "no policy for this service"
-			g.finish(r.Context(), &ev, start, "deny")
-			WriteProblem(w, http.StatusForbidden, "denied: no policy allows calls to "+g.cfg.Service.String())
-			return
-		}
-		d := eng.Decide(&policy.Request{Caller: peer, Method: r.Method, Path: path, Headers: r.Header, User: user})
-		ev.Rule, ev.Version, ev.Allowed, ev.DryRun = d.Rule, d.Version, d.Allowed, d.DryRunDenied
-		outcome := "allow"
-		switch {
-		case !d.Allowed:
-			outcome = "deny"
-		case d.DryRunDenied:
-			outcome = "dry_run_deny"
-		}
-		g.finish(r.Context(), &ev, start, outcome)
-		if !d.Allowed {
-			WriteProblem(w, http.StatusForbidden, "denied by policy version "+d.Version)
-			return
-		}
-		// Forward exactly what was judged.
-		r.URL.RawPath = path
-		r.URL.Path = decodedPath(path)
-		r.Header.Set(HeaderCaller, peer.String())
-		r.Header.Set(HeaderXFCC, "By="+g.cfg.Service.String()+";URI="+peer.String())
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, peer)))
 	})
+}
+
+// Check authorises r, which arrived over the verified TLS connection in
+// r.TLS, and records the decision. An allowed request is rewritten for the
+// app: caller-supplied identity headers removed, the verified ones added,
+// the path replaced by its normalised form (exactly what was judged). A
+// refused one is left as it was and a Refusal says what to answer. The
+// proxy's HTTP/1.1 path and Middleware share it, so both decide alike.
+func (g *Guard) Check(r *http.Request) (spiffeid.ID, *Refusal) {
+	start := time.Now()
+	ev := Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr}
+	peer, err := mtls.PeerID(r.TLS)
+	if err != nil {
+		ev.Reason = "no verified client certificate"
+		g.finish(r.Context(), &ev, start, "bad_request")
+		return peer, &Refusal{Status: http.StatusUnauthorized, Detail: "a client SVID is required"}
+	}
+	ev.Caller = peer.String()
+	stripIdentityHeaders(r.Header)
+	path, err := policy.NormalizePath(r.URL.EscapedPath())
+	if err != nil {
+		ev.Path, ev.Reason = r.URL.EscapedPath(), err.Error()
+		g.finish(r.Context(), &ev, start, "bad_request")
+		return peer, &Refusal{Status: http.StatusBadRequest, Detail: "ambiguous request path refused: " + err.Error()}
+	}
+	ev.Path = path
+	var user map[string]any
+	claims, scheme, err := g.tokens.FromRequest(r, r.TLS.PeerCertificates[0])
+	if err != nil {
+		ev.Reason = "access token refused: " + err.Error()
+		g.finish(r.Context(), &ev, start, "bad_request")
+		code := "invalid_token"
+		if errors.Is(err, dpop.ErrInvalid) {
+			code = "invalid_dpop_proof"
+		}
+		return peer, &Refusal{Status: http.StatusUnauthorized, Detail: "access token refused: " + err.Error(),
+			WWWAuthenticate: scheme + ` error="` + code + `", algs="ES256 ES384 EdDSA RS256 PS256"`}
+	}
+	if claims != nil {
+		user = userClaims(claims)
+		if claims.Act != nil {
+			ev.Act = claims.Act.Subject
+		}
+		if isUserToken(claims) {
+			ev.User = claims.Subject
+			// The app reads the verified user from here, never from
+			// the caller's own headers (stripped above).
+			r.Header.Set(HeaderUser, claims.Subject)
+		}
+	}
+	eng := g.engine.Load()
+	if eng == nil {
+		ev.Reason = "no policy for this service"
+		g.finish(r.Context(), &ev, start, "deny")
+		return peer, &Refusal{Status: http.StatusForbidden, Detail: "denied: no policy allows calls to " + g.cfg.Service.String()}
+	}
+	d := eng.Decide(&policy.Request{Caller: peer, Method: r.Method, Path: path, Headers: r.Header, User: user})
+	ev.Rule, ev.Version, ev.Allowed, ev.DryRun = d.Rule, d.Version, d.Allowed, d.DryRunDenied
+	outcome := "allow"
+	switch {
+	case !d.Allowed:
+		outcome = "deny"
+	case d.DryRunDenied:
+		outcome = "dry_run_deny"
+	}
+	g.finish(r.Context(), &ev, start, outcome)
+	if !d.Allowed {
+		return peer, &Refusal{Status: http.StatusForbidden, Detail: "denied by policy version " + d.Version}
+	}
+	// Forward exactly what was judged.
+	r.URL.RawPath = path
+	r.URL.Path = decodedPath(path)
+	r.Header.Set(HeaderCaller, peer.String())
+	r.Header.Set(HeaderXFCC, "By="+g.cfg.Service.String()+";URI="+peer.String())
+	return peer, nil
 }
 
 // AllowConn authorises a raw TCP connection by identity only.
@@ -279,10 +305,16 @@ func WriteProblem(w http.ResponseWriter, status int, detail string) {
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(struct {
+	w.Write(ProblemJSON(status, detail))
+}
+
+// ProblemJSON is the RFC 9457 problem details body WriteProblem sends.
+func ProblemJSON(status int, detail string) []byte {
+	b, _ := json.Marshal(struct {
 		Type   string `json:"type"`
 		Title  string `json:"title"`
 		Status int    `json:"status"`
 		Detail string `json:"detail,omitempty"`
 	}{"about:blank", http.StatusText(status), status, detail})
+	return append(b, '\n')
 }

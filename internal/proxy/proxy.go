@@ -142,12 +142,21 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	onFail := func(reason string) { m.handshakeFailures.WithLabelValues(reason).Inc() }
-	errLog := log.New(handshakeLogWriter{m: m, log: cfg.Log}, "", 0)
+	errLog := log.New(debugLogWriter{cfg.Log}, "", 0)
 
 	var servers []*http.Server
-	var tcpLns []net.Listener
+	var lns []net.Listener
+	var conns []*connSet
 	var wg sync.WaitGroup
 	errc := make(chan error, 1+len(cfg.Outbounds))
+	serveH2 := func(srv *http.Server, ln net.Listener, what string) {
+		servers = append(servers, srv)
+		wg.Go(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("proxy: %s: %w", what, err)
+			}
+		})
+	}
 	var inboundAddr string
 	if in := cfg.Inbound; in != nil {
 		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeMemberOf(td), Revocations: revs, OnFail: onFail})
@@ -156,10 +165,9 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("proxy: inbound listen: %w", err)
 		}
 		inboundAddr = ln.Addr().String()
+		lns = append(lns, ln)
 		if in.TCP {
-			tl := tls.NewListener(ln, tlsCfg)
-			tcpLns = append(tcpLns, tl)
-			wg.Go(func() { serveTCPInbound(ctx, tl, in.App, guard, m, cfg.Log) })
+			wg.Go(func() { serveTCPInbound(ctx, ln, tlsCfg, in.App, guard, m, cfg.Log) })
 		} else {
 			srv, err := newInboundServer(in, guard, m, errLog)
 			if err != nil {
@@ -167,12 +175,21 @@ func Run(ctx context.Context, cfg Config) error {
 				return err
 			}
 			srv.TLSConfig = tlsCfg
-			servers = append(servers, srv)
-			wg.Go(func() {
-				if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-					errc <- fmt.Errorf("proxy: inbound: %w", err)
-				}
-			})
+			h2 := newConnListener(ln.Addr())
+			serveH2(srv, h2, "inbound")
+			var h1 *h1Forwarder
+			if in.AppProtocol != "h2c" {
+				// HTTP/1.1 callers take the lean path; with an h2c app,
+				// net/http translates every request to HTTP/2.
+				app := in.App
+				dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+				h1 = &h1Forwarder{direction: "inbound", guard: guard, m: m, log: cfg.Log, conns: newConnSet(),
+					pool:       newPool(func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", app) }, 256),
+					badGateway: func(error) string { return "the service behind this proxy did not answer" }}
+				conns = append(conns, h1.conns)
+				wg.Go(func() { h1.pool.reap(ctx, 30*time.Second) })
+			}
+			wg.Go(func() { serveInbound(ctx, ln, tlsCfg, h1, h2, m) })
 		}
 	}
 	var xchg *authz.Exchanger
@@ -196,21 +213,32 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("proxy: outbound listen %s: %w", out.Listen, err)
 		}
 		outAddrs = append(outAddrs, ln.Addr().String())
+		lns = append(lns, ln)
 		if out.TCP {
-			tcpLns = append(tcpLns, ln)
 			wg.Go(func() { serveTCPOutbound(ctx, ln, out, clientCfg, m, cfg.Log) })
 			continue
 		}
 		srv := newOutboundServer(out, clientCfg, m, errLog)
 		if out.Exchange {
+			// Every request's token is exchanged: net/http serves them all.
 			srv.Handler = xchg.Handler(out.ID.String(), func(r authz.ExchangeResult) { m.exchanges.WithLabelValues(string(r)).Inc() }, srv.Handler)
+			serveH2(srv, ln, "outbound "+out.Listen)
+			continue
 		}
-		servers = append(servers, srv)
-		wg.Go(func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("proxy: outbound %s: %w", out.Listen, err)
-			}
-		})
+		h2 := newConnListener(ln.Addr())
+		serveH2(srv, h2, "outbound "+out.Listen)
+		h1Cfg := clientCfg.Clone()
+		h1Cfg.NextProtos = []string{"http/1.1"}
+		dialer := &tls.Dialer{NetDialer: &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}, Config: h1Cfg}
+		upstream := out.Upstream
+		h1 := &h1Forwarder{direction: "outbound", m: m, log: cfg.Log, conns: newConnSet(),
+			pool: newPool(func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", upstream) }, 256),
+			badGateway: func(err error) string {
+				return "upstream " + out.ID.String() + " unreachable or not who it should be: " + err.Error()
+			}}
+		conns = append(conns, h1.conns)
+		wg.Go(func() { h1.pool.reap(ctx, 30*time.Second) })
+		wg.Go(func() { serveOutbound(ctx, ln, h1, h2) })
 	}
 	cfg.Log.Info("proxy running", "spiffe_id", self.ID.String(), "inbound", inboundAddr, "outbounds", outAddrs)
 	if cfg.Ready != nil {
@@ -224,12 +252,17 @@ func Run(ctx context.Context, cfg Config) error {
 	// Drain: stop accepting, let open requests finish.
 	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
-	for _, s := range servers {
-		s.Shutdown(dctx)
-	}
-	for _, l := range tcpLns {
+	for _, l := range lns {
 		l.Close()
 	}
+	var dwg sync.WaitGroup
+	for _, s := range servers {
+		dwg.Go(func() { s.Shutdown(dctx) })
+	}
+	for _, c := range conns {
+		dwg.Go(func() { c.shutdown(dctx) })
+	}
+	dwg.Wait()
 	wg.Wait()
 	cfg.Log.Info("proxy drained")
 	return nil
@@ -315,33 +348,13 @@ func reverseProxy(target *url.URL, t http.RoundTripper, errLog *log.Logger, onEr
 	}
 }
 
-// handshakeLogWriter turns net/http's "TLS handshake error" log lines into
-// metrics (plain HTTP to the TLS port, no client certificate...) and debug logs.
-type handshakeLogWriter struct {
-	m   *metrics
-	log *slog.Logger
-}
+// debugLogWriter passes net/http's error log lines (a client that went
+// away, a malformed HTTP/2 frame) to the debug log.
+type debugLogWriter struct{ log *slog.Logger }
 
-func (w handshakeLogWriter) Write(p []byte) (int, error) {
-	line := strings.TrimSpace(string(p))
-	if strings.Contains(line, "TLS handshake error") {
-		reason := "other"
-		switch {
-		case strings.Contains(line, "client sent an HTTP request to an HTTPS server"), strings.Contains(line, "first record does not look like a TLS handshake"):
-			reason = "plain_http"
-		case strings.Contains(line, "didn't provide a certificate"):
-			reason = "no_client_cert"
-		case strings.Contains(line, "bad certificate"), strings.Contains(line, "certificate"):
-			reason = "bad_certificate"
-		case strings.Contains(line, "EOF"):
-			reason = "eof"
-		}
-		if reason != "other" && reason != "bad_certificate" {
-			w.m.handshakeFailures.WithLabelValues(reason).Inc()
-		}
-	}
-	w.log.Debug("http", "msg", line)
+func (w debugLogWriter) Write(p []byte) (int, error) {
+	w.log.Debug("http", "msg", strings.TrimSpace(string(p)))
 	return len(p), nil
 }
 
-var _ io.Writer = handshakeLogWriter{}
+var _ io.Writer = debugLogWriter{}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/authz"
@@ -15,16 +14,14 @@ import (
 
 // serveTCPInbound terminates mTLS and copies bytes to the app. The policy is
 // applied to the connection's identity only (no method or path exists).
-func serveTCPInbound(ctx context.Context, ln net.Listener, app string, guard *authz.Guard, m *metrics, log *slog.Logger) {
+func serveTCPInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, app string, guard *authz.Guard, m *metrics, log *slog.Logger) {
 	serveConns(ln, func(c net.Conn) {
-		tc := c.(*tls.Conn)
-		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-		err := tc.HandshakeContext(hctx)
-		cancel()
+		tc, err := handshake(ctx, c, cfg, m)
 		if err != nil {
 			log.Debug("tcp inbound handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 			return
 		}
+		defer tc.Close()
 		cs := tc.ConnectionState()
 		peer, err := mtls.PeerID(&cs)
 		if err != nil || !guard.AllowConn(ctx, peer, c.RemoteAddr().String()) {
@@ -38,7 +35,7 @@ func serveTCPInbound(ctx context.Context, ln net.Listener, app string, guard *au
 			return
 		}
 		defer up.Close()
-		splice(ctx, c, up)
+		splice(ctx, tc, up)
 	})
 }
 
@@ -62,18 +59,10 @@ func serveTCPOutbound(ctx context.Context, ln net.Listener, out Outbound, client
 // serveConns runs handle for every accepted connection (closing it after)
 // until the listener is closed, then waits for the handlers to finish.
 func serveConns(ln net.Listener, handle func(net.Conn)) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		wg.Go(func() {
-			defer c.Close()
-			handle(c)
-		})
-	}
+	acceptLoop(ln, func(c net.Conn) {
+		defer c.Close()
+		handle(c)
+	})
 }
 
 // splice copies both ways until either side closes or ctx ends.

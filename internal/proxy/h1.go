@@ -1,0 +1,746 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rampartsec/rampart/internal/authz"
+)
+
+// The HTTP/1.1 forwarding path. One goroutine per client connection reads a
+// request, forwards it on an upstream connection pinned to that client
+// connection, and copies the response back: no goroutine, ReverseProxy or
+// channel hand-off per request, and each message leaves in as few writes as
+// its arrival allows (the head and a body that is already buffered go out
+// together; a streamed body is flushed whenever its source would block).
+// HTTP/2 and h2c connections go to net/http instead (see listen.go).
+//
+// Parsing is net/http's (http.ReadRequest and http.ReadResponse), so
+// ambiguous framing is judged as the net/http server judged it before:
+// Transfer-Encoding wins over Content-Length and the Content-Length is
+// dropped, conflicting Content-Lengths and unknown transfer codings are
+// refused, header names and values are validated. The messages are written
+// out by this file, framed afresh.
+
+const (
+	maxHeaderBytes        = 1 << 20
+	responseHeaderTimeout = 60 * time.Second
+	// staleAfter is how long a pinned upstream connection may sit idle
+	// before it is checked for a close by its peer before reuse.
+	staleAfter = time.Second
+)
+
+// h1Forwarder forwards HTTP/1.1 requests from client connections to one
+// upstream (the app for an inbound listener, the peer's inbound proxy for
+// an outbound one).
+type h1Forwarder struct {
+	direction string       // "inbound" or "outbound", for metrics
+	guard     *authz.Guard // inbound: decides every request; nil outbound
+	pool      *pool
+	// badGateway is the detail of the 502 sent when the upstream fails.
+	badGateway func(error) string
+	m          *metrics
+	log        *slog.Logger
+	conns      *connSet
+}
+
+// h1Conn is one client connection and the upstream connection pinned to it.
+type h1Conn struct {
+	f    *h1Forwarder
+	c    net.Conn
+	tls  *tls.ConnectionState // inbound: the verified peer; nil outbound
+	lr   *io.LimitedReader    // bounds the request head
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	up   *upConn
+	buf  []byte // copy buffer for bodies, allocated on first use
+	idle bool   // guarded by f.conns.mu: waiting for the next request
+	// linger: the proxy answered and is closing while the client may still
+	// be sending; see lingerClose.
+	linger bool
+}
+
+// serve runs the request loop of one client connection until it closes,
+// fails, or the listener drains. br may hold bytes already read from c.
+func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, cs *tls.ConnectionState) {
+	h := &h1Conn{f: f, c: c, tls: cs, bw: bufio.NewWriterSize(c, 4<<10)}
+	h.lr = &io.LimitedReader{R: c, N: maxHeaderBytes}
+	if br == nil {
+		br = bufio.NewReaderSize(h.lr, 4<<10)
+	} else {
+		br.Reset(io.MultiReader(bytesOf(br), h.lr))
+	}
+	h.br = br
+	if !f.conns.add(h) {
+		return
+	}
+	defer func() {
+		f.conns.remove(h)
+		if h.up != nil {
+			f.pool.release(h.up) // only a connection between requests is left pinned
+		}
+	}()
+	for h.next(ctx) {
+	}
+	if h.linger {
+		lingerClose(h.c)
+	}
+}
+
+// Lingering before a close the client did not ask for: closing a socket
+// with unread input makes the kernel send a reset, and the client's kernel
+// may then drop our answer (a 431, or a 403 to an upload) before the client
+// reads it. As net/http's server does, we half-close and read what is still
+// coming, for a bounded time and amount, so the answer arrives first.
+const (
+	lingerTimeout = 500 * time.Millisecond
+	lingerBytes   = 256 << 10
+)
+
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		if cw.CloseWrite() != nil {
+			return
+		}
+	}
+	c.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.CopyN(io.Discard, c, lingerBytes)
+}
+
+// bytesOf returns a reader of the bytes buffered in br (peeked, not yet
+// consumed), so br can be re-pointed at a limited reader.
+func bytesOf(br *bufio.Reader) io.Reader {
+	b, _ := br.Peek(br.Buffered())
+	return strings.NewReader(string(b))
+}
+
+// next serves one request; false ends the connection.
+func (h *h1Conn) next(ctx context.Context) bool {
+	f := h.f
+	// The deadline is set before the connection is marked idle, so a drain
+	// that starts in between still wakes it (shutdown moves the deadline).
+	h.c.SetReadDeadline(time.Now().Add(idleTimeout))
+	if !f.conns.setIdle(h, true) {
+		return false // draining
+	}
+	_, err := h.br.Peek(1)
+	f.conns.setIdle(h, false)
+	if err != nil {
+		return false
+	}
+	start := time.Now()
+	h.c.SetReadDeadline(start.Add(readHeaderTimeout))
+	h.lr.N = maxHeaderBytes
+	req, err := http.ReadRequest(h.br)
+	tooLarge := h.lr.N <= 0
+	h.lr.N = 1<<63 - 1
+	if err != nil {
+		h.refuseMalformed(err, tooLarge)
+		return false
+	}
+	if detail := checkRequest(req); detail != "" {
+		h.answer(nil, &authz.Refusal{Status: http.StatusBadRequest, Detail: "malformed request: " + detail}, true, start)
+		return false
+	}
+	if !expectOK(req) {
+		h.answer(req, &authz.Refusal{Status: http.StatusExpectationFailed, Detail: "unsupported Expect header (only 100-continue)"}, true, start)
+		return false
+	}
+	req.RemoteAddr = h.c.RemoteAddr().String()
+	req.TLS = h.tls
+	hasBody := req.Body != http.NoBody
+	if hasBody {
+		h.c.SetReadDeadline(time.Time{}) // a body may stream for long; the next request sets a new one
+	}
+	if f.guard != nil {
+		if _, rf := f.guard.Check(req); rf != nil {
+			// An unread body would be taken for the next request: close.
+			return h.answer(req, rf, hasBody || req.Close, start)
+		}
+	}
+	clientClose := req.Close || req.ProtoMinor == 0
+	upgrade := prepareRequest(req)
+	if hasBody {
+		req.Body = &flushingReader{r: req.Body, src: h.br, continue100: h.continueWriter(req)}
+	}
+	resp, err := h.roundTrip(ctx, req)
+	if err != nil {
+		f.m.upstreamErrors.WithLabelValues(f.direction).Inc()
+		f.log.Debug("upstream failed", "direction", f.direction, "err", err)
+		return h.answer(req, &authz.Refusal{Status: http.StatusBadGateway, Detail: f.badGateway(err)}, true, start)
+	}
+	clientClose = clientClose || f.conns.draining()
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return h.switchProtocols(ctx, req, resp, upgrade, start)
+	}
+	upKeep := !resp.Close
+	if err := h.writeResponse(req, resp, clientClose); err != nil {
+		upKeep = false
+		clientClose = true
+	}
+	f.m.requests.WithLabelValues(f.direction, strconv.Itoa(resp.StatusCode)).Inc()
+	f.m.latency.WithLabelValues(f.direction).Observe(time.Since(start).Seconds())
+	if !upKeep {
+		h.up.close()
+		h.up = nil
+	}
+	if hasBody && !bodyDone(req.Body) {
+		return false // the app answered before reading the whole request
+	}
+	return !clientClose
+}
+
+// roundTrip sends req on the pinned upstream connection (taking one from
+// the pool first if none is pinned) and reads the response head. A request
+// without a body that failed on a reused connection before any response
+// byte arrived is sent once more on a fresh one: the peer closed the idle
+// connection as we wrote (idempotent methods only, as net/http does).
+func (h *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		if h.up != nil && time.Since(h.up.lastUsed) > staleAfter && !connAlive(h.up.c) {
+			h.up.close()
+			h.up = nil
+		}
+		if h.up == nil {
+			up, err := h.f.pool.get(ctx)
+			if err != nil {
+				return nil, err
+			}
+			h.up = up
+		}
+		up := h.up
+		reused := up.used
+		up.used = true
+		if fr, ok := req.Body.(*flushingReader); ok {
+			fr.dst = up.bw
+		}
+		err := h.writeRequest(up.bw, req)
+		if err == nil {
+			err = up.bw.Flush()
+		}
+		if err == nil {
+			up.c.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
+			_, err = up.br.Peek(1)
+		}
+		if err != nil {
+			up.close()
+			h.up = nil
+			if reused && attempt == 0 && req.Body == http.NoBody && idempotent(req) {
+				continue // nothing came back: the request was not acted on
+			}
+			return nil, err
+		}
+		resp, err := h.readResponse(req)
+		if err == nil && resp.Body != http.NoBody {
+			up.c.SetReadDeadline(time.Time{}) // a body may stream for long
+		}
+		if err != nil {
+			up.close()
+			h.up = nil
+			return nil, err
+		}
+		up.lastUsed = time.Now()
+		return resp, nil
+	}
+}
+
+// readResponse reads the final response head, passing informational (1xx)
+// responses other than 101 on to the client.
+func (h *h1Conn) readResponse(req *http.Request) (*http.Response, error) {
+	for {
+		resp, err := http.ReadResponse(h.up.br, req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		if resp.StatusCode == http.StatusContinue {
+			continue // we sent the body without waiting; the client got ours
+		}
+		removeHopByHop(resp.Header)
+		h.bw.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
+		resp.Header.Write(h.bw)
+		h.bw.WriteString("\r\n")
+		if err := h.bw.Flush(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// writeResponse sends resp to the client, framed for the client's HTTP
+// version, flushing a streamed body whenever the upstream would block.
+func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfter bool) error {
+	defer resp.Body.Close()
+	removeHopByHop(resp.Header)
+	bw := h.bw
+	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
+	chunked := false
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(resp.Status)
+	bw.WriteString("\r\n")
+	switch {
+	case noBody:
+		// Content-Length, if any, describes the resource: passed as is.
+		resp.Header.Write(bw)
+	case resp.ContentLength >= 0:
+		resp.Header.WriteSubset(bw, framingHeaders)
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(resp.ContentLength, 10))
+		bw.WriteString("\r\n")
+	case req.ProtoMinor >= 1 && !closeAfter:
+		chunked = true
+		resp.Header.WriteSubset(bw, framingHeaders)
+		if len(resp.Trailer) > 0 {
+			bw.WriteString("Trailer: " + strings.Join(headerKeys(resp.Trailer), ", ") + "\r\n")
+		}
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	default:
+		// Length unknown and no chunking: the body ends with the connection.
+		resp.Header.WriteSubset(bw, framingHeaders)
+		closeAfter = true
+	}
+	if closeAfter {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	var err error
+	if !noBody && resp.Body != http.NoBody {
+		body := &flushingReader{r: resp.Body, src: h.up.br, dst: bw}
+		if chunked {
+			cw := httputil.NewChunkedWriter(bw)
+			if _, err = h.copyBody(cw, body); err == nil {
+				cw.Close()
+				writeTrailer(bw, resp.Trailer)
+			}
+		} else {
+			_, err = h.copyBody(bw, body)
+		}
+	}
+	if ferr := bw.Flush(); err == nil {
+		err = ferr
+	}
+	if closeAfter && err == nil {
+		err = errClientClose
+	}
+	return err
+}
+
+var errClientClose = errors.New("proxy: response delimited by closing the connection")
+
+// switchProtocols passes a 101 answer to an upgrade request (WebSocket) on
+// to the client, then copies bytes both ways until either side closes.
+func (h *h1Conn) switchProtocols(ctx context.Context, req *http.Request, resp *http.Response, upgrade string, start time.Time) bool {
+	up := h.up
+	h.up = nil
+	defer up.close()
+	got := resp.Header.Get("Upgrade")
+	if upgrade == "" || !strings.EqualFold(got, upgrade) {
+		h.f.m.upstreamErrors.WithLabelValues(h.f.direction).Inc()
+		h.answer(req, &authz.Refusal{Status: http.StatusBadGateway, Detail: "the upstream switched to a protocol that was not asked for: " + got}, true, start)
+		return false
+	}
+	removeHopByHop(resp.Header)
+	resp.Header.Set("Connection", "Upgrade")
+	resp.Header.Set("Upgrade", got)
+	h.bw.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
+	resp.Header.Write(h.bw)
+	h.bw.WriteString("\r\n")
+	if h.bw.Flush() != nil {
+		return false
+	}
+	h.f.m.requests.WithLabelValues(h.f.direction, "101").Inc()
+	h.f.m.latency.WithLabelValues(h.f.direction).Observe(time.Since(start).Seconds())
+	h.f.conns.remove(h) // a tunnel is not drained like a request
+	h.c.SetReadDeadline(time.Time{})
+	up.c.SetReadDeadline(time.Time{})
+	splice(ctx, &bufferedConn{Conn: h.c, r: h.br}, &bufferedConn{Conn: up.c, r: up.br})
+	return false
+}
+
+// answer writes a response the proxy makes itself (a refusal, a 502) and
+// reports whether the connection may carry another request.
+func (h *h1Conn) answer(req *http.Request, rf *authz.Refusal, closeAfter bool, start time.Time) bool {
+	body := authz.ProblemJSON(rf.Status, rf.Detail)
+	bw := h.bw
+	bw.WriteString("HTTP/1.1 " + strconv.Itoa(rf.Status) + " " + http.StatusText(rf.Status) + "\r\n")
+	bw.WriteString("Content-Type: application/problem+json\r\nCache-Control: no-store\r\n")
+	if rf.WWWAuthenticate != "" {
+		bw.WriteString("Www-Authenticate: " + rf.WWWAuthenticate + "\r\n")
+	}
+	if closeAfter || h.f.conns.draining() {
+		closeAfter = true
+		h.linger = true
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n")
+	if req == nil || req.Method != http.MethodHead {
+		bw.Write(body)
+	}
+	err := bw.Flush()
+	h.f.m.requests.WithLabelValues(h.f.direction, strconv.Itoa(rf.Status)).Inc()
+	h.f.m.latency.WithLabelValues(h.f.direction).Observe(time.Since(start).Seconds())
+	return err == nil && !closeAfter
+}
+
+// refuseMalformed answers a request that could not be parsed, as net/http's
+// server does (431 for an oversized head, 400 otherwise), and closes.
+func (h *h1Conn) refuseMalformed(err error, tooLarge bool) {
+	status := http.StatusBadRequest
+	var ne net.Error
+	switch {
+	case tooLarge:
+		status = http.StatusRequestHeaderFieldsTooLarge
+		err = fmt.Errorf("request head larger than %d bytes", maxHeaderBytes)
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ne):
+		return // the client went away or stalled: nobody to answer
+	}
+	h.answer(nil, &authz.Refusal{Status: status, Detail: "malformed request: " + err.Error()}, true, time.Now())
+}
+
+// copyBody copies a message body to dst through the connection's copy
+// buffer. Never through dst's ReadFrom: a bufio.Writer would read into its
+// own spare buffer while the flushingReader flushes that same writer, and
+// the bytes it held would be sent again in place of the body.
+func (h *h1Conn) copyBody(dst io.Writer, body io.Reader) (int64, error) {
+	if h.buf == nil {
+		h.buf = make([]byte, 8<<10)
+	}
+	return io.CopyBuffer(writerOnly{dst}, body, h.buf)
+}
+
+// writerOnly hides a writer's ReadFrom from io.CopyBuffer.
+type writerOnly struct{ io.Writer }
+
+// continueWriter returns what to do when the body of a request that asked
+// for "100 Continue" is first read: tell the client to send it. The
+// Expect header itself is not forwarded.
+func (h *h1Conn) continueWriter(req *http.Request) func() {
+	if !req.ProtoAtLeast(1, 1) || req.Header.Get("Expect") == "" {
+		return nil
+	}
+	req.Header.Del("Expect")
+	return func() {
+		h.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		h.bw.Flush()
+	}
+}
+
+// flushingReader reads a message body. Before a read that would have to
+// wait for the network (src has nothing buffered) it flushes dst, so data
+// already received goes out in one write and streams are not held back.
+type flushingReader struct {
+	r           io.ReadCloser
+	src         *bufio.Reader
+	dst         *bufio.Writer // nil: the caller flushes
+	continue100 func()
+	eof         bool
+}
+
+func (f *flushingReader) Read(p []byte) (int, error) {
+	if f.continue100 != nil {
+		f.continue100()
+		f.continue100 = nil
+	}
+	if f.dst != nil && f.src.Buffered() == 0 && f.dst.Buffered() > 0 {
+		if err := f.dst.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := f.r.Read(p)
+	if err == io.EOF {
+		f.eof = true
+	}
+	return n, err
+}
+
+func (f *flushingReader) Close() error { return f.r.Close() }
+
+// bodyDone reports whether a request body was read to its end (a body
+// left unread would be taken for the next request).
+func bodyDone(b io.ReadCloser) bool {
+	f, ok := b.(*flushingReader)
+	return ok && f.eof
+}
+
+// framingHeaders are written by the forwarder, never copied.
+var framingHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
+
+// writeRequest writes req to the upstream in origin form, framed afresh.
+func (h *h1Conn) writeRequest(bw *bufio.Writer, req *http.Request) error {
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	if req.Method == http.MethodOptions && req.RequestURI == "*" {
+		bw.WriteByte('*')
+	} else {
+		bw.WriteString(req.URL.RequestURI())
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(req.Host)
+	bw.WriteString("\r\n")
+	if err := req.Header.WriteSubset(bw, requestExcluded); err != nil {
+		return err
+	}
+	chunked := req.ContentLength < 0
+	switch {
+	case chunked:
+		if len(req.Trailer) > 0 {
+			bw.WriteString("Trailer: " + strings.Join(headerKeys(req.Trailer), ", ") + "\r\n")
+		}
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	case req.ContentLength > 0 || req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(req.ContentLength, 10))
+		bw.WriteString("\r\n")
+	}
+	if _, err := bw.WriteString("\r\n"); err != nil {
+		return err
+	}
+	if req.Body == http.NoBody {
+		return nil
+	}
+	if chunked {
+		cw := httputil.NewChunkedWriter(bw)
+		if _, err := h.copyBody(cw, req.Body); err != nil {
+			return fmt.Errorf("request body: %w", err)
+		}
+		cw.Close()
+		return writeTrailer(bw, req.Trailer)
+	}
+	n, err := h.copyBody(bw, req.Body)
+	if err == nil && n != req.ContentLength {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return fmt.Errorf("request body: %w", err)
+	}
+	return nil
+}
+
+var requestExcluded = map[string]bool{"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
+
+func writeTrailer(bw *bufio.Writer, t http.Header) error {
+	if err := t.Write(bw); err != nil {
+		return err
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+func headerKeys(h http.Header) []string {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// hopHeaders are meaningful for one connection only (RFC 9110 7.6.1).
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// forwardedHeaders are dropped from requests, as net/http's ReverseProxy
+// does in Rewrite mode: a caller could otherwise pose as another address.
+var forwardedHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// removeHopByHop deletes the hop-by-hop headers and those the Connection
+// header lists.
+func removeHopByHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = textproto.TrimString(tok); tok != "" {
+				h.Del(tok)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+// prepareRequest turns a client's request into the one forwarded: hop-by-hop
+// and forwarding headers removed, the upstream connection kept alive. It
+// returns the protocol asked for by an upgrade request, or "".
+func prepareRequest(req *http.Request) (upgrade string) {
+	h := req.Header
+	if tokenListHas(h["Connection"], "upgrade") {
+		upgrade = h.Get("Upgrade")
+	}
+	trailers := tokenListHas(h["Te"], "trailers")
+	removeHopByHop(h)
+	for _, k := range forwardedHeaders {
+		delete(h, k)
+	}
+	if trailers {
+		h["Te"] = []string{"trailers"}
+	}
+	if upgrade != "" {
+		h["Connection"] = []string{"Upgrade"}
+		h["Upgrade"] = []string{upgrade}
+	}
+	req.Close = false
+	req.RequestURI = ""
+	return upgrade
+}
+
+func tokenListHas(values []string, token string) bool {
+	for _, v := range values {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(tok), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// checkRequest applies the checks net/http's server makes after parsing:
+// HTTP/1.x only, a valid Host (RFC 9112 3.2; http.ReadRequest has refused
+// more than one and moved it to req.Host).
+func checkRequest(req *http.Request) string {
+	switch {
+	case req.ProtoMajor != 1:
+		return "unsupported protocol version " + req.Proto
+	case req.Method == http.MethodConnect:
+		return "CONNECT is not forwarded"
+	case req.ProtoAtLeast(1, 1) && req.Host == "":
+		return "missing required Host header"
+	case !validHost(req.Host):
+		return "malformed Host header"
+	}
+	return ""
+}
+
+// expectOK reports whether the request's Expect header, if any, is one we
+// honour (100-continue, answered by the proxy when the body is read).
+func expectOK(req *http.Request) bool {
+	e := req.Header.Get("Expect")
+	return e == "" || (req.ProtoAtLeast(1, 1) && strings.EqualFold(e, "100-continue"))
+}
+
+func idempotent(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return req.Header.Get("Idempotency-Key") != ""
+}
+
+// validHost reports whether h only has bytes a Host header may hold
+// (reg-name, IP literal and port characters).
+func validHost(h string) bool {
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!$%&'()*+,-.:;=[]_~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// bufferedConn reads first what a bufio.Reader already holds.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CloseWrite half-closes, so splice can pass an end of stream on.
+func (c *bufferedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// connSet tracks client connections so a drain can wake the idle ones and
+// wait for the busy ones to finish their request.
+type connSet struct {
+	mu     sync.Mutex
+	conns  map[*h1Conn]struct{}
+	drain  bool
+	closed chan struct{} // closed when the set empties during a drain
+}
+
+func newConnSet() *connSet {
+	return &connSet{conns: map[*h1Conn]struct{}{}, closed: make(chan struct{})}
+}
+
+func (s *connSet) add(h *h1Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drain {
+		return false
+	}
+	s.conns[h] = struct{}{}
+	return true
+}
+
+func (s *connSet) remove(h *h1Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[h]; !ok {
+		return
+	}
+	delete(s.conns, h)
+	if s.drain && len(s.conns) == 0 {
+		close(s.closed)
+	}
+}
+
+// setIdle marks h idle (waiting for a request) or busy; false means the
+// set is draining and an idle connection should close.
+func (s *connSet) setIdle(h *h1Conn, idle bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h.idle = idle
+	return !s.drain
+}
+
+func (s *connSet) draining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.drain
+}
+
+// shutdown stops new requests: idle connections are woken and close, busy
+// ones close after their response. It returns when all have closed or ctx
+// ends, then closes whatever is left.
+func (s *connSet) shutdown(ctx context.Context) {
+	s.mu.Lock()
+	if !s.drain && len(s.conns) == 0 {
+		close(s.closed)
+	}
+	s.drain = true
+	for h := range s.conns {
+		if h.idle {
+			h.c.SetReadDeadline(time.Now())
+		}
+	}
+	s.mu.Unlock()
+	select {
+	case <-s.closed:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for h := range s.conns {
+			h.c.Close()
+		}
+		s.mu.Unlock()
+	}
+}

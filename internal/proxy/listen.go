@@ -1,0 +1,156 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+)
+
+// h2Preface is what an HTTP/2 client sends first (RFC 9113 3.4).
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// serveInbound accepts mTLS connections. After the handshake, connections
+// that negotiated HTTP/1.1 are served by the forwarder (h1 non-nil) and
+// HTTP/2 ones by net/http, through h2.
+func serveInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, h1 *h1Forwarder, h2 *connListener, m *metrics) {
+	acceptLoop(ln, func(c net.Conn) {
+		tc, err := handshake(ctx, c, cfg, m)
+		if err != nil {
+			c.Close()
+			return
+		}
+		cs := tc.ConnectionState()
+		if h1 == nil || cs.NegotiatedProtocol == "h2" {
+			h2.deliver(tc)
+			return
+		}
+		defer tc.Close()
+		h1.serve(ctx, tc, nil, &cs)
+	})
+}
+
+// serveOutbound accepts the app's plain connections: HTTP/1.1 is served by
+// the forwarder, h2c (gRPC) by net/http through h2.
+func serveOutbound(ctx context.Context, ln net.Listener, h1 *h1Forwarder, h2 *connListener) {
+	acceptLoop(ln, func(c net.Conn) {
+		br := bufio.NewReaderSize(c, 4<<10)
+		c.SetReadDeadline(time.Now().Add(idleTimeout))
+		start, err := br.Peek(4)
+		if err != nil {
+			c.Close()
+			return
+		}
+		if string(start) == h2Preface[:4] {
+			if p, err := br.Peek(len(h2Preface)); err == nil && string(p) == h2Preface {
+				c.SetReadDeadline(time.Time{})
+				h2.deliver(&bufferedConn{Conn: c, r: br})
+				return
+			}
+		}
+		defer c.Close()
+		h1.serve(ctx, c, br, nil)
+	})
+}
+
+// acceptLoop runs handle in a goroutine for every accepted connection until
+// the listener is closed, then waits for the handlers to return.
+func acceptLoop(ln net.Listener, handle func(net.Conn)) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond) // out of file descriptors: back off
+				continue
+			}
+			return
+		}
+		wg.Go(func() { handle(c) })
+	}
+}
+
+// handshake runs the server side of the mTLS handshake with a timeout and
+// counts refusals the verifier does not (its own are untrusted, revoked and
+// unauthorized_id). A client speaking plain HTTP is told so, as net/http's
+// server does.
+func handshake(ctx context.Context, c net.Conn, cfg *tls.Config, m *metrics) (*tls.Conn, error) {
+	tc := tls.Server(c, cfg)
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	err := tc.HandshakeContext(hctx)
+	if err == nil {
+		return tc, nil
+	}
+	var rhe tls.RecordHeaderError
+	reason := ""
+	switch {
+	case errors.As(err, &rhe):
+		reason = "plain_http"
+		if rhe.Conn != nil && looksLikeHTTP(rhe.RecordHeader) {
+			io.WriteString(rhe.Conn, "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+		}
+	case strings.Contains(err.Error(), "didn't provide a certificate"):
+		reason = "no_client_cert"
+	case errors.Is(err, io.EOF):
+		reason = "eof"
+	case errors.Is(err, context.DeadlineExceeded):
+		reason = "timeout"
+	}
+	if reason != "" {
+		m.handshakeFailures.WithLabelValues(reason).Inc()
+	}
+	return nil, err
+}
+
+func looksLikeHTTP(hdr [5]byte) bool {
+	switch string(hdr[:]) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO":
+		return true
+	}
+	return false
+}
+
+// connListener hands connections accepted elsewhere to an http.Server.
+type connListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnListener(addr net.Addr) *connListener {
+	return &connListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// deliver passes c to the server, or closes it if the server has stopped.
+func (l *connListener) deliver(c net.Conn) {
+	select {
+	case l.ch <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return l.addr }
