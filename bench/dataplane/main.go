@@ -221,14 +221,15 @@ func run() error {
 	t0 := time.Now()
 	through := openLoop("http://" + rOut + "/")
 	cpu := float64(cpuTicks(pids)-cpu0) / 100 / time.Since(t0).Seconds()
-	rss := rssKB(pids)
+	rss, anon, file, peak := rssKB(pids, "VmRSS"), rssKB(pids, "RssAnon"), rssKB(pids, "RssFile"), rssKB(pids, "VmHWM")
 	fmt.Printf("open loop %d req/s for %s, 1 KiB POST bodies and responses:\n", *rate, *latDur)
 	fmt.Printf("  direct        p50 %-9s p99 %-9s (%d errors)\n", direct.q(.5), direct.q(.99), direct.errors)
 	fmt.Printf("  rampart pair  p50 %-9s p99 %-9s (%d errors)\n", through.q(.5), through.q(.99), through.errors)
 	fmt.Printf("  added by the proxy pair: p50 %s, p99 %s\n", through.q(.5)-direct.q(.5), through.q(.99)-direct.q(.99))
 	per := 1000 / float64(*rate)
-	fmt.Printf("  proxy pair cost per 1,000 req/s: %.3f vCPU, %.1f MB RSS (both proxies together; %.1f MB each on average)\n",
-		cpu*per, float64(rss)/1024, float64(rss)/1024/2)
+	mb := func(kb int64) float64 { return float64(kb) / 1024 / 2 }
+	fmt.Printf("  proxy pair cost per 1,000 req/s: %.3f vCPU for both proxies; RSS %.1f MB per proxy (%.1f MB anonymous: heap, stacks, buffers; %.1f MB the binary's file pages, shared by every process running the same file); peak %.1f MB\n",
+		cpu*per, mb(rss), mb(anon), mb(file), mb(peak))
 
 	// New mTLS handshakes/s: the rampart inbound proxy vs a raw crypto/tls server.
 	cert, err := tls.LoadX509KeyPair(filepath.Join(workDir, "client-svid", "svid.pem"), filepath.Join(workDir, "client-svid", "svid.key"))
@@ -416,11 +417,14 @@ func cpuTicks(pids []int) int64 {
 	return total
 }
 
-func rssKB(pids []int) int64 {
+// rssKB sums a /proc/PID/status field (VmRSS, RssAnon, RssFile, VmHWM)
+// over pids, in kB.
+func rssKB(pids []int, field string) int64 {
+	re := regexp.MustCompile(field + `:\s+(\d+)`)
 	var total int64
 	for _, pid := range pids {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if m := regexp.MustCompile(`VmRSS:\s+(\d+)`).FindSubmatch(b); m != nil {
+		if m := re.FindSubmatch(b); m != nil {
 			kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
 			total += kb
 		}
