@@ -82,6 +82,7 @@ type Guard struct {
 	tokens    *Tokens
 	engine    atomic.Pointer[policy.Engine]
 	decisions *prometheus.CounterVec
+	outcomes  map[string]prometheus.Counter // decisions by outcome, looked up once
 	latency   prometheus.Histogram
 }
 
@@ -102,6 +103,10 @@ func NewGuard(cfg GuardConfig) *Guard {
 			Name: "rampart_authz_decision_duration_seconds", Help: "Time to decide one request.",
 			Buckets: []float64{1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3},
 		}),
+	}
+	g.outcomes = map[string]prometheus.Counter{}
+	for _, o := range []string{"allow", "deny", "dry_run_deny", "bad_request"} {
+		g.outcomes[o] = g.decisions.WithLabelValues(o)
 	}
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(g.decisions, g.latency)
@@ -162,13 +167,24 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 // refused one is left as it was and a Refusal says what to answer. The
 // proxy's HTTP/1.1 path and Middleware share it, so both decide alike.
 func (g *Guard) Check(r *http.Request) (spiffeid.ID, *Refusal) {
-	start := time.Now()
-	ev := Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr}
 	peer, err := mtls.PeerID(r.TLS)
 	if err != nil {
+		peer = spiffeid.ID{}
+	}
+	return peer, g.CheckPeer(r, peer)
+}
+
+// CheckPeer is Check for a request whose connection's verified caller is
+// already known (the zero ID: none), so a connection carrying many
+// requests derives it from its certificate once. peer must be the SPIFFE
+// ID of r.TLS's verified leaf.
+func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
+	start := time.Now()
+	ev := Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr}
+	if peer.IsZero() || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		ev.Reason = "no verified client certificate"
 		g.finish(r.Context(), &ev, start, "bad_request")
-		return peer, &Refusal{Status: http.StatusUnauthorized, Detail: "a client SVID is required"}
+		return &Refusal{Status: http.StatusUnauthorized, Detail: "a client SVID is required"}
 	}
 	ev.Caller = peer.String()
 	stripIdentityHeaders(r.Header)
@@ -176,7 +192,7 @@ func (g *Guard) Check(r *http.Request) (spiffeid.ID, *Refusal) {
 	if err != nil {
 		ev.Path, ev.Reason = r.URL.EscapedPath(), err.Error()
 		g.finish(r.Context(), &ev, start, "bad_request")
-		return peer, &Refusal{Status: http.StatusBadRequest, Detail: "ambiguous request path refused: " + err.Error()}
+		return &Refusal{Status: http.StatusBadRequest, Detail: "ambiguous request path refused: " + err.Error()}
 	}
 	ev.Path = path
 	var user map[string]any
@@ -188,7 +204,7 @@ func (g *Guard) Check(r *http.Request) (spiffeid.ID, *Refusal) {
 		if errors.Is(err, dpop.ErrInvalid) {
 			code = "invalid_dpop_proof"
 		}
-		return peer, &Refusal{Status: http.StatusUnauthorized, Detail: "access token refused: " + err.Error(),
+		return &Refusal{Status: http.StatusUnauthorized, Detail: "access token refused: " + err.Error(),
 			WWWAuthenticate: scheme + ` error="` + code + `", algs="ES256 ES384 EdDSA RS256 PS256"`}
 	}
 	if claims != nil {
@@ -207,7 +223,7 @@ func (g *Guard) Check(r *http.Request) (spiffeid.ID, *Refusal) {
 	if eng == nil {
 		ev.Reason = "no policy for this service"
 		g.finish(r.Context(), &ev, start, "deny")
-		return peer, &Refusal{Status: http.StatusForbidden, Detail: "denied: no policy allows calls to " + g.cfg.Service.String()}
+		return &Refusal{Status: http.StatusForbidden, Detail: "denied: no policy allows calls to " + g.cfg.Service.String()}
 	}
 	d := eng.Decide(&policy.Request{Caller: peer, Method: r.Method, Path: path, Headers: r.Header, User: user})
 	ev.Rule, ev.Version, ev.Allowed, ev.DryRun = d.Rule, d.Version, d.Allowed, d.DryRunDenied
@@ -220,14 +236,14 @@ func (g *Guard) Check(r *http.Request) (spiffeid.ID, *Refusal) {
 	}
 	g.finish(r.Context(), &ev, start, outcome)
 	if !d.Allowed {
-		return peer, &Refusal{Status: http.StatusForbidden, Detail: "denied by policy version " + d.Version}
+		return &Refusal{Status: http.StatusForbidden, Detail: "denied by policy version " + d.Version}
 	}
 	// Forward exactly what was judged.
 	r.URL.RawPath = path
 	r.URL.Path = decodedPath(path)
 	r.Header.Set(HeaderCaller, peer.String())
 	r.Header.Set(HeaderXFCC, "By="+g.cfg.Service.String()+";URI="+peer.String())
-	return peer, nil
+	return nil
 }
 
 // AllowConn authorises a raw TCP connection by identity only.
@@ -252,7 +268,11 @@ func (g *Guard) AllowConn(ctx context.Context, peer spiffeid.ID, remote string) 
 
 func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome string) {
 	ev.Latency = time.Since(start)
-	g.decisions.WithLabelValues(outcome).Inc()
+	c, ok := g.outcomes[outcome]
+	if !ok {
+		c = g.decisions.WithLabelValues(outcome)
+	}
+	c.Inc()
 	g.latency.Observe(ev.Latency.Seconds())
 	g.cfg.Sink.Decision(ctx, *ev)
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,7 +18,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/rampartsec/rampart/internal/authz"
+	"github.com/rampartsec/rampart/internal/mtls"
 )
 
 // The HTTP/1.1 forwarding path. One goroutine per client connection reads a
@@ -47,27 +51,45 @@ const (
 // upstream (the app for an inbound listener, the peer's inbound proxy for
 // an outbound one).
 type h1Forwarder struct {
-	direction string       // "inbound" or "outbound", for metrics
-	guard     *authz.Guard // inbound: decides every request; nil outbound
-	pool      *pool
+	guard *authz.Guard // inbound: decides every request; nil outbound
+	pool  *pool
 	// badGateway is the detail of the 502 sent when the upstream fails.
 	badGateway func(error) string
-	m          *metrics
+	m          *directionMetrics
 	log        *slog.Logger
 	conns      *connSet
+	// headerTimeout and idleTimeout, if set, replace readHeaderTimeout
+	// and idleTimeout (tests).
+	headerTimeout, idleTimeout time.Duration
+}
+
+func (f *h1Forwarder) timeouts() (header, idle time.Duration) {
+	header, idle = readHeaderTimeout, idleTimeout
+	if f.headerTimeout > 0 {
+		header = f.headerTimeout
+	}
+	if f.idleTimeout > 0 {
+		idle = f.idleTimeout
+	}
+	return header, idle
 }
 
 // h1Conn is one client connection and the upstream connection pinned to it.
 type h1Conn struct {
-	f    *h1Forwarder
-	c    net.Conn
-	tls  *tls.ConnectionState // inbound: the verified peer; nil outbound
-	lr   *io.LimitedReader    // bounds the request head
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	up   *upConn
-	buf  []byte // copy buffer for bodies, allocated on first use
-	idle bool   // guarded by f.conns.mu: waiting for the next request
+	f   *h1Forwarder
+	c   net.Conn
+	tls *tls.ConnectionState // inbound: the verified peer; nil outbound
+	// peer is tls's verified caller, derived once per connection.
+	peer   spiffeid.ID
+	remote string // c.RemoteAddr(), formatted once
+	rd     readDeadline
+	lr     *io.LimitedReader // bounds the request head
+	rerr   *errReader        // the client connection's last read error
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	up     *upConn
+	buf    []byte // copy buffer for bodies, allocated on first use
+	idle   bool   // guarded by f.conns.mu: waiting for the next request
 	// linger: the proxy answered and is closing while the client may still
 	// be sending; see lingerClose.
 	linger bool
@@ -76,8 +98,14 @@ type h1Conn struct {
 // serve runs the request loop of one client connection until it closes,
 // fails, or the listener drains. br may hold bytes already read from c.
 func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, cs *tls.ConnectionState) {
-	h := &h1Conn{f: f, c: c, tls: cs, bw: bufio.NewWriterSize(c, 4<<10)}
-	h.lr = &io.LimitedReader{R: c, N: maxHeaderBytes}
+	h := &h1Conn{f: f, c: c, tls: cs, bw: bufio.NewWriterSize(c, 4<<10), remote: c.RemoteAddr().String(), rd: readDeadline{c: c}}
+	if cs != nil {
+		if id, err := mtls.PeerID(cs); err == nil {
+			h.peer = id
+		}
+	}
+	h.rerr = &errReader{r: c}
+	h.lr = &io.LimitedReader{R: h.rerr, N: maxHeaderBytes}
 	if br == nil {
 		br = bufio.NewReaderSize(h.lr, 4<<10)
 	} else {
@@ -130,19 +158,26 @@ func bytesOf(br *bufio.Reader) io.Reader {
 // next serves one request; false ends the connection.
 func (h *h1Conn) next(ctx context.Context) bool {
 	f := h.f
+	headerTimeout, idleTimeout := f.timeouts()
 	// The deadline is set before the connection is marked idle, so a drain
 	// that starts in between still wakes it (shutdown moves the deadline).
-	h.c.SetReadDeadline(time.Now().Add(idleTimeout))
+	h.rd.after(time.Now(), idleTimeout)
 	if !f.conns.setIdle(h, true) {
 		return false // draining
 	}
 	_, err := h.br.Peek(1)
-	f.conns.setIdle(h, false)
+	if !f.conns.setIdle(h, false) {
+		h.rd.forget() // shutdown may have moved it
+	}
 	if err != nil {
 		return false
 	}
 	start := time.Now()
-	h.c.SetReadDeadline(start.Add(readHeaderTimeout))
+	if !headBuffered(h.br) {
+		// Parsing will read from the network: a client has this long to
+		// finish its head (the idle deadline is far more generous).
+		h.rd.after(start, headerTimeout)
+	}
 	h.lr.N = maxHeaderBytes
 	req, err := http.ReadRequest(h.br)
 	tooLarge := h.lr.N <= 0
@@ -159,14 +194,14 @@ func (h *h1Conn) next(ctx context.Context) bool {
 		h.answer(req, &authz.Refusal{Status: http.StatusExpectationFailed, Detail: "unsupported Expect header (only 100-continue)"}, true, start)
 		return false
 	}
-	req.RemoteAddr = h.c.RemoteAddr().String()
+	req.RemoteAddr = h.remote
 	req.TLS = h.tls
 	hasBody := req.Body != http.NoBody
-	if hasBody {
-		h.c.SetReadDeadline(time.Time{}) // a body may stream for long; the next request sets a new one
+	if hasBody && !bodyBuffered(req.ContentLength, h.br) {
+		h.rd.none() // a body may stream for long; the next request sets a new one
 	}
 	if f.guard != nil {
-		if _, rf := f.guard.Check(req); rf != nil {
+		if rf := f.guard.CheckPeer(req, h.peer); rf != nil {
 			// An unread body would be taken for the next request: close.
 			return h.answer(req, rf, hasBody || req.Close, start)
 		}
@@ -178,8 +213,8 @@ func (h *h1Conn) next(ctx context.Context) bool {
 	}
 	resp, err := h.roundTrip(ctx, req)
 	if err != nil {
-		f.m.upstreamErrors.WithLabelValues(f.direction).Inc()
-		f.log.Debug("upstream failed", "direction", f.direction, "err", err)
+		f.m.upstreamErrors.Inc()
+		f.log.Debug("upstream failed", "direction", f.m.direction, "err", err)
 		return h.answer(req, &authz.Refusal{Status: http.StatusBadGateway, Detail: f.badGateway(err)}, true, start)
 	}
 	clientClose = clientClose || f.conns.draining()
@@ -191,8 +226,7 @@ func (h *h1Conn) next(ctx context.Context) bool {
 		upKeep = false
 		clientClose = true
 	}
-	f.m.requests.WithLabelValues(f.direction, strconv.Itoa(resp.StatusCode)).Inc()
-	f.m.latency.WithLabelValues(f.direction).Observe(time.Since(start).Seconds())
+	f.m.request(resp.StatusCode, start)
 	if !upKeep {
 		h.up.close()
 		h.up = nil
@@ -232,7 +266,7 @@ func (h *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 			err = up.bw.Flush()
 		}
 		if err == nil {
-			up.c.SetReadDeadline(time.Now().Add(responseHeaderTimeout))
+			up.rd.after(time.Now(), responseHeaderTimeout)
 			_, err = up.br.Peek(1)
 		}
 		if err != nil {
@@ -244,8 +278,8 @@ func (h *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 			return nil, err
 		}
 		resp, err := h.readResponse(req)
-		if err == nil && resp.Body != http.NoBody {
-			up.c.SetReadDeadline(time.Time{}) // a body may stream for long
+		if err == nil && resp.Body != http.NoBody && !bodyBuffered(resp.ContentLength, up.br) {
+			up.rd.none() // a body may stream for long
 		}
 		if err != nil {
 			up.close()
@@ -349,7 +383,7 @@ func (h *h1Conn) switchProtocols(ctx context.Context, req *http.Request, resp *h
 	defer up.close()
 	got := resp.Header.Get("Upgrade")
 	if upgrade == "" || !strings.EqualFold(got, upgrade) {
-		h.f.m.upstreamErrors.WithLabelValues(h.f.direction).Inc()
+		h.f.m.upstreamErrors.Inc()
 		h.answer(req, &authz.Refusal{Status: http.StatusBadGateway, Detail: "the upstream switched to a protocol that was not asked for: " + got}, true, start)
 		return false
 	}
@@ -362,8 +396,7 @@ func (h *h1Conn) switchProtocols(ctx context.Context, req *http.Request, resp *h
 	if h.bw.Flush() != nil {
 		return false
 	}
-	h.f.m.requests.WithLabelValues(h.f.direction, "101").Inc()
-	h.f.m.latency.WithLabelValues(h.f.direction).Observe(time.Since(start).Seconds())
+	h.f.m.request(http.StatusSwitchingProtocols, start)
 	h.f.conns.remove(h) // a tunnel is not drained like a request
 	h.c.SetReadDeadline(time.Time{})
 	up.c.SetReadDeadline(time.Time{})
@@ -391,8 +424,7 @@ func (h *h1Conn) answer(req *http.Request, rf *authz.Refusal, closeAfter bool, s
 		bw.Write(body)
 	}
 	err := bw.Flush()
-	h.f.m.requests.WithLabelValues(h.f.direction, strconv.Itoa(rf.Status)).Inc()
-	h.f.m.latency.WithLabelValues(h.f.direction).Observe(time.Since(start).Seconds())
+	h.f.m.request(rf.Status, start)
 	return err == nil && !closeAfter
 }
 
@@ -405,6 +437,12 @@ func (h *h1Conn) refuseMalformed(err error, tooLarge bool) {
 	case tooLarge:
 		status = http.StatusRequestHeaderFieldsTooLarge
 		err = fmt.Errorf("request head larger than %d bytes", maxHeaderBytes)
+	case isTimeout(h.rerr.err):
+		// textproto reports a line cut short by the deadline as malformed
+		// ("missing colon"); the real reason is the client's slowness.
+		header, _ := h.f.timeouts()
+		status = http.StatusRequestTimeout
+		err = fmt.Errorf("request head not received within %v", header)
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ne):
 		return // the client went away or stalled: nobody to answer
 	}
@@ -743,4 +781,71 @@ func (s *connSet) shutdown(ctx context.Context) {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// headBuffered reports whether br already holds a whole request head, so
+// parsing it reads nothing more from the network. (A head ending in bare
+// LFs is not recognised: the deadline is then set, which is only safer.)
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, []byte("\r\n\r\n"))
+}
+
+// bodyBuffered reports whether a body of length n (-1: unknown, chunked)
+// is already wholly in br, so reading it never waits for the network.
+func bodyBuffered(n int64, br *bufio.Reader) bool {
+	return n >= 0 && int64(br.Buffered()) >= n
+}
+
+// readDeadline is a connection's read deadline, moved only when it must:
+// a deadline up to deadlineSlack earlier than the one asked for is kept
+// (a later one never is), so a busy keep-alive connection resets its timer
+// about once a second instead of several times a request.
+type readDeadline struct {
+	c  net.Conn
+	at time.Time // the deadline set on c; zero: none
+}
+
+const deadlineSlack = time.Second
+
+// farFuture marks a deadline that was changed behind our back.
+var farFuture = time.Unix(1<<40, 0)
+
+func (d *readDeadline) after(now time.Time, timeout time.Duration) {
+	want := now.Add(timeout)
+	if !d.at.IsZero() && !d.at.After(want) && want.Sub(d.at) < deadlineSlack {
+		return
+	}
+	d.c.SetReadDeadline(want)
+	d.at = want
+}
+
+func (d *readDeadline) none() {
+	if !d.at.IsZero() {
+		d.c.SetReadDeadline(time.Time{})
+		d.at = time.Time{}
+	}
+}
+
+// forget is called when something else may have set the deadline: the
+// next after or none sets it whatever it was.
+func (d *readDeadline) forget() { d.at = farFuture }
+
+// errReader remembers the last error of the reader under it.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil {
+		e.err = err
+	}
+	return n, err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

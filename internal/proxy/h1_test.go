@@ -41,7 +41,7 @@ func newFwd(t *testing.T, h http.Handler) *fwd {
 	x.app.Start()
 	t.Cleanup(x.app.Close)
 	appAddr := x.app.Listener.Addr().String()
-	x.f = &h1Forwarder{direction: "outbound", m: newMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler), conns: newConnSet(),
+	x.f = &h1Forwarder{m: newMetrics(prometheus.NewRegistry()).forDirection("outbound"), log: slog.New(slog.DiscardHandler), conns: newConnSet(),
 		pool: newPool(func(ctx context.Context) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", appAddr)
 		}, 8),

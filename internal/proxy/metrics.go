@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,6 +64,32 @@ func (m *metrics) watchSVID(src *workloadapi.X509Source) {
 		}
 		return float64(sv.Certificates[0].NotAfter.Unix())
 	}))
+}
+
+// directionMetrics are one direction's request metrics, looked up once
+// rather than hashed from their labels on every request.
+type directionMetrics struct {
+	direction      string // "inbound" or "outbound"
+	latency        prometheus.Observer
+	upstreamErrors prometheus.Counter
+	requests       *prometheus.CounterVec
+	codes          sync.Map // status code (int) -> prometheus.Counter
+}
+
+func (m *metrics) forDirection(direction string) *directionMetrics {
+	return &directionMetrics{direction: direction, requests: m.requests,
+		latency:        m.latency.WithLabelValues(direction),
+		upstreamErrors: m.upstreamErrors.WithLabelValues(direction)}
+}
+
+// request counts one answered request and the time since start.
+func (d *directionMetrics) request(code int, start time.Time) {
+	c, ok := d.codes.Load(code)
+	if !ok {
+		c, _ = d.codes.LoadOrStore(code, d.requests.WithLabelValues(d.direction, strconv.Itoa(code)))
+	}
+	c.(prometheus.Counter).Inc()
+	d.latency.Observe(time.Since(start).Seconds())
 }
 
 type codeWriter struct {

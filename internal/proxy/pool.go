@@ -15,6 +15,7 @@ const poolIdleTimeout = 90 * time.Second
 // upConn is an upstream HTTP/1.1 connection with its buffers.
 type upConn struct {
 	c        net.Conn
+	rd       readDeadline
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	used     bool      // has carried a request, so its peer may have closed it since
@@ -63,7 +64,7 @@ func (p *pool) get(ctx context.Context) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &upConn{c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
+	return &upConn{c: c, rd: readDeadline{c: c}, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
 }
 
 // release gives back a connection that finished its last response cleanly.

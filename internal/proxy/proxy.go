@@ -183,7 +183,7 @@ func Run(ctx context.Context, cfg Config) error {
 				// net/http translates every request to HTTP/2.
 				app := in.App
 				dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
-				h1 = &h1Forwarder{direction: "inbound", guard: guard, m: m, log: cfg.Log, conns: newConnSet(),
+				h1 = &h1Forwarder{guard: guard, m: m.forDirection("inbound"), log: cfg.Log, conns: newConnSet(),
 					pool:       newPool(func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", app) }, 256),
 					badGateway: func(error) string { return "the service behind this proxy did not answer" }}
 				conns = append(conns, h1.conns)
@@ -231,7 +231,7 @@ func Run(ctx context.Context, cfg Config) error {
 		h1Cfg.NextProtos = []string{"http/1.1"}
 		dialer := &tls.Dialer{NetDialer: &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}, Config: h1Cfg}
 		upstream := out.Upstream
-		h1 := &h1Forwarder{direction: "outbound", m: m, log: cfg.Log, conns: newConnSet(),
+		h1 := &h1Forwarder{m: m.forDirection("outbound"), log: cfg.Log, conns: newConnSet(),
 			pool: newPool(func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", upstream) }, 256),
 			badGateway: func(err error) string {
 				return "upstream " + out.ID.String() + " unreachable or not who it should be: " + err.Error()
