@@ -6,7 +6,9 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/textproto"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -187,7 +189,12 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 		return &Refusal{Status: http.StatusUnauthorized, Detail: "a client SVID is required"}
 	}
 	ev.Caller = peer.String()
-	stripIdentityHeaders(r.Header)
+	if !methodOK(r.Method) {
+		ev.Reason = "method not in upper case"
+		g.finish(r.Context(), &ev, start, "bad_request")
+		return &Refusal{Status: http.StatusBadRequest, Detail: "method " + strconv.Quote(r.Method) + " refused: methods must be upper case"}
+	}
+	sanitizeHeaders(r.Header)
 	path, err := policy.NormalizePath(r.URL.EscapedPath())
 	if err != nil {
 		ev.Path, ev.Reason = r.URL.EscapedPath(), err.Error()
@@ -277,37 +284,72 @@ func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome 
 	g.cfg.Sink.Decision(ctx, *ev)
 }
 
-// stripIdentityHeaders removes every header a caller could use to claim an
-// identity: only the guard sets them, after verification. It also removes
-// identity headers from the Connection header's list: a proxy drops the
-// headers listed there as hop-by-hop, so "Connection: X-Rampart-Caller" would
-// otherwise make the verified identity vanish on the way to the app.
-func stripIdentityHeaders(h http.Header) {
-	for name := range h {
-		if isIdentityHeader(name) {
-			delete(h, name)
-		}
-	}
-	conn := h.Values("Connection")
-	if len(conn) == 0 {
-		return
-	}
-	var keep []string
-	for _, v := range conn {
+// sanitizeHeaders makes the request's headers what the app will be given,
+// before the policy sees them, so a condition never judges a header the app
+// will not get, nor misses one it will:
+//
+//   - Headers listed in Connection are hop-by-hop (RFC 9110 7.6.1): every
+//     proxy drops them on the way, so they are dropped now. Connection keeps
+//     only an "upgrade" token; had it kept "X-Rampart-Caller", the next hop
+//     would drop the verified identity set below.
+//   - Identity headers (X-Rampart-*, X-Forwarded-Client-Cert): only the
+//     guard sets them, after verification.
+//   - Names with "_": CGI-style servers (PHP, Rack, WSGI) map
+//     X_Rampart_Caller and X-Rampart-Caller to the same variable. Dropped,
+//     as nginx does by default (underscores_in_headers off).
+//   - Method and URL overrides (X-HTTP-Method-Override, X-Original-URL...):
+//     frameworks honour them after the policy judged the request line.
+func sanitizeHeaders(h http.Header) {
+	upgrade := false
+	for _, v := range h["Connection"] {
 		for tok := range strings.SplitSeq(v, ",") {
-			if tok = strings.TrimSpace(tok); tok != "" && !isIdentityHeader(http.CanonicalHeaderKey(tok)) {
-				keep = append(keep, tok)
+			tok = textproto.TrimString(tok)
+			if strings.EqualFold(tok, "upgrade") {
+				upgrade = true
+			} else if tok != "" {
+				delete(h, http.CanonicalHeaderKey(tok))
 			}
 		}
 	}
-	h.Del("Connection")
-	if len(keep) > 0 {
-		h.Set("Connection", strings.Join(keep, ", "))
+	delete(h, "Connection")
+	if upgrade {
+		h["Connection"] = []string{"Upgrade"}
+	}
+	for name := range h {
+		// Canonical as parsers leave them, but not assumed: CanonicalMIMEHeaderKey
+		// returns name itself, unallocated, when it already is.
+		c := textproto.CanonicalMIMEHeaderKey(name)
+		if isIdentityHeader(c) || strings.IndexByte(c, '_') >= 0 || overrideHeaders[c] {
+			delete(h, name)
+		}
 	}
 }
 
 func isIdentityHeader(canonical string) bool {
 	return strings.HasPrefix(canonical, "X-Rampart-") || canonical == HeaderXFCC
+}
+
+// overrideHeaders tell common frameworks to route a request as another
+// method or path than its request line says (Rails, Laravel, Symfony,
+// Express method-override, IIS URL Rewrite...).
+var overrideHeaders = map[string]bool{
+	"X-Http-Method-Override": true, "X-Http-Method": true, "X-Method-Override": true,
+	"X-Original-Url": true, "X-Rewrite-Url": true, "X-Original-Method": true,
+}
+
+// methodOK reports whether a request method is a token in upper case:
+// methods are case-sensitive (RFC 9110 9.1), but many frameworks upper-case
+// them before routing, so "delete" would escape a rule about DELETE.
+func methodOK(m string) bool {
+	if m == "" {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		if c := m[i]; 'a' <= c && c <= 'z' {
+			return false
+		}
+	}
+	return true
 }
 
 // decodedPath turns a normalised escaped path into url.URL.Path form. The

@@ -120,3 +120,98 @@ func TestConnectionHeaderCannotDropIdentity(t *testing.T) {
 		t.Fatalf("the verified identity did not reach the app: %v", got)
 	}
 }
+
+// Attacks on the guard itself, which every path shares (the proxy's
+// HTTP/1.1 forwarder, net/http for HTTP/2 and gRPC, the SDK): each request
+// goes through Middleware and a real ReverseProxy to an app that records
+// what it was given.
+func TestGuardRefusesRequestTricks(t *testing.T) {
+	var got *http.Request
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got = r }))
+	defer app.Close()
+	target, _ := url.Parse(app.URL)
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) }}
+	g := NewGuard(GuardConfig{Service: spiffeid.RequireFromString("spiffe://example.org/payments")})
+	p, err := policy.Parse([]byte(`service: spiffe://example.org/payments
+rules:
+  - name: no-admin-reads
+    action: deny
+    callers: ['*']
+    methods: [GET]
+    paths: [/admin]
+  - name: no-deletes
+    action: deny
+    callers: ['*']
+    methods: [DELETE]
+  - name: acme-only
+    callers: ['*']
+    paths: [/tenant]
+    when: request.headers["x-tenant"] == "acme"
+  - name: rest
+    callers: ['*']
+    paths: ['/public/*', /admin, /items]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := policy.Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.SetPolicy(eng)
+	h := g.Middleware(rp)
+
+	for _, tc := range []struct {
+		name   string
+		method string
+		path   string
+		header [][2]string
+		code   int
+		absent []string // headers the app must not see
+	}{
+		{"HEAD under a GET deny rule", "HEAD", "/admin", nil, 403, nil},
+		{"lower-case method past a DELETE deny rule", "delete", "/items", nil, 400, nil},
+		{"mixed-case method", "Delete", "/items", nil, 400, nil},
+		{"path parameter on a dot segment", "GET", "/public/..;/admin", nil, 400, nil},
+		{"path parameter on the target", "GET", "/admin;jsessionid=1", nil, 400, nil},
+		{"judged header named in Connection", "GET", "/tenant", [][2]string{{"X-Tenant", "acme"}, {"Connection", "X-Tenant"}}, 403, nil},
+		{"second value of a judged header", "GET", "/tenant", [][2]string{{"X-Tenant", "acme"}, {"X-Tenant", "globex"}}, 403, nil},
+		{"identity header with underscores", "GET", "/public/x", [][2]string{{"X_Rampart_Caller", "spiffe://example.org/admin"}, {"x_rampart_user", "alice"}, {"X_Forwarded_Client_Cert", "URI=spiffe://example.org/admin"}},
+			200, []string{"X_rampart_caller", "X_rampart_user", "X_forwarded_client_cert"}},
+		{"method and URL overrides", "POST", "/public/x", [][2]string{{"X-HTTP-Method-Override", "DELETE"}, {"X-HTTP-Method", "DELETE"}, {"X-Method-Override", "DELETE"}, {"X-Original-URL", "/admin"}, {"X-Rewrite-URL", "/admin"}},
+			200, []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Original-Url", "X-Rewrite-Url"}},
+		{"the one tenant allowed", "GET", "/tenant", [][2]string{{"X-Tenant", "acme"}}, 200, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got = nil
+			r := request(t, "spiffe://example.org/orders", "/")
+			r.Method = tc.method
+			r.URL = &url.URL{Scheme: "https", Host: "payments", Path: tc.path, RawPath: tc.path}
+			for _, kv := range tc.header {
+				r.Header[kv[0]] = append(r.Header[kv[0]], kv[1])
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if w.Code != tc.code {
+				t.Fatalf("status %d, want %d: %s", w.Code, tc.code, w.Body)
+			}
+			if tc.code != 200 {
+				if got != nil {
+					t.Fatal("a refused request reached the app")
+				}
+				return
+			}
+			if got == nil {
+				t.Fatal("the app saw nothing")
+			}
+			for _, name := range tc.absent {
+				if v, ok := got.Header[name]; ok {
+					t.Errorf("%s: %q reached the app", name, v)
+				}
+			}
+			if c := got.Header.Get("X-Rampart-Caller"); c != "spiffe://example.org/orders" {
+				t.Errorf("app saw caller %q", c)
+			}
+		})
+	}
+}

@@ -45,8 +45,10 @@ func compileCEL(expr string) (cel.Program, error) {
 func evalCEL(prg cel.Program, r *Request, params map[string]string) (result bool, err error) {
 	headers := map[string]string{}
 	for k, v := range r.Headers {
+		// A repeated field is one list (RFC 9110 5.3), and the app may read
+		// any of its values: the condition judges all of them, not the first.
 		if len(v) > 0 {
-			headers[strings.ToLower(k)] = v[0]
+			headers[strings.ToLower(k)] = strings.Join(v, ", ")
 		}
 	}
 	user := r.User

@@ -68,6 +68,12 @@ func Compile(p *Policy) (*Engine, error) {
 		cr := compiledRule{name: r.Name, deny: r.Action == ActionDeny, when: r.When, line: r.Line}
 		for _, m := range r.Methods {
 			cr.methods |= methodBit(m)
+			if m == "GET" {
+				// HEAD is GET without the body (RFC 9110 9.3.2), and
+				// frameworks run the GET handler for it: a rule about GET,
+				// allow or deny, is about HEAD too.
+				cr.methods |= methodBit("HEAD")
+			}
 		}
 		for _, ps := range r.Paths {
 			pp, err := compilePath(ps)

@@ -15,7 +15,8 @@ func Naive(p *Policy) func(*Request) Decision {
 		if !slices.ContainsFunc(rule.Callers, func(c string) bool { return callerMatches(c, r.Caller, td) }) {
 			return false
 		}
-		if len(rule.Methods) > 0 && !slices.Contains(rule.Methods, r.Method) {
+		if len(rule.Methods) > 0 && !slices.Contains(rule.Methods, r.Method) &&
+			!(r.Method == "HEAD" && slices.Contains(rule.Methods, "GET")) {
 			return false
 		}
 		return eng.pathAndCondition(i, r)

@@ -41,6 +41,11 @@ func NormalizePath(raw string) (string, error) {
 			i += 2
 		case c == '\\':
 			return "", fmt.Errorf("policy: path %q: backslash is ambiguous", raw)
+		case c == ';':
+			// Servlet containers and Spring strip path parameters before
+			// routing ("/admin;x" is /admin, "/public/..;/admin" is /admin),
+			// so the path judged would not be the path served.
+			return "", fmt.Errorf("policy: path %q: ';' path parameters are ambiguous (servlet containers strip them)", raw)
 		case c < 0x20 || c == 0x7f:
 			return "", fmt.Errorf("policy: path %q: control character", raw)
 		default:

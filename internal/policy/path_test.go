@@ -31,6 +31,10 @@ func TestNormalizePath(t *testing.T) {
 		{in: "/a%2fb", wantErr: `encoded "/"`},
 		{in: "/a%5Cb", wantErr: `encoded "\\"`},
 		{in: "/a\\b", wantErr: "backslash"},
+		{in: "/public/..;/admin", wantErr: "';' path parameters"},
+		{in: "/admin;jsessionid=1", wantErr: "';' path parameters"},
+		{in: "/a/%2e%2e;x/b", wantErr: "';' path parameters"},
+		{in: "/a%3Bb", want: "/a%3Bb"}, // an encoded ';' is data, not a parameter
 		{in: "/a%00b", wantErr: "control"},
 		{in: "/a\x01b", wantErr: "control"},
 		{in: "/a%zz", wantErr: "invalid percent-escape"},

@@ -78,6 +78,8 @@ func TestDecide(t *testing.T) {
 		{"unauthenticated never matches", req("", "GET", "/health/"), false, ""},
 		{"tcp connection: only rules without methods/paths", req("spiffe://example.org/batch/x", "", ""), true, "batch-everything"},
 		{"tcp connection: method rules do not match", req("spiffe://example.org/orders", "", ""), false, ""},
+		{"a GET rule covers HEAD", req("spiffe://example.org/anyone", "HEAD", "/health/"), true, "anyone-health"},
+		{"HEAD is still not POST", req("spiffe://example.org/anyone", "POST", "/health/"), false, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -113,6 +115,16 @@ func TestConditions(t *testing.T) {
 	r.Headers = http.Header{"X-Tenant": {"b"}}
 	if e.Decide(r).Allowed {
 		t.Fatal("wrong header allowed")
+	}
+	// The app may read any value of a repeated header: all are judged.
+	r.Headers = http.Header{"X-Tenant": {"a", "b"}}
+	if e.Decide(r).Allowed {
+		t.Fatal("a second value of a judged header was let through")
+	}
+	// A deny rule about GET denies HEAD too.
+	dh := mustEngine(t, "service: spiffe://example.org/p\nrules:\n  - name: no-reads\n    action: deny\n    callers: [\"*\"]\n    methods: [GET]\n  - name: all\n    callers: [\"*\"]\n")
+	if got := dh.Decide(req("spiffe://example.org/x", "HEAD", "/")); got.Allowed || got.Rule != "no-reads" {
+		t.Fatalf("HEAD under a GET deny rule: %+v", got)
 	}
 	// A deny rule whose condition errors denies (fail closed).
 	d := mustEngine(t, `service: spiffe://example.org/p

@@ -16,7 +16,7 @@ func TestIndexMatchesNaive(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	callers := []string{"spiffe://example.org/a", "spiffe://example.org/b", "spiffe://example.org/ns/x", "spiffe://example.org/ns/y/z", "spiffe://evil.org/a"}
 	callerPats := append([]string{"*", "spiffe://example.org/ns/*", "spiffe://example.org/ns/y/*", "spiffe://evil.org/*"}, callers...)
-	meths := []string{"GET", "POST", "DELETE", "PUT"}
+	meths := []string{"GET", "HEAD", "POST", "DELETE", "PUT"}
 	pathPats := []string{"/", "/a", "/a/{id}", "/a/*", "/a/{id}/b", "/b/", "/b/*", "/{x}/{y}"}
 	paths := []string{"/", "/a", "/a/1", "/a/1/b", "/a/1/c", "/b", "/b/", "/b/x/y", "/c/d", ""}
 	pick := func(from []string, max int) []string {

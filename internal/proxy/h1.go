@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
@@ -159,6 +160,12 @@ func bytesOf(br *bufio.Reader) io.Reader {
 func (h *h1Conn) next(ctx context.Context) bool {
 	f := h.f
 	headerTimeout, idleTimeout := f.timeouts()
+	if h.up != nil && h.br.Buffered() == 0 {
+		// Waiting for the client: its upstream connection goes back to
+		// the pool, so idle clients never hold app connections.
+		f.pool.release(h.up)
+		h.up = nil
+	}
 	// The deadline is set before the connection is marked idle, so a drain
 	// that starts in between still wakes it (shutdown moves the deadline).
 	h.rd.after(time.Now(), idleTimeout)
@@ -200,14 +207,16 @@ func (h *h1Conn) next(ctx context.Context) bool {
 	if hasBody && !bodyBuffered(req.ContentLength, h.br) {
 		h.rd.none() // a body may stream for long; the next request sets a new one
 	}
+	clientClose := req.Close || req.ProtoMinor == 0
+	// Hop-by-hop headers go before the guard, so the policy judges the
+	// headers the app will be given.
+	upgrade := prepareRequest(req)
 	if f.guard != nil {
 		if rf := f.guard.CheckPeer(req, h.peer); rf != nil {
 			// An unread body would be taken for the next request: close.
-			return h.answer(req, rf, hasBody || req.Close, start)
+			return h.answer(req, rf, hasBody || clientClose, start)
 		}
 	}
-	clientClose := req.Close || req.ProtoMinor == 0
-	upgrade := prepareRequest(req)
 	if hasBody {
 		req.Body = &flushingReader{r: req.Body, src: h.br, continue100: h.continueWriter(req)}
 	}
@@ -225,6 +234,11 @@ func (h *h1Conn) next(ctx context.Context) bool {
 	if err := h.writeResponse(req, resp, clientClose); err != nil {
 		upKeep = false
 		clientClose = true
+	}
+	if upKeep && h.up.br.Buffered() > 0 {
+		// Bytes after a complete response (a body on a HEAD or 204 answer,
+		// a stray response) would answer the next request: never reused.
+		upKeep = false
 	}
 	f.m.request(resp.StatusCode, start)
 	if !upKeep {
@@ -244,10 +258,6 @@ func (h *h1Conn) next(ctx context.Context) bool {
 // connection as we wrote (idempotent methods only, as net/http does).
 func (h *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
-		if h.up != nil && time.Since(h.up.lastUsed) > staleAfter && !connAlive(h.up.c) {
-			h.up.close()
-			h.up = nil
-		}
 		if h.up == nil {
 			up, err := h.f.pool.get(ctx)
 			if err != nil {
@@ -272,7 +282,7 @@ func (h *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 		if err != nil {
 			up.close()
 			h.up = nil
-			if reused && attempt == 0 && req.Body == http.NoBody && idempotent(req) {
+			if reused && attempt == 0 && req.Body == http.NoBody && idempotent(req) && !isTimeout(err) {
 				continue // nothing came back: the request was not acted on
 			}
 			return nil, err
@@ -294,19 +304,31 @@ func (h *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 // readResponse reads the final response head, passing informational (1xx)
 // responses other than 101 on to the client.
 func (h *h1Conn) readResponse(req *http.Request) (*http.Response, error) {
-	for {
-		resp, err := http.ReadResponse(h.up.br, req)
+	up := h.up
+	for informational := 0; ; informational++ {
+		if informational > maxInformational {
+			return nil, fmt.Errorf("more than %d informational responses", maxInformational)
+		}
+		up.lr.N = maxHeaderBytes
+		resp, err := http.ReadResponse(up.br, req)
+		exhausted := up.lr.N <= 0
+		up.lr.N = 1<<63 - 1
 		if err != nil {
+			if exhausted {
+				err = fmt.Errorf("response head larger than %d bytes", maxHeaderBytes)
+			}
 			return nil, err
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			return resp, nil
 		}
-		if resp.StatusCode == http.StatusContinue {
-			continue // we sent the body without waiting; the client got ours
+		if resp.StatusCode == http.StatusContinue || req.ProtoMinor == 0 {
+			// 100: we sent the body without waiting; the client got ours.
+			// HTTP/1.0 clients get no 1xx at all (RFC 9110 15.2).
+			continue
 		}
 		removeHopByHop(resp.Header)
-		h.bw.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
+		h.bw.WriteString(statusLine(resp.StatusCode))
 		resp.Header.Write(h.bw)
 		h.bw.WriteString("\r\n")
 		if err := h.bw.Flush(); err != nil {
@@ -323,9 +345,7 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 	bw := h.bw
 	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	chunked := false
-	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(resp.Status)
-	bw.WriteString("\r\n")
+	bw.WriteString(statusLine(resp.StatusCode))
 	switch {
 	case noBody:
 		// Content-Length, if any, describes the resource: passed as is.
@@ -338,8 +358,8 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 	case req.ProtoMinor >= 1 && !closeAfter:
 		chunked = true
 		resp.Header.WriteSubset(bw, framingHeaders)
-		if len(resp.Trailer) > 0 {
-			bw.WriteString("Trailer: " + strings.Join(headerKeys(resp.Trailer), ", ") + "\r\n")
+		if t := trailerFields(resp.Trailer); len(t) > 0 {
+			bw.WriteString("Trailer: " + strings.Join(headerKeys(t), ", ") + "\r\n")
 		}
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	default:
@@ -358,7 +378,7 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 			cw := httputil.NewChunkedWriter(bw)
 			if _, err = h.copyBody(cw, body); err == nil {
 				cw.Close()
-				writeTrailer(bw, resp.Trailer)
+				writeTrailer(bw, trailerFields(resp.Trailer))
 			}
 		} else {
 			_, err = h.copyBody(bw, body)
@@ -390,7 +410,7 @@ func (h *h1Conn) switchProtocols(ctx context.Context, req *http.Request, resp *h
 	removeHopByHop(resp.Header)
 	resp.Header.Set("Connection", "Upgrade")
 	resp.Header.Set("Upgrade", got)
-	h.bw.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
+	h.bw.WriteString(statusLine(resp.StatusCode))
 	resp.Header.Write(h.bw)
 	h.bw.WriteString("\r\n")
 	if h.bw.Flush() != nil {
@@ -409,7 +429,7 @@ func (h *h1Conn) switchProtocols(ctx context.Context, req *http.Request, resp *h
 func (h *h1Conn) answer(req *http.Request, rf *authz.Refusal, closeAfter bool, start time.Time) bool {
 	body := authz.ProblemJSON(rf.Status, rf.Detail)
 	bw := h.bw
-	bw.WriteString("HTTP/1.1 " + strconv.Itoa(rf.Status) + " " + http.StatusText(rf.Status) + "\r\n")
+	bw.WriteString(statusLine(rf.Status))
 	bw.WriteString("Content-Type: application/problem+json\r\nCache-Control: no-store\r\n")
 	if rf.WWWAuthenticate != "" {
 		bw.WriteString("Www-Authenticate: " + rf.WWWAuthenticate + "\r\n")
@@ -535,9 +555,6 @@ func (h *h1Conn) writeRequest(bw *bufio.Writer, req *http.Request) error {
 	chunked := req.ContentLength < 0
 	switch {
 	case chunked:
-		if len(req.Trailer) > 0 {
-			bw.WriteString("Trailer: " + strings.Join(headerKeys(req.Trailer), ", ") + "\r\n")
-		}
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	case req.ContentLength > 0 || req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch:
 		bw.WriteString("Content-Length: ")
@@ -556,7 +573,12 @@ func (h *h1Conn) writeRequest(bw *bufio.Writer, req *http.Request) error {
 			return fmt.Errorf("request body: %w", err)
 		}
 		cw.Close()
-		return writeTrailer(bw, req.Trailer)
+		// Request trailers are not forwarded: they arrive after the guard
+		// decided, so it never judged them, and http.ReadRequest merges
+		// every trailer field, declared or not (X-Rampart-Caller,
+		// Content-Length...).
+		_, err := bw.WriteString("\r\n")
+		return err
 	}
 	n, err := h.copyBody(bw, req.Body)
 	if err == nil && n != req.ContentLength {
@@ -569,6 +591,42 @@ func (h *h1Conn) writeRequest(bw *bufio.Writer, req *http.Request) error {
 }
 
 var requestExcluded = map[string]bool{"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
+
+// maxInformational bounds the 1xx responses read before the final one, as
+// net/http's Transport does.
+const maxInformational = 5
+
+// statusLine is the status line sent for code. The reason phrase is ours,
+// never the upstream's: a reason phrase is free text in which a bare CR
+// could pose as a line end to a lenient client.
+func statusLine(code int) string {
+	text := http.StatusText(code)
+	if text == "" {
+		text = "status code " + strconv.Itoa(code)
+	}
+	return "HTTP/1.1 " + strconv.Itoa(code) + " " + text + "\r\n"
+}
+
+// trailerFields is a response's trailer without the fields a trailer must
+// not carry (RFC 9110 6.5.1): framing, routing and identity. It returns t
+// itself when nothing needs dropping (the usual case).
+func trailerFields(t http.Header) http.Header {
+	bad := func(k string) bool {
+		return framingHeaders[k] || k == "Host" || k == "Connection" || strings.HasPrefix(k, "X-Rampart-") || k == authz.HeaderXFCC
+	}
+	for k := range t {
+		if bad(k) {
+			clean := make(http.Header, len(t))
+			for k, v := range t {
+				if !bad(k) {
+					clean[k] = v
+				}
+			}
+			return clean
+		}
+	}
+	return t
+}
 
 func writeTrailer(bw *bufio.Writer, t http.Header) error {
 	if err := t.Write(bw); err != nil {
@@ -616,6 +674,12 @@ func prepareRequest(req *http.Request) (upgrade string) {
 	if tokenListHas(h["Connection"], "upgrade") {
 		upgrade = h.Get("Upgrade")
 	}
+	if tokenListHas(h["Upgrade"], "h2c") {
+		// An app that accepts h2c would serve every later request on the
+		// connection as HTTP/2, none of them seen by the guard.
+		upgrade = ""
+	}
+	delete(h, "Http2-Settings")
 	trailers := tokenListHas(h["Te"], "trailers")
 	removeHopByHop(h)
 	for _, k := range forwardedHeaders {
@@ -657,6 +721,19 @@ func checkRequest(req *http.Request) string {
 		return "missing required Host header"
 	case !validHost(req.Host):
 		return "malformed Host header"
+	}
+	// What net/http's server checks after parsing: textproto accepts
+	// "Name : value" (RFC 9112 5.1: MUST be refused), keeping "Name " as a
+	// name no one will look up.
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return "invalid header name " + strconv.Quote(k)
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return "invalid value of header " + k
+			}
+		}
 	}
 	return ""
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ const poolIdleTimeout = 90 * time.Second
 type upConn struct {
 	c        net.Conn
 	rd       readDeadline
+	lr       *io.LimitedReader // bounds a response head; unlimited otherwise
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	used     bool      // has carried a request, so its peer may have closed it since
@@ -53,7 +55,10 @@ func (p *pool) get(ctx context.Context) (*upConn, error) {
 		u := p.idle[n-1]
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
-		if time.Since(u.lastUsed) < poolIdleTimeout && connAlive(u.c) {
+		// A connection idle for a moment is taken as it is (its peer
+		// closing it just then is caught on use, and an idempotent request
+		// retried); one idle longer is looked at first.
+		if age := time.Since(u.lastUsed); age < poolIdleTimeout && (age < staleAfter || connAlive(u.c)) {
 			return u, nil
 		}
 		u.close()
@@ -64,7 +69,8 @@ func (p *pool) get(ctx context.Context) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &upConn{c: c, rd: readDeadline{c: c}, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
+	lr := &io.LimitedReader{R: c, N: 1<<63 - 1}
+	return &upConn{c: c, rd: readDeadline{c: c}, lr: lr, br: bufio.NewReaderSize(lr, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
 }
 
 // release gives back a connection that finished its last response cleanly.
