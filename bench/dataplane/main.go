@@ -34,6 +34,7 @@ var (
 	conns   = flag.Int("connections", 64, "wrk connections")
 	rate    = flag.Int("rate", 1000, "requests/s for the latency run")
 	latDur  = flag.Duration("latency-duration", 10*time.Second, "latency run length (bounded to 60s)")
+	rounds  = flag.Int("rounds", 3, "wrk rounds, each running direct, rampart pair and nginx pair in turn; the ratio reported is the median (this shared 2-core VM varies by 20-30% between runs)")
 	profile = flag.Bool("profile", false, "take CPU profiles of both proxies during the rampart pair's wrk run (bench/out/proxy-{app,client}.pprof)")
 	workDir string
 )
@@ -159,7 +160,8 @@ func run() error {
 	}
 	// nginx: the app, and an mTLS pair in front of it.
 	appAddr, ngIn, ngOut := freePort(), freePort(), freePort()
-	if err := startNginx(appAddr, ngIn, ngOut); err != nil {
+	nginxPair, err := startNginx(appAddr, ngIn, ngOut)
+	if err != nil {
 		return err
 	}
 	// rampart pair.
@@ -195,41 +197,68 @@ func run() error {
 		}
 	}
 
-	fmt.Printf("machine: %d cores; wrk -t2 -c%d -d%s, 1 KiB responses, keep-alive\n", numCPU(), *conns, *dur)
-	results := map[string]wrkResult{}
-	for _, c := range []struct{ name, url string }{{"direct", "http://" + appAddr + "/"}, {"rampart pair", "http://" + rOut + "/"}, {"nginx pair", "http://" + ngOut + "/"}} {
-		var profiles sync.WaitGroup
-		if *profile && c.name == "rampart pair" {
-			for name, a := range pprofAddr {
-				profiles.Go(func() { saveProfile(a, filepath.Join("bench", "out", "proxy-"+name+".pprof"), *dur-time.Second) })
+	fmt.Printf("machine: %d cores; wrk -t2 -c%d -d%s, 1 KiB responses, keep-alive; %d rounds\n", numCPU(), *conns, *dur, *rounds)
+	var ratios []float64
+	for round := 1; round <= *rounds; round++ {
+		results := map[string]wrkResult{}
+		for _, c := range []struct{ name, url string }{{"direct", "http://" + appAddr + "/"}, {"rampart pair", "http://" + rOut + "/"}, {"nginx pair", "http://" + ngOut + "/"}} {
+			var profiles sync.WaitGroup
+			if *profile && c.name == "rampart pair" && round == 1 {
+				for name, a := range pprofAddr {
+					profiles.Go(func() { saveProfile(a, filepath.Join("bench", "out", "proxy-"+name+".pprof"), *dur-time.Second) })
+				}
 			}
+			r, err := wrk(c.url)
+			profiles.Wait()
+			if err != nil {
+				return err
+			}
+			results[c.name] = r
+			fmt.Printf("  round %d  %-13s %8.0f req/s  p50 %-9s p99 %s\n", round, c.name, r.rps, r.p50, r.p99)
 		}
-		r, err := wrk(c.url)
-		profiles.Wait()
-		if err != nil {
-			return err
-		}
-		results[c.name] = r
-		fmt.Printf("  %-13s %8.0f req/s  p50 %-9s p99 %s\n", c.name, r.rps, r.p50, r.p99)
+		ratio := results["rampart pair"].rps / results["nginx pair"].rps
+		ratios = append(ratios, ratio)
+		fmt.Printf("  round %d  rampart/nginx requests/s ratio: %.2f\n", round, ratio)
 	}
-	fmt.Printf("  rampart/nginx requests/s ratio: %.2f\n", results["rampart pair"].rps/results["nginx pair"].rps)
+	slices.Sort(ratios)
+	fmt.Printf("  rampart/nginx requests/s ratio, median of %d rounds: %.2f (range %.2f-%.2f)\n", len(ratios), ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1])
 
 	// Latency at a fixed rate with 1 KiB request bodies, and proxy cost.
-	direct := openLoop("http://" + appAddr + "/")
+	// Direct, rampart-pair and nginx-pair requests take turns in one open
+	// loop, each at --rate, so all see the same machine: the difference of
+	// quantiles is the pair's, not the noise between separate runs.
 	pids := []int{procByExe(exe["app"]), procByExe(exe["client"])}
-	cpu0 := cpuTicks(pids)
+	cpu0, appCPU0, ngCPU0 := cpuTicks(pids), cpuTicks(pids[:1]), cpuTicks(nginxPair)
 	t0 := time.Now()
-	through := openLoop("http://" + rOut + "/")
-	cpu := float64(cpuTicks(pids)-cpu0) / 100 / time.Since(t0).Seconds()
+	var lowProfiles sync.WaitGroup
+	if *profile {
+		for name, a := range pprofAddr {
+			lowProfiles.Go(func() {
+				saveProfile(a, filepath.Join("bench", "out", "proxy-"+name+"-1000rps.pprof"), *latDur-time.Second)
+			})
+		}
+	}
+	all := openLoop("http://"+appAddr+"/", "http://"+rOut+"/", "http://"+ngOut+"/")
+	lowProfiles.Wait()
+	secs := time.Since(t0).Seconds()
+	cpu := float64(cpuTicks(pids)-cpu0) / 100 / secs
+	appCPU := float64(cpuTicks(pids[:1])-appCPU0) / 100 / secs
+	ngCPU := float64(cpuTicks(nginxPair)-ngCPU0) / 100 / secs
+	direct, through, ng := all[0], all[1], all[2]
 	rss, anon, file, peak := rssKB(pids, "VmRSS"), rssKB(pids, "RssAnon"), rssKB(pids, "RssFile"), rssKB(pids, "VmHWM")
-	fmt.Printf("open loop %d req/s for %s, 1 KiB POST bodies and responses:\n", *rate, *latDur)
+	ngRSS := rssKB(nginxPair, "VmRSS")
+	fmt.Printf("open loop %d req/s to each of direct, the rampart pair and the nginx pair, interleaved, for %s, 1 KiB POST bodies and responses:\n", *rate, *latDur)
 	fmt.Printf("  direct        p50 %-9s p99 %-9s (%d errors)\n", direct.q(.5), direct.q(.99), direct.errors)
 	fmt.Printf("  rampart pair  p50 %-9s p99 %-9s (%d errors)\n", through.q(.5), through.q(.99), through.errors)
-	fmt.Printf("  added by the proxy pair: p50 %s, p99 %s\n", through.q(.5)-direct.q(.5), through.q(.99)-direct.q(.99))
+	fmt.Printf("  nginx pair    p50 %-9s p99 %-9s (%d errors)\n", ng.q(.5), ng.q(.99), ng.errors)
+	fmt.Printf("  added by the rampart pair: p50 %s, p99 %s; by the nginx pair: p50 %s, p99 %s\n",
+		through.q(.5)-direct.q(.5), through.q(.99)-direct.q(.99), ng.q(.5)-direct.q(.5), ng.q(.99)-direct.q(.99))
 	per := 1000 / float64(*rate)
 	mb := func(kb int64) float64 { return float64(kb) / 1024 / 2 }
-	fmt.Printf("  proxy pair cost per 1,000 req/s: %.3f vCPU for both proxies; RSS %.1f MB per proxy (%.1f MB anonymous: heap, stacks, buffers; %.1f MB the binary's file pages, shared by every process running the same file); peak %.1f MB\n",
-		cpu*per, mb(rss), mb(anon), mb(file), mb(peak))
+	fmt.Printf("  cost per 1,000 req/s: rampart pair %.3f vCPU (app-side proxy, which also spools and ships every decision to the audit log, %.3f; client side %.3f), nginx pair %.3f vCPU (%d workers)\n",
+		cpu*per, appCPU*per, (cpu-appCPU)*per, ngCPU*per, len(nginxPair))
+	fmt.Printf("  memory: rampart RSS %.1f MB per proxy (%.1f MB anonymous: heap, stacks, buffers; %.1f MB the binary's file pages, shared by every process running the same file; peak %.1f MB); nginx pair workers %.1f MB each\n",
+		mb(rss), mb(anon), mb(file), mb(peak), float64(ngRSS)/1024/float64(max(1, len(nginxPair))))
 
 	// New mTLS handshakes/s: the rampart inbound proxy vs a raw crypto/tls server.
 	cert, err := tls.LoadX509KeyPair(filepath.Join(workDir, "client-svid", "svid.pem"), filepath.Join(workDir, "client-svid", "svid.key"))
@@ -265,26 +294,35 @@ func check(u string) error {
 	return nil
 }
 
-func startNginx(appAddr, inAddr, outAddr string) error {
+// startNginx starts two nginx instances: the app (1 KiB answers) and, in
+// a process of its own so its cost can be measured apart, an mTLS pair in
+// front of it configured as the rampart pair is. It returns the pair's
+// worker PIDs.
+func startNginx(appAddr, inAddr, outAddr string) ([]int, error) {
 	body := strings.Repeat("x", 1024)
-	conf := fmt.Sprintf(`worker_processes 2;
-pid %[1]s/nginx.pid;
-error_log %[1]s/nginx-error.log warn;
+	common := `worker_processes 2;
+pid %[1]s/nginx-%[2]s.pid;
+error_log %[1]s/nginx-%[2]s-error.log warn;
 events { worker_connections 4096; }
-http {
+`
+	app := fmt.Sprintf(common+`http {
   access_log off;
-  upstream app { server %[2]s; keepalive 128; }
-  upstream mtls { server %[3]s; keepalive 128; }
-  server { listen %[2]s; location / { default_type text/plain; return 200 "%[5]s"; } }
+  server { listen %[3]s; location / { default_type text/plain; return 200 "%[4]s"; } }
+}
+`, workDir, "app", appAddr, body)
+	pair := fmt.Sprintf(common+`http {
+  access_log off;
+  upstream app { server %[3]s; keepalive 128; }
+  upstream mtls { server %[4]s; keepalive 128; }
   server {
-    listen %[3]s ssl;
+    listen %[4]s ssl;
     ssl_protocols TLSv1.3;
     ssl_certificate %[1]s/app-svid/svid.pem; ssl_certificate_key %[1]s/app-svid/svid.key;
     ssl_client_certificate %[1]s/app-svid/bundle.pem; ssl_verify_client on; ssl_verify_depth 3;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
   server {
-    listen %[4]s;
+    listen %[5]s;
     location / {
       proxy_pass https://mtls; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_ssl_certificate %[1]s/client-svid/svid.pem; proxy_ssl_certificate_key %[1]s/client-svid/svid.key;
@@ -293,25 +331,54 @@ http {
     }
   }
 }
-`, workDir, appAddr, inAddr, outAddr, body)
-	path := filepath.Join(workDir, "nginx.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		return err
-	}
-	cmd := exec.Command("nginx", "-c", path, "-g", "daemon off;")
-	var errb bytes.Buffer
-	cmd.Stderr = &errb
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	procs = append(procs, cmd)
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("tcp", outAddr); err == nil {
-			c.Close()
-			return nil
+`, workDir, "pair", appAddr, inAddr, outAddr)
+	var pairWorkers []int
+	for _, inst := range []struct{ name, conf, probe string }{{"app", app, appAddr}, {"pair", pair, outAddr}} {
+		path := filepath.Join(workDir, "nginx-"+inst.name+".conf")
+		if err := os.WriteFile(path, []byte(inst.conf), 0o600); err != nil {
+			return nil, err
+		}
+		cmd := exec.Command("nginx", "-c", path, "-g", "daemon off;")
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		procs = append(procs, cmd)
+		up := false
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end) && !up; time.Sleep(50 * time.Millisecond) {
+			if c, err := net.Dial("tcp", inst.probe); err == nil {
+				c.Close()
+				up = true
+			}
+		}
+		if !up {
+			return nil, fmt.Errorf("nginx (%s) did not start: %s", inst.name, errb.String())
+		}
+		if inst.name == "pair" {
+			pairWorkers = childrenOf(cmd.Process.Pid)
 		}
 	}
-	return fmt.Errorf("nginx did not start: %s", errb.String())
+	return pairWorkers, nil
+}
+
+// childrenOf lists the PIDs whose parent is pid.
+func childrenOf(pid int) []int {
+	var kids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			k, _ := strconv.Atoi(e.Name())
+			kids = append(kids, k)
+		}
+	}
+	return kids
 }
 
 type wrkResult struct {
@@ -354,41 +421,48 @@ func (l latencies) q(p float64) time.Duration {
 
 // openLoop sends requests at a fixed rate, whatever the answers' latency,
 // so slow answers show up as latency rather than as a lower rate.
-func openLoop(u string) latencies {
+// openLoop sends 1 KiB POSTs at --rate to each of urls, taking turns, for
+// --latency-duration, and returns each url's latencies.
+func openLoop(urls ...string) []latencies {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}}
 	body := bytes.Repeat([]byte("y"), 1024)
-	interval := time.Second / time.Duration(*rate)
-	n := int(latDur.Seconds() * float64(*rate))
+	interval := time.Second / time.Duration(*rate*len(urls))
+	n := int(latDur.Seconds()*float64(*rate)) * len(urls)
 	var mu sync.Mutex
-	var errs atomic.Int64
-	lat := make([]time.Duration, 0, n)
+	errs := make([]atomic.Int64, len(urls))
+	lat := make([][]time.Duration, len(urls))
 	var wg sync.WaitGroup
 	next := time.Now()
-	for range n {
+	for i := range n {
 		next = next.Add(interval)
 		time.Sleep(time.Until(next))
+		k := i % len(urls)
 		wg.Go(func() {
 			t0 := time.Now()
-			resp, err := client.Post(u, "text/plain", bytes.NewReader(body))
+			resp, err := client.Post(urls[k], "text/plain", bytes.NewReader(body))
 			if err != nil {
-				errs.Add(1)
+				errs[k].Add(1)
 				return
 			}
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != 200 {
-				errs.Add(1)
+				errs[k].Add(1)
 				return
 			}
 			d := time.Since(t0)
 			mu.Lock()
-			lat = append(lat, d)
+			lat[k] = append(lat[k], d)
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
-	slices.Sort(lat)
-	return latencies{d: lat, errors: errs.Load()}
+	out := make([]latencies, len(urls))
+	for k := range urls {
+		slices.Sort(lat[k])
+		out[k] = latencies{d: lat[k], errors: errs[k].Load()}
+	}
+	return out
 }
 
 func procByExe(path string) int {
