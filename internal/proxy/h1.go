@@ -117,10 +117,12 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, c
 		return
 	}
 	defer func() {
-		f.conns.remove(h)
+		// Released before leaving the set: once the set is empty, no client
+		// connection holds an upstream one.
 		if h.up != nil {
 			f.pool.release(h.up) // only a connection between requests is left pinned
 		}
+		f.conns.remove(h)
 	}()
 	for h.next(ctx) {
 	}
