@@ -55,6 +55,7 @@ func Attacks() []Attack {
 		{"forged-identity-header", "call orders through the gateway with X-Rampart-Caller and X-Forwarded-Client-Cert claiming to be payments-admin", attackForgedHeader},
 		{"forbidden-call", "as orders, DELETE payments 1 to 25 (orders may only read them)", attackForbiddenCall},
 		{"path-tricks", "reach /admin through the gateway with .., %2e%2e, %2F and // in the path", attackPathTricks},
+		{"confused-deputy", "as alice, ask orders (which may read cards from payments) for bob's card on file, with her token and then with none", attackConfusedDeputy},
 		{"refresh-token-replay", "replay alice's stolen refresh token after the shop has already used it", attackRefreshReplay},
 		{"stolen-access-token", "present alice's access token, leaked from the shop, as a bearer token and then with our own DPoP key", attackStolenAccessToken},
 		{"login-brute-force", "guess bob's password on the login page, six times, then try the right one", attackLoginBruteForce},
@@ -268,29 +269,41 @@ func attackRevokedAgent(ctx context.Context, sys *System) (Outcome, error) {
 // waitAudited waits for a denied entry of action at or after since (entries
 // from proxies arrive through their spools, so not at once).
 func waitAudited(ctx context.Context, sys *System, action string, since time.Time) error {
+	_, err := waitEntry(ctx, sys, "a denied "+action+" entry", since, func(e *audit.Entry) bool {
+		return e.Action == action && e.Outcome == audit.OutcomeDenied
+	})
+	return err
+}
+
+// waitEntry waits up to 20 s for an audit entry at or after since that
+// match accepts (entries from proxies arrive through their spools).
+func waitEntry(ctx context.Context, sys *System, what string, since time.Time, match func(*audit.Entry) bool) (audit.Entry, error) {
 	dir := filepath.Join(sys.Dir, "server", "audit")
 	deadline := time.Now().Add(20 * time.Second)
 	from := int64(0)
 	for {
-		found := false
+		var found *audit.Entry
 		err := audit.Scan(dir, from, func(i int64, raw []byte) error {
 			from = i + 1
 			var e audit.Entry
-			if json.Unmarshal(raw, &e) == nil && e.Action == action && e.Outcome == audit.OutcomeDenied && !e.Time.Before(since) {
-				found = true
+			if json.Unmarshal(raw, &e) == nil && !e.Time.Before(since) && match(&e) {
+				found = &e
 				return audit.ErrStop
 			}
 			return nil
 		})
-		if err != nil || found {
-			return err
+		if err != nil {
+			return audit.Entry{}, err
+		}
+		if found != nil {
+			return *found, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no denied %s entry in the audit log within 20s", action)
+			return audit.Entry{}, fmt.Errorf("no %s in the audit log within 20s", what)
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return audit.Entry{}, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,26 +24,49 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/dpop"
+	"github.com/rampartsec/rampart/internal/oauth"
 )
 
 // The demo's OAuth client and users. The passwords are printed at start:
 // this is a demo on loopback, not a deployment.
 const (
 	shopClient   = "shop"
+	ordersClient = "orders"
 	shopCallback = "http://127.0.0.1:9/callback"
 	demoPassword = "rampart-demo-password"
 )
 
 // ensureOAuth registers the shop (a public client: PKCE, no secret to keep
-// across restarts) and the users alice and bob, unless they exist.
+// across restarts; its tokens are addressed to the gateway and to orders,
+// which the gateway calls with them), orders (which exchanges a user's
+// token for one addressed to payments, authenticating with its SVID) and the
+// users alice and bob, unless they exist.
 func ensureOAuth(ctx context.Context, admin *api.Client) error {
-	var p *api.Problem
-	err := admin.Do(ctx, http.MethodPost, "/v1/oauth/clients", api.OAuthClient{ID: shopClient, Name: "Demo shop", AuthMethod: "none",
-		GrantTypes: []string{"authorization_code", "refresh_token"}, RedirectURIs: []string{shopCallback},
-		Audience: []string{"spiffe://" + TrustDomain.Name() + "/gateway"}}, nil)
-	if err != nil && !(errors.As(err, &p) && p.Status == http.StatusConflict) {
-		return fmt.Errorf("demo: oauth client: %w", err)
+	td := "spiffe://" + TrustDomain.Name()
+	clients := []api.OAuthClient{
+		{ID: shopClient, Name: "Demo shop", AuthMethod: "none",
+			GrantTypes: []string{"authorization_code", "refresh_token"}, RedirectURIs: []string{shopCallback},
+			Audience: []string{td + "/gateway", td + "/orders"}},
+		{ID: ordersClient, Name: "Orders (acts for the user towards payments)", AuthMethod: "tls_client_auth", SPIFFEID: td + "/orders",
+			GrantTypes: []string{oauth.GrantTokenExchange}, Audience: []string{td + "/payments"}},
 	}
+	for _, c := range clients {
+		var have api.OAuthClient
+		if err := admin.Do(ctx, http.MethodGet, "/v1/oauth/clients/"+c.ID, nil, &have); err == nil {
+			if slices.Equal(have.Audience, c.Audience) && slices.Equal(have.GrantTypes, c.GrantTypes) {
+				continue
+			}
+			// A data dir from an older demo: neither client holds a
+			// secret, so it is registered afresh.
+			if err := admin.Do(ctx, http.MethodDelete, "/v1/oauth/clients/"+c.ID, nil, nil); err != nil {
+				return fmt.Errorf("demo: oauth client %s: %w", c.ID, err)
+			}
+		}
+		if err := admin.Do(ctx, http.MethodPost, "/v1/oauth/clients", c, nil); err != nil {
+			return fmt.Errorf("demo: oauth client %s: %w", c.ID, err)
+		}
+	}
+	var p *api.Problem
 	for _, u := range []string{"alice", "bob"} {
 		err := admin.Do(ctx, http.MethodPost, "/v1/oauth/users", api.OAuthUser{Username: u, Password: demoPassword, Email: u + "@demo.example"}, nil)
 		if err != nil && !(errors.As(err, &p) && p.Status == http.StatusConflict) {

@@ -123,6 +123,8 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintf(w, "Try it from another shell:\n")
 	fmt.Fprintf(w, "  curl %s/orders/42              # gateway -> orders -> payments, each hop mTLS and authorised\n", s.GatewayURL)
 	fmt.Fprintf(w, "  curl -i %s/orders/42/../../admin  # refused: path tricks are normalised before the policy\n", s.GatewayURL)
+	fmt.Fprintf(w, "  curl -i %s/users/bob/card         # refused: orders may read a card only for its owner, with that user's token\n", s.GatewayURL)
+	fmt.Fprintf(w, "  rampart demo --attack confused-deputy     # logs alice in: her card comes back through orders, bob's does not\n")
 	fmt.Fprintf(w, "  export RAMPART_SERVER=%s RAMPART_CA_BUNDLE=%s RAMPART_ADMIN_TOKEN_FILE=%s\n", sys.ServerAddr, sys.BundleFile, filepath.Join(dir, "server", "admin.token"))
 	fmt.Fprintf(w, "  rampart entry list\n  rampart agent list\n  rampart ca status\n  rampart policy list\n")
 	fmt.Fprintf(w, "  rampart policy explain --service spiffe://%s/payments --caller spiffe://%s/gateway --path /payments/1\n", TrustDomain.Name(), TrustDomain.Name())

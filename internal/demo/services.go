@@ -26,13 +26,20 @@ rules:
     callers: [spiffe://demo.rampart.local/orders]
     methods: [GET]
     paths: ["/payments/{id}"]
+  # A card on file is the user's: orders may read it only on behalf of
+  # that user (a token exchanged for payments), never on its own authority.
+  - name: orders-reads-a-card-for-its-owner
+    callers: [spiffe://demo.rampart.local/orders]
+    methods: [GET]
+    paths: ["/users/{user}/card"]
+    when: 'has(user.sub) && request.params.user == user.sub'
 `
 	ordersPolicy = `service: spiffe://demo.rampart.local/orders
 rules:
   - name: gateway-reads-orders
     callers: [spiffe://demo.rampart.local/gateway]
     methods: [GET]
-    paths: ["/orders/{id}"]
+    paths: ["/orders/{id}", "/users/{user}/card"]
 `
 )
 
@@ -79,6 +86,12 @@ func startServices(ctx context.Context, sys *System, agentID string, done chan<-
 	}
 	svc := &services{}
 	payApp, err := serveApp(ctx, func(w http.ResponseWriter, r *http.Request) {
+		if user, ok := strings.CutPrefix(r.URL.Path, "/users/"); ok {
+			user = strings.TrimSuffix(user, "/card")
+			json.NewEncoder(w).Encode(map[string]string{"user": user, "card": "**** **** **** " + cardEnding(user),
+				"verified_caller": r.Header.Get("X-Rampart-Caller"), "verified_user": r.Header.Get("X-Rampart-User")})
+			return
+		}
 		json.NewEncoder(w).Encode(map[string]string{"payment": strings.TrimPrefix(r.URL.Path, "/payments/"), "status": "settled",
 			"verified_caller": r.Header.Get("X-Rampart-Caller")})
 	})
@@ -86,6 +99,24 @@ func startServices(ctx context.Context, sys *System, agentID string, done chan<-
 		return nil, 0, err
 	}
 	ordersApp, err := serveApp(ctx, func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/users/") {
+			// A card on file: orders asks payments, passing on the user's
+			// token; its proxy exchanges it for one addressed to payments.
+			req, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, "http://"+svc.OrdersToPay+r.URL.Path, nil)
+			if a := r.Header.Get("Authorization"); a != "" {
+				req.Header.Set("Authorization", a)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			defer resp.Body.Close()
+			w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+			w.WriteHeader(resp.StatusCode)
+			io.Copy(w, io.LimitReader(resp.Body, 1<<20))
+			return
+		}
 		id := strings.TrimPrefix(r.URL.Path, "/orders/")
 		resp, err := http.Get("http://" + svc.OrdersToPay + "/payments/" + id)
 		if err != nil {
@@ -153,8 +184,8 @@ func startServices(ctx context.Context, sys *System, agentID string, done chan<-
 		return nil, procs, err
 	}
 	svc.PaymentsInbound = addrs[0]
-	addrs, err = proxy("orders", "--inbound", "127.0.0.1:0", "--app", ordersApp,
-		"--outbound", "127.0.0.1:0="+svc.PaymentsInbound+",spiffe://"+TrustDomain.Name()+"/payments")
+	addrs, err = proxy("orders", "--inbound", "127.0.0.1:0", "--app", ordersApp, "--exchange-client-id", ordersClient,
+		"--outbound", "127.0.0.1:0="+svc.PaymentsInbound+",spiffe://"+TrustDomain.Name()+"/payments,exchange")
 	if err != nil {
 		return nil, procs, err
 	}
@@ -182,4 +213,15 @@ func serveApp(ctx context.Context, h http.HandlerFunc) (string, error) {
 	go srv.Serve(ln)
 	go func() { <-ctx.Done(); srv.Close() }()
 	return ln.Addr().String(), nil
+}
+
+// cardEnding is a user's made-up card ending.
+func cardEnding(user string) string {
+	switch user {
+	case "alice":
+		return "4242"
+	case "bob":
+		return "1881"
+	}
+	return "0000"
 }
