@@ -22,14 +22,14 @@ import (
 // fwd is an HTTP/1.1 forwarder on loopback in front of a real net/http app,
 // as an outbound listener runs it (no TLS: the forwarding is the same).
 type fwd struct {
-	t        *testing.T
+	t        testing.TB
 	addr     string
 	app      *httptest.Server
 	appConns atomic.Int64 // connections the app accepted
 	f        *h1Forwarder
 }
 
-func newFwd(t *testing.T, h http.Handler) *fwd {
+func newFwd(t testing.TB, h http.Handler) *fwd {
 	t.Helper()
 	x := &fwd{t: t}
 	x.app = httptest.NewUnstartedServer(h)
