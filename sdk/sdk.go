@@ -117,7 +117,7 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		}
 		s.spool, sink = sp, shipping
 	}
-	s.guard = authz.NewGuard(authz.GuardConfig{Service: sv.ID, Log: o.log, Sink: sink})
+	s.guard = authz.NewGuard(authz.GuardConfig{Service: sv.ID, Log: o.log, Sink: sink, Revocations: s.revs})
 	if o.server != "" {
 		sy := &authz.Syncer{ServerAddr: o.server, SVID: src, Bundles: src, Guard: s.guard, Revocations: s.revs, CacheDir: o.cacheDir, Log: o.log}
 		if err := sy.Start(ctx); err != nil {

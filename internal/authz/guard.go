@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
+	"github.com/rampartsec/rampart/internal/svid"
 )
 
 // Header names the guard sets for the app (and strips from callers).
@@ -76,6 +78,11 @@ type GuardConfig struct {
 	Log      *slog.Logger
 	Sink     Sink
 	Registry *prometheus.Registry // nil: no metrics
+	// Revocations, if set, is checked on every request, not only at the
+	// handshake: a connection opened before a revocation is cut at its
+	// next request.
+	Revocations *mtls.Revocations
+	Now         func() time.Time // nil: time.Now
 }
 
 // Guard authorises inbound calls with the current policy.
@@ -96,6 +103,9 @@ func NewGuard(cfg GuardConfig) *Guard {
 	}
 	if cfg.Sink == nil {
 		cfg.Sink = LogSink{Log: cfg.Log}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	g := &Guard{cfg: cfg, tokens: newTokens(cfg.Service.String()),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -140,12 +150,18 @@ type Refusal struct {
 	Status          int
 	Detail          string
 	WWWAuthenticate string // "" unless a token was refused
+	// Close: the connection must not carry another request (its client
+	// certificate expired or was revoked).
+	Close bool
 }
 
 // Write answers with the refusal as an RFC 9457 problem.
 func (rf *Refusal) Write(w http.ResponseWriter) {
 	if rf.WWWAuthenticate != "" {
 		w.Header().Set("WWW-Authenticate", rf.WWWAuthenticate)
+	}
+	if rf.Close {
+		w.Header().Set("Connection", "close") // HTTP/2: net/http sends GOAWAY
 	}
 	WriteProblem(w, rf.Status, rf.Detail)
 }
@@ -158,8 +174,27 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 			rf.Write(w)
 			return
 		}
+		if g.PeerStale(r.TLS.PeerCertificates[0]) {
+			w.Header().Set("Connection", "close") // HTTP/2: net/http sends GOAWAY
+		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, peer)))
 	})
+}
+
+// PeerStale reports whether a connection's client certificate is past
+// three quarters of its life. Agents rotate SVIDs at 40-50% of theirs, so
+// the client holds a newer one: the answer asks it to reconnect with it
+// (Connection: close), before the old one expires on a connection kept
+// alive for long and requests start to be refused. The life is counted
+// from issuance, as the agent counts it: SVIDs are backdated by
+// svid.ClockSkew, which would make a short-lived one stale at once.
+func (g *Guard) PeerStale(leaf *x509.Certificate) bool {
+	issued := leaf.NotBefore
+	if leaf.NotAfter.Sub(issued) > svid.ClockSkew { // else not backdated: another CA's
+		issued = issued.Add(svid.ClockSkew)
+	}
+	life := leaf.NotAfter.Sub(issued)
+	return g.cfg.Now().After(issued.Add(life - life/4))
 }
 
 // Check authorises r, which arrived over the verified TLS connection in
@@ -189,6 +224,20 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 		return &Refusal{Status: http.StatusUnauthorized, Detail: "a client SVID is required"}
 	}
 	ev.Caller = peer.String()
+	// The handshake checked the certificate when the connection opened;
+	// keep-alive connections outlive that moment.
+	leaf := r.TLS.PeerCertificates[0]
+	if now := g.cfg.Now(); now.After(leaf.NotAfter) {
+		ev.Reason = "client SVID expired on an open connection"
+		g.finish(r.Context(), &ev, start, "deny")
+		return &Refusal{Status: http.StatusUnauthorized, Close: true,
+			Detail: "the client SVID expired at " + leaf.NotAfter.UTC().Format(time.RFC3339) + ": reconnect with the current one"}
+	}
+	if g.cfg.Revocations.RevokedCert(leaf) {
+		ev.Reason = "client SVID revoked"
+		g.finish(r.Context(), &ev, start, "deny")
+		return &Refusal{Status: http.StatusUnauthorized, Close: true, Detail: "the client SVID has been revoked"}
+	}
 	if !methodOK(r.Method) {
 		ev.Reason = "method not in upper case"
 		g.finish(r.Context(), &ev, start, "bad_request")

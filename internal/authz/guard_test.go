@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -11,10 +12,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
+	"github.com/rampartsec/rampart/internal/svid"
 )
 
 type recordSink struct {
@@ -33,7 +37,7 @@ func request(t *testing.T, caller, target string) *http.Request {
 	r := httptest.NewRequest(http.MethodGet, "https://payments"+target, nil)
 	if caller != "" {
 		u, _ := url.Parse(caller)
-		r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{{URIs: []*url.URL{u}}}}
+		r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{{URIs: []*url.URL{u}, SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}}}
 	}
 	return r
 }
@@ -213,5 +217,92 @@ rules:
 				t.Errorf("app saw caller %q", c)
 			}
 		})
+	}
+}
+
+// The caller's certificate is checked on every request, not only at the
+// handshake (HTTP/2 connections and the SDK's keep-alive ones live long):
+// expired or revoked -> 401 and the connection closed; past three quarters
+// of its life -> served, with Connection: close (a GOAWAY on HTTP/2) so
+// the client reconnects with its newer SVID before the old one expires.
+func TestGuardChecksTheCallerCertificateOnEveryRequest(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	var now time.Time
+	revs := &mtls.Revocations{}
+	g := NewGuard(GuardConfig{Service: spiffeid.RequireFromString("spiffe://example.org/payments"), Revocations: revs, Now: func() time.Time { return now }})
+	p, _ := policy.Parse([]byte("service: spiffe://example.org/payments\nrules:\n  - name: r\n    callers: ['*']\n"))
+	eng, _ := policy.Compile(p)
+	g.SetPolicy(eng)
+	served := 0
+	h := g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { served++ }))
+	for _, tc := range []struct {
+		name    string
+		at      time.Duration
+		revoked []string
+		code    int
+		close   bool
+		detail  string
+	}{
+		{"fresh", 10 * time.Minute, nil, 200, false, ""},
+		{"just under three quarters", 44 * time.Minute, nil, 200, false, ""},
+		{"past three quarters", 46 * time.Minute, nil, 200, true, ""},
+		{"expired", 61 * time.Minute, nil, 401, true, "expired"},
+		{"revoked", 10 * time.Minute, []string{"9a"}, 401, true, "revoked"},
+		{"another serial revoked", 10 * time.Minute, []string{"9b"}, 200, false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now = t0.Add(tc.at)
+			revs.Set(tc.revoked)
+			r := request(t, "spiffe://example.org/orders", "/x")
+			leaf := r.TLS.PeerCertificates[0]
+			leaf.SerialNumber, leaf.NotBefore, leaf.NotAfter = big.NewInt(0x9a), t0, t0.Add(time.Hour)
+			before := served
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if w.Code != tc.code || (w.Header().Get("Connection") == "close") != tc.close || !strings.Contains(w.Body.String(), tc.detail) {
+				t.Fatalf("got %d Connection=%q %s; want %d close=%v %q", w.Code, w.Header().Get("Connection"), w.Body, tc.code, tc.close, tc.detail)
+			}
+			if (served > before) != (tc.code == 200) {
+				t.Fatalf("app served=%v for status %d", served > before, tc.code)
+			}
+		})
+	}
+}
+
+// SVIDs are backdated by svid.ClockSkew: a short-lived one must not count
+// as stale the moment it is issued (every answer would then close its
+// connection), nor a long one too late.
+func TestPeerStaleCountsFromIssuance(t *testing.T) {
+	issued := time.Unix(1_800_000_000, 0)
+	var now time.Time
+	g := NewGuard(GuardConfig{Service: spiffeid.RequireFromString("spiffe://example.org/p"), Now: func() time.Time { return now }})
+	for _, tc := range []struct {
+		ttl   time.Duration
+		at    time.Duration // after issuance
+		stale bool
+	}{
+		{4 * time.Second, time.Second, false},
+		{4 * time.Second, 2900 * time.Millisecond, false},
+		{4 * time.Second, 3100 * time.Millisecond, true},
+		{time.Hour, 44 * time.Minute, false},
+		{time.Hour, 46 * time.Minute, true},
+	} {
+		leaf := &x509.Certificate{NotBefore: issued.Add(-svid.ClockSkew), NotAfter: issued.Add(tc.ttl)}
+		now = issued.Add(tc.at)
+		if got := g.PeerStale(leaf); got != tc.stale {
+			t.Errorf("TTL %v, %v after issuance: stale=%v, want %v", tc.ttl, tc.at, got, tc.stale)
+		}
+	}
+	// Not backdated and shorter than the backdating (another CA's): its
+	// life is counted from NotBefore.
+	for _, tc := range []struct {
+		at    time.Duration
+		stale bool
+	}{{14 * time.Second, false}, {16 * time.Second, true}} {
+		leaf := &x509.Certificate{NotBefore: issued, NotAfter: issued.Add(20 * time.Second)}
+		now = issued.Add(tc.at)
+		if got := g.PeerStale(leaf); got != tc.stale {
+			t.Errorf("20 s certificate not backdated, %v after NotBefore: stale=%v, want %v", tc.at, got, tc.stale)
+		}
 	}
 }

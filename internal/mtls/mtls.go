@@ -42,6 +42,20 @@ func (r *Revocations) Revoked(serial string) bool {
 	return ok
 }
 
+// RevokedCert reports whether c's serial is revoked; with no revocations
+// (the usual case) it costs no formatting of the serial.
+func (r *Revocations) RevokedCert(c *x509.Certificate) bool {
+	if r == nil {
+		return false
+	}
+	m := r.set.Load()
+	if m == nil || len(*m) == 0 {
+		return false
+	}
+	_, ok := (*m)[c.SerialNumber.Text(16)]
+	return ok
+}
+
 // Refusal reasons reported to OnFail.
 const (
 	ReasonUntrusted    = "untrusted"

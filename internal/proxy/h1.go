@@ -216,8 +216,11 @@ func (h *h1Conn) next(ctx context.Context) bool {
 	if f.guard != nil {
 		if rf := f.guard.CheckPeer(req, h.peer); rf != nil {
 			// An unread body would be taken for the next request: close.
-			return h.answer(req, rf, hasBody || clientClose, start)
+			return h.answer(req, rf, hasBody || clientClose || rf.Close, start)
 		}
+		// Past three quarters of its certificate's life, the client is
+		// asked to reconnect with its newer SVID after this answer.
+		clientClose = clientClose || f.guard.PeerStale(h.tls.PeerCertificates[0])
 	}
 	if hasBody {
 		req.Body = &flushingReader{r: req.Body, src: h.br, continue100: h.continueWriter(req)}
@@ -234,8 +237,10 @@ func (h *h1Conn) next(ctx context.Context) bool {
 	}
 	upKeep := !resp.Close
 	if err := h.writeResponse(req, resp, clientClose); err != nil {
-		upKeep = false
 		clientClose = true
+		// The client's own close leaves the upstream connection whole: only
+		// a failed write (the response not read to its end) spoils it.
+		upKeep = upKeep && errors.Is(err, errClientClose)
 	}
 	if upKeep && h.up.br.Buffered() > 0 {
 		// Bytes after a complete response (a body on a HEAD or 204 answer,

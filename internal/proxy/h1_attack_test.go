@@ -7,18 +7,21 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/authz"
+	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
 )
 
@@ -39,6 +42,14 @@ const (
 // connection is served as if its verified peer were attackCaller.
 func newGuardedFwd(t *testing.T, rules string, h http.Handler) *fwd {
 	t.Helper()
+	return newGuardedFwdWith(t, rules, h, authz.GuardConfig{}, nil)
+}
+
+// newGuardedFwdWith is newGuardedFwd with the guard's configuration (its
+// Service is set here) and the caller's certificate (nil: attackCaller's,
+// valid for the next hour).
+func newGuardedFwdWith(t *testing.T, rules string, h http.Handler, cfg authz.GuardConfig, leaf *x509.Certificate) *fwd {
+	t.Helper()
 	p, err := policy.Parse([]byte("service: " + attackService + "\nrules:\n" + rules))
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +58,8 @@ func newGuardedFwd(t *testing.T, rules string, h http.Handler) *fwd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := authz.NewGuard(authz.GuardConfig{Service: spiffeid.RequireFromString(attackService)})
+	cfg.Service = spiffeid.RequireFromString(attackService)
+	g := authz.NewGuard(cfg)
 	g.SetPolicy(eng)
 
 	// The outbound harness's app and forwarder, made inbound: given the
@@ -55,8 +67,11 @@ func newGuardedFwd(t *testing.T, rules string, h http.Handler) *fwd {
 	// verified peer.
 	x := newFwd(t, h)
 	x.f.guard = g
-	u, _ := url.Parse(attackCaller)
-	cs := &tls.ConnectionState{PeerCertificates: []*x509.Certificate{{URIs: []*url.URL{u}}}}
+	if leaf == nil {
+		u, _ := url.Parse(attackCaller)
+		leaf = &x509.Certificate{URIs: []*url.URL{u}, SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
+	}
+	cs := &tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -844,5 +859,59 @@ func TestH1AttackInformationalToHTTP10Client(t *testing.T) {
 	io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
 	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 {
 		t.Fatalf("HTTP/1.0 client got %d %q first", resp.StatusCode, body)
+	}
+}
+
+// A connection outlives the handshake that checked its certificate: a
+// caller whose SVID expires, or is revoked, on a keep-alive connection is
+// refused at its next request and the connection closed. A client that
+// plays by the rules never gets there: past three quarters of its
+// certificate's life its answers come with Connection: close, so it
+// reconnects with its newer SVID (agents rotate at 40-50% of the life).
+func TestH1AttackExpiredOrRevokedCallerOnOpenConnection(t *testing.T) {
+	t0 := time.Now().Truncate(time.Second)
+	var mu sync.Mutex
+	now := t0.Add(10 * time.Minute)
+	setNow := func(d time.Duration) { mu.Lock(); now = t0.Add(d); mu.Unlock() }
+	revs := &mtls.Revocations{}
+	u, _ := url.Parse(attackCaller)
+	leaf := &x509.Certificate{URIs: []*url.URL{u}, SerialNumber: big.NewInt(0x9a), NotBefore: t0, NotAfter: t0.Add(time.Hour)}
+	var reached atomic.Int64
+	x := newGuardedFwdWith(t, "  - name: all\n    callers: ['*']\n", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { reached.Add(1) }),
+		authz.GuardConfig{Revocations: revs, Now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }}, leaf)
+	get := func(c net.Conn, br *bufio.Reader) (*http.Response, string) {
+		t.Helper()
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+		return readResp(t, br, "GET")
+	}
+
+	c, br := dial(t, x)
+	if resp, _ := get(c, br); resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("fresh certificate: %d close=%v", resp.StatusCode, resp.Close)
+	}
+	setNow(46 * time.Minute) // past three quarters of the hour
+	if resp, _ := get(c, br); resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("ageing certificate: %d close=%v, want 200 and Connection: close", resp.StatusCode, resp.Close)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("the connection stayed open after Connection: close: %v", err)
+	}
+
+	before := reached.Load()
+	setNow(61 * time.Minute)
+	c, br = dial(t, x)
+	resp, body := get(c, br)
+	if resp.StatusCode != 401 || !resp.Close || !strings.Contains(body, "expired") {
+		t.Fatalf("expired certificate: %d close=%v %s", resp.StatusCode, resp.Close, body)
+	}
+	setNow(10 * time.Minute)
+	revs.Set([]string{"9a"})
+	c, br = dial(t, x)
+	resp, body = get(c, br)
+	if resp.StatusCode != 401 || !resp.Close || !strings.Contains(body, "revoked") {
+		t.Fatalf("revoked certificate: %d close=%v %s", resp.StatusCode, resp.Close, body)
+	}
+	if n := reached.Load() - before; n != 0 {
+		t.Fatalf("%d requests of an expired or revoked caller reached the app", n)
 	}
 }

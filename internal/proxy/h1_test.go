@@ -507,3 +507,27 @@ func TestH1Drain(t *testing.T) {
 		t.Fatal("shutdown did not return after the last request")
 	}
 }
+
+// A client that closes after each request (Connection: close, HTTP/1.0)
+// does not cost an upstream connection per request: the upstream one goes
+// back to the pool. (It was closed with the client's, so every such request
+// paid a new upstream handshake: mTLS between proxies.)
+func TestH1ClientCloseKeepsUpstream(t *testing.T) {
+	x := newFwd(t, echoApp())
+	for i := range 5 {
+		c, br := x.raw()
+		fmt.Fprintf(c, "GET /n/%d HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n", i)
+		if resp, _ := readResp(t, br, "GET"); resp.StatusCode != 200 || !resp.Close {
+			t.Fatalf("request %d: %d close=%v", i, resp.StatusCode, resp.Close)
+		}
+		c.Close()
+		waitFor(t, "the upstream connection back in the pool", func() bool {
+			x.f.pool.mu.Lock()
+			defer x.f.pool.mu.Unlock()
+			return len(x.f.pool.idle) == 1
+		})
+	}
+	if n := x.appConns.Load(); n != 1 {
+		t.Fatalf("app saw %d connections for 5 closing clients, want 1", n)
+	}
+}
