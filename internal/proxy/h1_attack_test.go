@@ -72,25 +72,11 @@ func newGuardedFwdWith(t *testing.T, rules string, h http.Handler, cfg authz.Gua
 		leaf = &x509.Certificate{URIs: []*url.URL{u}, SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
 	}
 	cs := &tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	x.addr = ln.Addr().String()
-	done := make(chan struct{})
-	go func() {
+	x.serveOn(t, func(ln net.Listener) {
 		acceptLoop(ln, func(c net.Conn) {
 			defer c.Close()
 			x.f.serve(context.Background(), c, nil, cs)
 		})
-		close(done)
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		x.f.conns.shutdown(ctx)
-		<-done
 	})
 	return x
 }

@@ -46,6 +46,15 @@ func newFwd(t testing.TB, h http.Handler) *fwd {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", appAddr)
 		}, 8),
 		badGateway: func(err error) string { return "upstream failed: " + err.Error() }}
+	x.serveOn(t, func(ln net.Listener) { serveOutbound(context.Background(), ln, x.f, newConnListener(ln.Addr())) })
+	return x
+}
+
+// serveOn runs serve (which returns once its listener is closed) on a new
+// loopback listener, whose address becomes x.addr. At cleanup the listener
+// is closed and the forwarder drained and waited for.
+func (x *fwd) serveOn(t testing.TB, serve func(net.Listener)) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +62,7 @@ func newFwd(t testing.TB, h http.Handler) *fwd {
 	x.addr = ln.Addr().String()
 	done := make(chan struct{})
 	go func() {
-		serveOutbound(context.Background(), ln, x.f, newConnListener(ln.Addr()))
+		serve(ln)
 		close(done)
 	}()
 	t.Cleanup(func() {
@@ -63,7 +72,6 @@ func newFwd(t testing.TB, h http.Handler) *fwd {
 		x.f.conns.shutdown(ctx)
 		<-done
 	})
-	return x
 }
 
 // raw opens a client connection for hand-written requests.
