@@ -337,10 +337,9 @@ func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome 
 // before the policy sees them, so a condition never judges a header the app
 // will not get, nor misses one it will:
 //
-//   - Headers listed in Connection are hop-by-hop (RFC 9110 7.6.1): every
-//     proxy drops them on the way, so they are dropped now. Connection keeps
-//     only an "upgrade" token; had it kept "X-Rampart-Caller", the next hop
-//     would drop the verified identity set below.
+//   - Hop-by-hop and forwarding headers go (StripHopByHop), as every proxy
+//     drops them on the way; had Connection kept "X-Rampart-Caller", the
+//     next hop would drop the verified identity set below.
 //   - Identity headers (X-Rampart-*, X-Forwarded-Client-Cert): only the
 //     guard sets them, after verification.
 //   - Names with "_": CGI-style servers (PHP, Rack, WSGI) map
@@ -349,33 +348,15 @@ func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome 
 //   - Method and URL overrides (X-HTTP-Method-Override, X-Original-URL...):
 //     frameworks honour them after the policy judged the request line.
 func sanitizeHeaders(h http.Header) {
-	upgrade := false
-	for _, v := range h["Connection"] {
-		for tok := range strings.SplitSeq(v, ",") {
-			tok = textproto.TrimString(tok)
-			if strings.EqualFold(tok, "upgrade") {
-				upgrade = true
-			} else if tok != "" {
-				delete(h, http.CanonicalHeaderKey(tok))
-			}
-		}
-	}
-	delete(h, "Connection")
-	if upgrade {
-		h["Connection"] = []string{"Upgrade"}
-	}
+	StripHopByHop(h)
 	for name := range h {
 		// Canonical as parsers leave them, but not assumed: CanonicalMIMEHeaderKey
 		// returns name itself, unallocated, when it already is.
 		c := textproto.CanonicalMIMEHeaderKey(name)
-		if isIdentityHeader(c) || strings.IndexByte(c, '_') >= 0 || overrideHeaders[c] {
+		if IsIdentityHeader(c) || strings.IndexByte(c, '_') >= 0 || overrideHeaders[c] {
 			delete(h, name)
 		}
 	}
-}
-
-func isIdentityHeader(canonical string) bool {
-	return strings.HasPrefix(canonical, "X-Rampart-") || canonical == HeaderXFCC
 }
 
 // overrideHeaders tell common frameworks to route a request as another

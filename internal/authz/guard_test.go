@@ -151,6 +151,10 @@ rules:
     callers: ['*']
     paths: [/tenant]
     when: request.headers["x-tenant"] == "acme"
+  - name: office-network-only
+    callers: ['*']
+    paths: [/office]
+    when: request.headers["x-forwarded-for"] == "10.0.0.1"
   - name: rest
     callers: ['*']
     paths: ['/public/*', /admin, /items]
@@ -180,6 +184,10 @@ rules:
 		{"path parameter on the target", "GET", "/admin;jsessionid=1", nil, 400, nil},
 		{"judged header named in Connection", "GET", "/tenant", [][2]string{{"X-Tenant", "acme"}, {"Connection", "X-Tenant"}}, 403, nil},
 		{"second value of a judged header", "GET", "/tenant", [][2]string{{"X-Tenant", "acme"}, {"X-Tenant", "globex"}}, 403, nil},
+		// The HTTP/1.1 forwarder already dropped it; over HTTP/2 only the
+		// guard stands between the caller's claim and the condition.
+		{"caller-supplied X-Forwarded-For", "GET", "/office", [][2]string{{"X-Forwarded-For", "10.0.0.1"}}, 403, nil},
+		{"caller-supplied Forwarded", "GET", "/public/x", [][2]string{{"Forwarded", "for=10.0.0.1"}, {"X-Forwarded-Host", "admin.internal"}}, 200, []string{"Forwarded", "X-Forwarded-Host"}},
 		{"identity header with underscores", "GET", "/public/x", [][2]string{{"X_Rampart_Caller", "spiffe://example.org/admin"}, {"x_rampart_user", "alice"}, {"X_Forwarded_Client_Cert", "URI=spiffe://example.org/admin"}},
 			200, []string{"X_rampart_caller", "X_rampart_user", "X_forwarded_client_cert"}},
 		{"method and URL overrides", "POST", "/public/x", [][2]string{{"X-HTTP-Method-Override", "DELETE"}, {"X-HTTP-Method", "DELETE"}, {"X-Method-Override", "DELETE"}, {"X-Original-URL", "/admin"}, {"X-Rewrite-URL", "/admin"}},
