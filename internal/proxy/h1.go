@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -334,7 +333,7 @@ func (h *h1Conn) readResponse(req *http.Request) (*http.Response, error) {
 			// HTTP/1.0 clients get no 1xx at all (RFC 9110 15.2).
 			continue
 		}
-		removeHopByHop(resp.Header)
+		authz.RemoveHopByHop(resp.Header)
 		h.bw.WriteString(statusLine(resp.StatusCode))
 		resp.Header.Write(h.bw)
 		h.bw.WriteString("\r\n")
@@ -348,7 +347,7 @@ func (h *h1Conn) readResponse(req *http.Request) (*http.Response, error) {
 // version, flushing a streamed body whenever the upstream would block.
 func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfter bool) error {
 	defer resp.Body.Close()
-	removeHopByHop(resp.Header)
+	authz.RemoveHopByHop(resp.Header)
 	bw := h.bw
 	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	chunked := false
@@ -414,7 +413,7 @@ func (h *h1Conn) switchProtocols(ctx context.Context, req *http.Request, resp *h
 		h.answer(req, &authz.Refusal{Status: http.StatusBadGateway, Detail: "the upstream switched to a protocol that was not asked for: " + got}, true, start)
 		return false
 	}
-	removeHopByHop(resp.Header)
+	authz.RemoveHopByHop(resp.Header)
 	resp.Header.Set("Connection", "Upgrade")
 	resp.Header.Set("Upgrade", got)
 	h.bw.WriteString(statusLine(resp.StatusCode))
@@ -619,7 +618,7 @@ func statusLine(code int) string {
 // itself when nothing needs dropping (the usual case).
 func trailerFields(t http.Header) http.Header {
 	bad := func(k string) bool {
-		return framingHeaders[k] || k == "Host" || k == "Connection" || strings.HasPrefix(k, "X-Rampart-") || k == authz.HeaderXFCC
+		return framingHeaders[k] || k == "Host" || k == "Connection" || authz.IsIdentityHeader(k)
 	}
 	for k := range t {
 		if bad(k) {
@@ -651,68 +650,15 @@ func headerKeys(h http.Header) []string {
 	return keys
 }
 
-// hopHeaders are meaningful for one connection only (RFC 9110 7.6.1).
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-// forwardedHeaders are dropped from requests, as net/http's ReverseProxy
-// does in Rewrite mode: a caller could otherwise pose as another address.
-var forwardedHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
-
-// removeHopByHop deletes the hop-by-hop headers and those the Connection
-// header lists.
-func removeHopByHop(h http.Header) {
-	for _, v := range h["Connection"] {
-		for tok := range strings.SplitSeq(v, ",") {
-			if tok = textproto.TrimString(tok); tok != "" {
-				h.Del(tok)
-			}
-		}
-	}
-	for _, k := range hopHeaders {
-		delete(h, k)
-	}
-}
-
-// prepareRequest turns a client's request into the one forwarded: hop-by-hop
-// and forwarding headers removed, the upstream connection kept alive. It
-// returns the protocol asked for by an upgrade request, or "".
+// prepareRequest turns a client's request into the one forwarded:
+// hop-by-hop and forwarding headers removed (authz.StripHopByHop, the rules
+// the guard applies too), the upstream connection kept alive. It returns
+// the protocol asked for by an upgrade request, or "".
 func prepareRequest(req *http.Request) (upgrade string) {
-	h := req.Header
-	if tokenListHas(h["Connection"], "upgrade") {
-		upgrade = h.Get("Upgrade")
-	}
-	if tokenListHas(h["Upgrade"], "h2c") {
-		// An app that accepts h2c would serve every later request on the
-		// connection as HTTP/2, none of them seen by the guard.
-		upgrade = ""
-	}
-	delete(h, "Http2-Settings")
-	trailers := tokenListHas(h["Te"], "trailers")
-	removeHopByHop(h)
-	for _, k := range forwardedHeaders {
-		delete(h, k)
-	}
-	if trailers {
-		h["Te"] = []string{"trailers"}
-	}
-	if upgrade != "" {
-		h["Connection"] = []string{"Upgrade"}
-		h["Upgrade"] = []string{upgrade}
-	}
+	upgrade = authz.StripHopByHop(req.Header)
 	req.Close = false
 	req.RequestURI = ""
 	return upgrade
-}
-
-func tokenListHas(values []string, token string) bool {
-	for _, v := range values {
-		for tok := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(tok), token) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // checkRequest applies the checks net/http's server makes after parsing:
@@ -726,7 +672,7 @@ func checkRequest(req *http.Request) string {
 		return "CONNECT is not forwarded"
 	case req.ProtoAtLeast(1, 1) && req.Host == "":
 		return "missing required Host header"
-	case !validHost(req.Host):
+	case !httpguts.ValidHostHeader(req.Host):
 		return "malformed Host header"
 	}
 	// What net/http's server checks after parsing: textproto accepts
@@ -760,21 +706,6 @@ func idempotent(req *http.Request) bool {
 	return req.Header.Get("Idempotency-Key") != ""
 }
 
-// validHost reports whether h only has bytes a Host header may hold
-// (reg-name, IP literal and port characters).
-func validHost(h string) bool {
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!$%&'()*+,-.:;=[]_~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // bufferedConn reads first what a bufio.Reader already holds.
 type bufferedConn struct {
 	net.Conn
@@ -794,14 +725,34 @@ func (c *bufferedConn) CloseWrite() error {
 // connSet tracks client connections so a drain can wake the idle ones and
 // wait for the busy ones to finish their request.
 type connSet struct {
-	mu     sync.Mutex
-	conns  map[*h1Conn]struct{}
-	drain  bool
-	closed chan struct{} // closed when the set empties during a drain
+	mu    sync.Mutex
+	conns map[*h1Conn]struct{}
+	// pending: accepted, not yet served (TLS handshake, h2c sniffing):
+	// a drain cuts their wait.
+	pending map[net.Conn]struct{}
+	drain   bool
+	closed  chan struct{} // closed when the set empties during a drain
 }
 
 func newConnSet() *connSet {
-	return &connSet{conns: map[*h1Conn]struct{}{}, closed: make(chan struct{})}
+	return &connSet{conns: map[*h1Conn]struct{}{}, pending: map[net.Conn]struct{}{}, closed: make(chan struct{})}
+}
+
+// addPending tracks c until removePending; false if draining (close c).
+func (s *connSet) addPending(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drain {
+		return false
+	}
+	s.pending[c] = struct{}{}
+	return true
+}
+
+func (s *connSet) removePending(c net.Conn) {
+	s.mu.Lock()
+	delete(s.pending, c)
+	s.mu.Unlock()
 }
 
 func (s *connSet) add(h *h1Conn) bool {
@@ -854,6 +805,9 @@ func (s *connSet) shutdown(ctx context.Context) {
 		if h.idle {
 			h.c.SetReadDeadline(time.Now())
 		}
+	}
+	for c := range s.pending {
+		c.SetDeadline(time.Now()) // a handshake or a sniff would wait up to 2 min
 	}
 	s.mu.Unlock()
 	select {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -20,7 +21,14 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // HTTP/2 ones by net/http, through h2.
 func serveInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, h1 *h1Forwarder, h2 *connListener, m *metrics) {
 	acceptLoop(ln, func(c net.Conn) {
+		if h1 != nil && !h1.conns.addPending(c) {
+			c.Close() // draining
+			return
+		}
 		tc, err := handshake(ctx, c, cfg, m)
+		if h1 != nil {
+			h1.conns.removePending(c)
+		}
 		if err != nil {
 			c.Close()
 			return
@@ -39,9 +47,14 @@ func serveInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, h1 *h1F
 // the forwarder, h2c (gRPC) by net/http through h2.
 func serveOutbound(ctx context.Context, ln net.Listener, h1 *h1Forwarder, h2 *connListener) {
 	acceptLoop(ln, func(c net.Conn) {
+		if !h1.conns.addPending(c) {
+			c.Close() // draining
+			return
+		}
 		br := bufio.NewReaderSize(c, 4<<10)
 		c.SetReadDeadline(time.Now().Add(idleTimeout))
 		start, err := br.Peek(4)
+		h1.conns.removePending(c)
 		if err != nil {
 			c.Close()
 			return
@@ -59,22 +72,33 @@ func serveOutbound(ctx context.Context, ln net.Listener, h1 *h1Forwarder, h2 *co
 }
 
 // acceptLoop runs handle in a goroutine for every accepted connection until
-// the listener is closed, then waits for the handlers to return.
+// the listener is closed, then waits for the handlers to return. Errors that
+// pass (out of file descriptors or memory, a connection reset before it was
+// accepted) are waited out with a growing pause, as net/http's server does,
+// instead of ending the listener.
 func acceptLoop(ln net.Listener, handle func(net.Conn)) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var pause time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond) // out of file descriptors: back off
-				continue
+			if !transientAcceptError(err) {
+				return
 			}
-			return
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			time.Sleep(pause)
+			continue
 		}
+		pause = 0
 		wg.Go(func() { handle(c) })
 	}
+}
+
+func transientAcceptError(err error) bool {
+	var ne net.Error
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) ||
+		errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.ECONNABORTED) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // handshake runs the server side of the mTLS handshake with a timeout and

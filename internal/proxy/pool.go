@@ -13,6 +13,9 @@ import (
 // the inbound's idleTimeout, so the client side normally closes first.
 const poolIdleTimeout = 90 * time.Second
 
+// maxIdleUpstream bounds the idle connections kept per upstream.
+const maxIdleUpstream = 256
+
 // upConn is an upstream HTTP/1.1 connection with its buffers.
 type upConn struct {
 	c        net.Conn

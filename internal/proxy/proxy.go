@@ -157,6 +157,10 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		})
 	}
+	// Forwarding outlives ctx: requests read during the drain still reach
+	// their upstream; it ends once the drain is over.
+	fctx, stopForwarding := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopForwarding()
 	var inboundAddr string
 	if in := cfg.Inbound; in != nil {
 		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeMemberOf(td), Revocations: revs, OnFail: onFail})
@@ -183,13 +187,12 @@ func Run(ctx context.Context, cfg Config) error {
 				// net/http translates every request to HTTP/2.
 				app := in.App
 				dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
-				h1 = &h1Forwarder{guard: guard, m: m.forDirection("inbound"), log: cfg.Log, conns: newConnSet(),
-					pool:       newPool(func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", app) }, 256),
-					badGateway: func(error) string { return "the service behind this proxy did not answer" }}
+				h1 = newH1Forwarder(fctx, &wg, "inbound", guard, m, cfg.Log,
+					func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", app) },
+					func(error) string { return "the service behind this proxy did not answer" })
 				conns = append(conns, h1.conns)
-				wg.Go(func() { h1.pool.reap(ctx, 30*time.Second) })
 			}
-			wg.Go(func() { serveInbound(ctx, ln, tlsCfg, h1, h2, m) })
+			wg.Go(func() { serveInbound(fctx, ln, tlsCfg, h1, h2, m) })
 		}
 	}
 	var xchg *authz.Exchanger
@@ -231,14 +234,13 @@ func Run(ctx context.Context, cfg Config) error {
 		h1Cfg.NextProtos = []string{"http/1.1"}
 		dialer := &tls.Dialer{NetDialer: &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}, Config: h1Cfg}
 		upstream := out.Upstream
-		h1 := &h1Forwarder{m: m.forDirection("outbound"), log: cfg.Log, conns: newConnSet(),
-			pool: newPool(func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", upstream) }, 256),
-			badGateway: func(err error) string {
+		h1 := newH1Forwarder(fctx, &wg, "outbound", nil, m, cfg.Log,
+			func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", upstream) },
+			func(err error) string {
 				return "upstream " + out.ID.String() + " unreachable or not who it should be: " + err.Error()
-			}}
+			})
 		conns = append(conns, h1.conns)
-		wg.Go(func() { h1.pool.reap(ctx, 30*time.Second) })
-		wg.Go(func() { serveOutbound(ctx, ln, h1, h2) })
+		wg.Go(func() { serveOutbound(fctx, ln, h1, h2) })
 	}
 	cfg.Log.Info("proxy running", "spiffe_id", self.ID.String(), "inbound", inboundAddr, "outbounds", outAddrs)
 	if cfg.Ready != nil {
@@ -263,6 +265,7 @@ func Run(ctx context.Context, cfg Config) error {
 		dwg.Go(func() { c.shutdown(dctx) })
 	}
 	dwg.Wait()
+	stopForwarding()
 	wg.Wait()
 	cfg.Log.Info("proxy drained")
 	return nil
@@ -271,10 +274,10 @@ func Run(ctx context.Context, cfg Config) error {
 func appTransport(protocol string) (*http.Transport, string, error) {
 	t := &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
+		MaxIdleConns:          maxIdleUpstream,
+		MaxIdleConnsPerHost:   maxIdleUpstream,
+		IdleConnTimeout:       poolIdleTimeout,
+		ResponseHeaderTimeout: responseHeaderTimeout,
 	}
 	switch protocol {
 	case "", "http1":
@@ -311,10 +314,10 @@ func newOutboundServer(out Outbound, clientCfg *tls.Config, m *metrics, errLog *
 		TLSClientConfig:       clientCfg,
 		TLSHandshakeTimeout:   handshakeTimeout,
 		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
+		MaxIdleConns:          maxIdleUpstream,
+		MaxIdleConnsPerHost:   maxIdleUpstream,
+		IdleConnTimeout:       poolIdleTimeout,
+		ResponseHeaderTimeout: responseHeaderTimeout,
 	}
 	rp := reverseProxy(&url.URL{Scheme: "https", Host: out.Upstream}, t, errLog, func(w http.ResponseWriter, err error) {
 		m.upstreamErrors.WithLabelValues("outbound").Inc()
@@ -330,6 +333,16 @@ func newOutboundServer(out Outbound, clientCfg *tls.Config, m *metrics, errLog *
 		ErrorLog:          errLog,
 		Protocols:         &p,
 	}
+}
+
+// newH1Forwarder builds one listener's HTTP/1.1 forwarder (guard: nil
+// outbound) and runs its pool's reaper on wg until ctx ends.
+func newH1Forwarder(ctx context.Context, wg *sync.WaitGroup, direction string, guard *authz.Guard, m *metrics, log *slog.Logger,
+	dial func(context.Context) (net.Conn, error), badGateway func(error) string) *h1Forwarder {
+	f := &h1Forwarder{guard: guard, m: m.forDirection(direction), log: log, conns: newConnSet(),
+		pool: newPool(dial, maxIdleUpstream), badGateway: badGateway}
+	wg.Go(func() { f.pool.reap(ctx, 30*time.Second) })
+	return f
 }
 
 // reverseProxy forwards to target, keeping the caller's Host header.
