@@ -25,11 +25,13 @@ import (
 )
 
 // The HTTP/1.1 forwarding path. One goroutine per client connection reads a
-// request, forwards it on an upstream connection pinned to that client
-// connection, and copies the response back: no goroutine, ReverseProxy or
-// channel hand-off per request, and each message leaves in as few writes as
-// its arrival allows (the head and a body that is already buffered go out
-// together; a streamed body is flushed whenever its source would block).
+// request, forwards it on an upstream connection from the pool (kept while
+// the client has further requests already buffered, given back as soon as
+// it waits for its next one), and copies the response back: no goroutine,
+// ReverseProxy or channel hand-off per request, and each message leaves in
+// as few writes as its arrival allows (the head and a body that is already
+// buffered go out together; a streamed body is flushed whenever its source
+// would block).
 // HTTP/2 and h2c connections go to net/http instead (see listen.go).
 //
 // Parsing is net/http's (http.ReadRequest and http.ReadResponse), so
@@ -42,7 +44,7 @@ import (
 const (
 	maxHeaderBytes        = 1 << 20
 	responseHeaderTimeout = 60 * time.Second
-	// staleAfter is how long a pinned upstream connection may sit idle
+	// staleAfter is how long an upstream connection may sit idle
 	// before it is checked for a close by its peer before reuse.
 	staleAfter = time.Second
 )
@@ -74,7 +76,8 @@ func (f *h1Forwarder) timeouts() (header, idle time.Duration) {
 	return header, idle
 }
 
-// h1Conn is one client connection and the upstream connection pinned to it.
+// h1Conn is one client connection and the upstream connection serving its
+// current request, if any.
 type h1Conn struct {
 	f   *h1Forwarder
 	c   net.Conn
@@ -119,7 +122,7 @@ func (f *h1Forwarder) serve(ctx context.Context, c net.Conn, br *bufio.Reader, c
 		// Released before leaving the set: once the set is empty, no client
 		// connection holds an upstream one.
 		if h.up != nil {
-			f.pool.release(h.up) // only a connection between requests is left pinned
+			f.pool.release(h.up) // a connection that failed was dropped, not kept in h.up
 		}
 		f.conns.remove(h)
 	}()
@@ -257,8 +260,8 @@ func (h *h1Conn) next(ctx context.Context) bool {
 	return !clientClose
 }
 
-// roundTrip sends req on the pinned upstream connection (taking one from
-// the pool first if none is pinned) and reads the response head. A request
+// roundTrip sends req on the client's current upstream connection (taking
+// one from the pool first if it has none) and reads the response head. A request
 // without a body that failed on a reused connection before any response
 // byte arrived is sent once more on a fresh one: the peer closed the idle
 // connection as we wrote (idempotent methods only, as net/http does).
@@ -311,10 +314,7 @@ func (h *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 // responses other than 101 on to the client.
 func (h *h1Conn) readResponse(req *http.Request) (*http.Response, error) {
 	up := h.up
-	for informational := 0; ; informational++ {
-		if informational > maxInformational {
-			return nil, fmt.Errorf("more than %d informational responses", maxInformational)
-		}
+	for informational := 0; ; {
 		up.lr.N = maxHeaderBytes
 		resp, err := http.ReadResponse(up.br, req)
 		exhausted := up.lr.N <= 0
@@ -327,6 +327,9 @@ func (h *h1Conn) readResponse(req *http.Request) (*http.Response, error) {
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			return resp, nil
+		}
+		if informational++; informational > maxInformational {
+			return nil, fmt.Errorf("more than %d informational responses", maxInformational)
 		}
 		if resp.StatusCode == http.StatusContinue || req.ProtoMinor == 0 {
 			// 100: we sent the body without waiting; the client got ours.
@@ -455,7 +458,8 @@ func (h *h1Conn) answer(req *http.Request, rf *authz.Refusal, closeAfter bool, s
 }
 
 // refuseMalformed answers a request that could not be parsed, as net/http's
-// server does (431 for an oversized head, 400 otherwise), and closes.
+// server does (431 for an oversized head, 501 for a transfer coding other
+// than chunked, 400 otherwise), and closes.
 func (h *h1Conn) refuseMalformed(err error, tooLarge bool) {
 	status := http.StatusBadRequest
 	var ne net.Error
@@ -471,6 +475,9 @@ func (h *h1Conn) refuseMalformed(err error, tooLarge bool) {
 		err = fmt.Errorf("request head not received within %v", header)
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ne):
 		return // the client went away or stalled: nobody to answer
+	case strings.HasPrefix(err.Error(), "unsupported transfer encoding"):
+		// net/http's error type is unexported; its server answers 501 too.
+		status = http.StatusNotImplemented
 	}
 	h.answer(nil, &authz.Refusal{Status: status, Detail: "malformed request: " + err.Error()}, true, time.Now())
 }

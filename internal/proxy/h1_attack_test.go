@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -774,6 +775,9 @@ func TestH1AttackRequestResourceBounds(t *testing.T) {
 				}
 			}()
 			resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("no answer and no close within the client's deadline: %v", err)
+			}
 			if err != nil {
 				return // the proxy closed the connection: bounded too
 			}
@@ -883,21 +887,72 @@ func TestH1AttackExpiredOrRevokedCallerOnOpenConnection(t *testing.T) {
 		t.Fatalf("the connection stayed open after Connection: close: %v", err)
 	}
 
-	before := reached.Load()
-	setNow(61 * time.Minute)
-	c, br = dial(t, x)
-	resp, body := get(c, br)
-	if resp.StatusCode != 401 || !resp.Close || !strings.Contains(body, "expired") {
-		t.Fatalf("expired certificate: %d close=%v %s", resp.StatusCode, resp.Close, body)
+	// A client that ignores Connection: close keeps its connection open
+	// past expiry, or past its revocation: the same connection is refused.
+	for _, tc := range []struct {
+		name, want string
+		change     func()
+	}{
+		{"expired", "expired", func() { setNow(61 * time.Minute) }},
+		{"revoked", "revoked", func() { revs.Set([]string{"9a"}) }},
+	} {
+		setNow(10 * time.Minute)
+		c, br = dial(t, x)
+		if resp, _ := get(c, br); resp.StatusCode != 200 || resp.Close {
+			t.Fatalf("%s: before: %d close=%v", tc.name, resp.StatusCode, resp.Close)
+		}
+		before := reached.Load()
+		tc.change()
+		resp, body := get(c, br)
+		if resp.StatusCode != 401 || !resp.Close || !strings.Contains(body, tc.want) {
+			t.Fatalf("%s certificate on an open connection: %d close=%v %s", tc.name, resp.StatusCode, resp.Close, body)
+		}
+		if n := reached.Load() - before; n != 0 {
+			t.Fatalf("%s: %d requests reached the app", tc.name, n)
+		}
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Fatalf("%s: the connection stayed open after the refusal: %v", tc.name, err)
+		}
 	}
-	setNow(10 * time.Minute)
-	revs.Set([]string{"9a"})
-	c, br = dial(t, x)
-	resp, body = get(c, br)
-	if resp.StatusCode != 401 || !resp.Close || !strings.Contains(body, "revoked") {
-		t.Fatalf("revoked certificate: %d close=%v %s", resp.StatusCode, resp.Close, body)
-	}
-	if n := reached.Load() - before; n != 0 {
-		t.Fatalf("%d requests of an expired or revoked caller reached the app", n)
+}
+
+// An upstream cannot keep a request waiting with an endless run of 1xx
+// responses: up to maxInformational are relayed, one more and the client
+// gets 502.
+func TestH1AttackEndlessInformationalResponses(t *testing.T) {
+	for _, n := range []int{maxInformational, maxInformational + 1} {
+		x := newFwd(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			for range n {
+				brw.WriteString("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+			}
+			brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nfinal")
+			brw.Flush()
+		}))
+		c, br := dial(t, x)
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+		relayed := 0
+		for {
+			resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+			if err != nil {
+				t.Fatalf("%d informational: %v", n, err)
+			}
+			if resp.StatusCode == http.StatusEarlyHints {
+				relayed++
+				continue
+			}
+			want := 200
+			if n > maxInformational {
+				want = 502
+			}
+			if resp.StatusCode != want || relayed > maxInformational {
+				t.Fatalf("%d informational from the upstream: %d relayed, then %d; want at most %d, then %d", n, relayed, resp.StatusCode, maxInformational, want)
+			}
+			break
+		}
 	}
 }

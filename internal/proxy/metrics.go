@@ -26,7 +26,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "rampart_proxy_requests_total", Help: "HTTP requests, by direction and status code.",
 		}, []string{"direction", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "rampart_proxy_request_duration_seconds", Help: "Time from request to response headers, by direction.",
+			Name: "rampart_proxy_request_duration_seconds", Help: "Time from the request head read to the response fully sent (streams: to their end), by direction.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
 		}, []string{"direction"}),
 		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -30,9 +30,9 @@ type upConn struct {
 func (u *upConn) close() { u.c.Close() }
 
 // pool keeps idle upstream connections for reuse. A client connection takes
-// one for its first request, keeps it pinned while it lives, and gives it
-// back when it closes (release); so under steady keep-alive traffic there is
-// no pool traffic at all.
+// one for a request and gives it back (release) as soon as it waits for its
+// next request, so idle clients hold no app connections; a request costs a
+// push and a pop under one mutex.
 type pool struct {
 	dial    func(context.Context) (net.Conn, error)
 	maxIdle int
