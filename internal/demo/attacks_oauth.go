@@ -16,7 +16,6 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"regexp"
-	"slices"
 	"strings"
 	"time"
 
@@ -53,7 +52,7 @@ func ensureOAuth(ctx context.Context, admin *api.Client) error {
 	for _, c := range clients {
 		var have api.OAuthClient
 		if err := admin.Do(ctx, http.MethodGet, "/v1/oauth/clients/"+c.ID, nil, &have); err == nil {
-			if slices.Equal(have.Audience, c.Audience) && slices.Equal(have.GrantTypes, c.GrantTypes) {
+			if sameSet(have.Audience, c.Audience) && sameSet(have.GrantTypes, c.GrantTypes) {
 				continue
 			}
 			// A data dir from an older demo: neither client holds a
