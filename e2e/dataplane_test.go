@@ -648,3 +648,111 @@ func TestProxyDrainsOnSIGTERM(t *testing.T) {
 	}
 	t.Logf("drained and exited %v after SIGTERM", time.Since(stopped).Round(time.Millisecond))
 }
+
+// The proxies' Prometheus metrics count what happened: requests by code,
+// their latency, refused handshakes by reason, the SVID's expiry.
+func TestProxyMetrics(t *testing.T) {
+	m := newMesh(t)
+	m.identity("orders", "")
+	m.identity("payments", "")
+	m.putPolicy(paymentsPolicy)
+	metricsB, metricsA := freeAddr(t), freeAddr(t)
+	inB := m.proxy("payments", "--inbound", "127.0.0.1:0", "--app", app(t), "--metrics-listen", metricsB)[0]
+	outA := m.proxy("orders", "--outbound", "127.0.0.1:0="+inB+",spiffe://example.org/payments", "--metrics-listen", metricsA)[1]
+	eventually(t, 10*time.Second, "the policy at payments' proxy", func() error {
+		if code, _ := get(t, "http://"+outA+"/payments/0", nil); code != 200 {
+			return fmt.Errorf("got %d", code)
+		}
+		return nil
+	})
+	// Counted from here: the polling above may have seen 403s.
+	before := scrape(t, metricsB)
+	for i := range 3 {
+		if code, body := get(t, fmt.Sprintf("http://%s/payments/%d", outA, i), nil); code != 200 {
+			t.Fatalf("allowed call: %d %s", code, body)
+		}
+	}
+	if code, _ := get(t, "http://"+outA+"/admin", nil); code != 403 {
+		t.Fatalf("denied call: %d", code)
+	}
+	c, err := net.Dial("tcp", inB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.ReadAll(c)
+	c.Close()
+	noCert := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	if resp, err := noCert.Get("https://" + inB + "/payments/1"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a client without a certificate got %d", resp.StatusCode)
+	}
+
+	var after map[string]float64
+	eventually(t, 5*time.Second, "the refused handshakes counted", func() error {
+		after = scrape(t, metricsB)
+		if after[`rampart_proxy_handshake_failures_total{reason="no_client_cert"}`] < 1 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	delta := func(series string) float64 { return after[series] - before[series] }
+	for series, want := range map[string]float64{
+		`rampart_proxy_requests_total{code="200",direction="inbound"}`:      3,
+		`rampart_proxy_requests_total{code="403",direction="inbound"}`:      1,
+		`rampart_proxy_request_duration_seconds_count{direction="inbound"}`: 4,
+		`rampart_proxy_handshake_failures_total{reason="plain_http"}`:       1,
+		`rampart_proxy_handshake_failures_total{reason="no_client_cert"}`:   1,
+	} {
+		if got := delta(series); got != want {
+			t.Errorf("%s went up by %v, want %v", series, got, want)
+		}
+	}
+	if exp := after["rampart_proxy_svid_not_after_timestamp_seconds"]; exp < float64(time.Now().Unix()) {
+		t.Errorf("SVID expiry metric %v is not in the future", exp)
+	}
+	out := scrape(t, metricsA)
+	if out[`rampart_proxy_requests_total{code="200",direction="outbound"}`] < 3 || out[`rampart_proxy_requests_total{code="403",direction="outbound"}`] < 1 {
+		t.Errorf("outbound proxy's counts: 200=%v 403=%v", out[`rampart_proxy_requests_total{code="200",direction="outbound"}`], out[`rampart_proxy_requests_total{code="403",direction="outbound"}`])
+	}
+}
+
+// freeAddr returns a loopback address nothing listens on right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// scrape reads a /metrics page into series -> value (the series as the
+// text format writes it, labels sorted).
+func scrape(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	values := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[i+1:], &v); err == nil {
+			values[line[:i]] = v
+		}
+	}
+	return values
+}

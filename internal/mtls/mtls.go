@@ -48,12 +48,10 @@ func (r *Revocations) RevokedCert(c *x509.Certificate) bool {
 	if r == nil {
 		return false
 	}
-	m := r.set.Load()
-	if m == nil || len(*m) == 0 {
+	if m := r.set.Load(); m == nil || len(*m) == 0 {
 		return false
 	}
-	_, ok := (*m)[c.SerialNumber.Text(16)]
-	return ok
+	return r.Revoked(c.SerialNumber.Text(16))
 }
 
 // Refusal reasons reported to OnFail.

@@ -113,7 +113,10 @@ func (w *codeWriter) Flush() {
 // Unwrap lets http.ResponseController reach the real writer (trailers, deadlines).
 func (w *codeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// instrument counts the requests net/http serves (HTTP/2, gRPC) as the
+// HTTP/1.1 forwarder counts its own.
 func (m *metrics) instrument(direction string, h http.Handler) http.Handler {
+	d := m.forDirection(direction)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		cw := &codeWriter{ResponseWriter: w}
@@ -121,7 +124,6 @@ func (m *metrics) instrument(direction string, h http.Handler) http.Handler {
 		if cw.code == 0 {
 			cw.code = http.StatusOK
 		}
-		m.requests.WithLabelValues(direction, strconv.Itoa(cw.code)).Inc()
-		m.latency.WithLabelValues(direction).Observe(time.Since(start).Seconds())
+		d.request(cw.code, start)
 	})
 }
