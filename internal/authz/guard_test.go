@@ -154,7 +154,7 @@ rules:
   - name: office-network-only
     callers: ['*']
     paths: [/office]
-    when: request.headers["x-forwarded-for"] == "10.0.0.1"
+    when: request.headers["x-forwarded-for"] == "10.0.0.1" || request.headers["x-real-ip"] == "10.0.0.1" || request.headers["true-client-ip"] == "10.0.0.1"
   - name: rest
     callers: ['*']
     paths: ['/public/*', /admin, /items]
@@ -187,6 +187,10 @@ rules:
 		// The HTTP/1.1 forwarder already dropped it; over HTTP/2 only the
 		// guard stands between the caller's claim and the condition.
 		{"caller-supplied X-Forwarded-For", "GET", "/office", [][2]string{{"X-Forwarded-For", "10.0.0.1"}}, 403, nil},
+		{"caller-supplied X-Real-IP", "GET", "/office", [][2]string{{"X-Real-IP", "10.0.0.1"}}, 403, nil},
+		{"caller-supplied True-Client-IP", "GET", "/office", [][2]string{{"True-Client-IP", "10.0.0.1"}}, 403, nil},
+		{"other address and prefix claims", "GET", "/public/x", [][2]string{{"X-Client-IP", "10.0.0.1"}, {"X-Forwarded-Port", "443"}, {"X-Forwarded-Prefix", "/admin"}, {"x-forwarded-ssl", "on"}, {"X-Cluster-Client-IP", "10.0.0.1"}},
+			200, []string{"X-Client-Ip", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Ssl", "X-Cluster-Client-Ip"}},
 		{"caller-supplied Forwarded", "GET", "/public/x", [][2]string{{"Forwarded", "for=10.0.0.1"}, {"X-Forwarded-Host", "admin.internal"}}, 200, []string{"Forwarded", "X-Forwarded-Host"}},
 		{"identity header with underscores", "GET", "/public/x", [][2]string{{"X_Rampart_Caller", "spiffe://example.org/admin"}, {"x_rampart_user", "alice"}, {"X_Forwarded_Client_Cert", "URI=spiffe://example.org/admin"}},
 			200, []string{"X_rampart_caller", "X_rampart_user", "X_forwarded_client_cert"}},

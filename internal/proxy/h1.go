@@ -475,8 +475,9 @@ func (h *h1Conn) refuseMalformed(err error, tooLarge bool) {
 		err = fmt.Errorf("request head not received within %v", header)
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ne):
 		return // the client went away or stalled: nobody to answer
-	case strings.HasPrefix(err.Error(), "unsupported transfer encoding"):
-		// net/http's error type is unexported; its server answers 501 too.
+	case strings.HasPrefix(err.Error(), "unsupported transfer encoding"), strings.HasPrefix(err.Error(), "too many transfer encodings"):
+		// net/http's error type (both messages) is unexported; its server
+		// answers 501 too.
 		status = http.StatusNotImplemented
 	}
 	h.answer(nil, &authz.Refusal{Status: status, Detail: "malformed request: " + err.Error()}, true, time.Now())
@@ -605,8 +606,9 @@ func (h *h1Conn) writeRequest(bw *bufio.Writer, req *http.Request) error {
 
 var requestExcluded = map[string]bool{"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
 
-// maxInformational bounds the 1xx responses read before the final one, as
-// net/http's Transport does.
+// maxInformational bounds the 1xx responses read before the final one (each
+// is also bounded by maxHeaderBytes), so an upstream cannot hold a request
+// with an endless run of them.
 const maxInformational = 5
 
 // statusLine is the status line sent for code. The reason phrase is ours,
@@ -663,6 +665,13 @@ func headerKeys(h http.Header) []string {
 // the protocol asked for by an upgrade request, or "".
 func prepareRequest(req *http.Request) (upgrade string) {
 	upgrade = authz.StripHopByHop(req.Header)
+	if upgrade != "" && req.ProtoMinor == 0 {
+		// HTTP/1.0 has no upgrade (RFC 9110 7.8: ignored); forwarded as
+		// HTTP/1.1 it would become one.
+		delete(req.Header, "Connection")
+		delete(req.Header, "Upgrade")
+		upgrade = ""
+	}
 	req.Close = false
 	req.RequestURI = ""
 	return upgrade
@@ -814,7 +823,7 @@ func (s *connSet) shutdown(ctx context.Context) {
 		}
 	}
 	for c := range s.pending {
-		c.SetDeadline(time.Now()) // a handshake or a sniff would wait up to 2 min
+		c.SetReadDeadline(time.Now()) // a handshake or a sniff would wait up to 2 min
 	}
 	s.mu.Unlock()
 	select {

@@ -176,10 +176,11 @@ func TestH1HeaderHygiene(t *testing.T) {
 	x := newFwd(t, echoApp())
 	c, br := x.raw()
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n"+
-		"Proxy-Authorization: Basic eA==\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\nTe: trailers, deflate\r\nX-Kept: yes\r\n\r\n")
+		"Proxy-Authorization: Basic eA==\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\nX-Real-IP: 10.0.0.1\r\nX-Forwarded-Prefix: /admin\r\n"+
+		"Te: trailers, deflate\r\nX-Kept: yes\r\n\r\n")
 	resp, _ := readResp(t, br, "GET")
 	got := "," + resp.Header.Get("X-Headers") + ","
-	for _, h := range []string{"X-Secret", "Keep-Alive", "Connection", "Proxy-Authorization", "X-Forwarded-For", "Forwarded"} {
+	for _, h := range []string{"X-Secret", "Keep-Alive", "Connection", "Proxy-Authorization", "X-Forwarded-For", "Forwarded", "X-Real-Ip", "X-Forwarded-Prefix"} {
 		if strings.Contains(got, ","+h+",") {
 			t.Errorf("%s reached the app (it saw %s)", h, got)
 		}
@@ -374,6 +375,7 @@ func TestH1RefusesMalformedRequests(t *testing.T) {
 		{"two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
 		{"conflicting Content-Length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", 400},
 		{"unknown transfer coding", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+		{"two Transfer-Encoding lines", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501},
 		{"header field with a bare CR", "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\rX-B: 2\r\n\r\n", 400},
 		{"HTTP/2 version on HTTP/1", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400},
 		{"CONNECT", "CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n", 400},
@@ -537,5 +539,17 @@ func TestH1ClientCloseKeepsUpstream(t *testing.T) {
 	}
 	if n := x.appConns.Load(); n != 1 {
 		t.Fatalf("app saw %d connections for 5 closing clients, want 1", n)
+	}
+}
+
+// HTTP/1.0 has no upgrade (RFC 9110 7.8): an Upgrade header from an
+// HTTP/1.0 client is dropped, not passed on as an HTTP/1.1 upgrade.
+func TestH1HTTP10UpgradeIgnored(t *testing.T) {
+	x := newFwd(t, echoApp())
+	c, br := x.raw()
+	io.WriteString(c, "GET / HTTP/1.0\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	resp, _ := readResp(t, br, "GET")
+	if got := "," + resp.Header.Get("X-Headers") + ","; resp.StatusCode != 200 || strings.Contains(got, ",Upgrade,") || strings.Contains(got, ",Connection,") {
+		t.Fatalf("HTTP/1.0 upgrade: %d, app saw %s", resp.StatusCode, got)
 	}
 }

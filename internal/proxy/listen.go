@@ -73,8 +73,7 @@ func serveOutbound(ctx context.Context, ln net.Listener, h1 *h1Forwarder, h2 *co
 
 // acceptLoop runs handle in a goroutine for every accepted connection until
 // the listener is closed, then waits for the handlers to return. Errors that
-// pass (out of file descriptors or memory, a connection reset before it was
-// accepted) are waited out with a growing pause, as net/http's server does,
+// pass (out of file descriptors or memory) are waited out with a growing pause, as net/http's server does,
 // instead of ending the listener.
 func acceptLoop(ln net.Listener, handle func(net.Conn)) {
 	var wg sync.WaitGroup
@@ -98,7 +97,7 @@ func acceptLoop(ln net.Listener, handle func(net.Conn)) {
 func transientAcceptError(err error) bool {
 	var ne net.Error
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) ||
-		errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.ECONNABORTED) || (errors.As(err, &ne) && ne.Timeout())
+		errors.Is(err, syscall.ENOMEM) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // handshake runs the server side of the mTLS handshake with a timeout and

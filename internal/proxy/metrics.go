@@ -26,7 +26,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "rampart_proxy_requests_total", Help: "HTTP requests, by direction and status code.",
 		}, []string{"direction", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "rampart_proxy_request_duration_seconds", Help: "Time from the request head read to the response fully sent (streams: to their end), by direction.",
+			Name: "rampart_proxy_request_duration_seconds", Help: "Time from the request head read to the response fully sent (streamed bodies: to their end; upgrades: to the 101), by direction.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
 		}, []string{"direction"}),
 		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -98,7 +98,9 @@ type codeWriter struct {
 }
 
 func (w *codeWriter) WriteHeader(c int) {
-	if w.code == 0 {
+	// Informational answers (103 Early Hints relayed by ReverseProxy) come
+	// before the final one, which is what is counted; 101 is final.
+	if w.code == 0 && (c >= 200 || c == http.StatusSwitchingProtocols) {
 		w.code = c
 	}
 	w.ResponseWriter.WriteHeader(c)
