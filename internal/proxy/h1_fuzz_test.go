@@ -129,11 +129,12 @@ func FuzzH1Forwarding(f *testing.F) {
 			}
 		}
 		fw.pool.mu.Lock()
-		for _, u := range fw.pool.idle {
-			u.close()
-		}
+		idle := fw.pool.idle
 		fw.pool.idle = nil
 		fw.pool.mu.Unlock()
+		for _, u := range idle {
+			u.close()
+		}
 		for deadline := time.Now().Add(10 * time.Second); appOpen.Load() != 0; time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("the app still has %d connections open 10 s after the client's", appOpen.Load())

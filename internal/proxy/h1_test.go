@@ -553,3 +553,31 @@ func TestH1HTTP10UpgradeIgnored(t *testing.T) {
 		t.Fatalf("HTTP/1.0 upgrade: %d, app saw %s", resp.StatusCode, got)
 	}
 }
+
+// A drain that runs out of time ends every request: one still waiting on
+// an upstream that never answers is cut off when forwarding stops
+// (pool.closeAll), not left to its 60 s response timeout.
+func TestH1DrainTimeoutEndsRequestsWaitingOnTheUpstream(t *testing.T) {
+	stuck := make(chan struct{})
+	release := make(chan struct{})
+	defer close(release)
+	x := newFwd(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(stuck)
+		<-release
+	}))
+	c, br := x.raw()
+	io.WriteString(c, "GET /never HTTP/1.1\r\nHost: svc\r\n\r\n")
+	<-stuck
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	x.f.conns.shutdown(ctx) // returns at the timeout, the request still waiting
+	x.f.pool.closeAll()     // what Run does next
+	waitFor(t, "the request's goroutine to end", func() bool {
+		x.f.conns.mu.Lock()
+		defer x.f.conns.mu.Unlock()
+		return len(x.f.conns.conns) == 0
+	})
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("the client got an answer from a closed upstream")
+	}
+}

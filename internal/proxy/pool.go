@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -18,6 +19,7 @@ const maxIdleUpstream = 256
 
 // upConn is an upstream HTTP/1.1 connection with its buffers.
 type upConn struct {
+	p        *pool // nil: not from a pool
 	c        net.Conn
 	rd       readDeadline
 	lr       *io.LimitedReader // bounds a response head; unlimited otherwise
@@ -27,7 +29,14 @@ type upConn struct {
 	lastUsed time.Time // when its last response head arrived or it went idle
 }
 
-func (u *upConn) close() { u.c.Close() }
+func (u *upConn) close() {
+	if u.p != nil {
+		u.p.mu.Lock()
+		delete(u.p.open, u)
+		u.p.mu.Unlock()
+	}
+	u.c.Close()
+}
 
 // pool keeps idle upstream connections for reuse. A client connection takes
 // one for a request and gives it back (release) as soon as it waits for its
@@ -39,11 +48,15 @@ type pool struct {
 
 	mu   sync.Mutex
 	idle []*upConn // most recently used last
+	// open is every connection dialled and not yet closed, idle or in use,
+	// so that closing the pool wakes a request still waiting on its
+	// upstream when a drain has run out of time.
+	open map[*upConn]struct{}
 	done bool
 }
 
 func newPool(dial func(context.Context) (net.Conn, error), maxIdle int) *pool {
-	return &pool{dial: dial, maxIdle: maxIdle}
+	return &pool{dial: dial, maxIdle: maxIdle, open: map[*upConn]struct{}{}}
 }
 
 // get returns an idle connection that is still open, or a new one.
@@ -73,8 +86,18 @@ func (p *pool) get(ctx context.Context) (*upConn, error) {
 		return nil, err
 	}
 	lr := &io.LimitedReader{R: c, N: 1<<63 - 1}
-	return &upConn{c: c, rd: readDeadline{c: c}, lr: lr, br: bufio.NewReaderSize(lr, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
+	u := &upConn{p: p, c: c, rd: readDeadline{c: c}, lr: lr, br: bufio.NewReaderSize(lr, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done {
+		c.Close()
+		return nil, errPoolClosed
+	}
+	p.open[u] = struct{}{}
+	return u, nil
 }
+
+var errPoolClosed = errors.New("the proxy is shutting down")
 
 // release gives back a connection that finished its last response cleanly.
 func (p *pool) release(u *upConn) {
@@ -90,21 +113,14 @@ func (p *pool) release(u *upConn) {
 }
 
 // reap closes connections idle too long, every interval until ctx ends,
-// then closes all of them.
+// then closes all of them, in use or not (closeAll).
 func (p *pool) reap(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			p.mu.Lock()
-			p.done = true
-			idle := p.idle
-			p.idle = nil
-			p.mu.Unlock()
-			for _, u := range idle {
-				u.close()
-			}
+			p.closeAll()
 			return
 		case <-t.C:
 		}
@@ -124,5 +140,19 @@ func (p *pool) reap(ctx context.Context, interval time.Duration) {
 		for _, u := range stale {
 			u.close()
 		}
+	}
+}
+
+// closeAll closes every connection the pool opened, idle or in use: a
+// request still waiting on its upstream fails at once. Later gets fail.
+func (p *pool) closeAll() {
+	p.mu.Lock()
+	p.done = true
+	p.idle = nil
+	open := p.open
+	p.open = map[*upConn]struct{}{}
+	p.mu.Unlock()
+	for u := range open {
+		u.c.Close()
 	}
 }
