@@ -578,6 +578,31 @@ rules:
 	if got, _ := echo(outR); got != "" {
 		t.Fatalf("TCP caller with HTTP-only rules got through: %q", got)
 	}
+
+	// A connection outlives the handshake that checked the caller: when
+	// orders' SVIDs are revoked, payments' proxy closes the open one.
+	c, err := net.Dial("tcp", outA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	fmt.Fprint(c, "before\n")
+	if line, err := br.ReadString('\n'); line != "before\n" {
+		t.Fatalf("long-lived connection: %q %v", line, err)
+	}
+	mustCLI(t, m.s.adminEnv(), "svid", "revoke", "--spiffe-id", "spiffe://example.org/orders", "--reason", "test")
+	if _, err := br.ReadString('\n'); err != io.EOF {
+		t.Fatalf("the connection of a revoked caller stayed open: %v", err)
+	}
+	// New connections use orders' replacement SVID.
+	eventually(t, 15*time.Second, "a new connection with the replacement SVID", func() error {
+		if got, err := echo(outA); got != "ping over tcp" {
+			return fmt.Errorf("%q %v", got, err)
+		}
+		return nil
+	})
 }
 
 // SIGTERM drains: the listener stops accepting at once; a request that was

@@ -322,6 +322,39 @@ func (g *Guard) AllowConn(ctx context.Context, peer spiffeid.ID, remote string) 
 	return d.Allowed
 }
 
+// WatchPeer returns a context for a connection that outlives requests (an
+// upgraded tunnel, a raw TCP connection): it ends with ctx, when the
+// caller's certificate expires, or when it is revoked, and then records a
+// deny decision saying which. cancel releases it.
+func (g *Guard) WatchPeer(ctx context.Context, peer spiffeid.ID, leaf *x509.Certificate, remote string) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithDeadline(ctx, leaf.NotAfter)
+	go func() {
+		for {
+			changed := g.cfg.Revocations.Changed()
+			if g.cfg.Revocations.RevokedCert(leaf) {
+				g.endConn(ctx, peer, remote, "client SVID revoked: open connection closed")
+				cancel()
+				return
+			}
+			select {
+			case <-changed:
+			case <-wctx.Done():
+				if ctx.Err() == nil && errors.Is(wctx.Err(), context.DeadlineExceeded) {
+					g.endConn(ctx, peer, remote, "client SVID expired: open connection closed")
+				}
+				return
+			}
+		}
+	}()
+	return wctx, cancel
+}
+
+func (g *Guard) endConn(ctx context.Context, peer spiffeid.ID, remote, reason string) {
+	start := time.Now()
+	ev := Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote, Reason: reason}
+	g.finish(context.WithoutCancel(ctx), &ev, start, "deny")
+}
+
 func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome string) {
 	ev.Latency = time.Since(start)
 	c, ok := g.outcomes[outcome]

@@ -318,3 +318,80 @@ func TestPeerStaleCountsFromIssuance(t *testing.T) {
 		}
 	}
 }
+
+// A connection that outlives requests ends when its caller's certificate
+// is revoked or expires, each recorded as a deny; ended by its owner, it
+// records nothing.
+func TestWatchPeer(t *testing.T) {
+	peer := spiffeid.RequireFromString("spiffe://example.org/orders")
+	leaf := func(serial int64, life time.Duration) *x509.Certificate {
+		return &x509.Certificate{SerialNumber: big.NewInt(serial), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(life)}
+	}
+	sink := &recordSink{}
+	revs := &mtls.Revocations{}
+	g := NewGuard(GuardConfig{Service: spiffeid.RequireFromString("spiffe://example.org/payments"), Sink: sink, Revocations: revs})
+	lastReason := func() string {
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		if len(sink.events) == 0 {
+			return ""
+		}
+		e := sink.events[len(sink.events)-1]
+		if e.Allowed || e.Caller != peer.String() {
+			t.Fatalf("event %+v", e)
+		}
+		return e.Reason
+	}
+	wait := func(ctx context.Context, what string) {
+		t.Helper()
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the connection's context did not end", what)
+		}
+	}
+
+	ctx, cancel := g.WatchPeer(context.Background(), peer, leaf(2, time.Hour), "127.0.0.1:1")
+	defer cancel()
+	revs.Set([]string{"1", "3"}) // another serial: still open
+	select {
+	case <-ctx.Done():
+		t.Fatal("ended by another certificate's revocation")
+	case <-time.After(50 * time.Millisecond):
+	}
+	revs.Set([]string{"2"})
+	wait(ctx, "revoked")
+	if r := lastReason(); !strings.Contains(r, "revoked") {
+		t.Fatalf("reason %q", r)
+	}
+
+	ctx, cancel = g.WatchPeer(context.Background(), peer, leaf(4, 100*time.Millisecond), "127.0.0.1:1")
+	defer cancel()
+	wait(ctx, "expired")
+	waitReason := time.Now().Add(5 * time.Second)
+	for !strings.Contains(lastReason(), "expired") {
+		if time.Now().After(waitReason) {
+			t.Fatalf("no expiry recorded: %q", lastReason())
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	sink.mu.Lock()
+	n := len(sink.events)
+	sink.mu.Unlock()
+	ctx, cancel = g.WatchPeer(context.Background(), peer, leaf(5, time.Hour), "127.0.0.1:1")
+	cancel()
+	wait(ctx, "cancelled")
+	time.Sleep(20 * time.Millisecond)
+	sink.mu.Lock()
+	m := len(sink.events)
+	sink.mu.Unlock()
+	if m != n {
+		t.Fatalf("a connection its owner closed was recorded (%d events, want %d)", m, n)
+	}
+
+	// A certificate already revoked (serial 2, above) ends at once.
+	ctx, cancel = g.WatchPeer(context.Background(), peer, leaf(2, time.Hour), "127.0.0.1:1")
+	defer cancel()
+	wait(ctx, "revoked before")
+}

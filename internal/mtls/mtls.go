@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -18,6 +19,9 @@ import (
 // value holds nothing and is ready to use.
 type Revocations struct {
 	set atomic.Pointer[map[string]struct{}]
+
+	mu      sync.Mutex
+	changed chan struct{} // closed by the next Set; nil until asked for
 }
 
 // Set replaces the revoked serials.
@@ -27,6 +31,27 @@ func (r *Revocations) Set(serials []string) {
 		m[s] = struct{}{}
 	}
 	r.set.Store(&m)
+	r.mu.Lock()
+	if r.changed != nil {
+		close(r.changed)
+		r.changed = nil
+	}
+	r.mu.Unlock()
+}
+
+// Changed returns a channel closed at the next Set, for connections that
+// outlive a single check. Take it before checking, so a Set in between is
+// not missed. A nil Revocations never changes (nil channel).
+func (r *Revocations) Changed() <-chan struct{} {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.changed == nil {
+		r.changed = make(chan struct{})
+	}
+	return r.changed
 }
 
 // Revoked reports whether serial is revoked.

@@ -429,6 +429,13 @@ func (h *h1Conn) switchProtocols(ctx context.Context, req *http.Request, resp *h
 	h.f.conns.remove(h) // a tunnel is not drained like a request
 	h.c.SetReadDeadline(time.Time{})
 	up.c.SetReadDeadline(time.Time{})
+	if h.f.guard != nil {
+		// No more requests to check the caller at: the tunnel ends when
+		// its certificate expires or is revoked.
+		var cancel context.CancelFunc
+		ctx, cancel = h.f.guard.WatchPeer(ctx, h.peer, h.tls.PeerCertificates[0], h.remote)
+		defer cancel()
+	}
 	splice(ctx, &bufferedConn{Conn: h.c, r: h.br}, &bufferedConn{Conn: up.c, r: up.br})
 	return false
 }

@@ -956,3 +956,54 @@ func TestH1AttackEndlessInformationalResponses(t *testing.T) {
 		}
 	}
 }
+
+// A tunnel (after an upgrade) carries no more requests to check the caller
+// at: it is closed when the caller's certificate is revoked or expires,
+// instead of living on as long as the client keeps it open.
+func TestH1AttackTunnelOutlivesRevocationOrExpiry(t *testing.T) {
+	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString("echo: " + line)
+			brw.Flush()
+		}
+	})
+	u, _ := url.Parse(attackCaller)
+	for _, tc := range []struct {
+		name string
+		life time.Duration
+		end  func(*mtls.Revocations)
+	}{
+		{"revoked", time.Hour, func(r *mtls.Revocations) { r.Set([]string{"7b"}) }},
+		{"expired", 1500 * time.Millisecond, func(*mtls.Revocations) {}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			revs := &mtls.Revocations{}
+			leaf := &x509.Certificate{URIs: []*url.URL{u}, SerialNumber: big.NewInt(0x7b), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(tc.life)}
+			x := newGuardedFwdWith(t, "  - name: all\n    callers: ['*']\n", echo, authz.GuardConfig{Revocations: revs}, leaf)
+			c, br := dial(t, x)
+			io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nhello\n")
+			if resp, err := http.ReadResponse(br, &http.Request{Method: "GET"}); err != nil || resp.StatusCode != 101 {
+				t.Fatalf("upgrade: %v %v", resp, err)
+			}
+			if line, err := br.ReadString('\n'); line != "echo: hello\n" {
+				t.Fatalf("through the tunnel: %q %v", line, err)
+			}
+			tc.end(revs)
+			// dial's 10 s deadline: a tunnel left open fails with a timeout.
+			if _, err := br.ReadString('\n'); err != io.EOF {
+				t.Fatalf("the tunnel stayed open after the certificate was %s: %v", tc.name, err)
+			}
+		})
+	}
+}

@@ -35,7 +35,11 @@ func serveTCPInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, app 
 			return
 		}
 		defer up.Close()
-		splice(ctx, tc, up)
+		// The connection ends when the caller's certificate expires or is
+		// revoked: it may live far longer than one SVID.
+		wctx, cancel := guard.WatchPeer(ctx, peer, cs.PeerCertificates[0], c.RemoteAddr().String())
+		defer cancel()
+		splice(wctx, tc, up)
 	})
 }
 
