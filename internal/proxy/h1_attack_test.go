@@ -961,23 +961,7 @@ func TestH1AttackEndlessInformationalResponses(t *testing.T) {
 // at: it is closed when the caller's certificate is revoked or expires,
 // instead of living on as long as the client keeps it open.
 func TestH1AttackTunnelOutlivesRevocationOrExpiry(t *testing.T) {
-	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		brw.Flush()
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			brw.WriteString("echo: " + line)
-			brw.Flush()
-		}
-	})
+	echo := echoUpgradeApp()
 	u, _ := url.Parse(attackCaller)
 	for _, tc := range []struct {
 		name string

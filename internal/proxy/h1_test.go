@@ -111,6 +111,44 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// waitIdleUpstream waits until the pool holds exactly one idle upstream
+// connection (a client connection's goroutine gives its own back when it
+// sees the client close).
+func (x *fwd) waitIdleUpstream(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the upstream connection back in the pool", func() bool {
+		x.f.pool.mu.Lock()
+		defer x.f.pool.mu.Unlock()
+		return len(x.f.pool.idle) == 1
+	})
+}
+
+// echoUpgradeApp accepts an upgrade to "echo" with a 101, then answers
+// every line sent through the tunnel with "echo: " and the line.
+func echoUpgradeApp() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			http.Error(w, "want Upgrade: echo", 400)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString("echo: " + line)
+			brw.Flush()
+		}
+	})
+}
+
 func echoApp() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
@@ -138,11 +176,7 @@ func TestH1ReusesUpstreamConnections(t *testing.T) {
 	c.Close()
 	// The first connection's goroutine gives its upstream back when it
 	// sees the close; only then can the pool hand it on.
-	waitFor(t, "the upstream connection back in the pool", func() bool {
-		x.f.pool.mu.Lock()
-		defer x.f.pool.mu.Unlock()
-		return len(x.f.pool.idle) == 1
-	})
+	x.waitIdleUpstream(t)
 	c2, br2 := x.raw()
 	fmt.Fprintf(c2, "POST /p HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello")
 	if _, body := readResp(t, br2, "POST"); body != "POST /p host=svc len=5 body=hello" {
@@ -333,22 +367,7 @@ func TestH1LargeBodies(t *testing.T) {
 
 // An upgrade (WebSocket's handshake) becomes a tunnel after the app's 101.
 func TestH1Upgrade(t *testing.T) {
-	x := newFwd(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" {
-			http.Error(w, "want Upgrade: echo", 400)
-			return
-		}
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		brw.Flush()
-		line, _ := brw.ReadString('\n')
-		brw.WriteString("echo: " + line)
-		brw.Flush()
-	}))
+	x := newFwd(t, echoUpgradeApp())
 	c, br := x.raw()
 	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nhello\n")
 	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
@@ -531,11 +550,7 @@ func TestH1ClientCloseKeepsUpstream(t *testing.T) {
 			t.Fatalf("request %d: %d close=%v", i, resp.StatusCode, resp.Close)
 		}
 		c.Close()
-		waitFor(t, "the upstream connection back in the pool", func() bool {
-			x.f.pool.mu.Lock()
-			defer x.f.pool.mu.Unlock()
-			return len(x.f.pool.idle) == 1
-		})
+		x.waitIdleUpstream(t)
 	}
 	if n := x.appConns.Load(); n != 1 {
 		t.Fatalf("app saw %d connections for 5 closing clients, want 1", n)
