@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,12 +15,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/witness"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/svid"
 )
 
 // checkpointInterval is how often a new signed checkpoint is published
@@ -86,17 +89,52 @@ func (s *Server) entry(r *http.Request, action, outcome, reason string, kv ...an
 			e.Target = v
 		}
 	}
+	s.setActor(e, r, action, outcome)
+	return e
+}
+
+// setActor names who made request r, from what the request proved and
+// nothing else: never a fallback to a privileged name. An entry recorded
+// before the caller is known (a refused certificate, a refused token)
+// names "unknown" with what the certificate claims, or "anonymous" when
+// nothing was presented.
+func (s *Server) setActor(e *audit.Entry, r *http.Request, action, outcome string) {
 	switch caller := agentFrom(r); {
 	case !caller.IsZero():
 		e.Actor.SpiffeID = caller.String()
+	case isAdmin(r):
+		e.Actor.User = "admin" // the admin token was checked
 	case action == "agent.attest" && outcome == audit.OutcomeSuccess:
 		e.Actor.SpiffeID = e.Target // the agent, proven by its join token
-	case strings.HasPrefix(r.URL.Path, "/v1/agent/"):
-		e.Actor.User = "anonymous"
+	case r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
+		e.Actor.User = "unknown"
+		certDetails(e, r.TLS.PeerCertificates[0])
 	default:
-		e.Actor.User = "admin"
+		e.Actor.User = "anonymous"
 	}
-	return e
+}
+
+// certDetails adds what a refused client certificate claims to e: its
+// serial and SPIFFE ID (unverified when the chain was refused).
+func certDetails(e *audit.Entry, c *x509.Certificate) {
+	e.Details["cert_serial"] = svid.SerialString(c.SerialNumber)
+	if len(c.URIs) > 0 {
+		e.Details["cert_spiffe_id"] = c.URIs[0].String()
+	}
+}
+
+// refusedCertActor names the holder of a certificate refused with err: its
+// SPIFFE ID when the chain verified (a revoked or evicted SVID is still
+// that identity's, and detection groups by it), "unknown" when it did not
+// (the ID is only a claim). Serial and SPIFFE ID go to the details either way.
+func refusedCertActor(e *audit.Entry, c *x509.Certificate, err error) {
+	certDetails(e, c)
+	e.Actor = audit.Actor{User: "unknown"}
+	if !errors.Is(err, errUntrusted) && len(c.URIs) == 1 {
+		if id, perr := spiffeid.FromURI(c.URIs[0]); perr == nil {
+			e.Actor = audit.Actor{SpiffeID: id.String()}
+		}
+	}
 }
 
 // record appends entries durably. A failure to audit is logged loudly and

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/witness"
 )
 
@@ -131,8 +132,16 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 			writeProblem(w, http.StatusUnauthorized, "admin calls need the admin token (RAMPART_ADMIN_TOKEN, from DATA/admin.token) as a bearer token")
 			return
 		}
-		h(w, r)
+		h(w, r.WithContext(context.WithValue(r.Context(), adminKey{}, true)))
 	}
+}
+
+// adminKey marks a request whose admin token was checked.
+type adminKey struct{}
+
+func isAdmin(r *http.Request) bool {
+	ok, _ := r.Context().Value(adminKey{}).(bool)
+	return ok
 }
 
 // agentKey carries the verified caller's SPIFFE ID (agent or workload).
@@ -163,7 +172,12 @@ func (s *Server) svidAuth(need string, verify func([][]byte) (spiffeid.ID, error
 		}
 		id, err := verify(raw)
 		if err != nil {
-			s.refused(r, "svid.auth", err.Error(), "path", r.URL.Path)
+			// The caller is not known yet: the entry names the
+			// certificate's holder (see refusedCertActor), never a
+			// fallback.
+			e := s.entry(r, "svid.auth", audit.OutcomeDenied, err.Error(), "path", r.URL.Path)
+			refusedCertActor(e, r.TLS.PeerCertificates[0], err)
+			s.record(r.Context(), e)
 			writeProblem(w, http.StatusForbidden, err.Error())
 			return
 		}
