@@ -2,11 +2,17 @@ package audit
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // SchemaVersion is the version of Entry's encoding.
@@ -112,4 +118,107 @@ func ParseEntry(b []byte) (*Entry, error) {
 		return nil, errors.New("audit: entry: not in canonical form")
 	}
 	return &e, nil
+}
+
+// Clipping. Much of an entry comes from whoever made the request (a path, a
+// header, a claimed identity, an error quoting the input), and the log is
+// permanent: a field never keeps more than MaxField bytes, so an entry's
+// size does not depend on its input and never reaches MaxEntrySize.
+const (
+	// MaxField is the most bytes a field keeps (its clip marker included).
+	MaxField = 400
+	// MaxDetails is the most details an entry keeps.
+	MaxDetails = 32
+	// maxDetailKey is the most bytes a detail's name keeps.
+	maxDetailKey = 64
+	// DetailClipped lists the fields ClipEntry clipped, comma-separated.
+	DetailClipped = "clipped"
+	clipPrefix    = "…[clipped "
+)
+
+// Clip returns s if it is at most MaxField bytes. Otherwise it returns the
+// start of s, cut at a UTF-8 boundary, and a marker giving the original
+// length and the first 8 bytes of its SHA-256 (to match it against another
+// copy, such as a web server's access log):
+//
+//	/aaaaaaaa…[clipped 60000 bytes sha256:1f2e3d4c5b6a7988]
+func Clip(s string) string { return clipTo(s, MaxField) }
+
+func clipTo(s string, limit int) string {
+	if len(s) <= limit {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	marker := clipPrefix + strconv.Itoa(len(s)) + " bytes sha256:" + hex.EncodeToString(sum[:8]) + "]"
+	cut := max(limit-len(marker), 0)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + marker
+}
+
+// ClipEntry clips every string field of e that a caller may have chosen
+// (actor, target, reason, request ID, details; at most MaxDetails details,
+// the rest counted in "details_dropped") and names the clipped ones in
+// details["clipped"], so a reader can tell a clipped value from one that
+// merely ends like a marker. It reports whether anything was clipped.
+func ClipEntry(e *Entry) bool {
+	var clipped []string
+	field := func(name string, v *string) {
+		if len(*v) > MaxField {
+			*v = Clip(*v)
+			clipped = append(clipped, name)
+		}
+	}
+	field("actor.spiffe_id", &e.Actor.SpiffeID)
+	field("actor.user", &e.Actor.User)
+	field("target", &e.Target)
+	field("reason", &e.Reason)
+	field("request_id", &e.RequestID)
+	field("source", &e.Source)
+	field("stream", &e.Stream)
+	big := len(e.Details) > MaxDetails
+	if !big {
+		for k, v := range e.Details {
+			if len(k) > maxDetailKey || len(v) > MaxField {
+				big = true
+				break
+			}
+		}
+	}
+	if big {
+		keys := make([]string, 0, len(e.Details))
+		for k := range e.Details {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		out := make(map[string]string, min(len(keys), MaxDetails)+2)
+		for i, k := range keys {
+			v := e.Details[k]
+			if i >= MaxDetails {
+				out["details_dropped"] = strconv.Itoa(len(keys) - MaxDetails)
+				clipped = append(clipped, "details")
+				break
+			}
+			ck := k
+			if len(k) > maxDetailKey {
+				ck = clipTo(k, maxDetailKey)
+				clipped = append(clipped, "details key "+ck)
+			}
+			if len(v) > MaxField {
+				v = Clip(v)
+				clipped = append(clipped, "details."+ck)
+			}
+			out[ck] = v
+		}
+		e.Details = out
+	}
+	if len(clipped) == 0 {
+		return false
+	}
+	if e.Details == nil {
+		e.Details = map[string]string{}
+	}
+	e.Details[DetailClipped] = Clip(strings.Join(clipped, ","))
+	return true
 }

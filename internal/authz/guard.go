@@ -363,7 +363,9 @@ func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome 
 	}
 	c.Inc()
 	g.latency.Observe(ev.Latency.Seconds())
-	g.cfg.Sink.Decision(ctx, *ev)
+	// Recording never depends on the request: a caller that cancels or
+	// resets its stream must not choose what goes unrecorded (issue 27).
+	g.cfg.Sink.Decision(context.WithoutCancel(ctx), *ev)
 }
 
 // sanitizeHeaders makes the request's headers what the app will be given,

@@ -65,7 +65,7 @@ func TestIngestThroughSpool(t *testing.T) {
 	defer sp.Close()
 	ctx := context.Background()
 	for i := range 300 {
-		if err := sp.Record(ctx, decision(i)); err != nil {
+		if err := sp.Record(decision(i)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -16,7 +16,7 @@ import (
 // Recorder takes audit entries; the agent's spool implements it, and
 // delivers them to the server's log.
 type Recorder interface {
-	Record(ctx context.Context, e *audit.Entry) error
+	Record(e *audit.Entry) error
 }
 
 // refusalInterval bounds how often one process (uid and executable) is
@@ -31,13 +31,19 @@ type auditor struct {
 	now  func() time.Time
 
 	mu   sync.Mutex
-	last map[string]time.Time
+	last map[string]*refusals
+}
+
+// refusals of one process since its last entry.
+type refusals struct {
+	at         time.Time // of the last entry
+	suppressed int       // refusals since, not recorded
 }
 
 // SetRecorder makes the server audit every caller it refuses (no
 // registration entry matches), naming the agent self as the target.
 func (s *Server) SetRecorder(r Recorder, self spiffeid.ID) {
-	s.audit = &auditor{rec: r, self: self, now: time.Now, last: map[string]time.Time{}}
+	s.audit = &auditor{rec: r, self: self, now: time.Now, last: map[string]*refusals{}}
 }
 
 // refused audits a caller that got no identity from method.
@@ -49,14 +55,21 @@ func (a *auditor) refused(ctx context.Context, c Caller, method string) {
 	key := strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe
 	now := a.now()
 	a.mu.Lock()
-	if t, ok := a.last[key]; ok && now.Sub(t) < refusalInterval {
+	rf := a.last[key]
+	if rf != nil && now.Sub(rf.at) < refusalInterval {
+		rf.suppressed++
 		a.mu.Unlock()
 		return
 	}
-	if len(a.last) > 10000 {
-		clear(a.last)
+	if rf == nil {
+		if len(a.last) > 10000 {
+			clear(a.last)
+		}
+		rf = &refusals{}
+		a.last[key] = rf
 	}
-	a.last[key] = now
+	suppressed := rf.suppressed
+	rf.at, rf.suppressed = now, 0
 	a.mu.Unlock()
 	e := &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "workload.attest", Outcome: audit.OutcomeDenied,
 		Reason: "no registration entry matches the calling process", Target: a.self.String(), Source: a.self.String(),
@@ -66,7 +79,11 @@ func (a *auditor) refused(ctx context.Context, c Caller, method string) {
 	if exe != "" {
 		e.Details["exe"] = exe
 	}
-	// The caller's context may end right away (it was refused); the entry
-	// must still be spooled.
-	a.rec.Record(context.WithoutCancel(ctx), e)
+	if suppressed > 0 {
+		// Refusals of this process since its previous entry, not recorded
+		// one by one: the count keeps them.
+		e.Details["suppressed_before"] = strconv.Itoa(suppressed)
+	}
+	// Record does not wait on the caller, who may be gone already.
+	a.rec.Record(e)
 }
