@@ -45,7 +45,10 @@ type Entry struct {
 	Outcome   string    `json:"outcome"`
 	Reason    string    `json:"reason,omitempty"`
 	RequestID string    `json:"request_id,omitempty"`
-	Source    string    `json:"source,omitempty"` // the component that recorded it
+	// Source is who wrote the entry: "server" or "oauth" for the server
+	// itself; for an entry shipped by an agent, proxy or SDK service, its
+	// SPIFFE ID, set by the server on receipt whatever the shipper said.
+	Source string `json:"source,omitempty"`
 	// Stream and Seq identify an entry shipped by an agent or proxy: its
 	// spool's random stream ID and the entry's position in it. The server
 	// uses them to drop retried duplicates and to notice lost entries.
@@ -53,6 +56,13 @@ type Entry struct {
 	Seq     uint64            `json:"seq,omitempty"`
 	Details map[string]string `json:"details,omitempty"`
 }
+
+// ServerWritten reports whether the server wrote e itself (source "server",
+// or "oauth" for its authorization server), rather than an agent, proxy or
+// SDK service shipping it (source: the shipper's SPIFFE ID, set by the
+// server on receipt). Only such entries can say what an admin or the
+// server did.
+func (e *Entry) ServerWritten() bool { return e.Source == "server" || e.Source == "oauth" }
 
 var actionRE = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$`)
 

@@ -123,7 +123,12 @@ func (r *ruleState) match(e *Engine, i int64, en *audit.Entry) (store.Alert, boo
 			rg = &ring{t: make([]time.Time, r.Threshold)}
 			r.rings[group] = rg
 		}
-		if !rg.add(en.Time, r.Window) {
+		// An aggregate entry stands for details.count matches.
+		full := false
+		for range min(countOf(en), r.Threshold) {
+			full = rg.add(en.Time, r.Window) || full
+		}
+		if !full {
 			return store.Alert{}, false
 		}
 		return r.fire(i, en, group, fmt.Sprintf("%d matching entries within %s%s", r.Threshold, r.Window, forGroup(group))), true
@@ -294,4 +299,18 @@ func actorOf(en *audit.Entry) string {
 		return en.Actor.SpiffeID
 	}
 	return en.Actor.User
+}
+
+// countOf is how many events en stands for: details.count of an aggregate
+// entry (decisions, refusals), else 1.
+func countOf(en *audit.Entry) int {
+	c, ok := en.Details["count"]
+	if !ok {
+		return 1
+	}
+	n, err := strconv.Atoi(c)
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
 }

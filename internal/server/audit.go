@@ -71,9 +71,16 @@ func (s *Server) event(r *http.Request, action string, kv ...any) {
 	s.record(r.Context(), s.entry(r, action, audit.OutcomeSuccess, "", kv...))
 }
 
-// refused records a refused action.
+// refused records a refused action, aggregated with its repeats (see
+// refusalAgg): refusals are what an attacker produces at will.
 func (s *Server) refused(r *http.Request, action, reason string, kv ...any) {
-	s.record(r.Context(), s.entry(r, action, audit.OutcomeDenied, reason, kv...))
+	s.recordRefusal(r.Context(), s.entry(r, action, audit.OutcomeDenied, reason, kv...), r.RemoteAddr)
+}
+
+func (s *Server) recordRefusal(ctx context.Context, e *audit.Entry, remote string) {
+	if es := s.refusals.add(e, remote); len(es) > 0 {
+		s.record(ctx, es...)
+	}
 }
 
 func (s *Server) entry(r *http.Request, action, outcome, reason string, kv ...any) *audit.Entry {
@@ -160,6 +167,10 @@ func (s *Server) record(ctx context.Context, es ...*audit.Entry) {
 // appendAudit appends entries durably (even if ctx ends: the action they
 // describe has happened). A failure is logged loudly and counted.
 func (s *Server) appendAudit(ctx context.Context, es ...*audit.Entry) error {
+	for _, e := range es {
+		// No input can make an entry too large to write.
+		audit.ClipEntry(e)
+	}
 	var err error
 	if s.forward != nil {
 		err = s.appendForwarded(context.WithoutCancel(ctx), es...)
@@ -193,6 +204,11 @@ func (s *Server) checkpointLoop(ctx context.Context) {
 }
 
 func (s *Server) checkpoint(last *int64, archiveTimeout time.Duration) {
+	// Refusals still being counted go in before the checkpoint covers
+	// the log (at shutdown, this is the last chance).
+	if es := s.refusals.flush(true); len(es) > 0 {
+		s.record(context.Background(), es...)
+	}
 	if n := s.audit.Size(); n != *last {
 		if _, err := s.audit.Checkpoint(s.auditSigner); err != nil {
 			s.log.Error("audit checkpoint failed", "err", err)

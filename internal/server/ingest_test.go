@@ -29,6 +29,16 @@ func (h *harness) workloadCert(agent, id string) *tls.Certificate {
 	return &tls.Certificate{Certificate: resp.Results[0].SVID.Chain, PrivateKey: key}
 }
 
+// protect publishes a policy for service, which makes it an enforcement
+// point that may ship its decisions.
+func (h *harness) protect(service string) {
+	h.t.Helper()
+	pol := "service: " + service + "\nrules:\n  - name: any\n    callers: [spiffe://example.org/gateway]\n    paths: [/*]\n"
+	if err := h.admin.DoRaw(context.Background(), http.MethodPut, "/v1/policies", "application/yaml", []byte(pol), nil); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
 func decision(i int) *audit.Entry {
 	return &audit.Entry{V: audit.SchemaVersion, Time: time.Unix(1700000000, int64(i)), Actor: audit.Actor{SpiffeID: "spiffe://example.org/gateway"},
 		Action: "authz.decision", Target: "spiffe://example.org/orders", Outcome: audit.OutcomeSuccess, Source: "server",
@@ -58,6 +68,7 @@ func shipped(t *testing.T, l *audit.Log) []*audit.Entry {
 func TestIngestThroughSpool(t *testing.T) {
 	h := newHarness(t)
 	cert := h.workloadCert("node-1", "spiffe://example.org/orders")
+	h.protect("spiffe://example.org/orders")
 	sp, err := spool.Open(spool.Config{Dir: t.TempDir(), Sender: spool.APISender{Client: h.client("", cert)}, BatchSize: 64})
 	if err != nil {
 		t.Fatal(err)
@@ -93,6 +104,7 @@ func TestIngestDropsRetriedBatchesAndReportsGaps(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 	cert := h.workloadCert("node-1", "spiffe://example.org/orders")
+	h.protect("spiffe://example.org/orders")
 	send := spool.APISender{Client: h.client("", cert)}
 	batch := func(from, to int) []*audit.Entry {
 		var b []*audit.Entry
@@ -158,6 +170,8 @@ func TestIngestAttacks(t *testing.T) {
 	ctx := context.Background()
 	orders := h.workloadCert("node-1", "spiffe://example.org/orders")
 	rogue := h.workloadCert("node-2", "spiffe://example.org/rogue")
+	h.protect("spiffe://example.org/orders")
+	h.protect("spiffe://example.org/rogue")
 	stream := "fedcba9876543210fedcba9876543210"
 	mk := func(seq uint64) *audit.Entry {
 		e := decision(int(seq))

@@ -122,6 +122,7 @@ type Server struct {
 	releaseAuditLog func()
 	forward         *spool.Spool
 	ingest          *ingest
+	refusals        *refusalAgg // refusals recorded once per kind and interval
 	detector        *detect.Tailer
 	notifier        *detect.Notifier
 	oauth           *oauth.Provider // nil until the issuer address is known
@@ -228,7 +229,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s := &Server{
 		cfg: cfg, store: st, ca: ca, log: cfg.Log, now: cfg.Now, wrapper: wrapper,
-		changed: make(chan struct{}), reg: prometheus.NewRegistry(),
+		changed: make(chan struct{}), reg: prometheus.NewRegistry(), refusals: newRefusalAgg(cfg.Now),
 	}
 	s.metrics = newMetrics(s.reg, ca)
 	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
@@ -362,6 +363,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	go s.maintain(bg)
 	go s.pollRevision(bg)
+	go s.flushRefusals(bg)
 	if s.audit != nil { // the replica that keeps the log
 		go s.checkpointLoop(bg)
 		go s.detector.Run(bg)

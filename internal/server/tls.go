@@ -118,7 +118,7 @@ func (t *tlsState) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
 		} else {
 			e.Actor.User = "unknown"
 		}
-		t.s.record(context.Background(), e)
+		t.s.recordRefusal(context.Background(), e, "")
 		return err
 	}
 	return nil
