@@ -303,6 +303,7 @@ func newInboundServer(in *Inbound, guard *authz.Guard, m *metrics, errLog *log.L
 	return &http.Server{
 		Handler:           m.instrument("inbound", guard.Middleware(rp)),
 		ReadHeaderTimeout: readHeaderTimeout,
+		MaxHeaderBytes:    64 << 10, // net/http's default is 1 MiB
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          errLog,
 	}, nil
@@ -329,6 +330,7 @@ func newOutboundServer(out Outbound, clientCfg *tls.Config, m *metrics, errLog *
 	return &http.Server{
 		Handler:           m.instrument("outbound", rp),
 		ReadHeaderTimeout: readHeaderTimeout,
+		MaxHeaderBytes:    64 << 10, // net/http's default is 1 MiB
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          errLog,
 		Protocols:         &p,

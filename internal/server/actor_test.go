@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"net/http"
+	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
@@ -79,5 +82,37 @@ func TestWrongAdminTokenIsAnonymousNotAdmin(t *testing.T) {
 	es = logEntries(t, h.srv.audit, "join_token.create")
 	if len(es) != 1 || es[0].Actor.User != "admin" {
 		t.Fatalf("join_token.create entries %+v: want one by admin", es)
+	}
+}
+
+// Issue 26 item 4: a 60,000-byte path added 60 KB to the permanent log and
+// a 900 KB one made the audit write fail (raising the failure metric
+// operators alert on). Now the first is a bounded entry and the second is
+// refused before any handler (431); neither fails a write.
+func TestHugePathsCannotGrowOrBreakTheLog(t *testing.T) {
+	h := newHarness(t)
+	c := h.client("rpa_wrong", nil)
+	for _, size := range []int{60_000, 900_000} {
+		before := h.srv.audit.Size()
+		err := c.Do(context.Background(), http.MethodGet, "/v1/entries/"+strings.Repeat("a", size), nil, nil)
+		if err == nil {
+			t.Fatalf("%d-byte path: no error", size)
+		}
+		h.srv.record(context.Background(), h.srv.refusals.flush(true)...)
+		for i := before; i < h.srv.audit.Size(); i++ {
+			b, _ := h.srv.audit.Entry(i)
+			if len(b) > 4096 {
+				t.Fatalf("%d-byte path: entry %d is %d bytes", size, i, len(b))
+			}
+		}
+		if size == 60_000 {
+			es := logEntries(t, h.srv.audit, "admin.auth")
+			if len(es) != 1 || !strings.Contains(es[0].Details["path"], "…[clipped 60012 bytes sha256:") || es[0].Details["clipped"] != "details.path" {
+				t.Fatalf("admin.auth entries %+v: want one with the path clipped and marked", es[0].Details)
+			}
+		}
+	}
+	if n := testutil.ToFloat64(h.srv.metrics.auditFailures); n != 0 {
+		t.Fatalf("audit write failures: %v", n)
 	}
 }

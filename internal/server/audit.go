@@ -148,6 +148,7 @@ func refusedCertActor(e *audit.Entry, c *x509.Certificate, err error) {
 // counted; the action it describes has already happened.
 func (s *Server) record(ctx context.Context, es ...*audit.Entry) {
 	for _, e := range es {
+		audit.ClipEntry(e) // before the log line too: no megabyte lines
 		attrs := []slog.Attr{slog.String("event", e.Action), slog.String("outcome", e.Outcome), slog.String("target", e.Target)}
 		for k, v := range e.Details {
 			attrs = append(attrs, slog.String(k, v))
@@ -167,6 +168,9 @@ func (s *Server) record(ctx context.Context, es ...*audit.Entry) {
 // appendAudit appends entries durably (even if ctx ends: the action they
 // describe has happened). A failure is logged loudly and counted.
 func (s *Server) appendAudit(ctx context.Context, es ...*audit.Entry) error {
+	if len(es) == 0 {
+		return nil
+	}
 	for _, e := range es {
 		// No input can make an entry too large to write.
 		audit.ClipEntry(e)

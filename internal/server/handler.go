@@ -16,6 +16,11 @@ import (
 	"github.com/rampartsec/rampart/internal/audit/witness"
 )
 
+// maxHeaderBytes bounds a request's line and headers (net/http's default is
+// 1 MiB): a request line is audited (clipped) and a megabyte of it bought
+// nothing but load. Larger requests get 431 before any handler runs.
+const maxHeaderBytes = 64 << 10
+
 // Handler returns the API's HTTP handler.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
