@@ -263,3 +263,34 @@ func FuzzParse(f *testing.F) {
 		e.Process(1, decision(time.Hour, orders, payments, "GET", "success"))
 	})
 }
+
+// Issue 26 item 9: detection CEL had no cost limit. A condition whose worst
+// case is too costly is refused when the rules load; one that runs long
+// over an entry larger than a clipped one is stopped at run time.
+func TestConditionCostIsBounded(t *testing.T) {
+	_, err := Parse([]byte(`rules:
+  - name: quadratic-cubed
+    condition: entry.details.all(a, entry.details.all(b, entry.details.all(c, a != b || b != c)))
+`))
+	if err == nil || !strings.Contains(err.Error(), "too costly") || !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("got %v, want a refusal naming the line and the cost", err)
+	}
+	rs, err := Parse([]byte(`rules:
+  - name: pairs
+    condition: entry.details.all(a, entry.details.all(b, a != b || a == b)) && entry.outcome == "denied"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine(rs)
+	big := map[string]string{} // an entry from before clipping: 2,000 details
+	for i := range 2000 {
+		big[strconv.Itoa(i)] = "v"
+	}
+	if alerts := e.Process(0, ev(0, "x.y", "denied", "", audit.Actor{User: "u"}, big)); len(alerts) != 0 || e.Errors != 1 {
+		t.Fatalf("alerts %v, errors %d: want the evaluation stopped and counted", alerts, e.Errors)
+	}
+	if alerts := e.Process(1, ev(0, "x.y", "denied", "", audit.Actor{User: "u"}, map[string]string{"a": "1"})); len(alerts) != 1 {
+		t.Fatalf("a small entry: %d alerts, want 1", len(alerts))
+	}
+}

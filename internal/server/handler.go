@@ -33,7 +33,10 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/jwt-bundle", s.handleJWTBundle)
 	route("GET "+witness.PathCheckpoint, s.atHolder(s.handleCheckpoint))
 	route("GET "+witness.PathConsistency, s.atHolder(s.handleConsistency))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	// Metrics say what runs and how busy it is: not for anyone who can
+	// reach the API. Prometheus sends DATA/metrics.token (a scrape-only
+	// secret) as a bearer token (authorization.credentials_file).
+	mux.Handle("GET /metrics", s.metricsAuth(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
 
 	// Admin.
 	route("POST /v1/join-tokens", s.admin(s.handleCreateJoinToken))
@@ -139,6 +142,22 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 		}
 		h(w, r.WithContext(context.WithValue(r.Context(), adminKey{}, true)))
 	}
+}
+
+// metricsAuth requires the metrics token (or the admin token), compared in
+// constant time.
+func (s *Server) metricsAuth(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || subtle.ConstantTimeCompare(sum[:], s.metricsTokenHash[:])+subtle.ConstantTimeCompare(sum[:], s.adminTokenHash[:]) == 0 {
+			s.refused(r, "metrics.auth", "missing or wrong metrics token", "token_present", ok)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart-metrics"`)
+			writeProblem(w, http.StatusUnauthorized, "/metrics needs the metrics token (DATA/metrics.token) as a bearer token")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // adminKey marks a request whose admin token was checked.

@@ -135,6 +135,8 @@ type Server struct {
 	reg             *prometheus.Registry
 
 	adminTokenHash [32]byte
+	// metricsTokenHash: the bearer token /metrics wants (DATA/metrics.token).
+	metricsTokenHash [32]byte
 
 	tls   *tlsState
 	peers peerCache // client chains whose signatures verified
@@ -249,6 +251,10 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		return nil, err
 	}
 	s.adminTokenHash = sha256.Sum256([]byte(token))
+	if token, err = loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "metrics.token")); err != nil {
+		return nil, err
+	}
+	s.metricsTokenHash = sha256.Sum256([]byte(token))
 	if err := s.refresh(ctx); err != nil {
 		return nil, err
 	}
