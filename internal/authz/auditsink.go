@@ -309,6 +309,10 @@ func (ss Sinks) Decision(ctx context.Context, ev Event) {
 	}
 }
 
+// ShipLinger is how long a decision may wait in the spool for others to
+// share its request to the server (see spool.Config.Linger).
+const ShipLinger = 250 * time.Millisecond
+
 // ShipDecisions opens a spool in dir that delivers decisions to the server's
 // audit log over mTLS, and returns a sink that records into it alongside
 // next (the log sink, usually). Close the spool when done.
@@ -317,6 +321,7 @@ func ShipDecisions(dir, serverAddr string, td spiffeid.TrustDomain, svid x509svi
 	var sink *AuditSink
 	sp, err := spool.Open(spool.Config{Dir: dir, Log: log, Registry: reg,
 		Sender: spool.APISender{Client: ServerClient(serverAddr, td, svid, bundles)},
+		Linger: ShipLinger,
 		// Closing the spool first hands over the decisions being counted.
 		BeforeClose: func() { sink.Close() }})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/store"
 )
@@ -339,19 +340,40 @@ func (in *ingest) streamsOf(caller string, now time.Time) int {
 
 // decodeBatch reads and checks a batch: 1 to maxIngestEntries canonical
 // entries with consecutive sequence numbers of one stream.
+//
+// Two wire formats (see package spool): version 2 (spool.BatchContentType,
+// compressed frames) from current senders, version 1 (JSON) from senders
+// of the previous version. Entries need not be in canonical form: the
+// server re-encodes what it stores.
 func (s *Server) decodeBatch(r *http.Request) ([]*audit.Entry, int, error) {
-	var req api.AuditIngestRequest
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxIngestBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return nil, http.StatusBadRequest, err
+	var raws [][]byte
+	body := http.MaxBytesReader(nil, r.Body, maxIngestBody)
+	switch ct := r.Header.Get("Content-Type"); ct {
+	case spool.BatchContentType:
+		var err error
+		if raws, err = spool.DecodeBatch(body); err != nil {
+			return nil, http.StatusBadRequest, err
+		}
+	case "application/json", "":
+		var req api.AuditIngestRequest
+		dec := json.NewDecoder(body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			return nil, http.StatusBadRequest, err
+		}
+		raws = make([][]byte, len(req.Entries))
+		for i, e := range req.Entries {
+			raws[i] = e
+		}
+	default:
+		return nil, http.StatusUnsupportedMediaType, fmt.Errorf("content type %q: want %s (or application/json, version 1)", ct, spool.BatchContentType)
 	}
-	if len(req.Entries) == 0 || len(req.Entries) > maxIngestEntries {
-		return nil, http.StatusBadRequest, fmt.Errorf("%d entries, want 1 to %d", len(req.Entries), maxIngestEntries)
+	if len(raws) == 0 || len(raws) > maxIngestEntries {
+		return nil, http.StatusBadRequest, fmt.Errorf("%d entries, want 1 to %d", len(raws), maxIngestEntries)
 	}
-	es := make([]*audit.Entry, len(req.Entries))
-	for i, raw := range req.Entries {
-		e, err := audit.ParseEntry(raw)
+	es := make([]*audit.Entry, len(raws))
+	for i, raw := range raws {
+		e, err := audit.DecodeEntry(raw)
 		if err != nil {
 			return nil, http.StatusBadRequest, fmt.Errorf("entry %d: %w", i, err)
 		}

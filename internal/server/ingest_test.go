@@ -211,3 +211,23 @@ func TestIngestAttacks(t *testing.T) {
 		t.Fatalf("log grew from %d to %d; only the refusal entry should have been added", before, n)
 	}
 }
+
+// Senders of the previous version ship version 1 (JSON): still accepted.
+func TestIngestAcceptsVersion1(t *testing.T) {
+	h := newHarness(t)
+	cert := h.workloadCert("node-1", "spiffe://example.org/orders")
+	h.protect("spiffe://example.org/orders")
+	for i, json := range []bool{true, false} {
+		e := decision(i)
+		e.Stream, e.Seq = "00000000000000000000000000000001", uint64(i+1)
+		if ack, err := (spool.APISender{Client: h.client("", cert), JSON: json}).Send(context.Background(), []*audit.Entry{e}); err != nil || ack != uint64(i+1) {
+			t.Fatalf("json=%v: ack %d, %v", json, ack, err)
+		}
+	}
+	if got := shipped(t, h.srv.audit); len(got) != 2 {
+		t.Fatalf("%d entries stored, want 2", len(got))
+	}
+	// An unknown format is refused by name.
+	err := h.client("", cert).DoRaw(context.Background(), http.MethodPost, "/v1/audit/ingest", "application/x-other", []byte("x"), nil)
+	wantStatus(t, err, http.StatusUnsupportedMediaType, spool.BatchContentType)
+}

@@ -56,6 +56,12 @@ type Config struct {
 	SegmentBytes int64
 	// BatchSize is the most entries sent in one request (default 500).
 	BatchSize int
+	// Linger is how long the sender waits for a batch to fill before
+	// sending a partial one (default 0: send at once). A proxy recording
+	// a decision per request sets it: one request per 250 ms carries
+	// hundreds of entries, where sending at once costs a request (TLS
+	// records, a handler, a group commit) per handful.
+	Linger time.Duration
 	// Backoff returns the wait before retry n (from 1) after a failed send
 	// (default: 0.5 s doubling to 30 s, with jitter).
 	Backoff func(n int) time.Duration
@@ -629,6 +635,14 @@ func (s *Spool) sender(ctx context.Context) {
 				return
 			}
 		}
+		if written-acked < uint64(s.cfg.BatchSize) && s.cfg.Linger > 0 && failures == 0 {
+			if !s.linger(ctx) {
+				return
+			}
+			s.mu.Lock()
+			written = s.written
+			s.mu.Unlock()
+		}
 		batch, err := s.read(&rd, acked+1, min(written-acked, uint64(s.cfg.BatchSize)))
 		if err == nil {
 			var upTo uint64
@@ -652,6 +666,30 @@ func (s *Spool) sender(ctx context.Context) {
 			continue
 		}
 		failures = 0
+	}
+}
+
+// linger waits up to Linger for a full batch; false if ctx ended. On Close
+// it returns at once, so what is on disk is offered before the sender stops.
+func (s *Spool) linger(ctx context.Context) bool {
+	t := time.NewTimer(s.cfg.Linger)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return true
+		case <-s.closing:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-s.wake:
+			s.mu.Lock()
+			full := s.written-s.acked >= uint64(s.cfg.BatchSize)
+			s.mu.Unlock()
+			if full {
+				return true
+			}
+		}
 	}
 }
 

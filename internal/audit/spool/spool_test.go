@@ -326,3 +326,32 @@ func TestRecordRefusesInvalidEntries(t *testing.T) {
 		t.Fatalf("Record after Close: %v", err)
 	}
 }
+
+// Linger: partial batches wait for more (one request per batch, not per
+// handful); full ones go at once.
+func TestLingerSendsFullBatches(t *testing.T) {
+	r := &receiver{}
+	s := open(t, t.TempDir(), r, func(c *Config) { c.BatchSize = 10; c.Linger = time.Hour })
+	defer s.Close()
+	for i := range 25 {
+		if err := s.Record(entry(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r.mu.Lock()
+		got, calls := len(r.got), r.calls
+		r.mu.Unlock()
+		if got >= 20 {
+			if got != 20 || calls != 2 {
+				t.Fatalf("%d entries in %d requests; want 20 in 2 (the last 5 wait for the batch to fill)", got, calls)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d entries delivered", got)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
