@@ -309,6 +309,10 @@ func (ss Sinks) Decision(ctx context.Context, ev Event) {
 	}
 }
 
+// ShipWriteLinger is how long a decision may wait in memory for others to
+// share its fsync (see spool.Config.WriteLinger).
+const ShipWriteLinger = 50 * time.Millisecond
+
 // ShipLinger is how long a decision may wait in the spool for others to
 // share its request to the server (see spool.Config.Linger).
 const ShipLinger = 250 * time.Millisecond
@@ -321,7 +325,7 @@ func ShipDecisions(dir, serverAddr string, td spiffeid.TrustDomain, svid x509svi
 	var sink *AuditSink
 	sp, err := spool.Open(spool.Config{Dir: dir, Log: log, Registry: reg,
 		Sender: spool.APISender{Client: ServerClient(serverAddr, td, svid, bundles)},
-		Linger: ShipLinger,
+		Linger: ShipLinger, WriteLinger: ShipWriteLinger,
 		// Closing the spool first hands over the decisions being counted.
 		BeforeClose: func() { sink.Close() }})
 	if err != nil {
