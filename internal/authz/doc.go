@@ -20,7 +20,10 @@
 //  7. records a decision Event (caller, target, method, path, rule, outcome,
 //     dry-run, latency) to a Sink: LogSink writes a structured log line,
 //     AuditSink an authz.decision entry into a spool that ships it to the
-//     server's audit log (ShipDecisions sets both up).
+//     server's audit log (ShipDecisions sets both up). The sink never
+//     waits on the request, and counts identical decisions within 5 s into
+//     one entry with details.count (bounded per caller), so a flood is a
+//     bounded number of entries and every decision is counted.
 //
 // Syncer keeps the guard's policy and the revocation list current by long
 // polling the server with the workload's own SVID, and caches the last answer
