@@ -416,22 +416,6 @@ func TestConcurrentUse(t *testing.T) {
 	}
 }
 
-func FuzzParseHeader(f *testing.F) {
-	f.Add(appendHeader(nil, Header{Kind: KindCiphertext, Name: "orders-pii", Version: 3}))
-	f.Add([]byte("rkc\x01\x01a\x00\x00\x00\x01"))
-	f.Add([]byte("rks\x01\x00"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		h, raw, body, err := ParseHeader(b)
-		if err != nil {
-			return
-		}
-		// What parses re-encodes to the same bytes.
-		if !bytes.Equal(appendHeader(nil, h), raw) || len(raw)+len(body) != len(b) {
-			t.Fatalf("%+v does not re-encode to %x", h, raw)
-		}
-	})
-}
-
 // FuzzDecrypt feeds arbitrary bytes to Decrypt: it must never panic and
 // never decrypt anything but the one real ciphertext.
 func FuzzDecrypt(f *testing.F) {
