@@ -305,8 +305,13 @@ func (s *Server) closeAudit() error {
 	var err error
 	if s.audit != nil {
 		last := int64(-1)
-		s.checkpoint(&last, 15*time.Second)
-		err = s.audit.Close()
+		s.checkpoint(&last, 15*time.Second) // may seal and archive, and record both
+		// The final checkpoint is the last write: it covers those
+		// records, and the log takes nothing after it. Copied to the
+		// archive, it vouches for the log from off the machine while the
+		// server is down.
+		_, err = s.audit.CloseWithCheckpoint(s.auditSigner)
+		s.archiveLastCheckpoint()
 	}
 	if s.forward != nil {
 		err = errors.Join(err, s.forward.Close())
@@ -315,6 +320,22 @@ func (s *Server) closeAudit() error {
 		s.releaseAuditLog()
 	}
 	return err
+}
+
+// archiveLastCheckpoint copies the final checkpoint to the archive when
+// the last copy succeeded (so that only the checkpoint is new there: a
+// segment copied now could no longer be recorded in the closed log).
+func (s *Server) archiveLastCheckpoint() {
+	s.retainMu.Lock()
+	defer s.retainMu.Unlock()
+	if s.archiver == nil || s.archiveFailing {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := s.archiver.Sync(ctx); err != nil {
+		s.log.Error("copying the final audit checkpoint to the archive failed; it is copied at the next start", "err", err)
+	}
 }
 
 // OAuth returns the authorization server (nil before Serve when the
@@ -359,12 +380,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
 	bg, stop := context.WithCancel(ctx)
+	// The loops may still record audit entries as they end: Serve returns
+	// (and Close signs the final checkpoint) only after they have.
+	var loops sync.WaitGroup
+	defer loops.Wait()
 	defer stop()
-	go s.maintain(bg)
-	go s.pollRevision(bg)
+	loops.Go(func() { s.maintain(bg) })
+	loops.Go(func() { s.pollRevision(bg) })
 	if s.audit != nil { // the replica that keeps the log
-		go s.checkpointLoop(bg)
-		go s.detector.Run(bg)
+		loops.Go(func() { s.checkpointLoop(bg) })
+		loops.Go(func() { s.detector.Run(bg) })
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
