@@ -155,6 +155,7 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 	if n, err := Count(dir); err == nil && n > 0 {
 		tree = make(memHashes, 0, tlog.StoredHashCount(n)+64)
 	}
+	var times timeBlocks
 	reported := 0
 	add := func(p Problem) {
 		if reported < maxReported {
@@ -176,6 +177,7 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		if _, ok := records[i]; ok {
 			records[i] = bytes.Clone(e)
 		}
+		times.add(i, e)
 		hs, err := tlog.StoredHashesForRecordHash(i, leaf, &tree)
 		if err != nil {
 			return err
@@ -256,6 +258,7 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		rep.Warnings = append(rep.Warnings, Problem{Index: rep.Covered, Kind: "uncovered",
 			Detail: fmt.Sprintf("not yet covered: %d entries past the newest checkpoint (tree size %d): no signature vouches for them yet, and they could be cut from the end unnoticed", rep.Uncovered, rep.Covered)})
 	}
+	times.check(dir, rep)
 	if !rep.Archive {
 		var recorded tlog.HashReader
 		if hasLeaves {
