@@ -428,6 +428,10 @@ func runAuditWitness(ctx context.Context, env *cliEnv, args []string) error {
 	w := &witness.Witness{Dir: *dir, Verifier: verifier, Source: &witness.HTTPSource{BaseURL: "https://" + trimScheme(*server), Client: hc}}
 	for {
 		out, err := w.Observe(ctx)
+		if out.Restored {
+			fmt.Fprintf(env.stderr, "witness: %s was missing or unreadable; checked against the newest checkpoint kept in %s (%d entries), and kept the new reference\n",
+				filepath.Join(*dir, "checkpoint"), filepath.Join(*dir, "checkpoints"), out.Old)
+		}
 		switch {
 		case errors.Is(err, witness.ErrInconsistent):
 			fmt.Fprintf(env.stderr, "ALERT: %v (evidence in %s)\n", err, filepath.Join(*dir, "evidence"))
