@@ -93,6 +93,9 @@ func (w *Witness) Observe(ctx context.Context) (Outcome, error) {
 		if cur.Hash != prev.Hash {
 			return out, w.evidence(cur, fmt.Errorf("%w: a different tree at the same size %d (entries rewritten)", ErrInconsistent, cur.Size))
 		}
+		if restored {
+			return out, w.keep(cur) // the reference file again
+		}
 		return out, nil
 	}
 	if prev.Size > 0 {
