@@ -138,9 +138,9 @@ func runAudit(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	switch {
 	case !rep.OK():
-		return fmt.Errorf("the audit log does not verify: %d problems", len(rep.Problems))
+		return fmt.Errorf("the audit log does not verify: %s", count(int64(len(rep.Problems)), "problem", "problems"))
 	case *strict && !rep.Clean():
-		return fmt.Errorf("the audit log does not verify under --strict: %d warnings", len(rep.Warnings))
+		return fmt.Errorf("the audit log does not verify under --strict: %s", count(int64(len(rep.Warnings)), "warning", "warnings"))
 	}
 	return nil
 }
@@ -176,7 +176,7 @@ func printVerify(env *cliEnv, rep *audit.Report) {
 	case rep.Clean():
 		fmt.Fprintln(w, "OK: the log is consistent with every checkpoint, and every checkpoint covers every entry")
 	default:
-		fmt.Fprintf(w, "OK: the log is consistent with every checkpoint (%d warnings; --strict fails on them)\n", len(rep.Warnings))
+		fmt.Fprintf(w, "OK: the log is consistent with every checkpoint (%s; --strict fails on them)\n", count(int64(len(rep.Warnings)), "warning", "warnings"))
 	}
 }
 

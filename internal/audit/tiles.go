@@ -57,7 +57,7 @@ func (t tileRef) path() string {
 func (t tileRef) String() string {
 	kind := "entry bundle"
 	if !t.entries {
-		kind = fmt.Sprintf("hash tile at level %d", t.level)
+		kind = fmt.Sprintf("level-%d hash tile", t.level)
 	}
 	return fmt.Sprintf("%s %d (width %d, entries %d to %d)", kind, t.n, t.w, t.first(), t.end()-1)
 }
