@@ -336,9 +336,14 @@ func verifyQuarantine(dir string, q *Quarantine, tree *memHashes, rep *Report, r
 
 	// Each entry moved aside: where offsets.bin had it (else right after
 	// the one before), and whether it hashes to its recorded leaf.
-	total := max(q.End()-q.First, int64(len(leaves)), int64(len(offs)))
+	// The loop is bounded by what the files hold (the manifest's counts
+	// are not trusted to be small): the recorded offsets and leaves, then
+	// records read one after another from the tail.
+	stake := q.End() - q.First
+	recorded := int64(max(len(leaves), len(offs)))
 	prevEnd := int64(0)
-	for j := range total {
+	var j int64
+	for ; j < recorded || (prevEnd >= 0 && prevEnd < int64(len(tail))); j++ {
 		at := prevEnd
 		next := int64(-1)
 		if j < int64(len(offs)) {
@@ -358,15 +363,23 @@ func verifyQuarantine(dir string, q *Quarantine, tree *memHashes, rep *Report, r
 			qr.Intact++
 		case e != nil && leaf == nil:
 			qr.Unchecked++
+		case j >= stake:
+			// Never acknowledged (a torn write): nothing was lost.
 		default:
-			if q.Kind == QuarantineTornWrite && j >= q.End()-q.First {
-				continue // never acknowledged: nothing was lost
-			}
 			if len(qr.Damaged) < maxReported {
 				qr.Damaged = append(qr.Damaged, q.First+j)
 			}
 			qr.DamagedCount++
 		}
+	}
+	// Acknowledged entries of which nothing readable was kept.
+	for ; j < stake; j++ {
+		if len(qr.Damaged) >= maxReported {
+			qr.DamagedCount += stake - j
+			break
+		}
+		qr.Damaged = append(qr.Damaged, q.First+j)
+		qr.DamagedCount++
 	}
 
 	// The moved checkpoints must be checkpoints of the log as it was.

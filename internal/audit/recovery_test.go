@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // checkpointedLog is a closed log of n entries with a checkpoint after
@@ -493,5 +494,38 @@ func FuzzParseTilePath(f *testing.F) {
 		if tr.first() < 0 || tr.end() <= tr.first() || tr.w < 1 || tr.w > 256 {
 			t.Fatalf("%q: impossible range %d to %d", p, tr.first(), tr.end())
 		}
+	})
+}
+
+// FuzzRecordFraming feeds arbitrary bytes to the two readers of
+// entries.log framing that face a damaged file: the recovery scan and the
+// reader of a quarantined tail. Neither may panic; the scan must pass
+// whole, back-to-back records and stop inside the file.
+func FuzzRecordFraming(f *testing.F) {
+	e, _ := entry(1).Marshal()
+	rec := binary.AppendUvarint(nil, uint64(len(e)))
+	rec = append(rec, e...)
+	f.Add(append(bytes.Clone(rec), rec...), int64(0), int64(len(rec)))
+	f.Add([]byte{0xff, 0xff, 0xff, '{'}, int64(0), int64(-1))
+	f.Add([]byte{0x80, 0x00, 'x'}, int64(1), int64(3))
+	f.Add(append([]byte{0x81, 0x00}, e[:1]...), int64(0), int64(3))
+	f.Fuzz(func(t *testing.T, data []byte, at, next int64) {
+		end := int64(0)
+		sc, err := scanRecords(bytes.NewReader(data), 0, int64(len(data)), 0, nil, func(i, off int64, e []byte) (string, error) {
+			if off != end || len(e) == 0 || len(e) > MaxEntrySize {
+				t.Fatalf("record %d at %d (%d bytes), want it at %d", i, off, len(e), end)
+			}
+			end = off + int64(uvarintLen(uint64(len(e)))) + int64(len(e))
+			return "", nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sc.end != end || sc.end > int64(len(data)) || (sc.end < int64(len(data))) != (sc.damage != "") {
+			t.Fatalf("scan stopped at %d (%q) after records ending at %d, file of %d", sc.end, sc.damage, end, len(data))
+		}
+		var leaf [32]byte
+		quarantinedEntry(data, at, next, nil)
+		quarantinedEntry(data, at, next, (*tlog.Hash)(&leaf))
 	})
 }
