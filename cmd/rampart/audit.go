@@ -158,6 +158,11 @@ func printVerify(env *cliEnv, rep *audit.Report) {
 			count(int64(rep.Checkpoints), "checkpoint", "checkpoints"), count(int64(rep.Tiles), "hash tile", "hash tiles"), count(int64(rep.Bundles), "entry bundle", "entry bundles"))
 	}
 	fmt.Fprintf(w, "not yet covered: %d entries past the newest checkpoint (tree size %d)\n", rep.Uncovered, rep.Covered)
+	for _, q := range rep.Quarantined {
+		if q.Kind == audit.QuarantineTornWrite && q.End <= q.First && q.Unchecked == 0 {
+			fmt.Fprintln(w, q.Summary) // nothing acknowledged was lost: not a warning
+		}
+	}
 	for _, p := range rep.Warnings {
 		if p.Kind == "uncovered" {
 			continue // the line above

@@ -86,6 +86,8 @@ type QuarantineReport struct {
 	// Checkpoints moved with the entries that the log before the move
 	// (the entries before First, then the quarantined leaves) produces.
 	Checkpoints int `json:"checkpoints"`
+	// Summary says the above in a sentence.
+	Summary string `json:"summary"`
 }
 
 // OK reports whether nothing was found.
