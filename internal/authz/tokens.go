@@ -62,7 +62,8 @@ func (t *Tokens) Update(issuer string, jwks []byte, revoked []string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if issuer != t.issuer || t.verifier == nil {
-		t.verifier = &accesstoken.Verifier{Keys: t, Issuer: issuer, Audience: t.service, Revoked: t.isRevoked}
+		t.verifier = &accesstoken.Verifier{Keys: t, Issuer: issuer, Audience: t.service, Revoked: t.isRevoked,
+			Leeway: accesstoken.DefaultLeeway}
 	}
 	t.issuer, t.keys, t.algs, t.revoked = issuer, keys, algs, rv
 	return nil

@@ -49,6 +49,9 @@ const (
 	DefaultMaxFailures     = 5
 	DefaultLockout         = 15 * time.Minute
 	DefaultSessionTTL      = 8 * time.Hour
+	// DefaultMaxActDepth is how many services may act in turn for one
+	// user (nested act claims, RFC 8693 §4.1) before exchange refuses.
+	DefaultMaxActDepth = 4
 )
 
 // Config configures a Provider.
@@ -69,6 +72,9 @@ type Config struct {
 	SessionTTL      time.Duration // login session (single sign-on) lifetime
 	MaxFailures     int           // consecutive failed logins that lock an account
 	Lockout         time.Duration // how long
+	// MaxActDepth bounds the act chain of exchanged tokens (hops of
+	// services acting for the user); default DefaultMaxActDepth.
+	MaxActDepth int
 
 	// PeerCertificate returns the client's certificate if it sent one and
 	// the TLS layer verified it (an SVID of the trust domain, not
@@ -107,6 +113,17 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Store == nil || cfg.Wrapper == nil {
 		return nil, errors.New("oauth: a store and a key wrapper are required")
 	}
+	// Zero means "not configured": the default. Negative is a mistake
+	// that would otherwise issue tokens born expired or allow no logins.
+	for name, d := range map[string]time.Duration{"access token TTL": cfg.AccessTokenTTL, "ID token TTL": cfg.IDTokenTTL,
+		"refresh token TTL": cfg.RefreshTokenTTL, "code TTL": cfg.CodeTTL, "key TTL": cfg.KeyTTL, "session TTL": cfg.SessionTTL, "lockout": cfg.Lockout} {
+		if d < 0 {
+			return nil, fmt.Errorf("oauth: %s %v: must be positive (or zero for the default)", name, d)
+		}
+	}
+	if cfg.MaxFailures < 0 || cfg.MaxActDepth < 0 {
+		return nil, fmt.Errorf("oauth: max failures %d and max act depth %d must be positive (or zero for the default)", cfg.MaxFailures, cfg.MaxActDepth)
+	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -121,6 +138,9 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	def(&cfg.Lockout, DefaultLockout)
 	if cfg.MaxFailures == 0 {
 		cfg.MaxFailures = DefaultMaxFailures
+	}
+	if cfg.MaxActDepth == 0 {
+		cfg.MaxActDepth = DefaultMaxActDepth
 	}
 	switch cfg.Algorithm {
 	case "":
@@ -153,7 +173,11 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 		cfg.Changed = func(context.Context) {}
 	}
 	p := &Provider{cfg: cfg, keys: &keyring{store: cfg.Store, wrap: cfg.Wrapper, alg: cfg.Algorithm, ttl: cfg.KeyTTL}}
-	p.verifier = &accesstoken.Verifier{Keys: p.keys, Issuer: cfg.Issuer, Revoked: p.isRevoked, Now: cfg.Now}
+	// No leeway: this is the issuer, whose own clock set exp and nbf. A
+	// token past its exp buys nothing here (exchange, introspection,
+	// userinfo, revocation), even while a distant verifier's skew
+	// allowance would still take it.
+	p.verifier = &accesstoken.Verifier{Keys: p.keys, Issuer: cfg.Issuer, Revoked: p.isRevoked, Now: cfg.Now, Leeway: 0}
 	p.dpop = &dpop.Checker{Now: cfg.Now}
 	if err := p.keys.maintain(ctx, cfg.Now()); err != nil {
 		return nil, err

@@ -210,7 +210,7 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 		aud = defaultAudience(c)
 	}
 	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: d.Scope, audience: aud,
-		sid: g.Family, authTime: d.AuthTime, grant: "authorization_code"})
+		sid: g.Family, authTime: d.AuthTime, grant: "authorization_code", ttl: p.cfg.AccessTokenTTL})
 	if err != nil {
 		return nil, err
 	}
@@ -297,7 +297,7 @@ func (p *Provider) clientCredentials(r *http.Request, c *authedClient) (*tokenRe
 	if len(aud) == 0 {
 		aud = defaultAudience(c)
 	}
-	return p.issue(r, c, issueParams{subject: c.actor(), scope: scope, audience: aud, grant: "client_credentials"})
+	return p.issue(r, c, issueParams{subject: c.actor(), scope: scope, audience: aud, grant: "client_credentials", ttl: p.cfg.AccessTokenTTL})
 }
 
 func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenResponse, error) {
@@ -331,7 +331,7 @@ func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenRespons
 		aud = defaultAudience(c)
 	}
 	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: scope, audience: aud,
-		sid: g.Family, authTime: d.AuthTime, grant: "refresh_token"})
+		sid: g.Family, authTime: d.AuthTime, grant: "refresh_token", ttl: p.cfg.AccessTokenTTL})
 	if err != nil {
 		return nil, err
 	}
@@ -366,6 +366,17 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	if !sub.Audience.Contains(c.ID) && (c.SPIFFEID == "" || !sub.Audience.Contains(c.SPIFFEID)) {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token is addressed to %v, not to the client %s exchanging it", []string(sub.Audience), c.actor())
 	}
+	// The new token never outlives the one it was exchanged for: its
+	// lifetime is what the subject has left (the verifier, allowing no
+	// leeway, has refused one with nothing left), so exchanging again
+	// before each expiry cannot keep a stolen token alive.
+	left := sub.Expiry.Time().Sub(p.cfg.Now())
+	if left <= 0 {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token expired at %s", sub.Expiry.Time().UTC().Format(time.RFC3339))
+	}
+	if err := p.checkActChain(c, sub.Act); err != nil {
+		return nil, err
+	}
 	aud := requestedAudience(r)
 	if len(aud) == 0 {
 		return nil, errf(http.StatusBadRequest, "invalid_target", "audience (or resource) naming the next service is required")
@@ -377,8 +388,6 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	if err != nil {
 		return nil, err
 	}
-	// The new token never outlives the one it was exchanged for.
-	left := sub.Expiry.Time().Sub(p.cfg.Now())
 	resp, err := p.issue(r, c, issueParams{subject: sub.Subject, groups: sub.Groups, scope: scope, audience: aud,
 		sid: sub.SessionID, authTime: sub.AuthTime, act: &accesstoken.Actor{Subject: c.actor(), Act: sub.Act},
 		ttl: min(left, p.cfg.AccessTokenTTL), grant: GrantTokenExchange, from: sub.ID})
@@ -397,9 +406,28 @@ type issueParams struct {
 	sid      string
 	authTime int64
 	act      *accesstoken.Actor
-	ttl      time.Duration
+	ttl      time.Duration // required: issue refuses zero or less
 	grant    string
 	from     string // jti of the token exchanged
+}
+
+// checkActChain refuses an exchange that would nest act deeper than
+// MaxActDepth, or name an actor already in the chain (a loop: a service
+// calling itself back through others, each hop adding a layer).
+func (p *Provider) checkActChain(c *authedClient, act *accesstoken.Actor) error {
+	depth := 0
+	for a := act; a != nil; a = a.Act {
+		depth++
+		if a.Subject == c.actor() {
+			return errf(http.StatusBadRequest, "invalid_request", "%s is already in the act chain of the subject_token: a loop", c.actor())
+		}
+		if depth >= p.cfg.MaxActDepth {
+			// Counted as it is walked, so a forged chain thousands
+			// deep costs no more than the limit.
+			return errf(http.StatusBadRequest, "invalid_request", "the act chain of the subject_token already has %d hops, the most allowed (max act depth %d)", depth, p.cfg.MaxActDepth)
+		}
+	}
+	return nil
 }
 
 // issue signs an access token and records it.
@@ -409,9 +437,11 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 		return nil, err
 	}
 	now := p.cfg.Now()
+	// A lifetime of zero or less is a bug in the caller (an exchange of a
+	// token with nothing left, say), never a request for the default.
 	ttl := ip.ttl
 	if ttl <= 0 {
-		ttl = p.cfg.AccessTokenTTL
+		return nil, fmt.Errorf("oauth: access token lifetime %v for %s: must be positive", ttl, ip.grant)
 	}
 	claims := accesstoken.Claims{
 		Issuer: p.cfg.Issuer, Subject: ip.subject, Audience: jwt.Audience(ip.audience),
