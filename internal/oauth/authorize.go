@@ -97,14 +97,16 @@ func (p *Provider) parseAuthz(r *http.Request, q url.Values) (req *authzRequest,
 	if rm := q.Get("response_mode"); rm != "" && rm != "query" {
 		return req, true, errf(http.StatusBadRequest, "invalid_request", "response_mode %q is not supported (query only)", rm)
 	}
+	// PKCE for every client, confidential ones too (RFC 9700 §2.1.1): a
+	// code stolen from, or injected into, a client's callback is useless
+	// without the verifier the client kept. S256 only: plain would send
+	// the verifier itself through the browser.
 	switch m := q.Get("code_challenge_method"); {
-	case q.Get("code_challenge") == "" && c.AuthMethod == "none":
-		return req, true, errf(http.StatusBadRequest, "invalid_request", "PKCE is required for public clients: send code_challenge with code_challenge_method=S256")
-	case q.Get("code_challenge") == "" && m != "":
-		return req, true, errf(http.StatusBadRequest, "invalid_request", "code_challenge_method without code_challenge")
-	case q.Get("code_challenge") != "" && m != "S256":
+	case q.Get("code_challenge") == "":
+		return req, true, errf(http.StatusBadRequest, "invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256")
+	case m != "S256":
 		return req, true, errf(http.StatusBadRequest, "invalid_request", "code_challenge_method %q is not allowed: only S256", m)
-	case q.Get("code_challenge") != "" && !challengeRE.MatchString(q.Get("code_challenge")):
+	case !challengeRE.MatchString(q.Get("code_challenge")):
 		return req, true, errf(http.StatusBadRequest, "invalid_request", "code_challenge must be 43 base64url characters (a SHA-256)")
 	}
 	req.challenge = q.Get("code_challenge")

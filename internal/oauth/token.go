@@ -195,10 +195,9 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 	if d.DPoPJKT != "" && c.dpopJKT != d.DPoPJKT {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "the code is bound to a DPoP key (dpop_jkt); redeem it with a proof made with that key")
 	}
-	switch v := r.PostForm.Get("code_verifier"); {
-	case d.Challenge == "" && v != "":
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "code_verifier sent but the authorization request had no code_challenge")
-	case d.Challenge != "" && !pkceOK(v, d.Challenge):
+	// Every code carries a challenge (parseAuthz requires one); a code
+	// without one (from before PKCE was required) is refused too.
+	if !pkceOK(r.PostForm.Get("code_verifier"), d.Challenge) {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "PKCE code_verifier does not match the code_challenge")
 	}
 	u, err := p.cfg.Store.GetOAuthUser(r.Context(), g.Subject)
