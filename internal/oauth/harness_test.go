@@ -160,10 +160,12 @@ func (h *harness) user(name, password string, groups ...string) {
 // browser is a user agent with cookies that does not follow redirects.
 func (h *harness) browser() *http.Client {
 	jar, _ := cookiejar.New(nil)
-	c := h.srv.Client()
+	// A copy: srv.Client() is one shared client, and setting its jar
+	// would make every "browser" (and every plain request) share cookies.
+	c := *h.srv.Client()
 	c.Jar = jar
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return c
+	return &c
 }
 
 var (
@@ -298,9 +300,9 @@ func (ca *testCA) svid(t testing.TB, id string) tls.Certificate {
 
 // mtlsClient is an HTTP client presenting cert.
 func (h *harness) mtlsClient(cert tls.Certificate) *http.Client {
-	c := h.srv.Client()
+	c := *h.srv.Client() // a copy, as in browser
 	tr := c.Transport.(*http.Transport).Clone()
 	tr.TLSClientConfig.Certificates = []tls.Certificate{cert}
 	c.Transport = tr
-	return c
+	return &c
 }
