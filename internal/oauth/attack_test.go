@@ -250,8 +250,8 @@ func TestRevocationEndpoint(t *testing.T) {
 	}
 }
 
-// TestLoginLockout: brute force on the login form hits the lockout; while
-// locked even the right password is refused; every failure is audited.
+// TestLoginLockout: brute force on the login form hits the back-off; while
+// it lasts even the right password is refused; every failure is audited.
 func TestLoginLockout(t *testing.T) {
 	h, _ := codeHarness(t)
 	u := authURL(h, codeQuery("web", fixedCh))
@@ -264,10 +264,10 @@ func TestLoginLockout(t *testing.T) {
 		t.Fatalf("right password while locked: %d", resp.StatusCode)
 	}
 	fails := h.audited("oauth.login")
-	if len(fails) != oauth.DefaultMaxFailures+1 || !strings.Contains(fails[len(fails)-1].Reason, "locked") || fails[0].Details["username"] != "alice" {
+	if len(fails) != oauth.DefaultMaxFailures+1 || !strings.Contains(fails[len(fails)-1].Reason, "backing off") || fails[0].Details["username"] != "alice" {
 		t.Fatalf("login failures audited: %d, last %+v", len(fails), fails[len(fails)-1])
 	}
-	h.clock.Advance(oauth.DefaultLockout + time.Second)
+	h.clock.Advance(oauth.DefaultBackoffBase)
 	codeFrom(t, h.login(h.browser(), u, "alice", "alice-password", ""), "s")
 	// Unknown users fail the same way.
 	if resp := h.login(h.browser(), u, "mallory", "x", ""); resp.StatusCode != http.StatusUnauthorized {

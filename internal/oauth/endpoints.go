@@ -14,25 +14,35 @@ import (
 	"github.com/rampartsec/rampart/internal/store"
 )
 
-// revokeFamily revokes every grant of a family and every access token
-// carrying its sid.
+// revokeFamily revokes every grant of a family, every access token
+// carrying its sid, and the families exchanged from it.
 func (p *Provider) revokeFamily(r *http.Request, family, reason string) error {
-	now := p.cfg.Now()
-	// Access tokens of the family live at most AccessTokenTTL; refresh
-	// tokens are revoked in the store itself.
-	err := p.cfg.Store.RevokeOAuthFamily(r.Context(), family, store.TokenRevocation{
-		ID: family, Reason: reason, RevokedAt: now, ExpiresAt: now.Add(p.cfg.AccessTokenTTL + time.Minute)})
-	if err != nil {
-		return err
-	}
-	p.revokedNow(r.Context(), family)
-	return nil
+	_, err := p.revokeFamilies(r.Context(), store.FamilySelector{ID: family}, reason)
+	return err
 }
 
-// revokedNow adds id to this replica's list at once and tells the server.
-func (p *Provider) revokedNow(ctx context.Context, id string) {
+// revokeFamilies revokes the families sel picks and what descends from
+// them, and puts them on this replica's list at once.
+func (p *Provider) revokeFamilies(ctx context.Context, sel store.FamilySelector, reason string) ([]string, error) {
+	now := p.cfg.Now()
+	// Access tokens issued until now live at most AccessTokenTTL (an
+	// exchanged one never outlives its subject); refresh tokens and codes
+	// are revoked in the store itself.
+	ids, err := p.cfg.Store.RevokeOAuthFamilies(ctx, sel, store.TokenRevocation{
+		Reason: reason, RevokedAt: now, ExpiresAt: now.Add(p.cfg.AccessTokenTTL + time.Minute)})
+	if err != nil {
+		return nil, err
+	}
+	p.revokedNow(ctx, ids...)
+	return ids, nil
+}
+
+// revokedNow adds ids to this replica's list at once and tells the server.
+func (p *Provider) revokedNow(ctx context.Context, ids ...string) {
 	p.mu.Lock()
-	p.revoked[id] = struct{}{}
+	for _, id := range ids {
+		p.revoked[id] = struct{}{}
+	}
 	p.mu.Unlock()
 	p.cfg.Changed(ctx)
 }
@@ -60,7 +70,7 @@ func (p *Provider) clientRequest(w http.ResponseWriter, r *http.Request) (*authe
 	if err != nil {
 		var oe *oauthError
 		if errors.As(err, &oe) {
-			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.Description, "client_id", r.PostForm.Get("client_id"),
+			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.reason(), "client_id", r.PostForm.Get("client_id"),
 				"endpoint", r.URL.Path, "grant_type", r.PostForm.Get("grant_type"))
 		}
 		writeOAuthError(w, err)

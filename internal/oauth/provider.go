@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -30,13 +31,16 @@ type Store interface {
 	GetOAuthClient(ctx context.Context, id string) (store.OAuthClient, error)
 	GetOAuthUser(ctx context.Context, username string) (store.OAuthUser, error)
 	UpdateOAuthUser(ctx context.Context, u store.OAuthUser) error
-	LoginFailed(ctx context.Context, username string, now time.Time, max int, lockFor time.Duration) (store.OAuthUser, error)
+	LoginFailed(ctx context.Context, username string, now time.Time, b store.Backoff) (store.OAuthUser, error)
 	LoginSucceeded(ctx context.Context, username string) error
+	UseTOTPStep(ctx context.Context, username string, step int64) error
 	PutOAuthGrant(ctx context.Context, g store.OAuthGrant) error
 	UseOAuthGrant(ctx context.Context, kind string, hash []byte, now time.Time) (store.OAuthGrant, error)
-	RevokeOAuthFamily(ctx context.Context, family string, r store.TokenRevocation) error
+	PutOAuthFamily(ctx context.Context, f store.OAuthFamily) error
+	RevokeOAuthFamilies(ctx context.Context, sel store.FamilySelector, r store.TokenRevocation) ([]string, error)
 	RevokeOAuthToken(ctx context.Context, r store.TokenRevocation) error
 	ListOAuthRevocations(ctx context.Context, now time.Time) ([]store.TokenRevocation, error)
+	UseDPoPProof(ctx context.Context, jkt, jti string, expires, now time.Time, quota int) error
 }
 
 // Defaults.
@@ -46,9 +50,17 @@ const (
 	DefaultRefreshTokenTTL = 24 * time.Hour
 	DefaultCodeTTL         = time.Minute
 	DefaultKeyTTL          = 30 * 24 * time.Hour
-	DefaultMaxFailures     = 5
-	DefaultLockout         = 15 * time.Minute
 	DefaultSessionTTL      = 8 * time.Hour
+	// DefaultMaxFailures consecutive failed logins cost nothing more;
+	// from then on the account backs off DefaultBackoffBase, doubling
+	// with each further failure up to DefaultBackoffMax.
+	DefaultMaxFailures = 5
+	DefaultBackoffBase = 30 * time.Second
+	DefaultBackoffMax  = 15 * time.Minute
+	// DefaultCSRFTTL is how long a login form may be submitted.
+	DefaultCSRFTTL = 30 * time.Minute
+	// DefaultHashWait is how long a login waits for a hashing slot.
+	DefaultHashWait = 2 * time.Second
 	// DefaultMaxActDepth is how many services may act in turn for one
 	// user (nested act claims, RFC 8693 §4.1) before exchange refuses.
 	DefaultMaxActDepth = 4
@@ -70,8 +82,20 @@ type Config struct {
 	CodeTTL         time.Duration
 	KeyTTL          time.Duration // lifetime of a signing key
 	SessionTTL      time.Duration // login session (single sign-on) lifetime
-	MaxFailures     int           // consecutive failed logins that lock an account
-	Lockout         time.Duration // how long
+	// MaxFailures consecutive failed logins are free; the next backs the
+	// account off for BackoffBase, doubling with each further failure
+	// (once the back-off is over) up to BackoffMax. While an account
+	// backs off its logins are refused unchecked and not counted.
+	MaxFailures int
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+	CSRFTTL     time.Duration // how long a login form may be submitted
+	// HashConcurrency bounds the argon2id runs (64 MiB each) at once;
+	// default the number of CPUs. HashQueue logins may wait up to
+	// HashWait for one (default 4 per slot, at least 8); beyond, 503.
+	HashConcurrency int
+	HashQueue       int
+	HashWait        time.Duration
 	// MaxActDepth bounds the act chain of exchanged tokens (hops of
 	// services acting for the user); default DefaultMaxActDepth.
 	MaxActDepth int
@@ -99,6 +123,7 @@ type Provider struct {
 
 	verifier *accesstoken.Verifier // any audience; caches verified tokens
 	dpop     *dpop.Checker         // DPoP proofs at the token and userinfo endpoints
+	hashing  *hashGate             // bounds concurrent argon2id runs
 
 	mu      sync.RWMutex
 	revoked map[string]struct{} // jti and sid values
@@ -116,13 +141,17 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	// Zero means "not configured": the default. Negative is a mistake
 	// that would otherwise issue tokens born expired or allow no logins.
 	for name, d := range map[string]time.Duration{"access token TTL": cfg.AccessTokenTTL, "ID token TTL": cfg.IDTokenTTL,
-		"refresh token TTL": cfg.RefreshTokenTTL, "code TTL": cfg.CodeTTL, "key TTL": cfg.KeyTTL, "session TTL": cfg.SessionTTL, "lockout": cfg.Lockout} {
+		"refresh token TTL": cfg.RefreshTokenTTL, "code TTL": cfg.CodeTTL, "key TTL": cfg.KeyTTL, "session TTL": cfg.SessionTTL,
+		"back-off base": cfg.BackoffBase, "back-off max": cfg.BackoffMax, "CSRF TTL": cfg.CSRFTTL, "hash wait": cfg.HashWait} {
 		if d < 0 {
 			return nil, fmt.Errorf("oauth: %s %v: must be positive (or zero for the default)", name, d)
 		}
 	}
-	if cfg.MaxFailures < 0 || cfg.MaxActDepth < 0 {
-		return nil, fmt.Errorf("oauth: max failures %d and max act depth %d must be positive (or zero for the default)", cfg.MaxFailures, cfg.MaxActDepth)
+	for name, n := range map[string]int{"max failures": cfg.MaxFailures, "max act depth": cfg.MaxActDepth,
+		"hash concurrency": cfg.HashConcurrency, "hash queue": cfg.HashQueue} {
+		if n < 0 {
+			return nil, fmt.Errorf("oauth: %s %d: must be positive (or zero for the default)", name, n)
+		}
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
@@ -135,9 +164,21 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	def(&cfg.CodeTTL, DefaultCodeTTL)
 	def(&cfg.KeyTTL, DefaultKeyTTL)
 	def(&cfg.SessionTTL, DefaultSessionTTL)
-	def(&cfg.Lockout, DefaultLockout)
+	def(&cfg.BackoffBase, DefaultBackoffBase)
+	def(&cfg.BackoffMax, DefaultBackoffMax)
+	def(&cfg.CSRFTTL, DefaultCSRFTTL)
+	def(&cfg.HashWait, DefaultHashWait)
 	if cfg.MaxFailures == 0 {
 		cfg.MaxFailures = DefaultMaxFailures
+	}
+	if cfg.BackoffMax < cfg.BackoffBase {
+		return nil, fmt.Errorf("oauth: back-off max %v is shorter than its base %v", cfg.BackoffMax, cfg.BackoffBase)
+	}
+	if cfg.HashConcurrency == 0 {
+		cfg.HashConcurrency = runtime.NumCPU()
+	}
+	if cfg.HashQueue == 0 {
+		cfg.HashQueue = max(8, 4*cfg.HashConcurrency)
 	}
 	if cfg.MaxActDepth == 0 {
 		cfg.MaxActDepth = DefaultMaxActDepth
@@ -179,6 +220,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	// allowance would still take it.
 	p.verifier = &accesstoken.Verifier{Keys: p.keys, Issuer: cfg.Issuer, Revoked: p.isRevoked, Now: cfg.Now, Leeway: 0}
 	p.dpop = &dpop.Checker{Now: cfg.Now}
+	p.hashing = newHashGate(cfg.HashConcurrency, cfg.HashQueue, cfg.HashWait)
 	if err := p.keys.maintain(ctx, cfg.Now()); err != nil {
 		return nil, err
 	}
@@ -380,6 +422,17 @@ type oauthError struct {
 	Status      int    `json:"-"`
 	Code        string `json:"error"`
 	Description string `json:"error_description,omitempty"`
+	// debug, if set, is the reason for the audit log when the client is
+	// told less (fosite's WithDebug).
+	debug string
+}
+
+// reason is what the audit log records of e.
+func (e *oauthError) reason() string {
+	if e.debug != "" {
+		return e.Description + " (" + e.debug + ")"
+	}
+	return e.Description
 }
 
 func (e *oauthError) Error() string { return e.Code + ": " + e.Description }

@@ -148,7 +148,7 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var oe *oauthError
 		if errors.As(err, &oe) {
-			p.record(r, "oauth.token", audit.OutcomeDenied, oe.Description, "client_id", c.ID, "grant_type", grant)
+			p.record(r, "oauth.token", audit.OutcomeDenied, oe.reason(), "client_id", c.ID, "grant_type", grant)
 		} else {
 			p.cfg.Log.Error("token endpoint failed", "grant_type", grant, "err", err)
 		}
