@@ -194,7 +194,10 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		// A session proves an earlier login; failed logins by someone
 		// else (a back-off) do not end it, disabling the user does, and
 		// so does every revocation of the user's sessions since.
-		if u, err := p.cfg.Store.GetOAuthUser(r.Context(), sess.User); err != nil || u.Disabled || sess.AuthTime <= u.RevokedAt.Unix() {
+		// (A user deleted and created again under the same name is
+		// another user: a session from before the creation is void.)
+		if u, err := p.cfg.Store.GetOAuthUser(r.Context(), sess.User); err != nil || u.Disabled ||
+			sess.AuthTime <= u.RevokedAt.Unix() || sess.AuthTime < u.CreatedAt.Unix() {
 			hasSession = false
 		}
 	}
@@ -262,9 +265,21 @@ func (p *Provider) issueCode(w http.ResponseWriter, r *http.Request, req *authzR
 	code := randomToken()
 	data, _ := json.Marshal(codeData{RedirectURI: req.redirectURI, Scope: req.scope, Nonce: req.nonce,
 		Challenge: req.challenge, AuthTime: authTime, Audience: req.resource, DPoPJKT: req.dpopJKT})
-	err := p.cfg.Store.PutOAuthGrant(r.Context(), store.OAuthGrant{Hash: hashToken(code), Kind: store.GrantCode,
-		Family: randomToken()[:22], ClientID: req.client.ID, Subject: user, Data: data,
-		ExpiresAt: now.Add(p.cfg.CodeTTL), CreatedAt: now})
+	// The login's family is recorded before the code leaves, with the end
+	// of the last token it can lead to, so disabling the user or the
+	// client finds it.
+	family := randomToken()[:22]
+	end := now.Add(p.cfg.CodeTTL + p.cfg.AccessTokenTTL)
+	if slices.Contains(req.client.GrantTypes, "refresh_token") {
+		end = end.Add(p.cfg.RefreshTokenTTL)
+	}
+	err := p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, ClientID: req.client.ID, Subject: user,
+		ExpiresAt: end, CreatedAt: now})
+	if err == nil {
+		err = p.cfg.Store.PutOAuthGrant(r.Context(), store.OAuthGrant{Hash: hashToken(code), Kind: store.GrantCode,
+			Family: family, ClientID: req.client.ID, Subject: user, Data: data,
+			ExpiresAt: now.Add(p.cfg.CodeTTL), CreatedAt: now})
+	}
 	if err != nil {
 		p.cfg.Log.Error("storing authorization code failed", "err", err)
 		p.redirectError(w, r, req, errf(http.StatusInternalServerError, "server_error", "internal error"))

@@ -37,6 +37,24 @@ func (p *Provider) revokeFamilies(ctx context.Context, sel store.FamilySelector,
 	return ids, nil
 }
 
+// RevokeUser revokes every token and refresh token issued for a user, and
+// every token exchanged from them, and returns how many grant families it
+// revoked. The admin API calls it when a user is disabled or deleted
+// (having set RevokedAt, which voids the user's login sessions).
+func (p *Provider) RevokeUser(ctx context.Context, username, reason string) (int, error) {
+	ids, err := p.revokeFamilies(ctx, store.FamilySelector{Subject: username}, reason)
+	return len(ids), err
+}
+
+// RevokeClient revokes every token issued to a client (for users, for
+// itself, or obtained by exchange), its refresh tokens and codes, and
+// every token exchanged from them. The admin API calls it when a client is
+// disabled or deleted.
+func (p *Provider) RevokeClient(ctx context.Context, clientID, reason string) (int, error) {
+	ids, err := p.revokeFamilies(ctx, store.FamilySelector{ClientID: clientID}, reason)
+	return len(ids), err
+}
+
 // revokedNow adds ids to this replica's list at once and tells the server.
 func (p *Provider) revokedNow(ctx context.Context, ids ...string) {
 	p.mu.Lock()
@@ -200,9 +218,16 @@ func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 	if err == nil && !claims.HasScope("openid") {
 		err = errors.New("token lacks the openid scope")
 	}
+	if err == nil && userOf(claims) == "" {
+		// A client's own token: its subject is no user, even if a user
+		// of that name exists.
+		err = errors.New("the token speaks for no user")
+	}
 	var u store.OAuthUser
 	if err == nil {
-		u, err = p.cfg.Store.GetOAuthUser(r.Context(), claims.Subject)
+		if u, err = p.cfg.Store.GetOAuthUser(r.Context(), claims.Subject); err != nil || u.Disabled {
+			err = errors.New("the user is no longer active")
+		}
 	}
 	if err != nil {
 		code := "invalid_token"

@@ -53,6 +53,7 @@ type harness struct {
 
 	mu      sync.Mutex
 	entries []*audit.Entry
+	secrets map[string]string // client ID -> secret, of clients made by client()
 }
 
 func newHarness(t *testing.T, mutate ...func(*oauth.Config)) *harness {
@@ -141,6 +142,12 @@ func (h *harness) client(c store.OAuthClient) string {
 	if err := h.store.CreateOAuthClient(h.t.Context(), c); err != nil {
 		h.t.Fatal(err)
 	}
+	h.mu.Lock()
+	if h.secrets == nil {
+		h.secrets = map[string]string{}
+	}
+	h.secrets[c.ID] = secret
+	h.mu.Unlock()
 	return secret
 }
 

@@ -296,7 +296,16 @@ func (p *Provider) clientCredentials(r *http.Request, c *authedClient) (*tokenRe
 	if len(aud) == 0 {
 		aud = defaultAudience(c)
 	}
-	return p.issue(r, c, issueParams{subject: c.actor(), scope: scope, audience: aud, grant: "client_credentials", ttl: p.cfg.AccessTokenTTL})
+	// Each token is a family of its own (sid), so disabling the client
+	// revokes it and whatever is exchanged from it.
+	now := p.cfg.Now()
+	family := randomToken()[:22]
+	if err := p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, ClientID: c.ID,
+		ExpiresAt: now.Add(p.cfg.AccessTokenTTL), CreatedAt: now}); err != nil {
+		return nil, err
+	}
+	return p.issue(r, c, issueParams{subject: c.actor(), scope: scope, audience: aud, grant: "client_credentials",
+		ttl: p.cfg.AccessTokenTTL, sid: family})
 }
 
 func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenResponse, error) {
@@ -376,6 +385,13 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	if err := p.checkActChain(c, sub.Act); err != nil {
 		return nil, err
 	}
+	// The user must still be active: a replica that has not yet learnt
+	// of a revocation still refuses a disabled user's token.
+	if user := userOf(sub); user != "" {
+		if u, err := p.cfg.Store.GetOAuthUser(r.Context(), user); err != nil || u.Disabled {
+			return nil, errf(http.StatusBadRequest, "invalid_grant", "the user is no longer active")
+		}
+	}
 	aud := requestedAudience(r)
 	if len(aud) == 0 {
 		return nil, errf(http.StatusBadRequest, "invalid_target", "audience (or resource) naming the next service is required")
@@ -387,9 +403,24 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	if err != nil {
 		return nil, err
 	}
+	// The new token starts a family of its own, descended from the
+	// subject's: revoking the subject's family (a reused refresh token,
+	// the user or its client disabled) revokes it, and disabling this
+	// client revokes it without touching the user's other tokens.
+	ttl := min(left, p.cfg.AccessTokenTTL)
+	now := p.cfg.Now()
+	family := randomToken()[:22]
+	err = p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, Parent: sub.SessionID, ClientID: c.ID,
+		Subject: userOf(sub), ExpiresAt: now.Add(ttl), CreatedAt: now})
+	if errors.Is(err, store.ErrRevoked) {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", accesstoken.ErrRevoked)
+	}
+	if err != nil {
+		return nil, err
+	}
 	resp, err := p.issue(r, c, issueParams{subject: sub.Subject, groups: sub.Groups, scope: scope, audience: aud,
-		sid: sub.SessionID, authTime: sub.AuthTime, act: &accesstoken.Actor{Subject: c.actor(), Act: sub.Act},
-		ttl: min(left, p.cfg.AccessTokenTTL), grant: GrantTokenExchange, from: sub.ID})
+		sid: family, authTime: sub.AuthTime, act: &accesstoken.Actor{Subject: c.actor(), Act: sub.Act},
+		ttl: ttl, grant: GrantTokenExchange, from: sub.ID})
 	if err != nil {
 		return nil, err
 	}
