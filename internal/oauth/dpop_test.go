@@ -51,12 +51,16 @@ func newKey(t *testing.T) *ecdsa.PrivateKey {
 }
 
 func userinfo(h *harness, scheme, token, proof string) (int, string) {
+	return userinfoWith(h, h.srv.Client(), scheme, token, proof)
+}
+
+func userinfoWith(h *harness, c *http.Client, scheme, token, proof string) (int, string) {
 	req, _ := http.NewRequest(http.MethodGet, h.srv.URL+oauth.PathUserinfo, nil)
 	req.Header.Set("Authorization", scheme+" "+token)
 	if proof != "" {
 		req.Header.Set("DPoP", proof)
 	}
-	resp, err := h.srv.Client().Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		h.t.Fatal(err)
 	}

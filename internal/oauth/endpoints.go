@@ -3,6 +3,7 @@ package oauth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -217,6 +218,12 @@ func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil && !claims.HasScope("openid") {
 		err = errors.New("token lacks the openid scope")
+	}
+	if err == nil && !claims.Audience.Contains(p.cfg.Issuer+PathUserinfo) {
+		// OIDC Core §5.3: userinfo is a protected resource, and a token a
+		// service received for itself (or exchanged onwards) is not
+		// addressed to it.
+		err = fmt.Errorf("token audience %v does not include the userinfo endpoint", []string(claims.Audience))
 	}
 	if err == nil && userOf(claims) == "" {
 		// A client's own token: its subject is no user, even if a user

@@ -41,9 +41,15 @@ func svc(i int) string { return "spiffe://example.org/svc-" + string(rune('0'+i)
 // exchange has service i trade subject for a token addressed to audience.
 func (h *harness) exchange(t *testing.T, i int, subject, audience string) (int, map[string]any) {
 	t.Helper()
+	return h.exchangeWith(t, h.mtlsClient(h.ca.svid(t, svc(i))), i, subject, audience)
+}
+
+// exchangeWith is exchange over c, a client presenting service i's SVID.
+func (h *harness) exchangeWith(t *testing.T, c *http.Client, i int, subject, audience string) (int, map[string]any) {
+	t.Helper()
 	f := url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {subject},
 		"subject_token_type": {"urn:ietf:params:oauth:token-type:access_token"}, "audience": {audience}, "client_id": {"svc-" + string(rune('0'+i))}}
-	return h.post(h.mtlsClient(h.ca.svid(t, svc(i))), oauth.PathToken, f, "", "")
+	return h.post(c, oauth.PathToken, f, "", "")
 }
 
 // TestExchangeCannotRenewAnExpiredToken: a token past its exp, even by a

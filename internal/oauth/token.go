@@ -466,6 +466,11 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 	if err != nil {
 		return nil, err
 	}
+	if slices.Contains(ip.scope, "openid") && (ip.grant == "authorization_code" || ip.grant == "refresh_token") {
+		// A user's openid login: the token is also for the userinfo
+		// endpoint, which takes no token addressed only to others.
+		ip.audience = append(slices.Clip(ip.audience), p.cfg.Issuer+PathUserinfo)
+	}
 	now := p.cfg.Now()
 	// A lifetime of zero or less is a bug in the caller (an exchange of a
 	// token with nothing left, say), never a request for the default.
