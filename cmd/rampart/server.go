@@ -83,6 +83,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	oauthAlg := fs.String("oauth-alg", "ES256", "signing algorithm of new OAuth token keys: ES256 or EdDSA")
 	fs.DurationVar(&cfg.OAuth.AccessTokenTTL, "access-token-ttl", 0, "OAuth access token lifetime (default 10m)")
 	fs.DurationVar(&cfg.OAuth.RefreshTokenTTL, "refresh-token-ttl", 0, "lifetime of a refresh token family; rotation does not extend it (default 24h)")
+	fs.IntVar(&cfg.OAuth.MaxActDepth, "oauth-max-act-depth", 0, "most services that may act in turn for one user by token exchange (default 4)")
 	archive := fs.String("audit-archive", "", "copy sealed audit segments and checkpoints to S3-compatible storage: s3://BUCKET[/PREFIX][?endpoint=URL&region=R] (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
 	fs.StringVar(&cfg.AuditForwardTo, "audit-forward-to", "", "on a replica that shares --postgres with the one keeping the deployment's audit log: that replica's API address (host:port); this one spools its entries in DATA/audit-spool and ships them there")
 	fs.Int64Var(&cfg.AuditSegmentEntries, "audit-segment-entries", audit.DefaultSegmentEntries, "audit entries per sealed, compressed segment (a multiple of 256)")

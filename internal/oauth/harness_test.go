@@ -25,6 +25,7 @@ import (
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/ratelimit"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -81,8 +82,12 @@ func newHarnessTB(t testing.TB, mutate ...func(*oauth.Config)) *harness {
 	h.srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: h.ca.pool}
 	h.srv.StartTLS()
 	t.Cleanup(h.srv.Close)
+	// Tests other than the rate limits' own make many requests at one
+	// instant of the fake clock from one address: generous limits.
+	lots := ratelimit.Limits{PerSource: ratelimit.Rule{Rate: 1e6, Burst: 1e6}, Global: ratelimit.Rule{Rate: 1e6, Burst: 1e6}}
 	cfg := oauth.Config{
 		Issuer: h.srv.URL, Store: st, Wrapper: wrap, Now: h.clock.Now,
+		RateLimits: oauth.RateLimits{Token: lots, Login: lots, Introspect: lots, Revoke: lots, Userinfo: lots},
 		Record: func(_ context.Context, es ...*audit.Entry) {
 			for _, e := range es {
 				if err := e.Validate(); err != nil {

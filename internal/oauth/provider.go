@@ -17,11 +17,13 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rampartsec/rampart/internal/accesstoken"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/keywrap"
+	"github.com/rampartsec/rampart/internal/ratelimit"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -96,6 +98,11 @@ type Config struct {
 	HashConcurrency int
 	HashQueue       int
 	HashWait        time.Duration
+	// RateLimits bound each endpoint per source address and in all;
+	// zero fields take DefaultRateLimits.
+	RateLimits RateLimits
+	// Registerer receives the rate limiters' metrics; nil: none.
+	Registerer prometheus.Registerer
 	// MaxActDepth bounds the act chain of exchanged tokens (hops of
 	// services acting for the user); default DefaultMaxActDepth.
 	MaxActDepth int
@@ -124,6 +131,7 @@ type Provider struct {
 	verifier *accesstoken.Verifier // any audience; caches verified tokens
 	dpop     *dpop.Checker         // DPoP proofs at the token and userinfo endpoints
 	hashing  *hashGate             // bounds concurrent argon2id runs
+	limits   *limiters             // rate limits per endpoint
 
 	mu      sync.RWMutex
 	revoked map[string]struct{} // jti and sid values
@@ -221,10 +229,20 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	p.verifier = &accesstoken.Verifier{Keys: p.keys, Issuer: cfg.Issuer, Revoked: p.isRevoked, Now: cfg.Now, Leeway: 0}
 	p.dpop = &dpop.Checker{Now: cfg.Now}
 	p.hashing = newHashGate(cfg.HashConcurrency, cfg.HashQueue, cfg.HashWait)
+	var metrics *ratelimit.Metrics
+	if cfg.Registerer != nil {
+		var err error
+		if metrics, err = ratelimit.NewMetrics(cfg.Registerer); err != nil {
+			return nil, fmt.Errorf("oauth: %w", err)
+		}
+	}
+	var err error
+	if p.limits, err = p.newLimiters(cfg.RateLimits, metrics); err != nil {
+		return nil, err
+	}
 	if err := p.keys.maintain(ctx, cfg.Now()); err != nil {
 		return nil, err
 	}
-	var err error
 	if p.sessionKey, err = loadSessionKey(ctx, cfg.Store, cfg.Wrapper, cfg.Now()); err != nil {
 		return nil, err
 	}
@@ -273,9 +291,11 @@ func loadSessionKey(ctx context.Context, s keyStore, w *keywrap.Wrapper, now tim
 	return nil, errors.New("oauth: session key: could not create or read")
 }
 
-// Maintain applies the signing key rotation schedule; call it periodically
-// (hourly is plenty).
+// Maintain applies the signing key rotation schedule and audits the
+// requests the rate limits refused since the last call; call it
+// periodically (the server does every 30 s).
 func (p *Provider) Maintain(ctx context.Context) error {
+	p.limits.flush()
 	return p.keys.maintain(ctx, p.cfg.Now())
 }
 
@@ -330,12 +350,17 @@ func (p *Provider) Register(mux *http.ServeMux, wrap func(pattern string, h http
 	route("GET /.well-known/oauth-authorization-server", p.handleDiscovery)
 	route("GET "+PathJWKS, p.handleJWKS)
 	route("GET "+PathAuthorize, p.handleAuthorize)
-	route("POST "+PathAuthorize, p.handleAuthorize)
-	route("POST "+PathToken, p.handleToken)
-	route("GET "+PathUserinfo, p.handleUserinfo)
-	route("POST "+PathUserinfo, p.handleUserinfo)
-	route("POST "+PathIntrospect, p.handleIntrospect)
-	route("POST "+PathRevoke, p.handleRevoke)
+	// Everything that hashes a password, signs a token or writes to the
+	// store is rate limited per source address and in all.
+	limited := func(pattern string, l *ratelimit.Limiter, h http.HandlerFunc, refuse func(http.ResponseWriter, *http.Request, ratelimit.Decision)) {
+		mux.Handle(pattern, wrap(pattern, l.Wrap(h, refuse).ServeHTTP))
+	}
+	limited("POST "+PathAuthorize, p.limits.login, p.handleAuthorize, p.limitPage)
+	limited("POST "+PathToken, p.limits.token, p.handleToken, limitJSON)
+	limited("GET "+PathUserinfo, p.limits.userinfo, p.handleUserinfo, limitJSON)
+	limited("POST "+PathUserinfo, p.limits.userinfo, p.handleUserinfo, limitJSON)
+	limited("POST "+PathIntrospect, p.limits.introspect, p.handleIntrospect, limitJSON)
+	limited("POST "+PathRevoke, p.limits.revoke, p.handleRevoke, limitJSON)
 }
 
 // Supported values, published in discovery and enforced.

@@ -35,9 +35,9 @@ func issuerFor(cfg Config, addr string) string {
 func (s *Server) startOAuth(ctx context.Context, issuer string, wrapper *keywrap.Wrapper) error {
 	p, err := oauth.New(ctx, oauth.Config{
 		Issuer: issuer, Store: s.store, Wrapper: wrapper, Algorithm: s.cfg.OAuth.Algorithm,
-		AccessTokenTTL: s.cfg.OAuth.AccessTokenTTL, RefreshTokenTTL: s.cfg.OAuth.RefreshTokenTTL,
+		AccessTokenTTL: s.cfg.OAuth.AccessTokenTTL, RefreshTokenTTL: s.cfg.OAuth.RefreshTokenTTL, MaxActDepth: s.cfg.OAuth.MaxActDepth,
 		Record: s.record, Changed: s.notify, Now: s.now, Log: s.log.With("component", "oauth"),
-		PeerCertificate: s.peerSVID,
+		PeerCertificate: s.peerSVID, Registerer: s.reg,
 	})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)

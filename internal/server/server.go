@@ -100,6 +100,7 @@ type OAuthConfig struct {
 	Algorithm       jose.SignatureAlgorithm
 	AccessTokenTTL  time.Duration
 	RefreshTokenTTL time.Duration
+	MaxActDepth     int // hops of token exchange (nested act); 0: oauth.DefaultMaxActDepth
 }
 
 // Server is a running control plane.
