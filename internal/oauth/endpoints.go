@@ -202,11 +202,18 @@ func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 	}
 	jkt := ""
 	var err error
+	var proof *dpop.Proof
 	if scheme == dpop.SchemeDPoP {
-		var proof *dpop.Proof
-		if proof, err = p.dpop.CheckRequest(r, raw); err == nil {
+		w.Header().Set(dpop.NonceHeader, p.dpopNonce())
+		if proof, err = p.dpop.VerifyRequest(r, raw); err == nil {
 			jkt = proof.JKT
 		}
+	}
+	if errors.Is(err, dpop.ErrUseNonce) {
+		// RFC 9449 §9: a resource asks for a nonce with a 401 challenge.
+		w.Header().Set("WWW-Authenticate", `DPoP realm="rampart", error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "use_dpop_nonce", "error_description": err.Error()})
+		return
 	}
 	var claims *accesstoken.Claims
 	if err == nil {
@@ -215,6 +222,11 @@ func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		// Sender-constrained tokens stay useless to a thief here too.
 		err = claims.CheckBinding(p.cfg.PeerCertificate(r), jkt)
+	}
+	if err == nil && proof != nil {
+		// Recorded only now: a proof for a token that is not bound to
+		// its key (or no valid token at all) takes no room in the store.
+		err = p.dpop.Use(r.Context(), proof)
 	}
 	if err == nil && !claims.HasScope("openid") {
 		err = errors.New("token lacks the openid scope")

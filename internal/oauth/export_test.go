@@ -18,3 +18,6 @@ func HoldHashing(p *Provider) (release func()) {
 		}
 	}
 }
+
+// DPoPNonce is the DPoP nonce p hands out now.
+func DPoPNonce(p *Provider) string { return p.dpopNonce() }

@@ -44,13 +44,14 @@ func (c *clock) Advance(d time.Duration) {
 
 // harness is a provider on a real TLS listener with a SQLite store.
 type harness struct {
-	t     testing.TB
-	p     *oauth.Provider
-	srv   *httptest.Server
-	store store.Store
-	wrap  *keywrap.Wrapper
-	clock *clock
-	ca    *testCA
+	t      testing.TB
+	p      *oauth.Provider
+	srv    *httptest.Server
+	store  store.Store
+	dbPath string // the SQLite file, for replicas opening their own handle
+	wrap   *keywrap.Wrapper
+	clock  *clock
+	ca     *testCA
 
 	mu      sync.Mutex
 	entries []*audit.Entry
@@ -65,7 +66,8 @@ func newBenchHarness(b *testing.B) *harness { return newHarnessTB(b) }
 
 func newHarnessTB(t testing.TB, mutate ...func(*oauth.Config)) *harness {
 	t.Helper()
-	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "rampart.db"))
+	dbPath := filepath.Join(t.TempDir(), "rampart.db")
+	st, err := store.OpenSQLite(dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +78,7 @@ func newHarnessTB(t testing.TB, mutate ...func(*oauth.Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, store: st, wrap: wrap, clock: &clock{t: time.Now().Truncate(time.Second)}, ca: newTestCA(t)}
+	h := &harness{t: t, store: st, dbPath: dbPath, wrap: wrap, clock: &clock{t: time.Now().Truncate(time.Second)}, ca: newTestCA(t)}
 	mux := http.NewServeMux()
 	h.srv = httptest.NewUnstartedServer(mux)
 	h.srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: h.ca.pool}
@@ -317,4 +319,29 @@ func (h *harness) mtlsClient(cert tls.Certificate) *http.Client {
 	tr.TLSClientConfig.Certificates = []tls.Certificate{cert}
 	c.Transport = tr
 	return &c
+}
+
+// replica is a second provider sharing h's database (through a handle of
+// its own), key wrapper, clock and issuer URL: another server replica
+// behind the same name. Its own listener serves it.
+func (h *harness) replica(t *testing.T) (*oauth.Provider, *httptest.Server) {
+	t.Helper()
+	st, err := store.OpenSQLite(h.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	mux := http.NewServeMux()
+	srv := httptest.NewUnstartedServer(mux)
+	srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: h.ca.pool}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	lots := ratelimit.Limits{PerSource: ratelimit.Rule{Rate: 1e6, Burst: 1e6}, Global: ratelimit.Rule{Rate: 1e6, Burst: 1e6}}
+	p, err := oauth.New(t.Context(), oauth.Config{Issuer: h.srv.URL, Store: st, Wrapper: h.wrap, Now: h.clock.Now,
+		RateLimits: oauth.RateLimits{Token: lots, Login: lots, Introspect: lots, Revoke: lots, Userinfo: lots}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Register(mux, func(_ string, f http.HandlerFunc) http.Handler { return f })
+	return p, srv
 }

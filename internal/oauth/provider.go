@@ -63,6 +63,10 @@ const (
 	DefaultCSRFTTL = 30 * time.Minute
 	// DefaultHashWait is how long a login waits for a hashing slot.
 	DefaultHashWait = 2 * time.Second
+	// DPoP: server nonces change every DefaultDPoPNonceTTL; one key may
+	// have DefaultDPoPKeyQuota proofs accepted in about two minutes.
+	DefaultDPoPNonceTTL = time.Minute
+	DefaultDPoPKeyQuota = 200
 	// DefaultMaxActDepth is how many services may act in turn for one
 	// user (nested act claims, RFC 8693 §4.1) before exchange refuses.
 	DefaultMaxActDepth = 4
@@ -98,6 +102,12 @@ type Config struct {
 	HashConcurrency int
 	HashQueue       int
 	HashWait        time.Duration
+	// DPoPNonceTTL is how long a server nonce for DPoP proofs is issued
+	// (it is accepted for one period more); whole seconds, default a minute.
+	DPoPNonceTTL time.Duration
+	// DPoPKeyQuota is how many live DPoP proofs one key may have recorded
+	// (proofs live about two minutes); default DefaultDPoPKeyQuota.
+	DPoPKeyQuota int
 	// RateLimits bound each endpoint per source address and in all;
 	// zero fields take DefaultRateLimits.
 	RateLimits RateLimits
@@ -150,13 +160,14 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	// that would otherwise issue tokens born expired or allow no logins.
 	for name, d := range map[string]time.Duration{"access token TTL": cfg.AccessTokenTTL, "ID token TTL": cfg.IDTokenTTL,
 		"refresh token TTL": cfg.RefreshTokenTTL, "code TTL": cfg.CodeTTL, "key TTL": cfg.KeyTTL, "session TTL": cfg.SessionTTL,
-		"back-off base": cfg.BackoffBase, "back-off max": cfg.BackoffMax, "CSRF TTL": cfg.CSRFTTL, "hash wait": cfg.HashWait} {
+		"back-off base": cfg.BackoffBase, "back-off max": cfg.BackoffMax, "CSRF TTL": cfg.CSRFTTL, "hash wait": cfg.HashWait,
+		"DPoP nonce TTL": cfg.DPoPNonceTTL} {
 		if d < 0 {
 			return nil, fmt.Errorf("oauth: %s %v: must be positive (or zero for the default)", name, d)
 		}
 	}
 	for name, n := range map[string]int{"max failures": cfg.MaxFailures, "max act depth": cfg.MaxActDepth,
-		"hash concurrency": cfg.HashConcurrency, "hash queue": cfg.HashQueue} {
+		"hash concurrency": cfg.HashConcurrency, "hash queue": cfg.HashQueue, "DPoP key quota": cfg.DPoPKeyQuota} {
 		if n < 0 {
 			return nil, fmt.Errorf("oauth: %s %d: must be positive (or zero for the default)", name, n)
 		}
@@ -176,6 +187,13 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	def(&cfg.BackoffMax, DefaultBackoffMax)
 	def(&cfg.CSRFTTL, DefaultCSRFTTL)
 	def(&cfg.HashWait, DefaultHashWait)
+	def(&cfg.DPoPNonceTTL, DefaultDPoPNonceTTL)
+	if cfg.DPoPNonceTTL%time.Second != 0 {
+		return nil, fmt.Errorf("oauth: DPoP nonce TTL %v: whole seconds", cfg.DPoPNonceTTL)
+	}
+	if cfg.DPoPKeyQuota == 0 {
+		cfg.DPoPKeyQuota = DefaultDPoPKeyQuota
+	}
 	if cfg.MaxFailures == 0 {
 		cfg.MaxFailures = DefaultMaxFailures
 	}
@@ -227,7 +245,11 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	// userinfo, revocation), even while a distant verifier's skew
 	// allowance would still take it.
 	p.verifier = &accesstoken.Verifier{Keys: p.keys, Issuer: cfg.Issuer, Revoked: p.isRevoked, Now: cfg.Now, Leeway: 0}
-	p.dpop = &dpop.Checker{Now: cfg.Now}
+	// Proofs at the token and userinfo endpoints carry this server's
+	// nonce and are recorded in the store, so no replica takes a proof
+	// another one accepted.
+	p.dpop = &dpop.Checker{Now: cfg.Now, Nonce: p.dpopNonceOK,
+		Replay: storeReplay{st: cfg.Store, quota: cfg.DPoPKeyQuota, now: cfg.Now}}
 	p.hashing = newHashGate(cfg.HashConcurrency, cfg.HashQueue, cfg.HashWait)
 	var metrics *ratelimit.Metrics
 	if cfg.Registerer != nil {

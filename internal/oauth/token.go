@@ -112,11 +112,17 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 	grant := r.PostForm.Get("grant_type")
 	if vals := r.Header.Values("DPoP"); len(vals) > 0 {
 		// RFC 9449 §5: the proof names this endpoint; tokens issued are
-		// bound to its key.
+		// bound to its key. §8: every answer carries the nonce the next
+		// proof must have.
+		w.Header().Set(dpop.NonceHeader, p.dpopNonce())
 		var proof *dpop.Proof
 		err := errors.New("more than one DPoP header")
 		if len(vals) == 1 {
-			proof, err = p.dpop.Check(vals[0], http.MethodPost, p.cfg.Issuer+PathToken, "")
+			proof, err = p.dpop.Check(r.Context(), vals[0], http.MethodPost, p.cfg.Issuer+PathToken, "")
+		}
+		if errors.Is(err, dpop.ErrUseNonce) {
+			useDPoPNonce(w, err)
+			return
 		}
 		if err != nil {
 			p.record(r, "oauth.token", audit.OutcomeDenied, err.Error(), "client_id", c.ID, "grant_type", grant)
