@@ -239,8 +239,8 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if errors.Is(err, errBusy) {
-		// Load, not a failed login: not counted, and retried shortly.
-		p.record(r, "oauth.login", audit.OutcomeFailure, "refused: every password hashing slot busy", "username", username, "client_id", req.client.ID)
+		// Load, not a failed login: not counted, retried shortly, and
+		// audited counted by Maintain (a flood is not one entry each).
 		w.Header().Set("Retry-After", "1")
 		p.errorPage(w, errf(http.StatusServiceUnavailable, "temporarily_unavailable", "the server is busy signing other people in; try again in a moment"))
 		return

@@ -219,6 +219,13 @@ func TestHashingIsBounded(t *testing.T) {
 	if u, _ := h.store.GetOAuthUser(t.Context(), "alice"); u.FailedLogins != 0 {
 		t.Fatalf("a busy answer counted as a failed login: %d", u.FailedLogins)
 	}
+	// Audited counted, at maintenance.
+	if err := h.p.Maintain(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if busy := h.audited("oauth.login_busy"); len(busy) != 1 || busy[0].Details["count"] != "2" {
+		t.Fatalf("busy refusals audited: %+v", busy)
+	}
 	codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", fixedCh)), "alice", "alice-password", ""), "s")
 }
 

@@ -318,6 +318,13 @@ func loadSessionKey(ctx context.Context, s keyStore, w *keywrap.Wrapper, now tim
 // periodically (the server does every 30 s).
 func (p *Provider) Maintain(ctx context.Context) error {
 	p.limits.flush()
+	if n := p.hashing.busy.Swap(0); n > 0 {
+		now := p.cfg.Now()
+		p.cfg.Log.Warn("oauth: logins refused: every password hashing slot busy", "count", n)
+		p.cfg.Record(ctx, &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "oauth.login_busy", Outcome: audit.OutcomeDenied,
+			Reason: fmt.Sprintf("%d logins refused with 503: every password hashing slot busy", n), Source: "oauth",
+			Actor: audit.Actor{User: "anonymous"}, Details: map[string]string{"count": fmt.Sprint(n)}})
+	}
 	return p.keys.maintain(ctx, p.cfg.Now())
 }
 

@@ -143,6 +143,7 @@ type hashGate struct {
 	queue   int64
 	wait    time.Duration
 	runs    atomic.Int64 // argon2id runs, for tests
+	busy    atomic.Int64 // logins refused with errBusy since the last audit
 }
 
 func newHashGate(concurrency, queue int, wait time.Duration) *hashGate {
@@ -156,6 +157,7 @@ func (g *hashGate) check(ctx context.Context, hash, password string) (bool, erro
 	default:
 		if g.waiting.Add(1) > g.queue {
 			g.waiting.Add(-1)
+			g.busy.Add(1)
 			return false, errBusy
 		}
 		t := time.NewTimer(g.wait)
@@ -165,6 +167,7 @@ func (g *hashGate) check(ctx context.Context, hash, password string) (bool, erro
 			g.waiting.Add(-1)
 		case <-t.C:
 			g.waiting.Add(-1)
+			g.busy.Add(1)
 			return false, errBusy
 		case <-ctx.Done():
 			t.Stop()
