@@ -1,6 +1,10 @@
 package e2e
 
 import (
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,7 +20,8 @@ import (
 // refuses the token orders' proxy had exchanged for her within about a
 // second (the same long poll that carries SVID revocations), and enabling
 // her again does not bring it back. Disabling the client she signed in
-// with does the same for a fresh login.
+// with does the same for a fresh login. Failed logins back her off until
+// "rampart oauth user unlock".
 func TestDisablingUserReachesProxies(t *testing.T) {
 	m := newMesh(t)
 	m.identity("orders", "")
@@ -87,6 +92,30 @@ func TestDisablingUserReachesProxies(t *testing.T) {
 		}
 		return nil
 	})
+	// Enabled again, the gateway signs users in; its old token stays dead.
+	if out := mustCLI(t, env, "oauth", "client", "update", "gateway", "--enable"); !strings.Contains(out, "enabled") {
+		t.Fatalf("client update --enable: %s", out)
+	}
+	if c, body := call(fresh); c != 401 {
+		t.Fatalf("the gateway's old token after it was enabled again: %d %s", c, body)
+	}
+	// Five wrong passwords make alice back off (her right one is refused
+	// too); "rampart oauth user unlock" ends it at once.
+	for i := 0; i < 5; i++ {
+		if st := formLogin(t, tr, issuer, conf, "alice", "wrong-password"); st != 401 {
+			t.Fatalf("wrong password %d: %d", i, st)
+		}
+	}
+	if st := formLogin(t, tr, issuer, conf, "alice", "a-long-password"); st != 401 {
+		t.Fatalf("right password while backing off: %d", st)
+	}
+	if out := mustCLI(t, env, "oauth", "user", "unlock", "alice"); !regexp.MustCompile(`Backing off until:\s*\n`).MatchString(out) {
+		t.Fatalf("unlock:\n%s", out)
+	}
+	if st := formLogin(t, tr, issuer, conf, "alice", "a-long-password"); st != 303 {
+		t.Fatalf("right password after unlock: %d", st)
+	}
+
 	eventually(t, 15*time.Second, "the disabling in the audit log", func() error {
 		log, err := cli(t, nil, "audit", "query", "--data", m.s.dir, "--json")
 		if err != nil {
@@ -100,4 +129,28 @@ func TestDisablingUserReachesProxies(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// formLogin posts the login form once and returns the status: 303 is a
+// successful sign-in, 401 a refused one.
+func formLogin(t *testing.T, tr *http.Transport, issuer string, conf oauth2.Config, user, password string) int {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Transport: tr, Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := browser.Get(conf.AuthCodeURL("xyz", oauth2.S256ChallengeOption(oauth2.GenerateVerifier())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	form := url.Values{"username": {user}, "password": {password}, "action": {"allow"}}
+	for _, m := range regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`).FindAllStringSubmatch(string(page), -1) {
+		form.Set(m[1], strings.ReplaceAll(m[2], "&#43;", "+"))
+	}
+	resp, err = browser.PostForm(issuer+"/oauth2/authorize", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
