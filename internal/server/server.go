@@ -31,6 +31,7 @@ import (
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -563,9 +564,10 @@ func checkTrustDomain(dir string, td spiffeid.TrustDomain) error {
 }
 
 // loadOrCreateAdminToken returns the admin token from path, creating a random
-// 256-bit one (0600) on first start.
+// 256-bit one (0600) on first start. A token file group or others may read
+// is refused: anyone who read it is an admin.
 func loadOrCreateAdminToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	b, err := secretfile.Read(path)
 	if err == nil {
 		tok := strings.TrimSpace(string(b))
 		if len(tok) < 32 {
@@ -574,7 +576,7 @@ func loadOrCreateAdminToken(path string) (string, error) {
 		return tok, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("server: %w", err)
+		return "", fmt.Errorf("server: admin token: %w", err)
 	}
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {
