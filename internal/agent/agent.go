@@ -32,6 +32,7 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/selector"
 	"github.com/rampartsec/rampart/internal/workload"
@@ -105,9 +106,13 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DataDir == "" || cfg.SocketPath == "" || cfg.ServerAddr == "" {
 		return nil, errors.New("agent: --server, --socket and --data are required")
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	// The cache holds keys and the trust bundle: nobody else may be able
+	// to replace it, or the directory it is in.
+	dataDir, err := safedir.Make(cfg.DataDir, "the agent's data directory", os.Geteuid(), 0o700)
+	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	cfg.DataDir = dataDir
 	a := &Agent{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, td: cfg.TrustDomain,
 		revoked: map[string]struct{}{}, workloads: map[string]*held{}, changed: make(chan struct{}),

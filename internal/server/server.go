@@ -31,6 +31,7 @@ import (
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/store"
 )
@@ -157,9 +158,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, errors.New("server: a trust domain is required")
 	}
 	cfg = withDefaults(cfg)
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("server: data dir: %w", err)
+	// The data dir holds the admin token, the keys and the audit log: no
+	// other local user may be able to replace it or what is in it.
+	dataDir, err := safedir.Make(cfg.DataDir, "the server's data directory", os.Geteuid(), 0o700)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
 	}
+	cfg.DataDir = dataDir
 	if err := checkTrustDomain(cfg.DataDir, cfg.TrustDomain); err != nil {
 		return nil, err
 	}

@@ -35,7 +35,7 @@ func TestListenRefusesDirectoryOthersControl(t *testing.T) {
 			// rename it away and put theirs in its place.
 			mustMkdir(t, filepath.Join(tmp, "evil", "rampart"), 0o755)
 			return filepath.Join(tmp, "evil", "rampart", "workload.sock")
-		}, "a parent of the socket directory, is owned by uid 65534"},
+		}, "evil, a parent of"},
 		{"a parent writable by others without the sticky bit", func(t *testing.T, tmp string) string {
 			mustMkdir(t, filepath.Join(tmp, "open"), 0o777)
 			mustMkdir(t, filepath.Join(tmp, "open", "rampart"), 0o755)
@@ -44,7 +44,7 @@ func TestListenRefusesDirectoryOthersControl(t *testing.T) {
 		{"the socket directory writable by others", func(t *testing.T, tmp string) string {
 			mustMkdir(t, filepath.Join(tmp, "rampart"), 0o777)
 			return filepath.Join(tmp, "rampart", "workload.sock")
-		}, "chmod 755"},
+		}, "chmod go-w"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
