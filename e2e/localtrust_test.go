@@ -184,8 +184,13 @@ func TestWorkloadAPIImpostorRefused(t *testing.T) {
 	}
 
 	out, err := cli(t, nil, "svid", "fetch", "--socket", sock, "--timeout", "5s")
-	if err == nil || !strings.Contains(out, "uid 65534") {
+	if err == nil || !strings.Contains(out, "owned by uid 65534") {
 		t.Fatalf("svid fetch trusted a socket served by uid 65534: %v\n%s", err, out)
+	}
+	// Naming the agent's uid does not help the impostor either.
+	out, err = cli(t, nil, "svid", "fetch", "--socket", sock, "--agent-uid", "0", "--timeout", "5s")
+	if err == nil || !strings.Contains(out, "served by uid 65534") {
+		t.Fatalf("svid fetch --agent-uid 0 trusted a socket served by uid 65534: %v\n%s", err, out)
 	}
 
 	ready := filepath.Join(t.TempDir(), "ready")
@@ -206,6 +211,16 @@ func TestWorkloadAPIImpostorRefused(t *testing.T) {
 		t.Fatalf("the SDK took the impostor's SVID %s", src.ID())
 	}
 	if !strings.Contains(err.Error(), "uid 65534") {
+		t.Fatalf("SDK error does not say who served the socket: %v", err)
+	}
+	c, cc = context.WithTimeout(ctx, 10*time.Second)
+	src, err = sdk.New(c, sdk.WithSocket(sock), sdk.WithAgentUID(0))
+	cc()
+	if err == nil {
+		src.Close()
+		t.Fatalf("the SDK with WithAgentUID(0) took the impostor's SVID %s", src.ID())
+	}
+	if !strings.Contains(err.Error(), "served by uid 65534") {
 		t.Fatalf("SDK error does not say who served the socket: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The command name in /proc/PID/stat is the process's to choose: spaces
@@ -89,4 +90,34 @@ func FuzzParseStatus(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Each connection holds a pidfd and a /proc directory until it closes: a
+// client that connects again and again must not make the agent run out of
+// descriptors.
+func TestPinsAreReleased(t *testing.T) {
+	sock := serve(t, &staticSource{snap: snapshotFor(t, uidSel()), changed: make(chan struct{})})
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	if _, err := fetch(t, sock); err != nil { // warm up: lazily opened descriptors
+		t.Fatal(err)
+	}
+	before := fds()
+	for range 30 {
+		if _, err := fetch(t, sock); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for fds() > before+4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d descriptors open after 30 closed connections, %d before", fds(), before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -102,9 +102,14 @@ func ParseUID(s string) (*uint32, error) {
 	return &u, nil
 }
 
+// ErrForeignDir is returned (wrapped) by ExpectedUID when the socket's
+// directory belongs to neither root nor the caller.
+var ErrForeignDir = errors.New("the Workload API socket's directory belongs to another user")
+
 // ExpectedUID returns the uid that must serve the socket at path: want
 // when given, else the owner of the socket's directory if that is root or
-// self. Any other owner is an error that says how to proceed.
+// self. Any other owner is an error (ErrForeignDir) that says how to
+// proceed.
 func ExpectedUID(path string, want *uint32, self int) (uint32, error) {
 	if want != nil {
 		return *want, nil
@@ -122,9 +127,9 @@ func ExpectedUID(path string, want *uint32, self int) (uint32, error) {
 		return 0, fmt.Errorf("endpoint: cannot read the owner of %s", dir)
 	}
 	if st.Uid != 0 && int64(st.Uid) != int64(self) {
-		return 0, fmt.Errorf("endpoint: the Workload API socket's directory %s is owned by uid %d, neither root nor you (uid %d): "+
+		return 0, fmt.Errorf("endpoint: %w: %s is owned by uid %d, neither root nor you (uid %d): "+
 			"whoever created it may serve a fake Workload API there; if uid %d really runs the agent, say so with --agent-uid %d (RAMPART_AGENT_UID, sdk.WithAgentUID)",
-			dir, st.Uid, self, st.Uid, st.Uid)
+			ErrForeignDir, dir, st.Uid, self, st.Uid, st.Uid)
 	}
 	return st.Uid, nil
 }
@@ -176,24 +181,28 @@ func checkPeer(c net.Conn, path string, uid uint32) error {
 
 // ClientOptions returns go-spiffe client options that reach the socket at
 // addr only through Dial: every connection, reconnections included, is
-// checked against the expected uid (see ExpectedUID). It first connects
-// once, so that a wrong server is reported at once and plainly rather than
-// as a timeout after go-spiffe's retries.
+// checked against the expected uid (want, or ExpectedUID's default worked
+// out again at each connection). It first connects once, so that a socket
+// served or controlled by another user is reported at once and plainly,
+// rather than as a timeout after go-spiffe's retries; an agent that is not
+// listening yet is waited for, as go-spiffe always did.
 func ClientOptions(ctx context.Context, addr string, want *uint32) ([]workloadapi.ClientOption, error) {
 	path, err := ParseAddr(addr)
 	if err != nil {
 		return nil, err
 	}
-	uid, err := ExpectedUID(path, want, os.Geteuid())
-	if err != nil {
+	dial := func(ctx context.Context, _ string) (net.Conn, error) {
+		uid, err := ExpectedUID(path, want, os.Geteuid())
+		if err != nil {
+			return nil, err
+		}
+		return Dial(ctx, path, uid)
+	}
+	if c, err := dial(ctx, ""); err == nil {
+		c.Close()
+	} else if errors.Is(err, ErrWrongServer) || errors.Is(err, ErrForeignDir) {
 		return nil, err
 	}
-	c, err := Dial(ctx, path, uid)
-	if err != nil {
-		return nil, err
-	}
-	c.Close()
-	dial := func(ctx context.Context, _ string) (net.Conn, error) { return Dial(ctx, path, uid) }
 	return []workloadapi.ClientOption{
 		workloadapi.WithAddr("unix://" + path),
 		workloadapi.WithDialOptions(grpc.WithContextDialer(dial)),

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
 // Started with RAMPART_ENDPOINT_HELPER=listen, the test binary listens on
@@ -62,12 +64,25 @@ func otherUsersSocket(t *testing.T) string {
 	if out, err := mk.CombinedOutput(); err != nil {
 		t.Fatalf("mkdir as uid 65534: %v %s", err, out)
 	}
+	sock := filepath.Join(dir, SocketName)
+	listenAsNobody(t, sock)
+	return sock
+}
+
+// listenAsNobody has uid 65534 listen on sock until the test ends.
+func listenAsNobody(t *testing.T, sock string) {
+	t.Helper()
+	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	self, _ := os.Executable()
 	b, _ := os.ReadFile(self)
-	bin := filepath.Join(tmp, "listener")
-	os.WriteFile(bin, b, 0o755)
-	sock := filepath.Join(dir, SocketName)
-	cmd := exec.Command(bin)
+	f, err := os.CreateTemp(filepath.Dir(filepath.Dir(sock)), "listener")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(b)
+	f.Chmod(0o755)
+	f.Close()
+	cmd := exec.Command(f.Name())
 	cmd.Env = append(os.Environ(), "RAMPART_ENDPOINT_HELPER=listen", "RAMPART_ENDPOINT_SOCK="+sock)
 	cmd.SysProcAttr = nobody
 	stdin, _ := cmd.StdinPipe()
@@ -79,7 +94,28 @@ func otherUsersSocket(t *testing.T) string {
 	if line, _ := bufio.NewReader(stdout).ReadString('\n'); strings.TrimSpace(line) != "listening" {
 		t.Fatalf("listener as uid 65534: %q", line)
 	}
-	return sock
+}
+
+// The check is on every connection, not only the first: a client that
+// started before anything listened (it waits for the agent) still refuses
+// the impostor who shows up.
+func TestEveryConnectionIsChecked(t *testing.T) {
+	sock := otherUsersSocket(t)
+	os.Remove(sock) // the impostor's socket is gone for now...
+	root := uint32(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	opts, err := ClientOptions(ctx, sock, &root)
+	if err != nil {
+		t.Fatalf("nothing listening yet should be waited for: %v", err)
+	}
+	listenAsNobody(t, sock) // ...and back
+	c, cc := context.WithTimeout(ctx, 2*time.Second)
+	defer cc()
+	_, err = workloadapi.FetchX509SVID(c, opts...)
+	if err == nil || !strings.Contains(err.Error(), "served by uid 65534") {
+		t.Fatalf("a later connection to uid 65534's socket: %v", err)
+	}
 }
 
 // A socket another user serves is refused, by default (its directory is
@@ -90,7 +126,7 @@ func TestDialRefusesAnotherUsersServer(t *testing.T) {
 	defer cancel()
 
 	_, err := ClientOptions(ctx, "unix://"+sock, nil)
-	if err == nil || !strings.Contains(err.Error(), "owned by uid 65534, neither root nor you") {
+	if !errors.Is(err, ErrForeignDir) || !strings.Contains(err.Error(), "owned by uid 65534, neither root nor you") {
 		t.Fatalf("default: %v", err)
 	}
 	root := uint32(0)
