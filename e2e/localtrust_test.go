@@ -306,4 +306,23 @@ func TestSecretsNeverOnTheCommandLine(t *testing.T) {
 	if exitCode(err) != 2 || !strings.Contains(out, "PGPASSFILE") {
 		t.Fatalf("a PostgreSQL password on the command line: %v\n%s", err, out)
 	}
+
+	// What the other local user sees of a running agent: its command line,
+	// without the join token; not its environment.
+	if os.Getuid() != 0 {
+		return
+	}
+	join := mustCLI(t, s.adminEnv(), "token", "create", "--agent-name", "node-1")
+	a := startAgentEnv(t, s, t.TempDir(), join)
+	pid := fmt.Sprint(a.cmd.Process.Pid)
+	cmdline, err := asNobody(exec.Command("/bin/cat", "/proc/"+pid+"/cmdline")).CombinedOutput()
+	if err != nil || !strings.Contains(string(cmdline), "agent") {
+		t.Fatalf("uid 65534 reading the agent's command line: %v %q", err, cmdline)
+	}
+	if strings.Contains(string(cmdline), join) {
+		t.Fatal("the join token is in the agent's command line")
+	}
+	if environ, err := asNobody(exec.Command("/bin/cat", "/proc/"+pid+"/environ")).CombinedOutput(); err == nil || strings.Contains(string(environ), join) {
+		t.Fatalf("uid 65534 read the agent's environment: %v", err)
+	}
 }
