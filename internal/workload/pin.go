@@ -143,7 +143,9 @@ func (p *process) aliveLocked() error {
 	if p.pidfd < 0 {
 		return nil
 	}
-	if err := unix.PidfdSendSignal(p.pidfd, 0, nil, 0); err != nil {
+	// Signal 0 only checks: ESRCH once the process has exited. EPERM (an
+	// agent not running as root, a caller of another user) means it lives.
+	if err := unix.PidfdSendSignal(p.pidfd, 0, nil, 0); err != nil && !errors.Is(err, unix.EPERM) {
 		return fmt.Errorf("workload: pid %d: %w (%v)", p.PID, errGone, err)
 	}
 	return nil

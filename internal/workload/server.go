@@ -139,7 +139,7 @@ func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string) ([
 	}
 	set, err := s.attestor.Attest(p, selector.Needs(sels, selector.UnixSHA256))
 	if err != nil {
-		s.log.Warn("workload refused: the caller could not be attested", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path, "err", err)
+		s.log.Warn("workload refused: the caller could not be attested", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path, "pinned_by", p.pidfdKind, "err", err)
 		s.audit.refused(ctx, p, method, err.Error())
 		return nil, p, status.Error(codes.PermissionDenied, "the calling process could not be attested")
 	}
