@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/secretfile"
 )
 
 const oauthUsage = `rampart oauth client create --id ID --auth-method METHOD --grant TYPE [--grant ...] [--redirect-uri URI ...]
@@ -184,13 +185,15 @@ func runOAuthClient(ctx context.Context, env *cliEnv, args []string) error {
 // readPassword reads a password from a file, or stdin for "-", trimming
 // one trailing newline.
 func readPassword(path string) (string, error) {
-	var b []byte
-	var err error
-	if path == "-" {
-		b, err = io.ReadAll(io.LimitReader(os.Stdin, 4096))
-	} else {
-		b, err = os.ReadFile(path)
+	if path != "-" {
+		// A file: refused if group or others may read it.
+		b, err := secretfile.Read(path)
+		if err != nil {
+			return "", fmt.Errorf("read password: %w", err)
+		}
+		return string(b), nil
 	}
+	b, err := io.ReadAll(io.LimitReader(os.Stdin, 4096))
 	if err != nil {
 		return "", fmt.Errorf("read password: %w", err)
 	}

@@ -63,7 +63,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "address of the HTTPS API")
 	fs.StringVar(&td, "trust-domain", "", "SPIFFE trust domain, e.g. example.org (required)")
 	fs.Var(&dns, "dns", "extra DNS name for the server certificate (repeatable)")
-	fs.StringVar(&cfg.PostgresDSN, "postgres", "", "PostgreSQL URL for the store (default: SQLite in the data dir)")
+	fs.Var(dsnFlag{&cfg.PostgresDSN}, "postgres", "PostgreSQL URL for the store, without its password (PGPASSFILE or PGPASSWORD; or the whole URL in RAMPART_POSTGRES) (default: SQLite in the data dir)")
 	fs.StringVar(&cfg.KEKFile, "kek-file", "", "with --master-key file: the file holding the key that encrypts every key at rest (default DATA/keys/kek)")
 	masterKey := fs.String("master-key", "file", "where the key-encryption key comes from: file, passphrase (asked at start) or pkcs11 (an HSM)")
 	passFile := fs.String("master-passphrase-file", "", "with --master-key passphrase: file holding the passphrase, or - for standard input (default: ask on the terminal)")
