@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,21 +23,34 @@ import (
 	"github.com/rampartsec/rampart/internal/objstore"
 )
 
-const auditUsage = `rampart audit verify|query|export --data SERVER-DATA-DIR ...
+const auditUsage = `rampart audit verify|query|export|repair --data SERVER-DATA-DIR ...
        rampart audit witness --server ADDR --ca-bundle FILE --key AUDIT.PUB --dir DIR [--interval 30s] [--once]
        rampart audit fetch --archive s3://BUCKET/PREFIX?endpoint=URL --data DIR
 
-  verify [--witness CHECKPOINT ...] [--json]
-      Re-derives the audit log's Merkle tree from its entries and checks every
-      published checkpoint, plus checkpoints a witness kept elsewhere: an
-      edited, deleted, inserted or reordered entry is reported with its index.
-      Exit status 1 when anything is wrong.
+  verify [--witness CHECKPOINT ...] [--strict] [--json]
+      Re-derives the audit log's Merkle tree from its entries (in entries.log
+      and the sealed segments) and checks it against the leaves recorded when
+      they were appended, every published checkpoint, checkpoints a witness
+      kept elsewhere, and the tile/ copies that clients read: an edited,
+      deleted, inserted or reordered entry, a checkpoint the entries no
+      longer produce and a tile that disagrees with them are each reported
+      (PROBLEM, with the index and the file). It warns (WARNING) about what no
+      signature vouches for: entries past the newest checkpoint ("not yet
+      covered") and parts of the log moved aside by repair. Exit status 1
+      on any problem; with --strict on any warning too.
   query [FILTERS] [--limit N] [--json]
       Prints matching entries, oldest first (--json: JSON lines).
   export --format jsonl|syslog|es-bulk [FILTERS] [--from INDEX] [--out FILE]
       Writes matching entries for other tools: JSON lines, RFC 5424 syslog
       lines, or an Elasticsearch/OpenSearch _bulk body (document IDs are
       stable, so re-exporting does not duplicate).
+  repair [--json]
+      With the server stopped, makes a log that the server refuses to open
+      (a damaged entries.log) usable again, deleting nothing: the damaged
+      tail, with the offsets, leaf hashes, checkpoints and tiles that
+      recorded it, moves to DATA/audit/quarantine/NAME/; the log is cut back
+      to the entries before it; the move is recorded as an audit.repair
+      entry (printed) under a new checkpoint. See docs/audit.md.
 
 FILTERS: --since/--until (RFC 3339 time, or a duration ago such as 24h),
 --actor, --target, --action (exact, or a pattern such as 'svid.*'),
@@ -45,7 +60,8 @@ the server's action; shipped: what agents, proxies and SDK services shipped,
 each under its own SPIFFE ID). An entry with details.count stands for that
 many identical events (aggregated decisions or refusals).
 
-They read DATA/audit directly and are safe while the server runs.
+verify, query and export read DATA/audit directly and are safe while the
+server runs.
 
   fetch
       Copies an audit archive (the sealed segments and checkpoints a server
@@ -79,6 +95,8 @@ func runAudit(ctx context.Context, env *cliEnv, args []string) error {
 		return runAuditWitness(ctx, env, args[1:])
 	case "fetch":
 		return runAuditFetch(ctx, env, args[1:])
+	case "repair":
+		return runAuditRepair(env, args[1:])
 	default:
 		return usagef("unknown verb %q; usage: %s", args[0], auditUsage)
 	}
@@ -88,6 +106,7 @@ func runAudit(ctx context.Context, env *cliEnv, args []string) error {
 	var witnesses repeatFlag
 	fs.Var(&witnesses, "witness", "a checkpoint file kept by a witness (repeatable)")
 	asJSON := fs.Bool("json", false, "print JSON")
+	strict := fs.Bool("strict", false, "fail on warnings too: entries past the newest checkpoint, quarantined parts of the log")
 	if err := parse(env, fs, args[1:]); err != nil {
 		return err
 	}
@@ -119,20 +138,124 @@ func runAudit(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 	} else {
-		if rep.Archive {
-			fmt.Fprintf(env.stdout, "archive: %d entries in sealed segments, %d checkpoints checked, %d of larger trees not checked (entries not sealed when copied)\n", rep.Entries, rep.Checkpoints, rep.Beyond)
-		} else {
-			fmt.Fprintf(env.stdout, "%d entries, %d leaves recorded, %d checkpoints checked\n", rep.Entries, rep.Leaves, rep.Checkpoints)
-		}
-		for _, p := range rep.Problems {
-			fmt.Fprintln(env.stdout, "PROBLEM", p)
-		}
-		if rep.OK() {
-			fmt.Fprintln(env.stdout, "OK: the log is consistent with every checkpoint")
+		printVerify(env, rep)
+	}
+	switch {
+	case !rep.OK():
+		return fmt.Errorf("the audit log does not verify: %s", count(int64(len(rep.Problems)), "problem", "problems"))
+	case *strict && !rep.Clean():
+		return fmt.Errorf("the audit log does not verify under --strict: %s", count(int64(len(rep.Warnings)), "warning", "warnings"))
+	}
+	return nil
+}
+
+// printVerify prints a verify report for people: what was checked, what
+// is not covered, then each warning and problem.
+func printVerify(env *cliEnv, rep *audit.Report) {
+	w := env.stdout
+	if rep.Archive {
+		fmt.Fprintf(w, "archive: %s in %s, %s checked, %d of larger trees not checked (entries not sealed when copied)\n",
+			count(rep.Entries, "entry", "entries"), count(int64(rep.Segments), "sealed segment", "sealed segments"), count(int64(rep.Checkpoints), "checkpoint", "checkpoints"), rep.Beyond)
+	} else {
+		fmt.Fprintf(w, "checked: %s (%d of them in %s) against %s recorded, %s, %s and %s\n",
+			count(rep.Entries, "entry", "entries"), rep.Sealed, count(int64(rep.Segments), "sealed segment", "sealed segments"), count(rep.Leaves, "leaf", "leaves"),
+			count(int64(rep.Checkpoints), "checkpoint", "checkpoints"), count(int64(rep.Tiles), "hash tile", "hash tiles"), count(int64(rep.Bundles), "entry bundle", "entry bundles"))
+	}
+	fmt.Fprintf(w, "not yet covered: %d entries past the newest checkpoint (tree size %d)\n", rep.Uncovered, rep.Covered)
+	for _, q := range rep.Quarantined {
+		if q.Kind == audit.QuarantineTornWrite && q.End <= q.First && q.Unchecked == 0 {
+			fmt.Fprintln(w, q.Summary) // nothing acknowledged was lost: not a warning
 		}
 	}
-	if !rep.OK() {
-		return errors.New("the audit log does not verify")
+	for _, p := range rep.Warnings {
+		if p.Kind == "uncovered" {
+			continue // the line above
+		}
+		if p.Kind == "quarantined" && p.Path != "" && p.Index >= 0 {
+			fmt.Fprintln(w, "WARNING", p.Detail)
+			continue
+		}
+		fmt.Fprintln(w, "WARNING", p)
+	}
+	for _, p := range rep.Problems {
+		fmt.Fprintln(w, "PROBLEM", p)
+	}
+	switch {
+	case !rep.OK():
+	case rep.Clean():
+		fmt.Fprintln(w, "OK: the log is consistent with every checkpoint, and every checkpoint covers every entry")
+	default:
+		fmt.Fprintf(w, "OK: the log is consistent with every checkpoint (%s; --strict fails on them)\n", count(int64(len(rep.Warnings)), "warning", "warnings"))
+	}
+}
+
+func count(n int64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return strconv.FormatInt(n, 10) + " " + many
+}
+
+// runAuditRepair implements audit repair.
+func runAuditRepair(env *cliEnv, args []string) error {
+	fs := newFlags(env, "audit repair", auditUsage)
+	data := fs.String("data", "rampart-data", "the server's data directory (the server must be stopped)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	keyPath := filepath.Join(*data, "keys", "audit.key")
+	skey, err := os.ReadFile(keyPath)
+	if err != nil {
+		return fmt.Errorf("audit repair signs a checkpoint with the server's audit key: %w", err)
+	}
+	signer, err := note.NewSigner(strings.TrimSpace(string(skey)))
+	if err != nil {
+		return fmt.Errorf("audit key %s: %w", keyPath, err)
+	}
+	// The entry names who ran the repair: the local account.
+	who := strconv.Itoa(os.Getuid())
+	if u, err := user.Current(); err == nil {
+		who = u.Username
+	}
+	dir := filepath.Join(*data, "audit")
+	res, err := audit.Repair(dir, signer, audit.Options{Actor: audit.Actor{User: "local:" + who}, Now: time.Now})
+	if err != nil {
+		return err
+	}
+	if res == nil {
+		fmt.Fprintf(env.stdout, "nothing to repair: every acknowledged entry of %s reads back as it was recorded\n", dir)
+		return nil
+	}
+	q := res.Quarantine
+	qdir := filepath.Join(dir, "quarantine", q.Name)
+	// The server's table of agent streams is derived from the log; it is
+	// rebuilt from the repaired log, and the old one is kept beside the
+	// entries it described.
+	if err := os.Rename(filepath.Join(*data, "audit-streams.json"), filepath.Join(qdir, "audit-streams.json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("audit repair: %w", err)
+	}
+	if *asJSON {
+		return printJSON(env, map[string]any{"quarantine": qdir, "moved": q, "index": res.Index, "entry": json.RawMessage(res.Entry), "checkpoint": string(res.Checkpoint)})
+	}
+	w := env.stdout
+	reason := q.Reason
+	if reason == "" {
+		reason = "the file ends there"
+	}
+	fmt.Fprintf(w, "repaired %s: entries.log was damaged at offset %d (entry %d: %s)\n", dir, q.Offset, q.First, reason)
+	if q.End() > q.First {
+		fmt.Fprintf(w, "moved aside: entries %d to %d", q.First, q.End()-1)
+	} else {
+		fmt.Fprint(w, "moved aside: no acknowledged entry")
+	}
+	fmt.Fprintf(w, " (%d bytes of entries.log, %d offsets, %d leaf hashes, %d checkpoints, %d tiles)\n", q.Bytes, q.Offsets, q.Leaves, len(q.Checkpoints), q.Tiles)
+	fmt.Fprintf(w, "kept in quarantine: %s (nothing was deleted; keep it with the log)\n", qdir)
+	fmt.Fprintf(w, "recorded as entry %d:\n%s\n", res.Index, res.Entry)
+	fmt.Fprintf(w, "signed a checkpoint of tree size %d\n", res.Index+1)
+	fmt.Fprintf(w, "next: rampart audit verify --data %s (it reports what the quarantine holds), then start the server.\n", *data)
+	if len(q.Checkpoints) > 0 {
+		fmt.Fprintln(w, "witnesses that kept a checkpoint of the old tree will report the log as inconsistent: see docs/audit.md, \"A damaged log\".")
 	}
 	return nil
 }
@@ -319,6 +442,10 @@ func runAuditWitness(ctx context.Context, env *cliEnv, args []string) error {
 	w := &witness.Witness{Dir: *dir, Verifier: verifier, Source: &witness.HTTPSource{BaseURL: "https://" + trimScheme(*server), Client: hc}}
 	for {
 		out, err := w.Observe(ctx)
+		if out.Restored {
+			fmt.Fprintf(env.stderr, "witness: %s was missing or unreadable; checked against the newest checkpoint kept in %s (%d entries), and kept the new reference\n",
+				filepath.Join(*dir, "checkpoint"), filepath.Join(*dir, "checkpoints"), out.Old)
+		}
 		switch {
 		case errors.Is(err, witness.ErrInconsistent):
 			fmt.Fprintf(env.stderr, "ALERT: %v (evidence in %s)\n", err, filepath.Join(*dir, "evidence"))

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
@@ -213,6 +214,14 @@ func runAlert(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	switch verb {
 	case "list":
+		if *status != "" && !slices.Contains([]string{"open", "acknowledged", "resolved"}, *status) {
+			return usagef("--status %q: want open, acknowledged or resolved", *status)
+		}
+		if *since != "" {
+			if _, err := time.Parse(time.RFC3339, *since); err != nil {
+				return usagef("--since %q: want an RFC 3339 time, e.g. 2026-01-02T15:04:05Z", *since)
+			}
+		}
 		q := url.Values{}
 		for k, v := range map[string]string{"status": *status, "rule": *rule, "since": *since} {
 			if v != "" {

@@ -1,6 +1,7 @@
 // Package atomicfile writes files so that readers never see half a file and a
 // crash never leaves one: data goes to a temporary file in the same
-// directory, is synced, gets its mode, and is renamed over the target.
+// directory, is synced, gets its mode, and is renamed over the target,
+// and the directory is synced so that the rename survives a power loss.
 package atomicfile
 
 import (
@@ -29,8 +30,26 @@ func Write(path string, data []byte, mode os.FileMode) error {
 	if err == nil {
 		err = os.Rename(tmp.Name(), path)
 	}
+	if err == nil {
+		// The rename is durable only once the directory is: without
+		// this, a power loss can bring back the old file (an older
+		// checkpoint, an older witness reference).
+		err = syncDir(filepath.Dir(path))
+	}
 	if err != nil {
 		return fmt.Errorf("atomicfile: write %s: %w", path, err)
 	}
 	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

@@ -17,11 +17,23 @@ import (
 // ObjectStore is where an archive copy of the log is kept (an S3 bucket,
 // see package objstore). Put with ifAbsent must fail with an error
 // wrapping objstore.ErrExists when the key is taken.
+// Get must refuse (objstore.ErrTooLarge) an object larger than max bytes
+// without reading more: the store is trusted with copies, not with how
+// much memory a reader spends.
 type ObjectStore interface {
 	Put(ctx context.Context, key string, data []byte, ifAbsent bool) error
-	Get(ctx context.Context, key string) ([]byte, error)
+	Get(ctx context.Context, key string, max int64) ([]byte, error)
 	List(ctx context.Context, prefix string) ([]objstore.Object, error)
 }
+
+// Limits on what is read back from an archive. A segment of 65,536
+// realistic entries is a few MB; 1 GiB allows segments of millions of
+// large entries. A checkpoint is a signed note of a few hundred bytes,
+// with room for cosignatures.
+const (
+	maxArchivedSegment    = 1 << 30
+	maxArchivedCheckpoint = 1 << 16
+)
 
 // Archive layout in the object store (under its prefix):
 //
@@ -214,11 +226,15 @@ func (a *Archiver) copyOnce(ctx context.Context, key, path string) (bool, error)
 
 // same checks that the store's object under key is the file at path.
 func (a *Archiver) same(ctx context.Context, key, path string) error {
-	old, err := a.store.Get(ctx, key)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("audit: archive: %w", err)
 	}
-	data, err := os.ReadFile(path)
+	// Larger than the file is different from it: read no more.
+	old, err := a.store.Get(ctx, key, int64(len(data)))
+	if errors.Is(err, objstore.ErrTooLarge) {
+		return a.conflict(key)
+	}
 	if err != nil {
 		return fmt.Errorf("audit: archive: %w", err)
 	}
@@ -251,7 +267,15 @@ func Fetch(ctx context.Context, store ObjectStore, dir string) (int64, error) {
 			if name == "" || strings.ContainsAny(name, `/\`) || name == "." || name == ".." {
 				return 0, fmt.Errorf("audit: fetch: unexpected key %q in the archive", k)
 			}
-			data, err := store.Get(ctx, k)
+			limit := int64(maxArchivedCheckpoint)
+			if sub == segDir {
+				limit = maxArchivedSegment
+			}
+			if o.Size > limit {
+				return 0, fmt.Errorf("audit: fetch: %s is %d bytes, more than the %d an archived %s can be", k, o.Size, limit, strings.TrimSuffix(sub, "s"))
+			}
+			// What the listing said, no more.
+			data, err := store.Get(ctx, k, o.Size)
 			if err != nil {
 				return 0, fmt.Errorf("audit: fetch: %w", err)
 			}
@@ -260,7 +284,7 @@ func Fetch(ctx context.Context, store ObjectStore, dir string) (int64, error) {
 			}
 		}
 	}
-	if data, err := store.Get(ctx, "checkpoint"); err == nil {
+	if data, err := store.Get(ctx, "checkpoint", maxArchivedCheckpoint); err == nil {
 		if err := atomicfile.Write(filepath.Join(dir, "checkpoint"), data, 0o600); err != nil {
 			return 0, err
 		}

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -129,5 +130,56 @@ func TestVerifyMissingHashesIsNotAnArchive(t *testing.T) {
 	rep, err := Verify(dir, verifier)
 	if err != nil || rep.OK() || rep.Archive || rep.Problems[0].Kind != "missing" {
 		t.Fatalf("%v %+v", err, rep)
+	}
+}
+
+// lyingStore is an archive that holds more than its listing says (a
+// compromised bucket, or a gateway that is not S3): it honours Get's limit
+// as objstore.Bucket does, and records the limits it was asked for.
+type lyingStore struct {
+	objects map[string][]byte
+	listed  map[string]int64
+	asked   map[string]int64
+}
+
+func (s *lyingStore) Put(context.Context, string, []byte, bool) error { return nil }
+
+func (s *lyingStore) Get(_ context.Context, key string, max int64) ([]byte, error) {
+	s.asked[key] = max
+	b, ok := s.objects[key]
+	if !ok {
+		return nil, objstore.ErrNotFound
+	}
+	if int64(len(b)) > max {
+		return nil, objstore.ErrTooLarge
+	}
+	return b, nil
+}
+
+func (s *lyingStore) List(_ context.Context, prefix string) ([]objstore.Object, error) {
+	var out []objstore.Object
+	for k := range s.objects {
+		if strings.HasPrefix(k, prefix) {
+			out = append(out, objstore.Object{Key: k, Size: s.listed[k]})
+		}
+	}
+	return out, nil
+}
+
+// Fetch reads no more of an object than the listing announced, and
+// refuses a listing that announces more than an archived file can be.
+func TestFetchBoundsWhatItReads(t *testing.T) {
+	cp := []byte("rampart.test/audit\n1\nAAAA\n\n— rampart.test/audit AAAA\n")
+	s := &lyingStore{objects: map[string][]byte{"checkpoints/1": bytes.Repeat(cp, 100)}, listed: map[string]int64{"checkpoints/1": int64(len(cp))}, asked: map[string]int64{}}
+	_, err := Fetch(context.Background(), s, t.TempDir())
+	if !errors.Is(err, objstore.ErrTooLarge) || s.asked["checkpoints/1"] != int64(len(cp)) {
+		t.Fatalf("Fetch of an object larger than listed: %v (asked for at most %d bytes)", err, s.asked["checkpoints/1"])
+	}
+	s.listed["checkpoints/1"] = 1 << 40
+	if _, err := Fetch(context.Background(), s, t.TempDir()); err == nil || !strings.Contains(err.Error(), "more than the 65536 an archived checkpoint can be") {
+		t.Fatalf("Fetch of a listing announcing 1 TiB: %v", err)
+	}
+	if _, ok := s.asked["checkpoint"]; ok && s.asked["checkpoint"] > maxArchivedCheckpoint {
+		t.Fatalf("the latest checkpoint was read with a limit of %d", s.asked["checkpoint"])
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
@@ -294,7 +295,8 @@ func TestVerifyFindsTampering(t *testing.T) {
 }
 
 // What a crash can leave behind is repaired on open, and nothing
-// acknowledged is lost.
+// acknowledged is lost; the torn write that is cut off is kept, logged and
+// recorded in the log.
 func TestCrashRecovery(t *testing.T) {
 	dir := t.TempDir()
 	l := openLog(t, dir)
@@ -302,29 +304,56 @@ func TestCrashRecovery(t *testing.T) {
 	root, _ := l.TreeHash(1000)
 	l.Close()
 	// A torn record at the end, and hashes cut short.
+	torn := []byte{0xc8, 0x01, '{', '"'}
 	f, _ := os.OpenFile(filepath.Join(dir, "entries.log"), os.O_WRONLY|os.O_APPEND, 0)
-	f.Write([]byte{0xc8, 0x01, '{', '"'})
+	f.Write(torn)
 	f.Close()
 	hp := filepath.Join(dir, "hashes.bin")
 	fi, _ := os.Stat(hp)
 	os.Truncate(hp, fi.Size()-700)
 	os.Truncate(filepath.Join(dir, "offsets.bin"), 100)
 
-	l2 := openLog(t, dir)
-	if l2.Size() != 1000 {
-		t.Fatalf("size after recovery %d, want 1000", l2.Size())
+	var logged bytes.Buffer
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	l2, err := OpenWith(dir, origin, Options{Logger: slog.New(slog.NewTextHandler(&logged, nil)), Actor: Actor{SpiffeID: "spiffe://example.org/server"},
+		Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer l2.Close()
 	if got, _ := l2.TreeHash(1000); got != root {
 		t.Fatal("tree changed across recovery")
 	}
 	if e, err := l2.Entry(999); err != nil || !strings.Contains(string(e), `"n":"999"`) {
 		t.Fatalf("entry 999 after recovery: %s %v", e, err)
 	}
-	fill(t, l2, 1000, 5)
+	// The cut is an entry of the log, a log line, and a kept copy.
+	if l2.Size() != 1001 {
+		t.Fatalf("size after recovery %d, want 1000 and the entry recording the cut", l2.Size())
+	}
+	raw, _ := l2.Entry(1000)
+	e, err := ParseEntry(raw)
+	if err != nil || e.Action != "audit.recover" || e.Actor.SpiffeID != "spiffe://example.org/server" || !e.Time.Equal(now) ||
+		e.Details["offset"] == "" || e.Details["bytes"] != "4" || e.Details["entries"] != "none (never acknowledged)" {
+		t.Fatalf("entry 1000: %s %v", raw, err)
+	}
+	kept, err := os.ReadFile(filepath.Join(dir, e.Details["quarantine"], quarantineTail))
+	if err != nil || !bytes.Equal(kept, torn) {
+		t.Fatalf("the torn bytes were not kept: %q %v", kept, err)
+	}
+	if !strings.Contains(logged.String(), "torn write") || !strings.Contains(logged.String(), "offset="+e.Details["offset"]) {
+		t.Fatalf("the cut was not logged: %s", logged.String())
+	}
+	fill(t, l2, 1001, 5)
 	signer, verifier := keys(t)
 	l2.Checkpoint(signer)
-	if rep, err := Verify(dir, verifier); err != nil || !rep.OK() || rep.Entries != 1005 {
+	rep, err := Verify(dir, verifier)
+	if err != nil || !rep.OK() || rep.Entries != 1006 || len(rep.Quarantined) != 1 || rep.Quarantined[0].RecordedAs != 1000 {
 		t.Fatalf("after recovery: %v %+v", err, rep)
+	}
+	// Listed, but nothing acknowledged was lost: no warning.
+	if !rep.Clean() || !strings.Contains(rep.Quarantined[0].Summary, "4 bytes of a torn write") {
+		t.Fatalf("verify of a log that cut a torn write: %+v", rep)
 	}
 }
 

@@ -32,8 +32,21 @@ func checkpointText(origin string, size int64, h tlog.Hash) string {
 // Checkpoint signs a checkpoint of the current tree with signer, publishes
 // it (DIR/checkpoint and DIR/checkpoints/SIZE), writes the C2SP tiles for the
 // entries added since the last checkpoint, and returns the signed note.
+// Checkpoints are signed one at a time, so the published one never goes
+// back to a smaller tree.
 func (l *Log) Checkpoint(signer note.Signer) ([]byte, error) {
+	l.cpMu.Lock()
+	defer l.cpMu.Unlock()
+	return l.checkpointLocked(signer)
+}
+
+// checkpointLocked is Checkpoint; the caller holds cpMu.
+func (l *Log) checkpointLocked(signer note.Signer) ([]byte, error) {
 	l.mu.RLock()
+	if l.closed {
+		l.mu.RUnlock()
+		return nil, ErrClosed
+	}
 	size := l.size
 	h, err := tlog.TreeHash(size, l.hashReader())
 	if err == nil {

@@ -18,6 +18,9 @@
 //	                 frame per entry bundle (see Seal); their range of
 //	                 entries.log is freed and their bundles leave tile/entries
 //	index/time.bin   derived: time range of each block of 4,096 entries
+//	quarantine/NAME/ what Open or Repair moved out of the log, kept (see
+//	                 Quarantine); nothing in Rampart deletes it
+//	lock             flock'd by the one process that writes the log
 //
 // An archive copy (Archiver, Fetch) in S3-compatible storage holds the
 // segments and checkpoints; Verify and Scan read a fetched copy like a log.
@@ -28,12 +31,28 @@
 // (fsync): concurrent callers are batched into one write and one fsync
 // (group commit), so durability costs one fsync per batch, not per entry.
 // A crash can leave at most a torn, never-acknowledged record at the end,
-// which Open cuts off, and hashes missing for written entries, which Open
-// recomputes. Hashing follows RFC 6962: leaf = SHA-256(0x00 || entry),
-// node = SHA-256(0x01 || left || right).
+// and hashes missing for written entries, which Open recomputes. Hashing
+// follows RFC 6962: leaf = SHA-256(0x00 || entry), node = SHA-256(0x01 ||
+// left || right).
+//
+// Open never cuts the log below what was acknowledged: an entry a signed
+// checkpoint covers, or that offsets.bin records (written only after the
+// entry was synced). A damaged record there makes Open refuse with a
+// *DamageError naming the file, the offset and the entries at stake, and
+// change nothing; Repair then moves the damaged tail into quarantine/,
+// records the move as an entry and signs a checkpoint. Only a torn write
+// (bytes past every checkpoint and every recorded offset) is cut by Open
+// itself, and that too is kept in quarantine/, logged and recorded as an
+// audit.recover entry.
 //
 // Checkpoints are signed notes ("origin\nsize\nroot\n" + Ed25519 signature)
-// as defined by C2SP signed-note and tlog-checkpoint. Verify re-derives the
-// tree from entries.log and reports every index whose entry no longer hashes
-// to the stored leaf, and every checkpoint the entries no longer produce.
+// as defined by C2SP signed-note and tlog-checkpoint, one at a time.
+// CloseWithCheckpoint makes a final checkpoint the log's last write, so no
+// entry follows the newest checkpoint of a log that was closed cleanly.
+// Verify re-derives the tree from entries.log and the segments and
+// reports every index whose entry no longer hashes to the stored leaf,
+// every checkpoint the entries no longer produce, every tile under tile/
+// that disagrees with them (or is missing for the newest checkpoint), the
+// entries past the newest checkpoint, which no signature vouches for yet,
+// and what the quarantine holds.
 package audit

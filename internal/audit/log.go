@@ -8,12 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
+	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
@@ -27,8 +30,11 @@ const maxBatch = 16384
 type Log struct {
 	dir    string
 	origin string
+	opts   Options
+	lock   *os.File // DIR/lock, flock'd while the log is open
 
-	mu      sync.RWMutex // guards the files and size
+	mu      sync.RWMutex // guards the files, size and closed
+	closed  bool
 	entries *os.File
 	offsets *os.File
 	hashes  *os.File
@@ -38,9 +44,13 @@ type Log struct {
 	segs    []*segment
 
 	segEntries int64
-	sealMu     sync.Mutex // one Seal at a time
-	smu        sync.Mutex // guards sread
-	sread      *segmentReader
+	// Lock order: sealMu, cpMu, mu. Close takes all three, so that it
+	// never closes the files under a Seal or a Checkpoint.
+	sealMu  sync.Mutex // one Seal at a time
+	cpMu    sync.Mutex // one Checkpoint at a time: sizes only grow
+	closeMu sync.Mutex // guards stop against a second close
+	smu     sync.Mutex // guards sread
+	sread   *segmentReader
 
 	reqs    chan *appendReq
 	stop    chan struct{}
@@ -60,12 +70,46 @@ type Options struct {
 	// positive multiple of 256 (DefaultSegmentEntries when zero). Each
 	// segment records its own size, so a change applies to new segments.
 	SegmentEntries int64
+	// Logger hears what Open repairs by itself (a torn write cut off);
+	// nil discards.
+	Logger *slog.Logger
+	// Actor names who records the log's own maintenance entries
+	// (audit.recover, audit.repair): the server's SPIFFE ID, or the
+	// operator running a repair. Default: user "audit".
+	Actor Actor
+	// Now is the clock for those entries and quarantine names (default
+	// time.Now).
+	Now func() time.Time
+}
+
+func (o *Options) defaults() error {
+	if o.SegmentEntries == 0 {
+		o.SegmentEntries = DefaultSegmentEntries
+	}
+	if o.SegmentEntries < 0 || o.SegmentEntries%bundleEntries != 0 {
+		return fmt.Errorf("audit: segment size %d is not a positive multiple of %d", o.SegmentEntries, bundleEntries)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Actor == (Actor{}) {
+		o.Actor = Actor{User: "audit"}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return nil
 }
 
 // Open opens (creating if needed) the log in dir. origin names the log in
 // its checkpoints (C2SP: a schema-less URL such as "rampart.example.org/audit").
-// Open repairs what a crash can leave: a torn final record (never
-// acknowledged) is cut off, missing offsets and hashes are recomputed.
+// Open repairs what a crash can leave: missing offsets and hashes are
+// recomputed, and a torn write (bytes past the last whole record that no
+// checkpoint covers and offsets.bin does not record: an append never
+// acknowledged) is cut off, kept in a quarantine directory, logged and
+// recorded as an audit.recover entry. Damage to anything that was
+// acknowledged is never cut: Open changes nothing and returns a
+// *DamageError (see Repair).
 func Open(dir, origin string) (*Log, error) { return OpenWith(dir, origin, Options{}) }
 
 // OpenWith is Open with options.
@@ -73,20 +117,32 @@ func OpenWith(dir, origin string, opts Options) (*Log, error) {
 	if origin == "" {
 		return nil, errors.New("audit: an origin is required")
 	}
-	if opts.SegmentEntries == 0 {
-		opts.SegmentEntries = DefaultSegmentEntries
-	}
-	if opts.SegmentEntries < 0 || opts.SegmentEntries%bundleEntries != 0 {
-		return nil, fmt.Errorf("audit: segment size %d is not a positive multiple of %d", opts.SegmentEntries, bundleEntries)
+	if err := opts.defaults(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "checkpoints"), 0o700); err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	l, err := openLocked(dir, origin, opts, lock)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// openLocked opens the log in dir, whose lock the caller holds; the Log
+// releases it when it closes.
+func openLocked(dir, origin string, opts Options, lock *os.File) (*Log, error) {
 	sread, err := newSegmentReader()
 	if err != nil {
 		return nil, err
 	}
-	l := &Log{dir: dir, origin: origin, segEntries: opts.SegmentEntries, sread: sread,
+	l := &Log{dir: dir, origin: origin, opts: opts, segEntries: opts.SegmentEntries, sread: sread,
 		reqs: make(chan *appendReq, 1024), stop: make(chan struct{}), stopped: make(chan struct{})}
 	l.segs, err = listSegments(dir)
 	if err != nil {
@@ -102,19 +158,32 @@ func OpenWith(dir, origin string, opts Options) (*Log, error) {
 		return f
 	}
 	l.entries, l.offsets, l.hashes = open("entries.log"), open("offsets.bin"), open("hashes.bin")
+	var torn *Quarantine
 	if err == nil {
-		err = l.recover()
+		torn, err = l.recover()
 	}
 	if err != nil {
 		l.closeFiles()
 		return nil, fmt.Errorf("audit: open %s: %w", dir, err)
 	}
+	l.lock = lock
 	go l.writer()
+	if torn != nil {
+		// Logged and recorded: a cut, even of bytes never acknowledged,
+		// is something an auditor must be able to see.
+		opts.Logger.Warn("audit: cut off a torn write past the newest checkpoint; its bytes are kept",
+			"file", filepath.Join(dir, "entries.log"), "offset", torn.Offset, "bytes", torn.Bytes,
+			"at_entry", torn.First, "reason", torn.Reason, "quarantine", filepath.Join(dir, quarantineDir, torn.Name))
+		if _, err := l.AppendEntries(context.Background(), torn.entry("audit.recover", opts.Actor, opts.Now())); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("audit: open %s: record the torn write cut off: %w", dir, err)
+		}
+	}
 	return l, nil
 }
 
 func (l *Log) closeFiles() {
-	for _, f := range []*os.File{l.entries, l.offsets, l.hashes} {
+	for _, f := range []*os.File{l.entries, l.offsets, l.hashes, l.lock} {
 		if f != nil {
 			f.Close()
 		}
@@ -124,24 +193,24 @@ func (l *Log) closeFiles() {
 	l.smu.Unlock()
 }
 
-// recover scans entries.log, cuts a torn tail, and rebuilds offsets and
-// hashes that a crash left out.
-func (l *Log) recover() error {
+// recover scans entries.log, rebuilds the offsets and hashes that a crash
+// left out, and cuts off a torn write past the newest checkpoint (keeping
+// its bytes, see Quarantine). It never cuts below what was acknowledged:
+// entries a checkpoint covers or offsets.bin records. Damage there is a
+// *DamageError, and nothing is changed.
+func (l *Log) recover() (*Quarantine, error) {
 	// Hashes cover a prefix of the entries; only entries past it need
 	// their data kept for recomputation.
 	fi, err := l.hashes.Stat()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	have := fi.Size() / tlog.HashSize
-	var covered int64
-	for tlog.StoredHashCount(covered+1) <= have {
-		covered++
-	}
+	covered := leafCount(fi.Size())
 	// Hashes past the last checkpoint may not have reached the disk
 	// before a crash (they are synced before each checkpoint): trust only
 	// those a checkpoint covered, recompute the rest.
-	covered = min(covered, l.checkpointedSize())
+	cp := newestCheckpointSize(l.dir)
+	covered = min(covered, cp)
 	// Sealed entries live in their segments; entries.log is read from
 	// where the last segment ends. Their offsets were synced before the
 	// checkpoint that let them be sealed.
@@ -150,81 +219,240 @@ func (l *Log) recover() error {
 	if sealed > 0 {
 		pos = l.segs[len(l.segs)-1].end
 	}
-	offs := make([]int64, sealed)
-	if sealed > 0 {
-		ob := make([]byte, 8*sealed)
-		if _, err := l.offsets.ReadAt(ob, 0); err != nil {
-			return fmt.Errorf("offsets.bin is shorter than the sealed segments: %w", err)
-		}
-		for i := range offs {
-			offs[i] = int64(binary.BigEndian.Uint64(ob[8*i:]))
-		}
+	stored, err := storedOffsets(l.offsets, sealed, pos)
+	if err != nil {
+		return nil, err
 	}
+	acked := sealed + int64(len(stored))
 	var datas [][]byte
 	for i := covered; i < sealed; i++ {
 		e, err := l.sealedEntry(i)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		datas = append(datas, e)
 	}
-	r := bufio.NewReaderSize(io.NewSectionReader(l.entries, pos, 1<<62), 1<<20)
-	for {
-		n, err := binary.ReadUvarint(r)
-		if err != nil {
-			break
-		}
-		hdr := int64(uvarintLen(n))
-		if n == 0 || n > MaxEntrySize {
-			break // torn or garbage length: nothing valid follows
-		}
-		buf := make([]byte, n)
-		if _, err := io.ReadFull(r, buf); err != nil {
-			break
-		}
-		if int64(len(offs)) >= covered {
-			datas = append(datas, buf)
-		}
-		offs = append(offs, pos)
-		pos += hdr + int64(n)
+	efi, err := l.entries.Stat()
+	if err != nil {
+		return nil, err
 	}
-	if err := l.entries.Truncate(pos); err != nil {
-		return err
+	fileEnd := efi.Size()
+	var offs []int64 // of the unsealed entries read
+	sc, err := scanRecords(l.entries, pos, fileEnd, sealed, stored, func(i, off int64, e []byte) (string, error) {
+		if i >= covered {
+			datas = append(datas, e)
+		}
+		offs = append(offs, off)
+		return "", nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	l.end, l.size = pos, int64(len(offs))
-	ob := make([]byte, 8*(len(offs)-int(sealed)))
-	for i, o := range offs[sealed:] {
+	if sc.next < cp || sc.next < acked {
+		return nil, &DamageError{Path: filepath.Join(l.dir, "entries.log"), Offset: sc.end, Index: sc.next, Reason: sc.damage,
+			Covered: cp, Acked: acked, Tail: fileEnd - sc.end}
+	}
+	var torn *Quarantine
+	if sc.end < fileEnd {
+		// Past every checkpoint and every recorded offset: an append that
+		// was never acknowledged, torn by a crash. Kept, then cut.
+		torn = &Quarantine{Kind: QuarantineTornWrite, First: sc.next, Offset: sc.end, Bytes: fileEnd - sc.end,
+			Reason: sc.damage, Covered: cp, Acked: acked}
+		if err := newQuarantine(l.dir, torn, l.entries, nil, nil, l.opts.Now()); err != nil {
+			return nil, err
+		}
+		if err := l.entries.Truncate(sc.end); err != nil {
+			return nil, err
+		}
+	}
+	l.end, l.size = sc.end, sc.next
+	ob := make([]byte, 8*len(offs))
+	for i, o := range offs {
 		binary.BigEndian.PutUint64(ob[8*i:], uint64(o))
 	}
 	if err := l.offsets.Truncate(8 * sealed); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := l.offsets.WriteAt(ob, 8*sealed); err != nil {
-		return err
+		return nil, err
 	}
 	// Keep the hashes of the prefix they cover; recompute the rest.
 	k := min(covered, l.size)
 	l.nhashes = tlog.StoredHashCount(k)
 	if err := l.hashes.Truncate(l.nhashes * tlog.HashSize); err != nil {
-		return err
+		return nil, err
 	}
 	var pending []tlog.Hash
 	for i := k; i < l.size; i++ {
 		hs, err := tlog.StoredHashes(i, datas[i-k], overlay{l, pending})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		pending = append(pending, hs...)
 	}
 	if err := l.writeHashes(pending); err != nil {
-		return err
+		return nil, err
 	}
 	for _, f := range []*os.File{l.entries, l.offsets, l.hashes} {
 		if err := f.Sync(); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return torn, nil
+}
+
+// leafCount is how many leaves a hashes.bin of size bytes holds whole.
+func leafCount(size int64) int64 {
+	have := size / tlog.HashSize
+	// StoredHashCount grows with n: the largest n with count <= have.
+	lo, hi := int64(0), have+1
+	for lo+1 < hi {
+		mid := lo + (hi-lo)/2
+		if tlog.StoredHashCount(mid) <= have {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
+// storedOffsets reads offsets.bin from entry first on, as far as the
+// offsets increase from start (where the segments end): past the newest
+// checkpoint offsets.bin is not synced, and after a power loss its end may
+// hold zeros, which record nothing.
+func storedOffsets(f *os.File, first, start int64) ([]int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	n := fi.Size() / 8
+	if n < first {
+		return nil, fmt.Errorf("offsets.bin records %d entries, fewer than the %d in sealed segments", n, first)
+	}
+	b := make([]byte, 8*(n-first))
+	if _, err := f.ReadAt(b, 8*first); err != nil {
+		return nil, fmt.Errorf("read offsets.bin: %w", err)
+	}
+	out := make([]int64, 0, n-first)
+	prev := start - 1
+	for i := 0; i < len(b); i += 8 {
+		o := int64(binary.BigEndian.Uint64(b[i:]))
+		if o <= prev || (len(out) == 0 && o != start) {
+			break
+		}
+		out = append(out, o)
+		prev = o
+	}
+	return out, nil
+}
+
+// recordScan is where scanRecords stopped.
+type recordScan struct {
+	next   int64  // index of the first entry not read
+	end    int64  // where it starts: the end of the last whole record
+	damage string // why the scan stopped before the end of the file
+}
+
+// byteCounter counts the bytes a uvarint takes (a corrupted length may be
+// encoded in more bytes than its value needs).
+type byteCounter struct {
+	r *bufio.Reader
+	n int
+}
+
+func (c *byteCounter) ReadByte() (byte, error) {
+	b, err := c.r.ReadByte()
+	if err == nil {
+		c.n++
+	}
+	return b, err
+}
+
+// scanRecords reads entries.log's records from offset pos (entry first)
+// to fileEnd and passes each to fn with its index and offset. It stops at
+// the first record that is not whole, or that does not end where
+// offsets.bin (stored, from entry first on) says the next one starts, or
+// for which fn returns a reason.
+func scanRecords(f io.ReaderAt, pos, fileEnd, first int64, stored []int64, fn func(i, off int64, e []byte) (string, error)) (recordScan, error) {
+	r := bufio.NewReaderSize(io.NewSectionReader(f, pos, fileEnd-pos), 1<<20)
+	i := first
+	for pos < fileEnd {
+		c := &byteCounter{r: r}
+		n, err := binary.ReadUvarint(c)
+		switch {
+		case err != nil:
+			return recordScan{i, pos, "the record's length is unreadable or cut short"}, nil
+		case n == 0 || n > MaxEntrySize:
+			return recordScan{i, pos, fmt.Sprintf("a record length of %d bytes, want 1 to %d", n, MaxEntrySize)}, nil
+		case c.n != uvarintLen(n):
+			return recordScan{i, pos, "a record length in a non-minimal encoding"}, nil
+		case pos+int64(c.n)+int64(n) > fileEnd:
+			return recordScan{i, pos, fmt.Sprintf("a record of %d bytes that the file ends inside", n)}, nil
+		}
+		next := pos + int64(c.n) + int64(n)
+		if j := i + 1 - first; j < int64(len(stored)) && stored[j] != next {
+			return recordScan{i, pos, fmt.Sprintf("a record ending at offset %d, where offsets.bin starts entry %d at %d", next, i+1, stored[j])}, nil
+		}
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return recordScan{}, fmt.Errorf("read entries.log at %d: %w", pos, err)
+		}
+		why, err := fn(i, pos, buf)
+		if err != nil {
+			return recordScan{}, err
+		}
+		if why != "" {
+			return recordScan{i, pos, why}, nil
+		}
+		pos = next
+		i++
+	}
+	return recordScan{next: i, end: pos}, nil
+}
+
+// DamageError is Open's refusal of a log whose entries.log cannot give
+// back an entry that was acknowledged: a signed checkpoint covers it, or
+// offsets.bin records it. Open changes nothing; Repair moves the damaged
+// tail aside.
+type DamageError struct {
+	Path    string // entries.log
+	Offset  int64  // where the first entry that cannot be read starts
+	Index   int64  // that entry's index
+	Reason  string // what is wrong there ("" when the file just ends)
+	Covered int64  // the newest checkpoint's tree size
+	Acked   int64  // entries offsets.bin records
+	Tail    int64  // bytes from Offset to the end of the file
+}
+
+// ErrDamaged matches a *DamageError.
+var ErrDamaged = errors.New("audit: damaged log")
+
+func (e *DamageError) Is(target error) bool { return target == ErrDamaged }
+
+// End is the index after the last entry at stake.
+func (e *DamageError) End() int64 { return max(e.Covered, e.Acked) }
+
+func (e *DamageError) Error() string {
+	why := e.Reason
+	if why == "" {
+		why = "the file ends there"
+	}
+	var stake string
+	switch {
+	case e.Covered >= e.End():
+		stake = fmt.Sprintf("covered by the signed checkpoint of tree size %d", e.Covered)
+	case e.Covered > e.Index:
+		stake = fmt.Sprintf("acknowledged (offsets.bin records %d entries; the signed checkpoint of tree size %d covers those before %d)", e.Acked, e.Covered, e.Covered)
+	default:
+		stake = fmt.Sprintf("acknowledged (offsets.bin records %d entries)", e.Acked)
+	}
+	data := filepath.Dir(filepath.Dir(e.Path))
+	return fmt.Sprintf("%s is damaged at offset %d (entry %d: %s): entries %d to %d are %s; %d bytes follow from that offset. "+
+		"Nothing was changed: the log is never cut below what was acknowledged. "+
+		"See the damage with \"rampart audit verify --data %s\", then run \"rampart audit repair --data %s\" (server stopped): "+
+		"it moves the damaged tail into %s and records that in the log (docs/audit.md, \"A damaged log\")",
+		e.Path, e.Offset, e.Index, why, e.Index, e.End()-1, stake, e.Tail, data, data, filepath.Join(filepath.Dir(e.Path), quarantineDir))
 }
 
 // checkpointedSize is the tree size of the last published checkpoint in
@@ -234,19 +462,41 @@ func (l *Log) checkpointedSize() int64 { return checkpointSize(l.dir) }
 // checkpointSize is the tree size of dir's latest checkpoint (0 without
 // one). It is read unverified: the log's own file, written by this code.
 func checkpointSize(dir string) int64 {
-	raw, err := os.ReadFile(filepath.Join(dir, "checkpoint"))
+	n, _ := readCheckpointSize(filepath.Join(dir, "checkpoint"))
+	return n
+}
+
+func readCheckpointSize(path string) (int64, bool) {
+	raw, err := os.ReadFile(path)
 	if err != nil {
-		return 0
+		return 0, false
 	}
 	lines := strings.SplitN(string(raw), "\n", 3)
 	if len(lines) < 3 {
-		return 0
+		return 0, false
 	}
 	n, err := strconv.ParseInt(lines[1], 10, 64)
 	if err != nil || n < 0 {
-		return 0
+		return 0, false
 	}
-	return n
+	return n, true
+}
+
+// newestCheckpointSize is checkpointSize, or without a readable
+// "checkpoint" file the largest tree size under checkpoints/: what the
+// log must never be cut below.
+func newestCheckpointSize(dir string) int64 {
+	if n, ok := readCheckpointSize(filepath.Join(dir, "checkpoint")); ok {
+		return n
+	}
+	ents, _ := os.ReadDir(filepath.Join(dir, "checkpoints"))
+	var newest int64
+	for _, e := range ents {
+		if n, err := strconv.ParseInt(e.Name(), 10, 64); err == nil {
+			newest = max(newest, n)
+		}
+	}
+	return newest
 }
 
 func uvarintLen(n uint64) int {
@@ -542,16 +792,58 @@ func (l *Log) ProveConsistency(older, newer int64) (tlog.TreeProof, error) {
 
 // Close commits what is queued and closes the files.
 func (l *Log) Close() error {
+	if !l.stopWriter() {
+		return nil
+	}
+	l.sealMu.Lock()
+	defer l.sealMu.Unlock()
+	l.cpMu.Lock()
+	defer l.cpMu.Unlock()
+	return l.closeLocked()
+}
+
+// CloseWithCheckpoint closes the log with a last signed checkpoint over
+// every entry as its very last write: the log takes no entry once it is
+// called (Append returns ErrClosed), so nothing can follow the checkpoint
+// and be cut from the end of the log unnoticed. It returns the checkpoint,
+// or nil when the newest one published already covers every entry.
+func (l *Log) CloseWithCheckpoint(signer note.Signer) ([]byte, error) {
+	if !l.stopWriter() {
+		return nil, ErrClosed
+	}
+	l.sealMu.Lock()
+	defer l.sealMu.Unlock()
+	l.cpMu.Lock()
+	defer l.cpMu.Unlock()
+	var cp []byte
+	var err error
+	if l.Size() != l.checkpointedSize() {
+		cp, err = l.checkpointLocked(signer)
+	}
+	return cp, errors.Join(err, l.closeLocked())
+}
+
+// stopWriter stops taking entries and waits until the queued ones are
+// written; false if the log was closed already.
+func (l *Log) stopWriter() bool {
+	l.closeMu.Lock()
+	defer l.closeMu.Unlock()
 	select {
 	case <-l.stop:
-		return nil
+		return false
 	default:
 	}
 	close(l.stop)
 	<-l.stopped
+	return true
+}
+
+// closeLocked closes the files; the caller holds sealMu and cpMu.
+func (l *Log) closeLocked() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	err := l.syncDerived()
 	l.closeFiles()
+	l.closed = true
 	return err
 }

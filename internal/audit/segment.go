@@ -280,8 +280,11 @@ func (l *Log) Seal() (int, error) {
 	n := 0
 	for {
 		l.mu.RLock()
-		next := sealedCount(l.segs)
+		next, closed := sealedCount(l.segs), l.closed
 		l.mu.RUnlock()
+		if closed {
+			return n, ErrClosed
+		}
 		if next+l.segEntries > l.checkpointedSize() {
 			return n, nil
 		}

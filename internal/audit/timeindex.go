@@ -77,14 +77,23 @@ func extendTimeIndex(dir string, n int64) ([][2]int64, error) {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	have := int64(len(raw) / 16)
-	idx := make([][2]int64, 0, n/TimeBlock)
-	for k := range have {
-		idx = append(idx, [2]int64{int64(binary.BigEndian.Uint64(raw[16*k:])), int64(binary.BigEndian.Uint64(raw[16*k+8:]))})
-	}
 	complete := n / TimeBlock
+	idx := make([][2]int64, 0, complete)
+	// The file is written without fsync: after a crash its end may hold
+	// zeros (a block that seems to span no time would be skipped by every
+	// query). Records are trusted up to the first that cannot be right;
+	// from there the index is rebuilt.
+	have := min(int64(len(raw)/16), complete)
+	for k := range have {
+		r := [2]int64{int64(binary.BigEndian.Uint64(raw[16*k:])), int64(binary.BigEndian.Uint64(raw[16*k+8:]))}
+		if !validTimeRecord(r) {
+			have = k
+			break
+		}
+		idx = append(idx, r)
+	}
 	if have >= complete {
-		return idx[:complete], nil
+		return idx, nil
 	}
 	var add []byte
 	cur := [2]int64{1<<63 - 1, -1 << 63}
@@ -111,12 +120,66 @@ func extendTimeIndex(dir string, n int64) ([][2]int64, error) {
 	// Best effort: a reader without write access just recomputes next time.
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err == nil {
 		if f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600); err == nil {
-			f.WriteAt(add, 16*have)
+			if f.Truncate(16*have) == nil {
+				f.WriteAt(add, 16*have)
+			}
 			f.Close()
 		}
 	}
 	return idx, nil
 }
+
+// validTimeRecord reports whether r can be a block's time range: entries
+// have a time (Validate), so a zero is a record never written.
+func validTimeRecord(r [2]int64) bool { return r[0] != 0 && r[1] != 0 && r[0] <= r[1] }
+
+// timeBlocks accumulates the time range of each block of entries passed to
+// add in order, to check index/time.bin (Verify).
+type timeBlocks struct {
+	cur    [2]int64
+	bad    bool // an entry of the current block has no readable time
+	blocks [][2]int64
+}
+
+func (b *timeBlocks) add(i int64, e []byte) {
+	if i%TimeBlock == 0 {
+		b.cur, b.bad = [2]int64{1<<63 - 1, -1 << 63}, false
+	}
+	if t, err := entryTime(e); err == nil {
+		b.cur[0], b.cur[1] = min(b.cur[0], t), max(b.cur[1], t)
+	} else {
+		b.bad = true
+	}
+	if (i+1)%TimeBlock == 0 {
+		if b.bad {
+			b.cur = [2]int64{} // unknown: not compared
+		}
+		b.blocks = append(b.blocks, b.cur)
+	}
+}
+
+// check compares index/time.bin with the blocks seen. A record that says
+// a block spans other times than its entries do makes time-range queries
+// skip entries (or read blocks for nothing); a record never written
+// (zeros, after a crash) is rebuilt by the next query and not reported.
+func (b *timeBlocks) check(dir string, rep *Report) {
+	raw, err := os.ReadFile(filepath.Join(dir, timeIndexFile))
+	if err != nil {
+		return
+	}
+	for k := range min(int64(len(raw)/16), int64(len(b.blocks))) {
+		r := [2]int64{int64(binary.BigEndian.Uint64(raw[16*k:])), int64(binary.BigEndian.Uint64(raw[16*k+8:]))}
+		want := b.blocks[k]
+		if r == want || want == [2]int64{} || r == [2]int64{} {
+			continue
+		}
+		rep.Problems = append(rep.Problems, Problem{Index: k * TimeBlock, Kind: "index", Path: timeIndexFile,
+			Detail: fmt.Sprintf("entries %d to %d span %s to %s, the index says %s to %s: time-range queries would skip entries of this block (remove %s; queries rebuild it)",
+				k*TimeBlock, (k+1)*TimeBlock-1, unixNano(want[0]), unixNano(want[1]), unixNano(r[0]), unixNano(r[1]), timeIndexFile)})
+	}
+}
+
+func unixNano(n int64) string { return time.Unix(0, n).UTC().Format(time.RFC3339Nano) }
 
 var timeKey = []byte(`"time":"`)
 

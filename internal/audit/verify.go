@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"errors"
@@ -15,31 +16,86 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-// Problem is one inconsistency Verify found.
+// Problem is one inconsistency Verify found, or one thing it warns about.
 type Problem struct {
-	Index  int64  // the entry index, or the checkpoint's tree size
-	Kind   string // "edited", "missing", "extra", "checkpoint", "unreadable"
-	Detail string
+	Index int64 `json:"index"` // the entry index, or the checkpoint's tree size (-1: none)
+	// Kind: "edited", "missing", "extra", "unreadable", "checkpoint",
+	// "tile"; for warnings also "uncovered" and "quarantined".
+	Kind   string `json:"kind"`
+	Path   string `json:"path,omitempty"` // the file at fault, relative to the log's directory
+	Detail string `json:"detail"`
 }
 
-func (p Problem) String() string { return fmt.Sprintf("%s at %d: %s", p.Kind, p.Index, p.Detail) }
+func (p Problem) String() string {
+	if p.Path != "" {
+		return fmt.Sprintf("%s at %d: %s: %s", p.Kind, p.Index, p.Path, p.Detail)
+	}
+	return fmt.Sprintf("%s at %d: %s", p.Kind, p.Index, p.Detail)
+}
 
 // Report is the result of Verify.
 type Report struct {
-	Entries     int64 // entries read (sealed segments and entries.log)
-	Leaves      int64 // leaves recorded in hashes.bin
-	Checkpoints int   // checkpoints checked
+	Entries int64 `json:"entries"` // entries read (sealed segments and entries.log)
+	Sealed  int64 `json:"sealed"`  // of which in sealed segments
+	// Segments is how many sealed segments were read.
+	Segments    int   `json:"segments"`
+	Leaves      int64 `json:"leaves"`      // leaves recorded in hashes.bin
+	Checkpoints int   `json:"checkpoints"` // checkpoints checked
+	// Covered is the tree size of the newest checkpoint the entries
+	// produce; Uncovered counts the entries past it, which no signature
+	// vouches for yet (appended since, or cut off the end unnoticed).
+	Covered   int64 `json:"covered"`
+	Uncovered int64 `json:"uncovered"`
+	// Tiles and Bundles count the hash tiles and entry bundles under
+	// tile/ checked against the entries; TilesBeyond those written for
+	// entries appended after the pass began, not checked.
+	Tiles       int `json:"tiles"`
+	Bundles     int `json:"bundles"`
+	TilesBeyond int `json:"tiles_beyond"`
 	// Archive is set for a directory fetched from an archive (segments,
 	// no stored hashes); Beyond counts its checkpoints of trees larger
 	// than the segments hold (entries not sealed yet when it was copied),
 	// which cannot be checked.
-	Archive  bool
-	Beyond   int
-	Problems []Problem
+	Archive     bool               `json:"archive"`
+	Beyond      int                `json:"beyond"`
+	Quarantined []QuarantineReport `json:"quarantined,omitempty"`
+	Problems    []Problem          `json:"problems"`
+	// Warnings are what no problem shows but no signature vouches for:
+	// entries past the newest checkpoint, parts of the log moved aside.
+	Warnings []Problem `json:"warnings"`
+}
+
+// QuarantineReport is what Verify found in one quarantine directory.
+type QuarantineReport struct {
+	Name   string `json:"name"` // quarantine/NAME
+	Kind   string `json:"kind"`
+	First  int64  `json:"first"`
+	End    int64  `json:"end"` // entries First to End-1 had been acknowledged
+	Offset int64  `json:"offset"`
+	Bytes  int64  `json:"bytes"`
+	// RecordedAs is the index of the entry that records the move (-1:
+	// none does, which is a problem).
+	RecordedAs int64 `json:"recorded_as"`
+	// Intact entries read back and hash to the leaf recorded for them;
+	// Damaged ones do not (the first 100 listed, DamagedCount all);
+	// Unchecked ones read back but have no recorded leaf.
+	Intact       int64   `json:"intact"`
+	Damaged      []int64 `json:"damaged,omitempty"`
+	DamagedCount int64   `json:"damaged_count"`
+	Unchecked    int64   `json:"unchecked"`
+	// Checkpoints moved with the entries that the log before the move
+	// (the entries before First, then the quarantined leaves) produces.
+	Checkpoints int `json:"checkpoints"`
+	// Summary says the above in a sentence.
+	Summary string `json:"summary"`
 }
 
 // OK reports whether nothing was found.
 func (r *Report) OK() bool { return len(r.Problems) == 0 }
+
+// Clean reports whether nothing was found and there is nothing to warn
+// about (what "rampart audit verify --strict" requires).
+func (r *Report) Clean() bool { return r.OK() && len(r.Warnings) == 0 }
 
 // maxReported bounds how many per-entry problems are listed; a deletion
 // near the start shifts every later entry.
@@ -51,25 +107,28 @@ const maxReported = 100
 // administrator rewriting the whole log could not alter). An edited entry is
 // reported at its index; a deletion, insertion or reordering at the first
 // index it shifts or swaps; a checkpoint that the entries no longer produce
-// at its tree size.
+// at its tree size. It checks the C2SP tiles that clients read against the
+// same tree, reports the entries past the newest checkpoint (Uncovered),
+// and checks what was moved to quarantine/ against its own records.
 func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, error) {
-	rep := &Report{}
+	rep := &Report{Problems: []Problem{}, Warnings: []Problem{}}
 	// Leaf hashes are read in one sequential pass: leaf i's stored index
 	// grows with i, so the reader only ever skips forward (one read per
 	// megabyte, not one per entry). A directory without hashes.bin (an
 	// archive copied back from object storage) is checked against its
 	// checkpoints alone.
 	hasLeaves := true
-	var hr *bufio.Reader
+	var lr *leafReader
 	hf, err := os.Open(filepath.Join(dir, "hashes.bin"))
 	switch {
 	case err == nil:
 		defer hf.Close()
-		hr = bufio.NewReaderSize(hf, 1<<20)
-		fi, _ := hf.Stat()
-		for tlog.StoredHashCount(rep.Leaves+1)*tlog.HashSize <= fi.Size() {
-			rep.Leaves++
+		lr = newLeafReader(hf, 0)
+		fi, err := hf.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("audit: verify: %w", err)
 		}
+		rep.Leaves = leafCount(fi.Size())
 	case errors.Is(err, os.ErrNotExist):
 		hasLeaves = false
 		// Only a directory with no entries.log either is an archive;
@@ -82,16 +141,13 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 	default:
 		return nil, fmt.Errorf("audit: verify: %w", err)
 	}
-	var hpos int64 // stored-hash index the reader is at
-	stored := func(i int64) (tlog.Hash, bool) {
-		var h tlog.Hash
-		idx := tlog.StoredHashIndex(0, i)
-		if _, err := hr.Discard(int((idx - hpos) * tlog.HashSize)); err != nil {
-			return h, false
-		}
-		_, err := io.ReadFull(hr, h[:])
-		hpos = idx + 1
-		return h, err == nil
+
+	// Quarantines are read first: the entries that record them are
+	// picked up during the pass.
+	quarantines := readQuarantines(dir, rep)
+	records := map[int64][]byte{}
+	for _, q := range quarantines {
+		records[q.First] = nil
 	}
 
 	// Re-derive every stored hash from the entries alone (room for them
@@ -101,6 +157,7 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 	if n, err := Count(dir); err == nil && n > 0 {
 		tree = make(memHashes, 0, tlog.StoredHashCount(n)+64)
 	}
+	var times timeBlocks
 	reported := 0
 	add := func(p Problem) {
 		if reported < maxReported {
@@ -113,12 +170,16 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		switch {
 		case !hasLeaves:
 		case i < rep.Leaves:
-			if h, ok := stored(i); ok && h != leaf {
+			if h, err := lr.leaf(i); err == nil && h != leaf {
 				add(Problem{Index: i, Kind: "edited", Detail: "the entry no longer hashes to the leaf recorded when it was appended (edited, or another entry deleted, inserted or moved here)"})
 			}
 		default:
 			add(Problem{Index: i, Kind: "extra", Detail: "entry not recorded in the tree (inserted after the fact?)"})
 		}
+		if _, ok := records[i]; ok {
+			records[i] = bytes.Clone(e)
+		}
+		times.add(i, e)
 		hs, err := tlog.StoredHashesForRecordHash(i, leaf, &tree)
 		if err != nil {
 			return err
@@ -134,6 +195,17 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		add(Problem{Index: rep.Entries, Kind: "missing", Detail: fmt.Sprintf("the tree recorded %d entries; only %d remain (deleted or truncated)", rep.Leaves, rep.Entries)})
 	}
 
+	// The log as it was before each quarantine, to check the checkpoints
+	// moved with it (and any other that only that log produces).
+	var forks []*fork
+	for _, q := range quarantines {
+		qr, f := verifyQuarantine(dir, q, &tree, rep, records[q.First], verifier)
+		rep.Quarantined = append(rep.Quarantined, qr)
+		if f != nil {
+			forks = append(forks, f)
+		}
+	}
+
 	// Checkpoints: published ones and witnessed ones.
 	var raws [][]byte
 	ents, _ := os.ReadDir(filepath.Join(dir, "checkpoints"))
@@ -143,8 +215,10 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 			raws = append(raws, b)
 		}
 	}
+	published := len(raws)
 	raws = append(raws, witnessed...)
-	for _, raw := range raws {
+	var newestLocal int64
+	for n, raw := range raws {
 		c, err := ParseCheckpoint(raw, verifier)
 		if err != nil {
 			rep.Problems = append(rep.Problems, Problem{Index: -1, Kind: "checkpoint", Detail: err.Error()})
@@ -155,19 +229,50 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 			continue
 		}
 		rep.Checkpoints++
+		var why string
 		if c.Size > rep.Entries {
-			rep.Problems = append(rep.Problems, Problem{Index: c.Size, Kind: "checkpoint", Detail: fmt.Sprintf("signed for %d entries; the log has %d", c.Size, rep.Entries)})
+			why = fmt.Sprintf("signed for %d entries; the log has %d", c.Size, rep.Entries)
+		} else {
+			h, err := tlog.TreeHash(c.Size, &tree)
+			if err != nil {
+				return nil, fmt.Errorf("audit: verify: %w", err)
+			}
+			if h != c.Hash {
+				why = "the entries no longer produce the root this checkpoint signed"
+			}
+		}
+		if why == "" {
+			rep.Covered = max(rep.Covered, c.Size)
+			if n < published {
+				newestLocal = max(newestLocal, c.Size)
+			}
 			continue
 		}
-		h, err := tlog.TreeHash(c.Size, &tree)
-		if err != nil {
+		if f := explainedBy(forks, c); f != nil {
+			rep.Warnings = append(rep.Warnings, Problem{Index: c.Size, Kind: "checkpoint", Path: quarantineDir + "/" + f.q.Name,
+				Detail: fmt.Sprintf("%s, but it is a checkpoint of the log as it was before entries %d on were moved to %s/%s", why, f.q.First, quarantineDir, f.q.Name)})
+			continue
+		}
+		rep.Problems = append(rep.Problems, Problem{Index: c.Size, Kind: "checkpoint", Detail: why})
+	}
+	if rep.Entries > rep.Covered {
+		rep.Uncovered = rep.Entries - rep.Covered
+		rep.Warnings = append(rep.Warnings, Problem{Index: rep.Covered, Kind: "uncovered",
+			Detail: fmt.Sprintf("not yet covered: %d entries past the newest checkpoint (tree size %d): no signature vouches for them yet, and they could be cut from the end unnoticed", rep.Uncovered, rep.Covered)})
+	}
+	times.check(dir, rep)
+	if !rep.Archive {
+		var recorded tlog.HashReader
+		if hasLeaves {
+			recorded = fileHashes{hf}
+		}
+		if err := verifyTiles(dir, rep, &tree, recorded, rep.Sealed, newestLocal); err != nil {
 			return nil, fmt.Errorf("audit: verify: %w", err)
 		}
-		if h != c.Hash {
-			rep.Problems = append(rep.Problems, Problem{Index: c.Size, Kind: "checkpoint", Detail: "the entries no longer produce the root this checkpoint signed"})
-		}
 	}
-	slices.SortFunc(rep.Problems, func(a, b Problem) int { return cmp.Compare(a.Index, b.Index) })
+	for _, ps := range [][]Problem{rep.Problems, rep.Warnings} {
+		slices.SortStableFunc(ps, func(a, b Problem) int { return cmp.Compare(a.Index, b.Index) })
+	}
 	return rep, nil
 }
 
@@ -196,6 +301,7 @@ func verifyEntries(dir string, rep *Report, add func(Problem), check func(int64,
 		return nil
 	}
 	for {
+		rep.Segments, rep.Sealed = len(segs), sealedCount(segs)
 		var checkErr error
 		next, err := eachSealed(segs, rep.Entries, sealedCount(segs), func(i int64, e []byte) error {
 			checkErr = check(i, e)
@@ -239,7 +345,8 @@ func verifyLog(dir string, segs []*segment, rep *Report, add func(Problem), chec
 	r := bufio.NewReaderSize(w, 1<<20)
 	var buf []byte
 	for {
-		n, err := binary.ReadUvarint(r)
+		c := &byteCounter{r: r}
+		n, err := binary.ReadUvarint(c)
 		if err == io.EOF {
 			return false, nil
 		}
@@ -247,7 +354,7 @@ func verifyLog(dir string, segs []*segment, rep *Report, add func(Problem), chec
 			return true, nil
 		}
 		if err != nil || n == 0 || n > MaxEntrySize {
-			add(Problem{Index: rep.Entries, Kind: "unreadable", Detail: "entries.log is damaged here; nothing after it can be read"})
+			add(Problem{Index: rep.Entries, Kind: "unreadable", Path: "entries.log", Detail: fmt.Sprintf("damaged at offset %d; nothing after it can be read", pos)})
 			return false, nil
 		}
 		if cap(buf) < int(n) {
@@ -259,9 +366,10 @@ func verifyLog(dir string, segs []*segment, rep *Report, add func(Problem), chec
 			return true, nil
 		}
 		if err != nil {
-			add(Problem{Index: rep.Entries, Kind: "unreadable", Detail: "entries.log ends inside this entry"})
+			add(Problem{Index: rep.Entries, Kind: "unreadable", Path: "entries.log", Detail: fmt.Sprintf("ends inside the entry at offset %d", pos)})
 			return false, nil
 		}
+		pos += int64(c.n) + int64(n)
 		if err := check(rep.Entries, buf); err != nil {
 			return false, err
 		}

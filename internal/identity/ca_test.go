@@ -8,9 +8,13 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"path/filepath"
-	"sync"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/rampartsec/rampart/internal/store/storetest"
+
+	"github.com/rampartsec/rampart/internal/fakeclock"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -25,40 +29,24 @@ import (
 )
 
 // clock is a settable clock for driving rotation without sleeping.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 type fixture struct {
 	st    store.Store
 	w     *keywrap.Wrapper
-	clk   *clock
+	clk   *fakeclock.Clock
 	start time.Time
 }
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := store.OpenSQLite(filepath.Join(dir, "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.SQLite(t, dir)
 	w, err := keywrap.LoadOrCreateFile(filepath.Join(dir, "kek"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Start at the real time: go-spiffe's JWT validation reads the wall clock.
 	start := time.Now().Truncate(time.Second)
-	return &fixture{st: st, w: w, clk: &clock{t: start}, start: start}
+	return &fixture{st: st, w: w, clk: fakeclock.New(start), start: start}
 }
 
 func (f *fixture) ca(t *testing.T, mod func(*Config)) *CA {
@@ -110,8 +98,18 @@ func TestSignX509SVID(t *testing.T) {
 	if !long[0].NotAfter.Equal(chain[1].NotAfter) {
 		t.Fatalf("long SVID expires %v, after its intermediate %v", long[0].NotAfter, chain[1].NotAfter)
 	}
-	// Foreign trust domain.
+	// A lifetime of zero or less is refused, not turned into a default or
+	// a certificate born expired.
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for _, ttl := range []time.Duration{0, -time.Second} {
+		if _, err := ca.SignX509SVID(id, k.Public(), ttl, nil, nil); err == nil || !strings.Contains(err.Error(), "must be positive") {
+			t.Fatalf("SVID with ttl %v: %v", ttl, err)
+		}
+		if _, _, err := ca.SignJWTSVID(id, []string{"payments"}, ttl); err == nil || !strings.Contains(err.Error(), "must be positive") {
+			t.Fatalf("JWT-SVID with ttl %v: %v", ttl, err)
+		}
+	}
+	// Foreign trust domain.
 	if _, err := ca.SignX509SVID(spiffeid.RequireFromString("spiffe://evil.org/x"), k.Public(), time.Hour, nil, nil); err == nil {
 		t.Fatal("signed an SVID for a foreign trust domain")
 	}

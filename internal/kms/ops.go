@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 	"crypto"
+	"crypto/cipher"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/hmac"
@@ -77,7 +78,7 @@ func wantType(k *key, typ string) error {
 
 // seal encrypts under v with the header h (kind set by the caller).
 func seal(v *version, h Header, plaintext, aad []byte) ([]byte, error) {
-	hs := h.size()
+	hs := h.Size()
 	out := make([]byte, hs+nonceSize, hs+nonceSize+len(plaintext)+v.aead.Overhead())
 	appendHeader(out[:0], h)
 	nonce := out[hs : hs+nonceSize]
@@ -143,14 +144,24 @@ func (s *Service) Decrypt(ctx context.Context, name string, ciphertext, aad []by
 	if err != nil {
 		return nil, 0, err
 	}
-	if len(body) < nonceSize+v.aead.Overhead() {
-		return nil, 0, ErrDecrypt
-	}
-	pt, err := v.aead.Open(nil, body[:nonceSize], body[nonceSize:], additional(raw, aad))
+	pt, err := open(v.aead, raw, body, aad)
 	if err != nil {
-		return nil, 0, ErrDecrypt
+		return nil, 0, err
 	}
 	return pt, h.Version, nil
+}
+
+// open is seal's inverse: body is nonce | ciphertext and tag, raw the
+// header it was sealed with.
+func open(aead cipher.AEAD, raw, body, aad []byte) ([]byte, error) {
+	if len(body) < nonceSize+aead.Overhead() {
+		return nil, ErrDecrypt
+	}
+	pt, err := aead.Open(nil, body[:nonceSize], body[nonceSize:], additional(raw, aad))
+	if err != nil {
+		return nil, ErrDecrypt
+	}
+	return pt, nil
 }
 
 // DataKey generates a random AES-256 data key and returns it in plaintext

@@ -24,6 +24,10 @@ var ErrExists = errors.New("objstore: object exists")
 // ErrNotFound is returned for a key that holds no object.
 var ErrNotFound = errors.New("objstore: no such object")
 
+// ErrTooLarge is returned by Get for an object larger than the caller's
+// limit: the store is not trusted to bound what it sends.
+var ErrTooLarge = errors.New("objstore: object larger than the limit")
+
 // Config locates a bucket and the credentials to use it.
 type Config struct {
 	Bucket string
@@ -141,8 +145,14 @@ func (b *Bucket) Put(ctx context.Context, key string, data []byte, ifAbsent bool
 	return b.failure(resp, "put "+key)
 }
 
-// Get returns the object under key.
-func (b *Bucket) Get(ctx context.Context, key string) ([]byte, error) {
+// Get returns the object under key, which must be at most max bytes: a
+// larger one (announced by Content-Length, or found while reading) gives
+// ErrTooLarge after reading no more than max+1 bytes, so a store that
+// sends an endless body cannot exhaust memory.
+func (b *Bucket) Get(ctx context.Context, key string, max int64) ([]byte, error) {
+	if max < 0 {
+		return nil, fmt.Errorf("objstore: get %s: negative limit %d", key, max)
+	}
 	resp, err := b.do(ctx, http.MethodGet, b.key(key), nil, nil, nil)
 	if err != nil {
 		return nil, err
@@ -150,9 +160,15 @@ func (b *Bucket) Get(ctx context.Context, key string) ([]byte, error) {
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
-		data, err := io.ReadAll(resp.Body)
+		if resp.ContentLength > max {
+			return nil, fmt.Errorf("%w: get %s in %s: %d bytes announced, at most %d bytes accepted", ErrTooLarge, key, b, resp.ContentLength, max)
+		}
+		data, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
 		if err != nil {
 			return nil, fmt.Errorf("objstore: get %s: %w", key, err)
+		}
+		if int64(len(data)) > max {
+			return nil, fmt.Errorf("%w: get %s in %s: more sent, at most %d bytes accepted", ErrTooLarge, key, b, max)
 		}
 		return data, nil
 	case http.StatusNotFound:

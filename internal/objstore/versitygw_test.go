@@ -22,20 +22,27 @@ func TestAgainstVersityGateway(t *testing.T) {
 	if err := b.Put(ctx, "dir/a b$.txt", []byte("one"), true); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := b.Get(ctx, "dir/a b$.txt"); err != nil || string(got) != "one" {
+	if got, err := b.Get(ctx, "dir/a b$.txt", 1<<10); err != nil || string(got) != "one" {
 		t.Fatalf("Get: %q %v", got, err)
 	}
 	// Conditional write: never overwrites.
 	if err := b.Put(ctx, "dir/a b$.txt", []byte("two"), true); !errors.Is(err, ErrExists) {
 		t.Fatalf("second conditional Put: %v, want ErrExists", err)
 	}
-	if got, _ := b.Get(ctx, "dir/a b$.txt"); string(got) != "one" {
+	if got, _ := b.Get(ctx, "dir/a b$.txt", 1<<10); string(got) != "one" {
 		t.Fatalf("object overwritten: %q", got)
 	}
 	if err := b.Put(ctx, "dir/a b$.txt", []byte("three"), false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Get(ctx, "missing"); !errors.Is(err, ErrNotFound) {
+	// The caller bounds what a GET may read.
+	if _, err := b.Get(ctx, "dir/a b$.txt", 4); !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "at most 4 bytes accepted") {
+		t.Fatalf("Get of a 5-byte object with a limit of 4: %v", err)
+	}
+	if got, err := b.Get(ctx, "dir/a b$.txt", 5); err != nil || string(got) != "three" {
+		t.Fatalf("Get at exactly the limit: %q %v", got, err)
+	}
+	if _, err := b.Get(ctx, "missing", 1<<10); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get of a missing key: %v", err)
 	}
 	// Listing pages past 1,000 keys.

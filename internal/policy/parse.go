@@ -108,7 +108,13 @@ func ParseAll(src []byte) ([]*Policy, error) {
 	return out, nil
 }
 
-func cleanYAMLError(err error) string { return strings.TrimPrefix(err.Error(), "yaml: ") }
+// cleanYAMLError words yaml.v3's errors for people: no "yaml:" prefix, and
+// an unknown field named as such rather than by the Go type it missed.
+func cleanYAMLError(err error) string {
+	return unknownFieldRE.ReplaceAllString(strings.TrimPrefix(err.Error(), "yaml: "), `unknown field "$1"`)
+}
+
+var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type \S+`)
 
 func errAt(n *yaml.Node, field, format string, a ...any) error {
 	return fmt.Errorf("policy: line %d: %s: %s", n.Line, field, fmt.Sprintf(format, a...))

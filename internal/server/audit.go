@@ -58,7 +58,8 @@ func openAudit(cfg Config) (*audit.Log, note.Signer, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("server: audit key %s: %w", keyPath, err)
 	}
-	l, err := audit.OpenWith(filepath.Join(cfg.DataDir, "audit"), name, audit.Options{SegmentEntries: cfg.AuditSegmentEntries})
+	l, err := audit.OpenWith(filepath.Join(cfg.DataDir, "audit"), name, audit.Options{SegmentEntries: cfg.AuditSegmentEntries,
+		Logger: cfg.Log, Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Now: cfg.Now})
 	if err != nil {
 		return nil, nil, fmt.Errorf("server: %w", err)
 	}

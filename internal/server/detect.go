@@ -51,6 +51,12 @@ func AlertToAPI(a store.Alert) api.Alert {
 func (s *Server) handleListAlerts(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := store.AlertFilter{Rule: q.Get("rule"), Status: q.Get("status")}
+	switch f.Status {
+	case "", store.AlertOpen, store.AlertAcknowledged, store.AlertResolved:
+	default:
+		writeProblem(w, http.StatusBadRequest, "status: want open, acknowledged or resolved")
+		return
+	}
 	if v := q.Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {

@@ -28,6 +28,7 @@ func TestAlertsAPI(t *testing.T) {
 	}
 	wantStatus(t, h.admin.Do(ctx, http.MethodGet, "/v1/alerts?limit=-1", nil, nil), http.StatusBadRequest, "limit")
 	wantStatus(t, h.admin.Do(ctx, http.MethodGet, "/v1/alerts?since=yesterday", nil, nil), http.StatusBadRequest, "since")
+	wantStatus(t, h.admin.Do(ctx, http.MethodGet, "/v1/alerts?status=sleeping", nil, nil), http.StatusBadRequest, "status: want open, acknowledged or resolved")
 	wantStatus(t, h.admin.Do(ctx, http.MethodGet, "/v1/alerts/alr_nope", nil, nil), http.StatusNotFound, "no alert")
 	wantStatus(t, h.admin.Do(ctx, http.MethodPost, "/v1/alerts/alr_1/status", api.SetAlertStatusRequest{Status: "closed"}, nil), http.StatusBadRequest, `"closed"`)
 	wantStatus(t, h.admin.Do(ctx, http.MethodPost, "/v1/alerts/alr_nope/status", api.SetAlertStatusRequest{Status: "resolved"}, nil), http.StatusNotFound, "no alert")

@@ -31,6 +31,8 @@ import (
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/safedir"
+	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -100,6 +102,7 @@ type OAuthConfig struct {
 	Algorithm       jose.SignatureAlgorithm
 	AccessTokenTTL  time.Duration
 	RefreshTokenTTL time.Duration
+	MaxActDepth     int // hops of token exchange (nested act); 0: oauth.DefaultMaxActDepth
 }
 
 // Server is a running control plane.
@@ -159,9 +162,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, errors.New("server: a trust domain is required")
 	}
 	cfg = withDefaults(cfg)
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("server: data dir: %w", err)
+	// The data dir holds the admin token, the keys and the audit log: no
+	// other local user may be able to replace it or what is in it.
+	dataDir, err := safedir.Make(cfg.DataDir, "the server's data directory", os.Geteuid(), 0o700)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
 	}
+	cfg.DataDir = dataDir
 	if err := checkTrustDomain(cfg.DataDir, cfg.TrustDomain); err != nil {
 		return nil, err
 	}
@@ -312,8 +319,13 @@ func (s *Server) closeAudit() error {
 	var err error
 	if s.audit != nil {
 		last := int64(-1)
-		s.checkpoint(&last, 15*time.Second)
-		err = s.audit.Close()
+		s.checkpoint(&last, 15*time.Second) // may seal and archive, and record both
+		// The final checkpoint is the last write: it covers those
+		// records, and the log takes nothing after it. Copied to the
+		// archive, it vouches for the log from off the machine while the
+		// server is down.
+		_, err = s.audit.CloseWithCheckpoint(s.auditSigner)
+		s.archiveLastCheckpoint()
 	}
 	if s.forward != nil {
 		err = errors.Join(err, s.forward.Close())
@@ -322,6 +334,22 @@ func (s *Server) closeAudit() error {
 		s.releaseAuditLog()
 	}
 	return err
+}
+
+// archiveLastCheckpoint copies the final checkpoint to the archive when
+// the last copy succeeded (so that only the checkpoint is new there: a
+// segment copied now could no longer be recorded in the closed log).
+func (s *Server) archiveLastCheckpoint() {
+	s.retainMu.Lock()
+	defer s.retainMu.Unlock()
+	if s.archiver == nil || s.archiveFailing {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := s.archiver.Sync(ctx); err != nil {
+		s.log.Error("copying the final audit checkpoint to the archive failed; it is copied at the next start", "err", err)
+	}
 }
 
 // OAuth returns the authorization server (nil before Serve when the
@@ -368,13 +396,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
 	bg, stop := context.WithCancel(ctx)
+	// The loops may still record audit entries as they end: Serve returns
+	// (and Close signs the final checkpoint) only after they have.
+	var loops sync.WaitGroup
+	defer loops.Wait()
 	defer stop()
-	go s.maintain(bg)
-	go s.pollRevision(bg)
-	go s.flushRefusals(bg)
+	loops.Go(func() { s.maintain(bg) })
+	loops.Go(func() { s.pollRevision(bg) })
+	loops.Go(func() { s.flushRefusals(bg) })
 	if s.audit != nil { // the replica that keeps the log
-		go s.checkpointLoop(bg)
-		go s.detector.Run(bg)
+		loops.Go(func() { s.checkpointLoop(bg) })
+		loops.Go(func() { s.detector.Run(bg) })
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
@@ -573,9 +605,10 @@ func checkTrustDomain(dir string, td spiffeid.TrustDomain) error {
 }
 
 // loadOrCreateAdminToken returns the admin token from path, creating a random
-// 256-bit one (0600) on first start.
+// 256-bit one (0600) on first start. A token file group or others may read
+// is refused: anyone who read it is an admin.
 func loadOrCreateAdminToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	b, err := secretfile.Read(path)
 	if err == nil {
 		tok := strings.TrimSpace(string(b))
 		if len(tok) < 32 {
@@ -584,7 +617,7 @@ func loadOrCreateAdminToken(path string) (string, error) {
 		return tok, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("server: %w", err)
+		return "", fmt.Errorf("server: admin token: %w", err)
 	}
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {

@@ -52,7 +52,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	keys "github.com/rampartsec/rampart/internal/kms"
+	"github.com/rampartsec/rampart/internal/kms/envelope"
 	"github.com/rampartsec/rampart/sdk"
 )
 
@@ -354,8 +354,8 @@ func KeyOf(ciphertext []byte) (name string, version int, err error) {
 	if err != nil {
 		return "", 0, err
 	}
-	h, _, _, err := keys.ParseHeader(wrapped)
-	if err != nil || h.Kind != keys.KindDataKey {
+	h, _, _, err := envelope.Parse(wrapped)
+	if err != nil || h.Kind != envelope.KindDataKey {
 		return "", 0, ErrMalformed
 	}
 	return h.Name, h.Version, nil

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/fakeclock"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
@@ -77,22 +79,10 @@ rules:
 	return addr, client(cert)
 }
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func TestEnvelopeRoundTripAndCache(t *testing.T) {
 	addr, hc := testServer(t)
-	clk := &clock{t: time.Now()}
-	c, err := New(nil, WithServer(addr), WithHTTPClient(hc), WithClock(clk.now), WithDataKeyTTL(time.Minute), WithDataKeyUses(10))
+	clk := fakeclock.New(time.Now())
+	c, err := New(nil, WithServer(addr), WithHTTPClient(hc), WithClock(clk.Now), WithDataKeyTTL(time.Minute), WithDataKeyUses(10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +109,7 @@ func TestEnvelopeRoundTripAndCache(t *testing.T) {
 		t.Fatalf("decrypting what this client encrypted called the server (%d calls)", c.Calls())
 	}
 	// The TTL ends the data key for encryption and decryption alike.
-	clk.add(time.Minute)
+	clk.Add(time.Minute)
 	if _, err := c.Encrypt(ctx, "orders-pii", []byte("x"), nil); err != nil || c.Calls() != 4 {
 		t.Fatalf("after the TTL: %v, %d calls", err, c.Calls())
 	}

@@ -6,6 +6,11 @@
 // reports it at once, and `rampart audit verify --witness` reports it later
 // from the witness's files.
 //
+// A witness that loses its reference (Dir/checkpoint deleted, or left
+// unreadable by a crash) continues from the newest checkpoint it kept under
+// Dir/checkpoints/; it starts over only with nothing kept at all, and
+// refuses to when what it kept cannot be read.
+//
 // The witness needs only what transparency logs publish: the latest signed
 // checkpoint and consistency proofs between two sizes (RFC 6962 §2.1.2),
 // both served by the server without authentication since they carry only
@@ -48,6 +53,9 @@ type Witness struct {
 type Outcome struct {
 	Old, New int64 // tree sizes: last kept, and now
 	Grew     bool  // New > Old and proven consistent
+	// Restored is set when Dir/checkpoint was missing or unreadable and
+	// the newest of Dir/checkpoints/ was the reference instead.
+	Restored bool
 }
 
 // ErrInconsistent means the log is not an extension of what the witness
@@ -67,18 +75,14 @@ func (w *Witness) Observe(ctx context.Context) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, fmt.Errorf("witness: %w", err)
 	}
-	prevRaw, err := os.ReadFile(filepath.Join(w.Dir, "checkpoint"))
-	if errors.Is(err, os.ErrNotExist) {
+	prev, restored, err := w.reference()
+	if err != nil {
+		return Outcome{}, err
+	}
+	if prev == nil {
 		return Outcome{New: cur.Size, Grew: cur.Size > 0}, w.keep(cur)
 	}
-	if err != nil {
-		return Outcome{}, fmt.Errorf("witness: %w", err)
-	}
-	prev, err := audit.ParseCheckpoint(prevRaw, w.Verifier)
-	if err != nil {
-		return Outcome{}, fmt.Errorf("witness: the kept checkpoint: %w", err)
-	}
-	out := Outcome{Old: prev.Size, New: cur.Size}
+	out := Outcome{Old: prev.Size, New: cur.Size, Restored: restored}
 	if cur.Origin != prev.Origin {
 		return out, w.evidence(cur, fmt.Errorf("%w: origin %q, was %q", ErrInconsistent, cur.Origin, prev.Origin))
 	}
@@ -88,6 +92,9 @@ func (w *Witness) Observe(ctx context.Context) (Outcome, error) {
 	case cur.Size == prev.Size:
 		if cur.Hash != prev.Hash {
 			return out, w.evidence(cur, fmt.Errorf("%w: a different tree at the same size %d (entries rewritten)", ErrInconsistent, cur.Size))
+		}
+		if restored {
+			return out, w.keep(cur) // the reference file again
 		}
 		return out, nil
 	}
@@ -103,6 +110,45 @@ func (w *Witness) Observe(ctx context.Context) (Outcome, error) {
 	}
 	out.Grew = true
 	return out, w.keep(cur)
+}
+
+// reference is the checkpoint new ones must extend: Dir/checkpoint, or
+// when that is missing or unreadable (a crash, a slip of the hand), the
+// newest valid one under Dir/checkpoints/ (restored true). A witness
+// that lost its reference must not start over and accept whatever log it
+// is shown next; only one that never kept a checkpoint does (nil).
+func (w *Witness) reference() (*audit.Checkpoint, bool, error) {
+	raw, err := os.ReadFile(filepath.Join(w.Dir, "checkpoint"))
+	if err == nil {
+		if c, perr := audit.ParseCheckpoint(raw, w.Verifier); perr == nil {
+			return c, false, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, false, fmt.Errorf("witness: %w", err)
+	}
+	ents, derr := os.ReadDir(filepath.Join(w.Dir, "checkpoints"))
+	if derr != nil && !errors.Is(derr, os.ErrNotExist) {
+		return nil, false, fmt.Errorf("witness: %w", derr)
+	}
+	var best *audit.Checkpoint
+	for _, e := range ents {
+		b, rerr := os.ReadFile(filepath.Join(w.Dir, "checkpoints", e.Name()))
+		if rerr != nil {
+			continue
+		}
+		if c, perr := audit.ParseCheckpoint(b, w.Verifier); perr == nil && (best == nil || c.Size > best.Size) {
+			best = c
+		}
+	}
+	switch {
+	case best != nil:
+		return best, true, nil
+	case err == nil || len(ents) > 0:
+		// Something was kept, and none of it can be read: refuse rather
+		// than start over.
+		return nil, false, fmt.Errorf("witness: no kept checkpoint in %s can be read; not starting over (move the directory aside to start afresh)", w.Dir)
+	}
+	return nil, false, nil
 }
 
 func (w *Witness) keep(c *audit.Checkpoint) error {

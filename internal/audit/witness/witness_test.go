@@ -130,3 +130,43 @@ func TestWitness(t *testing.T) {
 		t.Fatalf("checkpoint by another key: %v", err)
 	}
 }
+
+// A witness whose reference checkpoint file is lost (or left unreadable by
+// a crash) used to start over, taking whatever log it was shown next as
+// the truth: a rewritten log then passed. It continues from the newest
+// checkpoint it kept instead.
+func TestWitnessDoesNotStartOverWhenItsReferenceIsLost(t *testing.T) {
+	signer, verifier := keys(t)
+	src := newLog(t, signer, "real", 10)
+	w := &Witness{Dir: t.TempDir(), Verifier: verifier, Source: src}
+	ctx := context.Background()
+	w.Observe(ctx)
+	src.add(t, "real-more", 7)
+	if out, err := w.Observe(ctx); err != nil || out.New != 17 {
+		t.Fatalf("%+v %v", out, err)
+	}
+	ref := filepath.Join(w.Dir, "checkpoint")
+	for name, lose := range map[string]func(){
+		"deleted": func() { os.Remove(ref) },
+		"zeroed":  func() { os.WriteFile(ref, make([]byte, 180), 0o644) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			lose()
+			w.Source = newLog(t, signer, "forged", 25)
+			out, err := w.Observe(ctx)
+			if !errors.Is(err, ErrInconsistent) || out.Old != 17 || !out.Restored {
+				t.Fatalf("a rewritten log after the reference was %s: %+v %v", name, out, err)
+			}
+		})
+	}
+	// Nothing readable kept at all: refuse, do not start over.
+	w.Source = src
+	os.Remove(ref)
+	ents, _ := os.ReadDir(filepath.Join(w.Dir, "checkpoints"))
+	for _, e := range ents {
+		os.WriteFile(filepath.Join(w.Dir, "checkpoints", e.Name()), []byte("garbage"), 0o644)
+	}
+	if _, err := w.Observe(ctx); err == nil || !strings.Contains(err.Error(), "not starting over") {
+		t.Fatalf("with every kept checkpoint unreadable: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"sync"
 	"testing"
@@ -44,6 +45,10 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"OAuthUsers", testOAuthUsers},
 		{"OAuthGrants", testOAuthGrants},
 		{"OAuthGrantRace", testOAuthGrantRace},
+		{"OAuthFamilies", testOAuthFamilies},
+		{"OAuthFamilyRace", testOAuthFamilyRace},
+		{"TOTPStepRace", testTOTPStepRace},
+		{"DPoPProofs", testDPoPProofs},
 		{"KMSKeys", testKMSKeys},
 		{"KMSRotateRace", testKMSRotateRace},
 	}
@@ -684,4 +689,17 @@ func testAlerts(t *testing.T, h harness) {
 	}
 	_, err = s.GetAlert(ctx, "nope")
 	wantErrIs(t, "get unknown", err, store.ErrNotFound)
+}
+
+// SQLite opens the store in dir/rampart.db (created if new; pass
+// t.TempDir() for a fresh one), closed when t ends: the fixture of every
+// package whose tests need a real store.
+func SQLite(t testing.TB, dir string) store.Store {
+	t.Helper()
+	s, err := store.OpenSQLite(filepath.Join(dir, "rampart.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
