@@ -154,7 +154,9 @@ func (s *AuditSink) Decision(_ context.Context, ev Event) {
 	} else if len(s.keys) < maxKeys && s.perCaller[ev.Caller] < maxKeysPerCaller {
 		s.keys[k] = &agg{}
 		s.perCaller[ev.Caller]++
-		out = append(out, DecisionEntry(ev))
+		s.mu.Unlock()
+		s.record(append(out, DecisionEntry(ev))) // built outside the lock
+		return
 	} else {
 		k = aggKey{caller: ev.Caller, user: ev.User, target: ev.Target, outcome: k.outcome, dryRun: ev.DryRun, level: 1}
 		if _, ok := s.keys[k]; !ok && len(s.keys) >= maxKeys {
