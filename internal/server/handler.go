@@ -202,7 +202,7 @@ func (s *Server) svidAuth(need string, verify func([][]byte) (spiffeid.ID, error
 			// fallback.
 			e := s.entry(r, "svid.auth", audit.OutcomeDenied, err.Error(), "path", r.URL.Path)
 			refusedCertActor(e, r.TLS.PeerCertificates[0], err)
-			s.record(r.Context(), e)
+			s.recordRefusal(r.Context(), e, r.RemoteAddr) // a revoked SVID may retry in a loop
 			writeProblem(w, http.StatusForbidden, err.Error())
 			return
 		}
