@@ -31,7 +31,6 @@ import (
 	"github.com/rampartsec/rampart/internal/store"
 )
 
-// clock is the provider's injected time.
 // harness is a provider on a real TLS listener with a SQLite store.
 type harness struct {
 	t      testing.TB
