@@ -267,7 +267,7 @@ func TestLoginLockout(t *testing.T) {
 	if len(fails) != oauth.DefaultMaxFailures+1 || !strings.Contains(fails[len(fails)-1].Reason, "backing off") || fails[0].Details["username"] != "alice" {
 		t.Fatalf("login failures audited: %d, last %+v", len(fails), fails[len(fails)-1])
 	}
-	h.clock.Advance(oauth.DefaultBackoffBase)
+	h.clock.Add(oauth.DefaultBackoffBase)
 	codeFrom(t, h.login(h.browser(), u, "alice", "alice-password", ""), "s")
 	// Unknown users fail the same way.
 	if resp := h.login(h.browser(), u, "mallory", "x", ""); resp.StatusCode != http.StatusUnauthorized {
@@ -410,8 +410,8 @@ func TestForgedAccessTokens(t *testing.T) {
 	}
 	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
-			h.clock.Advance(tt.adv)
-			defer h.clock.Advance(-tt.adv)
+			h.clock.Add(tt.adv)
+			defer h.clock.Add(-tt.adv)
 			if _, err := h.p.VerifyAccessToken(good, tt.aud); err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error %v, want it to mention %q", err, tt.want)
 			}

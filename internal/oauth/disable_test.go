@@ -95,7 +95,7 @@ func TestDisabledUserLosesEverything(t *testing.T) {
 	}
 
 	// Enabled again: nothing issued before comes back to life.
-	h.clock.Advance(time.Second)
+	h.clock.Add(time.Second)
 	u, _ := h.store.GetOAuthUser(t.Context(), "alice")
 	u.Disabled = false
 	if err := h.store.UpdateOAuthUser(t.Context(), u); err != nil {

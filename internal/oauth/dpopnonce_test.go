@@ -65,11 +65,11 @@ func TestDPoPNonce(t *testing.T) {
 		t.Fatalf("the second try with the nonce: %d %v, DPoP-Nonce %q", st, out, next)
 	}
 	// Still good a period later; stale after two.
-	h.clock.Advance(oauth.DefaultDPoPNonceTTL)
+	h.clock.Add(oauth.DefaultDPoPNonceTTL)
 	if st, out, _, _ := h.dpopCall(h.srv.URL, key, nonce, cc, "svc", secret); st != http.StatusOK {
 		t.Fatalf("a nonce one period old: %d %v", st, out)
 	}
-	h.clock.Advance(oauth.DefaultDPoPNonceTTL)
+	h.clock.Add(oauth.DefaultDPoPNonceTTL)
 	st, out, fresh, _ := h.dpopCall(h.srv.URL, key, nonce, cc, "svc", secret)
 	if st != http.StatusBadRequest || out["error"] != "use_dpop_nonce" || fresh == nonce || !strings.Contains(out["error_description"].(string), "stale") {
 		t.Fatalf("a stale nonce: %d %v, DPoP-Nonce %q", st, out, fresh)
@@ -159,7 +159,7 @@ func TestDPoPKeyQuota(t *testing.T) {
 	if st, out, _, _ := h.dpopCall(h.srv.URL, other, nonce, cc, "svc", secret); st != http.StatusOK {
 		t.Fatalf("another key meanwhile: %d %v", st, out)
 	}
-	h.clock.Advance(2 * time.Minute)
+	h.clock.Add(2 * time.Minute)
 	if st, out, _, _ := h.dpopCall(h.srv.URL, greedy, oauth.DPoPNonce(h.p), cc, "svc", secret); st != http.StatusOK {
 		t.Fatalf("the first key once its proofs expired: %d %v", st, out)
 	}

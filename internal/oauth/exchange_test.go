@@ -67,7 +67,7 @@ func TestExchangeCannotRenewAnExpiredToken(t *testing.T) {
 
 	// Shortly before the end: allowed, and the new token ends with its
 	// subject (never the full TTL).
-	h.clock.t = exp.Add(-5 * time.Second)
+	h.clock.Set(exp.Add(-5 * time.Second))
 	st, out := h.exchange(t, 0, alice, svc(1))
 	if st != http.StatusOK {
 		t.Fatalf("exchange 5 s before expiry: %d %v", st, out)
@@ -81,7 +81,7 @@ func TestExchangeCannotRenewAnExpiredToken(t *testing.T) {
 	}
 	// At and after exp (inside the old 30 s leeway): invalid_grant.
 	for _, after := range []time.Duration{0, time.Second, 29 * time.Second} {
-		h.clock.t = exp.Add(after)
+		h.clock.Set(exp.Add(after))
 		st, out := h.exchange(t, 0, alice, svc(1))
 		if st != http.StatusBadRequest || out["error"] != "invalid_grant" || !strings.Contains(out["error_description"].(string), "expired") {
 			t.Fatalf("exchange %v after expiry: %d %v", after, st, out)

@@ -170,7 +170,7 @@ func TestSigningKeyRotation(t *testing.T) {
 	if n := len(h.p.JWKS().Keys); n != 1 {
 		t.Fatalf("keys at start: %d", n)
 	}
-	h.clock.Advance(oauth.DefaultKeyTTL / 2)
+	h.clock.Add(oauth.DefaultKeyTTL / 2)
 	if err := h.p.Maintain(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func TestSigningKeyRotation(t *testing.T) {
 	if kidOf(issue()) != kid1 {
 		t.Fatal("the successor signed before the switch")
 	}
-	h.clock.Advance(oauth.DefaultKeyTTL / 6)
+	h.clock.Add(oauth.DefaultKeyTTL / 6)
 	if err := h.p.Maintain(t.Context()); err != nil {
 		t.Fatal(err)
 	}

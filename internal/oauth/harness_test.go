@@ -22,25 +22,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/fakeclock"
+
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/ratelimit"
 	"github.com/rampartsec/rampart/internal/store"
 )
-
-// clock is the provider's injected time.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // harness is a provider on a real TLS listener with a SQLite store.
 type harness struct {
@@ -50,7 +39,7 @@ type harness struct {
 	store  store.Store
 	dbPath string // the SQLite file, for replicas opening their own handle
 	wrap   *keywrap.Wrapper
-	clock  *clock
+	clock  *fakeclock.Clock
 	ca     *testCA
 
 	mu      sync.Mutex
@@ -78,7 +67,7 @@ func newHarnessTB(t testing.TB, mutate ...func(*oauth.Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, store: st, dbPath: dbPath, wrap: wrap, clock: &clock{t: time.Now().Truncate(time.Second)}, ca: newTestCA(t)}
+	h := &harness{t: t, store: st, dbPath: dbPath, wrap: wrap, clock: fakeclock.New(time.Now().Truncate(time.Second)), ca: newTestCA(t)}
 	mux := http.NewServeMux()
 	h.srv = httptest.NewUnstartedServer(mux)
 	h.srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: h.ca.pool}

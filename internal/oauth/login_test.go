@@ -106,11 +106,11 @@ func TestLoginBackoff(t *testing.T) {
 
 	wait := oauth.DefaultBackoffBase
 	for i := 0; i < 3; i++ {
-		h.clock.Advance(wait - time.Second)
+		h.clock.Add(wait - time.Second)
 		if st, _ := loginPage(t, h, "alice", "alice-password", ""); st != http.StatusUnauthorized {
 			t.Fatalf("right password a second before the back-off of %v ends: %d", wait, st)
 		}
-		h.clock.Advance(time.Second)
+		h.clock.Add(time.Second)
 		loginPage(t, h, "alice", "another-guess", "") // counted: the wait doubles
 		wait *= 2
 	}
@@ -118,7 +118,7 @@ func TestLoginBackoff(t *testing.T) {
 	if got := u.LockedUntil.Sub(h.clock.Now()); got != wait {
 		t.Fatalf("back-off after %d failures: %v, want %v", u.FailedLogins, got, wait)
 	}
-	h.clock.Advance(wait)
+	h.clock.Add(wait)
 	codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", fixedCh)), "alice", "alice-password", ""), "s")
 
 	// The cap: however many failures, no wait is longer than BackoffMax.
@@ -131,7 +131,7 @@ func TestLoginBackoff(t *testing.T) {
 			t.Fatalf("back-off %v beyond the cap %v", w, oauth.DefaultBackoffMax)
 		}
 		longest = max(longest, w)
-		h.clock.Advance(max(w, 0))
+		h.clock.Add(max(w, 0))
 	}
 	if longest != oauth.DefaultBackoffMax {
 		t.Fatalf("longest back-off %v, want the cap %v", longest, oauth.DefaultBackoffMax)
@@ -159,7 +159,7 @@ func TestLoginCSRFTokenExpires(t *testing.T) {
 	for _, m := range hiddenRE.FindAllStringSubmatch(string(page), -1) {
 		form.Set(m[1], htmlUnescape(m[2]))
 	}
-	h.clock.Advance(oauth.DefaultCSRFTTL + time.Second)
+	h.clock.Add(oauth.DefaultCSRFTTL + time.Second)
 	resp, err = b.PostForm(h.srv.URL+oauth.PathAuthorize, form)
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +173,7 @@ func TestLoginCSRFTokenExpires(t *testing.T) {
 	codeFrom(t, h.login(b, authURL(h, codeQuery("web", fixedCh)), "alice", "alice-password", ""), "s")
 	// A token from a form made "in the future" (a clock set ahead) is not
 	// accepted either.
-	h.clock.Advance(-time.Hour)
+	h.clock.Add(-time.Hour)
 	resp, err = b.PostForm(h.srv.URL+oauth.PathAuthorize, form)
 	if err != nil {
 		t.Fatal(err)

@@ -76,7 +76,7 @@ func TestRateLimits(t *testing.T) {
 		t.Fatalf("refused logins counted against alice: %d failures, backing off until %v", u.FailedLogins, u.LockedUntil)
 	}
 	// A second later the bucket has a token again.
-	h.clock.Advance(time.Second)
+	h.clock.Add(time.Second)
 	if st, _ := postRaw(oauth.PathToken, cc); st != http.StatusOK {
 		t.Fatalf("token after a second: %d", st)
 	}
