@@ -20,7 +20,6 @@ import (
 	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
-	"github.com/rampartsec/rampart/internal/svid"
 )
 
 // Header names the guard sets for the app (and strips from callers).
@@ -182,19 +181,14 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 }
 
 // PeerStale reports whether a connection's client certificate is past
-// three quarters of its life. Agents rotate SVIDs at 40-50% of theirs, so
-// the client holds a newer one: the answer asks it to reconnect with it
-// (Connection: close), before the old one expires on a connection kept
-// alive for long and requests start to be refused. The life is counted
-// from issuance, as the agent counts it: SVIDs are backdated by
-// svid.ClockSkew, which would make a short-lived one stale at once.
+// three quarters of its life (mtls.RecycleAt). Agents rotate SVIDs at
+// 40-50% of theirs, so the client holds a newer one: the answer asks it to
+// reconnect with it (Connection: close), before the old one expires on a
+// connection kept alive for long and requests start to be refused. The
+// reconnection is a full handshake: a session ticket for a certificate
+// this old is declined (mtls.ServerConfig).
 func (g *Guard) PeerStale(leaf *x509.Certificate) bool {
-	issued := leaf.NotBefore
-	if leaf.NotAfter.Sub(issued) > svid.ClockSkew { // else not backdated: another CA's
-		issued = issued.Add(svid.ClockSkew)
-	}
-	life := leaf.NotAfter.Sub(issued)
-	return g.cfg.Now().After(issued.Add(life - life/4))
+	return g.cfg.Now().After(mtls.RecycleAt(leaf))
 }
 
 // Check authorises r, which arrived over the verified TLS connection in
