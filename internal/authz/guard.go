@@ -81,7 +81,10 @@ type GuardConfig struct {
 	// handshake: a connection opened before a revocation is cut at its
 	// next request.
 	Revocations *mtls.Revocations
-	Now         func() time.Time // nil: time.Now
+	// StripHeaders are request headers removed besides the built-in
+	// identity headers (ParseStripHeaders; nil: none).
+	StripHeaders *HeaderNames
+	Now          func() time.Time // nil: time.Now
 }
 
 // Guard authorises inbound calls with the current policy.
@@ -149,6 +152,7 @@ type Refusal struct {
 	Status          int
 	Detail          string
 	WWWAuthenticate string // "" unless a token was refused
+	RetryAfter      string // seconds; "" unless refused for overload (503)
 	// Close: the connection must not carry another request (its client
 	// certificate expired or was revoked).
 	Close bool
@@ -158,6 +162,9 @@ type Refusal struct {
 func (rf *Refusal) Write(w http.ResponseWriter) {
 	if rf.WWWAuthenticate != "" {
 		w.Header().Set("WWW-Authenticate", rf.WWWAuthenticate)
+	}
+	if rf.RetryAfter != "" {
+		w.Header().Set("Retry-After", rf.RetryAfter)
 	}
 	if rf.Close {
 		w.Header().Set("Connection", "close") // HTTP/2: net/http sends GOAWAY
@@ -237,7 +244,7 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 		g.finish(r.Context(), &ev, start, "bad_request")
 		return &Refusal{Status: http.StatusBadRequest, Detail: "method " + strconv.Quote(r.Method) + " refused: methods must be upper case"}
 	}
-	sanitizeHeaders(r.Header)
+	g.sanitizeHeaders(r.Header)
 	path, err := policy.NormalizePath(r.URL.EscapedPath())
 	if err != nil {
 		ev.Path, ev.Reason = r.URL.EscapedPath(), err.Error()
@@ -369,18 +376,22 @@ func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome 
 //     next hop would drop the verified identity set below.
 //   - Identity headers (X-Rampart-*, X-Forwarded-Client-Cert): only the
 //     guard sets them, after verification.
+//   - Identity headers other proxies and platforms set, which apps read as
+//     proven (X-Spiffe-Id, X-Client-Cert, X-Remote-User...: identityHeaders),
+//     and those the operator named (GuardConfig.StripHeaders).
 //   - Names with "_": CGI-style servers (PHP, Rack, WSGI) map
 //     X_Rampart_Caller and X-Rampart-Caller to the same variable. Dropped,
 //     as nginx does by default (underscores_in_headers off).
 //   - Method and URL overrides (X-HTTP-Method-Override, X-Original-URL...):
 //     frameworks honour them after the policy judged the request line.
-func sanitizeHeaders(h http.Header) {
+func (g *Guard) sanitizeHeaders(h http.Header) {
 	StripHopByHop(h)
 	for name := range h {
 		// Canonical as parsers leave them, but not assumed: CanonicalMIMEHeaderKey
 		// returns name itself, unallocated, when it already is.
 		c := textproto.CanonicalMIMEHeaderKey(name)
-		if IsIdentityHeader(c) || strings.IndexByte(c, '_') >= 0 || overrideHeaders[c] {
+		if IsIdentityHeader(c) || strings.IndexByte(c, '_') >= 0 || overrideHeaders[c] ||
+			identityHeaders.Match(c) || g.cfg.StripHeaders.Match(c) {
 			delete(h, name)
 		}
 	}

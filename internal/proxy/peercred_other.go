@@ -1,0 +1,16 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"io/fs"
+	"net"
+)
+
+// peerUID cannot read a unix socket caller's uid here: every caller is
+// refused.
+func peerUID(*net.UnixConn) (int, error) { return -1, errNoPeerCred }
+
+func lookupUID(string) (int, error) { return -1, errNoPeerCred }
+
+func fileOwner(fs.FileInfo) (int, bool) { return -1, false }
