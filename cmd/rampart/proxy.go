@@ -73,7 +73,7 @@ it must listen on loopback or a unix socket (callers checked by uid), unless
 	fs.StringVar(&app, "app", "", "the local app behind the inbound listener, e.g. 127.0.0.1:8080")
 	fs.StringVar(&appProto, "app-protocol", "http1", "how to talk to the app: http1, or h2c for gRPC")
 	fs.BoolVar(&tcp, "tcp", false, "raw TCP mode for every listener (identity-only policy)")
-	fs.Var(&outs, "outbound", "LISTEN=UPSTREAM,SPIFFE-ID[,exchange]: a loopback listener forwarding to an upstream that must present SPIFFE-ID; with exchange, user tokens are exchanged for the upstream (repeatable)")
+	fs.Var(&outs, "outbound", "LISTEN=UPSTREAM,SPIFFE-ID[,exchange]: a listener on loopback (host:port) or a unix socket (unix:/path) forwarding to an upstream that must present SPIFFE-ID; with exchange, user tokens are exchanged for the upstream (repeatable)")
 	fs.StringVar(&cfg.ExchangeClientID, "exchange-client-id", "", "this service's OAuth client ID (tls_client_auth with its SVID), for outbounds with exchange")
 	fs.BoolVar(&cfg.Access.AllowRemote, "outbound-allow-remote", false, "let an --outbound listen beyond loopback: anyone who reaches it calls the upstream as this service (an open relay unless the network is trusted)")
 	fs.Var(&allowUIDs, "outbound-allow-uid", "uid (or user name) allowed to connect to unix-socket outbounds, checked with SO_PEERCRED (repeatable, comma-separated; default: the proxy's own uid)")

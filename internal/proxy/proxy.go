@@ -47,7 +47,7 @@ type Inbound struct {
 
 // Outbound is a loopback listener for calls to one upstream.
 type Outbound struct {
-	Listen   string      // e.g. 127.0.0.1:7001
+	Listen   string      // e.g. 127.0.0.1:7001, or unix:/run/rampart/orders/payments.sock
 	Upstream string      // the upstream's inbound proxy, host:port
 	ID       spiffeid.ID // the SPIFFE ID the upstream must present
 	TCP      bool
@@ -57,7 +57,9 @@ type Outbound struct {
 }
 
 // ParseOutbound parses "LISTEN=UPSTREAM,SPIFFE-ID[,exchange]", e.g.
-// "127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments".
+// "127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments";
+// LISTEN is a loopback host:port or unix:/absolute/path (see
+// checkOutboundListen).
 func ParseOutbound(s string) (Outbound, error) {
 	listen, rest, ok := strings.Cut(s, "=")
 	up, id, ok2 := strings.Cut(rest, ",")
