@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"net"
 	"net/netip"
 	"os"
@@ -111,6 +112,18 @@ it must listen on loopback or a unix socket (callers checked by uid), unless
 		}
 		ob.TCP = tcp
 		cfg.Outbounds = append(cfg.Outbounds, ob)
+	}
+	// Bounds left at their defaults follow a smaller --upstream-max-conns.
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["upstream-max-idle"] {
+		lim.MaxIdle = min(lim.MaxIdle, lim.MaxConns)
+	}
+	if !set["upstream-max-dialing"] {
+		lim.MaxDialing = min(lim.MaxDialing, lim.MaxConns)
+	}
+	if !set["upstream-min-idle"] {
+		lim.MinIdle = min(lim.MinIdle, lim.MaxIdle)
 	}
 	if err := lim.Validate(); err != nil {
 		return usagef("%v", err)
