@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -198,5 +197,3 @@ func ParseUIDs(names []string) ([]int, error) {
 	}
 	return uids, nil
 }
-
-var errNoPeerCred = errors.New("proxy: reading a unix socket caller's uid (SO_PEERCRED) needs Linux")

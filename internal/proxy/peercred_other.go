@@ -3,9 +3,12 @@
 package proxy
 
 import (
+	"errors"
 	"io/fs"
 	"net"
 )
+
+var errNoPeerCred = errors.New("proxy: reading a unix socket caller's uid (SO_PEERCRED) needs Linux")
 
 // peerUID cannot read a unix socket caller's uid here: every caller is
 // refused.
