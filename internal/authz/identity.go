@@ -125,8 +125,3 @@ func (n *HeaderNames) Match(canonical string) bool {
 	}
 	return false
 }
-
-// IsForgeableIdentity reports whether a canonical header name is one of the
-// identity headers that other proxies and platforms set (identityHeaders),
-// which the guard removes from every request.
-func IsForgeableIdentity(canonical string) bool { return identityHeaders.Match(canonical) }
