@@ -15,6 +15,13 @@
 //	// in a handler:
 //	caller, _ := sdk.CallerID(r.Context())
 //
+// Middleware removes identity headers a caller could forge (X-Spiffe-Id,
+// X-Client-Cert, X-Remote-User and the others other proxies set: the list
+// is in docs/dataplane.md; WithStripHeaders adds names). HTTPClient resumes
+// TLS sessions and bounds its connections (ClientLimits): a request that
+// finds all of them busy waits at most a second, then fails with
+// ErrOverloaded instead of opening yet another connection.
+//
 // The SVID and bundle come from the agent's SPIFFE Workload API and follow
 // rotations without restarting anything. With a server configured
 // (WithServer or RAMPART_SERVER), the policy protecting this service and the

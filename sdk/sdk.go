@@ -5,19 +5,24 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
+	"github.com/rampartsec/rampart/internal/upstream"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
 )
 
@@ -31,13 +36,14 @@ const DefaultSocket = endpoint.SystemDir + "/" + endpoint.SocketName
 type Option func(*options)
 
 type options struct {
-	socket   string
-	agentUID *uint32
-	server   string
-	cacheDir string
-	log      *slog.Logger
-	sink     authz.Sink
-	spoolDir string
+	socket       string
+	agentUID     *uint32
+	server       string
+	cacheDir     string
+	log          *slog.Logger
+	sink         authz.Sink
+	spoolDir     string
+	stripHeaders []string
 }
 
 // WithSocket sets the agent's Workload API socket path.
@@ -65,6 +71,17 @@ func WithPolicyCache(dir string) Option { return func(o *options) { o.cacheDir =
 // and are delivered once. Needs WithServer (or RAMPART_SERVER).
 func WithAuditSpool(dir string) Option { return func(o *options) { o.spoolDir = dir } }
 
+// WithStripHeaders names more request headers Middleware removes before the
+// policy and the handler see them, besides the identity headers other
+// proxies and platforms set, which it always removes (X-Spiffe-Id,
+// X-Client-Cert, X-Remote-User, X-Forwarded-User... the list is in
+// docs/dataplane.md): use it for a header your handlers read as proven. A
+// name is matched in any case, with "_" read as "-"; a trailing "*" makes
+// a prefix.
+func WithStripHeaders(names ...string) Option {
+	return func(o *options) { o.stripHeaders = append(o.stripHeaders, names...) }
+}
+
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
@@ -81,12 +98,20 @@ func WithDecisionSink(s DecisionSink) Option { return func(o *options) { o.sink 
 
 // Source is a service's identity and authorisation.
 type Source struct {
-	server string // control plane address ("" without one)
-	x509   *workloadapi.X509Source
+	server string     // control plane address ("" without one)
+	x509   x509Source // the Workload API's, kept current
+	closer io.Closer  // the Workload API client
 	id     spiffeid.ID
 	guard  *authz.Guard
 	revs   *mtls.Revocations
 	spool  *spool.Spool // nil unless WithAuditSpool
+}
+
+// x509Source is what the Workload API's X509Source gives the TLS
+// configurations: this service's SVID and the trust bundles.
+type x509Source interface {
+	x509svid.Source
+	x509bundle.Source
 }
 
 // New connects to the agent and waits for the first SVID.
@@ -109,6 +134,10 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 	if o.spoolDir != "" && o.server == "" {
 		return nil, errors.New("sdk: WithAuditSpool needs WithServer (or RAMPART_SERVER): the spool delivers to the server")
 	}
+	strip, err := authz.ParseStripHeaders(o.stripHeaders)
+	if err != nil {
+		return nil, fmt.Errorf("sdk: WithStripHeaders: %w", err)
+	}
 	wopts, err := endpoint.ClientOptions(ctx, o.socket, o.agentUID)
 	if err != nil {
 		return nil, fmt.Errorf("sdk: %w", err)
@@ -122,7 +151,7 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		src.Close()
 		return nil, fmt.Errorf("sdk: %w", err)
 	}
-	s := &Source{server: o.server, x509: src, id: sv.ID, revs: &mtls.Revocations{}}
+	s := &Source{server: o.server, x509: src, closer: src, id: sv.ID, revs: &mtls.Revocations{}}
 	var sink authz.Sink = authz.LogSink{Log: o.log}
 	if o.sink != nil {
 		sink = o.sink
@@ -135,7 +164,7 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		}
 		s.spool, sink = sp, shipping
 	}
-	s.guard = authz.NewGuard(authz.GuardConfig{Service: sv.ID, Log: o.log, Sink: sink, Revocations: s.revs})
+	s.guard = authz.NewGuard(authz.GuardConfig{Service: sv.ID, Log: o.log, Sink: sink, Revocations: s.revs, StripHeaders: strip})
 	if o.server != "" {
 		sy := &authz.Syncer{ServerAddr: o.server, SVID: src, Bundles: src, Guard: s.guard, Revocations: s.revs, CacheDir: o.cacheDir, Log: o.log}
 		if err := sy.Start(ctx); err != nil {
@@ -155,7 +184,7 @@ func (s *Source) Close() error {
 	if s.spool != nil {
 		s.spool.Close()
 	}
-	return s.x509.Close()
+	return s.closer.Close()
 }
 
 // SetPolicy installs a policy from its YAML source, replacing any other
@@ -191,6 +220,64 @@ type ClientOption func(*clientOptions)
 
 type clientOptions struct {
 	exchangeClientID string
+	limits           ClientLimits
+}
+
+// ClientLimits bound the connections an HTTPClient opens to its server, so
+// that a server that slows down is not also flooded with new connections
+// (each a TLS handshake) by the requests waiting for it. Zero fields take
+// the defaults named.
+type ClientLimits struct {
+	// MaxConns bounds the open connections (default 1024). Over HTTP/1.1
+	// it bounds the requests in flight; an HTTP/2 connection carries many.
+	MaxConns int
+	// MaxPending bounds the requests waiting for a connection (default
+	// 1024); beyond it a request fails at once with ErrOverloaded.
+	MaxPending int
+	// QueueTimeout is how long a request waits for a connection (default
+	// 1 s) before it fails with ErrOverloaded.
+	QueueTimeout time.Duration
+	// MaxDialing bounds the connections being opened at once (default 16).
+	MaxDialing int
+	// DialRate bounds new connections a second after a burst of
+	// MaxDialing (default 64; negative: no bound).
+	DialRate float64
+	// MaxIdle bounds the idle connections kept (default 64).
+	MaxIdle int
+	// IdleTimeout closes idle connections (default 90 s).
+	IdleTimeout time.Duration
+}
+
+// ErrOverloaded is the error (matched with errors.Is) of a request an
+// HTTPClient did not send because every connection to the server stayed
+// busy (ClientLimits): it may be retried later.
+var ErrOverloaded = upstream.ErrOverloaded
+
+// WithClientLimits bounds the client's connections (see ClientLimits).
+func WithClientLimits(l ClientLimits) ClientOption {
+	return func(o *clientOptions) { o.limits = l }
+}
+
+func (l ClientLimits) upstream() (upstream.Limits, error) {
+	u := upstream.Limits{MaxConns: l.MaxConns, MaxPending: l.MaxPending, QueueTimeout: l.QueueTimeout, MaxDialing: l.MaxDialing,
+		DialRate: l.DialRate, MaxIdle: l.MaxIdle, IdleTimeout: l.IdleTimeout}
+	switch {
+	case u.DialRate == 0:
+		u.DialRate = upstream.DefaultDialRate
+	case u.DialRate < 0:
+		u.DialRate = 0
+	}
+	if u.MaxIdle == 0 {
+		u.MaxIdle = 64
+		if u.MaxConns > 0 && u.MaxConns < 64 {
+			u.MaxIdle = u.MaxConns
+		}
+	}
+	u = u.WithDefaults()
+	if err := u.Validate(); err != nil {
+		return u, fmt.Errorf("sdk: ClientLimits: %w", err)
+	}
+	return u, nil
 }
 
 // WithTokenExchange makes the client exchange the user token on each
@@ -204,15 +291,27 @@ func WithTokenExchange(clientID string) ClientOption {
 	return func(o *clientOptions) { o.exchangeClientID = clientID }
 }
 
-// HTTPClient calls the service whose SPIFFE ID is server over mTLS.
+// HTTPClient calls the service whose SPIFFE ID is server over mTLS. It
+// resumes TLS sessions with the server, and keeps to ClientLimits: a
+// request that finds every connection busy waits for one, and fails with
+// ErrOverloaded when the wait is too long.
 func (s *Source) HTTPClient(server spiffeid.ID, opts ...ClientOption) *http.Client {
 	var o clientOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
-	var rt http.RoundTripper = &http.Transport{
-		TLSClientConfig: s.ClientTLSConfig(server), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+	l, err := o.limits.upstream()
+	if err != nil {
+		return &http.Client{Transport: roundTripErr{err}}
 	}
+	dialer := &mtls.Dialer{Config: s.ClientTLSConfig(server), Net: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}}
+	t := upstream.Transport(l, true, func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Second) // the connection and its handshake
+		defer cancel()
+		return dialer.DialContext(ctx, network, addr)
+	}, nil)
+	t.ForceAttemptHTTP2 = true
+	var rt http.RoundTripper = upstream.Bound(t, l, nil, nil)
 	if o.exchangeClientID != "" {
 		if s.server == "" {
 			rt = roundTripErr{errors.New("sdk: WithTokenExchange needs a server (WithServer or RAMPART_SERVER)")}

@@ -5,8 +5,10 @@
 //
 //  1. takes the caller's SPIFFE ID from the verified TLS peer certificate,
 //     never from a header;
-//  2. strips identity headers the caller may have forged
-//     (X-Forwarded-Client-Cert, X-Rampart-*);
+//  2. strips identity headers the caller may have forged: its own
+//     (X-Forwarded-Client-Cert, X-Rampart-*), those other proxies and
+//     platforms set for the apps behind them (X-Spiffe-Id, X-Client-Cert,
+//     X-Remote-User...: identity.go) and any the operator names;
 //  3. normalises the path (policy.NormalizePath) and refuses ambiguous ones
 //     (encoded slashes, ".." above the root) with 400, then forwards the
 //     normalised path, so the app serves exactly what the policy judged;

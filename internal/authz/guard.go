@@ -20,7 +20,6 @@ import (
 	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
-	"github.com/rampartsec/rampart/internal/svid"
 )
 
 // Header names the guard sets for the app (and strips from callers).
@@ -82,7 +81,10 @@ type GuardConfig struct {
 	// handshake: a connection opened before a revocation is cut at its
 	// next request.
 	Revocations *mtls.Revocations
-	Now         func() time.Time // nil: time.Now
+	// StripHeaders are request headers removed besides the built-in
+	// identity headers (ParseStripHeaders; nil: none).
+	StripHeaders *HeaderNames
+	Now          func() time.Time // nil: time.Now
 }
 
 // Guard authorises inbound calls with the current policy.
@@ -150,6 +152,7 @@ type Refusal struct {
 	Status          int
 	Detail          string
 	WWWAuthenticate string // "" unless a token was refused
+	RetryAfter      string // seconds; "" unless refused for overload (503)
 	// Close: the connection must not carry another request (its client
 	// certificate expired or was revoked).
 	Close bool
@@ -159,6 +162,9 @@ type Refusal struct {
 func (rf *Refusal) Write(w http.ResponseWriter) {
 	if rf.WWWAuthenticate != "" {
 		w.Header().Set("WWW-Authenticate", rf.WWWAuthenticate)
+	}
+	if rf.RetryAfter != "" {
+		w.Header().Set("Retry-After", rf.RetryAfter)
 	}
 	if rf.Close {
 		w.Header().Set("Connection", "close") // HTTP/2: net/http sends GOAWAY
@@ -182,19 +188,14 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 }
 
 // PeerStale reports whether a connection's client certificate is past
-// three quarters of its life. Agents rotate SVIDs at 40-50% of theirs, so
-// the client holds a newer one: the answer asks it to reconnect with it
-// (Connection: close), before the old one expires on a connection kept
-// alive for long and requests start to be refused. The life is counted
-// from issuance, as the agent counts it: SVIDs are backdated by
-// svid.ClockSkew, which would make a short-lived one stale at once.
+// three quarters of its life (mtls.RecycleAt). Agents rotate SVIDs at
+// 40-50% of theirs, so the client holds a newer one: the answer asks it to
+// reconnect with it (Connection: close), before the old one expires on a
+// connection kept alive for long and requests start to be refused. The
+// reconnection is a full handshake: a session ticket for a certificate
+// this old is declined (mtls.ServerConfig).
 func (g *Guard) PeerStale(leaf *x509.Certificate) bool {
-	issued := leaf.NotBefore
-	if leaf.NotAfter.Sub(issued) > svid.ClockSkew { // else not backdated: another CA's
-		issued = issued.Add(svid.ClockSkew)
-	}
-	life := leaf.NotAfter.Sub(issued)
-	return g.cfg.Now().After(issued.Add(life - life/4))
+	return g.cfg.Now().After(mtls.RecycleAt(leaf))
 }
 
 // Check authorises r, which arrived over the verified TLS connection in
@@ -243,7 +244,7 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 		g.finish(r.Context(), &ev, start, "bad_request")
 		return &Refusal{Status: http.StatusBadRequest, Detail: "method " + strconv.Quote(r.Method) + " refused: methods must be upper case"}
 	}
-	sanitizeHeaders(r.Header)
+	g.sanitizeHeaders(r.Header)
 	path, err := policy.NormalizePath(r.URL.EscapedPath())
 	if err != nil {
 		ev.Path, ev.Reason = r.URL.EscapedPath(), err.Error()
@@ -377,18 +378,22 @@ func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome 
 //     next hop would drop the verified identity set below.
 //   - Identity headers (X-Rampart-*, X-Forwarded-Client-Cert): only the
 //     guard sets them, after verification.
+//   - Identity headers other proxies and platforms set, which apps read as
+//     proven (X-Spiffe-Id, X-Client-Cert, X-Remote-User...: identityHeaders),
+//     and those the operator named (GuardConfig.StripHeaders).
 //   - Names with "_": CGI-style servers (PHP, Rack, WSGI) map
 //     X_Rampart_Caller and X-Rampart-Caller to the same variable. Dropped,
 //     as nginx does by default (underscores_in_headers off).
 //   - Method and URL overrides (X-HTTP-Method-Override, X-Original-URL...):
 //     frameworks honour them after the policy judged the request line.
-func sanitizeHeaders(h http.Header) {
+func (g *Guard) sanitizeHeaders(h http.Header) {
 	StripHopByHop(h)
 	for name := range h {
 		// Canonical as parsers leave them, but not assumed: CanonicalMIMEHeaderKey
 		// returns name itself, unallocated, when it already is.
 		c := textproto.CanonicalMIMEHeaderKey(name)
-		if IsIdentityHeader(c) || strings.IndexByte(c, '_') >= 0 || overrideHeaders[c] {
+		if IsIdentityHeader(c) || strings.IndexByte(c, '_') >= 0 || overrideHeaders[c] ||
+			identityHeaders.Match(c) || g.cfg.StripHeaders.Match(c) {
 			delete(h, name)
 		}
 	}
