@@ -115,8 +115,8 @@ type File struct {
 	Mode string `json:"mode"` // octal permission bits, e.g. "0600"
 	// Offset is where the bytes start in the file (the audit tail;
 	// everything before it is in the segments).
-	Offset int64 `json:"offset,omitempty"`
-	Size   int64 `json:"size"`   // bytes, before compression and encryption
+	Offset int64  `json:"offset,omitempty"`
+	Size   int64  `json:"size"`   // bytes, before compression and encryption
 	SHA256 string `json:"sha256"` // hex, of those bytes
 	// Compression is "zstd" or "none": what was applied before age.
 	Compression string `json:"compression"`
