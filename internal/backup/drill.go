@@ -93,12 +93,12 @@ func drill(ctx context.Context, cfg DrillConfig, rep *DrillReport) error {
 	}
 	defer os.RemoveAll(tmp)
 	dir := filepath.Join(tmp, "data")
+	if c, err := cfg.Source.Choose(ctx, 0); err == nil {
+		rep.Seq, rep.Hash, rep.Created = c.Manifest.Seq, Hash(c.Signed), c.Manifest.Created
+		rep.BackupAge = cfg.Now().Sub(c.Manifest.Created)
+	}
 	res, err := Restore(ctx, RestoreConfig{Source: cfg.Source, DataDir: dir, PostgresDSN: cfg.PostgresDSN, KEKFile: cfg.KEKFile,
 		MasterPassphrase: cfg.MasterPassphrase, PKCS11: cfg.PKCS11, Actor: audit.Actor{User: "rampart-drill"}, Reason: "restore drill", Now: cfg.Now})
-	if res != nil {
-		rep.Seq, rep.Hash, rep.Created = res.Seq, res.Hash, res.Created
-		rep.BackupAge = cfg.Now().Sub(res.Created)
-	}
 	if err != nil {
 		rep.Checks = append(rep.Checks, Check{Name: "restore", Detail: err.Error()})
 		return nil

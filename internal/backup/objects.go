@@ -194,7 +194,7 @@ func openFile(ctx context.Context, d Destination, f File, ids []age.Identity) (*
 	if err != nil {
 		var perr *PartError
 		if errors.As(err, &perr) {
-			return nil, err
+			return nil, perr
 		}
 		return nil, fmt.Errorf("backup: %s: decrypt: %w", f.Path, err)
 	}
