@@ -43,6 +43,7 @@ type DrillConfig struct {
 	KEKFile          string
 	MasterPassphrase func() ([]byte, error)
 	PKCS11           keywrap.PKCS11Config
+	Wrapper          *keywrap.Wrapper
 	Boot             Boot
 	Now              func() time.Time
 }
@@ -98,7 +99,7 @@ func drill(ctx context.Context, cfg DrillConfig, rep *DrillReport) error {
 		rep.BackupAge = cfg.Now().Sub(c.Manifest.Created)
 	}
 	res, err := Restore(ctx, RestoreConfig{Source: cfg.Source, DataDir: dir, PostgresDSN: cfg.PostgresDSN, KEKFile: cfg.KEKFile,
-		MasterPassphrase: cfg.MasterPassphrase, PKCS11: cfg.PKCS11, Actor: audit.Actor{User: "rampart-drill"}, Reason: "restore drill", Now: cfg.Now})
+		MasterPassphrase: cfg.MasterPassphrase, PKCS11: cfg.PKCS11, Wrapper: cfg.Wrapper, Actor: audit.Actor{User: "rampart-drill"}, Reason: "restore drill", Now: cfg.Now})
 	if err != nil {
 		rep.Checks = append(rep.Checks, Check{Name: "restore", Detail: err.Error()})
 		return nil
