@@ -130,7 +130,7 @@ type Server struct {
 	notifier        *detect.Notifier
 	oauth           *oauth.Provider // nil until the issuer address is known
 	kms             *kms.Service
-	backup          *backup.Runner // nil: no backups configured
+	backup          *backup.Runner            // nil: no backups configured
 	kmsPolicy       atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
