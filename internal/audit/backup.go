@@ -13,8 +13,6 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
-
-	"github.com/rampartsec/rampart/internal/atomicfile"
 )
 
 // Backups (package backup) copy a running log without stopping it.
@@ -133,7 +131,10 @@ func readCheckpointSizeBytes(raw []byte) (int64, bool) {
 // the entries, and the C2SP tiles for the tree. It returns the tree size
 // and root hash the entries produce, which the caller checks against the
 // signed checkpoint; Verify and Open then read the directory as a log.
-// offsets.bin and hashes.bin must not exist yet.
+// offsets.bin and hashes.bin must not exist yet. The tiles it writes are
+// not synced one by one: the caller makes the directory durable (a
+// restore syncs the file system once before moving the data directory
+// into place).
 func Rebuild(dir string) (int64, tlog.Hash, error) {
 	n, root, err := rebuild(dir)
 	if err != nil {
@@ -300,12 +301,14 @@ func readRecord(f *os.File, off int64) ([]byte, error) {
 	return b, err
 }
 
+// writeTile writes a tile without syncing it: a restore writes thousands,
+// and makes the whole directory durable once at the end (see Rebuild).
 func writeTile(dir, rel string, data []byte) error {
 	p := filepath.Join(dir, filepath.FromSlash(rel))
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err
 	}
-	return atomicfile.Write(p, data, 0o644)
+	return os.WriteFile(p, data, 0o644)
 }
 
 // hashWriter appends stored hashes to a file and reads them back (the

@@ -430,3 +430,36 @@ func otherKEK(t *testing.T) string {
 	}
 	return p
 }
+
+// With a passphrase, the server asks for it once (to seal the deployment's
+// identity), never for a scheduled backup; a restore opens that identity
+// from the destination with the passphrase.
+func TestPassphraseBackups(t *testing.T) {
+	s := newSite(t)
+	asked := 0
+	cfg := s.config()
+	cfg.Recipients, cfg.RecipientNames = nil, nil
+	cfg.Passphrase = func() ([]byte, error) { asked++; return []byte("correct horse battery staple"), nil }
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 2 {
+		if _, err := b.Create(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if asked != 1 {
+		t.Fatalf("the passphrase was asked %d times, want once", asked)
+	}
+	src := Source{Destinations: s.dests, Verifier: s.verifier(t), Passphrase: func() ([]byte, error) { return []byte("correct horse battery staple"), nil }}
+	if _, err := Restore(ctx, RestoreConfig{Source: src, DataDir: filepath.Join(t.TempDir(), "r"), KEKFile: s.kekCopy(t), Now: s.clock.Now}); err != nil {
+		t.Fatal(err)
+	}
+	src.Passphrase = func() ([]byte, error) { return []byte("wrong horse battery staple"), nil }
+	_, err = Restore(ctx, RestoreConfig{Source: src, DataDir: filepath.Join(t.TempDir(), "r"), KEKFile: s.kekCopy(t), Now: s.clock.Now})
+	if err == nil || !strings.Contains(err.Error(), "the passphrase does not open keys/identity.age") {
+		t.Fatalf("wrong passphrase: %v", err)
+	}
+}

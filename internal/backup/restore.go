@@ -292,8 +292,14 @@ func Restore(ctx context.Context, cfg RestoreConfig) (*RestoreResult, error) {
 		os.RemoveAll(partial)
 		return nil, err
 	}
+	if err := syncTree(partial); err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
 	os.Remove(cfg.DataDir) // empty, or absent
 	if err := os.Rename(partial, cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	if err := syncTree(filepath.Dir(cfg.DataDir)); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
 	return res, nil
