@@ -27,8 +27,8 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 go run ./bench/backup -data "$out/data" -store-mb "$STORE_MB" -audit-entries "$ENTRIES"
 bytes=$(du -sb --apparent-size "$out/data" | cut -f1)
 # entries.log keeps sealed ranges as holes: count what is stored.
-stored=$(du -sb "$out/data" | cut -f1)
-echo "data directory: $((bytes / 1000000)) MB apparent, $((stored / 1000000)) MB on disk (store $(du -sb "$out/data/rampart.db" | cut -f1) B, audit $(du -sb "$out/data/audit" | cut -f1) B)"
+stored=$(du -s --block-size=1 "$out/data" | cut -f1)
+echo "data directory: $((bytes / 1000000)) MB apparent, $((stored / 1000000)) MB on disk (store $(du -s --block-size=1 "$out/data/rampart.db" | cut -f1) B, audit $(du -s --block-size=1 "$out/data/audit" | cut -f1) B on disk)"
 mb=$(echo "scale=3; $stored / 1000000" | bc)
 
 age-keygen -o "$out/key.txt" 2>/dev/null
