@@ -463,3 +463,64 @@ func TestPassphraseBackups(t *testing.T) {
 		t.Fatalf("wrong passphrase: %v", err)
 	}
 }
+
+// After a restore, the server's next backup continues the chain from the
+// newest backup (even one newer than the restored), and a passphrase
+// deployment keeps its identity.
+func TestChainContinuesAfterRestore(t *testing.T) {
+	s := newSite(t)
+	cfg := s.config()
+	cfg.Passphrase = func() ([]byte, error) { return []byte("correct horse battery staple"), nil }
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	b.Create(ctx)
+	s.clock.Add(time.Hour)
+	r2, err := b.Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "restored")
+	if _, err := s.restore(t, RestoreConfig{Seq: 1, AllowRollback: true, DataDir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "backup", "identity.age")); err != nil {
+		t.Fatalf("the passphrase identity was not restored: %v", err)
+	}
+	st, err := store.OpenSQLite(filepath.Join(dir, "rampart.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	l, err := audit.OpenWith(filepath.Join(dir, "audit"), "example.org/audit", audit.Options{SegmentEntries: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	w, _ := keywrap.LoadOrCreateFile(filepath.Join(dir, "keys", "kek"))
+	cfg2 := cfg
+	cfg2.DataDir, cfg2.Store, cfg2.Audit, cfg2.KEK, cfg2.KEKFile = dir, st.(store.Snapshotter), l, w, filepath.Join(dir, "keys", "kek")
+	cfg2.Passphrase = func() ([]byte, error) { t.Fatal("the passphrase was asked again after a restore"); return nil, nil }
+	b2, err := New(cfg2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r3, err := b2.Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r3.Seq != 3 || r3.Manifest.Prev != r2.Hash {
+		t.Fatalf("after restoring 1 while 2 exists: seq %d prev %.12s, want 3 after %.12s", r3.Seq, r3.Manifest.Prev, r2.Hash)
+	}
+	list, err := List(ctx, s.source(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range list {
+		if e.Problem != "" {
+			t.Fatalf("backup %d: %s", e.Seq, e.Problem)
+		}
+	}
+}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/objstore"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -261,7 +262,7 @@ func (b *Backuper) create(ctx context.Context) (*Result, error) {
 		if l.seq < st.Seq && st.Seq > 0 {
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: the newest backup there is %d, but this server made %d: backups were deleted there", d, l.seq, st.Seq))
 		}
-		if l.m != nil && (l.seq > prevSeq || (l.seq == prevSeq && Hash(l.signed) == prevHash)) {
+		if l.m != nil && (l.seq > prevSeq || (l.seq == prevSeq && (prevHash == "" || Hash(l.signed) == prevHash))) {
 			prevSeq, prevHash, base = l.seq, Hash(l.signed), l.m
 		}
 	}
@@ -284,6 +285,17 @@ func (b *Backuper) create(ctx context.Context) (*Result, error) {
 	}
 	if identityFile != nil {
 		for _, d := range cfg.Destinations {
+			// Written once: replacing it would orphan every backup
+			// encrypted to the identity it holds.
+			have, err := d.Get(ctx, identityKey, 1<<16)
+			switch {
+			case err == nil && bytes.Equal(have, identityFile):
+				continue
+			case err == nil:
+				return nil, fmt.Errorf("backup: %s holds another passphrase identity (%s) than DATA/backup/identity.age: not replaced (restore the data directory's, or use another destination)", d, identityKey)
+			case !errors.Is(err, objstore.ErrNotFound):
+				return nil, fmt.Errorf("backup: %s: %w", d, err)
+			}
 			if err := d.Put(ctx, identityKey, identityFile); err != nil {
 				return nil, fmt.Errorf("backup: %s: %w", d, err)
 			}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -276,5 +275,3 @@ func (b *Backuper) Prune(ctx context.Context, r Retention) (*PruneResult, error)
 	st.Unreferenced = pending
 	return res, saveState(b.cfg.DataDir, st)
 }
-
-func joinErrs(errs []string) string { return strings.Join(errs, "; ") }

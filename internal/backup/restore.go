@@ -349,6 +349,13 @@ func restoreInto(ctx context.Context, cfg RestoreConfig, c *Chosen, ids []age.Id
 	if err := saveState(dir, st); err != nil {
 		return nil, err
 	}
+	// The deployment's passphrase identity goes back too, so the restored
+	// server encrypts its next backups to the same one.
+	if enc, err := c.From.Get(ctx, identityKey, 1<<16); err == nil {
+		if err := writeFileAt(dir, File{Path: "backup/identity.age", Mode: "0600"}, enc); err != nil {
+			return nil, err
+		}
+	}
 	return res, nil
 }
 
