@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"filippo.io/age"
@@ -309,16 +310,26 @@ func restoreInto(ctx context.Context, cfg RestoreConfig, c *Chosen, ids []age.Id
 	m := c.Manifest
 	res := &RestoreResult{Seq: m.Seq, Hash: Hash(c.Signed), Created: m.Created, From: c.From.String(), Files: len(m.Files), Manifest: m, Rollback: rollback}
 	prog := newProgress(cfg.Progress, "restore", cfg.Now)
-	var sealed []File
+	var sealed, rest []File
 	for _, f := range m.Files {
 		res.Bytes += f.Size
-		if f.Kind == KindSealed {
+		switch f.Kind {
+		case KindSealed:
 			sealed = append(sealed, f)
-			continue
+		case KindStore:
+			if err := restoreFile(ctx, cfg, m, c.From, f, ids, dir, prog, res); err != nil {
+				return nil, err
+			}
+		default:
+			rest = append(rest, f)
 		}
-		if err := restoreFile(ctx, cfg, m, c.From, f, ids, dir, prog, res); err != nil {
-			return nil, err
-		}
+	}
+	// The other files are independent: two at a time (fetching,
+	// decrypting and decompressing one keeps a core busy).
+	if err := parallel(ctx, 2, rest, func(ctx context.Context, f File) error {
+		return restoreFile(ctx, cfg, m, c.From, f, ids, dir, prog, res)
+	}); err != nil {
+		return nil, err
 	}
 	prog.finish()
 	// The KEK: included, from outside, or sealed (passphrase, HSM).
@@ -598,4 +609,33 @@ func restoreAudit(cfg RestoreConfig, m *Manifest, dir string, res *RestoreResult
 	}
 	_, err = l.CloseWithCheckpoint(signer)
 	return err
+}
+
+// parallel runs fn on each item, n at a time, and returns the first error
+// (the others are cancelled).
+func parallel[T any](ctx context.Context, n int, items []T, fn func(context.Context, T) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	sem := make(chan struct{}, n)
+	var wg sync.WaitGroup
+	for _, it := range items {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := fn(ctx, it); err != nil {
+				cancel(err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return ctx.Err()
 }
