@@ -1,9 +1,11 @@
 package audit
 
 import (
+	"context"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -141,5 +143,45 @@ func TestRebuildRefusesADamagedTail(t *testing.T) {
 	os.Truncate(filepath.Join(restored2, "entries.log"), view.TailEnd-3)
 	if _, _, err := Rebuild(restored2); err == nil {
 		t.Fatal("a cut tail rebuilt")
+	}
+}
+
+func TestCheckCheckpointsAfterRebuild(t *testing.T) {
+	l, _, signer, verifier := sealedLogKeys(t, t.TempDir(), 600)
+	restored := t.TempDir()
+	if err := l.Backup(signer, func(v *BackupView) error { copyView(t, v, restored); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Rebuild(restored); err != nil {
+		t.Fatal(err)
+	}
+	n, err := CheckCheckpoints(restored, verifier)
+	if err != nil || n < 2 {
+		t.Fatalf("checked %d checkpoints: %v", n, err)
+	}
+	// A checkpoint of another tree, signed by the log's key: refused.
+	other := t.TempDir()
+	lo := openLog(t, other)
+	e := entry(7)
+	e.Action = "forged.entry"
+	for range 10 {
+		if _, err := lo.AppendEntries(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forged, err := lo.Checkpoint(signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(restored, "checkpoints", "10"), forged, 0o644)
+	if _, err := CheckCheckpoints(restored, verifier); err == nil || !strings.Contains(err.Error(), "do not produce the root it signed") {
+		t.Fatalf("a checkpoint of another tree: %v", err)
+	}
+	// One signed by another key: refused.
+	s2, _ := keys(t)
+	forged, _ = lo.Checkpoint(s2)
+	os.WriteFile(filepath.Join(restored, "checkpoints", "10"), forged, 0o644)
+	if _, err := CheckCheckpoints(restored, verifier); err == nil || !strings.Contains(err.Error(), "signature") {
+		t.Fatalf("a checkpoint signed by another key: %v", err)
 	}
 }

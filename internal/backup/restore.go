@@ -576,12 +576,11 @@ func restoreAudit(cfg RestoreConfig, m *Manifest, dir string, res *RestoreResult
 	if err != nil {
 		return fmt.Errorf("backup: audit.pub: %w", err)
 	}
-	rep, err := audit.Verify(logDir, v)
-	if err != nil {
-		return err
-	}
-	if !rep.OK() {
-		return fmt.Errorf("backup: the restored audit log does not verify: %v", rep.Problems[0])
+	// Rebuild re-derived the tree from every entry and it is the root the
+	// manifest signed; every checkpoint must be signed by the log's key
+	// and name a root of that tree. (A drill runs the full verify.)
+	if _, err := audit.CheckCheckpoints(logDir, v); err != nil {
+		return fmt.Errorf("backup: the restored audit log does not verify: %w", err)
 	}
 	res.AuditSize = n
 	skey, err := os.ReadFile(filepath.Join(dir, "keys", "audit.key"))
