@@ -485,7 +485,7 @@ func backupRestore(ctx context.Context, env *cliEnv, args []string) error {
 	if *asJSON {
 		return printJSON(env, res)
 	}
-	fmt.Fprintf(env.stdout, "restored backup %d (made %s, manifest %.12s) from %s into %s: %d files, %d bytes, audit log of %d entries verified\n",
+	fmt.Fprintf(env.stdout, "restored backup %d (made %s, manifest %.12s) from %s into %s: %d files, %d bytes; audit log of %d entries rebuilt and checked against its signed checkpoints\n",
 		res.Seq, fmtTime(res.Created), res.Hash, res.From, cfg.DataDir, res.Files, res.Bytes, res.AuditSize)
 	if res.Rollback {
 		fmt.Fprintln(env.stderr, "WARNING: an older backup than one seen was restored (--allow-rollback); the backup.restore entry says so")

@@ -179,25 +179,29 @@ func DrillBoot(td spiffeid.TrustDomain, wrapper *keywrap.Wrapper, log *slog.Logg
 			return rep, err
 		}
 		rep.Tables = info.Tables
-		cfg := withDefaults(Config{DataDir: dir, Listen: "127.0.0.1:0", TrustDomain: td, PostgresDSN: dsn,
+		// Served without Serve's loops: a drill needs no detection replay
+		// (seconds per million entries), maintenance or checkpoint timer.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			st.Close()
+			return rep, err
+		}
+		cfg := withDefaults(Config{DataDir: dir, Listen: ln.Addr().String(), TrustDomain: td, PostgresDSN: dsn,
 			DetectRules: drillRules, Log: log.With("drill", dir)})
 		srv, err := newWithStore(ctx, cfg, st, wrapper)
 		if err != nil {
+			ln.Close()
 			st.Close()
 			check("server-start", err, "")
 			return rep, nil
 		}
-		check("server-start", nil, "store opened, CA and key store keys unwrapped with the KEK")
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			srv.Close()
-			return rep, err
-		}
-		sctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- srv.Serve(sctx, ln) }()
+		check("server-start", nil, "store opened, CA, OAuth and key store keys unwrapped with the KEK")
+		hs := &http.Server{Handler: srv.Handler(), TLSConfig: srv.tls.config(), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+		done := make(chan struct{})
+		go func() { hs.ServeTLS(ln, "", ""); close(done) }()
 		defer func() {
-			stop()
+			hs.Close()
 			<-done
 			srv.Close()
 		}()
