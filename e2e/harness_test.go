@@ -19,6 +19,9 @@ import (
 var rampartBin string
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv("RAMPART_E2E_HELPER"); mode != "" {
+		os.Exit(e2eHelper(mode))
+	}
 	dir, err := os.MkdirTemp("", "rampart-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -205,13 +208,26 @@ type agent struct {
 
 func startAgent(t *testing.T, s *server, dir, token string) *agent {
 	t.Helper()
+	var env []string
+	if token != "" {
+		// A file, as in production (the command line is readable by every local user).
+		os.MkdirAll(dir, 0o700)
+		f := filepath.Join(dir, "join-token")
+		if err := os.WriteFile(f, []byte(token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env = []string{"RAMPART_JOIN_TOKEN_FILE=" + f}
+	}
+	return startAgentWith(t, s, dir, env)
+}
+
+// startAgentWith starts an agent with extra environment.
+func startAgentWith(t *testing.T, s *server, dir string, env []string) *agent {
+	t.Helper()
 	socket := filepath.Join(dir, "workload.sock")
 	args := []string{"agent", "--server", s.addr, "--ca-bundle", filepath.Join(s.dir, "bundle.pem"),
 		"--socket", socket, "--data", filepath.Join(dir, "data")}
-	if token != "" {
-		args = append(args, "--join-token", token)
-	}
-	p := start(t, nil, args...)
+	p := start(t, env, args...)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, err := os.Stat(socket); err == nil {

@@ -22,5 +22,11 @@
 // service's own SVID; without one, SetPolicy installs a policy from YAML.
 // No policy means every call is denied.
 //
+// The Workload API socket is trusted only when the agent's uid serves it:
+// every connection is checked with SO_PEERCRED against WithAgentUID (or
+// RAMPART_AGENT_UID; by default the owner of the socket's directory, when
+// that is root or this process's uid), so a fake Workload API another local
+// user put at the path is refused, whatever it hands out.
+//
 // This package is the only API Rampart promises to keep stable.
 package sdk

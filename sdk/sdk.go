@@ -18,17 +18,21 @@ import (
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
+	"github.com/rampartsec/rampart/internal/workload/endpoint"
 )
 
-// DefaultSocket is the agent's Workload API socket when neither WithSocket
-// nor SPIFFE_ENDPOINT_SOCKET says otherwise.
-const DefaultSocket = "/tmp/rampart-agent/workload.sock"
+// DefaultSocket is the Workload API socket of an agent running as root, used
+// when neither WithSocket nor SPIFFE_ENDPOINT_SOCKET says otherwise. A
+// process not running as root uses its own user's agent instead,
+// $XDG_RUNTIME_DIR/rampart/workload.sock, when that socket exists.
+const DefaultSocket = endpoint.SystemDir + "/" + endpoint.SocketName
 
 // Option configures New.
 type Option func(*options)
 
 type options struct {
 	socket   string
+	agentUID *uint32
 	server   string
 	cacheDir string
 	log      *slog.Logger
@@ -38,6 +42,15 @@ type options struct {
 
 // WithSocket sets the agent's Workload API socket path.
 func WithSocket(path string) Option { return func(o *options) { o.socket = path } }
+
+// WithAgentUID sets the uid the agent runs as. Every connection to the
+// Workload API socket is checked with SO_PEERCRED: one served by another
+// uid is refused, so that a local user who manages to put a socket at that
+// path cannot hand this service a fake identity and trust bundle. Without
+// this option (or RAMPART_AGENT_UID), the expected uid is the owner of the
+// socket's directory when that is root or this process's own uid; any
+// other owner is refused.
+func WithAgentUID(uid uint32) Option { return func(o *options) { o.agentUID = &uid } }
 
 // WithServer sets the Rampart server (host:port) to fetch the policy and
 // revocations from.
@@ -78,10 +91,15 @@ type Source struct {
 
 // New connects to the agent and waits for the first SVID.
 func New(ctx context.Context, opts ...Option) (*Source, error) {
-	o := options{socket: DefaultSocket, server: os.Getenv("RAMPART_SERVER")}
+	o := options{socket: endpoint.ClientPath(os.Geteuid(), os.Getenv), server: os.Getenv("RAMPART_SERVER")}
 	if env := os.Getenv("SPIFFE_ENDPOINT_SOCKET"); env != "" {
 		o.socket = env
 	}
+	uid, err := endpoint.ParseUID(os.Getenv("RAMPART_AGENT_UID"))
+	if err != nil {
+		return nil, fmt.Errorf("sdk: RAMPART_AGENT_UID: %w", err)
+	}
+	o.agentUID = uid
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -91,11 +109,11 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 	if o.spoolDir != "" && o.server == "" {
 		return nil, errors.New("sdk: WithAuditSpool needs WithServer (or RAMPART_SERVER): the spool delivers to the server")
 	}
-	addr := o.socket
-	if len(addr) > 0 && addr[0] == '/' {
-		addr = "unix://" + addr
+	wopts, err := endpoint.ClientOptions(ctx, o.socket, o.agentUID)
+	if err != nil {
+		return nil, fmt.Errorf("sdk: %w", err)
 	}
-	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(addr)))
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(wopts...))
 	if err != nil {
 		return nil, fmt.Errorf("sdk: Workload API at %s: %w", o.socket, err)
 	}

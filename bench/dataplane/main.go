@@ -125,7 +125,7 @@ func run() error {
 		return err
 	}
 	sock := filepath.Join(workDir, "agent.sock")
-	if _, err := start(*bin, nil, "agent", "--server", addr, "--ca-bundle", filepath.Join(srvDir, "bundle.pem"), "--join-token", jt.Token,
+	if _, err := start(*bin, []string{"RAMPART_JOIN_TOKEN=" + jt.Token}, "agent", "--server", addr, "--ca-bundle", filepath.Join(srvDir, "bundle.pem"),
 		"--socket", sock, "--data", filepath.Join(workDir, "agent"), "--log-level", "warn"); err != nil {
 		return err
 	}

@@ -148,7 +148,8 @@ func run(bin, pg string, dur time.Duration, conc, batch, fetches int) error {
 	}
 	sock := filepath.Join(dir, "agent.sock")
 	agent := exec.CommandContext(ctx, bin, "agent", "--server", addr, "--ca-bundle", filepath.Join(dir, "server", "bundle.pem"),
-		"--join-token", jt.Token, "--socket", sock, "--data", filepath.Join(dir, "agent"), "--log-level", "warn")
+		"--socket", sock, "--data", filepath.Join(dir, "agent"), "--log-level", "warn")
+	agent.Env = append(os.Environ(), "RAMPART_JOIN_TOKEN="+jt.Token) // never on the command line
 	agent.Stderr = os.Stderr
 	if err := agent.Start(); err != nil {
 		return err

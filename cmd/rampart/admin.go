@@ -17,26 +17,22 @@ import (
 )
 
 type adminFlags struct {
-	server, token, tokenFile, bundle string
+	server, bundle string
+	token          *secretFlag
 }
 
 func addAdminFlags(fs *flag.FlagSet) *adminFlags {
 	a := &adminFlags{}
 	fs.StringVar(&a.server, "server", "127.0.0.1:8443", "server API address")
-	fs.StringVar(&a.token, "admin-token", "", "admin token (prefer RAMPART_ADMIN_TOKEN or --admin-token-file)")
-	fs.StringVar(&a.tokenFile, "admin-token-file", "", "file holding the admin token (the server's DATA/admin.token)")
+	a.token = addSecretFlag(fs, "admin-token", "the admin token", "; the server wrote it to DATA/admin.token")
 	fs.StringVar(&a.bundle, "ca-bundle", "", "the server's bundle.pem, to verify the server")
 	return a
 }
 
 func (a *adminFlags) client(env *cliEnv) (*api.Client, error) {
-	tok := a.token
-	if tok == "" && a.tokenFile != "" {
-		b, err := os.ReadFile(a.tokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("admin token: %w", err)
-		}
-		tok = strings.TrimSpace(string(b))
+	tok, err := a.token.get()
+	if err != nil {
+		return nil, err
 	}
 	if tok == "" {
 		return nil, usagef("no admin token: set RAMPART_ADMIN_TOKEN or --admin-token-file (the server wrote it to DATA/admin.token)")

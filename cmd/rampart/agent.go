@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/agent"
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/workload/endpoint"
 )
 
 func runAgent(ctx context.Context, env *cliEnv, args []string) error {
@@ -19,13 +21,13 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 			return runAgentAdmin(ctx, env, args)
 		}
 	}
-	fs := newFlags(env, "agent", "rampart agent --server ADDR --ca-bundle FILE --join-token T --socket PATH --data DIR\n       rampart agent list|show NAME|evict NAME [--json]")
+	fs := newFlags(env, "agent", "rampart agent --server ADDR --ca-bundle FILE --join-token-file FILE [--socket PATH] --data DIR\n       rampart agent list|show NAME|evict NAME [--json]")
 	var cfg agent.Config
 	var td, logLevel, logFormat, metricsAddr string
 	fs.StringVar(&cfg.ServerAddr, "server", "127.0.0.1:8443", "server API address (host:port)")
-	fs.StringVar(&cfg.JoinToken, "join-token", "", "one-time join token (only for the first start)")
+	join := addSecretFlag(fs, "join-token", "the one-time join token", "; read only when the agent has no valid SVID")
 	fs.StringVar(&cfg.BundleFile, "ca-bundle", "", "the server's bundle.pem (only for the first start)")
-	fs.StringVar(&cfg.SocketPath, "socket", "/tmp/rampart-agent/workload.sock", "Workload API unix socket")
+	fs.StringVar(&cfg.SocketPath, "socket", "", "Workload API unix socket (default "+endpoint.SystemDir+"/"+endpoint.SocketName+" as root, $XDG_RUNTIME_DIR/rampart/"+endpoint.SocketName+" otherwise); its directory must be the agent's alone")
 	fs.StringVar(&cfg.DataDir, "data", "rampart-agent-data", "agent data directory (cache of SVIDs and bundle)")
 	fs.StringVar(&td, "trust-domain", "", "trust domain (default: read from the bundle)")
 	fs.StringVar(&metricsAddr, "metrics-listen", "", "address for Prometheus /metrics over plain HTTP, e.g. 127.0.0.1:9090 (default off)")
@@ -35,7 +37,16 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	cfg.ServerAddr = trimScheme(cfg.ServerAddr)
+	if join.value != "" && join.file != "" {
+		return usagef("RAMPART_JOIN_TOKEN and --join-token-file are both set; give the join token once")
+	}
+	cfg.JoinToken, cfg.JoinTokenFile = join.value, join.file
 	var err error
+	if cfg.SocketPath == "" {
+		if cfg.SocketPath, err = endpoint.AgentPath(os.Geteuid(), env.getenv); err != nil {
+			return usagef("%v", err)
+		}
+	}
 	if td != "" {
 		if cfg.TrustDomain, err = spiffeid.TrustDomainFromString(td); err != nil {
 			return usagef("--trust-domain %q: %v", td, err)

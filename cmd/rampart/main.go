@@ -66,7 +66,9 @@ Commands:
 	}
 	fmt.Fprint(w, `
 Every flag has an environment equivalent: --trust-domain is RAMPART_TRUST_DOMAIN.
-Admin commands read RAMPART_SERVER, RAMPART_ADMIN_TOKEN and RAMPART_CA_BUNDLE.
+Admin commands read RAMPART_SERVER, RAMPART_ADMIN_TOKEN (or RAMPART_ADMIN_TOKEN_FILE)
+and RAMPART_CA_BUNDLE. Secrets are never taken as flag values: every local user
+can read a command line.
 Run "rampart COMMAND --help" for a command's flags.
 `)
 }

@@ -12,20 +12,28 @@ import (
 	"strings"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/secretfile"
 )
 
 const oauthUsage = `rampart oauth client create --id ID --auth-method METHOD --grant TYPE [--grant ...] [--redirect-uri URI ...]
                                 [--scope S ...] [--audience SPIFFE-ID ...] [--spiffe-id ID] [--jwks-file FILE] [--name NAME] [--json]
+       rampart oauth client update ID --disable|--enable [--json]
        rampart oauth client list|show ID|delete ID [--json]
        rampart oauth user create --username NAME --password-file FILE|- [--name N] [--email E] [--group G ...] [--json]
        rampart oauth user update NAME [--password-file FILE|-] [--name N] [--email E] [--group G ...] [--disable|--enable]
                                 [--unlock] [--totp enable|disable] [--json]
+       rampart oauth user unlock NAME [--json]
        rampart oauth user list|show NAME|delete NAME [--json]
 
 Auth methods: client_secret_basic, client_secret_post (the secret is printed
 once), private_key_jwt (--jwks-file with the client's public keys),
 tls_client_auth (--spiffe-id of the client's SVID; its tokens are bound to
-the certificate), none (public clients: PKCE required).
+the certificate), none (public clients). Every client must use PKCE (S256).
+
+Disabling (or deleting) a user or a client revokes at once its sessions,
+refresh tokens and access tokens, and every token exchanged from them;
+proxies learn of it within about a second. Enabling again brings none back.
+"user unlock" ends the back-off after failed logins.
 Grants: authorization_code, refresh_token, client_credentials,
 urn:ietf:params:oauth:grant-type:token-exchange (or just token-exchange).
 
@@ -59,6 +67,7 @@ func runOAuthClient(ctx context.Context, env *cliEnv, args []string) error {
 	var c api.OAuthClient
 	var grants, redirects, scopes, audience listFlag
 	var jwksFile string
+	var disable, enable bool
 	switch verb {
 	case "create":
 		fs.StringVar(&c.ID, "id", "", "client ID")
@@ -70,6 +79,9 @@ func runOAuthClient(ctx context.Context, env *cliEnv, args []string) error {
 		fs.Var(&audience, "audience", "service (SPIFFE ID) it may get tokens for (repeatable)")
 		fs.StringVar(&c.SPIFFEID, "spiffe-id", "", "SPIFFE ID of its SVID, for tls_client_auth; also its name in act claims")
 		fs.StringVar(&jwksFile, "jwks-file", "", "JWK set with its public keys, for private_key_jwt")
+	case "update":
+		fs.BoolVar(&disable, "disable", false, "disable the client and revoke every token issued to it")
+		fs.BoolVar(&enable, "enable", false, "enable the client again (its revoked tokens stay revoked)")
 	case "list", "show", "delete":
 	default:
 		return usagef("unknown verb %q; usage: %s", verb, oauthUsage)
@@ -133,6 +145,24 @@ func runOAuthClient(ctx context.Context, env *cliEnv, args []string) error {
 		return usagef("oauth client %s takes one client ID", verb)
 	}
 	path := "/v1/oauth/clients/" + pathEscape(fs.Arg(0))
+	if verb == "update" {
+		if disable == enable {
+			return usagef("oauth client update needs exactly one of --disable and --enable")
+		}
+		var out api.OAuthClient
+		if err := cl.Do(ctx, http.MethodPatch, path, api.OAuthClientUpdate{Disabled: &disable}, &out); err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(env, out)
+		}
+		state := "enabled"
+		if out.Disabled {
+			state = "disabled; every token issued to it is revoked"
+		}
+		fmt.Fprintf(env.stdout, "OAuth client %s %s\n", out.ID, state)
+		return nil
+	}
 	if verb == "delete" {
 		if err := cl.Do(ctx, http.MethodDelete, path, nil, nil); err != nil {
 			return err
@@ -149,19 +179,21 @@ func runOAuthClient(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	return printFields(env, "ID", out.ID, "Name", out.Name, "Auth method", out.AuthMethod, "Grants", strings.Join(out.GrantTypes, ", "),
 		"Redirect URIs", strings.Join(out.RedirectURIs, ", "), "Scopes", strings.Join(out.Scopes, ", "),
-		"Audience", strings.Join(out.Audience, ", "), "SPIFFE ID", out.SPIFFEID, "Created", fmtTime(out.CreatedAt))
+		"Audience", strings.Join(out.Audience, ", "), "SPIFFE ID", out.SPIFFEID, "Disabled", fmt.Sprint(out.Disabled), "Created", fmtTime(out.CreatedAt))
 }
 
 // readPassword reads a password from a file, or stdin for "-", trimming
 // one trailing newline.
 func readPassword(path string) (string, error) {
-	var b []byte
-	var err error
-	if path == "-" {
-		b, err = io.ReadAll(io.LimitReader(os.Stdin, 4096))
-	} else {
-		b, err = os.ReadFile(path)
+	if path != "-" {
+		// A file: refused if group or others may read it.
+		b, err := secretfile.Read(path)
+		if err != nil {
+			return "", fmt.Errorf("read password: %w", err)
+		}
+		return string(b), nil
 	}
+	b, err := io.ReadAll(io.LimitReader(os.Stdin, 4096))
 	if err != nil {
 		return "", fmt.Errorf("read password: %w", err)
 	}
@@ -194,12 +226,12 @@ func runOAuthUser(ctx context.Context, env *cliEnv, args []string) error {
 		fs.StringVar(&u.Email, "email", "", "e-mail address")
 		fs.Var(&groups, "group", "group (repeatable); in tokens as the groups claim")
 		if verb == "update" {
-			fs.BoolVar(&disable, "disable", false, "disable the account")
-			fs.BoolVar(&enable, "enable", false, "enable the account")
-			fs.BoolVar(&unlock, "unlock", false, "clear a lockout after failed logins")
+			fs.BoolVar(&disable, "disable", false, "disable the account and revoke its sessions and tokens")
+			fs.BoolVar(&enable, "enable", false, "enable the account (its revoked tokens stay revoked)")
+			fs.BoolVar(&unlock, "unlock", false, "end the back-off after failed logins")
 			fs.StringVar(&totp, "totp", "", "enable (prints the otpauth:// URI once) or disable the second factor")
 		}
-	case "list", "show", "delete":
+	case "list", "show", "delete", "unlock":
 	default:
 		return usagef("unknown verb %q; usage: %s", verb, oauthUsage)
 	}
@@ -216,7 +248,8 @@ func runOAuthUser(ctx context.Context, env *cliEnv, args []string) error {
 			locked = fmtTime(out.LockedUntil)
 		}
 		return printFields(env, "Username", out.Username, "Name", out.Name, "E-mail", out.Email, "Groups", strings.Join(out.Groups, ", "),
-			"Disabled", fmt.Sprint(out.Disabled), "Two-factor", fmt.Sprint(out.TOTP), "Locked until", locked, "Created", fmtTime(out.CreatedAt))
+			"Disabled", fmt.Sprint(out.Disabled), "Two-factor", fmt.Sprint(out.TOTP), "Failed logins", fmt.Sprint(out.FailedLogins),
+			"Backing off until", locked, "Created", fmtTime(out.CreatedAt))
 	}
 	switch verb {
 	case "create":
@@ -271,7 +304,10 @@ func runOAuthUser(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		return printUser(out)
 	}
-	// update
+	if verb == "unlock" {
+		unlock = true
+	}
+	// update, unlock
 	var upd api.OAuthUserUpdate
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

@@ -26,7 +26,7 @@ Examples:
 	var inbound, app, appProto, logLevel, logFormat, metricsAddr string
 	var tcp, pprofOn bool
 	var outs repeatFlag
-	fs.StringVar(&cfg.WorkloadSocket, "socket", "/tmp/rampart-agent/workload.sock", "the agent's Workload API socket")
+	ws := addWorkloadFlags(fs)
 	fs.StringVar(&cfg.ServerAddr, "server", "127.0.0.1:8443", "server for policies and revocations (empty: none, deny all inbound)")
 	fs.StringVar(&cfg.DataDir, "data", "", "directory caching the last policy and spooling audit entries (default: neither)")
 	fs.StringVar(&cfg.AuditSpool, "audit-spool", "", "directory where decisions wait for the server's audit log (default DATA/audit-spool)")
@@ -45,6 +45,9 @@ Examples:
 	}
 	var err error
 	if cfg.Log, err = newLogger(env, logLevel, logFormat); err != nil {
+		return err
+	}
+	if cfg.WorkloadSocket, cfg.AgentUID, err = ws.resolve(env); err != nil {
 		return err
 	}
 	if inbound != "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -13,10 +14,11 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/workload/endpoint"
 )
 
 const svidUsage = `rampart svid revoke (--serial HEX | --spiffe-id ID) [--reason TEXT] [--json]
-       rampart svid fetch [--socket PATH] [--write DIR] [--json]`
+       rampart svid fetch [--socket PATH] [--agent-uid UID] [--write DIR] [--json]`
 
 func runSVID(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 {
@@ -67,8 +69,8 @@ func runSVIDRevoke(ctx context.Context, env *cliEnv, args []string) error {
 // runSVIDFetch is a Workload API client (go-spiffe's), handy for checking
 // what a process gets from its agent.
 func runSVIDFetch(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlags(env, "svid fetch", "rampart svid fetch [--socket PATH] [--write DIR] [--json]")
-	socket := fs.String("socket", "/tmp/rampart-agent/workload.sock", "the agent's Workload API socket")
+	fs := newFlags(env, "svid fetch", "rampart svid fetch [--socket PATH] [--agent-uid UID] [--write DIR] [--json]")
+	ws := addWorkloadFlags(fs)
 	write := fs.String("write", "", "write svid.pem, svid.key (0600) and bundle.pem into this directory")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -77,9 +79,17 @@ func runSVIDFetch(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	resp, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+*socket))
+	socket, want, err := ws.resolve(env)
 	if err != nil {
-		return fmt.Errorf("fetch from %s: %w", *socket, err)
+		return err
+	}
+	opts, err := endpoint.ClientOptions(ctx, socket, want)
+	if err != nil {
+		return err
+	}
+	resp, err := workloadapi.FetchX509Context(ctx, opts...)
+	if err != nil {
+		return fmt.Errorf("fetch from %s: %w", socket, err)
 	}
 	type out struct {
 		SpiffeID string    `json:"spiffe_id"`
@@ -116,4 +126,31 @@ func runSVIDFetch(ctx context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintf(env.stdout, "%s  serial %s  expires %s\n", o.SpiffeID, o.Serial, fmtTime(o.NotAfter))
 	}
 	return nil
+}
+
+// workloadFlags say where the agent's Workload API is and which uid must
+// serve it (checked with SO_PEERCRED on every connection).
+type workloadFlags struct {
+	socket, agentUID string
+}
+
+func addWorkloadFlags(fs *flag.FlagSet) *workloadFlags {
+	w := &workloadFlags{}
+	fs.StringVar(&w.socket, "socket", "", "the agent's Workload API socket (default "+endpoint.SystemDir+"/"+endpoint.SocketName+
+		", or $XDG_RUNTIME_DIR/rampart/"+endpoint.SocketName+" when not root and it exists)")
+	fs.StringVar(&w.agentUID, "agent-uid", "", "uid the agent runs as; a socket served by any other uid is refused (default: the owner of the socket's directory, if that is root or you)")
+	return w
+}
+
+// resolve returns the socket path and the expected agent uid (nil: the
+// default, see endpoint.ExpectedUID).
+func (w *workloadFlags) resolve(env *cliEnv) (string, *uint32, error) {
+	want, err := endpoint.ParseUID(w.agentUID)
+	if err != nil {
+		return "", nil, usagef("--agent-uid: %v", err)
+	}
+	if w.socket == "" {
+		return endpoint.ClientPath(os.Geteuid(), env.getenv), want, nil
+	}
+	return w.socket, want, nil
 }

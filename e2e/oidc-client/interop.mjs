@@ -4,7 +4,7 @@
 // Prints one "ok <step>" line per check; exits 1 at the first failure.
 //
 // Covers: discovery, authorization code + PKCE + nonce with DPoP (public
-// client), ID token validation, userinfo with DPoP, refresh rotation and
+// client) and the server's DPoP nonce (use_dpop_nonce), ID token validation, userinfo with DPoP, refresh rotation and
 // reuse refused, client credentials (client_secret_basic, and with DPoP),
 // introspection and revocation, private_key_jwt, tls_client_auth with an
 // SVID, and token exchange (RFC 8693) by a service.
@@ -61,7 +61,16 @@ const meta = spa.serverMetadata()
 check(meta.issuer === issuer.href.replace(/\/$/, ''), 'discovery issuer')
 check(meta.code_challenge_methods_supported?.includes('S256') && meta.dpop_signing_alg_values_supported?.includes('ES256'), 'discovery PKCE and DPoP metadata')
 
-// 2. Authorization code + PKCE + nonce, tokens bound to a DPoP key.
+// 2. Authorization code + PKCE + nonce, tokens bound to a DPoP key. The
+// server asks for its DPoP nonce (use_dpop_nonce); openid-client signs
+// the proof again with it. A spy on the client's requests checks that.
+const seen = []
+spa[client.customFetch] = async (url, options) => {
+  const resp = await fetch(url, options)
+  const proof = options.headers?.get?.('dpop') ?? options.headers?.dpop
+  seen.push({ url: String(url), status: resp.status, nonce: proof ? payload(proof).nonce : undefined, issued: resp.headers.get('dpop-nonce') })
+  return resp
+}
 const dpopKeys = await client.randomDPoPKeyPair('ES256')
 const DPoP = client.getDPoPHandle(spa, dpopKeys)
 const verifier = client.randomPKCECodeVerifier()
@@ -76,6 +85,10 @@ const tokens = await client.authorizationCodeGrant(spa, callback,
   { pkceCodeVerifier: verifier, expectedState: state, expectedNonce: nonce, idTokenExpected: true },
   undefined, { DPoP })
 check(tokens.token_type.toLowerCase() === 'dpop', 'code grant issues a DPoP token', tokens.token_type)
+const tokenCalls = seen.filter((c) => c.url.endsWith('/oauth2/token'))
+check(tokenCalls.length === 2 && tokenCalls[0].status === 400 && !tokenCalls[0].nonce && tokenCalls[0].issued &&
+  tokenCalls[1].status === 200 && tokenCalls[1].nonce === tokenCalls[0].issued,
+  'DPoP nonce: first proof answered use_dpop_nonce, the retry with the server nonce accepted', JSON.stringify(tokenCalls))
 const idc = tokens.claims()
 check(idc.sub === 'alice' && idc.nonce === nonce && idc.iss === meta.issuer, 'ID token validated (signature, iss, aud, nonce)')
 check(payload(tokens.access_token).cnf?.jkt, 'access token carries cnf.jkt')

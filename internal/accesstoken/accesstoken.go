@@ -103,7 +103,11 @@ type Options struct {
 	Issuer   string
 	Audience string // required in aud; empty: any audience (the issuer itself)
 	Now      time.Time
-	Leeway   time.Duration // clock skew allowed on exp and nbf; default 30 s
+	// Leeway is the clock skew allowed on exp and nbf: DefaultLeeway for
+	// a service verifying another machine's tokens, zero (none) for the
+	// issuer itself, whose clock is the one that set them. Negative is an
+	// error.
+	Leeway time.Duration
 	// Revoked reports whether a jti or sid is on the revocation list.
 	Revoked func(id string) bool
 }
@@ -163,10 +167,14 @@ func Verify(raw string, keys KeySet, o Options) (*Claims, error) {
 	return &c, nil
 }
 
+// DefaultLeeway is the clock skew a resource server allows between its
+// clock and the issuer's.
+const DefaultLeeway = 30 * time.Second
+
 func check(c *Claims, o Options) error {
 	leeway := o.Leeway
-	if leeway == 0 {
-		leeway = 30 * time.Second
+	if leeway < 0 {
+		return fmt.Errorf("%w: negative leeway %v", ErrClaims, leeway)
 	}
 	now := o.Now
 	if now.IsZero() {

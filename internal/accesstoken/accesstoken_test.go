@@ -52,13 +52,14 @@ func valid() Claims {
 func TestVerifyClaims(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	ks := keys{kid: "k", pub: key.Public()}
-	opts := Options{Issuer: "https://rampart.example", Audience: "spiffe://ex.org/orders", Now: t0.Add(time.Minute),
+	opts := Options{Issuer: "https://rampart.example", Audience: "spiffe://ex.org/orders", Now: t0.Add(time.Minute), Leeway: DefaultLeeway,
 		Revoked: func(id string) bool { return id == "revoked-jti" || id == "revoked-sid" }}
 	for _, tt := range []struct {
 		name string
 		mod  func(*Claims)
 		typ  string
 		now  time.Time
+		opts func(*Options)
 		want error
 		msg  string
 	}{
@@ -67,6 +68,10 @@ func TestVerifyClaims(t *testing.T) {
 		{name: "wrong audience", mod: func(c *Claims) { c.Audience = jwt.Audience{"spiffe://ex.org/payments"} }, want: ErrClaims, msg: "aud"},
 		{name: "expired", now: t0.Add(11 * time.Minute), want: ErrClaims, msg: "expired"},
 		{name: "inside leeway", now: t0.Add(10*time.Minute + 10*time.Second)},
+		// The issuer itself allows no skew: a token past exp is expired.
+		{name: "no leeway at the issuer", now: t0.Add(10 * time.Minute), opts: func(o *Options) { o.Leeway = 0 }, want: ErrClaims, msg: "expired"},
+		{name: "no leeway at the issuer, nbf", now: t0.Add(-time.Second), opts: func(o *Options) { o.Leeway = 0 }, want: ErrClaims, msg: "not valid before"},
+		{name: "negative leeway", opts: func(o *Options) { o.Leeway = -time.Second }, want: ErrClaims, msg: "negative leeway"},
 		{name: "not yet valid", now: t0.Add(-time.Minute), want: ErrClaims, msg: "not valid before"},
 		{name: "no exp", mod: func(c *Claims) { c.Expiry = nil }, want: ErrClaims, msg: "exp missing"},
 		{name: "no jti", mod: func(c *Claims) { c.ID = "" }, want: ErrClaims, msg: "jti"},
@@ -87,6 +92,9 @@ func TestVerifyClaims(t *testing.T) {
 			o := opts
 			if !tt.now.IsZero() {
 				o.Now = tt.now
+			}
+			if tt.opts != nil {
+				tt.opts(&o)
 			}
 			got, err := Verify(sign(t, key, typ, c), ks, o)
 			if tt.want == nil {

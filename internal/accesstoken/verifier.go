@@ -20,6 +20,8 @@ type Verifier struct {
 	Audience string
 	Revoked  func(id string) bool
 	Now      func() time.Time
+	// Leeway is the clock skew allowed on exp and nbf (see Options).
+	Leeway time.Duration
 	// CacheSize bounds the cache (default DefaultCacheSize; negative: no
 	// cache).
 	CacheSize int
@@ -30,7 +32,7 @@ type Verifier struct {
 
 // Verify checks raw; see the package's Verify for what is checked.
 func (v *Verifier) Verify(raw string) (*Claims, error) {
-	o := Options{Issuer: v.Issuer, Audience: v.Audience, Revoked: v.Revoked}
+	o := Options{Issuer: v.Issuer, Audience: v.Audience, Revoked: v.Revoked, Leeway: v.Leeway}
 	if v.Now != nil {
 		o.Now = v.Now()
 	}

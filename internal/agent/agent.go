@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +32,8 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/safedir"
+	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/selector"
 	"github.com/rampartsec/rampart/internal/workload"
 )
@@ -44,15 +47,19 @@ const (
 
 // Config configures an agent.
 type Config struct {
-	ServerAddr  string // host:port of the server's API
-	JoinToken   string // needed only when there is no valid cached agent SVID
-	BundleFile  string // initial trust bundle (the server's bundle.pem)
-	TrustDomain spiffeid.TrustDomain
-	SocketPath  string // Workload API socket
-	DataDir     string
-	Now         func() time.Time
-	Log         *slog.Logger
-	Registry    *prometheus.Registry // metrics; nil: not exported
+	ServerAddr string // host:port of the server's API
+	// JoinToken, or else the file JoinTokenFile names (read only then, and
+	// refused if group or others may read it), attests the agent when it
+	// has no valid cached agent SVID.
+	JoinToken     string
+	JoinTokenFile string
+	BundleFile    string // initial trust bundle (the server's bundle.pem)
+	TrustDomain   spiffeid.TrustDomain
+	SocketPath    string // Workload API socket (see workload.Listen for its directory)
+	DataDir       string
+	Now           func() time.Time
+	Log           *slog.Logger
+	Registry      *prometheus.Registry // metrics; nil: not exported
 }
 
 // Agent is a running node agent. It implements workload.Source.
@@ -77,6 +84,7 @@ type Agent struct {
 	snap      *workload.Snapshot
 	changed   chan struct{}
 	jwtCache  map[string]jwtCached
+	warned    map[string]bool // entries named by warnUnservable
 
 	wake chan struct{} // reschedules the rotation loop
 }
@@ -98,18 +106,23 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DataDir == "" || cfg.SocketPath == "" || cfg.ServerAddr == "" {
 		return nil, errors.New("agent: --server, --socket and --data are required")
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	// The cache holds keys and the trust bundle: nobody else may be able
+	// to replace it, or the directory it is in.
+	dataDir, err := safedir.Make(cfg.DataDir, "the agent's data directory", os.Geteuid(), 0o700)
+	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	cfg.DataDir = dataDir
 	a := &Agent{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, td: cfg.TrustDomain,
 		revoked: map[string]struct{}{}, workloads: map[string]*held{}, changed: make(chan struct{}),
-		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1),
+		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), warned: map[string]bool{},
 	}
 	a.metrics = newMetrics(cfg.Registry, a)
 	if err := a.loadCache(); err != nil {
 		return nil, err
 	}
+	a.warnUnservable(a.entries)
 	if len(a.bundle) == 0 {
 		if cfg.BundleFile == "" {
 			return nil, errors.New("agent: no cached state; --ca-bundle (the server's bundle.pem) is needed for the first start")
@@ -219,14 +232,16 @@ func (a *Agent) publishLocked() {
 }
 
 // Run attests if needed, then serves the Workload API and keeps everything
-// current until ctx is done.
+// current until ctx is done. The socket comes first: an agent that cannot
+// listen safely stops before it spends its join token.
 func (a *Agent) Run(ctx context.Context) error {
-	if err := a.ensureAttested(ctx); err != nil {
-		return err
-	}
-	ln, err := workload.Listen(a.cfg.SocketPath)
+	ln, err := workload.Listen(a.cfg.SocketPath, os.Geteuid())
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
+	}
+	if err := a.ensureAttested(ctx); err != nil {
+		ln.Close()
+		return err
 	}
 	wl := workload.NewServer(a, workload.Attestor{}, a.log, a.metrics)
 	// Refused callers are audit entries, spooled on disk and shipped to
@@ -258,23 +273,31 @@ func (a *Agent) ensureAttested(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	if valid {
-		if a.cfg.JoinToken != "" {
-			a.log.Info("ignoring --join-token: the cached agent SVID is still valid")
+		if a.cfg.JoinToken != "" || a.cfg.JoinTokenFile != "" {
+			a.log.Info("ignoring the join token: the cached agent SVID is still valid")
 		}
 		return nil
 	}
-	if a.cfg.JoinToken == "" {
-		if !expired.IsZero() {
-			return fmt.Errorf("agent: the cached agent SVID expired at %s; attest again with a new --join-token", expired.Format(time.RFC3339))
+	token := a.cfg.JoinToken
+	if token == "" && a.cfg.JoinTokenFile != "" {
+		b, err := secretfile.Read(a.cfg.JoinTokenFile)
+		if err != nil {
+			return fmt.Errorf("agent: join token: %w", err)
 		}
-		return errors.New("agent: not attested yet; --join-token is needed (rampart token create)")
+		token = strings.TrimSpace(string(b))
+	}
+	if token == "" {
+		if !expired.IsZero() {
+			return fmt.Errorf("agent: the cached agent SVID expired at %s; attest again with a new join token (--join-token-file or RAMPART_JOIN_TOKEN)", expired.Format(time.RFC3339))
+		}
+		return errors.New("agent: not attested yet; a join token is needed (rampart token create; give it with --join-token-file FILE or RAMPART_JOIN_TOKEN)")
 	}
 	key, csr, err := newKeyAndCSR(spiffeid.ID{})
 	if err != nil {
 		return err
 	}
 	var resp api.AttestResponse
-	if err := a.attestClient.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: a.cfg.JoinToken, CSR: csr}, &resp); err != nil {
+	if err := a.attestClient.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: token, CSR: csr}, &resp); err != nil {
 		return fmt.Errorf("agent: attestation failed: %w", err)
 	}
 	h, err := a.heldFrom(resp.SVID, key, api.Entry{})
@@ -377,6 +400,7 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, resp.Entries
+	a.warnUnservable(resp.Entries)
 	a.revoked = make(map[string]struct{}, len(resp.Revoked))
 	for _, s := range resp.Revoked {
 		a.revoked[s] = struct{}{}
@@ -397,6 +421,25 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	default:
 	}
 	return a.saveCache()
+}
+
+// warnUnservable names the entries the Workload API will not serve because
+// they select only by path or hash (stored before every entry needed a
+// uid or gid selector), once per entry and agent run.
+func (a *Agent) warnUnservable(entries []api.Entry) {
+	for _, e := range entries {
+		if a.warned[e.ID] {
+			continue
+		}
+		sels, err := selector.ParseAll(e.Selectors)
+		if err == nil {
+			err = selector.CheckEntry(sels)
+		}
+		if err != nil {
+			a.warned[e.ID] = true
+			a.log.Warn("this entry will not be served; recreate it with a unix:uid or unix:gid selector", "entry_id", e.ID, "spiffe_id", e.SpiffeID, "err", err)
+		}
+	}
 }
 
 // rotateLoop renews the agent SVID and keeps one fresh SVID per entry.

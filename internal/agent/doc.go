@@ -23,4 +23,13 @@
 //
 // Private keys for workload SVIDs are generated on the agent and never leave
 // the host; the server sees only CSRs.
+//
+// # What it trusts on the host
+//
+// Its data directory and its socket's directory must be its own, under
+// parents only root or it can change (safedir): otherwise another local
+// user could swap cache.json (the trust bundle, the keys) or the socket.
+// It checks the socket before it spends its join token. The join token
+// comes from RAMPART_JOIN_TOKEN or a 0600 file (Config.JoinTokenFile, read
+// only when needed), never from the command line.
 package agent

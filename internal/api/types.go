@@ -248,8 +248,16 @@ type OAuthClient struct {
 	Audience     []string        `json:"audience,omitempty"`
 	JWKS         json.RawMessage `json:"jwks,omitempty"`
 	SPIFFEID     string          `json:"spiffe_id,omitempty"`
+	Disabled     bool            `json:"disabled,omitempty"`
 	CreatedAt    time.Time       `json:"created_at,omitzero"`
 	Secret       string          `json:"secret,omitempty"`
+}
+
+// OAuthClientUpdate changes a client; absent fields stay as they are.
+// Disabling revokes every token issued to the client and every token
+// exchanged from them.
+type OAuthClientUpdate struct {
+	Disabled *bool `json:"disabled,omitempty"`
 }
 
 // OAuthUser is a user of the built-in user store. Password is only ever
@@ -273,8 +281,11 @@ type OAuthUserUpdate struct {
 	Name     *string   `json:"name,omitempty"`
 	Email    *string   `json:"email,omitempty"`
 	Groups   *[]string `json:"groups,omitempty"`
-	Disabled *bool     `json:"disabled,omitempty"`
-	// Unlock clears a lockout after failed logins.
+	// Disabled true revokes the user's sessions and every token issued
+	// for the user (and exchanged from those); enabling again does not
+	// bring them back.
+	Disabled *bool `json:"disabled,omitempty"`
+	// Unlock ends a back-off after failed logins.
 	Unlock bool `json:"unlock,omitempty"`
 	// TOTP is "enable" (a new secret; the response carries it once) or
 	// "disable".

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 
@@ -28,11 +29,23 @@ type Tokens struct {
 	algs     []jose.SignatureAlgorithm
 	revoked  map[string]struct{}
 	verifier *accesstoken.Verifier
-	proofs   dpop.Checker // DPoP proofs seen, against replay
+	proofs   *dpop.Checker // DPoP proofs, and those seen, against replay
 }
 
+// Bounds of a service's DPoP replay cache: proofs live about two minutes,
+// so a key may make DPoPKeyQuota calls in that time (8/s), and the cache
+// holds at most DPoPMaxProofs (a few hundred MB at worst).
+const (
+	DPoPKeyQuota  = 1000
+	DPoPMaxProofs = 1 << 20
+)
+
 func newTokens(service string) *Tokens {
-	return &Tokens{service: service, revoked: map[string]struct{}{}}
+	replay, err := dpop.NewMemoryReplay(DPoPKeyQuota, DPoPMaxProofs, time.Now)
+	if err != nil {
+		panic(err) // constants
+	}
+	return &Tokens{service: service, revoked: map[string]struct{}{}, proofs: &dpop.Checker{Replay: replay}}
 }
 
 // Update installs the issuer, its JWKS and the revocation list.
@@ -62,7 +75,8 @@ func (t *Tokens) Update(issuer string, jwks []byte, revoked []string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if issuer != t.issuer || t.verifier == nil {
-		t.verifier = &accesstoken.Verifier{Keys: t, Issuer: issuer, Audience: t.service, Revoked: t.isRevoked}
+		t.verifier = &accesstoken.Verifier{Keys: t, Issuer: issuer, Audience: t.service, Revoked: t.isRevoked,
+			Leeway: accesstoken.DefaultLeeway}
 	}
 	t.issuer, t.keys, t.algs, t.revoked = issuer, keys, algs, rv
 	return nil
@@ -125,22 +139,31 @@ func (t *Tokens) Verify(raw string, peer *x509.Certificate, dpopJKT string) (*ac
 }
 
 // FromRequest verifies the access token of r, if it carries one
-// (Authorization: Bearer or DPoP, with its proof).
+// (Authorization: Bearer or DPoP, with its proof). A DPoP proof is
+// remembered against replay only once the token verified and is bound to
+// the proof's key: a caller without such a token cannot fill the cache.
 func (t *Tokens) FromRequest(r *http.Request, peer *x509.Certificate) (c *accesstoken.Claims, scheme string, err error) {
 	scheme, raw, ok := dpop.Authorization(r.Header)
 	if !ok {
 		return nil, "", nil
 	}
+	var proof *dpop.Proof
 	jkt := ""
 	if scheme == dpop.SchemeDPoP {
-		proof, err := t.proofs.CheckRequest(r, raw)
-		if err != nil {
+		if proof, err = t.proofs.VerifyRequest(r, raw); err != nil {
 			return nil, scheme, err
 		}
 		jkt = proof.JKT
 	}
-	c, err = t.Verify(raw, peer, jkt)
-	return c, scheme, err
+	if c, err = t.Verify(raw, peer, jkt); err != nil {
+		return nil, scheme, err
+	}
+	if proof != nil {
+		if err := t.proofs.Use(r.Context(), proof); err != nil {
+			return nil, scheme, err
+		}
+	}
+	return c, scheme, nil
 }
 
 // isUserToken tells a token that speaks for an end user from a client's

@@ -114,7 +114,7 @@ func TestTokensDPoP(t *testing.T) {
 		return r
 	}
 	proof := func(k *ecdsa.PrivateKey, method, u, tok string) string {
-		p, err := dpop.NewProof(k, jose.ES256, method, u, tok, time.Now())
+		p, err := dpop.NewProof(k, jose.ES256, method, u, tok, "", time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,4 +153,82 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// replayLen is how many DPoP proofs tk remembers.
+func replayLen(tk *Tokens) int { return tk.proofs.Replay.(*dpop.MemoryReplay).Len() }
+
+// TestDPoPReplayCacheOnlyForBoundTokens: proofs that come with no valid
+// token bound to their key are refused without being remembered, so no
+// one can fill the replay cache (and have every proof refused) without
+// holding valid tokens for this service; and one key holds at most its
+// quota, so even a token holder only crowds out itself.
+func TestDPoPReplayCacheOnlyForBoundTokens(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	tk := newTokens("spiffe://ex.org/payments")
+	if err := tk.Update("https://issuer", jwks, nil); err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("at+jwt"))
+	now := time.Now()
+	mk := func(id, aud string, cnf *accesstoken.Confirmation) string {
+		raw, _ := jwt.Signed(signer).Claims(accesstoken.Claims{Issuer: "https://issuer", Subject: "alice", Audience: jwt.Audience{aud},
+			Expiry: jwt.NewNumericDate(now.Add(time.Minute)), IssuedAt: jwt.NewNumericDate(now), ID: id, ClientID: "spa", Cnf: cnf}).Serialize()
+		return raw
+	}
+	const target = "https://payments.example/payments/7"
+	call := func(k *ecdsa.PrivateKey, tok string) error {
+		r := httptest.NewRequest(http.MethodGet, target, nil)
+		r.TLS = &tls.ConnectionState{}
+		r.Header.Set("Authorization", "DPoP "+tok)
+		p, err := dpop.NewProof(k, jose.ES256, http.MethodGet, target, tok, "", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("DPoP", p)
+		_, _, err = tk.FromRequest(r, nil)
+		return err
+	}
+	victim := must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))
+	victimJKT, _ := dpop.Thumbprint(victim.Public())
+	stolen := mk("victim", "spiffe://ex.org/payments", &accesstoken.Confirmation{JKT: victimJKT})
+	for i := 0; i < 200; i++ {
+		k := must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))
+		jkt, _ := dpop.Thumbprint(k.Public())
+		var tok string
+		switch i % 4 {
+		case 0:
+			tok = "not-a-token"
+		case 1:
+			tok = mk("other", "spiffe://ex.org/orders", &accesstoken.Confirmation{JKT: jkt}) // another service's
+		case 2:
+			tok = mk("plain", "spiffe://ex.org/payments", nil) // not DPoP-bound
+		case 3:
+			tok = stolen // bound to another key
+		}
+		if err := call(k, tok); err == nil {
+			t.Fatalf("request %d accepted", i)
+		}
+	}
+	if n := replayLen(tk); n != 0 {
+		t.Fatalf("the replay cache holds %d proofs from requests that were all refused", n)
+	}
+
+	// A holder of a bound token is bounded by its key's quota.
+	tk.proofs.Replay = must(dpop.NewMemoryReplay(3, 100, time.Now))
+	holder := must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))
+	hjkt, _ := dpop.Thumbprint(holder.Public())
+	mine := mk("mine", "spiffe://ex.org/payments", &accesstoken.Confirmation{JKT: hjkt})
+	for i := 0; i < 3; i++ {
+		if err := call(holder, mine); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if err := call(holder, mine); err == nil || !strings.Contains(err.Error(), "too many recent proofs") {
+		t.Fatalf("a key beyond its quota: %v", err)
+	}
+	if err := call(victim, stolen); err != nil {
+		t.Fatalf("another key's holder while the first is at its quota: %v", err)
+	}
 }

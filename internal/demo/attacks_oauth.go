@@ -80,12 +80,14 @@ var hiddenRE = regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([
 // login signs user in at the shop the way a browser does and returns the
 // token response, or the HTTP status of the refused login.
 func login(ctx context.Context, sys *System, user, password string) (map[string]any, int, error) {
-	return loginDPoP(ctx, sys, user, password, nil)
+	out, status, _, err := loginDPoP(ctx, sys, user, password, nil)
+	return out, status, err
 }
 
 // loginDPoP is login with the shop holding a DPoP key: the tokens are
-// bound to it.
-func loginDPoP(ctx context.Context, sys *System, user, password string, key crypto.Signer) (map[string]any, int, error) {
+// bound to it. It also returns the server's latest DPoP nonce, which the
+// shop's next proofs carry.
+func loginDPoP(ctx context.Context, sys *System, user, password string, key crypto.Signer) (map[string]any, int, string, error) {
 	jar, _ := cookiejar.New(nil)
 	tr := sys.Admin.HTTP.Transport
 	browser := &http.Client{Transport: tr, Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
@@ -96,7 +98,7 @@ func loginDPoP(ctx context.Context, sys *System, user, password string, key cryp
 	issuer := sys.Admin.BaseURL
 	resp, err := browser.Get(issuer + "/oauth2/authorize?" + q.Encode())
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -106,34 +108,52 @@ func loginDPoP(ctx context.Context, sys *System, user, password string, key cryp
 	}
 	resp, err = browser.PostForm(issuer+"/oauth2/authorize", form)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
 	resp.Body.Close()
 	loc, _ := url.Parse(resp.Header.Get("Location"))
 	if resp.StatusCode != http.StatusSeeOther || loc.Query().Get("code") == "" {
-		return nil, resp.StatusCode, nil
+		return nil, resp.StatusCode, "", nil
 	}
-	hdr := http.Header{}
-	if key != nil {
-		proof, err := dpop.NewProof(key, jose.ES256, http.MethodPost, issuer+"/oauth2/token", "", time.Now())
-		if err != nil {
-			return nil, 0, err
+	grant := url.Values{"grant_type": {"authorization_code"}, "code": {loc.Query().Get("code")},
+		"redirect_uri": {shopCallback}, "client_id": {shopClient}, "code_verifier": {verifier}}
+	var out map[string]any
+	var status int
+	nonce := ""
+	// A DPoP client's first proof has no nonce; the server answers
+	// use_dpop_nonce with one, and the client signs again (RFC 9449 §8).
+	for try := 0; try < 2; try++ {
+		hdr := http.Header{}
+		if key != nil {
+			proof, err := dpop.NewProof(key, jose.ES256, http.MethodPost, issuer+"/oauth2/token", "", nonce, time.Now())
+			if err != nil {
+				return nil, 0, "", err
+			}
+			hdr.Set("DPoP", proof)
 		}
-		hdr.Set("DPoP", proof)
+		var rh http.Header
+		if out, status, rh, err = tokenCallWith(ctx, sys, grant, hdr); err != nil {
+			return nil, 0, "", err
+		}
+		if n := rh.Get(dpop.NonceHeader); n != "" {
+			nonce = n
+		}
+		if status != http.StatusBadRequest || out["error"] != "use_dpop_nonce" {
+			break
+		}
 	}
-	out, status, err := tokenCallWith(ctx, sys, url.Values{"grant_type": {"authorization_code"}, "code": {loc.Query().Get("code")},
-		"redirect_uri": {shopCallback}, "client_id": {shopClient}, "code_verifier": {verifier}}, hdr)
-	if err == nil && status != http.StatusOK {
+	if status != http.StatusOK {
 		err = fmt.Errorf("code exchange: %d %v", status, out)
 	}
-	return out, status, err
+	return out, status, nonce, err
 }
 
 func tokenCall(ctx context.Context, sys *System, form url.Values) (map[string]any, int, error) {
-	return tokenCallWith(ctx, sys, form, nil)
+	out, status, _, err := tokenCallWith(ctx, sys, form, nil)
+	return out, status, err
 }
 
-func tokenCallWith(ctx context.Context, sys *System, form url.Values, hdr http.Header) (map[string]any, int, error) {
+func tokenCallWith(ctx context.Context, sys *System, form url.Values, hdr http.Header) (map[string]any, int, http.Header, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, sys.Admin.BaseURL+"/oauth2/token", strings.NewReader(form.Encode()))
 	for k, v := range hdr {
 		req.Header[k] = v
@@ -141,12 +161,12 @@ func tokenCallWith(ctx context.Context, sys *System, form url.Values, hdr http.H
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := sys.Admin.HTTP.Do(req)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	defer resp.Body.Close()
 	var out map[string]any
 	json.NewDecoder(resp.Body).Decode(&out)
-	return out, resp.StatusCode, nil
+	return out, resp.StatusCode, resp.Header, nil
 }
 
 // randomVerifier is a PKCE code verifier: 64 random bytes, base64url.
@@ -194,12 +214,17 @@ func attackRefreshReplay(ctx context.Context, sys *System) (Outcome, error) {
 // attackLoginBruteForce: guess bob's password on the login page.
 func attackLoginBruteForce(ctx context.Context, sys *System) (Outcome, error) {
 	start := time.Now()
+	limited := 0
 	for i := range 6 {
 		_, status, err := login(ctx, sys, "bob", fmt.Sprintf("guess-%d", i))
 		if err != nil {
 			return Outcome{}, err
 		}
-		if status != http.StatusUnauthorized {
+		switch status {
+		case http.StatusUnauthorized:
+		case http.StatusTooManyRequests: // the login rate limit of this address (the demo run more than once)
+			limited++
+		default:
 			return Outcome{}, fmt.Errorf("guess %d: status %d", i, status)
 		}
 	}
@@ -207,10 +232,17 @@ func attackLoginBruteForce(ctx context.Context, sys *System) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, err
 	}
-	if status != http.StatusUnauthorized {
-		return Outcome{}, errors.New("the right password worked right after a burst of wrong ones: no lockout")
+	if status != http.StatusUnauthorized && status != http.StatusTooManyRequests {
+		return Outcome{}, errors.New("the right password worked right after a burst of wrong ones: no back-off")
 	}
-	o := Outcome{Stopped: true, Prevent: "after 5 consecutive failures bob's account locks for 15 minutes; even the right password is refused meanwhile (argon2id hashes, ~100 ms a guess)"}
+	prevent := "after 5 consecutive failures bob's account backs off (30 s, doubling with each further failure up to 15 min); even the right password is refused meanwhile (argon2id hashes, ~100 ms a guess, no more than the CPUs at once)"
+	if status == http.StatusTooManyRequests {
+		limited++
+	}
+	if limited > 0 {
+		prevent += fmt.Sprintf("; %d of the attempts were refused earlier still by the login rate limit of this address (429)", limited)
+	}
+	o := Outcome{Stopped: true, Prevent: prevent}
 	a, err := waitAlert(ctx, sys, "login-failures", start)
 	if err != nil {
 		return Outcome{}, err
@@ -241,7 +273,7 @@ func userinfo(ctx context.Context, sys *System, scheme, token, proof string) (in
 func attackStolenAccessToken(ctx context.Context, sys *System) (Outcome, error) {
 	shopKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	thiefKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tok, status, err := loginDPoP(ctx, sys, "alice", demoPassword, shopKey)
+	tok, status, nonce, err := loginDPoP(ctx, sys, "alice", demoPassword, shopKey)
 	if err != nil || status != http.StatusOK {
 		return Outcome{}, fmt.Errorf("login: %d %v", status, err)
 	}
@@ -250,8 +282,10 @@ func attackStolenAccessToken(ctx context.Context, sys *System) (Outcome, error) 
 		return Outcome{}, fmt.Errorf("the shop got a %v token, want DPoP", tok["token_type"])
 	}
 	uiURL := sys.Admin.BaseURL + "/oauth2/userinfo"
+	// Every proof carries the server's nonce, the thief's too: what
+	// stops the thief is the key, not a missing nonce.
 	proof := func(k crypto.Signer) string {
-		p, _ := dpop.NewProof(k, jose.ES256, http.MethodGet, uiURL, stolen, time.Now())
+		p, _ := dpop.NewProof(k, jose.ES256, http.MethodGet, uiURL, stolen, nonce, time.Now())
 		return p
 	}
 	// The shop, holding the key, can use it.

@@ -25,6 +25,7 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/server"
+	"github.com/rampartsec/rampart/internal/workload/endpoint"
 )
 
 // TrustDomain is the demo's trust domain.
@@ -269,7 +270,11 @@ func fetchOwnSVID(ctx context.Context, sys *System) (*x509svid.SVID, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	for {
-		resp, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+sys.Socket))
+		var resp *workloadapi.X509Context
+		opts, err := endpoint.ClientOptions(ctx, sys.Socket, nil) // checks the agent's uid, as every client must
+		if err == nil {
+			resp, err = workloadapi.FetchX509Context(ctx, opts...)
+		}
 		if err == nil && len(resp.SVIDs) > 0 {
 			s := resp.DefaultSVID()
 			b, err := resp.Bundles.GetX509BundleForTrustDomain(TrustDomain)

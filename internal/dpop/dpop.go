@@ -1,6 +1,7 @@
 package dpop
 
 import (
+	"context"
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -103,7 +104,6 @@ func checkJWK(jwk *jose.JSONWebKey) error {
 // Defaults.
 const (
 	DefaultWindow = time.Minute // how far iat may be from now, either way
-	maxSeen       = 1 << 20     // bound on remembered jti values
 	maxProofSize  = 8 << 10
 )
 
@@ -112,10 +112,24 @@ type Proof struct {
 	JKT      string // RFC 7638 SHA-256 thumbprint of the proof key, base64url
 	ID       string
 	IssuedAt time.Time
+	// Until is when the proof stops being acceptable (iat plus the
+	// window): how long its jti must be remembered.
+	Until time.Time
 }
 
 // ErrInvalid wraps every reason a proof is refused.
 var ErrInvalid = errors.New("invalid DPoP proof")
+
+// ErrUseNonce: the proof carries no nonce, or one the server no longer
+// (or never) issued; the answer is "use_dpop_nonce" with a fresh one in
+// the DPoP-Nonce header (RFC 9449 §8). It also matches ErrInvalid.
+var ErrUseNonce = errors.New("use_dpop_nonce")
+
+// Replay errors, returned (wrapped, with ErrInvalid) by Use.
+var (
+	ErrReplayed = errors.New("proof already used")
+	ErrQuota    = errors.New("too many recent proofs by this key")
+)
 
 func invalid(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, a...))
@@ -130,26 +144,74 @@ type claims struct {
 	Nonce  string `json:"nonce,omitempty"`
 }
 
-// Checker verifies proofs and remembers their jti for replay detection.
-// It is safe for concurrent use.
-type Checker struct {
-	Now    func() time.Time // nil: time.Now
-	Window time.Duration    // 0: DefaultWindow
-
-	mu      sync.Mutex
-	seen    map[string]time.Time // jti -> when it may be forgotten
-	inserts int
+// ReplayCache remembers proofs so each is accepted once. Use records the
+// proof key's thumbprint and the proof's jti until the proof expires; a
+// second use is ErrReplayed, and a key that already has its quota of live
+// proofs gets ErrQuota (so a single key, whoever holds it, cannot crowd
+// out everyone else's proofs). MemoryReplay keeps them in a process; the
+// authorization server keeps them in its store, shared by its replicas.
+type ReplayCache interface {
+	Use(ctx context.Context, jkt, jti string, until time.Time) error
 }
 
-// Check verifies raw, the value of the request's single DPoP header, for a
+// Checker verifies proofs (Verify, stateless) and records them against
+// replay (Use); Check does both. It is safe for concurrent use.
+type Checker struct {
+	Now    func() time.Time // nil: time.Now
+	Window time.Duration    // how far iat may be from now; 0: DefaultWindow
+	// Nonce, if set, decides whether a proof's nonce claim is one the
+	// server issued recently (RFC 9449 §8); a proof without a nonce, or
+	// with one it refuses, fails with ErrUseNonce.
+	Nonce func(nonce string) bool
+	// Replay records proofs; Use and Check need it.
+	Replay ReplayCache
+}
+
+// Check verifies raw and records it against replay: Verify, then Use.
+func (c *Checker) Check(ctx context.Context, raw, method, rawURL, accessToken string) (*Proof, error) {
+	p, err := c.Verify(raw, method, rawURL, accessToken)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Use(ctx, p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Use records p in the replay cache: it fails if the proof was seen
+// before or its key has too many live proofs. A resource server calls it
+// after it has verified the access token the proof is bound to, so that
+// only holders of a valid token for it can add entries at all.
+func (c *Checker) Use(ctx context.Context, p *Proof) error {
+	if c.Replay == nil {
+		return errors.New("dpop: checker without a replay cache")
+	}
+	err := c.Replay.Use(ctx, p.JKT, p.ID, p.Until)
+	switch {
+	case errors.Is(err, ErrReplayed):
+		return fmt.Errorf("%w: jti %q was already used (a replayed proof)", ErrInvalid, p.ID)
+	case errors.Is(err, ErrQuota):
+		return fmt.Errorf("%w: %w: key %s", ErrInvalid, ErrQuota, p.JKT)
+	case err != nil:
+		return fmt.Errorf("dpop: replay cache: %w", err)
+	}
+	return nil
+}
+
+// Verify checks raw, the value of the request's single DPoP header, for a
 // request with this method and URL; accessToken is the token sent with it
-// ("" at the token endpoint), whose hash the proof must carry.
-func (c *Checker) Check(raw, method, rawURL, accessToken string) (*Proof, error) {
+// ("" at the token endpoint), whose hash the proof must carry. It does
+// not record the proof: see Use.
+func (c *Checker) Verify(raw, method, rawURL, accessToken string) (*Proof, error) {
 	if raw == "" {
 		return nil, invalid("no DPoP header")
 	}
 	if len(raw) > maxProofSize {
 		return nil, invalid("proof larger than %d bytes", maxProofSize)
+	}
+	if c.Window < 0 {
+		return nil, errors.New("dpop: negative window")
 	}
 	jwk, typ, payload, err := verifyJWS(raw)
 	if err != nil {
@@ -191,15 +253,19 @@ func (c *Checker) Check(raw, method, rawURL, accessToken string) (*Proof, error)
 			return nil, invalid("ath does not match the access token")
 		}
 	}
+	if c.Nonce != nil && (cl.Nonce == "" || len(cl.Nonce) > 256 || !c.Nonce(cl.Nonce)) {
+		what := "no nonce"
+		if cl.Nonce != "" {
+			what = "a nonce that is stale or not from this server"
+		}
+		return nil, fmt.Errorf("%w: %w: the proof has %s; make it again with the DPoP-Nonce of this answer", ErrInvalid, ErrUseNonce, what)
+	}
 	tp, err := jwk.Thumbprint(crypto.SHA256)
 	if err != nil {
 		return nil, invalid("thumbprint: %v", err)
 	}
 	jkt := base64.RawURLEncoding.EncodeToString(tp)
-	if !c.remember(jkt+"/"+cl.ID, now.Add(2*win)) {
-		return nil, invalid("jti %q was already used (a replayed proof)", cl.ID)
-	}
-	return &Proof{JKT: jkt, ID: cl.ID, IssuedAt: iat}, nil
+	return &Proof{JKT: jkt, ID: cl.ID, IssuedAt: iat, Until: iat.Add(win + time.Second)}, nil
 }
 
 func (c *Checker) now() time.Time {
@@ -216,31 +282,82 @@ func (c *Checker) window() time.Duration {
 	return DefaultWindow
 }
 
-// remember records id until forget; false if it is already there (or the
-// cache is full of live entries: refuse rather than forget early).
-func (c *Checker) remember(id string, forget time.Time) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.seen == nil {
-		c.seen = map[string]time.Time{}
+// MemoryReplay is a ReplayCache in the process's memory, bounded: each
+// key may hold PerKey live proofs and the cache Max in all. When it is
+// full of live proofs it refuses new ones (ErrQuota) rather than forget
+// early; a resource server adds a proof only after the token it comes
+// with verified and is bound to its key (see Use), so filling it takes
+// Max/PerKey valid tokens bound to distinct keys.
+type MemoryReplay struct {
+	now    func() time.Time
+	perKey int
+	max    int
+
+	mu      sync.Mutex
+	keys    map[string]map[string]time.Time // jkt -> jti -> forget at
+	n       int
+	inserts int
+}
+
+// NewMemoryReplay returns an empty cache; perKey and max must be positive.
+func NewMemoryReplay(perKey, max int, now func() time.Time) (*MemoryReplay, error) {
+	if perKey < 1 || max < perKey || now == nil {
+		return nil, fmt.Errorf("dpop: replay cache of %d per key, %d in all: want 1 <= per key <= all, and a clock", perKey, max)
 	}
-	now := c.now()
-	if t, ok := c.seen[id]; ok && now.Before(t) {
-		return false
+	return &MemoryReplay{now: now, perKey: perKey, max: max, keys: map[string]map[string]time.Time{}}, nil
+}
+
+// Use implements ReplayCache.
+func (m *MemoryReplay) Use(_ context.Context, jkt, jti string, until time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	ids := m.keys[jkt]
+	if t, ok := ids[jti]; ok && now.Before(t) {
+		return ErrReplayed
 	}
-	c.inserts++
-	if c.inserts%1024 == 0 || len(c.seen) >= maxSeen {
-		for k, t := range c.seen {
-			if !now.Before(t) {
-				delete(c.seen, k)
-			}
+	if len(ids) >= m.perKey {
+		m.forget(jkt, ids, now)
+		if len(ids) >= m.perKey {
+			return ErrQuota
 		}
-		if len(c.seen) >= maxSeen {
-			return false
+	}
+	m.inserts++
+	if m.inserts%1024 == 0 || m.n >= m.max {
+		for k, ids := range m.keys {
+			m.forget(k, ids, now)
+		}
+		if m.n >= m.max {
+			return ErrQuota
 		}
 	}
-	c.seen[id] = forget
-	return true
+	if ids == nil {
+		ids = map[string]time.Time{}
+		m.keys[jkt] = ids
+	}
+	ids[jti] = until
+	m.n++
+	return nil
+}
+
+// forget drops the expired proofs of one key.
+func (m *MemoryReplay) forget(jkt string, ids map[string]time.Time, now time.Time) {
+	for id, t := range ids {
+		if !now.Before(t) {
+			delete(ids, id)
+			m.n--
+		}
+	}
+	if len(ids) == 0 {
+		delete(m.keys, jkt)
+	}
+}
+
+// Len returns how many proofs the cache holds.
+func (m *MemoryReplay) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.n
 }
 
 // normalize reduces a URL to what htu compares (RFC 9449 §4.3): scheme and
@@ -266,8 +383,9 @@ func normalize(raw string) (string, error) {
 
 // NewProof makes a proof for a request, signed with key (its public half
 // goes into the header). accessToken is the token sent with the request,
-// or "" at the token endpoint.
-func NewProof(key crypto.Signer, alg jose.SignatureAlgorithm, method, rawURL, accessToken string, now time.Time) (string, error) {
+// or "" at the token endpoint; nonce is the server's latest DPoP-Nonce, or
+// "" before it sent one.
+func NewProof(key crypto.Signer, alg jose.SignatureAlgorithm, method, rawURL, accessToken, nonce string, now time.Time) (string, error) {
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key},
 		(&jose.SignerOptions{EmbedJWK: true}).WithType("dpop+jwt"))
 	if err != nil {
@@ -278,7 +396,7 @@ func NewProof(key crypto.Signer, alg jose.SignatureAlgorithm, method, rawURL, ac
 		return "", err
 	}
 	iat := now.Unix()
-	cl := claims{ID: hex.EncodeToString(id), Method: method, URL: rawURL, IAT: &iat}
+	cl := claims{ID: hex.EncodeToString(id), Method: method, URL: rawURL, IAT: &iat, Nonce: nonce}
 	if accessToken != "" {
 		sum := sha256.Sum256([]byte(accessToken))
 		cl.ATH = base64.RawURLEncoding.EncodeToString(sum[:])
@@ -327,11 +445,11 @@ func Authorization(h http.Header) (scheme, token string, ok bool) {
 	return "", "", false
 }
 
-// CheckRequest checks the single DPoP header of r, a request to a
-// protected resource carrying token. The URL the proof must name is the
-// one the client used: https (or http without TLS), the Host header, the
-// path.
-func (c *Checker) CheckRequest(r *http.Request, token string) (*Proof, error) {
+// VerifyRequest verifies the single DPoP header of r, a request to a
+// protected resource carrying token (see Verify; the caller then calls
+// Use). The URL the proof must name is the one the client used: https (or
+// http without TLS), the Host header, the path.
+func (c *Checker) VerifyRequest(r *http.Request, token string) (*Proof, error) {
 	vals := r.Header.Values("DPoP")
 	if len(vals) != 1 {
 		return nil, invalid("want exactly one DPoP header, got %d", len(vals))
@@ -340,5 +458,28 @@ func (c *Checker) CheckRequest(r *http.Request, token string) (*Proof, error) {
 	if r.TLS == nil {
 		scheme = "http"
 	}
-	return c.Check(vals[0], r.Method, scheme+"://"+r.Host+r.URL.EscapedPath(), token)
+	return c.Verify(vals[0], r.Method, scheme+"://"+r.Host+r.URL.EscapedPath(), token)
+}
+
+// NonceHeader is where a server hands out DPoP nonces (RFC 9449 §8).
+const NonceHeader = "DPoP-Nonce"
+
+// IsNonceChallenge reports whether resp asks for a proof with a server
+// nonce (use_dpop_nonce, as a token endpoint's 400 or a resource's 401),
+// and returns the nonce to use.
+func IsNonceChallenge(resp *http.Response, body []byte) (string, bool) {
+	nonce := resp.Header.Get(NonceHeader)
+	if nonce == "" {
+		return "", false
+	}
+	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		return nonce, strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="use_dpop_nonce"`)
+	case http.StatusBadRequest:
+		var e struct {
+			Error string `json:"error"`
+		}
+		return nonce, json.Unmarshal(body, &e) == nil && e.Error == "use_dpop_nonce"
+	}
+	return "", false
 }

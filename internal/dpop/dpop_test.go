@@ -9,6 +9,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +22,11 @@ var t0 = time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 
 const tokenURL = "https://rampart.example:8443/token"
 
-func checker() *Checker { return &Checker{Now: func() time.Time { return t0 }} }
+func checker() *Checker {
+	now := func() time.Time { return t0 }
+	r, _ := NewMemoryReplay(100, 1000, now)
+	return &Checker{Now: now, Replay: r}
+}
 
 func ecKey(t *testing.T) *ecdsa.PrivateKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -66,11 +72,11 @@ func TestRoundTrip(t *testing.T) {
 		alg  jose.SignatureAlgorithm
 	}{{"ES256", ecKey(t), jose.ES256}, {"EdDSA", func() crypto.Signer { _, k, _ := ed25519.GenerateKey(rand.Reader); return k }(), jose.EdDSA}} {
 		t.Run(tc.name, func(t *testing.T) {
-			raw, err := NewProof(tc.key, tc.alg, "GET", "https://orders.example/orders/42?x=1", "the-token", t0)
+			raw, err := NewProof(tc.key, tc.alg, "GET", "https://orders.example/orders/42?x=1", "the-token", "", t0)
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := c.Check(raw, "GET", "https://ORDERS.example:443/orders/42", "the-token")
+			p, err := c.Check(t.Context(), raw, "GET", "https://ORDERS.example:443/orders/42", "the-token")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -124,7 +130,7 @@ func TestAttacks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := checker().Check(tt.proof, tt.method, tt.url, tt.token)
+			_, err := checker().Check(t.Context(), tt.proof, tt.method, tt.url, tt.token)
 			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("got %v, want an invalid proof naming %q", err, tt.want)
 			}
@@ -135,7 +141,7 @@ func TestAttacks(t *testing.T) {
 	b, _ := json.Marshal(claimsAt(t0, nil))
 	obj, _ := hsSigner.Sign(b)
 	hsProof, _ := obj.CompactSerialize()
-	if _, err := checker().Check(hsProof, "POST", tokenURL, ""); !errors.Is(err, ErrInvalid) {
+	if _, err := checker().Check(t.Context(), hsProof, "POST", tokenURL, ""); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("HS256 proof: %v", err)
 	}
 }
@@ -144,11 +150,11 @@ func itoa(n int64) string { b, _ := json.Marshal(n); return string(b) }
 
 func TestReplay(t *testing.T) {
 	c := checker()
-	raw, _ := NewProof(ecKey(t), jose.ES256, "POST", tokenURL, "", t0)
-	if _, err := c.Check(raw, "POST", tokenURL, ""); err != nil {
+	raw, _ := NewProof(ecKey(t), jose.ES256, "POST", tokenURL, "", "", t0)
+	if _, err := c.Check(t.Context(), raw, "POST", tokenURL, ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Check(raw, "POST", tokenURL, ""); err == nil || !strings.Contains(err.Error(), "already used") {
+	if _, err := c.Check(t.Context(), raw, "POST", tokenURL, ""); err == nil || !strings.Contains(err.Error(), "already used") {
 		t.Fatalf("replayed proof: %v", err)
 	}
 }
@@ -156,12 +162,12 @@ func TestReplay(t *testing.T) {
 func FuzzCheck(f *testing.F) {
 	// A fixed key: fuzz workers rerun this setup and must get the same one.
 	k := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
-	good, _ := NewProof(k, jose.EdDSA, "POST", tokenURL, "", t0)
+	good, _ := NewProof(k, jose.EdDSA, "POST", tokenURL, "", "", t0)
 	f.Add(good)
 	f.Add("eyJhbGciOiJub25lIn0.e30.")
 	want, _ := Thumbprint(k.Public())
 	f.Fuzz(func(t *testing.T, raw string) {
-		p, err := checker().Check(raw, "POST", tokenURL, "")
+		p, err := checker().Check(t.Context(), raw, "POST", tokenURL, "")
 		// The fuzzer cannot sign: whatever it gets accepted can only be a
 		// re-encoding of the seed, proven by the seed's key.
 		if err == nil && p.JKT != want {
@@ -181,7 +187,7 @@ func TestEd25519AlgorithmName(t *testing.T) {
 	pl := base64.RawURLEncoding.EncodeToString(body)
 	sig := ed25519.Sign(key, []byte(hdr+"."+pl))
 	raw := hdr + "." + pl + "." + base64.RawURLEncoding.EncodeToString(sig)
-	p, err := checker().Check(raw, "POST", tokenURL, "")
+	p, err := checker().Check(t.Context(), raw, "POST", tokenURL, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,14 +196,113 @@ func TestEd25519AlgorithmName(t *testing.T) {
 	}
 	sig[10] ^= 1
 	bad := hdr + "." + pl + "." + base64.RawURLEncoding.EncodeToString(sig)
-	if _, err := checker().Check(bad, "POST", tokenURL, ""); err == nil || !strings.Contains(err.Error(), "does not verify") {
+	if _, err := checker().Check(t.Context(), bad, "POST", tokenURL, ""); err == nil || !strings.Contains(err.Error(), "does not verify") {
 		t.Fatalf("edited Ed25519 signature: %v", err)
 	}
 	// An Ed25519 alg with an EC key is refused.
 	ec := ecKey(t)
 	ejwk, _ := json.Marshal(jose.JSONWebKey{Key: ec.Public()})
 	ehdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"Ed25519","typ":"dpop+jwt","jwk":` + string(ejwk) + `}`))
-	if _, err := checker().Check(ehdr+"."+pl+"."+base64.RawURLEncoding.EncodeToString(sig), "POST", tokenURL, ""); err == nil {
+	if _, err := checker().Check(t.Context(), ehdr+"."+pl+"."+base64.RawURLEncoding.EncodeToString(sig), "POST", tokenURL, ""); err == nil {
 		t.Fatal("alg Ed25519 with an EC key accepted")
+	}
+}
+
+// TestNonce: with a nonce checker, a proof without a nonce or with a
+// refused one fails with ErrUseNonce (and ErrInvalid); with an accepted
+// one it passes.
+func TestNonce(t *testing.T) {
+	c := checker()
+	c.Nonce = func(n string) bool { return n == "current" }
+	key := ecKey(t)
+	for _, tc := range []struct{ nonce, want string }{{"", "no nonce"}, {"stale", "stale"}} {
+		raw, _ := NewProof(key, jose.ES256, "POST", tokenURL, "", tc.nonce, t0)
+		_, err := c.Check(t.Context(), raw, "POST", tokenURL, "")
+		if !errors.Is(err, ErrUseNonce) || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("nonce %q: %v", tc.nonce, err)
+		}
+	}
+	raw, _ := NewProof(key, jose.ES256, "POST", tokenURL, "", "current", t0)
+	if _, err := c.Check(t.Context(), raw, "POST", tokenURL, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReplayQuotaPerKey: one key filling its quota is refused, and only
+// it: another key's proofs still pass. Expired proofs stop counting.
+func TestReplayQuotaPerKey(t *testing.T) {
+	now := t0
+	r, err := NewMemoryReplay(3, 10, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Checker{Now: func() time.Time { return now }, Replay: r}
+	greedy, other := ecKey(t), ecKey(t)
+	for i := 0; i < 3; i++ {
+		raw, _ := NewProof(greedy, jose.ES256, "POST", tokenURL, "", "", now)
+		if _, err := c.Check(t.Context(), raw, "POST", tokenURL, ""); err != nil {
+			t.Fatalf("proof %d: %v", i, err)
+		}
+	}
+	raw, _ := NewProof(greedy, jose.ES256, "POST", tokenURL, "", "", now)
+	if _, err := c.Check(t.Context(), raw, "POST", tokenURL, ""); !errors.Is(err, ErrQuota) || !errors.Is(err, ErrInvalid) {
+		t.Fatalf("fourth proof by one key: %v", err)
+	}
+	raw, _ = NewProof(other, jose.ES256, "POST", tokenURL, "", "", now)
+	if _, err := c.Check(t.Context(), raw, "POST", tokenURL, ""); err != nil {
+		t.Fatalf("another key's proof while the first is at its quota: %v", err)
+	}
+	now = now.Add(DefaultWindow + 2*time.Second)
+	raw, _ = NewProof(greedy, jose.ES256, "POST", tokenURL, "", "", now)
+	if _, err := c.Check(t.Context(), raw, "POST", tokenURL, ""); err != nil {
+		t.Fatalf("after its proofs expired: %v", err)
+	}
+	if r.Len() > 2 {
+		t.Fatalf("cache holds %d proofs, want the expired ones gone", r.Len())
+	}
+}
+
+// TestMemoryReplayBounded: many keys cannot grow the cache past Max; it
+// then refuses new proofs rather than forget live ones (a replay window).
+func TestMemoryReplayBounded(t *testing.T) {
+	r, _ := NewMemoryReplay(2, 100, func() time.Time { return t0 })
+	refused := 0
+	for i := 0; i < 300; i++ {
+		if err := r.Use(t.Context(), fmt.Sprintf("key-%d", i), "j", t0.Add(time.Minute)); errors.Is(err, ErrQuota) {
+			refused++
+		}
+	}
+	if r.Len() != 100 || refused != 200 {
+		t.Fatalf("cache holds %d, refused %d; want 100 and 200", r.Len(), refused)
+	}
+	if err := r.Use(t.Context(), "key-1", "j", t0.Add(time.Minute)); !errors.Is(err, ErrReplayed) {
+		t.Fatalf("a remembered proof: %v", err)
+	}
+	if _, err := NewMemoryReplay(0, 10, time.Now); err == nil {
+		t.Fatal("a quota of 0 accepted")
+	}
+}
+
+// TestNonceChallenge: clients recognise the server's use_dpop_nonce
+// answers, at a token endpoint and at a resource.
+func TestNonceChallenge(t *testing.T) {
+	mk := func(status int, hdr map[string]string) *http.Response {
+		r := &http.Response{StatusCode: status, Header: http.Header{}}
+		for k, v := range hdr {
+			r.Header.Set(k, v)
+		}
+		return r
+	}
+	if n, ok := IsNonceChallenge(mk(400, map[string]string{"DPoP-Nonce": "n1"}), []byte(`{"error":"use_dpop_nonce"}`)); !ok || n != "n1" {
+		t.Fatal("token endpoint challenge not recognised")
+	}
+	if n, ok := IsNonceChallenge(mk(401, map[string]string{"DPoP-Nonce": "n2", "WWW-Authenticate": `DPoP error="use_dpop_nonce"`}), nil); !ok || n != "n2" {
+		t.Fatal("resource challenge not recognised")
+	}
+	if _, ok := IsNonceChallenge(mk(400, map[string]string{"DPoP-Nonce": "n1"}), []byte(`{"error":"invalid_grant"}`)); ok {
+		t.Fatal("another error taken for a nonce challenge")
+	}
+	if _, ok := IsNonceChallenge(mk(200, map[string]string{"DPoP-Nonce": "n1"}), nil); ok {
+		t.Fatal("a success taken for a nonce challenge")
 	}
 }

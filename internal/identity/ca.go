@@ -100,6 +100,10 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.RootTTL < 0 || cfg.IntermediateTTL < 0 || cfg.JWTKeyTTL < 0 {
+		return nil, fmt.Errorf("identity: root, intermediate and JWT key TTLs must be positive (or zero for the default): %v, %v, %v",
+			cfg.RootTTL, cfg.IntermediateTTL, cfg.JWTKeyTTL)
+	}
 	if cfg.RootTTL == 0 {
 		cfg.RootTTL = DefaultRootTTL
 	}
@@ -493,6 +497,10 @@ func (ca *CA) SignX509SVID(id spiffeid.ID, pub crypto.PublicKey, ttl time.Durati
 	if id.TrustDomain() != ca.cfg.TrustDomain {
 		return nil, fmt.Errorf("identity: %q is not in trust domain %q", id, ca.cfg.TrustDomain.Name())
 	}
+	if ttl <= 0 {
+		// A caller's arithmetic gone wrong, never "the default".
+		return nil, fmt.Errorf("identity: SVID lifetime %v for %s: must be positive", ttl, id)
+	}
 	ca.mu.RLock()
 	inter := ca.inter
 	ca.mu.RUnlock()
@@ -523,6 +531,9 @@ func (ca *CA) SignX509SVID(id spiffeid.ID, pub crypto.PublicKey, ttl time.Durati
 func (ca *CA) SignJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (string, time.Time, error) {
 	if len(audience) == 0 {
 		return "", time.Time{}, errors.New("identity: a JWT-SVID needs at least one audience")
+	}
+	if ttl <= 0 {
+		return "", time.Time{}, fmt.Errorf("identity: JWT-SVID lifetime %v for %s: must be positive", ttl, id)
 	}
 	ca.mu.RLock()
 	sig := ca.jwtSig

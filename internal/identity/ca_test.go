@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,8 +98,18 @@ func TestSignX509SVID(t *testing.T) {
 	if !long[0].NotAfter.Equal(chain[1].NotAfter) {
 		t.Fatalf("long SVID expires %v, after its intermediate %v", long[0].NotAfter, chain[1].NotAfter)
 	}
-	// Foreign trust domain.
+	// A lifetime of zero or less is refused, not turned into a default or
+	// a certificate born expired.
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for _, ttl := range []time.Duration{0, -time.Second} {
+		if _, err := ca.SignX509SVID(id, k.Public(), ttl, nil, nil); err == nil || !strings.Contains(err.Error(), "must be positive") {
+			t.Fatalf("SVID with ttl %v: %v", ttl, err)
+		}
+		if _, _, err := ca.SignJWTSVID(id, []string{"payments"}, ttl); err == nil || !strings.Contains(err.Error(), "must be positive") {
+			t.Fatalf("JWT-SVID with ttl %v: %v", ttl, err)
+		}
+	}
+	// Foreign trust domain.
 	if _, err := ca.SignX509SVID(spiffeid.RequireFromString("spiffe://evil.org/x"), k.Public(), time.Hour, nil, nil); err == nil {
 		t.Fatal("signed an SVID for a foreign trust domain")
 	}

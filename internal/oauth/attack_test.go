@@ -37,6 +37,13 @@ func authURL(h *harness, q url.Values) string {
 	return h.srv.URL + oauth.PathAuthorize + "?" + q.Encode()
 }
 
+// fixedVerifier and fixedCh are a PKCE pair for tests that are not about
+// PKCE (every authorization request needs one).
+const (
+	fixedVerifier = "a-fixed-test-verifier-of-at-least-43-characters-long"
+	fixedCh       = "DOLlzBLtChfyXQYFk4IMO96kbIQVjurvpuiS3hgF3Gc"
+)
+
 // pkce returns a verifier and its S256 challenge.
 func pkce() (verifier, challenge string) {
 	v := oauth2.GenerateVerifier()
@@ -81,8 +88,9 @@ func TestRedirectURIMustMatchExactly(t *testing.T) {
 	}
 }
 
-// TestPKCEGuards: public clients must use PKCE, plain is refused, and the
-// verifier must match.
+// TestPKCEGuards: every client must use PKCE with S256 (RFC 9700 §2.1.1:
+// confidential clients too, so a code injected into their callback is
+// useless), plain is refused, and the verifier must match.
 func TestPKCEGuards(t *testing.T) {
 	h, _ := codeHarness(t)
 	errorOf := func(q url.Values) string {
@@ -96,6 +104,9 @@ func TestPKCEGuards(t *testing.T) {
 	}
 	if got := errorOf(codeQuery("spa", "")); !strings.Contains(got, "PKCE is required") {
 		t.Errorf("public client without PKCE: %q", got)
+	}
+	if got := errorOf(codeQuery("web", "")); !strings.Contains(got, "PKCE is required") {
+		t.Errorf("confidential client without PKCE: %q", got)
 	}
 	q := codeQuery("spa", "")
 	q.Set("code_challenge", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ")
@@ -183,13 +194,13 @@ func TestTokenForClientAUsedByClientB(t *testing.T) {
 	h, secret := codeHarness(t)
 	otherSecret := h.client(store.OAuthClient{ID: "other", AuthMethod: "client_secret_basic", RedirectURIs: []string{redirect},
 		GrantTypes: []string{"authorization_code", "refresh_token"}})
-	code := codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", "")), "alice", "alice-password", ""), "s")
-	st, out := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}}, "other", otherSecret)
+	code := codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", fixedCh)), "alice", "alice-password", ""), "s")
+	st, out := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}, "code_verifier": {fixedVerifier}}, "other", otherSecret)
 	if st != http.StatusBadRequest || !strings.Contains(out["error_description"].(string), "another client") {
 		t.Fatalf("code of web used by other: %d %v", st, out)
 	}
-	code = codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", "")), "alice", "alice-password", ""), "s")
-	_, tok := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}}, "web", secret)
+	code = codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", fixedCh)), "alice", "alice-password", ""), "s")
+	_, tok := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}, "code_verifier": {fixedVerifier}}, "web", secret)
 	// Introspection does not describe web's token to other.
 	st, out = h.post(nil, oauth.PathIntrospect, url.Values{"token": {tok["access_token"].(string)}}, "other", otherSecret)
 	if st != http.StatusOK || out["active"] != false {
@@ -215,8 +226,8 @@ func TestTokenForClientAUsedByClientB(t *testing.T) {
 // refresh token takes its family with it.
 func TestRevocationEndpoint(t *testing.T) {
 	h, secret := codeHarness(t)
-	code := codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", "")), "alice", "alice-password", ""), "s")
-	_, tok := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}}, "web", secret)
+	code := codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", fixedCh)), "alice", "alice-password", ""), "s")
+	_, tok := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}, "code_verifier": {fixedVerifier}}, "web", secret)
 	at, rt := tok["access_token"].(string), tok["refresh_token"].(string)
 	if st, _ := h.post(nil, oauth.PathRevoke, url.Values{"token": {at}}, "web", secret); st != http.StatusOK {
 		t.Fatalf("revoke: %d", st)
@@ -239,11 +250,11 @@ func TestRevocationEndpoint(t *testing.T) {
 	}
 }
 
-// TestLoginLockout: brute force on the login form hits the lockout; while
-// locked even the right password is refused; every failure is audited.
+// TestLoginLockout: brute force on the login form hits the back-off; while
+// it lasts even the right password is refused; every failure is audited.
 func TestLoginLockout(t *testing.T) {
 	h, _ := codeHarness(t)
-	u := authURL(h, codeQuery("web", ""))
+	u := authURL(h, codeQuery("web", fixedCh))
 	for i := 0; i < oauth.DefaultMaxFailures; i++ {
 		if resp := h.login(h.browser(), u, "alice", "guess-"+string(rune('a'+i)), ""); resp.StatusCode != http.StatusUnauthorized {
 			t.Fatalf("guess %d: %d", i, resp.StatusCode)
@@ -253,10 +264,10 @@ func TestLoginLockout(t *testing.T) {
 		t.Fatalf("right password while locked: %d", resp.StatusCode)
 	}
 	fails := h.audited("oauth.login")
-	if len(fails) != oauth.DefaultMaxFailures+1 || !strings.Contains(fails[len(fails)-1].Reason, "locked") || fails[0].Details["username"] != "alice" {
+	if len(fails) != oauth.DefaultMaxFailures+1 || !strings.Contains(fails[len(fails)-1].Reason, "backing off") || fails[0].Details["username"] != "alice" {
 		t.Fatalf("login failures audited: %d, last %+v", len(fails), fails[len(fails)-1])
 	}
-	h.clock.Advance(oauth.DefaultLockout + time.Second)
+	h.clock.Add(oauth.DefaultBackoffBase)
 	codeFrom(t, h.login(h.browser(), u, "alice", "alice-password", ""), "s")
 	// Unknown users fail the same way.
 	if resp := h.login(h.browser(), u, "mallory", "x", ""); resp.StatusCode != http.StatusUnauthorized {
@@ -279,7 +290,7 @@ func TestTOTP(t *testing.T) {
 	if err := h.store.UpdateOAuthUser(t.Context(), u); err != nil {
 		t.Fatal(err)
 	}
-	au := authURL(h, codeQuery("web", ""))
+	au := authURL(h, codeQuery("web", fixedCh))
 	if resp := h.login(h.browser(), au, "alice", "alice-password", ""); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("no code: %d", resp.StatusCode)
 	}
@@ -293,7 +304,7 @@ func TestTOTP(t *testing.T) {
 // TestCSRF: the login form refuses a post without the browser's token.
 func TestCSRF(t *testing.T) {
 	h, _ := codeHarness(t)
-	form := codeQuery("web", "")
+	form := codeQuery("web", fixedCh)
 	form.Set("username", "alice")
 	form.Set("password", "alice-password")
 	form.Set("csrf", "forged")
@@ -399,8 +410,8 @@ func TestForgedAccessTokens(t *testing.T) {
 	}
 	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
-			h.clock.Advance(tt.adv)
-			defer h.clock.Advance(-tt.adv)
+			h.clock.Add(tt.adv)
+			defer h.clock.Add(-tt.adv)
 			if _, err := h.p.VerifyAccessToken(good, tt.aud); err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error %v, want it to mention %q", err, tt.want)
 			}
@@ -413,8 +424,8 @@ func TestForgedAccessTokens(t *testing.T) {
 // access token is expected.
 func TestIDTokenIsNotAnAccessToken(t *testing.T) {
 	h, secret := codeHarness(t)
-	code := codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", "")), "alice", "alice-password", ""), "s")
-	_, tok := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}}, "web", secret)
+	code := codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", fixedCh)), "alice", "alice-password", ""), "s")
+	_, tok := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}, "code_verifier": {fixedVerifier}}, "web", secret)
 	if _, err := h.p.VerifyAccessToken(tok["id_token"].(string), ""); err == nil || !strings.Contains(err.Error(), "typ") {
 		t.Fatalf("ID token as access token: %v", err)
 	}

@@ -75,6 +75,9 @@ func (p *Provider) parseAuthz(r *http.Request, q url.Values) (req *authzRequest,
 	if err != nil {
 		return nil, false, err
 	}
+	if c.Disabled {
+		return nil, false, errf(http.StatusBadRequest, "unauthorized_client", "client %q is disabled", c.ID)
+	}
 	req = &authzRequest{client: c, state: q.Get("state"), nonce: q.Get("nonce"), maxAge: -1}
 	switch ru := q.Get("redirect_uri"); {
 	case ru == "" && len(c.RedirectURIs) == 1:
@@ -97,14 +100,16 @@ func (p *Provider) parseAuthz(r *http.Request, q url.Values) (req *authzRequest,
 	if rm := q.Get("response_mode"); rm != "" && rm != "query" {
 		return req, true, errf(http.StatusBadRequest, "invalid_request", "response_mode %q is not supported (query only)", rm)
 	}
+	// PKCE for every client, confidential ones too (RFC 9700 §2.1.1): a
+	// code stolen from, or injected into, a client's callback is useless
+	// without the verifier the client kept. S256 only: plain would send
+	// the verifier itself through the browser.
 	switch m := q.Get("code_challenge_method"); {
-	case q.Get("code_challenge") == "" && c.AuthMethod == "none":
-		return req, true, errf(http.StatusBadRequest, "invalid_request", "PKCE is required for public clients: send code_challenge with code_challenge_method=S256")
-	case q.Get("code_challenge") == "" && m != "":
-		return req, true, errf(http.StatusBadRequest, "invalid_request", "code_challenge_method without code_challenge")
-	case q.Get("code_challenge") != "" && m != "S256":
+	case q.Get("code_challenge") == "":
+		return req, true, errf(http.StatusBadRequest, "invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256")
+	case m != "S256":
 		return req, true, errf(http.StatusBadRequest, "invalid_request", "code_challenge_method %q is not allowed: only S256", m)
-	case q.Get("code_challenge") != "" && !challengeRE.MatchString(q.Get("code_challenge")):
+	case !challengeRE.MatchString(q.Get("code_challenge")):
 		return req, true, errf(http.StatusBadRequest, "invalid_request", "code_challenge must be 43 base64url characters (a SHA-256)")
 	}
 	req.challenge = q.Get("code_challenge")
@@ -186,7 +191,13 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	now := p.cfg.Now()
 	sess, hasSession := p.readSession(r, now)
 	if hasSession {
-		if u, err := p.cfg.Store.GetOAuthUser(r.Context(), sess.User); err != nil || u.Disabled || now.Before(u.LockedUntil) {
+		// A session proves an earlier login; failed logins by someone
+		// else (a back-off) do not end it, disabling the user does, and
+		// so does every revocation of the user's sessions since.
+		// (A user deleted and created again under the same name is
+		// another user: a session from before the creation is void.)
+		if u, err := p.cfg.Store.GetOAuthUser(r.Context(), sess.User); err != nil || u.Disabled ||
+			sess.AuthTime <= u.RevokedAt.Unix() || sess.AuthTime < u.CreatedAt.Unix() {
 			hasSession = false
 		}
 	}
@@ -206,7 +217,7 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// POST: the login (and consent) form.
-	if !p.checkCSRF(r) {
+	if !p.checkCSRF(r, now) {
 		p.errorPage(w, errf(http.StatusForbidden, "invalid_request", "the form expired or did not come from this server; start again from the application"))
 		return
 	}
@@ -225,6 +236,13 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	if errors.As(err, &le) {
 		p.record(r, "oauth.login", audit.OutcomeFailure, le.reason, "username", username, "user", username, "client_id", req.client.ID)
 		p.loginPage(w, r, req, false, "Wrong username, password or one-time code, or the account is locked. Try again.", http.StatusUnauthorized)
+		return
+	}
+	if errors.Is(err, errBusy) {
+		// Load, not a failed login: not counted, retried shortly, and
+		// audited counted by Maintain (a flood is not one entry each).
+		w.Header().Set("Retry-After", "1")
+		p.errorPage(w, errf(http.StatusServiceUnavailable, "temporarily_unavailable", "the server is busy signing other people in; try again in a moment"))
 		return
 	}
 	if err != nil {
@@ -247,9 +265,21 @@ func (p *Provider) issueCode(w http.ResponseWriter, r *http.Request, req *authzR
 	code := randomToken()
 	data, _ := json.Marshal(codeData{RedirectURI: req.redirectURI, Scope: req.scope, Nonce: req.nonce,
 		Challenge: req.challenge, AuthTime: authTime, Audience: req.resource, DPoPJKT: req.dpopJKT})
-	err := p.cfg.Store.PutOAuthGrant(r.Context(), store.OAuthGrant{Hash: hashToken(code), Kind: store.GrantCode,
-		Family: randomToken()[:22], ClientID: req.client.ID, Subject: user, Data: data,
-		ExpiresAt: now.Add(p.cfg.CodeTTL), CreatedAt: now})
+	// The login's family is recorded before the code leaves, with the end
+	// of the last token it can lead to, so disabling the user or the
+	// client finds it.
+	family := randomToken()[:22]
+	end := now.Add(p.cfg.CodeTTL + p.cfg.AccessTokenTTL)
+	if slices.Contains(req.client.GrantTypes, "refresh_token") {
+		end = end.Add(p.cfg.RefreshTokenTTL)
+	}
+	err := p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, ClientID: req.client.ID, Subject: user,
+		ExpiresAt: end, CreatedAt: now})
+	if err == nil {
+		err = p.cfg.Store.PutOAuthGrant(r.Context(), store.OAuthGrant{Hash: hashToken(code), Kind: store.GrantCode,
+			Family: family, ClientID: req.client.ID, Subject: user, Data: data,
+			ExpiresAt: now.Add(p.cfg.CodeTTL), CreatedAt: now})
+	}
 	if err != nil {
 		p.cfg.Log.Error("storing authorization code failed", "err", err)
 		p.redirectError(w, r, req, errf(http.StatusInternalServerError, "server_error", "internal error"))
@@ -328,22 +358,37 @@ func (p *Provider) readSession(r *http.Request, now time.Time) (session, bool) {
 
 // csrfToken returns the form token for this browser, setting the cookie it
 // is checked against (double submit: a cross-site form cannot read it).
-func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request) string {
+// The token is "ISSUED.MAC" with ISSUED the Unix time it was made: it is
+// accepted for CSRFTTL, so a form kept or stolen is not good forever.
+func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request, now time.Time) string {
+	v := ""
 	if c, err := r.Cookie(csrfCookie); err == nil && len(c.Value) == 43 {
-		return base64.RawURLEncoding.EncodeToString(p.mac("csrf", c.Value))
+		v = c.Value
+	} else {
+		v = randomToken()
+		http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: v, Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	}
-	v := randomToken()
-	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: v, Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
-	return base64.RawURLEncoding.EncodeToString(p.mac("csrf", v))
+	issued := strconv.FormatInt(now.Unix(), 10)
+	return issued + "." + base64.RawURLEncoding.EncodeToString(p.mac("csrf", v, issued))
 }
 
-func (p *Provider) checkCSRF(r *http.Request) bool {
+func (p *Provider) checkCSRF(r *http.Request, now time.Time) bool {
 	c, err := r.Cookie(csrfCookie)
 	if err != nil {
 		return false
 	}
-	want := base64.RawURLEncoding.EncodeToString(p.mac("csrf", c.Value))
-	return subtle.ConstantTimeCompare([]byte(want), []byte(r.PostForm.Get("csrf"))) == 1
+	issued, sig, ok := strings.Cut(r.PostForm.Get("csrf"), ".")
+	t, err := strconv.ParseInt(issued, 10, 64)
+	if !ok || err != nil {
+		return false
+	}
+	// Made within CSRFTTL, and not in the future (a minute of slack for
+	// replicas whose clocks differ).
+	if age := now.Sub(time.Unix(t, 0)); age > p.cfg.CSRFTTL || age < -time.Minute {
+		return false
+	}
+	want := base64.RawURLEncoding.EncodeToString(p.mac("csrf", c.Value, issued))
+	return subtle.ConstantTimeCompare([]byte(want), []byte(sig)) == 1
 }
 
 var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
@@ -393,7 +438,7 @@ func (p *Provider) loginPage(w http.ResponseWriter, r *http.Request, req *authzR
 	if name == "" {
 		name = req.client.ID
 	}
-	d := pageData{Title: "Sign in", Error: msg, Client: name, Action: PathAuthorize, CSRF: p.csrfToken(w, r),
+	d := pageData{Title: "Sign in", Error: msg, Client: name, Action: PathAuthorize, CSRF: p.csrfToken(w, r, p.cfg.Now()),
 		Scopes: req.scope, Params: params, Signed: signed}
 	if signed {
 		d.Title = "Allow access"

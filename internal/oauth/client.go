@@ -1,6 +1,7 @@
 package oauth
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/json"
@@ -18,6 +19,9 @@ import (
 )
 
 const assertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+// dummySecretHash is compared against for unknown and disabled clients.
+var dummySecretHash = sha256.Sum256([]byte("rampart: no such client"))
 
 // authedClient is a client that proved who it is at the token endpoint.
 type authedClient struct {
@@ -93,8 +97,17 @@ func (p *Provider) authenticateClient(r *http.Request) (*authedClient, error) {
 		return nil, errf(http.StatusUnauthorized, "invalid_client", "no client authentication: send client_id")
 	}
 	c, err := p.cfg.Store.GetOAuthClient(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, errf(http.StatusUnauthorized, "invalid_client", "unknown client or wrong credentials")
+	if errors.Is(err, store.ErrNotFound) || err == nil && c.Disabled {
+		// The same answer, and the same hash-and-compare, as a wrong
+		// secret: an unknown or disabled client is told nothing more.
+		// (Client IDs are not secret: the authorization endpoint must say
+		// when one is unknown rather than redirect.)
+		subtle.ConstantTimeCompare(hashToken(secret), dummySecretHash[:])
+		oe := errf(http.StatusUnauthorized, "invalid_client", "unknown client or wrong credentials")
+		if err == nil {
+			oe.debug = "client " + id + " is disabled"
+		}
+		return nil, oe
 	}
 	if err != nil {
 		return nil, err

@@ -33,9 +33,11 @@ func (h *harness) postDPoP(path string, form url.Values, proof string, basicID, 
 	return h.do(req)
 }
 
+// proof makes a proof with the server's current nonce (as a client does
+// after its first use_dpop_nonce answer; TestDPoPNonce covers that).
 func (h *harness) proof(key crypto.Signer, method, path, token string) string {
 	h.t.Helper()
-	p, err := dpop.NewProof(key, jose.ES256, method, h.srv.URL+path, token, h.clock.Now())
+	p, err := dpop.NewProof(key, jose.ES256, method, h.srv.URL+path, token, oauth.DPoPNonce(h.p), h.clock.Now())
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -51,12 +53,16 @@ func newKey(t *testing.T) *ecdsa.PrivateKey {
 }
 
 func userinfo(h *harness, scheme, token, proof string) (int, string) {
+	return userinfoWith(h, h.srv.Client(), scheme, token, proof)
+}
+
+func userinfoWith(h *harness, c *http.Client, scheme, token, proof string) (int, string) {
 	req, _ := http.NewRequest(http.MethodGet, h.srv.URL+oauth.PathUserinfo, nil)
 	req.Header.Set("Authorization", scheme+" "+token)
 	if proof != "" {
 		req.Header.Set("DPoP", proof)
 	}
-	resp, err := h.srv.Client().Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		h.t.Fatal(err)
 	}

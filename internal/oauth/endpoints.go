@@ -3,6 +3,7 @@ package oauth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -14,25 +15,53 @@ import (
 	"github.com/rampartsec/rampart/internal/store"
 )
 
-// revokeFamily revokes every grant of a family and every access token
-// carrying its sid.
+// revokeFamily revokes every grant of a family, every access token
+// carrying its sid, and the families exchanged from it.
 func (p *Provider) revokeFamily(r *http.Request, family, reason string) error {
-	now := p.cfg.Now()
-	// Access tokens of the family live at most AccessTokenTTL; refresh
-	// tokens are revoked in the store itself.
-	err := p.cfg.Store.RevokeOAuthFamily(r.Context(), family, store.TokenRevocation{
-		ID: family, Reason: reason, RevokedAt: now, ExpiresAt: now.Add(p.cfg.AccessTokenTTL + time.Minute)})
-	if err != nil {
-		return err
-	}
-	p.revokedNow(r.Context(), family)
-	return nil
+	_, err := p.revokeFamilies(r.Context(), store.FamilySelector{ID: family}, reason)
+	return err
 }
 
-// revokedNow adds id to this replica's list at once and tells the server.
-func (p *Provider) revokedNow(ctx context.Context, id string) {
+// revokeFamilies revokes the families sel picks and what descends from
+// them, and puts them on this replica's list at once.
+func (p *Provider) revokeFamilies(ctx context.Context, sel store.FamilySelector, reason string) ([]string, error) {
+	now := p.cfg.Now()
+	// Access tokens issued until now live at most AccessTokenTTL (an
+	// exchanged one never outlives its subject); refresh tokens and codes
+	// are revoked in the store itself.
+	ids, err := p.cfg.Store.RevokeOAuthFamilies(ctx, sel, store.TokenRevocation{
+		Reason: reason, RevokedAt: now, ExpiresAt: now.Add(p.cfg.AccessTokenTTL + time.Minute)})
+	if err != nil {
+		return nil, err
+	}
+	p.revokedNow(ctx, ids...)
+	return ids, nil
+}
+
+// RevokeUser revokes every token and refresh token issued for a user, and
+// every token exchanged from them, and returns how many grant families it
+// revoked. The admin API calls it when a user is disabled or deleted
+// (having set RevokedAt, which voids the user's login sessions).
+func (p *Provider) RevokeUser(ctx context.Context, username, reason string) (int, error) {
+	ids, err := p.revokeFamilies(ctx, store.FamilySelector{Subject: username}, reason)
+	return len(ids), err
+}
+
+// RevokeClient revokes every token issued to a client (for users, for
+// itself, or obtained by exchange), its refresh tokens and codes, and
+// every token exchanged from them. The admin API calls it when a client is
+// disabled or deleted.
+func (p *Provider) RevokeClient(ctx context.Context, clientID, reason string) (int, error) {
+	ids, err := p.revokeFamilies(ctx, store.FamilySelector{ClientID: clientID}, reason)
+	return len(ids), err
+}
+
+// revokedNow adds ids to this replica's list at once and tells the server.
+func (p *Provider) revokedNow(ctx context.Context, ids ...string) {
 	p.mu.Lock()
-	p.revoked[id] = struct{}{}
+	for _, id := range ids {
+		p.revoked[id] = struct{}{}
+	}
 	p.mu.Unlock()
 	p.cfg.Changed(ctx)
 }
@@ -60,7 +89,7 @@ func (p *Provider) clientRequest(w http.ResponseWriter, r *http.Request) (*authe
 	if err != nil {
 		var oe *oauthError
 		if errors.As(err, &oe) {
-			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.Description, "client_id", r.PostForm.Get("client_id"),
+			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.reason(), "client_id", r.PostForm.Get("client_id"),
 				"endpoint", r.URL.Path, "grant_type", r.PostForm.Get("grant_type"))
 		}
 		writeOAuthError(w, err)
@@ -173,11 +202,18 @@ func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 	}
 	jkt := ""
 	var err error
+	var proof *dpop.Proof
 	if scheme == dpop.SchemeDPoP {
-		var proof *dpop.Proof
-		if proof, err = p.dpop.CheckRequest(r, raw); err == nil {
+		w.Header().Set(dpop.NonceHeader, p.dpopNonce())
+		if proof, err = p.dpop.VerifyRequest(r, raw); err == nil {
 			jkt = proof.JKT
 		}
+	}
+	if errors.Is(err, dpop.ErrUseNonce) {
+		// RFC 9449 §9: a resource asks for a nonce with a 401 challenge.
+		w.Header().Set("WWW-Authenticate", `DPoP realm="rampart", error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "use_dpop_nonce", "error_description": err.Error()})
+		return
 	}
 	var claims *accesstoken.Claims
 	if err == nil {
@@ -187,12 +223,30 @@ func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 		// Sender-constrained tokens stay useless to a thief here too.
 		err = claims.CheckBinding(p.cfg.PeerCertificate(r), jkt)
 	}
+	if err == nil && proof != nil {
+		// Recorded only now: a proof for a token that is not bound to
+		// its key (or no valid token at all) takes no room in the store.
+		err = p.dpop.Use(r.Context(), proof)
+	}
 	if err == nil && !claims.HasScope("openid") {
 		err = errors.New("token lacks the openid scope")
 	}
+	if err == nil && !claims.Audience.Contains(p.cfg.Issuer+PathUserinfo) {
+		// OIDC Core §5.3: userinfo is a protected resource, and a token a
+		// service received for itself (or exchanged onwards) is not
+		// addressed to it.
+		err = fmt.Errorf("token audience %v does not include the userinfo endpoint", []string(claims.Audience))
+	}
+	if err == nil && userOf(claims) == "" {
+		// A client's own token: its subject is no user, even if a user
+		// of that name exists.
+		err = errors.New("the token speaks for no user")
+	}
 	var u store.OAuthUser
 	if err == nil {
-		u, err = p.cfg.Store.GetOAuthUser(r.Context(), claims.Subject)
+		if u, err = p.cfg.Store.GetOAuthUser(r.Context(), claims.Subject); err != nil || u.Disabled {
+			err = errors.New("the user is no longer active")
+		}
 	}
 	if err != nil {
 		code := "invalid_token"

@@ -102,10 +102,10 @@ func TestTokenExchangeConfusedDeputy(t *testing.T) {
 	h.client(store.OAuthClient{ID: "reports", AuthMethod: "tls_client_auth", SPIFFEID: "spiffe://example.org/reports",
 		GrantTypes: []string{oauth.GrantTokenExchange}, Audience: []string{"spiffe://example.org/payments"}})
 	h.user("alice", "alice-password")
-	q := codeQuery("gateway", "")
+	q := codeQuery("gateway", fixedCh)
 	q.Set("scope", "openid orders:read payments:read")
 	code := codeFrom(t, h.login(h.browser(), authURL(h, q), "alice", "alice-password", ""), "s")
-	_, tok := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}}, "gateway", gwSecret)
+	_, tok := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}, "code_verifier": {fixedVerifier}}, "gateway", gwSecret)
 	alice := tok["access_token"].(string)
 
 	exchange := func(svc, subject, audience, scope string) (int, map[string]any) {
@@ -128,8 +128,8 @@ func TestTokenExchangeConfusedDeputy(t *testing.T) {
 		t.Fatalf("exchanged claims %+v act %+v", c, c.Act)
 	}
 	orig, _ := h.p.VerifyAccessToken(alice, "")
-	if c.SessionID != orig.SessionID || !c.Expiry.Time().After(time.Now()) || c.Expiry.Time().After(orig.Expiry.Time()) {
-		t.Fatal("exchanged token must keep the sid and not outlive the original")
+	if c.SessionID == "" || c.SessionID == orig.SessionID || !c.Expiry.Time().After(time.Now()) || c.Expiry.Time().After(orig.Expiry.Time()) {
+		t.Fatal("exchanged token must start a family (sid) of its own and not outlive the original")
 	}
 	ex := h.audited("oauth.token_exchange")
 	if len(ex) != 1 || ex[0].Details["act"] != "spiffe://example.org/orders" || ex[0].Actor.User != "alice" {
@@ -170,7 +170,7 @@ func TestSigningKeyRotation(t *testing.T) {
 	if n := len(h.p.JWKS().Keys); n != 1 {
 		t.Fatalf("keys at start: %d", n)
 	}
-	h.clock.Advance(oauth.DefaultKeyTTL / 2)
+	h.clock.Add(oauth.DefaultKeyTTL / 2)
 	if err := h.p.Maintain(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func TestSigningKeyRotation(t *testing.T) {
 	if kidOf(issue()) != kid1 {
 		t.Fatal("the successor signed before the switch")
 	}
-	h.clock.Advance(oauth.DefaultKeyTTL / 6)
+	h.clock.Add(oauth.DefaultKeyTTL / 6)
 	if err := h.p.Maintain(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -204,10 +204,10 @@ func TestRefreshAcrossSVIDRotation(t *testing.T) {
 	h.client(store.OAuthClient{ID: "web", AuthMethod: "tls_client_auth", SPIFFEID: "spiffe://example.org/web", RedirectURIs: []string{redirect},
 		GrantTypes: []string{"authorization_code", "refresh_token"}})
 	h.user("alice", "alice-password")
-	code := codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", "")), "alice", "alice-password", ""), "s")
+	code := codeFrom(t, h.login(h.browser(), authURL(h, codeQuery("web", fixedCh)), "alice", "alice-password", ""), "s")
 	old, rotated := h.ca.svid(t, "spiffe://example.org/web"), h.ca.svid(t, "spiffe://example.org/web")
 	st, tok := h.post(h.mtlsClient(old), oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {code},
-		"redirect_uri": {redirect}, "client_id": {"web"}}, "", "")
+		"redirect_uri": {redirect}, "client_id": {"web"}, "code_verifier": {fixedVerifier}}, "", "")
 	if st != http.StatusOK {
 		t.Fatalf("code exchange: %d %v", st, tok)
 	}

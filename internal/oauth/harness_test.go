@@ -22,37 +22,29 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/fakeclock"
+
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/ratelimit"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
-// clock is the provider's injected time.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // harness is a provider on a real TLS listener with a SQLite store.
 type harness struct {
-	t     testing.TB
-	p     *oauth.Provider
-	srv   *httptest.Server
-	store store.Store
-	wrap  *keywrap.Wrapper
-	clock *clock
-	ca    *testCA
+	t      testing.TB
+	p      *oauth.Provider
+	srv    *httptest.Server
+	store  store.Store
+	dbPath string // the SQLite file, for replicas opening their own handle
+	wrap   *keywrap.Wrapper
+	clock  *fakeclock.Clock
+	ca     *testCA
 
 	mu      sync.Mutex
 	entries []*audit.Entry
+	secrets map[string]string // client ID -> secret, of clients made by client()
 }
 
 func newHarness(t *testing.T, mutate ...func(*oauth.Config)) *harness {
@@ -63,7 +55,8 @@ func newBenchHarness(b *testing.B) *harness { return newHarnessTB(b) }
 
 func newHarnessTB(t testing.TB, mutate ...func(*oauth.Config)) *harness {
 	t.Helper()
-	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "rampart.db"))
+	dbPath := filepath.Join(t.TempDir(), "rampart.db")
+	st, err := store.OpenSQLite(dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,14 +67,18 @@ func newHarnessTB(t testing.TB, mutate ...func(*oauth.Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, store: st, wrap: wrap, clock: &clock{t: time.Now().Truncate(time.Second)}, ca: newTestCA(t)}
+	h := &harness{t: t, store: st, dbPath: dbPath, wrap: wrap, clock: fakeclock.New(time.Now().Truncate(time.Second)), ca: newTestCA(t)}
 	mux := http.NewServeMux()
 	h.srv = httptest.NewUnstartedServer(mux)
 	h.srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: h.ca.pool}
 	h.srv.StartTLS()
 	t.Cleanup(h.srv.Close)
+	// Tests other than the rate limits' own make many requests at one
+	// instant of the fake clock from one address: generous limits.
+	lots := ratelimit.Limits{PerSource: ratelimit.Rule{Rate: 1e6, Burst: 1e6}, Global: ratelimit.Rule{Rate: 1e6, Burst: 1e6}}
 	cfg := oauth.Config{
 		Issuer: h.srv.URL, Store: st, Wrapper: wrap, Now: h.clock.Now,
+		RateLimits: oauth.RateLimits{Token: lots, Login: lots, Introspect: lots, Revoke: lots, Userinfo: lots},
 		Record: func(_ context.Context, es ...*audit.Entry) {
 			for _, e := range es {
 				if err := e.Validate(); err != nil {
@@ -141,6 +138,12 @@ func (h *harness) client(c store.OAuthClient) string {
 	if err := h.store.CreateOAuthClient(h.t.Context(), c); err != nil {
 		h.t.Fatal(err)
 	}
+	h.mu.Lock()
+	if h.secrets == nil {
+		h.secrets = map[string]string{}
+	}
+	h.secrets[c.ID] = secret
+	h.mu.Unlock()
 	return secret
 }
 
@@ -160,10 +163,12 @@ func (h *harness) user(name, password string, groups ...string) {
 // browser is a user agent with cookies that does not follow redirects.
 func (h *harness) browser() *http.Client {
 	jar, _ := cookiejar.New(nil)
-	c := h.srv.Client()
+	// A copy: srv.Client() is one shared client, and setting its jar
+	// would make every "browser" (and every plain request) share cookies.
+	c := *h.srv.Client()
 	c.Jar = jar
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return c
+	return &c
 }
 
 var (
@@ -298,9 +303,34 @@ func (ca *testCA) svid(t testing.TB, id string) tls.Certificate {
 
 // mtlsClient is an HTTP client presenting cert.
 func (h *harness) mtlsClient(cert tls.Certificate) *http.Client {
-	c := h.srv.Client()
+	c := *h.srv.Client() // a copy, as in browser
 	tr := c.Transport.(*http.Transport).Clone()
 	tr.TLSClientConfig.Certificates = []tls.Certificate{cert}
 	c.Transport = tr
-	return c
+	return &c
+}
+
+// replica is a second provider sharing h's database (through a handle of
+// its own), key wrapper, clock and issuer URL: another server replica
+// behind the same name. Its own listener serves it.
+func (h *harness) replica(t *testing.T) (*oauth.Provider, *httptest.Server) {
+	t.Helper()
+	st, err := store.OpenSQLite(h.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	mux := http.NewServeMux()
+	srv := httptest.NewUnstartedServer(mux)
+	srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: h.ca.pool}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	lots := ratelimit.Limits{PerSource: ratelimit.Rule{Rate: 1e6, Burst: 1e6}, Global: ratelimit.Rule{Rate: 1e6, Burst: 1e6}}
+	p, err := oauth.New(t.Context(), oauth.Config{Issuer: h.srv.URL, Store: st, Wrapper: h.wrap, Now: h.clock.Now,
+		RateLimits: oauth.RateLimits{Token: lots, Login: lots, Introspect: lots, Revoke: lots, Userinfo: lots}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Register(mux, func(_ string, f http.HandlerFunc) http.Handler { return f })
+	return p, srv
 }

@@ -11,16 +11,19 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rampartsec/rampart/internal/accesstoken"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/keywrap"
+	"github.com/rampartsec/rampart/internal/ratelimit"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -30,13 +33,16 @@ type Store interface {
 	GetOAuthClient(ctx context.Context, id string) (store.OAuthClient, error)
 	GetOAuthUser(ctx context.Context, username string) (store.OAuthUser, error)
 	UpdateOAuthUser(ctx context.Context, u store.OAuthUser) error
-	LoginFailed(ctx context.Context, username string, now time.Time, max int, lockFor time.Duration) (store.OAuthUser, error)
+	LoginFailed(ctx context.Context, username string, now time.Time, b store.Backoff) (store.OAuthUser, error)
 	LoginSucceeded(ctx context.Context, username string) error
+	UseTOTPStep(ctx context.Context, username string, step int64) error
 	PutOAuthGrant(ctx context.Context, g store.OAuthGrant) error
 	UseOAuthGrant(ctx context.Context, kind string, hash []byte, now time.Time) (store.OAuthGrant, error)
-	RevokeOAuthFamily(ctx context.Context, family string, r store.TokenRevocation) error
+	PutOAuthFamily(ctx context.Context, f store.OAuthFamily) error
+	RevokeOAuthFamilies(ctx context.Context, sel store.FamilySelector, r store.TokenRevocation) ([]string, error)
 	RevokeOAuthToken(ctx context.Context, r store.TokenRevocation) error
 	ListOAuthRevocations(ctx context.Context, now time.Time) ([]store.TokenRevocation, error)
+	UseDPoPProof(ctx context.Context, jkt, jti string, expires, now time.Time, quota int) error
 }
 
 // Defaults.
@@ -46,9 +52,24 @@ const (
 	DefaultRefreshTokenTTL = 24 * time.Hour
 	DefaultCodeTTL         = time.Minute
 	DefaultKeyTTL          = 30 * 24 * time.Hour
-	DefaultMaxFailures     = 5
-	DefaultLockout         = 15 * time.Minute
 	DefaultSessionTTL      = 8 * time.Hour
+	// DefaultMaxFailures consecutive failed logins cost nothing more;
+	// from then on the account backs off DefaultBackoffBase, doubling
+	// with each further failure up to DefaultBackoffMax.
+	DefaultMaxFailures = 5
+	DefaultBackoffBase = 30 * time.Second
+	DefaultBackoffMax  = 15 * time.Minute
+	// DefaultCSRFTTL is how long a login form may be submitted.
+	DefaultCSRFTTL = 30 * time.Minute
+	// DefaultHashWait is how long a login waits for a hashing slot.
+	DefaultHashWait = 2 * time.Second
+	// DPoP: server nonces change every DefaultDPoPNonceTTL; one key may
+	// have DefaultDPoPKeyQuota proofs accepted in about two minutes.
+	DefaultDPoPNonceTTL = time.Minute
+	DefaultDPoPKeyQuota = 200
+	// DefaultMaxActDepth is how many services may act in turn for one
+	// user (nested act claims, RFC 8693 §4.1) before exchange refuses.
+	DefaultMaxActDepth = 4
 )
 
 // Config configures a Provider.
@@ -67,8 +88,34 @@ type Config struct {
 	CodeTTL         time.Duration
 	KeyTTL          time.Duration // lifetime of a signing key
 	SessionTTL      time.Duration // login session (single sign-on) lifetime
-	MaxFailures     int           // consecutive failed logins that lock an account
-	Lockout         time.Duration // how long
+	// MaxFailures consecutive failed logins are free; the next backs the
+	// account off for BackoffBase, doubling with each further failure
+	// (once the back-off is over) up to BackoffMax. While an account
+	// backs off its logins are refused unchecked and not counted.
+	MaxFailures int
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+	CSRFTTL     time.Duration // how long a login form may be submitted
+	// HashConcurrency bounds the argon2id runs (64 MiB each) at once;
+	// default the number of CPUs. HashQueue logins may wait up to
+	// HashWait for one (default 4 per slot, at least 8); beyond, 503.
+	HashConcurrency int
+	HashQueue       int
+	HashWait        time.Duration
+	// DPoPNonceTTL is how long a server nonce for DPoP proofs is issued
+	// (it is accepted for one period more); whole seconds, default a minute.
+	DPoPNonceTTL time.Duration
+	// DPoPKeyQuota is how many live DPoP proofs one key may have recorded
+	// (proofs live about two minutes); default DefaultDPoPKeyQuota.
+	DPoPKeyQuota int
+	// RateLimits bound each endpoint per source address and in all;
+	// zero fields take DefaultRateLimits.
+	RateLimits RateLimits
+	// Registerer receives the rate limiters' metrics; nil: none.
+	Registerer prometheus.Registerer
+	// MaxActDepth bounds the act chain of exchanged tokens (hops of
+	// services acting for the user); default DefaultMaxActDepth.
+	MaxActDepth int
 
 	// PeerCertificate returns the client's certificate if it sent one and
 	// the TLS layer verified it (an SVID of the trust domain, not
@@ -93,6 +140,8 @@ type Provider struct {
 
 	verifier *accesstoken.Verifier // any audience; caches verified tokens
 	dpop     *dpop.Checker         // DPoP proofs at the token and userinfo endpoints
+	hashing  *hashGate             // bounds concurrent argon2id runs
+	limits   *limiters             // rate limits per endpoint
 
 	mu      sync.RWMutex
 	revoked map[string]struct{} // jti and sid values
@@ -107,6 +156,22 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Store == nil || cfg.Wrapper == nil {
 		return nil, errors.New("oauth: a store and a key wrapper are required")
 	}
+	// Zero means "not configured": the default. Negative is a mistake
+	// that would otherwise issue tokens born expired or allow no logins.
+	for name, d := range map[string]time.Duration{"access token TTL": cfg.AccessTokenTTL, "ID token TTL": cfg.IDTokenTTL,
+		"refresh token TTL": cfg.RefreshTokenTTL, "code TTL": cfg.CodeTTL, "key TTL": cfg.KeyTTL, "session TTL": cfg.SessionTTL,
+		"back-off base": cfg.BackoffBase, "back-off max": cfg.BackoffMax, "CSRF TTL": cfg.CSRFTTL, "hash wait": cfg.HashWait,
+		"DPoP nonce TTL": cfg.DPoPNonceTTL} {
+		if d < 0 {
+			return nil, fmt.Errorf("oauth: %s %v: must be positive (or zero for the default)", name, d)
+		}
+	}
+	for name, n := range map[string]int{"max failures": cfg.MaxFailures, "max act depth": cfg.MaxActDepth,
+		"hash concurrency": cfg.HashConcurrency, "hash queue": cfg.HashQueue, "DPoP key quota": cfg.DPoPKeyQuota} {
+		if n < 0 {
+			return nil, fmt.Errorf("oauth: %s %d: must be positive (or zero for the default)", name, n)
+		}
+	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -118,9 +183,31 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	def(&cfg.CodeTTL, DefaultCodeTTL)
 	def(&cfg.KeyTTL, DefaultKeyTTL)
 	def(&cfg.SessionTTL, DefaultSessionTTL)
-	def(&cfg.Lockout, DefaultLockout)
+	def(&cfg.BackoffBase, DefaultBackoffBase)
+	def(&cfg.BackoffMax, DefaultBackoffMax)
+	def(&cfg.CSRFTTL, DefaultCSRFTTL)
+	def(&cfg.HashWait, DefaultHashWait)
+	def(&cfg.DPoPNonceTTL, DefaultDPoPNonceTTL)
+	if cfg.DPoPNonceTTL%time.Second != 0 {
+		return nil, fmt.Errorf("oauth: DPoP nonce TTL %v: whole seconds", cfg.DPoPNonceTTL)
+	}
+	if cfg.DPoPKeyQuota == 0 {
+		cfg.DPoPKeyQuota = DefaultDPoPKeyQuota
+	}
 	if cfg.MaxFailures == 0 {
 		cfg.MaxFailures = DefaultMaxFailures
+	}
+	if cfg.BackoffMax < cfg.BackoffBase {
+		return nil, fmt.Errorf("oauth: back-off max %v is shorter than its base %v", cfg.BackoffMax, cfg.BackoffBase)
+	}
+	if cfg.HashConcurrency == 0 {
+		cfg.HashConcurrency = runtime.NumCPU()
+	}
+	if cfg.HashQueue == 0 {
+		cfg.HashQueue = max(8, 4*cfg.HashConcurrency)
+	}
+	if cfg.MaxActDepth == 0 {
+		cfg.MaxActDepth = DefaultMaxActDepth
 	}
 	switch cfg.Algorithm {
 	case "":
@@ -153,12 +240,31 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 		cfg.Changed = func(context.Context) {}
 	}
 	p := &Provider{cfg: cfg, keys: &keyring{store: cfg.Store, wrap: cfg.Wrapper, alg: cfg.Algorithm, ttl: cfg.KeyTTL}}
-	p.verifier = &accesstoken.Verifier{Keys: p.keys, Issuer: cfg.Issuer, Revoked: p.isRevoked, Now: cfg.Now}
-	p.dpop = &dpop.Checker{Now: cfg.Now}
+	// No leeway: this is the issuer, whose own clock set exp and nbf. A
+	// token past its exp buys nothing here (exchange, introspection,
+	// userinfo, revocation), even while a distant verifier's skew
+	// allowance would still take it.
+	p.verifier = &accesstoken.Verifier{Keys: p.keys, Issuer: cfg.Issuer, Revoked: p.isRevoked, Now: cfg.Now, Leeway: 0}
+	// Proofs at the token and userinfo endpoints carry this server's
+	// nonce and are recorded in the store, so no replica takes a proof
+	// another one accepted.
+	p.dpop = &dpop.Checker{Now: cfg.Now, Nonce: p.dpopNonceOK,
+		Replay: storeReplay{st: cfg.Store, quota: cfg.DPoPKeyQuota, now: cfg.Now}}
+	p.hashing = newHashGate(cfg.HashConcurrency, cfg.HashQueue, cfg.HashWait)
+	var metrics *ratelimit.Metrics
+	if cfg.Registerer != nil {
+		var err error
+		if metrics, err = ratelimit.NewMetrics(cfg.Registerer); err != nil {
+			return nil, fmt.Errorf("oauth: %w", err)
+		}
+	}
+	var err error
+	if p.limits, err = p.newLimiters(cfg.RateLimits, metrics); err != nil {
+		return nil, err
+	}
 	if err := p.keys.maintain(ctx, cfg.Now()); err != nil {
 		return nil, err
 	}
-	var err error
 	if p.sessionKey, err = loadSessionKey(ctx, cfg.Store, cfg.Wrapper, cfg.Now()); err != nil {
 		return nil, err
 	}
@@ -207,9 +313,18 @@ func loadSessionKey(ctx context.Context, s keyStore, w *keywrap.Wrapper, now tim
 	return nil, errors.New("oauth: session key: could not create or read")
 }
 
-// Maintain applies the signing key rotation schedule; call it periodically
-// (hourly is plenty).
+// Maintain applies the signing key rotation schedule and audits the
+// requests the rate limits refused since the last call; call it
+// periodically (the server does every 30 s).
 func (p *Provider) Maintain(ctx context.Context) error {
+	p.limits.flush()
+	if n := p.hashing.busy.Swap(0); n > 0 {
+		now := p.cfg.Now()
+		p.cfg.Log.Warn("oauth: logins refused: every password hashing slot busy", "count", n)
+		p.cfg.Record(ctx, &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "oauth.login_busy", Outcome: audit.OutcomeDenied,
+			Reason: fmt.Sprintf("%d logins refused with 503: every password hashing slot busy", n), Source: "oauth",
+			Actor: audit.Actor{User: "anonymous"}, Details: map[string]string{"count": fmt.Sprint(n)}})
+	}
 	return p.keys.maintain(ctx, p.cfg.Now())
 }
 
@@ -264,12 +379,17 @@ func (p *Provider) Register(mux *http.ServeMux, wrap func(pattern string, h http
 	route("GET /.well-known/oauth-authorization-server", p.handleDiscovery)
 	route("GET "+PathJWKS, p.handleJWKS)
 	route("GET "+PathAuthorize, p.handleAuthorize)
-	route("POST "+PathAuthorize, p.handleAuthorize)
-	route("POST "+PathToken, p.handleToken)
-	route("GET "+PathUserinfo, p.handleUserinfo)
-	route("POST "+PathUserinfo, p.handleUserinfo)
-	route("POST "+PathIntrospect, p.handleIntrospect)
-	route("POST "+PathRevoke, p.handleRevoke)
+	// Everything that hashes a password, signs a token or writes to the
+	// store is rate limited per source address and in all.
+	limited := func(pattern string, l *ratelimit.Limiter, h http.HandlerFunc, refuse func(http.ResponseWriter, *http.Request, ratelimit.Decision)) {
+		mux.Handle(pattern, wrap(pattern, l.Wrap(h, refuse).ServeHTTP))
+	}
+	limited("POST "+PathAuthorize, p.limits.login, p.handleAuthorize, p.limitPage)
+	limited("POST "+PathToken, p.limits.token, p.handleToken, limitJSON)
+	limited("GET "+PathUserinfo, p.limits.userinfo, p.handleUserinfo, limitJSON)
+	limited("POST "+PathUserinfo, p.limits.userinfo, p.handleUserinfo, limitJSON)
+	limited("POST "+PathIntrospect, p.limits.introspect, p.handleIntrospect, limitJSON)
+	limited("POST "+PathRevoke, p.limits.revoke, p.handleRevoke, limitJSON)
 }
 
 // Supported values, published in discovery and enforced.
@@ -356,6 +476,17 @@ type oauthError struct {
 	Status      int    `json:"-"`
 	Code        string `json:"error"`
 	Description string `json:"error_description,omitempty"`
+	// debug, if set, is the reason for the audit log when the client is
+	// told less (fosite's WithDebug).
+	debug string
+}
+
+// reason is what the audit log records of e.
+func (e *oauthError) reason() string {
+	if e.debug != "" {
+		return e.Description + " (" + e.debug + ")"
+	}
+	return e.Description
 }
 
 func (e *oauthError) Error() string { return e.Code + ": " + e.Description }

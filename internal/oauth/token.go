@@ -112,11 +112,17 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 	grant := r.PostForm.Get("grant_type")
 	if vals := r.Header.Values("DPoP"); len(vals) > 0 {
 		// RFC 9449 §5: the proof names this endpoint; tokens issued are
-		// bound to its key.
+		// bound to its key. §8: every answer carries the nonce the next
+		// proof must have.
+		w.Header().Set(dpop.NonceHeader, p.dpopNonce())
 		var proof *dpop.Proof
 		err := errors.New("more than one DPoP header")
 		if len(vals) == 1 {
-			proof, err = p.dpop.Check(vals[0], http.MethodPost, p.cfg.Issuer+PathToken, "")
+			proof, err = p.dpop.Check(r.Context(), vals[0], http.MethodPost, p.cfg.Issuer+PathToken, "")
+		}
+		if errors.Is(err, dpop.ErrUseNonce) {
+			useDPoPNonce(w, err)
+			return
 		}
 		if err != nil {
 			p.record(r, "oauth.token", audit.OutcomeDenied, err.Error(), "client_id", c.ID, "grant_type", grant)
@@ -148,7 +154,7 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var oe *oauthError
 		if errors.As(err, &oe) {
-			p.record(r, "oauth.token", audit.OutcomeDenied, oe.Description, "client_id", c.ID, "grant_type", grant)
+			p.record(r, "oauth.token", audit.OutcomeDenied, oe.reason(), "client_id", c.ID, "grant_type", grant)
 		} else {
 			p.cfg.Log.Error("token endpoint failed", "grant_type", grant, "err", err)
 		}
@@ -195,10 +201,9 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 	if d.DPoPJKT != "" && c.dpopJKT != d.DPoPJKT {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "the code is bound to a DPoP key (dpop_jkt); redeem it with a proof made with that key")
 	}
-	switch v := r.PostForm.Get("code_verifier"); {
-	case d.Challenge == "" && v != "":
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "code_verifier sent but the authorization request had no code_challenge")
-	case d.Challenge != "" && !pkceOK(v, d.Challenge):
+	// Every code carries a challenge (parseAuthz requires one); a code
+	// without one (from before PKCE was required) is refused too.
+	if !pkceOK(r.PostForm.Get("code_verifier"), d.Challenge) {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "PKCE code_verifier does not match the code_challenge")
 	}
 	u, err := p.cfg.Store.GetOAuthUser(r.Context(), g.Subject)
@@ -210,7 +215,7 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 		aud = defaultAudience(c)
 	}
 	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: d.Scope, audience: aud,
-		sid: g.Family, authTime: d.AuthTime, grant: "authorization_code"})
+		sid: g.Family, authTime: d.AuthTime, grant: "authorization_code", ttl: p.cfg.AccessTokenTTL})
 	if err != nil {
 		return nil, err
 	}
@@ -297,7 +302,16 @@ func (p *Provider) clientCredentials(r *http.Request, c *authedClient) (*tokenRe
 	if len(aud) == 0 {
 		aud = defaultAudience(c)
 	}
-	return p.issue(r, c, issueParams{subject: c.actor(), scope: scope, audience: aud, grant: "client_credentials"})
+	// Each token is a family of its own (sid), so disabling the client
+	// revokes it and whatever is exchanged from it.
+	now := p.cfg.Now()
+	family := randomToken()[:22]
+	if err := p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, ClientID: c.ID,
+		ExpiresAt: now.Add(p.cfg.AccessTokenTTL), CreatedAt: now}); err != nil {
+		return nil, err
+	}
+	return p.issue(r, c, issueParams{subject: c.actor(), scope: scope, audience: aud, grant: "client_credentials",
+		ttl: p.cfg.AccessTokenTTL, sid: family})
 }
 
 func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenResponse, error) {
@@ -331,7 +345,7 @@ func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenRespons
 		aud = defaultAudience(c)
 	}
 	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: scope, audience: aud,
-		sid: g.Family, authTime: d.AuthTime, grant: "refresh_token"})
+		sid: g.Family, authTime: d.AuthTime, grant: "refresh_token", ttl: p.cfg.AccessTokenTTL})
 	if err != nil {
 		return nil, err
 	}
@@ -366,6 +380,24 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	if !sub.Audience.Contains(c.ID) && (c.SPIFFEID == "" || !sub.Audience.Contains(c.SPIFFEID)) {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token is addressed to %v, not to the client %s exchanging it", []string(sub.Audience), c.actor())
 	}
+	// The new token never outlives the one it was exchanged for: its
+	// lifetime is what the subject has left (the verifier, allowing no
+	// leeway, has refused one with nothing left), so exchanging again
+	// before each expiry cannot keep a stolen token alive.
+	left := sub.Expiry.Time().Sub(p.cfg.Now())
+	if left <= 0 {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token expired at %s", sub.Expiry.Time().UTC().Format(time.RFC3339))
+	}
+	if err := p.checkActChain(c, sub.Act); err != nil {
+		return nil, err
+	}
+	// The user must still be active: a replica that has not yet learnt
+	// of a revocation still refuses a disabled user's token.
+	if user := userOf(sub); user != "" {
+		if u, err := p.cfg.Store.GetOAuthUser(r.Context(), user); err != nil || u.Disabled {
+			return nil, errf(http.StatusBadRequest, "invalid_grant", "the user is no longer active")
+		}
+	}
 	aud := requestedAudience(r)
 	if len(aud) == 0 {
 		return nil, errf(http.StatusBadRequest, "invalid_target", "audience (or resource) naming the next service is required")
@@ -377,11 +409,24 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	if err != nil {
 		return nil, err
 	}
-	// The new token never outlives the one it was exchanged for.
-	left := sub.Expiry.Time().Sub(p.cfg.Now())
+	// The new token starts a family of its own, descended from the
+	// subject's: revoking the subject's family (a reused refresh token,
+	// the user or its client disabled) revokes it, and disabling this
+	// client revokes it without touching the user's other tokens.
+	ttl := min(left, p.cfg.AccessTokenTTL)
+	now := p.cfg.Now()
+	family := randomToken()[:22]
+	err = p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, Parent: sub.SessionID, ClientID: c.ID,
+		Subject: userOf(sub), ExpiresAt: now.Add(ttl), CreatedAt: now})
+	if errors.Is(err, store.ErrRevoked) {
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", accesstoken.ErrRevoked)
+	}
+	if err != nil {
+		return nil, err
+	}
 	resp, err := p.issue(r, c, issueParams{subject: sub.Subject, groups: sub.Groups, scope: scope, audience: aud,
-		sid: sub.SessionID, authTime: sub.AuthTime, act: &accesstoken.Actor{Subject: c.actor(), Act: sub.Act},
-		ttl: min(left, p.cfg.AccessTokenTTL), grant: GrantTokenExchange, from: sub.ID})
+		sid: family, authTime: sub.AuthTime, act: &accesstoken.Actor{Subject: c.actor(), Act: sub.Act},
+		ttl: ttl, grant: GrantTokenExchange, from: sub.ID})
 	if err != nil {
 		return nil, err
 	}
@@ -397,9 +442,28 @@ type issueParams struct {
 	sid      string
 	authTime int64
 	act      *accesstoken.Actor
-	ttl      time.Duration
+	ttl      time.Duration // required: issue refuses zero or less
 	grant    string
 	from     string // jti of the token exchanged
+}
+
+// checkActChain refuses an exchange that would nest act deeper than
+// MaxActDepth, or name an actor already in the chain (a loop: a service
+// calling itself back through others, each hop adding a layer).
+func (p *Provider) checkActChain(c *authedClient, act *accesstoken.Actor) error {
+	depth := 0
+	for a := act; a != nil; a = a.Act {
+		depth++
+		if a.Subject == c.actor() {
+			return errf(http.StatusBadRequest, "invalid_request", "%s is already in the act chain of the subject_token: a loop", c.actor())
+		}
+		if depth >= p.cfg.MaxActDepth {
+			// Counted as it is walked, so a forged chain thousands
+			// deep costs no more than the limit.
+			return errf(http.StatusBadRequest, "invalid_request", "the act chain of the subject_token already has %d hops, the most allowed (max act depth %d)", depth, p.cfg.MaxActDepth)
+		}
+	}
+	return nil
 }
 
 // issue signs an access token and records it.
@@ -408,10 +472,17 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 	if err != nil {
 		return nil, err
 	}
+	if slices.Contains(ip.scope, "openid") && (ip.grant == "authorization_code" || ip.grant == "refresh_token") {
+		// A user's openid login: the token is also for the userinfo
+		// endpoint, which takes no token addressed only to others.
+		ip.audience = append(slices.Clip(ip.audience), p.cfg.Issuer+PathUserinfo)
+	}
 	now := p.cfg.Now()
+	// A lifetime of zero or less is a bug in the caller (an exchange of a
+	// token with nothing left, say), never a request for the default.
 	ttl := ip.ttl
 	if ttl <= 0 {
-		ttl = p.cfg.AccessTokenTTL
+		return nil, fmt.Errorf("oauth: access token lifetime %v for %s: must be positive", ttl, ip.grant)
 	}
 	claims := accesstoken.Claims{
 		Issuer: p.cfg.Issuer, Subject: ip.subject, Audience: jwt.Audience(ip.audience),

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/argon2"
@@ -129,39 +130,103 @@ type loginError struct{ reason string }
 
 func (e *loginError) Error() string { return e.reason }
 
+// errBusy: every hashing slot is taken and the queue is full; the login
+// is answered 503 with Retry-After, not counted as a failure.
+var errBusy = errors.New("oauth: too many logins at once; try again shortly")
+
+// hashGate bounds the argon2id runs at once (each holds 64 MiB for about
+// 100 ms: a few hundred at once exhaust a server's memory) and the logins
+// waiting for one.
+type hashGate struct {
+	slots   chan struct{}
+	waiting atomic.Int64
+	queue   int64
+	wait    time.Duration
+	runs    atomic.Int64 // argon2id runs, for tests
+	busy    atomic.Int64 // logins refused with errBusy since the last audit
+}
+
+func newHashGate(concurrency, queue int, wait time.Duration) *hashGate {
+	return &hashGate{slots: make(chan struct{}, concurrency), queue: int64(queue), wait: wait}
+}
+
+// check is checkPassword inside a slot; errBusy if none comes free in time.
+func (g *hashGate) check(ctx context.Context, hash, password string) (bool, error) {
+	select {
+	case g.slots <- struct{}{}:
+	default:
+		if g.waiting.Add(1) > g.queue {
+			g.waiting.Add(-1)
+			g.busy.Add(1)
+			return false, errBusy
+		}
+		t := time.NewTimer(g.wait)
+		select {
+		case g.slots <- struct{}{}:
+			t.Stop()
+			g.waiting.Add(-1)
+		case <-t.C:
+			g.waiting.Add(-1)
+			g.busy.Add(1)
+			return false, errBusy
+		case <-ctx.Done():
+			t.Stop()
+			g.waiting.Add(-1)
+			return false, ctx.Err()
+		}
+	}
+	defer func() { <-g.slots }()
+	g.runs.Add(1)
+	return checkPassword(hash, password)
+}
+
 // login checks a user's password and second factor, counting failures and
-// honouring the lockout. It returns the user on success.
+// honouring the back-off. It returns the user on success.
+//
+// Every attempt that reaches it costs the same: one read of the user, one
+// argon2id run (of the user's hash, or of dummyHash for an unknown,
+// disabled or backing-off account, whose password is not checked), and
+// one failure count; every failure gets the same loginError to the user.
+// Neither the time nor the answer tells an attacker which usernames exist
+// or what state they are in; the reason goes to the audit log only.
 func (p *Provider) login(ctx context.Context, username, password, code string) (store.OAuthUser, error) {
 	now := p.cfg.Now()
 	u, err := p.cfg.Store.GetOAuthUser(ctx, username)
-	if errors.Is(err, store.ErrNotFound) {
-		checkPassword(dummyHash, password)
-		return store.OAuthUser{}, &loginError{"unknown user"}
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.OAuthUser{}, err
 	}
+	hash, refused := dummyHash, ""
+	switch {
+	case err != nil:
+		refused = "unknown user"
+	case u.Disabled:
+		refused = "account disabled"
+	case now.Before(u.LockedUntil):
+		// Backing off: the password is not checked, so guessing goes on
+		// costing the attacker time but teaches nothing.
+		refused = "account backing off after failed logins until " + u.LockedUntil.UTC().Format(time.RFC3339)
+	default:
+		hash = u.PasswordHash
+	}
+	ok, err := p.hashing.check(ctx, hash, password)
 	if err != nil {
 		return store.OAuthUser{}, err
 	}
-	if now.Before(u.LockedUntil) {
-		// Locked: the password is not even checked, so guessing goes on
-		// costing the attacker time but teaches nothing.
-		return store.OAuthUser{}, &loginError{"account locked until " + u.LockedUntil.UTC().Format(time.RFC3339)}
-	}
-	if u.Disabled {
-		return store.OAuthUser{}, &loginError{"account disabled"}
-	}
+	backoff := store.Backoff{Free: p.cfg.MaxFailures, Base: p.cfg.BackoffBase, Max: p.cfg.BackoffMax}
 	fail := func(reason string) (store.OAuthUser, error) {
-		after, err := p.cfg.Store.LoginFailed(ctx, username, now, p.cfg.MaxFailures, p.cfg.Lockout)
-		if err != nil {
+		// Counted unless backing off; for an unknown user the same
+		// statements run and find no row.
+		after, err := p.cfg.Store.LoginFailed(ctx, username, now, backoff)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return store.OAuthUser{}, err
 		}
-		if now.Before(after.LockedUntil) {
-			reason += "; account locked until " + after.LockedUntil.UTC().Format(time.RFC3339)
+		if refused == "" && now.Before(after.LockedUntil) {
+			reason += "; backing off until " + after.LockedUntil.UTC().Format(time.RFC3339)
 		}
 		return store.OAuthUser{}, &loginError{reason}
 	}
-	ok, err := checkPassword(u.PasswordHash, password)
-	if err != nil {
-		return store.OAuthUser{}, err
+	if refused != "" {
+		return fail(refused)
 	}
 	if !ok {
 		return fail("wrong password")
@@ -175,10 +240,15 @@ func (p *Provider) login(ctx context.Context, username, password, code string) (
 		if !ok {
 			return fail("wrong or reused one-time code")
 		}
-		u.TOTPLastStep = step
-		if err := p.cfg.Store.UpdateOAuthUser(ctx, u); err != nil {
+		// Conditional: of two logins racing with one code, one wins.
+		err = p.cfg.Store.UseTOTPStep(ctx, u.Username, step)
+		if errors.Is(err, store.ErrConflict) {
+			return fail("one-time code reused (by a concurrent login)")
+		}
+		if err != nil {
 			return store.OAuthUser{}, err
 		}
+		u.TOTPLastStep = step
 	}
 	if u.FailedLogins > 0 || !u.LockedUntil.IsZero() {
 		if err := p.cfg.Store.LoginSucceeded(ctx, username); err != nil {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
+	"github.com/rampartsec/rampart/internal/workload/endpoint"
 )
 
 // Timeouts on every stage.
@@ -84,6 +85,9 @@ type Config struct {
 	WorkloadSocket string // the agent's Workload API socket
 	ServerAddr     string // control plane, for policies and revocations
 	DataDir        string // caches the last policy so a restart works while the server is down
+	// AgentUID is the uid that must serve WorkloadSocket (SO_PEERCRED,
+	// checked on every connection); nil: see endpoint.ExpectedUID.
+	AgentUID *uint32
 	// AuditSpool is the directory where decisions wait on disk for the
 	// server's audit log ("" with a server: DataDir/audit-spool; no
 	// DataDir: decisions are only logged).
@@ -108,7 +112,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return errors.New("proxy: nothing to do: give --inbound and/or --outbound")
 	}
 	m := newMetrics(cfg.Registry)
-	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+cfg.WorkloadSocket)))
+	wopts, err := endpoint.ClientOptions(ctx, cfg.WorkloadSocket, cfg.AgentUID) // who serves the socket is checked on every connection
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(wopts...))
 	if err != nil {
 		return fmt.Errorf("proxy: Workload API at %s: %w", cfg.WorkloadSocket, err)
 	}

@@ -6,6 +6,11 @@
 // workload's attested selectors include every selector of the entry (SPIRE's
 // model: an entry's selectors are ANDed).
 //
+// Every entry must carry a unix:uid or unix:gid selector (CheckEntry): a
+// path or a hash names a program, not who runs it, and the kernel's uid and
+// gid are the only selectors fixed at connect time that a caller cannot
+// change by exec'ing another binary.
+//
 // Only the selector types this package knows are accepted; anything else is an
 // error naming the selector, so a typo never creates an entry that silently
 // matches nothing.

@@ -2,6 +2,7 @@ package selector
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -89,6 +90,28 @@ func Normalize(ss []Selector) []Selector {
 		return strings.Compare(a.Value, b.Value)
 	})
 	return slices.Compact(out)
+}
+
+// ErrNoOwner is returned (wrapped) by CheckEntry for an entry that names a
+// program (unix:path, unix:sha256) but not who runs it.
+var ErrNoOwner = errors.New("an entry needs a unix:uid or unix:gid selector besides unix:path and unix:sha256")
+
+// CheckEntry checks the rule every registration entry must follow: at least
+// one selector, and at least one of them unix:uid or unix:gid. A path or a
+// hash names a program, not who runs it: any local user can start a copy of
+// a binary, or connect and then exec the one an entry names, so only the
+// kernel's uid and gid (SO_PEERCRED, fixed at connect) tie an identity to
+// an account. Entries stored before this rule are refused at attestation.
+func CheckEntry(entry []Selector) error {
+	if len(entry) == 0 {
+		return errors.New("selector: an entry needs at least one selector (one without selectors would match no workload)")
+	}
+	for _, s := range entry {
+		if s.Type == UnixUID || s.Type == UnixGID {
+			return nil
+		}
+	}
+	return fmt.Errorf("selector: %w: a path or a hash names a program, not who runs it, and any local user can run a copy of it (or connect, then exec it); add --selector unix:uid:N or unix:gid:N", ErrNoOwner)
 }
 
 // Set is the set of selectors attested for one workload.

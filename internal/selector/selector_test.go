@@ -75,6 +75,40 @@ func TestMatches(t *testing.T) {
 	}
 }
 
+func TestCheckEntry(t *testing.T) {
+	uid := Selector{UnixUID, "1000"}
+	gid := Selector{UnixGID, "1000"}
+	path := Selector{UnixPath, "/usr/bin/payments"}
+	hash := Selector{UnixSHA256, strings.Repeat("ab", 32)}
+	tests := []struct {
+		name    string
+		entry   []Selector
+		wantErr string
+	}{
+		{"uid", []Selector{uid}, ""},
+		{"gid and path", []Selector{gid, path}, ""},
+		{"uid and hash", []Selector{uid, hash}, ""},
+		{"none", nil, "at least one selector"},
+		{"path only", []Selector{path}, "needs a unix:uid or unix:gid selector"},
+		{"hash only", []Selector{hash}, "needs a unix:uid or unix:gid selector"},
+		{"path and hash", []Selector{path, hash}, "needs a unix:uid or unix:gid selector"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckEntry(tt.entry)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("CheckEntry(%v): %v", tt.entry, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("CheckEntry(%v) = %v, want %q", tt.entry, err, tt.wantErr)
+			}
+		})
+	}
+}
+
 func TestParseAllNormalizes(t *testing.T) {
 	got, err := ParseAll([]string{"unix:uid:1", "unix:gid:2", "unix:uid:1"})
 	if err != nil {

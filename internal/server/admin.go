@@ -140,6 +140,9 @@ func (s *Server) entryFromAPI(req api.Entry) (store.Entry, error) {
 	if err != nil {
 		return store.Entry{}, fmt.Errorf("selectors: %w", err)
 	}
+	if err := selector.CheckEntry(sels); err != nil {
+		return store.Entry{}, fmt.Errorf("selectors: %w", err)
+	}
 	maxTTL := s.cfg.IntermediateTTL
 	if maxTTL == 0 {
 		maxTTL = identity.DefaultIntermediateTTL

@@ -67,6 +67,7 @@ func (s *Server) Handler() http.Handler {
 	route("POST /v1/oauth/clients", s.admin(s.handleCreateOAuthClient))
 	route("GET /v1/oauth/clients", s.admin(s.handleListOAuthClients))
 	route("GET /v1/oauth/clients/{id}", s.admin(s.handleGetOAuthClient))
+	route("PATCH /v1/oauth/clients/{id}", s.admin(s.handleUpdateOAuthClient))
 	route("DELETE /v1/oauth/clients/{id}", s.admin(s.handleDeleteOAuthClient))
 	route("POST /v1/oauth/users", s.admin(s.handleCreateOAuthUser))
 	route("GET /v1/oauth/users", s.admin(s.handleListOAuthUsers))

@@ -35,9 +35,9 @@ func issuerFor(cfg Config, addr string) string {
 func (s *Server) startOAuth(ctx context.Context, issuer string, wrapper *keywrap.Wrapper) error {
 	p, err := oauth.New(ctx, oauth.Config{
 		Issuer: issuer, Store: s.store, Wrapper: wrapper, Algorithm: s.cfg.OAuth.Algorithm,
-		AccessTokenTTL: s.cfg.OAuth.AccessTokenTTL, RefreshTokenTTL: s.cfg.OAuth.RefreshTokenTTL,
+		AccessTokenTTL: s.cfg.OAuth.AccessTokenTTL, RefreshTokenTTL: s.cfg.OAuth.RefreshTokenTTL, MaxActDepth: s.cfg.OAuth.MaxActDepth,
 		Record: s.record, Changed: s.notify, Now: s.now, Log: s.log.With("component", "oauth"),
-		PeerCertificate: s.peerSVID,
+		PeerCertificate: s.peerSVID, Registerer: s.reg,
 	})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -64,7 +64,58 @@ func (s *Server) peerSVID(r *http.Request) *x509.Certificate {
 
 func oauthClientToAPI(c store.OAuthClient) api.OAuthClient {
 	return api.OAuthClient{ID: c.ID, Name: c.Name, AuthMethod: c.AuthMethod, RedirectURIs: c.RedirectURIs, GrantTypes: c.GrantTypes,
-		Scopes: c.Scopes, Audience: c.Audience, JWKS: c.JWKS, SPIFFEID: c.SPIFFEID, CreatedAt: c.CreatedAt}
+		Scopes: c.Scopes, Audience: c.Audience, JWKS: c.JWKS, SPIFFEID: c.SPIFFEID, Disabled: c.Disabled, CreatedAt: c.CreatedAt}
+}
+
+// revokeOAuth revokes what was issued for a user or to a client that is
+// being disabled or deleted, and returns how many grant families went.
+// Before the authorization server runs there is nothing to revoke.
+func (s *Server) revokeOAuth(r *http.Request, user, client, reason string) (int, error) {
+	if s.oauth == nil {
+		return 0, nil
+	}
+	if user != "" {
+		return s.oauth.RevokeUser(r.Context(), user, reason)
+	}
+	return s.oauth.RevokeClient(r.Context(), client, reason)
+}
+
+func (s *Server) handleUpdateOAuthClient(w http.ResponseWriter, r *http.Request) {
+	var req api.OAuthClientUpdate
+	if err := decode(r, &req); err != nil {
+		writeProblem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	id := r.PathValue("id")
+	c, err := s.store.GetOAuthClient(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		writeProblem(w, http.StatusNotFound, "no OAuth client "+id)
+		return
+	}
+	if err != nil {
+		s.internalError(w, fmt.Errorf("get oauth client: %w", err))
+		return
+	}
+	if req.Disabled == nil {
+		writeProblem(w, http.StatusBadRequest, "disabled: required (the only attribute that can change)")
+		return
+	}
+	c.Disabled = *req.Disabled
+	if err := s.store.UpdateOAuthClient(r.Context(), c); err != nil {
+		s.internalError(w, fmt.Errorf("update oauth client: %w", err))
+		return
+	}
+	revoked := 0
+	if c.Disabled {
+		// After the flag: from here on the client cannot authenticate,
+		// so nothing new is issued to it while its tokens are revoked.
+		if revoked, err = s.revokeOAuth(r, "", c.ID, "client "+c.ID+" disabled"); err != nil {
+			s.internalError(w, fmt.Errorf("revoke oauth client's tokens: %w", err))
+			return
+		}
+	}
+	s.event(r, "oauth.client_update", "client_id", c.ID, "target", c.ID, "disabled", c.Disabled, "revoked_families", revoked)
+	writeJSON(w, http.StatusOK, oauthClientToAPI(c))
 }
 
 func oauthUserToAPI(u store.OAuthUser) api.OAuthUser {
@@ -136,6 +187,16 @@ func (s *Server) handleGetOAuthClient(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleDeleteOAuthClient(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	if _, err := s.store.GetOAuthClient(r.Context(), id); errors.Is(err, store.ErrNotFound) {
+		writeProblem(w, http.StatusNotFound, "no OAuth client "+id)
+		return
+	}
+	// A client ID can be registered again: what the old one was issued
+	// must not live on under the new registration.
+	if _, err := s.revokeOAuth(r, "", id, "client "+id+" deleted"); err != nil {
+		s.internalError(w, fmt.Errorf("revoke oauth client's tokens: %w", err))
+		return
+	}
 	if err := s.store.DeleteOAuthClient(r.Context(), id); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			writeProblem(w, http.StatusNotFound, "no OAuth client "+id)
@@ -250,9 +311,15 @@ func (s *Server) handleUpdateOAuthUser(w http.ResponseWriter, r *http.Request) {
 		u.Groups = *req.Groups
 		changed = append(changed, "groups")
 	}
+	disabling := false
 	if req.Disabled != nil {
+		disabling = *req.Disabled && !u.Disabled
 		u.Disabled = *req.Disabled
-		changed = append(changed, "disabled")
+		if disabling {
+			// Voids every login session begun until now.
+			u.RevokedAt = s.now()
+		}
+		changed = append(changed, fmt.Sprintf("disabled=%v", u.Disabled))
 	}
 	var totpURI string
 	switch req.TOTP {
@@ -279,6 +346,15 @@ func (s *Server) handleUpdateOAuthUser(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, fmt.Errorf("update oauth user: %w", err))
 		return
 	}
+	revoked := 0
+	if disabling {
+		// After the flag: refresh, exchange and userinfo refuse the user
+		// from here on, so nothing new is issued while the old goes.
+		if revoked, err = s.revokeOAuth(r, u.Username, "", "user "+u.Username+" disabled"); err != nil {
+			s.internalError(w, fmt.Errorf("revoke oauth user's tokens: %w", err))
+			return
+		}
+	}
 	if req.Unlock {
 		if err := s.store.LoginSucceeded(r.Context(), u.Username); err != nil {
 			s.internalError(w, fmt.Errorf("unlock oauth user: %w", err))
@@ -290,12 +366,21 @@ func (s *Server) handleUpdateOAuthUser(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	s.event(r, "oauth.user_update", "username", u.Username, "target", u.Username, "changed", strings.Join(changed, ", "))
+	s.event(r, "oauth.user_update", "username", u.Username, "target", u.Username, "changed", strings.Join(changed, ", "), "revoked_families", revoked)
 	writeJSON(w, http.StatusOK, api.OAuthUserUpdateResponse{User: oauthUserToAPI(u), TOTPURI: totpURI})
 }
 
 func (s *Server) handleDeleteOAuthUser(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if _, ok := s.oauthUser(w, r); !ok {
+		return
+	}
+	// A username can be created again: the old user's tokens must not
+	// speak for the new one.
+	if _, err := s.revokeOAuth(r, name, "", "user "+name+" deleted"); err != nil {
+		s.internalError(w, fmt.Errorf("revoke oauth user's tokens: %w", err))
+		return
+	}
 	if err := s.store.DeleteOAuthUser(r.Context(), name); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			writeProblem(w, http.StatusNotFound, "no user "+name)

@@ -32,6 +32,8 @@ import (
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/safedir"
+	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -104,6 +106,7 @@ type OAuthConfig struct {
 	Algorithm       jose.SignatureAlgorithm
 	AccessTokenTTL  time.Duration
 	RefreshTokenTTL time.Duration
+	MaxActDepth     int // hops of token exchange (nested act); 0: oauth.DefaultMaxActDepth
 }
 
 // Server is a running control plane.
@@ -161,9 +164,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, errors.New("server: a trust domain is required")
 	}
 	cfg = withDefaults(cfg)
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("server: data dir: %w", err)
+	// The data dir holds the admin token, the keys and the audit log: no
+	// other local user may be able to replace it or what is in it.
+	dataDir, err := safedir.Make(cfg.DataDir, "the server's data directory", os.Geteuid(), 0o700)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
 	}
+	cfg.DataDir = dataDir
 	if err := checkTrustDomain(cfg.DataDir, cfg.TrustDomain); err != nil {
 		return nil, err
 	}
@@ -600,9 +607,10 @@ func checkTrustDomain(dir string, td spiffeid.TrustDomain) error {
 }
 
 // loadOrCreateAdminToken returns the admin token from path, creating a random
-// 256-bit one (0600) on first start.
+// 256-bit one (0600) on first start. A token file group or others may read
+// is refused: anyone who read it is an admin.
 func loadOrCreateAdminToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	b, err := secretfile.Read(path)
 	if err == nil {
 		tok := strings.TrimSpace(string(b))
 		if len(tok) < 32 {
@@ -611,7 +619,7 @@ func loadOrCreateAdminToken(path string) (string, error) {
 		return tok, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("server: %w", err)
+		return "", fmt.Errorf("server: admin token: %w", err)
 	}
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {

@@ -26,7 +26,10 @@ type OAuthClient struct {
 	JWKS json.RawMessage `json:"jwks,omitempty"`
 	// SPIFFEID is the ID its SVID must carry for tls_client_auth; tokens
 	// issued to such a client are bound to the certificate (cnf.x5t#S256).
-	SPIFFEID  string    `json:"spiffe_id,omitempty"`
+	SPIFFEID string `json:"spiffe_id,omitempty"`
+	// Disabled clients cannot authenticate or have users sign in to them;
+	// disabling revokes what was issued to them.
+	Disabled  bool      `json:"disabled,omitempty"`
 	CreatedAt time.Time `json:"-"`
 }
 
@@ -36,12 +39,17 @@ type OAuthUser struct {
 	PasswordHash string `json:"password_hash"`         // argon2id, PHC string format
 	TOTPSecret   []byte `json:"totp_secret,omitempty"` // sealed by keywrap; nil: no second factor
 	// TOTPLastStep is the time step of the last code accepted; a code is
-	// never accepted twice.
+	// never accepted twice. Only UseTOTPStep moves it (a column of its
+	// own, so the move is conditional); versions before that kept it in
+	// the JSON document, still read.
 	TOTPLastStep int64    `json:"totp_last_step,omitempty"`
 	Name         string   `json:"name,omitempty"`
 	Email        string   `json:"email,omitempty"`
 	Groups       []string `json:"groups,omitempty"`
 	Disabled     bool     `json:"disabled,omitempty"`
+	// RevokedAt is when the user's sessions and tokens were last revoked
+	// (on being disabled): a login session begun at or before it is void.
+	RevokedAt time.Time `json:"revoked_at,omitempty"`
 	// FailedLogins and LockedUntil are kept by LoginFailed and
 	// LoginSucceeded only.
 	FailedLogins int       `json:"-"`
@@ -68,6 +76,55 @@ type OAuthGrant struct {
 	CreatedAt time.Time
 	UsedAt    time.Time // zero until used
 	Revoked   bool
+}
+
+// Backoff is how failed logins slow an account down: Free consecutive
+// failures cost nothing more; the next locks the account for Base, and
+// each further one (after the lock ends) for twice as long, up to Max.
+type Backoff struct {
+	Free int
+	Base time.Duration
+	Max  time.Duration
+}
+
+// Delay returns the back-off after the failures-th consecutive failure.
+func (b Backoff) Delay(failures int) time.Duration {
+	if failures < b.Free {
+		return 0
+	}
+	d := b.Base
+	for i := b.Free; i < failures && d < b.Max; i++ {
+		d *= 2
+	}
+	return min(d, b.Max)
+}
+
+func (b Backoff) check() error {
+	if b.Free < 1 || b.Base <= 0 || b.Max < b.Base {
+		return fmt.Errorf("store: back-off %+v: want Free >= 1 and 0 < Base <= Max", b)
+	}
+	return nil
+}
+
+// OAuthFamily is one line of descent of tokens: a login (its code and
+// refresh tokens), one client-credentials token, or one exchange, whose
+// Parent is the family of the token exchanged.
+type OAuthFamily struct {
+	ID       string
+	Parent   string // "" unless made by a token exchange
+	ClientID string // the client the tokens were issued to
+	Subject  string // the user, or "" when the client acts for itself
+	// ExpiresAt is when the last token the family can issue expires.
+	ExpiresAt time.Time
+	CreatedAt time.Time
+	Revoked   bool
+}
+
+// FamilySelector picks grant families by exactly one of its fields.
+type FamilySelector struct {
+	ID       string
+	Subject  string
+	ClientID string
 }
 
 // TokenRevocation puts an access token (by jti) or a whole grant family
@@ -135,6 +192,23 @@ func scanOAuthClient(r scanner) (OAuthClient, error) {
 	return c, nil
 }
 
+func (s *sqlStore) UpdateOAuthClient(ctx context.Context, c OAuthClient) error {
+	data, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("store: oauth client %s: %w", c.ID, err)
+	}
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.execOne(ctx, tx, `UPDATE oauth_clients SET data = ? WHERE id = ?`, string(data), c.ID); err != nil {
+			return err
+		}
+		return s.bump(ctx, tx)
+	})
+	if err != nil {
+		return fmt.Errorf("store: update oauth client %s: %w", c.ID, err)
+	}
+	return nil
+}
+
 func (s *sqlStore) DeleteOAuthClient(ctx context.Context, id string) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.execOne(ctx, tx, `DELETE FROM oauth_clients WHERE id = ?`, id); err != nil {
@@ -148,7 +222,7 @@ func (s *sqlStore) DeleteOAuthClient(ctx context.Context, id string) error {
 	return nil
 }
 
-const userColumns = `username, data, failed_logins, locked_until, created_at`
+const userColumns = `username, data, failed_logins, locked_until, created_at, totp_last_step`
 
 func (s *sqlStore) CreateOAuthUser(ctx context.Context, u OAuthUser) error {
 	if err := checkTimes(u.CreatedAt); err != nil {
@@ -159,8 +233,8 @@ func (s *sqlStore) CreateOAuthUser(ctx context.Context, u OAuthUser) error {
 		return fmt.Errorf("store: oauth user %s: %w", u.Username, err)
 	}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		return s.insertNew(ctx, tx, `INSERT INTO oauth_users (`+userColumns+`) VALUES (?, ?, 0, 0, ?) ON CONFLICT (username) DO NOTHING`,
-			u.Username, string(data), ns(u.CreatedAt))
+		return s.insertNew(ctx, tx, `INSERT INTO oauth_users (`+userColumns+`) VALUES (?, ?, 0, 0, ?, ?) ON CONFLICT (username) DO NOTHING`,
+			u.Username, string(data), ns(u.CreatedAt), u.TOTPLastStep)
 	})
 	if err != nil {
 		return fmt.Errorf("store: create oauth user %s: %w", u.Username, err)
@@ -191,14 +265,15 @@ func scanOAuthUser(r scanner) (OAuthUser, error) {
 	var u OAuthUser
 	var username, data string
 	var failed int
-	var locked, created int64
-	if err := r.Scan(&username, &data, &failed, &locked, &created); err != nil {
+	var locked, created, step int64
+	if err := r.Scan(&username, &data, &failed, &locked, &created, &step); err != nil {
 		return OAuthUser{}, err
 	}
 	if err := json.Unmarshal([]byte(data), &u); err != nil {
 		return OAuthUser{}, fmt.Errorf("decode: %w", err)
 	}
 	u.Username, u.FailedLogins, u.LockedUntil, u.CreatedAt = username, failed, fromNS(locked), fromNS(created)
+	u.TOTPLastStep = max(u.TOTPLastStep, step)
 	return u, nil
 }
 
@@ -226,22 +301,39 @@ func (s *sqlStore) DeleteOAuthUser(ctx context.Context, username string) error {
 	return nil
 }
 
-func (s *sqlStore) LoginFailed(ctx context.Context, username string, now time.Time, max int, lockFor time.Duration) (OAuthUser, error) {
-	if err := checkTimes(now.Add(lockFor)); err != nil {
+func (s *sqlStore) LoginFailed(ctx context.Context, username string, now time.Time, b Backoff) (OAuthUser, error) {
+	if err := b.check(); err != nil {
+		return OAuthUser{}, err
+	}
+	if err := checkTimes(now.Add(b.Max)); err != nil {
 		return OAuthUser{}, err
 	}
 	var u OAuthUser
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		// One statement, so concurrent failures are each counted.
-		err := s.execOne(ctx, tx, `UPDATE oauth_users SET
-			locked_until = CASE WHEN failed_logins + 1 >= ? THEN ? ELSE locked_until END,
-			failed_logins = CASE WHEN failed_logins + 1 >= ? THEN 0 ELSE failed_logins + 1 END
-			WHERE username = ?`, max, ns(now.Add(lockFor)), max, username)
+		// Count the failure unless the account is backing off. The
+		// UPDATE takes the row's lock first, so concurrent failures are
+		// each counted, and one that waited sees the lock the other set.
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE oauth_users SET failed_logins = failed_logins + 1
+			WHERE username = ? AND locked_until <= ?`), username, ns(now))
+		if err != nil {
+			return err
+		}
+		counted, err := res.RowsAffected()
 		if err != nil {
 			return err
 		}
 		u, err = scanOAuthUser(tx.QueryRowContext(ctx, s.q(`SELECT `+userColumns+` FROM oauth_users WHERE username = ?`), username))
-		return err
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil || counted == 0 {
+			return err
+		}
+		if d := b.Delay(u.FailedLogins); d > 0 {
+			u.LockedUntil = now.Add(d).UTC()
+			return s.execOne(ctx, tx, `UPDATE oauth_users SET locked_until = ? WHERE username = ?`, ns(u.LockedUntil), username)
+		}
+		return nil
 	})
 	if err != nil {
 		return OAuthUser{}, fmt.Errorf("store: login failed %s: %w", username, err)
@@ -255,6 +347,27 @@ func (s *sqlStore) LoginSucceeded(ctx context.Context, username string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("store: login succeeded %s: %w", username, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) UseTOTPStep(ctx context.Context, username string, step int64) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		err := s.execOne(ctx, tx, `UPDATE oauth_users SET totp_last_step = ? WHERE username = ? AND totp_last_step < ?`, step, username, step)
+		if !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM oauth_users WHERE username = ?`), username).Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrNotFound
+		}
+		return ErrConflict
+	})
+	if err != nil {
+		return fmt.Errorf("store: one-time code step of %s: %w", username, err)
 	}
 	return nil
 }
@@ -316,17 +429,142 @@ func scanGrant(r scanner) (OAuthGrant, error) {
 	return g, nil
 }
 
-func (s *sqlStore) RevokeOAuthFamily(ctx context.Context, family string, r TokenRevocation) error {
+func (s *sqlStore) PutOAuthFamily(ctx context.Context, f OAuthFamily) error {
+	if err := checkTimes(f.ExpiresAt, f.CreatedAt); err != nil {
+		return err
+	}
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE oauth_grants SET revoked = 1 WHERE family = ?`), family); err != nil {
-			return err
+		if f.Parent != "" {
+			// Lock the parent's row (and see that it is not revoked):
+			// a revocation of the parent either ran first, and this
+			// refuses, or waits for this to commit and then finds the
+			// child.
+			res, err := tx.ExecContext(ctx, s.q(`UPDATE oauth_families SET revoked = revoked WHERE id = ? AND revoked = 0`), f.Parent)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				var revoked int
+				err := tx.QueryRowContext(ctx, s.q(`SELECT revoked FROM oauth_families WHERE id = ?`), f.Parent).Scan(&revoked)
+				switch {
+				case err == nil:
+					return fmt.Errorf("%w: parent family %s", ErrRevoked, f.Parent)
+				case !errors.Is(err, sql.ErrNoRows):
+					return err
+				}
+				// A parent never recorded (issued before families were):
+				// nothing to descend from but its revocation-list entry.
+			}
 		}
-		return s.addTokenRevocation(ctx, tx, r)
+		return s.insertNew(ctx, tx, `INSERT INTO oauth_families (id, parent, client_id, subject, revoked, expires_at, created_at)
+			VALUES (?, ?, ?, ?, 0, ?, ?) ON CONFLICT (id) DO NOTHING`, f.ID, f.Parent, f.ClientID, f.Subject, ns(f.ExpiresAt), ns(f.CreatedAt))
 	})
 	if err != nil {
-		return fmt.Errorf("store: revoke oauth family %s: %w", family, err)
+		return fmt.Errorf("store: put oauth family %s: %w", f.ID, err)
 	}
 	return nil
+}
+
+func (s *sqlStore) RevokeOAuthFamilies(ctx context.Context, sel FamilySelector, r TokenRevocation) ([]string, error) {
+	n := 0
+	for _, v := range []string{sel.ID, sel.Subject, sel.ClientID} {
+		if v != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("store: revoke oauth families: select by exactly one of ID, subject, client (%+v)", sel)
+	}
+	if r.RevokedAt.IsZero() {
+		return nil, errors.New("store: revoke oauth families: zero time")
+	}
+	if err := checkTimes(r.RevokedAt, r.ExpiresAt); err != nil {
+		return nil, err
+	}
+	now := ns(r.RevokedAt)
+	var revoked []string
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		revoked = nil
+		// Families to revoke, with the end of their tokens' lives.
+		until := map[string]int64{}
+		var queue []string
+		add := func(id string, exp int64) {
+			if _, ok := until[id]; !ok {
+				until[id] = exp
+				queue = append(queue, id)
+			}
+		}
+		liveWhere := func(col, v string) error {
+			rows, err := tx.QueryContext(ctx, s.q(`SELECT id, expires_at FROM oauth_families WHERE `+col+` = ? AND expires_at > ?`), v, now)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var id string
+				var exp int64
+				if err := rows.Scan(&id, &exp); err != nil {
+					return err
+				}
+				add(id, exp)
+			}
+			return rows.Err()
+		}
+		var err error
+		switch {
+		case sel.ID != "":
+			var exp int64
+			err = tx.QueryRowContext(ctx, s.q(`SELECT expires_at FROM oauth_families WHERE id = ?`), sel.ID).Scan(&exp)
+			if errors.Is(err, sql.ErrNoRows) {
+				exp, err = ns(r.ExpiresAt), nil
+			}
+			add(sel.ID, exp)
+		case sel.Subject != "":
+			if _, err = tx.ExecContext(ctx, s.q(`UPDATE oauth_grants SET revoked = 1 WHERE subject = ?`), sel.Subject); err == nil {
+				err = liveWhere("subject", sel.Subject)
+			}
+		default:
+			if _, err = tx.ExecContext(ctx, s.q(`UPDATE oauth_grants SET revoked = 1 WHERE client_id = ?`), sel.ClientID); err == nil {
+				err = liveWhere("client_id", sel.ClientID)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		// Breadth first down the exchanges; each family once. A family
+		// is marked (its row locked) before its children are read, so an
+		// exchange recording a child either committed first and is found
+		// here, or waits and then sees the parent revoked (PutOAuthFamily).
+		for i := 0; i < len(queue); i++ {
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE oauth_families SET revoked = 1 WHERE id = ?`), queue[i]); err != nil {
+				return err
+			}
+			if err := liveWhere("parent", queue[i]); err != nil {
+				return err
+			}
+		}
+		for _, id := range queue {
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE oauth_grants SET revoked = 1 WHERE family = ?`), id); err != nil {
+				return err
+			}
+			rv := r
+			rv.ID = id
+			if exp := fromNS(until[id]); exp.Before(rv.ExpiresAt) {
+				rv.ExpiresAt = exp
+			}
+			if err := s.addTokenRevocation(ctx, tx, rv); err != nil {
+				return err
+			}
+			revoked = append(revoked, id)
+		}
+		return s.bump(ctx, tx)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: revoke oauth families %+v: %w", sel, err)
+	}
+	return revoked, nil
 }
 
 func (s *sqlStore) RevokeOAuthToken(ctx context.Context, r TokenRevocation) error {
@@ -350,6 +588,31 @@ func (s *sqlStore) addTokenRevocation(ctx context.Context, tx *sql.Tx, r TokenRe
 		return nil // already revoked
 	}
 	return s.bump(ctx, tx)
+}
+
+func (s *sqlStore) UseDPoPProof(ctx context.Context, jkt, jti string, expires, now time.Time, quota int) error {
+	if err := checkTimes(expires, now); err != nil {
+		return err
+	}
+	if quota < 1 {
+		return fmt.Errorf("store: DPoP proof quota %d: must be positive", quota)
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var n int
+		err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM oauth_dpop_proofs WHERE jkt = ? AND expires_at > ?`), jkt, ns(now)).Scan(&n)
+		if err != nil {
+			return err
+		}
+		if n >= quota {
+			return ErrQuota
+		}
+		return s.insertNew(ctx, tx, `INSERT INTO oauth_dpop_proofs (jkt, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (jkt, jti) DO NOTHING`,
+			jkt, jti, ns(expires))
+	})
+	if err != nil {
+		return fmt.Errorf("store: DPoP proof %s/%s: %w", jkt, jti, err)
+	}
+	return nil
 }
 
 func (s *sqlStore) ListOAuthRevocations(ctx context.Context, now time.Time) ([]TokenRevocation, error) {

@@ -214,6 +214,36 @@ func (d dialect) migrations() [][]string {
 			destroy_at BIGINT NOT NULL,
 			PRIMARY KEY (name, version)
 		)`,
+	}, {
+		// OAuth grant families: every access token's sid names one, so
+		// disabling a user or a client can find and revoke every line of
+		// tokens issued for them, and revoking a family revokes the
+		// families exchanged from it (parent).
+		`CREATE TABLE oauth_families (
+			id         TEXT PRIMARY KEY,
+			parent     TEXT NOT NULL,
+			client_id  TEXT NOT NULL,
+			subject    TEXT NOT NULL,
+			revoked    INTEGER NOT NULL,
+			expires_at BIGINT NOT NULL,
+			created_at BIGINT NOT NULL
+		)`,
+		`CREATE INDEX oauth_families_parent ON oauth_families (parent)`,
+		`CREATE INDEX oauth_families_subject ON oauth_families (subject)`,
+		`CREATE INDEX oauth_families_client_id ON oauth_families (client_id)`,
+		`CREATE INDEX oauth_grants_subject ON oauth_grants (subject)`,
+		`CREATE INDEX oauth_grants_client_id ON oauth_grants (client_id)`,
+		// DPoP proofs seen at the token and userinfo endpoints, shared by
+		// every replica so a proof cannot be replayed to another one.
+		`CREATE TABLE oauth_dpop_proofs (
+			jkt        TEXT NOT NULL,
+			jti        TEXT NOT NULL,
+			expires_at BIGINT NOT NULL,
+			PRIMARY KEY (jkt, jti)
+		)`,
+		// The last accepted one-time code step, in a column so that
+		// accepting a code is one conditional UPDATE.
+		`ALTER TABLE oauth_users ADD COLUMN totp_last_step BIGINT NOT NULL DEFAULT 0`,
 	}}
 }
 
@@ -793,6 +823,8 @@ func (s *sqlStore) PruneExpired(ctx context.Context, now time.Time) error {
 			`DELETE FROM join_tokens WHERE expires_at < ?`,
 			`DELETE FROM oauth_grants WHERE expires_at < ?`,
 			`DELETE FROM oauth_revocations WHERE expires_at < ?`,
+			`DELETE FROM oauth_families WHERE expires_at < ?`,
+			`DELETE FROM oauth_dpop_proofs WHERE expires_at < ?`,
 		} {
 			if _, err := tx.ExecContext(ctx, s.q(stmt), ns(now)); err != nil {
 				return err

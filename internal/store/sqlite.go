@@ -14,9 +14,10 @@ import (
 
 // sqlitePragmas are applied by the driver to every connection: WAL so readers
 // never block the writer, a busy timeout instead of failing at once when the
-// file is locked by another process, NORMAL sync (durable across a process
-// crash, which is what WAL needs), and foreign keys on.
-const sqlitePragmas = "_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)"
+// file is locked by another process, FULL sync (every commit reaches the
+// disk before it returns: NORMAL survives a process crash but a power loss
+// can undo a committed revocation), and foreign keys on.
+const sqlitePragmas = "_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)"
 
 // OpenSQLite opens, creating it if absent, the SQLite database at path and
 // brings its schema up to date. The file is created with mode 0600: it holds

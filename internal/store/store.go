@@ -23,6 +23,10 @@ var (
 	// ErrStateConflict: the object is not in a state the change applies to
 	// (destroying a key version that is already destroyed, say).
 	ErrStateConflict = errors.New("store: not in a state that allows this")
+	// ErrRevoked: the grant family a new one would descend from is revoked.
+	ErrRevoked = errors.New("store: revoked")
+	// ErrQuota: the key has as many live entries as it may hold.
+	ErrQuota = errors.New("store: quota reached")
 )
 
 // Store is the control plane's persistent state. All methods are safe for
@@ -115,6 +119,9 @@ type Store interface {
 	CreateOAuthClient(ctx context.Context, c OAuthClient) error
 	GetOAuthClient(ctx context.Context, id string) (OAuthClient, error)
 	ListOAuthClients(ctx context.Context) ([]OAuthClient, error)
+	// UpdateOAuthClient replaces the client's attributes (not its secret)
+	// and bumps the revision.
+	UpdateOAuthClient(ctx context.Context, c OAuthClient) error
 	DeleteOAuthClient(ctx context.Context, id string) error
 
 	// OAuth users of the built-in user store.
@@ -125,12 +132,19 @@ type Store interface {
 	// counter or lock, which only the two calls below move).
 	UpdateOAuthUser(ctx context.Context, u OAuthUser) error
 	DeleteOAuthUser(ctx context.Context, username string) error
-	// LoginFailed counts one failed login, atomically; at the max-th
-	// consecutive failure the account locks until now+lockFor and the
-	// counter restarts. It returns the user as updated.
-	LoginFailed(ctx context.Context, username string, now time.Time, max int, lockFor time.Duration) (OAuthUser, error)
-	// LoginSucceeded resets the failure counter and the lock.
+	// LoginFailed counts one failed login, atomically, unless the account
+	// is in a back-off (LockedUntil after now: the attempt was refused
+	// unchecked and is not counted). From the b.Free-th consecutive
+	// failure on, the account backs off for b.Base, doubling with each
+	// further failure up to b.Max. It returns the user as updated.
+	LoginFailed(ctx context.Context, username string, now time.Time, b Backoff) (OAuthUser, error)
+	// LoginSucceeded resets the failure counter and the back-off (also
+	// how an operator unlocks an account).
 	LoginSucceeded(ctx context.Context, username string) error
+	// UseTOTPStep records step as the user's last accepted one-time code
+	// step if it is later than the recorded one, atomically: of two
+	// logins with the same code, one gets ErrConflict.
+	UseTOTPStep(ctx context.Context, username string, step int64) error
 
 	// OAuth grants: authorisation codes and refresh tokens.
 	PutOAuthGrant(ctx context.Context, g OAuthGrant) error
@@ -140,15 +154,29 @@ type Store interface {
 	// and ErrGrantReused: the caller revokes the family. Unknown (or of
 	// another kind) or expired: ErrNotFound, and nothing changes.
 	UseOAuthGrant(ctx context.Context, kind string, hash []byte, now time.Time) (OAuthGrant, error)
-	// RevokeOAuthFamily marks every grant of the family revoked and
-	// records r (whose ID names the family) in the token revocation list,
-	// in one transaction; it bumps the revision.
-	RevokeOAuthFamily(ctx context.Context, family string, r TokenRevocation) error
+	// PutOAuthFamily records a grant family: every access token carries
+	// its family (sid), so revoking the family revokes the tokens. A
+	// family with a Parent (a token exchange) is refused with ErrRevoked
+	// if the parent is revoked, and is revoked with it later.
+	PutOAuthFamily(ctx context.Context, f OAuthFamily) error
+	// RevokeOAuthFamilies revokes the families sel picks, live at
+	// r.RevokedAt, and every family descended from them: their grants
+	// are marked revoked and each family's ID is recorded in the token
+	// revocation list (with r's reason, until the earlier of r.ExpiresAt
+	// and the family's own end), in one transaction that bumps the
+	// revision. Selecting by ID revokes that family even if it was never
+	// recorded. Selecting by subject or client also marks every grant of
+	// that subject or client revoked. It returns the family IDs revoked.
+	RevokeOAuthFamilies(ctx context.Context, sel FamilySelector, r TokenRevocation) ([]string, error)
 	// RevokeOAuthToken records r (an access token's jti) and bumps the
 	// revision; revoking twice is not an error.
 	RevokeOAuthToken(ctx context.Context, r TokenRevocation) error
 	// ListOAuthRevocations lists revocations whose tokens have not expired.
 	ListOAuthRevocations(ctx context.Context, now time.Time) ([]TokenRevocation, error)
+	// UseDPoPProof records a DPoP proof's (key thumbprint, jti) until
+	// expires, shared by every replica: a second use is ErrConflict; a key
+	// that already has quota live proofs recorded at now gets ErrQuota.
+	UseDPoPProof(ctx context.Context, jkt, jti string, expires, now time.Time, quota int) error
 
 	// Revision returns the current revision: it increases with every change
 	// an agent must learn about.

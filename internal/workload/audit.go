@@ -2,8 +2,6 @@ package workload
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -40,13 +38,18 @@ func (s *Server) SetRecorder(r Recorder, self spiffeid.ID) {
 	s.audit = &auditor{rec: r, self: self, now: time.Now, last: map[string]time.Time{}}
 }
 
-// refused audits a caller that got no identity from method.
-func (a *auditor) refused(ctx context.Context, c Caller, method string) {
+// noMatch is the reason a caller attested fine gets nothing.
+const noMatch = "no registration entry matches the calling process"
+
+// refused audits a caller that got no identity from method, and why.
+func (a *auditor) refused(ctx context.Context, p *process, method, reason string) {
 	if a == nil {
 		return
 	}
-	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c.PID))
-	key := strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe
+	c, exe := p.Caller, p.exe.path // the executable pinned at accept
+	// One finding per uid, executable and kind of refusal: the reason's
+	// text names the pid, which a loop changes at will.
+	key := strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe + "\x00" + strconv.FormatBool(reason == noMatch)
 	now := a.now()
 	a.mu.Lock()
 	if t, ok := a.last[key]; ok && now.Sub(t) < refusalInterval {
@@ -59,7 +62,7 @@ func (a *auditor) refused(ctx context.Context, c Caller, method string) {
 	a.last[key] = now
 	a.mu.Unlock()
 	e := &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "workload.attest", Outcome: audit.OutcomeDenied,
-		Reason: "no registration entry matches the calling process", Target: a.self.String(), Source: a.self.String(),
+		Reason: reason, Target: a.self.String(), Source: a.self.String(),
 		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
 			"gid": strconv.FormatUint(uint64(c.GID), 10)}}
 	e.Actor.User = "unix:uid:" + strconv.FormatUint(uint64(c.UID), 10)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 
@@ -75,29 +74,6 @@ func NewServer(src Source, attestor Attestor, log *slog.Logger, m Metrics) *Serv
 	return &Server{src: src, attestor: attestor, log: log, metrics: m}
 }
 
-// Listen creates the unix socket at path (replacing a stale one) with mode
-// 0777: any local process may ask, and attestation decides what it gets.
-func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("workload: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("workload: %s exists and is not a socket; refusing to replace it", path)
-		}
-		os.Remove(path)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("workload: listen %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o777); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("workload: %w", err)
-	}
-	return ln, nil
-}
-
 // Serve serves the Workload API on ln until ctx is done.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	gs := grpc.NewServer(grpc.Creds(peerCreds{}),
@@ -107,7 +83,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		<-ctx.Done()
 		gs.Stop()
 	}()
-	if err := gs.Serve(ln); err != nil && ctx.Err() == nil {
+	if err := gs.Serve(pinListener{Listener: ln, procDir: s.attestor.procDir()}); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("workload: %w", err)
 	}
 	return nil
@@ -149,24 +125,39 @@ func (s *Server) count(method string, err error) {
 	}
 }
 
-// entitled attests the caller and returns the identities it may have.
-func (s *Server) entitled(ctx context.Context, snap *Snapshot) ([]Identity, Caller, error) {
-	c, ok := callerFrom(ctx)
+// entitled attests the caller and returns the identities it may have. A
+// caller that cannot be attested (exited, changed since it connected) is
+// refused with PermissionDenied, logged and audited with the reason.
+func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string) ([]Identity, *process, error) {
+	p, ok := callerFrom(ctx)
 	if !ok {
-		return nil, c, status.Error(codes.Internal, "caller credentials unavailable")
+		return nil, nil, status.Error(codes.Internal, "caller credentials unavailable")
 	}
 	sels := make([][]selector.Selector, len(snap.Identities))
 	for i, id := range snap.Identities {
 		sels[i] = id.Selectors
 	}
-	set := s.attestor.Attest(c, selector.Needs(sels, selector.UnixSHA256))
+	set, err := s.attestor.Attest(p, selector.Needs(sels, selector.UnixSHA256))
+	if err != nil {
+		s.log.Warn("workload refused: the caller could not be attested", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path, "pinned_by", p.pidfdKind, "err", err)
+		s.audit.refused(ctx, p, method, err.Error())
+		return nil, p, status.Error(codes.PermissionDenied, "the calling process could not be attested")
+	}
 	var out []Identity
 	for _, id := range snap.Identities {
-		if set.Matches(id.Selectors) {
-			out = append(out, id)
+		if !set.Matches(id.Selectors) {
+			continue
 		}
+		// Entries stored before every entry needed a uid or gid selector
+		// are not served; the operator learns which and why.
+		if err := selector.CheckEntry(id.Selectors); err != nil {
+			s.log.Warn("workload: not serving an entry that breaks the selector rule; recreate it with a unix:uid or unix:gid selector",
+				"entry_id", id.EntryID, "spiffe_id", id.SpiffeID.String(), "pid", p.PID, "err", err)
+			continue
+		}
+		out = append(out, id)
 	}
-	return out, c, nil
+	return out, p, nil
 }
 
 var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
@@ -176,13 +167,13 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	var last []byte
 	for {
 		snap, changed := s.src.Snapshot()
-		ids, caller, err := s.entitled(ctx, snap)
+		ids, caller, err := s.entitled(ctx, snap, "FetchX509SVID")
 		if err != nil {
 			return err
 		}
 		if len(ids) == 0 {
 			s.log.Info("workload refused: no entry matches", "pid", caller.PID, "uid", caller.UID, "gid", caller.GID)
-			s.audit.refused(ctx, caller, "FetchX509SVID")
+			s.audit.refused(ctx, caller, "FetchX509SVID", noMatch)
 			return errNoIdentity
 		}
 		resp, err := x509Response(snap, ids)
@@ -263,12 +254,12 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
 	}
 	snap, _ := s.src.Snapshot()
-	ids, caller, err := s.entitled(ctx, snap)
+	ids, caller, err := s.entitled(ctx, snap, "FetchJWTSVID")
 	if err != nil {
 		return nil, err
 	}
 	if len(ids) == 0 {
-		s.audit.refused(ctx, caller, "FetchJWTSVID")
+		s.audit.refused(ctx, caller, "FetchJWTSVID", noMatch)
 	}
 	if req.SpiffeId != "" {
 		want, err := spiffeid.FromString(req.SpiffeId)

@@ -75,7 +75,7 @@ func selfSigned(t *testing.T, id spiffeid.ID) (root *x509.Certificate, leaf *x50
 func serve(t *testing.T, src Source) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "api.sock")
-	ln, err := Listen(sock)
+	ln, err := Listen(sock, os.Geteuid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,10 +118,14 @@ func TestAttestationDecides(t *testing.T) {
 	}{
 		{"my uid", []selector.Selector{uidSel()}, true},
 		{"my uid and path", []selector.Selector{uidSel(), {Type: selector.UnixPath, Value: exe}}, true},
-		{"my binary's hash", []selector.Selector{{Type: selector.UnixSHA256, Value: sum}}, true},
+		{"my uid and my binary's hash", []selector.Selector{uidSel(), {Type: selector.UnixSHA256, Value: sum}}, true},
+		// An entry with only a path or hash breaks the selector rule; one
+		// stored before the rule is not served.
+		{"my binary's hash alone", []selector.Selector{{Type: selector.UnixSHA256, Value: sum}}, false},
+		{"my path alone", []selector.Selector{{Type: selector.UnixPath, Value: exe}}, false},
 		{"another uid", []selector.Selector{{Type: selector.UnixUID, Value: "54321"}}, false},
 		{"another path", []selector.Selector{uidSel(), {Type: selector.UnixPath, Value: "/usr/bin/not-me"}}, false},
-		{"another hash", []selector.Selector{{Type: selector.UnixSHA256, Value: hex.EncodeToString(make([]byte, 32))}}, false},
+		{"another hash", []selector.Selector{uidSel(), {Type: selector.UnixSHA256, Value: hex.EncodeToString(make([]byte, 32))}}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -211,7 +215,7 @@ func (w watcher) OnX509ContextWatchError(err error)              { w.errs <- err
 func TestListenRefusesToReplaceAFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "not-a-socket")
 	os.WriteFile(path, []byte("x"), 0o600)
-	if _, err := Listen(path); err == nil {
+	if _, err := Listen(path, os.Geteuid()); err == nil {
 		t.Fatal("Listen replaced a regular file")
 	}
 }

@@ -45,6 +45,10 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"OAuthUsers", testOAuthUsers},
 		{"OAuthGrants", testOAuthGrants},
 		{"OAuthGrantRace", testOAuthGrantRace},
+		{"OAuthFamilies", testOAuthFamilies},
+		{"OAuthFamilyRace", testOAuthFamilyRace},
+		{"TOTPStepRace", testTOTPStepRace},
+		{"DPoPProofs", testDPoPProofs},
 		{"KMSKeys", testKMSKeys},
 		{"KMSRotateRace", testKMSRotateRace},
 	}

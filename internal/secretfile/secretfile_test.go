@@ -1,0 +1,48 @@
+package secretfile
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestRead(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, mode) // past the umask
+		return p
+	}
+	tests := []struct {
+		name, path, want, wantErr string
+	}{
+		{"0600 with newline", write("a", "s3cret\n", 0o600), "s3cret", ""},
+		{"0400 with CRLF", write("b", "s3cret\r\n", 0o400), "s3cret", ""},
+		{"inner spaces kept", write("c", " pass word \n", 0o600), " pass word ", ""},
+		{"group readable", write("d", "s3cret", 0o640), "", "chmod 600"},
+		{"world readable", write("e", "s3cret", 0o644), "", "must not be readable or writable by group or others"},
+		{"group writable", write("f", "s3cret", 0o620), "", "chmod 600"},
+		{"empty", write("g", "\n", 0o600), "", "is empty"},
+		{"too large", write("h", strings.Repeat("x", MaxSize+1), 0o600), "", "larger than"},
+		{"directory", dir, "", "not a regular file"},
+		{"missing", filepath.Join(dir, "nope"), "", "no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Read(tt.path)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Read = %q, %v; want error %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || string(got) != tt.want {
+				t.Fatalf("Read = %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}
