@@ -100,6 +100,9 @@ func (s *Server) Handler() http.Handler {
 		route("POST /v1/kms/keys/{name}/"+op, h)
 	}
 
+	// Backups and restore drills (backup.go).
+	s.backupRoutes(route)
+
 	// Audit entries from agents' and proxies' spools.
 	route("POST /v1/audit/ingest", s.atHolder(s.workload(s.handleIngest)))
 

@@ -26,6 +26,7 @@ import (
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/spool"
+	"github.com/rampartsec/rampart/internal/backup"
 	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/keywrap"
@@ -87,6 +88,9 @@ type Config struct {
 	// entries are spooled and shipped there (see forward.go).
 	AuditForwardTo string
 
+	// Backup, if set, makes backups and drills on a schedule (backup.go).
+	Backup *BackupConfig
+
 	// Issuer is the OAuth/OIDC issuer URL; empty: https://LISTEN (an
 	// unspecified host becomes localhost).
 	Issuer string
@@ -130,6 +134,7 @@ type Server struct {
 	notifier        *detect.Notifier
 	oauth           *oauth.Provider // nil until the issuer address is known
 	kms             *kms.Service
+	backup          *backup.Runner            // nil: no backups configured
 	kmsPolicy       atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
@@ -251,6 +256,10 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		err = s.openForwarder(cfg.AuditForwardTo)
 	}
 	if err != nil {
+		return nil, err
+	}
+	if err := s.startBackup(); err != nil {
+		s.closeAudit()
 		return nil, err
 	}
 	token, err := loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "admin.token"))
@@ -407,6 +416,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.audit != nil { // the replica that keeps the log
 		loops.Go(func() { s.checkpointLoop(bg) })
 		loops.Go(func() { s.detector.Run(bg) })
+	}
+	if s.backup != nil {
+		loops.Go(func() { s.backup.Run(bg) })
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
