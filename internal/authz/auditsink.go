@@ -13,14 +13,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 )
 
 // Recorder takes audit entries; *spool.Spool implements it. Record must not
 // wait on anything the caller of a decision controls.
 type Recorder interface {
-	Record(e *audit.Entry) error
+	Record(e *auditentry.Entry) error
 }
 
 // Aggregation bounds.
@@ -142,12 +142,12 @@ func (s *AuditSink) Decision(_ context.Context, ev Event) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		s.record([]*audit.Entry{DecisionEntry(ev)})
+		s.record([]*auditentry.Entry{DecisionEntry(ev)})
 		return
 	}
 	out := s.rollLocked(s.cfg.Now(), false)
 	k := aggKey{caller: ev.Caller, user: ev.User, act: ev.Act, target: ev.Target, method: ev.Method,
-		path: audit.Clip(ev.Path), outcome: outcomeOf(ev), reason: audit.Clip(ev.Reason), rule: ev.Rule, version: ev.Version, dryRun: ev.DryRun}
+		path: auditentry.Clip(ev.Path), outcome: outcomeOf(ev), reason: auditentry.Clip(ev.Reason), rule: ev.Rule, version: ev.Version, dryRun: ev.DryRun}
 	if a, ok := s.keys[k]; ok {
 		a.add(ev)
 		s.aggregated.Inc()
@@ -176,9 +176,9 @@ func (s *AuditSink) Decision(_ context.Context, ev Event) {
 
 func outcomeOf(ev Event) string {
 	if ev.Allowed {
-		return audit.OutcomeSuccess
+		return auditentry.OutcomeSuccess
 	}
-	return audit.OutcomeDenied
+	return auditentry.OutcomeDenied
 }
 
 func (a *agg) add(ev Event) {
@@ -191,12 +191,12 @@ func (a *agg) add(ev Event) {
 
 // rollLocked ends the interval if it is over (or if force), returning the
 // aggregate entries of its counted decisions.
-func (s *AuditSink) rollLocked(now time.Time, force bool) []*audit.Entry {
+func (s *AuditSink) rollLocked(now time.Time, force bool) []*auditentry.Entry {
 	if !force && now.Sub(s.start) < s.cfg.Interval {
 		return nil
 	}
 	s.start = now
-	var out []*audit.Entry
+	var out []*auditentry.Entry
 	for k, a := range s.keys {
 		if a.n > 0 {
 			out = append(out, aggregateEntry(k, a))
@@ -210,9 +210,9 @@ func (s *AuditSink) rollLocked(now time.Time, force bool) []*audit.Entry {
 }
 
 // aggregateEntry is the entry standing for a.n decisions of kind k.
-func aggregateEntry(k aggKey, a *agg) *audit.Entry {
+func aggregateEntry(k aggKey, a *agg) *auditentry.Entry {
 	ev := Event{Time: a.first, Caller: k.caller, User: k.user, Act: k.act, Target: k.target, Method: k.method, Path: k.path,
-		Rule: k.rule, Version: k.version, Allowed: k.outcome == audit.OutcomeSuccess, DryRun: k.dryRun, Reason: k.reason, Remote: a.remote}
+		Rule: k.rule, Version: k.version, Allowed: k.outcome == auditentry.OutcomeSuccess, DryRun: k.dryRun, Reason: k.reason, Remote: a.remote}
 	e := DecisionEntry(ev)
 	delete(e.Details, "latency_ns")
 	e.Details["count"] = strconv.FormatUint(a.n, 10)
@@ -224,16 +224,16 @@ func aggregateEntry(k aggKey, a *agg) *audit.Entry {
 		e.Details["aggregated"] = "per caller: more distinct requests than " + strconv.Itoa(maxKeysPerCaller) + " in the interval"
 	case 2:
 		e.Details["path"] = "*"
-		e.Actor = audit.Actor{User: "many-callers"}
+		e.Actor = auditentry.Actor{User: "many-callers"}
 		e.Details["aggregated"] = "per service: more distinct requests than " + strconv.Itoa(maxKeys) + " in the interval"
 	}
-	if k.level > 0 && e.Outcome == audit.OutcomeDenied {
+	if k.level > 0 && e.Outcome == auditentry.OutcomeDenied {
 		e.Reason = "denied (reasons not kept past the aggregation bounds)"
 	}
 	return e
 }
 
-func (s *AuditSink) record(es []*audit.Entry) {
+func (s *AuditSink) record(es []*auditentry.Entry) {
 	for _, e := range es {
 		if err := s.cfg.Recorder.Record(e); err != nil {
 			s.unrecorded.Inc()
@@ -272,16 +272,16 @@ func (s *AuditSink) Close() {
 
 // DecisionEntry is the audit entry for a decision: the caller is the actor,
 // the protected service the target.
-func DecisionEntry(ev Event) *audit.Entry {
-	e := &audit.Entry{V: audit.SchemaVersion, Time: ev.Time, Action: "authz.decision", Target: ev.Target,
-		Outcome: audit.OutcomeSuccess, Reason: ev.Reason, Details: map[string]string{"latency_ns": strconv.FormatInt(int64(ev.Latency), 10)}}
+func DecisionEntry(ev Event) *auditentry.Entry {
+	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: ev.Time, Action: "authz.decision", Target: ev.Target,
+		Outcome: auditentry.OutcomeSuccess, Reason: ev.Reason, Details: map[string]string{"latency_ns": strconv.FormatInt(int64(ev.Latency), 10)}}
 	e.Actor.SpiffeID = ev.Caller
 	e.Actor.User = ev.User // the end user the caller acts for, if any
 	if ev.Caller == "" && ev.User == "" {
 		e.Actor.User = "unauthenticated"
 	}
 	if !ev.Allowed {
-		e.Outcome = audit.OutcomeDenied
+		e.Outcome = auditentry.OutcomeDenied
 	}
 	for _, kv := range [...][2]string{{"method", ev.Method}, {"path", ev.Path}, {"rule", ev.Rule}, {"policy_version", ev.Version}, {"remote", ev.Remote}, {"act", ev.Act}} {
 		if kv[1] != "" {
@@ -291,13 +291,13 @@ func DecisionEntry(ev Event) *audit.Entry {
 	if ev.DryRun {
 		e.Details["dry_run_denied"] = "true"
 	}
-	if e.Outcome == audit.OutcomeDenied && e.Reason == "" {
+	if e.Outcome == auditentry.OutcomeDenied && e.Reason == "" {
 		e.Reason = "no rule allows it"
 		if ev.Version == "" {
 			e.Reason = "no policy for this service"
 		}
 	}
-	audit.ClipEntry(e) // the path and reason are the caller's
+	auditentry.ClipFields(e) // the path and reason are the caller's
 	return e
 }
 

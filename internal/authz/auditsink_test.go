@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 )
 
 func TestDecisionEntry(t *testing.T) {
@@ -21,15 +21,15 @@ func TestDecisionEntry(t *testing.T) {
 		details map[string]string
 	}{
 		{"allowed", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "GET", Path: "/x", Rule: "r1", Version: "v1", Allowed: true},
-			audit.OutcomeSuccess, "", map[string]string{"method": "GET", "path": "/x", "rule": "r1", "policy_version": "v1"}},
+			auditentry.OutcomeSuccess, "", map[string]string{"method": "GET", "path": "/x", "rule": "r1", "policy_version": "v1"}},
 		{"denied by the policy", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "DELETE", Path: "/x", Version: "v1"},
-			audit.OutcomeDenied, "no rule allows it", map[string]string{"method": "DELETE", "rule": ""}},
+			auditentry.OutcomeDenied, "no rule allows it", map[string]string{"method": "DELETE", "rule": ""}},
 		{"no policy", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b"},
-			audit.OutcomeDenied, "no policy for this service", nil},
+			auditentry.OutcomeDenied, "no policy for this service", nil},
 		{"bad path", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Reason: "ambiguous path", Version: "v1"},
-			audit.OutcomeDenied, "ambiguous path", nil},
+			auditentry.OutcomeDenied, "ambiguous path", nil},
 		{"dry run", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Version: "v1", Allowed: true, DryRun: true},
-			audit.OutcomeSuccess, "", map[string]string{"dry_run_denied": "true"}},
+			auditentry.OutcomeSuccess, "", map[string]string{"dry_run_denied": "true"}},
 	} {
 		e := DecisionEntry(tc.ev)
 		if err := e.Validate(); err != nil {
@@ -52,10 +52,10 @@ func TestDecisionEntry(t *testing.T) {
 
 type recorder struct {
 	mu  sync.Mutex
-	got []*audit.Entry
+	got []*auditentry.Entry
 }
 
-func (r *recorder) Record(e *audit.Entry) error {
+func (r *recorder) Record(e *auditentry.Entry) error {
 	r.mu.Lock()
 	r.got = append(r.got, e)
 	r.mu.Unlock()
@@ -133,7 +133,7 @@ func TestAuditSinkAggregatesAFloodWithoutLosingDecisions(t *testing.T) {
 	}
 	s.Close()
 	entries, got := rec.decisions(t)
-	if got[audit.OutcomeDenied] != seconds*perSecond*9/10 || got[audit.OutcomeSuccess] != seconds*perSecond/10 {
+	if got[auditentry.OutcomeDenied] != seconds*perSecond*9/10 || got[auditentry.OutcomeSuccess] != seconds*perSecond/10 {
 		t.Fatalf("decisions counted %v, want %d denied and %d allowed", got, seconds*perSecond*9/10, seconds*perSecond/10)
 	}
 	// Two kinds, 6 intervals: an individual entry and an aggregate each.
@@ -142,9 +142,9 @@ func TestAuditSinkAggregatesAFloodWithoutLosingDecisions(t *testing.T) {
 	}
 	// The aggregate says what it counts.
 	rec.mu.Lock()
-	var agg *audit.Entry
+	var agg *auditentry.Entry
 	for _, e := range rec.got {
-		if e.Details["count"] != "" && e.Outcome == audit.OutcomeDenied {
+		if e.Details["count"] != "" && e.Outcome == auditentry.OutcomeDenied {
 			agg = e
 			break
 		}
@@ -169,14 +169,14 @@ func TestAuditSinkBoundsDistinctPaths(t *testing.T) {
 	}
 	s.Close()
 	entries, got := rec.decisions(t)
-	if got[audit.OutcomeDenied] != n {
-		t.Fatalf("%d decisions counted, want %d", got[audit.OutcomeDenied], n)
+	if got[auditentry.OutcomeDenied] != n {
+		t.Fatalf("%d decisions counted, want %d", got[auditentry.OutcomeDenied], n)
 	}
 	if entries > maxKeysPerCaller+1 {
 		t.Fatalf("%d entries, want at most %d", entries, maxKeysPerCaller+1)
 	}
 	for _, e := range rec.got {
-		if len(e.Details["path"]) > audit.MaxField {
+		if len(e.Details["path"]) > auditentry.MaxField {
 			t.Fatalf("path of %d bytes kept", len(e.Details["path"]))
 		}
 	}
@@ -202,7 +202,7 @@ func TestAuditSinkIntervalRolls(t *testing.T) {
 	ev.Time = clk.Now()
 	s.Decision(context.Background(), ev) // ends the interval: aggregate of 2, then this one individually
 	n, got := rec.decisions(t)
-	if n != 3 || got[audit.OutcomeSuccess] != 4 {
+	if n != 3 || got[auditentry.OutcomeSuccess] != 4 {
 		t.Fatalf("%d entries standing for %v, want 3 for 4 decisions", n, got)
 	}
 }

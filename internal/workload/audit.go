@@ -8,13 +8,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 )
 
 // Recorder takes audit entries; the agent's spool implements it, and
 // delivers them to the server's log.
 type Recorder interface {
-	Record(e *audit.Entry) error
+	Record(e *auditentry.Entry) error
 }
 
 // refusalInterval bounds how often one process (uid and executable) is
@@ -74,7 +74,7 @@ func (a *auditor) refused(ctx context.Context, p *process, method, reason string
 	suppressed := rf.suppressed
 	rf.at, rf.suppressed = now, 0
 	a.mu.Unlock()
-	e := &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "workload.attest", Outcome: audit.OutcomeDenied,
+	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Action: "workload.attest", Outcome: auditentry.OutcomeDenied,
 		Reason: reason, Target: a.self.String(), Source: a.self.String(),
 		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
 			"gid": strconv.FormatUint(uint64(c.GID), 10)}}

@@ -1,4 +1,4 @@
-package audit
+package auditentry
 
 import (
 	"bytes"
@@ -18,9 +18,9 @@ import (
 // SchemaVersion is the version of Entry's encoding.
 const SchemaVersion = 1
 
-// MaxEntrySize bounds an encoded entry: C2SP entry bundles length-prefix
+// MaxSize bounds an encoded entry: C2SP entry bundles length-prefix
 // entries with 16 bits.
-const MaxEntrySize = 1<<16 - 1
+const MaxSize = 1<<16 - 1
 
 // Outcome of an audited action.
 const (
@@ -95,19 +95,19 @@ func (e *Entry) Marshal() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: entry: %w", err)
 	}
-	if len(b) > MaxEntrySize {
-		return nil, fmt.Errorf("audit: entry: %d bytes encoded, at most %d", len(b), MaxEntrySize)
+	if len(b) > MaxSize {
+		return nil, fmt.Errorf("audit: entry: %d bytes encoded, at most %d", len(b), MaxSize)
 	}
 	return b, nil
 }
 
-// DecodeEntry decodes an entry strictly (unknown fields and trailing data
+// Decode decodes an entry strictly (unknown fields and trailing data
 // are errors) and validates it, but does not require the canonical
 // encoding: for a receiver that re-encodes what it stores (the server's
 // ingestion), which saves an encoding per entry.
-func DecodeEntry(b []byte) (*Entry, error) {
-	if len(b) > MaxEntrySize {
-		return nil, fmt.Errorf("audit: entry: %d bytes, at most %d", len(b), MaxEntrySize)
+func Decode(b []byte) (*Entry, error) {
+	if len(b) > MaxSize {
+		return nil, fmt.Errorf("audit: entry: %d bytes, at most %d", len(b), MaxSize)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -124,23 +124,12 @@ func DecodeEntry(b []byte) (*Entry, error) {
 	return &e, nil
 }
 
-// ParseEntry decodes an entry strictly (unknown fields, trailing data and a
+// Parse decodes an entry strictly (unknown fields, trailing data and a
 // non-canonical encoding are errors), so that what is stored is exactly what
 // Marshal produces.
-func ParseEntry(b []byte) (*Entry, error) {
-	if len(b) > MaxEntrySize {
-		return nil, fmt.Errorf("audit: entry: %d bytes, at most %d", len(b), MaxEntrySize)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	var e Entry
-	if err := dec.Decode(&e); err != nil {
-		return nil, fmt.Errorf("audit: entry: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("audit: entry: data after the object")
-	}
-	if err := e.Validate(); err != nil {
+func Parse(b []byte) (*Entry, error) {
+	e, err := Decode(b)
+	if err != nil {
 		return nil, err
 	}
 	canon, err := e.Marshal()
@@ -150,13 +139,13 @@ func ParseEntry(b []byte) (*Entry, error) {
 	if !bytes.Equal(canon, b) {
 		return nil, errors.New("audit: entry: not in canonical form")
 	}
-	return &e, nil
+	return e, nil
 }
 
 // Clipping. Much of an entry comes from whoever made the request (a path, a
 // header, a claimed identity, an error quoting the input), and the log is
 // permanent: a field never keeps more than MaxField bytes, so an entry's
-// size does not depend on its input and never reaches MaxEntrySize.
+// size does not depend on its input and never reaches MaxSize.
 const (
 	// MaxField is the most bytes a field keeps (its clip marker included).
 	MaxField = 400
@@ -164,7 +153,7 @@ const (
 	MaxDetails = 32
 	// maxDetailKey is the most bytes a detail's name keeps.
 	maxDetailKey = 64
-	// DetailClipped lists the fields ClipEntry clipped, comma-separated.
+	// DetailClipped lists the fields ClipFields clipped, comma-separated.
 	DetailClipped = "clipped"
 	clipPrefix    = "…[clipped "
 )
@@ -190,12 +179,12 @@ func clipTo(s string, limit int) string {
 	return s[:cut] + marker
 }
 
-// ClipEntry clips every string field of e that a caller may have chosen
+// ClipFields clips every string field of e that a caller may have chosen
 // (actor, target, reason, request ID, details; at most MaxDetails details,
 // the rest counted in "details_dropped") and names the clipped ones in
 // details["clipped"], so a reader can tell a clipped value from one that
 // merely ends like a marker. It reports whether anything was clipped.
-func ClipEntry(e *Entry) bool {
+func ClipFields(e *Entry) bool {
 	var clipped []string
 	field := func(name string, v *string) {
 		if len(*v) > MaxField {
