@@ -15,6 +15,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/audit/auditentry"
 	"github.com/rampartsec/rampart/internal/audit/spool"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 // Recorder takes audit entries; *spool.Spool implements it. Record must not
@@ -136,9 +137,9 @@ func (s *AuditSink) loop() {
 	}
 }
 
-// Decision implements Sink. ctx is not used: what is recorded never
+// Decision implements decision.Sink. ctx is not used: what is recorded never
 // depends on whether the caller is still there.
-func (s *AuditSink) Decision(_ context.Context, ev Event) {
+func (s *AuditSink) Decision(_ context.Context, ev decision.Event) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -174,14 +175,14 @@ func (s *AuditSink) Decision(_ context.Context, ev Event) {
 	s.record(out)
 }
 
-func outcomeOf(ev Event) string {
+func outcomeOf(ev decision.Event) string {
 	if ev.Allowed {
 		return auditentry.OutcomeSuccess
 	}
 	return auditentry.OutcomeDenied
 }
 
-func (a *agg) add(ev Event) {
+func (a *agg) add(ev decision.Event) {
 	if a.n == 0 {
 		a.first, a.remote = ev.Time, ev.Remote
 	}
@@ -211,7 +212,7 @@ func (s *AuditSink) rollLocked(now time.Time, force bool) []*auditentry.Entry {
 
 // aggregateEntry is the entry standing for a.n decisions of kind k.
 func aggregateEntry(k aggKey, a *agg) *auditentry.Entry {
-	ev := Event{Time: a.first, Caller: k.caller, User: k.user, Act: k.act, Target: k.target, Method: k.method, Path: k.path,
+	ev := decision.Event{Time: a.first, Caller: k.caller, User: k.user, Act: k.act, Target: k.target, Method: k.method, Path: k.path,
 		Rule: k.rule, Version: k.version, Allowed: k.outcome == auditentry.OutcomeSuccess, DryRun: k.dryRun, Reason: k.reason, Remote: a.remote}
 	e := DecisionEntry(ev)
 	delete(e.Details, "latency_ns")
@@ -272,7 +273,7 @@ func (s *AuditSink) Close() {
 
 // DecisionEntry is the audit entry for a decision: the caller is the actor,
 // the protected service the target.
-func DecisionEntry(ev Event) *auditentry.Entry {
+func DecisionEntry(ev decision.Event) *auditentry.Entry {
 	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: ev.Time, Action: "authz.decision", Target: ev.Target,
 		Outcome: auditentry.OutcomeSuccess, Reason: ev.Reason, Details: map[string]string{"latency_ns": strconv.FormatInt(int64(ev.Latency), 10)}}
 	e.Actor.SpiffeID = ev.Caller
@@ -302,10 +303,10 @@ func DecisionEntry(ev Event) *auditentry.Entry {
 }
 
 // Sinks hands each decision to every sink in turn.
-type Sinks []Sink
+type Sinks []decision.Sink
 
-// Decision implements Sink.
-func (ss Sinks) Decision(ctx context.Context, ev Event) {
+// Decision implements decision.Sink.
+func (ss Sinks) Decision(ctx context.Context, ev decision.Event) {
 	for _, s := range ss {
 		s.Decision(ctx, ev)
 	}
@@ -323,7 +324,7 @@ const ShipLinger = 250 * time.Millisecond
 // audit log over mTLS, and returns a sink that records into it alongside
 // next (the log sink, usually). Close the spool when done.
 func ShipDecisions(dir, serverAddr string, td spiffeid.TrustDomain, svid x509svid.Source, bundles x509bundle.Source,
-	next Sink, log *slog.Logger, reg *prometheus.Registry) (*spool.Spool, Sink, error) {
+	next decision.Sink, log *slog.Logger, reg *prometheus.Registry) (*spool.Spool, decision.Sink, error) {
 	var sink *AuditSink
 	sp, err := spool.Open(spool.Config{Dir: dir, Log: log, Registry: reg,
 		Sender: spool.APISender{Client: ServerClient(serverAddr, td, svid, bundles)},

@@ -9,26 +9,27 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/audit/auditentry"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 func TestDecisionEntry(t *testing.T) {
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for _, tc := range []struct {
 		name    string
-		ev      Event
+		ev      decision.Event
 		outcome string
 		reason  string
 		details map[string]string
 	}{
-		{"allowed", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "GET", Path: "/x", Rule: "r1", Version: "v1", Allowed: true},
+		{"allowed", decision.Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "GET", Path: "/x", Rule: "r1", Version: "v1", Allowed: true},
 			auditentry.OutcomeSuccess, "", map[string]string{"method": "GET", "path": "/x", "rule": "r1", "policy_version": "v1"}},
-		{"denied by the policy", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "DELETE", Path: "/x", Version: "v1"},
+		{"denied by the policy", decision.Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "DELETE", Path: "/x", Version: "v1"},
 			auditentry.OutcomeDenied, "no rule allows it", map[string]string{"method": "DELETE", "rule": ""}},
-		{"no policy", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b"},
+		{"no policy", decision.Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b"},
 			auditentry.OutcomeDenied, "no policy for this service", nil},
-		{"bad path", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Reason: "ambiguous path", Version: "v1"},
+		{"bad path", decision.Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Reason: "ambiguous path", Version: "v1"},
 			auditentry.OutcomeDenied, "ambiguous path", nil},
-		{"dry run", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Version: "v1", Allowed: true, DryRun: true},
+		{"dry run", decision.Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Version: "v1", Allowed: true, DryRun: true},
 			auditentry.OutcomeSuccess, "", map[string]string{"dry_run_denied": "true"}},
 	} {
 		e := DecisionEntry(tc.ev)
@@ -45,7 +46,7 @@ func TestDecisionEntry(t *testing.T) {
 		}
 	}
 	// A decision without a verified caller still names an actor.
-	if e := DecisionEntry(Event{Time: at, Target: "spiffe://example.org/b"}); e.Validate() != nil || e.Actor.User != "unauthenticated" {
+	if e := DecisionEntry(decision.Event{Time: at, Target: "spiffe://example.org/b"}); e.Validate() != nil || e.Actor.User != "unauthenticated" {
 		t.Fatalf("no caller: %+v", e)
 	}
 }
@@ -102,7 +103,7 @@ func TestSinksFanOut(t *testing.T) {
 	sa, sb := NewAuditSink(AuditSinkConfig{Recorder: a}), NewAuditSink(AuditSinkConfig{Recorder: b})
 	defer sa.Close()
 	defer sb.Close()
-	Sinks{sa, sb}.Decision(context.Background(), Event{Time: time.Now(), Caller: "spiffe://example.org/a", Allowed: true})
+	Sinks{sa, sb}.Decision(context.Background(), decision.Event{Time: time.Now(), Caller: "spiffe://example.org/a", Allowed: true})
 	if len(a.got) != 1 || len(b.got) != 1 {
 		t.Fatalf("fan-out: %d %d", len(a.got), len(b.got))
 	}
@@ -117,8 +118,8 @@ func TestAuditSinkAggregatesAFloodWithoutLosingDecisions(t *testing.T) {
 	s := NewAuditSink(AuditSinkConfig{Recorder: rec, Interval: 5 * time.Second, Now: clk.Now})
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
-	denied := Event{Caller: "spiffe://example.org/rogue", Target: "spiffe://example.org/payments", Method: "GET", Path: "/admin", Version: "v1"}
-	allowed := Event{Caller: "spiffe://example.org/orders", Target: "spiffe://example.org/payments", Method: "GET", Path: "/payments/1", Version: "v1", Rule: "r", Allowed: true}
+	denied := decision.Event{Caller: "spiffe://example.org/rogue", Target: "spiffe://example.org/payments", Method: "GET", Path: "/admin", Version: "v1"}
+	allowed := decision.Event{Caller: "spiffe://example.org/orders", Target: "spiffe://example.org/payments", Method: "GET", Path: "/payments/1", Version: "v1", Rule: "r", Allowed: true}
 	const seconds, perSecond = 30, 1000
 	for range seconds {
 		for i := range perSecond {
@@ -164,7 +165,7 @@ func TestAuditSinkBoundsDistinctPaths(t *testing.T) {
 	s := NewAuditSink(AuditSinkConfig{Recorder: rec, Interval: 5 * time.Second, Now: clk.Now})
 	const n = 20000
 	for i := range n {
-		s.Decision(context.Background(), Event{Time: clk.Now(), Caller: "spiffe://example.org/rogue", Target: "spiffe://example.org/payments",
+		s.Decision(context.Background(), decision.Event{Time: clk.Now(), Caller: "spiffe://example.org/rogue", Target: "spiffe://example.org/payments",
 			Method: "GET", Path: "/x/" + strconv.Itoa(i) + "/" + strings.Repeat("a", 1000)})
 	}
 	s.Close()
@@ -190,7 +191,7 @@ func TestAuditSinkIntervalRolls(t *testing.T) {
 	rec := &recorder{}
 	s := NewAuditSink(AuditSinkConfig{Recorder: rec, Interval: 5 * time.Second, Now: clk.Now})
 	defer s.Close()
-	ev := Event{Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "GET", Path: "/", Allowed: true}
+	ev := decision.Event{Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "GET", Path: "/", Allowed: true}
 	for range 3 {
 		ev.Time = clk.Now()
 		s.Decision(context.Background(), ev)
