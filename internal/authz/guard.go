@@ -110,8 +110,16 @@ func NewGuard(cfg GuardConfig) *Guard {
 // Syncer).
 func (g *Guard) Tokens() *Tokens { return g.tokens }
 
-// SetPolicy installs a compiled policy; nil removes it (default deny).
-func (g *Guard) SetPolicy(e *policy.Engine) { g.engine.Store(e) }
+// SetPolicy installs a compiled policy; nil removes it (default deny). In a
+// program built without CEL (policy.CEL false), a policy with conditions
+// decides more strictly than it says, which is logged as an error.
+func (g *Guard) SetPolicy(e *policy.Engine) {
+	if e != nil && !policy.CEL && e.Conditions() > 0 {
+		g.cfg.Log.Error("this program was built without CEL (-tags rampart_omit_cel): the policy's allow rules with a when condition never match, its deny rules with one always do",
+			"service", e.Service().String(), "policy_version", e.Version(), "conditions", e.Conditions())
+	}
+	g.engine.Store(e)
+}
 
 // Policy returns the installed policy, or nil.
 func (g *Guard) Policy() *policy.Engine { return g.engine.Load() }
