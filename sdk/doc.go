@@ -45,5 +45,9 @@
 // API Rampart promises to keep stable. They depend on nothing of the server
 // (no store, SQL driver, PKCS#11 or audit log writer: internal/deptest
 // fails the build otherwise), and two complete services using them are in
-// examples/.
+// examples/. Most of what they add to a binary is cel-go, which evaluates
+// the policies' `when` conditions: built with -tags rampart_omit_cel, a
+// service leaves it out, and every condition then fails closed (an allow
+// rule with one never matches, a deny rule with one always does; an error
+// is logged when such a policy is installed). See docs/dataplane.md.
 package sdk
