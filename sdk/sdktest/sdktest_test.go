@@ -18,7 +18,7 @@ func TestSVIDVerifiesAgainstBundle(t *testing.T) {
 	if err != nil || got != id {
 		t.Fatalf("Verify = %s, %v", got, err)
 	}
-	if life := sv.Certificates[0].NotAfter.Sub(time.Now()); life > SVIDLifetime || life < SVIDLifetime-time.Minute {
+	if life := time.Until(sv.Certificates[0].NotAfter); life > SVIDLifetime || life < SVIDLifetime-time.Minute {
 		t.Fatalf("SVID valid for %v", life)
 	}
 	// Another CA's SVID, even for the same ID, does not verify.
