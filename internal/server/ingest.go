@@ -151,7 +151,7 @@ func (r ingestRole) String() string {
 	return [...]string{"none", "agent", "enforcer", "server"}[r]
 }
 
-// roleOf says what caller may ship (decision 0029: a workload is an
+// roleOf says what caller may ship (decision 0030: a workload is an
 // enforcement point, a proxy or SDK service, when a policy protecting it
 // was ever published).
 func (s *Server) roleOf(ctx context.Context, caller spiffeid.ID) (ingestRole, error) {

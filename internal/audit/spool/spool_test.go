@@ -287,9 +287,11 @@ func TestFullSpoolDropsAndCounts(t *testing.T) {
 	if refused == 0 || uint64(refused) != s.Dropped() {
 		t.Fatalf("%d entries refused as dropped, Dropped() = %d; want the same, above 0", refused, s.Dropped())
 	}
-	// Bounded: the queue, one batch in the writer's hands, and what was
-	// written before the spool reached 2 KiB (at most one more batch).
-	if kept := n - refused; kept > queueLen+2*writeBatch+16 {
+	// Bounded: what was written before the spool reached 2 KiB (at most
+	// one queue, drained by a caller when the writer goroutine had not run
+	// yet, or one batch), then the queue and one batch in the writer's hands
+	// waiting for the server. On a loaded machine the first case happens.
+	if kept := n - refused; kept > 2*queueLen+writeBatch+16 {
 		t.Fatalf("kept %d entries with 2 KiB of spool; memory is not bounded", kept)
 	}
 	if got := testutil.ToFloat64(s.dropCounter); got != float64(refused) {
