@@ -10,7 +10,9 @@ import (
 
 // Identity headers other proxies, gateways and platforms set for the app
 // behind them, and apps therefore read as proven: a client certificate, a
-// SPIFFE ID, a peer or an authenticated user. Behind this proxy none of
+// SPIFFE ID, a peer or an authenticated user, and the gateway's word that a
+// request is internal or what URL, host or scheme it originally had (which
+// apps trust for access and routing). Behind this proxy none of
 // them was set by anyone the app can trust (the proxy sets only its own,
 // X-Rampart-* and X-Forwarded-Client-Cert), so a caller's are removed
 // before the policy and the app see the request. The list follows what
@@ -24,8 +26,16 @@ import (
 var identityHeaders = mustHeaderNames(
 	// Workload identity and meshes.
 	"X-Spiffe-*", "X-Peer-*", // SPIFFE IDs, peer identities set by sidecars
-	"L5d-Client-Id",          // Linkerd: the meshed client's identity
-	"X-Envoy-Peer-Metadata*", // Istio: the peer workload's metadata
+	"L5d-Client-Id", // Linkerd: the meshed client's identity
+	// Envoy: x-envoy-* request headers are Envoy's to set, and it removes
+	// those it trusts from requests it deems external ("HTTP header
+	// sanitizing"): x-envoy-internal (the request is internal),
+	// -external-address (the client's address), -downstream-service-
+	// cluster and -node (the caller), -original-path (the path before a
+	// rewrite), -peer-metadata and -peer-metadata-id (Istio: the peer
+	// workload), and the retry and timeout orders Envoy obeys when the
+	// app's own calls go through it.
+	"X-Envoy-*",
 	// Client certificates passed on by a TLS terminator (nginx, HAProxy,
 	// Traefik, Apache, RFC 9440).
 	"Client-Cert*", "Ssl-Client-*", "X-Ssl*", "X-Tls-Client-*",
@@ -54,6 +64,15 @@ var identityHeaders = mustHeaderNames(
 	"X-Apigateway-Api-Userinfo", "X-Endpoint-Api-Userinfo", // Google API Gateway, Cloud Endpoints
 	"X-Ms-Client-Principal*", "X-Ms-Token-*", // Azure App Service authentication
 	"Cf-Access-*", // Cloudflare Access
+	// What a gateway says the request was before it reached the app: the
+	// original URI, host or scheme. Apps route, build redirects and
+	// decide "internal" on them. (X-Original-URL and X-Rewrite-URL, IIS
+	// URL Rewrite, ASP.NET and Symfony, go as URL overrides in guard.go.)
+	"X-Original-Uri",               // nginx auth_request recipes
+	"X-Original-Host",              // Azure Application Gateway
+	"X-Original-Forwarded-For",     // ingress-nginx
+	"X-Arr-Ssl", "Front-End-Https", // IIS ARR, Outlook Web Access and nginx recipes: "came over HTTPS"
+	"X-Scheme", "X-Url-Scheme", // Tornado's xheaders, nginx recipes
 )
 
 // HeaderNames is a set of header names and name prefixes, matched against

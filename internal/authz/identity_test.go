@@ -31,6 +31,16 @@ var forgedIdentity = []string{
 	"X-WEBAUTH-USER", "Tailscale-User-Login", "X-Pomerium-Jwt-Assertion", "X-Pomerium-Claim-Email",
 	"X-Authentik-Username", "X-Vouch-User", "L5d-Client-Id", "X-Envoy-Peer-Metadata", "Shib-Identity-Provider", "Sm-User",
 	"X-Jwt-Assertion", "X-Apigateway-Api-Userinfo", "X-Endpoint-Api-Userinfo",
+	// Internal-ness, original URL, host and scheme, as gateways claim them
+	// (red team, issue 26 follow-up): Envoy's trusted headers, nginx
+	// auth_request's X-Original-URI, IIS/ASP.NET and Symfony's
+	// X-Original-URL and X-Rewrite-URL, Azure Application Gateway...
+	"X-Envoy-Internal", "x-envoy-internal", "X-Envoy-External-Address", "X-Envoy-Original-Path",
+	"X-Envoy-Original-Url", "X-Envoy-Downstream-Service-Cluster", "X-Envoy-Downstream-Service-Node",
+	"X-Envoy-Peer-Metadata-Id", "X-Envoy-Ip-Tags", "X-Envoy-Decorator-Operation", "X-Envoy-Force-Trace",
+	"X-Envoy-Retry-On", "X-Envoy-Max-Retries", "X-Envoy-Upstream-Rq-Timeout-Ms", "X-Envoy-Expected-Rq-Timeout-Ms",
+	"X-Original-URI", "X-Original-URL", "X-Rewrite-URL", "X-Original-Host", "X-Original-Forwarded-For",
+	"X-ARR-SSL", "Front-End-Https", "X-Scheme", "X-Url-Scheme",
 	// Underscore spellings (CGI-style servers read them as the dash ones).
 	"X_Spiffe_Id", "x_remote_user", "X-MS_CLIENT_PRINCIPAL",
 }

@@ -28,6 +28,12 @@ var forgedIdentityFields = []string{
 	"X-Authenticated-Userid", "X-Amzn-Oidc-Identity", "X-Goog-Authenticated-User-Email",
 	"X-MS-CLIENT-PRINCIPAL-NAME", "Cf-Access-Authenticated-User-Email", "L5d-Client-Id",
 	"X_Spiffe_Id", "x_remote_user",
+	// The gateway's word that a request is internal, or what URL it had
+	// (Envoy, nginx auth_request, IIS/ASP.NET, Symfony): the red team saw
+	// these reach the app.
+	"X-Envoy-Internal", "X-Envoy-Original-Path", "X-Original-URI", "X-Original-URL", "X-Rewrite-URL",
+	"X-Envoy-External-Address", "X-Envoy-Downstream-Service-Cluster", "X-Envoy-Peer-Metadata-Id",
+	"X-Original-Host",
 }
 
 func forgedNameOf(appName string) string {
