@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/rampartsec/rampart/internal/selector"
 )
@@ -28,31 +31,60 @@ func (a Attestor) procDir() string {
 // errChanged says the caller is not what it was when it connected.
 var errChanged = errors.New("the caller changed since it connected")
 
-// Attest returns the caller's selectors: uid and gid from the kernel at
-// connect (SO_PEERCRED), supplementary groups, the executable's path, and
-// its SHA-256 when withSHA256 is set (hashing a binary is not free, so it
-// is done only when some entry asks for it).
+// Attestation is what the agent could prove about a caller.
+type Attestation struct {
+	Selectors selector.Set
+	// NotAttested says why a unix:path or unix:sha256 selector that an
+	// entry fitting the caller's uid and gid asks for was not attested
+	// although the caller's executable looked like it (a path naming
+	// another file in the agent's view, a caller in another user
+	// namespace). The server logs it: it is what a spoofing attempt
+	// looks like.
+	NotAttested []string
+}
+
+// Attest returns what can be proven about the caller against entries:
+// uid and gid from the kernel at connect (SO_PEERCRED), supplementary
+// groups, and, for the entries those fit, their unix:path selectors that
+// name the caller's executable and its SHA-256 (hashing a binary is not
+// free, so it is done only when such an entry asks for it).
+//
+// A unix:path selector names a file in the agent's view: it is attested
+// only if stat(path), in the agent's own mount namespace, leads to the
+// very file the caller runs (same device and inode as its /proc/PID/exe,
+// pinned at accept). The name /proc/PID/exe shows proves nothing: in a
+// mount namespace of its own a process can bind-mount any binary over
+// that path, and a binary replaced on disk since it started is no longer
+// the file the path names.
+//
+// Neither a path nor a hash is attested for a caller in another user
+// namespace than the agent's: there an unprivileged process holds every
+// capability over its own namespace, CAP_CHECKPOINT_RESTORE among them,
+// with which it can point its /proc/PID/exe at any file it can open
+// (prctl PR_SET_MM_MAP, exe_fd) while running code of its own. Its uid
+// and gid, which the kernel maps into the agent's namespace, still count.
 //
 // Everything read from /proc is read through the directory pinned at
 // accept, between two checks that the process is still the one that
 // connected (alive, same start time). A caller that has exited, changed
-// its effective uid or gid, or runs another executable than at accept is
-// refused with an error saying which: nothing is guessed.
-func (a Attestor) Attest(p *process, withSHA256 bool) (selector.Set, error) {
+// its effective uid or gid, runs another executable than at accept, or
+// entered another user namespace is refused with an error saying which:
+// nothing is guessed.
+func (a Attestor) Attest(p *process, entries [][]selector.Selector) (Attestation, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.err != nil {
-		return nil, p.err
+		return Attestation{}, p.err
 	}
 	if p.closed {
-		return nil, errors.New("workload: the connection is closed")
+		return Attestation{}, errors.New("workload: the connection is closed")
 	}
 	if err := p.aliveLocked(); err != nil {
-		return nil, err
+		return Attestation{}, err
 	}
 	before, err := p.checkStartLocked()
 	if err != nil {
-		return nil, err
+		return Attestation{}, err
 	}
 	set := selector.NewSet(
 		selector.Selector{Type: selector.UnixUID, Value: strconv.FormatUint(uint64(p.UID), 10)},
@@ -60,14 +92,14 @@ func (a Attestor) Attest(p *process, withSHA256 bool) (selector.Set, error) {
 	)
 	b, err := p.readLocked("status")
 	if err != nil {
-		return nil, fmt.Errorf("workload: pid %d: %w (%v)", p.PID, errGone, err)
+		return Attestation{}, fmt.Errorf("workload: pid %d: %w (%v)", p.PID, errGone, err)
 	}
 	status, err := parseStatus(b)
 	if err != nil {
-		return nil, fmt.Errorf("workload: pid %d: %w", p.PID, err)
+		return Attestation{}, fmt.Errorf("workload: pid %d: %w", p.PID, err)
 	}
 	if status.euid != p.UID || status.egid != p.GID {
-		return nil, fmt.Errorf("workload: pid %d: %w: it connected as uid %d gid %d and now runs as uid %d gid %d",
+		return Attestation{}, fmt.Errorf("workload: pid %d: %w: it connected as uid %d gid %d and now runs as uid %d gid %d",
 			p.PID, errChanged, p.UID, p.GID, status.euid, status.egid)
 	}
 	for _, g := range status.groups {
@@ -77,32 +109,118 @@ func (a Attestor) Attest(p *process, withSHA256 bool) (selector.Set, error) {
 	if err != nil {
 		exe = exeID{}
 	}
-	if exe != p.exe {
-		return nil, fmt.Errorf("workload: pid %d: %w: it ran %s when it connected and runs %s now", p.PID, errChanged, p.exe, exe)
+	// The same file, not the same name: the name changes when the file is
+	// renamed or replaced on disk (" (deleted)"), which is no exec.
+	if !exe.sameFile(p.exe) {
+		return Attestation{}, fmt.Errorf("workload: pid %d: %w: it ran %s when it connected and runs %s now", p.PID, errChanged, p.exe, exe)
 	}
-	if exe.path != "" && !strings.HasSuffix(exe.path, " (deleted)") {
-		set[selector.Selector{Type: selector.UnixPath, Value: exe.path}] = struct{}{}
-		if withSHA256 {
-			// Hash through /proc/PID/exe, not the path: the path may have
-			// been replaced since the process started; exe is what runs.
-			sum, err := p.hashExeLocked()
-			if err != nil {
-				return nil, err
+	ns := p.namespacesLocked()
+	if p.ns.user.known() && ns.user != p.ns.user {
+		return Attestation{}, fmt.Errorf("workload: pid %d: %w: it connected in user namespace %s and is now in %s", p.PID, errChanged, p.ns.user, ns.user)
+	}
+	att := Attestation{Selectors: set}
+	paths, hash := programSelectorsWanted(set, entries)
+	if exe.path != "" && (len(paths) > 0 || hash) {
+		if own := a.userNamespace(); !ns.user.known() || ns.user != own {
+			if namedLike(exe.path, paths) || hash {
+				att.NotAttested = append(att.NotAttested, fmt.Sprintf(
+					"unix:path and unix:sha256 not attested: the caller runs in user namespace %s, not the agent's %s, where it may point its /proc/PID/exe at any file (prctl PR_SET_MM_MAP)",
+					ns.user, own))
 			}
-			set[selector.Selector{Type: selector.UnixSHA256, Value: sum}] = struct{}{}
+		} else {
+			for _, path := range paths {
+				ok, why := sameFile(path, exe)
+				if ok {
+					set[selector.Selector{Type: selector.UnixPath, Value: path}] = struct{}{}
+				} else if namedLike(exe.path, []string{path}) {
+					att.NotAttested = append(att.NotAttested, fmt.Sprintf(
+						"unix:path:%s not attested: the caller's executable is named so but is not the file at that path in the agent's view (%s; the caller's mount namespace %s): a bind mount in another mount namespace, or the file replaced since the process started",
+						path, why, ns.mnt))
+				}
+			}
+			if hash {
+				// Hash through /proc/PID/exe, not a path: what runs.
+				sum, err := p.hashExeLocked()
+				if err != nil {
+					return Attestation{}, err
+				}
+				set[selector.Selector{Type: selector.UnixSHA256, Value: sum}] = struct{}{}
+			}
 		}
 	}
 	after, err := p.checkStartLocked()
 	if err != nil {
-		return nil, err
+		return Attestation{}, err
 	}
 	if after != before {
-		return nil, fmt.Errorf("workload: pid %d: %w", p.PID, errGone)
+		return Attestation{}, fmt.Errorf("workload: pid %d: %w", p.PID, errGone)
 	}
 	if err := p.aliveLocked(); err != nil {
-		return nil, err
+		return Attestation{}, err
 	}
-	return set, nil
+	return att, nil
+}
+
+// programSelectorsWanted returns the unix:path values, and whether a
+// unix:sha256, asked for by the entries whose uid and gid selectors the
+// caller has: the others cannot match whatever its executable, so the
+// agent neither stats their paths nor hashes for them.
+func programSelectorsWanted(owner selector.Set, entries [][]selector.Selector) (paths []string, hash bool) {
+	for _, e := range entries {
+		fits := true
+		for _, s := range e {
+			if (s.Type == selector.UnixUID || s.Type == selector.UnixGID) && !owner.Has(s) {
+				fits = false
+				break
+			}
+		}
+		if !fits {
+			continue
+		}
+		for _, s := range e {
+			switch s.Type {
+			case selector.UnixPath:
+				if !slices.Contains(paths, s.Value) {
+					paths = append(paths, s.Value)
+				}
+			case selector.UnixSHA256:
+				hash = true
+			}
+		}
+	}
+	return paths, hash
+}
+
+// namedLike reports whether the name /proc/PID/exe shows is one of paths
+// (or was, before the file was deleted): the caller looks like the
+// program an entry names.
+func namedLike(exePath string, paths []string) bool {
+	name := strings.TrimSuffix(exePath, " (deleted)")
+	return slices.Contains(paths, name)
+}
+
+// sameFile reports whether path, resolved in the agent's own mount
+// namespace (symbolic links followed), is the file exe identifies, and if
+// not, why.
+func sameFile(path string, exe exeID) (bool, string) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return false, "stat: " + err.Error()
+	}
+	if st.Dev == exe.dev && st.Ino == exe.ino {
+		return true, ""
+	}
+	return false, fmt.Sprintf("the path is device %d inode %d, the caller runs device %d inode %d", st.Dev, st.Ino, exe.dev, exe.ino)
+}
+
+// userNamespace is the agent's own user namespace; unknown if its link
+// cannot be read, and then no caller is taken to share it.
+func (a Attestor) userNamespace() nsID {
+	var st unix.Stat_t
+	if err := unix.Stat(a.procDir()+"/self/ns/user", &st); err != nil {
+		return nsID{}
+	}
+	return nsID{dev: st.Dev, ino: st.Ino}
 }
 
 // checkStartLocked reads the start time and compares it with the one at

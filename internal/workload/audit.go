@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,8 +48,10 @@ func (s *Server) SetRecorder(r Recorder, self spiffeid.ID) {
 // noMatch is the reason a caller attested fine gets nothing.
 const noMatch = "no registration entry matches the calling process"
 
-// refused audits a caller that got no identity from method, and why.
-func (a *auditor) refused(ctx context.Context, p *process, method, reason string) {
+// refused audits a caller that got no identity from method, and why;
+// notAttested are the selectors of its executable the agent did not
+// attest, and why (Attestation.NotAttested).
+func (a *auditor) refused(ctx context.Context, p *process, method, reason string, notAttested ...string) {
 	if a == nil {
 		return
 	}
@@ -81,6 +84,17 @@ func (a *auditor) refused(ctx context.Context, p *process, method, reason string
 	e.Actor.User = "unix:uid:" + strconv.FormatUint(uint64(c.UID), 10)
 	if exe != "" {
 		e.Details["exe"] = exe
+	}
+	// Where the caller ran: a bind mount or a rewritten /proc/PID/exe
+	// needs a namespace of its own, so another one is worth seeing.
+	if p.ns.user.known() {
+		e.Details["user_ns"] = p.ns.user.String()
+	}
+	if p.ns.mnt.known() {
+		e.Details["mnt_ns"] = p.ns.mnt.String()
+	}
+	if len(notAttested) > 0 {
+		e.Details["not_attested"] = strings.Join(notAttested, "; ")
 	}
 	if suppressed > 0 {
 		// Refusals of this process since its previous entry, not recorded

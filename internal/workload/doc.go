@@ -18,7 +18,25 @@
 // its executable. Every attestation reads through that directory, between
 // two checks that the same process is alive with the same start time, and
 // refuses a caller that exited (its PID may be anyone's now), changed its
-// effective uid or gid, or runs another executable than at accept.
+// effective uid or gid, or runs another executable file than at accept
+// (the same file renamed or replaced on disk is still the same file).
+//
+// A unix:path selector names a file in the agent's view, not a name the
+// caller shows: it is attested only if stat(path) in the agent's own mount
+// namespace leads to the file the caller runs (the device and inode of its
+// /proc/PID/exe, pinned at accept). A caller in a mount namespace of its
+// own can bind-mount anything over the path, and /proc/PID/exe would still
+// show the path; a binary replaced on disk since the process started is no
+// longer the file the path names.
+//
+// A caller in another user namespace than the agent's is attested no path
+// and no hash at all: root in a user namespace of its own, which any user
+// may create, a process holds CAP_CHECKPOINT_RESTORE there and can point
+// its /proc/PID/exe at any file it can open (prctl PR_SET_MM_MAP) while it
+// runs its own code. Its uid and gid, which the kernel maps into the
+// agent's namespace, still count. The caller's user and mount namespaces
+// are recorded at accept, logged and audited with a refusal, and a caller
+// that enters another user namespace afterwards is refused.
 //
 // What this cannot prove: which executable ran at the instant of connect.
 // A process can connect and exec another binary before the agent accepts

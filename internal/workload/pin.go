@@ -26,18 +26,25 @@ import (
 //     PID cannot have been reused while that process lives, so the
 //     directory is the caller's, and every read through it fails once the
 //     caller has exited, even if its PID is taken again;
-//   - the start time (/proc/PID/stat field 22) and the executable's
-//     identity (path, device and inode of /proc/PID/exe) at accept.
+//   - the start time (/proc/PID/stat field 22), the executable's identity
+//     (path, device and inode of /proc/PID/exe) and the caller's user and
+//     mount namespaces (/proc/PID/ns/user, ns/mnt) at accept.
 //
 // Each attestation then reads through the pinned directory, and refuses
 // the caller if it is gone, if its start time changed, if its effective
-// uid or gid no longer match SO_PEERCRED, or if its executable is not the
-// one it ran at accept.
+// uid or gid no longer match SO_PEERCRED, if its executable is not the
+// one it ran at accept, or if it entered another user namespace.
 
 // exeID identifies an executable file.
 type exeID struct {
 	path     string
 	dev, ino uint64
+}
+
+// sameFile reports whether e and o identify the same file (or both
+// none), whatever its name.
+func (e exeID) sameFile(o exeID) bool {
+	return e.dev == o.dev && e.ino == o.ino && (e.path == "") == (o.path == "")
 }
 
 func (e exeID) String() string {
@@ -46,6 +53,24 @@ func (e exeID) String() string {
 	}
 	return e.path
 }
+
+// nsID identifies a namespace: the nsfs inode its /proc/PID/ns link
+// leads to. The zero value is "unknown" (the link could not be read).
+type nsID struct{ dev, ino uint64 }
+
+func (n nsID) known() bool { return n != nsID{} }
+
+func (n nsID) String() string {
+	if !n.known() {
+		return "unknown"
+	}
+	return "[" + strconv.FormatUint(n.ino, 10) + "]"
+}
+
+// namespaces are the namespaces of a process that attestation cares
+// about: the user namespace decides what the process may do to its own
+// /proc/PID/exe; the mount namespace is where its paths were resolved.
+type namespaces struct{ user, mnt nsID }
 
 // process is the caller on one connection, pinned at accept.
 type process struct {
@@ -58,7 +83,8 @@ type process struct {
 	procfd int // the caller's /proc/PID directory; -1: none
 	start  uint64
 	exe    exeID
-	err    error // why the caller could not be pinned; it is refused
+	ns     namespaces // at accept; unknown parts could not be read
+	err    error      // why the caller could not be pinned; it is refused
 }
 
 // pinConn pins the process on the other end of c.
@@ -118,6 +144,23 @@ func (p *process) pinFD(sock int, procDir string) {
 	}
 	p.start = st.start
 	p.exe, _ = p.exeLocked() // unreadable (kernel thread, no permission): no path selector, now or later
+	p.ns = p.namespacesLocked()
+}
+
+// namespacesLocked reads the caller's user and mount namespaces through
+// the pinned directory. Reading them needs the same right as reading
+// /proc/PID/exe (ptrace read access): what cannot be read stays unknown.
+func (p *process) namespacesLocked() namespaces {
+	return namespaces{user: nsAt(p.procfd, "ns/user"), mnt: nsAt(p.procfd, "ns/mnt")}
+}
+
+// nsAt identifies the namespace the link dir/name leads to.
+func nsAt(dirfd int, name string) nsID {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, 0); err != nil {
+		return nsID{}
+	}
+	return nsID{dev: st.Dev, ino: st.Ino}
 }
 
 // close releases the pinned descriptors; attestations after it fail.

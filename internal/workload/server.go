@@ -127,22 +127,30 @@ func (s *Server) count(method string, err error) {
 
 // entitled attests the caller and returns the identities it may have. A
 // caller that cannot be attested (exited, changed since it connected) is
-// refused with PermissionDenied, logged and audited with the reason.
-func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string) ([]Identity, *process, error) {
+// refused with PermissionDenied, logged and audited with the reason; one
+// entitled to nothing is logged and audited too, with the selectors of its
+// executable that were not attested and why.
+func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string) ([]Identity, error) {
 	p, ok := callerFrom(ctx)
 	if !ok {
-		return nil, nil, status.Error(codes.Internal, "caller credentials unavailable")
+		return nil, status.Error(codes.Internal, "caller credentials unavailable")
 	}
 	sels := make([][]selector.Selector, len(snap.Identities))
 	for i, id := range snap.Identities {
 		sels[i] = id.Selectors
 	}
-	set, err := s.attestor.Attest(p, selector.Needs(sels, selector.UnixSHA256))
+	att, err := s.attestor.Attest(p, sels)
 	if err != nil {
-		s.log.Warn("workload refused: the caller could not be attested", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path, "pinned_by", p.pidfdKind, "err", err)
+		s.log.Warn("workload refused: the caller could not be attested", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path,
+			"user_ns", p.ns.user.String(), "mnt_ns", p.ns.mnt.String(), "pinned_by", p.pidfdKind, "err", err)
 		s.audit.refused(ctx, p, method, err.Error())
-		return nil, p, status.Error(codes.PermissionDenied, "the calling process could not be attested")
+		return nil, status.Error(codes.PermissionDenied, "the calling process could not be attested")
 	}
+	for _, why := range att.NotAttested {
+		s.log.Warn("workload: a selector of the caller's executable was not attested", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path,
+			"user_ns", p.ns.user.String(), "mnt_ns", p.ns.mnt.String(), "reason", why)
+	}
+	set := att.Selectors
 	var out []Identity
 	for _, id := range snap.Identities {
 		if !set.Matches(id.Selectors) {
@@ -157,7 +165,11 @@ func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string) ([
 		}
 		out = append(out, id)
 	}
-	return out, p, nil
+	if len(out) == 0 {
+		s.log.Info("workload refused: no entry matches", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path)
+		s.audit.refused(ctx, p, method, noMatch, att.NotAttested...)
+	}
+	return out, nil
 }
 
 var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
@@ -167,13 +179,11 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	var last []byte
 	for {
 		snap, changed := s.src.Snapshot()
-		ids, caller, err := s.entitled(ctx, snap, "FetchX509SVID")
+		ids, err := s.entitled(ctx, snap, "FetchX509SVID")
 		if err != nil {
 			return err
 		}
 		if len(ids) == 0 {
-			s.log.Info("workload refused: no entry matches", "pid", caller.PID, "uid", caller.UID, "gid", caller.GID)
-			s.audit.refused(ctx, caller, "FetchX509SVID", noMatch)
 			return errNoIdentity
 		}
 		resp, err := x509Response(snap, ids)
@@ -254,12 +264,9 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
 	}
 	snap, _ := s.src.Snapshot()
-	ids, caller, err := s.entitled(ctx, snap, "FetchJWTSVID")
+	ids, err := s.entitled(ctx, snap, "FetchJWTSVID")
 	if err != nil {
 		return nil, err
-	}
-	if len(ids) == 0 {
-		s.audit.refused(ctx, caller, "FetchJWTSVID", noMatch)
 	}
 	if req.SpiffeId != "" {
 		want, err := spiffeid.FromString(req.SpiffeId)
