@@ -88,6 +88,9 @@ it must listen on loopback or a unix socket (callers checked by uid), unless
 	fs.IntVar(&lim.MaxIdle, "upstream-max-idle", lim.MaxIdle, "idle connections kept to one upstream")
 	fs.IntVar(&lim.MinIdle, "upstream-min-idle", lim.MinIdle, "connections to each peer kept open and warm, replaced as they age out (not to the app)")
 	fs.DurationVar(&lim.IdleTimeout, "upstream-idle-timeout", lim.IdleTimeout, "idle connections are closed after this long")
+	fs.IntVar(&cfg.Conns.InboundConns, "inbound-max-conns", 0, "connections the inbound listener holds at once, handshakes included; more are closed as accepted (0: derived from the open-file limit, leaving room for the upstream connections, the audit spool and /metrics)")
+	fs.IntVar(&cfg.Conns.InboundHandshakes, "inbound-max-handshakes", 0, "inbound connections still in their TLS handshake at once; a new one beyond it cuts the oldest (0: a quarter of --inbound-max-conns, at most 1024)")
+	fs.IntVar(&cfg.Conns.OutboundConns, "outbound-max-conns", 0, "connections each outbound listener holds at once; more are closed as accepted (0: derived from the open-file limit)")
 	fs.StringVar(&metricsAddr, "metrics-listen", "", "address for Prometheus /metrics over plain HTTP (default off)")
 	fs.BoolVar(&pprofOn, "pprof", false, "also serve Go's /debug/pprof/ on --metrics-listen (profiling; keep that address on loopback)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -132,6 +135,9 @@ it must listen on loopback or a unix socket (callers checked by uid), unless
 		return usagef("%v", err)
 	}
 	cfg.Limits = lim
+	if err := cfg.Conns.Validate(); err != nil {
+		return usagef("%v", err)
+	}
 	if cfg.Access.UIDs, err = proxy.ParseUIDs(allowUIDs); err != nil {
 		return usagef("%v", err)
 	}

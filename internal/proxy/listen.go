@@ -103,12 +103,15 @@ func transientAcceptError(err error) bool {
 // handshake runs the server side of the mTLS handshake with a timeout and
 // counts refusals the verifier does not (its own are untrusted, revoked and
 // unauthorized_id). A client speaking plain HTTP is told so, as net/http's
-// server does.
+// server does. A connection accepted through a connLimit counts as a
+// handshake in progress until then (since its accept), and may be cut for
+// a newer one.
 func handshake(ctx context.Context, c net.Conn, cfg *tls.Config, m *metrics) (*tls.Conn, error) {
 	tc := tls.Server(c, cfg)
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	err := tc.HandshakeContext(hctx)
+	endHandshake(c)
 	if err == nil {
 		return tc, nil
 	}

@@ -25,6 +25,8 @@ type metrics struct {
 	handshakes        *prometheus.CounterVec
 	sessionsDeclined  *prometheus.CounterVec
 	outboundRefused   *prometheus.CounterVec
+	connsRefused      *prometheus.CounterVec
+	connsOpen         *prometheus.GaugeVec
 	pools             *poolCollector
 	reg               *prometheus.Registry
 }
@@ -65,12 +67,18 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		outboundRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_proxy_outbound_callers_refused_total", Help: "Connections to a unix-socket outbound refused because the caller's uid is not allowed (or could not be read), by listener.",
 		}, []string{"listener"}),
+		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_proxy_connections_refused_total", Help: "Connections a listener closed to stay within its bounds, by direction, listener and reason: max_conns (closed as accepted: --inbound-max-conns or --outbound-max-conns open already), handshake_evicted (the oldest unfinished TLS handshake, cut for a new one beyond --inbound-max-handshakes).",
+		}, []string{"direction", "listener", "reason"}),
+		connsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rampart_proxy_connections", Help: "Connections a listener holds, by direction, listener and state: open (all, handshakes included), handshake (TLS handshake not finished).",
+		}, []string{"direction", "listener", "state"}),
 		pools: &poolCollector{},
 		reg:   reg,
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.latency, m.handshakeFailures, m.upstreamErrors, m.tcpConns, m.exchanges,
-			m.overloads, m.dials, m.handshakes, m.sessionsDeclined, m.outboundRefused, m.pools)
+			m.overloads, m.dials, m.handshakes, m.sessionsDeclined, m.outboundRefused, m.connsRefused, m.connsOpen, m.pools)
 	}
 	return m
 }

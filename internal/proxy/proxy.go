@@ -106,6 +106,10 @@ type Config struct {
 	// upstream.DefaultLimits). Towards the app the same bounds apply
 	// without the dial rate and the warm connections.
 	Limits upstream.Limits
+	// Conns bound the connections each listener holds at once (zero
+	// fields: DefaultConnLimits from RLIMIT_NOFILE), so that a flood of
+	// connections never takes the descriptors the rest of the proxy needs.
+	Conns ConnLimits
 	// Access says who may call the outbound listeners.
 	Access OutboundAccess
 	// StripHeaders are more request header names (a trailing "*": a
@@ -139,6 +143,14 @@ func Run(ctx context.Context, cfg Config) error {
 		if err := checkOutboundListen(out.Listen, cfg.Access); err != nil {
 			return err
 		}
+	}
+	bounds, nofile, lowFDs := cfg.Conns.withDefaults(peerLimits, cfg.Inbound != nil, len(cfg.Outbounds))
+	if err := bounds.Validate(); err != nil {
+		return err
+	}
+	if lowFDs {
+		cfg.Log.Warn("the open-file limit leaves little room besides the listeners' connections; raise it (LimitNOFILE=, ulimit -n)",
+			"nofile", nofile, "upstream_max_conns", peerLimits.MaxConns)
 	}
 	m := newMetrics(cfg.Registry)
 	wopts, err := endpoint.ClientOptions(ctx, cfg.WorkloadSocket, cfg.AgentUID) // who serves the socket is checked on every connection
@@ -207,6 +219,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("proxy: inbound listen: %w", err)
 		}
 		inboundAddr = ln.Addr().String()
+		ln = newConnLimit(bounds.InboundConns, bounds.InboundHandshakes, m, "inbound", inboundAddr).listener(ln)
 		lns = append(lns, ln)
 		pm := m.pool("inbound", inboundAddr)
 		if in.TCP {
@@ -259,6 +272,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		listener := ln.Addr().String()
+		ln = newConnLimit(bounds.OutboundConns, 0, m, "outbound", listener).listener(ln)
 		outAddrs = append(outAddrs, listener)
 		lns = append(lns, ln)
 		pm := m.pool("outbound", listener)
@@ -297,7 +311,8 @@ func Run(ctx context.Context, cfg Config) error {
 		conns = append(conns, h1.conns)
 		wg.Go(func() { serveOutbound(fctx, ln, h1, h2) })
 	}
-	cfg.Log.Info("proxy running", "spiffe_id", self.ID.String(), "inbound", inboundAddr, "outbounds", outAddrs)
+	cfg.Log.Info("proxy running", "spiffe_id", self.ID.String(), "inbound", inboundAddr, "outbounds", outAddrs,
+		"nofile", nofile, "inbound_max_conns", bounds.InboundConns, "inbound_max_handshakes", bounds.InboundHandshakes, "outbound_max_conns", bounds.OutboundConns)
 	if cfg.Ready != nil {
 		cfg.Ready(inboundAddr, outAddrs)
 	}
