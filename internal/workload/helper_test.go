@@ -50,6 +50,22 @@ func helperMain(mode string) int {
 		fmt.Println("listening")
 		io.Copy(io.Discard, os.Stdin)
 		return 0
+	case "hold":
+		// Open RAMPART_WL_CONNS connections and hold them until stdin
+		// closes: a local user flooding the agent.
+		n, _ := strconv.Atoi(os.Getenv("RAMPART_WL_CONNS"))
+		var held []net.Conn
+		for range n {
+			c, err := net.Dial("unix", os.Getenv("RAMPART_WL_SOCK"))
+			if err != nil {
+				fmt.Println("dial:", err)
+				return 1
+			}
+			held = append(held, c)
+		}
+		fmt.Println("holding", len(held))
+		io.Copy(io.Discard, os.Stdin)
+		return 0
 	case "speak-after-parent":
 		// fd 3 is the Workload API connection, fd 4 a pipe whose write end
 		// only the parent held: EOF means the parent has exited.

@@ -326,31 +326,49 @@ func (p *process) openExeLocked() (*os.File, error) {
 }
 
 // pinListener pins the caller of every connection as it is accepted, the
-// earliest moment the agent can look.
+// earliest moment the agent can look, and keeps the connections within
+// budget: one beyond it is closed at once.
 type pinListener struct {
 	net.Listener
 	procDir string
+	budget  *connBudget
 }
 
 func (l pinListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			return c, nil // the handshake refuses it
+		}
+		p := pinConn(uc, l.procDir)
+		if l.budget != nil && !l.budget.admit(p.UID, p.PID) {
+			p.close()
+			uc.Close()
+			continue
+		}
+		return &pinnedConn{UnixConn: uc, proc: p, budget: l.budget}, nil
 	}
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return c, nil // the handshake refuses it
-	}
-	return &pinnedConn{UnixConn: uc, proc: pinConn(uc, l.procDir)}, nil
 }
 
-// pinnedConn releases the pin when the connection closes.
+// pinnedConn releases the pin, and its place in the budget, when the
+// connection closes.
 type pinnedConn struct {
 	*net.UnixConn
-	proc *process
+	proc   *process
+	budget *connBudget
+	once   sync.Once
 }
 
 func (c *pinnedConn) Close() error {
-	c.proc.close()
+	c.once.Do(func() {
+		c.proc.close()
+		if c.budget != nil {
+			c.budget.release(c.proc.UID)
+		}
+	})
 	return c.UnixConn.Close()
 }

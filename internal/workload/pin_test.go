@@ -1,8 +1,10 @@
 package workload
 
 import (
+	"bufio"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -119,5 +121,66 @@ func TestPinsAreReleased(t *testing.T) {
 			t.Fatalf("%d descriptors open after 30 closed connections, %d before", fds(), before)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A local user opens connections to the Workload API and holds them. Each
+// costs the agent three descriptors (socket, pidfd, /proc directory):
+// without a bound she took every descriptor, and no workload of any other
+// uid could be served. The agent here has 256 descriptors; she holds 300
+// connections; another uid is still served, and the agent logs why hers
+// were refused.
+func TestWorkloadAPIConnectionFlood(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to flood as a second local user (uid 65534)")
+	}
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	low := rl
+	low.Cur = 256
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl) })
+	dir := sharedDir(t)
+	sock, _, logs := raceServer(t, dir, snapshotFor(t, uidSel()))
+
+	cmd := helperCmd(copyTestBinary(t, dir, "flooder"), "hold", "RAMPART_WL_SOCK="+sock, "RAMPART_WL_CONNS=300")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); strings.TrimSpace(line) != "holding 300" {
+		t.Fatalf("the flooder: %q", line)
+	}
+	if _, err := fetch(t, sock); err != nil {
+		t.Fatalf("a workload of another uid, while uid 65534 holds 300 connections: %v", err)
+	}
+	if want := "too many open Workload API connections\" uid=65534"; !strings.Contains(logs.String(), want) {
+		t.Fatalf("the agent's log does not say %q:\n%s", want, logs)
+	}
+	if n := strings.Count(logs.String(), "too many open Workload API connections"); n != 1 {
+		t.Fatalf("%d warnings for one flood, want 1 (one per uid per %v)", n, refusalInterval)
+	}
+}
+
+func TestDefaultConnBudget(t *testing.T) {
+	for _, tc := range []struct {
+		nofile        uint64
+		total, perUID int
+	}{
+		{256, 21, 16},
+		{1024, 256, 32},
+		{20000, 6581, 822},
+		{1 << 20, 16384, 1024},
+		{16, 16, 16},
+	} {
+		if total, perUID := defaultConnBudget(tc.nofile); total != tc.total || perUID != tc.perUID {
+			t.Errorf("defaultConnBudget(%d) = %d, %d; want %d, %d", tc.nofile, total, perUID, tc.total, tc.perUID)
+		}
 	}
 }

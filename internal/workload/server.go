@@ -83,7 +83,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		<-ctx.Done()
 		gs.Stop()
 	}()
-	if err := gs.Serve(pinListener{Listener: ln, procDir: s.attestor.procDir()}); err != nil && ctx.Err() == nil {
+	if err := gs.Serve(pinListener{Listener: ln, procDir: s.attestor.procDir(), budget: newConnBudget(s.log)}); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("workload: %w", err)
 	}
 	return nil
