@@ -57,6 +57,12 @@
 // Workload API in the socket's place. Clients check who serves the socket
 // (package endpoint).
 //
+// The socket is open to every local process, so the agent bounds the
+// connections it holds (connlimit.go): in all, from its open-file limit
+// (three descriptors each), and per uid an eighth of that, so that one
+// local user holding connections cannot take the descriptors every other
+// workload needs. One beyond is closed as it is accepted, and logged.
+//
 // # Serving
 //
 // The agent supplies a Source: an immutable Snapshot of what it holds and a
