@@ -10,7 +10,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 )
+
+// metricsMaxConns bounds the connections the metrics listener holds: it
+// shares the process's descriptors with the proxy's or agent's real work,
+// and a flood of connections to it must not take them (more wait in the
+// kernel's backlog, holding none). Scrapes are few.
+const metricsMaxConns = 64
 
 // serveMetrics serves reg at http://addr/metrics (and Go's profiler when
 // withPprof) until stop is called. An empty addr serves nothing.
@@ -22,6 +29,7 @@ func serveMetrics(addr string, reg *prometheus.Registry, withPprof bool, log *sl
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen: %w", err)
 	}
+	ln = netutil.LimitListener(ln, metricsMaxConns)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if withPprof {
