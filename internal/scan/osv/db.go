@@ -421,3 +421,23 @@ func (db *File) Entries() ([]Entry, error) {
 	}
 	return out, nil
 }
+
+// Zip packs entries as a zip of ID.json files (the layout osv.dev
+// publishes), to send to a server.
+func Zip(entries []Entry) ([]byte, error) {
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for _, e := range entries {
+		w, err := zw.Create(e.Record.ID + ".json")
+		if err != nil {
+			return nil, fmt.Errorf("osv: %w", err)
+		}
+		if _, err := w.Write(e.Raw); err != nil {
+			return nil, fmt.Errorf("osv: %w", err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("osv: %w", err)
+	}
+	return buf.Bytes(), nil
+}
