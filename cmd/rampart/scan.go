@@ -368,5 +368,3 @@ func short(h string) string {
 	}
 	return h
 }
-
-

@@ -23,9 +23,9 @@ import (
 // Built once for the package (TestMain): the programs, and the pinned Go
 // vulnerability database as a local database file.
 var (
-	bins    = map[string]string{}
-	vulnDir string
-	dbFile  string
+	bins     = map[string]string{}
+	vulnDir  string
+	dbFile   string
 	setupErr error
 )
 
