@@ -208,13 +208,27 @@ func (s *Scanner) ScanImage(r io.ReaderAt, size int64, name string) (*Report, er
 			return nil, err
 		}
 	}
+	if _, ok := img.Meta["/lib/apk/db/installed"]; ok && osr.ID != "alpine" {
+		// apk on another distribution: its release is in alpine-release.
+		if ar := strings.TrimSpace(string(img.Meta["/etc/alpine-release"])); ar != "" {
+			eco = pkgs.OSRelease{ID: "alpine", VersionID: ar}.Ecosystem()
+		}
+	}
 	if err := addDB("/lib/apk/db/installed", pkgs.ParseApkInstalled); err != nil {
 		return nil, err
 	}
 	rep.Packages = ps
-	if len(ps) > 0 && eco == "" {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("%d OS packages, but os-release names no distribution release OSV covers (%q %q); not matched", len(ps), osr.ID, osr.VersionID))
-	} else if len(ps) > 0 {
+	var known []pkgs.Package
+	for _, p := range ps {
+		if p.Ecosystem != "" {
+			known = append(known, p)
+		}
+	}
+	if len(known) < len(ps) {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("%d OS packages, but os-release names no distribution release OSV covers (%q %q); not matched", len(ps)-len(known), osr.ID, osr.VersionID))
+	}
+	if len(known) > 0 {
+		ps = known
 		fs, warns, err := MatchPackages(s.DB, ps, name)
 		if err != nil {
 			return nil, err

@@ -54,7 +54,7 @@ type Image struct {
 }
 
 // metaPaths are read into Meta wherever they are.
-var metaPaths = []string{"/etc/os-release", "/usr/lib/os-release", "/var/lib/dpkg/status", "/lib/apk/db/installed"}
+var metaPaths = []string{"/etc/os-release", "/usr/lib/os-release", "/etc/alpine-release", "/var/lib/dpkg/status", "/lib/apk/db/installed"}
 
 func isMeta(p string) bool {
 	return slices.Contains(metaPaths, p) || strings.HasPrefix(p, "/var/lib/dpkg/status.d/")
