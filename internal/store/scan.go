@@ -51,10 +51,13 @@ type ScanGate struct {
 	Unknown  string
 }
 
-// InventoryBinary is what an agent reported about one executable (Info is
-// the JSON of api.InventoryBinary).
+// InventoryBinary is what one agent reported about one executable (Info
+// is the JSON of api.InventoryBinary, compressed). It is kept per host: an
+// agent's report never speaks for a binary on another host, so a
+// compromised agent cannot vouch for a hash that other agents run.
 type InventoryBinary struct {
 	SHA256    string
+	Host      string
 	Info      []byte
 	FirstSeen time.Time
 }
@@ -92,10 +95,10 @@ type ScanStore interface {
 	PutScanGate(ctx context.Context, g ScanGate) error
 	ListScanGates(ctx context.Context) ([]ScanGate, error)
 
-	// PutInventoryBinary records a binary once; a known hash is kept as it
-	// is (created false).
+	// PutInventoryBinary records a host's report of a binary once; a
+	// known (hash, host) is kept as it is (created false).
 	PutInventoryBinary(ctx context.Context, b InventoryBinary) (created bool, err error)
-	GetInventoryBinary(ctx context.Context, sha256 string) (InventoryBinary, error)
+	GetInventoryBinary(ctx context.Context, sha256, host string) (InventoryBinary, error)
 	// UpsertSightings records sightings: a new (service, host, hash) is
 	// inserted, a known one has its last-seen moved forward and its
 	// executable path updated.
@@ -145,9 +148,11 @@ func (d dialect) scanMigration() []string {
 			unknown  TEXT NOT NULL
 		)`,
 		`CREATE TABLE inventory_binaries (
-			sha256     TEXT PRIMARY KEY,
+			sha256     TEXT NOT NULL,
+			host       TEXT NOT NULL,
 			info       ` + d.blob + ` NOT NULL,
-			first_seen BIGINT NOT NULL
+			first_seen BIGINT NOT NULL,
+			PRIMARY KEY (sha256, host)
 		)`,
 		`CREATE TABLE inventory_sightings (
 			service    TEXT NOT NULL,
@@ -337,8 +342,8 @@ func (s *sqlStore) PutInventoryBinary(ctx context.Context, b InventoryBinary) (b
 	if err := checkTimes(b.FirstSeen); err != nil {
 		return false, err
 	}
-	res, err := s.db.ExecContext(ctx, s.q(`INSERT INTO inventory_binaries (sha256, info, first_seen) VALUES (?, ?, ?) ON CONFLICT (sha256) DO NOTHING`),
-		b.SHA256, b.Info, ns(b.FirstSeen))
+	res, err := s.db.ExecContext(ctx, s.q(`INSERT INTO inventory_binaries (sha256, host, info, first_seen) VALUES (?, ?, ?, ?) ON CONFLICT (sha256, host) DO NOTHING`),
+		b.SHA256, b.Host, b.Info, ns(b.FirstSeen))
 	if err != nil {
 		return false, fmt.Errorf("store: put inventory binary: %w", err)
 	}
@@ -346,10 +351,10 @@ func (s *sqlStore) PutInventoryBinary(ctx context.Context, b InventoryBinary) (b
 	return n == 1, nil
 }
 
-func (s *sqlStore) GetInventoryBinary(ctx context.Context, sha string) (InventoryBinary, error) {
-	b := InventoryBinary{SHA256: sha}
+func (s *sqlStore) GetInventoryBinary(ctx context.Context, sha, host string) (InventoryBinary, error) {
+	b := InventoryBinary{SHA256: sha, Host: host}
 	var first int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT info, first_seen FROM inventory_binaries WHERE sha256 = ?`), sha).Scan(&b.Info, &first)
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT info, first_seen FROM inventory_binaries WHERE sha256 = ? AND host = ?`), sha, host).Scan(&b.Info, &first)
 	if errors.Is(err, sql.ErrNoRows) {
 		return b, fmt.Errorf("%w: inventory binary %s", ErrNotFound, sha)
 	}

@@ -90,17 +90,24 @@ func testScanStore(t *testing.T, st store.Store) {
 	if m, _ = s.ScanDB(ctx); m.Generation != 8 {
 		t.Errorf("generation %d after 2 imports, 2 exception changes and 4 gate changes; want 8", m.Generation)
 	}
-	b := store.InventoryBinary{SHA256: "ab", Info: []byte(`{"go_version":"go1.26"}`), FirstSeen: now}
+	b := store.InventoryBinary{SHA256: "ab", Host: "h1", Info: []byte(`{"go_version":"go1.26"}`), FirstSeen: now}
 	if created, err := s.PutInventoryBinary(ctx, b); err != nil || !created {
 		t.Fatalf("put binary: %v %v", created, err)
 	}
-	if created, err := s.PutInventoryBinary(ctx, store.InventoryBinary{SHA256: "ab", Info: []byte(`{}`), FirstSeen: now}); err != nil || created {
+	if created, err := s.PutInventoryBinary(ctx, store.InventoryBinary{SHA256: "ab", Host: "h1", Info: []byte(`{}`), FirstSeen: now}); err != nil || created {
 		t.Errorf("second put: created %v, %v", created, err)
 	}
-	if got, err := s.GetInventoryBinary(ctx, "ab"); err != nil || string(got.Info) != string(b.Info) {
+	if got, err := s.GetInventoryBinary(ctx, "ab", "h1"); err != nil || string(got.Info) != string(b.Info) {
 		t.Errorf("binary %+v, %v (the first report is kept)", got, err)
 	}
-	if _, err := s.GetInventoryBinary(ctx, "cd"); !errors.Is(err, store.ErrNotFound) {
+	// Another host's report of the same hash is its own.
+	if created, err := s.PutInventoryBinary(ctx, store.InventoryBinary{SHA256: "ab", Host: "h2", Info: []byte(`{"lie":1}`), FirstSeen: now}); err != nil || !created {
+		t.Errorf("h2's report: created %v, %v", created, err)
+	}
+	if got, _ := s.GetInventoryBinary(ctx, "ab", "h1"); string(got.Info) != string(b.Info) {
+		t.Errorf("h2's report changed h1's: %s", got.Info)
+	}
+	if _, err := s.GetInventoryBinary(ctx, "cd", "h1"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("unknown binary: %v", err)
 	}
 	x := store.Sighting{Service: "spiffe://td/a", Host: "spiffe://td/agent/n1", SHA256: "ab", Exe: "/bin/a", FirstSeen: now, LastSeen: now.Add(time.Minute)}
