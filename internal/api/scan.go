@@ -39,7 +39,8 @@ type ScanGate struct {
 // GoModule is a module a Go binary was built with.
 type GoModule struct {
 	Path    string `json:"path"`
-	Version string `json:"version"`
+	Version string `json:"version"`           // of the code in the binary (the replacement's, if replaced)
+	Replace string `json:"replace,omitempty"` // path of the replacement, if replaced
 }
 
 // InventoryBinary is what an agent learnt about one executable, sent once
