@@ -91,6 +91,18 @@ func (s *Server) Handler() http.Handler {
 		route("POST /v1/kms/keys/{name}/"+op, h)
 	}
 
+	// Supply chain: the vulnerability database, exceptions, gates and the
+	// inventory of what runs (inventoryapi.go).
+	route("POST /v1/scan/db", s.admin(s.handleImportScanDB))
+	route("GET /v1/scan/db", s.admin(s.handleGetScanDB))
+	route("POST /v1/scan/exceptions", s.admin(s.handleCreateScanException))
+	route("GET /v1/scan/exceptions", s.admin(s.handleListScanExceptions))
+	route("DELETE /v1/scan/exceptions/{id}", s.admin(s.handleDeleteScanException))
+	route("PUT /v1/scan/gates", s.admin(s.handlePutScanGate))
+	route("GET /v1/scan/gates", s.admin(s.handleListScanGates))
+	route("GET /v1/inventory", s.admin(s.handleListInventory))
+	route("POST /v1/agent/inventory", s.agent(s.handleAgentInventory))
+
 	// Audit entries from agents' and proxies' spools.
 	route("POST /v1/audit/ingest", s.atHolder(s.workload(s.handleIngest)))
 

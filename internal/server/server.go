@@ -28,6 +28,7 @@ import (
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/inventory"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
@@ -129,6 +130,7 @@ type Server struct {
 	notifier        *detect.Notifier
 	oauth           *oauth.Provider // nil until the issuer address is known
 	kms             *kms.Service
+	scan            *inventory.Inventory      // vulnerability database and inventory (inventoryapi.go)
 	kmsPolicy       atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
@@ -242,6 +244,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.tls = newTLSState(s)
+	s.scan = newInventory(s)
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)
 	} else {
