@@ -122,6 +122,9 @@ func TestDefaultRules(t *testing.T) {
 		{"audit-ingestion-gap",
 			[]*audit.Entry{ev(0, "audit.ingest.gap", "failure", "entries 4 to 5 of the stream never arrived", audit.Actor{SpiffeID: orders}, nil)},
 			[]*audit.Entry{ev(0, "audit.ingest", "denied", "stream belongs to another", audit.Actor{SpiffeID: orders}, nil)}},
+		{"vulnerable-workload-running",
+			[]*audit.Entry{vulnerable(0, "called", "HIGH"), vulnerable(time.Minute, "called", "HIGH")}, // one alert per finding a day
+			[]*audit.Entry{vulnerable(0, "not-called", "CRITICAL"), vulnerable(0, "called", "MEDIUM")}},
 	} {
 		t.Run(tc.rule, func(t *testing.T) {
 			if n := fired(t, tc.fires)[tc.rule]; n != 1 {
@@ -135,13 +138,21 @@ func TestDefaultRules(t *testing.T) {
 	// Every default rule has a case above.
 	for _, r := range Default().Rules {
 		found := false
-		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap"} {
+		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap", "vulnerable-workload-running"} {
 			found = found || name == r.Name
 		}
 		if !found {
 			t.Errorf("default rule %s has no test", r.Name)
 		}
 	}
+}
+
+// vulnerable is the server's entry for a finding on a running workload.
+func vulnerable(at time.Duration, reachability, severity string) *audit.Entry {
+	e := ev(at, "scan.vulnerable", "failure", "calls vulnerable code", audit.Actor{SpiffeID: "spiffe://example.org/rampart/server"},
+		map[string]string{"vuln": "GO-2022-1059", "sha256": "ab", "reachability": reachability, "severity": severity})
+	e.Target = orders
+	return e
 }
 
 func TestDedupAndReplay(t *testing.T) {
