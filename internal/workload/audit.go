@@ -73,3 +73,34 @@ func (a *auditor) refused(ctx context.Context, p *process, method, reason string
 	// must still be spooled.
 	a.rec.Record(context.WithoutCancel(ctx), e)
 }
+
+// gate audits an identity the scan gate withheld (or, in dry run, would
+// have withheld). Rate-limited like refusals, per executable and entry.
+func (a *auditor) gate(ctx context.Context, p *process, method string, r Refusal) {
+	if a == nil {
+		return
+	}
+	c, exe := p.Caller, p.exe.path
+	key := "gate\x00" + strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe + "\x00" + r.EntryID + "\x00" + strconv.FormatBool(r.DryRun)
+	now := a.now()
+	a.mu.Lock()
+	if t, ok := a.last[key]; ok && now.Sub(t) < refusalInterval {
+		a.mu.Unlock()
+		return
+	}
+	if len(a.last) > 10000 {
+		clear(a.last)
+	}
+	a.last[key] = now
+	a.mu.Unlock()
+	outcome := audit.OutcomeDenied
+	if r.DryRun {
+		outcome = audit.OutcomeSuccess
+	}
+	e := &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "workload.scan_gate", Outcome: outcome,
+		Reason: r.Reason, Target: r.SpiffeID, Source: a.self.String(),
+		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
+			"entry_id": r.EntryID, "dry_run": strconv.FormatBool(r.DryRun), "exe": exe}}
+	e.Actor.User = "unix:uid:" + strconv.FormatUint(uint64(c.UID), 10)
+	a.rec.Record(context.WithoutCancel(ctx), e)
+}
