@@ -253,4 +253,3 @@ func TestGateDecide(t *testing.T) {
 		}
 	}
 }
-

@@ -35,7 +35,7 @@ func ParsePURL(s string) (PURL, error) {
 	var p PURL
 	rest, ok := strings.CutPrefix(s, "pkg:")
 	if !ok {
-		return p, fmt.Errorf("pkgs: package URL %q does not start with pkg:", s)
+		return p, fmt.Errorf("pkgs: package URL %q does not start with \"pkg:\"", s)
 	}
 	rest, _, _ = strings.Cut(rest, "#")
 	rest, q, hasQ := strings.Cut(rest, "?")
