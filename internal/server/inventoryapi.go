@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -55,7 +56,7 @@ func (s *Server) handleImportScanDB(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("an OSV zip of at most %d bytes: %v", maxScanDBBody, err))
 		return
 	}
-	entries, err := osv.ReadZip(strings.NewReader(string(body)), int64(len(body)), "request body")
+	entries, err := osv.ReadZip(bytes.NewReader(body), int64(len(body)), "request body")
 	if err != nil {
 		s.refused(r, "scan.db_import", err.Error())
 		writeProblem(w, http.StatusBadRequest, err.Error())
