@@ -28,6 +28,17 @@ import (
 )
 
 func main() {
+	// -exec PROGRAM ARGS: become PROGRAM. measure runs every tool through
+	// this, so the peak RSS the kernel reports for the child is the tool's
+	// (or this tiny process's), not this driver's copied at fork.
+	if len(os.Args) > 2 && os.Args[1] == "-exec" {
+		p, err := exec.LookPath(os.Args[2])
+		if err == nil {
+			err = syscall.Exec(p, os.Args[2:], os.Environ())
+		}
+		fmt.Fprintln(os.Stderr, "scanbench -exec:", err)
+		os.Exit(127)
+	}
 	work := flag.String("work", "", "work directory")
 	rampart := flag.String("rampart", "", "the rampart binary (also the large Go binary scanned)")
 	gvc := flag.String("govulncheck", "", "govulncheck binary")
@@ -94,7 +105,7 @@ func measure(runs int, name string, args ...string) (time.Duration, float64, []b
 	var rss int64
 	var out []byte
 	for range runs {
-		cmd := exec.Command(name, args...)
+		cmd := exec.Command(os.Args[0], append([]string{"-exec", name}, args...)...)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		start := time.Now()
@@ -167,15 +178,15 @@ func run(work, rampart, gvc, osvs string, runs int) error {
 	add("rampart scan", "go binary", parseRampart, rampart, "scan", "--db", dbFile, "--format", "json", large)
 	add("rampart (whole DB in memory)", "go binary", parseRampart, os.Args[0], "-whole-db", vulndb, "-rampart", large)
 	add("govulncheck -mode=binary", "go binary", parseGovulncheck, gvc, "-mode=binary", "-json", "-db", "file://"+vulndb, large)
-	add("osv-scanner scan source", "go binary", parseOSVScanner, osvs, "scan", "source", "--offline-vulnerabilities", "--local-db-path", osvLocal, "--format", "json", binDir)
+	add("osv-scanner scan source", "go binary", parseOSVScanner, osvs, "scan", "source", "--offline", "--experimental-plugins", "go/binary", "--local-db-path", osvLocal, "--format", "json", binDir)
 	add("rampart scan", "image", parseRampart, rampart, "scan", "--db", dbFile, "--format", "json", image)
-	add("osv-scanner scan image", "image", parseOSVScanner, osvs, "scan", "image", "--archive", "--offline-vulnerabilities", "--local-db-path", osvLocal, "--format", "json", image)
+	add("osv-scanner scan image", "image", parseOSVScanner, osvs, "scan", "image", "--archive", "--offline", "--local-db-path", osvLocal, "--format", "json", image)
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TOOL\tINPUT\tTIME (median)\tPEAK RSS\tFINDINGS\tCALLED")
 	for _, r := range results {
 		if r.err != "" {
-			fmt.Fprintf(tw, "%s\t%s\terror\t\t\t%s\n", r.tool, r.input, firstLine(r.err))
+			fmt.Fprintf(tw, "%s\t%s\terror\t\t\t(below)\n", r.tool, r.input)
 			continue
 		}
 		called := "-"
@@ -186,6 +197,11 @@ func run(work, rampart, gvc, osvs string, runs int) error {
 	}
 	tw.Flush()
 	fmt.Println()
+	for _, r := range results {
+		if r.err != "" {
+			fmt.Printf("%s on %s failed: %s\n\n", r.tool, r.input, r.err)
+		}
+	}
 	// Same findings?
 	byKey := map[string]result{}
 	for _, r := range results {
@@ -215,14 +231,6 @@ func run(work, rampart, gvc, osvs string, runs int) error {
 	compare("rampart scan/go binary", "osv-scanner scan source/go binary", false)
 	compare("rampart scan/image", "osv-scanner scan image/image", false)
 	return nil
-}
-
-func firstLine(s string) string {
-	l, _, _ := strings.Cut(s, "\n")
-	if len(l) > 120 {
-		l = l[:120]
-	}
-	return l
 }
 
 func diff(a, b []string) []string {
