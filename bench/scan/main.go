@@ -28,15 +28,22 @@ import (
 )
 
 func main() {
-	// -exec PROGRAM ARGS: become PROGRAM. measure runs every tool through
-	// this, so the peak RSS the kernel reports for the child is the tool's
-	// (or this tiny process's), not this driver's copied at fork.
-	if len(os.Args) > 2 && os.Args[1] == "-exec" {
-		p, err := exec.LookPath(os.Args[2])
-		if err == nil {
-			err = syscall.Exec(p, os.Args[2:], os.Environ())
+	// -rss FILE PROGRAM ARGS: run PROGRAM and write its peak RSS (KB) to
+	// FILE. measure runs every tool through this small process: a child
+	// shares its parent's memory until it execs (vfork), and the kernel
+	// counts that in the child's peak, so the tools must not be forked from
+	// this driver, which holds the inputs in memory.
+	if len(os.Args) > 3 && os.Args[1] == "-rss" {
+		cmd := exec.Command(os.Args[3], os.Args[4:]...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		err := cmd.Run()
+		if cmd.ProcessState != nil {
+			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+				os.WriteFile(os.Args[2], []byte(fmt.Sprint(ru.Maxrss)), 0o644)
+			}
+			os.Exit(cmd.ProcessState.ExitCode())
 		}
-		fmt.Fprintln(os.Stderr, "scanbench -exec:", err)
+		fmt.Fprintln(os.Stderr, "scanbench -rss:", err)
 		os.Exit(127)
 	}
 	work := flag.String("work", "", "work directory")
@@ -105,7 +112,8 @@ func measure(runs int, name string, args ...string) (time.Duration, float64, []b
 	var rss int64
 	var out []byte
 	for range runs {
-		cmd := exec.Command(os.Args[0], append([]string{"-exec", name}, args...)...)
+		rssFile := filepath.Join(os.TempDir(), fmt.Sprintf("scanbench-rss-%d", os.Getpid()))
+		cmd := exec.Command(os.Args[0], append([]string{"-rss", rssFile, name}, args...)...)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		start := time.Now()
@@ -120,8 +128,11 @@ func measure(runs int, name string, args ...string) (time.Duration, float64, []b
 		if err != nil {
 			return 0, 0, nil, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
 		}
-		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && ru.Maxrss > rss {
-			rss = ru.Maxrss
+		if b, err := os.ReadFile(rssFile); err == nil {
+			var kb int64
+			fmt.Sscan(string(b), &kb)
+			rss = max(rss, kb)
+			os.Remove(rssFile)
 		}
 		out = stdout.Bytes()
 	}

@@ -32,6 +32,18 @@ type Layer struct {
 
 // LayerBlob writes a layer's tar, compressed.
 func LayerBlob(l Layer) ([]byte, error) {
+	b, _, err := layerBlob(l)
+	return b, err
+}
+
+// layerBlob returns the blob and its diff ID (the digest of the
+// uncompressed tar, which an image config lists in rootfs.diff_ids).
+func layerBlob(l Layer) ([]byte, string, error) {
+	b, raw, err := layerBytes(l)
+	return b, "sha256:" + digest(raw), err
+}
+
+func layerBytes(l Layer) ([]byte, []byte, error) {
 	var raw bytes.Buffer
 	tw := tar.NewWriter(&raw)
 	for _, e := range l.Entries {
@@ -46,16 +58,16 @@ func LayerBlob(l Layer) ([]byte, error) {
 			h.Mode = 0o644
 		}
 		if err := tw.WriteHeader(h); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if h.Typeflag == tar.TypeReg {
 			if _, err := tw.Write(e.Body); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 	}
 	if err := tw.Close(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	switch l.Compress {
 	case "gzip":
@@ -63,18 +75,18 @@ func LayerBlob(l Layer) ([]byte, error) {
 		zw := gzip.NewWriter(&out)
 		zw.Write(raw.Bytes())
 		zw.Close()
-		return out.Bytes(), nil
+		return out.Bytes(), raw.Bytes(), nil
 	case "zstd":
 		var out bytes.Buffer
 		zw, err := zstd.NewWriter(&out)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		zw.Write(raw.Bytes())
 		zw.Close()
-		return out.Bytes(), nil
+		return out.Bytes(), raw.Bytes(), nil
 	}
-	return raw.Bytes(), nil
+	return raw.Bytes(), raw.Bytes(), nil
 }
 
 func digest(b []byte) string {
@@ -99,19 +111,20 @@ func (o outer) put(name string, b []byte) error {
 // naming them.
 func WriteDockerSave(w io.Writer, tag string, layers []Layer) error {
 	o := outer{tar.NewWriter(w)}
-	var names []string
+	var names, diffIDs []string
 	for _, l := range layers {
-		b, err := LayerBlob(l)
+		b, diffID, err := layerBlob(l)
 		if err != nil {
 			return err
 		}
+		diffIDs = append(diffIDs, diffID)
 		n := "blobs/sha256/" + digest(b)
 		names = append(names, n)
 		if err := o.put(n, b); err != nil {
 			return err
 		}
 	}
-	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
+	cfg := imageConfig(diffIDs)
 	cn := "blobs/sha256/" + digest(cfg)
 	if err := o.put(cn, cfg); err != nil {
 		return err
@@ -131,11 +144,13 @@ func WriteOCI(w io.Writer, layers []Layer) error {
 		return err
 	}
 	var descs []map[string]any
+	var diffIDs []string
 	for _, l := range layers {
-		b, err := LayerBlob(l)
+		b, diffID, err := layerBlob(l)
 		if err != nil {
 			return err
 		}
+		diffIDs = append(diffIDs, diffID)
 		mt := "application/vnd.oci.image.layer.v1.tar"
 		if l.Compress != "" {
 			mt += "+" + l.Compress
@@ -146,7 +161,7 @@ func WriteOCI(w io.Writer, layers []Layer) error {
 			return err
 		}
 	}
-	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
+	cfg := imageConfig(diffIDs)
 	if err := o.put("blobs/sha256/"+digest(cfg), cfg); err != nil {
 		return err
 	}
@@ -172,5 +187,13 @@ func Record(id, ecosystem, name, fixed string) []byte {
 		"affected": []map[string]any{{"package": map[string]string{"ecosystem": ecosystem, "name": name},
 			"ranges": []map[string]any{{"type": "ECOSYSTEM", "events": []map[string]string{{"introduced": "0"}, {"fixed": fixed}}}}}},
 	})
+	return b
+}
+
+// imageConfig is a minimal OCI image configuration naming the layers'
+// diff IDs, as tools that rebuild the file system require.
+func imageConfig(diffIDs []string) []byte {
+	b, _ := json.Marshal(map[string]any{"architecture": "amd64", "os": "linux",
+		"config": map[string]any{}, "rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs}})
 	return b
 }
