@@ -417,17 +417,29 @@ func applyLayer(r io.ReaderAt, members map[string]member, l layer, li int, final
 		return err
 	}
 	// Whiteouts hide what the layers below put there, not this layer's own.
-	for _, d := range deletes {
-		for p := range final {
-			if p == d || strings.HasPrefix(p, d+"/") {
-				delete(final, p)
-			}
+	// One pass over the file system, each path checked against its
+	// ancestors: many whiteouts in a large image cost no more than one.
+	if len(deletes) > 0 || len(opaque) > 0 {
+		del, opq := map[string]bool{}, map[string]bool{}
+		for _, d := range deletes {
+			del[d] = true
 		}
-	}
-	for _, d := range opaque {
+		for _, d := range opaque {
+			opq[d] = true
+		}
 		for p := range final {
-			if strings.HasPrefix(p, strings.TrimSuffix(d, "/")+"/") {
+			if del[p] {
 				delete(final, p)
+				continue
+			}
+			for dir := path.Dir(p); ; dir = path.Dir(dir) {
+				if del[dir] || opq[dir] {
+					delete(final, p)
+					break
+				}
+				if dir == "/" {
+					break
+				}
 			}
 		}
 	}
