@@ -1,6 +1,7 @@
 package gobin
 
 import (
+	"bytes"
 	"debug/buildinfo"
 	"debug/elf"
 	"debug/gosym"
@@ -129,20 +130,9 @@ func readSymbols(r io.ReaderAt, goVersion string) (map[string][]string, error) {
 	if p.ver == 118 {
 		funcSym = "go.func.*"
 	}
-	elfSyms, err := f.Symbols()
+	goFunc, found, err := elfSymbol(f, funcSym)
 	if err != nil {
-		if errors.Is(err, elf.ErrNoSymbols) {
-			return nil, errors.New("the binary has no symbol table (stripped)")
-		}
-		return nil, fmt.Errorf("symbol table: %w", err)
-	}
-	var goFunc uint64
-	found := false
-	for _, s := range elfSyms {
-		if s.Name == funcSym {
-			goFunc, found = s.Value, true
-			break
-		}
+		return nil, err
 	}
 	if !found {
 		return nil, fmt.Errorf("no %s symbol", funcSym)
@@ -434,4 +424,51 @@ func splitName(name string) (pkg, sym string, err error) {
 		}
 	}
 	return pkg, sym, nil
+}
+
+// elfSymbol finds one symbol's value by scanning the symbol table in
+// place: decoding every symbol (elf.File.Symbols) of a large binary costs
+// tens of megabytes for the one name needed.
+func elfSymbol(f *elf.File, name string) (uint64, bool, error) {
+	var symtab *elf.Section
+	for _, sec := range f.Sections {
+		if sec.Type == elf.SHT_SYMTAB {
+			symtab = sec
+			break
+		}
+	}
+	if symtab == nil {
+		return 0, false, errors.New("the binary has no symbol table (stripped)")
+	}
+	if int(symtab.Link) >= len(f.Sections) || symtab.Link == 0 {
+		return 0, false, errors.New("symbol table: bad string table link")
+	}
+	strs := f.Sections[symtab.Link]
+	if symtab.Size > 1<<31 || strs.Size > 1<<31 {
+		return 0, false, errors.New("symbol table too large")
+	}
+	syms, err := symtab.Data()
+	if err != nil {
+		return 0, false, fmt.Errorf("symbol table: %w", err)
+	}
+	names, err := strs.Data()
+	if err != nil {
+		return 0, false, fmt.Errorf("symbol table: %w", err)
+	}
+	want := []byte(name + "\x00")
+	size, valueAt := 24, 8 // Elf64_Sym: name(4) info other shndx(2) value(8) size(8)
+	if f.Class == elf.ELFCLASS32 {
+		size, valueAt = 16, 4 // Elf32_Sym: name(4) value(4) size(4) info other shndx(2)
+	}
+	for off := size; off+size <= len(syms); off += size { // entry 0 is null
+		n := uint64(f.ByteOrder.Uint32(syms[off:]))
+		if n >= uint64(len(names)) || !bytes.HasPrefix(names[n:], want) {
+			continue
+		}
+		if f.Class == elf.ELFCLASS32 {
+			return uint64(f.ByteOrder.Uint32(syms[off+valueAt:])), true, nil
+		}
+		return f.ByteOrder.Uint64(syms[off+valueAt:]), true, nil
+	}
+	return 0, false, nil
 }
