@@ -191,7 +191,7 @@ func run(work, rampart, gvc, osvs string, runs int) error {
 	add("govulncheck -mode=binary", "go binary", parseGovulncheck, gvc, "-mode=binary", "-json", "-db", "file://"+vulndb, large)
 	add("osv-scanner scan source", "go binary", parseOSVScanner, osvs, "scan", "source", "--offline", "--experimental-plugins", "go/binary", "--local-db-path", osvLocal, "--format", "json", binDir)
 	add("rampart scan", "image", parseRampart, rampart, "scan", "--db", dbFile, "--format", "json", image)
-	add("osv-scanner scan image", "image", parseOSVScanner, osvs, "scan", "image", "--archive", "--offline", "--local-db-path", osvLocal, "--format", "json", image)
+	add("osv-scanner scan image", "image", parseOSVScanner, osvs, "scan", "image", "--archive", "--offline", "--experimental-plugins", "artifact", "--experimental-plugins", "go/binary", "--local-db-path", osvLocal, "--format", "json", image)
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TOOL\tINPUT\tTIME (median)\tPEAK RSS\tFINDINGS\tCALLED")
