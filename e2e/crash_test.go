@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -21,6 +22,11 @@ import (
 func TestAuditSurvivesKill9DuringIngestion(t *testing.T) {
 	s, a := setup(t)
 	mustCLI(t, s.adminEnv(), "entry", "create", "--spiffe-id", "spiffe://example.org/loadgen", "--parent", agentID, "--selector", myUID())
+	// Only an enforcement point (a policy protects it) may ship, and only
+	// decisions about itself (decision 0030).
+	pol := filepath.Join(t.TempDir(), "loadgen.yaml")
+	os.WriteFile(pol, []byte("service: spiffe://example.org/loadgen\nrules:\n  - name: none\n    callers: [spiffe://example.org/nobody]\n"), 0o600)
+	mustCLI(t, s.adminEnv(), "policy", "put", pol)
 	ctx := context.Background()
 	src := x509Source(t, ctx, a)
 	client := authz.ServerClient(s.addr, spiffeid.RequireTrustDomainFromString("example.org"), src, src)
@@ -44,7 +50,7 @@ func TestAuditSurvivesKill9DuringIngestion(t *testing.T) {
 				}
 				es := make([]*audit.Entry, batch)
 				for i := range es {
-					es[i] = &audit.Entry{V: 1, Time: time.Now(), Actor: audit.Actor{SpiffeID: "spiffe://example.org/loadgen"}, Action: "load.test",
+					es[i] = &audit.Entry{V: 1, Time: time.Now(), Actor: audit.Actor{SpiffeID: "spiffe://example.org/caller"}, Action: "authz.decision", Target: "spiffe://example.org/loadgen",
 						Outcome: audit.OutcomeSuccess, Stream: streams[w], Seq: next + uint64(i), Details: map[string]string{"pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}
 				}
 				up, err := send.Send(ctx, es)

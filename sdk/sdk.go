@@ -5,39 +5,48 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
+	"github.com/rampartsec/rampart/internal/upstream"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 // DefaultSocket is the Workload API socket of an agent running as root, used
 // when neither WithSocket nor SPIFFE_ENDPOINT_SOCKET says otherwise. A
 // process not running as root uses its own user's agent instead,
 // $XDG_RUNTIME_DIR/rampart/workload.sock, when that socket exists.
-const DefaultSocket = endpoint.SystemDir + "/" + endpoint.SocketName
+const DefaultSocket = "/run/rampart/workload.sock"
 
 // Option configures New.
 type Option func(*options)
 
 type options struct {
-	socket   string
-	agentUID *uint32
-	server   string
-	cacheDir string
-	log      *slog.Logger
-	sink     authz.Sink
-	spoolDir string
+	socket       string
+	agentUID     *uint32
+	svids        x509svid.Source   // nil: the Workload API's
+	bundles      x509bundle.Source // set with svids
+	server       string
+	cacheDir     string
+	log          *slog.Logger
+	sink         decision.Sink
+	spoolDir     string
+	stripHeaders []string
 }
 
 // WithSocket sets the agent's Workload API socket path.
@@ -52,6 +61,19 @@ func WithSocket(path string) Option { return func(o *options) { o.socket = path 
 // other owner is refused.
 func WithAgentUID(uid uint32) Option { return func(o *options) { o.agentUID = &uid } }
 
+// WithX509Source takes this service's SVID from svids and the trust
+// bundles from bundles instead of an agent's Workload API: New then opens
+// no socket, and WithSocket and WithAgentUID have no effect. Both are
+// asked at every TLS handshake, so a source that rotates (go-spiffe's
+// workloadapi.X509Source, which satisfies both) rotates the service's
+// certificate too; the SVID's SPIFFE ID must not change. A fixed
+// *x509svid.SVID and *x509bundle.Bundle satisfy them, which is how a test
+// runs a service without an agent (see package sdktest for a CA that makes
+// them). Close does not close them: they belong to the caller.
+func WithX509Source(svids x509svid.Source, bundles x509bundle.Source) Option {
+	return func(o *options) { o.svids, o.bundles = svids, bundles }
+}
+
 // WithServer sets the Rampart server (host:port) to fetch the policy and
 // revocations from.
 func WithServer(addr string) Option { return func(o *options) { o.server = addr } }
@@ -65,41 +87,47 @@ func WithPolicyCache(dir string) Option { return func(o *options) { o.cacheDir =
 // and are delivered once. Needs WithServer (or RAMPART_SERVER).
 func WithAuditSpool(dir string) Option { return func(o *options) { o.spoolDir = dir } }
 
+// WithStripHeaders names more request headers Middleware removes before the
+// policy and the handler see them, besides the identity headers other
+// proxies and platforms set, which it always removes (X-Spiffe-Id,
+// X-Client-Cert, X-Remote-User, X-Forwarded-User... the list is in
+// docs/dataplane.md): use it for a header your handlers read as proven. A
+// name is matched in any case, with "_" read as "-"; a trailing "*" makes
+// a prefix.
+func WithStripHeaders(names ...string) Option {
+	return func(o *options) { o.stripHeaders = append(o.stripHeaders, names...) }
+}
+
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// DecisionEvent is one authorisation decision.
-type DecisionEvent = authz.Event
+// DecisionEvent is one authorisation decision (see package decision).
+type DecisionEvent = decision.Event
 
-// DecisionSink receives every authorisation decision.
-type DecisionSink interface {
-	Decision(ctx context.Context, e DecisionEvent)
-}
+// DecisionSink receives every authorisation decision (see package
+// decision; decision.SinkFunc makes one of a function).
+type DecisionSink = decision.Sink
 
 // WithDecisionSink sends decisions to s instead of the logger.
 func WithDecisionSink(s DecisionSink) Option { return func(o *options) { o.sink = s } }
 
 // Source is a service's identity and authorisation.
 type Source struct {
-	server string // control plane address ("" without one)
-	x509   *workloadapi.X509Source
-	id     spiffeid.ID
-	guard  *authz.Guard
-	revs   *mtls.Revocations
-	spool  *spool.Spool // nil unless WithAuditSpool
+	server  string            // control plane address ("" without one)
+	svids   x509svid.Source   // this service's SVID, asked at every handshake
+	bundles x509bundle.Source // the trust bundles
+	closer  io.Closer         // the Workload API client; nil with WithX509Source
+	id      spiffeid.ID
+	guard   *authz.Guard
+	revs    *mtls.Revocations
+	spool   *spool.Spool // nil unless WithAuditSpool
 }
 
-// New connects to the agent and waits for the first SVID.
+// New connects to the agent and waits for the first SVID (or, with
+// WithX509Source, takes the SVID from the source given), then starts
+// following the server's policy when one is configured.
 func New(ctx context.Context, opts ...Option) (*Source, error) {
-	o := options{socket: endpoint.ClientPath(os.Geteuid(), os.Getenv), server: os.Getenv("RAMPART_SERVER")}
-	if env := os.Getenv("SPIFFE_ENDPOINT_SOCKET"); env != "" {
-		o.socket = env
-	}
-	uid, err := endpoint.ParseUID(os.Getenv("RAMPART_AGENT_UID"))
-	if err != nil {
-		return nil, fmt.Errorf("sdk: RAMPART_AGENT_UID: %w", err)
-	}
-	o.agentUID = uid
+	o := options{server: os.Getenv("RAMPART_SERVER")}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -109,41 +137,82 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 	if o.spoolDir != "" && o.server == "" {
 		return nil, errors.New("sdk: WithAuditSpool needs WithServer (or RAMPART_SERVER): the spool delivers to the server")
 	}
-	wopts, err := endpoint.ClientOptions(ctx, o.socket, o.agentUID)
+	if (o.svids == nil) != (o.bundles == nil) {
+		return nil, errors.New("sdk: WithX509Source needs both an SVID source and a bundle source")
+	}
+	strip, err := authz.ParseStripHeaders(o.stripHeaders)
 	if err != nil {
+		return nil, fmt.Errorf("sdk: WithStripHeaders: %w", err)
+	}
+	s := &Source{server: o.server, svids: o.svids, bundles: o.bundles, revs: &mtls.Revocations{}}
+	if s.svids == nil {
+		src, err := workloadAPI(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		s.svids, s.bundles, s.closer = src, src, src
+	}
+	sv, err := s.svids.GetX509SVID()
+	if err != nil {
+		s.Close()
 		return nil, fmt.Errorf("sdk: %w", err)
 	}
-	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(wopts...))
-	if err != nil {
-		return nil, fmt.Errorf("sdk: Workload API at %s: %w", o.socket, err)
+	if sv == nil || sv.ID.IsZero() {
+		s.Close()
+		return nil, errors.New("sdk: the X.509 source gave no SVID")
 	}
-	sv, err := src.GetX509SVID()
-	if err != nil {
-		src.Close()
-		return nil, fmt.Errorf("sdk: %w", err)
-	}
-	s := &Source{server: o.server, x509: src, id: sv.ID, revs: &mtls.Revocations{}}
-	var sink authz.Sink = authz.LogSink{Log: o.log}
+	s.id = sv.ID
+	var sink decision.Sink = authz.LogSink{Log: o.log}
 	if o.sink != nil {
 		sink = o.sink
 	}
 	if o.spoolDir != "" {
-		sp, shipping, err := authz.ShipDecisions(o.spoolDir, o.server, sv.ID.TrustDomain(), src, src, sink, o.log, nil)
+		sp, shipping, err := authz.ShipDecisions(o.spoolDir, o.server, s.id.TrustDomain(), s.svids, s.bundles, sink, o.log, nil)
 		if err != nil {
-			src.Close()
+			s.Close()
 			return nil, fmt.Errorf("sdk: %w", err)
 		}
 		s.spool, sink = sp, shipping
 	}
-	s.guard = authz.NewGuard(authz.GuardConfig{Service: sv.ID, Log: o.log, Sink: sink, Revocations: s.revs})
+	s.guard = authz.NewGuard(authz.GuardConfig{Service: s.id, Log: o.log, Sink: sink, Revocations: s.revs, StripHeaders: strip})
 	if o.server != "" {
-		sy := &authz.Syncer{ServerAddr: o.server, SVID: src, Bundles: src, Guard: s.guard, Revocations: s.revs, CacheDir: o.cacheDir, Log: o.log}
+		sy := &authz.Syncer{ServerAddr: o.server, SVID: s.svids, Bundles: s.bundles, Guard: s.guard, Revocations: s.revs, CacheDir: o.cacheDir, Log: o.log}
 		if err := sy.Start(ctx); err != nil {
 			s.Close()
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// workloadAPI connects to the agent's Workload API and waits for the first
+// SVID. The socket is SPIFFE_ENDPOINT_SOCKET, WithSocket or the default,
+// and is trusted only when served by the agent's uid (WithAgentUID,
+// RAMPART_AGENT_UID, or the owner of its directory).
+func workloadAPI(ctx context.Context, o options) (*workloadapi.X509Source, error) {
+	socket := o.socket
+	if socket == "" {
+		socket = os.Getenv("SPIFFE_ENDPOINT_SOCKET")
+	}
+	if socket == "" {
+		socket = endpoint.ClientPath(os.Geteuid(), os.Getenv)
+	}
+	uid := o.agentUID
+	if uid == nil {
+		var err error
+		if uid, err = endpoint.ParseUID(os.Getenv("RAMPART_AGENT_UID")); err != nil {
+			return nil, fmt.Errorf("sdk: RAMPART_AGENT_UID: %w", err)
+		}
+	}
+	wopts, err := endpoint.ClientOptions(ctx, socket, uid)
+	if err != nil {
+		return nil, fmt.Errorf("sdk: %w", err)
+	}
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(wopts...))
+	if err != nil {
+		return nil, fmt.Errorf("sdk: Workload API at %s: %w", socket, err)
+	}
+	return src, nil
 }
 
 // ID is this service's SPIFFE ID.
@@ -155,7 +224,10 @@ func (s *Source) Close() error {
 	if s.spool != nil {
 		s.spool.Close()
 	}
-	return s.x509.Close()
+	if s.closer == nil {
+		return nil
+	}
+	return s.closer.Close()
 }
 
 // SetPolicy installs a policy from its YAML source, replacing any other
@@ -178,12 +250,12 @@ func (s *Source) SetPolicy(yaml []byte) error {
 
 // ServerTLSConfig requires a client SVID from this trust domain, not revoked.
 func (s *Source) ServerTLSConfig() *tls.Config {
-	return mtls.ServerConfig(mtls.Options{SVID: s.x509, Bundles: s.x509, Authorize: tlsconfig.AuthorizeMemberOf(s.id.TrustDomain()), Revocations: s.revs})
+	return mtls.ServerConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: tlsconfig.AuthorizeMemberOf(s.id.TrustDomain()), Revocations: s.revs})
 }
 
 // ClientTLSConfig refuses any server but the one presenting server's SVID.
 func (s *Source) ClientTLSConfig(server spiffeid.ID) *tls.Config {
-	return mtls.ClientConfig(mtls.Options{SVID: s.x509, Bundles: s.x509, Authorize: tlsconfig.AuthorizeID(server), Revocations: s.revs})
+	return mtls.ClientConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: tlsconfig.AuthorizeID(server), Revocations: s.revs})
 }
 
 // ClientOption configures HTTPClient.
@@ -191,6 +263,64 @@ type ClientOption func(*clientOptions)
 
 type clientOptions struct {
 	exchangeClientID string
+	limits           ClientLimits
+}
+
+// ClientLimits bound the connections an HTTPClient opens to its server, so
+// that a server that slows down is not also flooded with new connections
+// (each a TLS handshake) by the requests waiting for it. Zero fields take
+// the defaults named.
+type ClientLimits struct {
+	// MaxConns bounds the open connections (default 1024). Over HTTP/1.1
+	// it bounds the requests in flight; an HTTP/2 connection carries many.
+	MaxConns int
+	// MaxPending bounds the requests waiting for a connection (default
+	// 1024); beyond it a request fails at once with ErrOverloaded.
+	MaxPending int
+	// QueueTimeout is how long a request waits for a connection (default
+	// 1 s) before it fails with ErrOverloaded.
+	QueueTimeout time.Duration
+	// MaxDialing bounds the connections being opened at once (default 16).
+	MaxDialing int
+	// DialRate bounds new connections a second after a burst of
+	// MaxDialing (default 64; negative: no bound).
+	DialRate float64
+	// MaxIdle bounds the idle connections kept (default 64).
+	MaxIdle int
+	// IdleTimeout closes idle connections (default 90 s).
+	IdleTimeout time.Duration
+}
+
+// ErrOverloaded is the error (matched with errors.Is) of a request an
+// HTTPClient did not send because every connection to the server stayed
+// busy (ClientLimits): it may be retried later.
+var ErrOverloaded = upstream.ErrOverloaded
+
+// WithClientLimits bounds the client's connections (see ClientLimits).
+func WithClientLimits(l ClientLimits) ClientOption {
+	return func(o *clientOptions) { o.limits = l }
+}
+
+func (l ClientLimits) upstream() (upstream.Limits, error) {
+	u := upstream.Limits{MaxConns: l.MaxConns, MaxPending: l.MaxPending, QueueTimeout: l.QueueTimeout, MaxDialing: l.MaxDialing,
+		DialRate: l.DialRate, MaxIdle: l.MaxIdle, IdleTimeout: l.IdleTimeout}
+	switch {
+	case u.DialRate == 0:
+		u.DialRate = upstream.DefaultDialRate
+	case u.DialRate < 0:
+		u.DialRate = 0
+	}
+	if u.MaxIdle == 0 {
+		u.MaxIdle = 64
+		if u.MaxConns > 0 && u.MaxConns < 64 {
+			u.MaxIdle = u.MaxConns
+		}
+	}
+	u = u.WithDefaults()
+	if err := u.Validate(); err != nil {
+		return u, fmt.Errorf("sdk: ClientLimits: %w", err)
+	}
+	return u, nil
 }
 
 // WithTokenExchange makes the client exchange the user token on each
@@ -204,20 +334,32 @@ func WithTokenExchange(clientID string) ClientOption {
 	return func(o *clientOptions) { o.exchangeClientID = clientID }
 }
 
-// HTTPClient calls the service whose SPIFFE ID is server over mTLS.
+// HTTPClient calls the service whose SPIFFE ID is server over mTLS. It
+// resumes TLS sessions with the server, and keeps to ClientLimits: a
+// request that finds every connection busy waits for one, and fails with
+// ErrOverloaded when the wait is too long.
 func (s *Source) HTTPClient(server spiffeid.ID, opts ...ClientOption) *http.Client {
 	var o clientOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
-	var rt http.RoundTripper = &http.Transport{
-		TLSClientConfig: s.ClientTLSConfig(server), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+	l, err := o.limits.upstream()
+	if err != nil {
+		return &http.Client{Transport: roundTripErr{err}}
 	}
+	dialer := &mtls.Dialer{Config: s.ClientTLSConfig(server), Net: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}}
+	t := upstream.Transport(l, true, func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Second) // the connection and its handshake
+		defer cancel()
+		return dialer.DialContext(ctx, network, addr)
+	}, nil)
+	t.ForceAttemptHTTP2 = true
+	var rt http.RoundTripper = upstream.Bound(t, l, nil, nil)
 	if o.exchangeClientID != "" {
 		if s.server == "" {
 			rt = roundTripErr{errors.New("sdk: WithTokenExchange needs a server (WithServer or RAMPART_SERVER)")}
 		} else {
-			rt = authz.NewExchanger(s.server, o.exchangeClientID, s.id.TrustDomain(), s.x509, s.x509).RoundTripper(server.String(), rt)
+			rt = authz.NewExchanger(s.server, o.exchangeClientID, s.id.TrustDomain(), s.svids, s.bundles).RoundTripper(server.String(), rt)
 		}
 	}
 	return &http.Client{Timeout: 30 * time.Second, Transport: rt}

@@ -76,9 +76,14 @@ func cleanup() {
 }
 
 func start(path string, env []string, args ...string) (*exec.Cmd, error) {
+	return startLogged(filepath.Base(path)+"-"+args[0], path, env, args...)
+}
+
+// startLogged starts a process whose output goes to workDir/NAME.log.
+func startLogged(name, path string, env []string, args ...string) (*exec.Cmd, error) {
 	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), env...)
-	logf, _ := os.Create(filepath.Join(workDir, filepath.Base(path)+"-"+args[0]+".log"))
+	logf, _ := os.Create(filepath.Join(workDir, name+".log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -105,8 +110,9 @@ func freePort() string {
 func run() error {
 	ctx := context.Background()
 	srvDir := filepath.Join(workDir, "server")
-	if _, err := start(*bin, []string{"RAMPART_READY_FILE=" + filepath.Join(workDir, "srv.ready")}, "server", "--data", srvDir,
-		"--listen", "127.0.0.1:0", "--trust-domain", "example.org", "--log-level", "warn"); err != nil {
+	srvCmd, err := start(*bin, []string{"RAMPART_READY_FILE=" + filepath.Join(workDir, "srv.ready")}, "server", "--data", srvDir,
+		"--listen", "127.0.0.1:0", "--trust-domain", "example.org", "--log-level", "warn")
+	if err != nil {
 		return err
 	}
 	addr, err := waitFile(filepath.Join(workDir, "srv.ready"))
@@ -196,6 +202,9 @@ func run() error {
 			return err
 		}
 	}
+	if *overload {
+		return overloadCurve(sock, addr, appAddr, exe, ngOut, nginxPair, srvCmd.Process.Pid)
+	}
 
 	fmt.Printf("machine: %d cores; wrk -t2 -c%d -d%s, 1 KiB responses, keep-alive; %d rounds\n", numCPU(), *conns, *dur, *rounds)
 	var ratios []float64
@@ -255,7 +264,7 @@ func run() error {
 		through.q(.5)-direct.q(.5), through.q(.99)-direct.q(.99), ng.q(.5)-direct.q(.5), ng.q(.99)-direct.q(.99))
 	per := 1000 / float64(*rate)
 	mb := func(kb int64) float64 { return float64(kb) / 1024 / 2 }
-	fmt.Printf("  cost per 1,000 req/s: rampart pair %.3f vCPU (app-side proxy, which also spools and ships every decision to the audit log, %.3f; client side %.3f), nginx pair %.3f vCPU (%d workers)\n",
+	fmt.Printf("  cost per 1,000 req/s: rampart pair %.3f vCPU (app-side proxy, which logs its decisions without shipping them: shipping is measured by --overload, %.3f; client side %.3f), nginx pair %.3f vCPU (%d workers)\n",
 		cpu*per, appCPU*per, (cpu-appCPU)*per, ngCPU*per, len(nginxPair))
 	fmt.Printf("  memory: rampart RSS %.1f MB per proxy (%.1f MB anonymous: heap, stacks, buffers; %.1f MB the binary's file pages, shared by every process running the same file; peak %.1f MB); nginx pair workers %.1f MB each\n",
 		mb(rss), mb(anon), mb(file), mb(peak), float64(ngRSS)/1024/float64(max(1, len(nginxPair))))
@@ -274,6 +283,52 @@ func run() error {
 	stop()
 	fmt.Printf("new mTLS handshakes/s (TLS 1.3, ECDSA P-256, 4 clients): rampart inbound %.0f, raw crypto/tls server %.0f, ratio %.2f\n", rampartHS, rawHS, rampartHS/rawHS)
 	return nil
+}
+
+// overloadCurve starts two rampart pairs in front of the app, the second
+// with its decisions spooled and shipped to the server's audit log, and
+// runs the overload curve on them and the nginx pair.
+func overloadCurve(sock, server, appAddr string, exe map[string]string, ngOut string, nginxPair []int, serverPID int) error {
+	extra := strings.Fields(*overProxyArgs)
+	pair := func(tag, name string, inboundArgs ...string) (system, error) {
+		ready := filepath.Join(workDir, tag+"-app.ready")
+		in, err := startLogged(tag+"-app-proxy", exe["app"], []string{"RAMPART_READY_FILE=" + ready}, append(append([]string{"proxy", "--socket", sock, "--server", server,
+			"--inbound", "127.0.0.1:0", "--app", appAddr, "--log-level", "warn"}, inboundArgs...), extra...)...)
+		if err != nil {
+			return system{}, err
+		}
+		s, err := waitFile(ready)
+		if err != nil {
+			return system{}, err
+		}
+		rIn := strings.Split(s, "\n")[0]
+		ready = filepath.Join(workDir, tag+"-client.ready")
+		out, err := startLogged(tag+"-client-proxy", exe["client"], []string{"RAMPART_READY_FILE=" + ready}, append([]string{"proxy", "--socket", sock, "--server", server,
+			"--outbound", "127.0.0.1:0=" + rIn + ",spiffe://example.org/app", "--log-level", "warn"}, extra...)...)
+		if err != nil {
+			return system{}, err
+		}
+		if s, err = waitFile(ready); err != nil {
+			return system{}, err
+		}
+		u := "http://" + strings.Split(strings.TrimRight(s, "\n"), "\n")[1] + "/"
+		if err := check(u); err != nil {
+			return system{}, err
+		}
+		// The server is counted with both pairs: with shipping it ingests
+		// the decisions, without it is idle but for the policy sync.
+		return system{name: name, url: u, pids: []int{in.Process.Pid, out.Process.Pid, serverPID}}, nil
+	}
+	off, err := pair("off", "rampart, shipping off")
+	if err != nil {
+		return err
+	}
+	on, err := pair("on", "rampart, shipping on", "--data", filepath.Join(workDir, "shipping-data"))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("machine: %d cores; rampart pairs with %q; nginx pair with %d workers\n", numCPU(), *overProxyArgs, len(nginxPair))
+	return runOverload([]system{off, on, {name: "nginx pair", url: "http://" + ngOut + "/", pids: nginxPair}})
 }
 
 func numCPU() int {

@@ -54,7 +54,11 @@ const auditUsage = `rampart audit verify|query|export|repair --data SERVER-DATA-
 
 FILTERS: --since/--until (RFC 3339 time, or a duration ago such as 24h),
 --actor, --target, --action (exact, or a pattern such as 'svid.*'),
---outcome success|failure|denied.
+--outcome success|failure|denied, --source server|shipped|PATTERN (server:
+what the server wrote itself, the only entries that can show an admin's or
+the server's action; shipped: what agents, proxies and SDK services shipped,
+each under its own SPIFFE ID). An entry with details.count stands for that
+many identical events (aggregated decisions or refusals).
 
 verify, query and export read DATA/audit directly and are safe while the
 server runs.
@@ -293,6 +297,7 @@ func runAuditRead(env *cliEnv, verb string, args []string) error {
 	fs.StringVar(&f.Target, "target", "", "target (pattern)")
 	fs.StringVar(&f.Action, "action", "", "action, e.g. svid.issue or 'authz.*'")
 	fs.StringVar(&f.Outcome, "outcome", "", "success, failure or denied")
+	fs.StringVar(&f.Source, "source", "", "server (written by the server), shipped (by agents, proxies, SDK services) or a pattern on the source")
 	limit := fs.Int("limit", 0, "at most this many entries (query default 1000; 0 with export: all)")
 	asJSON := fs.Bool("json", false, "print JSON lines (query)")
 	format := fs.String("format", audit.FormatJSONLines, "export format: jsonl, syslog or es-bulk")
@@ -332,7 +337,7 @@ func runAuditRead(env *cliEnv, verb string, args []string) error {
 	if pub, err := os.ReadFile(filepath.Join(*data, "audit.pub")); err == nil {
 		x.Origin, _, _ = strings.Cut(strings.TrimSpace(string(pub)), "+")
 	}
-	tw := table(env, "INDEX", "TIME", "ACTION", "OUTCOME", "ACTOR", "TARGET", "REASON")
+	tw := table(env, "INDEX", "TIME", "ACTION", "OUTCOME", "ACTOR", "TARGET", "SOURCE", "COUNT", "REASON")
 	n := 0
 	scan := func(fn func(int64, []byte) error) error { return audit.Scan(filepath.Join(*data, "audit"), *from, fn) }
 	if *from == 0 && (!f.Since.IsZero() || !f.Until.IsZero()) {
@@ -359,7 +364,11 @@ func runAuditRead(env *cliEnv, verb string, args []string) error {
 			if e.Actor.User != "" {
 				actor = strings.TrimPrefix(actor+" user:"+e.Actor.User, " ")
 			}
-			tw.row(strconv.FormatInt(i, 10), e.Time.UTC().Format(time.RFC3339), e.Action, e.Outcome, actor, dash(e.Target), dash(e.Reason))
+			count := "1"
+			if c, ok := e.Details["count"]; ok {
+				count = c
+			}
+			tw.row(strconv.FormatInt(i, 10), e.Time.UTC().Format(time.RFC3339), e.Action, e.Outcome, actor, dash(e.Target), dash(e.Source), count, dash(e.Reason))
 		}
 		if n++; *limit > 0 && n >= *limit {
 			return audit.ErrStop

@@ -45,6 +45,7 @@ func commands() []command {
 		{"alert", "list, acknowledge and resolve detection alerts", runAlert},
 		{"oauth", "manage OAuth/OIDC clients and users (client ..., user ...)", runOAuth},
 		{"kms", "manage key store keys (create, rotate, disable, destroy)", runKMS},
+		{"backup", "make, list, verify and restore encrypted backups; run restore drills", runBackup},
 		{"scan", "scan Go binaries, SBOMs and images for known vulnerabilities; the offline database, gate and exceptions", runScan},
 		{"inventory", "list what runs where: services, hosts, binaries, modules and their findings", runInventory},
 		{"demo", "start a secured sample system on loopback", runDemo},

@@ -87,6 +87,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	archive := fs.String("audit-archive", "", "copy sealed audit segments and checkpoints to S3-compatible storage: s3://BUCKET[/PREFIX][?endpoint=URL&region=R] (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
 	fs.StringVar(&cfg.AuditForwardTo, "audit-forward-to", "", "on a replica that shares --postgres with the one keeping the deployment's audit log: that replica's API address (host:port); this one spools its entries in DATA/audit-spool and ships them there")
 	fs.Int64Var(&cfg.AuditSegmentEntries, "audit-segment-entries", audit.DefaultSegmentEntries, "audit entries per sealed, compressed segment (a multiple of 256)")
+	backupConfig := fs.String("backup-config", "", "backups and restore drills on a schedule (YAML: destinations, recipients, every, retention, drill; see docs/backup.md)")
 	detectRules := fs.String("detect-rules", "", "detection rules and alert sinks (YAML; default: the built-in rules, see rampart detect rules)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -113,6 +114,11 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		cfg.AuditArchive = b
+	}
+	if *backupConfig != "" {
+		if cfg.Backup, err = loadBackupConfig(*backupConfig); err != nil {
+			return err
+		}
 	}
 	if *detectRules != "" {
 		if cfg.DetectRules, err = os.ReadFile(*detectRules); err != nil {

@@ -31,10 +31,11 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit/spool"
-	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/identity/ids"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/selector"
+	"github.com/rampartsec/rampart/internal/svid"
 	"github.com/rampartsec/rampart/internal/workload"
 )
 
@@ -134,7 +135,7 @@ func New(cfg Config) (*Agent, error) {
 		if err != nil {
 			return nil, fmt.Errorf("agent: ca bundle: %w", err)
 		}
-		if a.bundle, err = identity.ParsePEM(b); err != nil {
+		if a.bundle, err = svid.ParsePEM(b); err != nil {
 			return nil, fmt.Errorf("agent: ca bundle %s: %w", cfg.BundleFile, err)
 		}
 	}
@@ -145,7 +146,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 		a.td = td
 	}
-	serverID := identity.ServerID(a.td)
+	serverID := ids.ServerID(a.td)
 	base := "https://" + cfg.ServerAddr
 	mtls := tlsconfig.MTLSClientConfig(a, a, tlsconfig.AuthorizeID(serverID))
 	mtls.MinVersion = tls.VersionTLS13

@@ -5,8 +5,10 @@
 //
 //  1. takes the caller's SPIFFE ID from the verified TLS peer certificate,
 //     never from a header;
-//  2. strips identity headers the caller may have forged
-//     (X-Forwarded-Client-Cert, X-Rampart-*);
+//  2. strips identity headers the caller may have forged: its own
+//     (X-Forwarded-Client-Cert, X-Rampart-*), those other proxies and
+//     platforms set for the apps behind them (X-Spiffe-Id, X-Client-Cert,
+//     X-Remote-User...: identity.go) and any the operator names;
 //  3. normalises the path (policy.NormalizePath) and refuses ambiguous ones
 //     (encoded slashes, ".." above the root) with 400, then forwards the
 //     normalised path, so the app serves exactly what the policy judged;
@@ -17,10 +19,15 @@
 //  6. hands the verified identity to the app: X-Rampart-Caller and
 //     X-Forwarded-Client-Cert headers (proxy), and the request context
 //     (SDK: CallerID);
-//  7. records a decision Event (caller, target, method, path, rule, outcome,
-//     dry-run, latency) to a Sink: LogSink writes a structured log line,
-//     AuditSink an authz.decision entry into a spool that ships it to the
-//     server's audit log (ShipDecisions sets both up).
+//  7. records a decision.Event (caller, target, method, path, rule,
+//     outcome, dry-run, latency; the types are in the public package
+//     sdk/decision, so an SDK user can name them) to a decision.Sink:
+//     LogSink writes a structured log line, AuditSink an authz.decision
+//     entry into a spool that ships it to the
+//     server's audit log (ShipDecisions sets both up). The sink never
+//     waits on the request, and counts identical decisions within 5 s into
+//     one entry with details.count (bounded per caller), so a flood is a
+//     bounded number of entries and every decision is counted.
 //
 // Syncer keeps the guard's policy and the revocation list current by long
 // polling the server with the workload's own SVID, and caches the last answer

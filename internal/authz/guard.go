@@ -20,7 +20,7 @@ import (
 	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
-	"github.com/rampartsec/rampart/internal/svid"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 // Header names the guard sets for the app (and strips from callers).
@@ -30,34 +30,11 @@ const (
 	HeaderUser   = "X-Rampart-User"
 )
 
-// Event is one authorisation decision.
-type Event struct {
-	Time    time.Time
-	Caller  string // verified SPIFFE ID
-	Target  string // the protected service's SPIFFE ID
-	Method  string // "" for TCP connections
-	Path    string // normalised; "" for TCP
-	Rule    string // the deciding rule; "" for default deny
-	Version string // policy version; "" when there is no policy
-	Allowed bool   // effective outcome
-	DryRun  bool   // a dry-run policy would have denied
-	Reason  string // why, when refused before the policy (bad path)
-	User    string // end user of a verified access token, "" without one
-	Act     string // service that exchanged the user's token, if any
-	Remote  string
-	Latency time.Duration // time spent deciding
-}
-
-// Sink receives decision events (LogSink, AuditSink, Sinks).
-type Sink interface {
-	Decision(ctx context.Context, e Event)
-}
-
 // LogSink writes decisions as structured log lines.
 type LogSink struct{ Log *slog.Logger }
 
-// Decision implements Sink.
-func (s LogSink) Decision(ctx context.Context, e Event) {
+// Decision implements decision.Sink.
+func (s LogSink) Decision(ctx context.Context, e decision.Event) {
 	lvl := slog.LevelInfo
 	if !e.Allowed || e.DryRun {
 		lvl = slog.LevelWarn
@@ -76,13 +53,16 @@ func (s LogSink) Decision(ctx context.Context, e Event) {
 type GuardConfig struct {
 	Service  spiffeid.ID // the protected service (our own SPIFFE ID)
 	Log      *slog.Logger
-	Sink     Sink
+	Sink     decision.Sink
 	Registry *prometheus.Registry // nil: no metrics
 	// Revocations, if set, is checked on every request, not only at the
 	// handshake: a connection opened before a revocation is cut at its
 	// next request.
 	Revocations *mtls.Revocations
-	Now         func() time.Time // nil: time.Now
+	// StripHeaders are request headers removed besides the built-in
+	// identity headers (ParseStripHeaders; nil: none).
+	StripHeaders *HeaderNames
+	Now          func() time.Time // nil: time.Now
 }
 
 // Guard authorises inbound calls with the current policy.
@@ -130,8 +110,16 @@ func NewGuard(cfg GuardConfig) *Guard {
 // Syncer).
 func (g *Guard) Tokens() *Tokens { return g.tokens }
 
-// SetPolicy installs a compiled policy; nil removes it (default deny).
-func (g *Guard) SetPolicy(e *policy.Engine) { g.engine.Store(e) }
+// SetPolicy installs a compiled policy; nil removes it (default deny). In a
+// program built without CEL (policy.CEL false), a policy with conditions
+// decides more strictly than it says, which is logged as an error.
+func (g *Guard) SetPolicy(e *policy.Engine) {
+	if e != nil && !policy.CEL && e.Conditions() > 0 {
+		g.cfg.Log.Error("this program was built without CEL (-tags rampart_omit_cel): the policy's allow rules with a when condition never match, its deny rules with one always do",
+			"service", e.Service().String(), "policy_version", e.Version(), "conditions", e.Conditions())
+	}
+	g.engine.Store(e)
+}
 
 // Policy returns the installed policy, or nil.
 func (g *Guard) Policy() *policy.Engine { return g.engine.Load() }
@@ -150,6 +138,7 @@ type Refusal struct {
 	Status          int
 	Detail          string
 	WWWAuthenticate string // "" unless a token was refused
+	RetryAfter      string // seconds; "" unless refused for overload (503)
 	// Close: the connection must not carry another request (its client
 	// certificate expired or was revoked).
 	Close bool
@@ -159,6 +148,9 @@ type Refusal struct {
 func (rf *Refusal) Write(w http.ResponseWriter) {
 	if rf.WWWAuthenticate != "" {
 		w.Header().Set("WWW-Authenticate", rf.WWWAuthenticate)
+	}
+	if rf.RetryAfter != "" {
+		w.Header().Set("Retry-After", rf.RetryAfter)
 	}
 	if rf.Close {
 		w.Header().Set("Connection", "close") // HTTP/2: net/http sends GOAWAY
@@ -182,19 +174,14 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 }
 
 // PeerStale reports whether a connection's client certificate is past
-// three quarters of its life. Agents rotate SVIDs at 40-50% of theirs, so
-// the client holds a newer one: the answer asks it to reconnect with it
-// (Connection: close), before the old one expires on a connection kept
-// alive for long and requests start to be refused. The life is counted
-// from issuance, as the agent counts it: SVIDs are backdated by
-// svid.ClockSkew, which would make a short-lived one stale at once.
+// three quarters of its life (mtls.RecycleAt). Agents rotate SVIDs at
+// 40-50% of theirs, so the client holds a newer one: the answer asks it to
+// reconnect with it (Connection: close), before the old one expires on a
+// connection kept alive for long and requests start to be refused. The
+// reconnection is a full handshake: a session ticket for a certificate
+// this old is declined (mtls.ServerConfig).
 func (g *Guard) PeerStale(leaf *x509.Certificate) bool {
-	issued := leaf.NotBefore
-	if leaf.NotAfter.Sub(issued) > svid.ClockSkew { // else not backdated: another CA's
-		issued = issued.Add(svid.ClockSkew)
-	}
-	life := leaf.NotAfter.Sub(issued)
-	return g.cfg.Now().After(issued.Add(life - life/4))
+	return g.cfg.Now().After(mtls.RecycleAt(leaf))
 }
 
 // Check authorises r, which arrived over the verified TLS connection in
@@ -217,7 +204,7 @@ func (g *Guard) Check(r *http.Request) (spiffeid.ID, *Refusal) {
 // ID of r.TLS's verified leaf.
 func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 	start := time.Now()
-	ev := Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr}
+	ev := decision.Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr}
 	if peer.IsZero() || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		ev.Reason = "no verified client certificate"
 		g.finish(r.Context(), &ev, start, "bad_request")
@@ -243,7 +230,7 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 		g.finish(r.Context(), &ev, start, "bad_request")
 		return &Refusal{Status: http.StatusBadRequest, Detail: "method " + strconv.Quote(r.Method) + " refused: methods must be upper case"}
 	}
-	sanitizeHeaders(r.Header)
+	g.sanitizeHeaders(r.Header)
 	path, err := policy.NormalizePath(r.URL.EscapedPath())
 	if err != nil {
 		ev.Path, ev.Reason = r.URL.EscapedPath(), err.Error()
@@ -305,7 +292,7 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 // AllowConn authorises a raw TCP connection by identity only.
 func (g *Guard) AllowConn(ctx context.Context, peer spiffeid.ID, remote string) bool {
 	start := time.Now()
-	ev := Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote}
+	ev := decision.Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote}
 	eng := g.engine.Load()
 	if eng == nil {
 		ev.Reason = "no policy for this service"
@@ -351,11 +338,11 @@ func (g *Guard) WatchPeer(ctx context.Context, peer spiffeid.ID, leaf *x509.Cert
 
 func (g *Guard) endConn(ctx context.Context, peer spiffeid.ID, remote, reason string) {
 	start := time.Now()
-	ev := Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote, Reason: reason}
+	ev := decision.Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote, Reason: reason}
 	g.finish(context.WithoutCancel(ctx), &ev, start, "deny")
 }
 
-func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome string) {
+func (g *Guard) finish(ctx context.Context, ev *decision.Event, start time.Time, outcome string) {
 	ev.Latency = time.Since(start)
 	c, ok := g.outcomes[outcome]
 	if !ok {
@@ -363,7 +350,9 @@ func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome 
 	}
 	c.Inc()
 	g.latency.Observe(ev.Latency.Seconds())
-	g.cfg.Sink.Decision(ctx, *ev)
+	// Recording never depends on the request: a caller that cancels or
+	// resets its stream must not choose what goes unrecorded (issue 27).
+	g.cfg.Sink.Decision(context.WithoutCancel(ctx), *ev)
 }
 
 // sanitizeHeaders makes the request's headers what the app will be given,
@@ -375,18 +364,22 @@ func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome 
 //     next hop would drop the verified identity set below.
 //   - Identity headers (X-Rampart-*, X-Forwarded-Client-Cert): only the
 //     guard sets them, after verification.
+//   - Identity headers other proxies and platforms set, which apps read as
+//     proven (X-Spiffe-Id, X-Client-Cert, X-Remote-User...: identityHeaders),
+//     and those the operator named (GuardConfig.StripHeaders).
 //   - Names with "_": CGI-style servers (PHP, Rack, WSGI) map
 //     X_Rampart_Caller and X-Rampart-Caller to the same variable. Dropped,
 //     as nginx does by default (underscores_in_headers off).
 //   - Method and URL overrides (X-HTTP-Method-Override, X-Original-URL...):
 //     frameworks honour them after the policy judged the request line.
-func sanitizeHeaders(h http.Header) {
+func (g *Guard) sanitizeHeaders(h http.Header) {
 	StripHopByHop(h)
 	for name := range h {
 		// Canonical as parsers leave them, but not assumed: CanonicalMIMEHeaderKey
 		// returns name itself, unallocated, when it already is.
 		c := textproto.CanonicalMIMEHeaderKey(name)
-		if IsIdentityHeader(c) || strings.IndexByte(c, '_') >= 0 || overrideHeaders[c] {
+		if IsIdentityHeader(c) || strings.IndexByte(c, '_') >= 0 || overrideHeaders[c] ||
+			identityHeaders.Match(c) || g.cfg.StripHeaders.Match(c) {
 			delete(h, name)
 		}
 	}

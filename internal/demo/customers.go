@@ -117,7 +117,8 @@ func RunCustomers(ctx context.Context, cfg CustomersConfig) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: src.Middleware(mux), TLSConfig: src.ServerTLSConfig(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: src.Middleware(mux), TLSConfig: src.ServerTLSConfig(), ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}
 	if cfg.ReadyFile != "" {
 		os.WriteFile(cfg.ReadyFile, []byte(ln.Addr().String()+"\n"), 0o600)
 	}

@@ -209,7 +209,7 @@ func serveApp(ctx context.Context, h http.HandlerFunc) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}
 	go srv.Serve(ln)
 	go func() { <-ctx.Done(); srv.Close() }()
 	return ln.Addr().String(), nil

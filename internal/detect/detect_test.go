@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,8 +23,31 @@ func decision(at time.Duration, caller, target, method, outcome string) *audit.E
 		Outcome: outcome, Source: target, Details: map[string]string{"method": method, "path": "/x"}}
 }
 
+// ev is an entry the server wrote (source "oauth" for OAuth actions).
 func ev(at time.Duration, action, outcome, reason string, actor audit.Actor, details map[string]string) *audit.Entry {
-	return &audit.Entry{V: 1, Time: t0.Add(at), Actor: actor, Action: action, Outcome: outcome, Reason: reason, Details: details}
+	src := "server"
+	if strings.HasPrefix(action, "oauth.") {
+		src = "oauth"
+	}
+	return &audit.Entry{V: 1, Time: t0.Add(at), Actor: actor, Action: action, Outcome: outcome, Reason: reason, Details: details, Source: src}
+}
+
+// shipped is e as a workload shipped it: the same claims, but the source
+// says where it came from.
+func shipped(e *audit.Entry) *audit.Entry {
+	c := *e
+	c.Source = "spiffe://example.org/rogue"
+	return &c
+}
+
+// aggregate is e standing for n entries.
+func aggregate(e *audit.Entry, n int) *audit.Entry {
+	c := *e
+	c.Details = map[string]string{"count": strconv.Itoa(n)}
+	for k, v := range e.Details {
+		c.Details[k] = v
+	}
+	return &c
 }
 
 func repeat(n int, step time.Duration, f func(at time.Duration) *audit.Entry) []*audit.Entry {
@@ -66,6 +90,18 @@ func fired(t *testing.T, entries []*audit.Entry) map[string]int {
 	return out
 }
 
+// Issue 27: decisions come aggregated (details.count); a threshold counts
+// what an entry stands for, so aggregation hides no burst.
+func TestThresholdCountsAggregates(t *testing.T) {
+	burst := []*audit.Entry{decision(0, rogue, payments, "GET", "denied"), aggregate(decision(time.Second, rogue, payments, "GET", "denied"), 19)}
+	if n := fired(t, burst)["denied-burst"]; n != 1 {
+		t.Fatalf("a decision and an aggregate of 19 fired denied-burst %d times, want 1", n)
+	}
+	if n := fired(t, burst[1:])["denied-burst"]; n != 0 {
+		t.Fatalf("an aggregate of 19 fired denied-burst %d times, want 0", n)
+	}
+}
+
 func TestDefaultRules(t *testing.T) {
 	admin := audit.Actor{User: "admin"}
 	login := func(user, outcome string) func(time.Duration) *audit.Entry {
@@ -91,6 +127,8 @@ func TestDefaultRules(t *testing.T) {
 		{"login-failures",
 			repeat(5, 10*time.Second, login("alice", "failure")),
 			concat(repeat(4, 10*time.Second, login("alice", "failure")), repeat(4, 10*time.Second, login("bob", "failure")),
+				[]*audit.Entry{shipped(login("dave", "failure")(0)), shipped(login("dave", "failure")(time.Second)), shipped(login("dave", "failure")(2 * time.Second)),
+					shipped(login("dave", "failure")(3 * time.Second)), shipped(login("dave", "failure")(4 * time.Second))},
 				repeat(10, time.Second, login("carol", "success")))},
 		{"revoked-credential-use",
 			[]*audit.Entry{ev(0, "tls.client_auth", "denied", "client certificate is revoked", audit.Actor{SpiffeID: "spiffe://example.org/rampart/agent/node-1"}, nil)},
@@ -98,13 +136,15 @@ func TestDefaultRules(t *testing.T) {
 				ev(time.Second, "svid.revoke", "success", "revoked by admin", admin, nil)}},
 		{"refresh-token-reuse",
 			[]*audit.Entry{ev(0, "oauth.refresh_reuse", "denied", "refresh token reused; family revoked", audit.Actor{User: "alice"}, nil)},
-			[]*audit.Entry{ev(0, "oauth.refresh", "success", "", audit.Actor{User: "alice"}, nil)}},
+			[]*audit.Entry{ev(0, "oauth.refresh", "success", "", audit.Actor{User: "alice"}, nil),
+				shipped(ev(0, "oauth.refresh_reuse", "denied", "refresh token reused; family revoked", audit.Actor{User: "alice"}, nil))}},
 		{"key-use-denied",
 			[]*audit.Entry{ev(0, "kms.decrypt", "denied", "no rule of the key-use policy allows decrypt on this key", audit.Actor{SpiffeID: rogue}, map[string]string{"key": "orders-pii"}),
 				ev(time.Minute, "kms.decrypt", "denied", "no rule of the key-use policy allows decrypt on this key", audit.Actor{SpiffeID: rogue}, map[string]string{"key": "orders-pii"})},
 			[]*audit.Entry{ev(0, "kms.decrypt", "success", "", audit.Actor{SpiffeID: orders}, map[string]string{"key": "orders-pii"}),
 				ev(0, "kms.decrypt", "failure", "ciphertext does not decrypt", audit.Actor{SpiffeID: orders}, map[string]string{"key": "orders-pii"}),
-				ev(0, "kms.key_create", "denied", "exists", admin, nil)}},
+				ev(0, "kms.key_create", "denied", "exists", admin, nil),
+				shipped(ev(0, "kms.decrypt", "denied", "no rule", audit.Actor{SpiffeID: rogue}, map[string]string{"key": "orders-pii"}))}},
 		{"new-service-edge",
 			[]*audit.Entry{decision(0, orders, payments, "GET", "success"), decision(25*time.Hour, "spiffe://example.org/gateway", payments, "GET", "success")},
 			[]*audit.Entry{decision(0, orders, payments, "GET", "success"), decision(time.Hour, "spiffe://example.org/gateway", payments, "GET", "success"),
@@ -112,7 +152,8 @@ func TestDefaultRules(t *testing.T) {
 		{"admin-after-hours",
 			[]*audit.Entry{ev(12*time.Hour, "entry.create", "success", "", admin, nil)}, // 22:00
 			[]*audit.Entry{ev(0, "entry.create", "success", "", admin, nil), ev(12*time.Hour, "entry.create", "success", "", audit.Actor{SpiffeID: orders}, nil),
-				ev(12*time.Hour, "admin.auth", "denied", "missing or wrong admin token", admin, nil)}},
+				ev(12*time.Hour, "admin.auth", "denied", "missing or wrong admin token", admin, nil),
+				shipped(ev(12*time.Hour, "entry.delete", "success", "", admin, nil))}},
 		{"read-volume",
 			repeat(3000, 10*time.Millisecond, func(at time.Duration) *audit.Entry { return decision(at, orders, payments, "GET", "success") }),
 			concat(repeat(2999, 10*time.Millisecond, func(at time.Duration) *audit.Entry { return decision(at, orders, payments, "GET", "success") }),
@@ -122,9 +163,18 @@ func TestDefaultRules(t *testing.T) {
 		{"audit-ingestion-gap",
 			[]*audit.Entry{ev(0, "audit.ingest.gap", "failure", "entries 4 to 5 of the stream never arrived", audit.Actor{SpiffeID: orders}, nil)},
 			[]*audit.Entry{ev(0, "audit.ingest", "denied", "stream belongs to another", audit.Actor{SpiffeID: orders}, nil)}},
+		{"oauth-rate-limited",
+			[]*audit.Entry{ev(0, "oauth.rate_limit", "denied", "40 requests refused", audit.Actor{User: "anonymous"}, map[string]string{"remote": "203.0.113.9", "limiter": "oauth_login", "count": "40"}),
+				ev(time.Minute, "oauth.rate_limit", "denied", "35 requests refused", audit.Actor{User: "anonymous"}, map[string]string{"remote": "203.0.113.9", "limiter": "oauth_login", "count": "35"})},
+			[]*audit.Entry{shipped(ev(0, "oauth.rate_limit", "denied", "forged", audit.Actor{User: "anonymous"}, map[string]string{"remote": "203.0.113.9", "limiter": "oauth_login"})),
+				ev(0, "oauth.login", "failure", "wrong password", audit.Actor{User: "anonymous"}, map[string]string{"username": "alice"})}},
+		{"audit-entries-dropped",
+			[]*audit.Entry{shipped(ev(0, "audit.entries_dropped", "failure", "120 audit entries dropped", audit.Actor{SpiffeID: orders}, map[string]string{"count": "120"}))},
+			[]*audit.Entry{ev(0, "audit.seal", "success", "", audit.Actor{SpiffeID: orders}, nil)}},
 		{"vulnerable-workload-running",
 			[]*audit.Entry{vulnerable(0, "called", "HIGH"), vulnerable(time.Minute, "called", "HIGH")}, // one alert per finding a day
-			[]*audit.Entry{vulnerable(0, "not-called", "CRITICAL"), vulnerable(0, "called", "MEDIUM")}},
+			[]*audit.Entry{vulnerable(0, "not-called", "CRITICAL"), vulnerable(0, "called", "MEDIUM"),
+				shipped(vulnerable(0, "called", "CRITICAL"))}}, // forged by an agent or workload
 	} {
 		t.Run(tc.rule, func(t *testing.T) {
 			if n := fired(t, tc.fires)[tc.rule]; n != 1 {
@@ -138,7 +188,8 @@ func TestDefaultRules(t *testing.T) {
 	// Every default rule has a case above.
 	for _, r := range Default().Rules {
 		found := false
-		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap", "vulnerable-workload-running"} {
+		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap", "audit-entries-dropped", "oauth-rate-limited",
+			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue", "vulnerable-workload-running"} { // the backup rules: backup_rules_test.go
 			found = found || name == r.Name
 		}
 		if !found {
@@ -151,7 +202,7 @@ func TestDefaultRules(t *testing.T) {
 func vulnerable(at time.Duration, reachability, severity string) *audit.Entry {
 	e := ev(at, "scan.vulnerable", "failure", "calls vulnerable code", audit.Actor{SpiffeID: "spiffe://example.org/rampart/server"},
 		map[string]string{"vuln": "GO-2022-1059", "sha256": "ab", "reachability": reachability, "severity": severity})
-	e.Target = orders
+	e.Target, e.Source = orders, "server"
 	return e
 }
 
@@ -229,4 +280,35 @@ func FuzzParse(f *testing.F) {
 		e.Process(0, decision(0, orders, payments, "GET", "denied"))
 		e.Process(1, decision(time.Hour, orders, payments, "GET", "success"))
 	})
+}
+
+// Issue 26 item 9: detection CEL had no cost limit. A condition whose worst
+// case is too costly is refused when the rules load; one that runs long
+// over an entry larger than a clipped one is stopped at run time.
+func TestConditionCostIsBounded(t *testing.T) {
+	_, err := Parse([]byte(`rules:
+  - name: quadratic-cubed
+    condition: entry.details.all(a, entry.details.all(b, entry.details.all(c, a != b || b != c)))
+`))
+	if err == nil || !strings.Contains(err.Error(), "too costly") || !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("got %v, want a refusal naming the line and the cost", err)
+	}
+	rs, err := Parse([]byte(`rules:
+  - name: pairs
+    condition: entry.details.all(a, entry.details.all(b, a != b || a == b)) && entry.outcome == "denied"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine(rs)
+	big := map[string]string{} // an entry from before clipping: 2,000 details
+	for i := range 2000 {
+		big[strconv.Itoa(i)] = "v"
+	}
+	if alerts := e.Process(0, ev(0, "x.y", "denied", "", audit.Actor{User: "u"}, big)); len(alerts) != 0 || e.Errors != 1 {
+		t.Fatalf("alerts %v, errors %d: want the evaluation stopped and counted", alerts, e.Errors)
+	}
+	if alerts := e.Process(1, ev(0, "x.y", "denied", "", audit.Actor{User: "u"}, map[string]string{"a": "1"})); len(alerts) != 1 {
+		t.Fatalf("a small entry: %d alerts, want 1", len(alerts))
+	}
 }

@@ -9,6 +9,10 @@ import (
 	"time"
 
 	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/checker"
+	"github.com/google/cel-go/common/ast"
+	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/common/types/ref"
 
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/store"
@@ -18,15 +22,94 @@ func celEnv() (*cel.Env, error) {
 	return cel.NewEnv(cel.Variable("entry", cel.MapType(cel.StringType, cel.DynType)))
 }
 
-func compile(env *cel.Env, expr string) (cel.Program, error) {
-	ast, iss := env.Compile(expr)
+// MaxConditionCost bounds a condition's cost in cel-go's units (about one
+// per operation, one per byte a string function reads). A condition whose
+// worst case over a clipped entry (fields of at most audit.MaxField bytes,
+// at most audit.MaxDetails details) exceeds it is refused when the rules are
+// loaded. The default rules' worst case is about 200; two comprehensions
+// over details nested, about 46,000; three, 1.5 million (refused).
+//
+// Over a clipped entry the estimate is a bound, so conditions run without
+// cel-go's cost tracker (it doubles the evaluation time, decision 0016).
+// An entry larger than that (written before entries were clipped) runs
+// with the tracker and is stopped at MaxConditionCost (Engine.Errors).
+const MaxConditionCost = 100_000
+
+// clippedSizes tells cel-go's estimator how large an entry's parts can be:
+// every string and map of a stored entry is clipped (audit.ClipEntry).
+type clippedSizes struct{}
+
+func (clippedSizes) EstimateSize(n checker.AstNode) *checker.SizeEstimate {
+	isDetails := n.Expr() != nil && n.Expr().Kind() == ast.SelectKind && n.Expr().AsSelect().FieldName() == "details"
+	switch {
+	case isDetails, n.Type().Kind() == types.MapKind, n.Type().Kind() == types.ListKind:
+		return &checker.SizeEstimate{Min: 0, Max: audit.MaxDetails}
+	}
+	return &checker.SizeEstimate{Min: 0, Max: audit.MaxField}
+}
+
+func (clippedSizes) EstimateCallCost(function, overloadID string, target *checker.AstNode, args []checker.AstNode) *checker.CallEstimate {
+	return nil
+}
+
+// condition is a compiled condition: the program for clipped entries and
+// the cost-limited one for others.
+type condition struct {
+	fast, limited cel.Program
+}
+
+func (c *condition) eval(act map[string]any, clipped bool) (ref.Val, error) {
+	if clipped {
+		v, _, err := c.fast.Eval(act)
+		return v, err
+	}
+	v, _, err := c.limited.Eval(act)
+	return v, err
+}
+
+func compile(env *cel.Env, expr string) (*condition, error) {
+	tree, iss := env.Compile(expr)
 	if iss != nil && iss.Err() != nil {
 		return nil, fmt.Errorf("%s", strings.ReplaceAll(iss.Err().Error(), "\n", " "))
 	}
-	if ast.OutputType() != cel.BoolType && ast.OutputType() != cel.DynType {
-		return nil, fmt.Errorf("must be true or false, not %s", ast.OutputType())
+	if tree.OutputType() != cel.BoolType && tree.OutputType() != cel.DynType {
+		return nil, fmt.Errorf("must be true or false, not %s", tree.OutputType())
 	}
-	return env.Program(ast, cel.EvalOptions(cel.OptOptimize))
+	est, err := env.EstimateCost(tree, clippedSizes{})
+	if err != nil {
+		return nil, fmt.Errorf("cannot bound its cost: %v", err)
+	}
+	if est.Max > MaxConditionCost {
+		return nil, fmt.Errorf("too costly: up to %d cost units over one entry, at most %d (comprehensions nested too deep?)", est.Max, MaxConditionCost)
+	}
+	fast, err := env.Program(tree, cel.EvalOptions(cel.OptOptimize))
+	if err != nil {
+		return nil, err
+	}
+	limited, err := env.Program(tree, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(MaxConditionCost))
+	if err != nil {
+		return nil, err
+	}
+	return &condition{fast: fast, limited: limited}, nil
+}
+
+// withinClip reports whether en is no larger than a clipped entry, so a
+// condition's estimated cost bounds its evaluation.
+func withinClip(en *audit.Entry) bool {
+	if len(en.Details) > audit.MaxDetails {
+		return false
+	}
+	for _, f := range [...]string{en.Action, en.Target, en.Outcome, en.Reason, en.RequestID, en.Source, en.Stream, en.Actor.SpiffeID, en.Actor.User} {
+		if len(f) > audit.MaxField {
+			return false
+		}
+	}
+	for k, v := range en.Details {
+		if len(k) > audit.MaxField || len(v) > audit.MaxField {
+			return false
+		}
+	}
+	return true
 }
 
 // Engine runs rules over entries in log order. It is not safe for
@@ -90,13 +173,15 @@ func (e *Engine) Process(i int64, en *audit.Entry) []store.Alert {
 	}
 	var out []store.Alert
 	var act map[string]any
+	var clipped bool
 	for _, list := range [2][]*ruleState{e.byAction[en.Action], e.anyAction} {
 		for _, r := range list {
 			if r.prg != nil {
 				if act == nil {
 					act = activation(en)
+					clipped = withinClip(en)
 				}
-				v, _, err := r.prg.Eval(act)
+				v, err := r.prg.eval(act, clipped)
 				if err != nil {
 					e.Errors++
 					continue
@@ -123,7 +208,12 @@ func (r *ruleState) match(e *Engine, i int64, en *audit.Entry) (store.Alert, boo
 			rg = &ring{t: make([]time.Time, r.Threshold)}
 			r.rings[group] = rg
 		}
-		if !rg.add(en.Time, r.Window) {
+		// An aggregate entry stands for details.count matches.
+		full := false
+		for range min(countOf(en), r.Threshold) {
+			full = rg.add(en.Time, r.Window) || full
+		}
+		if !full {
 			return store.Alert{}, false
 		}
 		return r.fire(i, en, group, fmt.Sprintf("%d matching entries within %s%s", r.Threshold, r.Window, forGroup(group))), true
@@ -294,4 +384,18 @@ func actorOf(en *audit.Entry) string {
 		return en.Actor.SpiffeID
 	}
 	return en.Actor.User
+}
+
+// countOf is how many events en stands for: details.count of an aggregate
+// entry (decisions, refusals), else 1.
+func countOf(en *audit.Entry) int {
+	c, ok := en.Details["count"]
+	if !ok {
+		return 1
+	}
+	n, err := strconv.Atoi(c)
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
 }

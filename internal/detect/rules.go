@@ -38,7 +38,7 @@ type Rule struct {
 	Baseline    time.Duration
 	Dedup       time.Duration // firings within this span merge into one alert
 
-	prg cel.Program
+	prg *condition
 }
 
 // Sink says where alerts go.

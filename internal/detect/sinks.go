@@ -3,10 +3,12 @@ package detect
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/smtp"
 	"strings"
@@ -26,6 +28,9 @@ type Notifier struct {
 	log    *slog.Logger
 	queue  chan store.Alert
 	done   chan struct{}
+	// smtpTimeout bounds one mail delivery, connection to QUIT: a mail
+	// server that accepts and never answers must not hold up the queue.
+	smtpTimeout time.Duration
 
 	sent, failed, dropped *prometheus.CounterVec
 }
@@ -39,7 +44,7 @@ func NewNotifier(sinks []Sink, client *http.Client, log *slog.Logger, reg *prome
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	n := &Notifier{sinks: sinks, client: client, log: log, queue: make(chan store.Alert, 1000), done: make(chan struct{}),
+	n := &Notifier{sinks: sinks, client: client, log: log, queue: make(chan store.Alert, 1000), done: make(chan struct{}), smtpTimeout: 30 * time.Second,
 		sent:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rampart_detect_notifications_total", Help: "Alert notifications delivered, by sink."}, []string{"sink"}),
 		failed:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rampart_detect_notification_failures_total", Help: "Alert notifications that failed after retries, by sink."}, []string{"sink"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rampart_detect_notifications_dropped_total", Help: "Alert notifications dropped because the queue was full."}, []string{"sink"}),
@@ -118,7 +123,7 @@ func (n *Notifier) deliver(s Sink, a store.Alert) error {
 		msg := "From: " + s.From + "\r\nTo: " + strings.Join(s.To, ", ") + "\r\nSubject: " + headerSafe(fmt.Sprintf("[rampart %s] %s", a.Severity, a.Rule)) +
 			"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + a.Summary + "\r\n\r\nalert " + a.ID + ", first seen " + a.FirstSeen.UTC().Format(time.RFC3339) +
 			fmt.Sprintf(", audit entry %d\r\n", a.FirstIndex)
-		return smtp.SendMail(s.Addr, nil, s.From, s.To, []byte(msg))
+		return sendMail(s.Addr, s.From, s.To, []byte(msg), n.smtpTimeout)
 	}
 	return fmt.Errorf("unknown sink type %q", s.Type)
 }
@@ -145,6 +150,52 @@ func (n *Notifier) post(url string, body any) error {
 		return fmt.Errorf("webhook answered %s", resp.Status)
 	}
 	return nil
+}
+
+// sendMail is smtp.SendMail (STARTTLS when offered, no auth) with one
+// deadline over the whole exchange, which smtp.SendMail does not have.
+func sendMail(addr, from string, to []string, msg []byte, timeout time.Duration) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	conn, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	c, err := smtp.NewClient(conn, host)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		if err := c.StartTLS(&tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}); err != nil {
+			return err
+		}
+	}
+	if err := c.Mail(from); err != nil {
+		return err
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r); err != nil {
+			return err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(msg); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
 }
 
 // headerSafe keeps a mail header on one line.

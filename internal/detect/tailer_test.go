@@ -244,3 +244,37 @@ sinks:
 		t.Fatalf("slack got %s", bodies["/slack"])
 	}
 }
+
+// Issue 26 item 9: the SMTP sink had no timeout; a mail server that
+// accepts and never answers held the notifier forever.
+func TestSMTPSinkTimesOut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accepted, never answered
+		}
+	}()
+	n := NewNotifier(nil, nil, nil, nil)
+	defer n.Close()
+	n.smtpTimeout = 200 * time.Millisecond
+	done := make(chan error, 1)
+	go func() {
+		done <- n.deliver(Sink{Type: "smtp", Addr: ln.Addr().String(), From: "a@example.org", To: []string{"b@example.org"}}, store.Alert{ID: "x"})
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("delivery to a silent server succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("delivery to a silent server still waiting after 10 s")
+	}
+}

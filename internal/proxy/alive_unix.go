@@ -33,3 +33,29 @@ func connAlive(c net.Conn) bool {
 	})
 	return err == nil && alive
 }
+
+// peerGone reports whether a client connection's peer has closed (or
+// reset) it: one non-blocking peek that finds the end of the stream. Bytes
+// waiting (a pipelined request, a TLS alert before the close) say nothing,
+// and the connection counts as open.
+func peerGone(c net.Conn) bool {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	gone := false
+	var b [1]byte
+	rc.Read(func(fd uintptr) bool {
+		n, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		gone = (n == 0 && rerr == nil) || rerr == syscall.ECONNRESET
+		return true // never wait
+	})
+	return gone
+}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
+	"github.com/rampartsec/rampart/internal/upstream"
 )
 
 // The HTTP/1.1 forwarding path. One goroutine per client connection reads a
@@ -57,12 +58,22 @@ type h1Forwarder struct {
 	pool  *pool
 	// badGateway is the detail of the 502 sent when the upstream fails.
 	badGateway func(error) string
+	// overloaded is the detail of the 503 sent when no upstream connection
+	// came free in time.
+	overloaded func(*upstream.OverloadError) string
 	m          *directionMetrics
 	log        *slog.Logger
 	conns      *connSet
 	// headerTimeout and idleTimeout, if set, replace readHeaderTimeout
 	// and idleTimeout (tests).
 	headerTimeout, idleTimeout time.Duration
+}
+
+func (f *h1Forwarder) overloadedDetail(oe *upstream.OverloadError) string {
+	if f.overloaded == nil {
+		return "at capacity: " + overloadDetail(oe)
+	}
+	return f.overloaded(oe)
 }
 
 func (f *h1Forwarder) timeouts() (header, idle time.Duration) {
@@ -229,6 +240,16 @@ func (h *h1Conn) next(ctx context.Context) bool {
 	}
 	resp, err := h.roundTrip(ctx, req)
 	if err != nil {
+		var oe *upstream.OverloadError
+		switch {
+		case errors.As(err, &oe):
+			// Nothing was sent: the client may try again shortly. An unread
+			// body would be taken for the next request: close then.
+			return h.answer(req, &authz.Refusal{Status: http.StatusServiceUnavailable, RetryAfter: f.pool.l.RetryAfter(),
+				Detail: f.overloadedDetail(oe)}, hasBody || clientClose, start)
+		case errors.Is(err, errClientGone):
+			return false
+		}
 		f.m.upstreamErrors.Inc()
 		f.log.Debug("upstream failed", "direction", f.m.direction, "err", err)
 		return h.answer(req, &authz.Refusal{Status: http.StatusBadGateway, Detail: f.badGateway(err)}, true, start)
@@ -268,9 +289,16 @@ func (h *h1Conn) next(ctx context.Context) bool {
 func (h *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		if h.up == nil {
-			up, err := h.f.pool.get(ctx)
+			up, waited, err := h.f.pool.get(ctx)
 			if err != nil {
 				return nil, err
+			}
+			if waited && peerGone(h.c) {
+				// The client gave up while the request waited (its timeout
+				// passed): forwarding it would spend an upstream connection
+				// on an answer nobody reads.
+				h.f.pool.release(up)
+				return nil, errClientGone
 			}
 			h.up = up
 		}
@@ -404,6 +432,8 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 
 var errClientClose = errors.New("proxy: response delimited by closing the connection")
 
+var errClientGone = errors.New("proxy: the client closed its connection while its request waited")
+
 // switchProtocols passes a 101 answer to an upgrade request (WebSocket) on
 // to the client, then copies bytes both ways until either side closes.
 func (h *h1Conn) switchProtocols(ctx context.Context, req *http.Request, resp *http.Response, upgrade string, start time.Time) bool {
@@ -449,6 +479,9 @@ func (h *h1Conn) answer(req *http.Request, rf *authz.Refusal, closeAfter bool, s
 	bw.WriteString("Content-Type: application/problem+json\r\nCache-Control: no-store\r\n")
 	if rf.WWWAuthenticate != "" {
 		bw.WriteString("Www-Authenticate: " + rf.WWWAuthenticate + "\r\n")
+	}
+	if rf.RetryAfter != "" {
+		bw.WriteString("Retry-After: " + rf.RetryAfter + "\r\n")
 	}
 	if closeAfter || h.f.conns.draining() {
 		closeAfter = true

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rampartsec/rampart/internal/upstream"
 )
 
 // FuzzH1Forwarding sends arbitrary bytes as a client connection through
@@ -65,7 +67,7 @@ func FuzzH1Forwarding(f *testing.F) {
 		headerTimeout: time.Second, idleTimeout: time.Second,
 		pool: newPool(func(ctx context.Context) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", appAddr)
-		}, 8),
+		}, upstream.Limits{MaxIdle: 8}, nil),
 		badGateway: func(err error) string { return err.Error() }}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rampartsec/rampart/internal/upstream"
 )
 
 // fwd is an HTTP/1.1 forwarder on loopback in front of a real net/http app,
@@ -44,7 +46,7 @@ func newFwd(t testing.TB, h http.Handler) *fwd {
 	x.f = &h1Forwarder{m: newMetrics(prometheus.NewRegistry()).forDirection("outbound"), log: slog.New(slog.DiscardHandler), conns: newConnSet(),
 		pool: newPool(func(ctx context.Context) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", appAddr)
-		}, 8),
+		}, upstream.Limits{MaxIdle: 8}, nil),
 		badGateway: func(err error) string { return "upstream failed: " + err.Error() }}
 	x.serveOn(t, func(ln net.Listener) { serveOutbound(context.Background(), ln, x.f, newConnListener(ln.Addr())) })
 	return x

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,7 +25,9 @@ import (
 
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
+	"github.com/rampartsec/rampart/internal/upstream"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 // Timeouts on every stage.
@@ -46,7 +49,7 @@ type Inbound struct {
 
 // Outbound is a loopback listener for calls to one upstream.
 type Outbound struct {
-	Listen   string      // e.g. 127.0.0.1:7001
+	Listen   string      // e.g. 127.0.0.1:7001, or unix:/run/rampart/orders/payments.sock
 	Upstream string      // the upstream's inbound proxy, host:port
 	ID       spiffeid.ID // the SPIFFE ID the upstream must present
 	TCP      bool
@@ -56,7 +59,9 @@ type Outbound struct {
 }
 
 // ParseOutbound parses "LISTEN=UPSTREAM,SPIFFE-ID[,exchange]", e.g.
-// "127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments".
+// "127.0.0.1:7001=payments.internal:9443,spiffe://example.org/payments";
+// LISTEN is a loopback host:port or unix:/absolute/path (see
+// checkOutboundListen).
 func ParseOutbound(s string) (Outbound, error) {
 	listen, rest, ok := strings.Cut(s, "=")
 	up, id, ok2 := strings.Cut(rest, ",")
@@ -97,8 +102,17 @@ type Config struct {
 	// ExchangeClientID is this service's OAuth client ID (registered with
 	// tls_client_auth and its SPIFFE ID), for outbounds with Exchange.
 	ExchangeClientID string
-	Log              *slog.Logger
-	Registry         *prometheus.Registry
+	// Limits bound the connections to each upstream peer (zero fields:
+	// upstream.DefaultLimits). Towards the app the same bounds apply
+	// without the dial rate and the warm connections.
+	Limits upstream.Limits
+	// Access says who may call the outbound listeners.
+	Access OutboundAccess
+	// StripHeaders are more request header names (a trailing "*": a
+	// prefix) the inbound guard removes besides authz's built-in list.
+	StripHeaders []string
+	Log          *slog.Logger
+	Registry     *prometheus.Registry
 	// Ready, if set, is called once every listener is up, with their addresses.
 	Ready func(inbound string, outbounds []string)
 }
@@ -110,6 +124,21 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Inbound == nil && len(cfg.Outbounds) == 0 {
 		return errors.New("proxy: nothing to do: give --inbound and/or --outbound")
+	}
+	peerLimits := cfg.Limits.WithDefaults()
+	if err := peerLimits.Validate(); err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	appLimits := peerLimits
+	appLimits.DialRate, appLimits.MinIdle = 0, 0
+	stripHeaders, err := authz.ParseStripHeaders(cfg.StripHeaders)
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	for _, out := range cfg.Outbounds {
+		if err := checkOutboundListen(out.Listen, cfg.Access); err != nil {
+			return err
+		}
 	}
 	m := newMetrics(cfg.Registry)
 	wopts, err := endpoint.ClientOptions(ctx, cfg.WorkloadSocket, cfg.AgentUID) // who serves the socket is checked on every connection
@@ -128,7 +157,7 @@ func Run(ctx context.Context, cfg Config) error {
 	m.watchSVID(src)
 	td := self.ID.TrustDomain()
 	revs := &mtls.Revocations{}
-	var sink authz.Sink = authz.LogSink{Log: cfg.Log}
+	var sink decision.Sink = authz.LogSink{Log: cfg.Log}
 	if cfg.AuditSpool == "" && cfg.DataDir != "" {
 		cfg.AuditSpool = filepath.Join(cfg.DataDir, "audit-spool")
 	}
@@ -142,7 +171,7 @@ func Run(ctx context.Context, cfg Config) error {
 	} else if cfg.Inbound != nil {
 		cfg.Log.Warn("decisions go to the log only, not to the audit log: give --server and --data (or --audit-spool)")
 	}
-	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: sink, Registry: cfg.Registry, Revocations: revs})
+	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: sink, Registry: cfg.Registry, Revocations: revs, StripHeaders: stripHeaders})
 	if cfg.ServerAddr != "" {
 		syncer := &authz.Syncer{ServerAddr: cfg.ServerAddr, SVID: src, Bundles: src, Guard: guard, Revocations: revs, CacheDir: cfg.DataDir, Log: cfg.Log}
 		if err := syncer.Start(ctx); err != nil {
@@ -171,17 +200,19 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopForwarding()
 	var inboundAddr string
 	if in := cfg.Inbound; in != nil {
-		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeMemberOf(td), Revocations: revs, OnFail: onFail})
+		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeMemberOf(td), Revocations: revs, OnFail: onFail,
+			OnHandshake: m.handshake("server"), OnSessionDeclined: func(r string) { m.sessionsDeclined.WithLabelValues(r).Inc() }})
 		ln, err := net.Listen("tcp", in.Listen)
 		if err != nil {
 			return fmt.Errorf("proxy: inbound listen: %w", err)
 		}
 		inboundAddr = ln.Addr().String()
 		lns = append(lns, ln)
+		pm := m.pool("inbound", inboundAddr)
 		if in.TCP {
 			wg.Go(func() { serveTCPInbound(ctx, ln, tlsCfg, in.App, guard, m, cfg.Log) })
 		} else {
-			srv, err := newInboundServer(in, guard, m, errLog)
+			srv, err := newInboundServer(in, guard, m, pm, appLimits, errLog)
 			if err != nil {
 				ln.Close()
 				return err
@@ -195,9 +226,12 @@ func Run(ctx context.Context, cfg Config) error {
 				// net/http translates every request to HTTP/2.
 				app := in.App
 				dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
-				h1 = newH1Forwarder(fctx, &wg, "inbound", guard, m, cfg.Log,
+				h1 = newH1Forwarder(fctx, &wg, "inbound", guard, m, pm, appLimits, cfg.Log,
 					func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", app) },
-					func(error) string { return "the service behind this proxy did not answer" })
+					func(error) string { return "the service behind this proxy did not answer" },
+					func(oe *upstream.OverloadError) string {
+						return "the service behind this proxy is at capacity: " + overloadDetail(oe)
+					})
 				conns = append(conns, h1.conns)
 			}
 			wg.Go(func() { serveInbound(fctx, ln, tlsCfg, h1, h2, m) })
@@ -218,18 +252,28 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var outAddrs []string
 	for _, out := range cfg.Outbounds {
-		clientCfg := mtls.ClientConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeID(out.ID), Revocations: revs, OnFail: onFail})
-		ln, err := net.Listen("tcp", out.Listen)
+		clientCfg := mtls.ClientConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeID(out.ID), Revocations: revs, OnFail: onFail,
+			OnHandshake: m.handshake("client")})
+		ln, err := listenOutbound(out, cfg.Access, m, cfg.Log)
 		if err != nil {
-			return fmt.Errorf("proxy: outbound listen %s: %w", out.Listen, err)
+			return err
 		}
-		outAddrs = append(outAddrs, ln.Addr().String())
+		listener := ln.Addr().String()
+		outAddrs = append(outAddrs, listener)
 		lns = append(lns, ln)
+		pm := m.pool("outbound", listener)
+		netDialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 		if out.TCP {
-			wg.Go(func() { serveTCPOutbound(ctx, ln, out, clientCfg, m, cfg.Log) })
+			// One upstream connection per app connection, no pool: the
+			// handshakes are bounded in number at once, not in rate (a
+			// client's connect must not wait seconds for its turn).
+			tcpLimits := peerLimits
+			tcpLimits.DialRate = 0
+			dial := upstream.NewGate(tcpLimits, nil, pm.dialed).Dial(handshakeBounded((&mtls.Dialer{Config: clientCfg, Net: netDialer}).DialContext))
+			wg.Go(func() { serveTCPOutbound(ctx, ln, out, dial, m, cfg.Log) })
 			continue
 		}
-		srv := newOutboundServer(out, clientCfg, m, errLog)
+		srv := newOutboundServer(out, clientCfg, netDialer, m, pm, peerLimits, errLog)
 		if out.Exchange {
 			// Every request's token is exchanged: net/http serves them all.
 			srv.Handler = xchg.Handler(out.ID.String(), func(r authz.ExchangeResult) { m.exchanges.WithLabelValues(string(r)).Inc() }, srv.Handler)
@@ -240,12 +284,15 @@ func Run(ctx context.Context, cfg Config) error {
 		serveH2(srv, h2, "outbound "+out.Listen)
 		h1Cfg := clientCfg.Clone()
 		h1Cfg.NextProtos = []string{"http/1.1"}
-		dialer := &tls.Dialer{NetDialer: &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}, Config: h1Cfg}
-		upstream := out.Upstream
-		h1 := newH1Forwarder(fctx, &wg, "outbound", nil, m, cfg.Log,
-			func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", upstream) },
+		dialer := &mtls.Dialer{Config: h1Cfg, Net: netDialer}
+		upstreamAddr := out.Upstream
+		h1 := newH1Forwarder(fctx, &wg, "outbound", nil, m, pm, peerLimits, cfg.Log,
+			func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", upstreamAddr) },
 			func(err error) string {
 				return "upstream " + out.ID.String() + " unreachable or not who it should be: " + err.Error()
+			},
+			func(oe *upstream.OverloadError) string {
+				return "upstream " + out.ID.String() + " is at capacity: " + overloadDetail(oe)
 			})
 		conns = append(conns, h1.conns)
 		wg.Go(func() { serveOutbound(fctx, ln, h1, h2) })
@@ -279,14 +326,41 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-func appTransport(protocol string) (*http.Transport, string, error) {
-	t := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          maxIdleUpstream,
-		MaxIdleConnsPerHost:   maxIdleUpstream,
-		IdleConnTimeout:       poolIdleTimeout,
-		ResponseHeaderTimeout: responseHeaderTimeout,
+// handshakeBounded bounds a dial, TLS handshake included, in time: a
+// Transport's dials are not cancelled with the request that started them.
+func handshakeBounded(dial upstream.DialFunc) upstream.DialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, dialTimeout+handshakeTimeout)
+		defer cancel()
+		return dial(ctx, network, addr)
 	}
+}
+
+// overloadDetail says why a request was refused for overload, for the
+// 503's problem detail.
+func overloadDetail(oe *upstream.OverloadError) string {
+	if oe.Reason == upstream.ReasonQueueFull {
+		return fmt.Sprintf("all %d connections busy and too many requests waiting; retry later", oe.MaxConns)
+	}
+	return fmt.Sprintf("all %d connections stayed busy for %v; retry later", oe.MaxConns, oe.Waited.Round(time.Millisecond))
+}
+
+// transportError answers a request net/http could not forward: 503 with
+// Retry-After if every connection was busy, else 502 with badGateway's
+// detail.
+func transportError(w http.ResponseWriter, err error, l upstream.Limits, d *directionMetrics, badGateway func(error) string, overloaded func(*upstream.OverloadError) string) {
+	var oe *upstream.OverloadError
+	if errors.As(err, &oe) {
+		(&authz.Refusal{Status: http.StatusServiceUnavailable, RetryAfter: l.RetryAfter(), Detail: overloaded(oe)}).Write(w)
+		return
+	}
+	d.upstreamErrors.Inc()
+	authz.WriteProblem(w, http.StatusBadGateway, badGateway(err))
+}
+
+func appTransport(protocol string, l upstream.Limits, pm *poolMetrics) (*http.Transport, string, error) {
+	t := upstream.Transport(l, false, (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext, pm.dialed)
+	t.ResponseHeaderTimeout = responseHeaderTimeout
 	switch protocol {
 	case "", "http1":
 	case "h2c":
@@ -299,37 +373,50 @@ func appTransport(protocol string) (*http.Transport, string, error) {
 	return t, "http", nil
 }
 
-func newInboundServer(in *Inbound, guard *authz.Guard, m *metrics, errLog *log.Logger) (*http.Server, error) {
-	t, scheme, err := appTransport(in.AppProtocol)
+func newInboundServer(in *Inbound, guard *authz.Guard, m *metrics, pm *poolMetrics, l upstream.Limits, errLog *log.Logger) (*http.Server, error) {
+	t, scheme, err := appTransport(in.AppProtocol, l, pm)
 	if err != nil {
 		return nil, err
 	}
-	rp := reverseProxy(&url.URL{Scheme: scheme, Host: in.App}, t, errLog, func(w http.ResponseWriter, err error) {
-		m.upstreamErrors.WithLabelValues("inbound").Inc()
-		authz.WriteProblem(w, http.StatusBadGateway, "the service behind this proxy did not answer")
+	var pending atomic.Int64
+	pm.watchPending(&pending)
+	d := m.forDirection("inbound")
+	rp := reverseProxy(&url.URL{Scheme: scheme, Host: in.App}, upstream.Bound(t, l, pm.overload, &pending), errLog, func(w http.ResponseWriter, err error) {
+		transportError(w, err, l, d, func(error) string { return "the service behind this proxy did not answer" },
+			func(oe *upstream.OverloadError) string {
+				return "the service behind this proxy is at capacity: " + overloadDetail(oe)
+			})
 	})
+	// Request trailers arrive after the guard decided: dropped, as the
+	// HTTP/1.1 forwarder drops them, so the app never reads an identity
+	// header the guard did not see (HTTP/2 lets a caller declare any).
+	rewrite := rp.Rewrite
+	rp.Rewrite = func(pr *httputil.ProxyRequest) {
+		rewrite(pr)
+		pr.Out.Trailer = nil
+	}
 	return &http.Server{
 		Handler:           m.instrument("inbound", guard.Middleware(rp)),
 		ReadHeaderTimeout: readHeaderTimeout,
+		MaxHeaderBytes:    64 << 10, // net/http's default is 1 MiB
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          errLog,
 	}, nil
 }
 
-func newOutboundServer(out Outbound, clientCfg *tls.Config, m *metrics, errLog *log.Logger) *http.Server {
-	t := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       clientCfg,
-		TLSHandshakeTimeout:   handshakeTimeout,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          maxIdleUpstream,
-		MaxIdleConnsPerHost:   maxIdleUpstream,
-		IdleConnTimeout:       poolIdleTimeout,
-		ResponseHeaderTimeout: responseHeaderTimeout,
-	}
-	rp := reverseProxy(&url.URL{Scheme: "https", Host: out.Upstream}, t, errLog, func(w http.ResponseWriter, err error) {
-		m.upstreamErrors.WithLabelValues("outbound").Inc()
-		authz.WriteProblem(w, http.StatusBadGateway, "upstream "+out.ID.String()+" unreachable or not who it should be: "+err.Error())
+func newOutboundServer(out Outbound, clientCfg *tls.Config, netDialer *net.Dialer, m *metrics, pm *poolMetrics, l upstream.Limits, errLog *log.Logger) *http.Server {
+	t := upstream.Transport(l, true, handshakeBounded((&mtls.Dialer{Config: clientCfg, Net: netDialer}).DialContext), pm.dialed)
+	t.ForceAttemptHTTP2 = true
+	t.ResponseHeaderTimeout = responseHeaderTimeout
+	var pending atomic.Int64
+	pm.watchPending(&pending)
+	d := m.forDirection("outbound")
+	rp := reverseProxy(&url.URL{Scheme: "https", Host: out.Upstream}, upstream.Bound(t, l, pm.overload, &pending), errLog, func(w http.ResponseWriter, err error) {
+		transportError(w, err, l, d, func(err error) string {
+			return "upstream " + out.ID.String() + " unreachable or not who it should be: " + err.Error()
+		}, func(oe *upstream.OverloadError) string {
+			return "upstream " + out.ID.String() + " is at capacity: " + overloadDetail(oe)
+		})
 	})
 	var p http.Protocols
 	p.SetHTTP1(true)
@@ -337,6 +424,7 @@ func newOutboundServer(out Outbound, clientCfg *tls.Config, m *metrics, errLog *
 	return &http.Server{
 		Handler:           m.instrument("outbound", rp),
 		ReadHeaderTimeout: readHeaderTimeout,
+		MaxHeaderBytes:    64 << 10, // net/http's default is 1 MiB
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          errLog,
 		Protocols:         &p,
@@ -345,10 +433,10 @@ func newOutboundServer(out Outbound, clientCfg *tls.Config, m *metrics, errLog *
 
 // newH1Forwarder builds one listener's HTTP/1.1 forwarder (guard: nil
 // outbound) and runs its pool's reaper on wg until ctx ends.
-func newH1Forwarder(ctx context.Context, wg *sync.WaitGroup, direction string, guard *authz.Guard, m *metrics, log *slog.Logger,
-	dial func(context.Context) (net.Conn, error), badGateway func(error) string) *h1Forwarder {
+func newH1Forwarder(ctx context.Context, wg *sync.WaitGroup, direction string, guard *authz.Guard, m *metrics, pm *poolMetrics, l upstream.Limits, log *slog.Logger,
+	dial func(context.Context) (net.Conn, error), badGateway func(error) string, overloaded func(*upstream.OverloadError) string) *h1Forwarder {
 	f := &h1Forwarder{guard: guard, m: m.forDirection(direction), log: log, conns: newConnSet(),
-		pool: newPool(dial, maxIdleUpstream), badGateway: badGateway}
+		pool: newPool(dial, l, pm), badGateway: badGateway, overloaded: overloaded}
 	wg.Go(func() { f.pool.reap(ctx, 30*time.Second) })
 	return f
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
+	"github.com/rampartsec/rampart/internal/upstream"
 )
 
 // serveTCPInbound terminates mTLS and copies bytes to the app. The policy is
@@ -45,10 +46,9 @@ func serveTCPInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, app 
 
 // serveTCPOutbound accepts plain TCP from the app and opens mTLS to the
 // upstream, which must present the expected SPIFFE ID.
-func serveTCPOutbound(ctx context.Context, ln net.Listener, out Outbound, clientCfg *tls.Config, m *metrics, log *slog.Logger) {
+func serveTCPOutbound(ctx context.Context, ln net.Listener, out Outbound, dial upstream.DialFunc, m *metrics, log *slog.Logger) {
 	serveConns(ln, func(c net.Conn) {
-		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: dialTimeout}, Config: clientCfg}
-		up, err := d.DialContext(ctx, "tcp", out.Upstream)
+		up, err := dial(ctx, "tcp", out.Upstream)
 		if err != nil {
 			m.tcpConns.WithLabelValues("outbound", "failed").Inc()
 			log.Warn("tcp outbound: upstream refused or not who it should be", "upstream", out.Upstream, "want", out.ID.String(), "err", err)

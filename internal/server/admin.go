@@ -276,6 +276,11 @@ func (s *Server) handleEvictAgent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if a.Evicted {
+		// Evicting again would move the recorded eviction time.
+		writeProblem(w, http.StatusConflict, fmt.Sprintf("agent %s was already evicted at %s", r.PathValue("name"), a.EvictedAt.UTC().Format(time.RFC3339)))
+		return
+	}
 	now := s.now()
 	if err := s.store.EvictAgent(r.Context(), a.SpiffeID, now); err != nil {
 		writeProblem(w, http.StatusInternalServerError, "cannot evict the agent")

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,12 +15,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/witness"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/svid"
 )
 
 // checkpointInterval is how often a new signed checkpoint is published
@@ -69,9 +72,16 @@ func (s *Server) event(r *http.Request, action string, kv ...any) {
 	s.record(r.Context(), s.entry(r, action, audit.OutcomeSuccess, "", kv...))
 }
 
-// refused records a refused action.
+// refused records a refused action, aggregated with its repeats (see
+// refusalAgg): refusals are what an attacker produces at will.
 func (s *Server) refused(r *http.Request, action, reason string, kv ...any) {
-	s.record(r.Context(), s.entry(r, action, audit.OutcomeDenied, reason, kv...))
+	s.recordRefusal(r.Context(), s.entry(r, action, audit.OutcomeDenied, reason, kv...), r.RemoteAddr)
+}
+
+func (s *Server) recordRefusal(ctx context.Context, e *audit.Entry, remote string) {
+	if es := s.refusals.add(e, remote); len(es) > 0 {
+		s.record(ctx, es...)
+	}
 }
 
 func (s *Server) entry(r *http.Request, action, outcome, reason string, kv ...any) *audit.Entry {
@@ -87,23 +97,59 @@ func (s *Server) entry(r *http.Request, action, outcome, reason string, kv ...an
 			e.Target = v
 		}
 	}
+	s.setActor(e, r, action, outcome)
+	return e
+}
+
+// setActor names who made request r, from what the request proved and
+// nothing else: never a fallback to a privileged name. An entry recorded
+// before the caller is known (a refused certificate, a refused token)
+// names "unknown" with what the certificate claims, or "anonymous" when
+// nothing was presented.
+func (s *Server) setActor(e *audit.Entry, r *http.Request, action, outcome string) {
 	switch caller := agentFrom(r); {
 	case !caller.IsZero():
 		e.Actor.SpiffeID = caller.String()
+	case isAdmin(r):
+		e.Actor.User = "admin" // the admin token was checked
 	case action == "agent.attest" && outcome == audit.OutcomeSuccess:
 		e.Actor.SpiffeID = e.Target // the agent, proven by its join token
-	case strings.HasPrefix(r.URL.Path, "/v1/agent/"):
-		e.Actor.User = "anonymous"
+	case r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
+		e.Actor.User = "unknown"
+		certDetails(e, r.TLS.PeerCertificates[0])
 	default:
-		e.Actor.User = "admin"
+		e.Actor.User = "anonymous"
 	}
-	return e
+}
+
+// certDetails adds what a refused client certificate claims to e: its
+// serial and SPIFFE ID (unverified when the chain was refused).
+func certDetails(e *audit.Entry, c *x509.Certificate) {
+	e.Details["cert_serial"] = svid.SerialString(c.SerialNumber)
+	if len(c.URIs) > 0 {
+		e.Details["cert_spiffe_id"] = c.URIs[0].String()
+	}
+}
+
+// refusedCertActor names the holder of a certificate refused with err: its
+// SPIFFE ID when the chain verified (a revoked or evicted SVID is still
+// that identity's, and detection groups by it), "unknown" when it did not
+// (the ID is only a claim). Serial and SPIFFE ID go to the details either way.
+func refusedCertActor(e *audit.Entry, c *x509.Certificate, err error) {
+	certDetails(e, c)
+	e.Actor = audit.Actor{User: "unknown"}
+	if !errors.Is(err, errUntrusted) && len(c.URIs) == 1 {
+		if id, perr := spiffeid.FromURI(c.URIs[0]); perr == nil {
+			e.Actor = audit.Actor{SpiffeID: id.String()}
+		}
+	}
 }
 
 // record appends entries durably. A failure to audit is logged loudly and
 // counted; the action it describes has already happened.
 func (s *Server) record(ctx context.Context, es ...*audit.Entry) {
 	for _, e := range es {
+		audit.ClipEntry(e) // before the log line too: no megabyte lines
 		attrs := []slog.Attr{slog.String("event", e.Action), slog.String("outcome", e.Outcome), slog.String("target", e.Target)}
 		for k, v := range e.Details {
 			attrs = append(attrs, slog.String(k, v))
@@ -123,6 +169,13 @@ func (s *Server) record(ctx context.Context, es ...*audit.Entry) {
 // appendAudit appends entries durably (even if ctx ends: the action they
 // describe has happened). A failure is logged loudly and counted.
 func (s *Server) appendAudit(ctx context.Context, es ...*audit.Entry) error {
+	if len(es) == 0 {
+		return nil
+	}
+	for _, e := range es {
+		// No input can make an entry too large to write.
+		audit.ClipEntry(e)
+	}
 	var err error
 	if s.forward != nil {
 		err = s.appendForwarded(context.WithoutCancel(ctx), es...)
@@ -156,6 +209,11 @@ func (s *Server) checkpointLoop(ctx context.Context) {
 }
 
 func (s *Server) checkpoint(last *int64, archiveTimeout time.Duration) {
+	// Refusals still being counted go in before the checkpoint covers
+	// the log (at shutdown, this is the last chance).
+	if es := s.refusals.flush(true); len(es) > 0 {
+		s.record(context.Background(), es...)
+	}
 	if n := s.audit.Size(); n != *last {
 		if _, err := s.audit.Checkpoint(s.auditSigner); err != nil {
 			s.log.Error("audit checkpoint failed", "err", err)

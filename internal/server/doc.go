@@ -15,12 +15,22 @@
 //     handshake; an evicted agent or a revoked certificate is refused.
 //   - /v1/agent/attest is the one agent call without a certificate: it spends a
 //     join token.
-//   - /v1/bundle, /v1/jwt-bundle, /healthz and /metrics are public.
+//   - /v1/bundle, /v1/jwt-bundle and /healthz are public.
+//   - /metrics needs the scrape-only bearer token written to DATA/metrics.token
+//     (0600) on first start (or the admin token): Prometheus reads it with
+//     authorization.credentials_file.
+//   - /v1/audit/ingest takes agents', proxies' and SDK services' spools, each
+//     limited to what it witnesses (ingest.go, decision 0030).
+//
+// Every audit entry names the caller the request proved (admin token,
+// verified SVID), or the refused certificate's holder with its serial and
+// SPIFFE ID, or "anonymous"; never a fallback to a privileged name.
+// Refusals are aggregated per kind and 10 s (refusals.go).
 //
 // # Data directory
 //
 // First start creates DATA (0700) with the SQLite store (unless PostgreSQL is
 // configured), keys/kek (the key-encryption key that wraps CA keys, 0600),
-// admin.token (0600), trust_domain, and bundle.pem, which is rewritten
+// admin.token and metrics.token (0600), trust_domain, and bundle.pem, which is rewritten
 // whenever the bundle changes. A restart reuses all of it.
 package server

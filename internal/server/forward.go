@@ -76,7 +76,7 @@ func (s *Server) replicaClientTLS() *tls.Config {
 // (they reach the holder's log later, in order, exactly once).
 func (s *Server) appendForwarded(ctx context.Context, es ...*audit.Entry) error {
 	for _, e := range es {
-		if err := s.forward.Record(ctx, e); err != nil {
+		if err := s.forward.Record(e); err != nil {
 			return err
 		}
 	}

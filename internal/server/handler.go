@@ -12,8 +12,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/witness"
 )
+
+// maxHeaderBytes bounds a request's line and headers (net/http's default is
+// 1 MiB): a request line is audited (clipped) and a megabyte of it bought
+// nothing but load. Larger requests get 431 before any handler runs.
+const maxHeaderBytes = 64 << 10
 
 // Handler returns the API's HTTP handler.
 func (s *Server) Handler() http.Handler {
@@ -27,7 +33,10 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/jwt-bundle", s.handleJWTBundle)
 	route("GET "+witness.PathCheckpoint, s.atHolder(s.handleCheckpoint))
 	route("GET "+witness.PathConsistency, s.atHolder(s.handleConsistency))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	// Metrics say what runs and how busy it is: not for anyone who can
+	// reach the API. Prometheus sends DATA/metrics.token (a scrape-only
+	// secret) as a bearer token (authorization.credentials_file).
+	mux.Handle("GET /metrics", s.metricsAuth(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
 
 	// Admin.
 	route("POST /v1/join-tokens", s.admin(s.handleCreateJoinToken))
@@ -102,6 +111,8 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/scan/gates", s.admin(s.handleListScanGates))
 	route("GET /v1/inventory", s.admin(s.handleListInventory))
 	route("POST /v1/agent/inventory", s.agent(s.handleAgentInventory))
+	// Backups and restore drills (backup.go).
+	s.backupRoutes(route)
 
 	// Audit entries from agents' and proxies' spools.
 	route("POST /v1/audit/ingest", s.atHolder(s.workload(s.handleIngest)))
@@ -144,8 +155,32 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 			writeProblem(w, http.StatusUnauthorized, "admin calls need the admin token (RAMPART_ADMIN_TOKEN, from DATA/admin.token) as a bearer token")
 			return
 		}
-		h(w, r)
+		h(w, r.WithContext(context.WithValue(r.Context(), adminKey{}, true)))
 	}
+}
+
+// metricsAuth requires the metrics token (or the admin token), compared in
+// constant time.
+func (s *Server) metricsAuth(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || subtle.ConstantTimeCompare(sum[:], s.metricsTokenHash[:])+subtle.ConstantTimeCompare(sum[:], s.adminTokenHash[:]) == 0 {
+			s.refused(r, "metrics.auth", "missing or wrong metrics token", "token_present", ok)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart-metrics"`)
+			writeProblem(w, http.StatusUnauthorized, "/metrics needs the metrics token (DATA/metrics.token) as a bearer token")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// adminKey marks a request whose admin token was checked.
+type adminKey struct{}
+
+func isAdmin(r *http.Request) bool {
+	ok, _ := r.Context().Value(adminKey{}).(bool)
+	return ok
 }
 
 // agentKey carries the verified caller's SPIFFE ID (agent or workload).
@@ -176,7 +211,12 @@ func (s *Server) svidAuth(need string, verify func([][]byte) (spiffeid.ID, error
 		}
 		id, err := verify(raw)
 		if err != nil {
-			s.refused(r, "svid.auth", err.Error(), "path", r.URL.Path)
+			// The caller is not known yet: the entry names the
+			// certificate's holder (see refusedCertActor), never a
+			// fallback.
+			e := s.entry(r, "svid.auth", audit.OutcomeDenied, err.Error(), "path", r.URL.Path)
+			refusedCertActor(e, r.TLS.PeerCertificates[0], err)
+			s.recordRefusal(r.Context(), e, r.RemoteAddr) // a revoked SVID may retry in a loop
 			writeProblem(w, http.StatusForbidden, err.Error())
 			return
 		}

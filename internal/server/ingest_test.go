@@ -29,6 +29,16 @@ func (h *harness) workloadCert(agent, id string) *tls.Certificate {
 	return &tls.Certificate{Certificate: resp.Results[0].SVID.Chain, PrivateKey: key}
 }
 
+// protect publishes a policy for service, which makes it an enforcement
+// point that may ship its decisions.
+func (h *harness) protect(service string) {
+	h.t.Helper()
+	pol := "service: " + service + "\nrules:\n  - name: any\n    callers: [spiffe://example.org/gateway]\n    paths: [/*]\n"
+	if err := h.admin.DoRaw(context.Background(), http.MethodPut, "/v1/policies", "application/yaml", []byte(pol), nil); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
 func decision(i int) *audit.Entry {
 	return &audit.Entry{V: audit.SchemaVersion, Time: time.Unix(1700000000, int64(i)), Actor: audit.Actor{SpiffeID: "spiffe://example.org/gateway"},
 		Action: "authz.decision", Target: "spiffe://example.org/orders", Outcome: audit.OutcomeSuccess, Source: "server",
@@ -58,6 +68,7 @@ func shipped(t *testing.T, l *audit.Log) []*audit.Entry {
 func TestIngestThroughSpool(t *testing.T) {
 	h := newHarness(t)
 	cert := h.workloadCert("node-1", "spiffe://example.org/orders")
+	h.protect("spiffe://example.org/orders")
 	sp, err := spool.Open(spool.Config{Dir: t.TempDir(), Sender: spool.APISender{Client: h.client("", cert)}, BatchSize: 64})
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +76,7 @@ func TestIngestThroughSpool(t *testing.T) {
 	defer sp.Close()
 	ctx := context.Background()
 	for i := range 300 {
-		if err := sp.Record(ctx, decision(i)); err != nil {
+		if err := sp.Record(decision(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -93,6 +104,7 @@ func TestIngestDropsRetriedBatchesAndReportsGaps(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 	cert := h.workloadCert("node-1", "spiffe://example.org/orders")
+	h.protect("spiffe://example.org/orders")
 	send := spool.APISender{Client: h.client("", cert)}
 	batch := func(from, to int) []*audit.Entry {
 		var b []*audit.Entry
@@ -158,6 +170,8 @@ func TestIngestAttacks(t *testing.T) {
 	ctx := context.Background()
 	orders := h.workloadCert("node-1", "spiffe://example.org/orders")
 	rogue := h.workloadCert("node-2", "spiffe://example.org/rogue")
+	h.protect("spiffe://example.org/orders")
+	h.protect("spiffe://example.org/rogue")
 	stream := "fedcba9876543210fedcba9876543210"
 	mk := func(seq uint64) *audit.Entry {
 		e := decision(int(seq))
@@ -196,4 +210,24 @@ func TestIngestAttacks(t *testing.T) {
 	if n := h.srv.audit.Size(); n != before+1 { // +1: the refusal of the rogue is itself audited
 		t.Fatalf("log grew from %d to %d; only the refusal entry should have been added", before, n)
 	}
+}
+
+// Senders of the previous version ship version 1 (JSON): still accepted.
+func TestIngestAcceptsVersion1(t *testing.T) {
+	h := newHarness(t)
+	cert := h.workloadCert("node-1", "spiffe://example.org/orders")
+	h.protect("spiffe://example.org/orders")
+	for i, json := range []bool{true, false} {
+		e := decision(i)
+		e.Stream, e.Seq = "00000000000000000000000000000001", uint64(i+1)
+		if ack, err := (spool.APISender{Client: h.client("", cert), JSON: json}).Send(context.Background(), []*audit.Entry{e}); err != nil || ack != uint64(i+1) {
+			t.Fatalf("json=%v: ack %d, %v", json, ack, err)
+		}
+	}
+	if got := shipped(t, h.srv.audit); len(got) != 2 {
+		t.Fatalf("%d entries stored, want 2", len(got))
+	}
+	// An unknown format is refused by name.
+	err := h.client("", cert).DoRaw(context.Background(), http.MethodPost, "/v1/audit/ingest", "application/x-other", []byte("x"), nil)
+	wantStatus(t, err, http.StatusUnsupportedMediaType, spool.BatchContentType)
 }

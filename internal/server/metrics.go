@@ -23,6 +23,7 @@ type metrics struct {
 	ingested              prometheus.Counter
 	ingestDuplicates      prometheus.Counter
 	ingestRefused         prometheus.Counter
+	ingestEntriesRefused  prometheus.Counter
 	kmsOps                *prometheus.CounterVec
 	requests              *prometheus.CounterVec
 	latency               *prometheus.HistogramVec
@@ -73,7 +74,10 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 			Name: "rampart_server_audit_ingest_duplicates_total", Help: "Audit entries received again (retried batches) and dropped.",
 		}),
 		ingestRefused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_ingest_refused_total", Help: "Audit batches refused (malformed, or a stream of another identity).",
+			Name: "rampart_server_audit_ingest_refused_total", Help: "Audit batches refused (malformed, not a shipper, a stream of another identity, too many streams).",
+		}),
+		ingestEntriesRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_server_audit_ingest_entries_refused_total", Help: "Shipped audit entries refused: an action the source may not record, or about another target.",
 		}),
 		kmsOps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_server_kms_operations_total", Help: "Key store operations, by operation and result (ok, denied, error).",
@@ -87,7 +91,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		}, []string{"route"}),
 	}
 	reg.MustRegister(m.svidsIssued, m.issueFailures, m.attestations, m.renewals, m.handshakeFailures,
-		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.auditSealed, m.auditArchived, m.auditArchiveFailures, m.ingested, m.ingestDuplicates, m.ingestRefused, m.kmsOps, m.requests, m.latency,
+		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.auditSealed, m.auditArchived, m.auditArchiveFailures, m.ingested, m.ingestDuplicates, m.ingestRefused, m.ingestEntriesRefused, m.kmsOps, m.requests, m.latency,
 		caExpiryCollector{ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

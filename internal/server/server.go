@@ -26,6 +26,7 @@ import (
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/spool"
+	"github.com/rampartsec/rampart/internal/backup"
 	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/inventory"
@@ -88,6 +89,9 @@ type Config struct {
 	// entries are spooled and shipped there (see forward.go).
 	AuditForwardTo string
 
+	// Backup, if set, makes backups and drills on a schedule (backup.go).
+	Backup *BackupConfig
+
 	// Issuer is the OAuth/OIDC issuer URL; empty: https://LISTEN (an
 	// unspecified host becomes localhost).
 	Issuer string
@@ -126,11 +130,13 @@ type Server struct {
 	releaseAuditLog func()
 	forward         *spool.Spool
 	ingest          *ingest
+	refusals        *refusalAgg // refusals recorded once per kind and interval
 	detector        *detect.Tailer
 	notifier        *detect.Notifier
 	oauth           *oauth.Provider // nil until the issuer address is known
 	kms             *kms.Service
 	scan            *inventory.Inventory      // vulnerability database and inventory (inventoryapi.go)
+	backup          *backup.Runner            // nil: no backups configured
 	kmsPolicy       atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
@@ -139,6 +145,8 @@ type Server struct {
 	reg             *prometheus.Registry
 
 	adminTokenHash [32]byte
+	// metricsTokenHash: the bearer token /metrics wants (DATA/metrics.token).
+	metricsTokenHash [32]byte
 
 	tls   *tlsState
 	peers peerCache // client chains whose signatures verified
@@ -237,7 +245,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s := &Server{
 		cfg: cfg, store: st, ca: ca, log: cfg.Log, now: cfg.Now, wrapper: wrapper,
-		changed: make(chan struct{}), reg: prometheus.NewRegistry(),
+		changed: make(chan struct{}), reg: prometheus.NewRegistry(), refusals: newRefusalAgg(cfg.Now),
 	}
 	s.metrics = newMetrics(s.reg, ca)
 	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
@@ -253,11 +261,19 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if err != nil {
 		return nil, err
 	}
+	if err := s.startBackup(); err != nil {
+		s.closeAudit()
+		return nil, err
+	}
 	token, err := loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "admin.token"))
 	if err != nil {
 		return nil, err
 	}
 	s.adminTokenHash = sha256.Sum256([]byte(token))
+	if token, err = loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "metrics.token")); err != nil {
+		return nil, err
+	}
+	s.metricsTokenHash = sha256.Sum256([]byte(token))
 	if err := s.refresh(ctx); err != nil {
 		return nil, err
 	}
@@ -385,6 +401,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		Handler:           s.Handler(),
 		TLSConfig:         s.tls.config(),
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute, // the whole request; an ingest batch is at most 16 MiB
+		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
@@ -397,9 +415,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	loops.Go(func() { s.maintain(bg) })
 	loops.Go(func() { s.pollRevision(bg) })
+	loops.Go(func() { s.flushRefusals(bg) })
 	if s.audit != nil { // the replica that keeps the log
 		loops.Go(func() { s.checkpointLoop(bg) })
 		loops.Go(func() { s.detector.Run(bg) })
+	}
+	if s.backup != nil {
+		loops.Go(func() { s.backup.Run(bg) })
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()

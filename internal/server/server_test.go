@@ -447,7 +447,25 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 func TestMetricsExposeCAExpiry(t *testing.T) {
 	h := newHarness(t)
+	// Issue 26 item 9: /metrics was public.
 	resp, err := h.client("", nil).HTTP.Get("https://" + h.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("/metrics without the metrics token: %d, want 401", resp.StatusCode)
+	}
+	tok, err := os.ReadFile(filepath.Join(h.dir, "metrics.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(h.dir, "metrics.token")); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("metrics.token mode %v", fi.Mode().Perm())
+	}
+	req, _ := http.NewRequest(http.MethodGet, "https://"+h.addr+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err = h.client("", nil).HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,6 @@ import (
 
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/identity"
-	"github.com/rampartsec/rampart/internal/svid"
 )
 
 // serverCertTTL is the life of the server's own TLS certificate; it is
@@ -108,17 +107,18 @@ func (t *tlsState) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
 	}
 	if _, err := t.s.verifyPeer(raw); err != nil {
 		t.s.metrics.handshakeFailures.WithLabelValues(reasonOf(err)).Inc()
-		// The certificate's claimed identity is the actor: unverified, but
-		// it is what detection needs to see (a revoked SVID still in use).
+		// A revoked SVID still in use is named by its SPIFFE ID (its chain
+		// verified); a certificate of another CA only claims one, and is
+		// "unknown" (refusedCertActor).
 		e := &audit.Entry{V: audit.SchemaVersion, Time: t.s.now(), Action: "tls.client_auth", Outcome: audit.OutcomeDenied,
-			Reason: err.Error(), Source: "server", Details: map[string]string{"reason": reasonOf(err), "identity": "claimed, not verified"}}
-		if c, perr := x509.ParseCertificate(raw[0]); perr == nil && len(c.URIs) == 1 {
-			e.Actor.SpiffeID = c.URIs[0].String()
-			e.Details["serial"] = svid.SerialString(c.SerialNumber)
+			Reason: err.Error(), Source: "server", Details: map[string]string{"reason": reasonOf(err)}}
+		if c, perr := x509.ParseCertificate(raw[0]); perr == nil {
+			refusedCertActor(e, c, err)
+			e.Details["serial"] = e.Details["cert_serial"]
 		} else {
 			e.Actor.User = "unknown"
 		}
-		t.s.record(context.Background(), e)
+		t.s.recordRefusal(context.Background(), e, "")
 		return err
 	}
 	return nil

@@ -24,21 +24,24 @@ func OpenPostgres(ctx context.Context, dsn string) (Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: postgres: connect to %s: %w", where, err)
 	}
-	s, err := newSQLStore(ctx, db, dialect{
-		name:     "postgres",
-		blob:     "BYTEA",
-		numbered: true,
-		// Transaction-scoped, so it is released on commit or rollback. The
-		// key is arbitrary but fixed: "rampart" in ASCII, as an integer.
-		lockMigrations: "SELECT pg_advisory_xact_lock(32195270009778804)",
-		// Session-scoped: held while the connection lives. Keyed by the
-		// schema, so deployments sharing a database in schemas of their
-		// own each have one.
-		holdAuditLog:    "SELECT pg_try_advisory_lock(hashtextextended('rampart-audit-log:' || current_schema(), 0))",
-		releaseAuditLog: "SELECT pg_advisory_unlock(hashtextextended('rampart-audit-log:' || current_schema(), 0))",
-	})
+	s, err := newSQLStore(ctx, db, postgresDialect)
 	if err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// postgresDialect is PostgreSQL's.
+var postgresDialect = dialect{
+	name:     "postgres",
+	blob:     "BYTEA",
+	numbered: true,
+	// Transaction-scoped, so it is released on commit or rollback. The
+	// key is arbitrary but fixed: "rampart" in ASCII, as an integer.
+	lockMigrations: "SELECT pg_advisory_xact_lock(32195270009778804)",
+	// Session-scoped: held while the connection lives. Keyed by the
+	// schema, so deployments sharing a database in schemas of their
+	// own each have one.
+	holdAuditLog:    "SELECT pg_try_advisory_lock(hashtextextended('rampart-audit-log:' || current_schema(), 0))",
+	releaseAuditLog: "SELECT pg_advisory_unlock(hashtextextended('rampart-audit-log:' || current_schema(), 0))",
 }

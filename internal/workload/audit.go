@@ -8,13 +8,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 )
 
 // Recorder takes audit entries; the agent's spool implements it, and
 // delivers them to the server's log.
 type Recorder interface {
-	Record(ctx context.Context, e *audit.Entry) error
+	Record(e *auditentry.Entry) error
 }
 
 // refusalInterval bounds how often one process (uid and executable) is
@@ -29,13 +29,19 @@ type auditor struct {
 	now  func() time.Time
 
 	mu   sync.Mutex
-	last map[string]time.Time
+	last map[string]*refusals
+}
+
+// refusals of one process since its last entry.
+type refusals struct {
+	at         time.Time // of the last entry
+	suppressed int       // refusals since, not recorded
 }
 
 // SetRecorder makes the server audit every caller it refuses (no
 // registration entry matches), naming the agent self as the target.
 func (s *Server) SetRecorder(r Recorder, self spiffeid.ID) {
-	s.audit = &auditor{rec: r, self: self, now: time.Now, last: map[string]time.Time{}}
+	s.audit = &auditor{rec: r, self: self, now: time.Now, last: map[string]*refusals{}}
 }
 
 // noMatch is the reason a caller attested fine gets nothing.
@@ -52,16 +58,23 @@ func (a *auditor) refused(ctx context.Context, p *process, method, reason string
 	key := strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe + "\x00" + strconv.FormatBool(reason == noMatch)
 	now := a.now()
 	a.mu.Lock()
-	if t, ok := a.last[key]; ok && now.Sub(t) < refusalInterval {
+	rf := a.last[key]
+	if rf != nil && now.Sub(rf.at) < refusalInterval {
+		rf.suppressed++
 		a.mu.Unlock()
 		return
 	}
-	if len(a.last) > 10000 {
-		clear(a.last)
+	if rf == nil {
+		if len(a.last) > 10000 {
+			clear(a.last)
+		}
+		rf = &refusals{}
+		a.last[key] = rf
 	}
-	a.last[key] = now
+	suppressed := rf.suppressed
+	rf.at, rf.suppressed = now, 0
 	a.mu.Unlock()
-	e := &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "workload.attest", Outcome: audit.OutcomeDenied,
+	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Action: "workload.attest", Outcome: auditentry.OutcomeDenied,
 		Reason: reason, Target: a.self.String(), Source: a.self.String(),
 		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
 			"gid": strconv.FormatUint(uint64(c.GID), 10)}}
@@ -69,14 +82,18 @@ func (a *auditor) refused(ctx context.Context, p *process, method, reason string
 	if exe != "" {
 		e.Details["exe"] = exe
 	}
-	// The caller's context may end right away (it was refused); the entry
-	// must still be spooled.
-	a.rec.Record(context.WithoutCancel(ctx), e)
+	if suppressed > 0 {
+		// Refusals of this process since its previous entry, not recorded
+		// one by one: the count keeps them.
+		e.Details["suppressed_before"] = strconv.Itoa(suppressed)
+	}
+	// Record does not wait on the caller, who may be gone already.
+	a.rec.Record(e)
 }
 
 // gate audits an identity the scan gate withheld (or, in dry run, would
 // have withheld). Rate-limited like refusals, per executable and entry.
-func (a *auditor) gate(ctx context.Context, p *process, method string, r Refusal) {
+func (a *auditor) gate(p *process, method string, r Refusal) {
 	if a == nil {
 		return
 	}
@@ -84,23 +101,33 @@ func (a *auditor) gate(ctx context.Context, p *process, method string, r Refusal
 	key := "gate\x00" + strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe + "\x00" + r.EntryID + "\x00" + strconv.FormatBool(r.DryRun)
 	now := a.now()
 	a.mu.Lock()
-	if t, ok := a.last[key]; ok && now.Sub(t) < refusalInterval {
+	rf := a.last[key]
+	if rf != nil && now.Sub(rf.at) < refusalInterval {
+		rf.suppressed++
 		a.mu.Unlock()
 		return
 	}
-	if len(a.last) > 10000 {
-		clear(a.last)
+	if rf == nil {
+		if len(a.last) > 10000 {
+			clear(a.last)
+		}
+		rf = &refusals{}
+		a.last[key] = rf
 	}
-	a.last[key] = now
+	suppressed := rf.suppressed
+	rf.at, rf.suppressed = now, 0
 	a.mu.Unlock()
-	outcome := audit.OutcomeDenied
+	outcome := auditentry.OutcomeDenied
 	if r.DryRun {
-		outcome = audit.OutcomeSuccess
+		outcome = auditentry.OutcomeSuccess
 	}
-	e := &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "workload.scan_gate", Outcome: outcome,
+	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Action: "workload.scan_gate", Outcome: outcome,
 		Reason: r.Reason, Target: r.SpiffeID, Source: a.self.String(),
 		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
 			"entry_id": r.EntryID, "dry_run": strconv.FormatBool(r.DryRun), "exe": exe}}
 	e.Actor.User = "unix:uid:" + strconv.FormatUint(uint64(c.UID), 10)
-	a.rec.Record(context.WithoutCancel(ctx), e)
+	if suppressed > 0 {
+		e.Details["suppressed_before"] = strconv.Itoa(suppressed)
+	}
+	a.rec.Record(e)
 }

@@ -90,7 +90,7 @@ func (s *Server) inspect(ctx context.Context, p *process, method string, ids []I
 		} else {
 			s.log.Warn("scan gate: SVID refused", "pid", p.PID, "exe", exe.Path, "spiffe_id", r.SpiffeID, "entry_id", r.EntryID, "reason", r.Reason)
 		}
-		s.audit.gate(ctx, p, method, r)
+		s.audit.gate(p, method, r)
 	}
 	if len(allowed) == 0 && len(refusals) > 0 {
 		return nil, status.Error(codes.PermissionDenied, "refused by the scan gate: the executable must be patched (the agent's log says why)")

@@ -14,10 +14,18 @@
 // sequence number it already holds. A gap (entries deleted from the spool by
 // hand) shows in the server's log as an audit.ingest.gap entry.
 //
-// Memory is bounded: Record blocks (back-pressure) when the in-memory queue
-// is full, which happens when the spool directory holds MaxBytes of
-// unacknowledged entries. Entries still in the queue, not yet on disk, are
-// lost if the process itself crashes; everything on disk survives restarts.
+// Record never waits on its caller (a cancelled request must not take its
+// record with it): when the in-memory queue is full, Record writes the queue
+// and its entry to disk itself. Memory and disk are bounded: when the spool
+// directory holds MaxBytes of unacknowledged entries, Record drops entries
+// and counts them, and the count is written as an audit.entries_dropped
+// entry as soon as there is room (and rampart_audit_spool_dropped_total).
+// Entries still in the queue, not yet on disk, are lost if the process
+// itself crashes; everything on disk survives restarts.
+//
+// WriteLinger and Linger trade latency for cost: the writer gathers entries
+// for one fsync, the sender waits for a batch to fill. Batches travel in the
+// version 2 wire format (wire.go), version 1 (JSON) for older servers.
 //
 // # Layout (one directory)
 //

@@ -26,17 +26,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 )
 
 // ErrClosed is returned by Record after Close.
 var ErrClosed = errors.New("spool: closed")
 
+// ErrDropped is returned by Record when the spool holds MaxBytes of entries
+// the server has not acknowledged: the entry was dropped, and counted in an
+// audit.entries_dropped entry written as soon as there is room.
+var ErrDropped = errors.New("spool: full (the server has not acknowledged MaxBytes of entries); entry dropped and counted")
+
 // Sender delivers a batch of entries (consecutive sequence numbers of one
 // stream) and returns the highest sequence number of the stream that the
 // receiver holds durably.
 type Sender interface {
-	Send(ctx context.Context, batch []*audit.Entry) (ackedThrough uint64, err error)
+	Send(ctx context.Context, batch []*auditentry.Entry) (ackedThrough uint64, err error)
 }
 
 // Config configures a Spool.
@@ -45,17 +50,35 @@ type Config struct {
 	Sender Sender // required
 	Log    *slog.Logger
 	// MaxBytes bounds the unacknowledged entries kept on disk (default
-	// 1 GiB); beyond it Record blocks.
+	// 1 GiB); beyond it Record drops entries and counts them (see Record).
 	MaxBytes int64
 	// SegmentBytes is the size at which a new segment starts (default 8 MiB).
 	SegmentBytes int64
 	// BatchSize is the most entries sent in one request (default 500).
 	BatchSize int
+	// Linger is how long the sender waits for a batch to fill before
+	// sending a partial one (default 0: send at once). A proxy recording
+	// a decision per request sets it: one request per 250 ms carries
+	// hundreds of entries, where sending at once costs a request (TLS
+	// records, a handler, a group commit) per handful.
+	Linger time.Duration
+	// WriteLinger is how long the writer waits for more entries before
+	// writing (and fsyncing) a partial batch (default 0: at once). At a
+	// thousand decisions a second, 50 ms makes 20 fsyncs a second instead
+	// of a thousand; a crash may lose what waited (it was not yet durable
+	// either way: Record never waits for the disk).
+	WriteLinger time.Duration
 	// Backoff returns the wait before retry n (from 1) after a failed send
 	// (default: 0.5 s doubling to 30 s, with jitter).
 	Backoff func(n int) time.Duration
 	// Registry receives the spool's metrics when set.
 	Registry *prometheus.Registry
+	// BeforeClose, if set, runs at the start of Close while Record still
+	// accepts entries: a front end that holds entries back (the decision
+	// aggregator) hands them over there.
+	BeforeClose func()
+	// Now is the clock for entries the spool writes itself (default time.Now).
+	Now func() time.Time
 }
 
 // Spool is a durable queue of audit entries on their way to the server.
@@ -63,7 +86,8 @@ type Spool struct {
 	cfg    Config
 	stream string
 
-	in      chan *audit.Entry
+	in      chan *auditentry.Entry
+	kick    chan struct{} // wakes the writer to write a pending drop count
 	closing chan struct{}
 	done    chan struct{} // writer and sender have stopped
 	cancel  context.CancelFunc
@@ -79,8 +103,19 @@ type Spool struct {
 	bytes    int64         // total size of the segments
 	wake     chan struct{} // tells the sender there is more to send
 	closed   bool
+	// Entries dropped while the spool was full, not yet counted in an
+	// audit.entries_dropped entry on disk.
+	dropped             uint64
+	firstDrop, lastDrop time.Time
+	droppedTotal        atomic.Uint64
 
-	sent, failures prometheus.Counter
+	// wmu serialises writes to the segments: the writer goroutine's, and
+	// Record's own when the queue is full. It guards f and buf.
+	wmu sync.Mutex
+	f   *os.File
+	buf []byte
+
+	sent, failures, dropCounter prometheus.Counter
 }
 
 type segment struct {
@@ -121,16 +156,22 @@ func Open(cfg Config) (*Spool, error) {
 	if cfg.Backoff == nil {
 		cfg.Backoff = defaultBackoff
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s := &Spool{cfg: cfg, in: make(chan *audit.Entry, queueLen), closing: make(chan struct{}), done: make(chan struct{}),
-		wake: make(chan struct{}, 1),
+	s := &Spool{cfg: cfg, in: make(chan *auditentry.Entry, queueLen), closing: make(chan struct{}), done: make(chan struct{}),
+		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 		sent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_audit_spool_sent_total", Help: "Audit entries the server acknowledged.",
 		}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_audit_spool_send_failures_total", Help: "Failed deliveries of a batch to the server (retried).",
+		}),
+		dropCounter: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_audit_spool_dropped_total", Help: "Audit entries dropped because the spool held MaxBytes the server had not acknowledged (each drop is also counted in an audit.entries_dropped entry; alert on any).",
 		}),
 	}
 	s.cond = sync.NewCond(&s.mu)
@@ -139,7 +180,7 @@ func Open(cfg Config) (*Spool, error) {
 	}
 	s.base = s.written
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(s.sent, s.failures,
+		cfg.Registry.MustRegister(s.sent, s.failures, s.dropCounter,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "rampart_audit_spool_pending_entries", Help: "Audit entries on disk not yet acknowledged by the server.",
 			}, func() float64 { w, a := s.Progress(); return float64(w - a) }),
@@ -250,9 +291,18 @@ func (s *Spool) load() error {
 func (s *Spool) Stream() string { return s.stream }
 
 // Record queues e for the server. It sets e's Stream and Seq, so e must not
-// be reused. It blocks while the queue is full (back-pressure) until ctx is
-// done.
-func (s *Spool) Record(ctx context.Context, e *audit.Entry) error {
+// be reused.
+//
+// Record never waits on its caller, so no caller can choose what goes
+// unrecorded by giving up (a cancelled request, a reset stream): when the
+// in-memory queue is full, Record writes the queue and e to the segment
+// file itself, paying one fsync for the lot (the back-pressure is the
+// disk's). When the spool already holds MaxBytes of entries the server has
+// not acknowledged (it has been away for long), e is dropped and counted
+// (ErrDropped): the count becomes an audit.entries_dropped entry as soon as
+// there is room again, and rampart_audit_spool_dropped_total.
+func (s *Spool) Record(e *auditentry.Entry) error {
+	auditentry.ClipFields(e)
 	if err := e.Validate(); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
@@ -265,12 +315,60 @@ func (s *Spool) Record(ctx context.Context, e *audit.Entry) error {
 	case s.in <- e:
 		s.recorded.Add(1)
 		return nil
-	case <-s.closing:
-		return ErrClosed
-	case <-ctx.Done():
-		return fmt.Errorf("spool: queue full: %w", ctx.Err())
+	default:
 	}
+	return s.writeDirect(e)
 }
+
+// writeDirect writes what the queue holds and e, in the caller's goroutine.
+func (s *Spool) writeDirect(e *auditentry.Entry) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	closed, full := s.closed, s.fullLocked()
+	if full && !closed {
+		s.dropLocked(e.Time)
+	}
+	s.mu.Unlock()
+	switch {
+	case closed:
+		return ErrClosed
+	case full:
+		return ErrDropped
+	}
+	// Everything queued was accepted before e: it goes first, in order.
+	batch := make([]*auditentry.Entry, 0, len(s.in)+1)
+drain:
+	for {
+		select {
+		case q := <-s.in:
+			batch = append(batch, q)
+		default:
+			break drain
+		}
+	}
+	s.recorded.Add(1)
+	s.writeLocked(append(batch, e))
+	return nil
+}
+
+// fullLocked: the spool holds MaxBytes and the server has not caught up.
+func (s *Spool) fullLocked() bool { return s.bytes >= s.cfg.MaxBytes && s.acked < s.written }
+
+func (s *Spool) dropLocked(t time.Time) {
+	if s.dropped == 0 || t.Before(s.firstDrop) {
+		s.firstDrop = t
+	}
+	if t.After(s.lastDrop) {
+		s.lastDrop = t
+	}
+	s.dropped++
+	s.droppedTotal.Add(1)
+	s.dropCounter.Inc()
+}
+
+// Dropped returns how many entries Record dropped since Open.
+func (s *Spool) Dropped() uint64 { return s.droppedTotal.Load() }
 
 // Progress returns the highest sequence number on disk and the highest the
 // server acknowledged.
@@ -324,6 +422,15 @@ func (s *Spool) Close() error {
 		s.mu.Unlock()
 		return nil
 	}
+	s.mu.Unlock()
+	if s.cfg.BeforeClose != nil {
+		s.cfg.BeforeClose()
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
 	s.closed = true
 	s.cond.Broadcast()
 	s.mu.Unlock()
@@ -334,22 +441,31 @@ func (s *Spool) Close() error {
 }
 
 // writer appends queued entries to the current segment, one fsync per batch.
+//
+// It takes entries from the queue only while holding wmu, as Record's own
+// write does, so entries reach the disk in the order Record accepted them
+// (except around a full spool: a batch waiting for room may be overtaken).
 func (s *Spool) writer() {
-	var f *os.File
 	defer func() {
-		if f != nil {
-			f.Close()
+		s.wmu.Lock()
+		if s.f != nil {
+			s.f.Close()
+			s.f = nil
 		}
+		s.wmu.Unlock()
 	}()
-	var buf []byte
-	batch := make([]*audit.Entry, 0, writeBatch)
+	batch := make([]*auditentry.Entry, 0, writeBatch)
 	for {
 		batch = batch[:0]
+		s.wmu.Lock()
 		select {
 		case e := <-s.in:
 			batch = append(batch, e)
+		case <-s.kick:
+			// Room again after drops: write their count.
 		case <-s.closing:
-			// Drain what Record accepted before Close.
+			// Drain what Record accepted before Close, and write a pending
+			// drop count whatever the room.
 			for {
 				select {
 				case e := <-s.in:
@@ -359,9 +475,8 @@ func (s *Spool) writer() {
 				}
 				break
 			}
-			if len(batch) > 0 {
-				s.write(&f, &buf, batch)
-			}
+			s.writeLocked(batch)
+			s.wmu.Unlock()
 			return
 		}
 	drain:
@@ -373,48 +488,87 @@ func (s *Spool) writer() {
 				break drain
 			}
 		}
-		s.write(&f, &buf, batch)
+		if len(batch) < cap(batch) && len(batch) > 0 && s.cfg.WriteLinger > 0 {
+			s.gather(&batch)
+		}
+		// Back-pressure: with MaxBytes on disk, wait until the server holds
+		// everything written (then a new segment starts and the old ones
+		// go). Record drops meanwhile, so wmu is let go.
+		s.mu.Lock()
+		if s.fullLocked() && !s.closed {
+			s.wmu.Unlock()
+			for s.fullLocked() && !s.closed {
+				s.cond.Wait()
+			}
+			s.mu.Unlock()
+			s.wmu.Lock()
+		} else {
+			s.mu.Unlock()
+		}
+		s.writeLocked(batch)
+		s.wmu.Unlock()
 	}
 }
 
-// write stores one batch. Errors are retried: an entry accepted by Record is
-// not given up on while the process lives.
-func (s *Spool) write(f **os.File, buf *[]byte, batch []*audit.Entry) {
+// gather adds entries to batch for up to WriteLinger, until it is full or
+// the spool closes.
+func (s *Spool) gather(batch *[]*auditentry.Entry) {
+	t := time.NewTimer(s.cfg.WriteLinger)
+	defer t.Stop()
+	for len(*batch) < cap(*batch) {
+		select {
+		case e := <-s.in:
+			*batch = append(*batch, e)
+		case <-t.C:
+			return
+		case <-s.closing:
+			return
+		}
+	}
+}
+
+// writeLocked stores one batch (with s.wmu held), preceded by the count of
+// entries dropped since the last write, if any. Errors are retried: an
+// entry accepted by Record is not given up on while the process lives.
+func (s *Spool) writeLocked(batch []*auditentry.Entry) {
 	s.mu.Lock()
-	// Back-pressure: with MaxBytes on disk, wait until the server holds
-	// everything written (then a new segment starts and the old ones go).
-	for s.bytes >= s.cfg.MaxBytes && s.acked < s.written && !s.closed {
-		s.cond.Wait()
+	if s.dropped > 0 {
+		batch = append([]*auditentry.Entry{droppedEntry(s.dropped, s.firstDrop, s.lastDrop, s.cfg.Now(), s.cfg.MaxBytes)}, batch...)
+		s.dropped = 0
 	}
 	seq := s.written
 	s.mu.Unlock()
-	b := (*buf)[:0]
+	if len(batch) == 0 {
+		return
+	}
+	b := s.buf[:0]
 	for _, e := range batch {
 		seq++
 		e.Stream, e.Seq = s.stream, seq
 		data, err := e.Marshal()
 		if err != nil { // Record validated it; only an oversized entry gets here
 			s.cfg.Log.Error("audit spool: entry cannot be encoded; recording its loss instead", "action", e.Action, "err", err)
-			lost := &audit.Entry{V: audit.SchemaVersion, Time: e.Time, Actor: e.Actor, Action: "audit.entry_lost",
-				Outcome: audit.OutcomeFailure, Reason: err.Error(), Stream: s.stream, Seq: seq}
+			lost := &auditentry.Entry{V: auditentry.SchemaVersion, Time: e.Time, Actor: e.Actor, Action: "audit.entry_lost",
+				Outcome: auditentry.OutcomeFailure, Reason: auditentry.Clip(err.Error()), Stream: s.stream, Seq: seq}
+			lost.Actor = auditentry.Actor{SpiffeID: auditentry.Clip(e.Actor.SpiffeID), User: auditentry.Clip(e.Actor.User)}
 			if data, err = lost.Marshal(); err != nil {
-				panic(err) // a fixed, small entry always encodes
+				panic(err) // a small entry of clipped fields always encodes
 			}
 		}
 		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 		b = binary.BigEndian.AppendUint32(b, crc32.Checksum(data, castagnoli))
 		b = append(b, data...)
 	}
-	*buf = b
+	s.buf = b
 	for attempt := 1; ; attempt++ {
-		err := s.appendSegment(f, b, seq-uint64(len(batch))+1)
+		err := s.appendSegment(&s.f, b, seq-uint64(len(batch))+1)
 		if err == nil {
 			break
 		}
 		s.cfg.Log.Error("audit spool: write failed; retrying", "dir", s.cfg.Dir, "err", err)
-		if *f != nil {
-			(*f).Close()
-			*f = nil
+		if s.f != nil {
+			s.f.Close()
+			s.f = nil
 		}
 		select {
 		case <-time.After(s.cfg.Backoff(attempt)):
@@ -433,6 +587,16 @@ func (s *Spool) write(f **os.File, buf *[]byte, batch []*audit.Entry) {
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// droppedEntry says how many entries the spool dropped while it was full.
+// The server names the shipper (actor, target and source) when it stores it.
+func droppedEntry(n uint64, first, last, now time.Time, maxBytes int64) *auditentry.Entry {
+	return &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Actor: auditentry.Actor{User: "rampart-spool"},
+		Action: "audit.entries_dropped", Outcome: auditentry.OutcomeFailure,
+		Reason: fmt.Sprintf("%d audit entries dropped: the spool held %d bytes the server had not acknowledged", n, maxBytes),
+		Details: map[string]string{"count": strconv.FormatUint(n, 10),
+			"first": first.UTC().Format(time.RFC3339Nano), "last": last.UTC().Format(time.RFC3339Nano)}}
 }
 
 // appendSegment writes b (records from sequence number first on) to the
@@ -497,6 +661,14 @@ func (s *Spool) sender(ctx context.Context) {
 				return
 			}
 		}
+		if written-acked < uint64(s.cfg.BatchSize) && s.cfg.Linger > 0 && failures == 0 {
+			if !s.linger(ctx) {
+				return
+			}
+			s.mu.Lock()
+			written = s.written
+			s.mu.Unlock()
+		}
 		batch, err := s.read(&rd, acked+1, min(written-acked, uint64(s.cfg.BatchSize)))
 		if err == nil {
 			var upTo uint64
@@ -523,9 +695,33 @@ func (s *Spool) sender(ctx context.Context) {
 	}
 }
 
+// linger waits up to Linger for a full batch; false if ctx ended. On Close
+// it returns at once, so what is on disk is offered before the sender stops.
+func (s *Spool) linger(ctx context.Context) bool {
+	t := time.NewTimer(s.cfg.Linger)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return true
+		case <-s.closing:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-s.wake:
+			s.mu.Lock()
+			full := s.written-s.acked >= uint64(s.cfg.BatchSize)
+			s.mu.Unlock()
+			if full {
+				return true
+			}
+		}
+	}
+}
+
 // ack records that the server holds everything through upTo and deletes
 // the segments that are wholly acknowledged.
-func (s *Spool) ack(upTo uint64, batch []*audit.Entry) error {
+func (s *Spool) ack(upTo uint64, batch []*auditentry.Entry) error {
 	s.mu.Lock()
 	old := s.acked
 	s.mu.Unlock()
@@ -545,6 +741,12 @@ func (s *Spool) ack(upTo uint64, batch []*audit.Entry) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.acked = upTo
+	if s.dropped > 0 && !s.fullLocked() {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
 	// A segment is done when the next one starts at or below upTo+1. The
 	// last segment is kept: the writer appends to it.
 	for len(s.segments) > 1 && s.segments[1].first <= upTo+1 {
@@ -573,7 +775,7 @@ func (rd *segReader) close() {
 }
 
 // read returns up to n entries from sequence number from on.
-func (s *Spool) read(rdp **segReader, from, n uint64) ([]*audit.Entry, error) {
+func (s *Spool) read(rdp **segReader, from, n uint64) ([]*auditentry.Entry, error) {
 	rd := *rdp
 	if rd == nil || rd.next != from {
 		rd.close()
@@ -595,7 +797,7 @@ func (s *Spool) read(rdp **segReader, from, n uint64) ([]*audit.Entry, error) {
 		rd = &segReader{seg: seg, f: f, r: &reader{br: bufio.NewReaderSize(f, 64<<10)}, next: seg.first}
 		*rdp = rd
 	}
-	var out []*audit.Entry
+	var out []*auditentry.Entry
 	for uint64(len(out)) < n {
 		data, err := rd.r.next()
 		if errors.Is(err, io.EOF) {
@@ -629,7 +831,7 @@ func (s *Spool) read(rdp **segReader, from, n uint64) ([]*audit.Entry, error) {
 			rd.close()
 			return nil, fmt.Errorf("segment %s: %w", rd.seg.name(), err)
 		}
-		e, err := audit.ParseEntry(data)
+		e, err := auditentry.Parse(data)
 		if err != nil {
 			*rdp = nil
 			rd.close()
@@ -664,8 +866,8 @@ func (r *reader) next() ([]byte, error) {
 		return nil, err
 	}
 	n := binary.BigEndian.Uint32(r.hdr[:4])
-	if n > audit.MaxEntrySize {
-		return nil, fmt.Errorf("record of %d bytes, at most %d", n, audit.MaxEntrySize)
+	if n > auditentry.MaxSize {
+		return nil, fmt.Errorf("record of %d bytes, at most %d", n, auditentry.MaxSize)
 	}
 	data := make([]byte, n)
 	if _, err := io.ReadFull(r.br, data); err != nil {
