@@ -125,7 +125,6 @@ func (d dialect) scanMigration() []string {
 			digest      TEXT NOT NULL,
 			generation  BIGINT NOT NULL
 		)`,
-		`INSERT INTO scan_db (id, source, imported_at, records, digest, generation) VALUES (1, '', 0, 0, '', 0)`,
 		`CREATE TABLE scan_osv (
 			id       TEXT PRIMARY KEY,
 			modified BIGINT NOT NULL,
@@ -168,8 +167,11 @@ func (d dialect) scanMigration() []string {
 	}
 }
 
+// bumpScan increases the generation, creating the database's one row the
+// first time (no migration seeds it, so a restored dump brings its own).
 func (s *sqlStore) bumpScan(ctx context.Context, tx *sql.Tx) (int64, error) {
-	if _, err := tx.ExecContext(ctx, `UPDATE scan_db SET generation = generation + 1 WHERE id = 1`); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO scan_db (id, source, imported_at, records, digest, generation) VALUES (1, '', 0, 0, '', 1)
+		ON CONFLICT (id) DO UPDATE SET generation = scan_db.generation + 1`); err != nil {
 		return 0, err
 	}
 	var g int64
@@ -196,11 +198,11 @@ func (s *sqlStore) ImportOSV(ctx context.Context, meta ScanDBMeta, recs []OSVRec
 				return fmt.Errorf("record %s: %w", r.ID, err)
 			}
 		}
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE scan_db SET source = ?, imported_at = ?, records = ?, digest = ? WHERE id = 1`),
-			meta.Source, ns(meta.ImportedAt), len(recs), meta.Digest); err != nil {
+		if gen, err = s.bumpScan(ctx, tx); err != nil {
 			return err
 		}
-		gen, err = s.bumpScan(ctx, tx)
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE scan_db SET source = ?, imported_at = ?, records = ?, digest = ? WHERE id = 1`),
+			meta.Source, ns(meta.ImportedAt), len(recs), meta.Digest)
 		return err
 	})
 	if err != nil {
@@ -214,6 +216,9 @@ func (s *sqlStore) ScanDB(ctx context.Context) (ScanDBMeta, error) {
 	var at int64
 	err := s.db.QueryRowContext(ctx, `SELECT source, imported_at, records, digest, generation FROM scan_db WHERE id = 1`).
 		Scan(&m.Source, &at, &m.Records, &m.Digest, &m.Generation)
+	if errors.Is(err, sql.ErrNoRows) {
+		return m, nil // nothing imported, nothing changed yet
+	}
 	if err != nil {
 		return m, fmt.Errorf("store: vulnerability database: %w", err)
 	}
