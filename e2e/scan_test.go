@@ -62,7 +62,10 @@ func osvDir(t *testing.T, vulndb string, ids ...string) string {
 func TestSupplyChainInventoryAlertAndGate(t *testing.T) {
 	vulndb, err := scantest.VulnDB()
 	if err != nil {
-		t.Fatal(err)
+		if os.Getenv("CI") != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
 	}
 	root := t.TempDir()
 	vuln, patched := buildScanWorkload(t, root, false), buildScanWorkload(t, root, true)
