@@ -138,11 +138,11 @@ func TestSupplyChainInventoryAlertAndGate(t *testing.T) {
 		t.Errorf("the patched binary: %s", out)
 	}
 	eventually(t, 30*time.Second, "the refusal is in the audit log", func() error {
-		out, err := cli(t, nil, "audit", "query", "--data", s.dir, "--action", "workload.scan_gate", "--json")
+		out, err := cli(t, nil, "audit", "query", "--data", s.dir, "--action", "workload.attest", "--json")
 		if err != nil {
 			return err
 		}
-		if !strings.Contains(out, "GO-2022-1059") || !strings.Contains(out, `"denied"`) {
+		if !strings.Contains(out, "GO-2022-1059") || !strings.Contains(out, `"scan_gate":"refused"`) || !strings.Contains(out, `"denied"`) {
 			return errorf("audit: %s", out)
 		}
 		return nil

@@ -16,7 +16,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/atomicfile"
-	"github.com/rampartsec/rampart/internal/inventory"
+	"github.com/rampartsec/rampart/internal/inventory/verdict"
 	"github.com/rampartsec/rampart/internal/scan/gobin"
 	"github.com/rampartsec/rampart/internal/workload"
 )
@@ -50,7 +50,7 @@ type exeInfo struct {
 // scanState is what the agent keeps of the server's answers.
 type scanState struct {
 	Generation int64                         `json:"generation"`
-	Policy     inventory.Policy              `json:"policy"`
+	Policy     verdict.Policy                `json:"policy"`
 	Verdicts   map[string]*api.BinaryVerdict `json:"verdicts"`
 	Known      bool                          `json:"known"` // the server answered at least once
 	_          struct{}                      `json:"-"`
@@ -122,7 +122,7 @@ func (r *inventoryReporter) identify(exe workload.Executable) (*exeInfo, error) 
 	sha := hex.EncodeToString(h.Sum(nil))
 	b := api.InventoryBinary{SHA256: sha, Size: n}
 	if g, err := gobin.Read(f); err == nil {
-		b = inventory.FromGobin(sha, n, g)
+		b = verdict.FromGobin(sha, n, g)
 	} else if !errors.Is(err, gobin.ErrNotGo) {
 		r.log.Warn("reading a Go binary's build info failed", "exe", exe.Path, "err", err)
 	}
@@ -243,7 +243,7 @@ func (r *inventoryReporter) flush(ctx context.Context) error {
 	rep := api.InventoryReport{Generation: r.state.Generation}
 	for _, b := range r.pending {
 		rep.Binaries = append(rep.Binaries, b)
-		if len(rep.Binaries) >= inventory.MaxBinaries {
+		if len(rep.Binaries) >= verdict.MaxBinaries {
 			break
 		}
 	}
@@ -251,7 +251,7 @@ func (r *inventoryReporter) flush(ctx context.Context) error {
 		// Last-seen is refreshed once per interval, not per call.
 		if last, ok := r.sent[k]; !ok || s.LastSeen.Sub(last) >= r.interval {
 			rep.Sightings = append(rep.Sightings, *s)
-			if len(rep.Sightings) >= inventory.MaxSightings {
+			if len(rep.Sightings) >= verdict.MaxSightings {
 				break
 			}
 		}
@@ -263,8 +263,8 @@ func (r *inventoryReporter) flush(ctx context.Context) error {
 			rep.Want = append(rep.Want, info.sha)
 		}
 	}
-	if len(rep.Want) > inventory.MaxWant {
-		rep.Want = rep.Want[:inventory.MaxWant]
+	if len(rep.Want) > verdict.MaxWant {
+		rep.Want = rep.Want[:verdict.MaxWant]
 	}
 	r.mu.Unlock()
 	var resp api.InventoryResponse
@@ -288,7 +288,7 @@ func (r *inventoryReporter) flush(ctx context.Context) error {
 		r.state.Verdicts[v.SHA256] = &v
 	}
 	r.state.Generation, r.state.Known = resp.Generation, true
-	r.state.Policy = inventory.Policy{Gates: resp.Gates, Exceptions: resp.Exceptions}
+	r.state.Policy = verdict.Policy{Gates: resp.Gates, Exceptions: resp.Exceptions}
 	b, err := json.Marshal(r.state)
 	r.mu.Unlock()
 	if err == nil {

@@ -16,7 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
-	"github.com/rampartsec/rampart/internal/inventory"
+	"github.com/rampartsec/rampart/internal/inventory/verdict"
 	"github.com/rampartsec/rampart/internal/workload"
 )
 
@@ -88,7 +88,7 @@ func TestGateFailsClosedWithoutVerdict(t *testing.T) {
 	}
 }
 
-func policyOf(gs ...api.ScanGate) (p inventory.Policy) {
+func policyOf(gs ...api.ScanGate) (p verdict.Policy) {
 	p.Gates = gs
 	return p
 }

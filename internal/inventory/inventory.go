@@ -15,20 +15,30 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/inventory/verdict"
 	"github.com/rampartsec/rampart/internal/scan"
 	"github.com/rampartsec/rampart/internal/scan/gobin"
 	"github.com/rampartsec/rampart/internal/scan/osv"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
-// Limits on one agent's report.
+// Limits on one agent's report (package verdict, which the agent shares).
 const (
-	MaxBinaries   = 256
-	MaxSightings  = 4096
-	MaxSymbols    = 1 << 20 // functions in one binary
-	MaxWant       = 4096
+	MaxBinaries   = verdict.MaxBinaries
+	MaxSightings  = verdict.MaxSightings
+	MaxSymbols    = verdict.MaxSymbols
+	MaxWant       = verdict.MaxWant
 	maxInfoStored = 64 << 20
 )
+
+// Policy is the gates and exceptions in force (package verdict).
+type Policy = verdict.Policy
+
+// Counts is verdict.Counts.
+var Counts = verdict.Counts
+
+// FromGobin is verdict.FromGobin.
+var FromGobin = verdict.FromGobin
 
 // Inventory keeps what runs and matches it against the database.
 type Inventory struct {
@@ -212,25 +222,6 @@ func toGobin(b api.InventoryBinary) *gobin.Binary {
 		g.SymbolsErr = "no symbols reported"
 	}
 	return g
-}
-
-// FromGobin turns what gobin read into an agent's report.
-func FromGobin(sha string, size int64, g *gobin.Binary) api.InventoryBinary {
-	b := api.InventoryBinary{SHA256: sha, Size: size, GoVersion: g.GoVersion, Path: g.Path, GOOS: g.GOOS, GOARCH: g.GOARCH,
-		Symbols: g.Symbols, SymbolsErr: g.SymbolsErr}
-	if g.Main.Path != "" {
-		b.Main = &api.GoModule{Path: g.Main.Path, Version: g.Main.Version}
-	}
-	for _, m := range g.Modules {
-		// As required (its path), at the version in the binary: matching
-		// looks records up by the required path, as govulncheck does.
-		gm := api.GoModule{Path: m.Path, Version: m.Effective().Version}
-		if m.Replace != nil {
-			gm.Replace = m.Replace.Path
-		}
-		b.Modules = append(b.Modules, gm)
-	}
-	return b
 }
 
 // Findings matches one binary.

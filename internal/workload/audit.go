@@ -121,10 +121,16 @@ func (a *auditor) gate(p *process, method string, r Refusal) {
 	if r.DryRun {
 		outcome = auditentry.OutcomeSuccess
 	}
-	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Action: "workload.scan_gate", Outcome: outcome,
-		Reason: r.Reason, Target: r.SpiffeID, Source: a.self.String(),
+	// An attestation entry on this agent's host (the kind the server takes
+	// from an agent), saying it was the scan gate and for which identity.
+	gate := "refused"
+	if r.DryRun {
+		gate = "dry_run"
+	}
+	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Action: "workload.attest", Outcome: outcome,
+		Reason: r.Reason, Target: a.self.String(), Source: a.self.String(),
 		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
-			"entry_id": r.EntryID, "dry_run": strconv.FormatBool(r.DryRun), "exe": exe}}
+			"scan_gate": gate, "spiffe_id": r.SpiffeID, "entry_id": r.EntryID, "exe": exe}}
 	e.Actor.User = "unix:uid:" + strconv.FormatUint(uint64(c.UID), 10)
 	if suppressed > 0 {
 		e.Details["suppressed_before"] = strconv.Itoa(suppressed)

@@ -1,7 +1,8 @@
-package inventory
+package verdict
 
 import (
 	"fmt"
+	"github.com/rampartsec/rampart/internal/scan/gobin"
 	"slices"
 	"strings"
 	"time"
@@ -9,6 +10,33 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/scan/osv"
 )
+
+// Limits on one agent's report.
+const (
+	MaxBinaries  = 256
+	MaxSightings = 4096
+	MaxSymbols   = 1 << 20 // functions in one binary
+	MaxWant      = 4096
+)
+
+// FromGobin turns what gobin read into an agent's report.
+func FromGobin(sha string, size int64, g *gobin.Binary) api.InventoryBinary {
+	b := api.InventoryBinary{SHA256: sha, Size: size, GoVersion: g.GoVersion, Path: g.Path, GOOS: g.GOOS, GOARCH: g.GOARCH,
+		Symbols: g.Symbols, SymbolsErr: g.SymbolsErr}
+	if g.Main.Path != "" {
+		b.Main = &api.GoModule{Path: g.Main.Path, Version: g.Main.Version}
+	}
+	for _, m := range g.Modules {
+		// As required (its path), at the version in the binary: matching
+		// looks records up by the required path, as govulncheck does.
+		gm := api.GoModule{Path: m.Path, Version: m.Effective().Version}
+		if m.Replace != nil {
+			gm.Replace = m.Replace.Path
+		}
+		b.Modules = append(b.Modules, gm)
+	}
+	return b
+}
 
 // Policy is what the agent decides with: the gates and exceptions in force.
 type Policy struct {
