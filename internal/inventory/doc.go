@@ -23,9 +23,11 @@
 // A gate (the trust domain's default, or one registration entry's) requires
 // that a binary have no reachable finding (called, or of unknown
 // reachability) at or above a severity; an unrated finding counts as the
-// gate's Unknown level (HIGH unless set). Decide is what the agent runs
-// before it hands out an SVID: it refuses a binary that fails, names the
-// findings in the reason, and with DryRun only says what it would refuse.
+// gate's Unknown level (HIGH unless set). verdict.Policy.Decide is what
+// the agent runs before it hands out an SVID (package verdict holds the
+// agent's part, free of the store): it refuses a binary that fails, names
+// the findings in the reason, and with DryRun only says what it would
+// refuse.
 // Exceptions (a vulnerability id or alias, optionally narrowed to one binary
 // hash or one service) excuse a finding until they expire. A binary with
 // no verdict yet is refused (fail closed), saying so.
