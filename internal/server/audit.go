@@ -79,7 +79,7 @@ func (s *Server) refused(r *http.Request, action, reason string, kv ...any) {
 }
 
 func (s *Server) recordRefusal(ctx context.Context, e *audit.Entry, remote string) {
-	if es := s.refusals.add(e, remote); len(es) > 0 {
+	if es := s.refusals.Add(e, remote); len(es) > 0 {
 		s.record(ctx, es...)
 	}
 }
@@ -211,7 +211,7 @@ func (s *Server) checkpointLoop(ctx context.Context) {
 func (s *Server) checkpoint(last *int64, archiveTimeout time.Duration) {
 	// Refusals still being counted go in before the checkpoint covers
 	// the log (at shutdown, this is the last chance).
-	if es := s.refusals.flush(true); len(es) > 0 {
+	if es := s.refusals.Flush(true); len(es) > 0 {
 		s.record(context.Background(), es...)
 	}
 	if n := s.audit.Size(); n != *last {

@@ -25,7 +25,7 @@
 // Every audit entry names the caller the request proved (admin token,
 // verified SVID), or the refused certificate's holder with its serial and
 // SPIFFE ID, or "anonymous"; never a fallback to a privileged name.
-// Refusals are aggregated per kind and 10 s (refusals.go).
+// Refusals are aggregated per kind and 10 s (audit.Refusals).
 //
 // # Data directory
 //

@@ -312,7 +312,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 			s.metrics.ingestEntriesRefused.Add(float64(n))
 			e := s.entry(r, "audit.ingest", audit.OutcomeDenied, fmt.Sprintf("%d shipped entries refused; e.g. %s", n, why),
 				"target", "audit", "stream", stream, "from_seq", first, "to_seq", last, "refused", fmt.Sprint(refusedBy))
-			kept = append(kept, s.refusals.add(e, caller)...)
+			kept = append(kept, s.refusals.Add(e, caller)...)
 		}
 		s.metrics.ingested.Add(float64(len(kept)))
 		if len(kept) > 0 {

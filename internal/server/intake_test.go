@@ -72,7 +72,7 @@ func TestIngestRefusesAWorkloadThatIsNotAnEnforcementPoint(t *testing.T) {
 		_, err := send.Send(ctx, forgeries("0123456789abcdef0123456789abcdef", 1))
 		wantStatus(t, err, http.StatusForbidden, "no policy protects spiffe://example.org/batch-job")
 	}
-	h.srv.record(ctx, h.srv.refusals.flush(true)...)
+	h.srv.record(ctx, h.srv.refusals.Flush(true)...)
 	if es := logEntries(t, h.srv.audit, "entry.delete"); len(es) != 0 {
 		t.Fatalf("forged entry.delete stored: %+v", es[0])
 	}

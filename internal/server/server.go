@@ -129,7 +129,7 @@ type Server struct {
 	releaseAuditLog func()
 	forward         *spool.Spool
 	ingest          *ingest
-	refusals        *refusalAgg // refusals recorded once per kind and interval
+	refusals        *audit.Refusals // refusals recorded once per kind and interval
 	detector        *detect.Tailer
 	notifier        *detect.Notifier
 	oauth           *oauth.Provider // nil until the issuer address is known
@@ -243,8 +243,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s := &Server{
 		cfg: cfg, store: st, ca: ca, log: cfg.Log, now: cfg.Now, wrapper: wrapper,
-		changed: make(chan struct{}), reg: prometheus.NewRegistry(), refusals: newRefusalAgg(cfg.Now),
+		changed: make(chan struct{}), reg: prometheus.NewRegistry(),
 	}
+	s.refusals = audit.NewRefusals(cfg.Now, s.record)
 	s.metrics = newMetrics(s.reg, ca)
 	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -412,7 +413,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	loops.Go(func() { s.maintain(bg) })
 	loops.Go(func() { s.pollRevision(bg) })
-	loops.Go(func() { s.flushRefusals(bg) })
+	loops.Go(func() { s.refusals.Run(bg) })
 	if s.audit != nil { // the replica that keeps the log
 		loops.Go(func() { s.checkpointLoop(bg) })
 		loops.Go(func() { s.detector.Run(bg) })
