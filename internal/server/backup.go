@@ -60,11 +60,12 @@ func (s *Server) startBackup() error {
 		return nil
 	}
 	var l backup.AuditLog
-	if s.audit != nil {
-		l = s.audit
+	var signer note.Signer
+	if s.keeper != nil {
+		l, signer = s.audit, s.keeper.Signer
 	}
 	b, err := backup.New(backup.Config{DataDir: s.cfg.DataDir, TrustDomain: s.cfg.TrustDomain.Name(), Store: s.store.(store.Snapshotter),
-		Audit: l, AuditSigner: s.auditSigner, AuditOrigin: s.cfg.TrustDomain.Name() + "/audit", KEK: s.wrapper,
+		Audit: l, AuditSigner: signer, AuditOrigin: s.cfg.TrustDomain.Name() + "/audit", KEK: s.wrapper,
 		MasterSource: string(s.cfg.Master.Source), KEKFile: s.cfg.Master.File, IncludeKEK: bc.IncludeKEK,
 		Destinations: bc.Destinations, Recipients: bc.Recipients, RecipientNames: bc.RecipientNames, Passphrase: bc.Passphrase,
 		PartSize: bc.PartSize, Now: s.now, Log: s.log})

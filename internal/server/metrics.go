@@ -17,9 +17,6 @@ type metrics struct {
 	revocations           prometheus.Gauge
 	caMaintenanceFailures prometheus.Counter
 	auditFailures         prometheus.Counter
-	auditSealed           prometheus.Counter
-	auditArchived         prometheus.Counter
-	auditArchiveFailures  prometheus.Counter
 	ingested              prometheus.Counter
 	ingestDuplicates      prometheus.Counter
 	ingestRefused         prometheus.Counter
@@ -58,15 +55,6 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_server_audit_write_failures_total", Help: "Audit entries that could not be written (alert on any).",
 		}),
-		auditSealed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_segments_sealed_total", Help: "Audit log segments sealed (compressed, checked, removed from the open log).",
-		}),
-		auditArchived: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_segments_archived_total", Help: "Sealed audit segments copied to the archive (S3).",
-		}),
-		auditArchiveFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_archive_failures_total", Help: "Failed copies to the audit archive (retried every 10 s).",
-		}),
 		ingested: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_server_audit_ingested_total", Help: "Audit entries received from agents and proxies and stored.",
 		}),
@@ -91,7 +79,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		}, []string{"route"}),
 	}
 	reg.MustRegister(m.svidsIssued, m.issueFailures, m.attestations, m.renewals, m.handshakeFailures,
-		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.auditSealed, m.auditArchived, m.auditArchiveFailures, m.ingested, m.ingestDuplicates, m.ingestRefused, m.ingestEntriesRefused, m.kmsOps, m.requests, m.latency,
+		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.ingested, m.ingestDuplicates, m.ingestRefused, m.ingestEntriesRefused, m.kmsOps, m.requests, m.latency,
 		caExpiryCollector{ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -115,15 +115,9 @@ type Server struct {
 	store store.Store
 	ca    *identity.CA
 	audit *audit.Log
-	// auditSigner signs the audit log's checkpoints.
-	auditSigner note.Signer
-	// archiver copies sealed segments to cfg.AuditArchive (nil: none).
-	// retainMu guards it and the failure flags: the checkpoint loop and
-	// Close both run retain.
-	retainMu       sync.Mutex
-	archiver       *audit.Archiver
-	sealFailing    bool
-	archiveFailing bool
+	// keeper signs checkpoints, seals and archives (the replica that
+	// keeps the log only).
+	keeper *audit.Keeper
 	// On the replica that keeps the log, releaseAuditLog gives the store's
 	// claim back; on the others, forward ships entries to it.
 	releaseAuditLog func()
@@ -305,17 +299,22 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 		return fmt.Errorf("server: %w", err)
 	}
 	s.releaseAuditLog = release
-	if s.audit, s.auditSigner, err = openAudit(s.cfg); err != nil {
+	var signer note.Signer
+	if s.audit, signer, err = openAudit(s.cfg); err != nil {
 		release()
 		return err
 	}
+	s.keeper = &audit.Keeper{Log: s.audit, Signer: signer, Refusals: s.refusals, Record: s.record, Now: s.now, Logger: s.log, Registry: s.reg,
+		Actor: audit.Actor{SpiffeID: identity.ServerID(s.cfg.TrustDomain).String()}, Source: "server"}
 	if s.cfg.AuditArchive != nil {
-		s.archiver = audit.NewArchiver(filepath.Join(s.cfg.DataDir, "audit"), s.cfg.AuditArchive)
+		s.keeper.Archiver = audit.NewArchiver(filepath.Join(s.cfg.DataDir, "audit"), s.cfg.AuditArchive)
+		s.keeper.ArchiveName = fmt.Sprint(s.cfg.AuditArchive)
 	}
 	if s.ingest, err = loadIngest(s.cfg.DataDir, s.audit); err != nil {
 		s.closeAudit()
 		return err
 	}
+	s.keeper.AfterCheckpoint = func(n int64) error { return s.ingest.snapshot(s.cfg.DataDir, n) }
 	if err := s.startDetect(); err != nil {
 		s.closeAudit()
 		return fmt.Errorf("server: %w", err)
@@ -327,15 +326,8 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 // forwarding spool) and gives the claim back.
 func (s *Server) closeAudit() error {
 	var err error
-	if s.audit != nil {
-		last := int64(-1)
-		s.checkpoint(&last, 15*time.Second) // may seal and archive, and record both
-		// The final checkpoint is the last write: it covers those
-		// records, and the log takes nothing after it. Copied to the
-		// archive, it vouches for the log from off the machine while the
-		// server is down.
-		_, err = s.audit.CloseWithCheckpoint(s.auditSigner)
-		s.archiveLastCheckpoint()
+	if s.keeper != nil {
+		err = s.keeper.Close()
 	}
 	if s.forward != nil {
 		err = errors.Join(err, s.forward.Close())
@@ -344,22 +336,6 @@ func (s *Server) closeAudit() error {
 		s.releaseAuditLog()
 	}
 	return err
-}
-
-// archiveLastCheckpoint copies the final checkpoint to the archive when
-// the last copy succeeded (so that only the checkpoint is new there: a
-// segment copied now could no longer be recorded in the closed log).
-func (s *Server) archiveLastCheckpoint() {
-	s.retainMu.Lock()
-	defer s.retainMu.Unlock()
-	if s.archiver == nil || s.archiveFailing {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	if _, err := s.archiver.Sync(ctx); err != nil {
-		s.log.Error("copying the final audit checkpoint to the archive failed; it is copied at the next start", "err", err)
-	}
 }
 
 // OAuth returns the authorization server (nil before Serve when the
@@ -415,7 +391,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	loops.Go(func() { s.pollRevision(bg) })
 	loops.Go(func() { s.refusals.Run(bg) })
 	if s.audit != nil { // the replica that keeps the log
-		loops.Go(func() { s.checkpointLoop(bg) })
+		loops.Go(func() { s.keeper.Run(bg) })
 		loops.Go(func() { s.detector.Run(bg) })
 	}
 	if s.backup != nil {
