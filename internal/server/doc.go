@@ -20,7 +20,7 @@
 //     (0600) on first start (or the admin token): Prometheus reads it with
 //     authorization.credentials_file.
 //   - /v1/audit/ingest takes agents', proxies' and SDK services' spools, each
-//     limited to what it witnesses (ingest.go, decision 0029).
+//     limited to what it witnesses (package audit/intake, decision 0029).
 //
 // Every audit entry names the caller the request proved (admin token,
 // verified SVID), or the refused certificate's holder with its serial and

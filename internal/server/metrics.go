@@ -17,10 +17,6 @@ type metrics struct {
 	revocations           prometheus.Gauge
 	caMaintenanceFailures prometheus.Counter
 	auditFailures         prometheus.Counter
-	ingested              prometheus.Counter
-	ingestDuplicates      prometheus.Counter
-	ingestRefused         prometheus.Counter
-	ingestEntriesRefused  prometheus.Counter
 	kmsOps                *prometheus.CounterVec
 	requests              *prometheus.CounterVec
 	latency               *prometheus.HistogramVec
@@ -55,18 +51,6 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_server_audit_write_failures_total", Help: "Audit entries that could not be written (alert on any).",
 		}),
-		ingested: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_ingested_total", Help: "Audit entries received from agents and proxies and stored.",
-		}),
-		ingestDuplicates: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_ingest_duplicates_total", Help: "Audit entries received again (retried batches) and dropped.",
-		}),
-		ingestRefused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_ingest_refused_total", Help: "Audit batches refused (malformed, not a shipper, a stream of another identity, too many streams).",
-		}),
-		ingestEntriesRefused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_ingest_entries_refused_total", Help: "Shipped audit entries refused: an action the source may not record, or about another target.",
-		}),
 		kmsOps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_server_kms_operations_total", Help: "Key store operations, by operation and result (ok, denied, error).",
 		}, []string{"operation", "result"}),
@@ -79,7 +63,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		}, []string{"route"}),
 	}
 	reg.MustRegister(m.svidsIssued, m.issueFailures, m.attestations, m.renewals, m.handshakeFailures,
-		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.ingested, m.ingestDuplicates, m.ingestRefused, m.ingestEntriesRefused, m.kmsOps, m.requests, m.latency,
+		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.kmsOps, m.requests, m.latency,
 		caExpiryCollector{ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/intake"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/backup"
 	"github.com/rampartsec/rampart/internal/detect"
@@ -122,7 +123,7 @@ type Server struct {
 	// claim back; on the others, forward ships entries to it.
 	releaseAuditLog func()
 	forward         *spool.Spool
-	ingest          *ingest
+	intake          *intake.Intake
 	refusals        *audit.Refusals // refusals recorded once per kind and interval
 	detector        *detect.Tailer
 	notifier        *detect.Notifier
@@ -310,11 +311,13 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 		s.keeper.Archiver = audit.NewArchiver(filepath.Join(s.cfg.DataDir, "audit"), s.cfg.AuditArchive)
 		s.keeper.ArchiveName = fmt.Sprint(s.cfg.AuditArchive)
 	}
-	if s.ingest, err = loadIngest(s.cfg.DataDir, s.audit); err != nil {
+	s.intake, err = intake.Load(intake.Config{TrustDomain: s.cfg.TrustDomain, StatePath: filepath.Join(s.cfg.DataDir, "audit-streams.json"),
+		Policies: s.store, Revision: s.currentRevision, Append: s.appendAudit, Now: s.now, Log: s.log, Registry: s.reg}, s.audit)
+	if err != nil {
 		s.closeAudit()
-		return err
+		return fmt.Errorf("server: %w", err)
 	}
-	s.keeper.AfterCheckpoint = func(n int64) error { return s.ingest.snapshot(s.cfg.DataDir, n) }
+	s.keeper.AfterCheckpoint = s.intake.Snapshot
 	if err := s.startDetect(); err != nil {
 		s.closeAudit()
 		return fmt.Errorf("server: %w", err)
@@ -569,6 +572,11 @@ func (s *Server) isEvicted(agentID string) bool {
 	defer s.mu.RUnlock()
 	_, ok := s.evicted[agentID]
 	return ok
+}
+
+func (s *Server) currentRevision() int64 {
+	rev, _ := s.waitChange()
+	return rev
 }
 
 // waitChange returns the current revision and a channel closed at the next.
