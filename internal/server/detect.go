@@ -1,46 +1,15 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
-	"github.com/rampartsec/rampart/internal/audit"
-	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/store"
 )
-
-// startDetect parses the rules (the embedded defaults when none are given)
-// and prepares the tailer and the notifier; Serve runs the tailer.
-func (s *Server) startDetect() error {
-	src := s.cfg.DetectRules
-	if src == nil {
-		src = detect.DefaultRules()
-	}
-	rs, err := detect.Parse(src)
-	if err != nil {
-		return err
-	}
-	s.notifier = detect.NewNotifier(rs.Sinks, nil, s.log, s.reg)
-	s.detector = &detect.Tailer{Dir: filepath.Join(s.cfg.DataDir, "audit"), Engine: detect.NewEngine(rs), Store: s.store,
-		Log: s.log, Now: s.now, Registry: s.reg, OnAlert: s.onAlert}
-	s.log.Info("detection rules loaded", "rules", len(rs.Rules), "sinks", len(rs.Sinks))
-	return nil
-}
-
-// onAlert notifies the sinks and records the alert in the audit log.
-func (s *Server) onAlert(ctx context.Context, a store.Alert) {
-	s.notifier.Notify(ctx, a)
-	e := &audit.Entry{V: audit.SchemaVersion, Time: s.now(), Actor: audit.Actor{User: "rampart-detect"}, Action: "detect.alert",
-		Target: a.Group, Outcome: audit.OutcomeSuccess, Reason: a.Summary, Source: "server",
-		Details: map[string]string{"alert_id": a.ID, "rule": a.Rule, "severity": a.Severity, "first_index": strconv.FormatInt(a.FirstIndex, 10)}}
-	s.appendAudit(ctx, e) // not record: the tailer has already logged the alert
-}
 
 // AlertToAPI is an alert as the API and the CLI show it.
 func AlertToAPI(a store.Alert) api.Alert {

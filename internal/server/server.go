@@ -125,8 +125,7 @@ type Server struct {
 	forward         *spool.Spool
 	intake          *intake.Intake
 	refusals        *audit.Refusals // refusals recorded once per kind and interval
-	detector        *detect.Tailer
-	notifier        *detect.Notifier
+	detector        *detect.Detector
 	oauth           *oauth.Provider // nil until the issuer address is known
 	kms             *kms.Service
 	backup          *backup.Runner            // nil: no backups configured
@@ -318,7 +317,9 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 		return fmt.Errorf("server: %w", err)
 	}
 	s.keeper.AfterCheckpoint = s.intake.Snapshot
-	if err := s.startDetect(); err != nil {
+	s.detector, err = detect.NewDetector(detect.DetectorConfig{Rules: s.cfg.DetectRules, Dir: filepath.Join(s.cfg.DataDir, "audit"),
+		Store: s.store, Append: s.appendAudit, Now: s.now, Log: s.log, Registry: s.reg})
+	if err != nil {
 		s.closeAudit()
 		return fmt.Errorf("server: %w", err)
 	}
@@ -358,8 +359,8 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 // stops forwarding) and the store.
 func (s *Server) Close() error {
 	err := s.closeAudit()
-	if s.notifier != nil {
-		s.notifier.Close()
+	if s.detector != nil {
+		s.detector.Close()
 	}
 	return errors.Join(err, s.store.Close())
 }
