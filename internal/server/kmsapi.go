@@ -1,62 +1,17 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/kms"
-	"github.com/rampartsec/rampart/internal/policy"
 	"github.com/rampartsec/rampart/internal/store"
 )
-
-// KMSService is the SPIFFE ID whose policy says which workload may use
-// which key: paths /keys/NAME/OPERATION, method POST.
-func KMSService(td spiffeid.TrustDomain) spiffeid.ID {
-	return spiffeid.RequireFromSegments(td, "rampart", "kms")
-}
-
-// KMSOperations are the key operations workloads call.
-var KMSOperations = []string{"encrypt", "decrypt", "datakey", "rewrap", "sign", "verify", "hmac", "verify-hmac"}
-
-// kmsPolicy is the compiled key-use policy and the store sequence it came from.
-type kmsPolicy struct {
-	seq int64
-	eng *policy.Engine
-}
-
-// loadKMSPolicy compiles the key-use policy if it changed. Without one,
-// every key use is denied.
-func (s *Server) loadKMSPolicy(ctx context.Context) error {
-	p, err := s.store.GetPolicy(ctx, KMSService(s.cfg.TrustDomain).String())
-	if errors.Is(err, store.ErrNotFound) {
-		s.kmsPolicy.Store(nil)
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("server: key-use policy: %w", err)
-	}
-	if cur := s.kmsPolicy.Load(); cur != nil && cur.seq == p.Seq {
-		return nil
-	}
-	parsed, err := policy.Parse(p.Source)
-	if err != nil {
-		return fmt.Errorf("server: key-use policy: %w", err)
-	}
-	eng, err := policy.Compile(parsed)
-	if err != nil {
-		return fmt.Errorf("server: key-use policy: %w", err)
-	}
-	s.kmsPolicy.Store(&kmsPolicy{seq: p.Seq, eng: eng})
-	return nil
-}
 
 func kmsKeyToAPI(in kms.Info) api.KMSKey {
 	out := api.KMSKey{Name: in.Name, Type: in.Type, Latest: in.Latest, RotateEverySeconds: int64(in.RotateEvery / time.Second),
@@ -205,10 +160,7 @@ func (s *Server) kmsOp(op string, do func(r *http.Request, name string, req *api
 			Actor: audit.Actor{SpiffeID: caller.String()},
 			Details: map[string]string{"key": name, "remote": r.RemoteAddr,
 				"size": strconv.Itoa(len(req.Plaintext) + len(req.Ciphertext) + len(req.Message))}}
-		d := policy.Decision{Version: "none"}
-		if p := s.kmsPolicy.Load(); p != nil {
-			d = p.eng.Decide(&policy.Request{Caller: caller, Method: http.MethodPost, Path: "/keys/" + name + "/" + op})
-		}
+		d := s.kmsAccess.Decide(caller, name, op)
 		e.Details["policy_version"] = d.Version
 		if d.Rule != "" {
 			e.Details["rule"] = d.Rule
@@ -283,22 +235,5 @@ func (s *Server) kmsHandlers() map[string]http.HandlerFunc {
 			ok, v, err := svc.VerifyMAC(r.Context(), name, req.Message, req.MAC)
 			return api.KMSResponse{Version: v, Valid: &ok}, err
 		}),
-	}
-}
-
-// maintainKMS applies scheduled rotations and destructions and audits them.
-func (s *Server) maintainKMS(ctx context.Context) {
-	events, err := s.kms.Maintain(ctx)
-	if err != nil {
-		s.log.Error("key store maintenance failed", "err", err)
-	}
-	for _, ev := range events {
-		e := &audit.Entry{V: audit.SchemaVersion, Time: s.now(), Action: ev.Action, Target: "kms:" + ev.Key, Outcome: audit.OutcomeSuccess,
-			Source: "server", Actor: audit.Actor{SpiffeID: KMSService(s.cfg.TrustDomain).String()},
-			Details: map[string]string{"key": ev.Key, "version": strconv.Itoa(ev.Version), "trigger": "schedule"}}
-		s.record(ctx, e)
-	}
-	if len(events) > 0 {
-		s.notify(ctx)
 	}
 }

@@ -200,7 +200,7 @@ func TestKMSScheduledRotationAudited(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.clk.Add(time.Hour + time.Second)
-	h.srv.maintainOnce(ctx)
+	h.srv.kmsMaint.Step(ctx)
 	var key api.KMSKey
 	if err := h.admin.Do(ctx, http.MethodGet, "/v1/kms/keys/k", nil, &key); err != nil || key.Latest != 2 {
 		t.Fatalf("after schedule: %+v %v", key, err)
@@ -262,6 +262,7 @@ func TestKMSSecretsNeverLogged(t *testing.T) {
 	h.kmsCall(orders, "orders-pii", "decrypt", api.KMSRequest{Ciphertext: enc.Ciphertext})
 	h.kmsCall(h.client("", h.workloadCert("node-2", "spiffe://example.org/reports")), "orders-pii", "decrypt", api.KMSRequest{Ciphertext: enc.Ciphertext})
 	h.srv.maintainOnce(ctx)
+	h.srv.kmsMaint.Step(ctx)
 	out := logs.String()
 	if !strings.Contains(out, "kms.key_create") {
 		t.Fatalf("the test captured no server logs: %q", out)

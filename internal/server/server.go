@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -128,8 +127,9 @@ type Server struct {
 	detector        *detect.Detector
 	oauth           *oauth.Provider // nil until the issuer address is known
 	kms             *kms.Service
-	backup          *backup.Runner            // nil: no backups configured
-	kmsPolicy       atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
+	backup          *backup.Runner  // nil: no backups configured
+	kmsAccess       *kms.Access     // the key-use policy
+	kmsMaint        *kms.Maintainer // the key store's schedules
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
 	now             func() time.Time
@@ -244,6 +244,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	s.kmsAccess = kms.NewAccess(cfg.TrustDomain)
+	s.kmsMaint = &kms.Maintainer{Service: s.kms, Actor: audit.Actor{SpiffeID: kms.ServiceID(cfg.TrustDomain).String()},
+		Record: s.record, Changed: s.notify, Now: cfg.Now, Log: cfg.Log}
 	s.tls = newTLSState(s)
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)
@@ -393,6 +396,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	loops.Go(func() { s.maintain(bg) })
 	loops.Go(func() { s.pollRevision(bg) })
+	loops.Go(func() { s.kmsMaint.Run(bg) })
 	loops.Go(func() { s.refusals.Run(bg) })
 	if s.audit != nil { // the replica that keeps the log
 		loops.Go(func() { s.keeper.Run(bg) })
@@ -442,7 +446,6 @@ func (s *Server) maintainOnce(ctx context.Context) {
 			s.log.Error("OAuth signing key maintenance failed", "err", err)
 		}
 	}
-	s.maintainKMS(ctx)
 	if err := s.store.PruneExpired(ctx, s.now()); err != nil {
 		s.log.Warn("pruning expired records failed", "err", err)
 	}
@@ -534,8 +537,8 @@ func (s *Server) refresh(ctx context.Context) error {
 			evicted[a.SpiffeID] = struct{}{}
 		}
 	}
-	if err := s.loadKMSPolicy(ctx); err != nil {
-		return err
+	if err := s.kmsAccess.Load(ctx, s.store); err != nil {
+		return fmt.Errorf("server: %w", err)
 	}
 	bundle := identity.EncodePEM(s.ca.X509Bundle())
 	s.mu.Lock()
