@@ -46,7 +46,7 @@ func TestAccess(t *testing.T) {
 		t.Fatalf("allowed use: %+v", d)
 	}
 	for _, c := range []struct {
-		caller    spiffeid.ID
+		caller  spiffeid.ID
 		key, op string
 	}{{orders, "pii", "decrypt"}, {orders, "other", "encrypt"}, {spiffeid.RequireFromString("spiffe://example.org/reports"), "pii", "encrypt"}} {
 		if d := a.Decide(c.caller, c.key, c.op); d.Allowed {
