@@ -313,9 +313,29 @@ func loadSessionKey(ctx context.Context, s keyStore, w *keywrap.Wrapper, now tim
 	return nil, errors.New("oauth: session key: could not create or read")
 }
 
+// MaintainEvery is how often Run maintains the provider.
+const MaintainEvery = 30 * time.Second
+
+// Run calls Maintain every MaintainEvery until ctx is done; a failure is
+// logged and retried at the next tick.
+func (p *Provider) Run(ctx context.Context) error {
+	t := time.NewTicker(MaintainEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := p.Maintain(ctx); err != nil {
+				p.cfg.Log.Error("OAuth signing key maintenance failed", "err", err)
+			}
+		}
+	}
+}
+
 // Maintain applies the signing key rotation schedule and audits the
-// requests the rate limits refused since the last call; call it
-// periodically (the server does every 30 s).
+// requests the rate limits refused since the last call; Run calls it
+// periodically.
 func (p *Provider) Maintain(ctx context.Context) error {
 	p.limits.flush()
 	if n := p.hashing.busy.Swap(0); n > 0 {

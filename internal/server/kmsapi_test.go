@@ -261,7 +261,8 @@ func TestKMSSecretsNeverLogged(t *testing.T) {
 	}
 	h.kmsCall(orders, "orders-pii", "decrypt", api.KMSRequest{Ciphertext: enc.Ciphertext})
 	h.kmsCall(h.client("", h.workloadCert("node-2", "spiffe://example.org/reports")), "orders-pii", "decrypt", api.KMSRequest{Ciphertext: enc.Ciphertext})
-	h.srv.maintainOnce(ctx)
+	h.srv.caMaint.Step(ctx)
+	h.srv.oauth.Maintain(ctx)
 	h.srv.kmsMaint.Step(ctx)
 	out := logs.String()
 	if !strings.Contains(out, "kms.key_create") {

@@ -8,18 +8,17 @@ import (
 )
 
 type metrics struct {
-	svidsIssued           *prometheus.CounterVec
-	issueFailures         *prometheus.CounterVec
-	attestations          *prometheus.CounterVec
-	renewals              prometheus.Counter
-	handshakeFailures     *prometheus.CounterVec
-	adminAuthFailures     prometheus.Counter
-	revocations           prometheus.Gauge
-	caMaintenanceFailures prometheus.Counter
-	auditFailures         prometheus.Counter
-	kmsOps                *prometheus.CounterVec
-	requests              *prometheus.CounterVec
-	latency               *prometheus.HistogramVec
+	svidsIssued       *prometheus.CounterVec
+	issueFailures     *prometheus.CounterVec
+	attestations      *prometheus.CounterVec
+	renewals          prometheus.Counter
+	handshakeFailures *prometheus.CounterVec
+	adminAuthFailures prometheus.Counter
+	revocations       prometheus.Gauge
+	auditFailures     prometheus.Counter
+	kmsOps            *prometheus.CounterVec
+	requests          *prometheus.CounterVec
+	latency           *prometheus.HistogramVec
 }
 
 func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
@@ -45,9 +44,6 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		revocations: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "rampart_server_revoked_certificates", Help: "Revoked certificates not yet expired.",
 		}),
-		caMaintenanceFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_ca_maintenance_failures_total", Help: "Failed runs of the CA rotation schedule.",
-		}),
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_server_audit_write_failures_total", Help: "Audit entries that could not be written (alert on any).",
 		}),
@@ -63,27 +59,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		}, []string{"route"}),
 	}
 	reg.MustRegister(m.svidsIssued, m.issueFailures, m.attestations, m.renewals, m.handshakeFailures,
-		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.kmsOps, m.requests, m.latency,
-		caExpiryCollector{ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.adminAuthFailures, m.revocations, m.auditFailures, m.kmsOps, m.requests, m.latency,
+		identity.ExpiryCollector{CA: ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
-}
-
-// caExpiryCollector exports the expiry of every CA key at scrape time, so an
-// alert such as
-//
-//	rampart_ca_not_after_timestamp_seconds{kind="root",state="active"} - time() < 30*86400
-//
-// fires long before a trust anchor expires.
-type caExpiryCollector struct{ ca *identity.CA }
-
-var caExpiryDesc = prometheus.NewDesc("rampart_ca_not_after_timestamp_seconds",
-	"Expiry (Unix time) of each root, intermediate and JWT signing key.", []string{"kind", "id", "state"}, nil)
-
-func (c caExpiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- caExpiryDesc }
-
-func (c caExpiryCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, k := range c.ca.Status() {
-		ch <- prometheus.MustNewConstMetric(caExpiryDesc, prometheus.GaugeValue, float64(k.NotAfter.Unix()),
-			string(k.Kind), k.ID, string(k.State))
-	}
 }

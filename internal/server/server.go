@@ -130,6 +130,7 @@ type Server struct {
 	backup          *backup.Runner  // nil: no backups configured
 	kmsAccess       *kms.Access     // the key-use policy
 	kmsMaint        *kms.Maintainer // the key store's schedules
+	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
 	now             func() time.Time
@@ -241,6 +242,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s.refusals = audit.NewRefusals(cfg.Now, s.record)
 	s.metrics = newMetrics(s.reg, ca)
+	s.caMaint = &identity.Maintainer{CA: ca, Changed: s.notify, Now: cfg.Now, Log: cfg.Log, Registry: s.reg}
 	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -394,7 +396,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var loops sync.WaitGroup
 	defer loops.Wait()
 	defer stop()
-	loops.Go(func() { s.maintain(bg) })
+	loops.Go(func() { s.caMaint.Run(bg) })
+	loops.Go(func() { s.oauth.Run(bg) })
+	loops.Go(func() { s.prune(bg) })
 	loops.Go(func() { s.pollRevision(bg) })
 	loops.Go(func() { s.kmsMaint.Run(bg) })
 	loops.Go(func() { s.refusals.Run(bg) })
@@ -420,53 +424,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return srv.Shutdown(shutdownCtx)
 }
 
-// maintain applies the CA rotation schedule and prunes expired records.
-func (s *Server) maintain(ctx context.Context) {
+// prune deletes expired records (join tokens, revocations past their
+// certificates' expiry, ...) every 30 s.
+func (s *Server) prune(ctx context.Context) error {
 	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
-		s.maintainOnce(ctx)
-	}
-}
-
-func (s *Server) maintainOnce(ctx context.Context) {
-	before := string(identity.EncodePEM(s.ca.X509Bundle()))
-	if err := s.ca.Maintain(ctx); err != nil {
-		s.log.Error("CA maintenance failed", "err", err)
-		s.metrics.caMaintenanceFailures.Inc()
-	}
-	s.warnExpiry()
-	if s.oauth != nil {
-		if err := s.oauth.Maintain(ctx); err != nil {
-			s.log.Error("OAuth signing key maintenance failed", "err", err)
-		}
-	}
-	if err := s.store.PruneExpired(ctx, s.now()); err != nil {
-		s.log.Warn("pruning expired records failed", "err", err)
-	}
-	if string(identity.EncodePEM(s.ca.X509Bundle())) != before {
-		s.notify(ctx)
-	}
-}
-
-// warnExpiry logs a warning for any root or intermediate close to expiry:
-// expired trust anchors are the most common mesh outage, so they are shouted
-// about long before.
-func (s *Server) warnExpiry() {
-	now := s.now()
-	for _, k := range s.ca.Status() {
-		left := k.NotAfter.Sub(now)
-		life := k.NotAfter.Sub(k.NotBefore)
-		if k.State == store.StateRetired || k.Kind == store.KindJWT {
-			continue
-		}
-		if left < life/4 || (k.Kind == store.KindRoot && left < 30*24*time.Hour) {
-			s.log.Warn("CA certificate expires soon", "kind", k.Kind, "id", k.ID, "not_after", k.NotAfter, "left", left.Round(time.Minute).String())
+		if err := s.store.PruneExpired(ctx, s.now()); err != nil {
+			s.log.Warn("pruning expired records failed", "err", err)
 		}
 	}
 }
