@@ -304,12 +304,6 @@ func verifyLog(dir string, m *backup.Manifest) error {
 
 // Backup API (admin): make a backup now, run a drill now, list backups.
 
-func (s *Server) backupRoutes(route func(string, http.HandlerFunc)) {
-	route("POST /v1/backups", s.admin(s.handleBackupCreate))
-	route("GET /v1/backups", s.admin(s.handleBackupList))
-	route("POST /v1/backups/drill", s.admin(s.handleBackupDrill))
-}
-
 func (s *Server) backupConfigured(w http.ResponseWriter) bool {
 	if s.backup == nil {
 		writeProblem(w, http.StatusNotFound, "backups are not configured on this server (rampart server --backup-config FILE)")

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -146,9 +147,10 @@ func (s *Server) handleKMSVersion(w http.ResponseWriter, r *http.Request) {
 // key-use policy must allow it this operation on this key. Allowed or
 // not, the use is an audit entry (caller, key, version, operation, sizes;
 // never the data).
-func (s *Server) kmsOp(op string, do func(r *http.Request, name string, req *api.KMSRequest) (api.KMSResponse, error)) http.HandlerFunc {
+func (s *Server) kmsOp(op string) http.HandlerFunc {
 	action := "kms." + op
-	return s.workload(func(w http.ResponseWriter, r *http.Request) {
+	do := kmsDo[op]
+	return func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		caller := agentFrom(r)
 		var req api.KMSRequest
@@ -175,7 +177,7 @@ func (s *Server) kmsOp(op string, do func(r *http.Request, name string, req *api
 			writeProblem(w, http.StatusForbidden, fmt.Sprintf("%s may not %s with key %q (key-use policy version %s)", caller, op, name, d.Version))
 			return
 		}
-		resp, err := do(r, name, &req)
+		resp, err := do(r.Context(), s.kms, name, &req)
 		if err != nil {
 			status, detail := s.kmsProblem(action, err)
 			e.Outcome, e.Reason = audit.OutcomeFailure, detail
@@ -197,43 +199,41 @@ func (s *Server) kmsOp(op string, do func(r *http.Request, name string, req *api
 			return
 		}
 		writeJSON(w, http.StatusOK, resp)
-	})
+	}
 }
 
-func (s *Server) kmsHandlers() map[string]http.HandlerFunc {
-	svc := s.kms
-	return map[string]http.HandlerFunc{
-		"encrypt": s.kmsOp("encrypt", func(r *http.Request, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-			ct, v, err := svc.Encrypt(r.Context(), name, req.Plaintext, req.AAD)
-			return api.KMSResponse{Version: v, Ciphertext: ct}, err
-		}),
-		"decrypt": s.kmsOp("decrypt", func(r *http.Request, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-			pt, v, err := svc.Decrypt(r.Context(), name, req.Ciphertext, req.AAD)
-			return api.KMSResponse{Version: v, Plaintext: pt}, err
-		}),
-		"datakey": s.kmsOp("datakey", func(r *http.Request, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-			pt, wrapped, v, err := svc.DataKey(r.Context(), name, req.AAD)
-			return api.KMSResponse{Version: v, Plaintext: pt, Ciphertext: wrapped}, err
-		}),
-		"rewrap": s.kmsOp("rewrap", func(r *http.Request, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-			ct, v, err := svc.Rewrap(r.Context(), name, req.Ciphertext, req.AAD)
-			return api.KMSResponse{Version: v, Ciphertext: ct}, err
-		}),
-		"sign": s.kmsOp("sign", func(r *http.Request, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-			sig, v, err := svc.Sign(r.Context(), name, req.Message)
-			return api.KMSResponse{Version: v, Signature: sig}, err
-		}),
-		"verify": s.kmsOp("verify", func(r *http.Request, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-			ok, v, err := svc.Verify(r.Context(), name, req.Message, req.Signature)
-			return api.KMSResponse{Version: v, Valid: &ok}, err
-		}),
-		"hmac": s.kmsOp("hmac", func(r *http.Request, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-			tag, v, err := svc.MAC(r.Context(), name, req.Message)
-			return api.KMSResponse{Version: v, MAC: tag}, err
-		}),
-		"verify-hmac": s.kmsOp("verify-hmac", func(r *http.Request, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-			ok, v, err := svc.VerifyMAC(r.Context(), name, req.Message, req.MAC)
-			return api.KMSResponse{Version: v, Valid: &ok}, err
-		}),
-	}
+// kmsDo calls the key store for each operation.
+var kmsDo = map[string]func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error){
+	"encrypt": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
+		ct, v, err := svc.Encrypt(ctx, name, req.Plaintext, req.AAD)
+		return api.KMSResponse{Version: v, Ciphertext: ct}, err
+	},
+	"decrypt": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
+		pt, v, err := svc.Decrypt(ctx, name, req.Ciphertext, req.AAD)
+		return api.KMSResponse{Version: v, Plaintext: pt}, err
+	},
+	"datakey": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
+		pt, wrapped, v, err := svc.DataKey(ctx, name, req.AAD)
+		return api.KMSResponse{Version: v, Plaintext: pt, Ciphertext: wrapped}, err
+	},
+	"rewrap": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
+		ct, v, err := svc.Rewrap(ctx, name, req.Ciphertext, req.AAD)
+		return api.KMSResponse{Version: v, Ciphertext: ct}, err
+	},
+	"sign": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
+		sig, v, err := svc.Sign(ctx, name, req.Message)
+		return api.KMSResponse{Version: v, Signature: sig}, err
+	},
+	"verify": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
+		ok, v, err := svc.Verify(ctx, name, req.Message, req.Signature)
+		return api.KMSResponse{Version: v, Valid: &ok}, err
+	},
+	"hmac": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
+		tag, v, err := svc.MAC(ctx, name, req.Message)
+		return api.KMSResponse{Version: v, MAC: tag}, err
+	},
+	"verify-hmac": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
+		ok, v, err := svc.VerifyMAC(ctx, name, req.Message, req.MAC)
+		return api.KMSResponse{Version: v, Valid: &ok}, err
+	},
 }
