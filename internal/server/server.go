@@ -126,6 +126,7 @@ type Server struct {
 	refusals        *audit.Refusals // refusals recorded once per kind and interval
 	detector        *detect.Detector
 	oauth           *oauth.Provider // nil until the issuer address is known
+	accounts        *oauth.Accounts // OAuth clients and users
 	kms             *kms.Service
 	backup          *backup.Runner  // nil: no backups configured
 	kmsAccess       *kms.Access     // the key-use policy
@@ -242,6 +243,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s.refusals = audit.NewRefusals(cfg.Now, s.record)
 	s.metrics = newMetrics(s.reg, ca)
+	s.accounts = &oauth.Accounts{Store: st, Wrapper: wrapper, Tokens: s.tokens, Now: cfg.Now}
 	s.caMaint = &identity.Maintainer{CA: ca, Changed: s.notify, Now: cfg.Now, Log: cfg.Log, Registry: s.reg}
 	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
