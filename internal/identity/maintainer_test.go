@@ -50,3 +50,24 @@ func TestMaintainerRotatesAndWarns(t *testing.T) {
 		t.Fatalf("no expiry warning within 30 days of a root's expiry: %q", logs.String())
 	}
 }
+
+// SelfTest passes for a working CA and fails for one whose bundle does
+// not hold the root its intermediate chains to.
+func TestSelfTest(t *testing.T) {
+	f := newFixture(t)
+	ca := f.ca(t, nil)
+	if err := ca.SelfTest(); err != nil {
+		t.Fatalf("a working CA: %v", err)
+	}
+	ca.mu.Lock()
+	roots := ca.roots
+	ca.roots = nil
+	ca.mu.Unlock()
+	err := ca.SelfTest()
+	ca.mu.Lock()
+	ca.roots = roots
+	ca.mu.Unlock()
+	if err == nil {
+		t.Fatal("a CA with an empty bundle passed its self test")
+	}
+}
