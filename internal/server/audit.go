@@ -111,7 +111,7 @@ func certDetails(e *audit.Entry, c *x509.Certificate) {
 func refusedCertActor(e *audit.Entry, c *x509.Certificate, err error) {
 	certDetails(e, c)
 	e.Actor = audit.Actor{User: "unknown"}
-	if !errors.Is(err, errUntrusted) && len(c.URIs) == 1 {
+	if !errors.Is(err, identity.ErrUntrusted) && len(c.URIs) == 1 {
 		if id, perr := spiffeid.FromURI(c.URIs[0]); perr == nil {
 			e.Actor = audit.Actor{SpiffeID: id.String()}
 		}

@@ -155,7 +155,7 @@ func DrillBoot(td spiffeid.TrustDomain, wrapper *keywrap.Wrapper, log *slog.Logg
 			return rep, nil
 		}
 		check("server-start", nil, "store opened, CA, OAuth and key store keys unwrapped with the KEK")
-		hs := &http.Server{Handler: srv.Handler(), TLSConfig: srv.tls.config(), ReadHeaderTimeout: 10 * time.Second,
+		hs := &http.Server{Handler: srv.Handler(), TLSConfig: srv.tlsConfig(), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 		done := make(chan struct{})
 		go func() { hs.ServeTLS(ln, "", ""); close(done) }()

@@ -46,7 +46,7 @@ func (s *Server) replicaClientTLS() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return s.tls.getCertificate(nil)
+			return s.cert.GetCertificate(nil)
 		},
 		// The chain and the SPIFFE ID are checked in VerifyConnection,
 		// against the live bundle rather than a pool fixed at start.

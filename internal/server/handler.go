@@ -134,7 +134,7 @@ type agentKey struct{}
 
 // agent requires an agent SVID as the TLS client certificate.
 func (s *Server) agent(h http.HandlerFunc) http.HandlerFunc {
-	return s.svidAuth("agent calls need the agent's SVID", s.verifyAgentChain, h)
+	return s.svidAuth("agent calls need the agent's SVID", s.peers.VerifyAgent, h)
 }
 
 // workload requires any SVID of this trust domain (proxies, SDK users).

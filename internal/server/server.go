@@ -142,15 +142,13 @@ type Server struct {
 	// metricsTokenHash: the bearer token /metrics wants (DATA/metrics.token).
 	metricsTokenHash [32]byte
 
-	tls   *tlsState
-	peers peerCache // client chains whose signatures verified
+	cert  *identity.ServerCert // the API's own certificate
+	peers *identity.Verifier   // callers' SVIDs
 
 	mu       sync.RWMutex
 	revision int64
-	revoked  map[string]struct{} // serials
-	evicted  map[string]struct{} // agent SPIFFE IDs
-	changed  chan struct{}       // closed and replaced at each revision change
-	bundle   []byte              // last bundle.pem written
+	changed  chan struct{} // closed and replaced at each revision change
+	bundle   []byte        // last bundle.pem written
 }
 
 // New initialises (first start) or opens (restart) the data directory, the
@@ -251,7 +249,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	s.kmsAccess = kms.NewAccess(cfg.TrustDomain)
 	s.kmsMaint = &kms.Maintainer{Service: s.kms, Actor: audit.Actor{SpiffeID: kms.ServiceID(cfg.TrustDomain).String()},
 		Record: s.record, Changed: s.notify, Now: cfg.Now, Log: cfg.Log}
-	s.tls = newTLSState(s)
+	s.cert = &identity.ServerCert{CA: ca, DNSNames: cfg.DNSNames, Listen: cfg.Listen, Now: cfg.Now, Log: cfg.Log,
+		OnIssue: s.metrics.svidsIssued.WithLabelValues("server").Inc}
+	s.peers = &identity.Verifier{CA: ca, Now: cfg.Now}
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)
 	} else {
@@ -384,7 +384,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	srv := &http.Server{
 		Handler:           s.Handler(),
-		TLSConfig:         s.tls.config(),
+		TLSConfig:         s.tlsConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute, // the whole request; an ingest batch is at most 16 MiB
 		MaxHeaderBytes:    maxHeaderBytes,
@@ -515,9 +515,10 @@ func (s *Server) refresh(ctx context.Context) error {
 	bundle := identity.EncodePEM(s.ca.X509Bundle())
 	s.mu.Lock()
 	moved := rev != s.revision
-	s.revision, s.revoked, s.evicted = rev, revoked, evicted
+	s.revision = rev
+	s.peers.Update(revoked, evicted)
 	if moved {
-		s.peers.reset() // the bundle may have changed with the revision
+		s.peers.Reset() // the bundle may have changed with the revision
 		close(s.changed)
 		s.changed = make(chan struct{})
 	}
@@ -525,7 +526,7 @@ func (s *Server) refresh(ctx context.Context) error {
 	s.bundle = bundle
 	s.mu.Unlock()
 	if writeBundle {
-		s.peers.reset()
+		s.peers.Reset()
 	}
 	s.metrics.revocations.Set(float64(len(revoked)))
 	if writeBundle {
@@ -534,20 +535,6 @@ func (s *Server) refresh(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func (s *Server) isRevoked(serial string) bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	_, ok := s.revoked[serial]
-	return ok
-}
-
-func (s *Server) isEvicted(agentID string) bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	_, ok := s.evicted[agentID]
-	return ok
 }
 
 func (s *Server) currentRevision() int64 {
