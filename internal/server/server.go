@@ -2,9 +2,7 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -224,9 +222,9 @@ func withDefaults(cfg Config) Config {
 }
 
 func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keywrap.Wrapper) (*Server, error) {
-	up, err := loadUpstream(cfg.UpstreamCertFile, cfg.UpstreamKeyFile)
+	up, err := identity.LoadUpstream(cfg.UpstreamCertFile, cfg.UpstreamKeyFile)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("server: %w", err)
 	}
 	ca, err := identity.New(ctx, identity.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Wrapper: wrapper, Now: cfg.Now, Log: cfg.Log,
@@ -260,28 +258,33 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if err != nil {
 		return nil, err
 	}
+	// From here on a failed start gives the audit log (or the spool)
+	// back, so that the process can try again.
+	started := false
+	defer func() {
+		if !started {
+			s.closeAudit()
+		}
+	}()
 	if err := s.startBackup(); err != nil {
-		s.closeAudit()
 		return nil, err
 	}
-	token, err := loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "admin.token"))
-	if err != nil {
-		return nil, err
+	for file, hash := range map[string]*[32]byte{"admin.token": &s.adminTokenHash, "metrics.token": &s.metricsTokenHash} {
+		token, err := secretfile.LoadOrCreateToken(filepath.Join(cfg.DataDir, file), "rpa_")
+		if err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+		*hash = sha256.Sum256([]byte(token))
 	}
-	s.adminTokenHash = sha256.Sum256([]byte(token))
-	if token, err = loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "metrics.token")); err != nil {
-		return nil, err
-	}
-	s.metricsTokenHash = sha256.Sum256([]byte(token))
 	if err := s.refresh(ctx); err != nil {
 		return nil, err
 	}
 	if iss := issuerFor(cfg, cfg.Listen); iss != "" && !strings.HasSuffix(iss, ":0") {
 		if err := s.startOAuth(ctx, iss, wrapper); err != nil {
-			s.closeAudit()
 			return nil, err
 		}
 	}
+	started = true
 	return s, nil
 }
 
@@ -562,65 +565,4 @@ func checkTrustDomain(dir string, td spiffeid.TrustDomain) error {
 		return fmt.Errorf("server: data dir %s belongs to trust domain %q, not %q; use another --data or the same --trust-domain", dir, got, td.Name())
 	}
 	return nil
-}
-
-// loadOrCreateAdminToken returns the admin token from path, creating a random
-// 256-bit one (0600) on first start. A token file group or others may read
-// is refused: anyone who read it is an admin.
-func loadOrCreateAdminToken(path string) (string, error) {
-	b, err := secretfile.Read(path)
-	if err == nil {
-		tok := strings.TrimSpace(string(b))
-		if len(tok) < 32 {
-			return "", fmt.Errorf("server: %s holds a token shorter than 32 characters; delete it to have a new one generated", path)
-		}
-		return tok, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("server: admin token: %w", err)
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", fmt.Errorf("server: %w", err)
-	}
-	tok := "rpa_" + base64.RawURLEncoding.EncodeToString(raw)
-	if err := atomicfile.Write(path, []byte(tok+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("server: write admin token: %w", err)
-	}
-	return tok, nil
-}
-
-func loadUpstream(certFile, keyFile string) (*identity.Upstream, error) {
-	if certFile == "" {
-		if keyFile != "" {
-			return nil, errors.New("server: --upstream-ca-key needs --upstream-ca-cert")
-		}
-		return nil, nil
-	}
-	b, err := os.ReadFile(certFile)
-	if err != nil {
-		return nil, fmt.Errorf("server: upstream CA: %w", err)
-	}
-	roots, err := identity.ParsePEM(b)
-	if err != nil {
-		return nil, fmt.Errorf("server: upstream CA %s: %w", certFile, err)
-	}
-	for _, r := range roots {
-		if !r.IsCA {
-			return nil, fmt.Errorf("server: upstream CA %s: certificate %q is not a CA", certFile, r.Subject)
-		}
-	}
-	up := &identity.Upstream{Roots: roots}
-	if keyFile != "" {
-		k, err := identity.LoadKeyFile(keyFile)
-		if errors.Is(err, fs.ErrNotExist) {
-			// Kept offline: the current intermediate keeps signing.
-			return up, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("server: upstream CA key: %w", err)
-		}
-		up.Key = k
-	}
-	return up, nil
 }
