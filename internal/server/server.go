@@ -401,18 +401,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var loops sync.WaitGroup
 	defer loops.Wait()
 	defer stop()
-	loops.Go(func() { s.caMaint.Run(bg) })
-	loops.Go(func() { s.oauth.Run(bg) })
-	loops.Go(func() { s.prune(bg) })
-	loops.Go(func() { s.pollRevision(bg) })
-	loops.Go(func() { s.kmsMaint.Run(bg) })
-	loops.Go(func() { s.refusals.Run(bg) })
-	if s.audit != nil { // the replica that keeps the log
-		loops.Go(func() { s.keeper.Run(bg) })
-		loops.Go(func() { s.detector.Run(bg) })
-	}
-	if s.backup != nil {
-		loops.Go(func() { s.backup.Run(bg) })
+	for name, run := range s.loops() {
+		loops.Go(func() {
+			if err := run(bg); err != nil {
+				s.log.Error("a background loop stopped", "loop", name, "err", err)
+			}
+		})
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
@@ -427,6 +421,27 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	// Long polls end when ctx is done (BaseContext), so shutdown does not
 	// wait for them.
 	return srv.Shutdown(shutdownCtx)
+}
+
+// loops is the work that runs beside the API until Serve's context ends,
+// each owned by the package whose data it keeps.
+func (s *Server) loops() map[string]func(context.Context) error {
+	ls := map[string]func(context.Context) error{
+		"ca":       s.caMaint.Run,  // rotation schedule, expiry warnings
+		"oauth":    s.oauth.Run,    // signing keys, refused-login records
+		"kms":      s.kmsMaint.Run, // scheduled rotations and destructions
+		"refusals": s.refusals.Run, // aggregated refusals into the log
+		"prune":    s.prune,        // expired records out of the store
+		"sync":     s.pollRevision, // other replicas' changes
+	}
+	if s.keeper != nil { // the replica that keeps the audit log
+		ls["audit"] = s.keeper.Run    // checkpoints, seals, archive copies
+		ls["detect"] = s.detector.Run // rules over the log, alerts
+	}
+	if s.backup != nil {
+		ls["backup"] = func(ctx context.Context) error { s.backup.Run(ctx); return nil }
+	}
+	return ls
 }
 
 // prune deletes expired records (join tokens, revocations past their
@@ -446,13 +461,13 @@ func (s *Server) prune(ctx context.Context) error {
 	}
 }
 
-func (s *Server) pollRevision(ctx context.Context) {
+func (s *Server) pollRevision(ctx context.Context) error {
 	t := time.NewTicker(syncPoll)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 		rev, err := s.store.Revision(ctx)
