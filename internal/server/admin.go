@@ -1,25 +1,16 @@
 package server
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/identity"
-	"github.com/rampartsec/rampart/internal/selector"
+	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/store"
 )
-
-// maxJoinTokenTTL bounds how long a join token may live: it is a bearer
-// secret, so it should be spent soon after it is made.
-const maxJoinTokenTTL = 7 * 24 * time.Hour
 
 func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-pem-file")
@@ -42,51 +33,14 @@ func (s *Server) handleCreateJoinToken(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	ttl := s.cfg.JoinTokenTTL
-	if req.TTLSeconds != 0 {
-		ttl = time.Duration(req.TTLSeconds) * time.Second
-	}
-	if ttl <= 0 || ttl > maxJoinTokenTTL {
-		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("ttl_seconds: must be between 1 and %d", int(maxJoinTokenTTL.Seconds())))
-		return
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		writeProblem(w, http.StatusInternalServerError, "no randomness")
-		return
-	}
-	name := req.AgentName
-	if name == "" {
-		nb := make([]byte, 6)
-		if _, err := rand.Read(nb); err != nil {
-			writeProblem(w, http.StatusInternalServerError, "no randomness")
-			return
-		}
-		name = "agent-" + hex.EncodeToString(nb)
-	}
-	agentID, err := identity.AgentID(s.cfg.TrustDomain, name)
+	token, jt, err := s.registrar.NewJoinToken(r.Context(), req.AgentName, req.TTLSeconds)
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, "agent_name: "+err.Error())
+		s.registrationError(w, err)
 		return
 	}
-	if a, err := s.store.GetAgent(r.Context(), agentID.String()); err == nil && !a.Evicted {
-		writeProblem(w, http.StatusConflict, fmt.Sprintf("agent_name: agent %s is already attested; evict it first or choose another name", agentID))
-		return
-	}
-	token := "rjt_" + base64.RawURLEncoding.EncodeToString(raw)
-	hash := sha256.Sum256([]byte(token))
-	now := s.now()
-	jt := store.JoinToken{Hash: hash[:], AgentID: agentID.String(), ExpiresAt: now.Add(ttl), CreatedAt: now}
-	if err := s.store.CreateJoinToken(r.Context(), jt); err != nil {
-		s.log.Error("create join token", "err", err)
-		writeProblem(w, http.StatusInternalServerError, "cannot store the join token")
-		return
-	}
-	s.event(r, "join_token.create", "agent_id", agentID.String(), "expires_at", jt.ExpiresAt)
-	writeJSON(w, http.StatusCreated, api.CreateJoinTokenResponse{Token: token, AgentID: agentID.String(), ExpiresAt: jt.ExpiresAt})
+	s.event(r, "join_token.create", "agent_id", jt.AgentID, "expires_at", jt.ExpiresAt)
+	writeJSON(w, http.StatusCreated, api.CreateJoinTokenResponse{Token: token, AgentID: jt.AgentID, ExpiresAt: jt.ExpiresAt})
 }
-
-var dnsNameRE = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 func (s *Server) handleCreateEntry(w http.ResponseWriter, r *http.Request) {
 	var req api.Entry
@@ -94,29 +48,10 @@ func (s *Server) handleCreateEntry(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	e, err := s.entryFromAPI(req)
+	e, err := s.registrar.NewEntry(r.Context(), registration.EntrySpec{SpiffeID: req.SpiffeID, ParentID: req.ParentID, Selectors: req.Selectors,
+		X509TTLSeconds: req.X509TTLSeconds, JWTTTLSeconds: req.JWTTTLSeconds, DNSNames: req.DNSNames})
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	siblings, err := s.store.ListEntries(r.Context(), e.ParentID)
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read entries")
-		return
-	}
-	for _, o := range siblings {
-		if o.SpiffeID == e.SpiffeID && selector.NewSet(o.Selectors...).Matches(e.Selectors) && len(o.Selectors) == len(e.Selectors) {
-			writeProblem(w, http.StatusConflict, fmt.Sprintf("entry %s already gives %s to these selectors under %s", o.ID, e.SpiffeID, e.ParentID))
-			return
-		}
-	}
-	if err := s.store.CreateEntry(r.Context(), e); err != nil {
-		if errors.Is(err, store.ErrConflict) {
-			writeProblem(w, http.StatusConflict, "an entry with this id already exists")
-			return
-		}
-		s.log.Error("create entry", "err", err)
-		writeProblem(w, http.StatusInternalServerError, "cannot store the entry")
+		s.registrationError(w, err)
 		return
 	}
 	s.notify(r.Context())
@@ -124,48 +59,20 @@ func (s *Server) handleCreateEntry(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, entryToAPI(e))
 }
 
-func (s *Server) entryFromAPI(req api.Entry) (store.Entry, error) {
-	id, err := identity.ParseWorkloadID(s.cfg.TrustDomain, req.SpiffeID)
-	if err != nil {
-		return store.Entry{}, fmt.Errorf("spiffe_id: %w", err)
+// registrationError answers an error of package registration.
+func (s *Server) registrationError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, registration.ErrInvalid):
+		writeProblem(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, registration.ErrConflict):
+		writeProblem(w, http.StatusConflict, err.Error())
+	case errors.Is(err, registration.ErrNotEntitled):
+		writeProblem(w, http.StatusForbidden, err.Error())
+	case errors.Is(err, registration.ErrCA):
+		writeProblem(w, http.StatusServiceUnavailable, "the CA cannot sign now")
+	default:
+		s.internalError(w, err)
 	}
-	parent, err := identity.ParseAgentID(s.cfg.TrustDomain, req.ParentID)
-	if err != nil {
-		return store.Entry{}, fmt.Errorf("parent_id: %w", err)
-	}
-	if len(req.Selectors) == 0 {
-		return store.Entry{}, errors.New("selectors: at least one selector is required (an entry without selectors would match no workload)")
-	}
-	sels, err := selector.ParseAll(req.Selectors)
-	if err != nil {
-		return store.Entry{}, fmt.Errorf("selectors: %w", err)
-	}
-	if err := selector.CheckEntry(sels); err != nil {
-		return store.Entry{}, fmt.Errorf("selectors: %w", err)
-	}
-	maxTTL := s.cfg.IntermediateTTL
-	if maxTTL == 0 {
-		maxTTL = identity.DefaultIntermediateTTL
-	}
-	for name, v := range map[string]int64{"x509_ttl_seconds": req.X509TTLSeconds, "jwt_ttl_seconds": req.JWTTTLSeconds} {
-		if v < 0 || time.Duration(v)*time.Second > maxTTL {
-			return store.Entry{}, fmt.Errorf("%s: must be between 1 and %d (0 for the default)", name, int64(maxTTL.Seconds()))
-		}
-	}
-	for _, d := range req.DNSNames {
-		if !dnsNameRE.MatchString(d) || len(d) > 253 {
-			return store.Entry{}, fmt.Errorf("dns_names: %q is not a lower-case DNS name", d)
-		}
-	}
-	idBytes := make([]byte, 16)
-	if _, err := rand.Read(idBytes); err != nil {
-		return store.Entry{}, err
-	}
-	return store.Entry{
-		ID: hex.EncodeToString(idBytes), SpiffeID: id.String(), ParentID: parent.String(), Selectors: sels,
-		X509TTL: time.Duration(req.X509TTLSeconds) * time.Second, JWTTTL: time.Duration(req.JWTTTLSeconds) * time.Second,
-		DNSNames: req.DNSNames, CreatedAt: s.now(),
-	}, nil
 }
 
 func entryToAPI(e store.Entry) api.Entry {
