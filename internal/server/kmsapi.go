@@ -69,7 +69,12 @@ func (s *Server) handleCreateKMSKey(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, "rotate_every_seconds: must not be negative")
 		return
 	}
-	info, err := s.kms.Create(r.Context(), req.Name, req.Type, time.Duration(req.RotateEverySeconds)*time.Second)
+	every, err := seconds("rotate_every_seconds", req.RotateEverySeconds)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	info, err := s.kms.Create(r.Context(), req.Name, req.Type, every)
 	if err != nil {
 		s.kmsError(w, r, "kms.key_create", err, "key", req.Name)
 		return
@@ -126,7 +131,11 @@ func (s *Server) handleKMSVersion(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	grace := time.Duration(req.GraceSeconds) * time.Second
+	grace, err := seconds("grace_seconds", req.GraceSeconds)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	info, err := s.kms.SetState(r.Context(), name, n, action, grace)
 	act := "kms.version_" + action
 	if err != nil {

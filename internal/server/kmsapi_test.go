@@ -316,3 +316,22 @@ func TestVerifiedChainCacheHonoursExpiry(t *testing.T) {
 	_, err := h.kmsCall(orders, "orders-pii", "encrypt", api.KMSRequest{Plaintext: []byte("x")})
 	wantStatus(t, err, 403, "expired")
 }
+
+// Periods in seconds whose nanoseconds wrap past int64 are refused: a
+// rotation every 36028797019568768 seconds must not become a rotation
+// every 7 days, nor a destruction grace of ages one of hours.
+func TestKMSPeriodsDoNotWrap(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	const wrapsToAWeek = 36028797019568768 // ×1e9 mod 2^64 = 7 days
+	err := h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "k", RotateEverySeconds: wrapsToAWeek}, nil)
+	wantStatus(t, err, http.StatusBadRequest, "rotate_every_seconds: at most")
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "k"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys/k/rotate", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	err = h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys/k/versions/1/destroy", api.KMSVersionRequest{GraceSeconds: wrapsToAWeek}, nil)
+	wantStatus(t, err, http.StatusBadRequest, "grace_seconds: at most")
+}

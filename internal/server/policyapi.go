@@ -196,7 +196,7 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request) bool {
 			writeProblem(w, http.StatusBadRequest, "wait: want a non-negative number of seconds")
 			return false
 		}
-		wait = min(time.Duration(secs)*time.Second, maxSyncWait)
+		wait = time.Duration(min(secs, int(maxSyncWait/time.Second))) * time.Second // bounded before it could wrap
 	}
 	rev, ch := s.waitChange()
 	if rev != known {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
 )
@@ -50,4 +52,17 @@ func decode(r *http.Request, v any) error {
 		return errors.New("invalid JSON body: data after the object")
 	}
 	return nil
+}
+
+// maxSeconds is the most seconds a time.Duration holds.
+const maxSeconds = math.MaxInt64 / int64(time.Second)
+
+// seconds converts a request's count of seconds, refusing one whose
+// nanoseconds do not fit a time.Duration: they would wrap around, to a
+// negative duration or to one nobody asked for.
+func seconds(field string, v int64) (time.Duration, error) {
+	if v > maxSeconds || v < -maxSeconds {
+		return 0, fmt.Errorf("%s: at most %d", field, maxSeconds)
+	}
+	return time.Duration(v) * time.Second, nil
 }
