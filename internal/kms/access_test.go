@@ -2,6 +2,8 @@ package kms
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,5 +87,36 @@ func TestMaintainerAuditsScheduledActions(t *testing.T) {
 	r := recorded[0]
 	if r.Action != "kms.rotate" || r.Target != "kms:k" || r.Actor.SpiffeID != "spiffe://example.org/rampart/kms" || r.Details["trigger"] != "schedule" || r.Details["version"] != "2" {
 		t.Fatalf("entry %+v", r)
+	}
+}
+
+// Do asks the key-use policy first, and every use, allowed or not, comes
+// with its audit entry; the data never goes into it.
+func TestDoAuditsEveryUse(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	must(e.svc.Create(ctx, "pii", TypeAES, 0))
+	a := NewAccess(td)
+	putPolicy(t, e.st, "service: spiffe://example.org/rampart/kms\nrules:\n  - name: orders-encrypts\n    callers: [spiffe://example.org/orders]\n    paths: [/keys/pii/encrypt, /keys/pii/decrypt]\n")
+	if err := a.Load(ctx, e.st); err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("4111 1111 1111 1111")
+	_, ent, err := e.svc.Do(ctx, a, Use{Caller: orders, Key: "pii", Op: "sign", Message: secret}, e.clock.Now())
+	if !errors.Is(err, ErrDenied) || ent.Outcome != audit.OutcomeDenied || ent.Details["policy_version"] == "" {
+		t.Fatalf("denied use: %v %+v", err, ent)
+	}
+	res, ent, err := e.svc.Do(ctx, a, Use{Caller: orders, Key: "pii", Op: "encrypt", Plaintext: secret}, e.clock.Now())
+	if err != nil || ent.Outcome != audit.OutcomeSuccess || ent.Details["version"] != "1" || ent.Details["rule"] != "orders-encrypts" || ent.Details["size"] != "19" {
+		t.Fatalf("allowed use: %v %+v", err, ent)
+	}
+	_, ent, err = e.svc.Do(ctx, a, Use{Caller: orders, Key: "pii", Op: "decrypt", Ciphertext: res.Ciphertext[:10]}, e.clock.Now())
+	if err == nil || !CallerError(err) || ent.Outcome != audit.OutcomeFailure || ent.Reason != err.Error() {
+		t.Fatalf("a damaged ciphertext: %v %+v", err, ent)
+	}
+	for _, v := range ent.Details {
+		if strings.Contains(v, "4111") {
+			t.Fatal("the data went into the audit entry")
+		}
 	}
 }

@@ -1,15 +1,12 @@
 package server
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
-	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/store"
 )
@@ -35,8 +32,7 @@ func kmsStatus(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, kms.ErrExists), errors.Is(err, kms.ErrDisabled), errors.Is(err, store.ErrConflict):
 		return http.StatusConflict
-	case errors.Is(err, kms.ErrInvalid), errors.Is(err, kms.ErrWrongType), errors.Is(err, kms.ErrDecrypt),
-		errors.Is(err, kms.ErrMalformed), errors.Is(err, kms.ErrOtherKey):
+	case kms.CallerError(err):
 		return http.StatusBadRequest
 	}
 	return http.StatusInternalServerError
@@ -152,97 +148,37 @@ func (s *Server) handleKMSVersion(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, kmsKeyToAPI(info))
 }
 
-// kmsOp wraps a key operation: the caller must present an SVID, and the
-// key-use policy must allow it this operation on this key. Allowed or
-// not, the use is an audit entry (caller, key, version, operation, sizes;
-// never the data).
+// kmsOp serves a key operation to a workload: the key-use policy decides
+// (kms.Service.Do), and the use, allowed or not, is an audit entry,
+// durable before the answer.
 func (s *Server) kmsOp(op string) http.HandlerFunc {
-	action := "kms." + op
-	do := kmsDo[op]
 	return func(w http.ResponseWriter, r *http.Request) {
-		name := r.PathValue("name")
-		caller := agentFrom(r)
 		var req api.KMSRequest
 		if err := decode(r, &req); err != nil {
 			writeProblem(w, http.StatusBadRequest, err.Error())
 			return
 		}
-		e := &audit.Entry{V: audit.SchemaVersion, Time: s.now(), Action: action, Target: "kms:" + name, Source: "server",
-			Actor: audit.Actor{SpiffeID: caller.String()},
-			Details: map[string]string{"key": name, "remote": r.RemoteAddr,
-				"size": strconv.Itoa(len(req.Plaintext) + len(req.Ciphertext) + len(req.Message))}}
-		d := s.kmsAccess.Decide(caller, name, op)
-		e.Details["policy_version"] = d.Version
-		if d.Rule != "" {
-			e.Details["rule"] = d.Rule
-		}
-		if d.DryRunDenied {
-			e.Details["dry_run_denied"] = "true"
-		}
-		if !d.Allowed {
-			e.Outcome, e.Reason = audit.OutcomeDenied, "no rule of the key-use policy allows "+op+" on this key"
+		res, e, err := s.kms.Do(r.Context(), s.kmsAccess, kms.Use{Caller: agentFrom(r), Key: r.PathValue("name"), Op: op, Plaintext: req.Plaintext,
+			Ciphertext: req.Ciphertext, AAD: req.AAD, Message: req.Message, Signature: req.Signature, MAC: req.MAC}, s.now())
+		e.Details["remote"] = r.RemoteAddr
+		switch {
+		case errors.Is(err, kms.ErrDenied):
 			s.metrics.kmsOps.WithLabelValues(op, "denied").Inc()
 			s.appendAudit(r.Context(), e)
-			writeProblem(w, http.StatusForbidden, fmt.Sprintf("%s may not %s with key %q (key-use policy version %s)", caller, op, name, d.Version))
-			return
-		}
-		resp, err := do(r.Context(), s.kms, name, &req)
-		if err != nil {
-			status, detail := s.kmsProblem(action, err)
-			e.Outcome, e.Reason = audit.OutcomeFailure, detail
+			writeProblem(w, http.StatusForbidden, err.Error())
+		case err != nil:
 			s.metrics.kmsOps.WithLabelValues(op, "error").Inc()
 			s.appendAudit(r.Context(), e)
+			status, detail := s.kmsProblem("kms."+op, err)
 			writeProblem(w, status, detail)
-			return
+		default:
+			s.metrics.kmsOps.WithLabelValues(op, "ok").Inc()
+			if err := s.appendAudit(r.Context(), e); err != nil {
+				writeProblem(w, http.StatusServiceUnavailable, "the audit log cannot record this key use; refusing it")
+				return
+			}
+			writeJSON(w, http.StatusOK, api.KMSResponse{Version: res.Version, Plaintext: res.Plaintext, Ciphertext: res.Ciphertext,
+				Signature: res.Signature, MAC: res.MAC, Valid: res.Valid})
 		}
-		e.Outcome = audit.OutcomeSuccess
-		e.Details["version"] = strconv.Itoa(resp.Version)
-		if resp.Valid != nil {
-			e.Details["valid"] = strconv.FormatBool(*resp.Valid)
-		}
-		s.metrics.kmsOps.WithLabelValues(op, "ok").Inc()
-		// Durable before the answer: a use the log does not have did not
-		// happen.
-		if err := s.appendAudit(r.Context(), e); err != nil {
-			writeProblem(w, http.StatusServiceUnavailable, "the audit log cannot record this key use; refusing it")
-			return
-		}
-		writeJSON(w, http.StatusOK, resp)
 	}
-}
-
-// kmsDo calls the key store for each operation.
-var kmsDo = map[string]func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error){
-	"encrypt": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-		ct, v, err := svc.Encrypt(ctx, name, req.Plaintext, req.AAD)
-		return api.KMSResponse{Version: v, Ciphertext: ct}, err
-	},
-	"decrypt": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-		pt, v, err := svc.Decrypt(ctx, name, req.Ciphertext, req.AAD)
-		return api.KMSResponse{Version: v, Plaintext: pt}, err
-	},
-	"datakey": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-		pt, wrapped, v, err := svc.DataKey(ctx, name, req.AAD)
-		return api.KMSResponse{Version: v, Plaintext: pt, Ciphertext: wrapped}, err
-	},
-	"rewrap": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-		ct, v, err := svc.Rewrap(ctx, name, req.Ciphertext, req.AAD)
-		return api.KMSResponse{Version: v, Ciphertext: ct}, err
-	},
-	"sign": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-		sig, v, err := svc.Sign(ctx, name, req.Message)
-		return api.KMSResponse{Version: v, Signature: sig}, err
-	},
-	"verify": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-		ok, v, err := svc.Verify(ctx, name, req.Message, req.Signature)
-		return api.KMSResponse{Version: v, Valid: &ok}, err
-	},
-	"hmac": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-		tag, v, err := svc.MAC(ctx, name, req.Message)
-		return api.KMSResponse{Version: v, MAC: tag}, err
-	},
-	"verify-hmac": func(ctx context.Context, svc *kms.Service, name string, req *api.KMSRequest) (api.KMSResponse, error) {
-		ok, v, err := svc.VerifyMAC(ctx, name, req.Message, req.MAC)
-		return api.KMSResponse{Version: v, Valid: &ok}, err
-	},
 }
