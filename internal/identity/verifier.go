@@ -2,6 +2,7 @@ package identity
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sync"
@@ -144,4 +145,36 @@ func (v *Verifier) put(sum [32]byte, p verifiedPeer) {
 		v.cache = make(map[[32]byte]verifiedPeer)
 	}
 	v.cache[sum] = p
+}
+
+// ClientTLS is the configuration of a client that presents cert and
+// accepts only a server presenting an SVID for want, verified as Verify
+// verifies callers (against the live bundle, not a pool fixed at start;
+// expiry; revocation).
+func (v *Verifier) ClientTLS(cert func() (*tls.Certificate, error), want spiffeid.ID) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return cert()
+		},
+		// The chain and the SPIFFE ID are checked in VerifyConnection.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("the other replica sent no certificate")
+			}
+			raw := make([][]byte, len(cs.PeerCertificates))
+			for i, c := range cs.PeerCertificates {
+				raw[i] = c.Raw
+			}
+			id, err := v.Verify(raw)
+			if err != nil {
+				return fmt.Errorf("the other replica's certificate: %w", err)
+			}
+			if id != want {
+				return fmt.Errorf("the other replica presented %s, not %s", id, want)
+			}
+			return nil
+		},
+	}
 }

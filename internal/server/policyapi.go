@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/policy"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -31,7 +32,7 @@ func (s *Server) handlePutPolicy(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, "policy body larger than 1 MiB or unreadable")
 		return
 	}
-	service, version, err := checkPolicy(src)
+	service, version, err := policy.Check(src)
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, err.Error())
 		return
