@@ -705,3 +705,26 @@ func (c *CA) SelfTest() error {
 	_, err = chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	return err
 }
+
+// Manual rotations, by name (the API's and the CLI's).
+const (
+	RotateIntermediate = "intermediate"
+	RotateRootPrepare  = "root-prepare"
+	RotateRootActivate = "root-activate"
+)
+
+// ErrRotateTarget: Rotate was given no rotation it knows.
+var ErrRotateTarget = errors.New("identity: unknown rotation")
+
+// Rotate applies the manual rotation named target.
+func (ca *CA) Rotate(ctx context.Context, target string) error {
+	switch target {
+	case RotateIntermediate:
+		return ca.RotateIntermediate(ctx)
+	case RotateRootPrepare:
+		return ca.PrepareRoot(ctx)
+	case RotateRootActivate:
+		return ca.ActivateRoot(ctx)
+	}
+	return fmt.Errorf("%w: target: %q; want %s, %s or %s", ErrRotateTarget, target, RotateIntermediate, RotateRootPrepare, RotateRootActivate)
+}

@@ -308,3 +308,85 @@ func (g *Registrar) SignJWT(ctx context.Context, st EntryGetter, agentID spiffei
 	}
 	return e.SpiffeID, tok, exp, nil
 }
+
+// ErrPartial: an eviction happened but what must follow it failed; the
+// error reads as what to tell the caller (retry), and wraps the cause.
+var ErrPartial = errors.New("registration: partly done")
+
+// PartialError is an ErrPartial: Message for the caller, Err the cause.
+type PartialError struct {
+	Message string
+	Err     error
+}
+
+func (e *PartialError) Error() string   { return e.Message }
+func (e *PartialError) Unwrap() []error { return []error{ErrPartial, e.Err} }
+
+// Revoker is what revocation and eviction write; store.Store implements
+// it.
+type Revoker interface {
+	EvictAgent(ctx context.Context, id string, at time.Time) error
+	ListSVIDs(ctx context.Context, f store.SVIDFilter, now time.Time) ([]store.IssuedSVID, error)
+	AddRevocations(ctx context.Context, revs []store.Revocation) error
+}
+
+// Evict evicts agent agentID, and revokes every unexpired SVID issued
+// through it: a host whose agent is evicted must be presumed compromised.
+// It returns the revocations.
+func (g *Registrar) Evict(ctx context.Context, st Revoker, agentID string) ([]store.Revocation, error) {
+	now := g.Now()
+	if err := st.EvictAgent(ctx, agentID, now); err != nil {
+		return nil, fmt.Errorf("registration: evict the agent: %w", err)
+	}
+	svids, err := st.ListSVIDs(ctx, store.SVIDFilter{AgentID: agentID}, now)
+	if err != nil {
+		return nil, &PartialError{"agent evicted, but its SVIDs could not be listed for revocation; retry", err}
+	}
+	revs, err := g.revoke(ctx, st, svids, "agent evicted")
+	if err != nil {
+		return nil, &PartialError{"agent evicted, but revoking its SVIDs failed; retry", err}
+	}
+	return revs, nil
+}
+
+// Revoke revokes the unexpired SVIDs with serial, or for spiffeID
+// (exactly one of them), for reason ("revoked by admin" if empty).
+func (g *Registrar) Revoke(ctx context.Context, st Revoker, serial, spiffeID, reason string) ([]store.Revocation, error) {
+	if (serial == "") == (spiffeID == "") {
+		return nil, fail(ErrInvalid, "give exactly one of serial and spiffe_id")
+	}
+	svids, err := st.ListSVIDs(ctx, store.SVIDFilter{SpiffeID: spiffeID}, g.Now())
+	if err != nil {
+		return nil, fmt.Errorf("registration: list SVIDs: %w", err)
+	}
+	if serial != "" {
+		var match []store.IssuedSVID
+		for _, sv := range svids {
+			if sv.Serial == serial {
+				match = append(match, sv)
+			}
+		}
+		svids = match
+	}
+	if len(svids) == 0 {
+		return nil, fail(store.ErrNotFound, "no unexpired SVID matches; nothing to revoke")
+	}
+	if reason == "" {
+		reason = "revoked by admin"
+	}
+	return g.revoke(ctx, st, svids, reason)
+}
+
+func (g *Registrar) revoke(ctx context.Context, st Revoker, svids []store.IssuedSVID, reason string) ([]store.Revocation, error) {
+	now := g.Now()
+	revs := make([]store.Revocation, 0, len(svids))
+	for _, sv := range svids {
+		revs = append(revs, store.Revocation{Serial: sv.Serial, SpiffeID: sv.SpiffeID, Reason: reason, RevokedAt: now, NotAfter: sv.NotAfter})
+	}
+	if len(revs) > 0 {
+		if err := st.AddRevocations(ctx, revs); err != nil {
+			return nil, fmt.Errorf("registration: store revocations: %w", err)
+		}
+	}
+	return revs, nil
+}

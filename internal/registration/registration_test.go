@@ -152,3 +152,39 @@ func TestSignWorkloads(t *testing.T) {
 		t.Fatalf("JWT without audience: %v", err)
 	}
 }
+
+// Evicting an agent revokes every unexpired SVID issued through it, its
+// own included; Revoke takes exactly one of serial and SPIFFE ID.
+func TestEvictAndRevoke(t *testing.T) {
+	g, st := newRegistrar(t)
+	ctx := context.Background()
+	node1, _ := identity.AgentID(td, "node-1")
+	orders := spiffeid.RequireFromString("spiffe://example.org/orders")
+	if _, err := g.SignAgent(ctx, node1, csrFor(t, node1)); err != nil {
+		t.Fatal(err)
+	}
+	e, err := g.NewEntry(ctx, EntrySpec{SpiffeID: orders.String(), ParentID: node1.String(), Selectors: []string{"unix:uid:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.SignWorkloads(ctx, node1, []SignRequest{{EntryID: e.ID, CSR: csrFor(t, orders)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Revoke(ctx, st, "", "", ""); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("neither serial nor SPIFFE ID: %v", err)
+	}
+	if _, err := g.Revoke(ctx, st, "ab", orders.String(), ""); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("both: %v", err)
+	}
+	if _, err := g.Revoke(ctx, st, "ffff", "", ""); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("an unknown serial: %v", err)
+	}
+	revs, err := g.Evict(ctx, st, node1.String())
+	if err != nil || len(revs) != 2 {
+		t.Fatalf("evict: %d revocations, %v; want the agent's SVID and the workload's", len(revs), err)
+	}
+	a, err := st.GetAgent(ctx, node1.String())
+	if err != nil || !a.Evicted {
+		t.Fatalf("agent after eviction: %+v %v", a, err)
+	}
+}

@@ -2,8 +2,8 @@ package server
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
@@ -61,6 +61,7 @@ func (s *Server) handleCreateEntry(w http.ResponseWriter, r *http.Request) {
 
 // registrationError answers an error of package registration.
 func (s *Server) registrationError(w http.ResponseWriter, err error) {
+	var partial *registration.PartialError
 	switch {
 	case errors.Is(err, registration.ErrInvalid):
 		writeProblem(w, http.StatusBadRequest, err.Error())
@@ -70,6 +71,11 @@ func (s *Server) registrationError(w http.ResponseWriter, err error) {
 		writeProblem(w, http.StatusForbidden, err.Error())
 	case errors.Is(err, registration.ErrCA):
 		writeProblem(w, http.StatusServiceUnavailable, "the CA cannot sign now")
+	case errors.Is(err, store.ErrNotFound):
+		writeProblem(w, http.StatusNotFound, err.Error())
+	case errors.As(err, &partial):
+		s.log.Error(partial.Message, "err", partial.Err)
+		writeProblem(w, http.StatusInternalServerError, partial.Message)
 	default:
 		s.internalError(w, err)
 	}
@@ -183,85 +189,40 @@ func (s *Server) handleEvictAgent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	now := s.now()
-	if err := s.store.EvictAgent(r.Context(), a.SpiffeID, now); err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot evict the agent")
-		return
-	}
-	svids, err := s.store.ListSVIDs(r.Context(), store.SVIDFilter{AgentID: a.SpiffeID}, now)
+	revs, err := s.registrar.Evict(r.Context(), s.store, a.SpiffeID)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "agent evicted, but its SVIDs could not be listed for revocation; retry")
+		s.registrationError(w, err)
 		return
 	}
-	revoked, err := s.revoke(r, svids, "agent evicted")
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "agent evicted, but revoking its SVIDs failed; retry")
-		return
-	}
-	a.Evicted, a.EvictedAt = true, now
+	revoked := s.revoked(r, revs)
+	a.Evicted, a.EvictedAt = true, s.now()
 	s.event(r, "agent.evict", "agent_id", a.SpiffeID, "revoked", len(revoked))
 	writeJSON(w, http.StatusOK, api.EvictResponse{Agent: agentToAPI(a), Revoked: revoked})
 }
 
 func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	var req api.RevokeRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
-	if (req.Serial == "") == (req.SpiffeID == "") {
-		writeProblem(w, http.StatusBadRequest, "give exactly one of serial and spiffe_id")
-		return
-	}
-	now := s.now()
-	svids, err := s.store.ListSVIDs(r.Context(), store.SVIDFilter{SpiffeID: req.SpiffeID}, now)
+	revs, err := s.registrar.Revoke(r.Context(), s.store, req.Serial, req.SpiffeID, req.Reason)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot list SVIDs")
+		s.registrationError(w, err)
 		return
 	}
-	if req.Serial != "" {
-		var match []store.IssuedSVID
-		for _, sv := range svids {
-			if sv.Serial == req.Serial {
-				match = append(match, sv)
-			}
-		}
-		svids = match
-	}
-	if len(svids) == 0 {
-		writeProblem(w, http.StatusNotFound, "no unexpired SVID matches; nothing to revoke")
-		return
-	}
-	reason := req.Reason
-	if reason == "" {
-		reason = "revoked by admin"
-	}
-	revoked, err := s.revoke(r, svids, reason)
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot store the revocation")
-		return
-	}
-	writeJSON(w, http.StatusOK, api.RevokeResponse{Revoked: revoked})
+	writeJSON(w, http.StatusOK, api.RevokeResponse{Revoked: s.revoked(r, revs)})
 }
 
-func (s *Server) revoke(r *http.Request, svids []store.IssuedSVID, reason string) ([]string, error) {
-	now := s.now()
-	revs := make([]store.Revocation, 0, len(svids))
-	serials := make([]string, 0, len(svids))
-	for _, sv := range svids {
-		revs = append(revs, store.Revocation{Serial: sv.Serial, SpiffeID: sv.SpiffeID, Reason: reason, RevokedAt: now, NotAfter: sv.NotAfter})
-		serials = append(serials, sv.Serial)
-	}
-	if len(revs) > 0 {
-		if err := s.store.AddRevocations(r.Context(), revs); err != nil {
-			return nil, err
-		}
-		for _, rv := range revs {
-			s.event(r, "svid.revoke", "serial", rv.Serial, "spiffe_id", rv.SpiffeID, "reason", reason)
-		}
+// revoked records revocations made and wakes the agents and workloads
+// that must learn of them; it returns their serials.
+func (s *Server) revoked(r *http.Request, revs []store.Revocation) []string {
+	serials := make([]string, 0, len(revs))
+	for _, rv := range revs {
+		s.event(r, "svid.revoke", "serial", rv.Serial, "spiffe_id", rv.SpiffeID, "reason", rv.Reason)
+		serials = append(serials, rv.Serial)
 	}
 	s.notify(r.Context())
-	return serials, nil
+	return serials
 }
 
 func (s *Server) handleCAStatus(w http.ResponseWriter, r *http.Request) {
@@ -275,23 +236,13 @@ func (s *Server) handleCAStatus(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleCARotate(w http.ResponseWriter, r *http.Request) {
 	var req api.RotateRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
-	var err error
-	switch req.Target {
-	case api.RotateIntermediate:
-		err = s.ca.RotateIntermediate(r.Context())
-	case api.RotateRootPrepare:
-		err = s.ca.PrepareRoot(r.Context())
-	case api.RotateRootActivate:
-		err = s.ca.ActivateRoot(r.Context())
-	default:
-		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("target: %q; want %s, %s or %s", req.Target, api.RotateIntermediate, api.RotateRootPrepare, api.RotateRootActivate))
+	if err := s.ca.Rotate(r.Context(), req.Target); errors.Is(err, identity.ErrRotateTarget) {
+		writeProblem(w, http.StatusBadRequest, strings.TrimPrefix(err.Error(), identity.ErrRotateTarget.Error()+": "))
 		return
-	}
-	if err != nil {
+	} else if err != nil {
 		writeProblem(w, http.StatusConflict, err.Error())
 		return
 	}

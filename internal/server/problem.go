@@ -30,6 +30,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// readJSON decodes r's body into v (decode), answering 400 when it
+// cannot.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := decode(r, v); err != nil {
+		writeProblem(w, http.StatusBadRequest, err.Error())
+		return false
+	}
+	return true
+}
+
 // decode reads a JSON body strictly: unknown fields, trailing data and bodies
 // over 1 MiB are errors naming what was wrong.
 func decode(r *http.Request, v any) error {
