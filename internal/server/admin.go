@@ -29,8 +29,7 @@ func (s *Server) handleJWTBundle(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleCreateJoinToken(w http.ResponseWriter, r *http.Request) {
 	var req api.CreateJoinTokenRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	token, jt, err := s.registrar.NewJoinToken(r.Context(), req.AgentName, req.TTLSeconds)
@@ -44,8 +43,7 @@ func (s *Server) handleCreateJoinToken(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleCreateEntry(w http.ResponseWriter, r *http.Request) {
 	var req api.Entry
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	e, err := s.registrar.NewEntry(r.Context(), registration.EntrySpec{SpiffeID: req.SpiffeID, ParentID: req.ParentID, Selectors: req.Selectors,
@@ -100,21 +98,12 @@ func (s *Server) handleListEntries(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusInternalServerError, "cannot read entries")
 		return
 	}
-	out := make([]api.Entry, 0, len(entries))
-	for _, e := range entries {
-		out = append(out, entryToAPI(e))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, mapAll(entries, entryToAPI))
 }
 
 func (s *Server) handleGetEntry(w http.ResponseWriter, r *http.Request) {
 	e, err := s.store.GetEntry(r.Context(), r.PathValue("id"))
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no entry with id "+r.PathValue("id"))
-		return
-	}
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read the entry")
+	if !s.found(w, err, "no entry with id "+r.PathValue("id")) {
 		return
 	}
 	writeJSON(w, http.StatusOK, entryToAPI(e))
@@ -126,12 +115,7 @@ func (s *Server) handleDeleteEntry(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = s.store.DeleteEntry(r.Context(), id)
 	}
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no entry with id "+id)
-		return
-	}
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot delete the entry")
+	if !s.found(w, err, "no entry with id "+id) {
 		return
 	}
 	s.notify(r.Context())
@@ -150,11 +134,7 @@ func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusInternalServerError, "cannot read agents")
 		return
 	}
-	out := make([]api.Agent, 0, len(agents))
-	for _, a := range agents {
-		out = append(out, agentToAPI(a))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, mapAll(agents, agentToAPI))
 }
 
 func (s *Server) agentByName(w http.ResponseWriter, r *http.Request) (store.Agent, bool) {
@@ -164,15 +144,7 @@ func (s *Server) agentByName(w http.ResponseWriter, r *http.Request) (store.Agen
 		return store.Agent{}, false
 	}
 	a, err := s.store.GetAgent(r.Context(), id.String())
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no agent "+id.String())
-		return store.Agent{}, false
-	}
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read the agent")
-		return store.Agent{}, false
-	}
-	return a, true
+	return a, s.found(w, err, "no agent "+id.String())
 }
 
 func (s *Server) handleGetAgent(w http.ResponseWriter, r *http.Request) {

@@ -56,8 +56,7 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 // handleRenew issues a new SVID to an agent that proved its current one.
 func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 	var req api.RenewRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	agentID := agentFrom(r)
@@ -138,8 +137,7 @@ const maxSignBatch = 1000
 // Each item succeeds or fails on its own.
 func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 	var req api.SignRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	if len(req.Requests) == 0 || len(req.Requests) > maxSignBatch {
@@ -193,8 +191,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleJWTSVID(w http.ResponseWriter, r *http.Request) {
 	var req api.JWTSVIDRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	id, tok, exp, err := s.registrar.SignJWT(r.Context(), s.store, agentFrom(r), req.EntryID, req.Audience)

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -47,21 +46,12 @@ func (s *Server) handleListAlerts(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, err)
 		return
 	}
-	out := make([]api.Alert, len(as))
-	for i, a := range as {
-		out[i] = AlertToAPI(a)
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, mapAll(as, AlertToAPI))
 }
 
 func (s *Server) handleGetAlert(w http.ResponseWriter, r *http.Request) {
 	a, err := s.store.GetAlert(r.Context(), r.PathValue("id"))
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no alert "+r.PathValue("id"))
-		return
-	}
-	if err != nil {
-		s.internalError(w, err)
+	if !s.found(w, err, "no alert "+r.PathValue("id")) {
 		return
 	}
 	writeJSON(w, http.StatusOK, AlertToAPI(a))
@@ -69,8 +59,7 @@ func (s *Server) handleGetAlert(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleSetAlertStatus(w http.ResponseWriter, r *http.Request) {
 	var req api.SetAlertStatusRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	switch req.Status {
@@ -80,13 +69,7 @@ func (s *Server) handleSetAlertStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	err := s.store.SetAlertStatus(r.Context(), id, req.Status, s.now())
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		writeProblem(w, http.StatusNotFound, "no alert "+id)
-		return
-	case err != nil:
-		s.internalError(w, err)
+	if !s.found(w, s.store.SetAlertStatus(r.Context(), id, req.Status, s.now()), "no alert "+id) {
 		return
 	}
 	s.event(r, "alert.status", "alert_id", id, "status", req.Status, "note", req.Note)

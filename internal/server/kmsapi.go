@@ -57,8 +57,7 @@ func (s *Server) kmsError(w http.ResponseWriter, r *http.Request, action string,
 
 func (s *Server) handleCreateKMSKey(w http.ResponseWriter, r *http.Request) {
 	var req api.KMSCreateKeyRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	if req.RotateEverySeconds < 0 {
@@ -85,11 +84,7 @@ func (s *Server) handleListKMSKeys(w http.ResponseWriter, r *http.Request) {
 		s.kmsError(w, r, "kms.key_list", err)
 		return
 	}
-	out := make([]api.KMSKey, 0, len(infos))
-	for _, in := range infos {
-		out = append(out, kmsKeyToAPI(in))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, mapAll(infos, kmsKeyToAPI))
 }
 
 func (s *Server) handleGetKMSKey(w http.ResponseWriter, r *http.Request) {

@@ -98,8 +98,7 @@ func (s *Server) accountError(w http.ResponseWriter, err error, missing, exists 
 
 func (s *Server) handleCreateOAuthClient(w http.ResponseWriter, r *http.Request) {
 	var req api.OAuthClient
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	if req.Secret != "" {
@@ -125,11 +124,7 @@ func (s *Server) handleListOAuthClients(w http.ResponseWriter, r *http.Request) 
 		s.internalError(w, fmt.Errorf("list oauth clients: %w", err))
 		return
 	}
-	out := make([]api.OAuthClient, 0, len(cs))
-	for _, c := range cs {
-		out = append(out, oauthClientToAPI(c))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, mapAll(cs, oauthClientToAPI))
 }
 
 func (s *Server) handleGetOAuthClient(w http.ResponseWriter, r *http.Request) {
@@ -143,8 +138,7 @@ func (s *Server) handleGetOAuthClient(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleUpdateOAuthClient(w http.ResponseWriter, r *http.Request) {
 	var req api.OAuthClientUpdate
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	id := r.PathValue("id")
@@ -169,8 +163,7 @@ func (s *Server) handleDeleteOAuthClient(w http.ResponseWriter, r *http.Request)
 
 func (s *Server) handleCreateOAuthUser(w http.ResponseWriter, r *http.Request) {
 	var req api.OAuthUser
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	u, err := s.accounts.CreateUser(r.Context(), store.OAuthUser{Username: req.Username, Name: req.Name, Email: req.Email,
@@ -189,11 +182,7 @@ func (s *Server) handleListOAuthUsers(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, fmt.Errorf("list oauth users: %w", err))
 		return
 	}
-	out := make([]api.OAuthUser, 0, len(us))
-	for _, u := range us {
-		out = append(out, oauthUserToAPI(u))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, mapAll(us, oauthUserToAPI))
 }
 
 func (s *Server) handleGetOAuthUser(w http.ResponseWriter, r *http.Request) {
@@ -207,8 +196,7 @@ func (s *Server) handleGetOAuthUser(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleUpdateOAuthUser(w http.ResponseWriter, r *http.Request) {
 	var req api.OAuthUserUpdate
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !readJSON(w, r, &req) {
 		return
 	}
 	name := r.PathValue("name")

@@ -72,12 +72,7 @@ func (s *Server) handleGetPolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, err := s.store.GetPolicy(r.Context(), svc)
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no policy for "+svc+" (calls to it are denied by default)")
-		return
-	}
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read the policy")
+	if !s.found(w, err, "no policy for "+svc+" (calls to it are denied by default)") {
 		return
 	}
 	writeJSON(w, http.StatusOK, policyToAPI(p, true))
@@ -89,11 +84,7 @@ func (s *Server) handleListPolicies(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusInternalServerError, "cannot read policies")
 		return
 	}
-	out := make([]api.Policy, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, policyToAPI(p, false))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, mapAll(ps, func(p store.Policy) api.Policy { return policyToAPI(p, false) }))
 }
 
 func (s *Server) handlePolicyHistory(w http.ResponseWriter, r *http.Request) {
@@ -106,11 +97,7 @@ func (s *Server) handlePolicyHistory(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusInternalServerError, "cannot read the policy history")
 		return
 	}
-	out := make([]api.Policy, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, policyToAPI(p, true))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, mapAll(ps, func(p store.Policy) api.Policy { return policyToAPI(p, true) }))
 }
 
 func (s *Server) handleDeletePolicy(w http.ResponseWriter, r *http.Request) {
@@ -119,12 +106,7 @@ func (s *Server) handleDeletePolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	err := s.store.DeletePolicy(r.Context(), svc, s.now())
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no policy for "+svc)
-		return
-	}
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot delete the policy")
+	if !s.found(w, err, "no policy for "+svc) {
 		return
 	}
 	s.notify(r.Context())

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/store"
 )
 
 const maxBody = 1 << 20
@@ -75,4 +76,27 @@ func seconds(field string, v int64) (time.Duration, error) {
 		return 0, fmt.Errorf("%s: at most %d", field, maxSeconds)
 	}
 	return time.Duration(v) * time.Second, nil
+}
+
+// mapAll converts every element of xs with f (an empty list, never null).
+func mapAll[T, U any](xs []T, f func(T) U) []U {
+	out := make([]U, 0, len(xs))
+	for _, x := range xs {
+		out = append(out, f(x))
+	}
+	return out
+}
+
+// found answers a store error: none (true), not found (404, missing), or
+// the store's (500, logged).
+func (s *Server) found(w http.ResponseWriter, err error, missing string) bool {
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, store.ErrNotFound):
+		writeProblem(w, http.StatusNotFound, missing)
+	default:
+		s.internalError(w, err)
+	}
+	return false
 }
