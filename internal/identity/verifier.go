@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/store"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -177,4 +179,35 @@ func (v *Verifier) ClientTLS(cert func() (*tls.Certificate, error), want spiffei
 			return nil
 		},
 	}
+}
+
+// RevocationStore lists revocations and agents; store.Store implements it.
+type RevocationStore interface {
+	ListRevocations(ctx context.Context, now time.Time) ([]store.Revocation, error)
+	ListAgents(ctx context.Context) ([]store.Agent, error)
+}
+
+// Load reads the revoked serials and the evicted agents from st (Update)
+// and returns how many revocations are in force.
+func (v *Verifier) Load(ctx context.Context, st RevocationStore) (int, error) {
+	revs, err := st.ListRevocations(ctx, v.Now())
+	if err != nil {
+		return 0, fmt.Errorf("identity: %w", err)
+	}
+	agents, err := st.ListAgents(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("identity: %w", err)
+	}
+	revoked := make(map[string]struct{}, len(revs))
+	for _, r := range revs {
+		revoked[r.Serial] = struct{}{}
+	}
+	evicted := map[string]struct{}{}
+	for _, a := range agents {
+		if a.Evicted {
+			evicted[a.SpiffeID] = struct{}{}
+		}
+	}
+	v.Update(revoked, evicted)
+	return len(revoked), nil
 }

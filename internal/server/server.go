@@ -295,17 +295,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 // openAuditLog claims the deployment's audit log in the store and opens
 // it, with its ingestion state, archive and detection.
 func (s *Server) openAuditLog(ctx context.Context) error {
-	release, err := s.store.HoldAuditLog(ctx)
-	// A holder that was just killed frees the claim when PostgreSQL sees
-	// its session end: give a restart a few seconds for that.
-	for tries := 0; errors.Is(err, store.ErrAuditLogHeld) && tries < 20; tries++ {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
-		release, err = s.store.HoldAuditLog(ctx)
-	}
+	release, err := store.WaitHoldAuditLog(ctx, s.store)
 	if errors.Is(err, store.ErrAuditLogHeld) {
 		return fmt.Errorf("server: %w: a deployment keeps one audit log; start this replica with --audit-forward-to HOLDER-ADDRESS (the API address of the replica that keeps it)", err)
 	}
@@ -513,23 +503,9 @@ func (s *Server) refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	revs, err := s.store.ListRevocations(ctx, s.now())
+	revoked, err := s.peers.Load(ctx, s.store)
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
-	}
-	agents, err := s.store.ListAgents(ctx)
-	if err != nil {
-		return fmt.Errorf("server: %w", err)
-	}
-	revoked := make(map[string]struct{}, len(revs))
-	for _, r := range revs {
-		revoked[r.Serial] = struct{}{}
-	}
-	evicted := map[string]struct{}{}
-	for _, a := range agents {
-		if a.Evicted {
-			evicted[a.SpiffeID] = struct{}{}
-		}
 	}
 	if err := s.kmsAccess.Load(ctx, s.store); err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -538,7 +514,6 @@ func (s *Server) refresh(ctx context.Context) error {
 	s.mu.Lock()
 	moved := rev != s.revision
 	s.revision = rev
-	s.peers.Update(revoked, evicted)
 	if moved {
 		s.peers.Reset() // the bundle may have changed with the revision
 		close(s.changed)
@@ -550,7 +525,7 @@ func (s *Server) refresh(ctx context.Context) error {
 	if writeBundle {
 		s.peers.Reset()
 	}
-	s.metrics.revocations.Set(float64(len(revoked)))
+	s.metrics.revocations.Set(float64(revoked))
 	if writeBundle {
 		if err := atomicfile.Write(filepath.Join(s.cfg.DataDir, "bundle.pem"), bundle, 0o644); err != nil {
 			return fmt.Errorf("server: write bundle.pem: %w", err)
