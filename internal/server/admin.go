@@ -20,7 +20,7 @@ func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleJWTBundle(w http.ResponseWriter, r *http.Request) {
 	b, err := s.ca.JWTBundle()
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot encode the JWT bundle")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot encode the JWT bundle")
 		return
 	}
 	w.Header().Set("Content-Type", "application/jwk-set+json")
@@ -29,7 +29,7 @@ func (s *Server) handleJWTBundle(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleCreateJoinToken(w http.ResponseWriter, r *http.Request) {
 	var req api.CreateJoinTokenRequest
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	token, jt, err := s.registrar.NewJoinToken(r.Context(), req.AgentName, req.TTLSeconds)
@@ -38,12 +38,12 @@ func (s *Server) handleCreateJoinToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.event(r, "join_token.create", "agent_id", jt.AgentID, "expires_at", jt.ExpiresAt)
-	writeJSON(w, http.StatusCreated, api.CreateJoinTokenResponse{Token: token, AgentID: jt.AgentID, ExpiresAt: jt.ExpiresAt})
+	api.WriteJSON(w, http.StatusCreated, api.CreateJoinTokenResponse{Token: token, AgentID: jt.AgentID, ExpiresAt: jt.ExpiresAt})
 }
 
 func (s *Server) handleCreateEntry(w http.ResponseWriter, r *http.Request) {
 	var req api.Entry
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	e, err := s.registrar.NewEntry(r.Context(), registration.EntrySpec{SpiffeID: req.SpiffeID, ParentID: req.ParentID, Selectors: req.Selectors,
@@ -54,7 +54,7 @@ func (s *Server) handleCreateEntry(w http.ResponseWriter, r *http.Request) {
 	}
 	s.notify(r.Context())
 	s.event(r, "entry.create", "entry_id", e.ID, "spiffe_id", e.SpiffeID, "parent_id", e.ParentID, "selectors", req.Selectors)
-	writeJSON(w, http.StatusCreated, entryToAPI(e))
+	api.WriteJSON(w, http.StatusCreated, entryToAPI(e))
 }
 
 // registrationError answers an error of package registration.
@@ -62,18 +62,18 @@ func (s *Server) registrationError(w http.ResponseWriter, err error) {
 	var partial *registration.PartialError
 	switch {
 	case errors.Is(err, registration.ErrInvalid):
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, registration.ErrConflict):
-		writeProblem(w, http.StatusConflict, err.Error())
+		api.WriteProblem(w, http.StatusConflict, err.Error())
 	case errors.Is(err, registration.ErrNotEntitled):
-		writeProblem(w, http.StatusForbidden, err.Error())
+		api.WriteProblem(w, http.StatusForbidden, err.Error())
 	case errors.Is(err, registration.ErrCA):
-		writeProblem(w, http.StatusServiceUnavailable, "the CA cannot sign now")
+		api.WriteProblem(w, http.StatusServiceUnavailable, "the CA cannot sign now")
 	case errors.Is(err, store.ErrNotFound):
-		writeProblem(w, http.StatusNotFound, err.Error())
+		api.WriteProblem(w, http.StatusNotFound, err.Error())
 	case errors.As(err, &partial):
 		s.log.Error(partial.Message, "err", partial.Err)
-		writeProblem(w, http.StatusInternalServerError, partial.Message)
+		api.WriteProblem(w, http.StatusInternalServerError, partial.Message)
 	default:
 		s.internalError(w, err)
 	}
@@ -95,10 +95,10 @@ func (s *Server) handleListEntries(w http.ResponseWriter, r *http.Request) {
 	parent := r.URL.Query().Get("parent_id")
 	entries, err := s.store.ListEntries(r.Context(), parent)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read entries")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read entries")
 		return
 	}
-	writeJSON(w, http.StatusOK, mapAll(entries, entryToAPI))
+	api.WriteJSON(w, http.StatusOK, api.MapAll(entries, entryToAPI))
 }
 
 func (s *Server) handleGetEntry(w http.ResponseWriter, r *http.Request) {
@@ -106,7 +106,7 @@ func (s *Server) handleGetEntry(w http.ResponseWriter, r *http.Request) {
 	if !s.found(w, err, "no entry with id "+r.PathValue("id")) {
 		return
 	}
-	writeJSON(w, http.StatusOK, entryToAPI(e))
+	api.WriteJSON(w, http.StatusOK, entryToAPI(e))
 }
 
 func (s *Server) handleDeleteEntry(w http.ResponseWriter, r *http.Request) {
@@ -120,7 +120,7 @@ func (s *Server) handleDeleteEntry(w http.ResponseWriter, r *http.Request) {
 	}
 	s.notify(r.Context())
 	s.event(r, "entry.delete", "entry_id", id, "spiffe_id", e.SpiffeID)
-	writeJSON(w, http.StatusOK, entryToAPI(e))
+	api.WriteJSON(w, http.StatusOK, entryToAPI(e))
 }
 
 func agentToAPI(a store.Agent) api.Agent {
@@ -131,16 +131,16 @@ func agentToAPI(a store.Agent) api.Agent {
 func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request) {
 	agents, err := s.store.ListAgents(r.Context())
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read agents")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read agents")
 		return
 	}
-	writeJSON(w, http.StatusOK, mapAll(agents, agentToAPI))
+	api.WriteJSON(w, http.StatusOK, api.MapAll(agents, agentToAPI))
 }
 
 func (s *Server) agentByName(w http.ResponseWriter, r *http.Request) (store.Agent, bool) {
 	id, err := identity.AgentID(s.cfg.TrustDomain, r.PathValue("name"))
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
 		return store.Agent{}, false
 	}
 	a, err := s.store.GetAgent(r.Context(), id.String())
@@ -149,7 +149,7 @@ func (s *Server) agentByName(w http.ResponseWriter, r *http.Request) (store.Agen
 
 func (s *Server) handleGetAgent(w http.ResponseWriter, r *http.Request) {
 	if a, ok := s.agentByName(w, r); ok {
-		writeJSON(w, http.StatusOK, agentToAPI(a))
+		api.WriteJSON(w, http.StatusOK, agentToAPI(a))
 	}
 }
 
@@ -169,12 +169,12 @@ func (s *Server) handleEvictAgent(w http.ResponseWriter, r *http.Request) {
 	revoked := s.revoked(r, revs)
 	a.Evicted, a.EvictedAt = true, s.now()
 	s.event(r, "agent.evict", "agent_id", a.SpiffeID, "revoked", len(revoked))
-	writeJSON(w, http.StatusOK, api.EvictResponse{Agent: agentToAPI(a), Revoked: revoked})
+	api.WriteJSON(w, http.StatusOK, api.EvictResponse{Agent: agentToAPI(a), Revoked: revoked})
 }
 
 func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	var req api.RevokeRequest
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	revs, err := s.registrar.Revoke(r.Context(), s.store, req.Serial, req.SpiffeID, req.Reason)
@@ -182,7 +182,7 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		s.registrationError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.RevokeResponse{Revoked: s.revoked(r, revs)})
+	api.WriteJSON(w, http.StatusOK, api.RevokeResponse{Revoked: s.revoked(r, revs)})
 }
 
 // revoked records revocations made and wakes the agents and workloads
@@ -203,19 +203,19 @@ func (s *Server) handleCAStatus(w http.ResponseWriter, r *http.Request) {
 		out.Keys = append(out.Keys, api.CAKey{Kind: string(k.Kind), ID: k.ID, State: string(k.State), Subject: k.Subject,
 			NotBefore: k.NotBefore, NotAfter: k.NotAfter, Upstream: k.Upstream})
 	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleCARotate(w http.ResponseWriter, r *http.Request) {
 	var req api.RotateRequest
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	if err := s.ca.Rotate(r.Context(), req.Target); errors.Is(err, identity.ErrRotateTarget) {
-		writeProblem(w, http.StatusBadRequest, strings.TrimPrefix(err.Error(), identity.ErrRotateTarget.Error()+": "))
+		api.WriteProblem(w, http.StatusBadRequest, strings.TrimPrefix(err.Error(), identity.ErrRotateTarget.Error()+": "))
 		return
 	} else if err != nil {
-		writeProblem(w, http.StatusConflict, err.Error())
+		api.WriteProblem(w, http.StatusConflict, err.Error())
 		return
 	}
 	s.notify(r.Context())

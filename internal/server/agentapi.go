@@ -19,9 +19,9 @@ import (
 // handleAttest spends a join token and returns the agent's first SVID.
 func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 	var req api.AttestRequest
-	if err := decode(r, &req); err != nil {
+	if err := api.Decode(r, &req); err != nil {
 		s.metrics.attestations.WithLabelValues("bad_request").Inc()
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	now := s.now()
@@ -35,12 +35,12 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 		}
 		s.metrics.attestations.WithLabelValues(outcome).Inc()
 		s.refused(r, "agent.attest", "join token unknown, used or expired")
-		writeProblem(w, http.StatusUnauthorized, "join token unknown, already used, or expired")
+		api.WriteProblem(w, http.StatusUnauthorized, "join token unknown, already used, or expired")
 		return
 	}
 	agentID, err := spiffeid.FromString(jt.AgentID)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "stored agent id is invalid")
+		api.WriteProblem(w, http.StatusInternalServerError, "stored agent id is invalid")
 		return
 	}
 	chain, ok := s.signAgent(w, r, agentID, req.CSR)
@@ -50,13 +50,13 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.attestations.WithLabelValues("ok").Inc()
 	s.event(r, "agent.attest", "agent_id", agentID.String(), "serial", svid.SerialString(chain[0].SerialNumber))
-	writeJSON(w, http.StatusOK, api.AttestResponse{SVID: toAPISVID(agentID, chain), Bundle: s.bundleDER()})
+	api.WriteJSON(w, http.StatusOK, api.AttestResponse{SVID: toAPISVID(agentID, chain), Bundle: s.bundleDER()})
 }
 
 // handleRenew issues a new SVID to an agent that proved its current one.
 func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 	var req api.RenewRequest
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	agentID := agentFrom(r)
@@ -66,7 +66,7 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.renewals.Inc()
 	s.event(r, "agent.renew", "agent_id", agentID.String(), "serial", svid.SerialString(chain[0].SerialNumber))
-	writeJSON(w, http.StatusOK, api.AttestResponse{SVID: toAPISVID(agentID, chain), Bundle: s.bundleDER()})
+	api.WriteJSON(w, http.StatusOK, api.AttestResponse{SVID: toAPISVID(agentID, chain), Bundle: s.bundleDER()})
 }
 
 // signAgent signs an agent's SVID (registration.SignAgent), answering
@@ -107,17 +107,17 @@ func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 	rev, _ := s.waitChange()
 	entries, err := s.store.ListEntries(r.Context(), agentID.String())
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read entries")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read entries")
 		return
 	}
 	revs, err := s.store.ListRevocations(r.Context(), s.now())
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read revocations")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read revocations")
 		return
 	}
 	jwtBundle, err := s.ca.JWTBundle()
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot encode the JWT bundle")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot encode the JWT bundle")
 		return
 	}
 	out := api.SyncResponse{Revision: rev, Bundle: s.bundleDER(), JWTBundle: json.RawMessage(jwtBundle), Entries: []api.Entry{}, Revoked: []string{}}
@@ -127,7 +127,7 @@ func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 	for _, rv := range revs {
 		out.Revoked = append(out.Revoked, rv.Serial)
 	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, out)
 }
 
 // maxSignBatch bounds one signing request.
@@ -137,11 +137,11 @@ const maxSignBatch = 1000
 // Each item succeeds or fails on its own.
 func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 	var req api.SignRequest
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	if len(req.Requests) == 0 || len(req.Requests) > maxSignBatch {
-		writeProblem(w, http.StatusBadRequest, "requests: want between 1 and 1000 items")
+		api.WriteProblem(w, http.StatusBadRequest, "requests: want between 1 and 1000 items")
 		return
 	}
 	agentID := agentFrom(r)
@@ -186,12 +186,12 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 	if len(events) > 0 {
 		s.record(r.Context(), events...)
 	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleJWTSVID(w http.ResponseWriter, r *http.Request) {
 	var req api.JWTSVIDRequest
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	id, tok, exp, err := s.registrar.SignJWT(r.Context(), s.store, agentFrom(r), req.EntryID, req.Audience)
@@ -203,7 +203,7 @@ func (s *Server) handleJWTSVID(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.svidsIssued.WithLabelValues("jwt").Inc()
-	writeJSON(w, http.StatusOK, api.JWTSVIDResponse{SpiffeID: id, Token: tok, ExpiresAt: exp})
+	api.WriteJSON(w, http.StatusOK, api.JWTSVIDResponse{SpiffeID: id, Token: tok, ExpiresAt: exp})
 }
 
 func (s *Server) bundleDER() [][]byte {

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/witness"
 	"github.com/rampartsec/rampart/internal/identity"
@@ -169,7 +170,7 @@ func (s *Server) appendAudit(ctx context.Context, es ...*audit.Entry) error {
 func (s *Server) handleCheckpoint(w http.ResponseWriter, r *http.Request) {
 	b, err := os.ReadFile(filepath.Join(s.cfg.DataDir, "audit", "checkpoint"))
 	if err != nil {
-		writeProblem(w, http.StatusServiceUnavailable, "no checkpoint published yet")
+		api.WriteProblem(w, http.StatusServiceUnavailable, "no checkpoint published yet")
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -184,17 +185,17 @@ func (s *Server) handleConsistency(w http.ResponseWriter, r *http.Request) {
 	older, err1 := strconv.ParseInt(q.Get("old"), 10, 64)
 	newer, err2 := strconv.ParseInt(q.Get("new"), 10, 64)
 	if err1 != nil || err2 != nil {
-		writeProblem(w, http.StatusBadRequest, "old and new: want two tree sizes, old <= new")
+		api.WriteProblem(w, http.StatusBadRequest, "old and new: want two tree sizes, old <= new")
 		return
 	}
 	proof, err := s.audit.ProveConsistency(older, newer)
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	out := witness.ConsistencyResponse{Old: older, New: newer, Proof: make([][]byte, len(proof))}
 	for i, h := range proof {
 		out.Proof[i] = h[:]
 	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, out)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/backup"
 	"github.com/rampartsec/rampart/internal/identity"
@@ -184,7 +185,7 @@ var drillRules = []byte("rules:\n  - name: drill-quiet\n    description: A resto
 
 func (s *Server) backupConfigured(w http.ResponseWriter) bool {
 	if s.backup == nil {
-		writeProblem(w, http.StatusNotFound, "backups are not configured on this server (rampart server --backup-config FILE)")
+		api.WriteProblem(w, http.StatusNotFound, "backups are not configured on this server (rampart server --backup-config FILE)")
 		return false
 	}
 	return true
@@ -196,10 +197,10 @@ func (s *Server) handleBackupCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := s.backup.CreateNow(r.Context(), audit.Actor{User: "admin"})
 	if err != nil {
-		writeProblem(w, http.StatusBadGateway, err.Error())
+		api.WriteProblem(w, http.StatusBadGateway, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, res)
+	api.WriteJSON(w, http.StatusOK, res)
 }
 
 func (s *Server) handleBackupDrill(w http.ResponseWriter, r *http.Request) {
@@ -207,7 +208,7 @@ func (s *Server) handleBackupDrill(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rep := s.backup.DrillNow(r.Context(), audit.Actor{User: "admin"})
-	writeJSON(w, http.StatusOK, rep)
+	api.WriteJSON(w, http.StatusOK, rep)
 }
 
 func (s *Server) handleBackupList(w http.ResponseWriter, r *http.Request) {
@@ -221,8 +222,8 @@ func (s *Server) handleBackupList(w http.ResponseWriter, r *http.Request) {
 	}
 	list, err := backup.List(r.Context(), backup.Source{Destinations: s.backup.Backuper.Destinations(), Verifier: v})
 	if err != nil {
-		writeProblem(w, http.StatusBadGateway, err.Error())
+		api.WriteProblem(w, http.StatusBadGateway, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, list)
+	api.WriteJSON(w, http.StatusOK, list)
 }

@@ -22,13 +22,13 @@ func (s *Server) handleListAlerts(w http.ResponseWriter, r *http.Request) {
 	switch f.Status {
 	case "", store.AlertOpen, store.AlertAcknowledged, store.AlertResolved:
 	default:
-		writeProblem(w, http.StatusBadRequest, "status: want open, acknowledged or resolved")
+		api.WriteProblem(w, http.StatusBadRequest, "status: want open, acknowledged or resolved")
 		return
 	}
 	if v := q.Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			writeProblem(w, http.StatusBadRequest, "since: want an RFC 3339 time")
+			api.WriteProblem(w, http.StatusBadRequest, "since: want an RFC 3339 time")
 			return
 		}
 		f.Since = t
@@ -36,7 +36,7 @@ func (s *Server) handleListAlerts(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
-			writeProblem(w, http.StatusBadRequest, "limit: want a positive number")
+			api.WriteProblem(w, http.StatusBadRequest, "limit: want a positive number")
 			return
 		}
 		f.Limit = n
@@ -46,7 +46,7 @@ func (s *Server) handleListAlerts(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, mapAll(as, AlertToAPI))
+	api.WriteJSON(w, http.StatusOK, api.MapAll(as, AlertToAPI))
 }
 
 func (s *Server) handleGetAlert(w http.ResponseWriter, r *http.Request) {
@@ -54,18 +54,18 @@ func (s *Server) handleGetAlert(w http.ResponseWriter, r *http.Request) {
 	if !s.found(w, err, "no alert "+r.PathValue("id")) {
 		return
 	}
-	writeJSON(w, http.StatusOK, AlertToAPI(a))
+	api.WriteJSON(w, http.StatusOK, AlertToAPI(a))
 }
 
 func (s *Server) handleSetAlertStatus(w http.ResponseWriter, r *http.Request) {
 	var req api.SetAlertStatusRequest
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	switch req.Status {
 	case store.AlertOpen, store.AlertAcknowledged, store.AlertResolved:
 	default:
-		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("status %q: want open, acknowledged or resolved", req.Status))
+		api.WriteProblem(w, http.StatusBadRequest, fmt.Sprintf("status %q: want open, acknowledged or resolved", req.Status))
 		return
 	}
 	id := r.PathValue("id")
@@ -78,5 +78,5 @@ func (s *Server) handleSetAlertStatus(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) internalError(w http.ResponseWriter, err error) {
 	s.log.Error("store error", "err", err)
-	writeProblem(w, http.StatusInternalServerError, "the store failed; see the server log")
+	api.WriteProblem(w, http.StatusInternalServerError, "the store failed; see the server log")
 }

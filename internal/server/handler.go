@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/permission"
 )
@@ -34,7 +35,7 @@ func (s *Server) Handler() http.Handler {
 		mux.Handle(pattern, h)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeProblem(w, http.StatusNotFound, "no such API endpoint: "+r.Method+" "+r.URL.Path)
+		api.WriteProblem(w, http.StatusNotFound, "no such API endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
 }
@@ -61,7 +62,7 @@ func (s *Server) guard(rt Route) http.HandlerFunc {
 }
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, 200, map[string]string{"status": "ok"})
+	api.WriteJSON(w, 200, map[string]string{"status": "ok"})
 }
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
@@ -98,7 +99,7 @@ func (s *Server) admin(p permission.Permission, h http.HandlerFunc) http.Handler
 			s.metrics.adminAuthFailures.Inc()
 			s.refused(r, "admin.auth", "missing or wrong admin token", "method", r.Method, "path", r.URL.Path, "token_present", ok)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart-admin"`)
-			writeProblem(w, http.StatusUnauthorized, "admin calls need the admin token (RAMPART_ADMIN_TOKEN, from DATA/admin.token) as a bearer token")
+			api.WriteProblem(w, http.StatusUnauthorized, "admin calls need the admin token (RAMPART_ADMIN_TOKEN, from DATA/admin.token) as a bearer token")
 			return
 		}
 		h(w, r.WithContext(context.WithValue(r.Context(), adminKey{}, true)))
@@ -114,7 +115,7 @@ func (s *Server) metricsAuth(h http.HandlerFunc) http.HandlerFunc {
 		if !ok || subtle.ConstantTimeCompare(sum[:], s.metricsTokenHash[:])+subtle.ConstantTimeCompare(sum[:], s.adminTokenHash[:]) == 0 {
 			s.refused(r, "metrics.auth", "missing or wrong metrics token", "token_present", ok)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart-metrics"`)
-			writeProblem(w, http.StatusUnauthorized, "/metrics needs the metrics token (DATA/metrics.token) as a bearer token")
+			api.WriteProblem(w, http.StatusUnauthorized, "/metrics needs the metrics token (DATA/metrics.token) as a bearer token")
 			return
 		}
 		h(w, r)
@@ -148,7 +149,7 @@ func (s *Server) workload(h http.HandlerFunc) http.HandlerFunc {
 func (s *Server) svidAuth(need string, verify func([][]byte) (spiffeid.ID, error), h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-			writeProblem(w, http.StatusUnauthorized, need+" as a TLS client certificate")
+			api.WriteProblem(w, http.StatusUnauthorized, need+" as a TLS client certificate")
 			return
 		}
 		raw := make([][]byte, len(r.TLS.PeerCertificates))
@@ -163,7 +164,7 @@ func (s *Server) svidAuth(need string, verify func([][]byte) (spiffeid.ID, error
 			e := s.entry(r, "svid.auth", audit.OutcomeDenied, err.Error(), "path", r.URL.Path)
 			refusedCertActor(e, r.TLS.PeerCertificates[0], err)
 			s.recordRefusal(r.Context(), e, r.RemoteAddr) // a revoked SVID may retry in a loop
-			writeProblem(w, http.StatusForbidden, err.Error())
+			api.WriteProblem(w, http.StatusForbidden, err.Error())
 			return
 		}
 		h(w, r.WithContext(context.WithValue(r.Context(), agentKey{}, id)))

@@ -24,14 +24,14 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		if ref.Reason != "" {
 			s.refused(r, "audit.ingest", ref.Reason, ref.Details...)
 		}
-		writeProblem(w, ingestStatus[ref.Kind], ref.Detail)
+		api.WriteProblem(w, ingestStatus[ref.Kind], ref.Detail)
 		return
 	}
 	if err != nil {
 		s.internalError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.AuditIngestResponse{Stream: ack.Stream, AckedThrough: ack.Through})
+	api.WriteJSON(w, http.StatusOK, api.AuditIngestResponse{Stream: ack.Stream, AckedThrough: ack.Through})
 }
 
 var ingestStatus = map[error]int{

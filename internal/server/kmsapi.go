@@ -52,21 +52,21 @@ func (s *Server) kmsProblem(action string, err error) (int, string) {
 func (s *Server) kmsError(w http.ResponseWriter, r *http.Request, action string, err error, kv ...any) {
 	status, detail := s.kmsProblem(action, err)
 	s.refused(r, action, detail, kv...)
-	writeProblem(w, status, detail)
+	api.WriteProblem(w, status, detail)
 }
 
 func (s *Server) handleCreateKMSKey(w http.ResponseWriter, r *http.Request) {
 	var req api.KMSCreateKeyRequest
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	if req.RotateEverySeconds < 0 {
-		writeProblem(w, http.StatusBadRequest, "rotate_every_seconds: must not be negative")
+		api.WriteProblem(w, http.StatusBadRequest, "rotate_every_seconds: must not be negative")
 		return
 	}
 	every, err := seconds("rotate_every_seconds", req.RotateEverySeconds)
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	info, err := s.kms.Create(r.Context(), req.Name, req.Type, every)
@@ -75,7 +75,7 @@ func (s *Server) handleCreateKMSKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.event(r, "kms.key_create", "target", "kms:"+info.Name, "key", info.Name, "type", info.Type, "rotate_every", info.RotateEvery.String())
-	writeJSON(w, http.StatusCreated, kmsKeyToAPI(info))
+	api.WriteJSON(w, http.StatusCreated, kmsKeyToAPI(info))
 }
 
 func (s *Server) handleListKMSKeys(w http.ResponseWriter, r *http.Request) {
@@ -84,17 +84,17 @@ func (s *Server) handleListKMSKeys(w http.ResponseWriter, r *http.Request) {
 		s.kmsError(w, r, "kms.key_list", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, mapAll(infos, kmsKeyToAPI))
+	api.WriteJSON(w, http.StatusOK, api.MapAll(infos, kmsKeyToAPI))
 }
 
 func (s *Server) handleGetKMSKey(w http.ResponseWriter, r *http.Request) {
 	info, err := s.kms.Get(r.Context(), r.PathValue("name"))
 	if err != nil {
 		status, detail := s.kmsProblem("kms.key_get", err)
-		writeProblem(w, status, detail)
+		api.WriteProblem(w, status, detail)
 		return
 	}
-	writeJSON(w, http.StatusOK, kmsKeyToAPI(info))
+	api.WriteJSON(w, http.StatusOK, kmsKeyToAPI(info))
 }
 
 func (s *Server) handleRotateKMSKey(w http.ResponseWriter, r *http.Request) {
@@ -105,26 +105,26 @@ func (s *Server) handleRotateKMSKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.event(r, "kms.rotate", "target", "kms:"+name, "key", name, "version", info.Latest, "trigger", "manual")
-	writeJSON(w, http.StatusOK, kmsKeyToAPI(info))
+	api.WriteJSON(w, http.StatusOK, kmsKeyToAPI(info))
 }
 
 func (s *Server) handleKMSVersion(w http.ResponseWriter, r *http.Request) {
 	name, action := r.PathValue("name"), r.PathValue("action")
 	n, err := strconv.Atoi(r.PathValue("version"))
 	if err != nil || n < 1 {
-		writeProblem(w, http.StatusBadRequest, "version: want a positive integer")
+		api.WriteProblem(w, http.StatusBadRequest, "version: want a positive integer")
 		return
 	}
 	var req api.KMSVersionRequest
 	if r.ContentLength != 0 {
-		if err := decode(r, &req); err != nil {
-			writeProblem(w, http.StatusBadRequest, err.Error())
+		if err := api.Decode(r, &req); err != nil {
+			api.WriteProblem(w, http.StatusBadRequest, err.Error())
 			return
 		}
 	}
 	grace, err := seconds("grace_seconds", req.GraceSeconds)
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	info, err := s.kms.SetState(r.Context(), name, n, action, grace)
@@ -140,7 +140,7 @@ func (s *Server) handleKMSVersion(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.event(r, act, kv...)
-	writeJSON(w, http.StatusOK, kmsKeyToAPI(info))
+	api.WriteJSON(w, http.StatusOK, kmsKeyToAPI(info))
 }
 
 // kmsOp serves a key operation to a workload: the key-use policy decides
@@ -149,8 +149,8 @@ func (s *Server) handleKMSVersion(w http.ResponseWriter, r *http.Request) {
 func (s *Server) kmsOp(op string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req api.KMSRequest
-		if err := decode(r, &req); err != nil {
-			writeProblem(w, http.StatusBadRequest, err.Error())
+		if err := api.Decode(r, &req); err != nil {
+			api.WriteProblem(w, http.StatusBadRequest, err.Error())
 			return
 		}
 		res, e, err := s.kms.Do(r.Context(), s.kmsAccess, kms.Use{Caller: agentFrom(r), Key: r.PathValue("name"), Op: op, Plaintext: req.Plaintext,
@@ -160,19 +160,19 @@ func (s *Server) kmsOp(op string) http.HandlerFunc {
 		case errors.Is(err, kms.ErrDenied):
 			s.metrics.kmsOps.WithLabelValues(op, "denied").Inc()
 			s.appendAudit(r.Context(), e)
-			writeProblem(w, http.StatusForbidden, err.Error())
+			api.WriteProblem(w, http.StatusForbidden, err.Error())
 		case err != nil:
 			s.metrics.kmsOps.WithLabelValues(op, "error").Inc()
 			s.appendAudit(r.Context(), e)
 			status, detail := s.kmsProblem("kms."+op, err)
-			writeProblem(w, status, detail)
+			api.WriteProblem(w, status, detail)
 		default:
 			s.metrics.kmsOps.WithLabelValues(op, "ok").Inc()
 			if err := s.appendAudit(r.Context(), e); err != nil {
-				writeProblem(w, http.StatusServiceUnavailable, "the audit log cannot record this key use; refusing it")
+				api.WriteProblem(w, http.StatusServiceUnavailable, "the audit log cannot record this key use; refusing it")
 				return
 			}
-			writeJSON(w, http.StatusOK, api.KMSResponse{Version: res.Version, Plaintext: res.Plaintext, Ciphertext: res.Ciphertext,
+			api.WriteJSON(w, http.StatusOK, api.KMSResponse{Version: res.Version, Plaintext: res.Plaintext, Ciphertext: res.Ciphertext,
 				Signature: res.Signature, MAC: res.MAC, Valid: res.Valid})
 		}
 	}

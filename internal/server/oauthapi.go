@@ -86,11 +86,11 @@ func oauthUserToAPI(u store.OAuthUser) api.OAuthUser {
 func (s *Server) accountError(w http.ResponseWriter, err error, missing, exists string) {
 	switch {
 	case errors.Is(err, oauth.ErrInvalid):
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, store.ErrNotFound):
-		writeProblem(w, http.StatusNotFound, missing)
+		api.WriteProblem(w, http.StatusNotFound, missing)
 	case errors.Is(err, store.ErrConflict):
-		writeProblem(w, http.StatusConflict, exists)
+		api.WriteProblem(w, http.StatusConflict, exists)
 	default:
 		s.internalError(w, err)
 	}
@@ -98,11 +98,11 @@ func (s *Server) accountError(w http.ResponseWriter, err error, missing, exists 
 
 func (s *Server) handleCreateOAuthClient(w http.ResponseWriter, r *http.Request) {
 	var req api.OAuthClient
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	if req.Secret != "" {
-		writeProblem(w, http.StatusBadRequest, "secret: the server generates client secrets; do not send one")
+		api.WriteProblem(w, http.StatusBadRequest, "secret: the server generates client secrets; do not send one")
 		return
 	}
 	c, secret, err := s.accounts.CreateClient(r.Context(), store.OAuthClient{ID: req.ID, Name: req.Name, AuthMethod: req.AuthMethod,
@@ -115,7 +115,7 @@ func (s *Server) handleCreateOAuthClient(w http.ResponseWriter, r *http.Request)
 		"target", c.ID)
 	out := oauthClientToAPI(c)
 	out.Secret = secret // shown once; only its hash is kept
-	writeJSON(w, http.StatusCreated, out)
+	api.WriteJSON(w, http.StatusCreated, out)
 }
 
 func (s *Server) handleListOAuthClients(w http.ResponseWriter, r *http.Request) {
@@ -124,7 +124,7 @@ func (s *Server) handleListOAuthClients(w http.ResponseWriter, r *http.Request) 
 		s.internalError(w, fmt.Errorf("list oauth clients: %w", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, mapAll(cs, oauthClientToAPI))
+	api.WriteJSON(w, http.StatusOK, api.MapAll(cs, oauthClientToAPI))
 }
 
 func (s *Server) handleGetOAuthClient(w http.ResponseWriter, r *http.Request) {
@@ -133,12 +133,12 @@ func (s *Server) handleGetOAuthClient(w http.ResponseWriter, r *http.Request) {
 		s.accountError(w, err, "no OAuth client "+r.PathValue("id"), "")
 		return
 	}
-	writeJSON(w, http.StatusOK, oauthClientToAPI(c))
+	api.WriteJSON(w, http.StatusOK, oauthClientToAPI(c))
 }
 
 func (s *Server) handleUpdateOAuthClient(w http.ResponseWriter, r *http.Request) {
 	var req api.OAuthClientUpdate
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	id := r.PathValue("id")
@@ -148,7 +148,7 @@ func (s *Server) handleUpdateOAuthClient(w http.ResponseWriter, r *http.Request)
 		return
 	}
 	s.event(r, "oauth.client_update", "client_id", c.ID, "target", c.ID, "disabled", c.Disabled, "revoked_families", revoked)
-	writeJSON(w, http.StatusOK, oauthClientToAPI(c))
+	api.WriteJSON(w, http.StatusOK, oauthClientToAPI(c))
 }
 
 func (s *Server) handleDeleteOAuthClient(w http.ResponseWriter, r *http.Request) {
@@ -163,7 +163,7 @@ func (s *Server) handleDeleteOAuthClient(w http.ResponseWriter, r *http.Request)
 
 func (s *Server) handleCreateOAuthUser(w http.ResponseWriter, r *http.Request) {
 	var req api.OAuthUser
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	u, err := s.accounts.CreateUser(r.Context(), store.OAuthUser{Username: req.Username, Name: req.Name, Email: req.Email,
@@ -173,7 +173,7 @@ func (s *Server) handleCreateOAuthUser(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.event(r, "oauth.user_create", "username", u.Username, "target", u.Username)
-	writeJSON(w, http.StatusCreated, oauthUserToAPI(u))
+	api.WriteJSON(w, http.StatusCreated, oauthUserToAPI(u))
 }
 
 func (s *Server) handleListOAuthUsers(w http.ResponseWriter, r *http.Request) {
@@ -182,7 +182,7 @@ func (s *Server) handleListOAuthUsers(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, fmt.Errorf("list oauth users: %w", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, mapAll(us, oauthUserToAPI))
+	api.WriteJSON(w, http.StatusOK, api.MapAll(us, oauthUserToAPI))
 }
 
 func (s *Server) handleGetOAuthUser(w http.ResponseWriter, r *http.Request) {
@@ -191,12 +191,12 @@ func (s *Server) handleGetOAuthUser(w http.ResponseWriter, r *http.Request) {
 		s.accountError(w, err, "no user "+r.PathValue("name"), "")
 		return
 	}
-	writeJSON(w, http.StatusOK, oauthUserToAPI(u))
+	api.WriteJSON(w, http.StatusOK, oauthUserToAPI(u))
 }
 
 func (s *Server) handleUpdateOAuthUser(w http.ResponseWriter, r *http.Request) {
 	var req api.OAuthUserUpdate
-	if !readJSON(w, r, &req) {
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
 	name := r.PathValue("name")
@@ -208,7 +208,7 @@ func (s *Server) handleUpdateOAuthUser(w http.ResponseWriter, r *http.Request) {
 	}
 	s.event(r, "oauth.user_update", "username", res.User.Username, "target", res.User.Username, "changed", strings.Join(res.Changed, ", "),
 		"revoked_families", res.Revoked)
-	writeJSON(w, http.StatusOK, api.OAuthUserUpdateResponse{User: oauthUserToAPI(res.User), TOTPURI: res.TOTPURI})
+	api.WriteJSON(w, http.StatusOK, api.OAuthUserUpdateResponse{User: oauthUserToAPI(res.User), TOTPURI: res.TOTPURI})
 }
 
 func (s *Server) handleDeleteOAuthUser(w http.ResponseWriter, r *http.Request) {
