@@ -19,7 +19,6 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/detect"
-	"github.com/rampartsec/rampart/internal/server"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -145,7 +144,7 @@ func runDetect(_ context.Context, env *cliEnv, args []string) error {
 		a := alerts[id]
 		fired[a.Rule]++
 		if *asJSON {
-			b, _ := json.Marshal(server.AlertToAPI(*a))
+			b, _ := json.Marshal(detect.AlertToAPI(*a))
 			fmt.Fprintln(env.stdout, string(b))
 			continue
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 )
 
@@ -72,4 +73,10 @@ func MapAll[T, U any](xs []T, f func(T) U) []U {
 		out = append(out, f(x))
 	}
 	return out
+}
+
+// InternalError logs err (never shown to the client) and answers 500.
+func InternalError(w http.ResponseWriter, log *slog.Logger, err error) {
+	log.Error("store error", "err", err)
+	WriteProblem(w, http.StatusInternalServerError, "the store failed; see the server log")
 }

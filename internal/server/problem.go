@@ -37,3 +37,5 @@ func (s *Server) found(w http.ResponseWriter, err error, missing string) bool {
 	}
 	return false
 }
+
+func (s *Server) internalError(w http.ResponseWriter, err error) { api.InternalError(w, s.log, err) }

@@ -90,9 +90,9 @@ func (s *Server) routes() []Route {
 		admin("GET /v1/policy/history", permission.PolicyRead, s.handlePolicyHistory, "every version of a service's policy (?service=)"),
 		admin("DELETE /v1/policy", permission.PolicyWrite, s.handleDeletePolicy, "delete a service's policy (?service=)"),
 
-		admin("GET /v1/alerts", permission.AlertRead, s.handleListAlerts, "list alerts (?rule= &status= &since= &limit=)"),
-		admin("GET /v1/alerts/{id}", permission.AlertRead, s.handleGetAlert, "read an alert"),
-		admin("POST /v1/alerts/{id}/status", permission.AlertManage, s.handleSetAlertStatus, "acknowledge, resolve or reopen an alert"),
+		admin("GET /v1/alerts", permission.AlertRead, s.alerts.List, "list alerts (?rule= &status= &since= &limit=)"),
+		admin("GET /v1/alerts/{id}", permission.AlertRead, s.alerts.Get, "read an alert"),
+		admin("POST /v1/alerts/{id}/status", permission.AlertManage, s.alerts.SetStatus, "acknowledge, resolve or reopen an alert"),
 
 		admin("POST /v1/oauth/clients", permission.OAuthClientWrite, s.handleCreateOAuthClient, "register an OAuth client (its secret is shown once)"),
 		admin("GET /v1/oauth/clients", permission.OAuthClientRead, s.handleListOAuthClients, "list OAuth clients"),

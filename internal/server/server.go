@@ -124,6 +124,7 @@ type Server struct {
 	intake          *intake.Intake
 	refusals        *audit.Refusals // refusals recorded once per kind and interval
 	detector        *detect.Detector
+	alerts          *detect.AlertAPI
 	oauth           *oauth.Provider // nil until the issuer address is known
 	accounts        *oauth.Accounts // OAuth clients and users
 	registrar       *registration.Registrar
@@ -243,6 +244,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	s.metrics = newMetrics(s.reg, ca)
 	s.registrar = &registration.Registrar{TrustDomain: cfg.TrustDomain, Store: st, CA: ca, MaxTTL: cfg.IntermediateTTL,
 		JoinTokenTTL: cfg.JoinTokenTTL, AgentTTL: cfg.AgentTTL, X509TTL: cfg.DefaultX509TTL, JWTTTL: cfg.DefaultJWTTTL, Now: cfg.Now}
+	s.alerts = &detect.AlertAPI{Store: st, Event: s.event, Now: cfg.Now, Log: cfg.Log}
 	s.accounts = &oauth.Accounts{Store: st, Wrapper: wrapper, Tokens: s.tokens, Now: cfg.Now}
 	s.caMaint = &identity.Maintainer{CA: ca, Changed: s.notify, Now: cfg.Now, Log: cfg.Log, Registry: s.reg}
 	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
