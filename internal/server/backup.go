@@ -11,11 +11,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"filippo.io/age"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/mod/sumdb/note"
 
-	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/backup"
 	"github.com/rampartsec/rampart/internal/identity"
@@ -23,27 +21,8 @@ import (
 	"github.com/rampartsec/rampart/internal/store"
 )
 
-// BackupConfig turns on backups (package backup) for this server: where,
-// encrypted to whom, how often, what is kept, and the drills.
-type BackupConfig struct {
-	Destinations   []backup.Destination
-	Recipients     []age.Recipient
-	RecipientNames []string
-	Passphrase     func() ([]byte, error)
-	IncludeKEK     bool
-	PartSize       int
-	Every          time.Duration
-	Retention      backup.Retention
-	// Drills need what decrypts (an identity among the recipients kept on
-	// this machine, or the passphrase); without it, none are scheduled.
-	DrillEvery      time.Duration
-	DrillMaxAge     time.Duration
-	DrillIdentities []age.Identity
-	DrillPassphrase func() ([]byte, error)
-	// DrillPostgresDSN is where a drill of a PostgreSQL store makes its
-	// scratch schema (default: the store's own database).
-	DrillPostgresDSN string
-}
+// BackupConfig turns on backups (package backup) for this server.
+type BackupConfig = backup.Plan
 
 // startBackup constructs the backup runner; Serve runs it.
 func (s *Server) startBackup() error {
@@ -66,7 +45,8 @@ func (s *Server) startBackup() error {
 	}
 	r := &backup.Runner{Backuper: b, Every: bc.Every, Retention: bc.Retention, DrillEvery: bc.DrillEvery, DrillMaxAge: bc.DrillMaxAge,
 		Actor: audit.Actor{SpiffeID: identity.ServerID(s.cfg.TrustDomain).String()}, Now: s.now, Log: s.log, Registry: s.reg,
-		Record: func(ctx context.Context, e *audit.Entry) { s.record(ctx, e) }}
+		Record:   func(ctx context.Context, e *audit.Entry) { s.record(ctx, e) },
+		Operator: func(*http.Request) audit.Actor { return audit.Actor{User: "admin"} }}
 	if len(bc.DrillIdentities) > 0 || bc.DrillPassphrase != nil {
 		r.Drill = s.drill
 	}
@@ -180,50 +160,3 @@ func DrillBoot(td spiffeid.TrustDomain, wrapper *keywrap.Wrapper, log *slog.Logg
 // drillRules: a drill's server raises no alert and notifies no sink (its
 // log replays entries that already raised theirs on the live server).
 var drillRules = []byte("rules:\n  - name: drill-quiet\n    description: A restore drill's server raises nothing.\n    severity: low\n    actions: [rampart.drill_never]\n")
-
-// Backup API (admin): make a backup now, run a drill now, list backups.
-
-func (s *Server) backupConfigured(w http.ResponseWriter) bool {
-	if s.backup == nil {
-		api.WriteProblem(w, http.StatusNotFound, "backups are not configured on this server (rampart server --backup-config FILE)")
-		return false
-	}
-	return true
-}
-
-func (s *Server) handleBackupCreate(w http.ResponseWriter, r *http.Request) {
-	if !s.backupConfigured(w) {
-		return
-	}
-	res, err := s.backup.CreateNow(r.Context(), audit.Actor{User: "admin"})
-	if err != nil {
-		api.WriteProblem(w, http.StatusBadGateway, err.Error())
-		return
-	}
-	api.WriteJSON(w, http.StatusOK, res)
-}
-
-func (s *Server) handleBackupDrill(w http.ResponseWriter, r *http.Request) {
-	if !s.backupConfigured(w) {
-		return
-	}
-	rep := s.backup.DrillNow(r.Context(), audit.Actor{User: "admin"})
-	api.WriteJSON(w, http.StatusOK, rep)
-}
-
-func (s *Server) handleBackupList(w http.ResponseWriter, r *http.Request) {
-	if !s.backupConfigured(w) {
-		return
-	}
-	v, err := backup.ParseVerifier(s.backup.Backuper.PublicKey())
-	if err != nil {
-		s.internalError(w, err)
-		return
-	}
-	list, err := backup.List(r.Context(), backup.Source{Destinations: s.backup.Backuper.Destinations(), Verifier: v})
-	if err != nil {
-		api.WriteProblem(w, http.StatusBadGateway, err.Error())
-		return
-	}
-	api.WriteJSON(w, http.StatusOK, list)
-}

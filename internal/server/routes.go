@@ -111,9 +111,9 @@ func (s *Server) routes() []Route {
 		admin("POST /v1/kms/keys/{name}/rotate", permission.KMSAdmin, s.handleRotateKMSKey, "rotate a key"),
 		admin("POST /v1/kms/keys/{name}/versions/{version}/{action}", permission.KMSAdmin, s.handleKMSVersion, "enable, disable, schedule the destruction of or restore a version"),
 
-		admin("POST /v1/backups", permission.BackupRun, s.handleBackupCreate, "make a backup now"),
-		admin("GET /v1/backups", permission.BackupRead, s.handleBackupList, "list the backups every destination holds"),
-		admin("POST /v1/backups/drill", permission.BackupDrill, s.handleBackupDrill, "restore the newest backup in a drill now"),
+		admin("POST /v1/backups", permission.BackupRun, s.backup.HandleCreate, "make a backup now"),
+		admin("GET /v1/backups", permission.BackupRead, s.backup.HandleList, "list the backups every destination holds"),
+		admin("POST /v1/backups/drill", permission.BackupDrill, s.backup.HandleDrill, "restore the newest backup in a drill now"),
 
 		route(AuthJoinToken, "POST /v1/agent/attest", s.handleAttest, "attest an agent with a join token; its first SVID"),
 		route(AuthAgent, "POST /v1/agent/renew", s.handleRenew, "renew the agent's SVID"),
