@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"strings"
 	"time"
 
@@ -33,6 +35,8 @@ type AccountStore interface {
 	UpdateOAuthUser(ctx context.Context, u store.OAuthUser) error
 	DeleteOAuthUser(ctx context.Context, username string) error
 	LoginSucceeded(ctx context.Context, username string) error
+	ListOAuthClients(ctx context.Context) ([]store.OAuthClient, error)
+	ListOAuthUsers(ctx context.Context) ([]store.OAuthUser, error)
 }
 
 // Revoker revokes every grant family issued for a user or to a client;
@@ -53,7 +57,11 @@ type Accounts struct {
 	// Tokens is the authorization server, nil while it is not running
 	// (nothing has been issued then).
 	Tokens func() Revoker
-	Now    func() time.Time
+	// Event records an admin action in the audit log, naming the caller
+	// the request proved.
+	Event func(r *http.Request, action string, kv ...any)
+	Now   func() time.Time
+	Log   *slog.Logger
 }
 
 func (a *Accounts) revoke(ctx context.Context, user, client, reason string) (int, error) {

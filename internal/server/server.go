@@ -245,7 +245,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	s.registrar = &registration.Registrar{TrustDomain: cfg.TrustDomain, Store: st, CA: ca, MaxTTL: cfg.IntermediateTTL,
 		JoinTokenTTL: cfg.JoinTokenTTL, AgentTTL: cfg.AgentTTL, X509TTL: cfg.DefaultX509TTL, JWTTTL: cfg.DefaultJWTTTL, Now: cfg.Now}
 	s.alerts = &detect.AlertAPI{Store: st, Event: s.event, Now: cfg.Now, Log: cfg.Log}
-	s.accounts = &oauth.Accounts{Store: st, Wrapper: wrapper, Tokens: s.tokens, Now: cfg.Now}
+	s.accounts = &oauth.Accounts{Store: st, Wrapper: wrapper, Tokens: s.tokens, Event: s.event, Now: cfg.Now, Log: cfg.Log}
 	s.caMaint = &identity.Maintainer{CA: ca, Changed: s.notify, Now: cfg.Now, Log: cfg.Log, Registry: s.reg}
 	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
