@@ -16,7 +16,6 @@ type metrics struct {
 	adminAuthFailures prometheus.Counter
 	revocations       prometheus.Gauge
 	auditFailures     prometheus.Counter
-	kmsOps            *prometheus.CounterVec
 	requests          *prometheus.CounterVec
 	latency           *prometheus.HistogramVec
 }
@@ -47,9 +46,6 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_server_audit_write_failures_total", Help: "Audit entries that could not be written (alert on any).",
 		}),
-		kmsOps: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rampart_server_kms_operations_total", Help: "Key store operations, by operation and result (ok, denied, error).",
-		}, []string{"operation", "result"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_server_http_requests_total", Help: "API requests, by route and status code.",
 		}, []string{"route", "code"}),
@@ -59,7 +55,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		}, []string{"route"}),
 	}
 	reg.MustRegister(m.svidsIssued, m.issueFailures, m.attestations, m.renewals, m.handshakeFailures,
-		m.adminAuthFailures, m.revocations, m.auditFailures, m.kmsOps, m.requests, m.latency,
+		m.adminAuthFailures, m.revocations, m.auditFailures, m.requests, m.latency,
 		identity.ExpiryCollector{CA: ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

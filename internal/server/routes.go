@@ -105,11 +105,11 @@ func (s *Server) routes() []Route {
 		admin("PATCH /v1/oauth/users/{name}", permission.OAuthUserWrite, s.accounts.HandleUpdateUser, "change, disable, unlock an OAuth user, enable or disable TOTP"),
 		admin("DELETE /v1/oauth/users/{name}", permission.OAuthUserWrite, s.accounts.HandleDeleteUser, "delete an OAuth user and revoke their tokens"),
 
-		admin("POST /v1/kms/keys", permission.KMSAdmin, s.handleCreateKMSKey, "create a key"),
-		admin("GET /v1/kms/keys", permission.KMSRead, s.handleListKMSKeys, "list keys"),
-		admin("GET /v1/kms/keys/{name}", permission.KMSRead, s.handleGetKMSKey, "read a key and its versions"),
-		admin("POST /v1/kms/keys/{name}/rotate", permission.KMSAdmin, s.handleRotateKMSKey, "rotate a key"),
-		admin("POST /v1/kms/keys/{name}/versions/{version}/{action}", permission.KMSAdmin, s.handleKMSVersion, "enable, disable, schedule the destruction of or restore a version"),
+		admin("POST /v1/kms/keys", permission.KMSAdmin, s.kmsAPI.HandleCreate, "create a key"),
+		admin("GET /v1/kms/keys", permission.KMSRead, s.kmsAPI.HandleList, "list keys"),
+		admin("GET /v1/kms/keys/{name}", permission.KMSRead, s.kmsAPI.HandleGet, "read a key and its versions"),
+		admin("POST /v1/kms/keys/{name}/rotate", permission.KMSAdmin, s.kmsAPI.HandleRotate, "rotate a key"),
+		admin("POST /v1/kms/keys/{name}/versions/{version}/{action}", permission.KMSAdmin, s.kmsAPI.HandleVersion, "enable, disable, schedule the destruction of or restore a version"),
 
 		admin("POST /v1/backups", permission.BackupRun, s.backup.HandleCreate, "make a backup now"),
 		admin("GET /v1/backups", permission.BackupRead, s.backup.HandleList, "list the backups every destination holds"),
@@ -124,9 +124,9 @@ func (s *Server) routes() []Route {
 		route(AuthWorkload, "GET /v1/workload/sync", s.handleWorkloadSync, "the caller's policy, revocations and token keys (long poll)"),
 		atHolder(route(AuthWorkload, "POST /v1/audit/ingest", s.handleIngest, "a batch of audit entries from a spool (package audit/intake)")),
 	}
-	// Key use: any SVID may ask; the key-use policy decides (kmsapi.go).
+	// Key use: any SVID may ask; the key-use policy decides (kms.API.Use).
 	for _, op := range kms.Operations {
-		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.kmsOp(op), op+" with a key, as the key-use policy allows"))
+		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.kmsAPI.Use(op), op+" with a key, as the key-use policy allows"))
 	}
 	// The authorization server (before Serve on port 0 it does not exist).
 	if s.oauth != nil {

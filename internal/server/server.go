@@ -129,8 +129,9 @@ type Server struct {
 	accounts        *oauth.Accounts // OAuth clients and users
 	registrar       *registration.Registrar
 	kms             *kms.Service
-	backup          *backup.Runner  // nil: no backups configured
-	kmsAccess       *kms.Access     // the key-use policy
+	backup          *backup.Runner // nil: no backups configured
+	kmsAccess       *kms.Access    // the key-use policy
+	kmsAPI          *kms.API
 	kmsMaint        *kms.Maintainer // the key store's schedules
 	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
@@ -251,6 +252,8 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.kmsAccess = kms.NewAccess(cfg.TrustDomain)
+	s.kmsAPI = kms.NewAPI(kms.API{Service: s.kms, Access: s.kmsAccess, Caller: agentFrom, Append: s.appendAudit, Event: s.event,
+		Refused: s.refused, Now: cfg.Now, Log: cfg.Log}, s.reg)
 	s.kmsMaint = &kms.Maintainer{Service: s.kms, Actor: audit.Actor{SpiffeID: kms.ServiceID(cfg.TrustDomain).String()},
 		Record: s.record, Changed: s.notify, Now: cfg.Now, Log: cfg.Log}
 	s.cert = &identity.ServerCert{CA: ca, DNSNames: cfg.DNSNames, Listen: cfg.Listen, Now: cfg.Now, Log: cfg.Log,
