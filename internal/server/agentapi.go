@@ -104,7 +104,7 @@ func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 		a.LastSeen = s.now()
 		s.store.UpsertAgent(r.Context(), a)
 	}
-	rev, _ := s.waitChange()
+	rev, _ := s.feed.wait()
 	entries, err := s.store.ListEntries(r.Context(), agentID.String())
 	if err != nil {
 		api.WriteProblem(w, http.StatusInternalServerError, "cannot read entries")

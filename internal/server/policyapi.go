@@ -121,7 +121,7 @@ func (s *Server) handleWorkloadSync(w http.ResponseWriter, r *http.Request) {
 	if ok := s.longPoll(w, r); !ok {
 		return
 	}
-	rev, _ := s.waitChange()
+	rev, _ := s.feed.wait()
 	out := api.WorkloadSyncResponse{Revision: rev, Service: caller.String(), Revoked: []string{}, Bundle: s.bundleDER()}
 	p, err := s.store.GetPolicy(r.Context(), caller.String())
 	switch {
@@ -181,7 +181,7 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request) bool {
 		}
 		wait = time.Duration(min(secs, int(maxSyncWait/time.Second))) * time.Second // bounded before it could wrap
 	}
-	rev, ch := s.waitChange()
+	rev, ch := s.feed.wait()
 	if rev != known {
 		return true
 	}

@@ -128,10 +128,8 @@ type Server struct {
 	oauth           *oauth.Provider // nil until the issuer address is known
 	accounts        *oauth.Accounts // OAuth clients and users
 	registrar       *registration.Registrar
-	kms             *kms.Service
-	backup          *backup.Runner // nil: no backups configured
-	kmsAccess       *kms.Access    // the key-use policy
-	kmsAPI          *kms.API
+	backup          *backup.Runner  // nil: no backups configured
+	kmsAPI          *kms.API        // the key store, its key-use policy and its API
 	kmsMaint        *kms.Maintainer // the key store's schedules
 	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
@@ -147,10 +145,7 @@ type Server struct {
 	cert  *identity.ServerCert // the API's own certificate
 	peers *identity.Verifier   // callers' SVIDs
 
-	mu       sync.RWMutex
-	revision int64
-	changed  chan struct{} // closed and replaced at each revision change
-	bundle   []byte        // last bundle.pem written
+	feed *feed // the store's revision, long polls' wake-up
 }
 
 // New initialises (first start) or opens (restart) the data directory, the
@@ -239,7 +234,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s := &Server{
 		cfg: cfg, store: st, ca: ca, log: cfg.Log, now: cfg.Now, wrapper: wrapper,
-		changed: make(chan struct{}), reg: prometheus.NewRegistry(),
+		feed: newFeed(), reg: prometheus.NewRegistry(),
 	}
 	s.refusals = audit.NewRefusals(cfg.Now, s.record)
 	s.metrics = newMetrics(s.reg, ca)
@@ -248,13 +243,13 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	s.alerts = &detect.AlertAPI{Store: st, Event: s.event, Now: cfg.Now, Log: cfg.Log}
 	s.accounts = &oauth.Accounts{Store: st, Wrapper: wrapper, Tokens: s.tokens, Event: s.event, Now: cfg.Now, Log: cfg.Log}
 	s.caMaint = &identity.Maintainer{CA: ca, Changed: s.notify, Now: cfg.Now, Log: cfg.Log, Registry: s.reg}
-	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
+	keys, err := kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now})
+	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	s.kmsAccess = kms.NewAccess(cfg.TrustDomain)
-	s.kmsAPI = kms.NewAPI(kms.API{Service: s.kms, Access: s.kmsAccess, Caller: agentFrom, Append: s.appendAudit, Event: s.event,
+	s.kmsAPI = kms.NewAPI(kms.API{Service: keys, Access: kms.NewAccess(cfg.TrustDomain), Caller: agentFrom, Append: s.appendAudit, Event: s.event,
 		Refused: s.refused, Now: cfg.Now, Log: cfg.Log}, s.reg)
-	s.kmsMaint = &kms.Maintainer{Service: s.kms, Actor: audit.Actor{SpiffeID: kms.ServiceID(cfg.TrustDomain).String()},
+	s.kmsMaint = &kms.Maintainer{Service: keys, Actor: audit.Actor{SpiffeID: kms.ServiceID(cfg.TrustDomain).String()},
 		Record: s.record, Changed: s.notify, Now: cfg.Now, Log: cfg.Log}
 	s.cert = &identity.ServerCert{CA: ca, DNSNames: cfg.DNSNames, Listen: cfg.Listen, Now: cfg.Now, Log: cfg.Log,
 		OnIssue: s.metrics.svidsIssued.WithLabelValues("server").Inc}
@@ -320,7 +315,7 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 		s.keeper.ArchiveName = fmt.Sprint(s.cfg.AuditArchive)
 	}
 	s.intake, err = intake.Load(intake.Config{TrustDomain: s.cfg.TrustDomain, StatePath: filepath.Join(s.cfg.DataDir, "audit-streams.json"),
-		Policies: s.store, Revision: s.currentRevision, Append: s.appendAudit, Now: s.now, Log: s.log, Registry: s.reg}, s.audit)
+		Policies: s.store, Revision: s.feed.current, Append: s.appendAudit, Now: s.now, Log: s.log, Registry: s.reg}, s.audit)
 	if err != nil {
 		s.closeAudit()
 		return fmt.Errorf("server: %w", err)
@@ -473,10 +468,7 @@ func (s *Server) pollRevision(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
-		s.mu.RLock()
-		same := rev == s.revision
-		s.mu.RUnlock()
-		if !same {
+		if rev != s.feed.current() {
 			// Another replica changed something: its CA keys may have rotated.
 			if err := s.ca.Reload(ctx); err != nil {
 				s.log.Error("reloading CA failed", "err", err)
@@ -486,7 +478,7 @@ func (s *Server) pollRevision(ctx context.Context) error {
 					s.log.Error("reloading OAuth keys and revocations failed", "err", err)
 				}
 			}
-			if err := s.kms.Reload(ctx); err != nil {
+			if err := s.kmsAPI.Service.Reload(ctx); err != nil {
 				s.log.Error("reloading key store keys failed", "err", err)
 			}
 			s.notify(ctx)
@@ -512,21 +504,12 @@ func (s *Server) refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	if err := s.kmsAccess.Load(ctx, s.store); err != nil {
+	if err := s.kmsAPI.Access.Load(ctx, s.store); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
 	bundle := identity.EncodePEM(s.ca.X509Bundle())
-	s.mu.Lock()
-	moved := rev != s.revision
-	s.revision = rev
-	if moved {
-		s.peers.Reset() // the bundle may have changed with the revision
-		close(s.changed)
-		s.changed = make(chan struct{})
-	}
-	writeBundle := string(bundle) != string(s.bundle)
-	s.bundle = bundle
-	s.mu.Unlock()
+	// The bundle may have changed with the revision.
+	writeBundle := s.feed.set(rev, bundle, s.peers.Reset)
 	if writeBundle {
 		s.peers.Reset()
 	}
@@ -537,18 +520,6 @@ func (s *Server) refresh(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func (s *Server) currentRevision() int64 {
-	rev, _ := s.waitChange()
-	return rev
-}
-
-// waitChange returns the current revision and a channel closed at the next.
-func (s *Server) waitChange() (int64, <-chan struct{}) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.revision, s.changed
 }
 
 func checkTrustDomain(dir string, td spiffeid.TrustDomain) error {
