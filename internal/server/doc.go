@@ -2,15 +2,23 @@
 // the CA, and serves the versioned JSON API over HTTPS (TLS 1.3 only).
 //
 // It owns no domain logic of its own: it constructs the parts, runs their
-// loops (Serve), checks who is calling and translates between HTTP and the
-// packages that own the data. Identity rules live in identity and svid,
-// selectors in selector, persistence in store, the audit log's upkeep in
-// audit (Keeper, Refusals) and audit/intake, detection in detect, the key
-// store's policy and schedules in kms, the authorization server in oauth.
+// loops (Serve's list, loops), checks who is calling (the route table's
+// Auth and permission) and routes requests. The rules live in the packages
+// that own the data: identity (the CA, its schedule, callers' SVIDs, the
+// API's own certificate), registration (entries, join tokens, what an
+// agent may have signed, eviction), audit (the log's upkeep: Keeper,
+// Refusals) and audit/intake (what shippers may put in the log), detect
+// (rules, alerts), kms (keys, the key-use policy, schedules), oauth (the
+// authorization server, clients and users), backup (backups, drills).
+// Handlers that only translate HTTP for those packages stay here; a
+// package whose endpoints are its own serves them (kms.API,
+// oauth.Accounts, detect.AlertAPI, backup.Runner, oauth.Provider.Routes)
+// with the helpers of package api, and the server routes them.
 //
 // A new capability is a package plus a few lines here: construct it in
-// New, add its loop to Serve's list if it has one, and its endpoints to
-// the route table.
+// New, add its loop to loops if it has one, and one line per endpoint to
+// the route table (routes.go), with the permission an admin endpoint
+// needs.
 //
 // # Who may call what
 //
