@@ -87,7 +87,7 @@ type Config struct {
 	// entries are spooled and shipped there (see forward.go).
 	AuditForwardTo string
 
-	// Backup, if set, makes backups and drills on a schedule (backup.go).
+	// Backup, if set, makes backups and drills on a schedule (package backup).
 	Backup *BackupConfig
 
 	// Issuer is the OAuth/OIDC issuer URL; empty: https://LISTEN (an
