@@ -26,7 +26,7 @@ import (
 	"github.com/rampartsec/rampart/internal/store"
 )
 
-const backupUsage = `rampart backup create|list|verify|restore|drill [flags]
+const backupUsage = `Usage: rampart backup create|list|verify|restore|drill [flags]
 
   create [--json]
       Asks the running server (RAMPART_SERVER, RAMPART_ADMIN_TOKEN_FILE,

@@ -21,7 +21,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/atomicfile"
-	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/identity/ids"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
 )
@@ -78,7 +78,7 @@ func (s *Syncer) Start(ctx context.Context) error {
 // ServerClient returns an API client for the server at addr that presents
 // the workload's SVID and accepts only the server's own identity.
 func ServerClient(addr string, td spiffeid.TrustDomain, svid x509svid.Source, bundles x509bundle.Source) *api.Client {
-	cfg := tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(identity.ServerID(td)))
+	cfg := tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(ids.ServerID(td)))
 	cfg.MinVersion = tls.VersionTLS13
 	return &api.Client{BaseURL: "https://" + addr, HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}}
 }

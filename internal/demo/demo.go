@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -122,6 +123,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return runAttacks(ctx, w, sys, selected)
 	}
 	fmt.Fprintf(w, "Try it from another shell:\n")
+	if _, err := exec.LookPath("rampart"); err != nil {
+		// "go run" leaves no rampart on the PATH for the commands below.
+		fmt.Fprintf(w, "  go install ./cmd/rampart   # rampart is not on your PATH: this puts it in $(go env GOPATH)/bin\n")
+	}
 	fmt.Fprintf(w, "  curl %s/orders/42              # gateway -> orders -> payments, each hop mTLS and authorised\n", s.GatewayURL)
 	fmt.Fprintf(w, "  curl -i %s/orders/42/../../admin  # refused: path tricks are normalised before the policy\n", s.GatewayURL)
 	fmt.Fprintf(w, "  curl -i %s/users/bob/card         # refused: orders may read a card only for its owner, with that user's token\n", s.GatewayURL)

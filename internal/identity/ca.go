@@ -1,7 +1,6 @@
 package identity
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -10,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -609,41 +607,12 @@ func (ca *CA) Status() []KeyStatus {
 	return out
 }
 
-// EncodePEM encodes certificates as concatenated PEM blocks.
-func EncodePEM(certs []*x509.Certificate) []byte {
-	var b bytes.Buffer
-	for _, c := range certs {
-		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	return b.Bytes()
-}
+// EncodePEM encodes certificates as concatenated PEM blocks (svid.EncodePEM).
+func EncodePEM(certs []*x509.Certificate) []byte { return svid.EncodePEM(certs) }
 
-// ParsePEM parses every CERTIFICATE block in b; anything else is an error.
-func ParsePEM(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, b = pem.Decode(b)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("identity: unexpected PEM block %q", block.Type)
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("identity: %w", err)
-		}
-		out = append(out, c)
-	}
-	if len(bytes.TrimSpace(b)) > 0 {
-		return nil, errors.New("identity: trailing data after the last PEM block")
-	}
-	if len(out) == 0 {
-		return nil, errors.New("identity: no certificates found")
-	}
-	return out, nil
-}
+// ParsePEM parses every CERTIFICATE block in b; anything else is an error
+// (svid.ParsePEM).
+func ParsePEM(b []byte) ([]*x509.Certificate, error) { return svid.ParsePEM(b) }
 
 func newKey() (*ecdsa.PrivateKey, error) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

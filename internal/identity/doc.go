@@ -41,5 +41,8 @@
 //
 // SPIFFE IDs use go-spiffe's spiffeid.ID type. Paths under /rampart/ are
 // reserved: agents are spiffe://TD/rampart/agent/NAME and the server is
-// spiffe://TD/rampart/server; workload entries may not use them.
+// spiffe://TD/rampart/server; workload entries may not use them. The rules
+// live in the leaf package ids (identity forwards to it), so that the agent,
+// the proxy and the SDK name the server without compiling the CA and its
+// store. Likewise the certificate PEM helpers live in package svid.
 package identity

@@ -3,11 +3,12 @@
 // Every admin endpoint needs exactly one permission (the server's route
 // table says which, and docs/api.md prints it). A permission is a noun
 // and a verb, "noun.verb": the noun is what is acted on (entry, agent,
-// svid, ca, policy, alert, oauth.client, oauth.user, kms, backup), the
+// svid, ca, policy, alert, oauth.client, oauth.user, kms, scan,
+// inventory, backup), the
 // verb what is done to it. "read" only ever reads; every other verb
 // changes something or acts, and is named for the act (write, evict,
-// revoke, rotate, manage, run, drill, admin) so that a role can be given
-// the power to respond without the power to reconfigure.
+// revoke, rotate, manage, except, run, drill, admin) so that a role can be
+// given the power to respond without the power to reconfigure.
 //
 // Roles are sets of permissions (operators, issue 19). The vocabulary is
 // cut so that the roles we plan are natural sets:
@@ -55,6 +56,11 @@ const (
 	KMSRead  Permission = "kms.read"
 	KMSAdmin Permission = "kms.admin"
 
+	ScanRead      Permission = "scan.read"
+	ScanWrite     Permission = "scan.write"
+	ScanExcept    Permission = "scan.except"
+	InventoryRead Permission = "inventory.read"
+
 	BackupRead  Permission = "backup.read"
 	BackupRun   Permission = "backup.run"
 	BackupDrill Permission = "backup.drill"
@@ -87,6 +93,10 @@ var All = []Info{
 	{OAuthUserWrite, "create, change, disable, unlock and delete OAuth users"},
 	{KMSRead, "list and read key store keys and versions (never key material)"},
 	{KMSAdmin, "create and rotate keys, enable, disable and destroy versions"},
+	{ScanRead, "read the vulnerability database's state, the exceptions and the gates"},
+	{ScanWrite, "import the vulnerability database, set and remove gates"},
+	{ScanExcept, "accept a vulnerability for a time (an exception), and remove one"},
+	{InventoryRead, "list what runs where, and what of it is vulnerable"},
 	{BackupRead, "list backups"},
 	{BackupRun, "make a backup now"},
 	{BackupDrill, "run a restore drill now"},

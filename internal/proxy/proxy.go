@@ -27,6 +27,7 @@ import (
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/upstream"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 // Timeouts on every stage.
@@ -156,7 +157,7 @@ func Run(ctx context.Context, cfg Config) error {
 	m.watchSVID(src)
 	td := self.ID.TrustDomain()
 	revs := &mtls.Revocations{}
-	var sink authz.Sink = authz.LogSink{Log: cfg.Log}
+	var sink decision.Sink = authz.LogSink{Log: cfg.Log}
 	if cfg.AuditSpool == "" && cfg.DataDir != "" {
 		cfg.AuditSpool = filepath.Join(cfg.DataDir, "audit-spool")
 	}

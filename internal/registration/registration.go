@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -330,10 +331,16 @@ type Revoker interface {
 	AddRevocations(ctx context.Context, revs []store.Revocation) error
 }
 
-// Evict evicts agent agentID, and revokes every unexpired SVID issued
-// through it: a host whose agent is evicted must be presumed compromised.
-// It returns the revocations.
-func (g *Registrar) Evict(ctx context.Context, st Revoker, agentID string) ([]store.Revocation, error) {
+// Evict evicts agent a, and revokes every unexpired SVID issued through
+// it: a host whose agent is evicted must be presumed compromised. It
+// returns the revocations. An agent already evicted is refused
+// (ErrConflict): evicting again would move the recorded eviction time.
+func (g *Registrar) Evict(ctx context.Context, st Revoker, a store.Agent) ([]store.Revocation, error) {
+	agentID := a.SpiffeID
+	if a.Evicted {
+		return nil, fail(ErrConflict, "agent %s was already evicted at %s", strings.TrimPrefix(agentID, "spiffe://"+g.TrustDomain.Name()+"/rampart/agent/"),
+			a.EvictedAt.UTC().Format(time.RFC3339))
+	}
 	now := g.Now()
 	if err := st.EvictAgent(ctx, agentID, now); err != nil {
 		return nil, fmt.Errorf("registration: evict the agent: %w", err)

@@ -179,12 +179,18 @@ func TestEvictAndRevoke(t *testing.T) {
 	if _, err := g.Revoke(ctx, st, "ffff", "", ""); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("an unknown serial: %v", err)
 	}
-	revs, err := g.Evict(ctx, st, node1.String())
+	a, err := st.GetAgent(ctx, node1.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	revs, err := g.Evict(ctx, st, a)
 	if err != nil || len(revs) != 2 {
 		t.Fatalf("evict: %d revocations, %v; want the agent's SVID and the workload's", len(revs), err)
 	}
-	a, err := st.GetAgent(ctx, node1.String())
-	if err != nil || !a.Evicted {
+	if a, err = st.GetAgent(ctx, node1.String()); err != nil || !a.Evicted {
 		t.Fatalf("agent after eviction: %+v %v", a, err)
+	}
+	if _, err := g.Evict(ctx, st, a); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "agent node-1 was already evicted at ") {
+		t.Fatalf("evicting again: %v", err)
 	}
 }

@@ -161,7 +161,7 @@ func (s *Server) handleEvictAgent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	revs, err := s.registrar.Evict(r.Context(), s.store, a.SpiffeID)
+	revs, err := s.registrar.Evict(r.Context(), s.store, a)
 	if err != nil {
 		s.registrationError(w, err)
 		return

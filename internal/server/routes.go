@@ -111,6 +111,15 @@ func (s *Server) routes() []Route {
 		admin("POST /v1/kms/keys/{name}/rotate", permission.KMSAdmin, s.kmsAPI.HandleRotate, "rotate a key"),
 		admin("POST /v1/kms/keys/{name}/versions/{version}/{action}", permission.KMSAdmin, s.kmsAPI.HandleVersion, "enable, disable, schedule the destruction of or restore a version"),
 
+		admin("POST /v1/scan/db", permission.ScanWrite, s.handleImportScanDB, "replace the vulnerability database with an OSV zip (body), re-match what runs"),
+		admin("GET /v1/scan/db", permission.ScanRead, s.handleGetScanDB, "the vulnerability database's source, size and generation"),
+		admin("POST /v1/scan/exceptions", permission.ScanExcept, s.handleCreateScanException, "accept a vulnerability for a binary or service until a date, with a reason"),
+		admin("GET /v1/scan/exceptions", permission.ScanRead, s.handleListScanExceptions, "list exceptions"),
+		admin("DELETE /v1/scan/exceptions/{id}", permission.ScanExcept, s.handleDeleteScanException, "remove an exception"),
+		admin("PUT /v1/scan/gates", permission.ScanWrite, s.handlePutScanGate, "set the gate of an entry, or the default (empty severity removes it)"),
+		admin("GET /v1/scan/gates", permission.ScanRead, s.handleListScanGates, "list the gates"),
+		admin("GET /v1/inventory", permission.InventoryRead, s.handleListInventory, "what runs (?service= &host= &sha256= &vulnerable=true)"),
+
 		admin("POST /v1/backups", permission.BackupRun, s.backup.HandleCreate, "make a backup now"),
 		admin("GET /v1/backups", permission.BackupRead, s.backup.HandleList, "list the backups every destination holds"),
 		admin("POST /v1/backups/drill", permission.BackupDrill, s.backup.HandleDrill, "restore the newest backup in a drill now"),
@@ -120,6 +129,7 @@ func (s *Server) routes() []Route {
 		route(AuthAgent, "GET /v1/agent/sync", s.handleSync, "bundle, entries and revocations for the agent (long poll: ?revision= &wait=)"),
 		route(AuthAgent, "POST /v1/agent/svids", s.handleSign, "sign workload X.509-SVIDs for the agent's entries"),
 		route(AuthAgent, "POST /v1/agent/jwt-svids", s.handleJWTSVID, "sign a JWT-SVID for one of the agent's entries"),
+		route(AuthAgent, "POST /v1/agent/inventory", s.handleAgentInventory, "what the agent's workloads run (sightings of its own entries only)"),
 
 		route(AuthWorkload, "GET /v1/workload/sync", s.handleWorkloadSync, "the caller's policy, revocations and token keys (long poll)"),
 		atHolder(route(AuthWorkload, "POST /v1/audit/ingest", s.handleIngest, "a batch of audit entries from a spool (package audit/intake)")),

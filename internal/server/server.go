@@ -27,6 +27,7 @@ import (
 	"github.com/rampartsec/rampart/internal/backup"
 	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/inventory"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
@@ -128,9 +129,10 @@ type Server struct {
 	oauth           *oauth.Provider // nil until the issuer address is known
 	accounts        *oauth.Accounts // OAuth clients and users
 	registrar       *registration.Registrar
-	backup          *backup.Runner  // nil: no backups configured
-	kmsAPI          *kms.API        // the key store, its key-use policy and its API
-	kmsMaint        *kms.Maintainer // the key store's schedules
+	scan            *inventory.Inventory // vulnerability database and inventory (inventoryapi.go)
+	backup          *backup.Runner       // nil: no backups configured
+	kmsAPI          *kms.API             // the key store, its key-use policy and its API
+	kmsMaint        *kms.Maintainer      // the key store's schedules
 	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
@@ -254,6 +256,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	s.cert = &identity.ServerCert{CA: ca, DNSNames: cfg.DNSNames, Listen: cfg.Listen, Now: cfg.Now, Log: cfg.Log,
 		OnIssue: s.metrics.svidsIssued.WithLabelValues("server").Inc}
 	s.peers = &identity.Verifier{CA: ca, Now: cfg.Now}
+	s.scan = newInventory(s)
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)
 	} else {

@@ -2,7 +2,7 @@
 // by others: agents' attestation refusals, proxies' and SDK services'
 // decisions, and the entries of replicas that forward to the one that
 // keeps the log (decision 0025). The log is evidence, so a source may only
-// put in it what it witnesses (issue 26 item 3, decision 0029):
+// put in it what it witnesses (issue 26 item 3, decision 0030):
 //
 //   - an agent, attestations on its own host (workload.attest, target
 //     itself);

@@ -324,7 +324,7 @@ const (
 	roleServer               // another replica forwarding the server's own entries
 )
 
-// roleOf says what caller may ship (decision 0029: a workload is an
+// roleOf says what caller may ship (decision 0030: a workload is an
 // enforcement point, a proxy or SDK service, when a policy protecting it
 // was ever published).
 func (in *Intake) roleOf(ctx context.Context, caller spiffeid.ID) (role, error) {

@@ -26,7 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 )
 
 // ErrClosed is returned by Record after Close.
@@ -41,7 +41,7 @@ var ErrDropped = errors.New("spool: full (the server has not acknowledged MaxByt
 // stream) and returns the highest sequence number of the stream that the
 // receiver holds durably.
 type Sender interface {
-	Send(ctx context.Context, batch []*audit.Entry) (ackedThrough uint64, err error)
+	Send(ctx context.Context, batch []*auditentry.Entry) (ackedThrough uint64, err error)
 }
 
 // Config configures a Spool.
@@ -86,7 +86,7 @@ type Spool struct {
 	cfg    Config
 	stream string
 
-	in      chan *audit.Entry
+	in      chan *auditentry.Entry
 	kick    chan struct{} // wakes the writer to write a pending drop count
 	closing chan struct{}
 	done    chan struct{} // writer and sender have stopped
@@ -162,7 +162,7 @@ func Open(cfg Config) (*Spool, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s := &Spool{cfg: cfg, in: make(chan *audit.Entry, queueLen), closing: make(chan struct{}), done: make(chan struct{}),
+	s := &Spool{cfg: cfg, in: make(chan *auditentry.Entry, queueLen), closing: make(chan struct{}), done: make(chan struct{}),
 		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 		sent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_audit_spool_sent_total", Help: "Audit entries the server acknowledged.",
@@ -301,8 +301,8 @@ func (s *Spool) Stream() string { return s.stream }
 // not acknowledged (it has been away for long), e is dropped and counted
 // (ErrDropped): the count becomes an audit.entries_dropped entry as soon as
 // there is room again, and rampart_audit_spool_dropped_total.
-func (s *Spool) Record(e *audit.Entry) error {
-	audit.ClipEntry(e)
+func (s *Spool) Record(e *auditentry.Entry) error {
+	auditentry.ClipFields(e)
 	if err := e.Validate(); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
@@ -321,7 +321,7 @@ func (s *Spool) Record(e *audit.Entry) error {
 }
 
 // writeDirect writes what the queue holds and e, in the caller's goroutine.
-func (s *Spool) writeDirect(e *audit.Entry) error {
+func (s *Spool) writeDirect(e *auditentry.Entry) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.mu.Lock()
@@ -337,7 +337,7 @@ func (s *Spool) writeDirect(e *audit.Entry) error {
 		return ErrDropped
 	}
 	// Everything queued was accepted before e: it goes first, in order.
-	batch := make([]*audit.Entry, 0, len(s.in)+1)
+	batch := make([]*auditentry.Entry, 0, len(s.in)+1)
 drain:
 	for {
 		select {
@@ -454,7 +454,7 @@ func (s *Spool) writer() {
 		}
 		s.wmu.Unlock()
 	}()
-	batch := make([]*audit.Entry, 0, writeBatch)
+	batch := make([]*auditentry.Entry, 0, writeBatch)
 	for {
 		batch = batch[:0]
 		s.wmu.Lock()
@@ -512,7 +512,7 @@ func (s *Spool) writer() {
 
 // gather adds entries to batch for up to WriteLinger, until it is full or
 // the spool closes.
-func (s *Spool) gather(batch *[]*audit.Entry) {
+func (s *Spool) gather(batch *[]*auditentry.Entry) {
 	t := time.NewTimer(s.cfg.WriteLinger)
 	defer t.Stop()
 	for len(*batch) < cap(*batch) {
@@ -530,10 +530,10 @@ func (s *Spool) gather(batch *[]*audit.Entry) {
 // writeLocked stores one batch (with s.wmu held), preceded by the count of
 // entries dropped since the last write, if any. Errors are retried: an
 // entry accepted by Record is not given up on while the process lives.
-func (s *Spool) writeLocked(batch []*audit.Entry) {
+func (s *Spool) writeLocked(batch []*auditentry.Entry) {
 	s.mu.Lock()
 	if s.dropped > 0 {
-		batch = append([]*audit.Entry{droppedEntry(s.dropped, s.firstDrop, s.lastDrop, s.cfg.Now(), s.cfg.MaxBytes)}, batch...)
+		batch = append([]*auditentry.Entry{droppedEntry(s.dropped, s.firstDrop, s.lastDrop, s.cfg.Now(), s.cfg.MaxBytes)}, batch...)
 		s.dropped = 0
 	}
 	seq := s.written
@@ -548,9 +548,9 @@ func (s *Spool) writeLocked(batch []*audit.Entry) {
 		data, err := e.Marshal()
 		if err != nil { // Record validated it; only an oversized entry gets here
 			s.cfg.Log.Error("audit spool: entry cannot be encoded; recording its loss instead", "action", e.Action, "err", err)
-			lost := &audit.Entry{V: audit.SchemaVersion, Time: e.Time, Actor: e.Actor, Action: "audit.entry_lost",
-				Outcome: audit.OutcomeFailure, Reason: audit.Clip(err.Error()), Stream: s.stream, Seq: seq}
-			lost.Actor = audit.Actor{SpiffeID: audit.Clip(e.Actor.SpiffeID), User: audit.Clip(e.Actor.User)}
+			lost := &auditentry.Entry{V: auditentry.SchemaVersion, Time: e.Time, Actor: e.Actor, Action: "audit.entry_lost",
+				Outcome: auditentry.OutcomeFailure, Reason: auditentry.Clip(err.Error()), Stream: s.stream, Seq: seq}
+			lost.Actor = auditentry.Actor{SpiffeID: auditentry.Clip(e.Actor.SpiffeID), User: auditentry.Clip(e.Actor.User)}
 			if data, err = lost.Marshal(); err != nil {
 				panic(err) // a small entry of clipped fields always encodes
 			}
@@ -591,9 +591,9 @@ func (s *Spool) writeLocked(batch []*audit.Entry) {
 
 // droppedEntry says how many entries the spool dropped while it was full.
 // The server names the shipper (actor, target and source) when it stores it.
-func droppedEntry(n uint64, first, last, now time.Time, maxBytes int64) *audit.Entry {
-	return &audit.Entry{V: audit.SchemaVersion, Time: now, Actor: audit.Actor{User: "rampart-spool"},
-		Action: "audit.entries_dropped", Outcome: audit.OutcomeFailure,
+func droppedEntry(n uint64, first, last, now time.Time, maxBytes int64) *auditentry.Entry {
+	return &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Actor: auditentry.Actor{User: "rampart-spool"},
+		Action: "audit.entries_dropped", Outcome: auditentry.OutcomeFailure,
 		Reason: fmt.Sprintf("%d audit entries dropped: the spool held %d bytes the server had not acknowledged", n, maxBytes),
 		Details: map[string]string{"count": strconv.FormatUint(n, 10),
 			"first": first.UTC().Format(time.RFC3339Nano), "last": last.UTC().Format(time.RFC3339Nano)}}
@@ -721,7 +721,7 @@ func (s *Spool) linger(ctx context.Context) bool {
 
 // ack records that the server holds everything through upTo and deletes
 // the segments that are wholly acknowledged.
-func (s *Spool) ack(upTo uint64, batch []*audit.Entry) error {
+func (s *Spool) ack(upTo uint64, batch []*auditentry.Entry) error {
 	s.mu.Lock()
 	old := s.acked
 	s.mu.Unlock()
@@ -775,7 +775,7 @@ func (rd *segReader) close() {
 }
 
 // read returns up to n entries from sequence number from on.
-func (s *Spool) read(rdp **segReader, from, n uint64) ([]*audit.Entry, error) {
+func (s *Spool) read(rdp **segReader, from, n uint64) ([]*auditentry.Entry, error) {
 	rd := *rdp
 	if rd == nil || rd.next != from {
 		rd.close()
@@ -797,7 +797,7 @@ func (s *Spool) read(rdp **segReader, from, n uint64) ([]*audit.Entry, error) {
 		rd = &segReader{seg: seg, f: f, r: &reader{br: bufio.NewReaderSize(f, 64<<10)}, next: seg.first}
 		*rdp = rd
 	}
-	var out []*audit.Entry
+	var out []*auditentry.Entry
 	for uint64(len(out)) < n {
 		data, err := rd.r.next()
 		if errors.Is(err, io.EOF) {
@@ -831,7 +831,7 @@ func (s *Spool) read(rdp **segReader, from, n uint64) ([]*audit.Entry, error) {
 			rd.close()
 			return nil, fmt.Errorf("segment %s: %w", rd.seg.name(), err)
 		}
-		e, err := audit.ParseEntry(data)
+		e, err := auditentry.Parse(data)
 		if err != nil {
 			*rdp = nil
 			rd.close()
@@ -866,8 +866,8 @@ func (r *reader) next() ([]byte, error) {
 		return nil, err
 	}
 	n := binary.BigEndian.Uint32(r.hdr[:4])
-	if n > audit.MaxEntrySize {
-		return nil, fmt.Errorf("record of %d bytes, at most %d", n, audit.MaxEntrySize)
+	if n > auditentry.MaxSize {
+		return nil, fmt.Errorf("record of %d bytes, at most %d", n, auditentry.MaxSize)
 	}
 	data := make([]byte, n)
 	if _, err := io.ReadFull(r.br, data); err != nil {

@@ -1,4 +1,4 @@
-package audit
+package auditentry
 
 import (
 	"strings"
@@ -32,7 +32,7 @@ func TestClipEntryBoundsEveryEntry(t *testing.T) {
 		for i := range 100 {
 			e.Details["z"+strings.Repeat("x", i)] = "v"
 		}
-		if !ClipEntry(e) {
+		if !ClipFields(e) {
 			t.Fatal("nothing clipped")
 		}
 		b, err := e.Marshal()
@@ -47,37 +47,12 @@ func TestClipEntryBoundsEveryEntry(t *testing.T) {
 				t.Fatalf("details.clipped %q lacks %s", e.Details[DetailClipped], f)
 			}
 		}
-		if _, err := ParseEntry(b); err != nil {
+		if _, err := Parse(b); err != nil {
 			t.Fatal(err)
 		}
 	}
 	small := &Entry{V: SchemaVersion, Time: time.Unix(1, 0), Actor: Actor{User: "u"}, Action: "a.b", Outcome: OutcomeSuccess, Details: map[string]string{"path": "/x"}}
-	if ClipEntry(small) || small.Details[DetailClipped] != "" {
+	if ClipFields(small) || small.Details[DetailClipped] != "" {
 		t.Fatal("a small entry was changed")
-	}
-}
-
-func TestFilterSource(t *testing.T) {
-	server := &Entry{Source: "server"}
-	oauth := &Entry{Source: "oauth"}
-	proxy := &Entry{Source: "spiffe://example.org/orders"}
-	for _, tc := range []struct {
-		source string
-		want   [3]bool
-	}{
-		{"", [3]bool{true, true, true}},
-		{SourceServer, [3]bool{true, true, false}},
-		{SourceShipped, [3]bool{false, false, true}},
-		{"spiffe://example.org/*", [3]bool{false, false, true}},
-	} {
-		f := Filter{Source: tc.source}
-		if err := f.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		for i, e := range []*Entry{server, oauth, proxy} {
-			if f.Match(e) != tc.want[i] {
-				t.Errorf("source filter %q on %q: %v", tc.source, e.Source, !tc.want[i])
-			}
-		}
 	}
 }
