@@ -129,10 +129,10 @@ type Server struct {
 	oauth           *oauth.Provider // nil until the issuer address is known
 	accounts        *oauth.Accounts // OAuth clients and users
 	registrar       *registration.Registrar
-	scan            *inventory.Inventory // vulnerability database and inventory (inventoryapi.go)
-	backup          *backup.Runner       // nil: no backups configured
-	kmsAPI          *kms.API             // the key store, its key-use policy and its API
-	kmsMaint        *kms.Maintainer      // the key store's schedules
+	scan            *inventory.API  // vulnerability database, gates, inventory
+	backup          *backup.Runner  // nil: no backups configured
+	kmsAPI          *kms.API        // the key store, its key-use policy and its API
+	kmsMaint        *kms.Maintainer // the key store's schedules
 	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
@@ -256,7 +256,11 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	s.cert = &identity.ServerCert{CA: ca, DNSNames: cfg.DNSNames, Listen: cfg.Listen, Now: cfg.Now, Log: cfg.Log,
 		OnIssue: s.metrics.svidsIssued.WithLabelValues("server").Inc}
 	s.peers = &identity.Verifier{CA: ca, Now: cfg.Now}
-	s.scan = newInventory(s)
+	s.scan = &inventory.API{Entries: st, Caller: agentFrom, Record: s.record, Event: s.event, Refused: s.refused,
+		Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Now: cfg.Now, Log: cfg.Log}
+	if ss, ok := store.Scan(st); ok { // nil: the store has no scan tables
+		s.scan.Inventory = &inventory.Inventory{Store: ss, Now: cfg.Now}
+	}
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)
 	} else {
