@@ -12,7 +12,8 @@
 // authorization server, clients and users), backup (backups, drills).
 // Handlers that only translate HTTP for those packages stay here; a
 // package whose endpoints are its own serves them (kms.API,
-// oauth.Accounts, detect.AlertAPI, backup.Runner, oauth.Provider.Routes)
+// oauth.Accounts, detect.AlertAPI, inventory.API, backup.Runner,
+// oauth.Provider.Routes)
 // with the helpers of package api, and the server routes them.
 //
 // A new capability is a package plus a few lines here: construct it in
