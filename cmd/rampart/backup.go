@@ -541,7 +541,7 @@ func backupDrill(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		dc := backup.DrillConfig{Source: src, Scratch: *scratch, Wrapper: w, Boot: server.DrillBoot(tdom, w, discardLogger())}
 		if *pg != "" {
-			dsn, drop, err := server.ScratchSchema(ctx, *pg)
+			dsn, drop, err := store.ScratchSchema(ctx, *pg)
 			if err != nil {
 				return err
 			}

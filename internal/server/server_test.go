@@ -211,6 +211,11 @@ func TestJoinTokenOneTimeAndExpiry(t *testing.T) {
 
 	err = anon.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: "rjt_made-up", CSR: csr}, nil)
 	wantStatus(t, err, http.StatusUnauthorized, "join token")
+
+	// A TTL whose nanoseconds wrap past int64 to 290 ms is refused, not
+	// taken for what it wraps to.
+	err = h.admin.Do(ctx, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: "node-3", TTLSeconds: 18446744074}, nil)
+	wantStatus(t, err, http.StatusBadRequest, "ttl_seconds: must be between 1 and 604800")
 }
 
 // Concurrent attempts to spend one token: exactly one succeeds.
@@ -397,6 +402,10 @@ func TestEntryValidation(t *testing.T) {
 		{"no selectors", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent}, "selectors: at least one"},
 		{"bad selector", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent, Selectors: []string{"unix:uid:abc"}}, "selectors:"},
 		{"negative ttl", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent, Selectors: []string{"unix:uid:1"}, X509TTLSeconds: -1}, "x509_ttl_seconds"},
+		// Seconds whose nanoseconds wrap past int64: to a negative TTL,
+		// or to 290 ms, which nobody asked for.
+		{"ttl wrapping negative", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent, Selectors: []string{"unix:uid:1"}, X509TTLSeconds: 9223372037}, "x509_ttl_seconds: must be between"},
+		{"ttl wrapping small", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent, Selectors: []string{"unix:uid:1"}, JWTTTLSeconds: 18446744074}, "jwt_ttl_seconds: must be between"},
 		{"bad dns", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent, Selectors: []string{"unix:uid:1"}, DNSNames: []string{"Bad Name"}}, "dns_names"},
 	}
 	for _, tt := range tests {
