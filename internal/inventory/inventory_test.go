@@ -4,10 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rampartsec/rampart/internal/fakeclock"
+	"github.com/rampartsec/rampart/internal/store/storetest"
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/inventory"
@@ -52,19 +54,11 @@ func need(t *testing.T) {
 	}
 }
 
-type clock struct{ t time.Time }
-
-func (c *clock) now() time.Time { return c.t }
-
-func newInventory(t *testing.T) (*inventory.Inventory, *clock) {
-	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "s.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+func newInventory(t *testing.T) (*inventory.Inventory, *fakeclock.Clock) {
+	st := storetest.SQLite(t, t.TempDir())
 	ss, _ := store.Scan(st)
-	c := &clock{time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-	return &inventory.Inventory{Store: ss, Now: c.now, RunningWindow: 10 * time.Minute}, c
+	c := fakeclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	return &inventory.Inventory{Store: ss, Now: c.Now, RunningWindow: 10 * time.Minute}, c
 }
 
 func report(t *testing.T, prog string) api.InventoryBinary {
@@ -111,7 +105,7 @@ func TestImportRematchesRunningWorkloads(t *testing.T) {
 	vuln, patched := report(t, scantest.Called), report(t, scantest.Patched)
 	resp, alerts, err := iv.Report(ctx, "spiffe://example.org/agent/n1", api.InventoryReport{
 		Binaries:  []api.InventoryBinary{vuln, patched},
-		Sightings: []api.InventorySighting{{SHA256: vuln.SHA256, Service: svc, Exe: "/srv/orders", FirstSeen: c.t, LastSeen: c.t}, {SHA256: patched.SHA256, Service: svc + "-v2", Exe: "/srv/orders2", LastSeen: c.t}}})
+		Sightings: []api.InventorySighting{{SHA256: vuln.SHA256, Service: svc, Exe: "/srv/orders", FirstSeen: c.Now(), LastSeen: c.Now()}, {SHA256: patched.SHA256, Service: svc + "-v2", Exe: "/srv/orders2", LastSeen: c.Now()}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +117,7 @@ func TestImportRematchesRunningWorkloads(t *testing.T) {
 	if err != nil || len(items) != 1 || items[0].SHA256 != vuln.SHA256 || len(items[0].Modules) != 1 || items[0].Modules[0].Path != "golang.org/x/text" {
 		t.Fatalf("inventory: %+v, %v", items, err)
 	}
-	c.t = c.t.Add(time.Minute)
+	c.Add(time.Minute)
 	importIDs(t, iv, "GO-2022-1059")
 	alerts, err = iv.Rematch(ctx)
 	if err != nil {
@@ -136,14 +130,14 @@ func TestImportRematchesRunningWorkloads(t *testing.T) {
 		t.Errorf("vulnerable inventory: %+v", items)
 	}
 	// An exception silences it.
-	if err := iv.Store.CreateScanException(ctx, store.ScanException{ID: "e1", Vuln: "CVE-2022-32149", Service: svc, Reason: "r", Expires: c.t.Add(time.Hour), CreatedAt: c.t}); err != nil {
+	if err := iv.Store.CreateScanException(ctx, store.ScanException{ID: "e1", Vuln: "CVE-2022-32149", Service: svc, Reason: "r", Expires: c.Now().Add(time.Hour), CreatedAt: c.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if alerts, _ = iv.Rematch(ctx); len(alerts) != 0 {
 		t.Errorf("excepted by its CVE alias, still alerted: %+v", alerts)
 	}
 	// Expired, and the workload stopped long ago: nothing either.
-	c.t = c.t.Add(2 * time.Hour)
+	c.Add(2 * time.Hour)
 	if alerts, _ = iv.Rematch(ctx); len(alerts) != 0 {
 		t.Errorf("a workload last seen 2h ago is not running: %+v", alerts)
 	}
@@ -165,7 +159,7 @@ func TestAnotherHostCannotVouchForABinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp, alerts, err := iv.Report(ctx, "spiffe://example.org/agent/a", api.InventoryReport{Binaries: []api.InventoryBinary{vuln},
-		Sightings: []api.InventorySighting{{SHA256: vuln.SHA256, Service: svc, LastSeen: c.t}}})
+		Sightings: []api.InventorySighting{{SHA256: vuln.SHA256, Service: svc, LastSeen: c.Now()}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +187,7 @@ func TestReportRefusesBadInput(t *testing.T) {
 	for name, rep := range map[string]api.InventoryReport{
 		"short hash":   {Binaries: []api.InventoryBinary{{SHA256: "abc"}}},
 		"not hex":      {Binaries: []api.InventoryBinary{{SHA256: strings.Repeat("z", 64)}}},
-		"no spiffe id": {Sightings: []api.InventorySighting{{SHA256: strings.Repeat("a", 64), Service: "orders", LastSeen: c.t}}},
+		"no spiffe id": {Sightings: []api.InventorySighting{{SHA256: strings.Repeat("a", 64), Service: "orders", LastSeen: c.Now()}}},
 		"too many":     {Want: make([]string, inventory.MaxWant+1)},
 		"huge symbols": {Binaries: []api.InventoryBinary{{SHA256: strings.Repeat("a", 64), Symbols: map[string][]string{"p": make([]string, inventory.MaxSymbols+1)}}}},
 	} {
@@ -203,11 +197,11 @@ func TestReportRefusesBadInput(t *testing.T) {
 	}
 	// A sighting from the future is clamped to now.
 	sha := strings.Repeat("a", 64)
-	if _, _, err := iv.Report(ctx, "spiffe://example.org/agent/a", api.InventoryReport{Sightings: []api.InventorySighting{{SHA256: sha, Service: svc, LastSeen: c.t.Add(1000 * time.Hour)}}}); err != nil {
+	if _, _, err := iv.Report(ctx, "spiffe://example.org/agent/a", api.InventoryReport{Sightings: []api.InventorySighting{{SHA256: sha, Service: svc, LastSeen: c.Now().Add(1000 * time.Hour)}}}); err != nil {
 		t.Fatal(err)
 	}
 	items, _ := iv.List(ctx, store.SightingFilter{}, false)
-	if len(items) != 1 || !items[0].LastSeen.Equal(c.t) {
+	if len(items) != 1 || !items[0].LastSeen.Equal(c.Now()) {
 		t.Errorf("a sighting dated in the future: %+v", items)
 	}
 }

@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/fakeclock"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
@@ -33,22 +35,10 @@ import (
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 type harness struct {
 	t      testing.TB
 	srv    *Server
-	clk    *clock
+	clk    *fakeclock.Clock
 	addr   string
 	dir    string
 	admin  *api.Client
@@ -65,7 +55,7 @@ func newHarness(t testing.TB) *harness {
 // harness's).
 func newHarnessWith(t testing.TB, cfg Config) *harness {
 	t.Helper()
-	h := &harness{t: t, clk: &clock{t: time.Now()}, dir: cfg.DataDir}
+	h := &harness{t: t, clk: fakeclock.New(time.Now()), dir: cfg.DataDir}
 	cfg.Now = h.clk.Now
 	srv, err := New(context.Background(), cfg)
 	if err != nil {
