@@ -339,6 +339,13 @@ func runAuditRead(env *cliEnv, verb string, args []string) error {
 	}
 	tw := table(env, "INDEX", "TIME", "ACTION", "OUTCOME", "ACTOR", "TARGET", "SOURCE", "COUNT", "REASON")
 	n := 0
+	var shown *counter // a long export shows how far it is, on a terminal
+	if verb == "export" && *out != "" {
+		shown = newCounter(progressTo(env), "entries read")
+		defer shown.done()
+	} else {
+		shown = newCounter(nil, "")
+	}
 	scan := func(fn func(int64, []byte) error) error { return audit.Scan(filepath.Join(*data, "audit"), *from, fn) }
 	if *from == 0 && (!f.Since.IsZero() || !f.Until.IsZero()) {
 		// A time range reads only the blocks of entries that can be in it.
@@ -347,6 +354,7 @@ func runAuditRead(env *cliEnv, verb string, args []string) error {
 		}
 	}
 	err = scan(func(i int64, raw []byte) error {
+		shown.add(1)
 		e, err := audit.ParseEntry(raw)
 		if err != nil {
 			return fmt.Errorf("entry %d: %w (run rampart audit verify)", i, err)
