@@ -27,7 +27,7 @@ func vectorEntries() []*Entry {
 	es := make([]*Entry, 300)
 	for i := range es {
 		es[i] = &Entry{V: SchemaVersion, Time: t0.Add(time.Duration(i) * time.Second),
-			Actor: Actor{SpiffeID: "spiffe://example.org/orders", User: fmt.Sprintf("user-%d", i%7)},
+			Actor:  Actor{SpiffeID: "spiffe://example.org/orders", User: fmt.Sprintf("user-%d", i%7)},
 			Action: "authz.decision", Target: "spiffe://example.org/payments", Outcome: []string{OutcomeSuccess, OutcomeDenied}[i%2],
 			Reason: "vector", Source: "server", Details: map[string]string{"method": "GET", "path": fmt.Sprintf("/payments/%d", i)}}
 	}
