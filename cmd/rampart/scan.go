@@ -344,6 +344,11 @@ func runScanGate(ctx context.Context, env *cliEnv, args []string) error {
 	if strings.EqualFold(g.Severity, "none") {
 		g.Severity = ""
 	}
+	for flag, v := range map[string]string{"--severity": g.Severity, "--unknown-severity": g.Unknown} {
+		if l, err := osv.ParseLevel(v); v != "" && (err != nil || l < osv.Low) {
+			return usagef("%s %q: want LOW, MEDIUM, HIGH or CRITICAL", flag, v)
+		}
+	}
 	var out api.ScanGate
 	return c.Do(ctx, http.MethodPut, "/v1/scan/gates", g, &out)
 }

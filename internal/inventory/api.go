@@ -232,7 +232,7 @@ func (a *API) HandlePutGate(w http.ResponseWriter, r *http.Request) {
 		}
 		l, err := osv.ParseLevel(*v)
 		if err != nil || l < osv.Low {
-			api.WriteProblem(w, http.StatusBadRequest, field+": want LOW, MEDIUM, HIGH or CRITICAL")
+			api.WriteProblem(w, http.StatusBadRequest, fmt.Sprintf("%s %q: want LOW, MEDIUM, HIGH or CRITICAL", field, *v))
 			return
 		}
 		*v = l.String()
