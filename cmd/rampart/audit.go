@@ -321,6 +321,11 @@ func runAuditRead(env *cliEnv, verb string, args []string) error {
 	if verb == "query" && *limit == 0 {
 		*limit = 1000
 	}
+	switch *format {
+	case audit.FormatJSONLines, audit.FormatSyslog, audit.FormatESBulk:
+	default:
+		return usagef("--format %q: want jsonl, syslog or es-bulk", *format)
+	}
 	w := env.stdout
 	if verb == "export" && *out != "" {
 		file, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
