@@ -46,4 +46,8 @@
 //	              numbers increase, with gaps where damage lost entries
 //	damaged/      copies of damaged segments (SEQ.seg.TIME), never deleted
 //	              by the spool
+//
+// The directory must be one only this process's user (and root) can
+// change (see package safedir): Open refuses any other, since whoever
+// controls it could read the entries or put their own in the stream.
 package spool

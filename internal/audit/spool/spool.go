@@ -27,6 +27,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit/auditentry"
+	"github.com/rampartsec/rampart/internal/safedir"
 )
 
 // ErrClosed is returned by Record after Close.
@@ -46,7 +47,10 @@ type Sender interface {
 
 // Config configures a Spool.
 type Config struct {
-	Dir    string // required; created 0700
+	// Dir is required; created 0700. It must be owned by this process's
+	// uid, not writable by group or others, under directories only root or
+	// this uid can change (package safedir): Open refuses any other.
+	Dir    string
 	Sender Sender // required
 	Log    *slog.Logger
 	// MaxBytes bounds the unacknowledged entries kept on disk (default
@@ -163,9 +167,13 @@ func Open(cfg Config) (*Spool, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	// Whoever can change the directory could read the entries, put their
+	// own in the stream, or remove some (issue 26).
+	dir, err := safedir.Make(cfg.Dir, "the audit spool directory", os.Geteuid(), 0o700)
+	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
+	cfg.Dir = dir
 	s := &Spool{cfg: cfg, in: make(chan *auditentry.Entry, queueLen), closing: make(chan struct{}), done: make(chan struct{}),
 		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1), lockReq: make(chan chan struct{}),
 		sent: prometheus.NewCounter(prometheus.CounterOpts{

@@ -3,9 +3,13 @@ package spool
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -313,4 +317,50 @@ func TestLingerSendsFullBatches(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// Issue 26 ("directories others control"): a spool directory another local
+// user made first (in /tmp, after a reboot) was used as it was: its owner
+// could read every entry and put their own in the stream, which the server
+// stores as this service's. Open refuses it, naming the directory and the
+// fix, and writes nothing there.
+func TestOpenRefusesADirectoryOfAnotherUser(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to act as a second local user (uid 65534)")
+	}
+	tmp, err := os.MkdirTemp("", "rampart-spool-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	os.Chmod(tmp, os.ModeSticky|0o777) // like /tmp
+	theirs := filepath.Join(tmp, "spool")
+	mk := exec.Command("/bin/mkdir", "-m", "0777", theirs)
+	mk.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("mkdir as uid 65534: %v %s", err, out)
+	}
+	groupWritable := filepath.Join(tmp, "group")
+	os.Mkdir(groupWritable, 0o700)
+	os.Chmod(groupWritable, 0o770)
+	for dir, want := range map[string]string{
+		theirs:                                "is owned by uid 65534",
+		filepath.Join(theirs, "audit-spool"):  "a parent of",
+		groupWritable:                         "chmod go-w " + groupWritable,
+		filepath.Join(groupWritable, "spool"): "a parent of",
+	} {
+		_, err := Open(Config{Dir: dir, Sender: &receiver{}})
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), dir) {
+			t.Errorf("Open(%s) = %v, want an error naming it and saying %q", dir, err, want)
+		}
+	}
+	if ents, _ := os.ReadDir(theirs); len(ents) != 0 {
+		t.Fatalf("the spool wrote %v into another user's directory", ents)
+	}
+	// Its own directory, made here, is fine.
+	s, err := Open(Config{Dir: filepath.Join(tmp, "mine", "spool"), Sender: &receiver{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
 }
