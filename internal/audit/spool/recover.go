@@ -3,6 +3,7 @@ package spool
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -286,6 +287,36 @@ func frame(b, data []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 	b = binary.BigEndian.AppendUint32(b, crc32.Checksum(data, castagnoli))
 	return append(b, data...)
+}
+
+// streamOfSegments returns the stream ID named by the first intact record
+// of the segments, or nil.
+func (s *Spool) streamOfSegments() []byte {
+	for _, sg := range s.segments {
+		b, err := os.ReadFile(filepath.Join(s.cfg.Dir, sg.name()))
+		if err != nil {
+			continue
+		}
+		for off := int64(0); off+recordHeader <= int64(len(b)); off++ {
+			if b[off] != 0 || b[off+1] != 0 {
+				continue
+			}
+			n := int64(binary.BigEndian.Uint32(b[off:]))
+			end := off + recordHeader + n
+			if n == 0 || end > int64(len(b)) || crc32.Checksum(b[off+recordHeader:end], castagnoli) != binary.BigEndian.Uint32(b[off+4:]) {
+				continue
+			}
+			if e, err := auditentry.Parse(b[off+recordHeader : end]); err == nil && isStreamID(e.Stream) {
+				return []byte(e.Stream)
+			}
+		}
+	}
+	return nil
+}
+
+func isStreamID(id string) bool {
+	_, err := hex.DecodeString(id)
+	return len(id) == 32 && err == nil
 }
 
 // keepDamaged copies a damaged segment's bytes into damagedDir (0600,

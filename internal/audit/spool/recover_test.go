@@ -509,3 +509,25 @@ func TestFlushWaitsForTheSpoolsOwnEntries(t *testing.T) {
 	}
 	r.checkAfterDamage(t, 4, []int{1}, "2", "2")
 }
+
+// A lost stream file is not a reason to set every entry on disk aside as
+// foreign: the segments name their stream, and the spool goes on with it.
+func TestLostStreamFileIsTakenFromTheSegments(t *testing.T) {
+	dir := t.TempDir()
+	fillDown(t, dir, 10, 1<<20)
+	if err := os.Remove(filepath.Join(dir, "stream")); err != nil {
+		t.Fatal(err)
+	}
+	r := &receiver{}
+	s := open(t, dir, r, nil)
+	defer s.Close()
+	s.Record(entry(10))
+	flush(t, s)
+	r.check(t, 11)
+	if r.got[0].Stream != r.got[10].Stream || s.Stream() != r.got[0].Stream {
+		t.Fatalf("stream %s on disk, %s after the restart", r.got[0].Stream, r.got[10].Stream)
+	}
+	if _, err := os.Stat(filepath.Join(dir, damagedDir)); err == nil {
+		t.Fatal("entries of the spool's own stream were set aside as damage")
+	}
+}

@@ -219,13 +219,36 @@ func defaultBackoff(n int) time.Duration {
 // load reads the stream ID, the cursor and the segments, and recovers the
 // last segment from a crash or damage (see recover.go).
 func (s *Spool) load() error {
+	names, err := filepath.Glob(filepath.Join(s.cfg.Dir, "*.seg"))
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		first, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(n), ".seg"), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%s: not a segment name", n)
+		}
+		fi, err := os.Stat(n)
+		if err != nil {
+			return err
+		}
+		s.segments = append(s.segments, segment{first: first, size: fi.Size()})
+	}
+	slices.SortFunc(s.segments, func(a, b segment) int { return cmp.Compare(a.first, b.first) })
 	idPath := filepath.Join(s.cfg.Dir, "stream")
 	id, err := os.ReadFile(idPath)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		b := make([]byte, 16)
-		rand.Read(b)
-		id = []byte(hex.EncodeToString(b))
+		// A new spool; or the file was lost, and the segments still name
+		// the stream their entries belong to (a new one would make every
+		// entry on disk look foreign, and be set aside as damage).
+		if id = s.streamOfSegments(); id != nil {
+			s.cfg.Log.Warn("audit spool: the stream ID file was missing; taken from the segments", "dir", s.cfg.Dir, "stream", string(id))
+		} else {
+			b := make([]byte, 16)
+			rand.Read(b)
+			id = []byte(hex.EncodeToString(b))
+		}
 		if err := atomicfile.Write(idPath, id, 0o600); err != nil {
 			return err
 		}
@@ -243,22 +266,6 @@ func (s *Spool) load() error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	names, err := filepath.Glob(filepath.Join(s.cfg.Dir, "*.seg"))
-	if err != nil {
-		return err
-	}
-	for _, n := range names {
-		first, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(n), ".seg"), 10, 64)
-		if err != nil {
-			return fmt.Errorf("%s: not a segment name", n)
-		}
-		fi, err := os.Stat(n)
-		if err != nil {
-			return err
-		}
-		s.segments = append(s.segments, segment{first: first, size: fi.Size()})
-	}
-	slices.SortFunc(s.segments, func(a, b segment) int { return cmp.Compare(a.first, b.first) })
 	s.written = s.acked
 	for _, sg := range s.segments {
 		s.bytes += sg.size
