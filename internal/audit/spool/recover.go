@@ -261,15 +261,30 @@ func (l loss) String() string {
 	default:
 		lost = fmt.Sprintf("entries %d to %d were lost", l.from, l.to)
 	}
-	return fmt.Sprintf("spool segment %s damaged at offset %d (%d bytes in %d runs, copy kept in %s/%s): %s; the records after the damage are kept",
-		l.segment, l.offset, l.bytes, l.runs, damagedDir, l.copy, lost)
+	kept := "the file was gone"
+	if l.copy != "" {
+		kept = "copy kept in " + l.copyPath("")
+	}
+	return fmt.Sprintf("spool segment %s damaged at offset %d (%d bytes in %d runs, %s): %s; the records after the damage are kept",
+		l.segment, l.offset, l.bytes, l.runs, kept, lost)
+}
+
+// copyPath is where the copy of the damaged segment is, under dir ("":
+// relative to the spool directory), or "" without one.
+func (l loss) copyPath(dir string) string {
+	if l.copy == "" {
+		return ""
+	}
+	return filepath.Join(dir, damagedDir, l.copy)
 }
 
 // entry is the audit.entry_lost entry that tells the server.
 func (l loss) entry(now time.Time) *auditentry.Entry {
 	d := map[string]string{"segment": l.segment, "offset": strconv.FormatInt(l.offset, 10),
-		"bytes": strconv.FormatInt(l.bytes, 10), "runs": strconv.Itoa(l.runs), "copy": damagedDir + "/" + l.copy,
-		"count": strconv.FormatUint(l.count, 10)}
+		"bytes": strconv.FormatInt(l.bytes, 10), "runs": strconv.Itoa(l.runs), "count": strconv.FormatUint(l.count, 10)}
+	if l.copy != "" {
+		d["copy"] = l.copyPath("")
+	}
 	if l.count > 0 {
 		d["from"] = strconv.FormatUint(l.from, 10)
 		if l.toKnown {
@@ -415,7 +430,12 @@ func (s *Spool) repairLocked(seg segment, atOpen bool) error {
 
 	path := filepath.Join(s.cfg.Dir, seg.name())
 	raw, err := os.ReadFile(path)
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && size == 0:
+		return s.replaceSegment(path, nil, false) // nothing was in it
+	case errors.Is(err, fs.ErrNotExist):
+		// Removed by someone: everything in it is lost (below).
+	case err != nil:
 		return err
 	}
 	// Past the recorded size is an append in progress or one that failed
@@ -444,14 +464,16 @@ func (s *Spool) repairLocked(seg segment, atOpen bool) error {
 	var lostEntry *auditentry.Entry
 	content := b[:sc.torn]
 	if len(sc.damaged) > 0 {
-		copyName, err := s.keepDamaged(seg.name(), raw)
-		if err != nil {
-			return fmt.Errorf("keeping a copy of damaged segment %s: %w", seg.name(), err)
+		var copyName string
+		if len(raw) > 0 {
+			if copyName, err = s.keepDamaged(seg.name(), raw); err != nil {
+				return fmt.Errorf("keeping a copy of damaged segment %s: %w", seg.name(), err)
+			}
 		}
 		l := sc.loss(seg.name(), copyName, acked, below)
 		s.cfg.Log.Error("audit spool: damaged segment; the records after the damage are kept and shipped, the damaged bytes are kept aside",
 			"segment", seg.name(), "offset", l.offset, "bytes", l.bytes, "runs", l.runs, "lost_from", l.from, "lost_to", l.to,
-			"lost_to_known", l.toKnown, "lost", l.count, "copy", filepath.Join(s.cfg.Dir, damagedDir, copyName))
+			"lost_to_known", l.toKnown, "lost", l.count, "copy", l.copyPath(s.cfg.Dir))
 		lostEntry = l.entry(s.cfg.Now())
 		content = sc.intactBytes(b)
 	} else {

@@ -138,7 +138,7 @@ func (r *receiver) checkAfterDamage(t *testing.T, n int, lostI []int, from, to s
 	if len(lost) != 1 || lost[0].Details["from"] != from || lost[0].Details["to"] != to {
 		t.Fatalf("audit.entry_lost entries %+v, want one naming entries %s to %s", lost, from, to)
 	}
-	if d := lost[0].Details; d["segment"] == "" || d["offset"] == "" || d["bytes"] == "" || !strings.HasPrefix(d["copy"], "damaged/") {
+	if d := lost[0].Details; d["segment"] == "" || d["offset"] == "" || d["bytes"] == "" || d["copy"] != "" && !strings.HasPrefix(d["copy"], "damaged/") {
 		t.Fatalf("audit.entry_lost details %v: want the segment, offset, bytes and copy", d)
 	}
 	if len(lostI) > 0 {
@@ -530,4 +530,35 @@ func TestLostStreamFileIsTakenFromTheSegments(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, damagedDir)); err == nil {
 		t.Fatal("entries of the spool's own stream were set aside as damage")
 	}
+}
+
+// A segment removed while the spool runs: what it held is recorded as
+// lost, and delivery goes on with the next one.
+func TestSegmentRemovedWhileRunning(t *testing.T) {
+	dir := t.TempDir()
+	r := &receiver{down: true}
+	s := open(t, dir, r, func(c *Config) { c.SegmentBytes = 4096 })
+	defer s.Close()
+	for i := range 60 {
+		s.Record(entry(i))
+		waitWritten(t, s, uint64(i+1))
+	}
+	segs := segments(t, dir)
+	if len(segs) < 3 {
+		t.Fatalf("want several segments, got %v", segs)
+	}
+	first, _ := strconv.Atoi(strings.TrimSuffix(filepath.Base(segs[1]), ".seg"))
+	next, _ := strconv.Atoi(strings.TrimSuffix(filepath.Base(segs[2]), ".seg"))
+	if err := os.Remove(segs[1]); err != nil {
+		t.Fatal(err)
+	}
+	until(t, "the loss is on disk", func() bool { w, _ := s.Progress(); return w == 61 })
+	r.setDown(false)
+	s.Record(entry(60))
+	flush(t, s)
+	var lostI []int
+	for q := first; q < next; q++ {
+		lostI = append(lostI, q-1)
+	}
+	r.checkAfterDamage(t, 61, lostI, strconv.Itoa(first), strconv.Itoa(next-1))
 }

@@ -860,6 +860,9 @@ func (s *Spool) openSegReader(from uint64, after *segment) (*segReader, error) {
 	}
 	s.mu.Unlock()
 	f, err := os.Open(filepath.Join(s.cfg.Dir, seg.name()))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, &damageAt{seg: seg, err: err} // removed by someone
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -937,6 +940,10 @@ type damageAt struct {
 	err error
 }
 
+func (d *damageAt) Error() string {
+	return fmt.Sprintf("segment %s at offset %d: %v", d.seg.name(), d.off, d.err)
+}
+
 func (s *Spool) readSome(rdp **segReader, from, n uint64) ([]*auditentry.Entry, *damageAt, error) {
 	rd := *rdp
 	if rd == nil || rd.next != from {
@@ -944,6 +951,9 @@ func (s *Spool) readSome(rdp **segReader, from, n uint64) ([]*auditentry.Entry, 
 		*rdp = nil
 		var err error
 		if rd, err = s.openSegReader(from, nil); err != nil || rd == nil {
+			if d := (*damageAt)(nil); errors.As(err, &d) {
+				return nil, d, nil
+			}
 			return nil, nil, cmp.Or(err, errors.New("no segment on disk"))
 		}
 		*rdp = rd
@@ -972,6 +982,9 @@ func (s *Spool) readSome(rdp **segReader, from, n uint64) ([]*auditentry.Entry, 
 				continue
 			}
 			nrd, err := s.openSegReader(from, &rd.seg)
+			if d := (*damageAt)(nil); errors.As(err, &d) {
+				return out, d, nil
+			}
 			if err != nil {
 				return nil, nil, err
 			}
