@@ -265,8 +265,12 @@ func (l loss) String() string {
 	if l.copy != "" {
 		kept = "copy kept in " + l.copyPath("")
 	}
-	return fmt.Sprintf("spool segment %s damaged at offset %d (%d bytes in %d runs, %s): %s; the records after the damage are kept",
-		l.segment, l.offset, l.bytes, l.runs, kept, lost)
+	runs := "one damaged run"
+	if l.runs > 1 {
+		runs = strconv.Itoa(l.runs) + " damaged runs"
+	}
+	return fmt.Sprintf("spool segment %s damaged at offset %d (%d bytes in %s, %s): %s; the records after the damage are kept",
+		l.segment, l.offset, l.bytes, runs, kept, lost)
 }
 
 // copyPath is where the copy of the damaged segment is, under dir ("":
