@@ -225,7 +225,7 @@ func (s *Spool) load() error {
 	}
 	for _, n := range names {
 		first, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(n), ".seg"), 10, 64)
-		if err != nil {
+		if err != nil || first == 0 { // numbers start at 1
 			return fmt.Errorf("%s: not a segment name", n)
 		}
 		fi, err := os.Stat(n)
