@@ -22,6 +22,7 @@ import (
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
+	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/upstream"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
 	"github.com/rampartsec/rampart/sdk/decision"
@@ -79,12 +80,16 @@ func WithX509Source(svids x509svid.Source, bundles x509bundle.Source) Option {
 func WithServer(addr string) Option { return func(o *options) { o.server = addr } }
 
 // WithPolicyCache keeps the last policy in dir, so a restart while the
-// server is down still enforces it.
+// server is down still enforces it. New creates dir 0700 and refuses one
+// that another user owns or can write, or that lies under such a
+// directory: whoever controls it could put a policy of their own there.
 func WithPolicyCache(dir string) Option { return func(o *options) { o.cacheDir = dir } }
 
 // WithAuditSpool records every decision in the server's audit log, as the
 // proxy does: entries wait in dir (created 0700) while the server is away
-// and are delivered once. Needs WithServer (or RAMPART_SERVER).
+// and are delivered once. Needs WithServer (or RAMPART_SERVER). Like
+// WithPolicyCache's, dir must be one only this process's user (and root)
+// can change.
 func WithAuditSpool(dir string) Option { return func(o *options) { o.spoolDir = dir } }
 
 // WithStripHeaders names more request headers Middleware removes before the
@@ -143,6 +148,19 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 	strip, err := authz.ParseStripHeaders(o.stripHeaders)
 	if err != nil {
 		return nil, fmt.Errorf("sdk: WithStripHeaders: %w", err)
+	}
+	// Directories another user controls are refused before anything
+	// starts: a cached policy is enforced after a restart while the server
+	// is down, and spooled entries reach the audit log as this service's.
+	if o.cacheDir != "" && o.server != "" {
+		if _, err := safedir.Make(o.cacheDir, "the policy cache directory (WithPolicyCache)", os.Geteuid(), 0o700); err != nil {
+			return nil, fmt.Errorf("sdk: %w", err)
+		}
+	}
+	if o.spoolDir != "" {
+		if _, err := safedir.Make(o.spoolDir, "the audit spool directory (WithAuditSpool)", os.Geteuid(), 0o700); err != nil {
+			return nil, fmt.Errorf("sdk: %w", err)
+		}
 	}
 	s := &Source{server: o.server, svids: o.svids, bundles: o.bundles, revs: &mtls.Revocations{}}
 	if s.svids == nil {

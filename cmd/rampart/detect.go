@@ -15,7 +15,6 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/detect"
-	"github.com/rampartsec/rampart/internal/server"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -95,7 +94,7 @@ func runDetect(_ context.Context, env *cliEnv, args []string) error {
 	tw := table(env, "RULE", "SEVERITY", "FIRST", "COUNT", "SUMMARY")
 	for _, a := range alerts {
 		if *asJSON {
-			b, _ := json.Marshal(server.AlertToAPI(a))
+			b, _ := json.Marshal(detect.AlertToAPI(a))
 			fmt.Fprintln(env.stdout, string(b))
 			continue
 		}

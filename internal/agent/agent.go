@@ -61,6 +61,9 @@ type Config struct {
 	Now           func() time.Time
 	Log           *slog.Logger
 	Registry      *prometheus.Registry // metrics; nil: not exported
+	// InventoryInterval is how often the inventory is reported to the
+	// server (10s when zero).
+	InventoryInterval time.Duration
 }
 
 // Agent is a running node agent. It implements workload.Source.
@@ -255,7 +258,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer sp.Close()
 	wl.SetRecorder(sp, a.ID())
+	// The inventory of what runs, and the scan gate (inventory.go).
+	inv := newInventoryReporter(a.client, a.log, a.now, a.cfg.InventoryInterval, filepath.Join(a.cfg.DataDir, "scan-state.json"),
+		func() { a.mu.Lock(); a.publishLocked(); a.mu.Unlock() })
+	wl.SetInspector(inv)
 	errc := make(chan error, 3)
+	go inv.run(ctx)
 	go func() { errc <- wl.Serve(ctx, ln) }()
 	go func() { a.syncLoop(ctx); errc <- nil }()
 	go func() { a.rotateLoop(ctx); errc <- nil }()

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/fakeclock"
+
 	"github.com/rampartsec/rampart/internal/audit/auditentry"
 	"github.com/rampartsec/rampart/sdk/decision"
 )
@@ -86,18 +88,6 @@ func (r *recorder) decisions(t *testing.T) (entries int, byOutcome map[string]in
 	return len(r.got), byOutcome
 }
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func TestSinksFanOut(t *testing.T) {
 	a, b := &recorder{}, &recorder{}
 	sa, sb := NewAuditSink(AuditSinkConfig{Recorder: a}), NewAuditSink(AuditSinkConfig{Recorder: b})
@@ -113,7 +103,7 @@ func TestSinksFanOut(t *testing.T) {
 // whose counts add up to every decision; a cancelled request context
 // changes nothing.
 func TestAuditSinkAggregatesAFloodWithoutLosingDecisions(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clk := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	rec := &recorder{}
 	s := NewAuditSink(AuditSinkConfig{Recorder: rec, Interval: 5 * time.Second, Now: clk.Now})
 	cancelled, cancel := context.WithCancel(context.Background())
@@ -160,7 +150,7 @@ func TestAuditSinkAggregatesAFloodWithoutLosingDecisions(t *testing.T) {
 // A caller that varies its path cannot make the entries unbounded: past
 // maxKeysPerCaller kinds its decisions are counted per service and outcome.
 func TestAuditSinkBoundsDistinctPaths(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clk := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	rec := &recorder{}
 	s := NewAuditSink(AuditSinkConfig{Recorder: rec, Interval: 5 * time.Second, Now: clk.Now})
 	const n = 20000
@@ -187,7 +177,7 @@ func TestAuditSinkBoundsDistinctPaths(t *testing.T) {
 // reach the recorder by the sink's own timer; here the clock moves and
 // Flush stands in for the timer.
 func TestAuditSinkIntervalRolls(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clk := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	rec := &recorder{}
 	s := NewAuditSink(AuditSinkConfig{Recorder: rec, Interval: 5 * time.Second, Now: clk.Now})
 	defer s.Close()

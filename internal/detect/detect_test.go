@@ -171,6 +171,10 @@ func TestDefaultRules(t *testing.T) {
 		{"audit-entries-dropped",
 			[]*audit.Entry{shipped(ev(0, "audit.entries_dropped", "failure", "120 audit entries dropped", audit.Actor{SpiffeID: orders}, map[string]string{"count": "120"}))},
 			[]*audit.Entry{ev(0, "audit.seal", "success", "", audit.Actor{SpiffeID: orders}, nil)}},
+		{"vulnerable-workload-running",
+			[]*audit.Entry{vulnerable(0, "called", "HIGH"), vulnerable(time.Minute, "called", "HIGH")}, // one alert per finding a day
+			[]*audit.Entry{vulnerable(0, "not-called", "CRITICAL"), vulnerable(0, "called", "MEDIUM"),
+				shipped(vulnerable(0, "called", "CRITICAL"))}}, // forged by an agent or workload
 	} {
 		t.Run(tc.rule, func(t *testing.T) {
 			if n := fired(t, tc.fires)[tc.rule]; n != 1 {
@@ -185,13 +189,21 @@ func TestDefaultRules(t *testing.T) {
 	for _, r := range Default().Rules {
 		found := false
 		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap", "audit-entries-dropped", "oauth-rate-limited",
-			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue"} { // the backup rules: backup_rules_test.go
+			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue", "vulnerable-workload-running"} { // the backup rules: backup_rules_test.go
 			found = found || name == r.Name
 		}
 		if !found {
 			t.Errorf("default rule %s has no test", r.Name)
 		}
 	}
+}
+
+// vulnerable is the server's entry for a finding on a running workload.
+func vulnerable(at time.Duration, reachability, severity string) *audit.Entry {
+	e := ev(at, "scan.vulnerable", "failure", "calls vulnerable code", audit.Actor{SpiffeID: "spiffe://example.org/rampart/server"},
+		map[string]string{"vuln": "GO-2022-1059", "sha256": "ab", "reachability": reachability, "severity": severity})
+	e.Target, e.Source = orders, "server"
+	return e
 }
 
 func TestDedupAndReplay(t *testing.T) {

@@ -647,3 +647,53 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	e, ok := a.(equaler)
 	return ok && e.Equal(b)
 }
+
+// SelfTest signs a throwaway X.509-SVID (spiffe://TD/rampart/drill, one
+// minute) and verifies that it chains to the current bundle: what a
+// restore drill asks of a restored CA.
+func (c *CA) SelfTest() error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	id, err := spiffeid.FromSegments(c.cfg.TrustDomain, "rampart", "drill")
+	if err != nil {
+		return err
+	}
+	chain, err := c.SignX509SVID(id, key.Public(), time.Minute, nil, nil)
+	if err != nil {
+		return err
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range c.X509Bundle() {
+		roots.AddCert(r)
+	}
+	for _, i := range chain[1:] {
+		inter.AddCert(i)
+	}
+	_, err = chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err
+}
+
+// Manual rotations, by name (the API's and the CLI's).
+const (
+	RotateIntermediate = "intermediate"
+	RotateRootPrepare  = "root-prepare"
+	RotateRootActivate = "root-activate"
+)
+
+// ErrRotateTarget: Rotate was given no rotation it knows.
+var ErrRotateTarget = errors.New("identity: unknown rotation")
+
+// Rotate applies the manual rotation named target.
+func (ca *CA) Rotate(ctx context.Context, target string) error {
+	switch target {
+	case RotateIntermediate:
+		return ca.RotateIntermediate(ctx)
+	case RotateRootPrepare:
+		return ca.PrepareRoot(ctx)
+	case RotateRootActivate:
+		return ca.ActivateRoot(ctx)
+	}
+	return fmt.Errorf("%w: target: %q; want %s, %s or %s", ErrRotateTarget, target, RotateIntermediate, RotateRootPrepare, RotateRootActivate)
+}

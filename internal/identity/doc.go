@@ -27,7 +27,15 @@
 //     in every relying party's JWKS long before it signs anything.
 //
 // Expiry of every root, intermediate and JWT key is exported by Status for
-// metrics and warnings.
+// metrics (ExpiryCollector) and warnings. Maintainer runs the schedule on
+// a timer and warns about keys close to expiry.
+//
+// # Callers and the server's certificate
+//
+// Verifier checks the SVIDs callers present to the control plane (chain to
+// the current bundle, expiry, the revocation list, evicted agents) with a
+// cache of verified chains; ServerCert is the API's own SVID, renewed at
+// half life.
 //
 // # IDs
 //

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
+	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/upstream"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
 	"github.com/rampartsec/rampart/sdk/decision"
@@ -89,7 +91,10 @@ func ParseOutbound(s string) (Outbound, error) {
 type Config struct {
 	WorkloadSocket string // the agent's Workload API socket
 	ServerAddr     string // control plane, for policies and revocations
-	DataDir        string // caches the last policy so a restart works while the server is down
+	// DataDir caches the last policy so a restart works while the server
+	// is down, and holds the audit spool; it must be a directory only this
+	// process's user (and root) can change (package safedir).
+	DataDir string
 	// AgentUID is the uid that must serve WorkloadSocket (SO_PEERCRED,
 	// checked on every connection); nil: see endpoint.ExpectedUID.
 	AgentUID *uint32
@@ -151,6 +156,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if lowFDs {
 		cfg.Log.Warn("the open-file limit leaves little room besides the listeners' connections; raise it (LimitNOFILE=, ulimit -n)",
 			"nofile", nofile, "upstream_max_conns", peerLimits.MaxConns)
+	}
+	if cfg.ServerAddr != "" && cfg.DataDir != "" {
+		// The cached policy and the audit spool: another user who controls
+		// the directory could forge the one and read or inject the other.
+		dir, err := safedir.Make(cfg.DataDir, "the proxy's data directory (--data)", os.Geteuid(), 0o700)
+		if err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
+		cfg.DataDir = dir
 	}
 	m := newMetrics(cfg.Registry)
 	wopts, err := endpoint.ClientOptions(ctx, cfg.WorkloadSocket, cfg.AgentUID) // who serves the socket is checked on every connection

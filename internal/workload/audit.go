@@ -104,3 +104,50 @@ func (a *auditor) refused(ctx context.Context, p *process, method, reason string
 	// Record does not wait on the caller, who may be gone already.
 	a.rec.Record(e)
 }
+
+// gate audits an identity the scan gate withheld (or, in dry run, would
+// have withheld). Rate-limited like refusals, per executable and entry.
+func (a *auditor) gate(p *process, method string, r Refusal) {
+	if a == nil {
+		return
+	}
+	c, exe := p.Caller, p.exe.path
+	key := "gate\x00" + strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe + "\x00" + r.EntryID + "\x00" + strconv.FormatBool(r.DryRun)
+	now := a.now()
+	a.mu.Lock()
+	rf := a.last[key]
+	if rf != nil && now.Sub(rf.at) < refusalInterval {
+		rf.suppressed++
+		a.mu.Unlock()
+		return
+	}
+	if rf == nil {
+		if len(a.last) > 10000 {
+			clear(a.last)
+		}
+		rf = &refusals{}
+		a.last[key] = rf
+	}
+	suppressed := rf.suppressed
+	rf.at, rf.suppressed = now, 0
+	a.mu.Unlock()
+	outcome := auditentry.OutcomeDenied
+	if r.DryRun {
+		outcome = auditentry.OutcomeSuccess
+	}
+	// An attestation entry on this agent's host (the kind the server takes
+	// from an agent), saying it was the scan gate and for which identity.
+	gate := "refused"
+	if r.DryRun {
+		gate = "dry_run"
+	}
+	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Action: "workload.attest", Outcome: outcome,
+		Reason: r.Reason, Target: a.self.String(), Source: a.self.String(),
+		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
+			"scan_gate": gate, "spiffe_id": r.SpiffeID, "entry_id": r.EntryID, "exe": exe}}
+	e.Actor.User = "unix:uid:" + strconv.FormatUint(uint64(c.UID), 10)
+	if suppressed > 0 {
+		e.Details["suppressed_before"] = strconv.Itoa(suppressed)
+	}
+	a.rec.Record(e)
+}

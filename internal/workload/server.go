@@ -64,6 +64,9 @@ type Server struct {
 	log      *slog.Logger
 	metrics  Metrics
 	audit    *auditor // nil: refusals are only logged
+	// inspector, if set, sees each caller's executable before it gets
+	// identities (inventory and scan gate; inspect.go).
+	inspector Inspector
 }
 
 // NewServer returns a Workload API server over src.
@@ -168,6 +171,11 @@ func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string) ([
 	if len(out) == 0 {
 		s.log.Info("workload refused: no entry matches", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path)
 		s.audit.refused(ctx, p, method, noMatch, att.NotAttested...)
+		return nil, nil
+	}
+	out, err = s.inspect(ctx, p, method, out)
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

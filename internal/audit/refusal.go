@@ -1,4 +1,4 @@
-package server
+package audit
 
 import (
 	"context"
@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-
-	"github.com/rampartsec/rampart/internal/audit"
 )
 
 // Refusals are what an attacker can produce at will, unauthenticated or
@@ -18,12 +16,26 @@ import (
 // decisions. The table is bounded; past it, kinds merge per action and
 // reason (actor "many-callers").
 const (
-	refusalInterval = 10 * time.Second
+	RefusalInterval = 10 * time.Second
 	maxRefusalKinds = 4096
 )
 
+// Refusals aggregates refusal entries per kind and RefusalInterval. Add
+// says what to record at once; Run records the aggregates of each interval
+// as it ends; Flush hands out what is still being counted (the log's
+// keeper records it before a checkpoint, so the last one covers it).
+type Refusals struct {
+	// Record appends the aggregates Run hands out.
+	Record func(ctx context.Context, es ...*Entry)
+	Now    func() time.Time
+
+	mu    sync.Mutex
+	start time.Time
+	kinds map[refusalKey]*refusalCount
+}
+
 type refusalKey struct {
-	actor                        audit.Actor
+	actor                        Actor
 	action, target, reason, addr string
 	merged                       bool
 }
@@ -31,32 +43,28 @@ type refusalKey struct {
 type refusalCount struct {
 	n           int
 	first, last time.Time
-	sample      *audit.Entry // the first counted, as the aggregate's model
+	sample      *Entry // the first counted, as the aggregate's model
 }
 
-type refusalAgg struct {
-	now   func() time.Time
-	mu    sync.Mutex
-	start time.Time
-	kinds map[refusalKey]*refusalCount
+// NewRefusals returns an aggregator reading the time from now whose Run
+// hands the aggregates to record.
+func NewRefusals(now func() time.Time, record func(ctx context.Context, es ...*Entry)) *Refusals {
+	return &Refusals{Now: now, Record: record, kinds: map[refusalKey]*refusalCount{}}
 }
 
-func newRefusalAgg(now func() time.Time) *refusalAgg {
-	return &refusalAgg{now: now, kinds: map[refusalKey]*refusalCount{}}
-}
-
-// add takes a refusal entry and returns what to record now: the entry if it
+// Add takes a refusal entry and returns what to record now: the entry if it
 // is the first of its kind in the interval, and the aggregates of an
-// interval that just ended.
-func (a *refusalAgg) add(e *audit.Entry, remote string) []*audit.Entry {
-	audit.ClipEntry(e)
+// interval that just ended. remote is the caller's address (host:port),
+// which tells unauthenticated callers apart.
+func (a *Refusals) Add(e *Entry, remote string) []*Entry {
+	ClipEntry(e)
 	k := refusalKey{actor: e.Actor, action: e.Action, target: e.Target, reason: e.Reason}
 	if e.Actor.SpiffeID == "" && (e.Actor.User == "anonymous" || e.Actor.User == "unknown") {
 		k.addr = hostOf(remote) // unauthenticated: per source address
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := a.rollLocked(a.now(), false)
+	out := a.rollLocked(a.Now(), false)
 	if c := a.kinds[k]; c != nil {
 		c.add(e)
 		return out
@@ -75,7 +83,7 @@ func (a *refusalAgg) add(e *audit.Entry, remote string) []*audit.Entry {
 	return out
 }
 
-func (c *refusalCount) add(e *audit.Entry) {
+func (c *refusalCount) add(e *Entry) {
 	if c.n == 0 {
 		c.first, c.sample = e.Time, e
 	}
@@ -83,19 +91,38 @@ func (c *refusalCount) add(e *audit.Entry) {
 	c.last = e.Time
 }
 
-// flush returns the aggregates of an interval that has ended (all, if force).
-func (a *refusalAgg) flush(force bool) []*audit.Entry {
+// Flush returns the aggregates of an interval that has ended (all, if
+// force).
+func (a *Refusals) Flush(force bool) []*Entry {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.rollLocked(a.now(), force)
+	return a.rollLocked(a.Now(), force)
 }
 
-func (a *refusalAgg) rollLocked(now time.Time, force bool) []*audit.Entry {
-	if !force && now.Sub(a.start) < refusalInterval {
+// Run records ended intervals' aggregates until ctx ends. What is counted
+// at the end is recorded by the keeper's last checkpoint, before the log
+// closes.
+func (a *Refusals) Run(ctx context.Context) error {
+	t := time.NewTicker(RefusalInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if es := a.Flush(false); len(es) > 0 {
+				a.Record(ctx, es...)
+			}
+		}
+	}
+}
+
+func (a *Refusals) rollLocked(now time.Time, force bool) []*Entry {
+	if !force && now.Sub(a.start) < RefusalInterval {
 		return nil
 	}
 	a.start = now
-	var out []*audit.Entry
+	var out []*Entry
 	for k, c := range a.kinds {
 		if c.n == 0 {
 			continue
@@ -110,7 +137,7 @@ func (a *refusalAgg) rollLocked(now time.Time, force bool) []*audit.Entry {
 		e.Details["first"] = c.first.UTC().Format(time.RFC3339Nano)
 		e.Details["last"] = c.last.UTC().Format(time.RFC3339Nano)
 		if k.merged {
-			e.Actor = audit.Actor{User: "many-callers"}
+			e.Actor = Actor{User: "many-callers"}
 			e.Target = ""
 			e.Details["aggregated"] = "more kinds of refusal than " + strconv.Itoa(maxRefusalKinds) + " in the interval; details are the first one's"
 		}
@@ -125,20 +152,4 @@ func hostOf(remote string) string {
 		return h
 	}
 	return remote
-}
-
-// flushRefusals records ended intervals' aggregates until ctx ends. What
-// is counted at the end is recorded by the last checkpoint (see
-// Server.checkpoint), before the log closes.
-func (s *Server) flushRefusals(ctx context.Context) {
-	t := time.NewTicker(refusalInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.record(ctx, s.refusals.flush(false)...)
-		}
-	}
 }
