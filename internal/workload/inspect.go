@@ -2,6 +2,7 @@ package workload
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -83,6 +84,15 @@ func (s *Server) inspect(ctx context.Context, p *process, method string, ids []I
 		s.audit.refused(ctx, p, method, err.Error())
 		return nil, status.Error(codes.PermissionDenied, "the calling process could not be attested")
 	}
+	if !p.inUserNS(s.attestor.userNamespace()) {
+		// In a user namespace of its own a process may point its
+		// /proc/PID/exe at any file it can open (prctl PR_SET_MM_MAP):
+		// what it shows is not what it runs. Not inspected: the inventory
+		// misses it and a gated entry is refused for want of a verdict.
+		exe.Open = func() (*os.File, error) {
+			return nil, errors.New("workload: the caller runs in another user namespace than the agent's, where its /proc/PID/exe may name any file; its executable is not inspected")
+		}
+	}
 	allowed, refusals := s.inspector.Inspect(ctx, exe, ids)
 	for _, r := range refusals {
 		if r.DryRun {
@@ -96,4 +106,12 @@ func (s *Server) inspect(ctx context.Context, p *process, method string, ids []I
 		return nil, status.Error(codes.PermissionDenied, "refused by the scan gate: the executable must be patched (the agent's log says why)")
 	}
 	return allowed, nil
+}
+
+// inUserNS reports whether the caller was, at accept, in the user namespace
+// own (unknown on either side: not).
+func (p *process) inUserNS(own nsID) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.ns.user.known() && own.known() && p.ns.user == own
 }

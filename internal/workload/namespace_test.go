@@ -2,15 +2,18 @@ package workload
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/hex"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -312,4 +315,58 @@ func fileSHA256(t *testing.T, path string) string {
 	}
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// recordingInspector notes whether the executable it was shown could be
+// opened, and lets every identity through.
+type recordingInspector struct {
+	mu     sync.Mutex
+	opened []bool
+}
+
+func (r *recordingInspector) Inspect(_ context.Context, exe Executable, ids []Identity) ([]Identity, []Refusal) {
+	f, err := exe.Open()
+	if err == nil {
+		f.Close()
+	}
+	r.mu.Lock()
+	r.opened = append(r.opened, err == nil)
+	r.mu.Unlock()
+	return ids, nil
+}
+
+// The scan gate and the inventory read the caller's executable through
+// /proc/PID/exe; in a user namespace of its own a process can point that at
+// a clean binary while it runs a vulnerable one (PR_SET_MM_MAP). Such a
+// caller's executable is not inspected at all: the gate then fails closed.
+func TestInspectorNotShownExecutableFromAnotherUserNamespace(t *testing.T) {
+	unshare := needNamespaces(t)
+	dir := sharedDir(t)
+	bin := copyTestBinary(t, dir, "svc")
+	sock := filepath.Join(dir, "sock", "api.sock")
+	ln, err := Listen(sock, os.Geteuid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := &acceptSignal{Listener: ln, accepted: make(chan struct{}, 1)}
+	ins := &recordingInspector{}
+	srv := NewServer(&staticSource{snap: snapshotFor(t, toolsSel()), changed: make(chan struct{})}, Attestor{}, slog.New(slog.DiscardHandler), nil)
+	srv.SetInspector(ins)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx, sig); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	legit := asTools(exec.Command(bin))
+	legit.Env = connectorEnv(sock)
+	runConnectorCmd(t, legit, sig.accepted, "speak")
+	attack := asTools(exec.Command(unshare, "-Ur", bin))
+	attack.Env = connectorEnv(sock)
+	runConnectorCmd(t, attack, sig.accepted, "speak")
+
+	ins.mu.Lock()
+	defer ins.mu.Unlock()
+	if len(ins.opened) != 2 || !ins.opened[0] || ins.opened[1] {
+		t.Fatalf("executable opened for [same namespace, own user namespace] = %v, want [true false]", ins.opened)
+	}
 }
