@@ -589,7 +589,7 @@ func (l *Log) AppendEntries(ctx context.Context, es ...*Entry) (int64, error) {
 	for i, e := range es {
 		b, err := e.Marshal()
 		if err != nil {
-			b, err = l.unencodable(e, err)
+			b, err = l.unencodable(e)
 		}
 		if err != nil {
 			return 0, err
@@ -599,17 +599,16 @@ func (l *Log) AppendEntries(ctx context.Context, es ...*Entry) (int64, error) {
 	return l.Append(ctx, data...)
 }
 
-// unencodable encodes a clipped copy of e, or the entry recording that e
-// could not be encoded (encErr).
-func (l *Log) unencodable(e *Entry, encErr error) ([]byte, error) {
+// unencodable encodes a clipped copy of e, which did not encode, or the
+// entry recording that even that could not be encoded.
+func (l *Log) unencodable(e *Entry) ([]byte, error) {
 	c := *e
 	c.Details = maps.Clone(e.Details)
 	ClipEntry(&c)
-	b, err := c.Marshal()
-	if err == nil {
+	b, encErr := c.Marshal()
+	if encErr == nil {
 		return b, nil
 	}
-	encErr = err
 	l.opts.Logger.Error("audit: an entry could not be encoded; recording that instead", "action", Clip(e.Action), "err", encErr)
 	t := e.Time
 	if t.IsZero() {
