@@ -36,8 +36,10 @@ const auditUsage = `rampart audit verify|query|export|repair --data SERVER-DATA-
       longer produce and a tile that disagrees with them are each reported
       (PROBLEM, with the index and the file). It warns (WARNING) about what no
       signature vouches for: entries past the newest checkpoint ("not yet
-      covered") and parts of the log moved aside by repair. Exit status 1
-      on any problem; with --strict on any warning too.
+      covered"), parts of the log moved aside by repair, and tiles written
+      for entries the log no longer holds (a rollback or a torn write; the
+      warning names the tile and the entries in it). Exit status 1 on any
+      problem; with --strict on any warning too.
   query [FILTERS] [--limit N] [--json]
       Prints matching entries, oldest first (--json: JSON lines).
   export --format jsonl|syslog|es-bulk [FILTERS] [--from INDEX] [--out FILE]
@@ -106,7 +108,7 @@ func runAudit(ctx context.Context, env *cliEnv, args []string) error {
 	var witnesses repeatFlag
 	fs.Var(&witnesses, "witness", "a checkpoint file kept by a witness (repeatable)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	strict := fs.Bool("strict", false, "fail on warnings too: entries past the newest checkpoint, quarantined parts of the log")
+	strict := fs.Bool("strict", false, "fail on warnings too: entries past the newest checkpoint, quarantined parts of the log, tiles past the end of the log")
 	if err := parse(env, fs, args[1:]); err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/backup"
 	"github.com/rampartsec/rampart/internal/keywrap"
+	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/server"
 	"github.com/rampartsec/rampart/internal/store"
 )
@@ -324,7 +325,11 @@ func createOffline(ctx context.Context, env *cliEnv, data, cfgFile, tdName, pg, 
 		return nil, err
 	}
 	defer st.Close()
-	skey, err := os.ReadFile(filepath.Join(data, "keys", "audit.key"))
+	keyPath := filepath.Join(data, "keys", "audit.key")
+	if err := secretfile.CheckPrivate(keyPath, "the audit log's checkpoint signing key"); err != nil {
+		return nil, err
+	}
+	skey, err := os.ReadFile(keyPath)
 	if err != nil {
 		return nil, fmt.Errorf("the audit key: %w", err)
 	}

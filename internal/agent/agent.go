@@ -117,6 +117,11 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	cfg.DataDir = dataDir
+	// A cache group or others may read gives away the agent's key and
+	// the workloads' SVID keys.
+	if err := secretfile.CheckPrivate(filepath.Join(dataDir, "cache.json"), "the agent's cache: its key, the workloads' keys, the trust bundle"); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	a := &Agent{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, td: cfg.TrustDomain,
 		revoked: map[string]struct{}{}, workloads: map[string]*held{}, changed: make(chan struct{}),

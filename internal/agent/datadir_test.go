@@ -42,3 +42,24 @@ func TestNewRefusesDataDirectoryOfAnotherUser(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Red team finding 6 (class): a cache.json group or others may read (the
+// agent's key, the workloads' keys) was accepted. The agent refuses it,
+// naming the chmod.
+func TestNewRefusesReadableCache(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cache := filepath.Join(data, "cache.json")
+	if err := os.WriteFile(cache, []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(cache, 0o644) // past the umask
+	bundle := filepath.Join(t.TempDir(), "bundle.pem")
+	os.WriteFile(bundle, identity.EncodePEM(testHeld(t).Chain), 0o644)
+	_, err := New(Config{ServerAddr: "127.0.0.1:1", BundleFile: bundle, SocketPath: filepath.Join(t.TempDir(), "s", "api.sock"), DataDir: data})
+	if err == nil || !strings.Contains(err.Error(), "has mode 0644") || !strings.Contains(err.Error(), "chmod 600 "+cache) {
+		t.Fatalf("agent.New with a cache.json of mode 0644: %v", err)
+	}
+}

@@ -29,9 +29,10 @@ const (
 
 // Clipping bounds (see auditentry.Clip).
 const (
-	MaxField      = auditentry.MaxField
-	MaxDetails    = auditentry.MaxDetails
-	DetailClipped = auditentry.DetailClipped
+	MaxField       = auditentry.MaxField
+	MaxDetails     = auditentry.MaxDetails
+	MaxClippedSize = auditentry.MaxClippedSize
+	DetailClipped  = auditentry.DetailClipped
 )
 
 // DecodeEntry decodes an entry strictly, without requiring the canonical
@@ -41,7 +42,7 @@ func DecodeEntry(b []byte) (*Entry, error) { return auditentry.Decode(b) }
 // ParseEntry decodes an entry in its canonical encoding only (auditentry.Parse).
 func ParseEntry(b []byte) (*Entry, error) { return auditentry.Parse(b) }
 
-// Clip bounds a field to MaxField bytes (auditentry.Clip).
+// Clip bounds a field to MaxField bytes encoded (auditentry.Clip).
 func Clip(s string) string { return auditentry.Clip(s) }
 
 // ClipEntry clips every field of e a caller may have chosen (auditentry.ClipFields).

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
+	"github.com/rampartsec/rampart/internal/secretfile"
 )
 
 // DefaultCheckpointInterval is how often a Keeper publishes a signed
@@ -210,10 +211,15 @@ func (k *Keeper) entry(action, outcome, reason string, kv ...string) *Entry {
 	return e
 }
 
-// LoadSigner loads the checkpoint signing key from keyPath or, on first
-// start, creates it (0600) for origin and writes its verifier key to
+// LoadSigner loads the checkpoint signing key from keyPath (refused if
+// group or others may read it) or, on first start, creates it (0600) for
+// origin and writes its verifier key to
 // pubPath (0644), for "rampart audit verify" and for witnesses.
 func LoadSigner(keyPath, pubPath, origin string) (note.Signer, error) {
+	// Whoever reads the key can sign checkpoints of a rewritten log.
+	if err := secretfile.CheckPrivate(keyPath, "the audit log's checkpoint signing key"); err != nil {
+		return nil, fmt.Errorf("audit: checkpoint key: %w", err)
+	}
 	skey, err := os.ReadFile(keyPath)
 	if errors.Is(err, fs.ErrNotExist) {
 		s, v, err := note.GenerateKey(rand.Reader, origin)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -578,17 +579,47 @@ func (l *Log) Append(ctx context.Context, entries ...[]byte) (int64, error) {
 	return req.first, req.err
 }
 
-// AppendEntries encodes and appends entries.
+// AppendEntries encodes and appends entries. One entry that cannot be
+// encoded never costs the others their place: it is clipped
+// (ClipEntry) and, if it still does not encode, replaced by an
+// audit.entry_unencodable entry saying why, so only a failure to write
+// fails the call.
 func (l *Log) AppendEntries(ctx context.Context, es ...*Entry) (int64, error) {
 	data := make([][]byte, len(es))
 	for i, e := range es {
 		b, err := e.Marshal()
+		if err != nil {
+			b, err = l.unencodable(e)
+		}
 		if err != nil {
 			return 0, err
 		}
 		data[i] = b
 	}
 	return l.Append(ctx, data...)
+}
+
+// unencodable encodes a clipped copy of e, which did not encode, or the
+// entry recording that even that could not be encoded.
+func (l *Log) unencodable(e *Entry) ([]byte, error) {
+	c := *e
+	c.Details = maps.Clone(e.Details)
+	ClipEntry(&c)
+	b, encErr := c.Marshal()
+	if encErr == nil {
+		return b, nil
+	}
+	l.opts.Logger.Error("audit: an entry could not be encoded; recording that instead", "action", Clip(e.Action), "err", encErr)
+	t := e.Time
+	if t.IsZero() {
+		t = l.opts.Now()
+	}
+	r := &Entry{V: SchemaVersion, Time: t, Actor: l.opts.Actor, Action: "audit.entry_unencodable", Outcome: OutcomeFailure,
+		Reason: Clip(encErr.Error()), Source: c.Source, Stream: c.Stream, Seq: c.Seq,
+		Details: map[string]string{"action": c.Action, "actor.spiffe_id": c.Actor.SpiffeID, "actor.user": c.Actor.User,
+			"target": c.Target, "outcome": c.Outcome}}
+	ClipEntry(r)
+	return r.Marshal()
 }
 
 func (l *Log) writer() {

@@ -529,3 +529,58 @@ func FuzzRecordFraming(f *testing.F) {
 		quarantinedEntry(data, at, next, (*tlog.Hash)(&leaf))
 	})
 }
+
+// Red team finding 5: a log rolled back to an earlier checkpoint, with
+// tile/entries/000.p/40 still holding the entries cut, verified OK, the
+// tiles merely counted as "tiles_beyond: 2". Tiles past the end of the
+// log are evidence of a rollback or a torn write: a warning naming them
+// and the entries they hold, and a failure under --strict.
+func TestVerifyWarnsOfTilesPastTheEnd(t *testing.T) {
+	dir := t.TempDir()
+	signer, v, _, _ := checkpointedLog(t, dir, 38, 38)
+	saved := logFiles(t, dir) // entries.log, offsets.bin, hashes.bin, checkpoint
+	l, err := Open(dir, origin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill(t, l, 38, 2)
+	if _, err := l.Checkpoint(signer); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	for _, p := range []string{"tile/0/000.p/40", "tile/entries/000.p/40"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
+			t.Fatalf("the test needs %s: %v", p, err)
+		}
+	}
+	// Roll back: the files as they were at 38 entries, the newer
+	// checkpoint gone; the tiles of 40 left behind.
+	for name, b := range saved {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Remove(filepath.Join(dir, "checkpoints", "40"))
+	rep, err := Verify(dir, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Fatalf("problems %v: a rollback to a signed checkpoint is consistent; the tiles are the evidence", rep.Problems)
+	}
+	if rep.Clean() || rep.TilesPastEnd != 2 || rep.TilesBeyond != 0 {
+		t.Fatalf("tiles past the end: %d (beyond %d), warnings %v: want 2 warnings, so --strict fails", rep.TilesPastEnd, rep.TilesBeyond, rep.Warnings)
+	}
+	want := map[string]string{
+		"tile/0/000.p/40":       "level-0 hash tile 0 (width 40, entries 0 to 39) reaches past the end of the log (38 entries): it was written for entries 38 to 39",
+		"tile/entries/000.p/40": "it holds 38: authz.decision success by spiffe://example.org/orders at 2026-01-01T00:00:00.000000038Z; 39: ",
+	}
+	for _, w := range rep.Warnings {
+		if d, ok := want[w.Path]; ok && w.Kind == "tile" && strings.Contains(w.Detail, d) {
+			delete(want, w.Path)
+		}
+	}
+	if len(want) > 0 {
+		t.Fatalf("warnings %v lack %v", rep.Warnings, want)
+	}
+}

@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -10,14 +11,20 @@ import (
 
 // Refusals are what an attacker can produce at will, unauthenticated or
 // not: each kind (actor, action, target, reason, and for anonymous callers
-// the source address) is recorded once per interval as it happens, and its
-// repeats within the interval as one entry with details.count (and first,
-// last), as the agent does for attestation refusals and the guard for
-// decisions. The table is bounded; past it, kinds merge per action and
-// reason (actor "many-callers").
+// the source: its IPv4 address, or its IPv6 /64, as the rate limiters
+// count them, since one host holds a whole /64) is recorded once per
+// interval as it happens, and its repeats within the interval as one entry
+// with details.count (and first, last), as the agent does for attestation
+// refusals and the guard for decisions. Both tables are bounded: past
+// maxRefusalSources unauthenticated sources in an interval, the others are
+// counted per action and reason in one "many-sources" aggregate; past
+// maxRefusalKinds kinds, kinds merge per action and reason (actor
+// "many-callers"). Either way an interval costs the log a bounded number of
+// entries, whatever the number of callers.
 const (
-	RefusalInterval = 10 * time.Second
-	maxRefusalKinds = 4096
+	RefusalInterval   = 10 * time.Second
+	maxRefusalKinds   = 4096
+	maxRefusalSources = 256
 )
 
 // Refusals aggregates refusal entries per kind and RefusalInterval. Add
@@ -32,12 +39,17 @@ type Refusals struct {
 	mu    sync.Mutex
 	start time.Time
 	kinds map[refusalKey]*refusalCount
+	// sources are the unauthenticated sources counted one by one in the
+	// interval; overflow those counted in the many-sources aggregates
+	// (up to maxRefusalKinds of them, to say how many there were).
+	sources, overflow map[string]struct{}
 }
 
 type refusalKey struct {
 	actor                        Actor
 	action, target, reason, addr string
-	merged                       bool
+	merged                       bool // past maxRefusalKinds
+	manySources                  bool // past maxRefusalSources
 }
 
 type refusalCount struct {
@@ -49,7 +61,7 @@ type refusalCount struct {
 // NewRefusals returns an aggregator reading the time from now whose Run
 // hands the aggregates to record.
 func NewRefusals(now func() time.Time, record func(ctx context.Context, es ...*Entry)) *Refusals {
-	return &Refusals{Now: now, Record: record, kinds: map[refusalKey]*refusalCount{}}
+	return &Refusals{Now: now, Record: record, kinds: map[refusalKey]*refusalCount{}, sources: map[string]struct{}{}, overflow: map[string]struct{}{}}
 }
 
 // Add takes a refusal entry and returns what to record now: the entry if it
@@ -59,21 +71,36 @@ func NewRefusals(now func() time.Time, record func(ctx context.Context, es ...*E
 func (a *Refusals) Add(e *Entry, remote string) []*Entry {
 	ClipEntry(e)
 	k := refusalKey{actor: e.Actor, action: e.Action, target: e.Target, reason: e.Reason}
-	if e.Actor.SpiffeID == "" && (e.Actor.User == "anonymous" || e.Actor.User == "unknown") {
-		k.addr = hostOf(remote) // unauthenticated: per source address
+	anonymous := e.Actor.SpiffeID == "" && (e.Actor.User == "anonymous" || e.Actor.User == "unknown")
+	if anonymous {
+		k.addr = SourceOf(remote) // unauthenticated: per source
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := a.rollLocked(a.Now(), false)
+	if anonymous {
+		if _, ok := a.sources[k.addr]; !ok {
+			if len(a.sources) < maxRefusalSources {
+				a.sources[k.addr] = struct{}{}
+			} else {
+				if len(a.overflow) < maxRefusalKinds {
+					a.overflow[k.addr] = struct{}{}
+				}
+				k = refusalKey{action: e.Action, reason: e.Reason, manySources: true}
+			}
+		}
+	}
 	if c := a.kinds[k]; c != nil {
 		c.add(e)
 		return out
 	}
-	if len(a.kinds) < maxRefusalKinds {
+	if len(a.kinds) < maxRefusalKinds && !k.manySources {
 		a.kinds[k] = &refusalCount{}
 		return append(out, e)
 	}
-	k = refusalKey{action: e.Action, reason: e.Reason, merged: true}
+	if !k.manySources {
+		k = refusalKey{action: e.Action, reason: e.Reason, merged: true}
+	}
 	c := a.kinds[k]
 	if c == nil {
 		c = &refusalCount{}
@@ -136,20 +163,48 @@ func (a *Refusals) rollLocked(now time.Time, force bool) []*Entry {
 		e.Details["count"] = strconv.Itoa(c.n)
 		e.Details["first"] = c.first.UTC().Format(time.RFC3339Nano)
 		e.Details["last"] = c.last.UTC().Format(time.RFC3339Nano)
-		if k.merged {
+		switch {
+		case k.merged:
 			e.Actor = Actor{User: "many-callers"}
 			e.Target = ""
 			e.Details["aggregated"] = "more kinds of refusal than " + strconv.Itoa(maxRefusalKinds) + " in the interval; details are the first one's"
+		case k.manySources:
+			e.Actor = Actor{User: "many-sources"}
+			e.Target = ""
+			n := strconv.Itoa(len(a.overflow))
+			if len(a.overflow) >= maxRefusalKinds {
+				n = "at least " + n
+			}
+			e.Details["sources"] = n
+			e.Details["aggregated"] = "refusals of unauthenticated callers from more than " + strconv.Itoa(maxRefusalSources) +
+				" sources in the interval: " + n + " more sources (IPv4 addresses, IPv6 /64s); details are the first one's"
 		}
 		out = append(out, &e)
 	}
 	clear(a.kinds)
+	clear(a.sources)
+	clear(a.overflow)
 	return out
 }
 
-func hostOf(remote string) string {
+// SourceOf is what unauthenticated refusals are counted by: the IP
+// address of remote (host:port), or its /64 for IPv6 (one host commonly
+// holds a whole /64, so counting its addresses one by one would let it
+// write one entry per address), as ratelimit.Source counts requests. An
+// IPv4-mapped IPv6 address is its IPv4 address; what does not parse is
+// kept as it is (clipped).
+func SourceOf(remote string) string {
+	host := remote
 	if h, _, err := net.SplitHostPort(remote); err == nil {
-		return h
+		host = h
 	}
-	return remote
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return Clip(remote)
+	}
+	ip = ip.Unmap().WithZone("")
+	if ip.Is4() {
+		return ip.String()
+	}
+	return netip.PrefixFrom(ip, 64).Masked().String()
 }

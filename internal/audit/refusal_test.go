@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -84,5 +85,78 @@ func TestRefusalsRunStops(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
+	}
+}
+
+// Red team: 3,000 source addresses in one IPv6 /64 (what one host is
+// commonly given) wrote 3,000 refusal entries in 2.9 s: refusals were
+// counted per full address while the rate limiter counts a /64 as one.
+func TestRefusalsCountIPv6PerSlash64(t *testing.T) {
+	clk := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	a := NewRefusals(clk.Now, nil)
+	anon := Actor{User: "anonymous"}
+	recorded := 0
+	for i := range 3000 {
+		recorded += len(a.Add(refusal(clk, anon, "wrong token"), fmt.Sprintf("[2001:db8:1:2:%x:%x::1]:443", i/256, i%256)))
+	}
+	if recorded != 1 {
+		t.Fatalf("3,000 addresses of one /64: %d entries recorded at once, want 1", recorded)
+	}
+	clk.Add(RefusalInterval)
+	got := a.Flush(false)
+	if len(got) != 1 || got[0].Details["count"] != "2999" {
+		t.Fatalf("aggregates %+v: want one with count 2999", got)
+	}
+}
+
+// A caller with many /64s (a /48 holds 65,536) or many IPv4 addresses
+// cannot buy an entry per address either: past maxRefusalSources sources
+// in an interval, the rest are counted in one many-sources aggregate.
+func TestRefusalsBoundSourcesPerInterval(t *testing.T) {
+	clk := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	a := NewRefusals(clk.Now, nil)
+	anon := Actor{User: "anonymous"}
+	for round := range 2 {
+		recorded := 0
+		for i := range 2000 {
+			recorded += len(a.Add(refusal(clk, anon, "wrong token"), fmt.Sprintf("[2001:db8:%x:%x::1]:443", i/256, i%256)))
+			recorded += len(a.Add(refusal(clk, anon, "wrong token"), fmt.Sprintf("10.%d.%d.1:443", i/256, i%256)))
+		}
+		if recorded > maxRefusalSources+1 { // +1: the previous interval's aggregates
+			t.Fatalf("round %d: 4,000 sources: %d entries recorded at once, want at most %d", round, recorded, maxRefusalSources+1)
+		}
+		clk.Add(RefusalInterval)
+		var many *Entry
+		total := 0
+		for _, e := range a.Flush(false) {
+			n, _ := strconv.Atoi(e.Details["count"])
+			total += n
+			if e.Actor.User == "many-sources" {
+				many = e
+			}
+		}
+		if many == nil || many.Details["count"] != strconv.Itoa(4000-maxRefusalSources) || many.Details["sources"] != strconv.Itoa(4000-maxRefusalSources) {
+			t.Fatalf("round %d: many-sources aggregate %+v: want count and sources %d", round, many, 4000-maxRefusalSources)
+		}
+		if total != 4000-maxRefusalSources {
+			t.Fatalf("round %d: aggregates count %d refusals, want %d (the others were recorded at once)", round, total, 4000-maxRefusalSources)
+		}
+	}
+}
+
+func TestSourceOf(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.1:1000":                "192.0.2.1",
+		"[2001:db8::1]:443":             "2001:db8::/64",
+		"[2001:db8:0:0:ffff:1:2:3]:443": "2001:db8::/64",
+		"[2001:db8:0:1::1]:443":         "2001:db8:0:1::/64",
+		"[::ffff:192.0.2.7]:80":         "192.0.2.7",
+		"[fe80::1%eth0]:80":             "fe80::/64",
+		"spiffe://example.org/orders":   "spiffe://example.org/orders",
+		"192.0.2.9":                     "192.0.2.9",
+	} {
+		if got := SourceOf(in); got != want {
+			t.Errorf("SourceOf(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

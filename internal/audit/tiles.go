@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -134,6 +135,12 @@ func parseTilePath(p string) (tileRef, error) {
 func verifyTiles(dir string, rep *Report, tree *memHashes, recorded tlog.HashReader, sealed, newest int64) error {
 	root := filepath.Join(dir, "tile")
 	seen := map[string]bool{}
+	type beyond struct {
+		t    tileRef
+		rel  string
+		data []byte
+	}
+	var past []beyond
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
@@ -163,7 +170,7 @@ func verifyTiles(dir string, rep *Report, tree *memHashes, recorded tlog.HashRea
 		}
 		seen[rel] = true
 		if t.end() > rep.Entries {
-			rep.TilesBeyond++ // written for entries appended since the pass began
+			past = append(past, beyond{t, rel, data}) // appended since the pass began, or cut from the log
 			return nil
 		}
 		if t.entries {
@@ -177,6 +184,20 @@ func verifyTiles(dir string, rep *Report, tree *memHashes, recorded tlog.HashRea
 	})
 	if err != nil {
 		return fmt.Errorf("tiles: %w", err)
+	}
+	// A tile past the entries read was either written for entries
+	// appended since the pass began (the log holds them now: not
+	// checked), or holds entries the log no longer has: it was rolled
+	// back, or a write was torn after its tiles were written. That is
+	// evidence, and a warning.
+	now, cerr := Count(dir)
+	for _, b := range past {
+		if cerr == nil && b.t.end() <= now {
+			rep.TilesBeyond++
+			continue
+		}
+		rep.TilesPastEnd++
+		rep.Warnings = append(rep.Warnings, Problem{Index: b.t.first(), Kind: "tile", Path: b.rel, Detail: pastEnd(b.t, b.data, max(rep.Entries, now))})
 	}
 	// What a client reading the newest checkpoint needs: every hash tile
 	// of that tree (a partial one, or the full tile that replaced it) and
@@ -219,6 +240,45 @@ func verifyTiles(dir string, rep *Report, tree *memHashes, recorded tlog.HashRea
 		}
 	}
 	return nil
+}
+
+// pastEnd says what a tile reaching past the end of a log of n entries
+// holds: for an entry bundle, the entries the log does not have.
+func pastEnd(t tileRef, data []byte, n int64) string {
+	from := max(t.first(), n)
+	msg := fmt.Sprintf("%s reaches past the end of the log (%d entries): it was written for entries %d to %d, which the log does not hold; "+
+		"the log was rolled back or cut after they were written (compare with a witness's checkpoints)", t, n, from, t.end()-1)
+	if !t.entries {
+		return msg
+	}
+	es, err := parseBundle(data, t.w)
+	if err != nil {
+		return msg + fmt.Sprintf("; the bundle does not read (%v)", err)
+	}
+	var held []string
+	for j := from - t.first(); j < int64(len(es)); j++ {
+		if len(held) == 5 {
+			held = append(held, fmt.Sprintf("and %d more", int64(len(es))-j))
+			break
+		}
+		e, err := ParseEntry(es[j])
+		if err != nil {
+			held = append(held, fmt.Sprintf("%d: unreadable (%v)", t.first()+j, err))
+			continue
+		}
+		held = append(held, fmt.Sprintf("%d: %s %s by %s at %s", t.first()+j, e.Action, e.Outcome, actorString(e.Actor), e.Time.UTC().Format(time.RFC3339Nano)))
+	}
+	return msg + "; it holds " + strings.Join(held, "; ")
+}
+
+func actorString(a Actor) string {
+	switch {
+	case a.SpiffeID != "" && a.User != "":
+		return a.User + " via " + a.SpiffeID
+	case a.SpiffeID != "":
+		return a.SpiffeID
+	}
+	return a.User
 }
 
 func checkHashTile(rep *Report, tree *memHashes, recorded tlog.HashReader, t tileRef, rel string, data []byte) {

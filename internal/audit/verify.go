@@ -20,7 +20,8 @@ import (
 type Problem struct {
 	Index int64 `json:"index"` // the entry index, or the checkpoint's tree size (-1: none)
 	// Kind: "edited", "missing", "extra", "unreadable", "checkpoint",
-	// "tile"; for warnings also "uncovered" and "quarantined".
+	// "tile"; for warnings also "uncovered", "quarantined" and "tile" (a
+	// stray file under tile/, or a tile past the end of the log).
 	Kind   string `json:"kind"`
 	Path   string `json:"path,omitempty"` // the file at fault, relative to the log's directory
 	Detail string `json:"detail"`
@@ -48,10 +49,14 @@ type Report struct {
 	Uncovered int64 `json:"uncovered"`
 	// Tiles and Bundles count the hash tiles and entry bundles under
 	// tile/ checked against the entries; TilesBeyond those written for
-	// entries appended after the pass began, not checked.
-	Tiles       int `json:"tiles"`
-	Bundles     int `json:"bundles"`
-	TilesBeyond int `json:"tiles_beyond"`
+	// entries appended after the pass began (the log holds them by the
+	// end of the pass), not checked; TilesPastEnd those written for
+	// entries the log does not hold (rolled back, or cut after a torn
+	// write), each a warning naming the tile and the entries it holds.
+	Tiles        int `json:"tiles"`
+	Bundles      int `json:"bundles"`
+	TilesBeyond  int `json:"tiles_beyond"`
+	TilesPastEnd int `json:"tiles_past_end"`
 	// Archive is set for a directory fetched from an archive (segments,
 	// no stored hashes); Beyond counts its checkpoints of trees larger
 	// than the segments hold (entries not sealed yet when it was copied),

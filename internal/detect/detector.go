@@ -2,6 +2,7 @@ package detect
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -56,16 +57,62 @@ func NewDetector(cfg DetectorConfig) (*Detector, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Detector{cfg: cfg, notifier: NewNotifier(rs.Sinks, cfg.Client, cfg.Log, cfg.Registry)}
+	var reg prometheus.Registerer
+	if cfg.Registry != nil {
+		reg = cfg.Registry
+	}
+	d := &Detector{cfg: cfg, notifier: NewNotifier(NotifierConfig{Sinks: rs.Sinks, Client: cfg.Client, Log: cfg.Log, Registry: reg, Now: cfg.Now})}
 	d.tailer = &Tailer{Dir: cfg.Dir, Engine: NewEngine(rs), Store: cfg.Store, Log: cfg.Log, Now: cfg.Now, Registry: cfg.Registry, OnAlert: d.onAlert}
 	cfg.Log.Info("detection rules loaded", "rules", len(rs.Rules), "sinks", len(rs.Sinks))
 	return d, nil
 }
 
-// Run follows the log until ctx is done.
+// DropReportInterval is how often dropped notifications are recorded in
+// the audit log (detect.notifications_dropped), when there were any.
+const DropReportInterval = time.Minute
+
+// Run follows the log until ctx is done, and records dropped
+// notifications every DropReportInterval.
 func (d *Detector) Run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(DropReportInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				d.ReportDrops(context.WithoutCancel(ctx))
+				return
+			case <-t.C:
+				d.ReportDrops(ctx)
+			}
+		}
+	}()
 	d.tailer.Run(ctx)
+	<-done
 	return nil
+}
+
+// ReportDrops records the notifications dropped since the last report as
+// one detect.notifications_dropped entry (nothing when none were).
+func (d *Detector) ReportDrops(ctx context.Context) {
+	drops := d.notifier.TakeDrops()
+	if len(drops) == 0 {
+		return
+	}
+	var total int64
+	details := map[string]string{}
+	for k, n := range drops {
+		total += n
+		details[k.Sink+"."+k.Severity+"."+k.Reason] = strconv.FormatInt(n, 10)
+	}
+	details["total"] = strconv.FormatInt(total, 10)
+	e := &audit.Entry{V: audit.SchemaVersion, Time: d.cfg.Now(), Actor: audit.Actor{User: "rampart-detect"}, Action: "detect.notifications_dropped",
+		Target: "notifications", Outcome: audit.OutcomeFailure, Source: "server",
+		Reason:  fmt.Sprintf("%d alert notifications dropped since the last report (the alerts are stored: rampart alert list); details: sink.severity.reason", total),
+		Details: details}
+	d.cfg.Append(ctx, e)
 }
 
 // Close delivers the notifications still queued and stops.

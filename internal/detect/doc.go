@@ -42,6 +42,15 @@
 // the group and the index of the entry that raised the alert, so a replay
 // raises nothing new.
 //
+// # Bounds
+//
+// What entries claim is chosen by whoever shipped them, so nothing grows
+// with it: a rule keeps at most Engine.MaxGroups groups (the rest count,
+// and fire, as OverflowGroup), a threshold group is at most 66 time
+// buckets, and state is swept by entry count and entry time. Notifier
+// gives each sink its own queue and worker, highest severity first, with a
+// per-rule share, and counts every notification it drops.
+//
 // # Running
 //
 // Detector is what the server runs on the replica that keeps the log: the

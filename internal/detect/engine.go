@@ -1,9 +1,11 @@
 package detect
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -114,32 +116,63 @@ func withinClip(en *audit.Entry) bool {
 
 // Engine runs rules over entries in log order. It is not safe for
 // concurrent use; one goroutine feeds it.
+//
+// Its memory is bounded whatever the entries say (a compromised enforcer
+// ships entries with any actor it likes): a rule keeps state for at most
+// MaxGroups groups, a group's window costs a few buckets, not one slot per
+// match, and state that no longer matters is swept every sweepEntries
+// entries and every sweepEvery of entry time.
 type Engine struct {
 	rules     []*ruleState
 	byAction  map[string][]*ruleState
 	anyAction []*ruleState
 	start     time.Time // time of the first entry seen: baselines start here
 	seen      int64
+	latest    time.Time // the newest entry time seen
+	swept     time.Time // entry time of the last sweep
 	// Errors counts condition evaluation errors (treated as no match).
 	Errors int64
+	// MaxGroups bounds the groups a rule keeps state for (default
+	// DefaultMaxGroups). Past it, matches of groups it does not know are
+	// counted, and alerted on, as one group, OverflowGroup: a flood of
+	// distinct groups still fires.
+	MaxGroups int
+	// OnOverflow, if set, hears each match counted in OverflowGroup, with
+	// the rule's running count of them (for a metric and a log line).
+	OnOverflow func(rule string, n int64)
 }
+
+// DefaultMaxGroups is the default Engine.MaxGroups.
+const DefaultMaxGroups = 10_000
+
+// OverflowGroup is the group of matches past a rule's MaxGroups groups.
+const OverflowGroup = "(other groups: more than the rule keeps apart)"
+
+// Sweeping: every sweepEntries entries, and whenever the entries' time
+// has moved sweepEvery since the last sweep.
+const (
+	sweepEntries = 8192
+	sweepEvery   = time.Minute
+)
 
 type ruleState struct {
 	*Rule
-	rings map[string]*ring        // threshold: recent match times per group
-	terms map[string]struct{}     // new_terms: combinations seen
-	open  map[string]*store.Alert // latest alert per group, for dedup
+	counts    map[string]*window      // threshold: recent matches per group
+	terms     map[[16]byte]struct{}   // new_terms: combinations seen (hashed)
+	open      map[string]*store.Alert // latest alert per group, for dedup
+	overflows int64                   // matches counted in OverflowGroup
 }
 
-// maxTerms bounds a new_terms rule's memory; beyond it new combinations are
-// still alerted on but no longer remembered.
-const maxTerms = 1 << 20
+// maxTerms bounds a new_terms rule's memory (a hash of 16 bytes each);
+// beyond it new combinations are still alerted on but no longer
+// remembered.
+const maxTerms = 1 << 18
 
 // NewEngine returns an engine for rs.
 func NewEngine(rs *RuleSet) *Engine {
-	e := &Engine{byAction: map[string][]*ruleState{}}
+	e := &Engine{byAction: map[string][]*ruleState{}, MaxGroups: DefaultMaxGroups}
 	for _, r := range rs.Rules {
-		st := &ruleState{Rule: r, rings: map[string]*ring{}, terms: map[string]struct{}{}, open: map[string]*store.Alert{}}
+		st := &ruleState{Rule: r, counts: map[string]*window{}, terms: map[[16]byte]struct{}{}, open: map[string]*store.Alert{}}
 		e.rules = append(e.rules, st)
 		if len(r.Actions) == 0 {
 			e.anyAction = append(e.anyAction, st)
@@ -165,11 +198,15 @@ func (e *Engine) Rules() []*Rule {
 // LastSeen and LastIndex moved).
 func (e *Engine) Process(i int64, en *audit.Entry) []store.Alert {
 	if e.start.IsZero() {
-		e.start = en.Time
+		e.start, e.swept = en.Time, en.Time
+	}
+	if en.Time.After(e.latest) {
+		e.latest = en.Time
 	}
 	e.seen++
-	if e.seen%8192 == 0 {
-		e.sweep(en.Time)
+	if e.seen%sweepEntries == 0 || e.latest.Sub(e.swept) >= sweepEvery {
+		e.sweep(e.latest)
+		e.swept = e.latest
 	}
 	var out []store.Alert
 	var act map[string]any
@@ -203,32 +240,36 @@ func (r *ruleState) match(e *Engine, i int64, en *audit.Entry) (store.Alert, boo
 	switch {
 	case r.Threshold > 0:
 		group := groupKey(r.GroupBy, en)
-		rg := r.rings[group]
-		if rg == nil {
-			rg = &ring{t: make([]time.Time, r.Threshold)}
-			r.rings[group] = rg
+		w := r.counts[group]
+		if w == nil {
+			if len(r.counts) >= e.maxGroups() {
+				group = e.overflow(r)
+				w = r.counts[group]
+			}
+			if w == nil {
+				w = &window{}
+				r.counts[group] = w
+			}
 		}
 		// An aggregate entry stands for details.count matches.
-		full := false
-		for range min(countOf(en), r.Threshold) {
-			full = rg.add(en.Time, r.Window) || full
-		}
-		if !full {
+		if !w.add(en.Time, min(countOf(en), r.Threshold), r.Threshold, r.Window) {
 			return store.Alert{}, false
 		}
-		return r.fire(i, en, group, fmt.Sprintf("%d matching entries within %s%s", r.Threshold, r.Window, forGroup(group))), true
+		return r.fire(e, i, en, group, fmt.Sprintf("%d matching entries within %s%s", r.Threshold, r.Window, forGroup(group))), true
 	case r.NewTerms != nil:
 		term := groupKey(r.NewTerms, en)
-		if _, ok := r.terms[term]; ok {
+		h := sha256.Sum256([]byte(term))
+		key := [16]byte(h[:16])
+		if _, ok := r.terms[key]; ok {
 			return store.Alert{}, false
 		}
 		if len(r.terms) < maxTerms {
-			r.terms[term] = struct{}{}
+			r.terms[key] = struct{}{}
 		}
 		if en.Time.Sub(e.start) < r.Baseline {
 			return store.Alert{}, false // still learning
 		}
-		return r.fire(i, en, term, "first seen after the baseline: "+term), true
+		return r.fire(e, i, en, term, "first seen after the baseline: "+term), true
 	default:
 		group := groupKey(r.GroupBy, en)
 		what := en.Action + " " + en.Outcome + " by " + actorOf(en)
@@ -238,12 +279,34 @@ func (r *ruleState) match(e *Engine, i int64, en *audit.Entry) (store.Alert, boo
 		if en.Reason != "" {
 			what += ": " + en.Reason
 		}
-		return r.fire(i, en, group, what), true
+		return r.fire(e, i, en, group, what), true
 	}
 }
 
+func (e *Engine) maxGroups() int {
+	if e.MaxGroups > 0 {
+		return e.MaxGroups
+	}
+	return DefaultMaxGroups
+}
+
+// overflow counts a match of r past its MaxGroups groups and returns the
+// group to count it in.
+func (e *Engine) overflow(r *ruleState) string {
+	r.overflows++
+	if e.OnOverflow != nil {
+		e.OnOverflow(r.Name, r.overflows)
+	}
+	return OverflowGroup
+}
+
 // fire raises an alert for group, or merges into the group's open alert.
-func (r *ruleState) fire(i int64, en *audit.Entry, group, summary string) store.Alert {
+// Past MaxGroups open alerts, a new group's alert is OverflowGroup's.
+func (r *ruleState) fire(e *Engine, i int64, en *audit.Entry, group, summary string) store.Alert {
+	if r.open[group] == nil && group != OverflowGroup && len(r.open) >= e.maxGroups() {
+		group = e.overflow(r)
+		summary += " (and others: more groups than the rule keeps apart)"
+	}
 	if a := r.open[group]; a != nil && en.Time.Sub(a.LastSeen) <= r.Dedup {
 		a.LastSeen, a.LastIndex = en.Time, i
 		a.Count++
@@ -260,9 +323,9 @@ func (r *ruleState) fire(i int64, en *audit.Entry, group, summary string) store.
 // sweep drops state that can no longer matter at time now.
 func (e *Engine) sweep(now time.Time) {
 	for _, r := range e.rules {
-		for g, rg := range r.rings {
-			if now.Sub(rg.last()) > r.Window {
-				delete(r.rings, g)
+		for g, w := range r.counts {
+			if now.UnixNano()-w.newest() > int64(r.Window) {
+				delete(r.counts, g)
 			}
 		}
 		for g, a := range r.open {
@@ -273,43 +336,72 @@ func (e *Engine) sweep(now time.Time) {
 	}
 }
 
-// ring holds the times of the last len(t) matches of a group.
-type ring struct {
-	t    []time.Time
-	head int // next slot
-	n    int
+// windowBuckets is how many buckets a window is counted in: a group's
+// state is at most windowBuckets+2 buckets, however many matches it has.
+const windowBuckets = 64
+
+// window counts a group's recent matches in time buckets of 1/64 of the
+// rule's window (by their entries' times), not one slot per match: a
+// threshold of 3,000 once cost 72 KB per group up front. A bucket that
+// straddles the window's oldest edge is not counted, so the count is never
+// more than the matches within the window and at most one bucket's fewer.
+type window struct {
+	b []bucket // ascending by idx
 }
 
-// add records a match at t and reports whether the ring is full and spans
-// at most window; then it empties, so the next firing needs as many again.
-func (rg *ring) add(t time.Time, window time.Duration) bool {
-	rg.t[rg.head] = t
-	rg.head = (rg.head + 1) % len(rg.t)
-	rg.n = min(rg.n+1, len(rg.t))
-	if rg.n < len(rg.t) {
+type bucket struct {
+	idx         int64 // time / width
+	first, last int64 // unix nanoseconds of the first and last match in it
+	n           int64
+}
+
+// add records n matches at t and reports whether the window (the span
+// ending at the newest match) now holds threshold or more; then it
+// empties, keeping what this entry brought past the threshold, so the
+// next firing needs as many again.
+func (w *window) add(t time.Time, n, threshold int, span time.Duration) bool {
+	width := max(int64(span)/windowBuckets, 1)
+	ts := t.UnixNano()
+	idx := ts / width
+	if ts%width < 0 {
+		idx--
+	}
+	i, found := slices.BinarySearchFunc(w.b, idx, func(b bucket, idx int64) int { return cmp.Compare(b.idx, idx) })
+	if found {
+		b := &w.b[i]
+		b.n += int64(n)
+		b.first, b.last = min(b.first, ts), max(b.last, ts)
+	} else {
+		w.b = slices.Insert(w.b, i, bucket{idx: idx, first: ts, last: ts, n: int64(n)})
+	}
+	edge := w.newest() - int64(span)
+	drop := 0
+	for drop < len(w.b) && w.b[drop].last < edge {
+		drop++
+	}
+	w.b = slices.Delete(w.b, 0, drop)
+	var total int64
+	for _, b := range w.b {
+		if b.first >= edge {
+			total += b.n
+		}
+	}
+	if total < int64(threshold) {
 		return false
 	}
-	oldest, newest := rg.t[rg.head], rg.t[rg.head]
-	for _, x := range rg.t {
-		if x.Before(oldest) {
-			oldest = x
-		}
-		if x.After(newest) {
-			newest = x
-		}
+	w.b = w.b[:0]
+	if carry := min(total-int64(threshold), int64(n)); carry > 0 {
+		w.b = append(w.b, bucket{idx: idx, first: ts, last: ts, n: carry})
 	}
-	if newest.Sub(oldest) > window {
-		return false
-	}
-	rg.n = 0
 	return true
 }
 
-func (rg *ring) last() time.Time {
-	if rg.n == 0 {
-		return time.Time{}
+// newest is the unix time of the newest match (0: none).
+func (w *window) newest() int64 {
+	if len(w.b) == 0 {
+		return 0
 	}
-	return rg.t[(rg.head-1+len(rg.t))%len(rg.t)]
+	return w.b[len(w.b)-1].last
 }
 
 // activation is what a condition sees as `entry`.

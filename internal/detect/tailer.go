@@ -46,6 +46,7 @@ type Tailer struct {
 	entries  prometheus.Counter
 	alerts   *prometheus.CounterVec
 	lag      prometheus.Gauge
+	overflow *prometheus.CounterVec
 }
 
 func (t *Tailer) init() {
@@ -65,8 +66,19 @@ func (t *Tailer) init() {
 	t.entries = prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_detect_entries_total", Help: "Audit entries run through the detection rules."})
 	t.alerts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rampart_detect_alerts_total", Help: "New alerts, by rule and severity."}, []string{"rule", "severity"})
 	t.lag = prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_detect_lag_entries", Help: "Audit entries not yet run through detection."})
+	t.overflow = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rampart_detect_group_overflow_total",
+		Help: "Matches of a rule counted in its overflow group: more distinct groups than the rule keeps apart (forged actors?)."}, []string{"rule"})
 	if t.Registry != nil {
-		t.Registry.MustRegister(t.entries, t.alerts, t.lag)
+		t.Registry.MustRegister(t.entries, t.alerts, t.lag, t.overflow)
+	}
+	if t.Engine.OnOverflow == nil {
+		t.Engine.OnOverflow = func(rule string, n int64) {
+			t.overflow.WithLabelValues(rule).Inc()
+			if n&(n-1) == 0 { // 1, 2, 4, ...: a flood logs a few lines, not one a match
+				t.Log.Warn("detection rule has more groups than it keeps apart; counting the rest as one group", "rule", rule,
+					"max_groups", t.Engine.maxGroups(), "overflowed", n)
+			}
+		}
 	}
 }
 

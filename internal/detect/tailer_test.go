@@ -210,7 +210,7 @@ sinks:
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := NewNotifier(rs.Sinks, nil, nil, nil)
+	n := NewNotifier(NotifierConfig{Sinks: rs.Sinks})
 	a := store.Alert{ID: "alr_1", Rule: "denied-burst", Severity: "high", Summary: "denied-burst: 20 matching entries\r\nBcc: evil@example.org", FirstIndex: 7, FirstSeen: t0}
 	n.Notify(context.Background(), a)
 	n.Close()
@@ -231,7 +231,7 @@ sinks:
 		t.Fatalf("alert text injected a mail header: %q", head)
 	}
 
-	n = NewNotifier(rs.Sinks, nil, nil, nil)
+	n = NewNotifier(NotifierConfig{Sinks: rs.Sinks})
 	a.Severity = "critical"
 	n.Notify(context.Background(), a)
 	n.Close()
@@ -258,7 +258,7 @@ func TestSMTPSinkTimesOut(t *testing.T) {
 			defer c.Close() // accepted, never answered
 		}
 	}()
-	n := NewNotifier(nil, nil, nil, nil)
+	n := NewNotifier(NotifierConfig{})
 	defer n.Close()
 	n.smtpTimeout = 200 * time.Millisecond
 	done := make(chan error, 1)

@@ -72,7 +72,8 @@ type Config struct {
 	Name   string
 	Limits Limits
 	// MaxSources bounds the per-source buckets kept (and the refusal
-	// counts: beyond it they are counted under the source "other").
+	// counts, with MaxRefusalSources: beyond it they are counted under the
+	// source "other").
 	MaxSources int
 	// Interval is how often OnRefusals gets the refusals counted.
 	Interval   time.Duration
@@ -195,11 +196,17 @@ func (l *Limiter) makeRoom(now time.Time) {
 	}
 }
 
+// MaxRefusalSources bounds the sources whose refusals are counted apart
+// in an interval (each becomes an audit entry); the others are counted
+// under the source "other". A caller with a /48 holds 65,536 /64s, and
+// refusals must not cost the audit log an entry for each.
+const MaxRefusalSources = 256
+
 func (l *Limiter) refuse(source string, scope Scope, wait time.Duration, now time.Time) Decision {
 	k := refusalKey{scope, source}
 	r := l.refused[k]
 	if r == nil {
-		if len(l.refused) >= l.cfg.MaxSources {
+		if len(l.refused) >= min(l.cfg.MaxSources, MaxRefusalSources) {
 			k.source = "other"
 			r = l.refused[k]
 		}

@@ -149,6 +149,30 @@ func TestBounded(t *testing.T) {
 	}
 }
 
+// Refusals become audit entries, one per source an interval: past
+// MaxRefusalSources sources they are counted as "other", however many
+// sources the limiter itself keeps (a /48 holds 65,536 /64s).
+func TestRefusalSourcesBounded(t *testing.T) {
+	l, _, got := newLimiter(t, Limits{PerSource: Rule{Rate: 1, Burst: 1}, Global: Rule{Rate: 1e6, Burst: 1e6}},
+		func(c *Config) { c.MaxSources = 100_000 })
+	for i := 0; i < 10000; i++ {
+		src := fmt.Sprintf("2001:db8:%x::/64", i)
+		l.Allow(src)
+		l.Allow(src) // refused once
+	}
+	l.Flush()
+	total, other := 0, 0
+	for _, r := range *got {
+		total += r.Count
+		if r.Source == "other" {
+			other = r.Count
+		}
+	}
+	if len(*got) > MaxRefusalSources+1 || total != 10000 || other != 10000-MaxRefusalSources {
+		t.Fatalf("%d refusal records (at most %d) counting %d (want 10000), other %d", len(*got), MaxRefusalSources+1, total, other)
+	}
+}
+
 // TestConfigRequired: a limit nobody set is an error, not "unlimited".
 func TestConfigRequired(t *testing.T) {
 	good := Config{Name: "x", Limits: Limits{PerSource: Rule{Rate: 1, Burst: 1}, Global: Rule{Rate: 1, Burst: 1}},

@@ -89,3 +89,25 @@ func LoadOrCreateToken(path, prefix string) (string, error) {
 	}
 	return tok, nil
 }
+
+// CheckPrivate refuses the file at path, when it exists, if group or
+// others may read or write it, or it is not a regular file; what says
+// what it holds ("the audit signing key"). The error names the fix (chmod
+// 600). A file that does not exist is no error: it is created 0600 when
+// it is first needed. Processes check every file of their data directory
+// that holds a secret or the store at start, so a file an operator (or a
+// restore, or a copy) left readable is refused before it is used.
+func CheckPrivate(path, what string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("secretfile: %w", err)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("secretfile: %s (%s) is not a regular file", path, what)
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("secretfile: %s (%s) has mode %04o: group or others may read or change it; chmod 600 %s", path, what, fi.Mode().Perm(), path)
+	}
+	return nil
+}

@@ -1,6 +1,7 @@
 package secretfile
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,5 +70,28 @@ func TestLoadOrCreateToken(t *testing.T) {
 	os.WriteFile(path, []byte("short\n"), 0o600)
 	if _, err := LoadOrCreateToken(path, "rpa_"); err == nil || !strings.Contains(err.Error(), "shorter than 32") {
 		t.Fatalf("a short token: %v", err)
+	}
+}
+
+func TestCheckPrivate(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "key")
+	if err := CheckPrivate(p, "a key"); err != nil {
+		t.Fatalf("absent file: %v", err)
+	}
+	os.WriteFile(p, []byte("k"), 0o600)
+	if err := CheckPrivate(p, "a key"); err != nil {
+		t.Fatalf("0600: %v", err)
+	}
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o620, 0o602} {
+		os.Chmod(p, mode)
+		err := CheckPrivate(p, "a key")
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("(a key) has mode %04o", mode)) || !strings.Contains(err.Error(), "chmod 600 "+p) {
+			t.Errorf("mode %04o: %v", mode, err)
+		}
+	}
+	os.Symlink(p, filepath.Join(dir, "link"))
+	if err := CheckPrivate(filepath.Join(dir, "link"), "a key"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("symlink: %v", err)
 	}
 }

@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -114,5 +116,27 @@ func TestHugePathsCannotGrowOrBreakTheLog(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(h.srv.metrics.auditFailures); n != 0 {
 		t.Fatalf("audit write failures: %v", n)
+	}
+}
+
+// Red team: 3,000 unauthenticated requests from 3,000 addresses of one
+// IPv6 /64 wrote 3,000 admin.auth entries in 2.9 s. A /64 is one source,
+// as the rate limiters count it.
+func TestRefusalsFromOneSlash64AreOneSource(t *testing.T) {
+	h := newHarness(t)
+	hd := h.srv.Handler()
+	before := len(logEntries(t, h.srv.audit, "admin.auth"))
+	for i := range 3000 {
+		r := httptest.NewRequest(http.MethodGet, "https://rampart.test/v1/entries", nil)
+		r.RemoteAddr = fmt.Sprintf("[2001:db8:7:7:%x:%x::1]:443", i/256, i%256)
+		r.Header.Set("Authorization", "Bearer rpa_wrong")
+		w := httptest.NewRecorder()
+		hd.ServeHTTP(w, r)
+		if w.Code != http.StatusUnauthorized {
+			t.Fatalf("request %d: %d %s", i, w.Code, w.Body)
+		}
+	}
+	if n := len(logEntries(t, h.srv.audit, "admin.auth")) - before; n != 1 {
+		t.Fatalf("3,000 addresses of one /64 wrote %d admin.auth entries, want 1 (its repeats aggregated)", n)
 	}
 }

@@ -167,6 +167,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	cfg.DataDir = dataDir
+	if err := checkPrivateFiles(cfg); err != nil {
+		return nil, err
+	}
 	if err := checkTrustDomain(cfg.DataDir, cfg.TrustDomain); err != nil {
 		return nil, err
 	}
@@ -524,6 +527,31 @@ func (s *Server) refresh(ctx context.Context) error {
 	if writeBundle {
 		if err := atomicfile.Write(filepath.Join(s.cfg.DataDir, "bundle.pem"), bundle, 0o644); err != nil {
 			return fmt.Errorf("server: write bundle.pem: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkPrivateFiles refuses to start while a file of the data directory
+// that holds a secret or the store may be read by group or others (each is
+// created 0600; one left readable by hand, a copy or a restore is refused,
+// with the chmod that fixes it).
+func checkPrivateFiles(cfg Config) error {
+	files := []struct{ path, what string }{
+		{filepath.Join(cfg.DataDir, "keys", "audit.key"), "the audit log's checkpoint signing key"},
+		{filepath.Join(cfg.DataDir, "keys", "backup.key"), "the backup signing key"},
+		{filepath.Join(cfg.DataDir, "backup", "identity.age"), "the backup identity"},
+		{cfg.KEKFile, "the key-encryption key"},
+		{cfg.Master.SealedFile, "the sealed key-encryption key"},
+		{filepath.Join(cfg.DataDir, "rampart.db"), "the store: wrapped CA and OAuth keys, token hashes"},
+		{filepath.Join(cfg.DataDir, "rampart.db-wal"), "the store's write-ahead log"},
+		{filepath.Join(cfg.DataDir, "rampart.db-shm"), "the store's shared memory"},
+		{filepath.Join(cfg.DataDir, "admin.token"), "the admin token"},
+		{filepath.Join(cfg.DataDir, "metrics.token"), "the metrics token"},
+	}
+	for _, f := range files {
+		if err := secretfile.CheckPrivate(f.path, f.what); err != nil {
+			return fmt.Errorf("server: %w", err)
 		}
 	}
 	return nil

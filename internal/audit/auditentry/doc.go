@@ -17,10 +17,26 @@
 //
 //	{"v":1,"time":"2026-01-01T00:00:00.000000007Z","actor":{"spiffe_id":"spiffe://example.org/orders"},"action":"authz.decision","target":"spiffe://example.org/payments","outcome":"success","details":{"n":"7"}}
 //
+// A string with invalid UTF-8 is written with U+FFFD in place of each
+// invalid byte (what encoding/json would write as \ufffd, which reads back
+// as U+FFFD and so would not be canonical). The encoding is otherwise
+// encoding/json's, HTML escaping included: it is hashed into the log, so
+// changing it would need a new schema version. Sizes are bounded on the
+// encoding instead (see Clip).
+//
 // Parse accepts only that form (an unknown field, trailing data or any
 // other spelling is an error), so what the log stores is exactly what
 // Marshal produces; Decode is as strict about fields but not about the
 // spelling, for a receiver that re-encodes what it stores.
+//
+// # Clipping
+//
+// ClipFields bounds every field a caller may choose by what it takes
+// encoded (MaxField, with a marker naming the original length and hash),
+// and the details together (MaxDetails, MaxDetailsSize), so a clipped entry
+// encodes to at most MaxClippedSize bytes whatever it holds: escaping
+// grows "<" or a control character six times, and a bound on bytes alone
+// let an entry of 16 KB re-encode past MaxSize.
 //
 // The package imports only the standard library (internal/deptest keeps it
 // so).

@@ -3,6 +3,7 @@ package intake
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -204,4 +205,87 @@ func FuzzDecodeBatch(f *testing.F) {
 			t.Fatalf("error %v is not a *RefusedError", err)
 		}
 	})
+}
+
+// Red team finding 10: an enforcer shipped a 16.5 KB decision of "<"
+// characters (JSON need not escape them); re-encoded, "<" is \u003c and
+// the entry took 96 KB, past the log's entry limit, so the append failed,
+// the server answered 503 and the batch with the gap and refusal entries
+// in it was lost (and retried, forever). Now every entry is bounded by
+// what it takes encoded, and the batch is stored whole.
+func TestIngestEntryOfEscapedCharacters(t *testing.T) {
+	f := newFixture(t)
+	lt := strings.Repeat("<", 399)
+	big := decisions(stream, 5, 1, orders.String())[0]
+	big.Actor.User, big.Reason, big.Details = lt, lt, map[string]string{}
+	for i := range 32 {
+		big.Details[fmt.Sprintf("%02d%s", i, strings.Repeat("<", 60))] = lt
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(big); err != nil {
+		t.Fatal(err)
+	}
+	raw := bytes.TrimSpace(buf.Bytes())
+	if len(raw) < 16_000 || len(raw) > audit.MaxEntrySize {
+		t.Fatalf("attack entry of %d bytes", len(raw))
+	}
+	if b, err := json.Marshal(big); err != nil || len(b) <= audit.MaxEntrySize {
+		t.Fatalf("the attack entry re-encodes to %d bytes (%v): not past the limit, the test proves nothing", len(b), err)
+	}
+	others := decisions(stream, 6, 2, orders.String())
+	others[0].Target = "spiffe://example.org/payments" // refused: another's decision
+	raws := [][]byte{raw}
+	for _, e := range others {
+		b, err := e.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raws = append(raws, b)
+	}
+	ack, err := f.in.Take(context.Background(), Batch{Caller: orders, Body: bytes.NewReader(spool.EncodeBatch(raws)), ContentType: spool.BatchContentType,
+		Refused: func(reason string, kv ...any) []*audit.Entry {
+			return []*audit.Entry{{V: audit.SchemaVersion, Time: f.clk.Now(), Actor: audit.Actor{SpiffeID: orders.String()}, Action: "audit.ingest", Outcome: audit.OutcomeDenied, Reason: reason}}
+		}})
+	if err != nil || ack.Through != 7 {
+		t.Fatalf("batch: %+v, %v; want it acknowledged through 7", ack, err)
+	}
+	var actions []string
+	for i := range f.log.Size() {
+		b, err := f.log.Entry(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := audit.ParseEntry(b)
+		if err != nil {
+			t.Fatalf("entry %d: %v", i, err)
+		}
+		if len(b) > audit.MaxClippedSize {
+			t.Errorf("entry %d (%s) is %d bytes, at most %d", i, e.Action, len(b), audit.MaxClippedSize)
+		}
+		actions = append(actions, e.Action)
+	}
+	if want := "audit.ingest.gap authz.decision authz.decision audit.ingest"; strings.Join(actions, " ") != want {
+		t.Fatalf("log holds %q, want %q", actions, want)
+	}
+}
+
+// One entry that cannot be encoded does not cost the others their place:
+// it is recorded as audit.entry_unencodable.
+func TestAppendEntriesKeepsTheOthers(t *testing.T) {
+	f := newFixture(t)
+	es := decisions(stream, 1, 3, orders.String())
+	es[1].Outcome = "maybe" // does not validate, clipped or not
+	if _, err := f.log.AppendEntries(context.Background(), es...); err != nil {
+		t.Fatalf("AppendEntries: %v", err)
+	}
+	if f.log.Size() != 3 {
+		t.Fatalf("%d entries, want 3", f.log.Size())
+	}
+	b, _ := f.log.Entry(1)
+	e, err := audit.ParseEntry(b)
+	if err != nil || e.Action != "audit.entry_unencodable" || e.Details["action"] != "authz.decision" || !strings.Contains(e.Reason, `outcome "maybe"`) {
+		t.Fatalf("entry 1: %+v %v", e, err)
+	}
 }
