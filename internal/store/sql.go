@@ -244,7 +244,10 @@ func (d dialect) migrations() [][]string {
 		// The last accepted one-time code step, in a column so that
 		// accepting a code is one conditional UPDATE.
 		`ALTER TABLE oauth_users ADD COLUMN totp_last_step BIGINT NOT NULL DEFAULT 0`,
-	}}
+	},
+		// ACME (acme.go).
+		d.acmeMigration(),
+	}
 }
 
 // migrate brings the schema up to date in one transaction, so a failed
