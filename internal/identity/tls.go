@@ -66,7 +66,7 @@ func (ca *CA) SignTLS(pub crypto.PublicKey, req TLSCert) ([]*x509.Certificate, e
 			return nil, fmt.Errorf("identity: invalid IP address %v", ip)
 		}
 	}
-	if err := checkTLSKey(pub); err != nil {
+	if err := CheckTLSKey(pub); err != nil {
 		return nil, err
 	}
 	ca.mu.RLock()
@@ -120,9 +120,9 @@ func (ca *CA) SignTLS(pub crypto.PublicKey, req TLSCert) ([]*x509.Certificate, e
 	return []*x509.Certificate{leaf, inter.cert}, nil
 }
 
-// checkTLSKey accepts the keys TLS clients verify: ECDSA P-256 and P-384,
+// CheckTLSKey accepts the keys TLS clients verify: ECDSA P-256 and P-384,
 // RSA of 2048 to 8192 bits, Ed25519.
-func checkTLSKey(pub crypto.PublicKey) error {
+func CheckTLSKey(pub crypto.PublicKey) error {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
