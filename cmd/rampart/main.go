@@ -46,6 +46,7 @@ func commands() []command {
 		{"oauth", "manage OAuth/OIDC clients and users (client ..., user ...)", runOAuth},
 		{"kms", "manage key store keys (create, rotate, disable, destroy)", runKMS},
 		{"backup", "make, list, verify and restore encrypted backups; run restore drills", runBackup},
+		{"acme", "ACME certificates: EAB keys for clients (eab), issued certificates (certs)", runACME},
 		{"demo", "start a secured sample system on loopback", runDemo},
 		{"version", "print the version", func(_ context.Context, e *cliEnv, _ []string) error {
 			fmt.Fprintln(e.stdout, "rampart", version)

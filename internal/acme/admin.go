@@ -92,9 +92,9 @@ func (s *Server) EABKeys(ctx context.Context) ([]store.ACMEEABKey, error) {
 func (s *Server) RevokeEABKey(ctx context.Context, kid string) (store.ACMEEABKey, error) {
 	switch err := s.st.RevokeACMEEABKey(ctx, kid, s.cfg.Now()); {
 	case errors.Is(err, store.ErrNotFound):
-		return store.ACMEEABKey{}, fmt.Errorf("%w: EAB key %q", ErrNotFound, kid)
+		return store.ACMEEABKey{}, fmt.Errorf("%w: no EAB key %q", ErrNotFound, kid)
 	case errors.Is(err, store.ErrStateConflict):
-		return store.ACMEEABKey{}, fmt.Errorf("%w: EAB key %q", ErrAlreadyRevoked, kid)
+		return store.ACMEEABKey{}, fmt.Errorf("%w: EAB key %q is already revoked", ErrAlreadyRevoked, kid)
 	case err != nil:
 		return store.ACMEEABKey{}, err
 	}
@@ -142,7 +142,7 @@ func (s *Server) RevokeCert(ctx context.Context, serial string, reason int) (Cer
 	case errors.Is(err, store.ErrNotFound):
 		return CertInfo{}, fmt.Errorf("%w: no certificate with serial %q was issued through ACME", ErrNotFound, serial)
 	case errors.Is(err, store.ErrStateConflict):
-		return CertInfo{}, fmt.Errorf("%w: certificate %s", ErrAlreadyRevoked, serial)
+		return CertInfo{}, fmt.Errorf("%w: certificate %s is already revoked", ErrAlreadyRevoked, serial)
 	case err != nil:
 		return CertInfo{}, err
 	}

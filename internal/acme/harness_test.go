@@ -14,7 +14,6 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"math/big"
 	"net"
@@ -22,7 +21,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -568,12 +566,3 @@ func rawJWS(protected, payload string, key *ecdsa.PrivateKey) []byte {
 	return []byte(`{"protected":"` + protected + `","payload":"` + payload + `","signature":"` + sig + `"}`)
 }
 
-func pemChain(chain []*x509.Certificate) []byte {
-	var b bytes.Buffer
-	for _, c := range chain {
-		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	return b.Bytes()
-}
-
-var _ = strconv.Itoa

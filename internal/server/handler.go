@@ -103,6 +103,9 @@ func (s *Server) Handler() http.Handler {
 	// Backups and restore drills (backup.go).
 	s.backupRoutes(route)
 
+	// ACME (RFC 8555) for certificates that are not workload identities (acmeapi.go).
+	s.acmeRoutes(mux, route)
+
 	// Audit entries from agents' and proxies' spools.
 	route("POST /v1/audit/ingest", s.atHolder(s.workload(s.handleIngest)))
 

@@ -23,6 +23,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/rampartsec/rampart/internal/acme"
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/spool"
@@ -91,6 +92,9 @@ type Config struct {
 	// Backup, if set, makes backups and drills on a schedule (backup.go).
 	Backup *BackupConfig
 
+	// ACME configures the ACME server (acmeapi.go).
+	ACME ACMEConfig
+
 	// Issuer is the OAuth/OIDC issuer URL; empty: https://LISTEN (an
 	// unspecified host becomes localhost).
 	Issuer string
@@ -135,6 +139,7 @@ type Server struct {
 	oauth           *oauth.Provider // nil until the issuer address is known
 	kms             *kms.Service
 	backup          *backup.Runner            // nil: no backups configured
+	acme            *acme.Server              // nil: ACME disabled
 	kmsPolicy       atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
@@ -272,6 +277,10 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s.metricsTokenHash = sha256.Sum256([]byte(token))
 	if err := s.refresh(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.startACME(ctx, wrapper); err != nil {
+		s.closeAudit()
 		return nil, err
 	}
 	if iss := issuerFor(cfg, cfg.Listen); iss != "" && !strings.HasSuffix(iss, ":0") {
@@ -419,6 +428,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	if s.backup != nil {
 		loops.Go(func() { s.backup.Run(bg) })
+	}
+	if s.acme != nil {
+		loops.Go(func() { s.acme.Run(bg) })
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
