@@ -565,4 +565,3 @@ func rawJWS(protected, payload string, key *ecdsa.PrivateKey) []byte {
 	}
 	return []byte(`{"protected":"` + protected + `","payload":"` + payload + `","signature":"` + sig + `"}`)
 }
-
