@@ -180,6 +180,7 @@ func TestDefaultRules(t *testing.T) {
 	for _, r := range Default().Rules {
 		found := false
 		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap", "audit-entries-dropped",
+			"acme-challenge-failures",
 			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue"} { // the backup rules: backup_rules_test.go
 			found = found || name == r.Name
 		}
