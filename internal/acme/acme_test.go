@@ -599,3 +599,16 @@ func TestMaintainGauges(t *testing.T) {
 		t.Errorf("near expiry %v at 20h", v)
 	}
 }
+
+// Tokens are base64url of whole bytes: certbot decodes a token and
+// encodes it again to build the path it serves (it served nothing for
+// the 22-character tokens of an earlier version).
+func TestTokensAreCanonicalBase64url(t *testing.T) {
+	for range 100 {
+		tok := newToken()
+		b, err := base64.RawURLEncoding.Strict().DecodeString(tok)
+		if err != nil || base64.RawURLEncoding.EncodeToString(b) != tok || len(b) < 16 {
+			t.Fatalf("token %q does not survive decoding and encoding (%v)", tok, err)
+		}
+	}
+}

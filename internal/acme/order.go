@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/asn1"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"net"
@@ -301,10 +303,13 @@ func (s *Server) replaceable(ctx context.Context, a *store.ACMEAccount, certID s
 	return c, nil
 }
 
-// newToken returns a challenge token: 128 bits, base64url (§8.1 asks for
-// at least 128).
+// newToken returns a challenge token: 256 random bits in base64url (§8.3
+// asks for at least 128). A whole number of bytes: clients such as
+// certbot decode the token and encode it again to build the path.
 func newToken() string {
-	return newID() + newID()[:6]
+	b := make([]byte, 32)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // ownOrder loads an order of the request's account.
@@ -366,6 +371,9 @@ func (s *Server) handleAuthz(w http.ResponseWriter, r *http.Request) *Problem {
 			return p
 		}
 	}
+	if a.Status == store.ACMEPending && a.Attempted != "" {
+		w.Header().Set("Retry-After", "1")
+	}
 	return writeJSON(w, http.StatusOK, s.authzJSON(r, a))
 }
 
@@ -397,7 +405,7 @@ func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) *Proble
 	}
 	w.Header().Add("Link", link(s.url(r, "authz/"+a.ID), "up"))
 	if req.postAsGet() {
-		return writeJSON(w, http.StatusOK, s.challengeJSON(r, a, typ))
+		return s.writeChallenge(w, r, a, typ)
 	}
 	var pl map[string]any
 	if p := decodePayload(req.payload, &pl); p != nil {
@@ -406,7 +414,7 @@ func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) *Proble
 	now := s.cfg.Now()
 	if authzStatus(a, now) != store.ACMEPending || a.Attempted != "" && now.Sub(a.AttemptedAt) < staleValidation {
 		// Already answered (or over): the challenge as it stands.
-		return writeJSON(w, http.StatusOK, s.challengeJSON(r, a, typ))
+		return s.writeChallenge(w, r, a, typ)
 	}
 	select {
 	case s.slots <- struct{}{}:
@@ -417,7 +425,7 @@ func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) *Proble
 		<-s.slots
 		if errors.Is(err, store.ErrStateConflict) {
 			a, _ = s.ownAuthz(r, req, a.ID)
-			return writeJSON(w, http.StatusOK, s.challengeJSON(r, a, typ))
+			return s.writeChallenge(w, r, a, typ)
 		}
 		return internal("cannot start the validation")
 	}
@@ -427,13 +435,42 @@ func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) *Proble
 		return internal("cannot compute the key authorization")
 	}
 	a.Attempted, a.AttemptedAt = typ, now
+	done := make(chan struct{})
 	s.inflight.Add(1)
 	go func() {
 		defer s.inflight.Done()
 		defer func() { <-s.slots }()
+		defer close(done)
 		s.validate(context.WithoutCancel(r.Context()), r.RemoteAddr, req.acct.ID, a, typ, keyAuth)
 	}()
-	return writeJSON(w, http.StatusOK, s.challengeJSON(r, a, typ))
+	// Most validations take milliseconds: answer with the result when it
+	// comes soon, so the client need not poll (§7.5.1 lets the server
+	// answer either way); otherwise "processing" and when to look again.
+	wait := time.NewTimer(syncValidation)
+	defer wait.Stop()
+	select {
+	case <-done:
+		if b, p := s.ownAuthz(r, req, a.ID); p == nil {
+			a = b
+		}
+	case <-wait.C:
+	case <-r.Context().Done():
+	}
+	return s.writeChallenge(w, r, a, typ)
+}
+
+// syncValidation is how long a challenge response waits for its
+// validation before answering "processing".
+const syncValidation = 3 * time.Second
+
+// writeChallenge answers with a challenge, and Retry-After while it is
+// processing (§7.5.1: "the server SHOULD include a Retry-After").
+func (s *Server) writeChallenge(w http.ResponseWriter, r *http.Request, a store.ACMEAuthz, typ string) *Problem {
+	c := s.challengeJSON(r, a, typ)
+	if c.Status == store.ACMEProcessing {
+		w.Header().Set("Retry-After", "1")
+	}
+	return writeJSON(w, http.StatusOK, c)
 }
 
 // keyAuthorization is token || '.' || base64url(thumbprint(accountKey))
