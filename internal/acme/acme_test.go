@@ -10,9 +10,11 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -610,5 +612,45 @@ func TestTokensAreCanonicalBase64url(t *testing.T) {
 		if err != nil || base64.RawURLEncoding.EncodeToString(b) != tok || len(b) < 16 {
 			t.Fatalf("token %q does not survive decoding and encoding (%v)", tok, err)
 		}
+	}
+}
+
+// A second answer while a validation runs starts no second one: it gets
+// "processing" and when to look again.
+func TestOneValidationAtATime(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.newClient()
+	c.account("*.acme.test")
+	o, _ := c.order("web.acme.test")
+	ch := c.authz(o.Authorizations[0]).Challenges[0]
+	ka := c.keyAuth(ch.Token)
+	hit, release := make(chan struct{}, 10), make(chan struct{})
+	var hits atomic.Int32
+	h.http.setHandler(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		hit <- struct{}{}
+		<-release
+		io.WriteString(w, ka)
+	})
+	first := *c
+	body := first.sign(ch.URL, []byte("{}"), false)
+	c.nonce = "" // spent by first
+	done := make(chan reply)
+	go func() { done <- first.postBody(ch.URL, body, "application/jose+json") }()
+	<-hit
+	r := c.post(ch.URL, map[string]any{})
+	var got challengeJSON
+	r.decode(t, &got)
+	if got.Status != store.ACMEProcessing || r.header.Get("Retry-After") != "1" {
+		t.Fatalf("second answer while validating: %+v, Retry-After %q", got, r.header.Get("Retry-After"))
+	}
+	close(release)
+	(<-done).decode(t, &got)
+	if got.Status != store.ACMEValid {
+		t.Fatalf("first answer: %+v", got)
+	}
+	h.srv.Wait()
+	if n := hits.Load(); n != 1 {
+		t.Fatalf("%d validations for one authorization", n)
 	}
 }

@@ -43,7 +43,7 @@ import (
 // a DNS server that sends every name to 127.0.0.1, and challenge
 // responders for http-01 and tls-alpn-01 on the ports it validates.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *Server
 	ca    *identity.CA
 	st    Store
@@ -85,14 +85,14 @@ func (l *auditLog) find(action, outcome string) []*audit.Entry {
 	return out
 }
 
-func newHarness(t *testing.T, mod func(*Config)) *harness {
+func newHarness(t testing.TB, mod func(*Config)) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	st := storetest.SQLite(t, dir)
 	return newHarnessWith(t, st, mod)
 }
 
-func newHarnessWith(t *testing.T, st store.Store, mod func(*Config)) *harness {
+func newHarnessWith(t testing.TB, st store.Store, mod func(*Config)) *harness {
 	t.Helper()
 	w, err := keywrap.LoadOrCreateFile(filepath.Join(t.TempDir(), "kek"))
 	if err != nil {
@@ -215,7 +215,7 @@ func (r reply) problem() *Problem {
 
 // wantProblem checks that r is the problem kind with status, and that
 // its detail contains detail.
-func (r reply) wantProblem(t *testing.T, status int, kind, detail string) *Problem {
+func (r reply) wantProblem(t testing.TB, status int, kind, detail string) *Problem {
 	t.Helper()
 	p := r.problem()
 	if r.status != status || p.Type != errPrefix+kind || !strings.Contains(p.Detail, detail) {
@@ -227,7 +227,7 @@ func (r reply) wantProblem(t *testing.T, status int, kind, detail string) *Probl
 	return p
 }
 
-func (r reply) decode(t *testing.T, v any) {
+func (r reply) decode(t testing.TB, v any) {
 	t.Helper()
 	if r.status >= 300 {
 		t.Fatalf("status %d: %s", r.status, r.body)
@@ -389,7 +389,7 @@ func (c *client) getOrder(url string) orderJSON {
 }
 
 // csr makes a CSR for names with a new key.
-func csrFor(t *testing.T, key crypto.Signer, names ...string) []byte {
+func csrFor(t testing.TB, key crypto.Signer, names ...string) []byte {
 	t.Helper()
 	tmpl := &x509.CertificateRequest{}
 	for _, n := range names {
@@ -444,7 +444,7 @@ type responder struct {
 	handler http.HandlerFunc
 }
 
-func startResponder(t *testing.T) *responder {
+func startResponder(t testing.TB) *responder {
 	r := &responder{m: map[string]string{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -490,7 +490,7 @@ type alpnResponder struct {
 	m    map[string]*tls.Certificate
 }
 
-func startALPNResponder(t *testing.T) *alpnResponder {
+func startALPNResponder(t testing.TB) *alpnResponder {
 	a := &alpnResponder{m: map[string]*tls.Certificate{}}
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{NextProtos: []string{"acme-tls/1"},
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {

@@ -145,10 +145,11 @@ func (s *Server) authzJSON(r *http.Request, a store.ACMEAuthz) authzJSON {
 
 func (s *Server) challengeJSON(r *http.Request, a store.ACMEAuthz, typ string) challengeJSON {
 	c := challengeJSON{Type: typ, URL: s.url(r, "chall/"+a.ID+"/"+typ), Status: store.ACMEPending, Token: a.Token}
+	if a.Status == store.ACMEPending && s.validating(a.ID) == typ {
+		c.Status = store.ACMEProcessing
+	}
 	if a.Attempted == typ {
 		switch a.Status {
-		case store.ACMEPending:
-			c.Status = store.ACMEProcessing
 		case store.ACMEValid:
 			c.Status, c.Validated = store.ACMEValid, rfc3339(a.ValidatedAt)
 		case store.ACMEInvalid:
@@ -371,7 +372,7 @@ func (s *Server) handleAuthz(w http.ResponseWriter, r *http.Request) *Problem {
 			return p
 		}
 	}
-	if a.Status == store.ACMEPending && a.Attempted != "" {
+	if a.Status == store.ACMEPending && s.validating(a.ID) != "" {
 		w.Header().Set("Retry-After", "1")
 	}
 	return writeJSON(w, http.StatusOK, s.authzJSON(r, a))
@@ -412,56 +413,51 @@ func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) *Proble
 		return p
 	}
 	now := s.cfg.Now()
-	if authzStatus(a, now) != store.ACMEPending || a.Attempted != "" && now.Sub(a.AttemptedAt) < staleValidation {
-		// Already answered (or over): the challenge as it stands.
+	if authzStatus(a, now) != store.ACMEPending {
+		// Already decided (or over): the challenge as it stands.
+		return s.writeChallenge(w, r, a, typ)
+	}
+	// One validation of an authorization at a time on this replica; a
+	// second answer while it runs gets "processing". (Replicas may each
+	// run one: the first result recorded decides, FinishACMEChallenge.)
+	if _, busy := s.attempts.LoadOrStore(a.ID, typ); busy {
 		return s.writeChallenge(w, r, a, typ)
 	}
 	select {
 	case s.slots <- struct{}{}:
 	default:
+		s.attempts.Delete(a.ID)
 		return problem(http.StatusTooManyRequests, errRateLimited, "too many challenge validations in progress; retry")
-	}
-	if err := s.st.StartACMEChallenge(r.Context(), a.ID, typ, now, now.Add(-staleValidation)); err != nil {
-		<-s.slots
-		if errors.Is(err, store.ErrStateConflict) {
-			a, _ = s.ownAuthz(r, req, a.ID)
-			return s.writeChallenge(w, r, a, typ)
-		}
-		return internal("cannot start the validation")
 	}
 	keyAuth, err := keyAuthorization(a.Token, req.key)
 	if err != nil {
+		s.attempts.Delete(a.ID)
 		<-s.slots
 		return internal("cannot compute the key authorization")
 	}
-	a.Attempted, a.AttemptedAt = typ, now
 	done := make(chan struct{})
+	result, recorded := a, false
 	s.inflight.Add(1)
 	go func() {
 		defer s.inflight.Done()
 		defer func() { <-s.slots }()
 		defer close(done)
-		s.validate(context.WithoutCancel(r.Context()), r.RemoteAddr, req.acct.ID, a, typ, keyAuth)
+		defer s.attempts.Delete(a.ID)
+		result, recorded = s.validate(context.WithoutCancel(r.Context()), r.RemoteAddr, req.acct.ID, a, typ, keyAuth, now)
 	}()
-	// Most validations take milliseconds: answer with the result when it
-	// comes soon, so the client need not poll (§7.5.1 lets the server
-	// answer either way); otherwise "processing" and when to look again.
-	wait := time.NewTimer(syncValidation)
-	defer wait.Stop()
+	// The validation ends within ValidationTimeout: answer with its
+	// result, so the client need not poll (§7.5.1 lets the server answer
+	// either way). A client that hangs up first polls, and sees
+	// "processing" until the result is recorded.
 	select {
 	case <-done:
-		if b, p := s.ownAuthz(r, req, a.ID); p == nil {
-			a = b
+		if recorded {
+			a = result
 		}
-	case <-wait.C:
 	case <-r.Context().Done():
 	}
 	return s.writeChallenge(w, r, a, typ)
 }
-
-// syncValidation is how long a challenge response waits for its
-// validation before answering "processing".
-const syncValidation = 3 * time.Second
 
 // writeChallenge answers with a challenge, and Retry-After while it is
 // processing (§7.5.1: "the server SHOULD include a Retry-After").
@@ -483,12 +479,23 @@ func keyAuthorization(token string, key *jose.JSONWebKey) (string, error) {
 	return token + "." + t, nil
 }
 
-// validate runs one challenge validation and records its result.
-func (s *Server) validate(ctx context.Context, remote, acct string, a store.ACMEAuthz, typ, keyAuth string) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.ValidationTimeout)
+// validating returns the challenge type this replica is validating for
+// an authorization, or "".
+func (s *Server) validating(authzID string) string {
+	if t, ok := s.attempts.Load(authzID); ok {
+		return t.(string)
+	}
+	return ""
+}
+
+// validate runs one challenge validation, records its result, and
+// returns the authorization as recorded (false: it could not be, or
+// another validation's result was recorded first).
+func (s *Server) validate(ctx context.Context, remote, acct string, a store.ACMEAuthz, typ, keyAuth string, started time.Time) (store.ACMEAuthz, bool) {
+	vctx, cancel := context.WithTimeout(ctx, s.cfg.ValidationTimeout)
 	defer cancel()
 	s.metrics.challenges.WithLabelValues(typ).Inc()
-	p := s.validator.validate(ctx, identifier(a.Identifier), typ, a.Token, keyAuth)
+	p := s.validator.validate(vctx, identifier(a.Identifier), typ, a.Token, keyAuth)
 	var problemJSON []byte
 	outcome, reason := audit.OutcomeSuccess, ""
 	if p != nil {
@@ -496,15 +503,23 @@ func (s *Server) validate(ctx context.Context, remote, acct string, a store.ACME
 		outcome, reason = audit.OutcomeFailure, p.Detail
 		s.metrics.challengeFailures.WithLabelValues(typ, p.kind()).Inc()
 	}
-	if err := s.st.FinishACMEChallenge(ctx, a.ID, typ, p == nil, problemJSON, s.cfg.Now()); err != nil {
+	// Recorded with the caller's context, not the validation's: a
+	// validation that used its whole deadline is still recorded.
+	now := s.cfg.Now()
+	if err := s.st.FinishACMEChallenge(ctx, a.ID, typ, p == nil, problemJSON, started, now); err != nil {
 		s.cfg.Log.Warn("acme: recording a challenge result failed", "authz", a.ID, "err", err)
-		return
+		return a, false
 	}
 	e := s.entry(nil, "acme.challenge", outcome, reason, acct, "target", a.Identifier.Value, "type", typ, "authz", a.ID, "order", a.OrderID, "remote", remote)
 	if p != nil {
 		e.Details["problem"] = p.kind()
 	}
 	s.record(ctx, e)
+	a.Status, a.Attempted, a.AttemptedAt, a.ValidatedAt, a.Error = store.ACMEValid, typ, started, now, problemJSON
+	if p != nil {
+		a.Status = store.ACMEInvalid
+	}
+	return a, true
 }
 
 func (s *Server) handleFinalize(w http.ResponseWriter, r *http.Request) *Problem {

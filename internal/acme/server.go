@@ -33,9 +33,6 @@ const (
 	// orderTTL is how long an order and its authorizations may stay
 	// pending.
 	orderTTL = 24 * time.Hour
-	// staleValidation is how long a challenge may be "processing" before
-	// another attempt may start (its validator died with its replica).
-	staleValidation = 2 * time.Minute
 	// PathPrefix is where the ACME endpoints live; the directory is
 	// PathPrefix + "directory".
 	PathPrefix = "/acme/"
@@ -113,6 +110,37 @@ type Server struct {
 	metrics   *metrics
 	slots     chan struct{} // validations in flight
 	inflight  sync.WaitGroup
+	attempts  sync.Map // authorization ID -> challenge type being validated here
+	keys      keyCache
+}
+
+// keyCache keeps account keys parsed: a key is a pure function of its
+// stored JWK, and parsing one costs more than verifying a signature.
+type keyCache struct {
+	mu sync.Mutex
+	m  map[string]*jose.JSONWebKey
+}
+
+const maxCachedKeys = 4096
+
+func (c *keyCache) parse(jwk []byte) (*jose.JSONWebKey, error) {
+	c.mu.Lock()
+	k, ok := c.m[string(jwk)]
+	c.mu.Unlock()
+	if ok {
+		return k, nil
+	}
+	k = &jose.JSONWebKey{}
+	if err := k.UnmarshalJSON(jwk); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxCachedKeys {
+		c.m = make(map[string]*jose.JSONWebKey)
+	}
+	c.m[string(jwk)] = k
+	c.mu.Unlock()
+	return k, nil
 }
 
 // New returns an ACME server. In replicated mode it loads (or creates)
@@ -397,8 +425,8 @@ func (s *Server) authenticate1(r *http.Request, how auth) (_ *request, claimed s
 		if a.Status != store.ACMEValid {
 			return nil, claimed, unauthorized("account %s is %s", a.ID, a.Status)
 		}
-		key := &jose.JSONWebKey{}
-		if err := key.UnmarshalJSON(a.JWK); err != nil {
+		key, err := s.keys.parse(a.JWK)
+		if err != nil {
 			return nil, claimed, internal("unreadable account key")
 		}
 		req.acct, req.key = &a, key

@@ -59,14 +59,12 @@ type ACMEStore interface {
 	// at most limit.
 	ListACMEOrders(ctx context.Context, accountID string, limit int) ([]string, error)
 	GetACMEAuthz(ctx context.Context, id string) (ACMEAuthz, error)
-	// StartACMEChallenge records an attempt of challenge type typ on a
-	// pending authorization that has none, or whose attempt started
-	// before staleBefore (its validator died); ErrStateConflict otherwise.
-	StartACMEChallenge(ctx context.Context, authzID, typ string, at, staleBefore time.Time) error
-	// FinishACMEChallenge ends the attempt of typ: the authorization
+	// FinishACMEChallenge records the result of a validation of challenge
+	// type typ, started at started, on a pending authorization: it
 	// becomes valid, or invalid with problem (JSON) and so does its
-	// order. ErrStateConflict if that attempt is no longer running.
-	FinishACMEChallenge(ctx context.Context, authzID, typ string, valid bool, problem []byte, at time.Time) error
+	// order. ErrStateConflict if it is no longer pending (the result of
+	// another validation was recorded first): the first result decides.
+	FinishACMEChallenge(ctx context.Context, authzID, typ string, valid bool, problem []byte, started, at time.Time) error
 	// DeactivateACMEAuthz deactivates a pending or valid authorization.
 	DeactivateACMEAuthz(ctx context.Context, id string, at time.Time) error
 	// FinalizeACMEOrder moves a pending order to processing, once
@@ -291,6 +289,85 @@ func (d dialect) acmeMigration() []string {
 	}
 }
 
+// stmt returns query (with ? placeholders) prepared once: the ACME
+// server runs the same few statements for every request, and parsing
+// them again each time was a tenth of its CPU.
+func (s *sqlStore) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.stmts.Load(query); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.db.PrepareContext(ctx, s.q(query))
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.stmts.LoadOrStore(query, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// warm prepares statements before a transaction uses them: with one
+// SQLite connection, preparing inside the transaction would wait for the
+// connection the transaction holds.
+func (s *sqlStore) warm(ctx context.Context, queries ...string) error {
+	for _, q := range queries {
+		if _, err := s.stmt(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// queryRow runs a prepared single-row query.
+func (s *sqlStore) queryRow(ctx context.Context, query string, args ...any) scanner {
+	st, err := s.stmt(ctx, query)
+	if err != nil {
+		return errRow{err}
+	}
+	return st.QueryRowContext(ctx, args...)
+}
+
+type errRow struct{ err error }
+
+func (e errRow) Scan(...any) error { return e.err }
+
+// txExec runs in tx a statement warm prepared.
+func (s *sqlStore) txExec(ctx context.Context, tx *sql.Tx, query string, args ...any) (sql.Result, error) {
+	st, ok := s.stmts.Load(query)
+	if !ok {
+		return nil, fmt.Errorf("statement not prepared before the transaction: %.40s", query)
+	}
+	return tx.StmtContext(ctx, st.(*sql.Stmt)).ExecContext(ctx, args...)
+}
+
+// txOne runs a prepared statement in tx that must change one row; none
+// is ErrNotFound.
+func (s *sqlStore) txOne(ctx context.Context, tx *sql.Tx, query string, args ...any) error {
+	res, err := s.txExec(ctx, tx, query, args...)
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// txNew runs a prepared INSERT ... ON CONFLICT DO NOTHING in tx; no row
+// inserted is ErrConflict.
+func (s *sqlStore) txNew(ctx context.Context, tx *sql.Tx, query string, args ...any) error {
+	err := s.txOne(ctx, tx, query, args...)
+	if errors.Is(err, ErrNotFound) {
+		return ErrConflict
+	}
+	return err
+}
+
 func boolInt(b bool) int {
 	if b {
 		return 1
@@ -345,7 +422,7 @@ func scanEAB(r scanner) (ACMEEABKey, error) {
 }
 
 func (s *sqlStore) GetACMEEABKey(ctx context.Context, kid string) (ACMEEABKey, error) {
-	k, err := scanEAB(s.db.QueryRowContext(ctx, s.q(`SELECT `+eabColumns+` FROM acme_eab_keys WHERE kid = ?`), kid))
+	k, err := scanEAB(s.queryRow(ctx, `SELECT `+eabColumns+` FROM acme_eab_keys WHERE kid = ?`, kid))
 	if errors.Is(err, sql.ErrNoRows) {
 		return ACMEEABKey{}, fmt.Errorf("store: ACME EAB key %s: %w", kid, ErrNotFound)
 	}
@@ -455,7 +532,7 @@ func scanAccount(r scanner) (ACMEAccount, error) {
 }
 
 func (s *sqlStore) getAccount(ctx context.Context, where string, arg any) (ACMEAccount, error) {
-	a, err := scanAccount(s.db.QueryRowContext(ctx, s.q(`SELECT `+accountColumns+` FROM acme_accounts WHERE `+where+` = ?`), arg))
+	a, err := scanAccount(s.queryRow(ctx, `SELECT `+accountColumns+` FROM acme_accounts WHERE `+where+` = ?`, arg))
 	if errors.Is(err, sql.ErrNoRows) {
 		return ACMEAccount{}, fmt.Errorf("store: ACME account: %w", ErrNotFound)
 	}
@@ -532,6 +609,16 @@ const orderColumns = `id, account_id, status, identifiers, profile, replaces, er
 
 const authzColumns = `id, order_id, account_id, id_type, id_value, wildcard, status, token, attempted, attempted_at, validated_at, error, expires_at, created_at`
 
+// The statements of every order, prepared once (stmt).
+const (
+	qInsertOrder   = `INSERT INTO acme_orders (` + orderColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
+	qInsertAuthz   = `INSERT INTO acme_authzs (` + authzColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
+	qFinishAuthz   = `UPDATE acme_authzs SET status = ?, attempted = ?, attempted_at = ?, validated_at = ?, error = ? WHERE id = ? AND status = 'pending' RETURNING order_id`
+	qCompleteOrder = `UPDATE acme_orders SET status = 'valid', cert_serial = ?, updated_at = ? WHERE id = ? AND status = 'processing'`
+	qInsertCert    = `INSERT INTO acme_certs (` + certColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING`
+	qInsertNonce   = `INSERT INTO acme_nonces (id, expires_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING`
+)
+
 func (s *sqlStore) CreateACMEOrder(ctx context.Context, o ACMEOrder, authzs []ACMEAuthz, now time.Time) error {
 	if err := checkTimes(o.ExpiresAt, o.CreatedAt, o.UpdatedAt, now); err != nil {
 		return err
@@ -540,13 +627,16 @@ func (s *sqlStore) CreateACMEOrder(ctx context.Context, o ACMEOrder, authzs []AC
 	if err != nil {
 		return fmt.Errorf("store: create ACME order: %w", err)
 	}
+	if err := s.warm(ctx, qInsertOrder, qInsertAuthz); err != nil {
+		return fmt.Errorf("store: create ACME order %s: %w", o.ID, err)
+	}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		if o.Replaces != "" {
 			if err := s.markReplaced(ctx, tx, o.Replaces, o.ID, now); err != nil {
 				return err
 			}
 		}
-		if err := s.insertNew(ctx, tx, `INSERT INTO acme_orders (`+orderColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		if err := s.txNew(ctx, tx, qInsertOrder,
 			o.ID, o.AccountID, o.Status, ids, o.Profile, o.Replaces, string(o.Error), o.CertSerial, ns(o.ExpiresAt), ns(o.CreatedAt), ns(o.UpdatedAt)); err != nil {
 			return err
 		}
@@ -554,7 +644,7 @@ func (s *sqlStore) CreateACMEOrder(ctx context.Context, o ACMEOrder, authzs []AC
 			if err := checkTimes(a.AttemptedAt, a.ValidatedAt, a.ExpiresAt, a.CreatedAt); err != nil {
 				return err
 			}
-			if err := s.insertNew(ctx, tx, `INSERT INTO acme_authzs (`+authzColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+			if err := s.txNew(ctx, tx, qInsertAuthz,
 				a.ID, o.ID, o.AccountID, a.Identifier.Type, a.Identifier.Value, boolInt(a.Wildcard), a.Status, a.Token, a.Attempted,
 				ns(a.AttemptedAt), ns(a.ValidatedAt), string(a.Error), ns(a.ExpiresAt), ns(a.CreatedAt)); err != nil {
 				return err
@@ -639,18 +729,39 @@ func scanAuthz(r scanner) (ACMEAuthz, error) {
 }
 
 func (s *sqlStore) GetACMEOrder(ctx context.Context, id string) (ACMEOrder, []ACMEAuthz, error) {
-	o, err := scanOrder(s.db.QueryRowContext(ctx, s.q(`SELECT `+orderColumns+` FROM acme_orders WHERE id = ?`), id))
+	o, err := scanOrder(s.queryRow(ctx, `SELECT `+orderColumns+` FROM acme_orders WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return ACMEOrder{}, nil, fmt.Errorf("store: ACME order %s: %w", id, ErrNotFound)
 	}
 	if err != nil {
 		return ACMEOrder{}, nil, fmt.Errorf("store: ACME order %s: %w", id, err)
 	}
-	as, err := queryAll(ctx, s, scanAuthz, `SELECT `+authzColumns+` FROM acme_authzs WHERE order_id = ? ORDER BY id`, id)
+	as, err := s.authzsOf(ctx, id)
 	if err != nil {
 		return ACMEOrder{}, nil, fmt.Errorf("store: ACME order %s authorizations: %w", id, err)
 	}
 	return o, as, nil
+}
+
+func (s *sqlStore) authzsOf(ctx context.Context, orderID string) ([]ACMEAuthz, error) {
+	st, err := s.stmt(ctx, `SELECT `+authzColumns+` FROM acme_authzs WHERE order_id = ? ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := st.QueryContext(ctx, orderID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []ACMEAuthz
+	for rows.Next() {
+		a, err := scanAuthz(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
 }
 
 func (s *sqlStore) ListACMEOrders(ctx context.Context, accountID string, limit int) ([]string, error) {
@@ -665,7 +776,7 @@ func (s *sqlStore) ListACMEOrders(ctx context.Context, accountID string, limit i
 }
 
 func (s *sqlStore) GetACMEAuthz(ctx context.Context, id string) (ACMEAuthz, error) {
-	a, err := scanAuthz(s.db.QueryRowContext(ctx, s.q(`SELECT `+authzColumns+` FROM acme_authzs WHERE id = ?`), id))
+	a, err := scanAuthz(s.queryRow(ctx, `SELECT `+authzColumns+` FROM acme_authzs WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return ACMEAuthz{}, fmt.Errorf("store: ACME authorization %s: %w", id, ErrNotFound)
 	}
@@ -678,7 +789,10 @@ func (s *sqlStore) GetACMEAuthz(ctx context.Context, id string) (ACMEAuthz, erro
 // changeOne runs one conditional UPDATE in a transaction; no row changed
 // is ErrStateConflict.
 func (s *sqlStore) changeOne(ctx context.Context, what, query string, args ...any) error {
-	err := s.inTx(ctx, func(tx *sql.Tx) error { return s.execOne(ctx, tx, query, args...) })
+	err := s.warm(ctx, query)
+	if err == nil {
+		err = s.inTx(ctx, func(tx *sql.Tx) error { return s.txOne(ctx, tx, query, args...) })
+	}
 	if errors.Is(err, ErrNotFound) {
 		err = ErrStateConflict
 	}
@@ -688,28 +802,21 @@ func (s *sqlStore) changeOne(ctx context.Context, what, query string, args ...an
 	return nil
 }
 
-func (s *sqlStore) StartACMEChallenge(ctx context.Context, authzID, typ string, at, staleBefore time.Time) error {
-	if err := checkTimes(at, staleBefore); err != nil {
-		return err
-	}
-	return s.changeOne(ctx, "start ACME challenge "+authzID+"/"+typ,
-		`UPDATE acme_authzs SET attempted = ?, attempted_at = ? WHERE id = ? AND status = 'pending' AND (attempted = '' OR attempted_at < ?)`,
-		typ, ns(at), authzID, ns(staleBefore))
-}
-
-func (s *sqlStore) FinishACMEChallenge(ctx context.Context, authzID, typ string, valid bool, problem []byte, at time.Time) error {
-	if err := checkTimes(at); err != nil {
+func (s *sqlStore) FinishACMEChallenge(ctx context.Context, authzID, typ string, valid bool, problem []byte, started, at time.Time) error {
+	if err := checkTimes(started, at); err != nil {
 		return err
 	}
 	status := ACMEValid
 	if !valid {
 		status = ACMEInvalid
 	}
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	st, err := s.stmt(ctx, qFinishAuthz)
+	if err != nil {
+		return fmt.Errorf("store: finish ACME challenge %s/%s: %w", authzID, typ, err)
+	}
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		var orderID string
-		err := tx.QueryRowContext(ctx, s.q(`UPDATE acme_authzs SET status = ?, validated_at = ?, error = ?
-			WHERE id = ? AND status = 'pending' AND attempted = ? RETURNING order_id`),
-			status, ns(at), string(problem), authzID, typ).Scan(&orderID)
+		err := tx.StmtContext(ctx, st).QueryRowContext(ctx, status, typ, ns(started), ns(at), string(problem), authzID).Scan(&orderID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrStateConflict
 		}
@@ -753,15 +860,18 @@ func (s *sqlStore) CompleteACMEOrder(ctx context.Context, orderID string, c ACME
 	if err != nil {
 		return fmt.Errorf("store: complete ACME order %s: %w", orderID, err)
 	}
+	if err := s.warm(ctx, qCompleteOrder, qInsertCert); err != nil {
+		return fmt.Errorf("store: complete ACME order %s: %w", orderID, err)
+	}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		if err := s.execOne(ctx, tx, `UPDATE acme_orders SET status = 'valid', cert_serial = ?, updated_at = ? WHERE id = ? AND status = 'processing'`,
+		if err := s.txOne(ctx, tx, qCompleteOrder,
 			c.Serial, ns(at), orderID); err != nil {
 			if errors.Is(err, ErrNotFound) {
 				return ErrStateConflict
 			}
 			return err
 		}
-		return s.insertNew(ctx, tx, `INSERT INTO acme_certs (`+certColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING`,
+		return s.txNew(ctx, tx, qInsertCert,
 			c.Serial, c.AccountID, orderID, names, c.Chain, nonNilBytes(c.AKI), ns(c.NotBefore), ns(c.NotAfter), ns(c.IssuedAt), ns(c.RevokedAt), c.RevocationReason, c.ReplacedBy)
 	})
 	if err != nil {
@@ -794,7 +904,7 @@ func scanCert(r scanner) (ACMECert, error) {
 }
 
 func (s *sqlStore) GetACMECert(ctx context.Context, serial string) (ACMECert, error) {
-	c, err := scanCert(s.db.QueryRowContext(ctx, s.q(`SELECT `+certColumns+` FROM acme_certs WHERE serial = ?`), serial))
+	c, err := scanCert(s.queryRow(ctx, `SELECT `+certColumns+` FROM acme_certs WHERE serial = ?`, serial))
 	if errors.Is(err, sql.ErrNoRows) {
 		return ACMECert{}, fmt.Errorf("store: ACME certificate %s: %w", serial, ErrNotFound)
 	}
@@ -884,9 +994,10 @@ func (s *sqlStore) UseACMENonce(ctx context.Context, id []byte, expires time.Tim
 	if err := checkTimes(expires); err != nil {
 		return err
 	}
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		return s.insertNew(ctx, tx, `INSERT INTO acme_nonces (id, expires_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING`, id, ns(expires))
-	})
+	err := s.warm(ctx, qInsertNonce)
+	if err == nil {
+		err = s.inTx(ctx, func(tx *sql.Tx) error { return s.txNew(ctx, tx, qInsertNonce, id, ns(expires)) })
+	}
 	if err != nil {
 		return fmt.Errorf("store: use ACME nonce: %w", err)
 	}

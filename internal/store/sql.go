@@ -42,6 +42,8 @@ type sqlStore struct {
 
 	mu   sync.Mutex
 	held *sql.Conn // the audit log lock's connection, if held
+
+	stmts sync.Map // query -> *sql.Stmt: hot statements prepared once (acme.go)
 }
 
 var _ Store = (*sqlStore)(nil)

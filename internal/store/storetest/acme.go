@@ -164,16 +164,14 @@ func testACMEOrders(t *testing.T, h harness) {
 	must(t, err)
 	wantEqual(t, "orders", ids, []string{"ord-1"})
 
-	// A challenge attempt starts once, unless the one running went stale.
-	must(t, s.StartACMEChallenge(ctx, "az-1", "http-01", at(time.Minute), at(0)))
-	wantErrIs(t, "second attempt", s.StartACMEChallenge(ctx, "az-1", "dns-01", at(time.Minute), at(0)), store.ErrStateConflict)
-	must(t, s.StartACMEChallenge(ctx, "az-1", "dns-01", at(10*time.Minute), at(5*time.Minute)))
-	wantErrIs(t, "finish an attempt that is not running", s.FinishACMEChallenge(ctx, "az-1", "http-01", true, nil, at(11*time.Minute)), store.ErrStateConflict)
-	must(t, s.FinishACMEChallenge(ctx, "az-1", "dns-01", true, nil, at(11*time.Minute)))
-	wantErrIs(t, "finish twice", s.FinishACMEChallenge(ctx, "az-1", "dns-01", true, nil, at(11*time.Minute)), store.ErrStateConflict)
+	// The first validation result recorded decides; a later one (of
+	// the same or another challenge) changes nothing.
+	must(t, s.FinishACMEChallenge(ctx, "az-1", "dns-01", true, nil, at(10*time.Minute), at(11*time.Minute)))
+	wantErrIs(t, "a second result", s.FinishACMEChallenge(ctx, "az-1", "http-01", false, []byte(`{}`), at(10*time.Minute), at(12*time.Minute)), store.ErrStateConflict)
+	wantErrIs(t, "the same result twice", s.FinishACMEChallenge(ctx, "az-1", "dns-01", true, nil, at(10*time.Minute), at(11*time.Minute)), store.ErrStateConflict)
 	a, err := s.GetACMEAuthz(ctx, "az-1")
 	must(t, err)
-	if a.Status != store.ACMEValid || a.Attempted != "dns-01" || !a.ValidatedAt.Equal(at(11*time.Minute)) {
+	if a.Status != store.ACMEValid || a.Attempted != "dns-01" || !a.AttemptedAt.Equal(at(10*time.Minute)) || !a.ValidatedAt.Equal(at(11*time.Minute)) || a.Error != nil {
 		t.Fatalf("validated authorization = %+v", a)
 	}
 
@@ -196,8 +194,7 @@ func testACMEOrders(t *testing.T, h harness) {
 	o2, as2 := order("ord-2", "acct-1", "az-3")
 	o2.CreatedAt = at(time.Second)
 	must(t, s.CreateACMEOrder(ctx, o2, as2, at(time.Second)))
-	must(t, s.StartACMEChallenge(ctx, "az-3", "http-01", at(time.Minute), at(0)))
-	must(t, s.FinishACMEChallenge(ctx, "az-3", "http-01", false, []byte(`{"type":"urn:ietf:params:acme:error:unauthorized"}`), at(2*time.Minute)))
+	must(t, s.FinishACMEChallenge(ctx, "az-3", "http-01", false, []byte(`{"type":"urn:ietf:params:acme:error:unauthorized"}`), at(time.Minute), at(2*time.Minute)))
 	gotO, gotA, err = s.GetACMEOrder(ctx, "ord-2")
 	must(t, err)
 	if gotO.Status != store.ACMEInvalid || gotA[0].Status != store.ACMEInvalid || string(gotA[0].Error) == "" || string(gotO.Error) == "" {
@@ -237,8 +234,7 @@ func testACMEReplaces(t *testing.T, h harness) {
 	}
 	// Once the first replacement fails, another may replace the
 	// certificate.
-	must(t, s.StartACMEChallenge(ctx, "az-r1", "http-01", at(time.Hour), at(0)))
-	must(t, s.FinishACMEChallenge(ctx, "az-r1", "http-01", false, []byte(`{}`), at(time.Hour)))
+	must(t, s.FinishACMEChallenge(ctx, "az-r1", "http-01", false, []byte(`{}`), at(time.Hour), at(time.Hour)))
 	must(t, s.CreateACMEOrder(ctx, r2, ras2, at(2*time.Hour)))
 	c, err := s.GetACMECert(ctx, "c1")
 	must(t, err)
