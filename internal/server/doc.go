@@ -21,6 +21,9 @@
 //     authorization.credentials_file.
 //   - /v1/audit/ingest takes agents', proxies' and SDK services' spools, each
 //     limited to what it witnesses (ingest.go, decision 0029).
+//   - /acme/... is ACME (package acme): public, every request a JWS signed
+//     by an account's key (or, to register, a new key with an EAB binding);
+//     its operator calls (/v1/acme/...) are admin calls (acmeapi.go).
 //
 // Every audit entry names the caller the request proved (admin token,
 // verified SVID), or the refused certificate's holder with its serial and
