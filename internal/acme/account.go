@@ -310,6 +310,9 @@ func (s *Server) handleKeyChange(w http.ResponseWriter, r *http.Request) *Proble
 	if oldThumb != a.Thumbprint {
 		return unauthorized("key change: oldKey is not the account's current key")
 	}
+	if newThumb == oldThumb {
+		return malformed("key change: the new key is the account's current key")
+	}
 	newJWK, err := inner.jwk.MarshalJSON()
 	if err != nil {
 		return internal("cannot encode the key")

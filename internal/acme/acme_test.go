@@ -541,6 +541,8 @@ func TestKeyChangeAndDeactivation(t *testing.T) {
 	if r.header.Get("Location") != other.kid {
 		t.Errorf("conflict Location %q, want %q", r.header.Get("Location"), other.kid)
 	}
+	// To the key it has.
+	keyChange(oldKey.(*ecdsa.PrivateKey), oldKey.Public()).wantProblem(t, http.StatusBadRequest, errMalformed, "is the account's current key")
 	// With a wrong oldKey.
 	keyChange(newKey, mustKey().Public()).wantProblem(t, http.StatusForbidden, errUnauthorized, "oldKey")
 	if r := keyChange(newKey, oldKey.Public()); r.status != http.StatusOK {
