@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -654,5 +655,48 @@ func TestOneValidationAtATime(t *testing.T) {
 	h.srv.Wait()
 	if n := hits.Load(); n != 1 {
 		t.Fatalf("%d validations for one authorization", n)
+	}
+}
+
+// The client-auth EKU only for accounts whose EAB key allows it.
+func TestProfiles(t *testing.T) {
+	h := newHarness(t, nil)
+	plain := h.newClient()
+	plain.account("*.acme.test")
+	order := func(c *client, profile string) reply {
+		return c.post(h.url("new-order"), map[string]any{"identifiers": dnsIDs("mq.acme.test"), "profile": profile})
+	}
+	order(plain, ProfileTLSServerClient).wantProblem(t, http.StatusBadRequest, errInvalidProfile, "allows client authentication")
+	order(plain, "anything").wantProblem(t, http.StatusBadRequest, errInvalidProfile, `"anything"`)
+
+	k, mac, err := h.srv.CreateEABKey(t.Context(), NewEABKey{AllowedNames: []string{"*.acme.test"}, ClientAuth: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	macb, _ := base64.RawURLEncoding.DecodeString(mac)
+	c := h.newClient()
+	if r := c.register(k.KeyID, macb); r.status != http.StatusCreated {
+		t.Fatalf("register: %d %s", r.status, r.body)
+	}
+	r := order(c, ProfileTLSServerClient)
+	var o orderJSON
+	r.decode(t, &o)
+	if o.Profile != ProfileTLSServerClient {
+		t.Fatalf("order %+v", o)
+	}
+	c.solve(o, HTTP01)
+	key := mustKey()
+	c.finalize(o, csrFor(t, key, "mq.acme.test")).decode(t, &o)
+	chain, err := identity.ParsePEM(c.post(o.Certificate, nil).body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(chain[0].ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}) || len(chain[0].URIs) != 0 {
+		t.Fatalf("tls-server-client certificate: EKU %v, URIs %v", chain[0].ExtKeyUsage, chain[0].URIs)
+	}
+	// The same account's default profile stays server-only.
+	chain, _ = c.issue(HTTP01, "web.acme.test")
+	if !slices.Equal(chain[0].ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) {
+		t.Fatalf("default profile EKU %v", chain[0].ExtKeyUsage)
 	}
 }
