@@ -14,8 +14,11 @@ import (
 // Every server action lands in the audit log; rampart audit verify finds a
 // tampered entry at its index.
 func TestServerAuditLog(t *testing.T) {
-	s, _ := setup(t)
+	s, a := setup(t)
 	mustCLI(t, s.adminEnv(), "entry", "create", "--spiffe-id", "spiffe://example.org/orders", "--parent", agentID, "--selector", myUID())
+	// The agent mints the entry's SVID on its own time: wait for it, so
+	// that its svid.issue entry is in the log before the server stops.
+	mustCLI(t, nil, "svid", "fetch", "--socket", a.socket)
 	cli(t, []string{"RAMPART_SERVER=" + s.addr, "RAMPART_ADMIN_TOKEN=wrong", "RAMPART_CA_BUNDLE=" + filepath.Join(s.dir, "bundle.pem")}, "entry", "list")
 	s.stop() // publishes a final checkpoint
 

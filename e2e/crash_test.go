@@ -23,7 +23,7 @@ func TestAuditSurvivesKill9DuringIngestion(t *testing.T) {
 	s, a := setup(t)
 	mustCLI(t, s.adminEnv(), "entry", "create", "--spiffe-id", "spiffe://example.org/loadgen", "--parent", agentID, "--selector", myUID())
 	// Only an enforcement point (a policy protects it) may ship, and only
-	// decisions about itself (decision 0029).
+	// decisions about itself (decision 0030).
 	pol := filepath.Join(t.TempDir(), "loadgen.yaml")
 	os.WriteFile(pol, []byte("service: spiffe://example.org/loadgen\nrules:\n  - name: none\n    callers: [spiffe://example.org/nobody]\n"), 0o600)
 	mustCLI(t, s.adminEnv(), "policy", "put", pol)

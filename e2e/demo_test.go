@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,6 +30,14 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, out)
 		}
+	}
+	// Start-up steps are shown on a terminal only: not here.
+	if strings.Contains(out, "demo: starting the server") {
+		t.Fatalf("progress lines written to a pipe:\n%s", out)
+	}
+	// Its suggestions use rampart: without it on the PATH, it says how to get it.
+	if _, err := exec.LookPath("rampart"); err != nil && !strings.Contains(out, "go install ./cmd/rampart") {
+		t.Fatalf("rampart is not on the PATH and the demo does not say how to install it:\n%s", out)
 	}
 	socket := filepath.Join(dir, "agent", "workload.sock")
 	if _, err := os.Stat(socket); err != nil {

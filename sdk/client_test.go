@@ -2,78 +2,30 @@ package sdk
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"errors"
-	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/rampartsec/rampart/internal/authz"
-	"github.com/rampartsec/rampart/internal/mtls"
+	"github.com/rampartsec/rampart/sdk/sdktest"
 )
 
-// staticSource is a fixed SVID and bundle, in place of the Workload API.
-type staticSource struct {
-	*x509svid.SVID
-	*x509bundle.Bundle
-}
-
-func (s staticSource) GetX509SVID() (*x509svid.SVID, error) { return s.SVID, nil }
-
-type testCA struct {
-	td     spiffeid.TrustDomain
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	serial int64
-}
-
-func newTestCA(t *testing.T) *testCA {
+// newSource is a Source for spiffe://TD/NAME made by New from ca's SVID,
+// without an agent and without a server.
+func newSource(t *testing.T, ca *sdktest.CA, name string, opts ...Option) *Source {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	td := spiffeid.RequireTrustDomainFromString("example.org")
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, URIs: []*url.URL{td.ID().URL()}}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{td: td, cert: cert, key: key, serial: 1}
-}
-
-// source is a Source for spiffe://example.org/NAME built as New builds
-// one, without an agent.
-func (ca *testCA) source(t *testing.T, name string, opts ...Option) *Source {
-	t.Helper()
-	id := spiffeid.RequireFromPath(ca.td, "/"+name)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	ca.serial++
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs: []*url.URL{id.URL()}, BasicConstraintsValid: true}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	cert, _ := x509.ParseCertificate(der)
-	var o options
-	for _, opt := range opts {
-		opt(&o)
-	}
-	strip, err := authz.ParseStripHeaders(o.stripHeaders)
+	t.Setenv("RAMPART_SERVER", "")
+	id := spiffeid.RequireFromPath(ca.TrustDomain(), "/"+name)
+	s, err := New(context.Background(), append([]Option{WithX509Source(ca.SVID(id), ca.Bundle())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Source{x509: staticSource{&x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key},
-		x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})}, closer: io.NopCloser(nil), id: id, revs: &mtls.Revocations{}}
-	s.guard = authz.NewGuard(authz.GuardConfig{Service: id, Revocations: s.revs, StripHeaders: strip})
+	t.Cleanup(func() { s.Close() })
 	return s
 }
 
@@ -98,8 +50,8 @@ func serveTLS(t *testing.T, s *Source, h http.Handler, h1 bool) string {
 // and those named with WithStripHeaders, and its client reaches the server
 // over HTTP/2 with mutual TLS.
 func TestSDKStripsForgedIdentityHeaders(t *testing.T) {
-	ca := newTestCA(t)
-	ledger := ca.source(t, "ledger", WithStripHeaders("X-Ledger-User", "x_ledger_claim_*"))
+	ca := sdktest.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
+	ledger := newSource(t, ca, "ledger", WithStripHeaders("X-Ledger-User", "x_ledger_claim_*"))
 	if err := ledger.SetPolicy([]byte("service: spiffe://example.org/ledger\nrules:\n  - name: all\n    callers: ['*']\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +59,7 @@ func TestSDKStripsForgedIdentityHeaders(t *testing.T) {
 	addr := serveTLS(t, ledger, ledger.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got <- r.Header.Clone()
 	})), false)
-	orders := ca.source(t, "orders")
+	orders := newSource(t, ca, "orders")
 	c := orders.HTTPClient(ledger.ID())
 	req, _ := http.NewRequest(http.MethodGet, "https://"+addr+"/x", nil)
 	forged := []string{"X-Spiffe-Id", "X-Peer-Identity", "X-Client-Cert", "X-Remote-User", "X-Forwarded-User", "X-Auth-Request-Email",
@@ -143,8 +95,8 @@ func TestSDKStripsForgedIdentityHeaders(t *testing.T) {
 // queue timeout, a third at once (the queue full); neither reaches the
 // server, and once the server answers, requests pass again.
 func TestSDKClientLimits(t *testing.T) {
-	ca := newTestCA(t)
-	ledger := ca.source(t, "ledger")
+	ca := sdktest.NewCA(spiffeid.RequireTrustDomainFromString("example.org"))
+	ledger := newSource(t, ca, "ledger")
 	release := make(chan struct{})
 	var served atomic.Int64
 	addr := serveTLS(t, ledger, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -153,7 +105,7 @@ func TestSDKClientLimits(t *testing.T) {
 			<-release
 		}
 	}), true)
-	orders := ca.source(t, "orders")
+	orders := newSource(t, ca, "orders")
 	c := orders.HTTPClient(ledger.ID(), WithClientLimits(ClientLimits{MaxConns: 1, MaxPending: 1, QueueTimeout: 300 * time.Millisecond}))
 	slow := make(chan error, 1)
 	go func() {

@@ -23,7 +23,10 @@
 // ErrOverloaded instead of opening yet another connection.
 //
 // The SVID and bundle come from the agent's SPIFFE Workload API and follow
-// rotations without restarting anything. With a server configured
+// rotations without restarting anything. WithX509Source takes them from any
+// go-spiffe x509svid.Source and x509bundle.Source instead: a fixed SVID and
+// bundle run a service in a test without an agent (package sdktest makes
+// them), as the examples in this package do. With a server configured
 // (WithServer or RAMPART_SERVER), the policy protecting this service and the
 // revocation list are kept current by a long poll authenticated with the
 // service's own SVID; without one, SetPolicy installs a policy from YAML.
@@ -35,5 +38,16 @@
 // that is root or this process's uid), so a fake Workload API another local
 // user put at the path is refused, whatever it hands out.
 //
-// This package is the only API Rampart promises to keep stable.
+// Decisions are decision.Event values (package decision), sent to the
+// logger or to WithDecisionSink.
+//
+// This package and its subpackages (decision, kms, sdktest) are the only
+// API Rampart promises to keep stable. They depend on nothing of the server
+// (no store, SQL driver, PKCS#11 or audit log writer: internal/deptest
+// fails the build otherwise), and two complete services using them are in
+// examples/. Most of what they add to a binary is cel-go, which evaluates
+// the policies' `when` conditions: built with -tags rampart_omit_cel, a
+// service leaves it out, and every condition then fails closed (an allow
+// rule with one never matches, a deny rule with one always does; an error
+// is logged when such a policy is installed). See docs/dataplane.md.
 package sdk

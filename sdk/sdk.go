@@ -22,15 +22,17 @@ import (
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
+	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/upstream"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 // DefaultSocket is the Workload API socket of an agent running as root, used
 // when neither WithSocket nor SPIFFE_ENDPOINT_SOCKET says otherwise. A
 // process not running as root uses its own user's agent instead,
 // $XDG_RUNTIME_DIR/rampart/workload.sock, when that socket exists.
-const DefaultSocket = endpoint.SystemDir + "/" + endpoint.SocketName
+const DefaultSocket = "/run/rampart/workload.sock"
 
 // Option configures New.
 type Option func(*options)
@@ -38,10 +40,12 @@ type Option func(*options)
 type options struct {
 	socket       string
 	agentUID     *uint32
+	svids        x509svid.Source   // nil: the Workload API's
+	bundles      x509bundle.Source // set with svids
 	server       string
 	cacheDir     string
 	log          *slog.Logger
-	sink         authz.Sink
+	sink         decision.Sink
 	spoolDir     string
 	stripHeaders []string
 }
@@ -58,17 +62,34 @@ func WithSocket(path string) Option { return func(o *options) { o.socket = path 
 // other owner is refused.
 func WithAgentUID(uid uint32) Option { return func(o *options) { o.agentUID = &uid } }
 
+// WithX509Source takes this service's SVID from svids and the trust
+// bundles from bundles instead of an agent's Workload API: New then opens
+// no socket, and WithSocket and WithAgentUID have no effect. Both are
+// asked at every TLS handshake, so a source that rotates (go-spiffe's
+// workloadapi.X509Source, which satisfies both) rotates the service's
+// certificate too; the SVID's SPIFFE ID must not change. A fixed
+// *x509svid.SVID and *x509bundle.Bundle satisfy them, which is how a test
+// runs a service without an agent (see package sdktest for a CA that makes
+// them). Close does not close them: they belong to the caller.
+func WithX509Source(svids x509svid.Source, bundles x509bundle.Source) Option {
+	return func(o *options) { o.svids, o.bundles = svids, bundles }
+}
+
 // WithServer sets the Rampart server (host:port) to fetch the policy and
 // revocations from.
 func WithServer(addr string) Option { return func(o *options) { o.server = addr } }
 
 // WithPolicyCache keeps the last policy in dir, so a restart while the
-// server is down still enforces it.
+// server is down still enforces it. New creates dir 0700 and refuses one
+// that another user owns or can write, or that lies under such a
+// directory: whoever controls it could put a policy of their own there.
 func WithPolicyCache(dir string) Option { return func(o *options) { o.cacheDir = dir } }
 
 // WithAuditSpool records every decision in the server's audit log, as the
 // proxy does: entries wait in dir (created 0700) while the server is away
-// and are delivered once. Needs WithServer (or RAMPART_SERVER).
+// and are delivered once. Needs WithServer (or RAMPART_SERVER). Like
+// WithPolicyCache's, dir must be one only this process's user (and root)
+// can change.
 func WithAuditSpool(dir string) Option { return func(o *options) { o.spoolDir = dir } }
 
 // WithStripHeaders names more request headers Middleware removes before the
@@ -85,46 +106,33 @@ func WithStripHeaders(names ...string) Option {
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// DecisionEvent is one authorisation decision.
-type DecisionEvent = authz.Event
+// DecisionEvent is one authorisation decision (see package decision).
+type DecisionEvent = decision.Event
 
-// DecisionSink receives every authorisation decision.
-type DecisionSink interface {
-	Decision(ctx context.Context, e DecisionEvent)
-}
+// DecisionSink receives every authorisation decision (see package
+// decision; decision.SinkFunc makes one of a function).
+type DecisionSink = decision.Sink
 
 // WithDecisionSink sends decisions to s instead of the logger.
 func WithDecisionSink(s DecisionSink) Option { return func(o *options) { o.sink = s } }
 
 // Source is a service's identity and authorisation.
 type Source struct {
-	server string     // control plane address ("" without one)
-	x509   x509Source // the Workload API's, kept current
-	closer io.Closer  // the Workload API client
-	id     spiffeid.ID
-	guard  *authz.Guard
-	revs   *mtls.Revocations
-	spool  *spool.Spool // nil unless WithAuditSpool
+	server  string            // control plane address ("" without one)
+	svids   x509svid.Source   // this service's SVID, asked at every handshake
+	bundles x509bundle.Source // the trust bundles
+	closer  io.Closer         // the Workload API client; nil with WithX509Source
+	id      spiffeid.ID
+	guard   *authz.Guard
+	revs    *mtls.Revocations
+	spool   *spool.Spool // nil unless WithAuditSpool
 }
 
-// x509Source is what the Workload API's X509Source gives the TLS
-// configurations: this service's SVID and the trust bundles.
-type x509Source interface {
-	x509svid.Source
-	x509bundle.Source
-}
-
-// New connects to the agent and waits for the first SVID.
+// New connects to the agent and waits for the first SVID (or, with
+// WithX509Source, takes the SVID from the source given), then starts
+// following the server's policy when one is configured.
 func New(ctx context.Context, opts ...Option) (*Source, error) {
-	o := options{socket: endpoint.ClientPath(os.Geteuid(), os.Getenv), server: os.Getenv("RAMPART_SERVER")}
-	if env := os.Getenv("SPIFFE_ENDPOINT_SOCKET"); env != "" {
-		o.socket = env
-	}
-	uid, err := endpoint.ParseUID(os.Getenv("RAMPART_AGENT_UID"))
-	if err != nil {
-		return nil, fmt.Errorf("sdk: RAMPART_AGENT_UID: %w", err)
-	}
-	o.agentUID = uid
+	o := options{server: os.Getenv("RAMPART_SERVER")}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -134,45 +142,95 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 	if o.spoolDir != "" && o.server == "" {
 		return nil, errors.New("sdk: WithAuditSpool needs WithServer (or RAMPART_SERVER): the spool delivers to the server")
 	}
+	if (o.svids == nil) != (o.bundles == nil) {
+		return nil, errors.New("sdk: WithX509Source needs both an SVID source and a bundle source")
+	}
 	strip, err := authz.ParseStripHeaders(o.stripHeaders)
 	if err != nil {
 		return nil, fmt.Errorf("sdk: WithStripHeaders: %w", err)
 	}
-	wopts, err := endpoint.ClientOptions(ctx, o.socket, o.agentUID)
+	// Directories another user controls are refused before anything
+	// starts: a cached policy is enforced after a restart while the server
+	// is down, and spooled entries reach the audit log as this service's.
+	if o.cacheDir != "" && o.server != "" {
+		if _, err := safedir.Make(o.cacheDir, "the policy cache directory (WithPolicyCache)", os.Geteuid(), 0o700); err != nil {
+			return nil, fmt.Errorf("sdk: %w", err)
+		}
+	}
+	if o.spoolDir != "" {
+		if _, err := safedir.Make(o.spoolDir, "the audit spool directory (WithAuditSpool)", os.Geteuid(), 0o700); err != nil {
+			return nil, fmt.Errorf("sdk: %w", err)
+		}
+	}
+	s := &Source{server: o.server, svids: o.svids, bundles: o.bundles, revs: &mtls.Revocations{}}
+	if s.svids == nil {
+		src, err := workloadAPI(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		s.svids, s.bundles, s.closer = src, src, src
+	}
+	sv, err := s.svids.GetX509SVID()
 	if err != nil {
+		s.Close()
 		return nil, fmt.Errorf("sdk: %w", err)
 	}
-	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(wopts...))
-	if err != nil {
-		return nil, fmt.Errorf("sdk: Workload API at %s: %w", o.socket, err)
+	if sv == nil || sv.ID.IsZero() {
+		s.Close()
+		return nil, errors.New("sdk: the X.509 source gave no SVID")
 	}
-	sv, err := src.GetX509SVID()
-	if err != nil {
-		src.Close()
-		return nil, fmt.Errorf("sdk: %w", err)
-	}
-	s := &Source{server: o.server, x509: src, closer: src, id: sv.ID, revs: &mtls.Revocations{}}
-	var sink authz.Sink = authz.LogSink{Log: o.log}
+	s.id = sv.ID
+	var sink decision.Sink = authz.LogSink{Log: o.log}
 	if o.sink != nil {
 		sink = o.sink
 	}
 	if o.spoolDir != "" {
-		sp, shipping, err := authz.ShipDecisions(o.spoolDir, o.server, sv.ID.TrustDomain(), src, src, sink, o.log, nil)
+		sp, shipping, err := authz.ShipDecisions(o.spoolDir, o.server, s.id.TrustDomain(), s.svids, s.bundles, sink, o.log, nil)
 		if err != nil {
-			src.Close()
+			s.Close()
 			return nil, fmt.Errorf("sdk: %w", err)
 		}
 		s.spool, sink = sp, shipping
 	}
-	s.guard = authz.NewGuard(authz.GuardConfig{Service: sv.ID, Log: o.log, Sink: sink, Revocations: s.revs, StripHeaders: strip})
+	s.guard = authz.NewGuard(authz.GuardConfig{Service: s.id, Log: o.log, Sink: sink, Revocations: s.revs, StripHeaders: strip})
 	if o.server != "" {
-		sy := &authz.Syncer{ServerAddr: o.server, SVID: src, Bundles: src, Guard: s.guard, Revocations: s.revs, CacheDir: o.cacheDir, Log: o.log}
+		sy := &authz.Syncer{ServerAddr: o.server, SVID: s.svids, Bundles: s.bundles, Guard: s.guard, Revocations: s.revs, CacheDir: o.cacheDir, Log: o.log}
 		if err := sy.Start(ctx); err != nil {
 			s.Close()
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// workloadAPI connects to the agent's Workload API and waits for the first
+// SVID. The socket is SPIFFE_ENDPOINT_SOCKET, WithSocket or the default,
+// and is trusted only when served by the agent's uid (WithAgentUID,
+// RAMPART_AGENT_UID, or the owner of its directory).
+func workloadAPI(ctx context.Context, o options) (*workloadapi.X509Source, error) {
+	socket := o.socket
+	if socket == "" {
+		socket = os.Getenv("SPIFFE_ENDPOINT_SOCKET")
+	}
+	if socket == "" {
+		socket = endpoint.ClientPath(os.Geteuid(), os.Getenv)
+	}
+	uid := o.agentUID
+	if uid == nil {
+		var err error
+		if uid, err = endpoint.ParseUID(os.Getenv("RAMPART_AGENT_UID")); err != nil {
+			return nil, fmt.Errorf("sdk: RAMPART_AGENT_UID: %w", err)
+		}
+	}
+	wopts, err := endpoint.ClientOptions(ctx, socket, uid)
+	if err != nil {
+		return nil, fmt.Errorf("sdk: %w", err)
+	}
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(wopts...))
+	if err != nil {
+		return nil, fmt.Errorf("sdk: Workload API at %s: %w", socket, err)
+	}
+	return src, nil
 }
 
 // ID is this service's SPIFFE ID.
@@ -183,6 +241,9 @@ func (s *Source) ID() spiffeid.ID { return s.id }
 func (s *Source) Close() error {
 	if s.spool != nil {
 		s.spool.Close()
+	}
+	if s.closer == nil {
+		return nil
 	}
 	return s.closer.Close()
 }
@@ -207,12 +268,12 @@ func (s *Source) SetPolicy(yaml []byte) error {
 
 // ServerTLSConfig requires a client SVID from this trust domain, not revoked.
 func (s *Source) ServerTLSConfig() *tls.Config {
-	return mtls.ServerConfig(mtls.Options{SVID: s.x509, Bundles: s.x509, Authorize: tlsconfig.AuthorizeMemberOf(s.id.TrustDomain()), Revocations: s.revs})
+	return mtls.ServerConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: tlsconfig.AuthorizeMemberOf(s.id.TrustDomain()), Revocations: s.revs})
 }
 
 // ClientTLSConfig refuses any server but the one presenting server's SVID.
 func (s *Source) ClientTLSConfig(server spiffeid.ID) *tls.Config {
-	return mtls.ClientConfig(mtls.Options{SVID: s.x509, Bundles: s.x509, Authorize: tlsconfig.AuthorizeID(server), Revocations: s.revs})
+	return mtls.ClientConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: tlsconfig.AuthorizeID(server), Revocations: s.revs})
 }
 
 // ClientOption configures HTTPClient.
@@ -316,7 +377,7 @@ func (s *Source) HTTPClient(server spiffeid.ID, opts ...ClientOption) *http.Clie
 		if s.server == "" {
 			rt = roundTripErr{errors.New("sdk: WithTokenExchange needs a server (WithServer or RAMPART_SERVER)")}
 		} else {
-			rt = authz.NewExchanger(s.server, o.exchangeClientID, s.id.TrustDomain(), s.x509, s.x509).RoundTripper(server.String(), rt)
+			rt = authz.NewExchanger(s.server, o.exchangeClientID, s.id.TrustDomain(), s.svids, s.bundles).RoundTripper(server.String(), rt)
 		}
 	}
 	return &http.Client{Timeout: 30 * time.Second, Transport: rt}

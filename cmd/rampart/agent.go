@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -33,6 +34,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&metricsAddr, "metrics-listen", "", "address for Prometheus /metrics over plain HTTP, e.g. 127.0.0.1:9090 (default off)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
+	fs.DurationVar(&cfg.InventoryInterval, "inventory-interval", 10*time.Second, "how often the inventory of running executables is reported to the server (batched)")
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}

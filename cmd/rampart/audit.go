@@ -321,6 +321,11 @@ func runAuditRead(env *cliEnv, verb string, args []string) error {
 	if verb == "query" && *limit == 0 {
 		*limit = 1000
 	}
+	switch *format {
+	case audit.FormatJSONLines, audit.FormatSyslog, audit.FormatESBulk:
+	default:
+		return usagef("--format %q: want jsonl, syslog or es-bulk", *format)
+	}
 	w := env.stdout
 	if verb == "export" && *out != "" {
 		file, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -339,6 +344,13 @@ func runAuditRead(env *cliEnv, verb string, args []string) error {
 	}
 	tw := table(env, "INDEX", "TIME", "ACTION", "OUTCOME", "ACTOR", "TARGET", "SOURCE", "COUNT", "REASON")
 	n := 0
+	var shown *counter // a long export shows how far it is, on a terminal
+	if verb == "export" && *out != "" {
+		shown = newCounter(progressTo(env), "entries read")
+		defer shown.done()
+	} else {
+		shown = newCounter(nil, "")
+	}
 	scan := func(fn func(int64, []byte) error) error { return audit.Scan(filepath.Join(*data, "audit"), *from, fn) }
 	if *from == 0 && (!f.Since.IsZero() || !f.Until.IsZero()) {
 		// A time range reads only the blocks of entries that can be in it.
@@ -347,6 +359,7 @@ func runAuditRead(env *cliEnv, verb string, args []string) error {
 		}
 	}
 	err = scan(func(i int64, raw []byte) error {
+		shown.add(1)
 		e, err := audit.ParseEntry(raw)
 		if err != nil {
 			return fmt.Errorf("entry %d: %w (run rampart audit verify)", i, err)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/mod/sumdb/note"
-	"golang.org/x/term"
 	"gopkg.in/yaml.v3"
 
 	"github.com/rampartsec/rampart/internal/audit"
@@ -26,7 +24,7 @@ import (
 	"github.com/rampartsec/rampart/internal/store"
 )
 
-const backupUsage = `rampart backup create|list|verify|restore|drill [flags]
+const backupUsage = `Usage: rampart backup create|list|verify|restore|drill [flags]
 
   create [--json]
       Asks the running server (RAMPART_SERVER, RAMPART_ADMIN_TOKEN_FILE,
@@ -225,15 +223,6 @@ func (s *sourceFlags) source(needIdentity bool) (backup.Source, error) {
 		return src, usagef("-i IDENTITY or --passphrase-file is required to decrypt")
 	}
 	return src, nil
-}
-
-// progressTo is stderr when it is a terminal (long work shows progress),
-// nothing otherwise.
-func progressTo(env *cliEnv) io.Writer {
-	if f, ok := env.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		return f
-	}
-	return nil
 }
 
 func defaultSeenFile(env *cliEnv) string {
@@ -541,7 +530,7 @@ func backupDrill(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		dc := backup.DrillConfig{Source: src, Scratch: *scratch, Wrapper: w, Boot: server.DrillBoot(tdom, w, discardLogger())}
 		if *pg != "" {
-			dsn, drop, err := server.ScratchSchema(ctx, *pg)
+			dsn, drop, err := store.ScratchSchema(ctx, *pg)
 			if err != nil {
 				return err
 			}

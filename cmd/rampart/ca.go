@@ -16,6 +16,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/svid"
 )
 
@@ -98,6 +99,11 @@ func runCAInitRoot(env *cliEnv, args []string) error {
 	if err != nil {
 		return usagef("--trust-domain: %v", err)
 	}
+	// Whoever else controls the directory could swap the root key for
+	// one they know before it is used to sign intermediates (safedir).
+	if *out, err = safedir.Make(*out, "the --out directory", os.Geteuid(), 0o700); err != nil {
+		return err
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -112,9 +118,6 @@ func runCAInitRoot(env *cliEnv, args []string) error {
 		return err
 	}
 	cert, _ := x509.ParseCertificate(der)
-	if err := os.MkdirAll(*out, 0o700); err != nil {
-		return err
-	}
 	keyPath := filepath.Join(*out, "root.key")
 	if _, err := os.Stat(keyPath); err == nil {
 		return fmt.Errorf("%s exists; refusing to overwrite a root key", keyPath)

@@ -18,7 +18,7 @@ func runDemo(ctx context.Context, env *cliEnv, args []string) error {
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
-	cfg.Stdout, cfg.Stderr = env.stdout, env.stderr
+	cfg.Stdout, cfg.Stderr, cfg.Progress = env.stdout, env.stderr, progressTo(env)
 	return demo.Run(ctx, cfg)
 }
 

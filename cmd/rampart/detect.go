@@ -1,25 +1,20 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
-	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/detect"
-	"github.com/rampartsec/rampart/internal/server"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -72,80 +67,34 @@ func runDetect(_ context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("%s: %w", *rulesFile, err)
 	}
 	for _, name := range append(slices.Clone([]string(fires)), quiet...) {
-		if !slices.ContainsFunc(rs.Rules, func(r *detect.Rule) bool { return r.Name == name }) {
+		if !rs.HasRule(name) {
 			return usagef("no rule named %q in the rules", name)
 		}
 	}
-	eng := detect.NewEngine(rs)
-	alerts := map[string]*store.Alert{}
-	var order []string
-	process := func(i int64, e *audit.Entry) {
-		for _, a := range eng.Process(i, e) {
-			if _, ok := alerts[a.ID]; !ok {
-				order = append(order, a.ID)
-			}
-			alerts[a.ID] = &a
-		}
-	}
-	var n int64
+	rep := detect.NewReplay(rs)
 	switch {
 	case *data != "" && *logFile == "":
-		err = audit.Scan(filepath.Join(*data, "audit"), 0, func(i int64, raw []byte) error {
-			var e audit.Entry
-			if err := json.Unmarshal(raw, &e); err != nil {
-				return fmt.Errorf("entry %d: %w", i, err)
-			}
-			process(i, &e)
-			n++
-			return nil
-		})
+		err = rep.ScanLog(filepath.Join(*data, "audit"))
+	case *logFile == "-" && *data == "":
+		err = rep.ReadJSONLines("standard input", os.Stdin)
 	case *logFile != "" && *data == "":
-		var r io.Reader = os.Stdin
-		if *logFile != "-" {
-			f, err := os.Open(*logFile)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			r = f
+		f, ferr := os.Open(*logFile)
+		if ferr != nil {
+			return ferr
 		}
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 0, 1<<16), audit.MaxEntrySize+64)
-		for line := 1; sc.Scan(); line++ {
-			if strings.TrimSpace(sc.Text()) == "" {
-				continue
-			}
-			var e struct {
-				Index *int64 `json:"index"`
-				audit.Entry
-			}
-			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-				return fmt.Errorf("%s:%d: %w", *logFile, line, err)
-			}
-			if err := e.Entry.Validate(); err != nil {
-				return fmt.Errorf("%s:%d: %w", *logFile, line, err)
-			}
-			i := n
-			if e.Index != nil {
-				i = *e.Index
-			}
-			process(i, &e.Entry)
-			n++
-		}
-		err = sc.Err()
+		defer f.Close()
+		err = rep.ReadJSONLines(*logFile, f)
 	default:
 		return usagef("give exactly one of --log FILE and --data DIR")
 	}
 	if err != nil {
 		return err
 	}
-	fired := map[string]int{}
+	alerts := rep.Alerts()
 	tw := table(env, "RULE", "SEVERITY", "FIRST", "COUNT", "SUMMARY")
-	for _, id := range order {
-		a := alerts[id]
-		fired[a.Rule]++
+	for _, a := range alerts {
 		if *asJSON {
-			b, _ := json.Marshal(server.AlertToAPI(*a))
+			b, _ := json.Marshal(detect.AlertToAPI(a))
 			fmt.Fprintln(env.stdout, string(b))
 			continue
 		}
@@ -153,20 +102,9 @@ func runDetect(_ context.Context, env *cliEnv, args []string) error {
 	}
 	if !*asJSON {
 		tw.flush()
-		fmt.Fprintf(env.stderr, "%d entries, %d rules, %d alerts\n", n, len(rs.Rules), len(order))
+		fmt.Fprintf(env.stderr, "%d entries, %d rules, %d alerts\n", rep.Entries(), rep.Rules(), len(alerts))
 	}
-	var problems []string
-	for _, r := range fires {
-		if fired[r] == 0 {
-			problems = append(problems, "rule "+r+" raised no alert")
-		}
-	}
-	for _, r := range quiet {
-		if fired[r] > 0 {
-			problems = append(problems, fmt.Sprintf("rule %s raised %d alert(s)", r, fired[r]))
-		}
-	}
-	if len(problems) > 0 {
+	if problems := rep.Check(fires, quiet); len(problems) > 0 {
 		for _, p := range problems {
 			fmt.Fprintln(env.stdout, "FAIL", p)
 		}

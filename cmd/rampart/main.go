@@ -46,6 +46,8 @@ func commands() []command {
 		{"oauth", "manage OAuth/OIDC clients and users (client ..., user ...)", runOAuth},
 		{"kms", "manage key store keys (create, rotate, disable, destroy)", runKMS},
 		{"backup", "make, list, verify and restore encrypted backups; run restore drills", runBackup},
+		{"scan", "scan Go binaries, SBOMs and images for known vulnerabilities; the offline database, gate and exceptions", runScan},
+		{"inventory", "list what runs where: services, hosts, binaries, modules and their findings", runInventory},
 		{"acme", "ACME certificates: EAB keys for clients (eab), issued certificates (certs)", runACME},
 		{"demo", "start a secured sample system on loopback", runDemo},
 		{"version", "print the version", func(_ context.Context, e *cliEnv, _ []string) error {
@@ -94,6 +96,11 @@ func run(ctx context.Context, env *cliEnv, args []string) int {
 			err := c.run(ctx, env, args[1:])
 			if errors.Is(err, flag.ErrHelp) {
 				return 0
+			}
+			var ec exitCode
+			if errors.As(err, &ec) {
+				fmt.Fprintln(env.stderr, "rampart "+c.name+":", err)
+				return ec.code
 			}
 			var ue usageError
 			if errors.As(err, &ue) {

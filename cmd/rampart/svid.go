@@ -14,6 +14,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
 )
 
@@ -77,6 +78,16 @@ func runSVIDFetch(ctx context.Context, env *cliEnv, args []string) error {
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
+	if *write != "" {
+		// Whoever reads the files trusts them (the bundle above all): a
+		// directory another user controls would let them swap them, or
+		// point them elsewhere with a symbolic link (safedir).
+		dir, err := safedir.Make(*write, "the --write directory", os.Geteuid(), 0o700)
+		if err != nil {
+			return err
+		}
+		*write = dir
+	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	socket, want, err := ws.resolve(env)
@@ -102,9 +113,6 @@ func runSVIDFetch(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if *write != "" && len(resp.SVIDs) > 0 {
 		s := resp.SVIDs[0]
-		if err := os.MkdirAll(*write, 0o700); err != nil {
-			return err
-		}
 		if err := os.WriteFile(filepath.Join(*write, "svid.pem"), identity.EncodePEM(s.Certificates), 0o644); err != nil {
 			return err
 		}

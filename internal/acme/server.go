@@ -91,6 +91,9 @@ type Config struct {
 	// attacker could repeat at will (aggregated by the caller).
 	Record  func(context.Context, ...*audit.Entry)
 	Refused func(ctx context.Context, e *audit.Entry, remote string)
+	// Event records an operator's action (the admin endpoints, api.go),
+	// naming the caller the request proved.
+	Event func(r *http.Request, action string, kv ...any)
 	// Changed is called after a revocation, so the caller syncs the
 	// revocation list at once.
 	Changed    func(context.Context)
@@ -161,6 +164,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Refused == nil {
 		cfg.Refused = func(ctx context.Context, e *audit.Entry, _ string) { cfg.Record(ctx, e) }
 	}
+	if cfg.Event == nil {
+		cfg.Event = func(*http.Request, string, ...any) {}
+	}
 	if cfg.Changed == nil {
 		cfg.Changed = func(context.Context) {}
 	}
@@ -223,37 +229,45 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Register adds the ACME endpoints to mux; wrap instruments each.
-func (s *Server) Register(mux *http.ServeMux, wrap func(pattern string, h http.HandlerFunc) http.Handler) {
-	route := func(pattern string, h func(http.ResponseWriter, *http.Request) *Problem) {
-		mux.Handle(pattern, wrap(pattern, s.handle(h)))
+// Route is one endpoint, for the server's route table.
+type Route struct {
+	Pattern string
+	Handler http.Handler
+	Doc     string
+}
+
+// Routes returns the protocol's endpoints (RFC 8555 §7.1), for the
+// server's route table. Every POST authenticates itself (a JWS); the GETs
+// are public. A GET of a resource read by POST-as-GET gets 405.
+func (s *Server) Routes() []Route {
+	r := func(pattern string, h func(http.ResponseWriter, *http.Request) *Problem, doc string) Route {
+		return Route{Pattern: pattern, Handler: s.handle(h), Doc: doc}
 	}
-	route("GET "+PathPrefix+"directory", s.handleDirectory)
-	route("HEAD "+PathPrefix+"new-nonce", s.handleNewNonce)
-	route("GET "+PathPrefix+"new-nonce", s.handleNewNonce)
-	route("POST "+PathPrefix+"new-account", s.handleNewAccount)
-	route("POST "+PathPrefix+"new-order", s.handleNewOrder)
-	route("POST "+PathPrefix+"revoke-cert", s.handleRevokeCert)
-	route("POST "+PathPrefix+"key-change", s.handleKeyChange)
-	route("GET "+PathPrefix+"renewal-info/{certid}", s.handleRenewalInfo)
-	route("POST "+PathPrefix+"acct/{id}", s.handleAccount)
-	route("POST "+PathPrefix+"acct/{id}/orders", s.handleAccountOrders)
-	route("POST "+PathPrefix+"order/{id}", s.handleOrder)
-	route("POST "+PathPrefix+"order/{id}/finalize", s.handleFinalize)
-	route("POST "+PathPrefix+"authz/{id}", s.handleAuthz)
-	route("POST "+PathPrefix+"chall/{id}/{type}", s.handleChallenge)
-	route("POST "+PathPrefix+"cert/{serial}", s.handleCert)
-	route(PathPrefix, func(w http.ResponseWriter, r *http.Request) *Problem {
-		if r.Method == http.MethodGet || r.Method == http.MethodHead {
-			for _, p := range []string{"acct/", "order/", "authz/", "chall/", "cert/"} {
-				if strings.HasPrefix(r.URL.Path, PathPrefix+p) {
-					w.Header().Set("Allow", http.MethodPost)
-					return problem(http.StatusMethodNotAllowed, errMalformed, "ACME resources are read with POST-as-GET (RFC 8555 §6.3), not %s", r.Method)
-				}
-			}
-		}
-		return problem(http.StatusNotFound, errMalformed, "no such ACME endpoint: %s %s (the directory is %s)", r.Method, r.URL.Path, s.url(r, "directory"))
-	})
+	return []Route{
+		r("GET "+PathPrefix+"directory", s.handleDirectory, "the ACME directory (RFC 8555 §7.1.1)"),
+		r("HEAD "+PathPrefix+"new-nonce", s.handleNewNonce, "a fresh nonce (RFC 8555 §7.2)"),
+		r("GET "+PathPrefix+"new-nonce", s.handleNewNonce, "a fresh nonce (RFC 8555 §7.2)"),
+		r("POST "+PathPrefix+"new-account", s.handleNewAccount, "register an account with an external account binding (RFC 8555 §7.3)"),
+		r("POST "+PathPrefix+"new-order", s.handleNewOrder, "order a certificate (RFC 8555 §7.4; replaces: RFC 9773 §5)"),
+		r("POST "+PathPrefix+"revoke-cert", s.handleRevokeCert, "revoke a certificate, signed by its account or its key (RFC 8555 §7.6)"),
+		r("POST "+PathPrefix+"key-change", s.handleKeyChange, "roll an account over to a new key (RFC 8555 §7.3.5)"),
+		r("GET "+PathPrefix+"renewal-info/{certid}", s.handleRenewalInfo, "when to renew a certificate (RFC 9773 §4)"),
+		r("POST "+PathPrefix+"acct/{id}", s.handleAccount, "read, update or deactivate an account (RFC 8555 §7.3.2, §7.3.6)"),
+		r("POST "+PathPrefix+"acct/{id}/orders", s.handleAccountOrders, "an account's orders (RFC 8555 §7.1.2.1)"),
+		r("POST "+PathPrefix+"order/{id}", s.handleOrder, "read an order (POST-as-GET)"),
+		r("POST "+PathPrefix+"order/{id}/finalize", s.handleFinalize, "finalize an order with a CSR; the certificate (RFC 8555 §7.4)"),
+		r("POST "+PathPrefix+"authz/{id}", s.handleAuthz, "read or deactivate an authorization (RFC 8555 §7.5)"),
+		r("POST "+PathPrefix+"chall/{id}/{type}", s.handleChallenge, "read a challenge, or answer it: http-01, tls-alpn-01 (RFC 8737), dns-01 (RFC 8555 §7.5.1)"),
+		r("POST "+PathPrefix+"cert/{serial}", s.handleCert, "download a certificate chain (POST-as-GET, RFC 8555 §7.4.2)"),
+	}
+}
+
+// Register adds the endpoints to mux, each wrapped by wrap (for tests and
+// tools that serve the ACME server alone).
+func (s *Server) Register(mux *http.ServeMux, wrap func(pattern string, h http.HandlerFunc) http.Handler) {
+	for _, rt := range s.Routes() {
+		mux.Handle(rt.Pattern, wrap(rt.Pattern, rt.Handler.ServeHTTP))
+	}
 }
 
 // handle sets what every ACME response carries (a fresh nonce, the

@@ -31,10 +31,11 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit/spool"
-	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/identity/ids"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/selector"
+	"github.com/rampartsec/rampart/internal/svid"
 	"github.com/rampartsec/rampart/internal/workload"
 )
 
@@ -60,6 +61,9 @@ type Config struct {
 	Now           func() time.Time
 	Log           *slog.Logger
 	Registry      *prometheus.Registry // metrics; nil: not exported
+	// InventoryInterval is how often the inventory is reported to the
+	// server (10s when zero).
+	InventoryInterval time.Duration
 }
 
 // Agent is a running node agent. It implements workload.Source.
@@ -131,7 +135,7 @@ func New(cfg Config) (*Agent, error) {
 		if err != nil {
 			return nil, fmt.Errorf("agent: ca bundle: %w", err)
 		}
-		if a.bundle, err = identity.ParsePEM(b); err != nil {
+		if a.bundle, err = svid.ParsePEM(b); err != nil {
 			return nil, fmt.Errorf("agent: ca bundle %s: %w", cfg.BundleFile, err)
 		}
 	}
@@ -142,7 +146,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 		a.td = td
 	}
-	serverID := identity.ServerID(a.td)
+	serverID := ids.ServerID(a.td)
 	base := "https://" + cfg.ServerAddr
 	mtls := tlsconfig.MTLSClientConfig(a, a, tlsconfig.AuthorizeID(serverID))
 	mtls.MinVersion = tls.VersionTLS13
@@ -254,7 +258,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer sp.Close()
 	wl.SetRecorder(sp, a.ID())
+	// The inventory of what runs, and the scan gate (inventory.go).
+	inv := newInventoryReporter(a.client, a.log, a.now, a.cfg.InventoryInterval, filepath.Join(a.cfg.DataDir, "scan-state.json"),
+		func() { a.mu.Lock(); a.publishLocked(); a.mu.Unlock() })
+	wl.SetInspector(inv)
 	errc := make(chan error, 3)
+	go inv.run(ctx)
 	go func() { errc <- wl.Serve(ctx, ln) }()
 	go func() { a.syncLoop(ctx); errc <- nil }()
 	go func() { a.rotateLoop(ctx); errc <- nil }()

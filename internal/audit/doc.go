@@ -55,4 +55,14 @@
 // that disagrees with them (or is missing for the newest checkpoint), the
 // entries past the newest checkpoint, which no signature vouches for yet,
 // and what the quarantine holds.
+//
+// # Upkeep
+//
+// Keeper is the upkeep of the log by its writer, run on a timer: a signed
+// checkpoint whenever the log grew, sealing what it completed, copies to
+// the archive, each recorded in the log; Close makes a final checkpoint
+// the last write. Refusals aggregates refusal entries (what an attacker
+// produces at will) per kind and interval, so that a flood of them costs
+// the log one entry per kind and 10 s. LoadSigner keeps the checkpoint
+// key. Entries shipped by others come in through package audit/intake.
 package audit

@@ -13,14 +13,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 	"github.com/rampartsec/rampart/internal/audit/spool"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 // Recorder takes audit entries; *spool.Spool implements it. Record must not
 // wait on anything the caller of a decision controls.
 type Recorder interface {
-	Record(e *audit.Entry) error
+	Record(e *auditentry.Entry) error
 }
 
 // Aggregation bounds.
@@ -136,18 +137,18 @@ func (s *AuditSink) loop() {
 	}
 }
 
-// Decision implements Sink. ctx is not used: what is recorded never
+// Decision implements decision.Sink. ctx is not used: what is recorded never
 // depends on whether the caller is still there.
-func (s *AuditSink) Decision(_ context.Context, ev Event) {
+func (s *AuditSink) Decision(_ context.Context, ev decision.Event) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		s.record([]*audit.Entry{DecisionEntry(ev)})
+		s.record([]*auditentry.Entry{DecisionEntry(ev)})
 		return
 	}
 	out := s.rollLocked(s.cfg.Now(), false)
 	k := aggKey{caller: ev.Caller, user: ev.User, act: ev.Act, target: ev.Target, method: ev.Method,
-		path: audit.Clip(ev.Path), outcome: outcomeOf(ev), reason: audit.Clip(ev.Reason), rule: ev.Rule, version: ev.Version, dryRun: ev.DryRun}
+		path: auditentry.Clip(ev.Path), outcome: outcomeOf(ev), reason: auditentry.Clip(ev.Reason), rule: ev.Rule, version: ev.Version, dryRun: ev.DryRun}
 	if a, ok := s.keys[k]; ok {
 		a.add(ev)
 		s.aggregated.Inc()
@@ -174,14 +175,14 @@ func (s *AuditSink) Decision(_ context.Context, ev Event) {
 	s.record(out)
 }
 
-func outcomeOf(ev Event) string {
+func outcomeOf(ev decision.Event) string {
 	if ev.Allowed {
-		return audit.OutcomeSuccess
+		return auditentry.OutcomeSuccess
 	}
-	return audit.OutcomeDenied
+	return auditentry.OutcomeDenied
 }
 
-func (a *agg) add(ev Event) {
+func (a *agg) add(ev decision.Event) {
 	if a.n == 0 {
 		a.first, a.remote = ev.Time, ev.Remote
 	}
@@ -191,12 +192,12 @@ func (a *agg) add(ev Event) {
 
 // rollLocked ends the interval if it is over (or if force), returning the
 // aggregate entries of its counted decisions.
-func (s *AuditSink) rollLocked(now time.Time, force bool) []*audit.Entry {
+func (s *AuditSink) rollLocked(now time.Time, force bool) []*auditentry.Entry {
 	if !force && now.Sub(s.start) < s.cfg.Interval {
 		return nil
 	}
 	s.start = now
-	var out []*audit.Entry
+	var out []*auditentry.Entry
 	for k, a := range s.keys {
 		if a.n > 0 {
 			out = append(out, aggregateEntry(k, a))
@@ -210,9 +211,9 @@ func (s *AuditSink) rollLocked(now time.Time, force bool) []*audit.Entry {
 }
 
 // aggregateEntry is the entry standing for a.n decisions of kind k.
-func aggregateEntry(k aggKey, a *agg) *audit.Entry {
-	ev := Event{Time: a.first, Caller: k.caller, User: k.user, Act: k.act, Target: k.target, Method: k.method, Path: k.path,
-		Rule: k.rule, Version: k.version, Allowed: k.outcome == audit.OutcomeSuccess, DryRun: k.dryRun, Reason: k.reason, Remote: a.remote}
+func aggregateEntry(k aggKey, a *agg) *auditentry.Entry {
+	ev := decision.Event{Time: a.first, Caller: k.caller, User: k.user, Act: k.act, Target: k.target, Method: k.method, Path: k.path,
+		Rule: k.rule, Version: k.version, Allowed: k.outcome == auditentry.OutcomeSuccess, DryRun: k.dryRun, Reason: k.reason, Remote: a.remote}
 	e := DecisionEntry(ev)
 	delete(e.Details, "latency_ns")
 	e.Details["count"] = strconv.FormatUint(a.n, 10)
@@ -224,16 +225,16 @@ func aggregateEntry(k aggKey, a *agg) *audit.Entry {
 		e.Details["aggregated"] = "per caller: more distinct requests than " + strconv.Itoa(maxKeysPerCaller) + " in the interval"
 	case 2:
 		e.Details["path"] = "*"
-		e.Actor = audit.Actor{User: "many-callers"}
+		e.Actor = auditentry.Actor{User: "many-callers"}
 		e.Details["aggregated"] = "per service: more distinct requests than " + strconv.Itoa(maxKeys) + " in the interval"
 	}
-	if k.level > 0 && e.Outcome == audit.OutcomeDenied {
+	if k.level > 0 && e.Outcome == auditentry.OutcomeDenied {
 		e.Reason = "denied (reasons not kept past the aggregation bounds)"
 	}
 	return e
 }
 
-func (s *AuditSink) record(es []*audit.Entry) {
+func (s *AuditSink) record(es []*auditentry.Entry) {
 	for _, e := range es {
 		if err := s.cfg.Recorder.Record(e); err != nil {
 			s.unrecorded.Inc()
@@ -272,16 +273,16 @@ func (s *AuditSink) Close() {
 
 // DecisionEntry is the audit entry for a decision: the caller is the actor,
 // the protected service the target.
-func DecisionEntry(ev Event) *audit.Entry {
-	e := &audit.Entry{V: audit.SchemaVersion, Time: ev.Time, Action: "authz.decision", Target: ev.Target,
-		Outcome: audit.OutcomeSuccess, Reason: ev.Reason, Details: map[string]string{"latency_ns": strconv.FormatInt(int64(ev.Latency), 10)}}
+func DecisionEntry(ev decision.Event) *auditentry.Entry {
+	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: ev.Time, Action: "authz.decision", Target: ev.Target,
+		Outcome: auditentry.OutcomeSuccess, Reason: ev.Reason, Details: map[string]string{"latency_ns": strconv.FormatInt(int64(ev.Latency), 10)}}
 	e.Actor.SpiffeID = ev.Caller
 	e.Actor.User = ev.User // the end user the caller acts for, if any
 	if ev.Caller == "" && ev.User == "" {
 		e.Actor.User = "unauthenticated"
 	}
 	if !ev.Allowed {
-		e.Outcome = audit.OutcomeDenied
+		e.Outcome = auditentry.OutcomeDenied
 	}
 	for _, kv := range [...][2]string{{"method", ev.Method}, {"path", ev.Path}, {"rule", ev.Rule}, {"policy_version", ev.Version}, {"remote", ev.Remote}, {"act", ev.Act}} {
 		if kv[1] != "" {
@@ -291,21 +292,21 @@ func DecisionEntry(ev Event) *audit.Entry {
 	if ev.DryRun {
 		e.Details["dry_run_denied"] = "true"
 	}
-	if e.Outcome == audit.OutcomeDenied && e.Reason == "" {
+	if e.Outcome == auditentry.OutcomeDenied && e.Reason == "" {
 		e.Reason = "no rule allows it"
 		if ev.Version == "" {
 			e.Reason = "no policy for this service"
 		}
 	}
-	audit.ClipEntry(e) // the path and reason are the caller's
+	auditentry.ClipFields(e) // the path and reason are the caller's
 	return e
 }
 
 // Sinks hands each decision to every sink in turn.
-type Sinks []Sink
+type Sinks []decision.Sink
 
-// Decision implements Sink.
-func (ss Sinks) Decision(ctx context.Context, ev Event) {
+// Decision implements decision.Sink.
+func (ss Sinks) Decision(ctx context.Context, ev decision.Event) {
 	for _, s := range ss {
 		s.Decision(ctx, ev)
 	}
@@ -323,7 +324,7 @@ const ShipLinger = 250 * time.Millisecond
 // audit log over mTLS, and returns a sink that records into it alongside
 // next (the log sink, usually). Close the spool when done.
 func ShipDecisions(dir, serverAddr string, td spiffeid.TrustDomain, svid x509svid.Source, bundles x509bundle.Source,
-	next Sink, log *slog.Logger, reg *prometheus.Registry) (*spool.Spool, Sink, error) {
+	next decision.Sink, log *slog.Logger, reg *prometheus.Registry) (*spool.Spool, decision.Sink, error) {
 	var sink *AuditSink
 	sp, err := spool.Open(spool.Config{Dir: dir, Log: log, Registry: reg,
 		Sender: spool.APISender{Client: ServerClient(serverAddr, td, svid, bundles)},

@@ -8,28 +8,31 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/fakeclock"
+
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 func TestDecisionEntry(t *testing.T) {
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for _, tc := range []struct {
 		name    string
-		ev      Event
+		ev      decision.Event
 		outcome string
 		reason  string
 		details map[string]string
 	}{
-		{"allowed", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "GET", Path: "/x", Rule: "r1", Version: "v1", Allowed: true},
-			audit.OutcomeSuccess, "", map[string]string{"method": "GET", "path": "/x", "rule": "r1", "policy_version": "v1"}},
-		{"denied by the policy", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "DELETE", Path: "/x", Version: "v1"},
-			audit.OutcomeDenied, "no rule allows it", map[string]string{"method": "DELETE", "rule": ""}},
-		{"no policy", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b"},
-			audit.OutcomeDenied, "no policy for this service", nil},
-		{"bad path", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Reason: "ambiguous path", Version: "v1"},
-			audit.OutcomeDenied, "ambiguous path", nil},
-		{"dry run", Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Version: "v1", Allowed: true, DryRun: true},
-			audit.OutcomeSuccess, "", map[string]string{"dry_run_denied": "true"}},
+		{"allowed", decision.Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "GET", Path: "/x", Rule: "r1", Version: "v1", Allowed: true},
+			auditentry.OutcomeSuccess, "", map[string]string{"method": "GET", "path": "/x", "rule": "r1", "policy_version": "v1"}},
+		{"denied by the policy", decision.Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "DELETE", Path: "/x", Version: "v1"},
+			auditentry.OutcomeDenied, "no rule allows it", map[string]string{"method": "DELETE", "rule": ""}},
+		{"no policy", decision.Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b"},
+			auditentry.OutcomeDenied, "no policy for this service", nil},
+		{"bad path", decision.Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Reason: "ambiguous path", Version: "v1"},
+			auditentry.OutcomeDenied, "ambiguous path", nil},
+		{"dry run", decision.Event{Time: at, Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Version: "v1", Allowed: true, DryRun: true},
+			auditentry.OutcomeSuccess, "", map[string]string{"dry_run_denied": "true"}},
 	} {
 		e := DecisionEntry(tc.ev)
 		if err := e.Validate(); err != nil {
@@ -45,17 +48,17 @@ func TestDecisionEntry(t *testing.T) {
 		}
 	}
 	// A decision without a verified caller still names an actor.
-	if e := DecisionEntry(Event{Time: at, Target: "spiffe://example.org/b"}); e.Validate() != nil || e.Actor.User != "unauthenticated" {
+	if e := DecisionEntry(decision.Event{Time: at, Target: "spiffe://example.org/b"}); e.Validate() != nil || e.Actor.User != "unauthenticated" {
 		t.Fatalf("no caller: %+v", e)
 	}
 }
 
 type recorder struct {
 	mu  sync.Mutex
-	got []*audit.Entry
+	got []*auditentry.Entry
 }
 
-func (r *recorder) Record(e *audit.Entry) error {
+func (r *recorder) Record(e *auditentry.Entry) error {
 	r.mu.Lock()
 	r.got = append(r.got, e)
 	r.mu.Unlock()
@@ -85,24 +88,12 @@ func (r *recorder) decisions(t *testing.T) (entries int, byOutcome map[string]in
 	return len(r.got), byOutcome
 }
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func TestSinksFanOut(t *testing.T) {
 	a, b := &recorder{}, &recorder{}
 	sa, sb := NewAuditSink(AuditSinkConfig{Recorder: a}), NewAuditSink(AuditSinkConfig{Recorder: b})
 	defer sa.Close()
 	defer sb.Close()
-	Sinks{sa, sb}.Decision(context.Background(), Event{Time: time.Now(), Caller: "spiffe://example.org/a", Allowed: true})
+	Sinks{sa, sb}.Decision(context.Background(), decision.Event{Time: time.Now(), Caller: "spiffe://example.org/a", Allowed: true})
 	if len(a.got) != 1 || len(b.got) != 1 {
 		t.Fatalf("fan-out: %d %d", len(a.got), len(b.got))
 	}
@@ -112,13 +103,13 @@ func TestSinksFanOut(t *testing.T) {
 // whose counts add up to every decision; a cancelled request context
 // changes nothing.
 func TestAuditSinkAggregatesAFloodWithoutLosingDecisions(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clk := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	rec := &recorder{}
 	s := NewAuditSink(AuditSinkConfig{Recorder: rec, Interval: 5 * time.Second, Now: clk.Now})
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
-	denied := Event{Caller: "spiffe://example.org/rogue", Target: "spiffe://example.org/payments", Method: "GET", Path: "/admin", Version: "v1"}
-	allowed := Event{Caller: "spiffe://example.org/orders", Target: "spiffe://example.org/payments", Method: "GET", Path: "/payments/1", Version: "v1", Rule: "r", Allowed: true}
+	denied := decision.Event{Caller: "spiffe://example.org/rogue", Target: "spiffe://example.org/payments", Method: "GET", Path: "/admin", Version: "v1"}
+	allowed := decision.Event{Caller: "spiffe://example.org/orders", Target: "spiffe://example.org/payments", Method: "GET", Path: "/payments/1", Version: "v1", Rule: "r", Allowed: true}
 	const seconds, perSecond = 30, 1000
 	for range seconds {
 		for i := range perSecond {
@@ -133,7 +124,7 @@ func TestAuditSinkAggregatesAFloodWithoutLosingDecisions(t *testing.T) {
 	}
 	s.Close()
 	entries, got := rec.decisions(t)
-	if got[audit.OutcomeDenied] != seconds*perSecond*9/10 || got[audit.OutcomeSuccess] != seconds*perSecond/10 {
+	if got[auditentry.OutcomeDenied] != seconds*perSecond*9/10 || got[auditentry.OutcomeSuccess] != seconds*perSecond/10 {
 		t.Fatalf("decisions counted %v, want %d denied and %d allowed", got, seconds*perSecond*9/10, seconds*perSecond/10)
 	}
 	// Two kinds, 6 intervals: an individual entry and an aggregate each.
@@ -142,9 +133,9 @@ func TestAuditSinkAggregatesAFloodWithoutLosingDecisions(t *testing.T) {
 	}
 	// The aggregate says what it counts.
 	rec.mu.Lock()
-	var agg *audit.Entry
+	var agg *auditentry.Entry
 	for _, e := range rec.got {
-		if e.Details["count"] != "" && e.Outcome == audit.OutcomeDenied {
+		if e.Details["count"] != "" && e.Outcome == auditentry.OutcomeDenied {
 			agg = e
 			break
 		}
@@ -159,24 +150,24 @@ func TestAuditSinkAggregatesAFloodWithoutLosingDecisions(t *testing.T) {
 // A caller that varies its path cannot make the entries unbounded: past
 // maxKeysPerCaller kinds its decisions are counted per service and outcome.
 func TestAuditSinkBoundsDistinctPaths(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clk := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	rec := &recorder{}
 	s := NewAuditSink(AuditSinkConfig{Recorder: rec, Interval: 5 * time.Second, Now: clk.Now})
 	const n = 20000
 	for i := range n {
-		s.Decision(context.Background(), Event{Time: clk.Now(), Caller: "spiffe://example.org/rogue", Target: "spiffe://example.org/payments",
+		s.Decision(context.Background(), decision.Event{Time: clk.Now(), Caller: "spiffe://example.org/rogue", Target: "spiffe://example.org/payments",
 			Method: "GET", Path: "/x/" + strconv.Itoa(i) + "/" + strings.Repeat("a", 1000)})
 	}
 	s.Close()
 	entries, got := rec.decisions(t)
-	if got[audit.OutcomeDenied] != n {
-		t.Fatalf("%d decisions counted, want %d", got[audit.OutcomeDenied], n)
+	if got[auditentry.OutcomeDenied] != n {
+		t.Fatalf("%d decisions counted, want %d", got[auditentry.OutcomeDenied], n)
 	}
 	if entries > maxKeysPerCaller+1 {
 		t.Fatalf("%d entries, want at most %d", entries, maxKeysPerCaller+1)
 	}
 	for _, e := range rec.got {
-		if len(e.Details["path"]) > audit.MaxField {
+		if len(e.Details["path"]) > auditentry.MaxField {
 			t.Fatalf("path of %d bytes kept", len(e.Details["path"]))
 		}
 	}
@@ -186,11 +177,11 @@ func TestAuditSinkBoundsDistinctPaths(t *testing.T) {
 // reach the recorder by the sink's own timer; here the clock moves and
 // Flush stands in for the timer.
 func TestAuditSinkIntervalRolls(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clk := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	rec := &recorder{}
 	s := NewAuditSink(AuditSinkConfig{Recorder: rec, Interval: 5 * time.Second, Now: clk.Now})
 	defer s.Close()
-	ev := Event{Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "GET", Path: "/", Allowed: true}
+	ev := decision.Event{Caller: "spiffe://example.org/a", Target: "spiffe://example.org/b", Method: "GET", Path: "/", Allowed: true}
 	for range 3 {
 		ev.Time = clk.Now()
 		s.Decision(context.Background(), ev)
@@ -202,7 +193,7 @@ func TestAuditSinkIntervalRolls(t *testing.T) {
 	ev.Time = clk.Now()
 	s.Decision(context.Background(), ev) // ends the interval: aggregate of 2, then this one individually
 	n, got := rec.decisions(t)
-	if n != 3 || got[audit.OutcomeSuccess] != 4 {
+	if n != 3 || got[auditentry.OutcomeSuccess] != 4 {
 		t.Fatalf("%d entries standing for %v, want 3 for 4 decisions", n, got)
 	}
 }

@@ -19,9 +19,11 @@
 //  6. hands the verified identity to the app: X-Rampart-Caller and
 //     X-Forwarded-Client-Cert headers (proxy), and the request context
 //     (SDK: CallerID);
-//  7. records a decision Event (caller, target, method, path, rule, outcome,
-//     dry-run, latency) to a Sink: LogSink writes a structured log line,
-//     AuditSink an authz.decision entry into a spool that ships it to the
+//  7. records a decision.Event (caller, target, method, path, rule,
+//     outcome, dry-run, latency; the types are in the public package
+//     sdk/decision, so an SDK user can name them) to a decision.Sink:
+//     LogSink writes a structured log line, AuditSink an authz.decision
+//     entry into a spool that ships it to the
 //     server's audit log (ShipDecisions sets both up). The sink never
 //     waits on the request, and counts identical decisions within 5 s into
 //     one entry with details.count (bounded per caller), so a flood is a

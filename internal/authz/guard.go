@@ -20,6 +20,7 @@ import (
 	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 // Header names the guard sets for the app (and strips from callers).
@@ -29,34 +30,11 @@ const (
 	HeaderUser   = "X-Rampart-User"
 )
 
-// Event is one authorisation decision.
-type Event struct {
-	Time    time.Time
-	Caller  string // verified SPIFFE ID
-	Target  string // the protected service's SPIFFE ID
-	Method  string // "" for TCP connections
-	Path    string // normalised; "" for TCP
-	Rule    string // the deciding rule; "" for default deny
-	Version string // policy version; "" when there is no policy
-	Allowed bool   // effective outcome
-	DryRun  bool   // a dry-run policy would have denied
-	Reason  string // why, when refused before the policy (bad path)
-	User    string // end user of a verified access token, "" without one
-	Act     string // service that exchanged the user's token, if any
-	Remote  string
-	Latency time.Duration // time spent deciding
-}
-
-// Sink receives decision events (LogSink, AuditSink, Sinks).
-type Sink interface {
-	Decision(ctx context.Context, e Event)
-}
-
 // LogSink writes decisions as structured log lines.
 type LogSink struct{ Log *slog.Logger }
 
-// Decision implements Sink.
-func (s LogSink) Decision(ctx context.Context, e Event) {
+// Decision implements decision.Sink.
+func (s LogSink) Decision(ctx context.Context, e decision.Event) {
 	lvl := slog.LevelInfo
 	if !e.Allowed || e.DryRun {
 		lvl = slog.LevelWarn
@@ -75,7 +53,7 @@ func (s LogSink) Decision(ctx context.Context, e Event) {
 type GuardConfig struct {
 	Service  spiffeid.ID // the protected service (our own SPIFFE ID)
 	Log      *slog.Logger
-	Sink     Sink
+	Sink     decision.Sink
 	Registry *prometheus.Registry // nil: no metrics
 	// Revocations, if set, is checked on every request, not only at the
 	// handshake: a connection opened before a revocation is cut at its
@@ -132,8 +110,16 @@ func NewGuard(cfg GuardConfig) *Guard {
 // Syncer).
 func (g *Guard) Tokens() *Tokens { return g.tokens }
 
-// SetPolicy installs a compiled policy; nil removes it (default deny).
-func (g *Guard) SetPolicy(e *policy.Engine) { g.engine.Store(e) }
+// SetPolicy installs a compiled policy; nil removes it (default deny). In a
+// program built without CEL (policy.CEL false), a policy with conditions
+// decides more strictly than it says, which is logged as an error.
+func (g *Guard) SetPolicy(e *policy.Engine) {
+	if e != nil && !policy.CEL && e.Conditions() > 0 {
+		g.cfg.Log.Error("this program was built without CEL (-tags rampart_omit_cel): the policy's allow rules with a when condition never match, its deny rules with one always do",
+			"service", e.Service().String(), "policy_version", e.Version(), "conditions", e.Conditions())
+	}
+	g.engine.Store(e)
+}
 
 // Policy returns the installed policy, or nil.
 func (g *Guard) Policy() *policy.Engine { return g.engine.Load() }
@@ -218,7 +204,7 @@ func (g *Guard) Check(r *http.Request) (spiffeid.ID, *Refusal) {
 // ID of r.TLS's verified leaf.
 func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 	start := time.Now()
-	ev := Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr}
+	ev := decision.Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr}
 	if peer.IsZero() || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		ev.Reason = "no verified client certificate"
 		g.finish(r.Context(), &ev, start, "bad_request")
@@ -306,7 +292,7 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 // AllowConn authorises a raw TCP connection by identity only.
 func (g *Guard) AllowConn(ctx context.Context, peer spiffeid.ID, remote string) bool {
 	start := time.Now()
-	ev := Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote}
+	ev := decision.Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote}
 	eng := g.engine.Load()
 	if eng == nil {
 		ev.Reason = "no policy for this service"
@@ -352,11 +338,11 @@ func (g *Guard) WatchPeer(ctx context.Context, peer spiffeid.ID, leaf *x509.Cert
 
 func (g *Guard) endConn(ctx context.Context, peer spiffeid.ID, remote, reason string) {
 	start := time.Now()
-	ev := Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote, Reason: reason}
+	ev := decision.Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote, Reason: reason}
 	g.finish(context.WithoutCancel(ctx), &ev, start, "deny")
 }
 
-func (g *Guard) finish(ctx context.Context, ev *Event, start time.Time, outcome string) {
+func (g *Guard) finish(ctx context.Context, ev *decision.Event, start time.Time, outcome string) {
 	ev.Latency = time.Since(start)
 	c, ok := g.outcomes[outcome]
 	if !ok {

@@ -19,14 +19,15 @@ import (
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
 	"github.com/rampartsec/rampart/internal/svid"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 type recordSink struct {
 	mu     sync.Mutex
-	events []Event
+	events []decision.Event
 }
 
-func (s *recordSink) Decision(_ context.Context, e Event) {
+func (s *recordSink) Decision(_ context.Context, e decision.Event) {
 	s.mu.Lock()
 	s.events = append(s.events, e)
 	s.mu.Unlock()

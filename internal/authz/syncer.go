@@ -21,9 +21,10 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/atomicfile"
-	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/identity/ids"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/policy"
+	"github.com/rampartsec/rampart/internal/safedir"
 )
 
 // Syncer keeps a Guard's policy and a revocation list in step with the
@@ -34,8 +35,13 @@ type Syncer struct {
 	Bundles     x509bundle.Source
 	Guard       *Guard
 	Revocations *mtls.Revocations
-	CacheDir    string // "" disables the on-disk cache
-	Log         *slog.Logger
+	// CacheDir keeps the last policy for a start while the server is
+	// down ("" disables the cache). It must be a directory only this
+	// process's user (and root) can change (package safedir): Start
+	// refuses any other, since whoever controls it could put a policy of
+	// their own there.
+	CacheDir string
+	Log      *slog.Logger
 
 	client   *api.Client
 	revision int64
@@ -50,6 +56,16 @@ const cacheFile = "policy-cache.json"
 func (s *Syncer) Start(ctx context.Context) error {
 	if s.Log == nil {
 		s.Log = slog.New(slog.DiscardHandler)
+	}
+	if s.CacheDir != "" {
+		// A policy cached there is enforced after a restart while the
+		// server is down: whoever else can write the directory could
+		// forge one that lets them in (issue 26).
+		dir, err := safedir.Make(s.CacheDir, "the policy cache directory", os.Geteuid(), 0o700)
+		if err != nil {
+			return fmt.Errorf("authz: %w", err)
+		}
+		s.CacheDir = dir
 	}
 	sv, err := s.SVID.GetX509SVID()
 	if err != nil {
@@ -78,7 +94,7 @@ func (s *Syncer) Start(ctx context.Context) error {
 // ServerClient returns an API client for the server at addr that presents
 // the workload's SVID and accepts only the server's own identity.
 func ServerClient(addr string, td spiffeid.TrustDomain, svid x509svid.Source, bundles x509bundle.Source) *api.Client {
-	cfg := tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(identity.ServerID(td)))
+	cfg := tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(ids.ServerID(td)))
 	cfg.MinVersion = tls.VersionTLS13
 	return &api.Client{BaseURL: "https://" + addr, HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}}
 }

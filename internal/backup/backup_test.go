@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/store/storetest"
+
 	"filippo.io/age"
 	"golang.org/x/mod/sumdb/note"
 
@@ -49,9 +51,7 @@ func newSite(t *testing.T) *site {
 	must(os.MkdirAll(filepath.Join(dir, "keys"), 0o700))
 	w, err := keywrap.LoadOrCreateFile(filepath.Join(dir, "keys", "kek"))
 	must(err)
-	st, err := store.OpenSQLite(filepath.Join(dir, "rampart.db"))
-	must(err)
-	t.Cleanup(func() { st.Close() })
+	st := storetest.SQLite(t, dir)
 	ctx := context.Background()
 	must(st.PutCAKey(ctx, store.CAKey{ID: "root", Kind: store.KindRoot, State: store.StateActive, CertDER: []byte{1}, WrappedKey: []byte{2}, NotBefore: t0, NotAfter: t0.Add(time.Hour), CreatedAt: t0}))
 	_, err = st.PutPolicy(ctx, store.Policy{Service: "spiffe://example.org/orders", Version: "v1", Source: []byte("rules: []\n"), CreatedAt: t0})

@@ -45,5 +45,8 @@
 // clock, records backup.create, backup.drill, backup.prune and the absence
 // entries backup.overdue and backup.drill_overdue in the audit log, and
 // exports metrics; the default detection rules turn failures and absences
-// into alerts. See docs/backup.md.
+// into alerts. It also serves the backup API (HandleCreate, HandleDrill,
+// HandleList), which the server routes behind backup.run, backup.drill and
+// backup.read. What a drill checks of the restored server is ProbeAPI,
+// VerifyRestoredLog and identity's CA.SelfTest. See docs/backup.md.
 package backup

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,7 +37,10 @@ type Runner struct {
 	// Record appends an entry to the audit log.
 	Record func(ctx context.Context, e *audit.Entry)
 	Actor  audit.Actor
-	Now    func() time.Time
+	// Operator names who asked for a backup or drill through the API
+	// (default: the admin).
+	Operator func(*http.Request) audit.Actor
+	Now      func() time.Time
 	// Tick is how often Run looks at the schedule (default a minute).
 	Tick     time.Duration
 	Log      *slog.Logger

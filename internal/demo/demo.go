@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -38,6 +39,9 @@ type Config struct {
 	Attack  string // run one attack by name, exit
 	Stdout  io.Writer
 	Stderr  io.Writer
+	// Progress, if set, gets a line per start-up step (the CLI passes
+	// stderr when it is a terminal: a first start takes a while).
+	Progress io.Writer
 }
 
 // System is the running demo: what attacks need to reach.
@@ -91,7 +95,12 @@ func Run(ctx context.Context, cfg Config) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sys, wait, err := start(ctx, dir, log)
+	step := func(what string) {
+		if cfg.Progress != nil {
+			fmt.Fprintf(cfg.Progress, "demo: %s...\n", what)
+		}
+	}
+	sys, wait, err := start(ctx, dir, log, step)
 	if wait != nil {
 		defer func() { cancel(); wait() }()
 	}
@@ -122,6 +131,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return runAttacks(ctx, w, sys, selected)
 	}
 	fmt.Fprintf(w, "Try it from another shell:\n")
+	if _, err := exec.LookPath("rampart"); err != nil {
+		// "go run" leaves no rampart on the PATH for the commands below.
+		fmt.Fprintf(w, "  go install ./cmd/rampart   # rampart is not on your PATH: this puts it in $(go env GOPATH)/bin\n")
+	}
 	fmt.Fprintf(w, "  curl %s/orders/42              # gateway -> orders -> payments, each hop mTLS and authorised\n", s.GatewayURL)
 	fmt.Fprintf(w, "  curl -i %s/orders/42/../../admin  # refused: path tricks are normalised before the policy\n", s.GatewayURL)
 	fmt.Fprintf(w, "  curl -i %s/users/bob/card         # refused: orders may read a card only for its owner, with that user's token\n", s.GatewayURL)
@@ -141,7 +154,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 // start brings up the server and the agent in this process, and registers
 // the demo workload. It is idempotent over a reused data directory.
-func start(ctx context.Context, dir string, log *slog.Logger) (*System, func(), error) {
+func start(ctx context.Context, dir string, log *slog.Logger, step func(string)) (*System, func(), error) {
+	step("starting the server (CA, store, audit log)")
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, nil, fmt.Errorf("demo: %w", err)
@@ -190,6 +204,7 @@ func start(ctx context.Context, dir string, log *slog.Logger) (*System, func(), 
 		Selectors: []string{"unix:uid:" + strconv.Itoa(os.Getuid()), "unix:path:" + exe}}); err != nil {
 		return nil, nil, err
 	}
+	step("attesting the agent with a join token")
 	a, err := agent.New(acfg)
 	if err != nil {
 		return nil, nil, err
@@ -218,6 +233,7 @@ func start(ctx context.Context, dir string, log *slog.Logger) (*System, func(), 
 			return nil, nil, errors.New("demo: the agent did not start within 30s (see demo.log)")
 		}
 	}
+	step("starting gateway, orders, payments and customers, each with its identity and policy")
 	svc, procs, err := startServices(ctx, sys, agentID.String(), done)
 	running += procs
 	if err != nil {

@@ -163,9 +163,18 @@ func TestDefaultRules(t *testing.T) {
 		{"audit-ingestion-gap",
 			[]*audit.Entry{ev(0, "audit.ingest.gap", "failure", "entries 4 to 5 of the stream never arrived", audit.Actor{SpiffeID: orders}, nil)},
 			[]*audit.Entry{ev(0, "audit.ingest", "denied", "stream belongs to another", audit.Actor{SpiffeID: orders}, nil)}},
+		{"oauth-rate-limited",
+			[]*audit.Entry{ev(0, "oauth.rate_limit", "denied", "40 requests refused", audit.Actor{User: "anonymous"}, map[string]string{"remote": "203.0.113.9", "limiter": "oauth_login", "count": "40"}),
+				ev(time.Minute, "oauth.rate_limit", "denied", "35 requests refused", audit.Actor{User: "anonymous"}, map[string]string{"remote": "203.0.113.9", "limiter": "oauth_login", "count": "35"})},
+			[]*audit.Entry{shipped(ev(0, "oauth.rate_limit", "denied", "forged", audit.Actor{User: "anonymous"}, map[string]string{"remote": "203.0.113.9", "limiter": "oauth_login"})),
+				ev(0, "oauth.login", "failure", "wrong password", audit.Actor{User: "anonymous"}, map[string]string{"username": "alice"})}},
 		{"audit-entries-dropped",
 			[]*audit.Entry{shipped(ev(0, "audit.entries_dropped", "failure", "120 audit entries dropped", audit.Actor{SpiffeID: orders}, map[string]string{"count": "120"}))},
 			[]*audit.Entry{ev(0, "audit.seal", "success", "", audit.Actor{SpiffeID: orders}, nil)}},
+		{"vulnerable-workload-running",
+			[]*audit.Entry{vulnerable(0, "called", "HIGH"), vulnerable(time.Minute, "called", "HIGH")}, // one alert per finding a day
+			[]*audit.Entry{vulnerable(0, "not-called", "CRITICAL"), vulnerable(0, "called", "MEDIUM"),
+				shipped(vulnerable(0, "called", "CRITICAL"))}}, // forged by an agent or workload
 	} {
 		t.Run(tc.rule, func(t *testing.T) {
 			if n := fired(t, tc.fires)[tc.rule]; n != 1 {
@@ -179,15 +188,23 @@ func TestDefaultRules(t *testing.T) {
 	// Every default rule has a case above.
 	for _, r := range Default().Rules {
 		found := false
-		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap", "audit-entries-dropped",
-			"acme-challenge-failures",
-			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue"} { // the backup rules: backup_rules_test.go
+		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap", "audit-entries-dropped", "oauth-rate-limited",
+			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue", "vulnerable-workload-running",
+			"acme-challenge-failures"} { // the backup rules: backup_rules_test.go
 			found = found || name == r.Name
 		}
 		if !found {
 			t.Errorf("default rule %s has no test", r.Name)
 		}
 	}
+}
+
+// vulnerable is the server's entry for a finding on a running workload.
+func vulnerable(at time.Duration, reachability, severity string) *audit.Entry {
+	e := ev(at, "scan.vulnerable", "failure", "calls vulnerable code", audit.Actor{SpiffeID: "spiffe://example.org/rampart/server"},
+		map[string]string{"vuln": "GO-2022-1059", "sha256": "ab", "reachability": reachability, "severity": severity})
+	e.Target, e.Source = orders, "server"
+	return e
 }
 
 func TestDedupAndReplay(t *testing.T) {

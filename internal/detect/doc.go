@@ -41,4 +41,11 @@
 // into one alert (count and last seen move). Alert IDs derive from the rule,
 // the group and the index of the entry that raised the alert, so a replay
 // raises nothing new.
+//
+// # Running
+//
+// Detector is what the server runs on the replica that keeps the log: the
+// rules (or the defaults), a Tailer over the log, the rules' sinks, and a
+// detect.alert entry in the log for each new alert. AlertAPI serves the
+// alerts to operators (list, read, change status).
 package detect

@@ -1,7 +1,6 @@
 package identity
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -10,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -609,41 +607,12 @@ func (ca *CA) Status() []KeyStatus {
 	return out
 }
 
-// EncodePEM encodes certificates as concatenated PEM blocks.
-func EncodePEM(certs []*x509.Certificate) []byte {
-	var b bytes.Buffer
-	for _, c := range certs {
-		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	return b.Bytes()
-}
+// EncodePEM encodes certificates as concatenated PEM blocks (svid.EncodePEM).
+func EncodePEM(certs []*x509.Certificate) []byte { return svid.EncodePEM(certs) }
 
-// ParsePEM parses every CERTIFICATE block in b; anything else is an error.
-func ParsePEM(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, b = pem.Decode(b)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("identity: unexpected PEM block %q", block.Type)
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("identity: %w", err)
-		}
-		out = append(out, c)
-	}
-	if len(bytes.TrimSpace(b)) > 0 {
-		return nil, errors.New("identity: trailing data after the last PEM block")
-	}
-	if len(out) == 0 {
-		return nil, errors.New("identity: no certificates found")
-	}
-	return out, nil
-}
+// ParsePEM parses every CERTIFICATE block in b; anything else is an error
+// (svid.ParsePEM).
+func ParsePEM(b []byte) ([]*x509.Certificate, error) { return svid.ParsePEM(b) }
 
 func newKey() (*ecdsa.PrivateKey, error) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -677,4 +646,54 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	type equaler interface{ Equal(crypto.PublicKey) bool }
 	e, ok := a.(equaler)
 	return ok && e.Equal(b)
+}
+
+// SelfTest signs a throwaway X.509-SVID (spiffe://TD/rampart/drill, one
+// minute) and verifies that it chains to the current bundle: what a
+// restore drill asks of a restored CA.
+func (c *CA) SelfTest() error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	id, err := spiffeid.FromSegments(c.cfg.TrustDomain, "rampart", "drill")
+	if err != nil {
+		return err
+	}
+	chain, err := c.SignX509SVID(id, key.Public(), time.Minute, nil, nil)
+	if err != nil {
+		return err
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range c.X509Bundle() {
+		roots.AddCert(r)
+	}
+	for _, i := range chain[1:] {
+		inter.AddCert(i)
+	}
+	_, err = chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err
+}
+
+// Manual rotations, by name (the API's and the CLI's).
+const (
+	RotateIntermediate = "intermediate"
+	RotateRootPrepare  = "root-prepare"
+	RotateRootActivate = "root-activate"
+)
+
+// ErrRotateTarget: Rotate was given no rotation it knows.
+var ErrRotateTarget = errors.New("identity: unknown rotation")
+
+// Rotate applies the manual rotation named target.
+func (ca *CA) Rotate(ctx context.Context, target string) error {
+	switch target {
+	case RotateIntermediate:
+		return ca.RotateIntermediate(ctx)
+	case RotateRootPrepare:
+		return ca.PrepareRoot(ctx)
+	case RotateRootActivate:
+		return ca.ActivateRoot(ctx)
+	}
+	return fmt.Errorf("%w: target: %q; want %s, %s or %s", ErrRotateTarget, target, RotateIntermediate, RotateRootPrepare, RotateRootActivate)
 }

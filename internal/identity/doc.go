@@ -27,11 +27,22 @@
 //     in every relying party's JWKS long before it signs anything.
 //
 // Expiry of every root, intermediate and JWT key is exported by Status for
-// metrics and warnings.
+// metrics (ExpiryCollector) and warnings. Maintainer runs the schedule on
+// a timer and warns about keys close to expiry.
+//
+// # Callers and the server's certificate
+//
+// Verifier checks the SVIDs callers present to the control plane (chain to
+// the current bundle, expiry, the revocation list, evicted agents) with a
+// cache of verified chains; ServerCert is the API's own SVID, renewed at
+// half life.
 //
 // # IDs
 //
 // SPIFFE IDs use go-spiffe's spiffeid.ID type. Paths under /rampart/ are
 // reserved: agents are spiffe://TD/rampart/agent/NAME and the server is
-// spiffe://TD/rampart/server; workload entries may not use them.
+// spiffe://TD/rampart/server; workload entries may not use them. The rules
+// live in the leaf package ids (identity forwards to it), so that the agent,
+// the proxy and the SDK name the server without compiling the CA and its
+// store. Likewise the certificate PEM helpers live in package svid.
 package identity

@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
@@ -72,4 +73,42 @@ func WriteKeyFile(path string, k crypto.Signer) error {
 		return err
 	}
 	return atomicfile.Write(path, b, 0o600)
+}
+
+// LoadUpstream reads the root(s) supplied from outside (certFile, PEM) and
+// their key (keyFile, optional). A key file that is absent means the key
+// is kept offline: the current intermediate keeps signing. No certFile:
+// no upstream (nil).
+func LoadUpstream(certFile, keyFile string) (*Upstream, error) {
+	if certFile == "" {
+		if keyFile != "" {
+			return nil, errors.New("identity: --upstream-ca-key needs --upstream-ca-cert")
+		}
+		return nil, nil
+	}
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("identity: upstream CA: %w", err)
+	}
+	roots, err := ParsePEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("identity: upstream CA %s: %w", certFile, err)
+	}
+	for _, r := range roots {
+		if !r.IsCA {
+			return nil, fmt.Errorf("identity: upstream CA %s: certificate %q is not a CA", certFile, r.Subject)
+		}
+	}
+	up := &Upstream{Roots: roots}
+	if keyFile != "" {
+		k, err := LoadKeyFile(keyFile)
+		if errors.Is(err, fs.ErrNotExist) {
+			return up, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("identity: upstream CA key: %w", err)
+		}
+		up.Key = k
+	}
+	return up, nil
 }

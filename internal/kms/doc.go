@@ -32,7 +32,9 @@
 // data key is a ciphertext of kind 'd', so it cannot be passed off as an
 // ordinary ciphertext (or the reverse).
 //
-// Who may use which key is not decided here: the server asks the policy
-// engine (service spiffe://TD/rampart/kms, paths /keys/NAME/OPERATION)
-// before calling in, and records every use in the audit log.
+// Who may use which key is the key-use policy's (Access): a policy
+// (package policy) for the service spiffe://TD/rampart/kms (ServiceID),
+// paths /keys/NAME/OPERATION; without one every use is denied. The server
+// asks it before calling in, and records every use in the audit log.
+// Maintainer applies the schedules and records what they did.
 package kms

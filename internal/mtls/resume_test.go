@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/fakeclock"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -48,18 +50,6 @@ func newBox(s *x509svid.SVID) *svidBox {
 }
 
 func (b *svidBox) GetX509SVID() (*x509svid.SVID, error) { return b.p.Load(), nil }
-
-// fakeClock is a settable clock for Options.Now.
-type fakeClock struct{ ns atomic.Int64 }
-
-func newClock(t time.Time) *fakeClock {
-	c := &fakeClock{}
-	c.set(t)
-	return c
-}
-func (c *fakeClock) set(t time.Time)     { c.ns.Store(t.UnixNano()) }
-func (c *fakeClock) now() time.Time      { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) add(d time.Duration) { c.set(c.now().Add(d)) }
 
 // events counts what the callbacks of one side report.
 type events struct {
@@ -163,7 +153,7 @@ func (s *tlsServer) dial(t *testing.T, d *Dialer) (client tls.ConnectionState, s
 
 type resumeFixture struct {
 	ca                   *testCA
-	clock                *fakeClock
+	clock                *fakeclock.Clock
 	t0                   time.Time
 	client, server       *svidBox
 	revs                 *Revocations // the server's
@@ -177,14 +167,14 @@ func newResumeFixture(t *testing.T) *resumeFixture {
 	t.Helper()
 	ca := newCA(t, "example.org")
 	t0 := time.Now().Truncate(time.Second)
-	f := &resumeFixture{ca: ca, clock: newClock(t0), t0: t0, revs: &Revocations{}, clientRevs: &Revocations{},
+	f := &resumeFixture{ca: ca, clock: fakeclock.New(t0), t0: t0, revs: &Revocations{}, clientRevs: &Revocations{},
 		srvEvents: &events{}, cliEvents: &events{}}
 	f.client = newBox(ca.svidAt(t, "/orders", t0, t0.Add(time.Hour)))
 	f.server = newBox(ca.svidAt(t, "/payments", t0, t0.Add(time.Hour)))
 	srvCfg := ServerConfig(Options{SVID: f.server, Bundles: ca.bundle(), Authorize: tlsconfig.AuthorizeMemberOf(ca.td), Revocations: f.revs,
-		OnFail: f.srvEvents.fail, OnHandshake: f.srvEvents.handshake, OnSessionDeclined: f.srvEvents.decline, Now: f.clock.now})
+		OnFail: f.srvEvents.fail, OnHandshake: f.srvEvents.handshake, OnSessionDeclined: f.srvEvents.decline, Now: f.clock.Now})
 	cliCfg := ClientConfig(Options{SVID: f.client, Bundles: ca.bundle(), Authorize: tlsconfig.AuthorizeID(spiffeid.RequireFromPath(ca.td, "/payments")),
-		Revocations: f.clientRevs, OnFail: f.cliEvents.fail, OnHandshake: f.cliEvents.handshake, Now: f.clock.now})
+		Revocations: f.clientRevs, OnFail: f.cliEvents.fail, OnHandshake: f.cliEvents.handshake, Now: f.clock.Now})
 	f.srv = startTLSServer(t, srvCfg)
 	f.dialer = &Dialer{Config: cliCfg}
 	return f
@@ -253,7 +243,7 @@ func TestStaleSessionGivesWayToFullHandshake(t *testing.T) {
 	if _, ss, err := f.srv.dial(t, f.dialer); err != nil || ss.err != nil {
 		t.Fatalf("first handshake: %v / %v", err, ss.err)
 	}
-	f.clock.add(50 * time.Minute) // past 45 min of 60, before expiry
+	f.clock.Add(50 * time.Minute) // past 45 min of 60, before expiry
 	rotated := f.ca.svidAt(t, "/orders", f.t0.Add(30*time.Minute), f.t0.Add(90*time.Minute))
 	f.client.p.Store(rotated)
 	cs, ss, err := f.srv.dial(t, f.dialer)
@@ -282,7 +272,7 @@ func TestExpiredClientCannotResume(t *testing.T) {
 	if _, ss, err := f.srv.dial(t, f.dialer); err != nil || ss.err != nil {
 		t.Fatalf("first handshake: %v / %v", err, ss.err)
 	}
-	f.clock.add(61 * time.Minute)
+	f.clock.Add(61 * time.Minute)
 	if _, ss, err := f.srv.dial(t, f.dialer); err == nil && ss.err == nil {
 		t.Fatal("an expired client certificate was accepted")
 	}

@@ -234,7 +234,9 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	u, err := p.login(r.Context(), username, r.PostForm.Get("password"), r.PostForm.Get("otp"))
 	var le *loginError
 	if errors.As(err, &le) {
-		p.record(r, "oauth.login", audit.OutcomeFailure, le.reason, "username", username, "user", username, "client_id", req.client.ID)
+		// The typed name is a claim, not a proven actor (it may even be
+		// "admin"): the entry's actor is anonymous, the claim a detail.
+		p.record(r, "oauth.login", audit.OutcomeFailure, le.reason, "username", username, "user", "anonymous", "client_id", req.client.ID)
 		p.loginPage(w, r, req, false, "Wrong username, password or one-time code, or the account is locked. Try again.", http.StatusUnauthorized)
 		return
 	}

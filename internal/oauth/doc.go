@@ -35,6 +35,12 @@
 // hashes, signs or writes is rate limited per source address and in all
 // (package ratelimit).
 //
+// Accounts registers, changes and deletes clients and users (validation,
+// secrets generated and hashed, TOTP sealed, and what a disabled or
+// deleted client or user was issued revoked after the change), and serves
+// them to operators through the admin API; Routes gives the server the
+// provider's own endpoints, and Run its maintenance loop.
+//
 // Everything a security engineer would want to see later is an audit entry:
 // logins and their failures, every token issued, refreshed, exchanged or
 // revoked, and every reuse detected.

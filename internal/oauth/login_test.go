@@ -63,8 +63,13 @@ func TestFailedLoginsLookAlike(t *testing.T) {
 			t.Errorf("%s: the page tells the reason %q", c.name, c.reason)
 		}
 		fails := h.auditedOutcome("oauth.login", "failure")
-		if last := fails[len(fails)-1]; !strings.Contains(last.Reason, c.reason) {
+		last := fails[len(fails)-1]
+		if !strings.Contains(last.Reason, c.reason) {
 			t.Errorf("%s: audited reason %q, want it to name %q", c.name, last.Reason, c.reason)
+		}
+		// The typed name is a claim: a detail, never the actor.
+		if last.Actor.User != "anonymous" || last.Details["username"] == "" {
+			t.Errorf("%s: failed login's actor %+v, details %v; want anonymous with the claimed username in details", c.name, last.Actor, last.Details)
 		}
 	}
 }

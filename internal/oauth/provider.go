@@ -313,9 +313,29 @@ func loadSessionKey(ctx context.Context, s keyStore, w *keywrap.Wrapper, now tim
 	return nil, errors.New("oauth: session key: could not create or read")
 }
 
+// MaintainEvery is how often Run maintains the provider.
+const MaintainEvery = 30 * time.Second
+
+// Run calls Maintain every MaintainEvery until ctx is done; a failure is
+// logged and retried at the next tick.
+func (p *Provider) Run(ctx context.Context) error {
+	t := time.NewTicker(MaintainEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := p.Maintain(ctx); err != nil {
+				p.cfg.Log.Error("OAuth signing key maintenance failed", "err", err)
+			}
+		}
+	}
+}
+
 // Maintain applies the signing key rotation schedule and audits the
-// requests the rate limits refused since the last call; call it
-// periodically (the server does every 30 s).
+// requests the rate limits refused since the last call; Run calls it
+// periodically.
 func (p *Provider) Maintain(ctx context.Context) error {
 	p.limits.flush()
 	if n := p.hashing.busy.Swap(0); n > 0 {
@@ -372,24 +392,41 @@ const (
 	PathRevoke     = "/oauth2/revoke"
 )
 
-// Register adds the provider's endpoints to mux.
-func (p *Provider) Register(mux *http.ServeMux, wrap func(pattern string, h http.HandlerFunc) http.Handler) {
-	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, wrap(pattern, h)) }
-	route("GET /.well-known/openid-configuration", p.handleDiscovery)
-	route("GET /.well-known/oauth-authorization-server", p.handleDiscovery)
-	route("GET "+PathJWKS, p.handleJWKS)
-	route("GET "+PathAuthorize, p.handleAuthorize)
-	// Everything that hashes a password, signs a token or writes to the
-	// store is rate limited per source address and in all.
-	limited := func(pattern string, l *ratelimit.Limiter, h http.HandlerFunc, refuse func(http.ResponseWriter, *http.Request, ratelimit.Decision)) {
-		mux.Handle(pattern, wrap(pattern, l.Wrap(h, refuse).ServeHTTP))
+// Route is one of the provider's endpoints. Clients and users
+// authenticate per request, as each endpoint's specification says.
+type Route struct {
+	Pattern string // "METHOD /path", as http.ServeMux takes it
+	Handler http.Handler
+	Doc     string
+}
+
+// Routes returns the provider's endpoints, for the server's route table.
+// Everything that hashes a password, signs a token or writes to the store
+// is rate limited per source address and in all.
+func (p *Provider) Routes() []Route {
+	limited := func(l *ratelimit.Limiter, h http.HandlerFunc, refuse func(http.ResponseWriter, *http.Request, ratelimit.Decision)) http.Handler {
+		return l.Wrap(h, refuse)
 	}
-	limited("POST "+PathAuthorize, p.limits.login, p.handleAuthorize, p.limitPage)
-	limited("POST "+PathToken, p.limits.token, p.handleToken, limitJSON)
-	limited("GET "+PathUserinfo, p.limits.userinfo, p.handleUserinfo, limitJSON)
-	limited("POST "+PathUserinfo, p.limits.userinfo, p.handleUserinfo, limitJSON)
-	limited("POST "+PathIntrospect, p.limits.introspect, p.handleIntrospect, limitJSON)
-	limited("POST "+PathRevoke, p.limits.revoke, p.handleRevoke, limitJSON)
+	return []Route{
+		{"GET /.well-known/openid-configuration", http.HandlerFunc(p.handleDiscovery), "OpenID Connect discovery (OIDC Discovery 1.0)"},
+		{"GET /.well-known/oauth-authorization-server", http.HandlerFunc(p.handleDiscovery), "authorization server metadata (RFC 8414)"},
+		{"GET " + PathJWKS, http.HandlerFunc(p.handleJWKS), "the token signing keys (RFC 7517)"},
+		{"GET " + PathAuthorize, http.HandlerFunc(p.handleAuthorize), "authorization endpoint: the login page (RFC 6749 §3.1, PKCE RFC 7636)"},
+		{"POST " + PathAuthorize, limited(p.limits.login, p.handleAuthorize, p.limitPage), "authorization endpoint: the login form (password, TOTP)"},
+		{"POST " + PathToken, limited(p.limits.token, p.handleToken, limitJSON), "token endpoint: code, refresh, client credentials, token exchange (RFC 6749, RFC 8693), DPoP (RFC 9449)"},
+		{"GET " + PathUserinfo, limited(p.limits.userinfo, p.handleUserinfo, limitJSON), "UserInfo (OIDC Core §5.3)"},
+		{"POST " + PathUserinfo, limited(p.limits.userinfo, p.handleUserinfo, limitJSON), "UserInfo (OIDC Core §5.3)"},
+		{"POST " + PathIntrospect, limited(p.limits.introspect, p.handleIntrospect, limitJSON), "token introspection (RFC 7662)"},
+		{"POST " + PathRevoke, limited(p.limits.revoke, p.handleRevoke, limitJSON), "token revocation (RFC 7009)"},
+	}
+}
+
+// Register adds the provider's endpoints to mux (for tests and tools that
+// serve the provider alone), each wrapped by wrap.
+func (p *Provider) Register(mux *http.ServeMux, wrap func(pattern string, h http.HandlerFunc) http.Handler) {
+	for _, r := range p.Routes() {
+		mux.Handle(r.Pattern, wrap(r.Pattern, r.Handler.ServeHTTP))
+	}
 }
 
 // Supported values, published in discovery and enforced.

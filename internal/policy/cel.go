@@ -1,3 +1,5 @@
+//go:build !rampart_omit_cel
+
 package policy
 
 import (
@@ -21,7 +23,14 @@ func celEnv() (*cel.Env, error) {
 	)
 }
 
-func compileCEL(expr string) (cel.Program, error) {
+// CEL reports whether this program evaluates `when` conditions: true unless
+// built with -tags rampart_omit_cel (cel_omit.go).
+const CEL = true
+
+// condition is a compiled `when` condition.
+type condition struct{ prg cel.Program }
+
+func compileCEL(expr string) (*condition, error) {
 	env, err := celEnv()
 	if err != nil {
 		return nil, err
@@ -37,12 +46,12 @@ func compileCEL(expr string) (cel.Program, error) {
 	if err != nil {
 		return nil, fmt.Errorf("condition: %w", err)
 	}
-	return prg, nil
+	return &condition{prg}, nil
 }
 
 // evalCEL evaluates a condition; ok is false on an evaluation error
 // (missing claim, wrong type, cost limit), with the error.
-func evalCEL(prg cel.Program, r *Request, params map[string]string) (result bool, err error) {
+func evalCEL(c *condition, r *Request, params map[string]string) (result bool, err error) {
 	headers := map[string]string{}
 	for k, v := range r.Headers {
 		// A repeated field is one list (RFC 9110 5.3), and the app may read
@@ -58,7 +67,7 @@ func evalCEL(prg cel.Program, r *Request, params map[string]string) (result bool
 	if params == nil {
 		params = map[string]string{}
 	}
-	out, _, err := prg.Eval(map[string]any{
+	out, _, err := c.prg.Eval(map[string]any{
 		"request": map[string]any{"method": r.Method, "path": r.Path, "headers": headers, "params": params},
 		"user":    user,
 		"caller":  r.Caller.String(),

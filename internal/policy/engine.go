@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/google/cel-go/cel"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -31,7 +30,7 @@ type compiledRule struct {
 	deny    bool
 	methods uint16 // 0: any
 	paths   []pathPattern
-	prog    cel.Program
+	prog    *condition // nil without a when
 	when    string
 	line    int
 }
@@ -130,6 +129,18 @@ func (e *Engine) Version() string { return e.version }
 
 // Service is the protected service.
 func (e *Engine) Service() spiffeid.ID { return e.service }
+
+// Conditions reports how many rules have a `when` condition, which a
+// program built without CEL cannot evaluate (see CEL).
+func (e *Engine) Conditions() int {
+	n := 0
+	for i := range e.rules {
+		if e.rules[i].prog != nil {
+			n++
+		}
+	}
+	return n
+}
 
 // Decide decides r. It allocates nothing unless a candidate rule has a condition.
 func (e *Engine) Decide(r *Request) Decision {

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/rampartsec/rampart/internal/safedir"
 )
 
 // Who may call an outbound listener. Whoever reaches one calls its upstream
@@ -99,27 +101,19 @@ func listenUnixOutbound(path string, acc OutboundAccess, m *metrics, log *slog.L
 		uids = []int{self}
 	}
 	others := slices.ContainsFunc(uids, func(u int) bool { return u != self })
-	dir := filepath.Dir(path)
 	dirMode := fs.FileMode(0o700)
 	if others {
 		dirMode = 0o711 // others may reach the socket, not list or write
 	}
-	if err := os.MkdirAll(dir, dirMode); err != nil {
-		return nil, fmt.Errorf("proxy: outbound socket directory %s: %w", dir, err)
-	}
-	fi, err := os.Lstat(dir)
+	// Owned by the proxy, writable by no one else, and so is every
+	// directory above (or it is sticky, as /tmp): no one can replace the
+	// socket, nor move its directory away (safedir). The socket goes
+	// where the check looked, symbolic links resolved.
+	dir, err := safedir.Make(filepath.Dir(path), "the outbound socket directory", self, dirMode)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: outbound socket directory %s: %w", dir, err)
+		return nil, fmt.Errorf("proxy: %w", err)
 	}
-	owner, known := fileOwner(fi)
-	switch {
-	case !fi.IsDir():
-		return nil, fmt.Errorf("proxy: outbound socket directory %s is not a directory (a symbolic link?)", dir)
-	case !known || owner != self:
-		return nil, fmt.Errorf("proxy: outbound socket directory %s belongs to uid %d, not to this proxy (uid %d): whoever owns it could replace the socket", dir, owner, self)
-	case fi.Mode().Perm()&0o022 != 0:
-		return nil, fmt.Errorf("proxy: outbound socket directory %s is writable by group or others (mode %v): anyone who can write there could replace the socket", dir, fi.Mode().Perm())
-	}
+	label, path := path, filepath.Join(dir, filepath.Base(path))
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&fs.ModeSocket == 0 {
 			return nil, fmt.Errorf("proxy: outbound socket %s: exists and is not a socket", path)
@@ -148,7 +142,7 @@ func listenUnixOutbound(path string, acc OutboundAccess, m *metrics, log *slog.L
 	for _, u := range uids {
 		allowed[u] = true
 	}
-	refused := m.outboundRefused.WithLabelValues(unixPrefix + path)
+	refused := m.outboundRefused.WithLabelValues(unixPrefix + label)
 	return &peerCredListener{UnixListener: ln, allowed: allowed, refuse: func(uid int, err error) {
 		refused.Inc()
 		if err != nil {

@@ -216,7 +216,20 @@ func TestUnixOutboundRefusesOtherUIDs(t *testing.T) {
 		os.Mkdir(dir, 0o700)
 		os.Chown(dir, nobody, nobody)
 		_, err := listenOutbound(Outbound{Listen: unixPrefix + filepath.Join(dir, "p.sock")}, OutboundAccess{SocketGroup: -1}, newMetrics(nil), slog.New(slog.DiscardHandler))
-		if err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+		if err == nil || !strings.Contains(err.Error(), "the outbound socket directory "+dir+" is owned by uid 65534") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	// Its parent is another user's: they could move the directory away
+	// and put theirs, with their own socket, in its place.
+	t.Run("a directory under another user's is refused", func(t *testing.T) {
+		theirs := filepath.Join(base, "theirs-parent")
+		os.Mkdir(theirs, 0o755)
+		os.Chown(theirs, nobody, nobody)
+		dir := filepath.Join(theirs, "ours")
+		os.Mkdir(dir, 0o700)
+		_, err := listenOutbound(Outbound{Listen: unixPrefix + filepath.Join(dir, "p.sock")}, OutboundAccess{SocketGroup: -1}, newMetrics(nil), slog.New(slog.DiscardHandler))
+		if err == nil || !strings.Contains(err.Error(), theirs+", a parent of "+dir+", is owned by uid 65534") {
 			t.Fatalf("got %v", err)
 		}
 	})

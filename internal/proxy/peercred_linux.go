@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"io/fs"
 	"net"
 	"os/user"
 	"strconv"
@@ -34,13 +33,4 @@ func lookupUID(name string) (int, error) {
 		return -1, err
 	}
 	return strconv.Atoi(u.Uid)
-}
-
-// fileOwner is the uid owning a file.
-func fileOwner(fi fs.FileInfo) (int, bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return -1, false
-	}
-	return int(st.Uid), true
 }

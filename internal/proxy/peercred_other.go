@@ -4,7 +4,6 @@ package proxy
 
 import (
 	"errors"
-	"io/fs"
 	"net"
 )
 
@@ -15,5 +14,3 @@ var errNoPeerCred = errors.New("proxy: reading a unix socket caller's uid (SO_PE
 func peerUID(*net.UnixConn) (int, error) { return -1, errNoPeerCred }
 
 func lookupUID(string) (int, error) { return -1, errNoPeerCred }
-
-func fileOwner(fs.FileInfo) (int, bool) { return -1, false }

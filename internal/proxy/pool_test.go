@@ -207,9 +207,12 @@ func TestPoolCapQueueDeadlineAnd503UnderSlowUpstream(t *testing.T) {
 			t.Fatalf("held request: %+v", a)
 		}
 	}
-	// As many at once as the connections and the queue hold: all served.
+	// As many at once as the queue holds: all served. (Not the queue plus
+	// the connections: a client's next request can arrive before the pool
+	// has taken its previous connection back, and on a loaded machine it
+	// does, so the queue must hold every client.)
 	var wg sync.WaitGroup
-	for i := range 5 {
+	for i := range 3 {
 		wg.Go(func() {
 			for j := range 4 {
 				if a := x.send(fmt.Sprintf("/after/%d/%d", i, j)); a.code != 200 {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -25,8 +26,10 @@ import (
 
 	"github.com/rampartsec/rampart/internal/authz"
 	"github.com/rampartsec/rampart/internal/mtls"
+	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/upstream"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
+	"github.com/rampartsec/rampart/sdk/decision"
 )
 
 // Timeouts on every stage.
@@ -88,7 +91,10 @@ func ParseOutbound(s string) (Outbound, error) {
 type Config struct {
 	WorkloadSocket string // the agent's Workload API socket
 	ServerAddr     string // control plane, for policies and revocations
-	DataDir        string // caches the last policy so a restart works while the server is down
+	// DataDir caches the last policy so a restart works while the server
+	// is down, and holds the audit spool; it must be a directory only this
+	// process's user (and root) can change (package safedir).
+	DataDir string
 	// AgentUID is the uid that must serve WorkloadSocket (SO_PEERCRED,
 	// checked on every connection); nil: see endpoint.ExpectedUID.
 	AgentUID *uint32
@@ -139,6 +145,15 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
+	if cfg.ServerAddr != "" && cfg.DataDir != "" {
+		// The cached policy and the audit spool: another user who controls
+		// the directory could forge the one and read or inject the other.
+		dir, err := safedir.Make(cfg.DataDir, "the proxy's data directory (--data)", os.Geteuid(), 0o700)
+		if err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
+		cfg.DataDir = dir
+	}
 	m := newMetrics(cfg.Registry)
 	wopts, err := endpoint.ClientOptions(ctx, cfg.WorkloadSocket, cfg.AgentUID) // who serves the socket is checked on every connection
 	if err != nil {
@@ -156,7 +171,7 @@ func Run(ctx context.Context, cfg Config) error {
 	m.watchSVID(src)
 	td := self.ID.TrustDomain()
 	revs := &mtls.Revocations{}
-	var sink authz.Sink = authz.LogSink{Log: cfg.Log}
+	var sink decision.Sink = authz.LogSink{Log: cfg.Log}
 	if cfg.AuditSpool == "" && cfg.DataDir != "" {
 		cfg.AuditSpool = filepath.Join(cfg.DataDir, "audit-spool")
 	}

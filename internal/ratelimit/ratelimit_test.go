@@ -9,18 +9,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/fakeclock"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-type clock struct{ t time.Time }
-
-func (c *clock) Now() time.Time          { return c.t }
-func (c *clock) Advance(d time.Duration) { c.t = c.t.Add(d) }
-
-func newLimiter(t *testing.T, l Limits, mod func(*Config)) (*Limiter, *clock, *[]Refusal) {
+func newLimiter(t *testing.T, l Limits, mod func(*Config)) (*Limiter, *fakeclock.Clock, *[]Refusal) {
 	t.Helper()
-	clk := &clock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clk := fakeclock.New(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	var got []Refusal
 	cfg := Config{Name: "test", Limits: l, MaxSources: 1000, Interval: time.Minute, Now: clk.Now,
 		OnRefusals: func(rs []Refusal) { got = append(got, rs...) }}
@@ -50,16 +47,16 @@ func TestPerSource(t *testing.T) {
 	if !l.Allow("b").Allowed {
 		t.Fatal("another source refused")
 	}
-	clk.Advance(499 * time.Millisecond)
+	clk.Add(499 * time.Millisecond)
 	if l.Allow("a").Allowed {
 		t.Fatal("allowed before a token dripped in")
 	}
-	clk.Advance(time.Millisecond)
+	clk.Add(time.Millisecond)
 	if !l.Allow("a").Allowed {
 		t.Fatal("refused after a token dripped in")
 	}
 	// A long idle time refills to the burst, not beyond.
-	clk.Advance(time.Hour)
+	clk.Add(time.Hour)
 	n := 0
 	for l.Allow("a").Allowed {
 		n++
@@ -91,7 +88,7 @@ func TestGlobal(t *testing.T) {
 	if d.Allowed || d.Scope != ScopeGlobal || d.Retry != time.Second {
 		t.Fatalf("beyond the global burst: %+v", d)
 	}
-	clk.Advance(time.Second)
+	clk.Add(time.Second)
 	if !l.Allow("fresh").Allowed {
 		t.Fatal("fresh source refused after the global bucket refilled")
 	}
@@ -108,7 +105,7 @@ func TestRefusalsAggregated(t *testing.T) {
 	if len(*got) != 0 {
 		t.Fatalf("refusals reported before the interval: %+v", *got)
 	}
-	clk.Advance(time.Minute)
+	clk.Add(time.Minute)
 	l.Allow("c") // the window rolls over on the next request
 	if len(*got) != 2 {
 		t.Fatalf("reported %+v, want one entry each for a and b", *got)

@@ -9,11 +9,16 @@
 package secretfile
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
+
+	"github.com/rampartsec/rampart/internal/atomicfile"
 )
 
 // MaxSize bounds a secret file: a token or password, not a document.
@@ -57,3 +62,30 @@ func Read(path string) ([]byte, error) {
 // ErrOnCommandLine is returned (wrapped) for a secret given as a command
 // line flag's value.
 var ErrOnCommandLine = errors.New("a secret on the command line is readable by every local user (ps, /proc/PID/cmdline)")
+
+// LoadOrCreateToken returns the bearer token kept in the secret file at
+// path, creating a random 256-bit one (prefix followed by base64url, in a
+// 0600 file) when there is none. A token file group or others may read
+// is refused (Read): anyone who read it holds the token.
+func LoadOrCreateToken(path, prefix string) (string, error) {
+	b, err := Read(path)
+	if err == nil {
+		tok := strings.TrimSpace(string(b))
+		if len(tok) < 32 {
+			return "", fmt.Errorf("secretfile: %s holds a token shorter than 32 characters; delete it to have a new one generated", path)
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("secretfile: %w", err)
+	}
+	tok := prefix + base64.RawURLEncoding.EncodeToString(raw)
+	if err := atomicfile.Write(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("secretfile: write %s: %w", path, err)
+	}
+	return tok, nil
+}

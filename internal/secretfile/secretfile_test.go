@@ -46,3 +46,28 @@ func TestRead(t *testing.T) {
 		})
 	}
 }
+
+// A token is created once (0600, prefixed, 256 bits) and read back; a
+// file others may read, or a short token, is refused.
+func TestLoadOrCreateToken(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "admin.token")
+	tok, err := LoadOrCreateToken(path, "rpa_")
+	if err != nil || !strings.HasPrefix(tok, "rpa_") || len(tok) != 4+43 {
+		t.Fatalf("created %q, %v", tok, err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v %v, want 0600", fi.Mode().Perm(), err)
+	}
+	if again, err := LoadOrCreateToken(path, "rpa_"); err != nil || again != tok {
+		t.Fatalf("read back %q %v, want %q", again, err, tok)
+	}
+	os.Chmod(path, 0o644)
+	if _, err := LoadOrCreateToken(path, "rpa_"); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("a file others may read: %v", err)
+	}
+	os.Chmod(path, 0o600)
+	os.WriteFile(path, []byte("short\n"), 0o600)
+	if _, err := LoadOrCreateToken(path, "rpa_"); err == nil || !strings.Contains(err.Error(), "shorter than 32") {
+		t.Fatalf("a short token: %v", err)
+	}
+}

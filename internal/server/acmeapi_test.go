@@ -94,7 +94,7 @@ func TestACMEDisabled(t *testing.T) {
 	h := newHarnessWith(t, Config{DataDir: t.TempDir(), TrustDomain: td, Listen: "127.0.0.1:0", ACME: ACMEConfig{Disabled: true}})
 	err := h.admin.Do(context.Background(), http.MethodGet, "/v1/acme/eab-keys", nil, nil)
 	var p *api.Problem
-	if !errors.As(err, &p) || p.Status != http.StatusNotFound || !strings.Contains(p.Detail, "disabled") {
+	if !errors.As(err, &p) || p.Status != http.StatusNotFound || !strings.Contains(p.Detail, "no such API endpoint") {
 		t.Fatalf("disabled: %v", err)
 	}
 	resp, err := h.client("", nil).HTTP.Get("https://" + h.addr + "/acme/directory")

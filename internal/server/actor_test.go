@@ -98,7 +98,7 @@ func TestHugePathsCannotGrowOrBreakTheLog(t *testing.T) {
 		if err == nil {
 			t.Fatalf("%d-byte path: no error", size)
 		}
-		h.srv.record(context.Background(), h.srv.refusals.flush(true)...)
+		h.srv.record(context.Background(), h.srv.refusals.Flush(true)...)
 		for i := before; i < h.srv.audit.Size(); i++ {
 			b, _ := h.srv.audit.Entry(i)
 			if len(b) > 4096 {

@@ -1,25 +1,16 @@
 package server
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"net/http"
-	"regexp"
+	"strings"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/identity"
-	"github.com/rampartsec/rampart/internal/selector"
+	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/store"
 )
-
-// maxJoinTokenTTL bounds how long a join token may live: it is a bearer
-// secret, so it should be spent soon after it is made.
-const maxJoinTokenTTL = 7 * 24 * time.Hour
 
 func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-pem-file")
@@ -29,7 +20,7 @@ func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleJWTBundle(w http.ResponseWriter, r *http.Request) {
 	b, err := s.ca.JWTBundle()
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot encode the JWT bundle")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot encode the JWT bundle")
 		return
 	}
 	w.Header().Set("Content-Type", "application/jwk-set+json")
@@ -38,134 +29,54 @@ func (s *Server) handleJWTBundle(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleCreateJoinToken(w http.ResponseWriter, r *http.Request) {
 	var req api.CreateJoinTokenRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
-	ttl := s.cfg.JoinTokenTTL
-	if req.TTLSeconds != 0 {
-		ttl = time.Duration(req.TTLSeconds) * time.Second
-	}
-	if ttl <= 0 || ttl > maxJoinTokenTTL {
-		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("ttl_seconds: must be between 1 and %d", int(maxJoinTokenTTL.Seconds())))
-		return
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		writeProblem(w, http.StatusInternalServerError, "no randomness")
-		return
-	}
-	name := req.AgentName
-	if name == "" {
-		nb := make([]byte, 6)
-		if _, err := rand.Read(nb); err != nil {
-			writeProblem(w, http.StatusInternalServerError, "no randomness")
-			return
-		}
-		name = "agent-" + hex.EncodeToString(nb)
-	}
-	agentID, err := identity.AgentID(s.cfg.TrustDomain, name)
+	token, jt, err := s.registrar.NewJoinToken(r.Context(), req.AgentName, req.TTLSeconds)
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, "agent_name: "+err.Error())
+		s.registrationError(w, err)
 		return
 	}
-	if a, err := s.store.GetAgent(r.Context(), agentID.String()); err == nil && !a.Evicted {
-		writeProblem(w, http.StatusConflict, fmt.Sprintf("agent_name: agent %s is already attested; evict it first or choose another name", agentID))
-		return
-	}
-	token := "rjt_" + base64.RawURLEncoding.EncodeToString(raw)
-	hash := sha256.Sum256([]byte(token))
-	now := s.now()
-	jt := store.JoinToken{Hash: hash[:], AgentID: agentID.String(), ExpiresAt: now.Add(ttl), CreatedAt: now}
-	if err := s.store.CreateJoinToken(r.Context(), jt); err != nil {
-		s.log.Error("create join token", "err", err)
-		writeProblem(w, http.StatusInternalServerError, "cannot store the join token")
-		return
-	}
-	s.event(r, "join_token.create", "agent_id", agentID.String(), "expires_at", jt.ExpiresAt)
-	writeJSON(w, http.StatusCreated, api.CreateJoinTokenResponse{Token: token, AgentID: agentID.String(), ExpiresAt: jt.ExpiresAt})
+	s.event(r, "join_token.create", "agent_id", jt.AgentID, "expires_at", jt.ExpiresAt)
+	api.WriteJSON(w, http.StatusCreated, api.CreateJoinTokenResponse{Token: token, AgentID: jt.AgentID, ExpiresAt: jt.ExpiresAt})
 }
-
-var dnsNameRE = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 func (s *Server) handleCreateEntry(w http.ResponseWriter, r *http.Request) {
 	var req api.Entry
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
-	e, err := s.entryFromAPI(req)
+	e, err := s.registrar.NewEntry(r.Context(), registration.EntrySpec{SpiffeID: req.SpiffeID, ParentID: req.ParentID, Selectors: req.Selectors,
+		X509TTLSeconds: req.X509TTLSeconds, JWTTTLSeconds: req.JWTTTLSeconds, DNSNames: req.DNSNames})
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	siblings, err := s.store.ListEntries(r.Context(), e.ParentID)
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read entries")
-		return
-	}
-	for _, o := range siblings {
-		if o.SpiffeID == e.SpiffeID && selector.NewSet(o.Selectors...).Matches(e.Selectors) && len(o.Selectors) == len(e.Selectors) {
-			writeProblem(w, http.StatusConflict, fmt.Sprintf("entry %s already gives %s to these selectors under %s", o.ID, e.SpiffeID, e.ParentID))
-			return
-		}
-	}
-	if err := s.store.CreateEntry(r.Context(), e); err != nil {
-		if errors.Is(err, store.ErrConflict) {
-			writeProblem(w, http.StatusConflict, "an entry with this id already exists")
-			return
-		}
-		s.log.Error("create entry", "err", err)
-		writeProblem(w, http.StatusInternalServerError, "cannot store the entry")
+		s.registrationError(w, err)
 		return
 	}
 	s.notify(r.Context())
 	s.event(r, "entry.create", "entry_id", e.ID, "spiffe_id", e.SpiffeID, "parent_id", e.ParentID, "selectors", req.Selectors)
-	writeJSON(w, http.StatusCreated, entryToAPI(e))
+	api.WriteJSON(w, http.StatusCreated, entryToAPI(e))
 }
 
-func (s *Server) entryFromAPI(req api.Entry) (store.Entry, error) {
-	id, err := identity.ParseWorkloadID(s.cfg.TrustDomain, req.SpiffeID)
-	if err != nil {
-		return store.Entry{}, fmt.Errorf("spiffe_id: %w", err)
+// registrationError answers an error of package registration.
+func (s *Server) registrationError(w http.ResponseWriter, err error) {
+	var partial *registration.PartialError
+	switch {
+	case errors.Is(err, registration.ErrInvalid):
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, registration.ErrConflict):
+		api.WriteProblem(w, http.StatusConflict, err.Error())
+	case errors.Is(err, registration.ErrNotEntitled):
+		api.WriteProblem(w, http.StatusForbidden, err.Error())
+	case errors.Is(err, registration.ErrCA):
+		api.WriteProblem(w, http.StatusServiceUnavailable, "the CA cannot sign now")
+	case errors.Is(err, store.ErrNotFound):
+		api.WriteProblem(w, http.StatusNotFound, err.Error())
+	case errors.As(err, &partial):
+		s.log.Error(partial.Message, "err", partial.Err)
+		api.WriteProblem(w, http.StatusInternalServerError, partial.Message)
+	default:
+		s.internalError(w, err)
 	}
-	parent, err := identity.ParseAgentID(s.cfg.TrustDomain, req.ParentID)
-	if err != nil {
-		return store.Entry{}, fmt.Errorf("parent_id: %w", err)
-	}
-	if len(req.Selectors) == 0 {
-		return store.Entry{}, errors.New("selectors: at least one selector is required (an entry without selectors would match no workload)")
-	}
-	sels, err := selector.ParseAll(req.Selectors)
-	if err != nil {
-		return store.Entry{}, fmt.Errorf("selectors: %w", err)
-	}
-	if err := selector.CheckEntry(sels); err != nil {
-		return store.Entry{}, fmt.Errorf("selectors: %w", err)
-	}
-	maxTTL := s.cfg.IntermediateTTL
-	if maxTTL == 0 {
-		maxTTL = identity.DefaultIntermediateTTL
-	}
-	for name, v := range map[string]int64{"x509_ttl_seconds": req.X509TTLSeconds, "jwt_ttl_seconds": req.JWTTTLSeconds} {
-		if v < 0 || time.Duration(v)*time.Second > maxTTL {
-			return store.Entry{}, fmt.Errorf("%s: must be between 1 and %d (0 for the default)", name, int64(maxTTL.Seconds()))
-		}
-	}
-	for _, d := range req.DNSNames {
-		if !dnsNameRE.MatchString(d) || len(d) > 253 {
-			return store.Entry{}, fmt.Errorf("dns_names: %q is not a lower-case DNS name", d)
-		}
-	}
-	idBytes := make([]byte, 16)
-	if _, err := rand.Read(idBytes); err != nil {
-		return store.Entry{}, err
-	}
-	return store.Entry{
-		ID: hex.EncodeToString(idBytes), SpiffeID: id.String(), ParentID: parent.String(), Selectors: sels,
-		X509TTL: time.Duration(req.X509TTLSeconds) * time.Second, JWTTTL: time.Duration(req.JWTTTLSeconds) * time.Second,
-		DNSNames: req.DNSNames, CreatedAt: s.now(),
-	}, nil
 }
 
 func entryToAPI(e store.Entry) api.Entry {
@@ -184,27 +95,18 @@ func (s *Server) handleListEntries(w http.ResponseWriter, r *http.Request) {
 	parent := r.URL.Query().Get("parent_id")
 	entries, err := s.store.ListEntries(r.Context(), parent)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read entries")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read entries")
 		return
 	}
-	out := make([]api.Entry, 0, len(entries))
-	for _, e := range entries {
-		out = append(out, entryToAPI(e))
-	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, api.MapAll(entries, entryToAPI))
 }
 
 func (s *Server) handleGetEntry(w http.ResponseWriter, r *http.Request) {
 	e, err := s.store.GetEntry(r.Context(), r.PathValue("id"))
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no entry with id "+r.PathValue("id"))
+	if !s.found(w, err, "no entry with id "+r.PathValue("id")) {
 		return
 	}
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read the entry")
-		return
-	}
-	writeJSON(w, http.StatusOK, entryToAPI(e))
+	api.WriteJSON(w, http.StatusOK, entryToAPI(e))
 }
 
 func (s *Server) handleDeleteEntry(w http.ResponseWriter, r *http.Request) {
@@ -213,17 +115,12 @@ func (s *Server) handleDeleteEntry(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = s.store.DeleteEntry(r.Context(), id)
 	}
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no entry with id "+id)
-		return
-	}
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot delete the entry")
+	if !s.found(w, err, "no entry with id "+id) {
 		return
 	}
 	s.notify(r.Context())
 	s.event(r, "entry.delete", "entry_id", id, "spiffe_id", e.SpiffeID)
-	writeJSON(w, http.StatusOK, entryToAPI(e))
+	api.WriteJSON(w, http.StatusOK, entryToAPI(e))
 }
 
 func agentToAPI(a store.Agent) api.Agent {
@@ -234,37 +131,25 @@ func agentToAPI(a store.Agent) api.Agent {
 func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request) {
 	agents, err := s.store.ListAgents(r.Context())
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read agents")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read agents")
 		return
 	}
-	out := make([]api.Agent, 0, len(agents))
-	for _, a := range agents {
-		out = append(out, agentToAPI(a))
-	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, api.MapAll(agents, agentToAPI))
 }
 
 func (s *Server) agentByName(w http.ResponseWriter, r *http.Request) (store.Agent, bool) {
 	id, err := identity.AgentID(s.cfg.TrustDomain, r.PathValue("name"))
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
 		return store.Agent{}, false
 	}
 	a, err := s.store.GetAgent(r.Context(), id.String())
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no agent "+id.String())
-		return store.Agent{}, false
-	}
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read the agent")
-		return store.Agent{}, false
-	}
-	return a, true
+	return a, s.found(w, err, "no agent "+id.String())
 }
 
 func (s *Server) handleGetAgent(w http.ResponseWriter, r *http.Request) {
 	if a, ok := s.agentByName(w, r); ok {
-		writeJSON(w, http.StatusOK, agentToAPI(a))
+		api.WriteJSON(w, http.StatusOK, agentToAPI(a))
 	}
 }
 
@@ -276,85 +161,40 @@ func (s *Server) handleEvictAgent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	now := s.now()
-	if err := s.store.EvictAgent(r.Context(), a.SpiffeID, now); err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot evict the agent")
-		return
-	}
-	svids, err := s.store.ListSVIDs(r.Context(), store.SVIDFilter{AgentID: a.SpiffeID}, now)
+	revs, err := s.registrar.Evict(r.Context(), s.store, a)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "agent evicted, but its SVIDs could not be listed for revocation; retry")
+		s.registrationError(w, err)
 		return
 	}
-	revoked, err := s.revoke(r, svids, "agent evicted")
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "agent evicted, but revoking its SVIDs failed; retry")
-		return
-	}
-	a.Evicted, a.EvictedAt = true, now
+	revoked := s.revoked(r, revs)
+	a.Evicted, a.EvictedAt = true, s.now()
 	s.event(r, "agent.evict", "agent_id", a.SpiffeID, "revoked", len(revoked))
-	writeJSON(w, http.StatusOK, api.EvictResponse{Agent: agentToAPI(a), Revoked: revoked})
+	api.WriteJSON(w, http.StatusOK, api.EvictResponse{Agent: agentToAPI(a), Revoked: revoked})
 }
 
 func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	var req api.RevokeRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
-	if (req.Serial == "") == (req.SpiffeID == "") {
-		writeProblem(w, http.StatusBadRequest, "give exactly one of serial and spiffe_id")
-		return
-	}
-	now := s.now()
-	svids, err := s.store.ListSVIDs(r.Context(), store.SVIDFilter{SpiffeID: req.SpiffeID}, now)
+	revs, err := s.registrar.Revoke(r.Context(), s.store, req.Serial, req.SpiffeID, req.Reason)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot list SVIDs")
+		s.registrationError(w, err)
 		return
 	}
-	if req.Serial != "" {
-		var match []store.IssuedSVID
-		for _, sv := range svids {
-			if sv.Serial == req.Serial {
-				match = append(match, sv)
-			}
-		}
-		svids = match
-	}
-	if len(svids) == 0 {
-		writeProblem(w, http.StatusNotFound, "no unexpired SVID matches; nothing to revoke")
-		return
-	}
-	reason := req.Reason
-	if reason == "" {
-		reason = "revoked by admin"
-	}
-	revoked, err := s.revoke(r, svids, reason)
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot store the revocation")
-		return
-	}
-	writeJSON(w, http.StatusOK, api.RevokeResponse{Revoked: revoked})
+	api.WriteJSON(w, http.StatusOK, api.RevokeResponse{Revoked: s.revoked(r, revs)})
 }
 
-func (s *Server) revoke(r *http.Request, svids []store.IssuedSVID, reason string) ([]string, error) {
-	now := s.now()
-	revs := make([]store.Revocation, 0, len(svids))
-	serials := make([]string, 0, len(svids))
-	for _, sv := range svids {
-		revs = append(revs, store.Revocation{Serial: sv.Serial, SpiffeID: sv.SpiffeID, Reason: reason, RevokedAt: now, NotAfter: sv.NotAfter})
-		serials = append(serials, sv.Serial)
-	}
-	if len(revs) > 0 {
-		if err := s.store.AddRevocations(r.Context(), revs); err != nil {
-			return nil, err
-		}
-		for _, rv := range revs {
-			s.event(r, "svid.revoke", "serial", rv.Serial, "spiffe_id", rv.SpiffeID, "reason", reason)
-		}
+// revoked records revocations made and wakes the agents and workloads
+// that must learn of them; it returns their serials.
+func (s *Server) revoked(r *http.Request, revs []store.Revocation) []string {
+	serials := make([]string, 0, len(revs))
+	for _, rv := range revs {
+		s.event(r, "svid.revoke", "serial", rv.Serial, "spiffe_id", rv.SpiffeID, "reason", rv.Reason)
+		serials = append(serials, rv.Serial)
 	}
 	s.notify(r.Context())
-	return serials, nil
+	return serials
 }
 
 func (s *Server) handleCAStatus(w http.ResponseWriter, r *http.Request) {
@@ -363,29 +203,19 @@ func (s *Server) handleCAStatus(w http.ResponseWriter, r *http.Request) {
 		out.Keys = append(out.Keys, api.CAKey{Kind: string(k.Kind), ID: k.ID, State: string(k.State), Subject: k.Subject,
 			NotBefore: k.NotBefore, NotAfter: k.NotAfter, Upstream: k.Upstream})
 	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleCARotate(w http.ResponseWriter, r *http.Request) {
 	var req api.RotateRequest
-	if err := decode(r, &req); err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+	if !api.ReadJSON(w, r, &req) {
 		return
 	}
-	var err error
-	switch req.Target {
-	case api.RotateIntermediate:
-		err = s.ca.RotateIntermediate(r.Context())
-	case api.RotateRootPrepare:
-		err = s.ca.PrepareRoot(r.Context())
-	case api.RotateRootActivate:
-		err = s.ca.ActivateRoot(r.Context())
-	default:
-		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("target: %q; want %s, %s or %s", req.Target, api.RotateIntermediate, api.RotateRootPrepare, api.RotateRootActivate))
+	if err := s.ca.Rotate(r.Context(), req.Target); errors.Is(err, identity.ErrRotateTarget) {
+		api.WriteProblem(w, http.StatusBadRequest, strings.TrimPrefix(err.Error(), identity.ErrRotateTarget.Error()+": "))
 		return
-	}
-	if err != nil {
-		writeProblem(w, http.StatusConflict, err.Error())
+	} else if err != nil {
+		api.WriteProblem(w, http.StatusConflict, err.Error())
 		return
 	}
 	s.notify(r.Context())

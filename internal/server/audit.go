@@ -2,11 +2,9 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -18,45 +16,21 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/mod/sumdb/note"
 
-	"github.com/rampartsec/rampart/internal/atomicfile"
+	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/witness"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/svid"
 )
 
-// checkpointInterval is how often a new signed checkpoint is published
-// when the log has grown.
-const checkpointInterval = 10 * time.Second
-
 // openAudit opens DATA/audit and loads (or creates, 0600) the checkpoint
 // signing key; the verifier key is written to DATA/audit.pub for
 // "rampart audit verify" and for witnesses.
 func openAudit(cfg Config) (*audit.Log, note.Signer, error) {
 	name := cfg.TrustDomain.Name() + "/audit"
-	keyPath := filepath.Join(cfg.DataDir, "keys", "audit.key")
-	skey, err := os.ReadFile(keyPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		s, v, err := note.GenerateKey(rand.Reader, name)
-		if err != nil {
-			return nil, nil, fmt.Errorf("server: audit key: %w", err)
-		}
-		if err := os.MkdirAll(filepath.Dir(keyPath), 0o700); err != nil {
-			return nil, nil, err
-		}
-		if err := atomicfile.Write(keyPath, []byte(s+"\n"), 0o600); err != nil {
-			return nil, nil, err
-		}
-		if err := atomicfile.Write(filepath.Join(cfg.DataDir, "audit.pub"), []byte(v+"\n"), 0o644); err != nil {
-			return nil, nil, err
-		}
-		skey = []byte(s)
-	} else if err != nil {
-		return nil, nil, fmt.Errorf("server: audit key: %w", err)
-	}
-	signer, err := note.NewSigner(strings.TrimSpace(string(skey)))
+	signer, err := audit.LoadSigner(filepath.Join(cfg.DataDir, "keys", "audit.key"), filepath.Join(cfg.DataDir, "audit.pub"), name)
 	if err != nil {
-		return nil, nil, fmt.Errorf("server: audit key %s: %w", keyPath, err)
+		return nil, nil, fmt.Errorf("server: %w", err)
 	}
 	l, err := audit.OpenWith(filepath.Join(cfg.DataDir, "audit"), name, audit.Options{SegmentEntries: cfg.AuditSegmentEntries,
 		Logger: cfg.Log, Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Now: cfg.Now})
@@ -79,7 +53,7 @@ func (s *Server) refused(r *http.Request, action, reason string, kv ...any) {
 }
 
 func (s *Server) recordRefusal(ctx context.Context, e *audit.Entry, remote string) {
-	if es := s.refusals.add(e, remote); len(es) > 0 {
+	if es := s.refusals.Add(e, remote); len(es) > 0 {
 		s.record(ctx, es...)
 	}
 }
@@ -138,7 +112,7 @@ func certDetails(e *audit.Entry, c *x509.Certificate) {
 func refusedCertActor(e *audit.Entry, c *x509.Certificate, err error) {
 	certDetails(e, c)
 	e.Actor = audit.Actor{User: "unknown"}
-	if !errors.Is(err, errUntrusted) && len(c.URIs) == 1 {
+	if !errors.Is(err, identity.ErrUntrusted) && len(c.URIs) == 1 {
 		if id, perr := spiffeid.FromURI(c.URIs[0]); perr == nil {
 			e.Actor = audit.Actor{SpiffeID: id.String()}
 		}
@@ -190,102 +164,13 @@ func (s *Server) appendAudit(ctx context.Context, es ...*audit.Entry) error {
 	return nil
 }
 
-// checkpointLoop publishes a signed checkpoint whenever the log grew.
-func (s *Server) checkpointLoop(ctx context.Context) {
-	t := time.NewTicker(checkpointInterval)
-	defer t.Stop()
-	var last int64 = -1
-	for {
-		select {
-		case <-ctx.Done():
-			// A last checkpoint, seal and archive copy on the way out,
-			// bounded so an unreachable archive does not hold up a stop.
-			s.checkpoint(&last, 15*time.Second)
-			return
-		case <-t.C:
-			s.checkpoint(&last, 5*time.Minute)
-		}
-	}
-}
-
-func (s *Server) checkpoint(last *int64, archiveTimeout time.Duration) {
-	// Refusals still being counted go in before the checkpoint covers
-	// the log (at shutdown, this is the last chance).
-	if es := s.refusals.flush(true); len(es) > 0 {
-		s.record(context.Background(), es...)
-	}
-	if n := s.audit.Size(); n != *last {
-		if _, err := s.audit.Checkpoint(s.auditSigner); err != nil {
-			s.log.Error("audit checkpoint failed", "err", err)
-			return
-		}
-		if err := s.ingest.snapshot(s.cfg.DataDir, n); err != nil {
-			s.log.Error("audit stream table snapshot failed", "err", err)
-		}
-		*last = n
-	}
-	s.retain(archiveTimeout)
-}
-
-// retain seals the segments the last checkpoint completed and copies them
-// to the archive, recording both in the log itself.
-func (s *Server) retain(archiveTimeout time.Duration) {
-	s.retainMu.Lock()
-	defer s.retainMu.Unlock()
-	ctx := context.Background()
-	n, err := s.audit.Seal()
-	if n > 0 {
-		s.metrics.auditSealed.Add(float64(n))
-		s.record(ctx, s.systemEntry("audit.seal", audit.OutcomeSuccess, "", "segments", strconv.Itoa(n), "entries_sealed", strconv.FormatInt(s.audit.Sealed(), 10)))
-	}
-	if err != nil {
-		s.log.Error("AUDIT SEAL FAILED (run rampart audit verify)", "err", err)
-		if !s.sealFailing {
-			s.record(ctx, s.systemEntry("audit.seal", audit.OutcomeFailure, err.Error()))
-		}
-	}
-	s.sealFailing = err != nil
-	// What is sealed is archived even when the next seal fails: the
-	// archiver copies each checkpoint as it comes, and none may be skipped.
-	if s.archiver == nil {
-		return
-	}
-	actx, cancel := context.WithTimeout(ctx, archiveTimeout)
-	defer cancel()
-	res, err := s.archiver.Sync(actx)
-	for _, k := range res.Segments {
-		s.metrics.auditArchived.Inc()
-		s.record(ctx, s.systemEntry("audit.archive", audit.OutcomeSuccess, "", "object", k, "archive", fmt.Sprint(s.cfg.AuditArchive)))
-	}
-	if err != nil {
-		s.metrics.auditArchiveFailures.Inc()
-		s.log.Error("audit archive copy failed; retrying in 10 s", "err", err)
-		if !s.archiveFailing {
-			s.record(ctx, s.systemEntry("audit.archive", audit.OutcomeFailure, err.Error(), "archive", fmt.Sprint(s.cfg.AuditArchive)))
-		}
-		s.archiveFailing = true
-		return
-	}
-	s.archiveFailing = false
-}
-
-// systemEntry is an entry for an action the server took by itself.
-func (s *Server) systemEntry(action, outcome, reason string, kv ...string) *audit.Entry {
-	e := &audit.Entry{V: audit.SchemaVersion, Time: s.now(), Action: action, Outcome: outcome, Reason: reason,
-		Source: "server", Actor: audit.Actor{SpiffeID: identity.ServerID(s.cfg.TrustDomain).String()}, Target: "audit", Details: map[string]string{}}
-	for i := 0; i+1 < len(kv); i += 2 {
-		e.Details[kv[i]] = kv[i+1]
-	}
-	return e
-}
-
 // handleCheckpoint serves the latest signed checkpoint (C2SP
 // tlog-checkpoint). Public: it carries the log's size and root hash only,
 // and witnesses on other machines keep copies of it.
 func (s *Server) handleCheckpoint(w http.ResponseWriter, r *http.Request) {
 	b, err := os.ReadFile(filepath.Join(s.cfg.DataDir, "audit", "checkpoint"))
 	if err != nil {
-		writeProblem(w, http.StatusServiceUnavailable, "no checkpoint published yet")
+		api.WriteProblem(w, http.StatusServiceUnavailable, "no checkpoint published yet")
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -300,17 +185,17 @@ func (s *Server) handleConsistency(w http.ResponseWriter, r *http.Request) {
 	older, err1 := strconv.ParseInt(q.Get("old"), 10, 64)
 	newer, err2 := strconv.ParseInt(q.Get("new"), 10, 64)
 	if err1 != nil || err2 != nil {
-		writeProblem(w, http.StatusBadRequest, "old and new: want two tree sizes, old <= new")
+		api.WriteProblem(w, http.StatusBadRequest, "old and new: want two tree sizes, old <= new")
 		return
 	}
 	proof, err := s.audit.ProveConsistency(older, newer)
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	out := witness.ConsistencyResponse{Old: older, New: newer, Proof: make([][]byte, len(proof))}
 	for i, h := range proof {
 		out.Proof[i] = h[:]
 	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, out)
 }

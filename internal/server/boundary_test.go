@@ -38,8 +38,14 @@ func TestEntryNeedsUIDOrGIDSelector(t *testing.T) {
 // The admin token is written 0600, and a token file others can read is
 // refused at start with the fix in the message.
 func TestAdminTokenFileMode(t *testing.T) {
-	h := newHarness(t)
-	path := filepath.Join(h.dir, "admin.token")
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir, TrustDomain: td, Listen: "127.0.0.1:0"}
+	srv, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	path := filepath.Join(dir, "admin.token")
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -50,8 +56,16 @@ func TestAdminTokenFileMode(t *testing.T) {
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err = loadOrCreateAdminToken(path)
-	if err == nil || !strings.Contains(err.Error(), "chmod 600") {
+	if _, err = New(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatalf("a world-readable admin token file was accepted: %v", err)
 	}
+	// The refused start left nothing held: fixed, the server starts.
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv, err = New(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("after a refused start: %v", err)
+	}
+	srv.Close()
 }

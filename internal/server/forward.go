@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -40,36 +39,9 @@ func (s *Server) openForwarder(addr string) error {
 
 // replicaClientTLS authenticates this replica to another with its server
 // SVID and accepts only a server SVID of the trust domain, verified as
-// callers are (verifyPeer: current bundle, expiry, revocation).
+// callers are (identity.Verifier: current bundle, expiry, revocation).
 func (s *Server) replicaClientTLS() *tls.Config {
-	td := s.cfg.TrustDomain
-	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return s.tls.getCertificate(nil)
-		},
-		// The chain and the SPIFFE ID are checked in VerifyConnection,
-		// against the live bundle rather than a pool fixed at start.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("the other replica sent no certificate")
-			}
-			raw := make([][]byte, len(cs.PeerCertificates))
-			for i, c := range cs.PeerCertificates {
-				raw[i] = c.Raw
-			}
-			// The same check as for callers: chain, expiry, revocation.
-			id, err := s.verifyPeer(raw)
-			if err != nil {
-				return fmt.Errorf("the other replica's certificate: %w", err)
-			}
-			if id != identity.ServerID(td) {
-				return fmt.Errorf("the other replica presented %s, not %s", id, identity.ServerID(td))
-			}
-			return nil
-		},
-	}
+	return s.peers.ClientTLS(func() (*tls.Certificate, error) { return s.cert.GetCertificate(nil) }, identity.ServerID(s.cfg.TrustDomain))
 }
 
 // appendForwarded writes es to the spool and returns once they are on disk

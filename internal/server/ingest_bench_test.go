@@ -15,6 +15,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/intake"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/authz"
 )
@@ -117,7 +118,7 @@ func benchmarkDecode(b *testing.B, encode func([]*audit.Entry) ([]byte, string),
 }
 
 func decodeNow(r *http.Request) error {
-	_, _, err := (*Server)(nil).decodeBatch(r)
+	_, err := intake.DecodeBatch(r.Body, r.Header.Get("Content-Type"))
 	return err
 }
 
@@ -125,7 +126,7 @@ func decodeNow(r *http.Request) error {
 // then ParseEntry (decode, encode again, compare) per entry.
 func decodeBefore(r *http.Request) error {
 	var req api.AuditIngestRequest
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxIngestBody))
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, intake.MaxBatchBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		return err

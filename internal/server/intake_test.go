@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/intake"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/detect"
 )
@@ -72,7 +73,7 @@ func TestIngestRefusesAWorkloadThatIsNotAnEnforcementPoint(t *testing.T) {
 		_, err := send.Send(ctx, forgeries("0123456789abcdef0123456789abcdef", 1))
 		wantStatus(t, err, http.StatusForbidden, "no policy protects spiffe://example.org/batch-job")
 	}
-	h.srv.record(ctx, h.srv.refusals.flush(true)...)
+	h.srv.record(ctx, h.srv.refusals.Flush(true)...)
 	if es := logEntries(t, h.srv.audit, "entry.delete"); len(es) != 0 {
 		t.Fatalf("forged entry.delete stored: %+v", es[0])
 	}
@@ -160,26 +161,15 @@ func TestIngestCapsStreamsPerIdentity(t *testing.T) {
 	orders := h.workloadCert("node-1", "spiffe://example.org/orders")
 	h.protect("spiffe://example.org/orders")
 	send := spool.APISender{Client: h.client("", orders)}
-	for i := range maxStreamsPerIdentity + 1 {
+	for i := range intake.MaxStreamsPerIdentity + 1 {
 		e := decision(i)
 		e.Stream, e.Seq = fmt.Sprintf("%032x", i), 1
 		_, err := send.Send(ctx, []*audit.Entry{e})
-		if i < maxStreamsPerIdentity && err != nil {
+		if i < intake.MaxStreamsPerIdentity && err != nil {
 			t.Fatalf("stream %d: %v", i, err)
 		}
-		if i == maxStreamsPerIdentity {
+		if i == intake.MaxStreamsPerIdentity {
 			wantStatus(t, err, http.StatusTooManyRequests, "already ships")
 		}
-	}
-	// Streams idle for long no longer count.
-	h.srv.ingest.mu.Lock()
-	for _, st := range h.srv.ingest.streams {
-		st.Seen = h.clk.Now().Add(-streamIdle - time.Hour)
-	}
-	h.srv.ingest.mu.Unlock()
-	e := decision(0)
-	e.Stream, e.Seq = fmt.Sprintf("%032x", 1000), 1
-	if _, err := send.Send(ctx, []*audit.Entry{e}); err != nil {
-		t.Fatalf("a new stream after the others went idle: %v", err)
 	}
 }

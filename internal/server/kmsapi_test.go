@@ -200,7 +200,7 @@ func TestKMSScheduledRotationAudited(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.clk.Add(time.Hour + time.Second)
-	h.srv.maintainOnce(ctx)
+	h.srv.kmsMaint.Step(ctx)
 	var key api.KMSKey
 	if err := h.admin.Do(ctx, http.MethodGet, "/v1/kms/keys/k", nil, &key); err != nil || key.Latest != 2 {
 		t.Fatalf("after schedule: %+v %v", key, err)
@@ -261,7 +261,9 @@ func TestKMSSecretsNeverLogged(t *testing.T) {
 	}
 	h.kmsCall(orders, "orders-pii", "decrypt", api.KMSRequest{Ciphertext: enc.Ciphertext})
 	h.kmsCall(h.client("", h.workloadCert("node-2", "spiffe://example.org/reports")), "orders-pii", "decrypt", api.KMSRequest{Ciphertext: enc.Ciphertext})
-	h.srv.maintainOnce(ctx)
+	h.srv.caMaint.Step(ctx)
+	h.srv.oauth.Maintain(ctx)
+	h.srv.kmsMaint.Step(ctx)
 	out := logs.String()
 	if !strings.Contains(out, "kms.key_create") {
 		t.Fatalf("the test captured no server logs: %q", out)
@@ -313,4 +315,23 @@ func TestVerifiedChainCacheHonoursExpiry(t *testing.T) {
 	h.clk.Add(DefaultX509TTL + time.Minute)
 	_, err := h.kmsCall(orders, "orders-pii", "encrypt", api.KMSRequest{Plaintext: []byte("x")})
 	wantStatus(t, err, 403, "expired")
+}
+
+// Periods in seconds whose nanoseconds wrap past int64 are refused: a
+// rotation every 36028797019568768 seconds must not become a rotation
+// every 7 days, nor a destruction grace of ages one of hours.
+func TestKMSPeriodsDoNotWrap(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	const wrapsToAWeek = 36028797019568768 // ×1e9 mod 2^64 = 7 days
+	err := h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "k", RotateEverySeconds: wrapsToAWeek}, nil)
+	wantStatus(t, err, http.StatusBadRequest, "rotate_every_seconds: at most")
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "k"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys/k/rotate", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	err = h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys/k/versions/1/destroy", api.KMSVersionRequest{GraceSeconds: wrapsToAWeek}, nil)
+	wantStatus(t, err, http.StatusBadRequest, "grace_seconds: at most")
 }

@@ -8,25 +8,16 @@ import (
 )
 
 type metrics struct {
-	svidsIssued           *prometheus.CounterVec
-	issueFailures         *prometheus.CounterVec
-	attestations          *prometheus.CounterVec
-	renewals              prometheus.Counter
-	handshakeFailures     *prometheus.CounterVec
-	adminAuthFailures     prometheus.Counter
-	revocations           prometheus.Gauge
-	caMaintenanceFailures prometheus.Counter
-	auditFailures         prometheus.Counter
-	auditSealed           prometheus.Counter
-	auditArchived         prometheus.Counter
-	auditArchiveFailures  prometheus.Counter
-	ingested              prometheus.Counter
-	ingestDuplicates      prometheus.Counter
-	ingestRefused         prometheus.Counter
-	ingestEntriesRefused  prometheus.Counter
-	kmsOps                *prometheus.CounterVec
-	requests              *prometheus.CounterVec
-	latency               *prometheus.HistogramVec
+	svidsIssued       *prometheus.CounterVec
+	issueFailures     *prometheus.CounterVec
+	attestations      *prometheus.CounterVec
+	renewals          prometheus.Counter
+	handshakeFailures *prometheus.CounterVec
+	adminAuthFailures prometheus.Counter
+	revocations       prometheus.Gauge
+	auditFailures     prometheus.Counter
+	requests          *prometheus.CounterVec
+	latency           *prometheus.HistogramVec
 }
 
 func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
@@ -52,36 +43,9 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		revocations: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "rampart_server_revoked_certificates", Help: "Revoked certificates not yet expired.",
 		}),
-		caMaintenanceFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_ca_maintenance_failures_total", Help: "Failed runs of the CA rotation schedule.",
-		}),
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_server_audit_write_failures_total", Help: "Audit entries that could not be written (alert on any).",
 		}),
-		auditSealed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_segments_sealed_total", Help: "Audit log segments sealed (compressed, checked, removed from the open log).",
-		}),
-		auditArchived: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_segments_archived_total", Help: "Sealed audit segments copied to the archive (S3).",
-		}),
-		auditArchiveFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_archive_failures_total", Help: "Failed copies to the audit archive (retried every 10 s).",
-		}),
-		ingested: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_ingested_total", Help: "Audit entries received from agents and proxies and stored.",
-		}),
-		ingestDuplicates: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_ingest_duplicates_total", Help: "Audit entries received again (retried batches) and dropped.",
-		}),
-		ingestRefused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_ingest_refused_total", Help: "Audit batches refused (malformed, not a shipper, a stream of another identity, too many streams).",
-		}),
-		ingestEntriesRefused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rampart_server_audit_ingest_entries_refused_total", Help: "Shipped audit entries refused: an action the source may not record, or about another target.",
-		}),
-		kmsOps: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rampart_server_kms_operations_total", Help: "Key store operations, by operation and result (ok, denied, error).",
-		}, []string{"operation", "result"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_server_http_requests_total", Help: "API requests, by route and status code.",
 		}, []string{"route", "code"}),
@@ -91,27 +55,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		}, []string{"route"}),
 	}
 	reg.MustRegister(m.svidsIssued, m.issueFailures, m.attestations, m.renewals, m.handshakeFailures,
-		m.adminAuthFailures, m.revocations, m.caMaintenanceFailures, m.auditFailures, m.auditSealed, m.auditArchived, m.auditArchiveFailures, m.ingested, m.ingestDuplicates, m.ingestRefused, m.ingestEntriesRefused, m.kmsOps, m.requests, m.latency,
-		caExpiryCollector{ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.adminAuthFailures, m.revocations, m.auditFailures, m.requests, m.latency,
+		identity.ExpiryCollector{CA: ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
-}
-
-// caExpiryCollector exports the expiry of every CA key at scrape time, so an
-// alert such as
-//
-//	rampart_ca_not_after_timestamp_seconds{kind="root",state="active"} - time() < 30*86400
-//
-// fires long before a trust anchor expires.
-type caExpiryCollector struct{ ca *identity.CA }
-
-var caExpiryDesc = prometheus.NewDesc("rampart_ca_not_after_timestamp_seconds",
-	"Expiry (Unix time) of each root, intermediate and JWT signing key.", []string{"kind", "id", "state"}, nil)
-
-func (c caExpiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- caExpiryDesc }
-
-func (c caExpiryCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, k := range c.ca.Status() {
-		ch <- prometheus.MustNewConstMetric(caExpiryDesc, prometheus.GaugeValue, float64(k.NotAfter.Unix()),
-			string(k.Kind), k.ID, string(k.State))
-	}
 }

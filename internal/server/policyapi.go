@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/policy"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -26,40 +27,40 @@ func policyToAPI(p store.Policy, withSource bool) api.Policy {
 // document; it is parsed and compiled first, so nothing invalid is stored
 // and the error names the line and field.
 func (s *Server) handlePutPolicy(w http.ResponseWriter, r *http.Request) {
-	src, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	src, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, api.MaxBody))
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, "policy body larger than 1 MiB or unreadable")
+		api.WriteProblem(w, http.StatusBadRequest, "policy body larger than 1 MiB or unreadable")
 		return
 	}
-	service, version, err := checkPolicy(src)
+	service, version, err := policy.Check(src)
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if id, _ := spiffeid.FromString(service); id.TrustDomain() != s.cfg.TrustDomain {
-		writeProblem(w, http.StatusBadRequest, "service: "+service+" is not in this server's trust domain "+s.cfg.TrustDomain.Name())
+		api.WriteProblem(w, http.StatusBadRequest, "service: "+service+" is not in this server's trust domain "+s.cfg.TrustDomain.Name())
 		return
 	}
 	if cur, err := s.store.GetPolicy(r.Context(), service); err == nil && cur.Version == version {
-		writeJSON(w, http.StatusOK, policyToAPI(cur, false)) // unchanged: no new version
+		api.WriteJSON(w, http.StatusOK, policyToAPI(cur, false)) // unchanged: no new version
 		return
 	}
 	p, err := s.store.PutPolicy(r.Context(), store.Policy{Service: service, Version: version, Source: src, CreatedAt: s.now()})
 	if err != nil {
 		s.log.Error("put policy", "err", err)
-		writeProblem(w, http.StatusInternalServerError, "cannot store the policy")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot store the policy")
 		return
 	}
 	s.notify(r.Context())
 	s.event(r, "policy.put", "service", service, "seq", p.Seq, "version", version)
-	writeJSON(w, http.StatusCreated, policyToAPI(p, false))
+	api.WriteJSON(w, http.StatusCreated, policyToAPI(p, false))
 }
 
 func serviceParam(w http.ResponseWriter, r *http.Request) (string, bool) {
 	v := r.URL.Query().Get("service")
 	id, err := spiffeid.FromString(v)
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, "service: want the SPIFFE ID of the protected service: "+err.Error())
+		api.WriteProblem(w, http.StatusBadRequest, "service: want the SPIFFE ID of the protected service: "+err.Error())
 		return "", false
 	}
 	return id.String(), true
@@ -71,28 +72,19 @@ func (s *Server) handleGetPolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, err := s.store.GetPolicy(r.Context(), svc)
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no policy for "+svc+" (calls to it are denied by default)")
+	if !s.found(w, err, "no policy for "+svc+" (calls to it are denied by default)") {
 		return
 	}
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read the policy")
-		return
-	}
-	writeJSON(w, http.StatusOK, policyToAPI(p, true))
+	api.WriteJSON(w, http.StatusOK, policyToAPI(p, true))
 }
 
 func (s *Server) handleListPolicies(w http.ResponseWriter, r *http.Request) {
 	ps, err := s.store.ListPolicies(r.Context())
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read policies")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read policies")
 		return
 	}
-	out := make([]api.Policy, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, policyToAPI(p, false))
-	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, api.MapAll(ps, func(p store.Policy) api.Policy { return policyToAPI(p, false) }))
 }
 
 func (s *Server) handlePolicyHistory(w http.ResponseWriter, r *http.Request) {
@@ -102,14 +94,10 @@ func (s *Server) handlePolicyHistory(w http.ResponseWriter, r *http.Request) {
 	}
 	ps, err := s.store.PolicyHistory(r.Context(), svc)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read the policy history")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read the policy history")
 		return
 	}
-	out := make([]api.Policy, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, policyToAPI(p, true))
-	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, api.MapAll(ps, func(p store.Policy) api.Policy { return policyToAPI(p, true) }))
 }
 
 func (s *Server) handleDeletePolicy(w http.ResponseWriter, r *http.Request) {
@@ -118,12 +106,7 @@ func (s *Server) handleDeletePolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	err := s.store.DeletePolicy(r.Context(), svc, s.now())
-	if errors.Is(err, store.ErrNotFound) {
-		writeProblem(w, http.StatusNotFound, "no policy for "+svc)
-		return
-	}
-	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot delete the policy")
+	if !s.found(w, err, "no policy for "+svc) {
 		return
 	}
 	s.notify(r.Context())
@@ -138,7 +121,7 @@ func (s *Server) handleWorkloadSync(w http.ResponseWriter, r *http.Request) {
 	if ok := s.longPoll(w, r); !ok {
 		return
 	}
-	rev, _ := s.waitChange()
+	rev, _ := s.feed.wait()
 	out := api.WorkloadSyncResponse{Revision: rev, Service: caller.String(), Revoked: []string{}, Bundle: s.bundleDER()}
 	p, err := s.store.GetPolicy(r.Context(), caller.String())
 	switch {
@@ -146,12 +129,12 @@ func (s *Server) handleWorkloadSync(w http.ResponseWriter, r *http.Request) {
 		ap := policyToAPI(p, true)
 		out.Policy = &ap
 	case !errors.Is(err, store.ErrNotFound):
-		writeProblem(w, http.StatusInternalServerError, "cannot read the policy")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read the policy")
 		return
 	}
 	revs, err := s.store.ListRevocations(r.Context(), s.now())
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "cannot read revocations")
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read revocations")
 		return
 	}
 	for _, rv := range revs {
@@ -172,7 +155,7 @@ func (s *Server) handleWorkloadSync(w http.ResponseWriter, r *http.Request) {
 			out.RevokedTokens = append(out.RevokedTokens, tr.ID)
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	api.WriteJSON(w, http.StatusOK, out)
 }
 
 // longPoll implements ?revision=N&wait=S: it returns once the revision
@@ -186,19 +169,19 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request) bool {
 	}
 	known, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
-		writeProblem(w, http.StatusBadRequest, "revision: want an integer")
+		api.WriteProblem(w, http.StatusBadRequest, "revision: want an integer")
 		return false
 	}
 	wait := maxSyncWait
 	if v := q.Get("wait"); v != "" {
 		secs, err := strconv.Atoi(v)
 		if err != nil || secs < 0 {
-			writeProblem(w, http.StatusBadRequest, "wait: want a non-negative number of seconds")
+			api.WriteProblem(w, http.StatusBadRequest, "wait: want a non-negative number of seconds")
 			return false
 		}
-		wait = min(time.Duration(secs)*time.Second, maxSyncWait)
+		wait = time.Duration(min(secs, int(maxSyncWait/time.Second))) * time.Second // bounded before it could wrap
 	}
-	rev, ch := s.waitChange()
+	rev, ch := s.feed.wait()
 	if rev != known {
 		return true
 	}

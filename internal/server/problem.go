@@ -1,53 +1,25 @@
 package server
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/store"
 )
 
-const maxBody = 1 << 20
-
-// writeProblem answers with an RFC 9457 problem details body. detail is shown
-// to the client, so it must never carry secrets or policy internals.
-func writeProblem(w http.ResponseWriter, status int, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(api.Problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
-
-// decode reads a JSON body strictly: unknown fields, trailing data and bodies
-// over 1 MiB are errors naming what was wrong.
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		var ute *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &mbe):
-			return fmt.Errorf("request body larger than %d bytes", maxBody)
-		case errors.As(err, &ute):
-			return fmt.Errorf("field %q: want %s, got JSON %s", ute.Field, ute.Type, ute.Value)
-		case errors.Is(err, io.EOF):
-			return errors.New("empty request body; want a JSON object")
-		}
-		return fmt.Errorf("invalid JSON body: %v", err)
+// found answers a store error: none (true), not found (404, missing), or
+// the store's (500, logged).
+func (s *Server) found(w http.ResponseWriter, err error, missing string) bool {
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, store.ErrNotFound):
+		api.WriteProblem(w, http.StatusNotFound, missing)
+	default:
+		s.internalError(w, err)
 	}
-	if dec.More() {
-		return errors.New("invalid JSON body: data after the object")
-	}
-	return nil
+	return false
 }
+
+func (s *Server) internalError(w http.ResponseWriter, err error) { api.InternalError(w, s.log, err) }

@@ -2,9 +2,7 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -26,13 +23,16 @@ import (
 	"github.com/rampartsec/rampart/internal/acme"
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/intake"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/backup"
 	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/inventory"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/store"
@@ -89,7 +89,7 @@ type Config struct {
 	// entries are spooled and shipped there (see forward.go).
 	AuditForwardTo string
 
-	// Backup, if set, makes backups and drills on a schedule (backup.go).
+	// Backup, if set, makes backups and drills on a schedule (package backup).
 	Backup *BackupConfig
 
 	// ACME configures the ACME server (acmeapi.go).
@@ -119,28 +119,26 @@ type Server struct {
 	store store.Store
 	ca    *identity.CA
 	audit *audit.Log
-	// auditSigner signs the audit log's checkpoints.
-	auditSigner note.Signer
-	// archiver copies sealed segments to cfg.AuditArchive (nil: none).
-	// retainMu guards it and the failure flags: the checkpoint loop and
-	// Close both run retain.
-	retainMu       sync.Mutex
-	archiver       *audit.Archiver
-	sealFailing    bool
-	archiveFailing bool
+	// keeper signs checkpoints, seals and archives (the replica that
+	// keeps the log only).
+	keeper *audit.Keeper
 	// On the replica that keeps the log, releaseAuditLog gives the store's
 	// claim back; on the others, forward ships entries to it.
 	releaseAuditLog func()
 	forward         *spool.Spool
-	ingest          *ingest
-	refusals        *refusalAgg // refusals recorded once per kind and interval
-	detector        *detect.Tailer
-	notifier        *detect.Notifier
+	intake          *intake.Intake
+	refusals        *audit.Refusals // refusals recorded once per kind and interval
+	detector        *detect.Detector
+	alerts          *detect.AlertAPI
 	oauth           *oauth.Provider // nil until the issuer address is known
-	kms             *kms.Service
-	backup          *backup.Runner            // nil: no backups configured
-	acme            *acme.Server              // nil: ACME disabled
-	kmsPolicy       atomic.Pointer[kmsPolicy] // nil: no key-use policy, every use denied
+	accounts        *oauth.Accounts // OAuth clients and users
+	registrar       *registration.Registrar
+	scan            *inventory.API  // vulnerability database, gates, inventory
+	backup          *backup.Runner  // nil: no backups configured
+	acme            *acme.Server    // nil: ACME disabled
+	kmsAPI          *kms.API        // the key store, its key-use policy and its API
+	kmsMaint        *kms.Maintainer // the key store's schedules
+	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
 	now             func() time.Time
@@ -151,15 +149,10 @@ type Server struct {
 	// metricsTokenHash: the bearer token /metrics wants (DATA/metrics.token).
 	metricsTokenHash [32]byte
 
-	tls   *tlsState
-	peers peerCache // client chains whose signatures verified
+	cert  *identity.ServerCert // the API's own certificate
+	peers *identity.Verifier   // callers' SVIDs
 
-	mu       sync.RWMutex
-	revision int64
-	revoked  map[string]struct{} // serials
-	evicted  map[string]struct{} // agent SPIFFE IDs
-	changed  chan struct{}       // closed and replaced at each revision change
-	bundle   []byte              // last bundle.pem written
+	feed *feed // the store's revision, long polls' wake-up
 }
 
 // New initialises (first start) or opens (restart) the data directory, the
@@ -235,9 +228,9 @@ func withDefaults(cfg Config) Config {
 }
 
 func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keywrap.Wrapper) (*Server, error) {
-	up, err := loadUpstream(cfg.UpstreamCertFile, cfg.UpstreamKeyFile)
+	up, err := identity.LoadUpstream(cfg.UpstreamCertFile, cfg.UpstreamKeyFile)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("server: %w", err)
 	}
 	ca, err := identity.New(ctx, identity.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Wrapper: wrapper, Now: cfg.Now, Log: cfg.Log,
@@ -248,13 +241,31 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s := &Server{
 		cfg: cfg, store: st, ca: ca, log: cfg.Log, now: cfg.Now, wrapper: wrapper,
-		changed: make(chan struct{}), reg: prometheus.NewRegistry(), refusals: newRefusalAgg(cfg.Now),
+		feed: newFeed(), reg: prometheus.NewRegistry(),
 	}
+	s.refusals = audit.NewRefusals(cfg.Now, s.record)
 	s.metrics = newMetrics(s.reg, ca)
-	if s.kms, err = kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now}); err != nil {
+	s.registrar = &registration.Registrar{TrustDomain: cfg.TrustDomain, Store: st, CA: ca, MaxTTL: cfg.IntermediateTTL,
+		JoinTokenTTL: cfg.JoinTokenTTL, AgentTTL: cfg.AgentTTL, X509TTL: cfg.DefaultX509TTL, JWTTTL: cfg.DefaultJWTTTL, Now: cfg.Now}
+	s.alerts = &detect.AlertAPI{Store: st, Event: s.event, Now: cfg.Now, Log: cfg.Log}
+	s.accounts = &oauth.Accounts{Store: st, Wrapper: wrapper, Tokens: s.tokens, Event: s.event, Now: cfg.Now, Log: cfg.Log}
+	s.caMaint = &identity.Maintainer{CA: ca, Changed: s.notify, Now: cfg.Now, Log: cfg.Log, Registry: s.reg}
+	keys, err := kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now})
+	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	s.tls = newTLSState(s)
+	s.kmsAPI = kms.NewAPI(kms.API{Service: keys, Access: kms.NewAccess(cfg.TrustDomain), Caller: agentFrom, Append: s.appendAudit, Event: s.event,
+		Refused: s.refused, Now: cfg.Now, Log: cfg.Log}, s.reg)
+	s.kmsMaint = &kms.Maintainer{Service: keys, Actor: audit.Actor{SpiffeID: kms.ServiceID(cfg.TrustDomain).String()},
+		Record: s.record, Changed: s.notify, Now: cfg.Now, Log: cfg.Log}
+	s.cert = &identity.ServerCert{CA: ca, DNSNames: cfg.DNSNames, Listen: cfg.Listen, Now: cfg.Now, Log: cfg.Log,
+		OnIssue: s.metrics.svidsIssued.WithLabelValues("server").Inc}
+	s.peers = &identity.Verifier{CA: ca, Now: cfg.Now}
+	s.scan = &inventory.API{Entries: st, Caller: agentFrom, Record: s.record, Event: s.event, Refused: s.refused,
+		Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Now: cfg.Now, Log: cfg.Log}
+	if ss, ok := store.Scan(st); ok { // nil: the store has no scan tables
+		s.scan.Inventory = &inventory.Inventory{Store: ss, Now: cfg.Now}
+	}
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)
 	} else {
@@ -263,49 +274,43 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if err != nil {
 		return nil, err
 	}
+	// From here on a failed start gives the audit log (or the spool)
+	// back, so that the process can try again.
+	started := false
+	defer func() {
+		if !started {
+			s.closeAudit()
+		}
+	}()
 	if err := s.startBackup(); err != nil {
-		s.closeAudit()
 		return nil, err
 	}
-	token, err := loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "admin.token"))
-	if err != nil {
-		return nil, err
+	for file, hash := range map[string]*[32]byte{"admin.token": &s.adminTokenHash, "metrics.token": &s.metricsTokenHash} {
+		token, err := secretfile.LoadOrCreateToken(filepath.Join(cfg.DataDir, file), "rpa_")
+		if err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+		*hash = sha256.Sum256([]byte(token))
 	}
-	s.adminTokenHash = sha256.Sum256([]byte(token))
-	if token, err = loadOrCreateAdminToken(filepath.Join(cfg.DataDir, "metrics.token")); err != nil {
-		return nil, err
-	}
-	s.metricsTokenHash = sha256.Sum256([]byte(token))
 	if err := s.refresh(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.startACME(ctx, wrapper); err != nil {
-		s.closeAudit()
 		return nil, err
 	}
 	if iss := issuerFor(cfg, cfg.Listen); iss != "" && !strings.HasSuffix(iss, ":0") {
 		if err := s.startOAuth(ctx, iss, wrapper); err != nil {
-			s.closeAudit()
 			return nil, err
 		}
 	}
+	started = true
 	return s, nil
 }
 
 // openAuditLog claims the deployment's audit log in the store and opens
 // it, with its ingestion state, archive and detection.
 func (s *Server) openAuditLog(ctx context.Context) error {
-	release, err := s.store.HoldAuditLog(ctx)
-	// A holder that was just killed frees the claim when PostgreSQL sees
-	// its session end: give a restart a few seconds for that.
-	for tries := 0; errors.Is(err, store.ErrAuditLogHeld) && tries < 20; tries++ {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
-		release, err = s.store.HoldAuditLog(ctx)
-	}
+	release, err := store.WaitHoldAuditLog(ctx, s.store)
 	if errors.Is(err, store.ErrAuditLogHeld) {
 		return fmt.Errorf("server: %w: a deployment keeps one audit log; start this replica with --audit-forward-to HOLDER-ADDRESS (the API address of the replica that keeps it)", err)
 	}
@@ -313,18 +318,27 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 		return fmt.Errorf("server: %w", err)
 	}
 	s.releaseAuditLog = release
-	if s.audit, s.auditSigner, err = openAudit(s.cfg); err != nil {
+	var signer note.Signer
+	if s.audit, signer, err = openAudit(s.cfg); err != nil {
 		release()
 		return err
 	}
+	s.keeper = &audit.Keeper{Log: s.audit, Signer: signer, Refusals: s.refusals, Record: s.record, Now: s.now, Logger: s.log, Registry: s.reg,
+		Actor: audit.Actor{SpiffeID: identity.ServerID(s.cfg.TrustDomain).String()}, Source: "server"}
 	if s.cfg.AuditArchive != nil {
-		s.archiver = audit.NewArchiver(filepath.Join(s.cfg.DataDir, "audit"), s.cfg.AuditArchive)
+		s.keeper.Archiver = audit.NewArchiver(filepath.Join(s.cfg.DataDir, "audit"), s.cfg.AuditArchive)
+		s.keeper.ArchiveName = fmt.Sprint(s.cfg.AuditArchive)
 	}
-	if s.ingest, err = loadIngest(s.cfg.DataDir, s.audit); err != nil {
+	s.intake, err = intake.Load(intake.Config{TrustDomain: s.cfg.TrustDomain, StatePath: filepath.Join(s.cfg.DataDir, "audit-streams.json"),
+		Policies: s.store, Revision: s.feed.current, Append: s.appendAudit, Now: s.now, Log: s.log, Registry: s.reg}, s.audit)
+	if err != nil {
 		s.closeAudit()
-		return err
+		return fmt.Errorf("server: %w", err)
 	}
-	if err := s.startDetect(); err != nil {
+	s.keeper.AfterCheckpoint = s.intake.Snapshot
+	s.detector, err = detect.NewDetector(detect.DetectorConfig{Rules: s.cfg.DetectRules, Dir: filepath.Join(s.cfg.DataDir, "audit"),
+		Store: s.store, Append: s.appendAudit, Now: s.now, Log: s.log, Registry: s.reg})
+	if err != nil {
 		s.closeAudit()
 		return fmt.Errorf("server: %w", err)
 	}
@@ -335,15 +349,8 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 // forwarding spool) and gives the claim back.
 func (s *Server) closeAudit() error {
 	var err error
-	if s.audit != nil {
-		last := int64(-1)
-		s.checkpoint(&last, 15*time.Second) // may seal and archive, and record both
-		// The final checkpoint is the last write: it covers those
-		// records, and the log takes nothing after it. Copied to the
-		// archive, it vouches for the log from off the machine while the
-		// server is down.
-		_, err = s.audit.CloseWithCheckpoint(s.auditSigner)
-		s.archiveLastCheckpoint()
+	if s.keeper != nil {
+		err = s.keeper.Close()
 	}
 	if s.forward != nil {
 		err = errors.Join(err, s.forward.Close())
@@ -352,22 +359,6 @@ func (s *Server) closeAudit() error {
 		s.releaseAuditLog()
 	}
 	return err
-}
-
-// archiveLastCheckpoint copies the final checkpoint to the archive when
-// the last copy succeeded (so that only the checkpoint is new there: a
-// segment copied now could no longer be recorded in the closed log).
-func (s *Server) archiveLastCheckpoint() {
-	s.retainMu.Lock()
-	defer s.retainMu.Unlock()
-	if s.archiver == nil || s.archiveFailing {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	if _, err := s.archiver.Sync(ctx); err != nil {
-		s.log.Error("copying the final audit checkpoint to the archive failed; it is copied at the next start", "err", err)
-	}
 }
 
 // OAuth returns the authorization server (nil before Serve when the
@@ -387,8 +378,8 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 // stops forwarding) and the store.
 func (s *Server) Close() error {
 	err := s.closeAudit()
-	if s.notifier != nil {
-		s.notifier.Close()
+	if s.detector != nil {
+		s.detector.Close()
 	}
 	return errors.Join(err, s.store.Close())
 }
@@ -405,7 +396,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	srv := &http.Server{
 		Handler:           s.Handler(),
-		TLSConfig:         s.tls.config(),
+		TLSConfig:         s.tlsConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute, // the whole request; an ingest batch is at most 16 MiB
 		MaxHeaderBytes:    maxHeaderBytes,
@@ -419,15 +410,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var loops sync.WaitGroup
 	defer loops.Wait()
 	defer stop()
-	loops.Go(func() { s.maintain(bg) })
-	loops.Go(func() { s.pollRevision(bg) })
-	loops.Go(func() { s.flushRefusals(bg) })
-	if s.audit != nil { // the replica that keeps the log
-		loops.Go(func() { s.checkpointLoop(bg) })
-		loops.Go(func() { s.detector.Run(bg) })
-	}
-	if s.backup != nil {
-		loops.Go(func() { s.backup.Run(bg) })
+	for name, run := range s.loops() {
+		loops.Go(func() {
+			if err := run(bg); err != nil {
+				s.log.Error("a background loop stopped", "loop", name, "err", err)
+			}
+		})
 	}
 	if s.acme != nil {
 		loops.Go(func() { s.acme.Run(bg) })
@@ -447,75 +435,58 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return srv.Shutdown(shutdownCtx)
 }
 
-// maintain applies the CA rotation schedule and prunes expired records.
-func (s *Server) maintain(ctx context.Context) {
+// loops is the work that runs beside the API until Serve's context ends,
+// each owned by the package whose data it keeps.
+func (s *Server) loops() map[string]func(context.Context) error {
+	ls := map[string]func(context.Context) error{
+		"ca":       s.caMaint.Run,  // rotation schedule, expiry warnings
+		"oauth":    s.oauth.Run,    // signing keys, refused-login records
+		"kms":      s.kmsMaint.Run, // scheduled rotations and destructions
+		"refusals": s.refusals.Run, // aggregated refusals into the log
+		"prune":    s.prune,        // expired records out of the store
+		"sync":     s.pollRevision, // other replicas' changes
+	}
+	if s.keeper != nil { // the replica that keeps the audit log
+		ls["audit"] = s.keeper.Run    // checkpoints, seals, archive copies
+		ls["detect"] = s.detector.Run // rules over the log, alerts
+	}
+	if s.backup != nil {
+		ls["backup"] = func(ctx context.Context) error { s.backup.Run(ctx); return nil }
+	}
+	return ls
+}
+
+// prune deletes expired records (join tokens, revocations past their
+// certificates' expiry, ...) every 30 s.
+func (s *Server) prune(ctx context.Context) error {
 	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
-		s.maintainOnce(ctx)
-	}
-}
-
-func (s *Server) maintainOnce(ctx context.Context) {
-	before := string(identity.EncodePEM(s.ca.X509Bundle()))
-	if err := s.ca.Maintain(ctx); err != nil {
-		s.log.Error("CA maintenance failed", "err", err)
-		s.metrics.caMaintenanceFailures.Inc()
-	}
-	s.warnExpiry()
-	if s.oauth != nil {
-		if err := s.oauth.Maintain(ctx); err != nil {
-			s.log.Error("OAuth signing key maintenance failed", "err", err)
-		}
-	}
-	s.maintainKMS(ctx)
-	if err := s.store.PruneExpired(ctx, s.now()); err != nil {
-		s.log.Warn("pruning expired records failed", "err", err)
-	}
-	if string(identity.EncodePEM(s.ca.X509Bundle())) != before {
-		s.notify(ctx)
-	}
-}
-
-// warnExpiry logs a warning for any root or intermediate close to expiry:
-// expired trust anchors are the most common mesh outage, so they are shouted
-// about long before.
-func (s *Server) warnExpiry() {
-	now := s.now()
-	for _, k := range s.ca.Status() {
-		left := k.NotAfter.Sub(now)
-		life := k.NotAfter.Sub(k.NotBefore)
-		if k.State == store.StateRetired || k.Kind == store.KindJWT {
-			continue
-		}
-		if left < life/4 || (k.Kind == store.KindRoot && left < 30*24*time.Hour) {
-			s.log.Warn("CA certificate expires soon", "kind", k.Kind, "id", k.ID, "not_after", k.NotAfter, "left", left.Round(time.Minute).String())
+		if err := s.store.PruneExpired(ctx, s.now()); err != nil {
+			s.log.Warn("pruning expired records failed", "err", err)
 		}
 	}
 }
 
-func (s *Server) pollRevision(ctx context.Context) {
+func (s *Server) pollRevision(ctx context.Context) error {
 	t := time.NewTicker(syncPoll)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 		rev, err := s.store.Revision(ctx)
 		if err != nil {
 			continue
 		}
-		s.mu.RLock()
-		same := rev == s.revision
-		s.mu.RUnlock()
-		if !same {
+		if rev != s.feed.current() {
 			// Another replica changed something: its CA keys may have rotated.
 			if err := s.ca.Reload(ctx); err != nil {
 				s.log.Error("reloading CA failed", "err", err)
@@ -525,7 +496,7 @@ func (s *Server) pollRevision(ctx context.Context) {
 					s.log.Error("reloading OAuth keys and revocations failed", "err", err)
 				}
 			}
-			if err := s.kms.Reload(ctx); err != nil {
+			if err := s.kmsAPI.Service.Reload(ctx); err != nil {
 				s.log.Error("reloading key store keys failed", "err", err)
 			}
 			s.notify(ctx)
@@ -547,70 +518,26 @@ func (s *Server) refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	revs, err := s.store.ListRevocations(ctx, s.now())
+	revoked, err := s.peers.Load(ctx, s.store)
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	agents, err := s.store.ListAgents(ctx)
-	if err != nil {
+	if err := s.kmsAPI.Access.Load(ctx, s.store); err != nil {
 		return fmt.Errorf("server: %w", err)
-	}
-	revoked := make(map[string]struct{}, len(revs))
-	for _, r := range revs {
-		revoked[r.Serial] = struct{}{}
-	}
-	evicted := map[string]struct{}{}
-	for _, a := range agents {
-		if a.Evicted {
-			evicted[a.SpiffeID] = struct{}{}
-		}
-	}
-	if err := s.loadKMSPolicy(ctx); err != nil {
-		return err
 	}
 	bundle := identity.EncodePEM(s.ca.X509Bundle())
-	s.mu.Lock()
-	moved := rev != s.revision
-	s.revision, s.revoked, s.evicted = rev, revoked, evicted
-	if moved {
-		s.peers.reset() // the bundle may have changed with the revision
-		close(s.changed)
-		s.changed = make(chan struct{})
-	}
-	writeBundle := string(bundle) != string(s.bundle)
-	s.bundle = bundle
-	s.mu.Unlock()
+	// The bundle may have changed with the revision.
+	writeBundle := s.feed.set(rev, bundle, s.peers.Reset)
 	if writeBundle {
-		s.peers.reset()
+		s.peers.Reset()
 	}
-	s.metrics.revocations.Set(float64(len(revoked)))
+	s.metrics.revocations.Set(float64(revoked))
 	if writeBundle {
 		if err := atomicfile.Write(filepath.Join(s.cfg.DataDir, "bundle.pem"), bundle, 0o644); err != nil {
 			return fmt.Errorf("server: write bundle.pem: %w", err)
 		}
 	}
 	return nil
-}
-
-func (s *Server) isRevoked(serial string) bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	_, ok := s.revoked[serial]
-	return ok
-}
-
-func (s *Server) isEvicted(agentID string) bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	_, ok := s.evicted[agentID]
-	return ok
-}
-
-// waitChange returns the current revision and a channel closed at the next.
-func (s *Server) waitChange() (int64, <-chan struct{}) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.revision, s.changed
 }
 
 func checkTrustDomain(dir string, td spiffeid.TrustDomain) error {
@@ -626,65 +553,4 @@ func checkTrustDomain(dir string, td spiffeid.TrustDomain) error {
 		return fmt.Errorf("server: data dir %s belongs to trust domain %q, not %q; use another --data or the same --trust-domain", dir, got, td.Name())
 	}
 	return nil
-}
-
-// loadOrCreateAdminToken returns the admin token from path, creating a random
-// 256-bit one (0600) on first start. A token file group or others may read
-// is refused: anyone who read it is an admin.
-func loadOrCreateAdminToken(path string) (string, error) {
-	b, err := secretfile.Read(path)
-	if err == nil {
-		tok := strings.TrimSpace(string(b))
-		if len(tok) < 32 {
-			return "", fmt.Errorf("server: %s holds a token shorter than 32 characters; delete it to have a new one generated", path)
-		}
-		return tok, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("server: admin token: %w", err)
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", fmt.Errorf("server: %w", err)
-	}
-	tok := "rpa_" + base64.RawURLEncoding.EncodeToString(raw)
-	if err := atomicfile.Write(path, []byte(tok+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("server: write admin token: %w", err)
-	}
-	return tok, nil
-}
-
-func loadUpstream(certFile, keyFile string) (*identity.Upstream, error) {
-	if certFile == "" {
-		if keyFile != "" {
-			return nil, errors.New("server: --upstream-ca-key needs --upstream-ca-cert")
-		}
-		return nil, nil
-	}
-	b, err := os.ReadFile(certFile)
-	if err != nil {
-		return nil, fmt.Errorf("server: upstream CA: %w", err)
-	}
-	roots, err := identity.ParsePEM(b)
-	if err != nil {
-		return nil, fmt.Errorf("server: upstream CA %s: %w", certFile, err)
-	}
-	for _, r := range roots {
-		if !r.IsCA {
-			return nil, fmt.Errorf("server: upstream CA %s: certificate %q is not a CA", certFile, r.Subject)
-		}
-	}
-	up := &identity.Upstream{Roots: roots}
-	if keyFile != "" {
-		k, err := identity.LoadKeyFile(keyFile)
-		if errors.Is(err, fs.ErrNotExist) {
-			// Kept offline: the current intermediate keeps signing.
-			return up, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("server: upstream CA key: %w", err)
-		}
-		up.Key = k
-	}
-	return up, nil
 }

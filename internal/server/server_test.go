@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/fakeclock"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
@@ -33,22 +35,10 @@ import (
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 type harness struct {
 	t      testing.TB
 	srv    *Server
-	clk    *clock
+	clk    *fakeclock.Clock
 	addr   string
 	dir    string
 	admin  *api.Client
@@ -65,7 +55,7 @@ func newHarness(t testing.TB) *harness {
 // harness's).
 func newHarnessWith(t testing.TB, cfg Config) *harness {
 	t.Helper()
-	h := &harness{t: t, clk: &clock{t: time.Now()}, dir: cfg.DataDir}
+	h := &harness{t: t, clk: fakeclock.New(time.Now()), dir: cfg.DataDir}
 	cfg.Now = h.clk.Now
 	srv, err := New(context.Background(), cfg)
 	if err != nil {
@@ -211,6 +201,11 @@ func TestJoinTokenOneTimeAndExpiry(t *testing.T) {
 
 	err = anon.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: "rjt_made-up", CSR: csr}, nil)
 	wantStatus(t, err, http.StatusUnauthorized, "join token")
+
+	// A TTL whose nanoseconds wrap past int64 to 290 ms is refused, not
+	// taken for what it wraps to.
+	err = h.admin.Do(ctx, http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: "node-3", TTLSeconds: 18446744074}, nil)
+	wantStatus(t, err, http.StatusBadRequest, "ttl_seconds: must be between 1 and 604800")
 }
 
 // Concurrent attempts to spend one token: exactly one succeeds.
@@ -397,6 +392,10 @@ func TestEntryValidation(t *testing.T) {
 		{"no selectors", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent}, "selectors: at least one"},
 		{"bad selector", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent, Selectors: []string{"unix:uid:abc"}}, "selectors:"},
 		{"negative ttl", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent, Selectors: []string{"unix:uid:1"}, X509TTLSeconds: -1}, "x509_ttl_seconds"},
+		// Seconds whose nanoseconds wrap past int64: to a negative TTL,
+		// or to 290 ms, which nobody asked for.
+		{"ttl wrapping negative", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent, Selectors: []string{"unix:uid:1"}, X509TTLSeconds: 9223372037}, "x509_ttl_seconds: must be between"},
+		{"ttl wrapping small", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent, Selectors: []string{"unix:uid:1"}, JWTTTLSeconds: 18446744074}, "jwt_ttl_seconds: must be between"},
 		{"bad dns", api.Entry{SpiffeID: "spiffe://example.org/a", ParentID: parent, Selectors: []string{"unix:uid:1"}, DNSNames: []string{"Bad Name"}}, "dns_names"},
 	}
 	for _, tt := range tests {

@@ -247,6 +247,9 @@ func (d dialect) migrations() [][]string {
 		// accepting a code is one conditional UPDATE.
 		`ALTER TABLE oauth_users ADD COLUMN totp_last_step BIGINT NOT NULL DEFAULT 0`,
 	},
+		// Supply chain: the vulnerability database, exceptions, gates and
+		// the inventory of what runs (scan.go).
+		d.scanMigration(),
 		// ACME (acme.go).
 		d.acmeMigration(),
 	}

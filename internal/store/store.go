@@ -335,3 +335,20 @@ type AlertFilter struct {
 	Status string
 	Limit  int
 }
+
+// WaitHoldAuditLog claims the audit log (HoldAuditLog), retrying for
+// five seconds while another holds it: a holder that was just killed
+// frees the claim when PostgreSQL sees its session end, and a restart
+// gets a few seconds for that.
+func WaitHoldAuditLog(ctx context.Context, st Store) (release func(), err error) {
+	release, err = st.HoldAuditLog(ctx)
+	for tries := 0; errors.Is(err, ErrAuditLogHeld) && tries < 20; tries++ {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		release, err = st.HoldAuditLog(ctx)
+	}
+	return release, err
+}

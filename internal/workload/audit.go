@@ -8,13 +8,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 )
 
 // Recorder takes audit entries; the agent's spool implements it, and
 // delivers them to the server's log.
 type Recorder interface {
-	Record(e *audit.Entry) error
+	Record(e *auditentry.Entry) error
 }
 
 // refusalInterval bounds how often one process (uid and executable) is
@@ -74,7 +74,7 @@ func (a *auditor) refused(ctx context.Context, p *process, method, reason string
 	suppressed := rf.suppressed
 	rf.at, rf.suppressed = now, 0
 	a.mu.Unlock()
-	e := &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "workload.attest", Outcome: audit.OutcomeDenied,
+	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Action: "workload.attest", Outcome: auditentry.OutcomeDenied,
 		Reason: reason, Target: a.self.String(), Source: a.self.String(),
 		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
 			"gid": strconv.FormatUint(uint64(c.GID), 10)}}
@@ -88,5 +88,52 @@ func (a *auditor) refused(ctx context.Context, p *process, method, reason string
 		e.Details["suppressed_before"] = strconv.Itoa(suppressed)
 	}
 	// Record does not wait on the caller, who may be gone already.
+	a.rec.Record(e)
+}
+
+// gate audits an identity the scan gate withheld (or, in dry run, would
+// have withheld). Rate-limited like refusals, per executable and entry.
+func (a *auditor) gate(p *process, method string, r Refusal) {
+	if a == nil {
+		return
+	}
+	c, exe := p.Caller, p.exe.path
+	key := "gate\x00" + strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe + "\x00" + r.EntryID + "\x00" + strconv.FormatBool(r.DryRun)
+	now := a.now()
+	a.mu.Lock()
+	rf := a.last[key]
+	if rf != nil && now.Sub(rf.at) < refusalInterval {
+		rf.suppressed++
+		a.mu.Unlock()
+		return
+	}
+	if rf == nil {
+		if len(a.last) > 10000 {
+			clear(a.last)
+		}
+		rf = &refusals{}
+		a.last[key] = rf
+	}
+	suppressed := rf.suppressed
+	rf.at, rf.suppressed = now, 0
+	a.mu.Unlock()
+	outcome := auditentry.OutcomeDenied
+	if r.DryRun {
+		outcome = auditentry.OutcomeSuccess
+	}
+	// An attestation entry on this agent's host (the kind the server takes
+	// from an agent), saying it was the scan gate and for which identity.
+	gate := "refused"
+	if r.DryRun {
+		gate = "dry_run"
+	}
+	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Action: "workload.attest", Outcome: outcome,
+		Reason: r.Reason, Target: a.self.String(), Source: a.self.String(),
+		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
+			"scan_gate": gate, "spiffe_id": r.SpiffeID, "entry_id": r.EntryID, "exe": exe}}
+	e.Actor.User = "unix:uid:" + strconv.FormatUint(uint64(c.UID), 10)
+	if suppressed > 0 {
+		e.Details["suppressed_before"] = strconv.Itoa(suppressed)
+	}
 	a.rec.Record(e)
 }

@@ -1,6 +1,7 @@
 // Package workload serves the SPIFFE Workload API (the spec's gRPC service,
 // spiffe/workload/workload.proto) on a unix socket, so that unmodified
-// go-spiffe, java-spiffe or Envoy SDS clients get their SVIDs from Rampart.
+// go-spiffe or java-spiffe clients get their SVIDs from Rampart (Envoy's SDS is
+// a different API, not served yet).
 //
 // # Attestation
 //

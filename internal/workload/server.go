@@ -64,6 +64,9 @@ type Server struct {
 	log      *slog.Logger
 	metrics  Metrics
 	audit    *auditor // nil: refusals are only logged
+	// inspector, if set, sees each caller's executable before it gets
+	// identities (inventory and scan gate; inspect.go).
+	inspector Inspector
 }
 
 // NewServer returns a Workload API server over src.
@@ -156,6 +159,10 @@ func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string) ([
 			continue
 		}
 		out = append(out, id)
+	}
+	out, err = s.inspect(ctx, p, method, out)
+	if err != nil {
+		return nil, p, err
 	}
 	return out, p, nil
 }

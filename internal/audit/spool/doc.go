@@ -14,6 +14,15 @@
 // sequence number it already holds. A gap (entries deleted from the spool by
 // hand) shows in the server's log as an audit.ingest.gap entry.
 //
+// Damage never cuts off intact entries (recover.go). On Open, a torn write
+// at the end of the last segment (an append the crash interrupted before
+// its fsync) is trimmed and logged. Any other damaged record, found on
+// Open or while sending, is resynchronised past: the intact records after
+// it are kept and shipped, a copy of the damaged segment is kept in
+// damaged/, the loss is logged as an error and recorded as an
+// audit.entry_lost entry, and the lost sequence numbers are never reused,
+// so the server records the gap too.
+//
 // Record never waits on its caller (a cancelled request must not take its
 // record with it): when the in-memory queue is full, Record writes the queue
 // and its entry to disk itself. Memory and disk are bounded: when the spool
@@ -33,5 +42,12 @@
 //	acked         the highest acknowledged sequence number (decimal)
 //	SEQ.seg       segments, named by their first sequence number; records
 //	              are a 4-byte length, a 4-byte CRC-32C and the canonical
-//	              JSON of the entry (which carries its stream and sequence)
+//	              JSON of the entry (which carries its stream and sequence);
+//	              numbers increase, with gaps where damage lost entries
+//	damaged/      copies of damaged segments (SEQ.seg.TIME), never deleted
+//	              by the spool
+//
+// The directory must be one only this process's user (and root) can
+// change (see package safedir): Open refuses any other, since whoever
+// controls it could read the entries or put their own in the stream.
 package spool

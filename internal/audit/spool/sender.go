@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 )
 
 // APISender delivers batches to the server's POST /v1/audit/ingest, over a
@@ -26,7 +26,7 @@ type APISender struct {
 var errUnsupported = errors.New("version 1 only")
 
 // Send implements Sender.
-func (a APISender) Send(ctx context.Context, batch []*audit.Entry) (uint64, error) {
+func (a APISender) Send(ctx context.Context, batch []*auditentry.Entry) (uint64, error) {
 	if a.Timeout <= 0 {
 		a.Timeout = 30 * time.Second
 	}

@@ -26,7 +26,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
+	"github.com/rampartsec/rampart/internal/safedir"
 )
 
 // ErrClosed is returned by Record after Close.
@@ -41,12 +42,15 @@ var ErrDropped = errors.New("spool: full (the server has not acknowledged MaxByt
 // stream) and returns the highest sequence number of the stream that the
 // receiver holds durably.
 type Sender interface {
-	Send(ctx context.Context, batch []*audit.Entry) (ackedThrough uint64, err error)
+	Send(ctx context.Context, batch []*auditentry.Entry) (ackedThrough uint64, err error)
 }
 
 // Config configures a Spool.
 type Config struct {
-	Dir    string // required; created 0700
+	// Dir is required; created 0700. It must be owned by this process's
+	// uid, not writable by group or others, under directories only root or
+	// this uid can change (package safedir): Open refuses any other.
+	Dir    string
 	Sender Sender // required
 	Log    *slog.Logger
 	// MaxBytes bounds the unacknowledged entries kept on disk (default
@@ -86,8 +90,9 @@ type Spool struct {
 	cfg    Config
 	stream string
 
-	in      chan *audit.Entry
-	kick    chan struct{} // wakes the writer to write a pending drop count
+	in      chan *auditentry.Entry
+	kick    chan struct{}      // wakes the writer to write a pending drop count
+	lockReq chan chan struct{} // asks the writer to let go of wmu until the channel is closed
 	closing chan struct{}
 	done    chan struct{} // writer and sender have stopped
 	cancel  context.CancelFunc
@@ -103,6 +108,9 @@ type Spool struct {
 	bytes    int64         // total size of the segments
 	wake     chan struct{} // tells the sender there is more to send
 	closed   bool
+	// Entries accepted by Record since Open that are on disk (the spool's
+	// own entries, drop counts and losses, take numbers too).
+	writtenRecorded uint64
 	// Entries dropped while the spool was full, not yet counted in an
 	// audit.entries_dropped entry on disk.
 	dropped             uint64
@@ -159,11 +167,15 @@ func Open(cfg Config) (*Spool, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	// Whoever can change the directory could read the entries, put their
+	// own in the stream, or remove some (issue 26).
+	dir, err := safedir.Make(cfg.Dir, "the audit spool directory", os.Geteuid(), 0o700)
+	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s := &Spool{cfg: cfg, in: make(chan *audit.Entry, queueLen), closing: make(chan struct{}), done: make(chan struct{}),
-		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+	cfg.Dir = dir
+	s := &Spool{cfg: cfg, in: make(chan *auditentry.Entry, queueLen), closing: make(chan struct{}), done: make(chan struct{}),
+		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1), lockReq: make(chan chan struct{}),
 		sent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_audit_spool_sent_total", Help: "Audit entries the server acknowledged.",
 		}),
@@ -204,16 +216,39 @@ func defaultBackoff(n int) time.Duration {
 	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
 }
 
-// load reads the stream ID, the cursor and the segments, cutting off a
-// torn record at the end of the last segment.
+// load reads the stream ID, the cursor and the segments, and recovers the
+// last segment from a crash or damage (see recover.go).
 func (s *Spool) load() error {
+	names, err := filepath.Glob(filepath.Join(s.cfg.Dir, "*.seg"))
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		first, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(n), ".seg"), 10, 64)
+		if err != nil || first == 0 { // numbers start at 1
+			return fmt.Errorf("%s: not a segment name", n)
+		}
+		fi, err := os.Stat(n)
+		if err != nil {
+			return err
+		}
+		s.segments = append(s.segments, segment{first: first, size: fi.Size()})
+	}
+	slices.SortFunc(s.segments, func(a, b segment) int { return cmp.Compare(a.first, b.first) })
 	idPath := filepath.Join(s.cfg.Dir, "stream")
 	id, err := os.ReadFile(idPath)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		b := make([]byte, 16)
-		rand.Read(b)
-		id = []byte(hex.EncodeToString(b))
+		// A new spool; or the file was lost, and the segments still name
+		// the stream their entries belong to (a new one would make every
+		// entry on disk look foreign, and be set aside as damage).
+		if id = s.streamOfSegments(); id != nil {
+			s.cfg.Log.Warn("audit spool: the stream ID file was missing; taken from the segments", "dir", s.cfg.Dir, "stream", string(id))
+		} else {
+			b := make([]byte, 16)
+			rand.Read(b)
+			id = []byte(hex.EncodeToString(b))
+		}
 		if err := atomicfile.Write(idPath, id, 0o600); err != nil {
 			return err
 		}
@@ -231,60 +266,63 @@ func (s *Spool) load() error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	names, err := filepath.Glob(filepath.Join(s.cfg.Dir, "*.seg"))
-	if err != nil {
-		return err
-	}
-	for _, n := range names {
-		first, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(n), ".seg"), 10, 64)
-		if err != nil {
-			return fmt.Errorf("%s: not a segment name", n)
-		}
-		fi, err := os.Stat(n)
-		if err != nil {
-			return err
-		}
-		s.segments = append(s.segments, segment{first: first, size: fi.Size()})
-	}
-	slices.SortFunc(s.segments, func(a, b segment) int { return cmp.Compare(a.first, b.first) })
 	s.written = s.acked
-	if len(s.segments) == 0 {
-		return nil
-	}
-	// The last segment decides where the stream stands: scan it, keep the
-	// valid prefix.
-	last := &s.segments[len(s.segments)-1]
-	f, err := os.OpenFile(filepath.Join(s.cfg.Dir, last.name()), os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r := &reader{br: bufio.NewReader(f)}
-	n := uint64(0)
-	for {
-		if _, err := r.next(); err != nil {
-			if !errors.Is(err, io.EOF) {
-				s.cfg.Log.Warn("audit spool: cutting off a damaged record at the end", "segment", last.name(), "offset", r.off, "err", err)
-			}
-			break
-		}
-		n++
-	}
-	if r.off != last.size {
-		if err := f.Truncate(r.off); err != nil {
-			return err
-		}
-		last.size = r.off
-	}
-	if n > 0 {
-		s.written = max(s.written, last.first+n-1)
-	} else if last.first > 0 {
-		s.written = max(s.written, last.first-1)
-	}
 	for _, sg := range s.segments {
 		s.bytes += sg.size
 	}
+	if len(s.segments) == 0 {
+		return nil
+	}
+	// The last segment decides where the stream stands. Its frames are
+	// checked and its last record read; at anything wrong, it is scanned
+	// whole and repaired (recover.go): a torn write at the end is trimmed,
+	// damage before intact records is kept aside and never cuts them off.
+	last := s.segments[len(s.segments)-1]
+	high, err := s.lastSeq(last)
+	if err == nil {
+		s.written = max(s.written, high)
+		return nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.repairLocked(last, true); err != nil {
+		return fmt.Errorf("segment %s: %w", last.name(), err)
+	}
 	return nil
+}
+
+// lastSeq checks the frames of segment sg and returns the sequence number
+// of its last record (the one before its first when it is empty), or an
+// error at the first thing wrong.
+func (s *Spool) lastSeq(sg segment) (uint64, error) {
+	f, err := os.Open(filepath.Join(s.cfg.Dir, sg.name()))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	r := &reader{br: bufio.NewReaderSize(f, 64<<10), limit: sg.size}
+	var data []byte
+	for {
+		d, err := r.next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		data = d
+	}
+	if data == nil {
+		return sg.first - 1, nil
+	}
+	e, err := auditentry.Parse(data)
+	if err != nil {
+		return 0, err
+	}
+	if !belongs(e, s.stream, sg.first-1, 0) {
+		return 0, fmt.Errorf("record of stream %s seq %d", e.Stream, e.Seq)
+	}
+	return e.Seq, nil
 }
 
 // Stream returns the spool's stream ID.
@@ -301,8 +339,8 @@ func (s *Spool) Stream() string { return s.stream }
 // not acknowledged (it has been away for long), e is dropped and counted
 // (ErrDropped): the count becomes an audit.entries_dropped entry as soon as
 // there is room again, and rampart_audit_spool_dropped_total.
-func (s *Spool) Record(e *audit.Entry) error {
-	audit.ClipEntry(e)
+func (s *Spool) Record(e *auditentry.Entry) error {
+	auditentry.ClipFields(e)
 	if err := e.Validate(); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
@@ -321,7 +359,7 @@ func (s *Spool) Record(e *audit.Entry) error {
 }
 
 // writeDirect writes what the queue holds and e, in the caller's goroutine.
-func (s *Spool) writeDirect(e *audit.Entry) error {
+func (s *Spool) writeDirect(e *auditentry.Entry) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.mu.Lock()
@@ -337,7 +375,7 @@ func (s *Spool) writeDirect(e *audit.Entry) error {
 		return ErrDropped
 	}
 	// Everything queued was accepted before e: it goes first, in order.
-	batch := make([]*audit.Entry, 0, len(s.in)+1)
+	batch := make([]*auditentry.Entry, 0, len(s.in)+1)
 drain:
 	for {
 		select {
@@ -348,7 +386,7 @@ drain:
 		}
 	}
 	s.recorded.Add(1)
-	s.writeLocked(append(batch, e))
+	s.writeLocked(append(batch, e), true)
 	return nil
 }
 
@@ -380,20 +418,17 @@ func (s *Spool) Progress() (written, acked uint64) {
 
 // Flush waits until every entry recorded before the call is acknowledged by
 // the server.
-func (s *Spool) Flush(ctx context.Context) error {
-	return s.waitFor(ctx, func() uint64 { return s.acked }, "flush: %d of %d entries acknowledged")
-}
+func (s *Spool) Flush(ctx context.Context) error { return s.waitFor(ctx, true) }
 
 // WaitWritten waits until every entry recorded before the call is on disk
 // (fsync'd), where it survives a crash and is shipped after the next Open.
-func (s *Spool) WaitWritten(ctx context.Context) error {
-	return s.waitFor(ctx, func() uint64 { return s.written }, "%d of %d entries on disk")
-}
+func (s *Spool) WaitWritten(ctx context.Context) error { return s.waitFor(ctx, false) }
 
-// waitFor waits until progress (read under s.mu) reaches every entry
-// recorded before the call.
-func (s *Spool) waitFor(ctx context.Context, progress func() uint64, msg string) error {
-	target := s.base + s.recorded.Load()
+// waitFor waits until every entry recorded before the call is on disk and,
+// if acked, acknowledged. The spool's own entries take sequence numbers
+// too, so the number to wait for is read once the entries are on disk.
+func (s *Spool) waitFor(ctx context.Context, acked bool) error {
+	n := s.recorded.Load()
 	stop := context.AfterFunc(ctx, func() {
 		s.mu.Lock()
 		s.cond.Broadcast()
@@ -402,12 +437,22 @@ func (s *Spool) waitFor(ctx context.Context, progress func() uint64, msg string)
 	defer stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for progress() < target {
+	for s.writtenRecorded < n {
 		if s.closed {
 			return ErrClosed
 		}
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("spool: "+msg+": %w", progress()-s.base, target-s.base, err)
+			return fmt.Errorf("spool: %d of %d entries on disk: %w", s.writtenRecorded, n, err)
+		}
+		s.cond.Wait()
+	}
+	target := s.written
+	for acked && s.acked < target {
+		if s.closed {
+			return ErrClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("spool: flush: acknowledged through %d of %d: %w", s.acked, target, err)
 		}
 		s.cond.Wait()
 	}
@@ -454,7 +499,7 @@ func (s *Spool) writer() {
 		}
 		s.wmu.Unlock()
 	}()
-	batch := make([]*audit.Entry, 0, writeBatch)
+	batch := make([]*auditentry.Entry, 0, writeBatch)
 	for {
 		batch = batch[:0]
 		s.wmu.Lock()
@@ -463,6 +508,11 @@ func (s *Spool) writer() {
 			batch = append(batch, e)
 		case <-s.kick:
 			// Room again after drops: write their count.
+		case release := <-s.lockReq:
+			// The sender repairs a damaged segment (recover.go).
+			s.wmu.Unlock()
+			<-release
+			continue
 		case <-s.closing:
 			// Drain what Record accepted before Close, and write a pending
 			// drop count whatever the room.
@@ -475,7 +525,7 @@ func (s *Spool) writer() {
 				}
 				break
 			}
-			s.writeLocked(batch)
+			s.writeLocked(batch, true)
 			s.wmu.Unlock()
 			return
 		}
@@ -505,14 +555,14 @@ func (s *Spool) writer() {
 		} else {
 			s.mu.Unlock()
 		}
-		s.writeLocked(batch)
+		s.writeLocked(batch, true)
 		s.wmu.Unlock()
 	}
 }
 
 // gather adds entries to batch for up to WriteLinger, until it is full or
 // the spool closes.
-func (s *Spool) gather(batch *[]*audit.Entry) {
+func (s *Spool) gather(batch *[]*auditentry.Entry) {
 	t := time.NewTimer(s.cfg.WriteLinger)
 	defer t.Stop()
 	for len(*batch) < cap(*batch) {
@@ -530,10 +580,15 @@ func (s *Spool) gather(batch *[]*audit.Entry) {
 // writeLocked stores one batch (with s.wmu held), preceded by the count of
 // entries dropped since the last write, if any. Errors are retried: an
 // entry accepted by Record is not given up on while the process lives.
-func (s *Spool) writeLocked(batch []*audit.Entry) {
+// recorded: the batch is of entries Record accepted (else the spool's own).
+func (s *Spool) writeLocked(batch []*auditentry.Entry, recorded bool) {
+	nrec := uint64(0)
+	if recorded {
+		nrec = uint64(len(batch))
+	}
 	s.mu.Lock()
 	if s.dropped > 0 {
-		batch = append([]*audit.Entry{droppedEntry(s.dropped, s.firstDrop, s.lastDrop, s.cfg.Now(), s.cfg.MaxBytes)}, batch...)
+		batch = append([]*auditentry.Entry{droppedEntry(s.dropped, s.firstDrop, s.lastDrop, s.cfg.Now(), s.cfg.MaxBytes)}, batch...)
 		s.dropped = 0
 	}
 	seq := s.written
@@ -548,16 +603,14 @@ func (s *Spool) writeLocked(batch []*audit.Entry) {
 		data, err := e.Marshal()
 		if err != nil { // Record validated it; only an oversized entry gets here
 			s.cfg.Log.Error("audit spool: entry cannot be encoded; recording its loss instead", "action", e.Action, "err", err)
-			lost := &audit.Entry{V: audit.SchemaVersion, Time: e.Time, Actor: e.Actor, Action: "audit.entry_lost",
-				Outcome: audit.OutcomeFailure, Reason: audit.Clip(err.Error()), Stream: s.stream, Seq: seq}
-			lost.Actor = audit.Actor{SpiffeID: audit.Clip(e.Actor.SpiffeID), User: audit.Clip(e.Actor.User)}
+			lost := &auditentry.Entry{V: auditentry.SchemaVersion, Time: e.Time, Actor: e.Actor, Action: "audit.entry_lost",
+				Outcome: auditentry.OutcomeFailure, Reason: auditentry.Clip(err.Error()), Stream: s.stream, Seq: seq}
+			lost.Actor = auditentry.Actor{SpiffeID: auditentry.Clip(e.Actor.SpiffeID), User: auditentry.Clip(e.Actor.User)}
 			if data, err = lost.Marshal(); err != nil {
 				panic(err) // a small entry of clipped fields always encodes
 			}
 		}
-		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-		b = binary.BigEndian.AppendUint32(b, crc32.Checksum(data, castagnoli))
-		b = append(b, data...)
+		b = frame(b, data)
 	}
 	s.buf = b
 	for attempt := 1; ; attempt++ {
@@ -581,6 +634,7 @@ func (s *Spool) writeLocked(batch []*audit.Entry) {
 	}
 	s.mu.Lock()
 	s.written = seq
+	s.writtenRecorded += nrec
 	s.cond.Broadcast()
 	s.mu.Unlock()
 	select {
@@ -591,9 +645,9 @@ func (s *Spool) writeLocked(batch []*audit.Entry) {
 
 // droppedEntry says how many entries the spool dropped while it was full.
 // The server names the shipper (actor, target and source) when it stores it.
-func droppedEntry(n uint64, first, last, now time.Time, maxBytes int64) *audit.Entry {
-	return &audit.Entry{V: audit.SchemaVersion, Time: now, Actor: audit.Actor{User: "rampart-spool"},
-		Action: "audit.entries_dropped", Outcome: audit.OutcomeFailure,
+func droppedEntry(n uint64, first, last, now time.Time, maxBytes int64) *auditentry.Entry {
+	return &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Actor: auditentry.Actor{User: "rampart-spool"},
+		Action: "audit.entries_dropped", Outcome: auditentry.OutcomeFailure,
 		Reason: fmt.Sprintf("%d audit entries dropped: the spool held %d bytes the server had not acknowledged", n, maxBytes),
 		Details: map[string]string{"count": strconv.FormatUint(n, 10),
 			"first": first.UTC().Format(time.RFC3339Nano), "last": last.UTC().Format(time.RFC3339Nano)}}
@@ -721,7 +775,7 @@ func (s *Spool) linger(ctx context.Context) bool {
 
 // ack records that the server holds everything through upTo and deletes
 // the segments that are wholly acknowledged.
-func (s *Spool) ack(upTo uint64, batch []*audit.Entry) error {
+func (s *Spool) ack(upTo uint64, batch []*auditentry.Entry) error {
 	s.mu.Lock()
 	old := s.acked
 	s.mu.Unlock()
@@ -762,120 +816,248 @@ func (s *Spool) ack(upTo uint64, batch []*audit.Entry) error {
 
 // segReader reads records sequentially from one segment.
 type segReader struct {
-	seg  segment
-	f    *os.File
-	r    *reader
-	next uint64 // sequence number of the next record
+	seg   segment
+	below uint64 // the next segment's first sequence number, 0 if none when opened
+	f     *os.File
+	r     *reader
+	last  uint64            // sequence number of the last record read from the segment
+	next  uint64            // the sequence number this reader goes on from
+	held  *auditentry.Entry // read but not returned: it follows a gap
 }
 
 func (rd *segReader) close() {
 	if rd != nil && rd.f != nil {
 		rd.f.Close()
+		rd.f = nil
 	}
 }
 
-// read returns up to n entries from sequence number from on.
-func (s *Spool) read(rdp **segReader, from, n uint64) ([]*audit.Entry, error) {
+// openSegReader opens the segment that holds sequence number from (the last
+// one starting at or before it), or the one after segment after when
+// after is not nil; nil when there is none.
+func (s *Spool) openSegReader(from uint64, after *segment) (*segReader, error) {
+	s.mu.Lock()
+	i := -1
+	if after == nil {
+		for i = len(s.segments) - 1; i > 0 && s.segments[i].first > from; i-- {
+		}
+	} else {
+		for j := range s.segments {
+			if s.segments[j].first > after.first {
+				i = j
+				break
+			}
+		}
+	}
+	if i < 0 || i >= len(s.segments) {
+		s.mu.Unlock()
+		return nil, nil
+	}
+	seg := s.segments[i]
+	var below uint64
+	if i+1 < len(s.segments) {
+		below = s.segments[i+1].first
+	}
+	s.mu.Unlock()
+	f, err := os.Open(filepath.Join(s.cfg.Dir, seg.name()))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, &damageAt{seg: seg, err: err} // removed by someone
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &segReader{seg: seg, below: below, f: f, r: &reader{br: bufio.NewReaderSize(f, 64<<10), limit: seg.size},
+		last: seg.first - 1, next: from}, nil
+}
+
+// read returns up to n entries with consecutive sequence numbers, the
+// first of them from from on (numbers lost to damage are skipped: the
+// server records the gap). A damaged segment is repaired (recover.go) and
+// reading goes on after the damage.
+func (s *Spool) read(rdp **segReader, from, n uint64) ([]*auditentry.Entry, error) {
+	for repaired := false; ; repaired = true {
+		out, bad, err := s.readSome(rdp, from, n)
+		if bad == nil {
+			return out, err
+		}
+		(*rdp).close()
+		*rdp = nil
+		if repaired {
+			return nil, fmt.Errorf("segment %s at offset %d: still damaged after its repair: %w", bad.seg.name(), bad.off, bad.err)
+		}
+		if err := s.repair(bad.seg); err != nil {
+			return nil, fmt.Errorf("segment %s at offset %d: %w; repairing it: %w", bad.seg.name(), bad.off, bad.err, err)
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+	}
+}
+
+// repair repairs a segment found damaged while the spool runs.
+func (s *Spool) repair(seg segment) error {
+	unlock, err := s.lockWrites()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	select {
+	case <-s.closing:
+		return ErrClosed // the writer may have stopped: no more writes
+	default:
+	}
+	return s.repairLocked(seg, false)
+}
+
+// lockWrites takes wmu outside the writer goroutine and Record. The
+// writer holds wmu while it waits for entries: it is asked to let go
+// (lockReq). When it is busy instead (writing, or waiting for room with
+// wmu let go), wmu is tried again shortly.
+func (s *Spool) lockWrites() (unlock func(), err error) {
+	for {
+		if s.wmu.TryLock() {
+			return s.wmu.Unlock, nil
+		}
+		release := make(chan struct{})
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case s.lockReq <- release:
+			t.Stop()
+			s.wmu.Lock()
+			return func() { s.wmu.Unlock(); close(release) }, nil
+		case <-t.C:
+		case <-s.closing:
+			t.Stop()
+			return nil, ErrClosed
+		}
+	}
+}
+
+// damageAt says where read found damage.
+type damageAt struct {
+	seg segment
+	off int64
+	err error
+}
+
+func (d *damageAt) Error() string {
+	return fmt.Sprintf("segment %s at offset %d: %v", d.seg.name(), d.off, d.err)
+}
+
+func (s *Spool) readSome(rdp **segReader, from, n uint64) ([]*auditentry.Entry, *damageAt, error) {
 	rd := *rdp
 	if rd == nil || rd.next != from {
 		rd.close()
-		s.mu.Lock()
-		i := len(s.segments) - 1
-		for i > 0 && s.segments[i].first > from {
-			i--
+		*rdp = nil
+		var err error
+		if rd, err = s.openSegReader(from, nil); err != nil || rd == nil {
+			if d := (*damageAt)(nil); errors.As(err, &d) {
+				return nil, d, nil
+			}
+			return nil, nil, cmp.Or(err, errors.New("no segment on disk"))
 		}
-		if i < 0 {
-			s.mu.Unlock()
-			return nil, errors.New("no segment on disk")
-		}
-		seg := s.segments[i]
-		s.mu.Unlock()
-		f, err := os.Open(filepath.Join(s.cfg.Dir, seg.name()))
-		if err != nil {
-			return nil, err
-		}
-		rd = &segReader{seg: seg, f: f, r: &reader{br: bufio.NewReaderSize(f, 64<<10)}, next: seg.first}
 		*rdp = rd
 	}
-	var out []*audit.Entry
+	var out []*auditentry.Entry
+	if e := rd.held; e != nil && e.Seq >= from {
+		out = append(out, e)
+	}
+	rd.held = nil
 	for uint64(len(out)) < n {
 		data, err := rd.r.next()
 		if errors.Is(err, io.EOF) {
-			// The writer moved on to the next segment.
+			// The end of what is written of this segment: more of it,
+			// or the next segment. Both are read under one lock: once a
+			// next segment exists, nothing more goes into this one.
 			s.mu.Lock()
-			var nextSeg *segment
-			for i := range s.segments {
-				if s.segments[i].first > rd.seg.first {
-					nextSeg = &s.segments[i]
-					break
+			size := rd.r.limit
+			for _, sg := range s.segments {
+				if sg.first == rd.seg.first {
+					size = sg.size
 				}
 			}
-			var seg segment
-			if nextSeg != nil {
-				seg = *nextSeg
-			}
 			s.mu.Unlock()
-			if nextSeg == nil {
+			if size > rd.r.limit {
+				rd.r.limit = size
+				continue
+			}
+			nrd, err := s.openSegReader(from, &rd.seg)
+			if d := (*damageAt)(nil); errors.As(err, &d) {
+				return out, d, nil
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			if nrd == nil {
 				break
 			}
-			rd.f.Close()
-			f, err := os.Open(filepath.Join(s.cfg.Dir, seg.name()))
-			if err != nil {
-				return nil, err
-			}
-			rd.seg, rd.f, rd.r, rd.next = seg, f, &reader{br: bufio.NewReaderSize(f, 64<<10)}, seg.first
+			rd.close()
+			rd, *rdp = nrd, nrd
 			continue
 		}
-		if err != nil {
-			*rdp = nil
-			rd.close()
-			return nil, fmt.Errorf("segment %s: %w", rd.seg.name(), err)
+		var e *auditentry.Entry
+		if err == nil {
+			if e, err = auditentry.Parse(data); err == nil && !belongs(e, s.stream, rd.last, rd.below) {
+				err = fmt.Errorf("a record of stream %s seq %d after seq %d", e.Stream, e.Seq, rd.last)
+			}
 		}
-		e, err := audit.ParseEntry(data)
 		if err != nil {
-			*rdp = nil
-			rd.close()
-			return nil, fmt.Errorf("segment %s: %w", rd.seg.name(), err)
+			return out, &damageAt{seg: rd.seg, off: rd.r.off, err: err}, nil
 		}
-		rd.next = e.Seq + 1
+		rd.last = e.Seq
 		if e.Seq < from {
 			continue
+		}
+		if len(out) > 0 && e.Seq != out[len(out)-1].Seq+1 {
+			rd.held = e // a batch holds consecutive numbers
+			break
 		}
 		out = append(out, e)
 	}
 	if len(out) == 0 {
-		*rdp = nil
 		rd.close()
-		return nil, fmt.Errorf("no entry from %d on disk", from)
+		*rdp = nil
+		return nil, nil, fmt.Errorf("no entry from %d on disk", from)
 	}
-	return out, nil
+	rd.next = out[len(out)-1].Seq + 1
+	return out, nil, nil
 }
 
-// reader decodes records.
+// reader decodes the records of a segment up to limit, the bytes known to
+// be written (an append may be in progress past it).
 type reader struct {
-	br  *bufio.Reader
-	off int64 // offset after the last good record
-	hdr [recordHeader]byte
+	br    *bufio.Reader
+	off   int64 // offset after the last good record
+	limit int64
+	hdr   [recordHeader]byte
 }
 
 func (r *reader) next() ([]byte, error) {
-	if _, err := io.ReadFull(r.br, r.hdr[:]); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, errors.New("torn record header")
-		}
-		return nil, err
+	if r.off >= r.limit {
+		return nil, io.EOF
 	}
-	n := binary.BigEndian.Uint32(r.hdr[:4])
-	if n > audit.MaxEntrySize {
-		return nil, fmt.Errorf("record of %d bytes, at most %d", n, audit.MaxEntrySize)
+	if r.limit-r.off < recordHeader {
+		return nil, errors.New("torn record header")
+	}
+	// Short reads below limit are damage (the file is shorter than what
+	// was written), never the end: %v, so that they are not io.EOF.
+	if _, err := io.ReadFull(r.br, r.hdr[:]); err != nil {
+		return nil, fmt.Errorf("record header: %v", err)
+	}
+	n := int64(binary.BigEndian.Uint32(r.hdr[:4]))
+	if n == 0 || n > auditentry.MaxSize {
+		return nil, fmt.Errorf("record of %d bytes, want 1 to %d", n, auditentry.MaxSize)
+	}
+	if r.off+recordHeader+n > r.limit {
+		return nil, errors.New("torn record")
 	}
 	data := make([]byte, n)
 	if _, err := io.ReadFull(r.br, data); err != nil {
-		return nil, errors.New("torn record")
+		return nil, fmt.Errorf("record: %v", err)
 	}
 	if crc32.Checksum(data, castagnoli) != binary.BigEndian.Uint32(r.hdr[4:]) {
 		return nil, errors.New("record checksum mismatch")
 	}
-	r.off += recordHeader + int64(n)
+	r.off += recordHeader + n
 	return data, nil
 }

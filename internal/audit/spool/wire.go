@@ -10,7 +10,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 )
 
 // Batch wire formats for POST /v1/audit/ingest.
@@ -25,7 +25,7 @@ import (
 //	"RAB2"                     magic
 //	uvarint N                  1 to MaxBatchEntries entries
 //	N times:
-//	  uvarint L                1 to audit.MaxEntrySize
+//	  uvarint L                1 to auditentry.MaxSize
 //	  L bytes                  the entry, canonical JSON
 //
 // and nothing after. Entries of one stream repeat most of their bytes
@@ -111,8 +111,8 @@ func parseBatch(b []byte) ([][]byte, error) {
 			return nil, fmt.Errorf("spool: batch: entry %d: bad length", i)
 		}
 		rest = rest[k:]
-		if l == 0 || l > audit.MaxEntrySize {
-			return nil, fmt.Errorf("spool: batch: entry %d: %d bytes, want 1 to %d", i, l, audit.MaxEntrySize)
+		if l == 0 || l > auditentry.MaxSize {
+			return nil, fmt.Errorf("spool: batch: entry %d: %d bytes, want 1 to %d", i, l, auditentry.MaxSize)
 		}
 		if l > uint64(len(rest)) {
 			return nil, fmt.Errorf("spool: batch: entry %d: %d bytes, %d left", i, l, len(rest))

@@ -13,7 +13,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/rampartsec/rampart/internal/api"
-	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 )
 
 func canonical(t testing.TB, n int) [][]byte {
@@ -78,7 +78,7 @@ func TestBatchRefusesMalformed(t *testing.T) {
 		{"count above what follows", raw(frame(2, one)), "entry 1: bad length"},
 		{"length past the end", raw(append(frame(1), 0x80, 0x01, 'x')), "128 bytes, 1 left"},
 		{"empty entry", raw(append(frame(1), 0)), "0 bytes"},
-		{"oversized entry", raw(binary.AppendUvarint(frame(1), audit.MaxEntrySize+1)), "65536 bytes"},
+		{"oversized entry", raw(binary.AppendUvarint(frame(1), auditentry.MaxSize+1)), "65536 bytes"},
 		{"trailing bytes", raw(append(frame(1, one), 'x')), "1 bytes after the last entry"},
 		{"bomb", raw(append(frame(1, one), make([]byte, MaxBatchBytes)...)), "more than"},
 	} {
@@ -112,7 +112,7 @@ func FuzzDecodeBatch(f *testing.F) {
 			t.Fatalf("re-encoding what was accepted: %v", err)
 		}
 		for i := range out {
-			if len(out[i]) == 0 || len(out[i]) > audit.MaxEntrySize || !bytes.Equal(out[i], back[i]) {
+			if len(out[i]) == 0 || len(out[i]) > auditentry.MaxSize || !bytes.Equal(out[i], back[i]) {
 				t.Fatalf("entry %d", i)
 			}
 		}
@@ -161,7 +161,7 @@ func TestSenderFallsBackToVersion1(t *testing.T) {
 	defer srv.Close()
 	e := entry(0)
 	e.Stream, e.Seq = "0123456789abcdef0123456789abcdef", 1
-	ack, err := APISender{Client: &api.Client{BaseURL: srv.URL, HTTP: srv.Client()}}.Send(context.Background(), []*audit.Entry{e})
+	ack, err := APISender{Client: &api.Client{BaseURL: srv.URL, HTTP: srv.Client()}}.Send(context.Background(), []*auditentry.Entry{e})
 	if err != nil || ack != 1 {
 		t.Fatalf("ack %d, %v", ack, err)
 	}

@@ -30,6 +30,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/safedir"
 )
 
 // Source is where the witness reads the log's public state.
@@ -42,7 +43,10 @@ type Source interface {
 }
 
 // Witness keeps checkpoints in Dir: Dir/checkpoint (the latest verified)
-// and Dir/checkpoints/SIZE (each one seen).
+// and Dir/checkpoints/SIZE (each one seen). Dir must be a directory only
+// this process's user (and root) can change (package safedir): whoever
+// else controls it could empty it, and the witness would start over from
+// a rewritten log.
 type Witness struct {
 	Dir      string
 	Verifier note.Verifier // the log's checkpoint key (DATA/audit.pub)
@@ -67,6 +71,9 @@ var ErrInconsistent = errors.New("audit log inconsistent with the witnessed chec
 // checkpoint is kept as evidence in Dir/evidence/ and the last good one
 // is left as the reference.
 func (w *Witness) Observe(ctx context.Context) (Outcome, error) {
+	if _, err := safedir.Make(w.Dir, "the witness directory", os.Geteuid(), 0o700); err != nil {
+		return Outcome{}, fmt.Errorf("witness: %w", err)
+	}
 	raw, err := w.Source.Checkpoint(ctx)
 	if err != nil {
 		return Outcome{}, fmt.Errorf("witness: fetch checkpoint: %w", err)

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/mod/sumdb/note"
@@ -168,5 +170,40 @@ func TestWitnessDoesNotStartOverWhenItsReferenceIsLost(t *testing.T) {
 	}
 	if _, err := w.Observe(ctx); err == nil || !strings.Contains(err.Error(), "not starting over") {
 		t.Fatalf("with every kept checkpoint unreadable: %v", err)
+	}
+}
+
+// A witness directory another local user controls (made first in /tmp, or
+// under one of theirs): they could empty it, and the witness would start
+// over from whatever log it is shown next. Observe refuses it.
+func TestWitnessRefusesADirectoryOfAnotherUser(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to act as a second local user (uid 65534)")
+	}
+	tmp, err := os.MkdirTemp("", "rampart-witness-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	os.Chmod(tmp, os.ModeSticky|0o777) // like /tmp
+	theirs := filepath.Join(tmp, "witness")
+	mk := exec.Command("/bin/mkdir", "-m", "0777", theirs)
+	mk.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("mkdir as uid 65534: %v %s", err, out)
+	}
+	signer, verifier := keys(t)
+	src := newLog(t, signer, "real", 10)
+	for dir, want := range map[string]string{
+		theirs:                           "the witness directory " + theirs + " is owned by uid 65534",
+		filepath.Join(theirs, "witness"): theirs + ", a parent of",
+	} {
+		w := &Witness{Dir: dir, Verifier: verifier, Source: src}
+		if _, err := w.Observe(context.Background()); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Observe with Dir %s: %v, want an error saying %q", dir, err, want)
+		}
+	}
+	if ents, _ := os.ReadDir(theirs); len(ents) != 0 {
+		t.Fatalf("the witness kept %v in another user's directory", ents)
 	}
 }

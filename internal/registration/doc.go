@@ -1,0 +1,23 @@
+// Package registration is SPIRE's registration model as the control plane
+// applies it: which workload gets which SPIFFE ID (entries), how an agent
+// joins (one-time join tokens), and what an agent may have signed.
+//
+//   - An entry names a workload SPIFFE ID, the agent it is parented by,
+//     selectors (at least one unix:uid or unix:gid, package selector),
+//     TTLs no longer than the intermediate's life and lower-case DNS names.
+//     Two entries giving the same ID to the same selectors under one agent
+//     are one too many.
+//   - A join token is a 256-bit bearer secret, stored as its SHA-256, for
+//     one agent name, living at most MaxJoinTokenTTL; a name whose agent is
+//     attested and not evicted is refused.
+//   - An agent has its own SVID signed from a CSR that asks for nothing but
+//     its ID (svid.CheckCSR); it has workload SVIDs signed only for the
+//     entries it parents, and "no such entry" and "not yours" are one
+//     answer, so an agent cannot probe another's entries. Every X.509-SVID
+//     is recorded before it is handed out: one the store does not know
+//     could not be revoked by SPIFFE ID or eviction.
+//
+// Errors a caller caused wrap ErrInvalid, ErrConflict or ErrNotEntitled
+// and read as the message to show it; the others are the store's or the
+// CA's.
+package registration

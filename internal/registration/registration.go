@@ -1,0 +1,399 @@
+package registration
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/selector"
+	"github.com/rampartsec/rampart/internal/store"
+	"github.com/rampartsec/rampart/internal/svid"
+)
+
+// MaxJoinTokenTTL bounds how long a join token may live: it is a bearer
+// secret, so it should be spent soon after it is made.
+const MaxJoinTokenTTL = 7 * 24 * time.Hour
+
+// Kinds of errors a caller caused.
+var (
+	ErrInvalid     = errors.New("registration: invalid")
+	ErrConflict    = errors.New("registration: conflict")
+	ErrNotEntitled = errors.New("registration: not entitled")
+	// ErrCA: the CA cannot sign now.
+	ErrCA = errors.New("the CA cannot sign now")
+)
+
+type callerError struct {
+	kind error
+	msg  string
+}
+
+func (e *callerError) Error() string { return e.msg }
+func (e *callerError) Unwrap() error { return e.kind }
+
+func fail(kind error, format string, args ...any) error {
+	return &callerError{kind, fmt.Sprintf(format, args...)}
+}
+
+// Store is what a Registrar reads and writes; store.Store implements it.
+type Store interface {
+	GetAgent(ctx context.Context, id string) (store.Agent, error)
+	UpsertAgent(ctx context.Context, a store.Agent) error
+	CreateJoinToken(ctx context.Context, t store.JoinToken) error
+	ListEntries(ctx context.Context, parentID string) ([]store.Entry, error)
+	CreateEntry(ctx context.Context, e store.Entry) error
+	RecordSVIDs(ctx context.Context, svids []store.IssuedSVID) error
+}
+
+// Registrar applies the rules to the store and the CA.
+type Registrar struct {
+	TrustDomain spiffeid.TrustDomain
+	Store       Store
+	CA          *identity.CA
+	// MaxTTL bounds an entry's TTLs (the intermediate's life).
+	MaxTTL time.Duration
+	// Defaults: a join token's life, an agent SVID's, and a workload's
+	// X.509- and JWT-SVID's when its entry says nothing.
+	JoinTokenTTL, AgentTTL, X509TTL, JWTTTL time.Duration
+	Now                                     func() time.Time
+}
+
+// NewJoinToken makes a join token for agent name (a random one when
+// empty) living ttlSeconds (0: JoinTokenTTL) and returns the token, shown
+// once, and what the store keeps.
+func (g *Registrar) NewJoinToken(ctx context.Context, name string, ttlSeconds int64) (string, store.JoinToken, error) {
+	ttl := g.JoinTokenTTL
+	if ttlSeconds != 0 {
+		// Checked in seconds: a product past int64 would wrap around.
+		if ttlSeconds < 0 || ttlSeconds > int64(MaxJoinTokenTTL/time.Second) {
+			ttl = -1
+		} else {
+			ttl = time.Duration(ttlSeconds) * time.Second
+		}
+	}
+	if ttl <= 0 || ttl > MaxJoinTokenTTL {
+		return "", store.JoinToken{}, fail(ErrInvalid, "ttl_seconds: must be between 1 and %d", int(MaxJoinTokenTTL.Seconds()))
+	}
+	raw := make([]byte, 32)
+	rand.Read(raw)
+	if name == "" {
+		nb := make([]byte, 6)
+		rand.Read(nb)
+		name = "agent-" + hex.EncodeToString(nb)
+	}
+	agentID, err := identity.AgentID(g.TrustDomain, name)
+	if err != nil {
+		return "", store.JoinToken{}, fail(ErrInvalid, "agent_name: %v", err)
+	}
+	if a, err := g.Store.GetAgent(ctx, agentID.String()); err == nil && !a.Evicted {
+		return "", store.JoinToken{}, fail(ErrConflict, "agent_name: agent %s is already attested; evict it first or choose another name", agentID)
+	}
+	token := "rjt_" + base64.RawURLEncoding.EncodeToString(raw)
+	hash := sha256.Sum256([]byte(token))
+	now := g.Now()
+	jt := store.JoinToken{Hash: hash[:], AgentID: agentID.String(), ExpiresAt: now.Add(ttl), CreatedAt: now}
+	if err := g.Store.CreateJoinToken(ctx, jt); err != nil {
+		return "", jt, fmt.Errorf("registration: store the join token: %w", err)
+	}
+	return token, jt, nil
+}
+
+// EntrySpec is an entry as asked for.
+type EntrySpec struct {
+	SpiffeID, ParentID string
+	Selectors          []string
+	// TTLs in seconds (0: the defaults).
+	X509TTLSeconds, JWTTTLSeconds int64
+	DNSNames                      []string
+}
+
+var dnsNameRE = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// NewEntry checks spec, gives it an ID and stores it.
+func (g *Registrar) NewEntry(ctx context.Context, spec EntrySpec) (store.Entry, error) {
+	e, err := g.checkEntry(spec)
+	if err != nil {
+		return e, err
+	}
+	siblings, err := g.Store.ListEntries(ctx, e.ParentID)
+	if err != nil {
+		return e, fmt.Errorf("registration: read entries: %w", err)
+	}
+	for _, o := range siblings {
+		if o.SpiffeID == e.SpiffeID && selector.NewSet(o.Selectors...).Matches(e.Selectors) && len(o.Selectors) == len(e.Selectors) {
+			return e, fail(ErrConflict, "entry %s already gives %s to these selectors under %s", o.ID, e.SpiffeID, e.ParentID)
+		}
+	}
+	if err := g.Store.CreateEntry(ctx, e); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return e, fail(ErrConflict, "an entry with this id already exists")
+		}
+		return e, fmt.Errorf("registration: store the entry: %w", err)
+	}
+	return e, nil
+}
+
+func (g *Registrar) checkEntry(spec EntrySpec) (store.Entry, error) {
+	id, err := identity.ParseWorkloadID(g.TrustDomain, spec.SpiffeID)
+	if err != nil {
+		return store.Entry{}, fail(ErrInvalid, "spiffe_id: %v", err)
+	}
+	parent, err := identity.ParseAgentID(g.TrustDomain, spec.ParentID)
+	if err != nil {
+		return store.Entry{}, fail(ErrInvalid, "parent_id: %v", err)
+	}
+	if len(spec.Selectors) == 0 {
+		return store.Entry{}, fail(ErrInvalid, "selectors: at least one selector is required (an entry without selectors would match no workload)")
+	}
+	sels, err := selector.ParseAll(spec.Selectors)
+	if err != nil {
+		return store.Entry{}, fail(ErrInvalid, "selectors: %v", err)
+	}
+	if err := selector.CheckEntry(sels); err != nil {
+		return store.Entry{}, fail(ErrInvalid, "selectors: %v", err)
+	}
+	maxTTL := g.MaxTTL
+	if maxTTL == 0 {
+		maxTTL = identity.DefaultIntermediateTTL
+	}
+	for name, v := range map[string]int64{"x509_ttl_seconds": spec.X509TTLSeconds, "jwt_ttl_seconds": spec.JWTTTLSeconds} {
+		// In seconds: a product past int64 would wrap around (to a
+		// negative TTL, or a small one that was never asked for).
+		if v < 0 || v > int64(maxTTL/time.Second) {
+			return store.Entry{}, fail(ErrInvalid, "%s: must be between 1 and %d (0 for the default)", name, int64(maxTTL.Seconds()))
+		}
+	}
+	for _, d := range spec.DNSNames {
+		if !dnsNameRE.MatchString(d) || len(d) > 253 {
+			return store.Entry{}, fail(ErrInvalid, "dns_names: %q is not a lower-case DNS name", d)
+		}
+	}
+	idBytes := make([]byte, 16)
+	rand.Read(idBytes)
+	return store.Entry{ID: hex.EncodeToString(idBytes), SpiffeID: id.String(), ParentID: parent.String(), Selectors: sels,
+		X509TTL: time.Duration(spec.X509TTLSeconds) * time.Second, JWTTTL: time.Duration(spec.JWTTTLSeconds) * time.Second, DNSNames: spec.DNSNames, CreatedAt: g.Now()}, nil
+}
+
+// SignAgent signs agent agentID's SVID from csr, and records the agent
+// (first attested now, or when it was) and the SVID.
+func (g *Registrar) SignAgent(ctx context.Context, agentID spiffeid.ID, csr []byte) ([]*x509.Certificate, error) {
+	now := g.Now()
+	pub, err := svid.CheckCSR(csr, agentID)
+	if err != nil {
+		return nil, fail(ErrInvalid, "%v", err)
+	}
+	chain, err := g.CA.SignX509SVID(agentID, pub, g.AgentTTL, nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCA, err)
+	}
+	serial := svid.SerialString(chain[0].SerialNumber)
+	prev, err := g.Store.GetAgent(ctx, agentID.String())
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("registration: read the agent: %w", err)
+	}
+	a := store.Agent{SpiffeID: agentID.String(), Serial: serial, SVIDNotAfter: chain[0].NotAfter, AttestedAt: now, LastSeen: now}
+	if err == nil {
+		a.AttestedAt = prev.AttestedAt
+	}
+	if err := g.Store.UpsertAgent(ctx, a); err != nil {
+		return nil, fmt.Errorf("registration: store the agent: %w", err)
+	}
+	if err := g.Store.RecordSVIDs(ctx, []store.IssuedSVID{{Serial: serial, SpiffeID: agentID.String(), AgentID: agentID.String(), NotAfter: chain[0].NotAfter, IssuedAt: now}}); err != nil {
+		return nil, fmt.Errorf("registration: record the SVID: %w", err)
+	}
+	return chain, nil
+}
+
+// Signed is the outcome of one item of SignWorkloads: a chain, or an
+// error (ErrNotEntitled, ErrInvalid for a bad CSR, ErrCA, or another).
+type Signed struct {
+	EntryID string
+	Entry   store.Entry // when the agent parents it
+	ID      spiffeid.ID
+	Chain   []*x509.Certificate
+	Err     error
+}
+
+// SignRequest asks for one workload SVID.
+type SignRequest struct {
+	EntryID string
+	CSR     []byte
+}
+
+// SignWorkloads signs workload SVIDs for entries agentID parents; each
+// item succeeds or fails on its own. The SVIDs signed are recorded before
+// SignWorkloads returns; if that fails, it returns an error and no SVID.
+func (g *Registrar) SignWorkloads(ctx context.Context, agentID spiffeid.ID, reqs []SignRequest) ([]Signed, error) {
+	now := g.Now()
+	// One read of the agent's entries per batch, not one per item.
+	mine, err := g.Store.ListEntries(ctx, agentID.String())
+	if err != nil {
+		return nil, fmt.Errorf("registration: read entries: %w", err)
+	}
+	byID := make(map[string]store.Entry, len(mine))
+	for _, e := range mine {
+		byID[e.ID] = e
+	}
+	out := make([]Signed, len(reqs))
+	var records []store.IssuedSVID
+	for i, item := range reqs {
+		res := &out[i]
+		res.EntryID = item.EntryID
+		e, ok := byID[item.EntryID]
+		if !ok || e.ParentID != agentID.String() {
+			res.Err = fail(ErrNotEntitled, "entry %s does not exist or is not parented by %s", item.EntryID, agentID)
+			continue
+		}
+		res.Entry = e
+		if res.ID, err = spiffeid.FromString(e.SpiffeID); err != nil {
+			res.Err = errors.New("entry has an invalid SPIFFE ID")
+			continue
+		}
+		pub, err := svid.CheckCSR(item.CSR, res.ID)
+		if err != nil {
+			res.Err = fail(ErrInvalid, "%v", err)
+			continue
+		}
+		ttl := e.X509TTL
+		if ttl == 0 {
+			ttl = g.X509TTL
+		}
+		if res.Chain, err = g.CA.SignX509SVID(res.ID, pub, ttl, e.DNSNames, nil); err != nil {
+			res.Err = fmt.Errorf("%w: %v", ErrCA, err)
+			continue
+		}
+		records = append(records, store.IssuedSVID{Serial: svid.SerialString(res.Chain[0].SerialNumber), SpiffeID: e.SpiffeID,
+			AgentID: agentID.String(), EntryID: e.ID, NotAfter: res.Chain[0].NotAfter, IssuedAt: now})
+	}
+	if len(records) > 0 {
+		if err := g.Store.RecordSVIDs(ctx, records); err != nil {
+			return nil, fmt.Errorf("registration: record SVIDs: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// EntryGetter reads one entry; store.Store implements it.
+type EntryGetter interface {
+	GetEntry(ctx context.Context, id string) (store.Entry, error)
+}
+
+// SignJWT signs a JWT-SVID for entry entryID, which agentID must parent.
+func (g *Registrar) SignJWT(ctx context.Context, st EntryGetter, agentID spiffeid.ID, entryID string, audience []string) (string, string, time.Time, error) {
+	e, err := st.GetEntry(ctx, entryID)
+	if err != nil || e.ParentID != agentID.String() {
+		return "", "", time.Time{}, fail(ErrNotEntitled, "entry %s does not exist or is not parented by %s", entryID, agentID)
+	}
+	if len(audience) == 0 {
+		return "", "", time.Time{}, fail(ErrInvalid, "audience: at least one audience is required")
+	}
+	id, _ := spiffeid.FromString(e.SpiffeID)
+	ttl := e.JWTTTL
+	if ttl == 0 {
+		ttl = g.JWTTTL
+	}
+	tok, exp, err := g.CA.SignJWTSVID(id, audience, ttl)
+	if err != nil {
+		return "", "", time.Time{}, fmt.Errorf("%w: %v", ErrCA, err)
+	}
+	return e.SpiffeID, tok, exp, nil
+}
+
+// ErrPartial: an eviction happened but what must follow it failed; the
+// error reads as what to tell the caller (retry), and wraps the cause.
+var ErrPartial = errors.New("registration: partly done")
+
+// PartialError is an ErrPartial: Message for the caller, Err the cause.
+type PartialError struct {
+	Message string
+	Err     error
+}
+
+func (e *PartialError) Error() string   { return e.Message }
+func (e *PartialError) Unwrap() []error { return []error{ErrPartial, e.Err} }
+
+// Revoker is what revocation and eviction write; store.Store implements
+// it.
+type Revoker interface {
+	EvictAgent(ctx context.Context, id string, at time.Time) error
+	ListSVIDs(ctx context.Context, f store.SVIDFilter, now time.Time) ([]store.IssuedSVID, error)
+	AddRevocations(ctx context.Context, revs []store.Revocation) error
+}
+
+// Evict evicts agent a, and revokes every unexpired SVID issued through
+// it: a host whose agent is evicted must be presumed compromised. It
+// returns the revocations. An agent already evicted is refused
+// (ErrConflict): evicting again would move the recorded eviction time.
+func (g *Registrar) Evict(ctx context.Context, st Revoker, a store.Agent) ([]store.Revocation, error) {
+	agentID := a.SpiffeID
+	if a.Evicted {
+		return nil, fail(ErrConflict, "agent %s was already evicted at %s", strings.TrimPrefix(agentID, "spiffe://"+g.TrustDomain.Name()+"/rampart/agent/"),
+			a.EvictedAt.UTC().Format(time.RFC3339))
+	}
+	now := g.Now()
+	if err := st.EvictAgent(ctx, agentID, now); err != nil {
+		return nil, fmt.Errorf("registration: evict the agent: %w", err)
+	}
+	svids, err := st.ListSVIDs(ctx, store.SVIDFilter{AgentID: agentID}, now)
+	if err != nil {
+		return nil, &PartialError{"agent evicted, but its SVIDs could not be listed for revocation; retry", err}
+	}
+	revs, err := g.revoke(ctx, st, svids, "agent evicted")
+	if err != nil {
+		return nil, &PartialError{"agent evicted, but revoking its SVIDs failed; retry", err}
+	}
+	return revs, nil
+}
+
+// Revoke revokes the unexpired SVIDs with serial, or for spiffeID
+// (exactly one of them), for reason ("revoked by admin" if empty).
+func (g *Registrar) Revoke(ctx context.Context, st Revoker, serial, spiffeID, reason string) ([]store.Revocation, error) {
+	if (serial == "") == (spiffeID == "") {
+		return nil, fail(ErrInvalid, "give exactly one of serial and spiffe_id")
+	}
+	svids, err := st.ListSVIDs(ctx, store.SVIDFilter{SpiffeID: spiffeID}, g.Now())
+	if err != nil {
+		return nil, fmt.Errorf("registration: list SVIDs: %w", err)
+	}
+	if serial != "" {
+		var match []store.IssuedSVID
+		for _, sv := range svids {
+			if sv.Serial == serial {
+				match = append(match, sv)
+			}
+		}
+		svids = match
+	}
+	if len(svids) == 0 {
+		return nil, fail(store.ErrNotFound, "no unexpired SVID matches; nothing to revoke")
+	}
+	if reason == "" {
+		reason = "revoked by admin"
+	}
+	return g.revoke(ctx, st, svids, reason)
+}
+
+func (g *Registrar) revoke(ctx context.Context, st Revoker, svids []store.IssuedSVID, reason string) ([]store.Revocation, error) {
+	now := g.Now()
+	revs := make([]store.Revocation, 0, len(svids))
+	for _, sv := range svids {
+		revs = append(revs, store.Revocation{Serial: sv.Serial, SpiffeID: sv.SpiffeID, Reason: reason, RevokedAt: now, NotAfter: sv.NotAfter})
+	}
+	if len(revs) > 0 {
+		if err := st.AddRevocations(ctx, revs); err != nil {
+			return nil, fmt.Errorf("registration: store revocations: %w", err)
+		}
+	}
+	return revs, nil
+}

@@ -1,0 +1,5 @@
+package gobin
+
+import "encoding/binary"
+
+func littleEndian() binary.ByteOrder { return binary.LittleEndian }
