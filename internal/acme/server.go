@@ -495,9 +495,9 @@ func newID() string {
 // Wait waits for the challenge validations in flight.
 func (s *Server) Wait() { s.inflight.Wait() }
 
-// Run prunes what expired and refreshes the certificate gauges every
-// interval until ctx ends, then waits for the validations in flight.
-func (s *Server) Run(ctx context.Context) {
+// Run prunes what expired and refreshes the certificate gauges every 30
+// s until ctx ends, then waits for the validations in flight.
+func (s *Server) Run(ctx context.Context) error {
 	defer s.Wait()
 	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
@@ -505,7 +505,7 @@ func (s *Server) Run(ctx context.Context) {
 		s.Maintain(ctx)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 	}

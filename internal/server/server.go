@@ -417,9 +417,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 		})
 	}
-	if s.acme != nil {
-		loops.Go(func() { s.acme.Run(bg) })
-	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	s.log.Info("server listening", "addr", ln.Addr().String(), "trust_domain", s.cfg.TrustDomain.Name())
@@ -452,6 +449,9 @@ func (s *Server) loops() map[string]func(context.Context) error {
 	}
 	if s.backup != nil {
 		ls["backup"] = func(ctx context.Context) error { s.backup.Run(ctx); return nil }
+	}
+	if s.acme != nil {
+		ls["acme"] = s.acme.Run // pruning, certificate gauges; waits for validations
 	}
 	return ls
 }
