@@ -37,7 +37,9 @@
 //     an audit entry whose actor is the ACME account ("acme:ID");
 //     refusals anyone can cause are aggregated by the caller.
 //
-// The server wires it in (internal/server/acmeapi.go) and serves its
-// operator calls (EAB keys, certificate lists and revocation) under
-// /v1/acme/.
+// The server constructs it (internal/server/acmeapi.go), runs its loop
+// (Run) and routes its endpoints: the protocol (Routes) and the
+// operator's calls under /v1/acme/ (api.go: EAB keys, certificate lists
+// and revocation, behind the acme.read, acme.enrol and acme.revoke
+// permissions).
 package acme
