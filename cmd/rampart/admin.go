@@ -13,7 +13,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/identity/ids"
 )
 
 type adminFlags struct {
@@ -52,9 +55,28 @@ func (a *adminFlags) client(env *cliEnv) (*api.Client, error) {
 		BaseURL:    "https://" + trimScheme(a.server),
 		AdminToken: tok,
 		HTTP: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13},
+			TLSClientConfig: serverTLS(pool),
 		}},
 	}, nil
+}
+
+// serverTLS verifies the server against the bundle, by the address it is
+// reached at and by its SPIFFE ID (spiffe://TD/rampart/server): the bundle
+// also vouches for the TLS certificates ACME issues (for names, not IDs),
+// and one of those for a name the CLI uses (another replica's, a load
+// balancer's) would otherwise pass for the server and receive the admin
+// token. Only the server's own certificate carries that ID (workload
+// entries may not use /rampart/ paths).
+func serverTLS(pool *x509.CertPool) *tls.Config {
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13, VerifyConnection: func(cs tls.ConnectionState) error {
+		leaf := cs.PeerCertificates[0]
+		if len(leaf.URIs) == 1 {
+			if id, err := spiffeid.FromURI(leaf.URIs[0]); err == nil && id == ids.ServerID(id.TrustDomain()) {
+				return nil
+			}
+		}
+		return fmt.Errorf("the certificate of %s is not the Rampart server's (it carries no spiffe://TRUST-DOMAIN/rampart/server ID; URIs %v)", cs.ServerName, leaf.URIs)
+	}}
 }
 
 func printJSON(env *cliEnv, v any) error {

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -453,7 +452,7 @@ func runAuditWitness(ctx context.Context, env *cliEnv, args []string) error {
 	if !pool.AppendCertsFromPEM(pem) {
 		return fmt.Errorf("--ca-bundle %s: no certificates", *bundle)
 	}
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: serverTLS(pool)}}
 	w := &witness.Witness{Dir: *dir, Verifier: verifier, Source: &witness.HTTPSource{BaseURL: "https://" + trimScheme(*server), Client: hc}}
 	for {
 		out, err := w.Observe(ctx)

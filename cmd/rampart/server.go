@@ -88,6 +88,14 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&cfg.AuditForwardTo, "audit-forward-to", "", "on a replica that shares --postgres with the one keeping the deployment's audit log: that replica's API address (host:port); this one spools its entries in DATA/audit-spool and ships them there")
 	fs.Int64Var(&cfg.AuditSegmentEntries, "audit-segment-entries", audit.DefaultSegmentEntries, "audit entries per sealed, compressed segment (a multiple of 256)")
 	backupConfig := fs.String("backup-config", "", "backups and restore drills on a schedule (YAML: destinations, recipients, every, retention, drill; see docs/backup.md)")
+	acmeOn := fs.Bool("acme", true, "serve ACME (RFC 8555) at https://SERVER/acme/directory (see docs/acme.md)")
+	acmeEAB := fs.Bool("acme-require-eab", true, "ACME accounts need an external account binding key (rampart acme eab create)")
+	var acmeAllow listFlag
+	fs.Var(&acmeAllow, "acme-allow", "name patterns ACME may issue, for every account (repeatable): api.example.org, *.internal.example.org, 10.1.0.0/16 (default: only what each EAB key allows)")
+	fs.DurationVar(&cfg.ACME.CertTTL, "acme-cert-ttl", 0, "lifetime of ACME certificates, cut to the intermediate's (default 24h)")
+	fs.IntVar(&cfg.ACME.HTTPPort, "acme-http-port", 80, "port where http-01 challenges are validated (another only for tests and internal networks)")
+	fs.IntVar(&cfg.ACME.TLSPort, "acme-tls-port", 443, "port where tls-alpn-01 challenges are validated")
+	fs.StringVar(&cfg.ACME.Resolver, "acme-dns-resolver", "", "DNS server (host:port) for ACME validations: dns-01 TXT and http-01/tls-alpn-01 addresses (default: the system's)")
 	detectRules := fs.String("detect-rules", "", "detection rules and alert sinks (YAML; default: the built-in rules, see rampart detect rules)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -102,6 +110,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 		return usagef("--trust-domain %q: %v", td, err)
 	}
 	cfg.DNSNames = dns
+	cfg.ACME.Disabled, cfg.ACME.EABOptional, cfg.ACME.AllowedNames = !*acmeOn, !*acmeEAB, acmeAllow
 	if cfg.Master.Source, err = keywrap.ParseSource(*masterKey); err != nil {
 		return usagef("--master-key: %v", err)
 	}

@@ -189,7 +189,8 @@ func TestDefaultRules(t *testing.T) {
 	for _, r := range Default().Rules {
 		found := false
 		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap", "audit-entries-dropped", "oauth-rate-limited",
-			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue", "vulnerable-workload-running"} { // the backup rules: backup_rules_test.go
+			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue", "vulnerable-workload-running",
+			"acme-challenge-failures"} { // the backup rules: backup_rules_test.go
 			found = found || name == r.Name
 		}
 		if !found {

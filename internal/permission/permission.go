@@ -4,7 +4,7 @@
 // table says which, and docs/api.md prints it). A permission is a noun
 // and a verb, "noun.verb": the noun is what is acted on (entry, agent,
 // svid, ca, policy, alert, oauth.client, oauth.user, kms, scan,
-// inventory, backup), the
+// inventory, backup, acme), the
 // verb what is done to it. "read" only ever reads; every other verb
 // changes something or acts, and is named for the act (write, evict,
 // revoke, rotate, manage, except, run, drill, admin) so that a role can be
@@ -64,6 +64,10 @@ const (
 	BackupRead  Permission = "backup.read"
 	BackupRun   Permission = "backup.run"
 	BackupDrill Permission = "backup.drill"
+
+	ACMERead   Permission = "acme.read"
+	ACMEEnrol  Permission = "acme.enrol"
+	ACMERevoke Permission = "acme.revoke"
 )
 
 // Info describes a permission.
@@ -100,6 +104,9 @@ var All = []Info{
 	{BackupRead, "list backups"},
 	{BackupRun, "make a backup now"},
 	{BackupDrill, "run a restore drill now"},
+	{ACMERead, "list ACME external account binding keys (never their HMAC keys) and the certificates issued through ACME"},
+	{ACMEEnrol, "create and revoke ACME external account binding keys (which clients may register, for which names)"},
+	{ACMERevoke, "revoke certificates issued through ACME"},
 }
 
 // Valid says whether p is in the vocabulary.

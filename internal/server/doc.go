@@ -13,7 +13,7 @@
 // Handlers that only translate HTTP for those packages stay here; a
 // package whose endpoints are its own serves them (kms.API,
 // oauth.Accounts, detect.AlertAPI, inventory.API, backup.Runner,
-// oauth.Provider.Routes)
+// oauth.Provider.Routes, acme.Server)
 // with the helpers of package api, and the server routes them.
 //
 // A new capability is a package plus a few lines here: construct it in
@@ -38,6 +38,9 @@
 //   - Workload calls need any SVID of the trust domain.
 //   - /metrics needs the scrape-only bearer token written to DATA/metrics.token
 //     (0600) on first start (or the admin token).
+//   - ACME clients (/acme/...) sign every request with an account's key (a
+//     JWS, RFC 8555), or register a new key with an EAB key; package acme
+//     checks them. Its operator calls (/v1/acme/...) are admin routes.
 //
 // Every audit entry names the caller the request proved (admin token,
 // verified SVID), or the refused certificate's holder with its serial and

@@ -31,6 +31,9 @@ const (
 	// AuthOAuth: the authorization server's endpoints; clients and users
 	// authenticate per request as OAuth and OpenID Connect say.
 	AuthOAuth Auth = "oauth"
+	// AuthACME: the ACME server's endpoints; every POST is a JWS signed by
+	// an account's key (RFC 8555), checked by package acme.
+	AuthACME Auth = "acme"
 )
 
 // Route is one endpoint of the API. Every endpoint is registered from the
@@ -137,6 +140,19 @@ func (s *Server) routes() []Route {
 	// Key use: any SVID may ask; the key-use policy decides (kms.API.Use).
 	for _, op := range kms.Operations {
 		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.kmsAPI.Use(op), op+" with a key, as the key-use policy allows"))
+	}
+	// ACME (nil when disabled): the protocol, and the operator's calls.
+	if s.acme != nil {
+		for _, r := range s.acme.Routes() {
+			rs = append(rs, route(AuthACME, r.Pattern, r.Handler.ServeHTTP, r.Doc))
+		}
+		rs = append(rs,
+			admin("POST /v1/acme/eab-keys", permission.ACMEEnrol, s.acme.HandleCreateEABKey, "create an external account binding key, optionally tied to name patterns (its HMAC key is shown once)"),
+			admin("GET /v1/acme/eab-keys", permission.ACMERead, s.acme.HandleListEABKeys, "list EAB keys"),
+			admin("POST /v1/acme/eab-keys/{kid}/revoke", permission.ACMEEnrol, s.acme.HandleRevokeEABKey, "revoke an EAB key: its accounts order nothing more"),
+			admin("GET /v1/acme/certs", permission.ACMERead, s.acme.HandleListCerts, "list certificates issued through ACME (?account= &all=true)"),
+			admin("POST /v1/acme/certs/{serial}/revoke", permission.ACMERevoke, s.acme.HandleRevokeCert, "revoke a certificate issued through ACME (ARI then tells its client to renew)"),
+		)
 	}
 	// The authorization server (before Serve on port 0 it does not exist).
 	if s.oauth != nil {

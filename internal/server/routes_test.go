@@ -112,6 +112,7 @@ var authDoc = []struct {
 	{AuthJoinToken, "an agent not yet attested, by a one-time join token in the body"},
 	{AuthMetrics, "Prometheus, by the scrape-only token (DATA/metrics.token) or the admin token"},
 	{AuthOAuth, "OAuth clients and users, authenticated per request as OAuth 2.0 and OpenID Connect say (see docs/oauth.md)"},
+	{AuthACME, "ACME clients: every POST a JWS signed by an account's key, or by a new key with an external account binding (RFC 8555; see docs/acme.md)"},
 }
 
 // apiDoc renders docs/api.md from the route table.

@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/rampartsec/rampart/internal/acme"
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/intake"
@@ -91,6 +92,9 @@ type Config struct {
 	// Backup, if set, makes backups and drills on a schedule (package backup).
 	Backup *BackupConfig
 
+	// ACME configures the ACME server (acmeapi.go).
+	ACME ACMEConfig
+
 	// Issuer is the OAuth/OIDC issuer URL; empty: https://LISTEN (an
 	// unspecified host becomes localhost).
 	Issuer string
@@ -131,6 +135,7 @@ type Server struct {
 	registrar       *registration.Registrar
 	scan            *inventory.API  // vulnerability database, gates, inventory
 	backup          *backup.Runner  // nil: no backups configured
+	acme            *acme.Server    // nil: ACME disabled
 	kmsAPI          *kms.API        // the key store, its key-use policy and its API
 	kmsMaint        *kms.Maintainer // the key store's schedules
 	caMaint         *identity.Maintainer
@@ -293,6 +298,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if err := s.refresh(ctx); err != nil {
 		return nil, err
 	}
+	if err := s.startACME(ctx, wrapper); err != nil {
+		return nil, err
+	}
 	if iss := issuerFor(cfg, cfg.Listen); iss != "" && !strings.HasSuffix(iss, ":0") {
 		if err := s.startOAuth(ctx, iss, wrapper); err != nil {
 			return nil, err
@@ -444,6 +452,9 @@ func (s *Server) loops() map[string]func(context.Context) error {
 	}
 	if s.backup != nil {
 		ls["backup"] = func(ctx context.Context) error { s.backup.Run(ctx); return nil }
+	}
+	if s.acme != nil {
+		ls["acme"] = s.acme.Run // pruning, certificate gauges; waits for validations
 	}
 	return ls
 }

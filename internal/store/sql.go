@@ -42,6 +42,8 @@ type sqlStore struct {
 
 	mu   sync.Mutex
 	held *sql.Conn // the audit log lock's connection, if held
+
+	stmts sync.Map // query -> *sql.Stmt: hot statements prepared once (acme.go)
 }
 
 var _ Store = (*sqlStore)(nil)
@@ -248,6 +250,8 @@ func (d dialect) migrations() [][]string {
 		// Supply chain: the vulnerability database, exceptions, gates and
 		// the inventory of what runs (scan.go).
 		d.scanMigration(),
+		// ACME (acme.go).
+		d.acmeMigration(),
 	}
 }
 

@@ -51,6 +51,13 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"DPoPProofs", testDPoPProofs},
 		{"KMSKeys", testKMSKeys},
 		{"KMSRotateRace", testKMSRotateRace},
+		{"ACMEEABKeys", testACMEEABKeys},
+		{"ACMEAccounts", testACMEAccounts},
+		{"ACMEEABBindRace", testACMEEABBindRace},
+		{"ACMEOrders", testACMEOrders},
+		{"ACMEReplaces", testACMEReplaces},
+		{"ACMECerts", testACMECerts},
+		{"ACMENonces", testACMENonces},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
