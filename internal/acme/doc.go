@@ -26,7 +26,7 @@
 //     url only (no crit, no b64, no duplicate fields), url equal to the
 //     request's URL, an asymmetric algorithm (ES256, ES384, RS256, PS256,
 //     EdDSA) that goes with the key; reads are POST-as-GET.
-//   - Nonces are single use across replicas (nonce.go, decision 0030).
+//   - Nonces are single use across replicas (nonce.go, decision 0038).
 //   - An account reads and changes only its own orders, authorizations,
 //     challenges and certificates; another account's are "not found".
 //   - Which names an account may order is policy (names.go): the EAB

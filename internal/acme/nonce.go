@@ -15,7 +15,7 @@ import (
 	"github.com/rampartsec/rampart/internal/store"
 )
 
-// Nonces (RFC 8555 §6.5) and decision 0030: a nonce is
+// Nonces (RFC 8555 §6.5) and decision 0038: a nonce is
 //
 //	expiry (8 bytes, Unix seconds) | id (16 random bytes) | HMAC-SHA256(key, expiry|id)[:16]
 //

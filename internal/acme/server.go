@@ -62,7 +62,7 @@ type Config struct {
 	CA     Issuer
 	Sealer Sealer
 	// Replicated is true when other replicas share the store: spent
-	// nonces are then recorded in it (decision 0030).
+	// nonces are then recorded in it (decision 0038).
 	Replicated bool
 	// EABOptional lets accounts register without an external account
 	// binding (the default requires one).
