@@ -104,7 +104,7 @@ type Options struct {
 	// Quarantine, if set, refuses a handshake with a quarantined peer,
 	// and every handshake while this endpoint itself is quarantined.
 	Quarantine *Quarantine
-	OnFail      func(reason string)  // may be nil
+	OnFail     func(reason string) // may be nil
 	// OnHandshake, if set, is told of every handshake whose peer passed
 	// verification, and whether it resumed an earlier session.
 	OnHandshake func(resumed bool)

@@ -252,6 +252,8 @@ func (d dialect) migrations() [][]string {
 		d.scanMigration(),
 		// ACME (acme.go).
 		d.acmeMigration(),
+		// Respond: playbooks, quarantines, incidents, runs (respond.go).
+		d.respondMigration(),
 	}
 }
 
