@@ -30,6 +30,8 @@ type Config struct {
 	// Changed wakes every proxy and SDK service waiting for news (after a
 	// quarantine or a lift): the server's long-poll notification.
 	Changed func(ctx context.Context)
+	// Alert reads a stored alert (runs started for one by hand).
+	Alert func(ctx context.Context, id string) (store.Alert, error)
 	// KnownRule says whether a detection rule exists (playbook upload).
 	KnownRule func(string) bool
 	// Scoper answers breach-scope questions from the audit log (nil: scope
@@ -225,16 +227,17 @@ type Run struct {
 
 // StepResult is what became of a step.
 type StepResult struct {
-	Name      string          `json:"name"`
-	Action    string          `json:"action"`
-	State     string          `json:"state"`
-	Effect    string          `json:"effect,omitempty"` // what it does (dry run) or did
-	Result    string          `json:"result,omitempty"`
-	Error     string          `json:"error,omitempty"`
-	OnFailure string          `json:"on_failure"`
-	Started   time.Time       `json:"started,omitzero"`
-	Ended     time.Time       `json:"ended,omitzero"`
-	Approval  *ApprovalRecord `json:"approval,omitempty"`
+	Name      string            `json:"name"`
+	Action    string            `json:"action"`
+	State     string            `json:"state"`
+	Effect    string            `json:"effect,omitempty"` // what it does (dry run) or did
+	Args      map[string]string `json:"args,omitempty"`   // its arguments, variables substituted
+	Result    string            `json:"result,omitempty"`
+	Error     string            `json:"error,omitempty"`
+	OnFailure string            `json:"on_failure"`
+	Started   time.Time         `json:"started,omitzero"`
+	Ended     time.Time         `json:"ended,omitzero"`
+	Approval  *ApprovalRecord   `json:"approval,omitempty"`
 }
 
 // ApprovalRecord is a step's approval: asked for, then granted.
@@ -312,8 +315,26 @@ func (s *Service) Start(ctx context.Context, o StartOptions) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
+	r, err := s.newRun(p, sp.Version, o)
+	if err != nil {
+		return nil, err
+	}
+	if o.DryRun {
+		s.dryRun(p, r)
+		s.record(ctx, o.By, "playbook.dry_run", p.Name, audit.OutcomeSuccess, "", map[string]string{"run": r.ID, "alert_id": o.Alert.ID})
+		return r, s.saveRun(ctx, r)
+	}
+	if err := s.saveRun(ctx, r); err != nil {
+		return nil, err
+	}
+	s.record(ctx, o.By, "playbook.run", p.Name, audit.OutcomeSuccess, "", map[string]string{"run": r.ID, "version": fmt.Sprint(sp.Version), "alert_id": o.Alert.ID})
+	s.spawn(r.ID)
+	return r, nil
+}
+
+func (s *Service) newRun(p *Playbook, version int, o StartOptions) (*Run, error) {
 	now := s.cfg.Now()
-	r := &Run{ID: newID("run-"), Playbook: p.Name, Version: sp.Version, State: RunRunning, DryRun: o.DryRun, Drill: o.Drill,
+	r := &Run{ID: newID("run-"), Playbook: p.Name, Version: version, State: RunRunning, DryRun: o.DryRun, Drill: o.Drill,
 		StartedBy: o.By, StartedAt: now, Alert: o.Alert, Vars: map[string]string{}}
 	labels := o.Alert.Labels()
 	for k, field := range p.Vars {
@@ -337,35 +358,54 @@ func (s *Service) Start(ctx context.Context, o StartOptions) (*Run, error) {
 		r.Vars[k] = v
 	}
 	for _, st := range p.Steps {
-		res := StepResult{Name: st.Name, Action: st.Action, State: StepPending, OnFailure: st.OnFailure}
-		r.Steps = append(r.Steps, res)
+		r.Steps = append(r.Steps, StepResult{Name: st.Name, Action: st.Action, State: StepPending, OnFailure: st.OnFailure})
 	}
-	if o.DryRun {
-		for i, st := range p.Steps {
-			args, err := s.args(r, st)
-			r.Steps[i].State = StepWould
-			if err != nil {
-				r.Steps[i].Error = err.Error()
-				continue
-			}
-			r.Steps[i].Effect = actions[st.Action].Effect(step{svc: s, run: r, args: args})
-			if st.Approval != nil {
-				r.Steps[i].Effect += " (after approval by a " + string(st.Approval.Role) + " other than " + actorString(o.By) + ")"
-			}
-			if st.When == "failed" {
-				r.Steps[i].Effect += " (only if an earlier step failed)"
-			}
+	return r, nil
+}
+
+// dryRun says what each step would do, touching nothing.
+func (s *Service) dryRun(p *Playbook, r *Run) {
+	for i, st := range p.Steps {
+		args, err := s.args(r, st)
+		r.Steps[i].State, r.Steps[i].Args = StepWould, args
+		if err != nil {
+			r.Steps[i].Error = err.Error()
+			continue
 		}
-		r.State, r.EndedAt = RunDryRun, now
-		s.record(ctx, o.By, "playbook.dry_run", p.Name, audit.OutcomeSuccess, "", map[string]string{"run": r.ID, "alert_id": o.Alert.ID})
-		return r, s.saveRun(ctx, r)
+		r.Steps[i].Effect = actions[st.Action].Effect(step{svc: s, run: r, args: args})
+		if st.Approval != nil {
+			r.Steps[i].Effect += " (after approval by a " + string(st.Approval.Role) + " other than " + actorString(r.StartedBy) + ")"
+		}
+		if st.When == "failed" {
+			r.Steps[i].Effect += " (only if an earlier step failed)"
+		}
+		if st.OnFailure == "continue" {
+			r.Steps[i].Effect += " (on failure: continue)"
+		}
 	}
-	if err := s.saveRun(ctx, r); err != nil {
+	r.State, r.EndedAt = RunDryRun, s.cfg.Now()
+}
+
+// simulate dry-runs an unstored playbook against an alert.
+func (s *Service) simulate(p *Playbook, a AlertFacts, vars map[string]string, by audit.Actor) (*Run, error) {
+	r, err := s.newRun(p, 0, StartOptions{Alert: a, Vars: vars, By: by, DryRun: true})
+	if err != nil {
 		return nil, err
 	}
-	s.record(ctx, o.By, "playbook.run", p.Name, audit.OutcomeSuccess, "", map[string]string{"run": r.ID, "version": fmt.Sprint(sp.Version), "alert_id": o.Alert.ID})
-	s.spawn(r.ID)
+	s.dryRun(p, r)
 	return r, nil
+}
+
+// alerts returns the facts of a stored alert.
+func (s *Service) alerts(ctx context.Context, id string) (AlertFacts, error) {
+	if s.cfg.Alert == nil {
+		return AlertFacts{}, errors.New("respond: alerts are not available here")
+	}
+	a, err := s.cfg.Alert(ctx, id)
+	if err != nil {
+		return AlertFacts{}, err
+	}
+	return FactsOf(a), nil
 }
 
 func mapKeys(m map[string]string) []string {
@@ -524,6 +564,7 @@ func (s *Service) finish(ctx context.Context, r *Run) {
 func (s *Service) runStep(ctx context.Context, r *Run, st Step, res *StepResult) (stopped bool) {
 	res.Started = s.cfg.Now()
 	args, err := s.args(r, st)
+	res.Args = args
 	var out string
 	if err == nil {
 		type result struct {

@@ -33,6 +33,7 @@ import (
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/registration"
+	"github.com/rampartsec/rampart/internal/respond"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/store"
@@ -77,6 +78,11 @@ type Config struct {
 
 	// DetectRules is a detection rules file (nil: the default rules).
 	DetectRules []byte
+	// Approvers are workload SPIFFE IDs (or "ID/*" patterns) that may
+	// approve playbook steps with their SVID (POST
+	// /v1/workload/approvals/{ref}): an interim until operators' roles
+	// bind workloads to approval.grant on the admin routes.
+	Approvers []string
 
 	// AuditSegmentEntries is how many audit entries a sealed, compressed
 	// segment holds (0: audit.DefaultSegmentEntries).
@@ -133,11 +139,13 @@ type Server struct {
 	oauth           *oauth.Provider // nil until the issuer address is known
 	accounts        *oauth.Accounts // OAuth clients and users
 	registrar       *registration.Registrar
-	scan            *inventory.API  // vulnerability database, gates, inventory
-	backup          *backup.Runner  // nil: no backups configured
-	acme            *acme.Server    // nil: ACME disabled
-	kmsAPI          *kms.API        // the key store, its key-use policy and its API
-	kmsMaint        *kms.Maintainer // the key store's schedules
+	scan            *inventory.API   // vulnerability database, gates, inventory
+	backup          *backup.Runner   // nil: no backups configured
+	acme            *acme.Server     // nil: ACME disabled
+	kmsAPI          *kms.API         // the key store, its key-use policy and its API
+	kmsMaint        *kms.Maintainer  // the key store's schedules
+	respond         *respond.Service // playbooks, quarantines, incidents
+	respondAPI      *respond.API
 	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
@@ -269,6 +277,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if ss, ok := store.Scan(st); ok { // nil: the store has no scan tables
 		s.scan.Inventory = &inventory.Inventory{Store: ss, Now: cfg.Now}
 	}
+	if err := s.newRespond(cfg.AuditForwardTo == ""); err != nil {
+		return nil, err
+	}
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)
 	} else {
@@ -340,7 +351,7 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 	}
 	s.keeper.AfterCheckpoint = s.intake.Snapshot
 	s.detector, err = detect.NewDetector(detect.DetectorConfig{Rules: s.cfg.DetectRules, Dir: filepath.Join(s.cfg.DataDir, "audit"),
-		Store: s.store, Append: s.appendAudit, Now: s.now, Log: s.log, Registry: s.reg})
+		Store: s.store, Append: s.appendAudit, OnAlert: s.respond.OnAlert, Now: s.now, Log: s.log, Registry: s.reg})
 	if err != nil {
 		s.closeAudit()
 		return fmt.Errorf("server: %w", err)
@@ -445,6 +456,7 @@ func (s *Server) loops() map[string]func(context.Context) error {
 		"refusals": s.refusals.Run, // aggregated refusals into the log
 		"prune":    s.prune,        // expired records out of the store
 		"sync":     s.pollRevision, // other replicas' changes
+		"respond":  s.respond.Run,  // playbook runs (waiting ones resume on approval)
 	}
 	if s.keeper != nil { // the replica that keeps the audit log
 		ls["audit"] = s.keeper.Run    // checkpoints, seals, archive copies
