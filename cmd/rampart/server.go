@@ -16,6 +16,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/keywrap"
+	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/server"
 )
 
@@ -96,6 +97,8 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.IntVar(&cfg.ACME.HTTPPort, "acme-http-port", 80, "port where http-01 challenges are validated (another only for tests and internal networks)")
 	fs.IntVar(&cfg.ACME.TLSPort, "acme-tls-port", 443, "port where tls-alpn-01 challenges are validated")
 	fs.StringVar(&cfg.ACME.Resolver, "acme-dns-resolver", "", "DNS server (host:port) for ACME validations: dns-01 TXT and http-01/tls-alpn-01 addresses (default: the system's)")
+	var approvers repeatFlag
+	fs.Var(&approvers, "approver", "a workload SPIFFE ID (or ID/*) that may approve playbook steps with its SVID (repeatable; until operators hold roles)")
 	detectRules := fs.String("detect-rules", "", "detection rules and alert sinks (YAML; default: the built-in rules, see rampart detect rules)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -137,6 +140,12 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	if cfg.Log, err = newLogger(env, logLevel, logFormat); err != nil {
 		return err
 	}
+	for _, a := range approvers {
+		if err := mtls.CheckQuarantinePattern(a); err != nil {
+			return usagef("--approver %v", err)
+		}
+	}
+	cfg.Approvers = approvers
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		return err
