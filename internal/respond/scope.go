@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -238,36 +239,101 @@ func (s *Scoper) Scope(identity string, since, until time.Time) (*Scope, error) 
 	}
 	lo, hi := since.UnixNano(), until.UnixNano()
 	blocks := x.candidates(identity, lo, hi)
-	acc := newAccumulator(identity, since, until)
 	// Entries that do not contain the identity's bytes are skipped
 	// undecoded; an identity JSON would escape is looked for the long way.
 	needle := []byte(strings.TrimSuffix(identity, "/*"))
 	if strings.ContainsFunc(string(needle), func(r rune) bool { return r < 0x20 || r > 0x7e || strings.ContainsRune("<>&\\\"", r) }) {
 		needle = nil
 	}
-	// Consecutive blocks are read in one pass.
+	// Runs of consecutive blocks, each read in one pass; the runs are
+	// shared among one worker per CPU (decompression and decoding are
+	// most of the work), each with its own totals, merged at the end.
+	type span struct{ start, end int64 }
+	var spans []span
 	for i := 0; i < len(blocks); {
 		j := i
-		for j+1 < len(blocks) && blocks[j+1] == blocks[j]+1 {
+		for j+1 < len(blocks) && blocks[j+1] == blocks[j]+1 && j-i < 15 {
 			j++
 		}
-		start, end := blocks[i]*audit.TimeBlock, min((blocks[j]+1)*audit.TimeBlock, x.N)
-		err := audit.Scan(s.Dir, start, func(k int64, e []byte) error {
-			if k >= end {
-				return audit.ErrStop
+		spans = append(spans, span{blocks[i] * audit.TimeBlock, min((blocks[j]+1)*audit.TimeBlock, x.N)})
+		i = j + 1
+	}
+	workers := max(1, min(runtime.GOMAXPROCS(0), len(spans)))
+	accs := make([]*accumulator, workers)
+	errs := make([]error, workers)
+	next := make(chan span)
+	var wg sync.WaitGroup
+	for w := range workers {
+		accs[w] = newAccumulator(identity, since, until)
+		wg.Go(func() {
+			acc := accs[w]
+			for sp := range next {
+				if errs[w] != nil {
+					continue
+				}
+				errs[w] = audit.Scan(s.Dir, sp.start, func(k int64, e []byte) error {
+					if k >= sp.end {
+						return audit.ErrStop
+					}
+					acc.scanned++
+					if !bytes.Contains(e, needle) {
+						return nil
+					}
+					return acc.add(e)
+				})
 			}
-			acc.scanned++
-			if !bytes.Contains(e, needle) {
-				return nil
-			}
-			return acc.add(e)
 		})
+	}
+	for _, sp := range spans {
+		next <- sp
+	}
+	close(next)
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
 			return nil, fmt.Errorf("respond: scope: %w", err)
 		}
-		i = j + 1
 	}
-	return acc.result(), nil
+	for _, a := range accs[1:] {
+		accs[0].merge(a)
+	}
+	return accs[0].result(), nil
+}
+
+// merge adds b's totals to a's.
+func (a *accumulator) merge(b *accumulator) {
+	a.scanned += b.scanned
+	a.sc.Entries += b.sc.Entries
+	a.sc.SVIDs = append(a.sc.SVIDs, b.sc.SVIDs...)
+	for _, pair := range [2][2]map[Access]*Access{{a.reached, b.reached}, {a.refused, b.refused}} {
+		for k, v := range pair[1] {
+			if p := pair[0][k]; p != nil {
+				p.Count += v.Count
+				p.Bytes += v.Bytes
+			} else {
+				pair[0][k] = v
+			}
+		}
+	}
+	for k, v := range b.tokens {
+		if p := a.tokens[k]; p != nil {
+			p.Count += v.Count
+		} else {
+			a.tokens[k] = v
+		}
+	}
+	for k, v := range b.keys {
+		if p := a.keys[k]; p != nil {
+			p.Count += v.Count
+			p.Bytes += v.Bytes
+			p.Refused += v.Refused
+		} else {
+			a.keys[k] = v
+		}
+	}
+	for u := range b.users {
+		a.users[u] = true
+	}
 }
 
 type accumulator struct {
