@@ -84,7 +84,7 @@ func run() error {
 	}
 	defer os.RemoveAll(work)
 	defer func() {
-		for _, p := range procs {
+		for _, p := range slices.Backward(procs) { // proxies first, the server last
 			p.Process.Signal(os.Interrupt)
 			p.Wait()
 		}
