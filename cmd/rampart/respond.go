@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -21,7 +22,7 @@ import (
 	"github.com/rampartsec/rampart/internal/respond"
 )
 
-const playbookUsage = `rampart playbook put|list|show|test|run|drill|delete
+const playbookUsage = `rampart playbook put|list|show|test|run|drill|delete|defaults
 
   put FILE                 validate a playbook and publish it as its next version
   list                     list playbooks
@@ -35,7 +36,9 @@ const playbookUsage = `rampart playbook put|list|show|test|run|drill|delete
       run it against a simulated alert (against the live system unless
       --dry-run), wait for it, print the time from alert to containment,
       and lift the quarantines it made (unless --keep)
-  delete NAME`
+  delete NAME
+  defaults [--write DIR]   print (or write to DIR) the shipped playbooks for the
+                           default detection rules, to review and put`
 
 const incidentUsage = `rampart incident list|show|open|note|approve|status|report|scope|quarantine|lift|quarantines
 
@@ -66,7 +69,7 @@ func runPlaybook(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	}
 	verb := args[0]
-	if !slices.Contains([]string{"put", "list", "show", "test", "run", "drill", "delete"}, verb) {
+	if !slices.Contains([]string{"put", "list", "show", "test", "run", "drill", "delete", "defaults"}, verb) {
 		return usagef("unknown verb %q; usage: %s", verb, playbookUsage)
 	}
 	fs := newFlags(env, "playbook "+verb, playbookUsage)
@@ -82,8 +85,24 @@ func runPlaybook(ctx context.Context, env *cliEnv, args []string) error {
 	dryRun := fs.Bool("dry-run", false, "run/drill: only say what each step would do")
 	wait := fs.Duration("wait", 0, "run: wait this long for the run to end or wait for approval")
 	keep := fs.Bool("keep", false, "drill: keep the quarantines the drill made")
+	write := fs.String("write", "", "defaults: write each playbook to this directory")
 	if err := parse(env, fs, args[1:]); err != nil {
 		return err
+	}
+	if verb == "defaults" {
+		ds := respond.Defaults()
+		names := slices.Sorted(maps.Keys(ds))
+		for _, n := range names {
+			if *write != "" {
+				if err := os.WriteFile(filepath.Join(*write, n), ds[n], 0o644); err != nil {
+					return err
+				}
+				fmt.Fprintf(env.stdout, "wrote %s\n", filepath.Join(*write, n))
+				continue
+			}
+			fmt.Fprintf(env.stdout, "# %s\n%s\n", n, ds[n])
+		}
+		return nil
 	}
 	vm := map[string]string{}
 	for _, v := range vars {
