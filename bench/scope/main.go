@@ -29,7 +29,9 @@ func main() {
 	t0 := time.Now()
 	truth, err := scopetest.Generate(context.Background(), filepath.Join(*dir, "audit"), scopetest.Options{Entries: *n, Start: start,
 		Span: 30 * 24 * time.Hour, Seed: 20, Since: since, Until: until,
-		Progress: func(i int64) { fmt.Fprintf(os.Stderr, "  %d entries written (%v)\n", i, time.Since(t0).Round(time.Second)) }})
+		Progress: func(i int64) {
+			fmt.Fprintf(os.Stderr, "  %d entries written (%v)\n", i, time.Since(t0).Round(time.Second))
+		}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
