@@ -56,6 +56,20 @@ func (s *Server) actorOf(r *http.Request) audit.Actor {
 	return e.Actor
 }
 
+// unlessQuarantined refuses a quarantined workload (403, recorded as a
+// refusal of action): a stolen identity, once contained, must not go on
+// decrypting through the key store while its SVIDs are still valid.
+func (s *Server) unlessQuarantined(action string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if caller := agentFrom(r); !caller.IsZero() && s.quarantine.Holds(caller) {
+			s.refused(r, action, "caller quarantined", "target", "kms:"+r.PathValue("name"))
+			api.WriteProblem(w, http.StatusForbidden, caller.String()+" is quarantined")
+			return
+		}
+		h(w, r)
+	}
+}
+
 // handleWorkloadApprove lets a workload named in Config.Approvers approve
 // a step (an interim until operators, issue 19, bind roles to workloads
 // on the admin routes): the approver is its SPIFFE ID, which the

@@ -82,3 +82,32 @@ func TestQuarantineInWorkloadSync(t *testing.T) {
 	err := h.admin.Do(ctx, http.MethodPost, "/v1/quarantines/lift", respond.QuarantineRequest{Identity: "spiffe://example.org/orders/*"}, nil)
 	wantStatus(t, err, http.StatusBadRequest, "say why")
 }
+
+// A quarantined workload whose SVID is still valid cannot go on using the
+// key store (the attack: the stolen identity decrypting what it can before
+// anyone revokes its SVIDs); lifted, it can again.
+func TestKMSQuarantinedCallerRefused(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "orders-pii"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.admin.DoRaw(ctx, http.MethodPut, "/v1/policies", "application/yaml", []byte(kmsPolicyYAML), nil); err != nil {
+		t.Fatal(err)
+	}
+	orders := h.client("", h.workloadCert("node-1", "spiffe://example.org/orders"))
+	if _, err := h.kmsCall(orders, "orders-pii", "encrypt", api.KMSRequest{Plaintext: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/quarantines", respond.QuarantineRequest{Identity: "spiffe://example.org/orders", Reason: "stolen"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := h.kmsCall(orders, "orders-pii", "encrypt", api.KMSRequest{Plaintext: []byte("x")})
+	wantStatus(t, err, http.StatusForbidden, "quarantined")
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/quarantines/lift", respond.QuarantineRequest{Identity: "spiffe://example.org/orders", Reason: "re-keyed and redeployed"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.kmsCall(orders, "orders-pii", "encrypt", api.KMSRequest{Plaintext: []byte("x")}); err != nil {
+		t.Fatalf("after the lift: %v", err)
+	}
+}

@@ -160,7 +160,7 @@ func (s *Server) routes() []Route {
 	}
 	// Key use: any SVID may ask; the key-use policy decides (kms.API.Use).
 	for _, op := range kms.Operations {
-		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.kmsAPI.Use(op), op+" with a key, as the key-use policy allows"))
+		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.unlessQuarantined("kms."+op, s.kmsAPI.Use(op)), op+" with a key, as the key-use policy allows (never for a quarantined caller)"))
 	}
 	// ACME (nil when disabled): the protocol, and the operator's calls.
 	if s.acme != nil {

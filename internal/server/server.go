@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +33,7 @@ import (
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/respond"
 	"github.com/rampartsec/rampart/internal/safedir"
@@ -145,6 +147,7 @@ type Server struct {
 	kmsAPI          *kms.API         // the key store, its key-use policy and its API
 	kmsMaint        *kms.Maintainer  // the key store's schedules
 	respond         *respond.Service // playbooks, quarantines, incidents
+	quarantine      *mtls.Quarantine // the identities quarantined, as of the last refresh
 	respondAPI      *respond.API
 	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
@@ -252,7 +255,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s := &Server{
 		cfg: cfg, store: st, ca: ca, log: cfg.Log, now: cfg.Now, wrapper: wrapper,
-		feed: newFeed(), reg: prometheus.NewRegistry(),
+		feed: newFeed(), reg: prometheus.NewRegistry(), quarantine: &mtls.Quarantine{},
 	}
 	s.refusals = audit.NewRefusals(cfg.Now, s.record)
 	s.metrics = newMetrics(s.reg, ca)
@@ -539,6 +542,15 @@ func (s *Server) refresh(ctx context.Context) error {
 	}
 	if err := s.kmsAPI.Access.Load(ctx, s.store); err != nil {
 		return fmt.Errorf("server: %w", err)
+	}
+	if s.respond != nil {
+		qs, err := s.respond.Quarantined(ctx)
+		if err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		if !slices.Equal(qs, s.quarantine.Patterns()) {
+			s.quarantine.Set(qs)
+		}
 	}
 	bundle := identity.EncodePEM(s.ca.X509Bundle())
 	// The bundle may have changed with the revision.
