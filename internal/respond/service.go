@@ -86,9 +86,43 @@ func (s *Service) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.ctx = ctx
 	s.mu.Unlock()
+	s.interrupted(context.WithoutCancel(ctx))
 	<-ctx.Done()
 	s.wg.Wait()
 	return nil
+}
+
+// interrupted ends the runs a stop caught in the middle of a step: the
+// step may or may not have acted, so it is not run again; it is recorded
+// as failed, and the run with it. Runs waiting for approval stay waiting.
+func (s *Service) interrupted(ctx context.Context) {
+	runs, err := s.Runs(ctx, "")
+	if err != nil {
+		s.cfg.Log.Error("respond: listing runs at start failed", "err", err)
+		return
+	}
+	for _, r := range runs {
+		if r.State != RunRunning {
+			continue
+		}
+		s.mu.Lock()
+		busy := s.running[r.ID]
+		s.mu.Unlock()
+		if busy {
+			continue
+		}
+		for j := r.Next; j < len(r.Steps); j++ {
+			r.Steps[j].State, r.Steps[j].Error = StepSkipped, "the server stopped during the run"
+		}
+		if r.Next < len(r.Steps) {
+			r.Steps[r.Next].State = StepFailed
+		}
+		r.State, r.Failed, r.EndedAt = RunFailed, true, s.cfg.Now()
+		s.finish(ctx, r)
+		if err := s.saveRun(ctx, r); err != nil {
+			s.cfg.Log.Error("respond: recording an interrupted run failed", "run", r.ID, "err", err)
+		}
+	}
 }
 
 // Wait waits for the runs advancing now (tests, drills).

@@ -359,3 +359,28 @@ func smtpServer(t *testing.T) (string, func() []string) {
 	}()
 	return ln.Addr().String(), func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), msgs...) }
 }
+
+// A run the server stopped in the middle of is recorded as failed at the
+// next start, its step not run twice; a run waiting for approval waits on.
+func TestInterruptedRunsAreRecorded(t *testing.T) {
+	e := newTestEnv(t)
+	e.put(t, "name: p\nsteps:\n  - action: disable_user\n    with: {user: mallory}\n    approval: {role: approver}\n")
+	waiting := e.run(t, "p", audit.Actor{User: "alice"}, nil)
+	ctx := context.Background()
+	// A run caught mid-step, as a crash leaves it.
+	caught := &Run{ID: "run-caught", Playbook: "p", Version: 1, State: RunRunning, StartedBy: audit.Actor{User: "alice"}, StartedAt: time.Now(),
+		Steps: []StepResult{{Name: "1-disable-user", Action: "disable_user", State: StepPending, OnFailure: "stop"}}}
+	if err := e.svc.saveRun(ctx, caught); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	cancel()
+	e.svc.Run(rctx)
+	got, _ := e.svc.GetRun(ctx, "run-caught")
+	if got.State != RunFailed || got.Steps[0].State != StepFailed || len(e.fx.list()) != 0 {
+		t.Fatalf("%s %+v %v", got.State, got.Steps, e.fx.list())
+	}
+	if w, _ := e.svc.GetRun(ctx, waiting.ID); w.State != RunWaiting {
+		t.Errorf("the waiting run became %s", w.State)
+	}
+}
