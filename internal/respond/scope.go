@@ -241,8 +241,14 @@ func (s *Scoper) Scope(identity string, since, until time.Time) (*Scope, error) 
 	blocks := x.candidates(identity, lo, hi)
 	// Entries that do not contain the identity's bytes are skipped
 	// undecoded; an identity JSON would escape is looked for the long way.
-	needle := []byte(strings.TrimSuffix(identity, "/*"))
-	if strings.ContainsFunc(string(needle), func(r rune) bool { return r < 0x20 || r > 0x7e || strings.ContainsRune("<>&\\\"", r) }) {
+	// An exact identity is looked for as a whole JSON string (its
+	// quotes included), so names that only share its prefix are skipped
+	// too; a pattern by its opening quote and prefix.
+	needle := []byte(`"` + identity + `"`)
+	if prefix, ok := strings.CutSuffix(identity, "/*"); ok {
+		needle = []byte(`"` + prefix)
+	}
+	if strings.ContainsFunc(identity, func(r rune) bool { return r < 0x20 || r > 0x7e || strings.ContainsRune("<>&\\\"", r) }) {
 		needle = nil
 	}
 	// Runs of consecutive blocks, each read in one pass; the runs are
