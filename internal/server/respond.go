@@ -178,6 +178,11 @@ func (e respondEffects) RevokeUser(ctx context.Context, user, reason string) (in
 	if err != nil {
 		return 0, err
 	}
+	// A name that matches no one (a typo, an empty variable) is a failed
+	// step, not a quiet success that revoked nothing.
+	if _, err := e.s.store.GetOAuthUser(ctx, user); err != nil {
+		return 0, err
+	}
 	n, err := t.RevokeUser(ctx, user, reason)
 	if err == nil {
 		e.event(ctx, "oauth.user_revoke", "target", user, "user", user, "revoked_families", fmt.Sprint(n))
@@ -200,6 +205,9 @@ func (e respondEffects) DisableUser(ctx context.Context, user string) (int, erro
 func (e respondEffects) RevokeClient(ctx context.Context, client, reason string) (int, error) {
 	t, err := e.revoker()
 	if err != nil {
+		return 0, err
+	}
+	if _, err := e.s.store.GetOAuthClient(ctx, client); err != nil {
 		return 0, err
 	}
 	n, err := t.RevokeClient(ctx, client, reason)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,5 +110,64 @@ func TestKMSQuarantinedCallerRefused(t *testing.T) {
 	}
 	if _, err := h.kmsCall(orders, "orders-pii", "encrypt", api.KMSRequest{Plaintext: []byte("x")}); err != nil {
 		t.Fatalf("after the lift: %v", err)
+	}
+}
+
+// The playbook actions act through the server's own code: a key-store key
+// and the CA intermediate rotated, an agent evicted, the SVIDs of a
+// pattern revoked (and only those), each step's result recorded.
+func TestPlaybookEffects(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "orders-pii"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	h.workloadCert("node-1", "spiffe://example.org/batch/nightly")
+	h.workloadCert("node-2", "spiffe://example.org/batchx")
+	h.attest("node-9")
+	src := `name: effects
+steps:
+  - action: rotate_key
+    with: {kind: kms, name: orders-pii}
+  - action: rotate_key
+    with: {kind: ca}
+  - action: evict_agent
+    with: {agent: node-9}
+  - action: revoke_svids
+    with: {identity: "spiffe://example.org/batch/*", reason: "test"}
+  - action: revoke_user
+    with: {user: nobody}
+    on_failure: continue
+`
+	if err := h.admin.DoRaw(ctx, http.MethodPut, "/v1/playbooks", "application/yaml", []byte(src), nil); err != nil {
+		t.Fatal(err)
+	}
+	var run respond.Run
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/playbooks/effects/run", respond.RunRequest{}, &run); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(20 * time.Second); run.State == respond.RunRunning && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		h.admin.Do(ctx, http.MethodGet, "/v1/runs/"+run.ID, nil, &run)
+	}
+	for i, st := range run.Steps[:4] {
+		if st.State != respond.StepSucceeded {
+			t.Errorf("step %d %s: %s %s", i, st.Action, st.State, st.Error)
+		}
+	}
+	// A user who does not exist (a typo, an empty variable) fails the
+	// step, recorded, and the run says so: never a quiet no-op.
+	if run.Steps[4].State != respond.StepFailed || !strings.Contains(run.Steps[4].Error, "not found") || run.State != respond.RunFailed {
+		t.Errorf("revoke_user without OAuth: %+v, run %s", run.Steps[4], run.State)
+	}
+	var key api.KMSKey
+	if err := h.admin.Do(ctx, http.MethodGet, "/v1/kms/keys/orders-pii", nil, &key); err != nil || key.Latest != 2 {
+		t.Errorf("kms key: %v latest %d", err, key.Latest)
+	}
+	var a api.Agent
+	if err := h.admin.Do(ctx, http.MethodGet, "/v1/agents/node-9", nil, &a); err != nil || !a.Evicted {
+		t.Errorf("agent: %v %+v", err, a)
+	}
+	if !strings.Contains(run.Steps[3].Result, "revoked 1 SVIDs of spiffe://example.org/batch/*") {
+		t.Errorf("revoke: %q (batchx must not match batch/*)", run.Steps[3].Result)
 	}
 }
