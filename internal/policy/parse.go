@@ -46,7 +46,7 @@ type Policy struct {
 	// serves through the SDK.
 	AppPorts []uint16
 	Version  string // first 12 hex digits of SHA-256 of the source
-	Source  []byte
+	Source   []byte
 }
 
 // Rule is one rule of a policy.
