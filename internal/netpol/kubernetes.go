@@ -51,10 +51,11 @@ var (
 
 // ParsePodMap reads a pod map:
 //
-//   - spiffe_id: spiffe://example.org/ns/shop/sa/orders
-//     namespace: shop
-//     service_account: orders     # optional
-//     labels: {app: orders}
+//	# pods.yaml
+//	- spiffe_id: spiffe://example.org/ns/shop/sa/orders
+//	  namespace: shop
+//	  service_account: orders     # optional
+//	  labels: {app: orders}
 //
 // Errors name the line and the field.
 func ParsePodMap(r io.Reader) (PodMap, error) {
