@@ -259,3 +259,21 @@ func TestNFTSyntax(t *testing.T) {
 		}
 	}
 }
+
+// A policy naming as application port a port some service listens on as
+// its inbound port is reported, and the port stays open to that
+// service's callers rather than being cut to loopback.
+func TestAppPortClash(t *testing.T) {
+	pols := mustPolicies(t, "service: spiffe://example.org/a\nnetwork:\n  app_ports: [8443]\nrules:\n- name: r\n  callers: [spiffe://example.org/b]\n")
+	v := Build([]Placement{
+		{Service: id("a"), Host: netip.MustParseAddr("10.0.0.1"), Ports: []uint16{8443}},
+		{Service: id("b"), Host: netip.MustParseAddr("10.0.0.2")},
+	}, pols)
+	if !strings.Contains(strings.Join(v.Problems, "\n"), "port 8443 is an application port of spiffe://example.org/a") {
+		t.Fatalf("problems %q", v.Problems)
+	}
+	tab := v.HostTable(netip.MustParseAddr("10.0.0.1"))
+	if len(tab.App) != 0 || !admits(tab, netip.MustParseAddr("10.0.0.2"), false, 8443) {
+		t.Fatalf("table:\n%s", tab.NFT())
+	}
+}

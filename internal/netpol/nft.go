@@ -13,11 +13,9 @@ import (
 // else of the host's firewall is touched.
 const TableName = "rampart"
 
-// Counter names in the table: drops at proxy ports, at application ports.
-const (
-	CounterProxy = "dropped_proxy"
-	CounterApp   = "dropped_app"
-)
+// CounterName names the counter of the connections refused at port: one
+// named counter per governed port, which the agent exports as metrics.
+func CounterName(port uint16) string { return fmt.Sprintf("drop_%d", port) }
 
 // HostTable is one host's rules, the model both the text renderer and the
 // netlink applier work from.
@@ -29,6 +27,9 @@ type HostTable struct {
 	Proxy []ProxyPort // sorted by port
 	// App are the application ports, open from loopback only.
 	App []AppPort // sorted by port
+	// Report only counts what would be dropped (rampart agent
+	// --netpol=report): nothing is.
+	Report bool
 }
 
 // ProxyPort is an inbound port and who may open a connection to it.
@@ -68,9 +69,28 @@ func (v *View) HostTable(h netip.Addr) HostTable {
 			t.App = append(t.App, AppPort{Port: p, Service: s.ID})
 		}
 	}
+	// A port some process listens on as an inbound port is governed as
+	// one, even if a policy also names it an application port (Build
+	// reports the clash).
+	t.App = slices.DeleteFunc(t.App, func(a AppPort) bool {
+		return slices.ContainsFunc(t.Proxy, func(p ProxyPort) bool { return p.Port == a.Port })
+	})
 	slices.SortFunc(t.Proxy, func(a, b ProxyPort) int { return int(a.Port) - int(b.Port) })
 	slices.SortFunc(t.App, func(a, b AppPort) int { return int(a.Port) - int(b.Port) })
 	return t
+}
+
+// Ports returns every port the table governs, sorted.
+func (t HostTable) Ports() []uint16 {
+	var ps []uint16
+	for _, p := range t.Proxy {
+		ps = appendUnique(ps, p.Port)
+	}
+	for _, p := range t.App {
+		ps = appendUnique(ps, p.Port)
+	}
+	slices.Sort(ps)
+	return ps
 }
 
 // setName is the name of the set of addresses of one family allowed to a
@@ -121,7 +141,13 @@ func (t HostTable) NFT() string {
 			b.WriteString("\t}\n")
 		}
 	}
-	fmt.Fprintf(&b, "\tcounter %s {\n\t}\n\tcounter %s {\n\t}\n", CounterProxy, CounterApp)
+	for _, p := range t.Ports() {
+		fmt.Fprintf(&b, "\tcounter %s {\n\t}\n", CounterName(p))
+	}
+	verdict := " drop"
+	if t.Report {
+		verdict = ""
+	}
 	b.WriteString("\tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n")
 	b.WriteString("\t\tct state established,related accept\n")
 	for _, p := range t.Proxy {
@@ -131,12 +157,12 @@ func (t HostTable) NFT() string {
 		}
 		fmt.Fprintf(&b, "\t\ttcp dport %d ip saddr @%s accept\n", p.Port, setName(p.Port, false))
 		fmt.Fprintf(&b, "\t\ttcp dport %d ip6 saddr @%s accept\n", p.Port, setName(p.Port, true))
-		fmt.Fprintf(&b, "\t\ttcp dport %d counter name %q drop\n", p.Port, CounterProxy)
+		fmt.Fprintf(&b, "\t\ttcp dport %d counter name %q%s\n", p.Port, CounterName(p.Port), verdict)
 	}
 	for _, p := range t.App {
 		fmt.Fprintf(&b, "\t\t# %s: the application behind its proxy, loopback only\n", p.Service)
 		fmt.Fprintf(&b, "\t\ttcp dport %d iif \"lo\" accept\n", p.Port)
-		fmt.Fprintf(&b, "\t\ttcp dport %d counter name %q drop\n", p.Port, CounterApp)
+		fmt.Fprintf(&b, "\t\ttcp dport %d counter name %q%s\n", p.Port, CounterName(p.Port), verdict)
 	}
 	b.WriteString("\t}\n}\n")
 	return b.String()

@@ -103,6 +103,17 @@ func Build(placements []Placement, policies []*policy.Policy) *View {
 		}
 	}
 	for _, s := range byID {
+		for _, ap := range s.AppPorts {
+			for _, h := range s.Hosts {
+				for _, o := range byID {
+					if slices.Contains(o.Ports[h], ap) {
+						v.Problems = append(v.Problems, fmt.Sprintf("host %s: port %d is an application port of %s (network.app_ports) but %s listens on it as its inbound port; it is governed as an inbound port", h, ap, s.ID, o.ID))
+					}
+				}
+			}
+		}
+	}
+	for _, s := range byID {
 		slices.SortFunc(s.Hosts, netip.Addr.Compare)
 		for _, ps := range s.Ports {
 			slices.Sort(ps)
