@@ -1,6 +1,7 @@
 package netpol
 
 import (
+	"encoding/json"
 	"flag"
 	"io"
 	"net/netip"
@@ -275,5 +276,29 @@ func TestAppPortClash(t *testing.T) {
 	tab := v.HostTable(netip.MustParseAddr("10.0.0.1"))
 	if len(tab.App) != 0 || !admits(tab, netip.MustParseAddr("10.0.0.2"), false, 8443) {
 		t.Fatalf("table:\n%s", tab.NFT())
+	}
+}
+
+// The view and a host table survive JSON (the server sends them so).
+func TestJSONRoundTrip(t *testing.T) {
+	v := shopView(t)
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back View
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range v.Hosts() {
+		if v.HostTable(h).NFT() != back.HostTable(h).NFT() {
+			t.Fatalf("host %s renders differently after JSON", h)
+		}
+	}
+	tab := v.HostTable(netip.MustParseAddr("10.0.0.3"))
+	b, _ = json.Marshal(tab)
+	var tb HostTable
+	if err := json.Unmarshal(b, &tb); err != nil || tb.NFT() != tab.NFT() {
+		t.Fatalf("host table after JSON: %v\n%s", err, tb.NFT())
 	}
 }

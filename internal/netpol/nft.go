@@ -20,30 +20,30 @@ func CounterName(port uint16) string { return fmt.Sprintf("drop_%d", port) }
 // HostTable is one host's rules, the model both the text renderer and the
 // netlink applier work from.
 type HostTable struct {
-	Host   netip.Addr
-	Header string
+	Host   netip.Addr `json:"host"`
+	Header string     `json:"header"`
 	// Proxy are the inbound ports of the services on the host, each open
 	// to the hosts of its allowed callers only.
-	Proxy []ProxyPort // sorted by port
+	Proxy []ProxyPort `json:"proxy"` // sorted by port
 	// App are the application ports, open from loopback only.
-	App []AppPort // sorted by port
+	App []AppPort `json:"app"` // sorted by port
 	// Report only counts what would be dropped (rampart agent
 	// --netpol=report): nothing is.
-	Report bool
+	Report bool `json:"report,omitempty"`
 }
 
 // ProxyPort is an inbound port and who may open a connection to it.
 type ProxyPort struct {
-	Port     uint16
-	Service  spiffeid.ID
-	From     []netip.Addr // sorted; IPv4 and IPv6 alike
-	Loopback bool         // an allowed caller runs on this host itself
+	Port     uint16       `json:"port"`
+	Service  spiffeid.ID  `json:"spiffe_id"`
+	From     []netip.Addr `json:"from"`     // sorted; IPv4 and IPv6 alike
+	Loopback bool         `json:"loopback"` // an allowed caller runs on this host itself
 }
 
 // AppPort is an application's own port.
 type AppPort struct {
-	Port    uint16
-	Service spiffeid.ID
+	Port    uint16      `json:"port"`
+	Service spiffeid.ID `json:"spiffe_id"`
 }
 
 // HostTable returns host h's table.

@@ -25,30 +25,31 @@ type Placement struct {
 
 // Service is one service of the view: where it runs and who may call it.
 type Service struct {
-	ID    spiffeid.ID
-	Hosts []netip.Addr // sorted
+	ID    spiffeid.ID  `json:"spiffe_id"`
+	Hosts []netip.Addr `json:"hosts"` // sorted
 	// Ports are the inbound ports on each host (sorted).
-	Ports    map[netip.Addr][]uint16
-	AppPorts []uint16 // from its policy's network.app_ports
-	Callers  []spiffeid.ID
+	Ports    map[netip.Addr][]uint16 `json:"ports"`
+	AppPorts []uint16                `json:"app_ports,omitempty"` // from its policy's network.app_ports
+	Callers  []spiffeid.ID           `json:"callers"`
 	// Policy is the version of the service's policy, "" when it has none
 	// (then nobody may call it: default deny).
-	Policy string
+	Policy string `json:"policy,omitempty"`
 }
 
 // Edge is one allowed caller → callee pair.
 type Edge struct {
-	From, To spiffeid.ID
+	From spiffeid.ID `json:"from"`
+	To   spiffeid.ID `json:"to"`
 }
 
 // View is what the network policy is rendered from.
 type View struct {
-	Services []Service // sorted by ID
-	Edges    []Edge    // sorted
+	Services []Service `json:"services"` // sorted by ID
+	Edges    []Edge    `json:"edges"`    // sorted
 	// Policies are "SPIFFE ID@version" of every policy used, sorted.
-	Policies []string
+	Policies []string `json:"policies"`
 	// Problems lists what could not be placed, one sentence each.
-	Problems []string
+	Problems []string `json:"problems"`
 }
 
 // Build makes the view of placements and policies.
