@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rampartsec/rampart/internal/netpol/netnstest"
 )
 
 // The helper processes the namespace tests start: this test binary again,
@@ -55,55 +57,18 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// lab is a few network namespaces ("hosts") on a bridge of their own.
+// lab is the namespaces of a test and helpers started in them.
 type lab struct {
-	t      *testing.T
-	prefix string
+	*netnstest.Lab
+	t *testing.T
 }
 
-func run(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
+func newLab(t *testing.T, n int) *lab { return &lab{Lab: netnstest.New(t, n, false), t: t} }
 
-// newLab makes namespaces PREFIX-sw (the bridge) and PREFIX-h1..hN, host i
-// at 10.77.X.i/24; it skips when namespaces cannot be made here.
-func newLab(t *testing.T, n int) *lab {
-	if os.Geteuid() != 0 {
-		t.Skip("network namespaces need root (the development and CI machines have it)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("ip (iproute2) is not installed")
-	}
-	l := &lab{t: t, prefix: fmt.Sprintf("rpn%d", os.Getpid()%100000)}
-	if out, err := exec.Command("ip", "netns", "add", l.prefix+"-sw").CombinedOutput(); err != nil {
-		t.Skipf("cannot create a network namespace here: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		for i := 1; i <= n; i++ {
-			exec.Command("ip", "netns", "del", fmt.Sprintf("%s-h%d", l.prefix, i)).Run()
-		}
-		exec.Command("ip", "netns", "del", l.prefix+"-sw").Run()
-	})
-	sw := l.prefix + "-sw"
-	run(t, "ip", "-n", sw, "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "-n", sw, "link", "set", "br0", "up")
-	for i := 1; i <= n; i++ {
-		h := fmt.Sprintf("%s-h%d", l.prefix, i)
-		run(t, "ip", "netns", "add", h)
-		run(t, "ip", "-n", h, "link", "set", "lo", "up")
-		run(t, "ip", "-n", h, "link", "add", "eth0", "type", "veth", "peer", "name", fmt.Sprintf("p%d", i), "netns", sw)
-		run(t, "ip", "-n", h, "addr", "add", l.addr(i).String()+"/24", "dev", "eth0")
-		run(t, "ip", "-n", h, "link", "set", "eth0", "up")
-		run(t, "ip", "-n", sw, "link", "set", fmt.Sprintf("p%d", i), "master", "br0", "up")
-	}
-	return l
-}
+func (l *lab) addr(i int) netip.Addr { return l.Addr(i) }
+func (l *lab) ns(i int) string       { return l.NS(i) }
 
-func (l *lab) addr(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 77, 0, byte(i)}) }
-func (l *lab) ns(i int) string       { return fmt.Sprintf("%s-h%d", l.prefix, i) }
+func run(t *testing.T, args ...string) { t.Helper(); netnstest.Run(t, args...) }
 
 // listen starts the helper listening in host i at ports.
 func (l *lab) listen(i int, ports ...uint16) {
@@ -136,7 +101,7 @@ func (l *lab) connects(i int, addr string) bool {
 
 // firewall opens nf_tables in host i.
 func (l *lab) firewall(i int) *Firewall {
-	fd, err := unix.Open("/var/run/netns/"+l.ns(i), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(l.Path(l.ns(i)), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		l.t.Fatal(err)
 	}
