@@ -99,7 +99,7 @@ func TestNetpolEnforcedAcrossHosts(t *testing.T) {
 		sock := filepath.Join(adir, "workload.sock")
 		agents[i] = lab.start(lab.NS(i), rampartBin, []string{"RAMPART_JOIN_TOKEN_FILE=" + filepath.Join(adir, "join-token")},
 			"agent", "--server", s.addr, "--ca-bundle", filepath.Join(dir, "bundle.pem"), "--socket", sock,
-			"--data", filepath.Join(adir, "data"), "--netpol", "enforce", "--netpol-interval", "300ms", "--inventory-interval", "1s")
+			"--data", filepath.Join(adir, "data"), "--netpol", "enforce", "--inventory-interval", "1s")
 		eventually(t, 30*time.Second, "agent socket", func() error { _, err := os.Stat(sock); return err })
 		// The service's proxy: a copy of rampart, its own identity.
 		bin := filepath.Join(adir, names[i]+"-proxy")

@@ -102,6 +102,9 @@ type Agent struct {
 	warned    map[string]bool // entries named by warnUnservable
 
 	wake chan struct{} // reschedules the rotation loop
+	// netpolKick makes the network policy loop refresh now: the server's
+	// state moved (a policy changed, say).
+	netpolKick chan struct{}
 }
 
 type jwtCached struct {
@@ -136,7 +139,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, td: cfg.TrustDomain,
 		revoked: map[string]struct{}{}, workloads: map[string]*held{}, changed: make(chan struct{}),
-		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), warned: map[string]bool{},
+		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), netpolKick: make(chan struct{}, 1), warned: map[string]bool{},
 	}
 	a.metrics = newMetrics(cfg.Registry, a)
 	if err := a.loadCache(); err != nil {
@@ -423,6 +426,10 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		a.metrics.serverUp.Set(1)
 		if err := a.applySync(resp); err != nil {
 			a.log.Error("applying sync failed", "err", err)
+		}
+		select {
+		case a.netpolKick <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -211,6 +211,7 @@ func (l *netpolLoop) run(ctx context.Context) {
 			}
 			return
 		case <-t.C:
+		case <-l.a.netpolKick:
 		}
 	}
 }
