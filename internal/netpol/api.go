@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -49,6 +50,7 @@ type API struct {
 	Placements store.NetpolStore
 	Policies   interface {
 		ListPolicies(ctx context.Context) ([]store.Policy, error)
+		Revision(ctx context.Context) (int64, error)
 	}
 	Entries interface {
 		ListEntries(ctx context.Context, parentID string) ([]store.Entry, error)
@@ -59,7 +61,17 @@ type API struct {
 	Now     func() time.Time
 	TTL     time.Duration
 	Log     *slog.Logger
+
+	mu       sync.Mutex
+	cached   *View
+	cachedAt time.Time
+	cachedRv int64
 }
+
+// viewCacheFor is how long a built view serves agents' table requests
+// while the store's revision stays put: placements move only that often
+// (a policy change moves the revision and rebuilds at once).
+const viewCacheFor = time.Second
 
 func (a *API) ready(w http.ResponseWriter) bool {
 	if a == nil || a.Placements == nil {
@@ -137,8 +149,33 @@ func (a *API) HandleAgentReport(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// View builds the current view from the store.
+// View returns the current view: built anew when the store's revision
+// moved or the last one is older than viewCacheFor. Views are read-only,
+// so one serves concurrent requests.
 func (a *API) View(ctx context.Context) (*View, error) {
+	rv, err := a.Policies.Revision(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := a.Now()
+	a.mu.Lock()
+	if a.cached != nil && rv == a.cachedRv && now.Sub(a.cachedAt) < viewCacheFor && !now.Before(a.cachedAt) {
+		v := a.cached
+		a.mu.Unlock()
+		return v, nil
+	}
+	a.mu.Unlock()
+	v, err := a.build(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	a.cached, a.cachedAt, a.cachedRv = v, now, rv
+	a.mu.Unlock()
+	return v, nil
+}
+
+func (a *API) build(ctx context.Context) (*View, error) {
 	ttl := a.TTL
 	if ttl <= 0 {
 		ttl = DefaultTTL

@@ -91,6 +91,7 @@ func TestAPIReportsAndTables(t *testing.T) {
 	}
 	// Nor claim another host's address: the host is where the report came from.
 	report(t, a, "h1", "10.0.0.66:5000", `{"services":[{"spiffe_id":"spiffe://example.org/orders","ports":[8443]}]}`)
+	clock.Add(viewCacheFor) // placements reach the tables within the view cache's second
 	if tab := table(t, a, "10.0.0.2:6000"); tab.Proxy[0].From[0].String() != "10.0.0.66" || len(tab.Proxy[0].From) != 1 {
 		t.Fatalf("the report's source address is the host: %v", tab.Proxy[0].From)
 	}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -89,6 +90,37 @@ func TestNetworkAppPorts(t *testing.T) {
 		_, err := Parse([]byte("service: spiffe://example.org/p\nnetwork:\n" + tc.net + rules))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("network %q: error %v, want %q", tc.net, err, tc.want)
+		}
+	}
+}
+
+// MayCallers is MayCall over a list, whatever the rules.
+func TestMayCallersAgreesWithMayCall(t *testing.T) {
+	known := []spiffeid.ID{}
+	for _, s := range []string{"a", "b", "batch/x", "batch/y", "batch", "c/d"} {
+		known = append(known, spiffeid.RequireFromString("spiffe://example.org/"+s))
+	}
+	known = append(known, spiffeid.RequireFromString("spiffe://other.org/a"), spiffeid.ID{})
+	for _, src := range []string{
+		"rules:\n- name: a\n  callers: [spiffe://example.org/a, \"spiffe://example.org/batch/*\"]\n",
+		"rules:\n- name: d\n  action: deny\n  callers: [spiffe://example.org/batch/x]\n- name: a\n  callers: [\"*\"]\n",
+		"rules:\n- name: d\n  action: deny\n  callers: [\"spiffe://example.org/batch/*\"]\n  paths: [/x]\n- name: a\n  callers: [\"*\"]\n",
+		"mode: dry-run\nrules:\n- name: d\n  action: deny\n  callers: [\"*\"]\n",
+		"rules:\n- name: a\n  callers: [spiffe://example.org/nobody]\n",
+	} {
+		p, err := Parse([]byte("service: spiffe://example.org/p\n" + src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []spiffeid.ID
+		for _, k := range known {
+			if p.MayCall(k) {
+				want = append(want, k)
+			}
+		}
+		got := p.MayCallers(known)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s:\nMayCallers %v\nMayCall    %v", src, got, want)
 		}
 	}
 }
