@@ -161,6 +161,9 @@ func (f *Firewall) Applied() (HostTable, error) {
 	for _, r := range rules {
 		port, lookup, lo, counted, verdict := decodeRule(r.Exprs)
 		if port == 0 {
+			if !isCtEstablished(r.Exprs) {
+				out.Unknown = append(out.Unknown, fmt.Sprintf("a rule of %d expressions matching no port", len(r.Exprs)))
+			}
 			continue
 		}
 		comment, _ := userdata.GetString(r.UserData, userdata.TypeComment)
@@ -174,10 +177,16 @@ func (f *Firewall) Applied() (HostTable, error) {
 			p.Service = parseIDOrZero(comment)
 		case lo && proxy[port] == nil && app[port] == nil && isAppComment(comment):
 			app[port] = &AppPort{Port: port, Service: parseIDOrZero(comment[:len(comment)-len(" (application)")])}
-		case lo:
+		case lo && verdict == expr.VerdictAccept:
 			proxyAt(proxy, port).Loopback = true
-		case counted:
-			// the closing counter (and drop) of a port
+		case counted && (verdict == expr.VerdictDrop || verdict == -100):
+			// the closing counter (and drop) of a port: a port closed to
+			// all has nothing else
+			if proxy[port] == nil && app[port] == nil {
+				proxyAt(proxy, port)
+			}
+		default:
+			out.Unknown = append(out.Unknown, fmt.Sprintf("a rule at port %d that netpol does not write", port))
 		}
 	}
 	for _, p := range proxy {
@@ -273,6 +282,10 @@ func saddrIn(s *nftables.Set, v6 bool) []expr.Any {
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
 		&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
 	}
+}
+
+func isCtEstablished(es []expr.Any) bool {
+	return len(es) == 4 && func() bool { c, ok := es[0].(*expr.Ct); return ok && c.Key == expr.CtKeySTATE }()
 }
 
 // decodeRule reads back a rule of the shapes Apply writes.

@@ -186,6 +186,12 @@ func TestEnforcementInNamespaces(t *testing.T) {
 	if d := DiffLines(v.HostTable(l.addr(2)).NFT(), got.NFT()); len(d) == 0 {
 		t.Fatal("an address added by hand was not found")
 	}
+	// A rule added by hand to our chain is found too.
+	run(t, "ip", "netns", "exec", l.ns(2), "nft", "add", "rule", "inet", TableName, "input", "tcp", "dport", "22", "accept")
+	got, _ = fw.Applied()
+	if d := strings.Join(DiffLines(v.HostTable(l.addr(2)).NFT(), got.NFT()), "\n"); !strings.Contains(d, "port 22") {
+		t.Fatalf("a rule added by hand was not found:\n%s", d)
+	}
 	// Report mode drops nothing, and still counts.
 	rep := Build(placements, mustPolicies(t, fmt.Sprintf(pay, "spiffe://example.org/orders"))).HostTable(l.addr(2))
 	rep.Report = true

@@ -30,6 +30,9 @@ type HostTable struct {
 	// Report only counts what would be dropped (rampart agent
 	// --netpol=report): nothing is.
 	Report bool `json:"report,omitempty"`
+	// Unknown lists rules found in our table that netpol does not write
+	// (Firewall.Applied): someone edited it by hand.
+	Unknown []string `json:"unknown,omitempty"`
 }
 
 // ProxyPort is an inbound port and who may open a connection to it.
@@ -163,6 +166,9 @@ func (t HostTable) NFT() string {
 		fmt.Fprintf(&b, "\t\t# %s: the application behind its proxy, loopback only\n", p.Service)
 		fmt.Fprintf(&b, "\t\ttcp dport %d iif \"lo\" accept\n", p.Port)
 		fmt.Fprintf(&b, "\t\ttcp dport %d counter name %q%s\n", p.Port, CounterName(p.Port), verdict)
+	}
+	for _, u := range t.Unknown {
+		fmt.Fprintf(&b, "\t\t!! %s\n", u)
 	}
 	b.WriteString("\t}\n}\n")
 	return b.String()
