@@ -172,7 +172,7 @@ func TestDefaultRules(t *testing.T) {
 			[]*audit.Entry{shipped(ev(0, "audit.entries_dropped", "failure", "120 audit entries dropped", audit.Actor{SpiffeID: orders}, map[string]string{"count": "120"}))},
 			[]*audit.Entry{ev(0, "audit.seal", "success", "", audit.Actor{SpiffeID: orders}, nil)}},
 		{"netpol-port-scan",
-			[]*audit.Entry{netpolDropped(0, "scan", agentSource), netpolDropped(time.Minute, "scan", agentSource)}, // one alert per host in 10m
+			[]*audit.Entry{netpolDropped(0, "scan", agentSource), netpolDropped(time.Minute, "scan", agentSource)},           // one alert per host in 10m
 			[]*audit.Entry{netpolDropped(0, "drops", agentSource), netpolDropped(0, "scan", "spiffe://example.org/orders")}}, // a workload cannot forge it
 		{"vulnerable-workload-running",
 			[]*audit.Entry{vulnerable(0, "called", "HIGH"), vulnerable(time.Minute, "called", "HIGH")}, // one alert per finding a day
