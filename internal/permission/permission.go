@@ -4,7 +4,7 @@
 // table says which, and docs/api.md prints it). A permission is a noun
 // and a verb, "noun.verb": the noun is what is acted on (entry, agent,
 // svid, ca, policy, alert, oauth.client, oauth.user, kms, scan,
-// inventory, backup, acme), the
+// inventory, backup, acme, netpol), the
 // verb what is done to it. "read" only ever reads; every other verb
 // changes something or acts, and is named for the act (write, evict,
 // revoke, rotate, manage, except, run, drill, admin) so that a role can be
@@ -68,6 +68,8 @@ const (
 	ACMERead   Permission = "acme.read"
 	ACMEEnrol  Permission = "acme.enrol"
 	ACMERevoke Permission = "acme.revoke"
+
+	NetpolRead Permission = "netpol.read"
 )
 
 // Info describes a permission.
@@ -107,6 +109,7 @@ var All = []Info{
 	{ACMERead, "list ACME external account binding keys (never their HMAC keys) and the certificates issued through ACME"},
 	{ACMEEnrol, "create and revoke ACME external account binding keys (which clients may register, for which names)"},
 	{ACMERevoke, "revoke certificates issued through ACME"},
+	{NetpolRead, "read the network view (placements, allowed edges) that network policies are rendered from"},
 }
 
 // Valid says whether p is in the vocabulary.

@@ -31,6 +31,7 @@ import (
 	"github.com/rampartsec/rampart/internal/inventory"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
+	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/safedir"
@@ -134,6 +135,7 @@ type Server struct {
 	accounts        *oauth.Accounts // OAuth clients and users
 	registrar       *registration.Registrar
 	scan            *inventory.API  // vulnerability database, gates, inventory
+	netpol          *netpol.API     // placements and the network view
 	backup          *backup.Runner  // nil: no backups configured
 	acme            *acme.Server    // nil: ACME disabled
 	kmsAPI          *kms.API        // the key store, its key-use policy and its API
@@ -268,6 +270,10 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Now: cfg.Now, Log: cfg.Log}
 	if ss, ok := store.Scan(st); ok { // nil: the store has no scan tables
 		s.scan.Inventory = &inventory.Inventory{Store: ss, Now: cfg.Now}
+	}
+	s.netpol = &netpol.API{Policies: st, Entries: st, Caller: agentFrom, Refused: s.refused, Now: cfg.Now, Log: cfg.Log}
+	if ns, ok := store.Netpol(st); ok {
+		s.netpol.Placements = ns
 	}
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)
