@@ -89,8 +89,14 @@ func (p *Provider) clientRequest(w http.ResponseWriter, r *http.Request) (*authe
 	if err != nil {
 		var oe *oauthError
 		if errors.As(err, &oe) {
-			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.reason(), "client_id", r.PostForm.Get("client_id"),
-				"endpoint", r.URL.Path, "grant_type", r.PostForm.Get("grant_type"))
+			// Nothing the caller sent is proven: its client_id is a
+			// claim, recorded as such (quoted, clipped), and the actor
+			// is anonymous, so no alert names a client on its word.
+			kv := []string{"endpoint", r.URL.Path, "grant_type", claimed(r.PostForm.Get("grant_type"))}
+			if id := claimedClientID(r); id != "" {
+				kv = append(kv, "claimed_client_id", claimed(id))
+			}
+			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.reason(), kv...)
 		}
 		writeOAuthError(w, err)
 		return nil, false
@@ -254,6 +260,9 @@ func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 			code = "invalid_dpop_proof"
 		}
 		kv := []string{"scheme", scheme}
+		if errors.Is(err, accesstoken.ErrRevoked) {
+			kv = append(kv, "revoked_credential", "access_token")
+		}
 		if claims != nil {
 			kv = append(kv, "client_id", claims.ClientID, "user", claims.Subject, "jti", claims.ID)
 		}

@@ -12,9 +12,11 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -516,6 +518,17 @@ type oauthError struct {
 	// debug, if set, is the reason for the audit log when the client is
 	// told less (fosite's WithDebug).
 	debug string
+	// revoked names the kind of credential the refusal found revoked
+	// (access_token, refresh_token, code): the audit entry's
+	// details.revoked_credential, which the revoked-credential-use rule
+	// matches. Set only by the server's own checks, never from text.
+	revoked string
+}
+
+// withRevoked marks e as the refusal of a revoked credential of kind.
+func (e *oauthError) withRevoked(kind string) *oauthError {
+	e.revoked = kind
+	return e
 }
 
 // reason is what the audit log records of e.
@@ -590,7 +603,10 @@ func (p *Provider) entry(r *http.Request, action, outcome, reason string, kv ...
 		e.Details[kv[i]] = kv[i+1]
 	}
 	if e.Actor.User == "" && e.Actor.SpiffeID == "" {
-		// An OAuth client acting for itself, or nobody known yet.
+		// An OAuth client acting for itself (client_id is only ever an
+		// authenticated client's, or one read from a token this server
+		// signed), or nobody known yet: what an unauthenticated caller
+		// typed is claimed_client_id, never the actor.
 		if id := e.Details["client_id"]; id != "" {
 			e.Actor.User = "client:" + id
 		} else {
@@ -598,6 +614,26 @@ func (p *Provider) entry(r *http.Request, action, outcome, reason string, kv ...
 		}
 	}
 	return e
+}
+
+// maxClaimedLen bounds what an unauthenticated caller's identifier takes
+// in an audit entry or an error.
+const maxClaimedLen = 64
+
+// claimed returns an identifier an unauthenticated caller sent (a
+// client_id, an assertion's subject) as it may be recorded: quoted, so
+// control characters and quotes are escaped and it cannot pass for the
+// server's own text, and clipped to maxClaimedLen bytes. It goes in a
+// claimed_* detail or a reason, never in the actor.
+func claimed(s string) string {
+	if len(s) > maxClaimedLen {
+		cut := maxClaimedLen
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
+	}
+	return strconv.Quote(s)
 }
 
 func (p *Provider) record(r *http.Request, action, outcome, reason string, kv ...string) {

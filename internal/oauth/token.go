@@ -43,6 +43,7 @@ type tokenResponse struct {
 type grantKind struct {
 	kind        string // store.GrantCode or store.GrantRefresh
 	name        string
+	credential  string // details.revoked_credential when a revoked one is used
 	reuseAction string // audit action of a reuse
 	reuseReason string // and its reason
 }
@@ -50,24 +51,24 @@ type grantKind struct {
 var (
 	// RFC 6749 §4.1.2: a code used twice was intercepted; what the first
 	// use issued is revoked.
-	codeKind = grantKind{store.GrantCode, "authorization code", "oauth.code_reuse", "authorization code reused; its tokens are revoked"}
+	codeKind = grantKind{store.GrantCode, "authorization code", "code", "oauth.code_reuse", "authorization code reused; its tokens are revoked"}
 	// RFC 9700 §4.14.2: a rotated refresh token that comes back was
 	// stolen; nobody can tell the thief from the client, so the whole
 	// family goes.
-	refreshKind = grantKind{store.GrantRefresh, "refresh token", "oauth.refresh_reuse", "refresh token reused; its family is revoked"}
+	refreshKind = grantKind{store.GrantRefresh, "refresh token", "refresh_token", "oauth.refresh_reuse", "refresh token reused; its family is revoked"}
 )
 
 // useGrant consumes a code or refresh token presented by c. A second use,
 // or a use by a client other than the one it was issued to, revokes every
 // token of its family and is audited; a token already revoked is refused
-// with "revoked" in the reason (what the revoked-credential-use rule
-// looks for; handleToken audits the refusal).
+// and marked revoked (details.revoked_credential, what the
+// revoked-credential-use rule looks for; handleToken audits the refusal).
 func (p *Provider) useGrant(r *http.Request, c *authedClient, k grantKind, value string) (store.OAuthGrant, error) {
 	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), k.kind, hashToken(value), p.cfg.Now())
 	reason := ""
 	switch {
 	case errors.Is(err, store.ErrGrantReused) && g.Revoked:
-		return g, errf(http.StatusBadRequest, "invalid_grant", "%s revoked", k.name)
+		return g, errf(http.StatusBadRequest, "invalid_grant", "%s revoked", k.name).withRevoked(k.credential)
 	case errors.Is(err, store.ErrGrantReused):
 		reason = k.reuseReason
 	case errors.Is(err, store.ErrNotFound):
@@ -154,7 +155,8 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var oe *oauthError
 		if errors.As(err, &oe) {
-			p.record(r, "oauth.token", audit.OutcomeDenied, oe.reason(), "client_id", c.ID, "grant_type", grant)
+			p.record(r, "oauth.token", audit.OutcomeDenied, oe.reason(), "client_id", c.ID, "grant_type", grant,
+				"revoked_credential", oe.revoked)
 		} else {
 			p.cfg.Log.Error("token endpoint failed", "grant_type", grant, "err", err)
 		}
@@ -375,7 +377,11 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	// service can only pass on the rights of users who called it.
 	sub, err := p.VerifyAccessToken(f.Get("subject_token"), "")
 	if err != nil {
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", err)
+		oe := errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", err)
+		if errors.Is(err, accesstoken.ErrRevoked) {
+			oe.revoked = "access_token"
+		}
+		return nil, oe
 	}
 	if !sub.Audience.Contains(c.ID) && (c.SPIFFEID == "" || !sub.Audience.Contains(c.SPIFFEID)) {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token is addressed to %v, not to the client %s exchanging it", []string(sub.Audience), c.actor())
@@ -419,7 +425,7 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	err = p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, Parent: sub.SessionID, ClientID: c.ID,
 		Subject: userOf(sub), ExpiresAt: now.Add(ttl), CreatedAt: now})
 	if errors.Is(err, store.ErrRevoked) {
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", accesstoken.ErrRevoked)
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", accesstoken.ErrRevoked).withRevoked("access_token")
 	}
 	if err != nil {
 		return nil, err
