@@ -145,9 +145,10 @@ func (p *Provider) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
-// userOf returns the user a token speaks for, "" for a client's own token.
+// userOf returns the user a token speaks for, "" for a client's own token
+// (client credentials, or exchanged from one: sub_type client).
 func userOf(c *accesstoken.Claims) string {
-	if c.Subject == c.ClientID || strings.HasPrefix(c.Subject, "spiffe://") {
+	if !c.ForUser() {
 		return ""
 	}
 	return c.Subject

@@ -10,8 +10,10 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/rampartsec/rampart/internal/accesstoken"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/detect"
+	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/store"
 )
@@ -121,5 +123,126 @@ func TestRevokedRefreshTokenUseAlerts(t *testing.T) {
 	a := h.alerts(t)["revoked-credential-use"]
 	if len(a) != 1 || !strings.Contains(a[0], "client:web") {
 		t.Fatalf("revoked-credential-use alerts %q, want one naming client:web", a)
+	}
+}
+
+// dpopExchange has service i exchange subject for a token addressed to
+// audience, with a DPoP proof ("" none) for the token endpoint.
+func (h *harness) dpopExchange(t *testing.T, i int, subject, audience, proof string) (int, map[string]any) {
+	t.Helper()
+	f := url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {subject},
+		"subject_token_type": {"urn:ietf:params:oauth:token-type:access_token"}, "audience": {audience}, "client_id": {"svc-" + string(rune('0'+i))}}
+	req, _ := http.NewRequest(http.MethodPost, h.srv.URL+oauth.PathToken, strings.NewReader(f.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if proof != "" {
+		req.Header.Set("DPoP", proof)
+	}
+	return h.doWith(h.mtlsClient(h.ca.svid(t, svc(i))), req)
+}
+
+// Finding 2: token exchange ignored the subject token's DPoP binding, so a
+// stolen DPoP-bound token, exchanged, became a token usable without the
+// key. Now the exchange needs a proof by the same key, and the new token
+// keeps the binding.
+func TestExchangeKeepsDPoPBinding(t *testing.T) {
+	h, _ := deputyHarness(t)
+	h.client(store.OAuthClient{ID: "spa", AuthMethod: "none", RedirectURIs: []string{redirect},
+		GrantTypes: []string{"authorization_code"}, Audience: []string{svc(0)}})
+	key, thief := newKey(t), newKey(t)
+	jkt, _ := dpop.Thumbprint(key.Public())
+	q := codeQuery("spa", fixedCh)
+	q.Set("dpop_jkt", jkt)
+	q.Set("resource", svc(0))
+	code := codeFrom(t, h.login(h.browser(), authURL(h, q), "alice", "alice-password", ""), "s")
+	form := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirect}, "code_verifier": {fixedVerifier}, "client_id": {"spa"}}
+	st, tok := h.postDPoP(oauth.PathToken, form, h.proof(key, "POST", oauth.PathToken, ""), "", "")
+	if st != http.StatusOK || tok["token_type"] != "DPoP" {
+		t.Fatalf("token: %d %v", st, tok)
+	}
+	bound := tok["access_token"].(string)
+
+	for _, tc := range []struct{ name, proof, want string }{
+		{"no proof", "", "bound to a DPoP key"},
+		{"a proof by another key", h.proof(thief, "POST", oauth.PathToken, ""), "another key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, out := h.dpopExchange(t, 0, bound, svc(1), tc.proof)
+			if st != http.StatusBadRequest || out["error"] != "invalid_grant" || !strings.Contains(out["error_description"].(string), tc.want) {
+				t.Fatalf("exchange of a DPoP-bound token with %s: %d %v, want invalid_grant naming %q", tc.name, st, out, tc.want)
+			}
+		})
+	}
+	// With a proof by the key, the exchange goes through and the new
+	// token is bound to the same key (and to svc-0's certificate).
+	st, out := h.dpopExchange(t, 0, bound, svc(1), h.proof(key, "POST", oauth.PathToken, ""))
+	if st != http.StatusOK || out["token_type"] != "DPoP" {
+		t.Fatalf("exchange with a proof by the token's key: %d %v", st, out)
+	}
+	c, err := h.p.VerifyAccessToken(out["access_token"].(string), svc(1))
+	if err != nil || c.Cnf == nil || c.Cnf.JKT != jkt {
+		t.Fatalf("exchanged token cnf %+v (%v), want jkt %s", c.Cnf, err, jkt)
+	}
+	if err := c.CheckBinding(nil, ""); err == nil {
+		t.Fatal("the exchanged token is usable as a plain bearer token")
+	}
+}
+
+// Finding 3: a client's own (client credentials) token, exchanged by
+// another client, looked like a user's token (its sub was no longer its
+// client_id), so userinfo, introspection and policies treated the
+// machine as a user, here as the user who happens to share its name. The
+// exchanged token now says it acts for a client (sub_type client).
+func TestExchangedMachineTokenIsNoUser(t *testing.T) {
+	h := newHarness(t)
+	userinfoURL := h.srv.URL + oauth.PathUserinfo
+	robot := h.client(store.OAuthClient{ID: "robot", AuthMethod: "client_secret_basic", GrantTypes: []string{"client_credentials"},
+		Scopes: []string{"openid", "profile"}, Audience: []string{svc(0)}})
+	h.client(store.OAuthClient{ID: "svc-0", AuthMethod: "tls_client_auth", SPIFFEID: svc(0),
+		GrantTypes: []string{oauth.GrantTokenExchange}, Audience: []string{svc(1), userinfoURL}})
+	h.user("robot", "a-user-who-shares-the-name") // what userinfo would have described
+	st, out := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"client_credentials"}, "scope": {"openid profile"}}, "robot", robot)
+	if st != http.StatusOK {
+		t.Fatalf("client credentials: %d %v", st, out)
+	}
+	own := out["access_token"].(string)
+	if c, _ := h.p.VerifyAccessToken(own, ""); c.SubjectType != accesstoken.SubjectClient || c.ForUser() {
+		t.Fatalf("client credentials token: sub_type %q", c.SubjectType)
+	}
+	svc0 := h.mtlsClient(h.ca.svid(t, svc(0))) // one certificate: exchanged tokens are bound to it
+	for _, aud := range []string{svc(1), userinfoURL} {
+		st, out := h.exchangeWith(t, svc0, 0, own, aud)
+		if st != http.StatusOK {
+			t.Fatalf("exchange for %s: %d %v", aud, st, out)
+		}
+		ex := out["access_token"].(string)
+		c, err := h.p.VerifyAccessToken(ex, aud)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Subject != "robot" || c.ClientID != "svc-0" || c.SubjectType != accesstoken.SubjectClient || c.ForUser() {
+			t.Fatalf("exchanged machine token: sub %q client_id %q sub_type %q, want sub_type client", c.Subject, c.ClientID, c.SubjectType)
+		}
+		if aud == userinfoURL {
+			if st, body := userinfoWith(h, svc0, "Bearer", ex, ""); st != http.StatusUnauthorized || !strings.Contains(body, "no user") {
+				t.Fatalf("userinfo with an exchanged machine token: %d %s", st, body)
+			}
+			continue
+		}
+		// Introspection (by the audience) names no username.
+		h.client(store.OAuthClient{ID: "svc-1", AuthMethod: "tls_client_auth", SPIFFEID: svc(1), GrantTypes: []string{oauth.GrantTokenExchange}})
+		_, in := h.post(h.mtlsClient(h.ca.svid(t, svc(1))), oauth.PathIntrospect, url.Values{"token": {ex}, "client_id": {"svc-1"}}, "", "")
+		if in["active"] != true || in["username"] != nil {
+			t.Fatalf("introspection of an exchanged machine token: %v", in)
+		}
+	}
+	// The audit log names no user for the exchange either.
+	for _, e := range h.audited("oauth.token_exchange") {
+		if e.Actor.User == "robot" || e.Details["user"] != "" {
+			t.Fatalf("exchange of a machine token audited as user %q (details %v)", e.Actor.User, e.Details)
+		}
+	}
+	// A user's token stays a user's through exchange.
+	if c := (&accesstoken.Claims{Subject: "alice", ClientID: "svc-0", SubjectType: accesstoken.SubjectUser}); !c.ForUser() {
+		t.Fatal("a user's exchanged token is no user's")
 	}
 }

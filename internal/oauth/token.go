@@ -216,7 +216,7 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 	if len(aud) == 0 {
 		aud = defaultAudience(c)
 	}
-	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: d.Scope, audience: aud,
+	resp, err := p.issue(r, c, issueParams{subject: u.Username, subjectType: accesstoken.SubjectUser, groups: u.Groups, scope: d.Scope, audience: aud,
 		sid: g.Family, authTime: d.AuthTime, grant: "authorization_code", ttl: p.cfg.AccessTokenTTL})
 	if err != nil {
 		return nil, err
@@ -312,7 +312,7 @@ func (p *Provider) clientCredentials(r *http.Request, c *authedClient) (*tokenRe
 		ExpiresAt: now.Add(p.cfg.AccessTokenTTL), CreatedAt: now}); err != nil {
 		return nil, err
 	}
-	return p.issue(r, c, issueParams{subject: c.actor(), scope: scope, audience: aud, grant: "client_credentials",
+	return p.issue(r, c, issueParams{subject: c.actor(), subjectType: accesstoken.SubjectClient, scope: scope, audience: aud, grant: "client_credentials",
 		ttl: p.cfg.AccessTokenTTL, sid: family})
 }
 
@@ -346,7 +346,7 @@ func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenRespons
 	if len(aud) == 0 {
 		aud = defaultAudience(c)
 	}
-	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: scope, audience: aud,
+	resp, err := p.issue(r, c, issueParams{subject: u.Username, subjectType: accesstoken.SubjectUser, groups: u.Groups, scope: scope, audience: aud,
 		sid: g.Family, authTime: d.AuthTime, grant: "refresh_token", ttl: p.cfg.AccessTokenTTL})
 	if err != nil {
 		return nil, err
@@ -385,6 +385,17 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	}
 	if !sub.Audience.Contains(c.ID) && (c.SPIFFEID == "" || !sub.Audience.Contains(c.SPIFFEID)) {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token is addressed to %v, not to the client %s exchanging it", []string(sub.Audience), c.actor())
+	}
+	// A token bound to a DPoP key (cnf.jkt, RFC 9449) is only worth
+	// something with a proof by that key; exchanging it without one would
+	// make it a bearer token again. So the exchange needs a proof by the
+	// same key (this request's DPoP header), and the new token is bound to
+	// it in turn (issue binds to c.dpopJKT).
+	if sub.Cnf != nil && sub.Cnf.JKT != "" && c.dpopJKT != sub.Cnf.JKT {
+		if c.dpopJKT == "" {
+			return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token is bound to a DPoP key (cnf.jkt): exchange it with a DPoP proof made with that key")
+		}
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "the DPoP proof is made with another key than the subject_token is bound to (cnf.jkt)")
 	}
 	// The new token never outlives the one it was exchanged for: its
 	// lifetime is what the subject has left (the verifier, allowing no
@@ -430,7 +441,14 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	if err != nil {
 		return nil, err
 	}
-	resp, err := p.issue(r, c, issueParams{subject: sub.Subject, groups: sub.Groups, scope: scope, audience: aud,
+	// The new token speaks for whom the subject spoke: a user, or the
+	// client that obtained it for itself, whose token never becomes a
+	// user's by passing through another client (sub_type).
+	subType := accesstoken.SubjectClient
+	if sub.ForUser() {
+		subType = accesstoken.SubjectUser
+	}
+	resp, err := p.issue(r, c, issueParams{subject: sub.Subject, subjectType: subType, groups: sub.Groups, scope: scope, audience: aud,
 		sid: family, authTime: sub.AuthTime, act: &accesstoken.Actor{Subject: c.actor(), Act: sub.Act},
 		ttl: ttl, grant: GrantTokenExchange, from: sub.ID})
 	if err != nil {
@@ -441,7 +459,11 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 }
 
 type issueParams struct {
-	subject  string
+	subject string
+	// subjectType is sub_type: accesstoken.SubjectUser or SubjectClient.
+	// Unset, the subject is the client itself (SubjectClient) or a user,
+	// which is right for every grant but an exchange, which sets it.
+	subjectType string
 	groups   []string
 	scope    []string
 	audience []string
@@ -490,11 +512,17 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 	if ttl <= 0 {
 		return nil, fmt.Errorf("oauth: access token lifetime %v for %s: must be positive", ttl, ip.grant)
 	}
+	if ip.subjectType == "" {
+		ip.subjectType = accesstoken.SubjectUser
+		if ip.subject == c.actor() {
+			ip.subjectType = accesstoken.SubjectClient
+		}
+	}
 	claims := accesstoken.Claims{
 		Issuer: p.cfg.Issuer, Subject: ip.subject, Audience: jwt.Audience(ip.audience),
 		Expiry: jwt.NewNumericDate(now.Add(ttl)), NotBefore: jwt.NewNumericDate(now), IssuedAt: jwt.NewNumericDate(now),
 		ID: randomToken()[:22], ClientID: c.ID, Scope: strings.Join(ip.scope, " "), SessionID: ip.sid,
-		AuthTime: ip.authTime, Groups: ip.groups, Act: ip.act,
+		AuthTime: ip.authTime, Groups: ip.groups, Act: ip.act, SubjectType: ip.subjectType,
 	}
 	if c.cert != nil || c.dpopJKT != "" {
 		claims.Cnf = &accesstoken.Confirmation{JKT: c.dpopJKT}
@@ -509,8 +537,11 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 	kv := []string{"client_id", c.ID, "grant_type", ip.grant, "jti", claims.ID, "sid", ip.sid,
 		"aud", strings.Join(ip.audience, " "), "scope", claims.Scope, "target", strings.Join(ip.audience, " "),
 		"exchanged_jti", ip.from}
-	if ip.subject != c.actor() {
+	switch {
+	case ip.subjectType == accesstoken.SubjectUser:
 		kv = append(kv, "user", ip.subject)
+	case ip.subject != c.actor():
+		kv = append(kv, "subject_client", ip.subject) // a machine's token exchanged: no user
 	}
 	if c.SPIFFEID != "" {
 		kv = append(kv, "spiffe_id", c.SPIFFEID)
