@@ -464,15 +464,15 @@ type issueParams struct {
 	// Unset, the subject is the client itself (SubjectClient) or a user,
 	// which is right for every grant but an exchange, which sets it.
 	subjectType string
-	groups   []string
-	scope    []string
-	audience []string
-	sid      string
-	authTime int64
-	act      *accesstoken.Actor
-	ttl      time.Duration // required: issue refuses zero or less
-	grant    string
-	from     string // jti of the token exchanged
+	groups      []string
+	scope       []string
+	audience    []string
+	sid         string
+	authTime    int64
+	act         *accesstoken.Actor
+	ttl         time.Duration // required: issue refuses zero or less
+	grant       string
+	from        string // jti of the token exchanged
 }
 
 // checkActChain refuses an exchange that would nest act deeper than
