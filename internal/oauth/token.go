@@ -459,20 +459,21 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 }
 
 type issueParams struct {
-	subject string
+	subject  string
+	groups   []string
+	scope    []string
+	audience []string
+	sid      string
+	authTime int64
+	act      *accesstoken.Actor
+	ttl      time.Duration // required: issue refuses zero or less
+	grant    string
+	from     string // jti of the token exchanged
+
 	// subjectType is sub_type: accesstoken.SubjectUser or SubjectClient.
 	// Unset, the subject is the client itself (SubjectClient) or a user,
 	// which is right for every grant but an exchange, which sets it.
 	subjectType string
-	groups      []string
-	scope       []string
-	audience    []string
-	sid         string
-	authTime    int64
-	act         *accesstoken.Actor
-	ttl         time.Duration // required: issue refuses zero or less
-	grant       string
-	from        string // jti of the token exchanged
 }
 
 // checkActChain refuses an exchange that would nest act deeper than
