@@ -202,10 +202,16 @@ func Verify(raw string, keys KeySet, o Options) (*Claims, error) {
 // clock and the issuer's.
 const DefaultLeeway = 30 * time.Second
 
+// MaxLeeway is the most skew any verifier may allow. The issuer keeps a
+// revocation on the list it hands out until the revoked tokens' exp plus
+// MaxLeeway: a verifier allowing more would take a revoked token again
+// once its revocation has been dropped.
+const MaxLeeway = DefaultLeeway
+
 func check(c *Claims, o Options) error {
 	leeway := o.Leeway
-	if leeway < 0 {
-		return fmt.Errorf("%w: negative leeway %v", ErrClaims, leeway)
+	if leeway < 0 || leeway > MaxLeeway {
+		return fmt.Errorf("%w: leeway %v: want 0 to MaxLeeway (%v), the time revocations outlive exp", ErrClaims, leeway, MaxLeeway)
 	}
 	now := o.Now
 	if now.IsZero() {

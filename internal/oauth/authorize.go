@@ -271,7 +271,7 @@ func (p *Provider) issueCode(w http.ResponseWriter, r *http.Request, req *authzR
 	// of the last token it can lead to, so disabling the user or the
 	// client finds it.
 	family := randomToken()[:22]
-	end := now.Add(p.cfg.CodeTTL + p.cfg.AccessTokenTTL)
+	end := now.Add(p.cfg.CodeTTL + p.cfg.AccessTokenTTL + revocationGrace)
 	if slices.Contains(req.client.GrantTypes, "refresh_token") {
 		end = end.Add(p.cfg.RefreshTokenTTL)
 	}

@@ -1,6 +1,7 @@
 package oauth_test
 
 import (
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -244,5 +245,123 @@ func TestExchangedMachineTokenIsNoUser(t *testing.T) {
 	// A user's token stays a user's through exchange.
 	if c := (&accesstoken.Claims{Subject: "alice", ClientID: "svc-0", SubjectType: accesstoken.SubjectUser}); !c.ForUser() {
 		t.Fatal("a user's exchanged token is no user's")
+	}
+}
+
+// jwksKeys is the provider's published keys as a resource server holds
+// them (accesstoken.KeySet).
+type jwksKeys jose.JSONWebKeySet
+
+func (k jwksKeys) Key(kid string) (any, jose.SignatureAlgorithm, bool) {
+	for _, j := range k.Keys {
+		if j.KeyID == kid {
+			return j.Key, jose.SignatureAlgorithm(j.Algorithm), true
+		}
+	}
+	return nil, "", false
+}
+
+func (k jwksKeys) Algorithms() []jose.SignatureAlgorithm {
+	return []jose.SignatureAlgorithm{jose.ES256, jose.EdDSA}
+}
+
+// atProxy verifies raw as a proxy does at the fake clock's now: the
+// issuer's keys, the revocation list the server hands out now (the
+// store's), and the default leeway on exp.
+func (h *harness) atProxy(t *testing.T, raw, audience string) error {
+	t.Helper()
+	now := h.clock.Now()
+	revs, err := h.store.ListOAuthRevocations(t.Context(), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, r := range revs {
+		listed[r.ID] = true
+	}
+	_, err = accesstoken.Verify(raw, jwksKeys(h.p.JWKS()), accesstoken.Options{Issuer: h.srv.URL, Audience: audience, Now: now,
+		Leeway: accesstoken.DefaultLeeway, Revoked: func(id string) bool { return listed[id] }})
+	return err
+}
+
+// Finding 5: a revocation was dropped from the list at its tokens' exp,
+// while proxies take a token until exp plus 30 s of leeway: a revoked
+// token was good again for those 30 s. Revocations now outlive exp by the
+// most leeway a verifier may allow (accesstoken.MaxLeeway).
+func TestRevocationOutlivesVerifierLeeway(t *testing.T) {
+	h, alice := deputyHarness(t)
+	cc := url.Values{"grant_type": {"client_credentials"}, "client_id": {"svc-2"}, "audience": {svc(3)}}
+	st, out := h.post(h.mtlsClient(h.ca.svid(t, svc(2))), oauth.PathToken, cc, "", "")
+	if st != http.StatusOK {
+		t.Fatalf("client credentials: %d %v", st, out)
+	}
+	own := out["access_token"].(string)
+	_, out = h.exchange(t, 0, alice, svc(1))
+	exchanged := out["access_token"].(string)
+	h.clock.Add(time.Minute)
+	// svc-2 and svc-0 disabled: their tokens are revoked by family.
+	for _, id := range []string{"svc-2", "svc-0"} {
+		if _, err := h.p.RevokeClient(t.Context(), id, "client disabled"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, tc := range map[string]struct{ tok, aud string }{"client credentials": {own, svc(3)}, "exchanged": {exchanged, svc(1)}} {
+		c, err := h.p.VerifyAccessToken(tc.tok, "")
+		if err == nil {
+			t.Fatalf("%s: verifies at the issuer after revocation", name)
+		}
+		c, _ = (&accesstoken.Verifier{Keys: jwksKeys(h.p.JWKS()), Issuer: h.srv.URL}).Verify(tc.tok)
+		exp := c.Expiry.Time()
+		for _, at := range []time.Duration{-time.Second, 0, time.Second, accesstoken.MaxLeeway - time.Second} {
+			h.clock.Set(exp.Add(at))
+			if err := h.atProxy(t, tc.tok, tc.aud); !errors.Is(err, accesstoken.ErrRevoked) {
+				t.Errorf("%s token %v after its exp, at a proxy (leeway %v): %v, want revoked", name, at, accesstoken.DefaultLeeway, err)
+			}
+		}
+		h.clock.Set(exp.Add(accesstoken.MaxLeeway))
+		if err := h.atProxy(t, tc.tok, tc.aud); err == nil {
+			t.Errorf("%s token past exp + leeway: verifies", name)
+		}
+	}
+}
+
+// Finding 6: revoking an access token (RFC 7009) revoked its jti only;
+// the tokens exchanged from it (families of their own, children of the
+// subject's family, not of the token) lived on. Now an exchanged token's
+// family descends from the subject token's jti: revoking the token
+// revokes every token exchanged from it, however many hops down, and
+// leaves its siblings alone.
+func TestRevokingATokenRevokesItsExchanges(t *testing.T) {
+	h, alice := deputyHarness(t)
+	gw := h.secrets["gateway"]
+	_, out := h.exchange(t, 0, alice, svc(1))
+	hop1 := out["access_token"].(string)
+	_, out = h.exchange(t, 1, hop1, svc(2))
+	hop2 := out["access_token"].(string)
+	// A sibling: svc-0's own token, exchanged from nothing of alice's.
+	cc := url.Values{"grant_type": {"client_credentials"}, "client_id": {"svc-0"}, "audience": {svc(1)}}
+	_, out = h.post(h.mtlsClient(h.ca.svid(t, svc(0))), oauth.PathToken, cc, "", "")
+	sibling := out["access_token"].(string)
+
+	if st, _ := h.post(nil, oauth.PathRevoke, url.Values{"token": {alice}}, "gateway", gw); st != http.StatusOK {
+		t.Fatalf("revoke: %d", st)
+	}
+	for name, tc := range map[string]struct{ tok, aud string }{"alice's token": {alice, svc(0)}, "hop 1": {hop1, svc(1)}, "hop 2": {hop2, svc(2)}} {
+		if _, err := h.p.VerifyAccessToken(tc.tok, ""); !errors.Is(err, accesstoken.ErrRevoked) {
+			t.Errorf("%s at the issuer after alice's token was revoked: %v", name, err)
+		}
+		if err := h.atProxy(t, tc.tok, tc.aud); !errors.Is(err, accesstoken.ErrRevoked) {
+			t.Errorf("%s at a proxy after alice's token was revoked: %v", name, err)
+		}
+	}
+	if _, err := h.p.VerifyAccessToken(sibling, ""); err != nil {
+		t.Errorf("svc-0's own token was revoked with alice's: %v", err)
+	}
+	if st, out := h.exchange(t, 1, hop1, svc(2)); st != http.StatusBadRequest {
+		t.Errorf("exchange of a descendant of a revoked token: %d %v", st, out)
+	}
+	// The token's jti, hop 1's family, hop 1's jti, hop 2's family.
+	if e := h.audited("oauth.token_revoke"); len(e) != 1 || e[0].Details["revoked_families"] != "4" {
+		t.Errorf("revocation audited as %+v, want one entry naming 4 revoked families", e)
 	}
 }

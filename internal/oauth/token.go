@@ -309,7 +309,7 @@ func (p *Provider) clientCredentials(r *http.Request, c *authedClient) (*tokenRe
 	now := p.cfg.Now()
 	family := randomToken()[:22]
 	if err := p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, ClientID: c.ID,
-		ExpiresAt: now.Add(p.cfg.AccessTokenTTL), CreatedAt: now}); err != nil {
+		ExpiresAt: now.Add(p.cfg.AccessTokenTTL + revocationGrace), CreatedAt: now}); err != nil {
 		return nil, err
 	}
 	return p.issue(r, c, issueParams{subject: c.actor(), subjectType: accesstoken.SubjectClient, scope: scope, audience: aud, grant: "client_credentials",
@@ -432,9 +432,20 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	// client revokes it without touching the user's other tokens.
 	ttl := min(left, p.cfg.AccessTokenTTL)
 	now := p.cfg.Now()
+	// The subject token itself becomes a family (its jti), a child of its
+	// own family and the parent of the new one, so that revoking just
+	// that token (RFC 7009, by jti) revokes what was exchanged from it.
+	// Recorded once; a second exchange of the same token finds it.
+	err = p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: sub.ID, Parent: sub.SessionID, ClientID: sub.ClientID,
+		Subject: userOf(sub), ExpiresAt: sub.Expiry.Time().Add(revocationGrace), CreatedAt: now})
+	if errors.Is(err, store.ErrConflict) {
+		err = nil
+	}
 	family := randomToken()[:22]
-	err = p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, Parent: sub.SessionID, ClientID: c.ID,
-		Subject: userOf(sub), ExpiresAt: now.Add(ttl), CreatedAt: now})
+	if err == nil {
+		err = p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, Parent: sub.ID, ClientID: c.ID,
+			Subject: userOf(sub), ExpiresAt: now.Add(ttl + revocationGrace), CreatedAt: now})
+	}
 	if errors.Is(err, store.ErrRevoked) {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", accesstoken.ErrRevoked).withRevoked("access_token")
 	}
