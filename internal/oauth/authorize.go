@@ -235,8 +235,11 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	var le *loginError
 	if errors.As(err, &le) {
 		// The typed name is a claim, not a proven actor (it may even be
-		// "admin"): the entry's actor is anonymous, the claim a detail.
-		p.record(r, "oauth.login", audit.OutcomeFailure, le.reason, "username", username, "user", "anonymous", "client_id", req.client.ID)
+		// "admin"): the entry's actor is anonymous, the claim a detail,
+		// and the target (so that repeats are counted per account, which
+		// the login-failures rule counts by).
+		p.record(r, "oauth.login", audit.OutcomeFailure, le.reason, "username", username, "user", "anonymous", "client_id", req.client.ID,
+			"target", "user "+claimed(username))
 		p.loginPage(w, r, req, false, "Wrong username, password or one-time code, or the account is locked. Try again.", http.StatusUnauthorized)
 		return
 	}

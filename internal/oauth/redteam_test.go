@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -363,5 +364,77 @@ func TestRevokingATokenRevokesItsExchanges(t *testing.T) {
 	// The token's jti, hop 1's family, hop 1's jti, hop 2's family.
 	if e := h.audited("oauth.token_revoke"); len(e) != 1 || e[0].Details["revoked_families"] != "4" {
 		t.Errorf("revocation audited as %+v, want one entry naming 4 revoked families", e)
+	}
+}
+
+// flushRefusals ends the refusal-counting interval and has the provider
+// record what it counted.
+func (h *harness) flushRefusals(t *testing.T) {
+	t.Helper()
+	h.clock.Add(audit.RefusalInterval)
+	if err := h.p.Maintain(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// counted is how many events entries stand for: an aggregate its
+// details.count, any other one.
+func counted(es []*audit.Entry) int {
+	n := 0
+	for _, e := range es {
+		if c, err := strconv.Atoi(e.Details["count"]); err == nil {
+			n += c
+		} else {
+			n++
+		}
+	}
+	return n
+}
+
+// Finding 7: every refused OAuth request was an audit entry of its own, so
+// a flood of bad requests flooded the log. Refusals are now counted per
+// kind (caller or its address, action, reason) and interval: the first
+// recorded at once, its repeats as one entry with a count; nothing is
+// lost (the counts add up to the requests).
+func TestOAuthRefusalsAggregated(t *testing.T) {
+	h := newHarness(t)
+	secret := h.client(store.OAuthClient{ID: "web", AuthMethod: "client_secret_basic", GrantTypes: []string{"authorization_code", "client_credentials"}})
+	const n = 300
+	for i := range n {
+		// Unauthenticated: wrong secrets, claimed client IDs varying.
+		if st, _ := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"client_credentials"}}, "web", "wrong-"+strconv.Itoa(i)); st != http.StatusUnauthorized {
+			t.Fatalf("wrong secret: %d", st)
+		}
+		if st, _ := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"client_credentials"}, "client_id": {"nobody-" + strconv.Itoa(i)}, "client_secret": {"x"}}, "", ""); st != http.StatusUnauthorized {
+			t.Fatalf("unknown client: %d", st)
+		}
+		// Authenticated: codes that do not exist.
+		if st, _ := h.post(nil, oauth.PathToken, url.Values{"grant_type": {"authorization_code"}, "code": {"guess-" + strconv.Itoa(i)}, "redirect_uri": {redirect}}, "web", secret); st != http.StatusBadRequest {
+			t.Fatalf("guessed code: %d", st)
+		}
+	}
+	if got := len(h.audited("oauth.client_auth")) + len(h.audited("oauth.token")); got > 3 {
+		t.Fatalf("%d entries recorded during the flood, want one per kind (3)", got)
+	}
+	h.flushRefusals(t)
+	auth, tok := h.audited("oauth.client_auth"), h.audited("oauth.token")
+	if len(auth)+len(tok) > 6 {
+		t.Fatalf("%d entries for %d refusals, want at most two per kind", len(auth)+len(tok), 3*n)
+	}
+	if got := counted(auth); got != 2*n {
+		t.Fatalf("client authentication refusals counted %d, want %d", got, 2*n)
+	}
+	if got := counted(tok); got != n {
+		t.Fatalf("token refusals counted %d, want %d", got, n)
+	}
+	for _, e := range append(auth, tok...) {
+		if e.Details["count"] != "" && (e.Details["first"] == "" || e.Details["last"] == "") {
+			t.Fatalf("aggregate without its span: %v", e.Details)
+		}
+	}
+	// The next interval starts afresh: a new refusal is recorded at once.
+	h.post(nil, oauth.PathToken, url.Values{"grant_type": {"client_credentials"}}, "web", "wrong")
+	if got := len(h.audited("oauth.client_auth")); got != len(auth)+1 {
+		t.Fatalf("first refusal of a new interval: %d entries, want %d", got, len(auth)+1)
 	}
 }
