@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/ratelimit"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -209,6 +210,16 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		case slices.Contains(req.prompt, "none") && !fresh:
 			p.redirectError(w, r, req, errf(http.StatusBadRequest, "login_required", "no login session"))
 		case fresh && !slices.Contains(req.prompt, "consent"):
+			// A silent sign-in (a session, prompt=none or none given)
+			// writes a family and a code like a login form does, but
+			// passes no login limit: it has its own (refusals counted
+			// and audited by the limiter, oauth.rate_limit).
+			if d := p.limits.authorize.Allow(ratelimit.Source(r)); !d.Allowed {
+				w.Header().Set("Retry-After", d.RetryAfter())
+				p.redirectError(w, r, req, errf(http.StatusTooManyRequests, "temporarily_unavailable",
+					"too many sign-in requests; retry after %s s", d.RetryAfter()))
+				return
+			}
 			p.issueCode(w, r, req, sess.User, sess.AuthTime)
 		default:
 			p.loginPage(w, r, req, fresh, "", http.StatusOK)

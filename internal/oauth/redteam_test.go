@@ -17,6 +17,7 @@ import (
 	"github.com/rampartsec/rampart/internal/detect"
 	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/ratelimit"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -437,4 +438,60 @@ func TestOAuthRefusalsAggregated(t *testing.T) {
 	if got := len(h.audited("oauth.client_auth")); got != len(auth)+1 {
 		t.Fatalf("first refusal of a new interval: %d entries, want %d", got, len(auth)+1)
 	}
+}
+
+// Finding 4: a signed-in browser's silent sign-ins (prompt=none, GET)
+// wrote a family and a code to the store each, unlimited, while the login
+// form has a rate limit. They now have one (RateLimits.Authorize): past
+// it, the client is told temporarily_unavailable, nothing is written, and
+// the refusals are audited counted, one entry per source and interval.
+func TestSilentSignInRateLimited(t *testing.T) {
+	tight := ratelimit.Limits{PerSource: ratelimit.Rule{Rate: 1, Burst: 5}, Global: ratelimit.Rule{Rate: 1000, Burst: 1000}}
+	h := newHarness(t, func(c *oauth.Config) { c.RateLimits.Authorize = tight })
+	h.client(store.OAuthClient{ID: "web", AuthMethod: "client_secret_basic", RedirectURIs: []string{redirect}, GrantTypes: []string{"authorization_code"}})
+	h.user("alice", "alice-password")
+	b := h.browser()
+	codeFrom(t, h.login(b, authURL(h, codeQuery("web", fixedCh)), "alice", "alice-password", ""), "s")
+	q := codeQuery("web", fixedCh)
+	q.Set("prompt", "none")
+	const n = 50
+	codes, limited := 0, 0
+	for range n {
+		resp, err := b.Get(authURL(h, q))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		loc, _ := url.Parse(resp.Header.Get("Location"))
+		switch {
+		case loc != nil && loc.Query().Get("code") != "":
+			codes++
+		case loc != nil && loc.Query().Get("error") == "temporarily_unavailable" && resp.Header.Get("Retry-After") != "":
+			limited++
+		default:
+			t.Fatalf("silent sign-in: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+	if codes != tight.PerSource.Burst || limited != n-codes {
+		t.Fatalf("%d silent sign-ins at once: %d codes, %d refused; want the burst (%d) and the rest refused", n, codes, limited, tight.PerSource.Burst)
+	}
+	if err := h.p.Maintain(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var refusals []*audit.Entry
+	for _, e := range h.audited("oauth.rate_limit") {
+		if e.Details["limiter"] == "oauth_authorize" {
+			refusals = append(refusals, e)
+		}
+	}
+	if len(refusals) != 1 || refusals[0].Details["count"] != strconv.Itoa(limited) {
+		t.Fatalf("refusals audited as %d entries (%v), want one counting %d", len(refusals), refusals, limited)
+	}
+	// It refills: a sign-in a second later is served.
+	h.clock.Add(time.Second)
+	resp, err := b.Get(authURL(h, q))
+	if err != nil {
+		t.Fatal(err)
+	}
+	codeFrom(t, resp, "s")
 }
