@@ -205,21 +205,24 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	fresh := hasSession && !slices.Contains(req.prompt, "login") &&
 		(req.maxAge < 0 || now.Unix()-sess.AuthTime <= int64(req.maxAge))
 
+	// A silent sign-in (a GET with a session, prompt=none or none given)
+	// writes a family and a code like a login form does, but passes no
+	// login limit: it has its own (refusals counted and audited by the
+	// limiter, oauth.rate_limit).
+	if r.Method == http.MethodGet && fresh && !slices.Contains(req.prompt, "consent") {
+		if d := p.limits.authorize.Allow(ratelimit.Source(r)); !d.Allowed {
+			w.Header().Set("Retry-After", d.RetryAfter())
+			p.redirectError(w, r, req, errf(http.StatusTooManyRequests, "temporarily_unavailable",
+				"too many sign-in requests; retry after %s s", d.RetryAfter()))
+			return
+		}
+	}
+
 	if r.Method == http.MethodGet {
 		switch {
 		case slices.Contains(req.prompt, "none") && !fresh:
 			p.redirectError(w, r, req, errf(http.StatusBadRequest, "login_required", "no login session"))
 		case fresh && !slices.Contains(req.prompt, "consent"):
-			// A silent sign-in (a session, prompt=none or none given)
-			// writes a family and a code like a login form does, but
-			// passes no login limit: it has its own (refusals counted
-			// and audited by the limiter, oauth.rate_limit).
-			if d := p.limits.authorize.Allow(ratelimit.Source(r)); !d.Allowed {
-				w.Header().Set("Retry-After", d.RetryAfter())
-				p.redirectError(w, r, req, errf(http.StatusTooManyRequests, "temporarily_unavailable",
-					"too many sign-in requests; retry after %s s", d.RetryAfter()))
-				return
-			}
 			p.issueCode(w, r, req, sess.User, sess.AuthTime)
 		default:
 			p.loginPage(w, r, req, fresh, "", http.StatusOK)

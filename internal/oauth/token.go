@@ -216,7 +216,7 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 	if len(aud) == 0 {
 		aud = defaultAudience(c)
 	}
-	resp, err := p.issue(r, c, issueParams{subject: u.Username, subjectType: accesstoken.SubjectUser, groups: u.Groups, scope: d.Scope, audience: aud,
+	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: d.Scope, audience: aud,
 		sid: g.Family, authTime: d.AuthTime, grant: "authorization_code", ttl: p.cfg.AccessTokenTTL})
 	if err != nil {
 		return nil, err
@@ -346,7 +346,7 @@ func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenRespons
 	if len(aud) == 0 {
 		aud = defaultAudience(c)
 	}
-	resp, err := p.issue(r, c, issueParams{subject: u.Username, subjectType: accesstoken.SubjectUser, groups: u.Groups, scope: scope, audience: aud,
+	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: scope, audience: aud,
 		sid: g.Family, authTime: d.AuthTime, grant: "refresh_token", ttl: p.cfg.AccessTokenTTL})
 	if err != nil {
 		return nil, err
@@ -482,8 +482,9 @@ type issueParams struct {
 	from     string // jti of the token exchanged
 
 	// subjectType is sub_type: accesstoken.SubjectUser or SubjectClient.
-	// Unset, the subject is the client itself (SubjectClient) or a user,
-	// which is right for every grant but an exchange, which sets it.
+	// Unset, the subject is the client itself (SubjectClient) or a user
+	// (code, refresh, device grants), which is right for every grant but
+	// an exchange, which sets it.
 	subjectType string
 }
 
@@ -534,8 +535,9 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 		Issuer: p.cfg.Issuer, Subject: ip.subject, Audience: jwt.Audience(ip.audience),
 		Expiry: jwt.NewNumericDate(now.Add(ttl)), NotBefore: jwt.NewNumericDate(now), IssuedAt: jwt.NewNumericDate(now),
 		ID: randomToken()[:22], ClientID: c.ID, Scope: strings.Join(ip.scope, " "), SessionID: ip.sid,
-		AuthTime: ip.authTime, Groups: ip.groups, Act: ip.act, SubjectType: ip.subjectType,
+		AuthTime: ip.authTime, Groups: ip.groups, Act: ip.act,
 	}
+	claims.SubjectType = ip.subjectType
 	if c.cert != nil || c.dpopJKT != "" {
 		claims.Cnf = &accesstoken.Confirmation{JKT: c.dpopJKT}
 		if c.cert != nil {
