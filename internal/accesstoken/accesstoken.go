@@ -38,6 +38,37 @@ type Claims struct {
 	Act *Actor `json:"act,omitempty"`
 	// Cnf binds the token to a key (RFC 8705 x5t#S256, RFC 9449 jkt).
 	Cnf *Confirmation `json:"cnf,omitempty"`
+	// SubjectType says what sub names: SubjectUser, an end user, or
+	// SubjectClient, an OAuth client acting for itself (a client
+	// credentials token, and every token exchanged from one, whose
+	// client_id is then another client's). The issuer sets it on every
+	// token; see ForUser.
+	SubjectType string `json:"sub_type,omitempty"`
+}
+
+// Subject types (the sub_type claim).
+const (
+	SubjectUser   = "user"
+	SubjectClient = "client"
+)
+
+// ForUser reports whether the token speaks for an end user, as user-only
+// endpoints (userinfo) and user conditions of policies need. sub_type
+// decides; any value but SubjectUser is not a user. A token without it
+// (issued before the claim existed; they live minutes) is a user's unless
+// its subject is its own client or a SPIFFE ID: the rule that, alone, took
+// a machine's token exchanged by another client for a user's.
+func (c *Claims) ForUser() bool {
+	if strings.HasPrefix(c.Subject, "spiffe://") || c.Subject == "" {
+		return false
+	}
+	switch c.SubjectType {
+	case SubjectUser:
+		return true
+	case "":
+		return c.Subject != c.ClientID
+	}
+	return false
 }
 
 // Actor is an RFC 8693 act claim.
@@ -171,10 +202,16 @@ func Verify(raw string, keys KeySet, o Options) (*Claims, error) {
 // clock and the issuer's.
 const DefaultLeeway = 30 * time.Second
 
+// MaxLeeway is the most skew any verifier may allow. The issuer keeps a
+// revocation on the list it hands out until the revoked tokens' exp plus
+// MaxLeeway: a verifier allowing more would take a revoked token again
+// once its revocation has been dropped.
+const MaxLeeway = DefaultLeeway
+
 func check(c *Claims, o Options) error {
 	leeway := o.Leeway
-	if leeway < 0 {
-		return fmt.Errorf("%w: negative leeway %v", ErrClaims, leeway)
+	if leeway < 0 || leeway > MaxLeeway {
+		return fmt.Errorf("%w: leeway %v: want 0 to MaxLeeway (%v), the time revocations outlive exp", ErrClaims, leeway, MaxLeeway)
 	}
 	now := o.Now
 	if now.IsZero() {

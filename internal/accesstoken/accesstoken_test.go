@@ -71,7 +71,10 @@ func TestVerifyClaims(t *testing.T) {
 		// The issuer itself allows no skew: a token past exp is expired.
 		{name: "no leeway at the issuer", now: t0.Add(10 * time.Minute), opts: func(o *Options) { o.Leeway = 0 }, want: ErrClaims, msg: "expired"},
 		{name: "no leeway at the issuer, nbf", now: t0.Add(-time.Second), opts: func(o *Options) { o.Leeway = 0 }, want: ErrClaims, msg: "not valid before"},
-		{name: "negative leeway", opts: func(o *Options) { o.Leeway = -time.Second }, want: ErrClaims, msg: "negative leeway"},
+		{name: "negative leeway", opts: func(o *Options) { o.Leeway = -time.Second }, want: ErrClaims, msg: "leeway -1s"},
+		// Revocations are kept until exp + MaxLeeway: more skew would take
+		// a revoked token once its revocation is gone.
+		{name: "leeway beyond what revocations outlive", opts: func(o *Options) { o.Leeway = MaxLeeway + time.Second }, want: ErrClaims, msg: "MaxLeeway"},
 		{name: "not yet valid", now: t0.Add(-time.Minute), want: ErrClaims, msg: "not valid before"},
 		{name: "no exp", mod: func(c *Claims) { c.Expiry = nil }, want: ErrClaims, msg: "exp missing"},
 		{name: "no jti", mod: func(c *Claims) { c.ID = "" }, want: ErrClaims, msg: "jti"},

@@ -29,6 +29,11 @@ type dialect struct {
 	// holdAuditLog and releaseAuditLog, when set, take and give back a
 	// session lock (see HoldAuditLog); the first answers one boolean.
 	holdAuditLog, releaseAuditLog string
+	// lockKey, when set, runs in a transaction with one argument (a
+	// key) and holds the transaction until others holding the same key
+	// end. SQLite needs none: a transaction whose first statement writes
+	// holds the database's write lock.
+	lockKey string
 }
 
 // sqlStore implements Store over database/sql.
