@@ -57,6 +57,19 @@ func (s *ServerCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, err
 	return c, nil
 }
 
+// Renew replaces the certificate now (a burn-down: the one being served
+// chains to a root about to be dropped).
+func (s *ServerCert) Renew() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, err := s.issue()
+	if err != nil {
+		return err
+	}
+	s.cert = c
+	return nil
+}
+
 func (s *ServerCert) issue() (*tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
