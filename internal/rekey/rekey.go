@@ -611,12 +611,15 @@ func (r *Rekeyer) run(ctx context.Context, st *State, name string) (string, erro
 		st.SVIDs.Before, st.SVIDs.Reissued, st.SVIDs.Stragglers, st.SVIDs.Hosts = c.before, c.reissued, c.stragglers, c.hosts
 		msg := fmt.Sprintf("%d of %d SVIDs from before re-issued", c.reissued, c.before)
 		switch {
-		case len(c.stragglers) == 0:
+		case len(c.stragglers) == 0 && !now.Before(c.recycleAt):
 			return msg, nil
 		case st.ForceFinish:
 			return msg + fmt.Sprintf("; finished on request with %d left on %d host(s)", len(c.stragglers), len(c.hosts)), nil
 		case !now.Before(st.Deadline):
 			return msg + fmt.Sprintf("; deadline reached with %d left on %d host(s)", len(c.stragglers), len(c.hosts)), nil
+		}
+		if len(c.stragglers) == 0 {
+			return msg + fmt.Sprintf("; connections opened with them are recycled by %s", c.recycleAt.UTC().Format(time.RFC3339)), errWait
 		}
 		return msg + fmt.Sprintf("; waiting for %d on %d host(s) until %s", len(c.stragglers), len(c.hosts), st.Deadline.UTC().Format(time.RFC3339)), errWait
 
@@ -667,8 +670,14 @@ func (r *Rekeyer) prepared(st *State) time.Time {
 
 type census struct {
 	before, reissued int
-	stragglers       []Straggler
-	hosts            []string
+	// recycleAt is when the last connection authenticated with an SVID
+	// from before has been asked to reconnect (mtls.RecycleAt: three
+	// quarters into the certificate's life, the data plane answers
+	// "Connection: close"); revoking earlier would fail requests on
+	// connections still open with an old certificate.
+	recycleAt  time.Time
+	stragglers []Straggler
+	hosts      []string
 }
 
 // census counts the identities (SPIFFE ID, agent, entry) holding an
@@ -708,6 +717,10 @@ func (r *Rekeyer) census(ctx context.Context, activated, now time.Time) (census,
 			groups[k] = g
 		}
 		if v.IssuedAt.Before(activated) {
+			life := v.NotAfter.Sub(v.IssuedAt)
+			if at := v.IssuedAt.Add(life - life/4); at.After(c.recycleAt) {
+				c.recycleAt = at
+			}
 			if g.old == nil || v.IssuedAt.After(g.old.IssuedAt) {
 				g.old = v
 			}
