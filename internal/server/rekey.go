@@ -110,12 +110,13 @@ func (s *Server) handleRekey(w http.ResponseWriter, r *http.Request) {
 		api.WriteJSON(w, http.StatusOK, st)
 		return
 	}
-	s.event(r, "rekey.request", "target", "rekey:"+st.ID, "rekey_id", st.ID, "revoke_tokens", opts.RevokeTokens)
-	if err != nil {
-		// The state says which step failed and why; the caller resumes.
-		api.WriteJSON(w, http.StatusConflict, st)
+	if err != nil && st.ID == "" {
+		s.internalError(w, err)
 		return
 	}
+	s.event(r, "rekey.request", "target", "rekey:"+st.ID, "rekey_id", st.ID, "revoke_tokens", opts.RevokeTokens)
+	// A failed step is not a failed request: the state names the step
+	// and its error, and the next request (or the server's loop) resumes.
 	api.WriteJSON(w, http.StatusOK, st)
 }
 
@@ -134,10 +135,10 @@ func (s *Server) handleRekeyFinish(w http.ResponseWriter, r *http.Request) {
 		api.WriteProblem(w, http.StatusConflict, err.Error())
 		return
 	}
-	s.event(r, "rekey.finish-request", "target", "rekey:"+st.ID, "rekey_id", st.ID)
-	if err != nil {
-		api.WriteJSON(w, http.StatusConflict, st)
+	if err != nil && st.ID == "" {
+		s.internalError(w, err)
 		return
 	}
+	s.event(r, "rekey.finish-request", "target", "rekey:"+st.ID, "rekey_id", st.ID)
 	api.WriteJSON(w, http.StatusOK, st)
 }
