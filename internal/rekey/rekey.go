@@ -378,7 +378,7 @@ func (r *Rekeyer) Run(ctx context.Context, opts Options) (State, error) {
 		if err != nil {
 			return State{}, err
 		}
-		r.cfg.Record(ctx, "rekey.dry-run", "success", map[string]string{"roots": fmt.Sprint(len(st.CA.RetiredRoots)),
+		r.cfg.Record(ctx, "rekey.dry_run", "success", map[string]string{"roots": fmt.Sprint(len(st.CA.RetiredRoots)),
 			"kms_keys": fmt.Sprint(len(st.KMS)), "svids": fmt.Sprint(st.SVIDs.Before)})
 		return st, nil
 	}
@@ -420,7 +420,7 @@ func (r *Rekeyer) Finish(ctx context.Context) (State, error) {
 		r.mu.Unlock()
 		return State{}, err
 	}
-	r.cfg.Record(ctx, "rekey.finish-now", "success", map[string]string{"rekey_id": r.cur.ID})
+	r.cfg.Record(ctx, "rekey.finish_now", "success", map[string]string{"rekey_id": r.cur.ID})
 	r.mu.Unlock()
 	return r.Step(ctx)
 }

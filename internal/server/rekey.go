@@ -106,7 +106,7 @@ func (s *Server) handleRekey(w http.ResponseWriter, r *http.Request) {
 			s.internalError(w, err)
 			return
 		}
-		s.event(r, "rekey.dry-run", "target", "rekey")
+		s.event(r, "rekey.dry_run", "target", "rekey")
 		api.WriteJSON(w, http.StatusOK, st)
 		return
 	}
@@ -139,6 +139,6 @@ func (s *Server) handleRekeyFinish(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, err)
 		return
 	}
-	s.event(r, "rekey.finish-request", "target", "rekey:"+st.ID, "rekey_id", st.ID)
+	s.event(r, "rekey.finish_request", "target", "rekey:"+st.ID, "rekey_id", st.ID)
 	api.WriteJSON(w, http.StatusOK, st)
 }
