@@ -418,7 +418,7 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, resp.Entries
-	a.reissueRoot = resp.ReissueUnlessRoot
+	a.applyReissue(resp)
 	a.warnUnservable(resp.Entries)
 	a.revoked = make(map[string]struct{}, len(resp.Revoked))
 	for _, s := range resp.Revoked {
@@ -527,6 +527,10 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	}
 	return next
 }
+
+// applyReissue takes the burn-down's root from a sync. Call with a.mu
+// held.
+func (a *Agent) applyReissue(resp api.SyncResponse) { a.reissueRoot = resp.ReissueUnlessRoot }
 
 // fromOldRoot says whether, during a burn-down, h descends from a root
 // other than the one the server named: its intermediate's authority key
