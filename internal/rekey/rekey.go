@@ -21,6 +21,7 @@ import (
 	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/kms"
+	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -310,6 +311,11 @@ func New(cfg Config) (*Rekeyer, error) {
 func (r *Rekeyer) statePath() string { return filepath.Join(r.cfg.Dir, "state.json") }
 
 func (r *Rekeyer) load() (*State, error) {
+	// Whoever could edit the state could make a burn-down skip a step
+	// while reporting it done: it is the server's alone.
+	if err := secretfile.CheckPrivate(r.statePath(), "the burn-down's state"); err != nil {
+		return nil, fmt.Errorf("rekey: %w", err)
+	}
 	b, err := os.ReadFile(r.statePath())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, ErrNone
@@ -635,6 +641,15 @@ func (r *Rekeyer) run(ctx context.Context, st *State, name string) (string, erro
 		ids := union(st.CA.RetiredRoots, st.CA.OldJWTKeys)
 		if st.CA.OldIntermediate != "" {
 			ids = union(ids, []string{st.CA.OldIntermediate})
+		}
+		// Whatever else the CA publishes from before activation goes
+		// too, should the record have missed one: the bundle keeps only
+		// what the burn-down made.
+		keep := []string{st.NewRoot, st.CA.NewIntermediate, st.CA.NewJWTKey}
+		for _, k := range r.cfg.CA.Status() {
+			if !slices.Contains(keep, k.ID) && k.NotBefore.Before(st.ActivatedAt) {
+				ids = union(ids, []string{k.ID})
+			}
 		}
 		dropped, err := r.cfg.CA.DropKeys(ctx, ids)
 		st.DroppedCA = union(st.DroppedCA, dropped)

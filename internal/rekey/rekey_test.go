@@ -471,3 +471,25 @@ func TestOptionsBounds(t *testing.T) {
 		})
 	}
 }
+
+// The state is the server's alone: one others may change is refused at
+// start, before it could make a burn-down skip a step.
+func TestStateFileMustBePrivate(t *testing.T) {
+	e := newEnv(t)
+	r := e.rekeyer()
+	if _, err := r.Run(t.Context(), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(e.dir, "rekey", "state.json")
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("state file: %v %v", fi, err)
+	}
+	if err := os.Chmod(path, 0o620); err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(Config{Dir: filepath.Join(e.dir, "rekey"), CA: e.ca, KMS: e.kms, SVIDs: e.st, Now: e.clk.Now})
+	if err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("a state file others may write was accepted: %v", err)
+	}
+}
