@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -274,6 +275,9 @@ type Rekeyer struct {
 
 	mu  sync.Mutex
 	cur *State // nil: none started (or only finished ones on disk)
+	// reissue is Reissuing's answer, kept apart from mu so that agent
+	// syncs never wait for a step.
+	reissue atomic.Value // string
 }
 
 // New opens the state directory and loads a burn-down in progress.
@@ -305,6 +309,7 @@ func New(cfg Config) (*Rekeyer, error) {
 		return nil, err
 	}
 	r.cur = st
+	r.publish(st)
 	return r, nil
 }
 
@@ -338,7 +343,17 @@ func (r *Rekeyer) save(st *State) error {
 	if err := atomicfile.Write(r.statePath(), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("rekey: save state: %w", err)
 	}
+	r.publish(st)
 	return nil
+}
+
+// publish sets what Reissuing answers from st.
+func (r *Rekeyer) publish(st *State) {
+	root := ""
+	if st != nil && st.Phase == PhaseRunning && st.Done(StepActivateRoot) {
+		root = st.CA.NewRoot
+	}
+	r.reissue.Store(root)
 }
 
 // Current returns the burn-down in progress or the last one (ErrNone if
@@ -356,12 +371,8 @@ func (r *Rekeyer) Current() (State, error) {
 // root every SVID must descend from (agents re-issue those that do not);
 // empty otherwise.
 func (r *Rekeyer) Reissuing() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cur == nil || r.cur.Phase != PhaseRunning || !r.cur.Done(StepActivateRoot) {
-		return ""
-	}
-	return r.cur.CA.NewRoot
+	s, _ := r.reissue.Load().(string)
+	return s
 }
 
 func clone(st *State) State {
