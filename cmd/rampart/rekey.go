@@ -27,7 +27,8 @@ token.
 
   --dry-run        say what would be replaced; change nothing
   --revoke-tokens  withdraw the old OAuth signing keys at once (every token
-                   signed before is refused now, not at the finish)
+                   signed before is refused now, not at the finish) and
+                   revoke every refresh token and code (users sign in again)
   --propagation    between publishing the new root and signing with it
   --deadline       from activation: SVIDs not re-issued by then are revoked anyway
   --kms-grace      old key store versions are refused at the finish and

@@ -92,6 +92,14 @@ type TokenKeys interface {
 	RekeySigningKey(ctx context.Context, dropOld bool) ([]string, string, error)
 	DropSigningKeys(ctx context.Context, ids []string) ([]string, error)
 	JWKS() jose.JSONWebKeySet
+	// RevokeClient revokes every grant family of a client: its refresh
+	// tokens, codes and the access tokens they carry.
+	RevokeClient(ctx context.Context, clientID, reason string) (int, error)
+}
+
+// OAuthClients lists the OAuth clients (for RevokeTokens).
+type OAuthClients interface {
+	ListOAuthClients(ctx context.Context) ([]store.OAuthClient, error)
 }
 
 // KeyStore is what a burn-down needs of the key store.
@@ -114,8 +122,10 @@ type Config struct {
 	Dir    string
 	CA     CA
 	Tokens TokenKeys // nil: no OAuth provider
-	KMS    KeyStore
-	SVIDs  SVIDStore
+	// Clients are the OAuth clients whose grants RevokeTokens revokes.
+	Clients OAuthClients
+	KMS     KeyStore
+	SVIDs   SVIDStore
 	// RenewServerCert re-issues the API's own certificate.
 	RenewServerCert func() error
 	// Changed is called after each step that changed the store, so that
@@ -152,7 +162,9 @@ type Options struct {
 	DryRun bool `json:"dry_run,omitempty"`
 	// RevokeTokens withdraws the old OAuth signing keys at once: every
 	// access and ID token signed before is refused from then on, instead
-	// of verifying until the finish.
+	// of verifying until the finish; and every refresh token and
+	// authorisation code issued before is revoked, so none can buy a
+	// token signed by the new key.
 	RevokeTokens bool `json:"revoke_tokens,omitempty"`
 	// Propagation is the time between publishing the new root and
 	// signing with it: agents (and through them every service) fetch
@@ -201,7 +213,10 @@ type OAuthRecord struct {
 	OldKeys []string `json:"old_keys,omitempty"`
 	NewKey  string   `json:"new_key,omitempty"`
 	Dropped []string `json:"dropped,omitempty"`
-	Skipped string   `json:"skipped,omitempty"` // why nothing was done
+	// RevokedFamilies counts the grant families (refresh tokens, codes
+	// and their access tokens) revoked with RevokeTokens.
+	RevokedFamilies int    `json:"revoked_families,omitempty"`
+	Skipped         string `json:"skipped,omitempty"` // why nothing was done
 }
 
 // KMSRecord says what happened to one key store key.
@@ -589,7 +604,13 @@ func (r *Rekeyer) run(ctx context.Context, st *State, name string) (string, erro
 		st.OAuth.OldKeys, st.OAuth.NewKey = union(st.OAuth.OldKeys, without(old, kid)), kid
 		if st.Options.RevokeTokens {
 			st.OAuth.Dropped = union(st.OAuth.Dropped, st.OAuth.OldKeys)
-			return fmt.Sprintf("new signing key %s; %d old key(s) withdrawn: their tokens are refused", kid, len(st.OAuth.OldKeys)), nil
+			n, err := r.revokeGrants(ctx, st)
+			if err != nil {
+				return "", err
+			}
+			st.OAuth.RevokedFamilies = n
+			return fmt.Sprintf("new signing key %s; %d old key(s) withdrawn: their tokens are refused; %d grant famil(ies) revoked (refresh tokens, codes)",
+				kid, len(st.OAuth.OldKeys), n), nil
 		}
 		return fmt.Sprintf("new signing key %s; %d old key(s) verify until the finish", kid, len(st.OAuth.OldKeys)), nil
 
@@ -684,6 +705,27 @@ func (r *Rekeyer) run(ctx context.Context, st *State, name string) (string, erro
 		return r.retireKMS(ctx, st)
 	}
 	return "", fmt.Errorf("rekey: unknown step %q", name)
+}
+
+// revokeGrants revokes every OAuth client's grant families (revoking
+// twice is harmless, so a resumed step repeats it).
+func (r *Rekeyer) revokeGrants(ctx context.Context, st *State) (int, error) {
+	if r.cfg.Clients == nil {
+		return 0, errors.New("rekey: revoke tokens: no OAuth client list configured")
+	}
+	clients, err := r.cfg.Clients.ListOAuthClients(ctx)
+	if err != nil {
+		return 0, err
+	}
+	total := 0
+	for _, c := range clients {
+		n, err := r.cfg.Tokens.RevokeClient(ctx, c.ID, "rekey "+st.ID)
+		if err != nil {
+			return total, fmt.Errorf("revoke the grants of client %s: %w", c.ID, err)
+		}
+		total += n
+	}
+	return total, nil
 }
 
 // prepared is when the new root was published.

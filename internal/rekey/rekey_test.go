@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/fakeclock"
@@ -491,5 +493,73 @@ func TestStateFileMustBePrivate(t *testing.T) {
 	_, err = New(Config{Dir: filepath.Join(e.dir, "rekey"), CA: e.ca, KMS: e.kms, SVIDs: e.st, Now: e.clk.Now})
 	if err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatalf("a state file others may write was accepted: %v", err)
+	}
+}
+
+// fakeTokens records what the burn-down asks of the OAuth provider.
+type fakeTokens struct {
+	keys     []string
+	dropped  []string
+	revoked  []string
+	dropOld  bool
+	newKeyID string
+}
+
+func (f *fakeTokens) RekeySigningKey(_ context.Context, dropOld bool) ([]string, string, error) {
+	f.dropOld, f.newKeyID = dropOld, "new"
+	old := f.keys
+	f.keys = append(f.keys, "new")
+	return old, "new", nil
+}
+func (f *fakeTokens) DropSigningKeys(_ context.Context, ids []string) ([]string, error) {
+	f.dropped = append(f.dropped, ids...)
+	return ids, nil
+}
+func (f *fakeTokens) JWKS() jose.JSONWebKeySet { return jose.JSONWebKeySet{} }
+func (f *fakeTokens) RevokeClient(_ context.Context, id, reason string) (int, error) {
+	f.revoked = append(f.revoked, id+" "+reason)
+	return 2, nil
+}
+
+// With RevokeTokens the old signing keys go at once and every client's
+// refresh tokens and codes are revoked, so none can buy a token signed
+// by the new key; without it, the old keys verify until the finish and
+// no grant is revoked.
+func TestRevokeTokensRevokesGrants(t *testing.T) {
+	for _, revoke := range []bool{false, true} {
+		t.Run(fmt.Sprint("revoke=", revoke), func(t *testing.T) {
+			ctx := t.Context()
+			e := newEnv(t)
+			for _, id := range []string{"web", "reports"} {
+				if err := e.st.CreateOAuthClient(ctx, store.OAuthClient{ID: id, AuthMethod: "none", CreatedAt: e.clk.Now()}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tk := &fakeTokens{keys: []string{"old"}}
+			r, err := New(Config{Dir: filepath.Join(e.dir, "rekey"), CA: e.ca, KMS: e.kms, SVIDs: e.st, Tokens: tk, Clients: e.st, Now: e.clk.Now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Run(ctx, Options{RevokeTokens: revoke})
+			e.clk.Add(DefaultPropagation)
+			st, err := r.Step(ctx)
+			if err != nil || st.Phase != PhaseFinished {
+				t.Fatalf("%v %+v", err, st.Steps)
+			}
+			if tk.dropOld != revoke || !slices.Equal(st.OAuth.OldKeys, []string{"old"}) || !slices.Equal(tk.dropped, []string{"old"}) {
+				t.Fatalf("keys: dropOld %v, old %v, dropped at the finish %v", tk.dropOld, st.OAuth.OldKeys, tk.dropped)
+			}
+			if !revoke {
+				if len(tk.revoked) != 0 {
+					t.Fatalf("grants revoked without revoke-tokens: %v", tk.revoked)
+				}
+				return
+			}
+			slices.Sort(tk.revoked)
+			want := []string{"reports rekey " + st.ID, "web rekey " + st.ID}
+			if !slices.Equal(tk.revoked, want) || st.OAuth.RevokedFamilies != 4 {
+				t.Fatalf("revoked %v (%d families), want %v", tk.revoked, st.OAuth.RevokedFamilies, want)
+			}
+		})
 	}
 }

@@ -43,6 +43,9 @@ func (st *State) Markdown() string {
 	} else {
 		fmt.Fprintf(&b, "| old | new | withdrawn |\n|---|---|---|\n| %s | %s | %s |\n",
 			list(st.OAuth.OldKeys), orPlanned(st.OAuth.NewKey, st), list(st.OAuth.Dropped))
+		if st.Options.RevokeTokens && st.Phase != PhaseDryRun {
+			fmt.Fprintf(&b, "\nGrant families revoked (refresh tokens, codes and their access tokens): %d.\n", st.OAuth.RevokedFamilies)
+		}
 	}
 
 	b.WriteString("\n## Key store\n\n")

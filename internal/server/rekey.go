@@ -25,7 +25,7 @@ const rekeyEvery = 2 * time.Second
 func (s *Server) newRekeyer() (*rekey.Rekeyer, error) {
 	actor := audit.Actor{SpiffeID: identity.ServerID(s.cfg.TrustDomain).String()}
 	return rekey.New(rekey.Config{
-		Dir: filepath.Join(s.cfg.DataDir, "rekey"), CA: s.ca, Tokens: serverTokens{s}, KMS: s.kmsAPI.Service, SVIDs: s.store,
+		Dir: filepath.Join(s.cfg.DataDir, "rekey"), CA: s.ca, Tokens: serverTokens{s}, Clients: s.store, KMS: s.kmsAPI.Service, SVIDs: s.store,
 		RenewServerCert: s.cert.Renew,
 		Changed: func(ctx context.Context) {
 			if err := s.kmsAPI.Service.Reload(ctx); err != nil {
@@ -63,6 +63,13 @@ func (t serverTokens) DropSigningKeys(ctx context.Context, ids []string) ([]stri
 		return nil, errNoOAuth
 	}
 	return t.s.oauth.DropSigningKeys(ctx, ids)
+}
+
+func (t serverTokens) RevokeClient(ctx context.Context, clientID, reason string) (int, error) {
+	if t.s.oauth == nil {
+		return 0, errNoOAuth
+	}
+	return t.s.oauth.RevokeClient(ctx, clientID, reason)
 }
 
 func (t serverTokens) JWKS() jose.JSONWebKeySet {
