@@ -193,6 +193,16 @@ func (ca *CA) ActiveRootID() string {
 	return ""
 }
 
+// signingIntermediate is the intermediate that signs now (nil if none).
+func (ca *CA) signingIntermediate() *x509.Certificate {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	if ca.inter == nil {
+		return nil
+	}
+	return ca.inter.cert
+}
+
 // IssuedUnder says whether chain (leaf first, with its intermediate, as
 // SVIDs are served) descends from the root with ID root: the
 // intermediate's authority key ID names it. Agents use the same test.

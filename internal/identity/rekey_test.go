@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -159,5 +160,39 @@ func TestDropKeysRefusesOtherKinds(t *testing.T) {
 	}
 	if _, err := ca.DropKeys(ctx, []string{"oauth-1"}); err == nil {
 		t.Fatal("the CA dropped an OAuth key")
+	}
+}
+
+// Every replica's API certificate follows a burn-down by itself: at its
+// next handshake after the new root signs, it is re-issued under it.
+func TestServerCertFollowsRekey(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	ca := f.ca(t, nil)
+	sc := &ServerCert{CA: ca, Listen: "127.0.0.1:8443", Now: f.clk.Now, Log: slog.New(slog.DiscardHandler)}
+	first, err := sc.GetCertificate(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := sc.GetCertificate(nil); again != first {
+		t.Fatal("a fresh certificate was replaced for no reason")
+	}
+	root, err := ca.RekeyPrepareRoot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := sc.GetCertificate(nil); again != first {
+		t.Fatal("replaced before the new root signs")
+	}
+	if _, err := ca.RekeyActivate(ctx, root); err != nil {
+		t.Fatal(err)
+	}
+	next, err := sc.GetCertificate(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, _ := x509.ParseCertificate(next.Certificate[1])
+	if next == first || !IssuedUnder([]*x509.Certificate{next.Leaf, inter}, root) {
+		t.Fatal("the server certificate still chains to the old root after activation")
 	}
 }
