@@ -12,11 +12,15 @@
 //	                     root signs a new intermediate; a new JWT-SVID key signs
 //	server.certificate   the API's own certificate re-issued under the new root
 //	oauth.signing-key    a new OAuth signing key; the old ones verify until the
-//	                     finish (or are withdrawn now: RevokeTokens)
+//	                     finish (or are withdrawn now, and every client's refresh
+//	                     tokens and codes revoked: RevokeTokens)
 //	kms.rotate           a new version of every key store key
 //	svids.reissue        wait: agents re-issue every SVID not under the new root
 //	                     (the sync response names the root); done when no SVID
-//	                     from before is left without a successor, or at Deadline
+//	                     from before is left without a successor and every
+//	                     connection opened with one has been asked to reconnect
+//	                     (three quarters into its life), or at Deadline, or on
+//	                     Finish
 //	svids.revoke-old     every unexpired X.509-SVID issued before activation revoked
 //	ca.drop-old          the old roots and JWT-SVID keys out of every bundle
 //	oauth.drop-old       the old OAuth signing keys out of the JWKS

@@ -147,6 +147,9 @@ type Duration time.Duration
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
+// String is the time.Duration's.
+func (d Duration) String() string { return time.Duration(d).String() }
+
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
@@ -435,8 +438,6 @@ func (r *Rekeyer) Run(ctx context.Context, opts Options) (State, error) {
 	r.mu.Unlock()
 	return r.Step(ctx)
 }
-
-func (d Duration) String() string { return time.Duration(d).String() }
 
 // Finish asks the burn-down in progress to stop waiting for SVIDs to be
 // re-issued: what is left from before is revoked and the old keys dropped
