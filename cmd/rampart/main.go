@@ -38,6 +38,7 @@ func commands() []command {
 		{"entry", "manage registration entries (create, list, show, delete)", runEntry},
 		{"svid", "revoke SVIDs, or fetch one from the Workload API", runSVID},
 		{"ca", "show and rotate the CA, or create an offline root", runCA},
+		{"rekey", "burn-down after a compromise: replace every root, key and credential without an outage", runRekey},
 		{"proxy", "run the mTLS sidecar: inbound authorisation, outbound identity checks", runProxy},
 		{"policy", "manage authorisation policies; test and explain them", runPolicy},
 		{"audit", "verify, query and export the tamper-evident audit log", runAudit},

@@ -232,3 +232,38 @@ func BenchmarkVerifyColdEdDSA(b *testing.B) {
 	o := Options{Issuer: "https://rampart.example", Audience: "spiffe://ex.org/orders", Now: t0.Add(time.Minute)}
 	loopP99(b, func() error { _, err := Verify(raw, edKeys{pub}, o); return err })
 }
+
+// rotatingKeys is a key set whose key can be withdrawn.
+type rotatingKeys struct{ ks map[string]any }
+
+func (k *rotatingKeys) Key(kid string) (any, jose.SignatureAlgorithm, bool) {
+	p, ok := k.ks[kid]
+	return p, jose.ES256, ok
+}
+func (k *rotatingKeys) Algorithms() []jose.SignatureAlgorithm {
+	return []jose.SignatureAlgorithm{jose.ES256}
+}
+
+// A token verified (and cached) before its key was withdrawn, as a
+// burn-down withdraws a compromised signing key, is refused from then on:
+// the cache must not outlive the key.
+func TestVerifierCacheDiesWithItsKey(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ks := &rotatingKeys{ks: map[string]any{"k": key.Public()}}
+	v := &Verifier{Keys: ks, Issuer: "https://rampart.example", Audience: "spiffe://ex.org/orders",
+		Now: func() time.Time { return t0.Add(time.Minute) }}
+	raw := sign(t, key, Type, valid())
+	if _, err := v.Verify(raw); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.cache) != 1 {
+		t.Fatal("the token was not cached; the test would prove nothing")
+	}
+	delete(ks.ks, "k")
+	if _, err := v.Verify(raw); !errors.Is(err, ErrSignature) || !strings.Contains(err.Error(), `unknown key ID "k"`) {
+		t.Fatalf("cached token after its key was withdrawn: %v", err)
+	}
+	if len(v.cache) != 0 {
+		t.Fatal("the refused token stays cached")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -95,11 +96,14 @@ type Agent struct {
 	revision  int64
 	entries   []api.Entry
 	revoked   map[string]struct{}
-	workloads map[string]*held // by entry ID
-	snap      *workload.Snapshot
-	changed   chan struct{}
-	jwtCache  map[string]jwtCached
-	warned    map[string]bool // entries named by warnUnservable
+	// reissueRoot, during a burn-down, is the root every SVID must
+	// descend from (api.SyncResponse.ReissueUnlessRoot).
+	reissueRoot string
+	workloads   map[string]*held // by entry ID
+	snap        *workload.Snapshot
+	changed     chan struct{}
+	jwtCache    map[string]jwtCached
+	warned      map[string]bool // entries named by warnUnservable
 
 	wake chan struct{} // reschedules the rotation loop
 	// netpolKick makes the network policy loop refresh now: the server's
@@ -442,6 +446,7 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, resp.Entries
+	a.applyReissue(resp)
 	a.warnUnservable(resp.Entries)
 	a.revoked = make(map[string]struct{}, len(resp.Revoked))
 	for _, s := range resp.Revoked {
@@ -508,7 +513,7 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	next := now.Add(time.Hour)
 
 	a.mu.Lock()
-	agentDue := a.svid != nil && !now.Before(a.svid.RenewAt)
+	agentDue := a.svid != nil && (!now.Before(a.svid.RenewAt) || a.fromOldRoot(a.svid))
 	a.mu.Unlock()
 	if agentDue {
 		if err := a.renewAgent(ctx); err != nil {
@@ -522,7 +527,7 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	for _, e := range a.entries {
 		h := a.workloads[e.ID]
 		switch {
-		case h == nil, !now.Before(h.RenewAt), !sameEntry(h.Entry, e):
+		case h == nil, !now.Before(h.RenewAt), !sameEntry(h.Entry, e), a.fromOldRoot(h):
 			due = append(due, e)
 		default:
 			if _, revoked := a.revoked[h.serial()]; revoked {
@@ -549,6 +554,22 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 		}
 	}
 	return next
+}
+
+// applyReissue takes the burn-down's root from a sync. Call with a.mu
+// held.
+func (a *Agent) applyReissue(resp api.SyncResponse) { a.reissueRoot = resp.ReissueUnlessRoot }
+
+// fromOldRoot says whether, during a burn-down, h descends from a root
+// other than the one the server named: its intermediate's authority key
+// ID is not the new root's subject key ID. Such an SVID is re-issued at
+// once, before the server revokes it and drops its root. Call with a.mu
+// held.
+func (a *Agent) fromOldRoot(h *held) bool {
+	if a.reissueRoot == "" || len(h.Chain) < 2 {
+		return false
+	}
+	return hex.EncodeToString(h.Chain[1].AuthorityKeyId) != a.reissueRoot
 }
 
 func sameEntry(a, b api.Entry) bool {

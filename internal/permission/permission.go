@@ -17,7 +17,7 @@
 //	auditor        every *.read
 //	responder      *.read and agent.evict, svid.revoke, alert.manage
 //	policy-author  policy.read, policy.write
-//	key-admin      kms.read, kms.admin, ca.read, ca.rotate
+//	key-admin      kms.read, kms.admin, ca.read, ca.rotate, ca.rekey
 //
 // Today the admin token holds every permission.
 package permission
@@ -41,6 +41,7 @@ const (
 
 	CARead   Permission = "ca.read"
 	CARotate Permission = "ca.rotate"
+	CARekey  Permission = "ca.rekey"
 
 	PolicyRead  Permission = "policy.read"
 	PolicyWrite Permission = "policy.write"
@@ -89,6 +90,7 @@ var All = []Info{
 	{SVIDRevoke, "revoke X.509-SVIDs by serial or SPIFFE ID"},
 	{CARead, "read the CA's keys and their expiry"},
 	{CARotate, "rotate the intermediate, prepare or activate a new root"},
+	{CARekey, "burn down and rebuild the trust chain after a compromise: new root, intermediate, JWT-SVID, OAuth and key store keys; everything issued before revoked"},
 	{PolicyRead, "list and read policies and their history"},
 	{PolicyWrite, "publish and delete policies (including the key-use policy)"},
 	{AlertRead, "list and read detection alerts"},

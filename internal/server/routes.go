@@ -86,6 +86,9 @@ func (s *Server) routes() []Route {
 		admin("POST /v1/svids/revoke", permission.SVIDRevoke, s.handleRevoke, "revoke SVIDs by serial or SPIFFE ID"),
 		admin("GET /v1/ca", permission.CARead, s.handleCAStatus, "the CA's keys and their expiry"),
 		admin("POST /v1/ca/rotate", permission.CARotate, s.handleCARotate, "rotate the intermediate, prepare or activate a root"),
+		admin("POST /v1/rekey", permission.CARekey, s.handleRekey, "burn-down: start (or resume) replacing every root, key and credential; a body {\"dry_run\": true} changes nothing"),
+		admin("GET /v1/rekey", permission.CARead, s.handleRekeyStatus, "the burn-down in progress or the last one: steps, old and new key IDs, hosts still holding old SVIDs"),
+		admin("POST /v1/rekey/finish", permission.CARekey, s.handleRekeyFinish, "stop waiting for SVIDs to be re-issued: revoke what is left and drop the old keys now"),
 
 		admin("PUT /v1/policies", permission.PolicyWrite, s.handlePutPolicy, "publish a policy (YAML body)"),
 		admin("GET /v1/policies", permission.PolicyRead, s.handleListPolicies, "list policies"),
