@@ -88,7 +88,7 @@ func remoteHost(r *http.Request) (netip.Addr, error) {
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("remote address %q: %w", r.RemoteAddr, err)
 	}
-	return ap.Addr().Unmap(), nil
+	return ap.Addr().Unmap().WithZone(""), nil
 }
 
 // HandleAgentReport records an agent's placements. Each service must be
