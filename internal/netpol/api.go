@@ -62,6 +62,7 @@ type API struct {
 	TTL     time.Duration
 	Log     *slog.Logger
 
+	build1   sync.Mutex // one build at a time: the others wait for its view
 	mu       sync.Mutex
 	cached   *View
 	cachedAt time.Time
@@ -134,8 +135,10 @@ func (a *API) HandleAgentReport(w http.ResponseWriter, r *http.Request) {
 		}
 		seen[s.SpiffeID] = true
 		if len(s.Ports) > maxReportPorts || slices.Contains(s.Ports, 0) {
-			api.WriteProblem(w, http.StatusBadRequest, fmt.Sprintf("services[%d] %q: at most %d ports, none 0", i, s.SpiffeID, maxReportPorts))
-			return
+			// This service only: the rest of the host stays placed (a
+			// refused report would empty the host's table).
+			a.Refused(r, "netpol.report", fmt.Sprintf("a placement with more than %d ports, or port 0", maxReportPorts), "service", s.SpiffeID)
+			continue
 		}
 		ports := slices.Clone(s.Ports)
 		slices.Sort(ports)
@@ -161,6 +164,15 @@ func (a *API) View(ctx context.Context) (*View, error) {
 	a.mu.Lock()
 	if a.cached != nil && rv == a.cachedRv && now.Sub(a.cachedAt) < viewCacheFor && !now.Before(a.cachedAt) {
 		v := a.cached
+		a.mu.Unlock()
+		return v, nil
+	}
+	a.mu.Unlock()
+	a.build1.Lock()
+	defer a.build1.Unlock()
+	a.mu.Lock()
+	if a.cached != nil && rv == a.cachedRv && !a.cachedAt.Before(now) {
+		v := a.cached // built while this request waited
 		a.mu.Unlock()
 		return v, nil
 	}
