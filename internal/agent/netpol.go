@@ -252,6 +252,9 @@ func (a *Agent) newNetpolLoop(tracker *placementTracker, fw firewall, rec interf
 		if l.mode == NetpolOff {
 			l.interval = a.cfg.InventoryInterval // placements only: as often as the inventory
 		}
+		if l.interval <= 0 {
+			l.interval = defaultInventoryInterval
+		}
 	}
 	if a.cfg.Registry != nil {
 		a.cfg.Registry.MustRegister(l.dropped, l.applies)

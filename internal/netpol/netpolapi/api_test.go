@@ -1,4 +1,4 @@
-package netpol
+package netpolapi
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/fakeclock"
+	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/selector"
 	"github.com/rampartsec/rampart/internal/store"
 	"github.com/rampartsec/rampart/internal/store/storetest"
@@ -53,13 +54,13 @@ func report(t *testing.T, a *API, agent, remote, body string) *httptest.Response
 	return w
 }
 
-func table(t *testing.T, a *API, remote string) HostTable {
+func table(t *testing.T, a *API, remote string) netpol.HostTable {
 	t.Helper()
 	r := httptest.NewRequest(http.MethodGet, "/v1/agent/netpol", nil)
 	r.RemoteAddr = remote
 	w := httptest.NewRecorder()
 	a.HandleAgentTable(w, r)
-	var tab HostTable
+	var tab netpol.HostTable
 	if err := json.Unmarshal(w.Body.Bytes(), &tab); err != nil {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
