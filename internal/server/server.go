@@ -31,7 +31,7 @@ import (
 	"github.com/rampartsec/rampart/internal/inventory"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
-	"github.com/rampartsec/rampart/internal/netpol"
+	"github.com/rampartsec/rampart/internal/netpol/netpolapi"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/rekey"
@@ -136,7 +136,7 @@ type Server struct {
 	accounts        *oauth.Accounts // OAuth clients and users
 	registrar       *registration.Registrar
 	scan            *inventory.API  // vulnerability database, gates, inventory
-	netpol          *netpol.API     // placements and the network view
+	netpol          *netpolapi.API  // placements and the network view
 	backup          *backup.Runner  // nil: no backups configured
 	acme            *acme.Server    // nil: ACME disabled
 	kmsAPI          *kms.API        // the key store, its key-use policy and its API
@@ -276,7 +276,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if ss, ok := store.Scan(st); ok { // nil: the store has no scan tables
 		s.scan.Inventory = &inventory.Inventory{Store: ss, Now: cfg.Now}
 	}
-	s.netpol = &netpol.API{Policies: st, Entries: st, Caller: agentFrom, Refused: s.refused, Now: cfg.Now, Log: cfg.Log}
+	s.netpol = &netpolapi.API{Policies: st, Entries: st, Caller: agentFrom, Refused: s.refused, Now: cfg.Now, Log: cfg.Log}
 	if ns, ok := store.Netpol(st); ok {
 		s.netpol.Placements = ns
 	}
