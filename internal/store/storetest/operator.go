@@ -23,7 +23,7 @@ func testOperators(t *testing.T, h harness) {
 	os, _ := store.Operators(s)
 	ctx := t.Context()
 	alice := store.Operator{Name: "alice", Kind: store.OperatorUser, RequireMFA: true, By: "admin",
-		Roles: []store.OperatorRole{{Role: "responder"}, {Role: "policy-author", Services: []string{"spiffe://example.org/payments/*"}}},
+		Roles:     []store.OperatorRole{{Role: "responder"}, {Role: "policy-author", Services: []string{"spiffe://example.org/payments/*"}}},
 		CreatedAt: at(0), UpdatedAt: at(0)}
 	ci := store.Operator{Name: "spiffe://example.org/ci/*", Kind: store.OperatorWorkload, By: "alice",
 		Roles: []store.OperatorRole{{Role: "policy-author"}}, CreatedAt: at(time.Second), UpdatedAt: at(time.Second)}
