@@ -154,7 +154,7 @@ func TestDefaultRules(t *testing.T) {
 				ev(12*time.Hour+time.Minute, "entry.create", "success", "", audit.Actor{User: "alice"}, map[string]string{"auth": "operator"})}, // the same group
 			[]*audit.Entry{ev(0, "entry.create", "success", "", admin, nil), ev(12*time.Hour, "entry.create", "success", "", audit.Actor{SpiffeID: orders}, nil),
 				ev(12*time.Hour, "admin.auth", "denied", "missing or wrong admin token", admin, nil),
-				ev(12*time.Hour, "admin.break_glass", "success", "", admin, nil), // admin-token-used's
+				ev(12*time.Hour, "admin.break_glass", "success", "", admin, nil),                                                                       // admin-token-used's
 				ev(12*time.Hour, "policy.put", "success", "", audit.Actor{SpiffeID: "spiffe://example.org/ci"}, map[string]string{"auth": "workload"}), // a pipeline
 				shipped(ev(12*time.Hour, "entry.delete", "success", "", admin, nil))}},
 		{"admin-token-used",
