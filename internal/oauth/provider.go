@@ -418,6 +418,9 @@ func (p *Provider) Routes() []Route {
 		{"POST " + PathUserinfo, limited(p.limits.userinfo, p.handleUserinfo, limitJSON), "UserInfo (OIDC Core §5.3)"},
 		{"POST " + PathIntrospect, limited(p.limits.introspect, p.handleIntrospect, limitJSON), "token introspection (RFC 7662)"},
 		{"POST " + PathRevoke, limited(p.limits.revoke, p.handleRevoke, limitJSON), "token revocation (RFC 7009)"},
+		{"POST " + PathDeviceAuthorization, limited(p.limits.token, p.handleDeviceAuthorization, limitJSON), "device authorization endpoint (RFC 8628 §3.1)"},
+		{"GET " + PathDevice, http.HandlerFunc(p.handleDevice), "device verification page: enter the user code, sign in, approve (RFC 8628 §3.3)"},
+		{"POST " + PathDevice, limited(p.limits.login, p.handleDevice, p.limitPage), "device verification form (or JSON with Accept: application/json): user code, password, TOTP, allow or deny"},
 	}
 }
 
@@ -431,7 +434,7 @@ func (p *Provider) Register(mux *http.ServeMux, wrap func(pattern string, h http
 
 // Supported values, published in discovery and enforced.
 var (
-	grantTypes  = []string{"authorization_code", "client_credentials", "refresh_token", GrantTokenExchange}
+	grantTypes  = []string{"authorization_code", "client_credentials", "refresh_token", GrantTokenExchange, GrantDeviceCode}
 	authMethods = []string{"none", "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"}
 )
 
@@ -449,6 +452,7 @@ func (p *Provider) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		"userinfo_endpoint":                                iss + PathUserinfo,
 		"introspection_endpoint":                           iss + PathIntrospect,
 		"revocation_endpoint":                              iss + PathRevoke,
+		"device_authorization_endpoint":                    iss + PathDeviceAuthorization,
 		"response_types_supported":                         []string{"code"},
 		"response_modes_supported":                         []string{"query"},
 		"grant_types_supported":                            grantTypes,

@@ -39,7 +39,7 @@ func (s *Server) startOAuth(ctx context.Context, issuer string, wrapper *keywrap
 		return fmt.Errorf("server: %w", err)
 	}
 	s.oauth = p
-	return nil
+	return s.ensureCLIClient(ctx)
 }
 
 // tokens is what the account handlers revoke through: the authorization

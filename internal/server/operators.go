@@ -5,13 +5,17 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"net/http"
+	"reflect"
 	"strings"
+	"time"
 
 	"github.com/rampartsec/rampart/internal/accesstoken"
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/dpop"
+	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/operator"
 	"github.com/rampartsec/rampart/internal/permission"
 	"github.com/rampartsec/rampart/internal/store"
@@ -162,4 +166,38 @@ func (s *Server) verifyOperatorToken(raw, audience string) (*accesstoken.Claims,
 		return nil, errors.New("the authorization server is not running yet")
 	}
 	return s.oauth.VerifyAccessToken(raw, audience)
+}
+
+// cliClient is the OAuth client "rampart login" signs in with: public
+// (RFC 8252 native app), device authorization grant or loopback redirect
+// with PKCE, refresh tokens (bound to the CLI's DPoP key), tokens for the
+// admin API only.
+func cliClient(now time.Time) store.OAuthClient {
+	return store.OAuthClient{ID: operator.ClientID, Name: "Rampart CLI (rampart login)", AuthMethod: "none",
+		RedirectURIs: []string{"http://127.0.0.1/callback", "http://[::1]/callback"},
+		GrantTypes:   []string{"authorization_code", "refresh_token", oauth.GrantDeviceCode},
+		Scopes:       []string{"openid", "profile"}, Audience: []string{operator.Audience}, CreatedAt: now}
+}
+
+// ensureCLIClient registers the CLI's client, or brings a registered one
+// up to date (keeping an operator's decision to disable it).
+func (s *Server) ensureCLIClient(ctx context.Context) error {
+	want := cliClient(s.now())
+	cur, err := s.store.GetOAuthClient(ctx, want.ID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		err = s.store.CreateOAuthClient(ctx, want)
+		if errors.Is(err, store.ErrConflict) {
+			return nil // another replica was first
+		}
+	case err == nil:
+		want.Disabled, want.CreatedAt = cur.Disabled, cur.CreatedAt
+		if !reflect.DeepEqual(cur, want) {
+			err = s.store.UpdateOAuthClient(ctx, want)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("server: the CLI's OAuth client: %w", err)
+	}
+	return nil
 }
