@@ -146,7 +146,7 @@ func (p *Provider) handleDeviceAuthorization(w http.ResponseWriter, r *http.Requ
 	now := p.cfg.Now()
 	device, user := randomToken(), newUserCode()
 	err := ds.CreateDeviceCode(r.Context(), store.DeviceCode{DeviceHash: hashToken(device), UserHash: hashToken(user), ClientID: c.ID,
-		Scope: strings.Join(scope, " "), ExpiresAt: now.Add(DefaultDeviceCodeTTL), Interval: DeviceInterval, CreatedAt: now})
+		Scope: strings.Join(scope, " "), ExpiresAt: now.Add(DefaultDeviceCodeTTL), Interval: p.cfg.DeviceInterval, CreatedAt: now})
 	if err != nil {
 		p.cfg.Log.Error("storing a device code failed", "err", err)
 		writeOAuthError(w, err)
@@ -157,7 +157,7 @@ func (p *Provider) handleDeviceAuthorization(w http.ResponseWriter, r *http.Requ
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, deviceAuthResponse{DeviceCode: device, UserCode: FormatUserCode(user), VerificationURI: uri,
 		VerificationURIComplete: uri + "?user_code=" + FormatUserCode(user), ExpiresIn: int64(DefaultDeviceCodeTTL / time.Second),
-		Interval: int64(DeviceInterval / time.Second)})
+		Interval: int64(p.cfg.DeviceInterval / time.Second)})
 }
 
 // deviceGrant redeems an approved device code (RFC 8628 §3.4, §3.5).

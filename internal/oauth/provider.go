@@ -116,6 +116,9 @@ type Config struct {
 	// MaxActDepth bounds the act chain of exchanged tokens (hops of
 	// services acting for the user); default DefaultMaxActDepth.
 	MaxActDepth int
+	// DeviceInterval is the polling interval device clients are given
+	// (RFC 8628 §3.2); whole seconds, default DeviceInterval.
+	DeviceInterval time.Duration
 
 	// PeerCertificate returns the client's certificate if it sent one and
 	// the TLS layer verified it (an SVID of the trust domain, not
@@ -161,7 +164,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	for name, d := range map[string]time.Duration{"access token TTL": cfg.AccessTokenTTL, "ID token TTL": cfg.IDTokenTTL,
 		"refresh token TTL": cfg.RefreshTokenTTL, "code TTL": cfg.CodeTTL, "key TTL": cfg.KeyTTL, "session TTL": cfg.SessionTTL,
 		"back-off base": cfg.BackoffBase, "back-off max": cfg.BackoffMax, "CSRF TTL": cfg.CSRFTTL, "hash wait": cfg.HashWait,
-		"DPoP nonce TTL": cfg.DPoPNonceTTL} {
+		"DPoP nonce TTL": cfg.DPoPNonceTTL, "device interval": cfg.DeviceInterval} {
 		if d < 0 {
 			return nil, fmt.Errorf("oauth: %s %v: must be positive (or zero for the default)", name, d)
 		}
@@ -188,6 +191,10 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	def(&cfg.CSRFTTL, DefaultCSRFTTL)
 	def(&cfg.HashWait, DefaultHashWait)
 	def(&cfg.DPoPNonceTTL, DefaultDPoPNonceTTL)
+	def(&cfg.DeviceInterval, DeviceInterval)
+	if cfg.DeviceInterval%time.Second != 0 {
+		return nil, fmt.Errorf("oauth: device interval %v: whole seconds", cfg.DeviceInterval)
+	}
 	if cfg.DPoPNonceTTL%time.Second != 0 {
 		return nil, fmt.Errorf("oauth: DPoP nonce TTL %v: whole seconds", cfg.DPoPNonceTTL)
 	}

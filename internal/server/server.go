@@ -116,7 +116,8 @@ type OAuthConfig struct {
 	Algorithm       jose.SignatureAlgorithm
 	AccessTokenTTL  time.Duration
 	RefreshTokenTTL time.Duration
-	MaxActDepth     int // hops of token exchange (nested act); 0: oauth.DefaultMaxActDepth
+	MaxActDepth     int           // hops of token exchange (nested act); 0: oauth.DefaultMaxActDepth
+	DeviceInterval  time.Duration // device flow polling interval; 0: oauth.DeviceInterval
 }
 
 // Server is a running control plane.
