@@ -130,7 +130,7 @@ func (e *Error) Error() string {
 
 // Client talks to one authorization server as ClientID.
 type Client struct {
-	Issuer   string       // https://host:port, as the server's discovery says
+	Issuer   string       // https://host:port: where the metadata is fetched
 	ClientID string       // operator.ClientID
 	HTTP     *http.Client // verifying the server; its Transport is wrapped for DPoP
 	Key      crypto.Signer
@@ -166,8 +166,11 @@ func (c *Client) Metadata(ctx context.Context) (Metadata, error) {
 			c.err = err
 			return
 		}
-		if m.Issuer != strings.TrimSuffix(c.Issuer, "/") {
-			c.err = fmt.Errorf("signin: the server says its issuer is %q, not %q", m.Issuer, c.Issuer)
+		// The issuer may be another name of the server (--issuer): its
+		// endpoints are where proofs must point (htu), so they are used
+		// as published. The server itself was verified by TLS.
+		if !strings.HasPrefix(m.Issuer, "https://") || !strings.HasPrefix(m.TokenEndpoint, m.Issuer+"/") {
+			c.err = fmt.Errorf("signin: the server's metadata names issuer %q and token endpoint %q: want https, the endpoint under the issuer", m.Issuer, m.TokenEndpoint)
 			return
 		}
 		c.meta = m

@@ -46,6 +46,7 @@ func Dir(configDir, server string) string {
 type Session struct {
 	Dir    string `json:"-"`
 	Server string `json:"server"`
+	Issuer string `json:"issuer,omitempty"`
 	Tokens
 	Subject string            `json:"subject,omitempty"`
 	Key     *ecdsa.PrivateKey `json:"-"`
