@@ -159,18 +159,31 @@ func approve(ctx context.Context, hc *http.Client, issuer, code, username, pwFil
 	if err != nil {
 		return err
 	}
-	otp := ""
+	var secret []byte
 	if totpFile != "" {
-		secret, err := readTOTPSecret(totpFile)
-		if err != nil {
+		if secret, err = readTOTPSecret(totpFile); err != nil {
 			return err
 		}
-		otp = oauth.TOTPCode(secret, time.Now())
 	}
-	if err := signin.Approve(ctx, hc, issuer, code, username, pw, otp); err != nil {
-		return fmt.Errorf("login: approving %s: %w", code, err)
+	for attempt := 0; ; attempt++ {
+		otp := ""
+		if secret != nil {
+			otp = oauth.TOTPCode(secret, time.Now())
+		}
+		err = signin.Approve(ctx, hc, issuer, code, username, pw, otp)
+		var oe *signin.Error
+		if err == nil {
+			return nil
+		}
+		if secret == nil || attempt > 0 || !errors.As(err, &oe) || oe.Code != "access_denied" {
+			return fmt.Errorf("login: approving %s: %w", code, err)
+		}
+		// A one-time code is taken once: another sign-in may have used
+		// this 30-second step's. Try once more with the next step's.
+		if err := sleepCtx(ctx, time.Until(time.Now().Truncate(30*time.Second).Add(30*time.Second))+100*time.Millisecond); err != nil {
+			return err
+		}
 	}
-	return nil
 }
 
 // readTOTPSecret reads an otpauth:// URI or a base32 secret from a
@@ -308,7 +321,7 @@ func runWhoami(ctx context.Context, env *cliEnv, args []string) error {
 		subject = who.SpiffeID
 	}
 	return printFields(env, "kind", who.Kind, "subject", subject, "name", orDash(who.Name), "session", orDash(who.Session),
-		"second factor", orDash(strings.Join(who.AMR, " ")), "expires", fmtTime(who.ExpiresAt), "roles", rolesText(who.Roles),
+		"signed in with", orDash(strings.Join(who.AMR, " ")), "expires", fmtTime(who.ExpiresAt), "roles", rolesText(who.Roles),
 		"permissions", strings.Join(who.Permissions, " "))
 }
 
