@@ -483,3 +483,72 @@ func io_Copy(b *strings.Builder, resp *http.Response) (int64, error) {
 	defer resp.Body.Close()
 	return io.Copy(b, resp.Body)
 }
+
+// Every audit entry of an admin action names the operator who did it,
+// her name and her session: walked over the actions of each kind of
+// endpoint (identities, policies, keys, users, operators, exceptions).
+func TestEveryAdminEntryNamesItsOperator(t *testing.T) {
+	h := newOperatorHarness(t)
+	ctx := context.Background()
+	secret := h.addUser("alice", true)
+	h.addOperator(api.OperatorCreate{Name: "alice", Kind: "user", Roles: []api.OperatorRole{{Role: "admin"}}})
+	h.attest("node-1")
+	s, err := h.deviceLogin("alice", secret, newKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := h.as(s)
+	var who api.Whoami
+	if err := alice.Do(ctx, http.MethodGet, "/v1/whoami", nil, &who); err != nil {
+		t.Fatal(err)
+	}
+	h.workloadCert("node-3", "spiffe://example.org/payments")
+	before := h.srv.audit.Size()
+	pw := "another long password"
+	for _, c := range []struct {
+		method, path string
+		body         any
+	}{
+		{http.MethodPost, "/v1/join-tokens", api.CreateJoinTokenRequest{AgentName: "node-2"}},
+		{http.MethodPost, "/v1/entries", api.Entry{SpiffeID: "spiffe://example.org/orders", ParentID: "spiffe://example.org/rampart/agent/node-1", Selectors: []string{"unix:uid:1000"}}},
+		{http.MethodPost, "/v1/kms/keys", api.KMSCreateKeyRequest{Name: "orders-pii"}},
+		{http.MethodPost, "/v1/kms/keys/orders-pii/rotate", nil},
+		{http.MethodPost, "/v1/oauth/users", api.OAuthUser{Username: "bob", Password: pw}},
+		{http.MethodPatch, "/v1/oauth/users/bob", api.OAuthUserUpdate{Password: &pw}},
+		{http.MethodPost, "/v1/operators", api.OperatorCreate{Name: "bob", Kind: "user", Roles: []api.OperatorRole{{Role: "auditor"}}}},
+		{http.MethodPatch, "/v1/operator?name=bob", api.OperatorUpdate{Grant: []api.OperatorRole{{Role: "approver"}}}},
+		{http.MethodPost, "/v1/svids/revoke", api.RevokeRequest{SpiffeID: "spiffe://example.org/payments", Reason: "test"}},
+	} {
+		if err := alice.Do(ctx, c.method, c.path, c.body, nil); err != nil {
+			t.Fatalf("%s %s: %v", c.method, c.path, err)
+		}
+	}
+	if err := alice.DoRaw(ctx, http.MethodPut, "/v1/policies", "application/yaml",
+		[]byte("service: spiffe://example.org/orders\nrules:\n  - name: any\n    callers: [spiffe://example.org/gateway]\n    paths: [/*]\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Do(ctx, http.MethodDelete, "/v1/policy?service=spiffe://example.org/orders", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	actions := map[string]bool{}
+	for i := before; i < h.srv.audit.Size(); i++ {
+		b, _ := h.srv.audit.Entry(i)
+		e, err := audit.ParseEntry(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Source != "server" {
+			continue
+		}
+		actions[e.Action] = true
+		if e.Actor != (audit.Actor{User: "alice"}) || e.Details["session"] != who.Session || e.Details["operator_name"] != "Alice Example" || e.Details["auth"] != "operator" {
+			t.Errorf("%s: actor %+v, details %v: want alice, her name and session %s", e.Action, e.Actor, e.Details, who.Session)
+		}
+	}
+	for _, a := range []string{"join_token.create", "entry.create", "kms.key_create", "kms.rotate", "oauth.user_create", "oauth.user_update",
+		"operator.create", "operator.update", "svid.revoke", "policy.put", "policy.delete"} {
+		if !actions[a] {
+			t.Errorf("no %s entry (have %v)", a, actions)
+		}
+	}
+}

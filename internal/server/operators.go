@@ -29,6 +29,15 @@ func callerFrom(r *http.Request) (operator.Caller, bool) {
 	return c, ok
 }
 
+// operatorActor names the admin caller of r (the operator, the
+// workload, or "admin" for the break-glass token).
+func operatorActor(r *http.Request) audit.Actor {
+	if c, ok := callerFrom(r); ok {
+		return c.Actor
+	}
+	return audit.Actor{User: "anonymous"}
+}
+
 // errAdminTokenOff: the break-glass token was presented to a server
 // started with --admin-token=off.
 var errAdminTokenOff = errors.New("the admin token is turned off on this server (--admin-token=off); sign in with rampart login")

@@ -281,7 +281,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		OnIssue: s.metrics.svidsIssued.WithLabelValues("server").Inc}
 	s.peers = &identity.Verifier{CA: ca, Now: cfg.Now}
 	s.scan = &inventory.API{Entries: st, Caller: agentFrom, Record: s.record, Event: s.event, Refused: s.refused,
-		Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Now: cfg.Now, Log: cfg.Log}
+		Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Operator: operatorActor, Now: cfg.Now, Log: cfg.Log}
 	if ss, ok := store.Scan(st); ok { // nil: the store has no scan tables
 		s.scan.Inventory = &inventory.Inventory{Store: ss, Now: cfg.Now}
 	}
