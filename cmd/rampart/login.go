@@ -112,8 +112,12 @@ func runLogin(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("login: signed in, but the admin API refuses the token: %w", err)
 	}
 	s.Subject = who.Subject
+	old, _ := signin.Load(dir)
 	if err := s.Save(); err != nil {
 		return err
+	}
+	if old != nil && old.RefreshToken != "" && old.RefreshToken != s.RefreshToken {
+		c.Revoke(ctx, old.RefreshToken, "refresh_token") // the login this one replaces
 	}
 	fmt.Fprintf(env.stdout, "Signed in to %s as %s (%s), roles: %s; the token is kept in %s\n", s.Server, who.Subject,
 		who.Name, rolesText(who.Roles), dir)

@@ -552,3 +552,27 @@ func TestEveryAdminEntryNamesItsOperator(t *testing.T) {
 		}
 	}
 }
+
+// An admin cannot disable herself or take her own admin role: the last
+// way back in would be the break-glass token. Another admin can.
+func TestOperatorCannotLockItselfOut(t *testing.T) {
+	h := newOperatorHarness(t)
+	ctx := context.Background()
+	secret := h.addUser("alice", true)
+	h.addOperator(api.OperatorCreate{Name: "alice", Kind: "user", Roles: []api.OperatorRole{{Role: "admin"}}})
+	s, err := h.deviceLogin("alice", secret, newKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := h.as(s)
+	yes := true
+	wantStatus(t, alice.Do(ctx, http.MethodPatch, "/v1/operator?name=alice", api.OperatorUpdate{Disabled: &yes}, nil), http.StatusConflict, "cannot disable itself")
+	wantStatus(t, alice.Do(ctx, http.MethodPatch, "/v1/operator?name=alice", api.OperatorUpdate{Revoke: []string{"admin"}}, nil), http.StatusConflict, "own admin role")
+	if err := alice.Do(ctx, http.MethodGet, "/v1/entries", nil, nil); err != nil {
+		t.Fatalf("alice after refused self-changes: %v", err)
+	}
+	if err := h.admin.Do(ctx, http.MethodPatch, "/v1/operator?name=alice", api.OperatorUpdate{Disabled: &yes}, nil); err != nil {
+		t.Fatalf("another admin (break glass) disables alice: %v", err)
+	}
+	wantStatus(t, alice.Do(ctx, http.MethodGet, "/v1/entries", nil, nil), http.StatusUnauthorized, "")
+}
