@@ -185,7 +185,7 @@ func start(ctx context.Context, dir string, log *slog.Logger, step func(string))
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(identity.EncodePEM(srv.CA().X509Bundle()))
 	breakGlass := &api.Client{BaseURL: "https://" + sys.ServerAddr, AdminToken: strings.TrimSpace(string(tok)),
-		HTTP: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}}
+		HTTP: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}}
 	// Everything from here on is done by a named operator: the admin
 	// token only makes it, on the first start.
 	step("signing in as the operator " + demoOperator + " (device flow, password and one-time code)")
