@@ -87,7 +87,8 @@ func (p *Provider) parseAuthz(r *http.Request, q url.Values) (req *authzRequest,
 		return nil, false, errf(http.StatusBadRequest, "invalid_request", "redirect_uri is required")
 	case !redirectAllowed(c.RedirectURIs, ru):
 		// Exact string match only (RFC 9700 §4.1.3): no prefixes, no
-		// extra path, no wildcard.
+		// extra path, no wildcard; the one allowance is the port of a
+		// native app's loopback redirect (RFC 8252 §7.3, loopback.go).
 		return nil, false, errf(http.StatusBadRequest, "invalid_request", "redirect_uri %q is not registered for client %s", ru, c.ID)
 	default:
 		req.redirectURI = ru
