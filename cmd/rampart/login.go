@@ -328,10 +328,3 @@ func runWhoami(ctx context.Context, env *cliEnv, args []string) error {
 		"signed in with", orDash(strings.Join(who.AMR, " ")), "expires", fmtTime(who.ExpiresAt), "roles", rolesText(who.Roles),
 		"permissions", strings.Join(who.Permissions, " "))
 }
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}

@@ -48,6 +48,7 @@ func commands() []command {
 		{"backup", "make, list, verify and restore encrypted backups; run restore drills", runBackup},
 		{"scan", "scan Go binaries, SBOMs and images for known vulnerabilities; the offline database, gate and exceptions", runScan},
 		{"inventory", "list what runs where: services, hosts, binaries, modules and their findings", runInventory},
+		{"netpol", "network policy from the policies: view, export (nftables, Kubernetes, Cilium), check what is applied", runNetpol},
 		{"acme", "ACME certificates: EAB keys for clients (eab), issued certificates (certs)", runACME},
 		{"login", "sign in as an operator (device flow or browser); the admin commands then act as you", runLogin},
 		{"logout", "revoke and delete the operator sign-in kept by login", runLogout},

@@ -64,6 +64,17 @@ type Config struct {
 	// InventoryInterval is how often the inventory is reported to the
 	// server (10s when zero).
 	InventoryInterval time.Duration
+	// Netpol is off, report or enforce (package netpol; netpol.go):
+	// whether the host's network policy table is installed, and whether
+	// it drops or only counts. Placements are reported in every mode.
+	Netpol string
+	// NetpolInterval is how often the table is refreshed (2s when zero
+	// and enforcing or reporting).
+	NetpolInterval time.Duration
+	// NetpolNetNS, if set, is the network namespace (a path such as
+	// /var/run/netns/NAME) whose firewall the agent manages; the agent's
+	// own by default.
+	NetpolNetNS string
 }
 
 // Agent is a running node agent. It implements workload.Source.
@@ -91,6 +102,9 @@ type Agent struct {
 	warned    map[string]bool // entries named by warnUnservable
 
 	wake chan struct{} // reschedules the rotation loop
+	// netpolKick makes the network policy loop refresh now: the server's
+	// state moved (a policy changed, say).
+	netpolKick chan struct{}
 }
 
 type jwtCached struct {
@@ -125,7 +139,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, td: cfg.TrustDomain,
 		revoked: map[string]struct{}{}, workloads: map[string]*held{}, changed: make(chan struct{}),
-		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), warned: map[string]bool{},
+		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), netpolKick: make(chan struct{}, 1), warned: map[string]bool{},
 	}
 	a.metrics = newMetrics(cfg.Registry, a)
 	if err := a.loadCache(); err != nil {
@@ -266,7 +280,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	// The inventory of what runs, and the scan gate (inventory.go).
 	inv := newInventoryReporter(a.client, a.log, a.now, a.cfg.InventoryInterval, filepath.Join(a.cfg.DataDir, "scan-state.json"),
 		func() { a.mu.Lock(); a.publishLocked(); a.mu.Unlock() })
-	wl.SetInspector(inv)
+	// Placements and the host's network policy (netpol.go).
+	tracker := newPlacementTracker(inv, "/proc")
+	wl.SetInspector(tracker)
+	fw, err := a.openFirewall()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	npDone := make(chan struct{})
+	go func() { defer close(npDone); a.newNetpolLoop(tracker, fw, sp).run(ctx) }()
+	defer func() { <-npDone }() // the table is removed before Run returns
 	errc := make(chan error, 3)
 	go inv.run(ctx)
 	go func() { errc <- wl.Serve(ctx, ln) }()
@@ -402,6 +426,10 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		a.metrics.serverUp.Set(1)
 		if err := a.applySync(resp); err != nil {
 			a.log.Error("applying sync failed", "err", err)
+		}
+		select {
+		case a.netpolKick <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -180,6 +180,9 @@ func TestDefaultRules(t *testing.T) {
 		{"audit-entries-dropped",
 			[]*audit.Entry{shipped(ev(0, "audit.entries_dropped", "failure", "120 audit entries dropped", audit.Actor{SpiffeID: orders}, map[string]string{"count": "120"}))},
 			[]*audit.Entry{ev(0, "audit.seal", "success", "", audit.Actor{SpiffeID: orders}, nil)}},
+		{"netpol-port-scan",
+			[]*audit.Entry{netpolDropped(0, "scan", agentSource), netpolDropped(time.Minute, "scan", agentSource)},           // one alert per host in 10m
+			[]*audit.Entry{netpolDropped(0, "drops", agentSource), netpolDropped(0, "scan", "spiffe://example.org/orders")}}, // a workload cannot forge it
 		{"vulnerable-workload-running",
 			[]*audit.Entry{vulnerable(0, "called", "HIGH"), vulnerable(time.Minute, "called", "HIGH")}, // one alert per finding a day
 			[]*audit.Entry{vulnerable(0, "not-called", "CRITICAL"), vulnerable(0, "called", "MEDIUM"),
@@ -199,13 +202,23 @@ func TestDefaultRules(t *testing.T) {
 		found := false
 		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "admin-token-used", "read-volume", "audit-ingestion-gap", "audit-entries-dropped", "oauth-rate-limited",
 			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue", "vulnerable-workload-running",
-			"acme-challenge-failures"} { // the backup rules: backup_rules_test.go
+			"acme-challenge-failures", "netpol-port-scan"} { // the backup rules: backup_rules_test.go
 			found = found || name == r.Name
 		}
 		if !found {
 			t.Errorf("default rule %s has no test", r.Name)
 		}
 	}
+}
+
+const agentSource = "spiffe://example.org/rampart/agent/h2"
+
+// netpolDropped is an agent's entry for the drops of one interval.
+func netpolDropped(at time.Duration, pattern, source string) *audit.Entry {
+	e := ev(at, "netpol.dropped", "denied", "dropped", audit.Actor{SpiffeID: source},
+		map[string]string{"ports": "22:1,8080:1,8443:2", "count": "4", "distinct_ports": "3", "pattern": pattern})
+	e.Source = source
+	return e
 }
 
 // vulnerable is the server's entry for a finding on a running workload.

@@ -4,7 +4,7 @@
 // table says which, and docs/api.md prints it). A permission is a noun
 // and a verb, "noun.verb": the noun is what is acted on (entry, agent,
 // svid, ca, policy, alert, oauth.client, oauth.user, kms, scan,
-// inventory, backup, acme), the
+// inventory, backup, acme, netpol), the
 // verb what is done to it. "read" only ever reads; every other verb
 // changes something or acts, and is named for the act (write, evict,
 // revoke, rotate, manage, except, run, drill, admin) so that a role can be
@@ -73,6 +73,8 @@ const (
 	ACMEEnrol  Permission = "acme.enrol"
 	ACMERevoke Permission = "acme.revoke"
 
+	NetpolRead Permission = "netpol.read"
+
 	OperatorRead  Permission = "operator.read"
 	OperatorWrite Permission = "operator.write"
 
@@ -122,6 +124,7 @@ var All = []Info{
 	{ACMERead, "list ACME external account binding keys (never their HMAC keys) and the certificates issued through ACME"},
 	{ACMEEnrol, "create and revoke ACME external account binding keys (which clients may register, for which names)"},
 	{ACMERevoke, "revoke certificates issued through ACME"},
+	{NetpolRead, "read the network view (placements, allowed edges) that network policies are rendered from"},
 	{OperatorRead, "list and read operators, workload role bindings and their roles"},
 	{OperatorWrite, "add, grant, revoke, disable and enable operators and workload role bindings"},
 	{IncidentRead, "list and read incidents and their timelines"},

@@ -125,6 +125,7 @@ func (s *Server) routes() []Route {
 		admin("PUT /v1/scan/gates", permission.ScanWrite, s.scan.HandlePutGate, "set the gate of an entry, or the default (empty severity removes it)"),
 		admin("GET /v1/scan/gates", permission.ScanRead, s.scan.HandleListGates, "list the gates"),
 		admin("GET /v1/inventory", permission.InventoryRead, s.scan.HandleList, "what runs (?service= &host= &sha256= &vulnerable=true)"),
+		admin("GET /v1/netpol/view", permission.NetpolRead, s.netpol.HandleView, "the network view: where each service runs, its ports, the allowed edges, and what could not be placed"),
 
 		admin("POST /v1/operators", permission.OperatorWrite, s.operators.HandleCreate, "add an operator: an OAuth user, or a SPIFFE ID pattern of workloads, with roles"),
 		admin("GET /v1/operators", permission.OperatorRead, s.operators.HandleList, "list operators and their roles"),
@@ -142,6 +143,8 @@ func (s *Server) routes() []Route {
 		route(AuthAgent, "POST /v1/agent/svids", s.handleSign, "sign workload X.509-SVIDs for the agent's entries"),
 		route(AuthAgent, "POST /v1/agent/jwt-svids", s.handleJWTSVID, "sign a JWT-SVID for one of the agent's entries"),
 		route(AuthAgent, "POST /v1/agent/inventory", s.scan.HandleAgentReport, "what the agent's workloads run (sightings of its own entries only)"),
+		route(AuthAgent, "POST /v1/agent/placements", s.netpol.HandleAgentReport, "the services the agent's host runs and their listening ports (its own entries only)"),
+		route(AuthAgent, "GET /v1/agent/netpol", s.netpol.HandleAgentTable, "the network policy table of the agent's host"),
 
 		route(AuthWorkload, "GET /v1/workload/sync", s.handleWorkloadSync, "the caller's policy, revocations and token keys (long poll)"),
 		atHolder(route(AuthWorkload, "POST /v1/audit/ingest", s.handleIngest, "a batch of audit entries from a spool (package audit/intake)")),

@@ -32,6 +32,7 @@ import (
 	"github.com/rampartsec/rampart/internal/inventory"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
+	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/operator"
 	"github.com/rampartsec/rampart/internal/registration"
@@ -143,6 +144,7 @@ type Server struct {
 	operatorAuth    *operator.Authenticator
 	registrar       *registration.Registrar
 	scan            *inventory.API  // vulnerability database, gates, inventory
+	netpol          *netpol.API     // placements and the network view
 	backup          *backup.Runner  // nil: no backups configured
 	acme            *acme.Server    // nil: ACME disabled
 	kmsAPI          *kms.API        // the key store, its key-use policy and its API
@@ -284,6 +286,10 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Operator: operatorActor, Now: cfg.Now, Log: cfg.Log}
 	if ss, ok := store.Scan(st); ok { // nil: the store has no scan tables
 		s.scan.Inventory = &inventory.Inventory{Store: ss, Now: cfg.Now}
+	}
+	s.netpol = &netpol.API{Policies: st, Entries: st, Caller: agentFrom, Refused: s.refused, Now: cfg.Now, Log: cfg.Log}
+	if ns, ok := store.Netpol(st); ok {
+		s.netpol.Placements = ns
 	}
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)

@@ -252,6 +252,8 @@ func (d dialect) migrations() [][]string {
 		d.scanMigration(),
 		// ACME (acme.go).
 		d.acmeMigration(),
+		// Network policy: placements agents report (netpol.go).
+		d.netpolMigration(),
 		// Operators and device codes (operator.go).
 		d.operatorMigration(),
 	}
