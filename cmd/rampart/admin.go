@@ -42,29 +42,35 @@ func addAdminFlags(fs *flag.FlagSet) *adminFlags {
 // glass, deliberate), the operator signed in with rampart login, or the
 // admin token from the environment.
 func (a *adminFlags) client(env *cliEnv) (*api.Client, error) {
+	var sess *signin.Session
+	tok := ""
+	if !a.token.onCommandLine {
+		dir, err := a.sessionDir(env)
+		if err == nil {
+			sess, err = signin.Load(dir)
+		}
+		if err != nil && !errors.Is(err, signin.ErrNoSession) && !errors.Is(err, errNoConfigDir) {
+			return nil, err
+		}
+	}
+	if sess == nil {
+		var err error
+		if tok, err = a.token.get(); err != nil {
+			return nil, err
+		}
+		if tok == "" {
+			return nil, usagef("no admin token: set RAMPART_ADMIN_TOKEN or --admin-token-file (the server wrote it to DATA/admin.token; break glass, every use alerted on), or sign in as an operator: rampart login")
+		}
+	}
 	hc, err := a.httpClient()
 	if err != nil {
 		return nil, err
 	}
-	c := &api.Client{BaseURL: "https://" + trimScheme(a.server), HTTP: hc}
-	if !a.token.onCommandLine {
-		s, err := a.session(env, hc)
-		if err == nil {
-			c.Authorize = s.Authorize
-			return c, nil
-		}
-		if !errors.Is(err, signin.ErrNoSession) {
-			return nil, err
-		}
+	c := &api.Client{BaseURL: "https://" + trimScheme(a.server), HTTP: hc, AdminToken: tok}
+	if sess != nil {
+		sess.Client = a.signinClient(hc, sess.Key)
+		c.Authorize = sess.Authorize
 	}
-	tok, err := a.token.get()
-	if err != nil {
-		return nil, err
-	}
-	if tok == "" {
-		return nil, usagef("not signed in: run rampart login (or, to break glass, give the admin token: --admin-token-file DATA/admin.token or RAMPART_ADMIN_TOKEN_FILE)")
-	}
-	c.AdminToken = tok
 	return c, nil
 }
 
@@ -98,7 +104,7 @@ func (a *adminFlags) sessionDir(env *cliEnv) (string, error) {
 func (a *adminFlags) session(env *cliEnv, hc *http.Client) (*signin.Session, error) {
 	dir, err := a.sessionDir(env)
 	if err != nil {
-		return nil, fmt.Errorf("%w (%v)", signin.ErrNoSession, err)
+		return nil, fmt.Errorf("%w (%w)", signin.ErrNoSession, err)
 	}
 	s, err := signin.Load(dir)
 	if err != nil {
@@ -114,9 +120,13 @@ func (a *adminFlags) signinClient(hc *http.Client, key crypto.Signer) *signin.Cl
 
 // configDir is the user's configuration directory: $XDG_CONFIG_HOME, or
 // $HOME/.config (the XDG Base Directory default).
+// errNoConfigDir: neither XDG_CONFIG_HOME nor HOME says where to keep
+// the session.
+var errNoConfigDir = errors.New("neither XDG_CONFIG_HOME nor HOME is an absolute path: nowhere to keep the operator session")
+
 func configDir(env *cliEnv) (string, error) {
 	if env.getenv == nil {
-		return "", errors.New("no environment")
+		return "", errNoConfigDir
 	}
 	if d := env.getenv("XDG_CONFIG_HOME"); filepath.IsAbs(d) {
 		return d, nil
@@ -124,7 +134,7 @@ func configDir(env *cliEnv) (string, error) {
 	if h := env.getenv("HOME"); filepath.IsAbs(h) {
 		return filepath.Join(h, ".config"), nil
 	}
-	return "", errors.New("neither XDG_CONFIG_HOME nor HOME is an absolute path: nowhere to keep the operator session")
+	return "", errNoConfigDir
 }
 
 // serverTLS verifies the server against the bundle, by the address it is

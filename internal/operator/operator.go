@@ -277,13 +277,19 @@ func (a *Authenticator) now() time.Time {
 	return time.Now()
 }
 
+// DefaultProofQuota is how many live DPoP proofs (about two minutes'
+// worth) one operator key may have recorded: some 15 admin calls a second
+// sustained, for scripts; beyond, calls are refused until older proofs
+// expire. Only holders of a valid token bound to the key get this far.
+const DefaultProofQuota = 2000
+
 // StoreReplay records DPoP proofs in the store, so no replica accepts a
 // proof another one has seen.
 type StoreReplay struct {
 	Store interface {
 		UseDPoPProof(ctx context.Context, jkt, jti string, expires, now time.Time, quota int) error
 	}
-	// Quota bounds one key's live proofs (0: 200).
+	// Quota bounds one key's live proofs (0: DefaultProofQuota).
 	Quota int
 	Now   func() time.Time
 }
@@ -292,7 +298,7 @@ type StoreReplay struct {
 func (s StoreReplay) Use(ctx context.Context, jkt, jti string, until time.Time) error {
 	q := s.Quota
 	if q == 0 {
-		q = 200
+		q = DefaultProofQuota
 	}
 	// The admin API's proofs are kept apart from the token endpoint's.
 	err := s.Store.UseDPoPProof(ctx, "admin:"+jkt, jti, until, s.Now(), q)

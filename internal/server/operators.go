@@ -88,7 +88,7 @@ func (s *Server) authenticate(r *http.Request) (operator.Caller, error) {
 func (s *Server) admin(p permission.Permission, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, err := s.authenticate(r)
-		_, _, ok := dpop.Authorization(r.Header)
+		_, _, tokenSent := dpop.Authorization(r.Header)
 		if err != nil {
 			s.metrics.adminAuthFailures.Inc()
 			action := "admin.auth"
@@ -96,7 +96,9 @@ func (s *Server) admin(p permission.Permission, h http.HandlerFunc) http.Handler
 				action = "admin.break_glass"
 			}
 			e := s.entry(r, action, audit.OutcomeDenied, err.Error(), "method", r.Method, "path", r.URL.Path, "permission", p)
-			if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && !errors.Is(err, operator.ErrNoOperator) {
+			if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && !tokenSent {
+				// A workload: named by its SVID when the chain verified
+				// (one holding no role is still that workload).
 				refusedCertActor(e, r.TLS.PeerCertificates[0], err)
 			}
 			s.recordRefusal(r.Context(), e, r.RemoteAddr)
@@ -112,7 +114,7 @@ func (s *Server) admin(p permission.Permission, h http.HandlerFunc) http.Handler
 				msg = "wrong admin token; " + need
 			case errors.Is(err, operator.ErrProof), errors.Is(err, operator.ErrNotBound):
 				msg = "an operator token is sent as Authorization: DPoP with a DPoP proof made by its key; " + need
-			case r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && !ok:
+			case r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && !tokenSent:
 				msg = "this SVID holds no role; " + need
 			default:
 				msg = "not an operator who may act now (unknown, disabled, locked, no second factor, or the token expired or was revoked); " + need
