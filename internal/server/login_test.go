@@ -32,7 +32,7 @@ import (
 const operatorPassword = "correct horse battery staple"
 
 // newOperatorHarness is a server whose device clients poll every second.
-func newOperatorHarness(t *testing.T) *harness {
+func newOperatorHarness(t testing.TB) *harness {
 	return newHarnessWith(t, Config{DataDir: t.TempDir(), TrustDomain: td, Listen: "127.0.0.1:0", OAuth: OAuthConfig{DeviceInterval: time.Second}})
 }
 
@@ -68,7 +68,7 @@ func (h *harness) tlsHTTP() *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: h.roots, MinVersion: tls.VersionTLS13}}}
 }
 
-func newKey(t *testing.T) *ecdsa.PrivateKey {
+func newKey(t testing.TB) *ecdsa.PrivateKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
