@@ -4,10 +4,10 @@ package netpol
 
 import (
 	"errors"
-	"reflect"
-	"strings"
 	"fmt"
 	"net/netip"
+	"reflect"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -403,5 +403,3 @@ func saddrIn(set string, v6 bool) []expr.Any {
 		&expr.Lookup{SourceRegister: 1, SetName: set},
 	}
 }
-
-

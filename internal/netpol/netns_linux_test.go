@@ -186,7 +186,9 @@ func TestEnforcementInNamespaces(t *testing.T) {
 	}{
 		{"an address added to a set", func() { nft("add", "element", "inet", TableName, setName(8443, false), "{ 10.77.0.99 }") }},
 		{"a rule added to our chain", func() { nft("add", "rule", "inet", TableName, "input", "tcp", "dport", "22", "accept") }},
-		{"NEW accepted by the ct rule", func() { nft("replace", "rule", "inet", TableName, "input", "handle", ruleHandle(t, l.ns(2), 0), "ct", "state", "established,related,new", "accept") }},
+		{"NEW accepted by the ct rule", func() {
+			nft("replace", "rule", "inet", TableName, "input", "handle", ruleHandle(t, l.ns(2), 0), "ct", "state", "established,related,new", "accept")
+		}},
 		{"a lookup inverted", func() {
 			nft("replace", "rule", "inet", TableName, "input", "handle", ruleHandle(t, l.ns(2), 1), "tcp", "dport", "8443", "ip", "saddr", "!=", "@"+setName(8443, false), "accept")
 		}},

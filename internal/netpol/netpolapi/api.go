@@ -23,7 +23,6 @@ import (
 	"github.com/rampartsec/rampart/internal/store"
 )
 
-
 // Limits of a report.
 const (
 	MaxReportBody     = 1 << 20
