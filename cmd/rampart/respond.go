@@ -290,14 +290,14 @@ func printSteps(env *cliEnv, r *respond.Run) {
 			what = st.Error + " (on failure: " + st.OnFailure + ")"
 		}
 		if st.State == respond.StepWaiting {
-			what = "waits for approval by a " + st.Approval.Role + ": rampart incident approve " + orDash(r.Incident, r.ID)
+			what = "waits for approval by a " + st.Approval.Role + ": rampart incident approve " + orElse(r.Incident, r.ID)
 		}
 		tw.row(st.Name, st.Action, st.State, what)
 	}
 	tw.flush()
 }
 
-func orDash(a, b string) string {
+func orElse(a, b string) string {
 	if a != "" {
 		return a
 	}
@@ -375,7 +375,7 @@ func runIncident(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		tw := table(env, "ID", "STATUS", "SEVERITY", "OWNER", "OPENED", "TITLE")
 		for _, in := range ins {
-			tw.row(in.ID, in.Status, in.Severity, orDash(in.Owner, "-"), fmtTime(in.OpenedAt), in.Title)
+			tw.row(in.ID, in.Status, in.Severity, orElse(in.Owner, "-"), fmtTime(in.OpenedAt), in.Title)
 		}
 		return tw.flush()
 	case "show":
@@ -390,14 +390,14 @@ func runIncident(ctx context.Context, env *cliEnv, args []string) error {
 			return printJSON(env, v)
 		}
 		in := v.Incident
-		fmt.Fprintf(env.stdout, "%s  %s\nstatus %s, severity %s, owner %s, opened %s by %s\n", in.ID, in.Title, in.Status, in.Severity, orDash(in.Owner, "-"), fmtTime(in.OpenedAt), in.OpenedBy)
+		fmt.Fprintf(env.stdout, "%s  %s\nstatus %s, severity %s, owner %s, opened %s by %s\n", in.ID, in.Title, in.Status, in.Severity, orElse(in.Owner, "-"), fmtTime(in.OpenedAt), in.OpenedBy)
 		if len(in.Identities) > 0 {
 			fmt.Fprintf(env.stdout, "identities: %s\n", strings.Join(in.Identities, ", "))
 		}
 		fmt.Fprintln(env.stdout, "\ntimeline:")
 		tw := table(env, "TIME", "KIND", "BY", "WHAT")
 		for _, e := range v.Timeline {
-			tw.row(fmtTime(e.Time), e.Kind, orDash(e.Actor, "-"), e.Text)
+			tw.row(fmtTime(e.Time), e.Kind, orElse(e.Actor, "-"), e.Text)
 		}
 		return tw.flush()
 	case "open":
@@ -442,7 +442,7 @@ func runIncident(ctx context.Context, env *cliEnv, args []string) error {
 		if *asJSON {
 			return printJSON(env, in)
 		}
-		fmt.Fprintf(env.stdout, "%s: %s, severity %s, owner %s\n", in.ID, in.Status, in.Severity, orDash(in.Owner, "-"))
+		fmt.Fprintf(env.stdout, "%s: %s, severity %s, owner %s\n", in.ID, in.Status, in.Severity, orElse(in.Owner, "-"))
 	case "report":
 		if err := need(1, "one incident ID"); err != nil {
 			return err
@@ -479,7 +479,7 @@ func runIncident(ctx context.Context, env *cliEnv, args []string) error {
 			if !q.LiftedAt.IsZero() {
 				lifted = fmtTime(q.LiftedAt) + " by " + q.LiftedBy + ": " + q.LiftReason
 			}
-			tw.row(q.Identity, fmtTime(q.CreatedAt), q.CreatedBy, q.Reason, orDash(q.Incident, "-"), lifted)
+			tw.row(q.Identity, fmtTime(q.CreatedAt), q.CreatedBy, q.Reason, orElse(q.Incident, "-"), lifted)
 		}
 		return tw.flush()
 	}

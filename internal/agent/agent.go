@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,6 +33,7 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/identity/ids"
+	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/selector"
@@ -64,6 +66,21 @@ type Config struct {
 	// InventoryInterval is how often the inventory is reported to the
 	// server (10s when zero).
 	InventoryInterval time.Duration
+	// Netpol is off, report or enforce (package netpol; netpol.go):
+	// whether the host's network policy table is installed, and whether
+	// it drops or only counts. Placements are reported in every mode.
+	Netpol string
+	// NetpolInterval is how often the table is refreshed (2s when zero
+	// and enforcing or reporting).
+	NetpolInterval time.Duration
+	// NetpolNetNS, if set, is the network namespace (a path such as
+	// /var/run/netns/NAME) whose firewall the agent manages; the agent's
+	// own by default.
+	NetpolNetNS string
+	// NetpolExemptPorts are never reported as a service's ports, so never
+	// governed (22 by default, from the CLI); the server's own port is
+	// always exempt.
+	NetpolExemptPorts []uint16
 }
 
 // Agent is a running node agent. It implements workload.Source.
@@ -84,13 +101,19 @@ type Agent struct {
 	revision  int64
 	entries   []api.Entry
 	revoked   map[string]struct{}
-	workloads map[string]*held // by entry ID
-	snap      *workload.Snapshot
-	changed   chan struct{}
-	jwtCache  map[string]jwtCached
-	warned    map[string]bool // entries named by warnUnservable
+	// reissueRoot, during a burn-down, is the root every SVID must
+	// descend from (api.SyncResponse.ReissueUnlessRoot).
+	reissueRoot string
+	workloads   map[string]*held // by entry ID
+	snap        *workload.Snapshot
+	changed     chan struct{}
+	jwtCache    map[string]jwtCached
+	warned      map[string]bool // entries named by warnUnservable
 
 	wake chan struct{} // reschedules the rotation loop
+	// netpolKick makes the network policy loop refresh now: the server's
+	// state moved (a policy changed, say).
+	netpolKick chan struct{}
 }
 
 type jwtCached struct {
@@ -125,7 +148,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, td: cfg.TrustDomain,
 		revoked: map[string]struct{}{}, workloads: map[string]*held{}, changed: make(chan struct{}),
-		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), warned: map[string]bool{},
+		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), netpolKick: make(chan struct{}, 1), warned: map[string]bool{},
 	}
 	a.metrics = newMetrics(cfg.Registry, a)
 	if err := a.loadCache(); err != nil {
@@ -266,7 +289,32 @@ func (a *Agent) Run(ctx context.Context) error {
 	// The inventory of what runs, and the scan gate (inventory.go).
 	inv := newInventoryReporter(a.client, a.log, a.now, a.cfg.InventoryInterval, filepath.Join(a.cfg.DataDir, "scan-state.json"),
 		func() { a.mu.Lock(); a.publishLocked(); a.mu.Unlock() })
-	wl.SetInspector(inv)
+	// Placements and the host's network policy (netpol.go).
+	nsPath := a.cfg.NetpolNetNS
+	if nsPath == "" {
+		nsPath = "/proc/self/ns/net"
+	}
+	netns, err := netpol.NetNSOf(nsPath)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("agent: %w", err)
+	}
+	exempt := slices.Clone(a.cfg.NetpolExemptPorts)
+	if _, port, err := net.SplitHostPort(a.cfg.ServerAddr); err == nil {
+		if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+			exempt = append(exempt, uint16(n))
+		}
+	}
+	tracker := newPlacementTracker(inv, "/proc", netns, exempt, filepath.Join(a.cfg.DataDir, "netpol-processes.json"), a.log)
+	wl.SetInspector(tracker)
+	fw, err := a.openFirewall()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	npDone := make(chan struct{})
+	go func() { defer close(npDone); a.newNetpolLoop(tracker, fw, sp).run(ctx) }()
+	defer func() { <-npDone }() // the table is removed before Run returns
 	errc := make(chan error, 3)
 	go inv.run(ctx)
 	go func() { errc <- wl.Serve(ctx, ln) }()
@@ -403,6 +451,10 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		if err := a.applySync(resp); err != nil {
 			a.log.Error("applying sync failed", "err", err)
 		}
+		select {
+		case a.netpolKick <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -414,6 +466,7 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, resp.Entries
+	a.applyReissue(resp)
 	a.warnUnservable(resp.Entries)
 	a.revoked = make(map[string]struct{}, len(resp.Revoked))
 	for _, s := range resp.Revoked {
@@ -480,7 +533,7 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	next := now.Add(time.Hour)
 
 	a.mu.Lock()
-	agentDue := a.svid != nil && !now.Before(a.svid.RenewAt)
+	agentDue := a.svid != nil && (!now.Before(a.svid.RenewAt) || a.fromOldRoot(a.svid))
 	a.mu.Unlock()
 	if agentDue {
 		if err := a.renewAgent(ctx); err != nil {
@@ -494,7 +547,7 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	for _, e := range a.entries {
 		h := a.workloads[e.ID]
 		switch {
-		case h == nil, !now.Before(h.RenewAt), !sameEntry(h.Entry, e):
+		case h == nil, !now.Before(h.RenewAt), !sameEntry(h.Entry, e), a.fromOldRoot(h):
 			due = append(due, e)
 		default:
 			if _, revoked := a.revoked[h.serial()]; revoked {
@@ -521,6 +574,22 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 		}
 	}
 	return next
+}
+
+// applyReissue takes the burn-down's root from a sync. Call with a.mu
+// held.
+func (a *Agent) applyReissue(resp api.SyncResponse) { a.reissueRoot = resp.ReissueUnlessRoot }
+
+// fromOldRoot says whether, during a burn-down, h descends from a root
+// other than the one the server named: its intermediate's authority key
+// ID is not the new root's subject key ID. Such an SVID is re-issued at
+// once, before the server revokes it and drops its root. Call with a.mu
+// held.
+func (a *Agent) fromOldRoot(h *held) bool {
+	if a.reissueRoot == "" || len(h.Chain) < 2 {
+		return false
+	}
+	return hex.EncodeToString(h.Chain[1].AuthorityKeyId) != a.reissueRoot
 }
 
 func sameEntry(a, b api.Entry) bool {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/ratelimit"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -52,6 +53,7 @@ type codeData struct {
 	AuthTime    int64    `json:"auth_time"`
 	Audience    []string `json:"audience,omitempty"`
 	DPoPJKT     string   `json:"dpop_jkt,omitempty"`
+	AMR         []string `json:"amr,omitempty"`
 }
 
 var challengeRE = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
@@ -84,9 +86,10 @@ func (p *Provider) parseAuthz(r *http.Request, q url.Values) (req *authzRequest,
 		req.redirectURI = c.RedirectURIs[0]
 	case ru == "":
 		return nil, false, errf(http.StatusBadRequest, "invalid_request", "redirect_uri is required")
-	case !slices.Contains(c.RedirectURIs, ru):
+	case !redirectAllowed(c.RedirectURIs, ru):
 		// Exact string match only (RFC 9700 §4.1.3): no prefixes, no
-		// extra path, no wildcard.
+		// extra path, no wildcard; the one allowance is the port of a
+		// native app's loopback redirect (RFC 8252 §7.3, loopback.go).
 		return nil, false, errf(http.StatusBadRequest, "invalid_request", "redirect_uri %q is not registered for client %s", ru, c.ID)
 	default:
 		req.redirectURI = ru
@@ -204,12 +207,25 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	fresh := hasSession && !slices.Contains(req.prompt, "login") &&
 		(req.maxAge < 0 || now.Unix()-sess.AuthTime <= int64(req.maxAge))
 
+	// A silent sign-in (a GET with a session, prompt=none or none given)
+	// writes a family and a code like a login form does, but passes no
+	// login limit: it has its own (refusals counted and audited by the
+	// limiter, oauth.rate_limit).
+	if r.Method == http.MethodGet && fresh && !slices.Contains(req.prompt, "consent") {
+		if d := p.limits.authorize.Allow(ratelimit.Source(r)); !d.Allowed {
+			w.Header().Set("Retry-After", d.RetryAfter())
+			p.redirectError(w, r, req, errf(http.StatusTooManyRequests, "temporarily_unavailable",
+				"too many sign-in requests; retry after %s s", d.RetryAfter()))
+			return
+		}
+	}
+
 	if r.Method == http.MethodGet {
 		switch {
 		case slices.Contains(req.prompt, "none") && !fresh:
 			p.redirectError(w, r, req, errf(http.StatusBadRequest, "login_required", "no login session"))
 		case fresh && !slices.Contains(req.prompt, "consent"):
-			p.issueCode(w, r, req, sess.User, sess.AuthTime)
+			p.issueCode(w, r, req, sess.User, sess.AuthTime, sess.AMR)
 		default:
 			p.loginPage(w, r, req, fresh, "", http.StatusOK)
 		}
@@ -227,7 +243,7 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if fresh && r.PostForm.Get("username") == "" {
-		p.issueCode(w, r, req, sess.User, sess.AuthTime)
+		p.issueCode(w, r, req, sess.User, sess.AuthTime, sess.AMR)
 		return
 	}
 	username := r.PostForm.Get("username")
@@ -235,8 +251,11 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	var le *loginError
 	if errors.As(err, &le) {
 		// The typed name is a claim, not a proven actor (it may even be
-		// "admin"): the entry's actor is anonymous, the claim a detail.
-		p.record(r, "oauth.login", audit.OutcomeFailure, le.reason, "username", username, "user", "anonymous", "client_id", req.client.ID)
+		// "admin"): the entry's actor is anonymous, the claim a detail,
+		// and the target (so that repeats are counted per account, which
+		// the login-failures rule counts by).
+		p.record(r, "oauth.login", audit.OutcomeFailure, le.reason, "username", username, "user", "anonymous", "client_id", req.client.ID,
+			"target", "user "+claimed(username))
 		p.loginPage(w, r, req, false, "Wrong username, password or one-time code, or the account is locked. Try again.", http.StatusUnauthorized)
 		return
 	}
@@ -254,24 +273,24 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	}
 	p.record(r, "oauth.login", audit.OutcomeSuccess, "", "username", u.Username, "user", u.Username, "client_id", req.client.ID,
 		"mfa", strconv.FormatBool(u.TOTPSecret != nil))
-	p.setSession(w, session{User: u.Username, AuthTime: now.Unix(), Expires: now.Add(p.cfg.SessionTTL).Unix()})
-	p.issueCode(w, r, req, u.Username, now.Unix())
+	p.setSession(w, session{User: u.Username, AuthTime: now.Unix(), Expires: now.Add(p.cfg.SessionTTL).Unix(), AMR: amrOf(u)})
+	p.issueCode(w, r, req, u.Username, now.Unix(), amrOf(u))
 }
 
 // authzParams are the request parameters carried through the login form.
 var authzParams = []string{"response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
 	"code_challenge", "code_challenge_method", "prompt", "max_age", "resource", "response_mode", "dpop_jkt"}
 
-func (p *Provider) issueCode(w http.ResponseWriter, r *http.Request, req *authzRequest, user string, authTime int64) {
+func (p *Provider) issueCode(w http.ResponseWriter, r *http.Request, req *authzRequest, user string, authTime int64, amr []string) {
 	now := p.cfg.Now()
 	code := randomToken()
 	data, _ := json.Marshal(codeData{RedirectURI: req.redirectURI, Scope: req.scope, Nonce: req.nonce,
-		Challenge: req.challenge, AuthTime: authTime, Audience: req.resource, DPoPJKT: req.dpopJKT})
+		Challenge: req.challenge, AuthTime: authTime, Audience: req.resource, DPoPJKT: req.dpopJKT, AMR: amr})
 	// The login's family is recorded before the code leaves, with the end
 	// of the last token it can lead to, so disabling the user or the
 	// client finds it.
 	family := randomToken()[:22]
-	end := now.Add(p.cfg.CodeTTL + p.cfg.AccessTokenTTL)
+	end := now.Add(p.cfg.CodeTTL + p.cfg.AccessTokenTTL + revocationGrace)
 	if slices.Contains(req.client.GrantTypes, "refresh_token") {
 		end = end.Add(p.cfg.RefreshTokenTTL)
 	}
@@ -315,9 +334,10 @@ func (p *Provider) redirectError(w http.ResponseWriter, r *http.Request, req *au
 // session is the single sign-on cookie's content, MACed with the
 // provider's session key.
 type session struct {
-	User     string `json:"u"`
-	AuthTime int64  `json:"at"`
-	Expires  int64  `json:"exp"`
+	User     string   `json:"u"`
+	AuthTime int64    `json:"at"`
+	Expires  int64    `json:"exp"`
+	AMR      []string `json:"amr,omitempty"`
 }
 
 func (p *Provider) mac(parts ...string) []byte {

@@ -12,9 +12,11 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -116,6 +118,9 @@ type Config struct {
 	// MaxActDepth bounds the act chain of exchanged tokens (hops of
 	// services acting for the user); default DefaultMaxActDepth.
 	MaxActDepth int
+	// DeviceInterval is the polling interval device clients are given
+	// (RFC 8628 §3.2); whole seconds, default DeviceInterval.
+	DeviceInterval time.Duration
 
 	// PeerCertificate returns the client's certificate if it sent one and
 	// the TLS layer verified it (an SVID of the trust domain, not
@@ -124,6 +129,14 @@ type Config struct {
 
 	// Record appends audit entries durably.
 	Record func(ctx context.Context, es ...*audit.Entry)
+	// Refusals counts refused requests (what anyone can produce at
+	// will): the first of a kind (actor, action, target, reason, and an
+	// anonymous caller's address or /64) in an interval is recorded at
+	// once, its repeats as one entry with details.count. Share the
+	// server's, whose audit keeper records what is being counted before
+	// each checkpoint; nil: the provider keeps its own, recorded by
+	// Maintain and when Run ends.
+	Refusals *audit.Refusals
 	// Changed is called after a revocation so that waiting proxies learn
 	// of it at once.
 	Changed func(ctx context.Context)
@@ -142,6 +155,9 @@ type Provider struct {
 	dpop     *dpop.Checker         // DPoP proofs at the token and userinfo endpoints
 	hashing  *hashGate             // bounds concurrent argon2id runs
 	limits   *limiters             // rate limits per endpoint
+	// ownRefusals: cfg.Refusals is the provider's own, which Maintain
+	// and Run record.
+	ownRefusals bool
 
 	mu      sync.RWMutex
 	revoked map[string]struct{} // jti and sid values
@@ -161,7 +177,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	for name, d := range map[string]time.Duration{"access token TTL": cfg.AccessTokenTTL, "ID token TTL": cfg.IDTokenTTL,
 		"refresh token TTL": cfg.RefreshTokenTTL, "code TTL": cfg.CodeTTL, "key TTL": cfg.KeyTTL, "session TTL": cfg.SessionTTL,
 		"back-off base": cfg.BackoffBase, "back-off max": cfg.BackoffMax, "CSRF TTL": cfg.CSRFTTL, "hash wait": cfg.HashWait,
-		"DPoP nonce TTL": cfg.DPoPNonceTTL} {
+		"DPoP nonce TTL": cfg.DPoPNonceTTL, "device interval": cfg.DeviceInterval} {
 		if d < 0 {
 			return nil, fmt.Errorf("oauth: %s %v: must be positive (or zero for the default)", name, d)
 		}
@@ -188,6 +204,10 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	def(&cfg.CSRFTTL, DefaultCSRFTTL)
 	def(&cfg.HashWait, DefaultHashWait)
 	def(&cfg.DPoPNonceTTL, DefaultDPoPNonceTTL)
+	def(&cfg.DeviceInterval, DeviceInterval)
+	if cfg.DeviceInterval%time.Second != 0 {
+		return nil, fmt.Errorf("oauth: device interval %v: whole seconds", cfg.DeviceInterval)
+	}
 	if cfg.DPoPNonceTTL%time.Second != 0 {
 		return nil, fmt.Errorf("oauth: DPoP nonce TTL %v: whole seconds", cfg.DPoPNonceTTL)
 	}
@@ -228,6 +248,10 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Record == nil {
 		cfg.Record = func(context.Context, ...*audit.Entry) {}
 	}
+	ownRefusals := cfg.Refusals == nil
+	if ownRefusals {
+		cfg.Refusals = audit.NewRefusals(cfg.Now, cfg.Record)
+	}
 	if cfg.PeerCertificate == nil {
 		cfg.PeerCertificate = func(r *http.Request) *x509.Certificate {
 			if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
@@ -239,7 +263,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Changed == nil {
 		cfg.Changed = func(context.Context) {}
 	}
-	p := &Provider{cfg: cfg, keys: &keyring{store: cfg.Store, wrap: cfg.Wrapper, alg: cfg.Algorithm, ttl: cfg.KeyTTL}}
+	p := &Provider{cfg: cfg, keys: &keyring{store: cfg.Store, wrap: cfg.Wrapper, alg: cfg.Algorithm, ttl: cfg.KeyTTL}, ownRefusals: ownRefusals}
 	// No leeway: this is the issuer, whose own clock set exp and nbf. A
 	// token past its exp buys nothing here (exchange, introspection,
 	// userinfo, revocation), even while a distant verifier's skew
@@ -324,6 +348,7 @@ func (p *Provider) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			p.flushRefusals(context.WithoutCancel(ctx), true)
 			return nil
 		case <-t.C:
 			if err := p.Maintain(ctx); err != nil {
@@ -338,6 +363,7 @@ func (p *Provider) Run(ctx context.Context) error {
 // periodically.
 func (p *Provider) Maintain(ctx context.Context) error {
 	p.limits.flush()
+	p.flushRefusals(ctx, false)
 	if n := p.hashing.busy.Swap(0); n > 0 {
 		now := p.cfg.Now()
 		p.cfg.Log.Warn("oauth: logins refused: every password hashing slot busy", "count", n)
@@ -418,6 +444,9 @@ func (p *Provider) Routes() []Route {
 		{"POST " + PathUserinfo, limited(p.limits.userinfo, p.handleUserinfo, limitJSON), "UserInfo (OIDC Core §5.3)"},
 		{"POST " + PathIntrospect, limited(p.limits.introspect, p.handleIntrospect, limitJSON), "token introspection (RFC 7662)"},
 		{"POST " + PathRevoke, limited(p.limits.revoke, p.handleRevoke, limitJSON), "token revocation (RFC 7009)"},
+		{"POST " + PathDeviceAuthorization, limited(p.limits.token, p.handleDeviceAuthorization, limitJSON), "device authorization endpoint (RFC 8628 §3.1)"},
+		{"GET " + PathDevice, http.HandlerFunc(p.handleDevice), "device verification page: enter the user code, sign in, approve (RFC 8628 §3.3)"},
+		{"POST " + PathDevice, limited(p.limits.login, p.handleDevice, p.limitPage), "device verification form (or JSON with Accept: application/json): user code, password, TOTP, allow or deny"},
 	}
 }
 
@@ -431,7 +460,7 @@ func (p *Provider) Register(mux *http.ServeMux, wrap func(pattern string, h http
 
 // Supported values, published in discovery and enforced.
 var (
-	grantTypes  = []string{"authorization_code", "client_credentials", "refresh_token", GrantTokenExchange}
+	grantTypes  = []string{"authorization_code", "client_credentials", "refresh_token", GrantTokenExchange, GrantDeviceCode}
 	authMethods = []string{"none", "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"}
 )
 
@@ -449,6 +478,7 @@ func (p *Provider) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		"userinfo_endpoint":                                iss + PathUserinfo,
 		"introspection_endpoint":                           iss + PathIntrospect,
 		"revocation_endpoint":                              iss + PathRevoke,
+		"device_authorization_endpoint":                    iss + PathDeviceAuthorization,
 		"response_types_supported":                         []string{"code"},
 		"response_modes_supported":                         []string{"query"},
 		"grant_types_supported":                            grantTypes,
@@ -516,6 +546,17 @@ type oauthError struct {
 	// debug, if set, is the reason for the audit log when the client is
 	// told less (fosite's WithDebug).
 	debug string
+	// revoked names the kind of credential the refusal found revoked
+	// (access_token, refresh_token, code): the audit entry's
+	// details.revoked_credential, which the revoked-credential-use rule
+	// matches. Set only by the server's own checks, never from text.
+	revoked string
+}
+
+// withRevoked marks e as the refusal of a revoked credential of kind.
+func (e *oauthError) withRevoked(kind string) *oauthError {
+	e.revoked = kind
+	return e
 }
 
 // reason is what the audit log records of e.
@@ -590,7 +631,10 @@ func (p *Provider) entry(r *http.Request, action, outcome, reason string, kv ...
 		e.Details[kv[i]] = kv[i+1]
 	}
 	if e.Actor.User == "" && e.Actor.SpiffeID == "" {
-		// An OAuth client acting for itself, or nobody known yet.
+		// An OAuth client acting for itself (client_id is only ever an
+		// authenticated client's, or one read from a token this server
+		// signed), or nobody known yet: what an unauthenticated caller
+		// typed is claimed_client_id, never the actor.
 		if id := e.Details["client_id"]; id != "" {
 			e.Actor.User = "client:" + id
 		} else {
@@ -600,12 +644,54 @@ func (p *Provider) entry(r *http.Request, action, outcome, reason string, kv ...
 	return e
 }
 
+// maxClaimedLen bounds what an unauthenticated caller's identifier takes
+// in an audit entry or an error.
+const maxClaimedLen = 64
+
+// claimed returns an identifier an unauthenticated caller sent (a
+// client_id, an assertion's subject) as it may be recorded: quoted, so
+// control characters and quotes are escaped and it cannot pass for the
+// server's own text, and clipped to maxClaimedLen bytes. It goes in a
+// claimed_* detail or a reason, never in the actor.
+func claimed(s string) string {
+	if len(s) > maxClaimedLen {
+		cut := maxClaimedLen
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
+	}
+	return strconv.Quote(s)
+}
+
+// record audits an OAuth event. A refusal (any outcome but success) is
+// counted with its repeats (Config.Refusals): the first of its kind in
+// an interval is recorded now, the rest as one entry with details.count,
+// so a flood of bad requests is a bounded number of entries and every
+// request is counted.
 func (p *Provider) record(r *http.Request, action, outcome, reason string, kv ...string) {
 	e := p.entry(r, action, outcome, reason, kv...)
 	lvl := slog.LevelDebug
 	if outcome != audit.OutcomeSuccess {
 		lvl = slog.LevelWarn
 	}
-	p.cfg.Log.Log(r.Context(), lvl, "oauth", "event", action, "outcome", outcome, "reason", reason)
-	p.cfg.Record(r.Context(), e)
+	p.cfg.Log.Log(r.Context(), lvl, "oauth", "event", action, "outcome", outcome, "reason", audit.Clip(reason))
+	if outcome == audit.OutcomeSuccess {
+		p.cfg.Record(r.Context(), e)
+		return
+	}
+	if es := p.cfg.Refusals.Add(e, r.RemoteAddr); len(es) > 0 {
+		p.cfg.Record(r.Context(), es...)
+	}
+}
+
+// flushRefusals records the provider's own refusal counts of intervals
+// that ended (all, if force); a shared aggregator is its owner's to flush.
+func (p *Provider) flushRefusals(ctx context.Context, force bool) {
+	if !p.ownRefusals {
+		return
+	}
+	if es := p.cfg.Refusals.Flush(force); len(es) > 0 {
+		p.cfg.Record(ctx, es...)
+	}
 }

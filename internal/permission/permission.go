@@ -4,7 +4,7 @@
 // table says which, and docs/api.md prints it). A permission is a noun
 // and a verb, "noun.verb": the noun is what is acted on (entry, agent,
 // svid, ca, policy, alert, oauth.client, oauth.user, kms, scan,
-// inventory, backup, acme), the
+// inventory, backup, acme, netpol), the
 // verb what is done to it. "read" only ever reads; every other verb
 // changes something or acts, and is named for the act (write, evict,
 // revoke, rotate, manage, except, run, drill, admin) so that a role can be
@@ -21,7 +21,7 @@
 //	               alert.manage, incident.manage, playbook.run
 //	approver       approval.grant, and reading what is approved
 //	policy-author  policy.read, policy.write (optionally for some services)
-//	key-admin      kms.read, kms.admin, ca.read, ca.rotate
+//	key-admin      kms.read, kms.admin, ca.read, ca.rotate, ca.rekey
 //
 // The break-glass admin token holds every permission.
 package permission
@@ -45,6 +45,7 @@ const (
 
 	CARead   Permission = "ca.read"
 	CARotate Permission = "ca.rotate"
+	CARekey  Permission = "ca.rekey"
 
 	PolicyRead  Permission = "policy.read"
 	PolicyWrite Permission = "policy.write"
@@ -72,6 +73,8 @@ const (
 	ACMERead   Permission = "acme.read"
 	ACMEEnrol  Permission = "acme.enrol"
 	ACMERevoke Permission = "acme.revoke"
+
+	NetpolRead Permission = "netpol.read"
 
 	OperatorRead  Permission = "operator.read"
 	OperatorWrite Permission = "operator.write"
@@ -102,6 +105,7 @@ var All = []Info{
 	{SVIDRevoke, "revoke X.509-SVIDs by serial or SPIFFE ID"},
 	{CARead, "read the CA's keys and their expiry"},
 	{CARotate, "rotate the intermediate, prepare or activate a new root"},
+	{CARekey, "burn down and rebuild the trust chain after a compromise: new root, intermediate, JWT-SVID, OAuth and key store keys; everything issued before revoked"},
 	{PolicyRead, "list and read policies and their history"},
 	{PolicyWrite, "publish and delete policies (including the key-use policy)"},
 	{AlertRead, "list and read detection alerts"},
@@ -122,6 +126,7 @@ var All = []Info{
 	{ACMERead, "list ACME external account binding keys (never their HMAC keys) and the certificates issued through ACME"},
 	{ACMEEnrol, "create and revoke ACME external account binding keys (which clients may register, for which names)"},
 	{ACMERevoke, "revoke certificates issued through ACME"},
+	{NetpolRead, "read the network view (placements, allowed edges) that network policies are rendered from"},
 	{OperatorRead, "list and read operators, workload role bindings and their roles"},
 	{OperatorWrite, "add, grant, revoke, disable and enable operators and workload role bindings"},
 	{IncidentRead, "list and read incidents and their timelines"},

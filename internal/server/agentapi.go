@@ -120,7 +120,8 @@ func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 		api.WriteProblem(w, http.StatusInternalServerError, "cannot encode the JWT bundle")
 		return
 	}
-	out := api.SyncResponse{Revision: rev, Bundle: s.bundleDER(), JWTBundle: json.RawMessage(jwtBundle), Entries: []api.Entry{}, Revoked: []string{}}
+	out := api.SyncResponse{Revision: rev, Bundle: s.bundleDER(), JWTBundle: json.RawMessage(jwtBundle), Entries: []api.Entry{}, Revoked: []string{},
+		ReissueUnlessRoot: s.rekey.Reissuing()}
 	for _, e := range entries {
 		out.Entries = append(out.Entries, entryToAPI(e))
 	}

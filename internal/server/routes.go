@@ -16,9 +16,12 @@ type Auth string
 const (
 	// AuthPublic: anyone who reaches the API.
 	AuthPublic Auth = "public"
-	// AuthAdmin: an operator (today the admin token) holding the route's
-	// permission.
+	// AuthAdmin: an operator, a workload holding a role, or the
+	// break-glass admin token, holding the route's permission (admin.go).
 	AuthAdmin Auth = "admin"
+	// AuthCaller: any caller AuthAdmin would take, whatever it holds
+	// (whoami).
+	AuthCaller Auth = "caller"
 	// AuthAgent: an agent's X.509-SVID as the TLS client certificate.
 	AuthAgent Auth = "agent"
 	// AuthWorkload: any X.509-SVID of the trust domain (proxies, SDK
@@ -86,6 +89,9 @@ func (s *Server) routes() []Route {
 		admin("POST /v1/svids/revoke", permission.SVIDRevoke, s.handleRevoke, "revoke SVIDs by serial or SPIFFE ID"),
 		admin("GET /v1/ca", permission.CARead, s.handleCAStatus, "the CA's keys and their expiry"),
 		admin("POST /v1/ca/rotate", permission.CARotate, s.handleCARotate, "rotate the intermediate, prepare or activate a root"),
+		admin("POST /v1/rekey", permission.CARekey, s.handleRekey, "burn-down: start (or resume) replacing every root, key and credential; a body {\"dry_run\": true} changes nothing"),
+		admin("GET /v1/rekey", permission.CARead, s.handleRekeyStatus, "the burn-down in progress or the last one: steps, old and new key IDs, hosts still holding old SVIDs"),
+		admin("POST /v1/rekey/finish", permission.CARekey, s.handleRekeyFinish, "stop waiting for SVIDs to be re-issued: revoke what is left and drop the old keys now"),
 
 		admin("PUT /v1/policies", permission.PolicyWrite, s.handlePutPolicy, "publish a policy (YAML body)"),
 		admin("GET /v1/policies", permission.PolicyRead, s.handleListPolicies, "list policies"),
@@ -122,6 +128,13 @@ func (s *Server) routes() []Route {
 		admin("PUT /v1/scan/gates", permission.ScanWrite, s.scan.HandlePutGate, "set the gate of an entry, or the default (empty severity removes it)"),
 		admin("GET /v1/scan/gates", permission.ScanRead, s.scan.HandleListGates, "list the gates"),
 		admin("GET /v1/inventory", permission.InventoryRead, s.scan.HandleList, "what runs (?service= &host= &sha256= &vulnerable=true)"),
+		admin("GET /v1/netpol/view", permission.NetpolRead, s.netpol.HandleView, "the network view: where each service runs, its ports, the allowed edges, and what could not be placed"),
+
+		admin("POST /v1/operators", permission.OperatorWrite, s.operators.HandleCreate, "add an operator: an OAuth user, or a SPIFFE ID pattern of workloads, with roles"),
+		admin("GET /v1/operators", permission.OperatorRead, s.operators.HandleList, "list operators and their roles"),
+		admin("GET /v1/operator", permission.OperatorRead, s.operators.HandleGet, "read an operator (?name=)"),
+		admin("PATCH /v1/operator", permission.OperatorWrite, s.operators.HandleUpdate, "grant or revoke roles, disable or enable an operator, require MFA (?name=)"),
+		route(AuthCaller, "GET /v1/whoami", s.operators.HandleWhoami, "who the caller is: operator, workload or break-glass, its session, roles and permissions"),
 
 		admin("POST /v1/backups", permission.BackupRun, s.backup.HandleCreate, "make a backup now"),
 		admin("GET /v1/backups", permission.BackupRead, s.backup.HandleList, "list the backups every destination holds"),
@@ -153,6 +166,8 @@ func (s *Server) routes() []Route {
 		route(AuthAgent, "POST /v1/agent/svids", s.handleSign, "sign workload X.509-SVIDs for the agent's entries"),
 		route(AuthAgent, "POST /v1/agent/jwt-svids", s.handleJWTSVID, "sign a JWT-SVID for one of the agent's entries"),
 		route(AuthAgent, "POST /v1/agent/inventory", s.scan.HandleAgentReport, "what the agent's workloads run (sightings of its own entries only)"),
+		route(AuthAgent, "POST /v1/agent/placements", s.netpol.HandleAgentReport, "the services the agent's host runs and their listening ports (its own entries only)"),
+		route(AuthAgent, "GET /v1/agent/netpol", s.netpol.HandleAgentTable, "the network policy table of the agent's host"),
 
 		route(AuthWorkload, "GET /v1/workload/sync", s.handleWorkloadSync, "the caller's policy, revocations, quarantines and token keys (long poll)"),
 		route(AuthWorkload, "POST /v1/workload/approvals/{ref}", s.handleWorkloadApprove, "approve a playbook step as a workload named by --approver (interim until operators' roles)"),

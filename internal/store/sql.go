@@ -29,6 +29,11 @@ type dialect struct {
 	// holdAuditLog and releaseAuditLog, when set, take and give back a
 	// session lock (see HoldAuditLog); the first answers one boolean.
 	holdAuditLog, releaseAuditLog string
+	// lockKey, when set, runs in a transaction with one argument (a
+	// key) and holds the transaction until others holding the same key
+	// end. SQLite needs none: a transaction whose first statement writes
+	// holds the database's write lock.
+	lockKey string
 }
 
 // sqlStore implements Store over database/sql.
@@ -252,6 +257,10 @@ func (d dialect) migrations() [][]string {
 		d.scanMigration(),
 		// ACME (acme.go).
 		d.acmeMigration(),
+		// Network policy: placements agents report (netpol.go).
+		d.netpolMigration(),
+		// Operators and device codes (operator.go).
+		d.operatorMigration(),
 		// Respond: playbooks, quarantines, incidents, runs (respond.go).
 		d.respondMigration(),
 	}
@@ -835,6 +844,7 @@ func (s *sqlStore) PruneExpired(ctx context.Context, now time.Time) error {
 			`DELETE FROM oauth_revocations WHERE expires_at < ?`,
 			`DELETE FROM oauth_families WHERE expires_at < ?`,
 			`DELETE FROM oauth_dpop_proofs WHERE expires_at < ?`,
+			`DELETE FROM oauth_device_codes WHERE expires_at < ?`,
 		} {
 			if _, err := tx.ExecContext(ctx, s.q(stmt), ns(now)); err != nil {
 				return err

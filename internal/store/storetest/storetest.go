@@ -58,6 +58,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ACMEReplaces", testACMEReplaces},
 		{"ACMECerts", testACMECerts},
 		{"ACMENonces", testACMENonces},
+		{"Operators", testOperators},
+		{"DeviceCodes", testDeviceCodes},
 		{"Respond", testRespond},
 	}
 	for _, tt := range tests {
