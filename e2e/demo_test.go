@@ -97,7 +97,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("attack %s: detection not reported (want %q):\n%s", name, rule, block)
 		}
 	}
-	if !strings.Contains(out, "18 attacks, 18 stopped, 0 not stopped") {
+	if !strings.Contains(out, "19 attacks, 19 stopped, 0 not stopped") {
 		t.Fatalf("summary missing:\n%s", out)
 	}
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {

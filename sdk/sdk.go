@@ -125,7 +125,11 @@ type Source struct {
 	id      spiffeid.ID
 	guard   *authz.Guard
 	revs    *mtls.Revocations
-	spool   *spool.Spool // nil unless WithAuditSpool
+	// quarantine holds the identities the server quarantined; conns the
+	// connections accepted through Listener, ended when their caller is.
+	quarantine *mtls.Quarantine
+	conns      *authz.Conns
+	spool      *spool.Spool // nil unless WithAuditSpool
 }
 
 // New connects to the agent and waits for the first SVID (or, with
@@ -180,6 +184,8 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		return nil, errors.New("sdk: the X.509 source gave no SVID")
 	}
 	s.id = sv.ID
+	s.quarantine = &mtls.Quarantine{Self: s.id}
+	s.conns = authz.NewConns(s.quarantine)
 	var sink decision.Sink = authz.LogSink{Log: o.log}
 	if o.sink != nil {
 		sink = o.sink
@@ -192,9 +198,9 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		}
 		s.spool, sink = sp, shipping
 	}
-	s.guard = authz.NewGuard(authz.GuardConfig{Service: s.id, Log: o.log, Sink: sink, Revocations: s.revs, StripHeaders: strip})
+	s.guard = authz.NewGuard(authz.GuardConfig{Service: s.id, Log: o.log, Sink: sink, Revocations: s.revs, Quarantine: s.quarantine, StripHeaders: strip})
 	if o.server != "" {
-		sy := &authz.Syncer{ServerAddr: o.server, SVID: s.svids, Bundles: s.bundles, Guard: s.guard, Revocations: s.revs, CacheDir: o.cacheDir, Log: o.log}
+		sy := &authz.Syncer{ServerAddr: o.server, SVID: s.svids, Bundles: s.bundles, Guard: s.guard, Revocations: s.revs, Quarantine: s.quarantine, CacheDir: o.cacheDir, Log: o.log}
 		if err := sy.Start(ctx); err != nil {
 			s.Close()
 			return nil, err
@@ -266,15 +272,32 @@ func (s *Source) SetPolicy(yaml []byte) error {
 	return nil
 }
 
-// ServerTLSConfig requires a client SVID from this trust domain, not revoked.
+// ServerTLSConfig requires a client SVID from this trust domain, not
+// revoked, not quarantined.
 func (s *Source) ServerTLSConfig() *tls.Config {
-	return mtls.ServerConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: tlsconfig.AuthorizeMemberOf(s.id.TrustDomain()), Revocations: s.revs})
+	return mtls.ServerConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: tlsconfig.AuthorizeMemberOf(s.id.TrustDomain()), Revocations: s.revs, Quarantine: s.quarantine})
 }
 
-// ClientTLSConfig refuses any server but the one presenting server's SVID.
+// ClientTLSConfig refuses any server but the one presenting server's SVID,
+// and refuses it while it (or this service) is quarantined.
 func (s *Source) ClientTLSConfig(server spiffeid.ID) *tls.Config {
-	return mtls.ClientConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: tlsconfig.AuthorizeID(server), Revocations: s.revs})
+	return mtls.ClientConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: tlsconfig.AuthorizeID(server), Revocations: s.revs, Quarantine: s.quarantine})
 }
+
+// Listener returns a TLS listener over inner (with ServerTLSConfig) for
+// http.Server.Serve. Its connections are tracked by their verified caller,
+// so that when the server quarantines a caller (or this service), what it
+// has open ends at once: HTTP/2 streams, keep-alive connections, upgraded
+// tunnels. A server started with ServeTLS and ServerTLSConfig still
+// refuses a quarantined caller's new connections and requests
+// (Middleware), but cannot end the ones already open.
+func (s *Source) Listener(inner net.Listener) net.Listener {
+	return s.conns.Listener(inner, s.ServerTLSConfig())
+}
+
+// ErrQuarantined is the error (matched with errors.Is) of a call refused
+// because the server it calls, or this service, is quarantined.
+var ErrQuarantined = mtls.ErrQuarantined
 
 // ClientOption configures HTTPClient.
 type ClientOption func(*clientOptions)
@@ -373,6 +396,7 @@ func (s *Source) HTTPClient(server spiffeid.ID, opts ...ClientOption) *http.Clie
 	}, nil)
 	t.ForceAttemptHTTP2 = true
 	var rt http.RoundTripper = upstream.Bound(t, l, nil, nil)
+	rt = quarantineCheck{q: s.quarantine, server: server, next: rt, idle: t}
 	if o.exchangeClientID != "" {
 		if s.server == "" {
 			rt = roundTripErr{errors.New("sdk: WithTokenExchange needs a server (WithServer or RAMPART_SERVER)")}
@@ -381,6 +405,27 @@ func (s *Source) HTTPClient(server spiffeid.ID, opts ...ClientOption) *http.Clie
 		}
 	}
 	return &http.Client{Timeout: 30 * time.Second, Transport: rt}
+}
+
+// quarantineCheck refuses every call while the server or this service is
+// quarantined, even over a connection pooled from before (those are let
+// go: the server's side ends them too).
+type quarantineCheck struct {
+	q      *mtls.Quarantine
+	server spiffeid.ID
+	next   http.RoundTripper
+	idle   interface{ CloseIdleConnections() }
+}
+
+func (c quarantineCheck) RoundTrip(r *http.Request) (*http.Response, error) {
+	if c.q.Blocks(c.server) {
+		if r.Body != nil {
+			r.Body.Close()
+		}
+		c.idle.CloseIdleConnections()
+		return nil, fmt.Errorf("sdk: call to %s refused: %w", c.server, ErrQuarantined)
+	}
+	return c.next.RoundTrip(r)
 }
 
 type roundTripErr struct{ err error }

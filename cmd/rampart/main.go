@@ -44,6 +44,8 @@ func commands() []command {
 		{"audit", "verify, query and export the tamper-evident audit log", runAudit},
 		{"detect", "test detection rules against a log; print the built-in rules", runDetect},
 		{"alert", "list, acknowledge and resolve detection alerts", runAlert},
+		{"playbook", "publish, test, run and drill response playbooks", runPlaybook},
+		{"incident", "incidents: timeline, notes, approvals, status, post-mortem, breach scope, quarantine", runIncident},
 		{"oauth", "manage OAuth/OIDC clients and users (client ..., user ...)", runOAuth},
 		{"kms", "manage key store keys (create, rotate, disable, destroy)", runKMS},
 		{"backup", "make, list, verify and restore encrypted backups; run restore drills", runBackup},

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/keywrap"
+	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/server"
 )
 
@@ -98,6 +99,8 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&cfg.ACME.Resolver, "acme-dns-resolver", "", "DNS server (host:port) for ACME validations: dns-01 TXT and http-01/tls-alpn-01 addresses (default: the system's)")
 	var adminToken adminTokenMode
 	fs.Var(&adminToken, "admin-token", "the break-glass admin token (DATA/admin.token): on (every use audited and alerted on) or off (refused: operators sign in with rampart login) (default on)")
+	var approvers repeatFlag
+	fs.Var(&approvers, "approver", "a workload SPIFFE ID (or ID/*) that may approve playbook steps with its SVID (repeatable; until operators hold roles)")
 	detectRules := fs.String("detect-rules", "", "detection rules and alert sinks (YAML; default: the built-in rules, see rampart detect rules)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -140,6 +143,12 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	if cfg.Log, err = newLogger(env, logLevel, logFormat); err != nil {
 		return err
 	}
+	for _, a := range approvers {
+		if err := mtls.CheckQuarantinePattern(a); err != nil {
+			return usagef("--approver %v", err)
+		}
+	}
+	cfg.Approvers = approvers
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		return err

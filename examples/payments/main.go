@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -66,8 +67,14 @@ func run(ctx context.Context, listen, policyFile, spool string, log *slog.Logger
 		<-ctx.Done()
 		srv.Close()
 	}()
-	log.Info("payments serving", "id", src.ID().String(), "listen", listen)
-	if err := srv.ListenAndServeTLS("", ""); !errors.Is(err, http.ErrServerClosed) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	log.Info("payments serving", "id", src.ID().String(), "listen", ln.Addr().String())
+	// src.Listener: mutual TLS, and a caller the server quarantines loses
+	// its open connections too, not only its next calls.
+	if err := srv.Serve(src.Listener(ln)); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

@@ -203,6 +203,9 @@ type WorkloadSyncResponse struct {
 	TokenIssuer   string          `json:"token_issuer,omitempty"`
 	TokenKeys     json.RawMessage `json:"token_keys,omitempty"`
 	RevokedTokens []string        `json:"revoked_tokens,omitempty"`
+	// Quarantined identities (SPIFFE IDs and "ID/*" patterns): refused in
+	// both directions, their open connections ended (package respond).
+	Quarantined []string `json:"quarantined,omitempty"`
 }
 
 // AuditIngestRequest is a batch of audit entries from an agent's or a

@@ -59,6 +59,10 @@ type GuardConfig struct {
 	// handshake: a connection opened before a revocation is cut at its
 	// next request.
 	Revocations *mtls.Revocations
+	// Quarantine, if set, is checked on every request and connection: a
+	// quarantined caller, or any caller while this service is itself
+	// quarantined, is refused and its connection closed.
+	Quarantine *mtls.Quarantine
 	// StripHeaders are request headers removed besides the built-in
 	// identity headers (ParseStripHeaders; nil: none).
 	StripHeaders *HeaderNames
@@ -225,6 +229,11 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 		g.finish(r.Context(), &ev, start, "deny")
 		return &Refusal{Status: http.StatusUnauthorized, Close: true, Detail: "the client SVID has been revoked"}
 	}
+	if g.cfg.Quarantine.Blocks(peer) {
+		ev.Reason = g.quarantineReason(peer)
+		g.finish(r.Context(), &ev, start, "deny")
+		return &Refusal{Status: http.StatusForbidden, Close: true, Detail: "denied: quarantined"}
+	}
 	if !methodOK(r.Method) {
 		ev.Reason = "method not in upper case"
 		g.finish(r.Context(), &ev, start, "bad_request")
@@ -293,6 +302,11 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 func (g *Guard) AllowConn(ctx context.Context, peer spiffeid.ID, remote string) bool {
 	start := time.Now()
 	ev := decision.Event{Time: start, Caller: peer.String(), Target: g.cfg.Service.String(), Remote: remote}
+	if g.cfg.Quarantine.Blocks(peer) {
+		ev.Reason = g.quarantineReason(peer)
+		g.finish(ctx, &ev, start, "deny")
+		return false
+	}
 	eng := g.engine.Load()
 	if eng == nil {
 		ev.Reason = "no policy for this service"
@@ -335,6 +349,16 @@ func (g *Guard) WatchPeer(ctx context.Context, peer spiffeid.ID, leaf *x509.Cert
 	}()
 	return wctx, cancel
 }
+
+func (g *Guard) quarantineReason(peer spiffeid.ID) string {
+	if g.cfg.Quarantine.SelfHeld() {
+		return "this service is quarantined"
+	}
+	return "caller " + peer.String() + " is quarantined"
+}
+
+// Quarantine returns the guard's quarantine (nil: none).
+func (g *Guard) Quarantine() *mtls.Quarantine { return g.cfg.Quarantine }
 
 func (g *Guard) endConn(ctx context.Context, peer spiffeid.ID, remote, reason string) {
 	start := time.Now()

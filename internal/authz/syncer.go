@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -35,6 +36,8 @@ type Syncer struct {
 	Bundles     x509bundle.Source
 	Guard       *Guard
 	Revocations *mtls.Revocations
+	// Quarantine receives the quarantined identities (nil: ignored).
+	Quarantine *mtls.Quarantine
 	// CacheDir keeps the last policy for a start while the server is
 	// down ("" disables the cache). It must be a directory only this
 	// process's user (and root) can change (package safedir): Start
@@ -134,6 +137,11 @@ func (s *Syncer) apply(resp api.WorkloadSyncResponse, save bool) {
 	s.revision = resp.Revision
 	if s.Revocations != nil {
 		s.Revocations.Set(resp.Revoked)
+	}
+	if s.Quarantine != nil && !slices.Equal(s.Quarantine.Patterns(), resp.Quarantined) {
+		// Set ends the open connections of whoever it newly holds.
+		s.Quarantine.Set(resp.Quarantined)
+		s.Log.Warn("quarantine changed", "quarantined", resp.Quarantined)
 	}
 	if err := s.Guard.Tokens().Update(resp.TokenIssuer, resp.TokenKeys, resp.RevokedTokens); err != nil {
 		s.Log.Error("token keys from the server are malformed; user tokens will be refused", "err", err)

@@ -31,7 +31,7 @@ type Outcome struct {
 	// Audited is the action of the denied audit entry the attempt must
 	// leave; runAttacks checks that it is in the log.
 	Audited string
-	Respond string // what the playbook did ("" until respond lands)
+	Respond string // what the playbook did ("" when no playbook answers this attack)
 }
 
 // Attack is one scripted attack against the live demo system.
@@ -62,6 +62,7 @@ func Attacks() []Attack {
 		{"login-brute-force", "guess bob's password on the login page, six times, then try the right one", attackLoginBruteForce},
 		{"stolen-database", "copy the customers database off the disk, look for card numbers, and ask the key store to unwrap its data key", attackStolenDatabase},
 		{"tampered-audit-entry", "flip one byte of the newest audit entry on disk to cover tracks", attackTamperAudit},
+		{"compromised-service", "steal the orders proxy's SVID from the Workload API, hold a connection to payments with it from another process, and probe for cards", attackCompromisedService},
 	}
 }
 
@@ -107,7 +108,7 @@ func runAttacks(ctx context.Context, w io.Writer, sys *System, attacks []Attack)
 		}
 		fmt.Fprintf(w, "  prevent: %s\n", out.Prevent)
 		fmt.Fprintf(w, "  detect:  %s\n", orPending(out.Detect, "no audit entry for this attempt yet: agents and proxies audit policy decisions, not refused handshakes or stripped headers"))
-		fmt.Fprintf(w, "  respond: %s\n", orPending(out.Respond, "(playbooks: not yet built)"))
+		fmt.Fprintf(w, "  respond: %s\n", orPending(out.Respond, "no playbook: prevention held and the attempt is on record"))
 		fmt.Fprintf(w, "  result:  STOPPED\n\n")
 	}
 	fmt.Fprintf(w, "%d attacks, %d stopped, %d not stopped\n", len(attacks), len(attacks)-failed, failed)

@@ -123,7 +123,9 @@ func RunCustomers(ctx context.Context, cfg CustomersConfig) error {
 		os.WriteFile(cfg.ReadyFile, []byte(ln.Addr().String()+"\n"), 0o600)
 	}
 	go func() { <-ctx.Done(); srv.Close() }()
-	if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+	// Through the SDK's listener: a quarantined caller's open connections
+	// are ended, not only its next ones refused.
+	if err := srv.Serve(src.Listener(ln)); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

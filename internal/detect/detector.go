@@ -22,7 +22,10 @@ type DetectorConfig struct {
 	Dir   string
 	Store AlertStore
 	// Append writes the detect.alert entry of each new alert to the log.
-	Append   func(ctx context.Context, es ...*audit.Entry) error
+	Append func(ctx context.Context, es ...*audit.Entry) error
+	// OnAlert, if set, is told of each new alert after its sinks (the
+	// server starts the playbooks it triggers: package respond).
+	OnAlert  func(ctx context.Context, a store.Alert)
 	Now      func() time.Time
 	Log      *slog.Logger
 	Registry *prometheus.Registry
@@ -125,4 +128,7 @@ func (d *Detector) onAlert(ctx context.Context, a store.Alert) {
 		Target: a.Group, Outcome: audit.OutcomeSuccess, Reason: a.Summary, Source: "server",
 		Details: map[string]string{"alert_id": a.ID, "rule": a.Rule, "severity": a.Severity, "first_index": strconv.FormatInt(a.FirstIndex, 10)}}
 	d.cfg.Append(ctx, e) // a failure is logged and counted by Append; the tailer has logged the alert
+	if d.cfg.OnAlert != nil {
+		d.cfg.OnAlert(ctx, a)
+	}
 }

@@ -101,7 +101,10 @@ type Options struct {
 	Bundles     x509bundle.Source    // trust bundles for peers
 	Authorize   tlsconfig.Authorizer // which peer IDs are acceptable
 	Revocations *Revocations         // may be nil
-	OnFail      func(reason string)  // may be nil
+	// Quarantine, if set, refuses a handshake with a quarantined peer,
+	// and every handshake while this endpoint itself is quarantined.
+	Quarantine *Quarantine
+	OnFail     func(reason string) // may be nil
 	// OnHandshake, if set, is told of every handshake whose peer passed
 	// verification, and whether it resumed an earlier session.
 	OnHandshake func(resumed bool)
@@ -126,6 +129,10 @@ func (o Options) authorizer() tlsconfig.Authorizer {
 				o.fail(ReasonRevoked)
 				return fmt.Errorf("%w: %s serial %s", ErrRevoked, id, serial)
 			}
+		}
+		if o.Quarantine.Blocks(id) {
+			o.fail(ReasonQuarantined)
+			return fmt.Errorf("%w: %s", ErrQuarantined, id)
 		}
 		if err := o.Authorize(id, chains); err != nil {
 			o.fail(ReasonUnauthorized)

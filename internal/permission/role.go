@@ -48,7 +48,9 @@ var Roles = []RoleInfo{
 	{Auditor, "read-only: audit, alerts, incidents, inventory, configuration; changes nothing",
 		func(p Permission) bool { return p.ReadOnly() }, false},
 	{KeyAdmin, "the key store and the CA's keys",
-		func(p Permission) bool { return slices.Contains([]Permission{KMSRead, KMSAdmin, CARead, CARotate, CARekey}, p) }, false},
+		func(p Permission) bool {
+			return slices.Contains([]Permission{KMSRead, KMSAdmin, CARead, CARotate, CARekey}, p)
+		}, false},
 }
 
 // ParseRole returns the role named s.

@@ -87,7 +87,7 @@ func connLimitServer(t *testing.T, conns, handshakes int) (addr string, client *
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { srv.Serve(h2) })
-	wg.Go(func() { serveInbound(ctx, lim.listener(ln), srvCfg, nil, h2, m) })
+	wg.Go(func() { serveInbound(ctx, lim.listener(ln), srvCfg, nil, nil, h2, m) })
 	t.Cleanup(func() { cancel(); ln.Close(); srv.Close(); h2.Close(); wg.Wait() })
 	cliCfg := mtls.ClientConfig(mtls.Options{SVID: caller, Bundles: pki.bundle(), Authorize: tlsconfig.AuthorizeID(server.ID)})
 	client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cliCfg, DisableKeepAlives: true, ForceAttemptHTTP2: true}}

@@ -11,6 +11,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/rampartsec/rampart/internal/authz"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // h2Preface is what an HTTP/2 client sends first (RFC 9113 3.4).
@@ -19,13 +22,13 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // serveInbound accepts mTLS connections. After the handshake, connections
 // that negotiated HTTP/1.1 are served by the forwarder (h1 non-nil) and
 // HTTP/2 ones by net/http, through h2.
-func serveInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, h1 *h1Forwarder, h2 *connListener, m *metrics) {
+func serveInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, tracked *authz.Conns, h1 *h1Forwarder, h2 *connListener, m *metrics) {
 	acceptLoop(ln, func(c net.Conn) {
 		if h1 != nil && !h1.conns.addPending(c) {
 			c.Close() // draining
 			return
 		}
-		tc, err := handshake(ctx, c, cfg, m)
+		tc, err := handshake(ctx, c, cfg, tracked, m)
 		if h1 != nil {
 			h1.conns.removePending(c)
 		}
@@ -106,8 +109,11 @@ func transientAcceptError(err error) bool {
 // server does. A connection accepted through a connLimit counts as a
 // handshake in progress until then (since its accept), and may be cut for
 // a newer one.
-func handshake(ctx context.Context, c net.Conn, cfg *tls.Config, m *metrics) (*tls.Conn, error) {
-	tc := tls.Server(c, cfg)
+//
+// The connection is tracked by its verified peer (tracked), so that a
+// quarantine of that peer closes it however long it stays open.
+func handshake(ctx context.Context, c net.Conn, cfg *tls.Config, tracked *authz.Conns, m *metrics) (*tls.Conn, error) {
+	tc := tracked.Server(c, cfg)
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	err := tc.HandshakeContext(hctx)
@@ -180,3 +186,29 @@ func (l *connListener) Close() error {
 }
 
 func (l *connListener) Addr() net.Addr { return l.addr }
+
+// trackOutbound tracks every connection an app opens to an outbound
+// listener under the upstream's identity: quarantining the upstream (or
+// this service) closes them, and a connection accepted while it is
+// quarantined is closed at once.
+func trackOutbound(ln net.Listener, tracked *authz.Conns, upstream spiffeid.ID) net.Listener {
+	return &outboundTracker{Listener: ln, tracked: tracked, id: upstream}
+}
+
+type outboundTracker struct {
+	net.Listener
+	tracked *authz.Conns
+	id      spiffeid.ID
+}
+
+func (l *outboundTracker) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if tc := l.tracked.Track(c, l.id); tc != nil {
+			return tc, nil
+		}
+	}
+}

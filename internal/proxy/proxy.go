@@ -183,6 +183,10 @@ func Run(ctx context.Context, cfg Config) error {
 	m.watchSVID(src)
 	td := self.ID.TrustDomain()
 	revs := &mtls.Revocations{}
+	// The quarantine ends open connections of whoever it holds: every
+	// connection, inbound and outbound, is tracked by its peer.
+	quarantine := &mtls.Quarantine{Self: self.ID}
+	tracked := authz.NewConns(quarantine)
 	var sink decision.Sink = authz.LogSink{Log: cfg.Log}
 	if cfg.AuditSpool == "" && cfg.DataDir != "" {
 		cfg.AuditSpool = filepath.Join(cfg.DataDir, "audit-spool")
@@ -197,9 +201,9 @@ func Run(ctx context.Context, cfg Config) error {
 	} else if cfg.Inbound != nil {
 		cfg.Log.Warn("decisions go to the log only, not to the audit log: give --server and --data (or --audit-spool)")
 	}
-	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: sink, Registry: cfg.Registry, Revocations: revs, StripHeaders: stripHeaders})
+	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: sink, Registry: cfg.Registry, Revocations: revs, Quarantine: quarantine, StripHeaders: stripHeaders})
 	if cfg.ServerAddr != "" {
-		syncer := &authz.Syncer{ServerAddr: cfg.ServerAddr, SVID: src, Bundles: src, Guard: guard, Revocations: revs, CacheDir: cfg.DataDir, Log: cfg.Log}
+		syncer := &authz.Syncer{ServerAddr: cfg.ServerAddr, SVID: src, Bundles: src, Guard: guard, Revocations: revs, Quarantine: quarantine, CacheDir: cfg.DataDir, Log: cfg.Log}
 		if err := syncer.Start(ctx); err != nil {
 			return err
 		}
@@ -226,7 +230,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopForwarding()
 	var inboundAddr string
 	if in := cfg.Inbound; in != nil {
-		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeMemberOf(td), Revocations: revs, OnFail: onFail,
+		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeMemberOf(td), Revocations: revs, Quarantine: quarantine, OnFail: onFail,
 			OnHandshake: m.handshake("server"), OnSessionDeclined: func(r string) { m.sessionsDeclined.WithLabelValues(r).Inc() }})
 		ln, err := net.Listen("tcp", in.Listen)
 		if err != nil {
@@ -237,14 +241,16 @@ func Run(ctx context.Context, cfg Config) error {
 		lns = append(lns, ln)
 		pm := m.pool("inbound", inboundAddr)
 		if in.TCP {
-			wg.Go(func() { serveTCPInbound(ctx, ln, tlsCfg, in.App, guard, m, cfg.Log) })
+			wg.Go(func() { serveTCPInbound(ctx, ln, tlsCfg, tracked, in.App, guard, m, cfg.Log) })
 		} else {
 			srv, err := newInboundServer(in, guard, m, pm, appLimits, errLog)
 			if err != nil {
 				ln.Close()
 				return err
 			}
-			srv.TLSConfig = tlsCfg
+			// A copy: net/http writes to its own (HTTP/2 setup) while the
+			// handshakes read tlsCfg.
+			srv.TLSConfig = tlsCfg.Clone()
 			h2 := newConnListener(ln.Addr())
 			serveH2(srv, h2, "inbound")
 			var h1 *h1Forwarder
@@ -261,7 +267,7 @@ func Run(ctx context.Context, cfg Config) error {
 					})
 				conns = append(conns, h1.conns)
 			}
-			wg.Go(func() { serveInbound(fctx, ln, tlsCfg, h1, h2, m) })
+			wg.Go(func() { serveInbound(fctx, ln, tlsCfg, tracked, h1, h2, m) })
 		}
 	}
 	var xchg *authz.Exchanger
@@ -279,7 +285,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var outAddrs []string
 	for _, out := range cfg.Outbounds {
-		clientCfg := mtls.ClientConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeID(out.ID), Revocations: revs, OnFail: onFail,
+		clientCfg := mtls.ClientConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeID(out.ID), Revocations: revs, Quarantine: quarantine, OnFail: onFail,
 			OnHandshake: m.handshake("client")})
 		ln, err := listenOutbound(out, cfg.Access, m, cfg.Log)
 		if err != nil {
@@ -287,6 +293,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		listener := ln.Addr().String()
 		ln = newConnLimit(bounds.OutboundConns, 0, m, "outbound", listener).listener(ln)
+		ln = trackOutbound(ln, tracked, out.ID)
 		outAddrs = append(outAddrs, listener)
 		lns = append(lns, ln)
 		pm := m.pool("outbound", listener)

@@ -79,7 +79,7 @@ func newInboundTLS(t *testing.T) *inboundTLS {
 	x.addr = ln.Addr().String()
 	done := make(chan struct{})
 	go func() {
-		serveInbound(context.Background(), ln, tlsCfg, f, newConnListener(ln.Addr()), m)
+		serveInbound(context.Background(), ln, tlsCfg, authz.NewConns(&mtls.Quarantine{Self: server.ID}), f, newConnListener(ln.Addr()), m)
 		close(done)
 	}()
 	t.Cleanup(func() {

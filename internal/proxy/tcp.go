@@ -15,9 +15,9 @@ import (
 
 // serveTCPInbound terminates mTLS and copies bytes to the app. The policy is
 // applied to the connection's identity only (no method or path exists).
-func serveTCPInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, app string, guard *authz.Guard, m *metrics, log *slog.Logger) {
+func serveTCPInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, tracked *authz.Conns, app string, guard *authz.Guard, m *metrics, log *slog.Logger) {
 	serveConns(ln, func(c net.Conn) {
-		tc, err := handshake(ctx, c, cfg, m)
+		tc, err := handshake(ctx, c, cfg, tracked, m)
 		if err != nil {
 			log.Debug("tcp inbound handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 			return

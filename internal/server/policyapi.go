@@ -142,6 +142,10 @@ func (s *Server) handleWorkloadSync(w http.ResponseWriter, r *http.Request) {
 		api.WriteProblem(w, http.StatusInternalServerError, "cannot read revocations")
 		return
 	}
+	if out.Quarantined, err = s.respond.Quarantined(r.Context()); err != nil {
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read quarantines")
+		return
+	}
 	for _, rv := range revs {
 		out.Revoked = append(out.Revoked, rv.Serial)
 	}

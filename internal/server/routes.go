@@ -140,6 +140,26 @@ func (s *Server) routes() []Route {
 		admin("GET /v1/backups", permission.BackupRead, s.backup.HandleList, "list the backups every destination holds"),
 		admin("POST /v1/backups/drill", permission.BackupDrill, s.backup.HandleDrill, "restore the newest backup in a drill now"),
 
+		admin("PUT /v1/playbooks", permission.PlaybookWrite, s.respondAPI.HandlePut, "publish a playbook (YAML body) as its next version; refused with line and field if invalid"),
+		admin("GET /v1/playbooks", permission.PlaybookRead, s.respondAPI.HandleList, "list playbooks (latest versions)"),
+		admin("GET /v1/playbooks/{name}", permission.PlaybookRead, s.respondAPI.HandleGet, "read a playbook (?version=)"),
+		admin("DELETE /v1/playbooks/{name}", permission.PlaybookWrite, s.respondAPI.HandleDelete, "delete a playbook (its versions stay for the runs that used them)"),
+		admin("POST /v1/playbooks/test", permission.PlaybookRead, s.respondAPI.HandleTest, "validate a playbook and dry-run it against a simulated alert; nothing is stored"),
+		admin("POST /v1/playbooks/{name}/run", permission.PlaybookRun, s.respondAPI.HandleRun, "run a playbook (for an alert, a simulated alert or by hand; dry_run: say what it would do)"),
+		admin("GET /v1/runs/{id}", permission.PlaybookRead, s.respondAPI.HandleGetRun, "read a playbook run and its steps"),
+		admin("POST /v1/approvals/{ref}", permission.ApprovalGrant, s.respondAPI.HandleApprove, "approve the step a run (or an incident's run) waits for; never the requester's own"),
+		admin("GET /v1/incidents", permission.IncidentRead, s.respondAPI.HandleListIncidents, "list incidents (?status=)"),
+		admin("POST /v1/incidents", permission.IncidentManage, s.respondAPI.HandleOpen, "open an incident by hand"),
+		admin("GET /v1/incidents/{id}", permission.IncidentRead, s.respondAPI.HandleGetIncident, "read an incident, its timeline and its runs"),
+		admin("POST /v1/incidents/{id}/notes", permission.IncidentManage, s.respondAPI.HandleNote, "add a note to an incident's timeline"),
+		admin("POST /v1/incidents/{id}/status", permission.IncidentManage, s.respondAPI.HandleStatus, "change an incident's status, severity or owner"),
+		admin("GET /v1/incidents/{id}/report", permission.IncidentRead, s.respondAPI.HandleReport, "the incident's post-mortem in Markdown, filled from its timeline"),
+		atHolder(admin("POST /v1/incidents/{id}/scope", permission.IncidentManage, s.respondAPI.HandleScope, "compute an identity's breach scope from the audit log and attach it")),
+		atHolder(admin("POST /v1/scope", permission.IncidentRead, s.respondAPI.HandleScope, "an identity's breach scope from the audit log (what it reached, refused, exchanged, decrypted; its SVIDs)")),
+		admin("GET /v1/quarantines", permission.IncidentRead, s.respondAPI.HandleQuarantines, "list quarantines (?all=true: lifted ones too)"),
+		admin("POST /v1/quarantines", permission.IncidentManage, s.respondAPI.HandleQuarantine, "quarantine an identity: refused everywhere, open connections ended"),
+		admin("POST /v1/quarantines/lift", permission.IncidentManage, s.respondAPI.HandleLift, "lift a quarantine (a reason is required and recorded)"),
+
 		route(AuthJoinToken, "POST /v1/agent/attest", s.handleAttest, "attest an agent with a join token; its first SVID"),
 		route(AuthAgent, "POST /v1/agent/renew", s.handleRenew, "renew the agent's SVID"),
 		route(AuthAgent, "GET /v1/agent/sync", s.handleSync, "bundle, entries and revocations for the agent (long poll: ?revision= &wait=)"),
@@ -149,12 +169,13 @@ func (s *Server) routes() []Route {
 		route(AuthAgent, "POST /v1/agent/placements", s.netpol.HandleAgentReport, "the services the agent's host runs and their listening ports (its own entries only)"),
 		route(AuthAgent, "GET /v1/agent/netpol", s.netpol.HandleAgentTable, "the network policy table of the agent's host"),
 
-		route(AuthWorkload, "GET /v1/workload/sync", s.handleWorkloadSync, "the caller's policy, revocations and token keys (long poll)"),
+		route(AuthWorkload, "GET /v1/workload/sync", s.handleWorkloadSync, "the caller's policy, revocations, quarantines and token keys (long poll)"),
+		route(AuthWorkload, "POST /v1/workload/approvals/{ref}", s.handleWorkloadApprove, "approve a playbook step as a workload named by --approver (interim until operators' roles)"),
 		atHolder(route(AuthWorkload, "POST /v1/audit/ingest", s.handleIngest, "a batch of audit entries from a spool (package audit/intake)")),
 	}
 	// Key use: any SVID may ask; the key-use policy decides (kms.API.Use).
 	for _, op := range kms.Operations {
-		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.kmsAPI.Use(op), op+" with a key, as the key-use policy allows"))
+		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.unlessQuarantined("kms."+op, s.kmsAPI.Use(op)), op+" with a key, as the key-use policy allows (never for a quarantined caller)"))
 	}
 	// ACME (nil when disabled): the protocol, and the operator's calls.
 	if s.acme != nil {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -32,11 +33,13 @@ import (
 	"github.com/rampartsec/rampart/internal/inventory"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
+	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/netpol/netpolapi"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/operator"
 	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/rekey"
+	"github.com/rampartsec/rampart/internal/respond"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/store"
@@ -81,6 +84,11 @@ type Config struct {
 
 	// DetectRules is a detection rules file (nil: the default rules).
 	DetectRules []byte
+	// Approvers are workload SPIFFE IDs (or "ID/*" patterns) that may
+	// approve playbook steps with their SVID (POST
+	// /v1/workload/approvals/{ref}): an interim until operators' roles
+	// bind workloads to approval.grant on the admin routes.
+	Approvers []string
 
 	// AuditSegmentEntries is how many audit entries a sealed, compressed
 	// segment holds (0: audit.DefaultSegmentEntries).
@@ -144,13 +152,16 @@ type Server struct {
 	operators       *operator.API   // operators and their roles
 	operatorAuth    *operator.Authenticator
 	registrar       *registration.Registrar
-	scan            *inventory.API  // vulnerability database, gates, inventory
-	netpol          *netpolapi.API  // placements and the network view
-	backup          *backup.Runner  // nil: no backups configured
-	acme            *acme.Server    // nil: ACME disabled
-	kmsAPI          *kms.API        // the key store, its key-use policy and its API
-	kmsMaint        *kms.Maintainer // the key store's schedules
-	rekey           *rekey.Rekeyer  // burn-down
+	scan            *inventory.API   // vulnerability database, gates, inventory
+	netpol          *netpolapi.API   // placements and the network view
+	backup          *backup.Runner   // nil: no backups configured
+	acme            *acme.Server     // nil: ACME disabled
+	kmsAPI          *kms.API         // the key store, its key-use policy and its API
+	kmsMaint        *kms.Maintainer  // the key store's schedules
+	rekey           *rekey.Rekeyer   // burn-down
+	respond         *respond.Service // playbooks, quarantines, incidents
+	quarantine      *mtls.Quarantine // the identities quarantined, as of the last refresh
+	respondAPI      *respond.API
 	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
@@ -257,7 +268,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	}
 	s := &Server{
 		cfg: cfg, store: st, ca: ca, log: cfg.Log, now: cfg.Now, wrapper: wrapper,
-		feed: newFeed(), reg: prometheus.NewRegistry(),
+		feed: newFeed(), reg: prometheus.NewRegistry(), quarantine: &mtls.Quarantine{},
 	}
 	s.refusals = audit.NewRefusals(cfg.Now, s.record)
 	s.metrics = newMetrics(s.reg, ca)
@@ -295,6 +306,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	s.netpol = &netpolapi.API{Policies: st, Entries: st, Caller: agentFrom, Refused: s.refused, Now: cfg.Now, Log: cfg.Log}
 	if ns, ok := store.Netpol(st); ok {
 		s.netpol.Placements = ns
+	}
+	if err := s.newRespond(cfg.AuditForwardTo == ""); err != nil {
+		return nil, err
 	}
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)
@@ -367,7 +381,7 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 	}
 	s.keeper.AfterCheckpoint = s.intake.Snapshot
 	s.detector, err = detect.NewDetector(detect.DetectorConfig{Rules: s.cfg.DetectRules, Dir: filepath.Join(s.cfg.DataDir, "audit"),
-		Store: s.store, Append: s.appendAudit, Now: s.now, Log: s.log, Registry: s.reg})
+		Store: s.store, Append: s.appendAudit, OnAlert: s.respond.OnAlert, Now: s.now, Log: s.log, Registry: s.reg})
 	if err != nil {
 		s.closeAudit()
 		return fmt.Errorf("server: %w", err)
@@ -473,6 +487,7 @@ func (s *Server) loops() map[string]func(context.Context) error {
 		"refusals": s.refusals.Run, // aggregated refusals into the log
 		"prune":    s.prune,        // expired records out of the store
 		"sync":     s.pollRevision, // other replicas' changes
+		"respond":  s.respond.Run,  // playbook runs (waiting ones resume on approval)
 	}
 	if s.keeper != nil { // the replica that keeps the audit log
 		ls["audit"] = s.keeper.Run    // checkpoints, seals, archive copies
@@ -555,6 +570,15 @@ func (s *Server) refresh(ctx context.Context) error {
 	}
 	if err := s.kmsAPI.Access.Load(ctx, s.store); err != nil {
 		return fmt.Errorf("server: %w", err)
+	}
+	if s.respond != nil {
+		qs, err := s.respond.Quarantined(ctx)
+		if err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		if !slices.Equal(qs, s.quarantine.Patterns()) {
+			s.quarantine.Set(qs)
+		}
 	}
 	bundle := identity.EncodePEM(s.ca.X509Bundle())
 	// The bundle may have changed with the revision.

@@ -261,6 +261,8 @@ func (d dialect) migrations() [][]string {
 		d.netpolMigration(),
 		// Operators and device codes (operator.go).
 		d.operatorMigration(),
+		// Respond: playbooks, quarantines, incidents, runs (respond.go).
+		d.respondMigration(),
 	}
 }
 
