@@ -26,14 +26,21 @@ type ManageStore interface {
 
 // API serves the operator endpoints.
 type API struct {
-	Store       ManageStore
-	TrustDomain spiffeid.TrustDomain
+	// RevokeSessions ends every token of a person's: called when the
+	// operator is disabled or loses a role, so that re-enabling it does
+	// not revive a stolen session.
+	RevokeSessions func(ctx context.Context, username, reason string) error
+	Store          ManageStore
+	TrustDomain    spiffeid.TrustDomain
 	// Caller returns the authenticated caller of r.
 	Caller func(r *http.Request) (Caller, bool)
 	// Event records a successful change in the audit log.
 	Event func(r *http.Request, action string, kv ...any)
 	Now   func() time.Time
 }
+
+// ReservedNames cannot be operators' names.
+var ReservedNames = []string{"admin", "anonymous", "unknown"}
 
 // ToAPI renders an operator.
 func ToAPI(o store.Operator) api.Operator {
@@ -100,6 +107,13 @@ func (a *API) HandleCreate(w http.ResponseWriter, r *http.Request) {
 	case store.OperatorUser:
 		if err := oauth.ValidateUser(req.Name, ""); err != nil {
 			api.WriteProblem(w, http.StatusBadRequest, "name: "+err.Error())
+			return
+		}
+		if slices.Contains(ReservedNames, req.Name) {
+			// The audit log names the break-glass token "admin" and
+			// callers it could not name "anonymous" or "unknown": an
+			// operator so named would be confused with them.
+			api.WriteProblem(w, http.StatusBadRequest, "name: "+req.Name+" is reserved (the audit log uses it for the break-glass token or unnamed callers)")
 			return
 		}
 		if _, err := a.Store.GetOAuthUser(r.Context(), req.Name); errors.Is(err, store.ErrNotFound) {
@@ -249,6 +263,12 @@ func (a *API) HandleUpdate(w http.ResponseWriter, r *http.Request) {
 	if err := a.Store.UpdateOperator(r.Context(), o); err != nil {
 		api.WriteProblem(w, http.StatusInternalServerError, "cannot store the operator")
 		return
+	}
+	if o.Kind == store.OperatorUser && a.RevokeSessions != nil && (req.Disabled != nil && *req.Disabled || len(req.Revoke) > 0) {
+		if err := a.RevokeSessions(r.Context(), o.Name, "operator disabled or a role revoked"); err != nil {
+			api.WriteProblem(w, http.StatusInternalServerError, "the operator is changed but its sessions could not be revoked: "+err.Error())
+			return
+		}
 	}
 	kv := []any{"target", o.Name, "roles", rolesString(o.Roles), "disabled", o.Disabled, "require_mfa", o.RequireMFA}
 	if len(req.Grant) > 0 {

@@ -209,6 +209,12 @@ func (a *Authenticator) Token(r *http.Request) (Caller, error) {
 // Person checks that the subject of verified claims is an operator
 // allowed in now.
 func (a *Authenticator) Person(ctx context.Context, claims *accesstoken.Claims) (Caller, error) {
+	// Only what "rampart login" obtained for a person: a token of another
+	// client with this audience (a web app's, or a client_credentials
+	// token of a client named like an operator) is none of an operator's.
+	if claims.ClientID != ClientID || !claims.ForUser() {
+		return Caller{}, fmt.Errorf("%w: a token of client %q for a %s, not of %s for a person", ErrBadToken, claims.ClientID, subjectKind(claims), ClientID)
+	}
 	if claims.Act != nil {
 		// An exchanged token is some service acting for the person: the
 		// admin API takes operators themselves only.
@@ -234,8 +240,10 @@ func (a *Authenticator) Person(ctx context.Context, claims *accesstoken.Claims) 
 	switch {
 	case u.Disabled:
 		return Caller{}, fmt.Errorf("%w: the user %s is disabled", ErrDisabled, u.Username)
-	case a.now().Before(u.LockedUntil):
-		return Caller{}, fmt.Errorf("%w: %s until %s", ErrLocked, u.Username, u.LockedUntil.UTC().Format(time.RFC3339))
+	// A login back-off (u.LockedUntil) is not checked here: anyone who
+	// knows a username can start one by failing logins, and it must
+	// throttle password guessing, not end sessions already proven (red
+	// team). Disabling the operator or the user ends them.
 	case op.RequireMFA && !slices.Contains(claims.AMR, "otp"):
 		return Caller{}, fmt.Errorf("%w: %s (amr %v)", ErrNoMFA, u.Username, claims.AMR)
 	case len(op.Roles) == 0:
@@ -247,6 +255,13 @@ func (a *Authenticator) Person(ctx context.Context, claims *accesstoken.Claims) 
 		c.ExpiresAt = claims.Expiry.Time()
 	}
 	return c, nil
+}
+
+func subjectKind(c *accesstoken.Claims) string {
+	if c.ForUser() {
+		return "person"
+	}
+	return "client"
 }
 
 // Workload returns the roles that workload operators lend id: every

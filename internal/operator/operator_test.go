@@ -1,11 +1,14 @@
 package operator
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/rampartsec/rampart/internal/accesstoken"
 	"github.com/rampartsec/rampart/internal/permission"
 	"github.com/rampartsec/rampart/internal/store"
 )
@@ -74,5 +77,24 @@ func TestCallerAllowsService(t *testing.T) {
 	}
 	if (Caller{Roles: []store.OperatorRole{{Role: "root"}}}).Allows(permission.EntryRead) {
 		t.Error("an unknown role holds something")
+	}
+}
+
+// Person takes only what "rampart login" obtained for a person: a token
+// another client got with the admin audience (a web app's), or a client's
+// own token named like an operator, is refused before the store is read
+// (red team: a client_credentials client named "dave" became operator
+// dave).
+func TestPersonRefusesOtherClientsAndClients(t *testing.T) {
+	a := &Authenticator{} // no store: the checks come first
+	for name, c := range map[string]*accesstoken.Claims{
+		"another client's token for a person": {ClientID: "webapp", SubjectType: accesstoken.SubjectUser},
+		"a client's own token":                {ClientID: ClientID, SubjectType: accesstoken.SubjectClient},
+		"a client named like an operator":     {ClientID: "dave", SubjectType: accesstoken.SubjectClient},
+	} {
+		c.Subject = "dave"
+		if _, err := a.Person(context.Background(), c); !errors.Is(err, ErrBadToken) {
+			t.Errorf("%s: %v, want ErrBadToken", name, err)
+		}
 	}
 }

@@ -90,17 +90,15 @@ func (s *Server) instrument(route string, h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// metricsAuth requires the metrics token (or the admin token), compared in
-// constant time.
+// metricsAuth requires the metrics token, compared in constant time. The
+// admin token is not taken here: a scrape is no admin action to audit,
+// and a /metrics that took it would let whoever holds a candidate token
+// test it without the break-glass alert (red team).
 func (s *Server) metricsAuth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		sum := sha256.Sum256([]byte(tok))
-		admin := subtle.ConstantTimeCompare(sum[:], s.adminTokenHash[:])
-		if s.cfg.AdminTokenOff {
-			admin = 0
-		}
-		if !ok || subtle.ConstantTimeCompare(sum[:], s.metricsTokenHash[:])+admin == 0 {
+		if !ok || subtle.ConstantTimeCompare(sum[:], s.metricsTokenHash[:]) == 0 {
 			s.refused(r, "metrics.auth", "missing or wrong metrics token", "token_present", ok)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart-metrics"`)
 			api.WriteProblem(w, http.StatusUnauthorized, "/metrics needs the metrics token (DATA/metrics.token) as a bearer token")

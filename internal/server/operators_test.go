@@ -142,6 +142,10 @@ func TestOperatorValidation(t *testing.T) {
 		{api.OperatorCreate{Name: "spiffe://example.org/ci", Kind: "workload", Roles: []api.OperatorRole{{Role: "responder", Services: []string{"spiffe://example.org/a"}}}}, "cannot be limited"},
 		{api.OperatorCreate{Name: "nobody", Kind: "user", Roles: []api.OperatorRole{{Role: "auditor"}}}, "no OAuth user"},
 		{api.OperatorCreate{Name: "x", Kind: "robot", Roles: []api.OperatorRole{{Role: "auditor"}}}, "kind"},
+		// The audit log's names for the break-glass token and unnamed
+		// callers: an operator so named would be confused with them.
+		{api.OperatorCreate{Name: "admin", Kind: "user", Roles: []api.OperatorRole{{Role: "auditor"}}}, "reserved"},
+		{api.OperatorCreate{Name: "anonymous", Kind: "user", Roles: []api.OperatorRole{{Role: "auditor"}}}, "reserved"},
 	} {
 		err := h.admin.Do(ctx, http.MethodPost, "/v1/operators", c.req, nil)
 		wantStatus(t, err, http.StatusBadRequest, c.want)
@@ -155,6 +159,9 @@ func TestBreakGlassAuditedAndAlerted(t *testing.T) {
 	if err := h.admin.Do(context.Background(), http.MethodGet, "/v1/entries", nil, nil); err != nil {
 		t.Fatal(err)
 	}
+	// /metrics does not take it at all: no one can test a candidate
+	// admin token there without the break-glass alert (red team).
+	wantStatus(t, h.admin.Do(context.Background(), http.MethodGet, "/metrics", nil, nil), http.StatusUnauthorized, "metrics token")
 	es := logEntries(t, h.srv.audit, "admin.break_glass")
 	if len(es) != 1 || es[0].Actor.User != "admin" || es[0].Details["path"] != "/v1/entries" || es[0].Details["permission"] != "entry.read" ||
 		es[0].Details["auth"] != "break-glass" {

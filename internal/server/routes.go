@@ -29,7 +29,7 @@ const (
 	AuthWorkload Auth = "workload"
 	// AuthJoinToken: a one-time join token in the body.
 	AuthJoinToken Auth = "join-token"
-	// AuthMetrics: the scrape-only metrics token (or the admin token).
+	// AuthMetrics: the scrape-only metrics token.
 	AuthMetrics Auth = "metrics"
 	// AuthOAuth: the authorization server's endpoints; clients and users
 	// authenticate per request as OAuth and OpenID Connect say.

@@ -280,7 +280,14 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if !ok {
 		return nil, errors.New("server: the store has no operator tables")
 	}
-	s.operators = &operator.API{Store: operatorStore{st, ops}, TrustDomain: cfg.TrustDomain, Caller: callerFrom, Event: s.event, Now: cfg.Now}
+	s.operators = &operator.API{Store: operatorStore{st, ops}, TrustDomain: cfg.TrustDomain, Caller: callerFrom, Event: s.event, Now: cfg.Now,
+		RevokeSessions: func(ctx context.Context, username, reason string) error {
+			if s.oauth == nil {
+				return errors.New("the authorization server is not running")
+			}
+			_, err := s.oauth.RevokeUser(ctx, username, reason)
+			return err
+		}}
 	s.operatorAuth = &operator.Authenticator{Store: operatorStore{st, ops}, Now: cfg.Now, Verify: s.verifyOperatorToken,
 		DPoP: &dpop.Checker{Now: cfg.Now, Replay: operator.StoreReplay{Store: st, Quota: operator.DefaultProofQuota, Now: cfg.Now}}}
 	s.caMaint = &identity.Maintainer{CA: ca, Changed: s.notify, Now: cfg.Now, Log: cfg.Log, Registry: s.reg}
