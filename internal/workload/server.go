@@ -10,7 +10,9 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -82,6 +84,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	gs := grpc.NewServer(grpc.Creds(peerCreds{}),
 		grpc.ChainUnaryInterceptor(s.unaryGuard), grpc.ChainStreamInterceptor(s.streamGuard))
 	workload.RegisterSpiffeWorkloadAPIServer(gs, s)
+	secretv3.RegisterSecretDiscoveryServiceServer(gs, &sds{s: s})
 	go func() {
 		<-ctx.Done()
 		gs.Stop()
@@ -94,8 +97,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // The spec: "All Workload API requests MUST include the metadata key
 // workload.spiffe.io with a value of true"; others are refused with
-// InvalidArgument.
-func checkHeader(ctx context.Context) error {
+// InvalidArgument. Envoy's SDS (same socket, another service) has no such
+// header: Envoy does not send it, and SPIRE does not ask for it there.
+func checkHeader(ctx context.Context, method string) error {
+	if strings.HasPrefix(method, sdsService) {
+		return nil
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get("workload.spiffe.io"); len(v) != 1 || v[0] != "true" {
 		return status.Error(codes.InvalidArgument, "security header missing from request")
@@ -104,7 +111,7 @@ func checkHeader(ctx context.Context) error {
 }
 
 func (s *Server) unaryGuard(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	err := checkHeader(ctx)
+	err := checkHeader(ctx, info.FullMethod)
 	var resp any
 	if err == nil {
 		resp, err = h(ctx, req)
@@ -114,7 +121,7 @@ func (s *Server) unaryGuard(ctx context.Context, req any, info *grpc.UnaryServer
 }
 
 func (s *Server) streamGuard(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	err := checkHeader(ss.Context())
+	err := checkHeader(ss.Context(), info.FullMethod)
 	if err == nil {
 		err = h(srv, ss)
 	}
