@@ -154,6 +154,13 @@ func (s *Server) routes() []Route {
 			admin("POST /v1/acme/certs/{serial}/revoke", permission.ACMERevoke, s.acme.HandleRevokeCert, "revoke a certificate issued through ACME (ARI then tells its client to renew)"),
 		)
 	}
+	// OIDC discovery for JWT-SVIDs (nil: no --jwt-issuer), public as the
+	// JWT bundle is.
+	if s.oidc != nil {
+		for _, r := range s.oidc.Routes() {
+			rs = append(rs, route(AuthPublic, r.Pattern, r.Handler, r.Doc))
+		}
+	}
 	// The authorization server (before Serve on port 0 it does not exist).
 	if s.oauth != nil {
 		for _, r := range s.oauth.Routes() {

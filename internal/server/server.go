@@ -32,6 +32,7 @@ import (
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/oidcdiscovery"
 	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
@@ -100,6 +101,11 @@ type Config struct {
 	Issuer string
 	OAuth  OAuthConfig
 
+	// JWTIssuer, if set, is the iss claim of JWT-SVIDs, and the server
+	// publishes OIDC discovery for it (package oidcdiscovery): HTTPS, with
+	// a path. Empty: JWT-SVIDs carry no iss and no discovery is served.
+	JWTIssuer string
+
 	Now func() time.Time
 	Log *slog.Logger
 }
@@ -133,11 +139,12 @@ type Server struct {
 	oauth           *oauth.Provider // nil until the issuer address is known
 	accounts        *oauth.Accounts // OAuth clients and users
 	registrar       *registration.Registrar
-	scan            *inventory.API  // vulnerability database, gates, inventory
-	backup          *backup.Runner  // nil: no backups configured
-	acme            *acme.Server    // nil: ACME disabled
-	kmsAPI          *kms.API        // the key store, its key-use policy and its API
-	kmsMaint        *kms.Maintainer // the key store's schedules
+	scan            *inventory.API          // vulnerability database, gates, inventory
+	backup          *backup.Runner          // nil: no backups configured
+	acme            *acme.Server            // nil: ACME disabled
+	oidc            *oidcdiscovery.Provider // nil: no JWT issuer configured
+	kmsAPI          *kms.API                // the key store, its key-use policy and its API
+	kmsMaint        *kms.Maintainer         // the key store's schedules
 	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
@@ -235,9 +242,15 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	if cfg.JWTIssuer != "" {
+		if _, err := oidcdiscovery.ParseIssuer(cfg.JWTIssuer); err != nil {
+			return nil, fmt.Errorf("server: --jwt-issuer: %w", err)
+		}
+	}
 	ca, err := identity.New(ctx, identity.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Wrapper: wrapper, Now: cfg.Now, Log: cfg.Log,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, JWTKeyTTL: cfg.JWTKeyTTL, Upstream: up,
+		JWTIssuer: cfg.JWTIssuer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -247,6 +260,11 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		feed: newFeed(), reg: prometheus.NewRegistry(),
 	}
 	s.refusals = audit.NewRefusals(cfg.Now, s.record)
+	if cfg.JWTIssuer != "" {
+		if s.oidc, err = oidcdiscovery.New(cfg.JWTIssuer, ca.JWTBundle); err != nil {
+			return nil, fmt.Errorf("server: --jwt-issuer: %w", err)
+		}
+	}
 	s.metrics = newMetrics(s.reg, ca)
 	s.registrar = &registration.Registrar{TrustDomain: cfg.TrustDomain, Store: st, CA: ca, MaxTTL: cfg.IntermediateTTL,
 		JoinTokenTTL: cfg.JoinTokenTTL, AgentTTL: cfg.AgentTTL, X509TTL: cfg.DefaultX509TTL, JWTTTL: cfg.DefaultJWTTTL, Now: cfg.Now}
