@@ -95,7 +95,6 @@ func TestJWTSVIDVerifiedByGoOIDC(t *testing.T) {
 	}
 }
 
-
 func mustJWT(t *testing.T, ctx context.Context, a *agent, aud string) string {
 	t.Helper()
 	sv, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud}, addr(a))

@@ -84,13 +84,22 @@ type Agent struct {
 	revision  int64
 	entries   []api.Entry
 	revoked   map[string]struct{}
-	workloads map[string]*held // by entry ID
-	snap      *workload.Snapshot
-	changed   chan struct{}
-	jwtCache  map[string]jwtCached
-	warned    map[string]bool // entries named by warnUnservable
+	workloads map[string]*held // by entry ID: minted on first request (Mint), not for every entry
+	// wanted is when a workload last asked for each entry's SVID; an SVID
+	// nobody asked for during its whole life is dropped, not renewed.
+	wanted   map[string]time.Time
+	minting  map[string]chan struct{} // entries being minted; closed when done
+	snap     *workload.Snapshot
+	changed  chan struct{}
+	jwtCache map[string]jwtCached
+	warned   map[string]bool // entries named by warnUnservable
 
 	wake chan struct{} // reschedules the rotation loop
+	save chan struct{} // asks the saver to write the cache (saveSoon)
+	// saveMu orders cache writes; gen numbers each marshalled state so an
+	// older one is never written over a newer (state.go).
+	saveMu         sync.Mutex
+	gen, genOnDisk uint64
 }
 
 type jwtCached struct {
@@ -125,7 +134,8 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, td: cfg.TrustDomain,
 		revoked: map[string]struct{}{}, workloads: map[string]*held{}, changed: make(chan struct{}),
-		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), warned: map[string]bool{},
+		wanted: map[string]time.Time{}, minting: map[string]chan struct{}{},
+		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), save: make(chan struct{}, 1), warned: map[string]bool{},
 	}
 	a.metrics = newMetrics(cfg.Registry, a)
 	if err := a.loadCache(); err != nil {
@@ -216,28 +226,93 @@ func (a *Agent) ID() spiffeid.ID {
 }
 
 // publishLocked builds a new snapshot and wakes every Workload API stream.
+// Every entry is in it: with its SVID if one is held and valid, else as
+// unminted, to be minted when a workload it matches asks (Mint).
 func (a *Agent) publishLocked() {
 	snap := &workload.Snapshot{TrustDomain: a.td, Bundle: a.bundle, JWTBundle: a.jwtBundle}
-	ids := make([]string, 0, len(a.workloads))
-	for id := range a.workloads {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
+	entries := slices.SortedFunc(slices.Values(a.entries), func(x, y api.Entry) int { return strings.Compare(x.ID, y.ID) })
 	now := a.now()
-	for _, id := range ids {
-		h := a.workloads[id]
-		if !now.Before(h.Chain[0].NotAfter) {
-			continue // expired: better nothing than a certificate peers refuse
-		}
-		sels, err := selector.ParseAll(h.Entry.Selectors)
+	for _, e := range entries {
+		sels, err := selector.ParseAll(e.Selectors)
 		if err != nil {
 			continue
 		}
-		snap.Identities = append(snap.Identities, workload.Identity{EntryID: id, SpiffeID: h.ID, Selectors: sels, Chain: h.Chain, Key: h.Key})
+		id := workload.Identity{EntryID: e.ID, Selectors: sels}
+		h := a.workloads[e.ID]
+		// An expired SVID is not served (better nothing than a certificate
+		// peers refuse): the entry is unminted again.
+		if h == nil || !now.Before(h.Chain[0].NotAfter) {
+			if id.SpiffeID, err = spiffeid.FromString(e.SpiffeID); err == nil {
+				snap.Unminted = append(snap.Unminted, id)
+			}
+			continue
+		}
+		id.SpiffeID, id.Chain, id.Key = h.ID, h.Chain, h.Key
+		snap.Identities = append(snap.Identities, id)
 	}
 	a.snap = snap
 	close(a.changed)
 	a.changed = make(chan struct{})
+}
+
+// mintTimeout bounds a first request's wait for its SVIDs.
+const mintTimeout = 15 * time.Second
+
+// Mint implements workload.Minter: it mints, now, the SVIDs of the entries
+// that have none (or an expired one), and records that the entries are in
+// use. Concurrent first requests for one entry share one mint. The mint
+// runs on its own deadline, not the caller's: a client that gives up does
+// not fail the others waiting for the same SVID.
+func (a *Agent) Mint(ctx context.Context, entryIDs []string) error {
+	now := a.now()
+	a.mu.Lock()
+	var todo []api.Entry
+	var mine, wait []chan struct{}
+	for _, id := range entryIDs {
+		a.wanted[id] = now
+		if h := a.workloads[id]; h != nil && now.Before(h.Chain[0].NotAfter) {
+			continue
+		}
+		if ch, ok := a.minting[id]; ok {
+			wait = append(wait, ch)
+			continue
+		}
+		i := slices.IndexFunc(a.entries, func(e api.Entry) bool { return e.ID == id })
+		if i < 0 {
+			continue
+		}
+		ch := make(chan struct{})
+		a.minting[id] = ch
+		mine = append(mine, ch)
+		todo = append(todo, a.entries[i])
+	}
+	a.mu.Unlock()
+	var err error
+	if len(todo) > 0 {
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mintTimeout)
+		err = a.mint(mctx, todo)
+		cancel()
+		a.mu.Lock()
+		for _, e := range todo {
+			delete(a.minting, e.ID)
+		}
+		a.mu.Unlock()
+		for _, ch := range mine {
+			close(ch)
+		}
+		select { // the rotation loop learns of the new renewal times
+		case a.wake <- struct{}{}:
+		default:
+		}
+	}
+	for _, ch := range wait {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return err
 }
 
 // Run attests if needed, then serves the Workload API and keeps everything
@@ -268,6 +343,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		func() { a.mu.Lock(); a.publishLocked(); a.mu.Unlock() })
 	wl.SetInspector(inv)
 	errc := make(chan error, 3)
+	go a.saver(ctx)
 	go inv.run(ctx)
 	go func() { errc <- wl.Serve(ctx, ln) }()
 	go func() { a.syncLoop(ctx); errc <- nil }()
@@ -429,6 +505,11 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 			delete(a.workloads, id)
 		}
 	}
+	for id := range a.wanted {
+		if !live[id] {
+			delete(a.wanted, id)
+		}
+	}
 	a.publishLocked()
 	select {
 	case a.wake <- struct{}{}:
@@ -491,15 +572,30 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 
 	a.mu.Lock()
 	var due []api.Entry
+	dropped := false
 	for _, e := range a.entries {
 		h := a.workloads[e.ID]
-		switch {
-		case h == nil, !now.Before(h.RenewAt), !sameEntry(h.Entry, e):
-			due = append(due, e)
-		default:
-			if _, revoked := a.revoked[h.serial()]; revoked {
-				due = append(due, e)
-			}
+		if h == nil {
+			continue // minted when a workload asks for it (Mint)
+		}
+		_, revoked := a.revoked[h.serial()]
+		if now.Before(h.RenewAt) && sameEntry(h.Entry, e) && !revoked {
+			continue
+		}
+		// Nobody asked for it during its whole life (no open stream woke
+		// on its last rotation, no fetch since): the workload is gone.
+		// Dropped, not renewed; minted again if it comes back.
+		if a.wanted[e.ID].Before(h.Received) {
+			delete(a.workloads, e.ID)
+			dropped = true
+			continue
+		}
+		due = append(due, e)
+	}
+	if dropped {
+		a.publishLocked()
+		if err := a.saveCache(); err != nil {
+			a.log.Warn("saving the cache failed", "err", err)
 		}
 	}
 	a.mu.Unlock()
@@ -618,9 +714,10 @@ func (a *Agent) mintBatch(ctx context.Context, entries []api.Entry) error {
 		}
 	}
 	a.publishLocked()
-	if err := a.saveCache(); err != nil {
-		return err
-	}
+	// Written by the saver, not here: a workload waiting for its first
+	// SVID does not wait for the disk. An SVID lost in a crash before the
+	// write is minted again on the next request.
+	a.saveSoon()
 	return firstErr
 }
 

@@ -93,12 +93,15 @@ func isBundleName(snap *Snapshot, name string) bool {
 // one that does not exist) refuses the whole request with
 // PermissionDenied, which does not say which of the two it was.
 func (d *sds) resolve(ctx context.Context, snap *Snapshot, r sdsRequest, method string) ([]*tlsv3.Secret, error) {
+	if snap == nil {
+		return nil, status.Error(codes.Unavailable, "the agent holds no trust bundle yet")
+	}
 	wildcard := len(r.names) == 0
 	needIDs := wildcard || slices.ContainsFunc(r.names, func(n string) bool { return !isBundleName(snap, n) })
 	var ids []Identity
 	if needIDs {
 		var err error
-		if ids, err = d.s.entitled(ctx, snap, method); err != nil {
+		if snap, ids, err = d.s.entitled(ctx, snap, method, true); err != nil {
 			return nil, err
 		}
 		if len(ids) == 0 {
