@@ -237,7 +237,7 @@ func (a *Agent) publishLocked() {
 		if err != nil {
 			continue
 		}
-		id := workload.Identity{EntryID: e.ID, Selectors: sels}
+		id := workload.Identity{EntryID: e.ID, Selectors: sels, Hint: e.Hint}
 		h := a.workloads[e.ID]
 		// An expired SVID is not served (better nothing than a certificate
 		// peers refuse): the entry is unminted again.

@@ -34,6 +34,9 @@ type Identity struct {
 	Selectors []selector.Selector
 	Chain     []*x509.Certificate // leaf first
 	Key       crypto.Signer
+	// Hint, from the entry, tells a workload holding several SVIDs which
+	// is which (the Workload API's hint field).
+	Hint string
 }
 
 // Snapshot is what the agent holds at one moment. It is never modified once
@@ -290,7 +293,7 @@ func x509Response(snap *Snapshot, ids []Identity) (*workload.X509SVIDResponse, e
 			return nil, fmt.Errorf("workload: %w", err)
 		}
 		resp.Svids = append(resp.Svids, &workload.X509SVID{
-			SpiffeId: id.SpiffeID.String(), X509Svid: concatDER(id.Chain), X509SvidKey: key, Bundle: bundle,
+			SpiffeId: id.SpiffeID.String(), X509Svid: concatDER(id.Chain), X509SvidKey: key, Bundle: bundle, Hint: id.Hint,
 		})
 	}
 	return resp, nil
@@ -302,6 +305,7 @@ func fingerprint(resp *workload.X509SVIDResponse) []byte {
 	var b bytes.Buffer
 	for _, s := range resp.Svids {
 		b.WriteString(s.SpiffeId)
+		b.WriteString("\x00" + s.Hint + "\x00")
 		b.Write(s.X509Svid)
 		b.Write(s.Bundle)
 	}
@@ -367,7 +371,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 			s.log.Warn("fetching a JWT-SVID failed", "spiffe_id", id.SpiffeID.String(), "err", err)
 			return nil, status.Error(codes.Unavailable, "could not fetch JWT-SVID")
 		}
-		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.SpiffeID.String(), Svid: tok})
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.SpiffeID.String(), Svid: tok, Hint: id.Hint})
 	}
 	return resp, nil
 }
