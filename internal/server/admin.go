@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/selector"
@@ -230,15 +231,18 @@ func (s *Server) handleEntryBatch(op string) http.HandlerFunc {
 }
 
 // entryEvents audits each entry of a change: the log says what each
-// entry became, batch or not.
+// entry became, batch or not. One append for the batch: one durable write,
+// not one per entry.
 func (s *Server) entryEvents(r *http.Request, event string, es []store.Entry) {
-	for _, e := range es {
+	out := make([]*audit.Entry, len(es))
+	for i, e := range es {
 		sels := make([]string, len(e.Selectors))
-		for i, sel := range e.Selectors {
-			sels[i] = sel.String()
+		for j, sel := range e.Selectors {
+			sels[j] = sel.String()
 		}
-		s.event(r, event, "entry_id", e.ID, "spiffe_id", e.SpiffeID, "parent_id", e.ParentID, "selectors", sels)
+		out[i] = s.entry(r, event, audit.OutcomeSuccess, "", "entry_id", e.ID, "spiffe_id", e.SpiffeID, "parent_id", e.ParentID, "selectors", sels)
 	}
+	s.record(r.Context(), out...)
 }
 
 func agentToAPI(a store.Agent) api.Agent {
