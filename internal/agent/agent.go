@@ -83,6 +83,10 @@ type Agent struct {
 	jwtBundle []byte
 	revision  int64
 	entries   []api.Entry
+	// served is a.entries as the snapshot needs them, parsed once per
+	// sync and ordered by ID (indexEntriesLocked); byID indexes a.entries.
+	served []workload.Identity
+	byID   map[string]int
 	revoked   map[string]struct{}
 	workloads map[string]*held // by entry ID: minted on first request (Mint), not for every entry
 	// wanted is when a workload last asked for each entry's SVID; an SVID
@@ -142,6 +146,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.warnUnservable(a.entries)
+	a.indexEntriesLocked()
 	if len(a.bundle) == 0 {
 		if cfg.BundleFile == "" {
 			return nil, errors.New("agent: no cached state; --ca-bundle (the server's bundle.pem) is needed for the first start")
@@ -230,21 +235,13 @@ func (a *Agent) ID() spiffeid.ID {
 // unminted, to be minted when a workload it matches asks (Mint).
 func (a *Agent) publishLocked() {
 	snap := &workload.Snapshot{TrustDomain: a.td, Bundle: a.bundle, JWTBundle: a.jwtBundle}
-	entries := slices.SortedFunc(slices.Values(a.entries), func(x, y api.Entry) int { return strings.Compare(x.ID, y.ID) })
 	now := a.now()
-	for _, e := range entries {
-		sels, err := selector.ParseAll(e.Selectors)
-		if err != nil {
-			continue
-		}
-		id := workload.Identity{EntryID: e.ID, Selectors: sels, Hint: e.Hint}
-		h := a.workloads[e.ID]
+	for _, id := range a.served {
+		h := a.workloads[id.EntryID]
 		// An expired SVID is not served (better nothing than a certificate
 		// peers refuse): the entry is unminted again.
 		if h == nil || !now.Before(h.Chain[0].NotAfter) {
-			if id.SpiffeID, err = spiffeid.FromString(e.SpiffeID); err == nil {
-				snap.Unminted = append(snap.Unminted, id)
-			}
+			snap.Unminted = append(snap.Unminted, id)
 			continue
 		}
 		id.SpiffeID, id.Chain, id.Key = h.ID, h.Chain, h.Key
@@ -253,6 +250,28 @@ func (a *Agent) publishLocked() {
 	a.snap = snap
 	close(a.changed)
 	a.changed = make(chan struct{})
+}
+
+// indexEntriesLocked parses the entries once, for every snapshot until the
+// next sync: publishing (on every mint) then costs no parsing, whatever the
+// number of entries. Entries whose selectors or SPIFFE ID do not parse are
+// left out.
+func (a *Agent) indexEntriesLocked() {
+	a.served = make([]workload.Identity, 0, len(a.entries))
+	a.byID = make(map[string]int, len(a.entries))
+	for i, e := range a.entries {
+		a.byID[e.ID] = i
+		sels, err := selector.ParseAll(e.Selectors)
+		if err != nil {
+			continue
+		}
+		id, err := spiffeid.FromString(e.SpiffeID)
+		if err != nil {
+			continue
+		}
+		a.served = append(a.served, workload.Identity{EntryID: e.ID, SpiffeID: id, Selectors: sels, Hint: e.Hint})
+	}
+	slices.SortFunc(a.served, func(x, y workload.Identity) int { return strings.Compare(x.EntryID, y.EntryID) })
 }
 
 // mintTimeout bounds a first request's wait for its SVIDs.
@@ -277,8 +296,8 @@ func (a *Agent) Mint(ctx context.Context, entryIDs []string) error {
 			wait = append(wait, ch)
 			continue
 		}
-		i := slices.IndexFunc(a.entries, func(e api.Entry) bool { return e.ID == id })
-		if i < 0 {
+		i, ok := a.byID[id]
+		if !ok {
 			continue
 		}
 		ch := make(chan struct{})
@@ -490,6 +509,7 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, resp.Entries
+	a.indexEntriesLocked()
 	a.warnUnservable(resp.Entries)
 	a.revoked = make(map[string]struct{}, len(resp.Revoked))
 	for _, s := range resp.Revoked {
