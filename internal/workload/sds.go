@@ -231,13 +231,6 @@ func (d *sds) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReques
 	return resp, err
 }
 
-// DeltaSecrets (incremental xDS) is not served: Envoy subscribes to SDS
-// with the state-of-the-world protocol (api_type GRPC) unless told to use
-// DELTA_GRPC; configure GRPC.
-func (d *sds) DeltaSecrets(grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	return status.Error(codes.Unimplemented, "incremental (delta) SDS is not served; configure the SDS config source with api_type GRPC (state of the world)")
-}
-
 // StreamSecrets is the state-of-the-world xDS protocol as Envoy speaks it:
 //
 //   - The client's first request names the resources; the server answers

@@ -340,12 +340,101 @@ func TestSDSRequestRules(t *testing.T) {
 			}
 		})
 	}
-	stream, err := c.DeltaSecrets(ctx)
-	if err == nil {
-		_, err = stream.Recv()
+}
+
+func recvDelta(t *testing.T, stream grpc.BidiStreamingClient[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) (*discoveryv3.DeltaDiscoveryResponse, error) {
+	t.Helper()
+	type res struct {
+		r   *discoveryv3.DeltaDiscoveryResponse
+		err error
 	}
-	if grpcstatus.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "api_type GRPC") {
-		t.Fatalf("DeltaSecrets: got %v, want Unimplemented saying what to configure", err)
+	c := make(chan res, 1)
+	go func() { r, err := stream.Recv(); c <- res{r, err} }()
+	select {
+	case r := <-c:
+		return r.r, r.err
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delta SDS response")
+		return nil, nil
+	}
+}
+
+func deltaNames(resp *discoveryv3.DeltaDiscoveryResponse) map[string]string {
+	out := map[string]string{}
+	for _, r := range resp.Resources {
+		out[r.Name] = r.Version
+	}
+	return out
+}
+
+// Incremental SDS (DELTA_GRPC): per-resource versions, only what changed
+// is sent, subscriptions change, a reconnecting client's versions count,
+// another workload's secret is refused.
+func TestSDSDelta(t *testing.T) {
+	src := &staticSource{snap: twoWorkloads(t), changed: make(chan struct{})}
+	c := sdsClient(t, serve(t, src))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := c.DeltaSecrets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := envoyNode(30)
+	stream.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: SDSSecretType, ResourceNamesSubscribe: []string{meID.String(), SDSRootCA}})
+	r1, err := recvDelta(t, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := deltaNames(r1)
+	if len(v1) != 2 || v1[meID.String()] == "" || v1[SDSRootCA] == "" || r1.Nonce == "" {
+		t.Fatalf("first delta response: %v", v1)
+	}
+	stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: SDSSecretType, ResponseNonce: r1.Nonce}) // ACK
+	// Rotation: only the certificate is sent, the bundle did not change.
+	rotated := twoWorkloads(t)
+	rotated.Bundle = src.snap.Bundle
+	src.set(rotated)
+	r2, err := recvDelta(t, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := deltaNames(r2)
+	if len(v2) != 1 || v2[meID.String()] == v1[meID.String()] || v2[meID.String()] == "" {
+		t.Fatalf("after rotation got %v, want only the new certificate", v2)
+	}
+	var sec tlsv3.Secret
+	r2.Resources[0].Resource.UnmarshalTo(&sec)
+	sameCert(t, leafOf(t, &sec), rotated.Identities[0].Chain[0])
+	// Change of subscription: answered with just the new name.
+	stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: SDSSecretType, ResponseNonce: r2.Nonce,
+		ResourceNamesSubscribe: []string{SDSDefaultSVID}, ResourceNamesUnsubscribe: []string{SDSRootCA}})
+	r3, err := recvDelta(t, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v3 := deltaNames(r3); len(v3) != 1 || v3[SDSDefaultSVID] == "" {
+		t.Fatalf("after subscribing to default got %v", v3)
+	}
+	// The attack: subscribing to another workload's secret ends the stream.
+	stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: SDSSecretType, ResponseNonce: r3.Nonce, ResourceNamesSubscribe: []string{otherID.String()}})
+	if _, err := recvDelta(t, stream); grpcstatus.Code(err) != codes.PermissionDenied {
+		t.Fatalf("another workload's secret over delta SDS: got %v, want PermissionDenied", err)
+	}
+
+	// A reconnecting client that holds the current certificate gets only
+	// what it lacks.
+	again, err := c.DeltaSecrets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: SDSSecretType, ResourceNamesSubscribe: []string{meID.String(), SDSRootCA},
+		InitialResourceVersions: map[string]string{meID.String(): v2[meID.String()]}})
+	r4, err := recvDelta(t, again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v4 := deltaNames(r4); len(v4) != 1 || v4[SDSRootCA] == "" {
+		t.Fatalf("reconnect with the current certificate's version got %v, want only ROOTCA", v4)
 	}
 }
 
