@@ -85,8 +85,8 @@ type Agent struct {
 	entries   []api.Entry
 	// served is a.entries as the snapshot needs them, parsed once per
 	// sync and ordered by ID (indexEntriesLocked); byID indexes a.entries.
-	served []workload.Identity
-	byID   map[string]int
+	served    []workload.Identity
+	byID      map[string]int
 	revoked   map[string]struct{}
 	workloads map[string]*held // by entry ID: minted on first request (Mint), not for every entry
 	// wanted is when a workload last asked for each entry's SVID; an SVID
