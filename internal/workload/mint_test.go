@@ -185,3 +185,18 @@ func serveWith(t *testing.T, src Source, in Inspector) string {
 	t.Cleanup(func() { cancel(); <-done })
 	return sock
 }
+
+// An entry's hint reaches the workload with its SVID (go-spiffe's Hint).
+func TestHintReachesTheWorkload(t *testing.T) {
+	snap := snapshotFor(t, uidSel())
+	snap.Identities[0].Hint = "internal"
+	resp, err := fetch(t, serve(t, &staticSource{snap: snap, changed: make(chan struct{})}))
+	if err != nil || len(resp.SVIDs) != 1 || resp.SVIDs[0].Hint != "internal" {
+		t.Fatalf("fetch: %v, hint %q", err, func() string {
+			if err != nil || len(resp.SVIDs) == 0 {
+				return ""
+			}
+			return resp.SVIDs[0].Hint
+		}())
+	}
+}
