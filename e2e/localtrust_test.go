@@ -46,6 +46,10 @@ func e2eHelper(mode string) int {
 	switch mode {
 	case "fake-workload-api":
 		return fakeWorkloadAPI(os.Getenv("RAMPART_E2E_SOCK"))
+	case "tcp-listen":
+		return tcpListen(os.Getenv("RAMPART_E2E_ADDR"))
+	case "tcp-dial":
+		return tcpDial(os.Getenv("RAMPART_E2E_ADDR"))
 	}
 	fmt.Println("unknown helper", mode)
 	return 2

@@ -35,8 +35,16 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&cfg.InventoryInterval, "inventory-interval", 10*time.Second, "how often the inventory of running executables is reported to the server (batched)")
+	fs.StringVar(&cfg.Netpol, "netpol", "off", "the host's network policy (rampart netpol): off, report (count what would be dropped) or enforce (nftables, needs CAP_NET_ADMIN; removed on exit)")
+	fs.DurationVar(&cfg.NetpolInterval, "netpol-interval", 2*time.Second, "how often the host's network policy table is refreshed from the server")
+	fs.StringVar(&cfg.NetpolNetNS, "netpol-netns", "", "manage the firewall of this network namespace (e.g. /var/run/netns/NAME) rather than the agent's own")
 	if err := parse(env, fs, args); err != nil {
 		return err
+	}
+	switch cfg.Netpol {
+	case agent.NetpolOff, agent.NetpolReport, agent.NetpolEnforce:
+	default:
+		return usagef("--netpol %q: want off, report or enforce", cfg.Netpol)
 	}
 	cfg.ServerAddr = trimScheme(cfg.ServerAddr)
 	if join.value != "" && join.file != "" {

@@ -38,6 +38,7 @@ func commands() []command {
 		{"entry", "manage registration entries (create, list, show, delete)", runEntry},
 		{"svid", "revoke SVIDs, or fetch one from the Workload API", runSVID},
 		{"ca", "show and rotate the CA, or create an offline root", runCA},
+		{"rekey", "burn-down after a compromise: replace every root, key and credential without an outage", runRekey},
 		{"proxy", "run the mTLS sidecar: inbound authorisation, outbound identity checks", runProxy},
 		{"policy", "manage authorisation policies; test and explain them", runPolicy},
 		{"audit", "verify, query and export the tamper-evident audit log", runAudit},
@@ -48,6 +49,7 @@ func commands() []command {
 		{"backup", "make, list, verify and restore encrypted backups; run restore drills", runBackup},
 		{"scan", "scan Go binaries, SBOMs and images for known vulnerabilities; the offline database, gate and exceptions", runScan},
 		{"inventory", "list what runs where: services, hosts, binaries, modules and their findings", runInventory},
+		{"netpol", "network policy from the policies: view, export (nftables, Kubernetes, Cilium), check what is applied", runNetpol},
 		{"acme", "ACME certificates: EAB keys for clients (eab), issued certificates (certs)", runACME},
 		{"demo", "start a secured sample system on loopback", runDemo},
 		{"version", "print the version", func(_ context.Context, e *cliEnv, _ []string) error {

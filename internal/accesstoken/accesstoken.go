@@ -38,6 +38,37 @@ type Claims struct {
 	Act *Actor `json:"act,omitempty"`
 	// Cnf binds the token to a key (RFC 8705 x5t#S256, RFC 9449 jkt).
 	Cnf *Confirmation `json:"cnf,omitempty"`
+	// SubjectType says what sub names: SubjectUser, an end user, or
+	// SubjectClient, an OAuth client acting for itself (a client
+	// credentials token, and every token exchanged from one, whose
+	// client_id is then another client's). The issuer sets it on every
+	// token; see ForUser.
+	SubjectType string `json:"sub_type,omitempty"`
+}
+
+// Subject types (the sub_type claim).
+const (
+	SubjectUser   = "user"
+	SubjectClient = "client"
+)
+
+// ForUser reports whether the token speaks for an end user, as user-only
+// endpoints (userinfo) and user conditions of policies need. sub_type
+// decides; any value but SubjectUser is not a user. A token without it
+// (issued before the claim existed; they live minutes) is a user's unless
+// its subject is its own client or a SPIFFE ID: the rule that, alone, took
+// a machine's token exchanged by another client for a user's.
+func (c *Claims) ForUser() bool {
+	if strings.HasPrefix(c.Subject, "spiffe://") || c.Subject == "" {
+		return false
+	}
+	switch c.SubjectType {
+	case SubjectUser:
+		return true
+	case "":
+		return c.Subject != c.ClientID
+	}
+	return false
 }
 
 // Actor is an RFC 8693 act claim.
@@ -122,59 +153,79 @@ var (
 
 // Verify parses and checks raw; the error says what was wrong.
 func Verify(raw string, keys KeySet, o Options) (*Claims, error) {
+	c, _, err := verify(raw, keys, o)
+	return c, err
+}
+
+// verify is Verify, also returning the key ID that verified the token.
+func verify(raw string, keys KeySet, o Options) (*Claims, string, error) {
+	c, kid, err := verifySigned(raw, keys)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := check(c, o); err != nil {
+		return nil, "", err
+	}
+	return c, kid, nil
+}
+
+func verifySigned(raw string, keys KeySet) (*Claims, string, error) {
 	algs := keys.Algorithms()
 	if len(algs) == 0 {
-		return nil, fmt.Errorf("%w: no verification keys", ErrSignature)
+		return nil, "", fmt.Errorf("%w: no verification keys", ErrSignature)
 	}
 	tok, err := jwt.ParseSigned(raw, algs)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, "", fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if len(tok.Headers) != 1 {
-		return nil, fmt.Errorf("%w: want exactly one signature", ErrMalformed)
+		return nil, "", fmt.Errorf("%w: want exactly one signature", ErrMalformed)
 	}
 	h := tok.Headers[0]
 	if typ, _ := h.ExtraHeaders[jose.HeaderType].(string); !strings.EqualFold(typ, Type) && !strings.EqualFold(typ, "application/"+Type) {
-		return nil, fmt.Errorf("%w: typ %q, want %q", ErrMalformed, typ, Type)
+		return nil, "", fmt.Errorf("%w: typ %q, want %q", ErrMalformed, typ, Type)
 	}
 	for _, name := range []jose.HeaderKey{"jku", "x5u"} {
 		if _, ok := h.ExtraHeaders[name]; ok {
-			return nil, fmt.Errorf("%w: header %s is not accepted: keys come from the issuer's JWKS only", ErrSignature, name)
+			return nil, "", fmt.Errorf("%w: header %s is not accepted: keys come from the issuer's JWKS only", ErrSignature, name)
 		}
 	}
 	// go-jose parses x5c out of the extra headers; Certificates tells
 	// whether one was sent.
 	if _, err := h.Certificates(x509.VerifyOptions{}); !errors.Is(err, jose.ErrMissingX5cHeader) {
-		return nil, fmt.Errorf("%w: header x5c is not accepted: keys come from the issuer's JWKS only", ErrSignature)
+		return nil, "", fmt.Errorf("%w: header x5c is not accepted: keys come from the issuer's JWKS only", ErrSignature)
 	}
 	if h.JSONWebKey != nil {
-		return nil, fmt.Errorf("%w: embedded jwk header is not accepted: keys come from the issuer's JWKS only", ErrSignature)
+		return nil, "", fmt.Errorf("%w: embedded jwk header is not accepted: keys come from the issuer's JWKS only", ErrSignature)
 	}
 	key, alg, ok := keys.Key(h.KeyID)
 	if !ok {
-		return nil, fmt.Errorf("%w: unknown key ID %q", ErrSignature, h.KeyID)
+		return nil, "", fmt.Errorf("%w: unknown key ID %q", ErrSignature, h.KeyID)
 	}
 	if jose.SignatureAlgorithm(h.Algorithm) != alg {
-		return nil, fmt.Errorf("%w: alg %s does not match key %s (%s)", ErrSignature, h.Algorithm, h.KeyID, alg)
+		return nil, "", fmt.Errorf("%w: alg %s does not match key %s (%s)", ErrSignature, h.Algorithm, h.KeyID, alg)
 	}
 	var c Claims
 	if err := tok.Claims(key, &c); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+		return nil, "", fmt.Errorf("%w: %v", ErrSignature, err)
 	}
-	if err := check(&c, o); err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return &c, h.KeyID, nil
 }
 
 // DefaultLeeway is the clock skew a resource server allows between its
 // clock and the issuer's.
 const DefaultLeeway = 30 * time.Second
 
+// MaxLeeway is the most skew any verifier may allow. The issuer keeps a
+// revocation on the list it hands out until the revoked tokens' exp plus
+// MaxLeeway: a verifier allowing more would take a revoked token again
+// once its revocation has been dropped.
+const MaxLeeway = DefaultLeeway
+
 func check(c *Claims, o Options) error {
 	leeway := o.Leeway
-	if leeway < 0 {
-		return fmt.Errorf("%w: negative leeway %v", ErrClaims, leeway)
+	if leeway < 0 || leeway > MaxLeeway {
+		return fmt.Errorf("%w: leeway %v: want 0 to MaxLeeway (%v), the time revocations outlive exp", ErrClaims, leeway, MaxLeeway)
 	}
 	now := o.Now
 	if now.IsZero() {

@@ -71,7 +71,10 @@ func TestVerifyClaims(t *testing.T) {
 		// The issuer itself allows no skew: a token past exp is expired.
 		{name: "no leeway at the issuer", now: t0.Add(10 * time.Minute), opts: func(o *Options) { o.Leeway = 0 }, want: ErrClaims, msg: "expired"},
 		{name: "no leeway at the issuer, nbf", now: t0.Add(-time.Second), opts: func(o *Options) { o.Leeway = 0 }, want: ErrClaims, msg: "not valid before"},
-		{name: "negative leeway", opts: func(o *Options) { o.Leeway = -time.Second }, want: ErrClaims, msg: "negative leeway"},
+		{name: "negative leeway", opts: func(o *Options) { o.Leeway = -time.Second }, want: ErrClaims, msg: "leeway -1s"},
+		// Revocations are kept until exp + MaxLeeway: more skew would take
+		// a revoked token once its revocation is gone.
+		{name: "leeway beyond what revocations outlive", opts: func(o *Options) { o.Leeway = MaxLeeway + time.Second }, want: ErrClaims, msg: "MaxLeeway"},
 		{name: "not yet valid", now: t0.Add(-time.Minute), want: ErrClaims, msg: "not valid before"},
 		{name: "no exp", mod: func(c *Claims) { c.Expiry = nil }, want: ErrClaims, msg: "exp missing"},
 		{name: "no jti", mod: func(c *Claims) { c.ID = "" }, want: ErrClaims, msg: "jti"},
@@ -228,4 +231,39 @@ func BenchmarkVerifyColdEdDSA(b *testing.B) {
 	raw, _ := jwt.Signed(s).Claims(valid()).Serialize()
 	o := Options{Issuer: "https://rampart.example", Audience: "spiffe://ex.org/orders", Now: t0.Add(time.Minute)}
 	loopP99(b, func() error { _, err := Verify(raw, edKeys{pub}, o); return err })
+}
+
+// rotatingKeys is a key set whose key can be withdrawn.
+type rotatingKeys struct{ ks map[string]any }
+
+func (k *rotatingKeys) Key(kid string) (any, jose.SignatureAlgorithm, bool) {
+	p, ok := k.ks[kid]
+	return p, jose.ES256, ok
+}
+func (k *rotatingKeys) Algorithms() []jose.SignatureAlgorithm {
+	return []jose.SignatureAlgorithm{jose.ES256}
+}
+
+// A token verified (and cached) before its key was withdrawn, as a
+// burn-down withdraws a compromised signing key, is refused from then on:
+// the cache must not outlive the key.
+func TestVerifierCacheDiesWithItsKey(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ks := &rotatingKeys{ks: map[string]any{"k": key.Public()}}
+	v := &Verifier{Keys: ks, Issuer: "https://rampart.example", Audience: "spiffe://ex.org/orders",
+		Now: func() time.Time { return t0.Add(time.Minute) }}
+	raw := sign(t, key, Type, valid())
+	if _, err := v.Verify(raw); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.cache) != 1 {
+		t.Fatal("the token was not cached; the test would prove nothing")
+	}
+	delete(ks.ks, "k")
+	if _, err := v.Verify(raw); !errors.Is(err, ErrSignature) || !strings.Contains(err.Error(), `unknown key ID "k"`) {
+		t.Fatalf("cached token after its key was withdrawn: %v", err)
+	}
+	if len(v.cache) != 0 {
+		t.Fatal("the refused token stays cached")
+	}
 }

@@ -1,6 +1,7 @@
 package accesstoken
 
 import (
+	"fmt"
 	"sync"
 	"time"
 )
@@ -27,7 +28,15 @@ type Verifier struct {
 	CacheSize int
 
 	mu    sync.RWMutex
-	cache map[string]*Claims
+	cache map[string]cached
+}
+
+// cached is a verified token and the key that verified it: a hit is
+// honoured only while that key is still in Keys (a key withdrawn by a
+// burn-down takes its tokens with it at once, cached or not).
+type cached struct {
+	claims *Claims
+	kid    string
 }
 
 // Verify checks raw; see the package's Verify for what is checked.
@@ -37,25 +46,31 @@ func (v *Verifier) Verify(raw string) (*Claims, error) {
 		o.Now = v.Now()
 	}
 	v.mu.RLock()
-	c, ok := v.cache[raw]
+	e, ok := v.cache[raw]
 	v.mu.RUnlock()
 	if ok {
-		if err := check(c, o); err != nil {
+		if _, _, known := v.Keys.Key(e.kid); !known {
+			v.mu.Lock()
+			delete(v.cache, raw)
+			v.mu.Unlock()
+			return nil, fmt.Errorf("%w: unknown key ID %q", ErrSignature, e.kid)
+		}
+		if err := check(e.claims, o); err != nil {
 			return nil, err
 		}
-		cp := *c
+		cp := *e.claims
 		return &cp, nil
 	}
-	c, err := Verify(raw, v.Keys, o)
+	c, kid, err := verify(raw, v.Keys, o)
 	if err != nil {
 		return nil, err
 	}
-	v.remember(raw, c, o.Now)
+	v.remember(raw, cached{claims: c, kid: kid}, o.Now)
 	cp := *c
 	return &cp, nil
 }
 
-func (v *Verifier) remember(raw string, c *Claims, now time.Time) {
+func (v *Verifier) remember(raw string, c cached, now time.Time) {
 	size := v.CacheSize
 	if size == 0 {
 		size = DefaultCacheSize
@@ -69,13 +84,13 @@ func (v *Verifier) remember(raw string, c *Claims, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.cache == nil {
-		v.cache = make(map[string]*Claims)
+		v.cache = make(map[string]cached)
 	}
 	if len(v.cache) >= size {
 		// Drop the expired; if that frees nothing, start afresh (bounded
 		// memory matters more than the hit rate of a flood).
 		for k, old := range v.cache {
-			if !now.Before(old.Expiry.Time()) {
+			if !now.Before(old.claims.Expiry.Time()) {
 				delete(v.cache, k)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,6 +65,17 @@ type Config struct {
 	// InventoryInterval is how often the inventory is reported to the
 	// server (10s when zero).
 	InventoryInterval time.Duration
+	// Netpol is off, report or enforce (package netpol; netpol.go):
+	// whether the host's network policy table is installed, and whether
+	// it drops or only counts. Placements are reported in every mode.
+	Netpol string
+	// NetpolInterval is how often the table is refreshed (2s when zero
+	// and enforcing or reporting).
+	NetpolInterval time.Duration
+	// NetpolNetNS, if set, is the network namespace (a path such as
+	// /var/run/netns/NAME) whose firewall the agent manages; the agent's
+	// own by default.
+	NetpolNetNS string
 }
 
 // Agent is a running node agent. It implements workload.Source.
@@ -85,10 +97,13 @@ type Agent struct {
 	entries   []api.Entry
 	// served is a.entries as the snapshot needs them, parsed once per
 	// sync and ordered by ID (indexEntriesLocked); byID indexes a.entries.
-	served    []workload.Identity
-	byID      map[string]int
-	revoked   map[string]struct{}
-	workloads map[string]*held // by entry ID: minted on first request (Mint), not for every entry
+	served  []workload.Identity
+	byID    map[string]int
+	revoked map[string]struct{}
+	// reissueRoot, during a burn-down, is the root every SVID must
+	// descend from (api.SyncResponse.ReissueUnlessRoot).
+	reissueRoot string
+	workloads   map[string]*held // by entry ID: minted on first request (Mint), not for every entry
 	// wanted is when a workload last asked for each entry's SVID; an SVID
 	// nobody asked for during its whole life is dropped, not renewed.
 	wanted   map[string]time.Time
@@ -104,6 +119,9 @@ type Agent struct {
 	// older one is never written over a newer (state.go).
 	saveMu         sync.Mutex
 	gen, genOnDisk uint64
+	// netpolKick makes the network policy loop refresh now: the server's
+	// state moved (a policy changed, say).
+	netpolKick chan struct{}
 }
 
 type jwtCached struct {
@@ -139,7 +157,8 @@ func New(cfg Config) (*Agent, error) {
 		cfg: cfg, log: cfg.Log, now: cfg.Now, td: cfg.TrustDomain,
 		revoked: map[string]struct{}{}, workloads: map[string]*held{}, changed: make(chan struct{}),
 		wanted: map[string]time.Time{}, minting: map[string]chan struct{}{},
-		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), save: make(chan struct{}, 1), warned: map[string]bool{},
+		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), save: make(chan struct{}, 1),
+		netpolKick: make(chan struct{}, 1), warned: map[string]bool{},
 	}
 	a.metrics = newMetrics(cfg.Registry, a)
 	if err := a.loadCache(); err != nil {
@@ -360,7 +379,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	// The inventory of what runs, and the scan gate (inventory.go).
 	inv := newInventoryReporter(a.client, a.log, a.now, a.cfg.InventoryInterval, filepath.Join(a.cfg.DataDir, "scan-state.json"),
 		func() { a.mu.Lock(); a.publishLocked(); a.mu.Unlock() })
-	wl.SetInspector(inv)
+	// Placements and the host's network policy (netpol.go).
+	tracker := newPlacementTracker(inv, "/proc")
+	wl.SetInspector(tracker)
+	fw, err := a.openFirewall()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	npDone := make(chan struct{})
+	go func() { defer close(npDone); a.newNetpolLoop(tracker, fw, sp).run(ctx) }()
+	defer func() { <-npDone }() // the table is removed before Run returns
 	errc := make(chan error, 3)
 	go a.saver(ctx)
 	go inv.run(ctx)
@@ -498,6 +527,10 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		if err := a.applySync(resp); err != nil {
 			a.log.Error("applying sync failed", "err", err)
 		}
+		select {
+		case a.netpolKick <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -510,6 +543,7 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	defer a.mu.Unlock()
 	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, resp.Entries
 	a.indexEntriesLocked()
+	a.applyReissue(resp)
 	a.warnUnservable(resp.Entries)
 	a.revoked = make(map[string]struct{}, len(resp.Revoked))
 	for _, s := range resp.Revoked {
@@ -581,7 +615,7 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	next := now.Add(time.Hour)
 
 	a.mu.Lock()
-	agentDue := a.svid != nil && !now.Before(a.svid.RenewAt)
+	agentDue := a.svid != nil && (!now.Before(a.svid.RenewAt) || a.fromOldRoot(a.svid))
 	a.mu.Unlock()
 	if agentDue {
 		if err := a.renewAgent(ctx); err != nil {
@@ -599,7 +633,8 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 			continue // minted when a workload asks for it (Mint)
 		}
 		_, revoked := a.revoked[h.serial()]
-		if now.Before(h.RenewAt) && sameEntry(h.Entry, e) && !revoked {
+		// During a burn-down an SVID of the old root is due at once.
+		if now.Before(h.RenewAt) && sameEntry(h.Entry, e) && !revoked && !a.fromOldRoot(h) {
 			continue
 		}
 		// Nobody asked for it during its whole life (no open stream woke
@@ -637,6 +672,22 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 		}
 	}
 	return next
+}
+
+// applyReissue takes the burn-down's root from a sync. Call with a.mu
+// held.
+func (a *Agent) applyReissue(resp api.SyncResponse) { a.reissueRoot = resp.ReissueUnlessRoot }
+
+// fromOldRoot says whether, during a burn-down, h descends from a root
+// other than the one the server named: its intermediate's authority key
+// ID is not the new root's subject key ID. Such an SVID is re-issued at
+// once, before the server revokes it and drops its root. Call with a.mu
+// held.
+func (a *Agent) fromOldRoot(h *held) bool {
+	if a.reissueRoot == "" || len(h.Chain) < 2 {
+		return false
+	}
+	return hex.EncodeToString(h.Chain[1].AuthorityKeyId) != a.reissueRoot
 }
 
 func sameEntry(a, b api.Entry) bool {

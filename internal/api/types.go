@@ -125,6 +125,11 @@ type SyncResponse struct {
 	JWTBundle json.RawMessage `json:"jwt_bundle"`
 	Entries   []Entry         `json:"entries"`
 	Revoked   []string        `json:"revoked"`
+	// ReissueUnlessRoot, during a burn-down (rampart rekey), names the
+	// root (hex of its subject key ID) every SVID must descend from: the
+	// agent re-issues, at once, its own SVID and every workload SVID whose
+	// intermediate another root signed.
+	ReissueUnlessRoot string `json:"reissue_unless_root,omitempty"`
 }
 
 // SignRequest asks for workload SVIDs, one per entry.

@@ -77,6 +77,10 @@ type exchangeError struct {
 
 func (e *exchangeError) Error() string { return e.code + ": " + e.desc }
 
+// errDPoPBound refuses to exchange a token sent with the DPoP scheme.
+var errDPoPBound = &exchangeError{status: http.StatusBadRequest, code: "invalid_grant",
+	desc: "the token is bound to a DPoP key (sent with the DPoP scheme): this service cannot prove possession of that key, so it cannot exchange it"}
+
 // Exchange returns a token for audience standing for the same user as
 // subject.
 func (x *Exchanger) Exchange(ctx context.Context, subject, audience string) (token string, cached bool, err error) {
@@ -174,9 +178,18 @@ func (x *Exchanger) swap(r *http.Request, audience string, count func(ExchangeRe
 	if count == nil {
 		count = func(ExchangeResult) {}
 	}
-	_, tok, ok := dpop.Authorization(r.Header)
+	scheme, tok, ok := dpop.Authorization(r.Header)
 	if !ok {
 		return nil
+	}
+	if scheme == dpop.SchemeDPoP {
+		// A DPoP-bound token is only good with a proof by its holder's
+		// key, which this service does not have: swapping it for a
+		// token bound to our certificate would make anyone who holds
+		// the token (without the key) able to call on through us. The
+		// server refuses such an exchange too; say so here, first.
+		count(ExchangeDenied)
+		return fmt.Errorf("token exchange for %s refused: %w", audience, errDPoPBound)
 	}
 	nt, cached, err := x.Exchange(r.Context(), tok, audience)
 	var ee *exchangeError

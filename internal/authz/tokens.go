@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -167,10 +166,9 @@ func (t *Tokens) FromRequest(r *http.Request, peer *x509.Certificate) (c *access
 }
 
 // isUserToken tells a token that speaks for an end user from a client's
-// own (client credentials), whose subject is the client itself.
-func isUserToken(c *accesstoken.Claims) bool {
-	return c.Subject != c.ClientID && !strings.HasPrefix(c.Subject, "spiffe://")
-}
+// own (client credentials, or exchanged from one: its subject is then
+// another client than its client_id), as the issuer's sub_type says.
+func isUserToken(c *accesstoken.Claims) bool { return c.ForUser() }
 
 // userClaims is what policy conditions see as user. A client's own token
 // has no sub there, so has(user.sub) is how a rule requires an end user.

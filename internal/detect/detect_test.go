@@ -131,8 +131,10 @@ func TestDefaultRules(t *testing.T) {
 					shipped(login("dave", "failure")(3 * time.Second)), shipped(login("dave", "failure")(4 * time.Second))},
 				repeat(10, time.Second, login("carol", "success")))},
 		{"revoked-credential-use",
-			[]*audit.Entry{ev(0, "tls.client_auth", "denied", "client certificate is revoked", audit.Actor{SpiffeID: "spiffe://example.org/rampart/agent/node-1"}, nil)},
-			[]*audit.Entry{ev(0, "tls.client_auth", "denied", "client certificate does not chain to this trust domain's bundle", audit.Actor{SpiffeID: "spiffe://evil.org/x"}, nil),
+			[]*audit.Entry{ev(0, "tls.client_auth", "denied", "client certificate is revoked", audit.Actor{SpiffeID: "spiffe://example.org/rampart/agent/node-1"},
+				map[string]string{"reason": "revoked"})},
+			[]*audit.Entry{ev(0, "tls.client_auth", "denied", "client certificate does not chain to this trust domain's bundle", audit.Actor{SpiffeID: "spiffe://evil.org/x"},
+				map[string]string{"reason": "untrusted"}),
 				ev(time.Second, "svid.revoke", "success", "revoked by admin", admin, nil)}},
 		{"refresh-token-reuse",
 			[]*audit.Entry{ev(0, "oauth.refresh_reuse", "denied", "refresh token reused; family revoked", audit.Actor{User: "alice"}, nil)},
@@ -171,6 +173,9 @@ func TestDefaultRules(t *testing.T) {
 		{"audit-entries-dropped",
 			[]*audit.Entry{shipped(ev(0, "audit.entries_dropped", "failure", "120 audit entries dropped", audit.Actor{SpiffeID: orders}, map[string]string{"count": "120"}))},
 			[]*audit.Entry{ev(0, "audit.seal", "success", "", audit.Actor{SpiffeID: orders}, nil)}},
+		{"netpol-port-scan",
+			[]*audit.Entry{netpolDropped(0, "scan", agentSource), netpolDropped(time.Minute, "scan", agentSource)},           // one alert per host in 10m
+			[]*audit.Entry{netpolDropped(0, "drops", agentSource), netpolDropped(0, "scan", "spiffe://example.org/orders")}}, // a workload cannot forge it
 		{"vulnerable-workload-running",
 			[]*audit.Entry{vulnerable(0, "called", "HIGH"), vulnerable(time.Minute, "called", "HIGH")}, // one alert per finding a day
 			[]*audit.Entry{vulnerable(0, "not-called", "CRITICAL"), vulnerable(0, "called", "MEDIUM"),
@@ -190,13 +195,23 @@ func TestDefaultRules(t *testing.T) {
 		found := false
 		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap", "audit-entries-dropped", "oauth-rate-limited",
 			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue", "vulnerable-workload-running",
-			"acme-challenge-failures"} { // the backup rules: backup_rules_test.go
+			"acme-challenge-failures", "netpol-port-scan"} { // the backup rules: backup_rules_test.go
 			found = found || name == r.Name
 		}
 		if !found {
 			t.Errorf("default rule %s has no test", r.Name)
 		}
 	}
+}
+
+const agentSource = "spiffe://example.org/rampart/agent/h2"
+
+// netpolDropped is an agent's entry for the drops of one interval.
+func netpolDropped(at time.Duration, pattern, source string) *audit.Entry {
+	e := ev(at, "netpol.dropped", "denied", "dropped", audit.Actor{SpiffeID: source},
+		map[string]string{"ports": "22:1,8080:1,8443:2", "count": "4", "distinct_ports": "3", "pattern": pattern})
+	e.Source = source
+	return e
 }
 
 // vulnerable is the server's entry for a finding on a running workload.
@@ -311,5 +326,69 @@ func TestConditionCostIsBounded(t *testing.T) {
 	}
 	if alerts := e.Process(1, ev(0, "x.y", "denied", "", audit.Actor{User: "u"}, map[string]string{"a": "1"})); len(alerts) != 1 {
 		t.Fatalf("a small entry: %d alerts, want 1", len(alerts))
+	}
+}
+
+// Red team finding: revoked-credential-use matched "revoked" anywhere in a
+// reason, and reasons quote what callers send (a client_id, a token's
+// header), so anyone could fire it, or, firing it under a victim's name,
+// silence the real alert for an hour (dedup). It now matches only fields
+// the server's (or the guard's) own checks set.
+func TestRevokedCredentialUseIgnoresFreeText(t *testing.T) {
+	const rule = "revoked-credential-use"
+	anon := audit.Actor{User: "anonymous"}
+	for _, tc := range []struct {
+		name  string
+		entry *audit.Entry
+		fires bool
+	}{
+		// What an attacker can write.
+		{"client_id in a reason", ev(0, "oauth.client_auth", "denied", `client_id "svc revoked\nevicted" does not match the assertion's subject`, anon,
+			map[string]string{"claimed_client_id": `"svc revoked\nevicted"`}), false},
+		{"forged token header at a service", decision(0, rogue, payments, "GET", "denied"), false},
+		{"revoked_credential shipped by a workload", shipped(ev(0, "oauth.token", "denied", "refresh token revoked", audit.Actor{User: "client:web"},
+			map[string]string{"revoked_credential": "refresh_token"})), false},
+		{"reason word in another server entry", ev(0, "admin.auth", "denied", "token revoked? evicted?", anon, nil), false},
+		{"tls refusal of another kind", ev(0, "tls.client_auth", "denied", "revoked", audit.Actor{User: "unknown"}, map[string]string{"reason": "untrusted"}), false},
+		{"near miss of the guard's reason", withReason(decision(0, rogue, payments, "GET", "denied"), "access token refused: access token malformed: typ \"revoked\""), false},
+		// What the server and the guard record.
+		{"refresh token revoked", ev(0, "oauth.token", "denied", "refresh token revoked", audit.Actor{User: "client:web"},
+			map[string]string{"revoked_credential": "refresh_token"}), true},
+		{"revoked token at userinfo", ev(0, "oauth.userinfo", "denied", "access token revoked", audit.Actor{User: "alice"},
+			map[string]string{"revoked_credential": "access_token"}), true},
+		{"evicted agent", ev(0, "tls.client_auth", "denied", "agent is evicted", audit.Actor{SpiffeID: "spiffe://example.org/rampart/agent/n"},
+			map[string]string{"reason": "evicted"}), true},
+		{"revoked SVID at a service", withReason(decision(0, rogue, payments, "GET", "denied"), "client SVID revoked"), true},
+		{"revoked token at a service", withReason(decision(0, rogue, payments, "GET", "denied"), "access token refused: access token revoked"), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := 0
+			if tc.fires {
+				want = 1
+			}
+			if n := fired(t, []*audit.Entry{tc.entry})[rule]; n != want {
+				t.Fatalf("fired %d alerts, want %d", n, want)
+			}
+		})
+	}
+}
+
+func withReason(e *audit.Entry, reason string) *audit.Entry {
+	e.Reason = reason
+	return e
+}
+
+// An alert's summary quotes the reason of the entry that fired it: a
+// reason carrying a caller's line breaks or words cannot pass for the
+// alert's own text.
+func TestAlertSummaryQuotesReason(t *testing.T) {
+	e := NewEngine(Default())
+	var summary string
+	en := ev(0, "kms.decrypt", "denied", "no rule for key \"x\nALERT resolved: false positive\"", audit.Actor{SpiffeID: rogue}, map[string]string{"key": "x"})
+	for _, a := range e.Process(0, en) {
+		summary = a.Summary
+	}
+	if summary == "" || strings.ContainsAny(summary, "\r\n") || !strings.Contains(summary, `reason "no rule for key \"x\nALERT`) {
+		t.Fatalf("summary %q: want the reason quoted, without line breaks", summary)
 	}
 }

@@ -277,7 +277,10 @@ func (r *ruleState) match(e *Engine, i int64, en *audit.Entry) (store.Alert, boo
 			what += " on " + en.Target
 		}
 		if en.Reason != "" {
-			what += ": " + en.Reason
+			// Quoted: a reason may carry what a caller sent (a
+			// client_id, a header), which must not read as the
+			// alert's own words (no line breaks, no forged clauses).
+			what += ": reason " + strconv.Quote(audit.Clip(en.Reason))
 		}
 		return r.fire(e, i, en, group, what), true
 	}

@@ -158,8 +158,8 @@ func (ca *CA) reload(ctx context.Context) error {
 		}
 	}
 	for _, k := range keys {
-		if !now.Before(k.NotAfter) {
-			continue // expired: no longer in any bundle
+		if !now.Before(k.NotAfter) || k.State == store.StateDropped {
+			continue // expired or dropped by a burn-down: no longer in any bundle
 		}
 		switch k.Kind {
 		case store.KindRoot:

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -41,7 +42,7 @@ func (s *ServerCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, err
 	now := s.Now()
 	if s.cert != nil {
 		leaf := s.cert.Leaf
-		if now.Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)) {
+		if now.Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore)/2)) && s.underCurrentIntermediate() {
 			return s.cert, nil
 		}
 	}
@@ -55,6 +56,28 @@ func (s *ServerCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, err
 	}
 	s.cert = c
 	return c, nil
+}
+
+// underCurrentIntermediate says whether the certificate was signed by the
+// intermediate the CA signs with now: after a burn-down activated a new
+// root (on this replica or another sharing the store), the old chain is
+// about to be dropped, so every replica re-issues at its next handshake.
+func (s *ServerCert) underCurrentIntermediate() bool {
+	inter := s.CA.signingIntermediate()
+	return inter == nil || (len(s.cert.Certificate) > 1 && bytes.Equal(s.cert.Certificate[1], inter.Raw))
+}
+
+// Renew replaces the certificate now (a burn-down: the one being served
+// chains to a root about to be dropped).
+func (s *ServerCert) Renew() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, err := s.issue()
+	if err != nil {
+		return err
+	}
+	s.cert = c
+	return nil
 }
 
 func (s *ServerCert) issue() (*tls.Certificate, error) {

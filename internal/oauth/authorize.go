@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/ratelimit"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -204,6 +205,19 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	fresh := hasSession && !slices.Contains(req.prompt, "login") &&
 		(req.maxAge < 0 || now.Unix()-sess.AuthTime <= int64(req.maxAge))
 
+	// A silent sign-in (a GET with a session, prompt=none or none given)
+	// writes a family and a code like a login form does, but passes no
+	// login limit: it has its own (refusals counted and audited by the
+	// limiter, oauth.rate_limit).
+	if r.Method == http.MethodGet && fresh && !slices.Contains(req.prompt, "consent") {
+		if d := p.limits.authorize.Allow(ratelimit.Source(r)); !d.Allowed {
+			w.Header().Set("Retry-After", d.RetryAfter())
+			p.redirectError(w, r, req, errf(http.StatusTooManyRequests, "temporarily_unavailable",
+				"too many sign-in requests; retry after %s s", d.RetryAfter()))
+			return
+		}
+	}
+
 	if r.Method == http.MethodGet {
 		switch {
 		case slices.Contains(req.prompt, "none") && !fresh:
@@ -235,8 +249,11 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	var le *loginError
 	if errors.As(err, &le) {
 		// The typed name is a claim, not a proven actor (it may even be
-		// "admin"): the entry's actor is anonymous, the claim a detail.
-		p.record(r, "oauth.login", audit.OutcomeFailure, le.reason, "username", username, "user", "anonymous", "client_id", req.client.ID)
+		// "admin"): the entry's actor is anonymous, the claim a detail,
+		// and the target (so that repeats are counted per account, which
+		// the login-failures rule counts by).
+		p.record(r, "oauth.login", audit.OutcomeFailure, le.reason, "username", username, "user", "anonymous", "client_id", req.client.ID,
+			"target", "user "+claimed(username))
 		p.loginPage(w, r, req, false, "Wrong username, password or one-time code, or the account is locked. Try again.", http.StatusUnauthorized)
 		return
 	}
@@ -271,7 +288,7 @@ func (p *Provider) issueCode(w http.ResponseWriter, r *http.Request, req *authzR
 	// of the last token it can lead to, so disabling the user or the
 	// client finds it.
 	family := randomToken()[:22]
-	end := now.Add(p.cfg.CodeTTL + p.cfg.AccessTokenTTL)
+	end := now.Add(p.cfg.CodeTTL + p.cfg.AccessTokenTTL + revocationGrace)
 	if slices.Contains(req.client.GrantTypes, "refresh_token") {
 		end = end.Add(p.cfg.RefreshTokenTTL)
 	}

@@ -86,7 +86,7 @@ func (p *Provider) authenticateClient(r *http.Request) (*authedClient, error) {
 			return nil, errf(http.StatusUnauthorized, "invalid_client", "client assertion: %v", err)
 		}
 		if id != "" && id != sub {
-			return nil, errf(http.StatusUnauthorized, "invalid_client", "client_id %q does not match the assertion's subject", id)
+			return nil, errf(http.StatusUnauthorized, "invalid_client", "client_id %s does not match the assertion's subject", claimed(id))
 		}
 		id = sub
 	}
@@ -139,6 +139,15 @@ func (p *Provider) authenticateClient(r *http.Request) (*authedClient, error) {
 		ac.cert = leaf
 	}
 	return ac, nil
+}
+
+// claimedClientID is the client ID an unauthenticated request names
+// (Basic user name or client_id), for the audit log's claimed_client_id.
+func claimedClientID(r *http.Request) string {
+	if id, _, ok := r.BasicAuth(); ok {
+		return id
+	}
+	return r.PostForm.Get("client_id")
 }
 
 // unverifiedSubject reads sub from an assertion before its signature is

@@ -43,5 +43,7 @@
 //
 // Everything a security engineer would want to see later is an audit entry:
 // logins and their failures, every token issued, refreshed, exchanged or
-// revoked, and every reuse detected.
+// revoked, and every reuse detected. Refusals are counted with their
+// repeats (Config.Refusals), and what an unauthenticated caller claims is
+// recorded as a claim (claimed_client_id), never as the actor.
 package oauth

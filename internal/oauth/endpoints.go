@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,6 +15,13 @@ import (
 	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/store"
 )
+
+// revocationGrace is how long a revocation outlives the tokens it names,
+// and a grant family the last token it can issue: the most clock skew a
+// verifier allows on exp (accesstoken.MaxLeeway). A proxy takes a token
+// until exp plus its leeway; were the revocation dropped at exp, a
+// revoked token would be good again for that long.
+const revocationGrace = accesstoken.MaxLeeway
 
 // revokeFamily revokes every grant of a family, every access token
 // carrying its sid, and the families exchanged from it.
@@ -25,12 +33,20 @@ func (p *Provider) revokeFamily(r *http.Request, family, reason string) error {
 // revokeFamilies revokes the families sel picks and what descends from
 // them, and puts them on this replica's list at once.
 func (p *Provider) revokeFamilies(ctx context.Context, sel store.FamilySelector, reason string) ([]string, error) {
-	now := p.cfg.Now()
 	// Access tokens issued until now live at most AccessTokenTTL (an
-	// exchanged one never outlives its subject); refresh tokens and codes
-	// are revoked in the store itself.
+	// exchanged one never outlives its subject).
+	return p.revokeFamiliesUntil(ctx, sel, reason, p.cfg.Now().Add(p.cfg.AccessTokenTTL))
+}
+
+// revokeFamiliesUntil is revokeFamilies for tokens that expire by lastExp.
+func (p *Provider) revokeFamiliesUntil(ctx context.Context, sel store.FamilySelector, reason string, lastExp time.Time) ([]string, error) {
+	now := p.cfg.Now()
+	// Verifiers take a token revocationGrace past its exp: the revocation
+	// stays that long (the store keeps none past its family's end, which
+	// includes the grace). Refresh tokens and codes are revoked in the
+	// store itself.
 	ids, err := p.cfg.Store.RevokeOAuthFamilies(ctx, sel, store.TokenRevocation{
-		Reason: reason, RevokedAt: now, ExpiresAt: now.Add(p.cfg.AccessTokenTTL + time.Minute)})
+		Reason: reason, RevokedAt: now, ExpiresAt: lastExp.Add(revocationGrace)})
 	if err != nil {
 		return nil, err
 	}
@@ -89,8 +105,14 @@ func (p *Provider) clientRequest(w http.ResponseWriter, r *http.Request) (*authe
 	if err != nil {
 		var oe *oauthError
 		if errors.As(err, &oe) {
-			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.reason(), "client_id", r.PostForm.Get("client_id"),
-				"endpoint", r.URL.Path, "grant_type", r.PostForm.Get("grant_type"))
+			// Nothing the caller sent is proven: its client_id is a
+			// claim, recorded as such (quoted, clipped), and the actor
+			// is anonymous, so no alert names a client on its word.
+			kv := []string{"endpoint", r.URL.Path, "grant_type", claimed(r.PostForm.Get("grant_type"))}
+			if id := claimedClientID(r); id != "" {
+				kv = append(kv, "claimed_client_id", claimed(id))
+			}
+			p.record(r, "oauth.client_auth", audit.OutcomeDenied, oe.reason(), kv...)
 		}
 		writeOAuthError(w, err)
 		return nil, false
@@ -114,14 +136,18 @@ func (p *Provider) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	hint := r.PostForm.Get("token_type_hint")
 	if hint != "refresh_token" && strings.Count(tok, ".") == 2 {
 		if claims, err := p.VerifyAccessToken(tok, ""); err == nil && claims.ClientID == c.ID {
-			err := p.cfg.Store.RevokeOAuthToken(r.Context(), store.TokenRevocation{ID: claims.ID, Reason: "revoked by client",
-				RevokedAt: p.cfg.Now(), ExpiresAt: claims.Expiry.Time().Add(time.Minute)})
+			// The token's jti is a family of its own once it has been
+			// exchanged (tokenExchange), the parent of the families
+			// exchanged from it: revoking it by jti revokes them too.
+			// Never exchanged, the jti alone goes on the list.
+			ids, err := p.revokeFamiliesUntil(r.Context(), store.FamilySelector{ID: claims.ID}, "revoked by client",
+				later(claims.Expiry.Time(), p.cfg.Now().Add(p.cfg.AccessTokenTTL)))
 			if err != nil {
 				writeOAuthError(w, err)
 				return
 			}
-			p.revokedNow(r.Context(), claims.ID)
-			p.record(r, "oauth.token_revoke", audit.OutcomeSuccess, "", "client_id", c.ID, "jti", claims.ID, "user", userOf(claims))
+			p.record(r, "oauth.token_revoke", audit.OutcomeSuccess, "", "client_id", c.ID, "jti", claims.ID, "user", userOf(claims),
+				"revoked_families", strconv.Itoa(len(ids)))
 		}
 		w.WriteHeader(http.StatusOK)
 		return
@@ -139,9 +165,18 @@ func (p *Provider) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
-// userOf returns the user a token speaks for, "" for a client's own token.
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// userOf returns the user a token speaks for, "" for a client's own token
+// (client credentials, or exchanged from one: sub_type client).
 func userOf(c *accesstoken.Claims) string {
-	if c.Subject == c.ClientID || strings.HasPrefix(c.Subject, "spiffe://") {
+	if !c.ForUser() {
 		return ""
 	}
 	return c.Subject
@@ -254,6 +289,9 @@ func (p *Provider) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 			code = "invalid_dpop_proof"
 		}
 		kv := []string{"scheme", scheme}
+		if errors.Is(err, accesstoken.ErrRevoked) {
+			kv = append(kv, "revoked_credential", "access_token")
+		}
 		if claims != nil {
 			kv = append(kv, "client_id", claims.ClientID, "user", claims.Subject, "jti", claims.ID)
 		}

@@ -78,7 +78,7 @@ func newHarnessTB(t testing.TB, mutate ...func(*oauth.Config)) *harness {
 	lots := ratelimit.Limits{PerSource: ratelimit.Rule{Rate: 1e6, Burst: 1e6}, Global: ratelimit.Rule{Rate: 1e6, Burst: 1e6}}
 	cfg := oauth.Config{
 		Issuer: h.srv.URL, Store: st, Wrapper: wrap, Now: h.clock.Now,
-		RateLimits: oauth.RateLimits{Token: lots, Login: lots, Introspect: lots, Revoke: lots, Userinfo: lots},
+		RateLimits: oauth.RateLimits{Token: lots, Login: lots, Introspect: lots, Revoke: lots, Userinfo: lots, Authorize: lots},
 		Record: func(_ context.Context, es ...*audit.Entry) {
 			for _, e := range es {
 				if err := e.Validate(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -106,7 +107,7 @@ func (k *keyring) load(ctx context.Context, now time.Time) ([]pubKey, error) {
 	}
 	var out []pubKey
 	for _, ck := range all {
-		if ck.Kind != store.KindOAuth || !now.Before(ck.NotAfter) {
+		if ck.Kind != store.KindOAuth || !now.Before(ck.NotAfter) || ck.State == store.StateDropped {
 			continue
 		}
 		pub, err := x509.ParsePKIXPublicKey(ck.CertDER)
@@ -231,4 +232,70 @@ func (k *keyring) algs() []jose.SignatureAlgorithm {
 		}
 	}
 	return out
+}
+
+// RekeySigningKey replaces the token signing key now (a burn-down, package
+// rekey): a new key signs from this moment; every other key stops signing
+// and is either kept published (retired) so that tokens it signed verify
+// until they expire, or, with dropOld, withdrawn at once so that they are
+// refused everywhere the JWKS reaches. It returns the old key IDs and the
+// new one.
+func (p *Provider) RekeySigningKey(ctx context.Context, dropOld bool) (old []string, kid string, err error) {
+	k := p.keys
+	k.maintMu.Lock()
+	defer k.maintMu.Unlock()
+	now := p.cfg.Now()
+	keys, err := k.load(ctx, now)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, pk := range keys {
+		old = append(old, pk.kid)
+		state := store.StateRetired
+		if dropOld {
+			state = store.StateDropped
+		}
+		if pk.state != state {
+			if err := k.store.SetCAKeyState(ctx, pk.kid, state); err != nil {
+				return old, "", fmt.Errorf("oauth: rekey: %w", err)
+			}
+		}
+	}
+	if err := k.create(ctx, now, store.StateActive); err != nil {
+		return old, "", fmt.Errorf("oauth: rekey: %w", err)
+	}
+	if err := k.reload(ctx, now); err != nil {
+		return old, "", err
+	}
+	_, kid, err = k.current()
+	return old, kid, err
+}
+
+// DropSigningKeys withdraws the named signing keys from the JWKS now:
+// tokens they signed are refused from then on. The active key cannot be
+// dropped; unknown and already dropped IDs are skipped. It returns the IDs
+// it dropped.
+func (p *Provider) DropSigningKeys(ctx context.Context, ids []string) ([]string, error) {
+	k := p.keys
+	k.maintMu.Lock()
+	defer k.maintMu.Unlock()
+	now := p.cfg.Now()
+	keys, err := k.load(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	var dropped []string
+	for _, pk := range keys {
+		if !slices.Contains(ids, pk.kid) {
+			continue
+		}
+		if pk.state == store.StateActive {
+			return dropped, fmt.Errorf("oauth: signing key %s is the one signing now; it cannot be dropped", pk.kid)
+		}
+		if err := k.store.SetCAKeyState(ctx, pk.kid, store.StateDropped); err != nil {
+			return dropped, fmt.Errorf("oauth: drop signing key %s: %w", pk.kid, err)
+		}
+		dropped = append(dropped, pk.kid)
+	}
+	return dropped, k.reload(ctx, now)
 }

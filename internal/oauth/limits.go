@@ -19,6 +19,11 @@ type RateLimits struct {
 	Introspect ratelimit.Limits
 	Revoke     ratelimit.Limits
 	Userinfo   ratelimit.Limits
+	// Authorize bounds codes issued without a login form (a session's
+	// silent sign-in, prompt=none): each writes a grant family and a
+	// code to the store. (Codes issued by a login form post are bounded
+	// by Login.)
+	Authorize ratelimit.Limits
 }
 
 // DefaultRateLimits are sized for a small server (two cores hash about 20
@@ -31,6 +36,9 @@ func DefaultRateLimits() RateLimits {
 		Introspect: ratelimit.Limits{PerSource: ratelimit.Rule{Rate: 50, Burst: 100}, Global: ratelimit.Rule{Rate: 1000, Burst: 2000}},
 		Revoke:     ratelimit.Limits{PerSource: ratelimit.Rule{Rate: 10, Burst: 50}, Global: ratelimit.Rule{Rate: 200, Burst: 400}},
 		Userinfo:   ratelimit.Limits{PerSource: ratelimit.Rule{Rate: 20, Burst: 50}, Global: ratelimit.Rule{Rate: 500, Burst: 1000}},
+		// A browser signs in silently to each app every few minutes; an
+		// office behind one address has many browsers.
+		Authorize: ratelimit.Limits{PerSource: ratelimit.Rule{Rate: 2, Burst: 20}, Global: ratelimit.Rule{Rate: 200, Burst: 400}},
 	}
 }
 
@@ -43,6 +51,7 @@ const (
 // limiters are the provider's rate limiters, one per endpoint.
 type limiters struct {
 	token, login, introspect, revoke, userinfo *ratelimit.Limiter
+	authorize                                  *ratelimit.Limiter // codes issued on GET (silent sign-in)
 }
 
 func (p *Provider) newLimiters(rl RateLimits, m *ratelimit.Metrics) (*limiters, error) {
@@ -64,6 +73,7 @@ func (p *Provider) newLimiters(rl RateLimits, m *ratelimit.Metrics) (*limiters, 
 		{"oauth_introspect", pick(rl.Introspect, def.Introspect), &ls.introspect},
 		{"oauth_revoke", pick(rl.Revoke, def.Revoke), &ls.revoke},
 		{"oauth_userinfo", pick(rl.Userinfo, def.Userinfo), &ls.userinfo},
+		{"oauth_authorize", pick(rl.Authorize, def.Authorize), &ls.authorize},
 	} {
 		l, err := ratelimit.New(ratelimit.Config{Name: e.name, Limits: e.l, MaxSources: rateLimitSources,
 			Interval: rateLimitInterval, OnRefusals: p.recordRefusals, Metrics: m, Now: p.cfg.Now})
@@ -76,7 +86,7 @@ func (p *Provider) newLimiters(rl RateLimits, m *ratelimit.Metrics) (*limiters, 
 }
 
 func (ls *limiters) flush() {
-	for _, l := range []*ratelimit.Limiter{ls.token, ls.login, ls.introspect, ls.revoke, ls.userinfo} {
+	for _, l := range []*ratelimit.Limiter{ls.token, ls.login, ls.introspect, ls.revoke, ls.userinfo, ls.authorize} {
 		l.Flush()
 	}
 }

@@ -12,9 +12,11 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,6 +126,14 @@ type Config struct {
 
 	// Record appends audit entries durably.
 	Record func(ctx context.Context, es ...*audit.Entry)
+	// Refusals counts refused requests (what anyone can produce at
+	// will): the first of a kind (actor, action, target, reason, and an
+	// anonymous caller's address or /64) in an interval is recorded at
+	// once, its repeats as one entry with details.count. Share the
+	// server's, whose audit keeper records what is being counted before
+	// each checkpoint; nil: the provider keeps its own, recorded by
+	// Maintain and when Run ends.
+	Refusals *audit.Refusals
 	// Changed is called after a revocation so that waiting proxies learn
 	// of it at once.
 	Changed func(ctx context.Context)
@@ -142,6 +152,9 @@ type Provider struct {
 	dpop     *dpop.Checker         // DPoP proofs at the token and userinfo endpoints
 	hashing  *hashGate             // bounds concurrent argon2id runs
 	limits   *limiters             // rate limits per endpoint
+	// ownRefusals: cfg.Refusals is the provider's own, which Maintain
+	// and Run record.
+	ownRefusals bool
 
 	mu      sync.RWMutex
 	revoked map[string]struct{} // jti and sid values
@@ -228,6 +241,10 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Record == nil {
 		cfg.Record = func(context.Context, ...*audit.Entry) {}
 	}
+	ownRefusals := cfg.Refusals == nil
+	if ownRefusals {
+		cfg.Refusals = audit.NewRefusals(cfg.Now, cfg.Record)
+	}
 	if cfg.PeerCertificate == nil {
 		cfg.PeerCertificate = func(r *http.Request) *x509.Certificate {
 			if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
@@ -239,7 +256,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Changed == nil {
 		cfg.Changed = func(context.Context) {}
 	}
-	p := &Provider{cfg: cfg, keys: &keyring{store: cfg.Store, wrap: cfg.Wrapper, alg: cfg.Algorithm, ttl: cfg.KeyTTL}}
+	p := &Provider{cfg: cfg, keys: &keyring{store: cfg.Store, wrap: cfg.Wrapper, alg: cfg.Algorithm, ttl: cfg.KeyTTL}, ownRefusals: ownRefusals}
 	// No leeway: this is the issuer, whose own clock set exp and nbf. A
 	// token past its exp buys nothing here (exchange, introspection,
 	// userinfo, revocation), even while a distant verifier's skew
@@ -324,6 +341,7 @@ func (p *Provider) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			p.flushRefusals(context.WithoutCancel(ctx), true)
 			return nil
 		case <-t.C:
 			if err := p.Maintain(ctx); err != nil {
@@ -338,6 +356,7 @@ func (p *Provider) Run(ctx context.Context) error {
 // periodically.
 func (p *Provider) Maintain(ctx context.Context) error {
 	p.limits.flush()
+	p.flushRefusals(ctx, false)
 	if n := p.hashing.busy.Swap(0); n > 0 {
 		now := p.cfg.Now()
 		p.cfg.Log.Warn("oauth: logins refused: every password hashing slot busy", "count", n)
@@ -516,6 +535,17 @@ type oauthError struct {
 	// debug, if set, is the reason for the audit log when the client is
 	// told less (fosite's WithDebug).
 	debug string
+	// revoked names the kind of credential the refusal found revoked
+	// (access_token, refresh_token, code): the audit entry's
+	// details.revoked_credential, which the revoked-credential-use rule
+	// matches. Set only by the server's own checks, never from text.
+	revoked string
+}
+
+// withRevoked marks e as the refusal of a revoked credential of kind.
+func (e *oauthError) withRevoked(kind string) *oauthError {
+	e.revoked = kind
+	return e
 }
 
 // reason is what the audit log records of e.
@@ -590,7 +620,10 @@ func (p *Provider) entry(r *http.Request, action, outcome, reason string, kv ...
 		e.Details[kv[i]] = kv[i+1]
 	}
 	if e.Actor.User == "" && e.Actor.SpiffeID == "" {
-		// An OAuth client acting for itself, or nobody known yet.
+		// An OAuth client acting for itself (client_id is only ever an
+		// authenticated client's, or one read from a token this server
+		// signed), or nobody known yet: what an unauthenticated caller
+		// typed is claimed_client_id, never the actor.
 		if id := e.Details["client_id"]; id != "" {
 			e.Actor.User = "client:" + id
 		} else {
@@ -600,12 +633,54 @@ func (p *Provider) entry(r *http.Request, action, outcome, reason string, kv ...
 	return e
 }
 
+// maxClaimedLen bounds what an unauthenticated caller's identifier takes
+// in an audit entry or an error.
+const maxClaimedLen = 64
+
+// claimed returns an identifier an unauthenticated caller sent (a
+// client_id, an assertion's subject) as it may be recorded: quoted, so
+// control characters and quotes are escaped and it cannot pass for the
+// server's own text, and clipped to maxClaimedLen bytes. It goes in a
+// claimed_* detail or a reason, never in the actor.
+func claimed(s string) string {
+	if len(s) > maxClaimedLen {
+		cut := maxClaimedLen
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
+	}
+	return strconv.Quote(s)
+}
+
+// record audits an OAuth event. A refusal (any outcome but success) is
+// counted with its repeats (Config.Refusals): the first of its kind in
+// an interval is recorded now, the rest as one entry with details.count,
+// so a flood of bad requests is a bounded number of entries and every
+// request is counted.
 func (p *Provider) record(r *http.Request, action, outcome, reason string, kv ...string) {
 	e := p.entry(r, action, outcome, reason, kv...)
 	lvl := slog.LevelDebug
 	if outcome != audit.OutcomeSuccess {
 		lvl = slog.LevelWarn
 	}
-	p.cfg.Log.Log(r.Context(), lvl, "oauth", "event", action, "outcome", outcome, "reason", reason)
-	p.cfg.Record(r.Context(), e)
+	p.cfg.Log.Log(r.Context(), lvl, "oauth", "event", action, "outcome", outcome, "reason", audit.Clip(reason))
+	if outcome == audit.OutcomeSuccess {
+		p.cfg.Record(r.Context(), e)
+		return
+	}
+	if es := p.cfg.Refusals.Add(e, r.RemoteAddr); len(es) > 0 {
+		p.cfg.Record(r.Context(), es...)
+	}
+}
+
+// flushRefusals records the provider's own refusal counts of intervals
+// that ended (all, if force); a shared aggregator is its owner's to flush.
+func (p *Provider) flushRefusals(ctx context.Context, force bool) {
+	if !p.ownRefusals {
+		return
+	}
+	if es := p.cfg.Refusals.Flush(force); len(es) > 0 {
+		p.cfg.Record(ctx, es...)
+	}
 }

@@ -43,6 +43,7 @@ type tokenResponse struct {
 type grantKind struct {
 	kind        string // store.GrantCode or store.GrantRefresh
 	name        string
+	credential  string // details.revoked_credential when a revoked one is used
 	reuseAction string // audit action of a reuse
 	reuseReason string // and its reason
 }
@@ -50,24 +51,24 @@ type grantKind struct {
 var (
 	// RFC 6749 §4.1.2: a code used twice was intercepted; what the first
 	// use issued is revoked.
-	codeKind = grantKind{store.GrantCode, "authorization code", "oauth.code_reuse", "authorization code reused; its tokens are revoked"}
+	codeKind = grantKind{store.GrantCode, "authorization code", "code", "oauth.code_reuse", "authorization code reused; its tokens are revoked"}
 	// RFC 9700 §4.14.2: a rotated refresh token that comes back was
 	// stolen; nobody can tell the thief from the client, so the whole
 	// family goes.
-	refreshKind = grantKind{store.GrantRefresh, "refresh token", "oauth.refresh_reuse", "refresh token reused; its family is revoked"}
+	refreshKind = grantKind{store.GrantRefresh, "refresh token", "refresh_token", "oauth.refresh_reuse", "refresh token reused; its family is revoked"}
 )
 
 // useGrant consumes a code or refresh token presented by c. A second use,
 // or a use by a client other than the one it was issued to, revokes every
 // token of its family and is audited; a token already revoked is refused
-// with "revoked" in the reason (what the revoked-credential-use rule
-// looks for; handleToken audits the refusal).
+// and marked revoked (details.revoked_credential, what the
+// revoked-credential-use rule looks for; handleToken audits the refusal).
 func (p *Provider) useGrant(r *http.Request, c *authedClient, k grantKind, value string) (store.OAuthGrant, error) {
 	g, err := p.cfg.Store.UseOAuthGrant(r.Context(), k.kind, hashToken(value), p.cfg.Now())
 	reason := ""
 	switch {
 	case errors.Is(err, store.ErrGrantReused) && g.Revoked:
-		return g, errf(http.StatusBadRequest, "invalid_grant", "%s revoked", k.name)
+		return g, errf(http.StatusBadRequest, "invalid_grant", "%s revoked", k.name).withRevoked(k.credential)
 	case errors.Is(err, store.ErrGrantReused):
 		reason = k.reuseReason
 	case errors.Is(err, store.ErrNotFound):
@@ -154,7 +155,8 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var oe *oauthError
 		if errors.As(err, &oe) {
-			p.record(r, "oauth.token", audit.OutcomeDenied, oe.reason(), "client_id", c.ID, "grant_type", grant)
+			p.record(r, "oauth.token", audit.OutcomeDenied, oe.reason(), "client_id", c.ID, "grant_type", grant,
+				"revoked_credential", oe.revoked)
 		} else {
 			p.cfg.Log.Error("token endpoint failed", "grant_type", grant, "err", err)
 		}
@@ -307,10 +309,10 @@ func (p *Provider) clientCredentials(r *http.Request, c *authedClient) (*tokenRe
 	now := p.cfg.Now()
 	family := randomToken()[:22]
 	if err := p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, ClientID: c.ID,
-		ExpiresAt: now.Add(p.cfg.AccessTokenTTL), CreatedAt: now}); err != nil {
+		ExpiresAt: now.Add(p.cfg.AccessTokenTTL + revocationGrace), CreatedAt: now}); err != nil {
 		return nil, err
 	}
-	return p.issue(r, c, issueParams{subject: c.actor(), scope: scope, audience: aud, grant: "client_credentials",
+	return p.issue(r, c, issueParams{subject: c.actor(), subjectType: accesstoken.SubjectClient, scope: scope, audience: aud, grant: "client_credentials",
 		ttl: p.cfg.AccessTokenTTL, sid: family})
 }
 
@@ -375,10 +377,25 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	// service can only pass on the rights of users who called it.
 	sub, err := p.VerifyAccessToken(f.Get("subject_token"), "")
 	if err != nil {
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", err)
+		oe := errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", err)
+		if errors.Is(err, accesstoken.ErrRevoked) {
+			oe.revoked = "access_token"
+		}
+		return nil, oe
 	}
 	if !sub.Audience.Contains(c.ID) && (c.SPIFFEID == "" || !sub.Audience.Contains(c.SPIFFEID)) {
 		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token is addressed to %v, not to the client %s exchanging it", []string(sub.Audience), c.actor())
+	}
+	// A token bound to a DPoP key (cnf.jkt, RFC 9449) is only worth
+	// something with a proof by that key; exchanging it without one would
+	// make it a bearer token again. So the exchange needs a proof by the
+	// same key (this request's DPoP header), and the new token is bound to
+	// it in turn (issue binds to c.dpopJKT).
+	if sub.Cnf != nil && sub.Cnf.JKT != "" && c.dpopJKT != sub.Cnf.JKT {
+		if c.dpopJKT == "" {
+			return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token is bound to a DPoP key (cnf.jkt): exchange it with a DPoP proof made with that key")
+		}
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "the DPoP proof is made with another key than the subject_token is bound to (cnf.jkt)")
 	}
 	// The new token never outlives the one it was exchanged for: its
 	// lifetime is what the subject has left (the verifier, allowing no
@@ -415,16 +432,34 @@ func (p *Provider) tokenExchange(r *http.Request, c *authedClient) (*tokenRespon
 	// client revokes it without touching the user's other tokens.
 	ttl := min(left, p.cfg.AccessTokenTTL)
 	now := p.cfg.Now()
+	// The subject token itself becomes a family (its jti), a child of its
+	// own family and the parent of the new one, so that revoking just
+	// that token (RFC 7009, by jti) revokes what was exchanged from it.
+	// Recorded once; a second exchange of the same token finds it.
+	err = p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: sub.ID, Parent: sub.SessionID, ClientID: sub.ClientID,
+		Subject: userOf(sub), ExpiresAt: sub.Expiry.Time().Add(revocationGrace), CreatedAt: now})
+	if errors.Is(err, store.ErrConflict) {
+		err = nil
+	}
 	family := randomToken()[:22]
-	err = p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, Parent: sub.SessionID, ClientID: c.ID,
-		Subject: userOf(sub), ExpiresAt: now.Add(ttl), CreatedAt: now})
+	if err == nil {
+		err = p.cfg.Store.PutOAuthFamily(r.Context(), store.OAuthFamily{ID: family, Parent: sub.ID, ClientID: c.ID,
+			Subject: userOf(sub), ExpiresAt: now.Add(ttl + revocationGrace), CreatedAt: now})
+	}
 	if errors.Is(err, store.ErrRevoked) {
-		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", accesstoken.ErrRevoked)
+		return nil, errf(http.StatusBadRequest, "invalid_grant", "subject_token: %v", accesstoken.ErrRevoked).withRevoked("access_token")
 	}
 	if err != nil {
 		return nil, err
 	}
-	resp, err := p.issue(r, c, issueParams{subject: sub.Subject, groups: sub.Groups, scope: scope, audience: aud,
+	// The new token speaks for whom the subject spoke: a user, or the
+	// client that obtained it for itself, whose token never becomes a
+	// user's by passing through another client (sub_type).
+	subType := accesstoken.SubjectClient
+	if sub.ForUser() {
+		subType = accesstoken.SubjectUser
+	}
+	resp, err := p.issue(r, c, issueParams{subject: sub.Subject, subjectType: subType, groups: sub.Groups, scope: scope, audience: aud,
 		sid: family, authTime: sub.AuthTime, act: &accesstoken.Actor{Subject: c.actor(), Act: sub.Act},
 		ttl: ttl, grant: GrantTokenExchange, from: sub.ID})
 	if err != nil {
@@ -445,6 +480,12 @@ type issueParams struct {
 	ttl      time.Duration // required: issue refuses zero or less
 	grant    string
 	from     string // jti of the token exchanged
+
+	// subjectType is sub_type: accesstoken.SubjectUser or SubjectClient.
+	// Unset, the subject is the client itself (SubjectClient) or a user
+	// (code, refresh, device grants), which is right for every grant but
+	// an exchange, which sets it.
+	subjectType string
 }
 
 // checkActChain refuses an exchange that would nest act deeper than
@@ -484,12 +525,19 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 	if ttl <= 0 {
 		return nil, fmt.Errorf("oauth: access token lifetime %v for %s: must be positive", ttl, ip.grant)
 	}
+	if ip.subjectType == "" {
+		ip.subjectType = accesstoken.SubjectUser
+		if ip.subject == c.actor() {
+			ip.subjectType = accesstoken.SubjectClient
+		}
+	}
 	claims := accesstoken.Claims{
 		Issuer: p.cfg.Issuer, Subject: ip.subject, Audience: jwt.Audience(ip.audience),
 		Expiry: jwt.NewNumericDate(now.Add(ttl)), NotBefore: jwt.NewNumericDate(now), IssuedAt: jwt.NewNumericDate(now),
 		ID: randomToken()[:22], ClientID: c.ID, Scope: strings.Join(ip.scope, " "), SessionID: ip.sid,
 		AuthTime: ip.authTime, Groups: ip.groups, Act: ip.act,
 	}
+	claims.SubjectType = ip.subjectType
 	if c.cert != nil || c.dpopJKT != "" {
 		claims.Cnf = &accesstoken.Confirmation{JKT: c.dpopJKT}
 		if c.cert != nil {
@@ -503,8 +551,11 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 	kv := []string{"client_id", c.ID, "grant_type", ip.grant, "jti", claims.ID, "sid", ip.sid,
 		"aud", strings.Join(ip.audience, " "), "scope", claims.Scope, "target", strings.Join(ip.audience, " "),
 		"exchanged_jti", ip.from}
-	if ip.subject != c.actor() {
+	switch {
+	case ip.subjectType == accesstoken.SubjectUser:
 		kv = append(kv, "user", ip.subject)
+	case ip.subject != c.actor():
+		kv = append(kv, "subject_client", ip.subject) // a machine's token exchanged: no user
 	}
 	if c.SPIFFEID != "" {
 		kv = append(kv, "spiffe_id", c.SPIFFEID)

@@ -4,7 +4,7 @@
 // table says which, and docs/api.md prints it). A permission is a noun
 // and a verb, "noun.verb": the noun is what is acted on (entry, agent,
 // svid, ca, policy, alert, oauth.client, oauth.user, kms, scan,
-// inventory, backup, acme), the
+// inventory, backup, acme, netpol), the
 // verb what is done to it. "read" only ever reads; every other verb
 // changes something or acts, and is named for the act (write, evict,
 // revoke, rotate, manage, except, run, drill, admin) so that a role can be
@@ -17,7 +17,7 @@
 //	auditor        every *.read
 //	responder      *.read and agent.evict, svid.revoke, alert.manage
 //	policy-author  policy.read, policy.write
-//	key-admin      kms.read, kms.admin, ca.read, ca.rotate
+//	key-admin      kms.read, kms.admin, ca.read, ca.rotate, ca.rekey
 //
 // Today the admin token holds every permission.
 package permission
@@ -41,6 +41,7 @@ const (
 
 	CARead   Permission = "ca.read"
 	CARotate Permission = "ca.rotate"
+	CARekey  Permission = "ca.rekey"
 
 	PolicyRead  Permission = "policy.read"
 	PolicyWrite Permission = "policy.write"
@@ -68,6 +69,8 @@ const (
 	ACMERead   Permission = "acme.read"
 	ACMEEnrol  Permission = "acme.enrol"
 	ACMERevoke Permission = "acme.revoke"
+
+	NetpolRead Permission = "netpol.read"
 )
 
 // Info describes a permission.
@@ -87,6 +90,7 @@ var All = []Info{
 	{SVIDRevoke, "revoke X.509-SVIDs by serial or SPIFFE ID"},
 	{CARead, "read the CA's keys and their expiry"},
 	{CARotate, "rotate the intermediate, prepare or activate a new root"},
+	{CARekey, "burn down and rebuild the trust chain after a compromise: new root, intermediate, JWT-SVID, OAuth and key store keys; everything issued before revoked"},
 	{PolicyRead, "list and read policies and their history"},
 	{PolicyWrite, "publish and delete policies (including the key-use policy)"},
 	{AlertRead, "list and read detection alerts"},
@@ -107,6 +111,7 @@ var All = []Info{
 	{ACMERead, "list ACME external account binding keys (never their HMAC keys) and the certificates issued through ACME"},
 	{ACMEEnrol, "create and revoke ACME external account binding keys (which clients may register, for which names)"},
 	{ACMERevoke, "revoke certificates issued through ACME"},
+	{NetpolRead, "read the network view (placements, allowed edges) that network policies are rendered from"},
 }
 
 // Valid says whether p is in the vocabulary.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -38,8 +39,14 @@ type Policy struct {
 	Service spiffeid.ID
 	Mode    Mode
 	Rules   []Rule
-	Version string // first 12 hex digits of SHA-256 of the source
-	Source  []byte
+	// AppPorts are the TCP ports the protected application itself
+	// listens on behind its proxy (network.app_ports): the network policy
+	// (package netpol) keeps them reachable from the host's loopback only,
+	// so that nothing calls around the proxy. Empty for a service that
+	// serves through the SDK.
+	AppPorts []uint16
+	Version  string // first 12 hex digits of SHA-256 of the source
+	Source   []byte
 }
 
 // Rule is one rule of a policy.
@@ -153,7 +160,7 @@ func list(n *yaml.Node, field string) ([]string, []*yaml.Node, error) {
 }
 
 func fromNode(n *yaml.Node) (*Policy, error) {
-	f, err := fields(n, "policy", "service", "mode", "rules")
+	f, err := fields(n, "policy", "service", "mode", "network", "rules")
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +185,11 @@ func fromNode(n *yaml.Node) (*Policy, error) {
 			return nil, errAt(mn, "mode", "%q: want enforce or dry-run", m)
 		}
 		p.Mode = Mode(m)
+	}
+	if nn, ok := f["network"]; ok {
+		if p.AppPorts, err = networkFromNode(nn); err != nil {
+			return nil, err
+		}
 	}
 	rn, ok := f["rules"]
 	if !ok || rn.Kind != yaml.SequenceNode || len(rn.Content) == 0 {
@@ -273,6 +285,34 @@ func ruleFromNode(n *yaml.Node, where string, td spiffeid.TrustDomain) (Rule, er
 		}
 	}
 	return r, nil
+}
+
+func networkFromNode(n *yaml.Node) ([]uint16, error) {
+	f, err := fields(n, "network", "app_ports")
+	if err != nil {
+		return nil, err
+	}
+	an, ok := f["app_ports"]
+	if !ok {
+		return nil, nil
+	}
+	ports, nodes, err := list(an, "network.app_ports")
+	if err != nil {
+		return nil, err
+	}
+	var out []uint16
+	for i, s := range ports {
+		n, err := strconv.ParseUint(s, 10, 16)
+		if err != nil || n == 0 || strconv.FormatUint(n, 10) != s {
+			return nil, errAt(nodes[i], fmt.Sprintf("network.app_ports[%d]", i), "%q: want a TCP port, 1 to 65535", s)
+		}
+		if slices.Contains(out, uint16(n)) {
+			return nil, errAt(nodes[i], fmt.Sprintf("network.app_ports[%d]", i), "%d listed twice", n)
+		}
+		out = append(out, uint16(n))
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 func checkCaller(c string) error {

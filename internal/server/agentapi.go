@@ -120,7 +120,8 @@ func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 		api.WriteProblem(w, http.StatusInternalServerError, "cannot encode the JWT bundle")
 		return
 	}
-	out := api.SyncResponse{Revision: rev, Bundle: s.bundleDER(), JWTBundle: json.RawMessage(jwtBundle), Entries: []api.Entry{}, Revoked: []string{}}
+	out := api.SyncResponse{Revision: rev, Bundle: s.bundleDER(), JWTBundle: json.RawMessage(jwtBundle), Entries: []api.Entry{}, Revoked: []string{},
+		ReissueUnlessRoot: s.rekey.Reissuing()}
 	now := s.now()
 	for _, e := range entries {
 		if registration.Expired(e, now) {

@@ -164,6 +164,11 @@ func (s *Server) svidAuth(need string, verify func([][]byte) (spiffeid.ID, error
 			e := s.entry(r, "svid.auth", audit.OutcomeDenied, err.Error(), "path", r.URL.Path)
 			refusedCertActor(e, r.TLS.PeerCertificates[0], err)
 			s.recordRefusal(r.Context(), e, r.RemoteAddr) // a revoked SVID may retry in a loop
+			// The connection was opened with this certificate: the
+			// client reconnects, presenting its current SVID if it has
+			// a newer one (after a rotation or a burn-down revoked the
+			// old one), instead of retrying on this connection forever.
+			w.Header().Set("Connection", "close")
 			api.WriteProblem(w, http.StatusForbidden, err.Error())
 			return
 		}

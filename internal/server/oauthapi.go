@@ -32,7 +32,7 @@ func (s *Server) startOAuth(ctx context.Context, issuer string, wrapper *keywrap
 	p, err := oauth.New(ctx, oauth.Config{
 		Issuer: issuer, Store: s.store, Wrapper: wrapper, Algorithm: s.cfg.OAuth.Algorithm,
 		AccessTokenTTL: s.cfg.OAuth.AccessTokenTTL, RefreshTokenTTL: s.cfg.OAuth.RefreshTokenTTL, MaxActDepth: s.cfg.OAuth.MaxActDepth,
-		Record: s.record, Changed: s.notify, Now: s.now, Log: s.log.With("component", "oauth"),
+		Record: s.record, Refusals: s.refusals, Changed: s.notify, Now: s.now, Log: s.log.With("component", "oauth"),
 		PeerCertificate: s.peerSVID, Registerer: s.reg,
 	})
 	if err != nil {

@@ -90,6 +90,9 @@ func (s *Server) routes() []Route {
 		admin("POST /v1/svids/revoke", permission.SVIDRevoke, s.handleRevoke, "revoke SVIDs by serial or SPIFFE ID"),
 		admin("GET /v1/ca", permission.CARead, s.handleCAStatus, "the CA's keys and their expiry"),
 		admin("POST /v1/ca/rotate", permission.CARotate, s.handleCARotate, "rotate the intermediate, prepare or activate a root"),
+		admin("POST /v1/rekey", permission.CARekey, s.handleRekey, "burn-down: start (or resume) replacing every root, key and credential; a body {\"dry_run\": true} changes nothing"),
+		admin("GET /v1/rekey", permission.CARead, s.handleRekeyStatus, "the burn-down in progress or the last one: steps, old and new key IDs, hosts still holding old SVIDs"),
+		admin("POST /v1/rekey/finish", permission.CARekey, s.handleRekeyFinish, "stop waiting for SVIDs to be re-issued: revoke what is left and drop the old keys now"),
 
 		admin("PUT /v1/policies", permission.PolicyWrite, s.handlePutPolicy, "publish a policy (YAML body)"),
 		admin("GET /v1/policies", permission.PolicyRead, s.handleListPolicies, "list policies"),
@@ -126,6 +129,7 @@ func (s *Server) routes() []Route {
 		admin("PUT /v1/scan/gates", permission.ScanWrite, s.scan.HandlePutGate, "set the gate of an entry, or the default (empty severity removes it)"),
 		admin("GET /v1/scan/gates", permission.ScanRead, s.scan.HandleListGates, "list the gates"),
 		admin("GET /v1/inventory", permission.InventoryRead, s.scan.HandleList, "what runs (?service= &host= &sha256= &vulnerable=true)"),
+		admin("GET /v1/netpol/view", permission.NetpolRead, s.netpol.HandleView, "the network view: where each service runs, its ports, the allowed edges, and what could not be placed"),
 
 		admin("POST /v1/backups", permission.BackupRun, s.backup.HandleCreate, "make a backup now"),
 		admin("GET /v1/backups", permission.BackupRead, s.backup.HandleList, "list the backups every destination holds"),
@@ -137,6 +141,8 @@ func (s *Server) routes() []Route {
 		route(AuthAgent, "POST /v1/agent/svids", s.handleSign, "sign workload X.509-SVIDs for the agent's entries"),
 		route(AuthAgent, "POST /v1/agent/jwt-svids", s.handleJWTSVID, "sign a JWT-SVID for one of the agent's entries"),
 		route(AuthAgent, "POST /v1/agent/inventory", s.scan.HandleAgentReport, "what the agent's workloads run (sightings of its own entries only)"),
+		route(AuthAgent, "POST /v1/agent/placements", s.netpol.HandleAgentReport, "the services the agent's host runs and their listening ports (its own entries only)"),
+		route(AuthAgent, "GET /v1/agent/netpol", s.netpol.HandleAgentTable, "the network policy table of the agent's host"),
 
 		route(AuthWorkload, "GET /v1/workload/sync", s.handleWorkloadSync, "the caller's policy, revocations and token keys (long poll)"),
 		atHolder(route(AuthWorkload, "POST /v1/audit/ingest", s.handleIngest, "a batch of audit entries from a spool (package audit/intake)")),

@@ -31,9 +31,11 @@ import (
 	"github.com/rampartsec/rampart/internal/inventory"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
+	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/oidcdiscovery"
 	"github.com/rampartsec/rampart/internal/registration"
+	"github.com/rampartsec/rampart/internal/rekey"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/store"
@@ -140,11 +142,13 @@ type Server struct {
 	accounts        *oauth.Accounts // OAuth clients and users
 	registrar       *registration.Registrar
 	scan            *inventory.API          // vulnerability database, gates, inventory
+	netpol          *netpol.API             // placements and the network view
 	backup          *backup.Runner          // nil: no backups configured
 	acme            *acme.Server            // nil: ACME disabled
 	oidc            *oidcdiscovery.Provider // nil: no JWT issuer configured
 	kmsAPI          *kms.API                // the key store, its key-use policy and its API
 	kmsMaint        *kms.Maintainer         // the key store's schedules
+	rekey           *rekey.Rekeyer          // burn-down
 	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
 	log             *slog.Logger
@@ -282,10 +286,17 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	s.cert = &identity.ServerCert{CA: ca, DNSNames: cfg.DNSNames, Listen: cfg.Listen, Now: cfg.Now, Log: cfg.Log,
 		OnIssue: s.metrics.svidsIssued.WithLabelValues("server").Inc}
 	s.peers = &identity.Verifier{CA: ca, Now: cfg.Now}
+	if s.rekey, err = s.newRekeyer(); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	s.scan = &inventory.API{Entries: st, Caller: agentFrom, Record: s.record, Event: s.event, Refused: s.refused,
 		Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Now: cfg.Now, Log: cfg.Log}
 	if ss, ok := store.Scan(st); ok { // nil: the store has no scan tables
 		s.scan.Inventory = &inventory.Inventory{Store: ss, Now: cfg.Now}
+	}
+	s.netpol = &netpol.API{Policies: st, Entries: st, Caller: agentFrom, Refused: s.refused, Now: cfg.Now, Log: cfg.Log}
+	if ns, ok := store.Netpol(st); ok {
+		s.netpol.Placements = ns
 	}
 	if cfg.AuditForwardTo == "" {
 		err = s.openAuditLog(ctx)
@@ -460,6 +471,7 @@ func (s *Server) loops() map[string]func(context.Context) error {
 		"ca":       s.caMaint.Run,  // rotation schedule, expiry warnings
 		"oauth":    s.oauth.Run,    // signing keys, refused-login records
 		"kms":      s.kmsMaint.Run, // scheduled rotations and destructions
+		"rekey":    s.runRekey,     // a burn-down's waits
 		"refusals": s.refusals.Run, // aggregated refusals into the log
 		"prune":    s.prune,        // expired records out of the store
 		"sync":     s.pollRevision, // other replicas' changes

@@ -598,6 +598,21 @@ func (s *sqlStore) UseDPoPProof(ctx context.Context, jkt, jti string, expires, n
 		return fmt.Errorf("store: DPoP proof quota %d: must be positive", quota)
 	}
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		// The count and the insert must be one step, or proofs of one
+		// key arriving together (at several replicas) all see room and
+		// are all taken. PostgreSQL: a lock per key for the transaction.
+		// SQLite: the first statement writes (dropping the key's expired
+		// proofs), so the transaction holds the write lock from the
+		// start; one that read first would fail with SQLITE_BUSY when
+		// another wrote in between.
+		if s.d.lockKey != "" {
+			if _, err := tx.ExecContext(ctx, s.q(s.d.lockKey), "dpop:"+jkt); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM oauth_dpop_proofs WHERE jkt = ? AND expires_at <= ?`), jkt, ns(now)); err != nil {
+			return err
+		}
 		var n int
 		err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM oauth_dpop_proofs WHERE jkt = ? AND expires_at > ?`), jkt, ns(now)).Scan(&n)
 		if err != nil {

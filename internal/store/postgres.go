@@ -44,4 +44,6 @@ var postgresDialect = dialect{
 	// own each have one.
 	holdAuditLog:    "SELECT pg_try_advisory_lock(hashtextextended('rampart-audit-log:' || current_schema(), 0))",
 	releaseAuditLog: "SELECT pg_advisory_unlock(hashtextextended('rampart-audit-log:' || current_schema(), 0))",
+	// Transaction-scoped, per schema and key.
+	lockKey: "SELECT pg_advisory_xact_lock(hashtextextended('rampart-key:' || current_schema() || ':' || ?, 0))",
 }

@@ -32,6 +32,11 @@ type dialect struct {
 	// holdAuditLog and releaseAuditLog, when set, take and give back a
 	// session lock (see HoldAuditLog); the first answers one boolean.
 	holdAuditLog, releaseAuditLog string
+	// lockKey, when set, runs in a transaction with one argument (a
+	// key) and holds the transaction until others holding the same key
+	// end. SQLite needs none: a transaction whose first statement writes
+	// holds the database's write lock.
+	lockKey string
 }
 
 // sqlStore implements Store over database/sql.
@@ -255,6 +260,8 @@ func (d dialect) migrations() [][]string {
 		d.scanMigration(),
 		// ACME (acme.go).
 		d.acmeMigration(),
+		// Network policy: placements agents report (netpol.go).
+		d.netpolMigration(),
 		// Entry fields SPIRE users rely on, and lookups by SPIFFE ID.
 		{
 			`ALTER TABLE entries ADD COLUMN admin BOOLEAN NOT NULL DEFAULT false`,

@@ -230,6 +230,9 @@ const (
 	// StateRetired: no longer signing; still published until NotAfter so
 	// what it signed stays verifiable.
 	StateRetired CAKeyState = "retired"
+	// StateDropped: taken out of every bundle before NotAfter (a burn-down
+	// rekey after a compromise); never loaded, published or used again.
+	StateDropped CAKeyState = "dropped"
 )
 
 // CAKey is a CA certificate (or JWT signing key) with its wrapped private key.

@@ -1,0 +1,302 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
+	"github.com/rampartsec/rampart/internal/netpol"
+	"github.com/rampartsec/rampart/internal/workload"
+)
+
+// Network policy (package netpol): the agent reports which services its
+// host runs and the ports their processes listen on (read from /proc for
+// the processes it handed SVIDs to), and with --netpol=enforce or report
+// installs its host's table from the server, kept in step every
+// NetpolInterval and removed on exit.
+
+// Netpol modes.
+const (
+	NetpolOff     = "off"
+	NetpolReport  = "report"
+	NetpolEnforce = "enforce"
+)
+
+// scanPorts is how many distinct governed ports must see drops in one
+// interval for the drops to look like a scan (the netpol-port-scan rule).
+const scanPorts = 3
+
+// placementTracker remembers which processes got which SPIFFE IDs: it
+// sees every caller after the inventory's gate (it wraps that Inspector).
+type placementTracker struct {
+	next workload.Inspector
+	proc string
+
+	mu    sync.Mutex
+	procs map[int]tracked
+}
+
+type tracked struct {
+	start string // the process's start time (/proc/PID/stat), against pid reuse
+	ids   []string
+}
+
+func newPlacementTracker(next workload.Inspector, proc string) *placementTracker {
+	return &placementTracker{next: next, proc: proc, procs: map[int]tracked{}}
+}
+
+// Inspect implements workload.Inspector.
+func (p *placementTracker) Inspect(ctx context.Context, exe workload.Executable, ids []workload.Identity) ([]workload.Identity, []workload.Refusal) {
+	allowed, refusals := ids, []workload.Refusal(nil)
+	if p.next != nil {
+		allowed, refusals = p.next.Inspect(ctx, exe, ids)
+	}
+	if len(allowed) == 0 || exe.PID <= 0 {
+		return allowed, refusals
+	}
+	pid := int(exe.PID)
+	start, err := procStart(p.proc, pid)
+	if err != nil {
+		return allowed, refusals
+	}
+	p.mu.Lock()
+	t := p.procs[pid]
+	if t.start != start {
+		t = tracked{start: start}
+	}
+	for _, id := range allowed {
+		if !slices.Contains(t.ids, id.SpiffeID.String()) {
+			t.ids = append(t.ids, id.SpiffeID.String())
+		}
+	}
+	p.procs[pid] = t
+	p.mu.Unlock()
+	return allowed, refusals
+}
+
+// report lists the services of the processes still running and their
+// listening ports, forgetting the processes that are gone.
+func (p *placementTracker) report() netpol.Report {
+	p.mu.Lock()
+	procs := make(map[int]tracked, len(p.procs))
+	for pid, t := range p.procs {
+		procs[pid] = t
+	}
+	p.mu.Unlock()
+	ports := map[string][]uint16{}
+	for pid, t := range procs {
+		start, err := procStart(p.proc, pid)
+		if err != nil || start != t.start {
+			p.mu.Lock()
+			if p.procs[pid].start == t.start {
+				delete(p.procs, pid)
+			}
+			p.mu.Unlock()
+			continue
+		}
+		ls, err := netpol.ListeningPorts(p.proc, pid)
+		if err != nil {
+			continue
+		}
+		for _, id := range t.ids {
+			ps := ports[id]
+			for _, l := range ls {
+				if !slices.Contains(ps, l) {
+					ps = append(ps, l)
+				}
+			}
+			ports[id] = ps
+		}
+	}
+	var rep netpol.Report
+	for id, ps := range ports {
+		slices.Sort(ps)
+		rep.Services = append(rep.Services, netpol.ReportedService{SpiffeID: id, Ports: ps})
+	}
+	slices.SortFunc(rep.Services, func(a, b netpol.ReportedService) int { return strings.Compare(a.SpiffeID, b.SpiffeID) })
+	return rep
+}
+
+// procStart returns field 22 of /proc/PID/stat, the start time in ticks.
+func procStart(proc string, pid int) (string, error) {
+	b, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return "", err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return "", errors.New("stat: no comm")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return "", errors.New("stat: short")
+	}
+	return f[19], nil // field 22; fields after comm start at 3
+}
+
+// firewall is what the loop needs of netpol.Firewall.
+type firewall interface {
+	Apply(netpol.HostTable) error
+	Remove() error
+	Counters() (map[uint16]uint64, error)
+}
+
+type netpolLoop struct {
+	a        *Agent
+	tracker  *placementTracker
+	fw       firewall // nil when mode is off
+	mode     string
+	interval time.Duration
+	rec      interface{ Record(*auditentry.Entry) error }
+
+	applied  string            // the NFT text last applied
+	counted  map[uint16]uint64 // kernel counters at the last look
+	dropped  *prometheus.CounterVec
+	applies  *prometheus.CounterVec
+	disabled bool // the server has no placement table
+}
+
+func (a *Agent) newNetpolLoop(tracker *placementTracker, fw firewall, rec interface{ Record(*auditentry.Entry) error }) *netpolLoop {
+	l := &netpolLoop{a: a, tracker: tracker, fw: fw, mode: a.cfg.Netpol, interval: a.cfg.NetpolInterval, rec: rec, counted: map[uint16]uint64{},
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_agent_netpol_dropped_total", Help: "New TCP connections the host's network policy dropped (in report mode: would have dropped), by port.",
+		}, []string{"port", "mode"}),
+		applies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_agent_netpol_applies_total", Help: "Network policy tables applied to the host, by result.",
+		}, []string{"result"}),
+	}
+	if l.mode == "" {
+		l.mode = NetpolOff
+	}
+	if l.interval <= 0 {
+		l.interval = 2 * time.Second
+		if l.mode == NetpolOff {
+			l.interval = a.cfg.InventoryInterval // placements only: as often as the inventory
+		}
+	}
+	if a.cfg.Registry != nil {
+		a.cfg.Registry.MustRegister(l.dropped, l.applies)
+	}
+	return l
+}
+
+// run reports and applies every interval until ctx is done, then removes
+// the table (only ours).
+func (l *netpolLoop) run(ctx context.Context) {
+	t := time.NewTicker(l.interval)
+	defer t.Stop()
+	for {
+		l.step(ctx)
+		select {
+		case <-ctx.Done():
+			if l.fw != nil {
+				if err := l.fw.Remove(); err != nil {
+					l.a.log.Error("netpol: could not remove the host's table", "err", err)
+				} else {
+					l.a.log.Info("netpol: the host's table is removed")
+				}
+			}
+			return
+		case <-t.C:
+		case <-l.a.netpolKick:
+		}
+	}
+}
+
+func (l *netpolLoop) step(ctx context.Context) {
+	if l.disabled {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, l.interval+5*time.Second)
+	defer cancel()
+	rep := l.tracker.report()
+	if err := l.a.client.Do(ctx, http.MethodPost, "/v1/agent/placements", rep, nil); err != nil {
+		var pe *api.Problem
+		if errors.As(err, &pe) && pe.Status == http.StatusNotImplemented {
+			l.a.log.Warn("netpol: the server keeps no placements (its store has no table for them); not reporting")
+			l.disabled = true
+			return
+		}
+		if ctx.Err() == nil {
+			l.a.log.Warn("netpol: placement report failed", "err", err)
+		}
+	}
+	if l.fw == nil {
+		return
+	}
+	var tab netpol.HostTable
+	if err := l.a.client.Do(ctx, http.MethodGet, "/v1/agent/netpol", nil, &tab); err != nil {
+		if ctx.Err() == nil {
+			l.a.log.Warn("netpol: could not fetch the host's table; keeping the one applied", "err", err)
+		}
+	} else {
+		tab.Report = l.mode == NetpolReport
+		if text := tab.NFT(); text != l.applied {
+			if err := l.fw.Apply(tab); err != nil {
+				l.applies.WithLabelValues("error").Inc()
+				l.a.log.Error("netpol: could not apply the host's table", "err", err)
+			} else {
+				l.applies.WithLabelValues("ok").Inc()
+				l.a.log.Info("netpol: the host's table is applied", "mode", l.mode, "proxy_ports", len(tab.Proxy), "app_ports", len(tab.App),
+					"changes", strings.Join(netpol.DiffLines(l.applied, text), "; "))
+				l.applied = text
+				l.counted = map[uint16]uint64{} // a new table starts its counters at zero
+			}
+		}
+	}
+	l.countDrops()
+}
+
+// countDrops turns the kernel's counters into metrics, and the drops of
+// one interval into an audit entry (the netpol-port-scan rule reads it).
+func (l *netpolLoop) countDrops() {
+	c, err := l.fw.Counters()
+	if err != nil {
+		return
+	}
+	var ports []string
+	var total uint64
+	for port, n := range c {
+		prev := l.counted[port]
+		if n < prev {
+			prev = 0
+		}
+		if d := n - prev; d > 0 {
+			l.dropped.WithLabelValues(strconv.Itoa(int(port)), l.mode).Add(float64(d))
+			ports = append(ports, fmt.Sprintf("%d:%d", port, d))
+			total += d
+		}
+		l.counted[port] = n
+	}
+	if total == 0 || l.rec == nil {
+		return
+	}
+	slices.Sort(ports)
+	pattern := "drops"
+	if len(ports) >= scanPorts {
+		pattern = "scan"
+	}
+	verb := "dropped"
+	if l.mode == NetpolReport {
+		verb = "would have dropped"
+	}
+	self := l.a.ID().String()
+	l.rec.Record(&auditentry.Entry{V: auditentry.SchemaVersion, Time: l.a.now(), Action: "netpol.dropped", Outcome: auditentry.OutcomeDenied,
+		Reason: fmt.Sprintf("the host's network policy %s %d new connections at %d ports", verb, total, len(ports)),
+		Target: self, Source: self, Actor: auditentry.Actor{SpiffeID: self},
+		Details: map[string]string{"ports": strings.Join(ports, ","), "count": strconv.FormatUint(total, 10),
+			"distinct_ports": strconv.Itoa(len(ports)), "pattern": pattern, "mode": l.mode}})
+}
