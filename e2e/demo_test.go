@@ -73,7 +73,7 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo --attacks: %v\n%s", err, out)
 	}
-	for _, name := range []string{"admin-without-token", "join-token-replay", "foreign-ca-agent", "csr-for-another-id", "unregistered-workload", "revoked-agent",
+	for _, name := range []string{"admin-without-token", "stolen-operator-token", "join-token-replay", "foreign-ca-agent", "csr-for-another-id", "unregistered-workload", "revoked-agent",
 		"eavesdrop-plaintext", "no-client-certificate", "forged-identity-header", "forbidden-call", "path-tricks", "confused-deputy", "refresh-token-replay", "login-brute-force", "stolen-access-token", "stolen-database", "tampered-audit-entry"} {
 		block := out[strings.Index(out, "attack "+name):]
 		if i := strings.Index(block[1:], "\nattack "); i > 0 {
@@ -84,7 +84,7 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	// Detect: the attacks that leave a pattern raise the matching alert.
-	for name, rule := range map[string]string{"admin-without-token": "denied admin.auth entry in the audit log", "foreign-ca-agent": "denied tls.client_auth entry",
+	for name, rule := range map[string]string{"admin-without-token": "denied admin.auth entry in the audit log", "stolen-operator-token": "denied admin.auth entry", "foreign-ca-agent": "denied tls.client_auth entry",
 		"csr-for-another-id": "denied svid.issue entry", "path-tricks": "denied authz.decision entry", "confused-deputy": "as user alice, act spiffe://demo.rampart.local/orders, GET /users/bob/card", "forbidden-call": "alert denied-burst", "revoked-agent": "alert revoked-credential-use", "tampered-audit-entry": "no longer hashes",
 		"refresh-token-replay": "alert refresh-token-reuse", "login-brute-force": "alert login-failures",
 		"stolen-database": "alert key-use-denied", "stolen-access-token": "denied oauth.userinfo entry",
@@ -97,7 +97,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("attack %s: detection not reported (want %q):\n%s", name, rule, block)
 		}
 	}
-	if !strings.Contains(out, "17 attacks, 17 stopped, 0 not stopped") {
+	if !strings.Contains(out, "18 attacks, 18 stopped, 0 not stopped") {
 		t.Fatalf("summary missing:\n%s", out)
 	}
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {

@@ -123,7 +123,7 @@ func TestNetpolEnforcedAcrossHosts(t *testing.T) {
 
 	policy := func(callers string) {
 		f := filepath.Join(root, fmt.Sprintf("payments-%d.yaml", time.Now().UnixNano()))
-		os.WriteFile(f, []byte("service: spiffe://example.org/payments\nnetwork:\n  app_ports: [8080]\nrules:\n- name: callers\n  callers: ["+callers+"]\n"), 0o600)
+		os.WriteFile(f, []byte("service: spiffe://example.org/payments\nnetwork:\n  app_ports: [8080, 8081]\nrules:\n- name: callers\n  callers: ["+callers+"]\n"), 0o600)
 		lab.cli(env, "policy", "put", f)
 	}
 	policy("spiffe://example.org/orders")
@@ -168,10 +168,79 @@ func TestNetpolEnforcedAcrossHosts(t *testing.T) {
 	})
 	t.Logf("policy change to rule applied on the host: %v", time.Since(changed).Round(10*time.Millisecond))
 
+	// Attacks from a foothold on payments' host.
+	//
+	// A workload in a network namespace of its own (as unshare -Urn gives
+	// any user) listens on 2222, which a real service of the host also
+	// listens on: the port must not be governed (closed) because of it.
+	lab.start(lab.NS(2), os.Args[0], []string{"RAMPART_E2E_HELPER=tcp-listen", "RAMPART_E2E_ADDR=0.0.0.0:2222"})
+	cadir := filepath.Join(root, "contained")
+	os.MkdirAll(cadir, 0o700)
+	cbin := filepath.Join(cadir, "contained-proxy")
+	b, _ := os.ReadFile(rampartBin)
+	os.WriteFile(cbin, b, 0o755)
+	lab.cli(env, "entry", "create", "--spiffe-id", "spiffe://example.org/contained", "--parent", "spiffe://example.org/rampart/agent/h2",
+		"--selector", myUID(), "--selector", "unix:path:"+cbin)
+	cready := filepath.Join(cadir, "proxy.ready")
+	cp := startBin(t, "ip", []string{"RAMPART_READY_FILE=" + cready}, "netns", "exec", lab.NS(2), "unshare", "-n", "--", cbin,
+		"proxy", "--socket", filepath.Join(root, "h2", "workload.sock"), "--server", "", "--inbound", "0.0.0.0:2222", "--app", "127.0.0.1:9")
+	waitFile(t, cp, cready)
+	eventually(t, 15*time.Second, "the contained workload placed", func() error {
+		if v := lab.cli(env, "netpol", "view"); !strings.Contains(v, "spiffe://example.org/contained") {
+			return fmt.Errorf("not yet:\n%s", v)
+		}
+		return nil
+	})
+	time.Sleep(500 * time.Millisecond) // the host's next table (a policy-free refresh)
+	if !lab.connects(3, pay("2222")) {
+		t.Fatal("a workload in its own network namespace got the host's port 2222 closed")
+	}
+	if v := lab.cli(env, "netpol", "view"); strings.Contains(v, ":2222") {
+		t.Fatalf("a port held in another namespace was placed:\n%s", v)
+	}
+	// Root on the host deletes our table: the agent puts it back, and
+	// says so in the audit log.
+	netnstest.Run(t, "ip", "netns", "exec", lab.NS(2), "nft", "delete", "table", "inet", "rampart")
+	eventually(t, 15*time.Second, "the agent restores its table", func() error {
+		if lab.connects(1, pay("8080")) {
+			return fmt.Errorf("the application is reachable around its proxy")
+		}
+		return nil
+	})
+	// Probing three governed ports from the batch host (orders' host is
+	// allowed at 8443, so the probe is from a host that is not):
+	// the port-scan rule raises an alert, through the agent's spool and
+	// the server's intake.
+	lab.connects(3, pay("8080"))
+	lab.connects(3, pay("8081"))
+	policy("spiffe://example.org/orders") // close 8443 to batch again
+	eventually(t, 15*time.Second, "8443 closed to batch again", func() error {
+		if lab.connects(3, pay("8443")) {
+			return fmt.Errorf("still open")
+		}
+		return nil
+	})
+	for range 3 {
+		lab.connects(3, pay("8443"))
+		lab.connects(3, pay("8080"))
+		lab.connects(3, pay("8081"))
+	}
+	eventually(t, 30*time.Second, "the netpol-port-scan alert", func() error {
+		out := lab.cli(env, "alert", "list")
+		if !strings.Contains(out, "netpol-port-scan") {
+			return fmt.Errorf("no alert yet:\n%s", out)
+		}
+		return nil
+	})
+	out := lab.cli(nil, "audit", "query", "--data", dir, "--action", "netpol.drift")
+	if !strings.Contains(out, "netpol.drift") {
+		t.Fatalf("the repair is not in the audit log:\n%s", out)
+	}
+
 	// Stopping the agent leaves no rules of ours behind.
 	agents[2].stop()
-	out, err := exec.Command("ip", "netns", "exec", lab.NS(2), "nft", "list", "tables").CombinedOutput()
-	if err != nil || strings.Contains(string(out), "rampart") {
-		t.Fatalf("after the agent stopped: %v\n%s", err, out)
+	tables, err := exec.Command("ip", "netns", "exec", lab.NS(2), "nft", "list", "tables").CombinedOutput()
+	if err != nil || strings.Contains(string(tables), "rampart") {
+		t.Fatalf("after the agent stopped: %v\n%s", err, tables)
 	}
 }

@@ -1,14 +1,17 @@
 package main
 
 import (
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,6 +20,8 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/identity/ids"
+	"github.com/rampartsec/rampart/internal/operator"
+	"github.com/rampartsec/rampart/internal/signin"
 )
 
 type adminFlags struct {
@@ -32,14 +37,45 @@ func addAdminFlags(fs *flag.FlagSet) *adminFlags {
 	return a
 }
 
+// client returns an API client for the server, authenticated by (in
+// this order) the admin token file given on the command line (break
+// glass, deliberate), the operator signed in with rampart login, or the
+// admin token from the environment.
 func (a *adminFlags) client(env *cliEnv) (*api.Client, error) {
-	tok, err := a.token.get()
+	var sess *signin.Session
+	tok := ""
+	if !a.token.onCommandLine {
+		dir, err := a.sessionDir(env)
+		if err == nil {
+			sess, err = signin.Load(dir)
+		}
+		if err != nil && !errors.Is(err, signin.ErrNoSession) && !errors.Is(err, errNoConfigDir) {
+			return nil, err
+		}
+	}
+	if sess == nil {
+		var err error
+		if tok, err = a.token.get(); err != nil {
+			return nil, err
+		}
+		if tok == "" {
+			return nil, usagef("no admin token: set RAMPART_ADMIN_TOKEN or --admin-token-file (the server wrote it to DATA/admin.token; break glass, every use alerted on), or sign in as an operator: rampart login")
+		}
+	}
+	hc, err := a.httpClient()
 	if err != nil {
 		return nil, err
 	}
-	if tok == "" {
-		return nil, usagef("no admin token: set RAMPART_ADMIN_TOKEN or --admin-token-file (the server wrote it to DATA/admin.token)")
+	c := &api.Client{BaseURL: "https://" + trimScheme(a.server), HTTP: hc, AdminToken: tok}
+	if sess != nil {
+		sess.Client = a.signinClient(hc, sess.Key)
+		c.Authorize = sess.Authorize
 	}
+	return c, nil
+}
+
+// httpClient verifies the server against the CA bundle.
+func (a *adminFlags) httpClient() (*http.Client, error) {
 	if a.bundle == "" {
 		return nil, usagef("no CA bundle to verify the server: set RAMPART_CA_BUNDLE or --ca-bundle (the server wrote DATA/bundle.pem)")
 	}
@@ -51,13 +87,54 @@ func (a *adminFlags) client(env *cliEnv) (*api.Client, error) {
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, fmt.Errorf("ca bundle %s: no certificates", a.bundle)
 	}
-	return &api.Client{
-		BaseURL:    "https://" + trimScheme(a.server),
-		AdminToken: tok,
-		HTTP: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: serverTLS(pool),
-		}},
-	}, nil
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: serverTLS(pool)}}, nil
+}
+
+// sessionDir is where the operator session for this server is kept.
+func (a *adminFlags) sessionDir(env *cliEnv) (string, error) {
+	dir, err := configDir(env)
+	if err != nil {
+		return "", err
+	}
+	return signin.Dir(dir, trimScheme(a.server)), nil
+}
+
+// session loads the operator session for this server (signin.ErrNoSession
+// if nobody signed in here).
+func (a *adminFlags) session(env *cliEnv, hc *http.Client) (*signin.Session, error) {
+	dir, err := a.sessionDir(env)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%w)", signin.ErrNoSession, err)
+	}
+	s, err := signin.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	s.Client = a.signinClient(hc, s.Key)
+	return s, nil
+}
+
+func (a *adminFlags) signinClient(hc *http.Client, key crypto.Signer) *signin.Client {
+	return &signin.Client{Issuer: "https://" + trimScheme(a.server), ClientID: operator.ClientID, HTTP: hc, Key: key}
+}
+
+// configDir is the user's configuration directory: $XDG_CONFIG_HOME, or
+// $HOME/.config (the XDG Base Directory default).
+// errNoConfigDir: neither XDG_CONFIG_HOME nor HOME says where to keep
+// the session.
+var errNoConfigDir = errors.New("neither XDG_CONFIG_HOME nor HOME is an absolute path: nowhere to keep the operator session")
+
+func configDir(env *cliEnv) (string, error) {
+	if env.getenv == nil {
+		return "", errNoConfigDir
+	}
+	if d := env.getenv("XDG_CONFIG_HOME"); filepath.IsAbs(d) {
+		return d, nil
+	}
+	if h := env.getenv("HOME"); filepath.IsAbs(h) {
+		return filepath.Join(h, ".config"), nil
+	}
+	return "", errNoConfigDir
 }
 
 // serverTLS verifies the server against the bundle, by the address it is

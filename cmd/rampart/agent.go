@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,8 +40,19 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&cfg.Netpol, "netpol", "off", "the host's network policy (rampart netpol): off, report (count what would be dropped) or enforce (nftables, needs CAP_NET_ADMIN; removed on exit)")
 	fs.DurationVar(&cfg.NetpolInterval, "netpol-interval", 2*time.Second, "how often the host's network policy table is refreshed from the server")
 	fs.StringVar(&cfg.NetpolNetNS, "netpol-netns", "", "manage the firewall of this network namespace (e.g. /var/run/netns/NAME) rather than the agent's own")
+	exempt := fs.String("netpol-exempt-ports", "22", "ports never governed by the network policy, comma-separated (the server's port always is); '' for none")
 	if err := parse(env, fs, args); err != nil {
 		return err
+	}
+	for _, f := range strings.Split(*exempt, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(f, 10, 16)
+		if err != nil || n == 0 {
+			return usagef("--netpol-exempt-ports: %q is not a port", f)
+		}
+		cfg.NetpolExemptPorts = append(cfg.NetpolExemptPorts, uint16(n))
 	}
 	switch cfg.Netpol {
 	case agent.NetpolOff, agent.NetpolReport, agent.NetpolEnforce:

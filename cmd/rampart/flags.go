@@ -122,6 +122,9 @@ type secretFlag struct {
 	name  string
 	value string // from the environment
 	file  string // from --NAME-file
+	// onCommandLine: --NAME-file was given on the command line (not
+	// taken from RAMPART_NAME_FILE).
+	onCommandLine bool
 }
 
 // addSecretFlag declares --NAME (refused) and --NAME-file for the secret
@@ -129,7 +132,7 @@ type secretFlag struct {
 func addSecretFlag(fs *flag.FlagSet, name, what, note string) *secretFlag {
 	s := &secretFlag{name: name}
 	fs.Var((*secretArg)(s), name, "refused: on the command line "+what+" would be readable by every local user; use --"+name+"-file or "+envName(name))
-	fs.StringVar(&s.file, name+"-file", "", "file holding "+what+", mode 0600 or stricter (or set "+envName(name)+")"+note)
+	fs.Var((*fileArg)(s), name+"-file", "file holding "+what+", mode 0600 or stricter (or set "+envName(name)+")"+note)
 	return s
 }
 
@@ -147,6 +150,27 @@ func (s *secretFlag) get() (string, error) {
 		return "", fmt.Errorf("--%s-file: %w", s.name, err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// fileArg is --NAME-file: it records whether it came from the command
+// line or the environment.
+type fileArg secretFlag
+
+func (a *fileArg) String() string {
+	if a == nil {
+		return ""
+	}
+	return a.file
+}
+
+func (a *fileArg) Set(v string) error {
+	a.file, a.onCommandLine = v, true
+	return nil
+}
+
+func (a *fileArg) SetFromEnv(v string) error {
+	a.file = v
+	return nil
 }
 
 // secretArg is --NAME itself: it refuses any value on the command line

@@ -51,6 +51,10 @@ func commands() []command {
 		{"inventory", "list what runs where: services, hosts, binaries, modules and their findings", runInventory},
 		{"netpol", "network policy from the policies: view, export (nftables, Kubernetes, Cilium), check what is applied", runNetpol},
 		{"acme", "ACME certificates: EAB keys for clients (eab), issued certificates (certs)", runACME},
+		{"login", "sign in as an operator (device flow or browser); the admin commands then act as you", runLogin},
+		{"logout", "revoke and delete the operator sign-in kept by login", runLogout},
+		{"whoami", "who the server sees: your operator, roles and permissions, or the admin token", runWhoami},
+		{"operator", "manage operators and workloads holding roles (add, grant, revoke, disable, list)", runOperator},
 		{"demo", "start a secured sample system on loopback", runDemo},
 		{"version", "print the version", func(_ context.Context, e *cliEnv, _ []string) error {
 			fmt.Fprintln(e.stdout, "rampart", version)
@@ -71,8 +75,10 @@ Commands:
 	}
 	fmt.Fprint(w, `
 Every flag has an environment equivalent: --trust-domain is RAMPART_TRUST_DOMAIN.
-Admin commands read RAMPART_SERVER, RAMPART_ADMIN_TOKEN (or RAMPART_ADMIN_TOKEN_FILE)
-and RAMPART_CA_BUNDLE. Secrets are never taken as flag values: every local user
+Admin commands read RAMPART_SERVER and RAMPART_CA_BUNDLE, and act as the operator
+signed in with "rampart login"; the break-glass admin token (--admin-token-file,
+RAMPART_ADMIN_TOKEN_FILE) is used when nobody signed in, or when given with
+--admin-token-file on the command line. Secrets are never taken as flag values: every local user
 can read a command line.
 Run "rampart COMMAND --help" for a command's flags.
 `)

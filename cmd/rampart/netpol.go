@@ -221,14 +221,10 @@ func netpolCheck(env *cliEnv, v *netpol.View, format string, host netip.Addr, ne
 	var diff []string
 	switch format {
 	case "nftables":
-		want := v.HostTable(host)
-		got, err := appliedTable(netns)
-		if err != nil {
+		var err error
+		if diff, err = appliedDiff(netns, v.HostTable(host)); err != nil {
 			return err
 		}
-		got.Host, got.Header = want.Host, want.Header
-		want.Report = got.Report // the mode is the agent's choice, not a difference
-		diff = netpol.DiffLines(want.NFT(), got.NFT())
 	default:
 		var text string
 		if format == "kubernetes" {
@@ -256,5 +252,5 @@ func netpolCheck(env *cliEnv, v *netpol.View, format string, host netip.Addr, ne
 	for _, d := range diff {
 		fmt.Fprintln(env.stdout, d)
 	}
-	return exitCode{1, fmt.Sprintf("%d differences between the policies' render (-) and what is applied (+)", len(diff))}
+	return exitCode{1, fmt.Sprintf("%d differences between the policies' render (-) and what is applied (+, ~ changed)", len(diff))}
 }

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -11,25 +10,33 @@ import (
 	"github.com/rampartsec/rampart/internal/netpol"
 )
 
-// appliedTable reads our table from the kernel (no table: an empty one,
-// which then differs from any render that governs a port).
-func appliedTable(netns string) (netpol.HostTable, error) {
+// appliedDiff compares the kernel's table (of namespace netns, or ours)
+// with want, exactly (netpol.Firewall.Diff).
+func appliedDiff(netns string, want netpol.HostTable) ([]string, error) {
 	fd := -1
 	if netns != "" {
 		var err error
 		if fd, err = unix.Open(netns, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
-			return netpol.HostTable{}, fmt.Errorf("--netns: %w", err)
+			return nil, fmt.Errorf("--netns: %w", err)
 		}
 		defer unix.Close(fd)
 	}
 	fw, err := netpol.OpenFirewall(fd)
 	if err != nil {
-		return netpol.HostTable{}, err
+		return nil, err
 	}
 	defer fw.Close()
-	t, err := fw.Applied()
-	if errors.Is(err, netpol.ErrNoTable) {
-		return netpol.HostTable{}, nil
+	d, err := fw.Diff(want)
+	if err != nil {
+		return nil, err
 	}
-	return t, err
+	if len(d) > 0 {
+		// The mode is the agent's choice, not a difference: a table in
+		// report mode that is otherwise in step is in step.
+		want.Report = !want.Report
+		if d2, err := fw.Diff(want); err == nil && len(d2) == 0 {
+			return nil, nil
+		}
+	}
+	return d, nil
 }

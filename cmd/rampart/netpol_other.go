@@ -8,6 +8,6 @@ import (
 	"github.com/rampartsec/rampart/internal/netpol"
 )
 
-func appliedTable(string) (netpol.HostTable, error) {
-	return netpol.HostTable{}, errors.New("netpol check: reading nftables is Linux only")
+func appliedDiff(string, netpol.HostTable) ([]string, error) {
+	return nil, errors.New("netpol check: reading nftables is Linux only")
 }

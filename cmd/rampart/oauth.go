@@ -21,7 +21,7 @@ const oauthUsage = `rampart oauth client create --id ID --auth-method METHOD --g
        rampart oauth client list|show ID|delete ID [--json]
        rampart oauth user create --username NAME --password-file FILE|- [--name N] [--email E] [--group G ...] [--json]
        rampart oauth user update NAME [--password-file FILE|-] [--name N] [--email E] [--group G ...] [--disable|--enable]
-                                [--unlock] [--totp enable|disable] [--json]
+                                [--unlock] [--totp enable|disable [--totp-uri-file FILE]] [--json]
        rampart oauth user unlock NAME [--json]
        rampart oauth user list|show NAME|delete NAME [--json]
 
@@ -214,7 +214,7 @@ func runOAuthUser(ctx context.Context, env *cliEnv, args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON")
 	var u api.OAuthUser
 	var groups listFlag
-	var pwFile, totp string
+	var pwFile, totp, totpOut string
 	var disable, enable, unlock bool
 	switch verb {
 	case "create", "update":
@@ -230,6 +230,7 @@ func runOAuthUser(ctx context.Context, env *cliEnv, args []string) error {
 			fs.BoolVar(&enable, "enable", false, "enable the account (its revoked tokens stay revoked)")
 			fs.BoolVar(&unlock, "unlock", false, "end the back-off after failed logins")
 			fs.StringVar(&totp, "totp", "", "enable (prints the otpauth:// URI once) or disable the second factor")
+			fs.StringVar(&totpOut, "totp-uri-file", "", "with --totp enable: write the otpauth:// URI to this new file (0600) instead of printing it (for scripts: rampart login --totp-secret-file reads it)")
 		}
 	case "list", "show", "delete", "unlock":
 	default:
@@ -338,6 +339,18 @@ func runOAuthUser(ctx context.Context, env *cliEnv, args []string) error {
 	var out api.OAuthUserUpdateResponse
 	if err := cl.Do(ctx, http.MethodPatch, path, upd, &out); err != nil {
 		return err
+	}
+	if out.TOTPURI != "" && totpOut != "" {
+		f, err := os.OpenFile(totpOut, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil {
+			_, err = fmt.Fprintln(f, out.TOTPURI)
+			err = errors.Join(err, f.Close())
+		}
+		if err != nil {
+			return fmt.Errorf("--totp-uri-file: %w (the second factor is enabled; disable and enable it again for a new secret)", err)
+		}
+		out.TOTPURI = ""
+		fmt.Fprintf(env.stdout, "The otpauth:// URI is in %s (0600).\n\n", totpOut)
 	}
 	if *asJSON {
 		return printJSON(env, out)

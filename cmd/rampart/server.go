@@ -97,6 +97,8 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.IntVar(&cfg.ACME.HTTPPort, "acme-http-port", 80, "port where http-01 challenges are validated (another only for tests and internal networks)")
 	fs.IntVar(&cfg.ACME.TLSPort, "acme-tls-port", 443, "port where tls-alpn-01 challenges are validated")
 	fs.StringVar(&cfg.ACME.Resolver, "acme-dns-resolver", "", "DNS server (host:port) for ACME validations: dns-01 TXT and http-01/tls-alpn-01 addresses (default: the system's)")
+	var adminToken adminTokenMode
+	fs.Var(&adminToken, "admin-token", "the break-glass admin token (DATA/admin.token): on (every use audited and alerted on) or off (refused: operators sign in with rampart login) (default on)")
 	detectRules := fs.String("detect-rules", "", "detection rules and alert sinks (YAML; default: the built-in rules, see rampart detect rules)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -118,6 +120,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	cfg.Master.Passphrase = secretReader(env, *passFile, "Passphrase of the key-encryption key: ")
 	cfg.Master.PKCS11.PIN = secretReader(env, *pinFile, "PKCS#11 user PIN: ")
 	cfg.OAuth.Algorithm = jose.SignatureAlgorithm(*oauthAlg)
+	cfg.AdminTokenOff = adminToken.off
 	if *archive != "" {
 		b, err := openBucket("--audit-archive", *archive)
 		if err != nil {
@@ -159,4 +162,36 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 // trimScheme accepts both host:port and https://host:port.
 func trimScheme(s string) string {
 	return strings.TrimSuffix(strings.TrimPrefix(s, "https://"), "/")
+}
+
+// adminTokenMode is the server's --admin-token on|off. Its environment
+// name, RAMPART_ADMIN_TOKEN, is where admin commands take the token
+// itself from: a value other than on or off there is that secret, and is
+// neither used nor repeated in an error.
+type adminTokenMode struct{ off bool }
+
+func (m *adminTokenMode) String() string {
+	if m != nil && m.off {
+		return "off"
+	}
+	return ""
+}
+
+func (m *adminTokenMode) Set(v string) error {
+	switch v {
+	case "on":
+		m.off = false
+	case "off":
+		m.off = true
+	default:
+		return errors.New("want on or off")
+	}
+	return nil
+}
+
+func (m *adminTokenMode) SetFromEnv(v string) error {
+	if v == "on" || v == "off" {
+		return m.Set(v)
+	}
+	return nil // the admin CLI's token, not a mode
 }

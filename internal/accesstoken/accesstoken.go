@@ -30,9 +30,11 @@ type Claims struct {
 	Scope     string           `json:"scope,omitempty"`
 	// SessionID names the grant family the token descends from; revoking
 	// the family revokes the token.
-	SessionID string   `json:"sid,omitempty"`
-	AuthTime  int64    `json:"auth_time,omitempty"`
-	Groups    []string `json:"groups,omitempty"`
+	SessionID string `json:"sid,omitempty"`
+	AuthTime  int64  `json:"auth_time,omitempty"`
+	// AMR says how the login was proven (RFC 8176: "pwd", "otp").
+	AMR    []string `json:"amr,omitempty"`
+	Groups []string `json:"groups,omitempty"`
 	// Act names the service acting for the subject after a token exchange
 	// (RFC 8693 §4.1); nested for each further hop.
 	Act *Actor `json:"act,omitempty"`

@@ -33,6 +33,7 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/identity/ids"
+	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
 	"github.com/rampartsec/rampart/internal/selector"
@@ -76,6 +77,10 @@ type Config struct {
 	// /var/run/netns/NAME) whose firewall the agent manages; the agent's
 	// own by default.
 	NetpolNetNS string
+	// NetpolExemptPorts are never reported as a service's ports, so never
+	// governed (22 by default, from the CLI); the server's own port is
+	// always exempt.
+	NetpolExemptPorts []uint16
 }
 
 // Agent is a running node agent. It implements workload.Source.
@@ -380,7 +385,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	inv := newInventoryReporter(a.client, a.log, a.now, a.cfg.InventoryInterval, filepath.Join(a.cfg.DataDir, "scan-state.json"),
 		func() { a.mu.Lock(); a.publishLocked(); a.mu.Unlock() })
 	// Placements and the host's network policy (netpol.go).
-	tracker := newPlacementTracker(inv, "/proc")
+	nsPath := a.cfg.NetpolNetNS
+	if nsPath == "" {
+		nsPath = "/proc/self/ns/net"
+	}
+	netns, err := netpol.NetNSOf(nsPath)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("agent: %w", err)
+	}
+	exempt := slices.Clone(a.cfg.NetpolExemptPorts)
+	if _, port, err := net.SplitHostPort(a.cfg.ServerAddr); err == nil {
+		if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+			exempt = append(exempt, uint16(n))
+		}
+	}
+	tracker := newPlacementTracker(inv, "/proc", netns, exempt, filepath.Join(a.cfg.DataDir, "netpol-processes.json"), a.log)
 	wl.SetInspector(tracker)
 	fw, err := a.openFirewall()
 	if err != nil {

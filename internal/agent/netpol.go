@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/atomicfile"
 	"github.com/rampartsec/rampart/internal/audit/auditentry"
 	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/workload"
@@ -41,20 +44,60 @@ const scanPorts = 3
 // placementTracker remembers which processes got which SPIFFE IDs: it
 // sees every caller after the inventory's gate (it wraps that Inspector).
 type placementTracker struct {
-	next workload.Inspector
-	proc string
+	next   workload.Inspector
+	proc   string
+	netns  netpol.NetNS    // the namespace whose ports are the host's
+	exempt map[uint16]bool // ports never reported (SSH, the server's)
+	file   string          // where the tracked processes survive a restart ("": nowhere)
+	log    *slog.Logger
 
-	mu    sync.Mutex
-	procs map[int]tracked
+	mu     sync.Mutex
+	procs  map[int]tracked
+	warned map[int]bool // processes in another namespace, logged once
 }
 
 type tracked struct {
-	start string // the process's start time (/proc/PID/stat), against pid reuse
-	ids   []string
+	Start string   `json:"start"` // the process's start time (/proc/PID/stat), against pid reuse
+	IDs   []string `json:"ids"`
 }
 
-func newPlacementTracker(next workload.Inspector, proc string) *placementTracker {
-	return &placementTracker{next: next, proc: proc, procs: map[int]tracked{}}
+// maxServicePorts is how many ports one service is reported with: the
+// server refuses more, and a workload listening on many must not make its
+// host's report fail (and the host's table empty).
+const maxServicePorts = 64
+
+func newPlacementTracker(next workload.Inspector, proc string, netns netpol.NetNS, exempt []uint16, file string, log *slog.Logger) *placementTracker {
+	p := &placementTracker{next: next, proc: proc, netns: netns, exempt: map[uint16]bool{}, file: file, log: log,
+		procs: map[int]tracked{}, warned: map[int]bool{}}
+	for _, e := range exempt {
+		p.exempt[e] = true
+	}
+	if file != "" {
+		// An agent that restarts must not report an empty host (its
+		// ports would open until every workload attested again): the
+		// processes it knew are read back, and checked like any other.
+		if b, err := os.ReadFile(file); err == nil {
+			var saved map[int]tracked
+			if err := json.Unmarshal(b, &saved); err == nil {
+				p.procs = saved
+			} else {
+				log.Warn("netpol: the tracked processes' file is damaged; starting without it", "file", file, "err", err)
+			}
+		}
+	}
+	return p
+}
+
+// saveLocked writes the tracked processes (0600: it says which process
+// holds which identity).
+func (p *placementTracker) saveLocked() {
+	if p.file == "" {
+		return
+	}
+	b, _ := json.Marshal(p.procs)
+	if err := atomicfile.Write(p.file, b, 0o600); err != nil {
+		p.log.Warn("netpol: could not save the tracked processes", "file", p.file, "err", err)
+	}
 }
 
 // Inspect implements workload.Inspector.
@@ -73,15 +116,20 @@ func (p *placementTracker) Inspect(ctx context.Context, exe workload.Executable,
 	}
 	p.mu.Lock()
 	t := p.procs[pid]
-	if t.start != start {
-		t = tracked{start: start}
+	if t.Start != start {
+		t = tracked{Start: start}
 	}
+	changed := false
 	for _, id := range allowed {
-		if !slices.Contains(t.ids, id.SpiffeID.String()) {
-			t.ids = append(t.ids, id.SpiffeID.String())
+		if !slices.Contains(t.IDs, id.SpiffeID.String()) {
+			t.IDs = append(t.IDs, id.SpiffeID.String())
+			changed = true
 		}
 	}
 	p.procs[pid] = t
+	if changed {
+		p.saveLocked()
+	}
 	p.mu.Unlock()
 	return allowed, refusals
 }
@@ -98,22 +146,34 @@ func (p *placementTracker) report() netpol.Report {
 	ports := map[string][]uint16{}
 	for pid, t := range procs {
 		start, err := procStart(p.proc, pid)
-		if err != nil || start != t.start {
+		if err != nil || start != t.Start {
 			p.mu.Lock()
-			if p.procs[pid].start == t.start {
+			if p.procs[pid].Start == t.Start {
 				delete(p.procs, pid)
+				delete(p.warned, pid)
+				p.saveLocked()
 			}
 			p.mu.Unlock()
 			continue
 		}
-		ls, err := netpol.ListeningPorts(p.proc, pid)
-		if err != nil {
+		ls, err := netpol.ListeningPorts(p.proc, pid, p.netns)
+		if errors.Is(err, netpol.ErrOtherNetNS) {
+			// Its ports are not the host's: in a namespace of its own any
+			// user may bind 22. Placed without ports.
+			p.mu.Lock()
+			if !p.warned[pid] {
+				p.warned[pid] = true
+				p.log.Warn("netpol: a workload runs in another network namespace than the one enforced; its ports are not reported", "pid", pid, "spiffe_ids", strings.Join(t.IDs, ","))
+			}
+			p.mu.Unlock()
+			ls = nil
+		} else if err != nil {
 			continue
 		}
-		for _, id := range t.ids {
+		for _, id := range t.IDs {
 			ps := ports[id]
 			for _, l := range ls {
-				if !slices.Contains(ps, l) {
+				if !p.exempt[l] && !slices.Contains(ps, l) {
 					ps = append(ps, l)
 				}
 			}
@@ -123,6 +183,10 @@ func (p *placementTracker) report() netpol.Report {
 	var rep netpol.Report
 	for id, ps := range ports {
 		slices.Sort(ps)
+		if len(ps) > maxServicePorts {
+			p.log.Warn("netpol: a service listens on more ports than are reported; the rest are not governed", "spiffe_id", id, "ports", len(ps), "reported", maxServicePorts)
+			ps = ps[:maxServicePorts]
+		}
 		rep.Services = append(rep.Services, netpol.ReportedService{SpiffeID: id, Ports: ps})
 	}
 	slices.SortFunc(rep.Services, func(a, b netpol.ReportedService) int { return strings.Compare(a.SpiffeID, b.SpiffeID) })
@@ -150,6 +214,7 @@ func procStart(proc string, pid int) (string, error) {
 // firewall is what the loop needs of netpol.Firewall.
 type firewall interface {
 	Apply(netpol.HostTable) error
+	Diff(netpol.HostTable) ([]string, error)
 	Remove() error
 	Counters() (map[uint16]uint64, error)
 }
@@ -163,6 +228,7 @@ type netpolLoop struct {
 	rec      interface{ Record(*auditentry.Entry) error }
 
 	applied  string            // the NFT text last applied
+	table    netpol.HostTable  // the table last applied
 	counted  map[uint16]uint64 // kernel counters at the last look
 	dropped  *prometheus.CounterVec
 	applies  *prometheus.CounterVec
@@ -185,6 +251,9 @@ func (a *Agent) newNetpolLoop(tracker *placementTracker, fw firewall, rec interf
 		l.interval = 2 * time.Second
 		if l.mode == NetpolOff {
 			l.interval = a.cfg.InventoryInterval // placements only: as often as the inventory
+		}
+		if l.interval <= 0 {
+			l.interval = defaultInventoryInterval
 		}
 	}
 	if a.cfg.Registry != nil {
@@ -231,8 +300,14 @@ func (l *netpolLoop) step(ctx context.Context) {
 			return
 		}
 		if ctx.Err() == nil {
-			l.a.log.Warn("netpol: placement report failed", "err", err)
+			l.a.log.Warn("netpol: placement report failed; keeping the table applied", "err", err)
 		}
+		// The server's table for this host would be built without this
+		// host's report: a table that governs nothing would fail open.
+		if l.fw != nil && l.applied != "" {
+			l.repair()
+		}
+		return
 	}
 	if l.fw == nil {
 		return
@@ -242,22 +317,62 @@ func (l *netpolLoop) step(ctx context.Context) {
 		if ctx.Err() == nil {
 			l.a.log.Warn("netpol: could not fetch the host's table; keeping the one applied", "err", err)
 		}
-	} else {
-		tab.Report = l.mode == NetpolReport
-		if text := tab.NFT(); text != l.applied {
-			if err := l.fw.Apply(tab); err != nil {
-				l.applies.WithLabelValues("error").Inc()
-				l.a.log.Error("netpol: could not apply the host's table", "err", err)
-			} else {
-				l.applies.WithLabelValues("ok").Inc()
-				l.a.log.Info("netpol: the host's table is applied", "mode", l.mode, "proxy_ports", len(tab.Proxy), "app_ports", len(tab.App),
-					"changes", strings.Join(netpol.DiffLines(l.applied, text), "; "))
-				l.applied = text
-				l.counted = map[uint16]uint64{} // a new table starts its counters at zero
-			}
+		if l.applied != "" {
+			l.repair()
 		}
+		return
+	}
+	tab.Report = l.mode == NetpolReport
+	if text := tab.NFT(); text != l.applied {
+		l.countDrops() // before the new table starts its counters at zero
+		if err := l.fw.Apply(tab); err != nil {
+			l.applies.WithLabelValues("error").Inc()
+			l.a.log.Error("netpol: could not apply the host's table", "err", err)
+			return
+		}
+		l.applies.WithLabelValues("ok").Inc()
+		l.a.log.Info("netpol: the host's table is applied", "mode", l.mode, "proxy_ports", len(tab.Proxy), "app_ports", len(tab.App),
+			"changes", strings.Join(netpol.DiffLines(l.applied, text), "; "))
+		l.applied, l.table = text, tab
+		l.counted = map[uint16]uint64{}
+		return
+	}
+	l.repair()
+}
+
+// repair compares the kernel's table with the one last applied and, if
+// anyone changed it (deleted it, let an address in, loosened a rule),
+// counts what it dropped, applies it again and records the drift.
+func (l *netpolLoop) repair() {
+	diff, err := l.fw.Diff(l.table)
+	if err != nil {
+		l.a.log.Error("netpol: could not read the host's table back", "err", err)
+		return
+	}
+	if len(diff) == 0 {
+		l.countDrops()
+		return
 	}
 	l.countDrops()
+	if err := l.fw.Apply(l.table); err != nil {
+		l.applies.WithLabelValues("error").Inc()
+		l.a.log.Error("netpol: the host's table was changed by someone else and could not be restored", "err", err, "differences", strings.Join(diff, "; "))
+		return
+	}
+	l.applies.WithLabelValues("repair").Inc()
+	l.counted = map[uint16]uint64{}
+	l.a.log.Warn("netpol: the host's table was changed by someone else; restored", "differences", strings.Join(diff, "; "))
+	if l.rec != nil {
+		self := l.a.ID().String()
+		first := diff[0]
+		if len(first) > 200 {
+			first = first[:200]
+		}
+		l.rec.Record(&auditentry.Entry{V: auditentry.SchemaVersion, Time: l.a.now(), Action: "netpol.drift", Outcome: auditentry.OutcomeFailure,
+			Reason: fmt.Sprintf("the host's network policy table was changed outside rampart (%d differences); restored", len(diff)),
+			Target: self, Source: self, Actor: auditentry.Actor{SpiffeID: self},
+			Details: map[string]string{"differences": strconv.Itoa(len(diff)), "first": first, "mode": l.mode}})
+	}
 }
 
 // countDrops turns the kernel's counters into metrics, and the drops of
@@ -265,7 +380,7 @@ func (l *netpolLoop) step(ctx context.Context) {
 func (l *netpolLoop) countDrops() {
 	c, err := l.fw.Counters()
 	if err != nil {
-		return
+		return // no table (repair puts it back)
 	}
 	var ports []string
 	var total uint64

@@ -2,12 +2,15 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/workload"
 )
 
@@ -18,6 +21,13 @@ func fakeProc(t *testing.T, proc string, pid, start string, port string) {
 	dir := filepath.Join(proc, pid)
 	os.MkdirAll(filepath.Join(dir, "fd"), 0o755)
 	os.MkdirAll(filepath.Join(dir, "net"), 0o755)
+	os.MkdirAll(filepath.Join(dir, "ns"), 0o755)
+	// The host's namespace is the file proc/hostns; a process "in" it
+	// has a hard link to it as ns/net (same device and inode).
+	os.Remove(filepath.Join(dir, "ns", "net"))
+	if err := os.Link(filepath.Join(proc, "hostns"), filepath.Join(dir, "ns", "net")); err != nil {
+		t.Fatal(err)
+	}
 	os.WriteFile(filepath.Join(dir, "stat"), []byte(pid+" (evil) prog) S 1 1 1 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 "+start+" 1000 100\n"), 0o644)
 	os.Remove(filepath.Join(dir, "fd", "3"))
 	os.Symlink("socket:[4242]", filepath.Join(dir, "fd", "3"))
@@ -30,14 +40,24 @@ func fakeProc(t *testing.T, proc string, pid, start string, port string) {
 // reused by another, is forgotten (the new process never inherits the
 // old one's placement).
 func TestPlacementTracker(t *testing.T) {
-	proc := t.TempDir()
+	proc, hostNS := fakeRoot(t)
 	fakeProc(t, proc, "100", "5000", "20FB") // 8443
-	tr := newPlacementTracker(nil, proc)
+	state := filepath.Join(t.TempDir(), "netpol-processes.json")
+	tr := newPlacementTracker(nil, proc, hostNS, []uint16{22}, state, slog.New(slog.DiscardHandler))
 	orders := workload.Identity{SpiffeID: spiffeid.RequireFromString("spiffe://example.org/orders")}
 	tr.Inspect(context.Background(), workload.Executable{PID: 100}, []workload.Identity{orders})
 	rep := tr.report()
 	if len(rep.Services) != 1 || rep.Services[0].SpiffeID != "spiffe://example.org/orders" || len(rep.Services[0].Ports) != 1 || rep.Services[0].Ports[0] != 8443 {
 		t.Fatalf("report %+v", rep)
+	}
+	// A restarted agent still knows it (an empty first report would open
+	// the host's ports until every workload attested again).
+	if fi, err := os.Stat(state); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the tracked processes' file: %v %v", fi, err)
+	}
+	tr2 := newPlacementTracker(nil, proc, hostNS, nil, state, slog.New(slog.DiscardHandler))
+	if rep := tr2.report(); len(rep.Services) != 1 {
+		t.Fatalf("after a restart: %+v", rep)
 	}
 	// pid 100 is reused by another process (another start time).
 	fakeProc(t, proc, "100", "9000", "0016")
@@ -59,8 +79,59 @@ func TestPlacementTracker(t *testing.T) {
 	}
 }
 
-func TestProcStartParsesCommWithParens(t *testing.T) {
+// fakeRoot is a fake /proc with a host namespace file.
+func fakeRoot(t *testing.T) (string, netpol.NetNS) {
 	proc := t.TempDir()
+	os.WriteFile(filepath.Join(proc, "hostns"), nil, 0o644)
+	ns, err := netpol.NetNSOf(filepath.Join(proc, "hostns"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return proc, ns
+}
+
+// A workload in a network namespace of its own (unshare -Urn: any user)
+// is placed without ports, whatever it listens on there; exempt ports are
+// never reported; a service with too many ports is capped, not refused.
+func TestPlacementTrackerRefusesWhatIsNotTheHosts(t *testing.T) {
+	proc, hostNS := fakeRoot(t)
+	tr := newPlacementTracker(nil, proc, hostNS, []uint16{22}, "", slog.New(slog.DiscardHandler))
+	batch := workload.Identity{SpiffeID: spiffeid.RequireFromString("spiffe://example.org/batch")}
+	fakeProc(t, proc, "200", "1", "0016") // 22, in the host namespace: exempt
+	tr.Inspect(context.Background(), workload.Executable{PID: 200}, []workload.Identity{batch})
+	if rep := tr.report(); len(rep.Services) != 1 || len(rep.Services[0].Ports) != 0 {
+		t.Fatalf("an exempt port was reported: %+v", rep)
+	}
+	fakeProc(t, proc, "201", "1", "20FB") // 8443, but in another namespace
+	os.Remove(filepath.Join(proc, "201", "ns", "net"))
+	os.WriteFile(filepath.Join(proc, "201", "ns", "net"), nil, 0o644)
+	other := workload.Identity{SpiffeID: spiffeid.RequireFromString("spiffe://example.org/other")}
+	tr.Inspect(context.Background(), workload.Executable{PID: 201}, []workload.Identity{other})
+	for _, s := range tr.report().Services {
+		if s.SpiffeID == "spiffe://example.org/other" && len(s.Ports) != 0 {
+			t.Fatalf("ports of another namespace reported: %+v", s)
+		}
+	}
+	// 70 listening sockets: 64 reported.
+	dir := filepath.Join(proc, "202")
+	fakeProc(t, proc, "202", "1", "20FB")
+	table := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+	for i := range 70 {
+		table += fmt.Sprintf("   %d: 0200000A:%04X 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 %d 1 0 100 0 0 10 0\n", i, 20000+i, 5000+i)
+		os.Symlink(fmt.Sprintf("socket:[%d]", 5000+i), filepath.Join(dir, "fd", fmt.Sprint(10+i)))
+	}
+	os.WriteFile(filepath.Join(dir, "net", "tcp"), []byte(table), 0o644)
+	many := workload.Identity{SpiffeID: spiffeid.RequireFromString("spiffe://example.org/many")}
+	tr.Inspect(context.Background(), workload.Executable{PID: 202}, []workload.Identity{many})
+	for _, s := range tr.report().Services {
+		if s.SpiffeID == "spiffe://example.org/many" && len(s.Ports) != maxServicePorts {
+			t.Fatalf("%d ports reported, want %d", len(s.Ports), maxServicePorts)
+		}
+	}
+}
+
+func TestProcStartParsesCommWithParens(t *testing.T) {
+	proc, _ := fakeRoot(t)
 	fakeProc(t, proc, "7", "123456", "20FB")
 	if s, err := procStart(proc, 7); err != nil || s != "123456" {
 		t.Fatalf("%q %v", s, err)

@@ -19,6 +19,9 @@ type Client struct {
 	BaseURL    string       // https://host:port
 	HTTP       *http.Client // with the TLS configuration for this server
 	AdminToken string       // sent as a bearer token when not empty
+	// Authorize, if set, authenticates each request instead (an
+	// operator's DPoP-bound token and its proof: package signin).
+	Authorize func(*http.Request) error
 }
 
 // Do sends in (if not nil) as JSON and decodes the answer into out (if not
@@ -49,7 +52,12 @@ func (c *Client) DoRaw(ctx context.Context, method, path, contentType string, bo
 		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")
-	if c.AdminToken != "" {
+	switch {
+	case c.Authorize != nil:
+		if err := c.Authorize(req); err != nil {
+			return err
+		}
+	case c.AdminToken != "":
 		req.Header.Set("Authorization", "Bearer "+c.AdminToken)
 	}
 	resp, err := c.HTTP.Do(req)

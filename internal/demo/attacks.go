@@ -45,6 +45,7 @@ type Attack struct {
 func Attacks() []Attack {
 	return []Attack{
 		{"admin-without-token", "call the admin API with no token, then with a guessed one, to register an identity for ourselves", attackAdminToken},
+		{"stolen-operator-token", "copy the operator's access token (as from its session file) and call the admin API with it: as a bearer token, then with a DPoP proof by our own key", attackStolenOperatorToken},
 		{"join-token-replay", "replay the join token the demo agent already spent, to enrol a rogue agent", attackJoinTokenReplay},
 		{"foreign-ca-agent", "connect to the server as the demo agent with a certificate from our own CA", attackForeignCA},
 		{"csr-for-another-id", "as the agent, ask for an SVID naming another service, then for a CA certificate", attackCSR},
@@ -129,7 +130,7 @@ func attackAdminToken(ctx context.Context, sys *System) (Outcome, error) {
 	var statuses []string
 	for _, tok := range []string{"", "rpa_guessed-token-000000000000000000000000000"} {
 		c := *sys.Admin
-		c.AdminToken = tok
+		c.AdminToken, c.Authorize = tok, nil
 		err := c.Do(ctx, http.MethodPost, "/v1/entries", e, nil)
 		var p *api.Problem
 		if !errors.As(err, &p) || p.Status != http.StatusUnauthorized {
@@ -137,7 +138,7 @@ func attackAdminToken(ctx context.Context, sys *System) (Outcome, error) {
 		}
 		statuses = append(statuses, fmt.Sprint(p.Status))
 	}
-	return Outcome{Stopped: true, Prevent: "the server answered " + strings.Join(statuses, " and ") + " Unauthorized: admin calls need the 256-bit admin token, compared in constant time", Audited: "admin.auth"}, nil
+	return Outcome{Stopped: true, Prevent: "the server answered " + strings.Join(statuses, " and ") + " Unauthorized: admin calls need a signed-in operator's DPoP-bound token, a workload SVID holding a role, or the 256-bit break-glass token (compared in constant time)", Audited: "admin.auth"}, nil
 }
 
 func attackJoinTokenReplay(ctx context.Context, sys *System) (Outcome, error) {

@@ -139,13 +139,19 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintf(w, "  curl -i %s/orders/42/../../admin  # refused: path tricks are normalised before the policy\n", s.GatewayURL)
 	fmt.Fprintf(w, "  curl -i %s/users/bob/card         # refused: orders may read a card only for its owner, with that user's token\n", s.GatewayURL)
 	fmt.Fprintf(w, "  rampart demo --attack confused-deputy     # logs alice in: her card comes back through orders, bob's does not\n")
-	fmt.Fprintf(w, "  export RAMPART_SERVER=%s RAMPART_CA_BUNDLE=%s RAMPART_ADMIN_TOKEN_FILE=%s\n", sys.ServerAddr, sys.BundleFile, filepath.Join(dir, "server", "admin.token"))
-	fmt.Fprintf(w, "  rampart entry list\n  rampart agent list\n  rampart ca status\n  rampart policy list\n")
+	fmt.Fprintf(w, "  export RAMPART_SERVER=%s RAMPART_CA_BUNDLE=%s\n", sys.ServerAddr, sys.BundleFile)
+	f := operatorFiles{filepath.Join(dir, "operator")}
+	fmt.Fprintf(w, "  rampart login --username %s --password-file %s --totp-secret-file %s   # sign in as the operator %s (device flow, approved here)\n",
+		demoOperator, f.password(), f.totp(), demoOperator)
+	fmt.Fprintf(w, "  rampart whoami                            # who the server sees: %s, roles, the session\n", demoOperator)
+	fmt.Fprintf(w, "  rampart entry list\n  rampart agent list\n  rampart ca status\n  rampart policy list\n  rampart operator list\n")
+	fmt.Fprintf(w, "  rampart audit query --data %s --actor %s --since 1h   # every admin action, named\n", filepath.Join(dir, "server"), demoOperator)
 	fmt.Fprintf(w, "  rampart policy explain --service spiffe://%s/payments --caller spiffe://%s/gateway --path /payments/1\n", TrustDomain.Name(), TrustDomain.Name())
 	fmt.Fprintf(w, "  rampart svid fetch --socket %s\n", sys.Socket)
 	fmt.Fprintf(w, "  rampart oauth user list\n  rampart oauth client show %s\n", shopClient)
 	fmt.Fprintf(w, "  rampart kms key show %s\n  rampart kms key rotate %s\n", customersKey, customersKey)
-	fmt.Fprintf(w, "  rampart demo --data %s --attacks    # the attacks it stops\n\n", cfg.DataDir)
+	fmt.Fprintf(w, "  rampart demo --data %s --attacks    # the attacks it stops\n", cfg.DataDir)
+	fmt.Fprintf(w, "  (break glass: RAMPART_ADMIN_TOKEN_FILE=%s; every use is audited and alerted on)\n\n", filepath.Join(dir, "server", "admin.token"))
 	fmt.Fprintln(w, "ready; press Ctrl-C to stop")
 	<-ctx.Done()
 	fmt.Fprintln(w, "stopping")
@@ -178,8 +184,14 @@ func start(ctx context.Context, dir string, log *slog.Logger, step func(string))
 	tok, _ := os.ReadFile(filepath.Join(srvDir, "admin.token"))
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(identity.EncodePEM(srv.CA().X509Bundle()))
-	sys.Admin = &api.Client{BaseURL: "https://" + sys.ServerAddr, AdminToken: strings.TrimSpace(string(tok)),
-		HTTP: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}}
+	breakGlass := &api.Client{BaseURL: "https://" + sys.ServerAddr, AdminToken: strings.TrimSpace(string(tok)),
+		HTTP: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}}
+	// Everything from here on is done by a named operator: the admin
+	// token only makes it, on the first start.
+	step("signing in as the operator " + demoOperator + " (device flow, password and one-time code)")
+	if sys.Admin, err = signInOperator(ctx, dir, breakGlass); err != nil {
+		return nil, nil, err
+	}
 
 	agentDir := filepath.Join(dir, "agent")
 	agentID, _ := identity.AgentID(TrustDomain, sys.AgentName)

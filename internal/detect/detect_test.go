@@ -152,10 +152,19 @@ func TestDefaultRules(t *testing.T) {
 			[]*audit.Entry{decision(0, orders, payments, "GET", "success"), decision(time.Hour, "spiffe://example.org/gateway", payments, "GET", "success"),
 				decision(25*time.Hour, orders, payments, "POST", "success"), decision(26*time.Hour, rogue, payments, "GET", "denied")}},
 		{"admin-after-hours",
-			[]*audit.Entry{ev(12*time.Hour, "entry.create", "success", "", admin, nil)}, // 22:00
+			[]*audit.Entry{ev(12*time.Hour, "entry.create", "success", "", admin, nil), // 22:00
+				ev(12*time.Hour+time.Minute, "entry.create", "success", "", audit.Actor{User: "alice"}, map[string]string{"auth": "operator"})}, // the same group
 			[]*audit.Entry{ev(0, "entry.create", "success", "", admin, nil), ev(12*time.Hour, "entry.create", "success", "", audit.Actor{SpiffeID: orders}, nil),
 				ev(12*time.Hour, "admin.auth", "denied", "missing or wrong admin token", admin, nil),
+				ev(12*time.Hour, "admin.break_glass", "success", "", admin, nil),                                                                       // admin-token-used's
+				ev(12*time.Hour, "policy.put", "success", "", audit.Actor{SpiffeID: "spiffe://example.org/ci"}, map[string]string{"auth": "workload"}), // a pipeline
 				shipped(ev(12*time.Hour, "entry.delete", "success", "", admin, nil))}},
+		{"admin-token-used",
+			[]*audit.Entry{ev(0, "admin.break_glass", "success", "", admin, map[string]string{"remote": "192.0.2.7:5000", "path": "/v1/entries"}),
+				ev(time.Minute, "admin.break_glass", "success", "", admin, map[string]string{"remote": "192.0.2.7:5000", "path": "/v1/policies"})},
+			[]*audit.Entry{shipped(ev(0, "admin.break_glass", "success", "", admin, map[string]string{"remote": "192.0.2.7:5000"})),
+				ev(0, "admin.auth", "denied", "missing or wrong admin token", audit.Actor{User: "anonymous"}, map[string]string{"remote": "192.0.2.7:5000"}),
+				ev(0, "entry.create", "success", "", audit.Actor{User: "alice"}, map[string]string{"auth": "operator"})}},
 		{"read-volume",
 			repeat(3000, 10*time.Millisecond, func(at time.Duration) *audit.Entry { return decision(at, orders, payments, "GET", "success") }),
 			concat(repeat(2999, 10*time.Millisecond, func(at time.Duration) *audit.Entry { return decision(at, orders, payments, "GET", "success") }),
@@ -193,7 +202,7 @@ func TestDefaultRules(t *testing.T) {
 	// Every default rule has a case above.
 	for _, r := range Default().Rules {
 		found := false
-		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "read-volume", "audit-ingestion-gap", "audit-entries-dropped", "oauth-rate-limited",
+		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "admin-token-used", "read-volume", "audit-ingestion-gap", "audit-entries-dropped", "oauth-rate-limited",
 			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue", "vulnerable-workload-running",
 			"acme-challenge-failures", "netpol-port-scan"} { // the backup rules: backup_rules_test.go
 			found = found || name == r.Name

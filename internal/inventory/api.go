@@ -53,8 +53,11 @@ type API struct {
 	Event   func(r *http.Request, action string, kv ...any)
 	Refused func(r *http.Request, action, reason string, kv ...any)
 	Actor   audit.Actor
-	Now     func() time.Time
-	Log     *slog.Logger
+	// Operator names the admin caller of r (who made an exception);
+	// nil: "admin".
+	Operator func(r *http.Request) audit.Actor
+	Now      func() time.Time
+	Log      *slog.Logger
 }
 
 func (a *API) ready(w http.ResponseWriter) bool {
@@ -168,13 +171,26 @@ func (a *API) HandleCreateException(w http.ResponseWriter, r *http.Request) {
 	var id [8]byte
 	rand.Read(id[:])
 	e := store.ScanException{ID: hex.EncodeToString(id[:]), Vuln: req.Vuln, Binary: strings.ToLower(req.Binary), Service: req.Service,
-		Reason: req.Reason, Expires: req.Expires.UTC(), CreatedAt: now, CreatedBy: "admin"}
+		Reason: req.Reason, Expires: req.Expires.UTC(), CreatedAt: now, CreatedBy: a.operator(r)}
 	if err := a.Inventory.Store.CreateScanException(r.Context(), e); err != nil {
 		api.WriteProblem(w, http.StatusInternalServerError, "cannot store the exception")
 		return
 	}
 	a.Event(r, "scan.exception_add", "id", e.ID, "vuln", e.Vuln, "binary", e.Binary, "service", e.Service, "reason", e.Reason, "expires", e.Expires)
 	api.WriteJSON(w, http.StatusCreated, ExceptionToAPI(e))
+}
+
+// operator names the caller of r for the records it makes.
+func (a *API) operator(r *http.Request) string {
+	if a.Operator == nil {
+		return "admin"
+	}
+	if o := a.Operator(r); o.User != "" {
+		return o.User
+	} else if o.SpiffeID != "" {
+		return o.SpiffeID
+	}
+	return "admin"
 }
 
 func isHex(s string) bool {

@@ -6,7 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
+	"reflect"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -39,52 +40,37 @@ func ourTable() *nftables.Table {
 	return &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 }
 
-// Apply replaces our table with t in one transaction: the kernel sees the
-// old table or the new one, never a mix and never none.
-func (f *Firewall) Apply(t HostTable) error {
-	// Make sure it exists, so that the delete below cannot fail the
-	// batch (a no-op when it does).
-	f.conn.AddTable(ourTable())
-	if err := f.conn.Flush(); err != nil {
-		return fmt.Errorf("netpol: create table: %w", err)
-	}
-	tab := ourTable()
-	f.conn.DelTable(tab)
-	tab = f.conn.AddTable(ourTable())
-	sets := map[string]*nftables.Set{}
+// spec is what a host table is in nf_tables terms: the sets (name, key
+// type, elements), the counters and the rules of the one chain, in order.
+// Apply writes it and Diff compares the kernel's state with it, so the two
+// cannot disagree on what a table means.
+type spec struct {
+	sets     []setSpec
+	counters []string
+	rules    []ruleSpec
+}
+
+type setSpec struct {
+	name  string
+	key   nftables.SetDatatype
+	elems []netip.Addr
+}
+
+type ruleSpec struct {
+	comment string
+	exprs   []expr.Any
+}
+
+func specOf(t HostTable) spec {
+	var sp spec
 	for _, p := range t.Proxy {
 		v4, v6 := split(p.From)
-		for _, fam := range []struct {
-			v6    bool
-			addrs []netip.Addr
-		}{{false, v4}, {true, v6}} {
-			s := &nftables.Set{Table: tab, Name: setName(p.Port, fam.v6), KeyType: nftables.TypeIPAddr}
-			if fam.v6 {
-				s.KeyType = nftables.TypeIP6Addr
-			}
-			els := make([]nftables.SetElement, len(fam.addrs))
-			for i, a := range fam.addrs {
-				els[i] = nftables.SetElement{Key: a.AsSlice()}
-			}
-			if err := f.conn.AddSet(s, els); err != nil {
-				return fmt.Errorf("netpol: set %s: %w", s.Name, err)
-			}
-			sets[s.Name] = s
-		}
+		sp.sets = append(sp.sets, setSpec{setName(p.Port, false), nftables.TypeIPAddr, v4}, setSpec{setName(p.Port, true), nftables.TypeIP6Addr, v6})
 	}
 	for _, p := range t.Ports() {
-		f.conn.AddObj(&nftables.CounterObj{Table: tab, Name: CounterName(p)})
+		sp.counters = append(sp.counters, CounterName(p))
 	}
-	policy := nftables.ChainPolicyAccept
-	ch := f.conn.AddChain(&nftables.Chain{Name: "input", Table: tab, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityFilter - 10), Policy: &policy})
-	rule := func(comment string, e ...expr.Any) {
-		r := &nftables.Rule{Table: tab, Chain: ch, Exprs: e}
-		if comment != "" {
-			r.UserData = userdata.AppendString(nil, userdata.TypeComment, comment)
-		}
-		f.conn.AddRule(r)
-	}
+	rule := func(comment string, e ...expr.Any) { sp.rules = append(sp.rules, ruleSpec{comment, e}) }
 	rule("", join(ctEstablished(), accept())...)
 	drop := func(port uint16) []expr.Any {
 		e := []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: CounterName(port)}}
@@ -98,8 +84,8 @@ func (f *Firewall) Apply(t HostTable) error {
 		if p.Loopback {
 			rule(c, join(tcpDport(p.Port), iifLo(), accept())...)
 		}
-		rule(c, join(tcpDport(p.Port), saddrIn(sets[setName(p.Port, false)], false), accept())...)
-		rule(c, join(tcpDport(p.Port), saddrIn(sets[setName(p.Port, true)], true), accept())...)
+		rule(c, join(tcpDport(p.Port), saddrIn(setName(p.Port, false), false), accept())...)
+		rule(c, join(tcpDport(p.Port), saddrIn(setName(p.Port, true), true), accept())...)
 		rule(c, join(tcpDport(p.Port), drop(p.Port))...)
 	}
 	for _, p := range t.App {
@@ -107,10 +93,214 @@ func (f *Firewall) Apply(t HostTable) error {
 		rule(c, join(tcpDport(p.Port), iifLo(), accept())...)
 		rule(c, join(tcpDport(p.Port), drop(p.Port))...)
 	}
+	return sp
+}
+
+func inputChain(tab *nftables.Table) *nftables.Chain {
+	policy := nftables.ChainPolicyAccept
+	return &nftables.Chain{Name: "input", Table: tab, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityFilter - 10), Policy: &policy}
+}
+
+// Apply replaces our table with t in one transaction: the kernel sees the
+// old table or the new one, never a mix and never none.
+func (f *Firewall) Apply(t HostTable) error {
+	// Make sure it exists, so that the delete below cannot fail the
+	// batch (a no-op when it does).
+	f.conn.AddTable(ourTable())
+	if err := f.conn.Flush(); err != nil {
+		return fmt.Errorf("netpol: create table: %w", err)
+	}
+	tab := ourTable()
+	f.conn.DelTable(tab)
+	tab = f.conn.AddTable(ourTable())
+	sp := specOf(t)
+	sets := map[string]*nftables.Set{}
+	for _, ss := range sp.sets {
+		s := &nftables.Set{Table: tab, Name: ss.name, KeyType: ss.key}
+		els := make([]nftables.SetElement, len(ss.elems))
+		for i, a := range ss.elems {
+			els[i] = nftables.SetElement{Key: a.AsSlice()}
+		}
+		if err := f.conn.AddSet(s, els); err != nil {
+			return fmt.Errorf("netpol: set %s: %w", s.Name, err)
+		}
+		sets[s.Name] = s
+	}
+	for _, c := range sp.counters {
+		f.conn.AddObj(&nftables.CounterObj{Table: tab, Name: c})
+	}
+	ch := f.conn.AddChain(inputChain(tab))
+	for _, r := range sp.rules {
+		for _, e := range r.exprs {
+			if l, ok := e.(*expr.Lookup); ok {
+				l.SetID = sets[l.SetName].ID
+			}
+		}
+		nr := &nftables.Rule{Table: tab, Chain: ch, Exprs: r.exprs}
+		if r.comment != "" {
+			nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.comment)
+		}
+		f.conn.AddRule(nr)
+	}
 	if err := f.conn.Flush(); err != nil {
 		return fmt.Errorf("netpol: apply the table: %w", err)
 	}
 	return nil
+}
+
+// Diff compares what the kernel holds in our table with t, exactly: its
+// chains (name, type, hook, priority, policy), every expression of every
+// rule in order, the sets with their key types and elements, and the
+// counters. It returns one line per difference; none means in step.
+// Anything added to our table by hand, however small (an inverted lookup,
+// a NEW in the ct state, another chain), is a difference.
+func (f *Firewall) Diff(t HostTable) ([]string, error) {
+	tab, err := f.conn.ListTableOfFamily(TableName, nftables.TableFamilyINet)
+	if err != nil {
+		return []string{"our table (inet " + TableName + ") is not installed"}, nil
+	}
+	sp := specOf(t)
+	var out []string
+	chains, err := f.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("netpol: read chains: %w", err)
+	}
+	want := inputChain(tab)
+	found := false
+	for _, c := range chains {
+		if c.Table == nil || c.Table.Name != TableName {
+			continue
+		}
+		if c.Name != want.Name {
+			out = append(out, "+ a chain "+c.Name+" that netpol does not write")
+			continue
+		}
+		found = true
+		if c.Type != want.Type || c.Hooknum == nil || *c.Hooknum != *want.Hooknum || c.Priority == nil || *c.Priority != *want.Priority ||
+			c.Policy == nil || *c.Policy != *want.Policy {
+			out = append(out, "~ chain input: its type, hook, priority or policy differs")
+		}
+	}
+	if !found {
+		out = append(out, "- chain input")
+	}
+	sets, err := f.conn.GetSets(tab)
+	if err != nil {
+		return nil, fmt.Errorf("netpol: read sets: %w", err)
+	}
+	have := map[string]*nftables.Set{}
+	for _, s := range sets {
+		have[s.Name] = s
+	}
+	for _, ws := range sp.sets {
+		s := have[ws.name]
+		delete(have, ws.name)
+		if s == nil {
+			out = append(out, "- set "+ws.name)
+			continue
+		}
+		if s.KeyType.Name != ws.key.Name || s.Interval || s.Dynamic || s.HasTimeout || s.Anonymous {
+			out = append(out, "~ set "+ws.name+": its type or flags differ")
+		}
+		els, err := f.conn.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("netpol: read set %s: %w", s.Name, err)
+		}
+		got := map[netip.Addr]bool{}
+		for _, e := range els {
+			a, ok := netip.AddrFromSlice(e.Key)
+			if !ok || e.IntervalEnd {
+				out = append(out, "+ set "+ws.name+": an element that is not an address")
+				continue
+			}
+			got[a] = true
+		}
+		for _, a := range ws.elems {
+			if !got[a] {
+				out = append(out, fmt.Sprintf("- set %s: %s", ws.name, a))
+			}
+			delete(got, a)
+		}
+		for a := range got {
+			out = append(out, fmt.Sprintf("+ set %s: %s", ws.name, a))
+		}
+	}
+	for name := range have {
+		out = append(out, "+ a set "+name+" that netpol does not write")
+	}
+	objs, err := f.conn.GetObjects(tab)
+	if err != nil {
+		return nil, fmt.Errorf("netpol: read counters: %w", err)
+	}
+	counters := map[string]bool{}
+	for _, o := range objs {
+		c, ok := o.(*nftables.CounterObj)
+		if !ok {
+			out = append(out, "+ an object that netpol does not write")
+			continue
+		}
+		counters[c.Name] = true
+	}
+	for _, c := range sp.counters {
+		if !counters[c] {
+			out = append(out, "- counter "+c)
+		}
+		delete(counters, c)
+	}
+	for c := range counters {
+		out = append(out, "+ counter "+c)
+	}
+	if found {
+		rules, err := f.conn.GetRules(tab, want)
+		if err != nil {
+			return nil, fmt.Errorf("netpol: read rules: %w", err)
+		}
+		for i := 0; i < max(len(rules), len(sp.rules)); i++ {
+			switch {
+			case i >= len(rules):
+				out = append(out, fmt.Sprintf("- rule %d (%s)", i+1, describe(sp.rules[i].exprs)))
+			case i >= len(sp.rules):
+				out = append(out, fmt.Sprintf("+ rule %d (%s)", i+1, describe(rules[i].Exprs)))
+			case !sameExprs(sp.rules[i].exprs, rules[i].Exprs):
+				out = append(out, fmt.Sprintf("~ rule %d: want %s; have %s", i+1, describe(sp.rules[i].exprs), describe(rules[i].Exprs)))
+			}
+		}
+	}
+	return out, nil
+}
+
+// sameExprs compares two expression lists field by field, but for the
+// set IDs a lookup carries (the kernel's, not the rule's meaning).
+func sameExprs(a, b []expr.Any) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if lx, ok := x.(*expr.Lookup); ok {
+			c := *lx
+			c.SetID = 0
+			x = &c
+		}
+		if ly, ok := y.(*expr.Lookup); ok {
+			c := *ly
+			c.SetID = 0
+			y = &c
+		}
+		if !reflect.DeepEqual(x, y) {
+			return false
+		}
+	}
+	return true
+}
+
+func describe(es []expr.Any) string {
+	var parts []string
+	for _, e := range es {
+		parts = append(parts, fmt.Sprintf("%T%+v", e, e))
+	}
+	return strings.Join(parts, " ")
 }
 
 // Remove deletes our table, and nothing else; no table is not an error.
@@ -125,81 +315,8 @@ func (f *Firewall) Remove() error {
 	return nil
 }
 
-// ErrNoTable is returned by Applied when our table is not installed.
+// ErrNoTable is returned by Counters when our table is not installed.
 var ErrNoTable = errors.New("netpol: no table of ours is installed")
-
-// Applied reads back what is installed, as a HostTable (services are
-// taken from the rule comments), for Check.
-func (f *Firewall) Applied() (HostTable, error) {
-	tab, err := f.conn.ListTableOfFamily(TableName, nftables.TableFamilyINet)
-	if err != nil {
-		return HostTable{}, ErrNoTable
-	}
-	members := map[string][]netip.Addr{}
-	sets, err := f.conn.GetSets(tab)
-	if err != nil {
-		return HostTable{}, fmt.Errorf("netpol: read sets: %w", err)
-	}
-	for _, s := range sets {
-		els, err := f.conn.GetSetElements(s)
-		if err != nil {
-			return HostTable{}, fmt.Errorf("netpol: read set %s: %w", s.Name, err)
-		}
-		for _, e := range els {
-			if a, ok := netip.AddrFromSlice(e.Key); ok {
-				members[s.Name] = append(members[s.Name], a)
-			}
-		}
-	}
-	rules, err := f.conn.GetRules(tab, &nftables.Chain{Name: "input", Table: tab})
-	if err != nil {
-		return HostTable{}, fmt.Errorf("netpol: read rules: %w", err)
-	}
-	out := HostTable{Report: true}
-	proxy := map[uint16]*ProxyPort{}
-	app := map[uint16]*AppPort{}
-	for _, r := range rules {
-		port, lookup, lo, counted, verdict := decodeRule(r.Exprs)
-		if port == 0 {
-			if !isCtEstablished(r.Exprs) {
-				out.Unknown = append(out.Unknown, fmt.Sprintf("a rule of %d expressions matching no port", len(r.Exprs)))
-			}
-			continue
-		}
-		comment, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-		if verdict == expr.VerdictDrop {
-			out.Report = false
-		}
-		switch {
-		case lookup != "":
-			p := proxyAt(proxy, port)
-			p.From = append(p.From, members[lookup]...)
-			p.Service = parseIDOrZero(comment)
-		case lo && proxy[port] == nil && app[port] == nil && isAppComment(comment):
-			app[port] = &AppPort{Port: port, Service: parseIDOrZero(comment[:len(comment)-len(" (application)")])}
-		case lo && verdict == expr.VerdictAccept:
-			proxyAt(proxy, port).Loopback = true
-		case counted && (verdict == expr.VerdictDrop || verdict == -100):
-			// the closing counter (and drop) of a port: a port closed to
-			// all has nothing else
-			if proxy[port] == nil && app[port] == nil {
-				proxyAt(proxy, port)
-			}
-		default:
-			out.Unknown = append(out.Unknown, fmt.Sprintf("a rule at port %d that netpol does not write", port))
-		}
-	}
-	for _, p := range proxy {
-		slices.SortFunc(p.From, netip.Addr.Compare)
-		out.Proxy = append(out.Proxy, *p)
-	}
-	for _, p := range app {
-		out.App = append(out.App, *p)
-	}
-	slices.SortFunc(out.Proxy, func(a, b ProxyPort) int { return int(a.Port) - int(b.Port) })
-	slices.SortFunc(out.App, func(a, b AppPort) int { return int(a.Port) - int(b.Port) })
-	return out, nil
-}
 
 // Counters returns the packets counted at each governed port: the
 // connection attempts dropped (or, in report mode, that would have been).
@@ -246,9 +363,12 @@ func accept() expr.Any { return &expr.Verdict{Kind: expr.VerdictAccept} }
 
 func ctEstablished() []expr.Any {
 	return []expr.Any{
+		// Established only: a RELATED connection (a conntrack helper's
+		// expectation, which a local user can create with an FTP PORT
+		// command) must pass the port rules like any new one.
 		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: []byte{0, 0, 0, 0}},
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED), Xor: []byte{0, 0, 0, 0}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
 	}
 }
@@ -271,7 +391,7 @@ func iifLo() []expr.Any {
 	}
 }
 
-func saddrIn(s *nftables.Set, v6 bool) []expr.Any {
+func saddrIn(set string, v6 bool) []expr.Any {
 	proto, off, n := byte(unix.NFPROTO_IPV4), uint32(12), uint32(4)
 	if v6 {
 		proto, off, n = unix.NFPROTO_IPV6, 8, 16
@@ -280,43 +400,6 @@ func saddrIn(s *nftables.Set, v6 bool) []expr.Any {
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
-		&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
+		&expr.Lookup{SourceRegister: 1, SetName: set},
 	}
-}
-
-func isCtEstablished(es []expr.Any) bool {
-	return len(es) == 4 && func() bool { c, ok := es[0].(*expr.Ct); return ok && c.Key == expr.CtKeySTATE }()
-}
-
-// decodeRule reads back a rule of the shapes Apply writes.
-func decodeRule(es []expr.Any) (port uint16, lookup string, lo, counted bool, verdict expr.VerdictKind) {
-	verdict = -100
-	for i, e := range es {
-		switch e := e.(type) {
-		case *expr.Payload:
-			if e.Base == expr.PayloadBaseTransportHeader && e.Offset == 2 && e.Len == 2 && i+1 < len(es) {
-				if c, ok := es[i+1].(*expr.Cmp); ok && len(c.Data) == 2 {
-					port = binaryutil.BigEndian.Uint16(c.Data)
-				}
-			}
-		case *expr.Lookup:
-			lookup = e.SetName
-		case *expr.Meta:
-			if e.Key == expr.MetaKeyIIFNAME {
-				lo = true
-			}
-		case *expr.Objref:
-			counted = true
-		case *expr.Verdict:
-			verdict = e.Kind
-		}
-	}
-	return port, lookup, lo, counted, verdict
-}
-
-func proxyAt(m map[uint16]*ProxyPort, port uint16) *ProxyPort {
-	if m[port] == nil {
-		m[port] = &ProxyPort{Port: port}
-	}
-	return m[port]
 }

@@ -28,10 +28,12 @@
 // with what is applied.
 //
 // The host table only governs the ports it names: the inbound proxy ports
-// (accepted from the hosts that run an allowed caller, and from the host
-// itself; dropped and counted from anywhere else) and the application
-// ports (accepted from loopback only; dropped and counted otherwise).
-// Established traffic is accepted. Every other port of the host is left to
+// (accepted from the hosts that run an allowed caller, over loopback too
+// when one runs on the host itself; dropped and counted from anywhere
+// else) and the application ports (accepted from loopback only; dropped
+// and counted otherwise). Established traffic is accepted, RELATED is not
+// (a conntrack helper's expectation must pass the port rules). Where
+// claims clash the table fails closed. Every other port of the host is left to
 // whatever else manages the host's firewall: a table of ours that dropped
 // SSH would be a surprise.
 //
@@ -39,5 +41,6 @@
 //
 // Apply (Linux) installs a host's table through netlink in one
 // transaction (a batch: delete our table, add it anew), so a change is
-// atomic; Remove deletes only our table.
+// atomic; Diff compares the kernel's table with one exactly; Remove
+// deletes only our table. Package netpolapi is the server's side.
 package netpol

@@ -11,14 +11,46 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 )
+
+// NetNS identifies a network namespace: the device and inode of its nsfs
+// file (/proc/PID/ns/net, /var/run/netns/NAME).
+type NetNS struct{ Dev, Ino uint64 }
+
+// NetNSOf returns the namespace of the file at path.
+func NetNSOf(path string) (NetNS, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return NetNS{}, fmt.Errorf("netpol: network namespace: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return NetNS{}, fmt.Errorf("netpol: network namespace %s: no inode", path)
+	}
+	return NetNS{Dev: uint64(st.Dev), Ino: uint64(st.Ino)}, nil
+}
+
+// ErrOtherNetNS is returned by ListeningPorts for a process in another
+// network namespace than the one whose firewall is managed: its ports are
+// not the host's (in a namespace of its own, any user may bind port 22).
+var ErrOtherNetNS = errors.New("netpol: the process is in another network namespace")
 
 // ListeningPorts returns the TCP ports process pid listens on other than
 // on loopback, as the kernel says: the sockets among its descriptors
 // (/proc/PID/fd) that its network namespace's tables (/proc/PID/net/tcp,
 // tcp6) show in LISTEN. A workload cannot claim a port it does not hold.
-func ListeningPorts(proc string, pid int) ([]uint16, error) {
+// The process must be in network namespace want (the one whose firewall
+// is managed), else ErrOtherNetNS: ports held elsewhere are not the host's.
+func ListeningPorts(proc string, pid int, want NetNS) ([]uint16, error) {
 	dir := filepath.Join(proc, strconv.Itoa(pid))
+	got, err := NetNSOf(filepath.Join(dir, "ns", "net"))
+	if err != nil {
+		return nil, fmt.Errorf("netpol: pid %d: %w", pid, err)
+	}
+	if got != want {
+		return nil, fmt.Errorf("pid %d: %w", pid, ErrOtherNetNS)
+	}
 	fds, err := os.ReadDir(filepath.Join(dir, "fd"))
 	if err != nil {
 		return nil, fmt.Errorf("netpol: pid %d: %w", pid, err)

@@ -1,11 +1,15 @@
 package netpol
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 const procTCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -73,7 +77,11 @@ func TestListeningPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lo.Close()
-	ports, err := ListeningPorts("/proc", os.Getpid())
+	self, err := NetNSOf("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports, err := ListeningPorts("/proc", os.Getpid(), self)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +90,37 @@ func TestListeningPorts(t *testing.T) {
 	if !slices.Contains(ports, pp) || slices.Contains(ports, lp) {
 		t.Fatalf("ports %v: want %d and not %d", ports, pp, lp)
 	}
-	if _, err := ListeningPorts("/proc", 1<<30); err == nil {
+	if _, err := ListeningPorts("/proc", 1<<30, self); err == nil {
 		t.Fatal("a process that does not exist has ports")
+	}
+	// A process in another network namespace holds none of the host's
+	// ports, whatever it listens on there (any user may bind 22 in a
+	// namespace of its own).
+	if _, err := ListeningPorts("/proc", os.Getpid(), NetNS{Dev: self.Dev, Ino: self.Ino + 1}); !errors.Is(err, ErrOtherNetNS) {
+		t.Fatalf("another namespace: %v", err)
+	}
+}
+
+// A real process in a network namespace of its own (as `unshare -Urn`
+// gives any user) is refused, not read.
+func TestListeningPortsRefusesOtherNamespace(t *testing.T) {
+	unshare, err := exec.LookPath("unshare")
+	if err != nil || os.Geteuid() != 0 {
+		t.Skip("needs root and unshare (util-linux)")
+	}
+	cmd := exec.Command(unshare, "-n", "--", "sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	self, _ := NetNSOf("/proc/self/ns/net")
+	for range 100 { // until unshare has exec'd sleep in its namespace
+		if ns, err := NetNSOf(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid)); err == nil && ns != self {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := ListeningPorts("/proc", cmd.Process.Pid, self); !errors.Is(err, ErrOtherNetNS) {
+		t.Fatalf("a process in another namespace: %v", err)
 	}
 }

@@ -153,13 +153,9 @@ func TestEnforcementInNamespaces(t *testing.T) {
 	if !l.connects(3, h2("22")) {
 		t.Fatal("a port we do not govern was closed")
 	}
-	// What is applied reads back as what was rendered.
-	got, err := fw.Applied()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := DiffLines(want.NFT(), got.NFT()); len(d) != 0 {
-		t.Fatalf("applied differs from rendered:\n%s", strings.Join(d, "\n"))
+	// What is applied reads back as exactly what was rendered.
+	if d, err := fw.Diff(want); err != nil || len(d) != 0 {
+		t.Fatalf("applied differs from rendered: %v\n%s", err, strings.Join(d, "\n"))
 	}
 	c, err := fw.Counters()
 	if err != nil || c[8443] == 0 || c[8080] == 0 {
@@ -180,17 +176,43 @@ func TestEnforcementInNamespaces(t *testing.T) {
 	if !l.connects(3, h2("8443")) {
 		t.Fatal("after the policy change the batch host still cannot connect")
 	}
-	// An edit behind our back is found.
-	run(t, "ip", "netns", "exec", l.ns(2), "nft", "add", "element", "inet", TableName, setName(8443, false), "{ 10.77.0.99 }")
-	got, _ = fw.Applied()
-	if d := DiffLines(v.HostTable(l.addr(2)).NFT(), got.NFT()); len(d) == 0 {
-		t.Fatal("an address added by hand was not found")
+	// Every edit behind our back is found, however small: each one let
+	// someone in while a looser comparison said "in step" (red team).
+	cur := v.HostTable(l.addr(2))
+	nft := func(args ...string) { run(t, append([]string{"ip", "netns", "exec", l.ns(2), "nft"}, args...)...) }
+	for _, edit := range []struct {
+		name string
+		do   func()
+	}{
+		{"an address added to a set", func() { nft("add", "element", "inet", TableName, setName(8443, false), "{ 10.77.0.99 }") }},
+		{"a rule added to our chain", func() { nft("add", "rule", "inet", TableName, "input", "tcp", "dport", "22", "accept") }},
+		{"NEW accepted by the ct rule", func() {
+			nft("replace", "rule", "inet", TableName, "input", "handle", ruleHandle(t, l.ns(2), 0), "ct", "state", "established,related,new", "accept")
+		}},
+		{"a lookup inverted", func() {
+			nft("replace", "rule", "inet", TableName, "input", "handle", ruleHandle(t, l.ns(2), 1), "tcp", "dport", "8443", "ip", "saddr", "!=", "@"+setName(8443, false), "accept")
+		}},
+		{"one drop made a count", func() {
+			nft("replace", "rule", "inet", TableName, "input", "handle", ruleHandle(t, l.ns(2), 5), "tcp", "dport", "8080", "counter", "name", `"drop_8080"`)
+		}},
+		{"another chain in our table", func() { nft("add", "chain", "inet", TableName, "sneak") }},
+		{"the table deleted", func() { nft("delete", "table", "inet", TableName) }},
+	} {
+		if err := fw.Apply(cur); err != nil {
+			t.Fatal(err)
+		}
+		if d, _ := fw.Diff(cur); len(d) != 0 {
+			t.Fatalf("before %s: %q", edit.name, d)
+		}
+		edit.do()
+		if d, err := fw.Diff(cur); err != nil || len(d) == 0 {
+			t.Fatalf("%s: not found (%v)", edit.name, err)
+		} else {
+			t.Logf("%s: %s", edit.name, d[0])
+		}
 	}
-	// A rule added by hand to our chain is found too.
-	run(t, "ip", "netns", "exec", l.ns(2), "nft", "add", "rule", "inet", TableName, "input", "tcp", "dport", "22", "accept")
-	got, _ = fw.Applied()
-	if d := strings.Join(DiffLines(v.HostTable(l.addr(2)).NFT(), got.NFT()), "\n"); !strings.Contains(d, "port 22") {
-		t.Fatalf("a rule added by hand was not found:\n%s", d)
+	if err := fw.Apply(cur); err != nil {
+		t.Fatal(err)
 	}
 	// Report mode drops nothing, and still counts.
 	rep := Build(placements, mustPolicies(t, fmt.Sprintf(pay, "spiffe://example.org/orders"))).HostTable(l.addr(2))
@@ -209,7 +231,7 @@ func TestEnforcementInNamespaces(t *testing.T) {
 	if err := fw.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fw.Applied(); err != ErrNoTable {
+	if _, err := fw.Counters(); err != ErrNoTable {
 		t.Fatalf("after Remove: %v", err)
 	}
 	out, _ := exec.Command("ip", "netns", "exec", l.ns(2), "nft", "list", "tables").CombinedOutput()
@@ -219,4 +241,24 @@ func TestEnforcementInNamespaces(t *testing.T) {
 	if err := fw.Remove(); err != nil {
 		t.Fatalf("removing twice: %v", err)
 	}
+}
+
+// ruleHandle returns the handle of the i-th rule of our input chain, as
+// nft -a lists it.
+func ruleHandle(t *testing.T, ns string, i int) string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns, "nft", "-a", "list", "chain", "inet", TableName, "input").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var handles []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if j := strings.LastIndex(line, "# handle "); j >= 0 && !strings.Contains(line, "chain input") {
+			handles = append(handles, strings.TrimSpace(line[j+len("# handle "):]))
+		}
+	}
+	if i >= len(handles) {
+		t.Fatalf("no rule %d in:\n%s", i, out)
+	}
+	return handles[i]
 }

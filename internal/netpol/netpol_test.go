@@ -262,8 +262,9 @@ func TestNFTSyntax(t *testing.T) {
 }
 
 // A policy naming as application port a port some service listens on as
-// its inbound port is reported, and the port stays open to that
-// service's callers rather than being cut to loopback.
+// its inbound port is reported, and the port stays loopback-only (fail
+// closed): a workload that listens on another service's application port
+// must not get it opened to its own callers (red team).
 func TestAppPortClash(t *testing.T) {
 	pols := mustPolicies(t, "service: spiffe://example.org/a\nnetwork:\n  app_ports: [8443]\nrules:\n- name: r\n  callers: [spiffe://example.org/b]\n")
 	v := Build([]Placement{
@@ -274,7 +275,7 @@ func TestAppPortClash(t *testing.T) {
 		t.Fatalf("problems %q", v.Problems)
 	}
 	tab := v.HostTable(netip.MustParseAddr("10.0.0.1"))
-	if len(tab.App) != 0 || !admits(tab, netip.MustParseAddr("10.0.0.2"), false, 8443) {
+	if len(tab.App) != 1 || len(tab.Proxy) != 0 || admits(tab, netip.MustParseAddr("10.0.0.2"), false, 8443) {
 		t.Fatalf("table:\n%s", tab.NFT())
 	}
 }
@@ -300,5 +301,63 @@ func TestJSONRoundTrip(t *testing.T) {
 	var tb HostTable
 	if err := json.Unmarshal(b, &tb); err != nil || tb.NFT() != tab.NFT() {
 		t.Fatalf("host table after JSON: %v\n%s", err, tb.NFT())
+	}
+}
+
+// Two services claiming one port on one host (SO_REUSEPORT, or a lie):
+// the port is open to neither's callers, and the clash is reported.
+func TestContestedPortClosed(t *testing.T) {
+	pols := mustPolicies(t, "service: spiffe://example.org/a\nrules:\n- name: r\n  callers: [spiffe://example.org/c]\n---\nservice: spiffe://example.org/b\nrules:\n- name: r\n  callers: [spiffe://example.org/d]\n")
+	h := netip.MustParseAddr("10.0.0.1")
+	v := Build([]Placement{
+		{Service: id("a"), Host: h, Ports: []uint16{9443}},
+		{Service: id("b"), Host: h, Ports: []uint16{9443}},
+		{Service: id("c"), Host: netip.MustParseAddr("10.0.0.3")},
+		{Service: id("d"), Host: netip.MustParseAddr("10.0.0.4")},
+	}, pols)
+	if !strings.Contains(strings.Join(v.Problems, "\n"), "port 9443 is claimed by spiffe://example.org/a and by spiffe://example.org/b") {
+		t.Fatalf("problems %q", v.Problems)
+	}
+	tab := v.HostTable(h)
+	for _, src := range []string{"10.0.0.3", "10.0.0.4"} {
+		if admits(tab, netip.MustParseAddr(src), false, 9443) {
+			t.Fatalf("%s reaches the contested port:\n%s", src, tab.NFT())
+		}
+	}
+}
+
+// Replicas of a service reach each other when its policy lets it call
+// itself; a host's table names only its own services' policies.
+func TestReplicasAndHostHeader(t *testing.T) {
+	pols := mustPolicies(t, "service: spiffe://example.org/a\nrules:\n- name: r\n  callers: [spiffe://example.org/a]\n---\nservice: spiffe://example.org/secret\nrules:\n- name: r\n  callers: [spiffe://example.org/a]\n")
+	v := Build([]Placement{
+		{Service: id("a"), Host: netip.MustParseAddr("10.0.0.1"), Ports: []uint16{9443}},
+		{Service: id("a"), Host: netip.MustParseAddr("10.0.0.2"), Ports: []uint16{9443}},
+		{Service: id("secret"), Host: netip.MustParseAddr("10.0.0.3"), Ports: []uint16{9443}},
+	}, pols)
+	tab := v.HostTable(netip.MustParseAddr("10.0.0.1"))
+	if !admits(tab, netip.MustParseAddr("10.0.0.2"), false, 9443) {
+		t.Fatalf("a replica cannot reach another:\n%s", tab.NFT())
+	}
+	if strings.Contains(tab.Header, "secret") {
+		t.Fatalf("host 10.0.0.1's table names another host's policy:\n%s", tab.Header)
+	}
+}
+
+// A zone in a host address (a link-local agent, or a server that lies)
+// never reaches a render or a file name.
+func TestZonesDropped(t *testing.T) {
+	h := netip.MustParseAddr("fe80::1%x\nflush ruleset\n#")
+	v := Build([]Placement{{Service: id("a"), Host: h, Ports: []uint16{9443}}}, nil)
+	for _, hh := range v.Hosts() {
+		if hh.Zone() != "" {
+			t.Fatalf("host %q keeps its zone", hh)
+		}
+		if out := v.HostTable(hh).NFT(); strings.Contains(out, "flush ruleset") {
+			t.Fatalf("render:\n%s", out)
+		}
+	}
+	if out := v.HostTable(h).NFT(); strings.Contains(out, "flush") {
+		t.Fatalf("a zoned address given to HostTable:\n%s", out)
 	}
 }

@@ -30,9 +30,6 @@ type HostTable struct {
 	// Report only counts what would be dropped (rampart agent
 	// --netpol=report): nothing is.
 	Report bool `json:"report,omitempty"`
-	// Unknown lists rules found in our table that netpol does not write
-	// (Firewall.Applied): someone edited it by hand.
-	Unknown []string `json:"unknown,omitempty"`
 }
 
 // ProxyPort is an inbound port and who may open a connection to it.
@@ -51,11 +48,15 @@ type AppPort struct {
 
 // HostTable returns host h's table.
 func (v *View) HostTable(h netip.Addr) HostTable {
-	h = h.Unmap()
-	t := HostTable{Host: h, Header: v.Header("#")}
+	h = h.Unmap().WithZone("")
+	t := HostTable{Host: h}
+	var pols []string
 	for _, s := range v.Services {
 		if !slices.Contains(s.Hosts, h) {
 			continue
+		}
+		if s.Policy != "" {
+			pols = append(pols, s.ID.String()+"@"+s.Policy)
 		}
 		var from []netip.Addr
 		for _, c := range s.Callers {
@@ -72,14 +73,27 @@ func (v *View) HostTable(h netip.Addr) HostTable {
 			t.App = append(t.App, AppPort{Port: p, Service: s.ID})
 		}
 	}
-	// A port some process listens on as an inbound port is governed as
-	// one, even if a policy also names it an application port (Build
-	// reports the clash).
-	t.App = slices.DeleteFunc(t.App, func(a AppPort) bool {
-		return slices.ContainsFunc(t.Proxy, func(p ProxyPort) bool { return p.Port == a.Port })
+	// Fail closed where claims clash (Build reports each): an application
+	// port stays loopback-only whoever else listens on it, and a port two
+	// services claim is open to nobody (one set of addresses per port, so
+	// that one service's callers never reach the other).
+	t.Proxy = slices.DeleteFunc(t.Proxy, func(p ProxyPort) bool {
+		return slices.ContainsFunc(t.App, func(a AppPort) bool { return a.Port == p.Port })
 	})
 	slices.SortFunc(t.Proxy, func(a, b ProxyPort) int { return int(a.Port) - int(b.Port) })
+	for i := 0; i+1 < len(t.Proxy); i++ {
+		if t.Proxy[i].Port == t.Proxy[i+1].Port {
+			t.Proxy[i] = ProxyPort{Port: t.Proxy[i].Port}
+			t.Proxy = slices.Delete(t.Proxy, i+1, i+2)
+			i--
+		}
+	}
 	slices.SortFunc(t.App, func(a, b AppPort) int { return int(a.Port) - int(b.Port) })
+	t.App = slices.CompactFunc(t.App, func(a, b AppPort) bool { return a.Port == b.Port })
+	// The header names only the policies that made this host's table: an
+	// agent learns nothing of the rest of the deployment from it.
+	slices.Sort(pols)
+	t.Header = (&View{Policies: pols}).Header("#")
 	return t
 }
 
@@ -152,7 +166,7 @@ func (t HostTable) NFT() string {
 		verdict = ""
 	}
 	b.WriteString("\tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n")
-	b.WriteString("\t\tct state established,related accept\n")
+	b.WriteString("\t\tct state established accept\n")
 	for _, p := range t.Proxy {
 		fmt.Fprintf(&b, "\t\t# %s: its inbound port, from its allowed callers' hosts\n", p.Service)
 		if p.Loopback {
@@ -166,9 +180,6 @@ func (t HostTable) NFT() string {
 		fmt.Fprintf(&b, "\t\t# %s: the application behind its proxy, loopback only\n", p.Service)
 		fmt.Fprintf(&b, "\t\ttcp dport %d iif \"lo\" accept\n", p.Port)
 		fmt.Fprintf(&b, "\t\ttcp dport %d counter name %q%s\n", p.Port, CounterName(p.Port), verdict)
-	}
-	for _, u := range t.Unknown {
-		fmt.Fprintf(&b, "\t\t!! %s\n", u)
 	}
 	b.WriteString("\t}\n}\n")
 	return b.String()

@@ -72,7 +72,7 @@ func Build(placements []Placement, policies []*policy.Policy) *View {
 		}
 		s := get(p.Service)
 		placed[p.Service] = true
-		h := p.Host.Unmap()
+		h := p.Host.Unmap().WithZone("") // a zone is no part of a host's address, and no file name
 		s.Hosts = appendUnique(s.Hosts, h)
 		for _, port := range p.Ports {
 			s.Ports[h] = appendUnique(s.Ports[h], port)
@@ -93,11 +93,11 @@ func Build(placements []Placement, policies []*policy.Policy) *View {
 		if !placed[pol.Service] {
 			v.Problems = append(v.Problems, fmt.Sprintf("policy %s@%s: the service runs on no host an agent reported", pol.Service, pol.Version))
 		}
+		// A service may call itself: its replicas on other hosts reach
+		// each other when its policy says so.
 		for _, c := range pol.MayCallersOf(cands) {
-			if c != pol.Service {
-				s.Callers = append(s.Callers, c)
-				v.Edges = append(v.Edges, Edge{From: c, To: pol.Service})
-			}
+			s.Callers = append(s.Callers, c)
+			v.Edges = append(v.Edges, Edge{From: c, To: pol.Service})
 		}
 		for _, r := range pol.Rules {
 			if r.Action != policy.ActionAllow {
@@ -123,11 +123,26 @@ func Build(placements []Placement, policies []*policy.Policy) *View {
 			}
 		}
 	}
+	claimed := map[hostPort]spiffeid.ID{}
+	for _, id := range sortedKeys(placed) {
+		s := byID[id]
+		for _, h := range s.Hosts {
+			for _, p := range s.Ports[h] {
+				if o, ok := claimed[hostPort{h, p}]; ok {
+					v.Problems = append(v.Problems, fmt.Sprintf("host %s: port %d is claimed by %s and by %s; it is closed to every caller", h, p, o, id))
+				}
+				claimed[hostPort{h, p}] = id
+			}
+		}
+		if s.Policy != "" && !slices.ContainsFunc(s.Hosts, func(h netip.Addr) bool { return len(s.Ports[h]) > 0 }) {
+			v.Problems = append(v.Problems, fmt.Sprintf("%s listens on no port its agents could see (is its listener another process than the one that holds its SVID?): its port is not governed", id))
+		}
+	}
 	for _, s := range byID {
 		for _, ap := range s.AppPorts {
 			for _, h := range s.Hosts {
 				if o, ok := listener[hostPort{h, ap}]; ok {
-					v.Problems = append(v.Problems, fmt.Sprintf("host %s: port %d is an application port of %s (network.app_ports) but %s listens on it as its inbound port; it is governed as an inbound port", h, ap, s.ID, o))
+					v.Problems = append(v.Problems, fmt.Sprintf("host %s: port %d is an application port of %s (network.app_ports) but %s listens on it as its inbound port; it stays an application port (loopback only)", h, ap, s.ID, o))
 				}
 			}
 		}
@@ -156,7 +171,7 @@ func (v *View) Hosts() []netip.Addr {
 	var hs []netip.Addr
 	for _, s := range v.Services {
 		for _, h := range s.Hosts {
-			hs = appendUnique(hs, h)
+			hs = appendUnique(hs, h.Unmap().WithZone("")) // a view from JSON may carry anything
 		}
 	}
 	slices.SortFunc(hs, netip.Addr.Compare)

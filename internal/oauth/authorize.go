@@ -53,6 +53,7 @@ type codeData struct {
 	AuthTime    int64    `json:"auth_time"`
 	Audience    []string `json:"audience,omitempty"`
 	DPoPJKT     string   `json:"dpop_jkt,omitempty"`
+	AMR         []string `json:"amr,omitempty"`
 }
 
 var challengeRE = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
@@ -85,9 +86,10 @@ func (p *Provider) parseAuthz(r *http.Request, q url.Values) (req *authzRequest,
 		req.redirectURI = c.RedirectURIs[0]
 	case ru == "":
 		return nil, false, errf(http.StatusBadRequest, "invalid_request", "redirect_uri is required")
-	case !slices.Contains(c.RedirectURIs, ru):
+	case !redirectAllowed(c.RedirectURIs, ru):
 		// Exact string match only (RFC 9700 §4.1.3): no prefixes, no
-		// extra path, no wildcard.
+		// extra path, no wildcard; the one allowance is the port of a
+		// native app's loopback redirect (RFC 8252 §7.3, loopback.go).
 		return nil, false, errf(http.StatusBadRequest, "invalid_request", "redirect_uri %q is not registered for client %s", ru, c.ID)
 	default:
 		req.redirectURI = ru
@@ -223,7 +225,7 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		case slices.Contains(req.prompt, "none") && !fresh:
 			p.redirectError(w, r, req, errf(http.StatusBadRequest, "login_required", "no login session"))
 		case fresh && !slices.Contains(req.prompt, "consent"):
-			p.issueCode(w, r, req, sess.User, sess.AuthTime)
+			p.issueCode(w, r, req, sess.User, sess.AuthTime, sess.AMR)
 		default:
 			p.loginPage(w, r, req, fresh, "", http.StatusOK)
 		}
@@ -241,7 +243,7 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if fresh && r.PostForm.Get("username") == "" {
-		p.issueCode(w, r, req, sess.User, sess.AuthTime)
+		p.issueCode(w, r, req, sess.User, sess.AuthTime, sess.AMR)
 		return
 	}
 	username := r.PostForm.Get("username")
@@ -271,19 +273,19 @@ func (p *Provider) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	}
 	p.record(r, "oauth.login", audit.OutcomeSuccess, "", "username", u.Username, "user", u.Username, "client_id", req.client.ID,
 		"mfa", strconv.FormatBool(u.TOTPSecret != nil))
-	p.setSession(w, session{User: u.Username, AuthTime: now.Unix(), Expires: now.Add(p.cfg.SessionTTL).Unix()})
-	p.issueCode(w, r, req, u.Username, now.Unix())
+	p.setSession(w, session{User: u.Username, AuthTime: now.Unix(), Expires: now.Add(p.cfg.SessionTTL).Unix(), AMR: amrOf(u)})
+	p.issueCode(w, r, req, u.Username, now.Unix(), amrOf(u))
 }
 
 // authzParams are the request parameters carried through the login form.
 var authzParams = []string{"response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
 	"code_challenge", "code_challenge_method", "prompt", "max_age", "resource", "response_mode", "dpop_jkt"}
 
-func (p *Provider) issueCode(w http.ResponseWriter, r *http.Request, req *authzRequest, user string, authTime int64) {
+func (p *Provider) issueCode(w http.ResponseWriter, r *http.Request, req *authzRequest, user string, authTime int64, amr []string) {
 	now := p.cfg.Now()
 	code := randomToken()
 	data, _ := json.Marshal(codeData{RedirectURI: req.redirectURI, Scope: req.scope, Nonce: req.nonce,
-		Challenge: req.challenge, AuthTime: authTime, Audience: req.resource, DPoPJKT: req.dpopJKT})
+		Challenge: req.challenge, AuthTime: authTime, Audience: req.resource, DPoPJKT: req.dpopJKT, AMR: amr})
 	// The login's family is recorded before the code leaves, with the end
 	// of the last token it can lead to, so disabling the user or the
 	// client finds it.
@@ -332,9 +334,10 @@ func (p *Provider) redirectError(w http.ResponseWriter, r *http.Request, req *au
 // session is the single sign-on cookie's content, MACed with the
 // provider's session key.
 type session struct {
-	User     string `json:"u"`
-	AuthTime int64  `json:"at"`
-	Expires  int64  `json:"exp"`
+	User     string   `json:"u"`
+	AuthTime int64    `json:"at"`
+	Expires  int64    `json:"exp"`
+	AMR      []string `json:"amr,omitempty"`
 }
 
 func (p *Provider) mac(parts ...string) []byte {

@@ -118,6 +118,9 @@ type Config struct {
 	// MaxActDepth bounds the act chain of exchanged tokens (hops of
 	// services acting for the user); default DefaultMaxActDepth.
 	MaxActDepth int
+	// DeviceInterval is the polling interval device clients are given
+	// (RFC 8628 §3.2); whole seconds, default DeviceInterval.
+	DeviceInterval time.Duration
 
 	// PeerCertificate returns the client's certificate if it sent one and
 	// the TLS layer verified it (an SVID of the trust domain, not
@@ -174,7 +177,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	for name, d := range map[string]time.Duration{"access token TTL": cfg.AccessTokenTTL, "ID token TTL": cfg.IDTokenTTL,
 		"refresh token TTL": cfg.RefreshTokenTTL, "code TTL": cfg.CodeTTL, "key TTL": cfg.KeyTTL, "session TTL": cfg.SessionTTL,
 		"back-off base": cfg.BackoffBase, "back-off max": cfg.BackoffMax, "CSRF TTL": cfg.CSRFTTL, "hash wait": cfg.HashWait,
-		"DPoP nonce TTL": cfg.DPoPNonceTTL} {
+		"DPoP nonce TTL": cfg.DPoPNonceTTL, "device interval": cfg.DeviceInterval} {
 		if d < 0 {
 			return nil, fmt.Errorf("oauth: %s %v: must be positive (or zero for the default)", name, d)
 		}
@@ -201,6 +204,10 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	def(&cfg.CSRFTTL, DefaultCSRFTTL)
 	def(&cfg.HashWait, DefaultHashWait)
 	def(&cfg.DPoPNonceTTL, DefaultDPoPNonceTTL)
+	def(&cfg.DeviceInterval, DeviceInterval)
+	if cfg.DeviceInterval%time.Second != 0 {
+		return nil, fmt.Errorf("oauth: device interval %v: whole seconds", cfg.DeviceInterval)
+	}
 	if cfg.DPoPNonceTTL%time.Second != 0 {
 		return nil, fmt.Errorf("oauth: DPoP nonce TTL %v: whole seconds", cfg.DPoPNonceTTL)
 	}
@@ -437,6 +444,9 @@ func (p *Provider) Routes() []Route {
 		{"POST " + PathUserinfo, limited(p.limits.userinfo, p.handleUserinfo, limitJSON), "UserInfo (OIDC Core §5.3)"},
 		{"POST " + PathIntrospect, limited(p.limits.introspect, p.handleIntrospect, limitJSON), "token introspection (RFC 7662)"},
 		{"POST " + PathRevoke, limited(p.limits.revoke, p.handleRevoke, limitJSON), "token revocation (RFC 7009)"},
+		{"POST " + PathDeviceAuthorization, limited(p.limits.token, p.handleDeviceAuthorization, limitJSON), "device authorization endpoint (RFC 8628 §3.1)"},
+		{"GET " + PathDevice, http.HandlerFunc(p.handleDevice), "device verification page: enter the user code, sign in, approve (RFC 8628 §3.3)"},
+		{"POST " + PathDevice, limited(p.limits.login, p.handleDevice, p.limitPage), "device verification form (or JSON with Accept: application/json): user code, password, TOTP, allow or deny"},
 	}
 }
 
@@ -450,7 +460,7 @@ func (p *Provider) Register(mux *http.ServeMux, wrap func(pattern string, h http
 
 // Supported values, published in discovery and enforced.
 var (
-	grantTypes  = []string{"authorization_code", "client_credentials", "refresh_token", GrantTokenExchange}
+	grantTypes  = []string{"authorization_code", "client_credentials", "refresh_token", GrantTokenExchange, GrantDeviceCode}
 	authMethods = []string{"none", "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"}
 )
 
@@ -468,6 +478,7 @@ func (p *Provider) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		"userinfo_endpoint":                                iss + PathUserinfo,
 		"introspection_endpoint":                           iss + PathIntrospect,
 		"revocation_endpoint":                              iss + PathRevoke,
+		"device_authorization_endpoint":                    iss + PathDeviceAuthorization,
 		"response_types_supported":                         []string{"code"},
 		"response_modes_supported":                         []string{"query"},
 		"grant_types_supported":                            grantTypes,

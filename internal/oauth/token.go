@@ -99,6 +99,8 @@ type refreshData struct {
 	FamilyExpires int64 `json:"family_expires"`
 	// JKT binds a public client's refresh tokens to its DPoP key.
 	JKT string `json:"jkt,omitempty"`
+	// AMR is how the login was proven; refreshed tokens keep it.
+	AMR []string `json:"amr,omitempty"`
 	// No certificate binding here: a refresh token is already bound to its
 	// client by client authentication (RFC 8705 §4), and an SVID rotates
 	// hourly while the family lives a day. Each access token is bound to
@@ -151,6 +153,8 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 		resp, err = p.refreshGrant(r, c)
 	case GrantTokenExchange:
 		resp, err = p.tokenExchange(r, c)
+	case GrantDeviceCode:
+		resp, err = p.deviceGrant(r, c)
 	}
 	if err != nil {
 		var oe *oauthError
@@ -217,7 +221,7 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 		aud = defaultAudience(c)
 	}
 	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: d.Scope, audience: aud,
-		sid: g.Family, authTime: d.AuthTime, grant: "authorization_code", ttl: p.cfg.AccessTokenTTL})
+		sid: g.Family, authTime: d.AuthTime, amr: d.AMR, grant: "authorization_code", ttl: p.cfg.AccessTokenTTL})
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +231,7 @@ func (p *Provider) codeGrant(r *http.Request, c *authedClient) (*tokenResponse, 
 		}
 	}
 	if slices.Contains(c.GrantTypes, "refresh_token") {
-		fam := refreshData{Scope: d.Scope, AuthTime: d.AuthTime, Audience: d.Audience, FamilyExpires: now.Add(p.cfg.RefreshTokenTTL).Unix()}
+		fam := refreshData{Scope: d.Scope, AuthTime: d.AuthTime, AMR: d.AMR, Audience: d.Audience, FamilyExpires: now.Add(p.cfg.RefreshTokenTTL).Unix()}
 		if c.AuthMethod == "none" {
 			// RFC 9449 §5: a public client's refresh token is bound to
 			// its DPoP key, having no other credential.
@@ -347,7 +351,7 @@ func (p *Provider) refreshGrant(r *http.Request, c *authedClient) (*tokenRespons
 		aud = defaultAudience(c)
 	}
 	resp, err := p.issue(r, c, issueParams{subject: u.Username, groups: u.Groups, scope: scope, audience: aud,
-		sid: g.Family, authTime: d.AuthTime, grant: "refresh_token", ttl: p.cfg.AccessTokenTTL})
+		sid: g.Family, authTime: d.AuthTime, amr: d.AMR, grant: "refresh_token", ttl: p.cfg.AccessTokenTTL})
 	if err != nil {
 		return nil, err
 	}
@@ -476,6 +480,7 @@ type issueParams struct {
 	audience []string
 	sid      string
 	authTime int64
+	amr      []string
 	act      *accesstoken.Actor
 	ttl      time.Duration // required: issue refuses zero or less
 	grant    string
@@ -535,7 +540,7 @@ func (p *Provider) issue(r *http.Request, c *authedClient, ip issueParams) (*tok
 		Issuer: p.cfg.Issuer, Subject: ip.subject, Audience: jwt.Audience(ip.audience),
 		Expiry: jwt.NewNumericDate(now.Add(ttl)), NotBefore: jwt.NewNumericDate(now), IssuedAt: jwt.NewNumericDate(now),
 		ID: randomToken()[:22], ClientID: c.ID, Scope: strings.Join(ip.scope, " "), SessionID: ip.sid,
-		AuthTime: ip.authTime, Groups: ip.groups, Act: ip.act,
+		AuthTime: ip.authTime, AMR: ip.amr, Groups: ip.groups, Act: ip.act,
 	}
 	claims.SubjectType = ip.subjectType
 	if c.cert != nil || c.dpopJKT != "" {

@@ -10,16 +10,20 @@
 // revoke, rotate, manage, except, run, drill, admin) so that a role can be
 // given the power to respond without the power to reconfigure.
 //
-// Roles are sets of permissions (operators, issue 19). The vocabulary is
-// cut so that the roles we plan are natural sets:
+// Roles are sets of permissions (role.go): an operator or a workload
+// holds roles, and a request is allowed when one of them holds the
+// route's permission. The vocabulary is cut so that the roles are natural
+// sets:
 //
 //	admin          every permission
 //	auditor        every *.read
-//	responder      *.read and agent.evict, svid.revoke, alert.manage
-//	policy-author  policy.read, policy.write
+//	responder      *.read and agent.evict, svid.revoke, acme.revoke,
+//	               alert.manage, incident.manage, playbook.run
+//	approver       approval.grant, and reading what is approved
+//	policy-author  policy.read, policy.write (optionally for some services)
 //	key-admin      kms.read, kms.admin, ca.read, ca.rotate, ca.rekey
 //
-// Today the admin token holds every permission.
+// The break-glass admin token holds every permission.
 package permission
 
 import "strings"
@@ -71,6 +75,17 @@ const (
 	ACMERevoke Permission = "acme.revoke"
 
 	NetpolRead Permission = "netpol.read"
+
+	OperatorRead  Permission = "operator.read"
+	OperatorWrite Permission = "operator.write"
+
+	// Respond (playbooks, incidents, approvals).
+	IncidentRead   Permission = "incident.read"
+	IncidentManage Permission = "incident.manage"
+	PlaybookRead   Permission = "playbook.read"
+	PlaybookWrite  Permission = "playbook.write"
+	PlaybookRun    Permission = "playbook.run"
+	ApprovalGrant  Permission = "approval.grant"
 )
 
 // Info describes a permission.
@@ -112,6 +127,14 @@ var All = []Info{
 	{ACMEEnrol, "create and revoke ACME external account binding keys (which clients may register, for which names)"},
 	{ACMERevoke, "revoke certificates issued through ACME"},
 	{NetpolRead, "read the network view (placements, allowed edges) that network policies are rendered from"},
+	{OperatorRead, "list and read operators, workload role bindings and their roles"},
+	{OperatorWrite, "add, grant, revoke, disable and enable operators and workload role bindings"},
+	{IncidentRead, "list and read incidents and their timelines"},
+	{IncidentManage, "open, annotate, assign and close incidents"},
+	{PlaybookRead, "list and read playbooks and their runs"},
+	{PlaybookWrite, "publish and delete playbooks"},
+	{PlaybookRun, "run a playbook, or a step of one, now"},
+	{ApprovalGrant, "approve or reject a step that needs a second person (never one's own request)"},
 }
 
 // Valid says whether p is in the vocabulary.

@@ -20,6 +20,7 @@ import (
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/audit/witness"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/operator"
 	"github.com/rampartsec/rampart/internal/svid"
 )
 
@@ -81,11 +82,25 @@ func (s *Server) entry(r *http.Request, action, outcome, reason string, kv ...an
 // names "unknown" with what the certificate claims, or "anonymous" when
 // nothing was presented.
 func (s *Server) setActor(e *audit.Entry, r *http.Request, action, outcome string) {
+	op, isOp := callerFrom(r)
 	switch caller := agentFrom(r); {
 	case !caller.IsZero():
 		e.Actor.SpiffeID = caller.String()
-	case isAdmin(r):
-		e.Actor.User = "admin" // the admin token was checked
+	case isOp:
+		// An admin caller, authenticated: the operator's subject, the
+		// workload's SPIFFE ID, or "admin" for the break-glass token;
+		// how, and the token's session, in the details.
+		e.Actor = op.Actor
+		e.Details["auth"] = op.Kind
+		if op.Name != "" {
+			e.Details["operator_name"] = op.Name
+		}
+		if op.Session != "" {
+			e.Details["session"] = op.Session
+		}
+		if op.Kind == operator.KindWorkload {
+			e.Details["operator"] = strings.Join(op.Via, " ")
+		}
 	case action == "agent.attest" && outcome == audit.OutcomeSuccess:
 		e.Actor.SpiffeID = e.Target // the agent, proven by its join token
 	case r.TLS != nil && len(r.TLS.PeerCertificates) > 0:

@@ -46,7 +46,7 @@ func (s *Server) startBackup() error {
 	r := &backup.Runner{Backuper: b, Every: bc.Every, Retention: bc.Retention, DrillEvery: bc.DrillEvery, DrillMaxAge: bc.DrillMaxAge,
 		Actor: audit.Actor{SpiffeID: identity.ServerID(s.cfg.TrustDomain).String()}, Now: s.now, Log: s.log, Registry: s.reg,
 		Record:   func(ctx context.Context, e *audit.Entry) { s.record(ctx, e) },
-		Operator: func(*http.Request) audit.Actor { return audit.Actor{User: "admin"} }}
+		Operator: operatorActor}
 	if len(bc.DrillIdentities) > 0 || bc.DrillPassphrase != nil {
 		r.Drill = s.drill
 	}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
-	"github.com/rampartsec/rampart/internal/permission"
 )
 
 // maxHeaderBytes bounds a request's line and headers (net/http's default is
@@ -48,6 +47,8 @@ func (s *Server) guard(rt Route) http.HandlerFunc {
 	switch rt.Auth {
 	case AuthAdmin:
 		h = s.admin(rt.Permission, h)
+	case AuthCaller:
+		h = s.admin("", h)
 	case AuthAgent:
 		h = s.agent(h)
 	case AuthWorkload:
@@ -89,30 +90,17 @@ func (s *Server) instrument(route string, h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// admin requires a caller holding permission p: today the admin bearer
-// token, compared in constant time, which holds every permission.
-func (s *Server) admin(p permission.Permission, h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(tok))
-		if !ok || subtle.ConstantTimeCompare(sum[:], s.adminTokenHash[:]) != 1 {
-			s.metrics.adminAuthFailures.Inc()
-			s.refused(r, "admin.auth", "missing or wrong admin token", "method", r.Method, "path", r.URL.Path, "token_present", ok)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart-admin"`)
-			api.WriteProblem(w, http.StatusUnauthorized, "admin calls need the admin token (RAMPART_ADMIN_TOKEN, from DATA/admin.token) as a bearer token")
-			return
-		}
-		h(w, r.WithContext(context.WithValue(r.Context(), adminKey{}, true)))
-	}
-}
-
 // metricsAuth requires the metrics token (or the admin token), compared in
 // constant time.
 func (s *Server) metricsAuth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		sum := sha256.Sum256([]byte(tok))
-		if !ok || subtle.ConstantTimeCompare(sum[:], s.metricsTokenHash[:])+subtle.ConstantTimeCompare(sum[:], s.adminTokenHash[:]) == 0 {
+		admin := subtle.ConstantTimeCompare(sum[:], s.adminTokenHash[:])
+		if s.cfg.AdminTokenOff {
+			admin = 0
+		}
+		if !ok || subtle.ConstantTimeCompare(sum[:], s.metricsTokenHash[:])+admin == 0 {
 			s.refused(r, "metrics.auth", "missing or wrong metrics token", "token_present", ok)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart-metrics"`)
 			api.WriteProblem(w, http.StatusUnauthorized, "/metrics needs the metrics token (DATA/metrics.token) as a bearer token")
@@ -120,14 +108,6 @@ func (s *Server) metricsAuth(h http.HandlerFunc) http.HandlerFunc {
 		}
 		h(w, r)
 	}
-}
-
-// adminKey marks a request whose admin token was checked.
-type adminKey struct{}
-
-func isAdmin(r *http.Request) bool {
-	ok, _ := r.Context().Value(adminKey{}).(bool)
-	return ok
 }
 
 // agentKey carries the verified caller's SPIFFE ID (agent or workload).

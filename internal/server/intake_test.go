@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,6 +42,9 @@ func alertsOver(t *testing.T, l *audit.Log) map[string]int {
 func noForgedAlert(t *testing.T, fired map[string]int) {
 	t.Helper()
 	for k := range fired {
+		if strings.HasPrefix(k, "admin-token-used ") {
+			continue // the test's own setup, with the admin token
+		}
 		if k != "admin-after-hours action=entry.create" && k != "admin-after-hours action=join_token.create" && k != "admin-after-hours action=policy.put" {
 			t.Fatalf("alert raised: %s (all: %v)", k, fired)
 		}

@@ -32,14 +32,15 @@ func (s *Server) startOAuth(ctx context.Context, issuer string, wrapper *keywrap
 	p, err := oauth.New(ctx, oauth.Config{
 		Issuer: issuer, Store: s.store, Wrapper: wrapper, Algorithm: s.cfg.OAuth.Algorithm,
 		AccessTokenTTL: s.cfg.OAuth.AccessTokenTTL, RefreshTokenTTL: s.cfg.OAuth.RefreshTokenTTL, MaxActDepth: s.cfg.OAuth.MaxActDepth,
-		Record: s.record, Refusals: s.refusals, Changed: s.notify, Now: s.now, Log: s.log.With("component", "oauth"),
+		DeviceInterval: s.cfg.OAuth.DeviceInterval,
+		Record:         s.record, Refusals: s.refusals, Changed: s.notify, Now: s.now, Log: s.log.With("component", "oauth"),
 		PeerCertificate: s.peerSVID, Registerer: s.reg,
 	})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
 	s.oauth = p
-	return nil
+	return s.ensureCLIClient(ctx)
 }
 
 // tokens is what the account handlers revoke through: the authorization

@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/permission"
 	"github.com/rampartsec/rampart/internal/policy"
 	"github.com/rampartsec/rampart/internal/store"
 )
@@ -39,6 +40,10 @@ func (s *Server) handlePutPolicy(w http.ResponseWriter, r *http.Request) {
 	}
 	if id, _ := spiffeid.FromString(service); id.TrustDomain() != s.cfg.TrustDomain {
 		api.WriteProblem(w, http.StatusBadRequest, "service: "+service+" is not in this server's trust domain "+s.cfg.TrustDomain.Name())
+		return
+	}
+	// A policy-author may be limited to some services.
+	if !s.mayService(w, r, permission.PolicyWrite, service) {
 		return
 	}
 	if cur, err := s.store.GetPolicy(r.Context(), service); err == nil && cur.Version == version {
@@ -102,7 +107,7 @@ func (s *Server) handlePolicyHistory(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleDeletePolicy(w http.ResponseWriter, r *http.Request) {
 	svc, ok := serviceParam(w, r)
-	if !ok {
+	if !ok || !s.mayService(w, r, permission.PolicyWrite, svc) {
 		return
 	}
 	err := s.store.DeletePolicy(r.Context(), svc, s.now())

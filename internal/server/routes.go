@@ -16,9 +16,12 @@ type Auth string
 const (
 	// AuthPublic: anyone who reaches the API.
 	AuthPublic Auth = "public"
-	// AuthAdmin: an operator (today the admin token) holding the route's
-	// permission.
+	// AuthAdmin: an operator, a workload holding a role, or the
+	// break-glass admin token, holding the route's permission (admin.go).
 	AuthAdmin Auth = "admin"
+	// AuthCaller: any caller AuthAdmin would take, whatever it holds
+	// (whoami).
+	AuthCaller Auth = "caller"
 	// AuthAgent: an agent's X.509-SVID as the TLS client certificate.
 	AuthAgent Auth = "agent"
 	// AuthWorkload: any X.509-SVID of the trust domain (proxies, SDK
@@ -130,6 +133,12 @@ func (s *Server) routes() []Route {
 		admin("GET /v1/scan/gates", permission.ScanRead, s.scan.HandleListGates, "list the gates"),
 		admin("GET /v1/inventory", permission.InventoryRead, s.scan.HandleList, "what runs (?service= &host= &sha256= &vulnerable=true)"),
 		admin("GET /v1/netpol/view", permission.NetpolRead, s.netpol.HandleView, "the network view: where each service runs, its ports, the allowed edges, and what could not be placed"),
+
+		admin("POST /v1/operators", permission.OperatorWrite, s.operators.HandleCreate, "add an operator: an OAuth user, or a SPIFFE ID pattern of workloads, with roles"),
+		admin("GET /v1/operators", permission.OperatorRead, s.operators.HandleList, "list operators and their roles"),
+		admin("GET /v1/operator", permission.OperatorRead, s.operators.HandleGet, "read an operator (?name=)"),
+		admin("PATCH /v1/operator", permission.OperatorWrite, s.operators.HandleUpdate, "grant or revoke roles, disable or enable an operator, require MFA (?name=)"),
+		route(AuthCaller, "GET /v1/whoami", s.operators.HandleWhoami, "who the caller is: operator, workload or break-glass, its session, roles and permissions"),
 
 		admin("POST /v1/backups", permission.BackupRun, s.backup.HandleCreate, "make a backup now"),
 		admin("GET /v1/backups", permission.BackupRead, s.backup.HandleList, "list the backups every destination holds"),

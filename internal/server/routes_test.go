@@ -76,8 +76,12 @@ func TestRouteTable(t *testing.T) {
 		w := httptest.NewRecorder()
 		mux.ServeHTTP(w, httptest.NewRequest(rt.Method, fillPath(rt.Path), nil))
 		switch rt.Auth {
-		case AuthAdmin, AuthMetrics:
-			if w.Code != http.StatusUnauthorized || !strings.Contains(w.Header().Get("WWW-Authenticate"), "rampart-"+string(rt.Auth)) {
+		case AuthAdmin, AuthCaller, AuthMetrics:
+			realm := "rampart-" + string(rt.Auth)
+			if rt.Auth == AuthCaller {
+				realm = "rampart-admin"
+			}
+			if w.Code != http.StatusUnauthorized || !strings.Contains(w.Header().Get("WWW-Authenticate"), realm) {
 				t.Errorf("%s without a token: %d %q, want 401 naming the %s realm", key, w.Code, w.Header().Get("WWW-Authenticate"), rt.Auth)
 			}
 		case AuthAgent, AuthWorkload:
@@ -107,7 +111,8 @@ var authDoc = []struct {
 	who  string
 }{
 	{AuthPublic, "anyone who reaches the API"},
-	{AuthAdmin, "an operator holding the route's permission; today the admin token (DATA/admin.token, `Authorization: Bearer`), which holds every permission"},
+	{AuthAdmin, "a caller holding the route's permission through its roles (docs/operators.md): an operator signed in with `rampart login` (`Authorization: DPoP` with a DPoP proof), a workload whose SVID a workload operator pattern matches (TLS client certificate), or the break-glass admin token (DATA/admin.token, `Authorization: Bearer`; audited and alerted on every use, refused with `--admin-token=off`)"},
+	{AuthCaller, "any caller `admin` takes, whatever it holds"},
 	{AuthAgent, "an agent, by its X.509-SVID as the TLS client certificate (checked again per request: not revoked, not evicted)"},
 	{AuthWorkload, "any X.509-SVID of the trust domain as the TLS client certificate (proxies, SDK services, agents, other replicas)"},
 	{AuthJoinToken, "an agent not yet attested, by a one-time join token in the body"},
@@ -156,8 +161,9 @@ a redirect to it.
 	b.WriteString(`
 ## Permissions
 
-Each admin endpoint needs one permission (package permission). Roles will
-be sets of them (issue 19); today the admin token holds them all.
+Each admin endpoint needs one permission (package permission); roles are
+sets of them (see docs/operators.md), and the break-glass admin token holds
+them all.
 
 | permission | allows | endpoints |
 | --- | --- | --- |
@@ -168,11 +174,22 @@ be sets of them (issue 19); today the admin token holds them all.
 	return b.String()
 }
 
+// respondPending are the permissions Respond's endpoints (playbooks,
+// incidents, approvals) will need; the vocabulary and the roles hold them
+// before those routes are in the table. Remove each as its route lands.
+var respondPending = map[permission.Permission]bool{
+	permission.IncidentRead: true, permission.IncidentManage: true, permission.PlaybookRead: true,
+	permission.PlaybookWrite: true, permission.PlaybookRun: true, permission.ApprovalGrant: true,
+}
+
 // TestAPIDoc keeps docs/api.md in step with the route table (-update
 // rewrites it), and every permission of the vocabulary in use.
 func TestAPIDoc(t *testing.T) {
 	rs := routeServer(t).routes()
 	for _, p := range permission.All {
+		if respondPending[p.Permission] {
+			continue
+		}
 		used := false
 		for _, rt := range rs {
 			used = used || rt.Permission == p.Permission

@@ -27,13 +27,15 @@ import (
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/backup"
 	"github.com/rampartsec/rampart/internal/detect"
+	"github.com/rampartsec/rampart/internal/dpop"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/inventory"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/kms"
-	"github.com/rampartsec/rampart/internal/netpol"
+	"github.com/rampartsec/rampart/internal/netpol/netpolapi"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/oidcdiscovery"
+	"github.com/rampartsec/rampart/internal/operator"
 	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/rekey"
 	"github.com/rampartsec/rampart/internal/safedir"
@@ -98,6 +100,10 @@ type Config struct {
 	// ACME configures the ACME server (acmeapi.go).
 	ACME ACMEConfig
 
+	// AdminTokenOff refuses the break-glass admin token (operators sign
+	// in by name; rampart server --admin-token=off).
+	AdminTokenOff bool
+
 	// Issuer is the OAuth/OIDC issuer URL; empty: https://LISTEN (an
 	// unspecified host becomes localhost).
 	Issuer string
@@ -118,7 +124,8 @@ type OAuthConfig struct {
 	Algorithm       jose.SignatureAlgorithm
 	AccessTokenTTL  time.Duration
 	RefreshTokenTTL time.Duration
-	MaxActDepth     int // hops of token exchange (nested act); 0: oauth.DefaultMaxActDepth
+	MaxActDepth     int           // hops of token exchange (nested act); 0: oauth.DefaultMaxActDepth
+	DeviceInterval  time.Duration // device flow polling interval; 0: oauth.DeviceInterval
 }
 
 // Server is a running control plane.
@@ -140,9 +147,11 @@ type Server struct {
 	alerts          *detect.AlertAPI
 	oauth           *oauth.Provider // nil until the issuer address is known
 	accounts        *oauth.Accounts // OAuth clients and users
+	operators       *operator.API   // operators and their roles
+	operatorAuth    *operator.Authenticator
 	registrar       *registration.Registrar
 	scan            *inventory.API          // vulnerability database, gates, inventory
-	netpol          *netpol.API             // placements and the network view
+	netpol          *netpolapi.API          // placements and the network view
 	backup          *backup.Runner          // nil: no backups configured
 	acme            *acme.Server            // nil: ACME disabled
 	oidc            *oidcdiscovery.Provider // nil: no JWT issuer configured
@@ -274,6 +283,13 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		JoinTokenTTL: cfg.JoinTokenTTL, AgentTTL: cfg.AgentTTL, X509TTL: cfg.DefaultX509TTL, JWTTTL: cfg.DefaultJWTTTL, Now: cfg.Now}
 	s.alerts = &detect.AlertAPI{Store: st, Event: s.event, Now: cfg.Now, Log: cfg.Log}
 	s.accounts = &oauth.Accounts{Store: st, Wrapper: wrapper, Tokens: s.tokens, Event: s.event, Now: cfg.Now, Log: cfg.Log}
+	ops, ok := store.Operators(st)
+	if !ok {
+		return nil, errors.New("server: the store has no operator tables")
+	}
+	s.operators = &operator.API{Store: operatorStore{st, ops}, TrustDomain: cfg.TrustDomain, Caller: callerFrom, Event: s.event, Now: cfg.Now}
+	s.operatorAuth = &operator.Authenticator{Store: operatorStore{st, ops}, Now: cfg.Now, Verify: s.verifyOperatorToken,
+		DPoP: &dpop.Checker{Now: cfg.Now, Replay: operator.StoreReplay{Store: st, Quota: operator.DefaultProofQuota, Now: cfg.Now}}}
 	s.caMaint = &identity.Maintainer{CA: ca, Changed: s.notify, Now: cfg.Now, Log: cfg.Log, Registry: s.reg}
 	keys, err := kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now})
 	if err != nil {
@@ -290,11 +306,11 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.scan = &inventory.API{Entries: st, Caller: agentFrom, Record: s.record, Event: s.event, Refused: s.refused,
-		Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Now: cfg.Now, Log: cfg.Log}
+		Actor: audit.Actor{SpiffeID: identity.ServerID(cfg.TrustDomain).String()}, Operator: operatorActor, Now: cfg.Now, Log: cfg.Log}
 	if ss, ok := store.Scan(st); ok { // nil: the store has no scan tables
 		s.scan.Inventory = &inventory.Inventory{Store: ss, Now: cfg.Now}
 	}
-	s.netpol = &netpol.API{Policies: st, Entries: st, Caller: agentFrom, Refused: s.refused, Now: cfg.Now, Log: cfg.Log}
+	s.netpol = &netpolapi.API{Policies: st, Entries: st, Caller: agentFrom, Refused: s.refused, Now: cfg.Now, Log: cfg.Log}
 	if ns, ok := store.Netpol(st); ok {
 		s.netpol.Placements = ns
 	}

@@ -262,6 +262,8 @@ func (d dialect) migrations() [][]string {
 		d.acmeMigration(),
 		// Network policy: placements agents report (netpol.go).
 		d.netpolMigration(),
+		// Operators and device codes (operator.go).
+		d.operatorMigration(),
 		// Entry fields SPIRE users rely on, and lookups by SPIFFE ID.
 		{
 			`ALTER TABLE entries ADD COLUMN admin BOOLEAN NOT NULL DEFAULT false`,
@@ -915,6 +917,7 @@ func (s *sqlStore) PruneExpired(ctx context.Context, now time.Time) error {
 			`DELETE FROM oauth_revocations WHERE expires_at < ?`,
 			`DELETE FROM oauth_families WHERE expires_at < ?`,
 			`DELETE FROM oauth_dpop_proofs WHERE expires_at < ?`,
+			`DELETE FROM oauth_device_codes WHERE expires_at < ?`,
 		} {
 			if _, err := tx.ExecContext(ctx, s.q(stmt), ns(now)); err != nil {
 				return err

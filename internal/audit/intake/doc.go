@@ -4,8 +4,9 @@
 // keeps the log (decision 0025). The log is evidence, so a source may only
 // put in it what it witnesses (issue 26 item 3, decision 0030):
 //
-//   - an agent, attestations on its own host (workload.attest, target
-//     itself);
+//   - an agent, attestations and its network policy's drops and repairs
+//     on its own host (workload.attest, netpol.dropped, netpol.drift;
+//     target itself);
 //   - an enforcement point (a proxy or SDK service, which a policy protects
 //     or once protected), decisions about itself (authz.decision, target
 //     itself);

@@ -384,9 +384,9 @@ func admit(e *audit.Entry, caller string, r role, now time.Time) string {
 		if e.Target != caller {
 			return "a decision about another service (target " + e.Target + ")"
 		}
-	case r == roleAgent && e.Action == "workload.attest":
+	case r == roleAgent && (e.Action == "workload.attest" || e.Action == "netpol.dropped" || e.Action == "netpol.drift"):
 		if e.Target != caller {
-			return "an attestation on another agent's host (target " + e.Target + ")"
+			return "an entry about another agent's host (target " + e.Target + ")"
 		}
 	default:
 		return "action " + e.Action + " is not one a" + map[role]string{roleAgent: "n agent", roleEnforcer: " proxy or SDK service"}[r] + " records"

@@ -59,6 +59,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ACMEReplaces", testACMEReplaces},
 		{"ACMECerts", testACMECerts},
 		{"ACMENonces", testACMENonces},
+		{"Operators", testOperators},
+		{"DeviceCodes", testDeviceCodes},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

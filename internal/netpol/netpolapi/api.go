@@ -1,4 +1,8 @@
-package netpol
+// Package netpolapi serves the network view (package netpol) from the
+// server's store: agents' placement reports, each agent's host table, and
+// the view for operators. It is the server's side: agents import package
+// netpol only, never the store.
+package netpolapi
 
 import (
 	"context"
@@ -14,21 +18,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/policy"
 	"github.com/rampartsec/rampart/internal/store"
 )
-
-// Report is an agent's placement report (POST /v1/agent/placements): the
-// services its host runs and the ports their processes listen on.
-type Report struct {
-	Services []ReportedService `json:"services"`
-}
-
-// ReportedService is one service of a Report.
-type ReportedService struct {
-	SpiffeID string   `json:"spiffe_id"`
-	Ports    []uint16 `json:"ports,omitempty"`
-}
 
 // Limits of a report.
 const (
@@ -62,8 +55,9 @@ type API struct {
 	TTL     time.Duration
 	Log     *slog.Logger
 
+	build1   sync.Mutex // one build at a time: the others wait for its view
 	mu       sync.Mutex
-	cached   *View
+	cached   *netpol.View
 	cachedAt time.Time
 	cachedRv int64
 }
@@ -88,7 +82,7 @@ func remoteHost(r *http.Request) (netip.Addr, error) {
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("remote address %q: %w", r.RemoteAddr, err)
 	}
-	return ap.Addr().Unmap(), nil
+	return ap.Addr().Unmap().WithZone(""), nil
 }
 
 // HandleAgentReport records an agent's placements. Each service must be
@@ -98,7 +92,7 @@ func (a *API) HandleAgentReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	agentID := a.Caller(r)
-	var rep Report
+	var rep netpol.Report
 	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, MaxReportBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rep); err != nil {
@@ -134,8 +128,10 @@ func (a *API) HandleAgentReport(w http.ResponseWriter, r *http.Request) {
 		}
 		seen[s.SpiffeID] = true
 		if len(s.Ports) > maxReportPorts || slices.Contains(s.Ports, 0) {
-			api.WriteProblem(w, http.StatusBadRequest, fmt.Sprintf("services[%d] %q: at most %d ports, none 0", i, s.SpiffeID, maxReportPorts))
-			return
+			// This service only: the rest of the host stays placed (a
+			// refused report would empty the host's table).
+			a.Refused(r, "netpol.report", fmt.Sprintf("a placement with more than %d ports, or port 0", maxReportPorts), "service", s.SpiffeID)
+			continue
 		}
 		ports := slices.Clone(s.Ports)
 		slices.Sort(ports)
@@ -152,7 +148,7 @@ func (a *API) HandleAgentReport(w http.ResponseWriter, r *http.Request) {
 // View returns the current view: built anew when the store's revision
 // moved or the last one is older than viewCacheFor. Views are read-only,
 // so one serves concurrent requests.
-func (a *API) View(ctx context.Context) (*View, error) {
+func (a *API) View(ctx context.Context) (*netpol.View, error) {
 	rv, err := a.Policies.Revision(ctx)
 	if err != nil {
 		return nil, err
@@ -161,6 +157,15 @@ func (a *API) View(ctx context.Context) (*View, error) {
 	a.mu.Lock()
 	if a.cached != nil && rv == a.cachedRv && now.Sub(a.cachedAt) < viewCacheFor && !now.Before(a.cachedAt) {
 		v := a.cached
+		a.mu.Unlock()
+		return v, nil
+	}
+	a.mu.Unlock()
+	a.build1.Lock()
+	defer a.build1.Unlock()
+	a.mu.Lock()
+	if a.cached != nil && rv == a.cachedRv && !a.cachedAt.Before(now) {
+		v := a.cached // built while this request waited
 		a.mu.Unlock()
 		return v, nil
 	}
@@ -175,7 +180,7 @@ func (a *API) View(ctx context.Context) (*View, error) {
 	return v, nil
 }
 
-func (a *API) build(ctx context.Context) (*View, error) {
+func (a *API) build(ctx context.Context) (*netpol.View, error) {
 	ttl := a.TTL
 	if ttl <= 0 {
 		ttl = DefaultTTL
@@ -184,14 +189,14 @@ func (a *API) build(ctx context.Context) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ps []Placement
+	var ps []netpol.Placement
 	for _, p := range sps {
 		id, err1 := spiffeid.FromString(p.Service)
 		h, err2 := netip.ParseAddr(p.Host)
 		if err1 != nil || err2 != nil {
 			continue // written by us; not expected
 		}
-		ps = append(ps, Placement{Service: id, Host: h, Ports: p.Ports})
+		ps = append(ps, netpol.Placement{Service: id, Host: h, Ports: p.Ports})
 	}
 	stored, err := a.Policies.ListPolicies(ctx)
 	if err != nil {
@@ -210,7 +215,7 @@ func (a *API) build(ctx context.Context) (*View, error) {
 		}
 		pols = append(pols, p)
 	}
-	v := Build(ps, pols)
+	v := netpol.Build(ps, pols)
 	v.Problems = append(v.Problems, bad...)
 	return v, nil
 }

@@ -1,4 +1,4 @@
-package netpol
+package netpolapi
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/fakeclock"
+	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/selector"
 	"github.com/rampartsec/rampart/internal/store"
 	"github.com/rampartsec/rampart/internal/store/storetest"
@@ -53,13 +54,13 @@ func report(t *testing.T, a *API, agent, remote, body string) *httptest.Response
 	return w
 }
 
-func table(t *testing.T, a *API, remote string) HostTable {
+func table(t *testing.T, a *API, remote string) netpol.HostTable {
 	t.Helper()
 	r := httptest.NewRequest(http.MethodGet, "/v1/agent/netpol", nil)
 	r.RemoteAddr = remote
 	w := httptest.NewRecorder()
 	a.HandleAgentTable(w, r)
-	var tab HostTable
+	var tab netpol.HostTable
 	if err := json.Unmarshal(w.Body.Bytes(), &tab); err != nil {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
@@ -97,7 +98,6 @@ func TestAPIReportsAndTables(t *testing.T) {
 	}
 	for name, body := range map[string]string{
 		"unknown field": `{"services":[],"host":"10.0.0.9"}`,
-		"port 0":        `{"services":[{"spiffe_id":"spiffe://example.org/orders","ports":[0]}]}`,
 		"twice":         `{"services":[{"spiffe_id":"spiffe://example.org/orders"},{"spiffe_id":"spiffe://example.org/orders"}]}`,
 		"port 70000":    `{"services":[{"spiffe_id":"spiffe://example.org/orders","ports":[70000]}]}`,
 		"not json":      `services`,
@@ -105,6 +105,24 @@ func TestAPIReportsAndTables(t *testing.T) {
 		if w := report(t, a, "h1", "10.0.0.1:5000", body); w.Code != http.StatusBadRequest {
 			t.Errorf("%s: %d %s", name, w.Code, w.Body)
 		}
+	}
+	// A service with too many ports is left out, and only it: the rest of
+	// the report stands (a refused report would empty the host's table).
+	many := `{"services":[{"spiffe_id":"spiffe://example.org/payments","ports":[8443]},{"spiffe_id":"spiffe://example.org/orders","ports":[0]}]}`
+	n := len(*refused)
+	if w := report(t, a, "h2", "10.0.0.2:5000", many); w.Code != http.StatusForbidden || len(*refused) != n+1 {
+		t.Fatalf("h2 does not serve orders: %d %v", w.Code, *refused)
+	}
+	if err := a.Entries.(store.Store).CreateEntry(context.Background(), store.Entry{ID: "o2", SpiffeID: "spiffe://example.org/orders", ParentID: "spiffe://example.org/rampart/agent/h2",
+		Selectors: []selector.Selector{{Type: selector.UnixUID, Value: "1000"}}, CreatedAt: clock.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if w := report(t, a, "h2", "10.0.0.2:5000", many); w.Code != http.StatusNoContent || len(*refused) != n+2 {
+		t.Fatalf("a bad service in a report: %d %v", w.Code, *refused)
+	}
+	clock.Add(viewCacheFor)
+	if tab := table(t, a, "10.0.0.2:6000"); len(tab.Proxy) != 1 || tab.Proxy[0].Port != 8443 {
+		t.Fatalf("the report's good service was lost:\n%s", tab.NFT())
 	}
 	// A host whose agent stopped reporting drops out after the TTL.
 	clock.Add(DefaultTTL + time.Second)
