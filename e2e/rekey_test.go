@@ -406,7 +406,7 @@ func TestRekeyUnderTraffic(t *testing.T) {
 
 	// Every step is in the audit log, as is the request.
 	s.stop()
-	log, err := cli(t, nil, "audit", "query", "--data", s.dir, "--json")
+	log, err := cli(t, nil, "audit", "query", "--data", s.dir, "--json", "--limit", "1000000")
 	if err != nil {
 		t.Fatal(err)
 	}
