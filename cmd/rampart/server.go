@@ -81,6 +81,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.DurationVar(&cfg.RootTTL, "root-ttl", 0, "root CA lifetime (default 8760h)")
 	fs.DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 0, "intermediate CA lifetime (default 72h)")
 	fs.StringVar(&cfg.Issuer, "issuer", "", "OAuth/OIDC issuer URL clients and services see (default https://LISTEN)")
+	fs.StringVar(&cfg.JWTIssuer, "jwt-issuer", "", "iss of JWT-SVIDs, with OIDC discovery served at ISSUER/.well-known/openid-configuration (https, with a path: https://HOST:PORT/spiffe; default: none)")
 	oauthAlg := fs.String("oauth-alg", "ES256", "signing algorithm of new OAuth token keys: ES256 or EdDSA")
 	fs.DurationVar(&cfg.OAuth.AccessTokenTTL, "access-token-ttl", 0, "OAuth access token lifetime (default 10m)")
 	fs.DurationVar(&cfg.OAuth.RefreshTokenTTL, "refresh-token-ttl", 0, "lifetime of a refresh token family; rotation does not extend it (default 24h)")

@@ -100,17 +100,30 @@ type Agent struct {
 	jwtBundle []byte
 	revision  int64
 	entries   []api.Entry
-	revoked   map[string]struct{}
+	// served is a.entries as the snapshot needs them, parsed once per
+	// sync and ordered by ID (indexEntriesLocked); byID indexes a.entries.
+	served  []workload.Identity
+	byID    map[string]int
+	revoked map[string]struct{}
 	// reissueRoot, during a burn-down, is the root every SVID must
 	// descend from (api.SyncResponse.ReissueUnlessRoot).
 	reissueRoot string
-	workloads   map[string]*held // by entry ID
-	snap        *workload.Snapshot
-	changed     chan struct{}
-	jwtCache    map[string]jwtCached
-	warned      map[string]bool // entries named by warnUnservable
+	workloads   map[string]*held // by entry ID: minted on first request (Mint), not for every entry
+	// wanted is when a workload last asked for each entry's SVID; an SVID
+	// nobody asked for during its whole life is dropped, not renewed.
+	wanted   map[string]time.Time
+	minting  map[string]chan struct{} // entries being minted; closed when done
+	snap     *workload.Snapshot
+	changed  chan struct{}
+	jwtCache map[string]jwtCached
+	warned   map[string]bool // entries named by warnUnservable
 
 	wake chan struct{} // reschedules the rotation loop
+	save chan struct{} // asks the saver to write the cache (saveSoon)
+	// saveMu orders cache writes; gen numbers each marshalled state so an
+	// older one is never written over a newer (state.go).
+	saveMu         sync.Mutex
+	gen, genOnDisk uint64
 	// netpolKick makes the network policy loop refresh now: the server's
 	// state moved (a policy changed, say).
 	netpolKick chan struct{}
@@ -148,13 +161,16 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, td: cfg.TrustDomain,
 		revoked: map[string]struct{}{}, workloads: map[string]*held{}, changed: make(chan struct{}),
-		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), netpolKick: make(chan struct{}, 1), warned: map[string]bool{},
+		wanted: map[string]time.Time{}, minting: map[string]chan struct{}{},
+		jwtCache: map[string]jwtCached{}, wake: make(chan struct{}, 1), save: make(chan struct{}, 1),
+		netpolKick: make(chan struct{}, 1), warned: map[string]bool{},
 	}
 	a.metrics = newMetrics(cfg.Registry, a)
 	if err := a.loadCache(); err != nil {
 		return nil, err
 	}
 	a.warnUnservable(a.entries)
+	a.indexEntriesLocked()
 	if len(a.bundle) == 0 {
 		if cfg.BundleFile == "" {
 			return nil, errors.New("agent: no cached state; --ca-bundle (the server's bundle.pem) is needed for the first start")
@@ -239,28 +255,107 @@ func (a *Agent) ID() spiffeid.ID {
 }
 
 // publishLocked builds a new snapshot and wakes every Workload API stream.
+// Every entry is in it: with its SVID if one is held and valid, else as
+// unminted, to be minted when a workload it matches asks (Mint).
 func (a *Agent) publishLocked() {
 	snap := &workload.Snapshot{TrustDomain: a.td, Bundle: a.bundle, JWTBundle: a.jwtBundle}
-	ids := make([]string, 0, len(a.workloads))
-	for id := range a.workloads {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
 	now := a.now()
-	for _, id := range ids {
-		h := a.workloads[id]
-		if !now.Before(h.Chain[0].NotAfter) {
-			continue // expired: better nothing than a certificate peers refuse
-		}
-		sels, err := selector.ParseAll(h.Entry.Selectors)
-		if err != nil {
+	for _, id := range a.served {
+		h := a.workloads[id.EntryID]
+		// An expired SVID is not served (better nothing than a certificate
+		// peers refuse): the entry is unminted again.
+		if h == nil || !now.Before(h.Chain[0].NotAfter) {
+			snap.Unminted = append(snap.Unminted, id)
 			continue
 		}
-		snap.Identities = append(snap.Identities, workload.Identity{EntryID: id, SpiffeID: h.ID, Selectors: sels, Chain: h.Chain, Key: h.Key})
+		id.SpiffeID, id.Chain, id.Key = h.ID, h.Chain, h.Key
+		snap.Identities = append(snap.Identities, id)
 	}
 	a.snap = snap
 	close(a.changed)
 	a.changed = make(chan struct{})
+}
+
+// indexEntriesLocked parses the entries once, for every snapshot until the
+// next sync: publishing (on every mint) then costs no parsing, whatever the
+// number of entries. Entries whose selectors or SPIFFE ID do not parse are
+// left out.
+func (a *Agent) indexEntriesLocked() {
+	a.served = make([]workload.Identity, 0, len(a.entries))
+	a.byID = make(map[string]int, len(a.entries))
+	for i, e := range a.entries {
+		a.byID[e.ID] = i
+		sels, err := selector.ParseAll(e.Selectors)
+		if err != nil {
+			continue
+		}
+		id, err := spiffeid.FromString(e.SpiffeID)
+		if err != nil {
+			continue
+		}
+		a.served = append(a.served, workload.Identity{EntryID: e.ID, SpiffeID: id, Selectors: sels, Hint: e.Hint})
+	}
+	slices.SortFunc(a.served, func(x, y workload.Identity) int { return strings.Compare(x.EntryID, y.EntryID) })
+}
+
+// mintTimeout bounds a first request's wait for its SVIDs.
+const mintTimeout = 15 * time.Second
+
+// Mint implements workload.Minter: it mints, now, the SVIDs of the entries
+// that have none (or an expired one), and records that the entries are in
+// use. Concurrent first requests for one entry share one mint. The mint
+// runs on its own deadline, not the caller's: a client that gives up does
+// not fail the others waiting for the same SVID.
+func (a *Agent) Mint(ctx context.Context, entryIDs []string) error {
+	now := a.now()
+	a.mu.Lock()
+	var todo []api.Entry
+	var mine, wait []chan struct{}
+	for _, id := range entryIDs {
+		a.wanted[id] = now
+		if h := a.workloads[id]; h != nil && now.Before(h.Chain[0].NotAfter) {
+			continue
+		}
+		if ch, ok := a.minting[id]; ok {
+			wait = append(wait, ch)
+			continue
+		}
+		i, ok := a.byID[id]
+		if !ok {
+			continue
+		}
+		ch := make(chan struct{})
+		a.minting[id] = ch
+		mine = append(mine, ch)
+		todo = append(todo, a.entries[i])
+	}
+	a.mu.Unlock()
+	var err error
+	if len(todo) > 0 {
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mintTimeout)
+		err = a.mint(mctx, todo)
+		cancel()
+		a.mu.Lock()
+		for _, e := range todo {
+			delete(a.minting, e.ID)
+		}
+		a.mu.Unlock()
+		for _, ch := range mine {
+			close(ch)
+		}
+		select { // the rotation loop learns of the new renewal times
+		case a.wake <- struct{}{}:
+		default:
+		}
+	}
+	for _, ch := range wait {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return err
 }
 
 // Run attests if needed, then serves the Workload API and keeps everything
@@ -316,6 +411,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer close(npDone); a.newNetpolLoop(tracker, fw, sp).run(ctx) }()
 	defer func() { <-npDone }() // the table is removed before Run returns
 	errc := make(chan error, 3)
+	go a.saver(ctx)
 	go inv.run(ctx)
 	go func() { errc <- wl.Serve(ctx, ln) }()
 	go func() { a.syncLoop(ctx); errc <- nil }()
@@ -466,6 +562,7 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, resp.Entries
+	a.indexEntriesLocked()
 	a.applyReissue(resp)
 	a.warnUnservable(resp.Entries)
 	a.revoked = make(map[string]struct{}, len(resp.Revoked))
@@ -480,6 +577,11 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	for id := range a.workloads {
 		if !live[id] {
 			delete(a.workloads, id)
+		}
+	}
+	for id := range a.wanted {
+		if !live[id] {
+			delete(a.wanted, id)
 		}
 	}
 	a.publishLocked()
@@ -544,15 +646,31 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 
 	a.mu.Lock()
 	var due []api.Entry
+	dropped := false
 	for _, e := range a.entries {
 		h := a.workloads[e.ID]
-		switch {
-		case h == nil, !now.Before(h.RenewAt), !sameEntry(h.Entry, e), a.fromOldRoot(h):
-			due = append(due, e)
-		default:
-			if _, revoked := a.revoked[h.serial()]; revoked {
-				due = append(due, e)
-			}
+		if h == nil {
+			continue // minted when a workload asks for it (Mint)
+		}
+		_, revoked := a.revoked[h.serial()]
+		// During a burn-down an SVID of the old root is due at once.
+		if now.Before(h.RenewAt) && sameEntry(h.Entry, e) && !revoked && !a.fromOldRoot(h) {
+			continue
+		}
+		// Nobody asked for it during its whole life (no open stream woke
+		// on its last rotation, no fetch since): the workload is gone.
+		// Dropped, not renewed; minted again if it comes back.
+		if a.wanted[e.ID].Before(h.Received) {
+			delete(a.workloads, e.ID)
+			dropped = true
+			continue
+		}
+		due = append(due, e)
+	}
+	if dropped {
+		a.publishLocked()
+		if err := a.saveCache(); err != nil {
+			a.log.Warn("saving the cache failed", "err", err)
 		}
 	}
 	a.mu.Unlock()
@@ -687,9 +805,10 @@ func (a *Agent) mintBatch(ctx context.Context, entries []api.Entry) error {
 		}
 	}
 	a.publishLocked()
-	if err := a.saveCache(); err != nil {
-		return err
-	}
+	// Written by the saver, not here: a workload waiting for its first
+	// SVID does not wait for the disk. An SVID lost in a crash before the
+	// write is minted again on the next request.
+	a.saveSoon()
 	return firstErr
 }
 

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
@@ -120,11 +121,70 @@ func parseChain(ders [][]byte) ([]*x509.Certificate, error) {
 
 // saveCache writes the state; the caller holds a.mu.
 func (a *Agent) saveCache() error {
+	b, gen, err := a.marshalCacheLocked()
+	if err != nil {
+		return err
+	}
+	return a.writeCache(b, gen)
+}
+
+// saveSoon asks the saver to write the state; the caller may hold a.mu.
+func (a *Agent) saveSoon() {
+	select {
+	case a.save <- struct{}{}:
+	default: // a write is already due; it will take this state too
+	}
+}
+
+// saver writes the cache when asked (saveSoon), outside a.mu, and once
+// more when ctx ends.
+func (a *Agent) saver(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			select {
+			case <-a.save:
+			default:
+				return
+			}
+		case <-a.save:
+		}
+		a.mu.Lock()
+		b, gen, err := a.marshalCacheLocked()
+		a.mu.Unlock()
+		if err == nil {
+			err = a.writeCache(b, gen)
+		}
+		if err != nil {
+			a.log.Warn("saving the cache failed", "err", err)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// writeCache writes state gen unless a newer one is on disk already.
+func (a *Agent) writeCache(b []byte, gen uint64) error {
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
+	if gen <= a.genOnDisk {
+		return nil
+	}
+	if err := atomicfile.Write(a.cachePath(), b, 0o600); err != nil {
+		return err
+	}
+	a.genOnDisk = gen
+	return nil
+}
+
+// marshalCacheLocked encodes the state and numbers it; the caller holds a.mu.
+func (a *Agent) marshalCacheLocked() ([]byte, uint64, error) {
 	cf := cacheFile{Version: cacheVersion, TrustDomain: a.td.Name(), JWTBundle: a.jwtBundle, Revision: a.revision,
 		Entries: a.entries, Workloads: map[string]*cachedSVID{}}
 	var err error
 	if cf.Agent, err = toCached(a.svid); err != nil {
-		return fmt.Errorf("agent: cache: %w", err)
+		return nil, 0, fmt.Errorf("agent: cache: %w", err)
 	}
 	for _, c := range a.bundle {
 		cf.Bundle = append(cf.Bundle, c.Raw)
@@ -135,14 +195,15 @@ func (a *Agent) saveCache() error {
 	slices.Sort(cf.Revoked)
 	for id, h := range a.workloads {
 		if cf.Workloads[id], err = toCached(h); err != nil {
-			return fmt.Errorf("agent: cache: %w", err)
+			return nil, 0, fmt.Errorf("agent: cache: %w", err)
 		}
 	}
 	b, err := json.Marshal(cf)
 	if err != nil {
-		return fmt.Errorf("agent: cache: %w", err)
+		return nil, 0, fmt.Errorf("agent: cache: %w", err)
 	}
-	return atomicfile.Write(a.cachePath(), b, 0o600)
+	a.gen++
+	return b, a.gen, nil
 }
 
 // loadCache restores the state from disk; a missing cache is not an error.

@@ -43,6 +43,25 @@ type Entry struct {
 	JWTTTLSeconds  int64     `json:"jwt_ttl_seconds,omitempty"`
 	DNSNames       []string  `json:"dns_names,omitempty"`
 	CreatedAt      time.Time `json:"created_at,omitzero"`
+	// SPIRE's entry fields: admin and downstream are recorded (see
+	// docs/deploy.md for what they grant), hint reaches the workload with
+	// its SVID, and after expires_at no SVID is signed for the entry.
+	Admin      bool      `json:"admin,omitempty"`
+	Downstream bool      `json:"downstream,omitempty"`
+	Hint       string    `json:"hint,omitempty"`
+	ExpiresAt  time.Time `json:"expires_at,omitzero"`
+}
+
+// EntryBatch is the body of the batch endpoints: entries to create or
+// update (with their IDs), or IDs to delete. All or none is applied.
+type EntryBatch struct {
+	Entries []Entry  `json:"entries,omitempty"`
+	IDs     []string `json:"ids,omitempty"`
+}
+
+// EntryBatchResponse lists the entries created, updated or deleted.
+type EntryBatchResponse struct {
+	Entries []Entry `json:"entries"`
 }
 
 // Agent describes an attested agent.

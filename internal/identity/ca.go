@@ -58,6 +58,10 @@ type Config struct {
 	IntermediateTTL time.Duration
 	JWTKeyTTL       time.Duration
 	Upstream        *Upstream
+	// JWTIssuer, if set, is the iss claim of every JWT-SVID: the issuer
+	// whose OIDC discovery document relying parties fetch (package
+	// oidcdiscovery). Empty: no iss claim (the SPIFFE spec leaves it out).
+	JWTIssuer string
 }
 
 type signingCert struct {
@@ -542,6 +546,7 @@ func (ca *CA) SignJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) 
 	now := ca.cfg.Now()
 	exp := now.Add(ttl).Truncate(time.Second)
 	tok, err := jwt.Signed(sig).Claims(jwt.Claims{
+		Issuer:   ca.cfg.JWTIssuer,
 		Subject:  id.String(),
 		Audience: audience,
 		IssuedAt: jwt.NewNumericDate(now),

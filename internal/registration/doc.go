@@ -6,7 +6,18 @@
 //     selectors (at least one unix:uid or unix:gid, package selector),
 //     TTLs no longer than the intermediate's life and lower-case DNS names.
 //     Two entries giving the same ID to the same selectors under one agent
-//     are one too many.
+//     are one too many. A hint (at most MaxHintLen, printable) reaches the
+//     workload with its SVID; after ExpiresAt no SVID is signed for the
+//     entry, none is signed to outlive it, and it is no longer synced to
+//     its agent. Admin and Downstream are SPIRE's flags, stored and carried
+//     so registrations move over unchanged; they grant nothing here yet.
+//   - Batches (NewEntries, UpdateEntries, DeleteEntries, at most MaxBatch)
+//     apply every entry or none, in one store transaction; the first
+//     refused one is a BatchError naming its index ("entries[3]:
+//     selectors: ..."). Duplicates are refused within the batch and against
+//     the store. Entry files (JSON or YAML, ours or SPIRE's field names)
+//     are read by ParseEntryFile, strictly: unknown and repeated fields
+//     name their line.
 //   - A join token is a 256-bit bearer secret, stored as its SHA-256, for
 //     one agent name, living at most MaxJoinTokenTTL; a name whose agent is
 //     attested and not evicted is refused.

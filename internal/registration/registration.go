@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -116,7 +118,14 @@ type EntrySpec struct {
 	// TTLs in seconds (0: the defaults).
 	X509TTLSeconds, JWTTTLSeconds int64
 	DNSNames                      []string
+	// SPIRE's fields (store.Entry says what each does here).
+	Admin, Downstream bool
+	Hint              string
+	ExpiresAt         time.Time // zero: never
 }
+
+// MaxHintLen bounds an entry's hint (SPIRE's limit).
+const MaxHintLen = 1024
 
 var dnsNameRE = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
@@ -179,10 +188,25 @@ func (g *Registrar) checkEntry(spec EntrySpec) (store.Entry, error) {
 			return store.Entry{}, fail(ErrInvalid, "dns_names: %q is not a lower-case DNS name", d)
 		}
 	}
+	if len(spec.Hint) > MaxHintLen {
+		return store.Entry{}, fail(ErrInvalid, "hint: at most %d bytes", MaxHintLen)
+	}
+	for _, r := range spec.Hint {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			return store.Entry{}, fail(ErrInvalid, "hint: control characters and invalid UTF-8 are not allowed")
+		}
+	}
+	if !spec.ExpiresAt.IsZero() && !spec.ExpiresAt.After(g.Now()) {
+		return store.Entry{}, fail(ErrInvalid, "expires_at: %s is not in the future", spec.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	if spec.DNSNames == nil {
+		spec.DNSNames = []string{}
+	}
 	idBytes := make([]byte, 16)
 	rand.Read(idBytes)
 	return store.Entry{ID: hex.EncodeToString(idBytes), SpiffeID: id.String(), ParentID: parent.String(), Selectors: sels,
-		X509TTL: time.Duration(spec.X509TTLSeconds) * time.Second, JWTTTL: time.Duration(spec.JWTTTLSeconds) * time.Second, DNSNames: spec.DNSNames, CreatedAt: g.Now()}, nil
+		X509TTL: time.Duration(spec.X509TTLSeconds) * time.Second, JWTTTL: time.Duration(spec.JWTTTLSeconds) * time.Second, DNSNames: spec.DNSNames, CreatedAt: g.Now(),
+		Admin: spec.Admin, Downstream: spec.Downstream, Hint: spec.Hint, ExpiresAt: spec.ExpiresAt.UTC()}, nil
 }
 
 // SignAgent signs agent agentID's SVID from csr, and records the agent
@@ -256,6 +280,10 @@ func (g *Registrar) SignWorkloads(ctx context.Context, agentID spiffeid.ID, reqs
 			continue
 		}
 		res.Entry = e
+		if expired(e, now) {
+			res.Err = fail(ErrNotEntitled, "entry %s expired at %s", e.ID, e.ExpiresAt.Format(time.RFC3339))
+			continue
+		}
 		if res.ID, err = spiffeid.FromString(e.SpiffeID); err != nil {
 			res.Err = errors.New("entry has an invalid SPIFFE ID")
 			continue
@@ -269,6 +297,7 @@ func (g *Registrar) SignWorkloads(ctx context.Context, agentID spiffeid.ID, reqs
 		if ttl == 0 {
 			ttl = g.X509TTL
 		}
+		ttl = capAtExpiry(e, now, ttl)
 		if res.Chain, err = g.CA.SignX509SVID(res.ID, pub, ttl, e.DNSNames, nil); err != nil {
 			res.Err = fmt.Errorf("%w: %v", ErrCA, err)
 			continue
@@ -298,11 +327,15 @@ func (g *Registrar) SignJWT(ctx context.Context, st EntryGetter, agentID spiffei
 	if len(audience) == 0 {
 		return "", "", time.Time{}, fail(ErrInvalid, "audience: at least one audience is required")
 	}
+	if expired(e, g.Now()) {
+		return "", "", time.Time{}, fail(ErrNotEntitled, "entry %s expired at %s", e.ID, e.ExpiresAt.Format(time.RFC3339))
+	}
 	id, _ := spiffeid.FromString(e.SpiffeID)
 	ttl := e.JWTTTL
 	if ttl == 0 {
 		ttl = g.JWTTTL
 	}
+	ttl = capAtExpiry(e, g.Now(), ttl)
 	tok, exp, err := g.CA.SignJWTSVID(id, audience, ttl)
 	if err != nil {
 		return "", "", time.Time{}, fmt.Errorf("%w: %v", ErrCA, err)
@@ -396,4 +429,167 @@ func (g *Registrar) revoke(ctx context.Context, st Revoker, svids []store.Issued
 		}
 	}
 	return revs, nil
+}
+
+// expired reports whether e has an expiry that has passed.
+func expired(e store.Entry, now time.Time) bool {
+	return !e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt)
+}
+
+// capAtExpiry shortens ttl so that no SVID outlives its entry.
+func capAtExpiry(e store.Entry, now time.Time, ttl time.Duration) time.Duration {
+	if !e.ExpiresAt.IsZero() {
+		ttl = min(ttl, e.ExpiresAt.Sub(now))
+	}
+	return ttl
+}
+
+// Expired reports whether entry e has expired at now: it is no longer
+// synced to its agent nor signed for.
+func Expired(e store.Entry, now time.Time) bool { return expired(e, now) }
+
+// MaxBatch bounds the entries of one batch.
+const MaxBatch = 10000
+
+// BatchError says which item of a batch was refused, and why; nothing of
+// the batch was applied. It unwraps to the item's error (ErrInvalid,
+// ErrConflict, store.ErrNotFound).
+type BatchError struct {
+	Index int // from 0
+	Err   error
+}
+
+func (e *BatchError) Error() string { return fmt.Sprintf("entries[%d]: %v", e.Index, e.Err) }
+func (e *BatchError) Unwrap() error { return e.Err }
+
+// entryKey identifies what an entry grants: the same SPIFFE ID to the
+// same selectors under the same parent is a duplicate.
+func entryKey(e store.Entry) string {
+	sels := make([]string, len(e.Selectors))
+	for i, s := range e.Selectors {
+		sels[i] = s.String()
+	}
+	slices.Sort(sels)
+	return e.ParentID + "\x00" + e.SpiffeID + "\x00" + strings.Join(sels, "\x00")
+}
+
+// EntryStore is what batches need; store.Store implements it.
+type EntryStore interface {
+	FindEntries(ctx context.Context, f store.EntryFilter) ([]store.Entry, error)
+	CreateEntries(ctx context.Context, es []store.Entry) error
+	UpdateEntries(ctx context.Context, es []store.Entry) error
+	DeleteEntries(ctx context.Context, ids []string) error
+	GetEntry(ctx context.Context, id string) (store.Entry, error)
+}
+
+// NewEntries checks every spec and stores them all, or none: the first
+// refused one is named by its index (BatchError).
+func (g *Registrar) NewEntries(ctx context.Context, st EntryStore, specs []EntrySpec) ([]store.Entry, error) {
+	if len(specs) == 0 || len(specs) > MaxBatch {
+		return nil, fail(ErrInvalid, "entries: between 1 and %d entries per batch, got %d", MaxBatch, len(specs))
+	}
+	existing, err := st.FindEntries(ctx, store.EntryFilter{})
+	if err != nil {
+		return nil, fmt.Errorf("registration: read entries: %w", err)
+	}
+	taken := make(map[string]string, len(existing)+len(specs))
+	for _, e := range existing {
+		taken[entryKey(e)] = e.ID
+	}
+	out := make([]store.Entry, len(specs))
+	for i, spec := range specs {
+		e, err := g.checkEntry(spec)
+		if err != nil {
+			return nil, &BatchError{i, err}
+		}
+		if other, ok := taken[entryKey(e)]; ok {
+			return nil, &BatchError{i, fail(ErrConflict, "entry %s already gives %s to these selectors under %s", other, e.SpiffeID, e.ParentID)}
+		}
+		taken[entryKey(e)] = fmt.Sprintf("entries[%d]", i)
+		out[i] = e
+	}
+	if err := st.CreateEntries(ctx, out); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil, fail(ErrConflict, "an entry ID was taken; retry")
+		}
+		return nil, fmt.Errorf("registration: store the entries: %w", err)
+	}
+	return out, nil
+}
+
+// EntryUpdate replaces every field of entry ID but its ID and creation time.
+type EntryUpdate struct {
+	ID   string
+	Spec EntrySpec
+}
+
+// UpdateEntries checks and applies every update, or none.
+func (g *Registrar) UpdateEntries(ctx context.Context, st EntryStore, ups []EntryUpdate) ([]store.Entry, error) {
+	if len(ups) == 0 || len(ups) > MaxBatch {
+		return nil, fail(ErrInvalid, "entries: between 1 and %d entries per batch, got %d", MaxBatch, len(ups))
+	}
+	existing, err := st.FindEntries(ctx, store.EntryFilter{})
+	if err != nil {
+		return nil, fmt.Errorf("registration: read entries: %w", err)
+	}
+	byID := make(map[string]store.Entry, len(existing))
+	for _, e := range existing {
+		byID[e.ID] = e
+	}
+	seen := map[string]bool{}
+	out := make([]store.Entry, len(ups))
+	for i, u := range ups {
+		old, ok := byID[u.ID]
+		if !ok {
+			return nil, &BatchError{i, fmt.Errorf("id: %w: entry %q", store.ErrNotFound, u.ID)}
+		}
+		if seen[u.ID] {
+			return nil, &BatchError{i, fail(ErrInvalid, "id: entry %s is updated twice in this batch", u.ID)}
+		}
+		seen[u.ID] = true
+		e, err := g.checkEntry(u.Spec)
+		if err != nil {
+			return nil, &BatchError{i, err}
+		}
+		e.ID, e.CreatedAt = old.ID, old.CreatedAt
+		out[i] = e
+		byID[u.ID] = e
+	}
+	taken := make(map[string]string, len(byID))
+	for _, e := range byID { // the entries as they will be
+		if other, ok := taken[entryKey(e)]; ok {
+			i := slices.IndexFunc(out, func(o store.Entry) bool { return o.ID == e.ID || o.ID == other })
+			return nil, &BatchError{i, fail(ErrConflict, "entries %s and %s would both give %s to the same selectors under %s", min(e.ID, other), max(e.ID, other), e.SpiffeID, e.ParentID)}
+		}
+		taken[entryKey(e)] = e.ID
+	}
+	if err := st.UpdateEntries(ctx, out); err != nil {
+		return nil, fmt.Errorf("registration: update the entries: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteEntries deletes every entry named, or none; it returns them as
+// they were.
+func (g *Registrar) DeleteEntries(ctx context.Context, st EntryStore, ids []string) ([]store.Entry, error) {
+	if len(ids) == 0 || len(ids) > MaxBatch {
+		return nil, fail(ErrInvalid, "ids: between 1 and %d entries per batch, got %d", MaxBatch, len(ids))
+	}
+	out := make([]store.Entry, len(ids))
+	seen := map[string]bool{}
+	for i, id := range ids {
+		if seen[id] {
+			return nil, &BatchError{i, fail(ErrInvalid, "id: entry %s is named twice in this batch", id)}
+		}
+		seen[id] = true
+		e, err := st.GetEntry(ctx, id)
+		if err != nil {
+			return nil, &BatchError{i, fmt.Errorf("id: %w", err)}
+		}
+		out[i] = e
+	}
+	if err := st.DeleteEntries(ctx, ids); err != nil {
+		return nil, fmt.Errorf("registration: delete the entries: %w", err)
+	}
+	return out, nil
 }

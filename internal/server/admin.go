@@ -1,14 +1,18 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/registration"
+	"github.com/rampartsec/rampart/internal/selector"
 	"github.com/rampartsec/rampart/internal/store"
 )
 
@@ -46,8 +50,7 @@ func (s *Server) handleCreateEntry(w http.ResponseWriter, r *http.Request) {
 	if !api.ReadJSON(w, r, &req) {
 		return
 	}
-	e, err := s.registrar.NewEntry(r.Context(), registration.EntrySpec{SpiffeID: req.SpiffeID, ParentID: req.ParentID, Selectors: req.Selectors,
-		X509TTLSeconds: req.X509TTLSeconds, JWTTTLSeconds: req.JWTTTLSeconds, DNSNames: req.DNSNames})
+	e, err := s.registrar.NewEntry(r.Context(), specFromAPI(req))
 	if err != nil {
 		s.registrationError(w, err)
 		return
@@ -88,12 +91,28 @@ func entryToAPI(e store.Entry) api.Entry {
 		ID: e.ID, SpiffeID: e.SpiffeID, ParentID: e.ParentID, Selectors: sels,
 		X509TTLSeconds: int64(e.X509TTL / time.Second), JWTTTLSeconds: int64(e.JWTTTL / time.Second),
 		DNSNames: e.DNSNames, CreatedAt: e.CreatedAt,
+		Admin: e.Admin, Downstream: e.Downstream, Hint: e.Hint, ExpiresAt: e.ExpiresAt,
 	}
 }
 
+func specFromAPI(e api.Entry) registration.EntrySpec {
+	return registration.EntrySpec{SpiffeID: e.SpiffeID, ParentID: e.ParentID, Selectors: e.Selectors,
+		X509TTLSeconds: e.X509TTLSeconds, JWTTTLSeconds: e.JWTTTLSeconds, DNSNames: e.DNSNames,
+		Admin: e.Admin, Downstream: e.Downstream, Hint: e.Hint, ExpiresAt: e.ExpiresAt}
+}
+
 func (s *Server) handleListEntries(w http.ResponseWriter, r *http.Request) {
-	parent := r.URL.Query().Get("parent_id")
-	entries, err := s.store.ListEntries(r.Context(), parent)
+	q := r.URL.Query()
+	f := store.EntryFilter{ParentID: q.Get("parent_id"), SpiffeID: q.Get("spiffe_id"), Hint: q.Get("hint")}
+	for _, v := range q["selector"] {
+		sel, err := selector.Parse(v)
+		if err != nil {
+			api.WriteProblem(w, http.StatusBadRequest, "selector: "+err.Error())
+			return
+		}
+		f.Selectors = append(f.Selectors, sel)
+	}
+	entries, err := s.store.FindEntries(r.Context(), f)
 	if err != nil {
 		api.WriteProblem(w, http.StatusInternalServerError, "cannot read entries")
 		return
@@ -121,6 +140,109 @@ func (s *Server) handleDeleteEntry(w http.ResponseWriter, r *http.Request) {
 	s.notify(r.Context())
 	s.event(r, "entry.delete", "entry_id", id, "spiffe_id", e.SpiffeID)
 	api.WriteJSON(w, http.StatusOK, entryToAPI(e))
+}
+
+// handleUpdateEntry replaces every field of an entry but its ID.
+func (s *Server) handleUpdateEntry(w http.ResponseWriter, r *http.Request) {
+	var req api.Entry
+	if !api.ReadJSON(w, r, &req) {
+		return
+	}
+	id := r.PathValue("id")
+	if req.ID != "" && req.ID != id {
+		api.WriteProblem(w, http.StatusBadRequest, fmt.Sprintf("id: the body names entry %q, the path %q", req.ID, id))
+		return
+	}
+	es, err := s.registrar.UpdateEntries(r.Context(), s.store, []registration.EntryUpdate{{ID: id, Spec: specFromAPI(req)}})
+	if err != nil {
+		var be *registration.BatchError
+		if errors.As(err, &be) {
+			err = be.Err // one entry: no index to name
+		}
+		s.registrationError(w, err)
+		return
+	}
+	s.notify(r.Context())
+	s.entryEvents(r, "entry.update", es)
+	api.WriteJSON(w, http.StatusOK, entryToAPI(es[0]))
+}
+
+// maxBatchBody bounds a batch request: 10,000 entries with long
+// selectors and DNS names.
+const maxBatchBody = 16 << 20
+
+// handleEntryBatch creates, updates or deletes many entries, all or none;
+// a refusal names the entry by index and the field.
+func (s *Server) handleEntryBatch(op string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req api.EntryBatch
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBatchBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			api.WriteProblem(w, http.StatusBadRequest, fmt.Sprintf("invalid batch (a JSON object with \"entries\" or \"ids\", at most %d bytes): %v", maxBatchBody, err))
+			return
+		}
+		var es []store.Entry
+		var err error
+		switch op {
+		case "create":
+			if len(req.IDs) > 0 {
+				api.WriteProblem(w, http.StatusBadRequest, "ids: not taken by a create batch")
+				return
+			}
+			specs := make([]registration.EntrySpec, len(req.Entries))
+			for i, e := range req.Entries {
+				if e.ID != "" {
+					api.WriteProblem(w, http.StatusBadRequest, fmt.Sprintf("entries[%d]: id: the server chooses entry IDs", i))
+					return
+				}
+				specs[i] = specFromAPI(e)
+			}
+			es, err = s.registrar.NewEntries(r.Context(), s.store, specs)
+		case "update":
+			if len(req.IDs) > 0 {
+				api.WriteProblem(w, http.StatusBadRequest, "ids: not taken by an update batch; give each entry its id")
+				return
+			}
+			ups := make([]registration.EntryUpdate, len(req.Entries))
+			for i, e := range req.Entries {
+				if e.ID == "" {
+					api.WriteProblem(w, http.StatusBadRequest, fmt.Sprintf("entries[%d]: id: required to update an entry", i))
+					return
+				}
+				ups[i] = registration.EntryUpdate{ID: e.ID, Spec: specFromAPI(e)}
+			}
+			es, err = s.registrar.UpdateEntries(r.Context(), s.store, ups)
+		case "delete":
+			if len(req.Entries) > 0 {
+				api.WriteProblem(w, http.StatusBadRequest, "entries: not taken by a delete batch; give \"ids\"")
+				return
+			}
+			es, err = s.registrar.DeleteEntries(r.Context(), s.store, req.IDs)
+		}
+		if err != nil {
+			s.registrationError(w, err)
+			return
+		}
+		s.notify(r.Context())
+		s.entryEvents(r, "entry."+op, es)
+		api.WriteJSON(w, http.StatusOK, api.EntryBatchResponse{Entries: api.MapAll(es, entryToAPI)})
+	}
+}
+
+// entryEvents audits each entry of a change: the log says what each
+// entry became, batch or not. One append for the batch: one durable write,
+// not one per entry.
+func (s *Server) entryEvents(r *http.Request, event string, es []store.Entry) {
+	out := make([]*audit.Entry, len(es))
+	for i, e := range es {
+		sels := make([]string, len(e.Selectors))
+		for j, sel := range e.Selectors {
+			sels[j] = sel.String()
+		}
+		out[i] = s.entry(r, event, audit.OutcomeSuccess, "", "entry_id", e.ID, "spiffe_id", e.SpiffeID, "parent_id", e.ParentID, "selectors", sels)
+	}
+	s.record(r.Context(), out...)
 }
 
 func agentToAPI(a store.Agent) api.Agent {

@@ -122,7 +122,11 @@ func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 	}
 	out := api.SyncResponse{Revision: rev, Bundle: s.bundleDER(), JWTBundle: json.RawMessage(jwtBundle), Entries: []api.Entry{}, Revoked: []string{},
 		ReissueUnlessRoot: s.rekey.Reissuing()}
+	now := s.now()
 	for _, e := range entries {
+		if registration.Expired(e, now) {
+			continue // the agent drops it, and its SVID, as if deleted
+		}
 		out.Entries = append(out.Entries, entryToAPI(e))
 	}
 	for _, rv := range revs {

@@ -80,9 +80,13 @@ func (s *Server) routes() []Route {
 
 		admin("POST /v1/join-tokens", permission.AgentEnrol, s.handleCreateJoinToken, "make a one-time join token for an agent"),
 		admin("POST /v1/entries", permission.EntryWrite, s.handleCreateEntry, "create a registration entry"),
-		admin("GET /v1/entries", permission.EntryRead, s.handleListEntries, "list registration entries (?parent_id=)"),
+		admin("GET /v1/entries", permission.EntryRead, s.handleListEntries, "list registration entries (?parent_id= &spiffe_id= &hint= &selector=, repeatable: entries with all of them)"),
 		admin("GET /v1/entries/{id}", permission.EntryRead, s.handleGetEntry, "read a registration entry"),
+		admin("PUT /v1/entries/{id}", permission.EntryWrite, s.handleUpdateEntry, "replace every field of a registration entry but its ID"),
 		admin("DELETE /v1/entries/{id}", permission.EntryWrite, s.handleDeleteEntry, "delete a registration entry"),
+		admin("POST /v1/entries/batch/create", permission.EntryWrite, s.handleEntryBatch("create"), "create many entries, all or none (a refusal names the entry by index and the field)"),
+		admin("POST /v1/entries/batch/update", permission.EntryWrite, s.handleEntryBatch("update"), "replace many entries (each with its id), all or none"),
+		admin("POST /v1/entries/batch/delete", permission.EntryWrite, s.handleEntryBatch("delete"), "delete many entries by id, all or none"),
 		admin("GET /v1/agents", permission.AgentRead, s.handleListAgents, "list agents"),
 		admin("GET /v1/agents/{name}", permission.AgentRead, s.handleGetAgent, "read an agent"),
 		admin("POST /v1/agents/{name}/evict", permission.AgentEvict, s.handleEvictAgent, "evict an agent and revoke every SVID issued through it"),
@@ -189,6 +193,13 @@ func (s *Server) routes() []Route {
 			admin("GET /v1/acme/certs", permission.ACMERead, s.acme.HandleListCerts, "list certificates issued through ACME (?account= &all=true)"),
 			admin("POST /v1/acme/certs/{serial}/revoke", permission.ACMERevoke, s.acme.HandleRevokeCert, "revoke a certificate issued through ACME (ARI then tells its client to renew)"),
 		)
+	}
+	// OIDC discovery for JWT-SVIDs (nil: no --jwt-issuer), public as the
+	// JWT bundle is.
+	if s.oidc != nil {
+		for _, r := range s.oidc.Routes() {
+			rs = append(rs, route(AuthPublic, r.Pattern, r.Handler, r.Doc))
+		}
 	}
 	// The authorization server (before Serve on port 0 it does not exist).
 	if s.oauth != nil {

@@ -32,7 +32,8 @@ func fillPath(p string) string {
 // authorization server (and its routes) exists from New on.
 func routeServer(t *testing.T) *Server {
 	t.Helper()
-	srv, err := New(context.Background(), Config{DataDir: t.TempDir(), TrustDomain: td, Listen: "127.0.0.1:8443"})
+	srv, err := New(context.Background(), Config{DataDir: t.TempDir(), TrustDomain: td, Listen: "127.0.0.1:8443",
+		JWTIssuer: "https://127.0.0.1:8443/spiffe"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,5 +211,16 @@ func TestAPIDoc(t *testing.T) {
 	}
 	if string(got) != want {
 		t.Fatalf("docs/api.md is out of date with the route table: run go test ./internal/server -run TestAPIDoc -update")
+	}
+}
+
+// A JWT issuer that could collide with the API's own routes, or that
+// relying parties would not accept, stops the server at start.
+func TestJWTIssuerChecked(t *testing.T) {
+	for _, iss := range []string{"http://127.0.0.1:8443/spiffe", "https://127.0.0.1:8443", "https://127.0.0.1:8443/v1/entries"} {
+		_, err := New(context.Background(), Config{DataDir: t.TempDir(), TrustDomain: td, Listen: "127.0.0.1:8443", JWTIssuer: iss})
+		if err == nil || !strings.Contains(err.Error(), "--jwt-issuer") {
+			t.Errorf("JWT issuer %s: got %v, want a refusal naming --jwt-issuer", iss, err)
+		}
 	}
 }

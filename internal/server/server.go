@@ -36,6 +36,7 @@ import (
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/netpol/netpolapi"
 	"github.com/rampartsec/rampart/internal/oauth"
+	"github.com/rampartsec/rampart/internal/oidcdiscovery"
 	"github.com/rampartsec/rampart/internal/operator"
 	"github.com/rampartsec/rampart/internal/registration"
 	"github.com/rampartsec/rampart/internal/rekey"
@@ -116,6 +117,11 @@ type Config struct {
 	Issuer string
 	OAuth  OAuthConfig
 
+	// JWTIssuer, if set, is the iss claim of JWT-SVIDs, and the server
+	// publishes OIDC discovery for it (package oidcdiscovery): HTTPS, with
+	// a path. Empty: JWT-SVIDs carry no iss and no discovery is served.
+	JWTIssuer string
+
 	Now func() time.Time
 	Log *slog.Logger
 }
@@ -152,15 +158,16 @@ type Server struct {
 	operators       *operator.API   // operators and their roles
 	operatorAuth    *operator.Authenticator
 	registrar       *registration.Registrar
-	scan            *inventory.API   // vulnerability database, gates, inventory
-	netpol          *netpolapi.API   // placements and the network view
-	backup          *backup.Runner   // nil: no backups configured
-	acme            *acme.Server     // nil: ACME disabled
-	kmsAPI          *kms.API         // the key store, its key-use policy and its API
-	kmsMaint        *kms.Maintainer  // the key store's schedules
-	rekey           *rekey.Rekeyer   // burn-down
-	respond         *respond.Service // playbooks, quarantines, incidents
-	quarantine      *mtls.Quarantine // the identities quarantined, as of the last refresh
+	scan            *inventory.API          // vulnerability database, gates, inventory
+	netpol          *netpolapi.API          // placements and the network view
+	backup          *backup.Runner          // nil: no backups configured
+	acme            *acme.Server            // nil: ACME disabled
+	oidc            *oidcdiscovery.Provider // nil: no JWT issuer configured
+	kmsAPI          *kms.API                // the key store, its key-use policy and its API
+	kmsMaint        *kms.Maintainer         // the key store's schedules
+	rekey           *rekey.Rekeyer          // burn-down
+	respond         *respond.Service        // playbooks, quarantines, incidents
+	quarantine      *mtls.Quarantine        // the identities quarantined, as of the last refresh
 	respondAPI      *respond.API
 	caMaint         *identity.Maintainer
 	wrapper         *keywrap.Wrapper
@@ -259,9 +266,15 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	if cfg.JWTIssuer != "" {
+		if _, err := oidcdiscovery.ParseIssuer(cfg.JWTIssuer); err != nil {
+			return nil, fmt.Errorf("server: --jwt-issuer: %w", err)
+		}
+	}
 	ca, err := identity.New(ctx, identity.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Wrapper: wrapper, Now: cfg.Now, Log: cfg.Log,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, JWTKeyTTL: cfg.JWTKeyTTL, Upstream: up,
+		JWTIssuer: cfg.JWTIssuer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -271,6 +284,11 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		feed: newFeed(), reg: prometheus.NewRegistry(), quarantine: &mtls.Quarantine{},
 	}
 	s.refusals = audit.NewRefusals(cfg.Now, s.record)
+	if cfg.JWTIssuer != "" {
+		if s.oidc, err = oidcdiscovery.New(cfg.JWTIssuer, ca.JWTBundle); err != nil {
+			return nil, fmt.Errorf("server: --jwt-issuer: %w", err)
+		}
+	}
 	s.metrics = newMetrics(s.reg, ca)
 	s.registrar = &registration.Registrar{TrustDomain: cfg.TrustDomain, Store: st, CA: ca, MaxTTL: cfg.IntermediateTTL,
 		JoinTokenTTL: cfg.JoinTokenTTL, AgentTTL: cfg.AgentTTL, X509TTL: cfg.DefaultX509TTL, JWTTTL: cfg.DefaultJWTTTL, Now: cfg.Now}

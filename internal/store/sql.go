@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/rampartsec/rampart/internal/selector"
 )
 
 // dialect is everything that differs between the SQL backends. The statements
@@ -263,6 +266,14 @@ func (d dialect) migrations() [][]string {
 		d.operatorMigration(),
 		// Respond: playbooks, quarantines, incidents, runs (respond.go).
 		d.respondMigration(),
+		// Entry fields SPIRE users rely on, and lookups by SPIFFE ID.
+		{
+			`ALTER TABLE entries ADD COLUMN admin BOOLEAN NOT NULL DEFAULT false`,
+			`ALTER TABLE entries ADD COLUMN downstream BOOLEAN NOT NULL DEFAULT false`,
+			`ALTER TABLE entries ADD COLUMN hint TEXT NOT NULL DEFAULT ''`,
+			`ALTER TABLE entries ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0`,
+			`CREATE INDEX entries_spiffe_id ON entries (spiffe_id)`,
+		},
 	}
 }
 
@@ -616,33 +627,72 @@ func (s *sqlStore) EvictAgent(ctx context.Context, spiffeID string, at time.Time
 
 // Registration entries.
 
-const entryColumns = `id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, created_at`
+const entryColumns = `id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, created_at, admin, downstream, hint, expires_at`
 
-func (s *sqlStore) CreateEntry(ctx context.Context, e Entry) error {
-	if err := checkTimes(e.CreatedAt); err != nil {
-		return err
+func entryArgs(e Entry) ([]any, error) {
+	if err := checkTimes(e.CreatedAt, e.ExpiresAt); err != nil {
+		return nil, err
 	}
 	selectors, err := json.Marshal(e.Selectors)
 	if err != nil {
-		return fmt.Errorf("store: create entry %s: %w", e.ID, err)
+		return nil, err
 	}
 	dnsNames, err := json.Marshal(e.DNSNames)
 	if err != nil {
-		return fmt.Errorf("store: create entry %s: %w", e.ID, err)
+		return nil, err
 	}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		err := s.insertNew(ctx, tx, `INSERT INTO entries (`+entryColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-			e.ID, e.SpiffeID, e.ParentID, string(selectors), int64(e.X509TTL), int64(e.JWTTTL), string(dnsNames), ns(e.CreatedAt))
-		if err != nil {
-			return err
+	return []any{e.ID, e.SpiffeID, e.ParentID, string(selectors), int64(e.X509TTL), int64(e.JWTTTL), string(dnsNames), ns(e.CreatedAt),
+		e.Admin, e.Downstream, e.Hint, ns(e.ExpiresAt)}, nil
+}
+
+func (s *sqlStore) CreateEntry(ctx context.Context, e Entry) error {
+	return s.CreateEntries(ctx, []Entry{e})
+}
+
+func (s *sqlStore) CreateEntries(ctx context.Context, es []Entry) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		for _, e := range es {
+			args, err := entryArgs(e)
+			if err != nil {
+				return fmt.Errorf("entry %s: %w", e.ID, err)
+			}
+			err = s.insertNew(ctx, tx, `INSERT INTO entries (`+entryColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`, args...)
+			if errors.Is(err, ErrConflict) {
+				return fmt.Errorf("%w: entry %s", ErrConflict, e.ID)
+			}
+			if err != nil {
+				return err
+			}
 		}
 		return s.bump(ctx, tx)
 	})
-	if errors.Is(err, ErrConflict) {
-		return fmt.Errorf("%w: entry %s", ErrConflict, e.ID)
-	}
 	if err != nil {
-		return fmt.Errorf("store: create entry %s: %w", e.ID, err)
+		return fmt.Errorf("store: create entries: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlStore) UpdateEntries(ctx context.Context, es []Entry) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		for _, e := range es {
+			args, err := entryArgs(e)
+			if err != nil {
+				return fmt.Errorf("entry %s: %w", e.ID, err)
+			}
+			// Everything but the ID and when it was created.
+			err = s.execOne(ctx, tx, `UPDATE entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_ttl = ?, jwt_ttl = ?, dns_names = ?,
+				admin = ?, downstream = ?, hint = ?, expires_at = ? WHERE id = ?`, append(args[1:7], append(args[8:], e.ID)...)...)
+			if errors.Is(err, ErrNotFound) {
+				return fmt.Errorf("%w: entry %s", ErrNotFound, e.ID)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return s.bump(ctx, tx)
+	})
+	if err != nil {
+		return fmt.Errorf("store: update entries: %w", err)
 	}
 	return nil
 }
@@ -659,13 +709,30 @@ func (s *sqlStore) GetEntry(ctx context.Context, id string) (Entry, error) {
 }
 
 func (s *sqlStore) ListEntries(ctx context.Context, parentID string) ([]Entry, error) {
-	query, args := `SELECT `+entryColumns+` FROM entries ORDER BY id`, []any(nil)
-	if parentID != "" {
-		query, args = `SELECT `+entryColumns+` FROM entries WHERE parent_id = ? ORDER BY id`, []any{parentID}
+	return s.FindEntries(ctx, EntryFilter{ParentID: parentID})
+}
+
+func (s *sqlStore) FindEntries(ctx context.Context, f EntryFilter) ([]Entry, error) {
+	var where []string
+	var args []any
+	for _, c := range []struct{ col, v string }{{"parent_id", f.ParentID}, {"spiffe_id", f.SpiffeID}, {"hint", f.Hint}} {
+		if c.v != "" {
+			where = append(where, c.col+" = ?")
+			args = append(args, c.v)
+		}
 	}
-	entries, err := queryAll(ctx, s, scanEntry, query, args...)
+	query := `SELECT ` + entryColumns + ` FROM entries`
+	if len(where) > 0 {
+		query += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	entries, err := queryAll(ctx, s, scanEntry, query+` ORDER BY id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: list entries: %w", err)
+	}
+	if len(f.Selectors) > 0 {
+		entries = slices.DeleteFunc(entries, func(e Entry) bool {
+			return !selector.NewSet(e.Selectors...).Matches(f.Selectors)
+		})
 	}
 	return entries, nil
 }
@@ -673,8 +740,9 @@ func (s *sqlStore) ListEntries(ctx context.Context, parentID string) ([]Entry, e
 func scanEntry(r scanner) (Entry, error) {
 	var e Entry
 	var selectors, dnsNames string
-	var x509TTL, jwtTTL, created int64
-	if err := r.Scan(&e.ID, &e.SpiffeID, &e.ParentID, &selectors, &x509TTL, &jwtTTL, &dnsNames, &created); err != nil {
+	var x509TTL, jwtTTL, created, expires int64
+	if err := r.Scan(&e.ID, &e.SpiffeID, &e.ParentID, &selectors, &x509TTL, &jwtTTL, &dnsNames, &created,
+		&e.Admin, &e.Downstream, &e.Hint, &expires); err != nil {
 		return Entry{}, err
 	}
 	if err := json.Unmarshal([]byte(selectors), &e.Selectors); err != nil {
@@ -683,22 +751,29 @@ func scanEntry(r scanner) (Entry, error) {
 	if err := json.Unmarshal([]byte(dnsNames), &e.DNSNames); err != nil {
 		return Entry{}, fmt.Errorf("entry %s: DNS names: %w", e.ID, err)
 	}
-	e.X509TTL, e.JWTTTL, e.CreatedAt = time.Duration(x509TTL), time.Duration(jwtTTL), fromNS(created)
+	e.X509TTL, e.JWTTTL, e.CreatedAt, e.ExpiresAt = time.Duration(x509TTL), time.Duration(jwtTTL), fromNS(created), fromNS(expires)
 	return e, nil
 }
 
 func (s *sqlStore) DeleteEntry(ctx context.Context, id string) error {
+	return s.DeleteEntries(ctx, []string{id})
+}
+
+func (s *sqlStore) DeleteEntries(ctx context.Context, ids []string) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		if err := s.execOne(ctx, tx, `DELETE FROM entries WHERE id = ?`, id); err != nil {
-			return err
+		for _, id := range ids {
+			err := s.execOne(ctx, tx, `DELETE FROM entries WHERE id = ?`, id)
+			if errors.Is(err, ErrNotFound) {
+				return fmt.Errorf("%w: entry %s", ErrNotFound, id)
+			}
+			if err != nil {
+				return err
+			}
 		}
 		return s.bump(ctx, tx)
 	})
-	if errors.Is(err, ErrNotFound) {
-		return fmt.Errorf("%w: entry %s", ErrNotFound, id)
-	}
 	if err != nil {
-		return fmt.Errorf("store: delete entry %s: %w", id, err)
+		return fmt.Errorf("store: delete entries: %w", err)
 	}
 	return nil
 }

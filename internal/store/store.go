@@ -59,7 +59,15 @@ type Store interface {
 	// ListEntries lists all entries, or those whose parent is parentID when it
 	// is not empty, ordered by ID.
 	ListEntries(ctx context.Context, parentID string) ([]Entry, error)
+	// FindEntries lists the entries that match f, ordered by ID.
+	FindEntries(ctx context.Context, f EntryFilter) ([]Entry, error)
 	DeleteEntry(ctx context.Context, id string) error
+	// CreateEntries, UpdateEntries and DeleteEntries change every entry
+	// given or none, in one transaction with one revision bump: an ID
+	// already taken is ErrConflict, one missing ErrNotFound, naming it.
+	CreateEntries(ctx context.Context, es []Entry) error
+	UpdateEntries(ctx context.Context, es []Entry) error
+	DeleteEntries(ctx context.Context, ids []string) error
 
 	// Issued SVIDs, recorded so they can be revoked by SPIFFE ID or agent.
 	RecordSVIDs(ctx context.Context, svids []IssuedSVID) error
@@ -270,6 +278,22 @@ type Entry struct {
 	JWTTTL    time.Duration // 0: server default
 	DNSNames  []string
 	CreatedAt time.Time
+	// Admin and Downstream are SPIRE's flags, kept so entries move over
+	// unchanged; see registration's doc for what they grant here.
+	Admin, Downstream bool
+	// Hint tells a workload holding several SVIDs which is which (the
+	// Workload API's hint field).
+	Hint string
+	// ExpiresAt, if set, ends the entry: no SVID is signed for it after,
+	// and none outlives it.
+	ExpiresAt time.Time
+}
+
+// EntryFilter selects entries; empty fields match anything.
+type EntryFilter struct {
+	ParentID, SpiffeID, Hint string
+	// Selectors: entries having every one of these (and maybe more).
+	Selectors []selector.Selector
 }
 
 // IssuedSVID records one X.509-SVID the CA signed.

@@ -28,6 +28,11 @@ func (a Attestor) procDir() string {
 	return a.ProcDir
 }
 
+// errClosed says the caller's connection is closed: a client that took
+// its answer and left while its stream was woken by a change. Nobody is
+// refused; nothing is logged or audited.
+var errClosed = errors.New("workload: the connection is closed")
+
 // errChanged says the caller is not what it was when it connected.
 var errChanged = errors.New("the caller changed since it connected")
 
@@ -77,7 +82,7 @@ func (a Attestor) Attest(p *process, entries [][]selector.Selector) (Attestation
 		return Attestation{}, p.err
 	}
 	if p.closed {
-		return Attestation{}, errors.New("workload: the connection is closed")
+		return Attestation{}, errClosed
 	}
 	if err := p.aliveLocked(); err != nil {
 		return Attestation{}, err

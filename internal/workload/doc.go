@@ -1,7 +1,7 @@
 // Package workload serves the SPIFFE Workload API (the spec's gRPC service,
-// spiffe/workload/workload.proto) on a unix socket, so that unmodified
-// go-spiffe or java-spiffe clients get their SVIDs from Rampart (Envoy's SDS is
-// a different API, not served yet).
+// spiffe/workload/workload.proto) and Envoy's Secret Discovery Service (SDS
+// v3, envoy.service.secret.v3) on one unix socket, so that unmodified
+// go-spiffe or java-spiffe clients, and Envoy, get their SVIDs from Rampart.
 //
 // # Attestation
 //
@@ -71,6 +71,41 @@
 // added or removed). A caller entitled to nothing gets PermissionDenied, as
 // the spec requires; a stream whose last identity disappears ends with it.
 //
-// Every call must carry the metadata header "workload.spiffe.io: true"
-// (the spec's guard against server-side request forgery through proxies).
+// Every Workload API call must carry the metadata header
+// "workload.spiffe.io: true" (the spec's guard against server-side request
+// forgery through proxies). SDS calls need not: Envoy does not send it
+// (SPIRE's agent does not ask for it either).
+//
+// # Envoy SDS (sds.go)
+//
+// The same attestation, snapshot and inspector as the Workload API; the
+// resource names are SPIRE's defaults, so an Envoy configuration written
+// for SPIRE works unchanged:
+//
+//   - a SPIFFE ID: that X.509-SVID of the caller, as a TlsCertificate
+//     (PEM chain, PKCS#8 key);
+//   - "default": the caller's first X.509-SVID (by entry ID);
+//   - "ROOTCA" or the trust domain's ID ("spiffe://example.org"): the
+//     bundle as a validation context: Envoy's SPIFFE certificate validator
+//     for clients that say they are Envoy 1.18 or later, trusted CAs for
+//     others;
+//   - "ALL": every bundle as one SPIFFE validator (federated bundles will
+//     join it);
+//   - no names (a wildcard): every X.509-SVID of the caller and the bundle.
+//
+// A request that names an SVID the caller is not entitled to (another
+// workload's, or none at all) is refused whole with PermissionDenied,
+// logged and audited; the refusal does not say whether the SVID exists.
+// Bundles are public, as FetchX509Bundles is, and need no entry.
+//
+// StreamSecrets speaks the state-of-the-world protocol: each response has
+// a version and a nonce; an ACK or a NACK (error_detail, logged) of the
+// last nonce is not answered until what the caller holds changes
+// (rotation, bundle, entries), which is pushed as a new version; a request
+// with an older nonce is stale and ignored; one naming other resources is
+// answered at once. FetchSecrets answers once. DeltaSecrets (incremental
+// xDS, api_type DELTA_GRPC; sds_delta.go) gives each secret a version of
+// its own (a digest of its content) and sends only what the client lacks:
+// a rotation sends the certificate, not the unchanged bundle, and a
+// reconnecting client's initial_resource_versions are honoured.
 package workload

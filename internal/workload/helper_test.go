@@ -66,6 +66,8 @@ func helperMain(mode string) int {
 		fmt.Println("holding", len(held))
 		io.Copy(io.Discard, os.Stdin)
 		return 0
+	case "sds":
+		return sdsHelper()
 	case "speak-after-parent":
 		// fd 3 is the Workload API connection, fd 4 a pipe whose write end
 		// only the parent held: EOF means the parent has exited.

@@ -49,7 +49,10 @@ func (s *Server) SetInspector(in Inspector) { s.inspector = in }
 func (p *process) executable() (Executable, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	if p.closed || p.procfd < 0 {
+	if p.closed {
+		return Executable{}, errClosed
+	}
+	if p.procfd < 0 {
 		return Executable{}, fmt.Errorf("workload: pid %d: %w", p.PID, errGone)
 	}
 	var st unix.Stat_t
@@ -79,6 +82,9 @@ func (s *Server) inspect(ctx context.Context, p *process, method string, ids []I
 		return ids, nil
 	}
 	exe, err := p.executable()
+	if errors.Is(err, errClosed) {
+		return nil, status.Error(codes.Canceled, "the connection is closed")
+	}
 	if err != nil {
 		s.log.Warn("workload refused: the caller's executable could not be read", "pid", p.PID, "err", err)
 		s.audit.refused(ctx, p, method, err.Error())

@@ -5,12 +5,15 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -31,6 +34,9 @@ type Identity struct {
 	Selectors []selector.Selector
 	Chain     []*x509.Certificate // leaf first
 	Key       crypto.Signer
+	// Hint, from the entry, tells a workload holding several SVIDs which
+	// is which (the Workload API's hint field).
+	Hint string
 }
 
 // Snapshot is what the agent holds at one moment. It is never modified once
@@ -39,7 +45,10 @@ type Snapshot struct {
 	TrustDomain spiffeid.TrustDomain
 	Bundle      []*x509.Certificate // roots of TrustDomain
 	JWTBundle   []byte              // JWKS of TrustDomain
-	Identities  []Identity
+	Identities  []Identity          // with their SVIDs, ordered by entry ID
+	// Unminted are the entries the agent may serve but holds no valid SVID
+	// for (Chain and Key nil): a Minter mints them on first request.
+	Unminted []Identity
 }
 
 // Source is what the Workload API serves from; the agent implements it.
@@ -49,6 +58,16 @@ type Source interface {
 	Snapshot() (*Snapshot, <-chan struct{})
 	// FetchJWTSVID returns a JWT-SVID for the entry and audience.
 	FetchJWTSVID(ctx context.Context, entryID string, audience []string) (string, error)
+}
+
+// Minter is a Source that mints SVIDs when a workload first asks for them
+// rather than for every entry it could serve (the agent).
+type Minter interface {
+	// Mint makes sure the source holds valid X.509-SVIDs for the entries,
+	// minting those it lacks, and returns once they are in the snapshot
+	// or could not be minted. Every call also says the entries are in use,
+	// which keeps their SVIDs rotating.
+	Mint(ctx context.Context, entryIDs []string) error
 }
 
 // Metrics counts Workload API calls; nil fields are not counted.
@@ -82,6 +101,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	gs := grpc.NewServer(grpc.Creds(peerCreds{}),
 		grpc.ChainUnaryInterceptor(s.unaryGuard), grpc.ChainStreamInterceptor(s.streamGuard))
 	workload.RegisterSpiffeWorkloadAPIServer(gs, s)
+	secretv3.RegisterSecretDiscoveryServiceServer(gs, &sds{s: s})
 	go func() {
 		<-ctx.Done()
 		gs.Stop()
@@ -94,8 +114,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // The spec: "All Workload API requests MUST include the metadata key
 // workload.spiffe.io with a value of true"; others are refused with
-// InvalidArgument.
-func checkHeader(ctx context.Context) error {
+// InvalidArgument. Envoy's SDS (same socket, another service) has no such
+// header: Envoy does not send it, and SPIRE does not ask for it there.
+func checkHeader(ctx context.Context, method string) error {
+	if strings.HasPrefix(method, sdsService) {
+		return nil
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get("workload.spiffe.io"); len(v) != 1 || v[0] != "true" {
 		return status.Error(codes.InvalidArgument, "security header missing from request")
@@ -104,7 +128,7 @@ func checkHeader(ctx context.Context) error {
 }
 
 func (s *Server) unaryGuard(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	err := checkHeader(ctx)
+	err := checkHeader(ctx, info.FullMethod)
 	var resp any
 	if err == nil {
 		resp, err = h(ctx, req)
@@ -114,7 +138,7 @@ func (s *Server) unaryGuard(ctx context.Context, req any, info *grpc.UnaryServer
 }
 
 func (s *Server) streamGuard(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	err := checkHeader(ss.Context())
+	err := checkHeader(ss.Context(), info.FullMethod)
 	if err == nil {
 		err = h(srv, ss)
 	}
@@ -128,34 +152,91 @@ func (s *Server) count(method string, err error) {
 	}
 }
 
-// entitled attests the caller and returns the identities it may have. A
-// caller that cannot be attested (exited, changed since it connected) is
-// refused with PermissionDenied, logged and audited with the reason; one
-// entitled to nothing is logged and audited too, with the selectors of its
-// executable that were not attested and why.
-func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string) ([]Identity, error) {
+// entitled attests the caller and returns the identities it may have,
+// with the snapshot they come from (newer than snap if SVIDs were minted
+// for the caller). A caller that cannot be attested (exited, changed since
+// it connected) is refused with PermissionDenied, logged and audited with
+// the reason; one entitled to nothing is logged and audited too, with the
+// selectors of its executable that were not attested and why.
+//
+// Entries the source holds no SVID for yet (Snapshot.Unminted) match like
+// the others; when mint is set and the source is a Minter, their SVIDs are
+// minted now, before the answer (the first request of a new workload
+// waits one round trip to the server). Without mint (JWT-SVIDs need only
+// the entry) they are returned without Chain and Key.
+func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string, mint bool) (*Snapshot, []Identity, error) {
 	p, ok := callerFrom(ctx)
 	if !ok {
-		return nil, status.Error(codes.Internal, "caller credentials unavailable")
+		return snap, nil, status.Error(codes.Internal, "caller credentials unavailable")
 	}
-	sels := make([][]selector.Selector, len(snap.Identities))
-	for i, id := range snap.Identities {
-		sels[i] = id.Selectors
+	sels := make([][]selector.Selector, 0, len(snap.Identities)+len(snap.Unminted))
+	for _, id := range snap.Identities {
+		sels = append(sels, id.Selectors)
+	}
+	for _, id := range snap.Unminted {
+		sels = append(sels, id.Selectors)
 	}
 	att, err := s.attestor.Attest(p, sels)
+	if errors.Is(err, errClosed) {
+		return snap, nil, status.Error(codes.Canceled, "the connection is closed")
+	}
 	if err != nil {
 		s.log.Warn("workload refused: the caller could not be attested", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path,
 			"user_ns", p.ns.user.String(), "mnt_ns", p.ns.mnt.String(), "pinned_by", p.pidfdKind, "err", err)
 		s.audit.refused(ctx, p, method, err.Error())
-		return nil, status.Error(codes.PermissionDenied, "the calling process could not be attested")
+		return snap, nil, status.Error(codes.PermissionDenied, "the calling process could not be attested")
 	}
 	for _, why := range att.NotAttested {
 		s.log.Warn("workload: a selector of the caller's executable was not attested", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path,
 			"user_ns", p.ns.user.String(), "mnt_ns", p.ns.mnt.String(), "reason", why)
 	}
-	set := att.Selectors
-	var out []Identity
+	out := s.matching(snap.Identities, att.Selectors, p)
+	out = append(out, s.matching(snap.Unminted, att.Selectors, p)...)
+	if len(out) == 0 {
+		s.log.Info("workload refused: no entry matches", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path)
+		s.audit.refused(ctx, p, method, noMatch, att.NotAttested...)
+		return snap, nil, nil
+	}
+	// The gate sees every identity the caller matched, minted or not: a
+	// withheld one is never minted.
+	out, err = s.inspect(ctx, p, method, out)
+	if err != nil {
+		return snap, nil, err
+	}
+	minter, _ := s.src.(Minter)
+	if minter == nil || !mint {
+		return snap, out, nil
+	}
+	want := make([]string, len(out))
+	pending := false
+	for i, id := range out {
+		want[i] = id.EntryID
+		pending = pending || id.Chain == nil
+	}
+	mintErr := minter.Mint(ctx, want)
+	if !pending {
+		return snap, out, nil
+	}
+	// The SVIDs just minted are in a newer snapshot; take the allowed
+	// identities from it.
+	snap, _ = s.src.Snapshot()
+	held := make([]Identity, 0, len(out))
 	for _, id := range snap.Identities {
+		if slices.ContainsFunc(out, func(o Identity) bool { return o.EntryID == id.EntryID }) {
+			held = append(held, id)
+		}
+	}
+	if len(held) == 0 {
+		s.log.Warn("workload: the caller's SVIDs could not be minted", "pid", p.PID, "uid", p.UID, "err", mintErr)
+		return snap, nil, status.Error(codes.Unavailable, "the SVID could not be minted now; retry")
+	}
+	return snap, held, nil
+}
+
+// matching returns the identities whose selectors the caller has all of.
+func (s *Server) matching(ids []Identity, set selector.Set, p *process) []Identity {
+	var out []Identity
+	for _, id := range ids {
 		if !set.Matches(id.Selectors) {
 			continue
 		}
@@ -168,16 +249,7 @@ func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string) ([
 		}
 		out = append(out, id)
 	}
-	if len(out) == 0 {
-		s.log.Info("workload refused: no entry matches", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path)
-		s.audit.refused(ctx, p, method, noMatch, att.NotAttested...)
-		return nil, nil
-	}
-	out, err = s.inspect(ctx, p, method, out)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return out
 }
 
 var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
@@ -187,7 +259,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	var last []byte
 	for {
 		snap, changed := s.src.Snapshot()
-		ids, err := s.entitled(ctx, snap, "FetchX509SVID")
+		snap, ids, err := s.entitled(ctx, snap, "FetchX509SVID", true)
 		if err != nil {
 			return err
 		}
@@ -221,7 +293,7 @@ func x509Response(snap *Snapshot, ids []Identity) (*workload.X509SVIDResponse, e
 			return nil, fmt.Errorf("workload: %w", err)
 		}
 		resp.Svids = append(resp.Svids, &workload.X509SVID{
-			SpiffeId: id.SpiffeID.String(), X509Svid: concatDER(id.Chain), X509SvidKey: key, Bundle: bundle,
+			SpiffeId: id.SpiffeID.String(), X509Svid: concatDER(id.Chain), X509SvidKey: key, Bundle: bundle, Hint: id.Hint,
 		})
 	}
 	return resp, nil
@@ -233,6 +305,7 @@ func fingerprint(resp *workload.X509SVIDResponse) []byte {
 	var b bytes.Buffer
 	for _, s := range resp.Svids {
 		b.WriteString(s.SpiffeId)
+		b.WriteString("\x00" + s.Hint + "\x00")
 		b.Write(s.X509Svid)
 		b.Write(s.Bundle)
 	}
@@ -272,7 +345,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
 	}
 	snap, _ := s.src.Snapshot()
-	ids, err := s.entitled(ctx, snap, "FetchJWTSVID")
+	_, ids, err := s.entitled(ctx, snap, "FetchJWTSVID", false)
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +371,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 			s.log.Warn("fetching a JWT-SVID failed", "spiffe_id", id.SpiffeID.String(), "err", err)
 			return nil, status.Error(codes.Unavailable, "could not fetch JWT-SVID")
 		}
-		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.SpiffeID.String(), Svid: tok})
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.SpiffeID.String(), Svid: tok, Hint: id.Hint})
 	}
 	return resp, nil
 }

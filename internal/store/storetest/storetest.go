@@ -33,6 +33,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"JoinTokenRace", testJoinTokenRace},
 		{"Agents", testAgents},
 		{"Entries", testEntries},
+		{"EntryBatches", testEntryBatches},
 		{"SVIDs", testSVIDs},
 		{"Revocations", testRevocations},
 		{"PruneExpired", testPruneExpired},
@@ -712,4 +713,81 @@ func SQLite(t testing.TB, dir string) store.Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// Batches change every entry or none, with one revision bump; the new
+// fields round-trip; filters select.
+func testEntryBatches(t *testing.T, h harness) {
+	s, ctx := h.open(t), t.Context()
+	const agentA, agentB = "spiffe://example.org/agent/a", "spiffe://example.org/agent/b"
+	uid := func(v string) selector.Selector { return selector.Selector{Type: selector.UnixUID, Value: v} }
+	path := selector.Selector{Type: selector.UnixPath, Value: "/usr/bin/orders"}
+	batch := []store.Entry{
+		{ID: "b1", SpiffeID: "spiffe://example.org/orders", ParentID: agentA, Selectors: []selector.Selector{path, uid("1000")},
+			DNSNames: []string{"orders.internal"}, CreatedAt: at(0), Admin: true, Hint: "internal", ExpiresAt: at(time.Hour)},
+		{ID: "b2", SpiffeID: "spiffe://example.org/orders", ParentID: agentB, Selectors: []selector.Selector{uid("1000")},
+			DNSNames: []string{}, CreatedAt: at(0), Downstream: true, Hint: "external"},
+		{ID: "b3", SpiffeID: "spiffe://example.org/web", ParentID: agentA, Selectors: []selector.Selector{uid("1001")},
+			DNSNames: []string{}, CreatedAt: at(0)},
+	}
+	before := revision(t, s)
+	must(t, s.CreateEntries(ctx, batch))
+	if after := revision(t, s); after != before+1 {
+		t.Errorf("CreateEntries of 3 bumped the revision by %d, want 1", after-before)
+	}
+	for _, e := range batch {
+		got, err := s.GetEntry(ctx, e.ID)
+		must(t, err)
+		wantEqual(t, "GetEntry "+e.ID+" (new fields round trip)", got, e)
+	}
+	// One taken ID: nothing of the batch is written.
+	clash := []store.Entry{{ID: "b4", SpiffeID: "spiffe://example.org/x", ParentID: agentA, Selectors: []selector.Selector{uid("1")}, DNSNames: []string{}, CreatedAt: at(0)}, batch[0]}
+	wantErrIs(t, "CreateEntries with a taken ID", s.CreateEntries(ctx, clash), store.ErrConflict)
+	_, err := s.GetEntry(ctx, "b4")
+	wantErrIs(t, "the batch's first entry after it failed", err, store.ErrNotFound)
+
+	filters := []struct {
+		name string
+		f    store.EntryFilter
+		want []store.Entry
+	}{
+		{"all", store.EntryFilter{}, batch},
+		{"parent", store.EntryFilter{ParentID: agentA}, []store.Entry{batch[0], batch[2]}},
+		{"spiffe id", store.EntryFilter{SpiffeID: "spiffe://example.org/orders"}, batch[:2]},
+		{"hint", store.EntryFilter{Hint: "external"}, batch[1:2]},
+		{"selector", store.EntryFilter{Selectors: []selector.Selector{uid("1000")}}, batch[:2]},
+		{"two selectors", store.EntryFilter{Selectors: []selector.Selector{uid("1000"), path}}, batch[:1]},
+		{"parent and spiffe id", store.EntryFilter{ParentID: agentB, SpiffeID: "spiffe://example.org/orders"}, batch[1:2]},
+		{"nothing", store.EntryFilter{SpiffeID: "spiffe://example.org/none"}, nil},
+	}
+	for _, tt := range filters {
+		got, err := s.FindEntries(ctx, tt.f)
+		must(t, err)
+		wantEqual(t, "FindEntries "+tt.name, got, tt.want)
+	}
+
+	upd := batch[0]
+	upd.Selectors, upd.Admin, upd.Hint, upd.ExpiresAt = []selector.Selector{uid("2000")}, false, "", time.Time{}
+	missing := store.Entry{ID: "nope", SpiffeID: "spiffe://example.org/x", ParentID: agentA, Selectors: []selector.Selector{uid("1")}, DNSNames: []string{}}
+	wantErrIs(t, "UpdateEntries with a missing ID", s.UpdateEntries(ctx, []store.Entry{upd, missing}), store.ErrNotFound)
+	got, err := s.GetEntry(ctx, "b1")
+	must(t, err)
+	wantEqual(t, "entry after a failed batch update", got, batch[0])
+	before = revision(t, s)
+	must(t, s.UpdateEntries(ctx, []store.Entry{upd}))
+	if after := revision(t, s); after != before+1 {
+		t.Errorf("UpdateEntries bumped the revision by %d, want 1", after-before)
+	}
+	got, err = s.GetEntry(ctx, "b1")
+	must(t, err)
+	wantEqual(t, "entry after update", got, upd)
+
+	wantErrIs(t, "DeleteEntries with a missing ID", s.DeleteEntries(ctx, []string{"b2", "nope"}), store.ErrNotFound)
+	if _, err := s.GetEntry(ctx, "b2"); err != nil {
+		t.Errorf("a failed batch delete deleted b2: %v", err)
+	}
+	must(t, s.DeleteEntries(ctx, []string{"b2", "b3"}))
+	all, err := s.ListEntries(ctx, "")
+	must(t, err)
+	wantEqual(t, "entries after the batch delete", all, []store.Entry{upd})
 }
