@@ -364,7 +364,11 @@ func TestACMECertbot(t *testing.T) {
 func metric(t *testing.T, e *acmeEnv, name string) float64 {
 	t.Helper()
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+e.srv.addr+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+e.admin.AdminToken)
+	tok, err := os.ReadFile(filepath.Join(e.srv.dir, "metrics.token")) // the scrape token: /metrics takes no admin token
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
 	resp, err := e.admin.HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
