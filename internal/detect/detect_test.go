@@ -136,6 +136,10 @@ func TestDefaultRules(t *testing.T) {
 			[]*audit.Entry{ev(0, "tls.client_auth", "denied", "client certificate does not chain to this trust domain's bundle", audit.Actor{SpiffeID: "spiffe://evil.org/x"},
 				map[string]string{"reason": "untrusted"}),
 				ev(time.Second, "svid.revoke", "success", "revoked by admin", admin, nil)}},
+		{"revoked-credential-use-reported",
+			[]*audit.Entry{withReason(decision(0, rogue, payments, "GET", "denied"), "client SVID revoked")},
+			[]*audit.Entry{withReason(decision(0, rogue, payments, "GET", "denied"), "no rule allows"),
+				withReason(decision(0, rogue, payments, "GET", "denied"), "access token refused: access token malformed: typ \"revoked\"")}},
 		{"refresh-token-reuse",
 			[]*audit.Entry{ev(0, "oauth.refresh_reuse", "denied", "refresh token reused; family revoked", audit.Actor{User: "alice"}, nil)},
 			[]*audit.Entry{ev(0, "oauth.refresh", "success", "", audit.Actor{User: "alice"}, nil),
@@ -202,7 +206,7 @@ func TestDefaultRules(t *testing.T) {
 	// Every default rule has a case above.
 	for _, r := range Default().Rules {
 		found := false
-		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "admin-token-used", "read-volume", "audit-ingestion-gap", "audit-entries-dropped", "oauth-rate-limited",
+		for _, name := range []string{"denied-burst", "login-failures", "revoked-credential-use", "revoked-credential-use-reported", "refresh-token-reuse", "key-use-denied", "new-service-edge", "admin-after-hours", "admin-token-used", "read-volume", "audit-ingestion-gap", "audit-entries-dropped", "oauth-rate-limited",
 			"backup-failed", "backup-overdue", "backup-drill-failed", "backup-drill-overdue", "vulnerable-workload-running",
 			"acme-challenge-failures", "netpol-port-scan"} { // the backup rules: backup_rules_test.go
 			found = found || name == r.Name
@@ -367,8 +371,12 @@ func TestRevokedCredentialUseIgnoresFreeText(t *testing.T) {
 			map[string]string{"revoked_credential": "access_token"}), true},
 		{"evicted agent", ev(0, "tls.client_auth", "denied", "agent is evicted", audit.Actor{SpiffeID: "spiffe://example.org/rampart/agent/n"},
 			map[string]string{"reason": "evicted"}), true},
-		{"revoked SVID at a service", withReason(decision(0, rogue, payments, "GET", "denied"), "client SVID revoked"), true},
-		{"revoked token at a service", withReason(decision(0, rogue, payments, "GET", "denied"), "access token refused: access token revoked"), true},
+		// What a proxy or SDK service reports: shipped, so forgeable by a
+		// compromised one about any caller (red team: one forged entry
+		// got the playbook to quarantine the trust domain); a rule of its
+		// own, revoked-credential-use-reported.
+		{"revoked SVID at a service", withReason(decision(0, rogue, payments, "GET", "denied"), "client SVID revoked"), false},
+		{"revoked token at a service", withReason(decision(0, rogue, payments, "GET", "denied"), "access token refused: access token revoked"), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			want := 0

@@ -459,10 +459,33 @@ func groupKey(fields []string, en *audit.Entry) string {
 		}
 		b.WriteString(f)
 		b.WriteByte('=')
-		b.WriteString(Field(en, f))
+		b.WriteString(EscapeGroupValue(Field(en, f)))
 	}
 	return b.String()
 }
+
+// EscapeGroupValue escapes what would let a value pass for more fields
+// of a group ("field=value field=value"): spaces, '=', '%' and control
+// characters become %XX (red team: a key named "x actor.spiffe_id=victim"
+// made a playbook act on the victim). SPIFFE IDs and names are unchanged.
+// url.PathUnescape reads it back.
+func EscapeGroupValue(v string) string {
+	if !strings.ContainsFunc(v, needsEscape) {
+		return v
+	}
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if needsEscape(rune(c)) {
+			fmt.Fprintf(&b, "%%%02X", c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+func needsEscape(r rune) bool { return r <= ' ' || r == '=' || r == '%' || r == 0x7f }
 
 func forGroup(g string) string {
 	if g == "" {

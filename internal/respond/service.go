@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -208,9 +210,18 @@ func FactsOf(a store.Alert) AlertFacts {
 // Labels parses the alert's group ("field=value field=value").
 func (a AlertFacts) Labels() map[string]string {
 	out := map[string]string{}
+	// Values are escaped (detect.EscapeGroupValue): a field's value
+	// cannot pose as another field, and the first of a name stands.
 	for _, kv := range strings.Fields(a.Group) {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			out[k] = v
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			continue
+		}
+		if _, seen := out[k]; seen {
+			continue
+		}
+		if u, err := url.PathUnescape(v); err == nil {
+			out[k] = u
 		}
 	}
 	return out
@@ -593,12 +604,34 @@ func (s *Service) finish(ctx context.Context, r *Run) {
 	s.record(ctx, Actor, "playbook.run_end", r.Playbook, outcome, r.State, map[string]string{"run": r.ID, "incident": r.Incident, "state": r.State})
 }
 
+// broadWithoutApproval refuses, for a step no person approved, to
+// quarantine or revoke more than one workload: a pattern, the trust
+// domain itself, or Rampart's own agents and server (red team: one forged
+// entry naming "spiffe://TD/*" quarantined and revoked the whole trust
+// domain). Such a step must have an approval.
+func broadWithoutApproval(action, identity string) error {
+	if action != "quarantine" && action != "revoke_svids" {
+		return nil
+	}
+	id, err := spiffeid.FromString(identity)
+	switch {
+	case strings.Contains(identity, "*") || err != nil:
+		return fmt.Errorf("%s %q: a pattern (or not one SPIFFE ID) is acted on only with a person's approval (add approval: to the step)", action, identity)
+	case id.Path() == "" || id.Path() == "/rampart" || strings.HasPrefix(id.Path(), "/rampart/"):
+		return fmt.Errorf("%s %s: the trust domain itself, or Rampart's own agents and server, are acted on only with a person's approval", action, identity)
+	}
+	return nil
+}
+
 // runStep runs one step with its timeout and records its result; true:
 // it was a stop step.
 func (s *Service) runStep(ctx context.Context, r *Run, st Step, res *StepResult) (stopped bool) {
 	res.Started = s.cfg.Now()
 	args, err := s.args(r, st)
 	res.Args = args
+	if err == nil && st.Approval == nil {
+		err = broadWithoutApproval(st.Action, args["identity"])
+	}
 	var out string
 	if err == nil {
 		type result struct {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"github.com/rampartsec/rampart/internal/detect"
 	"io"
 	"net"
 	"strings"
@@ -382,5 +383,47 @@ func TestInterruptedRunsAreRecorded(t *testing.T) {
 	}
 	if w, _ := e.svc.GetRun(ctx, waiting.ID); w.State != RunWaiting {
 		t.Errorf("the waiting run became %s", w.State)
+	}
+}
+
+// A step nobody approved never quarantines or revokes more than one
+// workload: a pattern, the trust domain, or Rampart's own identities need
+// a person (red team: a forged entry naming spiffe://TD/* took the trust
+// domain down).
+func TestBroadTargetsNeedApproval(t *testing.T) {
+	for _, tc := range []struct {
+		action, id string
+		refused    bool
+	}{
+		{"quarantine", "spiffe://example.org/orders", false},
+		{"revoke_svids", "spiffe://example.org/orders", false},
+		{"quarantine", "spiffe://example.org/*", true},
+		{"quarantine", "spiffe://example.org/team/*", true},
+		{"revoke_svids", "spiffe://example.org", true},
+		{"revoke_svids", "spiffe://example.org/rampart/agent/node-1", true},
+		{"quarantine", "spiffe://example.org/rampart/server", true},
+		{"quarantine", "not an id", true},
+		{"incident", "spiffe://example.org/*", false}, // not an action on identities
+	} {
+		err := broadWithoutApproval(tc.action, tc.id)
+		if (err != nil) != tc.refused {
+			t.Errorf("%s %s: %v, refused want %v", tc.action, tc.id, err, tc.refused)
+		}
+	}
+}
+
+// A value in an alert's group cannot pose as another field (red team: a
+// key named "x actor.spiffe_id=victim" made key-probing act on the
+// victim).
+func TestAlertLabelsCannotBeInjected(t *testing.T) {
+	forged := "kms:x actor.spiffe_id=spiffe://example.org/payments"
+	g := "actor.spiffe_id=spiffe://example.org/orders target=" + detect.EscapeGroupValue(forged)
+	l := AlertFacts{Group: g}.Labels()
+	if l["actor.spiffe_id"] != "spiffe://example.org/orders" || l["target"] != forged {
+		t.Fatalf("labels %v", l)
+	}
+	// A repeated field: the first stands.
+	if l := (AlertFacts{Group: "a=1 a=2"}).Labels(); l["a"] != "1" {
+		t.Fatalf("labels %v", l)
 	}
 }

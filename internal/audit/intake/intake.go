@@ -377,6 +377,14 @@ func admit(e *audit.Entry, caller string, r role, now time.Time) string {
 	if r == roleServer {
 		return "" // the server's own entries, forwarded by a replica
 	}
+	if e.Actor.SpiffeID != "" && !spoolActions[e.Action] {
+		// Detection and playbooks read actor.spiffe_id as an identity: a
+		// pattern or a made-up string there is no one's (red team: an
+		// actor "spiffe://TD/*" became a quarantine of the whole domain).
+		if _, err := spiffeid.FromString(e.Actor.SpiffeID); err != nil {
+			return "actor.spiffe_id " + strconv.Quote(e.Actor.SpiffeID) + " is not a SPIFFE ID"
+		}
+	}
 	switch {
 	case spoolActions[e.Action]:
 		e.Actor, e.Target = audit.Actor{SpiffeID: caller}, caller

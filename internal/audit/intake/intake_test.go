@@ -293,3 +293,18 @@ func TestAppendEntriesKeepsTheOthers(t *testing.T) {
 		t.Fatalf("entry 1: %+v %v", e, err)
 	}
 }
+
+// A shipped decision's actor must be a SPIFFE ID: detection and playbooks
+// read it as one (red team: the actor "spiffe://TD/*" in one forged
+// decision became a quarantine of the whole trust domain).
+func TestAdmitActorMustBeAnID(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for actor, refused := range map[string]bool{
+		"spiffe://example.org/*": true, "not an id": true, "spiffe://example.org/ok": false, "": false,
+	} {
+		e := &audit.Entry{V: audit.SchemaVersion, Time: now, Action: "authz.decision", Target: orders.String(), Actor: audit.Actor{SpiffeID: actor}}
+		if got := admit(e, orders.String(), roleEnforcer, now); (got != "") != refused {
+			t.Errorf("actor %q: refused %q, want refused %v", actor, got, refused)
+		}
+	}
+}
