@@ -217,6 +217,19 @@ func runPlaybook(ctx context.Context, env *cliEnv, args []string) error {
 		if verb == "drill" && req.Alert == nil {
 			req.Alert = &respond.AlertFacts{ID: "drill", Rule: "drill", Severity: *severity, Summary: "drill", FirstSeen: time.Now().UTC()}
 		}
+		// A drill lifts only what it quarantined: an identity already in
+		// quarantine before it (a real incident's) stays so (red team:
+		// lifting by pattern ended the real quarantine too).
+		before := map[string]bool{}
+		if verb == "drill" && !*dryRun {
+			var inForce []respond.QuarantineInfo
+			if err := c.Do(ctx, http.MethodGet, "/v1/quarantines", nil, &inForce); err != nil {
+				return err
+			}
+			for _, q := range inForce {
+				before[q.Identity] = true
+			}
+		}
 		var run respond.Run
 		if err := c.Do(ctx, http.MethodPost, "/v1/playbooks/"+url.PathEscape(fs.Arg(0))+"/run", req, &run); err != nil {
 			return err
@@ -239,6 +252,10 @@ func runPlaybook(ctx context.Context, env *cliEnv, args []string) error {
 			}
 			if !*keep {
 				for _, st := range final.Steps {
+					if st.Action == "quarantine" && st.State == respond.StepSucceeded && before[st.Args["identity"]] {
+						fmt.Fprintf(env.stdout, "left %s in quarantine: it was quarantined before the drill (lift it with rampart incident lift)\n", st.Args["identity"])
+						continue
+					}
 					if st.Action == "quarantine" && st.State == respond.StepSucceeded {
 						var lifted []respond.QuarantineInfo
 						err := c.Do(ctx, http.MethodPost, "/v1/quarantines/lift", respond.QuarantineRequest{Identity: st.Args["identity"],
