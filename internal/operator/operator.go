@@ -285,13 +285,6 @@ func (a *Authenticator) Workload(ctx context.Context, id spiffeid.ID) (Caller, e
 	return c, nil
 }
 
-func (a *Authenticator) now() time.Time {
-	if a.Now != nil {
-		return a.Now()
-	}
-	return time.Now()
-}
-
 // DefaultProofQuota is how many live DPoP proofs (about two minutes'
 // worth) one operator key may have recorded: some 15 admin calls a second
 // sustained, for scripts; beyond, calls are refused until older proofs
