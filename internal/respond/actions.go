@@ -125,8 +125,12 @@ func registry() map[string]actionSpec {
 						return errors.New("kind kms needs name (the key-store key)")
 					}
 				case "ca":
+				case "oauth":
+					if n := with["name"]; n != "" && n != "drop" {
+						return fmt.Errorf("kind oauth takes no name, or name drop (withdraw the old signing keys at once): %q", n)
+					}
 				default:
-					return fmt.Errorf("kind %q: want kms (a key-store key) or ca (the CA intermediate)", with["kind"])
+					return fmt.Errorf("kind %q: want kms (a key-store key), ca (the CA intermediate) or oauth (the token signing key)", with["kind"])
 				}
 				return nil
 			},

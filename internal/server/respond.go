@@ -245,6 +245,23 @@ func (e respondEffects) RotateKey(ctx context.Context, kind, name string) (strin
 		e.s.notify(ctx)
 		e.event(ctx, "ca.rotate", "target", identity.RotateIntermediate)
 		return "a new intermediate", nil
+	case "oauth":
+		// A new token signing key signs from now on; the old ones stay
+		// published until their tokens expire (name "drop": withdrawn at
+		// once, so every token they signed is refused).
+		if e.s.oauth == nil {
+			return "", errors.New("the authorization server is not running")
+		}
+		old, kid, err := e.s.oauth.RekeySigningKey(ctx, name == "drop")
+		if err != nil {
+			return "", err
+		}
+		e.s.notify(ctx)
+		e.event(ctx, "oauth.signing_key_rotate", "target", kid, "old", strings.Join(old, ","), "dropped", fmt.Sprint(name == "drop"))
+		if name == "drop" {
+			return "signing key " + kid + "; the old ones withdrawn", nil
+		}
+		return "signing key " + kid + "; the old ones verify until their tokens expire", nil
 	}
 	return "", fmt.Errorf("unknown key kind %q", kind)
 }

@@ -113,8 +113,8 @@ func TestKMSQuarantinedCallerRefused(t *testing.T) {
 	}
 }
 
-// The playbook actions act through the server's own code: a key-store key
-// and the CA intermediate rotated, an agent evicted, the SVIDs of a
+// The playbook actions act through the server's own code: a key-store key,
+// the CA intermediate and the OAuth signing key rotated, an agent evicted, the SVIDs of a
 // pattern refused without a person's approval, one identity's SVIDs
 // revoked (and only those), each step's result recorded.
 func TestPlaybookEffects(t *testing.T) {
@@ -132,6 +132,8 @@ steps:
     with: {kind: kms, name: orders-pii}
   - action: rotate_key
     with: {kind: ca}
+  - action: rotate_key
+    with: {kind: oauth}
   - action: evict_agent
     with: {agent: node-9}
   - action: revoke_svids
@@ -153,8 +155,8 @@ steps:
 	for end := time.Now().Add(20 * time.Second); run.State == respond.RunRunning && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		h.admin.Do(ctx, http.MethodGet, "/v1/runs/"+run.ID, nil, &run)
 	}
-	for i, st := range run.Steps[:5] {
-		if i == 3 {
+	for i, st := range run.Steps[:6] {
+		if i == 4 {
 			// A pattern, on no person's word: refused (red team: a forged
 			// entry had the trust domain revoked through a playbook).
 			if st.State != respond.StepFailed || !strings.Contains(st.Error, "approval") {
@@ -168,8 +170,11 @@ steps:
 	}
 	// A user who does not exist (a typo, an empty variable) fails the
 	// step, recorded, and the run says so: never a quiet no-op.
-	if run.Steps[5].State != respond.StepFailed || !strings.Contains(run.Steps[5].Error, "not found") || run.State != respond.RunFailed {
-		t.Errorf("revoke_user without OAuth: %+v, run %s", run.Steps[5], run.State)
+	if run.Steps[6].State != respond.StepFailed || !strings.Contains(run.Steps[6].Error, "not found") || run.State != respond.RunFailed {
+		t.Errorf("revoke_user without OAuth: %+v, run %s", run.Steps[6], run.State)
+	}
+	if !strings.Contains(run.Steps[2].Result, "signing key ") {
+		t.Errorf("oauth key rotation: %q", run.Steps[2].Result)
 	}
 	var key api.KMSKey
 	if err := h.admin.Do(ctx, http.MethodGet, "/v1/kms/keys/orders-pii", nil, &key); err != nil || key.Latest != 2 {
@@ -179,7 +184,7 @@ steps:
 	if err := h.admin.Do(ctx, http.MethodGet, "/v1/agents/node-9", nil, &a); err != nil || !a.Evicted {
 		t.Errorf("agent: %v %+v", err, a)
 	}
-	if !strings.Contains(run.Steps[4].Result, "revoked 1 SVIDs of spiffe://example.org/batch/nightly") {
-		t.Errorf("revoke: %q (batchx is another identity)", run.Steps[4].Result)
+	if !strings.Contains(run.Steps[5].Result, "revoked 1 SVIDs of spiffe://example.org/batch/nightly") {
+		t.Errorf("revoke: %q (batchx is another identity)", run.Steps[5].Result)
 	}
 }
