@@ -134,7 +134,14 @@ func (s *Service) client() *http.Client {
 	if s.cfg.Client != nil {
 		return s.cfg.Client
 	}
-	return &http.Client{Timeout: 10 * time.Second}
+	return &http.Client{Timeout: 10 * time.Second, CheckRedirect: noRedirects}
+}
+
+// noRedirects keeps webhooks where the playbook sent them: a receiver (or
+// whoever took it over) must not redirect the run's JSON to another
+// address, the server's own API on loopback say (red team).
+func noRedirects(req *http.Request, via []*http.Request) error {
+	return fmt.Errorf("respond: webhook %s redirected to %s: not followed", via[0].URL.Redacted(), req.URL.Redacted())
 }
 
 func newID(prefix string) string {

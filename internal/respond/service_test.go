@@ -7,8 +7,11 @@ import (
 	"github.com/rampartsec/rampart/internal/detect"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -425,5 +428,25 @@ func TestAlertLabelsCannotBeInjected(t *testing.T) {
 	// A repeated field: the first stands.
 	if l := (AlertFacts{Group: "a=1 a=2"}).Labels(); l["a"] != "1" {
 		t.Fatalf("labels %v", l)
+	}
+}
+
+// A webhook receiver cannot bounce the run's JSON elsewhere: redirects are
+// not followed (red team: a 307 re-posted it to a loopback admin path).
+func TestWebhookRedirectNotFollowed(t *testing.T) {
+	var hit atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hit.Add(1) }))
+	defer target.Close()
+	bouncer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL+"/v1/internal-admin", http.StatusTemporaryRedirect)
+	}))
+	defer bouncer.Close()
+	c := (&Service{}).client()
+	resp, err := c.Post(bouncer.URL, "application/json", strings.NewReader("{}"))
+	if err == nil {
+		resp.Body.Close()
+	}
+	if err == nil || !strings.Contains(err.Error(), "not followed") || hit.Load() != 0 {
+		t.Fatalf("redirect followed: err %v, target hit %d times", err, hit.Load())
 	}
 }
