@@ -80,7 +80,7 @@ func (s *Service) sendNotice(ctx context.Context, r *Run, name string) (string, 
 		// Slack's incoming-webhook format (Mattermost, Rocket.Chat and
 		// Discord's /slack endpoints read it too).
 		var b []byte
-		b, err = json.Marshal(map[string]string{"text": "*" + subject + "*\n" + body})
+		b, err = json.Marshal(map[string]string{"text": "*" + slackEscape(subject) + "*\n" + slackEscape(body)})
 		if err == nil {
 			_, err = postJSON(ctx, s.client(), nt.URL, b)
 		}
@@ -151,3 +151,10 @@ func sendMail(ctx context.Context, addr, from string, to []string, msg []byte, t
 
 // headerSafe keeps a mail header on one line.
 func headerSafe(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }
+
+// slackEscape escapes what Slack's message format reads as markup: alert
+// text an attacker influenced must not ping <!channel> or show a link of
+// its choosing under another label.
+func slackEscape(s string) string {
+	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
+}

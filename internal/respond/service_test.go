@@ -450,3 +450,9 @@ func TestWebhookRedirectNotFollowed(t *testing.T) {
 		t.Fatalf("redirect followed: err %v, target hit %d times", err, hit.Load())
 	}
 }
+
+func TestSlackEscape(t *testing.T) {
+	if got := slackEscape("key <!channel> <https://evil|ok> & co"); got != "key &lt;!channel&gt; &lt;https://evil|ok&gt; &amp; co" {
+		t.Fatalf("%q", got)
+	}
+}
