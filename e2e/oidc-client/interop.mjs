@@ -129,9 +129,16 @@ const agent = new Agent({ connect: { cert: readFileSync(env('SVID_CERT')), key: 
 const mtls = (url, options) => undiciFetch(url, { ...options, dispatcher: agent })
 const orders = await client.discovery(issuer, 'orders', { use_mtls_endpoint_aliases: false }, client.TlsClientAuth(), { [client.customFetch]: mtls })
 orders[client.customFetch] = mtls
+// A DPoP-bound token is exchanged only with a proof by its key, which
+// orders does not hold: refused (a stolen bound token must not turn into a
+// bearer one through an exchange). A bearer token of alice's is exchanged.
 const fresh = await client.refreshTokenGrant(spa, (await freshLogin()).refresh_token, undefined, { DPoP })
+await rejects(client.genericGrantRequest(orders, 'urn:ietf:params:oauth:grant-type:token-exchange', {
+  subject_token: fresh.access_token, subject_token_type: 'urn:ietf:params:oauth:token-type:access_token', audience: 'spiffe://example.org/payments',
+}), 'token exchange of a DPoP-bound token without its key refused', 'invalid_grant')
+const bearer = await freshLogin(false)
 const exchanged = await client.genericGrantRequest(orders, 'urn:ietf:params:oauth:grant-type:token-exchange', {
-  subject_token: fresh.access_token,
+  subject_token: bearer.access_token,
   subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
   audience: 'spiffe://example.org/payments',
 })
@@ -143,12 +150,12 @@ await rejects(client.genericGrantRequest(orders, 'urn:ietf:params:oauth:grant-ty
   subject_token: cc.access_token, subject_token_type: 'urn:ietf:params:oauth:token-type:access_token', audience: 'spiffe://example.org/payments',
 }), 'token exchange of a token not addressed to orders refused', 'invalid_grant')
 
-async function freshLogin() {
+async function freshLogin(bound = true) {
   const v = client.randomPKCECodeVerifier()
   const s = client.randomState()
   const u = client.buildAuthorizationUrl(spa, { redirect_uri: redirect, scope: 'openid offline_access', state: s,
     code_challenge: await client.calculatePKCECodeChallenge(v), code_challenge_method: 'S256' })
-  return client.authorizationCodeGrant(spa, await login(u, 'alice', env('ALICE_PASSWORD')), { pkceCodeVerifier: v, expectedState: s }, undefined, { DPoP })
+  return client.authorizationCodeGrant(spa, await login(u, 'alice', env('ALICE_PASSWORD')), { pkceCodeVerifier: v, expectedState: s }, undefined, bound ? { DPoP } : undefined)
 }
 
 console.log('all openid-client checks passed')
