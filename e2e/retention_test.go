@@ -23,7 +23,9 @@ func TestAuditRetention(t *testing.T) {
 	url := srv.URL("prod")
 	s := startServer(t, dir, "--audit-segment-entries", "256", "--audit-archive", url)
 	client, token := adminHTTP(t, s)
-	for range 300 {
+	// Each call is two entries (the break-glass use and the join token):
+	// 200 calls fill one 256-entry segment and part of the next.
+	for range 200 {
 		req, _ := http.NewRequest(http.MethodPost, "https://"+s.addr+"/v1/join-tokens", strings.NewReader(`{"agent_name":"node"}`))
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := client.Do(req)
@@ -67,7 +69,7 @@ func TestAuditRetention(t *testing.T) {
 	if err != nil || !strings.Contains(out, "archive: 256 entries") || !strings.Contains(out, "OK") {
 		t.Fatalf("verify of the fetched archive: %v\n%s", err, out)
 	}
-	if out := mustCLI(t, nil, "audit", "query", "--data", far, "--action", "join_token.create", "--limit", "1000"); strings.Count(out, "join_token.create") < 200 {
+	if out := mustCLI(t, nil, "audit", "query", "--data", far, "--action", "join_token.create", "--limit", "1000"); strings.Count(out, "join_token.create") < 120 { // half the segment: the other half is break-glass uses
 		t.Fatalf("query of the archive found %d join tokens", strings.Count(out, "join_token.create"))
 	}
 
