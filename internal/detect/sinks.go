@@ -3,14 +3,12 @@ package detect
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"github.com/rampartsec/rampart/internal/mailsend"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/smtp"
 	"strings"
 	"sync"
 	"time"
@@ -321,10 +319,10 @@ func (n *Notifier) deliver(s Sink, a store.Alert) error {
 		// Rocket.Chat and Discord's /slack endpoints.
 		return n.post(s.URL, map[string]string{"text": fmt.Sprintf("*[%s] %s*\n%s\nalert %s, audit entry %d", strings.ToUpper(a.Severity), a.Rule, a.Summary, a.ID, a.FirstIndex)})
 	case "smtp":
-		msg := "From: " + s.From + "\r\nTo: " + strings.Join(s.To, ", ") + "\r\nSubject: " + headerSafe(fmt.Sprintf("[rampart %s] %s", a.Severity, a.Rule)) +
+		msg := "From: " + s.From + "\r\nTo: " + strings.Join(s.To, ", ") + "\r\nSubject: " + mailsend.HeaderSafe(fmt.Sprintf("[rampart %s] %s", a.Severity, a.Rule)) +
 			"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + a.Summary + "\r\n\r\nalert " + a.ID + ", first seen " + a.FirstSeen.UTC().Format(time.RFC3339) +
 			fmt.Sprintf(", audit entry %d\r\n", a.FirstIndex)
-		return sendMail(s.Addr, s.From, s.To, []byte(msg), n.smtpTimeout)
+		return mailsend.Send(context.Background(), s.Addr, s.From, s.To, []byte(msg), n.smtpTimeout)
 	}
 	return fmt.Errorf("unknown sink type %q", s.Type)
 }
@@ -352,52 +350,3 @@ func (n *Notifier) post(url string, body any) error {
 	}
 	return nil
 }
-
-// sendMail is smtp.SendMail (STARTTLS when offered, no auth) with one
-// deadline over the whole exchange, which smtp.SendMail does not have.
-func sendMail(addr, from string, to []string, msg []byte, timeout time.Duration) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	conn, err := net.DialTimeout("tcp", addr, timeout)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
-		return err
-	}
-	c, err := smtp.NewClient(conn, host)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if ok, _ := c.Extension("STARTTLS"); ok {
-		if err := c.StartTLS(&tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}); err != nil {
-			return err
-		}
-	}
-	if err := c.Mail(from); err != nil {
-		return err
-	}
-	for _, r := range to {
-		if err := c.Rcpt(r); err != nil {
-			return err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(msg); err != nil {
-		return err
-	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	return c.Quit()
-}
-
-// headerSafe keeps a mail header on one line.
-func headerSafe(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }

@@ -2,11 +2,9 @@ package respond
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/smtp"
+	"github.com/rampartsec/rampart/internal/mailsend"
 	"strings"
 	"text/template"
 	"time"
@@ -67,9 +65,9 @@ func (s *Service) sendNotice(ctx context.Context, r *Run, name string) (string, 
 	}
 	switch nt.Channel {
 	case "smtp":
-		msg := "From: " + nt.From + "\r\nTo: " + strings.Join(nt.To, ", ") + "\r\nSubject: " + headerSafe(subject) +
+		msg := "From: " + nt.From + "\r\nTo: " + strings.Join(nt.To, ", ") + "\r\nSubject: " + mailsend.HeaderSafe(subject) +
 			"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + strings.ReplaceAll(body, "\n", "\r\n") + "\r\n"
-		err = sendMail(ctx, nt.Addr, nt.From, nt.To, []byte(msg), s.cfg.SMTPTimeout)
+		err = mailsend.Send(ctx, nt.Addr, nt.From, nt.To, []byte(msg), s.cfg.SMTPTimeout)
 	case "webhook":
 		var b []byte
 		b, err = json.Marshal(map[string]string{"notice": name, "audience": nt.Audience, "incident": r.Incident, "subject": subject, "text": body})
@@ -98,59 +96,6 @@ func (s *Service) sendNotice(ctx context.Context, r *Run, name string) (string, 
 	}
 	return "sent notice " + name + " (" + nt.Channel + ") to " + orDefault(nt.Audience, strings.Join(nt.To, ", ")), nil
 }
-
-// sendMail is smtp.SendMail (STARTTLS when offered, no auth) bounded by
-// one deadline over the whole exchange.
-func sendMail(ctx context.Context, addr, from string, to []string, msg []byte, timeout time.Duration) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	conn, err := (&net.Dialer{Timeout: timeout}).DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	deadline := time.Now().Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	if err := conn.SetDeadline(deadline); err != nil {
-		return err
-	}
-	c, err := smtp.NewClient(conn, host)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if ok, _ := c.Extension("STARTTLS"); ok {
-		if err := c.StartTLS(&tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}); err != nil {
-			return err
-		}
-	}
-	if err := c.Mail(from); err != nil {
-		return err
-	}
-	for _, r := range to {
-		if err := c.Rcpt(r); err != nil {
-			return err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(msg); err != nil {
-		return err
-	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	return c.Quit()
-}
-
-// headerSafe keeps a mail header on one line.
-func headerSafe(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }
 
 // slackEscape escapes what Slack's message format reads as markup: alert
 // text an attacker influenced must not ping <!channel> or show a link of
