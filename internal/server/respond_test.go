@@ -42,7 +42,16 @@ func TestWorkloadApprovals(t *testing.T) {
 	if run.State != respond.RunWaiting {
 		t.Fatalf("a refused approval moved the run: %s", run.State)
 	}
-	if err := h.client("", oncall).Do(ctx, http.MethodPost, "/v1/workload/approvals/"+run.ID, nil, nil); err != nil {
+	// The approval names what the approver saw: another step or another
+	// request is refused (409), a body that is not an ApprovalRef too (400).
+	err = h.client("", oncall).Do(ctx, http.MethodPost, "/v1/workload/approvals/"+run.ID, respond.ApprovalRef{Step: "not-this-one"}, nil)
+	wantStatus(t, err, http.StatusConflict, "waits at step")
+	err = h.client("", oncall).Do(ctx, http.MethodPost, "/v1/workload/approvals/"+run.ID, respond.ApprovalRef{Approval: "apr-forged"}, nil)
+	wantStatus(t, err, http.StatusConflict, "waits on request")
+	err = h.client("", oncall).Do(ctx, http.MethodPost, "/v1/workload/approvals/"+run.ID, map[string]string{"steps": "x"}, nil)
+	wantStatus(t, err, http.StatusBadRequest, "approval body")
+	want := respond.ApprovalRef{Step: run.Steps[0].Name, Approval: run.Steps[0].Approval.ID}
+	if err := h.client("", oncall).Do(ctx, http.MethodPost, "/v1/workload/approvals/"+run.ID, want, nil); err != nil {
 		t.Fatal(err)
 	}
 	for end := time.Now().Add(10 * time.Second); run.State != respond.RunSucceeded && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
