@@ -9,11 +9,14 @@ import (
 	"fmt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/approval"
@@ -40,6 +43,10 @@ type Config struct {
 	// steps and reports are refused).
 	Scoper *Scoper
 	Client *http.Client // webhooks and Slack (nil: a client with a 10 s timeout)
+	// AllowLocalWebhooks lets webhooks and Slack notices reach loopback
+	// and link-local addresses (refused by default; tests, single-host
+	// setups).
+	AllowLocalWebhooks bool
 	// SMTPTimeout bounds one SMTP exchange (0: 10 s).
 	SMTPTimeout time.Duration
 	// ApprovalTTL is how long a request for approval stands unless the
@@ -145,7 +152,35 @@ func (s *Service) client() *http.Client {
 	if s.cfg.Client != nil {
 		return s.cfg.Client
 	}
-	return &http.Client{Timeout: 10 * time.Second, CheckRedirect: noRedirects}
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if !s.cfg.AllowLocalWebhooks {
+		d.Control = refuseLocal
+	}
+	return &http.Client{Timeout: 10 * time.Second, CheckRedirect: noRedirects,
+		Transport: &http.Transport{DialContext: d.DialContext, TLSHandshakeTimeout: 10 * time.Second, ForceAttemptHTTP2: true}}
+}
+
+// refuseLocal stops a webhook from reaching this host or its link: a
+// playbook author (playbook.write) could otherwise make the server post
+// to its own admin API on loopback, to another local service, or to a
+// cloud metadata endpoint (169.254.169.254). It checks the address
+// dialled, after name resolution, so a name that resolves to loopback
+// (DNS rebinding) is refused too. Private (RFC 1918) addresses are
+// allowed: chat servers on the internal network are the usual receivers.
+func refuseLocal(network, address string, _ syscall.RawConn) error {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return fmt.Errorf("respond: webhook address %s: %w", address, err)
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() {
+		return fmt.Errorf("respond: webhook to %s refused: a loopback, link-local or unspecified address (the server's own host or link; rampart server --playbook-webhooks-local allows it)", address)
+	}
+	return nil
 }
 
 // noRedirects keeps webhooks where the playbook sent them: a receiver (or

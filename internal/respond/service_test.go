@@ -441,7 +441,7 @@ func TestWebhookRedirectNotFollowed(t *testing.T) {
 		http.Redirect(w, r, target.URL+"/v1/internal-admin", http.StatusTemporaryRedirect)
 	}))
 	defer bouncer.Close()
-	c := (&Service{}).client()
+	c := (&Service{cfg: Config{AllowLocalWebhooks: true}}).client()
 	resp, err := c.Post(bouncer.URL, "application/json", strings.NewReader("{}"))
 	if err == nil {
 		resp.Body.Close()
@@ -577,5 +577,42 @@ func TestConcurrentApprovalsOneWins(t *testing.T) {
 	}
 	if got := e.fx.list(); len(got) != 1 {
 		t.Errorf("the step ran %d times: %v", len(got), got)
+	}
+}
+
+// A playbook's webhook cannot reach the server's own host or link: loopback
+// (the admin API), link-local (cloud metadata), unspecified, by address or
+// by a name that resolves there (red team, stop 31). A private address
+// passes the check (dialled, nothing listens in the test).
+func TestWebhookLocalAddressesRefused(t *testing.T) {
+	var hit atomic.Int32
+	local := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hit.Add(1) }))
+	defer local.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(local.URL, "http://"))
+	c := (&Service{}).client()
+	for _, u := range []string{local.URL, "http://localhost:" + port, "http://[::1]:" + port, "http://0.0.0.0:" + port,
+		"http://169.254.169.254/latest/meta-data/", "http://[::ffff:127.0.0.1]:" + port} {
+		resp, err := c.Post(u, "application/json", strings.NewReader("{}"))
+		if err == nil {
+			resp.Body.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "refused: a loopback, link-local or unspecified address") {
+			t.Errorf("webhook to %s: %v, want refused", u, err)
+		}
+	}
+	if hit.Load() != 0 {
+		t.Fatalf("a local receiver got %d webhooks", hit.Load())
+	}
+	if err := refuseLocal("tcp", "10.1.2.3:443", nil); err != nil {
+		t.Errorf("a private address refused: %v", err)
+	}
+	allowed := (&Service{cfg: Config{AllowLocalWebhooks: true}}).client()
+	resp, err := allowed.Post(local.URL, "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if hit.Load() != 1 {
+		t.Errorf("with AllowLocalWebhooks the local receiver got %d webhooks, want 1", hit.Load())
 	}
 }

@@ -42,7 +42,7 @@ func (s *Server) newRespond(holder bool) error {
 		scoper = &respond.Scoper{Dir: filepath.Join(s.cfg.DataDir, "audit"), Index: filepath.Join(s.cfg.DataDir, "respond-scope-index.json")}
 	}
 	s.respond = respond.New(respond.Config{Store: rst, Scoper: scoper, Effects: respondEffects{s}, Append: s.appendAudit, Changed: s.notify,
-		KnownRule: func(name string) bool { return rules[name] }, Alert: s.store.GetAlert, Now: s.now, Log: s.log})
+		KnownRule: func(name string) bool { return rules[name] }, Alert: s.store.GetAlert, AllowLocalWebhooks: s.cfg.PlaybookWebhooksLocal, Now: s.now, Log: s.log})
 	s.respondAPI = &respond.API{Service: s.respond, Actor: s.actorOf, Log: s.log}
 	return nil
 }

@@ -90,6 +90,9 @@ type Config struct {
 	// /v1/workload/approvals/{ref}): an interim until operators' roles
 	// bind workloads to approval.grant on the admin routes.
 	Approvers []string
+	// PlaybookWebhooksLocal lets playbook webhooks and Slack notices reach
+	// loopback and link-local addresses (refused by default).
+	PlaybookWebhooksLocal bool
 
 	// AuditSegmentEntries is how many audit entries a sealed, compressed
 	// segment holds (0: audit.DefaultSegmentEntries).
