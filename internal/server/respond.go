@@ -59,10 +59,10 @@ func (s *Server) actorOf(r *http.Request) audit.Actor {
 // unlessQuarantined refuses a quarantined workload (403, recorded as a
 // refusal of action): a stolen identity, once contained, must not go on
 // decrypting through the key store while its SVIDs are still valid.
-func (s *Server) unlessQuarantined(action string, h http.HandlerFunc) http.HandlerFunc {
+func (s *Server) unlessQuarantined(action string, target func(*http.Request) string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if caller := agentFrom(r); !caller.IsZero() && s.quarantine.Holds(caller) {
-			s.refused(r, action, "caller quarantined", "target", "kms:"+r.PathValue("name"))
+			s.refused(r, action, "caller quarantined", "target", target(r))
 			api.WriteProblem(w, http.StatusForbidden, caller.String()+" is quarantined")
 			return
 		}
@@ -265,3 +265,6 @@ func (e respondEffects) RotateKey(ctx context.Context, kind, name string) (strin
 	}
 	return "", fmt.Errorf("unknown key kind %q", kind)
 }
+
+func kmsTarget(r *http.Request) string      { return "kms:" + r.PathValue("name") }
+func approvalTarget(r *http.Request) string { return r.PathValue("ref") }
