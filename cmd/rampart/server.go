@@ -101,6 +101,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	var adminToken adminTokenMode
 	fs.Var(&adminToken, "admin-token", "the break-glass admin token (DATA/admin.token): on (every use audited and alerted on) or off (refused: operators sign in with rampart login) (default on)")
 	var approvers repeatFlag
+	webhooksLocal := fs.Bool("playbook-webhooks-local", false, "let playbook webhooks and Slack notices reach loopback and link-local addresses (refused by default: the server's own API, cloud metadata)")
 	fs.Var(&approvers, "approver", "a workload SPIFFE ID (or ID/*) that may approve playbook steps with its SVID (repeatable; until operators hold roles)")
 	detectRules := fs.String("detect-rules", "", "detection rules and alert sinks (YAML; default: the built-in rules, see rampart detect rules)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -150,6 +151,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 	cfg.Approvers = approvers
+	cfg.PlaybookWebhooksLocal = *webhooksLocal
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		return err

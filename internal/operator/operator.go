@@ -167,7 +167,12 @@ type Authenticator struct {
 	// DPoP verifies and records proofs (its Replay should be shared by
 	// replicas: NewStoreReplay).
 	DPoP *dpop.Checker
-	Now  func() time.Time
+	// ServesHost says whether a request's Host is one of the server's own
+	// names (nil: any). A proof's htu names the request's Host, so a proof
+	// made for another server (sent here with that server's Host) is
+	// refused.
+	ServesHost func(host string) bool
+	Now        func() time.Time
 }
 
 // Token authenticates a request carrying an operator access token. It
@@ -188,6 +193,9 @@ func (a *Authenticator) Token(r *http.Request) (Caller, error) {
 	}
 	if scheme != dpop.SchemeDPoP {
 		return Caller{}, fmt.Errorf("%w: a DPoP-bound token sent as %s, without its proof", ErrProof, scheme)
+	}
+	if a.ServesHost != nil && !a.ServesHost(r.Host) {
+		return Caller{}, fmt.Errorf("%w: the request is for host %q, not one of this server's names", ErrProof, r.Host)
 	}
 	proof, err := a.DPoP.VerifyRequest(r, raw)
 	if err != nil {

@@ -77,6 +77,10 @@ func (s *Server) authenticate(r *http.Request) (operator.Caller, error) {
 		if err != nil {
 			return operator.Caller{}, err
 		}
+		if s.quarantine.Holds(id) {
+			// A contained identity keeps no role it was lent.
+			return operator.Caller{}, fmt.Errorf("%s is quarantined", id)
+		}
 		return s.operatorAuth.Workload(r.Context(), id)
 	}
 	return operator.Caller{}, operator.ErrNoSuchToken

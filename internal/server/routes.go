@@ -174,12 +174,12 @@ func (s *Server) routes() []Route {
 		route(AuthAgent, "GET /v1/agent/netpol", s.netpol.HandleAgentTable, "the network policy table of the agent's host"),
 
 		route(AuthWorkload, "GET /v1/workload/sync", s.handleWorkloadSync, "the caller's policy, revocations, quarantines and token keys (long poll)"),
-		route(AuthWorkload, "POST /v1/workload/approvals/{ref}", s.handleWorkloadApprove, "approve a playbook step as a workload named by --approver (interim until operators' roles)"),
+		route(AuthWorkload, "POST /v1/workload/approvals/{ref}", s.unlessQuarantined("respond.approve", approvalTarget, s.handleWorkloadApprove), "approve a playbook step as a workload named by --approver (interim until operators' roles)"),
 		atHolder(route(AuthWorkload, "POST /v1/audit/ingest", s.handleIngest, "a batch of audit entries from a spool (package audit/intake)")),
 	}
 	// Key use: any SVID may ask; the key-use policy decides (kms.API.Use).
 	for _, op := range kms.Operations {
-		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.unlessQuarantined("kms."+op, s.kmsAPI.Use(op)), op+" with a key, as the key-use policy allows (never for a quarantined caller)"))
+		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.unlessQuarantined("kms."+op, kmsTarget, s.kmsAPI.Use(op)), op+" with a key, as the key-use policy allows (never for a quarantined caller)"))
 	}
 	// ACME (nil when disabled): the protocol, and the operator's calls.
 	if s.acme != nil {

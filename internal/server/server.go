@@ -90,6 +90,9 @@ type Config struct {
 	// /v1/workload/approvals/{ref}): an interim until operators' roles
 	// bind workloads to approval.grant on the admin routes.
 	Approvers []string
+	// PlaybookWebhooksLocal lets playbook webhooks and Slack notices reach
+	// loopback and link-local addresses (refused by default).
+	PlaybookWebhooksLocal bool
 
 	// AuditSegmentEntries is how many audit entries a sealed, compressed
 	// segment holds (0: audit.DefaultSegmentEntries).
@@ -307,7 +310,8 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 			return err
 		}}
 	s.operatorAuth = &operator.Authenticator{Store: operatorStore{st, ops}, Now: cfg.Now, Verify: s.verifyOperatorToken,
-		DPoP: &dpop.Checker{Now: cfg.Now, Replay: operator.StoreReplay{Store: st, Quota: operator.DefaultProofQuota, Now: cfg.Now}}}
+		ServesHost: func(host string) bool { return s.cert.Serves(host) },
+		DPoP:       &dpop.Checker{Now: cfg.Now, Replay: operator.StoreReplay{Store: st, Quota: operator.DefaultProofQuota, Now: cfg.Now}}}
 	s.caMaint = &identity.Maintainer{CA: ca, Changed: s.notify, Now: cfg.Now, Log: cfg.Log, Registry: s.reg}
 	keys, err := kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now})
 	if err != nil {

@@ -274,6 +274,10 @@ func (d dialect) migrations() [][]string {
 			`ALTER TABLE entries ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0`,
 			`CREATE INDEX entries_spiffe_id ON entries (spiffe_id)`,
 		},
+		// Playbook runs are written compare-and-swap (respond.go).
+		{
+			`ALTER TABLE respond_runs ADD COLUMN revision BIGINT NOT NULL DEFAULT 1`,
+		},
 	}
 }
 
