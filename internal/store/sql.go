@@ -274,6 +274,9 @@ func (d dialect) migrations() [][]string {
 			`ALTER TABLE entries ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0`,
 			`CREATE INDEX entries_spiffe_id ON entries (spiffe_id)`,
 		},
+		// Federation relationships and the bundles of other trust
+		// domains (federation.go).
+		d.federationMigration(),
 	}
 }
 
