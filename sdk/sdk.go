@@ -275,7 +275,7 @@ func (s *Source) SetPolicy(yaml []byte) error {
 // ServerTLSConfig requires a client SVID from this trust domain, not
 // revoked, not quarantined.
 func (s *Source) ServerTLSConfig() *tls.Config {
-	return mtls.ServerConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: tlsconfig.AuthorizeMemberOf(s.id.TrustDomain()), Revocations: s.revs, Quarantine: s.quarantine})
+	return mtls.ServerConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: mtls.AuthorizeTrustDomains(), Revocations: s.revs, Quarantine: s.quarantine})
 }
 
 // ClientTLSConfig refuses any server but the one presenting server's SVID,

@@ -230,7 +230,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopForwarding()
 	var inboundAddr string
 	if in := cfg.Inbound; in != nil {
-		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeMemberOf(td), Revocations: revs, Quarantine: quarantine, OnFail: onFail,
+		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: mtls.AuthorizeTrustDomains(), Revocations: revs, Quarantine: quarantine, OnFail: onFail,
 			OnHandshake: m.handshake("server"), OnSessionDeclined: func(r string) { m.sessionsDeclined.WithLabelValues(r).Inc() }})
 		ln, err := net.Listen("tcp", in.Listen)
 		if err != nil {
