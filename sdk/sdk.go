@@ -198,7 +198,7 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		}
 		s.spool, sink = sp, shipping
 	}
-	s.guard = authz.NewGuard(authz.GuardConfig{Service: s.id, Log: o.log, Sink: sink, Revocations: s.revs, Quarantine: s.quarantine, StripHeaders: strip})
+	s.guard = authz.NewGuard(authz.GuardConfig{Service: s.id, Log: o.log, Sink: sink, Revocations: s.revs, Quarantine: s.quarantine, Bundles: s.bundles, StripHeaders: strip})
 	if o.server != "" {
 		sy := &authz.Syncer{ServerAddr: o.server, SVID: s.svids, Bundles: s.bundles, Guard: s.guard, Revocations: s.revs, Quarantine: s.quarantine, CacheDir: o.cacheDir, Log: o.log}
 		if err := sy.Start(ctx); err != nil {
