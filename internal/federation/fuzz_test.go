@@ -11,9 +11,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/rampartsec/rampart/internal/svid"
-
 	"github.com/rampartsec/rampart/internal/federation"
+	"github.com/rampartsec/rampart/internal/svid"
 )
 
 // FuzzParseBundle: a bundle document comes from another trust domain's
