@@ -16,7 +16,9 @@ import (
 
 // swappableBundles is a bundle source whose set can be replaced (as the
 // Workload API replaces it when a federation ends).
-type swappableBundles struct{ set atomic.Pointer[x509bundle.Set] }
+type swappableBundles struct {
+	set atomic.Pointer[x509bundle.Set]
+}
 
 func (s *swappableBundles) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
 	return s.set.Load().GetX509BundleForTrustDomain(td)
