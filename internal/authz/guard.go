@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/dpop"
@@ -63,6 +64,11 @@ type GuardConfig struct {
 	// quarantined caller, or any caller while this service is itself
 	// quarantined, is refused and its connection closed.
 	Quarantine *mtls.Quarantine
+	// Bundles, if set, is checked on every request from a caller of
+	// another trust domain: once the federation with its trust domain
+	// ends (the bundle is gone), a connection opened while it lasted is
+	// cut at its next request.
+	Bundles x509bundle.Source
 	// StripHeaders are request headers removed besides the built-in
 	// identity headers (ParseStripHeaders; nil: none).
 	StripHeaders *HeaderNames
@@ -228,6 +234,13 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 		ev.Reason = "client SVID revoked"
 		g.finish(r.Context(), &ev, start, "deny")
 		return &Refusal{Status: http.StatusUnauthorized, Close: true, Detail: "the client SVID has been revoked"}
+	}
+	if g.cfg.Bundles != nil && peer.TrustDomain() != g.cfg.Service.TrustDomain() {
+		if _, err := g.cfg.Bundles.GetX509BundleForTrustDomain(peer.TrustDomain()); err != nil {
+			ev.Reason = "caller's trust domain no longer federated"
+			g.finish(r.Context(), &ev, start, "deny")
+			return &Refusal{Status: http.StatusUnauthorized, Close: true, Detail: "the trust domain " + peer.TrustDomain().Name() + " is not trusted here"}
+		}
 	}
 	if g.cfg.Quarantine.Blocks(peer) {
 		ev.Reason = g.quarantineReason(peer)

@@ -582,6 +582,19 @@ func (ca *CA) JWTBundle() ([]byte, error) {
 	return json.Marshal(set)
 }
 
+// JWTAuthorities returns the JWT signing keys by key ID, as a SPIFFE
+// bundle holds them (package federation serves them to other trust
+// domains).
+func (ca *CA) JWTAuthorities() map[string]crypto.PublicKey {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	out := make(map[string]crypto.PublicKey, len(ca.jwt))
+	for _, k := range ca.jwt {
+		out[k.kid] = k.pub
+	}
+	return out
+}
+
 // KeyStatus describes one CA key for status output and metrics.
 type KeyStatus struct {
 	Kind      store.CAKeyKind  `json:"kind"`

@@ -201,7 +201,7 @@ func Run(ctx context.Context, cfg Config) error {
 	} else if cfg.Inbound != nil {
 		cfg.Log.Warn("decisions go to the log only, not to the audit log: give --server and --data (or --audit-spool)")
 	}
-	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: sink, Registry: cfg.Registry, Revocations: revs, Quarantine: quarantine, StripHeaders: stripHeaders})
+	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: sink, Registry: cfg.Registry, Revocations: revs, Quarantine: quarantine, Bundles: src, StripHeaders: stripHeaders})
 	if cfg.ServerAddr != "" {
 		syncer := &authz.Syncer{ServerAddr: cfg.ServerAddr, SVID: src, Bundles: src, Guard: guard, Revocations: revs, Quarantine: quarantine, CacheDir: cfg.DataDir, Log: cfg.Log}
 		if err := syncer.Start(ctx); err != nil {
@@ -230,7 +230,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopForwarding()
 	var inboundAddr string
 	if in := cfg.Inbound; in != nil {
-		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeMemberOf(td), Revocations: revs, Quarantine: quarantine, OnFail: onFail,
+		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: mtls.AuthorizeTrustDomains(), Revocations: revs, Quarantine: quarantine, OnFail: onFail,
 			OnHandshake: m.handshake("server"), OnSessionDeclined: func(r string) { m.sessionsDeclined.WithLabelValues(r).Inc() }})
 		ln, err := net.Listen("tcp", in.Listen)
 		if err != nil {

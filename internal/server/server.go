@@ -125,6 +125,10 @@ type Config struct {
 	// a path. Empty: JWT-SVIDs carry no iss and no discovery is served.
 	JWTIssuer string
 
+	// Federation configures the bundle endpoint and the refreshing of
+	// other trust domains' bundles (federation.go).
+	Federation FederationConfig
+
 	Now func() time.Time
 	Log *slog.Logger
 }
@@ -187,6 +191,8 @@ type Server struct {
 	peers *identity.Verifier   // callers' SVIDs
 
 	feed *feed // the store's revision, long polls' wake-up
+
+	fed *federationState // relationships with other trust domains
 }
 
 // New initialises (first start) or opens (restart) the data directory, the
@@ -335,6 +341,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	s.netpol = &netpolapi.API{Policies: st, Entries: st, Caller: agentFrom, Refused: s.refused, Now: cfg.Now, Log: cfg.Log}
 	if ns, ok := store.Netpol(st); ok {
 		s.netpol.Placements = ns
+	}
+	if err := s.newFederation(); err != nil {
+		return nil, err
 	}
 	if err := s.newRespond(cfg.AuditForwardTo == ""); err != nil {
 		return nil, err
@@ -509,14 +518,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // each owned by the package whose data it keeps.
 func (s *Server) loops() map[string]func(context.Context) error {
 	ls := map[string]func(context.Context) error{
-		"ca":       s.caMaint.Run,  // rotation schedule, expiry warnings
-		"oauth":    s.oauth.Run,    // signing keys, refused-login records
-		"kms":      s.kmsMaint.Run, // scheduled rotations and destructions
-		"rekey":    s.runRekey,     // a burn-down's waits
-		"refusals": s.refusals.Run, // aggregated refusals into the log
-		"prune":    s.prune,        // expired records out of the store
-		"sync":     s.pollRevision, // other replicas' changes
-		"respond":  s.respond.Run,  // playbook runs (waiting ones resume on approval)
+		"ca":         s.caMaint.Run,       // rotation schedule, expiry warnings
+		"oauth":      s.oauth.Run,         // signing keys, refused-login records
+		"kms":        s.kmsMaint.Run,      // scheduled rotations and destructions
+		"rekey":      s.runRekey,          // a burn-down's waits
+		"refusals":   s.refusals.Run,      // aggregated refusals into the log
+		"prune":      s.prune,             // expired records out of the store
+		"sync":       s.pollRevision,      // other replicas' changes
+		"respond":    s.respond.Run,       // playbook runs (waiting ones resume on approval)
+		"federation": s.fed.refresher.Run, // other trust domains' bundles
+	}
+	if s.cfg.Federation.Listen != "" {
+		ls["federation-endpoint"] = s.serveFederation // our bundle, for them
 	}
 	if s.keeper != nil { // the replica that keeps the audit log
 		ls["audit"] = s.keeper.Run    // checkpoints, seals, archive copies

@@ -278,6 +278,9 @@ func (d dialect) migrations() [][]string {
 		{
 			`ALTER TABLE respond_runs ADD COLUMN revision BIGINT NOT NULL DEFAULT 1`,
 		},
+		// Federation relationships and the bundles of other trust
+		// domains (federation.go).
+		d.federationMigration(),
 	}
 }
 
