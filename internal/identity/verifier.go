@@ -115,8 +115,15 @@ func (v *Verifier) Verify(raw [][]byte) (spiffeid.ID, error) {
 		}
 		chain := chains[0]
 		// leaf, intermediate, anchor: issued here. Anything longer has
-		// a CA of the server's making (a downstream CA) in between.
-		p = verifiedPeer{id: id, serial: chain[0].SerialNumber.Text(16), notAfter: chain[0].NotAfter, direct: len(chain) <= 3}
+		// a CA of the server's making (a downstream CA) in between. Any
+		// such chain will do: extra certificates a client sends may make
+		// longer ones too, but a leaf of a downstream CA has none this
+		// short (its issuer is no root's child).
+		direct := false
+		for _, c := range chains {
+			direct = direct || len(c) <= 3
+		}
+		p = verifiedPeer{id: id, serial: chain[0].SerialNumber.Text(16), notAfter: chain[0].NotAfter, direct: direct}
 		for i, c := range chain[1:] {
 			if c.NotAfter.Before(p.notAfter) {
 				p.notAfter = c.NotAfter
