@@ -82,6 +82,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.DurationVar(&cfg.JoinTokenTTL, "join-token-ttl", server.DefaultJoinTokenTTL, "default join token lifetime")
 	fs.DurationVar(&cfg.RootTTL, "root-ttl", 0, "root CA lifetime (default 8760h)")
 	fs.DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 0, "intermediate CA lifetime (default 72h)")
+	fs.DurationVar(&cfg.DownstreamMaxTTL, "downstream-max-ttl", 0, "mint downstream CAs (POST /v1/ca/downstream, rampart ca downstream) for workloads of entries marked downstream, living at most this long (0: off; on, intermediates are made with path length 2 and one of length 0 is replaced at start)")
 	fs.StringVar(&cfg.Issuer, "issuer", "", "OAuth/OIDC issuer URL clients and services see (default https://LISTEN)")
 	fs.StringVar(&cfg.JWTIssuer, "jwt-issuer", "", "iss of JWT-SVIDs, with OIDC discovery served at ISSUER/.well-known/openid-configuration (https, with a path: https://HOST:PORT/spiffe; default: none)")
 	oauthAlg := fs.String("oauth-alg", "ES256", "signing algorithm of new OAuth token keys: ES256 or EdDSA")

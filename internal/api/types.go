@@ -410,3 +410,28 @@ type Federation struct {
 	CreatedAt       *time.Time `json:"created_at,omitempty"`
 	UpdatedAt       *time.Time `json:"updated_at,omitempty"`
 }
+
+// DownstreamRequest asks for a downstream CA (POST /v1/ca/downstream),
+// made by a workload whose SPIFFE ID is a downstream entry's: a nested
+// server's signing certificate. Only the CSR's public key and signature
+// are used; every extension is the server's choice.
+type DownstreamRequest struct {
+	// CSR is a PKCS#10 certificate request (DER), signed by the key the
+	// CA certificate is for.
+	CSR []byte `json:"csr"`
+	// TTLSeconds asks for a lifetime (0: the server's maximum); it is
+	// cut to the server's maximum, the entry's expiry and the
+	// intermediate's remaining life.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
+}
+
+// DownstreamResponse is the minted CA.
+type DownstreamResponse struct {
+	// Chain is DER, the downstream CA first, then the server's
+	// intermediate; the root is in Bundle.
+	Chain [][]byte `json:"chain"`
+	// Bundle is the trust bundle's roots (DER).
+	Bundle    [][]byte  `json:"bundle"`
+	Serial    string    `json:"serial"`
+	ExpiresAt time.Time `json:"expires_at"`
+}

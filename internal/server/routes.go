@@ -215,5 +215,9 @@ func (s *Server) routes() []Route {
 			rs = append(rs, rt)
 		}
 	}
+	// Downstream CAs (SPIRE's MintX509CA) for downstream entries' workloads.
+	rs = append(rs,
+		route(AuthWorkload, "POST /v1/ca/downstream", s.handleDownstream, "mint a CA certificate for a nested server, from a CSR, for a workload whose SPIFFE ID is a downstream entry's (off unless --downstream-max-ttl)"),
+	)
 	return rs
 }

@@ -82,6 +82,10 @@ type Config struct {
 	DefaultJWTTTL   time.Duration
 	AgentTTL        time.Duration
 	JoinTokenTTL    time.Duration
+	// DownstreamMaxTTL bounds the life of a downstream CA (POST
+	// /v1/ca/downstream, for workloads of downstream entries); 0: none
+	// is minted, and intermediates keep path length 0.
+	DownstreamMaxTTL time.Duration
 
 	// DetectRules is a detection rules file (nil: the default rules).
 	DetectRules []byte
@@ -283,7 +287,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	ca, err := identity.New(ctx, identity.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Wrapper: wrapper, Now: cfg.Now, Log: cfg.Log,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, JWTKeyTTL: cfg.JWTKeyTTL, Upstream: up,
-		JWTIssuer: cfg.JWTIssuer,
+		JWTIssuer: cfg.JWTIssuer, Downstream: cfg.DownstreamMaxTTL > 0,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
