@@ -12,8 +12,8 @@
 // while the proxy is at 100% CPU (issue 27's overload curve).
 //
 // What is measured: the delay a goroutine waits, runnable, before it runs
-// (runtime/metrics "/sched/latencies:seconds", sampled by Sampler every
-// few milliseconds). A request's goroutine waits that long at each of its
+// (runtime/metrics "/sched/latencies:seconds", read by Sampler every
+// 10 ms, and how late the sampler's own timer wakes it, toobusy-style). A request's goroutine waits that long at each of its
 // wake-ups (reading the request, the upstream's answer), so it is the
 // proxy's queueing delay, whatever queue the work piles up in.
 //

@@ -23,7 +23,8 @@ type Histogram struct {
 
 // Sampler measures the process's queueing delay: the median time
 // goroutines waited, runnable, since the previous sample. A window with
-// too few wake-ups to tell says zero (an idle process is not overloaded).
+// too few wake-ups to tell says zero (an idle process is not overloaded);
+// Run adds its own timer's lateness.
 type Sampler struct {
 	// Read returns the cumulative histogram (default: the runtime's
 	// scheduler latencies); tests give their own.
@@ -99,20 +100,27 @@ func bucketDelay(b []float64, i int) time.Duration {
 }
 
 // Run feeds c a sample every tick (DefaultTick if zero) until ctx ends;
-// observe, if set, is given each sample too (metrics).
+// observe, if set, is given each sample too (metrics). A sample is the
+// larger of the window's scheduler latency (Sample) and how late Run's own
+// timer woke it: that wake-up is one more goroutine made runnable and left
+// waiting, measured every tick, when the runtime's histogram (which
+// records one wake-up in eight) has too few in the window to tell.
 func (s *Sampler) Run(ctx context.Context, c *Controller, tick time.Duration, observe func(time.Duration)) {
 	if tick <= 0 {
 		tick = DefaultTick
 	}
-	t := time.NewTicker(tick)
+	t := time.NewTimer(tick)
 	defer t.Stop()
 	s.Sample()
 	for {
+		armed := time.Now()
+		t.Reset(tick)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			d := s.Sample()
+			late := max(time.Since(armed)-tick, 0)
+			d := max(s.Sample(), late)
 			c.Observe(d)
 			if observe != nil {
 				observe(d)

@@ -135,16 +135,23 @@ type connLimit struct {
 	open       int
 	handshakes list.List // of *limitedConn in their handshake, oldest first
 
-	refused, evicted prometheus.Counter
-	openG, hsG       prometheus.Gauge
+	// overloaded, if set, says the proxy is shedding load: a connection
+	// is then closed as accepted while overloadHandshakes are under way,
+	// so the CPU goes to the requests of connections already open.
+	overloaded         func() bool
+	overloadHandshakes int
+
+	refused, evicted, shedConn prometheus.Counter
+	openG, hsG                 prometheus.Gauge
 }
 
 func newConnLimit(maxConns, maxHandshakes int, m *metrics, direction, listener string) *connLimit {
 	return &connLimit{maxConns: maxConns, maxHandshakes: maxHandshakes,
-		refused: m.connsRefused.WithLabelValues(direction, listener, "max_conns"),
-		evicted: m.connsRefused.WithLabelValues(direction, listener, "handshake_evicted"),
-		openG:   m.connsOpen.WithLabelValues(direction, listener, "open"),
-		hsG:     m.connsOpen.WithLabelValues(direction, listener, "handshake")}
+		refused:  m.connsRefused.WithLabelValues(direction, listener, "max_conns"),
+		evicted:  m.connsRefused.WithLabelValues(direction, listener, "handshake_evicted"),
+		shedConn: m.connsRefused.WithLabelValues(direction, listener, "overload"),
+		openG:    m.connsOpen.WithLabelValues(direction, listener, "open"),
+		hsG:      m.connsOpen.WithLabelValues(direction, listener, "handshake")}
 }
 
 // listener returns ln bounded: connections beyond the limit are closed as
@@ -186,6 +193,10 @@ func (l *connLimit) admit(c net.Conn) (lc, victim *limitedConn) {
 	defer l.mu.Unlock()
 	if l.open >= l.maxConns {
 		l.refused.Inc()
+		return nil, nil
+	}
+	if l.maxHandshakes > 0 && l.overloaded != nil && l.handshakes.Len() >= l.overloadHandshakes && l.overloaded() {
+		l.shedConn.Inc()
 		return nil, nil
 	}
 	lc = &limitedConn{Conn: c, lim: l}
