@@ -301,7 +301,8 @@ func TestConnLimitOverloadHandshakes(t *testing.T) {
 	m := newMetrics(prometheus.NewRegistry())
 	l := newConnLimit(100, 50, m, "inbound", "test")
 	var over atomic.Bool
-	l.overloaded, l.overloadHandshakes = over.Load, 2
+	now := time.Unix(1_700_000_000, 0)
+	l.overloaded, l.overloadHandshakes, l.now = over.Load, 2, func() time.Time { return now }
 	pipe := func() net.Conn { a, b := net.Pipe(); t.Cleanup(func() { a.Close(); b.Close() }); return a }
 	var in []*limitedConn
 	for range 3 {
@@ -332,5 +333,41 @@ func TestConnLimitOverloadHandshakes(t *testing.T) {
 	over.Store(false)
 	if lc, _ := l.admit(pipe()); lc == nil {
 		t.Fatal("refused after the overload ended")
+	}
+}
+
+// The attack: while the proxy is overloaded, a caller opens a few TCP
+// connections and never finishes their handshakes, to hold the few places
+// overload leaves and shut every new caller out for the handshake timeout.
+// A handshake older than stalledHandshake gives its place to a new one.
+func TestConnLimitOverloadStalledHandshakesGiveWay(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry())
+	l := newConnLimit(100, 50, m, "inbound", "test")
+	now := time.Unix(1_700_000_000, 0)
+	l.overloaded, l.overloadHandshakes, l.now = func() bool { return true }, 2, func() time.Time { return now }
+	pipe := func() net.Conn { a, b := net.Pipe(); t.Cleanup(func() { a.Close(); b.Close() }); return a }
+	stalled := []*limitedConn{}
+	for range 2 {
+		lc, _ := l.admit(pipe())
+		if lc == nil {
+			t.Fatal("refused under the bound")
+		}
+		stalled = append(stalled, lc)
+	}
+	now = now.Add(stalledHandshake / 2)
+	if lc, _ := l.admit(pipe()); lc != nil {
+		t.Fatal("a young handshake gave way")
+	}
+	now = now.Add(stalledHandshake)
+	lc, victim := l.admit(pipe())
+	if lc == nil || victim != stalled[0] {
+		t.Fatalf("a new caller was shut out by handshakes stalled for %v (admitted %v, victim %p, want %p)", 3*stalledHandshake/2, lc != nil, victim, stalled[0])
+	}
+	victim.Close()
+	if v := testutil.ToFloat64(m.connsRefused.WithLabelValues("inbound", "test", "handshake_evicted")); v != 1 {
+		t.Fatalf("evictions counted: %v, want 1", v)
+	}
+	if l.handshakes.Len() != 2 {
+		t.Fatalf("%d handshakes under way, want 2", l.handshakes.Len())
 	}
 }
