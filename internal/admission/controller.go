@@ -29,6 +29,10 @@ const (
 	stepDown    = 0.05 // delay under half the target
 	stepDownFew = 0.01 // delay between half the target and the target
 	startShed   = 0.10 // on entering overload
+	// standing: the fraction follows the least of this many recent
+	// observations, the standing delay (CoDel's minimum), so a lone late
+	// wake-up does not raise it; a low one lowers it at once.
+	standing = 4
 )
 
 // Config configures a Controller. Zero fields take the defaults; a
@@ -81,6 +85,8 @@ type Controller struct {
 	overloaded bool
 	shed       float64 // the fraction refused while overloaded
 	last       time.Duration
+	recent     [standing]time.Duration // ring of the last observations
+	next       int
 
 	permille atomic.Uint64 // shed*1000 while overloaded, else 0: read per request
 	acc      atomic.Uint64 // error diffusion: the sum of permille over arrivals
@@ -96,9 +102,10 @@ func (c *Controller) Enabled() bool { return c != nil && c.cfg.Target > 0 }
 
 // Observe takes the queueing delay measured now. It enters overload once
 // the delay has stayed above the target for an interval; while overloaded,
-// it raises the shed fraction while the delay is above the target (faster
-// above twice the target) and lowers it while below; overload ends when
-// the fraction is back to zero.
+// it raises the shed fraction while the standing delay (the least of the
+// last few observations) is above the target (faster above twice the
+// target) and lowers it while below; overload ends when the fraction is
+// back to zero.
 func (c *Controller) Observe(delay time.Duration) {
 	if !c.Enabled() {
 		return
@@ -108,6 +115,8 @@ func (c *Controller) Observe(delay time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.last = delay
+	c.recent[c.next] = delay
+	c.next = (c.next + 1) % standing
 	if delay > t {
 		if c.firstAbove.IsZero() {
 			c.firstAbove = now
@@ -122,6 +131,7 @@ func (c *Controller) Observe(delay time.Duration) {
 		c.overloaded = true
 		c.shed = max(c.shed, startShed)
 	} else {
+		delay = c.standingDelay()
 		switch {
 		case delay > 2*t:
 			c.shed += stepUpFar
@@ -142,6 +152,15 @@ func (c *Controller) Observe(delay time.Duration) {
 	} else {
 		c.permille.Store(0)
 	}
+}
+
+// standingDelay is the least of the recent observations.
+func (c *Controller) standingDelay() time.Duration {
+	m := c.recent[0]
+	for _, d := range c.recent[1:] {
+		m = min(m, d)
+	}
+	return m
 }
 
 // Shed reports whether to refuse the request arriving now. Over any run

@@ -215,7 +215,7 @@ func TestAdmissionShedsWhenCPUStarvedAndRecovers(t *testing.T) {
 		t.Skip("spins the CPU")
 	}
 	x := newAdmittedInbound(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
-		Admission{Delay: admission.Config{Target: 5 * time.Millisecond, Interval: 50 * time.Millisecond}, MinInFlight: 1})
+		Admission{Delay: admission.Config{Target: 10 * time.Millisecond, Interval: 50 * time.Millisecond}, MinInFlight: 1})
 	h1 := x.httpClient(false)
 	var ok, shed, other atomic.Int64
 	var shedSlow atomic.Int64
@@ -267,16 +267,17 @@ func TestAdmissionShedsWhenCPUStarvedAndRecovers(t *testing.T) {
 	if shed.Load() == 0 {
 		t.Fatalf("no request shed under starvation (%d served; controller %+v)", ok.Load(), x.ctl.State())
 	}
-	// Recovery: the controller leaves overload, and requests are served.
+	// Recovery: once the CPU is free (and the test's own load stops: on a
+	// loaded machine it could keep the proxy starved), the controller
+	// leaves overload and requests are served again.
 	stopped := time.Now()
+	stop()
 	waitFor(t, "the controller to leave overload", func() bool { return !x.ctl.Overloaded() })
 	recovered := time.Since(stopped)
-	shedAtRecovery := shed.Load()
-	okAtRecovery := ok.Load()
-	time.Sleep(300 * time.Millisecond)
-	stop()
-	if ok.Load()-okAtRecovery < 10 {
-		t.Fatalf("only %d requests served in the 300 ms after recovery", ok.Load()-okAtRecovery)
+	for i := range 20 {
+		if code, _, _ := get(t, h1, "https://"+x.addr+"/"); code != 200 {
+			t.Fatalf("request %d after recovery: %d", i, code)
+		}
 	}
 	if other.Load() != 0 {
 		t.Fatalf("%d answers neither 200 nor 503 with Retry-After", other.Load())
@@ -291,7 +292,7 @@ func TestAdmissionShedsWhenCPUStarvedAndRecovers(t *testing.T) {
 	if v := testutil.ToFloat64(x.am.requests.WithLabelValues("inbound", "test", "queue_delay")); int64(v) != shed.Load() {
 		t.Fatalf("queue_delay refusals counted %v, answered %d", v, shed.Load())
 	}
-	t.Logf("%d served, %d shed (%d after recovery began); overload ended %v after the CPU was freed", ok.Load(), shed.Load(), shed.Load()-shedAtRecovery, recovered)
+	t.Logf("%d served, %d shed; overload ended %v after the CPU was freed", ok.Load(), shed.Load(), recovered)
 }
 
 // While overloaded, the inbound listener runs at most so many handshakes
