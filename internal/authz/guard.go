@@ -99,7 +99,7 @@ func NewGuard(cfg GuardConfig) *Guard {
 	}
 	g := &Guard{cfg: cfg, tokens: newTokens(cfg.Service.String()),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rampart_authz_decisions_total", Help: "Authorisation decisions, by outcome (allow, deny, dry_run_deny, bad_request).",
+			Name: "rampart_authz_decisions_total", Help: "Authorisation decisions, by outcome (allow, deny, dry_run_deny, bad_request, shed: refused for overload before judging).",
 		}, []string{"outcome"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "rampart_authz_decision_duration_seconds", Help: "Time to decide one request.",
@@ -107,7 +107,7 @@ func NewGuard(cfg GuardConfig) *Guard {
 		}),
 	}
 	g.outcomes = map[string]prometheus.Counter{}
-	for _, o := range []string{"allow", "deny", "dry_run_deny", "bad_request"} {
+	for _, o := range []string{"allow", "deny", "dry_run_deny", "bad_request", "shed"} {
 		g.outcomes[o] = g.decisions.WithLabelValues(o)
 	}
 	if cfg.Registry != nil {
@@ -309,6 +309,21 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 	r.Header.Set(HeaderCaller, peer.String())
 	r.Header.Set(HeaderXFCC, "By="+g.cfg.Service.String()+";URI="+peer.String())
 	return nil
+}
+
+// Shed records a request the proxy refused for overload before judging it
+// (admission control: 503 without the policy). It is a refusal like any
+// other, in the audit log with its reason, so a flood of sheds is counted
+// into aggregates, never lost; no path is recorded (none was judged), so
+// a caller's sheds are one kind per interval. peer: the connection's
+// verified caller (the zero ID: none).
+func (g *Guard) Shed(r *http.Request, peer spiffeid.ID, reason string) {
+	start := time.Now()
+	ev := decision.Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr, Reason: reason}
+	if !peer.IsZero() {
+		ev.Caller = peer.String()
+	}
+	g.finish(r.Context(), &ev, start, "shed")
 }
 
 // AllowConn authorises a raw TCP connection by identity only.
