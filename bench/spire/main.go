@@ -111,7 +111,13 @@ func oneRun(ctx context.Context, o options, sys string) (res result, err error) 
 	if err != nil {
 		return res, err
 	}
-	defer os.RemoveAll(dir)
+	defer func() {
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: failed; its data and logs are kept in %s\n", sys, dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}()
 	var s system
 	switch sys {
 	case "rampart":

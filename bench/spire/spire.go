@@ -116,7 +116,12 @@ func startSPIRE(ctx context.Context, serverBin, agentBin, dir string, interval t
 		filepath.Join(sdata, "datastore.sqlite3"), filepath.Join(sdata, "keys.json")), 0o600); err != nil {
 		return nil, err
 	}
+	// SPIRE logs each refused Workload API call (the probe's polling)
+	// at error level: its output goes to files in dir.
 	s.server = command(ctx, serverBin, "run", "-config", conf)
+	if err := logTo(s.server, filepath.Join(dir, "spire-server.log")); err != nil {
+		return nil, err
+	}
 	if err := s.server.Start(); err != nil {
 		return nil, err
 	}
@@ -138,7 +143,9 @@ func startSPIRE(ctx context.Context, serverBin, agentBin, dir string, interval t
 	if err != nil {
 		return nil, fmt.Errorf("spire-server token generate: %w", err)
 	}
-	token, ok := strings.CutPrefix(strings.TrimSpace(string(out)), "Token: ")
+	// "Token: VALUE", then a warning that no SPIFFE ID was given.
+	first, _, _ := strings.Cut(string(out), "\n")
+	token, ok := strings.CutPrefix(strings.TrimSpace(first), "Token: ")
 	if !ok {
 		return nil, fmt.Errorf("spire-server token generate said %q", out)
 	}
@@ -149,6 +156,9 @@ func startSPIRE(ctx context.Context, serverBin, agentBin, dir string, interval t
 		return nil, err
 	}
 	s.agent = command(ctx, agentBin, "run", "-config", aconf, "-joinToken", token)
+	if err := logTo(s.agent, filepath.Join(dir, "spire-agent.log")); err != nil {
+		return nil, err
+	}
 	if err := s.agent.Start(); err != nil {
 		return nil, err
 	}
@@ -239,4 +249,15 @@ func (s *spireSystem) stop() {
 	}
 	stopProcess(s.agent)
 	stopProcess(s.server)
+}
+
+// logTo sends a child's output to a new file in the run's directory
+// (kept when the run fails).
+func logTo(cmd *exec.Cmd, path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	return nil
 }
