@@ -96,3 +96,6 @@ func WaitFile(path string) (string, error) {
 func (s *Server) WorkloadCert(ctx context.Context, agent, id string) (*tls.Certificate, error) {
 	return enroltest.Workload(ctx, s.Admin, s.TLS, agent, id)
 }
+
+// PID is the server process's id (to read its memory in /proc).
+func (s *Server) PID() int { return s.cmd.Process.Pid }
