@@ -53,25 +53,44 @@ func Parse(b []byte) (Info, error) {
 	if len(b) > maxInput {
 		return Info{}, fmt.Errorf("cgroup: %d bytes, more than the %d a cgroup file holds", len(b), maxInput)
 	}
-	var out Info
-	seen := map[string]bool{}
-	for n, line := range bytes.Split(b, []byte("\n")) {
-		if len(line) == 0 {
+	type line struct {
+		n       int
+		unified bool
+		path    string
+	}
+	var lines []line
+	v1 := false
+	for n, l := range bytes.Split(b, []byte("\n")) {
+		if len(l) == 0 {
 			continue
 		}
 		// hierarchy-ID:controller-list:path; the path may hold ':'.
-		parts := bytes.SplitN(line, []byte(":"), 3)
+		parts := bytes.SplitN(l, []byte(":"), 3)
 		if len(parts) != 3 {
 			return Info{}, fmt.Errorf("cgroup: line %d: want hierarchy-ID:controllers:path", n+1)
 		}
-		path := string(parts[2])
+		unified := string(parts[0]) == "0" && len(parts[1]) == 0
+		v1 = v1 || !unified
+		lines = append(lines, line{n + 1, unified, string(parts[2])})
+	}
+	var out Info
+	seen := map[string]bool{}
+	for _, l := range lines {
+		// In hybrid mode (v1 hierarchies beside the unified one) the
+		// unified hierarchy is systemd's alone, and nests the container
+		// runtime's cgroups differently (kind: the node container's
+		// containerd.service): the v1 hierarchies say where the process is.
+		if v1 && l.unified {
+			continue
+		}
+		n, path := l.n, l.path
 		if seen[path] {
 			continue
 		}
 		seen[path] = true
 		in, err := ParsePath(path)
 		if err != nil {
-			return Info{}, fmt.Errorf("cgroup: line %d: %w", n+1, err)
+			return Info{}, fmt.Errorf("cgroup: line %d: %w", n, err)
 		}
 		if err := out.merge(in); err != nil {
 			return Info{}, err

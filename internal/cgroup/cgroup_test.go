@@ -79,12 +79,21 @@ func TestParse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ContainerID != id1 || got.Runtime != Docker || len(got.Paths) != 2 {
+	if got.ContainerID != id1 || got.Runtime != Docker || len(got.Paths) != 1 {
 		t.Fatalf("v1: %+v", got)
 	}
 	got, err = Parse([]byte("0::/system.slice/sshd.service\n"))
 	if err != nil || got.Unit != "sshd.service" {
 		t.Fatalf("v2: %+v %v", got, err)
+	}
+	// Hybrid (kind on a v1 host): the unified line is systemd's and is
+	// ignored; the v1 lines name the pod's container.
+	hybrid := "13:name=systemd:/docker/" + id2 + "/kubepods/besteffort/pod" + uid + "/" + id1 + "\n" +
+		"4:blkio:/docker/" + id2 + "/kubepods/besteffort/pod" + uid + "/" + id1 + "\n" +
+		"0::/docker/" + id2 + "/system.slice/containerd.service\n"
+	got, err = Parse([]byte(hybrid))
+	if err != nil || got.ContainerID != id1 || got.PodUID != uid || got.Runtime != Kubernetes || got.Unit != "" {
+		t.Fatalf("hybrid: %+v %v", got, err)
 	}
 	// A root process may sit in different containers per v1 hierarchy:
 	// refused, not guessed.
@@ -108,6 +117,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("0::/system.slice/nginx.service\n"))
 	f.Add([]byte("0::/kubepods.slice/kubepods-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice/cri-containerd-" + id1 + ".scope\n"))
 	f.Add([]byte("12:pids:/docker/" + id1 + "\n1:name=systemd:/docker/" + id1 + "\n"))
+	f.Add([]byte("13:name=systemd:/docker/" + id2 + "/kubepods/besteffort/pod" + uid + "/" + id1 + "\n0::/docker/" + id2 + "/system.slice/containerd.service\n"))
 	f.Add([]byte("0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.service\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		in, err := Parse(b)
