@@ -80,10 +80,15 @@ func Parse(b []byte) (Info, error) {
 		// unified hierarchy is systemd's alone, and nests the container
 		// runtime's cgroups differently (kind: the node container's
 		// containerd.service): the v1 hierarchies say where the process is.
+		// Its delegation still counts: a path the user chose anywhere
+		// taints them all.
+		n, path := l.n, l.path
 		if v1 && l.unified {
+			if in, err := ParsePath(path); err != nil || in.Delegated {
+				out.Delegated = true
+			}
 			continue
 		}
-		n, path := l.n, l.path
 		if seen[path] {
 			continue
 		}
@@ -96,8 +101,11 @@ func Parse(b []byte) (Info, error) {
 			return Info{}, err
 		}
 	}
-	if len(out.Paths) == 0 {
+	if len(out.Paths) == 0 && !out.Delegated {
 		return Info{}, errors.New("cgroup: no cgroup line")
+	}
+	if out.Delegated {
+		out.Unit, out.ContainerID, out.Runtime, out.PodUID = "", "", "", ""
 	}
 	return out, nil
 }
