@@ -14,6 +14,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/agent"
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/kubelet"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
 )
 
@@ -40,6 +41,12 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&cfg.Netpol, "netpol", "off", "the host's network policy (rampart netpol): off, report (count what would be dropped) or enforce (nftables, needs CAP_NET_ADMIN; removed on exit)")
 	fs.DurationVar(&cfg.NetpolInterval, "netpol-interval", 2*time.Second, "how often the host's network policy table is refreshed from the server")
 	fs.StringVar(&cfg.NetpolNetNS, "netpol-netns", "", "manage the firewall of this network namespace (e.g. /var/run/netns/NAME) rather than the agent's own")
+	k8s := fs.Bool("k8s", false, "ask the node's kubelet for the k8s:* selectors of callers in a pod's container")
+	var kc kubelet.Config
+	fs.StringVar(&kc.URL, "kubelet-url", kubelet.DefaultURL, "the kubelet's HTTPS base URL (with --k8s)")
+	fs.StringVar(&kc.CAFile, "kubelet-ca", "", "PEM CA certificates the kubelet's serving certificate must chain to (required with --k8s)")
+	fs.StringVar(&kc.ServerName, "kubelet-server-name", "", "name to check the kubelet's certificate for (default: the URL's host)")
+	fs.StringVar(&kc.TokenFile, "kubelet-token-file", kubelet.DefaultTokenFile, "bearer token for the kubelet, re-read at every request (with --k8s)")
 	exempt := fs.String("netpol-exempt-ports", "22", "ports never governed by the network policy, comma-separated (the server's port always is); '' for none")
 	if err := parse(env, fs, args); err != nil {
 		return err
@@ -58,6 +65,12 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	case agent.NetpolOff, agent.NetpolReport, agent.NetpolEnforce:
 	default:
 		return usagef("--netpol %q: want off, report or enforce", cfg.Netpol)
+	}
+	if *k8s {
+		if kc.CAFile == "" {
+			return usagef("--k8s needs --kubelet-ca FILE: the kubelet's certificate is always checked")
+		}
+		cfg.Kubelet = &kc
 	}
 	cfg.ServerAddr = trimScheme(cfg.ServerAddr)
 	if join.value != "" && join.file != "" {

@@ -33,6 +33,7 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/identity/ids"
+	"github.com/rampartsec/rampart/internal/kubelet"
 	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
@@ -81,6 +82,9 @@ type Config struct {
 	// governed (22 by default, from the CLI); the server's own port is
 	// always exempt.
 	NetpolExemptPorts []uint16
+	// Kubelet, when set, is asked for the k8s:* selectors of callers
+	// running in a pod's container (package kubelet); nil: not asked.
+	Kubelet *kubelet.Config
 }
 
 // Agent is a running node agent. It implements workload.Source.
@@ -366,11 +370,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	var attestor workload.Attestor
+	if a.cfg.Kubelet != nil {
+		kc, err := kubelet.New(*a.cfg.Kubelet)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("agent: %w", err)
+		}
+		attestor.Kubelet = kc
+	}
 	if err := a.ensureAttested(ctx); err != nil {
 		ln.Close()
 		return err
 	}
-	wl := workload.NewServer(a, workload.Attestor{}, a.log, a.metrics)
+	wl := workload.NewServer(a, attestor, a.log, a.metrics)
 	// Refused callers are audit entries, spooled on disk and shipped to
 	// the server's log with the agent's SVID (nothing lost while it is away).
 	sp, err := spool.Open(spool.Config{Dir: filepath.Join(a.cfg.DataDir, "audit-spool"), Log: a.log, Registry: a.cfg.Registry,
