@@ -274,6 +274,8 @@ func (d dialect) migrations() [][]string {
 			`ALTER TABLE entries ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0`,
 			`CREATE INDEX entries_spiffe_id ON entries (spiffe_id)`,
 		},
+		// Node attestation challenges: x509pop and tpm (attest.go).
+		d.attestMigration(),
 	}
 }
 
