@@ -25,10 +25,13 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 			return runAgentAdmin(ctx, env, args)
 		}
 	}
-	fs := newFlags(env, "agent", "rampart agent --server ADDR --ca-bundle FILE --join-token-file FILE [--socket PATH] --data DIR\n       rampart agent list|show NAME|evict NAME [--json]")
+	fs := newFlags(env, "agent", "rampart agent --server ADDR --ca-bundle FILE [--join-token-file FILE | --attest=x509pop --x509pop-cert FILE --x509pop-key FILE] [--socket PATH] --data DIR\n       rampart agent list|show NAME|evict NAME [--json]")
 	var cfg agent.Config
 	var td, logLevel, logFormat, metricsAddr string
 	fs.StringVar(&cfg.ServerAddr, "server", "127.0.0.1:8443", "server API address (host:port)")
+	fs.StringVar(&cfg.Attest, "attest", agent.AttestJoinToken, "how the agent proves its node when it has no valid SVID: join-token or x509pop")
+	fs.StringVar(&cfg.X509PoPCertFile, "x509pop-cert", "", "the node's certificate chain, PEM, leaf first (--attest=x509pop)")
+	fs.StringVar(&cfg.X509PoPKeyFile, "x509pop-key", "", "the node certificate's private key, PEM, mode 0600 (--attest=x509pop)")
 	join := addSecretFlag(fs, "join-token", "the one-time join token", "; read only when the agent has no valid SVID")
 	fs.StringVar(&cfg.BundleFile, "ca-bundle", "", "the server's bundle.pem (only for the first start)")
 	fs.StringVar(&cfg.SocketPath, "socket", "", "Workload API unix socket (default "+endpoint.SystemDir+"/"+endpoint.SocketName+" as root, $XDG_RUNTIME_DIR/rampart/"+endpoint.SocketName+" otherwise); its directory must be the agent's alone")
@@ -65,6 +68,15 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	case agent.NetpolOff, agent.NetpolReport, agent.NetpolEnforce:
 	default:
 		return usagef("--netpol %q: want off, report or enforce", cfg.Netpol)
+	}
+	switch cfg.Attest {
+	case agent.AttestJoinToken:
+	case agent.AttestX509PoP:
+		if cfg.X509PoPCertFile == "" || cfg.X509PoPKeyFile == "" {
+			return usagef("--attest=x509pop needs --x509pop-cert FILE and --x509pop-key FILE")
+		}
+	default:
+		return usagef("--attest %q: want join-token or x509pop", cfg.Attest)
 	}
 	if *k8s {
 		if kc.CAFile == "" {

@@ -78,6 +78,8 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.DurationVar(&cfg.DefaultJWTTTL, "default-jwt-ttl", server.DefaultJWTTTL, "JWT-SVID lifetime for entries without --jwt-ttl")
 	fs.DurationVar(&cfg.AgentTTL, "agent-svid-ttl", server.DefaultAgentTTL, "agent SVID lifetime")
 	fs.DurationVar(&cfg.JoinTokenTTL, "join-token-ttl", server.DefaultJoinTokenTTL, "default join token lifetime")
+	var x509popCAs repeatFlag
+	fs.Var(&x509popCAs, "node-attest-x509pop-ca", "PEM CA bundle node certificates must chain to for x509pop agent attestation (repeatable; default: x509pop off)")
 	fs.DurationVar(&cfg.RootTTL, "root-ttl", 0, "root CA lifetime (default 8760h)")
 	fs.DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 0, "intermediate CA lifetime (default 72h)")
 	fs.StringVar(&cfg.Issuer, "issuer", "", "OAuth/OIDC issuer URL clients and services see (default https://LISTEN)")
@@ -108,6 +110,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
+	cfg.NodeAttestX509PoPCAs = x509popCAs
 	if td == "" {
 		return usagef("--trust-domain is required (for example --trust-domain example.org)")
 	}

@@ -82,6 +82,12 @@ type Config struct {
 	// governed (22 by default, from the CLI); the server's own port is
 	// always exempt.
 	NetpolExemptPorts []uint16
+	// Attest is how the agent proves its node when it has no valid agent
+	// SVID: AttestJoinToken (the default) or AttestX509PoP.
+	Attest string
+	// X509PoPCertFile (PEM chain, leaf first) and X509PoPKeyFile (its
+	// private key, mode 0600) are the node's certificate for x509pop.
+	X509PoPCertFile, X509PoPKeyFile string
 	// Kubelet, when set, is asked for the k8s:* selectors of callers
 	// running in a pod's container (package kubelet); nil: not asked.
 	Kubelet *kubelet.Config
@@ -449,6 +455,9 @@ func (a *Agent) ensureAttested(ctx context.Context) error {
 		}
 		return nil
 	}
+	if a.cfg.Attest == AttestX509PoP {
+		return a.attestX509PoP(ctx)
+	}
 	token := a.cfg.JoinToken
 	if token == "" && a.cfg.JoinTokenFile != "" {
 		b, err := secretfile.Read(a.cfg.JoinTokenFile)
@@ -471,6 +480,11 @@ func (a *Agent) ensureAttested(ctx context.Context) error {
 	if err := a.attestClient.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: token, CSR: csr}, &resp); err != nil {
 		return fmt.Errorf("agent: attestation failed: %w", err)
 	}
+	return a.attested(resp, key)
+}
+
+// attested keeps the SVID and bundle a successful attestation returned.
+func (a *Agent) attested(resp api.AttestResponse, key crypto.Signer) error {
 	h, err := a.heldFrom(resp.SVID, key, api.Entry{})
 	if err != nil {
 		return err

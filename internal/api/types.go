@@ -384,3 +384,24 @@ type KMSResponse struct {
 	MAC        []byte `json:"mac,omitempty"`
 	Valid      *bool  `json:"valid,omitempty"` // verify, verify-hmac
 }
+
+// X509PoPChallengeRequest starts x509pop node attestation: the node's
+// certificate chain, leaf first (DER).
+type X509PoPChallengeRequest struct {
+	Chain [][]byte `json:"chain"`
+}
+
+// X509PoPChallengeResponse carries the nonce to sign (nodeattest.Message).
+type X509PoPChallengeResponse struct {
+	Nonce     []byte    `json:"nonce"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// X509PoPAttestRequest answers the challenge: the same chain, the nonce,
+// the signature by the leaf's key, and a CSR for the agent's SVID.
+type X509PoPAttestRequest struct {
+	Chain     [][]byte `json:"chain"`
+	Nonce     []byte   `json:"nonce"`
+	Signature []byte   `json:"signature"`
+	CSR       []byte   `json:"csr"`
+}

@@ -201,6 +201,12 @@ func (s *Server) routes() []Route {
 			rs = append(rs, route(AuthPublic, r.Pattern, r.Handler, r.Doc))
 		}
 	}
+	// Node attestation other than by join token (nodeattestapi.go); the
+	// caller proves itself in the body.
+	rs = append(rs,
+		route(AuthJoinToken, "POST /v1/agent/attest/x509pop/challenge", s.handleX509PoPChallenge, "x509pop: verify a node's certificate chain and issue a single-use nonce (60s) for its key to sign"),
+		route(AuthJoinToken, "POST /v1/agent/attest/x509pop", s.handleX509PoPAttest, "x509pop: the signed nonce, chain and CSR; the agent's first SVID"),
+	)
 	// The authorization server (before Serve on port 0 it does not exist).
 	if s.oauth != nil {
 		for _, r := range s.oauth.Routes() {

@@ -35,6 +35,7 @@ import (
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/netpol/netpolapi"
+	"github.com/rampartsec/rampart/internal/nodeattest"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/oidcdiscovery"
 	"github.com/rampartsec/rampart/internal/operator"
@@ -82,6 +83,10 @@ type Config struct {
 	DefaultJWTTTL   time.Duration
 	AgentTTL        time.Duration
 	JoinTokenTTL    time.Duration
+
+	// NodeAttestX509PoPCAs are PEM CA bundles a node certificate must
+	// chain to for x509pop node attestation (empty: x509pop is off).
+	NodeAttestX509PoPCAs []string
 
 	// DetectRules is a detection rules file (nil: the default rules).
 	DetectRules []byte
@@ -138,10 +143,12 @@ type OAuthConfig struct {
 
 // Server is a running control plane.
 type Server struct {
-	cfg   Config
-	store store.Store
-	ca    *identity.CA
-	audit *audit.Log
+	cfg Config
+	// x509pop verifies x509pop node attestation (nil: off).
+	x509pop *nodeattest.X509PoP
+	store   store.Store
+	ca      *identity.CA
+	audit   *audit.Log
 	// keeper signs checkpoints, seals and archives (the replica that
 	// keeps the log only).
 	keeper *audit.Keeper
@@ -284,6 +291,11 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		feed: newFeed(), reg: prometheus.NewRegistry(), quarantine: &mtls.Quarantine{},
 	}
 	s.refusals = audit.NewRefusals(cfg.Now, s.record)
+	if len(cfg.NodeAttestX509PoPCAs) > 0 {
+		if s.x509pop, err = nodeattest.LoadX509PoP(cfg.NodeAttestX509PoPCAs); err != nil {
+			return nil, fmt.Errorf("server: --node-attest-x509pop-ca: %w", err)
+		}
+	}
 	if cfg.JWTIssuer != "" {
 		if s.oidc, err = oidcdiscovery.New(cfg.JWTIssuer, ca.JWTBundle); err != nil {
 			return nil, fmt.Errorf("server: --jwt-issuer: %w", err)
