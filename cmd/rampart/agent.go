@@ -25,11 +25,12 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 			return runAgentAdmin(ctx, env, args)
 		}
 	}
-	fs := newFlags(env, "agent", "rampart agent --server ADDR --ca-bundle FILE [--join-token-file FILE | --attest=x509pop --x509pop-cert FILE --x509pop-key FILE] [--socket PATH] --data DIR\n       rampart agent list|show NAME|evict NAME [--json]")
+	fs := newFlags(env, "agent", "rampart agent --server ADDR --ca-bundle FILE [--join-token-file FILE | --attest=x509pop --x509pop-cert FILE --x509pop-key FILE | --attest=tpm [--tpm DEV|tcp:HOST:PORT]] [--socket PATH] --data DIR\n       rampart agent list|show NAME|evict NAME [--json]")
 	var cfg agent.Config
 	var td, logLevel, logFormat, metricsAddr string
 	fs.StringVar(&cfg.ServerAddr, "server", "127.0.0.1:8443", "server API address (host:port)")
-	fs.StringVar(&cfg.Attest, "attest", agent.AttestJoinToken, "how the agent proves its node when it has no valid SVID: join-token or x509pop")
+	fs.StringVar(&cfg.Attest, "attest", agent.AttestJoinToken, "how the agent proves its node when it has no valid SVID: join-token, x509pop or tpm")
+	fs.StringVar(&cfg.TPM, "tpm", agent.DefaultTPM, "the TPM 2.0 for --attest=tpm: a device, or tcp:HOST:PORT (swtpm)")
 	fs.StringVar(&cfg.X509PoPCertFile, "x509pop-cert", "", "the node's certificate chain, PEM, leaf first (--attest=x509pop)")
 	fs.StringVar(&cfg.X509PoPKeyFile, "x509pop-key", "", "the node certificate's private key, PEM, mode 0600 (--attest=x509pop)")
 	join := addSecretFlag(fs, "join-token", "the one-time join token", "; read only when the agent has no valid SVID")
@@ -75,8 +76,9 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 		if cfg.X509PoPCertFile == "" || cfg.X509PoPKeyFile == "" {
 			return usagef("--attest=x509pop needs --x509pop-cert FILE and --x509pop-key FILE")
 		}
+	case agent.AttestTPM:
 	default:
-		return usagef("--attest %q: want join-token or x509pop", cfg.Attest)
+		return usagef("--attest %q: want join-token, x509pop or tpm", cfg.Attest)
 	}
 	if *k8s {
 		if kc.CAFile == "" {

@@ -83,11 +83,14 @@ type Config struct {
 	// always exempt.
 	NetpolExemptPorts []uint16
 	// Attest is how the agent proves its node when it has no valid agent
-	// SVID: AttestJoinToken (the default) or AttestX509PoP.
+	// SVID: AttestJoinToken (the default), AttestX509PoP or AttestTPM.
 	Attest string
 	// X509PoPCertFile (PEM chain, leaf first) and X509PoPKeyFile (its
 	// private key, mode 0600) are the node's certificate for x509pop.
 	X509PoPCertFile, X509PoPKeyFile string
+	// TPM is the TPM for tpm attestation: a device (/dev/tpmrm0, the
+	// default) or tcp:HOST:PORT (swtpm's server socket).
+	TPM string
 	// Kubelet, when set, is asked for the k8s:* selectors of callers
 	// running in a pod's container (package kubelet); nil: not asked.
 	Kubelet *kubelet.Config
@@ -455,8 +458,11 @@ func (a *Agent) ensureAttested(ctx context.Context) error {
 		}
 		return nil
 	}
-	if a.cfg.Attest == AttestX509PoP {
+	switch a.cfg.Attest {
+	case AttestX509PoP:
 		return a.attestX509PoP(ctx)
+	case AttestTPM:
+		return a.attestTPM(ctx)
 	}
 	token := a.cfg.JoinToken
 	if token == "" && a.cfg.JoinTokenFile != "" {

@@ -7,8 +7,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
+	"strings"
+
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -21,7 +26,67 @@ import (
 const (
 	AttestJoinToken = "join-token"
 	AttestX509PoP   = "x509pop"
+	AttestTPM       = "tpm"
 )
+
+// DefaultTPM is the kernel's TPM resource manager.
+const DefaultTPM = "/dev/tpmrm0"
+
+// openTPM opens the TPM named by path: tcp:HOST:PORT (swtpm) or a device.
+func openTPM(ctx context.Context, path string) (transport.TPM, io.Closer, error) {
+	if path == "" {
+		path = DefaultTPM
+	}
+	if addr, ok := strings.CutPrefix(path, "tcp:"); ok {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("agent: tpm: %w", err)
+		}
+		return transport.FromReadWriter(c), c, nil
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: tpm: %w", err)
+	}
+	return transport.FromReadWriter(f), f, nil
+}
+
+// attestTPM proves the node by its TPM: the server makes a credential
+// for the agent's attestation key under the TPM's endorsement key; only
+// that TPM can activate it; the AK then quotes the server's nonce.
+func (a *Agent) attestTPM(ctx context.Context) error {
+	t, closer, err := openTPM(ctx, a.cfg.TPM)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	m, err := nodeattest.OpenTPM(t)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer m.Close()
+	ekHash := nodeattest.EKHash(m.EKPublic())
+	a.log.Info("attesting by TPM; the server must allow this EK (rampart server --node-attest-tpm-ek-hash)", "ek_hash", ekHash)
+	var ch api.TPMChallengeResponse
+	if err := a.attestClient.Do(ctx, http.MethodPost, "/v1/agent/attest/tpm/challenge", api.TPMChallengeRequest{EKPublic: m.EKPublic(), AKPublic: m.AKPublic()}, &ch); err != nil {
+		return fmt.Errorf("agent: tpm challenge (EK %s): %w", ekHash, err)
+	}
+	secret, quote, sig, err := m.Answer(ch.CredentialBlob, ch.EncryptedSecret, ch.Nonce)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	key, csr, err := newKeyAndCSR(spiffeid.ID{})
+	if err != nil {
+		return err
+	}
+	var resp api.AttestResponse
+	req := api.TPMAttestRequest{EKPublic: m.EKPublic(), AKPublic: m.AKPublic(), Nonce: ch.Nonce, Secret: secret, Quote: quote, Signature: sig, CSR: csr}
+	if err := a.attestClient.Do(ctx, http.MethodPost, "/v1/agent/attest/tpm", req, &resp); err != nil {
+		return fmt.Errorf("agent: tpm attestation failed: %w", err)
+	}
+	return a.attested(resp, key)
+}
 
 // attestX509PoP proves the node by its certificate: asks the server for
 // a nonce for the chain, signs it with the certificate's key, and sends

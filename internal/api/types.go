@@ -405,3 +405,31 @@ type X509PoPAttestRequest struct {
 	Signature []byte   `json:"signature"`
 	CSR       []byte   `json:"csr"`
 }
+
+// TPMChallengeRequest starts TPM node attestation: the public areas
+// (TPMT_PUBLIC) of the TPM's endorsement key and of an attestation key.
+type TPMChallengeRequest struct {
+	EKPublic []byte `json:"ek_public"`
+	AKPublic []byte `json:"ak_public"`
+}
+
+// TPMChallengeResponse is a credential for the AK under the EK, and the
+// nonce for the AK to quote.
+type TPMChallengeResponse struct {
+	Nonce           []byte    `json:"nonce"`
+	CredentialBlob  []byte    `json:"credential_blob"`
+	EncryptedSecret []byte    `json:"encrypted_secret"`
+	ExpiresAt       time.Time `json:"expires_at"`
+}
+
+// TPMAttestRequest answers the challenge: the activated secret, the quote
+// (TPMS_ATTEST) and its signature (TPMT_SIGNATURE), and a CSR.
+type TPMAttestRequest struct {
+	EKPublic  []byte `json:"ek_public"`
+	AKPublic  []byte `json:"ak_public"`
+	Nonce     []byte `json:"nonce"`
+	Secret    []byte `json:"secret"`
+	Quote     []byte `json:"quote"`
+	Signature []byte `json:"signature"`
+	CSR       []byte `json:"csr"`
+}

@@ -128,3 +128,73 @@ func (s *Server) nodeRefused(w http.ResponseWriter, r *http.Request, method stri
 	s.refused(r, "agent.attest", method+": "+why.Error(), kv...)
 	api.WriteProblem(w, http.StatusUnauthorized, method+" node attestation refused")
 }
+
+// handleTPMChallenge checks a TPM's EK against the allowed ones and its
+// AK's attributes, and makes a credential only that TPM can activate.
+func (s *Server) handleTPMChallenge(w http.ResponseWriter, r *http.Request) {
+	if s.tpm == nil {
+		api.WriteProblem(w, http.StatusNotFound, "tpm node attestation is not enabled on this server (rampart server --node-attest-tpm-ek-hash HASH)")
+		return
+	}
+	var req api.TPMChallengeRequest
+	if err := api.Decode(r, &req); err != nil {
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	ch, err := s.tpm.Challenge(s.cfg.TrustDomain, req.EKPublic, req.AKPublic)
+	if err != nil {
+		s.nodeRefused(w, r, "tpm", err)
+		return
+	}
+	now := s.now()
+	hash := sha256.Sum256(ch.Nonce)
+	c := store.AttestChallenge{Hash: hash[:], Kind: nodeattest.KindTPM, Subject: ch.AgentID.String(), State: ch.State,
+		ExpiresAt: now.Add(nodeattest.ChallengeTTL), CreatedAt: now}
+	if err := s.store.CreateAttestChallenge(r.Context(), c, now, challengeQuota); err != nil {
+		if errors.Is(err, store.ErrQuota) {
+			s.refused(r, "agent.attest", "tpm: too many open challenges", "agent_id", ch.AgentID.String())
+			api.WriteProblem(w, http.StatusTooManyRequests, "too many open challenges for this TPM; answer one or wait a minute")
+			return
+		}
+		s.internalError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, api.TPMChallengeResponse{Nonce: ch.Nonce, CredentialBlob: ch.CredentialBlob,
+		EncryptedSecret: ch.EncryptedSecret, ExpiresAt: c.ExpiresAt})
+}
+
+// handleTPMAttest checks the activated credential and the quote, and
+// returns the agent's first SVID. The nonce is consumed first.
+func (s *Server) handleTPMAttest(w http.ResponseWriter, r *http.Request) {
+	if s.tpm == nil {
+		api.WriteProblem(w, http.StatusNotFound, "tpm node attestation is not enabled on this server (rampart server --node-attest-tpm-ek-hash HASH)")
+		return
+	}
+	var req api.TPMAttestRequest
+	if err := api.Decode(r, &req); err != nil {
+		s.metrics.attestations.WithLabelValues("bad_request").Inc()
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	now := s.now()
+	hash := sha256.Sum256(req.Nonce)
+	c, err := s.store.ConsumeAttestChallenge(r.Context(), hash[:], nodeattest.KindTPM, now)
+	if err != nil {
+		if !errors.Is(err, store.ErrTokenInvalid) {
+			s.internalError(w, err)
+			return
+		}
+		s.nodeRefused(w, r, "tpm", errors.New("the nonce is unknown, already answered, or expired"))
+		return
+	}
+	id, err := s.tpm.Verify(s.cfg.TrustDomain, req.EKPublic, req.AKPublic, req.Nonce, req.Secret, req.Quote, req.Signature, c.State)
+	if err != nil {
+		s.nodeRefused(w, r, "tpm", err)
+		return
+	}
+	if c.Subject != id.String() {
+		s.nodeRefused(w, r, "tpm", errors.New("the nonce was issued to another TPM"), "agent_id", id.String())
+		return
+	}
+	s.attestNode(w, r, "tpm", id, req.CSR, "ek_hash", nodeattest.EKHash(req.EKPublic))
+}

@@ -87,6 +87,9 @@ type Config struct {
 	// NodeAttestX509PoPCAs are PEM CA bundles a node certificate must
 	// chain to for x509pop node attestation (empty: x509pop is off).
 	NodeAttestX509PoPCAs []string
+	// NodeAttestTPMEKHashes are the SHA-256 (hex) of the TPM endorsement
+	// keys' public areas allowed for tpm node attestation (empty: off).
+	NodeAttestTPMEKHashes []string
 
 	// DetectRules is a detection rules file (nil: the default rules).
 	DetectRules []byte
@@ -146,9 +149,11 @@ type Server struct {
 	cfg Config
 	// x509pop verifies x509pop node attestation (nil: off).
 	x509pop *nodeattest.X509PoP
-	store   store.Store
-	ca      *identity.CA
-	audit   *audit.Log
+	// tpm verifies tpm node attestation (nil: off).
+	tpm   *nodeattest.TPMVerifier
+	store store.Store
+	ca    *identity.CA
+	audit *audit.Log
 	// keeper signs checkpoints, seals and archives (the replica that
 	// keeps the log only).
 	keeper *audit.Keeper
@@ -294,6 +299,11 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	if len(cfg.NodeAttestX509PoPCAs) > 0 {
 		if s.x509pop, err = nodeattest.LoadX509PoP(cfg.NodeAttestX509PoPCAs); err != nil {
 			return nil, fmt.Errorf("server: --node-attest-x509pop-ca: %w", err)
+		}
+	}
+	if len(cfg.NodeAttestTPMEKHashes) > 0 {
+		if s.tpm, err = nodeattest.NewTPMVerifier(cfg.NodeAttestTPMEKHashes); err != nil {
+			return nil, fmt.Errorf("server: --node-attest-tpm-ek-hash: %w", err)
 		}
 	}
 	if cfg.JWTIssuer != "" {

@@ -79,7 +79,9 @@ type Option func(*x509.Certificate)
 func Expired(c *x509.Certificate) { c.NotAfter = time.Now().Add(-time.Hour) }
 
 // ServerAuthOnly gives the leaf the serverAuth extended key usage only.
-func ServerAuthOnly(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth} }
+func ServerAuthOnly(c *x509.Certificate) {
+	c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+}
 
 // EnciphermentOnly gives the leaf the keyEncipherment key usage only.
 func EnciphermentOnly(c *x509.Certificate) { c.KeyUsage = x509.KeyUsageKeyEncipherment }
