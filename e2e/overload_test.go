@@ -290,6 +290,17 @@ func TestOverloadDegradesGracefully(t *testing.T) {
 		}
 	}
 	t.Logf("outbound dials %v; inbound handshakes %v (resumed %v)", dials, handshakes, in[`rampart_proxy_tls_handshakes_total{resumed="true",side="server"}`])
+	// Who refused: admission control (before the policy and the pool) or
+	// the pool's queue.
+	for name, ms := range map[string]map[string]float64{"outbound": out, "inbound": in} {
+		refused := map[string]float64{}
+		for k, v := range ms {
+			if m := regexp.MustCompile(`^rampart_proxy_(admission_requests|upstream_overload)_total\{.*(?:result|reason)="([a-z_]+)"`).FindStringSubmatch(k); m != nil && m[2] != "admitted" {
+				refused[m[1]+":"+m[2]] += v
+			}
+		}
+		t.Logf("%s proxy refusals: %v", name, refused)
+	}
 	if dials > 64 || handshakes > 64 {
 		t.Errorf("%v connections dialled to the peer and %v handshakes at the inbound over the test: a handshake storm (cap 16)", dials, handshakes)
 	}

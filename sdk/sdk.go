@@ -198,7 +198,7 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		}
 		s.spool, sink = sp, shipping
 	}
-	s.guard = authz.NewGuard(authz.GuardConfig{Service: s.id, Log: o.log, Sink: sink, Revocations: s.revs, Quarantine: s.quarantine, StripHeaders: strip})
+	s.guard = authz.NewGuard(authz.GuardConfig{Service: s.id, Log: o.log, Sink: sink, Revocations: s.revs, Quarantine: s.quarantine, Bundles: s.bundles, StripHeaders: strip})
 	if o.server != "" {
 		sy := &authz.Syncer{ServerAddr: o.server, SVID: s.svids, Bundles: s.bundles, Guard: s.guard, Revocations: s.revs, Quarantine: s.quarantine, CacheDir: o.cacheDir, Log: o.log}
 		if err := sy.Start(ctx); err != nil {
@@ -275,7 +275,7 @@ func (s *Source) SetPolicy(yaml []byte) error {
 // ServerTLSConfig requires a client SVID from this trust domain, not
 // revoked, not quarantined.
 func (s *Source) ServerTLSConfig() *tls.Config {
-	return mtls.ServerConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: tlsconfig.AuthorizeMemberOf(s.id.TrustDomain()), Revocations: s.revs, Quarantine: s.quarantine})
+	return mtls.ServerConfig(mtls.Options{SVID: s.svids, Bundles: s.bundles, Authorize: mtls.AuthorizeTrustDomains(), Revocations: s.revs, Quarantine: s.quarantine})
 }
 
 // ClientTLSConfig refuses any server but the one presenting server's SVID,

@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/api"
@@ -36,11 +37,36 @@ var (
 	latDur  = flag.Duration("latency-duration", 10*time.Second, "latency run length (bounded to 60s)")
 	rounds  = flag.Int("rounds", 3, "wrk rounds, each running direct, rampart pair and nginx pair in turn; the ratio reported is the median (this shared 2-core VM varies by 20-30% between runs)")
 	profile = flag.Bool("profile", false, "take CPU profiles of both proxies during the rampart pair's wrk run (bench/out/proxy-{app,client}.pprof)")
+	pin     = flag.String("pin", "", "GEN:SYSTEMS: run the load generators (this process, wrk) on the CPUs GEN and everything measured (server, agent, proxies, nginx, the app) on SYSTEMS, as taskset lists, e.g. 0:1; as deployed, callers do not share the measured machine's CPUs (default: everything shares every CPU)")
 	workDir string
 )
 
+// pinnedEnv marks the process re-executed on the generator's CPUs.
+const pinnedEnv = "RAMPART_BENCH_PINNED"
+
 func main() {
 	flag.Parse()
+	if *pin != "" {
+		gen, sys, ok := strings.Cut(*pin, ":")
+		if !ok || gen == "" || sys == "" {
+			fatal(fmt.Errorf("--pin %q: want GEN:SYSTEMS CPU lists, e.g. 0:1", *pin))
+		}
+		if os.Getenv(pinnedEnv) == "" {
+			// Re-executed under taskset, so that every thread of this
+			// process (the generator) starts on GEN's CPUs.
+			ts, err := exec.LookPath("taskset")
+			if err != nil {
+				fatal(fmt.Errorf("--pin needs taskset (util-linux): %w", err))
+			}
+			self, err := os.Executable()
+			if err != nil {
+				fatal(err)
+			}
+			env := append(os.Environ(), pinnedEnv+"=1")
+			fatal(syscall.Exec(ts, append([]string{"taskset", "-c", gen, self}, os.Args[1:]...), env))
+		}
+		sysCPUs = sys
+	}
 	*dur = min(*dur, time.Minute)
 	*latDur = min(*latDur, time.Minute)
 	var err error
@@ -75,13 +101,25 @@ func cleanup() {
 	}
 }
 
+// sysCPUs, if set (--pin), is where the measured processes run.
+var sysCPUs string
+
+// command runs path on sysCPUs if --pin says so (taskset execs it: the
+// PID is the program's).
+func command(path string, args ...string) *exec.Cmd {
+	if sysCPUs == "" {
+		return exec.Command(path, args...)
+	}
+	return exec.Command("taskset", append([]string{"-c", sysCPUs, path}, args...)...)
+}
+
 func start(path string, env []string, args ...string) (*exec.Cmd, error) {
 	return startLogged(filepath.Base(path)+"-"+args[0], path, env, args...)
 }
 
 // startLogged starts a process whose output goes to workDir/NAME.log.
 func startLogged(name, path string, env []string, args ...string) (*exec.Cmd, error) {
-	cmd := exec.Command(path, args...)
+	cmd := command(path, args...)
 	cmd.Env = append(os.Environ(), env...)
 	logf, _ := os.Create(filepath.Join(workDir, name+".log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -206,7 +244,7 @@ func run() error {
 		return overloadCurve(sock, addr, appAddr, exe, ngOut, nginxPair, srvCmd.Process.Pid)
 	}
 
-	fmt.Printf("machine: %d cores; wrk -t2 -c%d -d%s, 1 KiB responses, keep-alive; %d rounds\n", numCPU(), *conns, *dur, *rounds)
+	fmt.Printf("machine: %d cores (%s); wrk -t2 -c%d -d%s, 1 KiB responses, keep-alive; %d rounds\n", numCPU(), pinning(), *conns, *dur, *rounds)
 	var ratios []float64
 	for round := 1; round <= *rounds; round++ {
 		results := map[string]wrkResult{}
@@ -327,8 +365,17 @@ func overloadCurve(sock, server, appAddr string, exe map[string]string, ngOut st
 	if err != nil {
 		return err
 	}
-	fmt.Printf("machine: %d cores; rampart pairs with %q; nginx pair with %d workers\n", numCPU(), *overProxyArgs, len(nginxPair))
+	fmt.Printf("machine: %d cores (%s); rampart pairs with %q; nginx pair with %d workers\n", numCPU(), pinning(), *overProxyArgs, len(nginxPair))
 	return runOverload([]system{off, on, {name: "nginx pair", url: "http://" + ngOut + "/", pids: nginxPair}})
+}
+
+// pinning says where the generator and the systems run.
+func pinning() string {
+	if sysCPUs == "" {
+		return "generator and systems share them"
+	}
+	gen, _, _ := strings.Cut(*pin, ":")
+	return "generator on CPUs " + gen + ", systems on CPUs " + sysCPUs
 }
 
 func numCPU() int {
@@ -393,7 +440,7 @@ events { worker_connections 4096; }
 		if err := os.WriteFile(path, []byte(inst.conf), 0o600); err != nil {
 			return nil, err
 		}
-		cmd := exec.Command("nginx", "-c", path, "-g", "daemon off;")
+		cmd := command("nginx", "-c", path, "-g", "daemon off;")
 		var errb bytes.Buffer
 		cmd.Stderr = &errb
 		if err := cmd.Start(); err != nil {

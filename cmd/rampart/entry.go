@@ -60,8 +60,8 @@ func runEntry(ctx context.Context, env *cliEnv, args []string) error {
 		fs.Var(&ef.dns, "dns", "DNS name to include in the SVID (repeatable)")
 		fs.StringVar(&ef.e.Hint, "hint", "", "tells a workload with several SVIDs which this is (the Workload API's hint)")
 		fs.StringVar(&ef.expires, "expires-at", "", "RFC 3339 time after which the entry gives no SVID (default: never; \"never\" clears it on update)")
-		fs.BoolVar(&ef.admin, "admin", false, "SPIRE's admin flag (recorded; see docs/deploy.md)")
-		fs.BoolVar(&ef.downstream, "downstream", false, "SPIRE's downstream flag (recorded; see docs/deploy.md)")
+		fs.BoolVar(&ef.admin, "admin", false, "the workload holding this SPIFFE ID may call the admin API with the admin role (SPIRE's admin flag; needs the admin role to set)")
+		fs.BoolVar(&ef.downstream, "downstream", false, "the workload holding this SPIFFE ID may mint downstream CAs, rampart ca downstream (SPIRE's downstream flag; needs the admin role to set)")
 		fs.StringVar(&ef.file, "file", "", "a JSON or YAML file of entries (SPIRE's entry export works): all are applied or none")
 	case "list":
 		fs.StringVar(&parent, "parent", "", "only entries of this agent")

@@ -18,7 +18,7 @@ import (
 	"github.com/rampartsec/rampart/internal/signin"
 )
 
-const loginUsage = `rampart login [--browser] [--username NAME --password-file FILE [--totp-secret-file FILE]]
+const loginUsage = `rampart login [--browser] [--as NAME] [--username NAME --password-file FILE [--totp-secret-file FILE]]
        rampart login approve --user-code CODE --username NAME --password-file FILE [--totp-secret-file FILE]
 
 Signs you in as an operator: a short-lived access token for the admin API,
@@ -37,6 +37,11 @@ Without a browser or a person at hand (scripts, the demo): give
 code. Or run "rampart login" in one place and "rampart login approve" with
 the code it printed in another.
 
+--as NAME keeps the session only if the server signed in NAME: the
+browser's URL is visible to other users of this machine (in the process
+list), and whoever opens it first could finish your sign-in with their
+own account; with --as that session is revoked and nothing is kept.
+
 Every admin command then acts as you, and the audit log names you. rampart
 logout revokes the tokens and deletes them; rampart whoami says who the
 server sees.`
@@ -52,6 +57,7 @@ func runLogin(ctx context.Context, env *cliEnv, args []string) error {
 	pwFile := fs.String("password-file", "", "with --username: file holding the password (0600), or - for standard input")
 	totpFile := fs.String("totp-secret-file", "", "with --username: file holding the user's otpauth:// URI or base32 TOTP secret (0600)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how long to wait for the approval")
+	as := fs.String("as", "", "keep the session only if it is this operator's (refuse a sign-in someone else completed)")
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
@@ -110,6 +116,10 @@ func runLogin(ctx context.Context, env *cliEnv, args []string) error {
 		c.Revoke(ctx, tok.RefreshToken, "refresh_token")
 		signin.Remove(dir)
 		return fmt.Errorf("login: signed in, but the admin API refuses the token: %w", err)
+	}
+	if err := signedInAs(*as, who); err != nil {
+		c.Revoke(ctx, tok.RefreshToken, "refresh_token")
+		return fmt.Errorf("login: %w; the session is revoked and nothing is kept", err)
 	}
 	s.Subject = who.Subject
 	old, _ := signin.Load(dir)
@@ -327,4 +337,12 @@ func runWhoami(ctx context.Context, env *cliEnv, args []string) error {
 	return printFields(env, "kind", who.Kind, "subject", subject, "name", orDash(who.Name), "session", orDash(who.Session),
 		"signed in with", orDash(strings.Join(who.AMR, " ")), "expires", fmtTime(who.ExpiresAt), "roles", rolesText(who.Roles),
 		"permissions", strings.Join(who.Permissions, " "))
+}
+
+// signedInAs checks that the session is want's ("": anyone's).
+func signedInAs(want string, who api.Whoami) error {
+	if want == "" || who.Subject == want {
+		return nil
+	}
+	return fmt.Errorf("signed in as %s, not %s (someone else completed the sign-in?)", who.Subject, want)
 }

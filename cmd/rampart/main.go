@@ -57,6 +57,7 @@ func commands() []command {
 		{"logout", "revoke and delete the operator sign-in kept by login", runLogout},
 		{"whoami", "who the server sees: your operator, roles and permissions, or the admin token", runWhoami},
 		{"operator", "manage operators and workloads holding roles (add, grant, revoke, disable, list)", runOperator},
+		{"federation", "federate with other trust domains: relationships, their bundles, ours to give them", runFederation},
 		{"demo", "start a secured sample system on loopback", runDemo},
 		{"version", "print the version", func(_ context.Context, e *cliEnv, _ []string) error {
 			fmt.Fprintln(e.stdout, "rampart", version)

@@ -336,16 +336,29 @@ func runOAuthUser(ctx context.Context, env *cliEnv, args []string) error {
 		upd.Disabled = &disable
 	}
 	upd.Unlock, upd.TOTP = unlock, totp
+	// The file for the new secret is created (empty, 0600, never an
+	// existing one) before the server rotates: a secret that cannot be
+	// written is never made (red team: it rotated, then failed to write).
+	var uriFile *os.File
+	if totpOut != "" && totp == "enable" {
+		f, err := os.OpenFile(totpOut, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fmt.Errorf("--totp-uri-file: %w (nothing changed)", err)
+		}
+		uriFile = f
+		defer f.Close()
+	}
 	var out api.OAuthUserUpdateResponse
 	if err := cl.Do(ctx, http.MethodPatch, path, upd, &out); err != nil {
+		if uriFile != nil {
+			uriFile.Close()
+			os.Remove(totpOut)
+		}
 		return err
 	}
-	if out.TOTPURI != "" && totpOut != "" {
-		f, err := os.OpenFile(totpOut, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err == nil {
-			_, err = fmt.Fprintln(f, out.TOTPURI)
-			err = errors.Join(err, f.Close())
-		}
+	if out.TOTPURI != "" && uriFile != nil {
+		_, err := fmt.Fprintln(uriFile, out.TOTPURI)
+		err = errors.Join(err, uriFile.Close())
 		if err != nil {
 			return fmt.Errorf("--totp-uri-file: %w (the second factor is enabled; disable and enable it again for a new secret)", err)
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/rampartsec/rampart/internal/admission"
 	"github.com/rampartsec/rampart/internal/proxy"
 	"github.com/rampartsec/rampart/internal/upstream"
 )
@@ -91,6 +92,13 @@ it must listen on loopback or a unix socket (callers checked by uid), unless
 	fs.IntVar(&cfg.Conns.InboundConns, "inbound-max-conns", 0, "connections the inbound listener holds at once, handshakes included; more are closed as accepted (0: derived from the open-file limit, leaving room for the upstream connections, the audit spool and /metrics)")
 	fs.IntVar(&cfg.Conns.InboundHandshakes, "inbound-max-handshakes", 0, "inbound connections still in their TLS handshake at once; a new one beyond it cuts the oldest (0: a quarter of --inbound-max-conns, at most 1024)")
 	fs.IntVar(&cfg.Conns.OutboundConns, "outbound-max-conns", 0, "connections each outbound listener holds at once; more are closed as accepted (0: derived from the open-file limit)")
+	adm := &cfg.Admission
+	fs.DurationVar(&adm.Delay.Target, "admission-target", admission.DefaultTarget, "queueing delay tolerated (how long goroutines wait for a CPU); above it for --admission-interval, the proxy sheds arriving requests with 503 and Retry-After (0: never shed for delay)")
+	fs.DurationVar(&adm.Delay.Interval, "admission-interval", admission.DefaultInterval, "how long the queueing delay must stay above --admission-target before shedding starts")
+	fs.Float64Var(&adm.Delay.MaxShed, "admission-max-shed", admission.DefaultMaxShed, "the largest fraction of arriving requests shed while overloaded")
+	fs.IntVar(&adm.MaxInFlight, "admission-max-in-flight", 0, "requests each listener has in flight at once; more are answered 503 at once (0: --upstream-max-conns + --upstream-max-pending; -1: no cap)")
+	fs.IntVar(&adm.MinInFlight, "admission-min-in-flight", admission.DefaultMinInFlight, "a listener with this many requests in flight or fewer never sheds for delay")
+	fs.IntVar(&adm.OverloadHandshakes, "admission-overload-handshakes", 0, "TLS handshakes the inbound listener runs at once while shedding; more new connections are closed as accepted (0: twice the CPUs; -1: no bound)")
 	fs.StringVar(&metricsAddr, "metrics-listen", "", "address for Prometheus /metrics over plain HTTP (default off)")
 	fs.BoolVar(&pprofOn, "pprof", false, "also serve Go's /debug/pprof/ on --metrics-listen (profiling; keep that address on loopback)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -135,6 +143,12 @@ it must listen on loopback or a unix socket (callers checked by uid), unless
 		return usagef("%v", err)
 	}
 	cfg.Limits = lim
+	if adm.Delay.Target <= 0 {
+		adm.Delay.Target = -1 // off
+	}
+	if err := adm.Validate(); err != nil {
+		return usagef("%v", err)
+	}
 	if err := cfg.Conns.Validate(); err != nil {
 		return usagef("%v", err)
 	}

@@ -46,9 +46,13 @@ const incidentUsage = `rampart incident list|show|open|note|approve|status|repor
   show ID                         the incident, its timeline and runs
   open --title T [--severity S] [--owner O] [--identity ID]
   note ID TEXT                    add a note to the timeline
-  approve REF                     approve the step a run waits for (REF: incident or run ID);
-                                  never your own request. With --svid-cert/--svid-key the
-                                  approval is made as that workload (a server --approver)
+  approve REF [--step NAME] [--request ID]
+                                  approve the step a run waits for (REF: incident or run ID);
+                                  never your own request. It shows the step it approves and
+                                  binds the approval to it and to its request: if the run
+                                  moved on or the request expired, nothing is approved.
+                                  With --svid-cert/--svid-key the approval is made as that
+                                  workload (a server --approver; give --step and --request)
   status ID [--set open|contained|resolved] [--severity S] [--owner O] [--reason R]
   report ID                       the post-mortem in Markdown, filled from the timeline
   scope [ID] --identity ID --since T [--until T] [--json]
@@ -350,6 +354,8 @@ func runIncident(ctx context.Context, env *cliEnv, args []string) error {
 	all := fs.Bool("all", false, "quarantines: lifted ones too")
 	svidCert := fs.String("svid-cert", "", "approve: approve as the workload of this SVID (PEM certificate chain)")
 	svidKey := fs.String("svid-key", "", "approve: the SVID's private key (PEM)")
+	step := fs.String("step", "", "approve: the name of the step you approve (refused if the run waits at another)")
+	request := fs.String("request", "", "approve: the ID of the request for approval you approve (apr-...)")
 	if err := parse(env, fs, args[1:]); err != nil {
 		return err
 	}
@@ -371,7 +377,8 @@ func runIncident(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		var run respond.Run
-		if err := c.Do(ctx, http.MethodPost, "/v1/workload/approvals/"+url.PathEscape(fs.Arg(0)), nil, &run); err != nil {
+		want := respond.ApprovalRef{Step: *step, Approval: *request}
+		if err := c.Do(ctx, http.MethodPost, "/v1/workload/approvals/"+url.PathEscape(fs.Arg(0)), want, &run); err != nil {
 			return err
 		}
 		fmt.Fprintf(env.stdout, "approved: run %s resumes\n", run.ID)
@@ -442,8 +449,13 @@ func runIncident(ctx context.Context, env *cliEnv, args []string) error {
 		if err := need(1, "one incident or run ID"); err != nil {
 			return err
 		}
+		want, err := approvalRef(ctx, c, fs.Arg(0), *step, *request)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "approving step %q of run %s (request %s)\n", want.Step, want.run, want.Approval)
 		var run respond.Run
-		if err := c.Do(ctx, http.MethodPost, "/v1/approvals/"+url.PathEscape(fs.Arg(0)), nil, &run); err != nil {
+		if err := c.Do(ctx, http.MethodPost, "/v1/approvals/"+url.PathEscape(fs.Arg(0)), want.ApprovalRef, &run); err != nil {
 			return err
 		}
 		fmt.Fprintf(env.stdout, "approved: run %s resumes\n", run.ID)
@@ -595,4 +607,51 @@ func workloadClient(ac *adminFlags, certFile, keyFile string) (*api.Client, erro
 	cfg.Certificates = []tls.Certificate{cert}
 	return &api.Client{BaseURL: "https://" + trimScheme(ac.server), HTTP: &http.Client{Timeout: 30 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
+}
+
+type shownApproval struct {
+	respond.ApprovalRef
+	run string
+}
+
+// approvalRef finds the step ref's run waits at, so that the approval
+// names what the operator saw (step and request): the server refuses it
+// if the run has moved on since. --step and --request, if given, must
+// agree with what waits.
+func approvalRef(ctx context.Context, c *api.Client, ref, step, request string) (shownApproval, error) {
+	var runs []*respond.Run
+	if strings.HasPrefix(ref, "run-") {
+		var r respond.Run
+		if err := c.Do(ctx, http.MethodGet, "/v1/runs/"+url.PathEscape(ref), nil, &r); err != nil {
+			return shownApproval{}, err
+		}
+		runs = append(runs, &r)
+	} else {
+		var v respond.IncidentView
+		if err := c.Do(ctx, http.MethodGet, "/v1/incidents/"+url.PathEscape(ref), nil, &v); err != nil {
+			return shownApproval{}, err
+		}
+		runs = v.Runs
+	}
+	var waiting []*respond.Run
+	for _, r := range runs {
+		if r.State == respond.RunWaiting && r.Next < len(r.Steps) && r.Steps[r.Next].Approval != nil {
+			waiting = append(waiting, r)
+		}
+	}
+	switch {
+	case len(waiting) == 0:
+		return shownApproval{}, fmt.Errorf("nothing waits for an approval in %s", ref)
+	case len(waiting) > 1:
+		return shownApproval{}, fmt.Errorf("%d runs of %s wait for an approval: name the run", len(waiting), ref)
+	}
+	r := waiting[0]
+	st := r.Steps[r.Next]
+	switch {
+	case step != "" && step != st.Name:
+		return shownApproval{}, fmt.Errorf("run %s waits at step %q, not %q: nothing approved", r.ID, st.Name, step)
+	case request != "" && request != st.Approval.ID:
+		return shownApproval{}, fmt.Errorf("step %q of run %s waits on request %s, not %s: nothing approved", st.Name, r.ID, st.Approval.ID, request)
+	}
+	return shownApproval{ApprovalRef: respond.ApprovalRef{Step: st.Name, Approval: st.Approval.ID}, run: r.ID}, nil
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/rampartsec/rampart/internal/audit"
+	"github.com/rampartsec/rampart/internal/federation"
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/server"
@@ -60,6 +61,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	var cfg server.Config
 	var td, logLevel, logFormat string
 	var dns listFlag
+	var err error
 	fs.StringVar(&cfg.DataDir, "data", "rampart-data", "data directory (created on first start)")
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "address of the HTTPS API")
 	fs.StringVar(&td, "trust-domain", "", "SPIFFE trust domain, e.g. example.org (required)")
@@ -83,6 +85,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.Var(&x509popCAs, "node-attest-x509pop-ca", "PEM CA bundle node certificates must chain to for x509pop agent attestation (repeatable; default: x509pop off)")
 	fs.DurationVar(&cfg.RootTTL, "root-ttl", 0, "root CA lifetime (default 8760h)")
 	fs.DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 0, "intermediate CA lifetime (default 72h)")
+	fs.DurationVar(&cfg.DownstreamMaxTTL, "downstream-max-ttl", 0, "mint downstream CAs (POST /v1/ca/downstream, rampart ca downstream) for workloads of entries marked downstream, living at most this long (0: off; on, intermediates are made with path length 2 and one of length 0 is replaced at start)")
 	fs.StringVar(&cfg.Issuer, "issuer", "", "OAuth/OIDC issuer URL clients and services see (default https://LISTEN)")
 	fs.StringVar(&cfg.JWTIssuer, "jwt-issuer", "", "iss of JWT-SVIDs, with OIDC discovery served at ISSUER/.well-known/openid-configuration (https, with a path: https://HOST:PORT/spiffe; default: none)")
 	oauthAlg := fs.String("oauth-alg", "ES256", "signing algorithm of new OAuth token keys: ES256 or EdDSA")
@@ -104,8 +107,15 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	var adminToken adminTokenMode
 	fs.Var(&adminToken, "admin-token", "the break-glass admin token (DATA/admin.token): on (every use audited and alerted on) or off (refused: operators sign in with rampart login) (default on)")
 	var approvers repeatFlag
+	webhooksLocal := fs.Bool("playbook-webhooks-local", false, "let playbook webhooks and Slack notices reach loopback and link-local addresses (refused by default: the server's own API, cloud metadata)")
 	fs.Var(&approvers, "approver", "a workload SPIFFE ID (or ID/*) that may approve playbook steps with its SVID (repeatable; until operators hold roles)")
 	detectRules := fs.String("detect-rules", "", "detection rules and alert sinks (YAML; default: the built-in rules, see rampart detect rules)")
+	fs.StringVar(&cfg.Federation.Listen, "federation-listen", "", "serve this trust domain's SPIFFE bundle to federated trust domains at https://ADDRESS/ (host:port; default: not served)")
+	fedProfile := fs.String("federation-profile", "https_spiffe", "how the bundle endpoint authenticates: https_spiffe (the server's SVID, spiffe://TD/rampart/server) or https_web (--federation-cert and --federation-key)")
+	fs.StringVar(&cfg.Federation.CertFile, "federation-cert", "", "with https_web: the bundle endpoint's certificate chain (PEM), read again when it changes")
+	fs.StringVar(&cfg.Federation.KeyFile, "federation-key", "", "with https_web: its private key (PEM)")
+	fs.DurationVar(&cfg.Federation.RefreshHint, "federation-refresh-hint", 0, "the spiffe_refresh_hint served: how often others should fetch our bundle (default 5m)")
+	fs.StringVar(&cfg.Federation.WebRootsFile, "federation-web-roots", "", "roots (PEM) that other trust domains' https_web endpoints are verified with instead of the system's")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	if err := parse(env, fs, args); err != nil {
@@ -113,10 +123,12 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	cfg.NodeAttestX509PoPCAs = x509popCAs
 	cfg.NodeAttestTPMEKHashes = tpmEKs
+	if cfg.Federation.Profile, err = federation.ParseProfile(*fedProfile); err != nil {
+		return usagef("--federation-profile: %v", err)
+	}
 	if td == "" {
 		return usagef("--trust-domain is required (for example --trust-domain example.org)")
 	}
-	var err error
 	if cfg.TrustDomain, err = spiffeid.TrustDomainFromString(td); err != nil {
 		return usagef("--trust-domain %q: %v", td, err)
 	}
@@ -155,6 +167,7 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 	cfg.Approvers = approvers
+	cfg.PlaybookWebhooksLocal = *webhooksLocal
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		return err

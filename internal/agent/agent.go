@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -111,6 +113,10 @@ type Agent struct {
 	svid      *held
 	bundle    []*x509.Certificate
 	jwtBundle []byte
+	// federated are the bundles of the trust domains this one federates
+	// with, from the last sync (not cached: until the first sync after a
+	// restart, workloads get only their own trust domain's bundle).
+	federated []workload.FederatedBundle
 	revision  int64
 	entries   []api.Entry
 	// served is a.entries as the snapshot needs them, parsed once per
@@ -271,7 +277,7 @@ func (a *Agent) ID() spiffeid.ID {
 // Every entry is in it: with its SVID if one is held and valid, else as
 // unminted, to be minted when a workload it matches asks (Mint).
 func (a *Agent) publishLocked() {
-	snap := &workload.Snapshot{TrustDomain: a.td, Bundle: a.bundle, JWTBundle: a.jwtBundle}
+	snap := &workload.Snapshot{TrustDomain: a.td, Bundle: a.bundle, JWTBundle: a.jwtBundle, Federated: a.federated}
 	now := a.now()
 	for _, id := range a.served {
 		h := a.workloads[id.EntryID]
@@ -592,9 +598,17 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	if err != nil {
 		return fmt.Errorf("agent: bundle: %w", err)
 	}
+	// A federated bundle that cannot be read is left out, never the
+	// sync: revocations and entries must not wait on another trust
+	// domain's bundle.
+	federated, ferr := federatedBundles(a.td, resp.FederatedBundles)
+	if ferr != nil {
+		a.log.Error("a federated bundle was left out", "err", ferr)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, resp.Entries
+	a.federated = federated
 	a.indexEntriesLocked()
 	a.applyReissue(resp)
 	a.warnUnservable(resp.Entries)
@@ -894,3 +908,37 @@ var _ workload.Source = (*Agent)(nil)
 
 // CachePath is where the agent keeps its state.
 func (a *Agent) cachePath() string { return filepath.Join(a.cfg.DataDir, "cache.json") }
+
+// federatedBundles reads the federated bundles of a sync (SPIFFE bundle
+// documents by trust domain name), ordered by name. One that cannot be
+// read, or that names this agent's own trust domain (ours come only from
+// the sync's Bundle), is left out and named in the error.
+func federatedBundles(own spiffeid.TrustDomain, docs map[string]json.RawMessage) ([]workload.FederatedBundle, error) {
+	out := make([]workload.FederatedBundle, 0, len(docs))
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(docs)) {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("agent: federated bundle %q: %w", name, err))
+			continue
+		}
+		if td == own {
+			errs = append(errs, fmt.Errorf("agent: a federated bundle names this trust domain %s", td))
+			continue
+		}
+		b, err := spiffebundle.Parse(td, docs[name])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("agent: federated bundle of %s: %w", td, err))
+			continue
+		}
+		fb := workload.FederatedBundle{TrustDomain: td, X509: b.X509Authorities()}
+		if len(b.JWTAuthorities()) > 0 {
+			if fb.JWT, err = b.JWTBundle().Marshal(); err != nil {
+				errs = append(errs, fmt.Errorf("agent: federated bundle of %s: %w", td, err))
+				continue
+			}
+		}
+		out = append(out, fb)
+	}
+	return out, errors.Join(errs...)
+}

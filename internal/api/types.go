@@ -130,6 +130,10 @@ type SyncResponse struct {
 	// agent re-issues, at once, its own SVID and every workload SVID whose
 	// intermediate another root signed.
 	ReissueUnlessRoot string `json:"reissue_unless_root,omitempty"`
+	// FederatedBundles are the bundles of the trust domains this one
+	// federates with, by trust domain name, each a SPIFFE bundle
+	// document (package federation).
+	FederatedBundles map[string]json.RawMessage `json:"federated_bundles,omitempty"`
 }
 
 // SignRequest asks for workload SVIDs, one per entry.
@@ -383,6 +387,53 @@ type KMSResponse struct {
 	Signature  []byte `json:"signature,omitempty"`
 	MAC        []byte `json:"mac,omitempty"`
 	Valid      *bool  `json:"valid,omitempty"` // verify, verify-hmac
+}
+
+// Federation is a federation relationship with another trust domain
+// (package federation). On create and update, Bundle is the other trust
+// domain's bundle obtained out of band (a SPIFFE bundle document): the
+// first one, that authenticates an https_spiffe endpoint; on read, the
+// bundle held now.
+type Federation struct {
+	TrustDomain string          `json:"trust_domain"`
+	BundleURL   string          `json:"bundle_endpoint_url"`
+	Profile     string          `json:"bundle_endpoint_profile"`
+	EndpointID  string          `json:"endpoint_spiffe_id,omitempty"`
+	Bundle      json.RawMessage `json:"trust_domain_bundle,omitempty"`
+	// Read only.
+	X509Authorities int        `json:"x509_authorities,omitempty"`
+	Sequence        *uint64    `json:"spiffe_sequence,omitempty"`
+	RefreshedAt     *time.Time `json:"refreshed_at,omitempty"`
+	NextRefresh     *time.Time `json:"next_refresh,omitempty"`
+	LastAttempt     *time.Time `json:"last_attempt,omitempty"`
+	LastError       string     `json:"last_error,omitempty"`
+	CreatedAt       *time.Time `json:"created_at,omitempty"`
+	UpdatedAt       *time.Time `json:"updated_at,omitempty"`
+}
+
+// DownstreamRequest asks for a downstream CA (POST /v1/ca/downstream),
+// made by a workload whose SPIFFE ID is a downstream entry's: a nested
+// server's signing certificate. Only the CSR's public key and signature
+// are used; every extension is the server's choice.
+type DownstreamRequest struct {
+	// CSR is a PKCS#10 certificate request (DER), signed by the key the
+	// CA certificate is for.
+	CSR []byte `json:"csr"`
+	// TTLSeconds asks for a lifetime (0: the server's maximum); it is
+	// cut to the server's maximum, the entry's expiry and the
+	// intermediate's remaining life.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
+}
+
+// DownstreamResponse is the minted CA.
+type DownstreamResponse struct {
+	// Chain is DER, the downstream CA first, then the server's
+	// intermediate; the root is in Bundle.
+	Chain [][]byte `json:"chain"`
+	// Bundle is the trust bundle's roots (DER).
+	Bundle    [][]byte  `json:"bundle"`
+	Serial    string    `json:"serial"`
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 // X509PoPChallengeRequest starts x509pop node attestation: the node's

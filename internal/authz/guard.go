@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampartsec/rampart/internal/dpop"
@@ -63,6 +64,11 @@ type GuardConfig struct {
 	// quarantined caller, or any caller while this service is itself
 	// quarantined, is refused and its connection closed.
 	Quarantine *mtls.Quarantine
+	// Bundles, if set, is checked on every request from a caller of
+	// another trust domain: once the federation with its trust domain
+	// ends (the bundle is gone), a connection opened while it lasted is
+	// cut at its next request.
+	Bundles x509bundle.Source
 	// StripHeaders are request headers removed besides the built-in
 	// identity headers (ParseStripHeaders; nil: none).
 	StripHeaders *HeaderNames
@@ -93,7 +99,7 @@ func NewGuard(cfg GuardConfig) *Guard {
 	}
 	g := &Guard{cfg: cfg, tokens: newTokens(cfg.Service.String()),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rampart_authz_decisions_total", Help: "Authorisation decisions, by outcome (allow, deny, dry_run_deny, bad_request).",
+			Name: "rampart_authz_decisions_total", Help: "Authorisation decisions, by outcome (allow, deny, dry_run_deny, bad_request, shed: refused for overload before judging).",
 		}, []string{"outcome"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "rampart_authz_decision_duration_seconds", Help: "Time to decide one request.",
@@ -101,7 +107,7 @@ func NewGuard(cfg GuardConfig) *Guard {
 		}),
 	}
 	g.outcomes = map[string]prometheus.Counter{}
-	for _, o := range []string{"allow", "deny", "dry_run_deny", "bad_request"} {
+	for _, o := range []string{"allow", "deny", "dry_run_deny", "bad_request", "shed"} {
 		g.outcomes[o] = g.decisions.WithLabelValues(o)
 	}
 	if cfg.Registry != nil {
@@ -229,6 +235,13 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 		g.finish(r.Context(), &ev, start, "deny")
 		return &Refusal{Status: http.StatusUnauthorized, Close: true, Detail: "the client SVID has been revoked"}
 	}
+	if g.cfg.Bundles != nil && peer.TrustDomain() != g.cfg.Service.TrustDomain() {
+		if _, err := g.cfg.Bundles.GetX509BundleForTrustDomain(peer.TrustDomain()); err != nil {
+			ev.Reason = "caller's trust domain no longer federated"
+			g.finish(r.Context(), &ev, start, "deny")
+			return &Refusal{Status: http.StatusUnauthorized, Close: true, Detail: "the trust domain " + peer.TrustDomain().Name() + " is not trusted here"}
+		}
+	}
 	if g.cfg.Quarantine.Blocks(peer) {
 		ev.Reason = g.quarantineReason(peer)
 		g.finish(r.Context(), &ev, start, "deny")
@@ -296,6 +309,21 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 	r.Header.Set(HeaderCaller, peer.String())
 	r.Header.Set(HeaderXFCC, "By="+g.cfg.Service.String()+";URI="+peer.String())
 	return nil
+}
+
+// Shed records a request the proxy refused for overload before judging it
+// (admission control: 503 without the policy). It is a refusal like any
+// other, in the audit log with its reason, so a flood of sheds is counted
+// into aggregates, never lost; no path is recorded (none was judged), so
+// a caller's sheds are one kind per interval. peer: the connection's
+// verified caller (the zero ID: none).
+func (g *Guard) Shed(r *http.Request, peer spiffeid.ID, reason string) {
+	start := time.Now()
+	ev := decision.Event{Time: start, Target: g.cfg.Service.String(), Method: r.Method, Remote: r.RemoteAddr, Reason: reason}
+	if !peer.IsZero() {
+		ev.Caller = peer.String()
+	}
+	g.finish(r.Context(), &ev, start, "shed")
 }
 
 // AllowConn authorises a raw TCP connection by identity only.

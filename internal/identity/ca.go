@@ -62,6 +62,10 @@ type Config struct {
 	// whose OIDC discovery document relying parties fetch (package
 	// oidcdiscovery). Empty: no iss claim (the SPIFFE spec leaves it out).
 	JWTIssuer string
+	// Downstream lets the intermediate sign downstream CAs
+	// (SignDownstreamCA): intermediates are made with MaxPathLen 2
+	// instead of 0, and an active one made with 0 is replaced at once.
+	Downstream bool
 }
 
 type signingCert struct {
@@ -277,7 +281,7 @@ func (ca *CA) Maintain(ctx context.Context) error {
 		}
 	}
 
-	if ca.inter == nil || lifeFraction(ca.inter.cert, now) >= 0.5 {
+	if ca.inter == nil || lifeFraction(ca.inter.cert, now) >= 0.5 || ca.cfg.Downstream && ca.inter.cert.MaxPathLen < interPathLenDownstream {
 		if err := ca.rotateIntermediate(ctx, now); err != nil {
 			if ca.inter == nil {
 				return err
@@ -396,7 +400,11 @@ func (ca *CA) rotateIntermediate(ctx context.Context, now time.Time) error {
 		notAfter = active.cert.NotAfter
 	}
 	cn := fmt.Sprintf("Rampart intermediate CA %s %s", ca.cfg.TrustDomain.Name(), now.UTC().Format("2006-01-02T15:04:05Z"))
-	tmpl, err := svid.CATemplate(ca.cfg.TrustDomain, cn, now, notAfter, 0)
+	pathLen := 0
+	if ca.cfg.Downstream {
+		pathLen = interPathLenDownstream
+	}
+	tmpl, err := svid.CATemplate(ca.cfg.TrustDomain, cn, now, notAfter, pathLen)
 	if err != nil {
 		return err
 	}
@@ -580,6 +588,19 @@ func (ca *CA) JWTBundle() ([]byte, error) {
 		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.pub, KeyID: k.kid, Algorithm: string(jose.ES256), Use: "jwt-svid"})
 	}
 	return json.Marshal(set)
+}
+
+// JWTAuthorities returns the JWT signing keys by key ID, as a SPIFFE
+// bundle holds them (package federation serves them to other trust
+// domains).
+func (ca *CA) JWTAuthorities() map[string]crypto.PublicKey {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	out := make(map[string]crypto.PublicKey, len(ca.jwt))
+	for _, k := range ca.jwt {
+		out[k.kid] = k.pub
+	}
+	return out
 }
 
 // KeyStatus describes one CA key for status output and metrics.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -56,6 +57,20 @@ func (s *ServerCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, err
 	}
 	s.cert = c
 	return c, nil
+}
+
+// Serves says whether host (a request's Host: a name or address, with
+// or without a port) is one the server's certificate is valid for: the
+// only names a client that verified the certificate can have meant.
+func (s *ServerCert) Serves(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	c, err := s.GetCertificate(nil)
+	if err != nil || c.Leaf == nil {
+		return false
+	}
+	return c.Leaf.VerifyHostname(strings.Trim(host, "[]")) == nil
 }
 
 // underCurrentIntermediate says whether the certificate was signed by the

@@ -17,10 +17,11 @@ import (
 
 // Why a caller's certificate is refused.
 var (
-	ErrUntrusted = errors.New("client certificate does not chain to this trust domain's bundle")
-	ErrNotAgent  = errors.New("client certificate is not an agent SVID")
-	ErrRevoked   = errors.New("client certificate is revoked")
-	ErrEvicted   = errors.New("agent is evicted")
+	ErrUntrusted  = errors.New("client certificate does not chain to this trust domain's bundle")
+	ErrNotAgent   = errors.New("client certificate is not an agent SVID")
+	ErrRevoked    = errors.New("client certificate is revoked")
+	ErrEvicted    = errors.New("agent is evicted")
+	ErrDownstream = errors.New("client certificate was signed under a downstream CA; the control plane takes only SVIDs it signed itself")
 )
 
 // Reason names why err refused a certificate, for metrics.
@@ -34,6 +35,8 @@ func Reason(err error) string {
 		return "revoked"
 	case errors.Is(err, ErrEvicted):
 		return "evicted"
+	case errors.Is(err, ErrDownstream):
+		return "downstream"
 	}
 	return "other"
 }
@@ -64,6 +67,13 @@ type verifiedPeer struct {
 	id       spiffeid.ID
 	serial   string
 	notAfter time.Time
+	// cas are the serials of the chain's CAs below the trust anchor
+	// (the intermediate, and a downstream CA if any): revoking a
+	// downstream CA's serial refuses everything signed under it.
+	cas []string
+	// direct: the leaf's issuer is the anchor's direct child (this
+	// server's intermediate), no downstream CA between.
+	direct bool
 }
 
 // maxPeerCache bounds the verified-chain cache; when full it starts over.
@@ -85,6 +95,13 @@ func (v *Verifier) Reset() {
 
 // Verify verifies a raw client chain (leaf first) as an SVID of the trust
 // domain and returns its SPIFFE ID.
+//
+// The SVID must have been signed by this server's CA itself: one signed
+// under a downstream CA (SignDownstreamCA) verifies against the bundle
+// for workloads of the trust domain, but the control plane refuses it
+// (ErrDownstream): a nested server may mint any SPIFFE ID of the trust
+// domain, and must not thereby act as an agent, an admin or any other
+// caller of its parent.
 func (v *Verifier) Verify(raw [][]byte) (spiffeid.ID, error) {
 	td := v.CA.cfg.TrustDomain
 	now := v.Now()
@@ -96,23 +113,48 @@ func (v *Verifier) Verify(raw [][]byte) (spiffeid.ID, error) {
 		if err != nil {
 			return spiffeid.ID{}, fmt.Errorf("%w: %v", ErrUntrusted, err)
 		}
-		p = verifiedPeer{id: id, serial: chains[0][0].SerialNumber.Text(16), notAfter: chains[0][0].NotAfter}
-		for _, c := range chains[0][1:] {
+		chain := chains[0]
+		// leaf, intermediate, anchor: issued here. Anything longer has
+		// a CA of the server's making (a downstream CA) in between. Any
+		// such chain will do: extra certificates a client sends may make
+		// longer ones too, but a leaf of a downstream CA has none this
+		// short (its issuer is no root's child).
+		direct := false
+		for _, c := range chains {
+			direct = direct || len(c) <= 3
+		}
+		p = verifiedPeer{id: id, serial: chain[0].SerialNumber.Text(16), notAfter: chain[0].NotAfter, direct: direct}
+		for i, c := range chain[1:] {
 			if c.NotAfter.Before(p.notAfter) {
 				p.notAfter = c.NotAfter
+			}
+			if i+1 < len(chain)-1 {
+				p.cas = append(p.cas, c.SerialNumber.Text(16))
 			}
 		}
 		v.put(sum, p)
 	}
 	v.mu.RLock()
 	_, revoked := v.revoked[p.serial]
+	revokedCA := ""
+	for _, s := range p.cas {
+		if _, ok := v.revoked[s]; ok {
+			revokedCA = s
+		}
+	}
 	_, evicted := v.evicted[p.id.String()]
 	v.mu.RUnlock()
 	if revoked {
 		return spiffeid.ID{}, fmt.Errorf("%w: serial %s", ErrRevoked, p.serial)
 	}
+	if revokedCA != "" {
+		return spiffeid.ID{}, fmt.Errorf("%w: signed under CA certificate %s, which is revoked", ErrRevoked, revokedCA)
+	}
 	if evicted && IsAgentID(td, p.id) {
 		return spiffeid.ID{}, fmt.Errorf("%w: %s", ErrEvicted, p.id)
+	}
+	if !p.direct {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s", ErrDownstream, p.id)
 	}
 	return p.id, nil
 }

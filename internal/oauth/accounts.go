@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/store"
@@ -143,6 +145,11 @@ func (a *Accounts) CreateUser(ctx context.Context, u store.OAuthUser, password s
 	if err := ValidateUser(u.Username, password); err != nil {
 		return u, &invalidError{err.Error()}
 	}
+	for _, f := range []struct{ name, v string }{{"name", u.Name}, {"email", u.Email}} {
+		if err := validateText(f.name, f.v); err != nil {
+			return u, err
+		}
+	}
 	hash, err := HashPassword(password)
 	if err != nil {
 		return u, fmt.Errorf("oauth: hash password: %w", err)
@@ -190,6 +197,16 @@ func (a *Accounts) UpdateUser(ctx context.Context, username string, ch UserChang
 		}
 		u.PasswordHash = hash
 		out.Changed = append(out.Changed, "password")
+	}
+	for _, f := range []struct {
+		name string
+		v    *string
+	}{{"name", ch.Name}, {"email", ch.Email}} {
+		if f.v != nil {
+			if err := validateText(f.name, *f.v); err != nil {
+				return out, err
+			}
+		}
 	}
 	if ch.Name != nil {
 		u.Name = *ch.Name
@@ -264,6 +281,27 @@ func (a *Accounts) DeleteUser(ctx context.Context, username string) error {
 	}
 	if err := a.Store.DeleteOAuthUser(ctx, username); err != nil {
 		return fmt.Errorf("oauth: delete user: %w", err)
+	}
+	return nil
+}
+
+// maxTextLength bounds a user's display name and email.
+const maxTextLength = 256
+
+// validateText refuses a display name or email with control characters
+// (a newline or an escape sequence in a name forges lines in the CLI's
+// output, the logs and the post-mortem) or longer than maxTextLength.
+func validateText(field, v string) error {
+	if len(v) > maxTextLength {
+		return invalid("%s: at most %d bytes", field, maxTextLength)
+	}
+	if !utf8.ValidString(v) {
+		return invalid("%s: not valid UTF-8", field)
+	}
+	for _, r := range v {
+		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' || (r >= '\u202a' && r <= '\u202e') || (r >= '\u2066' && r <= '\u2069') {
+			return invalid("%s: control or bidirectional character %U", field, r)
+		}
 	}
 	return nil
 }

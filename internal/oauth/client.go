@@ -120,6 +120,13 @@ func (p *Provider) authenticateClient(r *http.Request) (*authedClient, error) {
 	if method != c.AuthMethod {
 		return nil, errf(http.StatusUnauthorized, "invalid_client", "client %s must authenticate with %s, not %s", id, c.AuthMethod, method)
 	}
+	if c.SPIFFEID != "" && p.cfg.Quarantined != nil && p.cfg.Quarantined(c.SPIFFEID) {
+		// Checked before the credentials: a quarantined workload gets no
+		// token, whatever it proves (its SVID, a JWT-SVID, a secret).
+		oe := errf(http.StatusUnauthorized, "invalid_client", "client %s is quarantined", id)
+		oe.debug = c.SPIFFEID + " is quarantined"
+		return nil, oe
+	}
 	ac := &authedClient{OAuthClient: c}
 	switch method {
 	case "client_secret_basic", "client_secret_post":

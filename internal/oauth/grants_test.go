@@ -5,9 +5,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -228,5 +230,32 @@ func TestRefreshAcrossSVIDRotation(t *testing.T) {
 		"refresh_token": {out["refresh_token"].(string)}, "client_id": {"web"}}, "", "")
 	if st != http.StatusUnauthorized {
 		t.Fatalf("refresh with a foreign SVID: %d %v", st, out)
+	}
+}
+
+// A quarantined workload gets no token: its SVID still authenticates at
+// the TLS layer, but the client it is is refused every grant (red team,
+// stop 31: only the key store checked quarantines among server routes).
+// Lifting the quarantine gives it tokens again.
+func TestQuarantinedClientGetsNoToken(t *testing.T) {
+	var quarantined atomic.Bool
+	h := newHarness(t, func(c *oauth.Config) {
+		c.Quarantined = func(id string) bool { return quarantined.Load() && id == "spiffe://example.org/orders" }
+	})
+	h.client(store.OAuthClient{ID: "orders", AuthMethod: "tls_client_auth", SPIFFEID: "spiffe://example.org/orders",
+		GrantTypes: []string{"client_credentials"}, Audience: []string{"spiffe://example.org/payments"}})
+	cert := h.ca.svid(t, "spiffe://example.org/orders")
+	form := url.Values{"grant_type": {"client_credentials"}, "client_id": {"orders"}}
+	if st, out := h.post(h.mtlsClient(cert), oauth.PathToken, form, "", ""); st != http.StatusOK {
+		t.Fatalf("before the quarantine: %d %v", st, out)
+	}
+	quarantined.Store(true)
+	st, out := h.post(h.mtlsClient(cert), oauth.PathToken, form, "", "")
+	if st != http.StatusUnauthorized || out["error"] != "invalid_client" || !strings.Contains(fmt.Sprint(out["error_description"]), "quarantined") {
+		t.Fatalf("quarantined: %d %v", st, out)
+	}
+	quarantined.Store(false)
+	if st, out := h.post(h.mtlsClient(cert), oauth.PathToken, form, "", ""); st != http.StatusOK {
+		t.Fatalf("after the lift: %d %v", st, out)
 	}
 }

@@ -127,6 +127,11 @@ type Config struct {
 	// revoked); nil otherwise. Default: the first verified chain's leaf.
 	PeerCertificate func(r *http.Request) *x509.Certificate
 
+	// Quarantined says whether a workload (a client's SPIFFE ID) is
+	// quarantined (Respond): such a client is refused every grant, token
+	// exchange included. nil: none is.
+	Quarantined func(spiffeID string) bool
+
 	// Record appends audit entries durably.
 	Record func(ctx context.Context, es ...*audit.Entry)
 	// Refusals counts refused requests (what anyone can produce at

@@ -25,7 +25,9 @@
 //     another key is refused: a copied token file alone is useless.
 //   - a workload presents its X.509-SVID as the TLS client certificate;
 //     every enabled workload operator whose pattern matches its SPIFFE ID
-//     lends it its roles.
+//     lends it its roles, and an unexpired registration entry of exactly
+//     its SPIFFE ID marked admin (SPIRE's admin entries) the admin role
+//     (Caller.Via names it "entry:ID"). Both are read at every request.
 //
 // The break-glass admin token is the server's business (it may be turned
 // off); a Caller made for it holds every permission.

@@ -156,6 +156,8 @@ type Store interface {
 	GetOperator(ctx context.Context, name string) (store.Operator, error)
 	ListOperators(ctx context.Context) ([]store.Operator, error)
 	GetOAuthUser(ctx context.Context, username string) (store.OAuthUser, error)
+	// FindEntries finds the admin entries of a workload's SPIFFE ID.
+	FindEntries(ctx context.Context, f store.EntryFilter) ([]store.Entry, error)
 }
 
 // Authenticator authenticates operators and workloads for the admin API.
@@ -167,7 +169,12 @@ type Authenticator struct {
 	// DPoP verifies and records proofs (its Replay should be shared by
 	// replicas: NewStoreReplay).
 	DPoP *dpop.Checker
-	Now  func() time.Time
+	// ServesHost says whether a request's Host is one of the server's own
+	// names (nil: any). A proof's htu names the request's Host, so a proof
+	// made for another server (sent here with that server's Host) is
+	// refused.
+	ServesHost func(host string) bool
+	Now        func() time.Time
 }
 
 // Token authenticates a request carrying an operator access token. It
@@ -188,6 +195,9 @@ func (a *Authenticator) Token(r *http.Request) (Caller, error) {
 	}
 	if scheme != dpop.SchemeDPoP {
 		return Caller{}, fmt.Errorf("%w: a DPoP-bound token sent as %s, without its proof", ErrProof, scheme)
+	}
+	if a.ServesHost != nil && !a.ServesHost(r.Host) {
+		return Caller{}, fmt.Errorf("%w: the request is for host %q, not one of this server's names", ErrProof, r.Host)
 	}
 	proof, err := a.DPoP.VerifyRequest(r, raw)
 	if err != nil {
@@ -264,8 +274,17 @@ func subjectKind(c *accesstoken.Claims) string {
 	return "client"
 }
 
+// ViaEntry prefixes, in Caller.Via, the ID of an admin entry that lent a
+// workload the admin role.
+const ViaEntry = "entry:"
+
 // Workload returns the roles that workload operators lend id: every
-// enabled one whose pattern matches. ErrNoOperator if none does.
+// enabled one whose pattern matches; and the admin role if id is the
+// SPIFFE ID of an unexpired registration entry marked admin (SPIRE's
+// admin entries: as a workload operator bound to exactly that ID with
+// role admin). Both are read from the store on every call, so deleting
+// the entry, its expiry, or clearing its admin flag ends the grant at the
+// next request. ErrNoOperator if nothing matches.
 func (a *Authenticator) Workload(ctx context.Context, id spiffeid.ID) (Caller, error) {
 	ops, err := a.Store.ListOperators(ctx)
 	if err != nil {
@@ -279,8 +298,22 @@ func (a *Authenticator) Workload(ctx context.Context, id spiffeid.ID) (Caller, e
 		c.Roles = append(c.Roles, op.Roles...)
 		c.Via = append(c.Via, op.Name)
 	}
+	entries, err := a.Store.FindEntries(ctx, store.EntryFilter{SpiffeID: id.String()})
+	if err != nil {
+		return Caller{}, err
+	}
+	now := a.Now()
+	for _, e := range entries {
+		// The filter is the store's; the ID is compared again here, as
+		// the grant rests on it.
+		if !e.Admin || e.SpiffeID != id.String() || !e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt) {
+			continue
+		}
+		c.Roles = append(c.Roles, store.OperatorRole{Role: string(permission.Admin)})
+		c.Via = append(c.Via, ViaEntry+e.ID)
+	}
 	if len(c.Roles) == 0 {
-		return Caller{}, fmt.Errorf("%w: no enabled workload operator pattern matches %s", ErrNoOperator, id)
+		return Caller{}, fmt.Errorf("%w: no enabled workload operator pattern nor unexpired admin entry matches %s", ErrNoOperator, id)
 	}
 	return c, nil
 }

@@ -4,7 +4,7 @@
 // table says which, and docs/api.md prints it). A permission is a noun
 // and a verb, "noun.verb": the noun is what is acted on (entry, agent,
 // svid, ca, policy, alert, oauth.client, oauth.user, kms, scan,
-// inventory, backup, acme, netpol), the
+// inventory, backup, acme, netpol, federation), the
 // verb what is done to it. "read" only ever reads; every other verb
 // changes something or acts, and is named for the act (write, evict,
 // revoke, rotate, manage, except, run, drill, admin) so that a role can be
@@ -21,7 +21,8 @@
 //	               alert.manage, incident.manage, playbook.run
 //	approver       approval.grant, and reading what is approved
 //	policy-author  policy.read, policy.write (optionally for some services)
-//	key-admin      kms.read, kms.admin, ca.read, ca.rotate, ca.rekey
+//	key-admin      kms.read, kms.admin, ca.read, ca.rotate, ca.rekey,
+//	               federation.read, federation.write
 //
 // The break-glass admin token holds every permission.
 package permission
@@ -79,6 +80,10 @@ const (
 	OperatorRead  Permission = "operator.read"
 	OperatorWrite Permission = "operator.write"
 
+	// Federation with other trust domains.
+	FederationRead  Permission = "federation.read"
+	FederationWrite Permission = "federation.write"
+
 	// Respond (playbooks, incidents, approvals).
 	IncidentRead   Permission = "incident.read"
 	IncidentManage Permission = "incident.manage"
@@ -128,6 +133,8 @@ var All = []Info{
 	{ACMERevoke, "revoke certificates issued through ACME"},
 	{NetpolRead, "read the network view (placements, allowed edges) that network policies are rendered from"},
 	{OperatorRead, "list and read operators, workload role bindings and their roles"},
+	{FederationRead, "list and read federation relationships and the bundles held for other trust domains"},
+	{FederationWrite, "create, change and delete federation relationships (which other trust domains' workloads are trusted, and where their bundles come from)"},
 	{OperatorWrite, "add, grant, revoke, disable and enable operators and workload role bindings"},
 	{IncidentRead, "list and read incidents and their timelines"},
 	{IncidentManage, "open, annotate, assign and close incidents"},

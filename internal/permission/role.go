@@ -47,9 +47,9 @@ var Roles = []RoleInfo{
 		func(p Permission) bool { return p == PolicyRead || p == PolicyWrite }, true},
 	{Auditor, "read-only: audit, alerts, incidents, inventory, configuration; changes nothing",
 		func(p Permission) bool { return p.ReadOnly() }, false},
-	{KeyAdmin, "the key store and the CA's keys",
+	{KeyAdmin, "the key store, the CA's keys and federation with other trust domains",
 		func(p Permission) bool {
-			return slices.Contains([]Permission{KMSRead, KMSAdmin, CARead, CARotate, CARekey}, p)
+			return slices.Contains([]Permission{KMSRead, KMSAdmin, CARead, CARotate, CARekey, FederationRead, FederationWrite}, p)
 		}, false},
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -127,6 +128,18 @@ func (l ConnLimits) withDefaults(up upstream.Limits, inbound bool, outbounds int
 	return l, nofile, low
 }
 
+// stalledHandshake: while overloaded, a handshake older than this gives
+// way to a new connection (a caller on a far network completes one in a
+// few round trips; one that has not by now is stalled or starved).
+const stalledHandshake = time.Second
+
+func (l *connLimit) clock() time.Time {
+	if l.now != nil {
+		return l.now()
+	}
+	return time.Now()
+}
+
 // connLimit bounds one listener's connections.
 type connLimit struct {
 	maxConns, maxHandshakes int // maxHandshakes 0: no TLS here
@@ -135,16 +148,24 @@ type connLimit struct {
 	open       int
 	handshakes list.List // of *limitedConn in their handshake, oldest first
 
-	refused, evicted prometheus.Counter
-	openG, hsG       prometheus.Gauge
+	// overloaded, if set, says the proxy is shedding load: a connection
+	// is then closed as accepted while overloadHandshakes are under way,
+	// so the CPU goes to the requests of connections already open.
+	overloaded         func() bool
+	overloadHandshakes int
+	now                func() time.Time // default time.Now
+
+	refused, evicted, shedConn prometheus.Counter
+	openG, hsG                 prometheus.Gauge
 }
 
 func newConnLimit(maxConns, maxHandshakes int, m *metrics, direction, listener string) *connLimit {
 	return &connLimit{maxConns: maxConns, maxHandshakes: maxHandshakes,
-		refused: m.connsRefused.WithLabelValues(direction, listener, "max_conns"),
-		evicted: m.connsRefused.WithLabelValues(direction, listener, "handshake_evicted"),
-		openG:   m.connsOpen.WithLabelValues(direction, listener, "open"),
-		hsG:     m.connsOpen.WithLabelValues(direction, listener, "handshake")}
+		refused:  m.connsRefused.WithLabelValues(direction, listener, "max_conns"),
+		evicted:  m.connsRefused.WithLabelValues(direction, listener, "handshake_evicted"),
+		shedConn: m.connsRefused.WithLabelValues(direction, listener, "overload"),
+		openG:    m.connsOpen.WithLabelValues(direction, listener, "open"),
+		hsG:      m.connsOpen.WithLabelValues(direction, listener, "handshake")}
 }
 
 // listener returns ln bounded: connections beyond the limit are closed as
@@ -188,9 +209,28 @@ func (l *connLimit) admit(c net.Conn) (lc, victim *limitedConn) {
 		l.refused.Inc()
 		return nil, nil
 	}
+	var now time.Time
+	if l.maxHandshakes > 0 && l.overloaded != nil && l.handshakes.Len() >= l.overloadHandshakes && l.overloaded() {
+		// Stalled handshakes must not shut new callers out for the
+		// handshake timeout: the oldest, past stalledHandshake, gives
+		// way; otherwise the new connection does, before any crypto.
+		now = l.clock()
+		oldest := l.handshakes.Front().Value.(*limitedConn)
+		if now.Sub(oldest.since) < stalledHandshake {
+			l.shedConn.Inc()
+			return nil, nil
+		}
+		victim = l.handshakes.Remove(l.handshakes.Front()).(*limitedConn)
+		victim.hs = nil
+		l.evicted.Inc()
+	}
 	lc = &limitedConn{Conn: c, lim: l}
 	if l.maxHandshakes > 0 {
-		if l.handshakes.Len() >= l.maxHandshakes {
+		if now.IsZero() && l.overloaded != nil {
+			now = l.clock()
+		}
+		lc.since = now
+		if victim == nil && l.handshakes.Len() >= l.maxHandshakes {
 			victim = l.handshakes.Remove(l.handshakes.Front()).(*limitedConn)
 			victim.hs = nil
 			l.evicted.Inc()
@@ -240,6 +280,9 @@ type limitedConn struct {
 	lim  *connLimit
 	once sync.Once
 	hs   *list.Element // in lim.handshakes; guarded by lim.mu
+	// since: when it was accepted (only kept where overload bounds the
+	// handshakes).
+	since time.Time
 }
 
 func (c *limitedConn) Close() error {

@@ -64,6 +64,8 @@ type h1Forwarder struct {
 	m          *directionMetrics
 	log        *slog.Logger
 	conns      *connSet
+	// gate admits each request (nil: all).
+	gate *listenerGate
 	// headerTimeout and idleTimeout, if set, replace readHeaderTimeout
 	// and idleTimeout (tests).
 	headerTimeout, idleTimeout time.Duration
@@ -219,10 +221,17 @@ func (h *h1Conn) next(ctx context.Context) bool {
 	req.RemoteAddr = h.remote
 	req.TLS = h.tls
 	hasBody := req.Body != http.NoBody
+	clientClose := req.Close || req.ProtoMinor == 0
+	// Admission before anything costly (the policy, the upstream): a
+	// refusal keeps the connection open for the caller's retry, unless
+	// an unread body would be taken for the next request.
+	if rf := f.gate.admit(req, f.guard, h.peer); rf != nil {
+		return h.answer(req, rf, hasBody || clientClose, start)
+	}
+	defer f.gate.done()
 	if hasBody && !bodyBuffered(req.ContentLength, h.br) {
 		h.rd.none() // a body may stream for long; the next request sets a new one
 	}
-	clientClose := req.Close || req.ProtoMinor == 0
 	// Hop-by-hop headers go before the guard, so the policy judges the
 	// headers the app will be given.
 	upgrade := prepareRequest(req)

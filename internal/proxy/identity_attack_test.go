@@ -94,7 +94,7 @@ func TestH2AttackForgedIdentityHeaders(t *testing.T) {
 	guard := authz.NewGuard(authz.GuardConfig{Service: server.ID})
 	guard.SetPolicy(eng)
 	m := newMetrics(prometheus.NewRegistry())
-	srv, err := newInboundServer(&Inbound{App: appLn.Addr().String()}, guard, m, m.pool("inbound", "test"), upstream.Limits{}, log.New(io.Discard, "", 0))
+	srv, err := newInboundServer(&Inbound{App: appLn.Addr().String()}, guard, nil, m, m.pool("inbound", "test"), upstream.Limits{}, log.New(io.Discard, "", 0))
 	if err != nil {
 		t.Fatal(err)
 	}

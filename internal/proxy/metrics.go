@@ -68,7 +68,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "rampart_proxy_outbound_callers_refused_total", Help: "Connections to a unix-socket outbound refused because the caller's uid is not allowed (or could not be read), by listener.",
 		}, []string{"listener"}),
 		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rampart_proxy_connections_refused_total", Help: "Connections a listener closed to stay within its bounds, by direction, listener and reason: max_conns (closed as accepted: --inbound-max-conns or --outbound-max-conns open already), handshake_evicted (the oldest unfinished TLS handshake, cut for a new one beyond --inbound-max-handshakes).",
+			Name: "rampart_proxy_connections_refused_total", Help: "Connections a listener closed to stay within its bounds, by direction, listener and reason: max_conns (closed as accepted: --inbound-max-conns or --outbound-max-conns open already), handshake_evicted (the oldest unfinished TLS handshake, cut for a new one beyond --inbound-max-handshakes), overload (closed as accepted while the proxy sheds load and --admission-overload-handshakes are under way).",
 		}, []string{"direction", "listener", "reason"}),
 		connsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "rampart_proxy_connections", Help: "Connections a listener holds, by direction, listener and state: open (all, handshakes included), handshake (TLS handshake not finished).",

@@ -115,6 +115,9 @@ type Config struct {
 	// fields: DefaultConnLimits from RLIMIT_NOFILE), so that a flood of
 	// connections never takes the descriptors the rest of the proxy needs.
 	Conns ConnLimits
+	// Admission refuses requests at once while the proxy is overloaded
+	// (zero fields: defaults; see Admission).
+	Admission Admission
 	// Access says who may call the outbound listeners.
 	Access OutboundAccess
 	// StripHeaders are more request header names (a trailing "*": a
@@ -166,6 +169,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		cfg.DataDir = dir
 	}
+	if err := cfg.Admission.Validate(); err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	adm := cfg.Admission.withDefaults(peerLimits)
 	m := newMetrics(cfg.Registry)
 	wopts, err := endpoint.ClientOptions(ctx, cfg.WorkloadSocket, cfg.AgentUID) // who serves the socket is checked on every connection
 	if err != nil {
@@ -201,7 +208,7 @@ func Run(ctx context.Context, cfg Config) error {
 	} else if cfg.Inbound != nil {
 		cfg.Log.Warn("decisions go to the log only, not to the audit log: give --server and --data (or --audit-spool)")
 	}
-	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: sink, Registry: cfg.Registry, Revocations: revs, Quarantine: quarantine, StripHeaders: stripHeaders})
+	guard := authz.NewGuard(authz.GuardConfig{Service: self.ID, Log: cfg.Log, Sink: sink, Registry: cfg.Registry, Revocations: revs, Quarantine: quarantine, Bundles: src, StripHeaders: stripHeaders})
 	if cfg.ServerAddr != "" {
 		syncer := &authz.Syncer{ServerAddr: cfg.ServerAddr, SVID: src, Bundles: src, Guard: guard, Revocations: revs, Quarantine: quarantine, CacheDir: cfg.DataDir, Log: cfg.Log}
 		if err := syncer.Start(ctx); err != nil {
@@ -228,22 +235,29 @@ func Run(ctx context.Context, cfg Config) error {
 	// their upstream; it ends once the drain is over.
 	fctx, stopForwarding := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopForwarding()
+	am := newAdmissionMetrics(cfg.Registry)
+	ctl := startAdmission(ctx, adm, am, func(f func()) { wg.Go(f) })
 	var inboundAddr string
 	if in := cfg.Inbound; in != nil {
-		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: tlsconfig.AuthorizeMemberOf(td), Revocations: revs, Quarantine: quarantine, OnFail: onFail,
+		tlsCfg := mtls.ServerConfig(mtls.Options{SVID: src, Bundles: src, Authorize: mtls.AuthorizeTrustDomains(), Revocations: revs, Quarantine: quarantine, OnFail: onFail,
 			OnHandshake: m.handshake("server"), OnSessionDeclined: func(r string) { m.sessionsDeclined.WithLabelValues(r).Inc() }})
 		ln, err := net.Listen("tcp", in.Listen)
 		if err != nil {
 			return fmt.Errorf("proxy: inbound listen: %w", err)
 		}
 		inboundAddr = ln.Addr().String()
-		ln = newConnLimit(bounds.InboundConns, bounds.InboundHandshakes, m, "inbound", inboundAddr).listener(ln)
+		cl := newConnLimit(bounds.InboundConns, bounds.InboundHandshakes, m, "inbound", inboundAddr)
+		if ctl != nil && adm.OverloadHandshakes > 0 {
+			cl.overloaded, cl.overloadHandshakes = ctl.Overloaded, adm.OverloadHandshakes
+		}
+		ln = cl.listener(ln)
+		gate := newListenerGate(ctl, adm, am, "inbound", inboundAddr)
 		lns = append(lns, ln)
 		pm := m.pool("inbound", inboundAddr)
 		if in.TCP {
 			wg.Go(func() { serveTCPInbound(ctx, ln, tlsCfg, tracked, in.App, guard, m, cfg.Log) })
 		} else {
-			srv, err := newInboundServer(in, guard, m, pm, appLimits, errLog)
+			srv, err := newInboundServer(in, guard, gate, m, pm, appLimits, errLog)
 			if err != nil {
 				ln.Close()
 				return err
@@ -259,7 +273,7 @@ func Run(ctx context.Context, cfg Config) error {
 				// net/http translates every request to HTTP/2.
 				app := in.App
 				dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
-				h1 = newH1Forwarder(fctx, &wg, "inbound", guard, m, pm, appLimits, cfg.Log,
+				h1 = newH1Forwarder(fctx, &wg, "inbound", guard, gate, m, pm, appLimits, cfg.Log,
 					func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", app) },
 					func(error) string { return "the service behind this proxy did not answer" },
 					func(oe *upstream.OverloadError) string {
@@ -308,7 +322,8 @@ func Run(ctx context.Context, cfg Config) error {
 			wg.Go(func() { serveTCPOutbound(ctx, ln, out, dial, m, cfg.Log) })
 			continue
 		}
-		srv := newOutboundServer(out, clientCfg, netDialer, m, pm, peerLimits, errLog)
+		gate := newListenerGate(ctl, adm, am, "outbound", listener)
+		srv := newOutboundServer(out, clientCfg, netDialer, gate, m, pm, peerLimits, errLog)
 		if out.Exchange {
 			// Every request's token is exchanged: net/http serves them all.
 			srv.Handler = xchg.Handler(out.ID.String(), func(r authz.ExchangeResult) { m.exchanges.WithLabelValues(string(r)).Inc() }, srv.Handler)
@@ -321,7 +336,7 @@ func Run(ctx context.Context, cfg Config) error {
 		h1Cfg.NextProtos = []string{"http/1.1"}
 		dialer := &mtls.Dialer{Config: h1Cfg, Net: netDialer}
 		upstreamAddr := out.Upstream
-		h1 := newH1Forwarder(fctx, &wg, "outbound", nil, m, pm, peerLimits, cfg.Log,
+		h1 := newH1Forwarder(fctx, &wg, "outbound", nil, gate, m, pm, peerLimits, cfg.Log,
 			func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", upstreamAddr) },
 			func(err error) string {
 				return "upstream " + out.ID.String() + " unreachable or not who it should be: " + err.Error()
@@ -409,7 +424,7 @@ func appTransport(protocol string, l upstream.Limits, pm *poolMetrics) (*http.Tr
 	return t, "http", nil
 }
 
-func newInboundServer(in *Inbound, guard *authz.Guard, m *metrics, pm *poolMetrics, l upstream.Limits, errLog *log.Logger) (*http.Server, error) {
+func newInboundServer(in *Inbound, guard *authz.Guard, gate *listenerGate, m *metrics, pm *poolMetrics, l upstream.Limits, errLog *log.Logger) (*http.Server, error) {
 	t, scheme, err := appTransport(in.AppProtocol, l, pm)
 	if err != nil {
 		return nil, err
@@ -432,7 +447,7 @@ func newInboundServer(in *Inbound, guard *authz.Guard, m *metrics, pm *poolMetri
 		pr.Out.Trailer = nil
 	}
 	return &http.Server{
-		Handler:           m.instrument("inbound", guard.Middleware(rp)),
+		Handler:           m.instrument("inbound", gate.middleware(guard, guard.Middleware(rp))),
 		ReadHeaderTimeout: readHeaderTimeout,
 		MaxHeaderBytes:    64 << 10, // net/http's default is 1 MiB
 		IdleTimeout:       idleTimeout,
@@ -440,7 +455,7 @@ func newInboundServer(in *Inbound, guard *authz.Guard, m *metrics, pm *poolMetri
 	}, nil
 }
 
-func newOutboundServer(out Outbound, clientCfg *tls.Config, netDialer *net.Dialer, m *metrics, pm *poolMetrics, l upstream.Limits, errLog *log.Logger) *http.Server {
+func newOutboundServer(out Outbound, clientCfg *tls.Config, netDialer *net.Dialer, gate *listenerGate, m *metrics, pm *poolMetrics, l upstream.Limits, errLog *log.Logger) *http.Server {
 	t := upstream.Transport(l, true, handshakeBounded((&mtls.Dialer{Config: clientCfg, Net: netDialer}).DialContext), pm.dialed)
 	t.ForceAttemptHTTP2 = true
 	t.ResponseHeaderTimeout = responseHeaderTimeout
@@ -458,7 +473,7 @@ func newOutboundServer(out Outbound, clientCfg *tls.Config, netDialer *net.Diale
 	p.SetHTTP1(true)
 	p.SetUnencryptedHTTP2(true) // the app may speak h2c (gRPC)
 	return &http.Server{
-		Handler:           m.instrument("outbound", rp),
+		Handler:           m.instrument("outbound", gate.middleware(nil, rp)),
 		ReadHeaderTimeout: readHeaderTimeout,
 		MaxHeaderBytes:    64 << 10, // net/http's default is 1 MiB
 		IdleTimeout:       idleTimeout,
@@ -469,9 +484,9 @@ func newOutboundServer(out Outbound, clientCfg *tls.Config, netDialer *net.Diale
 
 // newH1Forwarder builds one listener's HTTP/1.1 forwarder (guard: nil
 // outbound) and runs its pool's reaper on wg until ctx ends.
-func newH1Forwarder(ctx context.Context, wg *sync.WaitGroup, direction string, guard *authz.Guard, m *metrics, pm *poolMetrics, l upstream.Limits, log *slog.Logger,
+func newH1Forwarder(ctx context.Context, wg *sync.WaitGroup, direction string, guard *authz.Guard, gate *listenerGate, m *metrics, pm *poolMetrics, l upstream.Limits, log *slog.Logger,
 	dial func(context.Context) (net.Conn, error), badGateway func(error) string, overloaded func(*upstream.OverloadError) string) *h1Forwarder {
-	f := &h1Forwarder{guard: guard, m: m.forDirection(direction), log: log, conns: newConnSet(),
+	f := &h1Forwarder{guard: guard, gate: gate, m: m.forDirection(direction), log: log, conns: newConnSet(),
 		pool: newPool(dial, l, pm), badGateway: badGateway, overloaded: overloaded}
 	wg.Go(func() { f.pool.reap(ctx, 30*time.Second) })
 	return f

@@ -78,7 +78,7 @@ func newQuarantinedInbound(t *testing.T) *quarantinedInbound {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", appAddr)
 		}, upstream.Limits{}, nil),
 		badGateway: func(err error) string { return err.Error() }}
-	h2srv, err := newInboundServer(&Inbound{App: appAddr}, guard, m, m.pool("inbound", "test"), upstream.Limits{}, log.New(io.Discard, "", 0))
+	h2srv, err := newInboundServer(&Inbound{App: appAddr}, guard, nil, m, m.pool("inbound", "test"), upstream.Limits{}, log.New(io.Discard, "", 0))
 	if err != nil {
 		t.Fatal(err)
 	}

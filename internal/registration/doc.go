@@ -9,8 +9,11 @@
 //     are one too many. A hint (at most MaxHintLen, printable) reaches the
 //     workload with its SVID; after ExpiresAt no SVID is signed for the
 //     entry, none is signed to outlive it, and it is no longer synced to
-//     its agent. Admin and Downstream are SPIRE's flags, stored and carried
-//     so registrations move over unchanged; they grant nothing here yet.
+//     its agent. Admin and Downstream are SPIRE's flags and grant what
+//     SPIRE's do, by SPIFFE ID, while the entry stands unexpired: the admin
+//     API's admin role (package operator) and downstream CAs (the
+//     server's POST /v1/ca/downstream); the server lets only callers
+//     holding the admin role write such entries or their SPIFFE IDs.
 //   - Batches (NewEntries, UpdateEntries, DeleteEntries, at most MaxBatch)
 //     apply every entry or none, in one store transaction; the first
 //     refused one is a BatchError naming its index ("entries[3]:

@@ -1,6 +1,7 @@
 package respond
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -107,7 +108,8 @@ func (a *API) fail(w http.ResponseWriter, err error) {
 		api.WriteProblem(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, approval.ErrSelfApproval), errors.Is(err, approval.ErrAnonymousApprover), errors.Is(err, approval.ErrNoRequester):
 		api.WriteProblem(w, http.StatusForbidden, err.Error())
-	case errors.Is(err, ErrNothingToApprove), errors.Is(err, ErrBusy), errors.Is(err, store.ErrConflict):
+	case errors.Is(err, ErrNothingToApprove), errors.Is(err, ErrBusy), errors.Is(err, store.ErrConflict),
+		errors.Is(err, ErrApprovalMismatch), errors.Is(err, ErrApprovalExpired):
 		api.WriteProblem(w, http.StatusConflict, err.Error())
 	case errors.As(err, &ye) && strings.HasPrefix(err.Error(), "respond: "):
 		api.WriteProblem(w, http.StatusBadRequest, err.Error())
@@ -311,14 +313,35 @@ func (a *API) HandleReport(w http.ResponseWriter, r *http.Request) {
 
 // HandleApprove grants the approval a run waits for ({ref}: a run ID, or
 // an incident with one waiting run). The approver is the caller; it must
-// not be whoever started the run.
+// not be whoever started the run. The body, optional, is an ApprovalRef:
+// the step and request the approver saw.
 func (a *API) HandleApprove(w http.ResponseWriter, r *http.Request) {
-	run, err := a.Service.Approve(r.Context(), r.PathValue("ref"), a.Actor(r))
+	want, ok := ReadApprovalRef(w, r)
+	if !ok {
+		return
+	}
+	run, err := a.Service.Approve(r.Context(), r.PathValue("ref"), want, a.Actor(r))
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
 	api.WriteJSON(w, http.StatusOK, run)
+}
+
+// ReadApprovalRef reads an approval's optional body: an ApprovalRef in
+// JSON, at most 4 KiB, unknown fields refused. false: it answered.
+func ReadApprovalRef(w http.ResponseWriter, r *http.Request) (ApprovalRef, bool) {
+	var want ApprovalRef
+	if r.ContentLength == 0 {
+		return want, true
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&want); err != nil && !errors.Is(err, io.EOF) {
+		api.WriteProblem(w, http.StatusBadRequest, "approval body: "+err.Error()+` (want {"step": NAME, "approval": ID}, both optional)`)
+		return want, false
+	}
+	return want, true
 }
 
 // HandleQuarantines lists the quarantines (?all=true: lifted ones too).

@@ -53,9 +53,11 @@ type Step struct {
 	Line     int
 }
 
-// Approval is who must approve a step.
+// Approval is who must approve a step, and for how long the request
+// stands (0: the server's default, DefaultApprovalTTL unless set).
 type Approval struct {
-	Role permission.Role
+	Role    permission.Role
+	Expires time.Duration
 }
 
 // Notice is a pre-written message for one scenario and audience.
@@ -352,7 +354,7 @@ func parseStep(n *yaml.Node, where string, p *Playbook) (Step, error) {
 		}
 	}
 	if v, ok := f["approval"]; ok {
-		af, err := yamlfields.Map(v, where+".approval", "role")
+		af, err := yamlfields.Map(v, where+".approval", "role", "expires")
 		if err != nil {
 			return st, fmt.Errorf("respond: %w", err)
 		}
@@ -372,6 +374,17 @@ func parseStep(n *yaml.Node, where string, p *Playbook) (Step, error) {
 			return st, errAt(rn, where+".approval.role", "role %s cannot approve (it does not hold %s)", role, permission.ApprovalGrant)
 		}
 		st.Approval = &Approval{Role: role}
+		if en, ok := af["expires"]; ok {
+			s, err := scalar(en, where+".approval.expires")
+			if err != nil {
+				return st, err
+			}
+			d, err := time.ParseDuration(s)
+			if err != nil || d < time.Minute || d > 7*24*time.Hour {
+				return st, errAt(en, where+".approval.expires", "%q: want a duration between 1m and 168h", s)
+			}
+			st.Approval.Expires = d
+		}
 	}
 	if st.Action == "notice" && st.Approval == nil {
 		return st, errAt(n, where+".approval", "required: a notice goes out only after an operator approves it (approval: {role: %s})", permission.Approver)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"slices"
@@ -42,13 +43,21 @@ type Scope struct {
 }
 
 // Access is calls to one service, method and path.
+//
+// Count and Bytes are what the entries say. Decisions are shipped by the
+// proxy or SDK service that made them: ReportedBy names it, and its
+// figures are its word (a compromised service can inflate or shrink what
+// it reports about calls to itself, never about calls to others: intake
+// takes from a service only decisions about itself). Sums saturate at
+// the largest int64 rather than wrap.
 type Access struct {
-	Service string `json:"service"`
-	Method  string `json:"method,omitempty"`
-	Path    string `json:"path,omitempty"`
-	Count   int64  `json:"count"`
-	Bytes   int64  `json:"bytes,omitempty"`
-	User    string `json:"user,omitempty"`
+	Service    string `json:"service"`
+	Method     string `json:"method,omitempty"`
+	Path       string `json:"path,omitempty"`
+	Count      int64  `json:"count"`
+	Bytes      int64  `json:"bytes,omitempty"`
+	User       string `json:"user,omitempty"`
+	ReportedBy string `json:"reported_by,omitempty"`
 }
 
 // TokenUse is tokens obtained by one grant for one audience.
@@ -84,6 +93,9 @@ type SVIDIssue struct {
 type Scoper struct {
 	Dir   string // the audit log
 	Index string // the index file ("": no index, every entry in the window is read)
+	// MaxIdentities bounds the identities the index names one by one (0:
+	// DefaultMaxIdentities); the rest share one list of blocks.
+	MaxIdentities int
 
 	mu  sync.Mutex
 	idx *scopeIndex
@@ -95,11 +107,28 @@ type Scoper struct {
 // before each question, and never trusted to say more than "this block
 // does not mention that identity" (a block it names is read and every
 // entry checked).
+//
+// The index is bounded: at most Scoper.MaxIdentities identities (and
+// none longer than maxIndexedIDLen) are indexed one by one; every other
+// identity's blocks go to Other, which every question also reads. A
+// shipper that invents identities by the thousand (red team: 20,000
+// made a 38.9 MB index) then makes questions slower, never the index
+// larger than the bound nor an answer incomplete.
 type scopeIndex struct {
-	N     int64              `json:"n"`     // entries indexed
-	Times [][2]int64         `json:"times"` // per block: min, max Unix ns
-	IDs   map[string][]int64 `json:"ids"`   // identity -> blocks, ascending
+	N     int64              `json:"n"`               // entries indexed
+	Times [][2]int64         `json:"times"`           // per block: min, max Unix ns
+	IDs   map[string][]int64 `json:"ids"`             // identity -> blocks, ascending
+	Other []int64            `json:"other,omitempty"` // blocks of identities not in IDs
+	max   int
 }
+
+// DefaultMaxIdentities bounds the identities a scope index names one by
+// one (Scoper.MaxIdentities 0).
+const DefaultMaxIdentities = 100_000
+
+// maxIndexedIDLen: longer identities (a SPIFFE ID may be 2,048 bytes)
+// are indexed under Other.
+const maxIndexedIDLen = 256
 
 // identities are the fields of an entry that name who acted or was
 // acted for.
@@ -120,7 +149,13 @@ func (x *scopeIndex) add(block int64, id string) {
 	if id == "" {
 		return
 	}
-	bs := x.IDs[id]
+	bs, ok := x.IDs[id]
+	if !ok && (len(x.IDs) >= x.max || len(id) > maxIndexedIDLen) {
+		if n := len(x.Other); n == 0 || x.Other[n-1] != block {
+			x.Other = append(x.Other, block)
+		}
+		return
+	}
 	if n := len(bs); n > 0 && bs[n-1] == block {
 		return
 	}
@@ -143,12 +178,16 @@ func (s *Scoper) update() (*scopeIndex, error) {
 		}
 	}
 	x := s.idx
+	x.max = s.MaxIdentities
+	if x.max <= 0 {
+		x.max = DefaultMaxIdentities
+	}
 	n, err := audit.Count(s.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("respond: scope: %w", err)
 	}
 	if n < x.N { // a different log: start over
-		*x = scopeIndex{IDs: map[string][]int64{}}
+		*x = scopeIndex{IDs: map[string][]int64{}, max: x.max}
 	}
 	if n == x.N {
 		return x, nil
@@ -200,6 +239,11 @@ func (x *scopeIndex) candidates(identity string, lo, hi int64) []int64 {
 		blocks = slices.Compact(blocks)
 	} else {
 		blocks = x.IDs[identity]
+	}
+	if len(x.Other) > 0 {
+		blocks = append(slices.Clone(blocks), x.Other...)
+		slices.Sort(blocks)
+		blocks = slices.Compact(blocks)
 	}
 	var out []int64
 	for _, k := range blocks {
@@ -314,8 +358,7 @@ func (a *accumulator) merge(b *accumulator) {
 	for _, pair := range [2][2]map[Access]*Access{{a.reached, b.reached}, {a.refused, b.refused}} {
 		for k, v := range pair[1] {
 			if p := pair[0][k]; p != nil {
-				p.Count += v.Count
-				p.Bytes += v.Bytes
+				p.Count, p.Bytes = sat(p.Count, v.Count), sat(p.Bytes, v.Bytes)
 			} else {
 				pair[0][k] = v
 			}
@@ -323,16 +366,14 @@ func (a *accumulator) merge(b *accumulator) {
 	}
 	for k, v := range b.tokens {
 		if p := a.tokens[k]; p != nil {
-			p.Count += v.Count
+			p.Count = sat(p.Count, v.Count)
 		} else {
 			a.tokens[k] = v
 		}
 	}
 	for k, v := range b.keys {
 		if p := a.keys[k]; p != nil {
-			p.Count += v.Count
-			p.Bytes += v.Bytes
-			p.Refused += v.Refused
+			p.Count, p.Bytes, p.Refused = sat(p.Count, v.Count), sat(p.Bytes, v.Bytes), sat(p.Refused, v.Refused)
 		} else {
 			a.keys[k] = v
 		}
@@ -367,9 +408,19 @@ func count(d map[string]string) int64 {
 	return 1
 }
 
+// num reads a non-negative figure (a negative or unreadable one is 0).
 func num(s string) int64 {
 	n, _ := strconv.ParseInt(s, 10, 64)
-	return n
+	return max(n, 0)
+}
+
+// sat adds two non-negative figures, saturating at the largest int64: a
+// shipped count near the limit must not wrap a report's total negative.
+func sat(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // scopeEntry is the part of an entry a scope reads: decoded without the
@@ -385,6 +436,7 @@ type scopeEntry struct {
 	Action  string            `json:"action"`
 	Target  string            `json:"target"`
 	Outcome string            `json:"outcome"`
+	Source  string            `json:"source"`
 	Details map[string]string `json:"details"`
 }
 
@@ -401,7 +453,7 @@ func (a *accumulator) add(b []byte) error {
 	d := e.Details
 	switch {
 	case e.Action == "authz.decision" && (a.is(e.Actor.SpiffeID) || a.is(e.Actor.User)):
-		k := Access{Service: e.Target, Method: d["method"], Path: d["path"]}
+		k := Access{Service: e.Target, Method: d["method"], Path: d["path"], ReportedBy: e.Source}
 		if !a.is(e.Actor.User) {
 			k.User = e.Actor.User
 		}
@@ -415,8 +467,7 @@ func (a *accumulator) add(b []byte) error {
 			p = &c
 			m[k] = p
 		}
-		p.Count += count(d)
-		p.Bytes += num(d["bytes"])
+		p.Count, p.Bytes = sat(p.Count, count(d)), sat(p.Bytes, num(d["bytes"]))
 		if k.User != "" {
 			a.users[k.User] = true
 		}
@@ -429,7 +480,7 @@ func (a *accumulator) add(b []byte) error {
 			p = &c
 			a.tokens[k] = p
 		}
-		p.Count++
+		p.Count = sat(p.Count, 1)
 		if k.User != "" && !a.is(k.User) {
 			a.users[k.User] = true
 		}
@@ -442,10 +493,9 @@ func (a *accumulator) add(b []byte) error {
 			a.keys[k] = p
 		}
 		if e.Outcome == audit.OutcomeSuccess {
-			p.Count++
-			p.Bytes += num(d["size"])
+			p.Count, p.Bytes = sat(p.Count, 1), sat(p.Bytes, num(d["size"]))
 		} else {
-			p.Refused++
+			p.Refused = sat(p.Refused, 1)
 		}
 	case e.Action == "svid.issue" && e.Outcome == audit.OutcomeSuccess && a.is(d["spiffe_id"]):
 		a.sc.SVIDs = append(a.sc.SVIDs, SVIDIssue{Time: e.Time.UTC(), SpiffeID: d["spiffe_id"], Serial: d["serial"], Agent: e.Actor.SpiffeID, Remote: d["remote"]})
@@ -501,7 +551,10 @@ func sortedAccess(m map[Access]*Access) []Access {
 		if x.Method != y.Method {
 			return x.Method < y.Method
 		}
-		return x.User < y.User
+		if x.User != y.User {
+			return x.User < y.User
+		}
+		return x.ReportedBy < y.ReportedBy
 	})
 	return out
 }
@@ -517,10 +570,11 @@ func (sc *Scope) Markdown() string {
 			b.WriteString("None.\n\n")
 			return
 		}
-		b.WriteString("| Service | Method | Path | Calls | Bytes | For user |\n|---|---|---|---|---|---|\n")
+		b.WriteString("| Service | Method | Path | Calls | Bytes | For user | Reported by |\n|---|---|---|---|---|---|---|\n")
 		for _, a := range as {
-			fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %s |\n", mdCell(a.Service), mdCell(a.Method), mdCell(a.Path), a.Count, a.Bytes, mdCell(a.User))
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %s | %s |\n", mdCell(a.Service), mdCell(a.Method), mdCell(a.Path), a.Count, a.Bytes, mdCell(a.User), mdCell(orDefault(a.ReportedBy, "-")))
 		}
+		b.WriteString("\nCalls and bytes are the figures the reporting proxy or service shipped.\n")
 		b.WriteString("\n")
 	}
 	table("Reached", sc.Reached)

@@ -2,12 +2,17 @@ package respond
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/respond/scopetest"
 )
 
@@ -152,5 +157,111 @@ func BenchmarkScopeWeek(b *testing.B) {
 		if _, err := s.Scope(scopetest.Victim, since, until); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// appendEntries appends es to the audit log in dir.
+func appendEntries(t *testing.T, dir string, es []*audit.Entry) {
+	t.Helper()
+	l, err := audit.OpenWith(dir, "example.org/audit", audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := l.AppendEntries(context.Background(), es...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func decision(at time.Time, actor, target, count, bytes string) *audit.Entry {
+	e := &audit.Entry{V: audit.SchemaVersion, Time: at, Action: "authz.decision", Target: target, Outcome: audit.OutcomeSuccess,
+		Source: target, Details: map[string]string{"method": "GET", "path": "/x"}}
+	e.Actor.SpiffeID = actor
+	if count != "" {
+		e.Details["count"] = count
+	}
+	if bytes != "" {
+		e.Details["bytes"] = bytes
+	}
+	return e
+}
+
+// A shipper inventing identities by the thousand cannot grow the index
+// past its bound, and an identity beyond the bound is still answered in
+// full (its blocks are read from the shared list).
+func TestScopeIndexBounded(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "audit")
+	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	since, until := start, start.Add(48*time.Hour)
+	truth, err := scopetest.Generate(context.Background(), logDir, scopetest.Options{Entries: 20_000, Start: start, Span: 24 * time.Hour, Seed: 3, Since: since, Until: until})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var forged []*audit.Entry
+	for i := range 2_000 {
+		forged = append(forged, decision(start.Add(25*time.Hour), fmt.Sprintf("spiffe://example.org/forged/%05d", i), "spiffe://example.org/evil", "", ""))
+	}
+	long := "spiffe://example.org/" + strings.Repeat("l", 600)
+	forged = append(forged, decision(start.Add(25*time.Hour), long, "spiffe://example.org/evil", "3", ""))
+	appendEntries(t, logDir, forged)
+
+	index := filepath.Join(dir, "scope-index.json")
+	s := &Scoper{Dir: logDir, Index: index, MaxIdentities: 100}
+	sc, err := s.Scope(scopetest.Victim, since, until)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, sc, truth)
+	if n := len(s.idx.IDs); n > 100 {
+		t.Errorf("the index names %d identities, bound 100", n)
+	}
+	if len(s.idx.Other) == 0 {
+		t.Error("identities beyond the bound were not kept in the shared list")
+	}
+	for _, id := range []string{"spiffe://example.org/forged/01999", long} {
+		got, err := s.Scope(id, since, until)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := int64(1)
+		if id == long {
+			want = 3
+		}
+		if len(got.Reached) != 1 || got.Reached[0].Count != want {
+			t.Errorf("%.40s… beyond the bound: %+v, want one access ×%d", id, got.Reached, want)
+		}
+	}
+	if _, err := (&Scoper{Dir: logDir, Index: index, MaxIdentities: 100}).Scope("spiffe://example.org/forged/01999", since, until); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Shipped figures are labelled with who reported them, and sums
+// saturate: two counts at the int64 limit do not wrap negative (red team:
+// an overflow showed a negative number of calls).
+func TestScopeShippedFiguresLabelledAndSaturated(t *testing.T) {
+	dir := t.TempDir()
+	at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	victim, target := "spiffe://example.org/victim", "spiffe://example.org/db"
+	huge := strconv.FormatInt(math.MaxInt64, 10)
+	appendEntries(t, dir, []*audit.Entry{
+		decision(at, victim, target, huge, huge),
+		decision(at.Add(time.Second), victim, target, huge, "-5"),
+		decision(at.Add(2*time.Second), victim, target, "-7", "10"),
+	})
+	sc, err := (&Scoper{Dir: dir}).Scope(victim, at, at.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sc.Reached) != 1 {
+		t.Fatalf("reached %+v", sc.Reached)
+	}
+	a := sc.Reached[0]
+	if a.Count != math.MaxInt64 || a.Bytes != math.MaxInt64 || a.ReportedBy != target {
+		t.Errorf("access %+v: want saturated figures reported by %s", a, target)
+	}
+	if md := sc.Markdown(); !strings.Contains(md, "Reported by") || !strings.Contains(md, target) || strings.Contains(md, "| -") {
+		t.Errorf("markdown does not say who reported the figures, or shows a negative one:\n%s", md)
 	}
 }

@@ -9,11 +9,14 @@ import (
 	"fmt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rampartsec/rampart/internal/approval"
@@ -40,8 +43,15 @@ type Config struct {
 	// steps and reports are refused).
 	Scoper *Scoper
 	Client *http.Client // webhooks and Slack (nil: a client with a 10 s timeout)
+	// AllowLocalWebhooks lets webhooks and Slack notices reach loopback
+	// and link-local addresses (refused by default; tests, single-host
+	// setups).
+	AllowLocalWebhooks bool
 	// SMTPTimeout bounds one SMTP exchange (0: 10 s).
 	SMTPTimeout time.Duration
+	// ApprovalTTL is how long a request for approval stands unless the
+	// step says (0: DefaultApprovalTTL).
+	ApprovalTTL time.Duration
 	Now         func() time.Time
 	Log         *slog.Logger
 }
@@ -89,9 +99,17 @@ func (s *Service) Run(ctx context.Context) error {
 	s.ctx = ctx
 	s.mu.Unlock()
 	s.interrupted(context.WithoutCancel(ctx))
-	<-ctx.Done()
-	s.wg.Wait()
-	return nil
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.wg.Wait()
+			return nil
+		case <-t.C:
+			s.ExpireApprovals(ctx)
+		}
+	}
 }
 
 // interrupted ends the runs a stop caught in the middle of a step: the
@@ -134,7 +152,35 @@ func (s *Service) client() *http.Client {
 	if s.cfg.Client != nil {
 		return s.cfg.Client
 	}
-	return &http.Client{Timeout: 10 * time.Second, CheckRedirect: noRedirects}
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if !s.cfg.AllowLocalWebhooks {
+		d.Control = refuseLocal
+	}
+	return &http.Client{Timeout: 10 * time.Second, CheckRedirect: noRedirects,
+		Transport: &http.Transport{DialContext: d.DialContext, TLSHandshakeTimeout: 10 * time.Second, ForceAttemptHTTP2: true}}
+}
+
+// refuseLocal stops a webhook from reaching this host or its link: a
+// playbook author (playbook.write) could otherwise make the server post
+// to its own admin API on loopback, to another local service, or to a
+// cloud metadata endpoint (169.254.169.254). It checks the address
+// dialled, after name resolution, so a name that resolves to loopback
+// (DNS rebinding) is refused too. Private (RFC 1918) addresses are
+// allowed: chat servers on the internal network are the usual receivers.
+func refuseLocal(network, address string, _ syscall.RawConn) error {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return fmt.Errorf("respond: webhook address %s: %w", address, err)
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() {
+		return fmt.Errorf("respond: webhook to %s refused: a loopback, link-local or unspecified address (the server's own host or link; rampart server --playbook-webhooks-local allows it)", address)
+	}
+	return nil
 }
 
 // noRedirects keeps webhooks where the playbook sent them: a receiver (or
@@ -275,6 +321,8 @@ type Run struct {
 	// ContainedAt is when the first quarantine step took effect (drills
 	// measure alert → containment).
 	ContainedAt time.Time `json:"contained_at,omitzero"`
+
+	rev int64 // the stored revision it was read at (saveRun: compare and swap)
 }
 
 // StepResult is what became of a step.
@@ -294,20 +342,32 @@ type StepResult struct {
 
 // ApprovalRecord is a step's approval: asked for, then granted.
 type ApprovalRecord struct {
+	// ID names this request for approval, and only it: an approval that
+	// names it cannot land on another step or on a later request.
+	ID          string      `json:"id,omitempty"`
 	Role        string      `json:"role"`
 	RequestedAt time.Time   `json:"requested_at"`
+	ExpiresAt   time.Time   `json:"expires_at,omitzero"`
 	GrantedBy   audit.Actor `json:"granted_by,omitzero"`
 	GrantedAt   time.Time   `json:"granted_at,omitzero"`
 }
 
+// saveRun writes r over the revision it was read at: a run another
+// writer changed since (a second approval, a sweep of expired approvals)
+// is not overwritten; the write fails with store.ErrConflict.
 func (s *Service) saveRun(ctx context.Context, r *Run) error {
 	r.UpdatedAt = s.cfg.Now()
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
-	return s.cfg.Store.PutRun(context.WithoutCancel(ctx), store.PlaybookRun{ID: r.ID, Playbook: r.Playbook, Version: r.Version, Incident: r.Incident,
-		State: r.State, StartedAt: r.StartedAt, UpdatedAt: r.UpdatedAt, Data: b})
+	rev, err := s.cfg.Store.PutRun(context.WithoutCancel(ctx), store.PlaybookRun{ID: r.ID, Playbook: r.Playbook, Version: r.Version, Incident: r.Incident,
+		State: r.State, StartedAt: r.StartedAt, UpdatedAt: r.UpdatedAt, Data: b, Revision: r.rev})
+	if err != nil {
+		return err
+	}
+	r.rev = rev
+	return nil
 }
 
 // GetRun returns a run.
@@ -324,6 +384,7 @@ func decodeRun(sr store.PlaybookRun) (*Run, error) {
 	if err := json.Unmarshal(sr.Data, &r); err != nil {
 		return nil, fmt.Errorf("respond: run %s: %w", sr.ID, err)
 	}
+	r.rev = sr.Revision
 	return &r, nil
 }
 
@@ -558,16 +619,30 @@ func (s *Service) advance(ctx context.Context, id string) error {
 			r.Next++
 			continue
 		}
-		if st.Approval != nil && (res.Approval == nil || res.Approval.GrantedAt.IsZero()) {
+		var stopped bool
+		switch {
+		case st.Approval != nil && res.Approval != nil && res.Approval.GrantedAt.IsZero() && s.expired(res.Approval):
+			// Nobody approved in time: the step fails (its on_failure
+			// says what follows); it never runs on a stale request.
+			now := s.cfg.Now()
+			res.Started, res.Ended = now, now
+			res.State, res.Error = StepFailed, fmt.Sprintf("approval expired: requested %s, nobody approved by %s",
+				res.Approval.RequestedAt.UTC().Format(time.RFC3339), res.Approval.ExpiresAt.UTC().Format(time.RFC3339))
+			s.record(ctx, Actor, "respond.approval_expired", r.Playbook, audit.OutcomeFailure, res.Error,
+				map[string]string{"run": r.ID, "step": st.Name, "approval": res.Approval.ID, "incident": r.Incident, "on_failure": st.OnFailure})
+		case st.Approval != nil && (res.Approval == nil || res.Approval.GrantedAt.IsZero()):
 			if res.Approval == nil {
-				res.Approval = &ApprovalRecord{Role: string(st.Approval.Role), RequestedAt: s.cfg.Now()}
+				now := s.cfg.Now()
+				res.Approval = &ApprovalRecord{ID: newID("apr-"), Role: string(st.Approval.Role), RequestedAt: now, ExpiresAt: now.Add(s.approvalTTL(st))}
 				s.record(ctx, Actor, "respond.approval_requested", r.Playbook, audit.OutcomeSuccess, "",
-					map[string]string{"run": r.ID, "step": st.Name, "role": string(st.Approval.Role), "incident": r.Incident, "started_by": actorString(r.StartedBy)})
+					map[string]string{"run": r.ID, "step": st.Name, "approval": res.Approval.ID, "role": string(st.Approval.Role),
+						"expires_at": res.Approval.ExpiresAt.UTC().Format(time.RFC3339), "incident": r.Incident, "started_by": actorString(r.StartedBy)})
 			}
 			res.State, r.State = StepWaiting, RunWaiting
 			return s.saveRun(ctx, r)
+		default:
+			stopped = s.runStep(ctx, r, st, res)
 		}
-		stopped := s.runStep(ctx, r, st, res)
 		if err := s.saveRun(ctx, r); err != nil {
 			return err
 		}
@@ -688,15 +763,39 @@ func (s *Service) runStep(ctx context.Context, r *Run, st Step, res *StepResult)
 // Approve grants the approval a run waits for (run: a run ID, or an
 // incident whose run waits). The approver must be a named party other
 // than whoever started the run (package approval): the two-person rule.
-func (s *Service) Approve(ctx context.Context, ref string, approver audit.Actor) (*Run, error) {
+//
+// want binds the approval to what the approver saw: the step's name and
+// the approval request's ID (either may be empty; the CLI sends both). An
+// approval for another step, or for an earlier request, is refused with
+// ErrApprovalMismatch; one after the request expired with
+// ErrApprovalExpired (and the step fails as its on_failure says). Two
+// approvals of one request: the first wins, the second gets
+// store.ErrConflict.
+func (s *Service) Approve(ctx context.Context, ref string, want ApprovalRef, approver audit.Actor) (*Run, error) {
 	r, err := s.waitingRun(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
 	res := &r.Steps[r.Next]
+	details := map[string]string{"run": r.ID, "step": res.Name, "incident": r.Incident, "started_by": actorString(r.StartedBy)}
+	if res.Approval != nil {
+		details["approval"] = res.Approval.ID
+	}
 	if err := approval.Check(r.StartedBy, approver); err != nil {
-		s.record(ctx, approver, "respond.approve", r.Playbook, audit.OutcomeDenied, err.Error(),
-			map[string]string{"run": r.ID, "step": res.Name, "incident": r.Incident, "started_by": actorString(r.StartedBy)})
+		s.record(ctx, approver, "respond.approve", r.Playbook, audit.OutcomeDenied, err.Error(), details)
+		return nil, err
+	}
+	if res.Approval == nil || !res.Approval.GrantedAt.IsZero() {
+		return nil, fmt.Errorf("%w: run %s step %s", ErrNothingToApprove, r.ID, res.Name)
+	}
+	if err := want.matches(res); err != nil {
+		s.record(ctx, approver, "respond.approve", r.Playbook, audit.OutcomeDenied, err.Error(), details)
+		return nil, err
+	}
+	if s.expired(res.Approval) {
+		err := fmt.Errorf("%w: step %s of run %s was to be approved by %s", ErrApprovalExpired, res.Name, r.ID, res.Approval.ExpiresAt.UTC().Format(time.RFC3339))
+		s.record(ctx, approver, "respond.approve", r.Playbook, audit.OutcomeDenied, err.Error(), details)
+		s.spawn(r.ID) // the step fails; the run goes on as on_failure says
 		return nil, err
 	}
 	res.Approval.GrantedBy, res.Approval.GrantedAt = approver, s.cfg.Now()
@@ -704,8 +803,8 @@ func (s *Service) Approve(ctx context.Context, ref string, approver audit.Actor)
 	if err := s.saveRun(ctx, r); err != nil {
 		return nil, err
 	}
-	s.record(ctx, approver, "respond.approve", r.Playbook, audit.OutcomeSuccess, "",
-		map[string]string{"run": r.ID, "step": res.Name, "role": res.Approval.Role, "incident": r.Incident, "started_by": actorString(r.StartedBy)})
+	details["role"] = res.Approval.Role
+	s.record(ctx, approver, "respond.approve", r.Playbook, audit.OutcomeSuccess, "", details)
 	if !s.spawn(r.ID) {
 		return nil, ErrBusy
 	}
@@ -714,6 +813,77 @@ func (s *Service) Approve(ctx context.Context, ref string, approver audit.Actor)
 
 // ErrNothingToApprove: no run waits for an approval there.
 var ErrNothingToApprove = errors.New("respond: nothing waits for an approval")
+
+// ErrApprovalMismatch: the approval names another step or request than
+// the one the run waits for (it moved on, or the approver looked at
+// another run).
+var ErrApprovalMismatch = errors.New("respond: the approval is not for the step the run waits for")
+
+// ErrApprovalExpired: the request for approval expired unanswered.
+var ErrApprovalExpired = errors.New("respond: the request for approval expired")
+
+// DefaultApprovalTTL is how long a request for approval stands when
+// neither the step (approval.expires) nor the server says.
+const DefaultApprovalTTL = 24 * time.Hour
+
+// ApprovalRef is what an approver approves: a step's name and the ID of
+// its request for approval (either may be empty: then it is not checked).
+type ApprovalRef struct {
+	Step     string `json:"step,omitempty"`
+	Approval string `json:"approval,omitempty"`
+}
+
+func (a ApprovalRef) matches(res *StepResult) error {
+	if a.Step != "" && a.Step != res.Name {
+		return fmt.Errorf("%w: you approved step %q; the run waits at step %q", ErrApprovalMismatch, a.Step, res.Name)
+	}
+	if a.Approval != "" && a.Approval != res.Approval.ID {
+		return fmt.Errorf("%w: you approved request %q; step %q waits on request %q", ErrApprovalMismatch, a.Approval, res.Name, res.Approval.ID)
+	}
+	return nil
+}
+
+func (s *Service) approvalTTL(st Step) time.Duration {
+	switch {
+	case st.Approval.Expires > 0:
+		return st.Approval.Expires
+	case s.cfg.ApprovalTTL > 0:
+		return s.cfg.ApprovalTTL
+	}
+	return DefaultApprovalTTL
+}
+
+// expired says whether a request for approval is past its expiry. A
+// request recorded before expiries existed expires DefaultApprovalTTL
+// after it was made.
+func (s *Service) expired(a *ApprovalRecord) bool {
+	exp := a.ExpiresAt
+	if exp.IsZero() {
+		exp = a.RequestedAt.Add(DefaultApprovalTTL)
+	}
+	return !s.cfg.Now().Before(exp)
+}
+
+// ExpireApprovals fails the steps whose requests for approval expired
+// unanswered (each run then goes on as the step's on_failure says). Run
+// calls it every minute; it returns how many runs it moved on.
+func (s *Service) ExpireApprovals(ctx context.Context) int {
+	runs, err := s.Runs(ctx, "")
+	if err != nil {
+		s.cfg.Log.Error("respond: listing runs for expired approvals failed", "err", err)
+		return 0
+	}
+	n := 0
+	for _, r := range runs {
+		if r.State != RunWaiting || r.Next >= len(r.Steps) {
+			continue
+		}
+		if a := r.Steps[r.Next].Approval; a != nil && a.GrantedAt.IsZero() && s.expired(a) && s.spawn(r.ID) {
+			n++
+		}
+	}
+	return n
+}
 
 func (s *Service) waitingRun(ctx context.Context, ref string) (*Run, error) {
 	if strings.HasPrefix(ref, "run-") {

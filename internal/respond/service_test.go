@@ -205,7 +205,7 @@ func TestApprovalIsASecondPerson(t *testing.T) {
 		{audit.Actor{User: "alice", SpiffeID: "spiffe://example.org/console"}, approval.ErrSelfApproval},
 		{audit.Actor{User: "admin"}, approval.ErrAnonymousApprover},
 	} {
-		if _, err := e.svc.Approve(ctx, r.ID, who.a); !errors.Is(err, who.want) {
+		if _, err := e.svc.Approve(ctx, r.ID, ApprovalRef{}, who.a); !errors.Is(err, who.want) {
 			t.Errorf("approval by %+v: %v, want %v", who.a, err, who.want)
 		}
 	}
@@ -215,7 +215,7 @@ func TestApprovalIsASecondPerson(t *testing.T) {
 	if !strings.Contains(strings.Join(e.actions(), " "), "respond.approve:denied") {
 		t.Errorf("refused approvals are not audited: %v", e.actions())
 	}
-	if _, err := e.svc.Approve(ctx, r.ID, audit.Actor{User: "bob"}); err != nil {
+	if _, err := e.svc.Approve(ctx, r.ID, ApprovalRef{}, audit.Actor{User: "bob"}); err != nil {
 		t.Fatal(err)
 	}
 	e.svc.Wait()
@@ -226,7 +226,7 @@ func TestApprovalIsASecondPerson(t *testing.T) {
 	if got := strings.Join(e.fx.list(), ";"); got != "disable_user mallory;revoke_client shop" {
 		t.Errorf("effects %q", got)
 	}
-	if _, err := e.svc.Approve(ctx, r.ID, audit.Actor{User: "carol"}); !errors.Is(err, ErrNothingToApprove) {
+	if _, err := e.svc.Approve(ctx, r.ID, ApprovalRef{}, audit.Actor{User: "carol"}); !errors.Is(err, ErrNothingToApprove) {
 		t.Errorf("a second approval of a finished run: %v", err)
 	}
 }
@@ -274,7 +274,7 @@ func TestAlertToNotice(t *testing.T) {
 	if len(mails()) != 0 {
 		t.Fatal("the notice went out before the approval")
 	}
-	if _, err := e.svc.Approve(ctx, runs[0].Incident, audit.Actor{User: "bob"}); err != nil {
+	if _, err := e.svc.Approve(ctx, runs[0].Incident, ApprovalRef{}, audit.Actor{User: "bob"}); err != nil {
 		t.Fatal(err)
 	}
 	e.svc.Wait()
@@ -441,7 +441,7 @@ func TestWebhookRedirectNotFollowed(t *testing.T) {
 		http.Redirect(w, r, target.URL+"/v1/internal-admin", http.StatusTemporaryRedirect)
 	}))
 	defer bouncer.Close()
-	c := (&Service{}).client()
+	c := (&Service{cfg: Config{AllowLocalWebhooks: true}}).client()
 	resp, err := c.Post(bouncer.URL, "application/json", strings.NewReader("{}"))
 	if err == nil {
 		resp.Body.Close()
@@ -454,5 +454,165 @@ func TestWebhookRedirectNotFollowed(t *testing.T) {
 func TestSlackEscape(t *testing.T) {
 	if got := slackEscape("key <!channel> <https://evil|ok> & co"); got != "key &lt;!channel&gt; &lt;https://evil|ok&gt; &amp; co" {
 		t.Fatalf("%q", got)
+	}
+}
+
+// An approval lands only on the step and request the approver saw: not on
+// another step, not on an earlier request of the run (red team: an
+// approval was bound to nothing and could approve whatever came next).
+func TestApprovalBoundToStepAndRequest(t *testing.T) {
+	e := newTestEnv(t)
+	e.put(t, "name: p\nsteps:\n  - name: one\n    action: disable_user\n    with: {user: mallory}\n    approval: {role: approver}\n"+
+		"  - name: two\n    action: revoke_client\n    with: {client: shop}\n    approval: {role: approver}\n")
+	r := e.run(t, "p", audit.Actor{User: "alice"}, nil)
+	ctx, bob := context.Background(), audit.Actor{User: "bob"}
+	first := r.Steps[0].Approval
+	if first == nil || !strings.HasPrefix(first.ID, "apr-") || first.ExpiresAt.Sub(first.RequestedAt) != DefaultApprovalTTL {
+		t.Fatalf("request for approval %+v", first)
+	}
+	for _, want := range []ApprovalRef{{Step: "two"}, {Approval: "apr-0000"}, {Step: "one", Approval: "apr-0000"}} {
+		if _, err := e.svc.Approve(ctx, r.ID, want, bob); !errors.Is(err, ErrApprovalMismatch) {
+			t.Errorf("approval %+v while the run waits at one: %v, want ErrApprovalMismatch", want, err)
+		}
+	}
+	if len(e.fx.list()) != 0 {
+		t.Fatalf("a mismatched approval let a step run: %v", e.fx.list())
+	}
+	if _, err := e.svc.Approve(ctx, r.ID, ApprovalRef{Step: "one", Approval: first.ID}, bob); err != nil {
+		t.Fatal(err)
+	}
+	e.svc.Wait()
+	r, _ = e.svc.GetRun(ctx, r.ID)
+	if r.Next != 1 || r.State != RunWaiting || r.Steps[1].Approval == nil || r.Steps[1].Approval.ID == first.ID {
+		t.Fatalf("after approving one: next %d %s %+v", r.Next, r.State, r.Steps[1].Approval)
+	}
+	// The first request's approval, sent again, does not approve two.
+	if _, err := e.svc.Approve(ctx, r.ID, ApprovalRef{Step: "one", Approval: first.ID}, bob); !errors.Is(err, ErrApprovalMismatch) {
+		t.Errorf("replayed approval of step one: %v", err)
+	}
+	if _, err := e.svc.Approve(ctx, r.ID, ApprovalRef{Step: "two", Approval: first.ID}, bob); !errors.Is(err, ErrApprovalMismatch) {
+		t.Errorf("step two approved with step one's request: %v", err)
+	}
+	if got := strings.Join(e.fx.list(), ";"); got != "disable_user mallory" {
+		t.Errorf("effects %q", got)
+	}
+}
+
+// A request for approval expires: after it, nobody can approve it, and
+// the step fails as its on_failure says, whether an approver or the sweep
+// notices first.
+func TestApprovalExpires(t *testing.T) {
+	for _, by := range []string{"approver", "sweep"} {
+		t.Run(by, func(t *testing.T) {
+			e := newTestEnv(t)
+			now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+			var mu sync.Mutex
+			e.svc.cfg.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+			e.put(t, "name: p\nsteps:\n  - name: one\n    action: disable_user\n    with: {user: mallory}\n    approval: {role: approver, expires: 1h}\n    on_failure: continue\n"+
+				"  - action: revoke_client\n    with: {client: shop}\n")
+			r := e.run(t, "p", audit.Actor{User: "alice"}, nil)
+			ctx := context.Background()
+			if got := r.Steps[0].Approval.ExpiresAt; !got.Equal(now.Add(time.Hour)) {
+				t.Fatalf("expires at %v", got)
+			}
+			if n := e.svc.ExpireApprovals(ctx); n != 0 {
+				t.Fatalf("the sweep moved %d runs before anything expired", n)
+			}
+			mu.Lock()
+			now = now.Add(time.Hour)
+			mu.Unlock()
+			if by == "approver" {
+				if _, err := e.svc.Approve(ctx, r.ID, ApprovalRef{}, audit.Actor{User: "bob"}); !errors.Is(err, ErrApprovalExpired) {
+					t.Fatalf("approval after expiry: %v", err)
+				}
+			} else if n := e.svc.ExpireApprovals(ctx); n != 1 {
+				t.Fatalf("the sweep moved %d runs, want 1", n)
+			}
+			e.svc.Wait()
+			r, _ = e.svc.GetRun(ctx, r.ID)
+			if r.Steps[0].State != StepFailed || !strings.Contains(r.Steps[0].Error, "approval expired") || r.State != RunFailed {
+				t.Fatalf("%s %+v", r.State, r.Steps[0])
+			}
+			if got := strings.Join(e.fx.list(), ";"); got != "revoke_client shop" {
+				t.Errorf("effects %q: the expired step must not run, the next one (on_failure: continue) must", got)
+			}
+			if !strings.Contains(strings.Join(e.actions(), " "), "respond.approval_expired:failure") {
+				t.Errorf("expiry not audited: %v", e.actions())
+			}
+		})
+	}
+}
+
+// Two approvers at once: one approval is granted, the other refused, the
+// step runs once (run-state writes are compare and swap).
+func TestConcurrentApprovalsOneWins(t *testing.T) {
+	e := newTestEnv(t)
+	e.put(t, "name: p\nsteps:\n  - action: disable_user\n    with: {user: mallory}\n    approval: {role: approver}\n")
+	r := e.run(t, "p", audit.Actor{User: "alice"}, nil)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var ok atomic.Int32
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := e.svc.Approve(ctx, r.ID, ApprovalRef{}, audit.Actor{User: "approver" + string(rune('a'+i))}); err == nil {
+				ok.Add(1)
+			} else {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	e.svc.Wait()
+	if ok.Load() != 1 {
+		t.Errorf("%d approvals granted, want exactly 1", ok.Load())
+	}
+	for err := range errs {
+		if !errors.Is(err, store.ErrConflict) && !errors.Is(err, ErrNothingToApprove) && !errors.Is(err, ErrBusy) {
+			t.Errorf("a losing approval: %v", err)
+		}
+	}
+	if got := e.fx.list(); len(got) != 1 {
+		t.Errorf("the step ran %d times: %v", len(got), got)
+	}
+}
+
+// A playbook's webhook cannot reach the server's own host or link: loopback
+// (the admin API), link-local (cloud metadata), unspecified, by address or
+// by a name that resolves there (red team, stop 31). A private address
+// passes the check (dialled, nothing listens in the test).
+func TestWebhookLocalAddressesRefused(t *testing.T) {
+	var hit atomic.Int32
+	local := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hit.Add(1) }))
+	defer local.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(local.URL, "http://"))
+	c := (&Service{}).client()
+	for _, u := range []string{local.URL, "http://localhost:" + port, "http://[::1]:" + port, "http://0.0.0.0:" + port,
+		"http://169.254.169.254/latest/meta-data/", "http://[::ffff:127.0.0.1]:" + port} {
+		resp, err := c.Post(u, "application/json", strings.NewReader("{}"))
+		if err == nil {
+			resp.Body.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "refused: a loopback, link-local or unspecified address") {
+			t.Errorf("webhook to %s: %v, want refused", u, err)
+		}
+	}
+	if hit.Load() != 0 {
+		t.Fatalf("a local receiver got %d webhooks", hit.Load())
+	}
+	if err := refuseLocal("tcp", "10.1.2.3:443", nil); err != nil {
+		t.Errorf("a private address refused: %v", err)
+	}
+	allowed := (&Service{cfg: Config{AllowLocalWebhooks: true}}).client()
+	resp, err := allowed.Post(local.URL, "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if hit.Load() != 1 {
+		t.Errorf("with AllowLocalWebhooks the local receiver got %d webhooks, want 1", hit.Load())
 	}
 }

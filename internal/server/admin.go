@@ -50,13 +50,17 @@ func (s *Server) handleCreateEntry(w http.ResponseWriter, r *http.Request) {
 	if !api.ReadJSON(w, r, &req) {
 		return
 	}
-	e, err := s.registrar.NewEntry(r.Context(), specFromAPI(req))
+	spec := specFromAPI(req)
+	if !s.mayWritePrivileged(w, r, []entryWrite{{spec: &spec}}) {
+		return
+	}
+	e, err := s.registrar.NewEntry(r.Context(), spec)
 	if err != nil {
 		s.registrationError(w, err)
 		return
 	}
 	s.notify(r.Context())
-	s.event(r, "entry.create", "entry_id", e.ID, "spiffe_id", e.SpiffeID, "parent_id", e.ParentID, "selectors", req.Selectors)
+	s.entryEvents(r, "entry.create", []store.Entry{e})
 	api.WriteJSON(w, http.StatusCreated, entryToAPI(e))
 }
 
@@ -130,6 +134,9 @@ func (s *Server) handleGetEntry(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleDeleteEntry(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	if !s.mayWritePrivileged(w, r, []entryWrite{{id: id}}) {
+		return
+	}
 	e, err := s.store.GetEntry(r.Context(), id)
 	if err == nil {
 		err = s.store.DeleteEntry(r.Context(), id)
@@ -153,7 +160,11 @@ func (s *Server) handleUpdateEntry(w http.ResponseWriter, r *http.Request) {
 		api.WriteProblem(w, http.StatusBadRequest, fmt.Sprintf("id: the body names entry %q, the path %q", req.ID, id))
 		return
 	}
-	es, err := s.registrar.UpdateEntries(r.Context(), s.store, []registration.EntryUpdate{{ID: id, Spec: specFromAPI(req)}})
+	spec := specFromAPI(req)
+	if !s.mayWritePrivileged(w, r, []entryWrite{{spec: &spec, id: id}}) {
+		return
+	}
+	es, err := s.registrar.UpdateEntries(r.Context(), s.store, []registration.EntryUpdate{{ID: id, Spec: spec}})
 	if err != nil {
 		var be *registration.BatchError
 		if errors.As(err, &be) {
@@ -198,6 +209,13 @@ func (s *Server) handleEntryBatch(op string) http.HandlerFunc {
 				}
 				specs[i] = specFromAPI(e)
 			}
+			writes := make([]entryWrite, len(specs))
+			for i := range specs {
+				writes[i] = entryWrite{spec: &specs[i]}
+			}
+			if !s.mayWritePrivileged(w, r, writes) {
+				return
+			}
 			es, err = s.registrar.NewEntries(r.Context(), s.store, specs)
 		case "update":
 			if len(req.IDs) > 0 {
@@ -212,10 +230,24 @@ func (s *Server) handleEntryBatch(op string) http.HandlerFunc {
 				}
 				ups[i] = registration.EntryUpdate{ID: e.ID, Spec: specFromAPI(e)}
 			}
+			writes := make([]entryWrite, len(ups))
+			for i := range ups {
+				writes[i] = entryWrite{spec: &ups[i].Spec, id: ups[i].ID}
+			}
+			if !s.mayWritePrivileged(w, r, writes) {
+				return
+			}
 			es, err = s.registrar.UpdateEntries(r.Context(), s.store, ups)
 		case "delete":
 			if len(req.Entries) > 0 {
 				api.WriteProblem(w, http.StatusBadRequest, "entries: not taken by a delete batch; give \"ids\"")
+				return
+			}
+			writes := make([]entryWrite, len(req.IDs))
+			for i, id := range req.IDs {
+				writes[i] = entryWrite{id: id}
+			}
+			if !s.mayWritePrivileged(w, r, writes) {
 				return
 			}
 			es, err = s.registrar.DeleteEntries(r.Context(), s.store, req.IDs)
@@ -240,7 +272,14 @@ func (s *Server) entryEvents(r *http.Request, event string, es []store.Entry) {
 		for j, sel := range e.Selectors {
 			sels[j] = sel.String()
 		}
-		out[i] = s.entry(r, event, audit.OutcomeSuccess, "", "entry_id", e.ID, "spiffe_id", e.SpiffeID, "parent_id", e.ParentID, "selectors", sels)
+		kv := []any{"entry_id", e.ID, "spiffe_id", e.SpiffeID, "parent_id", e.ParentID, "selectors", sels}
+		if e.Admin {
+			kv = append(kv, "admin", true)
+		}
+		if e.Downstream {
+			kv = append(kv, "downstream", true)
+		}
+		out[i] = s.entry(r, event, audit.OutcomeSuccess, "", kv...)
 	}
 	s.record(r.Context(), out...)
 }

@@ -120,8 +120,13 @@ func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 		api.WriteProblem(w, http.StatusInternalServerError, "cannot encode the JWT bundle")
 		return
 	}
+	fed, err := s.federatedBundles(r.Context())
+	if err != nil {
+		api.WriteProblem(w, http.StatusInternalServerError, "cannot read federated bundles")
+		return
+	}
 	out := api.SyncResponse{Revision: rev, Bundle: s.bundleDER(), JWTBundle: json.RawMessage(jwtBundle), Entries: []api.Entry{}, Revoked: []string{},
-		ReissueUnlessRoot: s.rekey.Reissuing()}
+		ReissueUnlessRoot: s.rekey.Reissuing(), FederatedBundles: fed}
 	now := s.now()
 	for _, e := range entries {
 		if registration.Expired(e, now) {

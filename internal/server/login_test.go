@@ -10,6 +10,7 @@ import (
 	"errors"
 	"html"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -346,6 +347,34 @@ func TestOperatorRefusals(t *testing.T) {
 			t.Fatalf("first use of a proof: %d %s", code, body)
 		}
 		refused("a replayed proof", "DPoP "+at, p)
+
+		// A proof made for another server (intercepted there), sent here
+		// with that server's Host so that htu matches: refused, the Host
+		// is not one of this server's names (red team, stop 31). The
+		// same request for a name of this server's (localhost) passes:
+		// only the host differs.
+		_, port, _ := net.SplitHostPort(strings.TrimPrefix(h.issuer(), "https://"))
+		for _, tc := range []struct {
+			host string
+			want int
+		}{{"admin.other.example:8443", http.StatusUnauthorized}, {"localhost:" + port, http.StatusOK}} {
+			p, err := dpop.NewProof(key, jose.ES256, "GET", "https://"+tc.host+"/v1/entries", at, "", h.clk.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			req, _ := http.NewRequest(http.MethodGet, h.issuer()+"/v1/entries", nil)
+			req.Host = tc.host
+			req.Header.Set("Authorization", "DPoP "+at)
+			req.Header.Set("DPoP", p)
+			resp, err := h.tlsHTTP().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Errorf("a proof for host %s: %d, want %d", tc.host, resp.StatusCode, tc.want)
+			}
+		}
 	})
 
 	t.Run("missing or replayed TOTP", func(t *testing.T) {

@@ -18,10 +18,14 @@ type metrics struct {
 	auditFailures     prometheus.Counter
 	requests          *prometheus.CounterVec
 	latency           *prometheus.HistogramVec
+	downstreamCAs     *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 	m := &metrics{
+		downstreamCAs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rampart_server_downstream_cas_total", Help: "Downstream CA requests (POST /v1/ca/downstream), by outcome (minted, refused, failed).",
+		}, []string{"outcome"}),
 		svidsIssued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_server_svids_issued_total", Help: "SVIDs signed, by kind (workload, agent, jwt, server).",
 		}, []string{"kind"}),
@@ -55,7 +59,7 @@ func newMetrics(reg *prometheus.Registry, ca *identity.CA) *metrics {
 		}, []string{"route"}),
 	}
 	reg.MustRegister(m.svidsIssued, m.issueFailures, m.attestations, m.renewals, m.handshakeFailures,
-		m.adminAuthFailures, m.revocations, m.auditFailures, m.requests, m.latency,
+		m.adminAuthFailures, m.downstreamCAs, m.revocations, m.auditFailures, m.requests, m.latency,
 		identity.ExpiryCollector{CA: ca}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/rampartsec/rampart/internal/keywrap"
 	"github.com/rampartsec/rampart/internal/oauth"
 )
@@ -35,6 +37,10 @@ func (s *Server) startOAuth(ctx context.Context, issuer string, wrapper *keywrap
 		DeviceInterval: s.cfg.OAuth.DeviceInterval,
 		Record:         s.record, Refusals: s.refusals, Changed: s.notify, Now: s.now, Log: s.log.With("component", "oauth"),
 		PeerCertificate: s.peerSVID, Registerer: s.reg,
+		Quarantined: func(id string) bool {
+			sid, err := spiffeid.FromString(id)
+			return err == nil && s.quarantine.Holds(sid)
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)

@@ -42,6 +42,9 @@ func operatorActor(r *http.Request) audit.Actor {
 // started with --admin-token=off.
 var errAdminTokenOff = errors.New("the admin token is turned off on this server (--admin-token=off); sign in with rampart login")
 
+// errQuarantined: a workload under quarantine called the admin API.
+var errQuarantined = errors.New("the workload is quarantined")
+
 // errWrongAdminToken: a bearer token that is neither the admin token nor
 // a JWT.
 var errWrongAdminToken = errors.New("missing or wrong admin token")
@@ -76,6 +79,11 @@ func (s *Server) authenticate(r *http.Request) (operator.Caller, error) {
 		id, err := s.verifyPeer(raw)
 		if err != nil {
 			return operator.Caller{}, err
+		}
+		// A quarantined workload holds nothing: neither a workload
+		// operator's roles nor an admin entry's.
+		if s.quarantine.Holds(id) {
+			return operator.Caller{}, fmt.Errorf("%w: %s", errQuarantined, id)
 		}
 		return s.operatorAuth.Workload(r.Context(), id)
 	}
@@ -114,6 +122,8 @@ func (s *Server) admin(p permission.Permission, h http.HandlerFunc) http.Handler
 				msg = "wrong admin token; " + need
 			case errors.Is(err, operator.ErrProof), errors.Is(err, operator.ErrNotBound):
 				msg = "an operator token is sent as Authorization: DPoP with a DPoP proof made by its key; " + need
+			case errors.Is(err, errQuarantined):
+				msg = "this workload is quarantined"
 			case r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && !tokenSent:
 				msg = "this SVID holds no role; " + need
 			default:

@@ -42,7 +42,7 @@ func (s *Server) newRespond(holder bool) error {
 		scoper = &respond.Scoper{Dir: filepath.Join(s.cfg.DataDir, "audit"), Index: filepath.Join(s.cfg.DataDir, "respond-scope-index.json")}
 	}
 	s.respond = respond.New(respond.Config{Store: rst, Scoper: scoper, Effects: respondEffects{s}, Append: s.appendAudit, Changed: s.notify,
-		KnownRule: func(name string) bool { return rules[name] }, Alert: s.store.GetAlert, Now: s.now, Log: s.log})
+		KnownRule: func(name string) bool { return rules[name] }, Alert: s.store.GetAlert, AllowLocalWebhooks: s.cfg.PlaybookWebhooksLocal, Now: s.now, Log: s.log})
 	s.respondAPI = &respond.API{Service: s.respond, Actor: s.actorOf, Log: s.log}
 	return nil
 }
@@ -59,10 +59,10 @@ func (s *Server) actorOf(r *http.Request) audit.Actor {
 // unlessQuarantined refuses a quarantined workload (403, recorded as a
 // refusal of action): a stolen identity, once contained, must not go on
 // decrypting through the key store while its SVIDs are still valid.
-func (s *Server) unlessQuarantined(action string, h http.HandlerFunc) http.HandlerFunc {
+func (s *Server) unlessQuarantined(action string, target func(*http.Request) string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if caller := agentFrom(r); !caller.IsZero() && s.quarantine.Holds(caller) {
-			s.refused(r, action, "caller quarantined", "target", "kms:"+r.PathValue("name"))
+			s.refused(r, action, "caller quarantined", "target", target(r))
 			api.WriteProblem(w, http.StatusForbidden, caller.String()+" is quarantined")
 			return
 		}
@@ -265,3 +265,6 @@ func (e respondEffects) RotateKey(ctx context.Context, kind, name string) (strin
 	}
 	return "", fmt.Errorf("unknown key kind %q", kind)
 }
+
+func kmsTarget(r *http.Request) string      { return "kms:" + r.PathValue("name") }
+func approvalTarget(r *http.Request) string { return r.PathValue("ref") }

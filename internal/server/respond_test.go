@@ -42,7 +42,16 @@ func TestWorkloadApprovals(t *testing.T) {
 	if run.State != respond.RunWaiting {
 		t.Fatalf("a refused approval moved the run: %s", run.State)
 	}
-	if err := h.client("", oncall).Do(ctx, http.MethodPost, "/v1/workload/approvals/"+run.ID, nil, nil); err != nil {
+	// The approval names what the approver saw: another step or another
+	// request is refused (409), a body that is not an ApprovalRef too (400).
+	err = h.client("", oncall).Do(ctx, http.MethodPost, "/v1/workload/approvals/"+run.ID, respond.ApprovalRef{Step: "not-this-one"}, nil)
+	wantStatus(t, err, http.StatusConflict, "waits at step")
+	err = h.client("", oncall).Do(ctx, http.MethodPost, "/v1/workload/approvals/"+run.ID, respond.ApprovalRef{Approval: "apr-forged"}, nil)
+	wantStatus(t, err, http.StatusConflict, "waits on request")
+	err = h.client("", oncall).Do(ctx, http.MethodPost, "/v1/workload/approvals/"+run.ID, map[string]string{"steps": "x"}, nil)
+	wantStatus(t, err, http.StatusBadRequest, "approval body")
+	want := respond.ApprovalRef{Step: run.Steps[0].Name, Approval: run.Steps[0].Approval.ID}
+	if err := h.client("", oncall).Do(ctx, http.MethodPost, "/v1/workload/approvals/"+run.ID, want, nil); err != nil {
 		t.Fatal(err)
 	}
 	for end := time.Now().Add(10 * time.Second); run.State != respond.RunSucceeded && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
@@ -186,5 +195,33 @@ steps:
 	}
 	if !strings.Contains(run.Steps[5].Result, "revoked 1 SVIDs of spiffe://example.org/batch/nightly") {
 		t.Errorf("revoke: %q (batchx is another identity)", run.Steps[5].Result)
+	}
+}
+
+// A quarantine takes away what a workload was lent: the roles of a workload
+// operator on the admin API, and the power to approve playbook steps
+// (red team, stop 31: only the key store checked quarantines). Lifted,
+// both come back.
+func TestQuarantinedWorkloadLosesRolesAndApprovals(t *testing.T) {
+	h := newHarnessWith(t, Config{DataDir: t.TempDir(), TrustDomain: td, Listen: "127.0.0.1:0", Approvers: []string{"spiffe://example.org/ci/*"}})
+	ctx := context.Background()
+	h.addOperator(api.OperatorCreate{Name: "spiffe://example.org/ci/*", Kind: "workload", Roles: []api.OperatorRole{{Role: "auditor"}}})
+	ci := h.client("", h.workloadCert("node-1", "spiffe://example.org/ci/deploy"))
+	if err := ci.Do(ctx, http.MethodGet, "/v1/entries", nil, nil); err != nil {
+		t.Fatalf("before the quarantine: %v", err)
+	}
+	quarantine := respond.QuarantineRequest{Identity: "spiffe://example.org/ci/deploy", Reason: "stolen, then re-keyed"}
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/quarantines", quarantine, nil); err != nil {
+		t.Fatal(err)
+	}
+	err := ci.Do(ctx, http.MethodGet, "/v1/entries", nil, nil)
+	wantStatus(t, err, http.StatusUnauthorized, "")
+	err = ci.Do(ctx, http.MethodPost, "/v1/workload/approvals/run-x", nil, nil)
+	wantStatus(t, err, http.StatusForbidden, "quarantined")
+	if err := h.admin.Do(ctx, http.MethodPost, "/v1/quarantines/lift", quarantine, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ci.Do(ctx, http.MethodGet, "/v1/entries", nil, nil); err != nil {
+		t.Fatalf("after the lift: %v", err)
 	}
 }

@@ -74,6 +74,7 @@ func (s *Server) routes() []Route {
 		route(AuthPublic, "GET /healthz", s.handleHealth, "liveness"),
 		route(AuthPublic, "GET /v1/bundle", s.handleBundle, "the X.509 trust bundle (PEM)"),
 		route(AuthPublic, "GET /v1/jwt-bundle", s.handleJWTBundle, "the JWT-SVID signing keys (JWK set)"),
+		route(AuthPublic, "GET /v1/federation/bundle", s.handleFederationBundle, "the trust domain's SPIFFE bundle (JWK set with x509-svid and jwt-svid keys, spiffe_sequence, spiffe_refresh_hint), as the bundle endpoint serves it"),
 		atHolder(route(AuthPublic, "GET "+witness.PathCheckpoint, s.handleCheckpoint, "the audit log's latest signed checkpoint (C2SP tlog-checkpoint)")),
 		atHolder(route(AuthPublic, "GET "+witness.PathConsistency, s.handleConsistency, "a consistency proof between two sizes of the audit log (RFC 6962)")),
 		// Metrics say what runs and how busy it is: not for anyone who
@@ -136,6 +137,12 @@ func (s *Server) routes() []Route {
 		admin("GET /v1/inventory", permission.InventoryRead, s.scan.HandleList, "what runs (?service= &host= &sha256= &vulnerable=true)"),
 		admin("GET /v1/netpol/view", permission.NetpolRead, s.netpol.HandleView, "the network view: where each service runs, its ports, the allowed edges, and what could not be placed"),
 
+		admin("POST /v1/federations", permission.FederationWrite, s.handleCreateFederation, "federate with another trust domain: its bundle endpoint (URL, https_spiffe with the endpoint's SPIFFE ID and a first bundle, or https_web)"),
+		admin("GET /v1/federations", permission.FederationRead, s.handleListFederations, "list federation relationships, the bundles held and the last refresh"),
+		admin("GET /v1/federations/{trust_domain}", permission.FederationRead, s.handleGetFederation, "read a federation relationship and the bundle held"),
+		admin("PUT /v1/federations/{trust_domain}", permission.FederationWrite, s.handleUpdateFederation, "change a relationship's endpoint; a bundle in the body replaces the one held"),
+		admin("DELETE /v1/federations/{trust_domain}", permission.FederationWrite, s.handleDeleteFederation, "end a federation: the trust domain's bundle is dropped everywhere"),
+
 		admin("POST /v1/operators", permission.OperatorWrite, s.operators.HandleCreate, "add an operator: an OAuth user, or a SPIFFE ID pattern of workloads, with roles"),
 		admin("GET /v1/operators", permission.OperatorRead, s.operators.HandleList, "list operators and their roles"),
 		admin("GET /v1/operator", permission.OperatorRead, s.operators.HandleGet, "read an operator (?name=)"),
@@ -176,12 +183,12 @@ func (s *Server) routes() []Route {
 		route(AuthAgent, "GET /v1/agent/netpol", s.netpol.HandleAgentTable, "the network policy table of the agent's host"),
 
 		route(AuthWorkload, "GET /v1/workload/sync", s.handleWorkloadSync, "the caller's policy, revocations, quarantines and token keys (long poll)"),
-		route(AuthWorkload, "POST /v1/workload/approvals/{ref}", s.handleWorkloadApprove, "approve a playbook step as a workload named by --approver (interim until operators' roles)"),
+		route(AuthWorkload, "POST /v1/workload/approvals/{ref}", s.unlessQuarantined("respond.approve", approvalTarget, s.handleWorkloadApprove), "approve a playbook step as a workload named by --approver (interim until operators' roles)"),
 		atHolder(route(AuthWorkload, "POST /v1/audit/ingest", s.handleIngest, "a batch of audit entries from a spool (package audit/intake)")),
 	}
 	// Key use: any SVID may ask; the key-use policy decides (kms.API.Use).
 	for _, op := range kms.Operations {
-		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.unlessQuarantined("kms."+op, s.kmsAPI.Use(op)), op+" with a key, as the key-use policy allows (never for a quarantined caller)"))
+		rs = append(rs, route(AuthWorkload, "POST /v1/kms/keys/{name}/"+op, s.unlessQuarantined("kms."+op, kmsTarget, s.kmsAPI.Use(op)), op+" with a key, as the key-use policy allows (never for a quarantined caller)"))
 	}
 	// ACME (nil when disabled): the protocol, and the operator's calls.
 	if s.acme != nil {
@@ -218,5 +225,9 @@ func (s *Server) routes() []Route {
 			rs = append(rs, rt)
 		}
 	}
+	// Downstream CAs (SPIRE's MintX509CA) for downstream entries' workloads.
+	rs = append(rs,
+		route(AuthWorkload, "POST /v1/ca/downstream", s.handleDownstream, "mint a CA certificate for a nested server, from a CSR, for a workload whose SPIFFE ID is a downstream entry's (off unless --downstream-max-ttl)"),
+	)
 	return rs
 }

@@ -83,6 +83,10 @@ type Config struct {
 	DefaultJWTTTL   time.Duration
 	AgentTTL        time.Duration
 	JoinTokenTTL    time.Duration
+	// DownstreamMaxTTL bounds the life of a downstream CA (POST
+	// /v1/ca/downstream, for workloads of downstream entries); 0: none
+	// is minted, and intermediates keep path length 0.
+	DownstreamMaxTTL time.Duration
 
 	// NodeAttestX509PoPCAs are PEM CA bundles a node certificate must
 	// chain to for x509pop node attestation (empty: x509pop is off).
@@ -98,6 +102,9 @@ type Config struct {
 	// /v1/workload/approvals/{ref}): an interim until operators' roles
 	// bind workloads to approval.grant on the admin routes.
 	Approvers []string
+	// PlaybookWebhooksLocal lets playbook webhooks and Slack notices reach
+	// loopback and link-local addresses (refused by default).
+	PlaybookWebhooksLocal bool
 
 	// AuditSegmentEntries is how many audit entries a sealed, compressed
 	// segment holds (0: audit.DefaultSegmentEntries).
@@ -129,6 +136,10 @@ type Config struct {
 	// publishes OIDC discovery for it (package oidcdiscovery): HTTPS, with
 	// a path. Empty: JWT-SVIDs carry no iss and no discovery is served.
 	JWTIssuer string
+
+	// Federation configures the bundle endpoint and the refreshing of
+	// other trust domains' bundles (federation.go).
+	Federation FederationConfig
 
 	Now func() time.Time
 	Log *slog.Logger
@@ -196,6 +207,8 @@ type Server struct {
 	peers *identity.Verifier   // callers' SVIDs
 
 	feed *feed // the store's revision, long polls' wake-up
+
+	fed *federationState // relationships with other trust domains
 }
 
 // New initialises (first start) or opens (restart) the data directory, the
@@ -286,7 +299,7 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	ca, err := identity.New(ctx, identity.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Wrapper: wrapper, Now: cfg.Now, Log: cfg.Log,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, JWTKeyTTL: cfg.JWTKeyTTL, Upstream: up,
-		JWTIssuer: cfg.JWTIssuer,
+		JWTIssuer: cfg.JWTIssuer, Downstream: cfg.DownstreamMaxTTL > 0,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -329,7 +342,8 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 			return err
 		}}
 	s.operatorAuth = &operator.Authenticator{Store: operatorStore{st, ops}, Now: cfg.Now, Verify: s.verifyOperatorToken,
-		DPoP: &dpop.Checker{Now: cfg.Now, Replay: operator.StoreReplay{Store: st, Quota: operator.DefaultProofQuota, Now: cfg.Now}}}
+		ServesHost: func(host string) bool { return s.cert.Serves(host) },
+		DPoP:       &dpop.Checker{Now: cfg.Now, Replay: operator.StoreReplay{Store: st, Quota: operator.DefaultProofQuota, Now: cfg.Now}}}
 	s.caMaint = &identity.Maintainer{CA: ca, Changed: s.notify, Now: cfg.Now, Log: cfg.Log, Registry: s.reg}
 	keys, err := kms.New(ctx, kms.Config{Store: st, Wrapper: wrapper, Now: cfg.Now})
 	if err != nil {
@@ -353,6 +367,9 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 	s.netpol = &netpolapi.API{Policies: st, Entries: st, Caller: agentFrom, Refused: s.refused, Now: cfg.Now, Log: cfg.Log}
 	if ns, ok := store.Netpol(st); ok {
 		s.netpol.Placements = ns
+	}
+	if err := s.newFederation(); err != nil {
+		return nil, err
 	}
 	if err := s.newRespond(cfg.AuditForwardTo == ""); err != nil {
 		return nil, err
@@ -527,14 +544,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // each owned by the package whose data it keeps.
 func (s *Server) loops() map[string]func(context.Context) error {
 	ls := map[string]func(context.Context) error{
-		"ca":       s.caMaint.Run,  // rotation schedule, expiry warnings
-		"oauth":    s.oauth.Run,    // signing keys, refused-login records
-		"kms":      s.kmsMaint.Run, // scheduled rotations and destructions
-		"rekey":    s.runRekey,     // a burn-down's waits
-		"refusals": s.refusals.Run, // aggregated refusals into the log
-		"prune":    s.prune,        // expired records out of the store
-		"sync":     s.pollRevision, // other replicas' changes
-		"respond":  s.respond.Run,  // playbook runs (waiting ones resume on approval)
+		"ca":         s.caMaint.Run,       // rotation schedule, expiry warnings
+		"oauth":      s.oauth.Run,         // signing keys, refused-login records
+		"kms":        s.kmsMaint.Run,      // scheduled rotations and destructions
+		"rekey":      s.runRekey,          // a burn-down's waits
+		"refusals":   s.refusals.Run,      // aggregated refusals into the log
+		"prune":      s.prune,             // expired records out of the store
+		"sync":       s.pollRevision,      // other replicas' changes
+		"respond":    s.respond.Run,       // playbook runs (waiting ones resume on approval)
+		"federation": s.fed.refresher.Run, // other trust domains' bundles
+	}
+	if s.cfg.Federation.Listen != "" {
+		ls["federation-endpoint"] = s.serveFederation // our bundle, for them
 	}
 	if s.keeper != nil { // the replica that keeps the audit log
 		ls["audit"] = s.keeper.Run    // checkpoints, seals, archive copies

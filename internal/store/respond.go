@@ -71,6 +71,10 @@ type PlaybookRun struct {
 	StartedAt time.Time
 	UpdatedAt time.Time
 	Data      []byte
+	// Revision counts the run's writes: PutRun writes only over the
+	// revision it was given (0: a new run), so two writers that read the
+	// same run cannot both write it (the second gets ErrConflict).
+	Revision int64
 }
 
 // RespondStore keeps playbooks, quarantines, incidents and runs.
@@ -103,7 +107,10 @@ type RespondStore interface {
 	AppendIncidentEvent(ctx context.Context, e IncidentEvent) (int64, error)
 	IncidentEvents(ctx context.Context, incident string) ([]IncidentEvent, error)
 
-	PutRun(ctx context.Context, r PlaybookRun) error
+	// PutRun writes r if the stored run is still at r.Revision (0: there
+	// is none yet) and returns the new revision; ErrConflict if another
+	// write came first.
+	PutRun(ctx context.Context, r PlaybookRun) (int64, error)
 	GetRun(ctx context.Context, id string) (PlaybookRun, error)
 	// ListRuns returns the runs of an incident ("" : all), oldest first.
 	ListRuns(ctx context.Context, incident string) ([]PlaybookRun, error)
@@ -439,26 +446,42 @@ func (s *sqlStore) IncidentEvents(ctx context.Context, incident string) ([]Incid
 	return out, rows.Err()
 }
 
-// PutRun inserts or replaces a run.
-func (s *sqlStore) PutRun(ctx context.Context, r PlaybookRun) error {
+// PutRun inserts a run (r.Revision 0) or replaces the one at r.Revision,
+// in one conditional statement: compare and swap.
+func (s *sqlStore) PutRun(ctx context.Context, r PlaybookRun) (int64, error) {
 	if err := checkTimes(r.StartedAt, r.UpdatedAt); err != nil {
-		return err
+		return 0, err
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO respond_runs (id, playbook, version, incident, state, started_at, updated_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (id) DO UPDATE SET incident = excluded.incident, state = excluded.state, updated_at = excluded.updated_at, data = excluded.data`),
-		r.ID, r.Playbook, r.Version, r.Incident, r.State, ns(r.StartedAt), ns(r.UpdatedAt), nonNilBytes(r.Data))
+	var (
+		res sql.Result
+		err error
+	)
+	if r.Revision == 0 {
+		res, err = s.db.ExecContext(ctx, s.q(`INSERT INTO respond_runs (id, playbook, version, incident, state, started_at, updated_at, data, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)
+			ON CONFLICT (id) DO NOTHING`),
+			r.ID, r.Playbook, r.Version, r.Incident, r.State, ns(r.StartedAt), ns(r.UpdatedAt), nonNilBytes(r.Data))
+	} else {
+		res, err = s.db.ExecContext(ctx, s.q(`UPDATE respond_runs SET incident = ?, state = ?, updated_at = ?, data = ?, revision = revision + 1
+			WHERE id = ? AND revision = ?`),
+			r.Incident, r.State, ns(r.UpdatedAt), nonNilBytes(r.Data), r.ID, r.Revision)
+	}
 	if err != nil {
-		return fmt.Errorf("store: put run: %w", err)
+		return 0, fmt.Errorf("store: put run: %w", err)
 	}
-	return nil
+	if n, err := res.RowsAffected(); err != nil {
+		return 0, fmt.Errorf("store: put run: %w", err)
+	} else if n == 0 {
+		return 0, fmt.Errorf("%w: run %s changed since it was read (revision %d)", ErrConflict, r.ID, r.Revision)
+	}
+	return r.Revision + 1, nil
 }
 
-const runCols = `id, playbook, version, incident, state, started_at, updated_at, data`
+const runCols = `id, playbook, version, incident, state, started_at, updated_at, data, revision`
 
 func scanRun(sc interface{ Scan(...any) error }) (PlaybookRun, error) {
 	var r PlaybookRun
 	var st, up int64
-	err := sc.Scan(&r.ID, &r.Playbook, &r.Version, &r.Incident, &r.State, &st, &up, &r.Data)
+	err := sc.Scan(&r.ID, &r.Playbook, &r.Version, &r.Incident, &r.State, &st, &up, &r.Data, &r.Revision)
 	r.StartedAt, r.UpdatedAt = fromNS(st), fromNS(up)
 	return r, err
 }

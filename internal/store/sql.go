@@ -274,6 +274,13 @@ func (d dialect) migrations() [][]string {
 			`ALTER TABLE entries ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0`,
 			`CREATE INDEX entries_spiffe_id ON entries (spiffe_id)`,
 		},
+		// Playbook runs are written compare-and-swap (respond.go).
+		{
+			`ALTER TABLE respond_runs ADD COLUMN revision BIGINT NOT NULL DEFAULT 1`,
+		},
+		// Federation relationships and the bundles of other trust
+		// domains (federation.go).
+		d.federationMigration(),
 		// Node attestation challenges: x509pop and tpm (attest.go).
 		d.attestMigration(),
 	}

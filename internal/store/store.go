@@ -287,8 +287,9 @@ type Entry struct {
 	JWTTTL    time.Duration // 0: server default
 	DNSNames  []string
 	CreatedAt time.Time
-	// Admin and Downstream are SPIRE's flags, kept so entries move over
-	// unchanged; see registration's doc for what they grant here.
+	// Admin and Downstream are SPIRE's flags: the admin API's admin role
+	// and downstream CAs for the workload of the entry's SPIFFE ID (see
+	// registration's doc).
 	Admin, Downstream bool
 	// Hint tells a workload holding several SVIDs which is which (the
 	// Workload API's hint field).

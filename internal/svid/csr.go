@@ -30,7 +30,7 @@ func CheckCSR(der []byte, want spiffeid.ID) (crypto.PublicKey, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("svid: csr: signature does not verify (no proof of possession): %w", err)
 	}
-	if err := checkKey(csr.PublicKey); err != nil {
+	if err := CheckKey(csr.PublicKey); err != nil {
 		return nil, err
 	}
 	switch len(csr.URIs) {
@@ -81,7 +81,8 @@ func CheckCSR(der []byte, want spiffeid.ID) (crypto.PublicKey, error) {
 	return csr.PublicKey, nil
 }
 
-func checkKey(pub crypto.PublicKey) error {
+// CheckKey refuses key types and sizes SVIDs and CAs may not have.
+func CheckKey(pub crypto.PublicKey) error {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {

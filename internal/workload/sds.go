@@ -19,6 +19,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -85,7 +86,34 @@ func supportsSPIFFEValidator(n *corev3.Node) bool {
 // isBundleName reports whether name asks for a bundle, which is public
 // (FetchX509Bundles gives it to anyone on the socket).
 func isBundleName(snap *Snapshot, name string) bool {
-	return name == SDSRootCA || name == SDSAllBundles || name == snap.TrustDomain.IDString()
+	return name == SDSRootCA || name == SDSAllBundles || name == snap.TrustDomain.IDString() || snap.federated(name) != nil
+}
+
+// federated returns the federated bundle whose trust domain ID is name.
+func (snap *Snapshot) federated(name string) *FederatedBundle {
+	for i := range snap.Federated {
+		if snap.Federated[i].TrustDomain.IDString() == name {
+			return &snap.Federated[i]
+		}
+	}
+	return nil
+}
+
+// tdRoots is one trust domain's roots, for a validation context.
+type tdRoots struct {
+	td    spiffeid.TrustDomain
+	roots []*x509.Certificate
+}
+
+func own(snap *Snapshot) []tdRoots { return []tdRoots{{snap.TrustDomain, snap.Bundle}} }
+
+// everyBundle is ours and every federated one.
+func everyBundle(snap *Snapshot) []tdRoots {
+	out := own(snap)
+	for _, f := range snap.Federated {
+		out = append(out, tdRoots{f.TrustDomain, f.X509})
+	}
+	return out
 }
 
 // resolve returns the secrets r names, for the caller of ctx. Naming an
@@ -110,7 +138,10 @@ func (d *sds) resolve(ctx context.Context, snap *Snapshot, r sdsRequest, method 
 	}
 	var out []*tlsv3.Secret
 	if wildcard {
-		out = append(out, d.validationContext(snap, snap.TrustDomain.IDString(), r.spiffeValidator))
+		out = append(out, d.validationContext(snap.TrustDomain.IDString(), own(snap), r.spiffeValidator))
+		for _, f := range snap.Federated {
+			out = append(out, d.validationContext(f.TrustDomain.IDString(), []tdRoots{{f.TrustDomain, f.X509}}, r.spiffeValidator))
+		}
 		seen := map[string]bool{}
 		for _, id := range ids {
 			if name := id.SpiffeID.String(); !seen[name] {
@@ -124,9 +155,14 @@ func (d *sds) resolve(ctx context.Context, snap *Snapshot, r sdsRequest, method 
 	for _, name := range r.names {
 		switch {
 		case name == SDSRootCA, name == snap.TrustDomain.IDString():
-			out = append(out, d.validationContext(snap, name, r.spiffeValidator))
+			out = append(out, d.validationContext(name, own(snap), r.spiffeValidator))
 		case name == SDSAllBundles:
-			out = append(out, d.validationContext(snap, name, true))
+			// SPIRE's "ALL": one SPIFFE validator holding every trust
+			// domain, each checked against its own roots only.
+			out = append(out, d.validationContext(name, everyBundle(snap), true))
+		case snap.federated(name) != nil:
+			f := snap.federated(name)
+			out = append(out, d.validationContext(name, []tdRoots{{f.TrustDomain, f.X509}}, r.spiffeValidator))
 		case name == SDSDefaultSVID:
 			out = append(out, tlsCertificate(name, ids[0]))
 		default:
@@ -149,21 +185,22 @@ func (d *sds) resolve(ctx context.Context, snap *Snapshot, r sdsRequest, method 
 	return out, nil
 }
 
-// validationContext is the trust domain's bundle under name: for Envoy
-// 1.18 and later as a SPIFFE certificate validator (which checks that a
-// peer's SPIFFE ID is of the trust domain whose roots signed it), for
-// older clients as plain trusted CAs.
-func (d *sds) validationContext(snap *Snapshot, name string, spiffe bool) *tlsv3.Secret {
-	roots := pemCerts(snap.Bundle)
+// validationContext is the bundles of tds under name: for Envoy 1.18 and
+// later as a SPIFFE certificate validator (which checks that a peer's
+// SPIFFE ID is of the trust domain whose roots signed it), for older
+// clients as plain trusted CAs (which cannot say which roots vouch for
+// which trust domain: only ever one trust domain's).
+func (d *sds) validationContext(name string, tds []tdRoots, spiffe bool) *tlsv3.Secret {
 	vc := &tlsv3.CertificateValidationContext{}
 	if spiffe {
-		cfg, _ := anypb.New(&tlsv3.SPIFFECertValidatorConfig{TrustDomains: []*tlsv3.SPIFFECertValidatorConfig_TrustDomain{{
-			Name:        snap.TrustDomain.Name(),
-			TrustBundle: inline(roots),
-		}}})
+		var v []*tlsv3.SPIFFECertValidatorConfig_TrustDomain
+		for _, t := range tds {
+			v = append(v, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{Name: t.td.Name(), TrustBundle: inline(pemCerts(t.roots))})
+		}
+		cfg, _ := anypb.New(&tlsv3.SPIFFECertValidatorConfig{TrustDomains: v})
 		vc.CustomValidatorConfig = &corev3.TypedExtensionConfig{Name: "envoy.tls.cert_validator.spiffe", TypedConfig: cfg}
 	} else {
-		vc.TrustedCa = inline(roots)
+		vc.TrustedCa = inline(pemCerts(tds[0].roots))
 	}
 	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc}}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"path/filepath"
 	"slices"
@@ -49,6 +50,29 @@ type Snapshot struct {
 	// Unminted are the entries the agent may serve but holds no valid SVID
 	// for (Chain and Key nil): a Minter mints them on first request.
 	Unminted []Identity
+	// Federated are the bundles of the trust domains this one federates
+	// with, ordered by trust domain name (package federation).
+	Federated []FederatedBundle
+}
+
+// FederatedBundle is another trust domain's bundle.
+type FederatedBundle struct {
+	TrustDomain spiffeid.TrustDomain
+	X509        []*x509.Certificate
+	JWT         []byte // JWKS
+}
+
+// federatedX509 is the federated bundles as the Workload API carries
+// them: concatenated DER by trust domain ID; nil when there are none.
+func (snap *Snapshot) federatedX509() map[string][]byte {
+	if len(snap.Federated) == 0 {
+		return nil
+	}
+	out := make(map[string][]byte, len(snap.Federated))
+	for _, f := range snap.Federated {
+		out[f.TrustDomain.IDString()] = concatDER(f.X509)
+	}
+	return out
 }
 
 // Source is what the Workload API serves from; the agent implements it.
@@ -286,7 +310,9 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 
 func x509Response(snap *Snapshot, ids []Identity) (*workload.X509SVIDResponse, error) {
 	bundle := concatDER(snap.Bundle)
-	resp := &workload.X509SVIDResponse{}
+	// SPIFFE Workload API: federated_bundles, the CA certificates of
+	// trust domains the workload may trust besides its own.
+	resp := &workload.X509SVIDResponse{FederatedBundles: snap.federatedX509()}
 	for _, id := range ids {
 		key, err := x509.MarshalPKCS8PrivateKey(id.Key)
 		if err != nil {
@@ -309,6 +335,22 @@ func fingerprint(resp *workload.X509SVIDResponse) []byte {
 		b.Write(s.X509Svid)
 		b.Write(s.Bundle)
 	}
+	for _, td := range slices.Sorted(maps.Keys(resp.FederatedBundles)) {
+		b.WriteString("\x00" + td + "\x00")
+		b.Write(resp.FederatedBundles[td])
+	}
+	return b.Bytes()
+}
+
+// bundlesFingerprint identifies a map of bundles, so an unchanged one is
+// not resent.
+func bundlesFingerprint(bundles map[string][]byte) []byte {
+	var b bytes.Buffer
+	for _, td := range slices.Sorted(maps.Keys(bundles)) {
+		b.WriteString(td + "\x00")
+		b.Write(bundles[td])
+		b.WriteString("\x00")
+	}
 	return b.Bytes()
 }
 
@@ -325,9 +367,10 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.Se
 	var last []byte
 	for {
 		snap, changed := s.src.Snapshot()
-		b := concatDER(snap.Bundle)
-		if !bytes.Equal(b, last) {
-			if err := stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{snap.TrustDomain.IDString(): b}}); err != nil {
+		bundles := map[string][]byte{snap.TrustDomain.IDString(): concatDER(snap.Bundle)}
+		maps.Copy(bundles, snap.federatedX509())
+		if b := bundlesFingerprint(bundles); !bytes.Equal(b, last) {
+			if err := stream.Send(&workload.X509BundlesResponse{Bundles: bundles}); err != nil {
 				return err
 			}
 			last = b
@@ -381,11 +424,17 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 	var last []byte
 	for {
 		snap, changed := s.src.Snapshot()
-		if !bytes.Equal(snap.JWTBundle, last) {
-			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{snap.TrustDomain.IDString(): snap.JWTBundle}}); err != nil {
+		bundles := map[string][]byte{snap.TrustDomain.IDString(): snap.JWTBundle}
+		for _, f := range snap.Federated {
+			if f.JWT != nil {
+				bundles[f.TrustDomain.IDString()] = f.JWT
+			}
+		}
+		if b := bundlesFingerprint(bundles); !bytes.Equal(b, last) {
+			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: bundles}); err != nil {
 				return err
 			}
-			last = snap.JWTBundle
+			last = b
 		}
 		select {
 		case <-changed:
@@ -407,7 +456,16 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, "JWT bundle unavailable")
 	}
-	sv, err := jwtsvid.ParseAndValidate(req.Svid, bundle, []string{req.Audience})
+	// A JWT-SVID of a federated trust domain is checked with that trust
+	// domain's keys, never with ours (jwtsvid picks by the token's
+	// subject).
+	set := jwtbundle.NewSet(bundle)
+	for _, f := range snap.Federated {
+		if fb, err := jwtbundle.Parse(f.TrustDomain, f.JWT); err == nil && f.JWT != nil {
+			set.Add(fb)
+		}
+	}
+	sv, err := jwtsvid.ParseAndValidate(req.Svid, set, []string{req.Audience})
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

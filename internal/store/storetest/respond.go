@@ -98,9 +98,23 @@ func testRespond(t *testing.T, h harness) {
 		t.Errorf("events %+v", evs)
 	}
 	r := store.PlaybookRun{ID: "run-1", Playbook: "contain", Version: 1, State: "running", StartedAt: at(8), UpdatedAt: at(8), Data: []byte(`{"a":1}`)}
-	must(t, rs.PutRun(ctx, r))
+	runRev, err := rs.PutRun(ctx, r)
+	must(t, err)
+	if _, err := rs.PutRun(ctx, r); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("a second new run of the same ID: %v, want ErrConflict", err)
+	}
+	r.Revision = runRev
+	stale := r
 	r.State, r.Incident, r.UpdatedAt = "succeeded", "inc-1", at(9)
-	must(t, rs.PutRun(ctx, r))
+	runRev, err = rs.PutRun(ctx, r)
+	must(t, err)
+	// A writer that read the run before that write cannot write over it
+	// (two approvals of one step, a run advanced elsewhere).
+	stale.State = "failed"
+	if _, err := rs.PutRun(ctx, stale); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("a write at a stale revision: %v, want ErrConflict", err)
+	}
+	r.Revision = runRev
 	gotRun, err := rs.GetRun(ctx, "run-1")
 	must(t, err)
 	wantEqual(t, "run", gotRun, r)
