@@ -14,6 +14,7 @@ import (
 
 	"github.com/rampartsec/rampart/internal/agent"
 	"github.com/rampartsec/rampart/internal/api"
+	"github.com/rampartsec/rampart/internal/kubelet"
 	"github.com/rampartsec/rampart/internal/workload/endpoint"
 )
 
@@ -24,10 +25,14 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 			return runAgentAdmin(ctx, env, args)
 		}
 	}
-	fs := newFlags(env, "agent", "rampart agent --server ADDR --ca-bundle FILE --join-token-file FILE [--socket PATH] --data DIR\n       rampart agent list|show NAME|evict NAME [--json]")
+	fs := newFlags(env, "agent", "rampart agent --server ADDR --ca-bundle FILE [--join-token-file FILE | --attest=x509pop --x509pop-cert FILE --x509pop-key FILE | --attest=tpm [--tpm DEV|tcp:HOST:PORT]] [--socket PATH] --data DIR\n       rampart agent list|show NAME|evict NAME [--json]")
 	var cfg agent.Config
 	var td, logLevel, logFormat, metricsAddr string
 	fs.StringVar(&cfg.ServerAddr, "server", "127.0.0.1:8443", "server API address (host:port)")
+	fs.StringVar(&cfg.Attest, "attest", agent.AttestJoinToken, "how the agent proves its node when it has no valid SVID: join-token, x509pop or tpm")
+	fs.StringVar(&cfg.TPM, "tpm", agent.DefaultTPM, "the TPM 2.0 for --attest=tpm: a device, or tcp:HOST:PORT (swtpm)")
+	fs.StringVar(&cfg.X509PoPCertFile, "x509pop-cert", "", "the node's certificate chain, PEM, leaf first (--attest=x509pop)")
+	fs.StringVar(&cfg.X509PoPKeyFile, "x509pop-key", "", "the node certificate's private key, PEM, mode 0600 (--attest=x509pop)")
 	join := addSecretFlag(fs, "join-token", "the one-time join token", "; read only when the agent has no valid SVID")
 	fs.StringVar(&cfg.BundleFile, "ca-bundle", "", "the server's bundle.pem (only for the first start)")
 	fs.StringVar(&cfg.SocketPath, "socket", "", "Workload API unix socket (default "+endpoint.SystemDir+"/"+endpoint.SocketName+" as root, $XDG_RUNTIME_DIR/rampart/"+endpoint.SocketName+" otherwise); its directory must be the agent's alone")
@@ -40,6 +45,12 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&cfg.Netpol, "netpol", "off", "the host's network policy (rampart netpol): off, report (count what would be dropped) or enforce (nftables, needs CAP_NET_ADMIN; removed on exit)")
 	fs.DurationVar(&cfg.NetpolInterval, "netpol-interval", 2*time.Second, "how often the host's network policy table is refreshed from the server")
 	fs.StringVar(&cfg.NetpolNetNS, "netpol-netns", "", "manage the firewall of this network namespace (e.g. /var/run/netns/NAME) rather than the agent's own")
+	k8s := fs.Bool("k8s", false, "ask the node's kubelet for the k8s:* selectors of callers in a pod's container")
+	var kc kubelet.Config
+	fs.StringVar(&kc.URL, "kubelet-url", kubelet.DefaultURL, "the kubelet's HTTPS base URL (with --k8s)")
+	fs.StringVar(&kc.CAFile, "kubelet-ca", "", "PEM CA certificates the kubelet's serving certificate must chain to (required with --k8s)")
+	fs.StringVar(&kc.ServerName, "kubelet-server-name", "", "name to check the kubelet's certificate for (default: the URL's host)")
+	fs.StringVar(&kc.TokenFile, "kubelet-token-file", kubelet.DefaultTokenFile, "bearer token for the kubelet, re-read at every request (with --k8s)")
 	exempt := fs.String("netpol-exempt-ports", "22", "ports never governed by the network policy, comma-separated (the server's port always is); '' for none")
 	if err := parse(env, fs, args); err != nil {
 		return err
@@ -58,6 +69,22 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	case agent.NetpolOff, agent.NetpolReport, agent.NetpolEnforce:
 	default:
 		return usagef("--netpol %q: want off, report or enforce", cfg.Netpol)
+	}
+	switch cfg.Attest {
+	case agent.AttestJoinToken:
+	case agent.AttestX509PoP:
+		if cfg.X509PoPCertFile == "" || cfg.X509PoPKeyFile == "" {
+			return usagef("--attest=x509pop needs --x509pop-cert FILE and --x509pop-key FILE")
+		}
+	case agent.AttestTPM:
+	default:
+		return usagef("--attest %q: want join-token, x509pop or tpm", cfg.Attest)
+	}
+	if *k8s {
+		if kc.CAFile == "" {
+			return usagef("--k8s needs --kubelet-ca FILE: the kubelet's certificate is always checked")
+		}
+		cfg.Kubelet = &kc
 	}
 	cfg.ServerAddr = trimScheme(cfg.ServerAddr)
 	if join.value != "" && join.file != "" {

@@ -80,6 +80,9 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.DurationVar(&cfg.DefaultJWTTTL, "default-jwt-ttl", server.DefaultJWTTTL, "JWT-SVID lifetime for entries without --jwt-ttl")
 	fs.DurationVar(&cfg.AgentTTL, "agent-svid-ttl", server.DefaultAgentTTL, "agent SVID lifetime")
 	fs.DurationVar(&cfg.JoinTokenTTL, "join-token-ttl", server.DefaultJoinTokenTTL, "default join token lifetime")
+	var x509popCAs, tpmEKs repeatFlag
+	fs.Var(&tpmEKs, "node-attest-tpm-ek-hash", "SHA-256 (hex) of a TPM endorsement key's public area allowed for tpm agent attestation (repeatable; the agent logs its own; default: tpm off)")
+	fs.Var(&x509popCAs, "node-attest-x509pop-ca", "PEM CA bundle node certificates must chain to for x509pop agent attestation (repeatable; default: x509pop off)")
 	fs.DurationVar(&cfg.RootTTL, "root-ttl", 0, "root CA lifetime (default 8760h)")
 	fs.DurationVar(&cfg.IntermediateTTL, "intermediate-ttl", 0, "intermediate CA lifetime (default 72h)")
 	fs.DurationVar(&cfg.DownstreamMaxTTL, "downstream-max-ttl", 0, "mint downstream CAs (POST /v1/ca/downstream, rampart ca downstream) for workloads of entries marked downstream, living at most this long (0: off; on, intermediates are made with path length 2 and one of length 0 is replaced at start)")
@@ -118,6 +121,8 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
+	cfg.NodeAttestX509PoPCAs = x509popCAs
+	cfg.NodeAttestTPMEKHashes = tpmEKs
 	if cfg.Federation.Profile, err = federation.ParseProfile(*fedProfile); err != nil {
 		return usagef("--federation-profile: %v", err)
 	}

@@ -35,6 +35,7 @@ import (
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit/spool"
 	"github.com/rampartsec/rampart/internal/identity/ids"
+	"github.com/rampartsec/rampart/internal/kubelet"
 	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
@@ -83,6 +84,18 @@ type Config struct {
 	// governed (22 by default, from the CLI); the server's own port is
 	// always exempt.
 	NetpolExemptPorts []uint16
+	// Attest is how the agent proves its node when it has no valid agent
+	// SVID: AttestJoinToken (the default), AttestX509PoP or AttestTPM.
+	Attest string
+	// X509PoPCertFile (PEM chain, leaf first) and X509PoPKeyFile (its
+	// private key, mode 0600) are the node's certificate for x509pop.
+	X509PoPCertFile, X509PoPKeyFile string
+	// TPM is the TPM for tpm attestation: a device (/dev/tpmrm0, the
+	// default) or tcp:HOST:PORT (swtpm's server socket).
+	TPM string
+	// Kubelet, when set, is asked for the k8s:* selectors of callers
+	// running in a pod's container (package kubelet); nil: not asked.
+	Kubelet *kubelet.Config
 }
 
 // Agent is a running node agent. It implements workload.Source.
@@ -372,11 +385,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	var attestor workload.Attestor
+	if a.cfg.Kubelet != nil {
+		kc, err := kubelet.New(*a.cfg.Kubelet)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("agent: %w", err)
+		}
+		attestor.Kubelet = kc
+	}
 	if err := a.ensureAttested(ctx); err != nil {
 		ln.Close()
 		return err
 	}
-	wl := workload.NewServer(a, workload.Attestor{}, a.log, a.metrics)
+	wl := workload.NewServer(a, attestor, a.log, a.metrics)
 	// Refused callers are audit entries, spooled on disk and shipped to
 	// the server's log with the agent's SVID (nothing lost while it is away).
 	sp, err := spool.Open(spool.Config{Dir: filepath.Join(a.cfg.DataDir, "audit-spool"), Log: a.log, Registry: a.cfg.Registry,
@@ -442,6 +464,12 @@ func (a *Agent) ensureAttested(ctx context.Context) error {
 		}
 		return nil
 	}
+	switch a.cfg.Attest {
+	case AttestX509PoP:
+		return a.attestX509PoP(ctx)
+	case AttestTPM:
+		return a.attestTPM(ctx)
+	}
 	token := a.cfg.JoinToken
 	if token == "" && a.cfg.JoinTokenFile != "" {
 		b, err := secretfile.Read(a.cfg.JoinTokenFile)
@@ -464,6 +492,11 @@ func (a *Agent) ensureAttested(ctx context.Context) error {
 	if err := a.attestClient.Do(ctx, http.MethodPost, "/v1/agent/attest", api.AttestRequest{JoinToken: token, CSR: csr}, &resp); err != nil {
 		return fmt.Errorf("agent: attestation failed: %w", err)
 	}
+	return a.attested(resp, key)
+}
+
+// attested keeps the SVID and bundle a successful attestation returned.
+func (a *Agent) attested(resp api.AttestResponse, key crypto.Signer) error {
 	h, err := a.heldFrom(resp.SVID, key, api.Entry{})
 	if err != nil {
 		return err

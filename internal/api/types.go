@@ -435,3 +435,52 @@ type DownstreamResponse struct {
 	Serial    string    `json:"serial"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
+
+// X509PoPChallengeRequest starts x509pop node attestation: the node's
+// certificate chain, leaf first (DER).
+type X509PoPChallengeRequest struct {
+	Chain [][]byte `json:"chain"`
+}
+
+// X509PoPChallengeResponse carries the nonce to sign (nodeattest.Message).
+type X509PoPChallengeResponse struct {
+	Nonce     []byte    `json:"nonce"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// X509PoPAttestRequest answers the challenge: the same chain, the nonce,
+// the signature by the leaf's key, and a CSR for the agent's SVID.
+type X509PoPAttestRequest struct {
+	Chain     [][]byte `json:"chain"`
+	Nonce     []byte   `json:"nonce"`
+	Signature []byte   `json:"signature"`
+	CSR       []byte   `json:"csr"`
+}
+
+// TPMChallengeRequest starts TPM node attestation: the public areas
+// (TPMT_PUBLIC) of the TPM's endorsement key and of an attestation key.
+type TPMChallengeRequest struct {
+	EKPublic []byte `json:"ek_public"`
+	AKPublic []byte `json:"ak_public"`
+}
+
+// TPMChallengeResponse is a credential for the AK under the EK, and the
+// nonce for the AK to quote.
+type TPMChallengeResponse struct {
+	Nonce           []byte    `json:"nonce"`
+	CredentialBlob  []byte    `json:"credential_blob"`
+	EncryptedSecret []byte    `json:"encrypted_secret"`
+	ExpiresAt       time.Time `json:"expires_at"`
+}
+
+// TPMAttestRequest answers the challenge: the activated secret, the quote
+// (TPMS_ATTEST) and its signature (TPMT_SIGNATURE), and a CSR.
+type TPMAttestRequest struct {
+	EKPublic  []byte `json:"ek_public"`
+	AKPublic  []byte `json:"ak_public"`
+	Nonce     []byte `json:"nonce"`
+	Secret    []byte `json:"secret"`
+	Quote     []byte `json:"quote"`
+	Signature []byte `json:"signature"`
+	CSR       []byte `json:"csr"`
+}

@@ -11,6 +11,12 @@
 // gid are the only selectors fixed at connect time that a caller cannot
 // change by exec'ing another binary.
 //
+// Besides the unix types (the caller's credentials and executable), the
+// agent attests systemd:unit, container:id and container:runtime from the
+// caller's cgroup (package cgroup), and the k8s:* types from the kubelet
+// for a container in a pod (package kubelet); docs/attestation.md lists
+// them with what each proves.
+//
 // Only the selector types this package knows are accepted; anything else is an
 // error naming the selector, so a typo never creates an entry that silently
 // matches nothing.

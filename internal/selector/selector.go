@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +24,37 @@ const (
 	UnixGID    = "unix:gid"
 	UnixPath   = "unix:path"
 	UnixSHA256 = "unix:sha256"
+
+	// From the caller's cgroup (package cgroup).
+	SystemdUnit      = "systemd:unit"      // nginx.service
+	ContainerID      = "container:id"      // 64 lower-case hex digits
+	ContainerRuntime = "container:runtime" // docker, podman, containerd, cri-o, kubernetes
+
+	// From the kubelet, for a container in a pod (package kubelet).
+	K8sNamespace     = "k8s:ns"
+	K8sSA            = "k8s:sa"
+	K8sPodUID        = "k8s:pod-uid"
+	K8sPodName       = "k8s:pod-name"
+	K8sContainerName = "k8s:container-name"
+	K8sNodeName      = "k8s:node-name"
+	K8sPodLabel      = "k8s:pod-label" // KEY:VALUE
+)
+
+// types lists every known type; Parse tries them in this order, so no
+// type may be a prefix of a later one followed by ':'.
+var types = []string{UnixUID, UnixGID, UnixPath, UnixSHA256,
+	SystemdUnit, ContainerID, ContainerRuntime,
+	K8sNamespace, K8sSA, K8sPodUID, K8sPodName, K8sContainerName, K8sNodeName, K8sPodLabel}
+
+var (
+	unitRE     = regexp.MustCompile(`^[A-Za-z0-9:_.@\\-]{1,248}\.service$`)
+	hex64RE    = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	runtimeRE  = regexp.MustCompile(`^(docker|podman|containerd|cri-o|kubernetes)$`)
+	dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	dnsNameRE  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+	podUIDRE   = regexp.MustCompile(`^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$`)
+	labelKeyRE = regexp.MustCompile(`^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
+	labelValRE = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$`)
 )
 
 // String returns the selector in its "type:value" form.
@@ -31,7 +63,7 @@ func (s Selector) String() string { return s.Type + ":" + s.Value }
 // Parse parses a selector in "type:value" form, for example "unix:uid:1000",
 // and checks that its value is well formed for its type.
 func Parse(s string) (Selector, error) {
-	for _, t := range []string{UnixUID, UnixGID, UnixPath, UnixSHA256} {
+	for _, t := range types {
 		if v, ok := strings.CutPrefix(s, t+":"); ok {
 			sel := Selector{Type: t, Value: v}
 			if err := sel.Validate(); err != nil {
@@ -40,7 +72,7 @@ func Parse(s string) (Selector, error) {
 			return sel, nil
 		}
 	}
-	return Selector{}, fmt.Errorf("selector: %q: unknown type (want unix:uid:N, unix:gid:N, unix:path:/abs/path or unix:sha256:HEX)", s)
+	return Selector{}, fmt.Errorf("selector: %q: unknown type (want unix:uid:N, unix:gid:N, unix:path:/abs/path, unix:sha256:HEX, systemd:unit:NAME.service, container:id:HEX, container:runtime:NAME or k8s:ns|sa|pod-uid|pod-name|container-name|node-name|pod-label:VALUE)", s)
 }
 
 // Validate checks that the selector's value is well formed for its type.
@@ -59,6 +91,35 @@ func (s Selector) Validate() error {
 		b, err := hex.DecodeString(s.Value)
 		if err != nil || len(b) != 32 || strings.ToLower(s.Value) != s.Value {
 			return fmt.Errorf("selector: %q: value must be 64 lower-case hex digits", s.String())
+		}
+	case SystemdUnit:
+		if !unitRE.MatchString(s.Value) {
+			return fmt.Errorf("selector: %q: value must be a systemd service name (NAME.service)", s.String())
+		}
+	case ContainerID:
+		if !hex64RE.MatchString(s.Value) {
+			return fmt.Errorf("selector: %q: value must be the full container ID, 64 lower-case hex digits", s.String())
+		}
+	case ContainerRuntime:
+		if !runtimeRE.MatchString(s.Value) {
+			return fmt.Errorf("selector: %q: value must be docker, podman, containerd, cri-o or kubernetes", s.String())
+		}
+	case K8sNamespace, K8sSA, K8sContainerName:
+		if !dnsLabelRE.MatchString(s.Value) {
+			return fmt.Errorf("selector: %q: value must be a DNS label (lower-case letters, digits, '-')", s.String())
+		}
+	case K8sPodName, K8sNodeName:
+		if !dnsNameRE.MatchString(s.Value) {
+			return fmt.Errorf("selector: %q: value must be a DNS subdomain name", s.String())
+		}
+	case K8sPodUID:
+		if !podUIDRE.MatchString(s.Value) {
+			return fmt.Errorf("selector: %q: value must be a pod UID (lower-case UUID)", s.String())
+		}
+	case K8sPodLabel:
+		k, v, ok := strings.Cut(s.Value, ":")
+		if !ok || !labelKeyRE.MatchString(k) || !labelValRE.MatchString(v) {
+			return fmt.Errorf("selector: %q: value must be KEY:VALUE, a Kubernetes label", s.String())
 		}
 	default:
 		return fmt.Errorf("selector: %q: unknown type %q", s.String(), s.Type)

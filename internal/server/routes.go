@@ -29,6 +29,8 @@ const (
 	AuthWorkload Auth = "workload"
 	// AuthJoinToken: a one-time join token in the body.
 	AuthJoinToken Auth = "join-token"
+	// AuthNodeProof: a node proving itself in the body (x509pop, tpm).
+	AuthNodeProof Auth = "node-proof"
 	// AuthMetrics: the scrape-only metrics token.
 	AuthMetrics Auth = "metrics"
 	// AuthOAuth: the authorization server's endpoints; clients and users
@@ -208,6 +210,14 @@ func (s *Server) routes() []Route {
 			rs = append(rs, route(AuthPublic, r.Pattern, r.Handler, r.Doc))
 		}
 	}
+	// Node attestation other than by join token (nodeattestapi.go); the
+	// caller proves itself in the body.
+	rs = append(rs,
+		route(AuthNodeProof, "POST /v1/agent/attest/x509pop/challenge", s.handleX509PoPChallenge, "x509pop: verify a node's certificate chain and issue a single-use nonce (60s) for its key to sign"),
+		route(AuthNodeProof, "POST /v1/agent/attest/x509pop", s.handleX509PoPAttest, "x509pop: the signed nonce, chain and CSR; the agent's first SVID"),
+		route(AuthNodeProof, "POST /v1/agent/attest/tpm/challenge", s.handleTPMChallenge, "tpm: check the EK (allowed by hash) and the AK, and make a credential for the AK under the EK, with a single-use nonce (60s)"),
+		route(AuthNodeProof, "POST /v1/agent/attest/tpm", s.handleTPMAttest, "tpm: the activated credential, a quote over the nonce by the AK, and a CSR; the agent's first SVID"),
+	)
 	// The authorization server (before Serve on port 0 it does not exist).
 	if s.oauth != nil {
 		for _, r := range s.oauth.Routes() {

@@ -116,6 +116,7 @@ var authDoc = []struct {
 	{AuthAgent, "an agent, by its X.509-SVID as the TLS client certificate (checked again per request: not revoked, not evicted)"},
 	{AuthWorkload, "any X.509-SVID of the trust domain as the TLS client certificate (proxies, SDK services, agents, other replicas)"},
 	{AuthJoinToken, "an agent not yet attested, by a one-time join token in the body"},
+	{AuthNodeProof, "an agent not yet attested, by its node's proof in the body: a certificate from a CA given to --node-attest-x509pop-ca and a signature over a single-use server nonce, or a TPM whose EK --node-attest-tpm-ek-hash allows, activating a credential and quoting a single-use nonce (docs/attestation.md)"},
 	{AuthMetrics, "Prometheus, by the scrape-only token (DATA/metrics.token); the admin token is not taken"},
 	{AuthOAuth, "OAuth clients and users, authenticated per request as OAuth 2.0 and OpenID Connect say (see docs/oauth.md)"},
 	{AuthACME, "ACME clients: every POST a JWS signed by an account's key, or by a new key with an external account binding (RFC 8555; see docs/acme.md)"},

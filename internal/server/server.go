@@ -35,6 +35,7 @@ import (
 	"github.com/rampartsec/rampart/internal/kms"
 	"github.com/rampartsec/rampart/internal/mtls"
 	"github.com/rampartsec/rampart/internal/netpol/netpolapi"
+	"github.com/rampartsec/rampart/internal/nodeattest"
 	"github.com/rampartsec/rampart/internal/oauth"
 	"github.com/rampartsec/rampart/internal/oidcdiscovery"
 	"github.com/rampartsec/rampart/internal/operator"
@@ -86,6 +87,13 @@ type Config struct {
 	// /v1/ca/downstream, for workloads of downstream entries); 0: none
 	// is minted, and intermediates keep path length 0.
 	DownstreamMaxTTL time.Duration
+
+	// NodeAttestX509PoPCAs are PEM CA bundles a node certificate must
+	// chain to for x509pop node attestation (empty: x509pop is off).
+	NodeAttestX509PoPCAs []string
+	// NodeAttestTPMEKHashes are the SHA-256 (hex) of the TPM endorsement
+	// keys' public areas allowed for tpm node attestation (empty: off).
+	NodeAttestTPMEKHashes []string
 
 	// DetectRules is a detection rules file (nil: the default rules).
 	DetectRules []byte
@@ -149,7 +157,11 @@ type OAuthConfig struct {
 
 // Server is a running control plane.
 type Server struct {
-	cfg   Config
+	cfg Config
+	// x509pop verifies x509pop node attestation (nil: off).
+	x509pop *nodeattest.X509PoP
+	// tpm verifies tpm node attestation (nil: off).
+	tpm   *nodeattest.TPMVerifier
 	store store.Store
 	ca    *identity.CA
 	audit *audit.Log
@@ -297,6 +309,16 @@ func newWithStore(ctx context.Context, cfg Config, st store.Store, wrapper *keyw
 		feed: newFeed(), reg: prometheus.NewRegistry(), quarantine: &mtls.Quarantine{},
 	}
 	s.refusals = audit.NewRefusals(cfg.Now, s.record)
+	if len(cfg.NodeAttestX509PoPCAs) > 0 {
+		if s.x509pop, err = nodeattest.LoadX509PoP(cfg.NodeAttestX509PoPCAs); err != nil {
+			return nil, fmt.Errorf("server: --node-attest-x509pop-ca: %w", err)
+		}
+	}
+	if len(cfg.NodeAttestTPMEKHashes) > 0 {
+		if s.tpm, err = nodeattest.NewTPMVerifier(cfg.NodeAttestTPMEKHashes); err != nil {
+			return nil, fmt.Errorf("server: --node-attest-tpm-ek-hash: %w", err)
+		}
+	}
 	if cfg.JWTIssuer != "" {
 		if s.oidc, err = oidcdiscovery.New(cfg.JWTIssuer, ca.JWTBundle); err != nil {
 			return nil, fmt.Errorf("server: --jwt-issuer: %w", err)

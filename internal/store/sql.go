@@ -281,6 +281,8 @@ func (d dialect) migrations() [][]string {
 		// Federation relationships and the bundles of other trust
 		// domains (federation.go).
 		d.federationMigration(),
+		// Node attestation challenges: x509pop and tpm (attest.go).
+		d.attestMigration(),
 	}
 }
 

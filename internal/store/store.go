@@ -186,6 +186,15 @@ type Store interface {
 	// that already has quota live proofs recorded at now gets ErrQuota.
 	UseDPoPProof(ctx context.Context, jkt, jti string, expires, now time.Time, quota int) error
 
+	// CreateAttestChallenge records a node attestation challenge (its
+	// nonce's hash) until it expires; a subject that already has quota
+	// live challenges gets ErrQuota.
+	CreateAttestChallenge(ctx context.Context, c AttestChallenge, now time.Time, quota int) error
+	// ConsumeAttestChallenge removes and returns the live challenge of
+	// kind with hash, once, whichever replica asks; ErrTokenInvalid if
+	// there is none.
+	ConsumeAttestChallenge(ctx context.Context, hash []byte, kind string, now time.Time) (AttestChallenge, error)
+
 	// Revision returns the current revision: it increases with every change
 	// an agent must learn about.
 	Revision(ctx context.Context) (int64, error)

@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -12,6 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/rampartsec/rampart/internal/cgroup"
+	"github.com/rampartsec/rampart/internal/kubelet"
 	"github.com/rampartsec/rampart/internal/selector"
 )
 
@@ -19,6 +22,14 @@ import (
 type Attestor struct {
 	// ProcDir is the proc file system; "/proc" when empty.
 	ProcDir string
+	// Kubelet, when set, answers the k8s:* selectors of a caller whose
+	// cgroup names a pod's container (opt in: rampart agent --k8s).
+	Kubelet PodFinder
+}
+
+// PodFinder finds a container's pod; *kubelet.Client is one.
+type PodFinder interface {
+	Container(ctx context.Context, podUID, containerID string) (kubelet.Pod, string, error)
 }
 
 func (a Attestor) procDir() string {
@@ -75,7 +86,13 @@ type Attestation struct {
 // its effective uid or gid, runs another executable than at accept, or
 // entered another user namespace is refused with an error saying which:
 // nothing is guessed.
-func (a Attestor) Attest(p *process, entries [][]selector.Selector) (Attestation, error) {
+//
+// The cgroup selectors (systemd:unit, container:id, container:runtime) and
+// the kubelet's (k8s:*) are read only when an entry asks for one, from
+// /proc/PID/cgroup through the same pinned directory and inside the same
+// pair of checks (package cgroup says what a path proves and what it
+// does not).
+func (a Attestor) Attest(ctx context.Context, p *process, entries [][]selector.Selector) (Attestation, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.err != nil {
@@ -151,6 +168,11 @@ func (a Attestor) Attest(p *process, entries [][]selector.Selector) (Attestation
 				}
 				set[selector.Selector{Type: selector.UnixSHA256, Value: sum}] = struct{}{}
 			}
+		}
+	}
+	if wantsCgroup(entries) {
+		if err := a.cgroupSelectors(ctx, p, entries, &att); err != nil {
+			return Attestation{}, err
 		}
 	}
 	after, err := p.checkStartLocked()
@@ -252,4 +274,82 @@ func (p *process) hashExeLocked() (string, error) {
 		return "", fmt.Errorf("workload: pid %d: hash executable: %w", p.PID, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// cgroupTypes are the selector types read from the caller's cgroup (and,
+// for k8s:*, then from the kubelet).
+var cgroupTypes = []string{selector.SystemdUnit, selector.ContainerID, selector.ContainerRuntime}
+
+// k8sTypes are the selector types the kubelet answers.
+var k8sTypes = []string{selector.K8sNamespace, selector.K8sSA, selector.K8sPodUID, selector.K8sPodName,
+	selector.K8sContainerName, selector.K8sNodeName, selector.K8sPodLabel}
+
+func wantsCgroup(entries [][]selector.Selector) bool {
+	for _, t := range append(slices.Clone(cgroupTypes), k8sTypes...) {
+		if selector.Needs(entries, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// cgroupSelectors adds what the caller's cgroup (and, for a pod's
+// container, the kubelet) says about it. A cgroup the agent cannot read
+// means the process is gone; one that says nothing certain (hierarchies
+// in conflict, a user-delegated subtree, a pod the kubelet does not list)
+// adds nothing and says why in att.NotAttested.
+func (a Attestor) cgroupSelectors(ctx context.Context, p *process, entries [][]selector.Selector, att *Attestation) error {
+	b, err := p.readLocked("cgroup")
+	if err != nil {
+		return fmt.Errorf("workload: pid %d: %w (%v)", p.PID, errGone, err)
+	}
+	in, err := cgroup.Parse(b)
+	if err != nil {
+		att.NotAttested = append(att.NotAttested, "cgroup selectors not attested: "+err.Error())
+		return nil
+	}
+	if in.Delegated {
+		att.NotAttested = append(att.NotAttested, fmt.Sprintf(
+			"cgroup selectors not attested: the caller's cgroup %q lies in a subtree delegated to a user (user@UID.service), who names its cgroups at will", in.Paths))
+		return nil
+	}
+	add := func(t, v string) {
+		s := selector.Selector{Type: t, Value: v}
+		if s.Validate() == nil {
+			att.Selectors[s] = struct{}{}
+		}
+	}
+	if in.Unit != "" {
+		add(selector.SystemdUnit, in.Unit)
+	}
+	if in.ContainerID != "" {
+		add(selector.ContainerID, in.ContainerID)
+		add(selector.ContainerRuntime, in.Runtime)
+	}
+	wantK8s := false
+	for _, t := range k8sTypes {
+		wantK8s = wantK8s || selector.Needs(entries, t)
+	}
+	if !wantK8s || in.PodUID == "" {
+		return nil
+	}
+	if a.Kubelet == nil {
+		att.NotAttested = append(att.NotAttested, "k8s selectors not attested: the caller runs in pod "+in.PodUID+" but the agent does not ask the kubelet (rampart agent --k8s)")
+		return nil
+	}
+	pod, name, err := a.Kubelet.Container(ctx, in.PodUID, in.ContainerID)
+	if err != nil {
+		att.NotAttested = append(att.NotAttested, "k8s selectors not attested: "+err.Error())
+		return nil
+	}
+	add(selector.K8sPodUID, pod.UID)
+	add(selector.K8sNamespace, pod.Namespace)
+	add(selector.K8sSA, pod.ServiceAccount)
+	add(selector.K8sPodName, pod.Name)
+	add(selector.K8sNodeName, pod.NodeName)
+	add(selector.K8sContainerName, name)
+	for k, v := range pod.Labels {
+		add(selector.K8sPodLabel, k+":"+v)
+	}
+	return nil
 }

@@ -200,7 +200,7 @@ func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string, mi
 	for _, id := range snap.Unminted {
 		sels = append(sels, id.Selectors)
 	}
-	att, err := s.attestor.Attest(p, sels)
+	att, err := s.attestor.Attest(ctx, p, sels)
 	if errors.Is(err, errClosed) {
 		return snap, nil, status.Error(codes.Canceled, "the connection is closed")
 	}

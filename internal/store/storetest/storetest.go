@@ -50,6 +50,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"OAuthFamilyRace", testOAuthFamilyRace},
 		{"TOTPStepRace", testTOTPStepRace},
 		{"DPoPProofs", testDPoPProofs},
+		{"AttestChallenges", testAttestChallenges},
 		{"KMSKeys", testKMSKeys},
 		{"KMSRotateRace", testKMSRotateRace},
 		{"ACMEEABKeys", testACMEEABKeys},
