@@ -290,6 +290,7 @@ func (a *Agent) publishLocked() {
 		id.SpiffeID, id.Chain, id.Key = h.ID, h.Chain, h.Key
 		snap.Identities = append(snap.Identities, id)
 	}
+	snap.Index()
 	a.snap = snap
 	close(a.changed)
 	a.changed = make(chan struct{})

@@ -92,7 +92,11 @@ type Attestation struct {
 // /proc/PID/cgroup through the same pinned directory and inside the same
 // pair of checks (package cgroup says what a path proves and what it
 // does not).
-func (a Attestor) Attest(ctx context.Context, p *process, entries [][]selector.Selector) (Attestation, error) {
+//
+// entriesFor returns the selectors of the entries a caller with the
+// given unix:uid and unix:gid selectors may match (the snapshot's owner
+// index); Attest calls it once, with the caller's uid and groups.
+func (a Attestor) Attest(ctx context.Context, p *process, entriesFor func(owner selector.Set) [][]selector.Selector) (Attestation, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.err != nil {
@@ -127,6 +131,9 @@ func (a Attestor) Attest(ctx context.Context, p *process, entries [][]selector.S
 	for _, g := range status.groups {
 		set[selector.Selector{Type: selector.UnixGID, Value: g}] = struct{}{}
 	}
+	// The entries the caller's uid and groups may match: only they say
+	// which program, cgroup and kubelet selectors are worth reading.
+	entries := entriesFor(set)
 	exe, err := p.exeLocked()
 	if err != nil {
 		exe = exeID{}

@@ -53,6 +53,8 @@ type Snapshot struct {
 	// Federated are the bundles of the trust domains this one federates
 	// with, ordered by trust domain name (package federation).
 	Federated []FederatedBundle
+
+	owners *ownerIndex // Index; nil: every entry is read
 }
 
 // FederatedBundle is another trust domain's bundle.
@@ -193,14 +195,18 @@ func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string, mi
 	if !ok {
 		return snap, nil, status.Error(codes.Internal, "caller credentials unavailable")
 	}
-	sels := make([][]selector.Selector, 0, len(snap.Identities)+len(snap.Unminted))
-	for _, id := range snap.Identities {
-		sels = append(sels, id.Selectors)
-	}
-	for _, id := range snap.Unminted {
-		sels = append(sels, id.Selectors)
-	}
-	att, err := s.attestor.Attest(ctx, p, sels)
+	// Only the entries filed under the caller's uid and groups can match
+	// it (ownerIndex); the attestor says which those are once it has read
+	// the caller's groups.
+	var cands []Identity
+	att, err := s.attestor.Attest(ctx, p, func(owner selector.Set) [][]selector.Selector {
+		cands = snap.candidates(owner)
+		sels := make([][]selector.Selector, len(cands))
+		for i, id := range cands {
+			sels[i] = id.Selectors
+		}
+		return sels
+	})
 	if errors.Is(err, errClosed) {
 		return snap, nil, status.Error(codes.Canceled, "the connection is closed")
 	}
@@ -214,8 +220,7 @@ func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string, mi
 		s.log.Warn("workload: a selector of the caller's executable was not attested", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path,
 			"user_ns", p.ns.user.String(), "mnt_ns", p.ns.mnt.String(), "reason", why)
 	}
-	out := s.matching(snap.Identities, att.Selectors, p)
-	out = append(out, s.matching(snap.Unminted, att.Selectors, p)...)
+	out := s.matching(cands, att.Selectors, p)
 	if len(out) == 0 {
 		s.log.Info("workload refused: no entry matches", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path)
 		s.audit.refused(ctx, p, method, noMatch, att.NotAttested...)

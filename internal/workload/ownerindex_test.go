@@ -1,0 +1,66 @@
+package workload
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/rampartsec/rampart/internal/selector"
+)
+
+// The owner index never hides an entry a caller matches: for random
+// entries and callers, the entries that match among the candidates are
+// exactly those that match among all entries, in the same order; and it
+// reads fewer entries than there are.
+func TestOwnerIndexFindsEveryMatch(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	sel := func(typ string, n int) selector.Selector { return selector.Selector{Type: typ, Value: fmt.Sprint(n)} }
+	snap := &Snapshot{}
+	for i := range 2000 {
+		var sels []selector.Selector
+		switch r.IntN(4) {
+		case 0:
+			sels = []selector.Selector{sel(selector.UnixUID, r.IntN(20))}
+		case 1:
+			sels = []selector.Selector{sel(selector.UnixGID, r.IntN(20))}
+		case 2:
+			sels = []selector.Selector{sel(selector.UnixGID, r.IntN(20)), sel(selector.UnixUID, r.IntN(20))}
+		default: // neither: never served, but must still be found
+			sels = []selector.Selector{{Type: selector.UnixPath, Value: "/bin/x"}}
+		}
+		id := Identity{EntryID: fmt.Sprintf("e%05d", i), Selectors: sels}
+		if i%3 == 0 {
+			snap.Unminted = append(snap.Unminted, id)
+		} else {
+			snap.Identities = append(snap.Identities, id)
+		}
+	}
+	full := *snap // no index: every entry
+	snap.Index()
+	ids := func(is []Identity, caller selector.Set) []string {
+		var out []string
+		for _, id := range is {
+			if caller.Matches(id.Selectors) {
+				out = append(out, id.EntryID)
+			}
+		}
+		return out
+	}
+	for range 500 {
+		caller := selector.NewSet(sel(selector.UnixUID, r.IntN(25)))
+		for range r.IntN(4) {
+			caller[sel(selector.UnixGID, r.IntN(25))] = struct{}{}
+		}
+		if r.IntN(2) == 0 {
+			caller[selector.Selector{Type: selector.UnixPath, Value: "/bin/x"}] = struct{}{}
+		}
+		cands := snap.candidates(caller)
+		if got, want := ids(cands, caller), ids(full.candidates(caller), caller); !slices.Equal(got, want) {
+			t.Fatalf("caller %v: index found %v, all entries %v", caller, got, want)
+		}
+		if len(cands) >= len(snap.Identities)+len(snap.Unminted) {
+			t.Fatalf("caller %v: the index read all %d entries", caller, len(cands))
+		}
+	}
+}
