@@ -149,6 +149,9 @@ func serverTLS(pool *x509.CertPool) *tls.Config {
 		leaf := cs.PeerCertificates[0]
 		if len(leaf.URIs) == 1 {
 			if id, err := spiffeid.FromURI(leaf.URIs[0]); err == nil && id == ids.ServerID(id.TrustDomain()) {
+				if !ids.DirectChain(cs.VerifiedChains) {
+					return fmt.Errorf("the certificate of %s carries the server's ID but was signed under a downstream CA", cs.ServerName)
+				}
 				return nil
 			}
 		}

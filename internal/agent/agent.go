@@ -209,15 +209,14 @@ func New(cfg Config) (*Agent, error) {
 		}
 		a.td = td
 	}
-	serverID := ids.ServerID(a.td)
 	base := "https://" + cfg.ServerAddr
-	mtls := tlsconfig.MTLSClientConfig(a, a, tlsconfig.AuthorizeID(serverID))
+	mtls := tlsconfig.MTLSClientConfig(a, a, ids.AuthorizeServer(a.td))
 	mtls.MinVersion = tls.VersionTLS13
 	a.client = &api.Client{BaseURL: base, HTTP: &http.Client{Transport: &http.Transport{
 		TLSClientConfig: mtls, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute,
 		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext, TLSHandshakeTimeout: 5 * time.Second,
 	}}}
-	plain := tlsconfig.TLSClientConfig(a, tlsconfig.AuthorizeID(serverID))
+	plain := tlsconfig.TLSClientConfig(a, ids.AuthorizeServer(a.td))
 	plain.MinVersion = tls.VersionTLS13
 	a.attestClient = &api.Client{BaseURL: base, HTTP: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: plain}}}
 	a.publishLocked()

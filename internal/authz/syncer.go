@@ -97,7 +97,7 @@ func (s *Syncer) Start(ctx context.Context) error {
 // ServerClient returns an API client for the server at addr that presents
 // the workload's SVID and accepts only the server's own identity.
 func ServerClient(addr string, td spiffeid.TrustDomain, svid x509svid.Source, bundles x509bundle.Source) *api.Client {
-	cfg := tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(ids.ServerID(td)))
+	cfg := tlsconfig.MTLSClientConfig(svid, bundles, ids.AuthorizeServer(td))
 	cfg.MinVersion = tls.VersionTLS13
 	return &api.Client{BaseURL: "https://" + addr, HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}}
 }

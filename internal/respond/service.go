@@ -177,10 +177,46 @@ func refuseLocal(network, address string, _ syscall.RawConn) error {
 		return fmt.Errorf("respond: webhook address %s: %w", address, err)
 	}
 	ip = ip.Unmap()
-	if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() {
+	if local(ip) {
 		return fmt.Errorf("respond: webhook to %s refused: a loopback, link-local or unspecified address (the server's own host or link; rampart server --playbook-webhooks-local allows it)", address)
 	}
 	return nil
+}
+
+// metadataAddrs are cloud metadata endpoints outside link-local space
+// (AWS's IPv6 IMDS, Alibaba Cloud's, Oracle's).
+var metadataAddrs = []netip.Addr{netip.MustParseAddr("fd00:ec2::254"), netip.MustParseAddr("100.100.100.200"), netip.MustParseAddr("192.0.0.192")}
+
+// nat64 is the well-known NAT64 prefix: an address in it reaches the IPv4
+// address it embeds.
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+
+// local says whether ip is this host or its link: loopback, link-local,
+// unspecified, multicast, an address of one of this host's interfaces
+// (red team: the host's own 192.0.2.2 reached a service bound to all
+// addresses), a cloud metadata endpoint, or a NAT64 address embedding
+// any of those.
+func local(ip netip.Addr) bool {
+	if nat64.Contains(ip) {
+		b := ip.As16()
+		if local(netip.AddrFrom4([4]byte(b[12:]))) {
+			return true
+		}
+	}
+	if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() ||
+		slices.Contains(metadataAddrs, ip) {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return true // cannot tell: refuse
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Unmap() == ip {
+			return true
+		}
+	}
+	return false
 }
 
 // noRedirects keeps webhooks where the playbook sent them: a receiver (or

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -605,6 +606,20 @@ func TestWebhookLocalAddressesRefused(t *testing.T) {
 	}
 	if err := refuseLocal("tcp", "10.1.2.3:443", nil); err != nil {
 		t.Errorf("a private address refused: %v", err)
+	}
+	// The host's own interface addresses, metadata endpoints outside
+	// link-local space, and NAT64 addresses embedding loopback.
+	ifAddrs, _ := net.InterfaceAddrs()
+	var own []string
+	for _, a := range ifAddrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			own = append(own, net.JoinHostPort(p.Addr().Unmap().String(), "80"))
+		}
+	}
+	for _, addr := range append(own, "[fd00:ec2::254]:80", "100.100.100.200:80", "[64:ff9b::7f00:1]:80", "[64:ff9b::a9fe:a9fe]:80") {
+		if err := refuseLocal("tcp", addr, nil); err == nil {
+			t.Errorf("webhook to %s allowed", addr)
+		}
 	}
 	allowed := (&Service{cfg: Config{AllowLocalWebhooks: true}}).client()
 	resp, err := allowed.Post(local.URL, "application/json", strings.NewReader("{}"))

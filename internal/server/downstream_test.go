@@ -16,10 +16,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/identity"
+	"github.com/rampartsec/rampart/internal/identity/ids"
 	"github.com/rampartsec/rampart/internal/respond"
 )
 
@@ -92,6 +94,29 @@ func TestDownstreamCAMinted(t *testing.T) {
 	leaf, _ := x509.ParseCertificate(der)
 	if _, _, err := x509svid.Verify([]*x509.Certificate{leaf, chain[0], chain[1]}, x509bundle.FromX509Authorities(td, roots), x509svid.WithTime(now)); err != nil {
 		t.Fatalf("the nested server's SVID against the bundle: %v", err)
+	}
+	// A certificate for the server's own ID signed under the downstream
+	// CA verifies against the bundle too (the constraints allow any ID of
+	// the trust domain), but agents, proxies and SDK services do not take
+	// it for the control plane (red team: a fake server took an agent's
+	// join token with one).
+	serverURI, _ := url.Parse(ids.ServerID(td).String())
+	fakeDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(8), URIs: []*url.URL{serverURI},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Minute), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, dc, leafKey.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake, _ := x509.ParseCertificate(fakeDER)
+	fakeID, fakeChains, err := x509svid.Verify([]*x509.Certificate{fake, chain[0], chain[1]}, x509bundle.FromX509Authorities(td, roots), x509svid.WithTime(now))
+	if err != nil {
+		t.Fatalf("the fake server certificate against the bundle: %v", err)
+	}
+	if err := tlsconfig.AuthorizeID(ids.ServerID(td))(fakeID, fakeChains); err != nil {
+		t.Fatalf("the attack needs an ID check alone to pass: %v", err)
+	}
+	if err := ids.AuthorizeServer(td)(fakeID, fakeChains); err == nil {
+		t.Fatal("a certificate for the server's ID signed under a downstream CA was taken for the control plane")
 	}
 	// ...but the control plane takes only SVIDs it signed.
 	raw := [][]byte{leaf.Raw, chain[0].Raw, chain[1].Raw}
