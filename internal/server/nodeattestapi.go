@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -63,20 +64,8 @@ func (s *Server) handleX509PoPAttest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.X509PoPAttestRequest
-	if err := api.Decode(r, &req); err != nil {
-		s.metrics.attestations.WithLabelValues("bad_request").Inc()
-		api.WriteProblem(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	now := s.now()
-	hash := sha256.Sum256(req.Nonce)
-	c, err := s.store.ConsumeAttestChallenge(r.Context(), hash[:], nodeattest.KindX509PoP, now)
-	if err != nil {
-		if !errors.Is(err, store.ErrTokenInvalid) {
-			s.internalError(w, err)
-			return
-		}
-		s.nodeRefused(w, r, "x509pop", errors.New("the nonce is unknown, already answered, or expired"))
+	c, now, ok := s.nodeChallenge(w, r, &req, nodeattest.KindX509PoP, func() []byte { return req.Nonce })
+	if !ok {
 		return
 	}
 	node, err := s.x509pop.Verify(s.cfg.TrustDomain, req.Chain, now)
@@ -95,6 +84,29 @@ func (s *Server) handleX509PoPAttest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.attestNode(w, r, "x509pop", node.AgentID, req.CSR, "selectors", strings.Join(node.Selectors, " "))
+}
+
+// nodeChallenge decodes an attestation answer into req and consumes the
+// challenge its nonce names (kind: the method), before anything else is
+// checked: a wrong answer spends the nonce too. false: it answered.
+func (s *Server) nodeChallenge(w http.ResponseWriter, r *http.Request, req any, kind string, nonce func() []byte) (store.AttestChallenge, time.Time, bool) {
+	if err := api.Decode(r, req); err != nil {
+		s.metrics.attestations.WithLabelValues("bad_request").Inc()
+		api.WriteProblem(w, http.StatusBadRequest, err.Error())
+		return store.AttestChallenge{}, time.Time{}, false
+	}
+	now := s.now()
+	hash := sha256.Sum256(nonce())
+	c, err := s.store.ConsumeAttestChallenge(r.Context(), hash[:], kind, now)
+	if err != nil {
+		if !errors.Is(err, store.ErrTokenInvalid) {
+			s.internalError(w, err)
+		} else {
+			s.nodeRefused(w, r, kind, errors.New("the nonce is unknown, already answered, or expired"))
+		}
+		return c, now, false
+	}
+	return c, now, true
 }
 
 // attestNode signs the first SVID of an agent whose node was proven by
@@ -171,20 +183,8 @@ func (s *Server) handleTPMAttest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.TPMAttestRequest
-	if err := api.Decode(r, &req); err != nil {
-		s.metrics.attestations.WithLabelValues("bad_request").Inc()
-		api.WriteProblem(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	now := s.now()
-	hash := sha256.Sum256(req.Nonce)
-	c, err := s.store.ConsumeAttestChallenge(r.Context(), hash[:], nodeattest.KindTPM, now)
-	if err != nil {
-		if !errors.Is(err, store.ErrTokenInvalid) {
-			s.internalError(w, err)
-			return
-		}
-		s.nodeRefused(w, r, "tpm", errors.New("the nonce is unknown, already answered, or expired"))
+	c, _, ok := s.nodeChallenge(w, r, &req, nodeattest.KindTPM, func() []byte { return req.Nonce })
+	if !ok {
 		return
 	}
 	id, err := s.tpm.Verify(s.cfg.TrustDomain, req.EKPublic, req.AKPublic, req.Nonce, req.Secret, req.Quote, req.Signature, c.State)
