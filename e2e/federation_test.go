@@ -39,8 +39,8 @@ func newDomain(t *testing.T, td string) *domain {
 }
 
 // identity registers spiffe://TD/NAME for a copy of the binary at
-// binDir/NAME-proxy.
-func (d *domain) identity(name string) {
+// binDir/NAME-proxy, federating with the trust domains fedWith.
+func (d *domain) identity(name string, fedWith ...string) {
 	d.t.Helper()
 	bin := filepath.Join(d.binDir, name+"-proxy")
 	b, err := os.ReadFile(rampartBin)
@@ -50,8 +50,12 @@ func (d *domain) identity(name string) {
 	if err := os.WriteFile(bin, b, 0o755); err != nil {
 		d.t.Fatal(err)
 	}
-	mustCLI(d.t, d.s.adminEnv(), "entry", "create", "--spiffe-id", "spiffe://"+d.td+"/"+name, "--parent", "spiffe://"+d.td+"/rampart/agent/node-1",
-		"--selector", myUID(), "--selector", "unix:path:"+bin)
+	args := []string{"entry", "create", "--spiffe-id", "spiffe://" + d.td + "/" + name, "--parent", "spiffe://" + d.td + "/rampart/agent/node-1",
+		"--selector", myUID(), "--selector", "unix:path:" + bin}
+	for _, td := range fedWith {
+		args = append(args, "--federates-with", td)
+	}
+	mustCLI(d.t, d.s.adminEnv(), args...)
 }
 
 func (d *domain) proxy(name string, args ...string) []string {
@@ -74,9 +78,10 @@ func (d *domain) federateWith(other *domain) {
 
 // A service of trust domain A calls one of B through their proxies, as B's
 // policy names it; refused: a caller of A the policy does not name, a
-// caller of a trust domain B does not federate with, a certificate naming
-// A's service from a CA that is not A's, and every A caller once B ends
-// the federation.
+// caller of A whose entry does not federate with B (its proxy is not given
+// B's bundle, so it cannot verify B's), a caller of a trust domain B does
+// not federate with, a certificate naming A's service from a CA that is
+// not A's, and every A caller once B ends the federation.
 func TestFederationTwoTrustDomains(t *testing.T) {
 	a, b := newDomain(t, "a.example"), newDomain(t, "b.example")
 	a.federateWith(b)
@@ -100,9 +105,15 @@ func TestFederationTwoTrustDomains(t *testing.T) {
 		})
 	}
 
-	a.identity("orders")
-	a.identity("rogue")
-	b.identity("payments")
+	// An entry naming a trust domain with no relationship is refused.
+	if out, err := cli(t, a.s.adminEnv(), "entry", "create", "--spiffe-id", "spiffe://a.example/x", "--parent", "spiffe://a.example/rampart/agent/node-1",
+		"--selector", myUID(), "--federates-with", "c.example"); err == nil || !strings.Contains(out, "no federation relationship with c.example") {
+		t.Fatalf("federates_with an unknown trust domain: %v %s", err, out)
+	}
+	a.identity("orders", "b.example")
+	a.identity("rogue", "b.example")
+	a.identity("loner")
+	b.identity("payments", "a.example")
 	pol := filepath.Join(b.binDir, "payments.yaml")
 	os.WriteFile(pol, []byte(`service: spiffe://b.example/payments
 rules:
@@ -116,6 +127,7 @@ rules:
 	inB := b.proxy("payments", "--inbound", "127.0.0.1:0", "--app", app(t))[0]
 	outOrders := a.proxy("orders", "--outbound", "127.0.0.1:0="+inB+",spiffe://b.example/payments")[1]
 	outRogue := a.proxy("rogue", "--outbound", "127.0.0.1:0="+inB+",spiffe://b.example/payments")[1]
+	outLoner := a.proxy("loner", "--outbound", "127.0.0.1:0="+inB+",spiffe://b.example/payments")[1]
 
 	// Allowed: A's orders, named by B's policy; the app sees A's identity.
 	var saw appSaw
@@ -133,6 +145,11 @@ rules:
 	// does not allow.
 	if code, body := get(t, "http://"+outRogue+"/payments/7", nil); code != 403 {
 		t.Fatalf("a.example/rogue: %d %s", code, body)
+	}
+	// Not federating: the loner's proxy holds only A's bundle and refuses
+	// B's certificate; nothing reaches B's app.
+	if code, body := get(t, "http://"+outLoner+"/payments/7", nil); code == 200 || code == 403 {
+		t.Fatalf("a.example/loner (no federates_with): %d %s", code, body)
 	}
 
 	// Refused at the handshake: a client certificate of a trust domain B

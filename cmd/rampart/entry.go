@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,24 +17,27 @@ import (
 )
 
 const entryUsage = `rampart entry create --spiffe-id ID --parent AGENT-ID --selector unix:uid:N [--selector ...] [--ttl 1h] [--jwt-ttl 5m]
-              [--dns NAME] [--hint TEXT] [--expires-at RFC3339] [--admin] [--downstream]
+              [--dns NAME] [--hint TEXT] [--expires-at RFC3339] [--admin] [--downstream] [--federates-with TD ...]
        rampart entry create --file FILE      (many entries, JSON or YAML; all or none)
        rampart entry update ID [the flags of create: those given replace the entry's]
        rampart entry update --file FILE      (each entry with its id; all or none)
-       rampart entry list [--parent AGENT-ID] [--spiffe-id ID] [--selector S ...] [--hint TEXT] [--json]
+       rampart entry list [--parent AGENT-ID] [--spiffe-id ID] [--selector S ...] [--hint TEXT] [--federates-with TD] [--json]
        rampart entry show ID [--json]
        rampart entry delete ID | --file FILE   (the ids of the file's entries; all or none)`
 
 // entryFlags are create's and update's flags.
 type entryFlags struct {
 	e                 api.Entry
-	sels, dns         listFlag
+	sels, dns, fed    listFlag
 	ttl, jwtTTL       time.Duration
 	expires           string
 	admin, downstream bool
 	file              string
 	set               map[string]bool // flags given
 }
+
+// entryFieldFlags are the flags that set an entry's fields.
+var entryFieldFlags = []string{"spiffe-id", "parent", "selector", "ttl", "jwt-ttl", "dns", "hint", "expires-at", "admin", "downstream", "federates-with"}
 
 func runEntry(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 {
@@ -48,7 +52,7 @@ func runEntry(ctx context.Context, env *cliEnv, args []string) error {
 	ac := addAdminFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	var ef entryFlags
-	var parent, spiffeID, hint string
+	var parent, spiffeID, hint, fedWith string
 	var listSels listFlag
 	switch verb {
 	case "create", "update":
@@ -62,12 +66,14 @@ func runEntry(ctx context.Context, env *cliEnv, args []string) error {
 		fs.StringVar(&ef.expires, "expires-at", "", "RFC 3339 time after which the entry gives no SVID (default: never; \"never\" clears it on update)")
 		fs.BoolVar(&ef.admin, "admin", false, "the workload holding this SPIFFE ID may call the admin API with the admin role (SPIRE's admin flag; needs the admin role to set)")
 		fs.BoolVar(&ef.downstream, "downstream", false, "the workload holding this SPIFFE ID may mint downstream CAs, rampart ca downstream (SPIRE's downstream flag; needs the admin role to set)")
+		fs.Var(&ef.fed, "federates-with", "trust domain (example.com) whose bundle the workload is given besides its own; needs a federation relationship (repeatable)")
 		fs.StringVar(&ef.file, "file", "", "a JSON or YAML file of entries (SPIRE's entry export works): all are applied or none")
 	case "list":
 		fs.StringVar(&parent, "parent", "", "only entries of this agent")
 		fs.StringVar(&spiffeID, "spiffe-id", "", "only entries giving this SPIFFE ID")
 		fs.Var(&listSels, "selector", "only entries with this selector (repeatable: with all of them)")
 		fs.StringVar(&hint, "hint", "", "only entries with this hint")
+		fs.StringVar(&fedWith, "federates-with", "", "only entries federating with this trust domain")
 	case "delete":
 		fs.StringVar(&ef.file, "file", "", "delete the entries (by id) of a JSON or YAML file, all or none")
 	case "show":
@@ -107,11 +113,7 @@ func runEntry(ctx context.Context, env *cliEnv, args []string) error {
 		if fs.NArg() != 1 {
 			return usagef("entry update takes one entry ID (or --file)")
 		}
-		changes := false
-		for _, f := range []string{"spiffe-id", "parent", "selector", "ttl", "jwt-ttl", "dns", "hint", "expires-at", "admin", "downstream"} {
-			changes = changes || ef.set[f]
-		}
-		if !changes {
+		if !slices.ContainsFunc(entryFieldFlags, func(f string) bool { return ef.set[f] }) {
 			return usagef("entry update: give the fields to change (--selector, --ttl, --hint, ...)")
 		}
 		var cur api.Entry
@@ -143,7 +145,7 @@ func runEntry(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	case "list":
 		q := url.Values{}
-		for k, v := range map[string]string{"parent_id": parent, "spiffe_id": spiffeID, "hint": hint} {
+		for k, v := range map[string]string{"parent_id": parent, "spiffe_id": spiffeID, "hint": hint, "federates_with": fedWith} {
 			if v != "" {
 				q.Set(k, v)
 			}
@@ -194,6 +196,7 @@ func runEntry(ctx context.Context, env *cliEnv, args []string) error {
 		"Selectors", strings.Join(out.Selectors, ", "), "X.509 TTL", ttlString(out.X509TTLSeconds),
 		"JWT TTL", ttlString(out.JWTTTLSeconds), "DNS names", strings.Join(out.DNSNames, ", "), "Hint", out.Hint,
 		"Admin", strconv.FormatBool(out.Admin), "Downstream", strconv.FormatBool(out.Downstream), "Expires", expires,
+		"Federates with", strings.Join(out.FederatesWith, ", "),
 		"Created", fmtTime(out.CreatedAt))
 }
 
@@ -209,6 +212,9 @@ func (ef *entryFlags) apply(e *api.Entry) error {
 	}
 	if all || ef.set["dns"] {
 		e.DNSNames = ef.dns
+	}
+	if all || ef.set["federates-with"] {
+		e.FederatesWith = ef.fed
 	}
 	if all || ef.set["ttl"] {
 		e.X509TTLSeconds = seconds(ef.ttl)
@@ -239,11 +245,7 @@ func (ef *entryFlags) apply(e *api.Entry) error {
 
 // entryBatch sends a file's entries to the batch API: all or none.
 func entryBatch(ctx context.Context, env *cliEnv, c *api.Client, verb string, ef entryFlags, nargs int, asJSON bool) error {
-	others := false
-	for _, f := range []string{"spiffe-id", "parent", "selector", "ttl", "jwt-ttl", "dns", "hint", "expires-at", "admin", "downstream"} {
-		others = others || ef.set[f]
-	}
-	if nargs != 0 || others {
+	if nargs != 0 || slices.ContainsFunc(entryFieldFlags, func(f string) bool { return ef.set[f] }) {
 		return usagef("entry %s --file takes no entry ID and no other entry flags: the file says everything", verb)
 	}
 	b, err := os.ReadFile(ef.file)
@@ -269,7 +271,7 @@ func entryBatch(ctx context.Context, env *cliEnv, c *api.Client, verb string, ef
 		s := fe.Spec
 		req.Entries = append(req.Entries, api.Entry{ID: fe.ID, SpiffeID: s.SpiffeID, ParentID: s.ParentID, Selectors: s.Selectors,
 			X509TTLSeconds: s.X509TTLSeconds, JWTTTLSeconds: s.JWTTTLSeconds, DNSNames: s.DNSNames,
-			Admin: s.Admin, Downstream: s.Downstream, Hint: s.Hint, ExpiresAt: s.ExpiresAt})
+			Admin: s.Admin, Downstream: s.Downstream, Hint: s.Hint, ExpiresAt: s.ExpiresAt, FederatesWith: s.FederatesWith})
 	}
 	var out api.EntryBatchResponse
 	if err := c.Do(ctx, http.MethodPost, "/v1/entries/batch/"+verb, req, &out); err != nil {

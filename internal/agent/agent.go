@@ -312,7 +312,7 @@ func (a *Agent) indexEntriesLocked() {
 		if err != nil {
 			continue
 		}
-		a.served = append(a.served, workload.Identity{EntryID: e.ID, SpiffeID: id, Selectors: sels, Hint: e.Hint})
+		a.served = append(a.served, workload.Identity{EntryID: e.ID, SpiffeID: id, Selectors: sels, Hint: e.Hint, FederatesWith: e.FederatesWith})
 	}
 	slices.SortFunc(a.served, func(x, y workload.Identity) int { return strings.Compare(x.EntryID, y.EntryID) })
 }

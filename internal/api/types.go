@@ -50,6 +50,10 @@ type Entry struct {
 	Downstream bool      `json:"downstream,omitempty"`
 	Hint       string    `json:"hint,omitempty"`
 	ExpiresAt  time.Time `json:"expires_at,omitzero"`
+	// FederatesWith names the trust domains whose bundles the entry's
+	// workloads are given besides their own; each needs a federation
+	// relationship.
+	FederatesWith []string `json:"federates_with,omitempty"`
 }
 
 // EntryBatch is the body of the batch endpoints: entries to create or

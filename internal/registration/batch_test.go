@@ -41,6 +41,12 @@ func TestNewEntriesAllOrNone(t *testing.T) {
 		{"expired already", func(s *EntrySpec) { s.ExpiresAt = time.Now().Add(-time.Minute) }, 5, ErrInvalid, "entries[5]: expires_at:"},
 		{"ttl too long", func(s *EntrySpec) { s.X509TTLSeconds = 1 << 40 }, 6, ErrInvalid, "entries[6]: x509_ttl_seconds:"},
 		{"duplicate of an earlier one", func(s *EntrySpec) { *s = spec(1) }, 8, ErrConflict, "entries[8]: entry entries[1] already gives"},
+		{"federates with a stranger", func(s *EntrySpec) { s.FederatesWith = []string{"partner.example", "nobody.example"} }, 3, ErrInvalid,
+			"entries[3]: federates_with: no federation relationship with nobody.example"},
+		{"federates with itself", func(s *EntrySpec) { s.FederatesWith = []string{"spiffe://example.org"} }, 2, ErrInvalid, "entries[2]: federates_with: example.org is this trust domain"},
+		{"federates with a bad name", func(s *EntrySpec) { s.FederatesWith = []string{"Partner.Example"} }, 1, ErrInvalid, "entries[1]: federates_with: \"Partner.Example\" is not a trust domain"},
+		{"federates with a path", func(s *EntrySpec) { s.FederatesWith = []string{"spiffe://partner.example/x"} }, 1, ErrInvalid, "entries[1]: federates_with:"},
+		{"federates with too many", func(s *EntrySpec) { s.FederatesWith = make([]string, MaxFederatesWith+1) }, 0, ErrInvalid, "entries[0]: federates_with: at most"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,5 +156,48 @@ func TestEntryExpiry(t *testing.T) {
 	}
 	if _, _, _, err := g.SignJWT(ctx, st, agent, es[0].ID, []string{"a"}); !errors.Is(err, ErrNotEntitled) {
 		t.Fatalf("JWT-SVID for an expired entry: %v", err)
+	}
+}
+
+// federates_with: names read as trust domains (either form), stored
+// sorted without repeats, filtered on, replaced by an update; a single
+// create naming a trust domain without a relationship is refused too.
+func TestEntryFederatesWith(t *testing.T) {
+	ctx := context.Background()
+	g, st := newRegistrar(t)
+	s0 := spec(0)
+	s0.FederatesWith = []string{"spiffe://partner.example", "partner.example"}
+	es, err := g.NewEntries(ctx, st, []EntrySpec{s0, spec(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := st.GetEntry(ctx, es[0].ID); len(got.FederatesWith) != 1 || got.FederatesWith[0] != "partner.example" {
+		t.Fatalf("stored federates_with %q", got.FederatesWith)
+	}
+	if got, _ := st.FindEntries(ctx, store.EntryFilter{FederatesWith: "partner.example"}); len(got) != 1 || got[0].ID != es[0].ID {
+		t.Fatalf("filter by federates_with: %d entries", len(got))
+	}
+	if _, err := g.UpdateEntries(ctx, st, []EntryUpdate{{ID: es[0].ID, Spec: spec(0)}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := st.GetEntry(ctx, es[0].ID); len(got.FederatesWith) != 0 {
+		t.Fatalf("update kept federates_with %q", got.FederatesWith)
+	}
+	up := spec(1)
+	up.FederatesWith = []string{"nobody.example"}
+	if _, err := g.UpdateEntries(ctx, st, []EntryUpdate{{ID: es[1].ID, Spec: up}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("update to a stranger: %v", err)
+	}
+	s2 := spec(2)
+	s2.FederatesWith = []string{"nobody.example"}
+	if _, err := g.NewEntry(ctx, s2); !errors.Is(err, ErrInvalid) || !strings.HasPrefix(err.Error(), "federates_with: no federation relationship") {
+		t.Fatalf("single create federating with a stranger: %v", err)
+	}
+	// Without a way to list relationships, no entry may federate.
+	g.Federations = nil
+	s3 := spec(3)
+	s3.FederatesWith = []string{"partner.example"}
+	if _, err := g.NewEntry(ctx, s3); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("no relationships known: %v", err)
 	}
 }

@@ -24,7 +24,7 @@ const MaxEntryFile = 16 << 20
 // same things (spire-server entry create -data), so a SPIRE export loads
 // as it is.
 var entryFields = []string{
-	"id", "entry_id", "spiffe_id", "parent_id", "selectors", "dns_names", "admin", "downstream", "hint", "expires_at",
+	"id", "entry_id", "spiffe_id", "parent_id", "selectors", "dns_names", "admin", "downstream", "hint", "expires_at", "federates_with",
 	"x509_ttl", "x509_ttl_seconds", "x509_svid_ttl", "jwt_ttl", "jwt_ttl_seconds", "jwt_svid_ttl",
 	// Read and ignored, so that what entry list --json prints (and a
 	// SPIRE export) is a file: the server keeps its own.
@@ -41,6 +41,7 @@ var entryFields = []string{
 //	selectors                             "unix:uid:1000", or SPIRE's {type: unix, value: "uid:1000"}
 //	x509_ttl, jwt_ttl                     durations ("1h", "5m"); or x509_ttl_seconds, x509_svid_ttl (seconds)
 //	dns_names                             list of DNS names
+//	federates_with                        list of trust domains ("example.com" or "spiffe://example.com")
 //	admin, downstream                     booleans
 //	hint                                  string
 //	expires_at                            RFC 3339 time, or Unix seconds (SPIRE)
@@ -111,6 +112,8 @@ func parseFileEntry(n *yaml.Node, where string) (FileEntry, error) {
 			s.Selectors, err = selectors(v, field(k))
 		case "dns_names":
 			s.DNSNames, err = stringList(v, field(k))
+		case "federates_with":
+			s.FederatesWith, err = stringList(v, field(k))
 		case "admin":
 			s.Admin, err = boolean(v, field(k))
 		case "downstream":

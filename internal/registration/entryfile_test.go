@@ -21,6 +21,7 @@ entries:
     hint: internal
     admin: true
     expires_at: 2027-01-31T00:00:00Z
+    federates_with: [partner.example]
   - id: 0123abcd
     spiffe_id: spiffe://example.org/web
     parent_id: spiffe://example.org/rampart/agent/node-2
@@ -33,7 +34,8 @@ entries:
 	want := []FileEntry{
 		{Spec: EntrySpec{SpiffeID: "spiffe://example.org/orders", ParentID: "spiffe://example.org/rampart/agent/node-1",
 			Selectors: []string{"unix:uid:1001", "unix:path:/usr/bin/orders"}, X509TTLSeconds: 3600, JWTTTLSeconds: 300,
-			DNSNames: []string{"orders.internal"}, Hint: "internal", Admin: true, ExpiresAt: time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)}},
+			DNSNames: []string{"orders.internal"}, Hint: "internal", Admin: true, ExpiresAt: time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC),
+			FederatesWith: []string{"partner.example"}}},
 		{ID: "0123abcd", Spec: EntrySpec{SpiffeID: "spiffe://example.org/web", ParentID: "spiffe://example.org/rampart/agent/node-2",
 			Selectors: []string{"unix:gid:50"}}},
 	}
@@ -43,13 +45,13 @@ entries:
 	// SPIRE's export (spire-server entry show -output json / create -data).
 	spire := `{"entries": [{"entry_id": "e1", "spiffe_id": "spiffe://example.org/orders", "parent_id": "spiffe://example.org/rampart/agent/node-1",
 	  "selectors": [{"type": "unix", "value": "uid:1001"}], "x509_svid_ttl": 3600, "jwt_svid_ttl": 300, "downstream": true,
-	  "expires_at": 1800000000, "dns_names": [], "hint": ""}]}`
+	  "expires_at": 1800000000, "dns_names": [], "hint": "", "federates_with": ["spiffe://partner.example"]}]}`
 	got, err = ParseEntryFile([]byte(spire))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if e := got[0]; e.ID != "e1" || e.Spec.Selectors[0] != "unix:uid:1001" || e.Spec.X509TTLSeconds != 3600 || !e.Spec.Downstream ||
-		!e.Spec.ExpiresAt.Equal(time.Unix(1800000000, 0)) {
+		!e.Spec.ExpiresAt.Equal(time.Unix(1800000000, 0)) || len(e.Spec.FederatesWith) != 1 || e.Spec.FederatesWith[0] != "spiffe://partner.example" {
 		t.Fatalf("SPIRE form: %+v", e)
 	}
 	// A bare list is a file too.

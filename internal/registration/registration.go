@@ -69,6 +69,11 @@ type Registrar struct {
 	// X.509- and JWT-SVID's when its entry says nothing.
 	JoinTokenTTL, AgentTTL, X509TTL, JWTTTL time.Duration
 	Now                                     func() time.Time
+	// Federations lists the trust domains this one has a federation
+	// relationship with (by name): an entry's federates_with may name
+	// only those, so a misspelt one is refused rather than never served.
+	// nil: entries may not federate.
+	Federations func(ctx context.Context) ([]string, error)
 }
 
 // NewJoinToken makes a join token for agent name (a random one when
@@ -122,10 +127,16 @@ type EntrySpec struct {
 	Admin, Downstream bool
 	Hint              string
 	ExpiresAt         time.Time // zero: never
+	// FederatesWith: trust domains ("example.com" or
+	// "spiffe://example.com") whose bundles the workloads are given.
+	FederatesWith []string
 }
 
 // MaxHintLen bounds an entry's hint (SPIRE's limit).
 const MaxHintLen = 1024
+
+// MaxFederatesWith bounds how many trust domains one entry federates with.
+const MaxFederatesWith = 64
 
 var dnsNameRE = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
@@ -133,6 +144,13 @@ var dnsNameRE = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\
 func (g *Registrar) NewEntry(ctx context.Context, spec EntrySpec) (store.Entry, error) {
 	e, err := g.checkEntry(spec)
 	if err != nil {
+		return e, err
+	}
+	if err := g.checkFederations(ctx, []store.Entry{e}); err != nil {
+		var be *BatchError
+		if errors.As(err, &be) {
+			return e, be.Err
+		}
 		return e, err
 	}
 	siblings, err := g.Store.ListEntries(ctx, e.ParentID)
@@ -202,11 +220,65 @@ func (g *Registrar) checkEntry(spec EntrySpec) (store.Entry, error) {
 	if spec.DNSNames == nil {
 		spec.DNSNames = []string{}
 	}
+	fedWith, err := checkFederatesWith(g.TrustDomain, spec.FederatesWith)
+	if err != nil {
+		return store.Entry{}, err
+	}
 	idBytes := make([]byte, 16)
 	rand.Read(idBytes)
 	return store.Entry{ID: hex.EncodeToString(idBytes), SpiffeID: id.String(), ParentID: parent.String(), Selectors: sels,
 		X509TTL: time.Duration(spec.X509TTLSeconds) * time.Second, JWTTTL: time.Duration(spec.JWTTTLSeconds) * time.Second, DNSNames: spec.DNSNames, CreatedAt: g.Now(),
-		Admin: spec.Admin, Downstream: spec.Downstream, Hint: spec.Hint, ExpiresAt: spec.ExpiresAt.UTC()}, nil
+		Admin: spec.Admin, Downstream: spec.Downstream, Hint: spec.Hint, ExpiresAt: spec.ExpiresAt.UTC(), FederatesWith: fedWith}, nil
+}
+
+// checkFederatesWith reads names as trust domains: sorted, without
+// repeats, never our own.
+func checkFederatesWith(own spiffeid.TrustDomain, names []string) ([]string, error) {
+	if len(names) > MaxFederatesWith {
+		return nil, fail(ErrInvalid, "federates_with: at most %d trust domains", MaxFederatesWith)
+	}
+	var out []string
+	for _, n := range names {
+		td, err := spiffeid.TrustDomainFromString(n)
+		if err == nil && strings.HasPrefix(n, "spiffe://") && strings.TrimPrefix(n, "spiffe://") != td.Name() {
+			err = errors.New("a trust domain ID has no path")
+		}
+		if err != nil {
+			return nil, fail(ErrInvalid, "federates_with: %q is not a trust domain: %v", n, err)
+		}
+		if td == own {
+			return nil, fail(ErrInvalid, "federates_with: %s is this trust domain; its bundle is always given", td.Name())
+		}
+		if !slices.Contains(out, td.Name()) {
+			out = append(out, td.Name())
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// checkFederations refuses entries that federate with a trust domain
+// this one has no federation relationship with (a BatchError names the
+// first).
+func (g *Registrar) checkFederations(ctx context.Context, es []store.Entry) error {
+	if !slices.ContainsFunc(es, func(e store.Entry) bool { return len(e.FederatesWith) > 0 }) {
+		return nil
+	}
+	var known []string
+	if g.Federations != nil {
+		var err error
+		if known, err = g.Federations(ctx); err != nil {
+			return fmt.Errorf("registration: read federation relationships: %w", err)
+		}
+	}
+	for i, e := range es {
+		for _, td := range e.FederatesWith {
+			if !slices.Contains(known, td) {
+				return &BatchError{i, fail(ErrInvalid, "federates_with: no federation relationship with %s (create it first: rampart federation create)", td)}
+			}
+		}
+	}
+	return nil
 }
 
 // SignAgent signs agent agentID's SVID from csr, and records the agent
@@ -508,6 +580,9 @@ func (g *Registrar) NewEntries(ctx context.Context, st EntryStore, specs []Entry
 		taken[entryKey(e)] = fmt.Sprintf("entries[%d]", i)
 		out[i] = e
 	}
+	if err := g.checkFederations(ctx, out); err != nil {
+		return nil, err
+	}
 	if err := st.CreateEntries(ctx, out); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return nil, fail(ErrConflict, "an entry ID was taken; retry")
@@ -562,6 +637,9 @@ func (g *Registrar) UpdateEntries(ctx context.Context, st EntryStore, ups []Entr
 			return nil, &BatchError{i, fail(ErrConflict, "entries %s and %s would both give %s to the same selectors under %s", min(e.ID, other), max(e.ID, other), e.SpiffeID, e.ParentID)}
 		}
 		taken[entryKey(e)] = e.ID
+	}
+	if err := g.checkFederations(ctx, out); err != nil {
+		return nil, err
 	}
 	if err := st.UpdateEntries(ctx, out); err != nil {
 		return nil, fmt.Errorf("registration: update the entries: %w", err)

@@ -38,7 +38,8 @@ func newRegistrar(t *testing.T) (*Registrar, store.Store) {
 		t.Fatal(err)
 	}
 	return &Registrar{TrustDomain: td, Store: st, CA: ca, JoinTokenTTL: 10 * time.Minute, AgentTTL: time.Hour,
-		X509TTL: time.Hour, JWTTTL: 5 * time.Minute, Now: clk.Now}, st
+		X509TTL: time.Hour, JWTTTL: 5 * time.Minute, Now: clk.Now,
+		Federations: func(context.Context) ([]string, error) { return []string{"partner.example"}, nil }}, st
 }
 
 func csrFor(t *testing.T, id spiffeid.ID) []byte {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/rampartsec/rampart/internal/api"
 	"github.com/rampartsec/rampart/internal/audit"
 	"github.com/rampartsec/rampart/internal/identity"
@@ -95,19 +97,27 @@ func entryToAPI(e store.Entry) api.Entry {
 		ID: e.ID, SpiffeID: e.SpiffeID, ParentID: e.ParentID, Selectors: sels,
 		X509TTLSeconds: int64(e.X509TTL / time.Second), JWTTTLSeconds: int64(e.JWTTTL / time.Second),
 		DNSNames: e.DNSNames, CreatedAt: e.CreatedAt,
-		Admin: e.Admin, Downstream: e.Downstream, Hint: e.Hint, ExpiresAt: e.ExpiresAt,
+		Admin: e.Admin, Downstream: e.Downstream, Hint: e.Hint, ExpiresAt: e.ExpiresAt, FederatesWith: e.FederatesWith,
 	}
 }
 
 func specFromAPI(e api.Entry) registration.EntrySpec {
 	return registration.EntrySpec{SpiffeID: e.SpiffeID, ParentID: e.ParentID, Selectors: e.Selectors,
 		X509TTLSeconds: e.X509TTLSeconds, JWTTTLSeconds: e.JWTTTLSeconds, DNSNames: e.DNSNames,
-		Admin: e.Admin, Downstream: e.Downstream, Hint: e.Hint, ExpiresAt: e.ExpiresAt}
+		Admin: e.Admin, Downstream: e.Downstream, Hint: e.Hint, ExpiresAt: e.ExpiresAt, FederatesWith: e.FederatesWith}
 }
 
 func (s *Server) handleListEntries(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := store.EntryFilter{ParentID: q.Get("parent_id"), SpiffeID: q.Get("spiffe_id"), Hint: q.Get("hint")}
+	if v := q.Get("federates_with"); v != "" {
+		td, err := spiffeid.TrustDomainFromString(v)
+		if err != nil {
+			api.WriteProblem(w, http.StatusBadRequest, "federates_with: "+err.Error())
+			return
+		}
+		f.FederatesWith = td.Name()
+	}
 	for _, v := range q["selector"] {
 		sel, err := selector.Parse(v)
 		if err != nil {
@@ -278,6 +288,10 @@ func (s *Server) entryEvents(r *http.Request, event string, es []store.Entry) {
 		}
 		if e.Downstream {
 			kv = append(kv, "downstream", true)
+		}
+		if len(e.FederatesWith) > 0 {
+			// Who trusts another trust domain's CA is a security fact.
+			kv = append(kv, "federates_with", e.FederatesWith)
 		}
 		out[i] = s.entry(r, event, audit.OutcomeSuccess, "", kv...)
 	}

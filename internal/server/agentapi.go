@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -120,20 +121,17 @@ func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 		api.WriteProblem(w, http.StatusInternalServerError, "cannot encode the JWT bundle")
 		return
 	}
-	fed, err := s.federatedBundles(r.Context())
+	now := s.now()
+	// An expired entry is not synced: the agent drops it, and its SVID,
+	// as if deleted.
+	entries = slices.DeleteFunc(entries, func(e store.Entry) bool { return registration.Expired(e, now) })
+	fed, err := s.federatedBundles(r.Context(), entries)
 	if err != nil {
 		api.WriteProblem(w, http.StatusInternalServerError, "cannot read federated bundles")
 		return
 	}
-	out := api.SyncResponse{Revision: rev, Bundle: s.bundleDER(), JWTBundle: json.RawMessage(jwtBundle), Entries: []api.Entry{}, Revoked: []string{},
+	out := api.SyncResponse{Revision: rev, Bundle: s.bundleDER(), JWTBundle: json.RawMessage(jwtBundle), Entries: api.MapAll(entries, entryToAPI), Revoked: []string{},
 		ReissueUnlessRoot: s.rekey.Reissuing(), FederatedBundles: fed}
-	now := s.now()
-	for _, e := range entries {
-		if registration.Expired(e, now) {
-			continue // the agent drops it, and its SVID, as if deleted
-		}
-		out.Entries = append(out.Entries, entryToAPI(e))
-	}
 	for _, rv := range revs {
 		out.Revoked = append(out.Revoked, rv.Serial)
 	}

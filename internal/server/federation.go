@@ -101,6 +101,10 @@ func (s *Server) newFederation() error {
 		}
 	}
 	s.fed = f
+	s.registrar.Federations = func(ctx context.Context) ([]string, error) {
+		rels, err := fs.ListFederations(ctx)
+		return api.MapAll(rels, func(r store.Federation) string { return r.TrustDomain }), err
+	}
 	return nil
 }
 
@@ -242,16 +246,26 @@ func relationshipFrom(f store.Federation) (federation.Relationship, error) {
 	return rel, nil
 }
 
-// federatedBundles are the bundles held for other trust domains, by name,
-// for agents (their workloads and proxies trust them).
-func (s *Server) federatedBundles(ctx context.Context) (map[string]json.RawMessage, error) {
+// federatedBundles are the bundles held for the trust domains entries
+// federate with, by name, for an agent (their workloads and proxies trust
+// them): an agent is given no bundle none of its entries asks for.
+func (s *Server) federatedBundles(ctx context.Context, entries []store.Entry) (map[string]json.RawMessage, error) {
+	out := map[string]json.RawMessage{}
+	wanted := map[string]bool{}
+	for _, e := range entries {
+		for _, td := range e.FederatesWith {
+			wanted[td] = true
+		}
+	}
+	if len(wanted) == 0 {
+		return out, nil
+	}
 	fs, err := s.fed.store.ListFederations(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]json.RawMessage{}
 	for _, f := range fs {
-		if f.Bundle != nil {
+		if f.Bundle != nil && wanted[f.TrustDomain] {
 			out[f.TrustDomain] = json.RawMessage(f.Bundle)
 		}
 	}

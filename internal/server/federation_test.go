@@ -72,11 +72,45 @@ func TestFederationBetweenTwoServers(t *testing.T) {
 		t.Fatalf("after a refresh: %+v", got)
 	}
 
-	// A's agents receive B's bundle.
+	// A's agents receive B's bundle if one of their entries federates
+	// with B, and only then; an entry may not name a trust domain A has
+	// no relationship with.
 	agentCert, _ := a.attest("node-1")
+	otherCert, _ := a.attest("node-2")
 	var sync api.SyncResponse
 	if err := a.client("", agentCert).Do(ctx, http.MethodGet, "/v1/agent/sync", nil, &sync); err != nil {
 		t.Fatal(err)
+	}
+	if len(sync.FederatedBundles) != 0 {
+		t.Fatalf("an agent with no federating entry was given %v", sync.FederatedBundles)
+	}
+	entry := func(agent, name string, fedWith ...string) api.Entry {
+		return api.Entry{SpiffeID: "spiffe://example.org/" + name, ParentID: "spiffe://example.org/rampart/agent/" + agent,
+			Selectors: []string{"unix:uid:1000"}, FederatesWith: fedWith}
+	}
+	wantStatus(t, a.admin.Do(ctx, http.MethodPost, "/v1/entries", entry("node-1", "x", "c.example"), nil), http.StatusBadRequest, "no federation relationship with c.example")
+	for _, e := range []api.Entry{entry("node-1", "orders", "spiffe://b.example"), entry("node-2", "web")} {
+		if err := a.admin.Do(ctx, http.MethodPost, "/v1/entries", e, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var listed []api.Entry
+	if err := a.admin.Do(ctx, http.MethodGet, "/v1/entries?federates_with=b.example", nil, &listed); err != nil || len(listed) != 1 ||
+		listed[0].SpiffeID != "spiffe://example.org/orders" || len(listed[0].FederatesWith) != 1 || listed[0].FederatesWith[0] != "b.example" {
+		t.Fatalf("entries federating with b.example: %v %+v", err, listed)
+	}
+	var other api.SyncResponse
+	if err := a.client("", otherCert).Do(ctx, http.MethodGet, "/v1/agent/sync", nil, &other); err != nil {
+		t.Fatal(err)
+	}
+	if len(other.FederatedBundles) != 0 {
+		t.Fatalf("node-2, whose entries federate with nobody, was given %v", other.FederatedBundles)
+	}
+	if err := a.client("", agentCert).Do(ctx, http.MethodGet, "/v1/agent/sync", nil, &sync); err != nil {
+		t.Fatal(err)
+	}
+	if len(sync.Entries) != 1 || len(sync.Entries[0].FederatesWith) != 1 {
+		t.Fatalf("the synced entry: %+v", sync.Entries)
 	}
 	fb, ok := sync.FederatedBundles["b.example"]
 	if !ok {

@@ -83,7 +83,7 @@ func (s *Server) routes() []Route {
 
 		admin("POST /v1/join-tokens", permission.AgentEnrol, s.handleCreateJoinToken, "make a one-time join token for an agent"),
 		admin("POST /v1/entries", permission.EntryWrite, s.handleCreateEntry, "create a registration entry"),
-		admin("GET /v1/entries", permission.EntryRead, s.handleListEntries, "list registration entries (?parent_id= &spiffe_id= &hint= &selector=, repeatable: entries with all of them)"),
+		admin("GET /v1/entries", permission.EntryRead, s.handleListEntries, "list registration entries (?parent_id= &spiffe_id= &hint= &federates_with= &selector=, repeatable: entries with all of them)"),
 		admin("GET /v1/entries/{id}", permission.EntryRead, s.handleGetEntry, "read a registration entry"),
 		admin("PUT /v1/entries/{id}", permission.EntryWrite, s.handleUpdateEntry, "replace every field of a registration entry but its ID"),
 		admin("DELETE /v1/entries/{id}", permission.EntryWrite, s.handleDeleteEntry, "delete a registration entry"),

@@ -283,6 +283,11 @@ func (d dialect) migrations() [][]string {
 		d.federationMigration(),
 		// Node attestation challenges: x509pop and tpm (attest.go).
 		d.attestMigration(),
+		// The trust domains an entry's workloads are given the bundles of
+		// (SPIRE's federates_with), a JSON array of names.
+		{
+			`ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]'`,
+		},
 	}
 }
 
@@ -636,7 +641,7 @@ func (s *sqlStore) EvictAgent(ctx context.Context, spiffeID string, at time.Time
 
 // Registration entries.
 
-const entryColumns = `id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, created_at, admin, downstream, hint, expires_at`
+const entryColumns = `id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, created_at, admin, downstream, hint, expires_at, federates_with`
 
 func entryArgs(e Entry) ([]any, error) {
 	if err := checkTimes(e.CreatedAt, e.ExpiresAt); err != nil {
@@ -650,8 +655,14 @@ func entryArgs(e Entry) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	fedWith := []byte("[]")
+	if len(e.FederatesWith) > 0 {
+		if fedWith, err = json.Marshal(e.FederatesWith); err != nil {
+			return nil, err
+		}
+	}
 	return []any{e.ID, e.SpiffeID, e.ParentID, string(selectors), int64(e.X509TTL), int64(e.JWTTTL), string(dnsNames), ns(e.CreatedAt),
-		e.Admin, e.Downstream, e.Hint, ns(e.ExpiresAt)}, nil
+		e.Admin, e.Downstream, e.Hint, ns(e.ExpiresAt), string(fedWith)}, nil
 }
 
 func (s *sqlStore) CreateEntry(ctx context.Context, e Entry) error {
@@ -665,7 +676,7 @@ func (s *sqlStore) CreateEntries(ctx context.Context, es []Entry) error {
 			if err != nil {
 				return fmt.Errorf("entry %s: %w", e.ID, err)
 			}
-			err = s.insertNew(ctx, tx, `INSERT INTO entries (`+entryColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`, args...)
+			err = s.insertNew(ctx, tx, `INSERT INTO entries (`+entryColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`, args...)
 			if errors.Is(err, ErrConflict) {
 				return fmt.Errorf("%w: entry %s", ErrConflict, e.ID)
 			}
@@ -690,7 +701,7 @@ func (s *sqlStore) UpdateEntries(ctx context.Context, es []Entry) error {
 			}
 			// Everything but the ID and when it was created.
 			err = s.execOne(ctx, tx, `UPDATE entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_ttl = ?, jwt_ttl = ?, dns_names = ?,
-				admin = ?, downstream = ?, hint = ?, expires_at = ? WHERE id = ?`, append(args[1:7], append(args[8:], e.ID)...)...)
+				admin = ?, downstream = ?, hint = ?, expires_at = ?, federates_with = ? WHERE id = ?`, append(args[1:7], append(args[8:], e.ID)...)...)
 			if errors.Is(err, ErrNotFound) {
 				return fmt.Errorf("%w: entry %s", ErrNotFound, e.ID)
 			}
@@ -743,15 +754,18 @@ func (s *sqlStore) FindEntries(ctx context.Context, f EntryFilter) ([]Entry, err
 			return !selector.NewSet(e.Selectors...).Matches(f.Selectors)
 		})
 	}
+	if f.FederatesWith != "" {
+		entries = slices.DeleteFunc(entries, func(e Entry) bool { return !slices.Contains(e.FederatesWith, f.FederatesWith) })
+	}
 	return entries, nil
 }
 
 func scanEntry(r scanner) (Entry, error) {
 	var e Entry
-	var selectors, dnsNames string
+	var selectors, dnsNames, fedWith string
 	var x509TTL, jwtTTL, created, expires int64
 	if err := r.Scan(&e.ID, &e.SpiffeID, &e.ParentID, &selectors, &x509TTL, &jwtTTL, &dnsNames, &created,
-		&e.Admin, &e.Downstream, &e.Hint, &expires); err != nil {
+		&e.Admin, &e.Downstream, &e.Hint, &expires, &fedWith); err != nil {
 		return Entry{}, err
 	}
 	if err := json.Unmarshal([]byte(selectors), &e.Selectors); err != nil {
@@ -759,6 +773,11 @@ func scanEntry(r scanner) (Entry, error) {
 	}
 	if err := json.Unmarshal([]byte(dnsNames), &e.DNSNames); err != nil {
 		return Entry{}, fmt.Errorf("entry %s: DNS names: %w", e.ID, err)
+	}
+	if fedWith != "[]" {
+		if err := json.Unmarshal([]byte(fedWith), &e.FederatesWith); err != nil {
+			return Entry{}, fmt.Errorf("entry %s: federates_with: %w", e.ID, err)
+		}
 	}
 	e.X509TTL, e.JWTTTL, e.CreatedAt, e.ExpiresAt = time.Duration(x509TTL), time.Duration(jwtTTL), fromNS(created), fromNS(expires)
 	return e, nil

@@ -297,6 +297,10 @@ type Entry struct {
 	// ExpiresAt, if set, ends the entry: no SVID is signed for it after,
 	// and none outlives it.
 	ExpiresAt time.Time
+	// FederatesWith names the trust domains (sorted, without the
+	// spiffe:// scheme) whose bundles the entry's workloads are given
+	// besides their own (SPIRE's federates_with).
+	FederatesWith []string
 }
 
 // EntryFilter selects entries; empty fields match anything.
@@ -304,6 +308,8 @@ type EntryFilter struct {
 	ParentID, SpiffeID, Hint string
 	// Selectors: entries having every one of these (and maybe more).
 	Selectors []selector.Selector
+	// FederatesWith: entries federating with this trust domain.
+	FederatesWith string
 }
 
 // IssuedSVID records one X.509-SVID the CA signed.

@@ -89,14 +89,18 @@
 //     bundle as a validation context: Envoy's SPIFFE certificate validator
 //     for clients that say they are Envoy 1.18 or later, trusted CAs for
 //     others;
-//   - "ALL": every bundle as one SPIFFE validator (federated bundles will
-//     join it);
-//   - no names (a wildcard): every X.509-SVID of the caller and the bundle.
+//   - another trust domain's ID: its bundle, if one of the caller's
+//     entries federates with it (federates_with), else refused;
+//   - "ALL": our bundle and those the caller federates with, as one SPIFFE
+//     validator;
+//   - no names (a wildcard): every X.509-SVID of the caller and the
+//     bundles.
 //
 // A request that names an SVID the caller is not entitled to (another
 // workload's, or none at all) is refused whole with PermissionDenied,
 // logged and audited; the refusal does not say whether the SVID exists.
-// Bundles are public, as FetchX509Bundles is, and need no entry.
+// Our own bundle is public, as FetchX509Bundles is, and needs no entry;
+// federated bundles go only to callers whose entries federate with them.
 //
 // StreamSecrets speaks the state-of-the-world protocol: each response has
 // a version and a nonce; an ACK or a NACK (error_detail, logged) of the

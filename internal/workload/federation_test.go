@@ -4,34 +4,72 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"slices"
 	"testing"
 	"time"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	grpcstatus "google.golang.org/grpc/status"
+
+	"github.com/rampartsec/rampart/internal/selector"
 )
 
-var tdOther = spiffeid.RequireTrustDomainFromString("other.test")
+var (
+	tdOther = spiffeid.RequireTrustDomainFromString("other.test")
+	tdThird = spiffeid.RequireTrustDomainFromString("third.test")
+)
 
-// withFederated adds another trust domain's bundle to a snapshot.
-func withFederated(t *testing.T, snap *Snapshot) *Snapshot {
-	root, _, _ := selfSigned(t, spiffeid.RequireFromString("spiffe://example.org/x"))
-	snap.Federated = []FederatedBundle{{TrustDomain: tdOther, X509: []*x509.Certificate{root}, JWT: []byte(`{"keys":[]}`)}}
+// withFederated gives the agent's snapshot the bundles of other.test and
+// third.test, and makes the entries named federate with other.test only.
+func withFederated(t *testing.T, snap *Snapshot, federating ...string) *Snapshot {
+	for _, td := range []spiffeid.TrustDomain{tdOther, tdThird} {
+		root, _, _ := selfSigned(t, td.ID())
+		snap.Federated = append(snap.Federated, FederatedBundle{TrustDomain: td, X509: []*x509.Certificate{root}, JWT: []byte(`{"keys":[]}`)})
+	}
+	for i := range snap.Identities {
+		if slices.Contains(federating, snap.Identities[i].EntryID) {
+			snap.Identities[i].FederatesWith = []string{tdOther.Name()}
+		}
+	}
 	return snap
 }
 
-// go-spiffe's client sees federated bundles in FetchX509SVID
-// (federated_bundles) and FetchX509Bundles, each under its own trust
-// domain: a certificate of other.test verifies only with other.test's
-// roots.
-func TestWorkloadAPIServesFederatedBundles(t *testing.T) {
-	snap := withFederated(t, snapshotFor(t, uidSel()))
-	sock := serve(t, &staticSource{snap: snap, changed: make(chan struct{})})
-	x, err := fetch(t, sock)
+// bundleSets fetches what go-spiffe's client sees of the federated
+// bundles: in FetchX509SVID (nil if refused), FetchX509Bundles and
+// FetchJWTBundles.
+func bundleSets(t *testing.T, sock string) (svid *workloadapi.X509Context, x509s *x509bundle.Set, jwts *jwtbundle.Set) {
+	t.Helper()
+	svid, _ = fetch(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	x509s, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr("unix://"+sock))
 	if err != nil {
 		t.Fatal(err)
+	}
+	jwts, err = workloadapi.FetchJWTBundles(ctx, workloadapi.WithAddr("unix://"+sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid, x509s, jwts
+}
+
+// go-spiffe's client sees the bundles of the trust domains its entry
+// federates with in FetchX509SVID (federated_bundles), FetchX509Bundles
+// and FetchJWTBundles, each under its own trust domain (a certificate of
+// other.test verifies only with other.test's roots), and not those of a
+// trust domain the agent holds for others (third.test).
+func TestWorkloadAPIServesFederatedBundles(t *testing.T) {
+	snap := withFederated(t, snapshotFor(t, uidSel()), "e1")
+	sock := serve(t, &staticSource{snap: snap, changed: make(chan struct{})})
+	x, xset, jset := bundleSets(t, sock)
+	if x == nil {
+		t.Fatal("FetchX509SVID refused")
 	}
 	ob, err := x.Bundles.GetX509BundleForTrustDomain(tdOther)
 	if err != nil || !ob.HasX509Authority(snap.Federated[0].X509[0]) {
@@ -41,25 +79,52 @@ func TestWorkloadAPIServesFederatedBundles(t *testing.T) {
 	if err != nil || own.HasX509Authority(snap.Federated[0].X509[0]) {
 		t.Fatal("FetchX509SVID: the federated root is in our own bundle")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	set, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr("unix://"+sock))
-	if err != nil {
-		t.Fatal(err)
+	if x.Bundles.Has(tdThird) || xset.Has(tdThird) || jset.Has(tdThird) {
+		t.Fatal("third.test's bundle was given to a workload that does not federate with it")
 	}
-	if set.Len() != 2 || !set.Has(tdOther) {
-		t.Fatalf("FetchX509Bundles: %d bundles", set.Len())
+	if xset.Len() != 2 || !xset.Has(tdOther) {
+		t.Fatalf("FetchX509Bundles: %d bundles", xset.Len())
 	}
-	jset, err := workloadapi.FetchJWTBundles(ctx, workloadapi.WithAddr("unix://"+sock))
-	if err != nil || !jset.Has(tdOther) {
-		t.Fatalf("FetchJWTBundles: no bundle of other.test: %v", err)
+	if jset.Len() != 2 || !jset.Has(tdOther) {
+		t.Fatalf("FetchJWTBundles: %d bundles", jset.Len())
+	}
+}
+
+// The attack: a workload whose entry federates with nobody, on an agent
+// that holds other.test's bundle for another workload (e2), asks for the
+// federated bundles every way the Workload API has. It gets its own trust
+// domain's only, so it cannot be talked into trusting other.test's CA. A
+// caller matching no entry (a verifier) gets our bundle and is not
+// refused.
+func TestWorkloadAPIWithholdsFederatedBundles(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		snap     *Snapshot
+		hasSVIDs bool
+	}{
+		{"entry without federates_with", withFederated(t, twoWorkloads(t), "e2"), true},
+		{"no entry", withFederated(t, snapshotFor(t, selector.Selector{Type: selector.UnixUID, Value: "54321"}), "e1"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sock := serve(t, &staticSource{snap: tc.snap, changed: make(chan struct{})})
+			x, xset, jset := bundleSets(t, sock)
+			if (x != nil) != tc.hasSVIDs {
+				t.Fatalf("FetchX509SVID answered %v, want %v", x != nil, tc.hasSVIDs)
+			}
+			if x != nil && x.Bundles.Len() != 1 {
+				t.Fatalf("FetchX509SVID: %d trust domains' bundles, want our own only", x.Bundles.Len())
+			}
+			if xset.Len() != 1 || !xset.Has(td) || jset.Len() != 1 || !jset.Has(td) {
+				t.Fatalf("bundles: X.509 %d, JWT %d; want our own only", xset.Len(), jset.Len())
+			}
+		})
 	}
 }
 
 // SDS: the federated trust domain's ID names its bundle alone; ALL holds
-// every trust domain, each with its own roots.
+// ours and those the caller federates with, each with its own roots.
 func TestSDSServesFederatedBundles(t *testing.T) {
-	snap := withFederated(t, twoWorkloads(t))
+	snap := withFederated(t, twoWorkloads(t), "e1")
 	c := sdsClient(t, serve(t, &staticSource{snap: snap, changed: make(chan struct{})}))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -95,6 +160,40 @@ func TestSDSServesFederatedBundles(t *testing.T) {
 	all := validator(SDSAllBundles)
 	if len(all) != 2 || !sameDER(all["example.org"], snap.Bundle[0].Raw) || !sameDER(all["other.test"], snap.Federated[0].X509[0].Raw) {
 		t.Fatalf("ALL holds %v", keys2(all))
+	}
+}
+
+// The attack: a workload names, over SDS, the bundle of a trust domain its
+// entry does not federate with (held by the agent for another workload):
+// refused whole, like another workload's SVID; asking for ROOTCA alone
+// still works, and ALL holds our trust domain only.
+func TestSDSRefusesUnfederatedBundle(t *testing.T) {
+	snap := withFederated(t, twoWorkloads(t), "e2")
+	c := sdsClient(t, serve(t, &staticSource{snap: snap, changed: make(chan struct{})}))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, names := range [][]string{{"spiffe://other.test"}, {"spiffe://third.test"}, {SDSRootCA, "spiffe://other.test"}} {
+		_, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{Node: envoyNode(30), TypeUrl: SDSSecretType, ResourceNames: names})
+		if grpcstatus.Code(err) != codes.PermissionDenied {
+			t.Fatalf("%v: got %v, want PermissionDenied", names, err)
+		}
+	}
+	resp, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{Node: envoyNode(30), TypeUrl: SDSSecretType, ResourceNames: []string{SDSAllBundles}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v tlsv3.SPIFFECertValidatorConfig
+	vc := secretsOf(t, resp)[SDSAllBundles].GetValidationContext()
+	if vc == nil || vc.CustomValidatorConfig.TypedConfig.UnmarshalTo(&v) != nil || len(v.TrustDomains) != 1 || v.TrustDomains[0].Name != td.Name() {
+		t.Fatalf("ALL for a caller federating with nobody: %v", vc)
+	}
+	// The wildcard: the caller's SVID and our bundle, no federated one.
+	resp, err = c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{TypeUrl: SDSSecretType})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := secretsOf(t, resp); len(got) != 2 || got["spiffe://other.test"] != nil {
+		t.Fatalf("wildcard gave %v", keys(got))
 	}
 }
 

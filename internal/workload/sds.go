@@ -83,10 +83,17 @@ func supportsSPIFFEValidator(n *corev3.Node) bool {
 	return v.MajorNumber > 1 || (v.MajorNumber == 1 && v.MinorNumber >= 18)
 }
 
-// isBundleName reports whether name asks for a bundle, which is public
-// (FetchX509Bundles gives it to anyone on the socket).
-func isBundleName(snap *Snapshot, name string) bool {
-	return name == SDSRootCA || name == SDSAllBundles || name == snap.TrustDomain.IDString() || snap.federated(name) != nil
+// isOwnBundleName reports whether name asks for our own trust domain's
+// bundle, which is public (FetchX509Bundles gives it to anyone on the
+// socket).
+func isOwnBundleName(snap *Snapshot, name string) bool {
+	return name == SDSRootCA || name == snap.TrustDomain.IDString()
+}
+
+// isFederatedName reports whether name asks for federated bundles, which
+// a caller is given only for the trust domains its entries federate with.
+func isFederatedName(snap *Snapshot, name string) bool {
+	return name == SDSAllBundles || snap.federated(name) != nil
 }
 
 // federated returns the federated bundle whose trust domain ID is name.
@@ -107,10 +114,10 @@ type tdRoots struct {
 
 func own(snap *Snapshot) []tdRoots { return []tdRoots{{snap.TrustDomain, snap.Bundle}} }
 
-// everyBundle is ours and every federated one.
-func everyBundle(snap *Snapshot) []tdRoots {
+// ownAndFederated is ours and the federated bundles fed.
+func ownAndFederated(snap *Snapshot, fed []FederatedBundle) []tdRoots {
 	out := own(snap)
-	for _, f := range snap.Federated {
+	for _, f := range fed {
 		out = append(out, tdRoots{f.TrustDomain, f.X509})
 	}
 	return out
@@ -125,21 +132,28 @@ func (d *sds) resolve(ctx context.Context, snap *Snapshot, r sdsRequest, method 
 		return nil, status.Error(codes.Unavailable, "the agent holds no trust bundle yet")
 	}
 	wildcard := len(r.names) == 0
-	needIDs := wildcard || slices.ContainsFunc(r.names, func(n string) bool { return !isBundleName(snap, n) })
+	wantSVIDs := wildcard || slices.ContainsFunc(r.names, func(n string) bool { return !isOwnBundleName(snap, n) && !isFederatedName(snap, n) })
 	var ids []Identity
-	if needIDs {
-		var err error
-		if snap, ids, err = d.s.entitled(ctx, snap, method, true); err != nil {
+	var err error
+	switch {
+	case wantSVIDs:
+		if snap, ids, err = d.s.entitled(ctx, snap, method, needSVIDs); err != nil {
 			return nil, err
 		}
 		if len(ids) == 0 {
 			return nil, errNoIdentity
 		}
+	case slices.ContainsFunc(r.names, func(n string) bool { return isFederatedName(snap, n) }):
+		// Bundles only: the entries say which federated ones.
+		if _, ids, err = d.s.entitled(ctx, snap, method, needBundles); err != nil {
+			return nil, err
+		}
 	}
+	fed := snap.federatedFor(ids)
 	var out []*tlsv3.Secret
 	if wildcard {
 		out = append(out, d.validationContext(snap.TrustDomain.IDString(), own(snap), r.spiffeValidator))
-		for _, f := range snap.Federated {
+		for _, f := range fed {
 			out = append(out, d.validationContext(f.TrustDomain.IDString(), []tdRoots{{f.TrustDomain, f.X509}}, r.spiffeValidator))
 		}
 		seen := map[string]bool{}
@@ -157,12 +171,17 @@ func (d *sds) resolve(ctx context.Context, snap *Snapshot, r sdsRequest, method 
 		case name == SDSRootCA, name == snap.TrustDomain.IDString():
 			out = append(out, d.validationContext(name, own(snap), r.spiffeValidator))
 		case name == SDSAllBundles:
-			// SPIRE's "ALL": one SPIFFE validator holding every trust
-			// domain, each checked against its own roots only.
-			out = append(out, d.validationContext(name, everyBundle(snap), true))
+			// SPIRE's "ALL": one SPIFFE validator holding our trust domain
+			// and those the caller federates with, each checked against its
+			// own roots only.
+			out = append(out, d.validationContext(name, ownAndFederated(snap, fed), true))
 		case snap.federated(name) != nil:
-			f := snap.federated(name)
-			out = append(out, d.validationContext(name, []tdRoots{{f.TrustDomain, f.X509}}, r.spiffeValidator))
+			i := slices.IndexFunc(fed, func(f FederatedBundle) bool { return f.TrustDomain.IDString() == name })
+			if i < 0 {
+				refused = append(refused, name) // none of the caller's entries federates with it
+				continue
+			}
+			out = append(out, d.validationContext(name, []tdRoots{{fed[i].TrustDomain, fed[i].X509}}, r.spiffeValidator))
 		case name == SDSDefaultSVID:
 			out = append(out, tlsCertificate(name, ids[0]))
 		default:

@@ -38,6 +38,9 @@ type Identity struct {
 	// Hint, from the entry, tells a workload holding several SVIDs which
 	// is which (the Workload API's hint field).
 	Hint string
+	// FederatesWith names the trust domains whose bundles a workload of
+	// this identity is given besides its own (the entry's federates_with).
+	FederatesWith []string
 }
 
 // Snapshot is what the agent holds at one moment. It is never modified once
@@ -51,7 +54,8 @@ type Snapshot struct {
 	// for (Chain and Key nil): a Minter mints them on first request.
 	Unminted []Identity
 	// Federated are the bundles of the trust domains this one federates
-	// with, ordered by trust domain name (package federation).
+	// with, ordered by trust domain name (package federation). A workload
+	// is given those its identities federate with (federatedFor).
 	Federated []FederatedBundle
 
 	owners *ownerIndex // Index; nil: every entry is read
@@ -64,14 +68,31 @@ type FederatedBundle struct {
 	JWT         []byte // JWKS
 }
 
-// federatedX509 is the federated bundles as the Workload API carries
-// them: concatenated DER by trust domain ID; nil when there are none.
-func (snap *Snapshot) federatedX509() map[string][]byte {
-	if len(snap.Federated) == 0 {
+// federatedFor returns the federated bundles a workload holding ids is
+// given: those of the trust domains one of its entries federates with,
+// ordered by trust domain name. A workload whose entries federate with
+// nobody gets none, even if the agent holds some for other workloads.
+func (snap *Snapshot) federatedFor(ids []Identity) []FederatedBundle {
+	var out []FederatedBundle
+	for _, f := range snap.Federated {
+		name := f.TrustDomain.Name()
+		if slices.ContainsFunc(ids, func(id Identity) bool { return slices.Contains(id.FederatesWith, name) }) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// federatedX509 is the federated bundles of ids as the Workload API
+// carries them: concatenated DER by trust domain ID; nil when there are
+// none.
+func (snap *Snapshot) federatedX509(ids []Identity) map[string][]byte {
+	fed := snap.federatedFor(ids)
+	if len(fed) == 0 {
 		return nil
 	}
-	out := make(map[string][]byte, len(snap.Federated))
-	for _, f := range snap.Federated {
+	out := make(map[string][]byte, len(fed))
+	for _, f := range fed {
 		out[f.TrustDomain.IDString()] = concatDER(f.X509)
 	}
 	return out
@@ -172,6 +193,17 @@ func (s *Server) streamGuard(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 	return err
 }
 
+// entitlement is what a call needs of the caller's identities.
+type entitlement int
+
+const (
+	needSVIDs   entitlement = iota // X.509-SVIDs: minted before the answer
+	needEntries                    // JWT-SVIDs: the entries only
+	// needBundles: the entries' federates_with only; a caller matching no
+	// entry is not refused (it is given its own trust domain's bundle).
+	needBundles
+)
+
 func (s *Server) count(method string, err error) {
 	if s.metrics != nil {
 		s.metrics.Call(filepath.Base(method), status.Code(err))
@@ -186,11 +218,13 @@ func (s *Server) count(method string, err error) {
 // selectors of its executable that were not attested and why.
 //
 // Entries the source holds no SVID for yet (Snapshot.Unminted) match like
-// the others; when mint is set and the source is a Minter, their SVIDs are
+// the others; with needSVIDs, when the source is a Minter, their SVIDs are
 // minted now, before the answer (the first request of a new workload
-// waits one round trip to the server). Without mint (JWT-SVIDs need only
-// the entry) they are returned without Chain and Key.
-func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string, mint bool) (*Snapshot, []Identity, error) {
+// waits one round trip to the server). Otherwise (JWT-SVIDs need only the
+// entry, bundles only its federates_with) they are returned without Chain
+// and Key.
+func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string, need entitlement) (*Snapshot, []Identity, error) {
+	mint := need == needSVIDs
 	p, ok := callerFrom(ctx)
 	if !ok {
 		return snap, nil, status.Error(codes.Internal, "caller credentials unavailable")
@@ -221,6 +255,9 @@ func (s *Server) entitled(ctx context.Context, snap *Snapshot, method string, mi
 			"user_ns", p.ns.user.String(), "mnt_ns", p.ns.mnt.String(), "reason", why)
 	}
 	out := s.matching(cands, att.Selectors, p)
+	if len(out) == 0 && need == needBundles {
+		return snap, nil, nil // a verifier: served its own trust domain's bundle, refused nothing
+	}
 	if len(out) == 0 {
 		s.log.Info("workload refused: no entry matches", "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path)
 		s.audit.refused(ctx, p, method, noMatch, att.NotAttested...)
@@ -288,7 +325,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	var last []byte
 	for {
 		snap, changed := s.src.Snapshot()
-		snap, ids, err := s.entitled(ctx, snap, "FetchX509SVID", true)
+		snap, ids, err := s.entitled(ctx, snap, "FetchX509SVID", needSVIDs)
 		if err != nil {
 			return err
 		}
@@ -317,7 +354,7 @@ func x509Response(snap *Snapshot, ids []Identity) (*workload.X509SVIDResponse, e
 	bundle := concatDER(snap.Bundle)
 	// SPIFFE Workload API: federated_bundles, the CA certificates of
 	// trust domains the workload may trust besides its own.
-	resp := &workload.X509SVIDResponse{FederatedBundles: snap.federatedX509()}
+	resp := &workload.X509SVIDResponse{FederatedBundles: snap.federatedX509(ids)}
 	for _, id := range ids {
 		key, err := x509.MarshalPKCS8PrivateKey(id.Key)
 		if err != nil {
@@ -372,8 +409,12 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.Se
 	var last []byte
 	for {
 		snap, changed := s.src.Snapshot()
+		_, ids, err := s.entitled(ctx, snap, "FetchX509Bundles", needBundles)
+		if err != nil {
+			return err
+		}
 		bundles := map[string][]byte{snap.TrustDomain.IDString(): concatDER(snap.Bundle)}
-		maps.Copy(bundles, snap.federatedX509())
+		maps.Copy(bundles, snap.federatedX509(ids))
 		if b := bundlesFingerprint(bundles); !bytes.Equal(b, last) {
 			if err := stream.Send(&workload.X509BundlesResponse{Bundles: bundles}); err != nil {
 				return err
@@ -393,7 +434,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
 	}
 	snap, _ := s.src.Snapshot()
-	_, ids, err := s.entitled(ctx, snap, "FetchJWTSVID", false)
+	_, ids, err := s.entitled(ctx, snap, "FetchJWTSVID", needEntries)
 	if err != nil {
 		return nil, err
 	}
@@ -429,8 +470,12 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 	var last []byte
 	for {
 		snap, changed := s.src.Snapshot()
+		_, ids, err := s.entitled(ctx, snap, "FetchJWTBundles", needBundles)
+		if err != nil {
+			return err
+		}
 		bundles := map[string][]byte{snap.TrustDomain.IDString(): snap.JWTBundle}
-		for _, f := range snap.Federated {
+		for _, f := range snap.federatedFor(ids) {
 			if f.JWT != nil {
 				bundles[f.TrustDomain.IDString()] = f.JWT
 			}
@@ -461,11 +506,15 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, "JWT bundle unavailable")
 	}
+	_, ids, err := s.entitled(ctx, snap, "ValidateJWTSVID", needBundles)
+	if err != nil {
+		return nil, err
+	}
 	// A JWT-SVID of a federated trust domain is checked with that trust
 	// domain's keys, never with ours (jwtsvid picks by the token's
-	// subject).
+	// subject), and only if the caller's entries federate with it.
 	set := jwtbundle.NewSet(bundle)
-	for _, f := range snap.Federated {
+	for _, f := range snap.federatedFor(ids) {
 		if fb, err := jwtbundle.Parse(f.TrustDomain, f.JWT); err == nil && f.JWT != nil {
 			set.Add(fb)
 		}
