@@ -102,16 +102,17 @@ type endpoint struct {
 	roots    []*x509.Certificate
 	cert     *tls.Certificate
 	hint     time.Duration
+	seq      uint64
 	override http.HandlerFunc // serves instead of the endpoint when set
 	hits     atomic.Int64
 }
 
 func newEndpoint(t *testing.T, roots []*x509.Certificate, cert *tls.Certificate) *endpoint {
-	e := &endpoint{roots: roots, cert: cert, hint: 10 * time.Minute}
+	e := &endpoint{roots: roots, cert: cert, hint: 10 * time.Minute, seq: 7}
 	ep := &federation.Endpoint{TrustDomain: tdB, Bundle: func() (federation.Authorities, error) {
 		e.mu.Lock()
 		defer e.mu.Unlock()
-		return federation.Authorities{X509: e.roots, Sequence: 7}, nil
+		return federation.Authorities{X509: e.roots, Sequence: e.seq}, nil
 	}}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.hits.Add(1)
@@ -337,6 +338,12 @@ func TestRefreshRefusals(t *testing.T) {
 				}
 			})
 		}, "redirect"},
+		{"an older bundle: lower spiffe_sequence, other roots (a replay bringing back a removed root)", func(t *testing.T, s *setup) {
+			held, _ := s.st.get(tdB)
+			held.Bundle.SetSequenceNumber(9)
+			removed := newCA(t, tdB)
+			s.ep.set(func(e *endpoint) { e.roots = append(e.roots, removed.cert) })
+		}, "went back from spiffe_sequence 9 to 7"},
 		{"not JSON", func(t *testing.T, s *setup) {
 			s.ep.set(func(e *endpoint) {
 				e.override = func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("<html>")) }

@@ -214,6 +214,9 @@ func (r *Refresher) RefreshDue(ctx context.Context) (time.Time, error) {
 func (r *Refresher) refresh(ctx context.Context, rel Relationship, known *x509bundle.Set, now time.Time) Result {
 	res := Result{TrustDomain: rel.TrustDomain}
 	b, err := r.Fetch(ctx, rel, known)
+	if err == nil && !SameAuthorities(rel.Bundle, b) {
+		err = checkSequence(rel.Bundle, b)
+	}
 	if err == nil {
 		res.Next = now.Add(r.Interval(b))
 		if SameAuthorities(rel.Bundle, b) {
@@ -243,6 +246,25 @@ func (r *Refresher) refresh(ctx context.Context, rel Relationship, known *x509bu
 		r.OnRefresh(res)
 	}
 	return res
+}
+
+// checkSequence refuses a bundle older than the one held: one whose
+// spiffe_sequence is lower, with other authorities. Served by a stale
+// cache or replayed by whoever controls the endpoint, it could bring back
+// a root the trust domain has removed (a compromised one, say). A trust
+// domain that really restarted its numbering is taken by an operator
+// (rampart federation update --bundle-file).
+func checkSequence(held, got *spiffebundle.Bundle) error {
+	if held == nil {
+		return nil
+	}
+	h, ok1 := held.SequenceNumber()
+	g, ok2 := got.SequenceNumber()
+	if ok1 && ok2 && g < h {
+		return fmt.Errorf("federation: the bundle of %s went back from spiffe_sequence %d to %d with other authorities: refused as a stale or replayed bundle (if %s restarted its numbering, set the bundle with rampart federation update --bundle-file)",
+			got.TrustDomain().Name(), h, g, got.TrustDomain().Name())
+	}
+	return nil
 }
 
 // errRedirect: bundle endpoints are fetched where configured, never
