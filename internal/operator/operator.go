@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -177,6 +178,25 @@ type Authenticator struct {
 	Now        func() time.Time
 }
 
+// portIsOurs refuses a Host naming a port other than the one the request
+// arrived on: a proof made for another service on the same host name (its
+// htu naming that port) is not valid here. A Host without a port, or with
+// the scheme's default, is what a load balancer in front forwards.
+func portIsOurs(r *http.Request) error {
+	_, port, err := net.SplitHostPort(r.Host)
+	if err != nil || port == "443" || port == "80" && r.TLS == nil {
+		return nil // no port: the scheme's default
+	}
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return nil
+	}
+	if _, lport, err := net.SplitHostPort(local.String()); err == nil && lport != port {
+		return fmt.Errorf("the request is for port %s, this server listens on %s", port, lport)
+	}
+	return nil
+}
+
 // Token authenticates a request carrying an operator access token. It
 // returns ErrNoSuchToken if the request carries no DPoP-scheme token.
 func (a *Authenticator) Token(r *http.Request) (Caller, error) {
@@ -198,6 +218,9 @@ func (a *Authenticator) Token(r *http.Request) (Caller, error) {
 	}
 	if a.ServesHost != nil && !a.ServesHost(r.Host) {
 		return Caller{}, fmt.Errorf("%w: the request is for host %q, not one of this server's names", ErrProof, r.Host)
+	}
+	if err := portIsOurs(r); err != nil {
+		return Caller{}, fmt.Errorf("%w: %v", ErrProof, err)
 	}
 	proof, err := a.DPoP.VerifyRequest(r, raw)
 	if err != nil {

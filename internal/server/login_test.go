@@ -352,12 +352,13 @@ func TestOperatorRefusals(t *testing.T) {
 		// with that server's Host so that htu matches: refused, the Host
 		// is not one of this server's names (red team, stop 31). The
 		// same request for a name of this server's (localhost) passes:
-		// only the host differs.
+		// only the host differs. Nor is one made for another service on a
+		// name of ours but another port (localhost:1).
 		_, port, _ := net.SplitHostPort(strings.TrimPrefix(h.issuer(), "https://"))
 		for _, tc := range []struct {
 			host string
 			want int
-		}{{"admin.other.example:8443", http.StatusUnauthorized}, {"localhost:" + port, http.StatusOK}} {
+		}{{"admin.other.example:8443", http.StatusUnauthorized}, {"localhost:1", http.StatusUnauthorized}, {"localhost:" + port, http.StatusOK}} {
 			p, err := dpop.NewProof(key, jose.ES256, "GET", "https://"+tc.host+"/v1/entries", at, "", h.clk.Now())
 			if err != nil {
 				t.Fatal(err)
