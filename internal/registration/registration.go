@@ -52,6 +52,8 @@ func fail(kind error, format string, args ...any) error {
 type Store interface {
 	GetAgent(ctx context.Context, id string) (store.Agent, error)
 	UpsertAgent(ctx context.Context, a store.Agent) error
+	ReadmitAgent(ctx context.Context, id string) error
+	AddRevocations(ctx context.Context, revs []store.Revocation) error
 	CreateJoinToken(ctx context.Context, t store.JoinToken) error
 	ListEntries(ctx context.Context, parentID string) ([]store.Entry, error)
 	CreateEntry(ctx context.Context, e store.Entry) error
@@ -282,33 +284,69 @@ func (g *Registrar) checkFederations(ctx context.Context, es []store.Entry) erro
 }
 
 // SignAgent signs agent agentID's SVID from csr, and records the agent
-// (first attested now, or when it was) and the SVID.
-func (g *Registrar) SignAgent(ctx context.Context, agentID spiffeid.ID, csr []byte) ([]*x509.Certificate, error) {
+// (first attested now, or when it was) and the SVID. An evicted agent is
+// refused (ErrNotEntitled) unless readmit is set: a join token made after
+// the eviction was spent for it.
+func (g *Registrar) SignAgent(ctx context.Context, agentID spiffeid.ID, csr []byte, readmit bool) ([]*x509.Certificate, error) {
 	now := g.Now()
 	pub, err := svid.CheckCSR(csr, agentID)
 	if err != nil {
 		return nil, fail(ErrInvalid, "%v", err)
+	}
+	if readmit {
+		if err := g.Store.ReadmitAgent(ctx, agentID.String()); err != nil {
+			return nil, fmt.Errorf("registration: readmit the agent: %w", err)
+		}
+	}
+	prev, err := g.Store.GetAgent(ctx, agentID.String())
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("registration: read the agent: %w", err)
+	}
+	if err == nil && prev.Evicted {
+		return nil, fail(ErrNotEntitled, "agent %s was evicted", agentID)
 	}
 	chain, err := g.CA.SignX509SVID(agentID, pub, g.AgentTTL, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCA, err)
 	}
 	serial := svid.SerialString(chain[0].SerialNumber)
-	prev, err := g.Store.GetAgent(ctx, agentID.String())
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("registration: read the agent: %w", err)
-	}
 	a := store.Agent{SpiffeID: agentID.String(), Serial: serial, SVIDNotAfter: chain[0].NotAfter, AttestedAt: now, LastSeen: now}
-	if err == nil {
+	if !prev.AttestedAt.IsZero() {
 		a.AttestedAt = prev.AttestedAt
 	}
 	if err := g.Store.UpsertAgent(ctx, a); err != nil {
 		return nil, fmt.Errorf("registration: store the agent: %w", err)
 	}
-	if err := g.Store.RecordSVIDs(ctx, []store.IssuedSVID{{Serial: serial, SpiffeID: agentID.String(), AgentID: agentID.String(), NotAfter: chain[0].NotAfter, IssuedAt: now}}); err != nil {
+	issued := []store.IssuedSVID{{Serial: serial, SpiffeID: agentID.String(), AgentID: agentID.String(), NotAfter: chain[0].NotAfter, IssuedAt: now}}
+	if err := g.Store.RecordSVIDs(ctx, issued); err != nil {
 		return nil, fmt.Errorf("registration: record the SVID: %w", err)
 	}
+	if err := g.unlessEvictedMeanwhile(ctx, agentID, issued); err != nil {
+		return nil, err
+	}
 	return chain, nil
+}
+
+// unlessEvictedMeanwhile revokes the SVIDs just issued through agentID if
+// the agent was evicted while they were signed. Eviction marks the agent
+// first and then revokes what it finds recorded; SVIDs are recorded first
+// and then the mark is read here, so every SVID signed in a race with an
+// eviction is revoked by one of the two.
+func (g *Registrar) unlessEvictedMeanwhile(ctx context.Context, agentID spiffeid.ID, issued []store.IssuedSVID) error {
+	a, err := g.Store.GetAgent(ctx, agentID.String())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil // no record, nothing evicted (a store restored from before its attestation)
+	}
+	if err != nil {
+		return fmt.Errorf("registration: read the agent: %w", err)
+	}
+	if !a.Evicted {
+		return nil
+	}
+	if _, err := g.revoke(ctx, g.Store, issued, "agent evicted"); err != nil {
+		return err
+	}
+	return fail(ErrNotEntitled, "agent %s was evicted", agentID)
 }
 
 // Signed is the outcome of one item of SignWorkloads: a chain, or an
@@ -380,6 +418,9 @@ func (g *Registrar) SignWorkloads(ctx context.Context, agentID spiffeid.ID, reqs
 	if len(records) > 0 {
 		if err := g.Store.RecordSVIDs(ctx, records); err != nil {
 			return nil, fmt.Errorf("registration: record SVIDs: %w", err)
+		}
+		if err := g.unlessEvictedMeanwhile(ctx, agentID, records); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
@@ -489,7 +530,9 @@ func (g *Registrar) Revoke(ctx context.Context, st Revoker, serial, spiffeID, re
 	return g.revoke(ctx, st, svids, reason)
 }
 
-func (g *Registrar) revoke(ctx context.Context, st Revoker, svids []store.IssuedSVID, reason string) ([]store.Revocation, error) {
+func (g *Registrar) revoke(ctx context.Context, st interface {
+	AddRevocations(ctx context.Context, revs []store.Revocation) error
+}, svids []store.IssuedSVID, reason string) ([]store.Revocation, error) {
 	now := g.Now()
 	revs := make([]store.Revocation, 0, len(svids))
 	for _, sv := range svids {

@@ -99,7 +99,7 @@ func TestJoinTokens(t *testing.T) {
 		}
 	}
 	agent := spiffeid.RequireFromString(jt.AgentID)
-	if _, err := g.SignAgent(ctx, agent, csrFor(t, agent)); err != nil {
+	if _, err := g.SignAgent(ctx, agent, csrFor(t, agent), false); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := g.NewJoinToken(ctx, "node-1", 0); !errors.Is(err, ErrConflict) {
@@ -161,7 +161,7 @@ func TestEvictAndRevoke(t *testing.T) {
 	ctx := context.Background()
 	node1, _ := identity.AgentID(td, "node-1")
 	orders := spiffeid.RequireFromString("spiffe://example.org/orders")
-	if _, err := g.SignAgent(ctx, node1, csrFor(t, node1)); err != nil {
+	if _, err := g.SignAgent(ctx, node1, csrFor(t, node1), false); err != nil {
 		t.Fatal(err)
 	}
 	e, err := g.NewEntry(ctx, EntrySpec{SpiffeID: orders.String(), ParentID: node1.String(), Selectors: []string{"unix:uid:1"}})
@@ -193,5 +193,107 @@ func TestEvictAndRevoke(t *testing.T) {
 	}
 	if _, err := g.Evict(ctx, st, a); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "agent node-1 was already evicted at ") {
 		t.Fatalf("evicting again: %v", err)
+	}
+}
+
+// evictingStore evicts the agent (marks it and revokes what is recorded,
+// as Registrar.Evict does) at the moment hook names: after the signing
+// checked that the agent was not evicted, before the SVIDs are recorded.
+type evictingStore struct {
+	store.Store
+	g     *Registrar
+	agent spiffeid.ID
+	hook  string // "UpsertAgent" or "ListEntries"
+	done  bool
+}
+
+func (s *evictingStore) evictOnce(ctx context.Context, at string) {
+	if s.done || at != s.hook {
+		return
+	}
+	s.done = true
+	a, err := s.Store.GetAgent(ctx, s.agent.String())
+	if err != nil {
+		panic(err)
+	}
+	if _, err := s.g.Evict(ctx, s.Store, a); err != nil {
+		panic(err)
+	}
+}
+
+func (s *evictingStore) UpsertAgent(ctx context.Context, a store.Agent) error {
+	err := s.Store.UpsertAgent(ctx, a)
+	s.evictOnce(ctx, "UpsertAgent")
+	return err
+}
+
+func (s *evictingStore) ListEntries(ctx context.Context, parent string) ([]store.Entry, error) {
+	es, err := s.Store.ListEntries(ctx, parent)
+	s.evictOnce(ctx, "ListEntries")
+	return es, err
+}
+
+// The race: an operator evicts an agent while it renews its SVID, or has
+// workload SVIDs signed. Eviction revokes what it finds recorded; the
+// SVIDs signed in between are recorded after. They must be revoked all
+// the same, the call refused, and the agent stay evicted (a renewal used
+// to write the agent back as not evicted).
+func TestSigningRacingAnEviction(t *testing.T) {
+	for _, hook := range []string{"UpsertAgent", "ListEntries"} {
+		t.Run(hook, func(t *testing.T) {
+			g, st := newRegistrar(t)
+			ctx := context.Background()
+			node1, _ := identity.AgentID(td, "node-1")
+			orders := spiffeid.RequireFromString("spiffe://example.org/orders")
+			e, err := g.NewEntry(ctx, EntrySpec{SpiffeID: orders.String(), ParentID: node1.String(), Selectors: []string{"unix:uid:1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := g.SignAgent(ctx, node1, csrFor(t, node1), false); err != nil {
+				t.Fatal(err)
+			}
+			racing := *g
+			racing.Store = &evictingStore{Store: st, g: g, agent: node1, hook: hook}
+			if hook == "UpsertAgent" {
+				_, err = racing.SignAgent(ctx, node1, csrFor(t, node1), false)
+			} else {
+				_, err = racing.SignWorkloads(ctx, node1, []SignRequest{{EntryID: e.ID, CSR: csrFor(t, orders)}})
+			}
+			if !errors.Is(err, ErrNotEntitled) {
+				t.Fatalf("signing while evicted: %v, want ErrNotEntitled", err)
+			}
+			if a, _ := st.GetAgent(ctx, node1.String()); !a.Evicted {
+				t.Fatal("the agent is no longer evicted")
+			}
+			issued, _ := st.ListSVIDs(ctx, store.SVIDFilter{AgentID: node1.String()}, g.Now())
+			revs, _ := st.ListRevocations(ctx, g.Now())
+			revoked := map[string]bool{}
+			for _, r := range revs {
+				revoked[r.Serial] = true
+			}
+			if len(issued) < 2 {
+				t.Fatalf("%d SVIDs recorded, want the first and the racing one", len(issued))
+			}
+			for _, sv := range issued {
+				if !revoked[sv.Serial] {
+					t.Errorf("SVID %s (%s) signed through the evicted agent is not revoked", sv.Serial, sv.SpiffeID)
+				}
+			}
+			// Signing again once evicted is refused before anything is signed.
+			before := len(issued)
+			if _, err := g.SignAgent(ctx, node1, csrFor(t, node1), false); !errors.Is(err, ErrNotEntitled) {
+				t.Fatalf("renewing an evicted agent: %v", err)
+			}
+			if again, _ := st.ListSVIDs(ctx, store.SVIDFilter{AgentID: node1.String()}, g.Now()); len(again) != before {
+				t.Fatal("an SVID was signed for an evicted agent")
+			}
+			// A join token spent for it readmits it.
+			if _, err := g.SignAgent(ctx, node1, csrFor(t, node1), true); err != nil {
+				t.Fatalf("readmitting: %v", err)
+			}
+			if a, _ := st.GetAgent(ctx, node1.String()); a.Evicted {
+				t.Fatal("still evicted after readmission")
+			}
+		})
 	}
 }

@@ -44,7 +44,9 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 		api.WriteProblem(w, http.StatusInternalServerError, "stored agent id is invalid")
 		return
 	}
-	chain, ok := s.signAgent(w, r, agentID, req.CSR)
+	// A join token made for an evicted agent's name readmits it: an
+	// operator chose to (registration.NewJoinToken).
+	chain, ok := s.signAgent(w, r, agentID, req.CSR, true)
 	if !ok {
 		s.metrics.attestations.WithLabelValues("bad_csr").Inc()
 		return
@@ -61,7 +63,7 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	agentID := agentFrom(r)
-	chain, ok := s.signAgent(w, r, agentID, req.CSR)
+	chain, ok := s.signAgent(w, r, agentID, req.CSR, false)
 	if !ok {
 		return
 	}
@@ -72,8 +74,8 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 
 // signAgent signs an agent's SVID (registration.SignAgent), answering
 // the failure if there is one.
-func (s *Server) signAgent(w http.ResponseWriter, r *http.Request, agentID spiffeid.ID, csr []byte) ([]*x509.Certificate, bool) {
-	chain, err := s.registrar.SignAgent(r.Context(), agentID, csr)
+func (s *Server) signAgent(w http.ResponseWriter, r *http.Request, agentID spiffeid.ID, csr []byte, readmit bool) ([]*x509.Certificate, bool) {
+	chain, err := s.registrar.SignAgent(r.Context(), agentID, csr, readmit)
 	switch {
 	case errors.Is(err, registration.ErrInvalid):
 		s.metrics.issueFailures.WithLabelValues("bad_csr").Inc()
@@ -101,9 +103,10 @@ func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 	if ok := s.longPoll(w, r); !ok {
 		return
 	}
-	if a, err := s.store.GetAgent(r.Context(), agentID.String()); err == nil {
-		a.LastSeen = s.now()
-		s.store.UpsertAgent(r.Context(), a)
+	// Last seen only: writing back the whole record read here could undo
+	// an eviction or a renewal made in between.
+	if err := s.store.TouchAgent(r.Context(), agentID.String(), s.now()); err != nil {
+		s.log.Warn("recording when an agent was last seen", "agent_id", agentID.String(), "err", err)
 	}
 	rev, _ := s.feed.wait()
 	entries, err := s.store.ListEntries(r.Context(), agentID.String())

@@ -121,7 +121,7 @@ func (s *Server) attestNode(w http.ResponseWriter, r *http.Request, method strin
 		s.internalError(w, err)
 		return
 	}
-	chain, ok := s.signAgent(w, r, agentID, csr)
+	chain, ok := s.signAgent(w, r, agentID, csr, false)
 	if !ok {
 		s.metrics.attestations.WithLabelValues("bad_csr").Inc()
 		return

@@ -581,11 +581,38 @@ func (s *sqlStore) UpsertAgent(ctx context.Context, a Agent) error {
 			svid_not_after = excluded.svid_not_after,
 			attested_at = excluded.attested_at,
 			last_seen = excluded.last_seen,
-			evicted = excluded.evicted,
-			evicted_at = excluded.evicted_at`),
+			evicted = agents.evicted OR excluded.evicted,
+			evicted_at = CASE WHEN agents.evicted THEN agents.evicted_at ELSE excluded.evicted_at END`),
 		a.SpiffeID, a.Serial, ns(a.SVIDNotAfter), ns(a.AttestedAt), ns(a.LastSeen), a.Evicted, ns(a.EvictedAt))
 	if err != nil {
 		return fmt.Errorf("store: upsert agent %s: %w", a.SpiffeID, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) TouchAgent(ctx context.Context, spiffeID string, at time.Time) error {
+	if err := checkTimes(at); err != nil {
+		return err
+	}
+	if _, err := s.db.ExecContext(ctx, s.q(`UPDATE agents SET last_seen = ? WHERE spiffe_id = ?`), ns(at), spiffeID); err != nil {
+		return fmt.Errorf("store: touch agent %s: %w", spiffeID, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) ReadmitAgent(ctx context.Context, spiffeID string) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE agents SET evicted = ?, evicted_at = 0 WHERE spiffe_id = ? AND evicted`), false, spiffeID)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return err
+		}
+		return s.bump(ctx, tx)
+	})
+	if err != nil {
+		return fmt.Errorf("store: readmit agent %s: %w", spiffeID, err)
 	}
 	return nil
 }

@@ -46,12 +46,21 @@ type Store interface {
 	ConsumeJoinToken(ctx context.Context, hash []byte, now time.Time) (JoinToken, error)
 
 	// Agents.
+	// UpsertAgent records an agent, or its new SVID, and never clears an
+	// eviction (a's Evicted can only set one): a renewal racing an
+	// eviction must not undo it. ReadmitAgent clears one.
 	UpsertAgent(ctx context.Context, a Agent) error
 	GetAgent(ctx context.Context, spiffeID string) (Agent, error)
 	ListAgents(ctx context.Context) ([]Agent, error)
+	// TouchAgent sets when the agent was last seen, and nothing else.
+	TouchAgent(ctx context.Context, spiffeID string, at time.Time) error
 	// EvictAgent marks the agent evicted and bumps the revision. Revoking its
 	// SVIDs is the caller's job (it knows the reason and time).
 	EvictAgent(ctx context.Context, spiffeID string, at time.Time) error
+	// ReadmitAgent clears an agent's eviction (a join token made for it
+	// after the eviction was spent) and bumps the revision; an agent not
+	// evicted, or unknown, is left as it is.
+	ReadmitAgent(ctx context.Context, spiffeID string) error
 
 	// Registration entries.
 	CreateEntry(ctx context.Context, e Entry) error

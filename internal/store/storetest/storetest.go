@@ -270,12 +270,41 @@ func testAgents(t *testing.T, h harness) {
 	a.Evicted, a.EvictedAt = true, at(5*time.Minute)
 	wantEqual(t, "GetAgent after eviction", got, a)
 
-	// Re-attesting under the same ID replaces the evicted record.
+	// An upsert (a renewal that raced the eviction, or a stale record
+	// written back) records the new SVID but never clears the eviction.
 	again := store.Agent{SpiffeID: a.SpiffeID, Serial: "2a", SVIDNotAfter: at(4 * time.Hour), AttestedAt: at(time.Hour), LastSeen: at(time.Hour)}
 	must(t, s.UpsertAgent(ctx, again))
 	got, err = s.GetAgent(ctx, a.SpiffeID)
 	must(t, err)
-	wantEqual(t, "GetAgent after re-attestation", got, again)
+	stillEvicted := again
+	stillEvicted.Evicted, stillEvicted.EvictedAt = true, at(5*time.Minute)
+	wantEqual(t, "GetAgent after an upsert of the evicted agent", got, stillEvicted)
+
+	// TouchAgent moves last_seen only.
+	must(t, s.TouchAgent(ctx, a.SpiffeID, at(2*time.Hour)))
+	got, err = s.GetAgent(ctx, a.SpiffeID)
+	must(t, err)
+	stillEvicted.LastSeen = at(2 * time.Hour)
+	wantEqual(t, "GetAgent after TouchAgent", got, stillEvicted)
+
+	// Readmitting (a join token spent after the eviction) clears it, and
+	// moves the revision; readmitting an agent not evicted changes nothing.
+	rev, err := s.Revision(ctx)
+	must(t, err)
+	must(t, s.ReadmitAgent(ctx, a.SpiffeID))
+	got, err = s.GetAgent(ctx, a.SpiffeID)
+	must(t, err)
+	stillEvicted.Evicted, stillEvicted.EvictedAt = false, time.Time{}
+	wantEqual(t, "GetAgent after ReadmitAgent", got, stillEvicted)
+	rev2, err := s.Revision(ctx)
+	must(t, err)
+	if rev2 == rev {
+		t.Error("ReadmitAgent did not move the revision")
+	}
+	must(t, s.ReadmitAgent(ctx, a.SpiffeID))
+	if rev3, _ := s.Revision(ctx); rev3 != rev2 {
+		t.Error("readmitting an agent not evicted moved the revision")
+	}
 }
 
 func testEntries(t *testing.T, h harness) {
