@@ -230,7 +230,7 @@ func (g *Guard) CheckPeer(r *http.Request, peer spiffeid.ID) *Refusal {
 		return &Refusal{Status: http.StatusUnauthorized, Close: true,
 			Detail: "the client SVID expired at " + leaf.NotAfter.UTC().Format(time.RFC3339) + ": reconnect with the current one"}
 	}
-	if g.cfg.Revocations.RevokedCert(leaf) {
+	if g.cfg.Revocations.RevokedChain(r.TLS.PeerCertificates) != nil {
 		ev.Reason = "client SVID revoked"
 		g.finish(r.Context(), &ev, start, "deny")
 		return &Refusal{Status: http.StatusUnauthorized, Close: true, Detail: "the client SVID has been revoked"}
@@ -353,14 +353,16 @@ func (g *Guard) AllowConn(ctx context.Context, peer spiffeid.ID, remote string) 
 
 // WatchPeer returns a context for a connection that outlives requests (an
 // upgraded tunnel, a raw TCP connection): it ends with ctx, when the
-// caller's certificate expires, or when it is revoked, and then records a
-// deny decision saying which. cancel releases it.
-func (g *Guard) WatchPeer(ctx context.Context, peer spiffeid.ID, leaf *x509.Certificate, remote string) (context.Context, context.CancelFunc) {
+// caller's certificate expires, or when it (or a CA of its chain, leaf
+// first) is revoked, and then records a deny decision saying which.
+// cancel releases it.
+func (g *Guard) WatchPeer(ctx context.Context, peer spiffeid.ID, chain []*x509.Certificate, remote string) (context.Context, context.CancelFunc) {
+	leaf := chain[0]
 	wctx, cancel := context.WithDeadline(ctx, leaf.NotAfter)
 	go func() {
 		for {
 			changed := g.cfg.Revocations.Changed()
-			if g.cfg.Revocations.RevokedCert(leaf) {
+			if g.cfg.Revocations.RevokedChain(chain) != nil {
 				g.endConn(ctx, peer, remote, "client SVID revoked: open connection closed")
 				cancel()
 				return

@@ -352,7 +352,7 @@ func TestWatchPeer(t *testing.T) {
 		}
 	}
 
-	ctx, cancel := g.WatchPeer(context.Background(), peer, leaf(2, time.Hour), "127.0.0.1:1")
+	ctx, cancel := g.WatchPeer(context.Background(), peer, []*x509.Certificate{leaf(2, time.Hour)}, "127.0.0.1:1")
 	defer cancel()
 	revs.Set([]string{"1", "3"}) // another serial: still open
 	select {
@@ -366,7 +366,7 @@ func TestWatchPeer(t *testing.T) {
 		t.Fatalf("reason %q", r)
 	}
 
-	ctx, cancel = g.WatchPeer(context.Background(), peer, leaf(4, 100*time.Millisecond), "127.0.0.1:1")
+	ctx, cancel = g.WatchPeer(context.Background(), peer, []*x509.Certificate{leaf(4, 100*time.Millisecond)}, "127.0.0.1:1")
 	defer cancel()
 	wait(ctx, "expired")
 	waitReason := time.Now().Add(5 * time.Second)
@@ -380,7 +380,7 @@ func TestWatchPeer(t *testing.T) {
 	sink.mu.Lock()
 	n := len(sink.events)
 	sink.mu.Unlock()
-	ctx, cancel = g.WatchPeer(context.Background(), peer, leaf(5, time.Hour), "127.0.0.1:1")
+	ctx, cancel = g.WatchPeer(context.Background(), peer, []*x509.Certificate{leaf(5, time.Hour)}, "127.0.0.1:1")
 	cancel()
 	wait(ctx, "cancelled")
 	time.Sleep(20 * time.Millisecond)
@@ -392,7 +392,14 @@ func TestWatchPeer(t *testing.T) {
 	}
 
 	// A certificate already revoked (serial 2, above) ends at once.
-	ctx, cancel = g.WatchPeer(context.Background(), peer, leaf(2, time.Hour), "127.0.0.1:1")
+	ctx, cancel = g.WatchPeer(context.Background(), peer, []*x509.Certificate{leaf(2, time.Hour)}, "127.0.0.1:1")
 	defer cancel()
 	wait(ctx, "revoked before")
+
+	// An SVID of a downstream CA (serial 9): revoking the CA ends the
+	// connection though the leaf's own serial (8) was never revoked.
+	ctx, cancel = g.WatchPeer(context.Background(), peer, []*x509.Certificate{leaf(8, time.Hour), leaf(9, time.Hour)}, "127.0.0.1:1")
+	defer cancel()
+	revs.Set([]string{"2", "9"})
+	wait(ctx, "downstream CA revoked")
 }

@@ -76,13 +76,26 @@ func (r *Revocations) Revoked(serial string) bool {
 // RevokedCert reports whether c's serial is revoked; with no revocations
 // (the usual case) it costs no formatting of the serial.
 func (r *Revocations) RevokedCert(c *x509.Certificate) bool {
+	return r.RevokedChain([]*x509.Certificate{c}) != nil
+}
+
+// RevokedChain returns the first certificate of chain (leaf first) whose
+// serial is revoked, or nil. Every certificate counts: a downstream CA
+// (one the control plane signed for a workload) that is revoked takes
+// every SVID it signed with it, whatever their own serials.
+func (r *Revocations) RevokedChain(chain []*x509.Certificate) *x509.Certificate {
 	if r == nil {
-		return false
+		return nil
 	}
 	if m := r.set.Load(); m == nil || len(*m) == 0 {
-		return false
+		return nil
 	}
-	return r.Revoked(c.SerialNumber.Text(16))
+	for _, c := range chain {
+		if r.Revoked(c.SerialNumber.Text(16)) {
+			return c
+		}
+	}
+	return nil
 }
 
 // Refusal reasons reported to OnFail.
@@ -124,10 +137,10 @@ func (o Options) now() time.Time {
 
 func (o Options) authorizer() tlsconfig.Authorizer {
 	return func(id spiffeid.ID, chains [][]*x509.Certificate) error {
-		if len(chains) > 0 && len(chains[0]) > 0 {
-			if serial := chains[0][0].SerialNumber.Text(16); o.Revocations.Revoked(serial) {
+		if len(chains) > 0 {
+			if c := o.Revocations.RevokedChain(chains[0]); c != nil {
 				o.fail(ReasonRevoked)
-				return fmt.Errorf("%w: %s serial %s", ErrRevoked, id, serial)
+				return fmt.Errorf("%w: %s serial %s", ErrRevoked, id, c.SerialNumber.Text(16))
 			}
 		}
 		if o.Quarantine.Blocks(id) {

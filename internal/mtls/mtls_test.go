@@ -169,3 +169,51 @@ func TestRevocationsZeroValue(t *testing.T) {
 		t.Fatal("nil set revokes")
 	}
 }
+
+// downstream is a CA the trust domain's CA signed for a workload (SPIRE's
+// downstream entries): its SVIDs chain leaf, downstream CA, root.
+func (ca *testCA) downstream(t *testing.T) *testCA {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial++
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, URIs: []*url.URL{ca.td.ID().URL()}}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	cert, _ := x509.ParseCertificate(der)
+	return &testCA{td: ca.td, cert: cert, key: key}
+}
+
+// A revoked downstream CA takes the SVIDs it signed with it: their own
+// serials were never revoked (the control plane never saw them), but the
+// chain holds a revoked certificate. Refused at the handshake and by
+// RevokedChain, which the per-request guard asks.
+func TestRevokedDownstreamCA(t *testing.T) {
+	ca := newCA(t, "example.org")
+	server := ca.svid(t, "/payments", time.Now().Add(time.Hour))
+	good, bad := ca.downstream(t), ca.downstream(t)
+	revs := &Revocations{}
+	revs.Set([]string{bad.cert.SerialNumber.Text(16)})
+	for _, tc := range []struct {
+		name string
+		ds   *testCA
+		ok   bool
+	}{{"downstream CA not revoked", good, true}, {"downstream CA revoked", bad, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := tc.ds.svid(t, "/batch", time.Now().Add(time.Hour))
+			client.Certificates = append(client.Certificates, tc.ds.cert)
+			if got := revs.RevokedChain(client.Certificates); (got == nil) != tc.ok {
+				t.Fatalf("RevokedChain: %v", got)
+			}
+			var r reasons
+			srvCfg := ServerConfig(Options{SVID: server, Bundles: ca.bundle(), Authorize: tlsconfig.AuthorizeMemberOf(ca.td), Revocations: revs, OnFail: r.add})
+			cliCfg := ClientConfig(Options{SVID: client, Bundles: ca.bundle(), Authorize: tlsconfig.AuthorizeID(server.ID)})
+			_, serr, cerr := handshake(srvCfg, cliCfg)
+			if ok := serr == nil && cerr == nil; ok != tc.ok {
+				t.Fatalf("handshake: server %v, client %v; want ok=%v", serr, cerr, tc.ok)
+			}
+			if !tc.ok && (len(r.got) == 0 || r.got[0] != ReasonRevoked) {
+				t.Fatalf("reasons %v, want %s", r.got, ReasonRevoked)
+			}
+		})
+	}
+}

@@ -472,7 +472,7 @@ func (h *h1Conn) switchProtocols(ctx context.Context, req *http.Request, resp *h
 		// No more requests to check the caller at: the tunnel ends when
 		// its certificate expires or is revoked.
 		var cancel context.CancelFunc
-		ctx, cancel = h.f.guard.WatchPeer(ctx, h.peer, h.tls.PeerCertificates[0], h.remote)
+		ctx, cancel = h.f.guard.WatchPeer(ctx, h.peer, h.tls.PeerCertificates, h.remote)
 		defer cancel()
 	}
 	splice(ctx, &bufferedConn{Conn: h.c, r: h.br}, &bufferedConn{Conn: up.c, r: up.br})

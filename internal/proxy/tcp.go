@@ -38,7 +38,7 @@ func serveTCPInbound(ctx context.Context, ln net.Listener, cfg *tls.Config, trac
 		defer up.Close()
 		// The connection ends when the caller's certificate expires or is
 		// revoked: it may live far longer than one SVID.
-		wctx, cancel := guard.WatchPeer(ctx, peer, cs.PeerCertificates[0], c.RemoteAddr().String())
+		wctx, cancel := guard.WatchPeer(ctx, peer, cs.PeerCertificates, c.RemoteAddr().String())
 		defer cancel()
 		splice(wctx, tc, up)
 	})
