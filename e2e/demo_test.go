@@ -88,7 +88,7 @@ func TestDemo(t *testing.T) {
 		"csr-for-another-id": "denied svid.issue entry", "path-tricks": "denied authz.decision entry", "confused-deputy": "as user alice, act spiffe://demo.rampart.local/orders, GET /users/bob/card", "forbidden-call": "alert denied-burst", "revoked-agent": "alert revoked-credential-use", "tampered-audit-entry": "no longer hashes",
 		"refresh-token-replay": "alert refresh-token-reuse", "login-brute-force": "alert login-failures",
 		"stolen-database": "alert key-use-denied", "stolen-access-token": "denied oauth.userinfo entry",
-		"unregistered-workload": "denied workload.attest entry"} {
+		"unregistered-workload": "denied workload.attest entry", "partner-trust-domain": "denied authz.decision entry"} {
 		block := out[strings.Index(out, "attack "+name):]
 		if i := strings.Index(block[1:], "\nattack "); i > 0 {
 			block = block[:i]
@@ -97,7 +97,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("attack %s: detection not reported (want %q):\n%s", name, rule, block)
 		}
 	}
-	if !strings.Contains(out, "19 attacks, 19 stopped, 0 not stopped") {
+	if !strings.Contains(out, "20 attacks, 20 stopped, 0 not stopped") {
 		t.Fatalf("summary missing:\n%s", out)
 	}
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {

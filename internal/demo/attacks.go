@@ -62,6 +62,7 @@ func Attacks() []Attack {
 		{"login-brute-force", "guess bob's password on the login page, six times, then try the right one", attackLoginBruteForce},
 		{"stolen-database", "copy the customers database off the disk, look for card numbers, and ask the key store to unwrap its data key", attackStolenDatabase},
 		{"tampered-audit-entry", "flip one byte of the newest audit entry on disk to cover tracks", attackTamperAudit},
+		{"partner-trust-domain", "federate with a partner trust domain (its own CA) and, as its service, call orders (whose entry does not federate with it) and payments (whose entry does) for a payment", attackPartnerTrustDomain},
 		{"compromised-service", "steal the orders proxy's SVID from the Workload API, hold a connection to payments with it from another process, and probe for cards", attackCompromisedService},
 	}
 }
