@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/rampartsec/rampart/internal/audit/auditentry"
 	"github.com/rampartsec/rampart/internal/selector"
 )
 
@@ -199,4 +200,79 @@ func TestRedTeamSDSNamedFederatedBundleWithdrawnInBand(t *testing.T) {
 			}
 		})
 	}
+}
+
+type rtfedRecorder struct {
+	mu sync.Mutex
+	es []*auditentry.Entry
+}
+
+func (r *rtfedRecorder) Record(e *auditentry.Entry) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.es = append(r.es, e)
+	return nil
+}
+
+// Red team (audit of SDS refusals, low): refusals are deduplicated per uid
+// and executable for 10 s, whatever they asked for. A local user first asks
+// for a federated bundle it does not federate with (a refusal that reads as
+// a misconfigured proxy), then, within 10 s, for another workload's SVID:
+// the second attempt, the one docs/threat-boundaries.md says is "refused
+// whole with PermissionDenied ... and audited", leaves no entry naming
+// what was asked (only a suppressed count in the next entry, if there ever
+// is one).
+func TestRedTeamSDSRefusalForAnotherWorkloadsSVIDAuditedAfterADecoy(t *testing.T) {
+	a := spiffeid.RequireTrustDomainFromString("a.example")
+	b := spiffeid.RequireTrustDomainFromString("b.example")
+	rootA, rootB := rtfedRoot(t, "a.example"), rtfedRoot(t, "b.example")
+	mine, err := selector.Parse("unix:uid:" + strconv.Itoa(os.Getuid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := selector.Parse("unix:uid:" + strconv.Itoa(os.Getuid()+4242))
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := spiffeid.RequireFromPath(a, "/payments")
+	src := &rtfedSource{ch: make(chan struct{}), snap: &Snapshot{TrustDomain: a, Bundle: []*x509.Certificate{rootA}, JWTBundle: []byte(`{"keys":[]}`),
+		Unminted: []Identity{
+			{EntryID: "e1", SpiffeID: spiffeid.RequireFromPath(a, "/orders"), Selectors: []selector.Selector{mine}},
+			{EntryID: "e2", SpiffeID: victim, Selectors: []selector.Selector{theirs}, FederatesWith: []string{"b.example"}},
+		},
+		Federated: []FederatedBundle{{TrustDomain: b, X509: []*x509.Certificate{rootB}}}}}
+	rec := &rtfedRecorder{}
+	srv := NewServer(src, Attestor{}, nil, nil)
+	srv.SetRecorder(rec, spiffeid.RequireFromPath(a, "/rampart/agent/node-1"))
+	sock := filepath.Join(t.TempDir(), "w.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.Serve(ctx, ln)
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := secretv3.NewSecretDiscoveryServiceClient(conn)
+	for _, name := range []string{b.IDString(), victim.String()} {
+		if _, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{ResourceNames: []string{name}, TypeUrl: SDSSecretType}); err == nil {
+			t.Fatalf("%s was served", name)
+		}
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, e := range rec.es {
+		if strings.Contains(e.Reason, victim.String()) {
+			return
+		}
+	}
+	var got []string
+	for _, e := range rec.es {
+		got = append(got, e.Reason)
+	}
+	t.Fatalf("the attempt to fetch %s's SVID was not audited after a decoy refusal; entries: %q", victim, got)
 }
