@@ -427,6 +427,11 @@ func TestRelationshipCheck(t *testing.T) {
 		{"spiffe without endpoint ID", func(r *federation.Relationship) { r.EndpointID = spiffeid.ID{} }, "needs the endpoint's SPIFFE ID"},
 		{"web with endpoint ID", func(r *federation.Relationship) { r.Profile = federation.ProfileWeb }, "https_spiffe only"},
 		{"unknown profile", func(r *federation.Relationship) { r.Profile = "https_ftp" }, "unknown profile"},
+		// Look-alikes of our own trust domain (a.test): other trust
+		// domains to every comparison, read as ours by people.
+		{"trailing dot", func(r *federation.Relationship) { r.TrustDomain = spiffeid.RequireTrustDomainFromString("a.test.") }, "empty label"},
+		{"doubled dot", func(r *federation.Relationship) { r.TrustDomain = spiffeid.RequireTrustDomainFromString("a..test") }, "empty label"},
+		{"leading dot", func(r *federation.Relationship) { r.TrustDomain = spiffeid.RequireTrustDomainFromString(".a.test") }, "empty label"},
 	} {
 		r := ok
 		tc.edit(&r)

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -47,12 +48,26 @@ type Relationship struct {
 }
 
 // Check says what is wrong with a relationship an operator configured.
+// CheckName refuses trust domain names SPIFFE's syntax allows but no DNS
+// name has: a trailing dot or an empty label. "a.example." reads as our
+// "a.example" and is another trust domain to every comparison.
+func CheckName(td spiffeid.TrustDomain) error {
+	n := td.Name()
+	if strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".") || strings.Contains(n, "..") {
+		return fmt.Errorf("federation: trust domain %q has an empty label (a leading, trailing or doubled dot)", n)
+	}
+	return nil
+}
+
 func (r Relationship) Check(own spiffeid.TrustDomain) error {
 	if r.TrustDomain.IsZero() {
 		return errors.New("federation: a trust domain is required")
 	}
 	if r.TrustDomain == own {
 		return fmt.Errorf("federation: %s is this server's own trust domain", own)
+	}
+	if err := CheckName(r.TrustDomain); err != nil {
+		return err
 	}
 	u, err := url.Parse(r.URL)
 	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {

@@ -45,6 +45,7 @@ func TestNewEntriesAllOrNone(t *testing.T) {
 			"entries[3]: federates_with: no federation relationship with nobody.example"},
 		{"federates with itself", func(s *EntrySpec) { s.FederatesWith = []string{"spiffe://example.org"} }, 2, ErrInvalid, "entries[2]: federates_with: example.org is this trust domain"},
 		{"federates with a bad name", func(s *EntrySpec) { s.FederatesWith = []string{"Partner.Example"} }, 1, ErrInvalid, "entries[1]: federates_with: \"Partner.Example\" is not a trust domain"},
+		{"federates with a look-alike", func(s *EntrySpec) { s.FederatesWith = []string{"partner.example."} }, 1, ErrInvalid, "entries[1]: federates_with: federation: trust domain \"partner.example.\" has an empty label"},
 		{"federates with a path", func(s *EntrySpec) { s.FederatesWith = []string{"spiffe://partner.example/x"} }, 1, ErrInvalid, "entries[1]: federates_with:"},
 		{"federates with too many", func(s *EntrySpec) { s.FederatesWith = make([]string, MaxFederatesWith+1) }, 0, ErrInvalid, "entries[0]: federates_with: at most"},
 	}

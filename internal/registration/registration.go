@@ -17,6 +17,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/rampartsec/rampart/internal/federation"
 	"github.com/rampartsec/rampart/internal/identity"
 	"github.com/rampartsec/rampart/internal/selector"
 	"github.com/rampartsec/rampart/internal/store"
@@ -251,6 +252,9 @@ func checkFederatesWith(own spiffeid.TrustDomain, names []string) ([]string, err
 		if td == own {
 			return nil, fail(ErrInvalid, "federates_with: %s is this trust domain; its bundle is always given", td.Name())
 		}
+		if err := federation.CheckName(td); err != nil {
+			return nil, fail(ErrInvalid, "federates_with: %v", err)
+		}
 		if !slices.Contains(out, td.Name()) {
 			out = append(out, td.Name())
 		}
@@ -261,8 +265,17 @@ func checkFederatesWith(own spiffeid.TrustDomain, names []string) ([]string, err
 
 // checkFederations refuses entries that federate with a trust domain
 // this one has no federation relationship with (a BatchError names the
-// first).
-func (g *Registrar) checkFederations(ctx context.Context, es []store.Entry) error {
+// first). With olds (an update, index by index), only the names an entry
+// adds are checked: one whose federation ended stays editable (narrowed,
+// expired) without re-creating the trust that was ended.
+func (g *Registrar) checkFederations(ctx context.Context, es []store.Entry, olds ...store.Entry) error {
+	if len(olds) > 0 {
+		added := make([]store.Entry, len(es))
+		for i, e := range es {
+			added[i].FederatesWith = slices.DeleteFunc(slices.Clone(e.FederatesWith), func(td string) bool { return slices.Contains(olds[i].FederatesWith, td) })
+		}
+		es = added
+	}
 	if !slices.ContainsFunc(es, func(e store.Entry) bool { return len(e.FederatesWith) > 0 }) {
 		return nil
 	}
@@ -656,6 +669,7 @@ func (g *Registrar) UpdateEntries(ctx context.Context, st EntryStore, ups []Entr
 	}
 	seen := map[string]bool{}
 	out := make([]store.Entry, len(ups))
+	olds := make([]store.Entry, len(ups))
 	for i, u := range ups {
 		old, ok := byID[u.ID]
 		if !ok {
@@ -670,7 +684,7 @@ func (g *Registrar) UpdateEntries(ctx context.Context, st EntryStore, ups []Entr
 			return nil, &BatchError{i, err}
 		}
 		e.ID, e.CreatedAt = old.ID, old.CreatedAt
-		out[i] = e
+		out[i], olds[i] = e, old
 		byID[u.ID] = e
 	}
 	taken := make(map[string]string, len(byID))
@@ -681,7 +695,7 @@ func (g *Registrar) UpdateEntries(ctx context.Context, st EntryStore, ups []Entr
 		}
 		taken[entryKey(e)] = e.ID
 	}
-	if err := g.checkFederations(ctx, out); err != nil {
+	if err := g.checkFederations(ctx, out, olds...); err != nil {
 		return nil, err
 	}
 	if err := st.UpdateEntries(ctx, out); err != nil {

@@ -2,6 +2,7 @@ package workload
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +30,9 @@ type auditor struct {
 	self spiffeid.ID // the agent, target of the entries
 	now  func() time.Time
 
+	// after runs f once d has passed (time.AfterFunc; tests inject).
+	after func(d time.Duration, f func())
+
 	mu   sync.Mutex
 	last map[string]*refusals
 }
@@ -37,12 +41,80 @@ type auditor struct {
 type refusals struct {
 	at         time.Time // of the last entry
 	suppressed int       // refusals since, not recorded
+	// reasons are the distinct reasons of the suppressed refusals (at
+	// most maxSuppressedReasons), and latest the entry the last of them
+	// would have been: when the interval ends, one entry records them
+	// (flush), so a refusal hidden behind a decoy is still named.
+	reasons  []string
+	latest   *auditentry.Entry
+	flushing bool
 }
+
+// maxSuppressedReasons bounds the reasons one aggregated entry names.
+const maxSuppressedReasons = 16
 
 // SetRecorder makes the server audit every caller it refuses (no
 // registration entry matches), naming the agent self as the target.
 func (s *Server) SetRecorder(r Recorder, self spiffeid.ID) {
-	s.audit = &auditor{rec: r, self: self, now: time.Now, last: map[string]*refusals{}}
+	s.audit = &auditor{rec: r, self: self, now: time.Now, last: map[string]*refusals{},
+		after: func(d time.Duration, f func()) { time.AfterFunc(d, f) }}
+}
+
+// admit decides whether e, a refusal of the process key names, is
+// recorded now: the first of each interval is; later ones are counted,
+// their distinct reasons kept, and recorded together when the interval
+// ends.
+func (a *auditor) admit(key string, e *auditentry.Entry) bool {
+	now := e.Time
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	rf := a.last[key]
+	if rf != nil && now.Sub(rf.at) < refusalInterval {
+		rf.suppressed++
+		rf.latest = e
+		if !slices.Contains(rf.reasons, e.Reason) && len(rf.reasons) < maxSuppressedReasons {
+			rf.reasons = append(rf.reasons, e.Reason)
+		}
+		if !rf.flushing {
+			rf.flushing = true
+			a.after(rf.at.Add(refusalInterval).Sub(now), func() { a.flush(key) })
+		}
+		return false
+	}
+	if rf == nil {
+		if len(a.last) > 10000 {
+			clear(a.last)
+		}
+		rf = &refusals{}
+		a.last[key] = rf
+	}
+	if rf.suppressed > 0 {
+		// Refusals of this process since its previous entry, not yet
+		// recorded: the count keeps them.
+		e.Details["suppressed_before"] = strconv.Itoa(rf.suppressed)
+	}
+	rf.at, rf.suppressed, rf.reasons, rf.latest = now, 0, nil, nil
+	return true
+}
+
+// flush records the refusals of key suppressed during an interval, as one
+// entry: the last of them, with their count and distinct reasons.
+func (a *auditor) flush(key string) {
+	a.mu.Lock()
+	rf := a.last[key]
+	if rf == nil || rf.suppressed == 0 || rf.latest == nil {
+		if rf != nil {
+			rf.flushing = false
+		}
+		a.mu.Unlock()
+		return
+	}
+	e := rf.latest
+	e.Details["aggregated"] = strconv.Itoa(rf.suppressed)
+	e.Details["reasons"] = strings.Join(rf.reasons, " | ")
+	rf.at, rf.suppressed, rf.reasons, rf.latest, rf.flushing = a.now(), 0, nil, nil, false
+	a.mu.Unlock()
+	a.rec.Record(e)
 }
 
 // noMatch is the reason a caller attested fine gets nothing.
@@ -56,27 +128,11 @@ func (a *auditor) refused(ctx context.Context, p *process, method, reason string
 		return
 	}
 	c, exe := p.Caller, p.exe.path // the executable pinned at accept
-	// One finding per uid, executable and kind of refusal: the reason's
-	// text names the pid, which a loop changes at will.
-	key := strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe + "\x00" + strconv.FormatBool(reason == noMatch)
+	// One finding per uid, executable and kind of refusal in an interval
+	// (the reason's text may name the pid, which a loop changes at will);
+	// the others are recorded together when it ends (admit, flush).
+	key := strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe + "\x00" + refusalKind(reason)
 	now := a.now()
-	a.mu.Lock()
-	rf := a.last[key]
-	if rf != nil && now.Sub(rf.at) < refusalInterval {
-		rf.suppressed++
-		a.mu.Unlock()
-		return
-	}
-	if rf == nil {
-		if len(a.last) > 10000 {
-			clear(a.last)
-		}
-		rf = &refusals{}
-		a.last[key] = rf
-	}
-	suppressed := rf.suppressed
-	rf.at, rf.suppressed = now, 0
-	a.mu.Unlock()
 	e := &auditentry.Entry{V: auditentry.SchemaVersion, Time: now, Action: "workload.attest", Outcome: auditentry.OutcomeDenied,
 		Reason: reason, Target: a.self.String(), Source: a.self.String(),
 		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
@@ -96,10 +152,8 @@ func (a *auditor) refused(ctx context.Context, p *process, method, reason string
 	if len(notAttested) > 0 {
 		e.Details["not_attested"] = strings.Join(notAttested, "; ")
 	}
-	if suppressed > 0 {
-		// Refusals of this process since its previous entry, not recorded
-		// one by one: the count keeps them.
-		e.Details["suppressed_before"] = strconv.Itoa(suppressed)
+	if !a.admit(key, e) {
+		return
 	}
 	// Record does not wait on the caller, who may be gone already.
 	a.rec.Record(e)
@@ -114,23 +168,6 @@ func (a *auditor) gate(p *process, method string, r Refusal) {
 	c, exe := p.Caller, p.exe.path
 	key := "gate\x00" + strconv.FormatUint(uint64(c.UID), 10) + "\x00" + exe + "\x00" + r.EntryID + "\x00" + strconv.FormatBool(r.DryRun)
 	now := a.now()
-	a.mu.Lock()
-	rf := a.last[key]
-	if rf != nil && now.Sub(rf.at) < refusalInterval {
-		rf.suppressed++
-		a.mu.Unlock()
-		return
-	}
-	if rf == nil {
-		if len(a.last) > 10000 {
-			clear(a.last)
-		}
-		rf = &refusals{}
-		a.last[key] = rf
-	}
-	suppressed := rf.suppressed
-	rf.at, rf.suppressed = now, 0
-	a.mu.Unlock()
 	outcome := auditentry.OutcomeDenied
 	if r.DryRun {
 		outcome = auditentry.OutcomeSuccess
@@ -146,8 +183,21 @@ func (a *auditor) gate(p *process, method string, r Refusal) {
 		Details: map[string]string{"method": method, "pid": strconv.Itoa(int(c.PID)), "uid": strconv.FormatUint(uint64(c.UID), 10),
 			"scan_gate": gate, "spiffe_id": r.SpiffeID, "entry_id": r.EntryID, "exe": exe}}
 	e.Actor.User = "unix:uid:" + strconv.FormatUint(uint64(c.UID), 10)
-	if suppressed > 0 {
-		e.Details["suppressed_before"] = strconv.Itoa(suppressed)
+	if a.admit(key, e) {
+		a.rec.Record(e)
 	}
-	a.rec.Record(e)
+}
+
+// refusalKind sorts refusals for rate limiting: one of a kind does not
+// hide another kind (a refused bundle name does not hide a refused SVID).
+func refusalKind(reason string) string {
+	switch {
+	case reason == noMatch:
+		return "no-match"
+	case strings.HasPrefix(reason, sdsNotEntitled):
+		return "sds-not-entitled"
+	case strings.HasPrefix(reason, sdsWithheld):
+		return "sds-withheld"
+	}
+	return "other"
 }

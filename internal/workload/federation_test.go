@@ -14,8 +14,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	"google.golang.org/grpc/codes"
-	grpcstatus "google.golang.org/grpc/status"
 
 	"github.com/rampartsec/rampart/internal/selector"
 )
@@ -164,31 +162,45 @@ func TestSDSServesFederatedBundles(t *testing.T) {
 }
 
 // The attack: a workload names, over SDS, the bundle of a trust domain its
-// entry does not federate with (held by the agent for another workload):
-// refused whole, like another workload's SVID; asking for ROOTCA alone
-// still works, and ALL holds our trust domain only.
-func TestSDSRefusesUnfederatedBundle(t *testing.T) {
+// entry does not federate with (held by the agent for another workload,
+// or not held at all). It is answered under that name with our trust
+// domain's roots only: never the other's, never refused (an Envoy keeps
+// the last context it accepted when a stream fails), never empty (Envoy
+// would then validate nothing). ALL holds our trust domain only.
+func TestSDSWithholdsUnfederatedBundle(t *testing.T) {
 	snap := withFederated(t, twoWorkloads(t), "e2")
 	c := sdsClient(t, serve(t, &staticSource{snap: snap, changed: make(chan struct{})}))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, names := range [][]string{{"spiffe://other.test"}, {"spiffe://third.test"}, {SDSRootCA, "spiffe://other.test"}} {
-		_, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{Node: envoyNode(30), TypeUrl: SDSSecretType, ResourceNames: names})
-		if grpcstatus.Code(err) != codes.PermissionDenied {
-			t.Fatalf("%v: got %v, want PermissionDenied", names, err)
+	onlyOurs := func(t *testing.T, sec *tlsv3.Secret) {
+		t.Helper()
+		var v tlsv3.SPIFFECertValidatorConfig
+		vc := sec.GetValidationContext()
+		if vc == nil || vc.CustomValidatorConfig.TypedConfig.UnmarshalTo(&v) != nil || len(v.TrustDomains) != 1 || v.TrustDomains[0].Name != td.Name() {
+			t.Fatalf("%s: %v, want a SPIFFE validator of %s alone", sec.Name, vc, td.Name())
+		}
+		b, _ := pem.Decode(v.TrustDomains[0].TrustBundle.GetInlineBytes())
+		if b == nil || !sameDER(b.Bytes, snap.Bundle[0].Raw) {
+			t.Fatalf("%s: not our roots", sec.Name)
 		}
 	}
-	resp, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{Node: envoyNode(30), TypeUrl: SDSSecretType, ResourceNames: []string{SDSAllBundles}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v tlsv3.SPIFFECertValidatorConfig
-	vc := secretsOf(t, resp)[SDSAllBundles].GetValidationContext()
-	if vc == nil || vc.CustomValidatorConfig.TypedConfig.UnmarshalTo(&v) != nil || len(v.TrustDomains) != 1 || v.TrustDomains[0].Name != td.Name() {
-		t.Fatalf("ALL for a caller federating with nobody: %v", vc)
+	for _, names := range [][]string{{"spiffe://other.test"}, {"spiffe://third.test"}, {"spiffe://nobody.test"}, {SDSRootCA, "spiffe://other.test"}, {SDSAllBundles}} {
+		resp, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{Node: envoyNode(30), TypeUrl: SDSSecretType, ResourceNames: names})
+		if err != nil {
+			t.Fatalf("%v: %v", names, err)
+		}
+		got := secretsOf(t, resp)
+		if len(got) != len(names) {
+			t.Fatalf("%v: got %v", names, keys(got))
+		}
+		for _, n := range names {
+			if n != SDSRootCA {
+				onlyOurs(t, got[n])
+			}
+		}
 	}
 	// The wildcard: the caller's SVID and our bundle, no federated one.
-	resp, err = c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{TypeUrl: SDSSecretType})
+	resp, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{TypeUrl: SDSSecretType})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -258,10 +258,13 @@ func TestRedTeamSDSRefusalForAnotherWorkloadsSVIDAuditedAfterADecoy(t *testing.T
 	}
 	defer conn.Close()
 	c := secretv3.NewSecretDiscoveryServiceClient(conn)
-	for _, name := range []string{b.IDString(), victim.String()} {
-		if _, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{ResourceNames: []string{name}, TypeUrl: SDSSecretType}); err == nil {
-			t.Fatalf("%s was served", name)
-		}
+	// The decoy: a federated bundle the caller does not federate with
+	// (withheld: answered with our roots, audited), then the attempt.
+	if _, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{ResourceNames: []string{b.IDString()}, TypeUrl: SDSSecretType}); err != nil {
+		t.Fatalf("%s: %v", b.IDString(), err)
+	}
+	if _, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{ResourceNames: []string{victim.String()}, TypeUrl: SDSSecretType}); err == nil {
+		t.Fatalf("%s was served", victim)
 	}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()

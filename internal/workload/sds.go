@@ -83,6 +83,12 @@ func supportsSPIFFEValidator(n *corev3.Node) bool {
 	return v.MajorNumber > 1 || (v.MajorNumber == 1 && v.MinorNumber >= 18)
 }
 
+// Reasons of SDS refusals, as audited (kinds for auditor's rate limit).
+const (
+	sdsNotEntitled = "SDS: the workload asked for secrets it is not entitled to: "
+	sdsWithheld    = "SDS: federated bundles withheld (no entry of the caller federates with them; served our trust domain's roots under their names): "
+)
+
 // isOwnBundleName reports whether name asks for our own trust domain's
 // bundle, which is public (FetchX509Bundles gives it to anyone on the
 // socket).
@@ -91,9 +97,17 @@ func isOwnBundleName(snap *Snapshot, name string) bool {
 }
 
 // isFederatedName reports whether name asks for federated bundles, which
-// a caller is given only for the trust domains its entries federate with.
+// a caller is given only for the trust domains its entries federate with:
+// ALL, or another trust domain's ID (an SVID's name always has a path).
 func isFederatedName(snap *Snapshot, name string) bool {
-	return name == SDSAllBundles || snap.federated(name) != nil
+	return name == SDSAllBundles || otherTrustDomain(snap, name)
+}
+
+// otherTrustDomain reports whether name is the ID of a trust domain other
+// than ours, held by the agent or not.
+func otherTrustDomain(snap *Snapshot, name string) bool {
+	td, err := spiffeid.TrustDomainFromString(name)
+	return err == nil && strings.HasPrefix(name, "spiffe://") && td.IDString() == name && td != snap.TrustDomain
 }
 
 // federated returns the federated bundle whose trust domain ID is name.
@@ -165,7 +179,7 @@ func (d *sds) resolve(ctx context.Context, snap *Snapshot, r sdsRequest, method 
 		}
 		return out, nil
 	}
-	var refused []string
+	var refused, withheld []string
 	for _, name := range r.names {
 		switch {
 		case name == SDSRootCA, name == snap.TrustDomain.IDString():
@@ -175,13 +189,21 @@ func (d *sds) resolve(ctx context.Context, snap *Snapshot, r sdsRequest, method 
 			// and those the caller federates with, each checked against its
 			// own roots only.
 			out = append(out, d.validationContext(name, ownAndFederated(snap, fed), true))
-		case snap.federated(name) != nil:
+		case otherTrustDomain(snap, name):
 			i := slices.IndexFunc(fed, func(f FederatedBundle) bool { return f.TrustDomain.IDString() == name })
-			if i < 0 {
-				refused = append(refused, name) // none of the caller's entries federates with it
+			if i >= 0 {
+				out = append(out, d.validationContext(name, []tdRoots{{fed[i].TrustDomain, fed[i].X509}}, r.spiffeValidator))
 				continue
 			}
-			out = append(out, d.validationContext(name, []tdRoots{{fed[i].TrustDomain, fed[i].X509}}, r.spiffeValidator))
+			// Withheld: none of the caller's entries federates with it (any
+			// more), or the federation ended. The name is answered, with
+			// our trust domain's roots only, not refused: an Envoy keeps
+			// the last validation context it accepted when its stream
+			// fails, so a refusal would leave it trusting the other trust
+			// domain's roots it was given while it federated. Never an
+			// empty context: Envoy would validate nothing.
+			out = append(out, d.validationContext(name, own(snap), r.spiffeValidator))
+			withheld = append(withheld, name)
 		case name == SDSDefaultSVID:
 			out = append(out, tlsCertificate(name, ids[0]))
 		default:
@@ -193,8 +215,17 @@ func (d *sds) resolve(ctx context.Context, snap *Snapshot, r sdsRequest, method 
 			out = append(out, tlsCertificate(name, ids[i]))
 		}
 	}
+	if slices.ContainsFunc(withheld, func(n string) bool { return snap.federated(n) != nil }) {
+		// The agent holds that bundle for other workloads: this one asked
+		// for roots it is not entitled to.
+		if p, ok := callerFrom(ctx); ok {
+			reason := sdsWithheld + strings.Join(withheld, ", ")
+			d.s.log.Warn("workload: "+reason, "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path)
+			d.s.audit.refused(ctx, p, method, reason)
+		}
+	}
 	if len(refused) > 0 {
-		reason := "SDS: the workload asked for secrets it is not entitled to: " + strings.Join(refused, ", ")
+		reason := sdsNotEntitled + strings.Join(refused, ", ")
 		if p, ok := callerFrom(ctx); ok {
 			d.s.log.Warn("workload refused: "+reason, "pid", p.PID, "uid", p.UID, "gid", p.GID, "exe", p.exe.path)
 			d.s.audit.refused(ctx, p, method, reason)
