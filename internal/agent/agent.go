@@ -538,13 +538,13 @@ func (a *Agent) syncLoop(ctx context.Context) {
 	first := true
 	for ctx.Err() == nil {
 		path := "/v1/agent/sync"
+		a.mu.Lock()
 		if !first {
-			a.mu.Lock()
 			path += "?revision=" + strconv.FormatInt(a.revision, 10) + "&wait=" + strconv.Itoa(int(syncWait/time.Second))
-			a.mu.Unlock()
 		}
+		b := entryBuilder{unservable: a.warnUnservable, hint: a.entries.len()}
+		a.mu.Unlock()
 		var resp api.SyncResponse
-		b := entryBuilder{unservable: a.warnUnservable}
 		err := a.client.Stream(ctx, http.MethodGet, path, func(r io.Reader) error { return decodeStreamed(r, &resp, &b) })
 		if err != nil {
 			if ctx.Err() != nil {

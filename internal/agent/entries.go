@@ -44,12 +44,18 @@ type entryOpts struct {
 // entryBuilder collects entries one at a time, as they are decoded.
 type entryBuilder struct {
 	set entrySet
+	// hint is how many entries to expect (the last sync's): the lists
+	// are allocated once, not grown by doubling.
+	hint int
 	// unservable is called for an entry that will not be served (its
 	// SPIFFE ID or selectors do not parse, or it names no owner).
 	unservable func(e api.Entry, err error)
 }
 
 func (b *entryBuilder) add(e api.Entry) {
+	if b.set.served == nil && b.hint > 0 {
+		b.set.served, b.set.opts = make([]workload.Identity, 0, b.hint), make([]entryOpts, 0, b.hint)
+	}
 	sels, err := selector.ParseAll(e.Selectors)
 	var id spiffeid.ID
 	if err == nil {
@@ -146,12 +152,14 @@ func (s *entrySet) writeEntries(w *bufio.Writer) error {
 	enc := json.NewEncoder(w)
 	w.WriteByte('[')
 	n := 0
+	var ce cachedEntry // one, not one per entry
 	emit := func(e api.Entry) error {
 		if n > 0 {
 			w.WriteByte(',')
 		}
 		n++
-		return enc.Encode(toCachedEntry(e))
+		ce = toCachedEntry(e)
+		return enc.Encode(&ce)
 	}
 	if s != nil {
 		for i := range s.served {
@@ -182,8 +190,9 @@ func decodeEntries(dec *json.Decoder, b *entryBuilder) error {
 	if t != json.Delim('[') {
 		return fmt.Errorf("entries: want an array, got %v", t)
 	}
+	var e api.Entry
 	for dec.More() {
-		var e api.Entry
+		e = api.Entry{} // not reused: add keeps its strings and slices
 		if err := dec.Decode(&e); err != nil {
 			return fmt.Errorf("entries: %w", err)
 		}

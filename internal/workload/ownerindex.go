@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"cmp"
 	"slices"
 	"strings"
 
@@ -34,39 +35,33 @@ type span struct{ lo, hi int32 }
 
 // newOwnerIndex files the n entries at returns.
 func newOwnerIndex(n int, at func(int) *Identity) *ownerIndex {
-	idx := &ownerIndex{by: map[selector.Selector]span{}}
-	counts := map[selector.Selector]int32{}
-	keys := make([]selector.Selector, n) // Type "" for the rest
+	type filed struct {
+		key selector.Selector
+		i   int32
+	}
+	fs := make([]filed, 0, n)
+	idx := &ownerIndex{}
 	for i := range n {
 		key, ok := ownerKey(at(i).Selectors)
 		if !ok {
 			idx.rest = append(idx.rest, int32(i))
 			continue
 		}
-		keys[i] = key
-		counts[key]++
+		fs = append(fs, filed{key, int32(i)})
 	}
-	idx.pos = make([]int32, n-len(idx.rest))
-	var next int32
-	for i := range n { // spans in order of first appearance
-		k := keys[i]
-		if k.Type == "" {
-			continue
+	// Grouped by owner, each group in entry order.
+	slices.SortStableFunc(fs, func(a, b filed) int {
+		return cmp.Or(strings.Compare(a.key.Type, b.key.Type), strings.Compare(a.key.Value, b.key.Value))
+	})
+	idx.by = make(map[selector.Selector]span, len(fs))
+	idx.pos = make([]int32, len(fs))
+	for lo := 0; lo < len(fs); {
+		hi := lo
+		for ; hi < len(fs) && fs[hi].key == fs[lo].key; hi++ {
+			idx.pos[hi] = fs[hi].i
 		}
-		if _, ok := idx.by[k]; !ok {
-			idx.by[k] = span{next, next}
-			next += counts[k]
-		}
-	}
-	for i := range n {
-		k := keys[i]
-		if k.Type == "" {
-			continue
-		}
-		sp := idx.by[k]
-		idx.pos[sp.hi] = int32(i)
-		sp.hi++
-		idx.by[k] = sp
+		idx.by[fs[lo].key] = span{int32(lo), int32(hi)}
+		lo = hi
 	}
 	return idx
 }
