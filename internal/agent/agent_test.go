@@ -34,7 +34,7 @@ func TestRenewTimeJitter(t *testing.T) {
 	}
 }
 
-func testHeld(t *testing.T) *held {
+func testHeld(t testing.TB) *held {
 	t.Helper()
 	id := spiffeid.RequireFromString("spiffe://example.org/orders")
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -102,6 +102,12 @@ func TestSameEntry(t *testing.T) {
 	}
 	if !sameEntry(e, e) {
 		t.Fatal("entry differs from itself")
+	}
+	// An SVID held in an older cache recorded the selectors as the server
+	// sent them; the agent now keeps them in their normal order.
+	two := api.Entry{SpiffeID: e.SpiffeID, Selectors: []string{"unix:uid:1", "unix:gid:2"}}
+	if !sameEntry(two, api.Entry{SpiffeID: e.SpiffeID, Selectors: []string{"unix:gid:2", "unix:uid:1"}}) {
+		t.Fatal("the same selectors in another order were taken for a change (every held SVID re-minted after an upgrade)")
 	}
 	for i, c := range changed {
 		if sameEntry(e, c) {
