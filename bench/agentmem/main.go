@@ -32,8 +32,9 @@ func main() {
 	bin := flag.String("rampart", "bench/out/rampart", "rampart binary")
 	n := flag.Int("entries", 1000, "entries parented to the agent, for workloads not on the host")
 	firsts := flag.Int("firsts", 20, "newly registered workloads whose first fetch is timed")
+	batch := flag.Int("batch", 0, "register the entries in batches of this many (/v1/entries/batch/create, as `rampart entry create --file` and bench/spire.sh do); 0: all in one batch; 1: one call per entry (the agent syncs the growing list thousands of times)")
 	flag.Parse()
-	if err := run(*bin, *n, *firsts); err != nil {
+	if err := run(*bin, *n, *firsts, *batch); err != nil {
 		fmt.Fprintln(os.Stderr, "agentmem:", err)
 		os.Exit(1)
 	}
@@ -54,23 +55,32 @@ func readCache(dir string) (cache, error) {
 	return c, err
 }
 
+// rssAnon reads the process's anonymous memory now (RssAnon) and at its
+// peak (VmHWM, which counts file-backed pages too).
 func rssAnon(pid int) (string, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
+	var anon, hwm string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if v, ok := strings.CutPrefix(sc.Text(), "RssAnon:"); ok {
-			return strings.TrimSpace(v), nil
+			anon = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			hwm = strings.TrimSpace(v)
 		}
 	}
-	return "", fmt.Errorf("no RssAnon in /proc/%d/status", pid)
+	if anon == "" {
+		return "", fmt.Errorf("no RssAnon in /proc/%d/status", pid)
+	}
+	return anon + " (VmHWM " + hwm + ")", nil
 }
 
-func run(bin string, n, firsts int) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+func run(bin string, n, firsts, batch int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "rampart-agentmem")
 	if err != nil {
@@ -99,21 +109,40 @@ func run(bin string, n, firsts int) error {
 	defer func() { agent.Process.Signal(os.Interrupt); agent.Wait() }()
 
 	// n entries for workloads that are not on this host (uids nobody runs).
+	absent := func(i int) api.Entry {
+		return api.Entry{SpiffeID: "spiffe://example.org/absent/" + strconv.Itoa(i), ParentID: jt.AgentID, Selectors: []string{"unix:uid:" + strconv.Itoa(20000+i)}}
+	}
 	t0 := time.Now()
+	if batch != 1 {
+		if batch <= 0 {
+			batch = n
+		}
+		for lo := 0; lo < n; lo += batch {
+			var b api.EntryBatch
+			for i := lo; i < min(lo+batch, n); i++ {
+				b.Entries = append(b.Entries, absent(i))
+			}
+			if err := admin.Do(ctx, http.MethodPost, "/v1/entries/batch/create", b, nil); err != nil {
+				return err
+			}
+		}
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	next := make(chan int)
 	for range 8 {
 		wg.Go(func() {
 			for i := range next {
-				e := api.Entry{SpiffeID: "spiffe://example.org/absent/" + strconv.Itoa(i), ParentID: jt.AgentID, Selectors: []string{"unix:uid:" + strconv.Itoa(20000+i)}}
-				if err := admin.Do(ctx, http.MethodPost, "/v1/entries", e, nil); err != nil {
+				if err := admin.Do(ctx, http.MethodPost, "/v1/entries", absent(i), nil); err != nil {
 					errs <- err
 				}
 			}
 		})
 	}
 	for i := range n {
+		if batch != 1 {
+			break
+		}
 		next <- i
 	}
 	close(next)

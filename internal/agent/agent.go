@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -39,7 +40,6 @@ import (
 	"github.com/rampartsec/rampart/internal/netpol"
 	"github.com/rampartsec/rampart/internal/safedir"
 	"github.com/rampartsec/rampart/internal/secretfile"
-	"github.com/rampartsec/rampart/internal/selector"
 	"github.com/rampartsec/rampart/internal/svid"
 	"github.com/rampartsec/rampart/internal/workload"
 )
@@ -118,11 +118,10 @@ type Agent struct {
 	// restart, workloads get only their own trust domain's bundle).
 	federated []workload.FederatedBundle
 	revision  int64
-	entries   []api.Entry
-	// served is a.entries as the snapshot needs them, parsed once per
-	// sync and ordered by ID (indexEntriesLocked); byID indexes a.entries.
-	served  []workload.Identity
-	byID    map[string]int
+	// entries are the entries of the last sync, each held once, parsed
+	// and filed by owner as they were decoded (entries.go); nil before
+	// the first.
+	entries *entrySet
 	revoked map[string]struct{}
 	// reissueRoot, during a burn-down, is the root every SVID must
 	// descend from (api.SyncResponse.ReissueUnlessRoot).
@@ -135,7 +134,7 @@ type Agent struct {
 	snap     *workload.Snapshot
 	changed  chan struct{}
 	jwtCache map[string]jwtCached
-	warned   map[string]bool // entries named by warnUnservable
+	warned   map[string]bool // entries named by warnUnservable (New's and the sync loop's, not under mu)
 
 	wake chan struct{} // reschedules the rotation loop
 	save chan struct{} // asks the saver to write the cache (saveSoon)
@@ -188,8 +187,6 @@ func New(cfg Config) (*Agent, error) {
 	if err := a.loadCache(); err != nil {
 		return nil, err
 	}
-	a.warnUnservable(a.entries)
-	a.indexEntriesLocked()
 	if len(a.bundle) == 0 {
 		if cfg.BundleFile == "" {
 			return nil, errors.New("agent: no cached state; --ca-bundle (the server's bundle.pem) is needed for the first start")
@@ -273,48 +270,31 @@ func (a *Agent) ID() spiffeid.ID {
 }
 
 // publishLocked builds a new snapshot and wakes every Workload API stream.
-// Every entry is in it: with its SVID if one is held and valid, else as
-// unminted, to be minted when a workload it matches asks (Mint).
+// Every served entry is in it: with its SVID if one is held and valid,
+// else as unminted, to be minted when a workload it matches asks (Mint).
+// The entries and their index are shared with the previous snapshot
+// (workload.Entries): a snapshot costs the SVIDs held, not the entries.
 func (a *Agent) publishLocked() {
 	snap := &workload.Snapshot{TrustDomain: a.td, Bundle: a.bundle, JWTBundle: a.jwtBundle, Federated: a.federated}
-	now := a.now()
-	for _, id := range a.served {
-		h := a.workloads[id.EntryID]
-		// An expired SVID is not served (better nothing than a certificate
-		// peers refuse): the entry is unminted again.
-		if h == nil || !now.Before(h.Chain[0].NotAfter) {
-			snap.Unminted = append(snap.Unminted, id)
-			continue
+	if a.entries != nil {
+		now := a.now()
+		for entryID, h := range a.workloads {
+			i := a.entries.find(entryID)
+			// An expired SVID is not served (better nothing than a
+			// certificate peers refuse): the entry is unminted again.
+			if i < 0 || !now.Before(h.Chain[0].NotAfter) {
+				continue
+			}
+			id := a.entries.served[i]
+			id.SpiffeID, id.Chain, id.Key = h.ID, h.Chain, h.Key
+			snap.Identities = append(snap.Identities, id)
 		}
-		id.SpiffeID, id.Chain, id.Key = h.ID, h.Chain, h.Key
-		snap.Identities = append(snap.Identities, id)
+		slices.SortFunc(snap.Identities, func(x, y workload.Identity) int { return strings.Compare(x.EntryID, y.EntryID) })
+		snap.IndexEntries(a.entries.index)
 	}
-	snap.Index()
 	a.snap = snap
 	close(a.changed)
 	a.changed = make(chan struct{})
-}
-
-// indexEntriesLocked parses the entries once, for every snapshot until the
-// next sync: publishing (on every mint) then costs no parsing, whatever the
-// number of entries. Entries whose selectors or SPIFFE ID do not parse are
-// left out.
-func (a *Agent) indexEntriesLocked() {
-	a.served = make([]workload.Identity, 0, len(a.entries))
-	a.byID = make(map[string]int, len(a.entries))
-	for i, e := range a.entries {
-		a.byID[e.ID] = i
-		sels, err := selector.ParseAll(e.Selectors)
-		if err != nil {
-			continue
-		}
-		id, err := spiffeid.FromString(e.SpiffeID)
-		if err != nil {
-			continue
-		}
-		a.served = append(a.served, workload.Identity{EntryID: e.ID, SpiffeID: id, Selectors: sels, Hint: e.Hint, FederatesWith: e.FederatesWith})
-	}
-	slices.SortFunc(a.served, func(x, y workload.Identity) int { return strings.Compare(x.EntryID, y.EntryID) })
 }
 
 // mintTimeout bounds a first request's wait for its SVIDs.
@@ -330,6 +310,7 @@ func (a *Agent) Mint(ctx context.Context, entryIDs []string) error {
 	a.mu.Lock()
 	var todo []api.Entry
 	var mine, wait []chan struct{}
+	es := a.entries
 	for _, id := range entryIDs {
 		a.wanted[id] = now
 		if h := a.workloads[id]; h != nil && now.Before(h.Chain[0].NotAfter) {
@@ -339,14 +320,14 @@ func (a *Agent) Mint(ctx context.Context, entryIDs []string) error {
 			wait = append(wait, ch)
 			continue
 		}
-		i, ok := a.byID[id]
-		if !ok {
+		i := es.find(id)
+		if i < 0 {
 			continue
 		}
 		ch := make(chan struct{})
 		a.minting[id] = ch
 		mine = append(mine, ch)
-		todo = append(todo, a.entries[i])
+		todo = append(todo, es.entry(i))
 	}
 	a.mu.Unlock()
 	var err error
@@ -557,13 +538,14 @@ func (a *Agent) syncLoop(ctx context.Context) {
 	first := true
 	for ctx.Err() == nil {
 		path := "/v1/agent/sync"
+		a.mu.Lock()
 		if !first {
-			a.mu.Lock()
 			path += "?revision=" + strconv.FormatInt(a.revision, 10) + "&wait=" + strconv.Itoa(int(syncWait/time.Second))
-			a.mu.Unlock()
 		}
+		b := entryBuilder{unservable: a.warnUnservable, hint: a.entries.len()}
+		a.mu.Unlock()
 		var resp api.SyncResponse
-		err := a.client.Do(ctx, http.MethodGet, path, nil, &resp)
+		err := a.client.Stream(ctx, http.MethodGet, path, func(r io.Reader) error { return decodeStreamed(r, &resp, &b) })
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -583,7 +565,7 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		first = false
 		backoff = minBackoff
 		a.metrics.serverUp.Set(1)
-		if err := a.applySync(resp); err != nil {
+		if err := a.applySync(resp, b.done()); err != nil {
 			a.log.Error("applying sync failed", "err", err)
 		}
 		select {
@@ -593,7 +575,9 @@ func (a *Agent) syncLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) applySync(resp api.SyncResponse) error {
+// applySync takes a sync: resp and its entries, decoded apart (resp's
+// Entries are empty).
+func (a *Agent) applySync(resp api.SyncResponse, entries *entrySet) error {
 	bundle, err := parseChain(resp.Bundle)
 	if err != nil {
 		return fmt.Errorf("agent: bundle: %w", err)
@@ -607,27 +591,22 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, resp.Entries
+	a.revision, a.bundle, a.jwtBundle, a.entries = resp.Revision, bundle, resp.JWTBundle, entries
 	a.federated = federated
-	a.indexEntriesLocked()
 	a.applyReissue(resp)
-	a.warnUnservable(resp.Entries)
 	a.revoked = make(map[string]struct{}, len(resp.Revoked))
 	for _, s := range resp.Revoked {
 		a.revoked[s] = struct{}{}
 	}
-	// Drop SVIDs whose entry is gone: the workload must lose the identity.
-	live := map[string]bool{}
-	for _, e := range resp.Entries {
-		live[e.ID] = true
-	}
+	// Drop SVIDs whose entry is gone (or no longer served): the workload
+	// must lose the identity.
 	for id := range a.workloads {
-		if !live[id] {
+		if entries.find(id) < 0 {
 			delete(a.workloads, id)
 		}
 	}
 	for id := range a.wanted {
-		if !live[id] {
+		if entries.find(id) < 0 {
 			delete(a.wanted, id)
 		}
 	}
@@ -636,26 +615,23 @@ func (a *Agent) applySync(resp api.SyncResponse) error {
 	case a.wake <- struct{}{}:
 	default:
 	}
-	return a.saveCache()
+	// Written by the saver, outside a.mu: workloads do not wait for the
+	// disk, and a burst of syncs is written once.
+	a.saveSoon()
+	return nil
 }
 
-// warnUnservable names the entries the Workload API will not serve because
-// they select only by path or hash (stored before every entry needed a
-// uid or gid selector), once per entry and agent run.
-func (a *Agent) warnUnservable(entries []api.Entry) {
-	for _, e := range entries {
-		if a.warned[e.ID] {
-			continue
-		}
-		sels, err := selector.ParseAll(e.Selectors)
-		if err == nil {
-			err = selector.CheckEntry(sels)
-		}
-		if err != nil {
-			a.warned[e.ID] = true
-			a.log.Warn("this entry will not be served; recreate it with a unix:uid or unix:gid selector", "entry_id", e.ID, "spiffe_id", e.SpiffeID, "err", err)
-		}
+// warnUnservable names an entry the Workload API will not serve because
+// it selects only by path or hash (stored before every entry needed a uid
+// or gid selector), or does not parse, once per entry and agent run. It
+// is called while the entries are decoded (entryBuilder), by New and then
+// by the sync loop only, without a.mu: a.warned is theirs.
+func (a *Agent) warnUnservable(e api.Entry, err error) {
+	if a.warned[e.ID] {
+		return
 	}
+	a.warned[e.ID] = true
+	a.log.Warn("this entry will not be served; recreate it with a unix:uid or unix:gid selector", "entry_id", e.ID, "spiffe_id", e.SpiffeID, "err", err)
 }
 
 // rotateLoop renews the agent SVID and keeps one fresh SVID per entry.
@@ -694,11 +670,14 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	a.mu.Lock()
 	var due []api.Entry
 	dropped := false
-	for _, e := range a.entries {
-		h := a.workloads[e.ID]
-		if h == nil {
-			continue // minted when a workload asks for it (Mint)
+	// Only the SVIDs held are read (entries without one are minted when
+	// a workload asks for them: Mint).
+	for entryID, h := range a.workloads {
+		i := a.entries.find(entryID)
+		if i < 0 {
+			continue // dropped by the next sync
 		}
+		e := a.entries.entry(i)
 		_, revoked := a.revoked[h.serial()]
 		// During a burn-down an SVID of the old root is due at once.
 		if now.Before(h.RenewAt) && sameEntry(h.Entry, e) && !revoked && !a.fromOldRoot(h) {
@@ -757,9 +736,13 @@ func (a *Agent) fromOldRoot(h *held) bool {
 	return hex.EncodeToString(h.Chain[1].AuthorityKeyId) != a.reissueRoot
 }
 
+// sameEntry says whether an SVID minted for entry a is still right for b.
+// Selectors are compared as sets: an SVID held in an older cache recorded
+// them as the server sent them, the agent now in their normal order.
 func sameEntry(a, b api.Entry) bool {
+	set := func(ss []string) []string { return slices.Compact(slices.Sorted(slices.Values(ss))) }
 	return a.SpiffeID == b.SpiffeID && a.X509TTLSeconds == b.X509TTLSeconds &&
-		slices.Equal(a.Selectors, b.Selectors) && slices.Equal(a.DNSNames, b.DNSNames)
+		slices.Equal(set(a.Selectors), set(b.Selectors)) && slices.Equal(a.DNSNames, b.DNSNames)
 }
 
 func (a *Agent) renewAgent(ctx context.Context) error {
@@ -841,12 +824,8 @@ func (a *Agent) mintBatch(ctx context.Context, entries []api.Entry) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	live := map[string]bool{}
-	for _, e := range a.entries {
-		live[e.ID] = true
-	}
 	for id, h := range minted {
-		if live[id] { // the entry may have been deleted while we asked
+		if a.entries.find(id) >= 0 { // the entry may have been deleted while we asked
 			a.workloads[id] = h
 			a.metrics.rotations.WithLabelValues("workload").Inc()
 		}

@@ -34,7 +34,7 @@ func TestRenewTimeJitter(t *testing.T) {
 	}
 }
 
-func testHeld(t *testing.T) *held {
+func testHeld(t testing.TB) *held {
 	t.Helper()
 	id := spiffeid.RequireFromString("spiffe://example.org/orders")
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -52,7 +52,7 @@ func TestCacheRoundTrip(t *testing.T) {
 		revoked: map[string]struct{}{"ab": {}}, workloads: map[string]*held{}}
 	h := testHeld(t)
 	a.svid, a.workloads["e1"], a.bundle, a.revision = h, h, h.Chain, 7
-	a.entries = []api.Entry{h.Entry}
+	a.entries = entriesOf(h.Entry)
 	if err := a.saveCache(); err != nil {
 		t.Fatal(err)
 	}
@@ -60,9 +60,12 @@ func TestCacheRoundTrip(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("cache mode %v, want 0600 (%v)", fi.Mode().Perm(), err)
 	}
-	b := &Agent{cfg: Config{DataDir: dir}}
+	b := &Agent{cfg: Config{DataDir: dir}, warned: map[string]bool{}}
 	if err := b.loadCache(); err != nil {
 		t.Fatal(err)
+	}
+	if b.entries.len() != 1 || b.entries.find("e1") != 0 || !sameEntry(b.entries.entry(0), h.Entry) {
+		t.Fatalf("entries did not round-trip: %+v", b.entries)
 	}
 	got := b.workloads["e1"]
 	if got == nil || !got.Chain[0].Equal(h.Chain[0]) || !got.Key.Public().(*ecdsa.PublicKey).Equal(h.Key.Public()) ||
@@ -70,14 +73,23 @@ func TestCacheRoundTrip(t *testing.T) {
 		t.Fatalf("cache did not round-trip: %+v", b)
 	}
 	// A cache for another trust domain is refused, not silently used.
-	c := &Agent{cfg: Config{DataDir: dir}, td: spiffeid.RequireTrustDomainFromString("other.org")}
+	c := &Agent{cfg: Config{DataDir: dir}, warned: map[string]bool{}, td: spiffeid.RequireTrustDomainFromString("other.org")}
 	if err := c.loadCache(); err == nil {
 		t.Fatal("loaded a cache of another trust domain")
 	}
 	os.WriteFile(filepath.Join(dir, "cache.json"), []byte("{broken"), 0o600)
-	if err := (&Agent{cfg: Config{DataDir: dir}}).loadCache(); err == nil {
+	if err := (&Agent{cfg: Config{DataDir: dir}, warned: map[string]bool{}}).loadCache(); err == nil {
 		t.Fatal("loaded a damaged cache")
 	}
+}
+
+// entriesOf builds the entry set a sync of es would.
+func entriesOf(es ...api.Entry) *entrySet {
+	var b entryBuilder
+	for _, e := range es {
+		b.add(e)
+	}
+	return b.done()
 }
 
 func TestSameEntry(t *testing.T) {
@@ -90,6 +102,12 @@ func TestSameEntry(t *testing.T) {
 	}
 	if !sameEntry(e, e) {
 		t.Fatal("entry differs from itself")
+	}
+	// An SVID held in an older cache recorded the selectors as the server
+	// sent them; the agent now keeps them in their normal order.
+	two := api.Entry{SpiffeID: e.SpiffeID, Selectors: []string{"unix:uid:1", "unix:gid:2"}}
+	if !sameEntry(two, api.Entry{SpiffeID: e.SpiffeID, Selectors: []string{"unix:gid:2", "unix:uid:1"}}) {
+		t.Fatal("the same selectors in another order were taken for a change (every held SVID re-minted after an upgrade)")
 	}
 	for i, c := range changed {
 		if sameEntry(e, c) {

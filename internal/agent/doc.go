@@ -9,7 +9,9 @@
 // entry a workload on the host has asked for. All of it is cached in
 // DATA/cache.json (0600, written atomically), so after a restart, or while
 // the server is unreachable, workloads keep getting their SVIDs until those
-// expire.
+// expire. Each entry is held once, parsed, and shared by every snapshot
+// of the Workload API (entries.go); the sync and the cache are read and
+// written one entry at a time, never whole in memory (docs/decisions/0056).
 //
 // # Minted on first request
 //

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"slices"
@@ -42,7 +44,9 @@ func renewTime(received, notAfter time.Time) time.Time {
 	return received.Add(time.Duration(float64(life) * (0.5 - 0.1*u)))
 }
 
-// cacheFile is the on-disk form of the agent's state.
+// cacheFile is the on-disk form of the agent's state, but for its
+// "entries" (cachedEntry, api.Entry's names), which are written and read
+// one at a time (entrySet.writeEntries, decodeStreamed).
 type cacheFile struct {
 	Version     int                    `json:"version"`
 	TrustDomain string                 `json:"trust_domain"`
@@ -50,9 +54,17 @@ type cacheFile struct {
 	Bundle      [][]byte               `json:"bundle"`
 	JWTBundle   json.RawMessage        `json:"jwt_bundle,omitempty"`
 	Revision    int64                  `json:"revision"`
-	Entries     []api.Entry            `json:"entries"`
 	Revoked     []string               `json:"revoked"`
 	Workloads   map[string]*cachedSVID `json:"workloads"`
+}
+
+// cacheState is the state to write: taken under a.mu
+// (cacheStateLocked), written outside it (writeCache). The entries are
+// never modified once built, so they are not copied.
+type cacheState struct {
+	head    cacheFile
+	entries *entrySet
+	gen     uint64
 }
 
 type cachedSVID struct {
@@ -121,11 +133,11 @@ func parseChain(ders [][]byte) ([]*x509.Certificate, error) {
 
 // saveCache writes the state; the caller holds a.mu.
 func (a *Agent) saveCache() error {
-	b, gen, err := a.marshalCacheLocked()
+	st, err := a.cacheStateLocked()
 	if err != nil {
 		return err
 	}
-	return a.writeCache(b, gen)
+	return a.writeCache(st)
 }
 
 // saveSoon asks the saver to write the state; the caller may hold a.mu.
@@ -150,10 +162,10 @@ func (a *Agent) saver(ctx context.Context) {
 		case <-a.save:
 		}
 		a.mu.Lock()
-		b, gen, err := a.marshalCacheLocked()
+		st, err := a.cacheStateLocked()
 		a.mu.Unlock()
 		if err == nil {
-			err = a.writeCache(b, gen)
+			err = a.writeCache(st)
 		}
 		if err != nil {
 			a.log.Warn("saving the cache failed", "err", err)
@@ -164,27 +176,44 @@ func (a *Agent) saver(ctx context.Context) {
 	}
 }
 
-// writeCache writes state gen unless a newer one is on disk already.
-func (a *Agent) writeCache(b []byte, gen uint64) error {
+// writeCache writes st unless a newer state is on disk already. The
+// entries are streamed to the file, not encoded in memory first (with
+// 10,000 entries the cache is 2 MB, and was encoded on every sync).
+func (a *Agent) writeCache(st *cacheState) error {
 	a.saveMu.Lock()
 	defer a.saveMu.Unlock()
-	if gen <= a.genOnDisk {
+	if st.gen <= a.genOnDisk {
 		return nil
 	}
-	if err := atomicfile.Write(a.cachePath(), b, 0o600); err != nil {
-		return err
+	head, err := json.Marshal(st.head)
+	if err != nil {
+		return fmt.Errorf("agent: cache: %w", err)
 	}
-	a.genOnDisk = gen
+	err = atomicfile.WriteFunc(a.cachePath(), 0o600, func(w io.Writer) error {
+		bw := bufio.NewWriterSize(w, 64<<10)
+		bw.Write(head[:len(head)-1]) // without its closing brace
+		bw.WriteString(`,"entries":`)
+		if err := st.entries.writeEntries(bw); err != nil {
+			return err
+		}
+		bw.WriteString("}\n")
+		return bw.Flush()
+	})
+	if err != nil {
+		return fmt.Errorf("agent: cache: %w", err)
+	}
+	a.genOnDisk = st.gen
 	return nil
 }
 
-// marshalCacheLocked encodes the state and numbers it; the caller holds a.mu.
-func (a *Agent) marshalCacheLocked() ([]byte, uint64, error) {
+// cacheStateLocked takes the state to write and numbers it; the caller
+// holds a.mu.
+func (a *Agent) cacheStateLocked() (*cacheState, error) {
 	cf := cacheFile{Version: cacheVersion, TrustDomain: a.td.Name(), JWTBundle: a.jwtBundle, Revision: a.revision,
-		Entries: a.entries, Workloads: map[string]*cachedSVID{}}
+		Workloads: map[string]*cachedSVID{}}
 	var err error
 	if cf.Agent, err = toCached(a.svid); err != nil {
-		return nil, 0, fmt.Errorf("agent: cache: %w", err)
+		return nil, fmt.Errorf("agent: cache: %w", err)
 	}
 	for _, c := range a.bundle {
 		cf.Bundle = append(cf.Bundle, c.Raw)
@@ -195,28 +224,28 @@ func (a *Agent) marshalCacheLocked() ([]byte, uint64, error) {
 	slices.Sort(cf.Revoked)
 	for id, h := range a.workloads {
 		if cf.Workloads[id], err = toCached(h); err != nil {
-			return nil, 0, fmt.Errorf("agent: cache: %w", err)
+			return nil, fmt.Errorf("agent: cache: %w", err)
 		}
 	}
-	b, err := json.Marshal(cf)
-	if err != nil {
-		return nil, 0, fmt.Errorf("agent: cache: %w", err)
-	}
 	a.gen++
-	return b, a.gen, nil
+	return &cacheState{head: cf, entries: a.entries, gen: a.gen}, nil
 }
 
-// loadCache restores the state from disk; a missing cache is not an error.
+// loadCache restores the state from disk; a missing cache is not an
+// error. The entries are read one at a time, into the same form a sync
+// builds (an older cache, with every field of each entry, loads the same).
 func (a *Agent) loadCache() error {
-	b, err := os.ReadFile(a.cachePath())
+	f, err := os.Open(a.cachePath())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("agent: cache: %w", err)
 	}
+	defer f.Close()
 	var cf cacheFile
-	if err := json.Unmarshal(b, &cf); err != nil {
+	eb := entryBuilder{unservable: a.warnUnservable}
+	if err := decodeStreamed(bufio.NewReader(f), &cf, &eb); err != nil {
 		return fmt.Errorf("agent: cache %s is damaged (%v); delete it and re-attest", a.cachePath(), err)
 	}
 	if cf.Version != cacheVersion {
@@ -236,7 +265,7 @@ func (a *Agent) loadCache() error {
 	if a.bundle, err = parseChain(cf.Bundle); err != nil {
 		return fmt.Errorf("agent: cache: bundle: %w", err)
 	}
-	a.jwtBundle, a.revision, a.entries = cf.JWTBundle, cf.Revision, cf.Entries
+	a.jwtBundle, a.revision, a.entries = cf.JWTBundle, cf.Revision, eb.done()
 	a.revoked = map[string]struct{}{}
 	for _, s := range cf.Revoked {
 		a.revoked[s] = struct{}{}

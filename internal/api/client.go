@@ -40,6 +40,35 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 // DoRaw sends body as is, with contentType (for documents such as YAML
 // policies), and decodes a JSON answer into out (if not nil).
 func (c *Client) DoRaw(ctx context.Context, method, path, contentType string, body []byte, out any) error {
+	return c.do(ctx, method, path, contentType, body, func(r io.Reader) error {
+		data, err := io.ReadAll(r)
+		if err != nil {
+			return fmt.Errorf("api: %s %s: read answer: %w", method, path, err)
+		}
+		if out == nil {
+			return nil
+		}
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("api: %s %s: decode answer: %w", method, path, err)
+		}
+		return nil
+	})
+}
+
+// Stream sends a request without a body and hands a successful answer to
+// read as it arrives (bounded like every answer), for answers too large
+// to hold whole: an agent's sync with thousands of entries. Error answers
+// become *Problem.
+func (c *Client) Stream(ctx context.Context, method, path string, read func(io.Reader) error) error {
+	return c.do(ctx, method, path, "", nil, func(r io.Reader) error {
+		if err := read(r); err != nil {
+			return fmt.Errorf("api: %s %s: decode answer: %w", method, path, err)
+		}
+		return nil
+	})
+}
+
+func (c *Client) do(ctx context.Context, method, path, contentType string, body []byte, read func(io.Reader) error) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -65,22 +94,17 @@ func (c *Client) DoRaw(ctx context.Context, method, path, contentType string, bo
 		return fmt.Errorf("api: %s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
-	if err != nil {
-		return fmt.Errorf("api: %s %s: read answer: %w", method, path, err)
-	}
+	answer := io.LimitReader(resp.Body, maxResponse)
 	if resp.StatusCode >= 300 {
+		data, err := io.ReadAll(answer)
+		if err != nil {
+			return fmt.Errorf("api: %s %s: read answer: %w", method, path, err)
+		}
 		p := &Problem{Status: resp.StatusCode, Title: http.StatusText(resp.StatusCode)}
 		if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "application/problem+json" {
 			_ = json.Unmarshal(data, p)
 		}
 		return p
 	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("api: %s %s: decode answer: %w", method, path, err)
-	}
-	return nil
+	return read(answer)
 }

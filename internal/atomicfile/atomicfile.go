@@ -6,12 +6,23 @@ package atomicfile
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
 
 // Write replaces path with data, created with mode.
 func Write(path string, data []byte, mode os.FileMode) error {
+	return WriteFunc(path, mode, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// WriteFunc replaces path with what write writes, created with mode: for
+// contents too large to build in memory first. If write fails, path is
+// left as it was.
+func WriteFunc(path string, mode os.FileMode, write func(io.Writer) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("atomicfile: %w", err)
@@ -19,7 +30,7 @@ func Write(path string, data []byte, mode os.FileMode) error {
 	defer os.Remove(tmp.Name())
 	err = tmp.Chmod(mode)
 	if err == nil {
-		_, err = tmp.Write(data)
+		err = write(tmp)
 	}
 	if err == nil {
 		err = tmp.Sync()

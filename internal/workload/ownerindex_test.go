@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"crypto/x509"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -61,6 +62,66 @@ func TestOwnerIndexFindsEveryMatch(t *testing.T) {
 		}
 		if len(cands) >= len(snap.Identities)+len(snap.Unminted) {
 			t.Fatalf("caller %v: the index read all %d entries", caller, len(cands))
+		}
+	}
+}
+
+// An agent's snapshot built on shared Entries (IndexEntries: the entries
+// with an SVID in Identities, the others only in the Entries) offers a
+// caller exactly the candidates, in the same order, as a snapshot holding
+// them all (Identities ++ Unminted, indexed); the Entries are not copied
+// into it, and one Entries serves every snapshot built on it.
+func TestSharedEntriesMatchSnapshot(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	sel := func(typ string, n int) selector.Selector { return selector.Selector{Type: typ, Value: fmt.Sprint(n)} }
+	var all []Identity
+	for i := range 2000 {
+		var sels []selector.Selector
+		switch r.IntN(4) {
+		case 0:
+			sels = []selector.Selector{sel(selector.UnixUID, r.IntN(20))}
+		case 1:
+			sels = []selector.Selector{sel(selector.UnixGID, r.IntN(20))}
+		case 2:
+			sels = []selector.Selector{sel(selector.UnixGID, r.IntN(20)), sel(selector.UnixUID, r.IntN(20))}
+		default:
+			sels = []selector.Selector{{Type: selector.UnixPath, Value: "/bin/x"}}
+		}
+		all = append(all, Identity{EntryID: fmt.Sprintf("e%05d", i), Selectors: sels})
+	}
+	es := NewEntries(all)
+	for round := range 3 {
+		// Some entries minted (Chain set), as an agent publishes them.
+		full, shared := &Snapshot{}, &Snapshot{}
+		for _, id := range all {
+			if r.IntN(10) < 3*round {
+				id.Chain = []*x509.Certificate{{Raw: []byte(id.EntryID)}}
+				full.Identities = append(full.Identities, id)
+				shared.Identities = append(shared.Identities, id)
+				continue
+			}
+			full.Unminted = append(full.Unminted, id)
+		}
+		full.Index()
+		shared.IndexEntries(es)
+		if shared.owners != es.idx || len(shared.Unminted) != 0 {
+			t.Fatal("the snapshot copied the shared entries")
+		}
+		for range 300 {
+			caller := selector.NewSet(sel(selector.UnixUID, r.IntN(25)))
+			for range r.IntN(4) {
+				caller[sel(selector.UnixGID, r.IntN(25))] = struct{}{}
+			}
+			got, want := shared.candidates(caller), full.candidates(caller)
+			if len(got) != len(want) {
+				t.Fatalf("round %d caller %v: %d candidates, want %d", round, caller, len(got), len(want))
+			}
+			for i := range got {
+				if got[i].EntryID != want[i].EntryID || (got[i].Chain == nil) != (want[i].Chain == nil) {
+					t.Fatalf("round %d caller %v: candidate %d is %s (minted %v), want %s (minted %v)", round, caller, i,
+						got[i].EntryID, got[i].Chain != nil, want[i].EntryID, want[i].Chain != nil)
+				}
+			}
 		}
 	}
 }
