@@ -51,7 +51,9 @@ type Snapshot struct {
 	JWTBundle   []byte              // JWKS of TrustDomain
 	Identities  []Identity          // with their SVIDs, ordered by entry ID
 	// Unminted are the entries the agent may serve but holds no valid SVID
-	// for (Chain and Key nil): a Minter mints them on first request.
+	// for (Chain and Key nil): a Minter mints them on first request. A
+	// snapshot built with IndexEntries leaves it empty: its shared entries
+	// hold them (the agent's case).
 	Unminted []Identity
 	// Federated are the bundles of the trust domains this one federates
 	// with, ordered by trust domain name (package federation). A workload
