@@ -39,7 +39,7 @@ func TestRefusalsAggregated(t *testing.T) {
 		return out
 	}
 
-	a.refused(ctx, p, "StreamSecrets", sdsWithheld+"spiffe://b.example")       // recorded
+	a.refused(ctx, p, "StreamSecrets", sdsWithheld+"spiffe://b.example")         // recorded
 	a.refused(ctx, p, "FetchSecrets", sdsNotEntitled+"spiffe://example.org/pay") // another kind: recorded
 	clk.Add(time.Second)
 	a.refused(ctx, p, "FetchSecrets", sdsNotEntitled+"spiffe://example.org/db") // held for the flush
