@@ -338,10 +338,20 @@ func run() error {
 // runs the overload curve on them and the nginx pair.
 func overloadCurve(sock, server, appAddr string, exe map[string]string, ngOut string, nginxPair []int, serverPID int) error {
 	extra := strings.Fields(*overProxyArgs)
+	// With --profile, each proxy serves /metrics and /debug/pprof/ on an
+	// address of its own, printed here, for goroutine dumps under load.
+	debugArgs := func(tag, side string) []string {
+		if !*profile {
+			return nil
+		}
+		a := freePort()
+		fmt.Printf("%s pair, %s proxy: http://%s/metrics, /debug/pprof/\n", tag, side, a)
+		return []string{"--metrics-listen", a, "--pprof"}
+	}
 	pair := func(tag, name string, inboundArgs ...string) (system, error) {
 		ready := filepath.Join(workDir, tag+"-app.ready")
-		in, err := startLogged(tag+"-app-proxy", exe["app"], []string{"RAMPART_READY_FILE=" + ready}, append(append([]string{"proxy", "--socket", sock, "--server", server,
-			"--inbound", "127.0.0.1:0", "--app", appAddr, "--log-level", "warn"}, inboundArgs...), extra...)...)
+		in, err := startLogged(tag+"-app-proxy", exe["app"], []string{"RAMPART_READY_FILE=" + ready}, append(append(append([]string{"proxy", "--socket", sock, "--server", server,
+			"--inbound", "127.0.0.1:0", "--app", appAddr, "--log-level", "warn"}, inboundArgs...), extra...), debugArgs(tag, "inbound")...)...)
 		if err != nil {
 			return system{}, err
 		}
@@ -352,7 +362,7 @@ func overloadCurve(sock, server, appAddr string, exe map[string]string, ngOut st
 		rIn := strings.Split(s, "\n")[0]
 		ready = filepath.Join(workDir, tag+"-client.ready")
 		out, err := startLogged(tag+"-client-proxy", exe["client"], []string{"RAMPART_READY_FILE=" + ready}, append([]string{"proxy", "--socket", sock, "--server", server,
-			"--outbound", "127.0.0.1:0=" + rIn + ",spiffe://example.org/app", "--log-level", "warn"}, extra...)...)
+			"--outbound", "127.0.0.1:0=" + rIn + ",spiffe://example.org/app", "--log-level", "warn"}, append(extra, debugArgs(tag, "outbound")...)...)...)
 		if err != nil {
 			return system{}, err
 		}
