@@ -429,7 +429,7 @@ func startNginx(appAddr, inAddr, outAddr string) ([]int, error) {
 	common := `worker_processes 2;
 pid %[1]s/nginx-%[2]s.pid;
 error_log %[1]s/nginx-%[2]s-error.log warn;
-events { worker_connections 4096; }
+events { worker_connections 16384; }
 `
 	app := fmt.Sprintf(common+`http {
   access_log off;
