@@ -592,7 +592,7 @@ func runOverload(systems []system) error {
 	}
 	for j, s := range systems {
 		if at2[j] > 0 {
-			fmt.Printf("  %s: goodput at 2x is %.0f%% of its peak (target for rampart with shipping on: at least 90%%)\n", s.name, 100*at2[j]/peak[j])
+			fmt.Printf("  %s: goodput at 2x is %.0f%% of its peak, %.0f%% of the measured capacity (target for rampart with shipping on: at least 90%% of its peak)\n", s.name, 100*at2[j]/peak[j], 100*at2[j]/capacity)
 		}
 	}
 	if len(systems) >= 2 {
