@@ -393,6 +393,7 @@ func (g *generator) run(rate float64, d time.Duration) runResult {
 				w := &genWorker{}
 				for time.Now().Before(end) {
 					if w.c == nil && dial(w, true) != nil {
+						time.Sleep(10 * time.Millisecond)
 						continue
 					}
 					do(w, time.Now())
