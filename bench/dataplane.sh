@@ -9,6 +9,32 @@
 # (and wrk) run on CPU 0 and everything measured on CPU 1, as callers are on
 # other machines in a deployment; without it (the default, as before) all share
 # every CPU, so the generator competes with the pair it measures.
+#
+# The open-loop generator (bench/dataplane/overload.go), changed 2026-12-04
+# after every system, the nginx reference included, collapsed at or below
+# the capacity it sustained in a closed loop (docs/benchmarks.md, "overload"):
+#  - it no longer spins on the clock between requests due less than 1 ms
+#    apart (70% of its own CPU profile; on one CPU, --pin, it delayed the
+#    goroutines reading the answers by a scheduler slice, 10 ms, each, and
+#    put a 30 ms p50 on every system at half load);
+#  - it connects as a caller's pool does (Go's http.Transport): a request
+#    that finds no idle connection waits for the first to come free, the one
+#    dialled for it or another, instead of owning a dial (each run began
+#    with all 1,024 connections dialled at once, which alone put the systems
+#    in a regime where they serve about half of what they serve over 64);
+#  - each open-loop run starts with --overload-warm (64) connections open,
+#    as a caller in steady state has them, not from none;
+#  - the nginx pair and app listen with Go's accept queue (4096, not nginx's
+#    511, which overflowed: each dropped SYN costs its caller 1 s) and
+#    16384 worker connections.
+# Unchanged: latency counts from each request's scheduled time (no
+# coordinated omission), at most --overload-conns (1,024) connections, a
+# request waiting for one counts its wait against its 2 s timeout, and a
+# connection whose request timed out is closed, as a caller's would be.
+# --overload-timeline prints each run second by second; every run reports
+# the generator's own CPU, its dials, how late it handed requests out and the
+# kernel's TCP counters (accept-queue overflows, retransmits), so a reader
+# can tell the generator's limits from the systems'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "install wrk and nginx-light first" >&2; exit 1; }

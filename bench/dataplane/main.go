@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,15 +31,16 @@ import (
 )
 
 var (
-	bin     = flag.String("rampart", "bench/out/rampart", "rampart binary")
-	dur     = flag.Duration("duration", 10*time.Second, "each wrk run (bounded to 60s)")
-	conns   = flag.Int("connections", 64, "wrk connections")
-	rate    = flag.Int("rate", 1000, "requests/s for the latency run")
-	latDur  = flag.Duration("latency-duration", 10*time.Second, "latency run length (bounded to 60s)")
-	rounds  = flag.Int("rounds", 3, "wrk rounds, each running direct, rampart pair and nginx pair in turn; the ratio reported is the median (this shared 2-core VM varies by 20-30% between runs)")
-	profile = flag.Bool("profile", false, "take CPU profiles of both proxies during the rampart pair's wrk run (bench/out/proxy-{app,client}.pprof)")
-	pin     = flag.String("pin", "", "GEN:SYSTEMS: run the load generators (this process, wrk) on the CPUs GEN and everything measured (server, agent, proxies, nginx, the app) on SYSTEMS, as taskset lists, e.g. 0:1; as deployed, callers do not share the measured machine's CPUs (default: everything shares every CPU)")
-	workDir string
+	bin        = flag.String("rampart", "bench/out/rampart", "rampart binary")
+	dur        = flag.Duration("duration", 10*time.Second, "each wrk run (bounded to 60s)")
+	conns      = flag.Int("connections", 64, "wrk connections")
+	rate       = flag.Int("rate", 1000, "requests/s for the latency run")
+	latDur     = flag.Duration("latency-duration", 10*time.Second, "latency run length (bounded to 60s)")
+	rounds     = flag.Int("rounds", 3, "wrk rounds, each running direct, rampart pair and nginx pair in turn; the ratio reported is the median (this shared 2-core VM varies by 20-30% between runs)")
+	profile    = flag.Bool("profile", false, "take CPU profiles of both proxies during the rampart pair's wrk run (bench/out/proxy-{app,client}.pprof)")
+	pin        = flag.String("pin", "", "GEN:SYSTEMS: run the load generators (this process, wrk) on the CPUs GEN and everything measured (server, agent, proxies, nginx, the app) on SYSTEMS, as taskset lists, e.g. 0:1; as deployed, callers do not share the measured machine's CPUs (default: everything shares every CPU)")
+	genProfile = flag.String("generator-profile", "", "write a CPU profile of this process (the load generator) to this file")
+	workDir    string
 )
 
 // pinnedEnv marks the process re-executed on the generator's CPUs.
@@ -66,6 +68,14 @@ func main() {
 			fatal(syscall.Exec(ts, append([]string{"taskset", "-c", gen, self}, os.Args[1:]...), env))
 		}
 		sysCPUs = sys
+	}
+	if *genProfile != "" {
+		f, err := os.Create(*genProfile)
+		if err != nil {
+			fatal(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
 	}
 	*dur = min(*dur, time.Minute)
 	*latDur = min(*latDur, time.Minute)
@@ -328,10 +338,20 @@ func run() error {
 // runs the overload curve on them and the nginx pair.
 func overloadCurve(sock, server, appAddr string, exe map[string]string, ngOut string, nginxPair []int, serverPID int) error {
 	extra := strings.Fields(*overProxyArgs)
+	// With --profile, each proxy serves /metrics and /debug/pprof/ on an
+	// address of its own, printed here, for goroutine dumps under load.
+	debugArgs := func(tag, side string) []string {
+		if !*profile {
+			return nil
+		}
+		a := freePort()
+		fmt.Printf("%s pair, %s proxy: http://%s/metrics, /debug/pprof/\n", tag, side, a)
+		return []string{"--metrics-listen", a, "--pprof"}
+	}
 	pair := func(tag, name string, inboundArgs ...string) (system, error) {
 		ready := filepath.Join(workDir, tag+"-app.ready")
-		in, err := startLogged(tag+"-app-proxy", exe["app"], []string{"RAMPART_READY_FILE=" + ready}, append(append([]string{"proxy", "--socket", sock, "--server", server,
-			"--inbound", "127.0.0.1:0", "--app", appAddr, "--log-level", "warn"}, inboundArgs...), extra...)...)
+		in, err := startLogged(tag+"-app-proxy", exe["app"], []string{"RAMPART_READY_FILE=" + ready}, append(append(append([]string{"proxy", "--socket", sock, "--server", server,
+			"--inbound", "127.0.0.1:0", "--app", appAddr, "--log-level", "warn"}, inboundArgs...), extra...), debugArgs(tag, "inbound")...)...)
 		if err != nil {
 			return system{}, err
 		}
@@ -342,7 +362,7 @@ func overloadCurve(sock, server, appAddr string, exe map[string]string, ngOut st
 		rIn := strings.Split(s, "\n")[0]
 		ready = filepath.Join(workDir, tag+"-client.ready")
 		out, err := startLogged(tag+"-client-proxy", exe["client"], []string{"RAMPART_READY_FILE=" + ready}, append([]string{"proxy", "--socket", sock, "--server", server,
-			"--outbound", "127.0.0.1:0=" + rIn + ",spiffe://example.org/app", "--log-level", "warn"}, extra...)...)
+			"--outbound", "127.0.0.1:0=" + rIn + ",spiffe://example.org/app", "--log-level", "warn"}, append(extra, debugArgs(tag, "outbound")...)...)...)
 		if err != nil {
 			return system{}, err
 		}
@@ -399,17 +419,21 @@ func check(u string) error {
 // startNginx starts two nginx instances: the app (1 KiB answers) and, in
 // a process of its own so its cost can be measured apart, an mTLS pair in
 // front of it configured as the rampart pair is. It returns the pair's
-// worker PIDs.
+// worker PIDs. Every listener has the accept queue Go's listeners have
+// (net.Listen asks for net.core.somaxconn, 4096 here): nginx's default is
+// 511, and under the overload curve's connection bursts its queue
+// overflowed (the kernel's ListenOverflows counter) where the rampart
+// pairs' did not, each dropped SYN costing its caller a 1 s retransmit.
 func startNginx(appAddr, inAddr, outAddr string) ([]int, error) {
 	body := strings.Repeat("x", 1024)
 	common := `worker_processes 2;
 pid %[1]s/nginx-%[2]s.pid;
 error_log %[1]s/nginx-%[2]s-error.log warn;
-events { worker_connections 4096; }
+events { worker_connections 16384; }
 `
 	app := fmt.Sprintf(common+`http {
   access_log off;
-  server { listen %[3]s; location / { default_type text/plain; return 200 "%[4]s"; } }
+  server { listen %[3]s backlog=4096; location / { default_type text/plain; return 200 "%[4]s"; } }
 }
 `, workDir, "app", appAddr, body)
 	pair := fmt.Sprintf(common+`http {
@@ -417,14 +441,14 @@ events { worker_connections 4096; }
   upstream app { server %[3]s; keepalive 128; }
   upstream mtls { server %[4]s; keepalive 128; }
   server {
-    listen %[4]s ssl;
+    listen %[4]s ssl backlog=4096;
     ssl_protocols TLSv1.3;
     ssl_certificate %[1]s/app-svid/svid.pem; ssl_certificate_key %[1]s/app-svid/svid.key;
     ssl_client_certificate %[1]s/app-svid/bundle.pem; ssl_verify_client on; ssl_verify_depth 3;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
   server {
-    listen %[5]s;
+    listen %[5]s backlog=4096;
     location / {
       proxy_pass https://mtls; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_ssl_certificate %[1]s/client-svid/svid.pem; proxy_ssl_certificate_key %[1]s/client-svid/svid.key;

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,6 +31,11 @@ var (
 	overConns     = flag.Int("overload-conns", 1024, "connections the load generator may open (an open loop needs many: a request waits for none)")
 	overTimeout   = flag.Duration("overload-timeout", 2*time.Second, "a request not answered within this is counted as failed and its connection closed, as a caller's timeout does")
 	overPause     = flag.Duration("overload-pause", 2*time.Second, "pause between runs, for the systems to drain")
+	overCapConns  = flag.Int("overload-capacity-conns", 64, "connections of the closed-loop capacity runs")
+	overCapOnly   = flag.Bool("overload-capacity-only", false, "measure every system's capacity (closed loop, --overload-capacity-conns) and stop")
+	overWarm      = flag.Int("overload-warm", 64, "connections the generator opens before each open-loop run and leaves idle, as a caller's pool in steady state (64: what the capacity run needs)")
+	overTick      = flag.Duration("overload-tick", time.Second, "the timeline's step")
+	overTimeline  = flag.Bool("overload-timeline", false, "print each run's timeline, a line a second: answers, timeouts, dials, requests in flight and waiting in the generator")
 	overProxyArgs = flag.String("proxy-flags", "", "more flags for every rampart proxy of the overload curve, e.g. \"--upstream-max-conns 256\"")
 )
 
@@ -49,7 +55,83 @@ type runResult struct {
 	secs                                 float64
 	lat                                  []time.Duration // of the 200s, from their scheduled time
 	cpu                                  float64         // vCPU of the system's processes over the run
+	dials                                int             // connections the generator dialled (reconnections included)
+	genCPU                               float64         // vCPU of the generator itself over the run
+	late                                 []time.Duration // how late each request was handed to a connection, after its scheduled time
+	kernel                               tcpCounters     // the kernel's TCP counters over the run (whole machine)
+	dialTime                             []time.Duration // how long each of the generator's dials took
+	timeline                             []tick          // a second each, by scheduled time
 }
+
+// tick is one step (--overload-tick) of a run, by the requests' scheduled time (dials and
+// the high-water marks by wall time).
+type tick struct {
+	ok, shed, failed, dials int
+	lat                     []time.Duration // of the 200s
+	inFlight, waiting       int             // high-water marks: requests on the wire, requests waiting for a connection of the generator
+}
+
+func (r runResult) printTimeline() {
+	for i, t := range r.timeline {
+		slices.Sort(t.lat)
+		fmt.Printf("        t=%-6s  200 %6d  503 %5d  failed %6d  dials %5d  p50 %-9s p99 %-9s  in flight %4d  waiting in the generator %6d\n",
+			(time.Duration(i) * *overTick).String(), t.ok, t.shed, t.failed, t.dials, quantile(t.lat, .5).Round(time.Millisecond), quantile(t.lat, .99).Round(time.Millisecond), t.inFlight, t.waiting)
+	}
+}
+
+func quantile(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	return d[int(q*float64(len(d)-1))]
+}
+
+// tcpCounters are the kernel's TCP counters (/proc/net/snmp, netstat)
+// that tell a connection regime apart: connections opened, accept queues
+// overflowing (the SYN or the handshake's last ACK dropped: the client
+// retries after 1 s, then 3 s), segments retransmitted.
+type tcpCounters struct {
+	activeOpens, listenOverflows, listenDrops, retrans, synCookies, resets int64
+}
+
+func (a tcpCounters) sub(b tcpCounters) tcpCounters {
+	return tcpCounters{a.activeOpens - b.activeOpens, a.listenOverflows - b.listenOverflows, a.listenDrops - b.listenDrops,
+		a.retrans - b.retrans, a.synCookies - b.synCookies, a.resets - b.resets}
+}
+
+func (a tcpCounters) String() string {
+	return fmt.Sprintf("connects %d, accept-queue overflows %d (drops %d), retransmits %d, syncookies %d, resets %d",
+		a.activeOpens, a.listenOverflows, a.listenDrops, a.retrans, a.synCookies, a.resets)
+}
+
+func readTCPCounters() tcpCounters {
+	get := func(file, prefix string) map[string]int64 {
+		b, _ := os.ReadFile(file)
+		var names []string
+		m := map[string]int64{}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != prefix {
+				continue
+			}
+			if names == nil {
+				names = f[1:]
+				continue
+			}
+			for i, v := range f[1:] {
+				if i < len(names) {
+					m[names[i]], _ = strconv.ParseInt(v, 10, 64)
+				}
+			}
+		}
+		return m
+	}
+	snmp, ext := get("/proc/net/snmp", "Tcp:"), get("/proc/net/netstat", "TcpExt:")
+	return tcpCounters{snmp["ActiveOpens"], ext["ListenOverflows"], ext["ListenDrops"], snmp["RetransSegs"], ext["SyncookiesSent"], snmp["OutRsts"]}
+}
+
+// selfTicks is this process's CPU time, in clock ticks.
+func selfTicks() int64 { return cpuTicks([]int{os.Getpid()}) }
 
 func firstErr(r runResult) string {
 	if r.firstErr == "" {
@@ -67,16 +149,33 @@ func (r runResult) p(q float64) time.Duration {
 	return r.lat[int(q*float64(len(r.lat)-1))]
 }
 
-// generator is a lean HTTP/1.1 open-loop load generator. Each worker has
-// a keep-alive connection of its own; a request due is handed to the
-// worker that went idle last (so at low load a few connections carry
-// everything, as a client's pool does), to a new worker while there are
-// fewer than conns, or else queued until one is free. Latency counts from
-// the scheduled time, so a wait for a free worker is counted (no
-// coordinated omission); a request that waited past the timeout fails.
+// generator is a lean HTTP/1.1 open-loop load generator that connects as
+// a caller's connection pool does (Go's http.Transport, for one):
+//
+//   - a request due goes to the connection that went idle last (so at low
+//     load a few connections carry everything);
+//   - if none is idle, it waits, and a new connection is dialled for it
+//     while there are fewer than conns, but the request goes to whichever
+//     connection frees first, the new one or one finishing its request
+//     (as http.Transport since Go 1.12: a dial never holds a request that
+//     an idle connection could serve). The generator it replaces handed the
+//     request to the dialling connection: at the start of each run, while
+//     the first dials were in flight, every arrival started one more dial,
+//     and each run began with all 1,024 connections opened at once;
+//   - a connection whose request timed out is closed (HTTP/1.1 cannot
+//     abandon one request and keep the connection), and replaced only when
+//     requests wait;
+//   - before each open-loop run, warm connections are opened at leisure
+//     and left idle, as a caller in steady state has them.
+//
+// Latency counts from the scheduled time, so a wait for a connection is
+// counted (no coordinated omission); a request that waited past the
+// timeout fails unsent.
 type generator struct {
 	host, path string
 	conns      int
+	capConns   int
+	warm       int
 	timeout    time.Duration
 }
 
@@ -85,7 +184,7 @@ func newGenerator(u string) (*generator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &generator{host: p.Host, path: p.EscapedPath(), conns: *overConns, timeout: *overTimeout}, nil
+	return &generator{host: p.Host, path: p.EscapedPath(), conns: *overConns, capConns: *overCapConns, warm: *overWarm, timeout: *overTimeout}, nil
 }
 
 // genWorker is one connection of the generator.
@@ -96,19 +195,27 @@ type genWorker struct {
 }
 
 // run offers rate requests a second for d; rate 0 runs a closed loop of
-// 64 connections instead (as fast as answers come: the capacity).
+// capConns connections instead (as fast as answers come: the capacity).
 func (g *generator) run(rate float64, d time.Duration) runResult {
 	req := []byte("GET " + g.path + " HTTP/1.1\r\nHost: app\r\n\r\n")
-	var mu sync.Mutex // guards res, idle, queue, workers
+	var mu sync.Mutex // guards everything below but req
 	var res runResult
 	var idle []*genWorker
 	var queue []time.Time
-	workers := 0
+	workers, dialing, peak := 0, 0, 0
 	var wg sync.WaitGroup
-	record := func(code int, lat time.Duration, err error) {
+	start := time.Now()
+	res.timeline = make([]tick, int(d / *overTick)+int(3*time.Second / *overTick))
+	tickOf := func(t time.Time) *tick {
+		return &res.timeline[min(max(0, int(t.Sub(start) / *overTick)), len(res.timeline)-1)]
+	}
+	inFlight := 0
+	record := func(at time.Time, code int, lat time.Duration, err error) {
+		t := tickOf(at)
 		switch {
 		case err != nil:
 			res.failed++
+			t.failed++
 			if errors.Is(err, errGenTimeout) || isTimeout(err) {
 				res.timedOut++
 			} else if res.firstErr == "" {
@@ -117,29 +224,45 @@ func (g *generator) run(rate float64, d time.Duration) runResult {
 		case code == 200:
 			res.ok++
 			res.lat = append(res.lat, lat)
+			t.ok++
+			t.lat = append(t.lat, lat)
 		case code == 503:
 			res.overloaded++
+			t.shed++
 		default:
 			res.other++
 		}
 	}
-	do := func(w *genWorker, at time.Time) {
-		if time.Since(at) > g.timeout {
+	dial := func(w *genWorker, counted bool) error {
+		t0 := time.Now()
+		c, err := net.DialTimeout("tcp", g.host, g.timeout)
+		if counted {
 			mu.Lock()
-			record(0, 0, errGenTimeout)
+			res.dials++
+			tickOf(t0).dials++
+			res.dialTime = append(res.dialTime, time.Since(t0))
+			mu.Unlock()
+		}
+		if err != nil {
+			return err
+		}
+		w.c, w.br = c, bufio.NewReaderSize(c, 4<<10)
+		return nil
+	}
+	// do sends the request scheduled at at on w's connection.
+	do := func(w *genWorker, at time.Time) {
+		late := time.Since(at)
+		mu.Lock()
+		res.late = append(res.late, late)
+		if late > g.timeout {
+			record(at, 0, 0, errGenTimeout)
 			mu.Unlock()
 			return
 		}
-		if w.c == nil {
-			c, err := net.DialTimeout("tcp", g.host, g.timeout)
-			if err != nil {
-				mu.Lock()
-				record(0, 0, err)
-				mu.Unlock()
-				return
-			}
-			w.c, w.br = c, bufio.NewReaderSize(c, 4<<10)
-		}
+		inFlight++
+		t := tickOf(time.Now())
+		t.inFlight = max(t.inFlight, inFlight)
+		mu.Unlock()
 		w.c.SetDeadline(at.Add(g.timeout))
 		code, keep, err := roundTrip(w.c, w.br, req)
 		if !keep {
@@ -148,29 +271,76 @@ func (g *generator) run(rate float64, d time.Duration) runResult {
 		}
 		lat := time.Since(at)
 		mu.Lock()
+		inFlight--
 		res.sent++
-		record(code, lat, err)
+		record(at, code, lat, err)
 		mu.Unlock()
 	}
+	var spawn func() // under mu
+	// loop runs one connection: dial it if new, then serve the oldest
+	// waiting request, or wait idle for one, until it is closed.
 	loop := func(w *genWorker) {
 		defer func() {
 			if w.c != nil {
 				w.c.Close()
 			}
 		}()
-		for at := range w.due {
-			for {
-				do(w, at)
+		for {
+			if w.c == nil {
+				err := dial(w, true)
 				mu.Lock()
-				if len(queue) == 0 {
-					idle = append(idle, w)
+				dialing--
+				if err != nil {
+					// The oldest waiting request gets the error, as
+					// http.Transport gives a failed dial's error to the
+					// request it was dialled for.
+					workers--
+					if len(queue) > 0 {
+						at := queue[0]
+						queue = queue[1:]
+						record(at, 0, 0, err)
+					}
+					spawn()
 					mu.Unlock()
-					break
+					return
 				}
+				mu.Unlock()
+			}
+			mu.Lock()
+			var at time.Time
+			if len(queue) > 0 {
 				at = queue[0]
 				queue = queue[1:]
 				mu.Unlock()
+			} else {
+				idle = append(idle, w)
+				mu.Unlock()
+				var ok bool
+				if at, ok = <-w.due; !ok {
+					return
+				}
 			}
+			do(w, at)
+			if w.c == nil {
+				// Closed (timed out): a new connection is dialled
+				// only if requests wait, as a pool does.
+				mu.Lock()
+				workers--
+				spawn()
+				mu.Unlock()
+				return
+			}
+		}
+	}
+	// spawn dials new connections while more requests wait than are being
+	// dialled for, up to conns.
+	spawn = func() {
+		for dialing < len(queue) && workers < g.conns {
+			workers++
+			dialing++
+			peak = max(peak, workers)
+			w := &genWorker{due: make(chan time.Time, 1)}
+			wg.Go(func() { loop(w) })
 		}
 	}
 	dispatch := func(at time.Time) {
@@ -183,25 +353,49 @@ func (g *generator) run(rate float64, d time.Duration) runResult {
 			w.due <- at
 			return
 		}
-		if workers < g.conns {
-			workers++
-			w := &genWorker{due: make(chan time.Time, 1)}
-			mu.Unlock()
-			wg.Go(func() { loop(w) })
-			w.due <- at
-			return
-		}
 		queue = append(queue, at)
+		t := tickOf(at)
+		t.waiting = max(t.waiting, len(queue))
+		spawn()
 		mu.Unlock()
 	}
-	start := time.Now()
+	if rate > 0 {
+		// Warm connections, opened one after the other before the clock
+		// starts.
+		for range g.warm {
+			w := &genWorker{due: make(chan time.Time, 1)}
+			if dial(w, false) != nil {
+				break
+			}
+			mu.Lock()
+			workers++
+			peak = max(peak, workers)
+			mu.Unlock()
+			wg.Go(func() { loop(w) })
+		}
+		for {
+			mu.Lock()
+			n := len(idle)
+			mu.Unlock()
+			if n == workers {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	k0, cpu0 := readTCPCounters(), selfTicks()
+	start = time.Now()
 	end := start.Add(d)
 	if rate == 0 {
 		var cl sync.WaitGroup
-		for range 64 {
+		for range g.capConns {
 			cl.Go(func() {
 				w := &genWorker{}
 				for time.Now().Before(end) {
+					if w.c == nil && dial(w, true) != nil {
+						time.Sleep(10 * time.Millisecond)
+						continue
+					}
 					do(w, time.Now())
 				}
 				if w.c != nil {
@@ -211,13 +405,19 @@ func (g *generator) run(rate float64, d time.Duration) runResult {
 		}
 		cl.Wait()
 		res.offered = res.sent
+		peak = g.capConns
 	} else {
-		// Due times in batches of at most 1 ms.
+		// Every request due is handed out, then the loop sleeps until the
+		// next is due: a timer wake-up a few hundred microseconds late
+		// only batches requests, each keeping its scheduled time. (The
+		// loop this replaces slept only when the next request was more
+		// than 1 ms away and otherwise spun on the clock: at any rate
+		// above 1,000/s it held a CPU, 70% of the generator's profile,
+		// and on one CPU it delayed the goroutines reading the answers
+		// by up to a scheduler slice, 10 ms, each.)
 		interval := time.Duration(float64(time.Second) / rate)
 		for next := start; next.Before(end); {
-			if w := time.Until(next); w > time.Millisecond {
-				time.Sleep(w)
-			}
+			time.Sleep(time.Until(next))
 			for now := time.Now(); !next.After(now) && next.Before(end); next = next.Add(interval) {
 				dispatch(next)
 			}
@@ -240,8 +440,12 @@ func (g *generator) run(rate float64, d time.Duration) runResult {
 		mu.Unlock()
 	}
 	wg.Wait()
+	res.genCPU = float64(selfTicks()-cpu0) / 100 / time.Since(start).Seconds()
+	res.kernel = readTCPCounters().sub(k0)
+	slices.Sort(res.late)
+	slices.Sort(res.dialTime)
 	res.secs = d.Seconds()
-	res.conns = workers
+	res.conns = peak
 	slices.Sort(res.lat)
 	return res
 }
@@ -289,12 +493,29 @@ func runOverload(systems []system) error {
 		}
 		gens[i] = g
 	}
+	if *overCapOnly {
+		for round := range *rounds {
+			for j, sys := range systems {
+				cpu0 := cpuTicks(sys.pids)
+				r := gens[j].run(0, *overDur)
+				r.cpu = float64(cpuTicks(sys.pids)-cpu0) / 100 / r.secs
+				fmt.Printf("  round %d %-22s closed loop, %d connections: %.0f/s p50 %s p99 %s, generator %.2f vCPU, system %.2f vCPU, %d dials; kernel: %s\n", round+1, sys.name, *overCapConns, r.goodput(),
+					r.p(.5).Round(time.Microsecond), r.p(.99).Round(time.Microsecond), r.genCPU, r.cpu, r.dials, r.kernel)
+				time.Sleep(*overPause)
+			}
+		}
+		return nil
+	}
 	// Capacity: the median of three closed-loop runs of the rampart pair
 	// without shipping (64 connections, as the throughput measurement).
 	var caps []float64
 	for range 3 {
+		cpu0 := cpuTicks(systems[0].pids)
 		r := gens[0].run(0, *overDur)
+		r.cpu = float64(cpuTicks(systems[0].pids)-cpu0) / 100 / r.secs
 		caps = append(caps, r.goodput())
+		fmt.Printf("  capacity run: %.0f/s p50 %s p99 %s, generator %.2f vCPU, system %.2f vCPU, %d dials; kernel: %s\n", r.goodput(),
+			r.p(.5).Round(time.Microsecond), r.p(.99).Round(time.Microsecond), r.genCPU, r.cpu, r.dials, r.kernel)
 		time.Sleep(*overPause)
 	}
 	slices.Sort(caps)
@@ -318,6 +539,12 @@ func runOverload(systems []system) error {
 				fmt.Printf("  %.1fx (%6.0f req/s) round %d  %-22s offered %6.0f/s sent %6.0f/s  goodput %6.0f/s  p50 %-9s p99 %-9s  503 %6d  other %5d  failed %6d (timeouts %d)  %4d conns  %.2f vCPU%s\n",
 					mult, rate, round+1, systems[j].name, float64(r.offered)/r.secs, float64(r.sent)/r.secs, r.goodput(),
 					r.p(.5).Round(10*time.Microsecond), r.p(.99).Round(10*time.Microsecond), r.overloaded, r.other, r.failed, r.timedOut, r.conns, r.cpu, firstErr(r))
+				fmt.Printf("        generator %.2f vCPU, %d dials (p50 %s, p99 %s, max %s), requests handed out late by p50 %s p99 %s max %s; kernel: %s\n",
+					r.genCPU, r.dials, quantile(r.dialTime, .5).Round(time.Microsecond), quantile(r.dialTime, .99).Round(time.Microsecond), quantile(r.dialTime, 1).Round(time.Microsecond),
+					quantile(r.late, .5).Round(time.Microsecond), quantile(r.late, .99).Round(time.Microsecond), quantile(r.late, 1).Round(time.Microsecond), r.kernel)
+				if *overTimeline {
+					r.printTimeline()
+				}
 				time.Sleep(*overPause)
 			}
 		}
@@ -366,7 +593,7 @@ func runOverload(systems []system) error {
 	}
 	for j, s := range systems {
 		if at2[j] > 0 {
-			fmt.Printf("  %s: goodput at 2x is %.0f%% of its peak (target for rampart with shipping on: at least 90%%)\n", s.name, 100*at2[j]/peak[j])
+			fmt.Printf("  %s: goodput at 2x is %.0f%% of its peak, %.0f%% of the measured capacity (target for rampart with shipping on: at least 90%% of its peak)\n", s.name, 100*at2[j]/peak[j], 100*at2[j]/capacity)
 		}
 	}
 	if len(systems) >= 2 {
