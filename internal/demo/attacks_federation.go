@@ -7,7 +7,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -174,12 +173,7 @@ func startPartner(ctx context.Context, dir string) (*partner, func(), error) {
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { srv.Serve(sctx, ln); srv.Close(); close(done) }()
-	pool := x509.NewCertPool()
-	for _, c := range srv.CA().X509Bundle() {
-		pool.AddCert(c)
-	}
-	p := &partner{srv: srv, addr: ln.Addr().String(), client: &api.Client{BaseURL: "https://" + ln.Addr().String(),
-		HTTP: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}}}
+	p := &partner{srv: srv, addr: ln.Addr().String(), client: &api.Client{BaseURL: "https://" + ln.Addr().String(), HTTP: serverClient(srv, 10*time.Second)}}
 	stop := func() {
 		cancel()
 		select {

@@ -186,10 +186,7 @@ func start(ctx context.Context, dir string, log *slog.Logger, step func(string))
 	sys := &System{Dir: dir, ServerAddr: ln.Addr().String(), BundleFile: filepath.Join(srvDir, "bundle.pem"),
 		Socket: filepath.Join(dir, "agent", "workload.sock"), AgentName: "demo-node", Exe: exe}
 	tok, _ := os.ReadFile(filepath.Join(srvDir, "admin.token"))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(identity.EncodePEM(srv.CA().X509Bundle()))
-	breakGlass := &api.Client{BaseURL: "https://" + sys.ServerAddr, AdminToken: strings.TrimSpace(string(tok)),
-		HTTP: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}}
+	breakGlass := &api.Client{BaseURL: "https://" + sys.ServerAddr, AdminToken: strings.TrimSpace(string(tok)), HTTP: serverClient(srv, 30*time.Second)}
 	// Everything from here on is done by a named operator: the admin
 	// token only makes it, on the first start.
 	step("signing in as the operator " + demoOperator + " (device flow, password and one-time code)")
@@ -257,6 +254,15 @@ func start(ctx context.Context, dir string, log *slog.Logger, step func(string))
 	}
 	sys.Services = svc
 	return sys, wait, nil
+}
+
+// serverClient is an HTTPS client trusting srv's CA, TLS 1.3 only.
+func serverClient(srv *server.Server, timeout time.Duration) *http.Client {
+	pool := x509.NewCertPool()
+	for _, c := range srv.CA().X509Bundle() {
+		pool.AddCert(c)
+	}
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
 }
 
 // ensureEntry registers e unless an identical entry exists. Entries for the

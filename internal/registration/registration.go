@@ -543,9 +543,12 @@ func (g *Registrar) Revoke(ctx context.Context, st Revoker, serial, spiffeID, re
 	return g.revoke(ctx, st, svids, reason)
 }
 
-func (g *Registrar) revoke(ctx context.Context, st interface {
+// revocationAdder stores revocations; Revoker and Store both are.
+type revocationAdder interface {
 	AddRevocations(ctx context.Context, revs []store.Revocation) error
-}, svids []store.IssuedSVID, reason string) ([]store.Revocation, error) {
+}
+
+func (g *Registrar) revoke(ctx context.Context, st revocationAdder, svids []store.IssuedSVID, reason string) ([]store.Revocation, error) {
 	now := g.Now()
 	revs := make([]store.Revocation, 0, len(svids))
 	for _, sv := range svids {

@@ -90,7 +90,9 @@
 //     for clients that say they are Envoy 1.18 or later, trusted CAs for
 //     others;
 //   - another trust domain's ID: its bundle, if one of the caller's
-//     entries federates with it (federates_with), else refused;
+//     entries federates with it (federates_with), else our trust
+//     domain's roots under that name (withdrawing the other's from an
+//     Envoy that held them);
 //   - "ALL": our bundle and those the caller federates with, as one SPIFFE
 //     validator;
 //   - no names (a wildcard): every X.509-SVID of the caller and the

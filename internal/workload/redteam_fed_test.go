@@ -45,31 +45,6 @@ import (
 	"github.com/rampartsec/rampart/internal/selector"
 )
 
-// rtfedSource is a Source whose snapshot the test replaces.
-type rtfedSource struct {
-	mu   sync.Mutex
-	snap *Snapshot
-	ch   chan struct{}
-}
-
-func (s *rtfedSource) Snapshot() (*Snapshot, <-chan struct{}) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.snap, s.ch
-}
-
-func (s *rtfedSource) set(snap *Snapshot) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.snap = snap
-	close(s.ch)
-	s.ch = make(chan struct{})
-}
-
-func (s *rtfedSource) FetchJWTSVID(context.Context, string, []string) (string, error) {
-	return "", os.ErrNotExist
-}
-
 func rtfedRoot(t *testing.T, td string) *x509.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -139,7 +114,7 @@ func TestRedTeamSDSNamedFederatedBundleWithdrawnInBand(t *testing.T) {
 		{"relationship deleted", snapWith([]string{"b.example"}, false)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			src := &rtfedSource{snap: snapWith([]string{"b.example"}, true), ch: make(chan struct{})}
+			src := &staticSource{snap: snapWith([]string{"b.example"}, true), changed: make(chan struct{})}
 			dir := t.TempDir()
 			sock := filepath.Join(dir, "w.sock")
 			ln, err := net.Listen("unix", sock)
@@ -235,7 +210,7 @@ func TestRedTeamSDSRefusalForAnotherWorkloadsSVIDAuditedAfterADecoy(t *testing.T
 		t.Fatal(err)
 	}
 	victim := spiffeid.RequireFromPath(a, "/payments")
-	src := &rtfedSource{ch: make(chan struct{}), snap: &Snapshot{TrustDomain: a, Bundle: []*x509.Certificate{rootA}, JWTBundle: []byte(`{"keys":[]}`),
+	src := &staticSource{changed: make(chan struct{}), snap: &Snapshot{TrustDomain: a, Bundle: []*x509.Certificate{rootA}, JWTBundle: []byte(`{"keys":[]}`),
 		Unminted: []Identity{
 			{EntryID: "e1", SpiffeID: spiffeid.RequireFromPath(a, "/orders"), Selectors: []selector.Selector{mine}},
 			{EntryID: "e2", SpiffeID: victim, Selectors: []selector.Selector{theirs}, FederatesWith: []string{"b.example"}},
