@@ -714,33 +714,42 @@ func TestProxyMetrics(t *testing.T) {
 		t.Fatalf("a client without a certificate got %d", resp.StatusCode)
 	}
 
-	var after map[string]float64
-	eventually(t, 5*time.Second, "the refused handshakes counted", func() error {
-		after = scrape(t, metricsB)
-		if after[`rampart_proxy_handshake_failures_total{reason="no_client_cert"}`] < 1 {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
-	delta := func(series string) float64 { return after[series] - before[series] }
-	for series, want := range map[string]float64{
+	// A request is counted once its response is written, so a scrape can
+	// come before the count: wait until each series has come up, then
+	// require it went up by exactly as much.
+	want := map[string]float64{
 		`rampart_proxy_requests_total{code="200",direction="inbound"}`:      3,
 		`rampart_proxy_requests_total{code="403",direction="inbound"}`:      1,
 		`rampart_proxy_request_duration_seconds_count{direction="inbound"}`: 4,
 		`rampart_proxy_handshake_failures_total{reason="plain_http"}`:       1,
 		`rampart_proxy_handshake_failures_total{reason="no_client_cert"}`:   1,
-	} {
-		if got := delta(series); got != want {
-			t.Errorf("%s went up by %v, want %v", series, got, want)
+	}
+	var after map[string]float64
+	delta := func(series string) float64 { return after[series] - before[series] }
+	eventually(t, 5*time.Second, "the requests and refused handshakes counted", func() error {
+		after = scrape(t, metricsB)
+		for series, n := range want {
+			if delta(series) < n {
+				return fmt.Errorf("%s went up by %v so far", series, delta(series))
+			}
+		}
+		return nil
+	})
+	for series, n := range want {
+		if got := delta(series); got != n {
+			t.Errorf("%s went up by %v, want %v", series, got, n)
 		}
 	}
 	if exp := after["rampart_proxy_svid_not_after_timestamp_seconds"]; exp < float64(time.Now().Unix()) {
 		t.Errorf("SVID expiry metric %v is not in the future", exp)
 	}
-	out := scrape(t, metricsA)
-	if out[`rampart_proxy_requests_total{code="200",direction="outbound"}`] < 3 || out[`rampart_proxy_requests_total{code="403",direction="outbound"}`] < 1 {
-		t.Errorf("outbound proxy's counts: 200=%v 403=%v", out[`rampart_proxy_requests_total{code="200",direction="outbound"}`], out[`rampart_proxy_requests_total{code="403",direction="outbound"}`])
-	}
+	eventually(t, 5*time.Second, "the outbound proxy's counts", func() error {
+		out := scrape(t, metricsA)
+		if out[`rampart_proxy_requests_total{code="200",direction="outbound"}`] < 3 || out[`rampart_proxy_requests_total{code="403",direction="outbound"}`] < 1 {
+			return fmt.Errorf("200=%v 403=%v", out[`rampart_proxy_requests_total{code="200",direction="outbound"}`], out[`rampart_proxy_requests_total{code="403",direction="outbound"}`])
+		}
+		return nil
+	})
 }
 
 // freeAddr returns a loopback address nothing listens on right now.

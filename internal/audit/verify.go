@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -163,6 +164,7 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		tree = make(memHashes, 0, tlog.StoredHashCount(n)+64)
 	}
 	var times timeBlocks
+	var tail []tailLeaf
 	reported := 0
 	add := func(p Problem) {
 		if reported < maxReported {
@@ -176,10 +178,12 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		case !hasLeaves:
 		case i < rep.Leaves:
 			if h, err := lr.leaf(i); err == nil && h != leaf {
-				add(Problem{Index: i, Kind: "edited", Detail: "the entry no longer hashes to the leaf recorded when it was appended (edited, or another entry deleted, inserted or moved here)"})
+				add(Problem{Index: i, Kind: "edited", Detail: editedDetail})
 			}
+		case len(tail) < maxTail:
+			tail = append(tail, tailLeaf{i, leaf}) // settled after the pass
 		default:
-			add(Problem{Index: i, Kind: "extra", Detail: "entry not recorded in the tree (inserted after the fact?)"})
+			add(Problem{Index: i, Kind: "extra", Detail: extraDetail})
 		}
 		if _, ok := records[i]; ok {
 			records[i] = bytes.Clone(e)
@@ -195,6 +199,9 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 	}
 	if err := verifyEntries(dir, rep, add, check); err != nil {
 		return nil, fmt.Errorf("audit: verify: %w", err)
+	}
+	if len(tail) > 0 {
+		settleTail(hf, rep, tail, add)
 	}
 	if hasLeaves && rep.Entries < rep.Leaves {
 		add(Problem{Index: rep.Entries, Kind: "missing", Detail: fmt.Sprintf("the tree recorded %d entries; only %d remain (deleted or truncated)", rep.Leaves, rep.Entries)})
@@ -279,6 +286,59 @@ func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, e
 		slices.SortStableFunc(ps, func(a, b Problem) int { return cmp.Compare(a.Index, b.Index) })
 	}
 	return rep, nil
+}
+
+const editedDetail = "the entry no longer hashes to the leaf recorded when it was appended (edited, or another entry deleted, inserted or moved here)"
+
+const extraDetail = "entry not recorded in the tree (inserted after the fact?)"
+
+// tailLeaf is an entry read past the leaves hashes.bin held when Verify
+// began, with its leaf hash.
+type tailLeaf struct {
+	i    int64
+	leaf tlog.Hash
+}
+
+// maxTail bounds the entries past the recorded leaves whose check waits
+// for the end of the pass; the rest are reported extra at once.
+const maxTail = 1 << 16
+
+// tailWait bounds how long Verify waits for a running server to record
+// the leaves of the entries it appended during the pass.
+const tailWait = 2 * time.Second
+
+// settleTail checks the entries read past the leaves recorded when Verify
+// began. A running server writes an entry to entries.log first and its
+// leaf to hashes.bin a moment later, so an entry it appended during the
+// pass is found before its leaf: hashes.bin is read again, for up to
+// tailWait, until it covers them. Each is then compared with its leaf;
+// one still without a leaf is extra.
+func settleTail(hf *os.File, rep *Report, tail []tailLeaf, add func(Problem)) {
+	last := tail[len(tail)-1].i
+	leaves := rep.Leaves
+	deadline := time.Now().Add(tailWait)
+	for {
+		if fi, err := hf.Stat(); err == nil {
+			leaves = max(leaves, leafCount(fi.Size()))
+		}
+		if leaves > last || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	lr := newLeafReader(hf, tail[0].i)
+	for _, t := range tail {
+		if t.i >= leaves {
+			add(Problem{Index: t.i, Kind: "extra", Detail: extraDetail})
+			continue
+		}
+		if h, err := lr.leaf(t.i); err != nil || h != t.leaf {
+			add(Problem{Index: t.i, Kind: "edited", Detail: editedDetail})
+		}
+	}
+	// Leaves recorded after the pass read its last entry are not counted:
+	// their entries were not read, and are not missing.
+	rep.Leaves = max(rep.Leaves, min(leaves, rep.Entries))
 }
 
 // memHashes is an in-memory stored-hash array.
