@@ -499,8 +499,9 @@ func runOverload(systems []system) error {
 				cpu0 := cpuTicks(sys.pids)
 				r := gens[j].run(0, *overDur)
 				r.cpu = float64(cpuTicks(sys.pids)-cpu0) / 100 / r.secs
-				fmt.Printf("  round %d %-22s closed loop, %d connections: %.0f/s p50 %s p99 %s, generator %.2f vCPU, system %.2f vCPU, %d dials; kernel: %s\n", round+1, sys.name, *overCapConns, r.goodput(),
-					r.p(.5).Round(time.Microsecond), r.p(.99).Round(time.Microsecond), r.genCPU, r.cpu, r.dials, r.kernel)
+				answers := float64(r.ok+r.overloaded+r.other) / r.secs
+				fmt.Printf("  round %d %-22s closed loop, %d connections: %.0f/s p50 %s p99 %s, 503 %.0f/s, %.1f µs of the system's CPU per answer, generator %.2f vCPU, system %.2f vCPU, %d dials; kernel: %s\n", round+1, sys.name, *overCapConns, r.goodput(),
+					r.p(.5).Round(time.Microsecond), r.p(.99).Round(time.Microsecond), float64(r.overloaded)/r.secs, 1e6*r.cpu/answers, r.genCPU, r.cpu, r.dials, r.kernel)
 				time.Sleep(*overPause)
 			}
 		}
