@@ -48,6 +48,9 @@ const pinnedEnv = "RAMPART_BENCH_PINNED"
 
 func main() {
 	flag.Parse()
+	if spec := os.Getenv(slowAppEnv); spec != "" {
+		fatal(serveSlowApp(spec))
+	}
 	if *pin != "" {
 		gen, sys, ok := strings.Cut(*pin, ":")
 		if !ok || gen == "" || sys == "" {
@@ -214,7 +217,19 @@ func run() error {
 	}
 	// nginx: the app, and an mTLS pair in front of it.
 	appAddr, ngIn, ngOut := freePort(), freePort(), freePort()
-	nginxPair, err := startNginx(appAddr, ngIn, ngOut)
+	// The pairs' upstream: nginx's app, or with --overload-app the slow one.
+	upAddr := appAddr
+	if *overload && *overApp != "" {
+		workers, service, err := parseSlowApp(*overApp)
+		if err != nil {
+			return err
+		}
+		upAddr = freePort()
+		if err := startSlowApp(upAddr, workers, service); err != nil {
+			return err
+		}
+	}
+	nginxPair, err := startNginx(appAddr, upAddr, ngIn, ngOut)
 	if err != nil {
 		return err
 	}
@@ -251,7 +266,7 @@ func run() error {
 		}
 	}
 	if *overload {
-		return overloadCurve(sock, addr, appAddr, exe, ngOut, nginxPair, srvCmd.Process.Pid)
+		return overloadCurve(sock, addr, upAddr, exe, ngOut, nginxPair, srvCmd.Process.Pid)
 	}
 
 	fmt.Printf("machine: %d cores (%s); wrk -t2 -c%d -d%s, 1 KiB responses, keep-alive; %d rounds\n", numCPU(), pinning(), *conns, *dur, *rounds)
@@ -418,13 +433,13 @@ func check(u string) error {
 
 // startNginx starts two nginx instances: the app (1 KiB answers) and, in
 // a process of its own so its cost can be measured apart, an mTLS pair in
-// front of it configured as the rampart pair is. It returns the pair's
-// worker PIDs. Every listener has the accept queue Go's listeners have
+// front of upAddr (that app, or --overload-app's) configured as the
+// rampart pair is. It returns the pair's worker PIDs. Every listener has the accept queue Go's listeners have
 // (net.Listen asks for net.core.somaxconn, 4096 here): nginx's default is
 // 511, and under the overload curve's connection bursts its queue
 // overflowed (the kernel's ListenOverflows counter) where the rampart
 // pairs' did not, each dropped SYN costing its caller a 1 s retransmit.
-func startNginx(appAddr, inAddr, outAddr string) ([]int, error) {
+func startNginx(appAddr, upAddr, inAddr, outAddr string) ([]int, error) {
 	body := strings.Repeat("x", 1024)
 	common := `worker_processes 2;
 pid %[1]s/nginx-%[2]s.pid;
@@ -457,7 +472,7 @@ events { worker_connections 16384; }
     }
   }
 }
-`, workDir, "pair", appAddr, inAddr, outAddr)
+`, workDir, "pair", upAddr, inAddr, outAddr)
 	var pairWorkers []int
 	for _, inst := range []struct{ name, conf, probe string }{{"app", app, appAddr}, {"pair", pair, outAddr}} {
 		path := filepath.Join(workDir, "nginx-"+inst.name+".conf")
