@@ -58,6 +58,17 @@ func (u *upConn) close() {
 // request waits at most Limits.QueueTimeout, and at most
 // Limits.MaxPending wait; the others are refused with an
 // upstream.OverloadError (503).
+//
+// Once the queue has stood for Limits.QueueInterval (requests waiting all
+// along, never emptied), a request joining it waits at most
+// Limits.QueueTarget instead (controlled delay): a burst still queues for
+// up to QueueTimeout, but overload is refused at once rather than held for
+// a second. Held, such a request is mostly answered after its caller gave
+// up, and meanwhile holds the caller's connection, so the callers' own
+// queues grow, their timeouts close connections and reconnect, and the
+// proxy spends its CPU on that churn (the overload curve in
+// docs/benchmarks.md: 330 requests waiting here at twice the capacity,
+// goodput falling to nothing).
 type pool struct {
 	dial func(context.Context) (net.Conn, error)
 	l    upstream.Limits
@@ -74,9 +85,12 @@ type pool struct {
 	dialing int
 	queue   []*waiter // first in first out; entries given up are skipped
 	waiting int       // requests in queue that have not given up
-	bucket  *upstream.Bucket
-	retry   *time.Timer // a dial put off by the rate bound
-	done    bool
+	// since is when a request last joined the queue empty: while
+	// requests wait, the queue has stood since then.
+	since  time.Time
+	bucket *upstream.Bucket
+	retry  *time.Timer // a dial put off by the rate bound
+	done   bool
 }
 
 // waiter is a request waiting for a connection.
@@ -136,14 +150,20 @@ func (p *pool) get(ctx context.Context) (u *upConn, waited bool, err error) {
 		p.m.overload(upstream.ReasonQueueFull)
 		return nil, true, &upstream.OverloadError{Reason: upstream.ReasonQueueFull, MaxConns: p.l.MaxConns}
 	}
+	start := p.now()
+	timeout := p.l.QueueTimeout
+	if p.waiting == 0 {
+		p.since = start
+	} else if start.Sub(p.since) >= p.l.QueueInterval {
+		timeout = p.l.QueueTarget // a standing queue: overload
+	}
 	w := &waiter{ch: make(chan waitResult, 1)}
 	p.queue = append(p.queue, w)
 	p.waiting++
 	p.dialLocked()
 	p.mu.Unlock()
 
-	start := time.Now()
-	deadline, stop := p.newTimer(p.l.QueueTimeout)
+	deadline, stop := p.newTimer(timeout)
 	select {
 	case r := <-w.ch:
 		stop()
@@ -166,7 +186,7 @@ func (p *pool) get(ctx context.Context) (u *upConn, waited bool, err error) {
 		return nil, true, err
 	}
 	p.m.overload(upstream.ReasonQueueTimeout)
-	return nil, true, &upstream.OverloadError{Reason: upstream.ReasonQueueTimeout, MaxConns: p.l.MaxConns, Waited: time.Since(start)}
+	return nil, true, &upstream.OverloadError{Reason: upstream.ReasonQueueTimeout, MaxConns: p.l.MaxConns, Waited: p.now().Sub(start)}
 }
 
 var errPoolClosed = errors.New("the proxy is shutting down")

@@ -245,7 +245,10 @@ func TestPoolWaitersTakeReleasedConnectionsNotNewHandshakes(t *testing.T) {
 		time.Sleep(2 * time.Millisecond) // a slow upstream
 		io.WriteString(w, "ok")
 	})
-	x := newTLSPair(t, upstream.Limits{MaxConns: 4, MaxDialing: 1, QueueTimeout: time.Minute}, app)
+	// The queue stands all along here (50 clients, 4 connections): with
+	// the standing queue's short deadline some would be refused, which is
+	// TestPoolStandingQueueWaitsTarget's subject, not this test's.
+	x := newTLSPair(t, upstream.Limits{MaxConns: 4, MaxDialing: 1, QueueTimeout: time.Minute, QueueTarget: time.Minute}, app)
 	x.f.pool.newTimer = func(d time.Duration) (<-chan time.Time, func() bool) {
 		tm := time.NewTimer(d)
 		return tm.C, tm.Stop
@@ -386,4 +389,92 @@ func TestPoolKeepsMinIdleWarm(t *testing.T) {
 	}
 	u.close() // the peer closed it, say
 	waitFor(t, "the warm connection replaced", func() bool { s := x.f.pool.stats(); return s.idle == 2 && s.open == 2 })
+}
+
+// A request joining a queue that has stood (never emptied) for
+// QueueInterval waits QueueTarget, not QueueTimeout: overload is refused at
+// once, while a burst (a queue younger than the interval, or one that
+// emptied since) still waits the full timeout.
+func TestPoolStandingQueueWaitsTarget(t *testing.T) {
+	l := upstream.Limits{MaxConns: 1, MaxDialing: 1, QueueTimeout: time.Minute, QueueTarget: 10 * time.Millisecond, QueueInterval: 100 * time.Millisecond}
+	// The upstream never answers a dial: nothing leaves the queue but by
+	// its deadline.
+	p := newPool(func(ctx context.Context) (net.Conn, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}, l, nil)
+	t.Cleanup(p.closeAll)
+	var mu sync.Mutex
+	now := time.Now()
+	p.now = func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	advance := func(d time.Duration) {
+		mu.Lock()
+		now = now.Add(d)
+		mu.Unlock()
+	}
+	type deadline struct {
+		d    time.Duration
+		fire chan time.Time
+	}
+	started := make(chan deadline, 8)
+	p.newTimer = func(d time.Duration) (<-chan time.Time, func() bool) {
+		c := make(chan time.Time)
+		started <- deadline{d, c}
+		return c, func() bool { return true }
+	}
+	results := make(chan error, 8)
+	join := func() deadline {
+		t.Helper()
+		go func() {
+			_, _, err := p.get(context.Background())
+			results <- err
+		}()
+		select {
+		case dl := <-started:
+			return dl
+		case <-time.After(10 * time.Second):
+			t.Fatal("the request did not join the queue")
+			return deadline{}
+		}
+	}
+	var waiting []deadline
+	for _, step := range []struct {
+		after time.Duration // since the previous request joined
+		want  time.Duration
+		why   string
+	}{
+		{0, time.Minute, "first in an empty queue"},
+		{50 * time.Millisecond, time.Minute, "the queue has stood 50 ms"},
+		{49 * time.Millisecond, time.Minute, "the queue has stood 99 ms"},
+		{time.Millisecond, l.QueueTarget, "the queue has stood 100 ms"},
+		{time.Second, l.QueueTarget, "the queue has stood 1.1 s"},
+	} {
+		advance(step.after)
+		dl := join()
+		if dl.d != step.want {
+			t.Fatalf("%s: waits %v, want %v", step.why, dl.d, step.want)
+		}
+		waiting = append(waiting, dl)
+	}
+	for _, dl := range waiting {
+		close(dl.fire)
+		if err := <-results; !errors.Is(err, upstream.ErrOverloaded) {
+			t.Fatalf("a request past its deadline: %v, want an overload refusal", err)
+		}
+	}
+	if st := p.stats(); st.waiting != 0 {
+		t.Fatalf("%d still waiting", st.waiting)
+	}
+	// Emptied, the queue starts over: the next request is a burst's.
+	advance(time.Second)
+	if dl := join(); dl.d != time.Minute {
+		t.Fatalf("first request after the queue emptied waits %v, want %v", dl.d, time.Minute)
+	} else {
+		close(dl.fire)
+		<-results
+	}
 }

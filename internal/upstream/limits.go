@@ -26,6 +26,15 @@ type Limits struct {
 	// QueueTimeout is how long a request waits for a connection before it
 	// is refused.
 	QueueTimeout time.Duration
+	// QueueTarget is how long a request waits instead once the queue has
+	// stood (not once emptied) for QueueInterval: a queue that does not
+	// drain is overload, not a burst, and its waiters would mostly be
+	// answered after their callers gave up (controlled delay, as in
+	// "Fail at Scale", ACM Queue 2015).
+	QueueTarget time.Duration
+	// QueueInterval is how long the queue must stand before QueueTarget
+	// applies.
+	QueueInterval time.Duration
 	// MaxDialing bounds the connections being opened at once.
 	MaxDialing int
 	// DialRate bounds new connections a second, after a burst of
@@ -43,8 +52,12 @@ const (
 	DefaultMaxIdle      = 256
 	DefaultMaxPending   = 1024
 	DefaultQueueTimeout = time.Second
-	DefaultMaxDialing   = 16
-	DefaultIdleTimeout  = 90 * time.Second
+	// DefaultQueueTarget and DefaultQueueInterval are CoDel's, as the
+	// admission controller's (internal/admission).
+	DefaultQueueTarget   = 10 * time.Millisecond
+	DefaultQueueInterval = 100 * time.Millisecond
+	DefaultMaxDialing    = 16
+	DefaultIdleTimeout   = 90 * time.Second
 	// DefaultDialRate is the rate of new mTLS connections to a peer proxy
 	// (resumed handshakes cost about a tenth of a full one; see mtls).
 	DefaultDialRate = 64
@@ -59,7 +72,7 @@ const (
 // second.
 func DefaultLimits() Limits {
 	return Limits{MaxConns: DefaultMaxConns, MaxIdle: DefaultMaxIdle, MinIdle: DefaultMinIdle, MaxPending: DefaultMaxPending,
-		QueueTimeout: DefaultQueueTimeout, MaxDialing: DefaultMaxDialing, DialRate: DefaultDialRate, IdleTimeout: DefaultIdleTimeout}
+		QueueTimeout: DefaultQueueTimeout, QueueTarget: DefaultQueueTarget, QueueInterval: DefaultQueueInterval, MaxDialing: DefaultMaxDialing, DialRate: DefaultDialRate, IdleTimeout: DefaultIdleTimeout}
 }
 
 // WithDefaults fills the zero fields that have a default.
@@ -76,6 +89,12 @@ func (l Limits) WithDefaults() Limits {
 	}
 	if l.QueueTimeout == 0 {
 		l.QueueTimeout = d.QueueTimeout
+	}
+	if l.QueueTarget == 0 {
+		l.QueueTarget = min(d.QueueTarget, l.QueueTimeout)
+	}
+	if l.QueueInterval == 0 {
+		l.QueueInterval = d.QueueInterval
 	}
 	if l.MaxDialing == 0 {
 		l.MaxDialing = min(d.MaxDialing, l.MaxConns)
@@ -100,6 +119,10 @@ func (l Limits) Validate() error {
 		return fmt.Errorf("upstream: max-pending %d: must not be negative", l.MaxPending)
 	case l.QueueTimeout <= 0:
 		return fmt.Errorf("upstream: queue-timeout %v: must be positive", l.QueueTimeout)
+	case l.QueueTarget <= 0 || l.QueueTarget > l.QueueTimeout:
+		return fmt.Errorf("upstream: queue-target %v: must be positive and at most queue-timeout (%v)", l.QueueTarget, l.QueueTimeout)
+	case l.QueueInterval <= 0:
+		return fmt.Errorf("upstream: queue-interval %v: must be positive", l.QueueInterval)
 	case l.MaxDialing < 1 || l.MaxDialing > l.MaxConns:
 		return fmt.Errorf("upstream: max-dialing %d: must be between 1 and max-conns (%d)", l.MaxDialing, l.MaxConns)
 	case l.DialRate < 0 || math.IsNaN(l.DialRate) || math.IsInf(l.DialRate, 0):

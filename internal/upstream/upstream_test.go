@@ -56,6 +56,9 @@ func TestLimitsValidate(t *testing.T) {
 		{func(l *Limits) { l.MaxDialing = l.MaxConns + 1 }, "max-dialing"},
 		{func(l *Limits) { l.DialRate = -1 }, "dial-rate"},
 		{func(l *Limits) { l.QueueTimeout = -time.Second }, "queue-timeout"},
+		{func(l *Limits) { l.QueueTarget = l.QueueTimeout + 1 }, "queue-target"},
+		{func(l *Limits) { l.QueueTarget = -1 }, "queue-target"},
+		{func(l *Limits) { l.QueueInterval = 0 }, "queue-interval"},
 	} {
 		l := DefaultLimits()
 		tc.mod(&l)
