@@ -1,0 +1,88 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The app-bound overload curve (--overload-app WORKERS:SERVICE): an app
+// that serves WORKERS requests at once, each taking SERVICE without using
+// the CPU (a database call, say), the rest waiting their turn as a
+// thread-pool server's do. Its capacity, WORKERS/SERVICE, is below what
+// the proxies' CPU sustains, so the curve measures how a pair sheds what
+// its app cannot serve (the common overload), not the machine's CPU.
+
+var overApp = flag.String("overload-app", "", "WORKERS:SERVICE, e.g. 8:2ms: the overload curve's pairs front an app serving WORKERS requests at once, each taking SERVICE (not CPU), instead of nginx's; the pairs' capacity is then the app's")
+
+// slowAppEnv carries "ADDR WORKERS SERVICE" to the re-executed bench
+// binary that serves the slow app.
+const slowAppEnv = "RAMPART_BENCH_SLOW_APP"
+
+// parseSlowApp reads --overload-app.
+func parseSlowApp(s string) (workers int, service time.Duration, err error) {
+	w, d, ok := strings.Cut(s, ":")
+	if ok {
+		workers, err = strconv.Atoi(w)
+	}
+	if !ok || err != nil || workers < 1 {
+		return 0, 0, fmt.Errorf("--overload-app %q: want WORKERS:SERVICE, e.g. 8:2ms", s)
+	}
+	if service, err = time.ParseDuration(d); err != nil || service <= 0 {
+		return 0, 0, fmt.Errorf("--overload-app %q: want WORKERS:SERVICE, e.g. 8:2ms", s)
+	}
+	return workers, service, nil
+}
+
+// startSlowApp runs this binary again, on the systems' CPUs, as the slow
+// app listening on addr.
+func startSlowApp(addr string, workers int, service time.Duration) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := command(self)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %s", slowAppEnv, addr, workers, service))
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	procs = append(procs, cmd)
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if err := check("http://" + addr + "/"); err == nil {
+			return nil
+		}
+	}
+	return errors.New("the slow app did not start")
+}
+
+// serveSlowApp is the slow app's process.
+func serveSlowApp(spec string) error {
+	f := strings.Fields(spec)
+	if len(f) != 3 {
+		return fmt.Errorf("%s=%q", slowAppEnv, spec)
+	}
+	workers, service, err := parseSlowApp(f[1] + ":" + f[2])
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", f[0])
+	if err != nil {
+		return err
+	}
+	body := []byte(strings.Repeat("x", 1024))
+	sem := make(chan struct{}, workers)
+	return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sem <- struct{}{}
+		time.Sleep(service)
+		<-sem
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write(body)
+	}))
+}
