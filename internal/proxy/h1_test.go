@@ -28,6 +28,7 @@ type fwd struct {
 	addr     string
 	app      *httptest.Server
 	appConns atomic.Int64 // connections the app accepted
+	appIdle  atomic.Int64 // times an app connection went idle
 	f        *h1Forwarder
 }
 
@@ -36,8 +37,11 @@ func newFwd(t testing.TB, h http.Handler) *fwd {
 	x := &fwd{t: t}
 	x.app = httptest.NewUnstartedServer(h)
 	x.app.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
+		switch s {
+		case http.StateNew:
 			x.appConns.Add(1)
+		case http.StateIdle:
+			x.appIdle.Add(1)
 		}
 	}
 	x.app.Start()
@@ -196,6 +200,9 @@ func TestH1RetriesIdempotentRequestOnClosedConnection(t *testing.T) {
 	c, br := x.raw()
 	fmt.Fprintf(c, "GET /a HTTP/1.1\r\nHost: svc\r\n\r\n")
 	readResp(t, br, "GET")
+	// The answer can reach the client before the app's server marks the
+	// connection idle, and only idle ones are closed below.
+	waitFor(t, "the app's connection idle", func() bool { return x.appIdle.Load() >= 1 })
 	x.app.Config.SetKeepAlivesEnabled(false) // closes the app's idle connections
 	x.app.Config.SetKeepAlivesEnabled(true)
 	fmt.Fprintf(c, "GET /b HTTP/1.1\r\nHost: svc\r\n\r\n")
