@@ -60,15 +60,16 @@ func (u *upConn) close() {
 // upstream.OverloadError (503).
 //
 // Once the queue has stood for Limits.QueueInterval (requests waiting all
-// along, never emptied), a request joining it waits at most
-// Limits.QueueTarget instead (controlled delay): a burst still queues for
-// up to QueueTimeout, but overload is refused at once rather than held for
-// a second. Held, such a request is mostly answered after its caller gave
+// along, never emptied) with Limits.MaxConns connections open, a request
+// joining it waits at most Limits.QueueTarget instead (controlled delay;
+// decision 0057): a burst still queues for up to QueueTimeout, and so does
+// a queue waiting for connections still being opened (a cold pool, the
+// dial rate), but overload is refused at once rather than held for a
+// second. Held, such a request is mostly answered after its caller gave
 // up, and meanwhile holds the caller's connection, so the callers' own
-// queues grow, their timeouts close connections and reconnect, and the
-// proxy spends its CPU on that churn (the overload curve in
-// docs/benchmarks.md: 330 requests waiting here at twice the capacity,
-// goodput falling to nothing).
+// queues grow and time out (the overload curve with --overload-app in
+// docs/benchmarks.md: goodput at twice the app's capacity fell to 56-59%
+// without the rule, and stays at 100% with it).
 type pool struct {
 	dial func(context.Context) (net.Conn, error)
 	l    upstream.Limits
@@ -154,8 +155,8 @@ func (p *pool) get(ctx context.Context) (u *upConn, waited bool, err error) {
 	timeout := p.l.QueueTimeout
 	if p.waiting == 0 {
 		p.since = start
-	} else if start.Sub(p.since) >= p.l.QueueInterval {
-		timeout = p.l.QueueTarget // a standing queue: overload
+	} else if len(p.open) >= p.l.MaxConns && start.Sub(p.since) >= p.l.QueueInterval {
+		timeout = p.l.QueueTarget // a standing queue with every connection busy: overload
 	}
 	w := &waiter{ch: make(chan waitResult, 1)}
 	p.queue = append(p.queue, w)

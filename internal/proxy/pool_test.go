@@ -392,89 +392,147 @@ func TestPoolKeepsMinIdleWarm(t *testing.T) {
 }
 
 // A request joining a queue that has stood (never emptied) for
-// QueueInterval waits QueueTarget, not QueueTimeout: overload is refused at
-// once, while a burst (a queue younger than the interval, or one that
-// emptied since) still waits the full timeout.
+// QueueInterval with every connection open and busy waits QueueTarget, not
+// QueueTimeout: overload is refused at once, while a burst (a queue younger
+// than the interval, or one that emptied since) and a queue waiting for
+// connections still being opened wait the full timeout.
 func TestPoolStandingQueueWaitsTarget(t *testing.T) {
 	l := upstream.Limits{MaxConns: 1, MaxDialing: 1, QueueTimeout: time.Minute, QueueTarget: 10 * time.Millisecond, QueueInterval: 100 * time.Millisecond}
-	// The upstream never answers a dial: nothing leaves the queue but by
-	// its deadline.
-	p := newPool(func(ctx context.Context) (net.Conn, error) {
-		<-ctx.Done()
-		return nil, ctx.Err()
-	}, l, nil)
-	t.Cleanup(p.closeAll)
-	var mu sync.Mutex
-	now := time.Now()
-	p.now = func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return now
-	}
-	advance := func(d time.Duration) {
-		mu.Lock()
-		now = now.Add(d)
-		mu.Unlock()
-	}
-	type deadline struct {
-		d    time.Duration
-		fire chan time.Time
-	}
-	started := make(chan deadline, 8)
-	p.newTimer = func(d time.Duration) (<-chan time.Time, func() bool) {
-		c := make(chan time.Time)
-		started <- deadline{d, c}
-		return c, func() bool { return true }
-	}
-	results := make(chan error, 8)
-	join := func() deadline {
-		t.Helper()
-		go func() {
-			_, _, err := p.get(context.Background())
-			results <- err
-		}()
-		select {
-		case dl := <-started:
-			return dl
-		case <-time.After(10 * time.Second):
-			t.Fatal("the request did not join the queue")
-			return deadline{}
+
+	t.Run("every connection busy", func(t *testing.T) {
+		// The first dial opens the one connection allowed; no other is
+		// dialled while it is open.
+		var dials atomic.Int32
+		c := clockedPool(t, l, func(ctx context.Context) (net.Conn, error) {
+			if dials.Add(1) == 1 {
+				a, b := net.Pipe()
+				t.Cleanup(func() { b.Close() })
+				return a, nil
+			}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})
+		c.join() // gets the dialled connection, and holds it
+		if err := <-c.results; err != nil {
+			t.Fatalf("the first request: %v", err)
 		}
-	}
-	var waiting []deadline
-	for _, step := range []struct {
-		after time.Duration // since the previous request joined
-		want  time.Duration
-		why   string
-	}{
-		{0, time.Minute, "first in an empty queue"},
-		{50 * time.Millisecond, time.Minute, "the queue has stood 50 ms"},
-		{49 * time.Millisecond, time.Minute, "the queue has stood 99 ms"},
-		{time.Millisecond, l.QueueTarget, "the queue has stood 100 ms"},
-		{time.Second, l.QueueTarget, "the queue has stood 1.1 s"},
-	} {
-		advance(step.after)
-		dl := join()
-		if dl.d != step.want {
-			t.Fatalf("%s: waits %v, want %v", step.why, dl.d, step.want)
+		var waiting []deadline
+		for _, step := range []struct {
+			after time.Duration // since the previous request joined
+			want  time.Duration
+			why   string
+		}{
+			{0, time.Minute, "first in an empty queue"},
+			{50 * time.Millisecond, time.Minute, "the queue has stood 50 ms"},
+			{49 * time.Millisecond, time.Minute, "the queue has stood 99 ms"},
+			{time.Millisecond, l.QueueTarget, "the queue has stood 100 ms"},
+			{time.Second, l.QueueTarget, "the queue has stood 1.1 s"},
+		} {
+			c.advance(step.after)
+			dl := c.join()
+			if dl.d != step.want {
+				t.Fatalf("%s: waits %v, want %v", step.why, dl.d, step.want)
+			}
+			waiting = append(waiting, dl)
 		}
-		waiting = append(waiting, dl)
-	}
-	for _, dl := range waiting {
-		close(dl.fire)
-		if err := <-results; !errors.Is(err, upstream.ErrOverloaded) {
-			t.Fatalf("a request past its deadline: %v, want an overload refusal", err)
+		for _, dl := range waiting {
+			c.release(dl)
+			if err := <-c.results; !errors.Is(err, upstream.ErrOverloaded) {
+				t.Fatalf("a request past its deadline: %v, want an overload refusal", err)
+			}
 		}
+		if st := c.p.stats(); st.waiting != 0 {
+			t.Fatalf("%d still waiting", st.waiting)
+		}
+		// Emptied, the queue starts over: the next request is a burst's.
+		c.advance(time.Second)
+		if dl := c.join(); dl.d != time.Minute {
+			t.Fatalf("first request after the queue emptied waits %v, want %v", dl.d, time.Minute)
+		} else {
+			c.release(dl)
+			<-c.results
+		}
+		if n := dials.Load(); n != 1 {
+			t.Fatalf("%d dials, want 1", n)
+		}
+	})
+
+	t.Run("connections still being opened", func(t *testing.T) {
+		// The upstream never answers a dial: the queue stands because no
+		// connection is open yet (a cold pool), which is not overload.
+		c := clockedPool(t, l, func(ctx context.Context) (net.Conn, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})
+		first := c.join()
+		c.advance(time.Second)
+		if dl := c.join(); dl.d != time.Minute {
+			t.Fatalf("a request joining a queue that stood 1 s waiting for a dial waits %v, want %v", dl.d, time.Minute)
+		} else {
+			c.release(dl)
+			<-c.results
+		}
+		c.release(first)
+		<-c.results
+	})
+}
+
+// deadline is one request's queue deadline as the pool started it.
+type deadline struct {
+	d    time.Duration
+	fire chan time.Time
+}
+
+// clocked is a pool whose clock and queue deadlines the test drives.
+type clocked struct {
+	t       *testing.T
+	p       *pool
+	mu      sync.Mutex
+	now     time.Time
+	started chan deadline
+	results chan error
+}
+
+func clockedPool(t *testing.T, l upstream.Limits, dial func(context.Context) (net.Conn, error)) *clocked {
+	c := &clocked{t: t, now: time.Now(), started: make(chan deadline, 8), results: make(chan error, 8)}
+	c.p = newPool(dial, l, nil)
+	t.Cleanup(c.p.closeAll)
+	c.p.now = func() time.Time {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.now
 	}
-	if st := p.stats(); st.waiting != 0 {
-		t.Fatalf("%d still waiting", st.waiting)
+	c.p.newTimer = func(d time.Duration) (<-chan time.Time, func() bool) {
+		ch := make(chan time.Time)
+		c.started <- deadline{d, ch}
+		return ch, func() bool { return true }
 	}
-	// Emptied, the queue starts over: the next request is a burst's.
-	advance(time.Second)
-	if dl := join(); dl.d != time.Minute {
-		t.Fatalf("first request after the queue emptied waits %v, want %v", dl.d, time.Minute)
-	} else {
-		close(dl.fire)
-		<-results
+	return c
+}
+
+func (c *clocked) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// join sends a request to the pool and returns its queue deadline; its
+// result (nil once it has a connection, which it keeps) comes on results.
+func (c *clocked) join() deadline {
+	c.t.Helper()
+	go func() {
+		_, _, err := c.p.get(context.Background())
+		c.results <- err
+	}()
+	select {
+	case dl := <-c.started:
+		return dl
+	case <-time.After(10 * time.Second):
+		c.t.Fatal("the request did not join the queue")
+		return deadline{}
 	}
 }
+
+// release ends dl's wait (its deadline passes, unless it already has a
+// connection).
+func (c *clocked) release(dl deadline) { close(dl.fire) }
