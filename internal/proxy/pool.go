@@ -60,12 +60,14 @@ func (u *upConn) close() {
 // upstream.OverloadError (503).
 //
 // Once the queue has stood for Limits.QueueInterval (requests waiting all
-// along, never emptied) with Limits.MaxConns connections open, a request
-// joining it waits at most Limits.QueueTarget instead (controlled delay;
-// decision 0057): a burst still queues for up to QueueTimeout, and so does
-// a queue waiting for connections still being opened (a cold pool, the
-// dial rate), but overload is refused at once rather than held for a
-// second. Held, such a request is mostly answered after its caller gave
+// along, never emptied) with Limits.MaxConns connections open or being
+// opened, a request joining it waits at most Limits.QueueTarget instead
+// (controlled delay; decision 0057): a burst still queues for up to
+// QueueTimeout, and so does a queue waiting for a pool below its cap to
+// open connections (a cold pool, the dial rate), but overload is refused
+// at once rather than held for a second. (A connection being replaced at
+// the cap does not lift the rule: that would let a queue of long waits
+// build at every reconnection.) Held, such a request is mostly answered after its caller gave
 // up, and meanwhile holds the caller's connection, so the callers' own
 // queues grow and time out (the overload curve with --overload-app in
 // docs/benchmarks.md: goodput at twice the app's capacity fell to 56-59%
@@ -155,7 +157,7 @@ func (p *pool) get(ctx context.Context) (u *upConn, waited bool, err error) {
 	timeout := p.l.QueueTimeout
 	if p.waiting == 0 {
 		p.since = start
-	} else if len(p.open) >= p.l.MaxConns && start.Sub(p.since) >= p.l.QueueInterval {
+	} else if len(p.open)+p.dialing >= p.l.MaxConns && start.Sub(p.since) >= p.l.QueueInterval {
 		timeout = p.l.QueueTarget // a standing queue with every connection busy: overload
 	}
 	w := &waiter{ch: make(chan waitResult, 1)}

@@ -458,8 +458,11 @@ func TestPoolStandingQueueWaitsTarget(t *testing.T) {
 	})
 
 	t.Run("connections still being opened", func(t *testing.T) {
-		// The upstream never answers a dial: the queue stands because no
-		// connection is open yet (a cold pool), which is not overload.
+		// The upstream never answers a dial: the queue stands because the
+		// pool, below its cap of 2, waits for its one dial at a time (a
+		// cold pool), which is not overload.
+		l := l
+		l.MaxConns = 2
 		c := clockedPool(t, l, func(ctx context.Context) (net.Conn, error) {
 			<-ctx.Done()
 			return nil, ctx.Err()
