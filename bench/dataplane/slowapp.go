@@ -9,17 +9,18 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
 // The app-bound overload curve (--overload-app WORKERS:SERVICE): an app
-// that serves WORKERS requests at once, each taking SERVICE without using
-// the CPU (a database call, say), the rest waiting their turn as a
-// thread-pool server's do. Its capacity, WORKERS/SERVICE, is below what
+// that answers WORKERS/SERVICE requests a second, each at least SERVICE
+// after it came, without using the CPU (a database call, say), the rest
+// waiting their turn as a thread-pool server's do. Its capacity, WORKERS/SERVICE, is below what
 // the proxies' CPU sustains, so the curve measures how a pair sheds what
 // its app cannot serve (the common overload), not the machine's CPU.
 
-var overApp = flag.String("overload-app", "", "WORKERS:SERVICE, e.g. 8:2ms: the overload curve's pairs front an app serving WORKERS requests at once, each taking SERVICE (not CPU), instead of nginx's; the pairs' capacity is then the app's")
+var overApp = flag.String("overload-app", "", "WORKERS:SERVICE, e.g. 8:2ms: the overload curve's pairs front an app answering WORKERS/SERVICE requests a second, each at least SERVICE after it came (not CPU), the rest queued, instead of nginx's; the pairs' capacity is then the app's")
 
 // slowAppEnv carries "ADDR WORKERS SERVICE" to the re-executed bench
 // binary that serves the slow app.
@@ -77,11 +78,26 @@ func serveSlowApp(spec string) error {
 		return err
 	}
 	body := []byte(strings.Repeat("x", 1024))
-	sem := make(chan struct{}, workers)
+	// Each answer is given a slot on an absolute schedule: no sooner than
+	// SERVICE after its request came, and at least SERVICE/WORKERS after
+	// the previous answer's slot, so the app serves WORKERS/SERVICE a
+	// second whatever waits in its queue. A timer that fires late (the CPU
+	// busy with the proxies) delays that one answer, not the next ones:
+	// the app's capacity, the curve's reference, does not fall as the load
+	// rises (with WORKERS goroutines each sleeping SERVICE, it fell by a
+	// fifth at 2x on one CPU).
+	var mu sync.Mutex
+	var last time.Time
+	gap := service / time.Duration(workers)
 	return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sem <- struct{}{}
-		time.Sleep(service)
-		<-sem
+		mu.Lock()
+		slot := time.Now().Add(service)
+		if next := last.Add(gap); next.After(slot) {
+			slot = next
+		}
+		last = slot
+		mu.Unlock()
+		time.Sleep(time.Until(slot))
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write(body)
 	}))
