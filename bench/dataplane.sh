@@ -9,6 +9,10 @@
 # (and wrk) run on CPU 0 and everything measured on CPU 1, as callers are on
 # other machines in a deployment; without it (the default, as before) all share
 # every CPU, so the generator competes with the pair it measures.
+# With --overload-app WORKERS:SERVICE the pairs front an app slower than the
+# proxies (WORKERS/SERVICE answers a second, paced), the common overload, e.g.
+#   bench/dataplane.sh --overload --pin 0:1 --rounds 3 --overload-app 8:2ms \
+#     --proxy-flags "--upstream-max-conns 16"
 #
 # The open-loop generator (bench/dataplane/overload.go), changed 2026-12-04
 # after every system, the nginx reference included, collapsed at or below
