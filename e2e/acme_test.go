@@ -326,7 +326,7 @@ func TestACMECertbot(t *testing.T) {
 	k := e.eab(t, "*.certbot.acme.test")
 	certonly := func(name string) (string, error) {
 		return run("certonly", "--standalone", "--http-01-port", strconv.Itoa(e.httpPort), "--http-01-address", "127.0.0.1",
-			"--agree-tos", "--register-unsafely-without-email", "--eab-kid", k.KeyID, "--eab-hmac-key", k.HMACKey,
+			"--agree-tos", "--register-unsafely-without-email", "--eab-kid", k.KeyID, "--eab-hmac-key="+k.HMACKey, // "=": a key may begin with "-"
 			"--key-type", "ecdsa", "-d", name)
 	}
 	if out, err := certonly("web.certbot.acme.test"); err != nil {

@@ -25,7 +25,7 @@ tied to the names its accounts may order, and give its key ID and HMAC key
 to the client, e.g.
 
   certbot certonly --server https://SERVER/acme/directory \
-    --eab-kid KEY-ID --eab-hmac-key HMAC-KEY -d web.internal.example.org ...
+    --eab-kid KEY-ID --eab-hmac-key=HMAC-KEY -d web.internal.example.org ...
 
 Name patterns: api.example.org (that name), *.internal.example.org (every
 name below it, and wildcards below it), 10.1.0.0/16 or 10.1.2.3 (addresses).
@@ -106,7 +106,7 @@ func runACME(ctx context.Context, env *cliEnv, args []string) error {
 		if err := printEAB(env, k); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "\nThe HMAC key is shown only now. For example:\n  certbot certonly --server %s --eab-kid %s --eab-hmac-key %s -d NAME ...\n  lego run --server %s --eab --eab.kid %s --eab.hmac %s --domains NAME --http\n",
+		fmt.Fprintf(env.stdout, "\nThe HMAC key is shown only now. For example:\n  certbot certonly --server %s --eab-kid %s --eab-hmac-key=%s -d NAME ...\n  lego run --server %s --eab --eab.kid %s --eab.hmac=%s --domains NAME --http\n(with \"=\": a key can begin with \"-\", which a client would read as an option)\n",
 			k.Directory, k.KeyID, k.HMACKey, k.Directory, k.KeyID, k.HMACKey)
 		return nil
 	case "eab list":
