@@ -217,18 +217,23 @@ func run() error {
 	}
 	// nginx: the app, and an mTLS pair in front of it.
 	appAddr, ngIn, ngOut := freePort(), freePort(), freePort()
-	// The pairs' upstream: nginx's app, or with --overload-app the slow one.
-	upAddr := appAddr
+	// The pairs' upstreams: nginx's app, or with --overload-app a slow app
+	// for each system (a shared one carried a collapsed system's backlog,
+	// thousands of abandoned requests, into the next system's run).
+	ups := [3]string{appAddr, appAddr, appAddr} // rampart off, on, nginx
 	if *overload && *overApp != "" {
 		workers, service, err := parseSlowApp(*overApp)
 		if err != nil {
 			return err
 		}
-		upAddr = freePort()
-		if err := startSlowApp(upAddr, workers, service); err != nil {
-			return err
+		for i := range ups {
+			ups[i] = freePort()
+			if err := startSlowApp(ups[i], workers, service); err != nil {
+				return err
+			}
 		}
 	}
+	upAddr := ups[2]
 	nginxPair, err := startNginx(appAddr, upAddr, ngIn, ngOut)
 	if err != nil {
 		return err
@@ -266,7 +271,7 @@ func run() error {
 		}
 	}
 	if *overload {
-		return overloadCurve(sock, addr, upAddr, exe, ngOut, nginxPair, srvCmd.Process.Pid)
+		return overloadCurve(sock, addr, ups[:2], exe, ngOut, nginxPair, srvCmd.Process.Pid)
 	}
 
 	fmt.Printf("machine: %d cores (%s); wrk -t2 -c%d -d%s, 1 KiB responses, keep-alive; %d rounds\n", numCPU(), pinning(), *conns, *dur, *rounds)
@@ -348,10 +353,11 @@ func run() error {
 	return nil
 }
 
-// overloadCurve starts two rampart pairs in front of the app, the second
+// overloadCurve starts two rampart pairs in front of apps[0] and apps[1]
+// (the same app but with --overload-app), the second
 // with its decisions spooled and shipped to the server's audit log, and
 // runs the overload curve on them and the nginx pair.
-func overloadCurve(sock, server, appAddr string, exe map[string]string, ngOut string, nginxPair []int, serverPID int) error {
+func overloadCurve(sock, server string, apps []string, exe map[string]string, ngOut string, nginxPair []int, serverPID int) error {
 	extra := strings.Fields(*overProxyArgs)
 	// With --profile, each proxy serves /metrics and /debug/pprof/ on an
 	// address of its own, printed here, for goroutine dumps under load.
@@ -363,7 +369,7 @@ func overloadCurve(sock, server, appAddr string, exe map[string]string, ngOut st
 		fmt.Printf("%s pair, %s proxy: http://%s/metrics, /debug/pprof/\n", tag, side, a)
 		return []string{"--metrics-listen", a, "--pprof"}
 	}
-	pair := func(tag, name string, inboundArgs ...string) (system, error) {
+	pair := func(tag, name, appAddr string, inboundArgs ...string) (system, error) {
 		ready := filepath.Join(workDir, tag+"-app.ready")
 		in, err := startLogged(tag+"-app-proxy", exe["app"], []string{"RAMPART_READY_FILE=" + ready}, append(append(append([]string{"proxy", "--socket", sock, "--server", server,
 			"--inbound", "127.0.0.1:0", "--app", appAddr, "--log-level", "warn"}, inboundArgs...), extra...), debugArgs(tag, "inbound")...)...)
@@ -392,11 +398,11 @@ func overloadCurve(sock, server, appAddr string, exe map[string]string, ngOut st
 		// the decisions, without it is idle but for the policy sync.
 		return system{name: name, url: u, pids: []int{in.Process.Pid, out.Process.Pid, serverPID}}, nil
 	}
-	off, err := pair("off", "rampart, shipping off")
+	off, err := pair("off", "rampart, shipping off", apps[0])
 	if err != nil {
 		return err
 	}
-	on, err := pair("on", "rampart, shipping on", "--data", filepath.Join(workDir, "shipping-data"))
+	on, err := pair("on", "rampart, shipping on", apps[1], "--data", filepath.Join(workDir, "shipping-data"))
 	if err != nil {
 		return err
 	}

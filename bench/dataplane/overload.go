@@ -472,6 +472,30 @@ func roundTrip(c net.Conn, br *bufio.Reader, req []byte) (code int, keep bool, e
 	return resp.StatusCode, err == nil && !resp.Close, err
 }
 
+// settle waits, after a run, until every system is idle (together under
+// 0.08 vCPU over a quarter second, for at most 20 s), then --overload-pause:
+// a system that collapsed can keep the shared CPU busy for seconds after
+// its run (its callers' reconnections, its app's backlog), which a fixed
+// pause charged to whichever system ran next.
+func settle(systems []system) {
+	var pids []int
+	for _, s := range systems {
+		pids = append(pids, s.pids...)
+	}
+	start := time.Now()
+	for time.Since(start) < 20*time.Second {
+		t0 := cpuTicks(pids)
+		time.Sleep(250 * time.Millisecond)
+		if cpuTicks(pids)-t0 <= 2 { // clock ticks are 10 ms
+			break
+		}
+	}
+	if waited := time.Since(start); waited > time.Second {
+		fmt.Printf("        (the systems were busy %s after the run)\n", waited.Round(100*time.Millisecond))
+	}
+	time.Sleep(*overPause)
+}
+
 // runOverload measures the first system's capacity (the rampart pair
 // without shipping, closed loop), then runs the curve. The second system
 // is the rampart pair with shipping: their CPU is compared at 1x.
@@ -502,7 +526,7 @@ func runOverload(systems []system) error {
 				answers := float64(r.ok+r.overloaded+r.other) / r.secs
 				fmt.Printf("  round %d %-22s closed loop, %d connections: %.0f/s p50 %s p99 %s, 503 %.0f/s, %.1f µs of the system's CPU per answer, generator %.2f vCPU, system %.2f vCPU, %d dials; kernel: %s\n", round+1, sys.name, *overCapConns, r.goodput(),
 					r.p(.5).Round(time.Microsecond), r.p(.99).Round(time.Microsecond), float64(r.overloaded)/r.secs, 1e6*r.cpu/answers, r.genCPU, r.cpu, r.dials, r.kernel)
-				time.Sleep(*overPause)
+				settle(systems)
 			}
 		}
 		return nil
@@ -517,7 +541,7 @@ func runOverload(systems []system) error {
 		caps = append(caps, r.goodput())
 		fmt.Printf("  capacity run: %.0f/s p50 %s p99 %s, generator %.2f vCPU, system %.2f vCPU, %d dials; kernel: %s\n", r.goodput(),
 			r.p(.5).Round(time.Microsecond), r.p(.99).Round(time.Microsecond), r.genCPU, r.cpu, r.dials, r.kernel)
-		time.Sleep(*overPause)
+		settle(systems)
 	}
 	slices.Sort(caps)
 	capacity := caps[1]
@@ -546,7 +570,7 @@ func runOverload(systems []system) error {
 				if *overTimeline {
 					r.printTimeline()
 				}
-				time.Sleep(*overPause)
+				settle(systems)
 			}
 		}
 	}

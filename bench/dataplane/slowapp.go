@@ -97,7 +97,13 @@ func serveSlowApp(spec string) error {
 		}
 		last = slot
 		mu.Unlock()
-		time.Sleep(time.Until(slot))
+		t := time.NewTimer(time.Until(slot))
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			return // the caller left: no answer to write
+		}
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write(body)
 	}))
