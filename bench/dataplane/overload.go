@@ -53,6 +53,7 @@ type runResult struct {
 	firstErr                             string // the first failure other than a timeout
 	conns                                int    // connections the generator opened
 	secs                                 float64
+	began                                time.Time       // wall clock, to match a run with the systems' logs
 	lat                                  []time.Duration // of the 200s, from their scheduled time
 	cpu                                  float64         // vCPU of the system's processes over the run
 	dials                                int             // connections the generator dialled (reconnections included)
@@ -205,6 +206,7 @@ func (g *generator) run(rate float64, d time.Duration) runResult {
 	workers, dialing, peak := 0, 0, 0
 	var wg sync.WaitGroup
 	start := time.Now()
+	res.began = start
 	res.timeline = make([]tick, int(d / *overTick)+int(3*time.Second / *overTick))
 	tickOf := func(t time.Time) *tick {
 		return &res.timeline[min(max(0, int(t.Sub(start) / *overTick)), len(res.timeline)-1)]
@@ -561,8 +563,8 @@ func runOverload(systems []system) error {
 				r := gens[j].run(rate, *overDur)
 				r.cpu = float64(cpuTicks(systems[j].pids)-cpu0) / 100 / r.secs
 				table[si][j].runs = append(table[si][j].runs, r)
-				fmt.Printf("  %.1fx (%6.0f req/s) round %d  %-22s offered %6.0f/s sent %6.0f/s  goodput %6.0f/s  p50 %-9s p99 %-9s  503 %6d  other %5d  failed %6d (timeouts %d)  %4d conns  %.2f vCPU%s\n",
-					mult, rate, round+1, systems[j].name, float64(r.offered)/r.secs, float64(r.sent)/r.secs, r.goodput(),
+				fmt.Printf("  %s %.1fx (%6.0f req/s) round %d  %-22s offered %6.0f/s sent %6.0f/s  goodput %6.0f/s  p50 %-9s p99 %-9s  503 %6d  other %5d  failed %6d (timeouts %d)  %4d conns  %.2f vCPU%s\n",
+					r.began.Format("15:04:05"), mult, rate, round+1, systems[j].name, float64(r.offered)/r.secs, float64(r.sent)/r.secs, r.goodput(),
 					r.p(.5).Round(10*time.Microsecond), r.p(.99).Round(10*time.Microsecond), r.overloaded, r.other, r.failed, r.timedOut, r.conns, r.cpu, firstErr(r))
 				fmt.Printf("        generator %.2f vCPU, %d dials (p50 %s, p99 %s, max %s), requests handed out late by p50 %s p99 %s max %s; kernel: %s\n",
 					r.genCPU, r.dials, quantile(r.dialTime, .5).Round(time.Microsecond), quantile(r.dialTime, .99).Round(time.Microsecond), quantile(r.dialTime, 1).Round(time.Microsecond),
