@@ -233,8 +233,7 @@ func run() error {
 			}
 		}
 	}
-	upAddr := ups[2]
-	nginxPair, err := startNginx(appAddr, upAddr, ngIn, ngOut)
+	nginxPair, err := startNginx(appAddr, ups[2], ngIn, ngOut)
 	if err != nil {
 		return err
 	}
@@ -354,9 +353,9 @@ func run() error {
 }
 
 // overloadCurve starts two rampart pairs in front of apps[0] and apps[1]
-// (the same app but with --overload-app), the second
-// with its decisions spooled and shipped to the server's audit log, and
-// runs the overload curve on them and the nginx pair.
+// (the same app but with --overload-app), the second with its decisions
+// spooled and shipped to the server's audit log, and runs the overload
+// curve on them and the nginx pair.
 func overloadCurve(sock, server string, apps []string, exe map[string]string, ngOut string, nginxPair []int, serverPID int) error {
 	extra := strings.Fields(*overProxyArgs)
 	// With --profile, each proxy serves /metrics and /debug/pprof/ on an
@@ -440,8 +439,9 @@ func check(u string) error {
 // startNginx starts two nginx instances: the app (1 KiB answers) and, in
 // a process of its own so its cost can be measured apart, an mTLS pair in
 // front of upAddr (that app, or --overload-app's) configured as the
-// rampart pair is. It returns the pair's worker PIDs. Every listener has the accept queue Go's listeners have
-// (net.Listen asks for net.core.somaxconn, 4096 here): nginx's default is
+// rampart pair is. It returns the pair's worker PIDs. Every listener has
+// the accept queue Go's listeners have (net.Listen asks for
+// net.core.somaxconn, 4096 here): nginx's default is
 // 511, and under the overload curve's connection bursts its queue
 // overflowed (the kernel's ListenOverflows counter) where the rampart
 // pairs' did not, each dropped SYN costing its caller a 1 s retransmit.

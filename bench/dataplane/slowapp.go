@@ -16,9 +16,9 @@ import (
 // The app-bound overload curve (--overload-app WORKERS:SERVICE): an app
 // that answers WORKERS/SERVICE requests a second, each at least SERVICE
 // after it came, without using the CPU (a database call, say), the rest
-// waiting their turn as a thread-pool server's do. Its capacity, WORKERS/SERVICE, is below what
-// the proxies' CPU sustains, so the curve measures how a pair sheds what
-// its app cannot serve (the common overload), not the machine's CPU.
+// waiting their turn. Its capacity is below what the proxies' CPU
+// sustains, so the curve measures how a pair sheds what its app cannot
+// serve (the common overload), not the machine's CPU.
 
 var overApp = flag.String("overload-app", "", "WORKERS:SERVICE, e.g. 8:2ms: the overload curve's pairs front an app answering WORKERS/SERVICE requests a second, each at least SERVICE after it came (not CPU), the rest queued, instead of nginx's; the pairs' capacity is then the app's")
 

@@ -84,7 +84,7 @@ it must listen on loopback or a unix socket (callers checked by uid), unless
 	fs.IntVar(&lim.MaxConns, "upstream-max-conns", lim.MaxConns, "connections open at most to each upstream (each outbound's peer, the app): requests in flight beyond it wait")
 	fs.IntVar(&lim.MaxPending, "upstream-max-pending", lim.MaxPending, "requests waiting for a connection to one upstream; beyond it they are refused with 503 at once")
 	fs.DurationVar(&lim.QueueTimeout, "upstream-queue-timeout", lim.QueueTimeout, "how long a request waits for a connection before a 503 with Retry-After")
-	fs.DurationVar(&lim.QueueTarget, "upstream-queue-target", lim.QueueTarget, "how long a request waits instead once the queue has not emptied for --upstream-queue-interval while all --upstream-max-conns connections are open or being opened (overload, not a burst)")
+	fs.DurationVar(&lim.QueueTarget, "upstream-queue-target", lim.QueueTarget, "how long an HTTP/1.1 request waits instead once the queue has not emptied for --upstream-queue-interval while all --upstream-max-conns connections are open or being opened (overload, not a burst; HTTP/2 and gRPC keep --upstream-queue-timeout)")
 	fs.DurationVar(&lim.QueueInterval, "upstream-queue-interval", lim.QueueInterval, "how long the queue must stand before --upstream-queue-target applies")
 	fs.IntVar(&lim.MaxDialing, "upstream-max-dialing", lim.MaxDialing, "new connections (handshakes) being opened at once to one upstream")
 	fs.Float64Var(&lim.DialRate, "upstream-dial-rate", lim.DialRate, "new mTLS connections a second to one peer, after a burst of --upstream-max-dialing (0: no rate bound; the app's are never rate-bound)")

@@ -115,7 +115,9 @@ const maxReported = 100
 // index it shifts or swaps; a checkpoint that the entries no longer produce
 // at its tree size. It checks the C2SP tiles that clients read against the
 // same tree, reports the entries past the newest checkpoint (Uncovered),
-// and checks what was moved to quarantine/ against its own records.
+// and checks what was moved to quarantine/ against its own records. It
+// may run beside the server writing the log: entries appended during the
+// pass are checked once their leaves are written (settleTail).
 func Verify(dir string, verifier note.Verifier, witnessed ...[]byte) (*Report, error) {
 	rep := &Report{Problems: []Problem{}, Warnings: []Problem{}}
 	// Leaf hashes are read in one sequential pass: leaf i's stored index

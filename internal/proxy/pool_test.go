@@ -405,16 +405,13 @@ func TestPoolStandingQueueWaitsTarget(t *testing.T) {
 		var dials atomic.Int32
 		c := clockedPool(t, l, func(ctx context.Context) (net.Conn, error) {
 			if dials.Add(1) == 1 {
-				a, b := net.Pipe()
-				t.Cleanup(func() { b.Close() })
-				return a, nil
+				return pipeConn(t), nil
 			}
-			<-ctx.Done()
-			return nil, ctx.Err()
+			return hangingDial(ctx)
 		})
 		c.join() // gets the dialled connection, and holds it
-		if err := <-c.results; err != nil {
-			t.Fatalf("the first request: %v", err)
+		if r := <-c.results; r.err != nil {
+			t.Fatalf("the first request: %v", r.err)
 		}
 		var waiting []deadline
 		for _, step := range []struct {
@@ -437,8 +434,8 @@ func TestPoolStandingQueueWaitsTarget(t *testing.T) {
 		}
 		for _, dl := range waiting {
 			c.release(dl)
-			if err := <-c.results; !errors.Is(err, upstream.ErrOverloaded) {
-				t.Fatalf("a request past its deadline: %v, want an overload refusal", err)
+			if r := <-c.results; !errors.Is(r.err, upstream.ErrOverloaded) {
+				t.Fatalf("a request past its deadline: %v, want an overload refusal", r.err)
 			}
 		}
 		if st := c.p.stats(); st.waiting != 0 {
@@ -463,10 +460,7 @@ func TestPoolStandingQueueWaitsTarget(t *testing.T) {
 		// cold pool), which is not overload.
 		l := l
 		l.MaxConns = 2
-		c := clockedPool(t, l, func(ctx context.Context) (net.Conn, error) {
-			<-ctx.Done()
-			return nil, ctx.Err()
-		})
+		c := clockedPool(t, l, hangingDial)
 		first := c.join()
 		c.advance(time.Second)
 		if dl := c.join(); dl.d != time.Minute {
@@ -478,6 +472,49 @@ func TestPoolStandingQueueWaitsTarget(t *testing.T) {
 		c.release(first)
 		<-c.results
 	})
+
+	t.Run("the one connection being replaced", func(t *testing.T) {
+		// At the cap, a connection that closes is replaced by a dial; the
+		// queue that stood meanwhile is still overload, or every
+		// reconnection would let a queue of one-minute waits build.
+		var dials atomic.Int32
+		c := clockedPool(t, l, func(ctx context.Context) (net.Conn, error) {
+			if dials.Add(1) == 1 {
+				return pipeConn(t), nil
+			}
+			return hangingDial(ctx)
+		})
+		c.join()
+		held := <-c.results
+		if held.err != nil {
+			t.Fatalf("the first request: %v", held.err)
+		}
+		waiter := c.join() // the queue starts standing
+		c.advance(time.Second)
+		held.u.close() // the pool dials its replacement for the waiter
+		waitFor(t, "the replacement dial", func() bool { return dials.Load() == 2 })
+		if dl := c.join(); dl.d != l.QueueTarget {
+			t.Fatalf("a request joining a queue that stood 1 s while the one connection was replaced waits %v, want %v", dl.d, l.QueueTarget)
+		} else {
+			c.release(dl)
+			<-c.results
+		}
+		c.release(waiter)
+		<-c.results
+	})
+}
+
+// hangingDial is an upstream that never answers a dial.
+func hangingDial(ctx context.Context) (net.Conn, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// pipeConn is one end of a connection nothing answers on, closed with the test.
+func pipeConn(t *testing.T) net.Conn {
+	a, b := net.Pipe()
+	t.Cleanup(func() { b.Close() })
+	return a
 }
 
 // deadline is one request's queue deadline as the pool started it.
@@ -493,11 +530,11 @@ type clocked struct {
 	mu      sync.Mutex
 	now     time.Time
 	started chan deadline
-	results chan error
+	results chan waitResult
 }
 
 func clockedPool(t *testing.T, l upstream.Limits, dial func(context.Context) (net.Conn, error)) *clocked {
-	c := &clocked{t: t, now: time.Now(), started: make(chan deadline, 8), results: make(chan error, 8)}
+	c := &clocked{t: t, now: time.Now(), started: make(chan deadline, 8), results: make(chan waitResult, 8)}
 	c.p = newPool(dial, l, nil)
 	t.Cleanup(c.p.closeAll)
 	c.p.now = func() time.Time {
@@ -520,12 +557,13 @@ func (c *clocked) advance(d time.Duration) {
 }
 
 // join sends a request to the pool and returns its queue deadline; its
-// result (nil once it has a connection, which it keeps) comes on results.
+// result (the connection it got, which it keeps, or the error) comes on
+// results.
 func (c *clocked) join() deadline {
 	c.t.Helper()
 	go func() {
-		_, _, err := c.p.get(context.Background())
-		c.results <- err
+		u, _, err := c.p.get(context.Background())
+		c.results <- waitResult{u, err}
 	}()
 	select {
 	case dl := <-c.started:

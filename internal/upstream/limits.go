@@ -30,7 +30,9 @@ type Limits struct {
 	// stood (not once emptied) for QueueInterval: a queue that does not
 	// drain is overload, not a burst, and its waiters would mostly be
 	// answered after their callers gave up (controlled delay, as in
-	// "Fail at Scale", ACM Queue 2015).
+	// "Fail at Scale", ACM Queue 2015). Only the proxy's HTTP/1.1 pool,
+	// which sees its connections, applies it; Bound (net/http's Transport:
+	// HTTP/2, gRPC, the SDK) applies QueueTimeout alone.
 	QueueTarget time.Duration
 	// QueueInterval is how long the queue must stand before QueueTarget
 	// applies.

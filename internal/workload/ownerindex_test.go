@@ -16,20 +16,9 @@ import (
 // reads fewer entries than there are.
 func TestOwnerIndexFindsEveryMatch(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	sel := func(typ string, n int) selector.Selector { return selector.Selector{Type: typ, Value: fmt.Sprint(n)} }
 	snap := &Snapshot{}
 	for i := range 2000 {
-		var sels []selector.Selector
-		switch r.IntN(4) {
-		case 0:
-			sels = []selector.Selector{sel(selector.UnixUID, r.IntN(20))}
-		case 1:
-			sels = []selector.Selector{sel(selector.UnixGID, r.IntN(20))}
-		case 2:
-			sels = []selector.Selector{sel(selector.UnixGID, r.IntN(20)), sel(selector.UnixUID, r.IntN(20))}
-		default: // neither: never served, but must still be found
-			sels = []selector.Selector{{Type: selector.UnixPath, Value: "/bin/x"}}
-		}
+		sels := randomSelectors(r)
 		id := Identity{EntryID: fmt.Sprintf("e%05d", i), Selectors: sels}
 		if i%3 == 0 {
 			snap.Unminted = append(snap.Unminted, id)
@@ -73,20 +62,9 @@ func TestOwnerIndexFindsEveryMatch(t *testing.T) {
 // into it, and one Entries serves every snapshot built on it.
 func TestSharedEntriesMatchSnapshot(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-	sel := func(typ string, n int) selector.Selector { return selector.Selector{Type: typ, Value: fmt.Sprint(n)} }
 	var all []Identity
 	for i := range 2000 {
-		var sels []selector.Selector
-		switch r.IntN(4) {
-		case 0:
-			sels = []selector.Selector{sel(selector.UnixUID, r.IntN(20))}
-		case 1:
-			sels = []selector.Selector{sel(selector.UnixGID, r.IntN(20))}
-		case 2:
-			sels = []selector.Selector{sel(selector.UnixGID, r.IntN(20)), sel(selector.UnixUID, r.IntN(20))}
-		default:
-			sels = []selector.Selector{{Type: selector.UnixPath, Value: "/bin/x"}}
-		}
+		sels := randomSelectors(r)
 		all = append(all, Identity{EntryID: fmt.Sprintf("e%05d", i), Selectors: sels})
 	}
 	es := NewEntries(all)
@@ -123,5 +101,24 @@ func TestSharedEntriesMatchSnapshot(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func sel(typ string, n int) selector.Selector {
+	return selector.Selector{Type: typ, Value: fmt.Sprint(n)}
+}
+
+// randomSelectors is an entry's selectors: a uid, a gid, both, or neither
+// (a path: never served, but must still be found), out of 20 of each.
+func randomSelectors(r *rand.Rand) []selector.Selector {
+	switch r.IntN(4) {
+	case 0:
+		return []selector.Selector{sel(selector.UnixUID, r.IntN(20))}
+	case 1:
+		return []selector.Selector{sel(selector.UnixGID, r.IntN(20))}
+	case 2:
+		return []selector.Selector{sel(selector.UnixGID, r.IntN(20)), sel(selector.UnixUID, r.IntN(20))}
+	default:
+		return []selector.Selector{{Type: selector.UnixPath, Value: "/bin/x"}}
 	}
 }
