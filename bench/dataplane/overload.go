@@ -62,6 +62,22 @@ type runResult struct {
 	kernel                               tcpCounters     // the kernel's TCP counters over the run (whole machine)
 	dialTime                             []time.Duration // how long each of the generator's dials took
 	timeline                             []tick          // a second each, by scheduled time
+	host                                 []hostSample    // the host monitor's samples, a tick apart
+	hostNames                            map[int]string  // the other processes it watched
+}
+
+// hostTick returns the host samples around the timeline's tick i: the
+// monitor ticks from before the run's start, so the nearest are taken.
+func (r runResult) hostTick(i int) (a, b hostSample, ok bool) {
+	from := r.began.Add(time.Duration(i) * *overTick)
+	k, _ := slices.BinarySearchFunc(r.host, from, func(s hostSample, t time.Time) int { return s.at.Compare(t) })
+	if k > 0 && from.Sub(r.host[k-1].at) < r.host[min(k, len(r.host)-1)].at.Sub(from) {
+		k--
+	}
+	if k+1 >= len(r.host) {
+		return a, b, false
+	}
+	return r.host[k], r.host[k+1], true
 }
 
 // tick is one step (--overload-tick) of a run, by the requests' scheduled time (dials and
@@ -75,8 +91,12 @@ type tick struct {
 func (r runResult) printTimeline() {
 	for i, t := range r.timeline {
 		slices.Sort(t.lat)
-		fmt.Printf("        t=%-6s  200 %6d  503 %5d  failed %6d  dials %5d  p50 %-9s p99 %-9s  in flight %4d  waiting in the generator %6d\n",
-			(time.Duration(i) * *overTick).String(), t.ok, t.shed, t.failed, t.dials, quantile(t.lat, .5).Round(time.Millisecond), quantile(t.lat, .99).Round(time.Millisecond), t.inFlight, t.waiting)
+		host := ""
+		if a, b, ok := r.hostTick(i); ok {
+			host = "  | " + hostLine(a, b, hostProbe, r.hostNames)
+		}
+		fmt.Printf("        t=%-6s  200 %6d  503 %5d  failed %6d  dials %5d  p50 %-9s p99 %-9s  in flight %4d  waiting in the generator %6d%s\n",
+			(time.Duration(i) * *overTick).String(), t.ok, t.shed, t.failed, t.dials, quantile(t.lat, .5).Round(time.Millisecond), quantile(t.lat, .99).Round(time.Millisecond), t.inFlight, t.waiting, host)
 	}
 }
 
@@ -513,6 +533,13 @@ func runOverload(systems []system) error {
 		}
 		steps = append(steps, f)
 	}
+	// The host monitor's probe runs on the first of the systems' CPUs.
+	hostCPUs = parseCPUList(sysCPUs)
+	probeCPU := -1
+	if len(hostCPUs) > 0 {
+		probeCPU = hostCPUs[0]
+	}
+	hostProbe = startProbe(probeCPU)
 	gens := make([]*generator, len(systems))
 	for i, s := range systems {
 		g, err := newGenerator(s.url)
@@ -540,11 +567,14 @@ func runOverload(systems []system) error {
 	var caps []float64
 	for range 3 {
 		cpu0 := cpuTicks(systems[0].pids)
+		names := startedProcs(systems[0].pids)
+		stopWatch := watch(hostCPUs, hostProbe, systems[0].pids, names, *overTick)
 		r := gens[0].run(0, *overDur)
 		r.cpu = float64(cpuTicks(systems[0].pids)-cpu0) / 100 / r.secs
+		host := stopWatch()
 		caps = append(caps, r.goodput())
-		fmt.Printf("  capacity run: %.0f/s p50 %s p99 %s, generator %.2f vCPU, system %.2f vCPU, %d dials; kernel: %s\n", r.goodput(),
-			r.p(.5).Round(time.Microsecond), r.p(.99).Round(time.Microsecond), r.genCPU, r.cpu, r.dials, r.kernel)
+		fmt.Printf("  capacity run: %.0f/s p50 %s p99 %s, generator %.2f vCPU, system %.2f vCPU, %d dials; kernel: %s; host: %s\n", r.goodput(),
+			r.p(.5).Round(time.Microsecond), r.p(.99).Round(time.Microsecond), r.genCPU, r.cpu, r.dials, r.kernel, hostLine(host[0], host[len(host)-1], hostProbe, names))
 		settle(systems)
 	}
 	slices.Sort(caps)
@@ -562,8 +592,11 @@ func runOverload(systems []system) error {
 			for k := range systems {
 				j := (k + round + si) % len(systems) // a different system goes first each time
 				cpu0 := cpuTicks(systems[j].pids)
+				names := startedProcs(systems[j].pids)
+				stopWatch := watch(hostCPUs, hostProbe, systems[j].pids, names, *overTick)
 				r := gens[j].run(rate, *overDur)
 				r.cpu = float64(cpuTicks(systems[j].pids)-cpu0) / 100 / r.secs
+				r.host, r.hostNames = stopWatch(), names
 				table[si][j].runs = append(table[si][j].runs, r)
 				fmt.Printf("  %s %.1fx (%6.0f req/s) round %d  %-22s offered %6.0f/s sent %6.0f/s  goodput %6.0f/s  p50 %-9s p99 %-9s  503 %6d  other %5d  failed %6d (timeouts %d)  %4d conns  %.2f vCPU%s\n",
 					r.began.Format("15:04:05"), mult, rate, round+1, systems[j].name, float64(r.offered)/r.secs, float64(r.sent)/r.secs, r.goodput(),
@@ -571,6 +604,9 @@ func runOverload(systems []system) error {
 				fmt.Printf("        generator %.2f vCPU, %d dials (p50 %s, p99 %s, max %s), requests handed out late by p50 %s p99 %s max %s; kernel: %s\n",
 					r.genCPU, r.dials, quantile(r.dialTime, .5).Round(time.Microsecond), quantile(r.dialTime, .99).Round(time.Microsecond), quantile(r.dialTime, 1).Round(time.Microsecond),
 					quantile(r.late, .5).Round(time.Microsecond), quantile(r.late, .99).Round(time.Microsecond), quantile(r.late, 1).Round(time.Microsecond), r.kernel)
+				if n := len(r.host); n > 1 {
+					fmt.Printf("        host: %s\n", hostLine(r.host[0], r.host[n-1], hostProbe, r.hostNames))
+				}
 				if *overTimeline {
 					r.printTimeline()
 				}
