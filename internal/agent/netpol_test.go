@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -120,7 +122,12 @@ func TestPlacementTrackerRefusesWhatIsNotTheHosts(t *testing.T) {
 		table += fmt.Sprintf("   %d: 0200000A:%04X 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 %d 1 0 100 0 0 10 0\n", i, 20000+i, 5000+i)
 		os.Symlink(fmt.Sprintf("socket:[%d]", 5000+i), filepath.Join(dir, "fd", fmt.Sprint(10+i)))
 	}
-	os.WriteFile(filepath.Join(dir, "net", "tcp"), []byte(table), 0o644)
+	// Every process of a namespace sees the same table (the report reads
+	// it once): pid 200's socket stays in it.
+	table += "   70: 0200000A:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0\n"
+	for _, pid := range []string{"200", "202"} {
+		os.WriteFile(filepath.Join(proc, pid, "net", "tcp"), []byte(table), 0o644)
+	}
 	many := workload.Identity{SpiffeID: spiffeid.RequireFromString("spiffe://example.org/many")}
 	tr.Inspect(context.Background(), workload.Executable{PID: 202}, []workload.Identity{many})
 	for _, s := range tr.report().Services {
@@ -139,5 +146,66 @@ func TestProcStartParsesCommWithParens(t *testing.T) {
 	os.WriteFile(filepath.Join(proc, "7", "stat"), []byte("7 (x) S 1"), 0o644)
 	if _, err := procStart(proc, 7); err == nil {
 		t.Fatal("a short stat was accepted")
+	}
+}
+
+// A report reads a process's descriptors again only when the host's
+// listening sockets changed, or rescanEvery after its last full look: a
+// proxy holding tens of thousands of connections must not cost the agent
+// a read of each every 2 s. What changes is still seen: a new listener at
+// once, a socket swapped behind an unchanged set within rescanEvery.
+func TestPlacementTrackerRereadsOnlyOnChange(t *testing.T) {
+	proc, hostNS := fakeRoot(t)
+	fakeProc(t, proc, "300", "1", "20FB") // 8443 on socket 4242
+	tr := newPlacementTracker(nil, proc, hostNS, nil, "", slog.New(slog.DiscardHandler))
+	now := time.Unix(1_000_000, 0)
+	tr.now = func() time.Time { return now }
+	api := workload.Identity{SpiffeID: spiffeid.RequireFromString("spiffe://example.org/api")}
+	tr.Inspect(context.Background(), workload.Executable{PID: 300}, []workload.Identity{api})
+	ports := func() []uint16 {
+		t.Helper()
+		rep := tr.report()
+		if len(rep.Services) != 1 {
+			t.Fatalf("report %+v", rep)
+		}
+		return rep.Services[0].Ports
+	}
+	if got := ports(); !slices.Equal(got, []uint16{8443}) {
+		t.Fatalf("ports %v, want [8443]", got)
+	}
+	table := filepath.Join(proc, "300", "net", "tcp")
+	line := func(port string, inode int) string {
+		return fmt.Sprintf("   0: 0200000A:%s 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 %d 1 0000000000000000 100 0 0 10 0\n", port, inode)
+	}
+	header := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+	// The process swaps its descriptor 3 for another host listener (4243,
+	// 8444) that was already open: the host's set is unchanged, so the
+	// earlier look stands ...
+	os.WriteFile(table, []byte(header+line("20FB", 4242)+line("20FC", 4243)), 0o644)
+	now = now.Add(time.Second)
+	ports() // the new set: a full look (fd 3 is still 4242)
+	os.Remove(filepath.Join(proc, "300", "fd", "3"))
+	os.Symlink("socket:[4243]", filepath.Join(proc, "300", "fd", "3"))
+	now = now.Add(time.Second)
+	if got := ports(); !slices.Equal(got, []uint16{8443}) {
+		t.Fatalf("the descriptors were read again with the host's listeners unchanged: %v", got)
+	}
+	// ... until rescanEvery has passed.
+	now = now.Add(rescanEvery)
+	if got := ports(); !slices.Equal(got, []uint16{8444}) {
+		t.Fatalf("after %s: ports %v, want [8444]", rescanEvery, got)
+	}
+	// A listener opened anywhere changes the set: read again at once.
+	os.Symlink("socket:[4244]", filepath.Join(proc, "300", "fd", "4"))
+	os.WriteFile(table, []byte(header+line("20FB", 4242)+line("20FC", 4243)+line("20FD", 4244)), 0o644)
+	now = now.Add(time.Second)
+	if got := ports(); !slices.Equal(got, []uint16{8444, 8445}) {
+		t.Fatalf("a new listener: ports %v, want [8444 8445]", got)
+	}
+	// A listener closed changes it too.
+	os.WriteFile(table, []byte(header+line("20FB", 4242)+line("20FC", 4243)), 0o644)
+	now = now.Add(time.Second)
+	if got := ports(); !slices.Equal(got, []uint16{8444}) {
+		t.Fatalf("a closed listener: ports %v, want [8444]", got)
 	}
 }

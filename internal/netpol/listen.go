@@ -37,58 +37,153 @@ func NetNSOf(path string) (NetNS, error) {
 var ErrOtherNetNS = errors.New("netpol: the process is in another network namespace")
 
 // ListeningPorts returns the TCP ports process pid listens on other than
-// on loopback, as the kernel says: the sockets among its descriptors
-// (/proc/PID/fd) that its network namespace's tables (/proc/PID/net/tcp,
-// tcp6) show in LISTEN. A workload cannot claim a port it does not hold.
-// The process must be in network namespace want (the one whose firewall
-// is managed), else ErrOtherNetNS: ports held elsewhere are not the host's.
+// on loopback (see Listeners.Ports). A report about several processes
+// should share one Listeners: it reads the namespace's sockets once.
 func ListeningPorts(proc string, pid int, want NetNS) ([]uint16, error) {
-	dir := filepath.Join(proc, strconv.Itoa(pid))
-	got, err := NetNSOf(filepath.Join(dir, "ns", "net"))
+	return NewListeners(proc, want).Ports(pid)
+}
+
+// Listeners answers which TCP ports the processes of one network
+// namespace listen on. It reads the namespace's listening sockets once,
+// on first use: every process of the namespace shares that table, so a
+// report about all of them costs one read, not one a process. Make a new
+// one for each report.
+type Listeners struct {
+	proc  string
+	want  NetNS
+	own   bool                      // want is this process's namespace: sock_diag can read it
+	table map[uint64]netip.AddrPort // listening sockets by inode; nil until read
+}
+
+// NewListeners returns the reader for namespace want, under the /proc at
+// proc.
+func NewListeners(proc string, want NetNS) *Listeners {
+	self, err := NetNSOf(filepath.Join(proc, "self", "ns", "net"))
+	return &Listeners{proc: proc, want: want, own: err == nil && self == want}
+}
+
+// Ports returns the TCP ports process pid listens on other than on
+// loopback, as the kernel says: the sockets among its descriptors
+// (/proc/PID/fd) that its namespace shows in LISTEN. A workload cannot
+// claim a port it does not hold. The process must be in the namespace
+// whose firewall is managed, else ErrOtherNetNS: ports held elsewhere are
+// not the host's.
+func (l *Listeners) Ports(pid int) ([]uint16, error) {
+	held, err := l.Held(pid)
 	if err != nil {
-		return nil, fmt.Errorf("netpol: pid %d: %w", pid, err)
+		return nil, err
 	}
-	if got != want {
-		return nil, fmt.Errorf("pid %d: %w", pid, ErrOtherNetNS)
+	return l.PortsOf(held), nil
+}
+
+// Table returns the namespace's listening sockets by inode, read on the
+// first call (pid: a process of the namespace, whose /proc tables are read
+// when the kernel's socket diagnostics cannot be).
+//
+// They come from the socket diagnostics when the namespace is this
+// process's own: the kernel then walks its listening sockets only,
+// whatever the number of connections. Otherwise from /proc/PID/net/tcp and
+// tcp6: every socket of the namespace, formatted and parsed, a cost that
+// grows with the host's connections, TIME_WAIT included.
+func (l *Listeners) Table(pid int) (map[uint64]netip.AddrPort, error) {
+	if l.table == nil {
+		if err := l.read(filepath.Join(l.proc, strconv.Itoa(pid))); err != nil {
+			return nil, fmt.Errorf("netpol: pid %d: %w", pid, err)
+		}
 	}
+	return l.table, nil
+}
+
+// Held returns the listening sockets (inodes of the Table) among process
+// pid's descriptors; ErrOtherNetNS if pid is in another namespace. It
+// reads every descriptor of the process (about 5 µs each): a caller that
+// asks again should keep the answer while the Table has not changed.
+func (l *Listeners) Held(pid int) ([]uint64, error) {
+	if err := l.InNamespace(pid); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(l.proc, strconv.Itoa(pid))
 	fds, err := os.ReadDir(filepath.Join(dir, "fd"))
 	if err != nil {
 		return nil, fmt.Errorf("netpol: pid %d: %w", pid, err)
 	}
-	inodes := map[uint64]bool{}
+	table, err := l.Table(pid)
+	if err != nil {
+		return nil, err
+	}
+	var held []uint64
 	for _, fd := range fds {
-		l, err := os.Readlink(filepath.Join(dir, "fd", fd.Name()))
+		link, err := os.Readlink(filepath.Join(dir, "fd", fd.Name()))
 		if err != nil {
 			continue // closed meanwhile
 		}
-		if s, ok := strings.CutPrefix(l, "socket:["); ok {
+		if s, ok := strings.CutPrefix(link, "socket:["); ok {
 			if n, err := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64); err == nil {
-				inodes[n] = true
+				if _, ok := table[n]; ok && !slices.Contains(held, n) {
+					held = append(held, n)
+				}
 			}
 		}
 	}
+	return held, nil
+}
+
+// InNamespace says whether process pid is in the namespace: nil, or
+// ErrOtherNetNS (wrapped), or why it could not be told.
+func (l *Listeners) InNamespace(pid int) error {
+	got, err := NetNSOf(filepath.Join(l.proc, strconv.Itoa(pid), "ns", "net"))
+	if err != nil {
+		return fmt.Errorf("netpol: pid %d: %w", pid, err)
+	}
+	if got != l.want {
+		return fmt.Errorf("pid %d: %w", pid, ErrOtherNetNS)
+	}
+	return nil
+}
+
+// PortsOf returns the ports the listening sockets held listen on, other
+// than on loopback, sorted; sockets no longer in the Table are skipped.
+func (l *Listeners) PortsOf(held []uint64) []uint16 {
 	var ports []uint16
+	for _, ino := range held {
+		if ap, ok := l.table[ino]; ok && !ap.Addr().IsLoopback() {
+			ports = appendUnique(ports, ap.Port())
+		}
+	}
+	slices.Sort(ports)
+	return ports
+}
+
+// read fills the table: from sock_diag for our own namespace (falling
+// back to /proc if the kernel has no inet_diag), else from the tables of
+// dir, a process in the namespace.
+func (l *Listeners) read(dir string) error {
+	if l.own {
+		if t, err := readListenersDiag(); err == nil {
+			l.table = t
+			return nil
+		}
+	}
+	t := map[uint64]netip.AddrPort{}
 	for _, table := range []string{"tcp", "tcp6"} {
 		f, err := os.Open(filepath.Join(dir, "net", table))
 		if errors.Is(err, os.ErrNotExist) {
 			continue // no IPv6
 		}
 		if err != nil {
-			return nil, fmt.Errorf("netpol: pid %d: %w", pid, err)
+			return err
 		}
 		ls, err := ParseProcNetTCP(f)
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("netpol: pid %d: %s: %w", pid, table, err)
+			return fmt.Errorf("%s: %w", table, err)
 		}
-		for _, l := range ls {
-			if inodes[l.Inode] && !l.Addr.Addr().IsLoopback() {
-				ports = appendUnique(ports, l.Addr.Port())
-			}
+		for _, s := range ls {
+			t[s.Inode] = s.Addr
 		}
 	}
-	slices.Sort(ports)
-	return ports, nil
+	l.table = t
+	return nil
 }
 
 // Listener is one listening socket of /proc/net/tcp.
