@@ -59,11 +59,14 @@ type placementTracker struct {
 	// What the last reports saw (used by report alone, one goroutine):
 	// reading a process's descriptors costs about 5 µs each, so a proxy
 	// holding 40,000 connections would cost 0.2 s every report. Each
-	// process's listening sockets are kept, and read again only when the
-	// host's set of listening sockets changes (one opened or closed
-	// anywhere), when the process is new, or rescanEvery after the last
-	// full look (a listener passed from one live process to another leaves
-	// the set unchanged).
+	// process's listening sockets are kept (by descriptor), checked every
+	// report (a read each), and every process's descriptors are read
+	// again when the host's set of listening sockets changes (one opened
+	// or closed anywhere), when a process no longer holds one it held (it
+	// went somewhere), or rescanEvery after the last full look; a new
+	// process is read at once. What only rescanEvery catches: a listening
+	// socket that a live process also handed to another, the first still
+	// holding it.
 	now       func() time.Time
 	held      map[int]heldSockets
 	scanned   map[uint64]bool // the host's listeners at the last full look
@@ -72,8 +75,8 @@ type placementTracker struct {
 
 // heldSockets are the listening sockets a process held at its last look.
 type heldSockets struct {
-	start  string // the process's start time, against pid reuse
-	inodes []uint64
+	start   string            // the process's start time, against pid reuse
+	sockets map[string]uint64 // by descriptor
 }
 
 // rescanEvery bounds how long a report may rely on an earlier look at a
@@ -190,22 +193,19 @@ func (p *placementTracker) report() netpol.Report {
 		if err == nil {
 			if table == nil {
 				if table, err = listeners.Table(pid); err == nil {
-					full = now.Sub(p.scannedAt) >= rescanEvery || len(table) != len(p.scanned)
-					for ino := range table {
-						full = full || !p.scanned[ino]
-					}
+					full = p.mustRescan(table, now, procs, listeners)
 				}
 			}
 			h, ok := p.held[pid]
 			if err == nil && (full || !ok || h.start != t.Start) {
 				h = heldSockets{start: t.Start}
-				if h.inodes, err = listeners.Held(pid); err == nil {
+				if h.sockets, err = listeners.Held(pid); err == nil {
 					p.held[pid] = h
 				} else {
 					delete(p.held, pid)
 				}
 			}
-			ls = listeners.PortsOf(h.inodes)
+			ls = listeners.PortsOf(h.sockets)
 		}
 		if errors.Is(err, netpol.ErrOtherNetNS) {
 			// Its ports are not the host's: in a namespace of its own any
@@ -248,6 +248,26 @@ func (p *placementTracker) report() netpol.Report {
 	}
 	slices.SortFunc(rep.Services, func(a, b netpol.ReportedService) int { return strings.Compare(a.SpiffeID, b.SpiffeID) })
 	return rep
+}
+
+// mustRescan says whether every process's descriptors must be read
+// again: rescanEvery has passed, the host's listening sockets are not the
+// set of the last full look, or a process no longer holds one it held.
+func (p *placementTracker) mustRescan(table map[uint64]netip.AddrPort, now time.Time, procs map[int]tracked, l *netpol.Listeners) bool {
+	if now.Sub(p.scannedAt) >= rescanEvery || len(table) != len(p.scanned) {
+		return true
+	}
+	for ino := range table {
+		if !p.scanned[ino] {
+			return true
+		}
+	}
+	for pid, h := range p.held {
+		if t, ok := procs[pid]; ok && t.Start == h.start && !l.StillHeld(pid, h.sockets) {
+			return true
+		}
+	}
+	return false
 }
 
 // procStart returns field 22 of /proc/PID/stat, the start time in ticks.

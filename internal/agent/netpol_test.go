@@ -150,62 +150,63 @@ func TestProcStartParsesCommWithParens(t *testing.T) {
 }
 
 // A report reads a process's descriptors again only when the host's
-// listening sockets changed, or rescanEvery after its last full look: a
-// proxy holding tens of thousands of connections must not cost the agent
-// a read of each every 2 s. What changes is still seen: a new listener at
-// once, a socket swapped behind an unchanged set within rescanEvery.
+// listening sockets changed, when a process no longer holds one it held,
+// or rescanEvery after its last full look: a proxy holding tens of
+// thousands of connections must not cost the agent a read of each every
+// 2 s. What changes is still seen: at once, but for a listening socket
+// that a process was handed while its first holder keeps it (within
+// rescanEvery).
 func TestPlacementTrackerRereadsOnlyOnChange(t *testing.T) {
 	proc, hostNS := fakeRoot(t)
-	fakeProc(t, proc, "300", "1", "20FB") // 8443 on socket 4242
+	fakeProc(t, proc, "300", "1", "20FB") // 8443 on socket 4242, descriptor 3
 	tr := newPlacementTracker(nil, proc, hostNS, nil, "", slog.New(slog.DiscardHandler))
 	now := time.Unix(1_000_000, 0)
 	tr.now = func() time.Time { return now }
 	api := workload.Identity{SpiffeID: spiffeid.RequireFromString("spiffe://example.org/api")}
 	tr.Inspect(context.Background(), workload.Executable{PID: 300}, []workload.Identity{api})
-	ports := func() []uint16 {
+	step := func(what string, want ...uint16) {
 		t.Helper()
+		now = now.Add(time.Second)
 		rep := tr.report()
 		if len(rep.Services) != 1 {
-			t.Fatalf("report %+v", rep)
+			t.Fatalf("%s: report %+v", what, rep)
 		}
-		return rep.Services[0].Ports
+		if got := rep.Services[0].Ports; !slices.Equal(got, want) {
+			t.Fatalf("%s: ports %v, want %v", what, got, want)
+		}
 	}
-	if got := ports(); !slices.Equal(got, []uint16{8443}) {
-		t.Fatalf("ports %v, want [8443]", got)
+	step("first look", 8443)
+	fd := func(n int, inode int) {
+		os.Remove(filepath.Join(proc, "300", "fd", fmt.Sprint(n)))
+		if inode > 0 {
+			os.Symlink(fmt.Sprintf("socket:[%d]", inode), filepath.Join(proc, "300", "fd", fmt.Sprint(n)))
+		}
 	}
-	table := filepath.Join(proc, "300", "net", "tcp")
-	line := func(port string, inode int) string {
-		return fmt.Sprintf("   0: 0200000A:%s 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 %d 1 0000000000000000 100 0 0 10 0\n", port, inode)
+	listening := func(inodes ...int) {
+		text := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+		for i, ino := range inodes {
+			text += fmt.Sprintf("   %d: 0200000A:%04X 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 %d 1 0000000000000000 100 0 0 10 0\n", i, 8443+ino-4242, ino)
+		}
+		os.WriteFile(filepath.Join(proc, "300", "net", "tcp"), []byte(text), 0o644)
 	}
-	header := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-	// The process swaps its descriptor 3 for another host listener (4243,
-	// 8444) that was already open: the host's set is unchanged, so the
-	// earlier look stands ...
-	os.WriteFile(table, []byte(header+line("20FB", 4242)+line("20FC", 4243)), 0o644)
-	now = now.Add(time.Second)
-	ports() // the new set: a full look (fd 3 is still 4242)
-	os.Remove(filepath.Join(proc, "300", "fd", "3"))
-	os.Symlink("socket:[4243]", filepath.Join(proc, "300", "fd", "3"))
-	now = now.Add(time.Second)
-	if got := ports(); !slices.Equal(got, []uint16{8443}) {
-		t.Fatalf("the descriptors were read again with the host's listeners unchanged: %v", got)
-	}
+	listening(4242, 4243) // another process opens 8444: a full look
+	step("another process's listener", 8443)
+	// It hands its socket to ours and keeps it: the host's set and ours
+	// are unchanged, so the earlier look stands ...
+	fd(4, 4243)
+	step("a listener handed over, nothing else changed", 8443)
 	// ... until rescanEvery has passed.
 	now = now.Add(rescanEvery)
-	if got := ports(); !slices.Equal(got, []uint16{8444}) {
-		t.Fatalf("after %s: ports %v, want [8444]", rescanEvery, got)
-	}
+	step("after rescanEvery", 8443, 8444)
+	// Ours closes its descriptor 3 (the socket lives on elsewhere): seen
+	// at once, the set unchanged.
+	fd(3, 0)
+	step("a listener no longer held", 8444)
 	// A listener opened anywhere changes the set: read again at once.
-	os.Symlink("socket:[4244]", filepath.Join(proc, "300", "fd", "4"))
-	os.WriteFile(table, []byte(header+line("20FB", 4242)+line("20FC", 4243)+line("20FD", 4244)), 0o644)
-	now = now.Add(time.Second)
-	if got := ports(); !slices.Equal(got, []uint16{8444, 8445}) {
-		t.Fatalf("a new listener: ports %v, want [8444 8445]", got)
-	}
+	fd(5, 4244)
+	listening(4242, 4243, 4244)
+	step("a new listener", 8444, 8445)
 	// A listener closed changes it too.
-	os.WriteFile(table, []byte(header+line("20FB", 4242)+line("20FC", 4243)), 0o644)
-	now = now.Add(time.Second)
-	if got := ports(); !slices.Equal(got, []uint16{8444}) {
-		t.Fatalf("a closed listener: ports %v, want [8444]", got)
-	}
+	listening(4242, 4243)
+	step("a closed listener", 8444)
 }

@@ -95,10 +95,11 @@ func (l *Listeners) Table(pid int) (map[uint64]netip.AddrPort, error) {
 }
 
 // Held returns the listening sockets (inodes of the Table) among process
-// pid's descriptors; ErrOtherNetNS if pid is in another namespace. It
-// reads every descriptor of the process (about 5 µs each): a caller that
-// asks again should keep the answer while the Table has not changed.
-func (l *Listeners) Held(pid int) ([]uint64, error) {
+// pid's descriptors, by descriptor; ErrOtherNetNS if pid is in another
+// namespace. It reads every descriptor of the process (about 5 µs each):
+// a caller that asks again should keep the answer while the Table has not
+// changed, and check it with StillHeld.
+func (l *Listeners) Held(pid int) (map[string]uint64, error) {
 	if err := l.InNamespace(pid); err != nil {
 		return nil, err
 	}
@@ -111,21 +112,41 @@ func (l *Listeners) Held(pid int) ([]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	var held []uint64
+	held := map[string]uint64{}
 	for _, fd := range fds {
-		link, err := os.Readlink(filepath.Join(dir, "fd", fd.Name()))
-		if err != nil {
-			continue // closed meanwhile
-		}
-		if s, ok := strings.CutPrefix(link, "socket:["); ok {
-			if n, err := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64); err == nil {
-				if _, ok := table[n]; ok && !slices.Contains(held, n) {
-					held = append(held, n)
-				}
+		if n, ok := socketInode(filepath.Join(dir, "fd", fd.Name())); ok {
+			if _, ok := table[n]; ok {
+				held[fd.Name()] = n
 			}
 		}
 	}
 	return held, nil
+}
+
+// StillHeld says whether process pid still holds every socket of held on
+// the same descriptor (a few reads: one a listening socket).
+func (l *Listeners) StillHeld(pid int, held map[string]uint64) bool {
+	dir := filepath.Join(l.proc, strconv.Itoa(pid), "fd")
+	for fd, want := range held {
+		if n, ok := socketInode(filepath.Join(dir, fd)); !ok || n != want {
+			return false
+		}
+	}
+	return true
+}
+
+// socketInode reads the descriptor link at path ("socket:[INODE]").
+func socketInode(path string) (uint64, bool) {
+	link, err := os.Readlink(path)
+	if err != nil {
+		return 0, false // closed meanwhile
+	}
+	s, ok := strings.CutPrefix(link, "socket:[")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64)
+	return n, err == nil
 }
 
 // InNamespace says whether process pid is in the namespace: nil, or
@@ -143,7 +164,7 @@ func (l *Listeners) InNamespace(pid int) error {
 
 // PortsOf returns the ports the listening sockets held listen on, other
 // than on loopback, sorted; sockets no longer in the Table are skipped.
-func (l *Listeners) PortsOf(held []uint64) []uint16 {
+func (l *Listeners) PortsOf(held map[string]uint64) []uint16 {
 	var ports []uint16
 	for _, ino := range held {
 		if ap, ok := l.table[ino]; ok && !ap.Addr().IsLoopback() {

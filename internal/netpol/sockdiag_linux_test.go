@@ -14,9 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// socketInode is the inode of the socket behind c (a listener or a
+// fdInode is the inode of the socket behind c (a listener or a
 // connection), as /proc/self/fd shows it.
-func socketInode(t testing.TB, c interface {
+func fdInode(t testing.TB, c interface {
 	File() (*os.File, error)
 }) uint64 {
 	t.Helper()
@@ -51,12 +51,12 @@ func TestReadListenersDiag(t *testing.T) {
 	}
 	defer lo.Close()
 	want := map[uint64]netip.AddrPort{
-		socketInode(t, pub.(*net.TCPListener)): netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(pub.Addr().(*net.TCPAddr).Port)),
-		socketInode(t, lo.(*net.TCPListener)):  netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(lo.Addr().(*net.TCPAddr).Port)),
+		fdInode(t, pub.(*net.TCPListener)): netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(pub.Addr().(*net.TCPAddr).Port)),
+		fdInode(t, lo.(*net.TCPListener)):  netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(lo.Addr().(*net.TCPAddr).Port)),
 	}
 	if six, err := net.Listen("tcp6", "[::]:0"); err == nil {
 		defer six.Close()
-		want[socketInode(t, six.(*net.TCPListener))] = netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(six.Addr().(*net.TCPAddr).Port))
+		want[fdInode(t, six.(*net.TCPListener))] = netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(six.Addr().(*net.TCPAddr).Port))
 	}
 	client, err := net.Dial("tcp4", lo.Addr().String())
 	if err != nil {
@@ -68,7 +68,7 @@ func TestReadListenersDiag(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer server.Close()
-	conns := []uint64{socketInode(t, client.(*net.TCPConn)), socketInode(t, server.(*net.TCPConn))}
+	conns := []uint64{fdInode(t, client.(*net.TCPConn)), fdInode(t, server.(*net.TCPConn))}
 
 	got, err := readListenersDiag()
 	if err != nil {
