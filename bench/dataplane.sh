@@ -38,7 +38,12 @@
 # --overload-timeline prints each run second by second; every run reports
 # the generator's own CPU, its dials, how late it handed requests out and the
 # kernel's TCP counters (accept-queue overflows, retransmits), so a reader
-# can tell the generator's limits from the systems'.
+# can tell the generator's limits from the systems'. A "host:" line (and,
+# with the timeline, one a second) tells the machine's part: the measured
+# CPUs' busy and steal time, the system's CPU, the busiest other process the
+# benchmark started (it named the agent once: decision 0058), and a probe
+# pinned to the systems' CPU timing fixed work by its own CPU clock (a host
+# running other guests on that CPU shows as steal or as the probe slowing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "install wrk and nginx-light first" >&2; exit 1; }
