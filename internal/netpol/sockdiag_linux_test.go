@@ -216,10 +216,13 @@ func TestListenersReadOnce(t *testing.T) {
 		"   0: 0200000A:20FB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n"+
 		"   1: 0200000A:20FC 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4243 1 0000000000000000 100 0 0 10 0\n"), 0o644)
 	l := NewListeners(proc, ns)
-	for pid, want := range map[int]uint16{100: 8443, 200: 8444} {
-		ports, err := l.Ports(pid)
-		if err != nil || len(ports) != 1 || ports[0] != want {
-			t.Fatalf("pid %d: ports %v, %v; want %d", pid, ports, err, want)
+	for _, c := range []struct { // in this order: the first asked gives the table
+		pid  int
+		want uint16
+	}{{100, 8443}, {200, 8444}} {
+		ports, err := l.Ports(c.pid)
+		if err != nil || len(ports) != 1 || ports[0] != c.want {
+			t.Fatalf("pid %d: ports %v, %v; want %d", c.pid, ports, err, c.want)
 		}
 	}
 }
