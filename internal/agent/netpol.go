@@ -207,6 +207,11 @@ func (p *placementTracker) report() netpol.Report {
 			}
 			ls = listeners.PortsOf(h.sockets)
 		}
+		if err != nil {
+			// Unreadable (a zombie, a process gone): nothing kept, or its
+			// failing check would force a full look every report.
+			delete(p.held, pid)
+		}
 		if errors.Is(err, netpol.ErrOtherNetNS) {
 			// Its ports are not the host's: in a namespace of its own any
 			// user may bind 22. Placed without ports.

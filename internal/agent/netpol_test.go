@@ -209,4 +209,12 @@ func TestPlacementTrackerRereadsOnlyOnChange(t *testing.T) {
 	// A listener closed changes it too.
 	listening(4242, 4243)
 	step("a closed listener", 8444)
+	// A process whose /proc entry can no longer be read (a zombie keeps its
+	// stat but not its fd or ns links) keeps nothing, so its failing check
+	// cannot force a full look every report.
+	os.Remove(filepath.Join(proc, "300", "ns", "net"))
+	tr.report()
+	if _, kept := tr.held[300]; kept {
+		t.Fatal("an unreadable process's sockets are kept")
+	}
 }
