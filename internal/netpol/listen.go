@@ -31,17 +31,10 @@ func NetNSOf(path string) (NetNS, error) {
 	return NetNS{Dev: uint64(st.Dev), Ino: uint64(st.Ino)}, nil
 }
 
-// ErrOtherNetNS is returned by ListeningPorts for a process in another
+// ErrOtherNetNS is returned by Listeners.Ports for a process in another
 // network namespace than the one whose firewall is managed: its ports are
 // not the host's (in a namespace of its own, any user may bind port 22).
 var ErrOtherNetNS = errors.New("netpol: the process is in another network namespace")
-
-// ListeningPorts returns the TCP ports process pid listens on other than
-// on loopback (see Listeners.Ports). A report about several processes
-// should share one Listeners: it reads the namespace's sockets once.
-func ListeningPorts(proc string, pid int, want NetNS) ([]uint16, error) {
-	return NewListeners(proc, want).Ports(pid)
-}
 
 // Listeners answers which TCP ports the processes of one network
 // namespace listen on. It reads the namespace's listening sockets once,

@@ -61,27 +61,34 @@ func FuzzParseProcNetTCP(f *testing.F) {
 	})
 }
 
+// publicAndLoopback listens on all addresses and on loopback, both closed
+// when the test ends.
+func publicAndLoopback(t *testing.T) (pub, lo net.Listener) {
+	t.Helper()
+	pub, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pub.Close() })
+	if lo, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lo.Close() })
+	return pub, lo
+}
+
 // Our own process: a listener on all addresses is reported, one on
 // loopback is not, and another process's is not ours.
 func TestListeningPorts(t *testing.T) {
 	if _, err := os.Stat("/proc/self/net/tcp"); err != nil {
 		t.Skip("no /proc/net/tcp here")
 	}
-	pub, err := net.Listen("tcp4", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
-	lo, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lo.Close()
+	pub, lo := publicAndLoopback(t)
 	self, err := NetNSOf("/proc/self/ns/net")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ports, err := ListeningPorts("/proc", os.Getpid(), self)
+	ports, err := NewListeners("/proc", self).Ports(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,13 +97,13 @@ func TestListeningPorts(t *testing.T) {
 	if !slices.Contains(ports, pp) || slices.Contains(ports, lp) {
 		t.Fatalf("ports %v: want %d and not %d", ports, pp, lp)
 	}
-	if _, err := ListeningPorts("/proc", 1<<30, self); err == nil {
+	if _, err := NewListeners("/proc", self).Ports(1 << 30); err == nil {
 		t.Fatal("a process that does not exist has ports")
 	}
 	// A process in another network namespace holds none of the host's
 	// ports, whatever it listens on there (any user may bind 22 in a
 	// namespace of its own).
-	if _, err := ListeningPorts("/proc", os.Getpid(), NetNS{Dev: self.Dev, Ino: self.Ino + 1}); !errors.Is(err, ErrOtherNetNS) {
+	if _, err := NewListeners("/proc", NetNS{Dev: self.Dev, Ino: self.Ino + 1}).Ports(os.Getpid()); !errors.Is(err, ErrOtherNetNS) {
 		t.Fatalf("another namespace: %v", err)
 	}
 }
@@ -120,7 +127,7 @@ func TestListeningPortsRefusesOtherNamespace(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if _, err := ListeningPorts("/proc", cmd.Process.Pid, self); !errors.Is(err, ErrOtherNetNS) {
+	if _, err := NewListeners("/proc", self).Ports(cmd.Process.Pid); !errors.Is(err, ErrOtherNetNS) {
 		t.Fatalf("a process in another namespace: %v", err)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -25,13 +24,9 @@ func fdInode(t testing.TB, c interface {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]"), 10, 64)
-	if err != nil {
-		t.Fatalf("%s: %v", link, err)
+	n, ok := socketInode(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+	if !ok {
+		t.Fatalf("descriptor %d is not a socket", f.Fd())
 	}
 	return n
 }
@@ -40,16 +35,7 @@ func fdInode(t testing.TB, c interface {
 // /proc/net/tcp and tcp6 (inode and address), and no connection: an
 // established socket, on either end, is not a listener.
 func TestReadListenersDiag(t *testing.T) {
-	pub, err := net.Listen("tcp4", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
-	lo, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lo.Close()
+	pub, lo := publicAndLoopback(t)
 	want := map[uint64]netip.AddrPort{
 		fdInode(t, pub.(*net.TCPListener)): netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(pub.Addr().(*net.TCPAddr).Port)),
 		fdInode(t, lo.(*net.TCPListener)):  netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(lo.Addr().(*net.TCPAddr).Port)),
